@@ -1,0 +1,18 @@
+//! One module per command: turn parsed arguments into core calls and render the result.
+
+pub mod netns;
+
+use crate::cli::{Cli, Command};
+
+/// Run the parsed command line; the returned code is the process exit code.
+pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Netns(c) => netns::run(c),
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(a.shell, &mut cmd, "nettool", &mut std::io::stdout());
+            Ok(0)
+        }
+    }
+}

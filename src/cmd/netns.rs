@@ -1,0 +1,299 @@
+//! `nettool netns list|inspect|exec`.
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::cli::{NetnsCommand, NetnsExecArgs, NetnsInspectArgs, NetnsListArgs};
+use crate::netns::discover::{discover, DiscoverOptions, NamespaceInfo};
+use crate::netns::exec::{self, ExecOptions};
+use crate::netns::links::{self, LinkSnapshot};
+use crate::netns::peers::{veth_peers, VethPeer};
+use crate::netns::sockets::{self, Socket, Which};
+use crate::netns::sysctl::{self, Sysctl};
+use crate::netns::{NetNs, NsId};
+use crate::output::{paint, print_json, Table};
+
+/// Run one `netns` subcommand.
+pub fn run(cmd: NetnsCommand) -> anyhow::Result<i32> {
+    match cmd {
+        NetnsCommand::List(a) => list(a),
+        NetnsCommand::Inspect(a) => inspect(a),
+        NetnsCommand::Exec(a) => exec_cmd(a),
+    }
+}
+
+fn list(a: NetnsListArgs) -> anyhow::Result<i32> {
+    let all = discover(DiscoverOptions {
+        skip_interfaces: a.no_interfaces,
+        skip_docker: false,
+    });
+    if a.json {
+        print_json(&all)?;
+        return Ok(0);
+    }
+    let mut t = Table::new(&["INODE", "NAMES", "NSID", "IFACES", "CONTAINER", "PROCESSES"]);
+    for n in &all {
+        let mut names = n.names.clone();
+        names.extend(n.mounts.iter().map(|m| m.display().to_string()));
+        if n.current {
+            names.insert(0, "(current)".into());
+        }
+        let procs = match n.processes.len() {
+            0 => "-".to_string(),
+            1..=3 => n
+                .processes
+                .iter()
+                .map(|p| format!("{}/{}", p.pid, p.comm))
+                .collect::<Vec<_>>()
+                .join(","),
+            k => format!(
+                "{} +{} more",
+                n.processes
+                    .iter()
+                    .take(2)
+                    .map(|p| format!("{}/{}", p.pid, p.comm))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                k - 2
+            ),
+        };
+        let container = n
+            .containers
+            .iter()
+            .map(|c| c.name.clone().unwrap_or_else(|| c.id[..12].to_string()))
+            .collect::<Vec<_>>()
+            .join(",");
+        t.row(vec![
+            n.id.inode.to_string(),
+            if names.is_empty() {
+                "-".into()
+            } else {
+                names.join(",")
+            },
+            n.nsid.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            n.interfaces
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "?".into()),
+            if container.is_empty() {
+                "-".into()
+            } else {
+                container
+            },
+            procs,
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(0)
+}
+
+/// Everything `netns inspect` reports about one namespace.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    /// The label the namespace was opened as.
+    pub target: String,
+    /// Its identity.
+    pub id: NsId,
+    /// Links, addresses, routes.
+    #[serde(flatten)]
+    pub links: LinkSnapshot,
+    /// Veth peers resolved to the other namespace.
+    pub veth_peers: Vec<VethPeer>,
+    /// Listening (or all) sockets with owners.
+    pub sockets: Vec<Socket>,
+    /// Sysctls that matter for container networking.
+    pub sysctls: Vec<Sysctl>,
+}
+
+fn inspect(a: NetnsInspectArgs) -> anyhow::Result<i32> {
+    let ns = NetNs::open(&a.target)?;
+    let which = if a.all_sockets {
+        Which::All
+    } else {
+        Which::Listening
+    };
+    let (snap, socks, sysctls) = ns
+        .run(|| -> anyhow::Result<_> {
+            Ok((
+                links::snapshot()?,
+                sockets::list(which)?,
+                sysctl::interesting(),
+            ))
+        })
+        .with_context(|| format!("reading namespace {}", ns.label()))??;
+    let candidates: Vec<NamespaceInfo> = discover(DiscoverOptions {
+        skip_interfaces: true,
+        skip_docker: false,
+    });
+    let peers = veth_peers(&ns, &candidates)?;
+    let report = Inspection {
+        target: ns.label().to_string(),
+        id: ns.id(),
+        links: snap,
+        veth_peers: peers,
+        sockets: socks,
+        sysctls,
+    };
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", render_inspection(&report));
+    }
+    Ok(0)
+}
+
+/// Render an inspection as text: interfaces, routes, sockets, sysctls.
+pub fn render_inspection(r: &Inspection) -> String {
+    let mut out = format!(
+        "{} {} (inode {})\n\n",
+        paint("namespace", "1"),
+        r.target,
+        r.id.inode
+    );
+    out.push_str(&paint("interfaces\n", "1"));
+    let mut t = Table::new(&[
+        "IDX",
+        "NAME",
+        "KIND",
+        "STATE",
+        "MTU",
+        "MAC",
+        "ADDRESSES",
+        "PEER / MASTER",
+    ]);
+    for l in &r.links.links {
+        let addrs: Vec<String> = r
+            .links
+            .addresses
+            .iter()
+            .filter(|a| a.index == l.index)
+            .map(|a| format!("{}/{}", a.address, a.prefix_len))
+            .collect();
+        let mut extra = Vec::new();
+        if let Some(p) = r.veth_peers.iter().find(|p| p.local_index == l.index) {
+            let name = p
+                .peer_name
+                .clone()
+                .unwrap_or_else(|| format!("if{}", p.peer_index));
+            match &p.peer_ns_label {
+                Some(ns) if p.link_netnsid.is_some() => {
+                    extra.push(format!("peer {name}@if{} in {ns}", p.peer_index))
+                }
+                Some(_) => extra.push(format!("peer {name}@if{} (same namespace)", p.peer_index)),
+                None => extra.push(format!(
+                    "peer if{} in nsid {}",
+                    p.peer_index,
+                    p.link_netnsid.unwrap_or(-1)
+                )),
+            }
+        }
+        if let Some(m) = l.master {
+            let mname = r
+                .links
+                .links
+                .iter()
+                .find(|x| x.index == m)
+                .map(|x| x.name.clone())
+                .unwrap_or_else(|| m.to_string());
+            extra.push(format!("master {mname}"));
+        }
+        let state = if l.admin_up {
+            l.oper_state.to_uppercase()
+        } else {
+            "DOWN".into()
+        };
+        t.row(vec![
+            l.index.to_string(),
+            l.name.clone(),
+            l.kind.clone(),
+            state,
+            l.mtu.to_string(),
+            l.mac.clone().unwrap_or_else(|| "-".into()),
+            if addrs.is_empty() {
+                "-".into()
+            } else {
+                addrs.join(" ")
+            },
+            extra.join(", "),
+        ]);
+    }
+    out.push_str(&t.render());
+
+    out.push_str(&paint("\nroutes\n", "1"));
+    let name_of = |i: Option<u32>| {
+        i.and_then(|i| r.links.links.iter().find(|l| l.index == i))
+            .map(|l| l.name.clone())
+            .unwrap_or_default()
+    };
+    if r.links.routes.is_empty() {
+        out.push_str("(none)\n");
+    }
+    for rt in &r.links.routes {
+        let dest = match rt.destination {
+            Some(d) => format!("{d}/{}", rt.prefix_len),
+            None => "default".into(),
+        };
+        let mut line = dest;
+        if let Some(g) = rt.gateway {
+            line.push_str(&format!(" via {g}"));
+        }
+        if rt.oif.is_some() {
+            line.push_str(&format!(" dev {}", name_of(rt.oif)));
+        }
+        if let Some(s) = rt.prefsrc {
+            line.push_str(&format!(" src {s}"));
+        }
+        if let Some(m) = rt.metric {
+            line.push_str(&format!(" metric {m}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+
+    out.push_str(&paint("\nsockets\n", "1"));
+    let mut t = Table::new(&["PROTO", "STATE", "LOCAL", "REMOTE", "PROCESS"]);
+    for s in &r.sockets {
+        let procs = s
+            .owners
+            .iter()
+            .map(|o| format!("{}/{}", o.pid, o.comm))
+            .collect::<Vec<_>>()
+            .join(",");
+        t.row(vec![
+            s.proto.to_string(),
+            s.state.clone(),
+            s.local.to_string(),
+            if s.remote.port() == 0 {
+                "*".into()
+            } else {
+                s.remote.to_string()
+            },
+            if procs.is_empty() { "-".into() } else { procs },
+        ]);
+    }
+    if t.is_empty() {
+        out.push_str("(no listening sockets)\n");
+    } else {
+        out.push_str(&t.render());
+    }
+
+    out.push_str(&paint("\nsysctls\n", "1"));
+    for s in &r.sysctls {
+        out.push_str(&format!("{} = {}\n", s.name, s.value));
+    }
+    out
+}
+
+fn exec_cmd(a: NetnsExecArgs) -> anyhow::Result<i32> {
+    let ns = NetNs::open(&a.target)?;
+    // /etc/netns/NAME applies to named namespaces, as with `ip netns exec`.
+    let etc_netns = ns
+        .path()
+        .strip_prefix(crate::netns::NETNS_RUN_DIR)
+        .ok()
+        .map(|p| p.display().to_string());
+    let opts = ExecOptions {
+        remount_sys: a.remount_sys,
+        etc_netns: if a.remount_sys { etc_netns } else { None },
+    };
+    Ok(exec::run(&ns, &a.command, &opts)?)
+}

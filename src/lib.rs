@@ -1,0 +1,9 @@
+//! nettool: debug container networking on Linux from one binary.
+//!
+//! The library holds the netns-aware core ([`netns`]) and the subsystems the commands drive.
+//! `src/main.rs` and `src/cmd/` are the only places that print.
+
+pub mod cli;
+pub mod cmd;
+pub mod netns;
+pub mod output;

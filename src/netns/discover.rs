@@ -1,0 +1,273 @@
+//! Every network namespace on the machine and who uses it.
+//!
+//! Sources: /proc/*/ns/net (and each thread's), /run/netns, /run/docker/netns, and any nsfs
+//! mount in /proc/self/mountinfo (a persistent namespace that no process holds).
+//! Deduplicated by (st_dev, inode).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::docker::{container_id_from_cgroup, Docker};
+use super::links::Rtnl;
+use super::sockets::{read_comm, Owner};
+use super::{NetNs, NsId, DOCKER_NETNS_DIR, NETNS_RUN_DIR};
+
+/// A container a namespace belongs to.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ContainerRef {
+    /// Container id (full).
+    pub id: String,
+    /// Name, when the Docker API told us.
+    pub name: Option<String>,
+}
+
+/// One network namespace and everything known about who uses it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamespaceInfo {
+    /// Identity.
+    pub id: NsId,
+    /// A path that opens it (a name under /run/netns when there is one).
+    pub path: PathBuf,
+    /// Names under /run/netns (and /run/docker/netns, prefixed "docker/").
+    pub names: Vec<String>,
+    /// Other nsfs mount points holding it.
+    pub mounts: Vec<PathBuf>,
+    /// nsid as seen from the namespace discovery ran in, when one is assigned.
+    pub nsid: Option<i32>,
+    /// Processes in it (thread group leaders), sorted by pid.
+    pub processes: Vec<Owner>,
+    /// Containers found through the processes' cgroups.
+    pub containers: Vec<ContainerRef>,
+    /// Number of interfaces (including lo); `None` when it could not be entered.
+    pub interfaces: Option<usize>,
+    /// True for the namespace discovery ran in.
+    pub current: bool,
+}
+
+impl NamespaceInfo {
+    /// The best short name: first name, container name, or `pid:N`, or the inode.
+    pub fn display_name(&self) -> String {
+        if let Some(n) = self.names.first() {
+            return n.clone();
+        }
+        if let Some(c) = self.containers.first() {
+            return format!(
+                "container:{}",
+                c.name.clone().unwrap_or_else(|| c.id[..12].to_string())
+            );
+        }
+        if let Some(p) = self.processes.first() {
+            return format!("pid:{}", p.pid);
+        }
+        format!("inode:{}", self.id.inode)
+    }
+
+    /// Open this namespace.
+    pub fn open(&self) -> Result<NetNs, super::NetnsError> {
+        NetNs::from_path(&self.path).map(|n| n.with_label(&self.display_name()))
+    }
+}
+
+/// How much work discovery does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiscoverOptions {
+    /// Skip entering each namespace to count interfaces.
+    pub skip_interfaces: bool,
+    /// Skip asking the Docker API for container names.
+    pub skip_docker: bool,
+}
+
+#[derive(Default)]
+struct Found {
+    path: Option<PathBuf>,
+    names: Vec<String>,
+    mounts: Vec<PathBuf>,
+    pids: Vec<u32>,
+}
+
+fn id_of(path: &Path) -> Option<NsId> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(NsId {
+        dev: m.dev(),
+        inode: m.ino(),
+    })
+}
+
+/// Find every network namespace on the machine.
+pub fn discover(opts: DiscoverOptions) -> Vec<NamespaceInfo> {
+    let mut found: BTreeMap<NsId, Found> = BTreeMap::new();
+
+    for (dir, prefix) in [(NETNS_RUN_DIR, ""), (DOCKER_NETNS_DIR, "docker/")] {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                // A name whose mount is gone (stale file) is not a namespace.
+                if NetNs::from_path(&p).is_err() {
+                    continue;
+                }
+                if let Some(id) = id_of(&p) {
+                    let f = found.entry(id).or_default();
+                    f.names
+                        .push(format!("{prefix}{}", e.file_name().to_string_lossy()));
+                    f.path.get_or_insert(p);
+                }
+            }
+        }
+    }
+
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let p = e.path().join("ns/net");
+            if let Some(id) = id_of(&p) {
+                let f = found.entry(id).or_default();
+                f.pids.push(pid);
+                f.path.get_or_insert(p);
+            }
+            // A thread may have setns'ed elsewhere (like nettool's own workers).
+            if let Ok(tasks) = std::fs::read_dir(e.path().join("task")) {
+                for t in tasks.flatten() {
+                    let tp = t.path().join("ns/net");
+                    if let Some(id) = id_of(&tp) {
+                        if !found.contains_key(&id) {
+                            found.entry(id).or_default().path = Some(tp);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            if !right.starts_with("nsfs ") {
+                continue;
+            }
+            let Some(mp) = left.split(' ').nth(4) else {
+                continue;
+            };
+            let mp = PathBuf::from(unescape_mount(mp));
+            if NetNs::from_path(&mp).is_err() {
+                continue; // another namespace type (mnt, uts, ...)
+            }
+            if let Some(id) = id_of(&mp) {
+                let f = found.entry(id).or_default();
+                let named = mp.starts_with(NETNS_RUN_DIR) || mp.starts_with(DOCKER_NETNS_DIR);
+                if !named && !f.mounts.contains(&mp) {
+                    f.mounts.push(mp.clone());
+                }
+                f.path.get_or_insert(mp);
+            }
+        }
+    }
+
+    let current = NetNs::current().ok();
+    let mut rtnl = Rtnl::open().ok();
+    let docker_names: BTreeMap<String, String> = if opts.skip_docker {
+        BTreeMap::new()
+    } else {
+        Docker::connect_default()
+            .ok()
+            .filter(|d| d.available())
+            .and_then(|d| d.list().ok())
+            .map(|cs| cs.into_iter().map(|c| (c.id, c.name)).collect())
+            .unwrap_or_default()
+    };
+
+    let mut out = Vec::new();
+    for (id, f) in found {
+        let Some(path) = f.path else { continue };
+        let Ok(ns) = NetNs::from_path(&path) else {
+            continue;
+        };
+        let nsid = rtnl.as_mut().and_then(|r| r.nsid_of(&ns).ok().flatten());
+        let mut pids = f.pids;
+        pids.sort_unstable();
+        pids.dedup();
+        let processes: Vec<Owner> = pids
+            .iter()
+            .map(|&pid| Owner {
+                pid,
+                comm: read_comm(pid),
+            })
+            .collect();
+        let mut containers: Vec<ContainerRef> = Vec::new();
+        for &pid in &pids {
+            if let Some(cid) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|c| container_id_from_cgroup(&c))
+            {
+                if !containers.iter().any(|c| c.id == cid) {
+                    containers.push(ContainerRef {
+                        name: docker_names.get(&cid).cloned(),
+                        id: cid,
+                    });
+                }
+            }
+        }
+        let interfaces = if opts.skip_interfaces {
+            None
+        } else {
+            ns.run(|| {
+                Rtnl::open()
+                    .and_then(|mut r| r.links())
+                    .map(|l| l.len())
+                    .ok()
+            })
+            .ok()
+            .flatten()
+        };
+        out.push(NamespaceInfo {
+            id,
+            path,
+            names: f.names,
+            mounts: f.mounts,
+            nsid,
+            processes,
+            containers,
+            interfaces,
+            current: current.as_ref().map(|c| c.id() == id).unwrap_or(false),
+        });
+    }
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let octal = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok());
+            if let Some(v) = octal {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unescape() {
+        assert_eq!(super::unescape_mount(r"/run/a\040b"), "/run/a b");
+        assert_eq!(super::unescape_mount("/run/netns/x"), "/run/netns/x");
+        assert_eq!(super::unescape_mount(r"/x\"), r"/x\");
+    }
+}

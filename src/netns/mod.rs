@@ -1,0 +1,295 @@
+//! The netns-aware core: namespace handles, discovery, links, sockets.
+//!
+//! Everything that touches a network namespace goes through here. The rule that keeps it
+//! sane: a namespace switch (setns) happens only on a fresh OS thread made by [`NetNs::run`],
+//! never on a thread that anything else uses (tokio workers included).
+
+pub mod discover;
+pub mod docker;
+pub mod exec;
+pub mod links;
+pub mod peers;
+pub mod rtnl;
+pub mod sockets;
+pub mod sysctl;
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sched::{setns, CloneFlags};
+use serde::Serialize;
+
+/// Where named namespaces live (`ip netns add NAME`).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+/// Where dockerd keeps its container namespaces.
+pub const DOCKER_NETNS_DIR: &str = "/run/docker/netns";
+
+/// The identity of a namespace: the (st_dev, st_ino) of its nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct NsId {
+    /// Device of the nsfs filesystem.
+    pub dev: u64,
+    /// Inode number, the number `lsns` and `readlink /proc/PID/ns/net` show.
+    pub inode: u64,
+}
+
+/// Errors from opening or entering a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// A namespace file could not be opened.
+    #[error("cannot open network namespace {path}: {source}")]
+    Open {
+        /// The file that was tried.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The path exists but is not a network namespace.
+    #[error("{0} is not a network namespace (expected an nsfs file like /run/netns/NAME or /proc/PID/ns/net)")]
+    NotNetns(PathBuf),
+    /// setns failed (usually: not root).
+    #[error("cannot enter network namespace {path}: {source} (entering a namespace needs root or CAP_SYS_ADMIN)")]
+    Enter {
+        /// The namespace file.
+        path: PathBuf,
+        /// The errno.
+        source: nix::Error,
+    },
+    /// The worker thread could not be spawned or panicked.
+    #[error("namespace worker thread failed: {0}")]
+    Thread(String),
+    /// A TARGET matched nothing.
+    #[error("no network namespace matches '{target}'; tried: {}", tried.join("; "))]
+    NotFound {
+        /// What the user typed.
+        target: String,
+        /// Each lookup and why it failed.
+        tried: Vec<String>,
+    },
+    /// A bare TARGET matched more than one kind of thing, naming different namespaces.
+    #[error("'{target}' is ambiguous: it matches {}; say which with name:, pid:, container: or a path", matches.join(" and "))]
+    Ambiguous {
+        /// What the user typed.
+        target: String,
+        /// What it matched.
+        matches: Vec<String>,
+    },
+    /// Docker's API could not answer a container: lookup.
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
+}
+
+/// An open handle to a network namespace. Cheap to clone; the fd stays open while any clone lives.
+#[derive(Debug, Clone)]
+pub struct NetNs {
+    file: Arc<File>,
+    path: PathBuf,
+    id: NsId,
+    label: String,
+}
+
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+// ioctl(fd, NS_GET_NSTYPE) returns the CLONE_NEW* flag of the namespace type.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// True when `file` is a network namespace file (nsfs of type net).
+fn is_net_ns(file: &File) -> bool {
+    // SAFETY: plain ioctl on a valid fd with no argument.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind >= 0 {
+        return kind == libc::CLONE_NEWNET;
+    }
+    // Kernels before 4.11 lack NS_GET_NSTYPE: fall back to the filesystem magic.
+    nix::sys::statfs::fstatfs(file.as_fd())
+        .map(|s| s.filesystem_type().0 == NSFS_MAGIC)
+        .unwrap_or(false)
+}
+
+impl NetNs {
+    /// Open a namespace file (`/run/netns/X`, `/proc/PID/ns/net`, a bind mount...).
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|source| NetnsError::Open {
+            path: path.into(),
+            source,
+        })?;
+        if !is_net_ns(&file) {
+            return Err(NetnsError::NotNetns(path.into()));
+        }
+        let meta = file.metadata().map_err(|source| NetnsError::Open {
+            path: path.into(),
+            source,
+        })?;
+        Ok(NetNs {
+            file: Arc::new(file),
+            path: path.into(),
+            id: NsId {
+                dev: meta.dev(),
+                inode: meta.ino(),
+            },
+            label: path.display().to_string(),
+        })
+    }
+
+    /// The namespace of the calling thread.
+    pub fn current() -> Result<Self, NetnsError> {
+        Self::from_path("/proc/thread-self/ns/net").map(|n| n.with_label("current"))
+    }
+
+    /// The namespace of process `pid`.
+    pub fn from_pid(pid: u32) -> Result<Self, NetnsError> {
+        Self::from_path(format!("/proc/{pid}/ns/net")).map(|n| n.with_label(&format!("pid:{pid}")))
+    }
+
+    /// A named namespace, `/run/netns/NAME` (what `ip netns add NAME` makes).
+    pub fn from_name(name: &str) -> Result<Self, NetnsError> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(NetnsError::NotFound {
+                target: name.into(),
+                tried: vec!["a namespace name cannot be empty or contain '/'".into()],
+            });
+        }
+        Self::from_path(Path::new(NETNS_RUN_DIR).join(name)).map(|n| n.with_label(name))
+    }
+
+    /// A Docker container's namespace, by name or id, through the Engine API.
+    pub fn from_container(name: &str) -> Result<Self, NetnsError> {
+        let c = docker::Docker::connect_default()?.inspect(name)?;
+        let ns = if c.pid > 0 {
+            Self::from_pid(c.pid)?
+        } else if let Some(key) = c.sandbox_key.as_deref().filter(|k| !k.is_empty()) {
+            Self::from_path(key)?
+        } else {
+            return Err(docker::DockerError::NotRunning(name.into()).into());
+        };
+        Ok(ns.with_label(&format!("container:{}", c.name)))
+    }
+
+    /// Resolve a TARGET as the commands accept it: `name:N`, `pid:N`, `container:N`, a path,
+    /// or a bare word tried as name, path, pid, container in that order.
+    pub fn open(target: &str) -> Result<Self, NetnsError> {
+        if let Some(rest) = target.strip_prefix("pid:") {
+            let pid = rest.parse::<u32>().map_err(|_| NetnsError::NotFound {
+                target: target.into(),
+                tried: vec![format!("pid:{rest}: not a process id")],
+            })?;
+            return Self::from_pid(pid);
+        }
+        if let Some(rest) = target.strip_prefix("container:") {
+            return Self::from_container(rest);
+        }
+        if let Some(rest) = target.strip_prefix("name:") {
+            return Self::from_name(rest);
+        }
+        if target == "current" || target == "self" {
+            return Self::current();
+        }
+        if target.contains('/') {
+            return Self::from_path(target);
+        }
+        // A bare word: name, then pid, then container. Collect every match so an ambiguous
+        // word is reported rather than silently picking one.
+        let mut tried = Vec::new();
+        let mut found: Vec<(String, NetNs)> = Vec::new();
+        match Self::from_name(target) {
+            Ok(ns) => found.push((format!("namespace name {NETNS_RUN_DIR}/{target}"), ns)),
+            Err(e) => tried.push(format!("name: {e}")),
+        }
+        if let Ok(pid) = target.parse::<u32>() {
+            match Self::from_pid(pid) {
+                Ok(ns) => found.push((format!("process {pid}"), ns)),
+                Err(e) => tried.push(format!("pid: {e}")),
+            }
+        } else {
+            tried.push("pid: not a number".into());
+        }
+        if found.is_empty() {
+            match Self::from_container(target) {
+                Ok(ns) => found.push((format!("container {target}"), ns)),
+                Err(e) => tried.push(format!("container: {e}")),
+            }
+        }
+        let first_id = found.first().map(|(_, ns)| ns.id);
+        if found.len() > 1 && found.iter().any(|(_, ns)| Some(ns.id) != first_id) {
+            return Err(NetnsError::Ambiguous {
+                target: target.into(),
+                matches: found.into_iter().map(|(w, _)| w).collect(),
+            });
+        }
+        match found.into_iter().next() {
+            Some((_, ns)) => Ok(ns),
+            None => Err(NetnsError::NotFound {
+                target: target.into(),
+                tried,
+            }),
+        }
+    }
+
+    /// Give this handle a human label (shown in errors and output).
+    pub fn with_label(mut self, label: &str) -> Self {
+        self.label = label.to_string();
+        self
+    }
+
+    /// The identity (st_dev, inode) of this namespace.
+    pub fn id(&self) -> NsId {
+        self.id
+    }
+
+    /// The file this handle was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A short human label: a name, `pid:N`, `container:NAME` or the path.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The open namespace file, e.g. for IFLA_NET_NS_FD or NETNSA_FD.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Run `f` on a fresh OS thread inside this namespace and return its value.
+    ///
+    /// Sockets made inside `f` stay in this namespace when handed back, so a listener can be
+    /// created here and then served from the async runtime.
+    pub fn run<T, F>(&self, f: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        std::thread::scope(|s| {
+            let handle = std::thread::Builder::new()
+                .name(format!("netns-{}", self.id.inode))
+                .spawn_scoped(s, || {
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                        NetnsError::Enter {
+                            path: self.path.clone(),
+                            source,
+                        }
+                    })?;
+                    Ok(f())
+                })
+                .map_err(|e| NetnsError::Thread(e.to_string()))?;
+            handle
+                .join()
+                .map_err(|_| NetnsError::Thread("the closure panicked".into()))?
+        })
+    }
+}
+
+impl PartialEq for NetNs {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+/// Run `f` inside `ns`; a free-function spelling of [`NetNs::run`].
+pub fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    ns.run(f)
+}

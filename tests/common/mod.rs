@@ -1,0 +1,165 @@
+//! Test helpers: throwaway namespaces and veths that clean up on drop (panic included),
+//! and a runner for the nettool binary.
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name with the nt-test- prefix (namespace names) or a short one (interface names, max 15 chars).
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("nt-test-{tag}-{}-{n}", std::process::id())
+}
+
+/// A short unique interface name (IFNAMSIZ is 16 with the NUL).
+pub fn unique_ifname(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let pid = std::process::id() % 100_000;
+    let name = format!("{tag}{pid}x{n}");
+    assert!(name.len() <= 15, "interface name too long: {name}");
+    name
+}
+
+/// Run a command, panic with its output when it fails.
+pub fn sh(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct TestNs {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+impl TestNs {
+    /// Create a fresh named namespace with lo up.
+    pub fn new(tag: &str) -> Self {
+        let name = unique(tag);
+        sh(&["ip", "netns", "add", &name]);
+        let ns = TestNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Run `ip -n NAME ARGS...`.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut argv = vec!["ip", "-n", &self.name];
+        argv.extend_from_slice(args);
+        sh(&argv)
+    }
+
+    /// Path of the namespace file.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Start a long-running process inside (killed on drop of the returned guard).
+    pub fn spawn(&self, argv: &[&str]) -> ChildGuard {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn in netns");
+        ChildGuard(child)
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        // Kill anything still inside, then remove the name.
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Create a veth pair `a` in `ns_a` and `b` in `ns_b` (None = the test's own namespace, which
+/// only tests that must never do so avoid), both up.
+pub fn veth(a: &str, ns_a: &TestNs, b: &str, ns_b: &TestNs) {
+    sh(&[
+        "ip", "-n", &ns_a.name, "link", "add", a, "type", "veth", "peer", "name", b, "netns",
+        &ns_b.name,
+    ]);
+    ns_a.ip(&["link", "set", a, "up"]);
+    ns_b.ip(&["link", "set", b, "up"]);
+}
+
+/// Run the nettool binary with args; returns the whole output.
+pub fn nettool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run nettool")
+}
+
+/// Run nettool, assert success, return stdout.
+pub fn nettool_ok(args: &[&str]) -> String {
+    let out = nettool(args);
+    assert!(
+        out.status.success(),
+        "nettool {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run nettool with --json, parse the JSON.
+pub fn nettool_json(args: &[&str]) -> serde_json::Value {
+    let s = nettool_ok(args);
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("nettool {args:?}: bad JSON {e}: {s}"))
+}
+
+/// Wait until `f` is true (polling every 20 ms) or panic after `secs`.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}

@@ -1,0 +1,314 @@
+//! `nettool netns list|inspect|exec` and the core they stand on, against namespaces built here.
+
+mod common;
+
+use common::*;
+use nettool::netns::{self, NetNs};
+
+fn find_ns<'a>(list: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    list.as_array()?.iter().find(|n| {
+        n["names"]
+            .as_array()
+            .map(|a| a.iter().any(|x| x == name))
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn list_shows_named_namespaces_with_nsid_and_interfaces() {
+    let a = TestNs::new("lista");
+    let b = TestNs::new("listb");
+    let (va, vb) = (unique_ifname("la"), unique_ifname("lb"));
+    veth(&va, &a, &vb, &b);
+    let list = nettool_json(&["netns", "list", "--json"]);
+    let na = find_ns(&list, &a.name).expect("namespace a listed");
+    let nb = find_ns(&list, &b.name).expect("namespace b listed");
+    assert_eq!(na["interfaces"], 2, "lo + veth: {na}");
+    assert_eq!(nb["interfaces"], 2);
+    assert_ne!(na["id"]["inode"], nb["id"]["inode"]);
+    // No process holds them: they are persistent through their /run/netns mount only.
+    assert_eq!(na["processes"].as_array().unwrap().len(), 0);
+    // The text table names them too.
+    let text = nettool_ok(&["netns", "list"]);
+    assert!(text.contains(&a.name) && text.contains(&b.name), "{text}");
+    assert!(text.lines().next().unwrap().starts_with("INODE"), "{text}");
+}
+
+#[test]
+fn list_finds_persistent_namespace_mounted_elsewhere() {
+    // A namespace kept alive only by a bind mount outside /run/netns (unshare --net=FILE).
+    let dir = std::env::temp_dir().join(unique("mnt"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("netns");
+    std::fs::write(&file, b"").unwrap();
+    sh(&["unshare", &format!("--net={}", file.display()), "true"]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+    let _guard = Unmount(file.clone());
+    let list = nettool_json(&["netns", "list", "--json"]);
+    let found = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| {
+            n["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m == file.to_str().unwrap())
+        })
+        .unwrap_or_else(|| panic!("mount {} not listed: {list}", file.display()));
+    assert_eq!(found["interfaces"], 1, "only lo: {found}");
+    assert!(found["processes"].as_array().unwrap().is_empty());
+    // And it can be opened by path.
+    let out = nettool_ok(&["netns", "inspect", file.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["id"]["inode"], found["id"]["inode"]);
+}
+
+#[test]
+fn list_shows_process_of_unnamed_namespace() {
+    // A namespace held only by a process (like a container's).
+    let mut child = std::process::Command::new("unshare")
+        .args(["--net", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_for("unshare to enter its namespace", 5, || {
+        std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+            != std::fs::read_link("/proc/self/ns/net").ok()
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim() == "sleep")
+                .unwrap_or(false)
+    });
+    let list = nettool_json(&["netns", "list", "--json"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| {
+            n["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["pid"] == pid)
+        })
+        .expect("namespace of the unshare'd process listed");
+    assert!(
+        entry["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["comm"] == "sleep"),
+        "{entry}"
+    );
+    assert!(entry["names"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn inspect_resolves_veth_peer_addresses_routes_and_listener() {
+    let a = TestNs::new("insa");
+    let b = TestNs::new("insb");
+    let (va, vb) = (unique_ifname("ia"), unique_ifname("ib"));
+    veth(&va, &a, &vb, &b);
+    a.ip(&["addr", "add", "10.250.1.1/24", "dev", &va]);
+    b.ip(&["addr", "add", "10.250.1.2/24", "dev", &vb]);
+    b.ip(&["route", "add", "default", "via", "10.250.1.1"]);
+    let _listener = a.spawn(&["socat", "TCP-LISTEN:7431,reuseaddr,fork", "SYSTEM:true"]);
+    let ns_a = NetNs::from_name(&a.name).unwrap();
+    wait_for("socat listening", 5, || {
+        ns_a.run(|| netns::sockets::list(netns::sockets::Which::Listening).unwrap())
+            .unwrap()
+            .iter()
+            .any(|s| s.local.port() == 7431)
+    });
+
+    let v = nettool_json(&["netns", "inspect", &a.name, "--json"]);
+    let links = v["links"].as_array().unwrap();
+    let veth_link = links
+        .iter()
+        .find(|l| l["name"] == va.as_str())
+        .expect("veth listed");
+    assert_eq!(veth_link["kind"], "veth");
+    let peer = v["veth_peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["local_name"] == va.as_str())
+        .unwrap();
+    assert_eq!(
+        peer["peer_name"],
+        vb.as_str(),
+        "peer resolved across namespaces: {peer}"
+    );
+    assert_eq!(peer["peer_ns_label"], b.name.as_str());
+    assert!(v["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["address"] == "10.250.1.1" && x["prefix_len"] == 24));
+    let sock = v["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["local"] == "0.0.0.0:7431")
+        .expect("listener");
+    assert_eq!(sock["proto"], "tcp");
+    assert!(
+        sock["owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["comm"] == "socat"),
+        "{sock}"
+    );
+    assert!(v["sysctls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "net.ipv4.ip_forward"));
+
+    // The other side: default route via a.
+    let vb_json = nettool_json(&["netns", "inspect", &b.name, "--json"]);
+    assert!(vb_json["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["destination"].is_null() && r["gateway"] == "10.250.1.1"));
+
+    // Text output carries the same facts.
+    let text = nettool_ok(&["netns", "inspect", &a.name]);
+    assert!(text.contains(&format!("peer {vb}@if")), "{text}");
+    assert!(
+        text.contains("0.0.0.0:7431") && text.contains("socat"),
+        "{text}"
+    );
+    assert!(text.contains("10.250.1.0/24 dev"), "{text}");
+}
+
+#[test]
+fn listener_made_through_in_netns_stays_in_that_namespace() {
+    let a = TestNs::new("inl");
+    let ns = NetNs::from_name(&a.name).unwrap();
+    // Created inside, held by this (test) process, used from here.
+    let listener =
+        netns::in_netns(&ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let inside = ns
+        .run(|| netns::sockets::list(netns::sockets::Which::Listening).unwrap())
+        .unwrap();
+    let me = std::process::id();
+    let s = inside
+        .iter()
+        .find(|s| s.local.port() == port)
+        .expect("listener visible inside the namespace");
+    assert!(
+        s.owners.iter().any(|o| o.pid == me),
+        "owned by the test process: {s:?}"
+    );
+    // And not in ours.
+    let here = netns::sockets::list(netns::sockets::Which::Listening).unwrap();
+    assert!(!here.iter().any(|s| s.local.port() == port
+        && s.local.ip().is_loopback()
+        && s.inode == inside[0].inode));
+    // A connection from inside the namespace reaches it.
+    let got = ns
+        .run(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        .unwrap();
+    assert!(got);
+    let v = nettool_json(&["netns", "inspect", &a.name, "--json"]);
+    assert!(v["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["local"] == format!("127.0.0.1:{port}")));
+}
+
+#[test]
+fn exec_runs_inside_and_passes_exit_code() {
+    let a = TestNs::new("exa");
+    let b = TestNs::new("exb");
+    let (va, vb) = (unique_ifname("ea"), unique_ifname("eb"));
+    veth(&va, &a, &vb, &b);
+    let out = nettool_ok(&["netns", "exec", &a.name, "--", "ip", "-o", "link"]);
+    assert!(out.contains(&va) && !out.contains(&vb), "{out}");
+    let code = nettool(&["netns", "exec", &a.name, "--", "sh", "-c", "exit 7"])
+        .status
+        .code();
+    assert_eq!(code, Some(7));
+    // --sys gives /sys/class/net of the namespace; without it sysfs is the caller's.
+    let with_sys = nettool_ok(&[
+        "netns",
+        "exec",
+        "--sys",
+        &a.name,
+        "--",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert!(with_sys.split_whitespace().any(|n| n == va), "{with_sys}");
+    let without = nettool_ok(&["netns", "exec", &a.name, "--", "ls", "/sys/class/net"]);
+    assert!(!without.split_whitespace().any(|n| n == va), "{without}");
+    // pid: target: enter the namespace of a process living in b.
+    let sleeper = b.spawn(&["sleep", "30"]);
+    let pid = sleeper.pid();
+    // `ip netns exec` enters b, then execs sleep: once comm is sleep, it is inside.
+    wait_for("sleeper in b", 5, || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim() == "sleep")
+            .unwrap_or(false)
+    });
+    let out = nettool_ok(&[
+        "netns",
+        "exec",
+        &format!("pid:{pid}"),
+        "--",
+        "ip",
+        "-o",
+        "link",
+    ]);
+    assert!(out.contains(&vb), "{out}");
+}
+
+#[test]
+fn unknown_target_is_a_clear_error() {
+    let out = nettool(&["netns", "inspect", "nt-test-does-not-exist"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no network namespace matches 'nt-test-does-not-exist'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("name:") && err.contains("pid:") && err.contains("container:"),
+        "lists what was tried: {err}"
+    );
+    let out = nettool(&["netns", "inspect", "pid:999999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = nettool(&["netns", "inspect", "/etc/hostname"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a network namespace"));
+    // Usage errors exit 2.
+    assert_eq!(nettool(&["netns", "exec", "x"]).status.code(), Some(2));
+}
+
+#[test]
+fn help_lists_examples_and_completions_work() {
+    let help = nettool_ok(&["--help"]);
+    assert!(
+        help.contains("netns") && help.contains("Examples"),
+        "{help}"
+    );
+    let help = nettool_ok(&["netns", "inspect", "--help"]);
+    assert!(help.contains("nettool netns inspect web"));
+    let comp = nettool_ok(&["completions", "bash"]);
+    assert!(comp.contains("_nettool"), "bash completion script");
+    let v = nettool_ok(&["--version"]);
+    assert!(v.starts_with("nettool "));
+}
