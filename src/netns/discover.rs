@@ -48,8 +48,11 @@ pub struct NamespaceInfo {
 }
 
 impl NamespaceInfo {
-    /// The best short name: first name, container name, or `pid:N`, or the inode.
+    /// The best short name, usable as a TARGET: first name, container, `current`, `pid:N`, or a path.
     pub fn display_name(&self) -> String {
+        if self.current {
+            return "current".into();
+        }
         if let Some(n) = self.names.first() {
             return n.clone();
         }
@@ -62,7 +65,7 @@ impl NamespaceInfo {
         if let Some(p) = self.processes.first() {
             return format!("pid:{}", p.pid);
         }
-        format!("inode:{}", self.id.inode)
+        self.path.display().to_string()
     }
 
     /// Open this namespace.
