@@ -25,6 +25,12 @@ pub enum Command {
     #[command(subcommand)]
     Netns(NetnsCommand),
 
+    /// The other end of a veth (interface, namespace, processes, container), both ways.
+    #[command(
+        after_help = "IFACE is looked up in the current namespace, or in --netns TARGET. A namespace TARGET\n(container:web, pid:N, a name under /run/netns) instead of IFACE gives the host-side\nveth of each of its interfaces. Non-veth interfaces are described with their master,\nparent, ports or children.\n\nExamples:\n  nettool peer veth10bbd40\n  nettool peer container:web\n  nettool peer --netns web eth0\n  nettool peer --all\n  nettool peer --all --json | jq '.[] | select(.peer.namespace.containers != [])'"
+    )]
+    Peer(PeerArgs),
+
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  nettool completions bash > /etc/bash_completion.d/nettool"
@@ -96,4 +102,24 @@ pub struct NetnsExecArgs {
 pub struct CompletionsArgs {
     /// The shell.
     pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `peer`.
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// The interface (or a namespace TARGET: container:NAME, pid:N, NAME).
+    #[arg(required_unless_present = "all")]
+    pub iface: Option<String>,
+    /// Look IFACE up in this namespace instead of the current one (NAME, PATH, pid:N, container:NAME).
+    #[arg(long, short = 'n', value_name = "TARGET")]
+    pub netns: Option<String>,
+    /// One table of every veth pair on the machine (with --netns: the pairs with an end there).
+    #[arg(long, conflicts_with = "iface")]
+    pub all: bool,
+    /// Do not ask the Docker API for container names.
+    #[arg(long)]
+    pub no_docker: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }

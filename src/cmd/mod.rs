@@ -1,6 +1,7 @@
 //! One module per command: turn parsed arguments into core calls and render the result.
 
 pub mod netns;
+pub mod peer;
 
 use crate::cli::{Cli, Command};
 
@@ -8,6 +9,7 @@ use crate::cli::{Cli, Command};
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Netns(c) => netns::run(c),
+        Command::Peer(a) => peer::run(a),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

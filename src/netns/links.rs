@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{
@@ -40,7 +40,8 @@ pub struct Link {
     pub mac: Option<String>,
     /// ifindex of the bridge/bond this link is enslaved to.
     pub master: Option<u32>,
-    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace); for macvlan/vlan, the parent.
+    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace); for macvlan/vlan, the
+    /// parent; for vxlan, the underlay device (IFLA_VXLAN_LINK).
     pub link: Option<u32>,
     /// IFLA_LINK_NETNSID: the nsid, as seen from this namespace, of the namespace `link` lives in.
     pub link_netnsid: Option<i32>,
@@ -208,8 +209,17 @@ fn link_from_message(l: &LinkMessage) -> Link {
             LinkAttribute::OperState(s) => link.oper_state = oper_state_name(s),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = kind_name(kind);
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = kind_name(kind),
+                        // A vxlan's underlay device is in its info data, not IFLA_LINK.
+                        LinkInfo::Data(InfoData::Vxlan(v)) => {
+                            for a in v {
+                                if let InfoVxlan::Link(i) = a {
+                                    link.link.get_or_insert(*i);
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -1,0 +1,436 @@
+//! `nettool peer`: the other end of a veth, both ways, and every veth pair on the machine.
+
+use anyhow::{bail, Context};
+
+use crate::cli::PeerArgs;
+use crate::netns::peers::{HostScan, LinkEnd, LinkRef, NsSummary, PeerReport, ScanOptions};
+use crate::netns::NetNs;
+use crate::output::{paint, print_json, Table};
+
+/// Run `nettool peer`.
+pub fn run(a: PeerArgs) -> anyhow::Result<i32> {
+    let look = match &a.netns {
+        Some(t) => Some(NetNs::open(t).with_context(|| format!("--netns {t}"))?),
+        None => None,
+    };
+    let scan = HostScan::scan(
+        ScanOptions {
+            skip_docker: a.no_docker,
+        },
+        look.as_slice(),
+    );
+    let look_idx = match &look {
+        Some(ns) => scan.ns_index(ns.id()),
+        None => scan.current,
+    };
+
+    if a.all {
+        let mut rows = scan.pair_rows();
+        if let (Some(_), Some(i)) = (&look, look_idx) {
+            let inode = scan.namespaces[i].info.id.inode;
+            rows.retain(|r| {
+                r.host.namespace.inode == inode
+                    || r.peer.as_ref().map(|p| p.namespace.inode) == Some(inode)
+            });
+        }
+        if a.json {
+            print_json(&rows)?;
+        } else {
+            print_all(&rows);
+        }
+        return Ok(0);
+    }
+
+    let Some(iface) = a.iface.as_deref() else {
+        bail!("give an interface, a namespace TARGET, or --all");
+    };
+    let look_idx = look_idx.context("cannot find the namespace to look the interface up in")?;
+    let ns_word = ["container:", "pid:", "name:"]
+        .iter()
+        .any(|p| iface.starts_with(p))
+        || iface.contains('/');
+
+    if !ns_word {
+        if let Some(r) = scan.by_name(look_idx, iface) {
+            let rep = scan
+                .report(r)
+                .with_context(|| format!("interface {iface} vanished while reading it"))?;
+            if a.json {
+                print_json(&rep)?;
+            } else {
+                print_report(&rep);
+            }
+            return Ok(0);
+        }
+    }
+
+    // Not an interface here: a namespace TARGET (reverse lookup), unless --netns said where to look.
+    let ns_err = if a.netns.is_none() {
+        match NetNs::open(iface) {
+            Ok(ns) => return namespace_reports(&scan, &ns, iface, a.json),
+            Err(e) if ns_word => return Err(e).with_context(|| format!("namespace {iface}")),
+            Err(e) => Some(e),
+        }
+    } else {
+        None
+    };
+    Err(unknown_interface(&scan, look_idx, iface, ns_err))
+}
+
+/// Reports for every interface (but lo) of a namespace: the reverse lookup.
+fn namespace_reports(scan: &HostScan, ns: &NetNs, target: &str, json: bool) -> anyhow::Result<i32> {
+    let idx = match scan.ns_index(ns.id()) {
+        Some(i) => i,
+        None => bail!(
+            "namespace {target} (inode {}) disappeared while scanning; try again",
+            ns.id().inode
+        ),
+    };
+    let n = &scan.namespaces[idx];
+    if let Some(e) = &n.error {
+        bail!("cannot read namespace {target}: {e}");
+    }
+    let mut links: Vec<_> = n.links.iter().filter(|l| l.kind != "loopback").collect();
+    // Veths first: they are what the reverse lookup is for.
+    links.sort_by_key(|l| (l.kind != "veth", l.index));
+    let reports: Vec<PeerReport> = links
+        .iter()
+        .filter_map(|l| {
+            scan.report(LinkRef {
+                ns: idx,
+                index: l.index,
+            })
+        })
+        .collect();
+    if json {
+        print_json(&reports)?;
+        return Ok(0);
+    }
+    if reports.is_empty() {
+        println!(
+            "namespace {} (inode {}) has no interfaces besides lo",
+            target,
+            ns.id().inode
+        );
+        return Ok(0);
+    }
+    for (i, r) in reports.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print_report(r);
+    }
+    Ok(0)
+}
+
+fn unknown_interface(
+    scan: &HostScan,
+    ns: usize,
+    iface: &str,
+    ns_err: Option<crate::netns::NetnsError>,
+) -> anyhow::Error {
+    let summary = scan.ns_summary(ns);
+    let mut msg = format!(
+        "no interface named '{iface}' in namespace {} (inode {})",
+        summary.label, summary.inode
+    );
+    let close = scan.close_names(ns, iface);
+    if !close.is_empty() {
+        msg.push_str(&format!("; did you mean {}?", close.join(", ")));
+    }
+    let elsewhere: Vec<String> = scan
+        .everywhere_named(iface)
+        .into_iter()
+        .filter(|r| r.ns != ns)
+        .take(5)
+        .map(|r| {
+            let s = scan.ns_summary(r.ns);
+            format!("{} (ifindex {})", target_for(&s), r.index)
+        })
+        .collect();
+    if !elsewhere.is_empty() {
+        msg.push_str(&format!(
+            "\n'{iface}' exists in: {}; look there with --netns TARGET",
+            elsewhere.join(", ")
+        ));
+    }
+    if elsewhere.is_empty() {
+        let near: Vec<String> = (0..scan.namespaces.len())
+            .filter(|&n| n != ns)
+            .flat_map(|n| {
+                let label = target_for(&scan.ns_summary(n));
+                scan.close_names(n, iface)
+                    .into_iter()
+                    .map(move |c| format!("{c} in {label}"))
+            })
+            .take(5)
+            .collect();
+        if !near.is_empty() {
+            msg.push_str(&format!(
+                "
+close names in other namespaces: {} (look there with --netns TARGET)",
+                near.join(", ")
+            ));
+        }
+    }
+    if ns_err.is_some() {
+        msg.push_str(&format!(
+            "\nit is not a namespace either (no /run/netns/{iface}, process or container of that name)"
+        ));
+    }
+    msg.push_str("\nlist interfaces with `nettool netns inspect TARGET` or `nettool peer --all`");
+    anyhow::anyhow!(msg)
+}
+
+/// A TARGET string that opens this namespace again.
+fn target_for(s: &NsSummary) -> String {
+    if s.current {
+        return "current".into();
+    }
+    if let Some(n) = s.names.iter().find(|n| !n.starts_with("docker/")) {
+        return n.clone();
+    }
+    if let Some(c) = s.containers.first() {
+        return format!(
+            "container:{}",
+            c.name.clone().unwrap_or_else(|| c.id.chars().take(12).collect())
+        );
+    }
+    if let Some(p) = s.processes.first() {
+        return format!("pid:{}", p.pid);
+    }
+    s.path.display().to_string()
+}
+
+fn headline(e: &LinkEnd) -> String {
+    let state = if e.admin_up {
+        e.state.clone()
+    } else {
+        "down".to_string()
+    };
+    format!(
+        "{} (ifindex {}, {}, {}, mtu {})",
+        paint(&e.name, "1"),
+        e.index,
+        e.kind,
+        state,
+        e.mtu
+    )
+}
+
+fn processes(s: &NsSummary) -> String {
+    if s.processes.is_empty() {
+        return "- (none: kept alive by a name or mount)".into();
+    }
+    let mut p: Vec<String> = s
+        .processes
+        .iter()
+        .take(6)
+        .map(|o| format!("{}/{}", o.pid, o.comm))
+        .collect();
+    if s.processes.len() > 6 {
+        p.push(format!("+{} more", s.processes.len() - 6));
+    }
+    p.join(", ")
+}
+
+fn containers(s: &NsSummary) -> String {
+    s.containers
+        .iter()
+        .map(|c| {
+            let short: String = c.id.chars().take(12).collect();
+            match &c.name {
+                Some(n) => format!("{n} ({short})"),
+                None => short,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ns_line(s: &NsSummary) -> String {
+    let mut parts = vec![format!("inode {}", s.inode)];
+    if let Some(id) = s.nsid {
+        parts.push(format!("nsid {id}"));
+    }
+    parts.push(s.path.display().to_string());
+    format!("{} ({})", s.label, parts.join(", "))
+}
+
+fn print_end(e: &LinkEnd, show_ns: bool) {
+    let kv = |k: &str, v: String| println!("  {:<11}{}", k, v);
+    if show_ns {
+        kv("namespace", ns_line(&e.namespace));
+        if !e.namespace.names.is_empty() {
+            kv("names", e.namespace.names.join(", "));
+        }
+        kv("processes", processes(&e.namespace));
+        let c = containers(&e.namespace);
+        if !c.is_empty() {
+            kv("container", c);
+        }
+    }
+    if let Some(m) = &e.master {
+        kv(
+            e.master_kind.as_deref().unwrap_or("master"),
+            m.to_string(),
+        );
+    }
+    kv(
+        "addresses",
+        if e.addresses.is_empty() {
+            "-".into()
+        } else {
+            e.addresses.join(", ")
+        },
+    );
+    if let Some(mac) = &e.mac {
+        kv("mac", mac.clone());
+    }
+}
+
+fn print_report(r: &PeerReport) {
+    let i = &r.interface;
+    println!("{} in {}", headline(i), ns_line(&i.namespace));
+    print_end(i, false);
+    match r.kind.as_str() {
+        "veth" => match &r.peer {
+            Some(p) => {
+                let side = if p.namespace.inode == i.namespace.inode {
+                    "same namespace".to_string()
+                } else {
+                    match i.link_netnsid {
+                        Some(id) => format!("nsid {id} as seen from {}", i.namespace.label),
+                        None => "another namespace".into(),
+                    }
+                };
+                println!("peer {} [{side}]", headline(p));
+                print_end(p, true);
+            }
+            None => println!(
+                "peer {}",
+                r.peer_unresolved.as_deref().unwrap_or("not found")
+            ),
+        },
+        kind => {
+            println!("  {:<11}{kind} (not a veth, so it has no peer)", "kind");
+            if let Some(p) = &r.parent {
+                let where_ = if p.namespace.inode == i.namespace.inode {
+                    String::new()
+                } else {
+                    format!(" in {}", ns_line(&p.namespace))
+                };
+                println!(
+                    "  {:<11}{} (ifindex {}, {}){where_}",
+                    "parent", p.name, p.index, p.kind
+                );
+            }
+            if kind == "bridge" {
+                let ports: Vec<String> = r
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}@{}", p.name, p.index))
+                    .collect();
+                println!(
+                    "  {:<11}{}",
+                    "ports",
+                    if ports.is_empty() {
+                        "-".into()
+                    } else {
+                        ports.join(", ")
+                    }
+                );
+            }
+            for c in &r.children {
+                println!(
+                    "  {:<11}{} {} (ifindex {}) in {}",
+                    "child",
+                    c.kind,
+                    c.name,
+                    c.index,
+                    ns_line(&c.namespace)
+                );
+            }
+        }
+    }
+    if let Some(w) = &r.mtu_mismatch {
+        println!("{} {w}", paint("warning:", "33"));
+    }
+}
+
+fn print_all(rows: &[crate::netns::peers::VethPair]) {
+    if rows.is_empty() {
+        println!("no veth pairs");
+        return;
+    }
+    let mut t = Table::new(&[
+        "HOST-NS",
+        "HOST-SIDE",
+        "BRIDGE",
+        "MTU",
+        "PEER",
+        "PEER-NS",
+        "CONTAINER/PROCESS",
+        "PEER-ADDRESSES",
+    ]);
+    for r in rows {
+        let h = &r.host;
+        let (peer, peer_ns, who, addrs, mtu) = match &r.peer {
+            Some(p) => {
+                let who = {
+                    let c = containers(&p.namespace);
+                    if !c.is_empty() {
+                        c
+                    } else if let Some(o) = p.namespace.processes.first() {
+                        let more = p.namespace.processes.len() - 1;
+                        if more > 0 {
+                            format!("{}/{} +{more}", o.pid, o.comm)
+                        } else {
+                            format!("{}/{}", o.pid, o.comm)
+                        }
+                    } else {
+                        "-".into()
+                    }
+                };
+                let mtu = if p.mtu == h.mtu {
+                    h.mtu.to_string()
+                } else {
+                    format!("{}/{}!", h.mtu, p.mtu)
+                };
+                (
+                    format!("{}@{}", p.name, p.index),
+                    if p.namespace.inode == h.namespace.inode {
+                        "(same)".into()
+                    } else {
+                        p.namespace.label.clone()
+                    },
+                    who,
+                    if p.addresses.is_empty() {
+                        "-".into()
+                    } else {
+                        p.addresses.join(",")
+                    },
+                    mtu,
+                )
+            }
+            None => (
+                "?".into(),
+                "(not found)".into(),
+                "-".into(),
+                "-".into(),
+                h.mtu.to_string(),
+            ),
+        };
+        t.row(vec![
+            h.namespace.label.clone(),
+            format!("{}@{}", h.name, h.index),
+            h.master.clone().unwrap_or_else(|| "-".into()),
+            mtu,
+            peer,
+            peer_ns,
+            who,
+            addrs,
+        ]);
+    }
+    print!("{}", t.render());
+}
