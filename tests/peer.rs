@@ -376,3 +376,44 @@ fn unknown_interface_suggests_close_names() {
     // No argument at all is a usage error.
     assert_eq!(nettool(&["peer"]).status.code(), Some(2));
 }
+
+#[test]
+fn docker_container_is_named_both_ways() {
+    let d = common::docker::Dockerd::start("peer-dock");
+    d.import_busybox("nt-busybox");
+    d.docker(&["run", "-d", "--name", "web", "nt-busybox", "sleep", "300"]);
+    let id = d
+        .docker(&["inspect", "-f", "{{.Id}}", "web"])
+        .trim()
+        .to_string();
+    let run = |args: &[&str]| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .args(args)
+            .env("DOCKER_HOST", d.host())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // The daemon's host namespace has docker0 and one veth: its peer is web's eth0.
+    let pairs = run(&["peer", "--all", "--netns", &d.ns.name, "--json"]);
+    let pairs = pairs.as_array().unwrap();
+    assert_eq!(pairs.len(), 1, "{pairs:?}");
+    let host_veth = pairs[0]["host"]["name"].as_str().unwrap().to_string();
+    assert_eq!(pairs[0]["host"]["master"], "docker0");
+    let r = run(&["peer", "--netns", &d.ns.name, &host_veth, "--json"]);
+    assert_eq!(r["peer"]["name"], "eth0");
+    let c = &r["peer"]["namespace"]["containers"][0];
+    assert_eq!(c["name"], "web", "{r}");
+    assert_eq!(c["id"], id.as_str());
+    assert_eq!(r["peer"]["namespace"]["label"], "container:web");
+    // Reverse: container:web through the Docker API gives the host-side veth.
+    let rev = run(&["peer", "container:web", "--json"]);
+    assert_eq!(rev[0]["peer"]["name"], host_veth.as_str(), "{rev}");
+    assert_eq!(rev[0]["peer"]["master"], "docker0");
+}

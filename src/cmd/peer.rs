@@ -193,7 +193,9 @@ fn target_for(s: &NsSummary) -> String {
     if let Some(c) = s.containers.first() {
         return format!(
             "container:{}",
-            c.name.clone().unwrap_or_else(|| c.id.chars().take(12).collect())
+            c.name
+                .clone()
+                .unwrap_or_else(|| c.id.chars().take(12).collect())
         );
     }
     if let Some(p) = s.processes.first() {
@@ -264,6 +266,9 @@ fn print_end(e: &LinkEnd, show_ns: bool) {
         if !e.namespace.names.is_empty() {
             kv("names", e.namespace.names.join(", "));
         }
+        for m in &e.namespace.mounts {
+            kv("mounted at", m.display().to_string());
+        }
         kv("processes", processes(&e.namespace));
         let c = containers(&e.namespace);
         if !c.is_empty() {
@@ -271,10 +276,7 @@ fn print_end(e: &LinkEnd, show_ns: bool) {
         }
     }
     if let Some(m) = &e.master {
-        kv(
-            e.master_kind.as_deref().unwrap_or("master"),
-            m.to_string(),
-        );
+        kv(e.master_kind.as_deref().unwrap_or("master"), m.to_string());
     }
     kv(
         "addresses",

@@ -370,12 +370,11 @@ impl HostScan {
 
     /// The link named `name` in namespace `ns` (names are unique within a namespace).
     pub fn by_name(&self, ns: usize, name: &str) -> Option<LinkRef> {
-        self.namespaces.get(ns)?.links.iter().find_map(|l| {
-            (l.name == name).then_some(LinkRef {
-                ns,
-                index: l.index,
-            })
-        })
+        self.namespaces
+            .get(ns)?
+            .links
+            .iter()
+            .find_map(|l| (l.name == name).then_some(LinkRef { ns, index: l.index }))
     }
 
     /// Every link called exactly `name`, in any namespace.
@@ -518,6 +517,7 @@ impl HostScan {
             inode: n.info.id.inode,
             names: n.info.names.clone(),
             path: n.info.path.clone(),
+            mounts: n.info.mounts.clone(),
             nsid: n.info.nsid,
             current: n.info.current,
             processes: n.info.processes.clone(),
@@ -652,6 +652,8 @@ pub struct NsSummary {
     pub names: Vec<String>,
     /// A path that opens it.
     pub path: PathBuf,
+    /// Other nsfs mounts holding it (e.g. Docker's sandbox file under its exec root).
+    pub mounts: Vec<PathBuf>,
     /// Its nsid as seen from the namespace nettool runs in.
     pub nsid: Option<i32>,
     /// True for the namespace nettool runs in.

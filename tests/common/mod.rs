@@ -2,6 +2,8 @@
 //! and a runner for the nettool binary.
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
