@@ -36,6 +36,10 @@ pub enum Command {
         after_help = "Example:\n  nettool completions bash > /etc/bash_completion.d/nettool"
     )]
     Completions(CompletionsArgs),
+
+    /// Trace DNS queries and answers, paired, with latency, in any namespace (Docker DNS aware).
+    #[command(after_help = DNS_HELP)]
+    Dns(DnsArgs),
 }
 
 /// `nettool netns ...`
@@ -122,4 +126,74 @@ pub struct PeerArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+const DNS_HELP: &str =
+    "Each line: time, namespace, client -> server, type, name, rcode, latency, answers,
+then flags: tcp, TC (truncated), after-TC (the TCP retry), retries=N, via REAL (Docker's DNAT),
+upstream SERVER RCODE MS (the resolver's own query), for CLIENT (a resolver's upstream query).
+A summary per name follows on exit (Ctrl-C, --count, --duration).
+
+Examples:
+  nettool dns                                  # the current namespace
+  nettool dns --netns web                      # a named namespace (or pid:N, container:NAME)
+  nettool dns --all-netns --json               # every namespace, JSON lines
+  nettool dns --netns container:api --pcap dns.pcap --duration 30s
+  nettool dns --read capture.pcap              # explain a capture made elsewhere (tcpdump -w)
+  nettool dns --count 1 --timeout 2s           # stop after one lookup";
+
+/// Arguments of `dns`.
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// Capture in this namespace: NAME, PATH, pid:N, container:NAME (default: the current one).
+    #[arg(long, short = 'n', value_name = "TARGET")]
+    pub netns: Option<String>,
+    /// Watch every namespace on the machine at once (new ones are picked up as they appear).
+    #[arg(long, conflicts_with = "netns")]
+    pub all_netns: bool,
+    /// Print one JSON object per lookup (and a final {\"summary\": ...} line).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write every captured DNS packet to this pcap file (raw IP link type).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+    /// Explain a pcap or pcapng file instead of capturing.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["netns", "all_netns", "pcap", "duration"])]
+    pub read: Option<std::path::PathBuf>,
+    /// Stop after N lookups.
+    #[arg(long, short = 'c', value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this long (e.g. 10s, 500ms, 2m).
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Report a query as a timeout when no answer came within this wait.
+    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Do not print the per-name summary at the end.
+    #[arg(long)]
+    pub no_summary: bool,
+    /// Do not read nat rules to recognise Docker's embedded resolver.
+    #[arg(long)]
+    pub no_docker: bool,
+}
+
+/// Parse "10s", "500ms", "2m", "1h" or a bare number of seconds ("1.5").
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 10s, 500ms, 2m)"))?;
+    let mult = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "us" => 0.000_001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    std::time::Duration::try_from_secs_f64(n * mult).map_err(|e| format!("'{s}': {e}"))
 }

@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod dns;
 pub mod netns;
 pub mod output;

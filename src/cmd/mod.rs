@@ -1,5 +1,6 @@
 //! One module per command: turn parsed arguments into core calls and render the result.
 
+pub mod dns;
 pub mod netns;
 pub mod peer;
 
@@ -10,6 +11,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Netns(c) => netns::run(c),
         Command::Peer(a) => peer::run(a),
+        Command::Dns(a) => dns::run(a),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -1,0 +1,341 @@
+//! `nettool dns`: trace DNS lookups in one namespace, every namespace, or a pcap file.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::cli::DnsArgs;
+use crate::dns::capture::PcapOut;
+use crate::dns::pair::{Lookup, NameSummary, Status, Summary};
+use crate::dns::{self, docker, Alias, LiveOptions, Source, SourceStats};
+use crate::netns::discover::{discover, DiscoverOptions};
+use crate::netns::{NetNs, NsId};
+use crate::output::{paint, Table};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C and SIGTERM end the capture cleanly so the summary (and the pcap) are written.
+fn install_signal_handlers() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+/// "HH:MM:SS.mmm" (UTC) of a time in seconds since the epoch.
+fn clock(t: f64) -> String {
+    let ms = (t * 1000.0) as u64;
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else if ms >= 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.2} ms")
+    }
+}
+
+/// The human line for one lookup.
+pub fn render_line(l: &Lookup, timeout: Duration) -> String {
+    let status = match l.status {
+        Status::Answered | Status::AnswerOnly => {
+            let rcode = l.rcode.clone().unwrap_or_default();
+            if rcode == "NOERROR" {
+                paint(&rcode, "32")
+            } else {
+                paint(&rcode, "31")
+            }
+        }
+        Status::Timeout => paint("TIMEOUT", "31"),
+        Status::Unanswered => paint("UNANSWERED", "33"),
+    };
+    let latency = match (l.status, l.latency_ms) {
+        (_, Some(ms)) => fmt_ms(ms),
+        (Status::Timeout, None) => format!(">{}", fmt_ms(timeout.as_secs_f64() * 1000.0)),
+        (Status::AnswerOnly, None) => "query not seen".into(),
+        _ => "-".into(),
+    };
+    let answers = if l.answers.is_empty() {
+        "-".to_string()
+    } else {
+        let mut parts: Vec<String> = l
+            .answers
+            .iter()
+            .take(6)
+            .map(|a| match a.rtype.as_str() {
+                "A" | "AAAA" => a.data.clone(),
+                t => format!("{t} {}", a.data),
+            })
+            .collect();
+        if l.answers.len() > 6 {
+            parts.push(format!("+{} more", l.answers.len() - 6));
+        }
+        parts.join(", ")
+    };
+    let mut flags = Vec::new();
+    if l.transport == dns::packet::Transport::Tcp {
+        flags.push("tcp".to_string());
+    }
+    if l.truncated {
+        flags.push(paint("TC", "33"));
+    }
+    if l.after_truncated {
+        flags.push("after-TC".into());
+    }
+    if l.retries > 0 {
+        flags.push(format!("retries={}", l.retries));
+    }
+    if let Some(real) = l.server_real {
+        flags.push(format!("via {real}"));
+    }
+    for u in &l.upstream {
+        flags.push(format!(
+            "upstream {} {} {}",
+            u.server,
+            u.rcode.as_deref().unwrap_or("no-answer"),
+            u.latency_ms.map(fmt_ms).unwrap_or_default()
+        ));
+    }
+    if let Some(c) = l.on_behalf_of {
+        flags.push(format!("for {c}"));
+    }
+    let mut line = format!(
+        "{}  {}  {} -> {}  {} {}  {}  {}  {}",
+        clock(l.time),
+        l.netns,
+        l.client,
+        l.server,
+        l.qtype,
+        if l.name.is_empty() { "?" } else { &l.name },
+        status,
+        latency,
+        answers
+    );
+    if !flags.is_empty() {
+        line.push_str("  [");
+        line.push_str(&flags.join(" "));
+        line.push(']');
+    }
+    line
+}
+
+/// The end-of-run report.
+#[derive(Debug, Serialize)]
+struct Report {
+    lookups: u64,
+    names: Vec<NameSummary>,
+    sources: Vec<SourceStats>,
+}
+
+fn aliases_for(ns: &NetNs, no_docker: bool) -> Vec<Alias> {
+    if no_docker {
+        Vec::new()
+    } else {
+        docker::embedded_resolver_aliases(ns)
+    }
+}
+
+/// Run `nettool dns`.
+pub fn run(a: DnsArgs) -> anyhow::Result<i32> {
+    if a.count == Some(0) {
+        return Ok(0);
+    }
+    install_signal_handlers();
+    let mut summary = Summary::default();
+    let mut emitted = 0u64;
+    let json = a.json;
+    let timeout = a.timeout;
+    let count = a.count;
+    let mut out_err: Option<std::io::Error> = None;
+    let mut on_lookup = |l: Lookup| -> bool {
+        summary.add(&l);
+        emitted += 1;
+        let mut out = std::io::stdout().lock();
+        let r = if json {
+            serde_json::to_writer(&mut out, &l)
+                .map_err(std::io::Error::from)
+                .and_then(|_| writeln!(out))
+        } else {
+            writeln!(out, "{}", render_line(&l, timeout))
+        };
+        if let Err(e) = r {
+            // A closed pipe (| head) ends the trace quietly.
+            out_err = Some(e);
+            return false;
+        }
+        count.is_none_or(|n| emitted < n)
+    };
+
+    let stats: Vec<SourceStats> = if let Some(path) = &a.read {
+        let st = dns::read_file(path, a.timeout, &[], &mut on_lookup)
+            .with_context(|| format!("reading {}", path.display()))?;
+        vec![st]
+    } else {
+        let no_docker = a.no_docker;
+        let mut sources = Vec::new();
+        if a.all_netns {
+            for info in discover(DiscoverOptions {
+                skip_interfaces: true,
+                skip_docker: false,
+            }) {
+                let Ok(ns) = info.open() else { continue };
+                match Source::open(&ns, timeout, aliases_for(&ns, no_docker)) {
+                    Ok(s) => sources.push(s),
+                    Err(e) => tracing::warn!("skipping namespace {}: {e}", ns.label()),
+                }
+            }
+            anyhow::ensure!(
+                !sources.is_empty(),
+                "could not capture in any namespace (capturing needs root)"
+            );
+        } else {
+            let target = a.netns.as_deref().unwrap_or("current");
+            let ns = NetNs::open(target).with_context(|| format!("--netns {target}"))?;
+            let src = Source::open(&ns, timeout, aliases_for(&ns, no_docker))
+                .with_context(|| format!("capturing in namespace {}", ns.label()))?;
+            sources.push(src);
+        }
+        let mut pcap = match &a.pcap {
+            Some(p) => Some(PcapOut::create(p).with_context(|| "--pcap")?),
+            None => None,
+        };
+        let mut refresh = |have: &HashSet<NsId>| -> (Vec<Source>, Vec<NsId>) {
+            let infos = discover(DiscoverOptions {
+                skip_interfaces: true,
+                skip_docker: false,
+            });
+            let now: HashSet<NsId> = infos.iter().map(|i| i.id).collect();
+            let gone = have
+                .iter()
+                .filter(|id| !now.contains(id))
+                .copied()
+                .collect();
+            let added = infos
+                .iter()
+                .filter(|i| !have.contains(&i.id))
+                .filter_map(|i| i.open().ok())
+                .filter_map(|ns| Source::open(&ns, timeout, aliases_for(&ns, no_docker)).ok())
+                .collect();
+            (added, gone)
+        };
+        let labels: Vec<String> = sources.iter().map(|s| s.label().to_string()).collect();
+        eprintln!(
+            "nettool dns: capturing in {} (Ctrl-C ends with a summary)",
+            if labels.len() > 3 {
+                format!("{} namespaces", labels.len())
+            } else {
+                labels.join(", ")
+            }
+        );
+        let opts = LiveOptions {
+            duration: a.duration,
+            refresh_every: Duration::from_secs(2),
+        };
+        let st = dns::live(
+            sources,
+            &opts,
+            &STOP,
+            pcap.as_mut(),
+            if a.all_netns {
+                Some(&mut refresh)
+            } else {
+                None
+            },
+            &mut on_lookup,
+        )?;
+        if let Some(p) = pcap {
+            p.finish()?;
+        }
+        st
+    };
+    if let Some(e) = out_err {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(0);
+        }
+        return Err(e).context("writing to stdout");
+    }
+    if a.no_summary {
+        return Ok(0);
+    }
+    let report = Report {
+        lookups: emitted,
+        names: summary.rows(),
+        sources: stats,
+    };
+    if a.json {
+        println!("{}", serde_json::json!({ "summary": report }));
+    } else {
+        print_summary(&report);
+    }
+    Ok(0)
+}
+
+fn print_summary(r: &Report) {
+    let mut t = Table::new(&["NAME", "COUNT", "ERRORS", "P50", "P99", "SLOWEST SERVER"]);
+    for n in &r.names {
+        t.row(vec![
+            if n.name.is_empty() {
+                "?".into()
+            } else {
+                n.name.clone()
+            },
+            n.count.to_string(),
+            n.errors.to_string(),
+            n.p50_ms.map(fmt_ms).unwrap_or_else(|| "-".into()),
+            n.p99_ms.map(fmt_ms).unwrap_or_else(|| "-".into()),
+            match (n.slowest_server, n.slowest_ms) {
+                (Some(s), Some(ms)) => format!("{s} ({})", fmt_ms(ms)),
+                _ => "-".into(),
+            },
+        ]);
+    }
+    println!();
+    if !t.is_empty() {
+        print!("{}", t.render());
+    }
+    let (q, ans, dup, bad, drops, frames) = r.sources.iter().fold((0, 0, 0, 0, 0, 0), |acc, s| {
+        (
+            acc.0 + s.pairing.queries,
+            acc.1 + s.pairing.answers,
+            acc.2 + s.pairing.duplicate_answers,
+            acc.3 + s.pairing.malformed,
+            acc.4 + s.kernel_drops,
+            acc.5 + s.frames,
+        )
+    });
+    println!(
+        "{} lookups ({} queries, {} answers, {} duplicate answers, {} malformed) from {} frames in {} namespace(s); kernel dropped {}",
+        r.lookups,
+        q,
+        ans,
+        dup,
+        bad,
+        frames,
+        r.sources.len(),
+        drops
+    );
+}

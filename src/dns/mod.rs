@@ -1,0 +1,319 @@
+//! DNS tracing: capture in one or many namespaces, decode, pair queries with answers.
+//!
+//! [`capture`] makes AF_PACKET sockets inside namespaces and reads/writes pcap files,
+//! [`packet`] turns frames into DNS messages (UDP, TCP reassembled), [`pair`] pairs them,
+//! [`docker`] learns where Docker's embedded resolver really listens. [`live`] and
+//! [`read_file`] drive the pipeline and hand each finished [`pair::Lookup`] to a callback:
+//! this module never prints.
+
+pub mod capture;
+pub mod docker;
+pub mod packet;
+pub mod pair;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::netns::{NetNs, NsId};
+use capture::{now, CaptureError, PacketSocket, PcapOut, SNAPLEN};
+use packet::{decode, CopyFilter, LinkKind, TcpReassembler, Transport};
+use pair::{Lookup, PairStats, Pairer};
+
+/// A server address that packets really use, shown as the address the client asked
+/// (Docker: 127.0.0.11:<random port> shown as 127.0.0.11:53).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Alias {
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// Where the packets go after DNAT.
+    pub real: SocketAddr,
+    /// What the client addressed.
+    pub shown: SocketAddr,
+}
+
+/// Frames to lookups for one capture point.
+#[derive(Debug)]
+pub struct Pipeline {
+    copies: CopyFilter,
+    tcp: TcpReassembler,
+    /// The pairing state (counters included).
+    pub pairer: Pairer,
+}
+
+impl Pipeline {
+    /// A pipeline labelling its lookups `label`, waiting `timeout` for answers.
+    pub fn new(label: &str, timeout: Duration, aliases: &[Alias]) -> Self {
+        let mut pairer = Pairer::new(label, timeout);
+        for a in aliases {
+            pairer.alias(a.transport, a.real, a.shown);
+        }
+        Pipeline {
+            copies: CopyFilter::default(),
+            tcp: TcpReassembler::default(),
+            pairer,
+        }
+    }
+
+    /// Feed one frame.
+    pub fn frame(&mut self, ts: Duration, link: LinkKind, data: &[u8]) {
+        let Some(seg) = decode(link, data) else {
+            return;
+        };
+        match seg.tcp {
+            None => {
+                if !seg.payload.is_empty() && self.copies.is_new(ts, seg.src, seg.dst, seg.payload)
+                {
+                    self.pairer
+                        .message(ts, seg.src, seg.dst, Transport::Udp, seg.payload);
+                }
+            }
+            Some(flags) => {
+                for m in self.tcp.push(ts, seg.src, seg.dst, flags, seg.payload) {
+                    self.pairer
+                        .message(ts, seg.src, seg.dst, Transport::Tcp, &m);
+                }
+            }
+        }
+    }
+}
+
+/// Errors of a DNS trace.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// Capture or pcap trouble.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+}
+
+/// A namespace being watched: its capture socket and pipeline.
+#[derive(Debug)]
+pub struct Source {
+    id: NsId,
+    label: String,
+    sock: PacketSocket,
+    pipe: Pipeline,
+    /// The aliases in force (Docker's resolver).
+    pub aliases: Vec<Alias>,
+}
+
+impl Source {
+    /// Start capturing in `ns`. The namespace handle is not kept: once its last user is gone
+    /// the namespace may vanish while we watch (the socket keeps only its own reference).
+    pub fn open(ns: &NetNs, timeout: Duration, aliases: Vec<Alias>) -> Result<Self, DnsError> {
+        let ports: Vec<u16> = aliases.iter().map(|a| a.real.port()).collect();
+        let sock = PacketSocket::open(ns, &ports)?;
+        Ok(Source {
+            id: ns.id(),
+            label: ns.label().to_string(),
+            sock,
+            pipe: Pipeline::new(ns.label(), timeout, &aliases),
+            aliases,
+        })
+    }
+
+    /// The namespace's identity.
+    pub fn id(&self) -> NsId {
+        self.id
+    }
+
+    /// The namespace's label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+/// What one watched namespace saw, for the end-of-run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStats {
+    /// Namespace label.
+    pub netns: String,
+    /// Frames the kernel passed through the filter.
+    pub frames: u64,
+    /// Frames the kernel dropped because the reader fell behind.
+    pub kernel_drops: u64,
+    /// Pairing counters.
+    #[serde(flatten)]
+    pub pairing: PairStats,
+}
+
+/// When a live trace stops by itself.
+#[derive(Debug, Clone, Default)]
+pub struct LiveOptions {
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// How often to look for new namespaces (all-namespaces mode).
+    pub refresh_every: Duration,
+}
+
+/// Add and drop sources as namespaces come and go: given the ids watched now, returns new
+/// sources to add and the ids that no longer exist.
+pub type Refresh<'a> = dyn FnMut(&HashSet<NsId>) -> (Vec<Source>, Vec<NsId>) + 'a;
+
+/// Capture until `stop` is set, the duration passes, or `on_lookup` returns false.
+pub fn live(
+    mut sources: Vec<Source>,
+    opts: &LiveOptions,
+    stop: &AtomicBool,
+    mut pcap: Option<&mut PcapOut>,
+    mut refresh: Option<&mut Refresh<'_>>,
+    on_lookup: &mut dyn FnMut(Lookup) -> bool,
+) -> Result<Vec<SourceStats>, DnsError> {
+    let started = now();
+    let mut buf = vec![0u8; SNAPLEN as usize];
+    let mut last_tick = started;
+    let mut last_refresh = started;
+    let mut finished_stats: Vec<SourceStats> = Vec::new();
+    let mut keep_going = true;
+    let tick = Duration::from_millis(100);
+    'outer: while keep_going && !stop.load(Ordering::Relaxed) {
+        let t = now();
+        if opts
+            .duration
+            .is_some_and(|d| t.saturating_sub(started) >= d)
+        {
+            break;
+        }
+        let mut fds: Vec<libc::pollfd> = sources
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.sock.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: fds is a live array of pollfd of the length given.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        if n > 0 {
+            for (i, pfd) in fds.iter().enumerate() {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                let src = &mut sources[i];
+                // Bounded so one busy namespace cannot starve the timers.
+                for _ in 0..4096 {
+                    let Some(f) = src.sock.recv(&mut buf)? else {
+                        break;
+                    };
+                    let data = &buf[..f.len];
+                    if let Some(p) = pcap.as_deref_mut() {
+                        p.write(f.ts, data)?;
+                    }
+                    src.pipe.frame(f.ts, LinkKind::Ip, data);
+                    for l in src.pipe.pairer.drain() {
+                        if keep_going && !on_lookup(l) {
+                            keep_going = false;
+                        }
+                    }
+                    if !keep_going {
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        let t = now();
+        if t.saturating_sub(last_tick) >= tick {
+            last_tick = t;
+            for src in sources.iter_mut() {
+                src.pipe.pairer.expire(t);
+                for l in src.pipe.pairer.drain() {
+                    if keep_going && !on_lookup(l) {
+                        keep_going = false;
+                    }
+                }
+            }
+        }
+        if let Some(r) = refresh.as_deref_mut() {
+            if !opts.refresh_every.is_zero() && t.saturating_sub(last_refresh) >= opts.refresh_every
+            {
+                last_refresh = t;
+                let ids: HashSet<NsId> = sources.iter().map(|s| s.id).collect();
+                let (added, gone) = r(&ids);
+                let (kept, dropped): (Vec<Source>, Vec<Source>) =
+                    sources.into_iter().partition(|s| !gone.contains(&s.id));
+                sources = kept;
+                for mut s in dropped {
+                    s.pipe.pairer.finish(t);
+                    for l in s.pipe.pairer.drain() {
+                        if keep_going && !on_lookup(l) {
+                            keep_going = false;
+                        }
+                    }
+                    finished_stats.push(stats_of(&mut s));
+                }
+                sources.extend(added);
+            }
+        }
+    }
+    let t = now();
+    for src in sources.iter_mut() {
+        src.pipe.pairer.finish(t);
+        for l in src.pipe.pairer.drain() {
+            if keep_going && !on_lookup(l) {
+                keep_going = false;
+            }
+        }
+    }
+    finished_stats.extend(sources.iter_mut().map(stats_of));
+    Ok(finished_stats)
+}
+
+fn stats_of(s: &mut Source) -> SourceStats {
+    let (frames, kernel_drops) = s.sock.statistics();
+    SourceStats {
+        netns: s.label.clone(),
+        frames,
+        kernel_drops,
+        pairing: s.pipe.pairer.stats.clone(),
+    }
+}
+
+/// Explain a pcap/pcapng file: every lookup in it, timeouts judged on the capture's clock.
+pub fn read_file(
+    path: &Path,
+    timeout: Duration,
+    aliases: &[Alias],
+    on_lookup: &mut dyn FnMut(Lookup) -> bool,
+) -> Result<SourceStats, DnsError> {
+    let frames = capture::read_pcap(path)?;
+    let label = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let mut pipe = Pipeline::new(&label, timeout, aliases);
+    let mut last = Duration::ZERO;
+    let mut keep_going = true;
+    let total = frames.len() as u64;
+    for (ts, link, data) in &frames {
+        pipe.frame(*ts, *link, data);
+        if ts.saturating_sub(last) >= Duration::from_millis(100) {
+            pipe.pairer.expire(*ts);
+            last = *ts;
+        }
+        for l in pipe.pairer.drain() {
+            if keep_going && !on_lookup(l) {
+                keep_going = false;
+            }
+        }
+        if !keep_going {
+            break;
+        }
+    }
+    let end = frames.last().map(|f| f.0).unwrap_or_default();
+    pipe.pairer.finish(end);
+    for l in pipe.pairer.drain() {
+        if keep_going && !on_lookup(l) {
+            keep_going = false;
+        }
+    }
+    Ok(SourceStats {
+        netns: label,
+        frames: total,
+        kernel_drops: 0,
+        pairing: pipe.pairer.stats.clone(),
+    })
+}

@@ -1,0 +1,450 @@
+//! `nettool dns` against a real resolver (dnsmasq) in one namespace and real clients (dig, or
+//! small senders made inside the namespace) in another: each lookup line checked.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use nettool::netns::NetNs;
+use serde_json::Value;
+
+/// A server namespace running dnsmasq on 10.53.0.1 / fd53::1, and a client namespace
+/// (10.53.0.2 and 10.53.0.4 / fd53::2) joined by a veth.
+struct DnsLab {
+    server: TestNs,
+    client: TestNs,
+    _dnsmasq: ChildGuard,
+}
+
+impl DnsLab {
+    fn new(tag: &str) -> Self {
+        let server = TestNs::new(&format!("{tag}s"));
+        let client = TestNs::new(&format!("{tag}c"));
+        let (vs, vc) = (unique_ifname("ds"), unique_ifname("dc"));
+        veth(&vs, &server, &vc, &client);
+        server.ip(&["addr", "add", "10.53.0.1/24", "dev", &vs]);
+        server.ip(&["addr", "add", "10.53.0.3/24", "dev", &vs]);
+        server.ip(&["addr", "add", "10.53.0.5/24", "dev", &vs]);
+        server.ip(&["addr", "add", "fd53::1/64", "dev", &vs, "nodad"]);
+        client.ip(&["addr", "add", "10.53.0.2/24", "dev", &vc]);
+        client.ip(&["addr", "add", "10.53.0.4/24", "dev", &vc]);
+        client.ip(&["addr", "add", "fd53::2/64", "dev", &vc, "nodad"]);
+        let mut argv: Vec<String> = [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=10.53.0.1",
+            "--listen-address=fd53::1",
+            "--pid-file=",
+            "--log-facility=/dev/null",
+            "--local=/test/",
+            "--host-record=a.test,10.1.2.3,fd00::3",
+            "--cname=www.a.test,a.test",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Enough TXT records that a plain 512-byte UDP answer must be truncated.
+        for i in 0..20 {
+            argv.push(format!(
+                "--txt-record=big.test,record-{i:02}-padding-padding-padding-padding"
+            ));
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let dnsmasq = server.spawn(&argv);
+        let lab = DnsLab {
+            server,
+            client,
+            _dnsmasq: dnsmasq,
+        };
+        wait_for("dnsmasq answering", 10, || {
+            Command::new("ip")
+                .args(["netns", "exec", &lab.client.name])
+                .args([
+                    "dig",
+                    "+short",
+                    "+tries=1",
+                    "+timeout=1",
+                    "@10.53.0.1",
+                    "a.test",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("10.1.2.3"))
+                .unwrap_or(false)
+        });
+        lab
+    }
+
+    /// Run dig in the client namespace; returns its stdout (failure is fine: timeouts).
+    fn dig(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client.name, "dig"])
+            .args(args)
+            .output()
+            .expect("run dig");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A running `nettool dns`, started and ready (its capture socket is open).
+struct Trace(Option<Child>);
+
+impl Trace {
+    fn start(args: &[&str]) -> Trace {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .arg("dns")
+            .args(args)
+            // A safety net so a broken test cannot hang the suite.
+            .args(["--duration", "30s"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nettool dns");
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.contains("capturing in"),
+            "nettool dns did not start: {line}"
+        );
+        Trace(Some(child))
+    }
+
+    /// Wait for it to stop by itself (--count) and return stdout.
+    fn output(mut self) -> String {
+        let child = self.0.take().unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "nettool dns failed: {}", out.status);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// JSON lines: (lookups, summary).
+    fn json(self) -> (Vec<Value>, Value) {
+        let text = self.output();
+        let mut lookups = Vec::new();
+        let mut summary = Value::Null;
+        for l in text.lines() {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            if v.get("summary").is_some() {
+                summary = v["summary"].clone();
+            } else {
+                lookups.push(v);
+            }
+        }
+        (lookups, summary)
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn find<'a>(lookups: &'a [Value], name: &str, qtype: &str) -> &'a Value {
+    lookups
+        .iter()
+        .find(|l| l["name"] == name && l["type"] == qtype)
+        .unwrap_or_else(|| panic!("no {qtype} {name} lookup in {lookups:#?}"))
+}
+
+fn ip_of(v: &Value) -> String {
+    let s = v.as_str().unwrap();
+    s.rsplit_once(':')
+        .unwrap()
+        .0
+        .trim_matches(['[', ']'])
+        .to_string()
+}
+
+#[test]
+fn a_aaaa_nxdomain_and_tcp_are_paired() {
+    let lab = DnsLab::new("dnsa");
+    let t = Trace::start(&["--netns", &lab.client.name, "--json", "--count", "5"]);
+    assert!(lab
+        .dig(&["+short", "@10.53.0.1", "a.test"])
+        .contains("10.1.2.3"));
+    assert!(lab
+        .dig(&["+short", "@fd53::1", "a.test", "AAAA"])
+        .contains("fd00::3"));
+    assert!(lab.dig(&["@10.53.0.1", "nope.test"]).contains("NXDOMAIN"));
+    assert!(lab
+        .dig(&["+short", "+tcp", "@10.53.0.1", "www.a.test"])
+        .contains("10.1.2.3"));
+    lab.dig(&["+short", "@10.53.0.1", "a.test", "MX"]);
+    let (lookups, summary) = t.json();
+    assert_eq!(lookups.len(), 5, "{lookups:#?}");
+
+    let a = find(&lookups, "a.test", "A");
+    assert_eq!(a["status"], "answered");
+    assert_eq!(a["rcode"], "NOERROR");
+    assert_eq!(a["transport"], "udp");
+    assert_eq!(ip_of(&a["client"]), "10.53.0.2");
+    assert_eq!(a["server"], "10.53.0.1:53");
+    assert_eq!(a["netns"], lab.client.name.as_str());
+    assert_eq!(a["answers"][0]["data"], "10.1.2.3");
+    assert!(a["latency_ms"].as_f64().unwrap() >= 0.0);
+
+    let aaaa = find(&lookups, "a.test", "AAAA");
+    assert_eq!(aaaa["server"], "[fd53::1]:53");
+    assert_eq!(ip_of(&aaaa["client"]), "fd53::2");
+    assert_eq!(aaaa["answers"][0]["data"], "fd00::3");
+
+    let nx = find(&lookups, "nope.test", "A");
+    assert_eq!(nx["rcode"], "NXDOMAIN");
+    assert_eq!(nx["answers"].as_array().unwrap().len(), 0);
+
+    let tcp = find(&lookups, "www.a.test", "A");
+    assert_eq!(tcp["transport"], "tcp");
+    assert_eq!(tcp["rcode"], "NOERROR");
+    let data: Vec<&str> = tcp["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(data, ["a.test", "10.1.2.3"], "CNAME then A: {tcp}");
+
+    let mx = find(&lookups, "a.test", "MX");
+    assert_eq!(mx["rcode"], "NOERROR");
+
+    // The summary: one row per name, errors counted.
+    let names = summary["names"].as_array().unwrap();
+    let row = |n: &str| names.iter().find(|r| r["name"] == n).unwrap().clone();
+    assert_eq!(row("a.test")["count"], 3);
+    assert_eq!(row("a.test")["errors"], 0);
+    assert_eq!(row("nope.test")["errors"], 1);
+    assert!(row("a.test")["slowest_server"]
+        .as_str()
+        .unwrap()
+        .ends_with(":53"));
+    assert_eq!(summary["lookups"], 5);
+    assert_eq!(summary["sources"][0]["kernel_drops"], 0);
+}
+
+#[test]
+fn text_lines_and_summary() {
+    let lab = DnsLab::new("dnst");
+    let t = Trace::start(&["--netns", &lab.client.name, "--count", "2"]);
+    lab.dig(&["+short", "@10.53.0.1", "a.test"]);
+    lab.dig(&["@10.53.0.1", "nope.test"]);
+    let text = t.output();
+    let lines: Vec<&str> = text.lines().collect();
+    // time  netns  client -> server  TYPE NAME  RCODE  LATENCY  ANSWERS
+    let first = lines[0];
+    let cols: Vec<&str> = first.split("  ").collect();
+    assert_eq!(cols[0].len(), "12:34:56.789".len(), "{first}");
+    assert_eq!(cols[1], lab.client.name, "{first}");
+    assert!(
+        cols[2].starts_with("10.53.0.2:") && cols[2].ends_with(" -> 10.53.0.1:53"),
+        "{first}"
+    );
+    assert_eq!(cols[3], "A a.test", "{first}");
+    assert_eq!(cols[4], "NOERROR", "{first}");
+    assert!(cols[5].ends_with(" ms"), "{first}");
+    assert_eq!(cols[6], "10.1.2.3", "{first}");
+    assert!(lines[1].contains("  A nope.test  NXDOMAIN  "), "{text}");
+    // Summary table after a blank line.
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("NAME "))
+        .expect("summary");
+    assert!(
+        lines[header + 1..].iter().any(|l| l.starts_with("a.test ")),
+        "{text}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("2 lookups")), "{text}");
+}
+
+/// A UDP responder inside `ns` answering every query with `rcode` (after `delay`).
+fn responder(ns: &TestNs, addr: &str, rcode: u8) -> std::thread::JoinHandle<()> {
+    let sock = NetNs::from_name(&ns.name)
+        .unwrap()
+        .run(|| UdpSocket::bind(addr))
+        .unwrap()
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            let mut reply = buf[..n].to_vec();
+            reply[2] |= 0x80; // QR: a response
+            reply[3] = (reply[3] & 0xf0) | 0x80 | rcode; // RA + rcode
+            let _ = sock.send_to(&reply, from);
+        }
+    })
+}
+
+fn query_bytes(id: u16, name: &str) -> Vec<u8> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+#[test]
+fn servfail_timeout_and_duplicate_ids() {
+    let lab = DnsLab::new("dnsf");
+    let _servfail = responder(&lab.server, "10.53.0.3:53", 2);
+    let t = Trace::start(&[
+        "--netns",
+        &lab.client.name,
+        "--json",
+        "--count",
+        "4",
+        "--timeout",
+        "1s",
+    ]);
+    // SERVFAIL from a server that fails everything.
+    assert!(lab
+        .dig(&["+tries=1", "@10.53.0.3", "x.fail.test"])
+        .contains("SERVFAIL"));
+    // A silent server: it receives and never answers.
+    let ns_s = NetNs::from_name(&lab.server.name).unwrap();
+    let _silent = ns_s
+        .run(|| UdpSocket::bind("10.53.0.5:53"))
+        .unwrap()
+        .unwrap();
+    lab.dig(&["+tries=1", "+timeout=1", "@10.53.0.5", "silent.test"]);
+    // Two clients, same id, same question, same server, at the same time.
+    let ns = NetNs::from_name(&lab.client.name).unwrap();
+    let (s1, s2) = ns
+        .run(|| {
+            (
+                UdpSocket::bind("10.53.0.2:0").unwrap(),
+                UdpSocket::bind("10.53.0.4:0").unwrap(),
+            )
+        })
+        .unwrap();
+    let q = query_bytes(0x4242, "a.test.");
+    s1.send_to(&q, "10.53.0.1:53").unwrap();
+    s2.send_to(&q, "10.53.0.1:53").unwrap();
+    for s in [&s1, &s2] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        s.recv_from(&mut buf)
+            .expect("answer to the duplicate-id query");
+    }
+    let (lookups, _) = t.json();
+    assert_eq!(lookups.len(), 4, "{lookups:#?}");
+
+    let sf = find(&lookups, "x.fail.test", "A");
+    assert_eq!(sf["rcode"], "SERVFAIL");
+    assert_eq!(sf["server"], "10.53.0.3:53");
+    assert_eq!(sf["status"], "answered");
+
+    let to = find(&lookups, "silent.test", "A");
+    assert_eq!(to["status"], "timeout");
+    assert_eq!(to["server"], "10.53.0.5:53");
+    assert!(to["rcode"].is_null() && to["latency_ms"].is_null());
+
+    let dup: Vec<&Value> = lookups.iter().filter(|l| l["id"] == 0x4242).collect();
+    assert_eq!(dup.len(), 2, "{lookups:#?}");
+    let mut clients: Vec<String> = dup.iter().map(|l| ip_of(&l["client"])).collect();
+    clients.sort();
+    assert_eq!(clients, ["10.53.0.2", "10.53.0.4"]);
+    for d in dup {
+        assert_eq!(d["status"], "answered");
+        assert_eq!(d["answers"][0]["data"], "10.1.2.3");
+        assert_eq!(d["retries"], 0);
+    }
+}
+
+#[test]
+fn truncated_answer_then_tcp_retry() {
+    let lab = DnsLab::new("dnstc");
+    let t = Trace::start(&["--netns", &lab.client.name, "--json", "--count", "2"]);
+    // No EDNS: the answer must fit 512 bytes, so it comes back TC and dig retries over TCP.
+    let out = lab.dig(&["+noedns", "@10.53.0.1", "big.test", "TXT"]);
+    assert!(out.contains("Truncated, retrying in TCP mode"), "{out}");
+    let (lookups, _) = t.json();
+    assert_eq!(lookups.len(), 2, "{lookups:#?}");
+    assert_eq!(lookups[0]["transport"], "udp");
+    assert_eq!(lookups[0]["truncated"], true);
+    assert_eq!(lookups[0]["after_truncated"], false);
+    assert_eq!(lookups[1]["transport"], "tcp");
+    assert_eq!(lookups[1]["truncated"], false);
+    assert_eq!(lookups[1]["after_truncated"], true);
+    assert_eq!(lookups[1]["answers"].as_array().unwrap().len(), 20);
+    assert!(
+        lookups[0]["answers"].as_array().unwrap().len() < 20,
+        "the UDP answer holds only what fits"
+    );
+}
+
+#[test]
+fn pcap_written_and_read_back() {
+    let lab = DnsLab::new("dnsp");
+    let dir = std::env::temp_dir().join(unique("pcap"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dns.pcap");
+    let t = Trace::start(&[
+        "--netns",
+        &lab.client.name,
+        "--count",
+        "2",
+        "--pcap",
+        file.to_str().unwrap(),
+    ]);
+    lab.dig(&["+short", "@10.53.0.1", "a.test"]);
+    lab.dig(&["+short", "+tcp", "@10.53.0.1", "a.test", "AAAA"]);
+    let live = t.output();
+    // tshark reads our file and sees the four DNS messages.
+    let ts = sh(&["tshark", "-r", file.to_str().unwrap(), "-Y", "dns"]);
+    assert_eq!(ts.lines().count(), 4, "{ts}");
+    // --read explains it the same way.
+    let read = nettool_ok(&[
+        "dns",
+        "--read",
+        file.to_str().unwrap(),
+        "--json",
+        "--no-summary",
+    ]);
+    let lookups: Vec<Value> = read
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lookups.len(), 2, "{read}");
+    assert_eq!(lookups[0]["netns"], "dns.pcap");
+    assert_eq!(
+        find(&lookups, "a.test", "A")["answers"][0]["data"],
+        "10.1.2.3"
+    );
+    assert_eq!(find(&lookups, "a.test", "AAAA")["transport"], "tcp");
+    assert!(live.contains("  A a.test  NOERROR  "), "{live}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn read_rejects_a_non_capture_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(unique("bad"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("not.pcap");
+    std::fs::write(&file, b"hello, this is not a pcap file").unwrap();
+    let out = nettool(&["dns", "--read", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not.pcap") && err.contains("not a pcap"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
