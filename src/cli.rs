@@ -31,6 +31,12 @@ pub enum Command {
     )]
     Peer(PeerArgs),
 
+    /// Why a published port does (not) reach its container: every hop with evidence, the fix.
+    #[command(
+        after_help = "Exit code 0 when the path is clear, 1 when something is broken (the last line says what\nand the command that fixes it).\n\nExamples:\n  nettool doctor 8080\n  nettool doctor 8080 --from outside --probe\n  nettool doctor udp:5353 --from container:web\n  nettool doctor container:web\n  nettool doctor --packet 'tcp 203.0.113.7 -> 192.0.2.1:8080 in eth0'\n  nettool doctor --netns nt-lab-host 8080 --probe --json"
+    )]
+    Doctor(DoctorArgs),
+
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  nettool completions bash > /etc/bash_completion.d/nettool"
@@ -196,4 +202,30 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
     };
     std::time::Duration::try_from_secs_f64(n * mult).map_err(|e| format!("'{s}': {e}"))
+}
+
+/// Arguments of `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// What to follow: PORT, tcp:PORT, udp:PORT, or container:NAME[:PORT].
+    pub target: Option<String>,
+    /// Where the connection starts: localhost, host, outside, outside:NETNS (probe from that
+    /// namespace), container:NAME.
+    #[arg(long, default_value = "localhost", value_name = "SOURCE")]
+    pub from: String,
+    /// The packet instead of TARGET: '[tcp|udp] [SRC[:SPORT]] -> DST:DPORT [in IFACE]'.
+    #[arg(long, value_name = "SPEC")]
+    pub packet: Option<String>,
+    /// The host namespace to diagnose (a lab's isolated host: NAME, PATH, pid:N); default: the current one.
+    #[arg(long, short = 'n', value_name = "TARGET")]
+    pub netns: Option<String>,
+    /// The port is UDP (same as udp:PORT).
+    #[arg(long)]
+    pub udp: bool,
+    /// Also connect for real from the source, inside its namespace, and report what happened.
+    #[arg(long)]
+    pub probe: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }

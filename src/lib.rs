@@ -6,5 +6,6 @@
 pub mod cli;
 pub mod cmd;
 pub mod dns;
+pub mod doctor;
 pub mod netns;
 pub mod output;

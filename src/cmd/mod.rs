@@ -1,6 +1,7 @@
 //! One module per command: turn parsed arguments into core calls and render the result.
 
 pub mod dns;
+pub mod doctor;
 pub mod netns;
 pub mod peer;
 
@@ -10,6 +11,7 @@ use crate::cli::{Cli, Command};
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Netns(c) => netns::run(c),
+        Command::Doctor(a) => doctor::run(a),
         Command::Peer(a) => peer::run(a),
         Command::Dns(a) => dns::run(a),
         Command::Completions(a) => {

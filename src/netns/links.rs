@@ -156,6 +156,44 @@ impl Rtnl {
         Ok(out)
     }
 
+    /// What `ip route get DST [from SRC] [iif IFINDEX]` answers: the route the kernel would use
+    /// for one packet (RTM_GETROUTE, no dump). With `iif` the lookup is done as for a packet
+    /// arriving on that interface (forwarding, rp_filter and martian checks apply), so the
+    /// kernel may refuse it with an errno that is itself the answer (e.g. EINVAL, EHOSTUNREACH).
+    pub fn route_get(
+        &mut self,
+        dst: IpAddr,
+        src: Option<IpAddr>,
+        iif: Option<u32>,
+    ) -> Result<Route, NetlinkError> {
+        let mut req = RouteMessage::default();
+        let (family, bits) = match dst {
+            IpAddr::V4(_) => (AddressFamily::Inet, 32),
+            IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+        };
+        req.header.address_family = family;
+        req.header.destination_prefix_length = bits;
+        req.attributes
+            .push(RouteAttribute::Destination(route_address(dst)));
+        if let Some(src) = src {
+            req.header.source_prefix_length = bits;
+            req.attributes
+                .push(RouteAttribute::Source(route_address(src)));
+        }
+        if let Some(iif) = iif {
+            req.attributes.push(RouteAttribute::Iif(iif));
+        }
+        let what = format!("route get {dst}");
+        let replies = self.0.get(RouteNetlinkMessage::GetRoute(req), &what)?;
+        replies
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(route_from_message(&r)),
+                _ => None,
+            })
+            .ok_or_else(|| NetlinkError::Decode(format!("{what}: no route in the answer")))
+    }
+
     /// The nsid this namespace uses for `other` (RTM_GETNSID with NETNSA_FD), if one is assigned.
     pub fn nsid_of(&mut self, other: &NetNs) -> Result<Option<i32>, NetlinkError> {
         let mut req = NsidMessage::default();
@@ -248,6 +286,13 @@ fn oper_state_name(s: &State) -> String {
         _ => "unknown",
     }
     .into()
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(v4) => RouteAddress::Inet(v4),
+        IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+    }
 }
 
 fn route_addr(a: &RouteAddress) -> Option<IpAddr> {

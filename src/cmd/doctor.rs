@@ -1,0 +1,387 @@
+//! `nettool doctor`: parse what to follow, run the checks, render the path report.
+
+use std::net::IpAddr;
+
+use anyhow::{anyhow, Context};
+
+use crate::cli::DoctorArgs;
+use crate::doctor::{self, Report, Request, Source, Verdict};
+use crate::netns::sockets::Proto;
+use crate::netns::{NetNs, NETNS_RUN_DIR};
+use crate::output::{paint, print_json};
+
+/// A usage mistake: exit code 2.
+fn usage(msg: String) -> anyhow::Result<i32> {
+    eprintln!("nettool doctor: {msg}");
+    Ok(2)
+}
+
+/// Run `nettool doctor`.
+pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
+    let host = match &a.netns {
+        Some(t) => NetNs::open(t).with_context(|| format!("--netns {t}"))?,
+        None => NetNs::current().context("opening the current namespace")?,
+    };
+    let host_name = host_run_name(&host, a.netns.is_some());
+    let mut proto = if a.udp { Proto::Udp } else { Proto::Tcp };
+    let mut port = None;
+    let mut container = None;
+    let (mut src, mut dst, mut iif) = (None, None, None);
+
+    if let Some(t) = &a.target {
+        match parse_target(t) {
+            Ok(Target::Port(p, pr)) => {
+                port = Some(p);
+                if let Some(pr) = pr {
+                    proto = pr;
+                }
+            }
+            Ok(Target::Container(name, p)) => {
+                container = Some(resolve_container(&name)?);
+                port = p;
+            }
+            Err(e) => return usage(e),
+        }
+    }
+    if let Some(spec) = &a.packet {
+        match parse_packet(spec) {
+            Ok(p) => {
+                proto = p.proto.unwrap_or(proto);
+                src = p.src;
+                dst = Some(p.dst);
+                port = Some(p.dport);
+                iif = p.iif;
+            }
+            Err(e) => return usage(format!("--packet '{spec}': {e}")),
+        }
+    }
+    if port.is_none() && container.is_none() {
+        return usage(
+            "say what to follow: a PORT (nettool doctor 8080), container:NAME, or --packet SPEC"
+                .into(),
+        );
+    }
+    let mut from = match parse_from(&a.from) {
+        Ok(f) => f,
+        Err(e) => return usage(e),
+    };
+    // A --packet arriving on an interface is a packet from outside.
+    if a.packet.is_some() && iif.is_some() && matches!(from, From::Localhost) {
+        from = From::Outside(None);
+    }
+    let from = match from {
+        From::Localhost => Source::Localhost,
+        From::Host => Source::Host,
+        From::Outside(None) => Source::Outside(None),
+        From::Outside(Some(ns)) => Source::Outside(Some(
+            NetNs::open(&ns).with_context(|| format!("--from outside:{ns}"))?,
+        )),
+        From::Container(name) => Source::Container(resolve_container(&name)?),
+    };
+    let req = Request {
+        host,
+        host_name,
+        proto,
+        port,
+        dst,
+        src,
+        iif,
+        from,
+        container,
+        probe: a.probe,
+    };
+    let report = doctor::diagnose(&req).map_err(|e| anyhow!(e))?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.diagnosis.ok { 0 } else { 1 })
+}
+
+/// The name `ip netns exec` takes for the host namespace, when doctor was pointed at one.
+fn host_run_name(host: &NetNs, given: bool) -> Option<String> {
+    if !given {
+        return None;
+    }
+    let p = host.path();
+    if p.parent() == Some(std::path::Path::new(NETNS_RUN_DIR)) {
+        return p.file_name().map(|n| n.to_string_lossy().into_owned());
+    }
+    // Opened some other way: look for a /run/netns name of the same namespace.
+    std::fs::read_dir(NETNS_RUN_DIR)
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            NetNs::from_path(e.path())
+                .ok()
+                .filter(|n| n.id() == host.id())
+                .map(|_| e.file_name().to_string_lossy().into_owned())
+        })
+}
+
+/// A container (or any namespace) by name: a /run/netns name, else Docker's container:NAME.
+fn resolve_container(name: &str) -> anyhow::Result<NetNs> {
+    if let Ok(ns) = NetNs::from_name(name) {
+        return Ok(ns);
+    }
+    NetNs::open(&format!("container:{name}"))
+        .or_else(|_| NetNs::open(name))
+        .with_context(|| {
+            format!("container {name}: no namespace /run/netns/{name} and no such Docker container")
+        })
+}
+
+enum Target {
+    Port(u16, Option<Proto>),
+    Container(String, Option<u16>),
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("'{s}' is not a port (1-65535)"))
+}
+
+fn parse_target(t: &str) -> Result<Target, String> {
+    if let Some(rest) = t.strip_prefix("container:") {
+        return Ok(match rest.rsplit_once(':') {
+            Some((name, p)) if p.chars().all(|c| c.is_ascii_digit()) => {
+                Target::Container(name.into(), Some(parse_port(p)?))
+            }
+            _ => Target::Container(rest.into(), None),
+        });
+    }
+    if let Some(p) = t.strip_prefix("tcp:").or_else(|| t.strip_prefix("tcp/")) {
+        return Ok(Target::Port(parse_port(p)?, Some(Proto::Tcp)));
+    }
+    if let Some(p) = t.strip_prefix("udp:").or_else(|| t.strip_prefix("udp/")) {
+        return Ok(Target::Port(parse_port(p)?, Some(Proto::Udp)));
+    }
+    if let Some((p, pr)) = t.split_once('/') {
+        let proto = match pr {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            _ => return Err(format!("'{t}': expected PORT/tcp or PORT/udp")),
+        };
+        return Ok(Target::Port(parse_port(p)?, Some(proto)));
+    }
+    parse_port(t)
+        .map(|p| Target::Port(p, None))
+        .map_err(|e| format!("{e}; TARGET is PORT, tcp:PORT, udp:PORT or container:NAME[:PORT]"))
+}
+
+enum From {
+    Localhost,
+    Host,
+    Outside(Option<String>),
+    Container(String),
+}
+
+fn parse_from(s: &str) -> Result<From, String> {
+    Ok(match s {
+        "localhost" => From::Localhost,
+        "host" => From::Host,
+        "outside" => From::Outside(None),
+        _ => {
+            if let Some(ns) = s.strip_prefix("outside:") {
+                From::Outside(Some(ns.into()))
+            } else if let Some(c) = s.strip_prefix("container:") {
+                From::Container(c.into())
+            } else {
+                return Err(format!(
+                    "--from '{s}': expected localhost, host, outside, outside:NETNS or container:NAME"
+                ));
+            }
+        }
+    })
+}
+
+struct PacketSpec {
+    proto: Option<Proto>,
+    src: Option<IpAddr>,
+    dst: IpAddr,
+    dport: u16,
+    iif: Option<String>,
+}
+
+/// `[tcp|udp] [SRC[:SPORT]] -> DST:DPORT [in IFACE]`
+fn parse_packet(spec: &str) -> Result<PacketSpec, String> {
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    let mut proto = None;
+    let mut addrs: Vec<&str> = Vec::new();
+    let mut iif = None;
+    let mut i = 0;
+    while i < words.len() {
+        match words[i] {
+            "tcp" => proto = Some(Proto::Tcp),
+            "udp" => proto = Some(Proto::Udp),
+            "->" | "to" | "from" => {}
+            "in" | "iif" | "-i" => {
+                iif = Some(
+                    words
+                        .get(i + 1)
+                        .ok_or("'in' needs an interface name")?
+                        .to_string(),
+                );
+                i += 1;
+            }
+            w => addrs.push(w),
+        }
+        i += 1;
+    }
+    let (src, dst) = match addrs.as_slice() {
+        [d] => (None, *d),
+        [s, d] => (Some(*s), *d),
+        _ => return Err("expected '[tcp|udp] [SRC] -> DST:PORT [in IFACE]'".into()),
+    };
+    let split = |a: &str| -> Result<(IpAddr, Option<u16>), String> {
+        if let Ok(ip) = a.parse::<IpAddr>() {
+            return Ok((ip, None));
+        }
+        let (ip, p) = a
+            .rsplit_once(':')
+            .ok_or_else(|| format!("'{a}' is not ADDRESS[:PORT]"))?;
+        let ip = ip
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .map_err(|_| format!("'{ip}' is not an IP address"))?;
+        Ok((ip, Some(parse_port(p)?)))
+    };
+    let (dst, dport) = split(dst)?;
+    let dport = dport.ok_or("the destination needs a port (DST:PORT)")?;
+    let src = match src {
+        Some(s) => Some(split(s)?.0),
+        None => None,
+    };
+    Ok(PacketSpec {
+        proto,
+        src,
+        dst,
+        dport,
+        iif,
+    })
+}
+
+fn verdict_text(v: Verdict) -> String {
+    match v {
+        Verdict::Ok => paint("ok", "32"),
+        Verdict::Warn => paint("WARN", "33"),
+        Verdict::Fail => paint("FAIL", "1;31"),
+    }
+}
+
+/// The human report: header, one block per hop with its evidence, probe, the one-line verdict.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    if let Some(p) = &r.packet {
+        out.push_str(&format!(
+            "{}/{} from {} (host namespace {})\n",
+            p.proto, p.dport, r.from, r.host_netns
+        ));
+        out.push_str(&paint(
+            &format!(
+                "packet: {} {} -> {}:{}{} at {}\n",
+                p.proto,
+                p.src,
+                p.dst,
+                p.dport,
+                p.iif
+                    .as_ref()
+                    .map(|i| format!(" in {i}"))
+                    .unwrap_or_default(),
+                p.hook
+            ),
+            "2",
+        ));
+    }
+    out.push('\n');
+    let width = r
+        .hops
+        .iter()
+        .map(|h| h.title.chars().count())
+        .max()
+        .unwrap_or(0);
+    for h in &r.hops {
+        let pad = " ".repeat(width - h.title.chars().count());
+        let v = verdict_text(h.verdict);
+        let vpad = " ".repeat(5 - verdict_plain_len(h.verdict));
+        out.push_str(&format!("  {}{pad}  {v}{vpad} {}\n", h.title, h.summary));
+        let indent = " ".repeat(width + 10);
+        for e in &h.evidence {
+            out.push_str(&paint(&format!("{indent}{e}\n"), "2"));
+        }
+    }
+    if let Some(p) = &r.probe {
+        out.push_str(&format!(
+            "\n  probe from {} to {}: {} ({} ms)\n",
+            p.from_netns.as_deref().unwrap_or("-"),
+            p.target,
+            if p.ok {
+                paint(&p.outcome, "32")
+            } else {
+                paint(&p.outcome, "31")
+            },
+            p.elapsed_ms
+        ));
+    }
+    out.push('\n');
+    let d = &r.diagnosis;
+    if d.ok {
+        out.push_str(&format!("{}\n", paint(&d.line, "1;32")));
+    } else {
+        out.push_str(&format!("{} {}\n", paint("broken:", "1;31"), d.line));
+        match &d.fix {
+            Some(f) => out.push_str(&format!("fix: {}   # {}\n", f.command, f.summary)),
+            None => out.push_str("fix: no single command; see the evidence above\n"),
+        }
+    }
+    out
+}
+
+fn verdict_plain_len(v: Verdict) -> usize {
+    match v {
+        Verdict::Ok => 2,
+        _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert!(matches!(parse_target("8080"), Ok(Target::Port(8080, None))));
+        assert!(matches!(
+            parse_target("udp:53"),
+            Ok(Target::Port(53, Some(Proto::Udp)))
+        ));
+        assert!(matches!(
+            parse_target("53/udp"),
+            Ok(Target::Port(53, Some(Proto::Udp)))
+        ));
+        assert!(
+            matches!(parse_target("container:web:80"), Ok(Target::Container(n, Some(80))) if n == "web")
+        );
+        assert!(
+            matches!(parse_target("container:web"), Ok(Target::Container(n, None)) if n == "web")
+        );
+        assert!(parse_target("0").is_err());
+        assert!(parse_target("x").is_err());
+    }
+
+    #[test]
+    fn packets() {
+        let p = parse_packet("tcp 203.0.113.7:4000 -> 192.0.2.1:8080 in eth0").unwrap();
+        assert_eq!(p.dport, 8080);
+        assert_eq!(p.iif.as_deref(), Some("eth0"));
+        assert_eq!(p.src, Some("203.0.113.7".parse().unwrap()));
+        let p = parse_packet("udp -> [::1]:53").unwrap();
+        assert_eq!(p.proto, Some(Proto::Udp));
+        assert!(parse_packet("tcp 1.2.3.4").is_err());
+        assert!(parse_packet("").is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! `--probe`: make the connection for real from the chosen source and say what happened.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::netns::sockets::Proto;
+use crate::netns::NetNs;
+
+use super::facts::NsFacts;
+use super::{Packet, Request, Source};
+
+/// How long to wait for the handshake and for each read.
+const WAIT: Duration = Duration::from_secs(3);
+
+/// What a real connection did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    /// The namespace the probe connected from.
+    pub from_netns: Option<String>,
+    /// Where it connected to.
+    pub target: String,
+    /// True when the connection was made and answered (or, for UDP, a datagram came back).
+    pub ok: bool,
+    /// TCP handshake completed.
+    pub connected: bool,
+    /// Bytes sent.
+    pub sent: usize,
+    /// Bytes received before the peer closed (or the wait ran out).
+    pub received: usize,
+    /// What happened, in words.
+    pub outcome: String,
+    /// Milliseconds from start to the end of the exchange.
+    pub elapsed_ms: u64,
+}
+
+/// An HTTP/1.0 request padded past any MTU, so a path that loses large segments shows.
+fn payload() -> Vec<u8> {
+    let pad = "a".repeat(16 * 1024);
+    format!("GET / HTTP/1.0\r\nHost: nettool-doctor\r\nUser-Agent: nettool-doctor-probe\r\nX-Probe-Padding: {pad}\r\n\r\n")
+        .into_bytes()
+}
+
+/// Connect from the request's source to the packet's destination and report.
+pub fn run(req: &Request, packet: &Packet, src: Option<&NsFacts>) -> ProbeResult {
+    let target = SocketAddr::new(packet.dst, packet.dport);
+    let ns: Option<NetNs> = match &req.from {
+        Source::Localhost | Source::Host => Some(req.host.clone()),
+        Source::Outside(Some(_)) | Source::Container(_) => src.map(|s| s.netns().clone()),
+        Source::Outside(None) => None,
+    };
+    let label = ns.as_ref().map(|n| match src {
+        Some(s) if s.netns().id() == n.id() => s.label.clone(),
+        _ => n.label().to_string(),
+    });
+    let Some(ns) = ns else {
+        return ProbeResult {
+            from_netns: None,
+            target: target.to_string(),
+            ok: false,
+            connected: false,
+            sent: 0,
+            received: 0,
+            outcome: "no namespace to probe from outside: give one with --from outside:NETNS"
+                .into(),
+            elapsed_ms: 0,
+        };
+    };
+    let proto = packet.proto;
+    let source_ip = packet.src;
+    let bind = matches!(req.from, Source::Host) && !source_ip.is_unspecified();
+    let started = Instant::now();
+    let res = ns.run(move || match proto {
+        Proto::Tcp => tcp(target),
+        Proto::Udp => udp(target, bind.then_some(source_ip)),
+    });
+    let mut r = match res {
+        Ok(r) => r,
+        Err(e) => ProbeResult {
+            from_netns: None,
+            target: target.to_string(),
+            ok: false,
+            connected: false,
+            sent: 0,
+            received: 0,
+            outcome: format!("could not enter the source namespace: {e}"),
+            elapsed_ms: 0,
+        },
+    };
+    r.from_netns = label;
+    r.elapsed_ms = started.elapsed().as_millis() as u64;
+    r
+}
+
+fn result(
+    target: SocketAddr,
+    ok: bool,
+    connected: bool,
+    sent: usize,
+    received: usize,
+    outcome: String,
+) -> ProbeResult {
+    ProbeResult {
+        from_netns: None,
+        target: target.to_string(),
+        ok,
+        connected,
+        sent,
+        received,
+        outcome,
+        elapsed_ms: 0,
+    }
+}
+
+fn connect_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::ConnectionRefused => {
+            "connection refused: a RST came back (nothing listens there, or a REJECT rule)".into()
+        }
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => format!(
+            "no answer to the SYN within {}s: dropped on the way",
+            WAIT.as_secs()
+        ),
+        _ => match e.raw_os_error() {
+            Some(libc::EHOSTUNREACH) => "host unreachable (ICMP or no neighbour)".into(),
+            Some(libc::ENETUNREACH) => "network unreachable: no route".into(),
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                format!("refused locally ({e}): an OUTPUT rule rejects it")
+            }
+            _ => format!("connect failed: {e}"),
+        },
+    }
+}
+
+fn tcp(target: SocketAddr) -> ProbeResult {
+    let mut s = match TcpStream::connect_timeout(&target, WAIT) {
+        Ok(s) => s,
+        Err(e) => return result(target, false, false, 0, 0, connect_error(&e)),
+    };
+    let _ = s.set_read_timeout(Some(WAIT));
+    let _ = s.set_write_timeout(Some(WAIT));
+    let data = payload();
+    let mut sent = 0;
+    if let Err(e) = s.write_all(&data) {
+        return result(
+            target,
+            false,
+            true,
+            sent,
+            0,
+            format!("connected, then sending failed: {e}"),
+        );
+    }
+    sent = data.len();
+    let _ = s.shutdown(Shutdown::Write);
+    let mut received = 0;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                return result(
+                    target,
+                    true,
+                    true,
+                    sent,
+                    received,
+                    format!(
+                        "connected, sent {sent} bytes, got {received} bytes back and a clean close"
+                    ),
+                )
+            }
+            Ok(n) => received += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return if received > 0 {
+                    result(
+                        target,
+                        true,
+                        true,
+                        sent,
+                        received,
+                        format!("connected, got {received} bytes back; the peer kept the connection open"),
+                    )
+                } else {
+                    result(
+                        target,
+                        false,
+                        true,
+                        sent,
+                        0,
+                        format!(
+                            "connected but no answer to a {sent}-byte request within {}s (large segments lost? MTU)",
+                            WAIT.as_secs()
+                        ),
+                    )
+                };
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && received > 0 => {
+                return result(
+                    target,
+                    true,
+                    true,
+                    sent,
+                    received,
+                    format!("connected, got {received} bytes back, then a reset"),
+                )
+            }
+            Err(e) => {
+                return result(
+                    target,
+                    false,
+                    true,
+                    sent,
+                    received,
+                    format!("connected, then {e} after {received} bytes"),
+                )
+            }
+        }
+    }
+}
+
+fn udp(target: SocketAddr, bind: Option<IpAddr>) -> ProbeResult {
+    let any = match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let sock = match UdpSocket::bind(SocketAddr::new(bind.unwrap_or(any), 0))
+        .or_else(|_| UdpSocket::bind(SocketAddr::new(any, 0)))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return result(
+                target,
+                false,
+                false,
+                0,
+                0,
+                format!("cannot open a UDP socket: {e}"),
+            )
+        }
+    };
+    if let Err(e) = sock.connect(target) {
+        return result(target, false, false, 0, 0, connect_error(&e));
+    }
+    let _ = sock.set_read_timeout(Some(WAIT));
+    let msg = b"nettool-doctor-probe\n";
+    if let Err(e) = sock.send(msg) {
+        return result(target, false, false, 0, 0, format!("send failed: {e}"));
+    }
+    let mut buf = [0u8; 2048];
+    match sock.recv(&mut buf) {
+        Ok(n) => result(
+            target,
+            true,
+            true,
+            msg.len(),
+            n,
+            format!("sent {} bytes, got a {n}-byte datagram back", msg.len()),
+        ),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => result(
+            target,
+            false,
+            false,
+            msg.len(),
+            0,
+            "ICMP port unreachable came back: nothing listens there".into(),
+        ),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => result(
+            target,
+            false,
+            false,
+            msg.len(),
+            0,
+            format!(
+                "no datagram back within {}s (dropped, or the service does not answer)",
+                WAIT.as_secs()
+            ),
+        ),
+        Err(e) => result(
+            target,
+            false,
+            false,
+            msg.len(),
+            0,
+            format!("recv failed: {e}"),
+        ),
+    }
+}
