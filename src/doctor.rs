@@ -377,7 +377,7 @@ pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
         Source::Outside(Some(ns)) | Source::Container(ns) => Some(NsFacts::read(ns, &all_ns)?),
         _ => None,
     };
-    let packet = build_packet(req, &host, src_ns.as_ref(), &all_ns)?;
+    let mut packet = build_packet(req, &host, src_ns.as_ref(), &all_ns)?;
 
     // The port: given, or every DNAT to the container (first one followed).
     let container_ns = match &req.container {
@@ -386,7 +386,7 @@ pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
     };
 
     // 1. Who receives the connection.
-    let (dest, receiver_hop) = receiver(req, &host, &nat, &packet, container_ns.as_ref());
+    let (dest, receiver_hop) = receiver(req, &host, &nat, &mut packet, container_ns.as_ref());
     hops.push(receiver_hop);
     if nat.split_backends() {
         hops.push(
@@ -449,10 +449,13 @@ fn build_packet(
     src_ns: Option<&NsFacts>,
     all_ns: &[NamespaceInfo],
 ) -> Result<Packet, DoctorError> {
-    let port = req
-        .port
-        .or_else(|| req.container.as_ref().map(|_| 0))
-        .ok_or_else(|| DoctorError::Usage("say which port: nettool doctor PORT".into()))?;
+    // With a container target the published port is found later from its DNAT rule.
+    let port = if req.container.is_some() {
+        Some(0)
+    } else {
+        req.port
+    }
+    .ok_or_else(|| DoctorError::Usage("say which port: nettool doctor PORT".into()))?;
     let v4 = |a: &&Address| a.address.is_ipv4() && !a.address.is_loopback();
     Ok(match &req.from {
         Source::Localhost => Packet {
@@ -567,25 +570,18 @@ fn receiver(
     req: &Request,
     host: &HostFacts,
     nat: &rules::NatView,
-    packet: &Packet,
+    packet: &mut Packet,
     container: Option<&NsFacts>,
 ) -> (Option<Destination>, Hop) {
     const ID: &str = "receiver";
     const TITLE: &str = "who receives it";
-    let mut packet = packet.clone();
-    // `doctor container:web` without a port: the first port published to that container.
-    if packet.dport == 0 {
-        let Some(c) = container else {
-            return (
-                None,
-                Hop::fail(ID, TITLE, Fault::NoReceiver, "no port given"),
-            );
-        };
-        match nat
-            .dnats()
-            .into_iter()
-            .find(|d| d.proto == packet.proto && c.has_address(d.to_addr))
-        {
+    // `doctor container:web[:PORT]`: the first port published to that container (to PORT).
+    if let Some(c) = container {
+        match nat.dnats().into_iter().find(|d| {
+            d.proto == packet.proto
+                && c.has_address(d.to_addr)
+                && req.port.is_none_or(|p| d.to_port.unwrap_or(d.dport) == p)
+        }) {
             Some(d) => packet.dport = d.dport,
             None => {
                 return (
@@ -594,14 +590,18 @@ fn receiver(
                         ID,
                         TITLE,
                         Fault::NoReceiver,
-                        format!("no DNAT rule publishes a port of {}", c.label),
+                        match req.port {
+                            Some(p) => format!("no DNAT rule publishes port {p} of {}", c.label),
+                            None => format!("no DNAT rule publishes a port of {}", c.label),
+                        },
                     )
                     .with_evidence(format!("addresses: {}", c.address_list())),
                 )
             }
         }
     }
-    let matched = nat.match_dnat(&packet, host);
+    let packet = &*packet;
+    let matched = nat.match_dnat(packet, host);
     if let Some(rule) = matched {
         let dest = Destination {
             addr: rule.to_addr,
@@ -1386,12 +1386,13 @@ fn service_hop(
         hops.push(hop);
         return;
     }
-    let serve = if proto == Proto::Udp {
-        "udp-echo"
-    } else {
-        "http"
+    // A stand-in that answers (echo) so the path can be proven; the real service goes there.
+    let listen = match proto {
+        Proto::Tcp => format!("TCP-LISTEN:{},fork,reuseaddr", dest.port),
+        Proto::Udp => format!("UDP-LISTEN:{},fork,reuseaddr", dest.port),
     };
-    let argv = Fixer::in_ns(ns, &["nettool", "serve", serve, &dest.port.to_string()]);
+    let serve = "an echo stand-in, socat";
+    let argv = Fixer::in_ns(ns, &["socat", &listen, "EXEC:cat"]);
     let mut hop = Hop::fail(
         "service",
         "service",
@@ -1400,7 +1401,7 @@ fn service_hop(
     )
     .with_fix(Some(cx.fixer.fix_owned(
         &format!(
-            "start the service on port {} inside {} (this stand-in answers {})",
+            "start the service on port {} inside {} (here: {})",
             dest.port, ns.label, serve
         ),
         argv,

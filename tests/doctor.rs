@@ -1,0 +1,385 @@
+//! `nettool doctor` against a Docker-style lab built in throwaway namespaces: a "host"
+//! namespace with a bridge, a container behind a veth with a service on port 80, an
+//! "outside" client namespace, and a DNAT from 8080. Each test breaks one thing, checks that
+//! doctor names exactly that fault, applies the suggested fix inside the host namespace
+//! (argv, no shell) and checks that the probe then gets through.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+/// Run argv with `input` on stdin; panic on failure.
+fn sh_stdin(argv: &[&str], input: &str) {
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The lab: host (bridge br0 10.89.0.1/24, ext0 192.0.2.1/24), container (eth0 10.89.0.2),
+/// outside (eth0 192.0.2.2), DNAT tcp 8080 -> 10.89.0.2:80, service socat on :80.
+struct Lab {
+    host: TestNs,
+    container: TestNs,
+    outside: TestNs,
+    service: Option<ChildGuard>,
+    fixes: Vec<ChildGuard>,
+}
+
+const RULES: &str = "*nat
+:NETTOOL - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j NETTOOL
+-A OUTPUT -m addrtype --dst-type LOCAL -j NETTOOL
+-A POSTROUTING -s 10.89.0.0/24 ! -o br0 -j MASQUERADE
+-A POSTROUTING -o br0 -m addrtype --src-type LOCAL -j MASQUERADE
+-A NETTOOL -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.89.0.2:80
+COMMIT
+*filter
+:NETTOOL-USER - [0:0]
+-A FORWARD -j NETTOOL-USER
+-A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -i br0 -j ACCEPT
+-A FORWARD -d 10.89.0.2/32 -o br0 -p tcp -m tcp --dport 80 -j ACCEPT
+-A NETTOOL-USER -j RETURN
+COMMIT
+";
+
+impl Lab {
+    fn new() -> Lab {
+        let host = TestNs::new("dhost");
+        let container = TestNs::new("dweb");
+        let outside = TestNs::new("dout");
+        host.ip(&["link", "add", "br0", "type", "bridge"]);
+        host.ip(&["addr", "add", "10.89.0.1/24", "dev", "br0"]);
+        host.ip(&["link", "set", "br0", "up"]);
+        veth("vh0", &host, "eth0", &container);
+        host.ip(&["link", "set", "vh0", "master", "br0"]);
+        container.ip(&["addr", "add", "10.89.0.2/24", "dev", "eth0"]);
+        container.ip(&["route", "add", "default", "via", "10.89.0.1"]);
+        veth("ext0", &host, "eth0", &outside);
+        host.ip(&["addr", "add", "192.0.2.1/24", "dev", "ext0"]);
+        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        let lab = Lab {
+            host,
+            container,
+            outside,
+            service: None,
+            fixes: Vec::new(),
+        };
+        lab.sysctl("net.ipv4.ip_forward=1");
+        lab.sysctl("net.ipv4.conf.br0.route_localnet=1");
+        sh_stdin(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &lab.host.name,
+                "iptables-restore",
+                "--noflush",
+            ],
+            RULES,
+        );
+        let mut lab = lab;
+        lab.start_service();
+        lab
+    }
+
+    fn start_service(&mut self) {
+        self.service =
+            Some(
+                self.container
+                    .spawn(&["socat", "TCP-LISTEN:80,fork,reuseaddr", "EXEC:cat"]),
+            );
+        self.wait_listening(80);
+    }
+
+    fn wait_listening(&self, port: u16) {
+        let ns = self.container.name.clone();
+        wait_for("the service to listen", 10, || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns, "ss", "-Htln"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
+        });
+    }
+
+    fn sysctl(&self, kv: &str) {
+        sh(&["ip", "netns", "exec", &self.host.name, "sysctl", "-qw", kv]);
+    }
+
+    fn in_host(&self, argv: &[&str]) {
+        let mut v = vec!["ip", "netns", "exec", &self.host.name];
+        v.extend_from_slice(argv);
+        sh(&v);
+    }
+
+    /// `nettool doctor --netns HOST ARGS... --json`, whatever the exit code.
+    fn doctor(&self, args: &[&str]) -> Value {
+        let mut v = vec!["doctor", "--netns", &self.host.name, "--json"];
+        v.extend_from_slice(args);
+        let out = nettool(&v);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "doctor {args:?}: bad JSON ({e}): {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let ok = report["diagnosis"]["ok"].as_bool().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(if ok { 0 } else { 1 }),
+            "{report:#}"
+        );
+        report
+    }
+
+    fn from_outside(&self) -> String {
+        format!("outside:{}", self.outside.name)
+    }
+
+    /// Apply the report's fix inside the host namespace, argv split, no shell.
+    fn apply_fix(&mut self, report: &Value) {
+        let fix = &report["diagnosis"]["fix"];
+        assert!(fix.is_object(), "no fix in {report:#}");
+        let argv: Vec<String> = fix["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        let mut v = vec!["ip", "netns", "exec", &self.host.name];
+        v.extend(argv.iter().map(String::as_str));
+        if fix["background"].as_bool() == Some(true) {
+            let child = Command::new(v[0])
+                .args(&v[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            self.fixes.push(ChildGuard(child));
+        } else {
+            sh(&v);
+        }
+    }
+}
+
+fn fault(r: &Value) -> &str {
+    r["diagnosis"]["fault"].as_str().unwrap_or("none")
+}
+
+fn hop<'a>(r: &'a Value, id: &str) -> &'a Value {
+    r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == id)
+        .unwrap_or_else(|| panic!("no hop {id} in {r:#}"))
+}
+
+/// Break, diagnose, check the fault, fix, probe: the shared shape of every fault test.
+fn break_fix_probe(lab: &mut Lab, from: &[&str], expect: &str) -> Value {
+    let mut args = from.to_vec();
+    args.push("8080");
+    let broken = lab.doctor(&args);
+    assert_eq!(fault(&broken), expect, "{broken:#}");
+    assert_eq!(broken["diagnosis"]["ok"], false);
+    lab.apply_fix(&broken);
+    if fault(&broken) == "not_listening" {
+        lab.wait_listening(80);
+    }
+    args.push("--probe");
+    let fixed = lab.doctor(&args);
+    assert_eq!(fixed["diagnosis"]["ok"], true, "after the fix: {fixed:#}");
+    assert_eq!(fixed["probe"]["ok"], true, "{fixed:#}");
+    broken
+}
+
+#[test]
+fn healthy_lab_gets_an_all_clear() {
+    let lab = Lab::new();
+    for from in [
+        vec!["--from", "localhost"],
+        vec!["--from", "host"],
+        vec!["--from", &lab.from_outside()],
+    ] {
+        let mut args = from.clone();
+        args.extend(["8080", "--probe"]);
+        let r = lab.doctor(&args);
+        assert_eq!(r["diagnosis"]["ok"], true, "{from:?}: {r:#}");
+        assert_eq!(r["probe"]["ok"], true, "{r:#}");
+        assert!(
+            r["diagnosis"]["line"]
+                .as_str()
+                .unwrap()
+                .starts_with("all clear"),
+            "{r:#}"
+        );
+        assert_eq!(r["destination"]["addr"], "10.89.0.2");
+        assert_eq!(r["destination"]["port"], 80);
+        assert_eq!(r["destination"]["netns"], lab.container.name.as_str());
+        assert_eq!(hop(&r, "service")["verdict"], "ok");
+        assert!(
+            hop(&r, "service")["summary"]
+                .as_str()
+                .unwrap()
+                .contains("socat"),
+            "{r:#}"
+        );
+    }
+    // The text report names every hop and ends with the verdict.
+    let text = nettool_ok(&["doctor", "--netns", &lab.host.name, "8080"]);
+    for h in [
+        "who receives it",
+        "route",
+        "bridge",
+        "veth",
+        "mtu",
+        "service",
+    ] {
+        assert!(text.contains(h), "{h}: {text}");
+    }
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("all clear"),
+        "{text}"
+    );
+}
+
+#[test]
+fn service_not_listening() {
+    let mut lab = Lab::new();
+    lab.service = None; // kills socat
+    let r = break_fix_probe(&mut lab, &[], "not_listening");
+    assert_eq!(r["diagnosis"]["fix"]["background"], true);
+}
+
+#[test]
+fn veth_down() {
+    let mut lab = Lab::new();
+    lab.host.ip(&["link", "set", "vh0", "down"]);
+    let r = break_fix_probe(&mut lab, &[], "veth_down");
+    assert_eq!(r["diagnosis"]["hop"], "veth");
+    assert!(r["diagnosis"]["line"].as_str().unwrap().contains("vh0"));
+}
+
+#[test]
+fn ip_forward_off() {
+    let mut lab = Lab::new();
+    lab.sysctl("net.ipv4.ip_forward=0");
+    let from = lab.from_outside();
+    let r = break_fix_probe(&mut lab, &["--from", &from], "ip_forward_off");
+    assert_eq!(
+        r["diagnosis"]["fix"]["argv"],
+        serde_json::json!(["sysctl", "-w", "net.ipv4.ip_forward=1"])
+    );
+    // From localhost the same lab works: nothing is forwarded.
+    lab.sysctl("net.ipv4.ip_forward=0");
+    let r = lab.doctor(&["8080", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+}
+
+#[test]
+fn route_localnet_off_without_userland_proxy() {
+    let mut lab = Lab::new();
+    lab.sysctl("net.ipv4.conf.br0.route_localnet=0");
+    break_fix_probe(&mut lab, &["--from", "localhost"], "route_localnet_off");
+}
+
+#[test]
+fn mtu_mismatch() {
+    let mut lab = Lab::new();
+    lab.container.ip(&["link", "set", "eth0", "mtu", "9000"]);
+    let r = break_fix_probe(&mut lab, &[], "mtu_mismatch");
+    assert!(r["diagnosis"]["line"].as_str().unwrap().contains("9000"));
+}
+
+#[test]
+fn wrong_port_in_the_dnat() {
+    let mut lab = Lab::new();
+    lab.in_host(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-R",
+        "NETTOOL",
+        "1",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "8080",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "10.89.0.2:81",
+    ]);
+    let r = break_fix_probe(&mut lab, &[], "dnat_wrong_port");
+    assert!(r["diagnosis"]["line"].as_str().unwrap().contains("81"));
+}
+
+#[test]
+fn nothing_receives_an_unpublished_port() {
+    let lab = Lab::new();
+    let r = lab.doctor(&["9999"]);
+    assert_eq!(fault(&r), "no_receiver", "{r:#}");
+    // A userland proxy on the port is found with its process, and followed to its target.
+    let _proxy = lab.host.spawn(&[
+        "socat",
+        "TCP-LISTEN:9999,fork,reuseaddr",
+        "TCP:10.89.0.2:80",
+    ]);
+    wait_for("proxy listening", 10, || {
+        lab.doctor(&["9999"])["hops"][0]["verdict"] == "ok"
+    });
+    let r = lab.doctor(&["9999", "--probe"]);
+    let recv = hop(&r, "receiver");
+    assert!(recv["summary"].as_str().unwrap().contains("socat"), "{r:#}");
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+}
+
+#[test]
+fn container_target_finds_its_published_port() {
+    let lab = Lab::new();
+    let r = lab.doctor(&[&format!("container:{}", lab.container.name), "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["packet"]["dport"], 8080);
+    // From another container namespace on the same bridge the DNAT still applies.
+    let _ = &lab.outside;
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let out = nettool(&["doctor"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = nettool(&["doctor", "notaport"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = nettool(&["doctor", "--from", "mars", "80"]);
+    assert_eq!(out.status.code(), Some(2));
+}
