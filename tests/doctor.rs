@@ -155,7 +155,7 @@ impl Lab {
         report
     }
 
-    fn from_outside(&self) -> String {
+    fn outside_source(&self) -> String {
         format!("outside:{}", self.outside.name)
     }
 
@@ -223,7 +223,7 @@ fn healthy_lab_gets_an_all_clear() {
     for from in [
         vec!["--from", "localhost"],
         vec!["--from", "host"],
-        vec!["--from", &lab.from_outside()],
+        vec!["--from", &lab.outside_source()],
     ] {
         let mut args = from.clone();
         args.extend(["8080", "--probe"]);
@@ -292,7 +292,7 @@ fn veth_down() {
 fn ip_forward_off() {
     let mut lab = Lab::new();
     lab.sysctl("net.ipv4.ip_forward=0");
-    let from = lab.from_outside();
+    let from = lab.outside_source();
     let r = break_fix_probe(&mut lab, &["--from", &from], "ip_forward_off");
     assert_eq!(
         r["diagnosis"]["fix"]["argv"],
