@@ -37,6 +37,12 @@ pub enum Command {
     )]
     Doctor(DoctorArgs),
 
+    /// Draw the namespaces, bridges, veth pairs and published ports as a picture.
+    #[command(
+        after_help = "DOT is the base format; svg and png are rendered by Graphviz's `dot` (Debian package\ngraphviz). Mermaid pastes into Markdown. text is a tree for terminals. --json is the graph.\n\nExamples:\n  nettool topology\n  nettool topology --format svg -o host.svg\n  nettool topology --netns container:web --format mermaid\n  nettool topology --lab demo --format png -o demo.png\n  nettool topology --json | jq '.edges[] | select(.kind == \"veth\")'"
+    )]
+    Topology(TopologyArgs),
+
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  nettool completions bash > /etc/bash_completion.d/nettool"
@@ -227,5 +233,49 @@ pub struct DoctorArgs {
     pub probe: bool,
     /// Print JSON instead of text.
     #[arg(long)]
+    pub json: bool,
+}
+
+/// Output formats of `topology`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopologyFormat {
+    /// A text tree.
+    Text,
+    /// Graphviz DOT source.
+    Dot,
+    /// SVG rendered by `dot`.
+    Svg,
+    /// PNG rendered by `dot`.
+    Png,
+    /// A Mermaid flowchart.
+    Mermaid,
+}
+
+/// Arguments of `topology`.
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value = "text")]
+    pub format: TopologyFormat,
+    /// Write to this file instead of stdout (needed for png on a terminal).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Only this namespace and its neighbours (NAME, PATH, pid:N, container:NAME).
+    #[arg(long, short = 'n', value_name = "TARGET", conflicts_with = "lab")]
+    pub netns: Option<String>,
+    /// Only the namespaces of this lab (`nettool setup --name NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub lab: Option<String>,
+    /// Also draw namespaces that hold nothing but lo.
+    #[arg(long)]
+    pub include_empty: bool,
+    /// Do not read NAT rules (published ports then come from userland proxies only).
+    #[arg(long)]
+    pub no_nat: bool,
+    /// Do not ask the Docker API for container names.
+    #[arg(long)]
+    pub no_docker: bool,
+    /// Print the graph (nodes and edges) as JSON.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
 }

@@ -9,3 +9,4 @@ pub mod dns;
 pub mod doctor;
 pub mod netns;
 pub mod output;
+pub mod topology;

@@ -4,6 +4,7 @@ pub mod dns;
 pub mod doctor;
 pub mod netns;
 pub mod peer;
+pub mod topology;
 
 use crate::cli::{Cli, Command};
 
@@ -14,6 +15,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Doctor(a) => doctor::run(a),
         Command::Peer(a) => peer::run(a),
         Command::Dns(a) => dns::run(a),
+        Command::Topology(a) => topology::run(a),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

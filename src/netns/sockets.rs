@@ -99,6 +99,19 @@ pub enum Which {
 
 /// The sockets of the calling thread's namespace, with owners resolved through /proc.
 pub fn list(which: Which) -> Result<Vec<Socket>, NetlinkError> {
+    let mut out = list_unowned(which)?;
+    let owners = socket_owners();
+    for s in &mut out {
+        if let Some(o) = owners.get(&s.inode) {
+            s.owners = o.clone();
+        }
+    }
+    Ok(out)
+}
+
+/// Like [`list`] but without the /proc scan for owners: for reading many namespaces, then
+/// filling owners from one [`socket_owners`] map (socket inodes are machine-wide).
+pub fn list_unowned(which: Which) -> Result<Vec<Socket>, NetlinkError> {
     let mut nl = Netlink::open(NETLINK_SOCK_DIAG)?;
     let mut out = Vec::new();
     for (proto, ipproto) in [(Proto::Tcp, IPPROTO_TCP), (Proto::Udp, IPPROTO_UDP)] {
@@ -146,12 +159,6 @@ pub fn list(which: Which) -> Result<Vec<Socket>, NetlinkError> {
                     }
                 }
             }
-        }
-    }
-    let owners = socket_owners();
-    for s in &mut out {
-        if let Some(o) = owners.get(&s.inode) {
-            s.owners = o.clone();
         }
     }
     out.sort_by(|a, b| {

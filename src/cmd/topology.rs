@@ -1,0 +1,87 @@
+//! `nettool topology`: the live namespaces, bridges, veths and published ports as a picture.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+
+use crate::cli::{TopologyArgs, TopologyFormat};
+use crate::netns::NetNs;
+use crate::output::print_json;
+use crate::topology::{self, CollectOptions, Scope};
+
+/// Run `nettool topology`.
+pub fn run(a: TopologyArgs) -> anyhow::Result<i32> {
+    let scope = if let Some(t) = &a.netns {
+        Scope::Around(NetNs::open(t).with_context(|| format!("--netns {t}"))?)
+    } else if let Some(name) = &a.lab {
+        lab_scope(name)?
+    } else {
+        Scope::Host
+    };
+    let graph = topology::collect(
+        &scope,
+        CollectOptions {
+            skip_docker: a.no_docker,
+            include_empty: a.include_empty,
+            skip_nat: a.no_nat,
+        },
+    )?;
+    if a.json {
+        print_json(&graph)?;
+        return Ok(0);
+    }
+    let bytes: Vec<u8> = match a.format {
+        TopologyFormat::Text => topology::to_text(&graph).into_bytes(),
+        TopologyFormat::Dot => topology::to_dot(&graph).into_bytes(),
+        TopologyFormat::Mermaid => topology::to_mermaid(&graph).into_bytes(),
+        TopologyFormat::Svg => render(&topology::to_dot(&graph), "svg")?,
+        TopologyFormat::Png => {
+            if a.output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!("PNG is binary: give -o FILE (or redirect stdout to a file)");
+            }
+            render(&topology::to_dot(&graph), "png")?
+        }
+    };
+    match &a.output {
+        Some(path) => std::fs::write(path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => std::io::stdout().lock().write_all(&bytes)?,
+    }
+    Ok(0)
+}
+
+/// Render DOT to `format` with Graphviz's `dot`.
+fn render(dot: &str, format: &str) -> anyhow::Result<Vec<u8>> {
+    let mut child = match Command::new("dot")
+        .arg(format!("-T{format}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "rendering {format} needs Graphviz's `dot`, which is not installed: apt-get install graphviz \
+             (Debian package graphviz), or use --format dot|mermaid|text"
+        ),
+        Err(e) => return Err(e).context("cannot start dot"),
+    };
+    let mut stdin = child.stdin.take().context("dot stdin")?;
+    let input = dot.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().context("dot")?;
+    let _ = writer.join();
+    if !out.status.success() {
+        bail!(
+            "dot -T{format} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// The namespaces of a lab, from its saved state.
+fn lab_scope(name: &str) -> anyhow::Result<Scope> {
+    bail!("--lab {name}: labs are not available in this build yet; use --netns with the lab's host namespace")
+}
