@@ -304,7 +304,10 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
             // Neighbours: the far end of every cross-namespace link from or to `me`, and its bridge.
             for (n, nl) in scan.namespaces.iter().enumerate() {
                 for l in &nl.links {
-                    let r = LinkRef { ns: n, index: l.index };
+                    let r = LinkRef {
+                        ns: n,
+                        index: l.index,
+                    };
                     let Some(t) = scan.link_target(r) else {
                         continue;
                     };
@@ -393,7 +396,12 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
             };
             let ip = s.local.ip();
             let holder = (!ip.is_unspecified() && !ip.is_loopback())
-                .then(|| n.addresses.iter().find(|a| a.address == ip).map(|a| a.index))
+                .then(|| {
+                    n.addresses
+                        .iter()
+                        .find(|a| a.address == ip)
+                        .map(|a| a.index)
+                })
                 .flatten();
             match holder.filter(|h| links.contains(h)) {
                 Some(h) => if_listeners.entry(h).or_default().push(listener),
@@ -430,7 +438,11 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
             containers: summary
                 .containers
                 .iter()
-                .map(|c| c.name.clone().unwrap_or_else(|| c.id.chars().take(12).collect()))
+                .map(|c| {
+                    c.name
+                        .clone()
+                        .unwrap_or_else(|| c.id.chars().take(12).collect())
+                })
                 .collect(),
             processes: owners_str(&summary.processes),
             current: summary.current,
@@ -449,7 +461,10 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
             let me = if_id(inode(i), idx);
             let mut outside = None;
             if let Some(t) = scan.link_target(r) {
-                let drawn_far = drawn.get(&t.ns).map(|s| s.contains(&t.index)).unwrap_or(false);
+                let drawn_far = drawn
+                    .get(&t.ns)
+                    .map(|s| s.contains(&t.index))
+                    .unwrap_or(false);
                 let far = scan.link(t).map(|x| x.name.clone()).unwrap_or_default();
                 if drawn_far {
                     if l.kind == "veth" {
@@ -540,7 +555,9 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
             }
             continue;
         }
-        let target_ref = m.target_ip.and_then(|ip| find_holder(&scan, &drawn, m.ns, ip));
+        let target_ref = m
+            .target_ip
+            .and_then(|ip| find_holder(&scan, &drawn, m.ns, ip));
         let target_listening = target_ref.map(|t| {
             socks
                 .get(&t.ns)
@@ -592,7 +609,10 @@ fn find_holder(
     let mut linked: HashSet<usize> = HashSet::new();
     for (n, nl) in scan.namespaces.iter().enumerate() {
         for l in &nl.links {
-            let r = LinkRef { ns: n, index: l.index };
+            let r = LinkRef {
+                ns: n,
+                index: l.index,
+            };
             if let Some(t) = scan.link_target(r) {
                 if r.ns == from {
                     linked.insert(t.ns);
@@ -666,10 +686,7 @@ fn proxy_mapping(ns: usize, sock: &Socket, owner: &Owner) -> Option<Mapping> {
         });
     }
     // `nettool proxy [opts] LISTEN TARGET`: the last two words without a leading '-'.
-    let words: Vec<&String> = argv[2..]
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let words: Vec<&String> = argv[2..].iter().filter(|a| !a.starts_with('-')).collect();
     let target = words.last()?;
     let (tip, tport) = target.rsplit_once(':')?;
     let tip = tip.trim_matches(['[', ']']);
@@ -1005,7 +1022,11 @@ pub fn to_text(g: &Graph) -> String {
         let total = items.len() + pubs.len();
         for (k, i) in items.iter().enumerate() {
             let last = k + 1 == total;
-            let (branch, cont) = if last { ("└─", "   ") } else { ("├─", "│  ") };
+            let (branch, cont) = if last {
+                ("└─", "   ")
+            } else {
+                ("├─", "│  ")
+            };
             let mut line = format!("{branch} {} {} if{}", i.name, i.kind, i.index);
             if !i.addresses.is_empty() {
                 let _ = write!(line, "  {}", i.addresses.join(" "));

@@ -1,0 +1,312 @@
+//! `nettool topology`: the graph has exactly the namespaces, interfaces and edges built here,
+//! and every format renders (DOT through the real `dot`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+use nettool::netns::NetNs;
+use serde_json::Value;
+
+fn inode(ns: &TestNs) -> u64 {
+    NetNs::from_name(&ns.name).unwrap().id().inode
+}
+
+fn ifid(ns: &TestNs, index: u64) -> String {
+    format!("ns{}:if{index}", inode(ns))
+}
+
+fn index_of(ns: &TestNs, name: &str) -> u64 {
+    let out = ns.ip(&["-o", "link", "show", name]);
+    out.split(':').next().unwrap().trim().parse().unwrap()
+}
+
+/// A host namespace with a bridge and three "containers", a published port through a real
+/// userland proxy (docker-proxy), listeners, a macvlan in c3 on the bridge, a vxlan and a tun.
+struct Lab {
+    h: TestNs,
+    c: Vec<TestNs>,
+    _procs: Vec<ChildGuard>,
+}
+
+fn lab() -> Lab {
+    let h = TestNs::new("topo-h");
+    let c: Vec<TestNs> = (1..=3)
+        .map(|i| TestNs::new(&format!("topo-c{i}")))
+        .collect();
+    h.ip(&["link", "add", "br0", "type", "bridge"]);
+    h.ip(&["addr", "add", "10.88.0.1/24", "dev", "br0"]);
+    h.ip(&["link", "set", "br0", "up"]);
+    for (i, ns) in c.iter().enumerate() {
+        let hv = format!("hv{}", i + 1);
+        veth(&hv, &h, "eth0", ns);
+        h.ip(&["link", "set", &hv, "master", "br0"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("10.88.0.{}/24", i + 2),
+            "dev",
+            "eth0",
+        ]);
+        ns.ip(&["route", "add", "default", "via", "10.88.0.1"]);
+    }
+    h.ip(&[
+        "link", "add", "link", "br0", "name", "mv0", "type", "macvlan", "mode", "bridge",
+    ]);
+    h.ip(&["link", "set", "mv0", "netns", &c[2].name]);
+    h.ip(&[
+        "link", "add", "vx42", "type", "vxlan", "id", "42", "dstport", "4789", "dev", "br0",
+    ]);
+    h.ip(&["tuntap", "add", "mode", "tun", "name", "tun7"]);
+    let procs = vec![
+        // c1 listens on its own address only, c2 on every address.
+        c[0].spawn(&[
+            "socat",
+            "TCP-LISTEN:80,bind=10.88.0.2,fork,reuseaddr",
+            "EXEC:cat",
+        ]),
+        c[1].spawn(&["socat", "TCP-LISTEN:8080,fork,reuseaddr", "EXEC:cat"]),
+        // The host publishes 18080 -> c2:8080 through Docker's own userland proxy, which
+        // reports readiness on fd 3 (without it, Go reuses fd 3 and the proxy closes its listener).
+        h.spawn(&[
+            "sh",
+            "-c",
+            "exec /usr/sbin/docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 18080 \
+             -container-ip 10.88.0.3 -container-port 8080 3>/dev/null",
+        ]),
+    ];
+    let listening = |ns: &TestNs, port: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ss", "-Htln"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(port))
+            .unwrap_or(false)
+    };
+    wait_for("listeners", 10, || {
+        listening(&c[0], ":80 ") && listening(&c[1], ":8080 ") && listening(&h, ":18080 ")
+    });
+    Lab {
+        h,
+        c,
+        _procs: procs,
+    }
+}
+
+fn ids(g: &Value, kind: &str) -> BTreeSet<String> {
+    g["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] == kind)
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn edges(g: &Value) -> BTreeSet<(String, String, String)> {
+    g["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["from"].as_str().unwrap().to_string(),
+                e["to"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn node<'a>(g: &'a Value, id: &str) -> &'a Value {
+    g["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .unwrap_or_else(|| panic!("no node {id}"))
+}
+
+#[test]
+fn graph_has_exactly_what_was_built() {
+    let l = lab();
+    let (h, c) = (&l.h, &l.c);
+    let g = nettool_json(&["topology", "--netns", &h.name, "--json"]);
+
+    let want_ns: BTreeSet<String> = std::iter::once(h)
+        .chain(c.iter())
+        .map(|n| format!("ns{}", inode(n)))
+        .collect();
+    assert_eq!(ids(&g, "namespace"), want_ns);
+
+    let (br, vx, tun) = (index_of(h, "br0"), index_of(h, "vx42"), index_of(h, "tun7"));
+    let hv: Vec<u64> = (1..=3).map(|i| index_of(h, &format!("hv{i}"))).collect();
+    let eth: Vec<u64> = c.iter().map(|n| index_of(n, "eth0")).collect();
+    let mv = index_of(&c[2], "mv0");
+    let mut want_if: BTreeSet<String> = [br, vx, tun].iter().map(|&i| ifid(h, i)).collect();
+    want_if.extend(hv.iter().map(|&i| ifid(h, i)));
+    want_if.extend(c.iter().zip(&eth).map(|(n, &i)| ifid(n, i)));
+    want_if.insert(ifid(&c[2], mv));
+    assert_eq!(ids(&g, "interface"), want_if);
+
+    let pub_ids = ids(&g, "published");
+    assert_eq!(pub_ids.len(), 1, "{pub_ids:?}");
+    let pub_id = pub_ids.into_iter().next().unwrap();
+
+    let mut want_edges = BTreeSet::new();
+    for i in 0..3 {
+        let (a, b) = (ifid(h, hv[i]), ifid(&c[i], eth[i]));
+        // A veth edge goes from either end: normalise below.
+        want_edges.insert(("veth".to_string(), a.clone().min(b.clone()), a.max(b)));
+        want_edges.insert(("bridge_port".into(), ifid(h, hv[i]), ifid(h, br)));
+    }
+    want_edges.insert(("lower".into(), ifid(&c[2], mv), ifid(h, br)));
+    want_edges.insert(("lower".into(), ifid(h, vx), ifid(h, br)));
+    want_edges.insert(("published".into(), pub_id.clone(), ifid(&c[1], eth[1])));
+    let got: BTreeSet<_> = edges(&g)
+        .into_iter()
+        .map(|(k, a, b)| {
+            if k == "veth" {
+                (k, a.clone().min(b.clone()), a.max(b))
+            } else {
+                (k, a, b)
+            }
+        })
+        .collect();
+    assert_eq!(got, want_edges);
+
+    // Veth labels name both ends with the peer's ifindex, as `ip link` does (eth0@if5).
+    let label = g["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "veth" && (e["from"] == ifid(h, hv[0]) || e["to"] == ifid(h, hv[0])))
+        .unwrap()["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(label.contains(&format!("hv1@if{}", eth[0])), "{label}");
+    assert!(label.contains(&format!("eth0@if{}", hv[0])), "{label}");
+
+    // The published port: found through docker-proxy, target listening.
+    let p = node(&g, &pub_id);
+    assert_eq!(p["host_port"], "18080");
+    assert_eq!(p["target"], "10.88.0.3:8080");
+    assert_eq!(p["target_listening"], true);
+    assert!(
+        p["via"][0].as_str().unwrap().contains("docker-proxy"),
+        "{p}"
+    );
+    assert_eq!(p["namespace"], format!("ns{}", inode(h)));
+
+    // Listeners: on c1's eth0 (bound to its address), on c2's namespace (wildcard).
+    let e1 = node(&g, &ifid(&c[0], eth[0]));
+    assert_eq!(e1["listeners"][0]["address"], "10.88.0.2:80", "{e1}");
+    let n2 = node(&g, &format!("ns{}", inode(&c[1])));
+    assert!(n2["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["address"].as_str().unwrap().ends_with(":8080")));
+    assert_eq!(n2["default_routes"][0], "default via 10.88.0.1 dev eth0");
+    let hv1 = node(&g, &ifid(h, hv[0]));
+    assert_eq!(hv1["kind"], "veth");
+    assert_eq!(node(&g, &ifid(h, tun))["kind"], "tun");
+}
+
+#[test]
+fn neighbour_scope_of_a_container_is_its_host_side_only() {
+    let l = lab();
+    let (h, c) = (&l.h, &l.c);
+    let g = nettool_json(&["topology", "--netns", &c[0].name, "--json"]);
+    assert_eq!(
+        ids(&g, "namespace"),
+        BTreeSet::from([format!("ns{}", inode(&c[0])), format!("ns{}", inode(h))])
+    );
+    let want: BTreeSet<String> = [
+        ifid(&c[0], index_of(&c[0], "eth0")),
+        ifid(h, index_of(h, "hv1")),
+        ifid(h, index_of(h, "br0")),
+    ]
+    .into();
+    assert_eq!(ids(&g, "interface"), want);
+    let kinds: Vec<String> = edges(&g).into_iter().map(|e| e.0).collect();
+    assert_eq!(kinds, vec!["bridge_port", "veth"]);
+}
+
+#[test]
+fn every_format_renders() {
+    let l = lab();
+    let h = &l.h;
+    let dot = nettool_ok(&["topology", "--netns", &h.name, "--format", "dot"]);
+    assert!(dot.starts_with("digraph topology {"), "{dot}");
+    // Graphviz accepts it without a warning.
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dot (Debian package graphviz)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dot.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        svg.contains("hv1@if") && svg.contains("br0"),
+        "labels drawn"
+    );
+
+    // svg and png through nettool itself.
+    let svg = nettool_ok(&["topology", "--netns", &h.name, "--format", "svg"]);
+    assert!(svg.contains("<svg"), "{svg}");
+    let file = std::env::temp_dir().join(format!("{}.png", unique("topo")));
+    nettool_ok(&[
+        "topology",
+        "--netns",
+        &h.name,
+        "--format",
+        "png",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    let png = std::fs::read(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(&png[..4], b"\x89PNG");
+
+    let mm = nettool_ok(&["topology", "--netns", &h.name, "--format", "mermaid"]);
+    assert!(mm.starts_with("flowchart LR\n"), "{mm}");
+    assert!(mm.contains("subgraph") && mm.contains("hv1@if"), "{mm}");
+    assert!(mm.contains("==>|\"tcp 18080"), "published edge: {mm}");
+
+    let text = nettool_ok(&["topology", "--netns", &h.name]);
+    assert!(text.contains(&h.name), "{text}");
+    assert!(
+        text.contains("published tcp 0.0.0.0:18080 → 10.88.0.3:8080"),
+        "{text}"
+    );
+    assert!(text.contains("● listen tcp 10.88.0.2:80 socat"), "{text}");
+}
+
+#[test]
+fn whole_host_contains_the_lab() {
+    let l = lab();
+    let g = nettool_json(&["topology", "--json", "--no-nat"]);
+    let ns = ids(&g, "namespace");
+    for n in std::iter::once(&l.h).chain(l.c.iter()) {
+        assert!(ns.contains(&format!("ns{}", inode(n))), "{}", n.name);
+    }
+    assert_eq!(g["scope"], "host");
+}
