@@ -821,6 +821,15 @@ fn path_checks(
         }
     }
 
+    // A container reaching a published port of a neighbour on its own bridge: the DNATed
+    // packet is routed back out of the bridge, but the answer is bridged straight to the
+    // client, which drops it (wrong source) unless br_netfilter un-NATs bridged traffic.
+    if let (Source::Container(_), true, Some(br)) = (&cx.req.from, cx.forwarded, out_if) {
+        if packet.iif.as_deref() == Some(br.name.as_str()) && br.kind == "bridge" {
+            hops.push(br_netfilter_hop(cx, &br.name));
+        }
+    }
+
     // Firewall: the filter hooks the packet crosses.
     hops.extend(rules::firewall_hops(
         cx.nat,
@@ -1011,6 +1020,49 @@ fn same_subnet(a: &Address, ip: IpAddr) -> bool {
     ipnet::IpNet::new(a.address, a.prefix_len)
         .map(|n| n.contains(&ip))
         .unwrap_or(false)
+}
+
+fn br_netfilter_hop(cx: &PathCtx, bridge: &str) -> Hop {
+    const NAME: &str = "net.bridge.bridge-nf-call-iptables";
+    let v = cx.host.sysctl(NAME);
+    let evidence = format!(
+        "{NAME} = {} (client and destination are both on {bridge})",
+        v.as_deref().unwrap_or("absent: br_netfilter not loaded")
+    );
+    match v.as_deref() {
+        Some("1") => Hop::ok(
+            "br_netfilter",
+            "br_netfilter",
+            "on: answers bridged between containers are un-NATed",
+        )
+        .with_evidence(evidence),
+        Some(_) => Hop::fail(
+            "br_netfilter",
+            "br_netfilter",
+            Fault::BrNetfilter,
+            format!(
+                "{NAME} is off: the answer is bridged on {bridge} straight to the client with the container's address, and the client drops it"
+            ),
+        )
+        .with_evidence(evidence)
+        .with_fix(Some(cx.fixer.fix(
+            "pass bridged IPv4 traffic through iptables/conntrack",
+            &["sysctl", "-w", "net.bridge.bridge-nf-call-iptables=1"],
+        ))),
+        None => Hop::fail(
+            "br_netfilter",
+            "br_netfilter",
+            Fault::BrNetfilter,
+            format!(
+                "br_netfilter is not loaded: answers bridged on {bridge} skip conntrack and reach the client un-NATed"
+            ),
+        )
+        .with_evidence(evidence)
+        .with_fix(Some(cx.fixer.fix(
+            "load br_netfilter (machine-wide), then check the sysctl",
+            &["modprobe", "br_netfilter"],
+        ))),
+    }
 }
 
 fn rp_filter_hop(cx: &PathCtx, iif: &str) -> Hop {

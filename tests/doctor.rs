@@ -249,6 +249,22 @@ fn healthy_lab_gets_an_all_clear() {
             "{r:#}"
         );
     }
+    // From outside with no client namespace: doctor attaches a temporary one for the probe
+    // and removes it again.
+    let r = lab.doctor(&["--from", "outside", "8080", "--probe"]);
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    assert!(
+        r["probe"]["from_netns"]
+            .as_str()
+            .unwrap()
+            .contains("temporary"),
+        "{r:#}"
+    );
+    let links = lab.host.ip(&["-o", "link"]);
+    assert!(
+        !links.contains("ntprobe"),
+        "temporary veth left behind: {links}"
+    );
     // The text report names every hop and ends with the verdict.
     let text = nettool_ok(&["doctor", "--netns", &lab.host.name, "8080"]);
     for h in [
@@ -372,6 +388,20 @@ fn container_target_finds_its_published_port() {
     assert_eq!(r["packet"]["dport"], 8080);
     // From another container namespace on the same bridge the DNAT still applies.
     let _ = &lab.outside;
+}
+
+#[test]
+fn br_netfilter_off_for_a_neighbour_on_the_same_bridge() {
+    let mut lab = Lab::new();
+    let neighbour = TestNs::new("dnb");
+    veth("vh1", &lab.host, "eth0", &neighbour);
+    lab.host.ip(&["link", "set", "vh1", "master", "br0"]);
+    neighbour.ip(&["addr", "add", "10.89.0.3/24", "dev", "eth0"]);
+    neighbour.ip(&["route", "add", "default", "via", "10.89.0.1"]);
+    lab.sysctl("net.bridge.bridge-nf-call-iptables=0");
+    let from = format!("container:{}", neighbour.name);
+    let r = break_fix_probe(&mut lab, &["--from", &from], "br_netfilter");
+    assert_eq!(r["packet"]["dst"], "10.89.0.1", "{r:#}");
 }
 
 #[test]

@@ -6,10 +6,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use ipnet::Ipv4Net;
+
+use crate::netns::links::Rtnl;
 use crate::netns::sockets::Proto;
 use crate::netns::NetNs;
 
 use super::facts::NsFacts;
+use super::rules::capture;
 use super::{Packet, Request, Source};
 
 /// How long to wait for the handshake and for each read.
@@ -55,18 +59,35 @@ pub fn run(req: &Request, packet: &Packet, src: Option<&NsFacts>) -> ProbeResult
         Some(s) if s.netns().id() == n.id() => s.label.clone(),
         _ => n.label().to_string(),
     });
-    let Some(ns) = ns else {
-        return ProbeResult {
-            from_netns: None,
-            target: target.to_string(),
-            ok: false,
-            connected: false,
-            sent: 0,
-            received: 0,
-            outcome: "no namespace to probe from outside: give one with --from outside:NETNS"
-                .into(),
-            elapsed_ms: 0,
-        };
+    // From outside with no client namespace given: attach a throwaway one to the host.
+    let mut temp = None;
+    let (ns, label) = match ns {
+        Some(ns) => (ns, label),
+        None => match TempClient::attach(&req.host) {
+            Ok(t) => {
+                let l = format!(
+                    "{} (temporary, via {} {})",
+                    t.name, t.host_if, t.client_addr
+                );
+                let ns = t.ns.clone();
+                temp = Some(t);
+                (ns, Some(l))
+            }
+            Err(e) => {
+                return ProbeResult {
+                    from_netns: None,
+                    target: target.to_string(),
+                    ok: false,
+                    connected: false,
+                    sent: 0,
+                    received: 0,
+                    outcome: format!(
+                        "could not attach a temporary outside namespace ({e}); give one with --from outside:NETNS"
+                    ),
+                    elapsed_ms: 0,
+                }
+            }
+        },
     };
     let proto = packet.proto;
     let source_ip = packet.src;
@@ -91,7 +112,92 @@ pub fn run(req: &Request, packet: &Packet, src: Option<&NsFacts>) -> ProbeResult
     };
     r.from_netns = label;
     r.elapsed_ms = started.elapsed().as_millis() as u64;
+    drop(temp);
     r
+}
+
+/// A throwaway "outside" namespace joined to the host by a veth on a free /30 of
+/// 198.18.0.0/15 (the benchmarking range); removed again on drop.
+struct TempClient {
+    name: String,
+    ns: NetNs,
+    host: NetNs,
+    host_if: String,
+    client_addr: Ipv4Addr,
+}
+
+impl TempClient {
+    fn attach(host: &NetNs) -> Result<TempClient, String> {
+        let pid = std::process::id();
+        let name = format!("nt-probe-{pid}");
+        let host_if = format!("ntprobe{}", pid % 100_000);
+        // A /30 no route of the host already covers.
+        let routes = host
+            .run(|| Rtnl::open().and_then(|mut r| r.routes(false)))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let taken = |net: &Ipv4Net| {
+            routes.iter().any(|r| match r.destination {
+                Some(IpAddr::V4(d)) if r.prefix_len > 0 => Ipv4Net::new(d, r.prefix_len)
+                    .map(|rn| rn.contains(&net.network()) || net.contains(&rn.network()))
+                    .unwrap_or(false),
+                _ => false,
+            })
+        };
+        let net = (0..512u32)
+            .map(|i| {
+                let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i * 4;
+                Ipv4Net::new(Ipv4Addr::from(base), 30).expect("valid /30")
+            })
+            .find(|n| !taken(n))
+            .ok_or("no free /30 in 198.18.0.0/15")?;
+        let gw = Ipv4Addr::from(u32::from(net.network()) + 1);
+        let client = Ipv4Addr::from(u32::from(net.network()) + 2);
+        let root = NetNs::current().map_err(|e| e.to_string())?;
+        ip(&root, &["netns", "add", &name])?;
+        let ns = NetNs::from_name(&name).map_err(|e| e.to_string())?;
+        let t = TempClient {
+            name: name.clone(),
+            ns,
+            host: host.clone(),
+            host_if: host_if.clone(),
+            client_addr: client,
+        };
+        ip(
+            host,
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name,
+            ],
+        )?;
+        ip(host, &["addr", "add", &format!("{gw}/30"), "dev", &host_if])?;
+        ip(host, &["link", "set", &host_if, "up"])?;
+        ip(&t.ns, &["link", "set", "lo", "up"])?;
+        ip(
+            &t.ns,
+            &["addr", "add", &format!("{client}/30"), "dev", "eth0"],
+        )?;
+        ip(&t.ns, &["link", "set", "eth0", "up"])?;
+        ip(&t.ns, &["route", "add", "default", "via", &gw.to_string()])?;
+        Ok(t)
+    }
+}
+
+impl Drop for TempClient {
+    fn drop(&mut self) {
+        let _ = ip(&self.host, &["link", "del", &self.host_if]);
+        if let Ok(root) = NetNs::current() {
+            let _ = ip(&root, &["netns", "del", &self.name]);
+        }
+    }
+}
+
+/// Run `ip ARGS` inside `ns` (argv, no shell).
+fn ip(ns: &NetNs, args: &[&str]) -> Result<(), String> {
+    let mut argv = vec!["ip"];
+    argv.extend_from_slice(args);
+    capture(ns, &argv)
+        .map(|_| ())
+        .ok_or_else(|| format!("ip {} failed in {}", args.join(" "), ns.label()))
 }
 
 fn result(
