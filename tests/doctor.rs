@@ -328,6 +328,101 @@ fn route_localnet_off_without_userland_proxy() {
 }
 
 #[test]
+fn forward_policy_drop_with_no_accept_rule() {
+    let mut lab = Lab::new();
+    lab.in_host(&["iptables", "-D", "FORWARD", "-i", "br0", "-j", "ACCEPT"]);
+    lab.in_host(&[
+        "iptables",
+        "-D",
+        "FORWARD",
+        "-d",
+        "10.89.0.2/32",
+        "-o",
+        "br0",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "ACCEPT",
+    ]);
+    lab.in_host(&["iptables", "-P", "FORWARD", "DROP"]);
+    let from = lab.outside_source();
+    let r = break_fix_probe(&mut lab, &["--from", &from], "forward_policy_drop");
+    assert_eq!(r["diagnosis"]["hop"], "firewall");
+    // The fix appends: the user chain still comes first.
+    let rules = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.host.name,
+        "iptables",
+        "-S",
+        "FORWARD",
+    ]);
+    let lines: Vec<&str> = rules.lines().collect();
+    assert_eq!(lines[1], "-A FORWARD -j NETTOOL-USER", "{rules}");
+}
+
+#[test]
+fn drop_rule_in_the_user_chain() {
+    let mut lab = Lab::new();
+    lab.in_host(&[
+        "iptables",
+        "-I",
+        "NETTOOL-USER",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DROP",
+    ]);
+    let from = lab.outside_source();
+    let r = break_fix_probe(&mut lab, &["--from", &from], "firewall_drop");
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(line.contains("NETTOOL-USER"), "{line}");
+    assert_eq!(r["diagnosis"]["fix"]["argv"][1], "-D");
+    // From localhost nothing is forwarded: the same rule does not matter there.
+    lab.in_host(&[
+        "iptables",
+        "-I",
+        "NETTOOL-USER",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DROP",
+    ]);
+    let r = lab.doctor(&["8080", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+}
+
+#[test]
+fn drop_rule_hidden_in_iptables_legacy() {
+    let mut lab = Lab::new();
+    // The rules are iptables-nft; a DROP added with iptables-legacy is invisible to `iptables -S`.
+    lab.in_host(&[
+        "iptables-legacy",
+        "-I",
+        "FORWARD",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DROP",
+    ]);
+    let from = lab.outside_source();
+    let r = break_fix_probe(&mut lab, &["--from", &from], "firewall_drop");
+    assert_eq!(r["diagnosis"]["fix"]["argv"][0], "iptables-legacy", "{r:#}");
+    assert_eq!(hop(&r, "backends")["verdict"], "warn", "{r:#}");
+}
+
+#[test]
 fn mtu_mismatch() {
     let mut lab = Lab::new();
     lab.container.ip(&["link", "set", "eth0", "mtu", "9000"]);

@@ -338,16 +338,233 @@ pub fn dnat_port_fix(rule: &DnatRule, addr: IpAddr, port: u16) -> Option<Vec<Str
     Some(argv)
 }
 
-/// The filter hooks the packet crosses (filled in by the firewall walk).
+/// A packet as the filter FORWARD chain sees it (after DNAT).
+#[derive(Debug, Clone)]
+struct Forwarded {
+    proto: Proto,
+    src: IpAddr,
+    dst: IpAddr,
+    dport: u16,
+    iif: Option<String>,
+    oif: Option<String>,
+    /// Conntrack states it has (NEW or ESTABLISHED, plus DNAT).
+    states: Vec<&'static str>,
+}
+
+/// How the filter table treats a packet.
+#[derive(Debug, Clone)]
+enum FilterVerdict {
+    Accept(Option<SavedRule>),
+    Drop(SavedRule),
+    Policy(String),
+}
+
+impl NatView {
+    fn fwd_conds_hold(words: &[String], f: &Forwarded) -> bool {
+        let check = |flag: &str, g: &dyn Fn(&str) -> bool| match word_after(words, flag) {
+            Some((v, neg)) => g(v) != neg,
+            None => true,
+        };
+        let states = |v: &str| v.split(',').any(|s| f.states.contains(&s));
+        check("-d", &|v| net_contains(v, f.dst))
+            && check("-s", &|v| net_contains(v, f.src))
+            && check("-i", &|v| {
+                f.iif.as_deref().is_some_and(|i| iface_match(v, i))
+            })
+            && check("-o", &|v| {
+                f.oif.as_deref().is_some_and(|o| iface_match(v, o))
+            })
+            && check("-p", &|v| parse_proto(v) == Some(f.proto))
+            && check("--dport", &|v| {
+                parse_ports(v).is_some_and(|(a, b)| a <= f.dport && f.dport <= b)
+            })
+            && check("--ctstate", &states)
+            && check("--state", &states)
+            && check("--dst-type", &|v| v != "LOCAL")
+    }
+
+    /// Evaluate `chain` of the filter table of `backend`; None = fell through or RETURN.
+    fn eval(&self, backend: &str, chain: &str, f: &Forwarded, depth: u8) -> Option<FilterVerdict> {
+        if depth > 8 {
+            return None;
+        }
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| r.backend == backend && r.table == "filter" && r.chain == chain)
+        {
+            if !Self::fwd_conds_hold(&r.words, f) {
+                continue;
+            }
+            let Some((target, _)) =
+                word_after(&r.words, "-j").or_else(|| word_after(&r.words, "-g"))
+            else {
+                continue;
+            };
+            match target {
+                "ACCEPT" => return Some(FilterVerdict::Accept(Some(r.clone()))),
+                "DROP" | "REJECT" => return Some(FilterVerdict::Drop(r.clone())),
+                "RETURN" => return None,
+                "LOG" | "MARK" | "CONNMARK" | "NFLOG" => {}
+                user => {
+                    if let Some(v) = self.eval(backend, user, f, depth + 1) {
+                        return Some(v);
+                    }
+                    if word_after(&r.words, "-g").is_some() {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The verdict of the filter FORWARD chain of every backend that has one.
+    fn forward_verdicts(&self, f: &Forwarded) -> Vec<(String, FilterVerdict)> {
+        let mut out = Vec::new();
+        for backend in ["iptables-nft", "iptables-legacy"] {
+            let policy = self
+                .policies
+                .iter()
+                .find(|(b, t, c, _)| b == backend && t == "filter" && c == "FORWARD")
+                .map(|p| p.3.clone());
+            let Some(policy) = policy else { continue };
+            let v = self
+                .eval(backend, "FORWARD", f, 0)
+                .unwrap_or(if policy == "DROP" {
+                    FilterVerdict::Policy(policy)
+                } else {
+                    FilterVerdict::Accept(None)
+                });
+            out.push((backend.to_string(), v));
+        }
+        out
+    }
+}
+
+fn tool_of(backend: &str) -> &'static str {
+    if backend == "iptables-legacy" {
+        "iptables-legacy"
+    } else {
+        "iptables"
+    }
+}
+
+/// The filter verdicts on the path: FORWARD for the first packet and for the answers.
 pub(crate) fn firewall_hops(
-    _nat: &NatView,
-    _packet: &Packet,
-    _dest: &Destination,
-    _forwarded: bool,
-    _out_if: Option<&Link>,
-    _fixer: &Fixer,
+    nat: &NatView,
+    packet: &Packet,
+    dest: &Destination,
+    forwarded: bool,
+    out_if: Option<&Link>,
+    fixer: &Fixer,
 ) -> Vec<Hop> {
-    Vec::new()
+    if !forwarded {
+        return Vec::new();
+    }
+    let there = Forwarded {
+        proto: packet.proto,
+        src: packet.src,
+        dst: dest.addr,
+        dport: dest.port,
+        iif: packet.iif.clone(),
+        oif: out_if.map(|l| l.name.clone()),
+        states: vec!["NEW", "DNAT"],
+    };
+    let back = Forwarded {
+        proto: packet.proto,
+        src: dest.addr,
+        dst: packet.src,
+        dport: 0,
+        iif: there.oif.clone(),
+        oif: there.iif.clone(),
+        states: vec!["ESTABLISHED", "DNAT"],
+    };
+    let mut evidence = Vec::new();
+    for (dir, f) in [("the first packet", &there), ("the answers", &back)] {
+        for (backend, v) in nat.forward_verdicts(f) {
+            let tool = tool_of(&backend);
+            match v {
+                FilterVerdict::Accept(rule) => evidence.push(format!(
+                    "{backend} filter FORWARD accepts {dir}: {}",
+                    rule.map(|r| r.text)
+                        .unwrap_or_else(|| "policy ACCEPT".into())
+                )),
+                FilterVerdict::Drop(rule) => {
+                    let mut argv: Vec<String> = vec![tool.into(), "-D".into()];
+                    argv.extend(rule.words[1..].iter().cloned());
+                    let user_chain = rule.chain.ends_with("-USER");
+                    return vec![Hop::fail(
+                        "firewall",
+                        "firewall",
+                        Fault::FirewallDrop,
+                        format!(
+                            "{} {dir} in filter {}{}: {}",
+                            if rule.words.iter().any(|w| w == "REJECT") {
+                                "a rule rejects"
+                            } else {
+                                "a rule drops"
+                            },
+                            rule.chain,
+                            if user_chain { " (the user chain)" } else { "" },
+                            rule.text
+                        ),
+                    )
+                    .with_evidence(format!(
+                        "{backend}, filter {} rule {}",
+                        rule.chain, rule.position
+                    ))
+                    .with_fix(Some(fixer.fix_owned(
+                        &format!("delete that rule from {}", rule.chain),
+                        argv,
+                        false,
+                    )))];
+                }
+                FilterVerdict::Policy(p) => {
+                    return vec![Hop::fail(
+                        "firewall",
+                        "firewall",
+                        Fault::ForwardPolicyDrop,
+                        format!(
+                            "the FORWARD policy is {p} and no rule accepts {dir} ({} -> {}:{})",
+                            f.src,
+                            f.dst,
+                            if f.dport > 0 {
+                                f.dport.to_string()
+                            } else {
+                                "*".into()
+                            }
+                        ),
+                    )
+                    .with_evidence(format!("{backend}: :FORWARD {p}"))
+                    .with_fix(Some(fixer.fix(
+                        "accept forwarded connections that a DNAT rule published (both directions)",
+                        &[
+                            tool,
+                            "-A",
+                            "FORWARD",
+                            "-m",
+                            "conntrack",
+                            "--ctstate",
+                            "DNAT",
+                            "-j",
+                            "ACCEPT",
+                        ],
+                    )))];
+                }
+            }
+        }
+    }
+    if evidence.is_empty() {
+        return Vec::new();
+    }
+    let mut hop = Hop::ok(
+        "firewall",
+        "firewall",
+        "filter FORWARD accepts both directions",
+    );
+    hop.evidence = evidence;
+    vec![hop]
 }
 
 /// One conntrack entry for the published UDP port.
