@@ -97,11 +97,16 @@ struct Trace(Option<Child>);
 
 impl Trace {
     fn start(args: &[&str]) -> Trace {
+        // A safety net so a broken test cannot hang the suite.
+        let safety: &[&str] = if args.contains(&"--duration") {
+            &[]
+        } else {
+            &["--duration", "30s"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_nettool"))
             .arg("dns")
             .args(args)
-            // A safety net so a broken test cannot hang the suite.
-            .args(["--duration", "30s"])
+            .args(safety)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -447,4 +452,37 @@ fn read_rejects_a_non_capture_with_a_clear_message() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn all_netns_labels_each_side() {
+    let lab = DnsLab::new("dnsall");
+    // Other tests may run DNS in their own namespaces meanwhile: stop on time, then look
+    // only at this test's unique name.
+    let name = format!("allns{}.test", std::process::id());
+    let t = Trace::start(&[
+        "--all-netns",
+        "--json",
+        "--duration",
+        "3s",
+        "--timeout",
+        "1s",
+    ]);
+    lab.dig(&["+short", "@10.53.0.1", &name]);
+    let (lookups, summary) = t.json();
+    let ours: Vec<&Value> = lookups
+        .iter()
+        .filter(|l| l["name"] == name.as_str())
+        .collect();
+    let mut where_seen: Vec<&str> = ours.iter().map(|l| l["netns"].as_str().unwrap()).collect();
+    where_seen.sort();
+    let mut expected = vec![lab.client.name.as_str(), lab.server.name.as_str()];
+    expected.sort();
+    assert_eq!(where_seen, expected, "{ours:#?}");
+    for l in ours {
+        assert_eq!(l["rcode"], "NXDOMAIN");
+        assert_eq!(ip_of(&l["client"]), "10.53.0.2");
+        assert_eq!(l["server"], "10.53.0.1:53");
+    }
+    assert!(summary["sources"].as_array().unwrap().len() >= 2);
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::cli::DnsArgs;
 use crate::dns::capture::PcapOut;
 use crate::dns::pair::{Lookup, NameSummary, Status, Summary};
-use crate::dns::{self, docker, Alias, LiveOptions, Source, SourceStats};
+use crate::dns::{self, docker, Alias, LiveOptions, LookupSink, Source, SourceStats};
 use crate::netns::discover::{discover, DiscoverOptions};
 use crate::netns::{NetNs, NsId};
 use crate::output::{paint, Table};
@@ -143,6 +143,48 @@ pub fn render_line(l: &Lookup, timeout: Duration) -> String {
     line
 }
 
+/// Prints lookups as they finish (buffered; flushed whenever the capture goes idle).
+struct Printer {
+    out: std::io::BufWriter<std::io::Stdout>,
+    json: bool,
+    timeout: Duration,
+    count: Option<u64>,
+    emitted: u64,
+    summary: Summary,
+    error: Option<std::io::Error>,
+}
+
+impl LookupSink for Printer {
+    fn lookup(&mut self, l: Lookup) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        self.summary.add(&l);
+        self.emitted += 1;
+        let r = if self.json {
+            serde_json::to_writer(&mut self.out, &l)
+                .map_err(std::io::Error::from)
+                .and_then(|_| writeln!(self.out))
+        } else {
+            writeln!(self.out, "{}", render_line(&l, self.timeout))
+        };
+        if let Err(e) = r {
+            // A closed pipe (| head) ends the trace quietly.
+            self.error = Some(e);
+            return false;
+        }
+        self.count.is_none_or(|n| self.emitted < n)
+    }
+
+    fn idle(&mut self) {
+        if self.error.is_none() {
+            if let Err(e) = self.out.flush() {
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
 /// The end-of-run report.
 #[derive(Debug, Serialize)]
 struct Report {
@@ -165,33 +207,20 @@ pub fn run(a: DnsArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     install_signal_handlers();
-    let mut summary = Summary::default();
-    let mut emitted = 0u64;
     let json = a.json;
     let timeout = a.timeout;
     let count = a.count;
-    let mut out_err: Option<std::io::Error> = None;
-    let mut on_lookup = |l: Lookup| -> bool {
-        summary.add(&l);
-        emitted += 1;
-        let mut out = std::io::stdout().lock();
-        let r = if json {
-            serde_json::to_writer(&mut out, &l)
-                .map_err(std::io::Error::from)
-                .and_then(|_| writeln!(out))
-        } else {
-            writeln!(out, "{}", render_line(&l, timeout))
-        };
-        if let Err(e) = r {
-            // A closed pipe (| head) ends the trace quietly.
-            out_err = Some(e);
-            return false;
-        }
-        count.is_none_or(|n| emitted < n)
+    let mut sink = Printer {
+        out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
+        json,
+        timeout,
+        count,
+        emitted: 0,
+        summary: Summary::default(),
+        error: None,
     };
-
     let stats: Vec<SourceStats> = if let Some(path) = &a.read {
-        let st = dns::read_file(path, a.timeout, &[], &mut on_lookup)
+        let st = dns::read_file(path, a.timeout, &[], &mut sink)
             .with_context(|| format!("reading {}", path.display()))?;
         vec![st]
     } else {
@@ -265,14 +294,15 @@ pub fn run(a: DnsArgs) -> anyhow::Result<i32> {
             } else {
                 None
             },
-            &mut on_lookup,
+            &mut sink,
         )?;
         if let Some(p) = pcap {
             p.finish()?;
         }
         st
     };
-    if let Some(e) = out_err {
+    let (emitted, summary) = (sink.emitted, sink.summary);
+    if let Some(e) = sink.error {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             return Ok(0);
         }

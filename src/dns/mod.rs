@@ -150,6 +150,20 @@ pub struct LiveOptions {
     pub refresh_every: Duration,
 }
 
+/// Where finished lookups go.
+pub trait LookupSink {
+    /// Take one lookup; return false to stop the trace.
+    fn lookup(&mut self, l: Lookup) -> bool;
+    /// Nothing more to read right now: a good moment to flush buffered output.
+    fn idle(&mut self) {}
+}
+
+impl<F: FnMut(Lookup) -> bool> LookupSink for F {
+    fn lookup(&mut self, l: Lookup) -> bool {
+        self(l)
+    }
+}
+
 /// Add and drop sources as namespaces come and go: given the ids watched now, returns new
 /// sources to add and the ids that no longer exist.
 pub type Refresh<'a> = dyn FnMut(&HashSet<NsId>) -> (Vec<Source>, Vec<NsId>) + 'a;
@@ -161,7 +175,7 @@ pub fn live(
     stop: &AtomicBool,
     mut pcap: Option<&mut PcapOut>,
     mut refresh: Option<&mut Refresh<'_>>,
-    on_lookup: &mut dyn FnMut(Lookup) -> bool,
+    sink: &mut dyn LookupSink,
 ) -> Result<Vec<SourceStats>, DnsError> {
     let started = now();
     let mut buf = vec![0u8; SNAPLEN as usize];
@@ -205,7 +219,7 @@ pub fn live(
                     }
                     src.pipe.frame(f.ts, LinkKind::Ip, data);
                     for l in src.pipe.pairer.drain() {
-                        if keep_going && !on_lookup(l) {
+                        if keep_going && !sink.lookup(l) {
                             keep_going = false;
                         }
                     }
@@ -221,12 +235,13 @@ pub fn live(
             for src in sources.iter_mut() {
                 src.pipe.pairer.expire(t);
                 for l in src.pipe.pairer.drain() {
-                    if keep_going && !on_lookup(l) {
+                    if keep_going && !sink.lookup(l) {
                         keep_going = false;
                     }
                 }
             }
         }
+        sink.idle();
         if let Some(r) = refresh.as_deref_mut() {
             if !opts.refresh_every.is_zero() && t.saturating_sub(last_refresh) >= opts.refresh_every
             {
@@ -239,7 +254,7 @@ pub fn live(
                 for mut s in dropped {
                     s.pipe.pairer.finish(t);
                     for l in s.pipe.pairer.drain() {
-                        if keep_going && !on_lookup(l) {
+                        if keep_going && !sink.lookup(l) {
                             keep_going = false;
                         }
                     }
@@ -253,12 +268,13 @@ pub fn live(
     for src in sources.iter_mut() {
         src.pipe.pairer.finish(t);
         for l in src.pipe.pairer.drain() {
-            if keep_going && !on_lookup(l) {
+            if keep_going && !sink.lookup(l) {
                 keep_going = false;
             }
         }
     }
     finished_stats.extend(sources.iter_mut().map(stats_of));
+    sink.idle();
     Ok(finished_stats)
 }
 
@@ -277,7 +293,7 @@ pub fn read_file(
     path: &Path,
     timeout: Duration,
     aliases: &[Alias],
-    on_lookup: &mut dyn FnMut(Lookup) -> bool,
+    sink: &mut dyn LookupSink,
 ) -> Result<SourceStats, DnsError> {
     let frames = capture::read_pcap(path)?;
     let label = path
@@ -295,7 +311,7 @@ pub fn read_file(
             last = *ts;
         }
         for l in pipe.pairer.drain() {
-            if keep_going && !on_lookup(l) {
+            if keep_going && !sink.lookup(l) {
                 keep_going = false;
             }
         }
@@ -306,10 +322,11 @@ pub fn read_file(
     let end = frames.last().map(|f| f.0).unwrap_or_default();
     pipe.pairer.finish(end);
     for l in pipe.pairer.drain() {
-        if keep_going && !on_lookup(l) {
+        if keep_going && !sink.lookup(l) {
             keep_going = false;
         }
     }
+    sink.idle();
     Ok(SourceStats {
         netns: label,
         frames: total,
