@@ -423,6 +423,66 @@ fn drop_rule_hidden_in_iptables_legacy() {
 }
 
 #[test]
+fn stale_udp_conntrack_entry() {
+    let mut lab = Lab::new();
+    let _udp = lab
+        .container
+        .spawn(&["socat", "UDP-LISTEN:53,fork,reuseaddr", "EXEC:cat"]);
+    // A client sends before the port is published: conntrack remembers an un-NATed flow.
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", &lab.outside.name, "socat", "-t0.3", "-"])
+        .arg("UDP:192.0.2.1:5353,sourceport=40000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"early\n").unwrap();
+    let _ = c.wait();
+    lab.in_host(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "NETTOOL",
+        "-p",
+        "udp",
+        "--dport",
+        "5353",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "10.89.0.2:53",
+    ]);
+    lab.in_host(&[
+        "iptables",
+        "-A",
+        "FORWARD",
+        "-d",
+        "10.89.0.2/32",
+        "-o",
+        "br0",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "ACCEPT",
+    ]);
+    let from = lab.outside_source();
+    let r = lab.doctor(&["--from", &from, "udp:5353"]);
+    assert_eq!(fault(&r), "stale_conntrack", "{r:#}");
+    assert!(hop(&r, "conntrack")["evidence"][0]
+        .as_str()
+        .unwrap()
+        .contains("sport=40000"));
+    lab.apply_fix(&r);
+    let r = lab.doctor(&["--from", &from, "udp:5353", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+}
+
+#[test]
 fn mtu_mismatch() {
     let mut lab = Lab::new();
     lab.container.ip(&["link", "set", "eth0", "mtu", "9000"]);

@@ -632,9 +632,13 @@ pub(crate) fn conntrack_hop(ns: &NetNs, p: &Packet, dest: &Destination, fixer: &
         "conntrack",
         Fault::StaleConntrack,
         format!(
-            "{} stale UDP conntrack entr{} for port {port} answer from elsewhere than {}:{}: datagrams of that flow skip the DNAT",
+            "{} stale UDP conntrack entr{} for port {port}: answers come from {}, not {}:{}, so datagrams of that flow skip the DNAT",
             stale.len(),
             if stale.len() == 1 { "y" } else { "ies" },
+            match (stale[0].reply_src, stale[0].reply_sport) {
+                (Some(a), Some(p)) => format!("{a}:{p}"),
+                _ => "elsewhere".into(),
+            },
             dest.addr,
             dest.port
         ),
