@@ -163,7 +163,7 @@ pub struct DnsArgs {
     /// Watch every namespace on the machine at once (new ones are picked up as they appear).
     #[arg(long, conflicts_with = "netns")]
     pub all_netns: bool,
-    /// Print one JSON object per lookup (and a final {\"summary\": ...} line).
+    /// Print one JSON object per lookup (and a final {"summary": ...} line).
     #[arg(long)]
     pub json: bool,
     /// Also write every captured DNS packet to this pcap file (raw IP link type).

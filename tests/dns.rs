@@ -272,8 +272,9 @@ fn text_lines_and_summary() {
     assert!(lines.iter().any(|l| l.starts_with("2 lookups")), "{text}");
 }
 
-/// A UDP responder inside `ns` answering every query with `rcode` (after `delay`).
-fn responder(ns: &TestNs, addr: &str, rcode: u8) -> std::thread::JoinHandle<()> {
+/// A UDP responder inside `ns` answering every query with `rcode` (echoing the question),
+/// except the first `ignore` queries, which it drops.
+fn responder(ns: &TestNs, addr: &str, rcode: u8, mut ignore: usize) -> std::thread::JoinHandle<()> {
     let sock = NetNs::from_name(&ns.name)
         .unwrap()
         .run(|| UdpSocket::bind(addr))
@@ -285,6 +286,10 @@ fn responder(ns: &TestNs, addr: &str, rcode: u8) -> std::thread::JoinHandle<()> 
         let mut buf = [0u8; 4096];
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
             if n < 12 {
+                continue;
+            }
+            if ignore > 0 {
+                ignore -= 1;
                 continue;
             }
             let mut reply = buf[..n].to_vec();
@@ -308,7 +313,7 @@ fn query_bytes(id: u16, name: &str) -> Vec<u8> {
 #[test]
 fn servfail_timeout_and_duplicate_ids() {
     let lab = DnsLab::new("dnsf");
-    let _servfail = responder(&lab.server, "10.53.0.3:53", 2);
+    let _servfail = responder(&lab.server, "10.53.0.3:53", 2, 0);
     let t = Trace::start(&[
         "--netns",
         &lab.client.name,
@@ -485,4 +490,37 @@ fn all_netns_labels_each_side() {
         assert_eq!(l["server"], "10.53.0.1:53");
     }
     assert!(summary["sources"].as_array().unwrap().len() >= 2);
+}
+
+#[test]
+fn retries_from_new_ports_fold_into_one_lookup() {
+    let lab = DnsLab::new("dnsr");
+    // Drops the first query, answers the retry.
+    let _flaky = responder(&lab.server, "10.53.0.3:53", 0, 1);
+    let ns_s = NetNs::from_name(&lab.server.name).unwrap();
+    let _silent = ns_s
+        .run(|| UdpSocket::bind("10.53.0.5:53"))
+        .unwrap()
+        .unwrap();
+    let t = Trace::start(&[
+        "--netns",
+        &lab.client.name,
+        "--json",
+        "--count",
+        "2",
+        "--timeout",
+        "3s",
+    ]);
+    // dig retries from a new port after its 1 s timeout.
+    let out = lab.dig(&["+tries=2", "+timeout=1", "@10.53.0.3", "flaky.test"]);
+    assert!(out.contains("NOERROR"), "{out}");
+    lab.dig(&["+tries=2", "+timeout=1", "@10.53.0.5", "gone.test"]);
+    let (lookups, _) = t.json();
+    assert_eq!(lookups.len(), 2, "{lookups:#?}");
+    let flaky = find(&lookups, "flaky.test", "A");
+    assert_eq!(flaky["status"], "answered");
+    assert_eq!(flaky["retries"], 1);
+    let gone = find(&lookups, "gone.test", "A");
+    assert_eq!(gone["status"], "timeout");
+    assert_eq!(gone["retries"], 1);
 }

@@ -82,19 +82,30 @@ pub fn render_line(l: &Lookup, timeout: Duration) -> String {
     let answers = if l.answers.is_empty() {
         "-".to_string()
     } else {
-        let mut parts: Vec<String> = l
-            .answers
-            .iter()
-            .take(6)
-            .map(|a| match a.rtype.as_str() {
+        // Keep the line readable: stop at ~80 characters and say how many were left out.
+        let mut text = String::new();
+        let mut shown = 0;
+        for a in &l.answers {
+            let item = match a.rtype.as_str() {
                 "A" | "AAAA" => a.data.clone(),
+                t if a.data.chars().count() > 40 => {
+                    format!("{t} {}...", a.data.chars().take(37).collect::<String>())
+                }
                 t => format!("{t} {}", a.data),
-            })
-            .collect();
-        if l.answers.len() > 6 {
-            parts.push(format!("+{} more", l.answers.len() - 6));
+            };
+            if shown > 0 && text.len() + item.len() > 80 {
+                break;
+            }
+            if shown > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(&item);
+            shown += 1;
         }
-        parts.join(", ")
+        if shown < l.answers.len() {
+            text.push_str(&format!(" +{} more", l.answers.len() - shown));
+        }
+        text
     };
     let mut flags = Vec::new();
     if l.transport == dns::packet::Transport::Tcp {

@@ -272,6 +272,8 @@ pub struct Pairer {
     truncated: HashMap<(std::net::IpAddr, std::net::IpAddr, QKey), Duration>,
     /// Keys answered recently, to recognise a second answer to a retried query.
     answered: HashMap<Key, Duration>,
+    /// A query retried from a new port or id: its key -> the retry's key (and when).
+    folded: HashMap<Key, (Key, Duration)>,
     last_prune: Duration,
     out: Vec<Lookup>,
     /// Counters.
@@ -281,6 +283,11 @@ pub struct Pairer {
 /// How long a TC answer is remembered for linking the TCP retry, and an answered key for
 /// recognising duplicate answers.
 const MEMORY: Duration = Duration::from_secs(10);
+
+/// A second query for the same question from the same client address to the same server is
+/// a retry (dig and many stubs retry from a new port) when the first went unanswered this
+/// long; sooner, it is a parallel lookup (a load generator, two processes).
+const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 impl Pairer {
     /// A pairer labelling its lookups with `label`; queries unanswered after `timeout` end as timeouts.
@@ -293,6 +300,7 @@ impl Pairer {
             by_question: HashMap::new(),
             truncated: HashMap::new(),
             answered: HashMap::new(),
+            folded: HashMap::new(),
             last_prune: Duration::ZERO,
             out: Vec::new(),
             stats: PairStats::default(),
@@ -356,6 +364,34 @@ impl Pairer {
             pend.retries += 1;
             pend.last = ts;
             return;
+        }
+        // A retry from a new port or with a new id: fold the earlier attempt into this one.
+        let earlier = qkey.as_ref().and_then(|q| {
+            self.by_question.get(q).and_then(|keys| {
+                keys.iter()
+                    .filter(|k| {
+                        k.client.ip() == src.ip() && k.server == server && k.transport == transport
+                    })
+                    .filter_map(|k| self.pending.get(k).map(|p| (k, p.last)))
+                    .filter(|(_, last)| ts.saturating_sub(*last) >= RETRY_AFTER)
+                    .max_by_key(|(_, last)| *last)
+                    .map(|(k, _)| k.clone())
+            })
+        });
+        if let Some(old) = earlier {
+            if let Some(mut pend) = self.forget(&old) {
+                pend.retries += 1;
+                pend.last = ts;
+                self.folded.insert(old, (key.clone(), ts));
+                if let Some(q) = &qkey {
+                    self.by_question
+                        .entry(q.clone())
+                        .or_default()
+                        .push(key.clone());
+                }
+                self.pending.insert(key, pend);
+                return;
+            }
         }
         let after_truncated = transport == Transport::Tcp
             && qkey.as_ref().is_some_and(|q| {
@@ -452,6 +488,14 @@ impl Pairer {
             }
         }
         let rcode = rcode_name(p.rcode);
+        if !self.pending.contains_key(&key) {
+            // The answer to an attempt that was retried meanwhile ends the whole lookup.
+            if let Some((newer, _)) = self.folded.get(&key) {
+                if self.pending.contains_key(newer) {
+                    key = newer.clone();
+                }
+            }
+        }
         let Some(pend) = self.forget(&key) else {
             if self
                 .answered
@@ -720,6 +764,30 @@ mod tests {
         assert_eq!(out[2].status, Status::Timeout);
         assert_eq!(out[2].name, "b.test");
         assert_eq!(p.stats.duplicate_answers, 1);
+    }
+
+    #[test]
+    fn retry_from_a_new_port_is_one_lookup() {
+        let c1: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let c2: SocketAddr = "10.0.0.2:4001".parse().unwrap();
+        let s: SocketAddr = "10.0.0.1:53".parse().unwrap();
+        let mut p = Pairer::new("ns", Duration::from_secs(2));
+        // Parallel queries for one name (a load generator) stay separate.
+        p.message(t(0), c1, s, Transport::Udp, &query(1, "a.test."));
+        p.message(t(1), c2, s, Transport::Udp, &query(2, "a.test."));
+        p.message(t(2), s, c1, Transport::Udp, &answer(1, "a.test.", false));
+        p.message(t(3), s, c2, Transport::Udp, &answer(2, "a.test.", false));
+        assert_eq!(p.drain().len(), 2);
+        // A retry a second later from a new port and id folds into the first attempt.
+        p.message(t(1000), c1, s, Transport::Udp, &query(5, "b.test."));
+        p.message(t(2000), c2, s, Transport::Udp, &query(6, "b.test."));
+        p.message(t(2010), s, c2, Transport::Udp, &answer(6, "b.test.", false));
+        let out = p.drain();
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(out[0].retries, 1);
+        assert_eq!(out[0].latency_ms, Some(1010.0));
+        p.expire(t(9000));
+        assert!(p.drain().is_empty());
     }
 
     #[test]
