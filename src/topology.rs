@@ -774,82 +774,128 @@ fn if_label(i: &InterfaceNode) -> Vec<String> {
     lines
 }
 
-/// For legibility a host-side veth that is a bridge port with its peer in the picture is not
-/// drawn as its own node: its pair edge starts at the bridge and names both ends.
-fn folded(g: &Graph) -> HashMap<String, String> {
-    let mut port_of: HashMap<&str, &str> = HashMap::new();
-    for e in &g.edges {
-        if e.kind == EdgeKind::BridgePort {
-            port_of.insert(&e.from, &e.to);
-        }
+/// How "host-like" a namespace node is, to draw edges from the host towards containers
+/// (Graphviz ranks a directed layout along the edges).
+fn hostness(g: &Graph, ns: &str) -> i64 {
+    let Some(Node::Namespace(n)) = g.node(ns) else {
+        return 0;
+    };
+    let mut score = g.interfaces_in(ns).count() as i64;
+    score += 10 * g.interfaces_in(ns).filter(|i| i.kind == "bridge").count() as i64;
+    score += 5 * g.published_in(ns).count() as i64;
+    if n.current {
+        score += 1000;
     }
-    let mut out = HashMap::new();
-    for e in g.edges.iter().filter(|e| e.kind == EdgeKind::Veth) {
-        for (end, other) in [(&e.from, &e.to), (&e.to, &e.from)] {
-            let Some(bridge) = port_of.get(end.as_str()) else {
-                continue;
-            };
-            // Fold only one end, and never both ends of a pair between two bridges.
-            if out.contains_key(other) || port_of.contains_key(other.as_str()) {
-                continue;
-            }
-            let listens = g
-                .interface(end)
-                .map(|i| !i.listeners.is_empty() || !i.addresses.is_empty())
-                .unwrap_or(true);
-            if !listens {
-                out.insert(end.clone(), bridge.to_string());
-                break;
-            }
-        }
+    if !n.containers.is_empty() {
+        score -= 100;
     }
-    out
+    score
+}
+
+/// An edge as drawn: oriented from the host side, with a label naming both ends.
+struct DrawnEdge<'a> {
+    from: &'a str,
+    to: &'a str,
+    kind: EdgeKind,
+    label: String,
+}
+
+fn drawn_edges(g: &Graph) -> Vec<DrawnEdge<'_>> {
+    let ns_of = |id: &str| {
+        g.interface(id)
+            .map(|i| i.namespace.clone())
+            .unwrap_or_default()
+    };
+    let bridge_ports: HashSet<&str> = g
+        .edges
+        .iter()
+        .filter(|e| e.kind == EdgeKind::BridgePort)
+        .map(|e| e.from.as_str())
+        .collect();
+    g.edges
+        .iter()
+        .map(|e| match e.kind {
+            EdgeKind::Veth => {
+                let (a, b) = (e.from.as_str(), e.to.as_str());
+                let score = |x: &str| {
+                    hostness(g, &ns_of(x)) + if bridge_ports.contains(x) { 10_000 } else { 0 }
+                };
+                let (from, to) = if score(b) > score(a) { (b, a) } else { (a, b) };
+                let label = match (g.interface(from), g.interface(to)) {
+                    (Some(f), Some(t)) => {
+                        let mut s = format!("{}@if{} ⇄ {}@if{}", f.name, t.index, t.name, f.index);
+                        if f.mtu != t.mtu {
+                            let _ = write!(s, " (MTU {}≠{}!)", f.mtu, t.mtu);
+                        }
+                        s
+                    }
+                    _ => e.label.clone(),
+                };
+                DrawnEdge {
+                    from,
+                    to,
+                    kind: e.kind,
+                    label,
+                }
+            }
+            // Bridge and lower device first, so they sit left of what hangs off them.
+            EdgeKind::BridgePort | EdgeKind::Lower => DrawnEdge {
+                from: &e.to,
+                to: &e.from,
+                kind: e.kind,
+                label: e.label.clone(),
+            },
+            EdgeKind::Published => DrawnEdge {
+                from: &e.from,
+                to: &e.to,
+                kind: e.kind,
+                label: e.label.clone(),
+            },
+        })
+        .collect()
 }
 
 fn dot_id(s: &str) -> String {
     format!("\"{}\"", dot_escape(s))
 }
 
-/// Graphviz DOT: namespaces as clusters, bridges as hubs, veth pairs as labelled edges.
+/// Graphviz DOT: namespaces as clusters, bridges as hubs, veth pairs as labelled edges,
+/// published ports as green arrows (red when nothing listens at the target).
 pub fn to_dot(g: &Graph) -> String {
-    let fold = folded(g);
     let mut o = String::new();
     let _ = writeln!(o, "digraph topology {{");
     let _ = writeln!(
         o,
-        "  graph [rankdir=LR, fontname=\"Helvetica\", fontsize=12, nodesep=0.3, ranksep=1.1, newrank=true, label=\"nettool topology: {}\", labelloc=t];",
+        "  graph [rankdir=LR, fontname=\"Helvetica\", fontsize=13, nodesep=0.2, ranksep=1.0, newrank=true, labelloc=t, label=\"nettool topology: {}\"];",
         dot_escape(&g.scope)
     );
     let _ = writeln!(
         o,
-        "  node [fontname=\"Helvetica\", fontsize=10, shape=box, style=\"rounded,filled\", fillcolor=\"#ffffff\", color=\"#555555\"];"
+        "  node [fontname=\"Helvetica\", fontsize=10, shape=box, style=\"rounded,filled\", fillcolor=\"#ffffff\", color=\"#555555\", margin=\"0.12,0.04\"];"
     );
     let _ = writeln!(
         o,
-        "  edge [fontname=\"Helvetica\", fontsize=9, dir=none, color=\"#4a6fa5\"];"
+        "  edge [fontname=\"Helvetica\", fontsize=9, arrowhead=none, color=\"#4a6fa5\"];"
     );
-    for (k, n) in g.namespaces().enumerate() {
-        let fill = if n.current || n.containers.is_empty() && n.processes.len() != 1 {
-            "#eef2f8"
-        } else {
-            "#f6f6f0"
-        };
+    let mut nss: Vec<&NamespaceNode> = g.namespaces().collect();
+    nss.sort_by_key(|n| (-hostness(g, &n.id), n.label.clone()));
+    for (k, n) in nss.iter().enumerate() {
+        // Hosts (bridges, or nettool's own namespace) blue-grey; containers cream.
+        let host = n.current || g.interfaces_in(&n.id).any(|i| i.kind == "bridge");
+        let fill = if host { "#eef2f8" } else { "#f7f7ef" };
         let _ = writeln!(o, "  subgraph cluster_{k} {{");
+        let title: String = ns_title(n).iter().map(|l| dot_escape(l) + "\\l").collect();
         let _ = writeln!(
             o,
-            "    label=\"{}\"; labeljust=l; style=\"rounded,filled\"; fillcolor=\"{fill}\"; color=\"#8899aa\"; fontsize=11;",
-            dot_escape(&ns_title(n).join("\\l")).replace("\\\\l", "\\l") + "\\l"
+            "    label=\"{title}\"; labeljust=l; style=\"rounded,filled\"; fillcolor=\"{fill}\"; color=\"#8899aa\"; fontsize=11;"
         );
         let mut any = false;
         for i in g.interfaces_in(&n.id) {
-            if fold.contains_key(&i.id) {
-                continue;
-            }
             any = true;
             let (shape, fill) = match i.kind.as_str() {
                 "bridge" => ("ellipse", "#ffe8a8"),
                 "veth" => ("box", "#ffffff"),
-                "macvlan" | "ipvlan" | "vlan" | "vxlan" => ("box", "#e6f0ff"),
+                "macvlan" | "ipvlan" | "vlan" | "vxlan" | "macvtap" => ("box", "#e6f0ff"),
                 "tun" | "tap" => ("box", "#f0e6ff"),
                 _ => ("box", "#eeeeee"),
             };
@@ -877,7 +923,7 @@ pub fn to_dot(g: &Graph) -> String {
             );
         }
         if !any {
-            // An empty cluster is not drawn by Graphviz: give it an invisible anchor.
+            // Graphviz does not draw an empty cluster: give it an invisible anchor.
             let _ = writeln!(
                 o,
                 "    \"{}:empty\" [label=\"\", shape=point, style=invis];",
@@ -886,21 +932,16 @@ pub fn to_dot(g: &Graph) -> String {
         }
         let _ = writeln!(o, "  }}");
     }
-    for e in &g.edges {
-        let from = fold.get(&e.from).unwrap_or(&e.from);
-        let to = fold.get(&e.to).unwrap_or(&e.to);
-        if e.kind == EdgeKind::BridgePort && (fold.contains_key(&e.from) || from == to) {
-            continue;
-        }
+    for e in drawn_edges(g) {
         let attrs = match e.kind {
-            EdgeKind::Veth => format!("label=\"{}\", penwidth=1.5", dot_escape(&e.label)),
-            EdgeKind::BridgePort => "style=dashed, color=\"#888888\"".to_string(),
+            EdgeKind::Veth => format!("label=\"{}\", penwidth=1.4", dot_escape(&e.label)),
+            EdgeKind::BridgePort => "style=dashed, color=\"#999999\"".to_string(),
             EdgeKind::Lower => format!(
-                "label=\"{}\", style=dotted, color=\"#6a4aa5\"",
+                "label=\"{}\", style=dotted, color=\"#6a4aa5\", fontcolor=\"#6a4aa5\"",
                 dot_escape(&e.label)
             ),
             EdgeKind::Published => {
-                let listening = g.node(&e.from).and_then(|n| match n {
+                let listening = g.node(e.from).and_then(|n| match n {
                     Node::Published(p) => p.target_listening,
                     _ => None,
                 });
@@ -909,12 +950,12 @@ pub fn to_dot(g: &Graph) -> String {
                     _ => ("#2e7d32", ""),
                 };
                 format!(
-                    "label=\"{}{note}\", dir=forward, color=\"{color}\", fontcolor=\"{color}\", penwidth=2",
+                    "label=\"{}{note}\", arrowhead=normal, color=\"{color}\", fontcolor=\"{color}\", penwidth=1.8",
                     dot_escape(&e.label)
                 )
             }
         };
-        let _ = writeln!(o, "  {} -> {} [{attrs}];", dot_id(from), dot_id(to));
+        let _ = writeln!(o, "  {} -> {} [{attrs}];", dot_id(e.from), dot_id(e.to));
     }
     let _ = writeln!(o, "}}");
     o
@@ -932,9 +973,10 @@ fn mm_text(s: &str) -> String {
 
 /// Mermaid flowchart for pasting into Markdown.
 pub fn to_mermaid(g: &Graph) -> String {
-    let fold = folded(g);
     let mut o = String::from("flowchart LR\n");
-    for n in g.namespaces() {
+    let mut nss: Vec<&NamespaceNode> = g.namespaces().collect();
+    nss.sort_by_key(|n| (-hostness(g, &n.id), n.label.clone()));
+    for n in nss {
         let _ = writeln!(
             o,
             "  subgraph {}[\"{}\"]",
@@ -943,9 +985,6 @@ pub fn to_mermaid(g: &Graph) -> String {
         );
         let mut any = false;
         for i in g.interfaces_in(&n.id) {
-            if fold.contains_key(&i.id) {
-                continue;
-            }
             any = true;
             let text = mm_text(&if_label(i).join("<br/>"));
             if i.kind == "bridge" {
@@ -970,13 +1009,8 @@ pub fn to_mermaid(g: &Graph) -> String {
         }
         let _ = writeln!(o, "  end");
     }
-    for e in &g.edges {
-        let from = fold.get(&e.from).unwrap_or(&e.from);
-        let to = fold.get(&e.to).unwrap_or(&e.to);
-        if e.kind == EdgeKind::BridgePort && (fold.contains_key(&e.from) || from == to) {
-            continue;
-        }
-        let (a, b) = (mm_id(from), mm_id(to));
+    for e in drawn_edges(g) {
+        let (a, b) = (mm_id(e.from), mm_id(e.to));
         let line = match e.kind {
             EdgeKind::Veth => format!("  {a} ---|\"{}\"| {b}", mm_text(&e.label)),
             EdgeKind::BridgePort => format!("  {a} -.- {b}"),
