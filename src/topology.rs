@@ -1025,7 +1025,7 @@ pub fn to_mermaid(g: &Graph) -> String {
 /// A text tree for terminals: each namespace, its interfaces and where each one leads.
 pub fn to_text(g: &Graph) -> String {
     let mut o = String::new();
-    let names: HashMap<&str, String> = g
+    let names: HashMap<&str, (String, String, &str)> = g
         .nodes
         .iter()
         .filter_map(|n| match n {
@@ -1037,14 +1037,18 @@ pub fn to_text(g: &Graph) -> String {
                         _ => None,
                     })
                     .unwrap_or_default();
-                Some((i.id.as_str(), format!("{}@{} in {}", i.name, i.index, ns)))
+                let same = i.namespace.as_str();
+                Some((
+                    i.id.as_str(),
+                    (format!("{} (if{})", i.name, i.index), ns, same),
+                ))
             }
             _ => None,
         })
         .collect();
     let mut nss: Vec<&NamespaceNode> = g.namespaces().collect();
-    // The current namespace first, then hosts (no container), then containers.
-    nss.sort_by_key(|n| (!n.current, !n.containers.is_empty(), n.label.clone()));
+    // The current namespace first, then hosts (bridges, many links), then containers.
+    nss.sort_by_key(|n| (-hostness(g, &n.id), n.label.clone()));
     for n in nss {
         let title = ns_title(n);
         let _ = writeln!(o, "{} [{}]", title[0], title[1]);
@@ -1061,7 +1065,7 @@ pub fn to_text(g: &Graph) -> String {
             } else {
                 ("├─", "│  ")
             };
-            let mut line = format!("{branch} {} {} if{}", i.name, i.kind, i.index);
+            let mut line = format!("{branch} {} ({}, if{})", i.name, i.kind, i.index);
             if !i.addresses.is_empty() {
                 let _ = write!(line, "  {}", i.addresses.join(" "));
             }
@@ -1080,25 +1084,25 @@ pub fn to_text(g: &Graph) -> String {
                 } else {
                     continue;
                 };
+                // "name (ifN)", plus "in NS" when it lives in another namespace.
+                let far = |id: &str| match names.get(id) {
+                    Some((name, ns, nsid)) if *nsid != i.namespace => format!("{name} in {ns}"),
+                    Some((name, _, _)) => name.clone(),
+                    None => id.to_string(),
+                };
                 let desc = match e.kind {
-                    EdgeKind::Veth => format!(
-                        "⇄ {}  ({})",
-                        names.get(other.as_str()).cloned().unwrap_or_default(),
-                        e.label
-                    ),
-                    EdgeKind::BridgePort if e.from == i.id => format!(
-                        "port of {}",
-                        names.get(other.as_str()).cloned().unwrap_or_default()
-                    ),
+                    EdgeKind::Veth => {
+                        let mut d = format!("⇄ {}", far(other));
+                        if let Some(mtu) = g.interface(other).map(|x| x.mtu).filter(|m| *m != i.mtu)
+                        {
+                            let _ = write!(d, "  MTU {}≠{}!", i.mtu, mtu);
+                        }
+                        d
+                    }
+                    EdgeKind::BridgePort if e.from == i.id => format!("port of {}", far(other)),
                     EdgeKind::BridgePort => continue,
-                    EdgeKind::Lower if e.from == i.id => format!(
-                        "on {}",
-                        names.get(other.as_str()).cloned().unwrap_or_default()
-                    ),
-                    EdgeKind::Lower => format!(
-                        "under {}",
-                        names.get(other.as_str()).cloned().unwrap_or_default()
-                    ),
+                    EdgeKind::Lower if e.from == i.id => format!("{} on {}", i.kind, far(other)),
+                    EdgeKind::Lower => format!("lower device of {}", far(other)),
                     EdgeKind::Published => format!("◀ published {}", e.label),
                 };
                 let _ = writeln!(o, "{cont}  {desc}");
@@ -1117,7 +1121,8 @@ pub fn to_text(g: &Graph) -> String {
                 .edges
                 .iter()
                 .find(|e| e.from == p.id)
-                .and_then(|e| names.get(e.to.as_str()).cloned())
+                .and_then(|e| names.get(e.to.as_str()))
+                .map(|(name, ns, _)| format!("{name} in {ns}"))
                 .unwrap_or_else(|| "(target not drawn)".into());
             let state = match p.target_listening {
                 Some(true) => "",
