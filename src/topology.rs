@@ -36,8 +36,8 @@ pub enum Scope {
     Set {
         /// A name for the scope ("lab web").
         label: String,
-        /// The namespaces.
-        namespaces: Vec<NetNs>,
+        /// The namespaces, each with the container name it stands for, if any.
+        namespaces: Vec<(NetNs, Option<String>)>,
     },
 }
 
@@ -260,7 +260,7 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
     let extra: Vec<NetNs> = match scope {
         Scope::Host => Vec::new(),
         Scope::Around(ns) => vec![ns.clone()],
-        Scope::Set { namespaces, .. } => namespaces.clone(),
+        Scope::Set { namespaces, .. } => namespaces.iter().map(|(n, _)| n.clone()).collect(),
     };
     let scan = HostScan::scan(
         ScanOptions {
@@ -288,7 +288,7 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
         }
         Scope::Set { label, namespaces } => {
             scope_label = label.clone();
-            for ns in namespaces {
+            for (ns, _) in namespaces {
                 let i = scan
                     .ns_index(ns.id())
                     .ok_or_else(|| TopologyError::Missing(ns.label().to_string()))?;
@@ -430,20 +430,31 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
                 s
             })
             .collect();
+        let mut containers: Vec<String> = summary
+            .containers
+            .iter()
+            .map(|c| {
+                c.name
+                    .clone()
+                    .unwrap_or_else(|| c.id.chars().take(12).collect())
+            })
+            .collect();
+        // A lab names its containers itself (no container runtime behind them).
+        if let Scope::Set { namespaces, .. } = scope {
+            for (ns, name) in namespaces {
+                if let Some(name) = name.as_ref().filter(|_| ns.id() == n.info.id) {
+                    if !containers.contains(name) {
+                        containers.push(name.clone());
+                    }
+                }
+            }
+        }
         nodes.push(Node::Namespace(NamespaceNode {
             id: nsid.clone(),
             label: summary.label.clone(),
             inode: summary.inode,
             names: summary.names.clone(),
-            containers: summary
-                .containers
-                .iter()
-                .map(|c| {
-                    c.name
-                        .clone()
-                        .unwrap_or_else(|| c.id.chars().take(12).collect())
-                })
-                .collect(),
+            containers,
             processes: owners_str(&summary.processes),
             current: summary.current,
             default_routes,
@@ -547,17 +558,29 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
             m.host_ip,
             m.host_port
         );
+        let target_ref = m
+            .target_ip
+            .and_then(|ip| find_holder(&scan, &drawn, m.ns, ip));
         if let Some(&k) = seen_pub.get(&id) {
+            // The same host port again: another way it was found, or another backend.
             if let Node::Published(p) = &mut nodes[k] {
                 if !p.via.contains(&m.via) {
                     p.via.push(m.via);
                 }
             }
+            if let Some(t) = target_ref {
+                let to = if_id(inode(t.ns), t.index);
+                if !edges.iter().any(|e| e.from == id && e.to == to) {
+                    edges.push(Edge {
+                        from: id.clone(),
+                        to,
+                        kind: EdgeKind::Published,
+                        label: format!("{} {} → {}", m.proto, m.host_port, m.target),
+                    });
+                }
+            }
             continue;
         }
-        let target_ref = m
-            .target_ip
-            .and_then(|ip| find_holder(&scan, &drawn, m.ns, ip));
         let target_listening = target_ref.map(|t| {
             socks
                 .get(&t.ns)
