@@ -672,6 +672,18 @@ fn proxy_mapping(ns: usize, sock: &Socket, owner: &Owner) -> Option<Mapping> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
+    let via = format!("userland proxy {}/{}", owner.pid, owner.comm);
+    mapping_from_argv(ns, sock.proto, sock.local, &argv, via)
+}
+
+/// The mapping a proxy's argv describes for its listener at (`proto`, `local`).
+fn mapping_from_argv(
+    ns: usize,
+    sock_proto: Proto,
+    local: SocketAddr,
+    argv: &[String],
+    via: String,
+) -> Option<Mapping> {
     let prog = argv.first()?.rsplit('/').next()?.to_string();
     let is_nettool_proxy = prog == "nettool" && argv.get(1).map(String::as_str) == Some("proxy");
     if prog != "docker-proxy" && !is_nettool_proxy {
@@ -690,17 +702,16 @@ fn proxy_mapping(ns: usize, sock: &Socket, owner: &Owner) -> Option<Mapping> {
         }
         None
     };
-    let via = format!("userland proxy {}/{}", owner.pid, owner.comm);
     if let (Some(cip), Some(cport)) = (flag("container-ip"), flag("container-port")) {
         let hport = flag("host-port").unwrap_or_default();
-        if hport != sock.local.port().to_string() {
+        if hport != local.port().to_string() {
             return None;
         }
         let ip: Option<IpAddr> = cip.parse().ok();
         return Some(Mapping {
             ns,
-            proto: flag("proto").unwrap_or_else(|| sock.proto.to_string()),
-            host_ip: sock.local.ip().to_string(),
+            proto: flag("proto").unwrap_or_else(|| sock_proto.to_string()),
+            host_ip: local.ip().to_string(),
             host_port: hport,
             target_ip: ip,
             target_port: cport.parse().ok(),
@@ -708,21 +719,95 @@ fn proxy_mapping(ns: usize, sock: &Socket, owner: &Owner) -> Option<Mapping> {
             via,
         });
     }
-    // `nettool proxy [opts] LISTEN TARGET`: the last two words without a leading '-'.
-    let words: Vec<&String> = argv[2..].iter().filter(|a| !a.starts_with('-')).collect();
-    let target = words.last()?;
-    let (tip, tport) = target.rsplit_once(':')?;
-    let tip = tip.trim_matches(['[', ']']);
-    Some(Mapping {
-        ns,
-        proto: sock.proto.to_string(),
-        host_ip: sock.local.ip().to_string(),
-        host_port: sock.local.port().to_string(),
-        target_ip: tip.parse().ok(),
-        target_port: tport.parse().ok(),
-        target: target.to_string(),
-        via,
-    })
+    // `nettool proxy [-p SPEC]... [LISTEN TARGET]`: find the map whose LISTEN holds this port.
+    let takes_value = [
+        "listen-netns",
+        "target-netns",
+        "log-file",
+        "ready-fd",
+        "pcap",
+        "streams",
+        "dump-file",
+    ];
+    let mut specs: Vec<(Option<String>, String, String)> = Vec::new();
+    let mut positional: Vec<String> = Vec::new();
+    let mut it = argv[2..].iter();
+    while let Some(a) = it.next() {
+        if let Some(flag) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) {
+            let (name, inline) = match flag.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (flag, None),
+            };
+            if name == "p" || name == "map" {
+                let Some(spec) = inline.or_else(|| it.next().cloned()) else {
+                    break;
+                };
+                let (proto, rest) = match spec.split_once(':') {
+                    Some((p, r)) if p == "tcp" || p == "udp" => {
+                        (Some(p.to_string()), r.to_string())
+                    }
+                    _ => (None, spec.clone()),
+                };
+                if let Some((l, t)) = rest.split_once('=') {
+                    specs.push((proto, l.to_string(), t.to_string()));
+                }
+            } else if takes_value.contains(&name) && inline.is_none() {
+                it.next();
+            }
+        } else {
+            positional.push(a.clone());
+        }
+    }
+    if positional.len() >= 2 {
+        let udp = argv.iter().any(|a| a == "--udp");
+        specs.push((
+            Some(if udp { "udp" } else { "tcp" }.to_string()),
+            positional[positional.len() - 2].clone(),
+            positional[positional.len() - 1].clone(),
+        ));
+    }
+    let port = local.port();
+    for (proto, listen, target) in specs {
+        let proto = proto.unwrap_or_else(|| "tcp".into());
+        if proto != sock_proto.to_string() {
+            continue;
+        }
+        let lports = listen.rsplit(':').next().unwrap_or(&listen);
+        let (lo, hi) = port_range(lports)?;
+        if port < lo || port > hi {
+            continue;
+        }
+        let (tip, tports) = target.rsplit_once(':')?;
+        let (tlo, _) = port_range(tports)?;
+        let tport = tlo + (port - lo);
+        let tip = tip.trim_matches(['[', ']']);
+        return Some(Mapping {
+            ns,
+            proto,
+            host_ip: local.ip().to_string(),
+            host_port: port.to_string(),
+            target_ip: tip.parse().ok(),
+            target_port: Some(tport),
+            target: if tip.contains(':') {
+                format!("[{tip}]:{tport}")
+            } else {
+                format!("{tip}:{tport}")
+            },
+            via,
+        });
+    }
+    None
+}
+
+/// "8080" or "8000-8100" as an inclusive range.
+fn port_range(s: &str) -> Option<(u16, u16)> {
+    match s.split_once('-') {
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+        None => {
+            let p = s.parse().ok()?;
+            Some((p, p))
+        }
+    }
 }
 
 /// Published ports from the NAT rules of one namespace (filled in once the NAT engine is here).
@@ -1173,4 +1258,64 @@ pub fn to_text(g: &Graph) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn proxy_argv() {
+        let l: SocketAddr = "0.0.0.0:8081".parse().unwrap();
+        let m = mapping_from_argv(
+            0,
+            Proto::Tcp,
+            l,
+            &argv("/usr/sbin/docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8081 -container-ip 172.17.0.2 -container-port 80"),
+            "x".into(),
+        )
+        .unwrap();
+        assert_eq!(m.target, "172.17.0.2:80");
+        assert_eq!(m.target_port, Some(80));
+        // Another docker-proxy's port is not this one.
+        assert!(mapping_from_argv(
+            0,
+            Proto::Tcp,
+            l,
+            &argv("docker-proxy -host-port 9999 -container-ip 1.2.3.4 -container-port 80"),
+            "x".into()
+        )
+        .is_none());
+        let m = mapping_from_argv(
+            0,
+            Proto::Tcp,
+            l,
+            &argv("nettool proxy --log-file /tmp/x -p tcp:8000-8100=10.0.0.2:9000-9100 --dump"),
+            "x".into(),
+        )
+        .unwrap();
+        assert_eq!(m.target, "10.0.0.2:9081");
+        let m = mapping_from_argv(
+            0,
+            Proto::Tcp,
+            l,
+            &argv("nettool proxy --listen-netns lab-host 8081 [fd00::2]:80"),
+            "x".into(),
+        )
+        .unwrap();
+        assert_eq!(m.target, "[fd00::2]:80");
+        assert_eq!(m.target_ip, Some("fd00::2".parse().unwrap()));
+        assert!(mapping_from_argv(0, Proto::Tcp, l, &argv("socat a b"), "x".into()).is_none());
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(port_range("80"), Some((80, 80)));
+        assert_eq!(port_range("80-90"), Some((80, 90)));
+        assert_eq!(port_range("x"), None);
+    }
 }

@@ -1,12 +1,14 @@
 //! Veth peers across namespaces: IFLA_LINK + IFLA_LINK_NETNSID resolved with RTM_GETNSID.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::discover::NamespaceInfo;
-use super::links::{Link, Rtnl};
+use super::discover::{discover, ContainerRef, DiscoverOptions, NamespaceInfo};
+use super::links::{Address, Link, Route, Rtnl};
 use super::rtnl::NetlinkError;
+use super::sockets::Owner;
 use super::{NetNs, NetnsError, NsId};
 
 /// The other end of a veth.
@@ -98,13 +100,6 @@ pub fn veth_peers(ns: &NetNs, candidates: &[NamespaceInfo]) -> Result<Vec<VethPe
 // ---------------------------------------------------------------------------------------------
 // The machine-wide view: every namespace read once, every cross-namespace link resolved exactly.
 // ---------------------------------------------------------------------------------------------
-
-use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
-
-use super::discover::{discover, ContainerRef, DiscoverOptions};
-use super::links::{Address, Route};
-use super::sockets::Owner;
 
 /// How much a [`HostScan`] reads.
 #[derive(Debug, Clone, Copy, Default)]
