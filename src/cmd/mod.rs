@@ -2,6 +2,7 @@
 
 pub mod dns;
 pub mod doctor;
+pub mod explain_nat;
 pub mod netns;
 pub mod peer;
 pub mod topology;
@@ -16,6 +17,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Peer(a) => peer::run(a),
         Command::Dns(a) => dns::run(a),
         Command::Topology(a) => topology::run(a),
+        Command::ExplainNat(a) => explain_nat::run(a),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

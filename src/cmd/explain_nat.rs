@@ -1,0 +1,423 @@
+//! `nettool explain-nat`: the rules in plain words, and a packet walk.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::IpAddr;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::cli::ExplainNatArgs;
+use crate::nat::explain::{self, describe_match, Summary};
+use crate::nat::model::{Action, Ruleset};
+use crate::nat::walk::{self, LocalFacts, Packet, RouteFact, Walk, WalkOptions};
+use crate::nat::{self};
+use crate::netns::NetNs;
+use crate::output::{paint, print_json};
+
+#[derive(Serialize)]
+struct Report<'a> {
+    summary: &'a Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    walk: Option<&'a Walk>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ruleset: Option<&'a Ruleset>,
+}
+
+fn usage(msg: String) -> anyhow::Result<i32> {
+    eprintln!("nettool explain-nat: {msg}");
+    Ok(2)
+}
+
+/// Parse `ADDR[@IFACE]`.
+fn parse_local(s: &str) -> Result<(IpAddr, String), String> {
+    let (a, i) = s.split_once('@').unwrap_or((s, ""));
+    let a: IpAddr = a.parse().map_err(|_| {
+        format!("--local-addr '{s}': expected ADDR or ADDR@IFACE, e.g. 192.0.2.10@eth0")
+    })?;
+    Ok((a, i.to_string()))
+}
+
+/// Parse `NET@IFACE` / `default@IFACE`.
+fn parse_route(s: &str) -> Result<RouteFact, String> {
+    let bad =
+        || format!("--route '{s}': expected NET@IFACE, e.g. 172.17.0.0/16@docker0 or default@eth0");
+    let (n, dev) = s.split_once('@').ok_or_else(bad)?;
+    let net = if n == "default" {
+        "0.0.0.0/0".parse().map_err(|_| bad())?
+    } else if n == "default6" {
+        "::/0".parse().map_err(|_| bad())?
+    } else {
+        nat::iptables::parse_net(n).map_err(|_| bad())?
+    };
+    if dev.is_empty() {
+        return Err(bad());
+    }
+    Ok(RouteFact {
+        net,
+        dev: dev.to_string(),
+        src: None,
+    })
+}
+
+/// Run `explain-nat`.
+pub fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
+    if !a.files.is_empty() && a.netns.is_some() {
+        return usage("give either --file or --netns, not both".into());
+    }
+    let packet = match &a.packet {
+        Some(spec) => match Packet::parse(spec) {
+            Ok(mut p) => {
+                p.from_host = a.from_host;
+                p.state = a.state.to_ascii_uppercase();
+                if !matches!(
+                    p.state.as_str(),
+                    "NEW" | "ESTABLISHED" | "RELATED" | "INVALID" | "UNTRACKED"
+                ) {
+                    return usage(format!(
+                        "--state {}: use NEW, ESTABLISHED, RELATED, INVALID or UNTRACKED",
+                        a.state
+                    ));
+                }
+                if p.from_host && p.in_iface.is_some() {
+                    return usage(
+                        "--from-host packets do not arrive on an interface: drop 'in IFACE'".into(),
+                    );
+                }
+                Some(p)
+            }
+            Err(e) => return usage(e),
+        },
+        None => {
+            if a.from_host {
+                return usage("--from-host needs --packet".into());
+            }
+            None
+        }
+    };
+    let mut flags_facts = LocalFacts::default();
+    for s in &a.local_addrs {
+        match parse_local(s) {
+            Ok(x) => flags_facts.addrs.push(x),
+            Err(e) => return usage(e),
+        }
+    }
+    for s in &a.routes {
+        match parse_route(s) {
+            Ok(r) => flags_facts.routes.push(r),
+            Err(e) => return usage(e),
+        }
+    }
+
+    let live = a.files.is_empty();
+    let (rs, ns) = if live {
+        let ns = match &a.netns {
+            Some(t) => NetNs::open(t).with_context(|| format!("opening namespace {t}"))?,
+            None => NetNs::current().context("opening the current namespace")?,
+        };
+        let rs =
+            nat::load_live(&ns).with_context(|| format!("reading the rules in {}", ns.label()))?;
+        (rs, Some(ns))
+    } else {
+        let mut rs = Ruleset::default();
+        for f in &a.files {
+            let part = if f == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading rules from stdin")?;
+                nat::parse_text(&text, a.table.as_deref(), "stdin")?
+            } else {
+                nat::load_file(f, a.table.as_deref()).with_context(|| format!("loading {f}"))?
+            };
+            let mut part = part;
+            for p in &mut part.problems {
+                p.message = format!("{f}:{}: {}", p.line, p.message);
+            }
+            rs.merge(part);
+        }
+        (rs, None)
+    };
+
+    let names: HashMap<IpAddr, String> = if live {
+        nat::container_addresses()
+    } else {
+        HashMap::new()
+    };
+    let summary = explain::summarize_with(&rs, &names);
+
+    let walk_result = match &packet {
+        Some(p) => {
+            let mut facts = match (&ns, a.local_addrs.is_empty() && a.routes.is_empty()) {
+                (Some(ns), true) => nat::local_facts(ns)
+                    .with_context(|| format!("reading addresses and routes of {}", ns.label()))?,
+                _ => flags_facts.clone(),
+            };
+            if facts.forwarding.is_none() && !facts.routes.is_empty() {
+                facts.forwarding = Some(true);
+            }
+            let opts = WalkOptions {
+                branch: a.branch.saturating_sub(1),
+            };
+            Some(walk::walk_with(&rs, p, &facts, &opts))
+        }
+        None => None,
+    };
+
+    let code = if summary.problems.is_empty() { 0 } else { 1 };
+    if a.json {
+        print_json(&Report {
+            summary: &summary,
+            walk: walk_result.as_ref(),
+            ruleset: a.rules.then_some(&rs),
+        })?;
+        return Ok(code);
+    }
+    match &walk_result {
+        Some(w) => print!("{}", render_walk(w)),
+        None => {
+            print!("{}", render_summary(&summary));
+            if a.rules {
+                print!("{}", render_rules(&rs));
+            }
+        }
+    }
+    if !summary.problems.is_empty() {
+        eprintln!(
+            "nettool explain-nat: {} line(s) could not be read (listed above); the rest was explained",
+            summary.problems.len()
+        );
+    }
+    Ok(code)
+}
+
+fn at(table: &str, chain: &str, line: usize) -> String {
+    paint(&format!("[{table} {chain} line {line}]"), "2")
+}
+
+/// The summary as text: published ports first.
+pub fn render_summary(s: &Summary) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "{} rule(s) in {} table(s) from {}\n",
+        s.rules,
+        s.tables,
+        if s.source.is_empty() {
+            "input"
+        } else {
+            &s.source
+        }
+    ));
+    for w in &s.warnings {
+        o.push_str(&format!("{} {w}\n", paint("warning:", "33")));
+    }
+    for r in &s.recognised {
+        o.push_str(&format!("Recognised: {}\n", r.detail));
+    }
+    o.push('\n');
+    o.push_str(&paint("Published ports (destination NAT)\n", "1"));
+    if s.published.is_empty() {
+        o.push_str("  none: no DNAT or REDIRECT rule is reached from a hook\n");
+    }
+    for p in &s.published {
+        o.push_str(&format!("  {}\n", p.sentence));
+        for t in &p.targets {
+            o.push_str(&format!(
+                "      -> {} {}\n",
+                t.to,
+                at(&t.table, &t.chain, t.line)
+            ));
+        }
+        for e in &p.entries {
+            o.push_str(&format!("      via {}\n", paint(&e.path.join(" -> "), "2")));
+        }
+    }
+    if !s.services.is_empty() {
+        o.push('\n');
+        o.push_str(&paint("kube-proxy services\n", "1"));
+        for sv in &s.services {
+            let eps: Vec<String> = sv
+                .endpoints
+                .iter()
+                .map(|(e, sh)| format!("{e} ({:.1}%)", sh * 100.0))
+                .collect();
+            o.push_str(&format!(
+                "  {} [{}]: {}\n",
+                sv.name,
+                sv.chain,
+                if eps.is_empty() {
+                    "no endpoints".to_string()
+                } else {
+                    eps.join(", ")
+                }
+            ));
+        }
+    }
+    o.push('\n');
+    o.push_str(&paint("Source NAT\n", "1"));
+    if s.source_nat.is_empty() {
+        o.push_str("  none\n");
+    }
+    for n in &s.source_nat {
+        o.push_str(&format!(
+            "  {} {}\n",
+            n.sentence,
+            at(&n.table, &n.chain, n.line)
+        ));
+    }
+    o.push('\n');
+    o.push_str(&paint("Drops and rejects\n", "1"));
+    if s.drops.is_empty() {
+        o.push_str("  none\n");
+    }
+    for d in &s.drops {
+        let when = if d.when.is_empty() {
+            "everything reaching it".to_string()
+        } else {
+            d.when.join(", ")
+        };
+        let cmt = d
+            .comment
+            .as_deref()
+            .map(|c| format!(" \"{c}\""))
+            .unwrap_or_default();
+        o.push_str(&format!(
+            "  {} at {}: {when}{cmt} {}\n",
+            d.action,
+            d.hook.chain_name(),
+            at(&d.table, &d.chain, d.line)
+        ));
+    }
+    let mut odd = |title: &str, list: &[explain::Oddity]| {
+        if list.is_empty() {
+            return;
+        }
+        o.push('\n');
+        o.push_str(&paint(&format!("{title}\n"), "1"));
+        for x in list {
+            o.push_str(&format!(
+                "  {} {}\n",
+                x.what,
+                at(&x.table, &x.chain, x.line)
+            ));
+        }
+    };
+    odd("Jumps to chains that do not exist", &s.dangling);
+    odd("Chains never reached", &s.unreached);
+    odd("Matches that cannot be evaluated", &s.unknown);
+    if !s.problems.is_empty() {
+        o.push('\n');
+        o.push_str(&paint("Lines that could not be read\n", "31"));
+        for p in &s.problems {
+            o.push_str(&format!("  line {}: {}\n", p.line, p.message));
+        }
+    }
+    o
+}
+
+/// Every rule, one per line, in plain words.
+pub fn render_rules(rs: &Ruleset) -> String {
+    let mut o = String::from("\n");
+    o.push_str(&paint("Rules\n", "1"));
+    for t in &rs.tables {
+        for c in &t.chains {
+            let base = c
+                .base
+                .map(|b| format!(" (hook {}, priority {})", b.hook.chain_name(), b.priority))
+                .unwrap_or_default();
+            let pol = c
+                .policy
+                .as_ref()
+                .map(|p| format!(", policy {}", p.verdict))
+                .unwrap_or_default();
+            o.push_str(&format!(
+                "  {} {} {}{base}{pol}\n",
+                t.family, t.name, c.name
+            ));
+            for r in &c.rules {
+                let conds: Vec<String> = r.matches.iter().map(describe_match).collect();
+                let act = match &r.action {
+                    Action::Jump { chain } => format!("jump {chain}"),
+                    Action::Goto { chain } => format!("goto {chain}"),
+                    Action::Dnat { to } => format!("DNAT to {}", to.text),
+                    Action::Snat { to } => format!("SNAT to {}", to.text),
+                    other => format!("{other:?}"),
+                };
+                o.push_str(&format!(
+                    "    {:>5}  {}{act}\n",
+                    r.line,
+                    if conds.is_empty() {
+                        String::new()
+                    } else {
+                        format!("if {}: ", conds.join(", "))
+                    }
+                ));
+            }
+        }
+    }
+    o
+}
+
+/// The walk as text: each step with its rule line, each rewrite, the verdict.
+pub fn render_walk(w: &Walk) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "Packet: {}{}{}\n",
+        w.packet,
+        w.packet
+            .in_iface
+            .as_deref()
+            .map(|i| format!(" arriving on {i}"))
+            .unwrap_or_default(),
+        if w.packet.from_host {
+            " from this host"
+        } else {
+            ""
+        }
+    ));
+    let mut last_hook = None;
+    for s in &w.steps {
+        if last_hook != Some(s.hook) && s.chain != "routing" {
+            o.push_str(&format!("{}\n", paint(s.hook.chain_name(), "1")));
+            last_hook = Some(s.hook);
+        }
+        if s.chain == "routing" {
+            o.push_str(&format!("  {}\n", s.what));
+            continue;
+        }
+        let loc = if s.line == 0 {
+            format!("{} {}", s.table, s.chain)
+        } else {
+            format!("{} {} line {}", s.table, s.chain, s.line)
+        };
+        o.push_str(&format!("  {:<36} {}\n", loc, s.what));
+        if let Some(t) = &s.rewritten {
+            o.push_str(&format!("  {:<36} {} {}\n", "", paint("now:", "33"), t));
+        }
+        for b in &s.branches {
+            o.push_str(&format!(
+                "  {:<36}   {} {:5.1}%  line {}  -> {}\n",
+                "",
+                if b.taken { "*" } else { " " },
+                b.share * 100.0,
+                b.line,
+                b.leads_to
+            ));
+        }
+    }
+    let colour = match w.verdict.as_str() {
+        "dropped" | "rejected" | "no-route" => "31",
+        _ => "32",
+    };
+    o.push_str(&format!("Verdict: {}\n", paint(&w.summary, colour)));
+    if w.final_tuple != w.packet.to_string() {
+        o.push_str(&format!("Rewritten: {} => {}\n", w.packet, w.final_tuple));
+    }
+    if !w.assumptions.is_empty() {
+        o.push_str("Assumptions:\n");
+        for a in &w.assumptions {
+            o.push_str(&format!("  - {a}\n"));
+        }
+    }
+    o
+}

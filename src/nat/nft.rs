@@ -1,0 +1,1601 @@
+//! nftables loaders: `nft -j list ruleset` JSON (through serde_json::Value, so one unknown
+//! expression degrades one rule and never the ruleset) and `nft list ruleset` text.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use super::iptables::{parse_nat_to, parse_net, parse_port_range};
+use super::model::*;
+use super::NatError;
+
+/// Tables iptables-nft keeps in nftables (read through iptables-nft-save instead).
+pub fn is_iptables_nft_table(t: &Table) -> bool {
+    matches!(t.family.as_str(), "ip" | "ip6")
+        && matches!(
+            t.name.as_str(),
+            "filter" | "nat" | "mangle" | "raw" | "security"
+        )
+}
+
+/// Priority names nft accepts (for the families we care about).
+pub fn priority_value(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if let Ok(n) = s.parse() {
+        return Some(n);
+    }
+    // "dstnat - 5", "filter + 10"
+    let (name, delta) = match s.find(['+', '-']) {
+        Some(i) if i > 0 => {
+            let d: i32 = s[i + 1..].trim().parse().ok()?;
+            (s[..i].trim(), if &s[i..=i] == "-" { -d } else { d })
+        }
+        _ => (s, 0),
+    };
+    let base = match name {
+        "raw" => -300,
+        "mangle" => -150,
+        "dstnat" => -100,
+        "filter" => 0,
+        "security" => 50,
+        "srcnat" => 100,
+        _ => return None,
+    };
+    Some(base + delta)
+}
+
+fn chain_type(s: &str) -> ChainType {
+    match s {
+        "nat" => ChainType::Nat,
+        "route" => ChainType::Route,
+        _ => ChainType::Filter,
+    }
+}
+
+fn compact(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 120 {
+        format!(
+            "{}...",
+            &s[..s.char_indices().nth(117).map(|(i, _)| i).unwrap_or(s.len())]
+        )
+    } else {
+        s
+    }
+}
+
+/// Verdict maps by (family, table, name).
+type VerdictMaps = HashMap<(String, String, String), Vec<(String, Action)>>;
+
+struct JsonLoader {
+    rs: Ruleset,
+    tables: HashMap<(String, String), usize>,
+    /// (family, table, map name) -> entries
+    maps: VerdictMaps,
+}
+
+/// Parse `nft -j list ruleset` output.
+pub fn parse(json: &str) -> Result<Ruleset, NatError> {
+    let v: Value = serde_json::from_str(json).map_err(|e| {
+        NatError::BadJson(format!(
+            "not nft JSON: {e} (expected the output of `nft -j list ruleset`)"
+        ))
+    })?;
+    let items = v.get("nftables").and_then(Value::as_array).ok_or_else(|| {
+        NatError::BadJson(
+            "no \"nftables\" array at the top (expected the output of `nft -j list ruleset`)"
+                .into(),
+        )
+    })?;
+    let mut l = JsonLoader {
+        rs: Ruleset::default(),
+        tables: HashMap::new(),
+        maps: HashMap::new(),
+    };
+    // Maps first: rules refer to them by name.
+    for (i, item) in items.iter().enumerate() {
+        if let Some(m) = item.get("map") {
+            l.map(i, m);
+        }
+    }
+    for (i, item) in items.iter().enumerate() {
+        let Some(obj) = item.as_object() else {
+            l.problem(i, format!("item {i} is not an object"));
+            continue;
+        };
+        for (k, body) in obj {
+            match k.as_str() {
+                "table" => {
+                    l.table_idx(str_of(body, "family"), str_of(body, "name"));
+                }
+                "chain" => l.chain(i, body),
+                "rule" => l.rule(i, body),
+                _ => {}
+            }
+        }
+    }
+    for t in &mut l.rs.tables {
+        t.reindex();
+    }
+    Ok(l.rs)
+}
+
+fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+impl JsonLoader {
+    fn problem(&mut self, i: usize, message: String) {
+        self.rs.problems.push(Problem {
+            line: 0,
+            message: format!("nft JSON item {i}: {message}"),
+        });
+    }
+
+    fn table_idx(&mut self, family: &str, name: &str) -> usize {
+        let key = (family.to_string(), name.to_string());
+        if let Some(&i) = self.tables.get(&key) {
+            return i;
+        }
+        self.rs
+            .tables
+            .push(Table::new(name, family, Backend::Nftables));
+        let i = self.rs.tables.len() - 1;
+        self.tables.insert(key, i);
+        i
+    }
+
+    fn map(&mut self, i: usize, m: &Value) {
+        if str_of(m, "map") != "verdict" {
+            return;
+        }
+        let mut entries = Vec::new();
+        for e in m
+            .get("elem")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let pair = e.as_array();
+            match pair.map(|p| p.as_slice()) {
+                Some([k, verdict]) => {
+                    let key = match k {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    entries.push((
+                        key,
+                        verdict_of(verdict).unwrap_or(Action::Other {
+                            text: compact(verdict),
+                            terminal: false,
+                        }),
+                    ));
+                }
+                _ => self.problem(i, format!("map element {} not understood", compact(e))),
+            }
+        }
+        self.maps.insert(
+            (
+                str_of(m, "family").into(),
+                str_of(m, "table").into(),
+                str_of(m, "name").into(),
+            ),
+            entries,
+        );
+    }
+
+    fn chain(&mut self, _i: usize, c: &Value) {
+        let ti = self.table_idx(str_of(c, "family"), str_of(c, "table"));
+        let t = &mut self.rs.tables[ti];
+        let ci = t.chain_index_or_add(str_of(c, "name"), 0);
+        let ch = &mut t.chains[ci];
+        if let Some(hook) = c
+            .get("hook")
+            .and_then(Value::as_str)
+            .and_then(Hook::from_name)
+        {
+            let prio = match c.get("prio") {
+                Some(Value::Number(n)) => n.as_i64().unwrap_or(0) as i32,
+                Some(Value::String(s)) => priority_value(s).unwrap_or(0),
+                _ => 0,
+            };
+            ch.base = Some(BaseChain {
+                hook,
+                kind: chain_type(str_of(c, "type")),
+                priority: prio,
+            });
+            ch.policy = Some(Policy {
+                verdict: c
+                    .get("policy")
+                    .and_then(Value::as_str)
+                    .unwrap_or("accept")
+                    .to_ascii_uppercase(),
+                counters: None,
+            });
+        }
+    }
+
+    fn rule(&mut self, i: usize, r: &Value) {
+        let family = str_of(r, "family").to_string();
+        let tname = str_of(r, "table").to_string();
+        let ti = self.table_idx(&family, &tname);
+        let exprs = r
+            .get("expr")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let handle = r.get("handle").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let mut b = RuleBuilder::default();
+        for e in &exprs {
+            b.expr(e, &self.maps, &family, &tname);
+        }
+        let comment = r.get("comment").and_then(Value::as_str).map(str::to_string);
+        let text = exprs.iter().map(compact).collect::<Vec<_>>().join(" ");
+        let rule = b.finish(handle, text, comment);
+        let t = &mut self.rs.tables[ti];
+        let ci = t.chain_index_or_add(str_of(r, "chain"), 0);
+        t.chains[ci].rules.push(rule);
+        let _ = i;
+    }
+}
+
+fn verdict_of(v: &Value) -> Option<Action> {
+    let o = v.as_object()?;
+    let (k, body) = o.iter().next()?;
+    Some(match k.as_str() {
+        "accept" => Action::Accept,
+        "drop" => Action::Drop,
+        "return" => Action::Return,
+        "continue" => Action::None,
+        "jump" => Action::Jump {
+            chain: str_of(body, "target").into(),
+        },
+        "goto" => Action::Goto {
+            chain: str_of(body, "target").into(),
+        },
+        _ => return None,
+    })
+}
+
+#[derive(Default)]
+struct RuleBuilder {
+    matches: Vec<Match>,
+    terminal: Option<Action>,
+    nat: Option<Action>,
+    other: Option<Action>,
+}
+
+fn value_str(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn ports_of(v: &Value) -> Option<Vec<PortRange>> {
+    match v {
+        Value::Number(n) => {
+            let p = u16::try_from(n.as_u64()?).ok()?;
+            Some(vec![PortRange { from: p, to: p }])
+        }
+        Value::String(s) => Some(vec![parse_port_range(s).ok()?]),
+        Value::Object(o) => {
+            if let Some(r) = o.get("range").and_then(Value::as_array) {
+                let a = u16::try_from(r.first()?.as_u64()?).ok()?;
+                let b = u16::try_from(r.get(1)?.as_u64()?).ok()?;
+                Some(vec![PortRange { from: a, to: b }])
+            } else if let Some(s) = o.get("set").and_then(Value::as_array) {
+                let mut out = Vec::new();
+                for x in s {
+                    out.extend(ports_of(x)?);
+                }
+                Some(out)
+            } else {
+                None
+            }
+        }
+        Value::Array(a) => {
+            let mut out = Vec::new();
+            for x in a {
+                out.extend(ports_of(x)?);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+fn strings_of(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
+        Value::Object(o) => o.get("set").and_then(strings_of),
+        _ => None,
+    }
+}
+
+impl RuleBuilder {
+    fn push(&mut self, negated: bool, cond: Cond) {
+        self.matches.push(Match { negated, cond });
+    }
+
+    fn unknown(&mut self, e: &Value) {
+        self.push(false, Cond::Unknown { text: compact(e) });
+    }
+
+    fn expr(&mut self, e: &Value, maps: &VerdictMaps, family: &str, table: &str) {
+        let Some(o) = e.as_object() else {
+            self.unknown(e);
+            return;
+        };
+        let Some((k, body)) = o.iter().next() else {
+            return;
+        };
+        match k.as_str() {
+            "match" => {
+                if !self.match_expr(body) {
+                    self.unknown(e);
+                }
+            }
+            "counter" | "comment" => {}
+            "accept" | "drop" | "return" | "jump" | "goto" | "continue" => {
+                self.terminal = verdict_of(e);
+            }
+            "reject" => {
+                self.terminal = Some(Action::Reject {
+                    with: body.get("expr").and_then(value_str),
+                })
+            }
+            "dnat" | "snat" => {
+                let addr = body.get("addr").and_then(value_str);
+                let port = body.get("port").and_then(value_str);
+                let text = match (&addr, &port) {
+                    (Some(a), Some(p)) if a.contains(':') => format!("[{a}]:{p}"),
+                    (Some(a), Some(p)) => format!("{a}:{p}"),
+                    (Some(a), None) => a.clone(),
+                    (None, Some(p)) => format!(":{p}"),
+                    (None, None) => String::new(),
+                };
+                match parse_nat_to(&text) {
+                    Ok(to) if !text.is_empty() => {
+                        self.nat = Some(if k == "dnat" {
+                            Action::Dnat { to }
+                        } else {
+                            Action::Snat { to }
+                        })
+                    }
+                    _ => {
+                        self.nat = Some(Action::Other {
+                            text: format!("{k} {} (target not understood)", compact(body)),
+                            terminal: true,
+                        })
+                    }
+                }
+            }
+            "masquerade" | "redirect" => {
+                let ports = body
+                    .get("port")
+                    .and_then(ports_of)
+                    .and_then(|p| p.first().copied());
+                self.nat = Some(if k == "masquerade" {
+                    Action::Masquerade { ports }
+                } else {
+                    Action::Redirect { ports }
+                });
+            }
+            "log" => {
+                if self.other.is_none() {
+                    self.other = Some(Action::Log {
+                        prefix: body.get("prefix").and_then(value_str),
+                    })
+                }
+            }
+            "mangle" => {
+                let is_mark = body
+                    .pointer("/key/meta/key")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k == "mark");
+                let v = body.get("value");
+                let mark = |v: &Value| -> Option<(u32, u32)> {
+                    if let Some(n) = v.as_u64() {
+                        return Some((n as u32, u32::MAX));
+                    }
+                    let o = v.as_object()?;
+                    let (op, args) = o.iter().next()?;
+                    let n = args.as_array()?.get(1)?.as_u64()? as u32;
+                    match op.as_str() {
+                        "|" => Some((n, n)),
+                        "^" => Some((n, 0)),
+                        "&" => Some((0, !n)),
+                        _ => None,
+                    }
+                };
+                match (is_mark, v.and_then(mark)) {
+                    (true, Some((value, mask))) => self.other = Some(Action::Mark { value, mask }),
+                    _ => {
+                        self.other = Some(Action::Other {
+                            text: format!("mangle {}", compact(body)),
+                            terminal: false,
+                        })
+                    }
+                }
+            }
+            "vmap" => {
+                let key = match body.pointer("/key/meta/key").and_then(Value::as_str) {
+                    Some("iifname") | Some("iif") => VmapKey::InIface,
+                    Some("oifname") | Some("oif") => VmapKey::OutIface,
+                    _ if body.pointer("/key/numgen/mode").and_then(Value::as_str)
+                        == Some("random") =>
+                    {
+                        VmapKey::Random
+                    }
+                    _ => VmapKey::Other,
+                };
+                let entries = match body.get("data") {
+                    Some(Value::String(s)) if s.starts_with('@') => maps
+                        .get(&(family.to_string(), table.to_string(), s[1..].to_string()))
+                        .cloned()
+                        .unwrap_or_default(),
+                    Some(d) => d
+                        .get("set")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|p| {
+                                    let p = p.as_array()?;
+                                    let k = match p.first()? {
+                                        Value::String(s) => s.clone(),
+                                        o => o.to_string(),
+                                    };
+                                    Some((k, verdict_of(p.get(1)?)?))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                self.terminal = Some(Action::Vmap { key, entries });
+            }
+            "xt" => {
+                let name = str_of(body, "name");
+                if str_of(body, "type") == "target" {
+                    self.terminal = Some(Action::Other {
+                        text: format!(
+                            "iptables-nft target {name} (read this table with iptables-nft-save)"
+                        ),
+                        terminal: false,
+                    });
+                } else {
+                    self.push(
+                        false,
+                        Cond::Unknown {
+                            text: format!("iptables-nft match {name}"),
+                        },
+                    );
+                }
+            }
+            "notrack" | "set" | "ct helper" | "quota" | "limit" => self.unknown(e),
+            _ => self.unknown(e),
+        }
+    }
+
+    /// Translate one `match`; false when it is not understood.
+    fn match_expr(&mut self, m: &Value) -> bool {
+        let op = str_of(m, "op");
+        let negated = match op {
+            "==" | "in" => false,
+            "!=" => true,
+            _ => return false,
+        };
+        let (Some(left), Some(right)) = (m.get("left"), m.get("right")) else {
+            return false;
+        };
+        if let Some(key) = left.pointer("/meta/key").and_then(Value::as_str) {
+            return match key {
+                "iifname" | "oifname" | "iif" | "oif" => {
+                    let Some(name) = right.as_str() else {
+                        return false;
+                    };
+                    let name = name.to_string();
+                    let c = if key.starts_with('i') {
+                        Cond::InIface { name }
+                    } else {
+                        Cond::OutIface { name }
+                    };
+                    self.push(negated, c);
+                    true
+                }
+                "l4proto" | "protocol" => match value_str(right) {
+                    Some(p) => {
+                        self.push(negated, Cond::Proto { proto: p });
+                        true
+                    }
+                    None => false,
+                },
+                "mark" => match right.as_u64() {
+                    Some(v) => {
+                        self.push(
+                            negated,
+                            Cond::Mark {
+                                value: v as u32,
+                                mask: u32::MAX,
+                            },
+                        );
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            };
+        }
+        if let Some(p) = left.get("payload") {
+            let proto = str_of(p, "protocol");
+            let field = str_of(p, "field");
+            match (proto, field) {
+                ("ip" | "ip6", "saddr" | "daddr") => {
+                    let dir = if field == "saddr" { Dir::Src } else { Dir::Dst };
+                    let net = match right {
+                        Value::String(s) => parse_net(s).ok(),
+                        Value::Object(o) => o.get("prefix").and_then(|px| {
+                            parse_net(&format!(
+                                "{}/{}",
+                                str_of(px, "addr"),
+                                px.get("len")?.as_u64()?
+                            ))
+                            .ok()
+                        }),
+                        _ => None,
+                    };
+                    if let Some(net) = net {
+                        self.push(negated, Cond::Addr { dir, net });
+                        return true;
+                    }
+                    if let Some(r) = right.get("range").and_then(Value::as_array) {
+                        let a = r
+                            .first()
+                            .and_then(Value::as_str)
+                            .and_then(|s| s.parse::<IpAddr>().ok());
+                        let b = r
+                            .get(1)
+                            .and_then(Value::as_str)
+                            .and_then(|s| s.parse::<IpAddr>().ok());
+                        if let (Some(from), Some(to)) = (a, b) {
+                            self.push(negated, Cond::AddrRange { dir, from, to });
+                            return true;
+                        }
+                    }
+                    false
+                }
+                ("ip", "protocol") | ("ip6", "nexthdr") => match value_str(right) {
+                    Some(p) => {
+                        self.push(negated, Cond::Proto { proto: p });
+                        true
+                    }
+                    None => false,
+                },
+                (l4, "dport" | "sport") => {
+                    let dir = if field == "sport" { Dir::Src } else { Dir::Dst };
+                    let Some(ports) = ports_of(right) else {
+                        return false;
+                    };
+                    if l4 != "th" {
+                        self.push(false, Cond::Proto { proto: l4.into() });
+                    }
+                    self.push(negated, Cond::Port { dir, ports });
+                    true
+                }
+                _ => false,
+            }
+        } else if let Some(ct) = left.get("ct") {
+            let key = str_of(ct, "key");
+            let Some(vals) = strings_of(right) else {
+                return false;
+            };
+            let states = vals.iter().map(|s| s.to_ascii_uppercase()).collect();
+            match key {
+                "state" | "status" => {
+                    self.push(negated, Cond::CtState { states });
+                    true
+                }
+                _ => false,
+            }
+        } else if let Some(fib) = left.get("fib") {
+            if str_of(fib, "result") != "type" {
+                return false;
+            }
+            let flags = fib.get("flags").and_then(strings_of).unwrap_or_default();
+            let dir = if flags.iter().any(|f| f == "saddr") {
+                Dir::Src
+            } else {
+                Dir::Dst
+            };
+            let Some(types) = strings_of(right) else {
+                return false;
+            };
+            self.push(
+                negated,
+                Cond::AddrType {
+                    dir,
+                    types: types.iter().map(|t| t.to_ascii_uppercase()).collect(),
+                },
+            );
+            true
+        } else if let Some(and) = left.get("&").and_then(Value::as_array) {
+            let is_mark = and
+                .first()
+                .and_then(|x| x.pointer("/meta/key"))
+                .and_then(Value::as_str)
+                == Some("mark");
+            match (is_mark, and.get(1).and_then(Value::as_u64), right.as_u64()) {
+                (true, Some(mask), Some(v)) => {
+                    self.push(
+                        negated,
+                        Cond::Mark {
+                            value: v as u32,
+                            mask: mask as u32,
+                        },
+                    );
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            false
+        }
+    }
+
+    fn finish(self, line: usize, text: String, comment: Option<String>) -> Rule {
+        let action = self
+            .terminal
+            .or(self.nat)
+            .or(self.other)
+            .unwrap_or(Action::None);
+        Rule {
+            line,
+            text,
+            matches: self.matches,
+            action,
+            comment,
+            counters: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// nft text (`nft list ruleset`)
+
+#[derive(Debug, Clone, PartialEq)]
+struct Tok {
+    s: String,
+    line: usize,
+    quoted: bool,
+}
+
+fn tokenize_text(text: &str) -> Vec<Tok> {
+    let mut out = Vec::new();
+    for (no, raw) in text.lines().enumerate() {
+        let line = no + 1;
+        let mut cur = String::new();
+        let mut chars = raw.chars().peekable();
+        let flush = |cur: &mut String, out: &mut Vec<Tok>| {
+            if !cur.is_empty() {
+                out.push(Tok {
+                    s: std::mem::take(cur),
+                    line,
+                    quoted: false,
+                });
+            }
+        };
+        while let Some(c) = chars.next() {
+            match c {
+                '#' if cur.is_empty() => break,
+                '"' => {
+                    flush(&mut cur, &mut out);
+                    let mut s = String::new();
+                    for x in chars.by_ref() {
+                        if x == '"' {
+                            break;
+                        }
+                        s.push(x);
+                    }
+                    out.push(Tok {
+                        s,
+                        line,
+                        quoted: true,
+                    });
+                }
+                '{' | '}' | ';' | ',' => {
+                    flush(&mut cur, &mut out);
+                    out.push(Tok {
+                        s: c.to_string(),
+                        line,
+                        quoted: false,
+                    });
+                }
+                c if c.is_whitespace() => flush(&mut cur, &mut out),
+                c => cur.push(c),
+            }
+        }
+        flush(&mut cur, &mut out);
+        out.push(Tok {
+            s: "\n".into(),
+            line,
+            quoted: false,
+        });
+    }
+    out
+}
+
+struct TextParser {
+    toks: Vec<Tok>,
+    pos: usize,
+    rs: Ruleset,
+}
+
+impl TextParser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+    fn skip_newlines(&mut self) {
+        while self.peek().is_some_and(|t| t.s == "\n" || t.s == ";") {
+            self.pos += 1;
+        }
+    }
+    /// Tokens of one statement: up to a newline or ';' at brace depth 0 (a '}' at depth 0 ends it too).
+    fn statement(&mut self) -> Vec<Tok> {
+        let mut out = Vec::new();
+        let mut depth = 0i32;
+        while let Some(t) = self.peek() {
+            if depth == 0 && (t.s == "\n" || t.s == ";" || (t.s == "}" && !t.quoted)) {
+                break;
+            }
+            let t = self.next().unwrap_or_else(|| Tok {
+                s: String::new(),
+                line: 0,
+                quoted: false,
+            });
+            if !t.quoted {
+                if t.s == "{" {
+                    depth += 1;
+                } else if t.s == "}" {
+                    depth -= 1;
+                }
+            }
+            if t.s != "\n" {
+                out.push(t);
+            }
+        }
+        out
+    }
+    /// A block header: tokens up to and including `{`, or up to a newline or ';'.
+    fn header(&mut self) -> Vec<Tok> {
+        let mut out = Vec::new();
+        while let Some(t) = self.peek() {
+            if !t.quoted && (t.s == "\n" || t.s == ";") {
+                break;
+            }
+            let t = t.clone();
+            self.pos += 1;
+            let open = !t.quoted && t.s == "{";
+            out.push(t);
+            if open {
+                break;
+            }
+        }
+        out
+    }
+    /// Skip a `{ ... }` block (the opening brace already consumed).
+    fn skip_block(&mut self) {
+        let mut depth = 1;
+        while let Some(t) = self.next() {
+            if t.quoted {
+                continue;
+            }
+            if t.s == "{" {
+                depth += 1;
+            } else if t.s == "}" {
+                depth -= 1;
+                if depth == 0 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Parse `nft list ruleset` text. Rules become model rules with their real line numbers.
+pub fn parse_text(text: &str) -> Ruleset {
+    let mut p = TextParser {
+        toks: tokenize_text(text),
+        pos: 0,
+        rs: Ruleset::default(),
+    };
+    loop {
+        p.skip_newlines();
+        let Some(t) = p.next() else { break };
+        if t.s == "table" {
+            let st = p.header();
+            // table [family] name {
+            let words: Vec<&str> = st
+                .iter()
+                .map(|t| t.s.as_str())
+                .filter(|s| *s != "{")
+                .collect();
+            let (family, name) = match words.as_slice() {
+                [f, n, ..] => (f.to_string(), n.to_string()),
+                [n] => ("ip".to_string(), n.to_string()),
+                _ => {
+                    p.rs.problems.push(Problem {
+                        line: t.line,
+                        message: "'table' without a name".into(),
+                    });
+                    continue;
+                }
+            };
+            if st.last().map(|t| t.s.as_str()) != Some("{") {
+                continue; // "table ip x" without a body (e.g. from `flush table`)
+            }
+            table_body(&mut p, &family, &name);
+        } else if t.s == "flush" || t.s == "delete" || t.s == "add" || t.s == "destroy" {
+            let st = p.header();
+            if st.last().is_some_and(|x| x.s == "{") {
+                p.skip_block();
+            }
+        } else {
+            p.rs.problems.push(Problem {
+                line: t.line,
+                message: format!(
+                    "unexpected '{}' at top level: expected 'table FAMILY NAME {{'",
+                    t.s
+                ),
+            });
+            let st = p.header();
+            if st.last().is_some_and(|x| x.s == "{") {
+                p.skip_block();
+            }
+        }
+    }
+    for t in &mut p.rs.tables {
+        t.reindex();
+    }
+    p.rs
+}
+
+fn table_body(p: &mut TextParser, family: &str, name: &str) {
+    let mut table = Table::new(name, family, Backend::Nftables);
+    let mut maps: HashMap<String, Vec<(String, Action)>> = HashMap::new();
+    // (chain index, rule tokens) resolved after maps are known
+    let mut pending: Vec<(usize, Vec<Tok>)> = Vec::new();
+    loop {
+        p.skip_newlines();
+        let Some(t) = p.next() else { break };
+        match t.s.as_str() {
+            "}" => break,
+            "chain" => {
+                let st = p.header();
+                let Some(cname) = st.first().map(|x| x.s.clone()) else {
+                    continue;
+                };
+                let ci = table.chain_index_or_add(&cname, t.line);
+                table.chains[ci].line = t.line;
+                if st.last().map(|x| x.s.as_str()) != Some("{") {
+                    continue;
+                }
+                loop {
+                    p.skip_newlines();
+                    match p.peek() {
+                        None => break,
+                        Some(x) if x.s == "}" && !x.quoted => {
+                            p.pos += 1;
+                            break;
+                        }
+                        _ => {}
+                    }
+                    let st = p.statement();
+                    if st.is_empty() {
+                        p.pos += 1;
+                        continue;
+                    }
+                    match st[0].s.as_str() {
+                        "type" => {
+                            // type nat hook prerouting priority dstnat; policy accept;
+                            let w: Vec<&str> = st.iter().map(|x| x.s.as_str()).collect();
+                            let kind = w.get(1).copied().unwrap_or("filter");
+                            let hook = w
+                                .iter()
+                                .position(|x| *x == "hook")
+                                .and_then(|i| w.get(i + 1))
+                                .and_then(|h| Hook::from_name(h));
+                            let prio = w
+                                .iter()
+                                .position(|x| *x == "priority")
+                                .map(|i| w[i + 1..].join(" "))
+                                .and_then(|s| priority_value(&s))
+                                .unwrap_or(0);
+                            if let Some(hook) = hook {
+                                let c = &mut table.chains[ci];
+                                c.base = Some(BaseChain {
+                                    hook,
+                                    kind: chain_type(kind),
+                                    priority: prio,
+                                });
+                                if c.policy.is_none() {
+                                    c.policy = Some(Policy {
+                                        verdict: "ACCEPT".into(),
+                                        counters: None,
+                                    });
+                                }
+                            }
+                        }
+                        "policy" => {
+                            if let Some(v) = st.get(1) {
+                                table.chains[ci].policy = Some(Policy {
+                                    verdict: v.s.to_ascii_uppercase(),
+                                    counters: None,
+                                });
+                            }
+                        }
+                        "comment" if st.len() == 2 => {}
+                        _ => pending.push((ci, st)),
+                    }
+                }
+            }
+            "map" | "set" | "flowtable" | "counter" | "quota" | "ct" | "limit" | "secmark"
+            | "synproxy" => {
+                let st = p.header();
+                let mname = st.first().map(|x| x.s.clone()).unwrap_or_default();
+                if st.last().map(|x| x.s.as_str()) != Some("{") {
+                    continue;
+                }
+                if t.s != "map" {
+                    p.skip_block();
+                    continue;
+                }
+                // map body: collect all tokens to the closing brace.
+                let mut depth = 1;
+                let mut body = Vec::new();
+                while let Some(x) = p.next() {
+                    if !x.quoted && x.s == "{" {
+                        depth += 1;
+                    } else if !x.quoted && x.s == "}" {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    body.push(x);
+                }
+                maps.insert(mname, map_elements(&body));
+            }
+            "flags" | "comment" => {
+                p.statement();
+            }
+            other => {
+                p.rs.problems.push(Problem {
+                    line: t.line,
+                    message: format!("unexpected '{other}' in table {name}"),
+                });
+                let st = p.header();
+                if st.last().is_some_and(|x| x.s == "{") {
+                    p.skip_block();
+                }
+            }
+        }
+    }
+    for (ci, st) in pending {
+        let line = st.first().map(|t| t.line).unwrap_or(0);
+        let rule = text_rule(&st, &maps, line);
+        table.chains[ci].rules.push(rule);
+    }
+    table.reindex();
+    p.rs.tables.push(table);
+}
+
+/// `elements = { "a" : jump x, "b" : accept }` inside a map body.
+fn map_elements(body: &[Tok]) -> Vec<(String, Action)> {
+    let Some(start) = body.iter().position(|t| t.s == "elements") else {
+        return Vec::new();
+    };
+    let items: Vec<&Tok> = body[start + 1..]
+        .iter()
+        .filter(|t| t.s != "=" && t.s != "{" && t.s != "}" && t.s != "\n")
+        .collect();
+    let mut out = Vec::new();
+    for group in items.split(|t| t.s == ",") {
+        let words: Vec<&str> = group.iter().map(|t| t.s.as_str()).collect();
+        if let Some(colon) = words.iter().position(|w| *w == ":") {
+            let key = words[..colon].join(" ");
+            if let Some(v) = verdict_words(&words[colon + 1..]) {
+                out.push((key, v));
+            }
+        }
+    }
+    out
+}
+
+fn verdict_words(w: &[&str]) -> Option<Action> {
+    Some(match w {
+        ["accept", ..] => Action::Accept,
+        ["drop", ..] => Action::Drop,
+        ["return", ..] => Action::Return,
+        ["continue", ..] => Action::None,
+        ["jump", c, ..] => Action::Jump {
+            chain: c.to_string(),
+        },
+        ["goto", c, ..] => Action::Goto {
+            chain: c.to_string(),
+        },
+        _ => return None,
+    })
+}
+
+const STATEMENT_WORDS: &[&str] = &[
+    "iifname",
+    "oifname",
+    "iif",
+    "oif",
+    "ip",
+    "ip6",
+    "tcp",
+    "udp",
+    "sctp",
+    "th",
+    "meta",
+    "ct",
+    "fib",
+    "counter",
+    "comment",
+    "accept",
+    "drop",
+    "return",
+    "jump",
+    "goto",
+    "continue",
+    "reject",
+    "masquerade",
+    "dnat",
+    "snat",
+    "redirect",
+    "log",
+    "mark",
+    "numgen",
+    "vmap",
+    "notrack",
+    "limit",
+];
+
+/// Values after an operator: one word, or `{ a, b }` as a list.
+fn take_values(w: &[&str], i: &mut usize) -> Vec<String> {
+    let mut out = Vec::new();
+    if w.get(*i) == Some(&"{") {
+        *i += 1;
+        while let Some(x) = w.get(*i) {
+            *i += 1;
+            if *x == "}" {
+                break;
+            }
+            if *x != "," {
+                out.push(x.to_string());
+            }
+        }
+    } else if let Some(x) = w.get(*i) {
+        out.push(x.to_string());
+        *i += 1;
+    }
+    out
+}
+
+fn take_op(w: &[&str], i: &mut usize) -> Option<bool> {
+    match w.get(*i) {
+        Some(&"!=") => {
+            *i += 1;
+            Some(true)
+        }
+        Some(&"==") | Some(&"eq") => {
+            *i += 1;
+            Some(false)
+        }
+        Some(&"<") | Some(&">") | Some(&"<=") | Some(&">=") | Some(&"lt") | Some(&"gt") => None,
+        _ => Some(false),
+    }
+}
+
+fn parse_u32(s: &str) -> Option<u32> {
+    if let Some(h) = s.strip_prefix("0x") {
+        u32::from_str_radix(h, 16).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+/// One rule from its tokens.
+fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: usize) -> Rule {
+    let w: Vec<&str> = st.iter().map(|t| t.s.as_str()).collect();
+    let text = st
+        .iter()
+        .map(|t| {
+            if t.quoted {
+                format!("\"{}\"", t.s)
+            } else {
+                t.s.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut b = RuleBuilder::default();
+    let mut comment = None;
+    let mut i = 0;
+    let mut last_key: Option<VmapKey> = None;
+    while i < w.len() {
+        // `meta iifname x` is the long form of `iifname x`
+        if w[i] == "meta"
+            && matches!(
+                w.get(i + 1),
+                Some(&"iifname") | Some(&"oifname") | Some(&"iif") | Some(&"oif")
+            )
+        {
+            i += 1;
+        }
+        let start = i;
+        let word = w[i];
+        i += 1;
+        let ok: bool = (|| -> Option<()> {
+            match word {
+                "iifname" | "oifname" | "iif" | "oif" => {
+                    let key = if word.starts_with('i') {
+                        VmapKey::InIface
+                    } else {
+                        VmapKey::OutIface
+                    };
+                    if w.get(i) == Some(&"vmap") {
+                        last_key = Some(key);
+                        return Some(());
+                    }
+                    let neg = take_op(&w, &mut i)?;
+                    let vals = take_values(&w, &mut i);
+                    if vals.len() != 1 {
+                        return None;
+                    }
+                    let name = vals[0].clone();
+                    b.push(
+                        neg,
+                        if key == VmapKey::InIface {
+                            Cond::InIface { name }
+                        } else {
+                            Cond::OutIface { name }
+                        },
+                    );
+                }
+                "ip" | "ip6" => {
+                    let field = *w.get(i)?;
+                    i += 1;
+                    let neg = take_op(&w, &mut i)?;
+                    let vals = take_values(&w, &mut i);
+                    match field {
+                        "saddr" | "daddr" if vals.len() == 1 => {
+                            let dir = if field == "saddr" { Dir::Src } else { Dir::Dst };
+                            if let Some((a, z)) =
+                                vals[0].split_once('-').filter(|_| !vals[0].contains('/'))
+                            {
+                                b.push(
+                                    neg,
+                                    Cond::AddrRange {
+                                        dir,
+                                        from: a.parse().ok()?,
+                                        to: z.parse().ok()?,
+                                    },
+                                );
+                            } else {
+                                b.push(
+                                    neg,
+                                    Cond::Addr {
+                                        dir,
+                                        net: parse_net(&vals[0]).ok()?,
+                                    },
+                                );
+                            }
+                        }
+                        "protocol" | "nexthdr" if vals.len() == 1 => b.push(
+                            neg,
+                            Cond::Proto {
+                                proto: vals[0].clone(),
+                            },
+                        ),
+                        _ => return None,
+                    }
+                }
+                "tcp" | "udp" | "sctp" | "th" => {
+                    let field = *w.get(i)?;
+                    i += 1;
+                    if field != "dport" && field != "sport" {
+                        return None;
+                    }
+                    let neg = take_op(&w, &mut i)?;
+                    let vals = take_values(&w, &mut i);
+                    let ports = vals
+                        .iter()
+                        .map(|v| parse_port_range(v).ok())
+                        .collect::<Option<Vec<_>>>()?;
+                    if ports.is_empty() {
+                        return None;
+                    }
+                    if word != "th" {
+                        b.push(false, Cond::Proto { proto: word.into() });
+                    }
+                    b.push(
+                        neg,
+                        Cond::Port {
+                            dir: if field == "sport" { Dir::Src } else { Dir::Dst },
+                            ports,
+                        },
+                    );
+                }
+                "meta" | "mark" => {
+                    let key = if word == "mark" {
+                        "mark"
+                    } else {
+                        let k = *w.get(i)?;
+                        i += 1;
+                        k
+                    };
+                    match key {
+                        "l4proto" | "protocol" => {
+                            let neg = take_op(&w, &mut i)?;
+                            let vals = take_values(&w, &mut i);
+                            if vals.len() != 1 {
+                                return None;
+                            }
+                            b.push(
+                                neg,
+                                Cond::Proto {
+                                    proto: vals[0].clone(),
+                                },
+                            );
+                        }
+                        "mark" => {
+                            if w.get(i) == Some(&"set") {
+                                i += 1;
+                                // mark set V | mark set mark or V | and | xor
+                                let rest: Vec<&str> = w[i..].iter().take(4).copied().collect();
+                                let (value, mask, used) = match rest.as_slice() {
+                                    ["mark", "or", v, ..] | ["mark", "|", v, ..] => {
+                                        let v = parse_u32(v)?;
+                                        (v, v, 3)
+                                    }
+                                    ["mark", "xor", v, ..] | ["mark", "^", v, ..] => {
+                                        (parse_u32(v)?, 0, 3)
+                                    }
+                                    ["mark", "and", v, ..] | ["mark", "&", v, ..] => {
+                                        (0, !parse_u32(v)?, 3)
+                                    }
+                                    [v, ..] => (parse_u32(v)?, u32::MAX, 1),
+                                    _ => return None,
+                                };
+                                i += used;
+                                b.other = Some(Action::Mark { value, mask });
+                            } else if w.get(i) == Some(&"&") {
+                                let mask = parse_u32(w.get(i + 1)?)?;
+                                i += 2;
+                                let neg = take_op(&w, &mut i)?;
+                                let value = parse_u32(w.get(i)?)?;
+                                i += 1;
+                                b.push(neg, Cond::Mark { value, mask });
+                            } else {
+                                let neg = take_op(&w, &mut i)?;
+                                let value = parse_u32(w.get(i)?)?;
+                                i += 1;
+                                b.push(
+                                    neg,
+                                    Cond::Mark {
+                                        value,
+                                        mask: u32::MAX,
+                                    },
+                                );
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                "ct" => {
+                    let key = *w.get(i)?;
+                    i += 1;
+                    if key != "state" && key != "status" {
+                        return None;
+                    }
+                    let neg = take_op(&w, &mut i)?;
+                    let vals = if w.get(i) == Some(&"{") {
+                        take_values(&w, &mut i)
+                    } else {
+                        // "established,related" arrives as words separated by ',' tokens
+                        let mut v = vec![w.get(i)?.to_string()];
+                        i += 1;
+                        while w.get(i) == Some(&",") {
+                            v.push(w.get(i + 1)?.to_string());
+                            i += 2;
+                        }
+                        v
+                    };
+                    b.push(
+                        neg,
+                        Cond::CtState {
+                            states: vals.iter().map(|s| s.to_ascii_uppercase()).collect(),
+                        },
+                    );
+                }
+                "fib" => {
+                    // fib daddr [. iif] type [!=] local
+                    let mut dir = Dir::Dst;
+                    while let Some(x) = w.get(i) {
+                        i += 1;
+                        match *x {
+                            "saddr" => dir = Dir::Src,
+                            "daddr" => dir = Dir::Dst,
+                            "type" => break,
+                            "." | "iif" | "oif" | "mark" => {}
+                            _ => return None,
+                        }
+                    }
+                    let neg = take_op(&w, &mut i)?;
+                    let vals = take_values(&w, &mut i);
+                    b.push(
+                        neg,
+                        Cond::AddrType {
+                            dir,
+                            types: vals.iter().map(|s| s.to_ascii_uppercase()).collect(),
+                        },
+                    );
+                }
+                "counter" => {
+                    // counter [packets N bytes M]
+                    if w.get(i) == Some(&"packets") {
+                        i += 4;
+                    }
+                }
+                "comment" => {
+                    comment = st.get(i).map(|t| t.s.clone());
+                    i += 1;
+                }
+                "accept" | "drop" | "return" | "continue" => b.terminal = verdict_words(&[word]),
+                "jump" | "goto" => {
+                    let c = *w.get(i)?;
+                    i += 1;
+                    b.terminal = verdict_words(&[word, c]);
+                }
+                "reject" => {
+                    let mut with = Vec::new();
+                    while let Some(x) = w.get(i) {
+                        if STATEMENT_WORDS.contains(x) {
+                            break;
+                        }
+                        with.push(*x);
+                        i += 1;
+                    }
+                    b.terminal = Some(Action::Reject {
+                        with: (!with.is_empty()).then(|| with.join(" ")),
+                    });
+                }
+                "masquerade" | "redirect" => {
+                    let mut ports = None;
+                    if w.get(i) == Some(&"to") {
+                        let v = w.get(i + 1)?.trim_start_matches(':');
+                        ports = Some(parse_port_range(v).ok()?);
+                        i += 2;
+                    }
+                    while w
+                        .get(i)
+                        .is_some_and(|x| matches!(*x, "random" | "persistent" | "fully-random"))
+                    {
+                        i += 1;
+                    }
+                    b.nat = Some(if word == "masquerade" {
+                        Action::Masquerade { ports }
+                    } else {
+                        Action::Redirect { ports }
+                    });
+                }
+                "dnat" | "snat" => {
+                    if matches!(w.get(i), Some(&"ip") | Some(&"ip6")) {
+                        i += 1;
+                    }
+                    if w.get(i) != Some(&"to") {
+                        return None;
+                    }
+                    let to = parse_nat_to(w.get(i + 1)?).ok()?;
+                    i += 2;
+                    b.nat = Some(if word == "dnat" {
+                        Action::Dnat { to }
+                    } else {
+                        Action::Snat { to }
+                    });
+                }
+                "log" => {
+                    let mut prefix = None;
+                    while let Some(x) = w.get(i) {
+                        match *x {
+                            "prefix" => {
+                                prefix = st.get(i + 1).map(|t| t.s.clone());
+                                i += 2;
+                            }
+                            "level" | "group" | "flags" | "snaplen" | "queue-threshold" => i += 2,
+                            _ => break,
+                        }
+                    }
+                    if b.other.is_none() {
+                        b.other = Some(Action::Log { prefix });
+                    }
+                }
+                "numgen" => {
+                    // numgen random mod N vmap { 0 : jump a, ... }
+                    if w.get(i) != Some(&"random") {
+                        return None;
+                    }
+                    while w.get(i).is_some_and(|x| *x != "vmap") {
+                        i += 1;
+                    }
+                    last_key = Some(VmapKey::Random);
+                }
+                "vmap" => {
+                    let key = last_key.take().unwrap_or(VmapKey::Other);
+                    let entries = if let Some(name) = w.get(i)?.strip_prefix('@') {
+                        i += 1;
+                        maps.get(name).cloned().unwrap_or_default()
+                    } else if w.get(i) == Some(&"{") {
+                        let startb = i;
+                        let mut depth = 0;
+                        while let Some(x) = w.get(i) {
+                            i += 1;
+                            if *x == "{" {
+                                depth += 1;
+                            } else if *x == "}" {
+                                depth -= 1;
+                                if depth == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                        let toks: Vec<Tok> = st[startb..i].to_vec();
+                        let mut with_kw = vec![Tok {
+                            s: "elements".into(),
+                            line: 0,
+                            quoted: false,
+                        }];
+                        with_kw.extend(toks);
+                        map_elements(&with_kw)
+                    } else {
+                        return None;
+                    };
+                    b.terminal = Some(Action::Vmap { key, entries });
+                }
+                _ => return None,
+            }
+            Some(())
+        })()
+        .is_some();
+        if !ok {
+            // Unknown: keep the words up to the next statement keyword as one unknown match.
+            let mut j = start + 1;
+            while j < w.len() && !STATEMENT_WORDS.contains(&w[j]) {
+                j += 1;
+            }
+            b.push(
+                false,
+                Cond::Unknown {
+                    text: w[start..j].join(" "),
+                },
+            );
+            i = j;
+        }
+    }
+    b.finish(line, text, comment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JSON: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+{"table": {"family": "ip", "name": "t", "handle": 2}},
+{"map": {"family": "ip", "name": "m", "table": "t", "type": "ifname", "handle": 6, "map": "verdict", "elem": [["docker0", {"jump": {"target": "c1b"}}]]}},
+{"chain": {"family": "ip", "table": "t", "name": "c1b", "handle": 1}},
+{"chain": {"family": "ip", "table": "t", "name": "nat", "handle": 3, "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}},
+{"chain": {"family": "ip", "table": "t", "name": "pre", "handle": 5, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+{"rule": {"family": "ip", "table": "t", "chain": "nat", "handle": 9, "expr": [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.0.0.1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": {"set": [80, {"range": [8000, 8080]}]}}}, {"dnat": {"addr": "10.0.0.2", "port": 80}}]}},
+{"rule": {"family": "ip", "table": "t", "chain": "nat", "handle": 10, "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 16384]}}}]}},
+{"rule": {"family": "ip", "table": "t", "chain": "nat", "handle": 11, "expr": [{"weird": {"x": 1}}, {"accept": null}]}},
+{"rule": {"family": "ip", "table": "t", "chain": "pre", "handle": 16, "expr": [{"vmap": {"key": {"meta": {"key": "oifname"}}, "data": "@m"}}]}},
+{"rule": {"family": "ip", "table": "t", "chain": "pre", "handle": 19, "comment": "hi there", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.0.0.0", "len": 8}}}}, {"log": {"prefix": "x "}}, {"drop": null}]}}
+]}"#;
+
+    #[test]
+    fn json_loads_and_degrades_one_rule() {
+        let rs = parse(JSON).unwrap();
+        assert!(rs.problems.is_empty(), "{:?}", rs.problems);
+        let t = &rs.tables[0];
+        let nat = t.chain("nat").unwrap();
+        assert_eq!(nat.base.unwrap().priority, -100);
+        assert_eq!(nat.rules.len(), 3);
+        assert!(matches!(nat.rules[0].action, Action::Dnat { .. }));
+        assert_eq!(
+            nat.rules[1].action,
+            Action::Mark {
+                value: 0x4000,
+                mask: 0x4000
+            }
+        );
+        assert!(matches!(nat.rules[2].matches[0].cond, Cond::Unknown { .. }));
+        assert_eq!(nat.rules[2].action, Action::Accept);
+        let pre = t.chain("pre").unwrap();
+        assert_eq!(pre.policy.as_ref().unwrap().verdict, "DROP");
+        match &pre.rules[0].action {
+            Action::Vmap { key, entries } => {
+                assert_eq!(*key, VmapKey::OutIface);
+                assert_eq!(entries[0].0, "docker0");
+            }
+            a => panic!("{a:?}"),
+        }
+        assert_eq!(pre.rules[1].action, Action::Drop);
+        assert_eq!(pre.rules[1].comment.as_deref(), Some("hi there"));
+        assert!(parse("{nope").is_err());
+    }
+
+    const TEXT: &str = r#"table ip docker-bridges {
+	map filter-forward-in-jumps {
+		type ifname : verdict
+		elements = { "docker0" : jump filter-forward-in__docker0,
+			     "bridge1" : jump filter-forward-in__bridge1 }
+	}
+	chain nat-PREROUTING {
+		type nat hook prerouting priority dstnat; policy accept;
+		fib daddr type local counter jump nat-prerouting-and-output
+	}
+	chain nat-prerouting-and-output {
+		iifname != "bridge1" tcp dport 8080 counter dnat to 192.0.2.2:80 comment "DNAT"
+		meta mark & 0x00002000 == 0x00002000 frobnicate 3 counter accept
+	}
+	chain filter-FORWARD {
+		type filter hook forward priority filter; policy accept;
+		oifname vmap @filter-forward-in-jumps
+	}
+	chain filter-forward-in__docker0 {
+		ct state established,related counter accept
+		counter drop comment "UNPUBLISHED PORT DROP"
+	}
+}
+"#;
+
+    #[test]
+    fn text_loads() {
+        let rs = parse_text(TEXT);
+        assert!(rs.problems.is_empty(), "{:?}", rs.problems);
+        let t = &rs.tables[0];
+        assert_eq!(t.name, "docker-bridges");
+        let pre = t.chain("nat-PREROUTING").unwrap();
+        assert_eq!(pre.base.unwrap().priority, -100);
+        assert_eq!(pre.rules[0].line, 9);
+        let r = &t.chain("nat-prerouting-and-output").unwrap().rules;
+        assert!(matches!(r[0].action, Action::Dnat { .. }));
+        assert_eq!(r[0].comment.as_deref(), Some("DNAT"));
+        assert!(r[0].matches[0].negated);
+        assert_eq!(
+            r[1].matches[0].cond,
+            Cond::Mark {
+                value: 0x2000,
+                mask: 0x2000
+            }
+        );
+        assert!(matches!(&r[1].matches[1].cond, Cond::Unknown { text } if text == "frobnicate 3"));
+        assert_eq!(r[1].action, Action::Accept);
+        match &t.chain("filter-FORWARD").unwrap().rules[0].action {
+            Action::Vmap { entries, .. } => assert_eq!(entries.len(), 2),
+            a => panic!("{a:?}"),
+        }
+        assert_eq!(priority_value("dstnat - 5"), Some(-105));
+    }
+}

@@ -1,0 +1,615 @@
+//! `nettool explain-nat`: golden explanations of committed captures, packet walks, and a live
+//! namespace whose real traffic (socat) must agree with what the walk predicts.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use nettool::nat::{self, explain, walk};
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/nat/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load(name: &str) -> nat::Ruleset {
+    let rs = nat::load_file(&fixture(name), None).expect("fixture loads");
+    assert!(rs.problems.is_empty(), "{name}: {:?}", rs.problems);
+    rs
+}
+
+// ---------------------------------------------------------------- golden explanations
+
+#[test]
+fn golden_kube_proxy_shaped() {
+    let rs = load("kube-proxy-4svc.iptables-save");
+    let s = explain::summarize(&rs);
+    assert_eq!(s.services.len(), 4);
+    for svc in &s.services {
+        assert_eq!(svc.endpoints.len(), 3, "{svc:?}");
+        for (_, share) in &svc.endpoints {
+            assert!((share - 1.0 / 3.0).abs() < 1e-6, "{svc:?}");
+        }
+    }
+    let p = s
+        .published
+        .iter()
+        .find(|p| p.host == "10.96.0.1" && p.host_port == "80")
+        .expect("cluster IP 10.96.0.1:80");
+    assert_eq!(p.targets.len(), 3);
+    assert_eq!(p.service.as_deref(), Some("ns0/svc0:http"));
+    assert!(p.sentence.starts_with("TCP to 10.96.0.1 port 80, arriving from anywhere, is balanced over 10.244.0.1:8080 (33.3%), 10.244.0.2:8080 (33.3%), 10.244.0.3:8080 (33.3%)"), "{}", p.sentence);
+    // NodePort for svc0 and svc3 (every third service)
+    assert!(s
+        .published
+        .iter()
+        .any(|p| p.host == "any local address" && p.host_port == "30000"));
+    assert_eq!(s.source_nat.len(), 1);
+    assert!(
+        s.source_nat[0].sentence.contains("KUBE-MARK-MASQ"),
+        "{}",
+        s.source_nat[0].sentence
+    );
+    assert!(s.recognised.iter().any(|r| r.system == "kube-proxy"));
+    assert!(s.unreached.is_empty(), "{:?}", s.unreached);
+}
+
+#[test]
+fn golden_cni_portmap_shaped() {
+    let rs = load("cni-portmap.iptables-save");
+    let s = explain::summarize(&rs);
+    let got: Vec<(String, String, String)> = s
+        .published
+        .iter()
+        .map(|p| {
+            (
+                p.proto.clone(),
+                p.host_port.clone(),
+                p.targets[0].to.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("tcp".into(), "8080".into(), "10.22.0.5:80".into()),
+            ("tcp".into(), "8443".into(), "10.22.0.5:443".into())
+        ]
+    );
+    assert_eq!(
+        s.published[0].sentence,
+        "TCP to any local address port 8080, arriving from anywhere, is sent to 10.22.0.5:80; from this host itself."
+    );
+    assert!(s.source_nat[0].sentence.contains("CNI-HOSTPORT-SETMARK"));
+}
+
+#[test]
+fn walk_kube_branches_have_shares() {
+    let rs = load("kube-proxy-4svc.iptables-save");
+    let p = walk::Packet::parse("tcp 10.0.0.9:40000 -> 10.96.0.2:80 in eth0").unwrap();
+    for (branch, want) in [
+        (0, "10.244.0.4:8080"),
+        (1, "10.244.0.5:8080"),
+        (2, "10.244.0.6:8080"),
+    ] {
+        let w = walk::walk_with(
+            &rs,
+            &p,
+            &walk::LocalFacts::default(),
+            &walk::WalkOptions { branch },
+        );
+        assert_eq!(
+            w.final_tuple,
+            format!("tcp 10.0.0.9:40000 -> {want}"),
+            "{w:#?}"
+        );
+        let lb = w
+            .steps
+            .iter()
+            .find(|s| !s.branches.is_empty())
+            .expect("branch point");
+        let shares: Vec<f64> = lb.branches.iter().map(|b| b.share).collect();
+        assert_eq!(shares.len(), 3);
+        assert!(
+            shares.iter().all(|s| (s - 1.0 / 3.0).abs() < 1e-6),
+            "{shares:?}"
+        );
+        // not from 10.244/16: KUBE-MARK-MASQ marked it, so POSTROUTING masquerades
+        assert!(
+            w.steps.iter().any(|s| s.what.starts_with("MASQUERADE")),
+            "{w:#?}"
+        );
+    }
+}
+
+#[test]
+fn malformed_line_is_reported_and_rest_explained() {
+    let dir = std::env::temp_dir().join(unique("badrules"));
+    std::fs::write(
+        &dir,
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n-A DOCKER -p tcp --dport eighty -j DNAT --to-destination 10.0.0.2:80\n-A DOCKER -p tcp -m tcp --dport 8081 -j DNAT --to-destination 10.0.0.2:81\nCOMMIT\n",
+    )
+    .unwrap();
+    let path = dir.to_string_lossy().to_string();
+    let out = nettool(&["explain-nat", "-f", &path]);
+    let _ = std::fs::remove_file(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("line 5"), "{text}");
+    assert!(text.contains("bad port 'eighty'"), "{text}");
+    assert!(
+        text.contains("port 8081") && text.contains("10.0.0.2:81"),
+        "{text}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = nettool(&[
+        "explain-nat",
+        "-f",
+        "/dev/null",
+        "--packet",
+        "tcp 1.2.3.4 to 5.6.7.8",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PROTO SRC[:PORT] -> DST[:PORT]"));
+    let out = nettool(&["explain-nat", "-f", "/dev/null", "--route", "10.0.0.0/8"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+// ---------------------------------------------------------------- live
+
+/// host ns with a bridge and a container ns behind it, an "outside" ns on a veth, Docker-shaped
+/// rules applied with iptables-restore inside the host ns.
+struct Lab {
+    host: TestNs,
+    ctr: TestNs,
+    out: TestNs,
+    _server: ChildGuard,
+}
+
+const RULES: &str = "*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 10.88.0.0/24 ! -o ntbr0 -j MASQUERADE
+-A DOCKER -i ntbr0 -j RETURN
+-A DOCKER ! -i ntbr0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.2:80
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -o ntbr0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -d 10.88.0.2/32 ! -i ntbr0 -o ntbr0 -p tcp -m tcp --dport 80 -j ACCEPT
+-A FORWARD -i ntbr0 ! -o ntbr0 -j ACCEPT
+COMMIT
+";
+
+impl Lab {
+    fn new() -> Lab {
+        let host = TestNs::new("nathost");
+        let ctr = TestNs::new("natctr");
+        let out = TestNs::new("natout");
+        host.ip(&["link", "add", "ntbr0", "type", "bridge"]);
+        host.ip(&["addr", "add", "10.88.0.1/24", "dev", "ntbr0"]);
+        host.ip(&["link", "set", "ntbr0", "up"]);
+        veth("vh0", &host, "eth0", &ctr);
+        host.ip(&["link", "set", "vh0", "master", "ntbr0"]);
+        ctr.ip(&["addr", "add", "10.88.0.2/24", "dev", "eth0"]);
+        ctr.ip(&["route", "add", "default", "via", "10.88.0.1"]);
+        veth("ext0", &host, "eth0", &out);
+        host.ip(&["addr", "add", "198.51.100.1/24", "dev", "ext0"]);
+        out.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+        out.ip(&["route", "add", "10.88.0.0/24", "via", "198.51.100.1"]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &host.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &host.name, "iptables-restore", "--noflush"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("iptables-restore");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(RULES.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "iptables-restore failed");
+        // an echo server in the container
+        let server = ctr.spawn(&["socat", "TCP-LISTEN:80,fork,reuseaddr", "EXEC:cat"]);
+        wait_for("echo server", 5, || {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ctr.name,
+                "ss",
+                "-Htln",
+                "sport = :80",
+            ])
+            .contains(":80")
+        });
+        Lab {
+            host,
+            ctr,
+            out,
+            _server: server,
+        }
+    }
+
+    fn walk(&self, packet: &str, from_host: bool) -> serde_json::Value {
+        let mut args = vec![
+            "explain-nat",
+            "--netns",
+            &self.host.name,
+            "--packet",
+            packet,
+            "--json",
+        ];
+        if from_host {
+            args.push("--from-host");
+        }
+        nettool_json(&args)["walk"].clone()
+    }
+}
+
+/// Send "ping" with socat from inside `ns`; Some(reply) when it came back.
+fn socat_echo(ns: &TestNs, dst: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "socat", "-t", "2", "-T", "3", "-",
+        ])
+        .arg(format!("TCP:{dst},connect-timeout=2"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"ping\n")?;
+            c.wait_with_output()
+        })
+        .expect("socat");
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    (out.status.success() && s.contains("ping")).then_some(s)
+}
+
+#[test]
+fn live_walk_agrees_with_real_traffic() {
+    let lab = Lab::new();
+
+    // The summary, read live from the namespace.
+    let j = nettool_json(&["explain-nat", "--netns", &lab.host.name, "--json"]);
+    let published = j["summary"]["published"].as_array().unwrap();
+    assert_eq!(published.len(), 1, "{j}");
+    assert_eq!(published[0]["host_port"], "8080");
+    assert_eq!(published[0]["targets"][0]["to"], "10.88.0.2:80");
+    assert!(published[0]["sentence"]
+        .as_str()
+        .unwrap()
+        .contains("arriving from anywhere except via ntbr0"));
+    let text = nettool_ok(&["explain-nat", "--netns", &lab.host.name]);
+    assert!(text.contains("Published ports"), "{text}");
+
+    // 1. The published port from outside: the walk says forwarded to 10.88.0.2:80; socat gets its echo.
+    let w = lab.walk("tcp 198.51.100.2:40000 -> 198.51.100.1:8080 in ext0", false);
+    assert_eq!(w["verdict"], "forwarded", "{w}");
+    assert_eq!(w["final_tuple"], "tcp 198.51.100.2:40000 -> 10.88.0.2:80");
+    assert_eq!(w["final_packet"]["out_iface"], "ntbr0");
+    assert!(
+        socat_echo(&lab.out, "198.51.100.1:8080").is_some(),
+        "published port did not answer"
+    );
+
+    // 2. The container directly on port 80 from outside: the walk says forwarded (FORWARD allows it).
+    let w = lab.walk("tcp 198.51.100.2:40000 -> 10.88.0.2:80 in ext0", false);
+    assert_eq!(w["verdict"], "forwarded", "{w}");
+    assert!(socat_echo(&lab.out, "10.88.0.2:80").is_some());
+
+    // 3. Another container port from outside: dropped by the FORWARD policy; socat times out.
+    sh(&["ip", "netns", "exec", &lab.ctr.name, "true"]);
+    let _other = lab
+        .ctr
+        .spawn(&["socat", "TCP-LISTEN:81,fork,reuseaddr", "EXEC:cat"]);
+    wait_for("server 81", 5, || {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.ctr.name,
+            "ss",
+            "-Htln",
+            "sport = :81",
+        ])
+        .contains(":81")
+    });
+    let w = lab.walk("tcp 198.51.100.2:40000 -> 10.88.0.2:81 in ext0", false);
+    assert_eq!(w["verdict"], "dropped", "{w}");
+    assert!(
+        w["summary"]
+            .as_str()
+            .unwrap()
+            .contains("policy of filter FORWARD"),
+        "{w}"
+    );
+    assert!(
+        socat_echo(&lab.out, "10.88.0.2:81").is_none(),
+        "port 81 answered but the walk said dropped"
+    );
+    // ...but from inside the container's own namespace it answers (no firewall there).
+    assert!(socat_echo(&lab.ctr, "127.0.0.1:81").is_some());
+
+    // 4. From the host itself to its own address: OUTPUT DNAT to the container.
+    let w = lab.walk("tcp 198.51.100.1:40000 -> 198.51.100.1:8080", true);
+    assert_eq!(w["verdict"], "sent", "{w}");
+    assert_eq!(w["final_tuple"], "tcp 198.51.100.1:40000 -> 10.88.0.2:80");
+    assert!(socat_echo(&lab.host, "198.51.100.1:8080").is_some());
+
+    // 5. localhost from the host is not DNATed (Docker relies on the userland proxy there):
+    //    the walk says delivered locally, and nothing listens there, so socat fails.
+    let w = lab.walk("tcp 127.0.0.1:40000 -> 127.0.0.1:8080", true);
+    assert_eq!(w["verdict"], "accepted-local", "{w}");
+    assert_eq!(w["final_tuple"], "tcp 127.0.0.1:40000 -> 127.0.0.1:8080");
+    assert!(socat_echo(&lab.host, "127.0.0.1:8080").is_none());
+}
+
+#[test]
+fn live_split_backends_warn() {
+    let ns = TestNs::new("natsplit");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "iptables-nft",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.1.0.0/16",
+        "-j",
+        "MASQUERADE",
+    ]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "iptables-legacy",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.2.0.0/16",
+        "-j",
+        "MASQUERADE",
+    ]);
+    let j = nettool_json(&["explain-nat", "--netns", &ns.name, "--json"]);
+    let warnings = j["summary"]["warnings"].to_string();
+    assert!(
+        warnings.contains("split between iptables-nft and iptables-legacy"),
+        "{j}"
+    );
+    assert_eq!(
+        j["summary"]["source_nat"].as_array().unwrap().len(),
+        2,
+        "{j}"
+    );
+    // legacy tables live in the kernel per namespace: flush ours before the namespace goes.
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "iptables-legacy",
+            "-t",
+            "nat",
+            "-F",
+        ])
+        .status();
+}
+
+#[test]
+fn live_nft_native_table() {
+    let ns = TestNs::new("natnft");
+    let rules = "table ip nt-test {\n chain pre {\n  type nat hook prerouting priority dstnat; policy accept;\n  iifname != \"lo\" tcp dport 8080 dnat to 10.9.0.2:80 comment \"web\"\n }\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr 10.9.0.0/24 oifname != \"br9\" masquerade\n }\n}\n";
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let j = nettool_json(&["explain-nat", "--netns", &ns.name, "--json"]);
+    let p = &j["summary"]["published"][0];
+    assert_eq!(p["host_port"], "8080", "{j}");
+    assert_eq!(p["targets"][0]["to"], "10.9.0.2:80");
+    assert_eq!(j["summary"]["source_nat"].as_array().unwrap().len(), 1);
+}
+
+// ---------------------------------------------------------------- real dockerd captures
+
+#[test]
+fn golden_real_docker_host() {
+    // Captured from a real dockerd by tools/capture-docker-nat.
+    let rs = load("docker-host.iptables-save");
+    let s = explain::summarize(&rs);
+    assert!(
+        s.recognised
+            .iter()
+            .any(|r| r.detail.contains("older chain set")),
+        "{:?}",
+        s.recognised
+    );
+    let ports: Vec<(&str, &str, &str, &str)> = s
+        .published
+        .iter()
+        .map(|p| {
+            (
+                p.proto.as_str(),
+                p.host.as_str(),
+                p.host_port.as_str(),
+                p.targets[0].to.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            ("tcp", "any local address", "8080", "172.17.0.2:80"),
+            ("tcp", "127.0.0.1", "9090", "172.30.0.2:8080"),
+            ("udp", "any local address", "5353", "172.30.0.2:53"),
+        ]
+    );
+    let web = &s.published[0];
+    assert!(
+        web.sentence.starts_with(
+            "TCP to any local address port 8080, arriving from anywhere except via docker0"
+        ),
+        "{}",
+        web.sentence
+    );
+    assert!(web.sentence.ends_with("from this host itself only when not to 127.0.0.0/8 — localhost goes through the userland proxy."), "{}", web.sentence);
+    assert_eq!(web.targets[0].line, 47);
+    assert_eq!(s.source_nat.len(), 5);
+    assert!(s
+        .drops
+        .iter()
+        .any(|d| d.action == "policy DROP" && d.chain == "FORWARD"));
+    assert_eq!(
+        s.drops
+            .iter()
+            .filter(|d| d.chain == "DOCKER-ISOLATION-STAGE-2")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn walk_real_docker_host() {
+    let rs = load("docker-host.iptables-save");
+    let facts = walk::LocalFacts {
+        addrs: vec![
+            ("192.0.2.10".parse().unwrap(), "eth0".into()),
+            ("172.17.0.1".parse().unwrap(), "docker0".into()),
+            ("172.30.0.1".parse().unwrap(), "br-ccc0901072c6".into()),
+        ],
+        routes: vec![
+            walk::RouteFact {
+                net: "172.17.0.0/16".parse().unwrap(),
+                dev: "docker0".into(),
+                src: None,
+            },
+            walk::RouteFact {
+                net: "172.30.0.0/24".parse().unwrap(),
+                dev: "br-ccc0901072c6".into(),
+                src: None,
+            },
+            walk::RouteFact {
+                net: "192.0.2.0/24".parse().unwrap(),
+                dev: "eth0".into(),
+                src: None,
+            },
+            walk::RouteFact {
+                net: "0.0.0.0/0".parse().unwrap(),
+                dev: "eth0".into(),
+                src: None,
+            },
+        ],
+        forwarding: Some(true),
+    };
+    let cases = [
+        // (packet, from_host, verdict, final tuple)
+        (
+            "tcp 203.0.113.5:40000 -> 192.0.2.10:8080 in eth0",
+            false,
+            "forwarded",
+            "tcp 203.0.113.5:40000 -> 172.17.0.2:80",
+        ),
+        (
+            "udp 203.0.113.5:40000 -> 192.0.2.10:5353 in eth0",
+            false,
+            "forwarded",
+            "udp 203.0.113.5:40000 -> 172.30.0.2:53",
+        ),
+        (
+            "tcp 203.0.113.5:40000 -> 172.17.0.2:22 in eth0",
+            false,
+            "dropped",
+            "tcp 203.0.113.5:40000 -> 172.17.0.2:22",
+        ),
+        // container on the other network: RETURN before the DNAT, so it reaches the host itself
+        (
+            "tcp 172.30.0.2:40000 -> 192.0.2.10:8080 in br-ccc0901072c6",
+            false,
+            "accepted-local",
+            "tcp 172.30.0.2:40000 -> 192.0.2.10:8080",
+        ),
+        // container to the internet: masqueraded behind eth0's address
+        (
+            "tcp 172.17.0.2:40000 -> 198.51.100.7:443 in docker0",
+            false,
+            "forwarded",
+            "tcp 192.0.2.10:40000 -> 198.51.100.7:443",
+        ),
+        (
+            "tcp 192.0.2.10:40000 -> 192.0.2.10:8080",
+            true,
+            "sent",
+            "tcp 192.0.2.10:40000 -> 172.17.0.2:80",
+        ),
+        (
+            "tcp 127.0.0.1:40000 -> 127.0.0.1:9090",
+            true,
+            "accepted-local",
+            "tcp 127.0.0.1:40000 -> 127.0.0.1:9090",
+        ),
+    ];
+    for (spec, from_host, verdict, tuple) in cases {
+        let mut p = walk::Packet::parse(spec).unwrap();
+        p.from_host = from_host;
+        let w = walk::walk(&rs, &p, &facts);
+        assert_eq!(w.verdict, verdict, "{spec}: {w:#?}");
+        assert_eq!(w.final_tuple, tuple, "{spec}: {w:#?}");
+    }
+}
+
+#[test]
+fn golden_real_docker_container_dns() {
+    let rs = load("docker-container-dns.iptables-save");
+    let s = explain::summarize(&rs);
+    assert_eq!(s.recognised[0].system, "docker-dns");
+    assert_eq!(s.published.len(), 2);
+    assert_eq!(
+        s.published[1].sentence,
+        "UDP to 127.0.0.11 port 53, from this host itself, is sent to 127.0.0.11:45340."
+    );
+    // A query from inside the container: DNAT to the resolver's port; the reply gets :53 back.
+    let mut q = walk::Packet::parse("udp 127.0.0.1:33333 -> 127.0.0.11:53").unwrap();
+    q.from_host = true;
+    let w = walk::walk(&rs, &q, &walk::LocalFacts::default());
+    assert_eq!(w.final_tuple, "udp 127.0.0.1:33333 -> 127.0.0.11:45340");
+    assert_eq!(w.verdict, "accepted-local");
+}
