@@ -524,3 +524,124 @@ fn retries_from_new_ports_fold_into_one_lookup() {
     assert_eq!(gone["status"], "timeout");
     assert_eq!(gone["retries"], 1);
 }
+
+/// Docker's embedded-DNS pattern built by hand in the client namespace: nat OUTPUT DNATs
+/// 127.0.0.11:53 to 127.0.0.11:PORT, POSTROUTING SNATs the reply back to :53, and a resolver
+/// (dnsmasq) listens on 127.0.0.11:PORT forwarding to the lab's server.
+fn docker_style_resolver(lab: &DnsLab, port: u16) -> ChildGuard {
+    let ns = &lab.client.name;
+    let to = format!("127.0.0.11:{port}");
+    let p = port.to_string();
+    for proto in ["udp", "tcp"] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            "127.0.0.11/32",
+            "-p",
+            proto,
+            "--dport",
+            "53",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            "127.0.0.11/32",
+            "-p",
+            proto,
+            "--sport",
+            &p,
+            "-j",
+            "SNAT",
+            "--to-source",
+            ":53",
+        ]);
+    }
+    let guard = lab.client.spawn(&[
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.11",
+        &format!("--port={port}"),
+        "--server=10.53.0.1",
+        "--pid-file=",
+        "--log-facility=/dev/null",
+    ]);
+    wait_for("the docker-style resolver", 10, || {
+        lab.dig(&["+short", "+tries=1", "+timeout=1", "@127.0.0.11", "a.test"])
+            .contains("10.1.2.3")
+    });
+    guard
+}
+
+#[test]
+fn docker_embedded_dns_is_one_lookup_with_its_upstream_leg() {
+    let lab = DnsLab::new("dnsdk");
+    let _resolver = docker_style_resolver(&lab, 41753);
+    let t = Trace::start(&["--netns", &lab.client.name, "--json", "--count", "4"]);
+    assert!(lab
+        .dig(&["+short", "@127.0.0.11", "www.a.test"])
+        .contains("10.1.2.3"));
+    assert!(lab
+        .dig(&["+tcp", "@127.0.0.11", "nope.test"])
+        .contains("NXDOMAIN"));
+    let (lookups, summary) = t.json();
+    assert_eq!(lookups.len(), 4, "{lookups:#?}");
+    let clients: Vec<&Value> = lookups
+        .iter()
+        .filter(|l| l["server"] == "127.0.0.11:53")
+        .collect();
+    assert_eq!(
+        clients.len(),
+        2,
+        "one lookup per query to 127.0.0.11:53: {lookups:#?}"
+    );
+    for c in &clients {
+        assert_eq!(c["status"], "answered", "{c}");
+        assert_eq!(c["server_real"], "127.0.0.11:41753");
+        assert_eq!(c["upstream"].as_array().unwrap().len(), 1, "{c}");
+        assert_eq!(c["upstream"][0]["server"], "10.53.0.1:53");
+    }
+    let www = clients.iter().find(|l| l["name"] == "www.a.test").unwrap();
+    assert_eq!(www["transport"], "udp");
+    assert_eq!(www["rcode"], "NOERROR");
+    assert_eq!(www["upstream"][0]["rcode"], "NOERROR");
+    let nx: Vec<&Value> = lookups
+        .iter()
+        .filter(|l| l["name"] == "nope.test")
+        .collect();
+    let nx_client = nx.iter().find(|l| l["server"] == "127.0.0.11:53").unwrap();
+    assert_eq!(nx_client["transport"], "tcp");
+    assert_eq!(nx_client["rcode"], "NXDOMAIN");
+    assert_eq!(nx_client["upstream"][0]["rcode"], "NXDOMAIN");
+    // The resolver's own queries are linked back to the client they served.
+    for up in lookups.iter().filter(|l| l["server"] == "10.53.0.1:53") {
+        let client = up["on_behalf_of"].as_str().expect("linked upstream");
+        assert!(clients.iter().any(|c| c["client"] == client), "{up}");
+    }
+    let aliases = summary["sources"][0]["aliases"].as_array().unwrap();
+    assert!(aliases
+        .iter()
+        .any(|a| a["real"] == "127.0.0.11:41753" && a["transport"] == "udp"));
+}

@@ -139,6 +139,8 @@ pub struct SourceStats {
     /// Pairing counters.
     #[serde(flatten)]
     pub pairing: PairStats,
+    /// Server addresses shown as another (Docker's resolver port shown as 127.0.0.11:53).
+    pub aliases: Vec<Alias>,
 }
 
 /// When a live trace stops by itself.
@@ -285,6 +287,7 @@ fn stats_of(s: &mut Source) -> SourceStats {
         frames,
         kernel_drops,
         pairing: s.pipe.pairer.stats.clone(),
+        aliases: s.aliases.clone(),
     }
 }
 
@@ -332,5 +335,6 @@ pub fn read_file(
         frames: total,
         kernel_drops: 0,
         pairing: pipe.pairer.stats.clone(),
+        aliases: aliases.to_vec(),
     })
 }
