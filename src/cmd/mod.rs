@@ -3,8 +3,12 @@
 pub mod dns;
 pub mod doctor;
 pub mod explain_nat;
+pub mod lab_daemon;
 pub mod netns;
 pub mod peer;
+pub mod serve;
+pub mod setup;
+pub mod teardown;
 pub mod topology;
 
 use crate::cli::{Cli, Command};
@@ -18,6 +22,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Dns(a) => dns::run(a),
         Command::Topology(a) => topology::run(a),
         Command::ExplainNat(a) => explain_nat::run(a),
+        Command::Setup(a) => setup::run(a),
+        Command::Teardown(a) => teardown::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::LabDaemon(a) => lab_daemon::run(a),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

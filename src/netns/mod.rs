@@ -4,10 +4,12 @@
 //! sane: a namespace switch (setns) happens only on a fresh OS thread made by [`NetNs::run`],
 //! never on a thread that anything else uses (tokio workers included).
 
+pub mod configure;
 pub mod discover;
 pub mod docker;
 pub mod exec;
 pub mod links;
+pub mod named;
 pub mod peers;
 pub mod rtnl;
 pub mod sockets;

@@ -1,0 +1,282 @@
+//! `nettool setup [LABFILE]`: bring a Docker-style lab up (or print its plan).
+
+use anyhow::Context;
+use clap::CommandFactory;
+
+use crate::cli::{BackendArg, Cli, SetupArgs};
+use crate::lab::apply::{self, LabError};
+use crate::lab::plan::{self, Options, ProxyMode, Step};
+use crate::lab::spec::{self, Backend};
+use crate::lab::state::{self, LabState};
+use crate::output::{paint, print_json, Table};
+
+/// True when this build has the `nettool proxy` command the userland-proxy mode starts.
+pub fn proxy_available() -> bool {
+    Cli::command().find_subcommand("proxy").is_some()
+}
+
+/// Run `setup`.
+pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
+    let spec = match &a.labfile {
+        Some(p) => spec::load(p),
+        None => spec::default_lab(),
+    };
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nettool: {e}");
+            return Ok(2);
+        }
+    };
+    if let Some(n) = &a.name {
+        if !spec::valid_name(n) {
+            eprintln!("nettool: --name '{n}': use 1-48 letters, digits, '-', '_', '.' starting with a letter or digit");
+            return Ok(2);
+        }
+    }
+    let proxy = if a.no_userland_proxy {
+        ProxyMode::Off
+    } else if a.docker_style_proxies {
+        ProxyMode::DockerStyle
+    } else if spec.userland_proxy == Some(false) {
+        ProxyMode::Off
+    } else {
+        ProxyMode::Single
+    };
+    let has_ports = spec.containers.iter().any(|c| !c.ports.is_empty());
+    if proxy != ProxyMode::Off && has_ports && !proxy_available() && !a.dry_run {
+        eprintln!(
+            "nettool: the userland proxy (`nettool proxy`) is not part of this build yet, so published ports\n\
+             cannot be served to localhost the way dockerd's docker-proxy does. Use --no-userland-proxy\n\
+             (Docker's hairpin mode: DNAT from OUTPUT plus route_localnet) or set userland_proxy = false in [lab]."
+        );
+        return Ok(2);
+    }
+    let backend = a
+        .backend
+        .map(|b| match b {
+            BackendArg::Iptables => Backend::Iptables,
+            BackendArg::Nftables => Backend::Nftables,
+        })
+        .or(spec.backend)
+        .unwrap_or(Backend::Iptables);
+    let opts = Options {
+        name: a.name.clone(),
+        isolated: a.isolated,
+        backend: Some(backend),
+        proxy,
+    };
+    if a.dry_run {
+        let base = backend == Backend::Iptables
+            && nix::unistd::geteuid().is_root()
+            && apply::find_tool("iptables-save").is_some()
+            && apply::base_chains_exist(a.isolated);
+        let p = plan::plan(&spec, &opts, base);
+        if a.json {
+            print_json(&p)?;
+        } else {
+            print!("{}", render_plan(&p));
+        }
+        return Ok(0);
+    }
+    apply::preflight(backend)?;
+    let base = backend == Backend::Iptables && apply::base_chains_exist(a.isolated);
+    let p = plan::plan(&spec, &opts, base);
+    match apply::setup(&p) {
+        Ok(st) => {
+            if a.json {
+                print_json(&st)?;
+            } else {
+                print!("{}", render_up(&st, false));
+            }
+            Ok(0)
+        }
+        Err(LabError::AlreadyUp(name)) => {
+            let st = state::load(&name).with_context(|| format!("lab {name}"))?;
+            if a.json {
+                print_json(&st)?;
+            } else {
+                print!("{}", render_up(&st, true));
+            }
+            Ok(0)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The plan as numbered steps, the way --dry-run prints it.
+pub fn render_plan(p: &plan::Plan) -> String {
+    let mut s = format!(
+        "# lab {} from {} ({} steps; nothing is changed by --dry-run)\n",
+        p.name,
+        p.spec.source,
+        p.steps.len()
+    );
+    for (i, step) in p.steps.iter().enumerate() {
+        let text = step.describe(&p.state.host_netns);
+        s.push_str(&format!("step-{}: {}\n", i + 1, text));
+        if let Step::Firewall { .. } = step {
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn render_up(st: &LabState, already: bool) -> String {
+    let mut s = String::new();
+    let host = match &st.host_netns {
+        Some(h) => format!("host namespace {h}"),
+        None => "this namespace as host".into(),
+    };
+    let head = if already {
+        format!("lab {} is already up ({host})", st.name)
+    } else {
+        format!("lab {} is up ({host})", st.name)
+    };
+    s.push_str(&format!(
+        "{}, firewall {}, userland proxy {}\n\n",
+        paint(&head, "1"),
+        st.backend,
+        st.userland_proxy
+    ));
+    let mut t = Table::new(&["NETWORK", "BRIDGE", "SUBNET", "GATEWAY", "DNS"]);
+    for n in &st.networks {
+        let mut subnet = n.subnet.to_string();
+        if let Some(v6) = n.ipv6 {
+            subnet.push_str(&format!(" {v6}"));
+        }
+        t.row(vec![
+            n.name.clone(),
+            n.bridge.clone(),
+            subnet,
+            n.gateway.to_string(),
+            if n.dns {
+                "127.0.0.11".into()
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    s.push_str(&t.render());
+    s.push('\n');
+    let mut t = Table::new(&[
+        "CONTAINER",
+        "NETNS",
+        "MODE",
+        "IFACE",
+        "ADDRESS",
+        "HOST VETH",
+        "RUN",
+    ]);
+    for c in &st.containers {
+        let netns = c.netns.clone().unwrap_or_else(|| "(host)".into());
+        let run = c.run.clone().unwrap_or_else(|| "-".into());
+        if c.networks.is_empty() {
+            t.row(vec![
+                c.name.clone(),
+                netns,
+                c.mode.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                run,
+            ]);
+            continue;
+        }
+        for (k, i) in c.networks.iter().enumerate() {
+            let mut addr = i.address.to_string();
+            if let Some(v6) = i.address6 {
+                addr.push_str(&format!(" {v6}"));
+            }
+            let first = k == 0;
+            t.row(vec![
+                if first { c.name.clone() } else { String::new() },
+                if first { netns.clone() } else { String::new() },
+                if first { c.mode.clone() } else { String::new() },
+                i.interface.clone(),
+                addr,
+                i.host_veth.clone(),
+                if first { run.clone() } else { String::new() },
+            ]);
+        }
+    }
+    s.push_str(&t.render());
+    if !st.ports.is_empty() {
+        s.push('\n');
+        let mut t = Table::new(&["PUBLISHED", "CONTAINER", "TARGET"]);
+        for p in &st.ports {
+            t.row(vec![
+                format!("{}:{}/{}", p.host_ip, p.host_port, p.proto),
+                p.container.clone(),
+                format!("{}:{}", p.container_ip, p.container_port),
+            ]);
+        }
+        s.push_str(&t.render());
+    }
+    s.push_str(&format!(
+        "\nState, journal and logs: {}\n\nTry next:\n",
+        st.state_dir
+    ));
+    let exec = |ns: &Option<String>| match ns {
+        Some(h) => format!("ip netns exec {h} "),
+        None => String::new(),
+    };
+    let hx = exec(&st.host_netns);
+    if let Some(p) = st.ports.first() {
+        let target = if p.host_ip.is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            p.host_ip.to_string()
+        };
+        if p.proto == spec::Proto::Tcp {
+            s.push_str(&format!(
+                "  {hx}curl -s http://{target}:{}/            # {} through the published port\n",
+                p.host_port, p.container
+            ));
+        }
+        s.push_str(&format!("  {hx}nettool explain-nat                     # the DNAT/MASQUERADE rules in plain words\n"));
+        s.push_str(&format!(
+            "  {hx}nettool doctor {}                      # why the port does (not) reach {}\n",
+            p.host_port, p.container
+        ));
+        s.push_str(&format!("  {hx}nettool proxy --dump 9{:03} {}:{}   # watch the traffic through a tracing proxy\n", p.host_port % 1000, p.container_ip, p.container_port));
+    }
+    // A pair of containers on one DNS network, to show name resolution.
+    let dns_pair = st.networks.iter().filter(|n| n.dns).find_map(|n| {
+        let on: Vec<_> = st
+            .containers
+            .iter()
+            .filter(|c| c.networks.iter().any(|i| i.network == n.name))
+            .collect();
+        (on.len() >= 2).then(|| (on[on.len() - 1].clone(), on[0].clone()))
+    });
+    if let Some((from, to)) = dns_pair {
+        let fx = exec(&from.netns);
+        s.push_str(&format!(
+            "  {fx}dig +short @127.0.0.11 {}   # the embedded DNS\n",
+            to.name
+        ));
+        if to.run.as_deref().is_some_and(|r| r.contains("serve http")) {
+            s.push_str(&format!(
+                "  {fx}curl -s http://{}/          # by name\n",
+                to.name
+            ));
+        }
+        s.push_str(&format!(
+            "  nettool dns --netns {}                # DNS queries and answers as they happen\n",
+            from.netns.clone().unwrap_or_default()
+        ));
+    }
+    if let Some(c) = st.containers.iter().find(|c| !c.networks.is_empty()) {
+        s.push_str(&format!(
+            "  nettool peer {}                        # which container is behind this veth\n",
+            c.networks[0].host_veth
+        ));
+        s.push_str(&format!(
+            "  nettool netns inspect {}\n",
+            c.netns.clone().unwrap_or_default()
+        ));
+    }
+    s.push_str(&format!("  nettool teardown {}\n", st.name));
+    s
+}

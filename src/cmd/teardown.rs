@@ -1,0 +1,31 @@
+//! `nettool teardown NAME`: remove a lab exactly as its journal says.
+
+use crate::cli::TeardownArgs;
+use crate::lab::apply;
+use crate::output::print_json;
+
+/// Run `teardown`.
+pub fn run(a: TeardownArgs) -> anyhow::Result<i32> {
+    let rep = apply::teardown(&a.name)?;
+    if a.json {
+        print_json(&rep)?;
+        return Ok(0);
+    }
+    if !rep.existed {
+        println!("no lab named {} is up; nothing to do", a.name);
+        return Ok(0);
+    }
+    println!(
+        "lab {} removed: {} namespaces, {} links, {} processes, {} firewall rule sets, {} sysctls restored",
+        rep.name,
+        rep.namespaces.len(),
+        rep.links.len(),
+        rep.processes.len(),
+        rep.firewall,
+        rep.sysctls.len()
+    );
+    for w in &rep.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(0)
+}

@@ -1,0 +1,15 @@
+//! `nettool setup` / `teardown`: a complete Docker-style bridge network lab without Docker.
+//!
+//! [`spec`] reads the lab file, [`plan`] turns it into steps, [`firewall`] writes the rules as
+//! text, [`apply`] carries the plan out with a journal and rollback, [`state`] is what a
+//! running lab looks like (state.json, read by other tests), [`daemon`] + [`resolver`] serve the
+//! embedded DNS and the lab's services, [`serve`] holds the tiny built-in services.
+
+pub mod apply;
+pub mod daemon;
+pub mod firewall;
+pub mod plan;
+pub mod resolver;
+pub mod serve;
+pub mod spec;
+pub mod state;

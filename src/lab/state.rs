@@ -1,0 +1,359 @@
+//! What a lab is once it is up (state.json, the contract other tests read) and the journal
+//! of everything created (journal.jsonl, what teardown undoes), under /run/nettool/<NAME>/.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use super::spec::{Backend, Proto};
+
+/// Where every lab keeps its state.
+pub const STATE_ROOT: &str = "/run/nettool";
+
+/// Errors reading or writing lab state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No lab with that name is up.
+    #[error(
+        "no lab named '{0}' (nothing under {STATE_ROOT}/{0}); `ls {STATE_ROOT}` lists the labs"
+    )]
+    NotFound(String),
+    /// A state file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A state file is not what this version wrote.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The decode error.
+        message: String,
+    },
+}
+
+fn io(path: &Path, source: std::io::Error) -> StateError {
+    StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The state directory of lab `name`.
+pub fn dir(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(name)
+}
+
+/// One network of a running lab.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkState {
+    /// Network name from the lab file.
+    pub name: String,
+    /// The Linux bridge, in the lab's host namespace.
+    pub bridge: String,
+    /// IPv4 subnet.
+    pub subnet: Ipv4Net,
+    /// Gateway address on the bridge.
+    pub gateway: Ipv4Addr,
+    /// IPv6 subnet, when enabled.
+    pub ipv6: Option<Ipv6Net>,
+    /// IPv6 gateway, when enabled.
+    pub gateway6: Option<Ipv6Addr>,
+    /// Embedded DNS on this network.
+    pub dns: bool,
+    /// Internal network (no way out).
+    pub internal: bool,
+    /// Where the embedded DNS forwards unknown names (null: it answers NXDOMAIN).
+    pub upstream: Option<std::net::SocketAddr>,
+}
+
+/// One interface of a container on one network.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InterfaceState {
+    /// Network name.
+    pub network: String,
+    /// Interface name inside the container (eth0, eth1...).
+    pub interface: String,
+    /// IPv4 address.
+    pub address: Ipv4Addr,
+    /// IPv6 address, when the network has IPv6.
+    pub address6: Option<Ipv6Addr>,
+    /// The veth end on the host side, enslaved to the network's bridge.
+    pub host_veth: String,
+}
+
+/// One container of a running lab.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerState {
+    /// Container name.
+    pub name: String,
+    /// Named namespace it runs in (`ip netns exec NETNS ...`); null for host mode in a
+    /// non-isolated lab (the caller's namespace).
+    pub netns: Option<String>,
+    /// bridge, host, none or container:NAME.
+    pub mode: String,
+    /// One entry per network joined.
+    pub networks: Vec<InterfaceState>,
+    /// Extra DNS names.
+    pub aliases: Vec<String>,
+    /// The command started inside, if any.
+    pub run: Option<String>,
+}
+
+/// One published port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PortState {
+    /// tcp or udp.
+    pub proto: Proto,
+    /// Host address (0.0.0.0 = all).
+    pub host_ip: IpAddr,
+    /// Host port.
+    pub host_port: u16,
+    /// Container name.
+    pub container: String,
+    /// Container address the DNAT goes to.
+    pub container_ip: Ipv4Addr,
+    /// Container port.
+    pub container_port: u16,
+}
+
+/// A process the lab started and teardown stops.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessState {
+    /// What it is: "daemon", "proxy", "service:web".
+    pub role: String,
+    /// Process id.
+    pub pid: u32,
+    /// Its log file.
+    pub log: Option<String>,
+}
+
+/// The whole lab as `setup --json` prints it and state.json keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LabState {
+    /// Lab name.
+    pub name: String,
+    /// The lab file it came from, or `<default lab>`.
+    pub source: String,
+    /// The named namespace acting as the lab's host (`--isolated`), or null for the caller's.
+    pub host_netns: Option<String>,
+    /// Firewall backend.
+    pub backend: Backend,
+    /// Userland proxy mode: "off", "single" (one `nettool proxy`) or "docker-style" (one per port).
+    pub userland_proxy: String,
+    /// Networks.
+    pub networks: Vec<NetworkState>,
+    /// Containers.
+    pub containers: Vec<ContainerState>,
+    /// Published ports.
+    pub ports: Vec<PortState>,
+    /// Pids of the userland proxies.
+    pub proxy_pids: Vec<u32>,
+    /// Every process the lab started (daemon, proxies, services).
+    pub processes: Vec<ProcessState>,
+    /// The state directory (logs live here too).
+    pub state_dir: String,
+}
+
+impl LabState {
+    /// The container called `name`.
+    pub fn container(&self, name: &str) -> Option<&ContainerState> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+    /// The network called `name`.
+    pub fn network(&self, name: &str) -> Option<&NetworkState> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+}
+
+/// Which namespace an undo record acts in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Where {
+    /// The lab's host namespace (the named one when isolated, else the caller's).
+    Host,
+    /// A named namespace.
+    Netns(String),
+}
+
+/// One journal record: what was (about to be) created and how to undo it.
+/// Records are written before the action, so an interrupted action is still undone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Undo {
+    /// A named namespace: unmount and remove.
+    Netns {
+        /// Its name.
+        name: String,
+    },
+    /// A link: delete it.
+    Link {
+        /// Where it lives.
+        at: Where,
+        /// Its name.
+        name: String,
+        /// A namespace whose deletion removes this link too (a veth's peer side).
+        dies_with: Option<String>,
+    },
+    /// A sysctl we changed: write the old value back.
+    Sysctl {
+        /// Where.
+        at: Where,
+        /// Dotted name.
+        name: String,
+        /// The value before.
+        old: String,
+    },
+    /// Firewall rules: apply `undo` (deletes exactly what was added).
+    Firewall {
+        /// Where.
+        at: Where,
+        /// Which tool.
+        backend: Backend,
+        /// iptables-restore / nft text that removes the lab's rules.
+        undo: String,
+    },
+    /// A directory we created (e.g. /etc/netns/NAME): remove it recursively.
+    Dir {
+        /// The path.
+        path: String,
+    },
+    /// A process: SIGTERM, then SIGKILL.
+    Process {
+        /// What it is.
+        role: String,
+        /// Its pid.
+        pid: u32,
+        /// /proc/PID/stat start time, so a reused pid is never killed.
+        start_time: u64,
+    },
+}
+
+/// The host namespace identity recorded at setup (non-isolated labs are torn down from there).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostRecord {
+    /// The named host namespace when isolated.
+    pub netns: Option<String>,
+    /// Inode of the host namespace.
+    pub inode: u64,
+}
+
+/// Append-only journal at /run/nettool/<NAME>/journal.jsonl.
+pub struct Journal {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Journal {
+    /// Create the state directory and an empty journal for lab `name` (fails when it exists).
+    pub fn create(name: &str, host: &HostRecord) -> Result<Self, StateError> {
+        let d = dir(name);
+        std::fs::create_dir_all(STATE_ROOT).map_err(|e| io(Path::new(STATE_ROOT), e))?;
+        std::fs::create_dir(&d).map_err(|e| io(&d, e))?;
+        let hp = d.join("host.json");
+        std::fs::write(
+            &hp,
+            serde_json::to_vec(host).expect("host record serializes"),
+        )
+        .map_err(|e| io(&hp, e))?;
+        let path = d.join("journal.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        Ok(Journal { path, file })
+    }
+
+    /// Record one undo step (before doing the action it undoes).
+    pub fn record(&mut self, undo: &Undo) -> Result<(), StateError> {
+        let mut line = serde_json::to_vec(undo).expect("undo serializes");
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(|e| io(&self.path, e))
+    }
+}
+
+/// Read lab `name`'s journal (records in creation order). A torn last line is ignored.
+pub fn read_journal(name: &str) -> Result<Vec<Undo>, StateError> {
+    let path = dir(name).join("journal.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&path, e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// The host record of lab `name`, if any.
+pub fn read_host(name: &str) -> Option<HostRecord> {
+    let p = dir(name).join("host.json");
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// True when lab `name` has a state directory (up, or half up).
+pub fn exists(name: &str) -> bool {
+    dir(name).exists()
+}
+
+/// Write state.json for a lab that is up.
+pub fn save(state: &LabState) -> Result<(), StateError> {
+    let p = dir(&state.name).join("state.json");
+    let tmp = p.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(state).expect("state serializes"),
+    )
+    .map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &p).map_err(|e| io(&p, e))
+}
+
+/// Load the state of lab `name` (what `setup --json` printed).
+pub fn load(name: &str) -> Result<LabState, StateError> {
+    let p = dir(name).join("state.json");
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StateError::NotFound(name.into()))
+        }
+        Err(e) => return Err(io(&p, e)),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+        path: p,
+        message: e.to_string(),
+    })
+}
+
+/// Names of every lab with a state directory.
+pub fn list() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(STATE_ROOT)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The start time (field 22 of /proc/PID/stat) of a live, non-zombie process.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}

@@ -1,0 +1,574 @@
+//! `nettool setup` / `teardown` / `serve`: real labs in isolated host namespaces (or in a
+//! TestNs standing in for the host), real curl/dig/getent/socat/iptables-save as peers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::*;
+
+/// A lab that is torn down on drop (panic included).
+struct Lab {
+    name: String,
+    /// Run nettool inside this namespace (non-isolated labs built in a TestNs "host").
+    host: Option<String>,
+}
+
+fn nettool_in(host: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let exe = env!("CARGO_BIN_EXE_nettool");
+    let mut cmd = match host {
+        // nsenter, not `ip netns exec`: the lab's namespace mounts must stay visible outside.
+        Some(h) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{h}")).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.args(args).env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run nettool")
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Lab {
+    /// `setup --isolated --name nt-test-... ARGS --json`.
+    fn isolated(tag: &str, args: &[&str]) -> (Lab, serde_json::Value) {
+        let name = unique(tag);
+        let mut a = vec!["setup", "--isolated", "--name", &name, "--json"];
+        a.extend_from_slice(args);
+        let lab = Lab {
+            name: name.clone(),
+            host: None,
+        };
+        let v = nettool_json(&a);
+        (lab, v)
+    }
+
+    /// `nsenter --net=HOST nettool setup --name nt-test-... ARGS --json` (HOST acts as the host).
+    fn in_host(tag: &str, host: &TestNs, args: &[&str]) -> (Lab, serde_json::Value) {
+        let name = unique(tag);
+        let mut a = vec!["setup", "--name", &name, "--json"];
+        a.extend_from_slice(args);
+        let lab = Lab {
+            name: name.clone(),
+            host: Some(host.name.clone()),
+        };
+        let out = nettool_in(Some(&host.name), &a, &[]);
+        assert!(out.status.success(), "setup failed: {}", text(&out));
+        let v = serde_json::from_slice(&out.stdout).expect("json");
+        (lab, v)
+    }
+
+    fn ns(&self, container: &str) -> String {
+        format!("{}-{container}", self.name)
+    }
+
+    fn teardown(&self) -> String {
+        let out = nettool_in(self.host.as_deref(), &["teardown", &self.name], &[]);
+        assert!(out.status.success(), "teardown failed: {}", text(&out));
+        text(&out)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = nettool_in(self.host.as_deref(), &["teardown", &self.name], &[]);
+    }
+}
+
+/// Run argv inside namespace `ns` via `ip netns exec` (which applies /etc/netns/NS).
+fn exec(ns: &str, argv: &[&str]) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(argv)
+        .output()
+        .expect("ip netns exec");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+fn curl(ns: &str, url: &str) -> String {
+    let (ok, body) = exec(ns, &["curl", "-s", "-m", "5", url]);
+    assert!(ok, "curl {url} from {ns} failed");
+    body
+}
+
+fn write_lab(body: &str) -> tempfile_path::Path {
+    tempfile_path::Path::new(body)
+}
+
+/// A lab file in /tmp removed on drop.
+mod tempfile_path {
+    pub struct Path(pub std::path::PathBuf);
+    impl Path {
+        pub fn new(body: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("{}.toml", super::unique("lab")));
+            std::fs::write(&p, body).unwrap();
+            Path(p)
+        }
+        pub fn s(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn default_lab_dnat_dns_hairpin_localnet() {
+    let (lab, v) = Lab::isolated("dflt", &["--no-userland-proxy"]);
+    // The JSON contract.
+    assert_eq!(v["name"], lab.name.as_str());
+    assert_eq!(v["host_netns"], lab.name.as_str());
+    assert_eq!(v["backend"], "iptables");
+    let web = v["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "web")
+        .unwrap();
+    assert_eq!(web["netns"], lab.ns("web").as_str());
+    assert_eq!(web["networks"][0]["address"], "172.19.0.2");
+    assert_eq!(web["networks"][0]["interface"], "eth0");
+    assert!(web["networks"][0]["host_veth"]
+        .as_str()
+        .unwrap()
+        .starts_with("veth"));
+    assert_eq!(v["ports"][0]["host_port"], 8080);
+    assert_eq!(v["networks"][0]["subnet"], "172.19.0.0/16");
+    let st = nettool::lab::state::load(&lab.name).unwrap();
+    assert_eq!(
+        st.container("web").unwrap().networks[0].address.to_string(),
+        "172.19.0.2"
+    );
+
+    let host = &lab.name;
+    // Host -> host address:8080 -> DNAT -> web.
+    assert_eq!(curl(host, "http://172.19.0.1:8080/"), "hello from web");
+    // localhost:8080 through route_localnet + OUTPUT DNAT (no userland proxy).
+    assert_eq!(curl(host, "http://127.0.0.1:8080/"), "hello from web");
+    // Embedded DNS from a second container: dig @127.0.0.11 and a plain libc lookup.
+    let client = lab.ns("client");
+    let (_, a) = exec(
+        &client,
+        &["dig", "+short", "+time=2", "+tries=2", "@127.0.0.11", "app"],
+    );
+    assert_eq!(a, "172.20.0.2");
+    let (_, a) = exec(
+        &client,
+        &["dig", "+short", "+tcp", "+time=2", "@127.0.0.11", "api"],
+    );
+    assert_eq!(a, "172.20.0.2", "alias over TCP");
+    let (ok, a) = exec(&client, &["getent", "hosts", "app"]);
+    assert!(ok && a.starts_with("172.20.0.2"), "getent: {a}");
+    let (_, a) = exec(&client, &["dig", "+time=2", "@127.0.0.11", "no-such-name"]);
+    assert!(a.contains("NXDOMAIN"), "{a}");
+    let (_, a) = exec(
+        &client,
+        &[
+            "dig",
+            "+short",
+            "+time=2",
+            "@127.0.0.11",
+            "-x",
+            "172.20.0.2",
+        ],
+    );
+    assert_eq!(a, "app.");
+    // By name to a service.
+    assert_eq!(curl(&client, "http://app/"), "hello from app");
+    // By published port through the gateway (hairpin / cross-network DNAT), and web to itself.
+    assert_eq!(curl(&client, "http://172.20.0.1:8080/"), "hello from web");
+    assert_eq!(
+        curl(&lab.ns("web"), "http://172.19.0.1:8080/"),
+        "hello from web"
+    );
+
+    // Re-running setup is a no-op that says so.
+    let out = nettool(&[
+        "setup",
+        "--isolated",
+        "--name",
+        &lab.name,
+        "--no-userland-proxy",
+    ]);
+    assert!(out.status.success());
+    assert!(text(&out).contains("already up"), "{}", text(&out));
+
+    let t = lab.teardown();
+    assert!(t.contains("removed"), "{t}");
+    assert!(!netns_names()
+        .iter()
+        .any(|n| n == &lab.name || n.starts_with(&format!("{}-", lab.name))));
+    assert!(!std::path::Path::new(&format!("/etc/netns/{}", lab.ns("client"))).exists());
+    assert!(!std::path::Path::new(&format!("/run/nettool/{}", lab.name)).exists());
+    let t = lab.teardown();
+    assert!(t.contains("nothing to do"), "{t}");
+}
+
+/// iptables-save lines of the nat and filter tables, as a multiset: chain declarations and
+/// rules with -I written as -A (order inside a chain is checked by the traffic tests).
+fn rule_lines(text: &str) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    let mut table = String::new();
+    for l in text.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            table = t.to_string();
+            continue;
+        }
+        if table != "nat" && table != "filter" {
+            continue;
+        }
+        let key = if let Some(r) = l.strip_prefix("-I ") {
+            format!("{table} -A {r}")
+        } else if l.starts_with("-A ") {
+            format!("{table} {l}")
+        } else if let Some(c) = l.strip_prefix(':') {
+            let chain = c.split_whitespace().next().unwrap_or_default();
+            if ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"].contains(&chain) {
+                continue;
+            }
+            format!("{table} :{chain}")
+        } else {
+            continue;
+        };
+        *m.entry(key).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn iptables_save_matches_dry_run_golden_text() {
+    let name = unique("gold");
+    let dry = nettool_ok(&["setup", "--dry-run", "--isolated", "--name", &name]);
+    let fw = dry
+        .split("<<'EOF'\n")
+        .nth(1)
+        .and_then(|s| s.split("\nEOF").next())
+        .expect("firewall text in the dry run");
+    // The userland proxy may not exist yet; compare the hairpin mode when it does not.
+    let mode: &[&str] = if nettool(&["proxy", "--help"]).status.success() {
+        &[]
+    } else {
+        &["--no-userland-proxy"]
+    };
+    let dry = if mode.is_empty() {
+        dry.clone()
+    } else {
+        nettool_ok(&[
+            "setup",
+            "--dry-run",
+            "--isolated",
+            "--name",
+            &name,
+            "--no-userland-proxy",
+        ])
+    };
+    let fw2 = dry
+        .split("<<'EOF'\n")
+        .nth(1)
+        .and_then(|s| s.split("\nEOF").next())
+        .unwrap();
+    assert!(fw.contains("-j DNAT --to-destination 172.19.0.2:80"));
+    let mut args = vec!["setup", "--isolated", "--name", &name];
+    args.extend_from_slice(mode);
+    let lab = Lab {
+        name: name.clone(),
+        host: None,
+    };
+    nettool_ok(&args);
+    let saved = sh(&["ip", "netns", "exec", &name, "iptables-save"]);
+    assert_eq!(
+        rule_lines(&saved),
+        rule_lines(fw2),
+        "iptables-save:\n{saved}\n--dry-run:\n{fw2}"
+    );
+    drop(lab);
+}
+
+/// Everything about a namespace that setup may touch, normalised for comparison.
+fn snapshot(ns: &TestNs) -> String {
+    let links = ns.ip(&["-o", "link", "show"]);
+    let addrs = ns.ip(&["-o", "addr", "show"]);
+    let routes = ns.ip(&["route", "show", "table", "all"]);
+    let saved = sh(&["ip", "netns", "exec", &ns.name, "iptables-save"]);
+    // Tables with only built-in chains at policy ACCEPT and no rules equal "no table".
+    let mut tables: Vec<String> = Vec::new();
+    let mut cur: Vec<String> = Vec::new();
+    for l in saved.lines().filter(|l| !l.starts_with('#')) {
+        if l.starts_with('*') {
+            cur = vec![l.to_string()];
+        } else if l == "COMMIT" {
+            let builtin = |l: &str| {
+                ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"]
+                    .iter()
+                    .any(|b| l[1..].starts_with(&format!("{b} ")))
+            };
+            let meaningful = cur.iter().any(|l| {
+                l.starts_with("-A")
+                    || (l.starts_with(':') && (!builtin(l) || !l.ends_with(" ACCEPT")))
+            });
+            if meaningful {
+                tables.push(cur.join("\n"));
+            }
+        } else {
+            cur.push(l.split(" [").next().unwrap_or(l).to_string());
+        }
+    }
+    let sysctls = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "sysctl",
+        "net.ipv4.ip_forward",
+        "net.bridge.bridge-nf-call-iptables",
+        "net.ipv4.conf.all.route_localnet",
+    ]);
+    format!(
+        "{links}\n{addrs}\n{routes}\n{}\n{sysctls}",
+        tables.join("\n")
+    )
+}
+
+#[test]
+fn teardown_restores_host_exactly_and_shared_chains() {
+    let host = TestNs::new("host");
+    // Something of the host's own, which must survive.
+    host.ip(&["link", "add", "keepme0", "type", "bridge"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &host.name,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        "keepme0",
+        "-j",
+        "MASQUERADE",
+    ]);
+    let before = snapshot(&host);
+    let lab_file = write_lab(
+        "[[network]]\nname = \"n1\"\nsubnet = \"10.77.0.0/24\"\n[[container]]\nname = \"a\"\nrun = \"nettool serve http 80\"\nports = [\"8081:80\"]\n[[container]]\nname = \"b\"\nmode = \"container:a\"\n[[container]]\nname = \"c\"\nmode = \"none\"\n",
+    );
+    let (lab1, v) = Lab::in_host("th1", &host, &[lab_file.s(), "--no-userland-proxy"]);
+    assert!(v["host_netns"].is_null());
+    assert_eq!(
+        v["containers"][1]["netns"], v["containers"][0]["netns"],
+        "container:a shares a's namespace"
+    );
+    assert_eq!(curl(&host.name, "http://127.0.0.1:8081/"), "hello from a");
+    // A second lab in the same host shares the NETTOOL chains.
+    let lab_file2 = write_lab("[[network]]\nname = \"n2\"\nsubnet = \"10.78.0.0/24\"\n[[container]]\nname = \"x\"\nrun = \"nettool serve http 80\"\nports = [\"8082:80\"]\n");
+    let (lab2, _) = Lab::in_host("th2", &host, &[lab_file2.s(), "--no-userland-proxy"]);
+    assert_eq!(curl(&host.name, "http://127.0.0.1:8082/"), "hello from x");
+    assert_eq!(
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &host.name,
+            "sysctl",
+            "-n",
+            "net.ipv4.ip_forward"
+        ])
+        .trim(),
+        "1"
+    );
+    lab1.teardown();
+    // lab2 still works after lab1 is gone.
+    assert_eq!(curl(&host.name, "http://127.0.0.1:8082/"), "hello from x");
+    lab2.teardown();
+    assert_eq!(snapshot(&host), before);
+    // Teardown from the wrong namespace is refused, not half-done.
+    let (lab3, _) = Lab::in_host("th3", &host, &[lab_file2.s(), "--no-userland-proxy"]);
+    let other = TestNs::new("other");
+    let out = nettool_in(Some(&other.name), &["teardown", &lab3.name], &[]);
+    assert!(
+        !out.status.success() && text(&out).contains("set up in the network namespace"),
+        "{}",
+        text(&out)
+    );
+    lab3.teardown();
+    assert_eq!(snapshot(&host), before);
+}
+
+#[test]
+fn failure_mid_setup_leaves_nothing_behind() {
+    let host = TestNs::new("fail");
+    let before = snapshot(&host);
+    let name = unique("inj");
+    let dry = nettool_ok(&["setup", "--dry-run", "--name", &name, "--no-userland-proxy"]);
+    let steps = dry.lines().filter(|l| l.starts_with("step-")).count();
+    assert!(steps > 10);
+    for at in [3, steps / 2, steps - 1, steps] {
+        let out = nettool_in(
+            Some(&host.name),
+            &["setup", "--name", &name, "--no-userland-proxy"],
+            &[("NETTOOL_LAB_FAIL_AT", &format!("step-{at}"))],
+        );
+        assert!(!out.status.success());
+        let msg = text(&out);
+        assert!(
+            msg.contains(&format!("step {at} failed")) && msg.contains("rolled back"),
+            "{msg}"
+        );
+        assert_eq!(snapshot(&host), before, "after failing at step {at}");
+        assert!(!netns_names().iter().any(|n| n.starts_with(&name)));
+        assert!(!std::path::Path::new(&format!("/run/nettool/{name}")).exists());
+        assert!(!std::fs::read_dir("/etc/netns")
+            .map(|rd| rd
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&name)))
+            .unwrap_or(false));
+    }
+    // The daemon and its services are gone too.
+    let ps = sh(&["ps", "-eo", "args"]);
+    assert!(!ps.contains(&format!("lab-daemon {name}")), "{ps}");
+}
+
+#[test]
+fn bad_lab_files_are_rejected_with_file_and_line() {
+    let cases = [
+        ("[[network]]\nname = \"a\"\nsubnet = \"10.0.0.0/24\"\ncolour = \"red\"\n", 4, "unknown field"),
+        ("[[network]]\nname = \"a\"\nsubnet = \"10.0.0.0/16\"\n[[network]]\nname = \"b\"\nsubnet = \"10.0.3.0/24\"\n", 6, "overlaps"),
+        ("[[network]]\nname = \"a\"\nsubnet = \"10.0.0.0/24\"\n[[container]]\nname = \"x\"\naddress = \"10.9.0.2\"\n", 6, "outside"),
+        ("[[network]]\nname = \"a\"\nsubnet = \"10.0.0.0/24\"\n[[container]]\nname = \"x\"\n[[container]]\nname = \"x\"\n", 7, "duplicate"),
+        ("[[network]]\nname = \"a\"\nsubnet = \"10.0.0.0/24\"\n[[container]]\nname = \"x\"\nports = [\"80:80\"]\n[[container]]\nname = \"y\"\nports = [\"80:80\"]\n", 9, "already published"),
+    ];
+    for (body, line, what) in cases {
+        let f = write_lab(body);
+        let name = unique("bad");
+        let out = nettool(&["setup", f.s(), "--isolated", "--name", &name]);
+        assert!(!netns_names().iter().any(|n| n.starts_with(&name)));
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let msg = text(&out);
+        assert!(
+            msg.contains(&format!("{}:{line}:", f.s())) && msg.contains(what),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn nftables_backend_same_behaviour() {
+    let (lab, v) = Lab::isolated("nft", &["--backend", "nftables", "--no-userland-proxy"]);
+    assert_eq!(v["backend"], "nftables");
+    let host = &lab.name;
+    assert_eq!(curl(host, "http://172.19.0.1:8080/"), "hello from web");
+    assert_eq!(curl(host, "http://127.0.0.1:8080/"), "hello from web");
+    let client = lab.ns("client");
+    assert_eq!(curl(&client, "http://app/"), "hello from app");
+    assert_eq!(curl(&client, "http://172.20.0.1:8080/"), "hello from web");
+    let (_, rules) = exec(host, &["nft", "list", "ruleset"]);
+    assert!(rules.contains("dnat to 172.19.0.2:80"), "{rules}");
+    let (_, saved) = exec(host, &["iptables-save"]);
+    assert!(
+        !saved.contains("NETTOOL"),
+        "nftables mode must not add iptables rules"
+    );
+}
+
+#[test]
+fn udp_port_and_host_mode() {
+    let f = write_lab(
+        "[[network]]\nname = \"n\"\nsubnet = \"10.79.0.0/24\"\n[[container]]\nname = \"u\"\nrun = \"nettool serve udp-echo 5000\"\nports = [\"5353:5000/udp\"]\n[[container]]\nname = \"h\"\nmode = \"host\"\nrun = \"nettool serve echo 7000\"\n",
+    );
+    let (lab, v) = Lab::isolated("udp", &[f.s(), "--no-userland-proxy"]);
+    assert_eq!(
+        v["containers"][1]["netns"],
+        lab.name.as_str(),
+        "host mode runs in the lab host"
+    );
+    let host = &lab.name;
+    let (ok, out) = exec(
+        host,
+        &["sh", "-c", "echo ping | socat -t 2 - UDP:10.79.0.1:5353"],
+    );
+    assert!(ok && out == "ping", "udp echo via DNAT: {out}");
+    let (ok, out) = exec(
+        host,
+        &["sh", "-c", "echo pong | socat -t 2 - TCP:127.0.0.1:7000"],
+    );
+    assert!(ok && out == "pong", "host-mode service: {out}");
+}
+
+#[test]
+fn fifty_containers_on_two_networks() {
+    let mut body = String::from("[[network]]\nname = \"a\"\nsubnet = \"10.80.0.0/24\"\n[[network]]\nname = \"b\"\nsubnet = \"10.81.0.0/24\"\n");
+    for i in 0..50 {
+        body.push_str(&format!(
+            "[[container]]\nname = \"c{i}\"\nnetwork = \"{}\"\n",
+            if i % 2 == 0 { "a" } else { "b" }
+        ));
+    }
+    body.push_str(
+        "[[container]]\nname = \"srv\"\nnetwork = \"a\"\nrun = \"nettool serve http 80\"\n",
+    );
+    let f = write_lab(&body);
+    let (lab, v) = Lab::isolated("fifty", &[f.s(), "--no-userland-proxy"]);
+    assert_eq!(v["containers"].as_array().unwrap().len(), 51);
+    let ours = netns_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{}-", lab.name)))
+        .count();
+    assert_eq!(ours, 51);
+    assert_eq!(curl(&lab.ns("c48"), "http://srv/"), "hello from srv");
+    let (_, a) = exec(
+        &lab.ns("c1"),
+        &["dig", "+short", "+time=2", "@127.0.0.11", "c49"],
+    );
+    assert_eq!(a, "10.81.0.26");
+    lab.teardown();
+    assert!(!netns_names().iter().any(|n| n.starts_with(&lab.name)));
+}
+
+#[test]
+fn serve_builtins() {
+    let ns = TestNs::new("serve");
+    let _http = ns.spawn(&[
+        env!("CARGO_BIN_EXE_nettool"),
+        "serve",
+        "http",
+        "8000",
+        "--text",
+        "hi",
+    ]);
+    wait_for("http", 5, || {
+        exec(
+            &ns.name,
+            &["curl", "-s", "-m", "1", "http://127.0.0.1:8000/"],
+        )
+        .1 == "hi"
+    });
+}
