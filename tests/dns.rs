@@ -529,53 +529,7 @@ fn retries_from_new_ports_fold_into_one_lookup() {
 /// 127.0.0.11:53 to 127.0.0.11:PORT, POSTROUTING SNATs the reply back to :53, and a resolver
 /// (dnsmasq) listens on 127.0.0.11:PORT forwarding to the lab's server.
 fn docker_style_resolver(lab: &DnsLab, port: u16) -> ChildGuard {
-    let ns = &lab.client.name;
-    let to = format!("127.0.0.11:{port}");
-    let p = port.to_string();
-    for proto in ["udp", "tcp"] {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-d",
-            "127.0.0.11/32",
-            "-p",
-            proto,
-            "--dport",
-            "53",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &to,
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            "127.0.0.11/32",
-            "-p",
-            proto,
-            "--sport",
-            &p,
-            "-j",
-            "SNAT",
-            "--to-source",
-            ":53",
-        ]);
-    }
+    docker_style_rules(lab, port);
     let guard = lab.client.spawn(&[
         "dnsmasq",
         "--keep-in-foreground",
@@ -644,4 +598,77 @@ fn docker_embedded_dns_is_one_lookup_with_its_upstream_leg() {
     assert!(aliases
         .iter()
         .any(|a| a["real"] == "127.0.0.11:41753" && a["transport"] == "udp"));
+}
+
+/// Only the nat rules of the Docker pattern (DNAT to PORT, SNAT back to :53).
+fn docker_style_rules(lab: &DnsLab, port: u16) {
+    let ns = lab.client.name.as_str();
+    let to = format!("127.0.0.11:{port}");
+    let p = port.to_string();
+    for proto in ["udp", "tcp"] {
+        let dnat = [
+            "-A",
+            "OUTPUT",
+            "-d",
+            "127.0.0.11/32",
+            "-p",
+            proto,
+            "--dport",
+            "53",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ];
+        let snat = [
+            "-A",
+            "POSTROUTING",
+            "-s",
+            "127.0.0.11/32",
+            "-p",
+            proto,
+            "--sport",
+            &p,
+            "-j",
+            "SNAT",
+            "--to-source",
+            ":53",
+        ];
+        for rule in [&dnat[..], &snat[..]] {
+            let mut argv = vec!["ip", "netns", "exec", ns, "iptables", "-t", "nat"];
+            argv.extend_from_slice(rule);
+            sh(&argv);
+        }
+    }
+}
+
+#[test]
+fn docker_resolver_down_is_seen_through_the_nat_rules() {
+    // The rules are there, the resolver is not: queries go to 127.0.0.11:PORT and die
+    // (port unreachable). Only the nat rules tell the capture about PORT.
+    let lab = DnsLab::new("dnsdn");
+    docker_style_rules(&lab, 41999);
+    let t = Trace::start(&[
+        "--netns",
+        &lab.client.name,
+        "--json",
+        "--count",
+        "1",
+        "--timeout",
+        "1s",
+    ]);
+    lab.dig(&["+tries=1", "+timeout=1", "@127.0.0.11", "down.test"]);
+    let (lookups, summary) = t.json();
+    assert_eq!(lookups.len(), 1, "{lookups:#?}");
+    let l = &lookups[0];
+    assert_eq!(l["name"], "down.test");
+    assert_eq!(l["status"], "timeout");
+    assert_eq!(l["server"], "127.0.0.11:53");
+    assert_eq!(l["server_real"], "127.0.0.11:41999");
+    let aliases = summary["sources"][0]["aliases"].as_array().unwrap();
+    assert_eq!(
+        aliases.len(),
+        2,
+        "udp and tcp from the DNAT rules: {aliases:?}"
+    );
 }

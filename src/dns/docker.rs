@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::packet::Transport;
 use super::Alias;
+use crate::nat::model::{Action, Cond, Dir, Ruleset};
 use crate::netns::sockets::{self, Proto, Which};
 use crate::netns::NetNs;
 
@@ -58,9 +59,72 @@ pub fn ports_from_sockets(ns: &NetNs) -> Vec<ResolverPort> {
     out
 }
 
-/// Where Docker's embedded resolver really listens in `ns` (empty when there is none).
+/// Resolver ports from DNAT rules for 127.0.0.11:53 (Docker's DOCKER_OUTPUT chain:
+/// `-d 127.0.0.11/32 -p udp --dport 53 -j DNAT --to-destination 127.0.0.11:PORT`).
+pub fn ports_from_ruleset(rs: &Ruleset) -> Vec<ResolverPort> {
+    let mut out = Vec::new();
+    for rule in rs
+        .tables
+        .iter()
+        .flat_map(|t| &t.chains)
+        .flat_map(|c| &c.rules)
+    {
+        let Action::Dnat { to } = &rule.action else {
+            continue;
+        };
+        let Some(ports) = to.ports else { continue };
+        if to.addr.is_some_and(|a| a != EMBEDDED_RESOLVER) {
+            continue;
+        }
+        let mut to_resolver = false;
+        let mut port_53 = false;
+        let mut protos = Vec::new();
+        for m in rule.matches.iter().filter(|m| !m.negated) {
+            match &m.cond {
+                Cond::Addr { dir: Dir::Dst, net } => {
+                    to_resolver = net.addr() == EMBEDDED_RESOLVER && net.prefix_len() == 32;
+                }
+                Cond::Port {
+                    dir: Dir::Dst,
+                    ports,
+                } => {
+                    port_53 = ports.iter().any(|r| r.contains(53));
+                }
+                Cond::Proto { proto } => protos.push(proto.as_str()),
+                _ => {}
+            }
+        }
+        if !(to_resolver && port_53) {
+            continue;
+        }
+        for (name, transport) in [("udp", Transport::Udp), ("tcp", Transport::Tcp)] {
+            if protos.is_empty() || protos.contains(&name) {
+                out.push(ResolverPort {
+                    transport,
+                    port: ports.from,
+                    evidence: Evidence::NatRule,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|p| (p.transport, p.port));
+    out.dedup();
+    out
+}
+
+/// Where Docker's embedded resolver really listens in `ns` (empty when there is none): the
+/// namespace's nat rules first (they hold even when the resolver is down, which is worth
+/// seeing), then sockets listening on 127.0.0.11 (when no rule tool can be run).
 pub fn resolver_ports(ns: &NetNs) -> Vec<ResolverPort> {
-    ports_from_sockets(ns)
+    let mut out = crate::nat::load_live(ns)
+        .map(|rs| ports_from_ruleset(&rs))
+        .unwrap_or_default();
+    for p in ports_from_sockets(ns) {
+        if !out.iter().any(|o| o.transport == p.transport) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// The aliases for Docker's embedded resolver in `ns`.
@@ -78,4 +142,27 @@ pub fn aliases_for(ports: &[ResolverPort]) -> Vec<Alias> {
             shown: SocketAddr::new(EMBEDDED_RESOLVER, 53),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_output_rules_give_the_ports() {
+        let text = "*nat\n:OUTPUT ACCEPT [0:0]\n:DOCKER_OUTPUT - [0:0]\n:DOCKER_POSTROUTING - [0:0]\n\
+-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT\n\
+-A DOCKER_OUTPUT -d 127.0.0.11/32 -p tcp -m tcp --dport 53 -j DNAT --to-destination 127.0.0.11:36005\n\
+-A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:48245\n\
+-A DOCKER_POSTROUTING -s 127.0.0.11/32 -p tcp -m tcp --sport 36005 -j SNAT --to-source :53\n\
+-A DOCKER_POSTROUTING -s 127.0.0.11/32 -p udp -m udp --sport 48245 -j SNAT --to-source :53\n\
+-A OUTPUT -d 10.0.0.1/32 -p udp --dport 53 -j DNAT --to-destination 10.0.0.2:5353\n\
+COMMIT\n";
+        let rs = crate::nat::iptables::parse(text);
+        let got: Vec<(Transport, u16)> = ports_from_ruleset(&rs)
+            .iter()
+            .map(|p| (p.transport, p.port))
+            .collect();
+        assert_eq!(got, [(Transport::Udp, 48245), (Transport::Tcp, 36005)]);
+    }
 }
