@@ -97,6 +97,10 @@ struct Trace(Option<Child>);
 
 impl Trace {
     fn start(args: &[&str]) -> Trace {
+        Trace::start_env(args, &[])
+    }
+
+    fn start_env(args: &[&str], env: &[(&str, &str)]) -> Trace {
         // A safety net so a broken test cannot hang the suite.
         let safety: &[&str] = if args.contains(&"--duration") {
             &[]
@@ -108,6 +112,7 @@ impl Trace {
             .args(args)
             .args(safety)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -670,5 +675,121 @@ fn docker_resolver_down_is_seen_through_the_nat_rules() {
         aliases.len(),
         2,
         "udp and tcp from the DNAT rules: {aliases:?}"
+    );
+}
+
+/// A `nettool setup --isolated` lab, torn down on drop.
+struct IsolatedLab(String);
+
+impl Drop for IsolatedLab {
+    fn drop(&mut self) {
+        let _ = nettool(&["teardown", &self.0]);
+    }
+}
+
+#[test]
+fn lab_embedded_dns_pairs_through_its_dnat() {
+    let name = unique("dnslab");
+    nettool_ok(&[
+        "setup",
+        "--isolated",
+        "--name",
+        &name,
+        "--no-userland-proxy",
+        "--json",
+    ]);
+    let _lab = IsolatedLab(name.clone());
+    let client = format!("{name}-client");
+    let t = Trace::start(&["--netns", &client, "--json", "--count", "3"]);
+    let dig = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &client, "dig"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(dig(&["+short", "@127.0.0.11", "app"]).contains("172.20.0.2"));
+    assert!(dig(&["+short", "+tcp", "@127.0.0.11", "api"]).contains("172.20.0.2"));
+    assert!(dig(&["@127.0.0.11", "no-such-name"]).contains("NXDOMAIN"));
+    let (lookups, _) = t.json();
+    assert_eq!(lookups.len(), 3, "{lookups:#?}");
+    for l in &lookups {
+        assert_eq!(l["server"], "127.0.0.11:53", "{l}");
+        assert_eq!(l["status"], "answered", "{l}");
+        let real = l["server_real"].as_str().expect("the DNAT target");
+        assert!(
+            real.starts_with("127.0.0.11:") && real != "127.0.0.11:53",
+            "{l}"
+        );
+    }
+    let app = find(&lookups, "app", "A");
+    assert_eq!(app["answers"][0]["data"], "172.20.0.2");
+    assert_eq!(app["transport"], "udp");
+    let api = find(&lookups, "api", "A");
+    assert_eq!(api["transport"], "tcp");
+    assert_ne!(
+        app["server_real"], api["server_real"],
+        "udp and tcp ports differ"
+    );
+    assert_eq!(find(&lookups, "no-such-name", "A")["rcode"], "NXDOMAIN");
+}
+
+#[test]
+fn real_docker_embedded_dns() {
+    let d = common::docker::Dockerd::start("dns-dock");
+    d.import_busybox("nt-busybox");
+    d.docker(&["network", "create", "ntdns"]);
+    for c in ["alpha", "beta"] {
+        d.docker(&[
+            "run",
+            "-d",
+            "--network",
+            "ntdns",
+            "--name",
+            c,
+            "nt-busybox",
+            "sleep",
+            "300",
+        ]);
+    }
+    let pid = d
+        .docker(&["inspect", "-f", "{{.State.Pid}}", "beta"])
+        .trim()
+        .to_string();
+    let t = Trace::start_env(
+        &["--netns", "container:beta", "--json", "--count", "2"],
+        &[("DOCKER_HOST", &d.host())],
+    );
+    let dig = |args: &[&str]| {
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "dig"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Container names only: the embedded resolver answers them itself (nothing leaves).
+    let a = dig(&["+short", "@127.0.0.11", "alpha"]);
+    assert!(a.trim().starts_with("172."), "{a}");
+    let b = dig(&["+short", "+tcp", "@127.0.0.11", "beta"]);
+    assert!(b.trim().starts_with("172."), "{b}");
+    let (lookups, summary) = t.json();
+    assert_eq!(lookups.len(), 2, "{lookups:#?}");
+    for l in &lookups {
+        assert_eq!(l["netns"], "container:beta");
+        assert_eq!(l["server"], "127.0.0.11:53", "{l}");
+        assert_eq!(l["status"], "answered", "{l}");
+        assert!(l["server_real"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.11:"));
+    }
+    assert_eq!(find(&lookups, "alpha", "A")["answers"][0]["data"], a.trim());
+    assert_eq!(find(&lookups, "beta", "A")["transport"], "tcp");
+    assert_eq!(
+        summary["sources"][0]["aliases"].as_array().unwrap().len(),
+        2,
+        "udp and tcp ports from DOCKER_OUTPUT"
     );
 }
