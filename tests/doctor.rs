@@ -532,6 +532,10 @@ fn nothing_receives_an_unpublished_port() {
     let r = lab.doctor(&["9999", "--probe"]);
     let recv = hop(&r, "receiver");
     assert!(recv["summary"].as_str().unwrap().contains("socat"), "{r:#}");
+    // The proxy's target is read from its command line and followed to the container.
+    assert_eq!(r["destination"]["via"], "proxy", "{r:#}");
+    assert_eq!(r["destination"]["netns"], lab.container.name.as_str());
+    assert_eq!(hop(&r, "service")["verdict"], "ok");
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
 }
 

@@ -240,6 +240,39 @@ pub fn parse_proxy_argv(argv: &[String], port: u16) -> Option<SocketAddr> {
     if let (Some(ip), Some(p)) = (flag("container-ip"), flag("container-port")) {
         return Some(SocketAddr::new(ip.parse().ok()?, p.parse().ok()?));
     }
+    // socat TCP-LISTEN:PORT,... TCP:IP:PORT (the classic hand-made port forward).
+    if argv
+        .first()
+        .is_some_and(|a| a.rsplit('/').next() == Some("socat"))
+    {
+        let listens = argv.iter().any(|a| {
+            let up = a.to_ascii_uppercase();
+            (up.starts_with("TCP-LISTEN:")
+                || up.starts_with("TCP4-LISTEN:")
+                || up.starts_with("UDP-LISTEN:")
+                || up.starts_with("UDP4-LISTEN:"))
+                && a.split([':', ','])
+                    .nth(1)
+                    .and_then(|p| p.parse::<u16>().ok())
+                    == Some(port)
+        });
+        let target = argv.iter().skip(1).find_map(|a| {
+            let up = a.to_ascii_uppercase();
+            let rest = [
+                "TCP:",
+                "TCP4:",
+                "UDP:",
+                "UDP4:",
+                "TCP-CONNECT:",
+                "UDP-CONNECT:",
+            ]
+            .iter()
+            .find_map(|p| up.starts_with(p).then(|| &a[p.len()..]))?;
+            let addr = rest.split(',').next()?;
+            addr.parse::<SocketAddr>().ok()
+        });
+        return if listens { target } else { None };
+    }
     // nettool proxy: -p/--map SPEC (repeatable) or the positional LISTEN TARGET pair.
     let with_value = [
         "-p",
@@ -338,6 +371,18 @@ mod tests {
             parse_proxy_argv(&a, 1),
             Some("10.0.0.2:81".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn socat_forward() {
+        let a = v("socat TCP-LISTEN:9999,fork,reuseaddr TCP:10.89.0.2:80");
+        assert_eq!(
+            parse_proxy_argv(&a, 9999),
+            Some("10.89.0.2:80".parse().unwrap())
+        );
+        assert_eq!(parse_proxy_argv(&a, 80), None);
+        let a = v("/usr/bin/socat TCP-LISTEN:80,fork EXEC:cat");
+        assert_eq!(parse_proxy_argv(&a, 80), None);
     }
 
     #[test]
