@@ -357,6 +357,12 @@ impl Fixer {
 
 /// Run every check for `req` and return the report.
 pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
+    // Probing from outside with no client given: attach a throwaway client namespace first,
+    // so the analysis follows the very packet the probe will send.
+    let temp = match (&req.from, req.probe) {
+        (Source::Outside(None), true) => probe::TempClient::attach(&req.host).ok(),
+        _ => None,
+    };
     let host = HostFacts::read(&req.host)?;
     let fixer = Fixer {
         host_name: req.host_name.clone(),
@@ -373,8 +379,13 @@ pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
     });
 
     let mut hops = Vec::new();
-    let src_ns = match &req.from {
-        Source::Outside(Some(ns)) | Source::Container(ns) => Some(NsFacts::read(ns, &all_ns)?),
+    let src_ns = match (&req.from, &temp) {
+        (Source::Outside(Some(ns)) | Source::Container(ns), _) => Some(NsFacts::read(ns, &all_ns)?),
+        (Source::Outside(None), Some(t)) => {
+            let mut f = NsFacts::read(&t.ns, &all_ns)?;
+            f.label = t.describe();
+            Some(f)
+        }
         _ => None,
     };
     let mut packet = build_packet(req, &host, src_ns.as_ref(), &all_ns)?;
@@ -433,6 +444,7 @@ pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
     }
     if req.probe {
         report.probe = Some(probe::run(req, &packet, src_ns.as_ref()));
+        drop(temp);
     }
     report.diagnosis = conclude(&report);
     Ok(report)
@@ -480,12 +492,12 @@ fn build_packet(
                 hook: "output".into(),
             }
         }
-        Source::Outside(client) => {
+        Source::Outside(_) => {
             // With a client namespace: its veth into the host tells the interface and addresses.
             let mut iif = req.iif.clone();
             let mut dst = req.dst;
             let mut src = req.src;
-            if let (Some(_), Some(c)) = (client, src_ns) {
+            if let Some(c) = src_ns {
                 if let Some((host_if, client_addr)) = c.link_into(&req.host, &host.links, all_ns) {
                     iif.get_or_insert(host_if.name.clone());
                     if dst.is_none() {

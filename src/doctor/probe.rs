@@ -52,8 +52,7 @@ pub fn run(req: &Request, packet: &Packet, src: Option<&NsFacts>) -> ProbeResult
     let target = SocketAddr::new(packet.dst, packet.dport);
     let ns: Option<NetNs> = match &req.from {
         Source::Localhost | Source::Host => Some(req.host.clone()),
-        Source::Outside(Some(_)) | Source::Container(_) => src.map(|s| s.netns().clone()),
-        Source::Outside(None) => None,
+        Source::Outside(_) | Source::Container(_) => src.map(|s| s.netns().clone()),
     };
     let label = ns.as_ref().map(|n| match src {
         Some(s) if s.netns().id() == n.id() => s.label.clone(),
@@ -65,10 +64,7 @@ pub fn run(req: &Request, packet: &Packet, src: Option<&NsFacts>) -> ProbeResult
         Some(ns) => (ns, label),
         None => match TempClient::attach(&req.host) {
             Ok(t) => {
-                let l = format!(
-                    "{} (temporary, via {} {})",
-                    t.name, t.host_if, t.client_addr
-                );
+                let l = t.describe();
                 let ns = t.ns.clone();
                 temp = Some(t);
                 (ns, Some(l))
@@ -118,16 +114,26 @@ pub fn run(req: &Request, packet: &Packet, src: Option<&NsFacts>) -> ProbeResult
 
 /// A throwaway "outside" namespace joined to the host by a veth on a free /30 of
 /// 198.18.0.0/15 (the benchmarking range); removed again on drop.
-struct TempClient {
+pub(crate) struct TempClient {
     name: String,
-    ns: NetNs,
+    /// The client namespace.
+    pub(crate) ns: NetNs,
     host: NetNs,
     host_if: String,
     client_addr: Ipv4Addr,
 }
 
 impl TempClient {
-    fn attach(host: &NetNs) -> Result<TempClient, String> {
+    /// How the client reads in the report.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} (temporary, via {} {})",
+            self.name, self.host_if, self.client_addr
+        )
+    }
+
+    /// Create the namespace and its veth into `host`.
+    pub(crate) fn attach(host: &NetNs) -> Result<TempClient, String> {
         let pid = std::process::id();
         let name = format!("nt-probe-{pid}");
         let host_if = format!("ntprobe{}", pid % 100_000);
