@@ -131,6 +131,7 @@ impl Source {
             Source::Outside(Some(ns)) => format!("outside:{}", ns.label()),
             Source::Host => "host".into(),
             Source::Localhost => "localhost".into(),
+            Source::Container(ns) if ns.label().starts_with("container:") => ns.label().into(),
             Source::Container(ns) => format!("container:{}", ns.label()),
         }
     }

@@ -572,3 +572,92 @@ fn bad_usage_exits_2() {
     let out = nettool(&["doctor", "--from", "mars", "80"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn real_docker_published_port() {
+    let d = common::docker::Dockerd::start("doc-dock");
+    d.import_busybox("nt-busybox");
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "nt-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/",
+    ]);
+    let run = |args: &[&str]| -> Value {
+        let mut v = vec!["doctor", "--netns", &d.ns.name, "--json"];
+        v.extend_from_slice(args);
+        let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .args(&v)
+            .env("DOCKER_HOST", d.host())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{v:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    wait_for("httpd listening in the container", 20, || {
+        run(&["8080"])["diagnosis"]["ok"] == true
+    });
+    for from in ["localhost", "outside", "container:web"] {
+        let r = run(&["--from", from, "8080", "--probe"]);
+        assert_eq!(r["diagnosis"]["ok"], true, "{from}: {r:#}");
+        assert_eq!(r["probe"]["ok"], true, "{from}: {r:#}");
+        assert_eq!(
+            hop(&r, "receiver")["evidence"][0]
+                .as_str()
+                .unwrap()
+                .contains("DOCKER"),
+            true
+        );
+        assert_eq!(r["destination"]["netns"], "container:web", "{r:#}");
+        assert!(hop(&r, "service")["summary"]
+            .as_str()
+            .unwrap()
+            .contains("httpd"));
+    }
+    let r = run(&["container:web", "--probe"]);
+    assert_eq!(r["packet"]["dport"], 8080, "{r:#}");
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    // Docker's user chain: a DROP there breaks the port for outside clients only.
+    let in_ns = |argv: &[&str]| {
+        let mut v = vec!["ip", "netns", "exec", &d.ns.name];
+        v.extend_from_slice(argv);
+        sh(&v);
+    };
+    in_ns(&[
+        "iptables",
+        "-I",
+        "DOCKER-USER",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DROP",
+    ]);
+    let r = run(&["--from", "outside", "8080", "--probe"]);
+    assert_eq!(fault(&r), "firewall_drop", "{r:#}");
+    assert!(r["diagnosis"]["line"]
+        .as_str()
+        .unwrap()
+        .contains("DOCKER-USER"));
+    assert_eq!(r["probe"]["ok"], false);
+    let argv: Vec<String> = r["diagnosis"]["fix"]["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    in_ns(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = run(&["--from", "outside", "8080", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+}

@@ -120,15 +120,21 @@ fn host_run_name(host: &NetNs, given: bool) -> Option<String> {
         })
 }
 
-/// A container (or any namespace) by name: a /run/netns name, else Docker's container:NAME.
+/// A container by name: a Docker container when the daemon knows it, else a /run/netns name.
+/// Docker first: a stray /run/netns/web must not shadow the container the ports belong to.
 fn resolve_container(name: &str) -> anyhow::Result<NetNs> {
-    if let Ok(ns) = NetNs::from_name(name) {
-        return Ok(ns);
+    let docker = crate::netns::docker::Docker::connect_default()
+        .map(|d| d.available())
+        .unwrap_or(false);
+    if docker {
+        if let Ok(ns) = NetNs::from_container(name) {
+            return Ok(ns);
+        }
     }
-    NetNs::open(&format!("container:{name}"))
+    NetNs::from_name(name)
         .or_else(|_| NetNs::open(name))
         .with_context(|| {
-            format!("container {name}: no namespace /run/netns/{name} and no such Docker container")
+            format!("container {name}: no such Docker container and no namespace /run/netns/{name}")
         })
 }
 
