@@ -561,6 +561,12 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
         let target_ref = m
             .target_ip
             .and_then(|ip| find_holder(&scan, &drawn, m.ns, ip));
+        // Around a container, the host's ports that lead to other containers are noise.
+        if let Scope::Around(me) = scope {
+            if target_ref.is_none() && Some(m.ns) != scan.ns_index(me.id()) {
+                continue;
+            }
+        }
         if let Some(&k) = seen_pub.get(&id) {
             // The same host port again: another way it was found, or another backend.
             if let Node::Published(p) = &mut nodes[k] {
