@@ -816,9 +816,35 @@ fn port_range(s: &str) -> Option<(u16, u16)> {
     }
 }
 
-/// Published ports from the NAT rules of one namespace (filled in once the NAT engine is here).
-fn nat_mappings(_ns: usize, _handle: &NetNs) -> Vec<Mapping> {
-    Vec::new()
+/// Published ports from the NAT rules of one namespace, as the NAT explainer reads them.
+fn nat_mappings(ns: usize, handle: &NetNs) -> Vec<Mapping> {
+    let Ok(rules) = crate::nat::load_live(handle) else {
+        return Vec::new();
+    };
+    let summary = crate::nat::explain::summarize(&rules);
+    let mut out = Vec::new();
+    for p in &summary.published {
+        let host_ip = match p.host.as_str() {
+            "any local address" | "any address" | "any" => "0.0.0.0".to_string(),
+            h => h.to_string(),
+        };
+        for t in &p.targets {
+            out.push(Mapping {
+                ns,
+                proto: p.proto.clone(),
+                host_ip: host_ip.clone(),
+                host_port: p.host_port.clone(),
+                target_ip: t.addr,
+                target_port: t
+                    .to
+                    .rsplit_once(':')
+                    .and_then(|(_, port)| port.parse().ok()),
+                target: t.to.clone(),
+                via: format!("{} {}:{}", t.table, t.chain, t.line),
+            });
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -61,6 +61,26 @@ fn lab() -> Lab {
         "link", "add", "vx42", "type", "vxlan", "id", "42", "dstport", "4789", "dev", "br0",
     ]);
     h.ip(&["tuntap", "add", "mode", "tun", "name", "tun7"]);
+    // A Docker-style DNAT rule publishing 18081 -> c1:80 (read back through the NAT explainer).
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &h.name,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-p",
+        "tcp",
+        "--dport",
+        "18081",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "10.88.0.2:80",
+    ]);
     let procs = vec![
         // c1 listens on its own address only, c2 on every address.
         c[0].spawn(&[
@@ -152,8 +172,13 @@ fn graph_has_exactly_what_was_built() {
     assert_eq!(ids(&g, "interface"), want_if);
 
     let pub_ids = ids(&g, "published");
-    assert_eq!(pub_ids.len(), 1, "{pub_ids:?}");
-    let pub_id = pub_ids.into_iter().next().unwrap();
+    assert_eq!(pub_ids.len(), 2, "{pub_ids:?}");
+    let pub_id = format!("ns{}:pub:tcp:0.0.0.0:18080", inode(h));
+    let nat_id = format!("ns{}:pub:tcp:0.0.0.0:18081", inode(h));
+    assert!(
+        pub_ids.contains(&pub_id) && pub_ids.contains(&nat_id),
+        "{pub_ids:?}"
+    );
 
     let mut want_edges = BTreeSet::new();
     for i in 0..3 {
@@ -165,6 +190,7 @@ fn graph_has_exactly_what_was_built() {
     want_edges.insert(("lower".into(), ifid(&c[2], mv), ifid(h, br)));
     want_edges.insert(("lower".into(), ifid(h, vx), ifid(h, br)));
     want_edges.insert(("published".into(), pub_id.clone(), ifid(&c[1], eth[1])));
+    want_edges.insert(("published".into(), nat_id.clone(), ifid(&c[0], eth[0])));
     let got: BTreeSet<_> = edges(&g)
         .into_iter()
         .map(|(k, a, b)| {
@@ -200,6 +226,14 @@ fn graph_has_exactly_what_was_built() {
         "{p}"
     );
     assert_eq!(p["namespace"], format!("ns{}", inode(h)));
+    // The DNAT rule: found in the nat table's PREROUTING chain, c1 listens on 10.88.0.2:80.
+    let n = node(&g, &nat_id);
+    assert_eq!(n["target"], "10.88.0.2:80");
+    assert_eq!(n["target_listening"], true);
+    assert!(
+        n["via"][0].as_str().unwrap().starts_with("nat PREROUTING:"),
+        "{n}"
+    );
 
     // Listeners: on c1's eth0 (bound to its address), on c2's namespace (wildcard).
     let e1 = node(&g, &ifid(&c[0], eth[0]));
@@ -232,8 +266,13 @@ fn neighbour_scope_of_a_container_is_its_host_side_only() {
     ]
     .into();
     assert_eq!(ids(&g, "interface"), want);
+    // The host's DNAT to c1 is drawn; the docker-proxy port to c2 is not.
     let kinds: Vec<String> = edges(&g).into_iter().map(|e| e.0).collect();
-    assert_eq!(kinds, vec!["bridge_port", "veth"]);
+    assert_eq!(kinds, vec!["bridge_port", "published", "veth"]);
+    assert_eq!(
+        ids(&g, "published"),
+        BTreeSet::from([format!("ns{}:pub:tcp:0.0.0.0:18081", inode(h))])
+    );
 }
 
 #[test]
