@@ -38,6 +38,8 @@ pub enum Scope {
         label: String,
         /// The namespaces, each with the container name it stands for, if any.
         namespaces: Vec<(NetNs, Option<String>)>,
+        /// Bridge interface name -> the network it stands for (in the first namespace).
+        networks: Vec<(String, String)>,
     },
 }
 
@@ -109,6 +111,8 @@ pub struct InterfaceNode {
     pub listeners: Vec<Listener>,
     /// For a link whose other end is outside the drawing: where it goes, in words.
     pub outside: Option<String>,
+    /// For a bridge: the container network it implements (lab or Docker network name).
+    pub network: Option<String>,
 }
 
 /// A port published on a host address, and where it leads.
@@ -286,7 +290,9 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
                 drawn.insert(i, all_links(i));
             }
         }
-        Scope::Set { label, namespaces } => {
+        Scope::Set {
+            label, namespaces, ..
+        } => {
             scope_label = label.clone();
             for (ns, _) in namespaces {
                 let i = scan
@@ -378,6 +384,42 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
             }
             if let Some(h) = scan.handle(i) {
                 mappings.extend(nat_mappings(i, h));
+            }
+        }
+    }
+
+    // Network names for bridges: from the lab, else from the Docker API.
+    let mut networks: HashMap<(usize, String), String> = HashMap::new();
+    if let Scope::Set {
+        namespaces,
+        networks: nets,
+        ..
+    } = scope
+    {
+        if let Some(first) = namespaces
+            .first()
+            .and_then(|(ns, _)| scan.ns_index(ns.id()))
+        {
+            for (bridge, net) in nets {
+                networks.insert((first, bridge.clone()), net.clone());
+            }
+        }
+    }
+    if !opts.skip_docker {
+        let bridges = crate::netns::docker::Docker::connect_default()
+            .ok()
+            .filter(|d| d.available())
+            .and_then(|d| d.bridge_networks().ok())
+            .unwrap_or_default();
+        for &i in drawn.keys() {
+            for l in scan.namespaces[i]
+                .links
+                .iter()
+                .filter(|l| l.kind == "bridge")
+            {
+                if let Some(net) = bridges.get(&l.name) {
+                    networks.entry((i, l.name.clone())).or_insert(net.clone());
+                }
             }
         }
     }
@@ -540,6 +582,7 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
                 addresses,
                 listeners: if_listeners.remove(&idx).unwrap_or_default(),
                 outside,
+                network: networks.get(&(i, l.name.clone())).cloned(),
             }));
         }
     }
@@ -864,6 +907,61 @@ fn listener_str(l: &Listener) -> String {
     format!("{} {}{}", l.proto, l.address, who)
 }
 
+/// Short form for pictures: "tcp *:80 nettool".
+fn listener_short(l: &Listener) -> String {
+    let who = l
+        .processes
+        .first()
+        .map(|p| format!(" {}", p.split_once('/').map(|x| x.1).unwrap_or(p)))
+        .unwrap_or_default();
+    if l.address.ip().is_unspecified() {
+        format!("{} *:{}{}", l.proto, l.address.port(), who)
+    } else {
+        format!("{} {}{}", l.proto, l.address, who)
+    }
+}
+
+/// Listeners of a namespace as pictures show them: wildcard ones go on its interfaces
+/// (returned), loopback ones are folded into one title line.
+fn picture_listeners(n: &NamespaceNode, has_interfaces: bool) -> (Vec<String>, Vec<&Listener>) {
+    let mut title = Vec::new();
+    let mut wildcard = Vec::new();
+    let mut loopback: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    for l in &n.listeners {
+        let ip = l.address.ip();
+        if ip.is_unspecified() && has_interfaces {
+            wildcard.push(l);
+        } else if ip.is_loopback() {
+            loopback
+                .entry(ip)
+                .or_default()
+                .push(format!("{} {}", l.proto, l.address.port()));
+        } else {
+            title.push(format!("● listen {}", listener_short(l)));
+        }
+    }
+    for (ip, ports) in loopback {
+        title.push(format!("● local {ip}: {}", ports.join(", ")));
+    }
+    (title, wildcard)
+}
+
+/// A container-like namespace: no bridge and at most two drawn interfaces, so its wildcard
+/// listeners can be marked on each interface.
+fn few_interfaces(g: &Graph, ns: &str) -> bool {
+    let n = g.interfaces_in(ns).count();
+    n > 0 && n <= 2 && !g.interfaces_in(ns).any(|i| i.kind == "bridge")
+}
+
+/// Title lines of a namespace; `picture` leaves listeners out (see [`picture_listeners`]).
+fn ns_title_for(n: &NamespaceNode, picture: bool) -> Vec<String> {
+    let mut lines = ns_title(n);
+    if picture {
+        lines.truncate(lines.len() - n.listeners.len());
+    }
+    lines
+}
+
 fn ns_title(n: &NamespaceNode) -> Vec<String> {
     let mut lines = Vec::new();
     let head = if !n.containers.is_empty() {
@@ -894,8 +992,11 @@ fn ns_title(n: &NamespaceNode) -> Vec<String> {
     lines
 }
 
-fn if_label(i: &InterfaceNode) -> Vec<String> {
+fn if_label(i: &InterfaceNode, wildcard: &[&Listener]) -> Vec<String> {
     let mut lines = vec![format!("{} ({})", i.name, i.kind)];
+    if let Some(net) = &i.network {
+        lines.push(format!("network \"{net}\""));
+    }
     let mut meta = vec![format!("if{}", i.index)];
     if i.mtu != 1500 {
         meta.push(format!("mtu {}", i.mtu));
@@ -905,8 +1006,8 @@ fn if_label(i: &InterfaceNode) -> Vec<String> {
     }
     lines.push(meta.join(" · "));
     lines.extend(i.addresses.iter().cloned());
-    for l in &i.listeners {
-        lines.push(format!("● listen {}", listener_str(l)));
+    for l in i.listeners.iter().chain(wildcard.iter().copied()) {
+        lines.push(format!("● listen {}", listener_short(l)));
     }
     if let Some(o) = &i.outside {
         lines.push(format!("→ {o}"));
@@ -1023,11 +1124,19 @@ pub fn to_dot(g: &Graph) -> String {
         // Hosts (bridges, or nettool's own namespace) blue-grey; containers cream.
         let host = n.current || g.interfaces_in(&n.id).any(|i| i.kind == "bridge");
         let fill = if host { "#eef2f8" } else { "#f7f7ef" };
+        // Containers put their title under their interfaces: edges come in from above-left
+        // and would otherwise cross the text.
+        let loc = if host { "t" } else { "b" };
         let _ = writeln!(o, "  subgraph cluster_{k} {{");
-        let title: String = ns_title(n).iter().map(|l| dot_escape(l) + "\\l").collect();
+        let (extra, wildcard) = picture_listeners(n, few_interfaces(g, &n.id));
+        let title: String = ns_title_for(n, true)
+            .iter()
+            .chain(extra.iter())
+            .map(|l| dot_escape(l) + "\\l")
+            .collect();
         let _ = writeln!(
             o,
-            "    label=\"{title}\"; labeljust=l; style=\"rounded,filled\"; fillcolor=\"{fill}\"; color=\"#8899aa\"; fontsize=11;"
+            "    label=\"{title}\"; labeljust=l; labelloc={loc}; style=\"rounded,filled\"; fillcolor=\"{fill}\"; color=\"#8899aa\"; fontsize=11;"
         );
         let mut any = false;
         for i in g.interfaces_in(&n.id) {
@@ -1039,8 +1148,12 @@ pub fn to_dot(g: &Graph) -> String {
                 "tun" | "tap" => ("box", "#f0e6ff"),
                 _ => ("box", "#eeeeee"),
             };
-            let pen = if i.listeners.is_empty() { "1" } else { "2" };
-            let label = if_label(i)
+            let pen = if i.listeners.is_empty() && wildcard.is_empty() {
+                "1"
+            } else {
+                "2"
+            };
+            let label = if_label(i, &wildcard)
                 .iter()
                 .map(|l| dot_escape(l))
                 .collect::<Vec<_>>()
@@ -1074,7 +1187,10 @@ pub fn to_dot(g: &Graph) -> String {
     }
     for e in drawn_edges(g) {
         let attrs = match e.kind {
-            EdgeKind::Veth => format!("label=\"{}\", penwidth=1.4", dot_escape(&e.label)),
+            EdgeKind::Veth => format!(
+                "label=\"{}\", penwidth=1.4, headport=w, tailport=e",
+                dot_escape(&e.label)
+            ),
             EdgeKind::BridgePort => "style=dashed, color=\"#999999\"".to_string(),
             EdgeKind::Lower => format!(
                 "label=\"{}\", style=dotted, color=\"#6a4aa5\", fontcolor=\"#6a4aa5\"",
@@ -1090,7 +1206,7 @@ pub fn to_dot(g: &Graph) -> String {
                     _ => ("#2e7d32", ""),
                 };
                 format!(
-                    "label=\"{}{note}\", arrowhead=normal, color=\"{color}\", fontcolor=\"{color}\", penwidth=1.8",
+                    "label=\"{}{note}\", arrowhead=normal, color=\"{color}\", fontcolor=\"{color}\", penwidth=1.8, headport=w",
                     dot_escape(&e.label)
                 )
             }
@@ -1117,16 +1233,19 @@ pub fn to_mermaid(g: &Graph) -> String {
     let mut nss: Vec<&NamespaceNode> = g.namespaces().collect();
     nss.sort_by_key(|n| (-hostness(g, &n.id), n.label.clone()));
     for n in nss {
+        let (extra, wildcard) = picture_listeners(n, few_interfaces(g, &n.id));
+        let mut title = ns_title_for(n, true);
+        title.extend(extra);
         let _ = writeln!(
             o,
             "  subgraph {}[\"{}\"]",
             mm_id(&n.id),
-            mm_text(&ns_title(n).join("<br/>"))
+            mm_text(&title.join("<br/>"))
         );
         let mut any = false;
         for i in g.interfaces_in(&n.id) {
             any = true;
-            let text = mm_text(&if_label(i).join("<br/>"));
+            let text = mm_text(&if_label(i, &wildcard).join("<br/>"));
             if i.kind == "bridge" {
                 let _ = writeln!(o, "    {}((\"{}\"))", mm_id(&i.id), text);
             } else {
@@ -1206,6 +1325,9 @@ pub fn to_text(g: &Graph) -> String {
                 ("├─", "│  ")
             };
             let mut line = format!("{branch} {} ({}, if{})", i.name, i.kind, i.index);
+            if let Some(net) = &i.network {
+                let _ = write!(line, "  network \"{net}\"");
+            }
             if !i.addresses.is_empty() {
                 let _ = write!(line, "  {}", i.addresses.join(" "));
             }

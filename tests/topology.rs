@@ -349,3 +349,122 @@ fn whole_host_contains_the_lab() {
     }
     assert_eq!(g["scope"], "host");
 }
+
+/// A lab from `nettool setup --isolated`, torn down on drop.
+struct SetupLab {
+    name: String,
+}
+
+impl Drop for SetupLab {
+    fn drop(&mut self) {
+        let _ = nettool(&["teardown", &self.name]);
+    }
+}
+
+#[test]
+fn lab_scope_is_exactly_the_default_lab() {
+    let name = unique("topo-lab");
+    let lab = SetupLab { name: name.clone() };
+    let state = nettool_json(&[
+        "setup",
+        "--isolated",
+        "--name",
+        &name,
+        "--no-userland-proxy",
+        "--json",
+    ]);
+    let host = state["host_netns"].as_str().unwrap().to_string();
+    let inode_of = |n: &str| NetNs::from_name(n).unwrap().id().inode;
+    let g = nettool_json(&["topology", "--lab", &lab.name, "--json"]);
+    assert_eq!(g["scope"], format!("lab {name}"));
+
+    // Namespaces: the isolated host and one per container, named after the containers.
+    let mut want_ns = BTreeSet::from([format!("ns{}", inode_of(&host))]);
+    let containers = state["containers"].as_array().unwrap();
+    for c in containers {
+        let ns = c["netns"].as_str().unwrap();
+        want_ns.insert(format!("ns{}", inode_of(ns)));
+        let n = node(&g, &format!("ns{}", inode_of(ns)));
+        assert_eq!(n["containers"][0], c["name"], "{n}");
+    }
+    assert_eq!(ids(&g, "namespace"), want_ns);
+
+    // Bridges carry their network names; one veth pair per container attachment.
+    let bridges: BTreeSet<(String, String)> = g["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "bridge")
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["network"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want_bridges: BTreeSet<(String, String)> = state["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["bridge"].as_str().unwrap().to_string(),
+                n["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(bridges, want_bridges);
+    let attachments: usize = containers
+        .iter()
+        .map(|c| c["networks"].as_array().unwrap().len())
+        .sum();
+    let count = |kind: &str| {
+        g["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .count()
+    };
+    assert_eq!(count("veth"), attachments);
+    assert_eq!(count("bridge_port"), attachments);
+    // Every host-side veth the lab recorded is in the picture.
+    for c in containers {
+        for n in c["networks"].as_array().unwrap() {
+            let hv = n["host_veth"].as_str().unwrap();
+            assert!(
+                g["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["name"] == hv && x["namespace"] == format!("ns{}", inode_of(&host))),
+                "{hv}"
+            );
+        }
+    }
+    // Published ports: exactly the lab's, each reaching the container's address.
+    let ports = state["ports"].as_array().unwrap();
+    assert_eq!(ids(&g, "published").len(), ports.len());
+    assert_eq!(count("published"), ports.len());
+    for p in ports {
+        let id = format!(
+            "ns{}:pub:{}:0.0.0.0:{}",
+            inode_of(&host),
+            p["proto"].as_str().unwrap(),
+            p["host_port"]
+        );
+        let n = node(&g, &id);
+        assert_eq!(
+            n["target"],
+            format!(
+                "{}:{}",
+                p["container_ip"].as_str().unwrap(),
+                p["container_port"]
+            )
+        );
+        assert_eq!(n["target_listening"], true, "{n}");
+    }
+    // And the picture renders.
+    let dot = nettool_ok(&["topology", "--lab", &lab.name, "--format", "svg"]);
+    assert!(dot.contains("<svg"));
+}

@@ -81,7 +81,35 @@ fn render(dot: &str, format: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// The namespaces of a lab, from its saved state.
+/// The namespaces of a lab, from its saved state: its host (the isolated namespace, or the
+/// current one) and every container namespace, named after the lab's containers.
 fn lab_scope(name: &str) -> anyhow::Result<Scope> {
-    bail!("--lab {name}: labs are not available in this build yet; use --netns with the lab's host namespace")
+    let state = crate::lab::state::load(name)
+        .with_context(|| format!("--lab {name} (list labs under /run/nettool/)"))?;
+    let host = match &state.host_netns {
+        Some(n) => {
+            NetNs::from_name(n).with_context(|| format!("lab {name}: host namespace {n}"))?
+        }
+        None => NetNs::current()?,
+    };
+    let mut namespaces = vec![(host, None)];
+    for c in &state.containers {
+        let Some(n) = &c.netns else { continue };
+        let ns = NetNs::from_name(n)
+            .with_context(|| format!("lab {name}: namespace {n} of container {}", c.name))?;
+        match namespaces.iter_mut().find(|(x, _)| x.id() == ns.id()) {
+            // Shared namespaces (mode container:NAME) keep the first container's name.
+            Some(_) => {}
+            None => namespaces.push((ns, Some(c.name.clone()))),
+        }
+    }
+    Ok(Scope::Set {
+        label: format!("lab {}", state.name),
+        namespaces,
+        networks: state
+            .networks
+            .iter()
+            .map(|n| (n.bridge.clone(), n.name.clone()))
+            .collect(),
+    })
 }

@@ -137,6 +137,35 @@ impl Docker {
     }
 }
 
+impl Docker {
+    /// Bridge interface name -> network name, for every bridge network (docker0 is "bridge",
+    /// a user network's bridge is br-<first 12 of its id> unless named by an option).
+    pub fn bridge_networks(
+        &self,
+    ) -> Result<std::collections::HashMap<String, String>, DockerError> {
+        let v = self.get("/networks")?;
+        let mut out = std::collections::HashMap::new();
+        for n in v.as_array().into_iter().flatten() {
+            if n.get("Driver").and_then(|d| d.as_str()) != Some("bridge") {
+                continue;
+            }
+            let (Some(name), Some(id)) = (
+                n.get("Name").and_then(|x| x.as_str()),
+                n.get("Id").and_then(|x| x.as_str()),
+            ) else {
+                continue;
+            };
+            let bridge = n
+                .pointer("/Options/com.docker.network.bridge.name")
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("br-{}", id.chars().take(12).collect::<String>()));
+            out.insert(bridge, name.to_string());
+        }
+        Ok(out)
+    }
+}
+
 fn container_from_inspect(v: &serde_json::Value) -> Option<Container> {
     Some(Container {
         id: v.get("Id")?.as_str()?.to_string(),
