@@ -265,6 +265,20 @@ pub fn render_summary(s: &Summary) -> String {
             at(&n.table, &n.chain, n.line)
         ));
     }
+    if !s.forward_accepts.is_empty() {
+        o.push('\n');
+        o.push_str(&paint(
+            "Forwarding allowed to specific ports (filter ACCEPT)\n",
+            "1",
+        ));
+        for n in &s.forward_accepts {
+            o.push_str(&format!(
+                "  {} {}\n",
+                n.sentence,
+                at(&n.table, &n.chain, n.line)
+            ));
+        }
+    }
     o.push('\n');
     o.push_str(&paint("Drops and rejects\n", "1"));
     if s.drops.is_empty() {

@@ -187,6 +187,8 @@ pub struct Summary {
     pub source_nat: Vec<SourceNat>,
     /// Drops and rejects.
     pub drops: Vec<DropRule>,
+    /// Forwarding allowed to a specific address and port (routed mode, or the filter side of a DNAT).
+    pub forward_accepts: Vec<SourceNat>,
     /// Chains never reached from a hook.
     pub unreached: Vec<Oddity>,
     /// Jumps to chains that do not exist.
@@ -302,6 +304,8 @@ struct Walker<'a> {
     seen_snat: HashSet<(usize, usize, usize)>,
     seen_drop: HashSet<(usize, usize, usize)>,
     dangling: Vec<Oddity>,
+    accepts: Vec<SourceNat>,
+    seen_accept: HashSet<(usize, usize, usize)>,
     visits: usize,
 }
 
@@ -469,6 +473,33 @@ impl<'a> Walker<'a> {
             }
             Action::Masquerade { .. } => {
                 self.record_snat(ti, ci, rule, "MASQUERADE".into(), stack, vmap_cond)
+            }
+            Action::Accept if hook == Hook::Forward => {
+                let all: Vec<&Match> = stack
+                    .iter()
+                    .flat_map(|f| f.conds.iter().chain(f.extra.iter()))
+                    .collect();
+                let specific = all
+                    .iter()
+                    .any(|m| !m.negated && matches!(m.cond, Cond::Addr { dir: Dir::Dst, .. }))
+                    && all
+                        .iter()
+                        .any(|m| !m.negated && matches!(m.cond, Cond::Port { dir: Dir::Dst, .. }));
+                if specific && self.seen_accept.insert((ti, ci, rule.line)) {
+                    // Only the rule's own path: rules above that also accept do not narrow it.
+                    let mut when: Vec<String> = all.iter().map(|m| describe_match(m)).collect();
+                    let mut seen = HashSet::new();
+                    when.retain(|c| seen.insert(c.clone()));
+                    self.accepts.push(SourceNat {
+                        action: "ACCEPT".into(),
+                        sentence: format!("Forwarded when {}.", when.join(", ")),
+                        when,
+                        table: table.name.clone(),
+                        chain: chain.name.clone(),
+                        line: rule.line,
+                        owner: owner_of(&table.name, &chain.name).map(str::to_string),
+                    });
+                }
             }
             Action::Drop | Action::Reject { .. } => {
                 if !self.seen_drop.insert((ti, ci, rule.line)) {
@@ -950,6 +981,8 @@ pub fn summarize_with(rs: &Ruleset, names: &HashMap<IpAddr, String>) -> Summary 
         seen_snat: HashSet::new(),
         seen_drop: HashSet::new(),
         dangling: Vec::new(),
+        accepts: Vec::new(),
+        seen_accept: HashSet::new(),
         visits: 0,
     };
     // Base chains in kernel order, so output follows the packet.
@@ -1047,6 +1080,7 @@ pub fn summarize_with(rs: &Ruleset, names: &HashMap<IpAddr, String>) -> Summary 
         published,
         source_nat: w.snat,
         drops,
+        forward_accepts: w.accepts,
         unreached,
         dangling: w.dangling,
         unknown,
