@@ -369,14 +369,17 @@ fn print_summary(r: &Report) {
         )
     });
     println!(
-        "{} lookups ({} queries, {} answers, {} duplicate answers, {} malformed) from {} frames in {} namespace(s); kernel dropped {}",
+        "{} lookups ({} queries, {} answers, {} duplicate answers, {} malformed) from {} frames in {}; kernel dropped {}",
         r.lookups,
         q,
         ans,
         dup,
         bad,
         frames,
-        r.sources.len(),
+        match r.sources.as_slice() {
+            [one] => one.netns.clone(),
+            many => format!("{} namespaces", many.len()),
+        },
         drops
     );
 }

@@ -329,6 +329,7 @@ impl Pairer {
         payload: &[u8],
     ) {
         let Some(p) = parse(payload) else {
+            tracing::debug!(%src, %dst, len = payload.len(), head = ?&payload[..payload.len().min(16)], "not a DNS message");
             self.stats.malformed += 1;
             return;
         };
@@ -496,6 +497,28 @@ impl Pairer {
                 }
             }
         }
+        // A query DNATed to another port of the same address (Docker's 127.0.0.11:53 ->
+        // 127.0.0.11:PORT when the rules were not known, e.g. reading a pcap): the answer comes
+        // from the address the client asked.
+        let mut dnat_real = None;
+        if !self.pending.contains_key(&key) {
+            if let Some(k) = self
+                .pending
+                .keys()
+                .find(|k| {
+                    k.client == key.client
+                        && k.id == key.id
+                        && k.q == key.q
+                        && k.transport == transport
+                        && k.server.ip() == key.server.ip()
+                        && k.server.port() != key.server.port()
+                })
+                .cloned()
+            {
+                dnat_real = Some(k.server);
+                key = k;
+            }
+        }
         let Some(pend) = self.forget(&key) else {
             if self
                 .answered
@@ -555,7 +578,7 @@ impl Pairer {
             netns: self.label.clone(),
             client: dst,
             server,
-            server_real: server_real.or(pend.server_real),
+            server_real: server_real.or(pend.server_real).or(dnat_real),
             transport,
             id: p.id,
             name: pend.name,
@@ -825,6 +848,21 @@ mod tests {
         assert_eq!(out[1].server_real, Some(real));
         assert_eq!(out[1].upstream.len(), 1);
         assert_eq!(out[1].upstream[0].latency_ms, Some(2.0));
+    }
+
+    #[test]
+    fn unknown_dnat_port_pairs_by_address() {
+        let c: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let real: SocketAddr = "127.0.0.11:41000".parse().unwrap();
+        let shown: SocketAddr = "127.0.0.11:53".parse().unwrap();
+        let mut p = Pairer::new("f", Duration::from_secs(2));
+        p.message(t(0), c, real, Transport::Udp, &query(3, "y.test."));
+        p.message(t(1), shown, c, Transport::Udp, &answer(3, "y.test.", false));
+        let out = p.drain();
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(out[0].server, shown);
+        assert_eq!(out[0].server_real, Some(real));
+        assert_eq!(out[0].status, Status::Answered);
     }
 
     #[test]
