@@ -521,8 +521,8 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
                 let far = scan.link(t).map(|x| x.name.clone()).unwrap_or_default();
                 if drawn_far {
                     if l.kind == "veth" {
-                        // Each pair once: from the lower (ns, ifindex) end.
-                        if r < t {
+                        // Each pair once, from the host side (as `peer --all` lists it).
+                        if scan.host_side_first(r, t) {
                             edges.push(Edge {
                                 from: me.clone(),
                                 to: if_id(inode(t.ns), t.index),

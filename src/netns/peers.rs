@@ -444,10 +444,10 @@ impl HostScan {
         out
     }
 
-    /// The namespace where a veth pair's "host side" lives is a judgement call: prefer the
+    /// True when `a` is the "host side" of the pair (a, b). A judgement call: the end in the
     /// namespace nettool runs in, then the end enslaved to a bridge, then the end outside a
-    /// container, then the namespace with more links.
-    fn host_side_first(&self, a: LinkRef, b: LinkRef) -> bool {
+    /// container, then the end in the namespace with more links.
+    pub fn host_side_first(&self, a: LinkRef, b: LinkRef) -> bool {
         let cur = |r: LinkRef| Some(r.ns) == self.current;
         if cur(a) != cur(b) {
             return cur(a);
