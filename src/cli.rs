@@ -1,5 +1,7 @@
 //! The command line: every command's arguments, help text and examples (clap derive).
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
 /// Debug container networking on Linux: namespaces, veths, NAT, DNS, proxies, labs.
@@ -49,6 +51,10 @@ pub enum Command {
         after_help = "Reads the rules live from a namespace (iptables-nft-save, iptables-legacy-save and\n`nft -j list ruleset`, run inside it) or from files (iptables-save with or without -c,\n`iptables -S`, `nft -j list ruleset` JSON, `nft list ruleset` text).\n\nExamples:\n  nettool explain-nat\n  nettool explain-nat --netns nt-lab-host --json\n  nettool explain-nat -f rules.iptables-save\n  nettool explain-nat --netns web --packet 'tcp 203.0.113.5:40000 -> 192.0.2.10:8080 in eth0'\n  nettool explain-nat -f rules.save --local-addr 192.0.2.10@eth0 --local-addr 172.17.0.1@docker0 \\\n      --route 172.17.0.0/16@docker0 --route default@eth0 \\\n      --packet 'tcp 203.0.113.5:40000 -> 192.0.2.10:8080 in eth0'\n  nettool explain-nat --from-host --packet 'tcp 127.0.0.1:40000 -> 127.0.0.1:8080'"
     )]
     ExplainNat(ExplainNatArgs),
+
+    /// Forward ports (TCP/UDP, ranges, across namespaces) and show what passes; a docker-proxy drop-in.
+    #[command(after_help = PROXY_HELP)]
+    Proxy(Box<ProxyArgs>),
 
     /// Print a shell completion script.
     #[command(
@@ -438,4 +444,82 @@ pub struct LabDaemonArgs {
     /// Write "0\n" here when ready (or "1\n<error>").
     #[arg(long)]
     pub ready_fd: Option<i32>,
+}
+
+/// Examples and notes for `nettool proxy --help`.
+const PROXY_HELP: &str = "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [IP:]PORT[-PORT] and TARGET = IP[:PORT[-PORT]];
+IPv6 goes in brackets ([::1]:8080). A LISTEN without an IP listens on 0.0.0.0 and [::].
+Without --dump/--hex/--pcap/--streams/--json bytes move with splice(2) and are never copied.
+SIGUSR1 logs the counters; SIGINT/SIGTERM stop (exit 0) after logging them.
+
+Examples:
+  nettool proxy 8080 172.19.0.2:80
+  nettool proxy --dump 8080 172.19.0.2:80
+  nettool proxy -p 8080=172.19.0.2:80 -p udp:5353=172.19.0.3:53 -p 9000-9099=10.0.0.5:9000-9099
+  nettool proxy --listen-netns host --target-netns web 8080 127.0.0.1:80
+  nettool proxy --hex --dump-file /tmp/dump.txt --pcap /tmp/p.pcap 6379 172.19.0.4:6379
+  nettool proxy --json 53 --udp 172.19.0.5:53
+
+docker-proxy drop-in: symlink the binary as docker-proxy and give dockerd
+--userland-proxy-path=/path/to/docker-proxy; dumping is switched on by NETTOOL_PROXY_DUMP=text|hex|json,
+NETTOOL_PROXY_LOG, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_STREAMS or /etc/nettool/docker-proxy.toml.";
+
+/// Arguments of `proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Listen side of one mapping: [IP:]PORT[-PORT].
+    pub listen: Option<String>,
+    /// Target of that mapping: IP:PORT[-PORT].
+    pub target: Option<String>,
+    /// A mapping [tcp:|udp:]LISTEN=TARGET (repeatable).
+    #[arg(short = 'p', long = "map", value_name = "SPEC")]
+    pub maps: Vec<String>,
+    /// The positional LISTEN TARGET pair is UDP.
+    #[arg(long)]
+    pub udp: bool,
+    /// Listen inside this namespace (name, path, pid:N, container:NAME).
+    #[arg(long, value_name = "NS")]
+    pub listen_netns: Option<String>,
+    /// Connect to the backend from inside this namespace.
+    #[arg(long, value_name = "NS")]
+    pub target_netns: Option<String>,
+    /// Append log lines here instead of stderr (file mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// When every listener is bound write "0\n" to this fd and close it; on failure "1\n<error>".
+    #[arg(long, value_name = "N")]
+    pub ready_fd: Option<i32>,
+    /// Dump payloads as text, like socat -v (L7 decoding on).
+    #[arg(long)]
+    pub dump: bool,
+    /// Dump payloads as hex, like socat -x.
+    #[arg(long)]
+    pub hex: bool,
+    /// Write a pcap with synthesised headers for both legs of every connection.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Cap each pcap file at this many megabytes (then rotate, see --pcap-files, or stop).
+    #[arg(long, value_name = "MB")]
+    pub pcap_max_mb: Option<u64>,
+    /// Keep this many pcap files when rotating (FILE, FILE.1, ...).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub pcap_files: u32,
+    /// Write one file per connection and direction into DIR (like tcpflow).
+    #[arg(long, value_name = "DIR")]
+    pub streams: Option<PathBuf>,
+    /// A JSON-lines event stream (opens, data sizes, L7 decodes, closes) on stdout or --dump-file.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the --dump/--hex/--json output here (appended, mode 0600) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub dump_file: Option<PathBuf>,
+    /// Do not decode HTTP/TLS/DNS/Redis in the dump.
+    #[arg(long)]
+    pub no_decode: bool,
+    /// Forget a UDP flow after this many idle seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 90)]
+    pub udp_timeout: u64,
+    /// Events queued for the dump writer before the proxy waits (lossless back-pressure).
+    #[arg(long, value_name = "N", default_value_t = 1024, hide = true)]
+    pub dump_queue: usize,
 }

@@ -11,4 +11,6 @@ pub mod lab;
 pub mod nat;
 pub mod netns;
 pub mod output;
+pub mod proxy;
+pub mod tap;
 pub mod topology;

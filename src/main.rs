@@ -4,6 +4,10 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // docker-proxy's Go-style flags are not clap's: handle that invocation first.
+    if let Some(code) = nettool::cmd::proxy::docker_proxy_entry() {
+        std::process::exit(code);
+    }
     let cli = nettool::cli::Cli::parse();
     let default_level = match cli.verbose {
         0 => "warn",

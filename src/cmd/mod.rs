@@ -6,6 +6,7 @@ pub mod explain_nat;
 pub mod lab_daemon;
 pub mod netns;
 pub mod peer;
+pub mod proxy;
 pub mod serve;
 pub mod setup;
 pub mod teardown;
@@ -26,6 +27,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Teardown(a) => teardown::run(a),
         Command::Serve(a) => serve::run(a),
         Command::LabDaemon(a) => lab_daemon::run(a),
+        Command::Proxy(a) => proxy::run(*a, cli.verbose),
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -1,0 +1,441 @@
+//! `nettool proxy`: forward ports (TCP/UDP, ranges, across namespaces) and show what passes.
+//! Also the docker-proxy drop-in (argv[0] `docker-proxy`, or `nettool proxy -proto ...`).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::cli::ProxyArgs;
+use crate::netns::NetNs;
+use crate::proxy::docker::{self, DockerArgs, DockerProxyConfig};
+use crate::proxy::spec::{self, Mapping};
+use crate::proxy::{Level, Log, Proto, Proxy, ProxyConfig};
+use crate::tap::event::Timestamp;
+use crate::tap::json::{JsonSink, Payload};
+use crate::tap::pcap::{PcapOptions, PcapSink};
+use crate::tap::streams::StreamsSink;
+use crate::tap::text::{ConsoleSink, Style};
+use crate::tap::{self, Output, Sink, TapWriter};
+
+/// Where log lines go.
+#[derive(Debug, Clone)]
+enum LogTo {
+    Stderr,
+    File(PathBuf),
+    Nowhere,
+}
+
+/// How the text/hex/json dump is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Console {
+    Text,
+    Hex,
+    Json(Payload),
+}
+
+/// Everything one proxy process does, whichever way it was started.
+struct Plan {
+    maps: Vec<Mapping>,
+    listen_ns: Option<NetNs>,
+    target_ns: Option<NetNs>,
+    udp_idle: Duration,
+    console: Option<Console>,
+    dump_file: Option<PathBuf>,
+    decode: bool,
+    pcap: Option<PcapOptions>,
+    streams: Option<PathBuf>,
+    ready_fd: Option<i32>,
+    log_to: LogTo,
+    log_level: Level,
+    listen_fd: Option<OwnedFd>,
+    queue: usize,
+    json_counters: bool,
+}
+
+fn make_log(to: &LogTo, max: Level) -> anyhow::Result<Log> {
+    let pid = std::process::id();
+    let sink: Arc<Mutex<Option<Box<dyn Write + Send>>>> = Arc::new(Mutex::new(match to {
+        LogTo::Stderr => Some(Box::new(std::io::stderr())),
+        LogTo::File(p) => Some(Box::new(tap::open_private(p, true).with_context(|| {
+            format!("--log-file {}: cannot open it for appending", p.display())
+        })?)),
+        LogTo::Nowhere => None,
+    }));
+    Ok(Log::new(move |level, msg| {
+        if level > max {
+            return;
+        }
+        if let Ok(mut g) = sink.lock() {
+            if let Some(w) = g.as_mut() {
+                let lvl = match level {
+                    Level::Error => "error",
+                    Level::Warn => "warn",
+                    Level::Info => "info",
+                    Level::Debug => "debug",
+                };
+                let _ = writeln!(
+                    w,
+                    "{} nettool-proxy[{pid}] {lvl}: {msg}",
+                    Timestamp::now().rfc3339()
+                );
+                let _ = w.flush();
+            }
+        }
+    }))
+}
+
+/// Set once the readiness fd has been answered (and closed): never write to that number again,
+/// it may belong to another file by then.
+static READY_ANSWERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Write docker-proxy's readiness answer to `fd` and close it.
+fn answer_ready(fd: i32, result: Result<(), String>) -> anyhow::Result<()> {
+    if READY_ANSWERED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    // SAFETY: F_GETFD only checks whether the descriptor is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("--ready-fd {fd}: descriptor {fd} is not open (the parent must pass a pipe there)");
+    }
+    // SAFETY: the fd is open and is ours to consume: the readiness contract closes it.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    let text = match result {
+        Ok(()) => "0\n".to_string(),
+        Err(e) => format!("1\n{e}"),
+    };
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("--ready-fd {fd}: write"))?;
+    Ok(())
+}
+
+fn open_ns(what: &str, target: &Option<String>) -> anyhow::Result<Option<NetNs>> {
+    target
+        .as_deref()
+        .map(|t| NetNs::open(t).with_context(|| format!("{what} {t}")))
+        .transpose()
+}
+
+fn build_sinks(plan: &Plan) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(console) = plan.console {
+        let (out, name): (Output, String) = match &plan.dump_file {
+            Some(p) => (
+                Box::new(tap::open_private(p, true)?),
+                format!("dump to {}", p.display()),
+            ),
+            None => (Box::new(std::io::stdout()), "dump to stdout".into()),
+        };
+        sinks.push(match console {
+            Console::Text => Box::new(ConsoleSink::new(out, name, Style::Text, plan.decode, true)),
+            Console::Hex => Box::new(ConsoleSink::new(out, name, Style::Hex, plan.decode, true)),
+            Console::Json(p) => Box::new(JsonSink::new(out, name, p, plan.decode)),
+        });
+    }
+    if let Some(p) = &plan.pcap {
+        sinks.push(Box::new(PcapSink::new(p.clone())?));
+    }
+    if let Some(d) = &plan.streams {
+        sinks.push(Box::new(StreamsSink::new(d.clone())?));
+    }
+    Ok(sinks)
+}
+
+/// Bind, announce readiness, serve until SIGINT/SIGTERM, print counters. Returns the exit code.
+fn execute(mut plan: Plan) -> anyhow::Result<i32> {
+    let log = make_log(&plan.log_to, plan.log_level)?;
+    let fail_ready = |fd: Option<i32>, e: &anyhow::Error| {
+        if let Some(fd) = fd {
+            let _ = answer_ready(fd, Err(format!("{e:#}")));
+        }
+    };
+    let sinks = match build_sinks(&plan) {
+        Ok(s) => s,
+        Err(e) => {
+            fail_ready(plan.ready_fd, &e);
+            return Err(e);
+        }
+    };
+    let (tap, writer): (Option<tap::Tap>, Option<TapWriter>) = if sinks.is_empty() {
+        (None, None)
+    } else {
+        let hook_log = log.clone();
+        let (t, w) = tap::start(
+            sinks,
+            plan.queue,
+            Box::new(move |f| {
+                hook_log.log(
+                    Level::Error,
+                    &format!(
+                        "{} failed: {}; that dump is stopped, forwarding continues",
+                        f.sink, f.error
+                    ),
+                )
+            }),
+        );
+        (Some(t), Some(w))
+    };
+    let proxy = Proxy::bind(ProxyConfig {
+        maps: std::mem::take(&mut plan.maps),
+        listen_ns: plan.listen_ns.take(),
+        target_ns: plan.target_ns.take(),
+        udp_idle: plan.udp_idle,
+        tap,
+        log: log.clone(),
+        listen_fd: plan.listen_fd.take(),
+    });
+    let proxy = match proxy {
+        Ok(p) => p,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            log.log(Level::Error, &format!("{e:#}"));
+            fail_ready(plan.ready_fd, &e);
+            return Err(e);
+        }
+    };
+    for l in proxy.listeners() {
+        log.log(
+            Level::Info,
+            &format!("listening on {} {} -> {}", l.proto, l.listen, l.target),
+        );
+    }
+    let counters = proxy.counters();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get().min(2))
+        .unwrap_or(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("nettool-proxy")
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let ready_fd = plan.ready_fd;
+    let run_log = log.clone();
+    let usr1_counters = counters.clone();
+    let result: anyhow::Result<()> = rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+        let usr1_log = run_log.clone();
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                usr1_log.log(
+                    Level::Info,
+                    &format!("counters: {}", usr1_counters.snapshot()),
+                );
+            }
+        });
+        if let Some(fd) = ready_fd {
+            answer_ready(fd, Ok(()))?;
+        }
+        let stop = async move {
+            tokio::select! {
+                _ = int.recv() => run_log.log(Level::Info, "SIGINT: stopping"),
+                _ = term.recv() => run_log.log(Level::Info, "SIGTERM: stopping"),
+            }
+        };
+        proxy.run(stop).await.context("serve")?;
+        Ok(())
+    });
+    // Dropping the runtime drops every connection task and with them the tap senders.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    if let Some(w) = writer {
+        w.finish();
+    }
+    result?;
+    let snap = counters.snapshot();
+    log.log(Level::Info, &format!("counters at exit: {snap}"));
+    if plan.json_counters {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({"event": "counters", "counters": snap}),
+        );
+        let _ = writeln!(out);
+    }
+    Ok(0)
+}
+
+/// `nettool proxy ...` with nettool's own flags.
+pub fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
+    let ready_fd = a.ready_fd;
+    let r = run_args(a, verbose);
+    if let (Err(e), Some(fd)) = (&r, ready_fd) {
+        let _ = answer_ready(fd, Err(format!("{e:#}")));
+    }
+    r
+}
+
+fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
+    let mut maps = Vec::new();
+    match (&a.listen, &a.target) {
+        (Some(l), Some(t)) => {
+            let proto = if a.udp { Proto::Udp } else { Proto::Tcp };
+            let spec_text = format!("{l} {t}");
+            maps.push(spec::mapping(&spec_text, proto, l, t)?);
+        }
+        (Some(l), None) => bail!(
+            "LISTEN {l} given without a TARGET: write `nettool proxy {l} IP:PORT` or -p {l}=IP:PORT"
+        ),
+        _ => {}
+    }
+    for m in &a.maps {
+        maps.push(spec::parse_map(m)?);
+    }
+    if maps.is_empty() {
+        bail!("nothing to forward: give LISTEN TARGET (e.g. `nettool proxy 8080 172.19.0.2:80`) or -p SPEC");
+    }
+    let console = if a.json {
+        Some(Console::Json(if a.hex {
+            Payload::Hex
+        } else if a.dump {
+            Payload::Text
+        } else {
+            Payload::None
+        }))
+    } else if a.hex {
+        Some(Console::Hex)
+    } else if a.dump {
+        Some(Console::Text)
+    } else {
+        None
+    };
+    if a.dump_file.is_some() && console.is_none() {
+        bail!("--dump-file needs --dump, --hex or --json (it says where that output goes)");
+    }
+    let plan = Plan {
+        maps,
+        listen_ns: open_ns("--listen-netns", &a.listen_netns)?,
+        target_ns: open_ns("--target-netns", &a.target_netns)?,
+        udp_idle: Duration::from_secs(a.udp_timeout.max(1)),
+        console,
+        dump_file: a.dump_file,
+        decode: !a.no_decode,
+        pcap: a.pcap.map(|path| PcapOptions {
+            path,
+            max_bytes: a.pcap_max_mb.map(|m| m * 1_000_000),
+            files: a.pcap_files.max(1),
+        }),
+        streams: a.streams,
+        ready_fd: a.ready_fd,
+        log_to: match a.log_file {
+            Some(p) => LogTo::File(p),
+            None => LogTo::Stderr,
+        },
+        log_level: if verbose > 0 {
+            Level::Debug
+        } else {
+            Level::Info
+        },
+        listen_fd: None,
+        queue: a.dump_queue.max(1),
+        json_counters: a.json,
+    };
+    execute(plan)
+}
+
+fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
+    let log_file = cfg.log_file.as_deref().map(|p| PathBuf::from(d.expand(p)));
+    let console = match cfg.dump.as_deref() {
+        Some("text") => Some(Console::Text),
+        Some("hex") => Some(Console::Hex),
+        Some("json") => Some(Console::Json(Payload::Text)),
+        _ => None,
+    };
+    let dump_file = cfg
+        .dump_file
+        .as_deref()
+        .map(|p| PathBuf::from(d.expand(p)))
+        .or_else(|| log_file.clone());
+    Plan {
+        maps: vec![d.mapping()],
+        listen_ns: None,
+        target_ns: None,
+        udp_idle: Duration::from_secs(cfg.udp_timeout.unwrap_or(90).max(1)),
+        console,
+        dump_file,
+        decode: cfg.decode.unwrap_or(true),
+        pcap: cfg.pcap.as_deref().map(|p| PcapOptions {
+            path: PathBuf::from(d.expand(p)),
+            max_bytes: None,
+            files: 1,
+        }),
+        streams: cfg.streams.as_deref().map(|p| PathBuf::from(d.expand(p))),
+        ready_fd: Some(3),
+        log_to: match log_file {
+            Some(p) => LogTo::File(p),
+            None => LogTo::Nowhere,
+        },
+        log_level: Level::Info,
+        listen_fd: None,
+        queue: 1024,
+        json_counters: false,
+    }
+}
+
+/// If this process was started as docker-proxy, run that and return the exit code.
+/// Called by main before the normal CLI parse (Go flag syntax is not clap's).
+pub fn docker_proxy_entry() -> Option<i32> {
+    let argv: Vec<String> = std::env::args().collect();
+    if !docker::is_docker_invocation(&argv) {
+        return None;
+    }
+    let base_is_proxy = std::path::Path::new(&argv[0])
+        .file_name()
+        .map(|n| n == "docker-proxy")
+        .unwrap_or(false);
+    let flags = if base_is_proxy {
+        &argv[1..]
+    } else {
+        &argv[2..]
+    };
+    if flags
+        .iter()
+        .any(|a| a == "-h" || a == "--help" || a == "-help")
+    {
+        let mut e = std::io::stderr();
+        let _ = writeln!(
+            e,
+            "Usage of docker-proxy (nettool):\n  -container-ip string\n  -container-port int\n  -host-ip string\n  -host-port int\n  -proto string (tcp, udp)\n  -use-listen-fd\n\nLogging and dumping: NETTOOL_PROXY_LOG, NETTOOL_PROXY_DUMP=text|hex|json,\nNETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_STREAMS, or {}\n(NETTOOL_PROXY_CONFIG overrides the path). See docs/proxy.md.",
+            docker::CONFIG_PATH
+        );
+        return Some(2);
+    }
+    let outcome = (|| -> anyhow::Result<i32> {
+        let d = docker::parse_args(flags)?;
+        let cfg = DockerProxyConfig::load(|k| std::env::var(k).ok())?;
+        let mut plan = docker_plan(&d, &cfg);
+        if d.use_listen_fd {
+            // SAFETY: with -use-listen-fd the parent passes the listening socket as fd 4; we take it once.
+            if unsafe { libc::fcntl(4, libc::F_GETFD) } < 0 {
+                bail!("-use-listen-fd given but fd 4 is not open");
+            }
+            plan.listen_fd = Some(unsafe { OwnedFd::from_raw_fd(4) });
+        }
+        if !d.ignored.is_empty() {
+            let log = make_log(&plan.log_to, Level::Info)?;
+            log.log(
+                Level::Warn,
+                &format!(
+                    "ignoring unknown docker-proxy arguments: {}",
+                    d.ignored.join(" ")
+                ),
+            );
+        }
+        execute(plan)
+    })();
+    Some(match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            // The daemon reads the reason from fd 3; stderr is usually /dev/null.
+            let _ = answer_ready(3, Err(format!("{e:#}")));
+            let _ = writeln!(std::io::stderr(), "docker-proxy (nettool): {e:#}");
+            1
+        }
+    })
+}

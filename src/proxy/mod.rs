@@ -1,0 +1,381 @@
+//! The userland proxy: TCP and UDP forwarding for many mappings in one process, across
+//! namespaces, zero-copy (splice) when nobody watches and tapped when a dump needs the bytes.
+//!
+//! Use: [`Proxy::bind`] (synchronous: binds every listener inside the listen namespace, so
+//! readiness can be reported before serving), then [`Proxy::run`] inside a tokio runtime.
+
+pub mod docker;
+pub mod relay;
+pub mod sock;
+pub mod spec;
+pub mod tcp;
+pub mod udp;
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::netns::NetNs;
+pub use crate::tap::event::Transport as Proto;
+use crate::tap::Tap;
+use spec::{Mapping, PortMap};
+
+/// Errors setting the proxy up (serving errors are logged per connection instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {proto} {addr} in namespace {ns}: {source}{hint}")]
+    Bind {
+        /// TCP or UDP.
+        proto: Proto,
+        /// The address.
+        addr: SocketAddr,
+        /// The namespace label.
+        ns: String,
+        /// Why.
+        source: std::io::Error,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// Entering a namespace failed.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    /// Nothing to do.
+    #[error("no mappings given: pass LISTEN TARGET or -p LISTEN=TARGET")]
+    NoMappings,
+    /// A passed-in listener (docker-proxy -use-listen-fd) is unusable.
+    #[error("the listener passed on fd 4 is unusable: {0}")]
+    ListenFd(std::io::Error),
+}
+
+/// Log severity for [`Log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Something failed.
+    Error,
+    /// Something a person should know (dial failures, dump failures).
+    Warn,
+    /// Start, stop, counters.
+    Info,
+    /// Every connection.
+    Debug,
+}
+
+/// Where the proxy's log lines go; the command decides (stderr, a file).
+#[derive(Clone)]
+pub struct Log(Arc<LogFn>);
+
+/// The function behind a [`Log`].
+pub type LogFn = dyn Fn(Level, &str) + Send + Sync;
+
+impl Log {
+    /// A log that calls `f` for every line.
+    pub fn new(f: impl Fn(Level, &str) + Send + Sync + 'static) -> Self {
+        Log(Arc::new(f))
+    }
+    /// Log one line.
+    pub fn log(&self, level: Level, msg: &str) {
+        (self.0)(level, msg)
+    }
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Log")
+    }
+}
+
+/// Live counters (atomics), readable at any time.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// TCP connections accepted / UDP flows started.
+    pub connections: AtomicU64,
+    /// Connections and flows open now.
+    pub active: AtomicU64,
+    /// Payload bytes client -> backend.
+    pub bytes_c2s: AtomicU64,
+    /// Payload bytes backend -> client.
+    pub bytes_s2c: AtomicU64,
+    /// Backend dials that failed.
+    pub dial_errors: AtomicU64,
+    /// Connections ended by a reset (either side).
+    pub resets: AtomicU64,
+    /// Other socket errors.
+    pub errors: AtomicU64,
+    /// UDP datagrams forwarded (both ways).
+    pub datagrams: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// TCP connections accepted / UDP flows started.
+    pub connections: u64,
+    /// Open now.
+    pub active: u64,
+    /// Bytes client -> backend.
+    pub bytes_c2s: u64,
+    /// Bytes backend -> client.
+    pub bytes_s2c: u64,
+    /// Failed backend dials.
+    pub dial_errors: u64,
+    /// Resets passed on.
+    pub resets: u64,
+    /// Other errors.
+    pub errors: u64,
+    /// UDP datagrams.
+    pub datagrams: u64,
+}
+
+impl Counters {
+    /// Read every counter.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            connections: g(&self.connections),
+            active: g(&self.active),
+            bytes_c2s: g(&self.bytes_c2s),
+            bytes_s2c: g(&self.bytes_s2c),
+            dial_errors: g(&self.dial_errors),
+            resets: g(&self.resets),
+            errors: g(&self.errors),
+            datagrams: g(&self.datagrams),
+        }
+    }
+}
+
+impl std::fmt::Display for CounterSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "connections={} active={} bytes_c2s={} bytes_s2c={} dial_errors={} resets={} errors={} datagrams={}",
+            self.connections,
+            self.active,
+            self.bytes_c2s,
+            self.bytes_s2c,
+            self.dial_errors,
+            self.resets,
+            self.errors,
+            self.datagrams
+        )
+    }
+}
+
+/// Everything the proxy needs to start.
+#[derive(Debug)]
+pub struct ProxyConfig {
+    /// The mappings.
+    pub maps: Vec<Mapping>,
+    /// Listen inside this namespace (None: the current one).
+    pub listen_ns: Option<NetNs>,
+    /// Dial backends from inside this namespace (None: the current one).
+    pub target_ns: Option<NetNs>,
+    /// A UDP flow with no traffic for this long is forgotten.
+    pub udp_idle: Duration,
+    /// Where events go when dumping (None: splice, no copies).
+    pub tap: Option<Tap>,
+    /// Log lines.
+    pub log: Log,
+    /// A listener handed over by the parent (docker-proxy -use-listen-fd), used for the one
+    /// mapping instead of binding.
+    pub listen_fd: Option<OwnedFd>,
+}
+
+/// A listener ready to serve.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerInfo {
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// Bound address.
+    pub listen: SocketAddr,
+    /// Backend.
+    pub target: SocketAddr,
+}
+
+pub(crate) struct Ctx {
+    pub(crate) next_id: AtomicU64,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) dialer: sock::Dialer,
+    pub(crate) tap: Option<Tap>,
+    pub(crate) log: Log,
+    pub(crate) udp_idle: Duration,
+}
+
+impl Ctx {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    pub(crate) fn log(&self, level: Level, msg: impl AsRef<str>) {
+        self.log.log(level, msg.as_ref())
+    }
+}
+
+enum Bound {
+    Tcp(std::net::TcpListener, PortMap),
+    Udp(std::net::UdpSocket, PortMap),
+}
+
+/// A proxy with every listener bound, not yet serving.
+pub struct Proxy {
+    ctx: Arc<Ctx>,
+    bound: Vec<Bound>,
+    listeners: Vec<ListenerInfo>,
+}
+
+/// Raise the open-file soft limit to the hard limit: each connection costs 2 sockets and,
+/// when splicing, 4 pipe ends.
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        let r = match m.proto {
+            Proto::Tcp => sock::bind_tcp(m.listen).map(|l| Bound::Tcp(l, *m)),
+            Proto::Udp => sock::bind_udp(m.listen).map(|s| Bound::Udp(s, *m)),
+        };
+        match r {
+            Ok(b) => out.push(b),
+            Err(e)
+                if m.optional
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+                    ) => {}
+            Err(source) => {
+                let hint = match source.raw_os_error() {
+                    Some(libc::EADDRINUSE) => {
+                        " (something already listens there: see `ss -ltnup` in that namespace)"
+                    }
+                    Some(libc::EACCES) => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+                    Some(libc::EADDRNOTAVAIL) => {
+                        " (that address is not configured on any interface in the namespace)"
+                    }
+                    _ => "",
+                };
+                return Err(ProxyError::Bind {
+                    proto: m.proto,
+                    addr: m.listen,
+                    ns: ns.to_string(),
+                    source,
+                    hint,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Proxy {
+    /// Bind every listener (inside the listen namespace) and start the backend dialer.
+    pub fn bind(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
+        raise_nofile();
+        let maps: Vec<PortMap> = cfg.maps.iter().flat_map(|m| m.expand()).collect();
+        if maps.is_empty() {
+            return Err(ProxyError::NoMappings);
+        }
+        let bound = if let Some(fd) = cfg.listen_fd {
+            // docker-proxy -use-listen-fd: the daemon bound the socket; only the first mapping applies.
+            let m = maps[0];
+            match m.proto {
+                Proto::Tcp => {
+                    let l = std::net::TcpListener::from(fd);
+                    l.set_nonblocking(true).map_err(ProxyError::ListenFd)?;
+                    let mut m = m;
+                    m.listen = l.local_addr().map_err(ProxyError::ListenFd)?;
+                    vec![Bound::Tcp(l, m)]
+                }
+                Proto::Udp => {
+                    let s = std::net::UdpSocket::from(fd);
+                    s.set_nonblocking(true).map_err(ProxyError::ListenFd)?;
+                    let mut m = m;
+                    m.listen = s.local_addr().map_err(ProxyError::ListenFd)?;
+                    if m.listen.ip().is_unspecified() {
+                        sock::set_pktinfo(&s, m.listen.is_ipv6()).map_err(ProxyError::ListenFd)?;
+                    }
+                    vec![Bound::Udp(s, m)]
+                }
+            }
+        } else {
+            match &cfg.listen_ns {
+                Some(ns) => {
+                    let label = ns.label().to_string();
+                    ns.run(|| bind_all(&maps, &label))??
+                }
+                None => bind_all(&maps, "current")?,
+            }
+        };
+        let listeners = bound
+            .iter()
+            .map(|b| {
+                let m = match b {
+                    Bound::Tcp(_, m) | Bound::Udp(_, m) => m,
+                };
+                ListenerInfo {
+                    proto: m.proto,
+                    listen: m.listen,
+                    target: m.target,
+                }
+            })
+            .collect();
+        let dialer = sock::Dialer::new(cfg.target_ns.as_ref())?;
+        Ok(Proxy {
+            ctx: Arc::new(Ctx {
+                next_id: AtomicU64::new(0),
+                counters: Arc::new(Counters::default()),
+                dialer,
+                tap: cfg.tap,
+                log: cfg.log,
+                udp_idle: cfg.udp_idle,
+            }),
+            bound,
+            listeners,
+        })
+    }
+
+    /// What is bound.
+    pub fn listeners(&self) -> &[ListenerInfo] {
+        &self.listeners
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.ctx.counters.clone()
+    }
+
+    /// Serve until `stop` resolves; must be called inside a tokio runtime.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for b in self.bound {
+            match b {
+                Bound::Tcp(l, m) => {
+                    let l = tokio::net::TcpListener::from_std(l)?;
+                    tasks.spawn(tcp::serve(l, m, self.ctx.clone()));
+                }
+                Bound::Udp(s, m) => {
+                    let s = tokio::net::UdpSocket::from_std(s)?;
+                    tasks.spawn(udp::serve(s, m, self.ctx.clone()));
+                }
+            }
+        }
+        stop.await;
+        tasks.abort_all();
+        Ok(())
+    }
+}

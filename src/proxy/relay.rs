@@ -1,0 +1,284 @@
+//! Moving bytes between the two sockets of a TCP connection.
+//!
+//! Fast path: splice(2) socket -> pipe -> socket, the bytes never enter user space. Tapped
+//! path: read into a buffer that is handed (not copied) to the tap and then written out.
+//! Both pass a half-close on (shutdown(SHUT_WR)) and a reset on as a reset (SO_LINGER 0).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nix::fcntl::{splice, SpliceFFlags};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::{Ctx, Level};
+use crate::tap::event::{CloseReason, ConnInfo, Direction, Event, Timestamp};
+use crate::tap::Tap;
+
+/// Bytes per read on the tapped path.
+const CHUNK: usize = 64 * 1024;
+/// Pipe size asked for on the splice path (Go asks for 1 MiB too).
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// How one direction ended.
+#[derive(Debug)]
+enum DirEnd {
+    /// The source sent FIN; it was passed on.
+    Eof,
+    /// Reading the source failed with a reset.
+    SrcReset,
+    /// Writing the destination failed: it reset or went away.
+    DstReset,
+    /// Another error.
+    Error(io::Error),
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNRESET)
+            | Some(libc::EPIPE)
+            | Some(libc::ECONNABORTED)
+            | Some(libc::ETIMEDOUT)
+    )
+}
+
+fn shutdown_write(s: &TcpStream) {
+    // SAFETY: shutdown on a valid socket fd; errors (already reset) do not matter here.
+    unsafe {
+        libc::shutdown(s.as_raw_fd(), libc::SHUT_WR);
+    }
+}
+
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(io::Error::from)?;
+        // SAFETY: fcntl on a pipe fd we own; failure (over pipe-max-size) keeps the default size.
+        unsafe {
+            libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+        }
+        Ok(Pipe { r, w })
+    }
+}
+
+async fn splice_dir(
+    src: &TcpStream,
+    dst: &TcpStream,
+    total: &AtomicU64,
+    counter: &AtomicU64,
+) -> DirEnd {
+    let pipe = match Pipe::new() {
+        Ok(p) => p,
+        Err(e) => return DirEnd::Error(e),
+    };
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    loop {
+        let n = loop {
+            if let Err(e) = src.readable().await {
+                return DirEnd::Error(e);
+            }
+            match src.try_io(Interest::READABLE, || {
+                splice(
+                    src.as_fd(),
+                    None,
+                    pipe.w.as_fd(),
+                    None,
+                    PIPE_SIZE as usize,
+                    flags,
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if is_reset(&e) => return DirEnd::SrcReset,
+                Err(e) => return DirEnd::Error(e),
+            }
+        };
+        if n == 0 {
+            shutdown_write(dst);
+            return DirEnd::Eof;
+        }
+        let mut left = n;
+        while left > 0 {
+            if let Err(e) = dst.writable().await {
+                return DirEnd::Error(e);
+            }
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(pipe.r.as_fd(), None, dst.as_fd(), None, left, flags)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(m) => {
+                    left -= m;
+                    total.fetch_add(m as u64, Ordering::Relaxed);
+                    counter.fetch_add(m as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if is_reset(&e) => return DirEnd::DstReset,
+                Err(e) => return DirEnd::Error(e),
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn copy_dir(
+    src: &TcpStream,
+    dst: &TcpStream,
+    total: &AtomicU64,
+    counter: &AtomicU64,
+    tap: &Tap,
+    conn: &Arc<ConnInfo>,
+    dir: Direction,
+) -> DirEnd {
+    let mut offset = 0u64;
+    loop {
+        let mut buf = Vec::with_capacity(CHUNK);
+        let n = loop {
+            if let Err(e) = src.readable().await {
+                return DirEnd::Error(e);
+            }
+            match src.try_read_buf(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if is_reset(&e) => return DirEnd::SrcReset,
+                Err(e) => return DirEnd::Error(e),
+            }
+        };
+        let ts = Timestamp::now();
+        if n == 0 {
+            if !tap.is_closed() {
+                tap.send(Event::Fin {
+                    conn: conn.clone(),
+                    dir,
+                    ts,
+                })
+                .await;
+            }
+            shutdown_write(dst);
+            return DirEnd::Eof;
+        }
+        let data = Arc::new(buf);
+        if !tap.is_closed() {
+            // Queue before writing so the dump shows a request before its response.
+            tap.send(Event::Data {
+                conn: conn.clone(),
+                dir,
+                offset,
+                ts,
+                bytes: data.clone(),
+            })
+            .await;
+        }
+        let mut done = 0;
+        while done < n {
+            if let Err(e) = dst.writable().await {
+                return DirEnd::Error(e);
+            }
+            match dst.try_write(&data[done..]) {
+                Ok(m) => done += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if is_reset(&e) => return DirEnd::DstReset,
+                Err(e) => return DirEnd::Error(e),
+            }
+        }
+        offset += n as u64;
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+type DirFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = DirEnd> + Send + 'a>>;
+
+/// Relay until both directions end or one side resets; returns why and the byte counts.
+pub(crate) async fn relay(
+    client: TcpStream,
+    backend: TcpStream,
+    conn: &Arc<ConnInfo>,
+    ctx: &Ctx,
+) -> (CloseReason, u64, u64) {
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let c = &ctx.counters;
+    let (f1, f2): (DirFuture<'_>, DirFuture<'_>) = match &ctx.tap {
+        Some(tap) => (
+            Box::pin(copy_dir(
+                &client,
+                &backend,
+                &up,
+                &c.bytes_c2s,
+                tap,
+                conn,
+                Direction::ClientToServer,
+            )),
+            Box::pin(copy_dir(
+                &backend,
+                &client,
+                &down,
+                &c.bytes_s2c,
+                tap,
+                conn,
+                Direction::ServerToClient,
+            )),
+        ),
+        None => (
+            Box::pin(splice_dir(&client, &backend, &up, &c.bytes_c2s)),
+            Box::pin(splice_dir(&backend, &client, &down, &c.bytes_s2c)),
+        ),
+    };
+    let (mut f1, mut f2) = (f1, f2);
+    let (mut d1, mut d2) = (false, false);
+    let reason = loop {
+        let (which, end) = tokio::select! {
+            e = &mut f1, if !d1 => (Direction::ClientToServer, e),
+            e = &mut f2, if !d2 => (Direction::ServerToClient, e),
+        };
+        match (which, end) {
+            (Direction::ClientToServer, DirEnd::Eof) => d1 = true,
+            (Direction::ServerToClient, DirEnd::Eof) => d2 = true,
+            (Direction::ClientToServer, DirEnd::SrcReset)
+            | (Direction::ServerToClient, DirEnd::DstReset) => break CloseReason::ClientReset,
+            (Direction::ServerToClient, DirEnd::SrcReset)
+            | (Direction::ClientToServer, DirEnd::DstReset) => break CloseReason::BackendReset,
+            (_, DirEnd::Error(e)) => break CloseReason::Error(e.to_string()),
+        }
+        if d1 && d2 {
+            break CloseReason::Normal;
+        }
+    };
+    drop(f1);
+    drop(f2);
+    match &reason {
+        CloseReason::ClientReset => {
+            let _ = backend.set_zero_linger();
+            c.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        CloseReason::BackendReset => {
+            let _ = client.set_zero_linger();
+            c.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        CloseReason::Error(e) => {
+            let _ = client.set_zero_linger();
+            let _ = backend.set_zero_linger();
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            ctx.log(
+                Level::Warn,
+                format!("#{} error: {e}; both sides reset", conn.id),
+            );
+        }
+        _ => {}
+    }
+    (
+        reason,
+        up.load(Ordering::Relaxed),
+        down.load(Ordering::Relaxed),
+    )
+}

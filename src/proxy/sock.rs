@@ -1,0 +1,151 @@
+//! Sockets: listeners bound inside the listen namespace, and backend sockets made inside the
+//! target namespace by a helper thread that lives there (setns never touches a tokio worker).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::oneshot;
+
+use crate::netns::NetNs;
+
+/// Listen backlog (the kernel caps it at net.core.somaxconn).
+const BACKLOG: i32 = 4096;
+
+/// A TCP listener on `addr`, IPV6_V6ONLY for IPv6 so 0.0.0.0 and [::] can both be bound.
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
+/// A UDP socket on `addr`; on a wildcard address it asks for the destination address of each
+/// datagram (IP_PKTINFO / IPV6_RECVPKTINFO) so replies leave from the address the client used.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    if addr.ip().is_unspecified() {
+        set_pktinfo(&s, addr.is_ipv6())?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Turn on destination-address reporting for a UDP socket.
+pub fn set_pktinfo(s: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let (level, opt) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    // SAFETY: setsockopt with a pointer to a c_int that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+struct SocketRequest {
+    domain: Domain,
+    ty: Type,
+    reply: oneshot::Sender<io::Result<Socket>>,
+}
+
+/// Makes backend sockets in the right namespace.
+#[derive(Debug)]
+pub enum Dialer {
+    /// The proxy's own namespace.
+    Here,
+    /// A helper thread inside another namespace makes sockets on request.
+    InNetns(std::sync::mpsc::Sender<SocketRequestBox>),
+}
+
+/// An opaque request to the helper thread.
+pub struct SocketRequestBox(SocketRequest);
+
+impl std::fmt::Debug for SocketRequestBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketRequest")
+    }
+}
+
+fn new_socket(domain: Domain, ty: Type) -> io::Result<Socket> {
+    let proto = if ty == Type::STREAM {
+        Protocol::TCP
+    } else {
+        Protocol::UDP
+    };
+    let s = Socket::new(domain, ty, Some(proto))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+impl Dialer {
+    /// A dialer for `ns` (None: here). Starts the helper thread and checks it entered `ns`.
+    pub fn new(ns: Option<&NetNs>) -> Result<Self, crate::netns::NetnsError> {
+        let Some(ns) = ns else {
+            return Ok(Dialer::Here);
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<SocketRequestBox>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let ns = ns.clone();
+        std::thread::Builder::new()
+            .name("nettool-dialer".into())
+            .spawn(move || {
+                let inner_ready = ready_tx.clone();
+                let r = ns.run(move || {
+                    let _ = inner_ready.send(Ok(()));
+                    while let Ok(SocketRequestBox(req)) = rx.recv() {
+                        let _ = req.reply.send(new_socket(req.domain, req.ty));
+                    }
+                });
+                if let Err(e) = r {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            })
+            .map_err(|e| crate::netns::NetnsError::Thread(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Dialer::InNetns(tx)),
+            Ok(Err(e)) => Err(crate::netns::NetnsError::Thread(e)),
+            Err(_) => Err(crate::netns::NetnsError::Thread(
+                "the dialer thread died".into(),
+            )),
+        }
+    }
+
+    /// A fresh non-blocking socket for talking to `target`, in the dialer's namespace.
+    pub async fn socket(&self, target: SocketAddr, ty: Type) -> io::Result<Socket> {
+        let domain = Domain::for_address(target);
+        match self {
+            Dialer::Here => new_socket(domain, ty),
+            Dialer::InNetns(tx) => {
+                let (reply, rx) = oneshot::channel();
+                tx.send(SocketRequestBox(SocketRequest { domain, ty, reply }))
+                    .map_err(|_| io::Error::other("the target-namespace dialer thread is gone"))?;
+                rx.await
+                    .map_err(|_| io::Error::other("the target-namespace dialer thread is gone"))?
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! TCP: accept, dial the backend from the target namespace, relay, report.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::Type;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use super::relay::relay;
+use super::spec::PortMap;
+use super::{Ctx, Level, Proto};
+use crate::tap::event::{CloseReason, ConnInfo, Event, Timestamp};
+
+/// How long a backend dial may take before the client is reset.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An IPv4-mapped IPv6 address shown as the IPv4 address it is.
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// Accept forever on one listener.
+pub(crate) async fn serve(listener: TcpListener, map: PortMap, ctx: Arc<Ctx>) {
+    loop {
+        match listener.accept().await {
+            Ok((s, peer)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { handle(s, canonical(peer), map, ctx).await });
+            }
+            Err(e) => {
+                ctx.log(Level::Warn, format!("accept on tcp {}: {e}", map.listen));
+                // Out of fds or memory: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Connect to `target` with a socket made in the dialer's namespace.
+pub(crate) async fn dial(ctx: &Ctx, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = ctx.dialer.socket(target, Type::STREAM).await?;
+    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
+    match tokio::time::timeout(DIAL_TIMEOUT, sock.connect(target)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {}s", DIAL_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+struct Active<'a>(&'a Ctx);
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>) {
+    let id = ctx.next_id();
+    ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.active.fetch_add(1, Ordering::Relaxed);
+    let _active = Active(&ctx);
+    let listen = client.local_addr().map(canonical).unwrap_or(map.listen);
+    let _ = client.set_nodelay(true);
+    let backend = match dial(&ctx, map.target).await {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.counters.dial_errors.fetch_add(1, Ordering::Relaxed);
+            ctx.log(
+                Level::Warn,
+                format!(
+                    "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}; resetting the client",
+                    map.target
+                ),
+            );
+            let _ = client.set_zero_linger();
+            if let Some(tap) = &ctx.tap {
+                let conn = Arc::new(ConnInfo {
+                    id,
+                    transport: Proto::Tcp,
+                    client: peer,
+                    listen,
+                    local: SocketAddr::new(map.target.ip(), 0),
+                    backend: map.target,
+                });
+                tap.send(Event::Close {
+                    conn,
+                    ts: Timestamp::now(),
+                    reason: CloseReason::DialFailed(e.to_string()),
+                    bytes_c2s: 0,
+                    bytes_s2c: 0,
+                })
+                .await;
+            }
+            return;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let conn = Arc::new(ConnInfo {
+        id,
+        transport: Proto::Tcp,
+        client: peer,
+        listen,
+        local: backend.local_addr().map(canonical).unwrap_or(map.target),
+        backend: map.target,
+    });
+    ctx.log(
+        Level::Debug,
+        format!(
+            "#{id} open {peer} -> {listen} => {} -> {}",
+            conn.local, conn.backend
+        ),
+    );
+    if let Some(tap) = &ctx.tap {
+        tap.send(Event::Open {
+            conn: conn.clone(),
+            ts: Timestamp::now(),
+        })
+        .await;
+    }
+    let (reason, up, down) = relay(client, backend, &conn, &ctx).await;
+    ctx.log(
+        Level::Debug,
+        format!("#{id} close {reason:?} c2s={up} s2c={down}"),
+    );
+    if let Some(tap) = &ctx.tap {
+        tap.send(Event::Close {
+            conn,
+            ts: Timestamp::now(),
+            reason,
+            bytes_c2s: up,
+            bytes_s2c: down,
+        })
+        .await;
+    }
+}

@@ -1,0 +1,141 @@
+//! L7 decoding of a byte stream (or datagrams): HTTP/1.x, TLS ClientHello, DNS, Redis RESP.
+//!
+//! Each direction of each connection gets a [`StreamDecoder`] that sniffs the protocol from the
+//! first bytes (and the port: 53 is DNS), then parses incrementally. Decoders never fail the
+//! dump: input they cannot parse switches them off for that stream.
+
+pub mod dns;
+pub mod http;
+pub mod resp;
+pub mod tls;
+
+use serde::Serialize;
+
+use super::event::{ConnInfo, Direction, Transport};
+
+/// Something a decoder recognised.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "proto", rename_all = "snake_case")]
+pub enum L7Event {
+    /// An HTTP request or response head.
+    HttpHead(http::HttpHead),
+    /// The end of an HTTP message body.
+    HttpBody(http::HttpBody),
+    /// A TLS ClientHello.
+    TlsClientHello(tls::ClientHello),
+    /// A DNS message.
+    Dns(dns::DnsMessage),
+    /// A Redis command or reply.
+    Resp(resp::RespValue),
+}
+
+impl L7Event {
+    /// One or more `# ...` lines for the text and hex dumps.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            L7Event::HttpHead(h) => h.lines(),
+            L7Event::HttpBody(b) => vec![b.line()],
+            L7Event::TlsClientHello(t) => vec![t.line()],
+            L7Event::Dns(d) => d.lines(),
+            L7Event::Resp(r) => vec![r.line()],
+        }
+    }
+}
+
+enum State {
+    Sniff(Vec<u8>),
+    Http(http::HttpDecoder),
+    Tls(tls::TlsDecoder),
+    DnsTcp(dns::TcpFramer),
+    DnsUdp,
+    Resp(resp::RespDecoder),
+    Off,
+}
+
+/// The decoder for one direction of one connection.
+pub struct StreamDecoder {
+    state: State,
+    dir: Direction,
+}
+
+fn is_dns_port(c: &ConnInfo) -> bool {
+    c.listen.port() == 53 || c.backend.port() == 53
+}
+
+impl StreamDecoder {
+    /// A decoder for `dir` of `conn`.
+    pub fn new(conn: &ConnInfo, dir: Direction) -> Self {
+        let state = match (conn.transport, is_dns_port(conn)) {
+            (Transport::Udp, true) => State::DnsUdp,
+            (Transport::Udp, false) => State::Sniff(Vec::new()),
+            (Transport::Tcp, true) => State::DnsTcp(dns::TcpFramer::default()),
+            (Transport::Tcp, false) => State::Sniff(Vec::new()),
+        };
+        StreamDecoder { state, dir }
+    }
+
+    /// Feed the next bytes (a TCP read or one UDP datagram).
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<L7Event> {
+        if let State::Sniff(buf) = &mut self.state {
+            buf.extend_from_slice(bytes);
+            let buf = std::mem::take(buf);
+            self.state = sniff(&buf, self.dir);
+            return match &self.state {
+                State::Sniff(_) => {
+                    self.state = State::Sniff(buf);
+                    Vec::new()
+                }
+                _ => self.feed_known(&buf),
+            };
+        }
+        self.feed_known(bytes)
+    }
+
+    fn feed_known(&mut self, bytes: &[u8]) -> Vec<L7Event> {
+        let dir = self.dir;
+        match &mut self.state {
+            State::Http(d) => d.feed(bytes),
+            State::Tls(d) => d.feed(bytes),
+            State::DnsTcp(f) => f
+                .feed(bytes)
+                .into_iter()
+                .filter_map(|m| dns::decode(&m).map(L7Event::Dns))
+                .collect(),
+            State::DnsUdp => dns::decode(bytes).map(L7Event::Dns).into_iter().collect(),
+            State::Resp(d) => d.feed_dir(bytes, dir),
+            State::Sniff(_) | State::Off => Vec::new(),
+        }
+    }
+
+    /// The stream ended: report a body that ran until close.
+    pub fn finish(&mut self) -> Vec<L7Event> {
+        match &mut self.state {
+            State::Http(d) => d.finish(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Pick the protocol from the first bytes; stay in Sniff while too few bytes arrived.
+fn sniff(buf: &[u8], dir: Direction) -> State {
+    if buf.is_empty() {
+        return State::Sniff(Vec::new());
+    }
+    if http::looks_like_http(buf, dir) {
+        return State::Http(http::HttpDecoder::new(dir));
+    }
+    if buf.len() < 5 && http::could_be_http(buf) {
+        return State::Sniff(buf.to_vec());
+    }
+    if buf[0] == 0x16 && buf.len() >= 2 && buf[1] == 0x03 {
+        return if dir == Direction::ClientToServer {
+            State::Tls(tls::TlsDecoder::default())
+        } else {
+            State::Off
+        };
+    }
+    if resp::looks_like_resp(buf, dir) {
+        return State::Resp(resp::RespDecoder::default());
+    }
+    State::Off
+}

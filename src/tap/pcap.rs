@@ -1,0 +1,437 @@
+//! `--pcap FILE`: synthesised Ethernet/IP/TCP (or UDP) packets for both legs of every
+//! connection (client <-> proxy, proxy <-> backend), with a handshake, consistent sequence and
+//! acknowledgement numbers, FIN and RST, so Wireshark and `tshark -z follow` rebuild the streams.
+//!
+//! Checksums of the transport header are left 0 (Wireshark does not validate them by default);
+//! computing them would cost a pass over every payload byte.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etherparse::{
+    EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader, UdpHeader,
+};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+
+use super::event::{CloseReason, Direction, Event, Timestamp, Transport};
+use super::{open_private, Sink, TapError};
+
+/// Largest payload per synthesised segment (IPv4 total length is 16 bits).
+const SEGMENT: usize = 65_000;
+
+/// Where and how much to capture.
+#[derive(Debug, Clone)]
+pub struct PcapOptions {
+    /// The file.
+    pub path: PathBuf,
+    /// Rotate (or stop, with one file) once a file reaches this many bytes.
+    pub max_bytes: Option<u64>,
+    /// How many files to keep when rotating: FILE, FILE.1 ... FILE.(n-1).
+    pub files: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Seqs {
+    client: u32,
+    listen: u32,
+    local: u32,
+    backend: u32,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Flags {
+    syn: bool,
+    ack: bool,
+    fin: bool,
+    rst: bool,
+    psh: bool,
+}
+
+/// Writes the pcap.
+pub struct PcapSink {
+    opts: PcapOptions,
+    w: Option<PcapWriter<SharedFile>>,
+    out: Option<Arc<Mutex<BufWriter<File>>>>,
+    written: u64,
+    conns: HashMap<u64, Seqs>,
+    buf: Vec<u8>,
+}
+
+type Writer = (PcapWriter<SharedFile>, Arc<Mutex<BufWriter<File>>>);
+
+fn create(path: &std::path::Path) -> Result<Writer, TapError> {
+    let f = open_private(path, false)?;
+    let shared = Arc::new(Mutex::new(BufWriter::with_capacity(1 << 20, f)));
+    let w = PcapWriter::with_header(SharedFile(shared.clone()), PcapHeader::default()).map_err(
+        |e| TapError::Open {
+            path: path.into(),
+            source: std::io::Error::other(e.to_string()),
+        },
+    )?;
+    Ok((w, shared))
+}
+
+fn io(e: pcap_file::PcapError) -> std::io::Error {
+    match e {
+        pcap_file::PcapError::IoError(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+fn mac(ip: IpAddr) -> [u8; 6] {
+    let o = match ip {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
+            let s = a.octets();
+            [s[12], s[13], s[14], s[15]]
+        }
+    };
+    [0x02, 0x00, o[0], o[1], o[2], o[3]]
+}
+
+fn v6(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+impl PcapSink {
+    /// Create (truncate) the capture file, mode 0600.
+    pub fn new(opts: PcapOptions) -> Result<Self, TapError> {
+        let (w, out) = create(&opts.path)?;
+        Ok(PcapSink {
+            opts,
+            w: Some(w),
+            out: Some(out),
+            written: 24,
+            conns: HashMap::new(),
+            buf: Vec::with_capacity(SEGMENT + 128),
+        })
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let Some(max) = self.opts.max_bytes else {
+            return Ok(());
+        };
+        if self.written < max {
+            return Ok(());
+        }
+        if self.opts.files <= 1 {
+            return Err(std::io::Error::other(format!(
+                "{} reached its size cap of {max} bytes (give --pcap-files N to rotate instead)",
+                self.opts.path.display()
+            )));
+        }
+        self.w = None;
+        if let Some(o) = self.out.take() {
+            use std::io::Write;
+            o.lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .flush()?;
+        }
+        let p = &self.opts.path;
+        let name = |i: u32| {
+            let mut s = p.clone().into_os_string();
+            s.push(format!(".{i}"));
+            PathBuf::from(s)
+        };
+        for i in (1..self.opts.files - 1).rev() {
+            let _ = std::fs::rename(name(i), name(i + 1));
+        }
+        std::fs::rename(p, name(1))?;
+        let (w, out) = create(p).map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.w = Some(w);
+        self.out = Some(out);
+        self.written = 24;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn packet(
+        &mut self,
+        ts: Timestamp,
+        transport: Transport,
+        src: SocketAddr,
+        dst: SocketAddr,
+        seq: u32,
+        ack: u32,
+        flags: Flags,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let b = &mut self.buf;
+        b.clear();
+        let l4_len = match transport {
+            Transport::Tcp => 20 + payload.len(),
+            Transport::Udp => 8 + payload.len(),
+        };
+        let proto = match transport {
+            Transport::Tcp => IpNumber::TCP,
+            Transport::Udp => IpNumber::UDP,
+        };
+        let both_v4 = matches!((src.ip(), dst.ip()), (IpAddr::V4(_), IpAddr::V4(_)));
+        Ethernet2Header {
+            source: mac(src.ip()),
+            destination: mac(dst.ip()),
+            ether_type: if both_v4 {
+                EtherType::IPV4
+            } else {
+                EtherType::IPV6
+            },
+        }
+        .write(b)?;
+        match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut h = Ipv4Header::new(l4_len as u16, 64, proto, s.octets(), d.octets())
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                h.header_checksum = h.calc_header_checksum();
+                h.write(b)?;
+            }
+            (s, d) => Ipv6Header {
+                traffic_class: 0,
+                flow_label: Default::default(),
+                payload_length: l4_len as u16,
+                next_header: proto,
+                hop_limit: 64,
+                source: v6(s),
+                destination: v6(d),
+            }
+            .write(b)?,
+        }
+        match transport {
+            Transport::Tcp => {
+                let mut t = TcpHeader::new(src.port(), dst.port(), seq, 65_535);
+                t.acknowledgment_number = ack;
+                t.syn = flags.syn;
+                t.ack = flags.ack;
+                t.fin = flags.fin;
+                t.rst = flags.rst;
+                t.psh = flags.psh;
+                t.write(b)?;
+            }
+            Transport::Udp => UdpHeader {
+                source_port: src.port(),
+                destination_port: dst.port(),
+                length: l4_len as u16,
+                checksum: 0,
+            }
+            .write(b)?,
+        }
+        b.extend_from_slice(payload);
+        let (secs, micros) = ts.split();
+        let pkt = PcapPacket::new(
+            Duration::new(secs, micros * 1000),
+            b.len() as u32,
+            b.as_slice(),
+        );
+        let Some(w) = self.w.as_mut() else {
+            return Ok(());
+        };
+        self.written += 16 + b.len() as u64;
+        w.write_packet(&pkt).map_err(io)?;
+        self.rotate()
+    }
+
+    /// Data segments, split to fit IP's length field, advancing `seq`.
+    #[allow(clippy::too_many_arguments)]
+    fn data(
+        &mut self,
+        ts: Timestamp,
+        t: Transport,
+        src: SocketAddr,
+        dst: SocketAddr,
+        seq: &mut u32,
+        ack: u32,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        let flags = Flags {
+            ack: true,
+            psh: true,
+            ..Default::default()
+        };
+        if t == Transport::Udp {
+            // A datagram is one packet; 64 KiB datagrams exceed IPv4's limit, so cut the capture.
+            let cut = bytes.len().min(65_507);
+            return self.packet(ts, t, src, dst, 0, 0, flags, &bytes[..cut]);
+        }
+        for chunk in bytes.chunks(SEGMENT) {
+            self.packet(ts, t, src, dst, *seq, ack, flags, chunk)?;
+            *seq = seq.wrapping_add(chunk.len() as u32);
+        }
+        Ok(())
+    }
+}
+
+impl Sink for PcapSink {
+    fn name(&self) -> String {
+        format!("pcap {}", self.opts.path.display())
+    }
+
+    fn event(&mut self, ev: &Event) -> std::io::Result<()> {
+        let c = ev.conn().clone();
+        let ts = ev.ts();
+        let t = c.transport;
+        let ack = Flags {
+            ack: true,
+            ..Default::default()
+        };
+        match ev {
+            Event::Open { .. } => {
+                if t == Transport::Udp {
+                    return Ok(());
+                }
+                let base = (c.id as u32).wrapping_mul(2_654_435_761);
+                let s = Seqs {
+                    client: base,
+                    listen: base ^ 0x5555_0000,
+                    local: base ^ 0x0000_aaaa,
+                    backend: base ^ 0xaaaa_5555,
+                };
+                let syn = Flags {
+                    syn: true,
+                    ..Default::default()
+                };
+                let synack = Flags {
+                    syn: true,
+                    ack: true,
+                    ..Default::default()
+                };
+                for (a, b, sa, sb) in [
+                    (c.client, c.listen, s.client, s.listen),
+                    (c.local, c.backend, s.local, s.backend),
+                ] {
+                    self.packet(ts, t, a, b, sa, 0, syn, &[])?;
+                    self.packet(ts, t, b, a, sb, sa.wrapping_add(1), synack, &[])?;
+                    self.packet(
+                        ts,
+                        t,
+                        a,
+                        b,
+                        sa.wrapping_add(1),
+                        sb.wrapping_add(1),
+                        ack,
+                        &[],
+                    )?;
+                }
+                self.conns.insert(
+                    c.id,
+                    Seqs {
+                        client: s.client.wrapping_add(1),
+                        listen: s.listen.wrapping_add(1),
+                        local: s.local.wrapping_add(1),
+                        backend: s.backend.wrapping_add(1),
+                    },
+                );
+            }
+            Event::Data { dir, bytes, .. } => {
+                let mut s = self.conns.get(&c.id).copied().unwrap_or(Seqs {
+                    client: 0,
+                    listen: 0,
+                    local: 0,
+                    backend: 0,
+                });
+                match dir {
+                    Direction::ClientToServer => {
+                        self.data(ts, t, c.client, c.listen, &mut s.client, s.listen, bytes)?;
+                        self.data(ts, t, c.local, c.backend, &mut s.local, s.backend, bytes)?;
+                    }
+                    Direction::ServerToClient => {
+                        self.data(ts, t, c.backend, c.local, &mut s.backend, s.local, bytes)?;
+                        self.data(ts, t, c.listen, c.client, &mut s.listen, s.client, bytes)?;
+                    }
+                }
+                if t == Transport::Tcp {
+                    self.conns.insert(c.id, s);
+                }
+            }
+            Event::Fin { dir, .. } => {
+                let Some(mut s) = self.conns.get(&c.id).copied() else {
+                    return Ok(());
+                };
+                let fin = Flags {
+                    fin: true,
+                    ack: true,
+                    ..Default::default()
+                };
+                match dir {
+                    Direction::ClientToServer => {
+                        self.packet(ts, t, c.client, c.listen, s.client, s.listen, fin, &[])?;
+                        self.packet(ts, t, c.local, c.backend, s.local, s.backend, fin, &[])?;
+                        s.client = s.client.wrapping_add(1);
+                        s.local = s.local.wrapping_add(1);
+                    }
+                    Direction::ServerToClient => {
+                        self.packet(ts, t, c.backend, c.local, s.backend, s.local, fin, &[])?;
+                        self.packet(ts, t, c.listen, c.client, s.listen, s.client, fin, &[])?;
+                        s.backend = s.backend.wrapping_add(1);
+                        s.listen = s.listen.wrapping_add(1);
+                    }
+                }
+                self.conns.insert(c.id, s);
+            }
+            Event::Close { reason, .. } => {
+                let Some(s) = self.conns.remove(&c.id) else {
+                    return Ok(());
+                };
+                let rst = Flags {
+                    rst: true,
+                    ack: true,
+                    ..Default::default()
+                };
+                match reason {
+                    CloseReason::ClientReset => {
+                        self.packet(ts, t, c.client, c.listen, s.client, s.listen, rst, &[])?;
+                        self.packet(ts, t, c.local, c.backend, s.local, s.backend, rst, &[])?;
+                    }
+                    CloseReason::BackendReset | CloseReason::Error(_) => {
+                        self.packet(ts, t, c.backend, c.local, s.backend, s.local, rst, &[])?;
+                        self.packet(ts, t, c.listen, c.client, s.listen, s.client, rst, &[])?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        match &self.out {
+            Some(o) => o
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The file behind the PcapWriter, shared so we can flush it (PcapWriter has no flush).
+#[derive(Clone)]
+struct SharedFile(Arc<Mutex<BufWriter<File>>>);
+
+impl std::io::Write for SharedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .write_all(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .flush()
+    }
+}

@@ -1,0 +1,161 @@
+//! The console dump: socat -v style text (or socat -x style hex) blocks, each naming the
+//! connection, both address pairs, the direction, byte offsets and a microsecond timestamp,
+//! with L7 lines (`# ...`) under the data.
+
+use std::io::{BufWriter, Write};
+
+use super::event::Event;
+use super::{describe_conn, Decoders, Output, Sink};
+
+/// Text (socat -v) or hex (socat -x) payload rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Printable text, `\r` and non-printables escaped.
+    Text,
+    /// Hex lines with an ASCII column.
+    Hex,
+}
+
+/// Renders events as text blocks.
+pub struct ConsoleSink {
+    out: BufWriter<Output>,
+    name: String,
+    style: Style,
+    dec: Decoders,
+    /// Write only the L7 lines and connection events, not payloads (--json-less summary mode).
+    payload: bool,
+}
+
+impl ConsoleSink {
+    /// A console sink writing to `out` (named `name` in error reports).
+    pub fn new(out: Output, name: String, style: Style, decode: bool, payload: bool) -> Self {
+        ConsoleSink {
+            out: BufWriter::with_capacity(256 * 1024, out),
+            name,
+            style,
+            dec: Decoders::new(decode),
+            payload,
+        }
+    }
+}
+
+/// Escape like socat -v: keep printable ASCII, newlines and tabs; `\r` and others as escapes.
+pub fn write_text(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let plain = (0x20..0x7f).contains(&b) || b == b'\n' || b == b'\t';
+        if plain {
+            continue;
+        }
+        out.write_all(&bytes[start..i])?;
+        if b == b'\r' {
+            out.write_all(b"\\r")?;
+        } else {
+            write!(out, "\\x{b:02x}")?;
+        }
+        start = i + 1;
+    }
+    out.write_all(&bytes[start..])?;
+    if bytes.last() != Some(&b'\n') {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+impl Sink for ConsoleSink {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn event(&mut self, ev: &Event) -> std::io::Result<()> {
+        let l7 = self.dec.feed(ev);
+        let c = ev.conn();
+        let ts = ev.ts().socat();
+        match ev {
+            Event::Open { .. } => writeln!(
+                self.out,
+                "* #{} open {} {}  {ts}",
+                c.id,
+                c.transport,
+                describe_conn(c)
+            )?,
+            Event::Data {
+                dir, offset, bytes, ..
+            } => {
+                if self.payload {
+                    let len = bytes.len() as u64;
+                    writeln!(
+                        self.out,
+                        "{} #{} {}  {ts}  length={len} from={offset} to={}",
+                        dir.arrow(),
+                        c.id,
+                        describe_conn(c),
+                        offset + len.max(1) - 1
+                    )?;
+                    match self.style {
+                        Style::Text => write_text(&mut self.out, bytes)?,
+                        Style::Hex => {
+                            super::hex::write_hex(&mut self.out, bytes, *offset)?;
+                            self.out.write_all(b"--\n")?;
+                        }
+                    }
+                }
+            }
+            Event::Fin { dir, .. } => writeln!(
+                self.out,
+                "* #{} {} end of data (FIN)  {ts}",
+                c.id,
+                dir.short()
+            )?,
+            Event::Close {
+                reason,
+                bytes_c2s,
+                bytes_s2c,
+                ..
+            } => writeln!(
+                self.out,
+                "* #{} close {} c2s={bytes_c2s} s2c={bytes_s2c}  {ts}",
+                c.id,
+                match reason {
+                    super::event::CloseReason::Normal => "normal".to_string(),
+                    super::event::CloseReason::ClientReset => "reset by client".into(),
+                    super::event::CloseReason::BackendReset => "reset by backend".into(),
+                    super::event::CloseReason::DialFailed(e) => format!("dial failed: {e}"),
+                    super::event::CloseReason::Error(e) => format!("error: {e}"),
+                    super::event::CloseReason::Shutdown => "proxy stopped".into(),
+                }
+            )?,
+        }
+        let dir = match ev {
+            Event::Data { dir, .. } => dir.short(),
+            _ => "",
+        };
+        for e in l7 {
+            for line in e.lines() {
+                writeln!(self.out, "# #{} {dir} {line}", c.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    fn stop_marker(&mut self, why: &str) -> std::io::Result<()> {
+        writeln!(self.out, "* nettool: dump stopped: {why}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_like_socat() {
+        let mut v = Vec::new();
+        super::write_text(&mut v, b"GET / HTTP/1.1\r\nx\x01y").unwrap();
+        assert_eq!(
+            String::from_utf8(v).unwrap(),
+            "GET / HTTP/1.1\\r\nx\\x01y\n"
+        );
+    }
+}

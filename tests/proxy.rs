@@ -1,0 +1,954 @@
+//! `nettool proxy` against real clients and backends, each test inside its own namespaces.
+
+mod common;
+
+use std::io::{BufRead, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{unique, wait_for, ChildGuard, TestNs};
+use nettool::netns::NetNs;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nettool");
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A namespace with lo up and a few extra addresses.
+fn lab(tag: &str) -> TestNs {
+    let ns = TestNs::new(tag);
+    ns.ip(&["addr", "add", "10.9.0.1/32", "dev", "lo"]);
+    ns.ip(&["addr", "add", "fd00::9/128", "dev", "lo", "nodad"]);
+    ns
+}
+
+fn netns(ns: &TestNs) -> NetNs {
+    NetNs::from_name(&ns.name).unwrap()
+}
+
+/// Run `f` inside `ns` on a fresh thread (the test's own threads never switch).
+fn inside<T: Send>(ns: &TestNs, f: impl FnOnce() -> T + Send) -> T {
+    netns(ns).run(f).unwrap()
+}
+
+/// A TCP listener made inside `ns`.
+fn listen_in(ns: &TestNs, addr: &str) -> TcpListener {
+    let a: SocketAddr = addr.parse().unwrap();
+    inside(ns, move || TcpListener::bind(a).unwrap())
+}
+
+/// A connection made from inside `ns`.
+fn connect_in(ns: &TestNs, addr: &str) -> std::io::Result<TcpStream> {
+    let a: SocketAddr = addr.parse().unwrap();
+    inside(ns, move || {
+        TcpStream::connect_timeout(&a, Duration::from_secs(5))
+    })
+}
+
+/// Backend: answer each connection with the number of bytes received before EOF (needs the
+/// half-close passed on to ever answer).
+fn count_backend(l: TcpListener) {
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut n = 0usize;
+                let mut buf = [0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+                let _ = s.write_all(n.to_string().as_bytes());
+            });
+        }
+    });
+}
+
+/// Backend: echo everything, close after EOF.
+fn echo_backend(l: TcpListener) {
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let _ = std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let mut w = s;
+                    let _ = std::io::copy(&mut r, &mut w);
+                    let _ = w.shutdown(Shutdown::Write);
+                });
+        }
+    });
+}
+
+/// A running proxy; killed on drop.
+struct Proxy {
+    child: ChildGuard,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+    /// SIGTERM and wait: must exit 0.
+    fn stop(mut self) -> String {
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let st = self.child.0.wait().unwrap();
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "proxy exit status; log:\n{}",
+            self.log()
+        );
+        self.log()
+    }
+}
+
+/// A pipe whose write end the child gets as fd 3 (docker-proxy's readiness contract).
+/// Drop the returned write end right after spawn so EOF arrives when the child closes its copy.
+fn ready_pipe(cmd: &mut Command) -> (std::fs::File, std::os::fd::OwnedFd) {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let wfd = w.as_raw_fd();
+    unsafe {
+        cmd.pre_exec(move || {
+            if wfd == 3 {
+                let fl = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+            } else if libc::dup2(wfd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    (r.into(), w)
+}
+
+/// Read the readiness answer (everything until EOF).
+fn read_ready(mut r: std::fs::File) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
+
+/// Start `nettool proxy ARGS` inside `ns` (or in the test's namespace when None) and wait for
+/// "0\n" on its --ready-fd.
+fn start(ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
+    let log = dir.join(&format!("proxy-{}.log", unique("l")));
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name, BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.arg("proxy")
+        .args(args)
+        .args(["--ready-fd", "3", "--log-file"])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let (r, w) = ready_pipe(&mut cmd);
+    let child = cmd.spawn().expect("spawn nettool proxy");
+    drop(w);
+    let answer = read_ready(r);
+    let p = Proxy {
+        child: ChildGuard(child),
+        log,
+    };
+    assert_eq!(answer, "0\n", "readiness answer; log:\n{}", p.log());
+    p
+}
+
+fn send_count(ns: &TestNs, addr: &str, n: usize) -> String {
+    let mut s = connect_in(ns, addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let data = vec![b'x'; n];
+    s.write_all(&data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn tcp_ipv4_ipv6_half_close_and_counters() {
+    let ns = lab("pxtcp");
+    let dir = TempDir::new("pxtcp");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    count_backend(listen_in(&ns, "[::1]:7001"));
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-p",
+            "8080=127.0.0.1:7000",
+            "-p",
+            "[fd00::9]:8081=[::1]:7001",
+        ],
+    );
+    // The backend answers only after EOF: the client's shutdown(SHUT_WR) must be passed on.
+    assert_eq!(send_count(&ns, "127.0.0.1:8080", 300_000), "300000");
+    assert_eq!(send_count(&ns, "10.9.0.1:8080", 5), "5");
+    assert_eq!(send_count(&ns, "[::1]:8080", 70_000), "70000");
+    assert_eq!(send_count(&ns, "[fd00::9]:8081", 123), "123");
+    unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
+    wait_for("counters on SIGUSR1", 5, || {
+        p.log().contains("counters: connections=4")
+    });
+    let log = p.stop();
+    assert!(log.contains("listening on tcp 0.0.0.0:8080"), "{log}");
+    assert!(log.contains("listening on tcp [::]:8080"), "{log}");
+    assert!(
+        log.contains("counters at exit: connections=4 active=0 bytes_c2s=370128"),
+        "{log}"
+    );
+}
+
+#[test]
+fn udp_ipv4_ipv6_flows_and_reply_source() {
+    let ns = lab("pxudp");
+    let dir = TempDir::new("pxudp");
+    for addr in ["127.0.0.1:5300", "[::1]:5301"] {
+        let a: SocketAddr = addr.parse().unwrap();
+        let s = inside(&ns, move || UdpSocket::bind(a).unwrap());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let (n, from) = s.recv_from(&mut buf).unwrap();
+                let mut reply = format!("{n}:").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                reply.truncate(65000);
+                let _ = s.send_to(&reply, from);
+            }
+        });
+    }
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-p",
+            "udp:5353=127.0.0.1:5300",
+            "-p",
+            "udp:[::]:5354=[::1]:5301",
+            "--udp-timeout",
+            "2",
+        ],
+    );
+    let ask = |to: &'static str, bind: &'static str, payload: Vec<u8>| {
+        inside(&ns, move || {
+            let s = UdpSocket::bind(bind).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.send_to(&payload, to).unwrap();
+            let mut buf = vec![0u8; 65536];
+            s.recv_from(&mut buf).map(|(n, from)| {
+                (
+                    String::from_utf8_lossy(&buf[..n.min(20)]).into_owned(),
+                    from,
+                    n,
+                )
+            })
+        })
+        .unwrap_or_else(|e| panic!("no reply from {to}: {e}; proxy log:\n{}", p.log()))
+    };
+    // The reply must come from the address the client sent to, not any other local address.
+    let (r, from, _) = ask("10.9.0.1:5353", "0.0.0.0:0", b"hello".to_vec());
+    assert_eq!(r, "5:hello");
+    assert_eq!(from, "10.9.0.1:5353".parse().unwrap());
+    let (r, from, _) = ask("127.0.0.1:5353", "0.0.0.0:0", b"again".to_vec());
+    assert_eq!(
+        (r.as_str(), from),
+        ("5:again", "127.0.0.1:5353".parse().unwrap())
+    );
+    let (r, from, _) = ask("[fd00::9]:5354", "[::]:0", b"six".to_vec());
+    assert_eq!(
+        (r.as_str(), from),
+        ("3:six", "[fd00::9]:5354".parse().unwrap())
+    );
+    // A 60 000-byte datagram passes whole.
+    let (r, _, n) = ask("127.0.0.1:5353", "0.0.0.0:0", vec![b'z'; 60_000]);
+    assert!(r.starts_with("60000:zz"), "{r}");
+    assert_eq!(n, 60006);
+    // Idle flows expire (timeout 2 s) and are reported as closed.
+    wait_for("udp flows to expire", 10, || {
+        unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(300));
+        p.log().contains("connections=4 active=0")
+    });
+    p.stop();
+}
+
+#[test]
+fn backend_down_resets_the_client_and_says_why() {
+    let ns = lab("pxdown");
+    let dir = TempDir::new("pxdown");
+    let p = start(Some(&ns), &dir, &["8080", "127.0.0.1:7999"]);
+    let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    // The reset may already be there: then even setting the timeout reports it.
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert_eq!(
+        r.as_ref().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {r:?}"
+    );
+    let log = p.stop();
+    assert!(
+        log.contains("cannot connect to backend 127.0.0.1:7999: Connection refused")
+            && log.contains("resetting the client"),
+        "{log}"
+    );
+    assert!(log.contains("dial_errors=1"), "{log}");
+}
+
+#[test]
+fn backend_reset_mid_stream_reaches_the_client_as_a_reset() {
+    let ns = lab("pxrst");
+    let dir = TempDir::new("pxrst");
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 5];
+            let _ = s.read_exact(&mut buf);
+            let _ = s.write_all(b"partial");
+            std::thread::sleep(Duration::from_millis(100));
+            // SO_LINGER 0 + close = RST.
+            let lin = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &lin as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as u32,
+                );
+            }
+            drop(s);
+        }
+    });
+    for extra in [&[][..], &["--dump", "--dump-file"][..]] {
+        let dumpf = dir.join("d.txt");
+        let mut args = vec!["8080", "127.0.0.1:7000"];
+        args.extend_from_slice(extra);
+        if !extra.is_empty() {
+            args.push(dumpf.to_str().unwrap());
+        }
+        let p = start(Some(&ns), &dir, &args);
+        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"hello").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let err = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        assert_eq!(got, b"partial");
+        assert_eq!(err, Some(std::io::ErrorKind::ConnectionReset), "{extra:?}");
+        wait_for("the reset to be counted", 5, || {
+            unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
+            std::thread::sleep(Duration::from_millis(100));
+            p.log().contains("resets=1")
+        });
+        p.stop();
+        if !extra.is_empty() {
+            let d = std::fs::read_to_string(&dumpf).unwrap();
+            assert!(d.contains("close reset by backend"), "{d}");
+        }
+    }
+}
+
+#[test]
+fn five_hundred_concurrent_connections_leak_no_fds() {
+    let ns = lab("pxmany");
+    let dir = TempDir::new("pxmany");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let p = start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let before = p.fds();
+    let conns: Vec<TcpStream> = inside(&ns, || {
+        (0..500)
+            .map(|_| TcpStream::connect("127.0.0.1:8080").unwrap())
+            .collect()
+    });
+    for (i, c) in conns.iter().enumerate() {
+        (&*c).write_all(format!("conn {i}\n").as_bytes()).unwrap();
+    }
+    wait_for("500 connections through the proxy", 20, || {
+        p.fds() >= before + 1000
+    });
+    for (i, c) in conns.iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(c).read_line(&mut line).unwrap();
+        assert_eq!(line, format!("conn {i}\n"));
+    }
+    drop(conns);
+    wait_for("every proxy fd to be released", 20, || p.fds() == before);
+    let log = p.stop();
+    assert!(log.contains("connections=500 active=0"), "{log}");
+}
+
+#[test]
+fn port_ranges_in_one_process() {
+    let ns = lab("pxrange");
+    let dir = TempDir::new("pxrange");
+    for port in 7000..7003 {
+        let l = listen_in(&ns, &format!("127.0.0.1:{port}"));
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let _ = s.write_all(format!("backend {port}").as_bytes());
+            }
+        });
+    }
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-p",
+            "9000-9002=127.0.0.1:7000-7002",
+            "-p",
+            "127.0.0.1:9100-9199=127.0.0.1:7001",
+        ],
+    );
+    let get = |addr: &str| {
+        let mut s = connect_in(&ns, addr).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert_eq!(get("127.0.0.1:9000"), "backend 7000");
+    assert_eq!(get("[::1]:9002"), "backend 7002");
+    assert_eq!(get("127.0.0.1:9100"), "backend 7001");
+    assert_eq!(get("127.0.0.1:9199"), "backend 7001");
+    let log = p.stop();
+    assert_eq!(log.matches("listening on tcp").count(), 6 + 100, "{log}");
+}
+
+#[test]
+fn listens_in_one_namespace_and_connects_from_another() {
+    let host = lab("pxhost");
+    let ctr = lab("pxctr");
+    let dir = TempDir::new("pxx");
+    // The backend listens on the container's loopback: unreachable from the host namespace
+    // except through a proxy that dials from inside the container namespace.
+    count_backend(listen_in(&ctr, "127.0.0.1:7000"));
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+        ],
+    );
+    assert_eq!(send_count(&host, "127.0.0.1:8080", 4242), "4242");
+    // And nothing listens on 8080 inside the container namespace itself.
+    assert!(connect_in(&ctr, "127.0.0.1:8080").is_err());
+    p.stop();
+}
+
+/// Parse `tshark -qz follow,tcp,raw,N` into (client bytes, server bytes).
+fn tshark_follow(pcap: &Path, stream: u32) -> (Vec<u8>, Vec<u8>) {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-qz", &format!("follow,tcp,raw,{stream}")])
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut c, mut s) = (Vec::new(), Vec::new());
+    let unhex = |h: &str| -> Vec<u8> {
+        (0..h.len() / 2)
+            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    };
+    let mut body = false;
+    for line in text.lines() {
+        if line.starts_with("Node 1:") {
+            body = true;
+            continue;
+        }
+        if !body || line.starts_with("====") || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(h) = line.strip_prefix('\t') {
+            s.extend(unhex(h.trim()));
+        } else {
+            c.extend(unhex(line.trim()));
+        }
+    }
+    (c, s)
+}
+
+#[test]
+fn pcap_reproduces_both_legs_byte_for_byte_in_tshark() {
+    let ns = lab("pxpcap");
+    let dir = TempDir::new("pxpcap");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let pcap = dir.join("cap.pcap");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &["8080", "127.0.0.1:7000", "--pcap", pcap.to_str().unwrap()],
+    );
+    let data: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    let d2 = data.clone();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&d2).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert_eq!(back, data);
+    p.stop();
+    let mode = std::fs::metadata(&pcap).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+    // Stream 0 is client <-> proxy, stream 1 is proxy <-> backend: both carry every byte.
+    for stream in [0, 1] {
+        let (c, sv) = tshark_follow(&pcap, stream);
+        assert!(
+            c == data,
+            "stream {stream}: client side differs ({} bytes)",
+            c.len()
+        );
+        assert!(
+            sv == data,
+            "stream {stream}: server side differs ({} bytes)",
+            sv.len()
+        );
+    }
+}
+
+#[test]
+fn dump_decodes_http_tls_dns_and_redis_from_real_clients() {
+    let ns = lab("pxl7");
+    let dir = TempDir::new("pxl7");
+    // HTTP backend with a chunked response.
+    let l = listen_in(&ns, "127.0.0.1:7080");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok() && line != "\r\n" && !line.is_empty() {
+                line.clear();
+            }
+            let mut s = s;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n");
+        }
+    });
+    // RESP backend: +OK to everything.
+    let l = listen_in(&ns, "127.0.0.1:7379");
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(b"+OK\r\n").is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    // TLS and DNS-over-TCP backend: swallow everything.
+    let l = listen_in(&ns, "127.0.0.1:7443");
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    // DNS over UDP backend: turn the query into an empty NXDOMAIN response.
+    let s = inside(&ns, || UdpSocket::bind("127.0.0.1:7053").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            if n > 3 {
+                buf[2] |= 0x80;
+                buf[3] = (buf[3] & 0xf0) | 3;
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let jsonf = dir.join("events.json");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--json",
+            "--dump-file",
+            jsonf.to_str().unwrap(),
+            "-p",
+            "8080=127.0.0.1:7080",
+            "-p",
+            "6379=127.0.0.1:7379",
+            "-p",
+            "8443=127.0.0.1:7443",
+            "-p",
+            "udp:53=127.0.0.1:7053",
+            "-p",
+            "53=127.0.0.1:7443",
+        ],
+    );
+    let run = |argv: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name])
+            .args(argv)
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let out = run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:8080/index.html",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world");
+    run(&[
+        "timeout",
+        "5",
+        "openssl",
+        "s_client",
+        "-connect",
+        "127.0.0.1:8443",
+        "-servername",
+        "shop.example.test",
+        "-alpn",
+        "h2,http/1.1",
+    ]);
+    run(&[
+        "dig",
+        "+tries=1",
+        "+time=2",
+        "@127.0.0.1",
+        "example.test",
+        "A",
+    ]);
+    run(&[
+        "dig",
+        "+tcp",
+        "+tries=1",
+        "+time=1",
+        "@127.0.0.1",
+        "tcp.example.test",
+        "AAAA",
+    ]);
+    let mut r = connect_in(&ns, "127.0.0.1:6379").unwrap();
+    r.write_all(b"*3\r\n$3\r\nSET\r\n$5\r\nmykey\r\n$7\r\nmyvalue\r\n")
+        .unwrap();
+    let mut buf = [0u8; 5];
+    r.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"+OK\r\n");
+    drop(r);
+    std::thread::sleep(Duration::from_millis(300));
+    p.stop();
+    let text = std::fs::read_to_string(&jsonf).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let l7: Vec<&serde_json::Value> = events
+        .iter()
+        .filter_map(|e| e.get("l7"))
+        .flat_map(|v| v.as_array().unwrap())
+        .collect();
+    let has = |pred: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
+        assert!(l7.iter().any(|v| pred(v)), "no {what} in {l7:#?}");
+    };
+    has(
+        &|v| v["proto"] == "http_head" && v["method"] == "GET" && v["target"] == "/index.html",
+        "http request",
+    );
+    has(
+        &|v| v["proto"] == "http_head" && v["status"] == 200,
+        "http response",
+    );
+    has(
+        &|v| {
+            v["proto"] == "http_body"
+                && v["bytes"] == 11
+                && v["chunked"] == true
+                && v["chunks"] == 2
+        },
+        "chunked body",
+    );
+    has(
+        &|v| {
+            v["proto"] == "tls_client_hello"
+                && v["sni"] == "shop.example.test"
+                && v["alpn"] == serde_json::json!(["h2", "http/1.1"])
+        },
+        "tls client hello",
+    );
+    has(
+        &|v| {
+            v["proto"] == "dns" && v["questions"][0] == "example.test. A" && v["response"] == false
+        },
+        "dns udp query",
+    );
+    has(
+        &|v| v["proto"] == "dns" && v["response"] == true && v["rcode"] == "NXDomain",
+        "dns udp response",
+    );
+    has(
+        &|v| v["proto"] == "dns" && v["questions"][0] == "tcp.example.test. AAAA",
+        "dns tcp query",
+    );
+    has(
+        &|v| v["proto"] == "resp" && v["parts"] == serde_json::json!(["SET", "mykey", "myvalue"]),
+        "redis command",
+    );
+    has(
+        &|v| v["proto"] == "resp" && v["kind"] == "reply" && v["parts"][0] == "OK",
+        "redis reply",
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&jsonf).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn text_and_hex_dumps_name_the_connection_direction_and_offsets() {
+    let ns = lab("pxtext");
+    let dir = TempDir::new("pxtext");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    for (flag, needle) in [
+        ("--dump", "GET /a HTTP/1.1\\r\n"),
+        (
+            "--hex",
+            " 00000000  47 45 54 20 2f 61 20 48 54 54 50 2f 31 2e 31 0d  |GET /a HTTP/1.1.|",
+        ),
+    ] {
+        let f = dir.join(&format!("{}.txt", &flag[2..]));
+        let streams = dir.join(&format!("streams{}", &flag[2..]));
+        let p = start(
+            Some(&ns),
+            &dir,
+            &[
+                flag,
+                "--dump-file",
+                f.to_str().unwrap(),
+                "--streams",
+                streams.to_str().unwrap(),
+                "8080",
+                "127.0.0.1:7000",
+            ],
+        );
+        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        let port = s.local_addr().unwrap().port();
+        p.stop();
+        let d = std::fs::read_to_string(&f).unwrap();
+        let head = format!("> #1 127.0.0.1:{port} -> 127.0.0.1:8080 => 127.0.0.1:");
+        assert!(
+            d.contains(&head),
+            "{flag}: no block header {head:?} in\n{d}"
+        );
+        assert!(d.contains("-> 127.0.0.1:7000  20"), "{d}");
+        assert!(d.contains("length=28 from=0 to=27"), "{d}");
+        assert!(d.contains(&format!("< #1 127.0.0.1:{port}")), "{d}");
+        assert!(d.contains(needle), "{flag}: {d}");
+        assert!(d.contains("# #1 c2s http request: GET /a HTTP/1.1"), "{d}");
+        let files: Vec<String> = std::fs::read_dir(&streams)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        let c2s = streams.join(format!("c000001-127.0.0.1.{port}-127.0.0.1.7000"));
+        assert_eq!(
+            std::fs::read(c2s).unwrap(),
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+    }
+}
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_dump_disk_stops_the_dump_not_the_forwarding() {
+    let ns = lab("pxfull");
+    let dir = TempDir::new("pxfull");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let mnt = dir.join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    common::sh(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=64k",
+        "nt-test-tmpfs",
+        mnt.to_str().unwrap(),
+    ]);
+    let _guard = Tmpfs(mnt.clone());
+    let dump = mnt.join("dump.txt");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--hex",
+            "--dump-file",
+            dump.to_str().unwrap(),
+            "8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    for round in 0..2 {
+        let data = vec![b'q'; 1_000_000];
+        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        let mut w = s.try_clone().unwrap();
+        let d2 = data.clone();
+        let t = std::thread::spawn(move || {
+            w.write_all(&d2).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        t.join().unwrap();
+        assert_eq!(back.len(), data.len(), "round {round}");
+    }
+    let log = p.stop();
+    assert!(
+        log.contains("failed: No space left on device") && log.contains("forwarding continues"),
+        "{log}"
+    );
+    assert!(log.contains("connections=2"), "{log}");
+}
+
+#[test]
+fn docker_proxy_flags_fd3_and_errors() {
+    let ns = lab("pxdflags");
+    let dir = TempDir::new("pxdflags");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let link = dir.join("docker-proxy");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let logf = dir.join("dp.log");
+    let spawn = |argv0_link: bool, args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name]);
+        if argv0_link {
+            c.arg(&link);
+        } else {
+            c.args([BIN, "proxy"]);
+        }
+        c.args(args)
+            .env("NETTOOL_PROXY_LOG", &logf)
+            .env("NETTOOL_PROXY_CONFIG", dir.join("none.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let (r, w) = ready_pipe(&mut c);
+        let child = c.spawn().unwrap();
+        drop(w);
+        (ChildGuard(child), read_ready(r))
+    };
+    // Every Go spelling: -x v, -x=v, --x v.
+    let (mut child, ready) = spawn(
+        true,
+        &[
+            "-proto",
+            "tcp",
+            "-host-ip=127.0.0.1",
+            "--host-port",
+            "8080",
+            "-container-ip",
+            "127.0.0.1",
+            "-container-port=7000",
+        ],
+    );
+    assert_eq!(ready, "0\n");
+    assert_eq!(send_count(&ns, "127.0.0.1:8080", 77), "77");
+    // The same port again fails with "1\n<error>" on fd 3 and exit status 1.
+    let (mut second, ready2) = spawn(
+        false,
+        &[
+            "-proto",
+            "tcp",
+            "-host-ip",
+            "127.0.0.1",
+            "-host-port",
+            "8080",
+            "-container-ip",
+            "127.0.0.1",
+            "-container-port",
+            "7000",
+        ],
+    );
+    assert!(
+        ready2.starts_with("1\n") && ready2.contains("Address already in use"),
+        "{ready2:?}"
+    );
+    assert_eq!(second.0.wait().unwrap().code(), Some(1));
+    unsafe { libc::kill(child.pid() as i32, libc::SIGINT) };
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    let log = std::fs::read_to_string(&logf).unwrap();
+    assert!(
+        log.contains("listening on tcp 127.0.0.1:8080 -> 127.0.0.1:7000"),
+        "{log}"
+    );
+    assert!(log.contains("SIGINT"), "{log}");
+}
