@@ -572,3 +572,87 @@ fn serve_builtins() {
         .1 == "hi"
     });
 }
+
+#[test]
+fn not_root_is_a_clear_error_and_docs_labs_parse() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_nettool"),
+        ])
+        .args([
+            "setup",
+            "--isolated",
+            "--name",
+            &unique("noroot"),
+            "--no-userland-proxy",
+        ])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("needs root"), "{}", text(&out));
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/labs");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            nettool_ok(&["setup", p.to_str().unwrap(), "--dry-run"]);
+            n += 1;
+        }
+    }
+    assert!(n >= 4);
+    // The embedded default is the documented one.
+    assert_eq!(
+        std::fs::read_to_string(format!("{dir}/default.toml")).unwrap(),
+        nettool::lab::spec::DEFAULT_LAB
+    );
+}
+
+#[test]
+fn modes_and_two_networks_examples_work() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/labs");
+    let (lab, _) = Lab::isolated(
+        "modes",
+        &[&format!("{dir}/modes.toml"), "--no-userland-proxy"],
+    );
+    let (ok, pong) = exec(
+        &lab.ns("redis"),
+        &["sh", "-c", "echo PONG | socat -t 2 - TCP:127.0.0.1:6379"],
+    );
+    assert!(
+        ok && pong == "PONG",
+        "container:redis shares redis's localhost: {pong}"
+    );
+    assert_eq!(
+        curl(&lab.ns("redis"), "http://127.0.0.1:8081/"),
+        "hello from redis-cli"
+    );
+    assert_eq!(
+        curl(&lab.name, "http://127.0.0.1:9100/"),
+        "hello from monitor"
+    );
+    let links = sh(&["ip", "-n", &lab.ns("sealed"), "-o", "link"]);
+    assert_eq!(links.lines().count(), 1, "mode none has only lo: {links}");
+    drop(lab);
+    let (lab, _) = Lab::isolated(
+        "two",
+        &[&format!("{dir}/two-networks.toml"), "--no-userland-proxy"],
+    );
+    assert_eq!(
+        curl(&lab.ns("db"), "http://backend-api:8000/"),
+        "hello from api"
+    );
+    let (_, a) = exec(
+        &lab.ns("db"),
+        &["dig", "+short", "+time=2", "@127.0.0.11", "proxy"],
+    );
+    assert_eq!(a, "", "proxy is not on db's network: no answer");
+    let (ok, _) = exec(
+        &lab.ns("db"),
+        &["curl", "-s", "-m", "1", "http://10.10.0.10/"],
+    );
+    assert!(!ok, "networks are isolated");
+    assert_eq!(curl(&lab.name, "http://127.0.0.1:8443/"), "proxy says hi");
+}

@@ -217,6 +217,20 @@ fn render_up(st: &LabState, already: bool) -> String {
         "\nState, journal and logs: {}\n\nTry next:\n",
         st.state_dir
     ));
+    for (cmd, why) in try_next(st) {
+        s.push_str(&format!("  {cmd}"));
+        if !why.is_empty() {
+            let pad = 62usize.saturating_sub(cmd.len()).max(2);
+            s.push_str(&format!("{}# {why}", " ".repeat(pad)));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Commands worth running against this lab next: (command, why).
+fn try_next(st: &LabState) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = Vec::new();
     let exec = |ns: &Option<String>| match ns {
         Some(h) => format!("ip netns exec {h} "),
         None => String::new(),
@@ -229,17 +243,31 @@ fn render_up(st: &LabState, already: bool) -> String {
             p.host_ip.to_string()
         };
         if p.proto == spec::Proto::Tcp {
-            s.push_str(&format!(
-                "  {hx}curl -s http://{target}:{}/            # {} through the published port\n",
-                p.host_port, p.container
+            v.push((
+                format!("{hx}curl -s http://{target}:{}/", p.host_port),
+                format!("{} through the published port", p.container),
             ));
         }
-        s.push_str(&format!("  {hx}nettool explain-nat                     # the DNAT/MASQUERADE rules in plain words\n"));
-        s.push_str(&format!(
-            "  {hx}nettool doctor {}                      # why the port does (not) reach {}\n",
-            p.host_port, p.container
+        v.push((
+            format!("{hx}nettool explain-nat"),
+            "the DNAT/MASQUERADE rules in plain words".into(),
         ));
-        s.push_str(&format!("  {hx}nettool proxy --dump 9{:03} {}:{}   # watch the traffic through a tracing proxy\n", p.host_port % 1000, p.container_ip, p.container_port));
+        v.push((
+            format!("{hx}nettool doctor {}", p.host_port),
+            format!(
+                "every hop from host port {} to {}",
+                p.host_port, p.container
+            ),
+        ));
+        v.push((
+            format!(
+                "{hx}nettool proxy --dump 9{:03} {}:{}",
+                p.host_port % 1000,
+                p.container_ip,
+                p.container_port
+            ),
+            "watch the traffic through a tracing proxy".into(),
+        ));
     }
     // A pair of containers on one DNS network, to show name resolution.
     let dns_pair = st.networks.iter().filter(|n| n.dns).find_map(|n| {
@@ -252,31 +280,40 @@ fn render_up(st: &LabState, already: bool) -> String {
     });
     if let Some((from, to)) = dns_pair {
         let fx = exec(&from.netns);
-        s.push_str(&format!(
-            "  {fx}dig +short @127.0.0.11 {}   # the embedded DNS\n",
-            to.name
+        v.push((
+            format!("{fx}dig +short @127.0.0.11 {}", to.name),
+            format!("{} asks the embedded DNS for {}", from.name, to.name),
         ));
         if to.run.as_deref().is_some_and(|r| r.contains("serve http")) {
-            s.push_str(&format!(
-                "  {fx}curl -s http://{}/          # by name\n",
-                to.name
+            v.push((format!("{fx}curl -s http://{}/", to.name), "by name".into()));
+        }
+        if let Some(ns) = &from.netns {
+            v.push((
+                format!("nettool dns --netns {ns}"),
+                "DNS queries and answers as they happen".into(),
             ));
         }
-        s.push_str(&format!(
-            "  nettool dns --netns {}                # DNS queries and answers as they happen\n",
-            from.netns.clone().unwrap_or_default()
-        ));
     }
     if let Some(c) = st.containers.iter().find(|c| !c.networks.is_empty()) {
-        s.push_str(&format!(
-            "  nettool peer {}                        # which container is behind this veth\n",
-            c.networks[0].host_veth
+        let n = match &st.host_netns {
+            Some(h) => format!(" --netns {h}"),
+            None => String::new(),
+        };
+        v.push((
+            format!("nettool peer {}{n}", c.networks[0].host_veth),
+            format!("the container behind this veth ({})", c.name),
         ));
-        s.push_str(&format!(
-            "  nettool netns inspect {}\n",
-            c.netns.clone().unwrap_or_default()
-        ));
+        if let Some(ns) = &c.netns {
+            v.push((
+                format!("nettool netns inspect {ns}"),
+                "addresses, routes, sockets inside".into(),
+            ));
+        }
     }
-    s.push_str(&format!("  nettool teardown {}\n", st.name));
-    s
+    v.push((
+        format!("{hx}nettool topology"),
+        "the whole lab as a picture".into(),
+    ));
+    v.push((format!("nettool teardown {}", st.name), String::new()));
+    v
 }
