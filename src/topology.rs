@@ -1464,6 +1464,16 @@ mod tests {
         assert_eq!(m.target, "[fd00::2]:80");
         assert_eq!(m.target_ip, Some("fd00::2".parse().unwrap()));
         assert!(mapping_from_argv(0, Proto::Tcp, l, &argv("socat a b"), "x".into()).is_none());
+        // What `nettool setup` starts: one proxy, a --map per published port.
+        let m = mapping_from_argv(
+            0,
+            Proto::Tcp,
+            l,
+            &argv("/usr/bin/nettool proxy --map tcp:0.0.0.0:8080=172.19.0.2:80 --map tcp:0.0.0.0:8081=172.19.0.3:80 --log-file /run/nettool/x/proxy.log --ready-fd 3"),
+            "x".into(),
+        )
+        .unwrap();
+        assert_eq!(m.target, "172.19.0.3:80");
     }
 
     #[test]
