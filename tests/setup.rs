@@ -265,51 +265,33 @@ fn rule_lines(text: &str) -> BTreeMap<String, usize> {
 
 #[test]
 fn iptables_save_matches_dry_run_golden_text() {
-    let name = unique("gold");
-    let dry = nettool_ok(&["setup", "--dry-run", "--isolated", "--name", &name]);
-    let fw = dry
-        .split("<<'EOF'\n")
-        .nth(1)
-        .and_then(|s| s.split("\nEOF").next())
-        .expect("firewall text in the dry run");
-    // The userland proxy may not exist yet; compare the hairpin mode when it does not.
-    let mode: &[&str] = if nettool(&["proxy", "--help"]).status.success() {
-        &[]
-    } else {
-        &["--no-userland-proxy"]
-    };
-    let dry = if mode.is_empty() {
-        dry.clone()
-    } else {
-        nettool_ok(&[
-            "setup",
-            "--dry-run",
-            "--isolated",
-            "--name",
-            &name,
-            "--no-userland-proxy",
-        ])
-    };
-    let fw2 = dry
-        .split("<<'EOF'\n")
-        .nth(1)
-        .and_then(|s| s.split("\nEOF").next())
-        .unwrap();
-    assert!(fw.contains("-j DNAT --to-destination 172.19.0.2:80"));
-    let mut args = vec!["setup", "--isolated", "--name", &name];
-    args.extend_from_slice(mode);
-    let lab = Lab {
-        name: name.clone(),
-        host: None,
-    };
-    nettool_ok(&args);
-    let saved = sh(&["ip", "netns", "exec", &name, "iptables-save"]);
-    assert_eq!(
-        rule_lines(&saved),
-        rule_lines(fw2),
-        "iptables-save:\n{saved}\n--dry-run:\n{fw2}"
-    );
-    drop(lab);
+    // Both modes: the userland proxy (dockerd's default) and hairpin mode.
+    for mode in [&[][..], &["--no-userland-proxy"][..]] {
+        let name = unique("gold");
+        let mut args = vec!["setup", "--isolated", "--name", &name];
+        args.extend_from_slice(mode);
+        let mut dry_args = args.clone();
+        dry_args.push("--dry-run");
+        let dry = nettool_ok(&dry_args);
+        let fw = dry
+            .split("<<'EOF'\n")
+            .nth(1)
+            .and_then(|s| s.split("\nEOF").next())
+            .expect("firewall text in the dry run");
+        assert!(fw.contains("-j DNAT --to-destination 172.19.0.2:80"));
+        let lab = Lab {
+            name: name.clone(),
+            host: None,
+        };
+        nettool_ok(&args);
+        let saved = sh(&["ip", "netns", "exec", &name, "iptables-save"]);
+        assert_eq!(
+            rule_lines(&saved),
+            rule_lines(fw),
+            "{mode:?} iptables-save:\n{saved}\n--dry-run:\n{fw}"
+        );
+        drop(lab);
+    }
 }
 
 /// Everything about a namespace that setup may touch, normalised for comparison.
@@ -655,4 +637,64 @@ fn modes_and_two_networks_examples_work() {
     );
     assert!(!ok, "networks are isolated");
     assert_eq!(curl(&lab.name, "http://127.0.0.1:8443/"), "proxy says hi");
+}
+
+#[test]
+fn userland_proxy_single_and_docker_style() {
+    // One `nettool proxy` for every published port (dockerd's default mode, with our proxy).
+    let (lab, v) = Lab::isolated("uproxy", &[]);
+    assert_eq!(v["userland_proxy"], "single");
+    let pid = v["proxy_pids"][0].as_u64().expect("a proxy pid") as u32;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .replace('\0', " ");
+    assert!(
+        cmdline.contains("proxy --map tcp:0.0.0.0:8080=172.19.0.2:80"),
+        "{cmdline}"
+    );
+    // localhost is excluded from the OUTPUT DNAT in this mode: this goes through the proxy.
+    assert_eq!(curl(&lab.name, "http://127.0.0.1:8080/"), "hello from web");
+    assert_eq!(curl(&lab.name, "http://172.19.0.1:8080/"), "hello from web");
+    // Containers get RETURN in NETTOOL and reach the port through the proxy too.
+    assert_eq!(
+        curl(&lab.ns("client"), "http://172.20.0.1:8080/"),
+        "hello from web"
+    );
+    lab.teardown();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z"),
+        "proxy stopped"
+    );
+
+    // One process per port with docker-proxy's flags.
+    let (lab, v) = Lab::isolated("dproxy", &["--docker-style-proxies"]);
+    assert_eq!(v["userland_proxy"], "docker-style");
+    let pid = v["proxy_pids"][0].as_u64().unwrap() as u32;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .replace('\0', " ");
+    assert!(cmdline.contains("-proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip 172.19.0.2 -container-port 80"), "{cmdline}");
+    assert_eq!(curl(&lab.name, "http://127.0.0.1:8080/"), "hello from web");
+    drop(lab);
+
+    // A failure after the proxy started (the last step) still leaves nothing running.
+    let name = unique("pfail");
+    let dry = nettool_ok(&["setup", "--dry-run", "--isolated", "--name", &name]);
+    let last = dry.lines().filter(|l| l.starts_with("step-")).count();
+    let out = nettool_in(
+        None,
+        &["setup", "--isolated", "--name", &name],
+        &[("NETTOOL_LAB_FAIL_AT", &format!("step-{last}"))],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("rolled back"),
+        "{}",
+        text(&out)
+    );
+    let ps = sh(&["ps", "-eo", "args"]);
+    assert!(!ps.contains(&format!("lab-daemon {name}")));
+    assert!(!netns_names().iter().any(|n| n.starts_with(&name)));
 }

@@ -3,7 +3,8 @@
 //! a crash or a half-applied setup).
 //!
 //! Test hook: `NETTOOL_LAB_FAIL_AT=step-N` makes step N (1-based, as `--dry-run` numbers them)
-//! fail on purpose, so tests can check that a failure mid-setup leaves nothing behind.
+//! fail on purpose, so tests can check that a failure mid-setup leaves nothing behind;
+//! N = last step + 1 fails once everything (processes included) is up.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -583,6 +584,14 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
                 }
                 run.step(s).map_err(|e| (number - 1, e))?;
             }
+            // step-(last+1): everything exists, then fail (tests the full rollback).
+            let after = plan.steps.len() + 1;
+            if inject == Some(after) {
+                return Err((
+                    after - 1,
+                    format!("injected failure (NETTOOL_LAB_FAIL_AT=step-{after})"),
+                ));
+            }
             Ok(())
         });
         match res {
@@ -600,12 +609,17 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
         };
         return Err(LabError::Step {
             number: idx + 1,
-            what: plan.steps[idx]
-                .describe(&host_name)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            what: plan
+                .steps
+                .get(idx)
+                .map(|st| {
+                    st.describe(&host_name)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .unwrap_or_else(|| "after the last step".into()),
             message,
             rollback,
         });
