@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::Serialize;
 
+use crate::nat::walk::Walk;
 use crate::netns::discover::{discover, DiscoverOptions, NamespaceInfo};
 use crate::netns::links::{Address, Link};
 use crate::netns::peers::veth_peers;
@@ -373,7 +374,7 @@ pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
             req.host.path().display().to_string()
         },
     };
-    let nat = rules::load(&req.host);
+    let fw = rules::load(&req.host);
     let all_ns = discover(DiscoverOptions {
         skip_interfaces: true,
         skip_docker: false,
@@ -398,9 +399,9 @@ pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
     };
 
     // 1. Who receives the connection.
-    let (dest, receiver_hop) = receiver(req, &host, &nat, &mut packet, container_ns.as_ref());
+    let (dest, receiver_hop, walk) = receiver(req, &host, &fw, &mut packet, container_ns.as_ref());
     hops.push(receiver_hop);
-    if nat.split_backends() {
+    if fw.split_backends() {
         hops.push(
             Hop::warn(
                 "backends",
@@ -408,7 +409,7 @@ pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
                 Fault::SplitBackends,
                 "rules are split between iptables-legacy and iptables-nft: both run, the other tool does not show them",
             )
-            .with_evidence(nat.source.clone()),
+            .with_evidence(fw.source.clone()),
         );
     }
     let mut report = Report {
@@ -432,7 +433,8 @@ pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
             &PathCtx {
                 req,
                 host: &host,
-                nat: &nat,
+                fw: &fw,
+                walk: walk.as_ref(),
                 packet: &packet,
                 fixer: &fixer,
                 all_ns: &all_ns,
@@ -582,20 +584,17 @@ fn build_packet(
 fn receiver(
     req: &Request,
     host: &HostFacts,
-    nat: &rules::NatView,
+    fw: &rules::Firewall,
     packet: &mut Packet,
     container: Option<&NsFacts>,
-) -> (Option<Destination>, Hop) {
+) -> (Option<Destination>, Hop, Option<Walk>) {
     const ID: &str = "receiver";
     const TITLE: &str = "who receives it";
     // `doctor container:web[:PORT]`: the first port published to that container (to PORT).
     if let Some(c) = container {
-        match nat.dnats().into_iter().find(|d| {
-            d.proto == packet.proto
-                && c.has_address(d.to_addr)
-                && req.port.is_none_or(|p| d.to_port.unwrap_or(d.dport) == p)
-        }) {
-            Some(d) => packet.dport = d.dport,
+        let addrs: Vec<IpAddr> = c.addresses.iter().map(|a| a.address).collect();
+        match fw.published_port_of(packet.proto, &addrs, req.port) {
+            Some(p) => packet.dport = p,
             None => {
                 return (
                     None,
@@ -609,13 +608,14 @@ fn receiver(
                         },
                     )
                     .with_evidence(format!("addresses: {}", c.address_list())),
+                    None,
                 )
             }
         }
     }
     let packet = &*packet;
-    let matched = nat.match_dnat(packet, host);
-    if let Some(rule) = matched {
+    let walk = fw.walk(packet);
+    if let Some(rule) = fw.dnat_in(&walk, packet) {
         let dest = Destination {
             addr: rule.to_addr,
             port: rule.to_port.unwrap_or(packet.dport),
@@ -636,8 +636,11 @@ fn receiver(
                 SocketAddr::new(dest.addr, dest.port)
             ),
         )
-        .with_evidence(format!("{} (table nat, {})", rule.text, rule.backend));
-        return (Some(dest), hop);
+        .with_evidence(format!(
+            "{} (table {}, {})",
+            rule.text, rule.table, rule.backend
+        ));
+        return (Some(dest), hop, Some(walk));
     }
     // No DNAT for this packet: a socket on the host gets it, if one listens.
     let listener = host.listeners.iter().find(|s| {
@@ -669,10 +672,10 @@ fn receiver(
             sock.local,
             owners_text(&sock.owners)
         ));
-        if nat.has_dnat_for_port(packet.proto, packet.dport) {
+        if fw.has_dnat_for_port(packet.proto, packet.dport) {
             hop.evidence.push(format!(
-                "a DNAT rule for {}/{} exists but does not match this packet ({} hook, from {})",
-                packet.proto, packet.dport, packet.hook, packet.src
+                "a DNAT rule for {}/{} exists but does not match this packet ({} hook, from {}): {}",
+                packet.proto, packet.dport, packet.hook, packet.src, walk.summary
             ));
         }
         let dest = match proxied {
@@ -695,7 +698,7 @@ fn receiver(
                 interface: None,
             },
         };
-        return (Some(dest), hop);
+        return (Some(dest), hop, Some(walk));
     }
     let mut hop = Hop::fail(
         ID,
@@ -708,19 +711,23 @@ fn receiver(
             req.from.describe()
         ),
     );
-    for d in nat.dnats().iter().filter(|d| d.dport == packet.dport) {
+    hop.evidence.push(format!("walk: {}", walk.summary));
+    if fw.has_dnat_for_port(packet.proto, packet.dport) {
         hop.evidence.push(format!(
-            "not matching this packet: {} ({})",
-            d.text, d.backend
+            "a DNAT rule publishes {}/{} but does not match this packet",
+            packet.proto, packet.dport
         ));
+        if matches!(req.from, Source::Localhost) {
+            hop.evidence.push(
+                "Docker-style rules leave localhost (! -d 127.0.0.0/8) to a userland proxy, and none runs"
+                    .into(),
+            );
+        }
     }
-    if matches!(req.from, Source::Localhost) && nat.has_dnat_for_port(packet.proto, packet.dport) {
-        hop.evidence.push(
-            "Docker-style rules leave localhost (! -d 127.0.0.0/8) to a userland proxy, and none runs"
-                .into(),
-        );
+    if let Some(e) = &fw.error {
+        hop.evidence.push(format!("rules not read: {e}"));
     }
-    (None, hop)
+    (None, hop, Some(walk))
 }
 
 fn owners_text(o: &[Owner]) -> String {
@@ -736,7 +743,8 @@ fn owners_text(o: &[Owner]) -> String {
 struct PathCtx<'a> {
     req: &'a Request,
     host: &'a HostFacts,
-    nat: &'a rules::NatView,
+    fw: &'a rules::Firewall,
+    walk: Option<&'a Walk>,
     packet: &'a Packet,
     fixer: &'a Fixer,
     all_ns: &'a [NamespaceInfo],
@@ -844,14 +852,9 @@ fn path_checks(
     }
 
     // Firewall: the filter hooks the packet crosses.
-    hops.extend(rules::firewall_hops(
-        cx.nat,
-        packet,
-        dest,
-        cx.forwarded,
-        out_if,
-        cx.fixer,
-    ));
+    if let Some(w) = cx.walk {
+        hops.extend(rules::firewall_hops(cx.fw, w, cx.forwarded, cx.fixer));
+    }
 
     // Route.
     let route = match route {

@@ -1,62 +1,62 @@
-//! The firewall side of doctor: DNAT rules for the port, filter verdicts on the path,
-//! split iptables backends, stale UDP conntrack entries.
+//! The firewall side of doctor, read through the NAT explainer's model (`nat::load_live`,
+//! both iptables backends and native nftables) and judged with its packet walk: which DNAT
+//! rule receives the packet, whether filter drops it or its answers, split iptables
+//! backends, and stale UDP conntrack entries.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::nat::iptables::tokenize;
+use crate::nat::model::{Action, Backend, Cond, Dir, Rule, Ruleset, Table};
+use crate::nat::walk::{self, LocalFacts, Walk};
+use crate::nat::{load_live, local_facts};
 use crate::netns::exec::{self, ExecOptions};
-use crate::netns::links::Link;
 use crate::netns::sockets::Proto;
 use crate::netns::NetNs;
 
-use super::facts::HostFacts;
 use super::{Destination, Fault, Fixer, Hop, Packet};
 
 /// A DNAT rule that publishes a port.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DnatRule {
-    /// The tool whose tables hold it: iptables-nft or iptables-legacy.
+    /// Where it lives: iptables-nft, iptables-legacy or nft.
     pub backend: String,
+    /// Its table (nat for iptables; the nft table's name).
+    pub table: String,
     /// Its chain.
     pub chain: String,
     /// 1-based position in the chain (what `iptables -R CHAIN N` takes).
     pub position: usize,
-    /// The rule as iptables-save prints it.
+    /// The rule as the dump shows it.
     pub text: String,
     /// tcp or udp.
     pub proto: Proto,
-    /// The published port (first of a range).
+    /// The published port the packet used.
     pub dport: u16,
-    /// Last published port of a range.
-    pub dport_to: u16,
     /// New destination address.
     pub to_addr: IpAddr,
     /// New destination port (None keeps it).
     pub to_port: Option<u16>,
 }
 
-/// One rule of a saved ruleset, split into words.
-#[derive(Debug, Clone)]
-struct SavedRule {
-    backend: String,
-    table: String,
-    chain: String,
-    position: usize,
-    text: String,
-    words: Vec<String>,
-}
-
-/// The host's rules as doctor needs them.
+/// The host's rules, the facts the walk needs, and which rules are iptables-legacy's.
 #[derive(Debug, Clone, Default)]
-pub struct NatView {
-    /// Where they came from, for evidence.
+pub struct Firewall {
+    /// Every table from every backend.
+    pub rs: Ruleset,
+    /// Addresses, routes and forwarding of the host for the walk.
+    pub facts: LocalFacts,
+    /// Where the rules came from, for evidence.
     pub source: String,
-    rules: Vec<SavedRule>,
-    policies: Vec<(String, String, String, String)>,
-    backends_with_rules: Vec<String>,
+    /// Why nothing could be read, when that happened.
+    pub error: Option<String>,
+    /// Texts of the rules iptables-legacy holds (to name the right tool in fixes).
+    legacy: HashSet<String>,
+    /// True when iptables-nft (or nft) also holds rules besides the legacy ones.
+    other_rules: bool,
 }
 
 /// Run a tool inside `ns` and return its stdout (None when it is missing or fails).
@@ -73,261 +73,197 @@ pub fn capture(ns: &NetNs, argv: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Split an iptables-save rule into words, honouring double quotes.
-pub fn split_words(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_q = false;
-    let mut any = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if in_q => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            '"' => {
-                in_q = !in_q;
-                any = true;
-            }
-            c if c.is_whitespace() && !in_q => {
-                if any || !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => cur.push(c),
-        }
+/// The rule text without a leading `[packets:bytes]` counter.
+fn rule_words(text: &str) -> Vec<String> {
+    let mut w = tokenize(text).unwrap_or_default();
+    if w.first().is_some_and(|t| t.starts_with('[')) {
+        w.remove(0);
     }
-    if any || !cur.is_empty() {
-        out.push(cur);
-    }
-    out
+    w
 }
 
-/// Read the host's rules with iptables-nft-save and iptables-legacy-save.
-pub fn load(ns: &NetNs) -> NatView {
-    let mut view = NatView::default();
-    let mut sources = Vec::new();
-    for tool in ["iptables-nft", "iptables-legacy"] {
-        let save = format!("{tool}-save");
-        let Some(text) = capture(ns, &[&save]) else {
-            continue;
-        };
-        let mut table = String::new();
-        let mut count = 0;
-        let mut positions: std::collections::HashMap<(String, String), usize> = Default::default();
-        for line in text.lines() {
-            if let Some(t) = line.strip_prefix('*') {
-                table = t.trim().to_string();
-            } else if let Some(p) = line.strip_prefix(':') {
-                let w: Vec<&str> = p.split_whitespace().collect();
-                if w.len() >= 2 {
-                    view.policies
-                        .push((tool.into(), table.clone(), w[0].into(), w[1].into()));
-                }
-            } else if line.starts_with("-A ") {
-                let words = split_words(line);
-                if words.len() < 2 {
-                    continue;
-                }
-                let chain = words[1].clone();
-                let pos = positions.entry((table.clone(), chain.clone())).or_insert(0);
-                *pos += 1;
-                count += 1;
-                view.rules.push(SavedRule {
-                    backend: tool.into(),
-                    table: table.clone(),
-                    chain,
-                    position: *pos,
-                    text: line.to_string(),
-                    words,
-                });
-            }
-        }
-        sources.push(format!("{save}: {count} rules"));
-        if count > 0 {
-            view.backends_with_rules.push(tool.into());
-        }
+/// Read the host's rules through the NAT explainer, and iptables-legacy's rule texts.
+pub fn load(ns: &NetNs) -> Firewall {
+    let mut fw = Firewall::default();
+    match load_live(ns) {
+        Ok(rs) => fw.rs = rs,
+        Err(e) => fw.error = Some(e.to_string()),
     }
-    view.source = sources.join(", ");
-    view
+    fw.facts = local_facts(ns).unwrap_or_default();
+    fw.source = fw.rs.source.clone();
+    if let Some(text) = capture(ns, &["iptables-legacy-save"]) {
+        fw.legacy = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("-A ") || l.contains("] -A "))
+            .map(String::from)
+            .collect();
+    }
+    fw.other_rules = fw
+        .rs
+        .tables
+        .iter()
+        .flat_map(|t| t.chains.iter().flat_map(|c| c.rules.iter()))
+        .any(|r| !fw.legacy.contains(r.text.trim()));
+    fw
 }
 
-fn word_after<'a>(words: &'a [String], flag: &str) -> Option<(&'a str, bool)> {
-    words.iter().enumerate().find_map(|(i, w)| {
-        (w == flag).then(|| {
-            let neg = i > 0 && words[i - 1] == "!";
-            words.get(i + 1).map(|v| (v.as_str(), neg))
-        })?
-    })
-}
-
-fn parse_proto(s: &str) -> Option<Proto> {
-    match s {
-        "tcp" | "6" => Some(Proto::Tcp),
-        "udp" | "17" => Some(Proto::Udp),
+fn proto_of(rule: &Rule) -> Option<Proto> {
+    rule.matches.iter().find_map(|m| match &m.cond {
+        Cond::Proto { proto } if !m.negated => match proto.as_str() {
+            "tcp" | "6" => Some(Proto::Tcp),
+            "udp" | "17" => Some(Proto::Udp),
+            _ => None,
+        },
         _ => None,
-    }
-}
-
-fn parse_ports(s: &str) -> Option<(u16, u16)> {
-    match s.split_once(':') {
-        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-        None => {
-            let p = s.parse().ok()?;
-            Some((p, p))
-        }
-    }
-}
-
-fn parse_to(s: &str) -> Option<(IpAddr, Option<u16>)> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some((ip, None));
-    }
-    let (ip, port) = s.rsplit_once(':')?;
-    let ip = ip
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()?;
-    let port = port.split('-').next()?.parse().ok()?;
-    Some((ip, Some(port)))
-}
-
-fn iface_match(pat: &str, name: &str) -> bool {
-    match pat.strip_suffix('+') {
-        Some(p) => name.starts_with(p),
-        None => pat == name,
-    }
-}
-
-fn net_contains(spec: &str, ip: IpAddr) -> bool {
-    spec.split(',').any(|s| {
-        s.parse::<IpNet>()
-            .map(|n| n.contains(&ip))
-            .or_else(|_| s.parse::<IpAddr>().map(|a| a == ip))
-            .unwrap_or(false)
     })
 }
 
-impl NatView {
-    /// True when both iptables-legacy and iptables-nft hold rules.
+fn dports_of(rule: &Rule) -> Vec<(u16, u16)> {
+    rule.matches
+        .iter()
+        .filter(|m| !m.negated)
+        .filter_map(|m| match &m.cond {
+            Cond::Port {
+                dir: Dir::Dst,
+                ports,
+            } => Some(ports.iter().map(|p| (p.from, p.to)).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+impl Firewall {
+    /// True when both iptables-legacy and another backend hold rules.
     pub fn split_backends(&self) -> bool {
-        self.backends_with_rules.len() > 1
+        !self.legacy.is_empty() && self.other_rules
     }
 
-    /// Every DNAT rule in the nat table.
-    pub fn dnats(&self) -> Vec<DnatRule> {
-        self.rules
+    /// iptables-legacy, iptables-nft or nft, for a rule of `table`.
+    fn backend_of(&self, table: &Table, rule: &Rule) -> String {
+        match table.backend {
+            Backend::Nftables => "nft".into(),
+            Backend::Iptables if self.legacy.contains(rule.text.trim()) => "iptables-legacy".into(),
+            Backend::Iptables => "iptables-nft".into(),
+        }
+    }
+
+    /// The rule at `line` of `chain` in a table called `table`, with its table and position.
+    fn rule_at(&self, table: &str, chain: &str, line: usize) -> Option<(&Table, usize, &Rule)> {
+        self.rs
+            .tables
             .iter()
-            .filter(|r| r.table == "nat")
-            .filter_map(|r| {
-                let (target, _) = word_after(&r.words, "-j")?;
-                if target != "DNAT" {
-                    return None;
-                }
-                let proto = parse_proto(word_after(&r.words, "-p")?.0)?;
-                let (from, to) = parse_ports(word_after(&r.words, "--dport")?.0)?;
-                let (to_addr, to_port) = parse_to(word_after(&r.words, "--to-destination")?.0)?;
-                Some(DnatRule {
-                    backend: r.backend.clone(),
-                    chain: r.chain.clone(),
-                    position: r.position,
-                    text: r.text.clone(),
-                    proto,
-                    dport: from,
-                    dport_to: to,
-                    to_addr,
-                    to_port,
-                })
+            .filter(|t| t.name == table)
+            .find_map(|t| {
+                let c = t.chain(chain)?;
+                let i = c.rules.iter().position(|r| r.line == line)?;
+                Some((t, i + 1, &c.rules[i]))
             })
-            .collect()
+    }
+
+    /// Every DNAT rule: (proto, published ports, new address, new port, rule).
+    fn dnat_rules(&self) -> Vec<(Proto, Vec<(u16, u16)>, IpAddr, Option<u16>)> {
+        let mut out = Vec::new();
+        for t in &self.rs.tables {
+            for c in &t.chains {
+                for r in &c.rules {
+                    if let Action::Dnat { to } = &r.action {
+                        if let (Some(p), Some(a)) = (proto_of(r), to.addr) {
+                            out.push((p, dports_of(r), a, to.ports.map(|p| p.from)));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The published port that sends `proto` to one of `addrs` (to container port `port`).
+    pub fn published_port_of(
+        &self,
+        proto: Proto,
+        addrs: &[IpAddr],
+        port: Option<u16>,
+    ) -> Option<u16> {
+        self.dnat_rules().into_iter().find_map(|(p, ports, a, to)| {
+            (p == proto
+                && addrs.contains(&a)
+                && port.is_none_or(|want| to.or(ports.first().map(|x| x.0)) == Some(want)))
+            .then(|| ports.first().map(|x| x.0))
+            .flatten()
+        })
     }
 
     /// True when some DNAT rule publishes `proto/port` (whatever its other conditions).
     pub fn has_dnat_for_port(&self, proto: Proto, port: u16) -> bool {
-        self.dnats()
-            .iter()
-            .any(|d| d.proto == proto && d.dport <= port && port <= d.dport_to)
-    }
-
-    /// Do a rule's address, interface and addrtype conditions hold for `p`?
-    fn conds_hold(&self, words: &[String], p: &Packet, host: &HostFacts) -> bool {
-        let check = |flag: &str, f: &dyn Fn(&str) -> bool| match word_after(words, flag) {
-            Some((v, neg)) => f(v) != neg,
-            None => true,
-        };
-        let local = |ip: IpAddr| ip.is_loopback() || host.addresses.iter().any(|a| a.address == ip);
-        check("-d", &|v| net_contains(v, p.dst))
-            && check("-s", &|v| net_contains(v, p.src))
-            && check("-i", &|v| {
-                p.iif.as_deref().is_some_and(|i| iface_match(v, i))
-            })
-            && check("--dst-type", &|v| v != "LOCAL" || local(p.dst))
-            && check("-p", &|v| parse_proto(v) == Some(p.proto))
-            && check("--dport", &|v| {
-                parse_ports(v).is_some_and(|(a, b)| a <= p.dport && p.dport <= b)
-            })
-    }
-
-    /// Is `chain` of table `table` reached from the packet's hook (through at most a few jumps)?
-    fn reached(&self, table: &str, chain: &str, p: &Packet, host: &HostFacts, depth: u8) -> bool {
-        let hook = p.hook.to_uppercase();
-        if chain == hook {
-            return true;
-        }
-        if depth > 4 {
-            return false;
-        }
-        self.rules.iter().any(|r| {
-            r.table == table
-                && word_after(&r.words, "-j").is_some_and(|(t, _)| t == chain)
-                && self.conds_hold(&r.words, p, host)
-                && self.reached(table, &r.chain, p, host, depth + 1)
+        self.dnat_rules().iter().any(|(p, ports, _, _)| {
+            *p == proto && ports.iter().any(|(a, b)| *a <= port && port <= *b)
         })
     }
 
-    /// The DNAT rule that rewrites `p`, if any.
-    pub fn match_dnat(&self, p: &Packet, host: &HostFacts) -> Option<DnatRule> {
-        self.dnats().into_iter().find(|d| {
-            let rule = self
-                .rules
-                .iter()
-                .find(|r| r.text == d.text && r.backend == d.backend)
-                .expect("dnat comes from rules");
-            d.proto == p.proto
-                && self.conds_hold(&rule.words, p, host)
-                && self.reached("nat", &d.chain, p, host, 0)
+    /// Walk the packet as it first reaches the host.
+    pub fn walk(&self, p: &Packet) -> Walk {
+        let packet = walk::Packet {
+            proto: p.proto.to_string(),
+            src: p.src,
+            sport: Some(40000),
+            dst: p.dst,
+            dport: Some(p.dport),
+            in_iface: p.iif.clone(),
+            out_iface: None,
+            mark: 0,
+            state: "NEW".into(),
+            from_host: p.hook == "output",
+        };
+        walk::walk(&self.rs, &packet, &self.facts)
+    }
+
+    /// The DNAT rule the walk went through, if the destination was rewritten.
+    pub fn dnat_in(&self, w: &Walk, p: &Packet) -> Option<DnatRule> {
+        let step = w.steps.iter().find(|s| {
+            s.rewritten.is_some() && (s.what.starts_with("DNAT") || s.what.starts_with("REDIRECT"))
+        })?;
+        let to_addr = w.final_packet.dst;
+        let to_port = w.final_packet.dport;
+        let (table, position, rule) = self.rule_at(&step.table, &step.chain, step.line)?;
+        Some(DnatRule {
+            backend: self.backend_of(table, rule),
+            table: table.name.clone(),
+            chain: step.chain.clone(),
+            position,
+            text: rule.text.trim().to_string(),
+            proto: p.proto,
+            dport: p.dport,
+            to_addr,
+            to_port,
         })
     }
 }
 
 /// argv that rewrites `rule` to send to `addr:port` (`iptables -t nat -R CHAIN N ...`).
+/// None for native nftables rules (they need a handle the dump does not give).
 pub fn dnat_port_fix(rule: &DnatRule, addr: IpAddr, port: u16) -> Option<Vec<String>> {
-    let words = split_words(&rule.text);
+    if rule.backend == "nft" {
+        return None;
+    }
+    let words = rule_words(&rule.text);
     if words.first().map(String::as_str) != Some("-A") || words.len() < 3 {
         return None;
     }
-    let tool = if rule.backend == "iptables-legacy" {
-        "iptables-legacy"
-    } else {
-        "iptables"
-    };
     let mut argv: Vec<String> = vec![
-        tool.into(),
+        tool_of(&rule.backend).into(),
         "-t".into(),
-        "nat".into(),
+        rule.table.clone(),
         "-R".into(),
         words[1].clone(),
         rule.position.to_string(),
     ];
-    let mut it = words[2..].iter();
     let to = match addr {
         IpAddr::V4(_) => format!("{addr}:{port}"),
         IpAddr::V6(_) => format!("[{addr}]:{port}"),
     };
+    let mut it = words[2..].iter();
     while let Some(w) = it.next() {
         argv.push(w.clone());
         if w == "--to-destination" {
@@ -338,110 +274,6 @@ pub fn dnat_port_fix(rule: &DnatRule, addr: IpAddr, port: u16) -> Option<Vec<Str
     Some(argv)
 }
 
-/// A packet as the filter FORWARD chain sees it (after DNAT).
-#[derive(Debug, Clone)]
-struct Forwarded {
-    proto: Proto,
-    src: IpAddr,
-    dst: IpAddr,
-    dport: u16,
-    iif: Option<String>,
-    oif: Option<String>,
-    /// Conntrack states it has (NEW or ESTABLISHED, plus DNAT).
-    states: Vec<&'static str>,
-}
-
-/// How the filter table treats a packet.
-#[derive(Debug, Clone)]
-enum FilterVerdict {
-    Accept(Option<SavedRule>),
-    Drop(SavedRule),
-    Policy(String),
-}
-
-impl NatView {
-    fn fwd_conds_hold(words: &[String], f: &Forwarded) -> bool {
-        let check = |flag: &str, g: &dyn Fn(&str) -> bool| match word_after(words, flag) {
-            Some((v, neg)) => g(v) != neg,
-            None => true,
-        };
-        let states = |v: &str| v.split(',').any(|s| f.states.contains(&s));
-        check("-d", &|v| net_contains(v, f.dst))
-            && check("-s", &|v| net_contains(v, f.src))
-            && check("-i", &|v| {
-                f.iif.as_deref().is_some_and(|i| iface_match(v, i))
-            })
-            && check("-o", &|v| {
-                f.oif.as_deref().is_some_and(|o| iface_match(v, o))
-            })
-            && check("-p", &|v| parse_proto(v) == Some(f.proto))
-            && check("--dport", &|v| {
-                parse_ports(v).is_some_and(|(a, b)| a <= f.dport && f.dport <= b)
-            })
-            && check("--ctstate", &states)
-            && check("--state", &states)
-            && check("--dst-type", &|v| v != "LOCAL")
-    }
-
-    /// Evaluate `chain` of the filter table of `backend`; None = fell through or RETURN.
-    fn eval(&self, backend: &str, chain: &str, f: &Forwarded, depth: u8) -> Option<FilterVerdict> {
-        if depth > 8 {
-            return None;
-        }
-        for r in self
-            .rules
-            .iter()
-            .filter(|r| r.backend == backend && r.table == "filter" && r.chain == chain)
-        {
-            if !Self::fwd_conds_hold(&r.words, f) {
-                continue;
-            }
-            let Some((target, _)) =
-                word_after(&r.words, "-j").or_else(|| word_after(&r.words, "-g"))
-            else {
-                continue;
-            };
-            match target {
-                "ACCEPT" => return Some(FilterVerdict::Accept(Some(r.clone()))),
-                "DROP" | "REJECT" => return Some(FilterVerdict::Drop(r.clone())),
-                "RETURN" => return None,
-                "LOG" | "MARK" | "CONNMARK" | "NFLOG" => {}
-                user => {
-                    if let Some(v) = self.eval(backend, user, f, depth + 1) {
-                        return Some(v);
-                    }
-                    if word_after(&r.words, "-g").is_some() {
-                        return None;
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    /// The verdict of the filter FORWARD chain of every backend that has one.
-    fn forward_verdicts(&self, f: &Forwarded) -> Vec<(String, FilterVerdict)> {
-        let mut out = Vec::new();
-        for backend in ["iptables-nft", "iptables-legacy"] {
-            let policy = self
-                .policies
-                .iter()
-                .find(|(b, t, c, _)| b == backend && t == "filter" && c == "FORWARD")
-                .map(|p| p.3.clone());
-            let Some(policy) = policy else { continue };
-            let v = self
-                .eval(backend, "FORWARD", f, 0)
-                .unwrap_or(if policy == "DROP" {
-                    FilterVerdict::Policy(policy)
-                } else {
-                    FilterVerdict::Accept(None)
-                });
-            out.push((backend.to_string(), v));
-        }
-        out
-    }
-}
-
 fn tool_of(backend: &str) -> &'static str {
     if backend == "iptables-legacy" {
         "iptables-legacy"
@@ -450,118 +282,178 @@ fn tool_of(backend: &str) -> &'static str {
     }
 }
 
-/// The filter verdicts on the path: FORWARD for the first packet and for the answers.
+/// Judge one walk: None when it got through (or stopped for a reason another hop names).
+fn judge(fw: &Firewall, w: &Walk, dir: &str, fixer: &Fixer) -> Option<Hop> {
+    if w.verdict != "dropped" && w.verdict != "rejected" {
+        return None;
+    }
+    let last = w.steps.iter().rev().find(|s| !s.table.is_empty())?;
+    if last.chain == "routing" {
+        return None; // forwarding off: the ip_forward hop says so
+    }
+    if last.line == 0 {
+        // A chain policy.
+        let t = fw
+            .rs
+            .tables
+            .iter()
+            .find(|t| t.name == last.table && t.chain(&last.chain).is_some());
+        let policy = t
+            .and_then(|t| t.chain(&last.chain))
+            .and_then(|c| c.policy.as_ref())
+            .map(|p| p.verdict.clone())
+            .unwrap_or_else(|| "DROP".into());
+        let nft = t.is_some_and(|t| t.backend == Backend::Nftables);
+        let legacy = t.is_some_and(|t| {
+            t.backend == Backend::Iptables
+                && t.chains
+                    .iter()
+                    .flat_map(|c| &c.rules)
+                    .any(|r| fw.legacy.contains(r.text.trim()))
+                && !t
+                    .chains
+                    .iter()
+                    .flat_map(|c| &c.rules)
+                    .any(|r| !fw.legacy.contains(r.text.trim()))
+        });
+        let fault = if last.chain.eq_ignore_ascii_case("forward") {
+            Fault::ForwardPolicyDrop
+        } else {
+            Fault::FirewallDrop
+        };
+        let fix = match (nft, t) {
+            (true, Some(t)) => fixer.fix_owned(
+                "accept forwarded connections that a DNAT rule published, and their answers",
+                vec![
+                    "nft".into(),
+                    "add".into(),
+                    "rule".into(),
+                    t.family.clone(),
+                    t.name.clone(),
+                    last.chain.clone(),
+                    // ct status is per connection: it matches the answers too.
+                    "ct".into(),
+                    "status".into(),
+                    "dnat".into(),
+                    "accept".into(),
+                ],
+                false,
+            ),
+            _ => fixer.fix(
+                "accept forwarded connections that a DNAT rule published, and their answers (appended: user chains still run first)",
+                &[
+                    if legacy { "iptables-legacy" } else { "iptables" },
+                    "-A",
+                    &last.chain,
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "DNAT,RELATED,ESTABLISHED",
+                    "-j",
+                    "ACCEPT",
+                ],
+            ),
+        };
+        return Some(
+            Hop::fail(
+                "firewall",
+                "firewall",
+                fault,
+                format!(
+                    "the {} {} policy is {policy} and no rule accepts {dir} ({})",
+                    last.table, last.chain, w.packet
+                ),
+            )
+            .with_evidence(w.summary.clone())
+            .with_fix(Some(fix)),
+        );
+    }
+    let (table, position, rule) = fw.rule_at(&last.table, &last.chain, last.line)?;
+    let backend = fw.backend_of(table, rule);
+    let words = rule_words(&rule.text);
+    let fix = (backend != "nft" && words.first().map(String::as_str) == Some("-A")).then(|| {
+        let mut argv: Vec<String> = vec![tool_of(&backend).into()];
+        if table.name != "filter" {
+            argv.extend(["-t".to_string(), table.name.clone()]);
+        }
+        argv.push("-D".into());
+        argv.extend(words[1..].iter().cloned());
+        fixer.fix_owned(
+            &format!("delete that rule from {}", last.chain),
+            argv,
+            false,
+        )
+    });
+    let user = last.chain.ends_with("-USER");
+    Some(
+        Hop::fail(
+            "firewall",
+            "firewall",
+            Fault::FirewallDrop,
+            format!(
+                "a rule {} {dir} in {} {}{}: {}",
+                if w.verdict == "rejected" {
+                    "rejects"
+                } else {
+                    "drops"
+                },
+                table.name,
+                last.chain,
+                if user { " (the user chain)" } else { "" },
+                rule.text.trim()
+            ),
+        )
+        .with_evidence(format!(
+            "{backend}, {} {} rule {position} (line {})",
+            table.name, last.chain, last.line
+        ))
+        .with_evidence(w.summary.clone())
+        .with_fix(fix),
+    )
+}
+
+/// The filter verdicts on the path: the first packet, and (when forwarded) its answers.
 pub(crate) fn firewall_hops(
-    nat: &NatView,
-    packet: &Packet,
-    dest: &Destination,
+    fw: &Firewall,
+    there: &Walk,
     forwarded: bool,
-    out_if: Option<&Link>,
     fixer: &Fixer,
 ) -> Vec<Hop> {
-    if !forwarded {
+    if let Some(h) = judge(fw, there, "the first packet", fixer) {
+        return vec![h];
+    }
+    if fw.rs.tables.is_empty() {
         return Vec::new();
     }
-    let there = Forwarded {
-        proto: packet.proto,
-        src: packet.src,
-        dst: dest.addr,
-        dport: dest.port,
-        iif: packet.iif.clone(),
-        oif: out_if.map(|l| l.name.clone()),
-        states: vec!["NEW", "DNAT"],
-    };
-    let back = Forwarded {
-        proto: packet.proto,
-        src: dest.addr,
-        dst: packet.src,
-        dport: 0,
-        iif: there.oif.clone(),
-        oif: there.iif.clone(),
-        states: vec!["ESTABLISHED", "DNAT"],
-    };
-    let mut evidence = Vec::new();
-    for (dir, f) in [("the first packet", &there), ("the answers", &back)] {
-        for (backend, v) in nat.forward_verdicts(f) {
-            let tool = tool_of(&backend);
-            match v {
-                FilterVerdict::Accept(rule) => evidence.push(format!(
-                    "{backend} filter FORWARD accepts {dir}: {}",
-                    rule.map(|r| r.text)
-                        .unwrap_or_else(|| "policy ACCEPT".into())
-                )),
-                FilterVerdict::Drop(rule) => {
-                    let mut argv: Vec<String> = vec![tool.into(), "-D".into()];
-                    argv.extend(rule.words[1..].iter().cloned());
-                    let user_chain = rule.chain.ends_with("-USER");
-                    return vec![Hop::fail(
-                        "firewall",
-                        "firewall",
-                        Fault::FirewallDrop,
-                        format!(
-                            "{} {dir} in filter {}{}: {}",
-                            if rule.words.iter().any(|w| w == "REJECT") {
-                                "a rule rejects"
-                            } else {
-                                "a rule drops"
-                            },
-                            rule.chain,
-                            if user_chain { " (the user chain)" } else { "" },
-                            rule.text
-                        ),
-                    )
-                    .with_evidence(format!(
-                        "{backend}, filter {} rule {}",
-                        rule.chain, rule.position
-                    ))
-                    .with_fix(Some(fixer.fix_owned(
-                        &format!("delete that rule from {}", rule.chain),
-                        argv,
-                        false,
-                    )))];
-                }
-                FilterVerdict::Policy(p) => {
-                    return vec![Hop::fail(
-                        "firewall",
-                        "firewall",
-                        Fault::ForwardPolicyDrop,
-                        format!(
-                            "the FORWARD policy is {p} and no rule accepts {dir} ({} -> {}:{})",
-                            f.src,
-                            f.dst,
-                            if f.dport > 0 {
-                                f.dport.to_string()
-                            } else {
-                                "*".into()
-                            }
-                        ),
-                    )
-                    .with_evidence(format!("{backend}: :FORWARD {p}"))
-                    .with_fix(Some(fixer.fix(
-                        "accept forwarded connections that a DNAT rule published (both directions)",
-                        &[
-                            tool,
-                            "-A",
-                            "FORWARD",
-                            "-m",
-                            "conntrack",
-                            "--ctstate",
-                            "DNAT",
-                            "-j",
-                            "ACCEPT",
-                        ],
-                    )))];
-                }
-            }
+    let mut evidence = vec![format!("first packet: {}", there.summary)];
+    if forwarded {
+        let f = &there.final_packet;
+        let answer = walk::Packet {
+            proto: f.proto.clone(),
+            src: f.dst,
+            sport: f.dport,
+            dst: f.src,
+            dport: f.sport,
+            in_iface: f.out_iface.clone(),
+            out_iface: None,
+            mark: 0,
+            state: "ESTABLISHED".into(),
+            from_host: false,
+        };
+        let back = walk::walk(&fw.rs, &answer, &fw.facts);
+        if let Some(h) = judge(fw, &back, "the answers", fixer) {
+            return vec![h];
         }
-    }
-    if evidence.is_empty() {
-        return Vec::new();
+        evidence.push(format!("answers: {}", back.summary));
     }
     let mut hop = Hop::ok(
         "firewall",
         "firewall",
-        "filter FORWARD accepts both directions",
+        if forwarded {
+            "the rules let the first packet and the answers through"
+        } else {
+            "the rules let the packet through"
+        },
     );
     hop.evidence = evidence;
     vec![hop]
@@ -656,41 +548,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words_keep_quoted_comments() {
-        let w = split_words(r#"-A DOCKER -m comment --comment "a \"b\" c" -j RETURN"#);
-        assert_eq!(
-            w,
-            vec![
-                "-A",
-                "DOCKER",
-                "-m",
-                "comment",
-                "--comment",
-                r#"a "b" c"#,
-                "-j",
-                "RETURN"
-            ]
-        );
-    }
-
-    #[test]
     fn wrong_port_fix_replaces_destination() {
         let r = DnatRule {
             backend: "iptables-nft".into(),
+            table: "nat".into(),
             chain: "NETTOOL".into(),
             position: 2,
-            text: "-A NETTOOL ! -i br0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.0.0.2:81".into(),
+            text: "-A NETTOOL ! -i br0 -p tcp -m tcp --dport 8080 -m comment --comment \"web port\" -j DNAT --to-destination 10.0.0.2:81".into(),
             proto: Proto::Tcp,
             dport: 8080,
-            dport_to: 8080,
             to_addr: "10.0.0.2".parse().unwrap(),
             to_port: Some(81),
         };
         let argv = dnat_port_fix(&r, r.to_addr, 80).unwrap();
         assert_eq!(
             argv.join(" "),
-            "iptables -t nat -R NETTOOL 2 ! -i br0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.0.0.2:80"
+            "iptables -t nat -R NETTOOL 2 ! -i br0 -p tcp -m tcp --dport 8080 -m comment --comment web port -j DNAT --to-destination 10.0.0.2:80"
         );
+        let nft = DnatRule {
+            backend: "nft".into(),
+            ..r
+        };
+        assert_eq!(dnat_port_fix(&nft, nft.to_addr, 80), None);
     }
 
     #[test]
