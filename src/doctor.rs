@@ -1454,13 +1454,32 @@ fn service_hop(
         hops.push(hop);
         return;
     }
-    // A stand-in that answers (echo) so the path can be proven; the real service goes there.
-    let listen = match proto {
-        Proto::Tcp => format!("TCP-LISTEN:{},fork,reuseaddr", dest.port),
-        Proto::Udp => format!("UDP-LISTEN:{},fork,reuseaddr", dest.port),
+    // The lab's own `run` command when the lab says what the container runs; otherwise a
+    // built-in stand-in that answers, so the path can be proven.
+    let (what, cmd) = match facts::lab_of_host(&cx.req.host)
+        .and_then(|lab| facts::lab_service_argv(&lab, ns.netns()))
+    {
+        Some((name, argv)) => (format!("the lab's service of {name}"), argv),
+        None => {
+            let kind = if proto == Proto::Udp {
+                "udp-echo"
+            } else {
+                "http"
+            };
+            (
+                format!("a stand-in: nettool serve {kind}"),
+                vec![
+                    facts::self_exe(),
+                    "serve".into(),
+                    kind.into(),
+                    dest.port.to_string(),
+                ],
+            )
+        }
     };
-    let serve = "an echo stand-in, socat";
-    let argv = Fixer::in_ns(ns, &["socat", &listen, "EXEC:cat"]);
+    let cmd_ref: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let serve = what;
+    let argv = Fixer::in_ns(ns, &cmd_ref);
     let mut hop = Hop::fail(
         "service",
         "service",

@@ -37,7 +37,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
                 }
             }
             Ok(Target::Container(name, p)) => {
-                container = Some(resolve_container(&name)?);
+                container = Some(resolve_container(&name, &host)?);
                 port = p;
             }
             Err(e) => return usage(e),
@@ -69,6 +69,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
     if a.packet.is_some() && iif.is_some() && matches!(from, From::Localhost) {
         from = From::Outside(None);
     }
+    let req_host = host.clone();
     let from = match from {
         From::Localhost => Source::Localhost,
         From::Host => Source::Host,
@@ -76,7 +77,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
         From::Outside(Some(ns)) => Source::Outside(Some(
             NetNs::open(&ns).with_context(|| format!("--from outside:{ns}"))?,
         )),
-        From::Container(name) => Source::Container(resolve_container(&name)?),
+        From::Container(name) => Source::Container(resolve_container(&name, &req_host)?),
     };
     let req = Request {
         host,
@@ -120,9 +121,16 @@ fn host_run_name(host: &NetNs, given: bool) -> Option<String> {
         })
 }
 
-/// A container by name: a Docker container when the daemon knows it, else a /run/netns name.
+/// A container by name: a container of the lab on this host, a Docker container when the
+/// daemon knows it, else a /run/netns name.
 /// Docker first: a stray /run/netns/web must not shadow the container the ports belong to.
-fn resolve_container(name: &str) -> anyhow::Result<NetNs> {
+fn resolve_container(name: &str, host: &NetNs) -> anyhow::Result<NetNs> {
+    // A container of the nettool lab whose host this is.
+    if let Some(ns) =
+        doctor::facts::lab_of_host(host).and_then(|lab| doctor::facts::lab_container(&lab, name))
+    {
+        return Ok(ns);
+    }
     let docker = crate::netns::docker::Docker::connect_default()
         .map(|d| d.available())
         .unwrap_or(false);

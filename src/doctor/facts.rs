@@ -9,6 +9,8 @@ use crate::netns::rtnl::NetlinkError;
 use crate::netns::sockets::{self, Socket, Which};
 use crate::netns::{sysctl, NetNs};
 
+use crate::lab::state::{self as lab_state, LabState, STATE_ROOT};
+
 use super::DoctorError;
 
 /// The host namespace as doctor sees it.
@@ -349,6 +351,52 @@ fn target_addr(target: &str, port: u16, listen: &str) -> Option<SocketAddr> {
     let (tfrom, _) = range(ports)?;
     let (lfrom, _) = range(port_part(listen))?;
     Some(SocketAddr::new(ip, tfrom + (port - lfrom)))
+}
+
+/// The nettool lab whose host is `host` (its isolated host namespace, or the current one for
+/// a lab built without `--isolated`), read from /run/nettool/*/state.json.
+pub fn lab_of_host(host: &NetNs) -> Option<LabState> {
+    let current = NetNs::current().ok();
+    let rd = std::fs::read_dir(STATE_ROOT).ok()?;
+    rd.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let st = lab_state::load(&name).ok()?;
+        let same = match &st.host_netns {
+            Some(n) => NetNs::from_name(n).is_ok_and(|ns| ns.id() == host.id()),
+            None => current.as_ref().is_some_and(|c| c.id() == host.id()),
+        };
+        same.then_some(st)
+    })
+}
+
+/// The namespace of lab container `name`, when `lab` has it.
+pub fn lab_container(lab: &LabState, name: &str) -> Option<NetNs> {
+    let c = lab.container(name)?;
+    NetNs::from_name(c.netns.as_deref()?).ok()
+}
+
+/// The `run` command of the lab container living in namespace `ns`, as argv; `nettool` is
+/// replaced by this executable so the line runs as printed.
+pub fn lab_service_argv(lab: &LabState, ns: &NetNs) -> Option<(String, Vec<String>)> {
+    let c = lab.containers.iter().find(|c| {
+        c.netns
+            .as_deref()
+            .and_then(|n| NetNs::from_name(n).ok())
+            .is_some_and(|n| n.id() == ns.id())
+    })?;
+    let run = c.run.as_deref()?;
+    let mut argv: Vec<String> = run.split_whitespace().map(String::from).collect();
+    if argv.first().map(String::as_str) == Some("nettool") {
+        argv[0] = self_exe();
+    }
+    Some((c.name.clone(), argv))
+}
+
+/// This executable's path (for fix commands that run nettool itself).
+pub fn self_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "nettool".into())
 }
 
 #[cfg(test)]

@@ -108,6 +108,9 @@ pub fn load(ns: &NetNs) -> Firewall {
     fw
 }
 
+/// A DNAT rule reduced to what it publishes: (proto, port ranges, new address, new port).
+type Published = (Proto, Vec<(u16, u16)>, IpAddr, Option<u16>);
+
 fn proto_of(rule: &Rule) -> Option<Proto> {
     rule.matches.iter().find_map(|m| match &m.cond {
         Cond::Proto { proto } if !m.negated => match proto.as_str() {
@@ -162,8 +165,8 @@ impl Firewall {
             })
     }
 
-    /// Every DNAT rule: (proto, published ports, new address, new port, rule).
-    fn dnat_rules(&self) -> Vec<(Proto, Vec<(u16, u16)>, IpAddr, Option<u16>)> {
+    /// Every DNAT rule as (proto, published port ranges, new address, new port).
+    fn dnat_rules(&self) -> Vec<Published> {
         let mut out = Vec::new();
         for t in &self.rs.tables {
             for c in &t.chains {
