@@ -319,7 +319,14 @@ impl Fixer {
     }
 
     fn fix_owned(&self, summary: &str, argv: Vec<String>, background: bool) -> Fix {
+        // `ip -n NS ...`, `ip netns exec NS ...` and nsenter name their namespace themselves.
+        let self_contained = argv.first().map(String::as_str) == Some("nsenter")
+            || (argv.first().map(String::as_str) == Some("ip")
+                && (argv.get(1).map(String::as_str) == Some("-n")
+                    || (argv.get(1).map(String::as_str) == Some("netns")
+                        && argv.get(2).map(String::as_str) == Some("exec"))));
         let mut line: Vec<String> = match &self.host_name {
+            _ if self_contained => vec![],
             Some(n) => vec!["ip".into(), "netns".into(), "exec".into(), n.clone()],
             None if self.host_path.is_empty() => vec![],
             None => vec!["nsenter".into(), format!("--net={}", self.host_path)],

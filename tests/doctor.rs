@@ -35,6 +35,11 @@ fn sh_stdin(argv: &[&str], input: &str) {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// A lab built by hand (what the tests used before `nettool setup` existed; still the way to
+// get an outside client namespace, iptables-legacy rules and a UDP flow made before the DNAT).
+// ---------------------------------------------------------------------------------------------
+
 /// The lab: host (bridge br0 10.89.0.1/24, ext0 192.0.2.1/24), container (eth0 10.89.0.2),
 /// outside (eth0 192.0.2.2), DNAT tcp 8080 -> 10.89.0.2:80, service socat on :80.
 struct Lab {
@@ -134,56 +139,38 @@ impl Lab {
         sh(&v);
     }
 
-    /// `nettool doctor --netns HOST ARGS... --json`, whatever the exit code.
-    fn doctor(&self, args: &[&str]) -> Value {
-        let mut v = vec!["doctor", "--netns", &self.host.name, "--json"];
-        v.extend_from_slice(args);
-        let out = nettool(&v);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!(
-                "doctor {args:?}: bad JSON ({e}): {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        let ok = report["diagnosis"]["ok"].as_bool().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(if ok { 0 } else { 1 }),
-            "{report:#}"
-        );
-        report
-    }
-
     fn outside_source(&self) -> String {
         format!("outside:{}", self.outside.name)
     }
+}
 
-    /// Apply the report's fix inside the host namespace, argv split, no shell.
+impl Subject for Lab {
+    fn doctor(&self, args: &[&str]) -> Value {
+        doctor_json(&self.host.name, args)
+    }
+
     fn apply_fix(&mut self, report: &Value) {
-        let fix = &report["diagnosis"]["fix"];
-        assert!(fix.is_object(), "no fix in {report:#}");
-        let argv: Vec<String> = fix["argv"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string())
-            .collect();
-        let mut v = vec!["ip", "netns", "exec", &self.host.name];
-        v.extend(argv.iter().map(String::as_str));
-        if fix["background"].as_bool() == Some(true) {
-            let child = Command::new(v[0])
-                .args(&v[1..])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            self.fixes.push(ChildGuard(child));
-        } else {
-            sh(&v);
+        if let Some(c) = run_fix(&self.host.name, report) {
+            self.fixes.push(c);
         }
     }
+}
+
+/// `nettool doctor --netns HOST ARGS... --json`, whatever the exit code.
+fn doctor_json(host: &str, args: &[&str]) -> Value {
+    let mut v = vec!["doctor", "--netns", host, "--json"];
+    v.extend_from_slice(args);
+    let out = nettool(&v);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "doctor {args:?}: bad JSON ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let ok = report["diagnosis"]["ok"].as_bool().unwrap();
+    assert_eq!(out.status.code(), Some(if ok { 0 } else { 1 }), "{report:#}");
+    report
 }
 
 fn fault(r: &Value) -> &str {
@@ -199,18 +186,58 @@ fn hop<'a>(r: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no hop {id} in {r:#}"))
 }
 
+/// What the fault tests drive: a lab that doctor can examine and fixes can be applied to.
+trait Subject {
+    /// `nettool doctor --netns HOST ARGS... --json`, whatever the exit code.
+    fn doctor(&self, args: &[&str]) -> Value;
+    /// Run the report's fix inside the host namespace (argv, no shell).
+    fn apply_fix(&mut self, report: &Value);
+}
+
+/// Run a fix's argv inside `host`; a background fix is spawned and returned.
+fn run_fix(host: &str, report: &Value) -> Option<ChildGuard> {
+    let fix = &report["diagnosis"]["fix"];
+    assert!(fix.is_object(), "no fix in {report:#}");
+    let argv: Vec<String> = fix["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut v = vec!["ip", "netns", "exec", host];
+    v.extend(argv.iter().map(String::as_str));
+    if fix["background"].as_bool() == Some(true) {
+        let child = Command::new(v[0])
+            .args(&v[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Some(ChildGuard(child))
+    } else {
+        sh(&v);
+        None
+    }
+}
+
 /// Break, diagnose, check the fault, fix, probe: the shared shape of every fault test.
-fn break_fix_probe(lab: &mut Lab, from: &[&str], expect: &str) -> Value {
-    let mut args = from.to_vec();
-    args.push("8080");
-    let broken = lab.doctor(&args);
+fn break_fix_probe(lab: &mut impl Subject, args: &[&str], expect: &str) -> Value {
+    let broken = lab.doctor(args);
     assert_eq!(fault(&broken), expect, "{broken:#}");
     assert_eq!(broken["diagnosis"]["ok"], false);
+    assert!(
+        broken["diagnosis"]["fix"]["command"].is_string(),
+        "{broken:#}"
+    );
     lab.apply_fix(&broken);
-    if fault(&broken) == "not_listening" {
-        lab.wait_listening(80);
-    }
+    let mut args = args.to_vec();
     args.push("--probe");
+    if broken["diagnosis"]["fix"]["background"] == true {
+        wait_for("the started service", 10, || {
+            lab.doctor(&args[..args.len() - 1])["diagnosis"]["ok"] == true
+        });
+    }
     let fixed = lab.doctor(&args);
     assert_eq!(fixed["diagnosis"]["ok"], true, "after the fix: {fixed:#}");
     assert_eq!(fixed["probe"]["ok"], true, "{fixed:#}");
@@ -288,120 +315,6 @@ fn healthy_lab_gets_an_all_clear() {
 }
 
 #[test]
-fn service_not_listening() {
-    let mut lab = Lab::new();
-    lab.service = None; // kills socat
-    let r = break_fix_probe(&mut lab, &[], "not_listening");
-    assert_eq!(r["diagnosis"]["fix"]["background"], true);
-}
-
-#[test]
-fn veth_down() {
-    let mut lab = Lab::new();
-    lab.host.ip(&["link", "set", "vh0", "down"]);
-    let r = break_fix_probe(&mut lab, &[], "veth_down");
-    assert_eq!(r["diagnosis"]["hop"], "veth");
-    assert!(r["diagnosis"]["line"].as_str().unwrap().contains("vh0"));
-}
-
-#[test]
-fn ip_forward_off() {
-    let mut lab = Lab::new();
-    lab.sysctl("net.ipv4.ip_forward=0");
-    let from = lab.outside_source();
-    let r = break_fix_probe(&mut lab, &["--from", &from], "ip_forward_off");
-    assert_eq!(
-        r["diagnosis"]["fix"]["argv"],
-        serde_json::json!(["sysctl", "-w", "net.ipv4.ip_forward=1"])
-    );
-    // From localhost the same lab works: nothing is forwarded.
-    lab.sysctl("net.ipv4.ip_forward=0");
-    let r = lab.doctor(&["8080", "--probe"]);
-    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
-}
-
-#[test]
-fn route_localnet_off_without_userland_proxy() {
-    let mut lab = Lab::new();
-    lab.sysctl("net.ipv4.conf.br0.route_localnet=0");
-    break_fix_probe(&mut lab, &["--from", "localhost"], "route_localnet_off");
-}
-
-#[test]
-fn forward_policy_drop_with_no_accept_rule() {
-    let mut lab = Lab::new();
-    lab.in_host(&["iptables", "-D", "FORWARD", "-i", "br0", "-j", "ACCEPT"]);
-    lab.in_host(&[
-        "iptables",
-        "-D",
-        "FORWARD",
-        "-d",
-        "10.89.0.2/32",
-        "-o",
-        "br0",
-        "-p",
-        "tcp",
-        "-m",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "ACCEPT",
-    ]);
-    lab.in_host(&["iptables", "-P", "FORWARD", "DROP"]);
-    let from = lab.outside_source();
-    let r = break_fix_probe(&mut lab, &["--from", &from], "forward_policy_drop");
-    assert_eq!(r["diagnosis"]["hop"], "firewall");
-    // The fix appends: the user chain still comes first.
-    let rules = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.host.name,
-        "iptables",
-        "-S",
-        "FORWARD",
-    ]);
-    let lines: Vec<&str> = rules.lines().collect();
-    assert_eq!(lines[1], "-A FORWARD -j NETTOOL-USER", "{rules}");
-}
-
-#[test]
-fn drop_rule_in_the_user_chain() {
-    let mut lab = Lab::new();
-    lab.in_host(&[
-        "iptables",
-        "-I",
-        "NETTOOL-USER",
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DROP",
-    ]);
-    let from = lab.outside_source();
-    let r = break_fix_probe(&mut lab, &["--from", &from], "firewall_drop");
-    let line = r["diagnosis"]["line"].as_str().unwrap();
-    assert!(line.contains("NETTOOL-USER"), "{line}");
-    assert_eq!(r["diagnosis"]["fix"]["argv"][1], "-D");
-    // From localhost nothing is forwarded: the same rule does not matter there.
-    lab.in_host(&[
-        "iptables",
-        "-I",
-        "NETTOOL-USER",
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DROP",
-    ]);
-    let r = lab.doctor(&["8080", "--probe"]);
-    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
-}
-
-#[test]
 fn drop_rule_hidden_in_iptables_legacy() {
     let mut lab = Lab::new();
     // The rules are iptables-nft; a DROP added with iptables-legacy is invisible to `iptables -S`.
@@ -417,7 +330,7 @@ fn drop_rule_hidden_in_iptables_legacy() {
         "DROP",
     ]);
     let from = lab.outside_source();
-    let r = break_fix_probe(&mut lab, &["--from", &from], "firewall_drop");
+    let r = break_fix_probe(&mut lab, &["--from", &from, "8080"], "firewall_drop");
     assert_eq!(r["diagnosis"]["fix"]["argv"][0], "iptables-legacy", "{r:#}");
     assert_eq!(hop(&r, "backends")["verdict"], "warn", "{r:#}");
 }
@@ -483,39 +396,6 @@ fn stale_udp_conntrack_entry() {
 }
 
 #[test]
-fn mtu_mismatch() {
-    let mut lab = Lab::new();
-    lab.container.ip(&["link", "set", "eth0", "mtu", "9000"]);
-    let r = break_fix_probe(&mut lab, &[], "mtu_mismatch");
-    assert!(r["diagnosis"]["line"].as_str().unwrap().contains("9000"));
-}
-
-#[test]
-fn wrong_port_in_the_dnat() {
-    let mut lab = Lab::new();
-    lab.in_host(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-R",
-        "NETTOOL",
-        "1",
-        "-p",
-        "tcp",
-        "-m",
-        "tcp",
-        "--dport",
-        "8080",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        "10.89.0.2:81",
-    ]);
-    let r = break_fix_probe(&mut lab, &[], "dnat_wrong_port");
-    assert!(r["diagnosis"]["line"].as_str().unwrap().contains("81"));
-}
-
-#[test]
 fn nothing_receives_an_unpublished_port() {
     let lab = Lab::new();
     let r = lab.doctor(&["9999"]);
@@ -547,20 +427,6 @@ fn container_target_finds_its_published_port() {
     assert_eq!(r["packet"]["dport"], 8080);
     // From another container namespace on the same bridge the DNAT still applies.
     let _ = &lab.outside;
-}
-
-#[test]
-fn br_netfilter_off_for_a_neighbour_on_the_same_bridge() {
-    let mut lab = Lab::new();
-    let neighbour = TestNs::new("dnb");
-    veth("vh1", &lab.host, "eth0", &neighbour);
-    lab.host.ip(&["link", "set", "vh1", "master", "br0"]);
-    neighbour.ip(&["addr", "add", "10.89.0.3/24", "dev", "eth0"]);
-    neighbour.ip(&["route", "add", "default", "via", "10.89.0.1"]);
-    lab.sysctl("net.bridge.bridge-nf-call-iptables=0");
-    let from = format!("container:{}", neighbour.name);
-    let r = break_fix_probe(&mut lab, &["--from", &from], "br_netfilter");
-    assert_eq!(r["packet"]["dst"], "10.89.0.1", "{r:#}");
 }
 
 #[test]
@@ -660,4 +526,264 @@ fn real_docker_published_port() {
     in_ns(&argv.iter().map(String::as_str).collect::<Vec<_>>());
     let r = run(&["--from", "outside", "8080", "--probe"]);
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A lab built by `nettool setup --isolated`: every fault of the issue, one at a time.
+// ---------------------------------------------------------------------------------------------
+
+const LAB_FILE: &str = r#"[lab]
+name = "doctor"
+
+[[network]]
+name = "front"
+subnet = "10.89.0.0/24"
+
+[[container]]
+name = "web"
+network = "front"
+address = "10.89.0.2"
+run = "nettool serve http 80"
+ports = ["8080:80"]
+
+[[container]]
+name = "idle"
+network = "front"
+address = "10.89.0.3"
+ports = ["8081:80"]
+
+[[container]]
+name = "client"
+network = "front"
+address = "10.89.0.4"
+"#;
+
+/// `nettool setup LAB_FILE --isolated --name nt-test-... --no-userland-proxy --json`, torn
+/// down on drop.
+struct SetupLab {
+    name: String,
+    state: Value,
+    fixes: Vec<ChildGuard>,
+    file: std::path::PathBuf,
+}
+
+impl SetupLab {
+    fn new(tag: &str) -> SetupLab {
+        let name = unique(tag);
+        let file = std::env::temp_dir().join(format!("{name}.toml"));
+        std::fs::write(&file, LAB_FILE).unwrap();
+        let state = nettool_json(&[
+            "setup",
+            file.to_str().unwrap(),
+            "--isolated",
+            "--name",
+            &name,
+            "--no-userland-proxy",
+            "--json",
+        ]);
+        let lab = SetupLab {
+            name,
+            state,
+            fixes: Vec::new(),
+            file,
+        };
+        // The lab daemon starts web's service: wait until doctor sees the path clear.
+        wait_for("the lab's web service", 10, || {
+            lab.doctor(&["8080"])["diagnosis"]["ok"] == true
+        });
+        lab
+    }
+
+    fn host(&self) -> &str {
+        self.state["host_netns"].as_str().unwrap()
+    }
+
+    fn container(&self, name: &str) -> &Value {
+        self.state["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+    }
+
+    /// The namespace of container `name`.
+    fn ns(&self, name: &str) -> String {
+        self.container(name)["netns"].as_str().unwrap().to_string()
+    }
+
+    /// The host-side veth of container `name`.
+    fn host_veth(&self, name: &str) -> String {
+        self.container(name)["networks"][0]["host_veth"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn bridge(&self) -> String {
+        self.state["networks"][0]["bridge"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn in_host(&self, argv: &[&str]) {
+        let mut v = vec!["ip", "netns", "exec", self.host()];
+        v.extend_from_slice(argv);
+        sh(&v);
+    }
+
+    fn sysctl(&self, kv: &str) {
+        self.in_host(&["sysctl", "-qw", kv]);
+    }
+}
+
+impl Subject for SetupLab {
+    fn doctor(&self, args: &[&str]) -> Value {
+        doctor_json(self.host(), args)
+    }
+
+    fn apply_fix(&mut self, report: &Value) {
+        let host = self.host().to_string();
+        if let Some(c) = run_fix(&host, report) {
+            self.fixes.push(c);
+        }
+    }
+}
+
+impl Drop for SetupLab {
+    fn drop(&mut self) {
+        self.fixes.clear();
+        let _ = nettool(&["teardown", &self.name]);
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[test]
+fn lab_healthy_gets_an_all_clear() {
+    let lab = SetupLab::new("dok");
+    let client = format!("container:{}", lab.ns("client"));
+    for from in ["localhost", "host", "outside", client.as_str()] {
+        let r = lab.doctor(&["--from", from, "8080", "--probe"]);
+        assert_eq!(r["diagnosis"]["ok"], true, "{from}: {r:#}");
+        assert_eq!(r["probe"]["ok"], true, "{from}: {r:#}");
+        assert!(r["diagnosis"]["line"].as_str().unwrap().starts_with("all clear"));
+        assert_eq!(r["destination"]["addr"], "10.89.0.2");
+        assert_eq!(r["destination"]["port"], 80);
+        assert_eq!(r["destination"]["netns"], lab.ns("web").as_str());
+        assert_eq!(hop(&r, "veth")["summary"].as_str().unwrap().contains(&lab.host_veth("web")), true);
+        assert!(hop(&r, "service")["summary"].as_str().unwrap().contains("nettool"), "{r:#}");
+    }
+    // The lab's containers by their lab names.
+    let r = lab.doctor(&["container:web", "--probe"]);
+    assert_eq!(r["packet"]["dport"], 8080, "{r:#}");
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    let r = lab.doctor(&["--from", "container:client", "8080"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(hop(&r, "br_netfilter")["verdict"], "ok", "{r:#}");
+    // The text report names every hop and ends with the verdict.
+    let text = nettool_ok(&["doctor", "--netns", lab.host(), "8080", "--from", "outside"]);
+    for h in ["who receives it", "ip_forward", "firewall", "route", "bridge", "veth", "mtu", "service"] {
+        assert!(text.contains(h), "{h}: {text}");
+    }
+    assert!(text.trim_end().lines().last().unwrap().starts_with("all clear"), "{text}");
+}
+
+#[test]
+fn lab_service_not_listening() {
+    let mut lab = SetupLab::new("dnl");
+    let r = break_fix_probe(&mut lab, &["8081"], "not_listening");
+    assert_eq!(r["diagnosis"]["fix"]["background"], true);
+    assert!(r["diagnosis"]["line"].as_str().unwrap().contains(&lab.ns("idle")));
+}
+
+#[test]
+fn lab_veth_down() {
+    let mut lab = SetupLab::new("dvd");
+    let veth = lab.host_veth("web");
+    lab.in_host(&["ip", "link", "set", &veth, "down"]);
+    let r = break_fix_probe(&mut lab, &["8080"], "veth_down");
+    assert_eq!(r["diagnosis"]["hop"], "veth");
+    assert!(r["diagnosis"]["line"].as_str().unwrap().contains(&veth));
+}
+
+#[test]
+fn lab_ip_forward_off() {
+    let mut lab = SetupLab::new("dfw");
+    lab.sysctl("net.ipv4.ip_forward=0");
+    let r = break_fix_probe(&mut lab, &["--from", "outside", "8080"], "ip_forward_off");
+    assert_eq!(
+        r["diagnosis"]["fix"]["argv"],
+        serde_json::json!(["sysctl", "-w", "net.ipv4.ip_forward=1"])
+    );
+    // From localhost nothing is forwarded: the same lab works.
+    lab.sysctl("net.ipv4.ip_forward=0");
+    let r = lab.doctor(&["8080", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+}
+
+#[test]
+fn lab_forward_policy_drop_with_no_accept_rule() {
+    let mut lab = SetupLab::new("dpd");
+    // The lab accepts published ports in its filter chain NETTOOL: empty it, policy DROP.
+    lab.in_host(&["iptables", "-F", "NETTOOL"]);
+    lab.in_host(&["iptables", "-P", "FORWARD", "DROP"]);
+    let r = break_fix_probe(&mut lab, &["--from", "outside", "8080"], "forward_policy_drop");
+    assert_eq!(r["diagnosis"]["hop"], "firewall");
+    // The fix appends: the user chain still comes first.
+    let rules = sh(&["ip", "netns", "exec", lab.host(), "iptables", "-S", "FORWARD"]);
+    let lines: Vec<&str> = rules.lines().collect();
+    assert_eq!(lines[1], "-A FORWARD -j NETTOOL-USER", "{rules}");
+}
+
+#[test]
+fn lab_drop_rule_in_the_user_chain() {
+    let mut lab = SetupLab::new("dud");
+    let drop = ["iptables", "-I", "NETTOOL-USER", "-p", "tcp", "--dport", "80", "-j", "DROP"];
+    lab.in_host(&drop);
+    let r = break_fix_probe(&mut lab, &["--from", "outside", "8080"], "firewall_drop");
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(line.contains("NETTOOL-USER"), "{line}");
+    assert_eq!(r["diagnosis"]["fix"]["argv"][1], "-D");
+    // From localhost nothing is forwarded: the same rule does not matter there.
+    lab.in_host(&drop);
+    let r = lab.doctor(&["8080", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+}
+
+#[test]
+fn lab_wrong_port_in_the_dnat() {
+    let mut lab = SetupLab::new("dwp");
+    lab.in_host(&[
+        "iptables", "-t", "nat", "-R", "NETTOOL", "1", "-p", "tcp", "-m", "tcp", "--dport",
+        "8080", "-j", "DNAT", "--to-destination", "10.89.0.2:81",
+    ]);
+    let r = break_fix_probe(&mut lab, &["8080"], "dnat_wrong_port");
+    assert!(r["diagnosis"]["line"].as_str().unwrap().contains("81"));
+}
+
+#[test]
+fn lab_route_localnet_off_without_userland_proxy() {
+    let mut lab = SetupLab::new("drl");
+    let br = lab.bridge();
+    lab.sysctl(&format!("net.ipv4.conf.{br}.route_localnet=0"));
+    let r = break_fix_probe(&mut lab, &["--from", "localhost", "8080"], "route_localnet_off");
+    assert!(r["diagnosis"]["fix"]["argv"][2].as_str().unwrap().contains(&br));
+}
+
+#[test]
+fn lab_mtu_mismatch() {
+    let mut lab = SetupLab::new("dmt");
+    let web = lab.ns("web");
+    sh(&["ip", "-n", &web, "link", "set", "eth0", "mtu", "9000"]);
+    let r = break_fix_probe(&mut lab, &["8080"], "mtu_mismatch");
+    assert!(r["diagnosis"]["line"].as_str().unwrap().contains("9000"));
+}
+
+#[test]
+fn lab_br_netfilter_off_for_a_neighbour_on_the_same_bridge() {
+    let mut lab = SetupLab::new("dbn");
+    lab.sysctl("net.bridge.bridge-nf-call-iptables=0");
+    let r = break_fix_probe(&mut lab, &["--from", "container:client", "8080"], "br_netfilter");
+    assert_eq!(r["packet"]["dst"], "10.89.0.1", "{r:#}");
 }
