@@ -169,7 +169,11 @@ fn doctor_json(host: &str, args: &[&str]) -> Value {
         )
     });
     let ok = report["diagnosis"]["ok"].as_bool().unwrap();
-    assert_eq!(out.status.code(), Some(if ok { 0 } else { 1 }), "{report:#}");
+    assert_eq!(
+        out.status.code(),
+        Some(if ok { 0 } else { 1 }),
+        "{report:#}"
+    );
     report
 }
 
@@ -569,10 +573,15 @@ struct SetupLab {
 
 impl SetupLab {
     fn new(tag: &str) -> SetupLab {
+        Self::with(tag, &[])
+    }
+
+    /// With extra `setup` arguments (e.g. `--backend nftables`).
+    fn with(tag: &str, extra: &[&str]) -> SetupLab {
         let name = unique(tag);
         let file = std::env::temp_dir().join(format!("{name}.toml"));
         std::fs::write(&file, LAB_FILE).unwrap();
-        let state = nettool_json(&[
+        let mut args = vec![
             "setup",
             file.to_str().unwrap(),
             "--isolated",
@@ -580,7 +589,9 @@ impl SetupLab {
             &name,
             "--no-userland-proxy",
             "--json",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let state = nettool_json(&args);
         let lab = SetupLab {
             name,
             state,
@@ -667,12 +678,27 @@ fn lab_healthy_gets_an_all_clear() {
         let r = lab.doctor(&["--from", from, "8080", "--probe"]);
         assert_eq!(r["diagnosis"]["ok"], true, "{from}: {r:#}");
         assert_eq!(r["probe"]["ok"], true, "{from}: {r:#}");
-        assert!(r["diagnosis"]["line"].as_str().unwrap().starts_with("all clear"));
+        assert!(r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("all clear"));
         assert_eq!(r["destination"]["addr"], "10.89.0.2");
         assert_eq!(r["destination"]["port"], 80);
         assert_eq!(r["destination"]["netns"], lab.ns("web").as_str());
-        assert_eq!(hop(&r, "veth")["summary"].as_str().unwrap().contains(&lab.host_veth("web")), true);
-        assert!(hop(&r, "service")["summary"].as_str().unwrap().contains("nettool"), "{r:#}");
+        assert!(
+            hop(&r, "veth")["summary"]
+                .as_str()
+                .unwrap()
+                .contains(&lab.host_veth("web")),
+            "{r:#}"
+        );
+        assert!(
+            hop(&r, "service")["summary"]
+                .as_str()
+                .unwrap()
+                .contains("nettool"),
+            "{r:#}"
+        );
     }
     // The lab's containers by their lab names.
     let r = lab.doctor(&["container:web", "--probe"]);
@@ -683,10 +709,26 @@ fn lab_healthy_gets_an_all_clear() {
     assert_eq!(hop(&r, "br_netfilter")["verdict"], "ok", "{r:#}");
     // The text report names every hop and ends with the verdict.
     let text = nettool_ok(&["doctor", "--netns", lab.host(), "8080", "--from", "outside"]);
-    for h in ["who receives it", "ip_forward", "firewall", "route", "bridge", "veth", "mtu", "service"] {
+    for h in [
+        "who receives it",
+        "ip_forward",
+        "firewall",
+        "route",
+        "bridge",
+        "veth",
+        "mtu",
+        "service",
+    ] {
         assert!(text.contains(h), "{h}: {text}");
     }
-    assert!(text.trim_end().lines().last().unwrap().starts_with("all clear"), "{text}");
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("all clear"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -694,7 +736,10 @@ fn lab_service_not_listening() {
     let mut lab = SetupLab::new("dnl");
     let r = break_fix_probe(&mut lab, &["8081"], "not_listening");
     assert_eq!(r["diagnosis"]["fix"]["background"], true);
-    assert!(r["diagnosis"]["line"].as_str().unwrap().contains(&lab.ns("idle")));
+    assert!(r["diagnosis"]["line"]
+        .as_str()
+        .unwrap()
+        .contains(&lab.ns("idle")));
 }
 
 #[test]
@@ -728,10 +773,22 @@ fn lab_forward_policy_drop_with_no_accept_rule() {
     // The lab accepts published ports in its filter chain NETTOOL: empty it, policy DROP.
     lab.in_host(&["iptables", "-F", "NETTOOL"]);
     lab.in_host(&["iptables", "-P", "FORWARD", "DROP"]);
-    let r = break_fix_probe(&mut lab, &["--from", "outside", "8080"], "forward_policy_drop");
+    let r = break_fix_probe(
+        &mut lab,
+        &["--from", "outside", "8080"],
+        "forward_policy_drop",
+    );
     assert_eq!(r["diagnosis"]["hop"], "firewall");
     // The fix appends: the user chain still comes first.
-    let rules = sh(&["ip", "netns", "exec", lab.host(), "iptables", "-S", "FORWARD"]);
+    let rules = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        lab.host(),
+        "iptables",
+        "-S",
+        "FORWARD",
+    ]);
     let lines: Vec<&str> = rules.lines().collect();
     assert_eq!(lines[1], "-A FORWARD -j NETTOOL-USER", "{rules}");
 }
@@ -739,7 +796,17 @@ fn lab_forward_policy_drop_with_no_accept_rule() {
 #[test]
 fn lab_drop_rule_in_the_user_chain() {
     let mut lab = SetupLab::new("dud");
-    let drop = ["iptables", "-I", "NETTOOL-USER", "-p", "tcp", "--dport", "80", "-j", "DROP"];
+    let drop = [
+        "iptables",
+        "-I",
+        "NETTOOL-USER",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DROP",
+    ];
     lab.in_host(&drop);
     let r = break_fix_probe(&mut lab, &["--from", "outside", "8080"], "firewall_drop");
     let line = r["diagnosis"]["line"].as_str().unwrap();
@@ -755,8 +822,22 @@ fn lab_drop_rule_in_the_user_chain() {
 fn lab_wrong_port_in_the_dnat() {
     let mut lab = SetupLab::new("dwp");
     lab.in_host(&[
-        "iptables", "-t", "nat", "-R", "NETTOOL", "1", "-p", "tcp", "-m", "tcp", "--dport",
-        "8080", "-j", "DNAT", "--to-destination", "10.89.0.2:81",
+        "iptables",
+        "-t",
+        "nat",
+        "-R",
+        "NETTOOL",
+        "1",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "8080",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "10.89.0.2:81",
     ]);
     let r = break_fix_probe(&mut lab, &["8080"], "dnat_wrong_port");
     assert!(r["diagnosis"]["line"].as_str().unwrap().contains("81"));
@@ -767,8 +848,15 @@ fn lab_route_localnet_off_without_userland_proxy() {
     let mut lab = SetupLab::new("drl");
     let br = lab.bridge();
     lab.sysctl(&format!("net.ipv4.conf.{br}.route_localnet=0"));
-    let r = break_fix_probe(&mut lab, &["--from", "localhost", "8080"], "route_localnet_off");
-    assert!(r["diagnosis"]["fix"]["argv"][2].as_str().unwrap().contains(&br));
+    let r = break_fix_probe(
+        &mut lab,
+        &["--from", "localhost", "8080"],
+        "route_localnet_off",
+    );
+    assert!(r["diagnosis"]["fix"]["argv"][2]
+        .as_str()
+        .unwrap()
+        .contains(&br));
 }
 
 #[test]
@@ -784,6 +872,43 @@ fn lab_mtu_mismatch() {
 fn lab_br_netfilter_off_for_a_neighbour_on_the_same_bridge() {
     let mut lab = SetupLab::new("dbn");
     lab.sysctl("net.bridge.bridge-nf-call-iptables=0");
-    let r = break_fix_probe(&mut lab, &["--from", "container:client", "8080"], "br_netfilter");
+    let r = break_fix_probe(
+        &mut lab,
+        &["--from", "container:client", "8080"],
+        "br_netfilter",
+    );
     assert_eq!(r["packet"]["dst"], "10.89.0.1", "{r:#}");
+}
+
+#[test]
+fn lab_nftables_backend_drop_in_the_user_chain() {
+    let mut lab = SetupLab::with("dnf", &["--backend", "nftables"]);
+    let r = lab.doctor(&["--from", "outside", "8080", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert!(
+        hop(&r, "receiver")["evidence"][0]
+            .as_str()
+            .unwrap()
+            .contains("nft"),
+        "{r:#}"
+    );
+    let table = format!("nettool_{}", lab.name.replace('-', "_"));
+    lab.in_host(&[
+        "nft",
+        "insert",
+        "rule",
+        "ip",
+        &table,
+        "nettool-user",
+        "tcp",
+        "dport",
+        "80",
+        "drop",
+    ]);
+    let r = break_fix_probe(&mut lab, &["--from", "outside", "8080"], "firewall_drop");
+    assert_eq!(r["diagnosis"]["fix"]["argv"][0], "nft", "{r:#}");
+    assert!(r["diagnosis"]["line"]
+        .as_str()
+        .unwrap()
+        .contains("nettool-user"));
 }

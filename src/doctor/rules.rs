@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
+use crate::nat::explain::describe_match;
 use crate::nat::iptables::tokenize;
 use crate::nat::model::{Action, Backend, Cond, Dir, Rule, Ruleset, Table};
 use crate::nat::walk::{self, LocalFacts, Walk};
@@ -374,20 +375,53 @@ fn judge(fw: &Firewall, w: &Walk, dir: &str, fixer: &Fixer) -> Option<Hop> {
     let (table, position, rule) = fw.rule_at(&last.table, &last.chain, last.line)?;
     let backend = fw.backend_of(table, rule);
     let words = rule_words(&rule.text);
-    let fix = (backend != "nft" && words.first().map(String::as_str) == Some("-A")).then(|| {
-        let mut argv: Vec<String> = vec![tool_of(&backend).into()];
-        if table.name != "filter" {
-            argv.extend(["-t".to_string(), table.name.clone()]);
-        }
-        argv.push("-D".into());
-        argv.extend(words[1..].iter().cloned());
-        fixer.fix_owned(
+    let fix = if backend == "nft" {
+        // nft rules come from `nft -j`, where a rule's line is its handle.
+        Some(fixer.fix_owned(
             &format!("delete that rule from {}", last.chain),
-            argv,
+            vec![
+                "nft".into(),
+                "delete".into(),
+                "rule".into(),
+                table.family.clone(),
+                table.name.clone(),
+                last.chain.clone(),
+                "handle".into(),
+                rule.line.to_string(),
+            ],
             false,
+        ))
+    } else {
+        (words.first().map(String::as_str) == Some("-A")).then(|| {
+            let mut argv: Vec<String> = vec![tool_of(&backend).into()];
+            if table.name != "filter" {
+                argv.extend(["-t".to_string(), table.name.clone()]);
+            }
+            argv.push("-D".into());
+            argv.extend(words[1..].iter().cloned());
+            fixer.fix_owned(
+                &format!("delete that rule from {}", last.chain),
+                argv,
+                false,
+            )
+        })
+    };
+    let user = last.chain.to_ascii_uppercase().ends_with("-USER");
+    // nft rules read from JSON have no nft-syntax text: say their conditions in words.
+    let shown = if backend == "nft" && !rule.matches.is_empty() {
+        let conds: Vec<String> = rule.matches.iter().map(describe_match).collect();
+        format!(
+            "{} ({})",
+            conds.join(", "),
+            if w.verdict == "rejected" {
+                "reject"
+            } else {
+                "drop"
+            }
         )
-    });
-    let user = last.chain.ends_with("-USER");
+    } else {
+        rule.text.trim().to_string()
+    };
     Some(
         Hop::fail(
             "firewall",
@@ -403,7 +437,7 @@ fn judge(fw: &Firewall, w: &Walk, dir: &str, fixer: &Fixer) -> Option<Hop> {
                 table.name,
                 last.chain,
                 if user { " (the user chain)" } else { "" },
-                rule.text.trim()
+                shown
             ),
         )
         .with_evidence(format!(
