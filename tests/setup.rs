@@ -698,3 +698,43 @@ fn userland_proxy_single_and_docker_style() {
     assert!(!ps.contains(&format!("lab-daemon {name}")));
     assert!(!netns_names().iter().any(|n| n.starts_with(&name)));
 }
+
+#[test]
+fn teardown_after_a_crash_mid_setup() {
+    let host = TestNs::new("crash");
+    let before = snapshot(&host);
+    let name = unique("crash");
+    let dry = nettool_ok(&["setup", "--dry-run", "--name", &name, "--no-userland-proxy"]);
+    let last = dry.lines().filter(|l| l.starts_with("step-")).count();
+    // Abort at the daemon step: namespaces, bridges, veths, rules and sysctls exist, no rollback.
+    let out = nettool_in(
+        Some(&host.name),
+        &["setup", "--name", &name, "--no-userland-proxy"],
+        &[("NETTOOL_LAB_FAIL_AT", &format!("crash-{last}"))],
+    );
+    assert!(!out.status.success());
+    assert!(
+        netns_names().iter().any(|n| n.starts_with(&name)),
+        "the crash left the lab half built"
+    );
+    assert_ne!(snapshot(&host), before);
+    // setup refuses to build over it and says what to do.
+    let out = nettool_in(
+        Some(&host.name),
+        &["setup", "--name", &name, "--no-userland-proxy"],
+        &[],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("half set up"),
+        "{}",
+        text(&out)
+    );
+    let lab = Lab {
+        name: name.clone(),
+        host: Some(host.name.clone()),
+    };
+    lab.teardown();
+    assert_eq!(snapshot(&host), before);
+    assert!(!netns_names().iter().any(|n| n.starts_with(&name)));
+    assert!(lab.teardown().contains("nothing to do"));
+}

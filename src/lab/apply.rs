@@ -4,7 +4,8 @@
 //!
 //! Test hook: `NETTOOL_LAB_FAIL_AT=step-N` makes step N (1-based, as `--dry-run` numbers them)
 //! fail on purpose, so tests can check that a failure mid-setup leaves nothing behind;
-//! N = last step + 1 fails once everything (processes included) is up.
+//! N = last step + 1 fails once everything (processes included) is up; `crash-N` aborts the
+//! process at step N without any rollback (what a crash or `kill -9` leaves behind).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -191,12 +192,18 @@ pub fn base_chains_exist(isolated: bool) -> bool {
     !isolated && base_chains_exist_here()
 }
 
+/// The test hook: `step-N` fails step N (with rollback); `crash-N` kills the process at step N
+/// (no rollback, like a crash or `kill -9`), leaving a half-built lab for teardown to clean.
 fn fail_at() -> Option<usize> {
-    std::env::var("NETTOOL_LAB_FAIL_AT")
-        .ok()?
-        .strip_prefix("step-")?
-        .parse()
-        .ok()
+    let v = std::env::var("NETTOOL_LAB_FAIL_AT").ok()?;
+    let n = v
+        .strip_prefix("step-")
+        .or_else(|| v.strip_prefix("crash-"))?;
+    n.parse().ok()
+}
+
+fn crash_requested() -> bool {
+    std::env::var("NETTOOL_LAB_FAIL_AT").is_ok_and(|v| v.starts_with("crash-"))
 }
 
 struct Run<'a> {
@@ -577,6 +584,10 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
             for (k, s) in steps.iter().enumerate() {
                 let number = start + k + 1;
                 if inject == Some(number) {
+                    if crash_requested() {
+                        // Like `kill -9`: no destructors, no rollback, no core file.
+                        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                    }
                     return Err((
                         number - 1,
                         format!("injected failure (NETTOOL_LAB_FAIL_AT=step-{number})"),
