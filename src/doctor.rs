@@ -406,7 +406,8 @@ pub fn diagnose(req: &Request) -> Result<Report, DoctorError> {
     };
 
     // 1. Who receives the connection.
-    let (dest, receiver_hop, walk) = receiver(req, &host, &fw, &mut packet, container_ns.as_ref());
+    let (dest, receiver_hop, walk) =
+        receiver(req, &host, &fw, &mut packet, container_ns.as_ref(), &fixer);
     hops.push(receiver_hop);
     if fw.split_backends() {
         hops.push(
@@ -594,6 +595,7 @@ fn receiver(
     fw: &rules::Firewall,
     packet: &mut Packet,
     container: Option<&NsFacts>,
+    fixer: &Fixer,
 ) -> (Option<Destination>, Hop, Option<Walk>) {
     const ID: &str = "receiver";
     const TITLE: &str = "who receives it";
@@ -729,6 +731,23 @@ fn receiver(
                 "Docker-style rules leave localhost (! -d 127.0.0.0/8) to a userland proxy, and none runs"
                     .into(),
             );
+            // Start the proxy the rules expect, to where the DNAT rule sends everyone else.
+            if let Some((addr, port)) = fw.dnat_target_for_port(packet.proto, packet.dport) {
+                let to = SocketAddr::new(addr, port.unwrap_or(packet.dport));
+                hop.fix = Some(fixer.fix_owned(
+                    &format!(
+                        "run the userland proxy for localhost:{} to {to}",
+                        packet.dport
+                    ),
+                    vec![
+                        facts::self_exe(),
+                        "proxy".into(),
+                        "--map".into(),
+                        format!("{}:127.0.0.1:{}={to}", packet.proto, packet.dport),
+                    ],
+                    true,
+                ));
+            }
         }
     }
     if let Some(e) = &fw.error {

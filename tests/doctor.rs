@@ -573,10 +573,10 @@ struct SetupLab {
 
 impl SetupLab {
     fn new(tag: &str) -> SetupLab {
-        Self::with(tag, &[])
+        Self::with(tag, &["--no-userland-proxy"])
     }
 
-    /// With extra `setup` arguments (e.g. `--backend nftables`).
+    /// With these extra `setup` arguments (e.g. `--backend nftables`).
     fn with(tag: &str, extra: &[&str]) -> SetupLab {
         let name = unique(tag);
         let file = std::env::temp_dir().join(format!("{name}.toml"));
@@ -587,7 +587,6 @@ impl SetupLab {
             "--isolated",
             "--name",
             &name,
-            "--no-userland-proxy",
             "--json",
         ];
         args.extend_from_slice(extra);
@@ -882,7 +881,7 @@ fn lab_br_netfilter_off_for_a_neighbour_on_the_same_bridge() {
 
 #[test]
 fn lab_nftables_backend_drop_in_the_user_chain() {
-    let mut lab = SetupLab::with("dnf", &["--backend", "nftables"]);
+    let mut lab = SetupLab::with("dnf", &["--no-userland-proxy", "--backend", "nftables"]);
     let r = lab.doctor(&["--from", "outside", "8080", "--probe"]);
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
     assert!(
@@ -911,4 +910,28 @@ fn lab_nftables_backend_drop_in_the_user_chain() {
         .as_str()
         .unwrap()
         .contains("nettool-user"));
+}
+
+#[test]
+fn lab_userland_proxy_gone() {
+    let mut lab = SetupLab::with("dpx", &[]);
+    // Userland-proxy mode: localhost is not DNATed; the proxy receives it and connects on.
+    let r = lab.doctor(&["8080", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["destination"]["via"], "proxy", "{r:#}");
+    assert_eq!(r["destination"]["netns"], lab.ns("web").as_str(), "{r:#}");
+    let pid = lab.state["proxy_pids"][0].as_u64().unwrap().to_string();
+    sh(&["kill", &pid]);
+    wait_for("the proxy to exit", 10, || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let r = break_fix_probe(&mut lab, &["8080"], "no_receiver");
+    assert!(
+        r["diagnosis"]["fix"]["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "tcp:127.0.0.1:8080=10.89.0.2:80"),
+        "{r:#}"
+    );
 }

@@ -199,6 +199,13 @@ impl Firewall {
         })
     }
 
+    /// Where the first DNAT rule publishing `proto/port` sends it (address, port).
+    pub fn dnat_target_for_port(&self, proto: Proto, port: u16) -> Option<(IpAddr, Option<u16>)> {
+        self.dnat_rules().into_iter().find_map(|(p, ports, a, to)| {
+            (p == proto && ports.iter().any(|(x, y)| *x <= port && port <= *y)).then_some((a, to))
+        })
+    }
+
     /// True when some DNAT rule publishes `proto/port` (whatever its other conditions).
     pub fn has_dnat_for_port(&self, proto: Proto, port: u16) -> bool {
         self.dnat_rules().iter().any(|(p, ports, _, _)| {
