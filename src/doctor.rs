@@ -178,6 +178,8 @@ pub struct Packet {
     pub iif: Option<String>,
     /// The netfilter hook where it enters: prerouting (from outside or a container) or output (local).
     pub hook: String,
+    /// True when the source address is a stand-in (TEST-NET-3), not a real client's.
+    pub src_assumed: bool,
 }
 
 /// Where the connection really goes after the host is done with it.
@@ -488,6 +490,7 @@ fn build_packet(
             dport: port,
             iif: None,
             hook: "output".into(),
+            src_assumed: false,
         },
         Source::Host => {
             let dst = req
@@ -501,6 +504,7 @@ fn build_packet(
                 dport: port,
                 iif: None,
                 hook: "output".into(),
+                src_assumed: false,
             }
         }
         Source::Outside(_) => {
@@ -540,6 +544,7 @@ fn build_packet(
                 .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
             Packet {
                 proto: req.proto,
+                src_assumed: src.is_none(),
                 src: src.unwrap_or(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))),
                 dst,
                 dport: port,
@@ -583,6 +588,7 @@ fn build_packet(
                 dport: port,
                 iif: Some(bridge.name.clone()),
                 hook: "prerouting".into(),
+                src_assumed: false,
             }
         }
     })
@@ -1148,6 +1154,17 @@ fn rp_filter_hop(cx: &PathCtx, iif: &str) -> Hop {
             "rp_filter",
             format!(
                 "strict, and the route back to {} leaves via {iif}",
+                cx.packet.src
+            ),
+        )
+        .with_evidence(evidence)
+    } else if cx.packet.src_assumed {
+        Hop::warn(
+            "rp_filter",
+            "rp_filter",
+            Fault::RpFilter,
+            format!(
+                "strict rp_filter on {iif}: a client at {} would be dropped (no route back through {iif}); give the real client with --from outside:NETNS or --packet",
                 cx.packet.src
             ),
         )

@@ -935,3 +935,28 @@ fn lab_userland_proxy_gone() {
         "{r:#}"
     );
 }
+
+#[test]
+fn strict_rp_filter_with_asymmetric_routing() {
+    let mut lab = Lab::new();
+    // A second link to the client; the host routes back to the client through it.
+    veth("ext1", &lab.host, "eth1", &lab.outside);
+    lab.host.ip(&["addr", "add", "192.0.3.1/24", "dev", "ext1"]);
+    lab.outside
+        .ip(&["addr", "add", "192.0.3.2/24", "dev", "eth1"]);
+    lab.host.ip(&[
+        "route",
+        "add",
+        "192.0.2.2/32",
+        "via",
+        "192.0.3.2",
+        "dev",
+        "ext1",
+    ]);
+    lab.sysctl("net.ipv4.conf.all.rp_filter=1");
+    lab.sysctl("net.ipv4.conf.ext0.rp_filter=1");
+    let from = lab.outside_source();
+    let r = break_fix_probe(&mut lab, &["--from", &from, "8080"], "rp_filter");
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(line.contains("ext0") && line.contains("ext1"), "{line}");
+}
