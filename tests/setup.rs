@@ -575,6 +575,41 @@ fn not_root_is_a_clear_error_and_docs_labs_parse() {
         .expect("setpriv");
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("needs root"), "{}", text(&out));
+    // No firewall tool in PATH: the error names the package.
+    let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args([
+            "setup",
+            "--isolated",
+            "--name",
+            &unique("notool"),
+            "--no-userland-proxy",
+        ])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("install the 'iptables' package"),
+        "{}",
+        text(&out)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args([
+            "setup",
+            "--isolated",
+            "--name",
+            &unique("notool"),
+            "--backend",
+            "nftables",
+        ])
+        .args(["--no-userland-proxy"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("install the 'nftables' package"),
+        "{}",
+        text(&out)
+    );
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/labs");
     let mut n = 0;
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -737,4 +772,20 @@ fn teardown_after_a_crash_mid_setup() {
     assert_eq!(snapshot(&host), before);
     assert!(!netns_names().iter().any(|n| n.starts_with(&name)));
     assert!(lab.teardown().contains("nothing to do"));
+}
+
+#[test]
+fn dual_stack_network() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/labs");
+    let (lab, v) = Lab::isolated("v6", &[&format!("{dir}/ipv6.toml"), "--no-userland-proxy"]);
+    assert_eq!(v["containers"][0]["networks"][0]["address6"], "fd00:30::2");
+    let client = lab.ns("client");
+    let (_, a) = exec(
+        &client,
+        &["dig", "+short", "+time=2", "@127.0.0.11", "web", "AAAA"],
+    );
+    assert_eq!(a, "fd00:30::2");
+    assert_eq!(curl(&client, "http://[fd00:30::2]/"), "hello from web");
+    let (_, r) = exec(&client, &["ip", "-6", "route", "show", "default"]);
+    assert!(r.contains("via fd00:30::1"), "{r}");
 }

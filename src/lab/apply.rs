@@ -100,15 +100,10 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Find a program in PATH (and the sbin directories, which a sudo PATH may lack).
+/// Find a program in PATH (the same lookup the spawned command will do).
 pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(
-            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .map(PathBuf::from),
-        )
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }

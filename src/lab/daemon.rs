@@ -75,15 +75,34 @@ fn start(svc: &mut Service, host: &NetNs) -> Result<(), String> {
     Ok(())
 }
 
-/// For `nettool serve KIND PORT`: the TCP port to wait for (udp-echo has none).
-fn serve_port(argv: &[String]) -> Option<u16> {
-    if argv.first().map(String::as_str) == Some("nettool")
-        && argv.get(1).map(String::as_str) == Some("serve")
-        && matches!(argv.get(2).map(String::as_str), Some("http") | Some("echo"))
+/// For `nettool serve http|echo PORT [--bind IP]`: the TCP address to wait for (udp-echo has
+/// none). An unspecified bind address is probed on loopback.
+fn serve_addr(argv: &[String]) -> Option<SocketAddr> {
+    if argv.first().map(String::as_str) != Some("nettool")
+        || argv.get(1).map(String::as_str) != Some("serve")
+        || !matches!(argv.get(2).map(String::as_str), Some("http") | Some("echo"))
     {
-        return argv.get(3)?.parse().ok();
+        return None;
     }
-    None
+    let port: u16 = argv.get(3)?.parse().ok()?;
+    let bind = argv
+        .iter()
+        .position(|a| a == "--bind")
+        .and_then(|i| argv.get(i + 1))
+        .or_else(|| {
+            argv.iter()
+                .find_map(|a| a.strip_prefix("--bind=").map(|_| a))
+        })
+        .map(|a| a.trim_start_matches("--bind="));
+    let ip: std::net::IpAddr = match bind {
+        None => Ipv4Addr::LOCALHOST.into(),
+        Some(b) => match b.parse::<std::net::IpAddr>().ok()? {
+            std::net::IpAddr::V4(v) if v.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(v) if v.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        },
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 fn write_ready(fd: Option<i32>, msg: &str) {
@@ -192,7 +211,7 @@ fn prepare(name: &str) -> Result<(DnsSockets, Vec<Service>, NetNs), DaemonError>
     // Wait until built-in TCP services listen, so a test can connect as soon as setup returns.
     let deadline = Instant::now() + Duration::from_secs(5);
     for svc in &mut services {
-        let Some(port) = serve_port(&svc.argv) else {
+        let Some(addr) = serve_addr(&svc.argv) else {
             continue;
         };
         let ns = match &svc.netns {
@@ -202,11 +221,7 @@ fn prepare(name: &str) -> Result<(DnsSockets, Vec<Service>, NetNs), DaemonError>
         loop {
             let ok = ns
                 .run(|| {
-                    std::net::TcpStream::connect_timeout(
-                        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                        Duration::from_millis(200),
-                    )
-                    .is_ok()
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
                 })
                 .unwrap_or(false);
             if ok {
@@ -224,7 +239,7 @@ fn prepare(name: &str) -> Result<(DnsSockets, Vec<Service>, NetNs), DaemonError>
             }
             if Instant::now() > deadline {
                 return Err(DaemonError::Setup(format!(
-                    "service {} did not listen on port {port} within 5 s; see {}",
+                    "service {} did not listen on {addr} within 5 s; see {}",
                     svc.container,
                     svc.log.display()
                 )));
@@ -359,4 +374,31 @@ fn serve(name: &str, dns: DnsSockets, services: Vec<Service>, host: NetNs) {
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut list = services.lock().unwrap_or_else(|p| p.into_inner());
     stop_all(&mut list);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn probe_address_follows_bind() {
+        assert_eq!(
+            serve_addr(&argv("nettool serve http 80")),
+            Some("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            serve_addr(&argv("nettool serve echo 7 --bind 10.0.0.2")),
+            Some("10.0.0.2:7".parse().unwrap())
+        );
+        assert_eq!(
+            serve_addr(&argv("nettool serve http 80 --bind ::")),
+            Some("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(serve_addr(&argv("nettool serve udp-echo 53")), None);
+        assert_eq!(serve_addr(&argv("socat TCP-LISTEN:80 -")), None);
+    }
 }

@@ -810,6 +810,9 @@ pub fn parse(text: &str, file: &str) -> Result<LabSpec, SpecError> {
         for p in &c.ports {
             let spec = parse_port(p.get_ref())
                 .map_err(|e| cx.err::<()>(p.span(), format!("port '{}': {e}", p.get_ref())))?;
+            if spec.host_ip.is_ipv6() {
+                return Err(cx.err::<()>(p.span(), format!("port '{}': publishing on an IPv6 host address is not supported yet (the lab's DNAT is IPv4); use an IPv4 host address or leave it out", p.get_ref())));
+            }
             for (other, owner) in &published {
                 let overlap = other.host_ip.is_unspecified()
                     || spec.host_ip.is_unspecified()
