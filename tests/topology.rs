@@ -365,14 +365,7 @@ impl Drop for SetupLab {
 fn lab_scope_is_exactly_the_default_lab() {
     let name = unique("topo-lab");
     let lab = SetupLab { name: name.clone() };
-    let state = nettool_json(&[
-        "setup",
-        "--isolated",
-        "--name",
-        &name,
-        "--no-userland-proxy",
-        "--json",
-    ]);
+    let state = nettool_json(&["setup", "--isolated", "--name", &name, "--json"]);
     let host = state["host_netns"].as_str().unwrap().to_string();
     let inode_of = |n: &str| NetNs::from_name(n).unwrap().id().inode;
     let g = nettool_json(&["topology", "--lab", &lab.name, "--json"]);
@@ -463,6 +456,15 @@ fn lab_scope_is_exactly_the_default_lab() {
             )
         );
         assert_eq!(n["target_listening"], true, "{n}");
+        // Found twice: the lab's userland proxy listener and its DNAT rule.
+        let via: Vec<&str> = n["via"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(via.iter().any(|v| v.starts_with("userland proxy")), "{n}");
+        assert!(via.iter().any(|v| v.starts_with("nat ")), "{n}");
     }
     // And the picture renders.
     let dot = nettool_ok(&["topology", "--lab", &lab.name, "--format", "svg"]);
