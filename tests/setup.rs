@@ -373,6 +373,43 @@ fn teardown_restores_host_exactly_and_shared_chains() {
     // A second lab in the same host shares the NETTOOL chains.
     let lab_file2 = write_lab("[[network]]\nname = \"n2\"\nsubnet = \"10.78.0.0/24\"\n[[container]]\nname = \"x\"\nrun = \"nettool serve http 80\"\nports = [\"8082:80\"]\n");
     let (lab2, _) = Lab::in_host("th2", &host, &[lab_file2.s(), "--no-userland-proxy"]);
+    // A third lab publishing the same host port (or reusing a subnet) is refused up front.
+    let lab_file3 = write_lab("[[network]]\nname = \"n3\"\nsubnet = \"10.76.0.0/24\"\n[[container]]\nname = \"y\"\nports = [\"8082:80\"]\n");
+    let out = nettool_in(
+        Some(&host.name),
+        &[
+            "setup",
+            lab_file3.s(),
+            "--name",
+            &unique("th3"),
+            "--no-userland-proxy",
+        ],
+        &[],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("already published by lab"),
+        "{}",
+        text(&out)
+    );
+    let lab_file4 = write_lab(
+        "[[network]]\nname = \"n4\"\nsubnet = \"10.78.0.0/25\"\n[[container]]\nname = \"z\"\n",
+    );
+    let out = nettool_in(
+        Some(&host.name),
+        &[
+            "setup",
+            lab_file4.s(),
+            "--name",
+            &unique("th4"),
+            "--no-userland-proxy",
+        ],
+        &[],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("collides with network"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(curl(&host.name, "http://127.0.0.1:8082/"), "hello from x");
     assert_eq!(
         sh(&[
@@ -788,4 +825,64 @@ fn dual_stack_network() {
     assert_eq!(curl(&client, "http://[fd00:30::2]/"), "hello from web");
     let (_, r) = exec(&client, &["ip", "-6", "route", "show", "default"]);
     assert!(r.contains("via fd00:30::1"), "{r}");
+}
+
+#[test]
+fn services_are_supervised_and_dns_forwards_only_when_asked() {
+    // A lab-local upstream (dnsmasq in a container): forwarding never leaves the lab.
+    let f = write_lab(
+        "[[network]]\nname = \"n\"\nsubnet = \"10.82.0.0/24\"\nupstream = \"10.82.0.53\"\n\
+[[container]]\nname = \"up\"\naddress = \"10.82.0.53\"\n\
+run = \"dnsmasq --keep-in-foreground --no-resolv --no-hosts --listen-address=10.82.0.53 --bind-interfaces --address=/example.test/10.9.9.9\"\n\
+[[container]]\nname = \"web\"\nrun = \"nettool serve http 80\"\n\
+[[container]]\nname = \"client\"\n",
+    );
+    let (lab, _) = Lab::isolated("sup", &[f.s(), "--no-userland-proxy"]);
+    let client = lab.ns("client");
+    wait_for("dnsmasq answers", 5, || {
+        exec(
+            &client,
+            &[
+                "dig",
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "@10.82.0.53",
+                "example.test",
+            ],
+        )
+        .1 == "10.9.9.9"
+    });
+    let (_, a) = exec(
+        &client,
+        &["dig", "+short", "+time=2", "@127.0.0.11", "example.test"],
+    );
+    assert_eq!(a, "10.9.9.9", "unknown names go to the network's upstream");
+    let (_, a) = exec(&client, &["dig", "+short", "+time=2", "@127.0.0.11", "web"]);
+    assert_eq!(a, "10.82.0.2", "lab names are still answered by the lab");
+    // Kill the web service: the daemon starts it again.
+    let st = nettool::lab::state::load(&lab.name).unwrap();
+    assert_eq!(
+        st.container("web").unwrap().run.as_deref(),
+        Some("nettool serve http 80")
+    );
+    let pids: Vec<(u32, u64)> = serde_json::from_slice(
+        &std::fs::read(format!("/run/nettool/{}/services.json", lab.name)).unwrap(),
+    )
+    .unwrap();
+    let web_pid = pids
+        .iter()
+        .map(|p| p.0)
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .contains("http")
+        })
+        .expect("web pid");
+    sh(&["kill", "-9", &web_pid.to_string()]);
+    wait_for("web restarted", 10, || {
+        exec(&client, &["curl", "-s", "-m", "1", "http://web/"]).1 == "hello from web"
+    });
+    let log = std::fs::read_to_string(format!("/run/nettool/{}/daemon.log", lab.name)).unwrap();
+    assert!(log.contains("restarting"), "{log}");
 }

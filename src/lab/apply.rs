@@ -537,6 +537,9 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
     }
     let isolated = plan.state.host_netns.is_some();
     let current = NetNs::current().map_err(e2s).map_err(LabError::Other)?;
+    if !isolated {
+        check_shared_host(plan, current.id().inode)?;
+    }
     let host_rec = HostRecord {
         netns: plan.state.host_netns.clone(),
         inode: current.id().inode,
@@ -867,6 +870,46 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
         rep.warnings.push(format!("remove {}: {e}", d.display()));
     }
     Ok(rep)
+}
+
+/// Labs sharing a host namespace must not publish the same port or use the same bridge names.
+fn check_shared_host(plan: &Plan, inode: u64) -> Result<(), LabError> {
+    for other in state::list() {
+        let same_host =
+            state::read_host(&other).is_some_and(|h| h.netns.is_none() && h.inode == inode);
+        if !same_host {
+            continue;
+        }
+        let Ok(o) = state::load(&other) else { continue };
+        for p in &plan.state.ports {
+            let clash = o.ports.iter().find(|q| {
+                q.proto == p.proto
+                    && q.host_port == p.host_port
+                    && (q.host_ip.is_unspecified()
+                        || p.host_ip.is_unspecified()
+                        || q.host_ip == p.host_ip)
+            });
+            if let Some(q) = clash {
+                return Err(LabError::Conflict(format!(
+                    "host port {}/{} is already published by lab '{other}' (container {}) in this namespace; change the port or tear that lab down",
+                    p.host_port, p.proto, q.container
+                )));
+            }
+        }
+        for n in &plan.state.networks {
+            if let Some(on) = o.networks.iter().find(|m| {
+                m.bridge == n.bridge
+                    || m.subnet.contains(&n.subnet.network())
+                    || n.subnet.contains(&m.subnet.network())
+            }) {
+                return Err(LabError::Conflict(format!(
+                    "network '{}' ({} on {}) collides with network '{}' ({} on {}) of lab '{other}' in this namespace; choose another subnet/bridge or use --isolated",
+                    n.name, n.subnet, n.bridge, on.name, on.subnet, on.bridge
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Is another lab (up or half up) using the same host namespace as `host`?
