@@ -274,6 +274,8 @@ pub struct Pairer {
     answered: HashMap<Key, Duration>,
     /// A query retried from a new port or id: its key -> the retry's key (and when).
     folded: HashMap<Key, (Key, Duration)>,
+    /// (client ip, server, question) -> when it was last asked.
+    last_asked: HashMap<(std::net::IpAddr, SocketAddr, QKey), Duration>,
     last_prune: Duration,
     out: Vec<Lookup>,
     /// Counters.
@@ -301,6 +303,7 @@ impl Pairer {
             truncated: HashMap::new(),
             answered: HashMap::new(),
             folded: HashMap::new(),
+            last_asked: HashMap::new(),
             last_prune: Duration::ZERO,
             out: Vec::new(),
             stats: PairStats::default(),
@@ -361,6 +364,9 @@ impl Pairer {
             id: p.id,
             q: qkey.clone(),
         };
+        let asked_before = qkey
+            .as_ref()
+            .and_then(|q| self.last_asked.insert((src.ip(), server, q.clone()), ts));
         if let Some(pend) = self.pending.get_mut(&key) {
             pend.retries += 1;
             pend.last = ts;
@@ -374,7 +380,11 @@ impl Pairer {
                         k.client.ip() == src.ip() && k.server == server && k.transport == transport
                     })
                     .filter_map(|k| self.pending.get(k).map(|p| (k, p.last)))
-                    .filter(|(_, last)| ts.saturating_sub(*last) >= RETRY_AFTER)
+                    // Nothing else asked this question in between (a load generator asks
+                    // the same name all the time; a retrying client does not).
+                    .filter(|(_, last)| {
+                        ts.saturating_sub(*last) >= RETRY_AFTER && Some(*last) == asked_before
+                    })
                     .max_by_key(|(_, last)| *last)
                     .map(|(k, _)| k.clone())
             })
@@ -811,6 +821,29 @@ mod tests {
         assert_eq!(out[0].latency_ms, Some(1010.0));
         p.expire(t(9000));
         assert!(p.drain().is_empty());
+        // A lost query followed by other queries for the same name is a timeout, not a retry.
+        p.message(t(10_000), c1, s, Transport::Udp, &query(7, "c.test."));
+        p.message(t(10_001), c2, s, Transport::Udp, &query(8, "c.test."));
+        p.message(
+            t(10_002),
+            s,
+            c2,
+            Transport::Udp,
+            &answer(8, "c.test.", false),
+        );
+        p.message(t(10_500), c2, s, Transport::Udp, &query(9, "c.test."));
+        p.message(
+            t(10_502),
+            s,
+            c2,
+            Transport::Udp,
+            &answer(9, "c.test.", false),
+        );
+        p.expire(t(13_000));
+        let out = p.drain();
+        assert_eq!(out.len(), 3, "{out:#?}");
+        assert!(out.iter().all(|l| l.retries == 0));
+        assert_eq!(out[2].status, Status::Timeout);
     }
 
     #[test]
