@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::nat::walk::Walk;
 use crate::netns::discover::{discover, DiscoverOptions, NamespaceInfo};
-use crate::netns::links::{Address, Link};
+use crate::netns::links::{Address, Link, Rtnl};
 use crate::netns::peers::veth_peers;
 use crate::netns::sockets::{Owner, Proto, Socket};
 use crate::netns::{NetNs, NetnsError};
@@ -73,6 +73,8 @@ pub enum Fault {
     StaleConntrack,
     /// br_netfilter is not loaded or off while a container talks to a published port on its own bridge.
     BrNetfilter,
+    /// The target namespace has no route back to the (possibly SNATed) source.
+    NoReturnRoute,
     /// Every hop looks right but the probe failed.
     ProbeFailed,
 }
@@ -1057,6 +1059,11 @@ fn path_checks(
     dest.netns = Some(target.ns.label.clone());
     dest.interface = target.inner.as_ref().map(|l| l.name.clone());
     veth_hops(cx, &target, bridge.as_ref(), hops);
+    if dest.via == "dnat" {
+        if let Some(h) = return_route_hop(cx, &target, bridge.as_ref()) {
+            hops.push(h);
+        }
+    }
     service_hop(cx, &target.ns, dest, hops, target.inner.as_ref());
     if packet.proto == Proto::Udp {
         hops.push(rules::conntrack_hop(&cx.req.host, packet, dest, cx.fixer));
@@ -1411,6 +1418,81 @@ fn veth_hops(cx: &PathCtx, t: &Target, bridge: Option<&Link>, hops: &mut Vec<Hop
         );
     } else {
         hops.push(Hop::ok("mtu", "mtu", format!("{min} on every hop")).with_evidence(evidence));
+    }
+}
+
+/// Can the target answer? Its route back to the source as it arrives there (after any SNAT).
+fn return_route_hop(cx: &PathCtx, t: &Target, bridge: Option<&Link>) -> Option<Hop> {
+    let src = cx.walk.map(|w| w.final_packet.src).unwrap_or(cx.packet.src);
+    let ns = t.ns.netns();
+    let route = ns
+        .run(|| Rtnl::open().and_then(|mut r| r.route_get(src, None, None)))
+        .ok()?;
+    match route {
+        Ok(r) => {
+            let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+            let dev = r
+                .oif
+                .and_then(|i| t.ns.links.iter().find(|l| l.index == i))
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| "?".into());
+            Some(Hop::ok(
+                "return",
+                "route back",
+                format!("{} answers {src}{via} dev {dev}", t.ns.label),
+            ))
+        }
+        Err(e) => {
+            // The usual fix: a default route through the host's address on the bridge.
+            let inner = t.inner.as_ref()?;
+            let gw = bridge.and_then(|b| {
+                cx.host
+                    .addresses
+                    .iter()
+                    .filter(|a| a.index == b.index && a.address.is_ipv4())
+                    .find(|a| {
+                        t.ns.addresses
+                            .iter()
+                            .any(|c| c.index == inner.index && same_subnet(a, c.address))
+                    })
+                    .map(|a| a.address.to_string())
+            });
+            let fix = gw.map(|gw| {
+                cx.fixer.fix_owned(
+                    &format!(
+                        "give {} a default route through the host ({gw})",
+                        t.ns.label
+                    ),
+                    Fixer::in_ns(
+                        &t.ns,
+                        &[
+                            "ip",
+                            "route",
+                            "add",
+                            "default",
+                            "via",
+                            &gw,
+                            "dev",
+                            &inner.name,
+                        ],
+                    ),
+                    false,
+                )
+            });
+            Some(
+                Hop::fail(
+                    "return",
+                    "route back",
+                    Fault::NoReturnRoute,
+                    format!(
+                        "{} has no route back to {src}: its answers are never sent",
+                        t.ns.label
+                    ),
+                )
+                .with_evidence(format!("ip route get {src} in {}: {e}", t.ns.label))
+                .with_fix(fix),
+            )
+        }
     }
 }
 

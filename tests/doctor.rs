@@ -960,3 +960,14 @@ fn strict_rp_filter_with_asymmetric_routing() {
     let line = r["diagnosis"]["line"].as_str().unwrap();
     assert!(line.contains("ext0") && line.contains("ext1"), "{line}");
 }
+
+#[test]
+fn lab_container_without_a_route_back() {
+    let mut lab = SetupLab::new("drb");
+    let web = lab.ns("web");
+    sh(&["ip", "-n", &web, "route", "del", "default"]);
+    // From localhost the answers go to the bridge address (MASQUERADE): still fine.
+    assert_eq!(lab.doctor(&["8080"])["diagnosis"]["ok"], true);
+    let r = break_fix_probe(&mut lab, &["--from", "outside", "8080"], "no_return_route");
+    assert_eq!(r["diagnosis"]["hop"], "return");
+}
