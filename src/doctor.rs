@@ -706,7 +706,12 @@ fn receiver(
                 interface: None,
             },
             None => Destination {
-                addr: sock.local.ip(),
+                // A wildcard listener answers on the address the client used.
+                addr: if sock.local.ip().is_unspecified() {
+                    packet.dst
+                } else {
+                    sock.local.ip()
+                },
                 port: sock.local.port(),
                 via: "local".into(),
                 rule: None,

@@ -421,6 +421,17 @@ fn nothing_receives_an_unpublished_port() {
     assert_eq!(r["destination"]["netns"], lab.container.name.as_str());
     assert_eq!(hop(&r, "service")["verdict"], "ok");
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    // A plain service on the host itself: the path ends there.
+    let _local = lab
+        .host
+        .spawn(&["socat", "TCP-LISTEN:7777,fork,reuseaddr", "EXEC:cat"]);
+    wait_for("local service", 10, || {
+        lab.doctor(&["7777"])["diagnosis"]["ok"] == true
+    });
+    let r = lab.doctor(&["7777", "--probe", "--from", "host"]);
+    assert_eq!(r["destination"]["via"], "local", "{r:#}");
+    assert_eq!(hop(&r, "service")["verdict"], "ok", "{r:#}");
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
 }
 
 #[test]
