@@ -652,6 +652,10 @@ impl<'a> Walker<'a> {
         };
         let share: f64 = stack.iter().map(|f| f.share).product();
         let mut conditions = self.conditions(stack, false);
+        if hook == Hook::Output {
+            // Locally generated packets have no incoming interface: "-i" words say nothing here.
+            conditions.retain(|c| !c.contains("arriving on"));
+        }
         conditions.extend(vmap_cond.clone());
         let from = from_words(hook, stack, vmap_cond.as_deref());
         let path: Vec<String> = stack
@@ -923,7 +927,7 @@ fn sentence(p: &PublishedPort) -> String {
     for t in &p.targets {
         let mut s = t.to.clone();
         if let Some(n) = &t.name {
-            s.push_str(&format!(" (container {n})"));
+            s.push_str(&format!(" ({n})"));
         }
         if p.targets.len() > 1 || t.share < 0.999 {
             s.push_str(&format!(" ({})", pct(t.share)));
@@ -1256,7 +1260,7 @@ COMMIT
     fn docker_published_port_in_words() {
         let rs = iptables::parse(DOCKER);
         let mut names = HashMap::new();
-        names.insert("172.17.0.2".parse().unwrap(), "web".to_string());
+        names.insert("172.17.0.2".parse().unwrap(), "container web".to_string());
         let s = summarize_with(&rs, &names);
         assert_eq!(s.published.len(), 1);
         let p = &s.published[0];

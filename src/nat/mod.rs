@@ -193,6 +193,7 @@ pub fn load_live(ns: &NetNs) -> Result<Ruleset, NatError> {
         }
         Err(e) => why.push(e),
     }
+    rs.source = format!("namespace {label}");
     if !any {
         return Err(NatError::NoTools {
             ns: label,
@@ -258,7 +259,8 @@ pub fn local_facts(ns: &NetNs) -> Result<walk::LocalFacts, NatError> {
     })
 }
 
-/// Container names by address: every namespace a container uses, entered to read its addresses.
+/// Who is behind an address ("container web", "netns lab-web"): every container or named
+/// namespace, entered to read its addresses.
 pub fn container_addresses() -> std::collections::HashMap<std::net::IpAddr, String> {
     use crate::netns::discover::{discover, DiscoverOptions};
     let mut out = std::collections::HashMap::new();
@@ -268,12 +270,14 @@ pub fn container_addresses() -> std::collections::HashMap<std::net::IpAddr, Stri
     });
     for n in all.iter().filter(|n| !n.current) {
         let name = match n.containers.first() {
-            Some(c) => c
-                .name
-                .clone()
-                .unwrap_or_else(|| c.id.chars().take(12).collect()),
+            Some(c) => format!(
+                "container {}",
+                c.name
+                    .clone()
+                    .unwrap_or_else(|| c.id.chars().take(12).collect())
+            ),
             None => match n.names.first() {
-                Some(nm) => nm.clone(),
+                Some(nm) => format!("netns {nm}"),
                 None => continue,
             },
         };
