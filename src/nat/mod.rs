@@ -264,6 +264,17 @@ pub fn local_facts(ns: &NetNs) -> Result<walk::LocalFacts, NatError> {
 pub fn container_addresses() -> std::collections::HashMap<std::net::IpAddr, String> {
     use crate::netns::discover::{discover, DiscoverOptions};
     let mut out = std::collections::HashMap::new();
+    // nettool labs first: their state names the container behind each address.
+    for lab in crate::lab::state::list() {
+        if let Ok(st) = crate::lab::state::load(&lab) {
+            for c in &st.containers {
+                for i in &c.networks {
+                    out.entry(std::net::IpAddr::V4(i.address))
+                        .or_insert_with(|| format!("container {} of lab {}", c.name, st.name));
+                }
+            }
+        }
+    }
     let all = discover(DiscoverOptions {
         skip_interfaces: true,
         skip_docker: false,

@@ -1028,7 +1028,11 @@ impl<'a> Walker<'a> {
                     ),
                 );
             }
-            let oif = self.pkt.out_iface.clone().unwrap_or_else(|| "an unknown interface".into());
+            let oif = self
+                .pkt
+                .out_iface
+                .clone()
+                .unwrap_or_else(|| "an unknown interface".into());
             return ("sent".into(), format!("sent out {oif} as {}", self.tuple()));
         }
         if self.pkt.in_iface.is_none() {
@@ -1079,7 +1083,11 @@ impl<'a> Walker<'a> {
         if let Err(o) = self.hook(Hook::Postrouting, true) {
             return self.dropped(o);
         }
-        let oif = self.pkt.out_iface.clone().unwrap_or_else(|| "an unknown interface".into());
+        let oif = self
+            .pkt
+            .out_iface
+            .clone()
+            .unwrap_or_else(|| "an unknown interface".into());
         (
             "forwarded".into(),
             format!("forwarded out {oif} as {}", self.tuple()),
