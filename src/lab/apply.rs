@@ -395,7 +395,7 @@ impl Run<'_> {
                 let exe = std::env::current_exe().map_err(e2s)?;
                 let log = state::dir(&self.plan.name).join("daemon.log");
                 let mut cmd = Command::new(exe);
-                cmd.args(["lab-daemon", &self.plan.name, "--ready-fd", "3"]);
+                cmd.args(["-v", "lab-daemon", &self.plan.name, "--ready-fd", "3"]);
                 let pid = self.spawn_ready(cmd, &log, "daemon")?;
                 self.state.processes.push(ProcessState {
                     role: "daemon".into(),
