@@ -435,6 +435,29 @@ fn nothing_receives_an_unpublished_port() {
 }
 
 #[test]
+fn packet_spec_from_an_outside_address() {
+    let lab = Lab::new();
+    // The exact packet: doctor follows it like explain-nat's walk, then the whole path.
+    let r = lab.doctor(&["--packet", "tcp 192.0.2.2:40000 -> 192.0.2.1:8080 in ext0"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["packet"]["iif"], "ext0");
+    assert_eq!(r["packet"]["hook"], "prerouting");
+    assert_eq!(r["destination"]["addr"], "10.89.0.2");
+    // A packet to a port nothing publishes.
+    let r = lab.doctor(&["--packet", "tcp 192.0.2.2 -> 192.0.2.1:8081 in ext0"]);
+    assert_eq!(fault(&r), "no_receiver", "{r:#}");
+    // Bad specs are usage errors.
+    let out = nettool(&[
+        "doctor",
+        "--netns",
+        &lab.host.name,
+        "--packet",
+        "tcp nowhere",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn container_target_finds_its_published_port() {
     let lab = Lab::new();
     let r = lab.doctor(&[&format!("container:{}", lab.container.name), "--probe"]);

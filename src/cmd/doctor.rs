@@ -220,8 +220,23 @@ struct PacketSpec {
     iif: Option<String>,
 }
 
-/// `[tcp|udp] [SRC[:SPORT]] -> DST:DPORT [in IFACE]`
+/// `[tcp|udp] [SRC[:SPORT]] -> DST:DPORT [in IFACE]`; explain-nat's full syntax
+/// (`PROTO SRC -> DST:PORT [in IF] [out IF] [mark N] [state S]`) is accepted too.
 fn parse_packet(spec: &str) -> Result<PacketSpec, String> {
+    if let Ok(p) = crate::nat::walk::Packet::parse(spec) {
+        let proto = match p.proto.as_str() {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            other => return Err(format!("doctor follows tcp and udp, not {other}")),
+        };
+        return Ok(PacketSpec {
+            proto: Some(proto),
+            src: Some(p.src),
+            dst: p.dst,
+            dport: p.dport.ok_or("the destination needs a port (DST:PORT)")?,
+            iif: p.in_iface,
+        });
+    }
     let words: Vec<&str> = spec.split_whitespace().collect();
     let mut proto = None;
     let mut addrs: Vec<&str> = Vec::new();
@@ -396,6 +411,10 @@ mod tests {
         let p = parse_packet("udp -> [::1]:53").unwrap();
         assert_eq!(p.proto, Some(Proto::Udp));
         assert!(parse_packet("tcp 1.2.3.4").is_err());
+        let p =
+            parse_packet("udp 10.0.0.9:5000 -> 10.0.0.1:53 in eth1 mark 0x10 state NEW").unwrap();
+        assert_eq!(p.iif.as_deref(), Some("eth1"));
+        assert!(parse_packet("icmp 10.0.0.9 -> 10.0.0.1").is_err());
         assert!(parse_packet("").is_err());
     }
 }
