@@ -350,7 +350,8 @@ fn target_addr(target: &str, port: u16, listen: &str) -> Option<SocketAddr> {
         .ok()?;
     let (tfrom, _) = range(ports)?;
     let (lfrom, _) = range(port_part(listen))?;
-    Some(SocketAddr::new(ip, tfrom + (port - lfrom)))
+    let p = tfrom.checked_add(port.checked_sub(lfrom)?)?;
+    Some(SocketAddr::new(ip, p))
 }
 
 /// The nettool lab whose host is `host` (its isolated host namespace, or the current one for
@@ -450,5 +451,8 @@ mod tests {
             Some("10.0.0.6:53".parse().unwrap())
         );
         assert_eq!(parse_proxy_argv(&a, 80), None);
+        // A target range that would run past 65535 is no target, not a panic.
+        let a = v("nettool proxy -p 100-200=10.0.0.5:65500-65535");
+        assert_eq!(parse_proxy_argv(&a, 150), None);
     }
 }
