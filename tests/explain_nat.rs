@@ -135,7 +135,7 @@ fn malformed_line_is_reported_and_rest_explained() {
     let _ = std::fs::remove_file(&dir);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("line 5"), "{text}");
+    assert!(text.contains(":5: bad port"), "{text}");
     assert!(text.contains("bad port 'eighty'"), "{text}");
     assert!(
         text.contains("port 8081") && text.contains("10.0.0.2:81"),

@@ -132,7 +132,11 @@ pub fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
             };
             let mut part = part;
             for p in &mut part.problems {
-                p.message = format!("{f}:{}: {}", p.line, p.message);
+                p.message = if p.line > 0 {
+                    format!("{f}:{}: {}", p.line, p.message)
+                } else {
+                    format!("{f}: {}", p.message)
+                };
             }
             rs.merge(part);
         }
@@ -323,7 +327,7 @@ pub fn render_summary(s: &Summary) -> String {
         o.push('\n');
         o.push_str(&paint("Lines that could not be read\n", "31"));
         for p in &s.problems {
-            o.push_str(&format!("  line {}: {}\n", p.line, p.message));
+            o.push_str(&format!("  {}\n", p.message));
         }
     }
     o

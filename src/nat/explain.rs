@@ -963,6 +963,21 @@ fn sentence(p: &PublishedPort) -> String {
     {
         s.push_str("; not from this host itself (no OUTPUT path)");
     }
+    let unknown: Vec<&String> = p
+        .entries
+        .iter()
+        .flat_map(|e| &e.conditions)
+        .filter(|c| c.contains("(unknown: may or may not match)"))
+        .collect();
+    if let Some(u) = unknown.first() {
+        s.push_str(&format!(
+            "; only if {}",
+            u.replace(
+                " (unknown: may or may not match)",
+                ", which nettool cannot evaluate"
+            )
+        ));
+    }
     s.push('.');
     s
 }
