@@ -136,6 +136,8 @@ impl TempClient {
     pub(crate) fn attach(host: &NetNs) -> Result<TempClient, String> {
         let pid = std::process::id();
         let name = format!("nt-probe-{pid}");
+        let root = NetNs::current().map_err(|e| e.to_string())?;
+        reap_stale(&root);
         let host_if = format!("ntprobe{}", pid % 100_000);
         // A /30 no route of the host already covers.
         let routes = host
@@ -159,7 +161,6 @@ impl TempClient {
             .ok_or("no free /30 in 198.18.0.0/15")?;
         let gw = Ipv4Addr::from(u32::from(net.network()) + 1);
         let client = Ipv4Addr::from(u32::from(net.network()) + 2);
-        let root = NetNs::current().map_err(|e| e.to_string())?;
         ip(&root, &["netns", "add", &name])?;
         let ns = NetNs::from_name(&name).map_err(|e| e.to_string())?;
         let t = TempClient {
@@ -193,6 +194,26 @@ impl Drop for TempClient {
         let _ = ip(&self.host, &["link", "del", &self.host_if]);
         if let Ok(root) = NetNs::current() {
             let _ = ip(&root, &["netns", "del", &self.name]);
+        }
+    }
+}
+
+/// Remove probe namespaces left by a doctor that was killed mid-probe (its pid is gone);
+/// deleting the namespace deletes its veth and so the host end too.
+fn reap_stale(root: &NetNs) {
+    let Ok(rd) = std::fs::read_dir(crate::netns::NETNS_RUN_DIR) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("nt-probe-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(root, &["netns", "del", &name]);
         }
     }
 }
