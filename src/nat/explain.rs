@@ -1349,3 +1349,63 @@ COMMIT
         assert_eq!(p.service.as_deref(), Some("kube-system/dns:tcp"));
     }
 }
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use crate::nat::{iptables, walk};
+
+    #[test]
+    fn netavark_and_nettool_recognised() {
+        let rs = iptables::parse("*nat\n:PREROUTING ACCEPT [0:0]\n:NETAVARK-HOSTPORT-DNAT - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j NETAVARK-HOSTPORT-DNAT\n-A NETAVARK-HOSTPORT-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.2:80\nCOMMIT\n");
+        let s = summarize(&rs);
+        assert_eq!(s.recognised[0].system, "netavark");
+        assert_eq!(s.published[0].owner.as_deref(), Some("netavark"));
+    }
+
+    #[test]
+    fn dash_s_with_counters_and_ip6() {
+        // `iptables -S -v` style counters, and an ip6tables listing.
+        let rs = iptables::parse_rules(
+            "-P PREROUTING ACCEPT -c 5 300\n-N DOCKER\n-A PREROUTING -m addrtype --dst-type LOCAL -c 2 120 -j DOCKER\n-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00::2]:80\n",
+            "nat",
+        );
+        assert!(rs.problems.is_empty(), "{:?}", rs.problems);
+        let t = &rs.tables[0];
+        assert_eq!(t.family, "ip6");
+        assert_eq!(
+            t.chain("PREROUTING").unwrap().rules[0].counters,
+            Some([2, 120])
+        );
+        let s = summarize(&rs);
+        assert_eq!(s.published[0].targets[0].to, "[fd00::2]:80");
+        let p =
+            walk::Packet::parse("tcp [2001:db8::5]:40000 -> [2001:db8::1]:8080 in eth0").unwrap();
+        let w = walk::walk(&rs, &p, &walk::LocalFacts::default());
+        assert_eq!(w.final_tuple, "tcp [2001:db8::5]:40000 -> [fd00::2]:80");
+        // An IPv4 packet does not meet ip6 tables.
+        let p = walk::Packet::parse("tcp 192.0.2.5:40000 -> 192.0.2.1:8080 in eth0").unwrap();
+        let w = walk::walk(&rs, &p, &walk::LocalFacts::default());
+        assert_eq!(w.final_tuple, "tcp 192.0.2.5:40000 -> 192.0.2.1:8080");
+    }
+
+    #[test]
+    fn goto_and_wildcards_in_walk() {
+        let rs = iptables::parse("*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:CHECK - [0:0]\n:LAST - [0:0]\n-A INPUT -i veth+ -g CHECK\n-A INPUT -j ACCEPT\n-A CHECK -p udp -j RETURN\n-A CHECK -p tcp -j LAST\n-A LAST -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset\nCOMMIT\n");
+        let facts = walk::LocalFacts {
+            addrs: vec![("10.0.0.1".parse().unwrap(), "veth1".into())],
+            ..Default::default()
+        };
+        // From veth1: goto CHECK, tcp -> LAST -> REJECT.
+        let p = walk::Packet::parse("tcp 10.0.0.2:1 -> 10.0.0.1:22 in veth1").unwrap();
+        let w = walk::walk(&rs, &p, &facts);
+        assert_eq!(w.verdict, "rejected", "{w:#?}");
+        // udp: RETURN from a goto'd chain returns past INPUT's ACCEPT to the policy: DROP.
+        let p = walk::Packet::parse("udp 10.0.0.2:1 -> 10.0.0.1:53 in veth1").unwrap();
+        let w = walk::walk(&rs, &p, &facts);
+        assert_eq!(w.verdict, "dropped", "{w:#?}");
+        // from eth0: no goto, INPUT's ACCEPT.
+        let p = walk::Packet::parse("udp 10.0.0.2:1 -> 10.0.0.1:53 in eth0").unwrap();
+        assert_eq!(walk::walk(&rs, &p, &facts).verdict, "accepted-local");
+    }
+}

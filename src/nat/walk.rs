@@ -256,6 +256,8 @@ enum Tri {
 enum Outcome {
     /// Fell off the end or RETURNed.
     Continue,
+    /// Leave the current chain (RETURN, or the end of a chain entered with goto).
+    Return,
     Accept,
     Drop {
         table: String,
@@ -491,10 +493,8 @@ impl<'a> Walker<'a> {
             }
             match self.action(hook, ti, ci, r, &r.action, depth) {
                 Outcome::Continue => {}
+                Outcome::Return => return Outcome::Continue,
                 o => return o,
-            }
-            if matches!(r.action, Action::Return) {
-                return Outcome::Continue;
             }
         }
         Outcome::Continue
@@ -611,7 +611,7 @@ impl<'a> Walker<'a> {
             }
             Action::Return => {
                 self.step(hook, tn, cn, line, format!("RETURN{cmt}"));
-                Outcome::Continue
+                Outcome::Return
             }
             Action::Jump { chain: target } | Action::Goto { chain: target } => {
                 let verb = if matches!(a, Action::Goto { .. }) {
@@ -622,7 +622,13 @@ impl<'a> Walker<'a> {
                 match table.index.get(target.as_str()) {
                     Some(&tci) => {
                         self.step(hook, tn, cn, line, format!("{verb} {target}{cmt}"));
-                        self.chain_outcome(hook, ti, tci, depth + 1)
+                        match self.chain_outcome(hook, ti, tci, depth + 1) {
+                            // After a goto'd chain ends, the chain that did the goto ends too.
+                            Outcome::Continue if matches!(a, Action::Goto { .. }) => {
+                                Outcome::Return
+                            }
+                            o => o,
+                        }
                     }
                     None => {
                         self.step(
@@ -878,7 +884,7 @@ impl<'a> Walker<'a> {
                 Outcome::Drop { .. } => return Err(out),
                 Outcome::Nat => nat_bound = true,
                 Outcome::Accept => {}
-                Outcome::Continue => {
+                Outcome::Continue | Outcome::Return => {
                     let policy = self.rs.tables[ti].chains[ci]
                         .policy
                         .as_ref()
