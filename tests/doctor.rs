@@ -296,26 +296,6 @@ fn healthy_lab_gets_an_all_clear() {
         !links.contains("ntprobe"),
         "temporary veth left behind: {links}"
     );
-    // The text report names every hop and ends with the verdict.
-    let text = nettool_ok(&["doctor", "--netns", &lab.host.name, "8080"]);
-    for h in [
-        "who receives it",
-        "route",
-        "bridge",
-        "veth",
-        "mtu",
-        "service",
-    ] {
-        assert!(text.contains(h), "{h}: {text}");
-    }
-    assert!(
-        text.trim_end()
-            .lines()
-            .last()
-            .unwrap()
-            .starts_with("all clear"),
-        "{text}"
-    );
 }
 
 #[test]

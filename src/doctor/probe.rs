@@ -70,18 +70,16 @@ pub fn run(req: &Request, packet: &Packet, src: Option<&NsFacts>) -> ProbeResult
                 (ns, Some(l))
             }
             Err(e) => {
-                return ProbeResult {
-                    from_netns: None,
-                    target: target.to_string(),
-                    ok: false,
-                    connected: false,
-                    sent: 0,
-                    received: 0,
-                    outcome: format!(
+                return result(
+                    target,
+                    false,
+                    false,
+                    0,
+                    0,
+                    format!(
                         "could not attach a temporary outside namespace ({e}); give one with --from outside:NETNS"
                     ),
-                    elapsed_ms: 0,
-                }
+                )
             }
         },
     };
@@ -95,16 +93,14 @@ pub fn run(req: &Request, packet: &Packet, src: Option<&NsFacts>) -> ProbeResult
     });
     let mut r = match res {
         Ok(r) => r,
-        Err(e) => ProbeResult {
-            from_netns: None,
-            target: target.to_string(),
-            ok: false,
-            connected: false,
-            sent: 0,
-            received: 0,
-            outcome: format!("could not enter the source namespace: {e}"),
-            elapsed_ms: 0,
-        },
+        Err(e) => result(
+            target,
+            false,
+            false,
+            0,
+            0,
+            format!("could not enter the source namespace: {e}"),
+        ),
     };
     r.from_netns = label;
     r.elapsed_ms = started.elapsed().as_millis() as u64;
