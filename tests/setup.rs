@@ -8,85 +8,6 @@ use std::process::Command;
 
 use common::*;
 
-/// A lab that is torn down on drop (panic included).
-struct Lab {
-    name: String,
-    /// Run nettool inside this namespace (non-isolated labs built in a TestNs "host").
-    host: Option<String>,
-}
-
-fn nettool_in(host: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let exe = env!("CARGO_BIN_EXE_nettool");
-    let mut cmd = match host {
-        // nsenter, not `ip netns exec`: the lab's namespace mounts must stay visible outside.
-        Some(h) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{h}")).arg(exe);
-            c
-        }
-        None => Command::new(exe),
-    };
-    cmd.args(args).env("NO_COLOR", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run nettool")
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-impl Lab {
-    /// `setup --isolated --name nt-test-... ARGS --json`.
-    fn isolated(tag: &str, args: &[&str]) -> (Lab, serde_json::Value) {
-        let name = unique(tag);
-        let mut a = vec!["setup", "--isolated", "--name", &name, "--json"];
-        a.extend_from_slice(args);
-        let lab = Lab {
-            name: name.clone(),
-            host: None,
-        };
-        let v = nettool_json(&a);
-        (lab, v)
-    }
-
-    /// `nsenter --net=HOST nettool setup --name nt-test-... ARGS --json` (HOST acts as the host).
-    fn in_host(tag: &str, host: &TestNs, args: &[&str]) -> (Lab, serde_json::Value) {
-        let name = unique(tag);
-        let mut a = vec!["setup", "--name", &name, "--json"];
-        a.extend_from_slice(args);
-        let lab = Lab {
-            name: name.clone(),
-            host: Some(host.name.clone()),
-        };
-        let out = nettool_in(Some(&host.name), &a, &[]);
-        assert!(out.status.success(), "setup failed: {}", text(&out));
-        let v = serde_json::from_slice(&out.stdout).expect("json");
-        (lab, v)
-    }
-
-    fn ns(&self, container: &str) -> String {
-        format!("{}-{container}", self.name)
-    }
-
-    fn teardown(&self) -> String {
-        let out = nettool_in(self.host.as_deref(), &["teardown", &self.name], &[]);
-        assert!(out.status.success(), "teardown failed: {}", text(&out));
-        text(&out)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = nettool_in(self.host.as_deref(), &["teardown", &self.name], &[]);
-    }
-}
-
 /// Run argv inside namespace `ns` via `ip netns exec` (which applies /etc/netns/NS).
 fn exec(ns: &str, argv: &[&str]) -> (bool, String) {
     let out = Command::new("ip")
@@ -142,7 +63,7 @@ fn netns_names() -> Vec<String> {
 
 #[test]
 fn default_lab_dnat_dns_hairpin_localnet() {
-    let (lab, v) = Lab::isolated("dflt", &["--no-userland-proxy"]);
+    let (lab, v) = TestLab::isolated("dflt", &["--no-userland-proxy"]);
     // The JSON contract.
     assert_eq!(v["name"], lab.name.as_str());
     assert_eq!(v["host_netns"], lab.name.as_str());
@@ -279,7 +200,7 @@ fn iptables_save_matches_dry_run_golden_text() {
             .and_then(|s| s.split("\nEOF").next())
             .expect("firewall text in the dry run");
         assert!(fw.contains("-j DNAT --to-destination 172.19.0.2:80"));
-        let lab = Lab {
+        let lab = TestLab {
             name: name.clone(),
             host: None,
         };
@@ -363,7 +284,7 @@ fn teardown_restores_host_exactly_and_shared_chains() {
     let lab_file = write_lab(
         "[[network]]\nname = \"n1\"\nsubnet = \"10.77.0.0/24\"\n[[container]]\nname = \"a\"\nrun = \"nettool serve http 80\"\nports = [\"8081:80\"]\n[[container]]\nname = \"b\"\nmode = \"container:a\"\n[[container]]\nname = \"c\"\nmode = \"none\"\n",
     );
-    let (lab1, v) = Lab::in_host("th1", &host, &[lab_file.s(), "--no-userland-proxy"]);
+    let (lab1, v) = TestLab::in_host("th1", &host, &[lab_file.s(), "--no-userland-proxy"]);
     assert!(v["host_netns"].is_null());
     assert_eq!(
         v["containers"][1]["netns"], v["containers"][0]["netns"],
@@ -372,7 +293,7 @@ fn teardown_restores_host_exactly_and_shared_chains() {
     assert_eq!(curl(&host.name, "http://127.0.0.1:8081/"), "hello from a");
     // A second lab in the same host shares the NETTOOL chains.
     let lab_file2 = write_lab("[[network]]\nname = \"n2\"\nsubnet = \"10.78.0.0/24\"\n[[container]]\nname = \"x\"\nrun = \"nettool serve http 80\"\nports = [\"8082:80\"]\n");
-    let (lab2, _) = Lab::in_host("th2", &host, &[lab_file2.s(), "--no-userland-proxy"]);
+    let (lab2, _) = TestLab::in_host("th2", &host, &[lab_file2.s(), "--no-userland-proxy"]);
     // A third lab publishing the same host port (or reusing a subnet) is refused up front.
     let lab_file3 = write_lab("[[network]]\nname = \"n3\"\nsubnet = \"10.76.0.0/24\"\n[[container]]\nname = \"y\"\nports = [\"8082:80\"]\n");
     let out = nettool_in(
@@ -430,7 +351,7 @@ fn teardown_restores_host_exactly_and_shared_chains() {
     lab2.teardown();
     assert_eq!(snapshot(&host), before);
     // Teardown from the wrong namespace is refused, not half-done.
-    let (lab3, _) = Lab::in_host("th3", &host, &[lab_file2.s(), "--no-userland-proxy"]);
+    let (lab3, _) = TestLab::in_host("th3", &host, &[lab_file2.s(), "--no-userland-proxy"]);
     let other = TestNs::new("other");
     let out = nettool_in(Some(&other.name), &["teardown", &lab3.name], &[]);
     assert!(
@@ -501,7 +422,7 @@ fn bad_lab_files_are_rejected_with_file_and_line() {
 
 #[test]
 fn nftables_backend_same_behaviour() {
-    let (lab, v) = Lab::isolated("nft", &["--backend", "nftables", "--no-userland-proxy"]);
+    let (lab, v) = TestLab::isolated("nft", &["--backend", "nftables", "--no-userland-proxy"]);
     assert_eq!(v["backend"], "nftables");
     let host = &lab.name;
     assert_eq!(curl(host, "http://172.19.0.1:8080/"), "hello from web");
@@ -523,7 +444,7 @@ fn udp_port_and_host_mode() {
     let f = write_lab(
         "[[network]]\nname = \"n\"\nsubnet = \"10.79.0.0/24\"\n[[container]]\nname = \"u\"\nrun = \"nettool serve udp-echo 5000\"\nports = [\"5353:5000/udp\"]\n[[container]]\nname = \"h\"\nmode = \"host\"\nrun = \"nettool serve echo 7000\"\n",
     );
-    let (lab, v) = Lab::isolated("udp", &[f.s(), "--no-userland-proxy"]);
+    let (lab, v) = TestLab::isolated("udp", &[f.s(), "--no-userland-proxy"]);
     assert_eq!(
         v["containers"][1]["netns"],
         lab.name.as_str(),
@@ -555,7 +476,7 @@ fn fifty_containers_on_two_networks() {
         "[[container]]\nname = \"srv\"\nnetwork = \"a\"\nrun = \"nettool serve http 80\"\n",
     );
     let f = write_lab(&body);
-    let (lab, v) = Lab::isolated("fifty", &[f.s(), "--no-userland-proxy"]);
+    let (lab, v) = TestLab::isolated("fifty", &[f.s(), "--no-userland-proxy"]);
     assert_eq!(v["containers"].as_array().unwrap().len(), 51);
     let ours = netns_names()
         .into_iter()
@@ -667,7 +588,7 @@ fn not_root_is_a_clear_error_and_docs_labs_parse() {
 #[test]
 fn modes_and_two_networks_examples_work() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/labs");
-    let (lab, _) = Lab::isolated(
+    let (lab, _) = TestLab::isolated(
         "modes",
         &[&format!("{dir}/modes.toml"), "--no-userland-proxy"],
     );
@@ -690,7 +611,7 @@ fn modes_and_two_networks_examples_work() {
     let links = sh(&["ip", "-n", &lab.ns("sealed"), "-o", "link"]);
     assert_eq!(links.lines().count(), 1, "mode none has only lo: {links}");
     drop(lab);
-    let (lab, _) = Lab::isolated(
+    let (lab, _) = TestLab::isolated(
         "two",
         &[&format!("{dir}/two-networks.toml"), "--no-userland-proxy"],
     );
@@ -714,7 +635,7 @@ fn modes_and_two_networks_examples_work() {
 #[test]
 fn userland_proxy_single_and_docker_style() {
     // One `nettool proxy` for every published port (dockerd's default mode, with our proxy).
-    let (lab, v) = Lab::isolated("uproxy", &[]);
+    let (lab, v) = TestLab::isolated("uproxy", &[]);
     assert_eq!(v["userland_proxy"], "single");
     let pid = v["proxy_pids"][0].as_u64().expect("a proxy pid") as u32;
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
@@ -742,7 +663,7 @@ fn userland_proxy_single_and_docker_style() {
     );
 
     // One process per port with docker-proxy's flags.
-    let (lab, v) = Lab::isolated("dproxy", &["--docker-style-proxies"]);
+    let (lab, v) = TestLab::isolated("dproxy", &["--docker-style-proxies"]);
     assert_eq!(v["userland_proxy"], "docker-style");
     let pid = v["proxy_pids"][0].as_u64().unwrap() as u32;
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
@@ -801,7 +722,7 @@ fn teardown_after_a_crash_mid_setup() {
         "{}",
         text(&out)
     );
-    let lab = Lab {
+    let lab = TestLab {
         name: name.clone(),
         host: Some(host.name.clone()),
     };
@@ -814,7 +735,7 @@ fn teardown_after_a_crash_mid_setup() {
 #[test]
 fn dual_stack_network() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/labs");
-    let (lab, v) = Lab::isolated("v6", &[&format!("{dir}/ipv6.toml"), "--no-userland-proxy"]);
+    let (lab, v) = TestLab::isolated("v6", &[&format!("{dir}/ipv6.toml"), "--no-userland-proxy"]);
     assert_eq!(v["containers"][0]["networks"][0]["address6"], "fd00:30::2");
     let client = lab.ns("client");
     let (_, a) = exec(
@@ -837,7 +758,7 @@ run = \"dnsmasq --keep-in-foreground --no-resolv --no-hosts --listen-address=10.
 [[container]]\nname = \"web\"\nrun = \"nettool serve http 80\"\n\
 [[container]]\nname = \"client\"\n",
     );
-    let (lab, _) = Lab::isolated("sup", &[f.s(), "--no-userland-proxy"]);
+    let (lab, _) = TestLab::isolated("sup", &[f.s(), "--no-userland-proxy"]);
     let client = lab.ns("client");
     wait_for("dnsmasq answers", 5, || {
         exec(

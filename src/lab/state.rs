@@ -183,8 +183,9 @@ pub enum Where {
     Netns(String),
 }
 
-/// One journal record: what was (about to be) created and how to undo it.
-/// Records are written before the action, so an interrupted action is still undone.
+/// One journal record: what was created and how to undo it.
+/// A record is written the moment its object exists (never before: a failed create must not
+/// lead teardown to delete somebody else's object of the same name).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Undo {
@@ -272,7 +273,7 @@ impl Journal {
         Ok(Journal { path, file })
     }
 
-    /// Record one undo step (before doing the action it undoes).
+    /// Record one undo step, right after the object it undoes was created.
     pub fn record(&mut self, undo: &Undo) -> Result<(), StateError> {
         let mut line = serde_json::to_vec(undo).expect("undo serializes");
         line.push(b'\n');

@@ -165,3 +165,87 @@ pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A nettool lab (`setup --name nt-test-...`), torn down on drop (panic included). Build one
+/// with [`TestLab::isolated`] (its host is a fresh namespace named like the lab) and read the
+/// state JSON it returns (docs/setup.md), or `nettool::lab::state::load(&lab.name)`.
+pub struct TestLab {
+    /// The lab name (= its host namespace when isolated; containers are NAME-CONTAINER).
+    pub name: String,
+    /// Run nettool inside this namespace (non-isolated labs built in a TestNs "host").
+    pub host: Option<String>,
+}
+
+/// Run nettool with `args` (and extra `env`), inside namespace `host` via nsenter when given.
+pub fn nettool_in(host: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let exe = env!("CARGO_BIN_EXE_nettool");
+    let mut cmd = match host {
+        // nsenter, not `ip netns exec`: the lab's namespace mounts must stay visible outside.
+        Some(h) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{h}")).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.args(args).env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run nettool")
+}
+
+/// stdout and stderr of a finished command, as one string.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl TestLab {
+    /// `setup --isolated --name nt-test-... ARGS --json`.
+    pub fn isolated(tag: &str, args: &[&str]) -> (TestLab, serde_json::Value) {
+        let name = unique(tag);
+        let mut a = vec!["setup", "--isolated", "--name", &name, "--json"];
+        a.extend_from_slice(args);
+        let lab = TestLab {
+            name: name.clone(),
+            host: None,
+        };
+        let v = nettool_json(&a);
+        (lab, v)
+    }
+
+    /// `nsenter --net=HOST nettool setup --name nt-test-... ARGS --json` (HOST acts as the host).
+    pub fn in_host(tag: &str, host: &TestNs, args: &[&str]) -> (TestLab, serde_json::Value) {
+        let name = unique(tag);
+        let mut a = vec!["setup", "--name", &name, "--json"];
+        a.extend_from_slice(args);
+        let lab = TestLab {
+            name: name.clone(),
+            host: Some(host.name.clone()),
+        };
+        let out = nettool_in(Some(&host.name), &a, &[]);
+        assert!(out.status.success(), "setup failed: {}", text(&out));
+        let v = serde_json::from_slice(&out.stdout).expect("json");
+        (lab, v)
+    }
+
+    pub fn ns(&self, container: &str) -> String {
+        format!("{}-{container}", self.name)
+    }
+
+    pub fn teardown(&self) -> String {
+        let out = nettool_in(self.host.as_deref(), &["teardown", &self.name], &[]);
+        assert!(out.status.success(), "teardown failed: {}", text(&out));
+        text(&out)
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = nettool_in(self.host.as_deref(), &["teardown", &self.name], &[]);
+    }
+}
