@@ -952,3 +952,247 @@ fn docker_proxy_flags_fd3_and_errors() {
     );
     assert!(log.contains("SIGINT"), "{log}");
 }
+
+/// Everything a throwaway dockerd needs, removed on drop (daemon stopped first).
+struct Dockerd {
+    dir: PathBuf,
+    containerd: Option<ChildGuard>,
+    dockerd: Option<ChildGuard>,
+}
+
+impl Dockerd {
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}/docker.sock", self.dir.display()))
+            .args(args)
+            .output()
+            .expect("run the docker client")
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = self.docker(&["rm", "-f", "nt-test-web"]);
+        if let Some(mut d) = self.dockerd.take() {
+            unsafe { libc::kill(d.pid() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if d.0.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        drop(self.containerd.take());
+        // Anything dockerd left mounted under our directory.
+        if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let d = self.dir.to_string_lossy().into_owned();
+            let mut mounts: Vec<&str> = mi
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(4))
+                .filter(|m| m.starts_with(&d))
+                .collect();
+            mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in mounts {
+                let _ = Command::new("umount").args(["-l", m]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Why dockerd cannot run here, if it cannot (missing binaries); None when it can.
+fn dockerd_unavailable() -> Option<String> {
+    for bin in ["dockerd", "containerd", "docker", "nsenter", "busybox"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("{bin} is not installed"));
+        }
+    }
+    None
+}
+
+#[test]
+fn real_dockerd_uses_nettool_as_its_userland_proxy() {
+    if let Some(why) = dockerd_unavailable() {
+        eprintln!("SKIPPED real_dockerd_uses_nettool_as_its_userland_proxy: {why}");
+        return;
+    }
+    let ns = TestNs::new("pxdocker");
+    let dir = std::path::PathBuf::from("/var/tmp").join(unique("pxdocker"));
+    std::fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    std::fs::create_dir_all(dir.join("rootfs/www")).unwrap();
+    std::fs::copy(
+        std::fs::canonicalize(which("busybox")).unwrap(),
+        dir.join("rootfs/bin/busybox"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rootfs/www/index.html"),
+        "hello from the container\n",
+    )
+    .unwrap();
+    let link = dir.join("docker-proxy");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let mut dk = Dockerd {
+        dir: dir.clone(),
+        containerd: None,
+        dockerd: None,
+    };
+    let quiet = |c: &mut Command| {
+        c.stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join(format!("{}.log", unique("out")))).unwrap())
+            .stderr(Stdio::inherit());
+    };
+    let mut c = Command::new("containerd");
+    c.arg("--root")
+        .arg(dir.join("c-root"))
+        .arg("--state")
+        .arg(dir.join("c-state"))
+        .arg("--address")
+        .arg(dir.join("containerd.sock"));
+    quiet(&mut c);
+    c.stderr(std::fs::File::create(dir.join("containerd.log")).unwrap());
+    dk.containerd = Some(ChildGuard(c.spawn().unwrap()));
+    let proxy_log = dir.join("proxy.log");
+    let mut d = Command::new("nsenter");
+    d.arg(format!("--net={}", ns.path()))
+        .arg("dockerd")
+        .arg("--data-root")
+        .arg(dir.join("data"))
+        .arg("--exec-root")
+        .arg(dir.join("exec"))
+        .arg("-H")
+        .arg(format!("unix://{}/docker.sock", dir.display()))
+        .arg("--pidfile")
+        .arg(dir.join("docker.pid"))
+        .arg("--containerd")
+        .arg(dir.join("containerd.sock"))
+        .arg("--userland-proxy-path")
+        .arg(&link)
+        .args(["--storage-driver", "vfs", "--bip", "172.29.77.1/24"])
+        .env("NETTOOL_PROXY_LOG", &proxy_log)
+        .env("NETTOOL_PROXY_DUMP", "text")
+        .env("NETTOOL_PROXY_CONFIG", dir.join("no-config.toml"));
+    quiet(&mut d);
+    d.stderr(std::fs::File::create(dir.join("dockerd.log")).unwrap());
+    dk.dockerd = Some(ChildGuard(d.spawn().unwrap()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !dk.docker(&["version"]).status.success() {
+        if std::time::Instant::now() > deadline
+            || dk
+                .dockerd
+                .as_mut()
+                .unwrap()
+                .0
+                .try_wait()
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
+            eprintln!(
+                "SKIPPED real_dockerd_uses_nettool_as_its_userland_proxy: dockerd did not start here:\n{}",
+                log.lines().rev().take(8).collect::<Vec<_>>().join("\n")
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // An image from busybox-static: no registry needed.
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("rootfs"))
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let import = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}/docker.sock", dir.display()))
+        .args(["import", "-", "nt-test-bb"])
+        .stdin(tar.stdout.unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let run = dk.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "nt-test-web",
+        "-p",
+        "8080:80",
+        "nt-test-bb",
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert!(
+        run.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    wait_for("dockerd to start nettool as docker-proxy", 20, || {
+        std::fs::read_to_string(&proxy_log)
+            .map(|l| l.contains("listening on tcp 0.0.0.0:8080 -> 172.29.77.2:80"))
+            .unwrap_or(false)
+    });
+    // localhost goes through the userland proxy (Docker's OUTPUT DNAT skips 127.0.0.0/8).
+    let mut body = String::new();
+    wait_for("curl through nettool", 20, || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "curl",
+                "-sS",
+                "-m",
+                "3",
+                "http://127.0.0.1:8080/",
+            ])
+            .output()
+            .unwrap();
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success()
+    });
+    assert_eq!(body, "hello from the container\n");
+    let log = std::fs::read_to_string(&proxy_log).unwrap();
+    assert!(
+        log.contains("# #1 c2s http request: GET / HTTP/1.1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("# #1 s2c http response: HTTP/1.1 200 OK"),
+        "{log}"
+    );
+    assert!(log.contains("=> 172.29.77.1:"), "{log}");
+    // Removing the container stops the proxies: they exit 0 on SIGTERM/SIGINT.
+    let rm = dk.docker(&["rm", "-f", "nt-test-web"]);
+    assert!(rm.status.success());
+    wait_for("the proxies to log their stop", 20, || {
+        std::fs::read_to_string(&proxy_log)
+            .map(|l| l.matches("counters at exit").count() >= 1)
+            .unwrap_or(false)
+    });
+}
+
+fn which(bin: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(bin))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| PathBuf::from(bin))
+}
