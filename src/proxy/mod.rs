@@ -28,7 +28,7 @@ use spec::{Mapping, PortMap};
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// A listener could not be bound.
-    #[error("cannot listen on {proto} {addr} in namespace {ns}: {source}{hint}")]
+    #[error("cannot listen on {proto} {addr} in namespace {ns}: {error}{hint}")]
     Bind {
         /// TCP or UDP.
         proto: Proto,
@@ -37,7 +37,7 @@ pub enum ProxyError {
         /// The namespace label.
         ns: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
         /// What to do about it.
         hint: &'static str,
     },
@@ -258,8 +258,8 @@ fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
                         e.raw_os_error(),
                         Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
                     ) => {}
-            Err(source) => {
-                let hint = match source.raw_os_error() {
+            Err(error) => {
+                let hint = match error.raw_os_error() {
                     Some(libc::EADDRINUSE) => {
                         " (something already listens there: see `ss -ltnup` in that namespace)"
                     }
@@ -273,7 +273,7 @@ fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
                     proto: m.proto,
                     addr: m.listen,
                     ns: ns.to_string(),
-                    source,
+                    error,
                     hint,
                 });
             }

@@ -70,12 +70,60 @@ impl Pipe {
     }
 }
 
+/// Write all of `data` to `dst`.
+async fn write_all(dst: &TcpStream, data: &[u8]) -> Result<(), DirEnd> {
+    let mut done = 0;
+    while done < data.len() {
+        if let Err(e) = dst.writable().await {
+            return Err(DirEnd::Error(e));
+        }
+        match dst.try_write(&data[done..]) {
+            Ok(m) => done += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if is_reset(&e) => return Err(DirEnd::DstReset),
+            Err(e) => return Err(DirEnd::Error(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Bytes read through a small buffer before a direction switches to splice: short exchanges
+/// (request/response, health checks) never pay for a pipe.
+const SMALL: usize = 8 * 1024;
+
 async fn splice_dir(
     src: &TcpStream,
     dst: &TcpStream,
     total: &AtomicU64,
     counter: &AtomicU64,
 ) -> DirEnd {
+    // Copy while reads come back smaller than the buffer; a full read means bulk: splice.
+    let mut small = [0u8; SMALL];
+    loop {
+        let n = loop {
+            if let Err(e) = src.readable().await {
+                return DirEnd::Error(e);
+            }
+            match src.try_read(&mut small) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if is_reset(&e) => return DirEnd::SrcReset,
+                Err(e) => return DirEnd::Error(e),
+            }
+        };
+        if n == 0 {
+            shutdown_write(dst);
+            return DirEnd::Eof;
+        }
+        if let Err(end) = write_all(dst, &small[..n]).await {
+            return end;
+        }
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if n == SMALL {
+            break;
+        }
+    }
     let pipe = match Pipe::new() {
         Ok(p) => p,
         Err(e) => return DirEnd::Error(e),
@@ -178,17 +226,8 @@ async fn copy_dir(
             })
             .await;
         }
-        let mut done = 0;
-        while done < n {
-            if let Err(e) = dst.writable().await {
-                return DirEnd::Error(e);
-            }
-            match dst.try_write(&data[done..]) {
-                Ok(m) => done += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if is_reset(&e) => return DirEnd::DstReset,
-                Err(e) => return DirEnd::Error(e),
-            }
+        if let Err(end) = write_all(dst, &data).await {
+            return end;
         }
         offset += n as u64;
         total.fetch_add(n as u64, Ordering::Relaxed);
