@@ -1102,7 +1102,7 @@ fn real_dockerd_uses_nettool_as_its_userland_proxy() {
         std::thread::sleep(Duration::from_millis(250));
     }
     // An image from busybox-static: no registry needed.
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(dir.join("rootfs"))
         .args(["-c", "."])
@@ -1113,9 +1113,10 @@ fn real_dockerd_uses_nettool_as_its_userland_proxy() {
         .arg("-H")
         .arg(format!("unix://{}/docker.sock", dir.display()))
         .args(["import", "-", "nt-test-bb"])
-        .stdin(tar.stdout.unwrap())
+        .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
+    let _ = tar.wait();
     assert!(
         import.status.success(),
         "docker import: {}",
