@@ -211,6 +211,15 @@ struct Run<'a> {
     state: LabState,
 }
 
+/// A clearer message when a link name is taken in the lab host.
+fn exists_hint(e: crate::netns::rtnl::NetlinkError, name: &str) -> String {
+    if e.errno() == Some(libc::EEXIST) {
+        format!("{e} (a link named {name} already exists in the lab's host namespace: another lab with the same name or file? choose `bridge =` / --name, or use --isolated)")
+    } else {
+        e.to_string()
+    }
+}
+
 fn e2s(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -280,7 +289,10 @@ impl Run<'_> {
                 }
             }
             Step::CreateBridge { name, mtu } => {
-                let idx = self.conf()?.add_bridge(name, *mtu).map_err(e2s)?;
+                let idx = self
+                    .conf()?
+                    .add_bridge(name, *mtu)
+                    .map_err(|e| exists_hint(e, name))?;
                 self.record(Undo::Link {
                     at: Where::Host,
                     name: name.clone(),
@@ -318,7 +330,7 @@ impl Run<'_> {
                 let idx = self
                     .conf()?
                     .add_veth(host, peer, &ns, master, *mtu)
-                    .map_err(e2s)?;
+                    .map_err(|e| exists_hint(e, host))?;
                 self.record(Undo::Link {
                     at: Where::Host,
                     name: host.clone(),

@@ -534,12 +534,13 @@ pub fn parse(text: &str, file: &str) -> Result<LabSpec, SpecError> {
             let bn = b.get_ref();
             if bn.is_empty()
                 || bn.len() > 15
-                || bn.contains('/')
-                || bn.contains(char::is_whitespace)
+                || !bn
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(cx.err::<()>(
                     b.span(),
-                    format!("bridge name '{bn}' must be 1-15 characters without '/' or spaces"),
+                    format!("bridge name '{bn}' must be 1-15 letters, digits, '-' or '_'"),
                 ));
             }
             if !bridges.insert(bn.clone()) {
