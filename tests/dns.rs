@@ -649,8 +649,8 @@ fn docker_style_rules(lab: &DnsLab, port: u16) {
 
 #[test]
 fn docker_resolver_down_is_seen_through_the_nat_rules() {
-    // The rules are there, the resolver is not: queries go to 127.0.0.11:PORT and die
-    // (port unreachable). Only the nat rules tell the capture about PORT.
+    // The rules are there, the resolver is not: queries go to 127.0.0.11:PORT and bounce
+    // (ICMP port unreachable). Only the nat rules tell the capture about PORT.
     let lab = DnsLab::new("dnsdn");
     docker_style_rules(&lab, 41999);
     let t = Trace::start(&[
@@ -667,7 +667,10 @@ fn docker_resolver_down_is_seen_through_the_nat_rules() {
     assert_eq!(lookups.len(), 1, "{lookups:#?}");
     let l = &lookups[0];
     assert_eq!(l["name"], "down.test");
-    assert_eq!(l["status"], "timeout");
+    // Nothing listens on PORT: the kernel bounces the query with ICMP port unreachable.
+    assert_eq!(l["status"], "unreachable");
+    assert_eq!(l["icmp"], "port unreachable");
+    assert!(l["rcode"].is_null());
     assert_eq!(l["server"], "127.0.0.11:53");
     assert_eq!(l["server_real"], "127.0.0.11:41999");
     let aliases = summary["sources"][0]["aliases"].as_array().unwrap();
@@ -792,4 +795,28 @@ fn real_docker_embedded_dns() {
         2,
         "udp and tcp ports from DOCKER_OUTPUT"
     );
+}
+
+#[test]
+fn query_to_a_closed_port_ends_unreachable() {
+    let lab = DnsLab::new("dnsun");
+    // Addresses the server has, where nothing listens on port 53 (dnsmasq binds 10.53.0.1
+    // and fd53::1 only).
+    lab.server.ip(&["addr", "add", "fd53::7/128", "dev", "lo"]);
+    lab.client
+        .ip(&["route", "add", "fd53::7/128", "via", "fd53::1"]);
+    let t = Trace::start(&["--netns", &lab.client.name, "--json", "--count", "2"]);
+    lab.dig(&["+tries=1", "+timeout=2", "@10.53.0.3", "closed.test"]);
+    lab.dig(&["+tries=1", "+timeout=2", "@fd53::7", "closed6.test"]);
+    let (lookups, _) = t.json();
+    assert_eq!(lookups.len(), 2, "{lookups:#?}");
+    let v4 = find(&lookups, "closed.test", "A");
+    assert_eq!(v4["status"], "unreachable");
+    assert_eq!(v4["icmp"], "port unreachable");
+    assert_eq!(v4["server"], "10.53.0.3:53");
+    assert!(v4["rcode"].is_null() && v4["latency_ms"].as_f64().is_some());
+    let v6 = find(&lookups, "closed6.test", "A");
+    assert_eq!(v6["status"], "unreachable");
+    assert_eq!(v6["icmp"], "port unreachable");
+    assert_eq!(v6["server"], "[fd53::7]:53");
 }

@@ -72,6 +72,7 @@ pub fn render_line(l: &Lookup, timeout: Duration) -> String {
         }
         Status::Timeout => paint("TIMEOUT", "31"),
         Status::Unanswered => paint("UNANSWERED", "33"),
+        Status::Unreachable => paint("UNREACHABLE", "31"),
     };
     let latency = match (l.status, l.latency_ms) {
         (_, Some(ms)) => fmt_ms(ms),
@@ -133,6 +134,9 @@ pub fn render_line(l: &Lookup, timeout: Duration) -> String {
     }
     if let Some(c) = l.on_behalf_of {
         flags.push(format!("for {c}"));
+    }
+    if let Some(why) = &l.icmp {
+        flags.push(format!("icmp {why}"));
     }
     let mut line = format!(
         "{}  {}  {} -> {}  {} {}  {}  {}  {}",

@@ -103,7 +103,8 @@ fn anc(off: i32) -> u32 {
 }
 
 /// The filter: the packet starts at the IP header (SOCK_DGRAM). Keep IPv4/IPv6 UDP/TCP with
-/// port 53 or one of `extra_ports` on either side; drop IP fragments after the first; drop
+/// port 53 or one of `extra_ports` on either side, and ICMP/ICMPv6 destination-unreachable
+/// errors (rare; userspace keeps those quoting DNS); drop IP fragments after the first; drop
 /// the outgoing copy on lo (every loopback packet is seen once leaving and once arriving).
 pub fn dns_filter(extra_ports: &[u16]) -> Vec<libc::sock_filter> {
     let mut ports = vec![53u16];
@@ -131,7 +132,12 @@ pub fn dns_filter(extra_ports: &[u16]) -> Vec<libc::sock_filter> {
     // IPv4: protocol, then fragment offset, then ports after the variable-length header.
     add(Some("v4"), ins(BPF_LD | BPF_B | BPF_ABS, 9));
     add(None, jeq(17, To::Label("v4frag"), To::Next));
-    add(None, jeq(6, To::Label("v4frag"), To::Label("drop")));
+    add(None, jeq(6, To::Label("v4frag"), To::Next));
+    // ICMP destination unreachable: a query that bounced (the pairer checks it quotes DNS).
+    add(None, jeq(1, To::Next, To::Label("drop")));
+    add(None, ins(BPF_LDX | BPF_B | BPF_MSH, 0));
+    add(None, ins(BPF_LD | BPF_B | BPF_IND, 0));
+    add(None, jeq(3, To::Label("accept"), To::Label("drop")));
     add(Some("v4frag"), ins(BPF_LD | BPF_H | BPF_ABS, 6));
     add(
         None,
@@ -159,7 +165,10 @@ pub fn dns_filter(extra_ports: &[u16]) -> Vec<libc::sock_filter> {
     // IPv6: next header must be UDP/TCP directly (extension headers are rare for DNS).
     add(Some("v6"), ins(BPF_LD | BPF_B | BPF_ABS, 6));
     add(None, jeq(17, To::Label("v6ports"), To::Next));
-    add(None, jeq(6, To::Label("v6ports"), To::Label("drop")));
+    add(None, jeq(6, To::Label("v6ports"), To::Next));
+    add(None, jeq(58, To::Next, To::Label("drop")));
+    add(None, ins(BPF_LD | BPF_B | BPF_ABS, 40));
+    add(None, jeq(1, To::Label("accept"), To::Label("drop")));
     add(Some("v6ports"), ins(BPF_LD | BPF_H | BPF_ABS, 40));
     for p in &ports {
         add(None, jeq(*p as u32, To::Label("accept"), To::Next));

@@ -62,6 +62,10 @@ impl Pipeline {
     /// Feed one frame.
     pub fn frame(&mut self, ts: Duration, link: LinkKind, data: &[u8]) {
         let Some(seg) = decode(link, data) else {
+            if let Some(u) = packet::decode_unreachable(link, data) {
+                self.pairer
+                    .unreachable(ts, u.src, u.dst, u.reason, u.payload);
+            }
             return;
         };
         match seg.tcp {

@@ -127,6 +127,95 @@ pub fn decode(link: LinkKind, data: &[u8]) -> Option<Segment<'_>> {
     }
 }
 
+/// An ICMP "destination unreachable" about a DNS datagram: the query bounced.
+#[derive(Debug, Clone)]
+pub struct Unreachable<'a> {
+    /// The original sender (the client).
+    pub src: SocketAddr,
+    /// The original destination (the server that could not be reached).
+    pub dst: SocketAddr,
+    /// What the ICMP error said ("port unreachable", "host unreachable"...).
+    pub reason: &'static str,
+    /// The start of the original DNS message (as much as the error quoted).
+    pub payload: &'a [u8],
+}
+
+fn reason_v4(code: u8) -> &'static str {
+    match code {
+        0 => "net unreachable",
+        1 => "host unreachable",
+        3 => "port unreachable",
+        9 | 10 | 13 => "administratively prohibited",
+        _ => "unreachable",
+    }
+}
+
+fn reason_v6(code: u8) -> &'static str {
+    match code {
+        0 => "no route",
+        1 => "administratively prohibited",
+        3 => "address unreachable",
+        4 => "port unreachable",
+        5 | 6 => "rejected by policy",
+        _ => "unreachable",
+    }
+}
+
+/// The quoted datagram inside an ICMP error: (src, dst, DNS bytes) when it was UDP.
+fn quoted_udp(inner: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+    let version = inner.first()? >> 4;
+    let (sip, dip, udp): (IpAddr, IpAddr, &[u8]) = match version {
+        4 => {
+            let ihl = ((inner[0] & 0x0f) as usize) * 4;
+            if ihl < 20 || *inner.get(9)? != 17 {
+                return None;
+            }
+            let src: [u8; 4] = inner.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = inner.get(16..20)?.try_into().ok()?;
+            (src.into(), dst.into(), inner.get(ihl..)?)
+        }
+        6 => {
+            if *inner.get(6)? != 17 {
+                return None;
+            }
+            let src: [u8; 16] = inner.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = inner.get(24..40)?.try_into().ok()?;
+            (src.into(), dst.into(), inner.get(40..)?)
+        }
+        _ => return None,
+    };
+    let sport = u16::from_be_bytes([*udp.first()?, *udp.get(1)?]);
+    let dport = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+    Some((
+        SocketAddr::new(sip, sport),
+        SocketAddr::new(dip, dport),
+        udp.get(8..).unwrap_or_default(),
+    ))
+}
+
+/// Decode an ICMP/ICMPv6 destination-unreachable error quoting a UDP datagram.
+pub fn decode_unreachable(link: LinkKind, data: &[u8]) -> Option<Unreachable<'_>> {
+    let sliced = match link {
+        LinkKind::Ip => SlicedPacket::from_ip(data).ok()?,
+        LinkKind::Ethernet => SlicedPacket::from_ethernet(data).ok()?,
+        LinkKind::LinuxSll => SlicedPacket::from_ip(data.get(16..)?).ok()?,
+        LinkKind::LinuxSll2 => SlicedPacket::from_ip(data.get(20..)?).ok()?,
+        LinkKind::Null => SlicedPacket::from_ip(data.get(4..)?).ok()?,
+    };
+    let (icmp, reason): (&[u8], fn(u8) -> &'static str) = match sliced.transport? {
+        TransportSlice::Icmpv4(i) if i.slice().first() == Some(&3) => (i.slice(), reason_v4),
+        TransportSlice::Icmpv6(i) if i.slice().first() == Some(&1) => (i.slice(), reason_v6),
+        _ => return None,
+    };
+    let (src, dst, payload) = quoted_udp(icmp.get(8..)?)?;
+    Some(Unreachable {
+        src,
+        dst,
+        reason: reason(*icmp.get(1)?),
+        payload,
+    })
+}
+
 /// Drops the second and later copies of one datagram: a packet crossing a bridge is seen on
 /// the veth, on the bridge and on the next port, all within microseconds. A real retry comes
 /// hundreds of milliseconds later, so a short window separates the two.
@@ -322,6 +411,7 @@ mod tests {
             for n in 0..64u8 {
                 let data: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37) ^ 0x45).collect();
                 let _ = decode(link, &data);
+                let _ = decode_unreachable(link, &data);
             }
         }
     }

@@ -25,6 +25,8 @@ pub enum Status {
     AnswerOnly,
     /// The capture ended before the answer or the wait.
     Unanswered,
+    /// An ICMP error came back instead of an answer (nothing listening, no route, rejected).
+    Unreachable,
 }
 
 /// One record of an answer.
@@ -96,6 +98,8 @@ pub struct Lookup {
     pub upstream: Vec<UpstreamLeg>,
     /// Set on a resolver's own upstream query: the client lookup it served.
     pub on_behalf_of: Option<SocketAddr>,
+    /// The ICMP error that ended the lookup ("port unreachable"...), for status unreachable.
+    pub icmp: Option<String>,
 }
 
 /// The question part of the key (name compared case-insensitively).
@@ -557,6 +561,7 @@ impl Pairer {
                 retries: 0,
                 upstream: Vec::new(),
                 on_behalf_of: None,
+                icmp: None,
             });
             return;
         };
@@ -602,6 +607,7 @@ impl Pairer {
             retries: pend.retries,
             upstream: pend.upstream,
             on_behalf_of,
+            icmp: None,
         });
     }
 
@@ -644,8 +650,60 @@ impl Pairer {
         }
     }
 
+    /// An ICMP error quoting a query from `client` to `server`: that lookup ends unreachable.
+    pub fn unreachable(
+        &mut self,
+        ts: Duration,
+        client: SocketAddr,
+        server: SocketAddr,
+        reason: &str,
+        quoted: &[u8],
+    ) {
+        let (server, _) = self.unalias(Transport::Udp, server);
+        // The quote may be cut short: the header and question are enough for the key.
+        let id = match quoted {
+            [a, b, ..] => u16::from_be_bytes([*a, *b]),
+            _ => return,
+        };
+        let q = parse(quoted).and_then(|p| p.question).map(|(k, _, _)| k);
+        let mut key = Key {
+            client,
+            server,
+            transport: Transport::Udp,
+            id,
+            q,
+        };
+        if !self.pending.contains_key(&key) {
+            let Some(k) = self
+                .pending
+                .keys()
+                .find(|k| {
+                    k.client == client
+                        && k.id == id
+                        && k.transport == Transport::Udp
+                        && k.server.ip() == server.ip()
+                })
+                .cloned()
+            else {
+                return;
+            };
+            key = k;
+        }
+        let Some(p) = self.forget(&key) else { return };
+        let latency = ts.saturating_sub(p.first);
+        let mut l = self.unanswered_lookup(key, p, Status::Unreachable);
+        l.latency_ms = Some(ms(latency));
+        l.icmp = Some(reason.to_string());
+        self.out.push(l);
+    }
+
     fn push_unanswered(&mut self, k: Key, p: Pending, status: Status) {
-        self.out.push(Lookup {
+        let l = self.unanswered_lookup(k, p, status);
+        self.out.push(l);
+    }
+
+    fn unanswered_lookup(&self, k: Key, p: Pending, status: Status) -> Lookup {
+        Lookup {
             time: secs(p.first),
             netns: self.label.clone(),
             client: k.client,
@@ -664,7 +722,8 @@ impl Pairer {
             retries: p.retries,
             upstream: p.upstream,
             on_behalf_of: p.parent.map(|k| k.client),
-        });
+            icmp: None,
+        }
     }
 
     /// Queries still waiting for an answer.
@@ -715,7 +774,8 @@ impl Summary {
         if l.rcode.as_deref() != Some("NOERROR") {
             e.1 += 1;
         }
-        if let Some(ms) = l.latency_ms {
+        // Latency figures are about answers (an ICMP error's quick return would flatter them).
+        if let Some(ms) = l.latency_ms.filter(|_| l.status == Status::Answered) {
             e.2.push(ms);
             if e.3.is_none_or(|(worst, _)| ms > worst) {
                 e.3 = Some((ms, l.server));
