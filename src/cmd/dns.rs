@@ -260,7 +260,7 @@ pub fn run(a: DnsArgs) -> anyhow::Result<i32> {
             let target = a.netns.as_deref().unwrap_or("current");
             let ns = NetNs::open(target).with_context(|| format!("--netns {target}"))?;
             let src = Source::open(&ns, timeout, aliases_for(&ns, no_docker))
-                .with_context(|| format!("capturing in namespace {}", ns.label()))?;
+                .with_context(|| format!("--netns {target}"))?;
             sources.push(src);
         }
         let mut pcap = match &a.pcap {

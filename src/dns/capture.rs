@@ -23,14 +23,14 @@ pub enum CaptureError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     /// A socket call failed.
-    #[error("{what} in namespace {netns}: {source} (packet capture needs root or CAP_NET_RAW)")]
+    #[error("{what} in namespace {netns}: {errno} (packet capture needs root or CAP_NET_RAW)")]
     Socket {
         /// The call.
         what: &'static str,
         /// The namespace label.
         netns: String,
-        /// errno.
-        source: std::io::Error,
+        /// The OS error (not a `source`: the message already says it).
+        errno: std::io::Error,
     },
     /// A pcap file could not be opened, read or written.
     #[error("pcap file {path}: {message}")]
@@ -233,7 +233,7 @@ fn check(rc: libc::c_int, what: &'static str, netns: &str) -> Result<libc::c_int
         Err(CaptureError::Socket {
             what,
             netns: netns.to_string(),
-            source: std::io::Error::last_os_error(),
+            errno: std::io::Error::last_os_error(),
         })
     } else {
         Ok(rc)
@@ -322,6 +322,10 @@ impl PacketSocket {
     /// `extra_ports` (e.g. Docker's embedded resolver's real port).
     pub fn open(ns: &NetNs, extra_ports: &[u16]) -> Result<Self, CaptureError> {
         let label = ns.label().to_string();
+        // Already there: no setns (which would need CAP_SYS_ADMIN on top of CAP_NET_RAW).
+        if NetNs::current().is_ok_and(|cur| cur.id() == ns.id()) {
+            return open_here(extra_ports, &label);
+        }
         ns.run(|| open_here(extra_ports, &label))?
     }
 
@@ -363,7 +367,7 @@ impl PacketSocket {
             return Err(CaptureError::Socket {
                 what: "recvmsg",
                 netns: self.netns.clone(),
-                source: e,
+                errno: e,
             });
         }
         let mut ts = None;
