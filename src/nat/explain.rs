@@ -310,7 +310,7 @@ struct Walker<'a> {
 }
 
 const MAX_DEPTH: usize = 24;
-const MAX_VISITS: usize = 2_000_000;
+const MAX_VISITS: usize = 5_000_000;
 
 impl<'a> Walker<'a> {
     fn visit(&mut self, ti: usize, ci: usize, hook: Hook, stack: &mut Vec<Frame<'a>>) {
@@ -325,6 +325,11 @@ impl<'a> Walker<'a> {
         let mut exceptions: Vec<&'a Rule> = Vec::new();
         let mut remaining = 1.0f64;
         for rule in &chain.rules {
+            // Bounded work whatever the input: count rules, not chain visits.
+            self.visits += 1;
+            if self.visits > MAX_VISITS {
+                return;
+            }
             let prob = rule.matches.iter().find_map(|m| match m.cond {
                 Cond::Probability { p } if !m.negated => Some(p),
                 _ => None,
@@ -1407,5 +1412,35 @@ mod more_tests {
         // from eth0: no goto, INPUT's ACCEPT.
         let p = walk::Packet::parse("udp 10.0.0.2:1 -> 10.0.0.1:53 in eth0").unwrap();
         assert_eq!(walk::walk(&rs, &p, &facts).verdict, "accepted-local");
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+    use crate::nat::{iptables, walk};
+
+    #[test]
+    fn jump_loops_stay_bounded() {
+        // The kernel refuses loops, but a file can hold one: both the summary and the walk end.
+        let mut text =
+            String::from("*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n-A INPUT -j A\n");
+        for _ in 0..200 {
+            text.push_str("-A A -j B\n-A B -j A\n");
+        }
+        text.push_str("COMMIT\n");
+        let rs = iptables::parse(&text);
+        let s = summarize(&rs);
+        assert!(s.unreached.is_empty());
+        let p = walk::Packet::parse("tcp 10.0.0.2:1 -> 10.0.0.1:22 in eth0").unwrap();
+        let w = walk::walk(&rs, &p, &walk::LocalFacts::default());
+        assert_eq!(w.verdict, "accepted-local");
+        assert!(
+            w.assumptions
+                .iter()
+                .any(|a| a.contains("budget") || a.contains("too deep")),
+            "{:?}",
+            w.assumptions
+        );
     }
 }

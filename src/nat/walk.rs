@@ -439,6 +439,12 @@ impl<'a> Walker<'a> {
         let mut branches_done = false;
         let mut i = 0;
         while i < chain.rules.len() {
+            // Bounded work whatever the input (loops of jumps, huge chains).
+            if self.budget == 0 {
+                self.assume("rule evaluation budget exhausted (jump loop?); stopped there".into());
+                return Outcome::Continue;
+            }
+            self.budget -= 1;
             let r = &chain.rules[i];
             i += 1;
             let prob = Self::probability(r);
@@ -1134,7 +1140,7 @@ pub fn walk_with(rs: &Ruleset, packet: &Packet, facts: &LocalFacts, opts: &WalkO
         dnat_done: false,
         snat_done: false,
         opts: opts.clone(),
-        budget: 10_000,
+        budget: 200_000,
     };
     let (verdict, summary) = w.run();
     Walk {
