@@ -302,7 +302,11 @@ pub fn render_summary(s: &Summary) -> String {
         o.push_str(&format!(
             "  {} at {}: {when}{cmt} {}\n",
             d.action,
-            d.hook.chain_name(),
+            d.hooks
+                .iter()
+                .map(|h| h.chain_name())
+                .collect::<Vec<_>>()
+                .join("/"),
             at(&d.table, &d.chain, d.line)
         ));
     }

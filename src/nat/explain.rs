@@ -128,8 +128,10 @@ pub struct SourceNat {
 pub struct DropRule {
     /// DROP, REJECT or "policy DROP".
     pub action: String,
-    /// Hook it applies at.
+    /// Hook it applies at (the first one it is reached from).
     pub hook: Hook,
+    /// Every hook it is reached from.
+    pub hooks: Vec<Hook>,
     /// Conditions in words (empty: everything reaching it).
     pub when: Vec<String>,
     /// Table.
@@ -303,6 +305,7 @@ struct Walker<'a> {
     drops: Vec<DropRule>,
     seen_snat: HashSet<(usize, usize, usize)>,
     seen_drop: HashSet<(usize, usize, usize)>,
+    drop_index: HashMap<(usize, usize, usize), usize>,
     dangling: Vec<Oddity>,
     accepts: Vec<SourceNat>,
     seen_accept: HashSet<(usize, usize, usize)>,
@@ -507,9 +510,14 @@ impl<'a> Walker<'a> {
                 }
             }
             Action::Drop | Action::Reject { .. } => {
-                if !self.seen_drop.insert((ti, ci, rule.line)) {
+                if let Some(&i) = self.drop_index.get(&(ti, ci, rule.line)) {
+                    if !self.drops[i].hooks.contains(&hook) {
+                        self.drops[i].hooks.push(hook);
+                    }
                     return;
                 }
+                self.drop_index
+                    .insert((ti, ci, rule.line), self.drops.len());
                 let mut when = self.conditions(stack, false);
                 when.extend(vmap_cond);
                 self.drops.push(DropRule {
@@ -518,6 +526,7 @@ impl<'a> Walker<'a> {
                         _ => "REJECT".into(),
                     },
                     hook,
+                    hooks: vec![hook],
                     when,
                     table: table.name.clone(),
                     chain: chain.name.clone(),
@@ -1004,6 +1013,7 @@ pub fn summarize_with(rs: &Ruleset, names: &HashMap<IpAddr, String>) -> Summary 
         drops: Vec::new(),
         seen_snat: HashSet::new(),
         seen_drop: HashSet::new(),
+        drop_index: HashMap::new(),
         dangling: Vec::new(),
         accepts: Vec::new(),
         seen_accept: HashSet::new(),
@@ -1029,6 +1039,7 @@ pub fn summarize_with(rs: &Ruleset, names: &HashMap<IpAddr, String>) -> Summary 
                 drops_policy.push(DropRule {
                     action: "policy DROP".into(),
                     hook: b.hook,
+                    hooks: vec![b.hook],
                     when: vec!["everything no rule accepted".into()],
                     table: rs.tables[ti].name.clone(),
                     chain: c.name.clone(),
