@@ -77,10 +77,7 @@ fn make_log(to: &LogTo, max: Level) -> anyhow::Result<Log> {
         })?)),
         LogTo::Nowhere => None,
     }));
-    Ok(Log::new(move |level, msg| {
-        if level > max {
-            return;
-        }
+    Ok(Log::new(max, move |level, msg| {
         if let Ok(mut g) = sink.lock() {
             if let Some(w) = g.as_mut() {
                 let lvl = match level {

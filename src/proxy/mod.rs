@@ -68,19 +68,25 @@ pub enum Level {
 
 /// Where the proxy's log lines go; the command decides (stderr, a file).
 #[derive(Clone)]
-pub struct Log(Arc<LogFn>);
+pub struct Log(Arc<LogFn>, Level);
 
 /// The function behind a [`Log`].
 pub type LogFn = dyn Fn(Level, &str) + Send + Sync;
 
 impl Log {
-    /// A log that calls `f` for every line.
-    pub fn new(f: impl Fn(Level, &str) + Send + Sync + 'static) -> Self {
-        Log(Arc::new(f))
+    /// A log that calls `f` for every line at `max` or more severe.
+    pub fn new(max: Level, f: impl Fn(Level, &str) + Send + Sync + 'static) -> Self {
+        Log(Arc::new(f), max)
     }
     /// Log one line.
     pub fn log(&self, level: Level, msg: &str) {
-        (self.0)(level, msg)
+        if level <= self.1 {
+            (self.0)(level, msg)
+        }
+    }
+    /// True when lines at `level` are kept (callers skip formatting otherwise).
+    pub fn enabled(&self, level: Level) -> bool {
+        level <= self.1
     }
 }
 
@@ -212,6 +218,12 @@ impl Ctx {
     }
     pub(crate) fn log(&self, level: Level, msg: impl AsRef<str>) {
         self.log.log(level, msg.as_ref())
+    }
+    /// Per-connection lines: formatted only when -v asked for them.
+    pub(crate) fn debug(&self, msg: impl FnOnce() -> String) {
+        if self.log.enabled(Level::Debug) {
+            self.log.log(Level::Debug, &msg())
+        }
     }
 }
 

@@ -19,8 +19,20 @@ use crate::tap::Tap;
 
 /// Bytes per read on the tapped path.
 const CHUNK: usize = 64 * 1024;
-/// Pipe size asked for on the splice path (Go asks for 1 MiB too).
+/// Pipe size asked for on the splice path; NETTOOL_PROXY_PIPE_KB overrides (for benchmarks).
 const PIPE_SIZE: libc::c_int = 1 << 20;
+
+fn pipe_size() -> libc::c_int {
+    static SIZE: std::sync::OnceLock<libc::c_int> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::env::var("NETTOOL_PROXY_PIPE_KB")
+            .ok()
+            .and_then(|v| v.parse::<libc::c_int>().ok())
+            .filter(|kb| (4..=1 << 20).contains(kb))
+            .map(|kb| kb * 1024)
+            .unwrap_or(PIPE_SIZE)
+    })
+}
 
 /// How one direction ended.
 #[derive(Debug)]
@@ -64,7 +76,7 @@ impl Pipe {
                 .map_err(io::Error::from)?;
         // SAFETY: fcntl on a pipe fd we own; failure (over pipe-max-size) keeps the default size.
         unsafe {
-            libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+            libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, pipe_size());
         }
         Ok(Pipe { r, w })
     }
@@ -140,7 +152,7 @@ async fn splice_dir(
                     None,
                     pipe.w.as_fd(),
                     None,
-                    PIPE_SIZE as usize,
+                    pipe_size() as usize,
                     flags,
                 )
                 .map_err(io::Error::from)

@@ -96,9 +96,8 @@ fn new_socket(domain: Domain, ty: Type) -> io::Result<Socket> {
     } else {
         Protocol::UDP
     };
-    let s = Socket::new(domain, ty, Some(proto))?;
-    s.set_nonblocking(true)?;
-    Ok(s)
+    // SOCK_NONBLOCK | SOCK_CLOEXEC in the one socket(2) call.
+    Socket::new(domain, ty.nonblocking(), Some(proto))
 }
 
 impl Dialer {

@@ -63,11 +63,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
     ctx.counters.active.fetch_add(1, Ordering::Relaxed);
     let _active = Active(&ctx);
-    let listen = client.local_addr().map(canonical).unwrap_or(map.listen);
+    // getsockname only when someone will read the addresses (a dump or -v).
+    let detail = ctx.tap.is_some() || ctx.log.enabled(Level::Debug);
+    let listen = if detail {
+        client.local_addr().map(canonical).unwrap_or(map.listen)
+    } else {
+        map.listen
+    };
     let _ = client.set_nodelay(true);
     let backend = match dial(&ctx, map.target).await {
         Ok(b) => b,
         Err(e) => {
+            let listen = client.local_addr().map(canonical).unwrap_or(listen);
             ctx.counters.dial_errors.fetch_add(1, Ordering::Relaxed);
             ctx.log(
                 Level::Warn,
@@ -104,16 +111,19 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
         transport: Proto::Tcp,
         client: peer,
         listen,
-        local: backend.local_addr().map(canonical).unwrap_or(map.target),
+        local: if detail {
+            backend.local_addr().map(canonical).unwrap_or(map.target)
+        } else {
+            SocketAddr::new(map.target.ip(), 0)
+        },
         backend: map.target,
     });
-    ctx.log(
-        Level::Debug,
+    ctx.debug(|| {
         format!(
             "#{id} open {peer} -> {listen} => {} -> {}",
             conn.local, conn.backend
-        ),
-    );
+        )
+    });
     if let Some(tap) = &ctx.tap {
         tap.send(Event::Open {
             conn: conn.clone(),
@@ -122,10 +132,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
         .await;
     }
     let (reason, up, down) = relay(client, backend, &conn, &ctx).await;
-    ctx.log(
-        Level::Debug,
-        format!("#{id} close {reason:?} c2s={up} s2c={down}"),
-    );
+    ctx.debug(|| format!("#{id} close {reason:?} c2s={up} s2c={down}"));
     if let Some(tap) = &ctx.tap {
         tap.send(Event::Close {
             conn,

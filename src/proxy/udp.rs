@@ -160,7 +160,7 @@ pub(crate) async fn serve(sock: UdpSocket, map: PortMap, ctx: Arc<Ctx>) {
         let (n, peer, dst) = match recv(&sock, &mut buf, pktinfo).await {
             Ok(x) => x,
             Err(e) => {
-                ctx.log(Level::Debug, format!("udp {}: receive: {e}", map.listen));
+                ctx.debug(|| format!("udp {}: receive: {e}", map.listen));
                 continue;
             }
         };
@@ -216,10 +216,9 @@ pub(crate) async fn serve(sock: UdpSocket, map: PortMap, ctx: Arc<Ctx>) {
                     .fetch_add(n as u64, Ordering::Relaxed);
                 ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => ctx.log(
-                Level::Debug,
-                format!("#{} udp send to backend {}: {e}", flow.conn.id, map.target),
-            ),
+            Err(e) => {
+                ctx.debug(|| format!("#{} udp send to backend {}: {e}", flow.conn.id, map.target))
+            }
         }
     }
 }
@@ -248,13 +247,12 @@ async fn open_flow(
         local: backend.local_addr().map(canonical)?,
         backend: map.target,
     });
-    ctx.log(
-        Level::Debug,
+    ctx.debug(|| {
         format!(
             "#{id} udp flow {} -> {} => {} -> {}",
             conn.client, conn.listen, conn.local, conn.backend
-        ),
-    );
+        )
+    });
     if let Some(tap) = &ctx.tap {
         tap.send(Event::Open {
             conn: conn.clone(),
@@ -294,10 +292,7 @@ async fn replies(
             // ICMP port unreachable from an earlier datagram: the backend may come back.
             Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
             Ok(Err(e)) => {
-                ctx.log(
-                    Level::Debug,
-                    format!("#{} udp receive from backend: {e}", flow.conn.id),
-                );
+                ctx.debug(|| format!("#{} udp receive from backend: {e}", flow.conn.id));
                 break;
             }
             Ok(Ok(n)) => n,
@@ -322,20 +317,14 @@ async fn replies(
                     .fetch_add(n as u64, Ordering::Relaxed);
                 ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => ctx.log(
-                Level::Debug,
-                format!("#{} udp reply to {peer}: {e}", flow.conn.id),
-            ),
+            Err(e) => ctx.debug(|| format!("#{} udp reply to {peer}: {e}", flow.conn.id)),
         }
     }
     if let Ok(mut m) = flows.lock() {
         m.remove(&peer);
     }
     ctx.counters.active.fetch_sub(1, Ordering::Relaxed);
-    ctx.log(
-        Level::Debug,
-        format!("#{} udp flow idle, closed", flow.conn.id),
-    );
+    ctx.debug(|| format!("#{} udp flow idle, closed", flow.conn.id));
     if let Some(tap) = &ctx.tap {
         tap.send(Event::Close {
             conn: flow.conn.clone(),
