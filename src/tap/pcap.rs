@@ -10,13 +10,11 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use etherparse::{
     EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader, UdpHeader,
 };
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::pcap::PcapHeader;
 
 use super::event::{CloseReason, Direction, Event, Timestamp, Transport};
 use super::{open_private, Sink, TapError};
@@ -55,25 +53,25 @@ struct Flags {
 /// Writes the pcap.
 pub struct PcapSink {
     opts: PcapOptions,
-    w: Option<PcapWriter<SharedFile>>,
-    out: Option<Arc<Mutex<BufWriter<File>>>>,
+    out: Option<BufWriter<File>>,
     written: u64,
     conns: HashMap<u64, Seqs>,
     buf: Vec<u8>,
 }
 
-type Writer = (PcapWriter<SharedFile>, Arc<Mutex<BufWriter<File>>>);
-
-fn create(path: &std::path::Path) -> Result<Writer, TapError> {
+/// A new capture file with pcap-file's global header (microseconds, Ethernet, big-endian).
+/// Records are written by hand after it, so a payload is copied once (into the buffer), not
+/// first into a contiguous packet for PcapWriter.
+fn create(path: &std::path::Path) -> Result<BufWriter<File>, TapError> {
     let f = open_private(path, false)?;
-    let shared = Arc::new(Mutex::new(BufWriter::with_capacity(1 << 20, f)));
-    let w = PcapWriter::with_header(SharedFile(shared.clone()), PcapHeader::default()).map_err(
-        |e| TapError::Open {
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    PcapHeader::default()
+        .write_to(&mut w)
+        .map_err(|e| TapError::Open {
             path: path.into(),
-            source: std::io::Error::other(e.to_string()),
-        },
-    )?;
-    Ok((w, shared))
+            source: io(e),
+        })?;
+    Ok(w)
 }
 
 fn io(e: pcap_file::PcapError) -> std::io::Error {
@@ -104,14 +102,13 @@ fn v6(ip: IpAddr) -> [u8; 16] {
 impl PcapSink {
     /// Create (truncate) the capture file, mode 0600.
     pub fn new(opts: PcapOptions) -> Result<Self, TapError> {
-        let (w, out) = create(&opts.path)?;
+        let out = create(&opts.path)?;
         Ok(PcapSink {
             opts,
-            w: Some(w),
             out: Some(out),
             written: 24,
             conns: HashMap::new(),
-            buf: Vec::with_capacity(SEGMENT + 128),
+            buf: Vec::with_capacity(128),
         })
     }
 
@@ -128,12 +125,9 @@ impl PcapSink {
                 self.opts.path.display()
             )));
         }
-        self.w = None;
-        if let Some(o) = self.out.take() {
+        if let Some(mut o) = self.out.take() {
             use std::io::Write;
-            o.lock()
-                .map_err(|_| std::io::Error::other("poisoned"))?
-                .flush()?;
+            o.flush()?;
         }
         let p = &self.opts.path;
         let name = |i: u32| {
@@ -145,9 +139,7 @@ impl PcapSink {
             let _ = std::fs::rename(name(i), name(i + 1));
         }
         std::fs::rename(p, name(1))?;
-        let (w, out) = create(p).map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.w = Some(w);
-        self.out = Some(out);
+        self.out = Some(create(p).map_err(|e| std::io::Error::other(e.to_string()))?);
         self.written = 24;
         Ok(())
     }
@@ -222,18 +214,22 @@ impl PcapSink {
             }
             .write(b)?,
         }
-        b.extend_from_slice(payload);
-        let (secs, micros) = ts.split();
-        let pkt = PcapPacket::new(
-            Duration::new(secs, micros * 1000),
-            b.len() as u32,
-            b.as_slice(),
-        );
-        let Some(w) = self.w.as_mut() else {
+        let Some(w) = self.out.as_mut() else {
             return Ok(());
         };
-        self.written += 16 + b.len() as u64;
-        w.write_packet(&pkt).map_err(io)?;
+        let (secs, micros) = ts.split();
+        let len = (b.len() + payload.len()) as u32;
+        // Record header in the global header's byte order (big-endian).
+        let mut rec = [0u8; 16];
+        rec[0..4].copy_from_slice(&(secs as u32).to_be_bytes());
+        rec[4..8].copy_from_slice(&micros.to_be_bytes());
+        rec[8..12].copy_from_slice(&len.to_be_bytes());
+        rec[12..16].copy_from_slice(&len.to_be_bytes());
+        use std::io::Write;
+        w.write_all(&rec)?;
+        w.write_all(b)?;
+        w.write_all(payload)?;
+        self.written += 16 + u64::from(len);
         self.rotate()
     }
 
@@ -401,37 +397,9 @@ impl Sink for PcapSink {
 
     fn flush(&mut self) -> std::io::Result<()> {
         use std::io::Write;
-        match &self.out {
-            Some(o) => o
-                .lock()
-                .map_err(|_| std::io::Error::other("poisoned"))?
-                .flush(),
+        match self.out.as_mut() {
+            Some(o) => o.flush(),
             None => Ok(()),
         }
-    }
-}
-
-/// The file behind the PcapWriter, shared so we can flush it (PcapWriter has no flush).
-#[derive(Clone)]
-struct SharedFile(Arc<Mutex<BufWriter<File>>>);
-
-impl std::io::Write for SharedFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .write(buf)
-    }
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .write_all(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .flush()
     }
 }
