@@ -322,7 +322,7 @@ impl PacketSocket {
     /// `extra_ports` (e.g. Docker's embedded resolver's real port).
     pub fn open(ns: &NetNs, extra_ports: &[u16]) -> Result<Self, CaptureError> {
         let label = ns.label().to_string();
-        // Already there: no setns (which would need CAP_SYS_ADMIN on top of CAP_NET_RAW).
+        // Already there: no namespace switch (which would need CAP_SYS_ADMIN on top of CAP_NET_RAW).
         if NetNs::current().is_ok_and(|cur| cur.id() == ns.id()) {
             return open_here(extra_ports, &label);
         }

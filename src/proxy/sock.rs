@@ -1,5 +1,5 @@
 //! Sockets: listeners bound inside the listen namespace, and backend sockets made inside the
-//! target namespace by a helper thread that lives there (setns never touches a tokio worker).
+//! target namespace by a helper thread that lives there (a namespace switch never touches a tokio worker).
 
 use std::io;
 use std::net::SocketAddr;
