@@ -45,7 +45,12 @@ fn list_finds_persistent_namespace_mounted_elsewhere() {
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            // Lazy: a concurrent `nettool netns list` from another test may hold the file open,
+            // and a plain umount would then fail with EBUSY and leak the mount.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
             let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
         }
     }
