@@ -102,6 +102,27 @@ fn anc(off: i32) -> u32 {
     (SKF_AD_OFF + off) as u32
 }
 
+/// Load the source port with `src`, jump to accept on any of `ports`; then the destination port
+/// with `dst`, the same; otherwise to drop. Shared by the IPv4 and IPv6 branches.
+fn port_match(ports: &[u16], src: Insn, dst: Insn) -> Vec<Insn> {
+    let mut out = vec![src];
+    out.extend(
+        ports
+            .iter()
+            .map(|p| jeq(*p as u32, To::Label("accept"), To::Next)),
+    );
+    out.push(dst);
+    for (i, p) in ports.iter().enumerate() {
+        let jf = if i + 1 == ports.len() {
+            To::Label("drop")
+        } else {
+            To::Next
+        };
+        out.push(jeq(*p as u32, To::Label("accept"), jf));
+    }
+    out
+}
+
 /// The filter: the packet starts at the IP header (SOCK_DGRAM). Keep IPv4/IPv6 UDP/TCP with
 /// port 53 or one of `extra_ports` on either side, and ICMP/ICMPv6 destination-unreachable
 /// errors (rare; userspace keeps those quoting DNS); drop IP fragments after the first; drop
@@ -149,18 +170,12 @@ pub fn dns_filter(extra_ports: &[u16]) -> Vec<libc::sock_filter> {
         },
     );
     add(None, ins(BPF_LDX | BPF_B | BPF_MSH, 0));
-    add(None, ins(BPF_LD | BPF_H | BPF_IND, 0));
-    for p in &ports {
-        add(None, jeq(*p as u32, To::Label("accept"), To::Next));
-    }
-    add(None, ins(BPF_LD | BPF_H | BPF_IND, 2));
-    for (i, p) in ports.iter().enumerate() {
-        let jf = if i + 1 == ports.len() {
-            To::Label("drop")
-        } else {
-            To::Next
-        };
-        add(None, jeq(*p as u32, To::Label("accept"), jf));
+    for i in port_match(
+        &ports,
+        ins(BPF_LD | BPF_H | BPF_IND, 0),
+        ins(BPF_LD | BPF_H | BPF_IND, 2),
+    ) {
+        add(None, i);
     }
     // IPv6: next header must be UDP/TCP directly (extension headers are rare for DNS).
     add(Some("v6"), ins(BPF_LD | BPF_B | BPF_ABS, 6));
@@ -169,18 +184,13 @@ pub fn dns_filter(extra_ports: &[u16]) -> Vec<libc::sock_filter> {
     add(None, jeq(58, To::Next, To::Label("drop")));
     add(None, ins(BPF_LD | BPF_B | BPF_ABS, 40));
     add(None, jeq(1, To::Label("accept"), To::Label("drop")));
-    add(Some("v6ports"), ins(BPF_LD | BPF_H | BPF_ABS, 40));
-    for p in &ports {
-        add(None, jeq(*p as u32, To::Label("accept"), To::Next));
-    }
-    add(None, ins(BPF_LD | BPF_H | BPF_ABS, 42));
-    for (i, p) in ports.iter().enumerate() {
-        let jf = if i + 1 == ports.len() {
-            To::Label("drop")
-        } else {
-            To::Next
-        };
-        add(None, jeq(*p as u32, To::Label("accept"), jf));
+    let v6 = port_match(
+        &ports,
+        ins(BPF_LD | BPF_H | BPF_ABS, 40),
+        ins(BPF_LD | BPF_H | BPF_ABS, 42),
+    );
+    for (n, i) in v6.into_iter().enumerate() {
+        add((n == 0).then_some("v6ports"), i);
     }
     add(Some("accept"), ins(BPF_RET | BPF_K, SNAPLEN));
     add(Some("drop"), ins(BPF_RET | BPF_K, 0));

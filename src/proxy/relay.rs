@@ -200,13 +200,16 @@ async fn copy_dir(
     dir: Direction,
 ) -> DirEnd {
     let mut offset = 0u64;
+    // One read buffer for the connection; each chunk is copied out at its real size, because the
+    // tap queue holds chunks until the writer thread drains them and a 64 KiB allocation per
+    // small read (a 78-byte HTTP request) would multiply the queue's memory by up to 800.
+    let mut buf = vec![0u8; CHUNK];
     loop {
-        let mut buf = Vec::with_capacity(CHUNK);
         let n = loop {
             if let Err(e) = src.readable().await {
                 return DirEnd::Error(e);
             }
-            match src.try_read_buf(&mut buf) {
+            match src.try_read(&mut buf) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if is_reset(&e) => return DirEnd::SrcReset,
@@ -226,7 +229,7 @@ async fn copy_dir(
             shutdown_write(dst);
             return DirEnd::Eof;
         }
-        let data = Arc::new(buf);
+        let data = Arc::new(buf[..n].to_vec());
         if !tap.is_closed() {
             // Queue before writing so the dump shows a request before its response.
             tap.send(Event::Data {
