@@ -459,10 +459,12 @@ Examples:
   nettool proxy --listen-netns host --target-netns web 8080 127.0.0.1:80
   nettool proxy --hex --dump-file /tmp/dump.txt --pcap /tmp/p.pcap 6379 172.19.0.4:6379
   nettool proxy --json 53 --udp 172.19.0.5:53
+  nettool proxy --syslog 8080 172.19.0.2:80            (log lines to /dev/log, facility daemon)
 
 docker-proxy drop-in: symlink the binary as docker-proxy and give dockerd
 --userland-proxy-path=/path/to/docker-proxy; dumping is switched on by NETTOOL_PROXY_DUMP=text|hex|json,
-NETTOOL_PROXY_LOG, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_STREAMS or /etc/nettool/docker-proxy.toml.";
+NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_STREAMS
+or /etc/nettool/docker-proxy.toml (keys log, dump, dump_file, pcap, streams, decode, udp_timeout).";
 
 /// Arguments of `proxy`.
 #[derive(Debug, Args)]
@@ -484,8 +486,14 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "NS")]
     pub target_netns: Option<String>,
     /// Append log lines here instead of stderr (file mode 0600).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["syslog", "syslog_socket"])]
     pub log_file: Option<PathBuf>,
+    /// Send log lines to syslog (facility daemon, tag nettool-proxy) through /dev/log.
+    #[arg(long)]
+    pub syslog: bool,
+    /// Send log lines to the syslog daemon listening on this unix datagram socket (implies --syslog).
+    #[arg(long, value_name = "PATH")]
+    pub syslog_socket: Option<PathBuf>,
     /// When every listener is bound write "0\n" to this fd and close it; on failure "1\n<error>".
     #[arg(long, value_name = "N")]
     pub ready_fd: Option<i32>,

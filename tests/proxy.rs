@@ -1199,3 +1199,295 @@ fn which(bin: &str) -> PathBuf {
         })
         .unwrap_or_else(|| PathBuf::from(bin))
 }
+
+/// A syslog daemon stand-in: a unix datagram socket in a test directory that keeps every line.
+/// (Tests never write to the machine's /dev/log.)
+struct SyslogSink {
+    path: PathBuf,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SyslogSink {
+    fn new(dir: &TempDir, name: &str) -> Self {
+        let path = dir.join(name);
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                l2.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        SyslogSink { path, lines }
+    }
+
+    fn all(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Wait for a line whose message contains `needle`; check its PRI (facility daemon) and
+    /// its `nettool-proxy[PID]:` tag, return the message.
+    fn expect(&self, needle: &str, pri: u8, pid: u32) -> String {
+        let mut found = String::new();
+        let tag = format!(" nettool-proxy[{pid}]: ");
+        wait_for(
+            &format!("syslog line from {pid} with {needle:?}"),
+            10,
+            || {
+                let lines = self.lines.lock().unwrap();
+                match lines
+                    .iter()
+                    .find(|l| l.contains(needle) && l.contains(&tag))
+                {
+                    Some(l) => {
+                        found = l.clone();
+                        true
+                    }
+                    None => false,
+                }
+            },
+        );
+        // <PRI>Mmm dd hh:mm:ss nettool-proxy[PID]: message
+        let prefix = format!("<{pri}>");
+        assert!(found.starts_with(&prefix), "PRI: {found}");
+        let rest = &found[prefix.len()..];
+        let stamp = &rest[..15];
+        let month = &stamp[..3];
+        assert!(
+            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+                .contains(&month),
+            "timestamp: {found}"
+        );
+        assert_eq!(
+            (&stamp[3..4], &stamp[9..10], &stamp[12..13]),
+            (" ", ":", ":"),
+            "timestamp: {found}"
+        );
+        assert_eq!(&rest[15..15 + tag.len()], tag, "tag: {found}");
+        rest[15 + tag.len()..].to_string()
+    }
+}
+
+/// Spawn `cmd` with the fd-3 readiness pipe and wait for its answer.
+fn spawn_ready(mut cmd: Command) -> (ChildGuard, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (r, w) = ready_pipe(&mut cmd);
+    let child = cmd.spawn().expect("spawn nettool");
+    drop(w);
+    let answer = read_ready(r);
+    (ChildGuard(child), answer)
+}
+
+/// `nettool ARGS` inside `ns` (no log file: the caller says where logs go).
+fn nettool_in_ns(ns: &TestNs, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns.name, BIN]).args(args);
+    c
+}
+
+/// SIGTERM (exit 0 expected) and return stderr.
+fn term(mut child: ChildGuard) -> String {
+    unsafe { libc::kill(child.pid() as i32, libc::SIGTERM) };
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let st = child.0.wait().unwrap();
+    assert_eq!(st.code(), Some(0), "exit status; stderr: {err}");
+    err
+}
+
+/// A backend-down connection through the proxy: the client sees a reset.
+fn expect_reset(ns: &TestNs, addr: &str) {
+    let r = connect_in(ns, addr).and_then(|mut s| {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 16];
+        s.read(&mut buf)
+    });
+    assert_eq!(
+        r.as_ref().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {r:?}"
+    );
+}
+
+#[test]
+fn syslog_lines_carry_daemon_priorities_and_the_tag() {
+    let ns = lab("pxsys");
+    let dir = TempDir::new("pxsys");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let sys = SyslogSink::new(&dir, "log.sock");
+    let mut cmd = nettool_in_ns(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "--syslog-socket",
+            sys.path.to_str().unwrap(),
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "127.0.0.1:8081=127.0.0.1:7999",
+        ],
+    );
+    cmd.env("NO_COLOR", "1");
+    let (child, ready) = spawn_ready(cmd);
+    assert_eq!(ready, "0\n", "syslog so far: {}", sys.all());
+    let pid = child.pid();
+    assert_eq!(send_count(&ns, "127.0.0.1:8080", 1234), "1234");
+    expect_reset(&ns, "127.0.0.1:8081");
+    // facility daemon (3): info = 3*8+6 = 30, warning = 3*8+4 = 28.
+    let m = sys.expect("listening on tcp 127.0.0.1:8080", 30, pid);
+    assert_eq!(m, "listening on tcp 127.0.0.1:8080 -> 127.0.0.1:7000");
+    let m = sys.expect("cannot connect to backend", 28, pid);
+    assert!(m.contains("127.0.0.1:7999: Connection refused"), "{m}");
+    term(child);
+    let m = sys.expect("counters at exit", 30, pid);
+    assert!(
+        m.contains("connections=2") && m.contains("dial_errors=1"),
+        "{m}"
+    );
+
+    // No daemon at the socket: the proxy says so and does not start (exit 1, fd 3 says why).
+    let missing = dir.join("missing.sock");
+    let (mut child, ready) = spawn_ready(nettool_in_ns(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "--syslog-socket",
+            missing.to_str().unwrap(),
+            "8082",
+            "127.0.0.1:7000",
+        ],
+    ));
+    let st = child.0.wait().unwrap();
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(st.code(), Some(1), "{err}");
+    let want = format!("cannot reach syslog at {}", missing.display());
+    assert!(
+        ready.starts_with("1\n") && ready.contains(&want),
+        "{ready:?}"
+    );
+    assert!(
+        err.contains(&want) && err.contains("no syslog daemon"),
+        "{err}"
+    );
+    // --syslog and --log-file together is a usage error.
+    let o = nettool_in_ns(
+        &ns,
+        &[
+            "proxy",
+            "--syslog",
+            "--log-file",
+            "/dev/null",
+            "1",
+            "1.1.1.1:1",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+}
+
+#[test]
+fn docker_proxy_mode_logs_to_syslog_from_config_or_env() {
+    let ns = lab("pxdsys");
+    let dir = TempDir::new("pxdsys");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let sys = SyslogSink::new(&dir, "log.sock");
+    let link = dir.join("docker-proxy");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let docker_proxy = |port: &str, container_port: &str, env: &[(&str, &str)]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name])
+            .arg(&link)
+            .args(["-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port", port])
+            .args([
+                "-container-ip",
+                "127.0.0.1",
+                "-container-port",
+                container_port,
+            ])
+            .env_remove("NETTOOL_PROXY_LOG")
+            .env_remove("NETTOOL_PROXY_CONFIG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        spawn_ready(c)
+    };
+    // The config file's `log = "syslog:SOCKET"`; the backend is down.
+    let cfg = dir.join("docker-proxy.toml");
+    std::fs::write(&cfg, format!("log = \"syslog:{}\"\n", sys.path.display())).unwrap();
+    let (child, ready) = docker_proxy(
+        "8080",
+        "7999",
+        &[("NETTOOL_PROXY_CONFIG", cfg.to_str().unwrap())],
+    );
+    assert_eq!(ready, "0\n");
+    let pid = child.pid();
+    expect_reset(&ns, "127.0.0.1:8080");
+    let m = sys.expect("listening on", 30, pid);
+    assert_eq!(m, "listening on tcp 127.0.0.1:8080 -> 127.0.0.1:7999");
+    let m = sys.expect("cannot connect to backend", 28, pid);
+    assert!(m.contains("127.0.0.1:7999: Connection refused"), "{m}");
+    term(child);
+    sys.expect("SIGTERM: stopping", 30, pid);
+
+    // The environment (NETTOOL_PROXY_LOG=syslog:SOCKET) overrides the file; a backend that answers.
+    let (child, ready) = docker_proxy(
+        "8081",
+        "7000",
+        &[
+            ("NETTOOL_PROXY_CONFIG", cfg.to_str().unwrap()),
+            (
+                "NETTOOL_PROXY_LOG",
+                &format!("syslog:{}", sys.path.display()),
+            ),
+        ],
+    );
+    assert_eq!(ready, "0\n");
+    let pid = child.pid();
+    assert_eq!(send_count(&ns, "127.0.0.1:8081", 99), "99");
+    sys.expect("listening on tcp 127.0.0.1:8081", 30, pid);
+    term(child);
+    let m = sys.expect("counters at exit", 30, pid);
+    assert!(m.contains("bytes_c2s=99"), "{m}");
+
+    // No syslog daemon: docker-proxy mode still starts and forwards (dockerd must not fail
+    // `docker run -p` over logging), and says so on stderr.
+    let missing = dir.join("missing.sock");
+    let (child, ready) = docker_proxy(
+        "8082",
+        "7000",
+        &[
+            ("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml"),
+            (
+                "NETTOOL_PROXY_LOG",
+                &format!("syslog:{}", missing.display()),
+            ),
+        ],
+    );
+    assert_eq!(ready, "0\n");
+    assert_eq!(send_count(&ns, "127.0.0.1:8082", 5), "5");
+    let err = term(child);
+    assert!(
+        err.contains(&format!("cannot reach syslog at {}", missing.display()))
+            && err.contains("forwarding goes on"),
+        "{err}"
+    );
+}

@@ -14,6 +14,7 @@ use crate::cli::ProxyArgs;
 use crate::netns::NetNs;
 use crate::proxy::docker::{self, DockerArgs, DockerProxyConfig};
 use crate::proxy::spec::{self, Mapping};
+use crate::proxy::syslog::{self as syslog_client, Syslog};
 use crate::proxy::{Level, Log, Proto, Proxy, ProxyConfig};
 use crate::tap::event::Timestamp;
 use crate::tap::json::{JsonSink, Payload};
@@ -37,8 +38,13 @@ struct Usage(String);
 enum LogTo {
     Stderr,
     File(PathBuf),
+    /// A syslog daemon's unix datagram socket (/dev/log unless told otherwise).
+    Syslog(PathBuf),
     Nowhere,
 }
+
+/// The tag syslog lines carry: `nettool-proxy[PID]`.
+const SYSLOG_TAG: &str = "nettool-proxy";
 
 /// How the text/hex/json dump is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,16 +72,28 @@ struct Plan {
     queue: usize,
     json_counters: bool,
     threads: Option<usize>,
+    /// Said once the log is open (things a person should fix in the setup).
+    warnings: Vec<String>,
 }
 
 fn make_log(to: &LogTo, max: Level) -> anyhow::Result<Log> {
+    if let LogTo::Syslog(path) = to {
+        let sys = Syslog::connect(path, SYSLOG_TAG)?;
+        let sys = Mutex::new(sys);
+        return Ok(Log::new(max, move |level, msg| {
+            if let Ok(mut s) = sys.lock() {
+                // A line the daemon cannot take is lost; the forwarding must not wait for it.
+                let _ = s.send(level, msg);
+            }
+        }));
+    }
     let pid = std::process::id();
     let sink: Arc<Mutex<Option<Box<dyn Write + Send>>>> = Arc::new(Mutex::new(match to {
         LogTo::Stderr => Some(Box::new(std::io::stderr())),
         LogTo::File(p) => Some(Box::new(tap::open_private(p, true).with_context(|| {
             format!("--log-file {}: cannot open it for appending", p.display())
         })?)),
-        LogTo::Nowhere => None,
+        LogTo::Nowhere | LogTo::Syslog(_) => None,
     }));
     Ok(Log::new(max, move |level, msg| {
         if let Ok(mut g) = sink.lock() {
@@ -156,6 +174,9 @@ fn build_sinks(plan: &Plan) -> anyhow::Result<Vec<Box<dyn Sink>>> {
 /// Bind, announce readiness, serve until SIGINT/SIGTERM, print counters. Returns the exit code.
 fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     let log = make_log(&plan.log_to, plan.log_level)?;
+    for w in &plan.warnings {
+        log.log(Level::Warn, w);
+    }
     let fail_ready = |fd: Option<i32>, e: &anyhow::Error| {
         if let Some(fd) = fd {
             let _ = answer_ready(fd, Err(format!("{e:#}")));
@@ -354,9 +375,11 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         }),
         streams: a.streams,
         ready_fd: a.ready_fd,
-        log_to: match a.log_file {
-            Some(p) => LogTo::File(p),
-            None => LogTo::Stderr,
+        log_to: match (a.log_file, a.syslog_socket) {
+            (Some(p), _) => LogTo::File(p),
+            (None, Some(p)) => LogTo::Syslog(p),
+            (None, None) if a.syslog => LogTo::Syslog(syslog_client::DEFAULT_SOCKET.into()),
+            (None, None) => LogTo::Stderr,
         },
         log_level: if verbose > 0 {
             Level::Debug
@@ -367,12 +390,31 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         queue: a.dump_queue.max(1),
         json_counters: a.json,
         threads: a.threads,
+        warnings: Vec::new(),
     };
     execute(plan)
 }
 
+/// Where docker-proxy mode logs: the config's `log` / NETTOOL_PROXY_LOG value is a file path,
+/// `syslog` (/dev/log) or `syslog:SOCKET`.
+fn docker_log_to(d: &DockerArgs, value: Option<&str>) -> LogTo {
+    match value {
+        None => LogTo::Nowhere,
+        Some("syslog") => LogTo::Syslog(syslog_client::DEFAULT_SOCKET.into()),
+        Some(v) => match v.strip_prefix("syslog:") {
+            Some(sock) => LogTo::Syslog(PathBuf::from(sock)),
+            None => LogTo::File(PathBuf::from(d.expand(v))),
+        },
+    }
+}
+
 fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
-    let log_file = cfg.log_file.as_deref().map(|p| PathBuf::from(d.expand(p)));
+    let log_to = docker_log_to(d, cfg.log_file.as_deref());
+    let log_file = match &log_to {
+        LogTo::File(p) => Some(p.clone()),
+        _ => None,
+    };
+    let mut warnings = Vec::new();
     let console = match cfg.dump.as_deref() {
         Some("text") => Some(Console::Text),
         Some("hex") => Some(Console::Hex),
@@ -384,6 +426,12 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
         .as_deref()
         .map(|p| PathBuf::from(d.expand(p)))
         .or_else(|| log_file.clone());
+    if console.is_some() && dump_file.is_none() {
+        warnings.push(format!(
+            "dump = {:?} but no dump_file (NETTOOL_PROXY_DUMP_FILE) and the log is not a file: the dump goes to stdout, which dockerd discards",
+            cfg.dump.as_deref().unwrap_or_default()
+        ));
+    }
     Plan {
         maps: vec![d.mapping()],
         listen_ns: None,
@@ -399,10 +447,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
         }),
         streams: cfg.streams.as_deref().map(|p| PathBuf::from(d.expand(p))),
         ready_fd: Some(3),
-        log_to: match log_file {
-            Some(p) => LogTo::File(p),
-            None => LogTo::Nowhere,
-        },
+        log_to,
         log_level: Level::Info,
         listen_fd: None,
         queue: 1024,
@@ -410,6 +455,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
         threads: std::env::var("NETTOOL_PROXY_THREADS")
             .ok()
             .and_then(|v| v.parse().ok()),
+        warnings,
     }
 }
 
@@ -436,7 +482,7 @@ pub fn docker_proxy_entry() -> Option<i32> {
         let mut e = std::io::stderr();
         let _ = writeln!(
             e,
-            "Usage of docker-proxy (nettool):\n  -container-ip string\n  -container-port int\n  -host-ip string\n  -host-port int\n  -proto string (tcp, udp)\n  -use-listen-fd\n\nLogging and dumping: NETTOOL_PROXY_LOG, NETTOOL_PROXY_DUMP=text|hex|json,\nNETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_STREAMS, or {}\n(NETTOOL_PROXY_CONFIG overrides the path). See docs/proxy.md.",
+            "Usage of docker-proxy (nettool):\n  -container-ip string\n  -container-port int\n  -host-ip string\n  -host-port int\n  -proto string (tcp, udp)\n  -use-listen-fd\n\nLogging and dumping: NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET, NETTOOL_PROXY_DUMP=text|hex|json,\nNETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_STREAMS, or {}\n(NETTOOL_PROXY_CONFIG overrides the path). See docs/proxy.md.",
             docker::CONFIG_PATH
         );
         return Some(2);
@@ -445,6 +491,17 @@ pub fn docker_proxy_entry() -> Option<i32> {
         let d = docker::parse_args(flags)?;
         let cfg = DockerProxyConfig::load(|k| std::env::var(k).ok())?;
         let mut plan = docker_plan(&d, &cfg);
+        if let LogTo::Syslog(p) = &plan.log_to {
+            // A missing syslog daemon must not stop `docker run -p`: forward anyway, say it on
+            // stderr (seen when run by hand; dockerd discards it).
+            if let Err(e) = Syslog::connect(p, SYSLOG_TAG) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "docker-proxy (nettool): {e}; logging to stderr instead, forwarding goes on"
+                );
+                plan.log_to = LogTo::Stderr;
+            }
+        }
         if d.use_listen_fd {
             // SAFETY: with -use-listen-fd the parent passes the listening socket as fd 4; we take it once.
             if unsafe { libc::fcntl(4, libc::F_GETFD) } < 0 {

@@ -224,7 +224,9 @@ impl DockerArgs {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DockerProxyConfig {
-    /// Log file (appended). Env NETTOOL_PROXY_LOG.
+    /// Where log lines go: a file path (appended), `syslog` (through /dev/log) or
+    /// `syslog:SOCKET`. Key `log` (or `log_file`); env NETTOOL_PROXY_LOG.
+    #[serde(alias = "log")]
     pub log_file: Option<String>,
     /// "text", "hex", "json" or "off". Env NETTOOL_PROXY_DUMP.
     pub dump: Option<String>,

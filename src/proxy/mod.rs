@@ -8,6 +8,7 @@ pub mod docker;
 pub mod relay;
 pub mod sock;
 pub mod spec;
+pub mod syslog;
 pub mod tcp;
 pub mod udp;
 

@@ -1,0 +1,202 @@
+//! A small syslog client for the proxy's log lines: RFC 3164-style datagrams
+//! (`<PRI>Mmm dd hh:mm:ss TAG[PID]: MSG`, the layout glibc's syslog(3) sends) over a unix
+//! datagram socket, /dev/log by default. docker-proxy mode needs it: dockerd sends the proxy's
+//! stdout and stderr to /dev/null.
+
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::Level;
+
+/// The socket syslog daemons (rsyslog, syslog-ng, systemd-journald, busybox syslogd) read.
+pub const DEFAULT_SOCKET: &str = "/dev/log";
+
+/// Facility `daemon` (3), shifted into place: PRI = facility * 8 + severity.
+const FACILITY_DAEMON: u8 = 3 << 3;
+
+/// Longest message sent; longer ones are cut (many daemons drop datagrams over 8 KiB).
+const MAX_MESSAGE: usize = 4096;
+
+/// How long one line may wait when the daemon's queue is full before it is dropped: a stalled
+/// syslog daemon must not stall the forwarding.
+const SEND_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The syslog socket cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach syslog at {path}: {source}{hint}")]
+pub struct SyslogError {
+    /// The socket path.
+    pub path: PathBuf,
+    /// Why.
+    pub source: io::Error,
+    /// What to do about it.
+    pub hint: &'static str,
+}
+
+/// A connected syslog socket.
+#[derive(Debug)]
+pub struct Syslog {
+    path: PathBuf,
+    tag: String,
+    pid: u32,
+    sock: Option<UnixDatagram>,
+}
+
+/// The syslog severity of a [`Level`] (RFC 5424 numbers: err 3, warning 4, info 6, debug 7).
+pub fn severity(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug => 7,
+    }
+}
+
+fn connect(path: &Path) -> io::Result<UnixDatagram> {
+    let s = UnixDatagram::unbound()?;
+    s.connect(path)?;
+    s.set_write_timeout(Some(SEND_TIMEOUT))?;
+    Ok(s)
+}
+
+impl Syslog {
+    /// Connect to the daemon's socket at `path`; lines are tagged `TAG[PID]`.
+    pub fn connect(path: &Path, tag: &str) -> Result<Syslog, SyslogError> {
+        let sock = connect(path).map_err(|source| SyslogError {
+            path: path.into(),
+            hint: match source.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
+                    " (no syslog daemon listens there: start rsyslog or systemd-journald, or log to a file instead)"
+                }
+                Some(libc::EPROTOTYPE) => {
+                    " (that is not a datagram socket: syslog daemons listen on SOCK_DGRAM)"
+                }
+                Some(libc::EACCES) => " (permission denied: run as root or fix the socket's mode)",
+                _ => "",
+            },
+            source,
+        })?;
+        Ok(Syslog {
+            path: path.into(),
+            tag: tag.into(),
+            pid: std::process::id(),
+            sock: Some(sock),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The datagram for one line, stamped with local time like syslog(3).
+    pub fn format(&self, level: Level, msg: &str, unix_secs: i64) -> String {
+        let pri = FACILITY_DAEMON | severity(level);
+        let mut m: String = msg
+            .chars()
+            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+            .collect();
+        if m.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m.truncate(cut);
+        }
+        format!(
+            "<{pri}>{} {}[{}]: {m}",
+            stamp(unix_secs),
+            self.tag,
+            self.pid
+        )
+    }
+
+    /// Send one line. A daemon that restarted (new socket) is reconnected once; a line that
+    /// still cannot go is dropped and the error returned.
+    pub fn send(&mut self, level: Level, msg: &str) -> io::Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let line = self.format(level, msg, now);
+        if let Some(s) = &self.sock {
+            match s.send(line.as_bytes()) {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if !matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNREFUSED) | Some(libc::ENOTCONN) | Some(libc::ENOENT)
+                    ) =>
+                {
+                    return Err(e)
+                }
+                Err(_) => {}
+            }
+        }
+        self.sock = None;
+        let s = connect(&self.path)?;
+        let r = s.send(line.as_bytes()).map(|_| ());
+        self.sock = Some(s);
+        r
+    }
+}
+
+/// `Nov 27 23:58:04` in local time (day padded with a space, as RFC 3164 says).
+fn stamp(unix_secs: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let t: libc::time_t = unix_secs as libc::time_t;
+    // SAFETY: localtime_r fills the zeroed struct we own; both pointers are valid for the call.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return "Jan  1 00:00:00".into();
+        }
+        tm
+    };
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}",
+        MONTHS[(tm.tm_mon.clamp(0, 11)) as usize],
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pri_and_layout() {
+        let dir = std::env::temp_dir().join(format!("nt-syslog-unit-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("log.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let mut s = Syslog::connect(&path, "nettool-proxy").unwrap();
+        s.send(Level::Warn, "two\nlines").unwrap();
+        let mut buf = [0u8; 512];
+        let n = rx.recv(&mut buf).unwrap();
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(line.starts_with("<28>"), "{line}");
+        assert!(
+            line.ends_with(&format!("nettool-proxy[{}]: two lines", std::process::id())),
+            "{line}"
+        );
+        // `<28>Mmm dd hh:mm:ss ` is 4 + 16 bytes.
+        assert_eq!(&line[7..8], " ", "{line}");
+        assert_eq!(&line[13..14], ":", "{line}");
+        assert_eq!(severity(Level::Error), 3);
+        assert_eq!(severity(Level::Debug), 7);
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = Syslog::connect(&dir.join("none"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no syslog daemon listens there"), "{e}");
+    }
+}
