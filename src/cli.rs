@@ -506,8 +506,10 @@ pub struct ProxyArgs {
     /// Write a pcap with synthesised headers for both legs of every connection.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
-    /// Cap each pcap file at this many megabytes (then rotate, see --pcap-files, or stop).
-    #[arg(long, value_name = "MB")]
+    /// Cap each pcap file at this many megabytes, decimals allowed (0.5 = 500 kB); then rotate
+    /// (see --pcap-files) or, with one file, stop the capture (forwarding goes on).
+    // Parsed to bytes.
+    #[arg(long, value_name = "MB", value_parser = parse_megabytes)]
     pub pcap_max_mb: Option<u64>,
     /// Keep this many pcap files when rotating (FILE, FILE.1, ...).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -533,4 +535,14 @@ pub struct ProxyArgs {
     /// Runtime threads: 1 serves everything on one thread; more spread connections over cores.
     #[arg(long, value_name = "N", env = "NETTOOL_PROXY_THREADS", hide = true)]
     pub threads: Option<usize>,
+}
+
+/// `--pcap-max-mb`: megabytes (10^6 bytes, decimals allowed) to a byte count.
+fn parse_megabytes(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(mb) if mb.is_finite() && mb * 1e6 >= 1000.0 && mb <= 1e9 => Ok((mb * 1e6) as u64),
+        _ => Err(format!(
+            "'{s}' is not a size in megabytes of at least 0.001 (e.g. 100 or 0.5)"
+        )),
+    }
 }

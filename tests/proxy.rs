@@ -1491,3 +1491,181 @@ fn docker_proxy_mode_logs_to_syslog_from_config_or_env() {
         "{err}"
     );
 }
+
+/// Walk a pcap's records: (file size, offset where the last record starts, record count).
+/// Panics on a torn record (a record header or body cut short).
+fn pcap_records(path: &Path) -> (usize, usize, usize) {
+    let b = std::fs::read(path).unwrap();
+    assert!(b.len() >= 24, "{}: no global header", path.display());
+    let be = match &b[..4] {
+        [0xa1, 0xb2, 0xc3, 0xd4] => true,
+        [0xd4, 0xc3, 0xb2, 0xa1] => false,
+        m => panic!("{}: bad magic {m:x?}", path.display()),
+    };
+    let u32_at = |i: usize| {
+        let a: [u8; 4] = b[i..i + 4].try_into().unwrap();
+        if be {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        }
+    };
+    let (mut off, mut last, mut n) = (24, 24, 0);
+    while off < b.len() {
+        assert!(
+            off + 16 <= b.len(),
+            "{}: torn record header",
+            path.display()
+        );
+        let incl = u32_at(off + 8) as usize;
+        assert!(
+            off + 16 + incl <= b.len(),
+            "{}: torn record",
+            path.display()
+        );
+        last = off;
+        off += 16 + incl;
+        n += 1;
+    }
+    (b.len(), last, n)
+}
+
+/// tshark reads the whole file without complaint; returns its packet count.
+fn tshark_reads(path: &Path) -> usize {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(path)
+        .args(["-T", "fields", "-e", "frame.number"])
+        .output()
+        .expect("run tshark");
+    // Only tshark's "Running as user root" notice may be on stderr (a torn file says
+    // "appears to have been cut short").
+    let err: String = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("Running as user"))
+        .collect();
+    assert!(
+        out.status.success() && err.is_empty(),
+        "tshark -r {}: {}{err}",
+        path.display(),
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A pseudo-random payload (so a rotated file cannot pass by accident of repetition).
+fn payload(n: usize, seed: u32) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| ((i ^ seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+#[test]
+fn pcap_rotates_over_a_fixed_set_of_capped_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let ns = lab("pxrot");
+    let dir = TempDir::new("pxrot");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let pcap = dir.join("cap.pcap");
+    let cap = 100_000usize;
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "8080",
+            "127.0.0.1:7000",
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--pcap-max-mb",
+            "0.1",
+            "--pcap-files",
+            "3",
+        ],
+    );
+    // Each byte is captured twice (both legs): 3 x 400 kB is about 24 caps, many rotations.
+    let mut total = 0;
+    for seed in 0..3u32 {
+        let data = payload(400_000, seed);
+        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        s.write_all(&data).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "400000", "the backend got every byte");
+        total += data.len();
+    }
+    let log = p.stop();
+    assert!(log.contains(&format!("bytes_c2s={total}")), "{log}");
+    assert!(!log.contains("failed"), "{log}");
+    let mut names: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cap.pcap"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cap.pcap", "cap.pcap.1", "cap.pcap.2"]);
+    let mut packets = 0;
+    for n in &names {
+        let f = dir.join(n);
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{n}");
+        let (size, last, records) = pcap_records(&f);
+        // The file was under the cap before its last record: over by at most one record.
+        assert!(last < cap, "{n}: {size} bytes, last record at {last}");
+        // The older files were full when they were rotated out.
+        if n != "cap.pcap" {
+            assert!(size >= cap, "{n}: rotated at {size} bytes, under the cap");
+        }
+        assert_eq!(tshark_reads(&f), records, "{n}");
+        packets += records;
+    }
+    assert!(packets > 6, "{packets}");
+}
+
+#[test]
+fn pcap_cap_with_one_file_stops_the_capture_not_the_forwarding() {
+    let ns = lab("pxcap");
+    let dir = TempDir::new("pxcap");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let pcap = dir.join("cap.pcap");
+    let cap = 50_000usize;
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "8080",
+            "127.0.0.1:7000",
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--pcap-max-mb",
+            "0.05",
+        ],
+    );
+    for round in 0..3 {
+        assert_eq!(
+            send_count(&ns, "127.0.0.1:8080", 300_000),
+            "300000",
+            "round {round}"
+        );
+    }
+    let log = p.stop();
+    assert!(
+        log.contains(&format!(
+            "{} reached its size cap of {cap} bytes",
+            pcap.display()
+        )) && log.contains("forwarding continues"),
+        "{log}"
+    );
+    assert!(
+        log.contains("connections=3") && log.contains("bytes_c2s=900000"),
+        "{log}"
+    );
+    let (size, last, records) = pcap_records(&pcap);
+    assert!(
+        last < cap && size >= cap,
+        "{size} bytes, last record at {last}"
+    );
+    assert_eq!(tshark_reads(&pcap), records);
+    assert!(!dir.join("cap.pcap.1").exists());
+}

@@ -370,7 +370,7 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         decode: !a.no_decode,
         pcap: a.pcap.map(|path| PcapOptions {
             path,
-            max_bytes: a.pcap_max_mb.map(|m| m * 1_000_000),
+            max_bytes: a.pcap_max_mb,
             files: a.pcap_files.max(1),
         }),
         streams: a.streams,
@@ -442,8 +442,8 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
         decode: cfg.decode.unwrap_or(true),
         pcap: cfg.pcap.as_deref().map(|p| PcapOptions {
             path: PathBuf::from(d.expand(p)),
-            max_bytes: None,
-            files: 1,
+            max_bytes: cfg.pcap_max_mb.map(|mb| (mb * 1e6) as u64),
+            files: cfg.pcap_files.unwrap_or(1).max(1),
         }),
         streams: cfg.streams.as_deref().map(|p| PathBuf::from(d.expand(p))),
         ready_fd: Some(3),

@@ -221,7 +221,7 @@ impl DockerArgs {
 }
 
 /// What the docker-proxy mode should do beyond forwarding; from the config file, then env.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DockerProxyConfig {
     /// Where log lines go: a file path (appended), `syslog` (through /dev/log) or
@@ -234,6 +234,11 @@ pub struct DockerProxyConfig {
     pub dump_file: Option<String>,
     /// A pcap file. Env NETTOOL_PROXY_PCAP.
     pub pcap: Option<String>,
+    /// Cap each pcap file at this many megabytes (decimals allowed). Env NETTOOL_PROXY_PCAP_MAX_MB.
+    pub pcap_max_mb: Option<f64>,
+    /// Rotate over this many pcap files once the cap is reached (1: stop capturing). Env
+    /// NETTOOL_PROXY_PCAP_FILES.
+    pub pcap_files: Option<u32>,
     /// A directory for per-connection stream files. Env NETTOOL_PROXY_STREAMS.
     pub streams: Option<String>,
     /// L7 decoding in the dump (default true).
@@ -272,6 +277,27 @@ impl DockerProxyConfig {
         set(&mut cfg.dump_file, "NETTOOL_PROXY_DUMP_FILE");
         set(&mut cfg.pcap, "NETTOOL_PROXY_PCAP");
         set(&mut cfg.streams, "NETTOOL_PROXY_STREAMS");
+        let bad = |key: &str, v: &str, want: &str| DockerProxyError::Config {
+            path: path.clone(),
+            why: format!("{key} = {v:?}: expected {want}"),
+        };
+        if let Some(v) = env("NETTOOL_PROXY_PCAP_MAX_MB").filter(|v| !v.is_empty()) {
+            cfg.pcap_max_mb = Some(
+                v.parse()
+                    .map_err(|_| bad("NETTOOL_PROXY_PCAP_MAX_MB", &v, "megabytes"))?,
+            );
+        }
+        if let Some(v) = env("NETTOOL_PROXY_PCAP_FILES").filter(|v| !v.is_empty()) {
+            cfg.pcap_files = Some(
+                v.parse()
+                    .map_err(|_| bad("NETTOOL_PROXY_PCAP_FILES", &v, "a file count"))?,
+            );
+        }
+        if let Some(mb) = cfg.pcap_max_mb {
+            if !(mb.is_finite() && mb >= 0.001) {
+                return Err(bad("pcap_max_mb", &mb.to_string(), "at least 0.001"));
+            }
+        }
         if let Some(d) = cfg.dump.as_deref() {
             if !matches!(d, "text" | "hex" | "json" | "off" | "") {
                 return Err(DockerProxyError::Config {
@@ -374,6 +400,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!(cfg.dump.as_deref(), Some("hex"));
+        let cfg = DockerProxyConfig::load(|k| match k {
+            "NETTOOL_PROXY_CONFIG" => Some("/nonexistent/x.toml".into()),
+            "NETTOOL_PROXY_PCAP_MAX_MB" => Some("0.5".into()),
+            "NETTOOL_PROXY_PCAP_FILES" => Some("4".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!((cfg.pcap_max_mb, cfg.pcap_files), (Some(0.5), Some(4)));
+        for bad in ["0", "-1", "lots"] {
+            assert!(DockerProxyConfig::load(|k| match k {
+                "NETTOOL_PROXY_CONFIG" => Some("/nonexistent/x.toml".into()),
+                "NETTOOL_PROXY_PCAP_MAX_MB" => Some(bad.into()),
+                _ => None,
+            })
+            .is_err());
+        }
         assert!(
             DockerProxyConfig::load(|k| (k == "NETTOOL_PROXY_DUMP").then(|| "loud".into()))
                 .is_err()
