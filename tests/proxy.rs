@@ -1669,3 +1669,150 @@ fn pcap_cap_with_one_file_stops_the_capture_not_the_forwarding() {
     assert_eq!(tshark_reads(&pcap), records);
     assert!(!dir.join("cap.pcap.1").exists());
 }
+
+/// One UDP packet as tshark reads it: (source, destination, UDP length field, payload).
+type UdpRow = (SocketAddr, SocketAddr, usize, Vec<u8>);
+
+/// Every UDP packet in a pcap, in order, through tshark's own dissection.
+fn tshark_udp(pcap: &Path) -> Vec<UdpRow> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-Y", "udp", "-T", "fields", "-E", "separator=|"])
+        .args([
+            "-e", "ip.src", "-e", "ipv6.src", "-e", "ip.dst", "-e", "ipv6.dst",
+        ])
+        .args(["-e", "udp.srcport", "-e", "udp.dstport", "-e", "udp.length"])
+        .args(["-e", "udp.payload"])
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unhex = |h: &str| -> Vec<u8> {
+        let h: String = h.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        (0..h.len() / 2)
+            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            assert_eq!(f.len(), 8, "{l}");
+            let ip = |v4: &str, v6: &str| -> std::net::IpAddr {
+                if v4.is_empty() { v6 } else { v4 }.parse().unwrap()
+            };
+            let src = SocketAddr::new(ip(f[0], f[1]), f[4].parse().unwrap());
+            let dst = SocketAddr::new(ip(f[2], f[3]), f[5].parse().unwrap());
+            (src, dst, f[6].parse().unwrap(), unhex(f[7]))
+        })
+        .collect()
+}
+
+#[test]
+fn pcap_holds_both_legs_of_udp_flows_ipv4_and_ipv6() {
+    let ns = lab("pxudpcap");
+    let dir = TempDir::new("pxudpcap");
+    let v4_backend: SocketAddr = "127.0.0.1:47101".parse().unwrap();
+    let v6_backend: SocketAddr = "[::1]:47102".parse().unwrap();
+    // Backends answer each datagram with "re:" + the datagram.
+    for a in [v4_backend, v6_backend] {
+        let s = inside(&ns, move || UdpSocket::bind(a).unwrap());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let mut reply = b"re:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = s.send_to(&reply, from);
+            }
+        });
+    }
+    let pcap = dir.join("udp.pcap");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-p",
+            "udp:47001=127.0.0.1:47101",
+            "-p",
+            "udp:[::]:47002=[::1]:47102",
+            "--pcap",
+            pcap.to_str().unwrap(),
+        ],
+    );
+    // Wildcard listeners: the pcap must show the address each client really sent to.
+    let flows: [(&str, &str); 2] = [
+        ("127.0.0.1:47201", "10.9.0.1:47001"),
+        ("[::1]:47202", "[fd00::9]:47002"),
+    ];
+    let sizes = [1usize, 1400, 60_000];
+    let mut sent: Vec<Vec<Vec<u8>>> = Vec::new();
+    for (i, (bind, to)) in flows.iter().enumerate() {
+        let (bind, to): (SocketAddr, SocketAddr) = (bind.parse().unwrap(), to.parse().unwrap());
+        let datagrams: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| payload(*n, (i * 10 + k) as u32))
+            .collect();
+        let d2 = datagrams.clone();
+        let replies = inside(&ns, move || {
+            let s = UdpSocket::bind(bind).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = vec![0u8; 65536];
+            d2.iter()
+                .map(|d| {
+                    s.send_to(d, to).unwrap();
+                    let (n, from) = s.recv_from(&mut buf).unwrap();
+                    assert_eq!(from, to, "reply source");
+                    buf[..n].to_vec()
+                })
+                .collect::<Vec<_>>()
+        });
+        for (d, r) in datagrams.iter().zip(&replies) {
+            assert_eq!(&r[3..], &d[..], "reply through the proxy");
+        }
+        sent.push(datagrams);
+    }
+    let log = p.stop();
+    assert!(log.contains("datagrams=12"), "{log}");
+    let rows = tshark_udp(&pcap);
+    assert_eq!(rows.len(), 2 * 3 * 4, "4 packets per exchange: {rows:#?}");
+    for (i, ((client, listen), datagrams)) in flows.iter().zip(&sent).enumerate() {
+        let client: SocketAddr = client.parse().unwrap();
+        let listen: SocketAddr = listen.parse().unwrap();
+        let backend = [v4_backend, v6_backend][i];
+        let mine: Vec<&UdpRow> = rows
+            .iter()
+            .filter(|r| r.0.is_ipv4() == client.is_ipv4())
+            .collect();
+        // The proxy's own end of leg 2: the source of the first packet to the backend.
+        let local = mine[1].0;
+        assert_eq!(local.ip(), backend.ip(), "leg 2 leaves from loopback");
+        let mut want: Vec<UdpRow> = Vec::new();
+        for d in datagrams {
+            let mut r = b"re:".to_vec();
+            r.extend_from_slice(d);
+            want.push((client, listen, d.len() + 8, d.clone()));
+            want.push((local, backend, d.len() + 8, d.clone()));
+            want.push((backend, local, r.len() + 8, r.clone()));
+            want.push((listen, client, r.len() + 8, r));
+        }
+        assert_eq!(mine.len(), want.len());
+        for (k, (got, w)) in mine.iter().zip(&want).enumerate() {
+            assert!(
+                (got.0, got.1, got.2) == (w.0, w.1, w.2) && got.3 == w.3,
+                "flow {i} packet {k}: got {} -> {} len {} ({} payload bytes), want {} -> {} len {}",
+                got.0,
+                got.1,
+                got.2,
+                got.3.len(),
+                w.0,
+                w.1,
+                w.2
+            );
+        }
+    }
+}
