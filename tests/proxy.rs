@@ -1816,3 +1816,167 @@ fn pcap_holds_both_legs_of_udp_flows_ipv4_and_ipv6() {
         }
     }
 }
+
+/// docker-proxy mode inside `ns` with `fd4` (if any) passed as fd 4 and the readiness pipe as
+/// fd 3, the way a newer dockerd starts it with -use-listen-fd.
+fn docker_proxy_fd4(
+    ns: &TestNs,
+    log: &Path,
+    fd4: Option<&dyn AsRawFd>,
+    args: &[&str],
+) -> (ChildGuard, String) {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns.name, BIN, "proxy"])
+        .args(args)
+        .env("NETTOOL_PROXY_LOG", log)
+        .env("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml");
+    // Above 10 and close-on-exec, so neither dup2 below clobbers the other's source.
+    let high = fd4.map(|f| {
+        let h = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+        assert!(h >= 10);
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(h) }
+    });
+    // ready_pipe's hook (fd 3) runs first, then this one.
+    let (r, w) = ready_pipe(&mut c);
+    if let Some(h) = &high {
+        let h = h.as_raw_fd();
+        unsafe {
+            c.pre_exec(move || {
+                if libc::dup2(h, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = c.spawn().expect("spawn docker-proxy mode");
+    drop(w);
+    drop(high);
+    (ChildGuard(child), read_ready(r))
+}
+
+/// The inode of a socket, as /proc/PID/fd shows it (`socket:[N]`).
+fn socket_inode(fd: &impl AsRawFd) -> u64 {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    st.st_ino
+}
+
+/// The socket inodes a process holds.
+fn process_sockets(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn use_listen_fd_serves_on_the_socket_the_parent_bound() {
+    let ns = lab("pxlfd");
+    let dir = TempDir::new("pxlfd");
+    let log = dir.join("dp.log");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let flags = |proto: &'static str, port: &'static str, cport: &'static str| {
+        vec![
+            "-proto",
+            proto,
+            "-host-ip",
+            "127.0.0.1",
+            "-host-port",
+            port,
+            "-container-ip",
+            "127.0.0.1",
+            "-container-port",
+            cport,
+            "-use-listen-fd",
+        ]
+    };
+
+    // TCP: the test binds and listens (as dockerd does); the proxy must not bind again.
+    let l = listen_in(&ns, "127.0.0.1:8080");
+    let inode = socket_inode(&l);
+    let (child, ready) = docker_proxy_fd4(&ns, &log, Some(&l), &flags("tcp", "8080", "7000"));
+    assert_eq!(
+        ready,
+        "0\n",
+        "log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let socks = process_sockets(child.pid());
+    assert!(
+        socks.contains(&inode),
+        "the proxy serves on the passed socket: {socks:?}"
+    );
+    drop(l); // Only the proxy's copy is left.
+    assert_eq!(send_count(&ns, "127.0.0.1:8080", 4321), "4321");
+    assert_eq!(send_count(&ns, "127.0.0.1:8080", 1), "1");
+    term(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("listening on tcp 127.0.0.1:8080 -> 127.0.0.1:7000")
+            && text.contains("connections=2 active=0 bytes_c2s=4322"),
+        "{text}"
+    );
+
+    // UDP: a bound datagram socket on fd 4; replies leave from it.
+    let backend = inside(&ns, || UdpSocket::bind("127.0.0.1:5300").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let _ = backend.send_to(&buf[..n].to_ascii_uppercase(), from);
+        }
+    });
+    let u = inside(&ns, || UdpSocket::bind("127.0.0.1:5353").unwrap());
+    let inode = socket_inode(&u);
+    let (child, ready) = docker_proxy_fd4(&ns, &log, Some(&u), &flags("udp", "5353", "5300"));
+    assert_eq!(ready, "0\n");
+    assert!(process_sockets(child.pid()).contains(&inode));
+    drop(u);
+    let (reply, from) = inside(&ns, || {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_to(b"ping", "127.0.0.1:5353").unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = c.recv_from(&mut buf).unwrap();
+        (buf[..n].to_vec(), from)
+    });
+    assert_eq!(
+        (reply.as_slice(), from),
+        (&b"PING"[..], "127.0.0.1:5353".parse().unwrap())
+    );
+    term(child);
+
+    // A bad fd 4 answers "1\n<why>" on fd 3 and exits 1, whatever it is.
+    let file = std::fs::File::create(dir.join("not-a-socket")).unwrap();
+    let udp = inside(&ns, || UdpSocket::bind("127.0.0.1:5354").unwrap());
+    let unix = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let cases: [(Option<&dyn AsRawFd>, &str, &str); 4] = [
+        (Some(&file), "tcp", "it is a regular file, not a tcp socket"),
+        (
+            Some(&udp),
+            "tcp",
+            "it is a UDP (datagram) socket but -proto is tcp",
+        ),
+        (Some(&unix), "udp", "it is not an IPv4 or IPv6 socket"),
+        (None, "tcp", "-use-listen-fd given but fd 4 is not open"),
+    ];
+    for (fd4, proto, why) in cases {
+        let (mut child, ready) = docker_proxy_fd4(&ns, &log, fd4, &flags(proto, "8081", "7000"));
+        assert!(
+            ready.starts_with("1\n") && ready.contains(why),
+            "{ready:?}, want {why:?}"
+        );
+        assert_eq!(child.0.wait().unwrap().code(), Some(1), "{why}");
+    }
+}

@@ -306,6 +306,7 @@ impl Proxy {
         let bound = if let Some(fd) = cfg.listen_fd {
             // docker-proxy -use-listen-fd: the daemon bound the socket; only the first mapping applies.
             let m = maps[0];
+            sock::check_passed_socket(&fd, m.proto).map_err(ProxyError::ListenFd)?;
             match m.proto {
                 Proto::Tcp => {
                     let l = std::net::TcpListener::from(fd);

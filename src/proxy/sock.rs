@@ -148,3 +148,48 @@ impl Dialer {
         }
     }
 }
+
+/// Check a socket handed over by the parent (docker-proxy `-use-listen-fd`) before serving on
+/// it: an IPv4/IPv6 socket of the right type. A TCP socket that is bound but not yet listening
+/// is put into the listening state here. The error says what the descriptor really is.
+pub fn check_passed_socket(fd: &std::os::fd::OwnedFd, proto: super::Proto) -> io::Result<()> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor we own, into a struct we own.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => None,
+        libc::S_IFREG => Some("a regular file"),
+        libc::S_IFIFO => Some("a pipe"),
+        libc::S_IFCHR => Some("a character device"),
+        libc::S_IFDIR => Some("a directory"),
+        _ => Some("not a socket"),
+    };
+    if let Some(k) = kind {
+        return Err(io::Error::other(format!(
+            "it is {k}, not a {proto} socket (the parent must pass the bound socket as fd 4)"
+        )));
+    }
+    let s = socket2::SockRef::from(fd);
+    let domain = s.domain()?;
+    if domain != Domain::IPV4 && domain != Domain::IPV6 {
+        return Err(io::Error::other(format!(
+            "it is not an IPv4 or IPv6 socket (domain {domain:?}); -proto {proto} needs one"
+        )));
+    }
+    let ty = s.r#type()?;
+    let (want, other) = match proto {
+        super::Proto::Tcp => (Type::STREAM, "a UDP (datagram)"),
+        super::Proto::Udp => (Type::DGRAM, "a TCP (stream)"),
+    };
+    if ty != want {
+        return Err(io::Error::other(format!(
+            "it is {other} socket but -proto is {proto}"
+        )));
+    }
+    if proto == super::Proto::Tcp && !s.is_listener()? {
+        s.listen(BACKLOG)?;
+    }
+    Ok(())
+}
