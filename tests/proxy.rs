@@ -1980,3 +1980,59 @@ fn use_listen_fd_serves_on_the_socket_the_parent_bound() {
         assert_eq!(child.0.wait().unwrap().code(), Some(1), "{why}");
     }
 }
+
+#[test]
+fn sctp_is_refused_with_a_message_naming_it() {
+    let ns = lab("pxsctp");
+    let dir = TempDir::new("pxsctp");
+    let log = dir.join("dp.log");
+    let link = dir.join("docker-proxy");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let flags = [
+        "-proto",
+        "sctp",
+        "-host-ip",
+        "127.0.0.1",
+        "-host-port",
+        "9000",
+        "-container-ip",
+        "127.0.0.1",
+        "-container-port",
+        "9000",
+    ];
+    // docker-proxy mode, both ways in: "1\n<why>" on fd 3, exit 1.
+    for via_link in [true, false] {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name]);
+        if via_link {
+            c.arg(&link);
+        } else {
+            c.args([BIN, "proxy"]);
+        }
+        c.args(flags)
+            .env("NETTOOL_PROXY_LOG", &log)
+            .env("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml");
+        let (mut child, ready) = spawn_ready(c);
+        assert!(
+            ready.starts_with("1\n") && ready.contains("SCTP is not supported"),
+            "{ready:?}"
+        );
+        assert_eq!(child.0.wait().unwrap().code(), Some(1));
+    }
+    // nettool's own syntax: a usage error (exit 2) naming SCTP, however the mapping is written.
+    for args in [
+        &["-p", "sctp:9000=127.0.0.1:9000"][..],
+        &["sctp:9000=127.0.0.1:9000"][..],
+        &["sctp:9000", "127.0.0.1:9000"][..],
+    ] {
+        let mut a = vec!["proxy"];
+        a.extend_from_slice(args);
+        let o = nettool_in_ns(&ns, &a).output().unwrap();
+        let t = common::text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(
+            t.contains("SCTP is not supported by nettool proxy"),
+            "{args:?}: {t}"
+        );
+    }
+}

@@ -321,10 +321,21 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     let mut maps = Vec::new();
     match (&a.listen, &a.target) {
         (Some(l), Some(t)) => {
-            let proto = if a.udp { Proto::Udp } else { Proto::Tcp };
             let spec_text = format!("{l} {t}");
+            // `udp:5353 10.0.0.2:53` reads like -p udp:5353=10.0.0.2:53.
+            let (prefix, l) = spec::split_proto(&spec_text, l)?;
+            let proto = match prefix {
+                Some(p) => p,
+                None if a.udp => Proto::Udp,
+                None => Proto::Tcp,
+            };
+            if a.udp && prefix == Some(Proto::Tcp) {
+                return Err(Usage(format!("{spec_text}: --udp contradicts the tcp: prefix")).into());
+            }
             maps.push(spec::mapping(&spec_text, proto, l, t)?);
         }
+        // A lone `LISTEN=TARGET` is a -p spec without the -p.
+        (Some(l), None) if l.contains('=') => maps.push(spec::parse_map(l)?),
         (Some(l), None) => {
             return Err(Usage(format!(
                 "LISTEN {l} given without a TARGET: write `nettool proxy {l} IP:PORT` or -p {l}=IP:PORT"

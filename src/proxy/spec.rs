@@ -181,20 +181,27 @@ pub fn mapping(spec: &str, proto: Proto, listen: &str, target: &str) -> Result<M
     })
 }
 
-/// Parse a `-p` spec: `[tcp:|udp:]LISTEN=TARGET`.
-pub fn parse_map(spec: &str) -> Result<Mapping, SpecError> {
-    let (proto, rest) = if let Some(r) = spec.strip_prefix("tcp:") {
-        (Proto::Tcp, r)
-    } else if let Some(r) = spec.strip_prefix("udp:") {
-        (Proto::Udp, r)
-    } else if spec.starts_with("sctp:") {
-        return Err(bad(
+/// Split an optional `tcp:` / `udp:` prefix off `s` (a part of `spec`); `sctp:` is refused
+/// with a message naming SCTP.
+pub fn split_proto<'a>(spec: &str, s: &'a str) -> Result<(Option<Proto>, &'a str), SpecError> {
+    if let Some(r) = s.strip_prefix("tcp:") {
+        Ok((Some(Proto::Tcp), r))
+    } else if let Some(r) = s.strip_prefix("udp:") {
+        Ok((Some(Proto::Udp), r))
+    } else if s.starts_with("sctp:") {
+        Err(bad(
             spec,
             "SCTP is not supported by nettool proxy (TCP and UDP are); use docker-proxy for SCTP ports",
-        ));
+        ))
     } else {
-        (Proto::Tcp, spec)
-    };
+        Ok((None, s))
+    }
+}
+
+/// Parse a `-p` spec: `[tcp:|udp:]LISTEN=TARGET`.
+pub fn parse_map(spec: &str) -> Result<Mapping, SpecError> {
+    let (proto, rest) = split_proto(spec, spec)?;
+    let proto = proto.unwrap_or(Proto::Tcp);
     let (l, t) = rest
         .split_once('=')
         .ok_or_else(|| bad(spec, "missing '=' between the listen side and the target"))?;
