@@ -311,6 +311,7 @@ impl Proxy {
                 Proto::Tcp => {
                     let l = std::net::TcpListener::from(fd);
                     l.set_nonblocking(true).map_err(ProxyError::ListenFd)?;
+                    sock::set_listener_nodelay(&l).map_err(ProxyError::ListenFd)?;
                     let mut m = m;
                     m.listen = l.local_addr().map_err(ProxyError::ListenFd)?;
                     vec![Bound::Tcp(l, m)]

@@ -6,19 +6,18 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nix::fcntl::{splice, SpliceFFlags};
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use super::{Ctx, Level};
 use crate::tap::event::{CloseReason, ConnInfo, Direction, Event, Timestamp};
-use crate::tap::Tap;
+use crate::tap::{payload, Tap};
 
-/// Bytes per read on the tapped path.
-const CHUNK: usize = 64 * 1024;
 /// Pipe size asked for on the splice path; NETTOOL_PROXY_PIPE_KB overrides (for benchmarks).
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
@@ -83,20 +82,36 @@ impl Pipe {
 }
 
 /// Write all of `data` to `dst`.
-async fn write_all(dst: &TcpStream, data: &[u8]) -> Result<(), DirEnd> {
-    let mut done = 0;
-    while done < data.len() {
-        if let Err(e) = dst.writable().await {
-            return Err(DirEnd::Error(e));
+async fn write_all(dst: &mut WriteHalf<'_>, data: &[u8]) -> Result<(), DirEnd> {
+    dst.write_all(data).await.map_err(|e| {
+        if is_reset(&e) {
+            DirEnd::DstReset
+        } else {
+            DirEnd::Error(e)
         }
-        match dst.try_write(&data[done..]) {
-            Ok(m) => done += m,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if is_reset(&e) => return Err(DirEnd::DstReset),
-            Err(e) => return Err(DirEnd::Error(e)),
+    })
+}
+
+/// Read once from `src`. Through AsyncRead, not readable() + try_read: tokio then treats a
+/// short read as "drained" (edge-triggered epoll) and waits for the next event instead of
+/// probing with a read that fails EAGAIN, one syscall fewer per exchange.
+async fn read_some(src: &mut ReadHalf<'_>, buf: &mut [u8]) -> Result<usize, DirEnd> {
+    src.read(buf).await.map_err(|e| {
+        if is_reset(&e) {
+            DirEnd::SrcReset
+        } else {
+            DirEnd::Error(e)
         }
+    })
+}
+
+/// Pass a FIN on: shut down the destination's write side, unless the other direction has
+/// already ended, in which case the relay closes both sockets right away and close() sends
+/// the FIN (both receive queues are drained, so it is a FIN, not a reset): one syscall fewer.
+fn pass_fin(dst: &TcpStream, ended: &AtomicBool) {
+    if !ended.swap(true, Ordering::Relaxed) {
+        shutdown_write(dst);
     }
-    Ok(())
 }
 
 /// Bytes read through a small buffer before a direction switches to splice: short exchanges
@@ -104,30 +119,24 @@ async fn write_all(dst: &TcpStream, data: &[u8]) -> Result<(), DirEnd> {
 const SMALL: usize = 8 * 1024;
 
 async fn splice_dir(
-    src: &TcpStream,
-    dst: &TcpStream,
+    mut src: ReadHalf<'_>,
+    mut dst: WriteHalf<'_>,
     total: &AtomicU64,
     counter: &AtomicU64,
+    ended: &AtomicBool,
 ) -> DirEnd {
     // Copy while reads come back smaller than the buffer; a full read means bulk: splice.
     let mut small = [0u8; SMALL];
     loop {
-        let n = loop {
-            if let Err(e) = src.readable().await {
-                return DirEnd::Error(e);
-            }
-            match src.try_read(&mut small) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if is_reset(&e) => return DirEnd::SrcReset,
-                Err(e) => return DirEnd::Error(e),
-            }
+        let n = match read_some(&mut src, &mut small).await {
+            Ok(n) => n,
+            Err(end) => return end,
         };
         if n == 0 {
-            shutdown_write(dst);
+            pass_fin(dst.as_ref(), ended);
             return DirEnd::Eof;
         }
-        if let Err(end) = write_all(dst, &small[..n]).await {
+        if let Err(end) = write_all(&mut dst, &small[..n]).await {
             return end;
         }
         total.fetch_add(n as u64, Ordering::Relaxed);
@@ -136,6 +145,7 @@ async fn splice_dir(
             break;
         }
     }
+    let (src, dst): (&TcpStream, &TcpStream) = (src.as_ref(), dst.as_ref());
     let pipe = match Pipe::new() {
         Ok(p) => p,
         Err(e) => return DirEnd::Error(e),
@@ -164,7 +174,7 @@ async fn splice_dir(
             }
         };
         if n == 0 {
-            shutdown_write(dst);
+            pass_fin(dst, ended);
             return DirEnd::Eof;
         }
         let mut left = n;
@@ -191,30 +201,21 @@ async fn splice_dir(
 
 #[allow(clippy::too_many_arguments)]
 async fn copy_dir(
-    src: &TcpStream,
-    dst: &TcpStream,
+    mut src: ReadHalf<'_>,
+    mut dst: WriteHalf<'_>,
     total: &AtomicU64,
     counter: &AtomicU64,
+    ended: &AtomicBool,
     tap: &Tap,
     conn: &Arc<ConnInfo>,
     dir: Direction,
 ) -> DirEnd {
     let mut offset = 0u64;
-    // One read buffer for the connection; each chunk is copied out at its real size, because the
-    // tap queue holds chunks until the writer thread drains them and a 64 KiB allocation per
-    // small read (a 78-byte HTTP request) would multiply the queue's memory by up to 800.
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = payload::take();
     loop {
-        let n = loop {
-            if let Err(e) = src.readable().await {
-                return DirEnd::Error(e);
-            }
-            match src.try_read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if is_reset(&e) => return DirEnd::SrcReset,
-                Err(e) => return DirEnd::Error(e),
-            }
+        let n = match read_some(&mut src, &mut buf).await {
+            Ok(n) => n,
+            Err(end) => return end,
         };
         let ts = Timestamp::now();
         if n == 0 {
@@ -226,10 +227,17 @@ async fn copy_dir(
                 })
                 .await;
             }
-            shutdown_write(dst);
+            pass_fin(dst.as_ref(), ended);
             return DirEnd::Eof;
         }
-        let data = Arc::new(buf[..n].to_vec());
+        // A bulk read is handed over with its buffer; a small one is copied out at its size.
+        let data = if n >= payload::HAND_OVER {
+            let mut full = std::mem::replace(&mut buf, payload::take());
+            full.truncate(n);
+            Arc::new(full)
+        } else {
+            Arc::new(buf[..n].to_vec())
+        };
         if !tap.is_closed() {
             // Queue before writing so the dump shows a request before its response.
             tap.send(Event::Data {
@@ -241,7 +249,9 @@ async fn copy_dir(
             })
             .await;
         }
-        if let Err(end) = write_all(dst, &data).await {
+        let written = write_all(&mut dst, &data).await;
+        payload::recycle(data);
+        if let Err(end) = written {
             return end;
         }
         offset += n as u64;
@@ -254,38 +264,43 @@ type DirFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = DirEnd> 
 
 /// Relay until both directions end or one side resets; returns why and the byte counts.
 pub(crate) async fn relay(
-    client: TcpStream,
-    backend: TcpStream,
+    mut client: TcpStream,
+    mut backend: TcpStream,
     conn: &Arc<ConnInfo>,
     ctx: &Ctx,
 ) -> (CloseReason, u64, u64) {
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
+    let ended = AtomicBool::new(false);
     let c = &ctx.counters;
+    let (client_r, client_w) = client.split();
+    let (backend_r, backend_w) = backend.split();
     let (f1, f2): (DirFuture<'_>, DirFuture<'_>) = match &ctx.tap {
         Some(tap) => (
             Box::pin(copy_dir(
-                &client,
-                &backend,
+                client_r,
+                backend_w,
                 &up,
                 &c.bytes_c2s,
+                &ended,
                 tap,
                 conn,
                 Direction::ClientToServer,
             )),
             Box::pin(copy_dir(
-                &backend,
-                &client,
+                backend_r,
+                client_w,
                 &down,
                 &c.bytes_s2c,
+                &ended,
                 tap,
                 conn,
                 Direction::ServerToClient,
             )),
         ),
         None => (
-            Box::pin(splice_dir(&client, &backend, &up, &c.bytes_c2s)),
-            Box::pin(splice_dir(&backend, &client, &down, &c.bytes_s2c)),
+            Box::pin(splice_dir(client_r, backend_w, &up, &c.bytes_c2s, &ended)),
+            Box::pin(splice_dir(backend_r, client_w, &down, &c.bytes_s2c, &ended)),
         ),
     };
     let (mut f1, mut f2) = (f1, f2);

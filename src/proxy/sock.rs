@@ -17,6 +17,7 @@ const BACKLOG: i32 = 4096;
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
+    set_listener_nodelay(&s)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -24,6 +25,12 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
     Ok(s.into())
+}
+
+/// TCP_NODELAY on a listener: accepted sockets inherit it, which saves a setsockopt per
+/// connection (a proxy relays small writes at once, as docker-proxy's Go runtime does).
+pub fn set_listener_nodelay(l: &impl std::os::fd::AsFd) -> io::Result<()> {
+    socket2::SockRef::from(l).set_tcp_nodelay(true)
 }
 
 /// A UDP socket on `addr`; on a wildcard address it asks for the destination address of each

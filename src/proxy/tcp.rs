@@ -70,7 +70,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
     } else {
         map.listen
     };
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY on the client side is inherited from the listener (sock::set_listener_nodelay).
     let backend = match dial(&ctx, map.target).await {
         Ok(b) => b,
         Err(e) => {

@@ -10,6 +10,7 @@ pub mod event;
 pub mod hex;
 pub mod json;
 pub mod l7;
+pub mod payload;
 pub mod pcap;
 pub mod streams;
 pub mod text;
@@ -133,6 +134,9 @@ pub fn start(
                     if let Some(Err(e)) = slot.as_mut().map(|s| s.event(&ev)) {
                         fail(slot, e);
                     }
+                }
+                if let Event::Data { bytes, .. } = ev {
+                    payload::recycle(bytes);
                 }
                 if sinks.iter().all(|s| s.is_none()) {
                     // Dropping the receiver tells the relays to stop producing events.

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{IoSlice, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -53,25 +53,77 @@ struct Flags {
 /// Writes the pcap.
 pub struct PcapSink {
     opts: PcapOptions,
-    out: Option<BufWriter<File>>,
+    out: Option<RecordWriter>,
     written: u64,
     conns: HashMap<u64, Seqs>,
     buf: Vec<u8>,
 }
 
+/// The capture file. Headers and small payloads gather in a buffer; a bulk payload goes to the
+/// kernel straight from the relay's chunk, in one writev with what is pending: never copied in
+/// user space (both legs of a chunk are written from the same memory).
+struct RecordWriter {
+    file: File,
+    pending: Vec<u8>,
+}
+
+/// Pending bytes written out once this much has gathered.
+const PENDING: usize = 256 * 1024;
+/// Payloads at least this big are written from where they are instead of being gathered.
+const DIRECT: usize = 4096;
+
+impl RecordWriter {
+    /// One pcap record: its 16-byte record header, the synthesised packet headers, the payload.
+    fn record(&mut self, rec: &[u8], hdr: &[u8], payload: &[u8]) -> std::io::Result<()> {
+        self.pending.extend_from_slice(rec);
+        self.pending.extend_from_slice(hdr);
+        if payload.len() < DIRECT {
+            self.pending.extend_from_slice(payload);
+            if self.pending.len() >= PENDING {
+                self.flush()?;
+            }
+            return Ok(());
+        }
+        let mut bufs = [IoSlice::new(&self.pending), IoSlice::new(payload)];
+        let mut bufs: &mut [IoSlice<'_>] = &mut bufs;
+        while !bufs.is_empty() {
+            match self.file.write_vectored(bufs) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.write_all(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+impl Drop for RecordWriter {
+    fn drop(&mut self) {
+        // Best effort, like BufWriter: whoever needs the error flushes first.
+        let _ = self.flush();
+    }
+}
+
 /// A new capture file with pcap-file's global header (microseconds, Ethernet, big-endian).
-/// Records are written by hand after it, so a payload is copied once (into the buffer), not
-/// first into a contiguous packet for PcapWriter.
-fn create(path: &std::path::Path) -> Result<BufWriter<File>, TapError> {
-    let f = open_private(path, false)?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
+/// Records are written by hand after it (see [`RecordWriter`]).
+fn create(path: &std::path::Path) -> Result<RecordWriter, TapError> {
+    let file = open_private(path, false)?;
+    let mut pending = Vec::with_capacity(PENDING + 64 * 1024);
     PcapHeader::default()
-        .write_to(&mut w)
+        .write_to(&mut pending)
         .map_err(|e| TapError::Open {
             path: path.into(),
             source: io(e),
         })?;
-    Ok(w)
+    Ok(RecordWriter { file, pending })
 }
 
 fn io(e: pcap_file::PcapError) -> std::io::Error {
@@ -126,7 +178,6 @@ impl PcapSink {
             )));
         }
         if let Some(mut o) = self.out.take() {
-            use std::io::Write;
             o.flush()?;
         }
         let p = &self.opts.path;
@@ -225,10 +276,7 @@ impl PcapSink {
         rec[4..8].copy_from_slice(&micros.to_be_bytes());
         rec[8..12].copy_from_slice(&len.to_be_bytes());
         rec[12..16].copy_from_slice(&len.to_be_bytes());
-        use std::io::Write;
-        w.write_all(&rec)?;
-        w.write_all(b)?;
-        w.write_all(payload)?;
+        w.record(&rec, b, payload)?;
         self.written += 16 + u64::from(len);
         self.rotate()
     }
@@ -396,7 +444,6 @@ impl Sink for PcapSink {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        use std::io::Write;
         match self.out.as_mut() {
             Some(o) => o.flush(),
             None => Ok(()),
