@@ -105,6 +105,53 @@ async fn read_some(src: &mut ReadHalf<'_>, buf: &mut [u8]) -> Result<usize, DirE
     })
 }
 
+/// Whether the peer's FIN has already been seen on `s` (epoll reported RDHUP), without waiting:
+/// the bytes just read are then the last ones.
+fn fin_already_here(s: &TcpStream) -> bool {
+    use std::future::Future;
+    let ready = s.ready(Interest::READABLE);
+    let mut ready = std::pin::pin!(ready);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    matches!(
+        ready.as_mut().poll(&mut cx),
+        std::task::Poll::Ready(Ok(r)) if r.is_read_closed()
+    )
+}
+
+/// Write all of `data` with MSG_MORE: the kernel holds it until the FIN that follows (shutdown
+/// or close tacks the FIN onto the queued segment).
+async fn write_corked(dst: &TcpStream, data: &[u8]) -> Result<(), DirEnd> {
+    let mut done = 0;
+    while done < data.len() {
+        if let Err(e) = dst.writable().await {
+            return Err(DirEnd::Error(e));
+        }
+        let left = &data[done..];
+        match dst.try_io(Interest::WRITABLE, || {
+            // SAFETY: send on a valid socket fd from a live slice.
+            let r = unsafe {
+                libc::send(
+                    dst.as_raw_fd(),
+                    left.as_ptr().cast(),
+                    left.len(),
+                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
+                )
+            };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            }
+        }) {
+            Ok(m) => done += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if is_reset(&e) => return Err(DirEnd::DstReset),
+            Err(e) => return Err(DirEnd::Error(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Pass a FIN on: shut down the destination's write side, unless the other direction has
 /// already ended, in which case the relay closes both sockets right away and close() sends
 /// the FIN (both receive queues are drained, so it is a FIN, not a reset): one syscall fewer.
@@ -136,7 +183,14 @@ async fn splice_dir(
             pass_fin(dst.as_ref(), ended);
             return DirEnd::Eof;
         }
-        if let Err(end) = write_all(&mut dst, &small[..n]).await {
+        let wrote = if n < SMALL && fin_already_here(src.as_ref()) {
+            // The source's FIN came with this data (a server that answers and closes): send the
+            // data corked so the FIN passed on next leaves in the same segment, one packet less.
+            write_corked(dst.as_ref(), &small[..n]).await
+        } else {
+            write_all(&mut dst, &small[..n]).await
+        };
+        if let Err(end) = wrote {
             return end;
         }
         total.fetch_add(n as u64, Ordering::Relaxed);
