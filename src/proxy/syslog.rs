@@ -25,12 +25,12 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// The syslog socket cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach syslog at {path}: {source}{hint}")]
+#[error("cannot reach syslog at {path}: {error}{hint}")]
 pub struct SyslogError {
     /// The socket path.
     pub path: PathBuf,
-    /// Why.
-    pub source: io::Error,
+    /// Why (not a `source`: the message already says it, once).
+    pub error: io::Error,
     /// What to do about it.
     pub hint: &'static str,
 }
@@ -64,9 +64,9 @@ fn connect(path: &Path) -> io::Result<UnixDatagram> {
 impl Syslog {
     /// Connect to the daemon's socket at `path`; lines are tagged `TAG[PID]`.
     pub fn connect(path: &Path, tag: &str) -> Result<Syslog, SyslogError> {
-        let sock = connect(path).map_err(|source| SyslogError {
+        let sock = connect(path).map_err(|error| SyslogError {
             path: path.into(),
-            hint: match source.raw_os_error() {
+            hint: match error.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
                     " (no syslog daemon listens there: start rsyslog or systemd-journald, or log to a file instead)"
                 }
@@ -76,7 +76,7 @@ impl Syslog {
                 Some(libc::EACCES) => " (permission denied: run as root or fix the socket's mode)",
                 _ => "",
             },
-            source,
+            error,
         })?;
         Ok(Syslog {
             path: path.into(),
