@@ -1780,6 +1780,16 @@ fn pcap_holds_both_legs_of_udp_flows_ipv4_and_ipv6() {
     assert!(log.contains("datagrams=12"), "{log}");
     let rows = tshark_udp(&pcap);
     assert_eq!(rows.len(), 2 * 3 * 4, "4 packets per exchange: {rows:#?}");
+    // IPv6 forbids a zero UDP checksum: tshark, told to check, finds every IPv6 one good.
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-o", "udp.check_checksum:TRUE", "-Y", "ipv6 && udp"])
+        .args(["-T", "fields", "-e", "udp.checksum.status"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(status, "1\n".repeat(12), "udp.checksum.status (1 = good)");
     for (i, ((client, listen), datagrams)) in flows.iter().zip(&sent).enumerate() {
         let client: SocketAddr = client.parse().unwrap();
         let listen: SocketAddr = listen.parse().unwrap();

@@ -257,13 +257,22 @@ impl PcapSink {
                 t.psh = flags.psh;
                 t.write(b)?;
             }
-            Transport::Udp => UdpHeader {
-                source_port: src.port(),
-                destination_port: dst.port(),
-                length: l4_len as u16,
-                checksum: 0,
+            Transport::Udp => {
+                let mut h = UdpHeader {
+                    source_port: src.port(),
+                    destination_port: dst.port(),
+                    length: l4_len as u16,
+                    checksum: 0,
+                };
+                // IPv6 forbids a zero UDP checksum (Wireshark flags every such packet); a
+                // datagram is small, so sum it. IPv4's 0 means "none" and stays.
+                if !both_v4 {
+                    h.checksum = h
+                        .calc_checksum_ipv6_raw(v6(src.ip()), v6(dst.ip()), payload)
+                        .unwrap_or(0);
+                }
+                h.write(b)?
             }
-            .write(b)?,
         }
         let Some(w) = self.out.as_mut() else {
             return Ok(());
