@@ -447,7 +447,8 @@ pub struct LabDaemonArgs {
 }
 
 /// Examples and notes for `nettool proxy --help`.
-const PROXY_HELP: &str = "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [IP:]PORT[-PORT] and TARGET = IP[:PORT[-PORT]];
+const PROXY_HELP: &str =
+    "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [IP:]PORT[-PORT] and TARGET = IP[:PORT[-PORT]];
 IPv6 goes in brackets ([::1]:8080). A LISTEN without an IP listens on 0.0.0.0 and [::].
 Without --dump/--hex/--pcap/--streams/--json bytes move with splice(2) and are never copied.
 SIGUSR1 logs the counters; SIGINT/SIGTERM stop (exit 0) after logging them.
@@ -458,13 +459,19 @@ Examples:
   nettool proxy -p 8080=172.19.0.2:80 -p udp:5353=172.19.0.3:53 -p 9000-9099=10.0.0.5:9000-9099
   nettool proxy --listen-netns host --target-netns web 8080 127.0.0.1:80
   nettool proxy --hex --dump-file /tmp/dump.txt --pcap /tmp/p.pcap 6379 172.19.0.4:6379
-  nettool proxy --json 53 --udp 172.19.0.5:53
-  nettool proxy --syslog 8080 172.19.0.2:80            (log lines to /dev/log, facility daemon)
+  nettool proxy --pcap /tmp/p.pcap --pcap-max-mb 100 --pcap-files 5 8080 172.19.0.2:80
+  nettool proxy --json --pcap /tmp/dns.pcap udp:53 172.19.0.5:53
+  nettool proxy --syslog 8080 172.19.0.2:80       (log to /dev/log, facility daemon)
 
 docker-proxy drop-in: symlink the binary as docker-proxy and give dockerd
---userland-proxy-path=/path/to/docker-proxy; dumping is switched on by NETTOOL_PROXY_DUMP=text|hex|json,
-NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_STREAMS
-or /etc/nettool/docker-proxy.toml (keys log, dump, dump_file, pcap, streams, decode, udp_timeout).";
+--userland-proxy-path=/path/to/docker-proxy. It takes docker-proxy's flags, including
+-use-listen-fd (the socket on fd 4), and answers on fd 3. Logging and dumping come from
+the environment or /etc/nettool/docker-proxy.toml (NETTOOL_PROXY_CONFIG):
+  NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET   (key log)
+  NETTOOL_PROXY_DUMP=text|hex|json, NETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP,
+  NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES, NETTOOL_PROXY_STREAMS
+  e.g. NETTOOL_PROXY_LOG=syslog docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8080 \\
+         -container-ip 172.17.0.2 -container-port 80";
 
 /// Arguments of `proxy`.
 #[derive(Debug, Args)]

@@ -493,7 +493,7 @@ pub fn docker_proxy_entry() -> Option<i32> {
         let mut e = std::io::stderr();
         let _ = writeln!(
             e,
-            "Usage of docker-proxy (nettool):\n  -container-ip string\n  -container-port int\n  -host-ip string\n  -host-port int\n  -proto string (tcp, udp)\n  -use-listen-fd\n\nLogging and dumping: NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET, NETTOOL_PROXY_DUMP=text|hex|json,\nNETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_STREAMS, or {}\n(NETTOOL_PROXY_CONFIG overrides the path). See docs/proxy.md.",
+            "Usage of docker-proxy (nettool):\n  -container-ip string\n  -container-port int\n  -host-ip string\n  -host-port int\n  -proto string (tcp, udp)\n  -use-listen-fd\n\nLogging and dumping: NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET, NETTOOL_PROXY_DUMP=text|hex|json,\nNETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES,\nNETTOOL_PROXY_STREAMS, or {}\n(NETTOOL_PROXY_CONFIG overrides the path). See docs/proxy.md.",
             docker::CONFIG_PATH
         );
         return Some(2);
