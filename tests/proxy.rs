@@ -1657,6 +1657,11 @@ fn pcap_cap_with_one_file_stops_the_capture_not_the_forwarding() {
         )) && log.contains("forwarding continues"),
         "{log}"
     );
+    // A cap that was asked for is a planned stop, logged as such, not as a failure.
+    assert!(
+        log.contains("stopped as asked") && !log.contains("failed:"),
+        "{log}"
+    );
     assert!(
         log.contains("connections=3") && log.contains("bytes_c2s=900000"),
         "{log}"

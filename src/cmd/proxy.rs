@@ -197,13 +197,23 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
             sinks,
             plan.queue,
             Box::new(move |f| {
-                hook_log.log(
-                    Level::Error,
-                    &format!(
-                        "{} failed: {}; that dump is stopped, forwarding continues",
-                        f.sink, f.error
-                    ),
-                )
+                if f.limit_reached {
+                    hook_log.log(
+                        Level::Warn,
+                        &format!(
+                            "{} stopped as asked: {}; forwarding continues",
+                            f.sink, f.error
+                        ),
+                    )
+                } else {
+                    hook_log.log(
+                        Level::Error,
+                        &format!(
+                            "{} failed: {}; that dump is stopped, forwarding continues",
+                            f.sink, f.error
+                        ),
+                    )
+                }
             }),
         );
         (Some(t), Some(w))

@@ -56,7 +56,21 @@ pub struct SinkFailure {
     pub sink: String,
     /// The error.
     pub error: String,
+    /// The sink stopped because it reached a limit it was given (a size cap), not from a fault.
+    pub limit_reached: bool,
 }
+
+/// The error a sink returns when it stops at a limit it was configured with.
+#[derive(Debug)]
+pub struct LimitReached(pub String);
+
+impl std::fmt::Display for LimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LimitReached {}
 
 /// Called by the writer thread when a sink fails (the cmd layer logs it).
 pub type FailureHook = Box<dyn Fn(SinkFailure) + Send>;
@@ -111,6 +125,9 @@ pub fn start(
                     on_failure(SinkFailure {
                         sink: s.name(),
                         error: e.to_string(),
+                        limit_reached: e
+                            .get_ref()
+                            .is_some_and(|i| i.downcast_ref::<LimitReached>().is_some()),
                     });
                 }
             };

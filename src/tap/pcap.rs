@@ -172,10 +172,10 @@ impl PcapSink {
             return Ok(());
         }
         if self.opts.files <= 1 {
-            return Err(std::io::Error::other(format!(
-                "{} reached its size cap of {max} bytes (give --pcap-files N to rotate instead)",
+            return Err(std::io::Error::other(super::LimitReached(format!(
+                "{} reached its size cap of {max} bytes (rotate instead with --pcap-files N, or pcap_files in docker-proxy mode)",
                 self.opts.path.display()
-            )));
+            ))));
         }
         if let Some(mut o) = self.out.take() {
             o.flush()?;
