@@ -1976,8 +1976,22 @@ fn use_listen_fd_serves_on_the_socket_the_parent_bound() {
     let file = std::fs::File::create(dir.join("not-a-socket")).unwrap();
     let udp = inside(&ns, || UdpSocket::bind("127.0.0.1:5354").unwrap());
     let unix = std::os::unix::net::UnixDatagram::unbound().unwrap();
-    let cases: [(Option<&dyn AsRawFd>, &str, &str); 4] = [
+    // Never bound: listen() would bind it to a random port on every address (and recv on an
+    // unbound UDP socket never gets a datagram) while fd 3 said "0". Made inside the test
+    // namespace so that, were it served, it would be served there.
+    let unbound = |ty| {
+        inside(&ns, move || {
+            socket2::Socket::new(socket2::Domain::IPV4, ty, None).unwrap()
+        })
+    };
+    let (tcp_unbound, udp_unbound) = (
+        unbound(socket2::Type::STREAM),
+        unbound(socket2::Type::DGRAM),
+    );
+    let cases: [(Option<&dyn AsRawFd>, &str, &str); 6] = [
         (Some(&file), "tcp", "it is a regular file, not a tcp socket"),
+        (Some(&tcp_unbound), "tcp", "it is not bound to an address"),
+        (Some(&udp_unbound), "udp", "it is not bound to an address"),
         (
             Some(&udp),
             "tcp",
@@ -2050,4 +2064,126 @@ fn sctp_is_refused_with_a_message_naming_it() {
             "{args:?}: {t}"
         );
     }
+}
+
+#[test]
+fn udp_flag_makes_the_positional_mapping_udp_in_every_form() {
+    let ns = lab("pxudpflag");
+    let dir = TempDir::new("pxudpflag");
+    let backend = inside(&ns, || UdpSocket::bind("127.0.0.1:5300").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let _ = backend.send_to(&buf[..n].to_ascii_uppercase(), from);
+        }
+    });
+    let forms: [(&[&str], &str); 3] = [
+        (
+            &["--udp", "127.0.0.1:5355", "127.0.0.1:5300"],
+            "127.0.0.1:5355",
+        ),
+        (&["udp:127.0.0.1:5356", "127.0.0.1:5300"], "127.0.0.1:5356"),
+        // The lone LISTEN=TARGET form: --udp must not be dropped on the floor.
+        (
+            &["--udp", "127.0.0.1:5357=127.0.0.1:5300"],
+            "127.0.0.1:5357",
+        ),
+    ];
+    for (args, to) in forms {
+        let p = start(Some(&ns), &dir, args);
+        let log = p.log();
+        assert!(
+            log.contains(&format!("listening on udp {to} -> 127.0.0.1:5300")),
+            "{args:?}: {log}"
+        );
+        let reply = inside(&ns, move || {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.send_to(b"ping", to).unwrap();
+            let mut buf = [0u8; 64];
+            c.recv(&mut buf).map(|n| buf[..n].to_vec())
+        });
+        assert_eq!(reply.ok().as_deref(), Some(&b"PING"[..]), "{args:?}");
+        p.stop();
+    }
+    // --udp with a tcp: prefix says the two disagree, in both positional forms (exit 2).
+    for args in [
+        &["--udp", "tcp:5358", "127.0.0.1:5300"][..],
+        &["--udp", "tcp:5358=127.0.0.1:5300"][..],
+    ] {
+        let mut a = vec!["proxy"];
+        a.extend_from_slice(args);
+        let o = nettool_in_ns(&ns, &a).output().unwrap();
+        let t = common::text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(
+            t.contains("--udp contradicts the tcp: prefix"),
+            "{args:?}: {t}"
+        );
+    }
+}
+
+#[test]
+fn a_stalled_syslog_daemon_does_not_hold_up_the_forwarding() {
+    let ns = lab("pxsysstall");
+    let dir = TempDir::new("pxsysstall");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    // A daemon that never reads: its queue fills after a few lines and a send then blocks.
+    let path = dir.join("stalled.sock");
+    let stalled = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let mut cmd = nettool_in_ns(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "--syslog-socket",
+            path.to_str().unwrap(),
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "127.0.0.1:8081=127.0.0.1:7999",
+        ],
+    );
+    cmd.env("NO_COLOR", "1");
+    let (child, ready) = spawn_ready(cmd);
+    assert_eq!(ready, "0\n");
+    // 200 clients of the mapping whose backend is down: a warning line each. (A client may
+    // see its reset before connect() returns.)
+    let refused: Vec<_> = (0..200)
+        .map(|_| connect_in(&ns, "127.0.0.1:8081"))
+        .collect();
+    // The healthy mapping answers at once, not after 200 lines' worth of waiting on syslog
+    // (it took ~40 s when each line was sent from the forwarding threads, 200 ms apiece).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = s
+            .write_all(&[b'x'; 1000])
+            .and_then(|_| s.shutdown(Shutdown::Write))
+            .and_then(|_| s.read_to_string(&mut out));
+        let _ = tx.send(out);
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(8));
+    assert_eq!(
+        answer.as_deref(),
+        Ok("1000"),
+        "the healthy mapping waited on the stalled syslog daemon"
+    );
+    drop(refused);
+    // The daemon recovers: the lines it missed are reported as dropped, and the exit lines arrive.
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = stalled.recv(&mut buf) {
+            let mut l = l2.lock().unwrap();
+            l.push_str(&String::from_utf8_lossy(&buf[..n]));
+            l.push('\n');
+        }
+    });
+    term(child);
+    let all = lines.lock().unwrap().clone();
+    assert!(all.contains("counters at exit"), "{all}");
 }

@@ -14,7 +14,7 @@ use crate::cli::ProxyArgs;
 use crate::netns::NetNs;
 use crate::proxy::docker::{self, DockerArgs, DockerProxyConfig};
 use crate::proxy::spec::{self, Mapping};
-use crate::proxy::syslog::{self as syslog_client, Syslog};
+use crate::proxy::syslog::{self as syslog_client, Syslog, SyslogQueue};
 use crate::proxy::{Level, Log, Proto, Proxy, ProxyConfig};
 use crate::tap::event::Timestamp;
 use crate::tap::json::{JsonSink, Payload};
@@ -76,16 +76,31 @@ struct Plan {
     warnings: Vec<String>,
 }
 
-fn make_log(to: &LogTo, max: Level) -> anyhow::Result<Log> {
+/// Holds a log's background sender, if it has one; dropping it waits briefly for the queued
+/// lines (the counters at exit among them) to go out.
+struct LogFlush(Option<Arc<SyslogQueue>>);
+
+impl Drop for LogFlush {
+    fn drop(&mut self) {
+        if let Some(q) = &self.0 {
+            q.flush(SYSLOG_EXIT_WAIT);
+        }
+    }
+}
+
+/// How long the process waits at exit for syslog to take the lines still queued.
+const SYSLOG_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
     if let LogTo::Syslog(path) = to {
         let sys = Syslog::connect(path, SYSLOG_TAG)?;
-        let sys = Mutex::new(sys);
-        return Ok(Log::new(max, move |level, msg| {
-            if let Ok(mut s) = sys.lock() {
-                // A line the daemon cannot take is lost; the forwarding must not wait for it.
-                let _ = s.send(level, msg);
-            }
-        }));
+        // Sent from a thread of its own: a stalled daemon must not stall the forwarding.
+        let q = Arc::new(SyslogQueue::start(sys).context("start the syslog thread")?);
+        let q2 = q.clone();
+        return Ok((
+            Log::new(max, move |level, msg| q2.log(level, msg)),
+            LogFlush(Some(q)),
+        ));
     }
     let pid = std::process::id();
     let sink: Arc<Mutex<Option<Box<dyn Write + Send>>>> = Arc::new(Mutex::new(match to {
@@ -95,7 +110,7 @@ fn make_log(to: &LogTo, max: Level) -> anyhow::Result<Log> {
         })?)),
         LogTo::Nowhere | LogTo::Syslog(_) => None,
     }));
-    Ok(Log::new(max, move |level, msg| {
+    let log = Log::new(max, move |level, msg| {
         if let Ok(mut g) = sink.lock() {
             if let Some(w) = g.as_mut() {
                 let lvl = match level {
@@ -112,7 +127,8 @@ fn make_log(to: &LogTo, max: Level) -> anyhow::Result<Log> {
                 let _ = w.flush();
             }
         }
-    }))
+    });
+    Ok((log, LogFlush(None)))
 }
 
 /// Set once the readiness fd has been answered (and closed): never write to that number again,
@@ -173,7 +189,8 @@ fn build_sinks(plan: &Plan) -> anyhow::Result<Vec<Box<dyn Sink>>> {
 
 /// Bind, announce readiness, serve until SIGINT/SIGTERM, print counters. Returns the exit code.
 fn execute(mut plan: Plan) -> anyhow::Result<i32> {
-    let log = make_log(&plan.log_to, plan.log_level)?;
+    // Declared first so it is dropped last, after every line below (exit paths included).
+    let (log, _flush) = make_log(&plan.log_to, plan.log_level)?;
     for w in &plan.warnings {
         log.log(Level::Warn, w);
     }
@@ -344,8 +361,18 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
             }
             maps.push(spec::mapping(&spec_text, proto, l, t)?);
         }
-        // A lone `LISTEN=TARGET` is a -p spec without the -p.
-        (Some(l), None) if l.contains('=') => maps.push(spec::parse_map(l)?),
+        // A lone `LISTEN=TARGET` is a -p spec without the -p; --udp applies to it as well.
+        (Some(l), None) if l.contains('=') => {
+            let (prefix, _) = spec::split_proto(l, l)?;
+            if a.udp && prefix == Some(Proto::Tcp) {
+                return Err(Usage(format!("{l}: --udp contradicts the tcp: prefix")).into());
+            }
+            let mut m = spec::parse_map(l)?;
+            if a.udp {
+                m.proto = Proto::Udp;
+            }
+            maps.push(m);
+        }
         (Some(l), None) => {
             return Err(Usage(format!(
                 "LISTEN {l} given without a TARGET: write `nettool proxy {l} IP:PORT` or -p {l}=IP:PORT"
@@ -531,7 +558,7 @@ pub fn docker_proxy_entry() -> Option<i32> {
             plan.listen_fd = Some(unsafe { OwnedFd::from_raw_fd(4) });
         }
         if !d.ignored.is_empty() {
-            let log = make_log(&plan.log_to, Level::Info)?;
+            let (log, _flush) = make_log(&plan.log_to, Level::Info)?;
             log.log(
                 Level::Warn,
                 &format!(

@@ -195,6 +195,14 @@ pub fn check_passed_socket(fd: &std::os::fd::OwnedFd, proto: super::Proto) -> io
             "it is {other} socket but -proto is {proto}"
         )));
     }
+    // Unbound, listen() would pick a random port on every address (and an unbound UDP
+    // socket never receives): the parent forgot the bind.
+    let bound = s.local_addr()?.as_socket().is_some_and(|a| a.port() != 0);
+    if !bound {
+        return Err(io::Error::other(format!(
+            "it is not bound to an address (port 0): the parent must bind it to -host-ip:-host-port before passing it ({proto})"
+        )));
+    }
     if proto == super::Proto::Tcp && !s.is_listener()? {
         s.listen(BACKLOG)?;
     }

@@ -6,7 +6,10 @@
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::Level;
 
@@ -19,9 +22,9 @@ const FACILITY_DAEMON: u8 = 3 << 3;
 /// Longest message sent; longer ones are cut (many daemons drop datagrams over 8 KiB).
 const MAX_MESSAGE: usize = 4096;
 
-/// How long one line may wait when the daemon's queue is full before it is dropped: a stalled
-/// syslog daemon must not stall the forwarding.
-const SEND_TIMEOUT: Duration = Duration::from_millis(200);
+/// Lines waiting for the syslog thread. While the daemon does not keep up, lines past these
+/// are dropped (and counted) instead of making the forwarding threads wait.
+pub const QUEUE: usize = 1024;
 
 /// The syslog socket cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,6 @@ pub fn severity(level: Level) -> u8 {
 fn connect(path: &Path) -> io::Result<UnixDatagram> {
     let s = UnixDatagram::unbound()?;
     s.connect(path)?;
-    s.set_write_timeout(Some(SEND_TIMEOUT))?;
     Ok(s)
 }
 
@@ -143,6 +145,87 @@ impl Syslog {
     }
 }
 
+enum Msg {
+    Line(Level, String),
+    /// Answered once every line queued before it has been handed to the daemon.
+    Flush(SyncSender<()>),
+}
+
+/// Syslog lines sent from a thread of their own. A send to a daemon whose queue is full
+/// blocks; the callers (tokio workers relaying traffic) only queue the line, and a line that
+/// finds the queue full is dropped and counted, then reported once the daemon takes lines again.
+#[derive(Debug)]
+pub struct SyslogQueue {
+    tx: SyncSender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SyslogQueue {
+    /// Start the sender thread over a connected `sys`.
+    pub fn start(sys: Syslog) -> io::Result<SyslogQueue> {
+        let (tx, rx) = sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let d = dropped.clone();
+        std::thread::Builder::new()
+            .name("nettool-syslog".into())
+            .spawn(move || sender(sys, rx, d))?;
+        Ok(SyslogQueue { tx, dropped })
+    }
+
+    /// Queue one line; never waits.
+    pub fn log(&self, level: Level, msg: &str) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(level, msg.to_owned())) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Wait up to `within` for the queued lines to reach the daemon (at exit); false if the
+    /// daemon did not take them in time.
+    pub fn flush(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let (ack, done) = sync_channel(1);
+        let mut msg = Msg::Flush(ack);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+}
+
+fn sender(mut sys: Syslog, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
+    let report_drops = |sys: &mut Syslog| {
+        let n = dropped.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            let why = format!(
+                "{n} log line(s) dropped: the syslog daemon at {} did not keep up",
+                sys.path.display()
+            );
+            let _ = sys.send(Level::Warn, &why);
+        }
+    };
+    while let Ok(m) = rx.recv() {
+        match m {
+            Msg::Line(level, line) => {
+                report_drops(&mut sys);
+                // A line the daemon refuses (it went away for good) is lost; nothing to tell.
+                let _ = sys.send(level, &line);
+            }
+            Msg::Flush(ack) => {
+                report_drops(&mut sys);
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
 /// `Nov 27 23:58:04` in local time (day padded with a space, as RFC 3164 says).
 fn stamp(unix_secs: i64) -> String {
     const MONTHS: [&str; 12] = [
@@ -193,10 +276,70 @@ mod tests {
         assert_eq!(&line[13..14], ":", "{line}");
         assert_eq!(severity(Level::Error), 3);
         assert_eq!(severity(Level::Debug), 7);
-        let _ = std::fs::remove_dir_all(&dir);
         let e = Syslog::connect(&dir.join("none"), "x")
             .unwrap_err()
             .to_string();
         assert!(e.contains("no syslog daemon listens there"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stalled_daemon_costs_dropped_lines_that_are_counted_never_a_wait() {
+        let dir = std::env::temp_dir().join(format!("nt-syslog-q-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("stalled.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let q = SyslogQueue::start(Syslog::connect(&path, "t").unwrap()).unwrap();
+        // Nobody reads: the daemon's socket and then the queue fill up; logging never blocks.
+        let total = QUEUE + 300;
+        for i in 0..total {
+            q.log(Level::Info, &format!("line {i}"));
+        }
+        // The daemon comes back and reads everything.
+        let got = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok(n) = rx.recv(&mut buf) {
+                let l = String::from_utf8_lossy(&buf[..n]).into_owned();
+                g.lock().unwrap().push(l);
+            }
+        });
+        assert!(q.flush(Duration::from_secs(10)), "the queue drains");
+        // Dropped lines are reported in notes ("N log line(s) dropped: ..."), one per run of drops.
+        let suffix = format!(
+            " log line(s) dropped: the syslog daemon at {} did not keep up",
+            path.display()
+        );
+        let count = |lines: &[String]| {
+            let dropped: usize = lines
+                .iter()
+                .filter_map(|l| {
+                    l.split_once("]: ")?
+                        .1
+                        .strip_suffix(&suffix)?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .sum();
+            let delivered = lines.iter().filter(|l| l.contains("]: line ")).count();
+            (delivered, dropped)
+        };
+        // Every line either reaches the daemon or is in a count.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (delivered, dropped) = count(&got.lock().unwrap());
+            if delivered + dropped == total {
+                assert!(dropped > 0, "nothing dropped");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{delivered} delivered + {dropped} dropped != {total} logged"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
