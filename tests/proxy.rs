@@ -1988,8 +1988,15 @@ fn use_listen_fd_serves_on_the_socket_the_parent_bound() {
         unbound(socket2::Type::STREAM),
         unbound(socket2::Type::DGRAM),
     );
-    let cases: [(Option<&dyn AsRawFd>, &str, &str); 6] = [
+    // A connection, not a listener: listen() fails with a bare EINVAL.
+    let connected = connect_in(&ns, "127.0.0.1:7000").unwrap();
+    let cases: [(Option<&dyn AsRawFd>, &str, &str); 7] = [
         (Some(&file), "tcp", "it is a regular file, not a tcp socket"),
+        (
+            Some(&connected),
+            "tcp",
+            "it is a connected TCP socket (to 127.0.0.1:7000), not one to listen on",
+        ),
         (Some(&tcp_unbound), "tcp", "it is not bound to an address"),
         (Some(&udp_unbound), "udp", "it is not bound to an address"),
         (

@@ -553,7 +553,7 @@ pub fn docker_proxy_entry() -> Option<i32> {
         if d.use_listen_fd {
             // SAFETY: with -use-listen-fd the parent passes the listening socket as fd 4; we take it once.
             if unsafe { libc::fcntl(4, libc::F_GETFD) } < 0 {
-                bail!("-use-listen-fd given but fd 4 is not open");
+                bail!("-use-listen-fd given but fd 4 is not open: the parent must pass the socket it bound as fd 4 (as a newer dockerd does), or leave out -use-listen-fd and the proxy binds -host-ip:-host-port itself");
             }
             plan.listen_fd = Some(unsafe { OwnedFd::from_raw_fd(4) });
         }

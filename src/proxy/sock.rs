@@ -204,6 +204,11 @@ pub fn check_passed_socket(fd: &std::os::fd::OwnedFd, proto: super::Proto) -> io
         )));
     }
     if proto == super::Proto::Tcp && !s.is_listener()? {
+        if let Some(peer) = s.peer_addr().ok().and_then(|a| a.as_socket()) {
+            return Err(io::Error::other(format!(
+                "it is a connected TCP socket (to {peer}), not one to listen on: the parent must pass the socket it bound for -host-ip:-host-port"
+            )));
+        }
         s.listen(BACKLOG)?;
     }
     Ok(())

@@ -72,8 +72,14 @@ mod tests {
         let got: Vec<Vec<u8>> = (0..KEEP).map(|_| take()).collect();
         assert!(got.iter().all(|v| v.len() == CHUNK));
         assert!(got.iter().any(|v| v.as_ptr() == ptr));
-        // A right-sized small copy never enters the pool.
+        // A right-sized small copy never enters the pool (no other test pools CHUNK buffers).
+        let before = POOL.lock().unwrap().len();
         recycle(Arc::new(vec![1u8; 10]));
+        assert_eq!(
+            POOL.lock().unwrap().len(),
+            before,
+            "a small copy was pooled"
+        );
         for v in got {
             give(v);
         }
