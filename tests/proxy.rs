@@ -2194,3 +2194,60 @@ fn a_stalled_syslog_daemon_does_not_hold_up_the_forwarding() {
     let all = lines.lock().unwrap().clone();
     assert!(all.contains("counters at exit"), "{all}");
 }
+
+#[test]
+fn a_huge_pcap_files_count_costs_no_more_than_the_files_that_exist() {
+    let ns = lab("pxrotn");
+    let dir = TempDir::new("pxrotn");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let pcap = dir.join("cap.pcap");
+    // Keep "as many as possible": rotation must not try billions of renames each time (the
+    // dump is lossless, so a stuck writer would stall the forwarding with it).
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "8080",
+            "127.0.0.1:7000",
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--pcap-max-mb",
+            "0.01",
+            "--pcap-files",
+            "4000000000",
+            "--dump-queue",
+            "4",
+        ],
+    );
+    for round in 0..3 {
+        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let data = payload(60_000, round);
+        let mut answer = String::new();
+        let r = s
+            .write_all(&data)
+            .and_then(|_| s.shutdown(Shutdown::Write))
+            .and_then(|_| s.read_to_string(&mut answer));
+        assert!(
+            r.is_ok() && answer == "60000",
+            "round {round}: {r:?} {answer:?}; log: {}",
+            p.log()
+        );
+    }
+    let log = p.stop();
+    assert!(!log.contains("failed"), "{log}");
+    // Each 60 kB chunk is a record over the 10 kB cap, once per leg: at least 6 rotations,
+    // numbered without gaps.
+    let n = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cap.pcap"))
+        .count();
+    assert!(n >= 7, "{n} files");
+    for i in 1..n {
+        let f = dir.join(&format!("cap.pcap.{i}"));
+        assert!(f.exists(), "{} missing", f.display());
+        pcap_records(&f);
+    }
+}

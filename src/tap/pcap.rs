@@ -186,7 +186,14 @@ impl PcapSink {
             s.push(format!(".{i}"));
             PathBuf::from(s)
         };
-        for i in (1..self.opts.files - 1).rev() {
+        // Shift only the files there are (FILE.1 ... FILE.k, k < files - 1): a large
+        // --pcap-files must not cost that many renames per rotation, with the forwarding
+        // waiting on this thread.
+        let mut have = 0;
+        while have + 1 < self.opts.files - 1 && name(have + 1).exists() {
+            have += 1;
+        }
+        for i in (1..=have).rev() {
             let _ = std::fs::rename(name(i), name(i + 1));
         }
         std::fs::rename(p, name(1))?;
