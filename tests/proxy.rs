@@ -2251,3 +2251,54 @@ fn a_huge_pcap_files_count_costs_no_more_than_the_files_that_exist() {
         pcap_records(&f);
     }
 }
+
+#[test]
+fn a_full_disk_leaves_a_pcap_that_ends_on_a_whole_record() {
+    let ns = lab("pxpfull");
+    let dir = TempDir::new("pxpfull");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let mnt = dir.join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    common::sh(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=64k",
+        "nt-test-tmpfs",
+        mnt.to_str().unwrap(),
+    ]);
+    let _guard = Tmpfs(mnt.clone());
+    let pcap = mnt.join("cap.pcap");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &["--pcap", pcap.to_str().unwrap(), "8080", "127.0.0.1:7000"],
+    );
+    // Small writes first (records gathered in the buffer), then bulk (written from the chunk).
+    for size in [100usize, 300_000] {
+        let data = payload(size, size as u32);
+        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        let mut w = s.try_clone().unwrap();
+        let d2 = data.clone();
+        let t = std::thread::spawn(move || {
+            for c in d2.chunks(700) {
+                w.write_all(c).unwrap();
+            }
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        t.join().unwrap();
+        assert_eq!(back, data, "{size} bytes echoed");
+    }
+    let log = p.stop();
+    assert!(
+        log.contains("failed: No space left on device") && log.contains("forwarding continues"),
+        "{log}"
+    );
+    // What did reach the disk is a pcap tshark reads to the end: no half record at the tail.
+    let (_, _, records) = pcap_records(&pcap);
+    assert!(records > 0);
+    assert_eq!(tshark_reads(&pcap), records);
+}

@@ -65,6 +65,8 @@ pub struct PcapSink {
 struct RecordWriter {
     file: File,
     pending: Vec<u8>,
+    /// Bytes in the file that end on a whole record: where a failed write is cut back to.
+    synced: u64,
 }
 
 /// Pending bytes written out once this much has gathered.
@@ -84,24 +86,51 @@ impl RecordWriter {
             }
             return Ok(());
         }
+        let total = (self.pending.len() + payload.len()) as u64;
         let mut bufs = [IoSlice::new(&self.pending), IoSlice::new(payload)];
         let mut bufs: &mut [IoSlice<'_>] = &mut bufs;
+        let mut failed = None;
         while !bufs.is_empty() {
             match self.file.write_vectored(bufs) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(0) => {
+                    failed = Some(std::io::ErrorKind::WriteZero.into());
+                    break;
+                }
                 Ok(n) => IoSlice::advance_slices(&mut bufs, n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
+        if let Some(e) = failed {
+            return Err(self.cut(e));
+        }
+        self.synced += total;
         self.pending.clear();
         Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.write_all(&self.pending)?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.pending) {
+            return Err(self.cut(e));
+        }
+        self.synced += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
+    }
+
+    /// A write failed part way (disk full): cut the file back to its last whole record, so
+    /// readers do not find a torn one at the end, and drop what was pending (the capture
+    /// stops; writing it again later would only tear the file anew).
+    fn cut(&mut self, e: std::io::Error) -> std::io::Error {
+        let _ = self.file.set_len(self.synced);
+        self.pending.clear();
+        e
     }
 }
 
@@ -123,7 +152,11 @@ fn create(path: &std::path::Path) -> Result<RecordWriter, TapError> {
             path: path.into(),
             source: io(e),
         })?;
-    Ok(RecordWriter { file, pending })
+    Ok(RecordWriter {
+        file,
+        pending,
+        synced: 0,
+    })
 }
 
 fn io(e: pcap_file::PcapError) -> std::io::Error {
