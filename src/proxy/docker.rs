@@ -37,6 +37,16 @@ pub enum DockerProxyError {
         /// What is wrong.
         why: String,
     },
+    /// A NETTOOL_PROXY_* environment variable has a value that cannot be used.
+    #[error("environment variable {var}={value:?}: expected {want} (fix or unset it in the environment dockerd runs with)")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        want: &'static str,
+    },
 }
 
 /// docker-proxy's command line.
@@ -247,6 +257,9 @@ pub struct DockerProxyConfig {
     pub udp_timeout: Option<u64>,
 }
 
+/// The `dump` values docker-proxy mode takes ("" = not set).
+const DUMP_MODES: [&str; 5] = ["text", "hex", "json", "off", ""];
+
 impl DockerProxyConfig {
     /// Read the config file (NETTOOL_PROXY_CONFIG or /etc/nettool/docker-proxy.toml; a missing
     /// file is fine) and apply the NETTOOL_PROXY_* environment on top.
@@ -272,38 +285,62 @@ impl DockerProxyConfig {
                 *slot = Some(v);
             }
         };
+        // The file's dump value is checked here; the environment's below, under its own name.
+        if let Some(d) = cfg.dump.as_deref() {
+            if !DUMP_MODES.contains(&d) {
+                return Err(DockerProxyError::Config {
+                    path,
+                    why: format!("dump = {d:?}: expected \"text\", \"hex\", \"json\" or \"off\""),
+                });
+            }
+        }
+        if let Some(mb) = cfg.pcap_max_mb {
+            if !(mb.is_finite() && mb >= 0.001) {
+                return Err(DockerProxyError::Config {
+                    path,
+                    why: format!("pcap_max_mb = {mb}: expected at least 0.001 (megabytes)"),
+                });
+            }
+        }
         set(&mut cfg.log_file, "NETTOOL_PROXY_LOG");
         set(&mut cfg.dump, "NETTOOL_PROXY_DUMP");
         set(&mut cfg.dump_file, "NETTOOL_PROXY_DUMP_FILE");
         set(&mut cfg.pcap, "NETTOOL_PROXY_PCAP");
         set(&mut cfg.streams, "NETTOOL_PROXY_STREAMS");
-        let bad = |key: &str, v: &str, want: &str| DockerProxyError::Config {
-            path: path.clone(),
-            why: format!("{key} = {v:?}: expected {want}"),
+        let bad = |var: &'static str, value: String, want: &'static str| DockerProxyError::Env {
+            var,
+            value,
+            want,
         };
+        if let Some(d) = env("NETTOOL_PROXY_DUMP").filter(|v| !DUMP_MODES.contains(&v.as_str())) {
+            return Err(bad(
+                "NETTOOL_PROXY_DUMP",
+                d,
+                "\"text\", \"hex\", \"json\" or \"off\"",
+            ));
+        }
         if let Some(v) = env("NETTOOL_PROXY_PCAP_MAX_MB").filter(|v| !v.is_empty()) {
-            cfg.pcap_max_mb = Some(
-                v.parse()
-                    .map_err(|_| bad("NETTOOL_PROXY_PCAP_MAX_MB", &v, "megabytes"))?,
-            );
-        }
-        if let Some(v) = env("NETTOOL_PROXY_PCAP_FILES").filter(|v| !v.is_empty()) {
-            cfg.pcap_files = Some(
-                v.parse()
-                    .map_err(|_| bad("NETTOOL_PROXY_PCAP_FILES", &v, "a file count"))?,
-            );
-        }
-        if let Some(mb) = cfg.pcap_max_mb {
-            if !(mb.is_finite() && mb >= 0.001) {
-                return Err(bad("pcap_max_mb", &mb.to_string(), "at least 0.001"));
+            match v.parse::<f64>() {
+                Ok(mb) if mb.is_finite() && mb >= 0.001 => cfg.pcap_max_mb = Some(mb),
+                _ => {
+                    return Err(bad(
+                        "NETTOOL_PROXY_PCAP_MAX_MB",
+                        v,
+                        "megabytes, at least 0.001",
+                    ))
+                }
             }
         }
-        if let Some(d) = cfg.dump.as_deref() {
-            if !matches!(d, "text" | "hex" | "json" | "off" | "") {
-                return Err(DockerProxyError::Config {
-                    path,
-                    why: format!("dump = {d:?}: expected \"text\", \"hex\", \"json\" or \"off\""),
-                });
+        if let Some(v) = env("NETTOOL_PROXY_PCAP_FILES").filter(|v| !v.is_empty()) {
+            match v.parse::<u32>() {
+                Ok(n) => cfg.pcap_files = Some(n),
+                Err(_) => {
+                    return Err(bad(
+                        "NETTOOL_PROXY_PCAP_FILES",
+                        v,
+                        "a file count (1 or more)",
+                    ))
+                }
             }
         }
         Ok(cfg)
@@ -408,14 +445,43 @@ mod tests {
         })
         .unwrap();
         assert_eq!((cfg.pcap_max_mb, cfg.pcap_files), (Some(0.5), Some(4)));
-        for bad in ["0", "-1", "lots"] {
-            assert!(DockerProxyConfig::load(|k| match k {
+        // A bad value from the environment is blamed on the variable, not on a config file
+        // that may not even exist.
+        for (var, bad) in [
+            ("NETTOOL_PROXY_PCAP_MAX_MB", "0"),
+            ("NETTOOL_PROXY_PCAP_MAX_MB", "-1"),
+            ("NETTOOL_PROXY_PCAP_MAX_MB", "lots"),
+            ("NETTOOL_PROXY_PCAP_FILES", "-1"),
+            ("NETTOOL_PROXY_DUMP", "loud"),
+        ] {
+            let e = DockerProxyConfig::load(|k| match k {
                 "NETTOOL_PROXY_CONFIG" => Some("/nonexistent/x.toml".into()),
-                "NETTOOL_PROXY_PCAP_MAX_MB" => Some(bad.into()),
+                k if k == var => Some(bad.into()),
                 _ => None,
             })
-            .is_err());
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with(&format!("environment variable {var}={bad:?}: expected "))
+                    && !e.contains("x.toml"),
+                "{e}"
+            );
         }
+        // One from the file names the file and the key.
+        let dir = std::env::temp_dir().join(format!("nt-dpcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "pcap_max_mb = 0\n").unwrap();
+        let e = DockerProxyConfig::load(|k| {
+            (k == "NETTOOL_PROXY_CONFIG").then(|| file.to_str().unwrap().into())
+        })
+        .unwrap_err()
+        .to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            e.starts_with(&format!("{}: pcap_max_mb = 0: expected", file.display())),
+            "{e}"
+        );
         assert!(
             DockerProxyConfig::load(|k| (k == "NETTOOL_PROXY_DUMP").then(|| "loud".into()))
                 .is_err()
