@@ -549,7 +549,7 @@ fn parse_megabytes(s: &str) -> Result<u64, String> {
     match s.trim().parse::<f64>() {
         Ok(mb) if mb.is_finite() && mb * 1e6 >= 1000.0 && mb <= 1e9 => Ok((mb * 1e6) as u64),
         _ => Err(format!(
-            "'{s}' is not a size in megabytes of at least 0.001 (e.g. 100 or 0.5)"
+            "'{s}' is not a size in megabytes from 0.001 to 1000000000 (e.g. 100 or 0.5)"
         )),
     }
 }

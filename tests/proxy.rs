@@ -2302,3 +2302,33 @@ fn a_full_disk_leaves_a_pcap_that_ends_on_a_whole_record() {
     assert!(records > 0);
     assert_eq!(tshark_reads(&pcap), records);
 }
+
+#[test]
+fn pcap_max_mb_out_of_range_says_the_range() {
+    let ns = lab("pxmb");
+    // Too big was reported as "not ... of at least 0.001".
+    for v in ["0", "0.0001", "1e20", "nan"] {
+        let o = nettool_in_ns(
+            &ns,
+            &[
+                "proxy",
+                "--pcap",
+                "/dev/null",
+                "--pcap-max-mb",
+                v,
+                "8080",
+                "127.0.0.1:1",
+            ],
+        )
+        .output()
+        .unwrap();
+        let t = common::text(&o);
+        assert_eq!(o.status.code(), Some(2), "{v}: {t}");
+        assert!(
+            t.contains(&format!(
+                "'{v}' is not a size in megabytes from 0.001 to 1000000000"
+            )),
+            "{v}: {t}"
+        );
+    }
+}
