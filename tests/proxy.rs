@@ -2332,3 +2332,36 @@ fn pcap_max_mb_out_of_range_says_the_range() {
         );
     }
 }
+
+#[test]
+fn a_pcap_deleted_under_rotation_is_named_in_the_error() {
+    let ns = lab("pxrotdel");
+    let dir = TempDir::new("pxrotdel");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let pcap = dir.join("cap.pcap");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "8080",
+            "127.0.0.1:7000",
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--pcap-max-mb",
+            "0.01",
+            "--pcap-files",
+            "3",
+        ],
+    );
+    std::fs::remove_file(&pcap).unwrap();
+    assert_eq!(send_count(&ns, "127.0.0.1:8080", 30_000), "30000");
+    let log = p.stop();
+    let want = format!(
+        "cannot rotate {0}: renaming it to {0}.1: No such file or directory",
+        pcap.display()
+    );
+    assert!(
+        log.contains(&want) && log.contains("forwarding continues"),
+        "{log}"
+    );
+}

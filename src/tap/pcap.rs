@@ -229,7 +229,16 @@ impl PcapSink {
         for i in (1..=have).rev() {
             let _ = std::fs::rename(name(i), name(i + 1));
         }
-        std::fs::rename(p, name(1))?;
+        std::fs::rename(p, name(1)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot rotate {}: renaming it to {}: {e} (was it moved or deleted? restart the capture)",
+                    p.display(),
+                    name(1).display()
+                ),
+            )
+        })?;
         self.out = Some(create(p).map_err(|e| std::io::Error::other(e.to_string()))?);
         self.written = 24;
         Ok(())
