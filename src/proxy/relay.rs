@@ -57,10 +57,8 @@ fn is_reset(e: &io::Error) -> bool {
 }
 
 fn shutdown_write(s: &TcpStream) {
-    // SAFETY: shutdown on a valid socket fd; errors (already reset) do not matter here.
-    unsafe {
-        libc::shutdown(s.as_raw_fd(), libc::SHUT_WR);
-    }
+    // Errors (already reset) do not matter here.
+    let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
 }
 
 struct Pipe {
@@ -81,28 +79,50 @@ impl Pipe {
     }
 }
 
+/// How a failed read ends a direction.
+fn src_end(e: io::Error) -> DirEnd {
+    if is_reset(&e) {
+        DirEnd::SrcReset
+    } else {
+        DirEnd::Error(e)
+    }
+}
+
+/// How a failed write ends a direction.
+fn dst_end(e: io::Error) -> DirEnd {
+    if is_reset(&e) {
+        DirEnd::DstReset
+    } else {
+        DirEnd::Error(e)
+    }
+}
+
+/// Run a non-blocking `op` on `s` each time it is ready for `interest`, until it does not
+/// would-block (tokio clears the readiness on WouldBlock, so this never spins).
+async fn when_ready<R>(
+    s: &TcpStream,
+    interest: Interest,
+    mut op: impl FnMut() -> io::Result<R>,
+) -> io::Result<R> {
+    loop {
+        s.ready(interest).await?;
+        match s.try_io(interest, &mut op) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
 /// Write all of `data` to `dst`.
 async fn write_all(dst: &mut WriteHalf<'_>, data: &[u8]) -> Result<(), DirEnd> {
-    dst.write_all(data).await.map_err(|e| {
-        if is_reset(&e) {
-            DirEnd::DstReset
-        } else {
-            DirEnd::Error(e)
-        }
-    })
+    dst.write_all(data).await.map_err(dst_end)
 }
 
 /// Read once from `src`. Through AsyncRead, not readable() + try_read: tokio then treats a
 /// short read as "drained" (edge-triggered epoll) and waits for the next event instead of
 /// probing with a read that fails EAGAIN, one syscall fewer per exchange.
 async fn read_some(src: &mut ReadHalf<'_>, buf: &mut [u8]) -> Result<usize, DirEnd> {
-    src.read(buf).await.map_err(|e| {
-        if is_reset(&e) {
-            DirEnd::SrcReset
-        } else {
-            DirEnd::Error(e)
-        }
-    })
+    src.read(buf).await.map_err(src_end)
 }
 
 /// Whether the peer's FIN has already been seen on `s` (epoll reported RDHUP), without waiting:
@@ -121,33 +141,15 @@ fn fin_already_here(s: &TcpStream) -> bool {
 /// Write all of `data` with MSG_MORE: the kernel holds it until the FIN that follows (shutdown
 /// or close tacks the FIN onto the queued segment).
 async fn write_corked(dst: &TcpStream, data: &[u8]) -> Result<(), DirEnd> {
+    let sock = socket2::SockRef::from(dst);
     let mut done = 0;
     while done < data.len() {
-        if let Err(e) = dst.writable().await {
-            return Err(DirEnd::Error(e));
-        }
         let left = &data[done..];
-        match dst.try_io(Interest::WRITABLE, || {
-            // SAFETY: send on a valid socket fd from a live slice.
-            let r = unsafe {
-                libc::send(
-                    dst.as_raw_fd(),
-                    left.as_ptr().cast(),
-                    left.len(),
-                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
-                )
-            };
-            if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(r as usize)
-            }
-        }) {
-            Ok(m) => done += m,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if is_reset(&e) => return Err(DirEnd::DstReset),
-            Err(e) => return Err(DirEnd::Error(e)),
-        }
+        done += when_ready(dst, Interest::WRITABLE, || {
+            sock.send_with_flags(left, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+        })
+        .await
+        .map_err(dst_end)?;
     }
     Ok(())
 }
@@ -206,26 +208,21 @@ async fn splice_dir(
     };
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
-        let n = loop {
-            if let Err(e) = src.readable().await {
-                return DirEnd::Error(e);
-            }
-            match src.try_io(Interest::READABLE, || {
-                splice(
-                    src.as_fd(),
-                    None,
-                    pipe.w.as_fd(),
-                    None,
-                    pipe_size() as usize,
-                    flags,
-                )
-                .map_err(io::Error::from)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if is_reset(&e) => return DirEnd::SrcReset,
-                Err(e) => return DirEnd::Error(e),
-            }
+        let n = match when_ready(src, Interest::READABLE, || {
+            splice(
+                src.as_fd(),
+                None,
+                pipe.w.as_fd(),
+                None,
+                pipe_size() as usize,
+                flags,
+            )
+            .map_err(io::Error::from)
+        })
+        .await
+        {
+            Ok(n) => n,
+            Err(e) => return src_end(e),
         };
         if n == 0 {
             pass_fin(dst, ended);
@@ -233,21 +230,18 @@ async fn splice_dir(
         }
         let mut left = n;
         while left > 0 {
-            if let Err(e) = dst.writable().await {
-                return DirEnd::Error(e);
-            }
-            match dst.try_io(Interest::WRITABLE, || {
+            match when_ready(dst, Interest::WRITABLE, || {
                 splice(pipe.r.as_fd(), None, dst.as_fd(), None, left, flags)
                     .map_err(io::Error::from)
-            }) {
+            })
+            .await
+            {
                 Ok(m) => {
                     left -= m;
                     total.fetch_add(m as u64, Ordering::Relaxed);
                     counter.fetch_add(m as u64, Ordering::Relaxed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if is_reset(&e) => return DirEnd::DstReset,
-                Err(e) => return DirEnd::Error(e),
+                Err(e) => return dst_end(e),
             }
         }
     }
