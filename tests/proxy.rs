@@ -312,18 +312,7 @@ fn backend_down_resets_the_client_and_says_why() {
     let ns = lab("pxdown");
     let dir = TempDir::new("pxdown");
     let p = start(Some(&ns), &dir, &["8080", "127.0.0.1:7999"]);
-    // The reset can arrive before connect_timeout's own check (then connect reports it), or
-    // before the first read.
-    let r = connect_in(&ns, "127.0.0.1:8080").and_then(|mut s| {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut buf = [0u8; 16];
-        s.read(&mut buf)
-    });
-    assert_eq!(
-        r.as_ref().map_err(|e| e.kind()).err(),
-        Some(std::io::ErrorKind::ConnectionReset),
-        "expected a reset, got {r:?}"
-    );
+    expect_reset(&ns, "127.0.0.1:8080");
     let log = p.stop();
     assert!(
         log.contains("cannot connect to backend 127.0.0.1:7999: Connection refused")
@@ -830,11 +819,8 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_full_dump_disk_stops_the_dump_not_the_forwarding() {
-    let ns = lab("pxfull");
-    let dir = TempDir::new("pxfull");
-    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+/// A 64 KB tmpfs at DIR/small, to fill a dump destination quickly; unmounted when the guard drops.
+fn small_tmpfs(dir: &TempDir) -> (PathBuf, Tmpfs) {
     let mnt = dir.join("small");
     std::fs::create_dir_all(&mnt).unwrap();
     common::sh(&[
@@ -846,7 +832,15 @@ fn a_full_dump_disk_stops_the_dump_not_the_forwarding() {
         "nt-test-tmpfs",
         mnt.to_str().unwrap(),
     ]);
-    let _guard = Tmpfs(mnt.clone());
+    (mnt.clone(), Tmpfs(mnt))
+}
+
+#[test]
+fn a_full_dump_disk_stops_the_dump_not_the_forwarding() {
+    let ns = lab("pxfull");
+    let dir = TempDir::new("pxfull");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let (mnt, _guard) = small_tmpfs(&dir);
     let dump = mnt.join("dump.txt");
     let p = start(
         Some(&ns),
@@ -1302,7 +1296,29 @@ fn term(mut child: ChildGuard) -> String {
     err
 }
 
-/// A backend-down connection through the proxy: the client sees a reset.
+/// A proxy logging to the syslog socket at `sock`, with a healthy mapping on 127.0.0.1:8080
+/// (backend 127.0.0.1:7000) and one whose backend is down on 127.0.0.1:8081; waits for fd 3.
+fn spawn_syslog_proxy(ns: &TestNs, sock: &Path) -> (ChildGuard, String) {
+    let mut cmd = nettool_in_ns(
+        ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "--syslog-socket",
+            sock.to_str().unwrap(),
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "127.0.0.1:8081=127.0.0.1:7999",
+        ],
+    );
+    cmd.env("NO_COLOR", "1");
+    spawn_ready(cmd)
+}
+
+/// A backend-down connection through the proxy: the client sees a reset. It can arrive before
+/// connect_timeout's own check (then connect reports it), or before the first read.
 fn expect_reset(ns: &TestNs, addr: &str) {
     let r = connect_in(ns, addr).and_then(|mut s| {
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -1322,22 +1338,7 @@ fn syslog_lines_carry_daemon_priorities_and_the_tag() {
     let dir = TempDir::new("pxsys");
     count_backend(listen_in(&ns, "127.0.0.1:7000"));
     let sys = SyslogSink::new(&dir, "log.sock");
-    let mut cmd = nettool_in_ns(
-        &ns,
-        &[
-            "proxy",
-            "--ready-fd",
-            "3",
-            "--syslog-socket",
-            sys.path.to_str().unwrap(),
-            "-p",
-            "127.0.0.1:8080=127.0.0.1:7000",
-            "-p",
-            "127.0.0.1:8081=127.0.0.1:7999",
-        ],
-    );
-    cmd.env("NO_COLOR", "1");
-    let (child, ready) = spawn_ready(cmd);
+    let (child, ready) = spawn_syslog_proxy(&ns, &sys.path);
     assert_eq!(ready, "0\n", "syslog so far: {}", sys.all());
     let pid = child.pid();
     assert_eq!(send_count(&ns, "127.0.0.1:8080", 1234), "1234");
@@ -2138,22 +2139,7 @@ fn a_stalled_syslog_daemon_does_not_hold_up_the_forwarding() {
     // A daemon that never reads: its queue fills after a few lines and a send then blocks.
     let path = dir.join("stalled.sock");
     let stalled = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    let mut cmd = nettool_in_ns(
-        &ns,
-        &[
-            "proxy",
-            "--ready-fd",
-            "3",
-            "--syslog-socket",
-            path.to_str().unwrap(),
-            "-p",
-            "127.0.0.1:8080=127.0.0.1:7000",
-            "-p",
-            "127.0.0.1:8081=127.0.0.1:7999",
-        ],
-    );
-    cmd.env("NO_COLOR", "1");
-    let (child, ready) = spawn_ready(cmd);
+    let (child, ready) = spawn_syslog_proxy(&ns, &path);
     assert_eq!(ready, "0\n");
     // 200 clients of the mapping whose backend is down: a warning line each. (A client may
     // see its reset before connect() returns.)
@@ -2257,18 +2243,7 @@ fn a_full_disk_leaves_a_pcap_that_ends_on_a_whole_record() {
     let ns = lab("pxpfull");
     let dir = TempDir::new("pxpfull");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let mnt = dir.join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    common::sh(&[
-        "mount",
-        "-t",
-        "tmpfs",
-        "-o",
-        "size=64k",
-        "nt-test-tmpfs",
-        mnt.to_str().unwrap(),
-    ]);
-    let _guard = Tmpfs(mnt.clone());
+    let (mnt, _guard) = small_tmpfs(&dir);
     let pcap = mnt.join("cap.pcap");
     let p = start(
         Some(&ns),
