@@ -214,23 +214,16 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
             sinks,
             plan.queue,
             Box::new(move |f| {
-                if f.limit_reached {
-                    hook_log.log(
-                        Level::Warn,
-                        &format!(
-                            "{} stopped as asked: {}; forwarding continues",
-                            f.sink, f.error
-                        ),
-                    )
+                // A cap that was asked for is a planned stop, not a fault.
+                let (level, what, then) = if f.limit_reached {
+                    (Level::Warn, "stopped as asked", "")
                 } else {
-                    hook_log.log(
-                        Level::Error,
-                        &format!(
-                            "{} failed: {}; that dump is stopped, forwarding continues",
-                            f.sink, f.error
-                        ),
-                    )
-                }
+                    (Level::Error, "failed", "that dump is stopped, ")
+                };
+                hook_log.log(
+                    level,
+                    &format!("{} {what}: {}; {then}forwarding continues", f.sink, f.error),
+                )
             }),
         );
         (Some(t), Some(w))
