@@ -1991,7 +1991,28 @@ fn use_listen_fd_serves_on_the_socket_the_parent_bound() {
     );
     // A connection, not a listener: listen() fails with a bare EINVAL.
     let connected = connect_in(&ns, "127.0.0.1:7000").unwrap();
-    let cases: [(Option<&dyn AsRawFd>, &str, &str); 7] = [
+    // Right type, wrong protocol: an MPTCP listener for -proto tcp, a UDP-Lite socket for udp.
+    let other_proto = |ty, proto: i32, addr: &'static str| {
+        inside(&ns, move || {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                ty,
+                Some(socket2::Protocol::from(proto)),
+            )
+            .unwrap_or_else(|e| panic!("protocol {proto} socket (kernel module?): {e}"));
+            s.bind(&addr.parse::<std::net::SocketAddr>().unwrap().into())
+                .unwrap();
+            s
+        })
+    };
+    let mptcp = other_proto(socket2::Type::STREAM, libc::IPPROTO_MPTCP, "127.0.0.1:8090");
+    mptcp.listen(8).unwrap();
+    let udplite = other_proto(
+        socket2::Type::DGRAM,
+        libc::IPPROTO_UDPLITE,
+        "127.0.0.1:8091",
+    );
+    let cases: [(Option<&dyn AsRawFd>, &str, &str); 9] = [
         (Some(&file), "tcp", "it is a regular file, not a tcp socket"),
         (
             Some(&connected),
@@ -2006,6 +2027,8 @@ fn use_listen_fd_serves_on_the_socket_the_parent_bound() {
             "it is a UDP (datagram) socket but -proto is tcp",
         ),
         (Some(&unix), "udp", "it is not an IPv4 or IPv6 socket"),
+        (Some(&mptcp), "tcp", "it is an MPTCP socket, not tcp"),
+        (Some(&udplite), "udp", "it is a UDP-Lite socket, not udp"),
         (None, "tcp", "-use-listen-fd given but fd 4 is not open"),
     ];
     for (fd4, proto, why) in cases {

@@ -156,8 +156,21 @@ impl Dialer {
     }
 }
 
+/// "an MPTCP", "an SCTP", ... for an error message about a socket's protocol.
+fn protocol_name(p: Protocol) -> String {
+    match i32::from(p) {
+        libc::IPPROTO_TCP => "a TCP".into(),
+        libc::IPPROTO_UDP => "a UDP".into(),
+        libc::IPPROTO_MPTCP => "an MPTCP".into(),
+        libc::IPPROTO_SCTP => "an SCTP".into(),
+        libc::IPPROTO_UDPLITE => "a UDP-Lite".into(),
+        libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => "an ICMP (ping)".into(),
+        n => format!("an IP protocol {n}"),
+    }
+}
+
 /// Check a socket handed over by the parent (docker-proxy `-use-listen-fd`) before serving on
-/// it: an IPv4/IPv6 socket of the right type. A TCP socket that is bound but not yet listening
+/// it: an IPv4/IPv6 socket of the right type and protocol. A TCP socket that is bound but not yet listening
 /// is put into the listening state here. The error says what the descriptor really is.
 pub fn check_passed_socket(fd: &std::os::fd::OwnedFd, proto: super::Proto) -> io::Result<()> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -194,6 +207,20 @@ pub fn check_passed_socket(fd: &std::os::fd::OwnedFd, proto: super::Proto) -> io
         return Err(io::Error::other(format!(
             "it is {other} socket but -proto is {proto}"
         )));
+    }
+    // A stream or datagram socket of another protocol (MPTCP, SCTP, UDP-Lite, an ICMP ping
+    // socket) passes the type check but is not what -proto names: refuse it by name.
+    let want_proto = match proto {
+        super::Proto::Tcp => Protocol::TCP,
+        super::Proto::Udp => Protocol::UDP,
+    };
+    if let Some(got) = s.protocol()? {
+        if got != want_proto {
+            return Err(io::Error::other(format!(
+                "it is {} socket, not {proto}: the parent must pass a plain {proto} socket",
+                protocol_name(got)
+            )));
+        }
     }
     // Unbound, listen() would pick a random port on every address (and an unbound UDP
     // socket never receives): the parent forgot the bind.
