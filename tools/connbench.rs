@@ -1,8 +1,12 @@
 //! Short-connection benchmark helper for tools/bench-proxy (std only; built with rustc -O).
 //!   connbench serve ADDR            accept, read a request line, answer, close (4 threads)
 //!   connbench client ADDR SECS N    N threads connect/send/receive/close for SECS; prints conns/s
+//!   connbench splice LISTEN TARGET  the floor for a splice proxy: per connection one blocking
+//!                                   thread per direction, socket -> 1 MiB pipe -> socket, no
+//!                                   event loop, no logging, no half-close or reset care
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +76,56 @@ fn main() {
             let el = t0.elapsed().as_secs_f64();
             println!("{:.0} {}", done.load(Ordering::Relaxed) as f64 / el, errs.load(Ordering::Relaxed));
         }
-        _ => eprintln!("usage: connbench serve ADDR | client ADDR SECS THREADS"),
+        Some("splice") => {
+            let l = TcpListener::bind(&a[2]).expect("bind");
+            for c in l.incoming().flatten() {
+                let Ok(b) = TcpStream::connect(&a[3]) else { continue };
+                let _ = (c.set_nodelay(true), b.set_nodelay(true));
+                let (c2, b2) = (c.try_clone().unwrap(), b.try_clone().unwrap());
+                std::thread::spawn(move || splice_dir(c, b));
+                std::thread::spawn(move || splice_dir(b2, c2));
+            }
+        }
+        _ => eprintln!("usage: connbench serve ADDR | client ADDR SECS THREADS | splice LISTEN TARGET"),
     }
+}
+
+extern "C" {
+    fn splice(fd_in: i32, off_in: *mut i64, fd_out: i32, off_out: *mut i64, len: usize, flags: u32) -> isize;
+    fn pipe(fds: *mut i32) -> i32;
+    fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+    fn close(fd: i32) -> i32;
+}
+const F_SETPIPE_SZ: i32 = 1031;
+const SPLICE_F_MOVE: u32 = 1;
+const PIPE: usize = 1 << 20;
+
+/// Blocking splice of one direction until EOF or an error, then pass the FIN on.
+fn splice_dir(src: TcpStream, dst: TcpStream) {
+    let mut p = [0i32; 2];
+    // SAFETY: plain syscalls on descriptors this function owns or borrows for its lifetime.
+    unsafe {
+        if pipe(p.as_mut_ptr()) != 0 {
+            return;
+        }
+        fcntl(p[1], F_SETPIPE_SZ, PIPE as i32);
+        let null = std::ptr::null_mut();
+        'copy: loop {
+            let n = splice(src.as_raw_fd(), null, p[1], null, PIPE, SPLICE_F_MOVE);
+            if n <= 0 {
+                break;
+            }
+            let mut left = n as usize;
+            while left > 0 {
+                let m = splice(p[0], null, dst.as_raw_fd(), null, left, SPLICE_F_MOVE);
+                if m <= 0 {
+                    break 'copy;
+                }
+                left -= m as usize;
+            }
+        }
+        close(p[0]);
+        close(p[1]);
+    }
+    let _ = dst.shutdown(Shutdown::Write);
 }
