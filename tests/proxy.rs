@@ -2363,3 +2363,148 @@ fn a_pcap_deleted_under_rotation_is_named_in_the_error() {
         "{log}"
     );
 }
+
+/// One short connection from inside `ns` to `addr`: send `payload`, half-close, read the echo
+/// to EOF. A proxy that stopped forwarding shows up as a read timeout, not a hang.
+fn echo_once(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(payload)?;
+    s.shutdown(Shutdown::Write)?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?;
+    Ok(got)
+}
+
+#[test]
+fn a_log_fifo_nobody_reads_does_not_hold_up_the_forwarding() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let ns = lab("pxfifo");
+    let dir = TempDir::new("pxfifo");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let fifo = dir.join("log.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // The reader opens the FIFO (so the proxy's open for writing does not wait) and then does
+    // not read: once the 64 KiB pipe buffer is full, every write to it blocks.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let mut cmd = nettool_in_ns(
+        &ns,
+        &[
+            "proxy",
+            "-v",
+            "--ready-fd",
+            "3",
+            "--log-file",
+            fifo.to_str().unwrap(),
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+        ],
+    );
+    cmd.env("NO_COLOR", "1");
+    let (child, ready) = spawn_ready(cmd);
+    assert_eq!(ready, "0\n");
+    let pid = child.pid();
+    // Two -v lines per connection, ~250 bytes: 1500 connections are ~375 KB of log, several
+    // times the pipe buffer plus the log queue.
+    const N: usize = 1500;
+    let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let flood = inside(&ns, move || {
+        for i in 0..N {
+            let payload = format!("connection {i} {}", "x".repeat(i % 97)).into_bytes();
+            match echo_once(addr, &payload) {
+                Ok(got) if got == payload => {}
+                Ok(got) => return Err(format!("connection {i}: echo {got:?} != {payload:?}")),
+                Err(e) => {
+                    return Err(format!(
+                        "connection {i}: {e} (the forwarding waited on the log FIFO)"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    });
+    assert_eq!(flood, Ok(()));
+    // The reader starts reading: the lines that found the queue full are reported as dropped.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let g = got.clone();
+    let read_all = std::thread::spawn(move || {
+        let mut r = reader;
+        unsafe {
+            let fl = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(r.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            g.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&got.lock().unwrap()).into_owned();
+    // The count rides with the first line that finds room in the queue again: more
+    // connections (each forwarded) until one of their lines brings the report.
+    let mut more = 0;
+    wait_for("the drop report in the log FIFO", 10, || {
+        more += 1;
+        let payload = format!("after the reader started {more}");
+        let p = payload.clone();
+        let echoed = inside(&ns, move || echo_once(addr, p.as_bytes()).ok());
+        assert_eq!(echoed.as_deref(), Some(payload.as_bytes()));
+        text().contains(" log line(s) dropped: ")
+    });
+    let last = format!("#{} close ", N + more);
+    wait_for("the last connection's close line", 10, || {
+        text().contains(&last)
+    });
+    term(child);
+    read_all.join().unwrap();
+    let all = text();
+    // Whole lines only: `<RFC 3339 UTC> nettool-proxy[PID] LEVEL: message`, the last one ended.
+    assert!(all.ends_with('\n'), "a torn last line: {all}");
+    let prefix = format!(" nettool-proxy[{pid}] ");
+    let report = format!(
+        " log line(s) dropped: the log file {} did not keep up",
+        fifo.display()
+    );
+    let (mut delivered, mut dropped, mut reports) = (0usize, 0usize, 0usize);
+    for line in all.lines() {
+        let (stamp, rest) = line.split_at(27.min(line.len()));
+        assert!(
+            stamp.len() == 27
+                && stamp.ends_with('Z')
+                && &stamp[4..5] == "-"
+                && &stamp[10..11] == "T",
+            "timestamp of {line:?}"
+        );
+        let rest = rest
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("tag of {line:?}"));
+        let (level, msg) = rest
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("level of {line:?}"));
+        if let Some(n) = msg.strip_suffix(&report) {
+            assert_eq!(level, "warn", "{line}");
+            dropped += n.parse::<usize>().unwrap();
+            reports += 1;
+            continue;
+        }
+        let known = msg.starts_with('#') && (msg.contains(" open ") || msg.contains(" close "))
+            || msg == "listening on tcp 127.0.0.1:8080 -> 127.0.0.1:7000"
+            || msg == "SIGTERM: stopping"
+            || msg.starts_with("counters at exit: ");
+        assert!(known, "unexpected line {line:?}");
+        delivered += 1;
+    }
+    assert!(reports > 0 && dropped > 0, "no drop report:\n{all}");
+    // Every line logged was written or counted: listening, open + close per connection,
+    // SIGTERM, the counters.
+    assert_eq!(delivered + dropped, 2 * (N + more) + 3, "{all}");
+    let counters = format!("counters at exit: connections={} ", N + more);
+    assert!(all.contains(&counters), "no {counters:?} in:\n{all}");
+}

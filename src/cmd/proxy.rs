@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -13,10 +13,10 @@ use anyhow::{bail, Context};
 use crate::cli::ProxyArgs;
 use crate::netns::NetNs;
 use crate::proxy::docker::{self, DockerArgs, DockerProxyConfig};
+use crate::proxy::logq::{LineSink, LogQueue, TextLines};
 use crate::proxy::spec::{self, Mapping};
-use crate::proxy::syslog::{self as syslog_client, Syslog, SyslogQueue};
+use crate::proxy::syslog::{self as syslog_client, Syslog};
 use crate::proxy::{Level, Log, Proto, Proxy, ProxyConfig};
-use crate::tap::event::Timestamp;
 use crate::tap::json::{JsonSink, Payload};
 use crate::tap::pcap::{PcapOptions, PcapSink};
 use crate::tap::streams::StreamsSink;
@@ -43,8 +43,8 @@ enum LogTo {
     Nowhere,
 }
 
-/// The tag syslog lines carry: `nettool-proxy[PID]`.
-const SYSLOG_TAG: &str = "nettool-proxy";
+/// The tag every log line carries (file, stderr, syslog): `nettool-proxy[PID]`.
+const LOG_TAG: &str = "nettool-proxy";
 
 /// How the text/hex/json dump is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,59 +76,46 @@ struct Plan {
     warnings: Vec<String>,
 }
 
-/// Holds a log's background sender, if it has one; dropping it waits briefly for the queued
-/// lines (the counters at exit among them) to go out.
-struct LogFlush(Option<Arc<SyslogQueue>>);
+/// Holds the log's queue, if it has one; dropping it waits briefly for the queued lines (the
+/// counters at exit among them) to go out.
+struct LogFlush(Option<Arc<LogQueue>>);
 
 impl Drop for LogFlush {
     fn drop(&mut self) {
         if let Some(q) = &self.0 {
-            q.flush(SYSLOG_EXIT_WAIT);
+            q.flush(LOG_EXIT_WAIT);
         }
     }
 }
 
-/// How long the process waits at exit for syslog to take the lines still queued.
-const SYSLOG_EXIT_WAIT: Duration = Duration::from_secs(2);
+/// How long the process waits at exit for the log destination to take the lines still queued
+/// (a dead one must not hold up SIGTERM for long).
+const LOG_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
-    if let LogTo::Syslog(path) = to {
-        let sys = Syslog::connect(path, SYSLOG_TAG)?;
-        // Sent from a thread of its own: a stalled daemon must not stall the forwarding.
-        let q = Arc::new(SyslogQueue::start(sys).context("start the syslog thread")?);
-        let q2 = q.clone();
-        return Ok((
-            Log::new(max, move |level, msg| q2.log(level, msg)),
-            LogFlush(Some(q)),
-        ));
-    }
-    let pid = std::process::id();
-    let sink: Arc<Mutex<Option<Box<dyn Write + Send>>>> = Arc::new(Mutex::new(match to {
-        LogTo::Stderr => Some(Box::new(std::io::stderr())),
-        LogTo::File(p) => Some(Box::new(tap::open_private(p, true).with_context(|| {
-            format!("--log-file {}: cannot open it for appending", p.display())
-        })?)),
-        LogTo::Nowhere | LogTo::Syslog(_) => None,
-    }));
-    let log = Log::new(max, move |level, msg| {
-        if let Ok(mut g) = sink.lock() {
-            if let Some(w) = g.as_mut() {
-                let lvl = match level {
-                    Level::Error => "error",
-                    Level::Warn => "warn",
-                    Level::Info => "info",
-                    Level::Debug => "debug",
-                };
-                let _ = writeln!(
-                    w,
-                    "{} nettool-proxy[{pid}] {lvl}: {msg}",
-                    Timestamp::now().rfc3339()
-                );
-                let _ = w.flush();
-            }
+    let sink: Box<dyn LineSink> = match to {
+        LogTo::Nowhere => return Ok((Log::new(max, |_, _| {}), LogFlush(None))),
+        LogTo::Syslog(path) => Box::new(Syslog::connect(path, LOG_TAG)?),
+        LogTo::Stderr => Box::new(TextLines::new(
+            Box::new(std::io::stderr()),
+            "stderr",
+            LOG_TAG,
+        )),
+        LogTo::File(p) => {
+            let f = tap::open_private(p, true).with_context(|| {
+                format!("--log-file {}: cannot open it for appending", p.display())
+            })?;
+            let what = format!("the log file {}", p.display());
+            Box::new(TextLines::new(Box::new(f), &what, LOG_TAG))
         }
-    });
-    Ok((log, LogFlush(None)))
+    };
+    // Written from a thread of its own: a destination that stalls must not stall the forwarding.
+    let q = Arc::new(LogQueue::start(sink).context("start the log thread")?);
+    let q2 = q.clone();
+    Ok((
+        Log::new(max, move |level, msg| q2.log(level, msg)),
+        LogFlush(Some(q)),
+    ))
 }
 
 /// Set once the readiness fd has been answered (and closed): never write to that number again,
@@ -535,7 +522,7 @@ pub fn docker_proxy_entry() -> Option<i32> {
         if let LogTo::Syslog(p) = &plan.log_to {
             // A missing syslog daemon must not stop `docker run -p`: forward anyway, say it on
             // stderr (seen when run by hand; dockerd discards it).
-            if let Err(e) = Syslog::connect(p, SYSLOG_TAG) {
+            if let Err(e) = Syslog::connect(p, LOG_TAG) {
                 let _ = writeln!(
                     std::io::stderr(),
                     "docker-proxy (nettool): {e}; logging to stderr instead, forwarding goes on"

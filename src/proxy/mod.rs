@@ -5,6 +5,7 @@
 //! readiness can be reported before serving), then [`Proxy::run`] inside a tokio runtime.
 
 pub mod docker;
+pub mod logq;
 pub mod relay;
 pub mod sock;
 pub mod spec;

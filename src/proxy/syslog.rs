@@ -6,12 +6,10 @@
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use super::logq::LineSink;
 use super::Level;
+use crate::tap::event::Timestamp;
 
 /// The socket syslog daemons (rsyslog, syslog-ng, systemd-journald, busybox syslogd) read.
 pub const DEFAULT_SOCKET: &str = "/dev/log";
@@ -21,10 +19,6 @@ const FACILITY_DAEMON: u8 = 3 << 3;
 
 /// Longest message sent; longer ones are cut (many daemons drop datagrams over 8 KiB).
 const MAX_MESSAGE: usize = 4096;
-
-/// Lines waiting for the syslog thread. While the daemon does not keep up, lines past these
-/// are dropped (and counted) instead of making the forwarding threads wait.
-pub const QUEUE: usize = 1024;
 
 /// The syslog socket cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -118,11 +112,12 @@ impl Syslog {
     /// Send one line. A daemon that restarted (new socket) is reconnected once; a line that
     /// still cannot go is dropped and the error returned.
     pub fn send(&mut self, level: Level, msg: &str) -> io::Result<()> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let line = self.format(level, msg, now);
+        self.send_at(level, msg, Timestamp::now().split().0 as i64)
+    }
+
+    /// Send one line stamped `unix_secs` (when it was logged, not when it got out of the queue).
+    pub fn send_at(&mut self, level: Level, msg: &str, unix_secs: i64) -> io::Result<()> {
+        let line = self.format(level, msg, unix_secs);
         if let Some(s) = &self.sock {
             match s.send(line.as_bytes()) {
                 Ok(_) => return Ok(()),
@@ -145,84 +140,13 @@ impl Syslog {
     }
 }
 
-enum Msg {
-    Line(Level, String),
-    /// Answered once every line queued before it has been handed to the daemon.
-    Flush(SyncSender<()>),
-}
-
-/// Syslog lines sent from a thread of their own. A send to a daemon whose queue is full
-/// blocks; the callers (tokio workers relaying traffic) only queue the line, and a line that
-/// finds the queue full is dropped and counted, then reported once the daemon takes lines again.
-#[derive(Debug)]
-pub struct SyslogQueue {
-    tx: SyncSender<Msg>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl SyslogQueue {
-    /// Start the sender thread over a connected `sys`.
-    pub fn start(sys: Syslog) -> io::Result<SyslogQueue> {
-        let (tx, rx) = sync_channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let d = dropped.clone();
-        std::thread::Builder::new()
-            .name("nettool-syslog".into())
-            .spawn(move || sender(sys, rx, d))?;
-        Ok(SyslogQueue { tx, dropped })
+impl LineSink for Syslog {
+    fn write_line(&mut self, level: Level, at: Timestamp, msg: &str) -> io::Result<()> {
+        self.send_at(level, msg, at.split().0 as i64)
     }
 
-    /// Queue one line; never waits.
-    pub fn log(&self, level: Level, msg: &str) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(level, msg.to_owned())) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Wait up to `within` for the queued lines to reach the daemon (at exit); false if the
-    /// daemon did not take them in time.
-    pub fn flush(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        let (ack, done) = sync_channel(1);
-        let mut msg = Msg::Flush(ack);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return false,
-            }
-        }
-        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
-    }
-}
-
-fn sender(mut sys: Syslog, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
-    let report_drops = |sys: &mut Syslog| {
-        let n = dropped.swap(0, Ordering::Relaxed);
-        if n > 0 {
-            let why = format!(
-                "{n} log line(s) dropped: the syslog daemon at {} did not keep up",
-                sys.path.display()
-            );
-            let _ = sys.send(Level::Warn, &why);
-        }
-    };
-    while let Ok(m) = rx.recv() {
-        match m {
-            Msg::Line(level, line) => {
-                report_drops(&mut sys);
-                // A line the daemon refuses (it went away for good) is lost; nothing to tell.
-                let _ = sys.send(level, &line);
-            }
-            Msg::Flush(ack) => {
-                report_drops(&mut sys);
-                let _ = ack.send(());
-            }
-        }
+    fn describe(&self) -> String {
+        format!("the syslog daemon at {}", self.path.display())
     }
 }
 
@@ -253,6 +177,9 @@ fn stamp(unix_secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::logq::{LogQueue, QUEUE_LINES};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn pri_and_layout() {
@@ -290,9 +217,9 @@ mod tests {
         let path = dir.join("stalled.sock");
         let _ = std::fs::remove_file(&path);
         let rx = UnixDatagram::bind(&path).unwrap();
-        let q = SyslogQueue::start(Syslog::connect(&path, "t").unwrap()).unwrap();
+        let q = LogQueue::start(Box::new(Syslog::connect(&path, "t").unwrap())).unwrap();
         // Nobody reads: the daemon's socket and then the queue fill up; logging never blocks.
-        let total = QUEUE + 300;
+        let total = QUEUE_LINES + 300;
         for i in 0..total {
             q.log(Level::Info, &format!("line {i}"));
         }
