@@ -2508,3 +2508,103 @@ fn a_log_fifo_nobody_reads_does_not_hold_up_the_forwarding() {
     let counters = format!("counters at exit: connections={} ", N + more);
     assert!(all.contains(&counters), "no {counters:?} in:\n{all}");
 }
+
+#[test]
+fn a_thousand_port_range_logs_every_listener_before_it_says_ready() {
+    // 1000 ports on 0.0.0.0 and [::]: 2000 startup lines, twice the log queue. They are all
+    // in the log file once fd 3 says ready (a parent reads the log right after readiness).
+    let ns = lab("pxlogrange");
+    let dir = TempDir::new("pxlogrange");
+    let p = start(Some(&ns), &dir, &["-p", "9000-9999=127.0.0.1:7000"]);
+    let log = p.log();
+    assert!(!log.contains(" log line(s) dropped: "), "{log}");
+    assert_eq!(log.matches("listening on tcp").count(), 2000, "{log}");
+    for port in [9000, 9999] {
+        for ip in ["0.0.0.0", "[::]"] {
+            let l = format!("listening on tcp {ip}:{port} -> 127.0.0.1:7000");
+            assert!(log.contains(&l), "no {l:?} in:\n{log}");
+        }
+    }
+    let log = p.stop();
+    assert!(log.contains("counters at exit: connections=0 "), "{log}");
+}
+
+#[test]
+fn the_counters_at_exit_wait_for_room_in_a_full_log_queue() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let ns = lab("pxfifoexit");
+    let dir = TempDir::new("pxfifoexit");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let fifo = dir.join("log.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Opened for reading (so the proxy's open does not wait), not read until the proxy exits.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let mut cmd = nettool_in_ns(
+        &ns,
+        &[
+            "proxy",
+            "-v",
+            "--ready-fd",
+            "3",
+            "--log-file",
+            fifo.to_str().unwrap(),
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+        ],
+    );
+    cmd.env("NO_COLOR", "1");
+    let (mut child, ready) = spawn_ready(cmd);
+    assert_eq!(ready, "0\n");
+    let pid = child.pid();
+    // Two -v lines per connection: 2000 lines fill the pipe buffer and then the log queue.
+    const N: usize = 1000;
+    let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let flood = inside(&ns, move || {
+        (0..N).try_for_each(|i| {
+            let payload = format!("connection {i}").into_bytes();
+            match echo_once(addr, &payload) {
+                Ok(got) if got == payload => Ok(()),
+                r => Err(format!("connection {i}: {r:?}")),
+            }
+        })
+    });
+    assert_eq!(flood, Ok(()));
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    // Once the runtime's threads are gone, the main thread logs the counters into the full
+    // queue; only then does the reader start.
+    let workers = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == "nettool-proxy")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for("the proxy's runtime threads to end", 10, || workers() == 0);
+    let mut r = reader;
+    unsafe {
+        let fl = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(r.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    let mut all = String::new();
+    r.read_to_string(&mut all).unwrap();
+    assert_eq!(child.0.wait().unwrap().code(), Some(0), "{all}");
+    assert!(
+        all.contains(" log line(s) dropped: "),
+        "nothing dropped:\n{all}"
+    );
+    let counters = format!("counters at exit: connections={N} ");
+    assert!(
+        all.lines().last().is_some_and(|l| l.contains(&counters)),
+        "the last line is not {counters:?}:\n{all}"
+    );
+}

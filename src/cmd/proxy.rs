@@ -1,12 +1,13 @@
 //! `nettool proxy`: forward ports (TCP/UDP, ranges, across namespaces) and show what passes.
 //! Also the docker-proxy drop-in (argv[0] `docker-proxy`, or `nettool proxy -proto ...`).
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -78,23 +79,65 @@ struct Plan {
 
 /// Holds the log's queue, if it has one; dropping it waits briefly for the queued lines (the
 /// counters at exit among them) to go out.
-struct LogFlush(Option<Arc<LogQueue>>);
+struct LogFlush {
+    q: Option<Arc<LogQueue>>,
+    /// The end of the current stretch where lines wait for room (startup, exit).
+    by: Cell<Option<Instant>>,
+}
+
+impl LogFlush {
+    fn new(q: Option<Arc<LogQueue>>) -> LogFlush {
+        LogFlush {
+            q,
+            by: Cell::new(None),
+        }
+    }
+
+    /// For the next [`LOG_EXIT_WAIT`], a line that finds the queue full waits for room instead
+    /// of being dropped: nothing is forwarded at startup or exit, and those lines (thousands of
+    /// listeners for a port range, the counters) are the ones people read.
+    fn patient(&self) {
+        let by = Instant::now() + LOG_EXIT_WAIT;
+        self.by.set(Some(by));
+        if let Some(q) = &self.q {
+            q.patient_until(Some(by));
+        }
+    }
+
+    /// Wait (until the stretch's deadline) for the lines so far to be written, then drop lines
+    /// on a full queue again. Called before fd 3 is answered: a parent that reads the log
+    /// then finds them.
+    fn settle(&self) {
+        if let Some(q) = &self.q {
+            q.flush(self.left());
+            q.patient_until(None);
+        }
+        self.by.set(None);
+    }
+
+    fn left(&self) -> Duration {
+        match self.by.get() {
+            Some(by) => by.saturating_duration_since(Instant::now()),
+            None => LOG_EXIT_WAIT,
+        }
+    }
+}
 
 impl Drop for LogFlush {
     fn drop(&mut self) {
-        if let Some(q) = &self.0 {
-            q.flush(LOG_EXIT_WAIT);
+        if let Some(q) = &self.q {
+            q.flush(self.left());
         }
     }
 }
 
 /// How long the process waits at exit for the log destination to take the lines still queued
-/// (a dead one must not hold up SIGTERM for long).
+/// (a dead one must not hold up SIGTERM for long); the same bound for the startup lines.
 const LOG_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
     let sink: Box<dyn LineSink> = match to {
-        LogTo::Nowhere => return Ok((Log::new(max, |_, _| {}), LogFlush(None))),
+        LogTo::Nowhere => return Ok((Log::new(max, |_, _| {}), LogFlush::new(None))),
         LogTo::Syslog(path) => Box::new(Syslog::connect(path, LOG_TAG)?),
         LogTo::Stderr => Box::new(TextLines::new(
             Box::new(std::io::stderr()),
@@ -114,7 +157,7 @@ fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
     let q2 = q.clone();
     Ok((
         Log::new(max, move |level, msg| q2.log(level, msg)),
-        LogFlush(Some(q)),
+        LogFlush::new(Some(q)),
     ))
 }
 
@@ -177,12 +220,13 @@ fn build_sinks(plan: &Plan) -> anyhow::Result<Vec<Box<dyn Sink>>> {
 /// Bind, announce readiness, serve until SIGINT/SIGTERM, print counters. Returns the exit code.
 fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     // Declared first so it is dropped last, after every line below (exit paths included).
-    let (log, _flush) = make_log(&plan.log_to, plan.log_level)?;
+    let (log, flush) = make_log(&plan.log_to, plan.log_level)?;
     for w in &plan.warnings {
         log.log(Level::Warn, w);
     }
     let fail_ready = |fd: Option<i32>, e: &anyhow::Error| {
         if let Some(fd) = fd {
+            flush.settle();
             let _ = answer_ready(fd, Err(format!("{e:#}")));
         }
     };
@@ -236,6 +280,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
             return Err(e);
         }
     };
+    flush.patient();
     for l in proxy.listeners() {
         log.log(
             Level::Info,
@@ -257,6 +302,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     }
     .context("start the async runtime")?;
     let ready_fd = plan.ready_fd;
+    flush.settle();
     let run_log = log.clone();
     let usr1_counters = counters.clone();
     let result: anyhow::Result<()> = rt.block_on(async move {
@@ -287,6 +333,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     });
     // Dropping the runtime drops every connection task and with them the tap senders.
     rt.shutdown_timeout(Duration::from_millis(200));
+    flush.patient();
     if let Some(w) = writer {
         w.finish();
     }

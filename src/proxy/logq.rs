@@ -4,12 +4,14 @@
 //! pipe on stderr) then costs log lines, never forwarding: the tokio workers that relay traffic
 //! only queue a line, and a line that finds the queue full is dropped and counted. The count is
 //! written as a warning line right before the next line that gets into the queue (where the
-//! lines are missing), or at the flush if none does.
+//! lines are missing), or at the flush if none does. While nothing is forwarded (startup, exit)
+//! the caller can make a line that finds the queue full wait for room instead, up to a deadline:
+//! a port range logs thousands of listeners at once, and those lines are the ones people read.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Level;
@@ -49,6 +51,8 @@ enum Msg {
 pub struct LogQueue {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// Until then a line that finds the queue full waits for room (see [`LogQueue::patient_until`]).
+    patient: Mutex<Option<Instant>>,
 }
 
 impl LogQueue {
@@ -65,10 +69,29 @@ impl LogQueue {
         std::thread::Builder::new()
             .name("nettool-log".into())
             .spawn(move || writer(sink, rx, d))?;
-        Ok(LogQueue { tx, dropped })
+        Ok(LogQueue {
+            tx,
+            dropped,
+            patient: Mutex::new(None),
+        })
     }
 
-    /// Queue one line, stamped now; never waits.
+    /// Until `by`, a line that finds the queue full waits for room instead of being dropped;
+    /// `None`: drop again. For stretches where no connection is forwarded (startup, exit).
+    pub fn patient_until(&self, by: Option<Instant>) {
+        if let Ok(mut p) = self.patient.lock() {
+            *p = by;
+        }
+    }
+
+    fn is_patient(&self) -> bool {
+        self.patient
+            .lock()
+            .map(|p| p.is_some_and(|by| Instant::now() < by))
+            .unwrap_or(false)
+    }
+
+    /// Queue one line, stamped now; never waits (unless told to, see [`LogQueue::patient_until`]).
     pub fn log(&self, level: Level, msg: &str) {
         // The count rides with the next line that gets in (a plain load first: no write to the
         // shared counter on the common path where nothing was dropped).
@@ -76,15 +99,25 @@ impl LogQueue {
             0 => 0,
             _ => self.dropped.swap(0, Ordering::Relaxed),
         };
-        let m = Msg::Line {
+        let mut m = Msg::Line {
             level,
             at: Timestamp::now(),
             text: msg.to_owned(),
             dropped_before,
         };
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(m) {
-            self.dropped
-                .fetch_add(dropped_before + 1, Ordering::Relaxed);
+        loop {
+            match self.tx.try_send(m) {
+                Err(TrySendError::Full(back)) if self.is_patient() => {
+                    m = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Full(_)) => {
+                    self.dropped
+                        .fetch_add(dropped_before + 1, Ordering::Relaxed);
+                    return;
+                }
+                _ => return,
+            }
         }
     }
 
@@ -278,6 +311,37 @@ mod tests {
                 "3 log line(s) dropped: the gated sink did not keep up"
             ]
         );
+    }
+
+    #[test]
+    fn a_patient_queue_waits_for_room_instead_of_dropping() {
+        let (q, gate, writing, lines) = gated(2);
+        // A helper holds the gate (the sink blocks) until told to let go.
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let g = gate.clone();
+        let holder = std::thread::spawn(move || {
+            let _closed = g.lock().unwrap();
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        held.recv().unwrap();
+        q.log(Level::Info, "p0");
+        writing.recv_timeout(Duration::from_secs(10)).unwrap();
+        q.log(Level::Info, "p1");
+        q.log(Level::Info, "p2");
+        // The queue is full and stays full until the gate opens, after this thread's p3.
+        q.patient_until(Some(Instant::now() + Duration::from_secs(60)));
+        let opener = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = release.send(());
+        });
+        q.log(Level::Info, "p3");
+        q.patient_until(None);
+        assert!(q.flush(Duration::from_secs(10)));
+        assert_eq!(*lines.lock().unwrap(), ["p0", "p1", "p2", "p3"]);
+        opener.join().unwrap();
+        holder.join().unwrap();
     }
 
     #[test]
