@@ -2012,7 +2012,9 @@ fn use_listen_fd_serves_on_the_socket_the_parent_bound() {
         libc::IPPROTO_UDPLITE,
         "127.0.0.1:8091",
     );
-    let cases: [(Option<&dyn AsRawFd>, &str, &str); 9] = [
+    // Neither stream nor datagram: a raw socket must not be called a UDP or TCP one.
+    let raw = other_proto(socket2::Type::RAW, libc::IPPROTO_TCP, "127.0.0.1:0");
+    let cases: [(Option<&dyn AsRawFd>, &str, &str); 11] = [
         (Some(&file), "tcp", "it is a regular file, not a tcp socket"),
         (
             Some(&connected),
@@ -2029,6 +2031,8 @@ fn use_listen_fd_serves_on_the_socket_the_parent_bound() {
         (Some(&unix), "udp", "it is not an IPv4 or IPv6 socket"),
         (Some(&mptcp), "tcp", "it is an MPTCP socket, not tcp"),
         (Some(&udplite), "udp", "it is a UDP-Lite socket, not udp"),
+        (Some(&raw), "tcp", "it is a raw IP socket but -proto is tcp"),
+        (Some(&raw), "udp", "it is a raw IP socket but -proto is udp"),
         (None, "tcp", "-use-listen-fd given but fd 4 is not open"),
     ];
     for (fd4, proto, why) in cases {

@@ -199,11 +199,18 @@ pub fn check_passed_socket(fd: &std::os::fd::OwnedFd, proto: super::Proto) -> io
         )));
     }
     let ty = s.r#type()?;
-    let (want, other) = match proto {
-        super::Proto::Tcp => (Type::STREAM, "a UDP (datagram)"),
-        super::Proto::Udp => (Type::DGRAM, "a TCP (stream)"),
+    let want = match proto {
+        super::Proto::Tcp => Type::STREAM,
+        super::Proto::Udp => Type::DGRAM,
     };
     if ty != want {
+        let other = match ty {
+            Type::STREAM => "a TCP (stream)",
+            Type::DGRAM => "a UDP (datagram)",
+            Type::RAW => "a raw IP",
+            Type::SEQPACKET => "a SEQPACKET (SCTP)",
+            _ => "an unknown type of",
+        };
         return Err(io::Error::other(format!(
             "it is {other} socket but -proto is {proto}"
         )));
