@@ -390,7 +390,7 @@ impl Proxy {
         }
         let udp = match udp.is_empty() {
             true => None,
-            false => Some(UdpThread::start(udp, self.ctx.clone())?),
+            false => Some(UdpThread::start(udp, self.ctx.clone()).await?),
         };
         stop.await;
         tasks.abort_all();
@@ -411,12 +411,15 @@ struct UdpThread {
 }
 
 impl UdpThread {
-    fn start(socks: Vec<(std::net::UdpSocket, PortMap)>, ctx: Arc<Ctx>) -> std::io::Result<Self> {
+    async fn start(
+        socks: Vec<(std::net::UdpSocket, PortMap)>,
+        ctx: Arc<Ctx>,
+    ) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (up, is_up) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        let (up, is_up) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
         let thread = std::thread::Builder::new()
             .name("nettool-udp".into())
             .spawn(move || {
@@ -439,7 +442,7 @@ impl UdpThread {
                     tasks.abort_all();
                 })
             })?;
-        match is_up.recv() {
+        match is_up.await {
             Ok(Ok(())) => Ok(UdpThread { stop, thread }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(std::io::Error::other("the UDP thread ended before serving")),
