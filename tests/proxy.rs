@@ -470,11 +470,33 @@ fn listens_in_one_namespace_and_connects_from_another() {
             &ctr.name,
             "-p",
             "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:5300",
         ],
     );
     assert_eq!(send_count(&host, "127.0.0.1:8080", 4242), "4242");
     // And nothing listens on 8080 inside the container namespace itself.
     assert!(connect_in(&ctr, "127.0.0.1:8080").is_err());
+    // UDP too (its flows dial from the UDP thread's own runtime through the same dialer).
+    let backend = inside(&ctr, || UdpSocket::bind("127.0.0.1:5300").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let _ = backend.send_to(&buf[..n].to_ascii_uppercase(), from);
+        }
+    });
+    let reply = inside(&host, || {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_to(b"from the host", "127.0.0.1:5353").unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = c.recv_from(&mut buf).unwrap();
+        (buf[..n].to_vec(), from)
+    });
+    assert_eq!(
+        reply,
+        (b"FROM THE HOST".to_vec(), "127.0.0.1:5353".parse().unwrap())
+    );
     p.stop();
 }
 
