@@ -2634,3 +2634,42 @@ fn the_counters_at_exit_wait_for_room_in_a_full_log_queue() {
         "the last line is not {counters:?}:\n{all}"
     );
 }
+
+#[test]
+fn a_dump_that_cannot_start_is_in_the_docker_proxy_log_as_well_as_on_fd_3() {
+    // dockerd discards stderr: the log file is the only record the operator keeps.
+    let ns = lab("pxdsinkerr");
+    let dir = TempDir::new("pxdsinkerr");
+    let log = dir.join("dp.log");
+    let pcap = dir.join("no-such-dir").join("cap.pcap");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns.name, BIN, "proxy"])
+        .args([
+            "-proto",
+            "tcp",
+            "-host-ip",
+            "127.0.0.1",
+            "-host-port",
+            "8080",
+            "-container-ip",
+            "127.0.0.1",
+            "-container-port",
+            "7000",
+        ])
+        .env("NETTOOL_PROXY_LOG", &log)
+        .env("NETTOOL_PROXY_PCAP", &pcap)
+        .env("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml");
+    let (mut child, ready) = spawn_ready(c);
+    assert!(
+        ready.starts_with("1\n") && ready.contains("no-such-dir"),
+        "{ready:?}"
+    );
+    assert_eq!(child.0.wait().unwrap().code(), Some(1));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let why = ready.lines().nth(1).unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" error: ") && l.contains(why)),
+        "no error line {why:?} in the log:\n{text}"
+    );
+}

@@ -224,7 +224,13 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     for w in &plan.warnings {
         log.log(Level::Warn, w);
     }
+    // A startup failure: in the log (on stderr main prints it anyway; dockerd discards stderr,
+    // so a log file must hold it), then on fd 3.
+    let log_to_stderr = matches!(plan.log_to, LogTo::Stderr);
     let fail_ready = |fd: Option<i32>, e: &anyhow::Error| {
+        if !log_to_stderr {
+            log.log(Level::Error, &format!("{e:#}"));
+        }
         if let Some(fd) = fd {
             flush.settle();
             let _ = answer_ready(fd, Err(format!("{e:#}")));
@@ -272,10 +278,6 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         Ok(p) => p,
         Err(e) => {
             let e = anyhow::Error::from(e);
-            // On stderr main prints the error anyway; a log file must hold it too.
-            if !matches!(plan.log_to, LogTo::Stderr) {
-                log.log(Level::Error, &format!("{e:#}"));
-            }
             fail_ready(plan.ready_fd, &e);
             return Err(e);
         }
