@@ -2667,6 +2667,11 @@ fn a_dump_that_cannot_start_is_in_the_docker_proxy_log_as_well_as_on_fd_3() {
     assert_eq!(child.0.wait().unwrap().code(), Some(1));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let why = ready.lines().nth(1).unwrap_or_default();
+    assert_eq!(
+        why.matches("(os error 2)").count(),
+        1,
+        "the reason once: {why}"
+    );
     assert!(
         text.lines()
             .any(|l| l.contains(" error: ") && l.contains(why)),

@@ -26,12 +26,12 @@ use tokio::sync::mpsc;
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
     /// A file or directory could not be created.
-    #[error("cannot open dump destination {path}: {source}")]
+    #[error("cannot open dump destination {path}: {error}")]
     Open {
         /// The path.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (not a `source`: the message already says it, once).
+        error: std::io::Error,
     },
 }
 
@@ -183,9 +183,9 @@ pub fn open_private(path: &std::path::Path, append: bool) -> Result<std::fs::Fil
     } else {
         o.write(true).truncate(true);
     }
-    o.open(path).map_err(|source| TapError::Open {
+    o.open(path).map_err(|error| TapError::Open {
         path: path.into(),
-        source,
+        error,
     })
 }
 

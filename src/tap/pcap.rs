@@ -150,7 +150,7 @@ fn create(path: &std::path::Path) -> Result<RecordWriter, TapError> {
         .write_to(&mut pending)
         .map_err(|e| TapError::Open {
             path: path.into(),
-            source: io(e),
+            error: io(e),
         })?;
     Ok(RecordWriter {
         file,

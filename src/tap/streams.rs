@@ -24,9 +24,9 @@ impl StreamsSink {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|source| super::TapError::Open {
+            .map_err(|error| super::TapError::Open {
                 path: dir.clone(),
-                source,
+                error,
             })?;
         Ok(StreamsSink {
             dir,
