@@ -339,6 +339,11 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     if let Some(w) = writer {
         w.finish();
     }
+    // A failure after fd 3 said "0" (serving a listener): main prints it on stderr, which
+    // dockerd discards, so the log must hold it too.
+    if let (Err(e), false) = (&result, log_to_stderr) {
+        log.log(Level::Error, &format!("{e:#}"));
+    }
     result?;
     let snap = counters.snapshot();
     log.log(Level::Info, &format!("counters at exit: {snap}"));
