@@ -2402,17 +2402,18 @@ fn echo_once(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(got)
 }
 
-#[test]
-fn a_log_fifo_nobody_reads_does_not_hold_up_the_forwarding() {
+/// A proxy (`-v`, echo backend on 127.0.0.1:7000, listening on 127.0.0.1:8080) whose
+/// `--log-file` is a FIFO that the returned reader has opened but does not read: once the
+/// 64 KiB pipe buffer is full, every write to it blocks.
+fn proxy_logging_to_an_unread_fifo(tag: &str) -> (TestNs, TempDir, std::fs::File, ChildGuard) {
     use std::os::unix::fs::OpenOptionsExt;
-    let ns = lab("pxfifo");
-    let dir = TempDir::new("pxfifo");
+    let ns = lab(tag);
+    let dir = TempDir::new(tag);
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
     let fifo = dir.join("log.fifo");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-    // The reader opens the FIFO (so the proxy's open for writing does not wait) and then does
-    // not read: once the 64 KiB pipe buffer is full, every write to it blocks.
+    // Opened for reading first, so the proxy's open for writing does not wait.
     let reader = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -2434,6 +2435,13 @@ fn a_log_fifo_nobody_reads_does_not_hold_up_the_forwarding() {
     cmd.env("NO_COLOR", "1");
     let (child, ready) = spawn_ready(cmd);
     assert_eq!(ready, "0\n");
+    (ns, dir, reader, child)
+}
+
+#[test]
+fn a_log_fifo_nobody_reads_does_not_hold_up_the_forwarding() {
+    let (ns, dir, reader, child) = proxy_logging_to_an_unread_fifo("pxfifo");
+    let fifo = dir.join("log.fifo");
     let pid = child.pid();
     // Two -v lines per connection, ~250 bytes: 1500 connections are ~375 KB of log, several
     // times the pipe buffer plus the log queue.
@@ -2557,35 +2565,7 @@ fn a_thousand_port_range_logs_every_listener_before_it_says_ready() {
 
 #[test]
 fn the_counters_at_exit_wait_for_room_in_a_full_log_queue() {
-    use std::os::unix::fs::OpenOptionsExt;
-    let ns = lab("pxfifoexit");
-    let dir = TempDir::new("pxfifoexit");
-    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let fifo = dir.join("log.fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-    // Opened for reading (so the proxy's open does not wait), not read until the proxy exits.
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-        .unwrap();
-    let mut cmd = nettool_in_ns(
-        &ns,
-        &[
-            "proxy",
-            "-v",
-            "--ready-fd",
-            "3",
-            "--log-file",
-            fifo.to_str().unwrap(),
-            "-p",
-            "127.0.0.1:8080=127.0.0.1:7000",
-        ],
-    );
-    cmd.env("NO_COLOR", "1");
-    let (mut child, ready) = spawn_ready(cmd);
-    assert_eq!(ready, "0\n");
+    let (ns, _dir, reader, mut child) = proxy_logging_to_an_unread_fifo("pxfifoexit");
     let pid = child.pid();
     // Two -v lines per connection: 2000 lines fill the pipe buffer and then the log queue.
     const N: usize = 1000;
