@@ -1583,28 +1583,32 @@ fn payload(n: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// A proxy on 127.0.0.1:8080 to a counting backend on 127.0.0.1:7000, writing `--pcap
+/// DIR/cap.pcap --pcap-max-mb MAX_MB` plus `more`: the namespace, the directory, the pcap path
+/// and the proxy.
+fn capped_pcap_proxy(tag: &str, max_mb: &str, more: &[&str]) -> (TestNs, TempDir, PathBuf, Proxy) {
+    let ns = lab(tag);
+    let dir = TempDir::new(tag);
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let pcap = dir.join("cap.pcap");
+    let mut args = vec![
+        "8080",
+        "127.0.0.1:7000",
+        "--pcap",
+        pcap.to_str().unwrap(),
+        "--pcap-max-mb",
+        max_mb,
+    ];
+    args.extend_from_slice(more);
+    let p = start(Some(&ns), &dir, &args);
+    (ns, dir, pcap, p)
+}
+
 #[test]
 fn pcap_rotates_over_a_fixed_set_of_capped_files() {
     use std::os::unix::fs::PermissionsExt;
-    let ns = lab("pxrot");
-    let dir = TempDir::new("pxrot");
-    count_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let pcap = dir.join("cap.pcap");
+    let (ns, dir, _pcap, p) = capped_pcap_proxy("pxrot", "0.1", &["--pcap-files", "3"]);
     let cap = 100_000usize;
-    let p = start(
-        Some(&ns),
-        &dir,
-        &[
-            "8080",
-            "127.0.0.1:7000",
-            "--pcap",
-            pcap.to_str().unwrap(),
-            "--pcap-max-mb",
-            "0.1",
-            "--pcap-files",
-            "3",
-        ],
-    );
     // Each byte is captured twice (both legs): 3 x 400 kB is about 24 caps, many rotations.
     let mut total = 0;
     for seed in 0..3u32 {
@@ -1648,23 +1652,8 @@ fn pcap_rotates_over_a_fixed_set_of_capped_files() {
 
 #[test]
 fn pcap_cap_with_one_file_stops_the_capture_not_the_forwarding() {
-    let ns = lab("pxcap");
-    let dir = TempDir::new("pxcap");
-    count_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let pcap = dir.join("cap.pcap");
+    let (ns, dir, pcap, p) = capped_pcap_proxy("pxcap", "0.05", &[]);
     let cap = 50_000usize;
-    let p = start(
-        Some(&ns),
-        &dir,
-        &[
-            "8080",
-            "127.0.0.1:7000",
-            "--pcap",
-            pcap.to_str().unwrap(),
-            "--pcap-max-mb",
-            "0.05",
-        ],
-    );
     for round in 0..3 {
         assert_eq!(
             send_count(&ns, "127.0.0.1:8080", 300_000),
@@ -2232,27 +2221,12 @@ fn a_stalled_syslog_daemon_does_not_hold_up_the_forwarding() {
 
 #[test]
 fn a_huge_pcap_files_count_costs_no_more_than_the_files_that_exist() {
-    let ns = lab("pxrotn");
-    let dir = TempDir::new("pxrotn");
-    count_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let pcap = dir.join("cap.pcap");
     // Keep "as many as possible": rotation must not try billions of renames each time (the
     // dump is lossless, so a stuck writer would stall the forwarding with it).
-    let p = start(
-        Some(&ns),
-        &dir,
-        &[
-            "8080",
-            "127.0.0.1:7000",
-            "--pcap",
-            pcap.to_str().unwrap(),
-            "--pcap-max-mb",
-            "0.01",
-            "--pcap-files",
-            "4000000000",
-            "--dump-queue",
-            "4",
-        ],
+    let (ns, dir, _pcap, p) = capped_pcap_proxy(
+        "pxrotn",
+        "0.01",
+        &["--pcap-files", "4000000000", "--dump-queue", "4"],
     );
     for round in 0..3 {
         let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
@@ -2359,24 +2333,7 @@ fn pcap_max_mb_out_of_range_says_the_range() {
 
 #[test]
 fn a_pcap_deleted_under_rotation_is_named_in_the_error() {
-    let ns = lab("pxrotdel");
-    let dir = TempDir::new("pxrotdel");
-    count_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let pcap = dir.join("cap.pcap");
-    let p = start(
-        Some(&ns),
-        &dir,
-        &[
-            "8080",
-            "127.0.0.1:7000",
-            "--pcap",
-            pcap.to_str().unwrap(),
-            "--pcap-max-mb",
-            "0.01",
-            "--pcap-files",
-            "3",
-        ],
-    );
+    let (ns, _dir, pcap, p) = capped_pcap_proxy("pxrotdel", "0.01", &["--pcap-files", "3"]);
     std::fs::remove_file(&pcap).unwrap();
     assert_eq!(send_count(&ns, "127.0.0.1:8080", 30_000), "30000");
     let log = p.stop();
