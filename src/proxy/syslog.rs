@@ -181,13 +181,23 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    #[test]
-    fn pri_and_layout() {
-        let dir = std::env::temp_dir().join(format!("nt-syslog-unit-{}", std::process::id()));
+    /// A stand-in daemon: a datagram socket bound at DIR/SOCK in a fresh temporary DIR
+    /// (removed by the caller): the directory, the socket's path and the socket.
+    fn stand_in_daemon(
+        tag: &str,
+        sock: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf, UnixDatagram) {
+        let dir = std::env::temp_dir().join(format!("nt-syslog-{tag}-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("log.sock");
+        let path = dir.join(sock);
         let _ = std::fs::remove_file(&path);
         let rx = UnixDatagram::bind(&path).unwrap();
+        (dir, path, rx)
+    }
+
+    #[test]
+    fn pri_and_layout() {
+        let (dir, path, rx) = stand_in_daemon("unit", "log.sock");
         let mut s = Syslog::connect(&path, "nettool-proxy").unwrap();
         s.send(Level::Warn, "two\nlines").unwrap();
         let mut buf = [0u8; 512];
@@ -212,11 +222,7 @@ mod tests {
 
     #[test]
     fn a_stalled_daemon_costs_dropped_lines_that_are_counted_never_a_wait() {
-        let dir = std::env::temp_dir().join(format!("nt-syslog-q-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("stalled.sock");
-        let _ = std::fs::remove_file(&path);
-        let rx = UnixDatagram::bind(&path).unwrap();
+        let (dir, path, rx) = stand_in_daemon("q", "stalled.sock");
         let q = LogQueue::start(Box::new(Syslog::connect(&path, "t").unwrap())).unwrap();
         // Nobody reads: the daemon's socket and then the queue fill up; logging never blocks.
         let total = QUEUE_LINES + 300;
