@@ -1,0 +1,301 @@
+//! The kubectl plugin (deploy/kubectl-nettool) driven by the real kubectl client against a
+//! stand-in API server (tests/common/fake_kube_api.py) that records what kubectl sends: the
+//! pod `kubectl debug node/...` creates (protobuf, decoded here), the pod of `--via pod` and the
+//! DaemonSet (JSON). No cluster can run here, so what a kubelet would do with them is not tested.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+/// The stand-in API server, stopped on drop.
+struct FakeApi {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl FakeApi {
+    fn start(node: &str) -> Self {
+        let dir = std::env::temp_dir().join(common::unique("kube"));
+        std::fs::create_dir_all(dir.join("rec")).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/fake_kube_api.py");
+        let child = Command::new("python3")
+            .arg(&script)
+            .arg(dir.join("port"))
+            .arg(dir.join("rec"))
+            .arg(node)
+            .stderr(std::fs::File::create(dir.join("server.err")).unwrap())
+            .spawn()
+            .expect("python3 runs the stand-in API server");
+        let port_file = dir.join("port");
+        common::wait_for("stand-in API server", 20, || port_file.exists());
+        let port = std::fs::read_to_string(&port_file).unwrap();
+        std::fs::write(
+            dir.join("kubeconfig"),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+                 users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\n\
+                 current-context: c\n"
+            ),
+        )
+        .unwrap();
+        FakeApi { child, dir }
+    }
+
+    /// Run the plugin as kubectl would find it on PATH, against this server.
+    fn plugin(&self, args: &[&str]) -> Output {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let path = format!("{}:{}", deploy.display(), std::env::var("PATH").unwrap());
+        Command::new("kubectl")
+            .arg("nettool")
+            .args(args)
+            .env("PATH", path)
+            .env("KUBECONFIG", self.dir.join("kubeconfig"))
+            .env("HOME", &self.dir)
+            .output()
+            .expect("kubectl (the machine's kubectl client)")
+    }
+
+    /// The bodies the server received, in order: (file name, bytes).
+    fn recorded(&self) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(self.dir.join("rec"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// One protobuf field: its number and either a varint or the bytes of a length-delimited value.
+#[derive(Debug, Clone)]
+enum Field {
+    Varint(u64),
+    Bytes(Vec<u8>),
+}
+
+fn varint(b: &[u8], i: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = b[*i];
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// Decode one protobuf message's top-level fields (wire types 0 and 2 are all a Pod uses here).
+fn fields(b: &[u8]) -> Vec<(u64, Field)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let key = varint(b, &mut i);
+        let (num, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => out.push((num, Field::Varint(varint(b, &mut i)))),
+            2 => {
+                let len = varint(b, &mut i) as usize;
+                out.push((num, Field::Bytes(b[i..i + len].to_vec())));
+                i += len;
+            }
+            1 => i += 8,
+            5 => i += 4,
+            w => panic!("wire type {w} in a Pod"),
+        }
+    }
+    out
+}
+
+fn get(msg: &[u8], num: u64) -> Vec<Field> {
+    fields(msg)
+        .into_iter()
+        .filter(|(n, _)| *n == num)
+        .map(|(_, f)| f)
+        .collect()
+}
+
+fn bytes(f: &Field) -> &[u8] {
+    match f {
+        Field::Bytes(b) => b,
+        Field::Varint(_) => panic!("expected bytes"),
+    }
+}
+
+fn strings(msg: &[u8], num: u64) -> Vec<String> {
+    get(msg, num)
+        .iter()
+        .map(|f| String::from_utf8(bytes(f).to_vec()).unwrap())
+        .collect()
+}
+
+fn flag(msg: &[u8], num: u64) -> Option<u64> {
+    get(msg, num).iter().find_map(|f| match f {
+        Field::Varint(v) => Some(*v),
+        _ => None,
+    })
+}
+
+#[test]
+fn debug_node_creates_a_privileged_root_pod_in_the_host_namespaces_running_nettool() {
+    let api = FakeApi::start("worker-1");
+    let out = api.plugin(&[
+        "worker-1",
+        "--detach",
+        "--image",
+        "registry.test/nettool:0.1.0",
+        "--",
+        "doctor",
+        "8080",
+    ]);
+    let rec = api.recorded();
+    assert_eq!(rec.len(), 1, "one pod created: {rec:?} {}", text(&out));
+    let body = &rec[0].1;
+    // k8s protobuf envelope: "k8s\0" then Unknown{typeMeta=1, raw=2}; raw is the Pod.
+    assert_eq!(&body[..4], b"k8s\0", "{}", text(&out));
+    let unknown = &body[4..];
+    let pod = bytes(&get(unknown, 2)[0]).to_vec();
+    let spec = bytes(&get(&pod, 2)[0]).to_vec();
+    assert_eq!(strings(&spec, 10), ["worker-1"], "nodeName");
+    assert_eq!(flag(&spec, 11), Some(1), "hostNetwork");
+    assert_eq!(flag(&spec, 12), Some(1), "hostPID");
+    let containers = get(&spec, 2);
+    assert_eq!(containers.len(), 1);
+    let c = bytes(&containers[0]).to_vec();
+    assert_eq!(strings(&c, 2), ["registry.test/nettool:0.1.0"], "image");
+    assert!(
+        strings(&c, 3).is_empty(),
+        "the image's entrypoint (nettool) is kept: no command"
+    );
+    assert_eq!(strings(&c, 4), ["doctor", "8080"], "args");
+    let sc = bytes(&get(&c, 15)[0]).to_vec();
+    assert_eq!(flag(&sc, 2), Some(1), "privileged (the sysadmin profile)");
+    assert_eq!(flag(&sc, 4), Some(0), "runAsUser 0");
+    assert_eq!(flag(&sc, 5), Some(0), "runAsNonRoot false");
+    let env: Vec<(String, String)> = get(&c, 7)
+        .iter()
+        .map(|e| {
+            let e = bytes(e);
+            (strings(e, 1)[0].clone(), strings(e, 2)[0].clone())
+        })
+        .collect();
+    assert!(
+        env.contains(&("NETTOOL_NODE".into(), "worker-1".into())),
+        "{env:?}"
+    );
+}
+
+#[test]
+fn via_pod_and_the_daemonset_carry_the_privileges_and_mounts_nettool_needs() {
+    let api = FakeApi::start("worker-2");
+    let out = api.plugin(&[
+        "worker-2", "--via", "pod", "--detach", "-n", "tools", "--", "netns", "list", "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(name.starts_with("nettool-worker-2-"), "{name}");
+
+    let ds_out = api.plugin(&["--daemonset", "--image", "registry.test/nettool:0.1.0"]);
+    assert!(ds_out.status.success(), "{}", text(&ds_out));
+    let dir = api.dir.join("ds.json");
+    std::fs::write(&dir, &ds_out.stdout).unwrap();
+    let create = Command::new("kubectl")
+        .args(["create", "--validate=false", "-o", "name", "-f"])
+        .arg(&dir)
+        .env("KUBECONFIG", api.dir.join("kubeconfig"))
+        .env("HOME", &api.dir)
+        .output()
+        .unwrap();
+    assert!(create.status.success(), "{}", text(&create));
+
+    let rec = api.recorded();
+    assert_eq!(rec.len(), 2, "{rec:?}");
+    let pod: serde_json::Value = serde_json::from_slice(&rec[0].1).unwrap();
+    assert_eq!(pod["path"], "/api/v1/namespaces/tools/pods");
+    let ds: serde_json::Value = serde_json::from_slice(&rec[1].1).unwrap();
+    assert_eq!(ds["path"], "/apis/apps/v1/namespaces/nettool/daemonsets");
+
+    let pod_spec = &pod["object"]["spec"];
+    assert_eq!(pod["object"]["metadata"]["name"], name.as_str());
+    assert_eq!(pod_spec["nodeName"], "worker-2");
+    let ds_spec = &ds["object"]["spec"]["template"]["spec"];
+    for (what, spec) in [("pod", pod_spec), ("daemonset", ds_spec)] {
+        assert_eq!(spec["hostNetwork"], true, "{what}");
+        assert_eq!(spec["hostPID"], true, "{what}");
+        let c = &spec["containers"][0];
+        assert_eq!(c["securityContext"]["privileged"], true, "{what}");
+        assert_eq!(c["securityContext"]["runAsUser"], 0, "{what}");
+        let run = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == "/run")
+            .unwrap_or_else(|| panic!("{what}: /run mounted"));
+        assert_eq!(run["mountPropagation"], "HostToContainer", "{what}");
+        let vol = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == run["name"])
+            .unwrap();
+        assert_eq!(vol["hostPath"]["path"], "/run", "{what}");
+    }
+    assert_eq!(
+        pod_spec["containers"][0]["args"],
+        serde_json::json!(["netns", "list", "--json"])
+    );
+    assert_eq!(
+        ds_spec["containers"][0]["args"],
+        serde_json::json!(["dns", "--all-netns", "--json"])
+    );
+    assert_eq!(
+        ds_spec["containers"][0]["image"],
+        "registry.test/nettool:0.1.0"
+    );
+}
+
+#[test]
+fn plugin_argument_errors_are_usage_errors_that_say_what_to_do() {
+    let api = FakeApi::start("n");
+    for (args, says) in [
+        (&[][..], "which node?"),
+        (&["a", "b"][..], "one node at a time"),
+        (&["a", "--via", "ssh"][..], "--via takes debug or pod"),
+        (&["a", "--bogus"][..], "unknown option '--bogus'"),
+        (&["--daemonset", "a"][..], "--daemonset runs on every node"),
+        (&["a", "--image"][..], "--image needs a value"),
+    ] {
+        let out = api.plugin(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    assert!(api.recorded().is_empty(), "nothing was sent");
+    let help = api.plugin(&["--help"]);
+    assert!(help.status.success());
+    assert!(text(&help).contains("kubectl nettool worker-1 -- doctor 30080"));
+}
