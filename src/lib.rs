@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cmd;
 pub mod dns;
 pub mod doctor;
+pub mod engine;
 pub mod lab;
 pub mod nat;
 pub mod netns;

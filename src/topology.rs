@@ -405,21 +405,17 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
             }
         }
     }
-    if !opts.skip_docker {
-        let bridges = crate::netns::docker::Docker::connect_default()
-            .ok()
-            .filter(|d| d.available())
-            .and_then(|d| d.bridge_networks().ok())
-            .unwrap_or_default();
-        for &i in drawn.keys() {
-            for l in scan.namespaces[i]
-                .links
-                .iter()
-                .filter(|l| l.kind == "bridge")
-            {
-                if let Some(net) = bridges.get(&l.name) {
-                    networks.entry((i, l.name.clone())).or_insert(net.clone());
-                }
+    // Else from the engines' intent (Docker, Podman's netavark bridges, CNI, labs).
+    for &i in drawn.keys() {
+        for l in scan.namespaces[i]
+            .links
+            .iter()
+            .filter(|l| l.kind == "bridge")
+        {
+            if let Some(net) = scan.intent.network_by_bridge(&l.name) {
+                networks
+                    .entry((i, l.name.clone()))
+                    .or_insert(net.name.clone());
             }
         }
     }
@@ -472,15 +468,8 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
                 s
             })
             .collect();
-        let mut containers: Vec<String> = summary
-            .containers
-            .iter()
-            .map(|c| {
-                c.name
-                    .clone()
-                    .unwrap_or_else(|| c.id.chars().take(12).collect())
-            })
-            .collect();
+        let mut containers: Vec<String> =
+            summary.containers.iter().map(|c| c.short_name()).collect();
         // A lab names its containers itself (no container runtime behind them).
         if let Scope::Set { namespaces, .. } = scope {
             for (ns, name) in namespaces {

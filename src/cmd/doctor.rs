@@ -131,13 +131,8 @@ fn resolve_container(name: &str, host: &NetNs) -> anyhow::Result<NetNs> {
     {
         return Ok(ns);
     }
-    let docker = crate::netns::docker::Docker::connect_default()
-        .map(|d| d.available())
-        .unwrap_or(false);
-    if docker {
-        if let Ok(ns) = NetNs::from_container(name) {
-            return Ok(ns);
-        }
+    if let Ok(ns) = NetNs::from_container(name) {
+        return Ok(ns);
     }
     NetNs::from_name(name)
         .or_else(|_| NetNs::open(name))

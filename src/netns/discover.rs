@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::docker::{container_id_from_cgroup, Docker};
+use crate::engine::cgroup::container_id_from_cgroup;
+use crate::engine::{EngineKind, Intent};
+
 use super::links::Rtnl;
 use super::sockets::{read_comm, Owner};
 use super::{NetNs, NsId, DOCKER_NETNS_DIR, NETNS_RUN_DIR};
@@ -20,8 +22,23 @@ use super::{NetNs, NsId, DOCKER_NETNS_DIR, NETNS_RUN_DIR};
 pub struct ContainerRef {
     /// Container id (full).
     pub id: String,
-    /// Name, when the Docker API told us.
+    /// Name, when an engine told us.
     pub name: Option<String>,
+    /// The engine that runs it, when one told us (None: known only from a cgroup).
+    pub engine: Option<EngineKind>,
+    /// The Podman pod it belongs to.
+    pub pod: Option<String>,
+    /// True for a pod's infra container.
+    pub infra: bool,
+}
+
+impl ContainerRef {
+    /// Its name, else the first 12 characters of its id.
+    pub fn short_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.id.chars().take(12).collect())
+    }
 }
 
 /// One network namespace and everything known about who uses it.
@@ -48,19 +65,25 @@ pub struct NamespaceInfo {
 }
 
 impl NamespaceInfo {
-    /// The best short name, usable as a TARGET: first name, container, `current`, `pid:N`, or a path.
+    /// The best short name, usable as a TARGET: `current`; an engine's container
+    /// (container:NAME, the pod's first member before its infra); a name under /run/netns
+    /// (a lab container's too); `pid:N`; or a path.
     pub fn display_name(&self) -> String {
         if self.current {
             return "current".into();
+        }
+        let engine_container = self
+            .containers
+            .iter()
+            .find(|c| c.engine.is_some() && c.engine != Some(EngineKind::Lab));
+        if let Some(c) = engine_container {
+            return format!("container:{}", c.short_name());
         }
         if let Some(n) = self.names.first() {
             return n.clone();
         }
         if let Some(c) = self.containers.first() {
-            return format!(
-                "container:{}",
-                c.name.clone().unwrap_or_else(|| c.id[..12].to_string())
-            );
+            return format!("container:{}", c.short_name());
         }
         if let Some(p) = self.processes.first() {
             return format!("pid:{}", p.pid);
@@ -79,7 +102,7 @@ impl NamespaceInfo {
 pub struct DiscoverOptions {
     /// Skip entering each namespace to count interfaces.
     pub skip_interfaces: bool,
-    /// Skip asking the Docker API for container names.
+    /// Skip asking the container engines (Docker, Podman, CNI, labs) for names.
     pub skip_docker: bool,
 }
 
@@ -99,8 +122,19 @@ fn id_of(path: &Path) -> Option<NsId> {
     })
 }
 
-/// Find every network namespace on the machine.
+/// Find every network namespace on the machine, named after the engines' containers
+/// (read here unless `opts.skip_docker`).
 pub fn discover(opts: DiscoverOptions) -> Vec<NamespaceInfo> {
+    let intent = if opts.skip_docker {
+        Intent::default()
+    } else {
+        Intent::read()
+    };
+    discover_with(opts, &intent)
+}
+
+/// Find every network namespace on the machine, named after the containers of `intent`.
+pub fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<NamespaceInfo> {
     let mut found: BTreeMap<NsId, Found> = BTreeMap::new();
 
     for (dir, prefix) in [(NETNS_RUN_DIR, ""), (DOCKER_NETNS_DIR, "docker/")] {
@@ -174,17 +208,6 @@ pub fn discover(opts: DiscoverOptions) -> Vec<NamespaceInfo> {
 
     let current = NetNs::current().ok();
     let mut rtnl = Rtnl::open().ok();
-    let docker_names: BTreeMap<String, String> = if opts.skip_docker {
-        BTreeMap::new()
-    } else {
-        Docker::connect_default()
-            .ok()
-            .filter(|d| d.available())
-            .and_then(|d| d.list().ok())
-            .map(|cs| cs.into_iter().map(|c| (c.id, c.name)).collect())
-            .unwrap_or_default()
-    };
-
     let mut out = Vec::new();
     for (id, f) in found {
         let Some(path) = f.path else { continue };
@@ -202,20 +225,7 @@ pub fn discover(opts: DiscoverOptions) -> Vec<NamespaceInfo> {
                 comm: read_comm(pid),
             })
             .collect();
-        let mut containers: Vec<ContainerRef> = Vec::new();
-        for &pid in &pids {
-            if let Some(cid) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .and_then(|c| container_id_from_cgroup(&c))
-            {
-                if !containers.iter().any(|c| c.id == cid) {
-                    containers.push(ContainerRef {
-                        name: docker_names.get(&cid).cloned(),
-                        id: cid,
-                    });
-                }
-            }
-        }
+        let containers = containers_of(intent, id.inode, &pids);
         let interfaces = if opts.skip_interfaces {
             None
         } else {
@@ -239,6 +249,45 @@ pub fn discover(opts: DiscoverOptions) -> Vec<NamespaceInfo> {
             interfaces,
             current: current.as_ref().map(|c| c.id() == id).unwrap_or(false),
         });
+    }
+    out
+}
+
+/// The containers a namespace belongs to: every engine container whose namespace it is (a
+/// pod: its members, then its infra), then containers known only from a process's cgroup.
+fn containers_of(intent: &Intent, inode: u64, pids: &[u32]) -> Vec<ContainerRef> {
+    let as_ref = |c: &crate::engine::Container| ContainerRef {
+        id: c.id.clone(),
+        name: Some(c.name.clone()),
+        engine: Some(c.engine),
+        pod: c.pod.clone(),
+        infra: c.infra,
+    };
+    let mut engine_side = intent.in_netns(inode);
+    engine_side.sort_by(|a, b| (a.infra, &a.name).cmp(&(b.infra, &b.name)));
+    let mut out: Vec<ContainerRef> = engine_side.into_iter().map(as_ref).collect();
+    for &pid in pids {
+        let Some(cid) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|c| container_id_from_cgroup(&c))
+        else {
+            continue;
+        };
+        if out.iter().any(|c| c.id == cid) {
+            continue;
+        }
+        match intent.containers.iter().find(|c| c.id == cid) {
+            // A host-network container's processes live in the host's namespace: not its own.
+            Some(c) if c.host_network() => {}
+            Some(c) => out.push(as_ref(c)),
+            None => out.push(ContainerRef {
+                id: cid,
+                name: None,
+                engine: None,
+                pod: None,
+                infra: false,
+            }),
+        }
     }
     out
 }

@@ -6,7 +6,6 @@
 
 pub mod configure;
 pub mod discover;
-pub mod docker;
 pub mod exec;
 pub mod links;
 pub mod named;
@@ -79,9 +78,32 @@ pub enum NetnsError {
         /// What it matched.
         matches: Vec<String>,
     },
-    /// Docker's API could not answer a container: lookup.
-    #[error(transparent)]
-    Docker(#[from] docker::DockerError),
+    /// `container:NAME` named no container of any engine.
+    #[error("no container '{name}' ({})", asked)]
+    NoContainer {
+        /// What the user typed after `container:`.
+        name: String,
+        /// Which engines were asked and how it went, or that none is on this machine.
+        asked: String,
+    },
+    /// `container:NAME` named more than one container.
+    #[error("container '{name}' is ambiguous: it matches {}; give more of the id", matches.join(", "))]
+    AmbiguousContainer {
+        /// What the user typed.
+        name: String,
+        /// "ENGINE NAME (ID12)" of each match.
+        matches: Vec<String>,
+    },
+    /// The container exists but has no network namespace (stopped, created, dead).
+    #[error("container {name} is {state}{}", hint.as_ref().map(|h| format!(": {h}")).unwrap_or_default())]
+    ContainerDown {
+        /// Its name.
+        name: String,
+        /// Its state in the engine's words ("exited (code 137)").
+        state: String,
+        /// The engine's command that brings it back.
+        hint: Option<String>,
+    },
 }
 
 /// An open handle to a network namespace. Cheap to clone; the fd stays open while any clone lives.
@@ -157,16 +179,51 @@ impl NetNs {
         Self::from_path(Path::new(NETNS_RUN_DIR).join(name)).map(|n| n.with_label(name))
     }
 
-    /// A Docker container's namespace, by name or id, through the Engine API.
+    /// A container's namespace by name or id prefix: Docker, Podman, CNI (by container id)
+    /// or a nettool lab container, whichever engine knows it.
     pub fn from_container(name: &str) -> Result<Self, NetnsError> {
-        let c = docker::Docker::connect_default()?.inspect(name)?;
-        let ns = if c.pid > 0 {
-            Self::from_pid(c.pid)?
-        } else if let Some(key) = c.sandbox_key.as_deref().filter(|k| !k.is_empty()) {
-            Self::from_path(key)?
-        } else {
-            return Err(docker::DockerError::NotRunning(name.into()).into());
+        Self::from_container_in(&crate::engine::Intent::read(), name)
+    }
+
+    /// The same, from an intent already read (one read per run).
+    pub fn from_container_in(
+        intent: &crate::engine::Intent,
+        name: &str,
+    ) -> Result<Self, NetnsError> {
+        use crate::engine::Lookup;
+        let c = match intent.lookup(name) {
+            Lookup::Found(c) => c,
+            Lookup::Ambiguous(all) => {
+                return Err(NetnsError::AmbiguousContainer {
+                    name: name.into(),
+                    matches: all
+                        .iter()
+                        .map(|c| format!("{} {} ({})", c.engine, c.name, c.short_id()))
+                        .collect(),
+                })
+            }
+            Lookup::NotFound => {
+                return Err(NetnsError::NoContainer {
+                    name: name.into(),
+                    asked: asked_text(intent),
+                })
+            }
         };
+        let down = || NetnsError::ContainerDown {
+            name: c.name.clone(),
+            state: c.state.to_string(),
+            hint: c.start_hint(),
+        };
+        let ns = match (&c.netns, c.pid) {
+            (Some(p), _) if c.state.is_up() || c.pid.is_none() => Self::from_path(p),
+            (_, Some(pid)) if c.state.is_up() => Self::from_pid(pid),
+            _ => return Err(down()),
+        };
+        // A namespace that vanished between the engine's answer and now is a stopped container.
+        let ns = ns.map_err(|e| match e {
+            NetnsError::Open { .. } | NetnsError::NotNetns(_) => down(),
+            e => e,
+        })?;
         Ok(ns.with_label(&format!("container:{}", c.name)))
     }
 
@@ -294,4 +351,27 @@ impl PartialEq for NetNs {
 /// Run `f` inside `ns`; a free-function spelling of [`NetNs::run`].
 pub fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
     ns.run(f)
+}
+
+/// Which engines an intent asked and how it went, for "no such container" errors.
+fn asked_text(intent: &crate::engine::Intent) -> String {
+    if intent.sources.is_empty() {
+        return format!(
+            "no container engine on this machine: no Docker socket at {}, no Podman socket at {}, \
+             no CNI results in {}, no nettool lab; DOCKER_HOST or CONTAINER_HOST=unix://PATH \
+             names a daemon elsewhere",
+            crate::engine::docker::DEFAULT_SOCKET,
+            crate::engine::podman::ROOTFUL_SOCKET,
+            crate::engine::cni::RESULTS_DIR
+        );
+    }
+    let parts: Vec<String> = intent
+        .sources
+        .iter()
+        .map(|s| match &s.error {
+            None => format!("{} at {}", s.engine, s.endpoint),
+            Some(e) => format!("{} at {} failed: {e}", s.engine, s.endpoint),
+        })
+        .collect();
+    format!("asked {}", parts.join("; "))
 }

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::discover::{discover, ContainerRef, DiscoverOptions, NamespaceInfo};
+use super::discover::{discover_with, ContainerRef, DiscoverOptions, NamespaceInfo};
 use super::links::{Address, Link, Route, Rtnl};
 use super::rtnl::NetlinkError;
 use super::sockets::Owner;
 use super::{NetNs, NetnsError, NsId};
+use crate::engine::Intent;
 
 /// The other end of a veth.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -104,7 +105,7 @@ pub fn veth_peers(ns: &NetNs, candidates: &[NamespaceInfo]) -> Result<Vec<VethPe
 /// How much a [`HostScan`] reads.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ScanOptions {
-    /// Do not ask the Docker API for container names.
+    /// Do not ask the container engines for names.
     pub skip_docker: bool,
 }
 
@@ -141,6 +142,8 @@ pub struct HostScan {
     pub namespaces: Vec<NsLinks>,
     /// Index of the namespace nettool runs in, when it was found.
     pub current: Option<usize>,
+    /// What the container engines intended (empty with `skip_docker`), read once for the scan.
+    pub intent: Intent,
     handles: Vec<Option<NetNs>>,
 }
 
@@ -209,11 +212,24 @@ impl HostScan {
     ///
     /// `extra` namespaces are added when discovery did not see them (e.g. held only by an fd).
     pub fn scan(opts: ScanOptions, extra: &[NetNs]) -> HostScan {
+        let intent = if opts.skip_docker {
+            Intent::default()
+        } else {
+            Intent::read()
+        };
+        Self::scan_with(opts, extra, intent)
+    }
+
+    /// The same, naming containers from an intent already read.
+    pub fn scan_with(opts: ScanOptions, extra: &[NetNs], intent: Intent) -> HostScan {
         raise_nofile_limit();
-        let mut infos = discover(DiscoverOptions {
-            skip_interfaces: true,
-            skip_docker: opts.skip_docker,
-        });
+        let mut infos = discover_with(
+            DiscoverOptions {
+                skip_interfaces: true,
+                skip_docker: opts.skip_docker,
+            },
+            &intent,
+        );
         for ns in extra {
             if !infos.iter().any(|i| i.id == ns.id()) {
                 infos.push(NamespaceInfo {
@@ -340,6 +356,7 @@ impl HostScan {
         HostScan {
             namespaces,
             current,
+            intent,
             handles,
         }
     }

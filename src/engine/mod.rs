@@ -1,0 +1,361 @@
+//! What each container engine intended: containers (in every state), their networks,
+//! attachments and published ports, from Docker, Podman, CNI's cache and nettool labs.
+//!
+//! Read once per run ([`Intent::read`]) and handed around as data: the facts snapshot records
+//! it, naming (`netns list`, `peer`, `topology`) and the `container:NAME` resolver read it.
+//! An engine that is absent costs nothing; one that is present but fails is a
+//! [`SourceStatus`] with an error, never a crash.
+
+pub mod cgroup;
+pub mod cni;
+pub mod docker;
+pub mod lab;
+pub mod podman;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Which engine a container or network belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// dockerd, through its Engine API.
+    Docker,
+    /// Podman, through its Docker-compatible API (plus a few libpod endpoints).
+    Podman,
+    /// A CNI plugin chain, from libcni's cached results.
+    Cni,
+    /// A nettool lab (`nettool setup`), from its state file.
+    Lab,
+}
+
+impl EngineKind {
+    /// The engine's own command line tool, used in the fixes nettool prints.
+    pub fn cli(self) -> &'static str {
+        match self {
+            EngineKind::Docker => "docker",
+            EngineKind::Podman => "podman",
+            EngineKind::Cni => "cni",
+            EngineKind::Lab => "nettool",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineKind::Docker => "docker",
+            EngineKind::Podman => "podman",
+            EngineKind::Cni => "cni",
+            EngineKind::Lab => "lab",
+        })
+    }
+}
+
+/// Which engines were asked, where, and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// The engine.
+    pub engine: EngineKind,
+    /// Where it was asked: a socket path, a cache directory, a state directory.
+    pub endpoint: String,
+    /// Why it could not be read, when it could not (the engine is there but failed).
+    pub error: Option<String>,
+}
+
+/// A container's state in the engine's words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused (frozen; its namespace still exists).
+    Paused,
+    /// Being restarted by the engine.
+    Restarting,
+    /// Stopped, with its exit code.
+    Exited {
+        /// The exit code of its main process.
+        code: i64,
+    },
+    /// Dead (the engine failed to stop or remove it).
+    Dead,
+    /// Any other word the engine used ("removing", "stopped", "configured"...).
+    Other(String),
+}
+
+impl ContainerState {
+    /// From the engine's State.Status word and exit code.
+    pub fn from_status(status: &str, exit_code: i64) -> Self {
+        match status {
+            "created" | "configured" => ContainerState::Created,
+            "running" => ContainerState::Running,
+            "paused" => ContainerState::Paused,
+            "restarting" => ContainerState::Restarting,
+            "exited" | "stopped" => ContainerState::Exited { code: exit_code },
+            "dead" => ContainerState::Dead,
+            other => ContainerState::Other(other.to_string()),
+        }
+    }
+
+    /// True when the container's processes exist (running or paused): it has a namespace.
+    pub fn is_up(&self) -> bool {
+        matches!(
+            self,
+            ContainerState::Running | ContainerState::Paused | ContainerState::Restarting
+        )
+    }
+}
+
+impl fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContainerState::Created => f.write_str("created"),
+            ContainerState::Running => f.write_str("running"),
+            ContainerState::Paused => f.write_str("paused"),
+            ContainerState::Restarting => f.write_str("restarting"),
+            ContainerState::Exited { code } => write!(f, "exited (code {code})"),
+            ContainerState::Dead => f.write_str("dead"),
+            ContainerState::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One network attachment of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The engine's network name.
+    pub network: String,
+    /// IPv4 address on that network.
+    pub ipv4: Option<Ipv4Addr>,
+    /// IPv6 address on that network.
+    pub ipv6: Option<Ipv6Addr>,
+    /// MAC address of the container's interface.
+    pub mac: Option<String>,
+}
+
+/// One published port, as the engine intends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    /// "tcp", "udp" or "sctp".
+    pub proto: String,
+    /// The host address it is published on; None = every address.
+    pub host_ip: Option<IpAddr>,
+    /// Host port.
+    pub host_port: u16,
+    /// Container port.
+    pub container_port: u16,
+}
+
+/// A container as its engine describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    /// Which engine runs it.
+    pub engine: EngineKind,
+    /// Full id (64 hex for Docker/Podman; the CNI container id; `LAB/NAME` for a lab).
+    pub id: String,
+    /// Name (no leading '/'); a CNI container has only its id.
+    pub name: String,
+    /// State in the engine's words.
+    pub state: ContainerState,
+    /// Pid of its main process, when running.
+    pub pid: Option<u32>,
+    /// A file that opens its network namespace (sandbox key, /run/netns/NAME), when it has one.
+    pub netns: Option<PathBuf>,
+    /// Inode of that namespace, read when the intent was read (joins it to discovery).
+    pub netns_inode: Option<u64>,
+    /// The engine's network mode: "bridge", "host", "none", "container:ID", a network name...
+    pub network_mode: String,
+    /// Its networks and addresses.
+    pub attachments: Vec<Attachment>,
+    /// Its published ports.
+    pub ports: Vec<PortBinding>,
+    /// The Podman pod it belongs to (pod name).
+    pub pod: Option<String>,
+    /// True for a pod's infra container (it holds the pod's namespaces).
+    pub infra: bool,
+    /// The group it belongs to: a nettool lab's name, or a Compose project.
+    pub project: Option<String>,
+}
+
+impl Container {
+    /// The first 12 characters of the id, as the engines print it.
+    pub fn short_id(&self) -> &str {
+        let end = self
+            .id
+            .char_indices()
+            .nth(12)
+            .map(|(i, _)| i)
+            .unwrap_or(self.id.len());
+        &self.id[..end]
+    }
+
+    /// True when the container shares the engine host's namespace (`--network host`).
+    pub fn host_network(&self) -> bool {
+        self.network_mode == "host"
+    }
+
+    /// What brings a container without a namespace back, in the engine's own words.
+    pub fn start_hint(&self) -> Option<String> {
+        let cli = self.engine.cli();
+        match (&self.state, self.engine) {
+            (_, EngineKind::Cni) => Some(format!(
+                "its CNI result is cached but the namespace is gone; run the plugin chain's DEL then ADD again for container id {}",
+                self.id
+            )),
+            (_, EngineKind::Lab) => self
+                .project
+                .as_ref()
+                .map(|lab| format!("`nettool teardown {lab}` then `nettool setup --name {lab}`")),
+            (ContainerState::Paused, _) => {
+                Some(format!("unpause it with `{cli} unpause {}`", self.name))
+            }
+            (ContainerState::Dead, _) => Some(format!(
+                "remove it and create it again (`{cli} rm {}`)",
+                self.name
+            )),
+            _ => match (&self.pod, self.infra) {
+                (Some(pod), true) => Some(format!("start its pod with `podman pod start {pod}`")),
+                _ => Some(format!("start it with `{cli} start {}`", self.name)),
+            },
+        }
+    }
+}
+
+/// A network as its engine describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Which engine made it.
+    pub engine: EngineKind,
+    /// The engine's name for it.
+    pub name: String,
+    /// The engine's id (the name again when the engine has no ids).
+    pub id: String,
+    /// The Linux bridge that implements it, when it is a bridge network.
+    pub bridge: Option<String>,
+    /// Its subnets (IPv4 and IPv6).
+    pub subnets: Vec<IpNet>,
+    /// An internal network has no way out.
+    pub internal: bool,
+}
+
+/// What every engine on the machine intended, read once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Every container of every engine, in every state.
+    pub containers: Vec<Container>,
+    /// Every network of every engine.
+    pub networks: Vec<Network>,
+    /// Which engines were asked and how it went.
+    pub sources: Vec<SourceStatus>,
+}
+
+/// The result of looking a container up by name or id.
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    /// Exactly one container.
+    Found(&'a Container),
+    /// Nothing by that name or id.
+    NotFound,
+    /// More than one (same name in two engines, or a short id prefix).
+    Ambiguous(Vec<&'a Container>),
+}
+
+impl Intent {
+    /// Ask every engine present on this machine (Docker, Podman, CNI's cache, nettool labs).
+    pub fn read() -> Intent {
+        let mut intent = Intent::default();
+        for ep in docker::endpoints() {
+            docker::read_into(&ep, &mut intent);
+        }
+        cni::read_into(Path::new(cni::RESULTS_DIR), &mut intent);
+        lab::read_into(&mut intent);
+        intent.fill_netns_inodes();
+        intent
+    }
+
+    /// Stat each container's namespace file once, so namespaces join containers by inode.
+    fn fill_netns_inodes(&mut self) {
+        for c in &mut self.containers {
+            if c.netns_inode.is_some() {
+                continue;
+            }
+            let from_path = c
+                .netns
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| m.ino());
+            let from_pid = || {
+                c.pid
+                    .filter(|p| *p > 0)
+                    .and_then(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).ok())
+                    .map(|m| m.ino())
+            };
+            c.netns_inode = from_path.or_else(from_pid);
+        }
+    }
+
+    /// A container by exact id, exact name, or unique id prefix (as `docker` accepts them).
+    pub fn lookup(&self, name_or_id: &str) -> Lookup<'_> {
+        let key = name_or_id.trim_start_matches('/');
+        if key.is_empty() {
+            return Lookup::NotFound;
+        }
+        let exact_id = |c: &&Container| c.id == key;
+        let exact_name = |c: &&Container| c.name == key;
+        let prefix = |c: &&Container| c.id.starts_with(key);
+        for hits in [
+            self.containers.iter().filter(exact_id).collect::<Vec<_>>(),
+            self.containers.iter().filter(exact_name).collect(),
+            self.containers.iter().filter(prefix).collect(),
+        ] {
+            match hits.len() {
+                0 => continue,
+                1 => return Lookup::Found(hits[0]),
+                _ => return Lookup::Ambiguous(hits),
+            }
+        }
+        Lookup::NotFound
+    }
+
+    /// A container by exact id, exact name, or unique id prefix; None when none or ambiguous.
+    pub fn container(&self, name_or_id: &str) -> Option<&Container> {
+        match self.lookup(name_or_id) {
+            Lookup::Found(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The container whose main process is `pid`.
+    pub fn by_pid(&self, pid: u32) -> Option<&Container> {
+        self.containers.iter().find(|c| c.pid == Some(pid))
+    }
+
+    /// The containers whose namespace has this inode (a pod: its infra and its members),
+    /// host-network containers left out (that namespace is the host's).
+    pub fn in_netns(&self, inode: u64) -> Vec<&Container> {
+        self.containers
+            .iter()
+            .filter(|c| c.netns_inode == Some(inode) && !c.host_network())
+            .collect()
+    }
+
+    /// The network a Linux bridge implements.
+    pub fn network_by_bridge(&self, bridge: &str) -> Option<&Network> {
+        self.networks
+            .iter()
+            .find(|n| n.bridge.as_deref() == Some(bridge))
+    }
+
+    /// The status of every engine that was asked and failed.
+    pub fn errors(&self) -> impl Iterator<Item = &SourceStatus> {
+        self.sources.iter().filter(|s| s.error.is_some())
+    }
+}

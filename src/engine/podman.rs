@@ -1,0 +1,162 @@
+//! Podman through its API service: the Docker-compatible endpoints for each container, and
+//! the libpod ones for what only Podman knows (pods, infra containers, netavark's bridges).
+
+use std::net::IpAddr;
+
+use super::docker::{container_from_inspect, ids, Api, ApiError};
+use super::{Container, EngineKind, Network, PortBinding};
+
+/// Rootful Podman's API socket (what podman.socket serves).
+pub const ROOTFUL_SOCKET: &str = "/run/podman/podman.sock";
+
+/// The libpod API prefix; Podman 4 accepts it (and serves the compat API beside it).
+const LIBPOD: &str = "/v4.0.0/libpod";
+
+/// Every container (all states, with pods) and network of a Podman service.
+pub(crate) fn read(api: &Api) -> Result<(Vec<Container>, Vec<Network>), ApiError> {
+    // libpod's list knows pods, infra containers and port ranges; the compat inspect has
+    // the namespace path and addresses in the Docker shape.
+    let libpod = api.get(&format!("{LIBPOD}/containers/json?all=true")).ok();
+    let list = match &libpod {
+        Some(l) => l.clone(),
+        None => api.get("/containers/json?all=1")?,
+    };
+    let mut containers = Vec::new();
+    for id in ids(&list, "/containers/json")? {
+        let Ok(v) = api.get(&format!("/containers/{id}/json")) else {
+            continue;
+        };
+        let Some(mut c) = container_from_inspect(&v, EngineKind::Podman) else {
+            continue;
+        };
+        if let Some(entry) = libpod.as_ref().and_then(|l| {
+            l.as_array()?
+                .iter()
+                .find(|e| e.get("Id").and_then(|i| i.as_str()) == Some(id.as_str()))
+        }) {
+            c.pod = entry
+                .get("PodName")
+                .and_then(|p| p.as_str())
+                .filter(|p| !p.is_empty())
+                .map(str::to_string);
+            c.infra = entry
+                .get("IsInfra")
+                .and_then(|i| i.as_bool())
+                .unwrap_or(false);
+            let ports = libpod_ports(entry.get("Ports"));
+            if !ports.is_empty() {
+                c.ports = ports;
+            }
+        }
+        containers.push(c);
+    }
+    let networks = match api.get(&format!("{LIBPOD}/networks/json")) {
+        Ok(v) => v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(libpod_network)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    Ok((containers, networks))
+}
+
+/// libpod's port list: `[{host_ip, container_port, host_port, range, protocol}]`, where a
+/// range publishes `range` consecutive ports and protocol may be "tcp,udp".
+fn libpod_ports(v: Option<&serde_json::Value>) -> Vec<PortBinding> {
+    let mut out = Vec::new();
+    for p in v.and_then(|p| p.as_array()).into_iter().flatten() {
+        let num = |k: &str| p.get(k).and_then(|x| x.as_u64());
+        let (Some(hp), Some(cp)) = (num("host_port"), num("container_port")) else {
+            continue;
+        };
+        let range = num("range").unwrap_or(1).clamp(1, 65536);
+        let host_ip = p
+            .get("host_ip")
+            .and_then(|x| x.as_str())
+            .and_then(|x| x.parse::<IpAddr>().ok());
+        let protos = p.get("protocol").and_then(|x| x.as_str()).unwrap_or("tcp");
+        for proto in protos.split(',').filter(|x| !x.is_empty()) {
+            for i in 0..range {
+                let (Ok(host_port), Ok(container_port)) =
+                    (u16::try_from(hp + i), u16::try_from(cp + i))
+                else {
+                    break;
+                };
+                out.push(PortBinding {
+                    proto: proto.to_string(),
+                    host_ip,
+                    host_port,
+                    container_port,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A network from libpod's list: netavark names its bridge (podman0, podman1...).
+fn libpod_network(n: &serde_json::Value) -> Option<Network> {
+    let name = n.get("name")?.as_str()?.to_string();
+    let id = n
+        .get("id")
+        .and_then(|x| x.as_str())
+        .unwrap_or(&name)
+        .to_string();
+    let bridge = (n.get("driver").and_then(|d| d.as_str()) == Some("bridge"))
+        .then(|| n.get("network_interface").and_then(|x| x.as_str()))
+        .flatten()
+        .filter(|b| !b.is_empty())
+        .map(str::to_string);
+    let subnets = n
+        .get("subnets")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("subnet")?.as_str()?.parse().ok())
+        .collect();
+    Some(Network {
+        engine: EngineKind::Podman,
+        name,
+        id,
+        bridge,
+        subnets,
+        internal: n.get("internal").and_then(|i| i.as_bool()).unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_and_protocol_lists() {
+        let v = serde_json::json!([
+            {"host_ip": "", "container_port": 80, "host_port": 18080, "range": 1, "protocol": "tcp"},
+            {"host_ip": "127.0.0.1", "container_port": 53, "host_port": 5353, "range": 2, "protocol": "tcp,udp"},
+            {"host_ip": "", "container_port": 65535, "host_port": 65535, "range": 3, "protocol": "tcp"}
+        ]);
+        let p = libpod_ports(Some(&v));
+        assert_eq!(p.len(), 1 + 4 + 1, "{p:?}");
+        assert_eq!(p[0].host_ip, None);
+        assert_eq!(p[2].host_port, 5354);
+        assert_eq!(p[3].proto, "udp");
+    }
+
+    #[test]
+    fn netavark_bridge_names() {
+        let n = libpod_network(&serde_json::json!({
+            "name": "podman", "id": "2f25", "driver": "bridge", "network_interface": "podman0",
+            "subnets": [{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}], "internal": false
+        }))
+        .unwrap();
+        assert_eq!(n.bridge.as_deref(), Some("podman0"));
+        assert_eq!(n.subnets[0].to_string(), "10.88.0.0/16");
+        let mac = libpod_network(&serde_json::json!({
+            "name": "mv", "driver": "macvlan", "network_interface": "eth0"
+        }))
+        .unwrap();
+        assert_eq!(mac.bridge, None);
+    }
+}
