@@ -711,14 +711,14 @@ fn teardown_after_a_crash_mid_setup() {
         "the crash left the lab half built"
     );
     assert_ne!(snapshot(&host), before);
-    // setup refuses to build over it and says what to do.
+    // The next setup removes what the crashed one left, says so, and builds the lab whole.
     let out = nettool_in(
         Some(&host.name),
         &["setup", "--name", &name, "--no-userland-proxy"],
         &[],
     );
     assert!(
-        !out.status.success() && text(&out).contains("half set up"),
+        out.status.success() && text(&out).contains("was interrupted; removed what it left"),
         "{}",
         text(&out)
     );
@@ -806,4 +806,244 @@ run = \"dnsmasq --keep-in-foreground --no-resolv --no-hosts --listen-address=10.
     });
     let log = std::fs::read_to_string(format!("/run/nettool/{}/daemon.log", lab.name)).unwrap();
     assert!(log.contains("restarting"), "{log}");
+}
+
+/// A small lab for the kill tests: one network with IPv6 and DNS, two services, one published
+/// port (single proxy). Service texts carry the lab name, so its processes are found by
+/// their command lines, independently of the lab's own bookkeeping.
+fn kill_lab_file(name: &str, net: u8) -> tempfile_path::Path {
+    write_lab(&format!(
+        "[[network]]\nname = \"n1\"\nsubnet = \"10.{net}.0.0/24\"\nipv6 = \"fd00:{net}::/64\"\n\
+[[container]]\nname = \"a\"\nrun = \"nettool serve http 80 --text {name}-a\"\nports = [\"80{net}:80\"]\n\
+[[container]]\nname = \"b\"\nrun = \"nettool serve http 80 --text {name}-b\"\n"
+    ))
+}
+
+/// Firewall state of a namespace, rules only: iptables-save and ip6tables-save rule and
+/// non-builtin chain lines, and nft rule lines (tables and base chains iptables-nft makes
+/// are not rules).
+fn firewall_rules(ns: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for tool in ["iptables-save", "ip6tables-save"] {
+        for l in sh(&["ip", "netns", "exec", ns, tool]).lines() {
+            let builtin = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"]
+                .iter()
+                .any(|b| l.starts_with(&format!(":{b} ")));
+            if l.starts_with("-A") || (l.starts_with(':') && !builtin) {
+                v.push(format!("{tool}: {}", l.split(" [").next().unwrap_or(l)));
+            }
+        }
+    }
+    for l in sh(&["ip", "netns", "exec", ns, "nft", "list", "ruleset"]).lines() {
+        let t = l.trim();
+        let structure = t.is_empty()
+            || t == "}"
+            || t.starts_with("table ")
+            || t.starts_with("chain ")
+            || t.starts_with("type ");
+        if !structure {
+            v.push(format!("nft: {t}"));
+        }
+    }
+    v
+}
+
+/// What lab `name` could have left on the machine, seen with outside tools: namespaces and
+/// /run/netns entries, links named in its plan (in the root namespace and in `host`), state
+/// and /etc/netns folders, processes whose command line names it.
+fn lab_leftovers(name: &str, links: &[String], host: Option<&TestNs>) -> Vec<String> {
+    let mut left = Vec::new();
+    for n in netns_names() {
+        if n == name || n.starts_with(&format!("{name}-")) {
+            left.push(format!("/run/netns/{n}"));
+        }
+    }
+    for d in ["/run/nettool", "/etc/netns"] {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let f = e.file_name().to_string_lossy().into_owned();
+                if f == name || f.starts_with(&format!("{name}-")) {
+                    left.push(format!("{d}/{f}"));
+                }
+            }
+        }
+    }
+    let mut link_lists = vec![("root".to_string(), sh(&["ip", "-o", "link", "show"]))];
+    if let Some(h) = host {
+        link_lists.push((h.name.clone(), h.ip(&["-o", "link", "show"])));
+    }
+    for (ns, list) in &link_lists {
+        for l in links {
+            if list.contains(&format!(": {l}:")) || list.contains(&format!(": {l}@")) {
+                left.push(format!("link {l} in {ns}"));
+            }
+        }
+    }
+    let me = std::process::id().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(name) {
+                left.push(format!("process {pid}: {cmd}"));
+            }
+        }
+    }
+    left
+}
+
+/// Bridge and host-side veth names of a lab, from its plan.
+fn planned_links(args: &[&str]) -> Vec<String> {
+    let mut a = vec!["setup", "--dry-run", "--json"];
+    a.extend_from_slice(args);
+    let plan = nettool_json(&a);
+    let mut v = Vec::new();
+    for s in plan["steps"].as_array().unwrap() {
+        match s["step"].as_str() {
+            Some("create_bridge") => v.push(s["name"].as_str().unwrap().to_string()),
+            Some("create_veth") => v.push(s["host"].as_str().unwrap().to_string()),
+            _ => {}
+        }
+    }
+    assert!(v.len() >= 3, "{plan}");
+    v
+}
+
+/// Start `nettool ARGS` (inside `host` via nsenter, which execs: same pid), signal it after
+/// `delay`, wait; returns its exit status and stderr.
+fn signal_setup_after(
+    host: Option<&TestNs>,
+    args: &[&str],
+    delay: std::time::Duration,
+    sig: i32,
+) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let exe = env!("CARGO_BIN_EXE_nettool");
+    let mut cmd = match host {
+        Some(h) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", h.path())).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap(), err)
+}
+
+/// SIGKILL and SIGINT at many instants of a setup (an `--isolated` lab, or one whose host is
+/// a namespace of the test's own); SIGINT must roll back on its own, SIGKILL's remains must
+/// go with the next teardown or setup. Nothing may be left: namespaces, /run/netns entries,
+/// links, rules in every table of the host, sysctls, processes, state and /etc/netns folders.
+fn kill_anywhere(host: Option<&TestNs>, net: u8) {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::Instant;
+    let name = unique("kill");
+    let file = kill_lab_file(&name, net);
+    let mut args = vec!["setup", file.s(), "--name", &name];
+    if host.is_none() {
+        args.push("--isolated");
+    }
+    let links = planned_links(&args[1..]);
+    let hostname = host.map(|h| h.name.clone());
+    let v6 = |h: &TestNs| {
+        let argv = [
+            "ip",
+            "netns",
+            "exec",
+            &h.name,
+            "sysctl",
+            "net.ipv6.conf.all.forwarding",
+        ];
+        sh(&argv)
+    };
+    let before = host.map(|h| (snapshot(h), firewall_rules(&h.name), v6(h)));
+    let check = |when: &str| {
+        let left = lab_leftovers(&name, &links, host);
+        assert!(left.is_empty(), "{when}: left behind: {left:#?}");
+        if let (Some(h), Some((snap, rules, fwd6))) = (host, &before) {
+            assert_eq!(firewall_rules(&h.name), *rules, "{when}: firewall");
+            assert_eq!(snapshot(h), *snap, "{when}: host namespace");
+            assert_eq!(v6(h), *fwd6, "{when}: sysctl");
+        }
+    };
+    let teardown = |when: &str| {
+        let out = nettool_in(hostname.as_deref(), &["teardown", &name], &[]);
+        assert!(out.status.success(), "{when}: teardown: {}", text(&out));
+    };
+    // How long a whole setup takes here, to spread the signals over it.
+    let t0 = Instant::now();
+    let out = nettool_in(hostname.as_deref(), &args, &[]);
+    let full = t0.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    teardown("first run");
+    check("after a normal setup and teardown");
+    let n = 14u32;
+    let (mut rolled_back, mut half_built) = (0, 0);
+    for i in 0..n {
+        let delay = full * i / (n - 2);
+        for sig in [libc::SIGKILL, libc::SIGINT] {
+            let when = format!("signal {sig} after {delay:?} (setup takes {full:?})");
+            let (status, err) = signal_setup_after(host, &args, delay, sig);
+            if sig == libc::SIGINT {
+                // Rolled back (130), killed before any change (signal), or finished (0).
+                if status.code() == Some(0) {
+                    teardown(&when);
+                } else {
+                    assert!(
+                        status.code() == Some(130) || status.signal() == Some(sig),
+                        "{when}: {status:?} {err}"
+                    );
+                    rolled_back += usize::from(status.code() == Some(130));
+                }
+                check(&format!("{when}, without teardown"));
+                continue;
+            }
+            half_built += usize::from(!lab_leftovers(&name, &links, host).is_empty());
+            if i % 2 == 0 {
+                teardown(&when);
+            } else {
+                // The next setup of the lab cleans up on its own, then builds it whole.
+                let out = nettool_in(hostname.as_deref(), &args, &[]);
+                assert!(out.status.success(), "{when}: setup again: {}", text(&out));
+                teardown(&when);
+            }
+            check(&when);
+        }
+    }
+    eprintln!("{name}: setup takes {full:?}; {rolled_back} SIGINTs rolled back, {half_built} SIGKILLs left a half-built lab");
+    // The signals must have landed mid-setup, or this proved nothing.
+    assert!(
+        rolled_back >= 3 && half_built >= 3,
+        "{rolled_back} {half_built}"
+    );
+}
+
+#[test]
+fn setup_killed_or_interrupted_anywhere_leaves_nothing() {
+    let t0 = std::time::Instant::now();
+    kill_anywhere(None, 91);
+    let host = TestNs::new("killhost");
+    kill_anywhere(Some(&host), 92);
+    eprintln!("kill-anywhere took {:?}", t0.elapsed());
 }

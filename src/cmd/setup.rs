@@ -80,6 +80,22 @@ pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     apply::preflight(backend)?;
+    // From here a Ctrl-C or SIGTERM rolls back instead of leaving half a lab.
+    apply::catch_interrupts();
+    let lab_name = a.name.clone().unwrap_or_else(|| spec.name.clone());
+    if let Some(rep) = apply::recover_interrupted(&lab_name)? {
+        eprintln!(
+            "nettool: an earlier setup of lab {lab_name} was interrupted; removed what it left: {} namespaces, {} links, {} processes, {} firewall rule sets, {} sysctls restored",
+            rep.namespaces.len(),
+            rep.links.len(),
+            rep.processes.len(),
+            rep.firewall,
+            rep.sysctls.len()
+        );
+        for w in &rep.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     let base = backend == Backend::Iptables && apply::base_chains_exist(a.isolated);
     let p = plan::plan(&spec, &opts, base);
     match apply::setup(&p) {
@@ -99,6 +115,10 @@ pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
                 print!("{}", render_up(&st, true));
             }
             Ok(0)
+        }
+        Err(e @ LabError::Interrupted { signo, .. }) => {
+            eprintln!("nettool: {e}");
+            Ok(128 + signo)
         }
         Err(e) => Err(e.into()),
     }

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -20,7 +21,9 @@ use serde::Serialize;
 use super::firewall;
 use super::plan::{Plan, ProxyMode, Step};
 use super::spec::Backend;
-use super::state::{self, HostRecord, Journal, LabState, ProcessState, StateError, Undo, Where};
+use super::state::{
+    self, HostRecord, Journal, LabState, ProcessState, StateError, Undo, Where, LAB_MARKER,
+};
 use crate::netns::configure::Configure;
 use crate::netns::{named, sysctl, NetNs};
 
@@ -41,9 +44,26 @@ pub enum LabError {
     /// The lab is already up.
     #[error("lab '{0}' is already up")]
     AlreadyUp(String),
-    /// A previous setup left a half-built lab.
-    #[error("lab '{0}' is half set up (an earlier setup crashed or is still running); run `nettool teardown {0}` first")]
-    HalfUp(String),
+    /// Another setup of this lab is still at work.
+    #[error("lab '{name}' is being set up right now by pid {pid}; wait for it to finish (or stop it: `kill {pid}` rolls it back)")]
+    SetupRunning {
+        /// Lab name.
+        name: String,
+        /// The setup process.
+        pid: u32,
+    },
+    /// SIGINT/SIGTERM arrived during setup; everything created so far was removed again.
+    #[error("setup of lab '{name}' interrupted by {signal}{}", if rollback.is_empty() { ": rolled back, nothing is left behind".to_string() } else { format!(" (rollback problems: {})", rollback.join("; ")) })]
+    Interrupted {
+        /// Lab name.
+        name: String,
+        /// SIGINT or SIGTERM.
+        signal: String,
+        /// Problems met while rolling back (empty when the rollback was clean).
+        rollback: Vec<String>,
+        /// The signal number (the exit code is 128 + it).
+        signo: i32,
+    },
     /// A name the lab needs is taken.
     #[error("{0}")]
     Conflict(String),
@@ -134,9 +154,57 @@ pub fn preflight(backend: Backend) -> Result<(), LabError> {
     backend_tools(backend).map(|_| ())
 }
 
+/// The signal (SIGINT, SIGTERM or SIGHUP) that asked setup to stop, 0 while none did.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn note_interrupt(sig: libc::c_int) {
+    INTERRUPTED.store(sig, Ordering::SeqCst);
+}
+
+/// From now on SIGINT, SIGTERM and SIGHUP do not kill the process but ask [`setup`] to stop
+/// at its next check and roll back what it created (SA_RESTART: no call fails with EINTR).
+pub fn catch_interrupts() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(note_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        let _ = unsafe { sigaction(sig, &act) };
+    }
+}
+
+/// The signal that interrupted setup, if one did.
+fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Keep a helper program (iptables-restore, nft) out of the terminal's process group, so a
+/// Ctrl-C reaches setup (which rolls back) and not the helper mid-apply, and kill it when its
+/// parent dies, so nothing applies rules after a SIGKILLed setup is gone.
+fn contain_helper(cmd: &mut Command) {
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Feed `text` to `argv` on stdin in the calling thread's namespace; Err(stderr) on failure.
 fn run_with_stdin(argv: &[&str], text: &str) -> Result<(), String> {
-    let mut child = Command::new(argv[0])
+    let mut cmd = Command::new(argv[0]);
+    contain_helper(&mut cmd);
+    let mut child = cmd
         .args(&argv[1..])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -165,6 +233,74 @@ pub fn apply_firewall_text(backend: Backend, text: &str) -> Result<(), String> {
         Backend::Iptables => run_with_stdin(&["iptables-restore", "--noflush"], text),
         Backend::Nftables => run_with_stdin(&["nft", "-f", "-"], text),
     }
+}
+
+/// Remove firewall rules with `undo` text, also when only part of them (or none) exists: a
+/// setup killed around its apply leaves either. The whole text first (atomic); if the tool
+/// refuses it, iptables text is applied one command at a time, skipping what is not there,
+/// and nft's `delete table` is fine when the table is gone. Ok(true) when something was removed.
+pub fn undo_firewall_text(backend: Backend, undo: &str) -> Result<bool, String> {
+    let whole = apply_firewall_text(backend, undo);
+    let Err(e) = whole else { return Ok(true) };
+    match backend {
+        Backend::Nftables => {
+            let tables: Vec<&str> = undo
+                .lines()
+                .filter_map(|l| l.strip_prefix("delete table "))
+                .collect();
+            if tables.is_empty() {
+                return Err(e);
+            }
+            let mut removed = false;
+            for t in tables {
+                if nft_table_exists(t) {
+                    apply_firewall_text(backend, &format!("delete table {t}\n"))?;
+                    removed = true;
+                }
+            }
+            Ok(removed)
+        }
+        Backend::Iptables => {
+            let mut table = "";
+            let mut removed = false;
+            for l in undo.lines() {
+                if let Some(t) = l.strip_prefix('*') {
+                    table = t;
+                } else if l.starts_with('-') {
+                    let one = format!("*{table}\n{l}\nCOMMIT\n");
+                    removed |= apply_firewall_text(backend, &one).is_ok();
+                }
+            }
+            // What the tool still refuses to delete must really be gone, or the error stands.
+            let saved = Command::new("iptables-save")
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let present: BTreeSet<&str> = saved.lines().collect();
+            let left: Vec<&str> = undo
+                .lines()
+                .filter_map(|l| l.strip_prefix("-D "))
+                .filter(|r| present.contains(format!("-A {r}").as_str()))
+                .collect();
+            if left.is_empty() {
+                Ok(removed)
+            } else {
+                Err(format!("{e} (still present: {})", left.join("; ")))
+            }
+        }
+    }
+}
+
+/// True when `nft list table FAMILY NAME` finds the table in the calling thread's namespace.
+fn nft_table_exists(family_and_name: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "table"])
+        .args(family_and_name.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// True when the shared NETTOOL chains exist in the calling thread's namespace.
@@ -245,13 +381,28 @@ impl Run<'_> {
         self.journal.record(&u).map_err(e2s)
     }
 
+    /// The create announced by `u` failed because the name was taken: not ours to undo.
+    fn cancel(&mut self, u: Undo) -> Result<(), String> {
+        self.record(Undo::NotCreated { undo: Box::new(u) })
+    }
+
     /// Run one step. Host-namespace steps run on the calling thread, which is in the lab host.
     fn step(&mut self, step: &Step) -> Result<(), String> {
         match step {
             Step::CreateNetns { name } => {
-                let ns = named::create(name).map_err(e2s)?;
-                self.record(Undo::Netns { name: name.clone() })?;
-                self.netns.insert(name.clone(), ns);
+                let undo = Undo::Netns { name: name.clone() };
+                self.record(undo.clone())?;
+                match named::create(name) {
+                    Ok(ns) => {
+                        self.netns.insert(name.clone(), ns);
+                    }
+                    Err(e) => {
+                        if matches!(e, named::NamedError::Exists(_)) {
+                            self.cancel(undo)?;
+                        }
+                        return Err(e2s(e));
+                    }
+                }
             }
             Step::Sysctl {
                 at,
@@ -263,41 +414,56 @@ impl Run<'_> {
                     Where::Host => None,
                     Where::Netns(n) => Some(self.ns(n)?),
                 };
-                let (name, value, restore) = (name.clone(), value.clone(), *restore);
-                let go = move || -> Result<Option<String>, String> {
-                    let Some(old) = sysctl::read(&name) else {
-                        // Absent (e.g. no br_netfilter): nothing to set, nothing to restore.
-                        return Ok(None);
-                    };
-                    if old == value {
-                        return Ok(None);
-                    }
-                    sysctl::write(&name, &value)
-                        .map_err(|e| format!("sysctl {name}={value}: {e}"))?;
-                    Ok(restore.then_some(old))
+                // Read, journal the old value, then write: a kill in between restores a value
+                // that is still the same, which is harmless.
+                let read = {
+                    let name = name.clone();
+                    move || sysctl::read(&name)
                 };
-                let old = match ns {
-                    None => go()?,
-                    Some(ns) => ns.run(go).map_err(e2s)??,
+                let old = match &ns {
+                    None => read(),
+                    Some(ns) => ns.run(read).map_err(e2s)?,
                 };
-                if let (Some(old), Step::Sysctl { at, name, .. }) = (old, step) {
+                // Absent (e.g. no br_netfilter): nothing to set, nothing to restore.
+                let Some(old) = old else { return Ok(()) };
+                if old == *value {
+                    return Ok(());
+                }
+                if *restore {
                     self.record(Undo::Sysctl {
                         at: at.clone(),
                         name: name.clone(),
                         old,
                     })?;
                 }
+                let write = {
+                    let (name, value) = (name.clone(), value.clone());
+                    move || {
+                        sysctl::write(&name, &value)
+                            .map_err(|e| format!("sysctl {name}={value}: {e}"))
+                    }
+                };
+                match &ns {
+                    None => write()?,
+                    Some(ns) => ns.run(write).map_err(e2s)??,
+                }
             }
             Step::CreateBridge { name, mtu } => {
-                let idx = self
-                    .conf()?
-                    .add_bridge(name, *mtu)
-                    .map_err(|e| exists_hint(e, name))?;
-                self.record(Undo::Link {
+                let undo = Undo::Link {
                     at: Where::Host,
                     name: name.clone(),
                     dies_with: None,
-                })?;
+                };
+                self.record(undo.clone())?;
+                let idx = match self.conf()?.add_bridge(name, *mtu) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        if e.errno() == Some(libc::EEXIST) {
+                            self.cancel(undo)?;
+                        }
+                        return Err(exists_hint(e, name));
+                    }
+                };
                 self.bridges.insert(name.clone(), idx);
             }
             Step::HostAddress {
@@ -327,15 +493,21 @@ impl Run<'_> {
             } => {
                 let ns = self.ns(netns)?;
                 let master = self.bridges.get(bridge).copied();
-                let idx = self
-                    .conf()?
-                    .add_veth(host, peer, &ns, master, *mtu)
-                    .map_err(|e| exists_hint(e, host))?;
-                self.record(Undo::Link {
+                let undo = Undo::Link {
                     at: Where::Host,
                     name: host.clone(),
                     dies_with: Some(netns.clone()),
-                })?;
+                };
+                self.record(undo.clone())?;
+                let idx = match self.conf()?.add_veth(host, peer, &ns, master, *mtu) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        if e.errno() == Some(libc::EEXIST) {
+                            self.cancel(undo)?;
+                        }
+                        return Err(exists_hint(e, host));
+                    }
+                };
                 if *hairpin {
                     self.conf()?.set_hairpin(idx, true).map_err(e2s)?;
                 }
@@ -375,20 +547,21 @@ impl Run<'_> {
                 apply,
                 undo,
             } => {
-                apply_firewall_text(*backend, apply)?;
+                // Journaled first: teardown's undo copes with rules that never made it.
                 self.record(Undo::Firewall {
                     at: Where::Host,
                     backend: *backend,
                     undo: undo.clone(),
                 })?;
+                apply_firewall_text(*backend, apply)?;
             }
             Step::ResolvConf { netns } => {
                 let dir = Path::new("/etc/netns").join(netns);
                 if !dir.exists() {
-                    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                     self.record(Undo::Dir {
                         path: dir.display().to_string(),
                     })?;
+                    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 }
                 let f = dir.join("resolv.conf");
                 std::fs::write(
@@ -431,6 +604,7 @@ impl Run<'_> {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(e2s)?;
         let wfd = w.as_raw_fd();
         cmd.stdin(Stdio::null())
+            .env(LAB_MARKER, &self.plan.name)
             .stdout(logf.try_clone().map_err(e2s)?)
             .stderr(logf);
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -460,6 +634,9 @@ impl Run<'_> {
             let _ = child.wait();
         });
         let got = read_ready(r, Duration::from_secs(15));
+        if let Some(sig) = interrupted() {
+            return Err(format!("interrupted by signal {sig}"));
+        }
         if got.starts_with("0\n") || got == "0" {
             Ok(pid)
         } else if let Some(msg) = got.strip_prefix("1\n") {
@@ -534,12 +711,10 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
         return Err(LabError::NotRoot);
     }
     let name = &plan.name;
-    if state::exists(name) {
-        if state::dir(name).join("up").exists() {
-            return Err(LabError::AlreadyUp(name.clone()));
-        }
-        return Err(LabError::HalfUp(name.clone()));
+    if state::dir(name).join("up").exists() {
+        return Err(LabError::AlreadyUp(name.clone()));
     }
+    recover_interrupted(name)?;
     for s in &plan.steps {
         if let Step::CreateNetns { name: n } = s {
             if named::exists(n) {
@@ -552,10 +727,16 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
     if !isolated {
         check_shared_host(plan, current.id().inode)?;
     }
+    let me = std::process::id();
     let host_rec = HostRecord {
         netns: plan.state.host_netns.clone(),
         inode: current.id().inode,
+        setup_pid: Some(me),
+        setup_start_time: state::process_start_time(me),
     };
+    if let Some(signo) = interrupted() {
+        return Err(interrupted_error(name, signo, Vec::new()));
+    }
     let journal = Journal::create(name, &host_rec)?;
     let mut run = Run {
         plan,
@@ -572,7 +753,9 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
     let mut failure: Option<(usize, String)> = None;
     // Step 1 of an isolated lab makes its host; everything after runs on a thread inside it.
     if isolated {
-        if inject == Some(1) {
+        if let Some(sig) = interrupted() {
+            failure = Some((0, format!("interrupted by signal {sig}")));
+        } else if inject == Some(1) {
             failure = Some((0, "injected failure (NETTOOL_LAB_FAIL_AT=step-1)".into()));
         } else if let Err(e) = run.step(&plan.steps[0]) {
             failure = Some((0, e));
@@ -593,6 +776,9 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
         let res = host.run(|| {
             for (k, s) in steps.iter().enumerate() {
                 let number = start + k + 1;
+                if let Some(sig) = interrupted() {
+                    return Err((number - 1, format!("interrupted by signal {sig}")));
+                }
                 if inject == Some(number) {
                     if crash_requested() {
                         // Like `kill -9`: no destructors, no rollback, no core file.
@@ -621,6 +807,14 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
             Err(e) => failure = Some((start, e.to_string())),
         }
     }
+    let state = run.state.clone();
+    if failure.is_none() {
+        if let Err(e) = state::save(&state) {
+            failure = Some((plan.steps.len(), e.to_string()));
+        } else if let Some(sig) = interrupted() {
+            failure = Some((plan.steps.len(), format!("interrupted by signal {sig}")));
+        }
+    }
     if let Some((idx, message)) = failure {
         drop(run);
         let report = teardown(name);
@@ -628,6 +822,9 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
             Ok(r) => r.warnings,
             Err(e) => vec![e.to_string()],
         };
+        if let Some(signo) = interrupted() {
+            return Err(interrupted_error(name, signo, rollback));
+        }
         return Err(LabError::Step {
             number: idx + 1,
             what: plan
@@ -645,11 +842,38 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
             rollback,
         });
     }
-    let state = run.state.clone();
-    state::save(&state)?;
+    // From here on the lab is up: a late SIGINT/SIGTERM no longer undoes it.
     let up = state::dir(name).join("up");
     std::fs::write(&up, b"").map_err(|e| LabError::Other(format!("{}: {e}", up.display())))?;
     Ok(state)
+}
+
+fn interrupted_error(name: &str, signo: i32, rollback: Vec<String>) -> LabError {
+    let signal = nix::sys::signal::Signal::try_from(signo)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {signo}"));
+    LabError::Interrupted {
+        name: name.into(),
+        signal,
+        rollback,
+        signo,
+    }
+}
+
+/// A lab whose setup was killed (SIGKILL, a crash, a power cut of the process) is half built:
+/// remove what it left, as teardown would, and say what that was. Ok(None) when the lab is
+/// not half built; an error when its setup is still at work.
+pub fn recover_interrupted(name: &str) -> Result<Option<TeardownReport>, LabError> {
+    if !state::exists(name) || state::dir(name).join("up").exists() {
+        return Ok(None);
+    }
+    if let Some(pid) = state::read_host(name).and_then(|h| h.setup_running()) {
+        return Err(LabError::SetupRunning {
+            name: name.into(),
+            pid,
+        });
+    }
+    teardown(name).map(Some)
 }
 
 /// Read a readiness pipe: "0\n" (ready) or "1\n<error>" then EOF; empty on EOF or timeout.
@@ -671,7 +895,16 @@ fn read_ready(fd: OwnedFd, limit: Duration) -> String {
         }
         let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
     });
-    rx.recv_timeout(limit).unwrap_or_default()
+    // In slices, so a SIGINT/SIGTERM is acted on at once.
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && interrupted().is_none() {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(s) => return s,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+    }
+    String::new()
 }
 
 fn kill_process(pid: u32, start_time: u64, sig: nix::sys::signal::Signal) -> bool {
@@ -703,6 +936,14 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     }
     rep.existed = true;
     let host = state::read_host(name);
+    if let Some(pid) = host.as_ref().and_then(|h| h.setup_running()) {
+        if pid != std::process::id() {
+            return Err(LabError::SetupRunning {
+                name: name.into(),
+                pid,
+            });
+        }
+    }
     let records = state::read_journal(name)?;
     let owned: BTreeSet<String> = records
         .iter()
@@ -775,6 +1016,21 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
         }
     }
     wait_gone(&procs, Duration::from_secs(2));
+    // Whatever carries the lab's marker and no journal line names (a setup killed between
+    // spawn and journal write, a service its daemon started just before it died).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let marked = state::marked_processes(name);
+        if marked.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for (pid, st) in &marked {
+            if kill_process(*pid, *st, Signal::SIGKILL) && !rep.processes.contains(pid) {
+                rep.processes.push(*pid);
+            }
+        }
+        wait_gone(&marked, Duration::from_secs(1));
+    }
 
     // 2. Everything else, newest first.
     let mut waiting_links: Vec<String> = Vec::new();
@@ -782,7 +1038,7 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     let mut fw_undone = false;
     for u in records.iter().rev() {
         match u {
-            Undo::Process { .. } => {}
+            Undo::Process { .. } | Undo::NotCreated { .. } => {}
             Undo::Dir { path } => {
                 if let Err(e) = std::fs::remove_dir_all(path) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -798,11 +1054,10 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
                 if host_is_ours || host_ns_missing {
                     continue;
                 }
-                match apply_firewall_text(*backend, undo) {
-                    Ok(()) => {
-                        rep.firewall += 1;
-                        fw_undone = *backend == Backend::Iptables;
-                    }
+                fw_undone |= *backend == Backend::Iptables;
+                match undo_firewall_text(*backend, undo) {
+                    Ok(true) => rep.firewall += 1,
+                    Ok(false) => {}
                     Err(e) => rep.warnings.push(format!("firewall: {e}")),
                 }
             }
@@ -853,7 +1108,7 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     }
     // 3. The shared chains go with the last lab that uses them in this namespace.
     if fw_undone && !other_labs_here(name, host.as_ref()) {
-        let _ = apply_firewall_text(Backend::Iptables, &firewall::iptables_base_cleanup());
+        let _ = undo_firewall_text(Backend::Iptables, &firewall::iptables_base_cleanup());
     }
     // 4. Host-side veths vanish when the kernel finishes destroying their namespaces; wait
     //    for that so "after teardown" really means gone, then delete any straggler.

@@ -183,9 +183,11 @@ pub enum Where {
     Netns(String),
 }
 
-/// One journal record: what was created and how to undo it.
-/// A record is written the moment its object exists (never before: a failed create must not
-/// lead teardown to delete somebody else's object of the same name).
+/// One journal record: what is about to be created and how to undo it.
+/// A record is written before its object is created, so a setup killed at any instant leaves
+/// nothing teardown does not know of; undoing an object that was never made is a no-op, and a
+/// create that failed because the name was taken is cancelled by a [`Undo::NotCreated`] record
+/// (never delete somebody else's object of the same name).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Undo {
@@ -226,6 +228,12 @@ pub enum Undo {
         /// The path.
         path: String,
     },
+    /// The create the record before it announced failed because the object already existed
+    /// (somebody else's): teardown must leave it alone.
+    NotCreated {
+        /// The record it cancels.
+        undo: Box<Undo>,
+    },
     /// A process: SIGTERM, then SIGKILL.
     Process {
         /// What it is.
@@ -244,6 +252,45 @@ pub struct HostRecord {
     pub netns: Option<String>,
     /// Inode of the host namespace.
     pub inode: u64,
+    /// The `setup` process building the lab (so a second setup or teardown can tell a setup
+    /// still at work from one that was killed).
+    #[serde(default)]
+    pub setup_pid: Option<u32>,
+    /// Its /proc start time (a reused pid is not the setup).
+    #[serde(default)]
+    pub setup_start_time: Option<u64>,
+}
+
+impl HostRecord {
+    /// The pid of the setup that is still building this lab, if it is alive.
+    pub fn setup_running(&self) -> Option<u32> {
+        let pid = self.setup_pid?;
+        let t = process_start_time(pid)?;
+        (Some(t) == self.setup_start_time).then_some(pid)
+    }
+}
+
+/// The environment variable every process a lab starts carries (`NETTOOL_LAB=NAME`): the lab
+/// daemon, the proxies and, inherited, every service. Teardown finds them by it even when no
+/// journal line names them (a setup killed between spawn and journal write).
+pub const LAB_MARKER: &str = "NETTOOL_LAB";
+
+/// Live processes carrying `NETTOOL_LAB=name` in their environment: (pid, start time).
+pub fn marked_processes(name: &str) -> Vec<(u32, u64)> {
+    let want = format!("{LAB_MARKER}={name}");
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+        })
+        .filter_map(|pid| Some((pid, process_start_time(pid)?)))
+        .collect()
 }
 
 /// Append-only journal at /run/nettool/<NAME>/journal.jsonl.
@@ -281,8 +328,24 @@ impl Journal {
     }
 }
 
-/// Read lab `name`'s journal (records in creation order). A torn last line is ignored.
+/// Read lab `name`'s journal (records in creation order, [`Undo::NotCreated`] applied: the
+/// records they cancel are gone). A torn last line is ignored.
 pub fn read_journal(name: &str) -> Result<Vec<Undo>, StateError> {
+    let mut out: Vec<Undo> = Vec::new();
+    for u in read_journal_raw(name)? {
+        match u {
+            Undo::NotCreated { undo } => {
+                if let Some(i) = out.iter().rposition(|r| *r == *undo) {
+                    out.remove(i);
+                }
+            }
+            u => out.push(u),
+        }
+    }
+    Ok(out)
+}
+
+fn read_journal_raw(name: &str) -> Result<Vec<Undo>, StateError> {
     let path = dir(name).join("journal.jsonl");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
