@@ -267,6 +267,12 @@ pub struct DoctorArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also write the snapshot the verdict was judged on (machine state, question, probe) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub save_snapshot: Option<std::path::PathBuf>,
+    /// Judge a recorded snapshot instead of this machine (no root, nothing read live).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target", "packet", "netns", "probe", "save_snapshot"])]
+    pub snapshot: Option<std::path::PathBuf>,
 }
 
 /// Output formats of `topology`.

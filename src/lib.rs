@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod dns;
 pub mod doctor;
 pub mod engine;
+pub mod facts;
 pub mod lab;
 pub mod nat;
 pub mod netns;

@@ -985,3 +985,60 @@ fn lab_container_without_a_route_back() {
     let r = break_fix_probe(&mut lab, &["--from", "outside", "8080"], "no_return_route");
     assert_eq!(r["diagnosis"]["hop"], "return");
 }
+
+#[test]
+fn a_saved_snapshot_replays_to_the_same_report_without_root_or_live_reads() {
+    let lab = Lab::new();
+    lab.sysctl("net.ipv4.ip_forward=0");
+    let file = std::env::temp_dir().join(format!("{}.json", unique("snap")));
+    let from = lab.outside_source();
+    let live = lab.doctor(&[
+        "--from",
+        &from,
+        "8080",
+        "--probe",
+        "--save-snapshot",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(fault(&live), "ip_forward_off", "{live:#}");
+    // Replayed as nobody: no root, so nothing can be read live; the verdict is the same.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_nettool"))
+        .args(["doctor", "--json", "--snapshot", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let replayed: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(out.status.code(), Some(1));
+    for key in [
+        "diagnosis",
+        "hops",
+        "packet",
+        "destination",
+        "probe",
+        "from",
+    ] {
+        assert_eq!(replayed[key], live[key], "{key} differs");
+    }
+    // The snapshot's cost: every namespace entered once (plus one per tool run in the host).
+    let reads = &live["reads"];
+    let ns = reads["namespaces"].as_u64().unwrap();
+    assert!(ns >= 4, "{reads}");
+    assert_eq!(
+        reads["namespace_entries"].as_u64().unwrap(),
+        ns + reads["tool_runs"].as_u64().unwrap(),
+        "{reads}"
+    );
+    assert!(reads["proc_scans"].as_u64().unwrap() <= 2, "{reads}");
+    // A bad file is an error that names it.
+    let out = nettool(&["doctor", "--snapshot", "/nonexistent/snap.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("/nonexistent/snap.json"),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_file(&file);
+}

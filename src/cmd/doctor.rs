@@ -6,6 +6,7 @@ use anyhow::{anyhow, Context};
 
 use crate::cli::DoctorArgs;
 use crate::doctor::{self, Report, Request, Source, Verdict};
+use crate::facts;
 use crate::netns::sockets::Proto;
 use crate::netns::{NetNs, NETNS_RUN_DIR};
 use crate::output::{paint, print_json};
@@ -18,6 +19,13 @@ fn usage(msg: String) -> anyhow::Result<i32> {
 
 /// Run `nettool doctor`.
 pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
+    if let Some(path) = &a.snapshot {
+        let snap = facts::load(path)?;
+        let report = doctor::replay(&snap)
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("replaying {}", path.display()))?;
+        return show(&a, &report);
+    }
     let host = match &a.netns {
         Some(t) => NetNs::open(t).with_context(|| format!("--netns {t}"))?,
         None => NetNs::current().context("opening the current namespace")?,
@@ -26,6 +34,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
     let mut proto = if a.udp { Proto::Udp } else { Proto::Tcp };
     let mut port = None;
     let mut container = None;
+    let mut container_name = None;
     let (mut src, mut dst, mut iif) = (None, None, None);
 
     if let Some(t) = &a.target {
@@ -38,6 +47,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
             }
             Ok(Target::Container(name, p)) => {
                 container = Some(resolve_container(&name, &host)?);
+                container_name = Some(name);
                 port = p;
             }
             Err(e) => return usage(e),
@@ -89,13 +99,22 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
         iif,
         from,
         container,
+        container_name,
         probe: a.probe,
     };
-    let report = doctor::diagnose(&req).map_err(|e| anyhow!(e))?;
+    let (report, snap) = doctor::diagnose(&req).map_err(|e| anyhow!(e))?;
+    if let Some(path) = &a.save_snapshot {
+        facts::save(&snap, path)?;
+    }
+    show(&a, &report)
+}
+
+/// Print the report (text or JSON); the exit code says whether the path is clear.
+fn show(a: &DoctorArgs, report: &Report) -> anyhow::Result<i32> {
     if a.json {
-        print_json(&report)?;
+        print_json(report)?;
     } else {
-        print!("{}", render(&report));
+        print!("{}", render(report));
     }
     Ok(if report.diagnosis.ok { 0 } else { 1 })
 }
@@ -126,9 +145,7 @@ fn host_run_name(host: &NetNs, given: bool) -> Option<String> {
 /// Docker first: a stray /run/netns/web must not shadow the container the ports belong to.
 fn resolve_container(name: &str, host: &NetNs) -> anyhow::Result<NetNs> {
     // A container of the nettool lab whose host this is.
-    if let Some(ns) =
-        doctor::facts::lab_of_host(host).and_then(|lab| doctor::facts::lab_container(&lab, name))
-    {
+    if let Some(ns) = lab_container(host, name) {
         return Ok(ns);
     }
     if let Ok(ns) = NetNs::from_container(name) {
@@ -139,6 +156,22 @@ fn resolve_container(name: &str, host: &NetNs) -> anyhow::Result<NetNs> {
         .with_context(|| {
             format!("container {name}: no such Docker container and no namespace /run/netns/{name}")
         })
+}
+
+/// The namespace of container `name` of the nettool lab whose host is `host`.
+fn lab_container(host: &NetNs, name: &str) -> Option<NetNs> {
+    let current = NetNs::current().ok();
+    crate::lab::state::list().into_iter().find_map(|lab| {
+        let st = crate::lab::state::load(&lab).ok()?;
+        let same = match &st.host_netns {
+            Some(n) => NetNs::from_name(n).is_ok_and(|ns| ns.id() == host.id()),
+            None => current.as_ref().is_some_and(|c| c.id() == host.id()),
+        };
+        if !same {
+            return None;
+        }
+        NetNs::from_name(st.container(name)?.netns.as_deref()?).ok()
+    })
 }
 
 enum Target {

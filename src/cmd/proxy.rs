@@ -378,7 +378,8 @@ pub fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     }
 }
 
-fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
+/// The mappings a `nettool proxy` invocation serves (LISTEN TARGET, LISTEN=TARGET, -p SPEC...).
+pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<Mapping>> {
     let mut maps = Vec::new();
     match (&a.listen, &a.target) {
         (Some(l), Some(t)) => {
@@ -418,6 +419,38 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     for m in &a.maps {
         maps.push(spec::parse_map(m)?);
     }
+    Ok(maps)
+}
+
+/// What a running proxy forwards, read from its command line with the proxy's own parsers:
+/// docker-proxy flags (argv[0] docker-proxy, or `nettool proxy -container-ip ...`) or the
+/// `nettool proxy` arguments. None when argv is not a proxy of ours or docker's.
+pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Mapping>> {
+    if docker::is_docker_invocation(argv) {
+        let base_is_proxy = std::path::Path::new(argv.first()?)
+            .file_name()
+            .is_some_and(|n| n == "docker-proxy");
+        let flags = if base_is_proxy {
+            &argv[1..]
+        } else {
+            argv.get(2..)?
+        };
+        return docker::parse_args(flags).ok().map(|d| vec![d.mapping()]);
+    }
+    if argv.get(1).map(String::as_str) != Some("proxy") {
+        return None;
+    }
+    match <crate::cli::Cli as clap::Parser>::try_parse_from(argv)
+        .ok()?
+        .command
+    {
+        crate::cli::Command::Proxy(a) => mappings(&a).ok(),
+        _ => None,
+    }
+}
+
+fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
+    let maps = mappings(&a)?;
     if maps.is_empty() {
         return Err(Usage("nothing to forward: give LISTEN TARGET (e.g. `nettool proxy 8080 172.19.0.2:80`) or -p SPEC".into()).into());
     }

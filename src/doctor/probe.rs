@@ -4,41 +4,19 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use ipnet::Ipv4Net;
 
+use crate::facts::firewall::capture;
+pub use crate::facts::ProbeResult;
+use crate::facts::Snapshot;
 use crate::netns::links::Rtnl;
 use crate::netns::sockets::Proto;
 use crate::netns::NetNs;
 
-use super::facts::NsFacts;
-use super::rules::capture;
 use super::{Packet, Request, Source};
 
 /// How long to wait for the handshake and for each read.
 const WAIT: Duration = Duration::from_secs(3);
-
-/// What a real connection did.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProbeResult {
-    /// The namespace the probe connected from.
-    pub from_netns: Option<String>,
-    /// Where it connected to.
-    pub target: String,
-    /// True when the connection was made and answered (or, for UDP, a datagram came back).
-    pub ok: bool,
-    /// TCP handshake completed.
-    pub connected: bool,
-    /// Bytes sent.
-    pub sent: usize,
-    /// Bytes received before the peer closed (or the wait ran out).
-    pub received: usize,
-    /// What happened, in words.
-    pub outcome: String,
-    /// Milliseconds from start to the end of the exchange.
-    pub elapsed_ms: u64,
-}
 
 /// An HTTP/1.0 request padded past any MTU, so a path that loses large segments shows.
 fn payload() -> Vec<u8> {
@@ -48,15 +26,23 @@ fn payload() -> Vec<u8> {
 }
 
 /// Connect from the request's source to the packet's destination and report.
-pub fn run(req: &Request, packet: &Packet, src: Option<&NsFacts>) -> ProbeResult {
+pub fn run(req: &Request, packet: &Packet, snap: &Snapshot) -> ProbeResult {
     let target = SocketAddr::new(packet.dst, packet.dport);
     let ns: Option<NetNs> = match &req.from {
         Source::Localhost | Source::Host => Some(req.host.clone()),
-        Source::Outside(_) | Source::Container(_) => src.map(|s| s.netns().clone()),
+        Source::Outside(n) => n.clone().or_else(|| {
+            // The temporary client diagnose attached: the snapshot's outside namespace.
+            snap.namespaces
+                .iter()
+                .find(|n| n.label.contains("(temporary"))
+                .and_then(|n| NetNs::from_path(&n.path).ok())
+        }),
+        Source::Container(n) => Some(n.clone()),
     };
-    let label = ns.as_ref().map(|n| match src {
-        Some(s) if s.netns().id() == n.id() => s.label.clone(),
-        _ => n.label().to_string(),
+    let label = ns.as_ref().map(|n| {
+        snap.ns(n.id())
+            .map(|f| f.label.clone())
+            .unwrap_or_else(|| n.label().to_string())
     });
     // From outside with no client namespace given: attach a throwaway one to the host.
     let mut temp = None;
@@ -220,7 +206,7 @@ fn ip(ns: &NetNs, args: &[&str]) -> Result<(), String> {
     argv.extend_from_slice(args);
     capture(ns, &argv)
         .map(|_| ())
-        .ok_or_else(|| format!("ip {} failed in {}", args.join(" "), ns.label()))
+        .map_err(|e| format!("{e} (in {})", ns.label()))
 }
 
 fn result(

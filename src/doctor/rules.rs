@@ -1,24 +1,26 @@
-//! The firewall side of doctor, read through the NAT explainer's model (`nat::load_live`,
-//! both iptables backends and native nftables) and judged with its packet walk: which DNAT
-//! rule receives the packet, whether filter drops it or its answers, split iptables
-//! backends, and stale UDP conntrack entries.
+//! The firewall side of doctor: the NAT explainer's model built from the snapshot's dumps
+//! (iptables and ip6tables, both backends, native nftables), judged with its packet walk:
+//! which DNAT rule receives the packet, whether filter drops it or its answers, split
+//! iptables backends, and stale UDP conntrack entries.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
+use crate::facts::firewall::local_facts;
+use crate::facts::Snapshot;
 use crate::nat::explain::describe_match;
 use crate::nat::iptables::tokenize;
 use crate::nat::model::{Action, Backend, Cond, Dir, Rule, Ruleset, Table};
 use crate::nat::walk::{self, LocalFacts, Walk};
-use crate::nat::{load_live, local_facts};
-use crate::netns::exec::{self, ExecOptions};
 use crate::netns::sockets::Proto;
-use crate::netns::NetNs;
 
-use super::{Destination, Fault, Fixer, Hop, Packet};
+use super::fix::Fixer;
+use super::path::PathCtx;
+use crate::facts::CtEntry;
+
+use super::{Destination, Fault, Hop, Packet};
 
 /// A DNAT rule that publishes a port.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -43,11 +45,14 @@ pub struct DnatRule {
     pub to_port: Option<u16>,
 }
 
-/// The host's rules, the facts the walk needs, and which rules are iptables-legacy's.
+/// The host's rules (IPv4 and IPv6), the facts the walk needs, and which rules are
+/// iptables-legacy's.
 #[derive(Debug, Clone, Default)]
 pub struct Firewall {
-    /// Every table from every backend.
+    /// Every IPv4 table from every backend.
     pub rs: Ruleset,
+    /// Every IPv6 table from every backend (ip6tables, nft ip6/inet).
+    pub rs6: Ruleset,
     /// Addresses, routes and forwarding of the host for the walk.
     pub facts: LocalFacts,
     /// Where the rules came from, for evidence.
@@ -60,20 +65,6 @@ pub struct Firewall {
     other_rules: bool,
 }
 
-/// Run a tool inside `ns` and return its stdout (None when it is missing or fails).
-pub fn capture(ns: &NetNs, argv: &[&str]) -> Option<String> {
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let child = exec::spawn(ns, cmd, &ExecOptions::default()).ok()?;
-    let out = child.wait_with_output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The rule text without a leading `[packets:bytes]` counter.
 fn rule_words(text: &str) -> Vec<String> {
     let mut w = tokenize(text).unwrap_or_default();
@@ -83,30 +74,44 @@ fn rule_words(text: &str) -> Vec<String> {
     w
 }
 
-/// Read the host's rules through the NAT explainer, and iptables-legacy's rule texts.
-pub fn load(ns: &NetNs) -> Firewall {
-    let mut fw = Firewall::default();
-    match load_live(ns) {
-        Ok(rs) => fw.rs = rs,
-        Err(e) => fw.error = Some(e.to_string()),
+impl Firewall {
+    /// The host's firewall as the snapshot recorded it.
+    pub fn from_snapshot(snap: &Snapshot) -> Firewall {
+        let host = snap.host();
+        let d = &snap.firewall;
+        let mut fw = Firewall {
+            rs: d.ruleset(false, &host.label),
+            rs6: d.ruleset(true, &host.label),
+            facts: local_facts(host),
+            legacy: d.legacy_rules(),
+            ..Default::default()
+        };
+        fw.source = format!("namespace {}", host.label);
+        if d.iptables_nft.is_none() && d.iptables_legacy.is_none() && d.nft_json.is_none() {
+            fw.error = Some(d.errors.join("; "));
+        }
+        fw.other_rules = fw
+            .rs
+            .tables
+            .iter()
+            .chain(&fw.rs6.tables)
+            .flat_map(|t| t.chains.iter().flat_map(|c| c.rules.iter()))
+            .any(|r| !fw.legacy.contains(r.text.trim()));
+        fw
     }
-    fw.facts = local_facts(ns).unwrap_or_default();
-    fw.source = fw.rs.source.clone();
-    if let Some(text) = capture(ns, &["iptables-legacy-save"]) {
-        fw.legacy = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("-A ") || l.contains("] -A "))
-            .map(String::from)
-            .collect();
+
+    /// The rule set a packet to `dst` crosses.
+    pub fn for_addr(&self, dst: IpAddr) -> &Ruleset {
+        if dst.is_ipv6() {
+            &self.rs6
+        } else {
+            &self.rs
+        }
     }
-    fw.other_rules = fw
-        .rs
-        .tables
-        .iter()
-        .flat_map(|t| t.chains.iter().flat_map(|c| c.rules.iter()))
-        .any(|r| !fw.legacy.contains(r.text.trim()));
-    fw
+
+    fn tables(&self) -> impl Iterator<Item = &Table> {
+        self.rs.tables.iter().chain(&self.rs6.tables)
+    }
 }
 
 /// A DNAT rule reduced to what it publishes: (proto, port ranges, new address, new port).
@@ -155,21 +160,17 @@ impl Firewall {
 
     /// The rule at `line` of `chain` in a table called `table`, with its table and position.
     fn rule_at(&self, table: &str, chain: &str, line: usize) -> Option<(&Table, usize, &Rule)> {
-        self.rs
-            .tables
-            .iter()
-            .filter(|t| t.name == table)
-            .find_map(|t| {
-                let c = t.chain(chain)?;
-                let i = c.rules.iter().position(|r| r.line == line)?;
-                Some((t, i + 1, &c.rules[i]))
-            })
+        self.tables().filter(|t| t.name == table).find_map(|t| {
+            let c = t.chain(chain)?;
+            let i = c.rules.iter().position(|r| r.line == line)?;
+            Some((t, i + 1, &c.rules[i]))
+        })
     }
 
     /// Every DNAT rule as (proto, published port ranges, new address, new port).
     fn dnat_rules(&self) -> Vec<Published> {
         let mut out = Vec::new();
-        for t in &self.rs.tables {
+        for t in self.tables() {
             for c in &t.chains {
                 for r in &c.rules {
                     if let Action::Dnat { to } = &r.action {
@@ -227,7 +228,7 @@ impl Firewall {
             state: "NEW".into(),
             from_host: p.hook == "output",
         };
-        walk::walk(&self.rs, &packet, &self.facts)
+        walk::walk(self.for_addr(p.dst), &packet, &self.facts)
     }
 
     /// The DNAT rule the walk went through, if the destination was rewritten.
@@ -305,9 +306,7 @@ fn judge(fw: &Firewall, w: &Walk, dir: &str, fixer: &Fixer) -> Option<Hop> {
     if last.line == 0 {
         // A chain policy.
         let t = fw
-            .rs
-            .tables
-            .iter()
+            .tables()
             .find(|t| t.name == last.table && t.chain(&last.chain).is_some());
         let policy = t
             .and_then(|t| t.chain(&last.chain))
@@ -466,7 +465,7 @@ pub(crate) fn firewall_hops(
     if let Some(h) = judge(fw, there, "the first packet", fixer) {
         return vec![h];
     }
-    if fw.rs.tables.is_empty() {
+    if fw.for_addr(there.final_packet.dst).tables.is_empty() {
         return Vec::new();
     }
     let mut evidence = vec![format!("first packet: {}", there.summary)];
@@ -484,7 +483,7 @@ pub(crate) fn firewall_hops(
             state: "ESTABLISHED".into(),
             from_host: false,
         };
-        let back = walk::walk(&fw.rs, &answer, &fw.facts);
+        let back = walk::walk(fw.for_addr(answer.dst), &answer, &fw.facts);
         if let Some(h) = judge(fw, &back, "the answers", fixer) {
             return vec![h];
         }
@@ -503,54 +502,24 @@ pub(crate) fn firewall_hops(
     vec![hop]
 }
 
-/// One conntrack entry for the published UDP port.
-#[derive(Debug, Clone, PartialEq)]
-struct CtEntry {
-    reply_src: Option<IpAddr>,
-    reply_sport: Option<u16>,
-    text: String,
-}
-
-fn parse_conntrack(text: &str) -> Vec<CtEntry> {
-    text.lines()
-        .filter(|l| l.starts_with("udp") || l.starts_with("ipv4") || l.starts_with("ipv6"))
-        .map(|l| {
-            let srcs: Vec<&str> = l
-                .split_whitespace()
-                .filter_map(|w| w.strip_prefix("src="))
-                .collect();
-            let sports: Vec<&str> = l
-                .split_whitespace()
-                .filter_map(|w| w.strip_prefix("sport="))
-                .collect();
-            CtEntry {
-                reply_src: srcs.get(1).and_then(|s| s.parse().ok()),
-                reply_sport: sports.get(1).and_then(|s| s.parse().ok()),
-                text: l.trim().to_string(),
-            }
-        })
-        .collect()
-}
-
 /// Stale UDP conntrack entries: an entry for the published port whose reply comes from
 /// somewhere other than the current destination (made before the DNAT rule, or for an
 /// old container) keeps every later datagram of that flow going there.
-pub(crate) fn conntrack_hop(ns: &NetNs, p: &Packet, dest: &Destination, fixer: &Fixer) -> Hop {
+pub(crate) fn conntrack_hop(cx: &PathCtx, dest: &Destination) -> Hop {
+    let p = cx.packet;
     let port = p.dport.to_string();
-    let Some(text) = capture(
-        ns,
-        &["conntrack", "-L", "-p", "udp", "--orig-port-dst", &port],
-    ) else {
+    let Some(all) = &cx.snap.conntrack else {
         return Hop::ok(
             "conntrack",
             "conntrack",
             "not checked: the conntrack tool is missing or failed",
         );
     };
-    let entries = parse_conntrack(&text);
+    let entries: Vec<&CtEntry> = all.iter().filter(|e| e.dport == Some(p.dport)).collect();
     let stale: Vec<&CtEntry> = entries
         .iter()
         .filter(|e| e.reply_src != Some(dest.addr) || e.reply_sport != Some(dest.port))
+        .copied()
         .collect();
     if stale.is_empty() {
         return Hop::ok(
@@ -579,7 +548,7 @@ pub(crate) fn conntrack_hop(ns: &NetNs, p: &Packet, dest: &Destination, fixer: &
             dest.port
         ),
     )
-    .with_fix(Some(fixer.fix(
+    .with_fix(Some(cx.fixer.fix(
         "delete the stale entries",
         &["conntrack", "-D", "-p", "udp", "--orig-port-dst", &port],
     )));
@@ -614,12 +583,5 @@ mod tests {
             ..r
         };
         assert_eq!(dnat_port_fix(&nft, nft.to_addr, 80), None);
-    }
-
-    #[test]
-    fn conntrack_lines() {
-        let e = parse_conntrack("udp      17 29 src=127.0.0.1 dst=127.0.0.1 sport=40000 dport=5353 [UNREPLIED] src=127.0.0.1 dst=127.0.0.1 sport=5353 dport=40000 mark=0 use=1\n");
-        assert_eq!(e[0].reply_src, Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(e[0].reply_sport, Some(5353));
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::cgroup::container_id_from_cgroup;
 use crate::engine::{EngineKind, Intent};
@@ -18,7 +18,7 @@ use super::sockets::{read_comm, Owner};
 use super::{NetNs, NsId, DOCKER_NETNS_DIR, NETNS_RUN_DIR};
 
 /// A container a namespace belongs to.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerRef {
     /// Container id (full).
     pub id: String,
@@ -155,6 +155,7 @@ pub fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<NamespaceInf
         }
     }
 
+    super::count_proc_scan();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {

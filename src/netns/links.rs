@@ -16,13 +16,13 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::rtnl::{Netlink, NetlinkError};
 use super::NetNs;
 
 /// One network interface as `ip -d link` would describe it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Link {
     /// ifindex, unique within its namespace only.
     pub index: u32,
@@ -48,7 +48,7 @@ pub struct Link {
 }
 
 /// One address on an interface.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Address {
     /// ifindex of the interface holding it.
     pub index: u32,
@@ -59,7 +59,7 @@ pub struct Address {
 }
 
 /// One route from the main table (or any table when asked).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Route {
     /// Destination network; `None` for the default route.
     pub destination: Option<IpAddr>,

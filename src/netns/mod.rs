@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::sched::{setns, CloneFlags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where named namespaces live (`ip netns add NAME`).
 pub const NETNS_RUN_DIR: &str = "/run/netns";
@@ -29,7 +29,7 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 pub const DOCKER_NETNS_DIR: &str = "/run/docker/netns";
 
 /// The identity of a namespace: the (st_dev, st_ino) of its nsfs file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NsId {
     /// Device of the nsfs filesystem.
     pub dev: u64,
@@ -322,6 +322,7 @@ impl NetNs {
         F: FnOnce() -> T + Send,
         T: Send,
     {
+        ENTRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         std::thread::scope(|s| {
             let handle = std::thread::Builder::new()
                 .name(format!("netns-{}", self.id.inode))
@@ -346,6 +347,16 @@ impl PartialEq for NetNs {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id
     }
+}
+
+/// Namespace entries (NetNs::run calls) this process made.
+pub(crate) static ENTRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Scans of /proc (every process) this process made.
+pub(crate) static PROC_SCANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Count one walk over every /proc/PID (doctor's snapshot reports how many one run needed).
+pub(crate) fn count_proc_scan() {
+    PROC_SCANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Run `f` inside `ns`; a free-function spelling of [`NetNs::run`].

@@ -174,7 +174,7 @@ fn read_namespace(ns: &NetNs) -> NsRead {
 }
 
 /// Run `f(i)` for i in 0..n on a few threads; results in order.
-fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+pub(crate) fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let workers = std::thread::available_parallelism()
         .map(|p| p.get())
         .unwrap_or(2)

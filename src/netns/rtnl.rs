@@ -68,6 +68,7 @@ impl Netlink {
     where
         M: NetlinkSerializable + NetlinkDeserializable + Debug,
     {
+        DUMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.request(msg, NLM_F_REQUEST | NLM_F_DUMP, what)
     }
 
@@ -145,3 +146,6 @@ impl Netlink {
         }
     }
 }
+
+/// Netlink dumps this process made (doctor's snapshot reports how many one run needed).
+pub(crate) static DUMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

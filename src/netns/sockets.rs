@@ -9,12 +9,12 @@ use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROT
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::rtnl::{Netlink, NetlinkError};
 
 /// Transport protocol of a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     /// TCP.
@@ -33,7 +33,7 @@ impl std::fmt::Display for Proto {
 }
 
 /// A process holding a socket.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Owner {
     /// Process id.
     pub pid: u32,
@@ -42,7 +42,7 @@ pub struct Owner {
 }
 
 /// One socket as `ss -tunap` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Socket {
     /// tcp or udp.
     pub proto: Proto,
@@ -172,6 +172,7 @@ pub fn list_unowned(which: Which) -> Result<Vec<Socket>, NetlinkError> {
 /// Socket inodes are unique machine-wide (sockfs), so one scan serves every namespace.
 pub fn socket_owners() -> HashMap<u32, Vec<Owner>> {
     let mut map: HashMap<u32, Vec<Owner>> = HashMap::new();
+    super::count_proc_scan();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return map;
     };

@@ -1,0 +1,116 @@
+//! Fix commands: argv to run in the host namespace, and the same as one line to paste.
+
+use serde::Serialize;
+
+use crate::facts::NsFacts;
+
+/// A command that fixes a fault, as argv (no shell) and as one line a person can paste.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Fix {
+    /// What the command does, in words.
+    pub summary: String,
+    /// The command to run inside the host namespace doctor examined (argv, no shell).
+    pub argv: Vec<String>,
+    /// The same, as one line to paste in a shell on the machine (with `ip netns exec` when
+    /// the host namespace is not the current one).
+    pub command: String,
+    /// True when the command keeps running (a service to start): run it in the background.
+    pub background: bool,
+}
+
+/// Quote one argument for a POSIX shell line (only when it needs it).
+pub fn shell_quote(arg: &str) -> String {
+    let safe = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if safe {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// Builds [`Fix`]es for one host namespace.
+pub(crate) struct Fixer {
+    /// `ip netns exec NAME` prefix for the pasted line, when the host has a name.
+    pub(crate) host_name: Option<String>,
+    /// `nsenter --net=PATH` prefix otherwise (empty: the current namespace).
+    pub(crate) host_path: String,
+}
+
+impl Fixer {
+    /// A fix from borrowed argv.
+    pub(crate) fn fix(&self, summary: &str, argv: &[&str]) -> Fix {
+        self.fix_owned(summary, argv.iter().map(|s| s.to_string()).collect(), false)
+    }
+
+    /// A fix from owned argv; `background` for a command that keeps running.
+    pub(crate) fn fix_owned(&self, summary: &str, argv: Vec<String>, background: bool) -> Fix {
+        // `ip -n NS ...`, `ip netns exec NS ...`, nsenter and engine CLIs (which talk to
+        // their daemon's socket, wherever they run) name their target themselves.
+        let first = argv.first().map(String::as_str);
+        let self_contained = first == Some("nsenter")
+            || (first == Some("ip")
+                && (argv.get(1).map(String::as_str) == Some("-n")
+                    || (argv.get(1).map(String::as_str) == Some("netns")
+                        && argv.get(2).map(String::as_str) == Some("exec"))));
+        let mut line: Vec<String> = match &self.host_name {
+            _ if self_contained => vec![],
+            Some(n) => vec!["ip".into(), "netns".into(), "exec".into(), n.clone()],
+            None if self.host_path.is_empty() => vec![],
+            None => vec!["nsenter".into(), format!("--net={}", self.host_path)],
+        };
+        line.extend(argv.iter().cloned());
+        let mut command = line
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if background {
+            command.push_str(" &");
+        }
+        Fix {
+            summary: summary.into(),
+            argv,
+            command,
+            background,
+        }
+    }
+
+    /// argv that runs `cmd` inside namespace `ns` from the host namespace.
+    pub(crate) fn in_ns(ns: &NsFacts, cmd: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = match &ns.name {
+            Some(n) if cmd.first() == Some(&"ip") => {
+                let mut v = vec!["ip".to_string(), "-n".into(), n.clone()];
+                v.extend(cmd[1..].iter().map(|s| s.to_string()));
+                return v;
+            }
+            Some(n) => vec!["ip".into(), "netns".into(), "exec".into(), n.clone()],
+            None => vec!["nsenter".into(), format!("--net={}", ns.path)],
+        };
+        v.extend(cmd.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_the_host() {
+        let f = Fixer {
+            host_name: Some("lab-host".into()),
+            host_path: String::new(),
+        };
+        let x = f.fix("on", &["sysctl", "-w", "net.ipv4.ip_forward=1"]);
+        assert_eq!(
+            x.command,
+            "ip netns exec lab-host sysctl -w net.ipv4.ip_forward=1"
+        );
+        let x = f.fix("in", &["ip", "-n", "web", "link", "set", "eth0", "up"]);
+        assert_eq!(x.command, "ip -n web link set eth0 up");
+        assert_eq!(shell_quote("a b"), "'a b'");
+    }
+}

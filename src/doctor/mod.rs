@@ -1,0 +1,528 @@
+//! `nettool doctor`: follow a published port from its source to the socket behind it, hop by
+//! hop, compare it with what the engine intended, and say what is broken and the command that
+//! fixes it.
+//!
+//! [`diagnose`] reads ONE snapshot of the machine ([`crate::facts`]), runs the probe, and hands
+//! both to [`judge`]: every check is a pure function of the snapshot (and of the probe, which
+//! is recorded in it), so a recorded snapshot replays to the same [`Report`] with no root.
+//! Nothing here prints; `src/cmd/doctor.rs` renders.
+
+pub mod fix;
+pub mod path;
+pub mod probe;
+pub mod receiver;
+pub mod rules;
+pub mod target;
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::facts::{self, FactsError, From, Question, Reads, Snapshot};
+use crate::netns::sockets::{Owner, Proto};
+use crate::netns::{NetNs, NetnsError};
+
+use fix::Fixer;
+pub use fix::{shell_quote, Fix};
+
+/// How a hop fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Nothing wrong here.
+    Ok,
+    /// Suspicious, or could break other paths; not what breaks this one.
+    Warn,
+    /// This breaks the path.
+    Fail,
+}
+
+/// The faults doctor knows how to name (the `fault` field of a hop and of the diagnosis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Nothing receives the connection: no DNAT rule matches and no process listens.
+    NoReceiver,
+    /// The DNAT rule sends to a port nothing listens on, while the service listens on another.
+    DnatWrongPort,
+    /// A localhost connection is DNATed to a container but route_localnet is 0.
+    RouteLocalnetOff,
+    /// Forwarded traffic while net.ipv4.ip_forward is 0.
+    IpForwardOff,
+    /// Strict reverse-path filtering drops the incoming packet.
+    RpFilter,
+    /// The FORWARD chain's policy is DROP and no rule accepts this connection.
+    ForwardPolicyDrop,
+    /// A rule (often in DOCKER-USER / NETTOOL-USER) drops or rejects this connection.
+    FirewallDrop,
+    /// Rules live in both iptables-legacy and iptables-nft.
+    SplitBackends,
+    /// No route to the rewritten destination.
+    NoRoute,
+    /// The bridge toward the destination is down.
+    BridgeDown,
+    /// The host has no address in the destination's subnet on that bridge.
+    NoHostAddress,
+    /// No namespace holds the destination address behind this host.
+    TargetNotFound,
+    /// One end of the veth toward the destination is down.
+    VethDown,
+    /// The two ends of the veth (or the veth and its bridge) have different MTUs.
+    MtuMismatch,
+    /// Nothing listens on the destination port inside the target namespace.
+    NotListening,
+    /// A stale conntrack entry keeps sending UDP to an old destination.
+    StaleConntrack,
+    /// br_netfilter is not loaded or off while a container talks to a published port on its own bridge.
+    BrNetfilter,
+    /// The target namespace has no route back to the (possibly SNATed) source.
+    NoReturnRoute,
+    /// Every hop looks right but the probe failed.
+    ProbeFailed,
+}
+
+/// One step of the path with its verdict and the facts behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    /// A stable id: receiver, ip_forward, route_localnet, rp_filter, br_netfilter, firewall,
+    /// route, bridge, veth, mtu, target, service, conntrack, backends.
+    pub id: String,
+    /// Short title shown in the table.
+    pub title: String,
+    /// ok, warn or fail.
+    pub verdict: Verdict,
+    /// One line: what was found.
+    pub summary: String,
+    /// The facts that led to the verdict (rules, interface states, sockets, sysctl values).
+    pub evidence: Vec<String>,
+    /// The fault, when the verdict is not ok.
+    pub fault: Option<Fault>,
+    /// The command that fixes it, when there is one.
+    pub fix: Option<Fix>,
+}
+
+/// Where the connection starts.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Another machine, arriving on an external interface; with a namespace to probe from.
+    Outside(Option<NetNs>),
+    /// A process on the host connecting to one of the host's own addresses.
+    Host,
+    /// A process on the host connecting to 127.0.0.1.
+    Localhost,
+    /// A process inside this (container) namespace.
+    Container(NetNs),
+}
+
+impl Source {
+    /// How the source reads in the report.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Outside(None) => "outside".into(),
+            Source::Outside(Some(ns)) => format!("outside:{}", ns.label()),
+            Source::Host => "host".into(),
+            Source::Localhost => "localhost".into(),
+            Source::Container(ns) if ns.label().starts_with("container:") => ns.label().into(),
+            Source::Container(ns) => format!("container:{}", ns.label()),
+        }
+    }
+}
+
+/// What to diagnose.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The namespace acting as the host (the current one, or a lab's isolated host).
+    pub host: NetNs,
+    /// A name `ip netns exec` accepts for the host namespace, when it is not the current one.
+    pub host_name: Option<String>,
+    /// tcp or udp.
+    pub proto: Proto,
+    /// The published port (None with a container target: every port published to it).
+    pub port: Option<u16>,
+    /// The destination address the client uses (None: chosen from the source).
+    pub dst: Option<IpAddr>,
+    /// The source address (None: chosen from the source).
+    pub src: Option<IpAddr>,
+    /// The incoming interface name for an outside packet (None: chosen).
+    pub iif: Option<String>,
+    /// Where the connection starts.
+    pub from: Source,
+    /// Only consider paths ending in this namespace (`doctor container:web`).
+    pub container: Option<NetNs>,
+    /// The container as named by the user (`web`), for the report's words.
+    pub container_name: Option<String>,
+    /// Try the connection for real.
+    pub probe: bool,
+}
+
+/// The packet doctor follows, as the host first sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Packet {
+    /// tcp or udp.
+    pub proto: Proto,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address the client used.
+    pub dst: IpAddr,
+    /// Destination port the client used.
+    pub dport: u16,
+    /// Incoming interface on the host (None for locally generated packets).
+    pub iif: Option<String>,
+    /// The netfilter hook where it enters: prerouting (from outside or a container) or output (local).
+    pub hook: String,
+    /// True when the source address is a stand-in (TEST-NET-3), not a real client's.
+    pub src_assumed: bool,
+}
+
+/// Where the connection really goes after the host is done with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Destination {
+    /// Rewritten (or proxied-to) address.
+    pub addr: IpAddr,
+    /// Rewritten port.
+    pub port: u16,
+    /// "dnat" (a rule rewrote it), "proxy" (a userland proxy connects onward) or "local" (a host socket).
+    pub via: String,
+    /// The DNAT rule, when `via` is dnat.
+    pub rule: Option<rules::DnatRule>,
+    /// The process that receives the connection on the host (proxy or local service).
+    pub receiver: Option<Owner>,
+    /// The namespace holding `addr` (its label), once found.
+    pub netns: Option<String>,
+    /// Its interface holding `addr`.
+    pub interface: Option<String>,
+}
+
+/// The one line at the end: what is wrong and what fixes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    /// True when no hop failed (and the probe, if run, succeeded).
+    pub ok: bool,
+    /// The fault, when something is wrong.
+    pub fault: Option<Fault>,
+    /// The id of the hop it comes from.
+    pub hop: Option<String>,
+    /// One sentence.
+    pub line: String,
+    /// The command that fixes it.
+    pub fix: Option<Fix>,
+}
+
+/// Everything doctor found for one path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The host namespace examined.
+    pub host_netns: String,
+    /// The source, as given.
+    pub from: String,
+    /// The packet as it reaches the host.
+    pub packet: Option<Packet>,
+    /// Where it goes.
+    pub destination: Option<Destination>,
+    /// Every hop in path order.
+    pub hops: Vec<Hop>,
+    /// The verdict.
+    pub diagnosis: Diagnosis,
+    /// What a real connection did (with `probe`).
+    pub probe: Option<facts::ProbeResult>,
+    /// What reading the machine cost (namespaces entered, netlink dumps, /proc scans).
+    pub reads: Reads,
+}
+
+/// Errors that stop doctor before it can say anything about the path.
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    /// A namespace could not be entered or read.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The snapshot could not be read, loaded or saved.
+    #[error(transparent)]
+    Facts(#[from] FactsError),
+    /// Reading links or sockets failed.
+    #[error("reading {what} in {ns}: {message}")]
+    Read {
+        /// What was being read.
+        what: String,
+        /// Which namespace.
+        ns: String,
+        /// Why.
+        message: String,
+    },
+    /// The request does not say enough.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Hop {
+    fn new(id: &str, title: &str, verdict: Verdict, summary: impl Into<String>) -> Self {
+        Hop {
+            id: id.into(),
+            title: title.into(),
+            verdict,
+            summary: summary.into(),
+            evidence: Vec::new(),
+            fault: None,
+            fix: None,
+        }
+    }
+
+    fn ok(id: &str, title: &str, summary: impl Into<String>) -> Self {
+        Self::new(id, title, Verdict::Ok, summary)
+    }
+
+    fn fail(id: &str, title: &str, fault: Fault, summary: impl Into<String>) -> Self {
+        let mut h = Self::new(id, title, Verdict::Fail, summary);
+        h.fault = Some(fault);
+        h
+    }
+
+    fn warn(id: &str, title: &str, fault: Fault, summary: impl Into<String>) -> Self {
+        let mut h = Self::new(id, title, Verdict::Warn, summary);
+        h.fault = Some(fault);
+        h
+    }
+
+    fn with_evidence(mut self, e: impl Into<String>) -> Self {
+        self.evidence.push(e.into());
+        self
+    }
+
+    fn with_fix(mut self, fix: Option<Fix>) -> Self {
+        self.fix = fix;
+        self
+    }
+}
+
+/// Read the machine once, probe when asked, and judge. Returns the report and the snapshot
+/// it was judged on (with the question and the probe recorded in it).
+pub fn diagnose(req: &Request) -> Result<(Report, Snapshot), DoctorError> {
+    // Probing from outside with no client given: attach a throwaway client namespace first,
+    // so the snapshot holds it and the analysis follows the very packet the probe will send.
+    let temp = match (&req.from, req.probe) {
+        (Source::Outside(None), true) => probe::TempClient::attach(&req.host).ok(),
+        _ => None,
+    };
+    let mut extra = Vec::new();
+    if let Source::Outside(Some(ns)) | Source::Container(ns) = &req.from {
+        extra.push(ns.clone());
+    }
+    extra.extend(req.container.clone());
+    extra.extend(temp.as_ref().map(|t| t.ns.clone()));
+    let mut snap = facts::read(&facts::ReadOptions {
+        host: req.host.clone(),
+        extra,
+        skip_docker: false,
+    })?;
+    let client = match (&req.from, &temp) {
+        (Source::Outside(Some(ns)), _) => Some(ns.id()),
+        (Source::Outside(None), Some(t)) => {
+            if let Some(n) = snap.namespaces.iter_mut().find(|n| n.id == t.ns.id()) {
+                n.label = t.describe();
+            }
+            Some(t.ns.id())
+        }
+        _ => None,
+    };
+    let q = Question {
+        proto: req.proto,
+        port: req.port,
+        dst: req.dst,
+        src: req.src,
+        iif: req.iif.clone(),
+        from: match &req.from {
+            Source::Localhost => From::Localhost,
+            Source::Host => From::Host,
+            Source::Outside(_) => From::Outside { client },
+            Source::Container(ns) => From::Container { ns: ns.id() },
+        },
+        container: req.container.as_ref().map(|c| c.id()),
+        container_name: req.container_name.clone(),
+        host_name: req.host_name.clone(),
+        host_path: (req.host_name.is_none() && !is_current(&req.host))
+            .then(|| req.host.path().display().to_string()),
+    };
+    snap.question = Some(q.clone());
+    let mut report = judge(&snap, &q)?;
+    if req.probe {
+        if let Some(packet) = &report.packet {
+            let r = probe::run(req, packet, &snap);
+            snap.probes.push(r);
+        }
+        drop(temp);
+        report = judge(&snap, &q)?;
+    }
+    Ok((report, snap))
+}
+
+/// Judge a snapshot: the question recorded in it, as a live run would have.
+pub fn replay(snap: &Snapshot) -> Result<Report, DoctorError> {
+    let q = snap.question.clone().ok_or_else(|| {
+        DoctorError::Usage("the snapshot records no question (it was not saved by doctor)".into())
+    })?;
+    judge(snap, &q)
+}
+
+/// Every check, as a pure function of the snapshot and the question.
+pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
+    let host = snap.host();
+    let fixer = Fixer {
+        host_name: q.host_name.clone(),
+        host_path: q.host_path.clone().unwrap_or_default(),
+    };
+    let fw = rules::Firewall::from_snapshot(snap);
+    let src_ns = match &q.from {
+        From::Outside { client: Some(id) } | From::Container { ns: id } => {
+            Some(snap.ns(*id).ok_or_else(|| {
+                DoctorError::Usage("the source namespace is not in the snapshot".into())
+            })?)
+        }
+        _ => None,
+    };
+    let container_ns = match q.container {
+        Some(id) => Some(snap.ns(id).ok_or_else(|| {
+            DoctorError::Usage("the container's namespace is not in the snapshot".into())
+        })?),
+        None => None,
+    };
+    let from = describe_from(snap, &q.from);
+    let mut packet = receiver::build_packet(q, snap, src_ns)?;
+
+    let mut hops = Vec::new();
+    // 1. Who receives the connection.
+    let (dest, receiver_hop, walk) =
+        receiver::receiver(q, snap, &fw, &mut packet, container_ns, &from, &fixer);
+    hops.push(receiver_hop);
+    if fw.split_backends() {
+        hops.push(
+            Hop::warn(
+                "backends",
+                "rule backends",
+                Fault::SplitBackends,
+                "rules are split between iptables-legacy and iptables-nft: both run, the other tool does not show them",
+            )
+            .with_evidence(fw.source.clone()),
+        );
+    }
+    let mut report = Report {
+        host_netns: host.label.clone(),
+        from,
+        packet: Some(packet.clone()),
+        destination: dest.clone(),
+        hops,
+        diagnosis: Diagnosis {
+            ok: true,
+            fault: None,
+            hop: None,
+            line: String::new(),
+            fix: None,
+        },
+        probe: snap.probes.last().cloned(),
+        reads: snap.meta.reads.clone(),
+    };
+    if let Some(mut dest) = dest {
+        let forwarded = dest.via == "dnat" && packet.hook == "prerouting";
+        path::path_checks(
+            &path::PathCtx {
+                q,
+                snap,
+                host,
+                fw: &fw,
+                walk: walk.as_ref(),
+                packet: &packet,
+                fixer: &fixer,
+                forwarded,
+            },
+            &mut dest,
+            &mut report.hops,
+        );
+        report.destination = Some(dest);
+    }
+    report.diagnosis = conclude(&report);
+    Ok(report)
+}
+
+/// How the source reads in the report.
+fn describe_from(snap: &Snapshot, f: &From) -> String {
+    let label = |id| {
+        snap.ns(id)
+            .map(|n| n.label.clone())
+            .unwrap_or_else(|| "?".into())
+    };
+    match f {
+        From::Localhost => "localhost".into(),
+        From::Host => "host".into(),
+        From::Outside { client: None } => "outside".into(),
+        From::Outside { client: Some(id) } => format!("outside:{}", label(*id)),
+        From::Container { ns } => {
+            let l = label(*ns);
+            if l.starts_with("container:") {
+                l
+            } else {
+                format!("container:{l}")
+            }
+        }
+    }
+}
+
+fn is_current(ns: &NetNs) -> bool {
+    NetNs::current().map(|c| c.id() == ns.id()).unwrap_or(false)
+}
+
+/// The one line: the first failing hop in path order, else the probe, else all clear.
+fn conclude(r: &Report) -> Diagnosis {
+    if let Some(h) = r.hops.iter().find(|h| h.verdict == Verdict::Fail) {
+        return Diagnosis {
+            ok: false,
+            fault: h.fault,
+            hop: Some(h.id.clone()),
+            line: h.summary.clone(),
+            fix: h.fix.clone(),
+        };
+    }
+    if let Some(p) = &r.probe {
+        if !p.ok {
+            return Diagnosis {
+                ok: false,
+                fault: Some(Fault::ProbeFailed),
+                hop: None,
+                line: format!("every hop looks right but the probe failed: {}", p.outcome),
+                fix: None,
+            };
+        }
+    }
+    let warns = r.hops.iter().filter(|h| h.verdict == Verdict::Warn).count();
+    let dest = r
+        .destination
+        .as_ref()
+        .map(|d| {
+            format!(
+                " to {}{}",
+                SocketAddr::new(d.addr, d.port),
+                d.netns
+                    .as_ref()
+                    .map(|n| format!(" in {n}"))
+                    .unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    Diagnosis {
+        ok: true,
+        fault: None,
+        hop: None,
+        line: format!(
+            "all clear: the path from {}{dest} is open{}{}",
+            r.from,
+            if r.probe.is_some() {
+                " and the probe got through"
+            } else {
+                ""
+            },
+            if warns > 0 {
+                format!(" ({warns} warning(s) above)")
+            } else {
+                String::new()
+            }
+        ),
+        fix: None,
+    }
+}

@@ -1,0 +1,319 @@
+//! Hop 1: the packet as the host first sees it, and who receives it (a DNAT rule, a
+//! userland proxy, a local service, or nothing).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::facts::{From, NsFacts, Question, Snapshot};
+use crate::nat::walk::Walk;
+use crate::netns::links::Address;
+use crate::netns::sockets::Owner;
+
+use super::fix::Fixer;
+use super::{rules, Destination, DoctorError, Fault, Hop, Packet};
+
+/// The packet as it reaches the host, from the source and what was asked.
+pub(crate) fn build_packet(
+    req: &Question,
+    snap: &Snapshot,
+    src_ns: Option<&NsFacts>,
+) -> Result<Packet, DoctorError> {
+    let host = snap.host();
+    // With a container target the published port is found later from its DNAT rule.
+    let port = if req.container.is_some() {
+        Some(0)
+    } else {
+        req.port
+    }
+    .ok_or_else(|| DoctorError::Usage("say which port: nettool doctor PORT".into()))?;
+    let v4 = |a: &&Address| a.address.is_ipv4() && !a.address.is_loopback();
+    Ok(match &req.from {
+        From::Localhost => Packet {
+            proto: req.proto,
+            src: req.src.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            dst: req.dst.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            dport: port,
+            iif: None,
+            hook: "output".into(),
+            src_assumed: false,
+        },
+        From::Host => {
+            let dst = req
+                .dst
+                .or_else(|| host.primary_address())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            Packet {
+                proto: req.proto,
+                src: req.src.unwrap_or(dst),
+                dst,
+                dport: port,
+                iif: None,
+                hook: "output".into(),
+                src_assumed: false,
+            }
+        }
+        From::Outside { .. } => {
+            // With a client namespace: its veth into the host tells the interface and addresses.
+            let mut iif = req.iif.clone();
+            let mut dst = req.dst;
+            let mut src = req.src;
+            if let Some(c) = src_ns {
+                if let Some((host_if, client_addr)) = snap.link_into_host(c) {
+                    iif.get_or_insert(host_if.name.clone());
+                    if dst.is_none() {
+                        dst = host
+                            .addresses
+                            .iter()
+                            .filter(v4)
+                            .find(|a| a.index == host_if.index)
+                            .map(|a| a.address);
+                    }
+                    src = src.or(client_addr);
+                }
+            }
+            let ext = host.external_link();
+            if iif.is_none() {
+                iif = ext.map(|l| l.name.clone());
+            }
+            let dst = dst
+                .or_else(|| {
+                    ext.and_then(|l| {
+                        host.addresses
+                            .iter()
+                            .filter(v4)
+                            .find(|a| a.index == l.index)
+                            .map(|a| a.address)
+                    })
+                })
+                .or_else(|| host.primary_address())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            Packet {
+                proto: req.proto,
+                src_assumed: src.is_none(),
+                src: src.unwrap_or(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))),
+                dst,
+                dport: port,
+                iif,
+                hook: "prerouting".into(),
+            }
+        }
+        From::Container { .. } => {
+            let c = src_ns.ok_or_else(|| DoctorError::Usage("no source namespace".into()))?;
+            let (host_if, client_addr) = snap.link_into_host(c).ok_or_else(|| {
+                DoctorError::Usage(format!(
+                    "the source namespace {} has no veth into the host namespace {}",
+                    c.label, host.label
+                ))
+            })?;
+            // The container reaches the host through the bridge its veth is a port of.
+            let bridge = host_if.master.and_then(|m| host.link(m)).unwrap_or(host_if);
+            let gw = host
+                .addresses
+                .iter()
+                .filter(v4)
+                .find(|a| a.index == bridge.index)
+                .map(|a| a.address);
+            Packet {
+                proto: req.proto,
+                src: req
+                    .src
+                    .or(client_addr)
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                dst: req
+                    .dst
+                    .or(gw)
+                    .or_else(|| host.primary_address())
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                dport: port,
+                iif: Some(bridge.name.clone()),
+                hook: "prerouting".into(),
+                src_assumed: false,
+            }
+        }
+    })
+}
+
+/// Hop 1: a DNAT rule or a listening process.
+pub(crate) fn receiver(
+    req: &Question,
+    snap: &Snapshot,
+    fw: &rules::Firewall,
+    packet: &mut Packet,
+    container: Option<&NsFacts>,
+    from: &str,
+    fixer: &Fixer,
+) -> (Option<Destination>, Hop, Option<Walk>) {
+    let host = snap.host();
+    const ID: &str = "receiver";
+    const TITLE: &str = "who receives it";
+    // `doctor container:web[:PORT]`: the first port published to that container (to PORT).
+    if let Some(c) = container {
+        let addrs: Vec<IpAddr> = c.addresses.iter().map(|a| a.address).collect();
+        match fw.published_port_of(packet.proto, &addrs, req.port) {
+            Some(p) => packet.dport = p,
+            None => {
+                return (
+                    None,
+                    Hop::fail(
+                        ID,
+                        TITLE,
+                        Fault::NoReceiver,
+                        match req.port {
+                            Some(p) => format!("no DNAT rule publishes port {p} of {}", c.label),
+                            None => format!("no DNAT rule publishes a port of {}", c.label),
+                        },
+                    )
+                    .with_evidence(format!("addresses: {}", c.address_list())),
+                    None,
+                )
+            }
+        }
+    }
+    let packet = &*packet;
+    let walk = fw.walk(packet);
+    if let Some(rule) = fw.dnat_in(&walk, packet) {
+        let dest = Destination {
+            addr: rule.to_addr,
+            port: rule.to_port.unwrap_or(packet.dport),
+            via: "dnat".into(),
+            rule: Some(rule.clone()),
+            receiver: None,
+            netns: None,
+            interface: None,
+        };
+        let hop = Hop::ok(
+            ID,
+            TITLE,
+            format!(
+                "DNAT in {} rewrites {}:{} to {}",
+                rule.chain,
+                packet.dst,
+                packet.dport,
+                SocketAddr::new(dest.addr, dest.port)
+            ),
+        )
+        .with_evidence(format!(
+            "{} (table {}, {})",
+            rule.text, rule.table, rule.backend
+        ));
+        return (Some(dest), hop, Some(walk));
+    }
+    // No DNAT for this packet: a socket on the host gets it, if one listens.
+    let listener = host.listeners.iter().find(|s| {
+        s.proto == packet.proto
+            && s.local.port() == packet.dport
+            && (s.local.ip().is_unspecified() || s.local.ip() == packet.dst)
+    });
+    if let Some(sock) = listener {
+        let owner = sock.owners.first().cloned();
+        let proxied = owner.as_ref().and_then(|o| {
+            snap.proxy_target(o.pid, packet.proto, packet.dport)?
+                .target_for(packet.dport)
+        });
+        let who = owner
+            .as_ref()
+            .map(|o| format!("{} (pid {})", o.comm, o.pid))
+            .unwrap_or_else(|| "a socket with no visible owner".into());
+        let mut hop = Hop::ok(
+            ID,
+            TITLE,
+            match &proxied {
+                Some(t) => format!("{who} listens on {} and proxies to {t}", sock.local),
+                None => format!("{who} listens on {}", sock.local),
+            },
+        )
+        .with_evidence(format!(
+            "{} {} {} owners {}",
+            sock.proto,
+            sock.state,
+            sock.local,
+            owners_text(&sock.owners)
+        ));
+        if fw.has_dnat_for_port(packet.proto, packet.dport) {
+            hop.evidence.push(format!(
+                "a DNAT rule for {}/{} exists but does not match this packet ({} hook, from {}): {}",
+                packet.proto, packet.dport, packet.hook, packet.src, walk.summary
+            ));
+        }
+        let dest = match proxied {
+            Some(t) => Destination {
+                addr: t.ip(),
+                port: t.port(),
+                via: "proxy".into(),
+                rule: None,
+                receiver: owner,
+                netns: None,
+                interface: None,
+            },
+            None => Destination {
+                // A wildcard listener answers on the address the client used.
+                addr: if sock.local.ip().is_unspecified() {
+                    packet.dst
+                } else {
+                    sock.local.ip()
+                },
+                port: sock.local.port(),
+                via: "local".into(),
+                rule: None,
+                receiver: owner,
+                netns: Some(host.label.clone()),
+                interface: None,
+            },
+        };
+        return (Some(dest), hop, Some(walk));
+    }
+    let mut hop = Hop::fail(
+        ID,
+        TITLE,
+        Fault::NoReceiver,
+        format!(
+            "nothing receives {}/{} from {}: no DNAT rule matches and no process listens on the host",
+            packet.proto,
+            packet.dport,
+            from
+        ),
+    );
+    hop.evidence.push(format!("walk: {}", walk.summary));
+    if fw.has_dnat_for_port(packet.proto, packet.dport) {
+        hop.evidence.push(format!(
+            "a DNAT rule publishes {}/{} but does not match this packet",
+            packet.proto, packet.dport
+        ));
+        if matches!(req.from, From::Localhost) {
+            hop.evidence.push(
+                "Docker-style rules leave localhost (! -d 127.0.0.0/8) to a userland proxy, and none runs"
+                    .into(),
+            );
+            // Start the proxy the rules expect, to where the DNAT rule sends everyone else.
+            if let Some((addr, port)) = fw.dnat_target_for_port(packet.proto, packet.dport) {
+                let to = SocketAddr::new(addr, port.unwrap_or(packet.dport));
+                hop.fix = Some(fixer.fix_owned(
+                    &format!(
+                        "run the userland proxy for localhost:{} to {to}",
+                        packet.dport
+                    ),
+                    vec![
+                        crate::facts::read::self_exe(),
+                        "proxy".into(),
+                        "--map".into(),
+                        format!("{}:127.0.0.1:{}={to}", packet.proto, packet.dport),
+                    ],
+                    true,
+                ));
+            }
+        }
+    }
+    if let Some(e) = &fw.error {
+        hop.evidence.push(format!("rules not read: {e}"));
+    }
+    (None, hop, Some(walk))
+}
+
+pub(crate) fn owners_text(o: &[Owner]) -> String {
+    if o.is_empty() {
+        return "-".into();
+    }
+    o.iter()
+        .map(|o| format!("{}/{}", o.pid, o.comm))
+        .collect::<Vec<_>>()
+        .join(",")
+}

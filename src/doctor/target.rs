@@ -1,0 +1,413 @@
+//! The hops behind the host: the veth into the target namespace, MTU, the route back, and
+//! the service listening there.
+
+use std::net::IpAddr;
+
+use crate::facts::NsFacts;
+use crate::netns::links::Link;
+use crate::netns::sockets::{Proto, Socket};
+
+use super::fix::Fixer;
+use super::path::{same_subnet, PathCtx};
+use super::receiver::owners_text;
+use super::{rules, Destination, Fault, Hop};
+
+/// The namespace holding the destination and its veth into the host.
+pub(crate) struct Target<'a> {
+    pub(crate) ns: &'a NsFacts,
+    /// The interface in the target namespace that holds the address.
+    pub(crate) inner: Option<&'a Link>,
+    /// The host end of its veth.
+    pub(crate) outer: Option<&'a Link>,
+}
+
+/// The namespace behind the host that holds `addr`: with several (other labs), the one whose
+/// veth ends in this host on the output interface.
+pub(crate) fn find_target<'a>(cx: &PathCtx<'a>, addr: IpAddr, out_if: &Link) -> Option<Target<'a>> {
+    let snap = cx.snap;
+    let host_id = snap.host;
+    let mut fallback = None;
+    let candidates = snap.namespaces.iter().filter(|n| match cx.q.container {
+        Some(c) => n.id == c,
+        None => n.id != host_id,
+    });
+    for ns in candidates {
+        let Some(a) = ns.addresses.iter().find(|a| a.address == addr) else {
+            continue;
+        };
+        let inner = ns.link(a.index);
+        let outer = snap
+            .peer_of(ns, a.index)
+            .filter(|(p, _)| p.id == host_id)
+            .map(|(_, l)| l);
+        let t = Target { ns, inner, outer };
+        match outer {
+            Some(o) if o.master == Some(out_if.index) || o.index == out_if.index => return Some(t),
+            Some(_) => fallback = Some(t),
+            None if fallback.is_none() && cx.q.container.is_some() => fallback = Some(t),
+            None => {}
+        }
+    }
+    fallback
+}
+
+fn link_state(l: &Link) -> String {
+    format!(
+        "{}: admin {}, oper {}, mtu {}",
+        l.name,
+        if l.admin_up { "up" } else { "down" },
+        l.oper_state,
+        l.mtu
+    )
+}
+
+pub(crate) fn veth_hops(cx: &PathCtx, t: &Target<'_>, bridge: Option<&Link>, hops: &mut Vec<Hop>) {
+    let (Some(inner), Some(outer)) = (&t.inner, &t.outer) else {
+        hops.push(Hop::warn(
+            "veth",
+            "veth",
+            Fault::TargetNotFound,
+            format!(
+                "{} holds the address but no veth of it ends in the host namespace",
+                t.ns.label
+            ),
+        ));
+        return;
+    };
+    let ev_outer = format!("host end {}", link_state(outer));
+    let ev_inner = format!("{} end {}", t.ns.label, link_state(inner));
+    let title = "veth";
+    if !outer.admin_up {
+        hops.push(
+            Hop::fail(
+                "veth",
+                title,
+                Fault::VethDown,
+                format!(
+                    "the host end {} of the veth to {} is down",
+                    outer.name, t.ns.label
+                ),
+            )
+            .with_evidence(ev_outer)
+            .with_evidence(ev_inner)
+            .with_fix(Some(cx.fixer.fix(
+                &format!("bring {} up", outer.name),
+                &["ip", "link", "set", &outer.name, "up"],
+            ))),
+        );
+    } else if !inner.admin_up {
+        let argv = Fixer::in_ns(t.ns, &["ip", "link", "set", &inner.name, "up"]);
+        hops.push(
+            Hop::fail(
+                "veth",
+                title,
+                Fault::VethDown,
+                format!("{} inside {} is down", inner.name, t.ns.label),
+            )
+            .with_evidence(ev_outer)
+            .with_evidence(ev_inner)
+            .with_fix(Some(cx.fixer.fix_owned(
+                &format!("bring {} up inside {}", inner.name, t.ns.label),
+                argv,
+                false,
+            ))),
+        );
+    } else if bridge.is_some_and(|b| outer.master != Some(b.index)) {
+        let b = bridge.expect("checked");
+        hops.push(
+            Hop::fail(
+                "veth",
+                title,
+                Fault::VethDown,
+                format!("{} is not a port of {}", outer.name, b.name),
+            )
+            .with_evidence(ev_outer)
+            .with_fix(Some(cx.fixer.fix(
+                &format!("attach {} to {}", outer.name, b.name),
+                &["ip", "link", "set", &outer.name, "master", &b.name],
+            ))),
+        );
+    } else {
+        hops.push(
+            Hop::ok(
+                "veth",
+                title,
+                format!(
+                    "{} (host) <-> {} ({}) both up",
+                    outer.name, inner.name, t.ns.label
+                ),
+            )
+            .with_evidence(ev_outer)
+            .with_evidence(ev_inner),
+        );
+    }
+
+    // MTU: both ends of the veth and the bridge should agree; the larger end loses packets.
+    let mut mtus = vec![
+        (outer.name.clone(), outer.mtu),
+        (inner.name.clone(), inner.mtu),
+    ];
+    if let Some(b) = bridge {
+        mtus.push((b.name.clone(), b.mtu));
+    }
+    let min = mtus.iter().map(|m| m.1).min().unwrap_or(0);
+    let evidence = mtus
+        .iter()
+        .map(|(n, m)| format!("{n} mtu {m}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if inner.mtu != outer.mtu {
+        let (summary, fix) = if inner.mtu > outer.mtu {
+            (
+                format!(
+                    "{} inside {} has mtu {} but the host end {} has {}: large packets from the container are dropped",
+                    inner.name, t.ns.label, inner.mtu, outer.name, outer.mtu
+                ),
+                cx.fixer.fix_owned(
+                    &format!("set {} inside {} to mtu {}", inner.name, t.ns.label, outer.mtu),
+                    Fixer::in_ns(
+                        t.ns,
+                        &["ip", "link", "set", &inner.name, "mtu", &outer.mtu.to_string()],
+                    ),
+                    false,
+                ),
+            )
+        } else {
+            (
+                format!(
+                    "the host end {} has mtu {} but {} inside {} has {}: large packets to the container are dropped",
+                    outer.name, outer.mtu, inner.name, t.ns.label, inner.mtu
+                ),
+                cx.fixer.fix_owned(
+                    &format!("set {} to mtu {}", outer.name, inner.mtu),
+                    vec![
+                        "ip".into(),
+                        "link".into(),
+                        "set".into(),
+                        outer.name.clone(),
+                        "mtu".into(),
+                        inner.mtu.to_string(),
+                    ],
+                    false,
+                ),
+            )
+        };
+        hops.push(
+            Hop::fail("mtu", "mtu", Fault::MtuMismatch, summary)
+                .with_evidence(evidence)
+                .with_fix(Some(fix)),
+        );
+    } else if mtus.iter().any(|m| m.1 != min) {
+        hops.push(
+            Hop::warn(
+                "mtu",
+                "mtu",
+                Fault::MtuMismatch,
+                format!("the veth has mtu {} but the bridge differs", inner.mtu),
+            )
+            .with_evidence(evidence),
+        );
+    } else {
+        hops.push(Hop::ok("mtu", "mtu", format!("{min} on every hop")).with_evidence(evidence));
+    }
+}
+
+/// Can the target answer? Its route back to the source as it arrives there (after any SNAT).
+pub(crate) fn return_route_hop(cx: &PathCtx, t: &Target<'_>, bridge: Option<&Link>) -> Option<Hop> {
+    let src = cx.walk.map(|w| w.final_packet.src).unwrap_or(cx.packet.src);
+    match t.ns.route_to(src) {
+        Ok(r) => {
+            let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+            let dev = r
+                .oif
+                .and_then(|i| t.ns.links.iter().find(|l| l.index == i))
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| "?".into());
+            Some(Hop::ok(
+                "return",
+                "route back",
+                format!("{} answers {src}{via} dev {dev}", t.ns.label),
+            ))
+        }
+        Err(e) => {
+            // The usual fix: a default route through the host's address on the bridge.
+            let inner = t.inner.as_ref()?;
+            let gw = bridge.and_then(|b| {
+                cx.host
+                    .addresses
+                    .iter()
+                    .filter(|a| a.index == b.index && a.address.is_ipv4())
+                    .find(|a| {
+                        t.ns.addresses
+                            .iter()
+                            .any(|c| c.index == inner.index && same_subnet(a, c.address))
+                    })
+                    .map(|a| a.address.to_string())
+            });
+            let fix = gw.map(|gw| {
+                cx.fixer.fix_owned(
+                    &format!(
+                        "give {} a default route through the host ({gw})",
+                        t.ns.label
+                    ),
+                    Fixer::in_ns(
+                        t.ns,
+                        &[
+                            "ip",
+                            "route",
+                            "add",
+                            "default",
+                            "via",
+                            &gw,
+                            "dev",
+                            &inner.name,
+                        ],
+                    ),
+                    false,
+                )
+            });
+            Some(
+                Hop::fail(
+                    "return",
+                    "route back",
+                    Fault::NoReturnRoute,
+                    format!(
+                        "{} has no route back to {src}: its answers are never sent",
+                        t.ns.label
+                    ),
+                )
+                .with_evidence(format!("ip route get {src} in {}: {e}", t.ns.label))
+                .with_fix(fix),
+            )
+        }
+    }
+}
+
+/// Does anything listen on the destination port inside `ns`?
+pub(crate) fn service_hop(
+    cx: &PathCtx,
+    ns: &NsFacts,
+    dest: &Destination,
+    hops: &mut Vec<Hop>,
+    _inner: Option<&Link>,
+) {
+    let proto = cx.packet.proto;
+    let matches_addr = |s: &Socket| s.local.ip().is_unspecified() || s.local.ip() == dest.addr;
+    let listening: Vec<&Socket> = ns.listeners.iter().filter(|s| s.proto == proto).collect();
+    if let Some(s) = listening
+        .iter()
+        .find(|s| s.local.port() == dest.port && matches_addr(s))
+    {
+        hops.push(
+            Hop::ok(
+                "service",
+                "service",
+                format!(
+                    "{} listens on {} in {}",
+                    s.owners
+                        .first()
+                        .map(|o| format!("{} (pid {})", o.comm, o.pid))
+                        .unwrap_or_else(|| "a socket".into()),
+                    s.local,
+                    ns.label
+                ),
+            )
+            .with_evidence(format!(
+                "{} {} {} owners {}",
+                s.proto,
+                s.state,
+                s.local,
+                owners_text(&s.owners)
+            )),
+        );
+        return;
+    }
+    let evidence: Vec<String> = listening
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} owners {}",
+                s.proto,
+                s.state,
+                s.local,
+                owners_text(&s.owners)
+            )
+        })
+        .collect();
+    // Something listens on another port: when a DNAT rule chose the port, the rule is wrong.
+    let others: Vec<&&Socket> = listening
+        .iter()
+        .filter(|s| matches_addr(s) && !s.local.ip().is_loopback())
+        .collect();
+    if let (Some(rule), [only]) = (&dest.rule, others.as_slice()) {
+        let good = only.local.port();
+        let fix = rules::dnat_port_fix(rule, dest.addr, good).map(|argv| {
+            cx.fixer
+                .fix_owned(&format!("point the DNAT rule at port {good}"), argv, false)
+        });
+        let mut hop = Hop::fail(
+            "service",
+            "service",
+            Fault::DnatWrongPort,
+            format!(
+                "the DNAT rule sends to port {} but {} listens on {} in {}",
+                dest.port,
+                only.owners
+                    .first()
+                    .map(|o| o.comm.clone())
+                    .unwrap_or_else(|| "the service".into()),
+                good,
+                ns.label
+            ),
+        )
+        .with_evidence(rule.text.clone())
+        .with_fix(fix);
+        hop.evidence.extend(evidence);
+        hops.push(hop);
+        return;
+    }
+    // The lab's own `run` command when the lab says what the container runs; otherwise a
+    // built-in stand-in that answers, so the path can be proven.
+    let (what, cmd) = match cx.snap.lab_service(ns.id) {
+        Some((name, argv)) => (format!("the lab's service of {name}"), argv.to_vec()),
+        None => {
+            let kind = if proto == Proto::Udp {
+                "udp-echo"
+            } else {
+                "http"
+            };
+            (
+                format!("a stand-in: nettool serve {kind}"),
+                vec![
+                    crate::facts::read::self_exe(),
+                    "serve".into(),
+                    kind.into(),
+                    dest.port.to_string(),
+                ],
+            )
+        }
+    };
+    let cmd_ref: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let serve = what;
+    let argv = Fixer::in_ns(ns, &cmd_ref);
+    let mut hop = Hop::fail(
+        "service",
+        "service",
+        Fault::NotListening,
+        format!("nothing listens on {}/{} in {}", proto, dest.port, ns.label),
+    )
+    .with_fix(Some(cx.fixer.fix_owned(
+        &format!(
+            "start the service on port {} inside {} (here: {})",
+            dest.port, ns.label, serve
+        ),
+        argv,
+        true,
+    )));
+    if evidence.is_empty() {
+        hop.evidence
+            .push(format!("no {proto} sockets listen in {}", ns.label));
+    }
+    hop.evidence.extend(evidence);
+    hops.push(hop);
+}

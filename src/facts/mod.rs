@@ -1,0 +1,507 @@
+//! ONE typed snapshot of the machine, read once per run: namespaces with their links,
+//! addresses, routes (v4 and v6), listening sockets with owners and sysctls; the firewall
+//! dumps (iptables and ip6tables, both backends, nft) that build the NAT model; UDP
+//! conntrack; userland proxies recognised with the proxy's own argument parsers; nettool labs.
+//!
+//! A [`Snapshot`] is plain data (Serialize + Deserialize): `doctor --save-snapshot` records it,
+//! `doctor --snapshot` replays it, and doctor's checks are pure functions of it. Only
+//! [`read`] touches the machine.
+
+pub mod conntrack;
+pub mod firewall;
+pub mod proxies;
+pub mod read;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::netns::discover::ContainerRef;
+use crate::netns::links::{Address, Link, Route};
+use crate::netns::sockets::{Owner, Proto, Socket};
+use crate::netns::NsId;
+
+pub use conntrack::CtEntry;
+pub use firewall::FirewallDump;
+pub use proxies::{ProxyMap, ProxyProcess};
+pub use read::{read, ReadOptions};
+
+/// The format version written in [`Meta::format`]; a replay refuses other versions.
+pub const FORMAT: u32 = 1;
+
+/// What was read, by whom, and what it cost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Meta {
+    /// Snapshot format version ([`FORMAT`]).
+    pub format: u32,
+    /// The nettool version that read it.
+    pub nettool: String,
+    /// Wall time of the read, in milliseconds.
+    pub read_ms: u64,
+    /// How many reads the snapshot took.
+    pub reads: Reads,
+}
+
+/// The cost of one snapshot: the goal is one namespace entry per namespace and one /proc scan
+/// per kind of fact.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reads {
+    /// Namespaces in the snapshot.
+    pub namespaces: u64,
+    /// Namespace entries (threads that called setns).
+    pub namespace_entries: u64,
+    /// Netlink dump requests (links, addresses, routes, sock_diag), all namespaces together.
+    pub netlink_dumps: u64,
+    /// Walks over every /proc/PID.
+    pub proc_scans: u64,
+    /// External tools run (iptables-save, nft, conntrack).
+    pub tool_runs: u64,
+}
+
+/// One network namespace as read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NsFacts {
+    /// Identity (st_dev, inode).
+    pub id: NsId,
+    /// How reports call it (name, container:NAME, pid:N).
+    pub label: String,
+    /// Its name under /run/netns, for `ip -n NAME` in fixes.
+    pub name: Option<String>,
+    /// A path that opens it, for `nsenter --net=PATH`.
+    pub path: String,
+    /// True for the namespace nettool ran in.
+    pub current: bool,
+    /// Processes in it (thread group leaders).
+    pub processes: Vec<Owner>,
+    /// Containers found through cgroups / the engine.
+    pub containers: Vec<ContainerRef>,
+    /// Links, sorted by ifindex.
+    pub links: Vec<Link>,
+    /// Addresses of both families.
+    pub addresses: Vec<Address>,
+    /// Main-table routes of both families.
+    pub routes: Vec<Route>,
+    /// Listening TCP and unconnected UDP sockets, with owners.
+    pub listeners: Vec<Socket>,
+    /// The sysctls that matter, by dotted name (the `conf.IFACE.` ones for each link).
+    pub sysctls: BTreeMap<String, String>,
+    /// Veth peers that could be resolved (relative to the host namespace).
+    pub peers: Vec<Peer>,
+    /// Why it could not be read, when it could not.
+    pub error: Option<String>,
+}
+
+/// The other end of a veth: namespace and ifindex there.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Peer {
+    /// ifindex of the veth in this namespace.
+    pub local_index: u32,
+    /// The namespace holding the other end.
+    pub peer_ns: NsId,
+    /// Its ifindex there.
+    pub peer_index: u32,
+}
+
+/// A nettool lab (from /run/nettool/NAME/state.json): what its containers run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabFacts {
+    /// Lab name.
+    pub name: String,
+    /// Its host namespace.
+    pub host: Option<NsId>,
+    /// Its containers.
+    pub containers: Vec<LabContainer>,
+}
+
+/// One container of a nettool lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabContainer {
+    /// Container name in the lab file.
+    pub name: String,
+    /// Its namespace.
+    pub ns: Option<NsId>,
+    /// Its `run` command as argv (`nettool` replaced by this executable's path).
+    pub run: Option<Vec<String>>,
+}
+
+/// Everything doctor judges, read once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Version, cost.
+    pub meta: Meta,
+    /// Identity of the host namespace (the one examined).
+    pub host: NsId,
+    /// Every namespace on the machine.
+    pub namespaces: Vec<NsFacts>,
+    /// The host's firewall dumps (the NAT model is built from them).
+    pub firewall: FirewallDump,
+    /// The host's UDP conntrack entries (IPv4 and IPv6).
+    pub conntrack: Option<Vec<CtEntry>>,
+    /// Userland proxies holding a listening socket in the host namespace.
+    pub proxies: Vec<ProxyProcess>,
+    /// nettool labs on the machine.
+    pub labs: Vec<LabFacts>,
+    /// What each container engine intends (containers, states, networks, ports).
+    pub intent: Option<serde_json::Value>,
+    /// The question the snapshot was read for (doctor's request), so a replay asks it again.
+    pub question: Option<Question>,
+    /// What real connections did (doctor --probe): they are facts too, so a replay sees them.
+    pub probes: Vec<ProbeResult>,
+}
+
+/// Where a connection starts, by namespace identity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum From {
+    /// A process on the host connecting to 127.0.0.1 (or ::1).
+    Localhost,
+    /// A process on the host connecting to one of the host's own addresses.
+    Host,
+    /// Another machine; `client` is a namespace standing for it, when there is one.
+    Outside {
+        /// The client namespace.
+        client: Option<NsId>,
+    },
+    /// A process inside this (container) namespace.
+    Container {
+        /// The container's namespace.
+        ns: NsId,
+    },
+}
+
+/// What doctor was asked: the path to follow, in the snapshot's terms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Question {
+    /// tcp or udp.
+    pub proto: Proto,
+    /// The published port (None with a container target: its published ports).
+    pub port: Option<u16>,
+    /// The destination the client uses (None: chosen from the source).
+    pub dst: Option<IpAddr>,
+    /// The source address (None: chosen from the source).
+    pub src: Option<IpAddr>,
+    /// The incoming interface for an outside packet.
+    pub iif: Option<String>,
+    /// Where the connection starts.
+    pub from: From,
+    /// Only paths ending in this namespace (`doctor container:web`).
+    pub container: Option<NsId>,
+    /// The container name as asked (`container:web`), for the words of the report.
+    pub container_name: Option<String>,
+    /// A name `ip netns exec` takes for the host, when it is not the current namespace.
+    pub host_name: Option<String>,
+    /// A path for `nsenter --net=` when the host has no name and is not the current one.
+    pub host_path: Option<String>,
+}
+
+/// What one real connection did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbeResult {
+    /// The namespace the probe connected from.
+    pub from_netns: Option<String>,
+    /// Where it connected to.
+    pub target: String,
+    /// True when the connection was made and answered (for UDP: a datagram came back).
+    pub ok: bool,
+    /// TCP handshake completed.
+    pub connected: bool,
+    /// Bytes sent.
+    pub sent: usize,
+    /// Bytes received before the peer closed (or the wait ran out).
+    pub received: usize,
+    /// What happened, in words.
+    pub outcome: String,
+    /// Milliseconds from start to the end of the exchange.
+    pub elapsed_ms: u64,
+}
+
+/// A route lookup's answer, as `ip route get` would give it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteHit {
+    /// local, unicast, blackhole, unreachable, prohibit...
+    pub kind: String,
+    /// Output interface.
+    pub oif: Option<u32>,
+    /// Next hop.
+    pub gateway: Option<IpAddr>,
+    /// Preferred source.
+    pub prefsrc: Option<IpAddr>,
+}
+
+impl Snapshot {
+    /// The host namespace's facts.
+    pub fn host(&self) -> &NsFacts {
+        self.ns(self.host)
+            .expect("a snapshot always holds its host namespace")
+    }
+
+    /// A namespace by identity.
+    pub fn ns(&self, id: NsId) -> Option<&NsFacts> {
+        self.namespaces.iter().find(|n| n.id == id)
+    }
+
+    /// A namespace by name, label, container name or id, or path (replays name them this way).
+    pub fn ns_named(&self, name: &str) -> Option<&NsFacts> {
+        let bare = name.strip_prefix("container:").unwrap_or(name);
+        self.namespaces.iter().find(|n| {
+            n.name.as_deref() == Some(bare)
+                || n.label == name
+                || n.label == format!("container:{bare}")
+                || n.path == name
+                || n.containers.iter().any(|c| {
+                    c.name.as_deref() == Some(bare) || (bare.len() >= 12 && c.id.starts_with(bare))
+                })
+        })
+    }
+
+    /// The other end of veth `index` of `ns`: its namespace and link.
+    pub fn peer_of(&self, ns: &NsFacts, index: u32) -> Option<(&NsFacts, &Link)> {
+        let p = ns.peers.iter().find(|p| p.local_index == index)?;
+        let other = self.ns(p.peer_ns)?;
+        Some((other, other.link(p.peer_index)?))
+    }
+
+    /// The veth from `ns` into the host: the host-side link and `ns`'s IPv4 address on it.
+    pub fn link_into_host(&self, ns: &NsFacts) -> Option<(&Link, Option<IpAddr>)> {
+        let host = self.host();
+        let p = ns.peers.iter().find(|p| p.peer_ns == host.id)?;
+        let host_link = host.link(p.peer_index)?;
+        let addr = ns
+            .addresses
+            .iter()
+            .find(|a| a.index == p.local_index && a.address.is_ipv4())
+            .map(|a| a.address);
+        Some((host_link, addr))
+    }
+
+    /// Where the userland proxy `pid` forwards `proto/port`, when it is a proxy we recognise.
+    pub fn proxy_target(&self, pid: u32, proto: Proto, port: u16) -> Option<&ProxyMap> {
+        self.proxies
+            .iter()
+            .filter(|p| p.pid == pid)
+            .flat_map(|p| &p.maps)
+            .find(|m| m.proto == proto && m.listen_from <= port && port <= m.listen_to)
+    }
+
+    /// The lab whose host namespace is the snapshot's host.
+    pub fn lab(&self) -> Option<&LabFacts> {
+        self.labs.iter().find(|l| l.host == Some(self.host))
+    }
+
+    /// The lab container living in namespace `ns`, with its `run` argv.
+    pub fn lab_service(&self, ns: NsId) -> Option<(&str, &[String])> {
+        let c = self.lab()?.containers.iter().find(|c| c.ns == Some(ns))?;
+        Some((c.name.as_str(), c.run.as_deref()?))
+    }
+}
+
+impl NsFacts {
+    /// A link by ifindex.
+    pub fn link(&self, index: u32) -> Option<&Link> {
+        self.links.iter().find(|l| l.index == index)
+    }
+
+    /// One sysctl, as read.
+    pub fn sysctl(&self, name: &str) -> Option<&str> {
+        self.sysctls.get(name).map(String::as_str)
+    }
+
+    /// True when one of its interfaces holds `ip`.
+    pub fn has_address(&self, ip: IpAddr) -> bool {
+        self.addresses.iter().any(|a| a.address == ip)
+    }
+
+    /// Its non-loopback, non-link-local addresses, for evidence.
+    pub fn address_list(&self) -> String {
+        let v: Vec<String> = self
+            .addresses
+            .iter()
+            .filter(|a| !a.address.is_loopback() && !is_link_local(a.address))
+            .map(|a| format!("{}/{}", a.address, a.prefix_len))
+            .collect();
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(", ")
+        }
+    }
+
+    /// What `ip route get DST` answers here, from the recorded addresses and main-table
+    /// routes: local for an address of the namespace, else the longest matching prefix
+    /// (lowest metric first).
+    pub fn route_to(&self, dst: IpAddr) -> Result<RouteHit, String> {
+        if dst.is_loopback() || self.has_address(dst) {
+            let oif = self
+                .addresses
+                .iter()
+                .find(|a| a.address == dst)
+                .map(|a| a.index)
+                .or_else(|| {
+                    self.links
+                        .iter()
+                        .find(|l| l.kind == "loopback")
+                        .map(|l| l.index)
+                });
+            return Ok(RouteHit {
+                kind: "local".into(),
+                oif,
+                gateway: None,
+                prefsrc: Some(dst),
+            });
+        }
+        let best = self
+            .routes
+            .iter()
+            .filter(|r| family_matches(r, dst))
+            .filter(|r| match r.destination {
+                None => true,
+                Some(d) => ipnet::IpNet::new(d, r.prefix_len)
+                    .map(|n| n.contains(&dst))
+                    .unwrap_or(false),
+            })
+            .max_by_key(|r| {
+                (
+                    if r.destination.is_none() {
+                        0
+                    } else {
+                        r.prefix_len as i64 + 1
+                    },
+                    -(r.metric.unwrap_or(0) as i64),
+                )
+            });
+        match best {
+            Some(r) => Ok(RouteHit {
+                kind: r.kind.clone(),
+                oif: r.oif,
+                gateway: r.gateway,
+                prefsrc: r.prefsrc.or_else(|| {
+                    self.addresses
+                        .iter()
+                        .find(|a| Some(a.index) == r.oif && a.address.is_ipv4() == dst.is_ipv4())
+                        .map(|a| a.address)
+                }),
+            }),
+            None => Err("Network is unreachable (no route)".into()),
+        }
+    }
+
+    /// The interface a packet from another machine arrives on: the default route's, else the
+    /// first up interface with an IPv4 address that is neither loopback, a bridge nor a port.
+    pub fn external_link(&self) -> Option<&Link> {
+        let default_oif = self
+            .routes
+            .iter()
+            .find(|r| r.destination.is_none() && r.oif.is_some())
+            .and_then(|r| r.oif);
+        if let Some(l) = default_oif.and_then(|i| self.link(i)) {
+            return Some(l);
+        }
+        self.links.iter().find(|l| {
+            l.kind != "loopback"
+                && l.kind != "bridge"
+                && l.master.is_none()
+                && self
+                    .addresses
+                    .iter()
+                    .any(|a| a.index == l.index && a.address.is_ipv4())
+        })
+    }
+
+    /// The main address of family `v6` (false: IPv4) on the external link, else any global one.
+    pub fn primary_address_of(&self, v6: bool) -> Option<IpAddr> {
+        let fits = |a: &&Address| {
+            a.address.is_ipv6() == v6 && !a.address.is_loopback() && !is_link_local(a.address)
+        };
+        if let Some(l) = self.external_link() {
+            if let Some(a) = self
+                .addresses
+                .iter()
+                .filter(fits)
+                .find(|a| a.index == l.index)
+            {
+                return Some(a.address);
+            }
+        }
+        self.addresses.iter().find(fits).map(|a| a.address)
+    }
+
+    /// The host's main IPv4 address.
+    pub fn primary_address(&self) -> Option<IpAddr> {
+        self.primary_address_of(false)
+    }
+}
+
+fn family_matches(r: &Route, dst: IpAddr) -> bool {
+    match (r.destination, r.gateway, r.prefsrc) {
+        (Some(d), _, _) => d.is_ipv4() == dst.is_ipv4(),
+        (None, Some(g), _) => g.is_ipv4() == dst.is_ipv4(),
+        (None, None, Some(s)) => s.is_ipv4() == dst.is_ipv4(),
+        // A default route with nothing to tell its family: netlink reports v4 first.
+        (None, None, None) => dst.is_ipv4(),
+    }
+}
+
+/// fe80::/10 or 169.254/16.
+pub fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Errors reading or replaying a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    /// The host namespace could not be read at all.
+    #[error("reading the host namespace {ns}: {why}")]
+    Host {
+        /// Which namespace.
+        ns: String,
+        /// Why.
+        why: String,
+    },
+    /// A snapshot file could not be read or written.
+    #[error("snapshot {path}: {why}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why (the OS error or the JSON error, once).
+        why: String,
+    },
+}
+
+/// Write `snap` as pretty JSON to `path`.
+pub fn save(snap: &Snapshot, path: &std::path::Path) -> Result<(), FactsError> {
+    let err = |why: String| FactsError::File {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = serde_json::to_string_pretty(snap).map_err(|e| err(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| err(e.to_string()))
+}
+
+/// Read a snapshot written by [`save`].
+pub fn load(path: &std::path::Path) -> Result<Snapshot, FactsError> {
+    let err = |why: String| FactsError::File {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    from_json(&text).map_err(err)
+}
+
+/// Parse a snapshot from its JSON text.
+pub fn from_json(text: &str) -> Result<Snapshot, String> {
+    let snap: Snapshot = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if snap.meta.format != FORMAT {
+        return Err(format!(
+            "format {} (this nettool reads format {FORMAT})",
+            snap.meta.format
+        ));
+    }
+    if snap.ns(snap.host).is_none() {
+        return Err("its host namespace is not among its namespaces".into());
+    }
+    Ok(snap)
+}

@@ -1,0 +1,314 @@
+//! The live read: every namespace entered once (links, addresses, routes, listening sockets,
+//! sysctls and the nsids that join veths, in one thread per namespace), one /proc scan for
+//! socket owners, the host's firewall and conntrack dumped by their tools in parallel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::lab::state as lab_state;
+use crate::netns::discover::{discover, DiscoverOptions, NamespaceInfo};
+use crate::netns::links::{Address, Link, Route, Rtnl};
+use crate::netns::peers::parallel_map;
+use crate::netns::rtnl::NetlinkError;
+use crate::netns::sockets::{self, Socket, Which};
+use crate::netns::{sysctl, NetNs, NsId};
+
+use super::{
+    conntrack, firewall, proxies, FactsError, LabContainer, LabFacts, Meta, NsFacts, Peer, Reads,
+    Snapshot, FORMAT,
+};
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// The namespace acting as the host (its firewall, conntrack and proxies are read).
+    pub host: NetNs,
+    /// Namespaces to include even when discovery does not see them (held only by an fd).
+    pub extra: Vec<NetNs>,
+    /// Do not ask the Docker API for container names.
+    pub skip_docker: bool,
+}
+
+/// What one namespace thread brings back.
+struct Raw {
+    links: Vec<Link>,
+    addresses: Vec<Address>,
+    routes: Vec<Route>,
+    listeners: Vec<Socket>,
+    sysctls: BTreeMap<String, String>,
+    /// nsid (as this namespace numbers them) -> index of that namespace in the read.
+    nsids: HashMap<i32, usize>,
+}
+
+fn counters() -> (u64, u64, u64, u64) {
+    (
+        crate::netns::rtnl::DUMPS.load(Ordering::Relaxed),
+        crate::netns::ENTRIES.load(Ordering::Relaxed),
+        crate::netns::PROC_SCANS.load(Ordering::Relaxed),
+        firewall::TOOL_RUNS.load(Ordering::Relaxed),
+    )
+}
+
+/// Read one namespace from inside it. The host asks the nsid of every other namespace;
+/// the others only the host's (their veths lead there).
+fn read_inside(i: usize, handles: &[Option<NetNs>], host: usize) -> Result<Raw, String> {
+    let Some(ns) = &handles[i] else {
+        return Err("could not be opened (it went away)".into());
+    };
+    ns.run(|| -> Result<Raw, NetlinkError> {
+        let mut r = Rtnl::open()?;
+        let links = r.links()?;
+        let addresses = r.addresses()?;
+        let routes = r.routes(false)?;
+        let listeners = sockets::list_unowned(Which::Listening)?;
+        let mut sysctls = BTreeMap::new();
+        for s in sysctl::interesting() {
+            sysctls.insert(s.name, s.value);
+        }
+        for l in &links {
+            for key in ["route_localnet", "rp_filter", "forwarding"] {
+                let name = format!("net.ipv4.conf.{}.{key}", l.name);
+                if let Some(v) = sysctl::read(&name) {
+                    sysctls.insert(name, v);
+                }
+            }
+        }
+        let mut nsids = HashMap::new();
+        if links.iter().any(|l| l.link_netnsid.is_some()) {
+            let ask: Vec<usize> = if i == host {
+                (0..handles.len()).filter(|&j| j != i).collect()
+            } else {
+                vec![host]
+            };
+            for j in ask {
+                if let Some(h) = &handles[j] {
+                    if let Ok(Some(id)) = r.nsid_of(h) {
+                        nsids.insert(id, j);
+                    }
+                }
+            }
+        }
+        Ok(Raw {
+            links,
+            addresses,
+            routes,
+            listeners,
+            sysctls,
+            nsids,
+        })
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+fn label_of(info: &NamespaceInfo) -> (String, Option<String>) {
+    let name = info.names.iter().find(|n| !n.contains('/')).cloned();
+    let label = match &name {
+        Some(n) => n.clone(),
+        None => info.display_name(),
+    };
+    (label, name)
+}
+
+/// Read the whole machine as `opts.host` sees it.
+pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
+    let started = Instant::now();
+    let before = counters();
+    let mut infos = discover(DiscoverOptions {
+        skip_interfaces: true,
+        skip_docker: opts.skip_docker,
+    });
+    for ns in std::iter::once(&opts.host).chain(&opts.extra) {
+        if !infos.iter().any(|i| i.id == ns.id()) {
+            infos.push(NamespaceInfo {
+                id: ns.id(),
+                path: ns.path().to_path_buf(),
+                names: Vec::new(),
+                mounts: Vec::new(),
+                nsid: None,
+                processes: Vec::new(),
+                containers: Vec::new(),
+                interfaces: None,
+                current: false,
+            });
+        }
+    }
+    let host_id = opts.host.id();
+    let host = infos
+        .iter()
+        .position(|i| i.id == host_id)
+        .expect("the host was added above");
+    let handles: Vec<Option<NetNs>> = infos
+        .iter()
+        .map(|i| {
+            std::iter::once(&opts.host)
+                .chain(&opts.extra)
+                .find(|e| e.id() == i.id)
+                .cloned()
+                .or_else(|| i.open().ok())
+        })
+        .collect();
+
+    let (raws, owners, fw, ct) = std::thread::scope(|s| {
+        let tools = s.spawn(|| {
+            let fw = firewall::dump(&opts.host);
+            let ct = conntrack::read(&opts.host);
+            (fw, ct)
+        });
+        let owners = s.spawn(sockets::socket_owners);
+        let raws = parallel_map(infos.len(), |i| read_inside(i, &handles, host));
+        let (fw, ct) = tools.join().unwrap_or_default();
+        (raws, owners.join().unwrap_or_default(), fw, ct)
+    });
+
+    // nsid maps: from the host's (every namespace) and from each namespace's (the host).
+    let mut namespaces: Vec<NsFacts> = Vec::with_capacity(infos.len());
+    let ids: Vec<NsId> = infos.iter().map(|i| i.id).collect();
+    for (i, (info, raw)) in infos.iter().zip(&raws).enumerate() {
+        let (label, name) = label_of(info);
+        let label = if i == host && info.current {
+            opts.host.label().to_string()
+        } else {
+            label
+        };
+        let mut f = NsFacts {
+            id: info.id,
+            label,
+            name,
+            path: info.path.display().to_string(),
+            current: info.current,
+            processes: info.processes.clone(),
+            containers: info.containers.clone(),
+            links: Vec::new(),
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            listeners: Vec::new(),
+            sysctls: BTreeMap::new(),
+            peers: Vec::new(),
+            error: None,
+        };
+        match raw {
+            Err(e) => f.error = Some(e.clone()),
+            Ok(r) => {
+                f.links = r.links.clone();
+                f.addresses = r.addresses.clone();
+                f.routes = r.routes.clone();
+                f.sysctls = r.sysctls.clone();
+                f.listeners = r
+                    .listeners
+                    .iter()
+                    .cloned()
+                    .map(|mut s| {
+                        if let Some(o) = owners.get(&s.inode) {
+                            s.owners = o.clone();
+                        }
+                        s
+                    })
+                    .collect();
+                for l in r.links.iter().filter(|l| l.kind == "veth") {
+                    let Some(peer_index) = l.link else { continue };
+                    let peer_ns = match l.link_netnsid {
+                        None => Some(info.id),
+                        Some(id) => r.nsids.get(&id).map(|&j| ids[j]),
+                    };
+                    if let Some(peer_ns) = peer_ns {
+                        f.peers.push(Peer {
+                            local_index: l.index,
+                            peer_ns,
+                            peer_index,
+                        });
+                    }
+                }
+            }
+        }
+        namespaces.push(f);
+    }
+    if let Some(e) = &namespaces[host].error {
+        return Err(FactsError::Host {
+            ns: opts.host.label().to_string(),
+            why: e.clone(),
+        });
+    }
+
+    // Userland proxies: the owners of the host's listening sockets, by their command lines.
+    let mut proxies = Vec::new();
+    let mut seen = Vec::new();
+    for s in &namespaces[host].listeners {
+        for o in &s.owners {
+            if seen.contains(&o.pid) {
+                continue;
+            }
+            seen.push(o.pid);
+            if let Some(p) = proxies::recognise(o.pid, &o.comm, &proxies::cmdline(o.pid)) {
+                proxies.push(p);
+            }
+        }
+    }
+
+    let by_name = |n: &str| -> Option<NsId> {
+        infos
+            .iter()
+            .find(|i| i.names.iter().any(|x| x == n))
+            .map(|i| i.id)
+    };
+    let labs = lab_state::list()
+        .into_iter()
+        .filter_map(|name| lab_state::load(&name).ok())
+        .map(|st| LabFacts {
+            name: st.name.clone(),
+            host: match &st.host_netns {
+                Some(n) => by_name(n),
+                None => infos.iter().find(|i| i.current).map(|i| i.id),
+            },
+            containers: st
+                .containers
+                .iter()
+                .map(|c| LabContainer {
+                    name: c.name.clone(),
+                    ns: c.netns.as_deref().and_then(by_name),
+                    run: c.run.as_deref().map(|r| {
+                        let mut argv: Vec<String> =
+                            r.split_whitespace().map(String::from).collect();
+                        if argv.first().map(String::as_str) == Some("nettool") {
+                            argv[0] = self_exe();
+                        }
+                        argv
+                    }),
+                })
+                .collect(),
+        })
+        .collect();
+
+    let after = counters();
+    Ok(Snapshot {
+        meta: Meta {
+            format: FORMAT,
+            nettool: env!("CARGO_PKG_VERSION").into(),
+            read_ms: started.elapsed().as_millis() as u64,
+            reads: Reads {
+                namespaces: namespaces.len() as u64,
+                netlink_dumps: after.0 - before.0,
+                namespace_entries: after.1 - before.1,
+                proc_scans: after.2 - before.2,
+                tool_runs: after.3 - before.3,
+            },
+        },
+        host: host_id,
+        namespaces,
+        firewall: fw,
+        conntrack: ct,
+        proxies,
+        labs,
+        intent: None,
+        question: None,
+        probes: Vec::new(),
+    })
+}
+
+/// This executable's path (for fix commands that run nettool itself).
+pub fn self_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "nettool".into())
+}
