@@ -143,7 +143,7 @@ pub struct Snapshot {
     /// nettool labs on the machine.
     pub labs: Vec<LabFacts>,
     /// What each container engine intends (containers, states, networks, ports).
-    pub intent: Option<serde_json::Value>,
+    pub intent: Option<crate::engine::Intent>,
     /// The question the snapshot was read for (doctor's request), so a replay asks it again.
     pub question: Option<Question>,
     /// What real connections did (doctor --probe): they are facts too, so a replay sees them.

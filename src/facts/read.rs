@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::engine::Intent;
 use crate::lab::state as lab_state;
-use crate::netns::discover::{discover, DiscoverOptions, NamespaceInfo};
+use crate::netns::discover::{discover_with, DiscoverOptions, NamespaceInfo};
 use crate::netns::links::{Address, Link, Route, Rtnl};
 use crate::netns::peers::parallel_map;
 use crate::netns::rtnl::NetlinkError;
@@ -115,10 +116,18 @@ fn label_of(info: &NamespaceInfo) -> (String, Option<String>) {
 pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
     let started = Instant::now();
     let before = counters();
-    let mut infos = discover(DiscoverOptions {
-        skip_interfaces: true,
-        skip_docker: opts.skip_docker,
-    });
+    let intent = if opts.skip_docker {
+        Intent::default()
+    } else {
+        Intent::read()
+    };
+    let mut infos = discover_with(
+        DiscoverOptions {
+            skip_interfaces: true,
+            skip_docker: opts.skip_docker,
+        },
+        &intent,
+    );
     for ns in std::iter::once(&opts.host).chain(&opts.extra) {
         if !infos.iter().any(|i| i.id == ns.id()) {
             infos.push(NamespaceInfo {
@@ -300,7 +309,7 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
         conntrack: ct,
         proxies,
         labs,
-        intent: None,
+        intent: (!opts.skip_docker).then_some(intent),
         question: None,
         probes: Vec::new(),
     })
