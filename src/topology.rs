@@ -856,21 +856,19 @@ fn nat_mappings(ns: usize, handle: &NetNs) -> Vec<Mapping> {
     let summary = crate::nat::explain::summarize(&rules);
     let mut out = Vec::new();
     for p in &summary.published {
-        let host_ip = match p.host.as_str() {
-            "any local address" | "any address" | "any" => "0.0.0.0".to_string(),
-            h => h.to_string(),
+        // Typed values from the explainer, never its words parsed back.
+        let host_ip = match p.host_addr {
+            Some(a) => a.to_string(),
+            None => "0.0.0.0".to_string(),
         };
-        for t in &p.targets {
+        for t in p.targets.iter().filter(|t| !t.shadowed) {
             out.push(Mapping {
                 ns,
                 proto: p.proto.clone(),
                 host_ip: host_ip.clone(),
                 host_port: p.host_port.clone(),
                 target_ip: t.addr,
-                target_port: t
-                    .to
-                    .rsplit_once(':')
-                    .and_then(|(_, port)| port.parse().ok()),
+                target_port: t.port,
                 target: t.to.clone(),
                 via: format!("{} {}:{}", t.table, t.chain, t.line),
             });

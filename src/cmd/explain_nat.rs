@@ -148,7 +148,9 @@ pub fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
     } else {
         HashMap::new()
     };
-    let summary = explain::summarize_with(&rs, &names);
+    // Live: the summary's representative packets walk through the namespace's own addresses.
+    let live_facts = ns.as_ref().and_then(|ns| nat::local_facts(ns).ok());
+    let summary = explain::summarize_on(&rs, &names, live_facts.as_ref());
 
     let walk_result = match &packet {
         Some(p) => {
@@ -235,6 +237,9 @@ pub fn render_summary(s: &Summary) -> String {
         for e in &p.entries {
             o.push_str(&format!("      via {}\n", paint(&e.path.join(" -> "), "2")));
         }
+        for r in &p.reach {
+            o.push_str(&format!("      walked {r}\n"));
+        }
     }
     if !s.services.is_empty() {
         o.push('\n');
@@ -309,6 +314,25 @@ pub fn render_summary(s: &Summary) -> String {
                 .join("/"),
             at(&d.table, &d.chain, d.line)
         ));
+        if !d.verified.is_empty() && d.action != "policy DROP" {
+            o.push_str(&format!("      {}\n", d.verified));
+        }
+    }
+    if !s.flows.is_empty() {
+        o.push('\n');
+        o.push_str(&paint("Open and closed (walked)\n", "1"));
+        for f in &s.flows {
+            o.push_str(&format!("  {}\n", f.sentence));
+        }
+    }
+    if let Some(h) = &s.host {
+        if !s.published.is_empty() || !s.flows.is_empty() || !s.drops.is_empty() {
+            o.push('\n');
+            o.push_str(&paint("Walked through\n", "1"));
+            for a in &h.assumptions {
+                o.push_str(&format!("  {a}\n"));
+            }
+        }
     }
     let mut odd = |title: &str, list: &[explain::Oddity]| {
         if list.is_empty() {

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::model::*;
+use super::reach::{self, HostModel, Probe};
+use super::walk::RuleRef;
 
 /// Who wrote a chain, judged by its name (and its table's name for nftables).
 pub fn owner_of(table: &str, chain: &str) -> Option<&'static str> {
@@ -62,6 +64,9 @@ pub struct Entry {
     pub from: String,
     /// Fraction of matching traffic that takes this path (probability branches), 1.0 when certain.
     pub share: f64,
+    /// The conditions as data (the probes are built from them).
+    #[serde(skip)]
+    pub conds: Vec<Match>,
 }
 
 /// Where a published port sends traffic.
@@ -81,6 +86,12 @@ pub struct Target {
     pub chain: String,
     /// Line of the DNAT rule.
     pub line: usize,
+    /// Target port when the rule names one (or keeps the published one).
+    pub port: Option<u16>,
+    /// True when no walked packet reaches this rule.
+    pub shadowed: bool,
+    /// The other DNAT rule that took the walked packets instead, when one did.
+    pub shadowed_by: Option<RuleRef>,
 }
 
 /// A port (or address) that destination NAT sends somewhere else.
@@ -92,6 +103,10 @@ pub struct PublishedPort {
     pub host: String,
     /// "8080", "8000-8100", "8080,8081" or "any".
     pub host_port: String,
+    /// The host address as data: None for any (local) address.
+    pub host_addr: Option<IpAddr>,
+    /// The host ports as data (empty: any).
+    pub host_ports: Vec<PortRange>,
     /// Where it goes (several for load-balanced services).
     pub targets: Vec<Target>,
     /// Each way in, with where it applies from.
@@ -100,8 +115,13 @@ pub struct PublishedPort {
     pub owner: Option<String>,
     /// Service name from a kube-proxy comment ("ns/svc:port").
     pub service: Option<String>,
-    /// The whole thing in one sentence.
+    /// The whole thing in one sentence, from the walks below.
     pub sentence: String,
+    /// Representative packets walked through the rules (from outside, from each container
+    /// network, from this host) and what happened to each.
+    pub probes: Vec<Probe>,
+    /// The same walks in words, one line each.
+    pub reach: Vec<String>,
 }
 
 /// A source NAT rule (SNAT or MASQUERADE) and when it applies.
@@ -144,6 +164,35 @@ pub struct DropRule {
     pub comment: Option<String>,
     /// Which system wrote it.
     pub owner: Option<String>,
+    /// A packet that meets the conditions, walked: does it really end here?
+    pub probe: Option<Probe>,
+    /// The same packet as an ESTABLISHED connection, when its fate differs (accepted before).
+    pub established: Option<Probe>,
+    /// What the walks say about this rule, in words.
+    pub verified: String,
+    /// The conditions as data.
+    #[serde(skip)]
+    pub conds: Vec<Match>,
+    /// Its table is IPv6 only.
+    #[serde(skip)]
+    pub v6: bool,
+}
+
+/// What happens to a whole class of traffic (into, out of, between container networks).
+#[derive(Debug, Clone, Serialize)]
+pub struct Flow {
+    /// inbound (outside to a container, unpublished port), outbound, between (two networks).
+    pub kind: String,
+    /// The network the traffic starts from ("outside" for inbound).
+    pub from: String,
+    /// Where it goes.
+    pub to: String,
+    /// open (forwarded or delivered) or closed (dropped, rejected, no route).
+    pub verdict: String,
+    /// The walk.
+    pub probe: Probe,
+    /// In one sentence.
+    pub sentence: String,
 }
 
 /// A chain or rule worth a look: never reached, jumping nowhere, or with unknown matches.
@@ -189,6 +238,10 @@ pub struct Summary {
     pub source_nat: Vec<SourceNat>,
     /// Drops and rejects.
     pub drops: Vec<DropRule>,
+    /// Open and closed classes of traffic, walked (into, out of and between container networks).
+    pub flows: Vec<Flow>,
+    /// The host the representative packets were walked through.
+    pub host: Option<HostModel>,
     /// Forwarding allowed to a specific address and port (routed mode, or the filter side of a DNAT).
     pub forward_accepts: Vec<SourceNat>,
     /// Chains never reached from a hook.
@@ -533,6 +586,15 @@ impl<'a> Walker<'a> {
                     line: rule.line,
                     comment: rule.comment.clone(),
                     owner: owner_of(&table.name, &chain.name).map(str::to_string),
+                    probe: None,
+                    established: None,
+                    verified: String::new(),
+                    conds: stack
+                        .iter()
+                        .flat_map(|f| f.conds.iter().chain(f.extra.iter()))
+                        .cloned()
+                        .collect(),
+                    v6: table.family == "ip6",
                 });
             }
             _ => {}
@@ -629,13 +691,31 @@ impl<'a> Walker<'a> {
                 }
             }
         };
-        let host_port = match last(&|c| matches!(c, Cond::Port { dir: Dir::Dst, .. })) {
+        let host_addr = match last(&|c| matches!(c, Cond::Addr { dir: Dir::Dst, .. })) {
+            Some(Match {
+                cond: Cond::Addr { net, .. },
+                ..
+            }) if net.prefix_len() == net.max_prefix_len() => Some(net.addr()),
+            _ => None,
+        };
+        let host_ports = match last(&|c| matches!(c, Cond::Port { dir: Dir::Dst, .. })) {
             Some(Match {
                 cond: Cond::Port { ports, .. },
                 ..
-            }) => ports_str(ports),
-            _ => "any".into(),
+            }) => ports.clone(),
+            _ => Vec::new(),
         };
+        let host_port = if host_ports.is_empty() {
+            "any".to_string()
+        } else {
+            ports_str(&host_ports)
+        };
+        let port = match action {
+            Action::Dnat { to } => to.ports.map(|p| p.from),
+            Action::Redirect { ports } => ports.map(|p| p.from),
+            _ => None,
+        }
+        .or(host_ports.first().map(|p| p.from));
         let (to, addr) = match action {
             Action::Dnat { to } => {
                 let port = to
@@ -697,6 +777,7 @@ impl<'a> Walker<'a> {
             conditions,
             from,
             share,
+            conds: all.iter().map(|m| (*m).clone()).collect(),
         };
         let target = Target {
             to,
@@ -706,6 +787,9 @@ impl<'a> Walker<'a> {
             table: table.name.clone(),
             chain: chain.name.clone(),
             line: rule.line,
+            port,
+            shadowed: false,
+            shadowed_by: None,
         };
         let p = self.published.entry(key.clone()).or_insert_with(|| {
             self.order.push(key.clone());
@@ -713,11 +797,15 @@ impl<'a> Walker<'a> {
                 proto,
                 host,
                 host_port,
+                host_addr,
+                host_ports,
                 targets: Vec::new(),
                 entries: Vec::new(),
                 owner,
                 service: service.clone(),
                 sentence: String::new(),
+                probes: Vec::new(),
+                reach: Vec::new(),
             }
         });
         if !p
@@ -937,45 +1025,72 @@ fn sentence(p: &PublishedPort) -> String {
     } else {
         format!(" port {}", p.host_port)
     };
+    let live: Vec<&Target> = p.targets.iter().filter(|t| !t.shadowed).collect();
+    let balanced = live.len() > 1 && live.iter().any(|t| t.share < 0.999);
     let mut targets: Vec<String> = Vec::new();
-    for t in &p.targets {
+    for t in &live {
         let mut s = t.to.clone();
         if let Some(n) = &t.name {
             s.push_str(&format!(" ({n})"));
         }
-        if p.targets.len() > 1 || t.share < 0.999 {
+        if balanced || t.share < 0.999 {
             s.push_str(&format!(" ({})", pct(t.share)));
         }
         targets.push(s);
     }
-    let first = p
-        .entries
-        .iter()
-        .find(|e| e.hook == Hook::Prerouting)
-        .or(p.entries.first());
     let mut s = format!("{} to {}{}", title_proto(&p.proto), p.host, port);
-    if let Some(e) = first {
-        s.push_str(&format!(", {},", e.from));
-    }
-    let verb = if targets.len() > 1 {
-        "is balanced over"
+    if targets.is_empty() {
+        s.push_str(" is meant to be translated");
+    } else if balanced {
+        s.push_str(&format!(" is balanced over {}", targets.join(", ")));
+    } else if targets.len() > 1 {
+        s.push_str(&format!(
+            " is sent to {} (which one depends on where it comes from)",
+            targets.join(" or ")
+        ));
     } else {
-        "is sent to"
-    };
-    s.push_str(&format!(" {verb} {}", targets.join(", ")));
-    let others: Vec<&Entry> = p.entries.iter().filter(|e| Some(*e) != first).collect();
-    for e in &others {
-        s.push_str(&format!("; {}", e.from));
-        if p.owner.as_deref() == Some("docker")
-            && e.hook == Hook::Output
-            && e.from.contains("127.0.0.0/8")
-        {
-            s.push_str(" — localhost goes through the userland proxy");
+        s.push_str(&format!(" is sent to {}", targets[0]));
+    }
+    let refs: Vec<RuleRef> = p.targets.iter().map(target_ref).collect();
+    let (ok, not): (Vec<&Probe>, Vec<&Probe>) = p.probes.iter().partition(|pr| {
+        refs.iter().any(|r| {
+            reach::reaches(pr, r) && !matches!(pr.verdict.as_str(), "dropped" | "rejected")
+        })
+    });
+    if !ok.is_empty() {
+        let mut who: Vec<String> = ok.iter().map(|pr| from_short(pr)).collect();
+        who.dedup();
+        s.push_str(&format!(": reached {}", who.join(", ")));
+    } else if !p.probes.is_empty() {
+        s.push_str(": no walked packet gets through");
+    }
+    let mut nots: Vec<String> = Vec::new();
+    for pr in &not {
+        let why = match &pr.dnat_by {
+            Some(r) if refs.contains(r) => format!("translated, then {}", why_not(pr)),
+            _ => why_not(pr),
+        };
+        let w = format!("{} ({why})", from_short(pr));
+        if !nots.contains(&w) {
+            nots.push(w);
         }
     }
-    if !others.iter().any(|e| e.hook == Hook::Output) && first.map(|e| e.hook) != Some(Hook::Output)
-    {
-        s.push_str("; not from this host itself (no OUTPUT path)");
+    if !nots.is_empty() {
+        s.push_str(&format!("; not {}", nots.join(", not ")));
+    }
+    for t in p.targets.iter().filter(|t| t.shadowed) {
+        match &t.shadowed_by {
+            Some(r) => s.push_str(&format!(
+                "; {} [{}] is shadowed: {r} takes every walked packet first",
+                t.to,
+                target_ref(t)
+            )),
+            None => s.push_str(&format!(
+                "; {} [{}] is never applied: every walked packet is dropped or left untranslated before it",
+                t.to,
+                target_ref(t)
+            )),
+        }
     }
     let unknown: Vec<&String> = p
         .entries
@@ -996,6 +1111,243 @@ fn sentence(p: &PublishedPort) -> String {
     s
 }
 
+/// The rule a target's DNAT is.
+fn target_ref(t: &Target) -> RuleRef {
+    RuleRef {
+        table: t.table.clone(),
+        chain: t.chain.clone(),
+        line: t.line,
+    }
+}
+
+/// Short name of where a probe comes from, for the one-sentence summary.
+fn from_short(p: &Probe) -> String {
+    match &p.from {
+        reach::From::Outside => "from outside".into(),
+        reach::From::Container { iface } => format!("from containers on {iface}"),
+        reach::From::ThisHost => format!("from this host to {}", p.packet.dst),
+        reach::From::AsTheRuleSays => format!(
+            "from {}{}",
+            p.packet.src,
+            p.packet
+                .in_iface
+                .as_deref()
+                .map(|i| format!(" on {i}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// Why a probe did not reach the port, in a few words.
+fn why_not(p: &Probe) -> String {
+    match (&p.dnat_by, p.verdict.as_str(), &p.decided_by) {
+        (Some(r), _, _) => format!("sent elsewhere by {r}"),
+        (None, "dropped" | "rejected", Some(d)) => format!("{} by {d}", p.verdict),
+        (None, "accepted-local", _) => "not translated: delivered to this host".into(),
+        (None, _, _) => "not translated".into(),
+    }
+}
+
+/// Walk representative packets into a published port; its sentence says what they found.
+fn verify_published(rs: &Ruleset, model: &HostModel, p: &mut PublishedPort) {
+    let v6 = p
+        .targets
+        .iter()
+        .find_map(|t| t.addr)
+        .or(p.host_addr)
+        .is_some_and(|a| a.is_ipv6());
+    let mut probes: Vec<Probe> = Vec::new();
+    for e in &p.entries {
+        let conds: Vec<&Match> = e.conds.iter().collect();
+        for pr in reach::probes_for(rs, model, &conds, e.hook, v6) {
+            if !probes.iter().any(|x| x.packet == pr.packet) {
+                probes.push(pr);
+            }
+        }
+    }
+    let refs: Vec<RuleRef> = p.targets.iter().map(target_ref).collect();
+    for (t, r) in p.targets.iter_mut().zip(&refs) {
+        t.shadowed = !probes.iter().any(|pr| reach::reaches(pr, r));
+        if t.shadowed {
+            t.shadowed_by = probes.iter().find_map(|pr| pr.dnat_by.clone());
+        }
+    }
+    p.reach = probes
+        .iter()
+        .map(|pr| {
+            let i = refs
+                .iter()
+                .position(|r| pr.dnat_by.as_ref() == Some(r))
+                .or_else(|| refs.iter().position(|r| reach::reaches(pr, r)))
+                .unwrap_or(0);
+            reach::fate(pr, &refs[i], &p.targets[i].to)
+        })
+        .collect();
+    p.probes = probes;
+    p.sentence = sentence(p);
+}
+
+/// Walk a packet that meets a drop rule's conditions: does it really end there?
+fn verify_drop(rs: &Ruleset, model: &HostModel, d: &mut DropRule) {
+    if d.action == "policy DROP" {
+        d.verified = "a policy: applies to whatever no rule decided (see the flows below)".into();
+        return;
+    }
+    let me = RuleRef {
+        table: d.table.clone(),
+        chain: d.chain.clone(),
+        line: d.line,
+    };
+    let conds: Vec<&Match> = d.conds.iter().collect();
+    let pkt = reach::satisfy(&conds, d.hook, model, d.v6);
+    let pr = reach::probe(rs, model, reach::From::AsTheRuleSays, pkt.clone());
+    d.verified = if pr.decided_by.as_ref() == Some(&me) {
+        format!("walked: {} is {} here", pr.packet, pr.verdict)
+    } else {
+        format!(
+            "walked: {} does not end here: {}",
+            pr.packet,
+            match (&pr.decided_by, pr.verdict.as_str()) {
+                (Some(r), v) => format!("{v} earlier by {r}"),
+                (None, _) => pr.summary.clone(),
+            }
+        )
+    };
+    let stateful = d
+        .conds
+        .iter()
+        .any(|m| matches!(m.cond, Cond::CtState { .. }));
+    if !stateful && pr.decided_by.as_ref() == Some(&me) {
+        let mut est = pkt;
+        est.state = "ESTABLISHED".into();
+        let e = reach::probe(rs, model, reach::From::AsTheRuleSays, est);
+        if e.decided_by.as_ref() != Some(&me) {
+            let by = e
+                .accepted_by
+                .last()
+                .map(|r| format!(" by {r}"))
+                .unwrap_or_default();
+            d.verified.push_str(&format!(
+                "; only new connections: packets of established or related ones are accepted before it{by}"
+            ));
+            d.established = Some(e);
+        }
+    }
+    d.probe = Some(pr);
+}
+
+/// Whole classes of traffic, walked: from outside straight to a container (a port nothing
+/// publishes), from a container out, and from one container network to another.
+fn flows(rs: &Ruleset, model: &HostModel) -> Vec<Flow> {
+    let mut out = Vec::new();
+    let nets: Vec<&reach::Network> = model.networks.iter().take(16).collect();
+    let packet = |src: IpAddr, dst: IpAddr, in_iface: &str| super::walk::Packet {
+        proto: "tcp".into(),
+        src,
+        sport: Some(40000),
+        dst,
+        dport: Some(65001),
+        in_iface: Some(in_iface.to_string()),
+        out_iface: None,
+        mark: 0,
+        state: "NEW".into(),
+        from_host: false,
+    };
+    let mut push = |kind: &str, from: String, to: String, pr: Probe| {
+        let open = matches!(pr.verdict.as_str(), "forwarded" | "accepted-local" | "sent");
+        let why = if open {
+            let mut s = match pr.accepted_by.last() {
+                Some(r) => format!("accepted by {r}"),
+                None => "nothing drops it (the chains' policies accept)".into(),
+            };
+            if let Some(r) = &pr.snat_by {
+                s.push_str(&format!(", source rewritten by {r}"));
+            }
+            s
+        } else {
+            why_not(&pr)
+        };
+        let sentence = format!(
+            "{} {from} to {to} ({}): {} — {why}.",
+            match kind {
+                "inbound" => "New connections",
+                "outbound" => "New connections",
+                _ => "New connections",
+            },
+            pr.packet,
+            if open { "OPEN" } else { "closed" }
+        );
+        out.push(Flow {
+            kind: kind.into(),
+            from,
+            to,
+            verdict: if open { "open" } else { "closed" }.into(),
+            probe: pr,
+            sentence,
+        });
+    };
+    for n in &nets {
+        let v6 = n.net.addr().is_ipv6();
+        let c = reach::host_in(&n.net, 2);
+        let pkt = packet(model.client_addrs[v6 as usize], c, &model.external_iface);
+        let pr = reach::probe(rs, model, reach::From::Outside, pkt);
+        push(
+            "inbound",
+            "from outside".into(),
+            format!(
+                "a container on {} ({}), on a port nothing publishes",
+                n.iface, n.net
+            ),
+            pr,
+        );
+        let mut pkt = packet(
+            reach::host_in(&n.net, 200),
+            model.client_addrs[v6 as usize],
+            &n.iface,
+        );
+        pkt.dport = Some(443);
+        let pr = reach::probe(
+            rs,
+            model,
+            reach::From::Container {
+                iface: n.iface.clone(),
+            },
+            pkt,
+        );
+        push(
+            "outbound",
+            format!("from a container on {}", n.iface),
+            "outside".into(),
+            pr,
+        );
+        for m in &nets {
+            if m.iface == n.iface || m.net.addr().is_ipv6() != v6 {
+                continue;
+            }
+            let pkt = packet(
+                reach::host_in(&n.net, 200),
+                reach::host_in(&m.net, 2),
+                &n.iface,
+            );
+            let pr = reach::probe(
+                rs,
+                model,
+                reach::From::Container {
+                    iface: n.iface.clone(),
+                },
+                pkt,
+            );
+            push(
+                "between",
+                format!("from a container on {}", n.iface),
+                format!("a container on {} ({})", m.iface, m.net),
+                pr,
+            );
+        }
+    }
+    out
+}
+
 /// Summarise a ruleset (no container names).
 pub fn summarize(rs: &Ruleset) -> Summary {
     summarize_with(rs, &HashMap::new())
@@ -1003,6 +1355,16 @@ pub fn summarize(rs: &Ruleset) -> Summary {
 
 /// Summarise a ruleset, naming the containers behind addresses found in `names`.
 pub fn summarize_with(rs: &Ruleset, names: &HashMap<IpAddr, String>) -> Summary {
+    summarize_on(rs, names, None)
+}
+
+/// Summarise a ruleset; the representative packets are walked with `facts` (a live namespace's
+/// addresses and routes) or, without them, through a host made up from the rules.
+pub fn summarize_on(
+    rs: &Ruleset,
+    names: &HashMap<IpAddr, String>,
+    facts: Option<&super::walk::LocalFacts>,
+) -> Summary {
     let mut w = Walker {
         rs,
         names,
@@ -1046,6 +1408,11 @@ pub fn summarize_with(rs: &Ruleset, names: &HashMap<IpAddr, String>) -> Summary 
                     line: c.line,
                     comment: None,
                     owner: None,
+                    probe: None,
+                    established: None,
+                    verified: String::new(),
+                    conds: Vec::new(),
+                    v6: rs.tables[ti].family == "ip6",
                 });
             }
         }
@@ -1106,6 +1473,17 @@ pub fn summarize_with(rs: &Ruleset, names: &HashMap<IpAddr, String>) -> Summary 
     }
     let mut drops = drops_policy;
     drops.extend(w.drops);
+    let model = match facts {
+        Some(f) => HostModel::from_facts(rs, f),
+        None => HostModel::invent(rs),
+    };
+    for p in &mut published {
+        verify_published(rs, &model, p);
+    }
+    for d in &mut drops {
+        verify_drop(rs, &model, d);
+    }
+    let flows = flows(rs, &model);
     Summary {
         source: rs.source.clone(),
         tables: rs.tables.len(),
@@ -1115,6 +1493,8 @@ pub fn summarize_with(rs: &Ruleset, names: &HashMap<IpAddr, String>) -> Summary 
         published,
         source_nat: w.snat,
         drops,
+        flows,
+        host: Some(model),
         forward_accepts: w.accepts,
         unreached,
         dangling: w.dangling,
@@ -1302,7 +1682,7 @@ COMMIT
         assert_eq!(p.targets[0].line, 11);
         assert_eq!(
             p.sentence,
-            "TCP to any local address port 8080, arriving from anywhere except via docker0, is sent to 172.17.0.2:80 (container web); from this host itself only when not to 127.0.0.0/8 — localhost goes through the userland proxy."
+            "TCP to any local address port 8080 is sent to 172.17.0.2:80 (container web): reached from outside, from this host to 198.51.100.10; not from containers on docker0 (not translated: delivered to this host), not from this host to 127.0.0.1 (not translated: delivered to this host)."
         );
         assert_eq!(s.source_nat.len(), 1);
         assert!(

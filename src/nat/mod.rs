@@ -5,6 +5,7 @@ pub mod explain;
 pub mod iptables;
 pub mod model;
 pub mod nft;
+pub mod reach;
 pub mod synth;
 pub mod walk;
 

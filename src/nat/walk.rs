@@ -198,6 +198,8 @@ pub struct Branch {
     pub leads_to: String,
     /// The branch this walk followed.
     pub taken: bool,
+    /// The DNAT rule the branch ends in, when found.
+    pub dnat: Option<RuleRef>,
 }
 
 /// One thing that happened to the packet.
@@ -219,6 +221,27 @@ pub struct Step {
     pub branches: Vec<Branch>,
 }
 
+/// A rule (or a chain's policy, line 0) by where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct RuleRef {
+    /// Table name.
+    pub table: String,
+    /// Chain name.
+    pub chain: String,
+    /// Input line (0 for a policy).
+    pub line: usize,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "the policy of {} {}", self.table, self.chain)
+        } else {
+            write!(f, "{} {} line {}", self.table, self.chain, self.line)
+        }
+    }
+}
+
 /// The result of a walk.
 #[derive(Debug, Clone, Serialize)]
 pub struct Walk {
@@ -236,6 +259,21 @@ pub struct Walk {
     pub final_tuple: String,
     /// What the walk had to assume.
     pub assumptions: Vec<String>,
+    /// The DNAT/REDIRECT rule that rewrote the destination, if one did.
+    pub dnat_by: Option<RuleRef>,
+    /// The SNAT/MASQUERADE rule that rewrote the source, if one did.
+    pub snat_by: Option<RuleRef>,
+    /// The rule (or policy) that dropped or rejected the packet, if one did.
+    pub decided_by: Option<RuleRef>,
+}
+
+impl Walk {
+    /// Did this walk act on the rule at (table, chain, line)?
+    pub fn touched(&self, table: &str, chain: &str, line: usize) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.line == line && s.chain == chain && s.table == table)
+    }
 }
 
 /// Options of a walk.
@@ -280,6 +318,9 @@ struct Walker<'a> {
     snat_done: bool,
     opts: WalkOptions,
     budget: usize,
+    dnat_by: Option<RuleRef>,
+    snat_by: Option<RuleRef>,
+    decided_by: Option<RuleRef>,
 }
 
 fn proto_is(want: &str, have: &str) -> bool {
@@ -473,6 +514,12 @@ impl<'a> Walker<'a> {
                         line: chain.rules[*idx].line,
                         leads_to: self.leads_to(ti, &chain.rules[*idx].action),
                         taken: k == pick,
+                        dnat: self.branch_dnat(
+                            ti,
+                            ci,
+                            chain.rules[*idx].line,
+                            &chain.rules[*idx].action,
+                        ),
                     })
                     .collect();
                 self.steps.push(Step {
@@ -534,6 +581,29 @@ impl<'a> Walker<'a> {
         }
         self.assumptions = saved;
         out
+    }
+
+    /// The DNAT rule a branch rule ends in: its own, or the first in the chain it jumps to.
+    fn branch_dnat(&self, ti: usize, ci: usize, line: usize, a: &Action) -> Option<RuleRef> {
+        let t = &self.rs.tables[ti];
+        match a {
+            Action::Dnat { .. } => Some(RuleRef {
+                table: t.name.clone(),
+                chain: t.chains[ci].name.clone(),
+                line,
+            }),
+            a => {
+                let tc = t.chain(a.target_chain()?)?;
+                tc.rules.iter().find_map(|x| match &x.action {
+                    Action::Dnat { .. } => Some(RuleRef {
+                        table: t.name.clone(),
+                        chain: tc.name.clone(),
+                        line: x.line,
+                    }),
+                    _ => None,
+                })
+            }
+        }
     }
 
     /// Where a branch's action leads: the chain, and the DNAT inside it when there is one.
@@ -673,6 +743,11 @@ impl<'a> Walker<'a> {
                     }
                 }
                 self.dnat_done = true;
+                self.dnat_by = Some(RuleRef {
+                    table: tn.into(),
+                    chain: cn.into(),
+                    line,
+                });
                 let t = self.tuple();
                 self.nat_step(hook, tn, cn, line, format!("DNAT to {}{cmt}", to.text), t);
                 Outcome::Nat
@@ -701,6 +776,11 @@ impl<'a> Walker<'a> {
                     self.pkt.dport = Some(p.from);
                 }
                 self.dnat_done = true;
+                self.dnat_by = Some(RuleRef {
+                    table: tn.into(),
+                    chain: cn.into(),
+                    line,
+                });
                 let t = self.tuple();
                 self.nat_step(hook, tn, cn, line, format!("REDIRECT to this host{cmt}"), t);
                 Outcome::Nat
@@ -713,6 +793,11 @@ impl<'a> Walker<'a> {
                     self.pkt.sport = Some(p.from);
                 }
                 self.snat_done = true;
+                self.snat_by = Some(RuleRef {
+                    table: tn.into(),
+                    chain: cn.into(),
+                    line,
+                });
                 let t = self.tuple();
                 self.nat_step(hook, tn, cn, line, format!("SNAT to {}{cmt}", to.text), t);
                 Outcome::Nat
@@ -734,6 +819,11 @@ impl<'a> Walker<'a> {
                     self.pkt.sport = Some(p.from);
                 }
                 self.snat_done = true;
+                self.snat_by = Some(RuleRef {
+                    table: tn.into(),
+                    chain: cn.into(),
+                    line,
+                });
                 let t = self.tuple();
                 self.nat_step(
                     hook,
@@ -775,6 +865,7 @@ impl<'a> Walker<'a> {
                                 line,
                                 leads_to: self.leads_to(ti, v),
                                 taken: k == pick,
+                                dnat: self.branch_dnat(ti, ci, line, v),
                             })
                             .collect();
                         self.steps.push(Step {
@@ -972,7 +1063,17 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn dropped(&self, o: Outcome) -> (String, String) {
+    fn dropped(&mut self, o: Outcome) -> (String, String) {
+        if let Outcome::Drop {
+            table, chain, line, ..
+        } = &o
+        {
+            self.decided_by = Some(RuleRef {
+                table: table.clone(),
+                chain: chain.clone(),
+                line: *line,
+            });
+        }
         match o {
             Outcome::Drop {
                 table,
@@ -1141,6 +1242,9 @@ pub fn walk_with(rs: &Ruleset, packet: &Packet, facts: &LocalFacts, opts: &WalkO
         snat_done: false,
         opts: opts.clone(),
         budget: 200_000,
+        dnat_by: None,
+        snat_by: None,
+        decided_by: None,
     };
     let (verdict, summary) = w.run();
     Walk {
@@ -1151,6 +1255,9 @@ pub fn walk_with(rs: &Ruleset, packet: &Packet, facts: &LocalFacts, opts: &WalkO
         final_tuple: w.pkt.to_string(),
         final_packet: w.pkt,
         assumptions: w.assumptions,
+        dnat_by: w.dnat_by,
+        snat_by: w.snat_by,
+        decided_by: w.decided_by,
     }
 }
 
