@@ -298,10 +298,14 @@ fn live_walk_agrees_with_real_traffic() {
     assert_eq!(published.len(), 1, "{j}");
     assert_eq!(published[0]["host_port"], "8080");
     assert_eq!(published[0]["targets"][0]["to"], "10.88.0.2:80");
-    assert!(published[0]["sentence"]
-        .as_str()
-        .unwrap()
-        .contains("reached from outside"));
+    assert!(
+        published[0]["sentence"]
+            .as_str()
+            .unwrap()
+            .contains("reached from outside"),
+        "{}",
+        published[0]["sentence"]
+    );
     let text = nettool_ok(&["explain-nat", "--netns", &lab.host.name]);
     assert!(text.contains("Published ports"), "{text}");
 

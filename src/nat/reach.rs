@@ -234,10 +234,16 @@ impl HostModel {
         let ext = default
             .map(|r| r.dev.clone())
             .or_else(|| {
-                facts
+                // No default route: an interface the rules do not name as a container network.
+                let named = infer_networks(rs);
+                let mut cands = facts
                     .addrs
                     .iter()
-                    .find(|(a, i)| !a.is_loopback() && i != "lo")
+                    .filter(|(a, i)| !a.is_loopback() && i != "lo" && !is_link_local(a));
+                cands
+                    .clone()
+                    .find(|(_, i)| !named.iter().any(|n| n.iface == *i))
+                    .or_else(|| cands.next())
                     .map(|(_, i)| i.clone())
             })
             .unwrap_or(m.external_iface.clone());
