@@ -1047,3 +1047,121 @@ fn setup_killed_or_interrupted_anywhere_leaves_nothing() {
     kill_anywhere(Some(&host), 92);
     eprintln!("kill-anywhere took {:?}", t0.elapsed());
 }
+
+/// A lab that would swallow the host is refused before anything exists: a subnet that is
+/// absurdly wide (0.0.0.0/0 masquerades every outgoing packet), and one that covers a route of
+/// the host namespace.
+#[test]
+fn subnets_that_cover_the_host_are_refused_up_front() {
+    let host = TestNs::new("wide");
+    let outside = TestNs::new("wideout");
+    veth("upl0", &host, "upl1", &outside);
+    host.ip(&["addr", "add", "10.93.4.5/24", "dev", "upl0"]);
+    let before = snapshot(&host);
+    for (subnet, want) in [
+        ("0.0.0.0/0", "too wide"),
+        ("10.0.0.0/7", "too wide"),
+        ("10.93.0.0/16", "overlaps the route 10.93.4.0/24 dev upl0"),
+        ("10.93.4.0/26", "overlaps the route 10.93.4.0/24 dev upl0"),
+    ] {
+        let file = write_lab(&format!(
+            "[[network]]\nname = \"n\"\nsubnet = \"{subnet}\"\n[[container]]\nname = \"a\"\nports = [\"8093:80\"]\n"
+        ));
+        let name = unique("wide");
+        // A guard, so a lab that does come up is removed again.
+        let _lab = TestLab {
+            name: name.clone(),
+            host: Some(host.name.clone()),
+        };
+        let out = nettool_in(Some(&host.name), &["setup", file.s(), "--name", &name], &[]);
+        assert!(
+            !out.status.success() && text(&out).contains(want),
+            "{subnet}: {}",
+            text(&out)
+        );
+        assert_eq!(snapshot(&host), before, "{subnet}");
+        assert!(!std::path::Path::new(&format!("/run/nettool/{name}")).exists());
+    }
+    // The same lab file works where the host has no such route.
+    let file = write_lab(
+        "[[network]]\nname = \"n\"\nsubnet = \"10.93.0.0/16\"\n[[container]]\nname = \"a\"\n",
+    );
+    let (lab, _) = TestLab::isolated("wideok", &[file.s()]);
+    lab.teardown();
+}
+
+/// More containers on one network than a Linux bridge has ports (BR_MAX_PORTS) is refused at
+/// once, naming the limit, instead of failing with "Exchange full" after building 1023 of them.
+#[test]
+fn more_containers_than_a_bridge_takes_is_refused_up_front() {
+    let mut body = String::from("[[network]]\nname = \"big\"\nsubnet = \"10.94.0.0/16\"\n");
+    for i in 0..1100 {
+        body.push_str(&format!("[[container]]\nname = \"c{i}\"\n"));
+    }
+    let file = write_lab(&body);
+    let name = unique("big");
+    let _lab = TestLab {
+        name: name.clone(),
+        host: None,
+    };
+    let t0 = std::time::Instant::now();
+    let out = nettool(&["setup", file.s(), "--isolated", "--name", &name]);
+    let took = t0.elapsed();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(
+        msg.contains("1100 containers") && msg.contains("at most 1023 ports"),
+        "{msg}"
+    );
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    assert!(!netns_names().iter().any(|n| n.starts_with(&name)));
+}
+
+/// Teardown says which process still holds a lab namespace alive (pid, comm), instead of
+/// reporting it removed while it lives on.
+#[test]
+fn teardown_names_the_process_holding_a_namespace() {
+    let (lab, _) = TestLab::isolated("held", &[]);
+    let ns = lab.ns("client");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["sleep", "600"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // nsenter execs sleep: wait until the pid is sleep inside the namespace.
+    wait_for("sleep in the lab namespace", 5, || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    let out = lab.teardown();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.contains(&format!("namespace {ns} lives on: pid {pid} (sleep)")),
+        "{out}"
+    );
+}
+
+/// Without root, setup and teardown say once, naming the command, that root is needed.
+#[test]
+fn setup_and_teardown_without_root_say_so_once() {
+    for args in [
+        vec!["setup", "--isolated", "--name", "nt-test-noroot"],
+        vec!["teardown", "nt-test-noroot"],
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_nettool"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.matches("root").count(), 2, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("`nettool {}` needs root", args[0])),
+            "{err}"
+        );
+    }
+}

@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,9 +31,9 @@ use crate::netns::{named, sysctl, NetNs};
 /// Why setup or teardown failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    /// Not running as root.
-    #[error("nettool setup/teardown needs root: it creates namespaces, links and firewall rules (run it with sudo)")]
-    NotRoot,
+    /// Not running as root (the command: setup or teardown).
+    #[error("`nettool {0}` needs root: it creates and removes network namespaces, links and firewall rules; run it as root (with sudo)")]
+    NotRoot(&'static str),
     /// A required program is missing.
     #[error("{tool} not found in PATH: install the '{package}' package (apt-get install {package}), or pick the other backend with --backend")]
     MissingTool {
@@ -149,7 +150,7 @@ pub fn backend_tools(backend: Backend) -> Result<(PathBuf, Option<PathBuf>), Lab
 /// Check root and tools before anything is planned or built.
 pub fn preflight(backend: Backend) -> Result<(), LabError> {
     if !is_root() {
-        return Err(LabError::NotRoot);
+        return Err(LabError::NotRoot("setup"));
     }
     backend_tools(backend).map(|_| ())
 }
@@ -708,7 +709,7 @@ impl Run<'_> {
 /// Bring the lab up. On any failure everything already created is removed again.
 pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
     if !is_root() {
-        return Err(LabError::NotRoot);
+        return Err(LabError::NotRoot("setup"));
     }
     let name = &plan.name;
     if state::dir(name).join("up").exists() {
@@ -726,6 +727,7 @@ pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
     let current = NetNs::current().map_err(e2s).map_err(LabError::Other)?;
     if !isolated {
         check_shared_host(plan, current.id().inode)?;
+        check_host_routes(plan)?;
     }
     let me = std::process::id();
     let host_rec = HostRecord {
@@ -925,7 +927,7 @@ pub fn services_file(name: &str) -> PathBuf {
 /// (`existed: false`), so a second teardown is a no-op.
 pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     if !is_root() {
-        return Err(LabError::NotRoot);
+        return Err(LabError::NotRoot("teardown"));
     }
     let mut rep = TeardownReport {
         name: name.into(),
@@ -1099,11 +1101,19 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
             }
             // Records inside container namespaces die with them.
             Undo::Firewall { .. } | Undo::Sysctl { .. } | Undo::Link { .. } => {}
-            Undo::Netns { name: n } => match named::delete(n) {
-                Ok(true) => rep.namespaces.push(n.clone()),
-                Ok(false) => {}
-                Err(e) => rep.warnings.push(e.to_string()),
-            },
+            Undo::Netns { name: n } => {
+                let id = std::fs::metadata(named::path_of(n))
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()));
+                match named::delete(n) {
+                    Ok(true) => rep.namespaces.push(n.clone()),
+                    Ok(false) => {}
+                    Err(e) => rep.warnings.push(e.to_string()),
+                }
+                if let Some(w) = id.and_then(|id| held_by(n, id)) {
+                    rep.warnings.push(w);
+                }
+            }
         }
     }
     // 3. The shared chains go with the last lab that uses them in this namespace.
@@ -1179,6 +1189,42 @@ fn check_shared_host(plan: &Plan, inode: u64) -> Result<(), LabError> {
     Ok(())
 }
 
+/// A lab subnet must not cover a route of the host namespace: the containers could not reach
+/// those addresses any more, and the lab's MASQUERADE would rewrite the host's own traffic.
+fn check_host_routes(plan: &Plan) -> Result<(), LabError> {
+    use crate::netns::links::Rtnl;
+    let Ok(mut rtnl) = Rtnl::open() else {
+        return Ok(());
+    };
+    let links = rtnl.links().unwrap_or_default();
+    let routes = rtnl.routes(false).unwrap_or_default();
+    for n in &plan.state.networks {
+        for r in &routes {
+            let Some(std::net::IpAddr::V4(dst)) = r.destination else {
+                continue;
+            };
+            let Ok(net) = ipnet::Ipv4Net::new(dst, r.prefix_len) else {
+                continue;
+            };
+            if r.prefix_len == 0
+                || !(net.contains(&n.subnet.network()) || n.subnet.contains(&net.network()))
+            {
+                continue;
+            }
+            let dev = r
+                .oif
+                .and_then(|i| links.iter().find(|l| l.index == i))
+                .map(|l| format!(" dev {}", l.name))
+                .unwrap_or_default();
+            return Err(LabError::Conflict(format!(
+                "network '{}' ({}) overlaps the route {net}{dev} of this namespace: its containers could not reach those addresses and its MASQUERADE would rewrite the host's own traffic; choose another subnet in the lab file, or build the lab with --isolated",
+                n.name, n.subnet
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Is another lab (up or half up) using the same host namespace as `host`?
 fn other_labs_here(name: &str, host: Option<&HostRecord>) -> bool {
     let Some(h) = host else { return false };
@@ -1186,6 +1232,38 @@ fn other_labs_here(name: &str, host: Option<&HostRecord>) -> bool {
         state::read_host(&n)
             .is_some_and(|o| o.netns.is_none() && h.netns.is_none() && o.inode == h.inode)
     })
+}
+
+/// Processes still inside namespace `id` (st_dev, st_ino of its nsfs file) once its name is
+/// gone: they keep it, and whatever lives in it, alive. A sentence naming them, or None.
+fn held_by(name: &str, id: (u64, u64)) -> Option<String> {
+    let me = std::process::id();
+    let mut who: Vec<String> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == id)
+        })
+        .map(|pid| format!("pid {pid} ({})", crate::netns::sockets::read_comm(pid)))
+        .collect();
+    if who.is_empty() {
+        return None;
+    }
+    let pids: Vec<&str> = who
+        .iter()
+        .filter_map(|w| w.split_whitespace().nth(1))
+        .collect();
+    let kill = format!("kill {}", pids.join(" "));
+    let one = pids.len() == 1;
+    who.truncate(5);
+    let (verb, it) = if one { ("is", "it") } else { ("are", "them") };
+    Some(format!(
+        "namespace {name} lives on: {} {verb} still inside it and keep{} it, its links and its sockets alive; `{kill}` ends {it}",
+        who.join(", "),
+        if one { "s" } else { "" }
+    ))
 }
 
 fn wait_gone(procs: &[(u32, u64)], limit: Duration) {

@@ -8,6 +8,12 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+/// Ports a Linux bridge takes (BR_MAX_PORTS is 1024, port number 0 is reserved).
+pub const MAX_BRIDGE_PORTS: usize = 1023;
+
+/// The widest lab subnet: Docker's own pools stop at /8 too.
+const MIN_PREFIX: u8 = 8;
+
 /// The embedded default lab (`nettool setup` with no file). Also shipped as docs/labs/default.toml.
 pub const DEFAULT_LAB: &str = include_str!("default.toml");
 
@@ -456,6 +462,12 @@ pub fn parse(text: &str, file: &str) -> Result<LabSpec, SpecError> {
                 ),
             )
         })?;
+        if subnet.prefix_len() < MIN_PREFIX {
+            return Err(cx.err::<()>(
+                n.subnet.span(),
+                format!("subnet {subnet} is too wide: a lab network masquerades everything it covers, and /{} covers {} (the host's own routes included); use a /{MIN_PREFIX} or narrower, e.g. 10.99.0.0/16", subnet.prefix_len(), if subnet.prefix_len() == 0 { "every IPv4 address".to_string() } else { format!("2^{} addresses", 32 - subnet.prefix_len()) }),
+            ));
+        }
         if subnet.prefix_len() > 30 {
             return Err(cx.err::<()>(
                 n.subnet.span(),
@@ -862,6 +874,24 @@ pub fn parse(text: &str, file: &str) -> Result<LabSpec, SpecError> {
                     format!("alias '{a}' is already a container name or alias"),
                 ));
             }
+        }
+    }
+    // A Linux bridge takes at most BR_MAX_PORTS - 1 ports (port 0 is reserved); past that the
+    // kernel answers EXFULL ("Exchange full") half way through the build.
+    for n in &networks {
+        let on = containers
+            .iter()
+            .flat_map(|c| &c.attachments)
+            .filter(|a| a.network == n.name)
+            .count();
+        if on > MAX_BRIDGE_PORTS {
+            return Err(cx.err::<()>(
+                net_lines[&n.name].clone(),
+                format!(
+                    "network '{}' has {on} containers, but a Linux bridge takes at most {MAX_BRIDGE_PORTS} ports (the kernel's BR_MAX_PORTS); split them over more networks",
+                    n.name
+                ),
+            ));
         }
     }
     // IPAM: next free address per network, in file order (gateway .1 is taken).
