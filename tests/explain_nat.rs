@@ -1081,3 +1081,143 @@ fn accepts_before_drops_and_open_ports_are_said() {
     assert_eq!(f.verdict, "open", "{}", f.sentence);
     assert!(f.sentence.contains("OPEN"), "{}", f.sentence);
 }
+
+// ---------------------------------------------------------------- broken input is named
+
+fn write_tmp(tag: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("nt-test-{tag}-{}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn empty_input_is_named_not_a_clean_no_nat() {
+    let f = write_tmp("empty", "\n  \n");
+    let out = nettool(&["explain-nat", "-f", &f]);
+    let _ = std::fs::remove_file(&f);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("the input is empty"), "{}", text(&out));
+}
+
+#[test]
+fn dump_cut_mid_line_names_the_line_and_drops_the_half_rule() {
+    let full = std::fs::read_to_string(fixture("docker-host.iptables-save")).unwrap();
+    // Cut inside the DNAT of port 8080: "... --to-destination 172.17.0.2:80" -> "... --to-destination 172.1"
+    let at = full.find("--to-destination 172.17.0.2:80").unwrap() + "--to-destination 172.1".len();
+    let cut = &full[..at];
+    let line = cut.lines().count();
+    let rs = nat::parse_text(cut, None, "cut").unwrap();
+    assert!(
+        rs.problems
+            .iter()
+            .any(|p| p.line == line && p.message.contains("cut")),
+        "{:?}",
+        rs.problems
+    );
+    assert!(
+        !rs.tables
+            .iter()
+            .flat_map(|t| &t.chains)
+            .flat_map(|c| &c.rules)
+            .any(|r| r.line == line),
+        "the half line was kept as a rule"
+    );
+    assert!(
+        rs.warnings.iter().any(|w| w.contains("COMMIT")),
+        "{:?}",
+        rs.warnings
+    );
+}
+
+#[test]
+fn dash_s_of_another_table_says_its_guess() {
+    let mangle = "-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n-A PREROUTING -i eth0 -j MARK --set-xmark 0x1/0xffffffff\n";
+    let rs = nat::parse_text(mangle, None, "x").unwrap();
+    assert_eq!(rs.tables[0].name, "mangle");
+    assert!(
+        rs.warnings
+            .iter()
+            .any(|w| w.contains("guessed 'mangle'") && w.contains("--table")),
+        "{:?}",
+        rs.warnings
+    );
+    let nat_s = "-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n";
+    let rs = nat::parse_text(nat_s, None, "x").unwrap();
+    assert_eq!(rs.tables[0].name, "nat");
+    assert!(rs.warnings.iter().any(|w| w.contains("guessed 'nat'")));
+    // With --table no guess is said.
+    let rs = nat::parse_text(nat_s, Some("nat"), "x").unwrap();
+    assert!(rs.warnings.is_empty(), "{:?}", rs.warnings);
+}
+
+#[test]
+fn nft_json_of_an_iptables_nft_host_warns_what_it_cannot_read() {
+    let ns = TestNs::new("xt");
+    let ipt = |args: &str| {
+        let argv: Vec<&str> = ["ip", "netns", "exec", &ns.name, "iptables-nft"]
+            .into_iter()
+            .chain(args.split_whitespace())
+            .collect();
+        sh(&argv);
+    };
+    ipt("-t nat -A PREROUTING -p tcp --dport 8080 -m addrtype --dst-type LOCAL -j DNAT --to-destination 10.0.0.2:80");
+    ipt("-t nat -A POSTROUTING -s 10.0.0.0/24 ! -o br0 -j MASQUERADE");
+    let json = sh(&[
+        "ip", "netns", "exec", &ns.name, "nft", "-j", "list", "ruleset",
+    ]);
+    let rs = nat::parse_text(&json, None, "nft -j").unwrap();
+    let w = rs.warnings.join("\n");
+    assert!(
+        w.contains("iptables-nft") && w.contains("DNAT x1") && w.contains("MASQUERADE x1"),
+        "{w}"
+    );
+    let s = explain::summarize(&rs);
+    // Not a clean "none": the DNAT and the masquerade are there, with what is unknown said.
+    assert_eq!(s.published.len(), 1, "{:#?}", s.published);
+    assert!(
+        s.published[0].targets[0].to.contains("does not carry"),
+        "{:?}",
+        s.published[0].targets
+    );
+    assert_eq!(s.source_nat.len(), 1);
+}
+
+#[test]
+fn kube_proxy_dump_without_builtin_chains_lists_every_front_end() {
+    let Some(rs) = shared("k8s-TestOverallIPTablesRules.iptables-save") else {
+        return;
+    };
+    assert!(
+        rs.warnings
+            .iter()
+            .any(|w| w.contains("assuming kube-proxy's usual jumps")),
+        "{:?}",
+        rs.warnings
+    );
+    let s = explain::summarize(&rs);
+    let hosts: Vec<(&str, &str)> = s
+        .published
+        .iter()
+        .map(|p| (p.host.as_str(), p.host_port.as_str()))
+        .collect();
+    for want in [
+        ("172.30.0.41", "80"),         // ClusterIP
+        ("any local address", "3001"), // NodePort
+        ("192.168.99.22", "80"),       // external IP
+        ("5.6.7.8", "80"),             // load-balancer IP
+    ] {
+        assert!(hosts.contains(&want), "{want:?} missing from {hosts:?}");
+    }
+    // The load balancer's source range is said, and others are dropped by KUBE-PROXY-FIREWALL.
+    let lb = s.published.iter().find(|p| p.host == "5.6.7.8").unwrap();
+    assert!(lb.sentence.contains("203.0.113"), "{}", lb.sentence);
+    assert!(
+        s.drops.iter().any(|d| d.action == "REJECT"
+            && d.comment
+                .as_deref()
+                .is_some_and(|c| c.contains("has no endpoints"))),
+        "{:?}",
+        s.drops
+    );
+    assert!(!s.source_nat.is_empty());
+}

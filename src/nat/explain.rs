@@ -726,6 +726,7 @@ impl<'a> Walker<'a> {
                     (Some(a), Some(b)) => format!("{a}-{b}"),
                     (Some(IpAddr::V6(a)), None) => format!("[{a}]"),
                     (Some(a), None) => a.to_string(),
+                    (None, _) if to.text.starts_with('?') => to.text.clone(),
                     (None, _) => "the same address".into(),
                 };
                 let t = if port == "any" {

@@ -24,18 +24,63 @@ pub fn parse(text: &str) -> Ruleset {
 
 /// `iptables -S` does not name its table: guess it from what the rules do.
 pub fn guess_table(text: &str) -> &'static str {
-    let nat_words = [
-        "-j DNAT",
-        "-j SNAT",
-        "-j MASQUERADE",
-        "-j REDIRECT",
-        "-P PREROUTING",
-        "-P POSTROUTING",
-    ];
-    if nat_words.iter().any(|w| text.contains(w)) {
-        "nat"
-    } else {
-        "filter"
+    guess_table_why(text).0
+}
+
+/// [`guess_table`] with the reason, in words.
+pub fn guess_table_why(text: &str) -> (&'static str, String) {
+    let has = |w: &str| {
+        text.lines().any(|l| {
+            l.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(w)
+        })
+    };
+    for w in ["-j DNAT", "-j SNAT", "-j MASQUERADE", "-j REDIRECT"] {
+        if has(w) {
+            return ("nat", format!("it has '{w}'"));
+        }
+    }
+    for w in ["-j CT", "-j NOTRACK"] {
+        if has(w) {
+            return ("raw", format!("it has '{w}'"));
+        }
+    }
+    for w in [
+        "-j MARK",
+        "-j CONNMARK",
+        "-j TOS",
+        "-j TTL",
+        "-j TPROXY",
+        "-j DSCP",
+        "-j TCPMSS",
+    ] {
+        if has(w) {
+            return ("mangle", format!("it has '{w}'"));
+        }
+    }
+    // The built-in chains of each table, from its -P lines.
+    let p = |c: &str| has(&format!("-P {c} "));
+    match (
+        p("PREROUTING"),
+        p("INPUT"),
+        p("FORWARD"),
+        p("OUTPUT"),
+        p("POSTROUTING"),
+    ) {
+        (true, _, true, _, _) => ("mangle", "its -P lines list PREROUTING and FORWARD".into()),
+        (true, true, false, _, _) | (_, _, false, _, true) => (
+            "nat",
+            "its -P lines list PREROUTING/INPUT/OUTPUT/POSTROUTING".into(),
+        ),
+        (true, false, false, _, false) => {
+            ("raw", "its -P lines list PREROUTING and OUTPUT only".into())
+        }
+        _ => (
+            "filter",
+            "no NAT target and no PREROUTING/POSTROUTING policy".into(),
+        ),
     }
 }
 

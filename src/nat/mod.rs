@@ -74,17 +74,157 @@ pub fn detect(text: &str) -> Format {
 }
 
 /// Parse rules in any supported format; `table` names the table of an `iptables -S` listing.
+/// Broken input is named: an empty input, a last line cut short, a guessed table.
 pub fn parse_text(text: &str, table: Option<&str>, source: &str) -> Result<Ruleset, NatError> {
-    let mut rs = match detect(text) {
-        Format::NftJson => nft::parse(text)?,
-        Format::NftText => nft::parse_text(text),
-        Format::IptablesSave => iptables::parse_save(text),
-        Format::IptablesS => {
-            iptables::parse_rules(text, table.unwrap_or_else(|| iptables::guess_table(text)))
+    if text.trim().is_empty() {
+        return Ok(Ruleset {
+            source: source.to_string(),
+            problems: vec![model::Problem {
+                line: 0,
+                message: "the input is empty: no rules at all to explain (an empty dump, a command that failed, or the wrong file); this is not the same as 'no NAT'".into(),
+            }],
+            ..Default::default()
+        });
+    }
+    let format = detect(text);
+    // A dump cut mid-line: its last line has no end of line. Not read as a rule (a half rule
+    // would say something the real one does not).
+    let mut cut = None;
+    let mut body = text;
+    if format != Format::NftJson && !text.ends_with('\n') {
+        let start = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let last = text[start..].trim();
+        if !last.is_empty() && last != "COMMIT" && last != "}" && !last.starts_with('#') {
+            let no = text.lines().count();
+            cut = Some(model::Problem {
+                line: no,
+                message: format!(
+                    "line {no} ends without a newline: the dump was cut in the middle of '{}'; that line is not read (take the dump again)",
+                    if last.chars().count() > 60 {
+                        format!("{}...", last.chars().take(60).collect::<String>())
+                    } else {
+                        last.to_string()
+                    }
+                ),
+            });
+            body = &text[..start];
         }
+    }
+    let mut rs = match format {
+        Format::NftJson => nft::parse(body)?,
+        Format::NftText => nft::parse_text(body),
+        Format::IptablesSave => iptables::parse_save(body),
+        Format::IptablesS => match table {
+            Some(t) => iptables::parse_rules(body, t),
+            None => {
+                let (t, why) = iptables::guess_table_why(body);
+                let mut rs = iptables::parse_rules(body, t);
+                rs.warnings.push(format!(
+                    "an `iptables -S` listing does not name its table: guessed '{t}' ({why}); pass --table TABLE if that is wrong"
+                ));
+                rs
+            }
+        },
     };
+    if let Some(p) = cut {
+        rs.problems.push(p);
+    }
+    if matches!(format, Format::IptablesSave | Format::IptablesS) {
+        assume_kube_jumps(&mut rs);
+    }
+    if rs.tables.is_empty() && rs.problems.is_empty() {
+        rs.warnings.push(
+            "no table was found in the input: nothing here is a rule (is this a rule dump?)".into(),
+        );
+    }
     rs.source = source.to_string();
     Ok(rs)
+}
+
+/// kube-proxy's own rules (`iptables-restore` input, a test's expected dump) have its chains
+/// but no built-in chain jumping into them: add the jumps kube-proxy installs, and say so.
+pub fn assume_kube_jumps(rs: &mut Ruleset) {
+    use model::{Action, Match, Rule};
+    // (table, built-in chain, kube chain, conditions as iptables words)
+    let jumps: [(&str, &str, &str); 9] = [
+        ("nat", "PREROUTING", "KUBE-SERVICES"),
+        ("nat", "OUTPUT", "KUBE-SERVICES"),
+        ("nat", "POSTROUTING", "KUBE-POSTROUTING"),
+        ("filter", "INPUT", "KUBE-PROXY-FIREWALL"),
+        ("filter", "INPUT", "KUBE-NODEPORTS"),
+        ("filter", "INPUT", "KUBE-EXTERNAL-SERVICES"),
+        ("filter", "INPUT", "KUBE-FIREWALL"),
+        ("filter", "FORWARD", "KUBE-FORWARD"),
+        ("filter", "FORWARD", "KUBE-SERVICES"),
+    ];
+    let extra: [(&str, &str, &str); 4] = [
+        ("filter", "FORWARD", "KUBE-EXTERNAL-SERVICES"),
+        ("filter", "FORWARD", "KUBE-PROXY-FIREWALL"),
+        ("filter", "OUTPUT", "KUBE-SERVICES"),
+        ("filter", "OUTPUT", "KUBE-FIREWALL"),
+    ];
+    let mut added = Vec::new();
+    for t in &mut rs.tables {
+        let jumped_into = |t: &model::Table, name: &str| {
+            t.chains
+                .iter()
+                .flat_map(|c| &c.rules)
+                .any(|r| r.action.target_chain() == Some(name))
+        };
+        let has_kube = t.chains.iter().any(|c| c.name.starts_with("KUBE-"));
+        if !has_kube
+            || t.chains.iter().any(|c| {
+                c.base.is_some()
+                    && c.rules.iter().any(|r| {
+                        r.action
+                            .target_chain()
+                            .is_some_and(|x| x.starts_with("KUBE-"))
+                    })
+            })
+        {
+            continue;
+        }
+        for (table, base, kube) in jumps.iter().chain(extra.iter()) {
+            if t.name != *table
+                || t.chain(kube).is_none()
+                || jumped_into(t, kube) && *kube != "KUBE-SERVICES"
+            {
+                continue;
+            }
+            let Some(&bi) = t.index.get(*base) else {
+                continue;
+            };
+            // New connections only into the filter side, as kube-proxy does (ctstate NEW).
+            let matches: Vec<Match> =
+                if *table == "filter" && *kube != "KUBE-FIREWALL" && *kube != "KUBE-FORWARD" {
+                    vec![Match {
+                        negated: false,
+                        cond: model::Cond::CtState {
+                            states: vec!["NEW".into()],
+                        },
+                    }]
+                } else {
+                    Vec::new()
+                };
+            t.chains[bi].rules.push(Rule {
+                line: 0,
+                text: format!("-A {base} -j {kube} (assumed: kube-proxy's jump, not in the input)"),
+                matches,
+                action: Action::Jump {
+                    chain: kube.to_string(),
+                },
+                comment: Some("assumed kube-proxy jump".into()),
+                counters: None,
+            });
+            added.push(format!("{table} {base} -> {kube}"));
+        }
+    }
+    if !added.is_empty() {
+        rs.warnings.push(format!(
+            "kube-proxy chains with nothing jumping into them (kube-proxy's own rules, without the built-in chains): assuming kube-proxy's usual jumps {}; on a real host check they exist (`iptables -t nat -S PREROUTING`)",
+            added.join(", ")
+        ));
+    }
 }
 
 /// Read and parse a file (see [`parse_text`]).

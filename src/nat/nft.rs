@@ -73,6 +73,8 @@ struct JsonLoader {
     tables: HashMap<(String, String), usize>,
     /// (family, table, map name) -> entries
     maps: VerdictMaps,
+    /// "family table" -> xt expression name -> how many.
+    xt: std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>,
 }
 
 /// Parse `nft -j list ruleset` output.
@@ -92,6 +94,7 @@ pub fn parse(json: &str) -> Result<Ruleset, NatError> {
         rs: Ruleset::default(),
         tables: HashMap::new(),
         maps: HashMap::new(),
+        xt: Default::default(),
     };
     // Maps first: rules refer to them by name.
     for (i, item) in items.iter().enumerate() {
@@ -117,6 +120,14 @@ pub fn parse(json: &str) -> Result<Ruleset, NatError> {
     }
     for t in &mut l.rs.tables {
         t.reindex();
+    }
+    for (table, names) in &l.xt {
+        let list: Vec<String> = names.iter().map(|(n, c)| format!("{n} x{c}")).collect();
+        l.rs.warnings.push(format!(
+            "table {table} was written by iptables-nft: {} compat (xt) expression(s) ({}) carry only their name in nft's JSON, so DNAT/SNAT addresses and the match arguments could not be read; those matches are treated as unknown. Read this host with `iptables-nft-save` (or run explain-nat live) for the full rules",
+            names.values().sum::<usize>(),
+            list.join(", ")
+        ));
     }
     Ok(l.rs)
 }
@@ -232,6 +243,14 @@ impl JsonLoader {
         }
         let comment = r.get("comment").and_then(Value::as_str).map(str::to_string);
         let text = exprs.iter().map(compact).collect::<Vec<_>>().join(" ");
+        for x in &b.xt {
+            *self
+                .xt
+                .entry(format!("{family} {tname}"))
+                .or_default()
+                .entry(x.clone())
+                .or_default() += 1;
+        }
         let rule = b.finish(handle, text, comment);
         let t = &mut self.rs.tables[ti];
         let ci = t.chain_index_or_add(str_of(r, "chain"), 0);
@@ -260,6 +279,10 @@ fn verdict_of(v: &Value) -> Option<Action> {
 
 #[derive(Default)]
 struct RuleBuilder {
+    /// Names of iptables-nft compat (xt) expressions met.
+    xt: Vec<String>,
+    /// The counter expression's [packets, bytes].
+    counters: Option<[u64; 2]>,
     matches: Vec<Match>,
     terminal: Option<Action>,
     nat: Option<Action>,
@@ -339,7 +362,15 @@ impl RuleBuilder {
                     self.unknown(e);
                 }
             }
-            "counter" | "comment" => {}
+            "counter" => {
+                if let (Some(p), Some(b)) = (
+                    body.get("packets").and_then(Value::as_u64),
+                    body.get("bytes").and_then(Value::as_u64),
+                ) {
+                    self.counters = Some([p, b]);
+                }
+            }
+            "comment" => {}
             "accept" | "drop" | "return" | "jump" | "goto" | "continue" => {
                 self.terminal = verdict_of(e);
             }
@@ -459,19 +490,39 @@ impl RuleBuilder {
                 self.terminal = Some(Action::Vmap { key, entries });
             }
             "xt" => {
-                let name = str_of(body, "name");
+                // iptables-nft's compat expressions: nft's JSON carries only the name.
+                let name = str_of(body, "name").to_string();
+                self.xt.push(name.clone());
+                let unknown_to = |what: &str| NatTo {
+                    addr: None,
+                    addr_to: None,
+                    ports: None,
+                    text: format!("? (iptables-nft {what}: nft's JSON does not carry its address)"),
+                };
                 if str_of(body, "type") == "target" {
-                    self.terminal = Some(Action::Other {
-                        text: format!(
-                            "iptables-nft target {name} (read this table with iptables-nft-save)"
-                        ),
-                        terminal: false,
+                    self.nat = Some(match name.as_str() {
+                        "DNAT" => Action::Dnat {
+                            to: unknown_to("DNAT"),
+                        },
+                        "SNAT" => Action::Snat {
+                            to: unknown_to("SNAT"),
+                        },
+                        "MASQUERADE" => Action::Masquerade { ports: None },
+                        "REDIRECT" => Action::Redirect { ports: None },
+                        _ => Action::Other {
+                            text: format!(
+                                "iptables-nft target {name} (its arguments are not in nft's JSON: read this table with iptables-nft-save)"
+                            ),
+                            terminal: false,
+                        },
                     });
-                } else {
+                } else if name != "comment" {
                     self.push(
                         false,
                         Cond::Unknown {
-                            text: format!("iptables-nft match {name}"),
+                            text: format!(
+                                "iptables-nft match {name} (its arguments are not in nft's JSON)"
+                            ),
                         },
                     );
                 }
@@ -658,7 +709,7 @@ impl RuleBuilder {
             matches: self.matches,
             action,
             comment,
-            counters: None,
+            counters: self.counters,
         }
     }
 }
