@@ -107,6 +107,8 @@ pub struct PublishedPort {
     pub host_addr: Option<IpAddr>,
     /// The host ports as data (empty: any).
     pub host_ports: Vec<PortRange>,
+    /// An IPv6 mapping (ip6 table or IPv6 target).
+    pub ipv6: bool,
     /// Where it goes (several for load-balanced services).
     pub targets: Vec<Target>,
     /// Each way in, with where it applies from.
@@ -333,6 +335,9 @@ pub fn ports_str(p: &[PortRange]) -> String {
         .join(",")
 }
 
+/// (IPv6?, proto, host, host port, owner): one published port.
+type PortKey = (bool, String, String, String, String);
+
 /// One step of a path: the jump rule's conditions, RETURN exceptions before it, the share.
 struct Frame<'a> {
     table: &'a str,
@@ -352,8 +357,8 @@ struct Walker<'a> {
     rs: &'a Ruleset,
     names: &'a HashMap<IpAddr, String>,
     reached: HashSet<(usize, usize)>,
-    published: BTreeMap<(String, String, String, String), PublishedPort>,
-    order: Vec<(String, String, String, String)>,
+    published: BTreeMap<PortKey, PublishedPort>,
+    order: Vec<PortKey>,
     snat: Vec<SourceNat>,
     drops: Vec<DropRule>,
     seen_snat: HashSet<(usize, usize, usize)>,
@@ -766,7 +771,9 @@ impl<'a> Walker<'a> {
             .iter()
             .rev()
             .find_map(|f| kube_service_name(f.comment));
+        let ipv6 = table.family == "ip6" || addr.is_some_and(|a| a.is_ipv6());
         let key = (
+            ipv6,
             proto.clone(),
             host.clone(),
             host_port.clone(),
@@ -800,6 +807,7 @@ impl<'a> Walker<'a> {
                 host_port,
                 host_addr,
                 host_ports,
+                ipv6,
                 targets: Vec::new(),
                 entries: Vec::new(),
                 owner,
@@ -1151,12 +1159,7 @@ fn why_not(p: &Probe) -> String {
 
 /// Walk representative packets into a published port; its sentence says what they found.
 fn verify_published(rs: &Ruleset, model: &HostModel, p: &mut PublishedPort) {
-    let v6 = p
-        .targets
-        .iter()
-        .find_map(|t| t.addr)
-        .or(p.host_addr)
-        .is_some_and(|a| a.is_ipv6());
+    let v6 = p.ipv6;
     let mut probes: Vec<Probe> = Vec::new();
     for e in &p.entries {
         let conds: Vec<&Match> = e.conds.iter().collect();

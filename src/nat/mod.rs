@@ -319,6 +319,25 @@ pub fn load_live(ns: &NetNs) -> Result<Ruleset, NatError> {
             rs.merge(part);
         }
     }
+    // IPv6: ip6tables keeps its own tables (ip6 family) in both backends.
+    for (name, argv) in [
+        ("ip6tables-nft", "ip6tables-nft-save"),
+        ("ip6tables-legacy", "ip6tables-legacy-save"),
+    ] {
+        match capture(ns, &[argv]) {
+            Ok(t) if has_rules(&t) => {
+                any = true;
+                let mut part = iptables::parse_save_family(&t, "ip6");
+                part.source = format!("{name}-save in {label}");
+                for p in &mut part.problems {
+                    p.message = format!("{name}-save line {}: {}", p.line, p.message);
+                }
+                rs.merge(part);
+            }
+            Ok(_) => any = true,
+            Err(e) => why.push(e),
+        }
+    }
     match capture(ns, &["nft", "-j", "list", "ruleset"]) {
         Ok(json) => {
             any = true;
