@@ -317,3 +317,219 @@ fn help_lists_examples_and_completions_work() {
     let v = nettool_ok(&["--version"]);
     assert!(v.starts_with("nettool "));
 }
+
+/// The `netns list --json` entry of the namespace with this inode.
+fn by_inode(list: &serde_json::Value, inode: u64) -> &serde_json::Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"]["inode"] == inode)
+        .unwrap_or_else(|| panic!("inode {inode} not listed: {list}"))
+}
+
+fn container_names(n: &serde_json::Value) -> Vec<String> {
+    n["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn podman_containers_and_pods_are_named_with_no_environment_variable() {
+    let mut p = common::podman::PodmanHost::start("ls-podman");
+    let net = p.network("lsnet", &[]);
+    let web = p.run(
+        "web",
+        &["--network", &net, "-p", "18480:80"],
+        &["httpd", "-f", "-p", "80"],
+    );
+    let pod = p.pod("pod", &["--network", &net]);
+    let member = p.run("member", &["--pod", &pod], &["sleep", "300"]);
+    let infra = p.infra_of(&pod);
+    let pid = |c: &str| -> u32 {
+        p.podman(&["inspect", "-f", "{{.State.Pid}}", c])
+            .parse()
+            .unwrap()
+    };
+    let ns_of = |c: &str| NetNs::from_pid(pid(c)).unwrap().id().inode;
+
+    let list = common::podman::nettool_plain_json(&["netns", "list", "--json"]);
+    let w = by_inode(&list, ns_of(&web));
+    assert_eq!(container_names(w), [web.as_str()], "{w}");
+    assert_eq!(w["containers"][0]["engine"], "podman");
+    assert_eq!(w["containers"][0]["id"], p.id(&web).as_str());
+    // The pod's namespace: its member first, then its infra, both with the pod's name.
+    let pn = by_inode(&list, ns_of(&member));
+    assert_eq!(
+        container_names(pn),
+        [member.as_str(), infra.as_str()],
+        "{pn}"
+    );
+    assert_eq!(pn["containers"][0]["pod"], pod.as_str());
+    assert_eq!(pn["containers"][1]["infra"], true);
+    // Podman's host runs conmon for each container (cgroup /libpod_parent/POD/conmon): the
+    // host namespace is nobody's container.
+    let host = by_inode(&list, NetNs::from_name(&p.ns.name).unwrap().id().inode);
+    assert!(
+        host["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["comm"] == "conmon"),
+        "{host}"
+    );
+    assert_eq!(host["containers"], serde_json::json!([]), "{host}");
+
+    let out = common::podman::nettool_plain(&["netns", "list"]);
+    let text = text(&out);
+    let row = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no row with {needle}: {text}"))
+            .to_string()
+    };
+    assert!(row(&web).contains("podman"), "{text}");
+    let pod_row = row(&member);
+    assert!(pod_row.contains(&format!("pod {pod}")), "{pod_row}");
+    assert!(pod_row.contains(&infra), "{pod_row}");
+}
+
+#[test]
+fn container_name_enters_podman_and_lab_containers() {
+    let mut p = common::podman::PodmanHost::start("ex-podman");
+    let net = p.network("exnet", &["--subnet", "10.89.47.0/24"]);
+    let web = p.run(
+        "web",
+        &["--network", &net, "--ip", "10.89.47.9"],
+        &["sleep", "300"],
+    );
+    let pod = p.pod("pod", &["--network", &net, "--ip", "10.89.47.10"]);
+    let member = p.run("member", &["--pod", &pod], &["sleep", "300"]);
+    let stopped = p.run("stopped", &["--network", &net], &["sh", "-c", "exit 3"]);
+    wait_for("container to exit", 20, || {
+        p.podman(&["inspect", "-f", "{{.State.Status}}", &stopped]) == "exited"
+    });
+
+    let addr = |target: &str| {
+        let out = common::podman::nettool_plain(&[
+            "netns", "exec", target, "--", "ip", "-4", "-o", "addr", "show", "eth0",
+        ]);
+        assert!(out.status.success(), "{target}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(addr(&format!("container:{web}")).contains("10.89.47.9/24"));
+    assert!(addr(&format!("container:{member}")).contains("10.89.47.10/24"));
+    // An id prefix works like the engine's own.
+    let id = p.id(&web);
+    assert!(addr(&format!("container:{}", &id[..12])).contains("10.89.47.9/24"));
+
+    // A stopped container says so, with Podman's own command.
+    let out = common::podman::nettool_plain(&[
+        "netns",
+        "exec",
+        &format!("container:{stopped}"),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out);
+    assert!(
+        err.contains(&format!(
+            "container {stopped} is exited (code 3): start it with `podman start {stopped}`"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("is not a network namespace"), "{err}");
+
+    // A nettool lab container, by its name.
+    let dir = std::env::temp_dir().join(unique("labfile"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cname = format!("box{}", std::process::id());
+    let file = dir.join("lab.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[lab]\nname = \"x\"\n\n[[network]]\nname = \"n\"\nsubnet = \"172.31.77.0/24\"\n\n\
+             [[container]]\nname = \"{cname}\"\nnetwork = \"n\"\naddress = \"172.31.77.5\"\n"
+        ),
+    )
+    .unwrap();
+    let (lab, _) = TestLab::isolated("exlab", &[file.to_str().unwrap()]);
+    let out = common::podman::nettool_plain(&[
+        "netns",
+        "exec",
+        &format!("container:{cname}"),
+        "--",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("172.31.77.5/24"), "{}", text(&out));
+    drop(lab);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_stopped_docker_container_says_so_in_dockers_words() {
+    let d = common::docker::Dockerd::start("ex-dock");
+    d.import_busybox("nt-busybox");
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "nt-busybox",
+        "sh",
+        "-c",
+        "exit 137",
+    ]);
+    wait_for("web to exit", 20, || {
+        d.docker(&["inspect", "-f", "{{.State.Status}}", "web"])
+            .trim()
+            == "exited"
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(["netns", "exec", "container:web", "--", "true"])
+        .env("DOCKER_HOST", d.host())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out);
+    assert!(
+        err.contains("container web is exited (code 137): start it with `docker start web`"),
+        "{err}"
+    );
+    assert!(!err.contains("is not a network namespace"), "{err}");
+}
+
+#[test]
+fn cni_container_is_named_by_its_id_from_the_cache() {
+    let host = TestNs::new("cnihost");
+    let ctr = TestNs::new("cnictr");
+    let a = common::cni::CniAttachment::add(&host, &ctr, "10.77.0.0/24", 18490, 80);
+    let list = common::podman::nettool_plain_json(&["netns", "list", "--json"]);
+    let n = by_inode(&list, NetNs::from_name(&ctr.name).unwrap().id().inode);
+    assert_eq!(container_names(n), [a.container_id.as_str()], "{n}");
+    assert_eq!(n["containers"][0]["engine"], "cni");
+    // And it is a TARGET by that id.
+    let out = common::podman::nettool_plain(&[
+        "netns",
+        "exec",
+        &format!("container:{}", a.container_id),
+        "--",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+    ]);
+    assert!(
+        text(&out).contains(&format!("{}/24", a.ipv4())),
+        "{}",
+        text(&out)
+    );
+}

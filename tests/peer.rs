@@ -417,3 +417,76 @@ fn docker_container_is_named_both_ways() {
     assert_eq!(rev[0]["peer"]["name"], host_veth.as_str(), "{rev}");
     assert_eq!(rev[0]["peer"]["master"], "docker0");
 }
+
+#[test]
+fn podman_containers_and_pods_are_named_with_no_environment_variable() {
+    let mut p = common::podman::PodmanHost::start("peer-podman");
+    let net = p.network("pnet", &[]);
+    let web = p.run("web", &["--network", &net], &["sleep", "300"]);
+    let pod = p.pod("pod", &["--network", &net]);
+    let member = p.run("member", &["--pod", &pod], &["sleep", "300"]);
+    let infra = p.infra_of(&pod);
+    let bridge = p.podman(&["network", "inspect", "-f", "{{.NetworkInterface}}", &net]);
+
+    let pairs =
+        common::podman::nettool_plain_json(&["peer", "--all", "--netns", &p.ns.name, "--json"]);
+    let pairs = pairs.as_array().unwrap();
+    assert_eq!(pairs.len(), 2, "{pairs:?}");
+    let mut labels = BTreeSet::new();
+    for pair in pairs {
+        assert_eq!(pair["host"]["master"], bridge.as_str(), "{pair}");
+        // The host side is Podman's host namespace: conmon runs there, yet it is no container.
+        assert_eq!(
+            pair["host"]["namespace"]["label"],
+            p.ns.name.as_str(),
+            "{pair}"
+        );
+        assert_eq!(
+            pair["host"]["namespace"]["containers"],
+            serde_json::json!([]),
+            "{pair}"
+        );
+        let ns = &pair["peer"]["namespace"];
+        labels.insert(ns["label"].as_str().unwrap().to_string());
+        if ns["label"] == format!("container:{member}") {
+            let cs = ns["containers"].as_array().unwrap();
+            let names: Vec<&str> = cs.iter().map(|c| c["name"].as_str().unwrap()).collect();
+            assert_eq!(names, [member.as_str(), infra.as_str()], "{ns}");
+            assert!(cs
+                .iter()
+                .all(|c| c["pod"] == pod.as_str() && c["engine"] == "podman"));
+            assert_eq!(cs[1]["infra"], true);
+        }
+    }
+    assert_eq!(
+        labels,
+        BTreeSet::from([format!("container:{web}"), format!("container:{member}")])
+    );
+    // Reverse, by name through Podman's API on its default socket.
+    let rev = common::podman::nettool_plain_json(&["peer", &format!("container:{web}"), "--json"]);
+    assert_eq!(rev[0]["peer"]["master"], bridge.as_str(), "{rev}");
+    let out = common::podman::nettool_plain(&["peer", "--netns", &p.ns.name, "--all"]);
+    assert!(
+        text(&out).contains(&format!("container:{web}")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn cni_container_is_named_by_its_container_id() {
+    let host = TestNs::new("pcnih");
+    let ctr = TestNs::new("pcnic");
+    let a = common::cni::CniAttachment::add(&host, &ctr, "10.77.1.0/24", 18491, 80);
+    let pairs =
+        common::podman::nettool_plain_json(&["peer", "--all", "--netns", &host.name, "--json"]);
+    let pairs = pairs.as_array().unwrap();
+    assert_eq!(pairs.len(), 1, "{pairs:?}");
+    assert_eq!(pairs[0]["host"]["master"], a.bridge.as_str());
+    let ns = &pairs[0]["peer"]["namespace"];
+    assert_eq!(ns["containers"][0]["name"], a.container_id.as_str(), "{ns}");
+    assert_eq!(ns["containers"][0]["engine"], "cni");
+    // Labelled as a TARGET that opens it, by the container id (not its /run/netns name).
+    assert_eq!(ns["label"], format!("container:{}", a.container_id));
+    assert_eq!(ns["names"][0], ctr.name.as_str());
+}

@@ -470,3 +470,73 @@ fn lab_scope_is_exactly_the_default_lab() {
     let dot = nettool_ok(&["topology", "--lab", &lab.name, "--format", "svg"]);
     assert!(dot.contains("<svg"));
 }
+
+/// The namespace node whose inode is `inode`.
+fn ns_node(g: &Value, inode: u64) -> &Value {
+    node(g, &format!("ns{inode}"))
+}
+
+#[test]
+fn podman_and_cni_containers_are_named_with_no_environment_variable() {
+    let mut p = common::podman::PodmanHost::start("topo-podman");
+    let net = p.network("tnet", &[]);
+    let web = p.run(
+        "web",
+        &["--network", &net, "-p", "18492:80"],
+        &["httpd", "-f", "-p", "80"],
+    );
+    let pod = p.pod("pod", &["--network", &net]);
+    let member = p.run("member", &["--pod", &pod], &["sleep", "300"]);
+    let infra = p.infra_of(&pod);
+    let bridge = p.podman(&["network", "inspect", "-f", "{{.NetworkInterface}}", &net]);
+    let ns_of = |c: &str| {
+        let pid: u32 = p
+            .podman(&["inspect", "-f", "{{.State.Pid}}", c])
+            .parse()
+            .unwrap();
+        NetNs::from_pid(pid).unwrap().id().inode
+    };
+    // A CNI container on the same host namespace.
+    let ctr = TestNs::new("tcni");
+    let a = common::cni::CniAttachment::add(&p.ns, &ctr, "10.77.2.0/24", 18493, 80);
+
+    let g = common::podman::nettool_plain_json(&["topology", "--netns", &p.ns.name, "--json"]);
+    assert_eq!(
+        ns_node(&g, ns_of(&web))["containers"],
+        serde_json::json!([web])
+    );
+    assert_eq!(
+        ns_node(&g, ns_of(&member))["containers"],
+        serde_json::json!([member, infra])
+    );
+    assert_eq!(
+        ns_node(&g, inode(&ctr))["containers"],
+        serde_json::json!([a.container_id])
+    );
+    // conmon's cgroup does not make Podman's host a container.
+    assert_eq!(
+        ns_node(&g, inode(&p.ns))["containers"],
+        serde_json::json!([])
+    );
+    // Bridges carry their network names: netavark's from Podman's network list, CNI's from the cache.
+    let network_of = |b: &str| {
+        g["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["kind"] == "bridge" && n["name"] == b)
+            .unwrap_or_else(|| panic!("bridge {b}: {g}"))["network"]
+            .clone()
+    };
+    assert_eq!(network_of(&bridge), net.as_str());
+    assert_eq!(network_of(&a.bridge), a.network.as_str());
+    let text = String::from_utf8_lossy(
+        &common::podman::nettool_plain(&["topology", "--netns", &p.ns.name]).stdout,
+    )
+    .into_owned();
+    assert!(text.contains(&format!("container {web}")), "{text}");
+    assert!(
+        text.contains(&format!("container {member}, {infra}")),
+        "{text}"
+    );
+}

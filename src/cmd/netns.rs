@@ -4,7 +4,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::cli::{NetnsCommand, NetnsExecArgs, NetnsInspectArgs, NetnsListArgs};
-use crate::netns::discover::{discover, DiscoverOptions, NamespaceInfo};
+use crate::netns::discover::{discover, ContainerRef, DiscoverOptions, NamespaceInfo};
 use crate::netns::exec::{self, ExecOptions};
 use crate::netns::links::{self, LinkSnapshot};
 use crate::netns::peers::{veth_peers, VethPeer};
@@ -57,12 +57,7 @@ fn list(a: NetnsListArgs) -> anyhow::Result<i32> {
                 k - 2
             ),
         };
-        let container = n
-            .containers
-            .iter()
-            .map(|c| c.name.clone().unwrap_or_else(|| c.id[..12].to_string()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let container = containers_cell(&n.containers);
         t.row(vec![
             n.id.inode.to_string(),
             if names.is_empty() {
@@ -84,6 +79,32 @@ fn list(a: NetnsListArgs) -> anyhow::Result<i32> {
     }
     print!("{}", t.render());
     Ok(0)
+}
+
+/// The CONTAINER cell: names with their engine, a pod's members and infra with the pod's name
+/// ("web,4f2a-infra (podman pod shop)"), a container known only from a cgroup by its short id.
+fn containers_cell(cs: &[ContainerRef]) -> String {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for c in cs {
+        let tag = match (&c.pod, c.engine) {
+            (Some(pod), Some(e)) => format!("{e} pod {pod}"),
+            (Some(pod), None) => format!("pod {pod}"),
+            (None, Some(e)) => e.to_string(),
+            (None, None) => String::new(),
+        };
+        match groups.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, names)) => names.push(c.short_name()),
+            None => groups.push((tag, vec![c.short_name()])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(tag, names)| match tag.is_empty() {
+            true => names.join(","),
+            false => format!("{} ({tag})", names.join(",")),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Everything `netns inspect` reports about one namespace.

@@ -285,8 +285,9 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Standard base64 with padding (what libcni's cache holds), for writers of cache files.
-pub fn base64_encode(b: &[u8]) -> String {
+/// Standard base64 with padding (what libcni's cache holds).
+#[cfg(test)]
+fn base64_encode(b: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
     for chunk in b.chunks(3) {

@@ -159,7 +159,8 @@ impl Dockerd {
     }
 }
 
-fn busybox() -> &'static Path {
+/// The static busybox binary the test images are made from.
+pub fn busybox() -> &'static Path {
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
         if Path::new(p).exists() {
             return Path::new(p);

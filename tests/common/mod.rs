@@ -2,7 +2,9 @@
 //! and a runner for the nettool binary.
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod docker;
+pub mod podman;
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
