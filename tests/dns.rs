@@ -820,3 +820,55 @@ fn query_to_a_closed_port_ends_unreachable() {
     assert_eq!(v6["icmp"], "port unreachable");
     assert_eq!(v6["server"], "[fd53::7]:53");
 }
+
+#[test]
+fn pcap_output_never_follows_a_planted_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let ns = TestNs::new("dnssym");
+    let dir = std::env::temp_dir().join(unique("dnssym"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, b"root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The unprivileged user's own directory (no sticky bit: the kernel's protected_symlinks
+    // does not apply there) holds a link named like the capture file.
+    let evil = dir.join("evil");
+    std::fs::create_dir(&evil).unwrap();
+    std::os::unix::fs::chown(&evil, Some(65534), Some(65534)).unwrap();
+    let link = evil.join("dns.pcap");
+    let st = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "ln",
+            "-s",
+        ])
+        .arg(&secret)
+        .arg(&link)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // `timeout`: a capture that started anyway ends instead of waiting for a query.
+    let out = Command::new("timeout")
+        .args([
+            "5",
+            env!("CARGO_BIN_EXE_nettool"),
+            "dns",
+            "--netns",
+            &ns.name,
+            "--pcap",
+        ])
+        .arg(&link)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&secret).unwrap(), b"root only\n");
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

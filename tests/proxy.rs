@@ -2615,3 +2615,398 @@ fn a_dump_that_cannot_start_is_in_the_docker_proxy_log_as_well_as_on_fd_3() {
         "no error line {why:?} in the log:\n{text}"
     );
 }
+
+// ---- Hostile peers and hostile files (issue 21) ----
+
+/// Run `argv` as uid/gid 65534 (nobody), the unprivileged user planting things.
+fn as_nobody(argv: &[&str]) {
+    let st = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(argv)
+        .status()
+        .unwrap();
+    assert!(st.success(), "as nobody: {argv:?}");
+}
+
+/// A root-only 0600 file with known bytes: what an attacker wants written or truncated.
+fn root_secret(dir: &TempDir) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("secret");
+    std::fs::write(&p, b"root only\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn assert_untouched(secret: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::read(secret).unwrap(),
+        b"root only\n",
+        "the target's bytes"
+    );
+    let mode = std::fs::metadata(secret).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "the target's mode");
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// A TCP connection from inside `ns` from a fixed source port (stream file names are
+/// predictable from it).
+fn connect_from_port(ns: &TestNs, port: u16, to: &str) -> TcpStream {
+    let to: SocketAddr = to.parse().unwrap();
+    inside(ns, move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        let from: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        s.bind(&from.into()).unwrap();
+        s.connect(&to.into()).unwrap();
+        TcpStream::from(s)
+    })
+}
+
+/// `nettool proxy ARGS` in `ns` with the readiness pipe; returns the child and its answer.
+fn try_start(ns: &TestNs, args: &[&str]) -> (ChildGuard, String) {
+    let mut a = vec!["proxy", "--ready-fd", "3"];
+    a.extend_from_slice(args);
+    spawn_ready(nettool_in_ns(ns, &a))
+}
+
+/// `nettool ARGS` in `ns` (env added) expected to refuse to start; returns its fd-3 answer
+/// (one that started anyway is killed, so the assertion on the answer fails instead of the
+/// test hanging).
+fn refused(ns: &TestNs, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = nettool_in_ns(ns, args);
+    cmd.envs(env.iter().copied());
+    let (mut child, ready) = spawn_ready(cmd);
+    if ready == "0\n" {
+        unsafe { libc::kill(child.pid() as i32, libc::SIGKILL) };
+    }
+    let _ = child.0.wait();
+    ready
+}
+
+#[test]
+fn files_written_as_root_never_follow_a_planted_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let ns = lab("pxsym");
+    let dir = TempDir::new("pxsym");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let secret = root_secret(&dir);
+    // A directory the unprivileged user owns, no sticky bit (so the kernel's
+    // protected_symlinks does not apply: only the proxy's own care protects the target).
+    let evil = dir.join("evil");
+    std::fs::create_dir(&evil).unwrap();
+    std::os::unix::fs::chown(&evil, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let link = |name: &str| {
+        let p = evil.join(name);
+        as_nobody(&["ln", "-s", secret.to_str().unwrap(), p.to_str().unwrap()]);
+        p
+    };
+    let map = "127.0.0.1:8080=127.0.0.1:7000";
+    let log = dir.join("ok.log");
+    for (what, flags) in [
+        (
+            "--pcap",
+            vec![
+                "--pcap".to_string(),
+                link("cap.pcap").to_str().unwrap().to_string(),
+            ],
+        ),
+        (
+            "--dump-file",
+            vec![
+                "--dump".into(),
+                "--dump-file".into(),
+                link("dump.txt").to_str().unwrap().into(),
+            ],
+        ),
+        (
+            "--log-file",
+            vec![
+                "--log-file".into(),
+                link("proxy.log").to_str().unwrap().into(),
+            ],
+        ),
+    ] {
+        let mut args: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
+        if what != "--log-file" {
+            args.extend(["--log-file", log.to_str().unwrap()]);
+        }
+        args.extend(["-p", map]);
+        let mut full = vec!["proxy", "--ready-fd", "3"];
+        full.extend(args);
+        let ready = refused(&ns, &full, &[]);
+        assert!(
+            ready.starts_with("1\n") && ready.contains("symbolic link"),
+            "{what}: readiness answer {ready:?}"
+        );
+        assert_untouched(&secret);
+    }
+    // A file the unprivileged user made at the dump path is not written into either.
+    let planted = evil.join("planted.txt");
+    as_nobody(&["touch", planted.to_str().unwrap()]);
+    let ready = refused(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "--dump",
+            "--dump-file",
+            planted.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+            "-p",
+            map,
+        ],
+        &[],
+    );
+    assert!(
+        ready.starts_with("1\n") && ready.contains("belongs to uid 65534"),
+        "{ready:?}"
+    );
+
+    // --streams: a directory of another user, or one others may write into, is refused.
+    let theirs = evil.join("streams");
+    as_nobody(&["mkdir", "-m", "0700", theirs.to_str().unwrap()]);
+    let open_for_all = dir.join("open-streams");
+    std::fs::create_dir(&open_for_all).unwrap();
+    std::fs::set_permissions(&open_for_all, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (d, needle) in [
+        (&theirs, "belongs to uid 65534"),
+        (&open_for_all, "writable by group or others"),
+    ] {
+        let ready = refused(
+            &ns,
+            &[
+                "proxy",
+                "--ready-fd",
+                "3",
+                "--streams",
+                d.to_str().unwrap(),
+                "--log-file",
+                log.to_str().unwrap(),
+                "-p",
+                map,
+            ],
+            &[],
+        );
+        assert!(
+            ready.starts_with("1\n") && ready.contains(needle),
+            "{needle}: {ready:?}"
+        );
+    }
+
+    // docker-proxy mode: its pcap, streams and log paths come from the environment.
+    for (var, name) in [
+        ("NETTOOL_PROXY_PCAP", "dp.pcap"),
+        ("NETTOOL_PROXY_LOG", "dp.log"),
+        ("NETTOOL_PROXY_DUMP_FILE", "dp.dump"),
+    ] {
+        let l = link(name);
+        let mut env = vec![
+            (var, l.to_str().unwrap()),
+            ("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool-proxy.toml"),
+        ];
+        if var == "NETTOOL_PROXY_DUMP_FILE" {
+            env.push(("NETTOOL_PROXY_DUMP", "text"));
+        }
+        let ready = refused(
+            &ns,
+            &[
+                "proxy",
+                "-proto",
+                "tcp",
+                "-host-ip",
+                "127.0.0.1",
+                "-host-port",
+                "8080",
+                "-container-ip",
+                "127.0.0.1",
+                "-container-port",
+                "7000",
+            ],
+            &env,
+        );
+        assert!(
+            ready.starts_with("1\n") && ready.contains("symbolic link"),
+            "docker-proxy mode, {var}: fd 3 said {ready:?}"
+        );
+        assert_untouched(&secret);
+    }
+
+    // A symlink named like the next stream file inside a proper directory (left there before
+    // the run): that stream is refused and said, the other direction is saved, forwarding goes on.
+    let streams = dir.join("streams");
+    std::fs::create_dir(&streams).unwrap();
+    std::fs::set_permissions(&streams, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(
+        &secret,
+        streams.join("c000001-127.0.0.1.41001-127.0.0.1.7000"),
+    )
+    .unwrap();
+    let p = start(
+        Some(&ns),
+        &dir,
+        &["--streams", streams.to_str().unwrap(), "-p", map],
+    );
+    let mut s = connect_from_port(&ns, 41001, "127.0.0.1:8080");
+    s.write_all(b"attacker bytes\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"attacker bytes\n", "forwarding");
+    let log_text = p.stop();
+    assert_untouched(&secret);
+    assert!(
+        log_text.contains("c000001-127.0.0.1.41001-127.0.0.1.7000")
+            && log_text.contains("symbolic link"),
+        "the log says which stream was refused and why:\n{log_text}"
+    );
+    let s2c = streams.join("c000001-127.0.0.1.7000-127.0.0.1.41001");
+    assert_eq!(std::fs::read(&s2c).unwrap(), b"attacker bytes\n");
+    assert_eq!(mode_of(&s2c), 0o600);
+}
+
+#[test]
+fn an_existing_dump_log_or_pcap_file_is_made_private_before_it_is_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let ns = lab("pxmode");
+    let dir = TempDir::new("pxmode");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let dump = dir.join("dump.txt");
+    let pcap = dir.join("cap.pcap");
+    let logf = dir.join("log.txt");
+    for f in [&dump, &pcap, &logf] {
+        std::fs::write(f, b"old\n").unwrap();
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (child, ready) = try_start(
+        &ns,
+        &[
+            "--dump",
+            "--dump-file",
+            dump.to_str().unwrap(),
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--log-file",
+            logf.to_str().unwrap(),
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+        ],
+    );
+    assert_eq!(ready, "0\n");
+    let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    s.write_all(b"secret payload").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    term(child);
+    for f in [&dump, &pcap, &logf] {
+        assert_eq!(mode_of(f), 0o600, "{}", f.display());
+    }
+    assert!(std::fs::read_to_string(&dump)
+        .unwrap()
+        .contains("secret payload"));
+    // The pcap was emptied (after the checks), not appended to.
+    assert_eq!(
+        &std::fs::read(&pcap).unwrap()[..4],
+        &[0xa1, 0xb2, 0xc3, 0xd4]
+    );
+}
+
+/// A minimal TLS ClientHello whose server_name is `sni` (any bytes).
+fn client_hello(sni: &[u8]) -> Vec<u8> {
+    let mut name = vec![0u8];
+    name.extend((sni.len() as u16).to_be_bytes());
+    name.extend(sni);
+    let mut ext_sni = ((name.len()) as u16).to_be_bytes().to_vec();
+    ext_sni.extend(&name);
+    let mut exts = vec![0, 0];
+    exts.extend((ext_sni.len() as u16).to_be_bytes());
+    exts.extend(&ext_sni);
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]);
+    body.push(0); // session id
+    body.extend([0, 2, 0x13, 0x01]); // one cipher suite
+    body.extend([1, 0]); // null compression
+    body.extend((exts.len() as u16).to_be_bytes());
+    body.extend(&exts);
+    let mut hs = vec![1];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend((hs.len() as u16).to_be_bytes());
+    rec.extend(&hs);
+    rec
+}
+
+#[test]
+fn decoded_lines_carry_no_escape_sequence_or_forged_line_from_a_peer() {
+    let ns = lab("pxesc");
+    let dir = TempDir::new("pxesc");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let evil = b"a\x1b[2J\rb\n* #77 open tcp forged";
+    let mut http = b"GET / HTTP/1.1\r\nHost: x\r\nX-Evil: ".to_vec();
+    http.extend(evil);
+    http.extend(b"\r\n\r\n");
+    let mut resp = format!("*2\r\n$3\r\nGET\r\n${}\r\n", evil.len()).into_bytes();
+    resp.extend(evil);
+    resp.extend(b"\r\n");
+    let tls = client_hello(evil);
+    for flag in ["--dump", "--hex"] {
+        let f = dir.join(&format!("{}.txt", &flag[2..]));
+        let p = start(
+            Some(&ns),
+            &dir,
+            &[
+                flag,
+                "--dump-file",
+                f.to_str().unwrap(),
+                "8080",
+                "127.0.0.1:7000",
+            ],
+        );
+        for msg in [&http, &resp, &tls] {
+            let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+            s.write_all(msg).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).unwrap();
+            assert_eq!(&back, msg, "forwarding stays byte-exact");
+        }
+        p.stop();
+        let d = std::fs::read(&f).unwrap();
+        let text = String::from_utf8_lossy(&d);
+        // The decoders saw the values (else this test proves nothing)...
+        for needle in [
+            "X-Evil: a\\x1b[2J\\rb",
+            "redis command: GET a\\x1b[2J\\rb\\n* #77",
+            "sni=a\\x1b[2J\\rb\\n* #77",
+        ] {
+            assert!(text.contains(needle), "{flag}: no {needle:?} in\n{text}");
+        }
+        assert!(!d.contains(&0x1b), "{flag}: a raw ESC in the dump:\n{text}");
+        assert!(!d.contains(&b'\r'), "{flag}: a raw CR in the dump:\n{text}");
+        for line in text.lines() {
+            if line.starts_with("# ") {
+                assert!(
+                    line.starts_with("# #"),
+                    "{flag}: a decoded line broken in two: {line:?}"
+                );
+            }
+            // In the hex dump no payload byte reaches a line start; in the text dump payload
+            // newlines are kept (socat -v), so only decoded lines are checked there.
+            if flag == "--hex" {
+                assert!(
+                    !line.starts_with("* #77"),
+                    "{flag}: a forged line: {line:?}\n{text}"
+                );
+            }
+        }
+    }
+}

@@ -251,6 +251,9 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
             sinks,
             plan.queue,
             Box::new(move |f| {
+                if f.sink_goes_on {
+                    return hook_log.log(Level::Error, &format!("{}: {}", f.sink, f.error));
+                }
                 // A cap that was asked for is a planned stop, not a fault.
                 let (level, what, then) = if f.limit_reached {
                     (Level::Warn, "stopped as asked", "")

@@ -448,7 +448,10 @@ impl PcapOut {
             path: path.display().to_string(),
             message: m,
         };
-        let f = File::create(path).map_err(|e| err(format!("cannot create: {e}")))?;
+        // Written as root: never through a symlink, 0600 (see tap::open_private).
+        let f = crate::tap::open_private(path, false).map_err(|e| match e {
+            crate::tap::TapError::Open { error, .. } => err(format!("cannot create: {error}")),
+        })?;
         let header = PcapHeader {
             datalink: DataLink::RAW,
             snaplen: SNAPLEN,

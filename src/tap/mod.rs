@@ -58,6 +58,8 @@ pub struct SinkFailure {
     pub error: String,
     /// The sink stopped because it reached a limit it was given (a size cap), not from a fault.
     pub limit_reached: bool,
+    /// Only one connection was left out ([`Skipped`]); the sink goes on with the others.
+    pub sink_goes_on: bool,
 }
 
 /// The error a sink returns when it stops at a limit it was configured with.
@@ -71,6 +73,19 @@ impl std::fmt::Display for LimitReached {
 }
 
 impl std::error::Error for LimitReached {}
+
+/// The error a sink returns when it leaves out one connection (its file could not be opened)
+/// but goes on with the others: the writer reports it and keeps the sink.
+#[derive(Debug)]
+pub struct Skipped(pub String);
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skipped {}
 
 /// Called by the writer thread when a sink fails (the cmd layer logs it).
 pub type FailureHook = Box<dyn Fn(SinkFailure) + Send>;
@@ -118,6 +133,19 @@ pub fn start(
         .spawn(move || {
             let mut sinks: Vec<Option<Box<dyn Sink>>> = sinks.into_iter().map(Some).collect();
             let fail = |slot: &mut Option<Box<dyn Sink>>, e: std::io::Error| {
+                if e.get_ref()
+                    .is_some_and(|i| i.downcast_ref::<Skipped>().is_some())
+                {
+                    if let Some(s) = slot.as_ref() {
+                        on_failure(SinkFailure {
+                            sink: s.name(),
+                            error: e.to_string(),
+                            limit_reached: false,
+                            sink_goes_on: true,
+                        });
+                    }
+                    return;
+                }
                 if let Some(mut s) = slot.take() {
                     let why = format!("{e}; forwarding continues, this dump is stopped");
                     // Best effort: the destination is what just failed.
@@ -128,6 +156,7 @@ pub fn start(
                         limit_reached: e
                             .get_ref()
                             .is_some_and(|i| i.downcast_ref::<LimitReached>().is_some()),
+                        sink_goes_on: false,
                     });
                 }
             };
@@ -173,20 +202,179 @@ pub fn start(
 /// A shared, boxed writer (stdout or a file) that a console sink renders into.
 pub type Output = Box<dyn Write + Send>;
 
-/// Open a dump file for appending, readable only by its owner (payloads carry secrets).
+/// Open a file this process writes (dump, log, pcap) for appending, or emptied (`append`
+/// false), without following a symlink at `path` and readable only by its owner: see
+/// [`open_private_at`] for the checks.
 pub fn open_private(path: &std::path::Path, append: bool) -> Result<std::fs::File, TapError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = std::fs::OpenOptions::new();
-    o.create(true).mode(0o600);
-    if append {
-        o.append(true);
-    } else {
-        o.write(true).truncate(true);
-    }
-    o.open(path).map_err(|error| TapError::Open {
+    use std::os::unix::ffi::OsStrExt;
+    let err = |error| TapError::Open {
         path: path.into(),
         error,
-    })
+    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path holds a NUL byte",
+        ))
+    })?;
+    open_checked(libc::AT_FDCWD, &c, append).map_err(err)
+}
+
+/// Open `name` inside the directory `dir` the way [`open_private`] opens a path: O_NOFOLLOW
+/// (a symlink planted there is refused, never written through), created 0600; an existing file
+/// must be a regular file of ours with one link, and is made 0600 before anything is written.
+pub(crate) fn open_private_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    append: bool,
+) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in the name"))?;
+    open_checked(dir.as_raw_fd(), &c, append)
+}
+
+/// The one place files written as root are opened. Never O_TRUNC: a file is emptied only after
+/// it passed the checks (a hard link to someone else's file must not be cut first).
+fn open_checked(
+    dirfd: libc::c_int,
+    name: &std::ffi::CStr,
+    append: bool,
+) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let mut flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    if append {
+        flags |= libc::O_APPEND;
+    }
+    // SAFETY: a valid NUL-terminated name; the returned fd is owned by the File below.
+    let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return Err(std::io::Error::new(
+                e.kind(),
+                "it is a symbolic link: refusing to write through it (whoever planted it would choose what gets overwritten); remove the link or give another path",
+            ));
+        }
+        return Err(e);
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    check_private(&file)?;
+    if !append {
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
+/// Refuse what must not be written into; make an existing regular file 0600.
+fn check_private(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            why,
+        ))
+    };
+    let md = file.metadata()?;
+    let ft = md.file_type();
+    // A character device (/dev/null, a terminal) only root can make; it stores nothing.
+    if ft.is_char_device() {
+        return Ok(());
+    }
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if md.uid() != euid {
+        return refuse(format!(
+            "it already exists and belongs to uid {}, not to this process (uid {euid}): refusing to write into another user's file; remove it or give another path",
+            md.uid()
+        ));
+    }
+    if ft.is_fifo() {
+        return Ok(());
+    }
+    if !ft.is_file() {
+        return refuse("it is not a regular file: give the path of a file".into());
+    }
+    if md.nlink() != 1 {
+        return refuse(format!(
+            "it has {} hard links: writing would change the other names too; remove it or give another path",
+            md.nlink()
+        ));
+    }
+    if md.mode() & 0o7777 != 0o600 {
+        // SAFETY: fchmod on an fd we own.
+        if unsafe { libc::fchmod(file.as_raw_fd(), 0o600) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Make (0700, if missing) and open the directory `path` for [`open_private_at`], refusing a
+/// symlink, a directory of another user, or one that group or others may write into (they
+/// could plant links named like the files to come).
+pub fn open_private_dir(path: &std::path::Path) -> Result<std::os::fd::OwnedFd, TapError> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let err = |error| TapError::Open {
+        path: path.into(),
+        error,
+    };
+    let refuse = |why: String| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            why,
+        ))
+    };
+    if std::fs::symlink_metadata(path).is_err() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(err)?;
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path holds a NUL byte",
+        ))
+    })?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid NUL-terminated path; the fd is owned by the OwnedFd below.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(refuse(
+                "it is a symbolic link: refusing to follow it; give the real directory".into(),
+            ));
+        }
+        return Err(err(e));
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    let dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let md = std::fs::File::from(dir.try_clone().map_err(err)?)
+        .metadata()
+        .map_err(err)?;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if md.uid() != euid {
+        return Err(refuse(format!(
+            "the directory belongs to uid {}, not to this process (uid {euid}): its owner could plant links named like the stream files; use a directory of your own (mode 0700)",
+            md.uid()
+        )));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "the directory is writable by group or others (mode {:04o}): they could plant links named like the stream files; `chmod go-w` it or use a directory of mode 0700",
+            md.mode() & 0o7777
+        )));
+    }
+    Ok(dir)
 }
 
 /// Shared state for console renderers: one L7 decoder per connection and direction.

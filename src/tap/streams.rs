@@ -1,36 +1,38 @@
 //! `--streams DIR`: one file per connection and direction, like tcpflow
 //! (`c000001-10.0.0.1.40000-10.0.0.2.80` holds what the client sent).
+//!
+//! The names are predictable, so DIR is opened once (a directory of ours that nobody else can
+//! write into) and each file is made with openat relative to it, never following a symlink.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use super::event::{Direction, Event};
-use super::{open_private, Sink};
+use super::{open_private_at, open_private_dir, Sink, Skipped};
 
 /// Writes each direction of each connection to its own file.
 pub struct StreamsSink {
     dir: PathBuf,
+    dirfd: OwnedFd,
     open: HashMap<(u64, Direction), BufWriter<File>>,
+    /// Directions whose file could not be opened (said once); the next connection tries again,
+    /// so a moment of fd shortage costs only the connections of that moment.
+    left_out: HashSet<(u64, Direction)>,
 }
 
 impl StreamsSink {
-    /// Create DIR (0700) if needed.
+    /// Create DIR (0700) if needed and open it; refused when another user could write into it.
     pub fn new(dir: PathBuf) -> Result<Self, super::TapError> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|error| super::TapError::Open {
-                path: dir.clone(),
-                error,
-            })?;
+        let dirfd = open_private_dir(&dir)?;
         Ok(StreamsSink {
             dir,
+            dirfd,
             open: HashMap::new(),
+            left_out: HashSet::new(),
         })
     }
 }
@@ -50,18 +52,27 @@ impl Sink for StreamsSink {
                 conn, dir, bytes, ..
             } => {
                 let key = (conn.id, *dir);
+                if self.left_out.contains(&key) {
+                    return Ok(());
+                }
                 if !self.open.contains_key(&key) {
                     let (src, dst) = match dir {
                         Direction::ClientToServer => (&conn.client, &conn.backend),
                         Direction::ServerToClient => (&conn.backend, &conn.client),
                     };
-                    let path =
-                        self.dir
-                            .join(format!("c{:06}-{}-{}", conn.id, dotted(src), dotted(dst)));
-                    let f = open_private(&path, true)
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    self.open
-                        .insert(key, BufWriter::with_capacity(64 * 1024, f));
+                    let name = format!("c{:06}-{}-{}", conn.id, dotted(src), dotted(dst));
+                    match open_private_at(self.dirfd.as_fd(), name.as_ref(), true) {
+                        Ok(f) => {
+                            self.open
+                                .insert(key, BufWriter::with_capacity(64 * 1024, f));
+                        }
+                        Err(e) => {
+                            self.left_out.insert(key);
+                            return Err(std::io::Error::other(Skipped(format!(
+                                "cannot open {name}: {e}; that stream is not saved, the others are"
+                            ))));
+                        }
+                    }
                 }
                 if let Some(w) = self.open.get_mut(&key) {
                     w.write_all(bytes)?;
@@ -69,6 +80,7 @@ impl Sink for StreamsSink {
             }
             Event::Close { conn, .. } => {
                 for d in [Direction::ClientToServer, Direction::ServerToClient] {
+                    self.left_out.remove(&(conn.id, d));
                     if let Some(mut w) = self.open.remove(&(conn.id, d)) {
                         w.flush()?;
                     }

@@ -62,6 +62,30 @@ pub fn write_text(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A decoded value (HTTP header, RESP argument, server name) made safe for a dump line, the
+/// way [`write_text`] treats payloads: a peer's bytes can neither drive the terminal (escape
+/// sequences, C1 controls) nor start a line of their own (`\r`, `\n`).
+pub fn escape_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.chars().all(|c| (' '..='~').contains(&c)) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        match c {
+            ' '..='~' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            _ => {
+                let mut b = [0u8; 4];
+                for byte in c.encode_utf8(&mut b).bytes() {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Sink for ConsoleSink {
     fn name(&self) -> String {
         self.name.clone()
@@ -132,7 +156,7 @@ impl Sink for ConsoleSink {
         };
         for e in l7 {
             for line in e.lines() {
-                writeln!(self.out, "# #{} {dir} {line}", c.id)?;
+                writeln!(self.out, "# #{} {dir} {}", c.id, escape_line(&line))?;
             }
         }
         Ok(())
@@ -157,5 +181,15 @@ mod tests {
             String::from_utf8(v).unwrap(),
             "GET / HTTP/1.1\\r\nx\\x01y\n"
         );
+    }
+
+    #[test]
+    fn decoded_lines_cannot_start_a_line_or_drive_a_terminal() {
+        let l = super::escape_line("a\x1b[2J\r\n* #77 open\u{9b}é");
+        assert_eq!(l, "a\\x1b[2J\\r\\n* #77 open\\xc2\\x9b\\xc3\\xa9");
+        assert!(matches!(
+            super::escape_line("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }
