@@ -82,6 +82,9 @@ pub enum Command {
     )]
     Serve(ServeArgs),
 
+    /// Follow live packets rule by rule: where the kernel dropped them, which rule, who wrote it.
+    Trace(crate::cmd::trace::TraceArgs),
+
     /// Internal: the lab daemon (embedded DNS and supervised services) that setup starts.
     #[command(hide = true)]
     LabDaemon(LabDaemonArgs),

@@ -16,3 +16,4 @@ pub mod output;
 pub mod proxy;
 pub mod tap;
 pub mod topology;
+pub mod trace;

@@ -16,14 +16,14 @@ use crate::netns::discover::{discover, DiscoverOptions};
 use crate::netns::{NetNs, NsId};
 use crate::output::{paint, Table};
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
 /// Ctrl-C and SIGTERM end the capture cleanly so the summary (and the pcap) are written.
-fn install_signal_handlers() {
+pub(crate) fn install_signal_handlers() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let action = SigAction::new(
         SigHandler::Handler(on_signal),

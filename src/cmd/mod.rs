@@ -11,6 +11,7 @@ pub mod serve;
 pub mod setup;
 pub mod teardown;
 pub mod topology;
+pub mod trace;
 
 use crate::cli::{Cli, Command};
 
@@ -26,6 +27,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Setup(a) => setup::run(a),
         Command::Teardown(a) => teardown::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Trace(a) => trace::run(a),
         Command::LabDaemon(a) => lab_daemon::run(a),
         Command::Proxy(a) => proxy::run(*a, cli.verbose),
         Command::Completions(a) => {

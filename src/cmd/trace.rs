@@ -1,0 +1,374 @@
+//! `nettool trace`: follow live packets of one flow through every namespace given, rule by
+//! rule (nftrace), with the kernel's drop reason and the socket that received them.
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::cmd::dns::{install_signal_handlers, STOP};
+use crate::netns::discover::{discover, DiscoverOptions};
+use crate::output::paint;
+use crate::trace::{self, Ending, Session, TraceFilter, TraceOptions, TracePoint, TracedPacket};
+
+const TRACE_HELP: &str =
+    "FILTER words all narrow the trace: PORT, tcp:PORT, udp:PORT, tcp, udp, icmp, an IPv4 or
+IPv6 address, container:NAME (traces inside that container's namespace too, and packets to or
+from its addresses). Ports and addresses match source or destination. DNAT rules whose port
+matches are followed: their target port is traced as well (--no-follow-dnat to stop that).
+
+Each packet is printed once per namespace it crossed: the rules that decided something
+(verdict, rule text, the engine that owns the chain), the hooks it reached, and how it
+ended: dropped by a rule, dropped by the kernel (skb:kfree_skb reason), delivered to a
+socket (and its process), or sent on. The kernel drop is joined by time and protocol: the
+tracepoint carries no namespace or addresses, so a busy machine can pair the wrong one
+(the JSON 'join' field says how many candidates there were).
+
+Nothing is left behind: a table 'inet nettool_trace_PID' in each namespace and a tracefs
+instance 'nettool-trace-PID' are journaled in /run/nettool/trace/ before they are made and
+removed on exit, Ctrl-C or SIGTERM, and by the next run after a SIGKILL (or --cleanup).
+Legacy iptables rules (x_tables) are invisible to nf_tables tracing: the trace says so.
+
+Examples:
+  nettool trace 8080
+  nettool trace tcp:8080 --netns nt-lab-host --netns nt-lab-web
+  nettool trace container:web 80 --count 10
+  nettool trace udp:53 --netns container:api --json --duration 30s
+  nettool trace --cleanup";
+
+/// Arguments of `trace`.
+#[derive(Debug, Args)]
+#[command(after_help = TRACE_HELP)]
+pub struct TraceArgs {
+    /// What to trace: PORT, tcp:PORT, udp:PORT, tcp|udp|icmp, ADDRESS, container:NAME.
+    #[arg(value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Trace in this namespace (repeatable: NAME, PATH, pid:N, container:NAME); default: the
+    /// current one, plus the namespace of each container:NAME filter.
+    #[arg(long, short = 'n', value_name = "TARGET")]
+    pub netns: Vec<String>,
+    /// One JSON object per packet (JSON lines), then a {"summary": ...} line.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after N packets.
+    #[arg(long, short = 'c', value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this long (e.g. 10s, 500ms, 2m).
+    #[arg(long, value_name = "TIME", value_parser = crate::cli::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Do not read kernel drop reasons (skb:kfree_skb through tracefs).
+    #[arg(long)]
+    pub no_drops: bool,
+    /// Do not add the targets of matching DNAT rules to the filter.
+    #[arg(long)]
+    pub no_follow_dnat: bool,
+    /// Only remove what dead tracers left behind (their journals say what), then exit.
+    #[arg(long, conflicts_with_all = ["filter", "netns", "count", "duration"])]
+    pub cleanup: bool,
+}
+
+/// Run `nettool trace`.
+pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
+    if args.cleanup {
+        let rec = trace::journal::recover();
+        if args.json {
+            crate::output::print_json(&rec)?;
+        } else if rec.is_empty() {
+            println!("nothing left behind by earlier traces");
+        } else {
+            for r in &rec {
+                println!(
+                    "tracer pid {}: removed {} item(s){}",
+                    r.pid,
+                    r.removed.len(),
+                    if r.failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; could not remove: {}",
+                            r.failed
+                                .iter()
+                                .map(|(_, e)| e.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    }
+                );
+            }
+        }
+        return Ok(0);
+    }
+    let (mut filter, containers) = TraceFilter::parse(&args.filter)?;
+    let mut points = Vec::new();
+    let targets: Vec<String> = if args.netns.is_empty() {
+        vec!["current".to_string()]
+    } else {
+        args.netns.clone()
+    };
+    for t in &targets {
+        points.push(TracePoint::open(t).with_context(|| format!("--netns {t}"))?);
+    }
+    for c in &containers {
+        let target = format!("container:{c}");
+        let p = TracePoint::open(&target).with_context(|| format!("filter {target}"))?;
+        // Its addresses narrow the trace in the other namespaces.
+        let addrs =
+            p.ns.run(crate::netns::links::snapshot)
+                .map_err(anyhow::Error::from)?
+                .map_err(anyhow::Error::from)?
+                .addresses;
+        filter.addrs.extend(
+            addrs
+                .into_iter()
+                .map(|a| a.address)
+                .filter(|a| !a.is_loopback() && !is_link_local(a)),
+        );
+        if !points.iter().any(|q: &TracePoint| q.ns == p.ns) {
+            points.push(p);
+        }
+    }
+    name_containers(&mut points);
+    let opts = TraceOptions {
+        filter,
+        points,
+        drops: !args.no_drops,
+        follow_dnat: !args.no_follow_dnat,
+        ..Default::default()
+    };
+    install_signal_handlers();
+    let mut session = Session::start(opts)?;
+    let mut out = std::io::stdout().lock();
+    if !args.json {
+        let f = session.filter();
+        let mut what: Vec<String> = f.ports.iter().map(|p| format!("port {p}")).collect();
+        what.extend(f.addrs.iter().map(|a| a.to_string()));
+        if let Some(p) = f.proto {
+            what.insert(0, format!("{p:?}").to_lowercase());
+        }
+        eprintln!(
+            "tracing {} in {} (Ctrl-C to stop)",
+            if what.is_empty() {
+                "every packet".to_string()
+            } else {
+                what.join(" ")
+            },
+            targets
+                .iter()
+                .chain(containers.iter())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for n in session.notes() {
+            eprintln!("note: {n}");
+        }
+    }
+    let started = Instant::now();
+    let mut printed = 0u64;
+    let mut write_err = None;
+    'outer: loop {
+        if STOP.load(Ordering::Relaxed) {
+            break;
+        }
+        if args.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        for p in session.poll(Duration::from_millis(100)) {
+            if let Err(e) = emit(&mut out, &p, args.json) {
+                write_err = Some(e);
+                break 'outer;
+            }
+            printed += 1;
+            if args.count.is_some_and(|n| printed >= n) {
+                break 'outer;
+            }
+        }
+    }
+    if write_err.is_none() && args.count.is_none_or(|n| printed < n) {
+        for p in session.drain() {
+            if args.count.is_some_and(|n| printed >= n) {
+                break;
+            }
+            if emit(&mut out, &p, args.json).is_err() {
+                break;
+            }
+            printed += 1;
+        }
+    }
+    let report = session.finish()?;
+    let summary = serde_json::json!({
+        "packets": printed,
+        "nft_overruns": report.nft_overruns,
+        "drops_lost": report.drops_lost,
+        "drops_unjoined": report.drops_unjoined,
+        "notes": report.notes,
+    });
+    if args.json {
+        let _ = writeln!(out, "{}", serde_json::json!({ "summary": summary }));
+    } else {
+        let _ = out.flush();
+        eprintln!(
+            "{printed} packet(s); trace events lost: {} overrun(s); kernel drop events lost: {}; unrelated kernel drops ignored: {}",
+            report.nft_overruns, report.drops_lost, report.drops_unjoined
+        );
+    }
+    Ok(0)
+}
+
+fn is_link_local(a: &std::net::IpAddr) -> bool {
+    match a {
+        std::net::IpAddr::V4(v) => v.is_link_local(),
+        std::net::IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Give each point the container that lives in its namespace (Docker names, through discovery).
+fn name_containers(points: &mut [TracePoint]) {
+    let all = discover(DiscoverOptions {
+        skip_interfaces: true,
+        skip_docker: false,
+    });
+    for p in points {
+        if let Some(info) = all.iter().find(|n| n.id == p.ns.id()) {
+            p.container = info
+                .containers
+                .iter()
+                .find_map(|c| c.name.clone())
+                .or_else(|| {
+                    info.containers
+                        .first()
+                        .map(|c| c.id.chars().take(12).collect())
+                });
+        }
+    }
+}
+
+fn emit(out: &mut impl Write, p: &TracedPacket, json: bool) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, p).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", render(p))?;
+    }
+    out.flush()
+}
+
+/// A packet as text: a header line, one line per rule, the ending.
+pub(crate) fn render(p: &TracedPacket) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let place = match &p.container {
+        Some(c) => format!("{} (container {c})", p.netns),
+        None => p.netns.clone(),
+    };
+    let _ = writeln!(
+        s,
+        "{} {} -> {}{}  in {}{}{}  [{}]",
+        p.proto,
+        p.src,
+        p.dst,
+        p.flags
+            .as_deref()
+            .map(|f| format!(" {f}"))
+            .unwrap_or_default(),
+        paint(&place, "1"),
+        p.iif
+            .as_deref()
+            .map(|i| format!(" iif {i}"))
+            .unwrap_or_default(),
+        if p.dont_fragment {
+            format!(" len {} DF", p.length.unwrap_or(0))
+        } else {
+            String::new()
+        },
+        p.hooks.join(" > ")
+    );
+    for h in &p.hops {
+        let what = match (h.handle, &h.rule) {
+            (Some(n), Some(r)) => format!("#{n} {r}"),
+            (Some(n), None) => format!("#{n} (rule gone from the listing)"),
+            (None, _) => format!("{:?}", h.kind).to_lowercase(),
+        };
+        let _ = writeln!(
+            s,
+            "    {:<11} {} {} {:<20} {:<12} {}{}  [{}]",
+            h.hook.as_deref().unwrap_or("?"),
+            h.family,
+            h.table,
+            h.chain,
+            h.verdict,
+            what,
+            if h.iptables_nft {
+                " (iptables-nft)"
+            } else {
+                ""
+            },
+            h.engine.as_str()
+        );
+    }
+    let end = match &p.ending {
+        Ending::DroppedByRule {
+            chain,
+            handle,
+            rule,
+            engine,
+        } => paint(
+            &format!(
+                "DROPPED by {} in {chain}{}  [{}]",
+                handle.map_or("the chain policy".to_string(), |h| format!("rule #{h}")),
+                rule.as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default(),
+                engine.as_str()
+            ),
+            "31",
+        ),
+        Ending::DroppedByKernel {
+            reason,
+            meaning,
+            location,
+        } => paint(
+            &format!(
+                "DROPPED by the kernel: {reason} at {location}{}",
+                if meaning.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({meaning})")
+                }
+            ),
+            "31",
+        ),
+        Ending::Delivered { receiver } => match receiver {
+            Some(r) => format!(
+                "delivered to socket {} {}{}",
+                r.local,
+                r.state,
+                if r.processes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of {}", r.processes.join(", "))
+                }
+            ),
+            None => "delivered to the local stack (no matching socket seen)".to_string(),
+        },
+        Ending::Sent { oif } => format!(
+            "sent out {}",
+            oif.as_deref().unwrap_or("(interface unknown)")
+        ),
+        Ending::Forwarded { oif } => format!(
+            "forwarded to {} (no postrouting chain saw it)",
+            oif.as_deref().unwrap_or("?")
+        ),
+        Ending::Vanished { after } => format!(
+            "no later hook saw it after {} and the kernel named no drop reason",
+            after.as_deref().unwrap_or("?")
+        ),
+    };
+    let _ = writeln!(s, "    => {end}");
+    if let (Some(d), Ending::DroppedByRule { .. }) = (&p.kernel_drop, &p.ending) {
+        let _ = writeln!(s, "       kernel: {} at {}", d.reason, d.location);
+    }
+    s
+}

@@ -1,0 +1,317 @@
+//! Kernel drop reasons from the skb:kfree_skb tracepoint, read through a tracefs instance of
+//! our own (the global trace buffer is never touched), filtered in the kernel.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Where tracefs is mounted (mounted there if it is empty).
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// One skb:kfree_skb event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KernelDrop {
+    /// CLOCK_MONOTONIC seconds (the instance's trace_clock is mono).
+    pub time: f64,
+    /// The drop reason, as the kernel names it (IP_RPFILTER, NO_SOCKET, ...).
+    pub reason: String,
+    /// Where in the kernel: function+offset.
+    pub location: String,
+    /// Ethertype of the packet (0x0800 IPv4, 0x86dd IPv6).
+    pub protocol: u16,
+    /// The skb address as printed (hashed by the kernel; equal only for one skb).
+    pub skbaddr: String,
+    /// The CPU that dropped it.
+    pub cpu: u32,
+    /// The task that was running (often a softirq on behalf of nobody).
+    pub task: String,
+}
+
+/// What a drop reason means for a container network, in words.
+pub fn explain_reason(reason: &str) -> &'static str {
+    match reason {
+        "NETFILTER_DROP" => "a netfilter rule dropped it",
+        "IP_RPFILTER" => "reverse path filter (rp_filter): the source is not routed back through the interface it came in on",
+        "NO_SOCKET" => "no socket listens on that port (TCP answers with a reset, UDP with port unreachable)",
+        "PKT_TOO_BIG" => "bigger than the next hop's MTU with DF set (an ICMP 'fragmentation needed' went back)",
+        "NEIGH_FAILED" => "the next hop's address did not answer ARP/ND",
+        "NEIGH_QUEUEFULL" => "too many packets waited for ARP/ND of the next hop",
+        "IP_INNOROUTES" => "no route for the packet (or forwarding is off on the way in)",
+        "IP_OUTNOROUTES" => "no route for a locally sent packet",
+        "IP_INADDRERRORS" => "the destination address is not usable here",
+        "IP_INVALID_SOURCE" => "the source address is invalid for this interface (martian)",
+        "IP_LOCAL_SOURCE" => "the source address is one of this host's own",
+        "IP_LOCALNET" => "127.0.0.0/8 arriving from outside (route_localnet is off)",
+        "OTHERHOST" => "the frame was for another host's MAC",
+        "SOCKET_RCVBUFF" => "the socket's receive buffer is full",
+        "SOCKET_BACKLOG" => "the socket's backlog is full",
+        "TCP_LISTEN_OVERFLOW" => "the listener's accept queue is full",
+        "CPU_BACKLOG" => "the CPU's input backlog is full",
+        "QDISC_DROP" => "the queueing discipline dropped it",
+        "IPV6DISABLED" => "IPv6 is disabled on the interface",
+        "TCP_CSUM" | "UDP_CSUM" | "IP_CSUM" => "bad checksum",
+        _ => "",
+    }
+}
+
+/// Mount tracefs at [`TRACEFS`] when it is not there yet.
+pub fn ensure_tracefs() -> Result<(), String> {
+    if Path::new(TRACEFS).join("instances").is_dir() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("nodev"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| {
+        format!("cannot mount tracefs at {TRACEFS}: {e} (needs root; or mount it yourself: mount -t tracefs nodev {TRACEFS})")
+    })
+}
+
+/// The numeric value of a reason name in this kernel's tracepoint format (NOT_SPECIFIED is 2
+/// on current kernels; it moved before).
+fn reason_number(format: &str, name: &str) -> Option<u32> {
+    let needle = format!("\"{name}\" }}");
+    let at = format.find(&needle)?;
+    let open = format[..at].rfind('{')?;
+    format[open + 1..at]
+        .trim()
+        .trim_end_matches(',')
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The kernel-side filter: real drops (not NOT_SPECIFIED) of IPv4/IPv6 packets.
+pub fn kernel_filter(format: &str) -> String {
+    // NOT_SPECIFIED says nothing; QUEUE_PURGE is a closing socket freeing its queue.
+    let mut parts: Vec<String> = ["NOT_SPECIFIED", "QUEUE_PURGE"]
+        .iter()
+        .filter_map(|r| reason_number(format, r))
+        .map(|n| format!("reason != {n}"))
+        .collect();
+    parts.push("(protocol == 2048 || protocol == 34525)".to_string());
+    parts.join(" && ")
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    fs::write(path, text).map_err(|e| format!("cannot write '{text}' to {}: {e}", path.display()))
+}
+
+/// Create and enable instance `name`; the caller journals its path first.
+pub fn instance_path(name: &str) -> PathBuf {
+    Path::new(TRACEFS).join("instances").join(name)
+}
+
+/// A tracefs instance of our own with skb:kfree_skb enabled and filtered.
+pub struct DropTracer {
+    path: PathBuf,
+    pipe: fs::File,
+    pending: Vec<u8>,
+    /// The filter the kernel applies.
+    pub filter: String,
+}
+
+impl DropTracer {
+    /// Create the instance at `path` (journaled by the caller), filter and enable kfree_skb.
+    pub fn start(path: &Path) -> Result<Self, String> {
+        ensure_tracefs()?;
+        let ev = Path::new(TRACEFS).join("events/skb/kfree_skb/format");
+        let format = fs::read_to_string(&ev).map_err(|e| {
+            format!(
+                "cannot read {}: {e} (this kernel has no skb:kfree_skb tracepoint; run with --no-drops)",
+                ev.display()
+            )
+        })?;
+        fs::create_dir(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let filter = kernel_filter(&format);
+        let setup = || -> Result<fs::File, String> {
+            let _ = write(&path.join("trace_clock"), "mono");
+            let _ = write(&path.join("buffer_size_kb"), "2048");
+            write(&path.join("events/skb/kfree_skb/filter"), &filter)?;
+            write(&path.join("events/skb/kfree_skb/enable"), "1")?;
+            let pipe = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags_nonblock()
+                .open(path.join("trace_pipe"))
+                .map_err(|e| format!("cannot open {}/trace_pipe: {e}", path.display()))?;
+            Ok(pipe)
+        };
+        match setup() {
+            Ok(pipe) => Ok(DropTracer {
+                path: path.to_path_buf(),
+                pipe,
+                pending: Vec::new(),
+                filter,
+            }),
+            Err(e) => {
+                let _ = remove_instance(path);
+                Err(e)
+            }
+        }
+    }
+
+    /// The trace_pipe fd (for poll).
+    pub fn raw_fd(&self) -> i32 {
+        self.pipe.as_raw_fd()
+    }
+
+    /// Read what is queued without blocking and parse whole lines.
+    pub fn read(&mut self) -> Vec<KernelDrop> {
+        let mut buf = [0u8; 65536];
+        // A bounded amount per call: the caller also has netlink sockets to serve.
+        for _ in 0..16 {
+            match self.pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.pending[start..start + nl];
+            if let Some(d) = parse_line(&String::from_utf8_lossy(line)) {
+                out.push(d);
+            }
+            start += nl + 1;
+        }
+        self.pending.drain(..start);
+        out
+    }
+
+    /// Events the kernel could not store (ring buffer overruns), summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        let mut lost = 0;
+        let Ok(dir) = fs::read_dir(self.path.join("per_cpu")) else {
+            return 0;
+        };
+        for cpu in dir.flatten() {
+            if let Ok(stats) = fs::read_to_string(cpu.path().join("stats")) {
+                for l in stats.lines() {
+                    if let Some(v) = l
+                        .strip_prefix("overrun:")
+                        .or_else(|| l.strip_prefix("dropped events:"))
+                    {
+                        lost += v.trim().parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        lost
+    }
+
+    /// Disable the event and remove the instance.
+    pub fn stop(self) -> Result<(), String> {
+        let path = self.path.clone();
+        drop(self.pipe);
+        remove_instance(&path)
+    }
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+/// Disable kfree_skb in the instance at `path` and remove it.
+pub fn remove_instance(path: &Path) -> Result<(), String> {
+    let _ = fs::write(path.join("events/skb/kfree_skb/enable"), "0");
+    let _ = fs::write(path.join("events/skb/kfree_skb/filter"), "0");
+    // Removal can race a reader that is just closing: try a few times.
+    let mut last = String::new();
+    for _ in 0..20 {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(format!(
+        "cannot remove tracefs instance {}: {last} (rmdir it by hand)",
+        path.display()
+    ))
+}
+
+/// Parse one trace_pipe line:
+/// `  <idle>-0  [001] ..s2. 1234.567890: kfree_skb: skbaddr=... rx_sk=... protocol=2048 location=ip_rcv_finish_core+0x1a/0x3c0 reason: IP_RPFILTER`
+pub fn parse_line(line: &str) -> Option<KernelDrop> {
+    let (head, body) = line.split_once(": kfree_skb: ")?;
+    let head = head.trim();
+    let lb = head.find('[')?;
+    let rb = head[lb..].find(']')? + lb;
+    let task = head[..lb].trim().to_string();
+    let cpu = head[lb + 1..rb].trim().parse().ok()?;
+    let time = head.rsplit(' ').next()?.parse::<f64>().ok()?;
+    let field = |k: &str| {
+        body.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(str::to_string)
+    };
+    let reason = body
+        .split("reason: ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    Some(KernelDrop {
+        time,
+        reason,
+        location: field("location=").unwrap_or_default(),
+        protocol: field("protocol=").and_then(|p| p.parse().ok()).unwrap_or(0),
+        skbaddr: field("skbaddr=").unwrap_or_default(),
+        cpu,
+        task,
+    })
+}
+
+/// CLOCK_MONOTONIC now, in seconds (what the instance's "mono" trace clock stamps).
+pub fn mono_now() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_trace_pipe_line() {
+        let l = "          <idle>-0       [001] ..s2. 12345.678901: kfree_skb: skbaddr=00000000a1b2c3d4 rx_sk=0000000000000000 protocol=2048 location=ip_rcv_finish_core+0x1a/0x3c0 reason: IP_RPFILTER\n";
+        let d = parse_line(l).unwrap();
+        assert_eq!(d.reason, "IP_RPFILTER");
+        assert_eq!(d.protocol, 2048);
+        assert_eq!(d.location, "ip_rcv_finish_core+0x1a/0x3c0");
+        assert_eq!(d.cpu, 1);
+        assert!((d.time - 12345.678901).abs() < 1e-6);
+        assert!(parse_line("garbage").is_none());
+        assert!(parse_line(": kfree_skb: reason: X").is_none());
+    }
+
+    #[test]
+    fn filter_names_the_number_of_not_specified() {
+        let f = r#"print fmt: "...", __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 3, "NO_SOCKET" })"#;
+        assert_eq!(
+            kernel_filter(f),
+            "reason != 2 && (protocol == 2048 || protocol == 34525)"
+        );
+    }
+}

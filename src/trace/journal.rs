@@ -1,0 +1,201 @@
+//! What a trace adds to the machine, written down BEFORE it is added, so that a later run can
+//! remove it when this one died without cleaning up (SIGKILL, a crash, a power cut of the shell).
+//!
+//! One JSON file per tracer process: /run/nettool/trace/PID.json.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::netns::NetNs;
+
+/// Where trace journals live.
+pub const JOURNAL_DIR: &str = "/run/nettool/trace";
+
+/// One thing a trace added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Item {
+    /// An nft table in a namespace.
+    NftTable {
+        /// The namespace file it was opened from.
+        ns_path: PathBuf,
+        /// The namespace's inode (to find it again, or to know it is gone).
+        ns_inode: u64,
+        /// Table family.
+        family: String,
+        /// Table name.
+        name: String,
+    },
+    /// A tracefs instance directory (instances/NAME).
+    TracefsInstance {
+        /// Its path.
+        path: PathBuf,
+    },
+}
+
+/// The journal of one tracer process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    /// The tracer's pid.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (/proc/PID/stat field 22): tells pid reuse apart.
+    pub start_ticks: u64,
+    /// Everything added, in order.
+    pub items: Vec<Item>,
+    #[serde(skip)]
+    path: PathBuf,
+}
+
+/// Start time of `pid` in clock ticks since boot, from /proc/PID/stat.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Journal {
+    /// A new, empty journal for this process (written on the first [`Journal::record`]).
+    pub fn new() -> Self {
+        let pid = std::process::id();
+        Journal {
+            pid,
+            start_ticks: start_ticks(pid).unwrap_or(0),
+            items: Vec::new(),
+            path: Path::new(JOURNAL_DIR).join(format!("{pid}.json")),
+        }
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write `item` down (file synced) before the caller creates it.
+    pub fn record(&mut self, item: Item) -> std::io::Result<()> {
+        self.items.push(item);
+        self.write()
+    }
+
+    fn write(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(JOURNAL_DIR)?;
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+
+    /// Everything has been removed: forget the journal.
+    pub fn finish(&mut self) {
+        self.items.clear();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Undo one item; Ok(true) when it was there and is gone, Ok(false) when it was already gone.
+pub fn undo(item: &Item) -> Result<bool, String> {
+    match item {
+        Item::NftTable {
+            ns_path,
+            ns_inode,
+            family,
+            name,
+        } => {
+            let Some(ns) = find_namespace(ns_path, *ns_inode) else {
+                // The namespace is gone, and its tables with it.
+                return Ok(false);
+            };
+            match super::ruleset::run_nft(&ns, &["delete", "table", family, name], None) {
+                Ok(_) => Ok(true),
+                Err(e) if e.contains("No such file") || e.contains("does not exist") => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Item::TracefsInstance { path } => {
+            if !path.exists() {
+                return Ok(false);
+            }
+            super::drops::remove_instance(path).map(|_| true)
+        }
+    }
+}
+
+/// The namespace with this inode: at `path` if that still is it, else found by discovery.
+fn find_namespace(path: &Path, inode: u64) -> Option<NetNs> {
+    if let Ok(ns) = NetNs::from_path(path) {
+        if ns.id().inode == inode {
+            return Some(ns);
+        }
+    }
+    let all = crate::netns::discover::discover(crate::netns::discover::DiscoverOptions {
+        skip_interfaces: true,
+        skip_docker: true,
+    });
+    all.into_iter()
+        .find(|n| n.id.inode == inode)
+        .and_then(|n| n.open().ok())
+}
+
+/// What [`recover`] did with the journal of a dead tracer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovered {
+    /// The dead tracer's pid.
+    pub pid: u32,
+    /// Items that were still there and have been removed.
+    pub removed: Vec<Item>,
+    /// Items that could not be removed, with the reason (the journal is kept).
+    pub failed: Vec<(Item, String)>,
+}
+
+/// Remove what dead tracers left behind (their journals say what). Live tracers are left alone.
+pub fn recover() -> Vec<Recovered> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(JOURNAL_DIR) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(j) = serde_json::from_str::<Journal>(&text) else {
+            continue;
+        };
+        if j.pid == std::process::id() {
+            continue;
+        }
+        if start_ticks(j.pid).is_some_and(|t| t == j.start_ticks) {
+            continue; // still running
+        }
+        let mut rec = Recovered {
+            pid: j.pid,
+            removed: Vec::new(),
+            failed: Vec::new(),
+        };
+        for item in j.items.iter().rev() {
+            match undo(item) {
+                Ok(true) => rec.removed.push(item.clone()),
+                Ok(false) => {}
+                Err(e) => rec.failed.push((item.clone(), e)),
+            }
+        }
+        if rec.failed.is_empty() {
+            let _ = std::fs::remove_file(&path);
+        }
+        out.push(rec);
+    }
+    out
+}

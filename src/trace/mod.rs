@@ -1,0 +1,1210 @@
+//! Live evidence of what the kernel did with packets of one flow: every nf_tables rule verdict
+//! (nftrace, iptables-nft rules included), the kernel's drop reason (skb:kfree_skb) and the
+//! socket that received it, per namespace.
+//!
+//! A [`Session`] narrows tracing in the kernel to the asked flows: a table of our own in each
+//! traced namespace sets `meta nftrace` only for matching packets (it never changes a verdict),
+//! and a tracefs instance of our own filters kfree_skb. Both are journaled before they are
+//! made ([`journal`]) and removed on drop, and by the next run after a SIGKILL.
+//! [`run_around`] is the library entry for callers with their own probe (doctor).
+
+pub mod drops;
+pub mod journal;
+pub mod nftrace;
+pub mod ruleset;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::netns::NetNs;
+use drops::{DropTracer, KernelDrop};
+use journal::{Item, Journal};
+use nftrace::{NftTrace, TraceKind, TraceSocket};
+use ruleset::{Engine, RuleIndex};
+
+/// What went wrong setting up or running a trace.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// A filter word could not be understood.
+    #[error("trace filter '{word}': {why}")]
+    Filter {
+        /// The word.
+        word: String,
+        /// What was expected.
+        why: String,
+    },
+    /// A namespace could not be opened or entered.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    /// nft, tracefs, netlink or the journal failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Layer-4 protocol of a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4 {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+}
+
+/// The flows to trace: packets whose protocol, port and address match (empty = any).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TraceFilter {
+    /// Protocol, or None for any.
+    pub proto: Option<L4>,
+    /// Ports (source or destination).
+    pub ports: BTreeSet<u16>,
+    /// Addresses (source or destination).
+    pub addrs: BTreeSet<IpAddr>,
+}
+
+impl TraceFilter {
+    /// Parse filter words: PORT, tcp, udp, icmp, tcp:PORT, udp:PORT, an IPv4/IPv6 address.
+    /// `container:NAME` words are returned apart (the caller resolves them to namespaces).
+    pub fn parse(words: &[String]) -> Result<(TraceFilter, Vec<String>), TraceError> {
+        let mut f = TraceFilter::default();
+        let mut containers = Vec::new();
+        for w in words {
+            let bad = |why: &str| TraceError::Filter {
+                word: w.clone(),
+                why: why.to_string(),
+            };
+            if let Some(c) = w.strip_prefix("container:") {
+                if c.is_empty() {
+                    return Err(bad("container: needs a name, e.g. container:web"));
+                }
+                containers.push(c.to_string());
+                continue;
+            }
+            let (proto, rest) = match w.split_once(':') {
+                Some((p @ ("tcp" | "udp"), r)) => (Some(p), Some(r)),
+                _ => match w.as_str() {
+                    "tcp" | "udp" | "icmp" => (Some(w.as_str()), None),
+                    _ => (None, Some(w.as_str())),
+                },
+            };
+            if let Some(p) = proto {
+                let l4 = match p {
+                    "tcp" => L4::Tcp,
+                    "udp" => L4::Udp,
+                    _ => L4::Icmp,
+                };
+                if f.proto.is_some_and(|old| old != l4) {
+                    return Err(bad("one protocol per trace (tcp, udp or icmp)"));
+                }
+                f.proto = Some(l4);
+            }
+            if let Some(r) = rest {
+                if let Ok(port) = r.parse::<u16>() {
+                    if port == 0 {
+                        return Err(bad("port 0 cannot be traced"));
+                    }
+                    f.ports.insert(port);
+                } else if let Ok(a) = r.trim_matches(['[', ']']).parse::<IpAddr>() {
+                    if proto.is_some() {
+                        return Err(bad("write the protocol and the address as two words"));
+                    }
+                    f.addrs.insert(a);
+                } else {
+                    return Err(bad(
+                        "expected PORT, tcp:PORT, udp:PORT, tcp, udp, icmp, an IP address or container:NAME",
+                    ));
+                }
+            }
+        }
+        if f.proto == Some(L4::Icmp) && !f.ports.is_empty() {
+            return Err(TraceError::Filter {
+                word: "icmp".into(),
+                why: "ICMP has no ports".into(),
+            });
+        }
+        Ok((f, containers))
+    }
+
+    /// The nft rules (one per line) that set nftrace on matching packets, both directions.
+    pub fn nft_rules(&self) -> Vec<String> {
+        let set = |items: Vec<String>| {
+            if items.len() == 1 {
+                items[0].clone()
+            } else {
+                format!("{{ {} }}", items.join(", "))
+            }
+        };
+        let l4 = match self.proto {
+            Some(L4::Tcp) => "meta l4proto tcp ".to_string(),
+            Some(L4::Udp) => "meta l4proto udp ".to_string(),
+            Some(L4::Icmp) => "meta l4proto { icmp, ipv6-icmp } ".to_string(),
+            None if !self.ports.is_empty() => "meta l4proto { tcp, udp, sctp } ".to_string(),
+            None => String::new(),
+        };
+        let ports = set(self.ports.iter().map(u16::to_string).collect());
+        let v4: Vec<String> = self
+            .addrs
+            .iter()
+            .filter(|a| a.is_ipv4())
+            .map(ToString::to_string)
+            .collect();
+        let v6: Vec<String> = self
+            .addrs
+            .iter()
+            .filter(|a| a.is_ipv6())
+            .map(ToString::to_string)
+            .collect();
+        let mut rules = Vec::new();
+        for (dir, pdir) in [("daddr", "dport"), ("saddr", "sport")] {
+            let port = if self.ports.is_empty() {
+                String::new()
+            } else {
+                format!("th {pdir} {ports} ")
+            };
+            if self.addrs.is_empty() {
+                if dir == "saddr" && port.is_empty() {
+                    // No address and no port: one rule matches everything.
+                    continue;
+                }
+                rules.push(format!("{l4}{port}meta nftrace set 1"));
+                continue;
+            }
+            if !v4.is_empty() {
+                rules.push(format!(
+                    "ip {dir} {} {l4}{port}meta nftrace set 1",
+                    set(v4.clone())
+                ));
+            }
+            if !v6.is_empty() {
+                rules.push(format!(
+                    "ip6 {dir} {} {l4}{port}meta nftrace set 1",
+                    set(v6.clone())
+                ));
+            }
+        }
+        rules
+    }
+}
+
+/// Name of the nft table a tracer process adds (one per process: tracers can run side by side).
+pub fn table_name() -> String {
+    format!("nettool_trace_{}", std::process::id())
+}
+
+/// Tables of ours (any tracer process): their events are milestones, not rules to show.
+fn is_our_table(name: &str) -> bool {
+    name.starts_with("nettool_trace")
+}
+
+/// The `nft -f` text of the trace table: mark matching packets before anything else runs
+/// (priority -350, before raw at -300), and an empty chain after everything else on every later
+/// hook so the trace says which hooks a packet reached. No rule here has a verdict.
+pub fn table_text(name: &str, rules: &[String]) -> String {
+    let marks = rules
+        .iter()
+        .map(|r| format!("\t\t{r}\n"))
+        .collect::<String>();
+    format!(
+        "table inet {name} {{\n\
+         \tchain pre {{\n\t\ttype filter hook prerouting priority -350; policy accept;\n{marks}\t}}\n\
+         \tchain out {{\n\t\ttype filter hook output priority -350; policy accept;\n{marks}\t}}\n\
+         \tchain input_end {{\n\t\ttype filter hook input priority 1000; policy accept;\n\t}}\n\
+         \tchain forward_end {{\n\t\ttype filter hook forward priority 1000; policy accept;\n\t}}\n\
+         \tchain postrouting_end {{\n\t\ttype filter hook postrouting priority 1000; policy accept;\n\t}}\n\
+         }}\n"
+    )
+}
+
+/// A namespace to trace in, and how to name it.
+#[derive(Debug, Clone)]
+pub struct TracePoint {
+    /// The namespace.
+    pub ns: NetNs,
+    /// Its name for people (the TARGET, a lab container's namespace name, container:NAME).
+    pub name: String,
+    /// The container that lives there, when one does.
+    pub container: Option<String>,
+}
+
+impl TracePoint {
+    /// Open TARGET and find the container that uses it (Docker names, through discovery).
+    pub fn open(target: &str) -> Result<Self, TraceError> {
+        let ns = NetNs::open(target)?;
+        Ok(TracePoint {
+            name: target.to_string(),
+            container: None,
+            ns,
+        })
+    }
+}
+
+/// How to trace.
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    /// Which packets.
+    pub filter: TraceFilter,
+    /// Where (every namespace the flow passes that should be traced).
+    pub points: Vec<TracePoint>,
+    /// Also read kernel drop reasons (skb:kfree_skb).
+    pub drops: bool,
+    /// Add the targets of DNAT rules that match the filter's ports (so the flow is followed
+    /// into the container, where its port is the container port).
+    pub follow_dnat: bool,
+    /// A packet is complete when no event came for it this long.
+    pub settle: Duration,
+}
+
+impl Default for TraceOptions {
+    fn default() -> Self {
+        TraceOptions {
+            filter: TraceFilter::default(),
+            points: Vec::new(),
+            drops: true,
+            follow_dnat: true,
+            settle: Duration::from_millis(200),
+        }
+    }
+}
+
+/// One rule (or chain end) a packet met.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    /// The hook (prerouting, input, forward, output, postrouting), from the base chain.
+    pub hook: Option<String>,
+    /// Table family (ip, ip6, inet...).
+    pub family: String,
+    /// Table.
+    pub table: String,
+    /// Chain.
+    pub chain: String,
+    /// rule, return or policy.
+    pub kind: TraceKind,
+    /// The rule handle.
+    pub handle: Option<u64>,
+    /// The rule as nft lists it (None when it changed or vanished since).
+    pub rule: Option<String>,
+    /// The table is iptables-nft's (the rule was written with iptables).
+    pub iptables_nft: bool,
+    /// The verdict: accept, drop, continue, jump CHAIN, return...
+    pub verdict: String,
+    /// Who wrote the chain.
+    pub engine: Engine,
+}
+
+/// A socket that received the packet, and its processes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Receiver {
+    /// Local address of the socket.
+    pub local: String,
+    /// TCP state or UDP.
+    pub state: String,
+    /// Processes holding it, "comm[pid]".
+    pub processes: Vec<String>,
+}
+
+/// How a packet's walk through one namespace ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "end", rename_all = "snake_case")]
+pub enum Ending {
+    /// A rule (or a chain policy) dropped it.
+    DroppedByRule {
+        /// family table chain.
+        chain: String,
+        /// Rule handle (None: the policy).
+        handle: Option<u64>,
+        /// The rule text.
+        rule: Option<String>,
+        /// Who wrote it.
+        engine: Engine,
+    },
+    /// The kernel dropped it outside the rules.
+    DroppedByKernel {
+        /// The drop reason.
+        reason: String,
+        /// What the reason means.
+        meaning: String,
+        /// Function+offset.
+        location: String,
+    },
+    /// It passed input: handed to the local stack (and this socket, when one matches).
+    Delivered {
+        /// The socket, when one listens or is connected for it.
+        receiver: Option<Receiver>,
+    },
+    /// It passed postrouting: left through this interface (to the next namespace).
+    Sent {
+        /// Output interface.
+        oif: Option<String>,
+    },
+    /// It passed forward but no postrouting was seen (left, or was dropped between).
+    Forwarded {
+        /// Output interface.
+        oif: Option<String>,
+    },
+    /// No later hook saw it and the kernel named no reason within the join window.
+    Vanished {
+        /// The last hook seen.
+        after: Option<String>,
+    },
+}
+
+/// One packet's walk through one namespace.
+#[derive(Debug, Clone, Serialize)]
+pub struct TracedPacket {
+    /// CLOCK_MONOTONIC seconds when its first event was read.
+    pub time: f64,
+    /// The kernel's trace id (per packet per namespace).
+    pub trace_id: String,
+    /// The namespace, as named to the tracer.
+    pub netns: String,
+    /// The container there, when known.
+    pub container: Option<String>,
+    /// ipv4 or ipv6.
+    pub family: String,
+    /// tcp, udp, icmp, icmpv6 or a number.
+    pub proto: String,
+    /// Source address[:port].
+    pub src: String,
+    /// Destination address[:port].
+    pub dst: String,
+    /// TCP flags (SYN, SYN-ACK, RST...).
+    pub flags: Option<String>,
+    /// IP length in bytes.
+    pub length: Option<u32>,
+    /// The DF bit of an IPv4 packet.
+    pub dont_fragment: bool,
+    /// Input interface.
+    pub iif: Option<String>,
+    /// Output interface (last seen).
+    pub oif: Option<String>,
+    /// The hooks the packet reached, in order.
+    pub hooks: Vec<String>,
+    /// The rules (of other tables than ours) that decided something.
+    pub hops: Vec<Hop>,
+    /// How it ended.
+    #[serde(flatten)]
+    pub ending: Ending,
+    /// The kfree_skb event joined to this packet (by time and protocol: see `join`).
+    pub kernel_drop: Option<KernelDrop>,
+    /// How the kernel drop was joined, in words.
+    pub join: Option<String>,
+}
+
+/// What a whole trace saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TraceReport {
+    /// Every packet, in the order they completed.
+    pub packets: Vec<TracedPacket>,
+    /// Trace events the kernel could not queue (netlink ENOBUFS, counted once per overrun).
+    pub nft_overruns: u64,
+    /// kfree_skb events lost in the ring buffer.
+    pub drops_lost: u64,
+    /// kfree_skb events that matched no traced packet (other traffic on the machine).
+    pub drops_unjoined: u64,
+    /// Notes for the reader (legacy iptables rules that tracing cannot see, ...).
+    pub notes: Vec<String>,
+    /// What the filter was after DNAT targets were added.
+    pub filter: TraceFilter,
+}
+
+struct PointState {
+    point: TracePoint,
+    socket: TraceSocket,
+    rules: RuleIndex,
+    rules_loaded: Instant,
+    ifnames: HashMap<u32, String>,
+}
+
+struct OpenPacket {
+    point: usize,
+    first: f64,
+    last: f64,
+    events: Vec<NftTrace>,
+}
+
+/// A running trace. Dropping it removes everything it added.
+pub struct Session {
+    journal: Journal,
+    points: Vec<PointState>,
+    drops: Option<DropTracer>,
+    open: HashMap<(usize, u32), OpenPacket>,
+    order: Vec<(usize, u32)>,
+    /// Packets ended by a new pass with the same id, waiting for the next flush.
+    closed: Vec<OpenPacket>,
+    pending_drops: Vec<KernelDrop>,
+    settle: f64,
+    report: TraceReport,
+    buf: Vec<u8>,
+    cleaned: bool,
+}
+
+/// How long before/after a packet's events a kernel drop is joined to it.
+const JOIN_BEFORE: f64 = 0.05;
+const JOIN_AFTER: f64 = 0.15;
+
+fn ifnames(ns: &NetNs) -> HashMap<u32, String> {
+    ns.run(|| {
+        crate::netns::links::snapshot()
+            .map(|s| s.links.into_iter().map(|l| (l.index, l.name)).collect())
+            .unwrap_or_default()
+    })
+    .unwrap_or_default()
+}
+
+/// Ports and addresses that DNAT rules matching `f` rewrite to, in `ns`.
+fn dnat_targets(ns: &NetNs, f: &TraceFilter) -> (BTreeSet<u16>, BTreeSet<IpAddr>) {
+    use crate::nat::model::{Action, Cond, Dir};
+    let (mut ports, mut addrs) = (BTreeSet::new(), BTreeSet::new());
+    let Ok(rs) = crate::nat::load_live(ns) else {
+        return (ports, addrs);
+    };
+    for t in &rs.tables {
+        for c in &t.chains {
+            for r in &c.rules {
+                let Action::Dnat { to } = &r.action else {
+                    continue;
+                };
+                let port_hit = r.matches.iter().any(|m| {
+                    !m.negated
+                        && matches!(&m.cond, Cond::Port { dir: Dir::Dst, ports: ps }
+                            if ps.iter().any(|p| f.ports.iter().any(|&q| p.contains(q))))
+                });
+                let addr_hit = r.matches.iter().any(|m| {
+                    !m.negated
+                        && matches!(&m.cond, Cond::Addr { dir: Dir::Dst, net }
+                            if f.addrs.iter().any(|a| net.contains(a)))
+                });
+                if (!f.ports.is_empty() && port_hit) || (f.ports.is_empty() && addr_hit) {
+                    if let Some(p) = &to.ports {
+                        if p.to.saturating_sub(p.from) < 64 {
+                            ports.extend(p.from..=p.to);
+                        }
+                    }
+                    if let Some(a) = to.addr {
+                        addrs.insert(a);
+                    }
+                }
+            }
+        }
+    }
+    (ports, addrs)
+}
+
+impl Session {
+    /// Journal, then add the trace tables and the tracefs instance, and start reading.
+    pub fn start(mut opts: TraceOptions) -> Result<Session, TraceError> {
+        if opts.points.is_empty() {
+            return Err(TraceError::Setup(
+                "no namespace to trace in (give --netns or container:NAME)".into(),
+            ));
+        }
+        // Whatever a dead tracer left behind goes first.
+        journal::recover();
+        let mut notes = Vec::new();
+        if opts.follow_dnat {
+            let mut extra = TraceFilter::default();
+            for p in &opts.points {
+                let (ports, addrs) = dnat_targets(&p.ns, &opts.filter);
+                extra.ports.extend(ports);
+                if !opts.filter.addrs.is_empty() {
+                    extra.addrs.extend(addrs);
+                }
+            }
+            let new_ports: Vec<_> = extra
+                .ports
+                .difference(&opts.filter.ports)
+                .copied()
+                .collect();
+            let new_addrs: Vec<_> = extra
+                .addrs
+                .difference(&opts.filter.addrs)
+                .copied()
+                .collect();
+            if !new_ports.is_empty() || !new_addrs.is_empty() {
+                notes.push(format!(
+                    "following DNAT: also tracing {}",
+                    new_ports
+                        .iter()
+                        .map(|p| format!("port {p}"))
+                        .chain(new_addrs.iter().map(|a| a.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            opts.filter.ports.extend(extra.ports);
+            opts.filter.addrs.extend(extra.addrs);
+        }
+        let name = table_name();
+        let text = table_text(&name, &opts.filter.nft_rules());
+        let mut s = Session {
+            journal: Journal::new(),
+            points: Vec::new(),
+            drops: None,
+            open: HashMap::new(),
+            order: Vec::new(),
+            closed: Vec::new(),
+            pending_drops: Vec::new(),
+            settle: opts.settle.as_secs_f64(),
+            report: TraceReport {
+                filter: opts.filter.clone(),
+                notes,
+                ..Default::default()
+            },
+            buf: vec![0; 1 << 18],
+            cleaned: false,
+        };
+        for p in opts.points {
+            for legacy in ruleset::legacy_tables_with_rules(&p.ns) {
+                s.report.notes.push(format!(
+                    "{}: {legacy} holds legacy iptables rules; nf_tables tracing cannot see them (their drops still show as kernel drop NETFILTER_DROP)",
+                    p.name
+                ));
+            }
+            // The socket first, so no event of the first packet is missed.
+            let socket = p.ns.run(TraceSocket::open)?.map_err(|e| {
+                TraceError::Setup(format!("nftrace netlink socket in {}: {e}", p.name))
+            })?;
+            s.journal
+                .record(Item::NftTable {
+                    ns_path: p.ns.path().to_path_buf(),
+                    ns_inode: p.ns.id().inode,
+                    family: "inet".into(),
+                    name: name.clone(),
+                })
+                .map_err(|e| {
+                    TraceError::Setup(format!(
+                        "cannot write the trace journal {}: {e}",
+                        s.journal.path().display()
+                    ))
+                })?;
+            ruleset::run_nft(&p.ns, &["-f", "-"], Some(&text)).map_err(TraceError::Setup)?;
+            let rules = ruleset::load(&p.ns).map_err(TraceError::Setup)?;
+            let ifn = ifnames(&p.ns);
+            s.points.push(PointState {
+                point: p,
+                socket,
+                rules,
+                rules_loaded: Instant::now(),
+                ifnames: ifn,
+            });
+        }
+        if opts.drops {
+            let path = drops::instance_path(&format!("nettool-trace-{}", std::process::id()));
+            s.journal
+                .record(Item::TracefsInstance { path: path.clone() })
+                .map_err(|e| TraceError::Setup(format!("trace journal: {e}")))?;
+            s.drops = Some(DropTracer::start(&path).map_err(TraceError::Setup)?);
+        }
+        Ok(s)
+    }
+
+    /// The journal file of this session (for tests and messages).
+    pub fn journal_path(&self) -> &std::path::Path {
+        self.journal.path()
+    }
+
+    /// The filter in force (after DNAT targets were added).
+    pub fn filter(&self) -> &TraceFilter {
+        &self.report.filter
+    }
+
+    /// Notes gathered at start (legacy iptables, DNAT targets added).
+    pub fn notes(&self) -> &[String] {
+        &self.report.notes
+    }
+
+    /// Wait up to `timeout` for events; return the packets that completed.
+    pub fn poll(&mut self, timeout: Duration) -> Vec<TracedPacket> {
+        let mut fds: Vec<libc::pollfd> = self
+            .points
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.socket.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        if let Some(d) = &self.drops {
+            fds.push(libc::pollfd {
+                fd: d.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: fds is a valid array of pollfd for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        self.read_all();
+        self.flush(false)
+    }
+
+    fn read_all(&mut self) {
+        for i in 0..self.points.len() {
+            loop {
+                let now = drops::mono_now();
+                match self.points[i].socket.read(&mut self.buf) {
+                    Ok(Some(n)) => {
+                        for t in nftrace::decode_datagram(&self.buf[..n]) {
+                            let key = (i, t.id);
+                            // The id is a hash of the skb address: a later packet can reuse it.
+                            // Our marking rule is the first event of every pass, so it starts
+                            // a new packet when one with this id is still open.
+                            let starts_pass = is_our_table(&t.table)
+                                && matches!(t.chain.as_str(), "pre" | "out")
+                                && t.kind == Some(TraceKind::Rule)
+                                && t.rule_handle.is_some();
+                            if starts_pass {
+                                if let Some(old) = self.open.remove(&key) {
+                                    self.order.retain(|k| *k != key);
+                                    self.closed.push(old);
+                                }
+                            }
+                            let e = self.open.entry(key).or_insert_with(|| OpenPacket {
+                                point: i,
+                                first: now,
+                                last: now,
+                                events: Vec::new(),
+                            });
+                            if e.events.is_empty() {
+                                self.order.push(key);
+                            }
+                            e.last = now;
+                            e.events.push(t);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        self.report.nft_overruns += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(d) = &mut self.drops {
+            self.pending_drops.extend(d.read());
+        }
+    }
+
+    /// Complete the packets that settled (all of them with `all`), join drops, forget old drops.
+    fn flush(&mut self, all: bool) -> Vec<TracedPacket> {
+        let now = drops::mono_now();
+        let mut done = Vec::new();
+        let mut keep = Vec::new();
+        // Closed packets wait for the join window like open ones.
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed)
+            .into_iter()
+            .partition(|p| all || now - p.last >= self.settle);
+        self.closed = waiting;
+        done.extend(ready);
+        for key in std::mem::take(&mut self.order) {
+            let ready = self
+                .open
+                .get(&key)
+                .is_some_and(|p| all || now - p.last >= self.settle);
+            if ready {
+                if let Some(p) = self.open.remove(&key) {
+                    done.push(p);
+                }
+            } else if self.open.contains_key(&key) {
+                keep.push(key);
+            }
+        }
+        self.order = keep;
+        let mut out = Vec::new();
+        for p in done {
+            let pkt = self.finish_packet(p);
+            out.push(pkt);
+        }
+        // Drops older than every open packet can no longer be joined.
+        let oldest_open = self
+            .open
+            .values()
+            .map(|p| p.first)
+            .fold(f64::INFINITY, f64::min);
+        let horizon = (now - self.settle - JOIN_AFTER).min(oldest_open - JOIN_BEFORE);
+        let before = self.pending_drops.len();
+        self.pending_drops.retain(|d| d.time >= horizon);
+        self.report.drops_unjoined += (before - self.pending_drops.len()) as u64;
+        if all {
+            self.report.drops_unjoined += self.pending_drops.len() as u64;
+            self.pending_drops.clear();
+        }
+        self.report.packets.extend(out.iter().cloned());
+        out
+    }
+
+    fn finish_packet(&mut self, p: OpenPacket) -> TracedPacket {
+        let point = &mut self.points[p.point];
+        // A rule added after start: read the rule set again (at most once a second).
+        let missing = p.events.iter().any(|e| {
+            e.rule_handle.is_some_and(|h| {
+                !is_our_table(&e.table)
+                    && point
+                        .rules
+                        .rule(family_name(e.family), &e.table, &e.chain, h)
+                        .is_none()
+            })
+        });
+        if missing && point.rules_loaded.elapsed() > Duration::from_secs(1) {
+            if let Ok(r) = ruleset::load(&point.point.ns) {
+                point.rules = r;
+            }
+            point.rules_loaded = Instant::now();
+        }
+        let first = &p.events[0];
+        let header = p
+            .events
+            .iter()
+            .find(|e| !e.network_header.is_empty())
+            .map(|e| parse_headers(&e.network_header, &e.transport_header))
+            .unwrap_or_default();
+        let name = |i: Option<u32>| {
+            i.map(|i| {
+                point
+                    .ifnames
+                    .get(&i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("if{i}"))
+            })
+        };
+        let iif = name(p.events.iter().find_map(|e| e.iif));
+        let oif = name(p.events.iter().rev().find_map(|e| e.oif));
+        let mut hooks: Vec<String> = Vec::new();
+        let mut hops = Vec::new();
+        let mut current_hook: Option<String> = None;
+        let mut dropped: Option<Ending> = None;
+        for e in &p.events {
+            let fam = family_name(e.family);
+            if let Some(h) = point.rules.hook(fam, &e.table, &e.chain) {
+                current_hook = Some(h.to_string());
+            } else if is_our_table(&e.table) {
+                current_hook = Some(
+                    match e.chain.as_str() {
+                        "pre" => "prerouting",
+                        "out" => "output",
+                        "input_end" => "input",
+                        "forward_end" => "forward",
+                        "postrouting_end" => "postrouting",
+                        other => other,
+                    }
+                    .to_string(),
+                );
+            }
+            if let Some(h) = &current_hook {
+                if hooks.last() != Some(h) {
+                    hooks.push(h.clone());
+                }
+            }
+            if is_our_table(&e.table) {
+                continue;
+            }
+            // A "rule" event without a handle is the fall-through at a chain's end: no news.
+            if e.kind == Some(TraceKind::Rule) && e.rule_handle.is_none() && e.verdict == Some(-1) {
+                continue;
+            }
+            let rule = e
+                .rule_handle
+                .and_then(|h| point.rules.rule(fam, &e.table, &e.chain, h));
+            let verdict = e.verdict_word().unwrap_or_else(|| "?".into());
+            let engine = ruleset::engine_of(&e.table, &e.chain);
+            if verdict == "drop" && dropped.is_none() {
+                dropped = Some(Ending::DroppedByRule {
+                    chain: format!("{fam} {} {}", e.table, e.chain),
+                    handle: e.rule_handle,
+                    rule: rule.map(|r| r.text.clone()),
+                    engine,
+                });
+            }
+            hops.push(Hop {
+                hook: current_hook.clone(),
+                family: fam.to_string(),
+                table: e.table.clone(),
+                chain: e.chain.clone(),
+                kind: e.kind.unwrap_or(TraceKind::Other),
+                handle: e.rule_handle,
+                rule: rule.map(|r| r.text.clone()),
+                iptables_nft: rule.is_some_and(|r| r.iptables_nft),
+                verdict,
+                engine,
+            });
+        }
+        // Join a kernel drop: the same protocol, between just before the first event and a
+        // little after the last (the tracepoint carries no namespace and no tuple).
+        let ethertype = if header.family == "ipv6" {
+            0x86dd
+        } else {
+            0x0800
+        };
+        let candidates: Vec<usize> = self
+            .pending_drops
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| {
+                stage_fits(&d.reason, &hooks, dropped.is_some())
+                    && d.protocol == ethertype
+                    && d.time >= p.first - JOIN_BEFORE
+                    && d.time <= p.last + JOIN_AFTER
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let pick = candidates.iter().copied().min_by(|&a, &b| {
+            let da = (self.pending_drops[a].time - p.last).abs();
+            let db = (self.pending_drops[b].time - p.last).abs();
+            da.total_cmp(&db)
+        });
+        let (kernel_drop, join) = match pick {
+            Some(i) => {
+                let d = self.pending_drops.remove(i);
+                let join = format!(
+                    "kfree_skb {:+.1} ms from the packet's last trace event, same protocol; {} candidate(s) in the window (the tracepoint carries no namespace or addresses)",
+                    (d.time - p.last) * 1000.0,
+                    candidates.len()
+                );
+                (Some(d), Some(join))
+            }
+            None => (None, None),
+        };
+        let last_hook = hooks.last().cloned();
+        let ending = if let Some(d) = dropped {
+            d
+        } else if let Some(d) = &kernel_drop {
+            Ending::DroppedByKernel {
+                reason: d.reason.clone(),
+                meaning: drops::explain_reason(&d.reason).to_string(),
+                location: d.location.clone(),
+            }
+        } else {
+            match last_hook.as_deref() {
+                Some("input") => Ending::Delivered {
+                    receiver: receiver(&point.point.ns, &header),
+                },
+                Some("postrouting") => Ending::Sent { oif: oif.clone() },
+                Some("forward") => Ending::Forwarded { oif: oif.clone() },
+                _ => Ending::Vanished { after: last_hook },
+            }
+        };
+        TracedPacket {
+            time: p.first,
+            trace_id: format!("{:08x}", first.id),
+            netns: point.point.name.clone(),
+            container: point.point.container.clone(),
+            family: header.family,
+            proto: header.proto,
+            src: header.src,
+            dst: header.dst,
+            flags: header.flags,
+            length: header.length,
+            dont_fragment: header.df,
+            iif,
+            oif,
+            hooks,
+            hops,
+            ending,
+            kernel_drop,
+            join,
+        }
+    }
+
+    /// Complete every open packet and return them (for the end of a trace).
+    pub fn drain(&mut self) -> Vec<TracedPacket> {
+        // Events may still be queued for the last packet: read once more after a short wait.
+        std::thread::sleep(Duration::from_millis(50));
+        self.read_all();
+        self.flush(true)
+    }
+
+    /// Stop: complete open packets, remove everything added, return the whole report.
+    pub fn finish(mut self) -> Result<TraceReport, TraceError> {
+        self.drain();
+        if let Some(d) = &self.drops {
+            self.report.drops_lost = d.lost();
+        }
+        let errs = self.cleanup();
+        let report = std::mem::take(&mut self.report);
+        if errs.is_empty() {
+            Ok(report)
+        } else {
+            Err(TraceError::Setup(errs.join("; ")))
+        }
+    }
+
+    fn cleanup(&mut self) -> Vec<String> {
+        if self.cleaned {
+            return Vec::new();
+        }
+        self.cleaned = true;
+        let mut errs = Vec::new();
+        if let Some(d) = self.drops.take() {
+            if let Err(e) = d.stop() {
+                errs.push(e);
+            }
+        }
+        let name = table_name();
+        for p in &self.points {
+            if let Err(e) = ruleset::run_nft(&p.point.ns, &["delete", "table", "inet", &name], None)
+            {
+                if !e.contains("No such file") {
+                    errs.push(e);
+                }
+            }
+        }
+        if errs.is_empty() {
+            self.journal.finish();
+        }
+        errs
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.cleanup();
+    }
+}
+
+/// Trace `opts` while `f` runs (a probe, a test's traffic), then return f's value and what
+/// was seen. The trace tables are in place before `f` starts and removed after it ends.
+pub fn run_around<T: Send>(
+    opts: TraceOptions,
+    f: impl FnOnce() -> T + Send,
+) -> Result<(T, TraceReport), TraceError> {
+    let settle = opts.settle;
+    let mut s = Session::start(opts)?;
+    // f runs on another thread so events are read while it waits on the network.
+    let value = std::thread::scope(|scope| {
+        let h = scope.spawn(f);
+        while !h.is_finished() {
+            s.poll(Duration::from_millis(50));
+        }
+        h.join()
+    })
+    .map_err(|_| TraceError::Setup("the traced closure panicked".into()))?;
+    let until = Instant::now() + settle;
+    while Instant::now() < until {
+        s.poll(Duration::from_millis(50));
+    }
+    Ok((value, s.finish()?))
+}
+
+/// Can a drop with `reason` have happened to a packet that reached `hooks` (and was or was not
+/// dropped by a rule)? Where the kernel drops for a reason fixes what the packet can have
+/// reached: this keeps a drop from being joined to another packet of the same flow.
+fn stage_fits(reason: &str, hooks: &[String], rule_dropped: bool) -> bool {
+    let reached = |h: &str| hooks.iter().any(|x| x == h);
+    let after_routing = reached("input") || reached("forward");
+    match reason {
+        "NETFILTER_DROP" => rule_dropped,
+        "QUEUE_PURGE" => false,
+        _ if rule_dropped => false,
+        // Decided by the input route lookup, before input/forward.
+        "IP_RPFILTER" | "IP_INNOROUTES" | "IP_INADDRERRORS" | "IP_INVALID_SOURCE"
+        | "IP_LOCAL_SOURCE" | "IP_LOCALNET" | "IP_INVALID_DEST" | "OTHERHOST" | "IP_CSUM"
+        | "IP_INHDR" | "PKT_TOO_BIG" => !after_routing && !reached("postrouting"),
+        // Decided by the transport layer after input.
+        r if r.starts_with("TCP_") || r.starts_with("SOCKET_") || r == "NO_SOCKET" => {
+            reached("input")
+        }
+        // Neighbour and queueing drops come after postrouting.
+        r if r.starts_with("NEIGH_") || r.starts_with("QDISC_") => reached("postrouting"),
+        _ => true,
+    }
+}
+
+fn family_name(f: u8) -> &'static str {
+    match f {
+        1 => "inet",
+        2 => "ip",
+        3 => "arp",
+        5 => "netdev",
+        7 => "bridge",
+        10 => "ip6",
+        _ => "unknown",
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Headers {
+    family: String,
+    proto: String,
+    src: String,
+    dst: String,
+    dst_ip: Option<IpAddr>,
+    dst_port: Option<u16>,
+    flags: Option<String>,
+    length: Option<u32>,
+    df: bool,
+}
+
+fn tcp_flags(b: u8) -> String {
+    let mut f = Vec::new();
+    for (bit, name) in [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+    ] {
+        if b & bit != 0 {
+            f.push(name);
+        }
+    }
+    f.join("|")
+}
+
+/// Addresses, protocol and ports from the headers the kernel copied into the trace.
+fn parse_headers(net: &[u8], transport: &[u8]) -> Headers {
+    let mut h = Headers::default();
+    let Some(&b0) = net.first() else {
+        return h;
+    };
+    let (src, dst, proto, l4off): (IpAddr, IpAddr, u8, usize) = match b0 >> 4 {
+        4 if net.len() >= 20 => {
+            let ihl = ((b0 & 0xf) as usize) * 4;
+            h.family = "ipv4".into();
+            h.length = Some(u16::from_be_bytes([net[2], net[3]]) as u32);
+            h.df = net[6] & 0x40 != 0;
+            let s: [u8; 4] = net[12..16].try_into().unwrap_or([0; 4]);
+            let d: [u8; 4] = net[16..20].try_into().unwrap_or([0; 4]);
+            (s.into(), d.into(), net[9], ihl)
+        }
+        6 if net.len() >= 40 => {
+            h.family = "ipv6".into();
+            h.length = Some(u16::from_be_bytes([net[4], net[5]]) as u32 + 40);
+            let s: [u8; 16] = net[8..24].try_into().unwrap_or([0; 16]);
+            let d: [u8; 16] = net[24..40].try_into().unwrap_or([0; 16]);
+            (s.into(), d.into(), net[6], 40)
+        }
+        _ => return h,
+    };
+    h.proto = match proto {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    };
+    let l4: &[u8] = if transport.len() >= 4 {
+        transport
+    } else {
+        net.get(l4off..).unwrap_or(&[])
+    };
+    let ports = matches!(proto, 6 | 17 | 132) && l4.len() >= 4;
+    let fmt = |a: IpAddr, p: Option<u16>| match (a, p) {
+        (IpAddr::V6(v6), Some(p)) => format!("[{v6}]:{p}"),
+        (a, Some(p)) => format!("{a}:{p}"),
+        (a, None) => a.to_string(),
+    };
+    let (sp, dp) = if ports {
+        (
+            Some(u16::from_be_bytes([l4[0], l4[1]])),
+            Some(u16::from_be_bytes([l4[2], l4[3]])),
+        )
+    } else {
+        (None, None)
+    };
+    if proto == 6 && l4.len() >= 14 {
+        h.flags = Some(tcp_flags(l4[13]));
+    }
+    if matches!(proto, 1 | 58) && l4.len() >= 2 {
+        h.flags = Some(format!("type {} code {}", l4[0], l4[1]));
+    }
+    h.src = fmt(src, sp);
+    h.dst = fmt(dst, dp);
+    h.dst_ip = Some(dst);
+    h.dst_port = dp;
+    h
+}
+
+/// The socket in `ns` that a delivered packet went to: a connected socket for the exact pair,
+/// else a listener on the port.
+fn receiver(ns: &NetNs, h: &Headers) -> Option<Receiver> {
+    use crate::netns::sockets::{self, Proto, Which};
+    let (ip, port) = (h.dst_ip?, h.dst_port?);
+    let want = match h.proto.as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        _ => return None,
+    };
+    let socks = ns.run(|| sockets::list(Which::All)).ok()?.ok()?;
+    let hit = socks
+        .iter()
+        .filter(|s| s.proto == want && s.local.port() == port)
+        .filter(|s| s.local.ip() == ip || sockets::is_wildcard(&s.local.ip()))
+        .min_by_key(|s| (s.is_listening(), s.owners.is_empty()))?;
+    Some(Receiver {
+        local: hit.local.to_string(),
+        state: hit.state.clone(),
+        processes: hit
+            .owners
+            .iter()
+            .map(|o| format!("{}[{}]", o.comm, o.pid))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn filter_words() {
+        let (f, c) = TraceFilter::parse(&words("tcp:8080 10.0.0.2 container:web")).unwrap();
+        assert_eq!(f.proto, Some(L4::Tcp));
+        assert!(f.ports.contains(&8080));
+        assert!(f.addrs.contains(&"10.0.0.2".parse().unwrap()));
+        assert_eq!(c, vec!["web".to_string()]);
+        assert!(TraceFilter::parse(&words("tcp:x")).is_err());
+        assert!(TraceFilter::parse(&words("tcp udp")).is_err());
+        assert!(TraceFilter::parse(&words("icmp 80")).is_err());
+        assert!(TraceFilter::parse(&words("0")).is_err());
+    }
+
+    #[test]
+    fn nft_rules_match_both_directions() {
+        let (f, _) = TraceFilter::parse(&words("tcp:8080 80")).unwrap();
+        assert_eq!(
+            f.nft_rules(),
+            vec![
+                "meta l4proto tcp th dport { 80, 8080 } meta nftrace set 1",
+                "meta l4proto tcp th sport { 80, 8080 } meta nftrace set 1"
+            ]
+        );
+        let (f, _) = TraceFilter::parse(&words("10.1.1.1 fd00::1 53")).unwrap();
+        let r = f.nft_rules();
+        assert!(r.contains(
+            &"ip daddr 10.1.1.1 meta l4proto { tcp, udp, sctp } th dport 53 meta nftrace set 1"
+                .to_string()
+        ));
+        assert!(r.contains(
+            &"ip6 saddr fd00::1 meta l4proto { tcp, udp, sctp } th sport 53 meta nftrace set 1"
+                .to_string()
+        ));
+        assert_eq!(
+            TraceFilter::default().nft_rules(),
+            vec!["meta nftrace set 1"]
+        );
+    }
+
+    #[test]
+    fn headers_of_a_syn() {
+        let mut ip = vec![
+            0x45, 0, 0, 60, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip.extend_from_slice(&[0xc2, 0x50, 0x1f, 0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02]);
+        let h = parse_headers(&ip, &[]);
+        assert_eq!(h.src, "10.0.0.1:49744");
+        assert_eq!(h.dst, "10.0.0.2:8080");
+        assert_eq!(h.flags.as_deref(), Some("SYN"));
+        assert!(h.df);
+        assert_eq!(parse_headers(&[0x45, 1], &[]).src, "");
+    }
+}
