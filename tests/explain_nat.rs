@@ -1337,3 +1337,72 @@ fn live_ip6tables_rules_are_read_from_a_namespace() {
     ]);
     assert!(out.contains("-> [fd00:6::2]:80"), "{out}");
 }
+
+// ---------------------------------------------------------------- --rules in words, counters
+
+#[test]
+fn rules_listing_is_in_words() {
+    let f = write_tmp(
+        "words",
+        "*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -i eth0 -j MARK --xor-mark 0x4000\n-A PREROUTING -i eth1 -j MARK --or-mark 0x2\nCOMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n",
+    );
+    let out = nettool_ok(&["explain-nat", "-f", &f, "--rules"]);
+    let _ = std::fs::remove_file(&f);
+    assert!(!out.contains(" { "), "Rust debug text in: {out}");
+    assert!(
+        out.contains("flip bits 0x4000 of the mark (XOR, --xor-mark)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("set bits 0x2 of the mark (OR, --or-mark)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("MASQUERADE: source becomes the outgoing interface's address"),
+        "{out}"
+    );
+}
+
+#[test]
+fn kube_source_limits_say_only_once() {
+    let Some(rs) = shared("k8s-TestTracePacket.iptables-save") else {
+        return;
+    };
+    let s = explain::summarize(&rs);
+    for p in &s.published {
+        for e in &p.entries {
+            assert!(e.from.matches("only").count() <= 1, "{}", e.from);
+        }
+    }
+}
+
+#[test]
+fn live_rules_show_their_counters() {
+    let ns = TestNs::new("natcnt");
+    ns.ip(&["link", "set", "lo", "up"]);
+    sh(&[
+        "ip", "netns", "exec", &ns.name, "iptables", "-A", "INPUT", "-i", "lo", "-p", "udp",
+        "--dport", "9", "-j", "ACCEPT",
+    ]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo x | socat -u - UDP:127.0.0.1:9; done",
+    ]);
+    let j = nettool_json(&["explain-nat", "--netns", &ns.name, "--rules", "--json"]);
+    let hit = j["ruleset"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["chains"].as_array().unwrap())
+        .flat_map(|c| c["rules"].as_array().unwrap())
+        .find(|r| r["text"].as_str().unwrap_or("").contains("--dport 9"))
+        .expect("the udp rule");
+    assert!(hit["counters"][0].as_u64().unwrap() >= 3, "{hit}");
+    let out = nettool_ok(&["explain-nat", "--netns", &ns.name, "--rules"]);
+    assert!(out.contains("packets      bytes"), "{out}");
+}

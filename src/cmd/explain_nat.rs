@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::ExplainNatArgs;
 use crate::nat::explain::{self, describe_match, Summary};
-use crate::nat::model::{Action, Ruleset};
+use crate::nat::model::Ruleset;
 use crate::nat::walk::{self, LocalFacts, Packet, RouteFact, Walk, WalkOptions};
 use crate::nat::{self};
 use crate::netns::NetNs;
@@ -228,8 +228,12 @@ pub fn render_summary(s: &Summary) -> String {
     for p in &s.published {
         o.push_str(&format!("  {}\n", p.sentence));
         for t in &p.targets {
+            let hits = t
+                .counters
+                .map(|[p, b]| format!(" ({p} packets, {b} bytes so far)"))
+                .unwrap_or_default();
             o.push_str(&format!(
-                "      -> {} {}\n",
+                "      -> {} {}{hits}\n",
                 t.to,
                 at(&t.table, &t.chain, t.line)
             ));
@@ -365,6 +369,15 @@ pub fn render_summary(s: &Summary) -> String {
 pub fn render_rules(rs: &Ruleset) -> String {
     let mut o = String::from("\n");
     o.push_str(&paint("Rules\n", "1"));
+    if rs
+        .tables
+        .iter()
+        .flat_map(|t| &t.chains)
+        .flat_map(|c| &c.rules)
+        .any(|r| r.counters.is_some())
+    {
+        o.push_str("     line   packets      bytes  rule\n");
+    }
     for t in &rs.tables {
         for c in &t.chains {
             let base = c
@@ -382,15 +395,13 @@ pub fn render_rules(rs: &Ruleset) -> String {
             ));
             for r in &c.rules {
                 let conds: Vec<String> = r.matches.iter().map(describe_match).collect();
-                let act = match &r.action {
-                    Action::Jump { chain } => format!("jump {chain}"),
-                    Action::Goto { chain } => format!("goto {chain}"),
-                    Action::Dnat { to } => format!("DNAT to {}", to.text),
-                    Action::Snat { to } => format!("SNAT to {}", to.text),
-                    other => format!("{other:?}"),
-                };
+                let act = explain::describe_action(&r.action);
+                let counters = r
+                    .counters
+                    .map(|[p, b]| format!("{p:>8} {b:>10}  "))
+                    .unwrap_or_default();
                 o.push_str(&format!(
-                    "    {:>5}  {}{act}\n",
+                    "    {:>5}  {counters}{}{act}\n",
                     r.line,
                     if conds.is_empty() {
                         String::new()

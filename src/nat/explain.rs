@@ -92,6 +92,8 @@ pub struct Target {
     pub shadowed: bool,
     /// The other DNAT rule that took the walked packets instead, when one did.
     pub shadowed_by: Option<RuleRef>,
+    /// The DNAT rule's [packets, bytes] counters, when the rules were read with them (live).
+    pub counters: Option<[u64; 2]>,
 }
 
 /// A port (or address) that destination NAT sends somewhere else.
@@ -309,6 +311,75 @@ pub fn describe_match(m: &Match) -> String {
         Cond::Probability { p } => format!("with probability {p:.4}"),
         Cond::Nth { every, packet } => format!("every {every}th packet (offset {packet})"),
         Cond::Unknown { text } => format!("{not}{text} (unknown: may or may not match)"),
+    }
+}
+
+/// Plain-word description of what a rule does (`--rules`), never Rust debug text.
+pub fn describe_action(a: &Action) -> String {
+    let ports = |p: &Option<PortRange>| p.map(|p| format!(", ports {p}")).unwrap_or_default();
+    match a {
+        Action::None => "no target: only counts the packet".into(),
+        Action::Accept => "ACCEPT".into(),
+        Action::Drop => "DROP".into(),
+        Action::Reject { with } => match with {
+            Some(w) => format!("REJECT (answering {w})"),
+            None => "REJECT".into(),
+        },
+        Action::Return => "RETURN to the calling chain".into(),
+        Action::Jump { chain } => format!("jump to {chain}"),
+        Action::Goto { chain } => format!("go to {chain} (no return here)"),
+        Action::Dnat { to } => format!("DNAT: destination becomes {}", to.text),
+        Action::Snat { to } => format!("SNAT: source becomes {}", to.text),
+        Action::Masquerade { ports: p } => format!(
+            "MASQUERADE: source becomes the outgoing interface's address{}",
+            ports(p)
+        ),
+        Action::Redirect { ports: p } => format!(
+            "REDIRECT: destination becomes this host (the incoming interface's address){}",
+            ports(p)
+        ),
+        Action::Mark { value, mask } => describe_mark(*value, *mask),
+        Action::Log { prefix } => match prefix {
+            Some(p) => format!("LOG with prefix \"{p}\", then go on"),
+            None => "LOG, then go on".into(),
+        },
+        Action::Vmap { key, entries } => {
+            let k = match key {
+                VmapKey::InIface => "the incoming interface",
+                VmapKey::OutIface => "the outgoing interface",
+                VmapKey::Random => "a random number (load balancing)",
+                VmapKey::Other => "a key nettool cannot evaluate",
+            };
+            let list: Vec<String> = entries
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", describe_action(v)))
+                .collect();
+            format!("verdict map on {k}: {}", list.join("; "))
+        }
+        Action::Other { text, terminal } => format!(
+            "{text} (not modelled{})",
+            if *terminal { "; ends evaluation" } else { "" }
+        ),
+    }
+}
+
+/// MARK in words: mark = (mark & ~mask) ^ value, named after the option that wrote it.
+fn describe_mark(value: u32, mask: u32) -> String {
+    if mask == 0 {
+        format!("MARK: flip bits {value:#x} of the mark (XOR, --xor-mark), then go on")
+    } else if mask == u32::MAX {
+        format!("MARK: set the mark to {value:#x}, then go on")
+    } else if value == mask {
+        format!("MARK: set bits {value:#x} of the mark (OR, --or-mark), then go on")
+    } else if value == 0 {
+        format!(
+            "MARK: clear bits {mask:#x} of the mark (AND, --and-mark {:#x}), then go on",
+            !mask
+        )
+    } else {
+        format!(
+            "MARK: mark = (mark & ~{mask:#x}) ^ {value:#x} (--set-xmark {value:#x}/{mask:#x}), then go on"
+        )
     }
 }
 
@@ -798,6 +869,7 @@ impl<'a> Walker<'a> {
             port,
             shadowed: false,
             shadowed_by: None,
+            counters: rule.counters,
         };
         let p = self.published.entry(key.clone()).or_insert_with(|| {
             self.order.push(key.clone());
@@ -996,6 +1068,16 @@ fn from_words(hook: Hook, stack: &[Frame], vmap: Option<&str>) -> String {
     let mut seen = HashSet::new();
     parts.retain(|p| seen.insert(p.clone()));
     let restricted = parts.iter().any(|p| p.starts_with("only"));
+    // One "only" for the lot: "only from 10.0.0.0/8 via eth0", never "only ... only".
+    let mut said_only = false;
+    for p in parts.iter_mut() {
+        if let Some(rest) = p.strip_prefix("only ") {
+            if said_only {
+                *p = rest.to_string();
+            }
+            said_only = true;
+        }
+    }
     let base = match (hook, restricted) {
         (Hook::Output, _) => "from this host itself",
         (_, true) => "arriving",

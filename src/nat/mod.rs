@@ -276,14 +276,15 @@ pub fn load_live(ns: &NetNs) -> Result<Ruleset, NatError> {
     };
     let mut why = Vec::new();
     let mut any = false;
-    let nft_save = capture(ns, &["iptables-nft-save"]);
-    let legacy_save = capture(ns, &["iptables-legacy-save"]);
+    // -c: every rule's packet/byte counters, so the user sees which rules traffic really hits.
+    let nft_save = capture(ns, &["iptables-nft-save", "-c"]);
+    let legacy_save = capture(ns, &["iptables-legacy-save", "-c"]);
     let (nft_text, legacy_text) = match (&nft_save, &legacy_save) {
         (Err(a), Err(b)) => {
             why.push(a.clone());
             why.push(b.clone());
             // Old systems: only plain iptables-save.
-            match capture(ns, &["iptables-save"]) {
+            match capture(ns, &["iptables-save", "-c"]) {
                 Ok(t) => (Some(t), None),
                 Err(e) => {
                     why.push(e);
@@ -324,7 +325,7 @@ pub fn load_live(ns: &NetNs) -> Result<Ruleset, NatError> {
         ("ip6tables-nft", "ip6tables-nft-save"),
         ("ip6tables-legacy", "ip6tables-legacy-save"),
     ] {
-        match capture(ns, &[argv]) {
+        match capture(ns, &[argv, "-c"]) {
             Ok(t) if has_rules(&t) => {
                 any = true;
                 let mut part = iptables::parse_save_family(&t, "ip6");
