@@ -5,8 +5,11 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
+
+use serde_json::Value;
 
 /// The stand-in API server, stopped on drop.
 struct FakeApi {
@@ -298,4 +301,100 @@ fn plugin_argument_errors_are_usage_errors_that_say_what_to_do() {
     let help = api.plugin(&["--help"]);
     assert!(help.status.success());
     assert!(text(&help).contains("kubectl nettool worker-1 -- doctor 30080"));
+}
+
+/// A cgroup made like the kubelet's (cgroupfs driver), removed on drop.
+struct KubeletCgroup {
+    dir: PathBuf,
+}
+
+impl KubeletCgroup {
+    /// `/sys/fs/cgroup/pids/kubepods/besteffort/pod<uid>/<container id>` with `pid` moved in.
+    fn new(pod_uid: &str, container_id: &str, pid: u32) -> Self {
+        let dir = Path::new("/sys/fs/cgroup/pids/kubepods/besteffort")
+            .join(format!("pod{pod_uid}"))
+            .join(container_id);
+        std::fs::create_dir_all(&dir).expect("make a cgroup (cgroup v1 pids controller)");
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        KubeletCgroup { dir }
+    }
+}
+
+impl Drop for KubeletCgroup {
+    fn drop(&mut self) {
+        // Move whatever is left back to the root, then remove the leaf and its empty parents.
+        if let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for p in procs.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/pids/cgroup.procs", p);
+            }
+        }
+        let mut d = Some(self.dir.as_path());
+        while let Some(dir) = d {
+            if dir == Path::new("/sys/fs/cgroup/pids") || std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+            d = dir.parent();
+        }
+    }
+}
+
+#[test]
+fn pods_on_a_node_are_named_pod_namespace_name_from_the_kubelets_log_links() {
+    let ns = common::TestNs::new("kubepod");
+    let sleeper = ns.spawn(&["sleep", "300"]);
+    // `ip netns exec` execs sleep: the child's pid is sleep's.
+    let pid = sleeper.pid();
+    let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
+    let uid = format!("{}-1111-2222-3333-444455556666", std::process::id());
+    let _cg = KubeletCgroup::new(&uid.replace('-', "_"), &id, pid);
+    let logs = std::env::temp_dir().join(common::unique("kubelogs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join(format!("shop-7d9f_web_nginx-{id}.log")), "").unwrap();
+
+    let list = |env_logs: &Path| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .args(["netns", "list", "--json"])
+            .env("NETTOOL_KUBE_LOG_DIR", env_logs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let ino = std::fs::metadata(ns.path()).unwrap().ino();
+    let entry = |v: &Value| -> Value {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"]["inode"] == ino)
+            .cloned()
+            .unwrap()
+    };
+    let named = entry(&list(&logs));
+    let c = &named["containers"][0];
+    assert_eq!(c["id"], id.as_str(), "{named:#}");
+    assert_eq!(c["name"], "nginx", "{named:#}");
+    assert_eq!(c["engine"], "kubernetes", "{named:#}");
+    assert_eq!(c["pod"], "web/shop-7d9f", "{named:#}");
+
+    let table = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(["netns", "list"])
+        .env("NETTOOL_KUBE_LOG_DIR", &logs)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let row = String::from_utf8_lossy(&table.stdout)
+        .lines()
+        .find(|l| l.contains(&ns.name))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.contains("nginx (kubernetes pod web/shop-7d9f)"),
+        "{row}"
+    );
+
+    // Without the kubelet's links the same namespace is only a cgroup id.
+    let empty = std::env::temp_dir().join(common::unique("kubelogs-none"));
+    let bare = entry(&list(&empty));
+    assert_eq!(bare["containers"][0]["name"], Value::Null, "{bare:#}");
+    let _ = std::fs::remove_dir_all(&logs);
 }

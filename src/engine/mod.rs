@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod cni;
 pub mod docker;
+pub mod kube;
 pub mod lab;
 pub mod podman;
 
@@ -32,6 +33,8 @@ pub enum EngineKind {
     Cni,
     /// A nettool lab (`nettool setup`), from its state file.
     Lab,
+    /// A Kubernetes pod's container on a node, from the kubelet's log links.
+    Kubernetes,
 }
 
 impl EngineKind {
@@ -42,6 +45,7 @@ impl EngineKind {
             EngineKind::Podman => "podman",
             EngineKind::Cni => "cni",
             EngineKind::Lab => "nettool",
+            EngineKind::Kubernetes => "kubectl",
         }
     }
 }
@@ -53,6 +57,7 @@ impl fmt::Display for EngineKind {
             EngineKind::Podman => "podman",
             EngineKind::Cni => "cni",
             EngineKind::Lab => "lab",
+            EngineKind::Kubernetes => "kubernetes",
         })
     }
 }
@@ -210,6 +215,13 @@ impl Container {
                 "its CNI result is cached but the namespace is gone; run the plugin chain's DEL then ADD again for container id {}",
                 self.id
             )),
+            (_, EngineKind::Kubernetes) => self.pod.as_ref().and_then(|p| p.split_once('/')).map(
+                |(ns, pod)| {
+                    format!(
+                        "the kubelet restarts it as the pod's restartPolicy says: `kubectl -n {ns} describe pod {pod}` tells why it stopped"
+                    )
+                },
+            ),
             (_, EngineKind::Lab) => self
                 .project
                 .as_ref()
@@ -277,6 +289,11 @@ impl Intent {
         }
         cni::read_into(Path::new(cni::RESULTS_DIR), &mut intent);
         lab::read_into(&mut intent);
+        let kube_logs = std::env::var_os("NETTOOL_KUBE_LOG_DIR");
+        kube::read_into(
+            Path::new(kube_logs.as_deref().unwrap_or(kube::LOG_DIR.as_ref())),
+            &mut intent,
+        );
         intent.fill_netns_inodes();
         intent
     }

@@ -77,6 +77,9 @@ impl NamespaceInfo {
             .iter()
             .find(|c| c.engine.is_some() && c.engine != Some(EngineKind::Lab));
         if let Some(c) = engine_container {
+            if let (Some(EngineKind::Kubernetes), Some(pod)) = (c.engine, &c.pod) {
+                return format!("pod:{pod}");
+            }
             return format!("container:{}", c.short_name());
         }
         if let Some(n) = self.names.first() {
