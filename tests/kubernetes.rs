@@ -208,8 +208,8 @@ fn debug_node_creates_a_privileged_root_pod_in_the_host_namespaces_running_netto
         })
         .collect();
     assert!(
-        env.contains(&("NETTOOL_NODE".into(), "worker-1".into())),
-        "{env:?}"
+        env.contains(&("NETTOOL_HOST_ROOT".into(), "/host".into())),
+        "nettool looks for the node's files where kubectl debug mounts them: {env:?}"
     );
 }
 
@@ -397,4 +397,59 @@ fn pods_on_a_node_are_named_pod_namespace_name_from_the_kubelets_log_links() {
     let bare = entry(&list(&empty));
     assert_eq!(bare["containers"][0]["name"], Value::Null, "{bare:#}");
     let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// A bind mount, unmounted on drop.
+struct Bind(PathBuf);
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn with_the_hosts_root_mounted_elsewhere_named_namespaces_and_pods_are_found_there() {
+    // What `kubectl debug node` gives: the node's / at /host, the container's own /run.
+    let ns = common::TestNs::new("hostroot");
+    let root = std::env::temp_dir().join(common::unique("hostroot"));
+    let netns_dir = root.join("run/netns");
+    std::fs::create_dir_all(&netns_dir).unwrap();
+    let name = format!("node-ns-{}", std::process::id());
+    std::fs::write(netns_dir.join(&name), "").unwrap();
+    common::sh(&[
+        "mount",
+        "--bind",
+        &ns.path(),
+        netns_dir.join(&name).to_str().unwrap(),
+    ]);
+    let bind = Bind(netns_dir.join(&name));
+    let logs = root.join("var/log/containers");
+    std::fs::create_dir_all(&logs).unwrap();
+
+    let run = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .args(args)
+            .env("NETTOOL_HOST_ROOT", &root)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["netns", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ino = std::fs::metadata(ns.path()).unwrap().ino();
+    let e = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"]["inode"] == ino)
+        .unwrap_or_else(|| panic!("{list:#}"));
+    // Only the name it has under the host root: /run/netns of this process is not the host's.
+    assert_eq!(e["names"], serde_json::json!([name]), "{e:#}");
+    let inspect = run(&["netns", "inspect", &name]);
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    assert!(text(&inspect).contains("lo"), "{}", text(&inspect));
+    drop(bind);
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -173,13 +173,17 @@ fn endpoints_from(
     };
     match docker_host.and_then(|h| h.strip_prefix("unix://")) {
         Some(p) => add(PathBuf::from(p), EngineKind::Docker, true),
-        None => add(PathBuf::from(DEFAULT_SOCKET), EngineKind::Docker, false),
+        None => add(
+            crate::netns::host_path(DEFAULT_SOCKET),
+            EngineKind::Docker,
+            false,
+        ),
     }
     match container_host.and_then(|h| h.strip_prefix("unix://")) {
         Some(p) => add(PathBuf::from(p), EngineKind::Podman, true),
         None => {
             add(
-                PathBuf::from(podman::ROOTFUL_SOCKET),
+                crate::netns::host_path(podman::ROOTFUL_SOCKET),
                 EngineKind::Podman,
                 false,
             );

@@ -16,7 +16,7 @@ pub mod podman;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -287,13 +287,11 @@ impl Intent {
         for ep in docker::endpoints() {
             docker::read_into(&ep, &mut intent);
         }
-        cni::read_into(Path::new(cni::RESULTS_DIR), &mut intent);
+        cni::read_into(&crate::netns::host_path(cni::RESULTS_DIR), &mut intent);
         lab::read_into(&mut intent);
-        let kube_logs = std::env::var_os("NETTOOL_KUBE_LOG_DIR");
-        kube::read_into(
-            Path::new(kube_logs.as_deref().unwrap_or(kube::LOG_DIR.as_ref())),
-            &mut intent,
-        );
+        let kube_logs = std::env::var_os("NETTOOL_KUBE_LOG_DIR").map(PathBuf::from);
+        let kube_logs = kube_logs.unwrap_or_else(|| crate::netns::host_path(kube::LOG_DIR));
+        kube::read_into(&kube_logs, &mut intent);
         intent.fill_netns_inodes();
         intent
     }

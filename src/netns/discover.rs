@@ -140,7 +140,11 @@ pub fn discover(opts: DiscoverOptions) -> Vec<NamespaceInfo> {
 pub fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<NamespaceInfo> {
     let mut found: BTreeMap<NsId, Found> = BTreeMap::new();
 
-    for (dir, prefix) in [(NETNS_RUN_DIR, ""), (DOCKER_NETNS_DIR, "docker/")] {
+    let named_dirs = [
+        (super::host_path(NETNS_RUN_DIR), ""),
+        (super::host_path(DOCKER_NETNS_DIR), "docker/"),
+    ];
+    for (dir, prefix) in &named_dirs {
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
                 let p = e.path();
@@ -201,7 +205,7 @@ pub fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<NamespaceInf
             }
             if let Some(id) = id_of(&mp) {
                 let f = found.entry(id).or_default();
-                let named = mp.starts_with(NETNS_RUN_DIR) || mp.starts_with(DOCKER_NETNS_DIR);
+                let named = named_dirs.iter().any(|(d, _)| mp.starts_with(d));
                 if !named && !f.mounts.contains(&mp) {
                     f.mounts.push(mp.clone());
                 }

@@ -28,6 +28,26 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// Where dockerd keeps its container namespaces.
 pub const DOCKER_NETNS_DIR: &str = "/run/docker/netns";
 
+/// A host file as this process can reach it: `NETTOOL_HOST_ROOT` (the host's / mounted inside
+/// a container, as `kubectl debug node` does at /host) joined with `path`, else `path` itself.
+/// Used for what the host keeps on disk (named namespaces, engine sockets, CNI's cache, the
+/// kubelet's logs); namespaces of processes come from /proc, which a host-pid container shares.
+pub fn host_path(path: &str) -> PathBuf {
+    host_path_under(
+        std::env::var_os("NETTOOL_HOST_ROOT")
+            .as_deref()
+            .map(Path::new),
+        path,
+    )
+}
+
+fn host_path_under(root: Option<&Path>, path: &str) -> PathBuf {
+    match root.filter(|r| !r.as_os_str().is_empty() && *r != Path::new("/")) {
+        Some(r) => r.join(path.trim_start_matches('/')),
+        None => PathBuf::from(path),
+    }
+}
+
 /// The identity of a namespace: the (st_dev, st_ino) of its nsfs file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NsId {
@@ -176,7 +196,7 @@ impl NetNs {
                 tried: vec!["a namespace name cannot be empty or contain '/'".into()],
             });
         }
-        Self::from_path(Path::new(NETNS_RUN_DIR).join(name)).map(|n| n.with_label(name))
+        Self::from_path(host_path(NETNS_RUN_DIR).join(name)).map(|n| n.with_label(name))
     }
 
     /// A container's namespace by name or id prefix: Docker, Podman, CNI (by container id)
@@ -385,4 +405,27 @@ fn asked_text(intent: &crate::engine::Intent) -> String {
         })
         .collect();
     format!("asked {}", parts.join("; "))
+}
+
+#[cfg(test)]
+mod host_root_tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_go_under_the_host_root_when_one_is_set() {
+        let host = Some(Path::new("/host"));
+        assert_eq!(
+            host_path_under(host, "/run/netns"),
+            Path::new("/host/run/netns")
+        );
+        assert_eq!(host_path_under(None, "/run/netns"), Path::new("/run/netns"));
+        assert_eq!(
+            host_path_under(Some(Path::new("/")), "/run/netns"),
+            Path::new("/run/netns")
+        );
+        assert_eq!(
+            host_path_under(Some(Path::new("")), "/run/netns"),
+            Path::new("/run/netns")
+        );
+    }
 }
