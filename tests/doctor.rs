@@ -1042,3 +1042,435 @@ fn a_saved_snapshot_replays_to_the_same_report_without_root_or_live_reads() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A real dockerd (Docker's defaults: userland proxy on) in a host namespace with an uplink to
+// an "outside" namespace: the faults users bring, broken the way users break them.
+// ---------------------------------------------------------------------------------------------
+
+/// dockerd in `d.ns` (uplink up0 192.0.2.1/24, default route via the outside namespace at
+/// 192.0.2.2), image nt-busybox; fixes that keep running are kept until drop.
+struct DockerHost {
+    d: common::docker::Dockerd,
+    outside: TestNs,
+    fixes: Vec<ChildGuard>,
+}
+
+impl DockerHost {
+    fn new(tag: &str) -> DockerHost {
+        let d = common::docker::Dockerd::start_with(tag, &["--userland-proxy=true"]);
+        let outside = TestNs::new(&format!("{tag}o"));
+        veth("up0", &d.ns, "eth0", &outside);
+        d.ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+        d.ns.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        d.import_busybox("nt-busybox");
+        DockerHost {
+            d,
+            outside,
+            fixes: Vec::new(),
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> String {
+        self.d.docker(args)
+    }
+
+    /// `docker run -d --name NAME ARGS... nt-busybox CMD...`, with nettool and the host's
+    /// libraries mounted read-only (so `/nettool serve ...` runs inside the container).
+    fn run(&self, name: &str, args: &[&str], cmd: &[&str]) {
+        let exe = format!("{}:/nettool:ro", env!("CARGO_BIN_EXE_nettool"));
+        let mut v = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-v",
+            "/usr:/usr:ro",
+            "-v",
+            "/lib64:/lib64:ro",
+            "-v",
+            "/usr/lib:/lib:ro",
+            "-v",
+            &exe,
+        ];
+        v.extend_from_slice(args);
+        v.push("nt-busybox");
+        v.extend_from_slice(cmd);
+        self.docker(&v);
+    }
+
+    fn outside_from(&self) -> String {
+        format!("outside:{}", self.outside.name)
+    }
+
+    /// `curl` from the outside namespace to the host's uplink address: the HTTP status.
+    fn curl_outside(&self, port: u16) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.outside.name, "curl", "-s", "-m", "5"])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://192.0.2.1:{port}/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait until `doctor ARGS` is all clear (a container just started).
+    fn wait_clear(&self, args: &[&str]) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let last = self.doctor(args);
+            if last["diagnosis"]["ok"] == true {
+                return last;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "doctor {args:?} never all clear: {last:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+}
+
+impl Subject for DockerHost {
+    fn doctor(&self, args: &[&str]) -> Value {
+        let mut v = vec!["doctor", "--netns", &self.d.ns.name, "--json"];
+        v.extend_from_slice(args);
+        let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .args(&v)
+            .env("DOCKER_HOST", self.d.host())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let r: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{v:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let ok = r["diagnosis"]["ok"].as_bool().unwrap();
+        assert_eq!(out.status.code(), Some(if ok { 0 } else { 1 }), "{r:#}");
+        r
+    }
+
+    /// The printed fix, as printed (argv in the host namespace, DOCKER_HOST as the user has it).
+    fn apply_fix(&mut self, report: &Value) {
+        let fix = &report["diagnosis"]["fix"];
+        assert!(fix.is_object(), "no fix in {report:#}");
+        let argv: Vec<&str> = fix["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.d.ns.name])
+            .args(&argv)
+            .env("DOCKER_HOST", self.d.host());
+        if fix["background"] == true {
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            self.fixes.push(ChildGuard(c.spawn().unwrap()));
+        } else {
+            let out = c.output().unwrap();
+            assert!(
+                out.status.success(),
+                "fix {argv:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Break, check the named fault, run the printed fix, check doctor, the probe and curl.
+fn docker_break_fix(h: &mut DockerHost, args: &[&str], expect: &str, port: u16) -> Value {
+    let broken = h.doctor(args);
+    assert_eq!(fault(&broken), expect, "{broken:#}");
+    let fails: Vec<&Value> = broken["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["verdict"] == "fail")
+        .collect();
+    assert_eq!(fails.len(), 1, "one cause, one FAIL: {broken:#}");
+    h.apply_fix(&broken);
+    let mut probe = args.to_vec();
+    probe.push("--probe");
+    let fixed = h.wait_clear(&probe);
+    assert_eq!(fixed["probe"]["ok"], true, "{fixed:#}");
+    let code = h.curl_outside(port);
+    assert!(
+        code.starts_with('2') || code.starts_with('4'),
+        "curl got {code:?}"
+    );
+    broken
+}
+
+#[test]
+fn docker_healthy_host_is_all_clear_tcp_and_udp() {
+    let h = DockerHost::new("dk-ok");
+    h.run(
+        "web",
+        &["-p", "8080:80"],
+        &["/nettool", "serve", "http", "80"],
+    );
+    h.run(
+        "dns",
+        &["-p", "5353:53/udp"],
+        &["/nettool", "serve", "udp-echo", "53"],
+    );
+    let web = h.wait_clear(&["8080"]);
+    assert_eq!(hop(&web, "engine")["verdict"], "ok", "{web:#}");
+    let outside = h.outside_from();
+    for from in ["localhost", "host", outside.as_str(), "container:dns"] {
+        let r = h.doctor(&["--from", from, "8080", "--probe"]);
+        assert_eq!(r["diagnosis"]["ok"], true, "{from}: {r:#}");
+        assert_eq!(r["probe"]["ok"], true, "{from}: {r:#}");
+    }
+    // UDP through docker-proxy: localhost clients are answered by the proxy's socket; that
+    // conntrack entry is right, not stale (it was a false FAIL with a fix deleting live flows).
+    wait_for("udp echo", 20, || {
+        h.doctor(&["udp:5353", "--probe"])["probe"]["ok"] == true
+    });
+    for from in ["localhost", outside.as_str()] {
+        let r = h.doctor(&["--from", from, "udp:5353", "--probe"]);
+        assert_eq!(r["diagnosis"]["ok"], true, "{from}: {r:#}");
+        assert_eq!(hop(&r, "conntrack")["verdict"], "ok", "{r:#}");
+    }
+    let mut c = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h.d.ns.name,
+            "socat",
+            "-t1",
+            "-",
+            "UDP:127.0.0.1:5353",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"ping\n").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ping\n");
+    let r = h.doctor(&["udp:5353"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert!(
+        hop(&r, "conntrack")["summary"]
+            .as_str()
+            .unwrap()
+            .contains("none stale"),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn docker_container_exited_paused_created() {
+    let mut h = DockerHost::new("dk-st");
+    h.run(
+        "web",
+        &["-p", "8080:80"],
+        &["/nettool", "serve", "http", "80"],
+    );
+    h.wait_clear(&["8080"]);
+    let outside = h.outside_from();
+    h.docker(&["stop", "-t", "1", "web"]);
+    let r = docker_break_fix(
+        &mut h,
+        &["--from", &outside, "8080"],
+        "container_not_running",
+        8080,
+    );
+    assert!(
+        r["diagnosis"]["line"].as_str().unwrap().contains("exited"),
+        "{r:#}"
+    );
+    assert_eq!(
+        r["diagnosis"]["fix"]["command"], "docker start web",
+        "{r:#}"
+    );
+    // `doctor container:web` on a stopped container says so in words (not "not a namespace").
+    h.docker(&["stop", "-t", "1", "web"]);
+    let r = h.doctor(&["container:web"]);
+    assert_eq!(fault(&r), "container_not_running", "{r:#}");
+    assert_eq!(r["packet"]["dport"], 8080, "{r:#}");
+    h.docker(&["start", "web"]);
+    h.wait_clear(&["8080"]);
+    h.docker(&["pause", "web"]);
+    let r = docker_break_fix(
+        &mut h,
+        &["--from", &outside, "8080"],
+        "container_not_running",
+        8080,
+    );
+    assert_eq!(
+        r["diagnosis"]["fix"]["command"], "docker unpause web",
+        "{r:#}"
+    );
+    h.docker(&[
+        "create",
+        "--name",
+        "late",
+        "-p",
+        "8081:80",
+        "nt-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/",
+    ]);
+    let r = docker_break_fix(
+        &mut h,
+        &["--from", &outside, "8081"],
+        "container_not_running",
+        8081,
+    );
+    assert!(
+        r["diagnosis"]["line"].as_str().unwrap().contains("created"),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn docker_disconnected_and_dnat_deleted_behind_the_userland_proxy() {
+    let mut h = DockerHost::new("dk-net");
+    h.run(
+        "web",
+        &["-p", "8080:80"],
+        &["/nettool", "serve", "http", "80"],
+    );
+    h.wait_clear(&["8080"]);
+    let outside = h.outside_from();
+    h.docker(&["network", "disconnect", "bridge", "web"]);
+    let r = docker_break_fix(
+        &mut h,
+        &["--from", &outside, "8080"],
+        "not_on_network",
+        8080,
+    );
+    assert_eq!(
+        r["diagnosis"]["fix"]["command"],
+        "docker network connect bridge web"
+    );
+    // Docker's DNAT rule deleted: docker-proxy silently takes over (today's verdict was
+    // "all clear"); the container sees the bridge address instead of its clients.
+    let save = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h.d.ns.name,
+            "iptables",
+            "-t",
+            "nat",
+            "-S",
+            "DOCKER",
+        ])
+        .output()
+        .unwrap();
+    let rule = String::from_utf8_lossy(&save.stdout)
+        .lines()
+        .find(|l| l.contains("--dport 8080 "))
+        .expect("Docker's DNAT rule for 8080")
+        .replacen("-A", "-D", 1);
+    let mut del = vec!["ip", "netns", "exec", &h.d.ns.name, "iptables", "-t", "nat"];
+    del.extend(rule.split_whitespace());
+    sh(&del);
+    assert!(
+        h.curl_outside(8080).starts_with('2'),
+        "the proxy still answers"
+    );
+    let r = docker_break_fix(&mut h, &["--from", &outside, "8080"], "dnat_missing", 8080);
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(
+        line.contains("docker-proxy") && line.contains("172.17.0.1"),
+        "{r:#}"
+    );
+    assert_eq!(r["diagnosis"]["fix"]["command"], "docker restart web");
+    assert_eq!(r["probe"], Value::Null);
+}
+
+#[test]
+fn docker_service_on_loopback_port_on_loopback_wrong_port_and_forwarding_off() {
+    let mut h = DockerHost::new("dk-svc");
+    let outside = h.outside_from();
+    // The service listens on the container's 127.0.0.1 only.
+    h.run(
+        "lo",
+        &["-p", "8081:80"],
+        &["/nettool", "serve", "http", "80", "--bind", "127.0.0.1"],
+    );
+    wait_for("lo listening", 20, || {
+        fault(&h.doctor(&["--from", &outside, "8081"])) == "service_on_loopback"
+    });
+    let r = docker_break_fix(
+        &mut h,
+        &["--from", &outside, "8081"],
+        "service_on_loopback",
+        8081,
+    );
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:80"),
+        "{r:#}"
+    );
+    // Published on 127.0.0.1 only, tried from another machine.
+    h.run(
+        "lon",
+        &["-p", "127.0.0.1:8084:80"],
+        &["/nettool", "serve", "http", "80"],
+    );
+    h.wait_clear(&["8084"]);
+    let r = docker_break_fix(
+        &mut h,
+        &["--from", &outside, "8084"],
+        "published_elsewhere",
+        8084,
+    );
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 only"),
+        "{r:#}"
+    );
+    // Forwarding off: one FAIL (ip_forward), not a second one blaming Docker's DNAT rule.
+    h.run(
+        "web",
+        &["-p", "8080:80"],
+        &["/nettool", "serve", "http", "80"],
+    );
+    h.wait_clear(&["8080"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &h.d.ns.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=0",
+    ]);
+    docker_break_fix(
+        &mut h,
+        &["--from", &outside, "8080"],
+        "ip_forward_off",
+        8080,
+    );
+    // The wrong container port: published to 8000, the service listens on 80.
+    h.run(
+        "wp",
+        &["-p", "8085:8000"],
+        &["/nettool", "serve", "http", "80"],
+    );
+    wait_for("wp listening", 20, || {
+        fault(&h.doctor(&["--from", &outside, "8085"])) == "dnat_wrong_port"
+    });
+    docker_break_fix(
+        &mut h,
+        &["--from", &outside, "8085"],
+        "dnat_wrong_port",
+        8085,
+    );
+}

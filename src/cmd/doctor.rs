@@ -46,7 +46,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
                 }
             }
             Ok(Target::Container(name, p)) => {
-                container = Some(resolve_container(&name, &host)?);
+                container = resolve_container(&name, &host)?;
                 container_name = Some(name);
                 port = p;
             }
@@ -65,7 +65,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
             Err(e) => return usage(format!("--packet '{spec}': {e}")),
         }
     }
-    if port.is_none() && container.is_none() {
+    if port.is_none() && container_name.is_none() {
         return usage(
             "say what to follow: a PORT (nettool doctor 8080), container:NAME, or --packet SPEC"
                 .into(),
@@ -87,7 +87,10 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
         From::Outside(Some(ns)) => Source::Outside(Some(
             NetNs::open(&ns).with_context(|| format!("--from outside:{ns}"))?,
         )),
-        From::Container(name) => Source::Container(resolve_container(&name, &req_host)?),
+        From::Container(name) => Source::Container(
+            resolve_container(&name, &req_host)?
+                .ok_or_else(|| anyhow!("--from container:{name}: the container is not running, so it has no network namespace to start from"))?,
+        ),
     };
     let req = Request {
         host,
@@ -143,18 +146,22 @@ fn host_run_name(host: &NetNs, given: bool) -> Option<String> {
 /// A container by name: a container of the lab on this host, a Docker container when the
 /// daemon knows it, else a /run/netns name.
 /// Docker first: a stray /run/netns/web must not shadow the container the ports belong to.
-fn resolve_container(name: &str, host: &NetNs) -> anyhow::Result<NetNs> {
+fn resolve_container(name: &str, host: &NetNs) -> anyhow::Result<Option<NetNs>> {
     // A container of the nettool lab whose host this is.
     if let Some(ns) = lab_container(host, name) {
-        return Ok(ns);
+        return Ok(Some(ns));
     }
-    if let Ok(ns) = NetNs::from_container(name) {
-        return Ok(ns);
+    match NetNs::from_container(name) {
+        Ok(ns) => return Ok(Some(ns)),
+        // Stopped, created, dead: no namespace; doctor says so in the engine's words.
+        Err(crate::netns::NetnsError::ContainerDown { .. }) => return Ok(None),
+        Err(_) => {}
     }
     NetNs::from_name(name)
         .or_else(|_| NetNs::open(name))
+        .map(Some)
         .with_context(|| {
-            format!("container {name}: no such Docker container and no namespace /run/netns/{name}")
+            format!("container {name}: no such container in any engine and no namespace /run/netns/{name}")
         })
 }
 

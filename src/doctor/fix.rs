@@ -50,7 +50,7 @@ impl Fixer {
         // `ip -n NS ...`, `ip netns exec NS ...`, nsenter and engine CLIs (which talk to
         // their daemon's socket, wherever they run) name their target themselves.
         let first = argv.first().map(String::as_str);
-        let self_contained = first == Some("nsenter")
+        let self_contained = matches!(first, Some("nsenter" | "docker" | "podman"))
             || (first == Some("ip")
                 && (argv.get(1).map(String::as_str) == Some("-n")
                     || (argv.get(1).map(String::as_str) == Some("netns")

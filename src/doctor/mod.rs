@@ -7,6 +7,7 @@
 //! is recorded in it), so a recorded snapshot replays to the same [`Report`] with no root.
 //! Nothing here prints; `src/cmd/doctor.rs` renders.
 
+pub mod engine;
 pub mod fix;
 pub mod path;
 pub mod probe;
@@ -79,6 +80,17 @@ pub enum Fault {
     NoReturnRoute,
     /// Every hop looks right but the probe failed.
     ProbeFailed,
+    /// The engine's container for this port is not running (exited, created, paused, dead).
+    ContainerNotRunning,
+    /// The container is running but attached to no network that could carry its port.
+    NotOnNetwork,
+    /// The port is published on another host address than the one the client uses.
+    PublishedElsewhere,
+    /// The engine's DNAT rule is missing while a userland proxy or a port reservation
+    /// holds the port (clients lose their address, or nothing answers).
+    DnatMissing,
+    /// The service listens on the container's loopback only.
+    ServiceOnLoopback,
 }
 
 /// One step of the path with its verdict and the facts behind it.
@@ -388,10 +400,76 @@ pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
     let mut packet = receiver::build_packet(q, snap, src_ns)?;
 
     let mut hops = Vec::new();
+    // 0. What the engine intends for this port (or container), and whether that holds.
+    let intended = engine::intended(snap, q, packet.proto, packet.dport);
+    if q.container_name.is_some() && container_ns.is_none() && intended.is_none() {
+        return Err(DoctorError::Usage(format!(
+            "no container {} in the snapshot",
+            q.container_name.as_deref().unwrap_or("?")
+        )));
+    }
+    if let Some((c, b)) = intended {
+        if packet.dport == 0 {
+            if let Some(b) = b {
+                packet.dport = b.host_port;
+            }
+        }
+        let hop = engine::intent_hop(c, b, &packet, &fixer);
+        // Published on another address: a fault only when nothing else receives the packet
+        // here (a relay the user started answers it); decided after the receiver below.
+        let elsewhere = hop.fault == Some(Fault::PublishedElsewhere);
+        let failed = hop.verdict == Verdict::Fail && !elsewhere;
+        hops.push(hop);
+        if failed || container_ns.is_none() && q.container_name.is_some() {
+            // The cause is named; what follows from it (nothing receives, no namespace) is not
+            // a second fault.
+            let mut report = Report {
+                host_netns: host.label.clone(),
+                from,
+                packet: Some(packet),
+                destination: None,
+                hops,
+                diagnosis: Diagnosis {
+                    ok: true,
+                    fault: None,
+                    hop: None,
+                    line: String::new(),
+                    fix: None,
+                },
+                probe: snap.probes.last().cloned(),
+                reads: snap.meta.reads.clone(),
+            };
+            report.diagnosis = conclude(&report);
+            return Ok(report);
+        }
+    }
     // 1. Who receives the connection.
     let (dest, receiver_hop, walk) =
         receiver::receiver(q, snap, &fw, &mut packet, container_ns, &from, &fixer);
-    hops.push(receiver_hop);
+    if let Some(e) = hops
+        .iter_mut()
+        .find(|h| h.fault == Some(Fault::PublishedElsewhere))
+    {
+        if receiver_hop.verdict == Verdict::Fail {
+            // Nothing receives it because of where it is published: one cause, one FAIL.
+            e.evidence
+                .push(format!("receiver: {}", receiver_hop.summary));
+        } else {
+            e.verdict = Verdict::Ok;
+            e.fault = None;
+            e.fix = None;
+            let head = e
+                .summary
+                .split(": a client")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            e.summary = format!("{head}; another receiver answers at this address");
+            hops.push(receiver_hop);
+        }
+    } else {
+        hops.push(receiver_hop);
+    }
     if fw.split_backends() {
         hops.push(
             Hop::warn(

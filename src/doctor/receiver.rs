@@ -3,12 +3,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use crate::engine::EngineKind;
 use crate::facts::{From, NsFacts, Question, Snapshot};
 use crate::nat::walk::Walk;
 use crate::netns::links::Address;
 use crate::netns::sockets::Owner;
 
 use super::fix::Fixer;
+
+const ID: &str = "receiver";
+const TITLE: &str = "who receives it";
 use super::{rules, Destination, DoctorError, Fault, Hop, Packet};
 
 /// The packet as it reaches the host, from the source and what was asked.
@@ -19,7 +23,7 @@ pub(crate) fn build_packet(
 ) -> Result<Packet, DoctorError> {
     let host = snap.host();
     // With a container target the published port is found later from its DNAT rule.
-    let port = if req.container.is_some() {
+    let port = if req.container.is_some() || req.container_name.is_some() {
         Some(0)
     } else {
         req.port
@@ -143,8 +147,6 @@ pub(crate) fn receiver(
     fixer: &Fixer,
 ) -> (Option<Destination>, Hop, Option<Walk>) {
     let host = snap.host();
-    const ID: &str = "receiver";
-    const TITLE: &str = "who receives it";
     // `doctor container:web[:PORT]`: the first port published to that container (to PORT).
     if let Some(c) = container {
         let addrs: Vec<IpAddr> = c.addresses.iter().map(|a| a.address).collect();
@@ -234,6 +236,12 @@ pub(crate) fn receiver(
                 packet.proto, packet.dport, packet.hook, packet.src, walk.summary
             ));
         }
+        if let Some(fail) = dnat_missing(req, snap, packet, owner.as_ref(), proxied, &who, fixer) {
+            let mut fail = fail;
+            fail.evidence.extend(hop.evidence);
+            fail.evidence.push(format!("walk: {}", walk.summary));
+            hop = fail;
+        }
         let dest = match proxied {
             Some(t) => Destination {
                 addr: t.ip(),
@@ -316,4 +324,98 @@ pub(crate) fn owners_text(o: &[Owner]) -> String {
         .map(|o| format!("{}/{}", o.pid, o.comm))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A port the engine publishes with DNAT, held instead by its userland proxy (docker-proxy:
+/// the connection works but the container sees the bridge address instead of its clients)
+/// or by a reservation socket that never accepts (Podman's conmon): the DNAT rule is gone,
+/// usually flushed by a firewall reload. The engine re-creates it.
+fn dnat_missing(
+    req: &Question,
+    snap: &Snapshot,
+    packet: &Packet,
+    owner: Option<&Owner>,
+    proxied: Option<SocketAddr>,
+    who: &str,
+    fixer: &Fixer,
+) -> Option<Hop> {
+    let owner = owner?;
+    let kind = snap
+        .proxies
+        .iter()
+        .find(|p| p.pid == owner.pid)
+        .map(|p| p.kind.as_str());
+    let intent = snap.intent.as_ref();
+    let port = packet.dport;
+    if owner.comm == "conmon" {
+        let c = intent.and_then(|i| {
+            i.containers.iter().find(|c| {
+                c.engine == EngineKind::Podman
+                    && c.ports
+                        .iter()
+                        .any(|b| b.host_port == port && b.proto == packet.proto.to_string())
+            })
+        });
+        return Some(
+            Hop::fail(
+                ID,
+                TITLE,
+                Fault::DnatMissing,
+                format!(
+                    "netavark's DNAT rule for {}/{port} is missing{}: {who} only reserves the port (it never accepts), so connections hang; a firewall reload flushes netavark's rules",
+                    packet.proto,
+                    c.map(|c| format!(" (podman container {})", c.name)).unwrap_or_default()
+                ),
+            )
+            .with_fix(Some(fixer.fix(
+                "have netavark write its rules again",
+                &["podman", "network", "reload", "--all"],
+            ))),
+        );
+    }
+    // Docker's userland proxy is meant for localhost and for containers on the bridge;
+    // everyone else is meant to be DNATed.
+    if kind != Some("docker-proxy")
+        || packet.dst.is_loopback()
+        || matches!(req.from, From::Container { .. })
+    {
+        return None;
+    }
+    let c = intent.and_then(|i| {
+        i.containers.iter().find(|c| {
+            c.engine == EngineKind::Docker
+                && proxied.is_some_and(|t| {
+                    c.attachments.iter().any(|a| {
+                        a.ipv4.map(IpAddr::V4) == Some(t.ip())
+                            || a.ipv6.map(IpAddr::V6) == Some(t.ip())
+                    })
+                })
+        })
+    });
+    let gw = snap
+        .host()
+        .route_to(proxied?.ip())
+        .ok()
+        .and_then(|r| r.prefsrc)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "the bridge address".into());
+    let name = c.map(|c| c.name.clone());
+    Some(
+        Hop::fail(
+            ID,
+            TITLE,
+            Fault::DnatMissing,
+            format!(
+                "Docker's DNAT rule for {}/{port} is missing: {who} took over, so {} sees every client as {gw}, not its real address",
+                packet.proto,
+                name.as_deref().unwrap_or("the container")
+            ),
+        )
+        .with_fix(name.map(|n| {
+            fixer.fix(
+                &format!("restart {n}: Docker writes its port rules again when it starts"),
+                &["docker", "restart", &n],
+            )
+        })),
+    )
 }

@@ -299,10 +299,12 @@ fn judge(fw: &Firewall, w: &Walk, dir: &str, fixer: &Fixer) -> Option<Hop> {
     if w.verdict != "dropped" && w.verdict != "rejected" {
         return None;
     }
-    let last = w.steps.iter().rev().find(|s| !s.table.is_empty())?;
-    if last.chain == "routing" {
-        return None; // forwarding off: the ip_forward hop says so
+    // Forwarding off: the ip_forward hop names it; the last rule the packet crossed (often the
+    // engine's own DNAT) is not a second fault.
+    if w.steps.last().is_some_and(|s| s.chain == "routing") {
+        return None;
     }
+    let last = w.steps.iter().rev().find(|s| !s.table.is_empty())?;
     if last.line == 0 {
         // A chain policy.
         let t = fw
@@ -516,9 +518,16 @@ pub(crate) fn conntrack_hop(cx: &PathCtx, dest: &Destination) -> Hop {
         );
     };
     let entries: Vec<&CtEntry> = all.iter().filter(|e| e.dport == Some(p.dport)).collect();
+    // An entry is stale when its reply does not come from where that same packet would be
+    // sent today (walked through today's rules): a localhost client of a userland proxy is
+    // answered by the proxy's socket, which is right; a client whose entry predates the DNAT
+    // rule is answered by the host, which is not.
     let stale: Vec<&CtEntry> = entries
         .iter()
-        .filter(|e| e.reply_src != Some(dest.addr) || e.reply_sport != Some(dest.port))
+        .filter(|e| {
+            let expected = expected_reply(cx, e);
+            expected.is_some_and(|(a, port)| e.reply_src != Some(a) || e.reply_sport != Some(port))
+        })
         .copied()
         .collect();
     if stale.is_empty() {
@@ -548,12 +557,63 @@ pub(crate) fn conntrack_hop(cx: &PathCtx, dest: &Destination) -> Hop {
             dest.port
         ),
     )
-    .with_fix(Some(cx.fixer.fix(
-        "delete the stale entries",
-        &["conntrack", "-D", "-p", "udp", "--orig-port-dst", &port],
-    )));
+    .with_fix(stale_fix(cx, &port, stale[0], dest));
     hop.evidence = stale.iter().take(5).map(|e| e.text.clone()).collect();
     hop
+}
+
+/// Where today's rules send the packet of entry `e`: the DNAT target, or its own destination.
+fn expected_reply(cx: &PathCtx, e: &CtEntry) -> Option<(IpAddr, u16)> {
+    let (src, dst, dport) = (e.src?, e.dst?, e.dport?);
+    let host = cx.host;
+    let local = |a: IpAddr| a.is_loopback() || host.has_address(a);
+    let iif = if local(src) {
+        None
+    } else {
+        host.route_to(src)
+            .ok()
+            .and_then(|r| r.oif)
+            .and_then(|i| host.link(i))
+            .map(|l| l.name.clone())
+    };
+    let packet = Packet {
+        proto: Proto::Udp,
+        src,
+        dst,
+        dport,
+        hook: if local(src) { "output" } else { "prerouting" }.into(),
+        iif,
+        src_assumed: false,
+    };
+    let w = cx.fw.walk(&packet);
+    Some(match cx.fw.dnat_in(&w, &packet) {
+        Some(rule) => (rule.to_addr, rule.to_port.unwrap_or(dport)),
+        None => (dst, dport),
+    })
+}
+
+/// Delete only the stale flows: those answered from the old place, never every flow of the port.
+fn stale_fix(cx: &PathCtx, port: &str, e: &CtEntry, dest: &Destination) -> Option<super::Fix> {
+    let (from, sport) = (e.reply_src?, e.reply_sport?);
+    let (from, sport) = (from.to_string(), sport.to_string());
+    Some(cx.fixer.fix(
+        &format!(
+            "delete the UDP entries for port {port} answered from {from}:{sport} (live flows to {}:{} stay)",
+            dest.addr, dest.port
+        ),
+        &[
+            "conntrack",
+            "-D",
+            "-p",
+            "udp",
+            "--orig-port-dst",
+            port,
+            "--reply-src",
+            &from,
+            "--reply-port-src",
+            &sport,
+        ],
+    ))
 }
 
 #[cfg(test)]

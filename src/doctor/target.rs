@@ -339,29 +339,121 @@ pub(crate) fn service_hop(
         .iter()
         .filter(|s| matches_addr(s) && !s.local.ip().is_loopback())
         .collect();
-    if let (Some(rule), [only]) = (&dest.rule, others.as_slice()) {
+    if let ([only], true) = (
+        others.as_slice(),
+        dest.rule.is_some() || dest.via == "proxy",
+    ) {
         let good = only.local.port();
-        let fix = rules::dnat_port_fix(rule, dest.addr, good).map(|argv| {
-            cx.fixer
-                .fix_owned(&format!("point the DNAT rule at port {good}"), argv, false)
+        let who = only
+            .owners
+            .first()
+            .map(|o| o.comm.clone())
+            .unwrap_or_else(|| "the service".into());
+        // An engine's container: its rules are the engine's (rewritten on every start, with
+        // their filter rules), so the fix lives in the container, not in the firewall.
+        let engine = cx.snap.intent.as_ref().and_then(|i| {
+            i.containers.iter().find(|c| {
+                c.engine != crate::engine::EngineKind::Lab
+                    && c.attachments.iter().any(|a| {
+                        a.ipv4.map(std::net::IpAddr::V4) == Some(dest.addr)
+                            || a.ipv6.map(std::net::IpAddr::V6) == Some(dest.addr)
+                    })
+            })
         });
+        let (summary, fix) = match (engine, &dest.rule) {
+            (Some(c), _) => (
+                format!(
+                    "{} publishes its port to container port {} but {who} listens on {good} in {}: re-create {} with -p HOST:{good} (or make {who} listen on {})",
+                    c.name, dest.port, ns.label, c.name, dest.port
+                ),
+                Some(cx.fixer.fix_owned(
+                    &format!(
+                        "until {} is re-created, relay port {} to {good} inside {}",
+                        c.name, dest.port, ns.label
+                    ),
+                    Fixer::in_ns(
+                        ns,
+                        &[
+                            &crate::facts::read::self_exe(),
+                            "proxy",
+                            &dest.port.to_string(),
+                            &format!("127.0.0.1:{good}"),
+                        ],
+                    ),
+                    true,
+                )),
+            ),
+            (None, Some(rule)) => (
+                format!(
+                    "the DNAT rule sends to port {} but {who} listens on {good} in {}",
+                    dest.port, ns.label
+                ),
+                rules::dnat_port_fix(rule, dest.addr, good).map(|argv| {
+                    cx.fixer
+                        .fix_owned(&format!("point the DNAT rule at port {good}"), argv, false)
+                }),
+            ),
+            (None, None) => (
+                format!(
+                    "the proxy sends to port {} but {who} listens on {good} in {}",
+                    dest.port, ns.label
+                ),
+                None,
+            ),
+        };
+        let mut hop = Hop::fail("service", "service", Fault::DnatWrongPort, summary).with_fix(fix);
+        if let Some(rule) = &dest.rule {
+            hop.evidence.push(rule.text.clone());
+        }
+        hop.evidence.extend(evidence);
+        hops.push(hop);
+        return;
+    }
+    // Listening on the container's loopback only: nothing from outside the container reaches it.
+    if let Some(lo) = listening
+        .iter()
+        .find(|s| s.local.port() == dest.port && s.local.ip().is_loopback())
+    {
+        let who = lo
+            .owners
+            .first()
+            .map(|o| o.comm.clone())
+            .unwrap_or_else(|| "the service".into());
+        let at = |a: std::net::IpAddr| match a {
+            std::net::IpAddr::V4(_) => format!("{a}:{}", dest.port),
+            std::net::IpAddr::V6(_) => format!("[{a}]:{}", dest.port),
+        };
+        let relay = Fixer::in_ns(
+            ns,
+            &[
+                &crate::facts::read::self_exe(),
+                "proxy",
+                &at(dest.addr),
+                &at(lo.local.ip()),
+            ],
+        );
         let mut hop = Hop::fail(
             "service",
             "service",
-            Fault::DnatWrongPort,
+            Fault::ServiceOnLoopback,
             format!(
-                "the DNAT rule sends to port {} but {} listens on {} in {}",
-                dest.port,
-                only.owners
-                    .first()
-                    .map(|o| o.comm.clone())
-                    .unwrap_or_else(|| "the service".into()),
-                good,
-                ns.label
+                "{who} listens on {} inside {}, its loopback only: connections to {} find nothing; make {who} listen on 0.0.0.0:{} (its listen/bind setting)",
+                lo.local,
+                ns.label,
+                at(dest.addr),
+                dest.port
             ),
         )
-        .with_evidence(rule.text.clone())
-        .with_fix(fix);
+        .with_fix(Some(cx.fixer.fix_owned(
+            &format!(
+                "until {who} is reconfigured, relay {} to {} inside {}",
+                at(dest.addr),
+                lo.local,
+                ns.label
+            ),
+            relay,
+            true,
+        )));
         hop.evidence.extend(evidence);
         hops.push(hop);
         return;

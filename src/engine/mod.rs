@@ -297,7 +297,7 @@ impl Intent {
     }
 
     /// Stat each container's namespace file once, so namespaces join containers by inode.
-    fn fill_netns_inodes(&mut self) {
+    pub(crate) fn fill_netns_inodes(&mut self) {
         for c in &mut self.containers {
             if c.netns_inode.is_some() {
                 continue;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::engine::Intent;
+use crate::engine::{cni, docker, lab, Intent};
 use crate::lab::state as lab_state;
 use crate::netns::discover::{discover_with, DiscoverOptions, NamespaceInfo};
 use crate::netns::links::{Address, Link, Route, Rtnl};
@@ -116,11 +116,28 @@ fn label_of(info: &NamespaceInfo) -> (String, Option<String>) {
 pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
     let started = Instant::now();
     let before = counters();
-    let intent = if opts.skip_docker {
-        Intent::default()
-    } else {
-        Intent::read()
-    };
+    // Each engine endpoint read on its own: only the engines whose containers live behind this
+    // host count for doctor (a Podman socket of another host namespace publishes its own 8080).
+    let mut parts: Vec<Intent> = Vec::new();
+    let mut intent = Intent::default();
+    if !opts.skip_docker {
+        for ep in docker::endpoints() {
+            let mut part = Intent::default();
+            docker::read_into(&ep, &mut part);
+            part.fill_netns_inodes();
+            parts.push(part);
+        }
+        let mut rest = Intent::default();
+        cni::read_into(std::path::Path::new(cni::RESULTS_DIR), &mut rest);
+        lab::read_into(&mut rest);
+        rest.fill_netns_inodes();
+        parts.push(rest);
+        for p in &parts {
+            intent.containers.extend(p.containers.iter().cloned());
+            intent.networks.extend(p.networks.iter().cloned());
+            intent.sources.extend(p.sources.iter().cloned());
+        }
+    }
     let mut infos = discover_with(
         DiscoverOptions {
             skip_interfaces: true,
@@ -289,6 +306,7 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
         })
         .collect();
 
+    let intent = relevant_intent(parts, &namespaces, host_id);
     let after = counters();
     Ok(Snapshot {
         meta: Meta {
@@ -320,4 +338,45 @@ pub fn self_exe() -> String {
     std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "nettool".into())
+}
+
+/// The engines that run this host's containers: an endpoint counts when one of its containers'
+/// namespaces has a veth into the host, or when one of its networks' bridges is in the host
+/// with an address in that network's subnet (its containers may all be stopped or detached).
+fn relevant_intent(parts: Vec<Intent>, namespaces: &[NsFacts], host: NsId) -> Intent {
+    let Some(h) = namespaces.iter().find(|n| n.id == host) else {
+        return Intent::default();
+    };
+    let peered = |inode: u64| {
+        namespaces
+            .iter()
+            .find(|n| n.id.inode == inode)
+            .is_some_and(|n| n.id == host || n.peers.iter().any(|p| p.peer_ns == host))
+    };
+    let mut out = Intent::default();
+    for p in parts {
+        let up = p
+            .containers
+            .iter()
+            .filter_map(|c| c.netns_inode)
+            .collect::<Vec<_>>();
+        let relevant = up.iter().any(|&i| peered(i))
+            || p.networks.iter().any(|n| {
+                let Some(br) = n.bridge.as_deref() else {
+                    return false;
+                };
+                h.links.iter().any(|l| {
+                    l.name == br
+                        && h.addresses.iter().any(|a| {
+                            a.index == l.index && n.subnets.iter().any(|s| s.contains(&a.address))
+                        })
+                })
+            });
+        out.sources.extend(p.sources);
+        if relevant {
+            out.containers.extend(p.containers);
+            out.networks.extend(p.networks);
+        }
+    }
+    out
 }

@@ -24,6 +24,12 @@ impl Dockerd {
     /// Start containerd and dockerd in a fresh namespace; panics (with the daemon log) when
     /// the daemon does not answer within 60 s.
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, &["--userland-proxy=false"])
+    }
+
+    /// The same with these extra dockerd arguments (e.g. `--userland-proxy=true`, Docker's
+    /// default, which runs docker-proxy for every published port).
+    pub fn start_with(tag: &str, extra: &[&str]) -> Self {
         let ns = TestNs::new(tag);
         let dir = std::env::temp_dir().join(unique(&format!("{tag}-docker")));
         std::fs::create_dir_all(&dir).unwrap();
@@ -69,7 +75,7 @@ impl Dockerd {
                 .arg(format!("unix://{}", socket.display()))
                 .arg("--containerd")
                 .arg(&csock)
-                .arg("--userland-proxy=false")
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(log("dockerd.log"))
                 .stderr(log("dockerd.err"))
