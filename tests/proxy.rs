@@ -3010,3 +3010,208 @@ fn decoded_lines_carry_no_escape_sequence_or_forged_line_from_a_peer() {
         }
     }
 }
+
+/// A number from /proc/PID/status, in kB (VmHWM, VmRSS).
+fn proc_status_kb(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+/// Send `head`, then `filler` repeated to `total` bytes in writes of `write` bytes, half-close,
+/// and return what the counting backend says it received.
+fn send_flood(
+    stop: Option<&std::sync::atomic::AtomicBool>,
+    ns_name: &str,
+    addr: &str,
+    head: &[u8],
+    filler: &[u8],
+    total: usize,
+    write: usize,
+) -> (usize, String) {
+    let a: SocketAddr = addr.parse().unwrap();
+    let mut s = NetNs::from_name(ns_name)
+        .unwrap()
+        .run(move || TcpStream::connect_timeout(&a, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(head).unwrap();
+    let block: Vec<u8> = filler.iter().copied().cycle().take(write).collect();
+    let mut sent = head.len();
+    while sent < total {
+        if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            return (sent, "stopped".into());
+        }
+        let n = write.min(total - sent);
+        s.write_all(&block[..n]).unwrap();
+        sent += n;
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    (sent, answer)
+}
+
+#[test]
+fn an_endless_chunked_trailer_costs_the_proxy_no_more_memory_than_no_decoding() {
+    let ns = lab("pxtrail");
+    let dir = TempDir::new("pxtrail");
+    count_backend(listen_in(&ns, "127.0.0.1:7001"));
+    let head = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n";
+    let total = 128 << 20;
+    let mut hwm = Vec::new();
+    for decode in [false, true] {
+        let json = dir.join(&format!("d{decode}.json"));
+        let mut args = vec!["--json", "--dump-file", json.to_str().unwrap()];
+        if !decode {
+            args.push("--no-decode");
+        }
+        args.extend(["-p", "127.0.0.1:8081=127.0.0.1:7001"]);
+        let p = start(Some(&ns), &dir, &args);
+        let (sent, answer) = send_flood(
+            None,
+            &ns.name,
+            "127.0.0.1:8081",
+            head,
+            b"x",
+            total,
+            64 * 1024,
+        );
+        assert_eq!(answer, sent.to_string(), "forwarding is byte-exact");
+        hwm.push(proc_status_kb(p.pid(), "VmHWM"));
+        p.stop();
+    }
+    assert!(
+        hwm[1] < hwm[0] + 32 * 1024,
+        "VmHWM with decoding {} kB, without {} kB, after {} MB of trailer",
+        hwm[1],
+        hwm[0],
+        total >> 20
+    );
+    eprintln!("VmHWM: --no-decode {} kB, decoding {} kB", hwm[0], hwm[1]);
+    let d = std::fs::read_to_string(dir.join("dtrue.json")).unwrap();
+    assert!(
+        d.contains("chunked trailer over 64 KiB"),
+        "no stop said in the JSON"
+    );
+    assert_eq!(d.matches("\"proto\":\"stopped\"").count(), 1, "said once");
+}
+
+/// One flood: listen address, head, filler, bytes per connection, write size.
+type Flood = (&'static str, Vec<u8>, Vec<u8>, usize, usize);
+
+/// The median round trip of `n` small echoes on one connection to `addr`.
+fn echo_median(ns: &TestNs, addr: &str, n: usize) -> Duration {
+    let mut s = connect_in(ns, addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    // A proxy that stalls gives its figure in bounded time (a 10 s echo counts as 10 s).
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = std::time::Instant::now();
+    let mut times = Vec::new();
+    let mut buf = [0u8; 64];
+    for i in 0..n {
+        let msg = [b'a' + (i % 26) as u8; 64];
+        let t = std::time::Instant::now();
+        s.write_all(&msg).unwrap();
+        if s.read_exact(&mut buf).is_err() {
+            times.push(Duration::from_secs(10));
+            break;
+        }
+        times.push(t.elapsed());
+        assert_eq!(buf, msg);
+        if start.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+#[test]
+fn decoder_floods_do_not_hold_up_another_connection() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let ns = lab("pxflood");
+    let dir = TempDir::new("pxflood");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    count_backend(listen_in(&ns, "127.0.0.1:7001"));
+    let json = dir.join("d.json");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--json",
+            "--dump-file",
+            json.to_str().unwrap(),
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "127.0.0.1:8081=127.0.0.1:7001",
+            "-p",
+            "127.0.0.1:53=127.0.0.1:7001",
+        ],
+    );
+    let quiet = echo_median(&ns, "127.0.0.1:8080", 21);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ns_name = ns.name.clone();
+    // Each flood: (listen address, head, filler, bytes per connection, write size).
+    let floods: Vec<Flood> = vec![
+        // RESP: an array that never completes, in small reads (each one re-parsed it all).
+        (
+            "127.0.0.1:8081",
+            b"*1000000\r\n".to_vec(),
+            b"$1\r\na\r\n".to_vec(),
+            1 << 20,
+            140,
+        ),
+        // DNS over TCP: empty frames, thousands per read (each one moved the whole buffer).
+        ("127.0.0.1:53", Vec::new(), vec![0, 0], 16 << 20, 64 * 1024),
+        // HTTP: an endless chunked trailer.
+        (
+            "127.0.0.1:8081",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec(),
+            b"x".to_vec(),
+            32 << 20,
+            64 * 1024,
+        ),
+    ];
+    let threads: Vec<_> = floods
+        .into_iter()
+        .map(|(addr, head, filler, total, write)| {
+            let stop = stop.clone();
+            let ns_name = ns_name.clone();
+            std::thread::spawn(move || {
+                let mut rounds = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let (sent, answer) =
+                        send_flood(Some(&stop), &ns_name, addr, &head, &filler, total, write);
+                    if answer != "stopped" {
+                        assert_eq!(answer, sent.to_string(), "{addr}: forwarding is byte-exact");
+                    }
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let flooded = echo_median(&ns, "127.0.0.1:8080", 21);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        assert!(t.join().unwrap() >= 1);
+    }
+    let log = p.stop();
+    let d = std::fs::read_to_string(&json).unwrap();
+    eprintln!("echo median: quiet {quiet:?}, during the floods {flooded:?}");
+    assert!(
+        flooded < quiet * 20 + Duration::from_millis(50),
+        "an unrelated echo took {flooded:?} during the decoder floods, {quiet:?} without; log:\n{log}"
+    );
+    assert!(
+        d.contains("chunked trailer over 64 KiB"),
+        "the trailer cap is said"
+    );
+}

@@ -381,6 +381,8 @@ pub fn open_private_dir(path: &std::path::Path) -> Result<std::os::fd::OwnedFd, 
 pub(crate) struct Decoders {
     on: bool,
     map: std::collections::HashMap<(u64, event::Direction), l7::StreamDecoder>,
+    /// Connections whose decoding stopped at a cap (until they close).
+    stopped: std::collections::HashSet<u64>,
 }
 
 impl Decoders {
@@ -388,6 +390,7 @@ impl Decoders {
         Decoders {
             on,
             map: Default::default(),
+            stopped: Default::default(),
         }
     }
 
@@ -400,13 +403,29 @@ impl Decoders {
             Event::Data {
                 conn, dir, bytes, ..
             } => {
+                if self.stopped.contains(&conn.id) {
+                    return Vec::new();
+                }
                 let dec = self
                     .map
                     .entry((conn.id, *dir))
                     .or_insert_with(|| l7::StreamDecoder::new(conn, *dir));
-                dec.feed(bytes)
+                let out = dec.feed(bytes);
+                if out.iter().any(|e| matches!(e, l7::L7Event::Stopped(_))) {
+                    // Both directions: a peer that reached a cap one way gets no decoder time
+                    // (nor memory) the other way either.
+                    self.stopped.insert(conn.id);
+                    for d in [
+                        event::Direction::ClientToServer,
+                        event::Direction::ServerToClient,
+                    ] {
+                        self.map.remove(&(conn.id, d));
+                    }
+                }
+                out
             }
             Event::Close { conn, .. } => {
+                self.stopped.remove(&conn.id);
                 let mut out = Vec::new();
                 for dir in [
                     event::Direction::ClientToServer,

@@ -9,6 +9,12 @@ const METHODS: &[&str] = &[
     "GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE ",
 ];
 const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size line (with its extensions).
+const MAX_CHUNK_LINE: usize = 1024;
+
+fn stopped(reason: String) -> L7Event {
+    L7Event::Stopped(super::Stopped { reason })
+}
 
 /// True when the stream starts like an HTTP/1.x request (c2s) or response (s2c).
 pub fn looks_like_http(buf: &[u8], dir: Direction) -> bool {
@@ -89,7 +95,9 @@ enum Chunk {
     Size(Vec<u8>),
     Data(u64),
     DataEnd,
-    Trailer(Vec<u8>),
+    /// Whether the current trailer line is blank so far (the blank one ends the message), and
+    /// the trailer bytes seen (capped at [`MAX_HEAD`], like a head); nothing of it is kept.
+    Trailer(bool, usize),
 }
 
 enum Phase {
@@ -132,9 +140,16 @@ impl HttpDecoder {
                 Phase::Head(buf) => {
                     let old = buf.len();
                     buf.extend_from_slice(bytes);
-                    let Some(end) = find(buf, b"\r\n\r\n").map(|p| p + 4) else {
+                    // Search only what is new (and the 3 bytes before it): a head arriving a
+                    // byte at a time must not be rescanned from its start each time.
+                    let from = old.saturating_sub(3);
+                    let Some(end) = find(&buf[from..], b"\r\n\r\n").map(|p| from + p + 4) else {
                         if buf.len() > MAX_HEAD {
                             self.phase = Phase::Off;
+                            out.push(stopped(format!(
+                                "an HTTP {kind} head over {} KiB",
+                                MAX_HEAD / 1024
+                            )));
                         }
                         break;
                     };
@@ -193,8 +208,11 @@ impl HttpDecoder {
                     Chunk::Size(line) => {
                         let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
                             line.extend_from_slice(bytes);
-                            if line.len() > 1024 {
+                            if line.len() > MAX_CHUNK_LINE {
                                 self.phase = Phase::Off;
+                                out.push(stopped(format!(
+                                    "an HTTP chunk size line over {MAX_CHUNK_LINE} bytes"
+                                )));
                             }
                             break;
                         };
@@ -203,7 +221,7 @@ impl HttpDecoder {
                         let text = String::from_utf8_lossy(line);
                         let hex = text.trim().split(';').next().unwrap_or("").trim();
                         match u64::from_str_radix(hex, 16) {
-                            Ok(0) => *st = Chunk::Trailer(Vec::new()),
+                            Ok(0) => *st = Chunk::Trailer(true, 0),
                             Ok(n) => {
                                 *chunks += 1;
                                 *st = Chunk::Data(n)
@@ -230,14 +248,24 @@ impl HttpDecoder {
                             None => bytes = &[],
                         }
                     }
-                    Chunk::Trailer(line) => {
-                        let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-                            line.extend_from_slice(bytes);
+                    Chunk::Trailer(blank, seen) => {
+                        let nl = bytes.iter().position(|&b| b == b'\n');
+                        let part = &bytes[..nl.unwrap_or(bytes.len())];
+                        *seen += part.len() + 1;
+                        *blank &= part.iter().all(|b| b.is_ascii_whitespace());
+                        if *seen > MAX_HEAD {
+                            self.phase = Phase::Off;
+                            out.push(stopped(format!(
+                                "an HTTP chunked trailer over {} KiB",
+                                MAX_HEAD / 1024
+                            )));
+                            break;
+                        }
+                        let Some(nl) = nl else {
                             break;
                         };
-                        line.extend_from_slice(&bytes[..nl]);
                         bytes = &bytes[nl + 1..];
-                        if line.iter().all(|b| b.is_ascii_whitespace()) {
+                        if *blank {
                             out.push(L7Event::HttpBody(HttpBody {
                                 kind,
                                 bytes: *total,
@@ -247,7 +275,7 @@ impl HttpDecoder {
                             }));
                             self.phase = Phase::Head(Vec::new());
                         } else {
-                            line.clear();
+                            *blank = true;
                         }
                     }
                 },
@@ -391,6 +419,22 @@ mod tests {
                 e => panic!("{e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_endless_trailer_stops_decoding_once_and_holds_nothing() {
+        let mut d = HttpDecoder::new(Direction::ServerToClient);
+        let ev = d.feed(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: 1\r\n\r\n",
+        );
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        d.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n");
+        let mut stops = Vec::new();
+        for _ in 0..1000 {
+            stops.extend(d.feed(&[b'x'; 1000]));
+        }
+        assert_eq!(stops.len(), 1, "{stops:?}");
+        assert!(stops[0].lines()[0].contains("chunked trailer over 64 KiB"));
     }
 
     #[test]

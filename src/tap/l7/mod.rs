@@ -27,6 +27,16 @@ pub enum L7Event {
     Dns(dns::DnsMessage),
     /// A Redis command or reply.
     Resp(resp::RespValue),
+    /// A decoder reached one of its caps: decoding stops for this connection (forwarding,
+    /// payload dumps, pcap and streams go on).
+    Stopped(Stopped),
+}
+
+/// Why decoding stopped for a connection.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Stopped {
+    /// The cap that was reached, e.g. "an HTTP chunked trailer over 64 KiB".
+    pub reason: String,
 }
 
 impl L7Event {
@@ -38,6 +48,10 @@ impl L7Event {
             L7Event::TlsClientHello(t) => vec![t.line()],
             L7Event::Dns(d) => d.lines(),
             L7Event::Resp(r) => vec![r.line()],
+            L7Event::Stopped(s) => vec![format!(
+                "decoding stopped for this connection ({}); forwarding goes on",
+                s.reason
+            )],
         }
     }
 }

@@ -38,10 +38,14 @@ impl ClientHello {
     }
 }
 
-/// Collects the first handshake record(s) until the ClientHello is complete.
+/// Collects the first handshake record(s) until the ClientHello is complete. Records are
+/// unwrapped as they complete (each byte is handled once, however small the reads).
 #[derive(Default)]
 pub struct TlsDecoder {
+    /// Bytes of the record not yet complete.
     buf: Vec<u8>,
+    /// Handshake bytes from the complete records so far.
+    hs: Vec<u8>,
     done: bool,
 }
 
@@ -53,7 +57,6 @@ impl TlsDecoder {
         }
         self.buf.extend_from_slice(bytes);
         // Reassemble handshake bytes from consecutive records.
-        let mut hs = Vec::new();
         let mut p = 0;
         while p + 5 <= self.buf.len() {
             if self.buf[p] != 0x16 {
@@ -64,9 +67,11 @@ impl TlsDecoder {
             if p + 5 + len > self.buf.len() {
                 break;
             }
-            hs.extend_from_slice(&self.buf[p + 5..p + 5 + len]);
+            self.hs.extend_from_slice(&self.buf[p + 5..p + 5 + len]);
             p += 5 + len;
         }
+        self.buf.drain(..p);
+        let hs = &self.hs;
         if hs.len() >= 4 {
             let body_len = u32::from_be_bytes([0, hs[1], hs[2], hs[3]]) as usize;
             if hs[0] != 1 {
@@ -76,15 +81,20 @@ impl TlsDecoder {
             if hs.len() >= 4 + body_len {
                 self.done = true;
                 self.buf = Vec::new();
+                let hs = std::mem::take(&mut self.hs);
                 return parse_client_hello(&hs[4..4 + body_len])
                     .map(L7Event::TlsClientHello)
                     .into_iter()
                     .collect();
             }
         }
-        if self.buf.len() > 64 * 1024 {
+        if self.buf.len() + self.hs.len() > 64 * 1024 {
             self.done = true;
             self.buf = Vec::new();
+            self.hs = Vec::new();
+            return vec![L7Event::Stopped(super::Stopped {
+                reason: "a TLS ClientHello over 64 KiB".into(),
+            })];
         }
         Vec::new()
     }
