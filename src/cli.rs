@@ -4,6 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cmd::lab_daemon::LabDaemonArgs;
+use crate::cmd::labs::LabsArgs;
+use crate::cmd::serve::ServeArgs;
+use crate::cmd::setup::SetupArgs;
+use crate::cmd::teardown::TeardownArgs;
+
 /// Debug container networking on Linux: namespaces, veths, NAT, DNS, proxies, labs.
 #[derive(Debug, Parser)]
 #[command(name = "nettool", version, about, long_about = None, propagate_version = true)]
@@ -67,7 +73,7 @@ pub enum Command {
     Dns(DnsArgs),
 
     /// Build a complete Docker-style bridge network lab (no Docker needed).
-    #[command(after_help = SETUP_HELP)]
+    #[command(after_help = crate::cmd::setup::SETUP_HELP)]
     Setup(SetupArgs),
 
     /// Remove a lab exactly as its journal says (a second teardown is a no-op).
@@ -75,6 +81,12 @@ pub enum Command {
         after_help = "Examples:\n  nettool teardown              # the default lab, 'nettool'\n  nettool teardown mylab --json"
     )]
     Teardown(TeardownArgs),
+
+    /// Every lab on this machine: host namespace, state, health (processes alive, namespaces there).
+    #[command(
+        after_help = "Examples:\n  nettool labs\n  nettool labs --json | jq '.[] | select(.problems != [])'"
+    )]
+    Labs(LabsArgs),
 
     /// Tiny built-in services for lab containers: http, echo (tcp), udp-echo.
     #[command(
@@ -358,101 +370,6 @@ pub struct ExplainNatArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-const SETUP_HELP: &str =
-    "LABFILE is a TOML lab file (see docs/setup.md and docs/labs/); without it the\n\
-built-in default lab comes up: network 'bridge' 172.19.0.0/16 with 'web' (172.19.0.2,\n\
-HTTP on 80, published on host port 8080) and network 'backend' where 'app' and\n\
-'client' find each other by name through the embedded DNS.\n\n\
-Examples:\n  sudo nettool setup\n  sudo nettool setup docs/labs/two-networks.toml --name demo\n\
-  nettool setup --dry-run                       # print every step and the exact iptables text\n\
-  sudo nettool setup --isolated --name t1 --json    # inside a fresh host namespace 't1'\n\
-  sudo nettool setup --backend nftables --no-userland-proxy";
-
-/// Firewall backend choice on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendArg {
-    /// iptables-restore --noflush, Docker's classic chains (NETTOOL, NETTOOL-USER, ...).
-    Iptables,
-    /// nft -f, one table per lab.
-    Nftables,
-}
-
-/// Arguments of `setup`.
-#[derive(Debug, Args)]
-pub struct SetupArgs {
-    /// The lab file (TOML). Default: the built-in lab.
-    pub labfile: Option<std::path::PathBuf>,
-    /// Build the lab's "host" inside a fresh named namespace (NAME) instead of this one.
-    #[arg(long)]
-    pub isolated: bool,
-    /// Lab name (default: the file's [lab] name, or "nettool"). Namespaces are NAME-CONTAINER.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Firewall backend (default: the file's, else iptables).
-    #[arg(long, value_enum)]
-    pub backend: Option<BackendArg>,
-    /// No userland proxy: localhost reaches published ports by DNAT + route_localnet (Docker's hairpin mode).
-    #[arg(long)]
-    pub no_userland_proxy: bool,
-    /// One proxy process per published port with docker-proxy's flags, as dockerd starts them.
-    #[arg(long, conflicts_with = "no_userland_proxy")]
-    pub docker_style_proxies: bool,
-    /// Print the plan (every step, the exact firewall text) and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Print the lab state (or, with --dry-run, the plan) as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Arguments of `teardown`.
-#[derive(Debug, Args)]
-pub struct TeardownArgs {
-    /// The lab name.
-    #[arg(default_value = "nettool")]
-    pub name: String,
-    /// Print what was removed as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Which built-in service `serve` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServeKind {
-    /// HTTP/1.1: answers every request with "hello from CONTAINER".
-    Http,
-    /// TCP echo.
-    Echo,
-    /// UDP echo.
-    UdpEcho,
-}
-
-/// Arguments of `serve`.
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// The service.
-    #[arg(value_enum)]
-    pub kind: ServeKind,
-    /// The port.
-    pub port: u16,
-    /// Address to bind.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub bind: std::net::IpAddr,
-    /// HTTP body (default: "hello from $NETTOOL_CONTAINER").
-    #[arg(long)]
-    pub text: Option<String>,
-}
-
-/// Arguments of the hidden `lab-daemon`.
-#[derive(Debug, Args)]
-pub struct LabDaemonArgs {
-    /// The lab name.
-    pub name: String,
-    /// Write "0\n" here when ready (or "1\n<error>").
-    #[arg(long)]
-    pub ready_fd: Option<i32>,
 }
 
 /// Examples and notes for `nettool proxy --help`.

@@ -1165,3 +1165,174 @@ fn setup_and_teardown_without_root_say_so_once() {
         );
     }
 }
+
+/// `nettool labs` lists a lab with its host and health; once its proxy dies, labs and a
+/// second `setup` say so (instead of "already up").
+#[test]
+fn labs_shows_health_and_setup_says_what_is_broken() {
+    let (lab, v) = TestLab::isolated("health", &[]);
+    let labs = nettool_json(&["labs", "--json"]);
+    let me = labs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == lab.name.as_str())
+        .unwrap_or_else(|| panic!("{labs}"))
+        .clone();
+    assert_eq!(me["phase"], "up", "{me}");
+    assert_eq!(me["host_netns"], lab.name.as_str(), "{me}");
+    assert_eq!(me["problems"], serde_json::json!([]), "{me}");
+    assert!(me["namespaces"].as_array().unwrap().len() >= 4, "{me}");
+    let table = nettool_ok(&["labs"]);
+    let row = table.lines().find(|l| l.starts_with(&lab.name)).unwrap();
+    assert!(
+        row.contains(&format!("{} (isolated)", lab.name)) && row.contains("ok ("),
+        "{table}"
+    );
+    // The proxy dies.
+    let proxy = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "proxy")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    sh(&["kill", "-9", &proxy.to_string()]);
+    let want = format!("its proxy (pid {proxy}) is not running");
+    wait_for("labs to see the dead proxy", 5, || {
+        nettool_ok(&["labs"]).contains(&want)
+    });
+    let out = nettool(&["setup", "--isolated", "--name", &lab.name]);
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(
+        msg.contains("is up but broken") && msg.contains(&want) && !msg.contains("already up"),
+        "{msg}"
+    );
+    // The command it prints rebuilds the lab whole.
+    let rebuild = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("Rebuild it: "))
+        .unwrap_or_else(|| panic!("{msg}"));
+    let out = Command::new("sh").args(["-c", rebuild]).output().unwrap();
+    assert!(out.status.success(), "{rebuild}: {}", text(&out));
+    let labs = nettool_ok(&["labs"]);
+    let row = labs.lines().find(|l| l.starts_with(&lab.name)).unwrap();
+    assert!(row.contains("ok ("), "{labs}");
+}
+
+/// Flags that contradict the running lab are refused with the command that does it.
+#[test]
+fn setup_refuses_flags_that_contradict_the_running_lab() {
+    let (lab, _) = TestLab::isolated("contra", &["--no-userland-proxy"]);
+    let out = nettool(&[
+        "setup",
+        "--isolated",
+        "--name",
+        &lab.name,
+        "--no-userland-proxy",
+        "--backend",
+        "nftables",
+    ]);
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(
+        msg.contains("--backend nftables (the lab runs with iptables)"),
+        "{msg}"
+    );
+    let rebuild = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("Rebuild it that way: "))
+        .unwrap_or_else(|| panic!("{msg}"));
+    let out = Command::new("sh").args(["-c", rebuild]).output().unwrap();
+    assert!(out.status.success(), "{rebuild}: {}", text(&out));
+    let st = nettool::lab::state::load(&lab.name).unwrap();
+    assert_eq!(st.backend.to_string(), "nftables");
+}
+
+/// Inside `ip netns exec` (a slave mount namespace) setup is refused before anything exists,
+/// and the nsenter command it prints works.
+#[test]
+fn setup_inside_ip_netns_exec_is_refused_with_the_command_that_works() {
+    let host = TestNs::new("mnt");
+    let name = unique("mnt");
+    let lab = TestLab {
+        name: name.clone(),
+        host: Some(host.name.clone()),
+    };
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.name])
+        .arg(env!("CARGO_BIN_EXE_nettool"))
+        .args(["setup", "--name", &name, "--no-userland-proxy"])
+        .output()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(msg.contains("slave mount"), "{msg}");
+    assert!(!netns_names().iter().any(|n| n.starts_with(&name)), "{msg}");
+    let cmd = msg
+        .lines()
+        .find_map(|l| l.split_once("entering only the network namespace: "))
+        .map(|(_, c)| c.to_string())
+        .unwrap_or_else(|| panic!("{msg}"));
+    assert!(
+        cmd.starts_with(&format!("nsenter --net=/run/netns/{} ", host.name)),
+        "{cmd}"
+    );
+    let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", text(&out));
+    assert!(exec(&format!("{name}-client"), &["getent", "hosts", "app"]).0);
+    lab.teardown();
+}
+
+/// The same lab name asked for from another namespace is not "(this namespace as host)".
+#[test]
+fn same_lab_name_from_another_namespace_is_not_claimed_here() {
+    let a = TestNs::new("hosta");
+    let b = TestNs::new("hostb");
+    let (lab, _) = TestLab::in_host("twice", &a, &["--no-userland-proxy"]);
+    let out = nettool_in(
+        Some(&b.name),
+        &["setup", "--name", &lab.name, "--no-userland-proxy"],
+        &[],
+    );
+    let msg = text(&out);
+    assert!(!out.status.success(), "{msg}");
+    assert!(!msg.contains("this namespace as host"), "{msg}");
+    assert!(
+        msg.contains("its host is another network namespace") && msg.contains(&a.name),
+        "{msg}"
+    );
+}
+
+/// Two labs in one host, both torn down: nftables is byte for byte what it was (no empty
+/// tables or base chains left by iptables-nft), and no empty /etc/netns or /run/nettool
+/// folder stays behind.
+#[test]
+fn teardown_returns_the_host_byte_for_byte() {
+    let host = TestNs::new("bytes");
+    let nft = || sh(&["ip", "netns", "exec", &host.name, "nft", "list", "ruleset"]);
+    let before = (nft(), snapshot(&host));
+    let folders = ["/run/nettool", "/etc/netns"];
+    let existed: Vec<bool> = folders
+        .iter()
+        .map(|d| std::path::Path::new(d).exists())
+        .collect();
+    let f1 = write_lab("[[network]]\nname = \"n\"\nsubnet = \"10.95.0.0/24\"\n[[container]]\nname = \"a\"\nports = [\"8095:80\"]\n");
+    let f2 = write_lab("[[network]]\nname = \"n\"\nsubnet = \"10.96.0.0/24\"\n[[container]]\nname = \"b\"\nports = [\"8096:80\"]\n");
+    let (l1, _) = TestLab::in_host("bytes1", &host, &[f1.s()]);
+    let (l2, _) = TestLab::in_host("bytes2", &host, &[f2.s()]);
+    assert_ne!(nft(), before.0);
+    l1.teardown();
+    l2.teardown();
+    assert_eq!(nft(), before.0);
+    assert_eq!(snapshot(&host), before.1);
+    // Folders the labs made: gone, unless another lab (a test running beside this one) uses them.
+    wait_for("no empty lab folders", 5, || {
+        folders
+            .iter()
+            .zip(&existed)
+            .all(|(d, was)| *was || std::fs::read_dir(d).map_or(true, |mut rd| rd.next().is_some()))
+    });
+}

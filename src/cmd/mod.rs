@@ -4,6 +4,7 @@ pub mod dns;
 pub mod doctor;
 pub mod explain_nat;
 pub mod lab_daemon;
+pub mod labs;
 pub mod netns;
 pub mod peer;
 pub mod proxy;
@@ -26,6 +27,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::ExplainNat(a) => explain_nat::run(a),
         Command::Setup(a) => setup::run(a),
         Command::Teardown(a) => teardown::run(a),
+        Command::Labs(a) => labs::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Trace(a) => trace::run(a),
         Command::LabDaemon(a) => lab_daemon::run(a),

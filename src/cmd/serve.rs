@@ -1,9 +1,36 @@
 //! `nettool serve http|echo|udp-echo PORT`: the lab's built-in services.
 
 use anyhow::Context;
+use clap::Args;
 
-use crate::cli::{ServeArgs, ServeKind};
 use crate::lab::serve;
+
+/// Which built-in service `serve` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeKind {
+    /// HTTP/1.1: answers every request with "hello from CONTAINER".
+    Http,
+    /// TCP echo.
+    Echo,
+    /// UDP echo.
+    UdpEcho,
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The service.
+    #[arg(value_enum)]
+    pub kind: ServeKind,
+    /// The port.
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+    /// HTTP body (default: "hello from $NETTOOL_CONTAINER").
+    #[arg(long)]
+    pub text: Option<String>,
+}
 
 /// Run a built-in service until killed.
 pub fn run(a: ServeArgs) -> anyhow::Result<i32> {

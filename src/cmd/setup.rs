@@ -1,14 +1,64 @@
 //! `nettool setup [LABFILE]`: bring a Docker-style lab up (or print its plan).
 
 use anyhow::Context;
+use clap::Args;
 use clap::CommandFactory;
 
-use crate::cli::{BackendArg, Cli, SetupArgs};
+use crate::cli::Cli;
 use crate::lab::apply::{self, LabError};
+use crate::lab::health::{self, Phase};
 use crate::lab::plan::{self, Options, ProxyMode, Step};
 use crate::lab::spec::{self, Backend};
 use crate::lab::state::{self, LabState};
 use crate::output::{paint, print_json, Table};
+
+/// Examples and notes for `nettool setup --help`.
+pub(crate) const SETUP_HELP: &str =
+    "LABFILE is a TOML lab file (see docs/setup.md and docs/labs/); without it the\n\
+built-in default lab comes up: network 'bridge' 172.19.0.0/16 with 'web' (172.19.0.2,\n\
+HTTP on 80, published on host port 8080) and network 'backend' where 'app' and\n\
+'client' find each other by name through the embedded DNS.\n\n\
+Examples:\n  sudo nettool setup\n  sudo nettool setup docs/labs/two-networks.toml --name demo\n\
+  nettool setup --dry-run                       # print every step and the exact iptables text\n\
+  sudo nettool setup --isolated --name t1 --json    # inside a fresh host namespace 't1'\n\
+  sudo nettool setup --backend nftables --no-userland-proxy";
+
+/// Firewall backend choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// iptables-restore --noflush, Docker's classic chains (NETTOOL, NETTOOL-USER, ...).
+    Iptables,
+    /// nft -f, one table per lab.
+    Nftables,
+}
+
+/// Arguments of `setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The lab file (TOML). Default: the built-in lab.
+    pub labfile: Option<std::path::PathBuf>,
+    /// Build the lab's "host" inside a fresh named namespace (NAME) instead of this one.
+    #[arg(long)]
+    pub isolated: bool,
+    /// Lab name (default: the file's [lab] name, or "nettool"). Namespaces are NAME-CONTAINER.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Firewall backend (default: the file's, else iptables).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// No userland proxy: localhost reaches published ports by DNAT + route_localnet (Docker's hairpin mode).
+    #[arg(long)]
+    pub no_userland_proxy: bool,
+    /// One proxy process per published port with docker-proxy's flags, as dockerd starts them.
+    #[arg(long, conflicts_with = "no_userland_proxy")]
+    pub docker_style_proxies: bool,
+    /// Print the plan (every step, the exact firewall text) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the lab state (or, with --dry-run, the plan) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// True when this build has the `nettool proxy` command the userland-proxy mode starts.
 pub fn proxy_available() -> bool {
@@ -80,9 +130,19 @@ pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     apply::preflight(backend)?;
+    let lab_name = a.name.clone().unwrap_or_else(|| spec.name.clone());
+    if let Some(code) = existing_lab(&a, &lab_name, backend, proxy)? {
+        return Ok(code);
+    }
+    if let Some(why) = apply::invisible_mounts() {
+        eprintln!(
+            "nettool: refusing to set up lab {lab_name}: {why}.\nRun it in the machine's mount namespace, entering only the network namespace: {}",
+            in_machine_mounts()
+        );
+        return Ok(2);
+    }
     // From here a Ctrl-C or SIGTERM rolls back instead of leaving half a lab.
     apply::catch_interrupts();
-    let lab_name = a.name.clone().unwrap_or_else(|| spec.name.clone());
     if let Some(rep) = apply::recover_interrupted(&lab_name)? {
         eprintln!(
             "nettool: an earlier setup of lab {lab_name} was interrupted; removed what it left: {} namespaces, {} links, {} processes, {} firewall rule sets, {} sysctls restored",
@@ -122,6 +182,150 @@ pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// How this program can be run again as printed: `nettool` when the shell finds this very
+/// binary under that name, else its absolute path (a `cargo run` or target/release build).
+pub(crate) fn me() -> String {
+    let exe = std::env::current_exe().ok();
+    let on_path = apply::find_tool("nettool");
+    match (&exe, on_path) {
+        (Some(e), Some(p)) if std::fs::canonicalize(&p).ok().as_ref() == Some(e) => {
+            "nettool".into()
+        }
+        (Some(e), _) => e.display().to_string(),
+        (None, _) => "nettool".into(),
+    }
+}
+
+/// This command line again, with the binary as [`me`] says (arguments quoted for a shell).
+fn this_command() -> String {
+    let mut v = vec![me()];
+    v.extend(std::env::args().skip(1).map(|a| shell_quote(&a)));
+    v.join(" ")
+}
+
+fn shell_quote(a: &str) -> String {
+    if !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+/// The command that runs this setup with only the network namespace entered, the mounts
+/// being the machine's.
+fn in_machine_mounts() -> String {
+    let ns = crate::netns::NetNs::current().ok().map(|n| n.id().inode);
+    let named = ns.and_then(|inode| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(crate::netns::NETNS_RUN_DIR)
+            .ok()?
+            .flatten()
+            .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode))
+            .map(|e| e.path().display().to_string())
+    });
+    match named {
+        Some(path) => format!("nsenter --net={path} {}", this_command()),
+        None => format!(
+            "nsenter --mount=/proc/1/ns/mnt --net=/proc/<PID>/ns/net {} (PID: any process in this network namespace)",
+            this_command()
+        ),
+    }
+}
+
+/// A lab of this name exists: say how it is and stop (Some(exit code)), or go on (None:
+/// it is half built, and setup removes the remains first).
+fn existing_lab(
+    a: &SetupArgs,
+    name: &str,
+    backend: Backend,
+    proxy: ProxyMode,
+) -> anyhow::Result<Option<i32>> {
+    let Some(h) = health::check(name) else {
+        return Ok(None);
+    };
+    if h.phase != Phase::Up {
+        return Ok(None);
+    }
+    let st = state::load(name).with_context(|| format!("lab {name}"))?;
+    let rebuild = format!("{} teardown {name} && {}", me(), this_command());
+    if st.host_netns.is_none() && !h.host_is_here {
+        eprintln!(
+            "nettool: lab {name} is up, but its host is another network namespace ({}), not this one.\nSee it with `{} labs`; build one here under another name: {} --name {name}-2",
+            crate::cmd::labs::host_label(&h),
+            me(),
+            this_command_without_name()
+        );
+        return Ok(Some(1));
+    }
+    // Flags that contradict the running lab: it is not rebuilt behind the user's back.
+    let mut differ = Vec::new();
+    if a.backend.is_some() && backend != st.backend {
+        differ.push(format!(
+            "--backend {backend} (the lab runs with {})",
+            st.backend
+        ));
+    }
+    if (a.no_userland_proxy || a.docker_style_proxies) && proxy.as_str() != st.userland_proxy {
+        let flag = if a.no_userland_proxy {
+            "--no-userland-proxy"
+        } else {
+            "--docker-style-proxies"
+        };
+        differ.push(format!(
+            "{flag} (the lab's userland proxy is {})",
+            st.userland_proxy
+        ));
+    }
+    if a.isolated && st.host_netns.is_none() {
+        differ.push("--isolated (the lab uses this namespace as its host)".into());
+    }
+    if !differ.is_empty() {
+        eprintln!(
+            "nettool: lab {name} is already up, and {} would need a new lab.\nRebuild it that way: {rebuild}\nOr see it as it is: {} labs",
+            differ.join(", "),
+            me()
+        );
+        return Ok(Some(2));
+    }
+    if !h.problems.is_empty() {
+        eprintln!(
+            "nettool: lab {name} is up but broken: {}.\nRebuild it: {rebuild}",
+            h.problems.join("; ")
+        );
+        return Ok(Some(1));
+    }
+    if a.json {
+        print_json(&st)?;
+    } else {
+        print!("{}", render_up(&st, true));
+    }
+    Ok(Some(0))
+}
+
+/// This command line without its --name option (to append another).
+fn this_command_without_name() -> String {
+    let mut v = vec![me()];
+    let mut skip = false;
+    for a in std::env::args().skip(1) {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if a == "--name" {
+            skip = true;
+            continue;
+        }
+        if a.starts_with("--name=") {
+            continue;
+        }
+        v.push(shell_quote(&a));
+    }
+    v.join(" ")
 }
 
 /// The plan as numbered steps, the way --dry-run prints it.

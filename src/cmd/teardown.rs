@@ -1,8 +1,19 @@
 //! `nettool teardown NAME`: remove a lab exactly as its journal says.
 
-use crate::cli::TeardownArgs;
 use crate::lab::apply;
 use crate::output::print_json;
+use clap::Args;
+
+/// Arguments of `teardown`.
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    /// The lab name.
+    #[arg(default_value = "nettool")]
+    pub name: String,
+    /// Print what was removed as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Run `teardown`.
 pub fn run(a: TeardownArgs) -> anyhow::Result<i32> {

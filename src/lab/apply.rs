@@ -147,6 +147,45 @@ pub fn backend_tools(backend: Backend) -> Result<(PathBuf, Option<PathBuf>), Lab
     }
 }
 
+/// Why namespaces made here would be invisible to the rest of the machine, if they would:
+/// this process runs in a mount namespace other than init's, and /run/netns (or the mount
+/// holding it) does not propagate back there (a slave mount, as inside `ip netns exec`, or
+/// a private one, as in a service with a private /run). Where init's mount namespace cannot
+/// be read, a slave /run/netns alone tells. Then every /run/netns/NAME this setup
+/// mounted would be an empty file everywhere else.
+pub fn invisible_mounts() -> Option<String> {
+    let mine = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    // Unreadable in some sandboxes: then only a slave mount tells.
+    let init = std::fs::read_link("/proc/1/ns/mnt").ok();
+    if init.as_ref() == Some(&mine) {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let target = crate::netns::NETNS_RUN_DIR;
+    let covers = |mp: &str| {
+        mp == "/" || target == mp || target.strip_prefix(mp).is_some_and(|r| r.starts_with('/'))
+    };
+    // The mount /run/netns lives on: the longest mount point that covers it.
+    let (mp, tags) = info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let mp = *f.get(4)?;
+            let dash = f.iter().position(|x| *x == "-")?;
+            covers(mp).then(|| (mp.to_string(), f[6..dash].join(" ")))
+        })
+        .max_by_key(|(mp, _)| mp.len())?;
+    let shared = tags.split(' ').any(|t| t.starts_with("shared:"));
+    let slave = tags.split(' ').any(|t| t.starts_with("master:"));
+    if !slave && (shared || init.is_none()) {
+        return None;
+    }
+    let how = if slave { "a slave" } else { "a private" };
+    Some(format!(
+        "this process runs in a mount namespace of its own (not init's), where {mp} is {how} mount: the /run/netns entries setup makes here would never reach the rest of the machine (`ip netns exec` does this)"
+    ))
+}
+
 /// Check root and tools before anything is planned or built.
 pub fn preflight(backend: Backend) -> Result<(), LabError> {
     if !is_root() {
@@ -290,6 +329,97 @@ pub fn undo_firewall_text(backend: Backend, undo: &str) -> Result<bool, String> 
                 Err(format!("{e} (still present: {})", left.join("; ")))
             }
         }
+    }
+}
+
+/// nftables tables and chains in the calling thread's namespace: "FAMILY TABLE" and
+/// "FAMILY TABLE CHAIN" -> number of rules (tables count their chains). None without nft.
+fn nft_objects() -> Option<std::collections::BTreeMap<String, usize>> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "ruleset"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut m = std::collections::BTreeMap::new();
+    let s = |o: &serde_json::Value, k: &str| o[k].as_str().unwrap_or_default().to_string();
+    for item in v["nftables"].as_array()? {
+        if let Some(t) = item.get("table") {
+            m.entry(format!("{} {}", s(t, "family"), s(t, "name")))
+                .or_insert(0);
+        } else if let Some(c) = item.get("chain") {
+            let table = format!("{} {}", s(c, "family"), s(c, "table"));
+            *m.entry(table.clone()).or_insert(0) += 1;
+            m.entry(format!("{table} {}", s(c, "name"))).or_insert(0);
+        } else if let Some(r) = item.get("rule") {
+            let chain = format!("{} {} {}", s(r, "family"), s(r, "table"), s(r, "chain"));
+            *m.entry(chain).or_insert(0) += 1;
+        } else if let Some(o) = item.as_object() {
+            // Sets, maps, flowtables... keep their table.
+            if let Some((_, x)) = o.iter().find(|(k, _)| *k != "metainfo") {
+                let table = format!("{} {}", s(x, "family"), s(x, "table"));
+                *m.entry(table).or_insert(0) += 1;
+            }
+        }
+    }
+    Some(m)
+}
+
+/// What nftables held in the lab host before the first lab of it: another lab's baseline
+/// when one shares this host, else what is there now. None when nft is not installed.
+fn nft_baseline(lab: &str) -> Option<Vec<String>> {
+    let here = state::read_host(lab);
+    for other in state::list().into_iter().filter(|n| n != lab) {
+        let same = match (&here, state::read_host(&other)) {
+            (Some(h), Some(o)) => h.netns.is_none() && o.netns.is_none() && h.inode == o.inode,
+            _ => false,
+        };
+        if !same {
+            continue;
+        }
+        let found = state::read_journal(&other).ok().and_then(|rs| {
+            rs.into_iter().find_map(|u| match u {
+                Undo::NftBaseline { existed } => Some(existed),
+                _ => None,
+            })
+        });
+        if found.is_some() {
+            return found;
+        }
+    }
+    Some(nft_objects()?.into_keys().collect())
+}
+
+/// Delete the nftables chains and tables that are empty now and were not in `existed`.
+fn remove_new_empty_nft(existed: &[String]) -> Result<(), String> {
+    let existed: BTreeSet<&str> = existed.iter().map(String::as_str).collect();
+    let mut problems = Vec::new();
+    // Chains first, then the tables they leave empty.
+    for parts in [3, 2] {
+        let Some(now) = nft_objects() else {
+            return Ok(());
+        };
+        for (k, n) in &now {
+            let p: Vec<&str> = k.split(' ').collect();
+            if p.len() != parts || *n != 0 || existed.contains(k.as_str()) {
+                continue;
+            }
+            let text = format!(
+                "delete {} {k}\n",
+                if parts == 3 { "chain" } else { "table" }
+            );
+            if let Err(e) = apply_firewall_text(Backend::Nftables, &text) {
+                problems.push(e);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("nftables: {}", problems.join("; ")))
     }
 }
 
@@ -548,6 +678,12 @@ impl Run<'_> {
                 apply,
                 undo,
             } => {
+                // (An isolated host goes away whole: nothing to remember there.)
+                if *backend == Backend::Iptables && self.plan.state.host_netns.is_none() {
+                    if let Some(existed) = nft_baseline(&self.plan.name) {
+                        self.record(Undo::NftBaseline { existed })?;
+                    }
+                }
                 // Journaled first: teardown's undo copes with rules that never made it.
                 self.record(Undo::Firewall {
                     at: Where::Host,
@@ -557,12 +693,25 @@ impl Run<'_> {
                 apply_firewall_text(*backend, apply)?;
             }
             Step::ResolvConf { netns } => {
-                let dir = Path::new("/etc/netns").join(netns);
+                let root = Path::new("/etc/netns");
+                let dir = root.join(netns);
+                if !root.exists() {
+                    self.record(Undo::EmptyDir {
+                        path: root.display().to_string(),
+                    })?;
+                }
                 if !dir.exists() {
                     self.record(Undo::Dir {
                         path: dir.display().to_string(),
                     })?;
-                    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                    // Another lab's teardown removes /etc/netns when it empties it: try again.
+                    let mut tries = 0;
+                    while let Err(e) = std::fs::create_dir_all(&dir) {
+                        tries += 1;
+                        if e.kind() != std::io::ErrorKind::NotFound || tries > 5 {
+                            return Err(format!("{}: {e}", dir.display()));
+                        }
+                    }
                 }
                 let f = dir.join("resolv.conf");
                 std::fs::write(
@@ -959,10 +1108,11 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
         .as_ref()
         .and_then(|h| h.netns.as_ref())
         .is_some_and(|n| owned.contains(n));
-    let host_ns_missing = host
-        .as_ref()
-        .and_then(|h| h.netns.as_ref())
-        .is_some_and(|n| !owned.contains(n));
+    // A host namespace that no longer exists took the lab's host-side objects with it.
+    let host_ns_missing = host.as_ref().is_some_and(|h| match &h.netns {
+        Some(n) => !owned.contains(n),
+        None => !super::health::netns_alive(h.inode),
+    });
     let touches_host = records.iter().any(|u| {
         matches!(
             u,
@@ -981,7 +1131,7 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     if !host_is_ours && !host_ns_missing && touches_host {
         if let Some(h) = &host {
             let cur = NetNs::current().map_err(|e| LabError::Other(e.to_string()))?;
-            if cur.id().inode != h.inode {
+            if cur.id().inode != h.inode && super::health::netns_alive(h.inode) {
                 return Err(LabError::WrongNamespace {
                     name: name.into(),
                     inode: h.inode,
@@ -1038,9 +1188,17 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     let mut waiting_links: Vec<String> = Vec::new();
     let mut conf: Option<Configure> = None;
     let mut fw_undone = false;
+    let mut baseline: Option<Vec<String>> = None;
+    let mut empty_dirs: Vec<String> = Vec::new();
     for u in records.iter().rev() {
         match u {
             Undo::Process { .. } | Undo::NotCreated { .. } => {}
+            Undo::NftBaseline { existed } => {
+                if !host_is_ours && !host_ns_missing {
+                    baseline = Some(existed.clone());
+                }
+            }
+            Undo::EmptyDir { path } => empty_dirs.push(path.clone()),
             Undo::Dir { path } => {
                 if let Err(e) = std::fs::remove_dir_all(path) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -1117,8 +1275,22 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
         }
     }
     // 3. The shared chains go with the last lab that uses them in this namespace.
-    if fw_undone && !other_labs_here(name, host.as_ref()) {
+    let last_here = !other_labs_here(name, host.as_ref());
+    if fw_undone && last_here {
         let _ = undo_firewall_text(Backend::Iptables, &firewall::iptables_base_cleanup());
+    }
+    // The empty tables and base chains iptables-nft made for the first lab go with the last.
+    if let (Some(existed), true) = (baseline, last_here) {
+        if let Err(e) = remove_new_empty_nft(&existed) {
+            rep.warnings.push(e);
+        }
+    }
+    for d in &empty_dirs {
+        // Fails, as it should, while another lab (or anything else) has an entry there; the
+        // lab that has one inherits the duty to remove the folder once it is empty.
+        if std::fs::remove_dir(d).is_err() && Path::new(d).exists() {
+            hand_over(name, Undo::EmptyDir { path: d.clone() });
+        }
     }
     // 4. Host-side veths vanish when the kernel finishes destroying their namespaces; wait
     //    for that so "after teardown" really means gone, then delete any straggler.
@@ -1146,7 +1318,28 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     if let Err(e) = std::fs::remove_dir_all(&d) {
         rep.warnings.push(format!("remove {}: {e}", d.display()));
     }
+    // Only nettool writes there; the last lab leaves no empty folder behind.
+    let _ = std::fs::remove_dir(state::STATE_ROOT);
     Ok(rep)
+}
+
+/// Give an `EmptyDir` record to another lab that has an entry in that folder (its journal
+/// names a directory under it), so the folder goes with the last lab that used it.
+fn hand_over(name: &str, record: Undo) {
+    let Undo::EmptyDir { path } = &record else {
+        return;
+    };
+    let inside = format!("{path}/");
+    for other in state::list().into_iter().filter(|n| n != name) {
+        let uses = state::read_journal(&other).is_ok_and(|rs| {
+            rs.iter()
+                .any(|u| matches!(u, Undo::Dir { path: p } if p.starts_with(&inside)))
+        });
+        if uses {
+            let _ = state::append_record(&other, &record);
+            return;
+        }
+    }
 }
 
 /// Labs sharing a host namespace must not publish the same port or use the same bridge names.

@@ -2,12 +2,13 @@
 //!
 //! [`spec`] reads the lab file, [`plan`] turns it into steps, [`firewall`] writes the rules as
 //! text, [`apply`] carries the plan out with a journal and rollback, [`state`] is what a
-//! running lab looks like (state.json, read by other tests), [`daemon`] + [`resolver`] serve the
+//! running lab looks like (state.json, read by other tests), [`health`] how it is doing, [`daemon`] + [`resolver`] serve the
 //! embedded DNS and the lab's services, [`serve`] holds the tiny built-in services.
 
 pub mod apply;
 pub mod daemon;
 pub mod firewall;
+pub mod health;
 pub mod plan;
 pub mod resolver;
 pub mod serve;

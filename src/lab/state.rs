@@ -234,6 +234,19 @@ pub enum Undo {
         /// The record it cancels.
         undo: Box<Undo>,
     },
+    /// A directory that may be shared with other labs (/etc/netns): removed only when empty.
+    EmptyDir {
+        /// The path.
+        path: String,
+    },
+    /// The nftables tables and chains ("ip nat", "ip nat PREROUTING") that existed in the lab
+    /// host before the first lab's iptables rules went in (iptables-nft creates the tables and
+    /// base chains it needs and leaves them behind empty): the last lab's teardown removes the
+    /// empty ones that are not listed.
+    NftBaseline {
+        /// Tables and chains that existed before.
+        existed: Vec<String>,
+    },
     /// A process: SIGTERM, then SIGKILL.
     Process {
         /// What it is.
@@ -303,8 +316,16 @@ impl Journal {
     /// Create the state directory and an empty journal for lab `name` (fails when it exists).
     pub fn create(name: &str, host: &HostRecord) -> Result<Self, StateError> {
         let d = dir(name);
-        std::fs::create_dir_all(STATE_ROOT).map_err(|e| io(Path::new(STATE_ROOT), e))?;
-        std::fs::create_dir(&d).map_err(|e| io(&d, e))?;
+        // Another lab's teardown removes STATE_ROOT when it empties it: try again then.
+        let mut tries = 0;
+        loop {
+            std::fs::create_dir_all(STATE_ROOT).map_err(|e| io(Path::new(STATE_ROOT), e))?;
+            match std::fs::create_dir(&d) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 => tries += 1,
+                Err(e) => return Err(io(&d, e)),
+            }
+        }
         let hp = d.join("host.json");
         std::fs::write(
             &hp,
@@ -326,6 +347,19 @@ impl Journal {
         line.push(b'\n');
         self.file.write_all(&line).map_err(|e| io(&self.path, e))
     }
+}
+
+/// Append one record to the journal of another lab `name` (a duty handed over by a lab
+/// being torn down).
+pub fn append_record(name: &str, undo: &Undo) -> Result<(), StateError> {
+    let path = dir(name).join("journal.jsonl");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| io(&path, e))?;
+    let mut line = serde_json::to_vec(undo).expect("undo serializes");
+    line.push(b'\n');
+    file.write_all(&line).map_err(|e| io(&path, e))
 }
 
 /// Read lab `name`'s journal (records in creation order, [`Undo::NotCreated`] applied: the
