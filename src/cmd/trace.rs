@@ -286,10 +286,12 @@ pub(crate) fn render(p: &TracedPacket) -> String {
         p.hooks.join(" > ")
     );
     for h in &p.hops {
-        let what = match (h.handle, &h.rule) {
-            (Some(n), Some(r)) => format!("#{n} {r}"),
-            (Some(n), None) => format!("#{n} (rule gone from the listing)"),
-            (None, _) => format!("{:?}", h.kind).to_lowercase(),
+        let what = match (h.handle, &h.rule, &h.iptables) {
+            // iptables wrote it: its own words (nft cannot print every xt match/target).
+            (Some(n), _, Some(ipt)) => format!("#{n} {ipt}"),
+            (Some(n), Some(r), None) => format!("#{n} {r}"),
+            (Some(n), None, None) => format!("#{n} (rule gone from the listing)"),
+            (None, _, _) => format!("{:?}", h.kind).to_lowercase(),
         };
         let _ = writeln!(
             s,
@@ -313,12 +315,15 @@ pub(crate) fn render(p: &TracedPacket) -> String {
             chain,
             handle,
             rule,
+            iptables,
             engine,
         } => paint(
             &format!(
                 "DROPPED by {} in {chain}{}  [{}]",
                 handle.map_or("the chain policy".to_string(), |h| format!("rule #{h}")),
-                rule.as_deref()
+                iptables
+                    .as_deref()
+                    .or(rule.as_deref())
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default(),
                 engine.as_str()

@@ -290,6 +290,8 @@ pub struct Hop {
     pub rule: Option<String>,
     /// The table is iptables-nft's (the rule was written with iptables).
     pub iptables_nft: bool,
+    /// The rule as iptables-nft-save prints it (iptables-nft tables only).
+    pub iptables: Option<String>,
     /// The verdict: accept, drop, continue, jump CHAIN, return...
     pub verdict: String,
     /// Who wrote the chain.
@@ -319,6 +321,8 @@ pub enum Ending {
         handle: Option<u64>,
         /// The rule text.
         rule: Option<String>,
+        /// The rule as iptables-nft-save prints it, when iptables wrote it.
+        iptables: Option<String>,
         /// Who wrote it.
         engine: Engine,
     },
@@ -374,6 +378,8 @@ pub struct TracedPacket {
     pub dst: String,
     /// TCP flags (SYN, SYN-ACK, RST...).
     pub flags: Option<String>,
+    /// Source -> destination after NAT in this namespace, when a rule rewrote them.
+    pub nat: Option<String>,
     /// IP length in bytes.
     pub length: Option<u32>,
     /// The DF bit of an IPv4 packet.
@@ -436,6 +442,10 @@ pub struct Session {
     order: Vec<(usize, u32)>,
     /// Packets ended by a new pass with the same id, waiting for the next flush.
     closed: Vec<OpenPacket>,
+    /// Trace ids that continue another packet's walk (br_netfilter), to the packet's key.
+    alias: HashMap<(usize, u32), (usize, u32)>,
+    /// (first event time, point, signature) of packets finished in the last seconds.
+    recent: std::collections::VecDeque<(f64, usize, (u8, u32, u64))>,
     pending_drops: Vec<KernelDrop>,
     settle: f64,
     report: TraceReport,
@@ -548,6 +558,8 @@ impl Session {
             open: HashMap::new(),
             order: Vec::new(),
             closed: Vec::new(),
+            alias: HashMap::new(),
+            recent: std::collections::VecDeque::new(),
             pending_drops: Vec::new(),
             settle: opts.settle.as_secs_f64(),
             report: TraceReport {
@@ -658,12 +670,36 @@ impl Session {
                                 && matches!(t.chain.as_str(), "pre" | "out")
                                 && t.kind == Some(TraceKind::Rule)
                                 && t.rule_handle.is_some();
-                            if starts_pass {
+                            // A pass is over once the packet reached a later hook or a rule
+                            // dropped it; prerouting twice in a row is br_netfilter, one pass.
+                            let over = self.open.get(&key).is_some_and(|p| {
+                                p.events.iter().any(|e| {
+                                    (is_our_table(&e.table) && e.chain.ends_with("_end"))
+                                        || e.verdict == Some(0)
+                                })
+                            });
+                            if starts_pass && over {
                                 if let Some(old) = self.open.remove(&key) {
                                     self.order.retain(|k| *k != key);
                                     self.closed.push(old);
                                 }
                             }
+                            // br_netfilter runs prerouting in the bridge, then the rest of
+                            // the walk with another id (the id hashes the input interface):
+                            // a walk that starts without our mark continues an open one.
+                            let key = match self.alias.get(&key) {
+                                Some(k) => *k,
+                                None if !starts_pass && !self.open.contains_key(&key) => {
+                                    match self.continued(i, &t) {
+                                        Some(k) => {
+                                            self.alias.insert(key, k);
+                                            k
+                                        }
+                                        None => key,
+                                    }
+                                }
+                                None => key,
+                            };
                             let e = self.open.entry(key).or_insert_with(|| OpenPacket {
                                 point: i,
                                 first: now,
@@ -688,6 +724,30 @@ impl Session {
         if let Some(d) = &mut self.drops {
             self.pending_drops.extend(d.read());
         }
+    }
+
+    /// The open packet in point `i` that `t` continues: one that has only been through
+    /// prerouting, with the same protocol, length and TCP sequence numbers (or IPv4 id).
+    fn continued(&self, i: usize, t: &NftTrace) -> Option<(usize, u32)> {
+        let want = signature(&t.network_header, &t.transport_header)?;
+        self.open
+            .iter()
+            .filter(|(k, p)| {
+                k.0 == i
+                    && !p.events.iter().any(|e| {
+                        (is_our_table(&e.table) && e.chain.ends_with("_end"))
+                            || e.verdict == Some(0)
+                    })
+            })
+            .filter(|(_, p)| {
+                p.events
+                    .iter()
+                    .find(|e| !e.network_header.is_empty())
+                    .and_then(|e| signature(&e.network_header, &e.transport_header))
+                    == Some(want)
+            })
+            .max_by(|a, b| a.1.last.total_cmp(&b.1.last))
+            .map(|(k, _)| *k)
     }
 
     /// Complete the packets that settled (all of them with `all`), join drops, forget old drops.
@@ -715,6 +775,16 @@ impl Session {
             }
         }
         self.order = keep;
+        // Every packet of this flush is known to every other: a packet seen again in another
+        // namespace went on, so no kernel drop is joined to it.
+        for p in &done {
+            if let Some(sig) = packet_signature(p) {
+                self.recent.push_back((p.first, p.point, sig));
+            }
+        }
+        while self.recent.front().is_some_and(|r| r.0 < now - 5.0) {
+            self.recent.pop_front();
+        }
         let mut out = Vec::new();
         for p in done {
             let pkt = self.finish_packet(p);
@@ -772,6 +842,15 @@ impl Session {
                     .unwrap_or_else(|| format!("if{i}"))
             })
         };
+        // The same packet after NAT: the headers of its last event that carries them.
+        let after = p
+            .events
+            .iter()
+            .rev()
+            .find(|e| !e.network_header.is_empty())
+            .map(|e| parse_headers(&e.network_header, &e.transport_header))
+            .filter(|h| h.src != header.src || h.dst != header.dst)
+            .map(|h| format!("{} -> {}", h.src, h.dst));
         let iif = name(p.events.iter().find_map(|e| e.iif));
         let oif = name(p.events.iter().rev().find_map(|e| e.oif));
         let mut hooks: Vec<String> = Vec::new();
@@ -817,6 +896,7 @@ impl Session {
                     chain: format!("{fam} {} {}", e.table, e.chain),
                     handle: e.rule_handle,
                     rule: rule.map(|r| r.text.clone()),
+                    iptables: rule.and_then(|r| r.iptables.clone()),
                     engine,
                 });
             }
@@ -829,12 +909,28 @@ impl Session {
                 handle: e.rule_handle,
                 rule: rule.map(|r| r.text.clone()),
                 iptables_nft: rule.is_some_and(|r| r.iptables_nft),
+                iptables: rule.and_then(|r| r.iptables.clone()),
                 verdict,
                 engine,
             });
         }
         // Join a kernel drop: the same protocol, between just before the first event and a
         // little after the last (the tracepoint carries no namespace and no tuple).
+        let sig = packet_signature(&p);
+        // Only a packet that passed postrouting can have left for another namespace.
+        let left = hooks.iter().any(|h| h == "postrouting");
+        let went_on = left
+            && sig.is_some_and(|sig| {
+                let elsewhere = |point: usize, first: f64, other: Option<(u8, u32, u64)>| {
+                    point != p.point && (first - p.first).abs() < 1.0 && other == Some(sig)
+                };
+                self.recent.iter().any(|r| elsewhere(r.1, r.0, Some(r.2)))
+                    || self
+                        .open
+                        .values()
+                        .chain(self.closed.iter())
+                        .any(|o| elsewhere(o.point, o.first, packet_signature(o)))
+            });
         let ethertype = if header.family == "ipv6" {
             0x86dd
         } else {
@@ -845,7 +941,8 @@ impl Session {
             .iter()
             .enumerate()
             .filter(|(_, d)| {
-                stage_fits(&d.reason, &hooks, dropped.is_some())
+                !went_on
+                    && stage_fits(&d.reason, &hooks, dropped.is_some())
                     && d.protocol == ethertype
                     && d.time >= p.first - JOIN_BEFORE
                     && d.time <= p.last + JOIN_AFTER
@@ -898,6 +995,7 @@ impl Session {
             src: header.src,
             dst: header.dst,
             flags: header.flags,
+            nat: after,
             length: header.length,
             dont_fragment: header.df,
             iif,
@@ -1003,7 +1101,9 @@ fn stage_fits(reason: &str, hooks: &[String], rule_dropped: bool) -> bool {
         // Decided by the input route lookup, before input/forward.
         "IP_RPFILTER" | "IP_INNOROUTES" | "IP_INADDRERRORS" | "IP_INVALID_SOURCE"
         | "IP_LOCAL_SOURCE" | "IP_LOCALNET" | "IP_INVALID_DEST" | "OTHERHOST" | "IP_CSUM"
-        | "IP_INHDR" | "PKT_TOO_BIG" => !after_routing && !reached("postrouting"),
+        | "IP_INHDR" => !after_routing && !reached("postrouting"),
+        // In ip_forward (before forward), or when a GSO packet is split after postrouting.
+        "PKT_TOO_BIG" => !reached("input"),
         // Decided by the transport layer after input.
         r if r.starts_with("TCP_") || r.starts_with("SOCKET_") || r == "NO_SOCKET" => {
             reached("input")
@@ -1034,9 +1134,44 @@ struct Headers {
     dst: String,
     dst_ip: Option<IpAddr>,
     dst_port: Option<u16>,
+    src_addr: Option<std::net::SocketAddr>,
     flags: Option<String>,
     length: Option<u32>,
     df: bool,
+}
+
+/// The signature of an open packet (from its first event with headers).
+fn packet_signature(p: &OpenPacket) -> Option<(u8, u32, u64)> {
+    p.events
+        .iter()
+        .find(|e| !e.network_header.is_empty())
+        .and_then(|e| signature(&e.network_header, &e.transport_header))
+}
+
+/// What stays the same for one packet across NAT: protocol, length, and the TCP sequence and
+/// acknowledgement numbers (the IPv4 id for other protocols).
+fn signature(net: &[u8], transport: &[u8]) -> Option<(u8, u32, u64)> {
+    let (proto, len, l4off, id) = match net.first()? >> 4 {
+        4 if net.len() >= 20 => (
+            net[9],
+            u16::from_be_bytes([net[2], net[3]]) as u32,
+            ((net[0] & 0xf) as usize) * 4,
+            u16::from_be_bytes([net[4], net[5]]) as u64,
+        ),
+        6 if net.len() >= 40 => (net[6], u16::from_be_bytes([net[4], net[5]]) as u32, 40, 0),
+        _ => return None,
+    };
+    let l4: &[u8] = if transport.len() >= 12 {
+        transport
+    } else {
+        net.get(l4off..).unwrap_or(&[])
+    };
+    let key = if proto == 6 && l4.len() >= 12 {
+        u64::from_be_bytes(l4[4..12].try_into().ok()?)
+    } else {
+        id
+    };
+    Some((proto, len, key))
 }
 
 fn tcp_flags(b: u8) -> String {
@@ -1117,6 +1252,7 @@ fn parse_headers(net: &[u8], transport: &[u8]) -> Headers {
     h.dst = fmt(dst, dp);
     h.dst_ip = Some(dst);
     h.dst_port = dp;
+    h.src_addr = sp.map(|p| std::net::SocketAddr::new(src, p));
     h
 }
 
@@ -1131,11 +1267,17 @@ fn receiver(ns: &NetNs, h: &Headers) -> Option<Receiver> {
         _ => return None,
     };
     let socks = ns.run(|| sockets::list(Which::All)).ok()?.ok()?;
+    let syn = h.flags.as_deref() == Some("SYN");
+    // A SYN goes to the listener; anything else to the connected socket of that peer (when it
+    // still has an owner: a TIME-WAIT socket has none), else the listener.
     let hit = socks
         .iter()
         .filter(|s| s.proto == want && s.local.port() == port)
         .filter(|s| s.local.ip() == ip || sockets::is_wildcard(&s.local.ip()))
-        .min_by_key(|s| (s.is_listening(), s.owners.is_empty()))?;
+        .filter(|s| {
+            s.is_listening() || (!syn && Some(s.remote) == h.src_addr && !s.owners.is_empty())
+        })
+        .min_by_key(|s| s.is_listening())?;
     Some(Receiver {
         local: hit.local.to_string(),
         state: hit.state.clone(),

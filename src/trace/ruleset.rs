@@ -68,6 +68,9 @@ pub struct RuleText {
     pub text: String,
     /// True when the table is managed by iptables-nft (the rule came from an iptables command).
     pub iptables_nft: bool,
+    /// The same rule as iptables-nft-save prints it (iptables-nft tables only): nft cannot
+    /// always print iptables' xt matches and targets (an ip6 DNAT prints as nothing).
+    pub iptables: Option<String>,
 }
 
 /// What nft says about the rule set of one namespace.
@@ -79,6 +82,8 @@ pub struct RuleIndex {
     pub hooks: HashMap<(String, String, String), String>,
     /// Tables managed by iptables-nft, (family, name).
     pub iptables_nft: Vec<(String, String)>,
+    /// Rule handles of each chain in listing order (= iptables-save order).
+    pub order: HashMap<(String, String, String), Vec<u64>>,
 }
 
 impl RuleIndex {
@@ -154,8 +159,13 @@ pub fn parse_listing(text: &str) -> RuleIndex {
                 RuleText {
                     text,
                     iptables_nft: false,
+                    iptables: None,
                 },
             );
+            idx.order
+                .entry((family.clone(), table.clone(), chain.clone()))
+                .or_default()
+                .push(h);
         }
     }
     for (k, r) in idx.rules.iter_mut() {
@@ -186,10 +196,58 @@ fn strip_counters(body: &str) -> String {
     out.join(" ")
 }
 
-/// Run `nft -a list ruleset` inside `ns` and index it.
+/// Run `nft -a list ruleset` inside `ns` and index it; rules of iptables-nft tables also get
+/// their iptables-nft-save line.
 pub fn load(ns: &NetNs) -> Result<RuleIndex, String> {
     let out = run_nft(ns, &["-a", "list", "ruleset"], None)?;
-    Ok(parse_listing(&out))
+    let mut idx = parse_listing(&out);
+    for (family, tool) in [("ip", "iptables-nft-save"), ("ip6", "ip6tables-nft-save")] {
+        if !idx.iptables_nft.iter().any(|(f, _)| f == family) {
+            continue;
+        }
+        let mut cmd = Command::new(tool);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let Ok(child) = crate::netns::exec::spawn(ns, cmd, &Default::default()) else {
+            continue;
+        };
+        let Ok(saved) = child.wait_with_output() else {
+            continue;
+        };
+        add_iptables_lines(&mut idx, family, &String::from_utf8_lossy(&saved.stdout));
+    }
+    Ok(idx)
+}
+
+/// Attach iptables-save lines to the rules of `family`'s iptables-nft tables, by position in
+/// each chain (iptables-nft keeps one nft rule per iptables rule, in the same order).
+pub fn add_iptables_lines(idx: &mut RuleIndex, family: &str, save: &str) {
+    let mut table = String::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+            seen.clear();
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let chain = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let n = seen.entry(chain.clone()).or_insert(0);
+        let key = (family.to_string(), table.clone(), chain.clone());
+        if let Some(&h) = idx.order.get(&key).and_then(|v| v.get(*n)) {
+            if let Some(r) = idx.rules.get_mut(&(key.0, key.1, key.2, h)) {
+                r.iptables = Some(line.trim().to_string());
+            }
+        }
+        *n += 1;
+    }
 }
 
 /// Run nft with `args` (and `stdin` text) inside `ns`; Err is nft's first error line.
@@ -224,7 +282,18 @@ pub fn run_nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<String,
                 .unwrap_or_else(|| err.lines().next().unwrap_or(""))
         ));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // nft says which tables iptables-nft manages on stderr ("# Warning: table ip nat is
+    // managed by iptables-nft, do not touch!"): keep those lines with the listing.
+    for w in String::from_utf8_lossy(&out.stderr)
+        .split("# Warning:")
+        .skip(1)
+        .filter(|w| w.contains("managed by iptables-nft"))
+    {
+        text.push_str("\n# Warning:");
+        text.push_str(w.lines().next().unwrap_or(""));
+    }
+    Ok(text)
 }
 
 /// Is legacy iptables (x_tables, invisible to nf_tables tracing) holding rules in `ns`?
@@ -296,6 +365,35 @@ table ip filter { # handle 3
         );
         assert_eq!(idx.hook("inet", "user", "input"), Some("input"));
         assert_eq!(idx.hook("ip", "filter", "DOCKER-USER"), None);
+    }
+
+    #[test]
+    fn iptables_lines_by_position() {
+        let mut idx = parse_listing(LISTING);
+        add_iptables_lines(
+            &mut idx,
+            "ip",
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 9998 -j DROP\n-A DOCKER-USER -j DOCKER\nCOMMIT\n",
+        );
+        assert_eq!(
+            idx.rule("ip", "filter", "DOCKER-USER", 5)
+                .unwrap()
+                .iptables
+                .as_deref(),
+            Some("-A DOCKER-USER -j DOCKER")
+        );
+        assert!(idx
+            .rule("ip", "filter", "INPUT", 2)
+            .unwrap()
+            .iptables
+            .as_deref()
+            .unwrap()
+            .contains("--dport 9998"));
+        assert!(idx
+            .rule("inet", "user", "input", 2)
+            .unwrap()
+            .iptables
+            .is_none());
     }
 
     #[test]
