@@ -1336,3 +1336,169 @@ fn teardown_returns_the_host_byte_for_byte() {
             .all(|(d, was)| *was || std::fs::read_dir(d).map_or(true, |mut rd| rd.next().is_some()))
     });
 }
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// PATH without any directory holding a `nettool`: the shell of someone who only cloned.
+fn path_without_nettool() -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<std::path::PathBuf> = std::env::split_paths(&path)
+        .filter(|d| !d.join("nettool").exists())
+        .collect();
+    std::env::join_paths(dirs)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The "Try next" commands of a `setup` output, without their comments.
+fn try_next_lines(out: &str) -> Vec<String> {
+    out.lines()
+        .skip_while(|l| !l.starts_with("Try next:"))
+        .skip(1)
+        .map(|l| l.split("  # ").next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// On a fresh clone, after the README's main command, every "Try next" line setup prints runs
+/// as printed (nettool is not on the PATH there) and exits 0. The clone is made with git from
+/// this checkout. Building it with `cargo build --release` takes minutes on these machines, so
+/// by default the binary this test suite built is put where that build would leave it
+/// (target/release/nettool in the clone); NETTOOL_TEST_README_BUILD=1 builds the clone for
+/// real (`cargo build --release`, sharing this target directory's dependencies through
+/// CARGO_TARGET_DIR). The watchers (`proxy --dump`, `dns`) run until they are up, then get
+/// the Ctrl-C a person would give them, and must exit 0 too.
+#[test]
+fn every_try_next_line_runs_as_printed_from_a_fresh_clone() {
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    let clone = TempDir(std::env::temp_dir().join(unique("clone")));
+    sh(&[
+        "git",
+        "clone",
+        "-q",
+        env!("CARGO_MANIFEST_DIR"),
+        clone.0.to_str().unwrap(),
+    ]);
+    let release = clone.0.join("target/release/nettool");
+    if std::env::var_os("NETTOOL_TEST_README_BUILD").is_some() {
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        let st = Command::new("cargo")
+            .args(["build", "--release"])
+            .current_dir(&clone.0)
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::create_dir_all(release.parent().unwrap()).unwrap();
+        std::fs::copy(target.join("release/nettool"), &release).unwrap();
+    } else {
+        std::fs::create_dir_all(release.parent().unwrap()).unwrap();
+        std::fs::copy(env!("CARGO_BIN_EXE_nettool"), &release).unwrap();
+    }
+    let path = path_without_nettool();
+    let name = unique("tour");
+    let _guard = TestLab {
+        name: name.clone(),
+        host: None,
+    };
+    // `cargo run --release -- setup`, as the README says (isolated, so this machine is untouched).
+    let out = Command::new(&release)
+        .args(["setup", "--isolated", "--name", &name])
+        .current_dir(&clone.0)
+        .env("PATH", &path)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines = try_next_lines(&printed);
+    assert!(lines.len() >= 8, "{printed}");
+    let (teardown, rest) = lines.split_last().unwrap();
+    assert!(teardown.contains(" teardown "), "{printed}");
+    let log = clone.0.join("line.log");
+    for line in rest {
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {line}"))
+            .current_dir(&clone.0)
+            .env("PATH", &path)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let watcher = line.contains(" proxy ") || line.contains(" dns ");
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            let up = said.contains("listening on") || said.contains("capturing in");
+            if watcher && (up || t0.elapsed() > Duration::from_secs(5)) {
+                std::thread::sleep(Duration::from_millis(200));
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGINT);
+                }
+                break child.wait().unwrap();
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("`{line}` did not finish in 60 s: {said}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(status.success(), "`{line}` as printed: {status}: {said}");
+    }
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(teardown)
+        .current_dir(&clone.0)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "`{teardown}`: {}", text(&out));
+    assert!(!netns_names().iter().any(|n| n.starts_with(&name)));
+}
+
+/// `proxy --dump 8080 ...` right after setup (the lab's proxy holds 8080) names who holds it.
+#[test]
+fn proxy_on_a_port_the_lab_holds_says_who_holds_it() {
+    let (lab, v) = TestLab::isolated("holds", &[]);
+    let proxy = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "proxy")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.name])
+        .arg(env!("CARGO_BIN_EXE_nettool"))
+        .args(["proxy", "--dump", "8080", "172.19.0.2:80"])
+        .output()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "held by pid {proxy} (nettool) of lab {}",
+            lab.name
+        )),
+        "{msg}"
+    );
+}

@@ -441,10 +441,19 @@ fn render_up(st: &LabState, already: bool) -> String {
         "\nState, journal and logs: {}\n\nTry next:\n",
         st.state_dir
     ));
-    for (cmd, why) in try_next(st) {
+    let lines = try_next(st);
+    // One column for the comments, however long the binary's path makes the commands.
+    let width = lines
+        .iter()
+        .filter(|(_, why)| !why.is_empty())
+        .map(|(cmd, _)| cmd.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(62);
+    for (cmd, why) in lines {
         s.push_str(&format!("  {cmd}"));
         if !why.is_empty() {
-            let pad = 62usize.saturating_sub(cmd.len()).max(2);
+            let pad = width - cmd.len();
             s.push_str(&format!("{}# {why}", " ".repeat(pad)));
         }
         s.push('\n');
@@ -460,6 +469,8 @@ fn try_next(st: &LabState) -> Vec<(String, String)> {
         None => String::new(),
     };
     let hx = exec(&st.host_netns);
+    // As the shell will find it: `cargo run --release` leaves nettool off the PATH.
+    let nt = me();
     if let Some(p) = st.ports.first() {
         let target = if p.host_ip.is_unspecified() {
             "127.0.0.1".to_string()
@@ -473,11 +484,11 @@ fn try_next(st: &LabState) -> Vec<(String, String)> {
             ));
         }
         v.push((
-            format!("{hx}nettool explain-nat"),
+            format!("{hx}{nt} explain-nat"),
             "the DNAT/MASQUERADE rules in plain words".into(),
         ));
         v.push((
-            format!("{hx}nettool doctor {}", p.host_port),
+            format!("{hx}{nt} doctor {}", p.host_port),
             format!(
                 "every hop from host port {} to {}",
                 p.host_port, p.container
@@ -485,7 +496,7 @@ fn try_next(st: &LabState) -> Vec<(String, String)> {
         ));
         v.push((
             format!(
-                "{hx}nettool proxy --dump 9{:03} {}:{}",
+                "{hx}{nt} proxy --dump 9{:03} {}:{}",
                 p.host_port % 1000,
                 p.container_ip,
                 p.container_port
@@ -513,7 +524,7 @@ fn try_next(st: &LabState) -> Vec<(String, String)> {
         }
         if let Some(ns) = &from.netns {
             v.push((
-                format!("nettool dns --netns {ns}"),
+                format!("{nt} dns --netns {ns}"),
                 "DNS queries and answers as they happen".into(),
             ));
         }
@@ -524,20 +535,20 @@ fn try_next(st: &LabState) -> Vec<(String, String)> {
             None => String::new(),
         };
         v.push((
-            format!("nettool peer {}{n}", c.networks[0].host_veth),
+            format!("{nt} peer {}{n}", c.networks[0].host_veth),
             format!("the container behind this veth ({})", c.name),
         ));
         if let Some(ns) = &c.netns {
             v.push((
-                format!("nettool netns inspect {ns}"),
+                format!("{nt} netns inspect {ns}"),
                 "addresses, routes, sockets inside".into(),
             ));
         }
     }
     v.push((
-        format!("{hx}nettool topology"),
+        format!("{hx}{nt} topology"),
         "the whole lab as a picture".into(),
     ));
-    v.push((format!("nettool teardown {}", st.name), String::new()));
+    v.push((format!("{nt} teardown {}", st.name), String::new()));
     v
 }

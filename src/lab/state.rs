@@ -288,9 +288,18 @@ impl HostRecord {
 /// journal line names them (a setup killed between spawn and journal write).
 pub const LAB_MARKER: &str = "NETTOOL_LAB";
 
+/// The lab a process belongs to, from its `NETTOOL_LAB=NAME` marker.
+pub fn lab_of_process(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{LAB_MARKER}=");
+    env.split(|b| *b == 0).find_map(|v| {
+        v.strip_prefix(prefix.as_bytes())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+    })
+}
+
 /// Live processes carrying `NETTOOL_LAB=name` in their environment: (pid, start time).
 pub fn marked_processes(name: &str) -> Vec<(u32, u64)> {
-    let want = format!("{LAB_MARKER}={name}");
     let me = std::process::id();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -298,10 +307,7 @@ pub fn marked_processes(name: &str) -> Vec<(u32, u64)> {
     rd.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
-        })
+        .filter(|pid| lab_of_process(*pid).as_deref() == Some(name))
         .filter_map(|pid| Some((pid, process_start_time(pid)?)))
         .collect()
 }

@@ -41,7 +41,7 @@ pub enum ProxyError {
         /// Why.
         error: std::io::Error,
         /// What to do about it.
-        hint: &'static str,
+        hint: String,
     },
     /// Entering a namespace failed.
     #[error(transparent)]
@@ -257,6 +257,41 @@ fn raise_nofile() {
     }
 }
 
+/// Who holds `addr` in the calling thread's namespace, for an "address in use" error: the
+/// owning pid and command, and the lab when it is one of a lab's processes.
+fn holder_hint(proto: Proto, addr: SocketAddr) -> String {
+    use crate::netns::sockets::{self, Which};
+    let fallback = " (something already listens there: see `ss -ltnup` in that namespace)";
+    let Ok(socks) = sockets::list(Which::Listening) else {
+        return fallback.into();
+    };
+    let clash = |l: &SocketAddr| {
+        l.port() == addr.port()
+            && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())
+    };
+    let want = match proto {
+        Proto::Tcp => sockets::Proto::Tcp,
+        Proto::Udp => sockets::Proto::Udp,
+    };
+    let same_proto = |p: &sockets::Proto| *p == want;
+    let owners: Vec<String> = socks
+        .iter()
+        .filter(|s| same_proto(&s.proto) && s.is_listening() && clash(&s.local))
+        .flat_map(|s| s.owners.iter())
+        .map(|o| match crate::lab::state::lab_of_process(o.pid) {
+            Some(lab) => format!(
+                "pid {} ({}) of lab {lab}: pick another port, or `nettool teardown {lab}` first",
+                o.pid, o.comm
+            ),
+            None => format!("pid {} ({})", o.pid, o.comm),
+        })
+        .collect();
+    match owners.first() {
+        Some(first) => format!(" (held by {first})"),
+        None => fallback.into(),
+    }
+}
+
 fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
     let mut out = Vec::with_capacity(maps.len());
     for m in maps {
@@ -274,14 +309,14 @@ fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
                     ) => {}
             Err(error) => {
                 let hint = match error.raw_os_error() {
-                    Some(libc::EADDRINUSE) => {
-                        " (something already listens there: see `ss -ltnup` in that namespace)"
+                    Some(libc::EADDRINUSE) => holder_hint(m.proto, m.listen),
+                    Some(libc::EACCES) => {
+                        " (ports below 1024 need root or CAP_NET_BIND_SERVICE)".into()
                     }
-                    Some(libc::EACCES) => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
                     Some(libc::EADDRNOTAVAIL) => {
-                        " (that address is not configured on any interface in the namespace)"
+                        " (that address is not configured on any interface in the namespace)".into()
                     }
-                    _ => "",
+                    _ => String::new(),
                 };
                 return Err(ProxyError::Bind {
                     proto: m.proto,
