@@ -520,3 +520,60 @@ fn a_sigkilled_tracer_is_cleaned_up_by_the_next_run() {
     assert!(!std::path::Path::new(&journal).exists());
     assert!(trace_tables(&topo.host).is_empty());
 }
+
+#[test]
+fn a_lab_container_is_named_and_its_rules_are_the_labs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (lab, _state) = common::TestLab::isolated("trc-lab", &[]);
+    let web = lab.ns("web");
+    let child = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args([
+            "trace", "tcp:8080", "--netns", &lab.name, "--netns", &web, "--json",
+        ])
+        .args(["--duration", "20s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_for("trace started", 15, || {
+        instance_of(pid).join("trace_pipe").exists()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The lab host itself asks its published port (DNAT in OUTPUT, as Docker does).
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.name, "curl", "-s", "--max-time", "3"])
+        .arg("http://172.19.0.1:8080/")
+        .output()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    sh(&["kill", "-INT", &pid.to_string()]);
+    let out_trace = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out_trace.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab curl failed: {}",
+        common::text(&out)
+    );
+    let pkts: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l.get("summary").is_none())
+        .collect();
+    let all = show(&pkts);
+    let in_web = pkts
+        .iter()
+        .find(|p| p["netns"] == web.as_str() && p["flags"] == "SYN")
+        .unwrap_or_else(|| panic!("no SYN in web: {all}"));
+    assert_eq!(in_web["container"], "web (lab)", "{all}");
+    assert_eq!(in_web["end"], "delivered", "{all}");
+    // The lab's DNAT is the lab's.
+    assert!(
+        pkts.iter()
+            .flat_map(|p| p["hops"].as_array().unwrap().iter())
+            .any(|h| h["engine"] == "nettool-lab"
+                && h["verdict"] == "accept"
+                && h["iptables"].as_str().unwrap_or("").contains("DNAT")),
+        "{all}"
+    );
+}

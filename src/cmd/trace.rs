@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::cmd::dns::{install_signal_handlers, STOP};
-use crate::netns::discover::{discover, DiscoverOptions};
+use crate::engine::Intent;
+use crate::netns::NetNs;
 use crate::output::paint;
 use crate::trace::{self, Ending, Session, TraceFilter, TraceOptions, TracePoint, TracedPacket};
 
@@ -110,9 +111,12 @@ pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
     for t in &targets {
         points.push(TracePoint::open(t).with_context(|| format!("--netns {t}"))?);
     }
+    // Every engine's containers (Docker, Podman, CNI, labs), read once: they resolve
+    // container:NAME and name the namespaces traced.
+    let intent = Intent::read();
     for c in &containers {
         let target = format!("container:{c}");
-        let p = TracePoint::open(&target).with_context(|| format!("filter {target}"))?;
+        let p = container_point(&intent, c).with_context(|| format!("filter {target}"))?;
         // Its addresses narrow the trace in the other namespaces.
         let addrs =
             p.ns.run(crate::netns::links::snapshot)
@@ -129,7 +133,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
             points.push(p);
         }
     }
-    name_containers(&mut points);
+    name_containers(&intent, &mut points);
     let opts = TraceOptions {
         filter,
         points,
@@ -224,23 +228,41 @@ fn is_link_local(a: &std::net::IpAddr) -> bool {
     }
 }
 
-/// Give each point the container that lives in its namespace (Docker names, through discovery).
-fn name_containers(points: &mut [TracePoint]) {
-    let all = discover(DiscoverOptions {
-        skip_interfaces: true,
-        skip_docker: false,
-    });
+/// The namespace of container NAME: from the engines' intent (its namespace file or its
+/// process), else the Docker API lookup of the netns core.
+fn container_point(intent: &Intent, name: &str) -> anyhow::Result<TracePoint> {
+    if let Some(c) = intent.container(name) {
+        let ns = match (&c.netns, c.pid.filter(|p| *p > 0)) {
+            (Some(path), _) => NetNs::from_path(path),
+            (None, Some(pid)) => NetNs::from_pid(pid),
+            (None, None) => anyhow::bail!(
+                "container {name} ({}) is not running: it has no network namespace",
+                c.engine
+            ),
+        }?;
+        return Ok(TracePoint {
+            ns,
+            name: format!("container:{}", c.name),
+            container: Some(format!("{} ({})", c.name, c.engine)),
+        });
+    }
+    Ok(TracePoint::open(&format!("container:{name}"))?)
+}
+
+/// Give each point the containers that live in its namespace (every engine's names).
+fn name_containers(intent: &Intent, points: &mut [TracePoint]) {
     for p in points {
-        if let Some(info) = all.iter().find(|n| n.id == p.ns.id()) {
-            p.container = info
-                .containers
-                .iter()
-                .find_map(|c| c.name.clone())
-                .or_else(|| {
-                    info.containers
-                        .first()
-                        .map(|c| c.id.chars().take(12).collect())
-                });
+        if p.container.is_some() {
+            continue;
+        }
+        let names: Vec<String> = intent
+            .in_netns(p.ns.id().inode)
+            .iter()
+            .filter(|c| !c.infra)
+            .map(|c| format!("{} ({})", c.name, c.engine))
+            .collect();
+        if !names.is_empty() {
+            p.container = Some(names.join(", "));
         }
     }
 }
