@@ -1251,6 +1251,16 @@ fn verify_published(rs: &Ruleset, model: &HostModel, p: &mut PublishedPort) {
             }
         }
     }
+    // No OUTPUT path into the rule: whether this host itself gets translated is walked too.
+    if !p.entries.iter().any(|e| e.hook == Hook::Output) {
+        if let Some(e) = p.entries.first() {
+            let conds: Vec<&Match> = e.conds.iter().collect();
+            let pkt = reach::satisfy(&conds, Hook::Output, model, v6);
+            if !probes.iter().any(|x| x.packet == pkt) {
+                probes.push(reach::probe(rs, model, reach::From::ThisHost, pkt));
+            }
+        }
+    }
     let refs: Vec<RuleRef> = p.targets.iter().map(target_ref).collect();
     for (t, r) in p.targets.iter_mut().zip(&refs) {
         t.shadowed = !probes.iter().any(|pr| reach::reaches(pr, r));

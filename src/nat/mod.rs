@@ -466,3 +466,37 @@ pub fn container_addresses() -> std::collections::HashMap<std::net::IpAddr, Stri
     }
     out
 }
+
+/// One fuzz input through every loader, the summary (with its walks) and two walks: the body of
+/// `fuzz/fuzz_targets/parse_rules.rs`, here so a stable `cargo test` can replay inputs too.
+#[doc(hidden)]
+pub fn fuzz_one(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let sets = [
+        parse_text(text, None, "fuzz").ok(),
+        Some(iptables::parse(text)),
+        Some(iptables::parse_rules(text, "nat")),
+        Some(iptables::parse_save_family(text, "ip6")),
+        nft::parse(text).ok(),
+        Some(nft::parse_text(text)),
+    ];
+    let packets = [
+        "tcp 203.0.113.5:40000 -> 192.0.2.10:8080 in eth0",
+        "udp 10.0.0.2:5353 -> 127.0.0.11:53",
+        "tcp [2001:db8::5]:40000 -> [2001:db8::1]:8080 in eth0",
+    ];
+    for rs in sets.into_iter().flatten() {
+        let s = explain::summarize(&rs);
+        let _ = serde_json::to_string(&s);
+        for (i, spec) in packets.iter().enumerate() {
+            if let Ok(mut p) = walk::Packet::parse(spec) {
+                p.from_host = i == 1;
+                let _ = walk::walk(&rs, &p, &walk::LocalFacts::default());
+            }
+        }
+    }
+    // The packet spec parser too.
+    let _ = walk::Packet::parse(text);
+}

@@ -125,6 +125,63 @@ pub struct Chain {
     pub policy: Option<Policy>,
     /// Its rules in order.
     pub rules: Vec<Rule>,
+    /// Built on first use by the walk: the rules of a long chain by the destination they need.
+    #[serde(skip)]
+    pub dst_index: std::sync::OnceLock<DstIndex>,
+}
+
+/// The rules of a chain by the exact destination address each requires (kube-proxy's
+/// KUBE-SERVICES: thousands of `-d CLUSTER-IP` rules), so a walk skips the ones that cannot
+/// match in O(log n) instead of testing each.
+#[derive(Debug, Clone, Default)]
+pub struct DstIndex {
+    /// Rule count when built (a chain changed since is walked without the index).
+    pub len: usize,
+    /// Destination -> indices of the rules that require it, ascending.
+    by_dst: HashMap<IpAddr, Vec<usize>>,
+    /// Indices of the rules that require no single destination, ascending.
+    unkeyed: Vec<usize>,
+}
+
+impl DstIndex {
+    /// Index `rules` (only worth it for long chains).
+    pub fn build(rules: &[Rule]) -> DstIndex {
+        let mut ix = DstIndex {
+            len: rules.len(),
+            ..Default::default()
+        };
+        for (i, r) in rules.iter().enumerate() {
+            let key = r.matches.iter().find_map(|m| match &m.cond {
+                Cond::Addr { dir: Dir::Dst, net }
+                    if !m.negated && net.prefix_len() == net.max_prefix_len() =>
+                {
+                    Some(net.addr())
+                }
+                _ => None,
+            });
+            match key {
+                Some(a) => ix.by_dst.entry(a).or_default().push(i),
+                None => ix.unkeyed.push(i),
+            }
+        }
+        ix
+    }
+
+    /// Worth consulting: at least half the rules need one destination (else a plain scan is cheaper).
+    pub fn useful(&self) -> bool {
+        self.unkeyed.len() * 2 <= self.len
+    }
+
+    /// The first rule at or after `from` that a packet to `dst` may match (`len` when none).
+    pub fn next(&self, dst: &IpAddr, from: usize) -> usize {
+        let first = |v: &[usize]| {
+            let k = v.partition_point(|&x| x < from);
+            v.get(k).copied().unwrap_or(self.len)
+        };
+        let a = first(&self.unkeyed);
+        let b = self.by_dst.get(dst).map(|v| first(v)).unwrap_or(self.len);
+        a.min(b)
+    }
 }
 
 /// One table (an iptables table or an nft table).
@@ -141,6 +198,9 @@ pub struct Table {
     /// Chain name -> index into `chains`.
     #[serde(skip)]
     pub index: HashMap<String, usize>,
+    /// (chain count, indices of the base chains), built on first use by the walk.
+    #[serde(skip)]
+    pub base_cache: std::sync::OnceLock<(usize, Vec<usize>)>,
 }
 
 impl Table {
@@ -152,6 +212,25 @@ impl Table {
             backend,
             chains: Vec::new(),
             index: HashMap::new(),
+            base_cache: Default::default(),
+        }
+    }
+
+    /// Indices of the base chains (hooked ones), without scanning every chain each walk.
+    pub fn base_chains(&self) -> Vec<usize> {
+        let scan = || -> Vec<usize> {
+            self.chains
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.base.is_some())
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let (n, v) = self.base_cache.get_or_init(|| (self.chains.len(), scan()));
+        if *n == self.chains.len() {
+            v.clone()
+        } else {
+            scan()
         }
     }
 
@@ -171,6 +250,7 @@ impl Table {
             base: None,
             policy: None,
             rules: Vec::new(),
+            dst_index: Default::default(),
         });
         let i = self.chains.len() - 1;
         self.index.insert(name.to_string(), i);

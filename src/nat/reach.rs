@@ -44,7 +44,8 @@ pub struct HostModel {
 
 /// Every network (not a /0) that any rule tests.
 fn nets_in_rules(rs: &Ruleset) -> Vec<IpNet> {
-    let mut out: Vec<IpNet> = Vec::new();
+    // A set: kube-proxy dumps name tens of thousands of /32s.
+    let mut out: std::collections::BTreeSet<IpNet> = Default::default();
     for r in rs
         .tables
         .iter()
@@ -53,21 +54,18 @@ fn nets_in_rules(rs: &Ruleset) -> Vec<IpNet> {
     {
         for m in &r.matches {
             if let Cond::Addr { net, .. } = &m.cond {
-                if net.prefix_len() > 0 && !out.contains(net) {
-                    out.push(*net);
+                if net.prefix_len() > 0 {
+                    out.insert(*net);
                 }
             }
         }
         if let Action::Dnat { to } | Action::Snat { to } = &r.action {
             if let Some(a) = to.addr {
-                let n = IpNet::from(a);
-                if !out.contains(&n) {
-                    out.push(n);
-                }
+                out.insert(IpNet::from(a));
             }
         }
     }
-    out
+    out.into_iter().collect()
 }
 
 fn free_addr(cands: &[&str], nets: &[IpNet]) -> Option<IpAddr> {

@@ -479,7 +479,24 @@ impl<'a> Walker<'a> {
         let mut taken_branch: Option<usize> = None;
         let mut branches_done = false;
         let mut i = 0;
+        // Long chains: skip straight to the rules that may match this destination.
+        let index = (chain.rules.len() >= 64)
+            .then(|| {
+                chain
+                    .dst_index
+                    .get_or_init(|| DstIndex::build(&chain.rules))
+            })
+            .filter(|ix| ix.len == chain.rules.len() && ix.useful());
         while i < chain.rules.len() {
+            if let Some(ix) = index {
+                // The destination only changes by a NAT, which ends the chain.
+                if taken_branch.is_none() {
+                    i = ix.next(&self.pkt.dst, i);
+                    if i >= chain.rules.len() {
+                        break;
+                    }
+                }
+            }
             // Bounded work whatever the input (loops of jumps, huge chains).
             if self.budget == 0 {
                 self.assume("rule evaluation budget exhausted (jump loop?); stopped there".into());
@@ -952,7 +969,8 @@ impl<'a> Walker<'a> {
             if !fam_ok {
                 continue;
             }
-            for (ci, c) in t.chains.iter().enumerate() {
+            for ci in t.base_chains() {
+                let c = &t.chains[ci];
                 if let Some(b) = c.base {
                     if b.hook == hook {
                         bases.push((b.priority, ti, ci, b.kind));
