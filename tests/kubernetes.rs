@@ -183,6 +183,14 @@ fn debug_node_creates_a_privileged_root_pod_in_the_host_namespaces_running_netto
     assert_eq!(&body[..4], b"k8s\0", "{}", text(&out));
     let unknown = &body[4..];
     let pod = bytes(&get(unknown, 2)[0]).to_vec();
+    let meta = bytes(&get(&pod, 1)[0]).to_vec();
+    let name = strings(&meta, 1);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().last(),
+        Some(name[0].as_str()),
+        "--detach prints the pod kubectl made"
+    );
     let spec = bytes(&get(&pod, 2)[0]).to_vec();
     assert_eq!(strings(&spec, 10), ["worker-1"], "nodeName");
     assert_eq!(flag(&spec, 11), Some(1), "hostNetwork");

@@ -20,6 +20,43 @@ resources_apps = [
 ]
 count = [0]
 
+
+def fields(b):
+    """Top-level protobuf fields of one message: {number: [bytes or int]}."""
+    out, i = {}, 0
+    def varint():
+        nonlocal i
+        v, shift = 0, 0
+        while True:
+            c = b[i]; i += 1
+            v |= (c & 0x7F) << shift
+            if not c & 0x80:
+                return v
+            shift += 7
+    while i < len(b):
+        key = varint()
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            out.setdefault(num, []).append(varint())
+        elif wire == 2:
+            n = varint(); out.setdefault(num, []).append(b[i:i + n]); i += n
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            return out
+    return out
+
+
+def pod_name_from_protobuf(body):
+    try:
+        raw = fields(body[4:])[2][0]          # Unknown.raw
+        meta = fields(raw)[1][0]              # Pod.metadata
+        return fields(meta)[1][0].decode()    # ObjectMeta.name
+    except (KeyError, IndexError, UnicodeDecodeError):
+        return None
+
 class Api(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
@@ -63,8 +100,13 @@ class Api(BaseHTTPRequestHandler):
             count[0] += 1
             with open(os.path.join(record_dir, "%02d-protobuf.bin" % count[0]), "wb") as f:
                 f.write(body)
-            return self.reply(415, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                    "reason": "UnsupportedMediaType", "code": 415, "message": "recorded"})
+            # Answer in JSON (client-go decodes by the reply's Content-Type); the name is the
+            # one kubectl asked for (metadata.name, field 1 of ObjectMeta, inside Pod field 1).
+            name = pod_name_from_protobuf(body) or "unknown"
+            return self.reply(201, {"kind": "Pod", "apiVersion": "v1",
+                                    "metadata": {"name": name, "namespace": "default", "uid": "u%d" % count[0]},
+                                    "spec": {"nodeName": node_name, "containers": [{"name": "debugger", "image": "x"}]},
+                                    "status": {"phase": "Pending"}})
         obj = json.loads(body or b"{}")
         count[0] += 1
         meta = obj.setdefault("metadata", {})
