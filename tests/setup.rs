@@ -451,11 +451,15 @@ fn udp_port_and_host_mode() {
         "host mode runs in the lab host"
     );
     let host = &lab.name;
-    let (ok, out) = exec(
-        host,
-        &["sh", "-c", "echo ping | socat -t 2 - UDP:10.79.0.1:5353"],
-    );
-    assert!(ok && out == "ping", "udp echo via DNAT: {out}");
+    // setup waits for TCP services only; a UDP one may bind a moment after "up" (seen once
+    // under load), so the first answer is awaited.
+    wait_for("udp echo via DNAT", 10, || {
+        let (ok, out) = exec(
+            host,
+            &["sh", "-c", "echo ping | socat -t 1 - UDP:10.79.0.1:5353"],
+        );
+        ok && out == "ping"
+    });
     let (ok, out) = exec(
         host,
         &["sh", "-c", "echo pong | socat -t 2 - TCP:127.0.0.1:7000"],
@@ -1501,4 +1505,19 @@ fn proxy_on_a_port_the_lab_holds_says_who_holds_it() {
         )),
         "{msg}"
     );
+}
+
+/// Like dockerd, a port published on 0.0.0.0 answers on [::1] too, in both proxy modes.
+#[test]
+fn localhost_publish_answers_on_ipv6_loopback_too() {
+    for mode in [&[][..], &["--docker-style-proxies"][..]] {
+        let (lab, v) = TestLab::isolated("v6lo", mode);
+        assert_eq!(curl(&lab.name, "http://127.0.0.1:8080/"), "hello from web");
+        let (ok, body) = exec(
+            &lab.name,
+            &["curl", "-s", "-g", "-m", "5", "http://[::1]:8080/"],
+        );
+        assert!(ok && body == "hello from web", "{mode:?}: {body} {v}");
+        lab.teardown();
+    }
 }

@@ -806,6 +806,13 @@ impl Run<'_> {
         let exe = std::env::current_exe().map_err(e2s)?;
         let dir = state::dir(&self.plan.name);
         let ports = self.state.ports.clone();
+        // Like dockerd (20.10+), a port published on 0.0.0.0 is served on [::] too, so
+        // `curl [::1]:PORT` works, where the lab host has IPv6 (this thread is in it).
+        let v6 = sysctl::read("net.ipv6.conf.lo.disable_ipv6").as_deref() == Some("0");
+        let also_v6 = |ip: std::net::IpAddr| {
+            (v6 && ip == std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+                .then_some(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+        };
         match mode {
             ProxyMode::Off => {}
             ProxyMode::Single => {
@@ -813,14 +820,16 @@ impl Run<'_> {
                 let mut cmd = Command::new(&exe);
                 cmd.arg("proxy");
                 for p in &ports {
-                    let listen = match p.host_ip {
-                        std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", p.host_port),
-                        ip => format!("{ip}:{}", p.host_port),
-                    };
-                    cmd.arg("--map").arg(format!(
-                        "{}:{listen}={}:{}",
-                        p.proto, p.container_ip, p.container_port
-                    ));
+                    for ip in std::iter::once(p.host_ip).chain(also_v6(p.host_ip)) {
+                        let listen = match ip {
+                            std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", p.host_port),
+                            ip => format!("{ip}:{}", p.host_port),
+                        };
+                        cmd.arg("--map").arg(format!(
+                            "{}:{listen}={}:{}",
+                            p.proto, p.container_ip, p.container_port
+                        ));
+                    }
                 }
                 cmd.arg("--log-file").arg(&log).args(["--ready-fd", "3"]);
                 let pid = self.spawn_ready(cmd, &log, "proxy")?;
@@ -832,19 +841,35 @@ impl Run<'_> {
                 });
             }
             ProxyMode::DockerStyle => {
-                for p in &ports {
-                    let log = dir.join(format!("docker-proxy-{}-{}.log", p.proto, p.host_port));
+                let each: Vec<(std::net::IpAddr, &state::PortState)> = ports
+                    .iter()
+                    .flat_map(|p| {
+                        std::iter::once(p.host_ip)
+                            .chain(also_v6(p.host_ip))
+                            .map(move |ip| (ip, p))
+                    })
+                    .collect();
+                for (ip, p) in each {
+                    let (suffix, role_ip) = if ip.is_ipv6() && ip != p.host_ip {
+                        ("-v6", " [::]")
+                    } else {
+                        ("", "")
+                    };
+                    let log = dir.join(format!(
+                        "docker-proxy-{}-{}{suffix}.log",
+                        p.proto, p.host_port
+                    ));
                     let mut cmd = Command::new(&exe);
                     cmd.arg("proxy")
                         .args(["-proto", &p.proto.to_string()])
-                        .args(["-host-ip", &p.host_ip.to_string()])
+                        .args(["-host-ip", &ip.to_string()])
                         .args(["-host-port", &p.host_port.to_string()])
                         .args(["-container-ip", &p.container_ip.to_string()])
                         .args(["-container-port", &p.container_port.to_string()]);
                     let pid = self.spawn_ready(cmd, &log, "docker-proxy")?;
                     self.state.proxy_pids.push(pid);
                     self.state.processes.push(ProcessState {
-                        role: format!("docker-proxy {}/{}", p.proto, p.host_port),
+                        role: format!("docker-proxy {}/{}{role_ip}", p.proto, p.host_port),
                         pid,
                         log: Some(log.display().to_string()),
                     });
