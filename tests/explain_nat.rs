@@ -1476,3 +1476,139 @@ fn fuzz_replay_of_fixtures_and_mutations_never_panics() {
     eprintln!("fuzz replay: {inputs} inputs, no panic");
     assert!(inputs > 100);
 }
+
+// ---------------------------------------------------------------- kube-proxy nftables mode
+
+/// The shape kube-proxy's nftables proxier writes (pkg/proxy/nftables): `service-ips` and
+/// `no-endpoint-services` verdict maps keyed on address . protocol . port, numgen endpoint maps.
+/// Written by hand for this test (names and elements like kube-proxy's), not a capture.
+const KUBE_NFT: &str = r#"table ip kube-proxy {
+	comment "rules for kube-proxy"
+	set nodeport-ips {
+		type ipv4_addr
+		elements = { 192.168.0.2 }
+	}
+	map service-ips {
+		type ipv4_addr . inet_proto . inet_service : verdict
+		comment "ClusterIP, ExternalIP and LoadBalancer IP traffic"
+		elements = { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80,
+			     172.30.0.42 . tcp . 80 : goto service-42NFTM6N-ns2/svc2/tcp/p80,
+			     192.168.99.22 . tcp . 80 : goto external-42NFTM6N-ns2/svc2/tcp/p80 }
+	}
+	map no-endpoint-services {
+		type ipv4_addr . inet_proto . inet_service : verdict
+		elements = { 172.30.0.46 . tcp . 80 comment "ns6/svc6:p80" : goto reject-chain }
+	}
+	chain nat-prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		jump services
+	}
+	chain nat-output {
+		type nat hook output priority dstnat; policy accept;
+		jump services
+	}
+	chain nat-postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		jump masquerading
+	}
+	chain filter-input {
+		type filter hook input priority -110; policy accept;
+		ct state new jump service-endpoints-check
+	}
+	chain filter-forward {
+		type filter hook forward priority -110; policy accept;
+		ct state new jump service-endpoints-check
+	}
+	chain service-endpoints-check {
+		ip daddr . meta l4proto . th dport vmap @no-endpoint-services
+	}
+	chain reject-chain {
+		comment "helper for @no-endpoint-services / @no-endpoint-nodeports"
+		reject
+	}
+	chain masquerading {
+		meta mark & 0x00004000 == 0 return
+		meta mark set meta mark ^ 0x00004000
+		masquerade fully-random
+	}
+	chain mark-for-masquerade {
+		meta mark set meta mark | 0x00004000
+	}
+	chain services {
+		ip daddr . meta l4proto . th dport vmap @service-ips
+	}
+	chain service-ULMVA6XW-ns1/svc1/tcp/p80 {
+		ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.0.0.0/8 jump mark-for-masquerade
+		numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }
+	}
+	chain endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 {
+		ip saddr 10.180.0.1 jump mark-for-masquerade
+		meta l4proto tcp dnat to 10.180.0.1:80
+	}
+	chain service-42NFTM6N-ns2/svc2/tcp/p80 {
+		ip daddr 172.30.0.42 tcp dport 80 ip saddr != 10.0.0.0/8 jump mark-for-masquerade
+		numgen random mod 2 vmap { 0 : goto endpoint-SGOXE6O3-ns2/svc2/tcp/p80__10.180.0.2/80, 1 : goto endpoint-NEW2-ns2/svc2/tcp/p80__10.180.0.3/80 }
+	}
+	chain external-42NFTM6N-ns2/svc2/tcp/p80 {
+		jump mark-for-masquerade
+		goto service-42NFTM6N-ns2/svc2/tcp/p80
+	}
+	chain endpoint-SGOXE6O3-ns2/svc2/tcp/p80__10.180.0.2/80 {
+		ip saddr 10.180.0.2 jump mark-for-masquerade
+		meta l4proto tcp dnat to 10.180.0.2:80
+	}
+	chain endpoint-NEW2-ns2/svc2/tcp/p80__10.180.0.3/80 {
+		ip saddr 10.180.0.3 jump mark-for-masquerade
+		meta l4proto tcp dnat to 10.180.0.3:80
+	}
+}
+"#;
+
+#[test]
+fn kube_proxy_nftables_mode_reads_its_verdict_maps() {
+    let rs = nat::parse_text(KUBE_NFT, None, "kube-nft").unwrap();
+    assert!(rs.problems.is_empty(), "{:?}", rs.problems);
+    let s = explain::summarize(&rs);
+    assert!(
+        s.recognised
+            .iter()
+            .any(|r| r.detail.starts_with("kube-proxy nftables mode")),
+        "{:?}",
+        s.recognised
+    );
+    let hosts: Vec<&str> = s.published.iter().map(|p| p.host.as_str()).collect();
+    assert_eq!(hosts, ["172.30.0.41", "172.30.0.42", "192.168.99.22"]);
+    let svc2 = &s.published[1];
+    assert!(
+        svc2.sentence
+            .starts_with("TCP to 172.30.0.42 port 80 is balanced over 10.180.0.2:80 (50%), 10.180.0.3:80 (50%): reached from outside"),
+        "{}",
+        svc2.sentence
+    );
+    // The no-endpoint service is rejected, and a walk agrees.
+    let rej = s
+        .drops
+        .iter()
+        .find(|d| d.action == "REJECT")
+        .expect("a reject");
+    assert!(
+        rej.when.iter().any(|w| w == "destination 172.30.0.46"),
+        "{:?}",
+        rej.when
+    );
+    assert!(
+        rej.verified.contains("is rejected here"),
+        "{}",
+        rej.verified
+    );
+    // Marks set with `meta mark set meta mark | 0x4000` are understood (no unknown matches).
+    assert!(s.unknown.is_empty(), "{:?}", s.unknown);
+    let p = walk::Packet::parse("tcp 203.0.113.7:40000 -> 172.30.0.41:80 in eth0").unwrap();
+    let w = walk::walk(&rs, &p, &s.host.as_ref().unwrap().facts);
+    // Translated, and masqueraded (from outside the pod network: mark-for-masquerade).
+    assert_eq!(
+        w.final_tuple, "tcp 198.51.100.10:40000 -> 10.180.0.1:80",
+        "{w:#?}"
+    );
+    check_consistent("kube-proxy nftables", &rs);
+}

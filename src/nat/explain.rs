@@ -343,11 +343,12 @@ pub fn describe_action(a: &Action) -> String {
             Some(p) => format!("LOG with prefix \"{p}\", then go on"),
             None => "LOG, then go on".into(),
         },
-        Action::Vmap { key, entries } => {
+        Action::Vmap { key, entries, .. } => {
             let k = match key {
                 VmapKey::InIface => "the incoming interface",
                 VmapKey::OutIface => "the outgoing interface",
                 VmapKey::Random => "a random number (load balancing)",
+                VmapKey::Concat => "several packet fields",
                 VmapKey::Other => "a key nettool cannot evaluate",
             };
             let list: Vec<String> = entries
@@ -416,7 +417,7 @@ struct Frame<'a> {
     line: usize,
     conds: &'a [Match],
     /// A condition implied by a verdict map entry (oifname "docker0" : jump ...).
-    extra: Option<Match>,
+    extra: Vec<Match>,
     /// The jump rule's comment.
     comment: Option<&'a str>,
     /// RETURN rules above the rule in this chain (their conditions exclude traffic).
@@ -494,7 +495,7 @@ impl<'a> Walker<'a> {
                 chain: &chain.name,
                 line: rule.line,
                 conds: &rule.matches,
-                extra: None,
+                extra: Vec::new(),
                 comment: rule.comment.as_deref(),
                 exceptions: exceptions.clone(),
                 share,
@@ -550,9 +551,38 @@ impl<'a> Walker<'a> {
                     }
                 }
             }
-            Action::Vmap { key, entries } => {
+            Action::Vmap {
+                key,
+                entries,
+                fields,
+            } => {
                 let n = entries.len().max(1) as f64;
                 for (name, verdict) in entries {
+                    if *key == VmapKey::Concat {
+                        // kube-proxy's service map: each element is a front-end's conditions.
+                        let extra: Vec<Match> = fields
+                            .iter()
+                            .zip(name.split(" . "))
+                            .filter_map(|(f, v)| f.cond(v))
+                            .map(|cond| Match {
+                                negated: false,
+                                cond,
+                            })
+                            .collect();
+                        stack.push(Frame {
+                            table: &table.name,
+                            chain: &chain.name,
+                            line: rule.line,
+                            conds: &[],
+                            extra,
+                            comment: None,
+                            exceptions: Vec::new(),
+                            share: 1.0,
+                        });
+                        self.action(ti, ci, hook, rule, verdict, stack, None);
+                        stack.pop();
+                        continue;
+                    }
                     let cond = match key {
                         VmapKey::InIface => format!("arriving on {name}"),
                         VmapKey::OutIface => format!("leaving by {name}"),
@@ -563,7 +593,7 @@ impl<'a> Walker<'a> {
                                 chain: &chain.name,
                                 line: rule.line,
                                 conds: &[],
-                                extra: None,
+                                extra: Vec::new(),
                                 comment: None,
                                 exceptions: Vec::new(),
                                 share: 1.0 / n,
@@ -572,7 +602,7 @@ impl<'a> Walker<'a> {
                             stack.pop();
                             continue;
                         }
-                        VmapKey::Other => format!("map key {name}"),
+                        VmapKey::Other | VmapKey::Concat => format!("map key {name}"),
                     };
                     let extra = match key {
                         VmapKey::InIface => Some(Cond::InIface { name: name.clone() }),
@@ -586,10 +616,10 @@ impl<'a> Walker<'a> {
                                 chain: &chain.name,
                                 line: rule.line,
                                 conds: &[],
-                                extra: Some(Match {
+                                extra: vec![Match {
                                     negated: false,
                                     cond: c,
-                                }),
+                                }],
                                 comment: None,
                                 exceptions: Vec::new(),
                                 share: 1.0,
@@ -1627,6 +1657,33 @@ pub fn recognise(rs: &Ruleset) -> Vec<Recognised> {
                 t.family,
                 t.name,
                 t.chains.len()
+            ),
+        );
+    }
+    if let Some(t) = rs.tables.iter().find(|t| t.name == "kube-proxy") {
+        let maps = t
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .filter(|r| {
+                matches!(
+                    &r.action,
+                    Action::Vmap {
+                        key: VmapKey::Concat,
+                        ..
+                    }
+                )
+            })
+            .count();
+        add(
+            "kube-proxy",
+            format!(
+                "kube-proxy nftables mode (table {} kube-proxy, {} service/endpoint chain(s), {maps} verdict-map lookup(s) on address . protocol . port)",
+                t.family,
+                t.chains
+                    .iter()
+                    .filter(|c| c.name.starts_with("service-") || c.name.starts_with("endpoint-"))
+                    .count()
             ),
         );
     }

@@ -424,8 +424,79 @@ pub enum VmapKey {
     OutIface,
     /// numgen random mod N: each entry takes 1/N of the connections
     Random,
+    /// A concatenation of packet fields (kube-proxy's `ip daddr . meta l4proto . th dport`):
+    /// the fields are in the action's `fields`, an entry's key is "v1 . v2 . v3".
+    Concat,
     /// anything else we do not model
     Other,
+}
+
+/// One field of a concatenated verdict-map key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyField {
+    /// ip/ip6 saddr
+    SrcAddr,
+    /// ip/ip6 daddr
+    DstAddr,
+    /// meta l4proto / ip protocol
+    L4Proto,
+    /// th/tcp/udp sport
+    SrcPort,
+    /// th/tcp/udp dport
+    DstPort,
+    /// iifname
+    InIface,
+    /// oifname
+    OutIface,
+}
+
+impl KeyField {
+    /// Parse nft's words for a field ("ip daddr", "meta l4proto", "th dport", "iifname").
+    pub fn from_words(w: &[&str]) -> Option<KeyField> {
+        Some(match w {
+            ["ip" | "ip6", "daddr"] => KeyField::DstAddr,
+            ["ip" | "ip6", "saddr"] => KeyField::SrcAddr,
+            ["meta", "l4proto"] | ["ip", "protocol"] | ["ip6", "nexthdr"] => KeyField::L4Proto,
+            ["th" | "tcp" | "udp" | "sctp", "dport"] => KeyField::DstPort,
+            ["th" | "tcp" | "udp" | "sctp", "sport"] => KeyField::SrcPort,
+            ["iifname"] | ["meta", "iifname"] => KeyField::InIface,
+            ["oifname"] | ["meta", "oifname"] => KeyField::OutIface,
+            _ => return None,
+        })
+    }
+
+    /// The condition `value` of this field stands for.
+    pub fn cond(self, value: &str) -> Option<Cond> {
+        let v = value.trim().trim_matches('"');
+        Some(match self {
+            KeyField::DstAddr | KeyField::SrcAddr => Cond::Addr {
+                dir: if self == KeyField::DstAddr {
+                    Dir::Dst
+                } else {
+                    Dir::Src
+                },
+                net: super::iptables::parse_net(v).ok()?,
+            },
+            KeyField::L4Proto => Cond::Proto {
+                proto: v.to_string(),
+            },
+            KeyField::DstPort | KeyField::SrcPort => Cond::Port {
+                dir: if self == KeyField::DstPort {
+                    Dir::Dst
+                } else {
+                    Dir::Src
+                },
+                ports: vec![super::iptables::parse_port_range(v).ok()?],
+            },
+            KeyField::InIface => Cond::InIface {
+                name: v.to_string(),
+            },
+            KeyField::OutIface => Cond::OutIface {
+                name: v.to_string(),
+            },
+        })
+    }
 }
 
 /// What a rule does when all its conditions match.
@@ -493,6 +564,9 @@ pub enum Action {
         key: VmapKey,
         /// (name, verdict) pairs.
         entries: Vec<(String, Action)>,
+        /// The fields of a concatenated key ([`VmapKey::Concat`]).
+        #[serde(skip_serializing_if = "Vec::is_empty", default)]
+        fields: Vec<KeyField>,
     },
     /// A target we do not model; `terminal` says whether it ends evaluation.
     Other {

@@ -171,10 +171,7 @@ impl JsonLoader {
             let pair = e.as_array();
             match pair.map(|p| p.as_slice()) {
                 Some([k, verdict]) => {
-                    let key = match k {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
+                    let key = key_text(k);
                     entries.push((
                         key,
                         verdict_of(verdict).unwrap_or(Action::Other {
@@ -257,6 +254,28 @@ impl JsonLoader {
         t.chains[ci].rules.push(rule);
         let _ = i;
     }
+}
+
+/// A map element's key as nft prints it: "172.30.0.41 . tcp . 80" for a concatenation.
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) => match o.get("concat").and_then(Value::as_array) {
+            Some(parts) => parts.iter().map(key_text).collect::<Vec<_>>().join(" . "),
+            None => k.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// One field of a JSON concatenation key.
+fn json_key_field(v: &Value) -> Option<KeyField> {
+    if let Some(k) = v.pointer("/meta/key").and_then(Value::as_str) {
+        return KeyField::from_words(&["meta", k]);
+    }
+    let p = v.get("payload")?;
+    KeyField::from_words(&[str_of(p, "protocol"), str_of(p, "field")])
 }
 
 fn verdict_of(v: &Value) -> Option<Action> {
@@ -454,7 +473,17 @@ impl RuleBuilder {
                 }
             }
             "vmap" => {
+                let fields: Vec<KeyField> = body
+                    .pointer("/key/concat")
+                    .and_then(Value::as_array)
+                    .map(|parts| parts.iter().filter_map(json_key_field).collect())
+                    .unwrap_or_default();
+                let concat_ok = body
+                    .pointer("/key/concat")
+                    .and_then(Value::as_array)
+                    .is_some_and(|p| p.len() == fields.len() && !fields.is_empty());
                 let key = match body.pointer("/key/meta/key").and_then(Value::as_str) {
+                    _ if concat_ok => VmapKey::Concat,
                     Some("iifname") | Some("iif") => VmapKey::InIface,
                     Some("oifname") | Some("oif") => VmapKey::OutIface,
                     _ if body.pointer("/key/numgen/mode").and_then(Value::as_str)
@@ -476,10 +505,7 @@ impl RuleBuilder {
                             a.iter()
                                 .filter_map(|p| {
                                     let p = p.as_array()?;
-                                    let k = match p.first()? {
-                                        Value::String(s) => s.clone(),
-                                        o => o.to_string(),
-                                    };
+                                    let k = key_text(p.first()?);
                                     Some((k, verdict_of(p.get(1)?)?))
                                 })
                                 .collect()
@@ -487,7 +513,11 @@ impl RuleBuilder {
                         .unwrap_or_default(),
                     None => Vec::new(),
                 };
-                self.terminal = Some(Action::Vmap { key, entries });
+                self.terminal = Some(Action::Vmap {
+                    key,
+                    entries,
+                    fields,
+                });
             }
             "xt" => {
                 // iptables-nft's compat expressions: nft's JSON carries only the name.
@@ -1062,7 +1092,12 @@ fn map_elements(body: &[Tok]) -> Vec<(String, Action)> {
     for group in items.split(|t| t.s == ",") {
         let words: Vec<&str> = group.iter().map(|t| t.s.as_str()).collect();
         if let Some(colon) = words.iter().position(|w| *w == ":") {
-            let key = words[..colon].join(" ");
+            // An element's comment (kube-proxy names the service there) is not part of its key.
+            let key_end = words[..colon]
+                .iter()
+                .position(|w| *w == "comment")
+                .unwrap_or(colon);
+            let key = words[..key_end].join(" ");
             if let Some(v) = verdict_words(&words[colon + 1..]) {
                 out.push((key, v));
             }
@@ -1167,7 +1202,56 @@ fn parse_u32(s: &str) -> Option<u32> {
 }
 
 /// One rule from its tokens.
+/// A concatenated verdict-map key ending just before `vmap` at `v`: (start index, fields).
+fn concat_before(w: &[&str], v: usize) -> Option<(usize, Vec<KeyField>)> {
+    let mut end = v;
+    let mut fields = Vec::new();
+    loop {
+        let two = end >= 2 && KeyField::from_words(&w[end - 2..end]).is_some();
+        let (start, f) = if two {
+            (end - 2, KeyField::from_words(&w[end - 2..end])?)
+        } else if end >= 1 {
+            (end - 1, KeyField::from_words(&w[end - 1..end])?)
+        } else {
+            return None;
+        };
+        fields.push(f);
+        if start >= 1 && w[start - 1] == "." {
+            end = start - 1;
+        } else {
+            fields.reverse();
+            return (fields.len() > 1).then_some((start, fields));
+        }
+    }
+}
+
 fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: usize) -> Rule {
+    // kube-proxy's `ip daddr . meta l4proto . th dport vmap @service-ips`: take the key out.
+    let mut concat_fields: Vec<KeyField> = Vec::new();
+    let owned: Vec<Tok>;
+    let st = match st.iter().position(|t| t.s == "vmap") {
+        Some(v) => {
+            let words: Vec<&str> = st.iter().map(|t| t.s.as_str()).collect();
+            match concat_before(&words, v) {
+                Some((start, fields)) => {
+                    concat_fields = fields;
+                    owned = st[..start]
+                        .iter()
+                        .cloned()
+                        .chain(std::iter::once(Tok {
+                            s: "concat".into(),
+                            line: st[start].line,
+                            quoted: false,
+                        }))
+                        .chain(st[v..].iter().cloned())
+                        .collect();
+                    &owned[..]
+                }
+                None => st,
+            }
+        }
+        None => st,
+    };
     let w: Vec<&str> = st.iter().map(|t| t.s.as_str()).collect();
     let text = st
         .iter()
@@ -1314,6 +1398,11 @@ fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: us
                             if w.get(i) == Some(&"set") {
                                 i += 1;
                                 // mark set V | mark set mark or V | and | xor
+                                // (`meta mark set meta mark | V` is the long form)
+                                let long = w.get(i) == Some(&"meta");
+                                if long {
+                                    i += 1;
+                                }
                                 let rest: Vec<&str> = w[i..].iter().take(4).copied().collect();
                                 let (value, mask, used) = match rest.as_slice() {
                                     ["mark", "or", v, ..] | ["mark", "|", v, ..] => {
@@ -1482,6 +1571,9 @@ fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: us
                         b.other = Some(Action::Log { prefix });
                     }
                 }
+                "concat" => {
+                    last_key = Some(VmapKey::Concat);
+                }
                 "numgen" => {
                     // numgen random mod N vmap { 0 : jump a, ... }
                     if w.get(i) != Some(&"random") {
@@ -1522,7 +1614,16 @@ fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: us
                     } else {
                         return None;
                     };
-                    b.terminal = Some(Action::Vmap { key, entries });
+                    let fields = if key == VmapKey::Concat {
+                        concat_fields.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    b.terminal = Some(Action::Vmap {
+                        key,
+                        entries,
+                        fields,
+                    });
                 }
                 _ => return None,
             }
@@ -1585,7 +1686,7 @@ mod tests {
         let pre = t.chain("pre").unwrap();
         assert_eq!(pre.policy.as_ref().unwrap().verdict, "DROP");
         match &pre.rules[0].action {
-            Action::Vmap { key, entries } => {
+            Action::Vmap { key, entries, .. } => {
                 assert_eq!(*key, VmapKey::OutIface);
                 assert_eq!(entries[0].0, "docker0");
             }

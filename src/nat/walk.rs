@@ -855,8 +855,31 @@ impl<'a> Walker<'a> {
                 );
                 Outcome::Nat
             }
-            Action::Vmap { key, entries } => {
+            Action::Vmap {
+                key,
+                entries,
+                fields,
+            } => {
                 let (label, found): (String, Option<usize>) = match key {
+                    VmapKey::Concat => {
+                        let found = entries.iter().position(|(k, _)| {
+                            let parts: Vec<&str> = k.split(" . ").collect();
+                            parts.len() == fields.len()
+                                && fields.iter().zip(&parts).all(|(f, v)| match f.cond(v) {
+                                    Some(cond) => {
+                                        self.eval(
+                                            hook,
+                                            &Match {
+                                                negated: false,
+                                                cond,
+                                            },
+                                        ) == Tri::Yes
+                                    }
+                                    None => false,
+                                })
+                        });
+                        ("the map key".to_string(), found)
+                    }
                     VmapKey::InIface => {
                         let i = self.pkt.in_iface.clone().unwrap_or_default();
                         (
