@@ -245,6 +245,45 @@ fn flock(f: &File, op: libc::c_int) -> bool {
     unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
 }
 
+/// The exclusive start lock, waited for at most 3 minutes: a process left over from a killed
+/// run (or a shell that passed the lock's fd to a child) must fail the test with the holder's
+/// name, not hang the whole suite.
+fn lock_start(start: &File) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !flock(start, libc::LOCK_EX | libc::LOCK_NB) {
+        if Instant::now() > deadline {
+            panic!(
+                "{START_LOCK} is held for over 3 minutes by: {} (a leftover of a killed run? end it)",
+                lock_holders(START_LOCK)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Which processes have `path` open (pid and command line), for the message above.
+fn lock_holders(path: &str) -> String {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == Path::new(path)))
+        {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            out.push(format!(
+                "{} ({})",
+                e.file_name().to_string_lossy(),
+                cmd.trim()
+            ));
+        }
+    }
+    out.join(", ")
+}
+
 /// True when Podman's API answers on the default socket.
 pub fn answers() -> bool {
     let Ok(mut s) = UnixStream::connect(SOCKET) else {
@@ -265,7 +304,7 @@ impl ApiService {
     /// Start the service unless it already answers, and hold it for as long as this lives.
     pub fn acquire() -> Self {
         let start = lock_file(START_LOCK);
-        assert!(flock(&start, libc::LOCK_EX), "flock {START_LOCK}");
+        lock_start(&start);
         if !answers() {
             start_service();
         }
@@ -314,9 +353,7 @@ impl Drop for ApiService {
     fn drop(&mut self) {
         flock(&self.users, libc::LOCK_UN);
         let start = lock_file(START_LOCK);
-        if !flock(&start, libc::LOCK_EX) {
-            return;
-        }
+        lock_start(&start);
         // Exclusive on the users' lock means nobody else holds the service: stop it.
         if flock(&self.users, libc::LOCK_EX | libc::LOCK_NB) {
             if let Some(pid) = std::fs::read_to_string(PIDFILE)
