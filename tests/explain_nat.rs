@@ -1612,3 +1612,58 @@ fn kube_proxy_nftables_mode_reads_its_verdict_maps() {
     );
     check_consistent("kube-proxy nftables", &rs);
 }
+
+#[test]
+fn real_dockerd_with_ip6tables_publishes_over_ipv6() {
+    // Docker 20.10: IPv6 NAT needs --experimental with --ip6tables.
+    let d = common::docker::Dockerd::start_with(
+        "nat6-dock",
+        &[
+            "--ipv6",
+            "--fixed-cidr-v6",
+            "fd00:d0c::/64",
+            "--ip6tables",
+            "--experimental",
+        ],
+    );
+    d.import_busybox("nt-busybox");
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web6",
+        "-p",
+        "8080:80",
+        "nt-busybox",
+        "sleep",
+        "300",
+    ]);
+    let path = d.ns.path();
+    let j = nettool_json(&["explain-nat", "--netns", &path, "--json"]);
+    let published = j["summary"]["published"].as_array().unwrap();
+    let v6 = published
+        .iter()
+        .find(|p| p["ipv6"] == true)
+        .unwrap_or_else(|| panic!("no IPv6 publish in {j}"));
+    let to = v6["targets"][0]["to"].as_str().unwrap();
+    assert!(
+        to.starts_with("[fd00:d0c::") && to.ends_with("]:80"),
+        "{to}"
+    );
+    assert_eq!(v6["host_port"], "8080");
+    assert!(
+        v6["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["packet"]["dst"].as_str().unwrap().contains(':')),
+        "{v6}"
+    );
+    // The IPv4 publish of the same port is its own entry.
+    assert!(published
+        .iter()
+        .any(|p| p["ipv6"] == false && p["targets"][0]["to"].as_str().unwrap().ends_with(":80")));
+    // ip6tables-save was read (its tables are ip6), with counters.
+    let tables = j["summary"]["tables"].as_u64().unwrap();
+    assert!(tables >= 4, "{j}");
+}
