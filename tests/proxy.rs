@@ -3215,3 +3215,158 @@ fn decoder_floods_do_not_hold_up_another_connection() {
         "the trailer cap is said"
     );
 }
+
+/// Lower (or raise) the soft open-files limit of a running process (the hard one stays: raising
+/// it again would need CAP_SYS_RESOURCE).
+fn set_nofile(pid: u32, n: usize) {
+    let st = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={n}:"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Leave a process no room for one more fd: its open-files limit becomes its lowest free fd
+/// number (new fds take the lowest free number, so every open now fails with EMFILE).
+fn no_room_for_fds(pid: u32) {
+    let used: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
+    set_nofile(pid, lowest_free);
+}
+
+/// Open `k` connections to `addr` at once, call `connected` (the proxy has accepted and dialed
+/// them), then echo `size` bytes in both directions on each, concurrently; returns, per
+/// connection, whether every byte came back exact.
+fn concurrent_echoes(
+    ns: &TestNs,
+    addr: &str,
+    k: usize,
+    size: usize,
+    connected: impl FnOnce(),
+) -> Vec<Result<(), String>> {
+    let conns: Vec<TcpStream> = (0..k).map(|_| connect_in(ns, addr).unwrap()).collect();
+    connected();
+    let handles: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            std::thread::spawn(move || {
+                let data = payload(size, i as u32 + 1);
+                let mut w = s.try_clone().unwrap();
+                let sent = data.clone();
+                let writer = std::thread::spawn(move || {
+                    let r = w.write_all(&sent);
+                    let _ = w.shutdown(Shutdown::Write);
+                    r
+                });
+                let mut r = s;
+                r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut back = Vec::new();
+                let read = r.read_to_end(&mut back);
+                let wrote = writer.join().unwrap();
+                match (wrote, read) {
+                    (Err(e), _) => Err(format!("#{i} write: {e}")),
+                    (_, Err(e)) => Err(format!("#{i} read: {e} after {} bytes", back.len())),
+                    _ if back != data => Err(format!(
+                        "#{i}: {} bytes back, not the {size} sent",
+                        back.len()
+                    )),
+                    _ => Ok(()),
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn at_the_fd_limit_bulk_connections_are_copied_not_reset() {
+    let ns = lab("pxfdlim");
+    let dir = TempDir::new("pxfdlim");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let p = start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    // Once the connections' sockets are made (client and backend side each), no room for a
+    // pipe.
+    let k = 4;
+    let base = p.fds();
+    let results = concurrent_echoes(&ns, "127.0.0.1:8080", k, 8 << 20, || {
+        wait_for("the connections accepted and dialed", 10, || {
+            p.fds() >= base + 2 * k
+        });
+        no_room_for_fds(p.pid());
+    });
+    let log = p.log();
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "{results:?}\nlog:\n{log}"
+    );
+    let log = p.stop();
+    assert!(log.contains(" resets=0 errors=0 "), "{log}");
+}
+
+#[test]
+fn streams_left_out_for_want_of_fds_resume_when_fds_are_back() {
+    let ns = lab("pxfdstr");
+    let dir = TempDir::new("pxfdstr");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let streams = dir.join("streams");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--streams",
+            streams.to_str().unwrap(),
+            "8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    // Once 3 connections' sockets are made, no room for their stream files.
+    let k = 3;
+    let base = p.fds();
+    // All connected first (their sockets take the room), then each sends.
+    let mut held: Vec<TcpStream> = (0..k)
+        .map(|_| connect_in(&ns, "127.0.0.1:8080").unwrap())
+        .collect();
+    wait_for("the connections accepted and dialed", 10, || {
+        p.fds() >= base + 2 * k
+    });
+    no_room_for_fds(p.pid());
+    for (i, s) in held.iter_mut().enumerate() {
+        let msg = format!("during the shortage {i}");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes(), "forwarding goes on");
+    }
+    drop(held);
+    wait_for("the connections' fds closed", 10, || p.fds() <= base);
+    set_nofile(p.pid(), 1024);
+    // fds are back: the next connection is saved again.
+    let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    s.write_all(b"after the shortage").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"after the shortage");
+    let port = s.local_addr().unwrap().port();
+    let log = p.stop();
+    assert!(
+        log.contains("Too many open files") && log.contains("that stream is not saved"),
+        "the shortage is said (base {base} fds; files {:?}):\n{log}",
+        std::fs::read_dir(&streams)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    );
+    let c2s = streams.join(format!("c{:06}-127.0.0.1.{port}-127.0.0.1.7000", k + 1));
+    assert_eq!(
+        std::fs::read(&c2s).unwrap_or_default(),
+        b"after the shortage",
+        "{}; log:\n{log}",
+        c2s.display()
+    );
+}

@@ -201,11 +201,14 @@ async fn splice_dir(
             break;
         }
     }
-    let (src, dst): (&TcpStream, &TcpStream) = (src.as_ref(), dst.as_ref());
     let pipe = match Pipe::new() {
         Ok(p) => p,
-        Err(e) => return DirEnd::Error(e),
+        // No fds for a pipe (EMFILE/ENFILE) or no memory for one: this connection is
+        // copied through user space instead. Resetting it would lose a live transfer for
+        // want of two descriptors.
+        Err(_) => return copy_plain(src, dst, total, counter, ended).await,
     };
+    let (src, dst): (&TcpStream, &TcpStream) = (src.as_ref(), dst.as_ref());
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
         let n = match when_ready(src, Interest::READABLE, || {
@@ -244,6 +247,32 @@ async fn splice_dir(
                 Err(e) => return dst_end(e),
             }
         }
+    }
+}
+
+/// The splice path's fallback when no pipe can be made: a plain read/write copy.
+async fn copy_plain(
+    mut src: ReadHalf<'_>,
+    mut dst: WriteHalf<'_>,
+    total: &AtomicU64,
+    counter: &AtomicU64,
+    ended: &AtomicBool,
+) -> DirEnd {
+    let mut buf = vec![0u8; payload::CHUNK];
+    loop {
+        let n = match read_some(&mut src, &mut buf).await {
+            Ok(n) => n,
+            Err(end) => return end,
+        };
+        if n == 0 {
+            pass_fin(dst.as_ref(), ended);
+            return DirEnd::Eof;
+        }
+        if let Err(end) = write_all(&mut dst, &buf[..n]).await {
+            return end;
+        }
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
