@@ -354,12 +354,24 @@ fn teardown_restores_host_exactly_and_shared_chains() {
     let (lab3, _) = TestLab::in_host("th3", &host, &[lab_file2.s(), "--no-userland-proxy"]);
     let other = TestNs::new("other");
     let out = nettool_in(Some(&other.name), &["teardown", &lab3.name], &[]);
+    let msg = text(&out);
     assert!(
-        !out.status.success() && text(&out).contains("set up in the network namespace"),
-        "{}",
-        text(&out)
+        !out.status.success() && msg.contains("set up in the network namespace"),
+        "{msg}"
     );
-    lab3.teardown();
+    // The command it prints tears the lab down from the right namespace.
+    let cmd = msg
+        .split("run teardown from there: `")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .unwrap_or_else(|| panic!("{msg}"));
+    assert!(
+        cmd.contains(&format!("--net=/run/netns/{}", host.name)),
+        "{cmd}"
+    );
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", text(&out));
+    assert!(lab3.teardown().contains("nothing to do"));
     assert_eq!(snapshot(&host), before);
 }
 
@@ -995,13 +1007,17 @@ fn kill_anywhere(host: Option<&TestNs>, net: u8) {
         let out = nettool_in(hostname.as_deref(), &["teardown", &name], &[]);
         assert!(out.status.success(), "{when}: teardown: {}", text(&out));
     };
-    // How long a whole setup takes here, to spread the signals over it.
-    let t0 = Instant::now();
-    let out = nettool_in(hostname.as_deref(), &args, &[]);
-    let full = t0.elapsed();
-    assert!(out.status.success(), "{}", text(&out));
-    teardown("first run");
-    check("after a normal setup and teardown");
+    // How long a whole setup takes here (the faster of two: the first may be cold), to
+    // spread the signals over it.
+    let mut full = std::time::Duration::MAX;
+    for _ in 0..2 {
+        let t0 = Instant::now();
+        let out = nettool_in(hostname.as_deref(), &args, &[]);
+        full = full.min(t0.elapsed());
+        assert!(out.status.success(), "{}", text(&out));
+        teardown("first runs");
+        check("after a normal setup and teardown");
+    }
     let n = 14u32;
     let (mut rolled_back, mut half_built) = (0, 0);
     for i in 0..n {

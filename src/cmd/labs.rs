@@ -1,7 +1,5 @@
 //! `nettool labs`: every lab on this machine, its host namespace, state and health.
 
-use std::os::unix::fs::MetadataExt;
-
 use clap::Args;
 
 use crate::lab::health::{self, LabHealth, Phase};
@@ -39,21 +37,12 @@ pub(crate) fn host_label(l: &LabHealth) -> String {
         return "this namespace".into();
     }
     match l.host_inode {
-        Some(inode) => match name_of_inode(inode) {
+        Some(inode) => match health::netns_name_of(inode) {
             Some(n) => format!("{n} (netns:[{inode}])"),
             None => format!("netns:[{inode}]"),
         },
         None => "?".into(),
     }
-}
-
-/// A /run/netns name for the namespace with this inode, if it has one.
-fn name_of_inode(inode: u64) -> Option<String> {
-    std::fs::read_dir(crate::netns::NETNS_RUN_DIR)
-        .ok()?
-        .flatten()
-        .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
 }
 
 fn render(labs: &[LabHealth]) -> String {

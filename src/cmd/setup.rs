@@ -219,15 +219,10 @@ fn shell_quote(a: &str) -> String {
 /// The command that runs this setup with only the network namespace entered, the mounts
 /// being the machine's.
 fn in_machine_mounts() -> String {
-    let ns = crate::netns::NetNs::current().ok().map(|n| n.id().inode);
-    let named = ns.and_then(|inode| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::read_dir(crate::netns::NETNS_RUN_DIR)
-            .ok()?
-            .flatten()
-            .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode))
-            .map(|e| e.path().display().to_string())
-    });
+    let named = crate::netns::NetNs::current()
+        .ok()
+        .and_then(|n| health::netns_name_of(n.id().inode))
+        .map(|n| crate::netns::named::path_of(&n).display().to_string());
     match named {
         Some(path) => format!("nsenter --net={path} {}", this_command()),
         None => format!(

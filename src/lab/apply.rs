@@ -81,12 +81,14 @@ pub enum LabError {
         rollback: Vec<String>,
     },
     /// Teardown was asked from a different namespace than setup ran in.
-    #[error("lab '{name}' was set up in the network namespace with inode {inode}, not this one; run teardown from there (e.g. `nsenter --net=/proc/PID/ns/net nettool teardown {name}`)")]
+    #[error("lab '{name}' was set up in the network namespace with inode {inode}, not this one; run teardown from there: `{enter}`")]
     WrongNamespace {
         /// Lab name.
         name: String,
         /// The inode recorded at setup.
         inode: u64,
+        /// The command that runs teardown there.
+        enter: String,
     },
     /// State files.
     #[error(transparent)]
@@ -1157,9 +1159,16 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
         if let Some(h) = &host {
             let cur = NetNs::current().map_err(|e| LabError::Other(e.to_string()))?;
             if cur.id().inode != h.inode && super::health::netns_alive(h.inode) {
+                let exe = std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "nettool".into());
+                let at = super::health::netns_name_of(h.inode)
+                    .map(|n| named::path_of(&n).display().to_string())
+                    .unwrap_or_else(|| "/proc/PID/ns/net (PID: a process in it)".into());
                 return Err(LabError::WrongNamespace {
                     name: name.into(),
                     inode: h.inode,
+                    enter: format!("nsenter --net={at} {exe} teardown {name}"),
                 });
             }
         }

@@ -214,3 +214,12 @@ pub(crate) fn netns_alive(inode: u64) -> bool {
                 .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode))
         })
 }
+
+/// A /run/netns name for the namespace with this inode, if it has one.
+pub(crate) fn netns_name_of(inode: u64) -> Option<String> {
+    std::fs::read_dir(crate::netns::NETNS_RUN_DIR)
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
