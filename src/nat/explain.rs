@@ -315,7 +315,7 @@ pub fn describe_match(m: &Match) -> String {
 }
 
 /// Plain-word description of what a rule does (`--rules`), never Rust debug text.
-pub fn describe_action(a: &Action) -> String {
+pub(crate) fn describe_action(a: &Action) -> String {
     let ports = |p: &Option<PortRange>| p.map(|p| format!(", ports {p}")).unwrap_or_default();
     match a {
         Action::None => "no target: only counts the packet".into(),

@@ -143,7 +143,7 @@ pub fn parse_text(text: &str, table: Option<&str>, source: &str) -> Result<Rules
 
 /// kube-proxy's own rules (`iptables-restore` input, a test's expected dump) have its chains
 /// but no built-in chain jumping into them: add the jumps kube-proxy installs, and say so.
-pub fn assume_kube_jumps(rs: &mut Ruleset) {
+pub(crate) fn assume_kube_jumps(rs: &mut Ruleset) {
     use model::{Action, Match, Rule};
     // (table, built-in chain, kube chain, conditions as iptables words)
     let jumps: [(&str, &str, &str); 9] = [

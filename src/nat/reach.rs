@@ -77,7 +77,7 @@ fn free_addr(cands: &[&str], nets: &[IpNet]) -> Option<IpAddr> {
 
 /// A host address inside `net` that is neither its network address nor its first host
 /// (the gateway), `nth` hosts in.
-pub fn host_in(net: &IpNet, nth: u32) -> IpAddr {
+pub(crate) fn host_in(net: &IpNet, nth: u32) -> IpAddr {
     if net.prefix_len() == net.max_prefix_len() {
         return net.addr();
     }
@@ -376,7 +376,7 @@ pub struct Probe {
 }
 
 /// Walk `p` with the model's facts (first branch), keeping what the summary needs.
-pub fn probe(rs: &Ruleset, model: &HostModel, from: From, p: Packet) -> Probe {
+pub(crate) fn probe(rs: &Ruleset, model: &HostModel, from: From, p: Packet) -> Probe {
     let w: Walk = walk::walk_with(rs, &p, &model.facts, &WalkOptions::default());
     let branch_dnats = w
         .steps
@@ -423,7 +423,7 @@ fn num_proto(p: &str) -> String {
 
 /// A packet that meets `conds` (best effort: positive conditions set fields, negated ones steer
 /// away), entering at `hook`. `v6` picks the family when no address condition does.
-pub fn satisfy(conds: &[&Match], hook: Hook, model: &HostModel, v6: bool) -> Packet {
+pub(crate) fn satisfy(conds: &[&Match], hook: Hook, model: &HostModel, v6: bool) -> Packet {
     let positive: Vec<&Match> = conds.iter().copied().filter(|m| !m.negated).collect();
     let neg: Vec<&Cond> = conds
         .iter()
@@ -600,7 +600,7 @@ pub fn satisfy(conds: &[&Match], hook: Hook, model: &HostModel, v6: bool) -> Pac
 
 /// The probes for a path into a rule at `hook`: as the conditions say; then from outside, from
 /// each container network and (OUTPUT) from this host to its own and the loopback address.
-pub fn probes_for(
+pub(crate) fn probes_for(
     rs: &Ruleset,
     model: &HostModel,
     conds: &[&Match],
@@ -670,7 +670,7 @@ pub fn probes_for(
 }
 
 /// The probe's fate relative to the DNAT rule `target`, in words.
-pub fn fate(p: &Probe, target: &RuleRef, target_text: &str) -> String {
+pub(crate) fn fate(p: &Probe, target: &RuleRef, target_text: &str) -> String {
     let who = match &p.from {
         From::Outside => format!(
             "from outside ({} arriving on {})",
@@ -718,6 +718,6 @@ pub fn fate(p: &Probe, target: &RuleRef, target_text: &str) -> String {
 }
 
 /// Does this probe reach the DNAT rule `target` (itself or through a load-balancing branch)?
-pub fn reaches(p: &Probe, target: &RuleRef) -> bool {
+pub(crate) fn reaches(p: &Probe, target: &RuleRef) -> bool {
     p.dnat_by.as_ref() == Some(target) || p.branch_dnats.contains(target)
 }
