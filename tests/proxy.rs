@@ -3370,3 +3370,88 @@ fn streams_left_out_for_want_of_fds_resume_when_fds_are_back() {
         c2s.display()
     );
 }
+
+/// dockerd's `--userland-proxy-path` pointing at the nettool binary itself (no symlink named
+/// docker-proxy): `docker run -p` is served, and a proxy that cannot start says why in
+/// `docker run`'s own error (issue 17: it used to be an empty "Error starting userland proxy:").
+#[test]
+fn dockerd_runs_the_nettool_binary_by_path_and_shows_its_startup_error() {
+    let d = common::docker::Dockerd::start_with(
+        "pxbypath",
+        &["--userland-proxy=true", "--userland-proxy-path", BIN],
+    );
+    d.import_busybox("nt-busybox");
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "nt-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/",
+    ]);
+    // The proxies dockerd started are this very binary, given docker-proxy's flags.
+    let proxies: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with(BIN) && c.contains("-host-port 8080"))
+        .collect();
+    assert!(
+        !proxies.is_empty(),
+        "no nettool started with -host-port 8080"
+    );
+    // localhost goes through the userland proxy (Docker's OUTPUT DNAT skips 127.0.0.0/8).
+    wait_for("curl 127.0.0.1:8080 through nettool", 20, || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &d.ns.name,
+                "curl",
+                "-sS",
+                "-m",
+                "3",
+                "-o",
+                "/dev/null",
+            ])
+            .arg("http://127.0.0.1:8080/")
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    // A port someone else holds: the proxy cannot bind, and docker run must say why.
+    let _holder =
+        d.ns.spawn(&["socat", "TCP-LISTEN:8081,bind=0.0.0.0,reuseaddr,fork", "-"]);
+    wait_for("socat holding 8081", 10, || {
+        common::sh(&["ip", "netns", "exec", &d.ns.name, "ss", "-ltn"]).contains(":8081 ")
+    });
+    let (ok, out) = d.try_docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "-p",
+        "8081:80",
+        "nt-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+    ]);
+    assert!(!ok, "docker run on a held port succeeded: {out}");
+    assert!(
+        out.contains("Error starting userland proxy:") && out.contains("8081"),
+        "the reason is in docker run's error: {out}"
+    );
+    assert!(
+        out.to_lowercase().contains("in use"),
+        "it says the port is in use: {out}"
+    );
+}

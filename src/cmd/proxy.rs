@@ -426,19 +426,14 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<Mapping>> {
 }
 
 /// What a running proxy forwards, read from its command line with the proxy's own parsers:
-/// docker-proxy flags (argv[0] docker-proxy, or `nettool proxy -container-ip ...`) or the
+/// docker-proxy flags (argv[0] docker-proxy, any binary given docker-proxy's flags, or
+/// `nettool proxy -container-ip ...`) or the
 /// `nettool proxy` arguments. None when argv is not a proxy of ours or docker's.
 pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Mapping>> {
-    if docker::is_docker_invocation(argv) {
-        let base_is_proxy = std::path::Path::new(argv.first()?)
-            .file_name()
-            .is_some_and(|n| n == "docker-proxy");
-        let flags = if base_is_proxy {
-            &argv[1..]
-        } else {
-            argv.get(2..)?
-        };
-        return docker::parse_args(flags).ok().map(|d| vec![d.mapping()]);
+    if let Some(start) = docker::docker_flags_start(argv) {
+        return docker::parse_args(&argv[start..])
+            .ok()
+            .map(|d| vec![d.mapping()]);
     }
     if argv.get(1).map(String::as_str) != Some("proxy") {
         return None;
@@ -581,18 +576,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
 /// Called by main before the normal CLI parse (Go flag syntax is not clap's).
 pub fn docker_proxy_entry() -> Option<i32> {
     let argv: Vec<String> = std::env::args().collect();
-    if !docker::is_docker_invocation(&argv) {
-        return None;
-    }
-    let base_is_proxy = std::path::Path::new(&argv[0])
-        .file_name()
-        .map(|n| n == "docker-proxy")
-        .unwrap_or(false);
-    let flags = if base_is_proxy {
-        &argv[1..]
-    } else {
-        &argv[2..]
-    };
+    let flags = &argv[docker::docker_flags_start(&argv)?..];
     if flags
         .iter()
         .any(|a| a == "-h" || a == "--help" || a == "-help")

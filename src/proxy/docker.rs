@@ -75,23 +75,25 @@ pub fn go_flag_name(arg: &str) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
-/// True when argv is a docker-proxy invocation: argv[0] named docker-proxy, or
-/// `nettool proxy` followed by docker-proxy's flags.
-pub fn is_docker_invocation(args: &[String]) -> bool {
-    let Some(argv0) = args.first() else {
-        return false;
-    };
-    let base = Path::new(argv0)
+/// Where docker-proxy's flags start in argv, when argv is a docker-proxy invocation: argv[0]
+/// named docker-proxy; a docker-proxy flag right after the program name, whatever the binary
+/// is called (dockerd's `--userland-proxy-path /usr/local/bin/nettool` runs
+/// `/usr/local/bin/nettool -proto tcp -host-ip ...`); or `nettool proxy` followed by its flags.
+pub fn docker_flags_start(args: &[String]) -> Option<usize> {
+    let is_flag = |a: &String| go_flag_name(a).is_some_and(|n| FLAGS.contains(&n));
+    let base = Path::new(args.first()?)
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if base == "docker-proxy" {
-        return true;
+    if base == "docker-proxy" || args.get(1).is_some_and(is_flag) {
+        return Some(1);
     }
-    args.get(1).map(|s| s == "proxy").unwrap_or(false)
-        && args[2..]
-            .iter()
-            .any(|a| go_flag_name(a).map(|n| FLAGS.contains(&n)).unwrap_or(false))
+    (args.get(1).is_some_and(|s| s == "proxy") && args[2..].iter().any(is_flag)).then_some(2)
+}
+
+/// True when argv is a docker-proxy invocation (see [`docker_flags_start`]).
+pub fn is_docker_invocation(args: &[String]) -> bool {
+    docker_flags_start(args).is_some()
 }
 
 fn parse_bool(v: &str) -> Result<bool, DockerProxyError> {
@@ -426,6 +428,18 @@ mod tests {
             "1=1.1.1.1:1"
         ])));
         assert!(!is_docker_invocation(&v(&["nettool", "netns", "-proto"])));
+        // dockerd --userland-proxy-path pointing at the nettool binary itself.
+        let by_path = v(&[
+            "/usr/local/bin/nettool",
+            "-proto",
+            "tcp",
+            "-host-port",
+            "80",
+        ]);
+        assert_eq!(docker_flags_start(&by_path), Some(1));
+        assert_eq!(docker_flags_start(&v(&["nettool", "--proto=udp"])), Some(1));
+        assert_eq!(docker_flags_start(&v(&["nettool", "-h"])), None);
+        assert_eq!(docker_flags_start(&v(&["nettool", "-v", "netns"])), None);
     }
 
     #[test]

@@ -107,7 +107,8 @@ impl Dockerd {
         format!("unix://{}", self.socket.display())
     }
 
-    fn try_docker(&self, args: &[&str]) -> (bool, String) {
+    /// Run the docker CLI against this daemon: (success, stdout+stderr).
+    pub fn try_docker(&self, args: &[&str]) -> (bool, String) {
         match Command::new("docker")
             .arg("-H")
             .arg(self.host())
