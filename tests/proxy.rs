@@ -3455,3 +3455,64 @@ fn dockerd_runs_the_nettool_binary_by_path_and_shows_its_startup_error() {
         "it says the port is in use: {out}"
     );
 }
+
+#[test]
+fn sighup_ends_the_proxy_cleanly_like_sigterm() {
+    let ns = lab("pxhup");
+    let dir = TempDir::new("pxhup");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let pcap = dir.join("hup.pcap");
+    let mut cmd = nettool_in_ns(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "--json",
+            "--hex",
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+        ],
+    );
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let (r, w) = ready_pipe(&mut cmd);
+    let mut child = ChildGuard(cmd.spawn().unwrap());
+    drop(w);
+    assert_eq!(read_ready(r), "0\n");
+    let mut out = child.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    // A bulk transfer still running when the signal comes.
+    let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    let chunk = payload(1 << 20, 7);
+    for _ in 0..4 {
+        s.write_all(&chunk).unwrap();
+    }
+    unsafe { libc::kill(child.pid() as i32, libc::SIGHUP) };
+    let _ = s.write_all(&chunk);
+    let st = child.0.wait().unwrap();
+    let stdout = reader.join().unwrap();
+    assert_eq!(st.code(), Some(0), "exit status after SIGHUP: {st}");
+    let text = String::from_utf8(stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("a torn JSON line {e}: {l:.200}"))
+        })
+        .collect();
+    assert!(lines.len() > 2, "{text:.400}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "counters", "the counters come last: {last}");
+    assert!(
+        last["counters"]["bytes_c2s"].as_u64().unwrap() > 0,
+        "{last}"
+    );
+    assert!(tshark_reads(&pcap) > 4, "tshark reads the pcap to its end");
+}

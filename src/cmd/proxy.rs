@@ -217,7 +217,7 @@ fn build_sinks(plan: &Plan) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     Ok(sinks)
 }
 
-/// Bind, announce readiness, serve until SIGINT/SIGTERM, print counters. Returns the exit code.
+/// Bind, announce readiness, serve until SIGINT/SIGTERM/SIGHUP, print counters. Returns the exit code.
 fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     // Declared first so it is dropped last, after every line below (exit paths included).
     let (log, flush) = make_log(&plan.log_to, plan.log_level)?;
@@ -314,6 +314,10 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        // SIGHUP (the terminal or ssh session went away) ends it the same clean way: by
+        // default it would kill the process mid-write (a torn JSON line, a pcap cut
+        // mid-record, no counters).
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
         let usr1_log = run_log.clone();
         tokio::spawn(async move {
@@ -331,6 +335,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
             tokio::select! {
                 _ = int.recv() => run_log.log(Level::Info, "SIGINT: stopping"),
                 _ = term.recv() => run_log.log(Level::Info, "SIGTERM: stopping"),
+                _ = hup.recv() => run_log.log(Level::Info, "SIGHUP: stopping"),
             }
         };
         proxy.run(stop).await.context("serve")?;
