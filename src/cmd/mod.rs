@@ -16,8 +16,72 @@ pub mod trace;
 
 use crate::cli::{Cli, Command};
 
+/// Why a command cannot do its job without privileges, when it cannot; None when it can (a
+/// shell completion, rules or a capture read from files, a recorded snapshot, the proxy and
+/// the built-in servers, which need none in the current namespace).
+fn privileges_needed(cmd: &Command) -> Option<&'static str> {
+    const ENTER: &str = "it enters network namespaces (CAP_SYS_ADMIN) and reads every process's namespace (CAP_SYS_PTRACE)";
+    match cmd {
+        Command::Completions(_) | Command::Proxy(_) | Command::Serve(_) | Command::LabDaemon(_) => {
+            None
+        }
+        // setup and teardown say it themselves, with what they were about to change.
+        Command::Setup(_) | Command::Teardown(_) => None,
+        Command::ExplainNat(a) if !a.files.is_empty() && a.netns.is_none() => None,
+        Command::ExplainNat(_) => Some("it reads the live firewall rules inside a network namespace (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, explain a saved rule set: `nettool explain-nat -f FILE` (iptables-save or `nft -j list ruleset` output)"),
+        Command::Dns(a) if a.read.is_some() => None,
+        Command::Dns(_) => Some("it captures packets inside network namespaces (CAP_NET_RAW, CAP_SYS_ADMIN); without root, explain a capture made elsewhere with `nettool dns --read FILE`"),
+        Command::Doctor(a) if a.snapshot.is_some() => None,
+        Command::Doctor(_) => Some("it reads links, sockets and firewall rules inside network namespaces (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, replay a recorded state with `nettool doctor --snapshot FILE`"),
+        Command::Trace(_) => Some("it adds trace rules and reads kernel events (CAP_NET_ADMIN, CAP_SYS_ADMIN)"),
+        Command::Netns(_) | Command::Peer(_) | Command::Topology(_) | Command::Labs(_) => Some(ENTER),
+        #[allow(unreachable_patterns)]
+        _ => Some(ENTER),
+    }
+}
+
+/// The command's name as typed (`netns list`, `explain-nat`).
+fn command_name(cmd: &Command) -> String {
+    use clap::CommandFactory;
+    let argv: Vec<String> = std::env::args().collect();
+    // The first argument that is a subcommand of nettool, with its own subcommand if it has one.
+    let top = Cli::command();
+    let Some(i) = argv
+        .iter()
+        .position(|a| top.get_subcommands().any(|c| c.get_name() == a))
+    else {
+        return format!("{cmd:?}").to_lowercase();
+    };
+    match (cmd, argv.get(i + 1)) {
+        (Command::Netns(_), Some(sub)) => format!("{} {sub}", argv[i]),
+        _ => argv[i].clone(),
+    }
+}
+
+/// True when this process may enter other network namespaces: CAP_SYS_ADMIN in its
+/// effective set (root normally has it; a root inside a user namespace or a container may not).
+fn privileged() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
 /// Run the parsed command line; the returned code is the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    if let Some(why) = privileges_needed(&cli.command) {
+        if !privileged() {
+            let name = command_name(&cli.command);
+            anyhow::bail!(
+                "`nettool {name}` needs root: {why}. Run it as root (sudo nettool {name} ...)"
+            );
+        }
+    }
     match cli.command {
         Command::Netns(c) => netns::run(c),
         Command::Doctor(a) => doctor::run(a),

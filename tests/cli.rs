@@ -1,0 +1,88 @@
+//! What every command says when it is run without the privileges it needs: once, with the
+//! reason and what works instead; and that the commands that need none still work.
+
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nettool");
+
+/// Run nettool as the unprivileged user nobody (no capabilities).
+fn as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn without_root_every_command_says_so_once_with_the_reason() {
+    for (args, instead) in [
+        (&["netns", "list"][..], ""),
+        (&["-v", "peer", "eth0"][..], ""),
+        (&["netns", "inspect", "lo"][..], ""),
+        (&["peer", "lo"][..], ""),
+        (&["peer", "--all", "--json"][..], ""),
+        (&["topology", "--format", "text"][..], ""),
+        (&["explain-nat"][..], "nettool explain-nat -f"),
+        (&["doctor", "8080"][..], "--snapshot FILE"),
+        (&["dns", "--duration", "1s"][..], "--read FILE"),
+        (&["labs"][..], ""),
+        (&["trace", "--duration", "1s"][..], ""),
+    ] {
+        let out = as_nobody(args);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout: {said}");
+        let args: Vec<&str> = args.iter().copied().filter(|a| *a != "-v").collect();
+        let cmd = match args[0] {
+            "netns" => format!("`nettool netns {}` needs root", args[1]),
+            c => format!("`nettool {c}` needs root"),
+        };
+        assert_eq!(said.matches(&cmd).count(), 1, "{args:?}: {said}");
+        assert!(
+            said.contains(instead),
+            "{args:?} says what works instead: {said}"
+        );
+        // No OS error (and no "install iptables") standing in for the reason.
+        assert!(
+            !said.contains("EPERM") && !said.contains("os error"),
+            "{args:?}: {said}"
+        );
+        assert_eq!(said.lines().count(), 1, "{args:?}: one line: {said}");
+    }
+}
+
+#[test]
+fn what_needs_no_privileges_still_works_as_an_unprivileged_user() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nat");
+    let file = std::fs::read_dir(fixture)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("docker"))
+        .expect("a docker rule set in tests/fixtures/nat");
+    let out = as_nobody(&["explain-nat", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("DNAT") || text(&out).contains("ublished"),
+        "{}",
+        text(&out)
+    );
+    let out = as_nobody(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
