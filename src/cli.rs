@@ -180,7 +180,7 @@ pub struct PeerArgs {
     /// One table of every veth pair on the machine (with --netns: the pairs with an end there).
     #[arg(long, conflicts_with = "iface")]
     pub all: bool,
-    /// Do not ask the Docker API for container names.
+    /// Do not ask the container engines (Docker, Podman, CNI cache, labs) for names.
     #[arg(long)]
     pub no_docker: bool,
     /// Print JSON instead of text.
@@ -326,7 +326,7 @@ pub struct TopologyArgs {
     /// Do not read NAT rules (published ports then come from userland proxies only).
     #[arg(long)]
     pub no_nat: bool,
-    /// Do not ask the Docker API for container names.
+    /// Do not ask the container engines (Docker, Podman, CNI cache, labs) for names.
     #[arg(long)]
     pub no_docker: bool,
     /// Print the graph (nodes and edges) as JSON.

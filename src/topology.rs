@@ -76,8 +76,10 @@ pub struct NamespaceNode {
     pub inode: u64,
     /// Names under /run/netns.
     pub names: Vec<String>,
-    /// Container names (or short ids).
+    /// Container names (or short ids); a pod's members, then its infra.
     pub containers: Vec<String>,
+    /// The Podman pod those containers form, if any.
+    pub pod: Option<String>,
     /// Processes in it as pid/comm.
     pub processes: Vec<String>,
     /// True for the namespace nettool runs in.
@@ -486,6 +488,7 @@ pub fn collect(scope: &Scope, opts: CollectOptions) -> Result<Graph, TopologyErr
             inode: summary.inode,
             names: summary.names.clone(),
             containers,
+            pod: summary.containers.iter().find_map(|c| c.pod.clone()),
             processes: owners_str(&summary.processes),
             current: summary.current,
             default_routes,
@@ -951,7 +954,9 @@ fn ns_title_for(n: &NamespaceNode, picture: bool) -> Vec<String> {
 
 fn ns_title(n: &NamespaceNode) -> Vec<String> {
     let mut lines = Vec::new();
-    let head = if !n.containers.is_empty() {
+    let head = if let Some(pod) = &n.pod {
+        format!("pod {pod}: container {}", n.containers.join(", "))
+    } else if !n.containers.is_empty() {
         format!("container {}", n.containers.join(", "))
     } else {
         n.label.clone()

@@ -513,6 +513,8 @@ fn podman_and_cni_containers_are_named_with_no_environment_variable() {
         ns_node(&g, ns_of(&member))["containers"],
         serde_json::json!([member, infra])
     );
+    assert_eq!(ns_node(&g, ns_of(&member))["pod"], pod.as_str());
+    assert_eq!(ns_node(&g, ns_of(&web))["pod"], Value::Null);
     assert_eq!(
         ns_node(&g, inode(&ctr))["containers"],
         serde_json::json!([a.container_id])
@@ -540,7 +542,7 @@ fn podman_and_cni_containers_are_named_with_no_environment_variable() {
     .into_owned();
     assert!(text.contains(&format!("container {web}")), "{text}");
     assert!(
-        text.contains(&format!("container {member}, {infra}")),
+        text.contains(&format!("pod {pod}: container {member}, {infra}")),
         "{text}"
     );
 }

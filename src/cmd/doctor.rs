@@ -155,6 +155,8 @@ fn resolve_container(name: &str, host: &NetNs) -> anyhow::Result<Option<NetNs>> 
         Ok(ns) => return Ok(Some(ns)),
         // Stopped, created, dead: no namespace; doctor says so in the engine's words.
         Err(crate::netns::NetnsError::ContainerDown { .. }) => return Ok(None),
+        // Two engines' containers by that name: the engine's words, not a /run/netns guess.
+        Err(e @ crate::netns::NetnsError::AmbiguousContainer { .. }) => return Err(e.into()),
         Err(_) => {}
     }
     NetNs::from_name(name)

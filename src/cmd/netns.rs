@@ -57,7 +57,7 @@ fn list(a: NetnsListArgs) -> anyhow::Result<i32> {
                 k - 2
             ),
         };
-        let container = containers_cell(&n.containers);
+        let container = containers_cell(&n.containers, false);
         t.row(vec![
             n.id.inode.to_string(),
             if names.is_empty() {
@@ -81,9 +81,28 @@ fn list(a: NetnsListArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The CONTAINER cell: names with their engine, a pod's members and infra with the pod's name
-/// ("web,4f2a-infra (podman pod shop)"), a container known only from a cgroup by its short id.
-fn containers_cell(cs: &[ContainerRef]) -> String {
+/// The containers of a namespace in one line. Terse (netns list): names with their engine, a
+/// pod's members and infra with the pod's name ("web,4f2a-infra (podman pod shop)"). With ids
+/// (peer): "web (06434c0ce942), sidecar (24d41e2c12cc)", "... in pod shop" for a pod. A container
+/// known only from a cgroup shows its short id.
+pub(crate) fn containers_cell(cs: &[ContainerRef], with_ids: bool) -> String {
+    if with_ids {
+        let mut out = cs
+            .iter()
+            .map(|c| {
+                let short: String = c.id.chars().take(12).collect();
+                match &c.name {
+                    Some(n) => format!("{n} ({short})"),
+                    None => short,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(pod) = cs.iter().find_map(|c| c.pod.as_ref()) {
+            out.push_str(&format!(" in pod {pod}"));
+        }
+        return out;
+    }
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for c in cs {
         let tag = match (&c.pod, c.engine) {

@@ -187,6 +187,13 @@ fn target_for(s: &NsSummary) -> String {
     if s.current {
         return "current".into();
     }
+    // An engine's container by name (a Podman sandbox's netns-UUID name says nothing).
+    if let Some(c) = s.containers.iter().find(|c| {
+        c.engine
+            .is_some_and(|e| e != crate::engine::EngineKind::Lab)
+    }) {
+        return format!("container:{}", c.short_name());
+    }
     if let Some(n) = s.names.iter().find(|n| !n.starts_with("docker/")) {
         return n.clone();
     }
@@ -237,17 +244,7 @@ fn processes(s: &NsSummary) -> String {
 }
 
 fn containers(s: &NsSummary) -> String {
-    s.containers
-        .iter()
-        .map(|c| {
-            let short: String = c.id.chars().take(12).collect();
-            match &c.name {
-                Some(n) => format!("{n} ({short})"),
-                None => short,
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::cmd::netns::containers_cell(&s.containers, true)
 }
 
 fn ns_line(s: &NsSummary) -> String {

@@ -50,6 +50,17 @@ impl EngineKind {
     }
 }
 
+impl EngineKind {
+    /// Which engine a name means when several have it: daemons first, then CNI, then labs.
+    fn rank(self) -> u8 {
+        match self {
+            EngineKind::Docker | EngineKind::Podman => 0,
+            EngineKind::Cni | EngineKind::Kubernetes => 1,
+            EngineKind::Lab => 2,
+        }
+    }
+}
+
 impl fmt::Display for EngineKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -317,7 +328,8 @@ impl Intent {
         }
     }
 
-    /// A container by exact id, exact name, or unique id prefix (as `docker` accepts them).
+    /// A container by exact id, exact name, or unique id prefix (as `docker` accepts them);
+    /// when several engines have it, a daemon's (Docker, Podman) over CNI's over a lab's.
     pub fn lookup(&self, name_or_id: &str) -> Lookup<'_> {
         let key = name_or_id.trim_start_matches('/');
         if key.is_empty() {
@@ -331,6 +343,13 @@ impl Intent {
             self.containers.iter().filter(exact_name).collect(),
             self.containers.iter().filter(prefix).collect(),
         ] {
+            // A daemon's container before a CNI attachment before a lab's: a lab container
+            // stays reachable by its LAB/NAME id and its /run/netns name.
+            let best = hits.iter().map(|c| c.engine.rank()).min();
+            let hits: Vec<&Container> = hits
+                .into_iter()
+                .filter(|c| Some(c.engine.rank()) == best)
+                .collect();
             match hits.len() {
                 0 => continue,
                 1 => return Lookup::Found(hits[0]),
@@ -372,5 +391,53 @@ impl Intent {
     /// The status of every engine that was asked and failed.
     pub fn errors(&self) -> impl Iterator<Item = &SourceStatus> {
         self.sources.iter().filter(|s| s.error.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(engine: EngineKind, id: &str, name: &str) -> Container {
+        Container {
+            engine,
+            id: id.into(),
+            name: name.into(),
+            state: ContainerState::Running,
+            pid: None,
+            netns: None,
+            netns_inode: None,
+            network_mode: "bridge".into(),
+            attachments: Vec::new(),
+            ports: Vec::new(),
+            pod: None,
+            infra: false,
+            project: None,
+        }
+    }
+
+    #[test]
+    fn lookup_by_id_name_prefix_and_engine_rank() {
+        let intent = Intent {
+            containers: vec![
+                c(EngineKind::Docker, "aaaa1111", "web"),
+                c(EngineKind::Lab, "shop/web", "web"),
+                c(EngineKind::Podman, "aaaa2222", "db"),
+                c(EngineKind::Docker, "bbbb3333", "db"),
+            ],
+            ..Intent::default()
+        };
+        // A Docker "web" and a lab "web": the daemon's.
+        assert_eq!(intent.container("web").unwrap().id, "aaaa1111");
+        assert_eq!(
+            intent.container("shop/web").unwrap().engine,
+            EngineKind::Lab
+        );
+        // Two daemons with "db": ambiguous, say which.
+        assert!(matches!(intent.lookup("db"), Lookup::Ambiguous(v) if v.len() == 2));
+        assert_eq!(intent.container("aaaa2").unwrap().name, "db");
+        assert!(matches!(intent.lookup("aaaa"), Lookup::Ambiguous(_)));
+        assert!(matches!(intent.lookup("zzz"), Lookup::NotFound));
+        assert!(matches!(intent.lookup(""), Lookup::NotFound));
     }
 }
