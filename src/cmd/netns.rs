@@ -4,7 +4,10 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::cli::{NetnsCommand, NetnsExecArgs, NetnsInspectArgs, NetnsListArgs};
-use crate::netns::discover::{discover, ContainerRef, DiscoverOptions, NamespaceInfo};
+use crate::engine::Intent;
+use crate::netns::discover::{
+    discover, discover_with, ContainerRef, DiscoverOptions, NamespaceInfo,
+};
 use crate::netns::exec::{self, ExecOptions};
 use crate::netns::links::{self, LinkSnapshot};
 use crate::netns::peers::{veth_peers, VethPeer};
@@ -145,7 +148,9 @@ pub struct Inspection {
 }
 
 fn inspect(a: NetnsInspectArgs) -> anyhow::Result<i32> {
-    let ns = NetNs::open(&a.target)?;
+    // The engines are read once: for container:NAME and for naming the peers' namespaces.
+    let intent = Intent::read();
+    let ns = NetNs::open_with(&a.target, Some(&intent))?;
     let which = if a.all_sockets {
         Which::All
     } else {
@@ -160,10 +165,13 @@ fn inspect(a: NetnsInspectArgs) -> anyhow::Result<i32> {
             ))
         })
         .with_context(|| format!("reading namespace {}", ns.label()))??;
-    let candidates: Vec<NamespaceInfo> = discover(DiscoverOptions {
-        skip_interfaces: true,
-        skip_docker: false,
-    });
+    let candidates: Vec<NamespaceInfo> = discover_with(
+        DiscoverOptions {
+            skip_interfaces: true,
+            skip_docker: false,
+        },
+        &intent,
+    );
     let peers = veth_peers(&ns, &candidates)?;
     let report = Inspection {
         target: ns.label().to_string(),

@@ -3,21 +3,31 @@
 use anyhow::{bail, Context};
 
 use crate::cli::PeerArgs;
+use crate::engine::Intent;
 use crate::netns::peers::{HostScan, LinkEnd, LinkRef, NsSummary, PeerReport, ScanOptions};
 use crate::netns::NetNs;
 use crate::output::{paint, print_json, Table};
 
 /// Run `nettool peer`.
 pub fn run(a: PeerArgs) -> anyhow::Result<i32> {
+    // The engines are read once: for container:NAME and for naming every namespace.
+    let intent = if a.no_docker {
+        Intent::default()
+    } else {
+        Intent::read()
+    };
     let look = match &a.netns {
-        Some(t) => Some(NetNs::open(t).with_context(|| format!("--netns {t}"))?),
+        Some(t) => {
+            Some(NetNs::open_with(t, Some(&intent)).with_context(|| format!("--netns {t}"))?)
+        }
         None => None,
     };
-    let scan = HostScan::scan(
+    let scan = HostScan::scan_with(
         ScanOptions {
             skip_docker: a.no_docker,
         },
         look.as_slice(),
+        intent,
     );
     let look_idx = match &look {
         Some(ns) => scan.ns_index(ns.id()),
@@ -66,7 +76,7 @@ pub fn run(a: PeerArgs) -> anyhow::Result<i32> {
 
     // Not an interface here: a namespace TARGET (reverse lookup), unless --netns said where to look.
     let ns_err = if a.netns.is_none() {
-        match NetNs::open(iface) {
+        match NetNs::open_with(iface, (!a.no_docker).then_some(&scan.intent)) {
             Ok(ns) => return namespace_reports(&scan, &ns, iface, a.json),
             Err(e) if ns_word => return Err(e).with_context(|| format!("namespace {iface}")),
             Err(e) => Some(e),

@@ -250,6 +250,18 @@ impl NetNs {
     /// Resolve a TARGET as the commands accept it: `name:N`, `pid:N`, `container:N`, a path,
     /// or a bare word tried as name, path, pid, container in that order.
     pub fn open(target: &str) -> Result<Self, NetnsError> {
+        Self::open_with(target, None)
+    }
+
+    /// The same, looking containers up in an intent already read (None: read it when needed).
+    pub fn open_with(
+        target: &str,
+        intent: Option<&crate::engine::Intent>,
+    ) -> Result<Self, NetnsError> {
+        let from_container = |name: &str| match intent {
+            Some(i) => Self::from_container_in(i, name),
+            None => Self::from_container(name),
+        };
         if let Some(rest) = target.strip_prefix("pid:") {
             let pid = rest.parse::<u32>().map_err(|_| NetnsError::NotFound {
                 target: target.into(),
@@ -258,7 +270,7 @@ impl NetNs {
             return Self::from_pid(pid);
         }
         if let Some(rest) = target.strip_prefix("container:") {
-            return Self::from_container(rest);
+            return from_container(rest);
         }
         if let Some(rest) = target.strip_prefix("name:") {
             return Self::from_name(rest);
@@ -286,7 +298,7 @@ impl NetNs {
             tried.push("pid: not a number".into());
         }
         if found.is_empty() {
-            match Self::from_container(target) {
+            match from_container(target) {
                 Ok(ns) => found.push((format!("container {target}"), ns)),
                 Err(e) => tried.push(format!("container: {e}")),
             }
