@@ -50,7 +50,21 @@ impl Fixer {
         // `ip -n NS ...`, `ip netns exec NS ...`, nsenter and engine CLIs (which talk to
         // their daemon's socket, wherever they run) name their target themselves.
         let first = argv.first().map(String::as_str);
-        let self_contained = matches!(first, Some("nsenter" | "docker" | "podman"))
+        // The docker CLI only talks to its daemon's socket: it runs anywhere. podman runs
+        // netavark in the namespace it is started in: it needs the host namespace, entered
+        // with nsenter (`ip netns exec` remounts /sys, which podman's cgroup handling trips on).
+        if first == Some("podman") {
+            let path = match &self.host_name {
+                Some(n) => format!("{}/{n}", crate::netns::NETNS_RUN_DIR),
+                None => self.host_path.clone(),
+            };
+            if !path.is_empty() {
+                let mut argv2 = vec!["nsenter".to_string(), format!("--net={path}")];
+                argv2.extend(argv);
+                return self.fix_owned(summary, argv2, background);
+            }
+        }
+        let self_contained = matches!(first, Some("nsenter" | "docker"))
             || (first == Some("ip")
                 && (argv.get(1).map(String::as_str) == Some("-n")
                     || (argv.get(1).map(String::as_str) == Some("netns")

@@ -105,9 +105,18 @@ fn read_inside(i: usize, handles: &[Option<NetNs>], host: usize) -> Result<Raw, 
 
 fn label_of(info: &NamespaceInfo) -> (String, Option<String>) {
     let name = info.names.iter().find(|n| !n.contains('/')).cloned();
-    let label = match &name {
-        Some(n) => n.clone(),
-        None => info.display_name(),
+    // A Docker/Podman container by its engine's name (Podman's /run/netns/netns-UUID says
+    // nothing); a lab container by its namespace name, which is what the lab prints.
+    let engine_container = info.containers.iter().find(|c| {
+        matches!(
+            c.engine,
+            Some(crate::engine::EngineKind::Docker | crate::engine::EngineKind::Podman)
+        ) && c.name.is_some()
+    });
+    let label = match (engine_container, &name) {
+        (Some(c), _) => format!("container:{}", c.short_name()),
+        (None, Some(n)) => n.clone(),
+        (None, None) => info.display_name(),
     };
     (label, name)
 }
@@ -340,42 +349,94 @@ pub fn self_exe() -> String {
         .unwrap_or_else(|_| "nettool".into())
 }
 
-/// The engines that run this host's containers: an endpoint counts when one of its containers'
-/// namespaces has a veth into the host, or when one of its networks' bridges is in the host
-/// with an address in that network's subnet (its containers may all be stopped or detached).
+/// The engines that run this host's containers, and of those only the containers behind this
+/// host: an endpoint counts when one of its containers' namespaces has a veth into the host,
+/// or one of its networks' bridges is in the host with an address in that network's subnet
+/// (its containers may all be stopped or detached). A shared engine (one Podman for several
+/// host namespaces) keeps only what is ours: a running container whose veths lead elsewhere
+/// is not, nor a stopped one whose networks' bridges are elsewhere.
 fn relevant_intent(parts: Vec<Intent>, namespaces: &[NsFacts], host: NsId) -> Intent {
     let Some(h) = namespaces.iter().find(|n| n.id == host) else {
         return Intent::default();
     };
-    let peered = |inode: u64| {
-        namespaces
-            .iter()
-            .find(|n| n.id.inode == inode)
-            .is_some_and(|n| n.id == host || n.peers.iter().any(|p| p.peer_ns == host))
+    let peers_of = |inode: u64| -> Option<Vec<NsId>> {
+        namespaces.iter().find(|n| n.id.inode == inode).map(|n| {
+            n.peers
+                .iter()
+                .map(|p| p.peer_ns)
+                .filter(|p| *p != n.id)
+                .collect()
+        })
+    };
+    let bridge_here = |n: &crate::engine::Network| {
+        let Some(br) = n.bridge.as_deref() else {
+            return false;
+        };
+        h.links.iter().any(|l| {
+            l.name == br
+                && h.addresses
+                    .iter()
+                    .any(|a| a.index == l.index && n.subnets.iter().any(|s| s.contains(&a.address)))
+        })
+    };
+    // A bridge of that network with an address in its subnet, in any namespace at all
+    // (Podman removes a network's bridge when its last container stops).
+    let bridge_anywhere = |n: &crate::engine::Network| {
+        let Some(br) = n.bridge.as_deref() else {
+            return false;
+        };
+        namespaces.iter().any(|ns| {
+            ns.links.iter().any(|l| {
+                l.name == br
+                    && ns.addresses.iter().any(|a| {
+                        a.index == l.index && n.subnets.iter().any(|s| s.contains(&a.address))
+                    })
+            })
+        })
     };
     let mut out = Intent::default();
     for p in parts {
-        let up = p
+        let ours = |c: &crate::engine::Container| -> bool {
+            if let Some(i) = c.netns_inode {
+                return i == host.inode
+                    || peers_of(i).is_some_and(|ps| ps.is_empty() || ps.contains(&host));
+            }
+            let names: Vec<&str> = c
+                .attachments
+                .iter()
+                .map(|a| a.network.as_str())
+                .chain(std::iter::once(match c.network_mode.as_str() {
+                    "default" => "bridge",
+                    m => m,
+                }))
+                .collect();
+            let known: Vec<&crate::engine::Network> = p
+                .networks
+                .iter()
+                .filter(|n| names.contains(&n.name.as_str()))
+                .collect();
+            // Stopped: ours when its networks' bridges are here, or nowhere (it would start
+            // wherever its engine runs; nothing says that is another host).
+            known.is_empty()
+                || known.iter().any(|n| bridge_here(n))
+                || known.iter().all(|n| !bridge_anywhere(n))
+        };
+        let relevant = p
             .containers
             .iter()
             .filter_map(|c| c.netns_inode)
-            .collect::<Vec<_>>();
-        let relevant = up.iter().any(|&i| peered(i))
-            || p.networks.iter().any(|n| {
-                let Some(br) = n.bridge.as_deref() else {
-                    return false;
-                };
-                h.links.iter().any(|l| {
-                    l.name == br
-                        && h.addresses.iter().any(|a| {
-                            a.index == l.index && n.subnets.iter().any(|s| s.contains(&a.address))
-                        })
-                })
-            });
-        out.sources.extend(p.sources);
+            .any(|i| peers_of(i).is_some_and(|ps| ps.contains(&host)))
+            || p.networks.iter().any(bridge_here)
+            || h.current
+            || p.containers
+                .iter()
+                .any(|c| c.netns_inode.is_none() && ours(c));
+        out.sources.extend(p.sources.iter().cloned());
         if relevant {
-            out.containers.extend(p.containers);
-            out.networks.extend(p.networks);
+            out.containers
+                .extend(p.containers.iter().filter(|c| ours(c)).cloned());
+            out.networks
+                .extend(p.networks.iter().filter(|n| bridge_here(n)).cloned());
         }
     }
     out
