@@ -105,8 +105,9 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
         container_name,
         probe: a.probe,
     };
-    let (report, snap) = doctor::diagnose(&req).map_err(|e| anyhow!(e))?;
+    let (report, mut snap) = doctor::diagnose(&req).map_err(|e| anyhow!(e))?;
     if let Some(path) = &a.save_snapshot {
+        snap.prune();
         facts::save(&snap, path)?;
     }
     show(&a, &report)

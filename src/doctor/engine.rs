@@ -79,6 +79,7 @@ pub(crate) fn intent_hop(
     b: Option<&PortBinding>,
     packet: &Packet,
     fixer: &Fixer,
+    exe: &str,
 ) -> Hop {
     let who = format!("{} container {}", c.engine, c.name);
     let port = b.map(|b| b.host_port).unwrap_or(packet.dport);
@@ -175,7 +176,7 @@ pub(crate) fn intent_hop(
     }
     if let Some(ip) = b.and_then(|b| b.host_ip).filter(|ip| !ip.is_unspecified()) {
         if ip != packet.dst && !(ip.is_loopback() && packet.dst.is_loopback()) {
-            return published_elsewhere(c, b, ip, packet, fixer).with_evidence(evidence);
+            return published_elsewhere(c, b, ip, packet, fixer, exe).with_evidence(evidence);
         }
     }
     Hop::ok(
@@ -192,6 +193,7 @@ fn published_elsewhere(
     ip: IpAddr,
     packet: &Packet,
     fixer: &Fixer,
+    exe: &str,
 ) -> Hop {
     let port = packet.dport;
     let cport = b.map(|b| b.container_port).unwrap_or(port);
@@ -219,7 +221,7 @@ fn published_elsewhere(
             at(ip)
         ),
         vec![
-            crate::facts::read::self_exe(),
+            exe.to_string(),
             "proxy".into(),
             at(packet.dst),
             at(ip),

@@ -414,7 +414,7 @@ pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
                 packet.dport = b.host_port;
             }
         }
-        let hop = engine::intent_hop(c, b, &packet, &fixer);
+        let hop = engine::intent_hop(c, b, &packet, &fixer, &snap.meta.exe);
         // Published on another address: a fault only when nothing else receives the packet
         // here (a relay the user started answers it); decided after the receiver below.
         let elsewhere = hop.fault == Some(Fault::PublishedElsewhere);
@@ -602,5 +602,69 @@ fn conclude(r: &Report) -> Diagnosis {
             }
         ),
         fix: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The checks as pure functions: every snapshot recorded from a real host in
+    //! captures/doctor/ replays to the verdict the live run gave (NAME.verdict.json beside it).
+
+    use super::*;
+
+    fn captures() -> Vec<std::path::PathBuf> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("captures/doctor");
+        let mut v: Vec<_> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.extension().is_some_and(|e| e == "json")
+                            && !p.to_string_lossy().ends_with(".verdict.json")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn recorded_snapshots_replay_to_their_live_verdicts() {
+        let all = captures();
+        assert!(
+            all.len() >= 8,
+            "captures/doctor holds {} snapshots",
+            all.len()
+        );
+        for path in all {
+            let snap = facts::load(&path).unwrap();
+            let verdict_path = path.with_extension("verdict.json");
+            let live: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&verdict_path).unwrap()).unwrap();
+            let r = replay(&snap).unwrap();
+            let got = serde_json::to_value(&r.diagnosis).unwrap();
+            assert_eq!(got, live, "{}", path.display());
+            let fails = r.hops.iter().filter(|h| h.verdict == Verdict::Fail).count();
+            assert!(fails <= 1, "{}: one cause, one FAIL", path.display());
+        }
+    }
+
+    #[test]
+    fn forwarding_off_is_one_fail_even_when_the_engine_rule_is_the_last_one_crossed() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("captures/doctor/docker-ip-forward-off.json");
+        let mut snap = facts::load(&path).unwrap();
+        let r = replay(&snap).unwrap();
+        assert_eq!(r.diagnosis.fault, Some(Fault::IpForwardOff));
+        // The same host with forwarding on: all clear (the check reads the recorded sysctl).
+        for n in &mut snap.namespaces {
+            if n.id == snap.host {
+                n.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+            }
+        }
+        snap.probes.clear();
+        let r = replay(&snap).unwrap();
+        assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
     }
 }

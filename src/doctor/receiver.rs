@@ -300,7 +300,7 @@ pub(crate) fn receiver(
                         packet.dport
                     ),
                     vec![
-                        crate::facts::read::self_exe(),
+                        snap.meta.exe.clone(),
                         "proxy".into(),
                         "--map".into(),
                         format!("{}:127.0.0.1:{}={to}", packet.proto, packet.dport),

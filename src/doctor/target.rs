@@ -374,7 +374,7 @@ pub(crate) fn service_hop(
                     Fixer::in_ns(
                         ns,
                         &[
-                            &crate::facts::read::self_exe(),
+                            &cx.snap.meta.exe,
                             "proxy",
                             &dest.port.to_string(),
                             &format!("127.0.0.1:{good}"),
@@ -426,7 +426,7 @@ pub(crate) fn service_hop(
         let relay = Fixer::in_ns(
             ns,
             &[
-                &crate::facts::read::self_exe(),
+                &cx.snap.meta.exe,
                 "proxy",
                 &at(dest.addr),
                 &at(lo.local.ip()),
@@ -471,7 +471,7 @@ pub(crate) fn service_hop(
             (
                 format!("a stand-in: nettool serve {kind}"),
                 vec![
-                    crate::facts::read::self_exe(),
+                    cx.snap.meta.exe.clone(),
                     "serve".into(),
                     kind.into(),
                     dest.port.to_string(),

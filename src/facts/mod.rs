@@ -37,6 +37,8 @@ pub struct Meta {
     pub format: u32,
     /// The nettool version that read it.
     pub nettool: String,
+    /// The nettool executable that read it: fixes that run nettool name this path.
+    pub exe: String,
     /// Wall time of the read, in milliseconds.
     pub read_ms: u64,
     /// How many reads the snapshot took.
@@ -293,6 +295,32 @@ impl Snapshot {
     pub fn lab_service(&self, ns: NsId) -> Option<(&str, &[String])> {
         let c = self.lab()?.containers.iter().find(|c| c.ns == Some(ns))?;
         Some((c.name.as_str(), c.run.as_deref()?))
+    }
+}
+
+impl Snapshot {
+    /// Keep only what a path from this host can cross: the host, the namespaces joined to it
+    /// by a veth, and the ones the question names. Other hosts' namespaces (other labs, other
+    /// engines' test hosts) go: a recorded snapshot stays small and says nothing about them.
+    pub fn prune(&mut self) {
+        let host = self.host;
+        let mut keep: Vec<NsId> = vec![host];
+        if let Some(q) = &self.question {
+            keep.extend(q.container);
+            match q.from {
+                From::Outside { client: Some(id) } | From::Container { ns: id } => keep.push(id),
+                _ => {}
+            }
+        }
+        for n in &self.namespaces {
+            if n.peers.iter().any(|p| p.peer_ns == host) {
+                keep.push(n.id);
+            }
+        }
+        if let Some(h) = self.ns(host) {
+            keep.extend(h.peers.iter().map(|p| p.peer_ns));
+        }
+        self.namespaces.retain(|n| keep.contains(&n.id));
     }
 }
 

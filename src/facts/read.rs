@@ -321,6 +321,7 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
         meta: Meta {
             format: FORMAT,
             nettool: env!("CARGO_PKG_VERSION").into(),
+            exe: self_exe(),
             read_ms: started.elapsed().as_millis() as u64,
             reads: Reads {
                 namespaces: namespaces.len() as u64,
