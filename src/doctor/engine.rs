@@ -99,7 +99,11 @@ pub(crate) fn intent_hop(
                         .into_iter()
                         .chain(a.ipv6.map(|x| x.to_string()))
                         .collect();
-                    format!("{} ({})", a.network, addrs.join(", "))
+                    if addrs.is_empty() {
+                        format!("{} (no address)", a.network)
+                    } else {
+                        format!("{} ({})", a.network, addrs.join(", "))
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(", ")

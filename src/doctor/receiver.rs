@@ -241,6 +241,10 @@ pub(crate) fn receiver(
             fail.evidence.extend(hop.evidence);
             fail.evidence.push(format!("walk: {}", walk.summary));
             hop = fail;
+            // A reservation never accepts: the path ends here (its socket is no service).
+            if owner.as_ref().is_some_and(|o| o.comm == "conmon") {
+                return (None, hop, Some(walk));
+            }
         }
         let dest = match proxied {
             Some(t) => Destination {

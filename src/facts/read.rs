@@ -386,9 +386,13 @@ fn relevant_intent(parts: Vec<Intent>, namespaces: &[NsFacts], host: NsId) -> In
         let Some(br) = n.bridge.as_deref() else {
             return false;
         };
+        // Carrying traffic only: netavark can leave a bridge with no ports behind when a
+        // teardown fails (its operstate is down).
         namespaces.iter().any(|ns| {
             ns.links.iter().any(|l| {
                 l.name == br
+                    && l.admin_up
+                    && l.oper_state != "down"
                     && ns.addresses.iter().any(|a| {
                         a.index == l.index && n.subnets.iter().any(|s| s.contains(&a.address))
                     })
