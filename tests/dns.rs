@@ -872,3 +872,92 @@ fn pcap_output_never_follows_a_planted_symlink() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `nettool dns --read FILE --json --no-summary`: (exit code, lookups, stderr).
+fn read_lookups(file: &std::path::Path) -> (Option<i32>, Vec<Value>, String) {
+    let out = nettool(&[
+        "dns",
+        "--read",
+        file.to_str().unwrap(),
+        "--json",
+        "--no-summary",
+    ]);
+    let lookups = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.code(),
+        lookups,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn read_a_torn_pcap_and_microsecond_pcapng_like_tshark() {
+    let lab = DnsLab::new("dnstorn");
+    let dir = std::env::temp_dir().join(unique("torn"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dns.pcap");
+    let t = Trace::start(&[
+        "--netns",
+        &lab.client.name,
+        "--count",
+        "2",
+        "--pcap",
+        file.to_str().unwrap(),
+    ]);
+    lab.dig(&["+short", "@10.53.0.1", "a.test"]);
+    lab.dig(&["+short", "@10.53.0.1", "b.test"]);
+    t.output();
+    let (code, whole, _) = read_lookups(&file);
+    assert_eq!((code, whole.len()), (Some(0), 2), "{whole:?}");
+
+    // The last record cut short, as a capture killed mid-write leaves it.
+    let bytes = std::fs::read(&file).unwrap();
+    let torn = dir.join("torn.pcap");
+    std::fs::write(&torn, &bytes[..bytes.len() - 5]).unwrap();
+    let ts = Command::new("tshark")
+        .arg("-r")
+        .arg(&torn)
+        .output()
+        .unwrap();
+    let tshark_frames = String::from_utf8_lossy(&ts.stdout).lines().count();
+    assert_eq!(tshark_frames, 3, "tshark reads the three whole records");
+    let (code, lookups, err) = read_lookups(&torn);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!("record {} is torn", tshark_frames + 1)),
+        "the warning names the torn record: {err}"
+    );
+    assert_eq!(find(&lookups, "a.test", "A")["status"], whole[0]["status"]);
+    assert_eq!(
+        lookups.len(),
+        2,
+        "b.test's query is whole (its answer torn): {lookups:?}"
+    );
+
+    // The same capture as microsecond pcapng, as editcap and `tshark -F pcapng` write it.
+    for (tool, args) in [
+        ("editcap", vec!["-F", "pcapng"]),
+        ("tshark", vec!["-F", "pcapng", "-r"]),
+    ] {
+        let ng = dir.join(format!("{tool}.pcapng"));
+        let mut c = Command::new(tool);
+        c.args(&args);
+        if tool == "editcap" {
+            c.arg(&file).arg(&ng);
+        } else {
+            c.arg(&file).arg("-w").arg(&ng);
+        }
+        assert!(c.output().unwrap().status.success(), "{tool}");
+        let (code, ng_lookups, err) = read_lookups(&ng);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(ng_lookups.len(), 2);
+        for (a, b) in whole.iter().zip(&ng_lookups) {
+            assert_eq!(a["time"], b["time"], "{tool}: the same times as the pcap");
+            assert_eq!(a["latency_ms"], b["latency_ms"], "{tool}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -237,6 +237,10 @@ pub fn run(a: DnsArgs) -> anyhow::Result<i32> {
     let stats: Vec<SourceStats> = if let Some(path) = &a.read {
         let st = dns::read_file(path, a.timeout, &[], &mut sink)
             .with_context(|| format!("reading {}", path.display()))?;
+        for w in &st.warnings {
+            // stderr, so a JSON stdout stays parseable (the warning is in its summary too).
+            eprintln!("nettool dns: warning: {}: {w}", path.display());
+        }
         vec![st]
     } else {
         let no_docker = a.no_docker;

@@ -501,9 +501,38 @@ fn link_kind(dl: DataLink) -> Option<LinkKind> {
     })
 }
 
+/// What a capture file holds: its frames, and what was wrong with its end.
+#[derive(Debug, Default)]
+pub struct CaptureFrames {
+    /// Every whole frame: (timestamp, link kind, bytes).
+    pub frames: Vec<(Duration, LinkKind, Vec<u8>)>,
+    /// The last record was torn (a capture cut short): which one and why; the frames before
+    /// it are all there (tshark reads such a file the same way).
+    pub torn: Option<String>,
+}
+
+/// A pcapng timestamp in units of the interface's if_tsresol (pcap-file hands the raw count
+/// over as nanoseconds) as a time: 10^-n s, or 2^-n s when the high bit is set; 6
+/// (microseconds) when the interface does not say, as the pcapng spec has it.
+fn pcapng_time(raw: Duration, tsresol: u8) -> Duration {
+    let ticks = raw.as_nanos();
+    let nanos: u128 = if tsresol & 0x80 == 0 {
+        let n = u32::from(tsresol);
+        if n <= 9 {
+            ticks * 10u128.pow(9 - n)
+        } else {
+            ticks / 10u128.pow((n - 9).min(38))
+        }
+    } else {
+        let n = u32::from(tsresol & 0x7f).min(127);
+        (ticks * 1_000_000_000) >> n
+    };
+    Duration::from_nanos(nanos.min(u64::MAX as u128) as u64)
+}
+
 /// Every frame of a pcap or pcapng file: (timestamp, link kind, bytes). Frames of link types
-/// we cannot decode are skipped.
-pub fn read_pcap(path: &Path) -> Result<Vec<(Duration, LinkKind, Vec<u8>)>, CaptureError> {
+/// we cannot decode are skipped; a torn last record ends the reading with what came before.
+pub fn read_pcap(path: &Path) -> Result<CaptureFrames, CaptureError> {
     let err = |m: String| CaptureError::Pcap {
         path: path.display().to_string(),
         message: m,
@@ -513,22 +542,52 @@ pub fn read_pcap(path: &Path) -> Result<Vec<(Duration, LinkKind, Vec<u8>)>, Capt
     f.read_exact(&mut magic)
         .map_err(|e| err(format!("too short to be a capture: {e}")))?;
     let f = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
-    let mut frames = Vec::new();
+    let mut out = CaptureFrames::default();
+    let torn = |what: &str, n: usize, e: &dyn std::fmt::Display| {
+        format!(
+            "{what} {} is torn ({e}): the file ends inside it, as a capture cut short does; the {n} whole {what}s before it are read",
+            n + 1
+        )
+    };
     if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
         let mut r = PcapNgReader::new(BufReader::new(f)).map_err(|e| err(e.to_string()))?;
-        let mut kinds: Vec<Option<LinkKind>> = Vec::new();
+        // Per interface: its link kind (None: not one we decode) and its if_tsresol.
+        let mut ifaces: Vec<(Option<LinkKind>, u8)> = Vec::new();
+        let mut blocks = 0;
         while let Some(block) = r.next_block() {
-            match block.map_err(|e| err(e.to_string()))? {
-                Block::SectionHeader(_) => kinds.clear(),
-                Block::InterfaceDescription(idb) => kinds.push(link_kind(idb.linktype)),
+            let block = match block {
+                Ok(b) => b,
+                Err(e) => {
+                    out.torn = Some(torn("block", blocks, &e));
+                    break;
+                }
+            };
+            blocks += 1;
+            match block {
+                Block::SectionHeader(_) => ifaces.clear(),
+                Block::InterfaceDescription(idb) => {
+                    let tsresol = idb
+                        .options
+                        .iter()
+                        .find_map(|o| match o {
+                            pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption::IfTsResol(v) => Some(*v),
+                            _ => None,
+                        })
+                        .unwrap_or(6);
+                    ifaces.push((link_kind(idb.linktype), tsresol));
+                }
                 Block::EnhancedPacket(p) => {
-                    if let Some(Some(k)) = kinds.get(p.interface_id as usize) {
-                        frames.push((p.timestamp, *k, p.data.into_owned()));
+                    if let Some((Some(k), tsresol)) = ifaces.get(p.interface_id as usize) {
+                        out.frames.push((
+                            pcapng_time(p.timestamp, *tsresol),
+                            *k,
+                            p.data.into_owned(),
+                        ));
                     }
                 }
                 Block::SimplePacket(p) => {
-                    if let Some(Some(k)) = kinds.first() {
-                        frames.push((Duration::ZERO, *k, p.data.into_owned()));
+                    if let Some((Some(k), _)) = ifaces.first() {
+                        out.frames.push((Duration::ZERO, *k, p.data.into_owned()));
                     }
                 }
                 _ => {}
@@ -544,16 +603,36 @@ pub fn read_pcap(path: &Path) -> Result<Vec<(Duration, LinkKind, Vec<u8>)>, Capt
             ))
         })?;
         while let Some(p) = r.next_packet() {
-            let p = p.map_err(|e| err(e.to_string()))?;
-            frames.push((p.timestamp, kind, p.data.into_owned()));
+            match p {
+                Ok(p) => out.frames.push((p.timestamp, kind, p.data.into_owned())),
+                Err(e) => {
+                    out.torn = Some(torn("record", out.frames.len(), &e));
+                    break;
+                }
+            }
         }
     }
-    Ok(frames)
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pcapng_resolutions() {
+        let raw = Duration::from_nanos(1_500_000);
+        assert_eq!(pcapng_time(raw, 6), Duration::from_millis(1500));
+        assert_eq!(pcapng_time(raw, 9), raw);
+        assert_eq!(pcapng_time(raw, 3), Duration::from_secs(1500));
+        assert_eq!(
+            pcapng_time(Duration::from_nanos(3 << 19), 0x80 | 20),
+            Duration::from_millis(1500)
+        );
+        let _ = pcapng_time(Duration::from_nanos(u64::MAX), 0);
+        let _ = pcapng_time(Duration::from_nanos(u64::MAX), 0xff);
+        let _ = pcapng_time(Duration::from_nanos(u64::MAX), 0x7f);
+    }
 
     #[test]
     fn filter_jumps_stay_inside_the_program() {

@@ -145,6 +145,9 @@ pub struct SourceStats {
     pub pairing: PairStats,
     /// Server addresses shown as another (Docker's resolver port shown as 127.0.0.11:53).
     pub aliases: Vec<Alias>,
+    /// What was wrong with a capture file that was still read (a torn last record).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// When a live trace stops by itself.
@@ -292,6 +295,7 @@ fn stats_of(s: &mut Source) -> SourceStats {
         kernel_drops,
         pairing: s.pipe.pairer.stats.clone(),
         aliases: s.aliases.clone(),
+        warnings: Vec::new(),
     }
 }
 
@@ -302,7 +306,7 @@ pub fn read_file(
     aliases: &[Alias],
     sink: &mut dyn LookupSink,
 ) -> Result<SourceStats, DnsError> {
-    let frames = capture::read_pcap(path)?;
+    let capture::CaptureFrames { frames, torn } = capture::read_pcap(path)?;
     let label = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -340,5 +344,6 @@ pub fn read_file(
         kernel_drops: 0,
         pairing: pipe.pairer.stats.clone(),
         aliases: aliases.to_vec(),
+        warnings: torn.into_iter().collect(),
     })
 }
