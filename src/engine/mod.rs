@@ -417,6 +417,46 @@ mod tests {
     }
 
     #[test]
+    fn intent_round_trips_through_json() {
+        let mut exited = c(EngineKind::Podman, "cccc", "worker");
+        exited.state = ContainerState::Exited { code: 137 };
+        exited.ports.push(PortBinding {
+            proto: "udp".into(),
+            host_ip: Some("::1".parse().unwrap()),
+            host_port: 5353,
+            container_port: 53,
+        });
+        let mut odd = c(EngineKind::Cni, "dddd", "dddd");
+        odd.state = ContainerState::Other("namespace gone".into());
+        let intent = Intent {
+            containers: vec![exited, odd],
+            networks: vec![Network {
+                engine: EngineKind::Podman,
+                name: "shop".into(),
+                id: "953a".into(),
+                bridge: Some("podman1".into()),
+                subnets: vec![
+                    "10.89.0.0/24".parse().unwrap(),
+                    "fd00::/64".parse().unwrap(),
+                ],
+                internal: false,
+            }],
+            sources: vec![SourceStatus {
+                engine: EngineKind::Docker,
+                endpoint: "/var/run/docker.sock".into(),
+                error: Some("refused".into()),
+            }],
+        };
+        let text = serde_json::to_string(&intent).unwrap();
+        assert!(
+            text.contains(r#""state":{"exited":{"code":137}}"#),
+            "{text}"
+        );
+        let back: Intent = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, intent);
+    }
+
+    #[test]
     fn lookup_by_id_name_prefix_and_engine_rank() {
         let intent = Intent {
             containers: vec![
