@@ -94,6 +94,10 @@ pub enum Command {
     )]
     Serve(ServeArgs),
 
+    /// Capture packets in many namespaces at once into one pcapng, interfaces named by container.
+    #[command(after_help = crate::cmd::capture::CAPTURE_HELP)]
+    Capture(crate::cmd::capture::CaptureArgs),
+
     /// Follow live packets rule by rule: where the kernel dropped them, which rule, who wrote it.
     Trace(crate::cmd::trace::TraceArgs),
 

@@ -3,6 +3,7 @@
 //! The library holds the netns-aware core ([`netns`]) and the subsystems the commands drive.
 //! `src/main.rs` and `src/cmd/` are the only places that print.
 
+pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod dns;

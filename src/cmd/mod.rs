@@ -1,5 +1,6 @@
 //! One module per command: turn parsed arguments into core calls and render the result.
 
+pub mod capture;
 pub mod dns;
 pub mod doctor;
 pub mod explain_nat;
@@ -87,6 +88,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Doctor(a) => doctor::run(a),
         Command::Peer(a) => peer::run(a),
         Command::Dns(a) => dns::run(a),
+        Command::Capture(a) => capture::run(a),
         Command::Topology(a) => topology::run(a),
         Command::ExplainNat(a) => explain_nat::run(a),
         Command::Setup(a) => setup::run(a),

@@ -1,0 +1,246 @@
+//! --follow: the legs of one flow across NAT told apart and joined, from conntrack. Every
+//! entry has an original tuple (as the client sent it) and a reply tuple (as the server answers,
+//! i.e. after DNAT/SNAT). A packet on any leg matches one of four keys: original, original
+//! reversed, reply, reply reversed; entries from several namespaces (the host's DNAT, the
+//! container's own) that share a key are one flow. Read with `conntrack -L` (the conntrack
+//! tool, run inside each namespace): simpler than ctnetlink and good enough at the refresh
+//! rate used (a few per second).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::netns::NetNs;
+
+/// One side of a conntrack entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Tuple {
+    /// IP protocol number (6 tcp, 17 udp).
+    pub proto: u8,
+    /// Source address.
+    pub src: IpAddr,
+    /// Source port.
+    pub sport: u16,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Destination port.
+    pub dport: u16,
+}
+
+impl Tuple {
+    fn reversed(self) -> Tuple {
+        Tuple {
+            proto: self.proto,
+            src: self.dst,
+            sport: self.dport,
+            dst: self.src,
+            dport: self.sport,
+        }
+    }
+}
+
+impl std::fmt::Display for Tuple {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = if self.proto == 6 { "tcp" } else { "udp" };
+        let a = |ip: IpAddr, port: u16| match ip {
+            IpAddr::V4(v) => format!("{v}:{port}"),
+            IpAddr::V6(v) => format!("[{v}]:{port}"),
+        };
+        write!(
+            f,
+            "{p} {} > {}",
+            a(self.src, self.sport),
+            a(self.dst, self.dport)
+        )
+    }
+}
+
+/// A conntrack entry: the tuple before NAT and the reply tuple after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CtFlow {
+    /// As the client sent it.
+    pub original: Tuple,
+    /// As the server answers (its source is the DNAT target).
+    pub reply: Tuple,
+}
+
+impl CtFlow {
+    /// NAT changed the flow (the reply is not the original reversed).
+    pub fn natted(&self) -> bool {
+        self.reply != self.original.reversed()
+    }
+}
+
+/// Parse `conntrack -L` lines (tcp and udp; other protocols are skipped).
+pub fn parse_conntrack(text: &str) -> Vec<CtFlow> {
+    text.lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let proto = match words.iter().find(|w| **w == "tcp" || **w == "udp")? {
+                &"tcp" => 6,
+                _ => 17,
+            };
+            let vals = |key: &str| -> Vec<&str> {
+                words.iter().filter_map(|w| w.strip_prefix(key)).collect()
+            };
+            let (s, d, sp, dp) = (vals("src="), vals("dst="), vals("sport="), vals("dport="));
+            let t = |i: usize| -> Option<Tuple> {
+                Some(Tuple {
+                    proto,
+                    src: s.get(i)?.parse().ok()?,
+                    sport: sp.get(i)?.parse().ok()?,
+                    dst: d.get(i)?.parse().ok()?,
+                    dport: dp.get(i)?.parse().ok()?,
+                })
+            };
+            Some(CtFlow {
+                original: t(0)?,
+                reply: t(1)?,
+            })
+        })
+        .collect()
+}
+
+/// Every tcp/udp conntrack entry of `ns`, IPv4 and IPv6 (empty when the tool is missing).
+pub fn read_conntrack(ns: &NetNs) -> Result<Vec<CtFlow>, String> {
+    let mut all = Vec::new();
+    for fam in ["ipv4", "ipv6"] {
+        let text = crate::facts::firewall::capture(ns, &["conntrack", "-L", "-f", fam])?;
+        all.extend(parse_conntrack(&text));
+    }
+    Ok(all)
+}
+
+/// The flows known so far, by any of their keys. Entries read from different namespaces at
+/// slightly different moments may first make two flows that a later entry shows are one: flows
+/// are merged (union-find), so every leg ends up under one number.
+#[derive(Debug, Default)]
+pub struct FlowTable {
+    by_key: HashMap<Tuple, usize>,
+    flows: Vec<CtFlow>,
+    parent: Vec<usize>,
+}
+
+impl FlowTable {
+    fn root(&self, mut id: usize) -> usize {
+        while self.parent[id] != id {
+            id = self.parent[id];
+        }
+        id
+    }
+
+    /// Add an entry: joins (and merges) the flows that share a key, else starts one. A NATed
+    /// entry becomes the flow's description (it says more).
+    pub fn add(&mut self, e: CtFlow) {
+        // Also the states in between: DNAT done but not SNAT (a bridge sees the packet after
+        // PREROUTING, before POSTROUTING), and SNAT without DNAT.
+        let dnat_only = Tuple {
+            dst: e.reply.src,
+            dport: e.reply.sport,
+            ..e.original
+        };
+        let snat_only = Tuple {
+            src: e.reply.dst,
+            sport: e.reply.dport,
+            ..e.original
+        };
+        let keys = [
+            e.original,
+            e.original.reversed(),
+            e.reply,
+            e.reply.reversed(),
+            dnat_only,
+            dnat_only.reversed(),
+            snat_only,
+            snat_only.reversed(),
+        ];
+        let mut roots: Vec<usize> = keys
+            .iter()
+            .filter_map(|k| self.by_key.get(k).map(|&id| self.root(id)))
+            .collect();
+        roots.sort_unstable();
+        roots.dedup();
+        let id = match roots.first() {
+            Some(&first) => {
+                for &other in &roots[1..] {
+                    self.parent[other] = first;
+                    if self.flows[other].natted() && !self.flows[first].natted() {
+                        self.flows[first] = self.flows[other];
+                    }
+                }
+                if e.natted() && !self.flows[first].natted() {
+                    self.flows[first] = e;
+                }
+                first
+            }
+            None => {
+                self.flows.push(e);
+                self.parent.push(self.flows.len() - 1);
+                self.flows.len() - 1
+            }
+        };
+        for k in keys {
+            self.by_key.entry(k).or_insert(id);
+        }
+    }
+
+    /// The flow (its number from 1, and entry) a packet with this tuple belongs to.
+    pub fn lookup(&self, t: &Tuple) -> Option<(usize, &CtFlow)> {
+        let id = self.root(*self.by_key.get(t)?);
+        Some((id + 1, &self.flows[id]))
+    }
+
+    /// The comment written on each packet of a flow.
+    pub fn comment(&self, t: &Tuple) -> Option<String> {
+        let (n, f) = self.lookup(t)?;
+        Some(format!(
+            "flow {n}: original {} ; reply {}{}",
+            f.original,
+            f.reply,
+            if f.natted() { " (NAT)" } else { "" }
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legs_across_dnat_are_one_flow() {
+        let host = "tcp      6 117 TIME_WAIT src=172.20.0.3 dst=172.20.0.1 sport=40000 dport=8080 src=172.20.0.2 dst=172.19.0.1 sport=80 dport=40000 [ASSURED] mark=0 use=1";
+        let inside = "tcp      6 117 TIME_WAIT src=172.19.0.1 dst=172.20.0.2 sport=40000 dport=80 src=172.20.0.2 dst=172.19.0.1 sport=80 dport=40000 [ASSURED] mark=0 use=1";
+        let mut t = FlowTable::default();
+        for e in parse_conntrack(&format!(
+            "{inside}\n{host}\nconntrack v1.4.7: 2 flow entries\n"
+        )) {
+            t.add(e);
+        }
+        let t1 = |s: &str, sp, d: &str, dp| Tuple {
+            proto: 6,
+            src: s.parse().unwrap(),
+            sport: sp,
+            dst: d.parse().unwrap(),
+            dport: dp,
+        };
+        let client_leg = t1("172.20.0.3", 40000, "172.20.0.1", 8080);
+        let server_leg = t1("172.20.0.2", 80, "172.19.0.1", 40000);
+        assert_eq!(t.lookup(&client_leg).unwrap().0, 1);
+        assert_eq!(t.lookup(&server_leg).unwrap().0, 1);
+        let c = t.comment(&server_leg).unwrap();
+        assert!(
+            c.contains("original tcp 172.20.0.3:40000 > 172.20.0.1:8080"),
+            "{c}"
+        );
+        assert!(c.contains("(NAT)"), "{c}");
+        // Seen on the client's bridge: DNAT applied, SNAT not yet.
+        assert_eq!(
+            t.lookup(&t1("172.20.0.3", 40000, "172.20.0.2", 80))
+                .unwrap()
+                .0,
+            1
+        );
+        assert!(t.lookup(&t1("1.1.1.1", 1, "2.2.2.2", 2)).is_none());
+    }
+}

@@ -1,0 +1,916 @@
+//! `nettool capture`: packets from many namespaces and interfaces at once into one pcapng, each
+//! interface named for what it is (`container:web/eth0`, `host/docker0`, `lab:NAME/web/eth0`),
+//! filtered in the kernel, read from TPACKET_V3 rings, optionally stitched across NAT with
+//! conntrack (--follow). The core never prints: packets go to a [`Sink`].
+
+pub mod decode;
+pub mod filter;
+pub mod follow;
+pub mod pcapng;
+pub mod ring;
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::engine::{EngineKind, Intent};
+use crate::netns::discover::{discover_with, DiscoverOptions, NamespaceInfo};
+use crate::netns::{NetNs, NetnsError, NsId};
+
+use filter::Filter;
+use follow::{FlowTable, Tuple};
+use pcapng::InterfaceDesc;
+use ring::{LinkType, Ring, RingSize};
+
+/// Errors from capturing.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// Opening or entering a namespace failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A socket call failed.
+    #[error("{what} in namespace {netns}: {errno} (packet capture needs root or CAP_NET_RAW)")]
+    Socket {
+        /// The call.
+        what: &'static str,
+        /// The namespace label.
+        netns: String,
+        /// The OS error.
+        errno: std::io::Error,
+    },
+    /// A capture file could not be written.
+    #[error("capture file {path}: {message}")]
+    Pcap {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The filter expression did not compile.
+    #[error("filter '{expr}': {message}")]
+    Filter {
+        /// The expression.
+        expr: String,
+        /// tcpdump's complaint, or why tcpdump could not run.
+        message: String,
+    },
+    /// A --lab or -i named something that is not there.
+    #[error("{0}")]
+    Target(String),
+}
+
+/// What to capture and how.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Namespace TARGETs (NAME, path, pid:N, container:NAME); none: the current namespace.
+    pub targets: Vec<String>,
+    /// Labs: their host namespace and every container's.
+    pub labs: Vec<String>,
+    /// Every namespace on the machine, new ones picked up as they appear.
+    pub all_netns: bool,
+    /// Interface names to capture on (none: all).
+    pub interfaces: Vec<String>,
+    /// The filter, compiled.
+    pub filter: Option<Filter>,
+    /// Bytes kept per packet.
+    pub snaplen: u32,
+    /// Ring geometry per socket.
+    pub ring: RingSize,
+    /// Stitch flows across NAT with conntrack (packets are held ~0.5 s for the lookup).
+    pub follow: bool,
+    /// How often to look for new interfaces and namespaces.
+    pub rescan: Duration,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            targets: Vec::new(),
+            labs: Vec::new(),
+            all_netns: false,
+            interfaces: Vec::new(),
+            filter: None,
+            snaplen: 262_144,
+            ring: RingSize::with_total(4 << 20),
+            follow: false,
+            rescan: Duration::from_secs(1),
+        }
+    }
+}
+
+/// When to stop.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// After this many packets.
+    pub count: Option<u64>,
+    /// After this long.
+    pub duration: Option<Duration>,
+}
+
+/// One packet handed to a sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    /// The interface id (as announced to [`Sink::interface`]).
+    pub interface: u32,
+    /// Link type of that interface.
+    pub link: LinkType,
+    /// Kernel timestamp since the Unix epoch.
+    pub ts: Duration,
+    /// Length on the wire.
+    pub wire_len: u32,
+    /// The bytes kept.
+    pub data: &'a [u8],
+    /// --follow: the flow's original and reply tuples.
+    pub comment: Option<&'a str>,
+}
+
+/// Where packets go: a pcapng file, the live view, JSON lines.
+pub trait Sink {
+    /// A new interface, before any of its packets.
+    fn interface(&mut self, id: u32, desc: &InterfaceDesc) -> Result<(), CaptureError>;
+    /// Every socket is open and reading (tests and people wait for this before sending).
+    fn started(&mut self, _interfaces: usize) {}
+    /// One packet.
+    fn packet(&mut self, p: &Packet<'_>) -> Result<(), CaptureError>;
+    /// The end, with each interface's counters.
+    fn finish(&mut self, stats: &[InterfaceStats]) -> Result<(), CaptureError>;
+}
+
+/// Counters of one interface at the end (tcpdump's "received by filter" / "dropped by kernel").
+#[derive(Debug, Clone, Serialize)]
+pub struct InterfaceStats {
+    /// Interface id.
+    pub id: u32,
+    /// if_name.
+    pub name: String,
+    /// Packets handed to the sink.
+    pub captured: u64,
+    /// Packets that passed the kernel filter (PACKET_STATISTICS tp_packets).
+    pub received_by_filter: u64,
+    /// Packets the kernel dropped because the ring was full.
+    pub dropped_by_kernel: u64,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Per interface.
+    pub interfaces: Vec<InterfaceStats>,
+    /// Packets handed to the sink.
+    pub captured: u64,
+    /// Sum of received_by_filter.
+    pub received_by_filter: u64,
+    /// Sum of dropped_by_kernel.
+    pub dropped_by_kernel: u64,
+}
+
+/// A namespace being captured, with its name for people.
+#[derive(Debug)]
+pub struct Place {
+    /// The namespace.
+    pub ns: NetNs,
+    /// The prefix of its interfaces' names: `host`, `container:web`, `lab:NAME/web`.
+    pub label: String,
+    /// Namespace, container and engine, for if_description.
+    pub description: String,
+}
+
+/// Names namespaces after the engines' containers, labs and the host.
+struct Namer {
+    intent: Intent,
+    infos: Vec<NamespaceInfo>,
+    init: Option<NsId>,
+    /// (namespace, lab, container or "host")
+    lab_members: Vec<(NsId, String, String)>,
+}
+
+impl Namer {
+    fn new() -> Namer {
+        let intent = Intent::read();
+        let infos = discover_with(
+            DiscoverOptions {
+                skip_interfaces: true,
+                skip_docker: false,
+            },
+            &intent,
+        );
+        let init = NetNs::from_pid(1).ok().map(|n| n.id());
+        let mut lab_members = Vec::new();
+        for lab in crate::lab::state::list() {
+            let Ok(st) = crate::lab::state::load(&lab) else {
+                continue;
+            };
+            if let Some(h) = &st.host_netns {
+                if let Ok(ns) = NetNs::from_name(h) {
+                    lab_members.push((ns.id(), lab.clone(), "host".to_string()));
+                }
+            }
+            for c in &st.containers {
+                if let Some(n) = &c.netns {
+                    if let Ok(ns) = NetNs::from_name(n) {
+                        lab_members.push((ns.id(), lab.clone(), c.name.clone()));
+                    }
+                }
+            }
+        }
+        Namer {
+            intent,
+            infos,
+            init,
+            lab_members,
+        }
+    }
+
+    /// (label, description) of `ns`; `given` is the TARGET the user typed, when one was.
+    fn name(&self, ns: &NetNs, given: Option<&str>) -> (String, String) {
+        let id = ns.id();
+        let info = self.infos.iter().find(|i| i.id == id);
+        let path = info
+            .map(|i| i.path.clone())
+            .unwrap_or_else(|| ns.path().to_path_buf());
+        let mut desc = format!("netns {} (inode {})", path.display(), id.inode);
+        let engine = self
+            .intent
+            .in_netns(id.inode)
+            .into_iter()
+            .find(|c| c.engine != EngineKind::Lab && !c.infra)
+            .cloned();
+        let label = if let Some(c) = engine {
+            desc.push_str(&format!(
+                "; container {} ({}, id {})",
+                c.name,
+                c.engine,
+                c.short_id()
+            ));
+            if let Some(p) = &c.pod {
+                desc.push_str(&format!("; pod {p}"));
+            }
+            format!("container:{}", c.name)
+        } else if let Some((_, lab, member)) = self.lab_members.iter().find(|(i, _, _)| *i == id) {
+            if member == "host" {
+                desc.push_str(&format!("; host namespace of lab {lab} (engine lab)"));
+            } else {
+                desc.push_str(&format!("; container {member} of lab {lab} (engine lab)"));
+            }
+            format!("lab:{lab}/{member}")
+        } else if Some(id) == self.init {
+            desc.push_str("; the host (pid 1's namespace)");
+            "host".to_string()
+        } else if let Some(n) = info.and_then(|i| i.names.first()) {
+            n.clone()
+        } else if let Some(g) = given {
+            g.to_string()
+        } else {
+            info.map(|i| i.display_name())
+                .unwrap_or_else(|| ns.label().to_string())
+        };
+        if let Some(i) = info {
+            let procs: Vec<String> = i
+                .processes
+                .iter()
+                .take(3)
+                .map(|p| format!("{} {}", p.pid, p.comm))
+                .collect();
+            if !procs.is_empty() {
+                desc.push_str(&format!("; processes {}", procs.join(", ")));
+            }
+        }
+        (label, desc)
+    }
+}
+
+/// Resolve --netns, --lab and --all-netns to the namespaces to capture in (deduplicated).
+fn places(opts: &CaptureOptions, namer: &Namer) -> Result<Vec<Place>, CaptureError> {
+    let mut out: Vec<Place> = Vec::new();
+    let add = |out: &mut Vec<Place>, ns: NetNs, given: Option<&str>| {
+        if out.iter().any(|p| p.ns.id() == ns.id()) {
+            return;
+        }
+        let (label, description) = namer.name(&ns, given);
+        out.push(Place {
+            ns,
+            label,
+            description,
+        });
+    };
+    for t in &opts.targets {
+        add(&mut out, NetNs::open(t)?, Some(t));
+    }
+    for lab in &opts.labs {
+        let st = crate::lab::state::load(lab).map_err(|e| {
+            CaptureError::Target(format!(
+                "lab {lab}: {e} (`nettool labs` lists the labs that are up)"
+            ))
+        })?;
+        match &st.host_netns {
+            Some(h) => add(&mut out, NetNs::from_name(h)?, None),
+            None => add(&mut out, NetNs::current()?, None),
+        }
+        for c in &st.containers {
+            if let Some(n) = &c.netns {
+                add(&mut out, NetNs::from_name(n)?, None);
+            }
+        }
+    }
+    if opts.all_netns {
+        for i in &namer.infos {
+            if let Ok(ns) = i.open() {
+                add(&mut out, ns, None);
+            }
+        }
+    }
+    if out.is_empty() {
+        add(&mut out, NetNs::current()?, None);
+    }
+    Ok(out)
+}
+
+/// A ring opened on one interface, not yet announced.
+struct Opened {
+    key: (NsId, u32, String),
+    ring: Ring,
+    desc: InterfaceDesc,
+    ns: NetNs,
+}
+
+/// Open a ring on every interface of `place` not in `known` (and in `-i` when given).
+fn open_interfaces(
+    place: &Place,
+    opts: &CaptureOptions,
+    known: &HashSet<(NsId, u32, String)>,
+) -> Result<Vec<Opened>, CaptureError> {
+    let id = place.ns.id();
+    let label = place.label.clone();
+    let filter = opts.filter.clone();
+    let snaplen = opts.snaplen;
+    let size = opts.ring;
+    let wanted = &opts.interfaces;
+    let rings = place
+        .ns
+        .run(|| -> Result<Vec<(u32, String, Ring)>, CaptureError> {
+            let links = crate::netns::links::Rtnl::open()
+                .and_then(|mut r| r.links())
+                .map_err(|e| CaptureError::Target(format!("interfaces of {label}: {e}")))?;
+            let mut out = Vec::new();
+            for l in links {
+                if !wanted.is_empty() && !wanted.contains(&l.name) {
+                    continue;
+                }
+                if known.contains(&(id, l.index, l.name.clone())) {
+                    continue;
+                }
+                let prog = |lt: LinkType| {
+                    Some(match &filter {
+                        Some(f) => f.program(lt),
+                        None => filter::accept_all(snaplen),
+                    })
+                };
+                match Ring::open_here(l.index, &l.name, &label, size, &prog) {
+                    Ok(r) => out.push((l.index, l.name, r)),
+                    // Gone between the dump and the bind: it will not be missed.
+                    Err(CaptureError::Socket { errno, .. })
+                        if errno.raw_os_error() == Some(libc::ENODEV)
+                            || errno.raw_os_error() == Some(libc::ENXIO) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })??;
+    Ok(rings
+        .into_iter()
+        .map(|(index, name, ring)| Opened {
+            desc: InterfaceDesc {
+                name: format!("{}/{}", place.label, name),
+                description: format!("{} on {}; {}", name, place.label, place.description),
+                linktype: ring.link.linktype(),
+                snaplen,
+            },
+            key: (id, index, name),
+            ring,
+            ns: place.ns.clone(),
+        })
+        .collect())
+}
+
+/// An interface being read.
+struct Source {
+    id: u32,
+    ring: Ring,
+    name: String,
+    captured: u64,
+    closed: Option<(u64, u64)>,
+}
+
+/// A packet held for the conntrack lookup (--follow).
+struct Held {
+    interface: u32,
+    link: LinkType,
+    ts: Duration,
+    wire_len: u32,
+    data: Vec<u8>,
+    arrived: Instant,
+}
+
+fn refresh_flows(nss: &[NetNs], table: &Mutex<FlowTable>) {
+    let mut entries = Vec::new();
+    for ns in nss {
+        if let Ok(e) = follow::read_conntrack(ns) {
+            entries.extend(e);
+        }
+    }
+    if let Ok(mut t) = table.lock() {
+        // NATed entries first, so a flow's description is the one that says most.
+        entries.sort_by_key(|e| !e.natted());
+        for e in entries {
+            t.add(e);
+        }
+    }
+}
+
+/// Check that the conntrack tool is there (for --follow), with a clear error when not.
+pub fn check_follow() -> Result<(), CaptureError> {
+    match std::process::Command::new("conntrack")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(_) => Ok(()),
+        Err(_) => Err(CaptureError::Target(
+            "--follow reads NAT state with the conntrack tool, which is not installed \
+             (Debian package conntrack: apt-get install conntrack)"
+                .into(),
+        )),
+    }
+}
+
+/// Capture until `stop` is set or a limit is reached, handing every packet to `sink`.
+pub fn run(
+    opts: &CaptureOptions,
+    limits: Limits,
+    stop: &AtomicBool,
+    sink: &mut dyn Sink,
+) -> Result<Summary, CaptureError> {
+    if opts.follow {
+        check_follow()?;
+    }
+    let namer = Namer::new();
+    let initial = places(opts, &namer)?;
+    let mut known: HashSet<(NsId, u32, String)> = HashSet::new();
+    let mut opened = Vec::new();
+    for p in &initial {
+        for o in open_interfaces(p, opts, &known)? {
+            known.insert(o.key.clone());
+            opened.push(o);
+        }
+    }
+    if opened.is_empty() {
+        return Err(CaptureError::Target(if opts.interfaces.is_empty() {
+            "no interface to capture on".into()
+        } else {
+            format!(
+                "no interface named {} in the namespaces chosen (`nettool netns inspect` lists them)",
+                opts.interfaces.join(", ")
+            )
+        }));
+    }
+    let namespaces: Arc<Mutex<Vec<NetNs>>> =
+        Arc::new(Mutex::new(initial.iter().map(|p| p.ns.clone()).collect()));
+    let done = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<Opened>();
+
+    // Rescanner: new interfaces (a container started on a bridge) and, with --all-netns, new
+    // namespaces. Its own thread, so the reading loop never waits on netlink or /proc.
+    let rescanner = {
+        let opts = opts.clone();
+        let done = done.clone();
+        let namespaces = namespaces.clone();
+        let mut places_now = initial;
+        let mut known = known.clone();
+        std::thread::Builder::new()
+            .name("capture-rescan".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                while !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() < opts.rescan {
+                        continue;
+                    }
+                    last = Instant::now();
+                    if opts.all_netns {
+                        let ids = crate::netns::discover::discover(DiscoverOptions {
+                            skip_interfaces: true,
+                            skip_docker: true,
+                        });
+                        if ids
+                            .iter()
+                            .any(|i| !places_now.iter().any(|p| p.ns.id() == i.id))
+                        {
+                            let namer = Namer::new();
+                            for i in &namer.infos {
+                                if places_now.iter().any(|p| p.ns.id() == i.id) {
+                                    continue;
+                                }
+                                if let Ok(ns) = i.open() {
+                                    let (label, description) = namer.name(&ns, None);
+                                    places_now.push(Place {
+                                        ns,
+                                        label,
+                                        description,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    for p in &places_now {
+                        // A namespace that went away fails here; it is skipped.
+                        if let Ok(new) = open_interfaces(p, &opts, &known) {
+                            for o in new {
+                                known.insert(o.key.clone());
+                                if let Ok(mut n) = namespaces.lock() {
+                                    if !n.iter().any(|x| x.id() == o.ns.id()) {
+                                        n.push(o.ns.clone());
+                                    }
+                                }
+                                if tx.send(o).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| CaptureError::Target(format!("cannot start a thread: {e}")))?
+    };
+
+    let flows = Arc::new(Mutex::new(FlowTable::default()));
+    let refresher = opts.follow.then(|| {
+        let done = done.clone();
+        let flows = flows.clone();
+        let namespaces = namespaces.clone();
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let nss = namespaces.lock().map(|n| n.clone()).unwrap_or_default();
+                refresh_flows(&nss, &flows);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    });
+
+    let result = read_loop(opts, limits, stop, sink, opened, &rx, &flows, &namespaces);
+    done.store(true, Ordering::Relaxed);
+    drop(rx);
+    let _ = rescanner.join();
+    if let Some(r) = refresher {
+        let _ = r.join();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_loop(
+    opts: &CaptureOptions,
+    limits: Limits,
+    stop: &AtomicBool,
+    sink: &mut dyn Sink,
+    opened: Vec<Opened>,
+    rx: &mpsc::Receiver<Opened>,
+    flows: &Mutex<FlowTable>,
+    namespaces: &Mutex<Vec<NetNs>>,
+) -> Result<Summary, CaptureError> {
+    let start = Instant::now();
+    let mut sources: Vec<Source> = Vec::new();
+    let add = |o: Opened, sources: &mut Vec<Source>, sink: &mut dyn Sink| {
+        let id = sources.len() as u32;
+        sink.interface(id, &o.desc)?;
+        sources.push(Source {
+            id,
+            ring: o.ring,
+            name: o.desc.name,
+            captured: 0,
+            closed: None,
+        });
+        Ok::<(), CaptureError>(())
+    };
+    for o in opened {
+        add(o, &mut sources, sink)?;
+    }
+    sink.started(sources.len());
+    let mut total: u64 = 0;
+    let mut held: VecDeque<Held> = VecDeque::new();
+    let hold = Duration::from_millis(500);
+    let mut pfds: Vec<libc::pollfd> = Vec::new();
+    let reached = |total: u64| limits.count.is_some_and(|c| total >= c);
+    loop {
+        if stop.load(Ordering::Relaxed)
+            || reached(total)
+            || limits.duration.is_some_and(|d| start.elapsed() >= d)
+        {
+            break;
+        }
+        while let Ok(o) = rx.try_recv() {
+            add(o, &mut sources, sink)?;
+        }
+        pfds.clear();
+        pfds.extend(sources.iter().map(|s| libc::pollfd {
+            fd: if s.closed.is_some() {
+                -1
+            } else {
+                s.ring.raw_fd()
+            },
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // SAFETY: pfds is a live array of pollfd of the length given.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(CaptureError::Socket {
+                    what: "poll",
+                    netns: "(all)".into(),
+                    errno: e,
+                });
+            }
+        }
+        for (i, s) in sources.iter_mut().enumerate() {
+            if s.closed.is_some() {
+                continue;
+            }
+            let rev = pfds[i].revents;
+            if rev & libc::POLLIN != 0 || rc == 0 {
+                let left = limits.count.map(|c| c.saturating_sub(total));
+                total += drain_source(s, opts.follow, left, &mut held, sink)?;
+            }
+            // The interface went away (ENETDOWN on the socket): keep its counters, stop polling.
+            if rev & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
+                s.closed = Some(s.ring.statistics());
+            }
+        }
+        if opts.follow {
+            flush_held(&mut held, hold, flows, sink)?;
+        }
+    }
+    // The kernel hands over a block that is not full only after its timeout: wait for it, then
+    // read what is left, so the last packets before Ctrl-C are not lost.
+    std::thread::sleep(Duration::from_millis(
+        opts.ring.block_timeout_ms as u64 + 20,
+    ));
+    for s in sources.iter_mut().filter(|s| s.closed.is_none()) {
+        let left = limits.count.map(|c| c.saturating_sub(total));
+        total += drain_source(s, opts.follow, left, &mut held, sink)?;
+    }
+    if opts.follow && !held.is_empty() {
+        // The last packets: one more conntrack read so their flows are known.
+        let nss = namespaces.lock().map(|n| n.clone()).unwrap_or_default();
+        refresh_flows(&nss, flows);
+        flush_held(&mut held, Duration::ZERO, flows, sink)?;
+    }
+    let stats: Vec<InterfaceStats> = sources
+        .iter_mut()
+        .map(|s| {
+            let (packets, drops) = s.closed.unwrap_or_else(|| s.ring.statistics());
+            InterfaceStats {
+                id: s.id,
+                name: s.name.clone(),
+                captured: s.captured,
+                received_by_filter: packets,
+                dropped_by_kernel: drops,
+            }
+        })
+        .collect();
+    sink.finish(&stats)?;
+    Ok(Summary {
+        captured: total,
+        received_by_filter: stats.iter().map(|s| s.received_by_filter).sum(),
+        dropped_by_kernel: stats.iter().map(|s| s.dropped_by_kernel).sum(),
+        interfaces: stats,
+    })
+}
+
+/// Hand what `s`'s ring holds to the sink (or to `held` with --follow), at most `left` packets.
+fn drain_source(
+    s: &mut Source,
+    follow: bool,
+    left: Option<u64>,
+    held: &mut VecDeque<Held>,
+    sink: &mut dyn Sink,
+) -> Result<u64, CaptureError> {
+    let (id, link) = (s.id, s.ring.link);
+    let mut captured = 0u64;
+    let mut err = None;
+    s.ring.drain(|f| {
+        if err.is_some() || left.is_some_and(|l| captured >= l) {
+            return;
+        }
+        if follow {
+            held.push_back(Held {
+                interface: id,
+                link,
+                ts: f.ts,
+                wire_len: f.wire_len,
+                data: f.data.to_vec(),
+                arrived: Instant::now(),
+            });
+            captured += 1;
+            return;
+        }
+        let p = Packet {
+            interface: id,
+            link,
+            ts: f.ts,
+            wire_len: f.wire_len,
+            data: f.data,
+            comment: None,
+        };
+        match sink.packet(&p) {
+            Ok(()) => captured += 1,
+            Err(e) => err = Some(e),
+        }
+    });
+    s.captured += captured;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(captured),
+    }
+}
+
+/// Write the held packets older than `hold`, each with its flow's comment. A TCP/UDP packet
+/// whose flow conntrack has not shown yet waits up to [`FOLLOW_WAIT`] (conntrack is read a few
+/// times a second, every namespace in turn).
+fn flush_held(
+    held: &mut VecDeque<Held>,
+    hold: Duration,
+    flows: &Mutex<FlowTable>,
+    sink: &mut dyn Sink,
+) -> Result<(), CaptureError> {
+    if held.front().is_none_or(|h| h.arrived.elapsed() < hold) {
+        return Ok(());
+    }
+    let table = flows
+        .lock()
+        .map_err(|_| CaptureError::Target("flow table poisoned".into()))?;
+    while held.front().is_some_and(|h| h.arrived.elapsed() >= hold) {
+        let Some(h) = held.front() else { break };
+        let tuple =
+            decode::summarize(h.link, &h.data)
+                .tuple()
+                .map(|(proto, src, sport, dst, dport)| Tuple {
+                    proto,
+                    src,
+                    sport,
+                    dst,
+                    dport,
+                });
+        // Not cached: flows merge as entries from other namespaces arrive, and the comment
+        // should be the merged flow's.
+        let comment = match tuple {
+            Some(t) => match table.comment(&t) {
+                Some(c) => Some(c),
+                // Not known yet: wait for the next conntrack read, up to a limit.
+                None if hold > Duration::ZERO && h.arrived.elapsed() < FOLLOW_WAIT => break,
+                None => None,
+            },
+            None => None,
+        };
+        sink.packet(&Packet {
+            interface: h.interface,
+            link: h.link,
+            ts: h.ts,
+            wire_len: h.wire_len,
+            data: &h.data,
+            comment: comment.as_deref(),
+        })?;
+        held.pop_front();
+    }
+    Ok(())
+}
+
+/// How long --follow holds a packet whose flow conntrack has not shown yet.
+const FOLLOW_WAIT: Duration = Duration::from_secs(3);
+
+/// A sink that writes a pcapng file (rotated by size when asked).
+#[derive(Debug)]
+pub struct PcapngSink {
+    /// The writer.
+    pub writer: pcapng::PcapngWriter,
+}
+
+impl PcapngSink {
+    /// Create `path` (0600, never through a symlink).
+    pub fn create(
+        path: &std::path::Path,
+        rotation: pcapng::Rotation,
+    ) -> Result<Self, CaptureError> {
+        Ok(PcapngSink {
+            writer: pcapng::PcapngWriter::create(path, rotation)?,
+        })
+    }
+
+    /// The files written.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.writer.files().to_vec()
+    }
+}
+
+impl Sink for PcapngSink {
+    fn interface(&mut self, _id: u32, desc: &InterfaceDesc) -> Result<(), CaptureError> {
+        self.writer.add_interface(desc.clone()).map(|_| ())
+    }
+
+    fn packet(&mut self, p: &Packet<'_>) -> Result<(), CaptureError> {
+        self.writer
+            .write_packet(p.interface, p.ts, p.wire_len, p.data, p.comment)
+    }
+
+    fn finish(&mut self, stats: &[InterfaceStats]) -> Result<(), CaptureError> {
+        let now = crate::dns::capture::now();
+        for s in stats {
+            self.writer
+                .write_statistics(s.id, now, s.received_by_filter, s.dropped_by_kernel)?;
+        }
+        self.writer.flush()
+    }
+}
+
+/// One packet read back from a pcapng file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadPacket {
+    /// Timestamp since the Unix epoch.
+    pub ts: Duration,
+    /// The interface's if_name (or `ifN`).
+    pub interface: String,
+    /// Decoded fields.
+    pub summary: decode::PacketSummary,
+    /// Length on the wire.
+    pub wire_len: u32,
+    /// The packet comment (--follow writes the flow there).
+    pub comment: Option<String>,
+}
+
+/// Every packet of a pcapng file (nettool's or anyone's), with its interface's name.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<ReadPacket>, CaptureError> {
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let err = |m: String| CaptureError::Pcap {
+        path: path.display().to_string(),
+        message: m,
+    };
+    let f = std::fs::File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let mut r = PcapNgReader::new(std::io::BufReader::new(f))
+        .map_err(|e| err(format!("not a pcapng file: {e}")))?;
+    let mut ifaces: Vec<(String, Option<LinkType>)> = Vec::new();
+    let mut out = Vec::new();
+    while let Some(b) = r.next_block() {
+        match b.map_err(|e| err(e.to_string()))? {
+            Block::SectionHeader(_) => ifaces.clear(),
+            Block::InterfaceDescription(idb) => {
+                let name = idb
+                    .options
+                    .iter()
+                    .find_map(|o| match o {
+                        InterfaceDescriptionOption::IfName(n) => Some(n.to_string()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| format!("if{}", ifaces.len()));
+                let link = match u32::from(idb.linktype) {
+                    1 => Some(LinkType::Ethernet),
+                    101 | 228 | 229 => Some(LinkType::RawIp),
+                    _ => None,
+                };
+                ifaces.push((name, link));
+            }
+            Block::EnhancedPacket(p) => {
+                let (name, link) = ifaces
+                    .get(p.interface_id as usize)
+                    .cloned()
+                    .unwrap_or_else(|| (format!("if{}", p.interface_id), None));
+                let summary = match link {
+                    Some(l) => decode::summarize(l, &p.data),
+                    None => decode::PacketSummary {
+                        network: "?".into(),
+                        ..Default::default()
+                    },
+                };
+                let comment = p.options.iter().find_map(|o| match o {
+                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                    _ => None,
+                });
+                out.push(ReadPacket {
+                    ts: p.timestamp,
+                    interface: name,
+                    summary,
+                    wire_len: p.original_len,
+                    comment,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,412 @@
+//! `nettool capture`: many namespaces into one pcapng, kernel filters, NAT legs stitched,
+//! rotation, real dockerd, sample captures read back. All in namespaces the tests build.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{sh, unique, veth, TestLab, TestNs};
+
+/// A running `nettool capture`, stopped with SIGINT (so it writes its summary) on `stop`.
+struct Running {
+    child: Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+fn start(args: &[&str]) -> Running {
+    start_env(args, &[])
+}
+
+fn start_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .arg("capture")
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nettool capture");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut r = Running {
+        child,
+        stderr: rx,
+        log: Vec::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match r.stderr.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let ready = l.starts_with("capturing on");
+                r.log.push(l);
+                if ready {
+                    return r;
+                }
+            }
+            Err(_) if Instant::now() > deadline => panic!("capture never started: {:?}", r.log),
+            Err(_) => {
+                if let Ok(Some(st)) = r.child.try_wait() {
+                    let rest: Vec<String> = r.stderr.try_iter().collect();
+                    panic!("capture exited {st}: {:?} {rest:?}", r.log);
+                }
+            }
+        }
+    }
+}
+
+impl Running {
+    /// SIGINT, then (stdout, stderr).
+    fn stop(self) -> (String, String) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let out = self.child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "capture failed: {:?}", self.log);
+        let mut err = self.log.join("\n");
+        for l in self.stderr.try_iter() {
+            err.push('\n');
+            err.push_str(&l);
+        }
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    }
+}
+
+/// tshark -r FILE -T fields -e ...: one Vec per packet; tshark must not complain.
+fn tshark_fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut args = vec![
+        "-r".to_string(),
+        file.display().to_string(),
+        "-T".into(),
+        "fields".into(),
+    ];
+    for f in fields {
+        args.push("-e".into());
+        args.push(f.to_string());
+    }
+    let out = Command::new("tshark").args(&args).output().expect("tshark");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let complaints: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("Running as user \"root\"") && !l.trim().is_empty())
+        .collect();
+    assert!(
+        out.status.success() && complaints.is_empty(),
+        "tshark on {}: {err}",
+        file.display()
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}.pcapng", unique(tag)))
+}
+
+/// Two namespaces joined by a veth whose both ends are called eth0, addresses 10.201.x.1/.2.
+fn pair(tag: &str, net: u8) -> (TestNs, TestNs) {
+    let a = TestNs::new(&format!("{tag}a"));
+    let b = TestNs::new(&format!("{tag}b"));
+    veth("eth0", &a, "eth0", &b);
+    a.ip(&["addr", "add", &format!("10.201.{net}.1/24"), "dev", "eth0"]);
+    b.ip(&["addr", "add", &format!("10.201.{net}.2/24"), "dev", "eth0"]);
+    (a, b)
+}
+
+/// `n` UDP datagrams from `ns` to `dst:port`.
+fn udp_burst(ns: &TestNs, dst: &str, port: u16, n: usize) {
+    let script = format!("for i in $(seq 1 {n}); do echo x | socat -u - UDP:{dst}:{port}; done");
+    sh(&["ip", "netns", "exec", &ns.name, "sh", "-c", &script]);
+}
+
+#[test]
+fn two_namespaces_with_the_same_eth0_are_told_apart_in_one_pcapng() {
+    let (a, b) = pair("capn", 1);
+    let file = tmp("cap-two");
+    let run = start(&[
+        "--netns",
+        &a.name,
+        "--netns",
+        &b.path(),
+        "-i",
+        "eth0",
+        "-w",
+        file.to_str().unwrap(),
+        "udp port 5555",
+    ]);
+    udp_burst(&a, "10.201.1.2", 5555, 3);
+    let (_, err) = run.stop();
+    assert!(err.contains("received by filter"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let rows = tshark_fields(
+        &file,
+        &[
+            "frame.interface_name",
+            "frame.interface_description",
+            "udp.dstport",
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        rows.len(),
+        6,
+        "3 datagrams seen leaving a and arriving in b: {rows:?}"
+    );
+    let names: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    let want_a = format!("{}/eth0", a.name);
+    let want_b = format!("{}/eth0", b.name);
+    assert_eq!(
+        names,
+        [want_a.as_str(), want_b.as_str()].into_iter().collect(),
+        "{rows:?}"
+    );
+    for r in &rows {
+        let ns = r[0].trim_end_matches("/eth0");
+        assert!(
+            r[1].contains(&format!("/run/netns/{ns}")),
+            "description names the namespace: {r:?}"
+        );
+        assert_eq!(r[2], "5555");
+    }
+}
+
+#[test]
+fn the_filter_runs_in_the_kernel_so_other_packets_never_reach_user_space() {
+    let (a, _b) = pair("capf", 2);
+    let run = start(&["--netns", &a.name, "-i", "eth0", "--json", "udp port 7777"]);
+    // 40 datagrams the filter refuses, then 2 it keeps.
+    udp_burst(&a, "10.201.2.2", 5555, 40);
+    udp_burst(&a, "10.201.2.2", 7777, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, _) = run.stop();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let end = lines.last().expect("summary");
+    let packets = &lines[..lines.len() - 1];
+    assert_eq!(packets.len(), 2, "{out}");
+    assert!(packets.iter().all(|p| p["dport"] == 7777), "{out}");
+    // PACKET_STATISTICS: what passed the socket's filter. The 40 others never got to the socket.
+    assert_eq!(end["summary"]["received_by_filter"], 2, "{end}");
+    assert_eq!(end["summary"]["dropped_by_kernel"], 0, "{end}");
+}
+
+#[test]
+fn a_bad_filter_says_what_tcpdump_said() {
+    let out = common::nettool(&["capture", "-c", "1", "tcp port nonsense-port-name"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("filter 'tcp port nonsense-port-name'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rotation_makes_several_files_each_readable() {
+    let (a, b) = pair("capr", 3);
+    let file = tmp("cap-rot");
+    // 20 kB files: the 1 000-byte datagrams fill several.
+    let run = start(&[
+        "--netns",
+        &b.name,
+        "-i",
+        "eth0",
+        "-w",
+        file.to_str().unwrap(),
+        "-C",
+        "0.02",
+        "udp",
+    ]);
+    let script = "head -c 1000 /dev/zero | tr '\\0' x > /tmp/.nt-cap-payload; for i in $(seq 1 40); do socat -u FILE:/tmp/.nt-cap-payload UDP:10.201.3.2:5555; done";
+    sh(&["ip", "netns", "exec", &a.name, "sh", "-c", script]);
+    let (_, err) = run.stop();
+    let files: Vec<PathBuf> = (0..10)
+        .map(|n| {
+            if n == 0 {
+                file.clone()
+            } else {
+                PathBuf::from(format!("{}{n}", file.display()))
+            }
+        })
+        .filter(|p| p.exists())
+        .collect();
+    assert!(files.len() >= 3, "rotation: {files:?} {err}");
+    let mut total = 0;
+    for f in &files {
+        assert!(
+            std::fs::metadata(f).unwrap().len() < 30_000,
+            "{f:?} too big"
+        );
+        let rows = tshark_fields(f, &["frame.interface_name"]);
+        assert!(
+            rows.iter().all(|r| r[0] == format!("{}/eth0", b.name)),
+            "{rows:?}"
+        );
+        total += rows.len();
+        let _ = std::fs::remove_file(f);
+    }
+    assert_eq!(total, 40, "every datagram in exactly one file: {err}");
+}
+
+#[test]
+fn a_flow_through_a_labs_dnat_is_stitched_across_its_legs() {
+    let (lab, _state) = TestLab::isolated("capl", &["--no-userland-proxy"]);
+    let file = tmp("cap-lab");
+    let run = start(&[
+        "--lab",
+        &lab.name,
+        "--follow",
+        "-w",
+        file.to_str().unwrap(),
+        "tcp port 8080 or tcp port 80",
+    ]);
+    let client = lab.ns("client");
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &client,
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        "http://172.20.0.1:8080/",
+    ]);
+    assert!(!out.is_empty(), "curl through the lab's DNAT answered");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, err) = run.stop();
+    let rows = tshark_fields(
+        &file,
+        &[
+            "frame.interface_name",
+            "frame.comment",
+            "tcp.flags.syn",
+            "tcp.flags.ack",
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    let syns: Vec<&Vec<String>> = rows.iter().filter(|r| r[2] == "1" && r[3] == "0").collect();
+    let legs: std::collections::BTreeSet<&str> = syns.iter().map(|r| r[0].as_str()).collect();
+    let want = [
+        format!("lab:{}/client/eth0", lab.name),
+        format!("lab:{}/web/eth0", lab.name),
+    ];
+    for w in &want {
+        assert!(
+            legs.contains(w.as_str()),
+            "the SYN seen on {w}: {rows:?} {err}"
+        );
+    }
+    assert!(
+        legs.iter()
+            .any(|l| l.starts_with(&format!("lab:{}/host/", lab.name))),
+        "the SYN seen in the lab's host namespace: {legs:?}"
+    );
+    // Every leg's SYN carries the same flow, with the tuple before and after DNAT.
+    let comments: std::collections::BTreeSet<&str> = syns.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(comments.len(), 1, "one flow across the legs: {syns:?}");
+    let c = comments.into_iter().next().unwrap();
+    assert!(
+        c.contains("> 172.20.0.1:8080")
+            && c.contains("reply tcp 172.19.0.2:80 >")
+            && c.contains("(NAT)"),
+        "{c}"
+    );
+}
+
+#[test]
+fn a_sample_capture_is_read_back() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/captures/capture-lab-dnat-follow.pcapng"
+    );
+    let out = common::nettool_ok(&["capture", "--read", file]);
+    // The client's leg, before DNAT, carries the flow as the host's conntrack saw it.
+    let client = out
+        .lines()
+        .find(|l| l.contains("/client/eth0 IP 172.20.0.3."))
+        .expect("a packet on the client's eth0");
+    assert!(client.contains(": original tcp 172.20.0.3:"), "{client}");
+    assert!(
+        client.contains("reply tcp 172.19.0.2:80 > 172.19.0.1:"),
+        "{client}"
+    );
+    let json = common::nettool(&["capture", "--read", file, "--json"]);
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["transport"], "tcp");
+}
+
+#[test]
+fn real_docker_containers_are_captured_by_name() {
+    let d = common::docker::Dockerd::start("cap-dock");
+    d.import_busybox("nt-busybox");
+    for c in ["web", "db"] {
+        d.docker(&["run", "-d", "--name", c, "nt-busybox", "sleep", "300"]);
+    }
+    let db_ip = d
+        .docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"])
+        .trim()
+        .to_string();
+    let file = tmp("cap-dock");
+    let run = start_env(
+        &[
+            "--netns",
+            "container:web",
+            "--netns",
+            "container:db",
+            "-i",
+            "eth0",
+            "-w",
+            file.to_str().unwrap(),
+            "icmp",
+        ],
+        &[("DOCKER_HOST", &d.host())],
+    );
+    d.docker(&["exec", "web", "busybox", "ping", "-c", "2", &db_ip]);
+    let (_, err) = run.stop();
+    let rows = tshark_fields(
+        &file,
+        &["frame.interface_name", "frame.interface_description"],
+    );
+    let _ = std::fs::remove_file(&file);
+    let names: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        names,
+        ["container:db/eth0", "container:web/eth0"]
+            .into_iter()
+            .collect(),
+        "{rows:?} {err}"
+    );
+    assert!(
+        rows.iter().all(|r| r[1].contains("(docker, id ")),
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows.len(),
+        8,
+        "2 requests and 2 replies, each on both ends: {rows:?}"
+    );
+}
