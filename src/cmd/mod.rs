@@ -32,6 +32,8 @@ fn privileges_needed(cmd: &Command) -> Option<&'static str> {
         Command::ExplainNat(_) => Some("it reads the live firewall rules inside a network namespace (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, explain a saved rule set: `nettool explain-nat -f FILE` (iptables-save or `nft -j list ruleset` output)"),
         Command::Dns(a) if a.read.is_some() => None,
         Command::Dns(_) => Some("it captures packets inside network namespaces (CAP_NET_RAW, CAP_SYS_ADMIN); without root, explain a capture made elsewhere with `nettool dns --read FILE`"),
+        Command::Capture(a) if a.read.is_some() => None,
+        Command::Capture(_) => Some("it captures packets inside network namespaces (CAP_NET_RAW, CAP_SYS_ADMIN); without root, print a capture made elsewhere with `nettool capture --read FILE`"),
         Command::Doctor(a) if a.snapshot.is_some() => None,
         Command::Doctor(_) => Some("it reads links, sockets and firewall rules inside network namespaces (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, replay a recorded state with `nettool doctor --snapshot FILE`"),
         Command::Trace(_) => Some("it adds trace rules and reads kernel events (CAP_NET_ADMIN, CAP_SYS_ADMIN)"),
