@@ -1667,3 +1667,198 @@ fn real_dockerd_with_ip6tables_publishes_over_ipv6() {
     let tables = j["summary"]["tables"].as_u64().unwrap();
     assert!(tables >= 4, "{j}");
 }
+
+// ---------------------------------------------------------------- nft set membership
+
+/// kube-proxy's nftables mode with `--nodeport-addresses` (pkg/proxy/nftables/proxier.go): NodePorts
+/// are reached through `ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports`,
+/// ClusterIPs on a wrong port are rejected through `ip daddr @cluster-ips`, LoadBalancer source
+/// ranges are an anonymous set. Written by hand in kube-proxy's shape (names, chains, element
+/// forms), not a capture; loaded into a real nft in a test namespace so nft prints it (text and
+/// JSON) as it would print kube-proxy's.
+const KUBE_NFT_SETS: &str = r#"table ip kube-proxy {
+	comment "rules for kube-proxy"
+	set cluster-ips {
+		type ipv4_addr
+		comment "Active ClusterIPs"
+		elements = { 172.30.0.41 }
+	}
+	set nodeport-ips {
+		type ipv4_addr
+		flags interval
+		comment "IPs that accept NodePort traffic"
+		elements = { 192.168.0.2, 10.99.0.0/24 }
+	}
+	set allowed-pairs {
+		type ipv4_addr . inet_proto . inet_service
+		comment "a concatenated set (kube-proxy keys its maps this way)"
+		elements = { 172.30.0.41 . tcp . 8443 }
+	}
+	map service-ips {
+		type ipv4_addr . inet_proto . inet_service : verdict
+		comment "ClusterIP, ExternalIP and LoadBalancer IP traffic"
+		elements = { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }
+	}
+	map service-nodeports {
+		type inet_proto . inet_service : verdict
+		comment "NodePort traffic"
+		elements = { tcp . 30080 : goto external-ULMVA6XW-ns1/svc1/tcp/p80 }
+	}
+	chain nat-prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		jump services
+	}
+	chain filter-prerouting {
+		type filter hook prerouting priority -110; policy accept;
+		ct state new jump firewall-check
+	}
+	chain filter-forward {
+		type filter hook forward priority -110; policy accept;
+		ct state new jump cluster-ips-check
+	}
+	chain cluster-ips-check {
+		ip daddr . meta l4proto . th dport @allowed-pairs accept
+		ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
+	}
+	chain firewall-check {
+		ip daddr 192.168.0.2 tcp dport 30080 ip saddr != { 203.0.113.0/25, 198.51.100.0/24 } drop
+	}
+	chain services {
+		ip daddr . meta l4proto . th dport vmap @service-ips
+		ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+	}
+	chain mark-for-masquerade {
+		meta mark set meta mark | 0x00004000
+	}
+	chain external-ULMVA6XW-ns1/svc1/tcp/p80 {
+		jump mark-for-masquerade
+		goto service-ULMVA6XW-ns1/svc1/tcp/p80
+	}
+	chain service-ULMVA6XW-ns1/svc1/tcp/p80 {
+		numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }
+	}
+	chain endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 {
+		meta l4proto tcp dnat to 10.180.0.1:80
+	}
+}
+"#;
+
+fn check_kube_sets(label: &str, rs: &nat::Ruleset) {
+    assert!(rs.problems.is_empty(), "{label}: {:?}", rs.problems);
+    let s = explain::summarize(rs);
+    // The NodePort is published on each address of the set, walked there.
+    let hosts: Vec<(&str, &str)> = s
+        .published
+        .iter()
+        .map(|p| (p.host.as_str(), p.host_port.as_str()))
+        .collect();
+    assert!(
+        hosts.contains(&("192.168.0.2", "30080")),
+        "{label}: {hosts:?}"
+    );
+    assert!(
+        hosts.contains(&("10.99.0.0/24", "30080")),
+        "{label}: {hosts:?}"
+    );
+    let np = s
+        .published
+        .iter()
+        .find(|p| p.host == "192.168.0.2")
+        .unwrap();
+    assert_eq!(np.targets[0].to, "10.180.0.1:80", "{label}");
+    assert!(
+        np.sentence.contains("reached from outside"),
+        "{label}: {}",
+        np.sentence
+    );
+    // Nothing about the sets is left "cannot be evaluated".
+    assert!(
+        !s.unknown.iter().any(|u| u.what.contains("@")),
+        "{label}: {:?}",
+        s.unknown
+    );
+    let facts = &s.host.as_ref().unwrap().facts;
+    let walk_to = |pkt: &str| {
+        let p = walk::Packet::parse(pkt).unwrap();
+        walk::walk(rs, &p, facts)
+    };
+    // In the set: translated. Outside it: not.
+    let w = walk_to("tcp 198.51.100.7:40000 -> 192.168.0.2:30080 in eth0");
+    assert!(
+        w.final_tuple.ends_with("-> 10.180.0.1:80"),
+        "{label}: {w:#?}"
+    );
+    let w = walk_to("tcp 198.51.100.7:40000 -> 10.99.0.77:30080 in eth0");
+    assert!(
+        w.final_tuple.ends_with("-> 10.180.0.1:80"),
+        "{label}: {w:#?}"
+    );
+    let w = walk_to("tcp 198.51.100.7:40000 -> 192.168.0.3:30080 in eth0");
+    assert!(
+        w.final_tuple.ends_with("-> 192.168.0.3:30080"),
+        "{label}: {w:#?}"
+    );
+    assert!(
+        !w.assumptions
+            .iter()
+            .any(|a| a.contains("cannot be evaluated")),
+        "{label}: {:?}",
+        w.assumptions
+    );
+    // A source outside the anonymous source-range set is dropped, one inside is not.
+    let w = walk_to("tcp 192.0.2.9:40000 -> 192.168.0.2:30080 in eth0");
+    assert_eq!(w.verdict, "dropped", "{label}: {w:#?}");
+    let w = walk_to("tcp 203.0.113.9:40000 -> 192.168.0.2:30080 in eth0");
+    assert_ne!(w.verdict, "dropped", "{label}: {w:#?}");
+    // A ClusterIP on a port it does not serve is rejected (@cluster-ips), unless the
+    // concatenated set lets it through; an address outside the set is not rejected.
+    let w = walk_to("tcp 10.180.0.9:40000 -> 172.30.0.41:81 in eth0");
+    assert_eq!(w.verdict, "rejected", "{label}: {w:#?}");
+    let w = walk_to("tcp 10.180.0.9:40000 -> 172.30.0.41:8443 in eth0");
+    assert_ne!(w.verdict, "rejected", "{label}: {w:#?}");
+    let w = walk_to("tcp 10.180.0.9:40000 -> 172.30.0.99:81 in eth0");
+    assert_ne!(w.verdict, "rejected", "{label}: {w:#?}");
+    check_consistent(label, rs);
+}
+
+#[test]
+fn kube_proxy_nftables_nodeports_through_the_nodeport_ips_set() {
+    // The hand-written text itself.
+    let rs = nat::parse_text(KUBE_NFT_SETS, None, "kube-nft-sets").unwrap();
+    check_kube_sets("hand-written text", &rs);
+    // And as a real nft prints it back, text and JSON.
+    let ns = TestNs::new("natset");
+    let file = std::env::temp_dir().join(format!("nt-test-natset-{}.nft", std::process::id()));
+    std::fs::write(&file, KUBE_NFT_SETS).unwrap();
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "nft",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    let text = sh(&["ip", "netns", "exec", &ns.name, "nft", "list", "ruleset"]);
+    let rs = nat::parse_text(&text, None, "nft list ruleset").unwrap();
+    check_kube_sets("nft list ruleset", &rs);
+    let json = sh(&[
+        "ip", "netns", "exec", &ns.name, "nft", "-j", "list", "ruleset",
+    ]);
+    let rs = nat::parse_text(&json, None, "nft -j list ruleset").unwrap();
+    check_kube_sets("nft -j list ruleset", &rs);
+}
+
+#[test]
+fn ipset_matches_say_their_members_are_not_in_the_dump() {
+    let rules = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -m set --match-set allowed src -p tcp --dport 8080 -j DNAT --to-destination 10.0.0.2:80\nCOMMIT\n";
+    let rs = nat::parse_text(rules, None, "ipset").unwrap();
+    let s = explain::summarize(&rs);
+    assert!(
+        s.unknown.iter().any(|u| u.what.contains("ipset allowed")
+            && u.what.contains("does not carry the set's members")),
+        "{:?}",
+        s.unknown
+    );
+}

@@ -302,12 +302,46 @@ pub fn describe_match(m: &Match) -> String {
             }
         }
         Cond::Set { name, dirs } => format!(
-            "{} {not}in set {name}",
+            "{} {not}in ipset {name} (an iptables dump does not carry the set's members, so this cannot be evaluated: see `ipset list {name}`)",
             dirs.iter()
                 .map(|d| dir_word(*d))
                 .collect::<Vec<_>>()
                 .join(",")
         ),
+        Cond::NftSet {
+            name,
+            fields,
+            elements,
+            texts,
+        } => {
+            let key = fields
+                .iter()
+                .map(|f| field_word(*f))
+                .collect::<Vec<_>>()
+                .join(" . ");
+            let set = if name.is_empty() {
+                String::new()
+            } else {
+                format!("set @{name} ")
+            };
+            if elements.is_none() && !name.is_empty() && texts.is_empty() {
+                return format!(
+                    "{key} {not}in set @{name} (the set is not in this dump, so this cannot be evaluated: read the whole `nft list ruleset`)"
+                );
+            }
+            if elements.is_none() {
+                return format!(
+                    "{key} {not}in {set}{{{}}} (an element was not understood, so this cannot be evaluated)",
+                    texts.join(", ")
+                );
+            }
+            const SHOWN: usize = 4;
+            let mut shown: Vec<String> = texts.iter().take(SHOWN).cloned().collect();
+            if texts.len() > SHOWN {
+                shown.push(format!("{} more", texts.len() - SHOWN));
+            }
+            format!("{key} {not}in {set}{{{}}}", shown.join(", "))
+        }
         Cond::Probability { p } => format!("with probability {p:.4}"),
         Cond::Nth { every, packet } => format!("every {every}th packet (offset {packet})"),
         Cond::Unknown { text } => format!("{not}{text} (unknown: may or may not match)"),
@@ -381,6 +415,19 @@ fn describe_mark(value: u32, mask: u32) -> String {
         format!(
             "MARK: mark = (mark & ~{mask:#x}) ^ {value:#x} (--set-xmark {value:#x}/{mask:#x}), then go on"
         )
+    }
+}
+
+/// A set key's field in words.
+fn field_word(f: KeyField) -> &'static str {
+    match f {
+        KeyField::SrcAddr => "source",
+        KeyField::DstAddr => "destination",
+        KeyField::L4Proto => "protocol",
+        KeyField::SrcPort => "source port",
+        KeyField::DstPort => "destination port",
+        KeyField::InIface => "incoming interface",
+        KeyField::OutIface => "outgoing interface",
     }
 }
 
@@ -490,18 +537,30 @@ impl<'a> Walker<'a> {
             if impossible {
                 continue;
             }
-            stack.push(Frame {
-                table: &table.name,
-                chain: &chain.name,
-                line: rule.line,
-                conds: &rule.matches,
-                extra: Vec::new(),
-                comment: rule.comment.as_deref(),
-                exceptions: exceptions.clone(),
-                share,
-            });
-            self.action(ti, ci, hook, rule, &rule.action, stack, None);
-            stack.pop();
+            // A set lookup is walked once per element (each a front-end of its own).
+            for extra in set_expansion(rule) {
+                let impossible = extra.iter().any(|m| {
+                    stack
+                        .iter()
+                        .flat_map(|f| f.conds.iter().chain(f.extra.iter()))
+                        .any(|p| contradicts(m, p))
+                });
+                if impossible {
+                    continue;
+                }
+                stack.push(Frame {
+                    table: &table.name,
+                    chain: &chain.name,
+                    line: rule.line,
+                    conds: &rule.matches,
+                    extra,
+                    comment: rule.comment.as_deref(),
+                    exceptions: exceptions.clone(),
+                    share,
+                });
+                self.action(ti, ci, hook, rule, &rule.action, stack, None);
+                stack.pop();
+            }
             // A conditional RETURN or ACCEPT above a rule keeps that traffic from reaching it.
             if matches!(rule.action, Action::Return | Action::Accept) && !rule.matches.is_empty() {
                 exceptions.push(rule);
@@ -712,7 +771,24 @@ impl<'a> Walker<'a> {
         let mut out = Vec::new();
         let path: Vec<&Match> = stack
             .iter()
-            .flat_map(|f| f.conds.iter().chain(f.extra.iter()))
+            .flat_map(|f| {
+                // A set walked element by element: the element says it (`destination 192.168.0.2`).
+                let expanded = !f.extra.is_empty();
+                f.conds
+                    .iter()
+                    .filter(move |m| {
+                        !(expanded
+                            && !m.negated
+                            && matches!(
+                                m.cond,
+                                Cond::NftSet {
+                                    elements: Some(_),
+                                    ..
+                                }
+                            ))
+                    })
+                    .chain(f.extra.iter())
+            })
             .collect();
         for m in &path {
             if skip_local_types
@@ -993,6 +1069,36 @@ impl<'a> Walker<'a> {
             owner,
             sentence,
         });
+    }
+}
+
+/// Sets up to this size are walked element by element; a bigger one is one path described as
+/// the set (its membership is still evaluated by every packet walk).
+const SET_EXPAND_MAX: usize = 64;
+
+/// The extra conditions of each path through `rule`: one per element of its first set lookup
+/// (none when the set is empty: the rule never matches), or one empty path.
+fn set_expansion(rule: &Rule) -> Vec<Vec<Match>> {
+    let set = rule.matches.iter().find_map(|m| match &m.cond {
+        Cond::NftSet {
+            elements: Some(els),
+            ..
+        } if !m.negated && els.len() <= SET_EXPAND_MAX => Some(els),
+        _ => None,
+    });
+    match set {
+        Some(els) => els
+            .iter()
+            .map(|el| {
+                el.iter()
+                    .map(|c| Match {
+                        negated: false,
+                        cond: c.clone(),
+                    })
+                    .collect()
+            })
+            .collect(),
+        None => vec![Vec::new()],
     }
 }
 
@@ -1572,6 +1678,18 @@ pub fn summarize_on(
             }
             for r in &c.rules {
                 for m in &r.matches {
+                    let unevaluated = matches!(
+                        m.cond,
+                        Cond::Set { .. } | Cond::NftSet { elements: None, .. }
+                    );
+                    if unevaluated {
+                        unknown.push(Oddity {
+                            table: t.name.clone(),
+                            chain: c.name.clone(),
+                            line: r.line,
+                            what: describe_match(m),
+                        });
+                    }
                     if let Cond::Unknown { text } = &m.cond {
                         unknown.push(Oddity {
                             table: t.name.clone(),

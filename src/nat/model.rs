@@ -372,6 +372,20 @@ pub enum Cond {
         /// Which fields are looked up.
         dirs: Vec<Dir>,
     },
+    /// nftables set membership (`ip daddr @nodeport-ips`, `ip saddr != { 10.0.0.0/8 }`,
+    /// `ip daddr . meta l4proto . th dport @s`): the packet's fields looked up in the elements.
+    NftSet {
+        /// The set's name (`@name`), or "" for an anonymous `{ ... }` set.
+        name: String,
+        /// The packet fields of the key, in order.
+        fields: Vec<KeyField>,
+        /// Each element as one condition per field (a prefix or range is one condition);
+        /// None when the dump does not carry the set (it cannot be evaluated).
+        elements: Option<Vec<Vec<Cond>>>,
+        /// The elements as nft printed them, for display.
+        #[serde(skip)]
+        texts: Vec<String>,
+    },
     /// statistic --mode random: matches this fraction of the packets that reach it.
     Probability {
         /// 0.0 ..= 1.0
@@ -476,7 +490,21 @@ impl KeyField {
                 } else {
                     Dir::Src
                 },
-                net: super::iptables::parse_net(v).ok()?,
+                net: match v.split_once('-').filter(|_| !v.contains('/')) {
+                    // An interval element `10.0.0.1-10.0.0.9`.
+                    Some((a, z)) => {
+                        return Some(Cond::AddrRange {
+                            dir: if self == KeyField::DstAddr {
+                                Dir::Dst
+                            } else {
+                                Dir::Src
+                            },
+                            from: a.trim().parse().ok()?,
+                            to: z.trim().parse().ok()?,
+                        })
+                    }
+                    None => super::iptables::parse_net(v).ok()?,
+                },
             },
             KeyField::L4Proto => Cond::Proto {
                 proto: v.to_string(),
@@ -496,6 +524,36 @@ impl KeyField {
                 name: v.to_string(),
             },
         })
+    }
+}
+
+/// A set's elements ("a . b . c" for a concatenation) as conditions over `fields`; None when
+/// one element is not understood (the set is then not evaluated rather than half evaluated).
+pub fn set_elements(fields: &[KeyField], texts: &[String]) -> Option<Vec<Vec<Cond>>> {
+    texts
+        .iter()
+        .map(|t| {
+            let parts: Vec<&str> = t.split(" . ").collect();
+            if parts.len() != fields.len() {
+                return None;
+            }
+            fields
+                .iter()
+                .zip(parts)
+                .map(|(f, v)| f.cond(v))
+                .collect::<Option<Vec<Cond>>>()
+        })
+        .collect()
+}
+
+/// An nft set membership condition over `fields` with the elements `texts` (None: not in the dump).
+pub fn nft_set(name: &str, fields: Vec<KeyField>, texts: Option<Vec<String>>) -> Cond {
+    let elements = texts.as_ref().and_then(|t| set_elements(&fields, t));
+    Cond::NftSet {
+        name: name.to_string(),
+        fields,
+        elements,
+        texts: texts.unwrap_or_default(),
     }
 }
 

@@ -68,11 +68,16 @@ fn compact(v: &Value) -> String {
 /// Verdict maps by (family, table, name).
 type VerdictMaps = HashMap<(String, String, String), Vec<(String, Action)>>;
 
+/// Named sets' elements as text ("a . b" for a concatenation) by (family, table, name).
+type NamedSets = HashMap<(String, String, String), Vec<String>>;
+
 struct JsonLoader {
     rs: Ruleset,
     tables: HashMap<(String, String), usize>,
     /// (family, table, map name) -> entries
     maps: VerdictMaps,
+    /// (family, table, set name) -> elements
+    sets: NamedSets,
     /// "family table" -> xt expression name -> how many.
     xt: std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>,
 }
@@ -94,12 +99,33 @@ pub fn parse(json: &str) -> Result<Ruleset, NatError> {
         rs: Ruleset::default(),
         tables: HashMap::new(),
         maps: HashMap::new(),
+        sets: HashMap::new(),
         xt: Default::default(),
     };
-    // Maps first: rules refer to them by name.
+    // Maps and sets first: rules refer to them by name.
     for (i, item) in items.iter().enumerate() {
         if let Some(m) = item.get("map") {
             l.map(i, m);
+        }
+        if let Some(st) = item.get("set") {
+            // A set without "elem" is empty (nft omits the key).
+            let texts = st
+                .get("elem")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|e| elem_text(e).unwrap_or_else(|| "?".into()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            l.sets.insert(
+                (
+                    str_of(st, "family").into(),
+                    str_of(st, "table").into(),
+                    str_of(st, "name").into(),
+                ),
+                texts,
+            );
         }
     }
     for (i, item) in items.iter().enumerate() {
@@ -236,7 +262,7 @@ impl JsonLoader {
         let handle = r.get("handle").and_then(Value::as_u64).unwrap_or(0) as usize;
         let mut b = RuleBuilder::default();
         for e in &exprs {
-            b.expr(e, &self.maps, &family, &tname);
+            b.expr(e, (&self.maps, &self.sets), &family, &tname);
         }
         let comment = r.get("comment").and_then(Value::as_str).map(str::to_string);
         let text = exprs.iter().map(compact).collect::<Vec<_>>().join(" ");
@@ -256,8 +282,46 @@ impl JsonLoader {
     }
 }
 
+/// A set or map element as nft prints it: "10.0.0.0/8", "10.0.0.1-10.0.0.9", "1.2.3.4 . tcp . 80"
+/// (an element with a comment or timeout is `{"elem": {"val": ...}}`); None when not understood.
+fn elem_text(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) => {
+            if let Some(e) = o.get("elem") {
+                return elem_text(e.get("val")?);
+            }
+            if let Some(px) = o.get("prefix") {
+                return Some(format!(
+                    "{}/{}",
+                    px.get("addr").and_then(value_str)?,
+                    px.get("len")?.as_u64()?
+                ));
+            }
+            if let Some(r) = o.get("range").and_then(Value::as_array) {
+                return Some(format!(
+                    "{}-{}",
+                    elem_text(r.first()?)?,
+                    elem_text(r.get(1)?)?
+                ));
+            }
+            let parts = o.get("concat")?.as_array()?;
+            parts
+                .iter()
+                .map(elem_text)
+                .collect::<Option<Vec<_>>>()?
+                .join(" . ")
+        }
+        _ => return None,
+    })
+}
+
 /// A map element's key as nft prints it: "172.30.0.41 . tcp . 80" for a concatenation.
 fn key_text(k: &Value) -> String {
+    if let Some(t) = elem_text(k) {
+        return t;
+    }
     match k {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -367,7 +431,8 @@ impl RuleBuilder {
         self.push(false, Cond::Unknown { text: compact(e) });
     }
 
-    fn expr(&mut self, e: &Value, maps: &VerdictMaps, family: &str, table: &str) {
+    fn expr(&mut self, e: &Value, named: (&VerdictMaps, &NamedSets), family: &str, table: &str) {
+        let (maps, sets) = named;
         let Some(o) = e.as_object() else {
             self.unknown(e);
             return;
@@ -377,7 +442,7 @@ impl RuleBuilder {
         };
         match k.as_str() {
             "match" => {
-                if !self.match_expr(body) {
+                if !self.set_match(body, sets, family, table) && !self.match_expr(body) {
                     self.unknown(e);
                 }
             }
@@ -560,6 +625,53 @@ impl RuleBuilder {
             "notrack" | "set" | "ct helper" | "quota" | "limit" => self.unknown(e),
             _ => self.unknown(e),
         }
+    }
+
+    /// A set lookup (`ip daddr @s`, a concatenation `. @s`, an anonymous address set); false
+    /// when `m` is no set lookup.
+    fn set_match(&mut self, m: &Value, sets: &NamedSets, family: &str, table: &str) -> bool {
+        let negated = match str_of(m, "op") {
+            "==" | "in" => false,
+            "!=" => true,
+            _ => return false,
+        };
+        let (Some(left), Some(right)) = (m.get("left"), m.get("right")) else {
+            return false;
+        };
+        let fields: Option<Vec<KeyField>> = match left.get("concat").and_then(Value::as_array) {
+            Some(parts) => parts.iter().map(json_key_field).collect(),
+            None => json_key_field(left).map(|f| vec![f]),
+        };
+        let Some(fields) = fields.filter(|f| !f.is_empty()) else {
+            return false;
+        };
+        let cond = match right {
+            Value::String(s) if s.starts_with('@') => {
+                let name = &s[1..];
+                let texts = sets
+                    .get(&(family.to_string(), table.to_string(), name.to_string()))
+                    .cloned();
+                nft_set(name, fields, texts)
+            }
+            // Anonymous sets of addresses (ports and protocols are lists already).
+            Value::Object(o)
+                if o.get("set").and_then(Value::as_array).is_some()
+                    && (fields.len() > 1
+                        || matches!(fields[0], KeyField::SrcAddr | KeyField::DstAddr)) =>
+            {
+                let texts = o
+                    .get("set")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|e| elem_text(e).unwrap_or_else(|| "?".into()))
+                    .collect();
+                nft_set("", fields, Some(texts))
+            }
+            _ => return false,
+        };
+        self.push(negated, cond);
+        true
     }
 
     /// Translate one `match`; false when it is not understood.
@@ -952,6 +1064,7 @@ pub fn parse_text(text: &str) -> Ruleset {
 fn table_body(p: &mut TextParser, family: &str, name: &str) {
     let mut table = Table::new(name, family, Backend::Nftables);
     let mut maps: HashMap<String, Vec<(String, Action)>> = HashMap::new();
+    let mut sets: HashMap<String, Vec<String>> = HashMap::new();
     // (chain index, rule tokens) resolved after maps are known
     let mut pending: Vec<(usize, Vec<Tok>)> = Vec::new();
     loop {
@@ -1035,11 +1148,11 @@ fn table_body(p: &mut TextParser, family: &str, name: &str) {
                 if st.last().map(|x| x.s.as_str()) != Some("{") {
                     continue;
                 }
-                if t.s != "map" {
+                if t.s != "map" && t.s != "set" {
                     p.skip_block();
                     continue;
                 }
-                // map body: collect all tokens to the closing brace.
+                // map or set body: collect all tokens to the closing brace.
                 let mut depth = 1;
                 let mut body = Vec::new();
                 while let Some(x) = p.next() {
@@ -1053,7 +1166,11 @@ fn table_body(p: &mut TextParser, family: &str, name: &str) {
                     }
                     body.push(x);
                 }
-                maps.insert(mname, map_elements(&body));
+                if t.s == "set" {
+                    sets.insert(mname, set_elements_text(&body));
+                } else {
+                    maps.insert(mname, map_elements(&body));
+                }
             }
             "flags" | "comment" => {
                 p.statement();
@@ -1072,7 +1189,7 @@ fn table_body(p: &mut TextParser, family: &str, name: &str) {
     }
     for (ci, st) in pending {
         let line = st.first().map(|t| t.line).unwrap_or(0);
-        let rule = text_rule(&st, &maps, line);
+        let rule = text_rule(&st, (&maps, &sets), line);
         table.chains[ci].rules.push(rule);
     }
     table.reindex();
@@ -1101,6 +1218,41 @@ fn map_elements(body: &[Tok]) -> Vec<(String, Action)> {
             if let Some(v) = verdict_words(&words[colon + 1..]) {
                 out.push((key, v));
             }
+        }
+    }
+    out
+}
+
+/// `elements = { a, b . c, 10.0.0.0/8 comment "x" }` inside a set body (or a `{ ... }` after a
+/// rule's operator): each element as "a", "b . c"; comments, timeouts and counters left out.
+fn set_elements_text(body: &[Tok]) -> Vec<String> {
+    let Some(start) = body.iter().position(|t| t.s == "elements" && !t.quoted) else {
+        return Vec::new();
+    };
+    element_groups(&body[start + 1..])
+}
+
+/// Comma-separated elements of a `{ ... }` list (braces, '=' and newlines ignored).
+fn element_groups(toks: &[Tok]) -> Vec<String> {
+    let items: Vec<&Tok> = toks
+        .iter()
+        .filter(|t| t.quoted || (t.s != "=" && t.s != "{" && t.s != "}" && t.s != "\n"))
+        .collect();
+    let mut out = Vec::new();
+    for group in items.split(|t| !t.quoted && t.s == ",") {
+        let words: Vec<&str> = group
+            .iter()
+            .take_while(|t| {
+                t.quoted
+                    || !matches!(
+                        t.s.as_str(),
+                        "comment" | "timeout" | "expires" | "counter" | "packets" | "bytes"
+                    )
+            })
+            .map(|t| t.s.as_str())
+            .collect();
+        if !words.is_empty() {
+            out.push(words.join(" "));
         }
     }
     out
@@ -1153,6 +1305,7 @@ const STATEMENT_WORDS: &[&str] = &[
     "mark",
     "numgen",
     "vmap",
+    "setconcat",
     "notrack",
     "limit",
 ];
@@ -1225,7 +1378,38 @@ fn concat_before(w: &[&str], v: usize) -> Option<(usize, Vec<KeyField>)> {
     }
 }
 
-fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: usize) -> Rule {
+/// A named set's lookup condition in the text parser (None elements: not in this dump).
+fn named_set(sets: &HashMap<String, Vec<String>>, name: &str, fields: Vec<KeyField>) -> Cond {
+    nft_set(name, fields, sets.get(name).cloned())
+}
+
+/// Where a concatenated set lookup's key (`ip daddr . th dport @s`, `... != { ... }`) starts,
+/// with its fields and the index of its operator or set.
+fn set_concat(w: &[&str]) -> Option<(usize, Vec<KeyField>, usize)> {
+    (1..w.len()).find_map(|i| {
+        if !(w[i].starts_with('@') || w[i] == "{") || w[i - 1] == "vmap" {
+            return None;
+        }
+        let key_end = if matches!(w[i - 1], "!=" | "==") {
+            i - 1
+        } else {
+            i
+        };
+        let (start, fields) = concat_before(w, key_end)?;
+        Some((start, fields, key_end))
+    })
+}
+
+#[allow(clippy::type_complexity)]
+fn text_rule(
+    st: &[Tok],
+    named: (
+        &HashMap<String, Vec<(String, Action)>>,
+        &HashMap<String, Vec<String>>,
+    ),
+    line: usize,
+) -> Rule {
+    let (maps, sets) = named;
     // kube-proxy's `ip daddr . meta l4proto . th dport vmap @service-ips`: take the key out.
     let mut concat_fields: Vec<KeyField> = Vec::new();
     let owned: Vec<Tok>;
@@ -1251,6 +1435,29 @@ fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: us
             }
         }
         None => st,
+    };
+    // A concatenated set lookup: take its key out the same way.
+    let mut set_fields: Vec<KeyField> = Vec::new();
+    let owned2: Vec<Tok>;
+    let st = {
+        let words: Vec<&str> = st.iter().map(|t| t.s.as_str()).collect();
+        match set_concat(&words) {
+            Some((start, fields, key_end)) => {
+                set_fields = fields;
+                owned2 = st[..start]
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once(Tok {
+                        s: "setconcat".into(),
+                        line: st[start].line,
+                        quoted: false,
+                    }))
+                    .chain(st[key_end..].iter().cloned())
+                    .collect();
+                &owned2[..]
+            }
+            None => st,
+        }
     };
     let w: Vec<&str> = st.iter().map(|t| t.s.as_str()).collect();
     let text = st
@@ -1312,6 +1519,28 @@ fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: us
                     let field = *w.get(i)?;
                     i += 1;
                     let neg = take_op(&w, &mut i)?;
+                    if matches!(field, "saddr" | "daddr") {
+                        let f = if field == "saddr" {
+                            KeyField::SrcAddr
+                        } else {
+                            KeyField::DstAddr
+                        };
+                        if let Some(name) = w.get(i).and_then(|x| x.strip_prefix('@')) {
+                            i += 1;
+                            b.push(neg, named_set(sets, name, vec![f]));
+                            return Some(());
+                        }
+                        if w.get(i) == Some(&"{") {
+                            let j = i;
+                            let vals = take_values(&w, &mut i);
+                            if vals.len() > 1 {
+                                let texts = element_groups(&st[j..i]);
+                                b.push(neg, nft_set("", vec![f], Some(texts)));
+                                return Some(());
+                            }
+                            i = j;
+                        }
+                    }
                     let vals = take_values(&w, &mut i);
                     match field {
                         "saddr" | "daddr" if vals.len() == 1 => {
@@ -1353,6 +1582,19 @@ fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: us
                         return None;
                     }
                     let neg = take_op(&w, &mut i)?;
+                    if let Some(name) = w.get(i).and_then(|x| x.strip_prefix('@')) {
+                        i += 1;
+                        if word != "th" {
+                            b.push(false, Cond::Proto { proto: word.into() });
+                        }
+                        let f = if field == "sport" {
+                            KeyField::SrcPort
+                        } else {
+                            KeyField::DstPort
+                        };
+                        b.push(neg, named_set(sets, name, vec![f]));
+                        return Some(());
+                    }
                     let vals = take_values(&w, &mut i);
                     let ports = vals
                         .iter()
@@ -1573,6 +1815,18 @@ fn text_rule(st: &[Tok], maps: &HashMap<String, Vec<(String, Action)>>, line: us
                 }
                 "concat" => {
                     last_key = Some(VmapKey::Concat);
+                }
+                "setconcat" => {
+                    let neg = take_op(&w, &mut i)?;
+                    let cond = if let Some(name) = w.get(i)?.strip_prefix('@') {
+                        i += 1;
+                        named_set(sets, name, set_fields.clone())
+                    } else {
+                        let j = i;
+                        take_values(&w, &mut i);
+                        nft_set("", set_fields.clone(), Some(element_groups(&st[j..i])))
+                    };
+                    b.push(neg, cond);
                 }
                 "numgen" => {
                     // numgen random mod N vmap { 0 : jump a, ... }

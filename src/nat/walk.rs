@@ -375,8 +375,18 @@ impl<'a> Walker<'a> {
     }
 
     fn eval(&mut self, hook: Hook, m: &Match) -> Tri {
+        let r = self.eval_cond(hook, &m.cond);
+        match (r, m.negated) {
+            (Tri::Yes, true) => Tri::No,
+            (Tri::No, true) => Tri::Yes,
+            (x, _) => x,
+        }
+    }
+
+    /// One condition, before negation.
+    fn eval_cond(&mut self, hook: Hook, cond: &Cond) -> Tri {
         let p = &self.pkt;
-        let r = match &m.cond {
+        match cond {
             Cond::Proto { proto } => tri(proto_is(proto, &p.proto)),
             Cond::Addr { dir, net } => {
                 let a = if *dir == Dir::Src { p.src } else { p.dst };
@@ -429,12 +439,40 @@ impl<'a> Walker<'a> {
             }
             Cond::Mark { value, mask } => tri(p.mark & mask == *value),
             Cond::Probability { .. } => Tri::Yes,
-            Cond::Set { .. } | Cond::Nth { .. } | Cond::Unknown { .. } => Tri::Maybe,
-        };
-        match (r, m.negated) {
-            (Tri::Yes, true) => Tri::No,
-            (Tri::No, true) => Tri::Yes,
-            (x, _) => x,
+            Cond::NftSet {
+                elements: Some(elements),
+                ..
+            } => {
+                // A member when every field of one element matches.
+                let mut maybe = false;
+                for el in elements {
+                    let mut all = Tri::Yes;
+                    for c in el {
+                        match self.eval_cond(hook, c) {
+                            Tri::Yes => {}
+                            Tri::No => {
+                                all = Tri::No;
+                                break;
+                            }
+                            Tri::Maybe => all = Tri::Maybe,
+                        }
+                    }
+                    match all {
+                        Tri::Yes => return Tri::Yes,
+                        Tri::Maybe => maybe = true,
+                        Tri::No => {}
+                    }
+                }
+                if maybe {
+                    Tri::Maybe
+                } else {
+                    Tri::No
+                }
+            }
+            Cond::NftSet { elements: None, .. }
+            | Cond::Set { .. }
+            | Cond::Nth { .. }
+            | Cond::Unknown { .. } => Tri::Maybe,
         }
     }
 
