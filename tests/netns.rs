@@ -533,3 +533,41 @@ fn cni_container_is_named_by_its_id_from_the_cache() {
         text(&out)
     );
 }
+
+#[test]
+fn kernel_threads_are_counted_not_listed() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(["netns", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = std::fs::metadata("/proc/self/ns/net").unwrap();
+    let current = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"]["inode"] == std::os::unix::fs::MetadataExt::ino(&me))
+        .unwrap();
+    // kthreadd is pid 2 in the initial pid namespace; every kernel thread has PF_KTHREAD.
+    let kthreads: Vec<u64> = current["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s[s.rfind(')').unwrap() + 1..].to_string();
+                    after.split_whitespace().nth(6)?.parse::<u64>().ok()
+                })
+                .is_some_and(|f| f & 0x0020_0000 != 0)
+        })
+        .collect();
+    assert!(kthreads.is_empty(), "kernel threads listed: {kthreads:?}");
+    assert!(
+        current["kernel_threads"].as_u64().unwrap() > 0,
+        "they are counted: {current}"
+    );
+}

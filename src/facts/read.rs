@@ -156,17 +156,7 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
     );
     for ns in std::iter::once(&opts.host).chain(&opts.extra) {
         if !infos.iter().any(|i| i.id == ns.id()) {
-            infos.push(NamespaceInfo {
-                id: ns.id(),
-                path: ns.path().to_path_buf(),
-                names: Vec::new(),
-                mounts: Vec::new(),
-                nsid: None,
-                processes: Vec::new(),
-                containers: Vec::new(),
-                interfaces: None,
-                current: false,
-            });
+            infos.push(NamespaceInfo::known_only_by_path(ns));
         }
     }
     let host_id = opts.host.id();

@@ -54,8 +54,10 @@ pub struct NamespaceInfo {
     pub mounts: Vec<PathBuf>,
     /// nsid as seen from the namespace discovery ran in, when one is assigned.
     pub nsid: Option<i32>,
-    /// Processes in it (thread group leaders), sorted by pid.
+    /// Processes in it (thread group leaders, kernel threads left out), sorted by pid.
     pub processes: Vec<Owner>,
+    /// How many kernel threads are in it (they live in the initial namespace).
+    pub kernel_threads: usize,
     /// Containers found through the processes' cgroups.
     pub containers: Vec<ContainerRef>,
     /// Number of interfaces (including lo); `None` when it could not be entered.
@@ -65,6 +67,23 @@ pub struct NamespaceInfo {
 }
 
 impl NamespaceInfo {
+    /// A namespace a caller holds that discovery did not find (no process, name or mount):
+    /// nothing known about it but its handle.
+    pub fn known_only_by_path(ns: &NetNs) -> Self {
+        NamespaceInfo {
+            id: ns.id(),
+            path: ns.path().to_path_buf(),
+            names: Vec::new(),
+            mounts: Vec::new(),
+            nsid: None,
+            processes: Vec::new(),
+            kernel_threads: 0,
+            containers: Vec::new(),
+            interfaces: None,
+            current: false,
+        }
+    }
+
     /// The best short name, usable as a TARGET: `current`; an engine's container
     /// (container:NAME, the pod's first member before its infra); a name under /run/netns
     /// (a lab container's too); `pid:N`; or a path.
@@ -226,7 +245,11 @@ pub fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<NamespaceInf
         let mut pids = f.pids;
         pids.sort_unstable();
         pids.dedup();
-        let processes: Vec<Owner> = pids
+        // Kernel threads all sit in the initial namespace and say nothing about who uses it:
+        // counted, not listed (the host namespace had 90 of them ahead of its real processes).
+        let (kthreads, user): (Vec<u32>, Vec<u32>) =
+            pids.iter().partition(|&&pid| is_kernel_thread(pid));
+        let processes: Vec<Owner> = user
             .iter()
             .map(|&pid| Owner {
                 pid,
@@ -253,6 +276,7 @@ pub fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<NamespaceInf
             mounts: f.mounts,
             nsid,
             processes,
+            kernel_threads: kthreads.len(),
             containers,
             interfaces,
             current: current.as_ref().map(|c| c.id() == id).unwrap_or(false),
@@ -298,6 +322,19 @@ fn containers_of(intent: &Intent, inode: u64, pids: &[u32]) -> Vec<ContainerRef>
         }
     }
     out
+}
+
+/// True for a kernel thread: PF_KTHREAD in /proc/PID/stat's flags (field 9). Read after the
+/// comm field, which is in parentheses and may hold spaces.
+pub(crate) fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = &s[s.rfind(')')? + 1..];
+            after.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.

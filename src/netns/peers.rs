@@ -232,17 +232,7 @@ impl HostScan {
         );
         for ns in extra {
             if !infos.iter().any(|i| i.id == ns.id()) {
-                infos.push(NamespaceInfo {
-                    id: ns.id(),
-                    path: ns.path().to_path_buf(),
-                    names: Vec::new(),
-                    mounts: Vec::new(),
-                    nsid: None,
-                    processes: Vec::new(),
-                    containers: Vec::new(),
-                    interfaces: None,
-                    current: false,
-                });
+                infos.push(NamespaceInfo::known_only_by_path(ns));
             }
         }
         let handles: Vec<Option<NetNs>> = infos
