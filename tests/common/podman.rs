@@ -60,6 +60,7 @@ impl PodmanHost {
         )
         .unwrap();
         let image = format!("localhost/{}", unique("img"));
+        sweep_dead_runs(&ns, &dir);
         let me = PodmanHost {
             ns,
             dir,
@@ -223,6 +224,62 @@ impl Drop for PodmanHost {
         }
         let _ = self.try_podman(&["rmi", "-f", &self.image]);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The test process that made `name` (nt-test-TAG-PID-N, see `unique`), when it is gone.
+fn dead_owner(name: &str) -> bool {
+    let name = name.trim_start_matches("localhost/");
+    let name = name.split(':').next().unwrap_or(name);
+    if !name.starts_with("nt-test-") {
+        return false;
+    }
+    let parts: Vec<&str> = name.rsplitn(3, '-').collect();
+    match (
+        parts.get(1).and_then(|p| p.parse::<u32>().ok()),
+        parts.first(),
+    ) {
+        (Some(pid), Some(n)) if n.parse::<u32>().is_ok() => {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
+    }
+}
+
+/// Remove what a killed test run left (its drop never ran): containers, pods, networks and
+/// images named by a test process that no longer exists. Podman's storage is machine-wide.
+fn sweep_dead_runs(ns: &TestNs, dir: &Path) {
+    let podman = |args: &[&str]| -> String {
+        Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let dead = |out: String| -> Vec<String> {
+        out.lines()
+            .map(str::trim)
+            .filter(|n| dead_owner(n))
+            .map(str::to_string)
+            .collect()
+    };
+    let containers = dead(podman(&["ps", "-a", "--format", "{{.Names}}"]));
+    if !containers.is_empty() {
+        let mut a = vec!["rm", "-f", "-t", "0"];
+        a.extend(containers.iter().map(String::as_str));
+        podman(&a);
+    }
+    for p in dead(podman(&["pod", "ls", "--format", "{{.Name}}"])) {
+        podman(&["pod", "rm", "-f", "-t", "0", &p]);
+    }
+    for n in dead(podman(&["network", "ls", "--format", "{{.Name}}"])) {
+        podman(&["network", "rm", "-f", &n]);
+    }
+    for i in dead(podman(&["images", "--format", "{{.Repository}}"])) {
+        podman(&["rmi", "-f", &i]);
     }
 }
 
