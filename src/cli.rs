@@ -47,7 +47,7 @@ pub enum Command {
 
     /// Draw the namespaces, bridges, veth pairs and published ports as a picture.
     #[command(
-        after_help = "DOT is the base format; svg and png are rendered by Graphviz's `dot` (Debian package\ngraphviz). Mermaid pastes into Markdown. text is a tree for terminals. --json is the graph.\n\nExamples:\n  nettool topology\n  nettool topology --format svg -o host.svg\n  nettool topology --netns container:web --format mermaid\n  nettool topology --lab demo --format png -o demo.png\n  nettool topology --json | jq '.edges[] | select(.kind == \"veth\")'"
+        after_help = "DOT is the base format; svg and png are rendered by Graphviz's `dot` (Debian package\ngraphviz). Mermaid pastes into Markdown. text is a tree for terminals. --json is the graph.\n\nBy default it draws what you are looking at: inside a lab's host namespace, that lab; else\nthe current namespace and its neighbours (on a Docker host: the host and its containers).\n\nExamples:\n  nettool topology\n  nettool topology --all --format svg -o host.svg\n  nettool topology --netns container:web --format mermaid\n  nettool topology --lab demo --format png -o demo.png\n  nettool topology --json | jq '.edges[] | select(.kind == \"veth\")'"
     )]
     Topology(TopologyArgs),
 
@@ -319,11 +319,16 @@ pub struct TopologyArgs {
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
     /// Only this namespace and its neighbours (NAME, PATH, pid:N, container:NAME).
-    #[arg(long, short = 'n', value_name = "TARGET", conflicts_with = "lab")]
+    #[arg(long, short = 'n', value_name = "TARGET", conflicts_with_all = ["lab", "all"])]
     pub netns: Option<String>,
     /// Only the namespaces of this lab (`nettool setup --name NAME`).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "all")]
     pub lab: Option<String>,
+
+    /// The whole machine: every namespace (by default: the lab whose host is this namespace,
+    /// else this namespace and its neighbours)
+    #[arg(long)]
+    pub all: bool,
     /// Also draw namespaces that hold nothing but lo.
     #[arg(long)]
     pub include_empty: bool,

@@ -342,7 +342,7 @@ fn every_format_renders() {
 #[test]
 fn whole_host_contains_the_lab() {
     let l = lab();
-    let g = nettool_json(&["topology", "--json", "--no-nat"]);
+    let g = nettool_json(&["topology", "--all", "--json", "--no-nat"]);
     let ns = ids(&g, "namespace");
     for n in std::iter::once(&l.h).chain(l.c.iter()) {
         assert!(ns.contains(&format!("ns{}", inode(n))), "{}", n.name);
@@ -545,4 +545,56 @@ fn podman_and_cni_containers_are_named_with_no_environment_variable() {
         text.contains(&format!("pod {pod}: container {member}, {infra}")),
         "{text}"
     );
+}
+
+/// `nettool topology` with no scope draws what the user is looking at: inside a lab's host
+/// namespace, exactly that lab; elsewhere the current namespace and its neighbours; `--all` the
+/// whole machine.
+#[test]
+fn the_default_scope_is_the_lab_here_or_this_namespace_and_its_neighbours() {
+    let name = unique("topo-def");
+    let setup = SetupLab { name: name.clone() };
+    let state = nettool_json(&["setup", "--isolated", "--name", &name, "--json"]);
+    let host = state["host_netns"].as_str().unwrap().to_string();
+    let in_ns = |ns: &str, extra: &[&str]| -> Value {
+        let mut argv = vec![
+            "netns",
+            "exec",
+            ns,
+            env!("CARGO_BIN_EXE_nettool"),
+            "topology",
+        ];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&["--json", "--no-nat"]);
+        let out = std::process::Command::new("ip")
+            .args(&argv)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let g = in_ns(&host, &[]);
+    assert_eq!(g["scope"], format!("lab {name}"), "inside the lab's host");
+    let by_name = nettool_json(&["topology", "--lab", &setup.name, "--json", "--no-nat"]);
+    assert_eq!(ids(&g, "namespace"), ids(&by_name, "namespace"));
+
+    // A namespace with one neighbour, and one that has nothing to do with it.
+    let l = lab();
+    let g = in_ns(&l.h.name, &[]);
+    let ns = ids(&g, "namespace");
+    assert!(ns.contains(&format!("ns{}", inode(&l.h))), "{ns:?}");
+    assert!(
+        !ns.contains(&format!(
+            "ns{}",
+            NetNs::from_name(&host).unwrap().id().inode
+        )),
+        "the lab is not this namespace's neighbour: {ns:?}"
+    );
+    let all = in_ns(&l.h.name, &["--all"]);
+    assert_eq!(all["scope"], "host");
+    assert!(ids(&all, "namespace").len() > ns.len(), "--all draws more");
 }

@@ -16,8 +16,10 @@ pub fn run(a: TopologyArgs) -> anyhow::Result<i32> {
         Scope::Around(NetNs::open(t).with_context(|| format!("--netns {t}"))?)
     } else if let Some(name) = &a.lab {
         lab_scope(name)?
-    } else {
+    } else if a.all {
         Scope::Host
+    } else {
+        default_scope()?
     };
     let graph = topology::collect(
         &scope,
@@ -79,6 +81,21 @@ fn render(dot: &str, format: &str) -> anyhow::Result<Vec<u8>> {
         );
     }
     Ok(out.stdout)
+}
+
+/// What the user is looking at: the lab whose host is this namespace (one lab), else this
+/// namespace and its neighbours. The whole machine (`--all`) was 236 lines on a busy host.
+fn default_scope() -> anyhow::Result<Scope> {
+    let here = NetNs::current().context("the current namespace")?;
+    let labs: Vec<String> = crate::lab::health::check_all()
+        .into_iter()
+        .filter(|h| h.host_inode == Some(here.id().inode))
+        .map(|h| h.name)
+        .collect();
+    match labs.as_slice() {
+        [one] => lab_scope(one),
+        _ => Ok(Scope::Around(here)),
+    }
 }
 
 /// The namespaces of a lab, from its saved state: its host (the isolated namespace, or the
