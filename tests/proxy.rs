@@ -3516,3 +3516,67 @@ fn sighup_ends_the_proxy_cleanly_like_sigterm() {
     );
     assert!(tshark_reads(&pcap) > 4, "tshark reads the pcap to its end");
 }
+
+#[test]
+fn udp_flow_memory_goes_back_after_the_flows_expire() {
+    let ns = lab("pxudpmem");
+    let dir = TempDir::new("pxudpmem");
+    let backend = inside(&ns, || UdpSocket::bind("127.0.0.1:5300").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let _ = backend.send_to(&buf[..n], from);
+        }
+    });
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:5300",
+            "--udp-timeout",
+            "1",
+        ],
+    );
+    // Many flows (one per client port), each answered, all alive at once (sent in batches:
+    // a burst of hundreds would overflow the sockets' receive buffers).
+    let flows = |first_port: u16, n: u16| {
+        inside(&ns, move || {
+            let mut socks = Vec::new();
+            let mut answered = 0;
+            let mut buf = [0u8; 64];
+            for batch in (0..n).collect::<Vec<_>>().chunks(50) {
+                let new: Vec<UdpSocket> = batch
+                    .iter()
+                    .map(|i| {
+                        let s = UdpSocket::bind(("127.0.0.1", first_port + i)).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        s.send_to(b"hello", "127.0.0.1:5353").unwrap();
+                        s
+                    })
+                    .collect();
+                answered += new
+                    .iter()
+                    .filter(|s| s.recv(&mut buf).is_ok_and(|k| &buf[..k] == b"hello"))
+                    .count();
+                socks.extend(new);
+            }
+            answered
+        })
+    };
+    assert_eq!(flows(20000, 50), 50);
+    std::thread::sleep(Duration::from_secs(7));
+    let baseline = proc_status_kb(p.pid(), "VmRSS");
+    let n = 900;
+    assert_eq!(flows(21000, n), n as usize, "every flow answered");
+    let peak = proc_status_kb(p.pid(), "VmRSS");
+    // Idle timeout 5 s: every flow has expired within 7 s.
+    std::thread::sleep(Duration::from_secs(7));
+    let after = proc_status_kb(p.pid(), "VmRSS");
+    eprintln!("VmRSS: baseline {baseline} kB, {n} flows {peak} kB, after they expired {after} kB");
+    assert!(
+        after < baseline + 8 * 1024,
+        "VmRSS {after} kB after {n} flows expired, {baseline} kB before them ({peak} kB with them)"
+    );
+    p.stop();
+}

@@ -21,6 +21,21 @@ use crate::tap::event::{CloseReason, ConnInfo, Direction, Event, Timestamp};
 /// Largest datagram (64 KiB).
 const MAX_DATAGRAM: usize = 65_536;
 
+thread_local! {
+    /// The buffer flows read replies into (one per thread, not one per flow).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_DATAGRAM]);
+}
+
+/// Hand memory freed by expired flows back to the system: glibc keeps freed small blocks in
+/// its arenas otherwise, so the process stayed at its peak after every flow had expired.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 struct Flow {
     backend: UdpSocket,
     conn: Arc<ConnInfo>,
@@ -278,7 +293,6 @@ async fn replies(
     ctx: Arc<Ctx>,
     epoch: Instant,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     let idle = ctx.udp_idle.as_millis() as u64;
     loop {
         let now = epoch.elapsed().as_millis() as u64;
@@ -287,16 +301,28 @@ async fn replies(
             break;
         }
         let wait = std::time::Duration::from_millis(idle - since);
-        let n = match tokio::time::timeout(wait, flow.backend.recv(&mut buf)).await {
+        // Wait without a buffer: a flow holds none while it waits (a 64 KiB one per flow made
+        // thousands of flows cost ~58 KB each); the datagram is read into the thread's scratch
+        // buffer and copied out at its size.
+        let got = match tokio::time::timeout(wait, flow.backend.readable()).await {
             Err(_) => continue,
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => SCRATCH.with(|b| {
+                let mut b = b.borrow_mut();
+                flow.backend.try_recv(&mut b).map(|n| b[..n].to_vec())
+            }),
+        };
+        let buf = match got {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             // ICMP port unreachable from an earlier datagram: the backend may come back.
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
-            Ok(Err(e)) => {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
+            Err(e) => {
                 ctx.debug(|| format!("#{} udp receive from backend: {e}", flow.conn.id));
                 break;
             }
-            Ok(Ok(n)) => n,
+            Ok(data) => data,
         };
+        let n = buf.len();
         flow.last
             .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         if let Some(tap) = &ctx.tap {
@@ -305,11 +331,11 @@ async fn replies(
                 dir: Direction::ServerToClient,
                 offset: flow.down.load(Ordering::Relaxed),
                 ts: Timestamp::now(),
-                bytes: Arc::new(buf[..n].to_vec()),
+                bytes: Arc::new(buf.clone()),
             })
             .await;
         }
-        match send_to(&sock, &buf[..n], peer, flow.reply_from).await {
+        match send_to(&sock, &buf, peer, flow.reply_from).await {
             Ok(_) => {
                 flow.down.fetch_add(n as u64, Ordering::Relaxed);
                 ctx.counters
@@ -320,8 +346,19 @@ async fn replies(
             Err(e) => ctx.debug(|| format!("#{} udp reply to {peer}: {e}", flow.conn.id)),
         }
     }
-    if let Ok(mut m) = flows.lock() {
+    let shrunk = flows.lock().is_ok_and(|mut m| {
         m.remove(&peer);
+        // Give the table's room back once most flows are gone (halving at most each time).
+        if m.capacity() > 64 && m.len() < m.capacity() / 4 {
+            let keep = m.len() * 2;
+            m.shrink_to(keep);
+            true
+        } else {
+            false
+        }
+    });
+    if shrunk {
+        release_freed_memory();
     }
     ctx.counters.active.fetch_sub(1, Ordering::Relaxed);
     ctx.debug(|| format!("#{} udp flow idle, closed", flow.conn.id));
