@@ -1862,3 +1862,45 @@ fn ipset_matches_say_their_members_are_not_in_the_dump() {
         s.unknown
     );
 }
+
+/// netavark keeps every published port of a network in one NETAVARK-DN-<id> chain, reached by a
+/// jump per port: the 8081 DNAT is on the path through the `--dport 8081` jump, not through the
+/// 8080 one (the summary called it shadowed, topology then drew no port for it).
+#[test]
+fn one_dnat_chain_for_several_ports_is_walked_by_the_matching_jump() {
+    let rules = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        :POSTROUTING ACCEPT [0:0]\n:NETAVARK-HOSTPORT-DNAT - [0:0]\n:NETAVARK-DN-X - [0:0]\n\
+        -A PREROUTING -m addrtype --dst-type LOCAL -j NETAVARK-HOSTPORT-DNAT\n\
+        -A OUTPUT -m addrtype --dst-type LOCAL -j NETAVARK-HOSTPORT-DNAT\n\
+        -A NETAVARK-HOSTPORT-DNAT -p tcp -m tcp --dport 8080 -j NETAVARK-DN-X\n\
+        -A NETAVARK-HOSTPORT-DNAT -p tcp -m tcp --dport 8081 -j NETAVARK-DN-X\n\
+        -A NETAVARK-DN-X -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.89.0.5:80\n\
+        -A NETAVARK-DN-X -p tcp -m tcp --dport 8081 -j DNAT --to-destination 10.89.0.6:80\n\
+        -A NETAVARK-DN-X -d 10.0.0.0/8 ! -d 10.89.0.0/16 -p tcp -j DNAT --to-destination 10.89.0.7:80\n\
+        COMMIT\n";
+    let file = std::env::temp_dir().join(format!("{}.rules", unique("netavark")));
+    std::fs::write(&file, rules).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(["explain-nat", "--json", "-f", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v.to_string();
+    for (port, to) in [("8080", "10.89.0.5:80"), ("8081", "10.89.0.6:80")] {
+        let p = v["summary"]["published"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{text}"))
+            .iter()
+            .find(|p| p["host_port"] == port)
+            .unwrap_or_else(|| panic!("port {port}: {text}"));
+        let t = &p["targets"][0];
+        assert_eq!(t["to"], to, "{p}");
+        assert_eq!(t["shadowed"], false, "port {port} is not shadowed: {p}");
+    }
+}

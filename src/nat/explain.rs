@@ -1104,6 +1104,33 @@ fn set_expansion(rule: &Rule) -> Vec<Vec<Match>> {
 
 /// True when `a` and `b` cannot both hold for one packet (interfaces, protocol).
 fn contradicts(a: &Match, b: &Match) -> bool {
+    // Ports and addresses: two positive matches on the same field contradict when their sets
+    // do not meet (netavark's one DN chain for every port of a network: the 8081 rule is not
+    // on the path through the `--dport 8080` jump); a positive one inside a negated one too.
+    let (pos, neg) = match (a.negated, b.negated) {
+        (false, false) => (a, None),
+        (false, true) => (a, Some(b)),
+        (true, false) => (b, Some(a)),
+        (true, true) => return false,
+    };
+    let other = neg.unwrap_or(b);
+    match (&pos.cond, &other.cond) {
+        (Cond::Port { dir: d1, ports: p }, Cond::Port { dir: d2, ports: q }) if d1 == d2 => {
+            let meets = |x: &PortRange, y: &PortRange| x.from <= y.to && y.from <= x.to;
+            let inside = |x: &PortRange| q.iter().any(|y| y.from <= x.from && x.to <= y.to);
+            return match neg {
+                None => !p.iter().any(|x| q.iter().any(|y| meets(x, y))),
+                Some(_) => !p.is_empty() && p.iter().all(inside),
+            };
+        }
+        (Cond::Addr { dir: d1, net: x }, Cond::Addr { dir: d2, net: y }) if d1 == d2 => {
+            return match neg {
+                None => !(x.contains(y) || y.contains(x)),
+                Some(_) => y.contains(x),
+            };
+        }
+        _ => {}
+    }
     let same_kind_value = |x: &Cond, y: &Cond| -> Option<bool> {
         match (x, y) {
             (Cond::InIface { name: p }, Cond::InIface { name: q })
