@@ -287,13 +287,17 @@ pub(crate) fn render(p: &TracedPacket) -> String {
     };
     let _ = writeln!(
         s,
-        "{} {} -> {}{}  in {}{}{}  [{}]",
+        "{} {} -> {}{}{}  in {}{}{}  [{}]",
         p.proto,
         p.src,
         p.dst,
         p.flags
             .as_deref()
             .map(|f| format!(" {f}"))
+            .unwrap_or_default(),
+        p.nat
+            .as_deref()
+            .map(|n| format!(" (after NAT: {n})"))
             .unwrap_or_default(),
         paint(&place, "1"),
         p.iif

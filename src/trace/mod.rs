@@ -1268,16 +1268,19 @@ fn receiver(ns: &NetNs, h: &Headers) -> Option<Receiver> {
     };
     let socks = ns.run(|| sockets::list(Which::All)).ok()?.ok()?;
     let syn = h.flags.as_deref() == Some("SYN");
-    // A SYN goes to the listener; anything else to the connected socket of that peer (when it
-    // still has an owner: a TIME-WAIT socket has none), else the listener.
+    // A TCP SYN goes to the listener; anything else to the socket connected to that peer
+    // (UDP: the bound socket). Looked up when the packet completes: a connection already
+    // closed has no socket left to name.
     let hit = socks
         .iter()
         .filter(|s| s.proto == want && s.local.port() == port)
         .filter(|s| s.local.ip() == ip || sockets::is_wildcard(&s.local.ip()))
-        .filter(|s| {
-            s.is_listening() || (!syn && Some(s.remote) == h.src_addr && !s.owners.is_empty())
+        .filter(|s| match want {
+            Proto::Tcp if syn => s.is_listening(),
+            Proto::Tcp => !s.is_listening() && Some(s.remote) == h.src_addr,
+            _ => true,
         })
-        .min_by_key(|s| s.is_listening())?;
+        .min_by_key(|s| (s.owners.is_empty(), Some(s.remote) != h.src_addr))?;
     Some(Receiver {
         local: hit.local.to_string(),
         state: hit.state.clone(),
