@@ -321,18 +321,13 @@ pub(crate) fn render(p: &TracedPacket) -> String {
         };
         let _ = writeln!(
             s,
-            "    {:<11} {} {} {:<20} {:<12} {}{}  [{}]",
+            "    {:<11} {} {} {:<20} {:<12} {}  [{}]",
             h.hook.as_deref().unwrap_or("?"),
             h.family,
             h.table,
             h.chain,
             h.verdict,
             what,
-            if h.iptables_nft {
-                " (iptables-nft)"
-            } else {
-                ""
-            },
             h.engine.as_str()
         );
     }

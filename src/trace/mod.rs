@@ -424,6 +424,7 @@ struct PointState {
     rules: RuleIndex,
     rules_loaded: Instant,
     ifnames: HashMap<u32, String>,
+    sockets: SocketCache,
 }
 
 struct OpenPacket {
@@ -444,6 +445,8 @@ pub struct Session {
     closed: Vec<OpenPacket>,
     /// Trace ids that continue another packet's walk (br_netfilter), to the packet's key.
     alias: HashMap<(usize, u32), (usize, u32)>,
+    /// Every packet known at the current flush, for the kernel drop join.
+    windows: Vec<Window>,
     /// (first event time, point, signature) of packets finished in the last seconds.
     recent: std::collections::VecDeque<(f64, usize, (u8, u32, u64))>,
     pending_drops: Vec<KernelDrop>,
@@ -560,6 +563,7 @@ impl Session {
             closed: Vec::new(),
             alias: HashMap::new(),
             recent: std::collections::VecDeque::new(),
+            windows: Vec::new(),
             pending_drops: Vec::new(),
             settle: opts.settle.as_secs_f64(),
             report: TraceReport {
@@ -603,6 +607,7 @@ impl Session {
                 rules,
                 rules_loaded: Instant::now(),
                 ifnames: ifn,
+                sockets: None,
             });
         }
         if opts.drops {
@@ -785,6 +790,25 @@ impl Session {
         while self.recent.front().is_some_and(|r| r.0 < now - 5.0) {
             self.recent.pop_front();
         }
+        // Each kernel drop goes to the packet whose last event is nearest: finishing packets
+        // in order must not let an earlier one take a later one's drop.
+        self.windows = done
+            .iter()
+            .chain(self.open.values())
+            .chain(self.closed.iter())
+            .map(|p| Window {
+                point: p.point,
+                first: p.first,
+                last: p.last,
+                hooks: reached_hooks(p),
+                rule_dropped: p.events.iter().any(|e| e.verdict == Some(0)),
+                ethertype: p
+                    .events
+                    .iter()
+                    .find_map(|e| e.network_header.first())
+                    .map(|b| if b >> 4 == 6 { 0x86dd } else { 0x0800 }),
+            })
+            .collect();
         let mut out = Vec::new();
         for p in done {
             let pkt = self.finish_packet(p);
@@ -916,39 +940,54 @@ impl Session {
         }
         // Join a kernel drop: the same protocol, between just before the first event and a
         // little after the last (the tracepoint carries no namespace and no tuple).
-        let sig = packet_signature(&p);
-        // Only a packet that passed postrouting can have left for another namespace.
-        let left = hooks.iter().any(|h| h == "postrouting");
-        let went_on = left
-            && sig.is_some_and(|sig| {
-                let elsewhere = |point: usize, first: f64, other: Option<(u8, u32, u64)>| {
-                    point != p.point && (first - p.first).abs() < 1.0 && other == Some(sig)
-                };
-                self.recent.iter().any(|r| elsewhere(r.1, r.0, Some(r.2)))
-                    || self
-                        .open
-                        .values()
-                        .chain(self.closed.iter())
-                        .any(|o| elsewhere(o.point, o.first, packet_signature(o)))
-            });
         let ethertype = if header.family == "ipv6" {
             0x86dd
         } else {
             0x0800
         };
-        let candidates: Vec<usize> = self
+        // Cheap tests first: most packets have no kernel drop anywhere near them.
+        let mut candidates: Vec<usize> = self
             .pending_drops
             .iter()
             .enumerate()
             .filter(|(_, d)| {
-                !went_on
-                    && stage_fits(&d.reason, &hooks, dropped.is_some())
-                    && d.protocol == ethertype
+                d.protocol == ethertype
                     && d.time >= p.first - JOIN_BEFORE
                     && d.time <= p.last + JOIN_AFTER
+                    && stage_fits(&d.reason, &hooks, dropped.is_some())
             })
             .map(|(i, _)| i)
             .collect();
+        // Only a packet that passed postrouting can have left for another namespace; one seen
+        // again there went on, so no drop is its.
+        if !candidates.is_empty() && hooks.iter().any(|h| h == "postrouting") {
+            if let Some(sig) = packet_signature(&p) {
+                let elsewhere = |point: usize, first: f64, other: Option<(u8, u32, u64)>| {
+                    point != p.point && (first - p.first).abs() < 1.0 && other == Some(sig)
+                };
+                let went_on = self.recent.iter().any(|r| elsewhere(r.1, r.0, Some(r.2)))
+                    || self
+                        .open
+                        .values()
+                        .chain(self.closed.iter())
+                        .any(|o| elsewhere(o.point, o.first, packet_signature(o)));
+                if went_on {
+                    candidates.clear();
+                }
+            }
+        }
+        // A drop nearer to another packet's last event is that packet's.
+        candidates.retain(|&i| {
+            let d = &self.pending_drops[i];
+            !self.windows.iter().any(|w| {
+                (w.point, w.first, w.last) != (p.point, p.first, p.last)
+                    && w.ethertype == Some(d.protocol)
+                    && d.time >= w.first - JOIN_BEFORE
+                    && d.time <= w.last + JOIN_AFTER
+                    && (d.time - w.last).abs() < (d.time - p.last).abs()
+                    && stage_fits(&d.reason, &w.hooks, w.rule_dropped)
+            })
+        });
         let pick = candidates.iter().copied().min_by(|&a, &b| {
             let da = (self.pending_drops[a].time - p.last).abs();
             let db = (self.pending_drops[b].time - p.last).abs();
@@ -978,7 +1017,7 @@ impl Session {
         } else {
             match last_hook.as_deref() {
                 Some("input") => Ending::Delivered {
-                    receiver: receiver(&point.point.ns, &header),
+                    receiver: receiver(&point.point.ns, &mut point.sockets, &header),
                 },
                 Some("postrouting") => Ending::Sent { oif: oif.clone() },
                 Some("forward") => Ending::Forwarded { oif: oif.clone() },
@@ -1140,6 +1179,33 @@ struct Headers {
     df: bool,
 }
 
+/// What the kernel drop join needs to know of a packet.
+struct Window {
+    point: usize,
+    first: f64,
+    last: f64,
+    hooks: Vec<String>,
+    rule_dropped: bool,
+    ethertype: Option<u16>,
+}
+
+/// The hooks a packet reached, from our own chains' events (one on every hook).
+fn reached_hooks(p: &OpenPacket) -> Vec<String> {
+    p.events
+        .iter()
+        .filter(|e| is_our_table(&e.table))
+        .filter_map(|e| match e.chain.as_str() {
+            "pre" => Some("prerouting"),
+            "out" => Some("output"),
+            "input_end" => Some("input"),
+            "forward_end" => Some("forward"),
+            "postrouting_end" => Some("postrouting"),
+            _ => None,
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// The signature of an open packet (from its first event with headers).
 fn packet_signature(p: &OpenPacket) -> Option<(u8, u32, u64)> {
     p.events
@@ -1258,15 +1324,56 @@ fn parse_headers(net: &[u8], transport: &[u8]) -> Headers {
 
 /// The socket in `ns` that a delivered packet went to: a connected socket for the exact pair,
 /// else a listener on the port.
-fn receiver(ns: &NetNs, h: &Headers) -> Option<Receiver> {
-    use crate::netns::sockets::{self, Proto, Which};
-    let (ip, port) = (h.dst_ip?, h.dst_port?);
+fn receiver(ns: &NetNs, cache: &mut SocketCache, h: &Headers) -> Option<Receiver> {
+    use crate::netns::sockets::Proto;
     let want = match h.proto.as_str() {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
         _ => return None,
     };
-    let socks = ns.run(|| sockets::list(Which::All)).ok()?.ok()?;
+    // The socket list (a sock_diag dump and a /proc scan for owners) is read at most every
+    // 100 ms: at thousands of packets a second, once per packet would be the tracer's whole
+    // cost. A miss in a list older than that reads it again (a connection just made).
+    let fresh = |c: &SocketCache| {
+        c.as_ref()
+            .is_some_and(|(t, _)| t.elapsed() < Duration::from_millis(100))
+    };
+    if cache.is_none() {
+        refresh_sockets(ns, cache);
+    }
+    let hit = cache
+        .as_ref()
+        .and_then(|(_, socks)| receiving_socket(socks, want, h));
+    let hit = match hit {
+        Some(r) => Some(r),
+        None if !fresh(cache) => {
+            refresh_sockets(ns, cache);
+            cache
+                .as_ref()
+                .and_then(|(_, socks)| receiving_socket(socks, want, h))
+        }
+        None => None,
+    };
+    hit
+}
+
+/// The sockets of one namespace and when they were read.
+type SocketCache = Option<(Instant, Vec<crate::netns::sockets::Socket>)>;
+
+fn refresh_sockets(ns: &NetNs, cache: &mut SocketCache) {
+    use crate::netns::sockets::{self, Which};
+    if let Ok(Ok(socks)) = ns.run(|| sockets::list(Which::All)) {
+        *cache = Some((Instant::now(), socks));
+    }
+}
+
+fn receiving_socket(
+    socks: &[crate::netns::sockets::Socket],
+    want: crate::netns::sockets::Proto,
+    h: &Headers,
+) -> Option<Receiver> {
+    use crate::netns::sockets::{self, Proto};
+    let (ip, port) = (h.dst_ip?, h.dst_port?);
     let syn = h.flags.as_deref() == Some("SYN");
     // A TCP SYN goes to the listener; anything else to the socket connected to that peer
     // (UDP: the bound socket). Looked up when the packet completes: a connection already
