@@ -3580,3 +3580,54 @@ fn udp_flow_memory_goes_back_after_the_flows_expire() {
     );
     p.stop();
 }
+
+#[test]
+fn responses_to_head_and_204_304_have_no_body_in_the_dump() {
+    let ns = lab("pxhead");
+    let dir = TempDir::new("pxhead");
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    let responses: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.windows(4).filter(|w| w == b"\r\n\r\n").count() < 4 {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(responses).unwrap();
+    });
+    let f = dir.join("dump.txt");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--dump",
+            "--dump-file",
+            f.to_str().unwrap(),
+            "8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nDELETE /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"e\"\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(back, responses, "forwarding is byte-exact");
+    p.stop();
+    let d = std::fs::read_to_string(&f).unwrap();
+    let heads: Vec<&str> = d
+        .lines()
+        .filter(|l| l.contains("s2c http response: "))
+        .collect();
+    assert_eq!(heads.len(), 4, "every response head decoded:\n{d}");
+    assert!(d.contains("s2c http response body: 2 bytes"), "{d}");
+    assert!(
+        !d.contains("body: 5 bytes") && !d.contains("body: 7 bytes"),
+        "a phantom body:\n{d}"
+    );
+}

@@ -411,6 +411,23 @@ impl Decoders {
                     .entry((conn.id, *dir))
                     .or_insert_with(|| l7::StreamDecoder::new(conn, *dir));
                 let out = dec.feed(bytes);
+                if *dir == event::Direction::ClientToServer {
+                    let heads: Vec<bool> = out
+                        .iter()
+                        .filter_map(|e| match e {
+                            l7::L7Event::HttpHead(h) => Some(h.method.as_deref() == Some("HEAD")),
+                            _ => None,
+                        })
+                        .collect();
+                    if !heads.is_empty() {
+                        self.map
+                            .entry((conn.id, event::Direction::ServerToClient))
+                            .or_insert_with(|| {
+                                l7::StreamDecoder::new(conn, event::Direction::ServerToClient)
+                            })
+                            .requests_sent(heads);
+                    }
+                }
                 if out.iter().any(|e| matches!(e, l7::L7Event::Stopped(_))) {
                     // Both directions: a peer that reached a cap one way gets no decoder time
                     // (nor memory) the other way either.

@@ -131,7 +131,18 @@ impl HttpDecoder {
     }
 
     /// Feed bytes; returns heads and completed bodies.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<L7Event> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<L7Event> {
+        self.feed_answering(bytes, &mut std::collections::VecDeque::new())
+    }
+
+    /// Feed response bytes knowing the requests they answer: `head_requests` holds, oldest
+    /// first, whether each request not yet answered was a HEAD (its response has no body,
+    /// whatever Content-Length says). Requests feed it; each final response takes one.
+    pub fn feed_answering(
+        &mut self,
+        mut bytes: &[u8],
+        head_requests: &mut std::collections::VecDeque<bool>,
+    ) -> Vec<L7Event> {
         let mut out = Vec::new();
         while !bytes.is_empty() {
             let kind = self.kind();
@@ -156,7 +167,13 @@ impl HttpDecoder {
                     let head = buf[..end].to_vec();
                     bytes = &bytes[end - old..];
                     match parse_head(&head, self.dir) {
-                        Some((h, body)) => {
+                        Some((h, mut body)) => {
+                            // A final response answers the oldest open request (1xx do not).
+                            if h.status.is_some_and(|s| s >= 200)
+                                && head_requests.pop_front() == Some(true)
+                            {
+                                body = BodyKind::None;
+                            }
                             out.push(L7Event::HttpHead(h));
                             self.phase = match body {
                                 BodyKind::None => Phase::Head(Vec::new()),
@@ -435,6 +452,28 @@ mod tests {
         }
         assert_eq!(stops.len(), 1, "{stops:?}");
         assert!(stops[0].lines()[0].contains("chunked trailer over 64 KiB"));
+    }
+
+    #[test]
+    fn a_response_to_head_has_no_body() {
+        let mut d = HttpDecoder::new(Direction::ServerToClient);
+        let mut heads: std::collections::VecDeque<bool> = [true, false].into();
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+        let ev = d.feed_answering(resp, &mut heads);
+        let lines: Vec<String> = ev.iter().flat_map(|e| e.lines()).collect();
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("http response:"))
+                .count(),
+            2,
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"http response body: 2 bytes".to_string()),
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains("5 bytes")), "{lines:?}");
     }
 
     #[test]

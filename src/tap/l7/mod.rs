@@ -70,6 +70,8 @@ enum State {
 pub struct StreamDecoder {
     state: State,
     dir: Direction,
+    /// Server side of HTTP: whether each request not yet answered was a HEAD.
+    head_requests: std::collections::VecDeque<bool>,
 }
 
 fn is_dns_port(c: &ConnInfo) -> bool {
@@ -85,7 +87,11 @@ impl StreamDecoder {
             (Transport::Tcp, true) => State::DnsTcp(dns::TcpFramer::default()),
             (Transport::Tcp, false) => State::Sniff(Vec::new()),
         };
-        StreamDecoder { state, dir }
+        StreamDecoder {
+            state,
+            dir,
+            head_requests: Default::default(),
+        }
     }
 
     /// Feed the next bytes (a TCP read or one UDP datagram).
@@ -108,7 +114,7 @@ impl StreamDecoder {
     fn feed_known(&mut self, bytes: &[u8]) -> Vec<L7Event> {
         let dir = self.dir;
         match &mut self.state {
-            State::Http(d) => d.feed(bytes),
+            State::Http(d) => d.feed_answering(bytes, &mut self.head_requests),
             State::Tls(d) => d.feed(bytes),
             State::DnsTcp(f) => f
                 .feed(bytes)
@@ -118,6 +124,16 @@ impl StreamDecoder {
             State::DnsUdp => dns::decode(bytes).map(L7Event::Dns).into_iter().collect(),
             State::Resp(d) => d.feed_dir(bytes, dir),
             State::Sniff(_) | State::Off => Vec::new(),
+        }
+    }
+
+    /// The other direction sent these HTTP requests: whether each is a HEAD (its response
+    /// carries no body). Kept at most 1024 deep (a client pipelining without end).
+    pub fn requests_sent(&mut self, heads: impl IntoIterator<Item = bool>) {
+        for h in heads {
+            if self.head_requests.len() < 1024 {
+                self.head_requests.push_back(h);
+            }
         }
     }
 
