@@ -358,6 +358,31 @@ impl TcpReassembler {
     }
 }
 
+/// One fuzz input through the capture-side DNS decoding (the cargo-fuzz target `dns_packet`):
+/// the first byte picks the link kind, the rest is a frame: decoded down to its transport
+/// payload, an ICMP unreachable's quoted datagram, and the DNS message in either. No input may
+/// panic.
+pub fn fuzz_one(data: &[u8]) {
+    let Some((&k, frame)) = data.split_first() else {
+        return;
+    };
+    let link = match k % 5 {
+        0 => LinkKind::Ip,
+        1 => LinkKind::Ethernet,
+        2 => LinkKind::LinuxSll,
+        3 => LinkKind::LinuxSll2,
+        _ => LinkKind::Null,
+    };
+    if let Some(seg) = decode(link, frame) {
+        let _ = crate::tap::l7::dns::decode(seg.payload);
+        if seg.payload.len() > 2 {
+            let _ = crate::tap::l7::dns::decode(&seg.payload[2..]);
+        }
+    }
+    let _ = decode_unreachable(link, frame);
+    let _ = crate::tap::l7::dns::decode(frame);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
