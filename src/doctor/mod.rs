@@ -324,6 +324,7 @@ pub fn diagnose(req: &Request) -> Result<(Report, Snapshot), DoctorError> {
         host: req.host.clone(),
         extra,
         skip_docker: false,
+        conntrack: req.proto == Proto::Udp,
     })?;
     let client = match (&req.from, &temp) {
         (Source::Outside(Some(ns)), _) => Some(ns.id()),

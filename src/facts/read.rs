@@ -29,6 +29,8 @@ pub struct ReadOptions {
     pub extra: Vec<NetNs>,
     /// Do not ask the Docker API for container names.
     pub skip_docker: bool,
+    /// Dump UDP conntrack (doctor needs it for UDP questions only: two tool runs saved).
+    pub conntrack: bool,
 }
 
 /// What one namespace thread brings back.
@@ -176,10 +178,10 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
         .collect();
 
     let (raws, owners, fw, ct) = std::thread::scope(|s| {
+        let ct = s.spawn(|| opts.conntrack.then(|| conntrack::read(&opts.host)).flatten());
         let tools = s.spawn(|| {
             let fw = firewall::dump(&opts.host);
-            let ct = conntrack::read(&opts.host);
-            (fw, ct)
+            (fw, ct.join().unwrap_or_default())
         });
         let owners = s.spawn(sockets::socket_owners);
         let raws = parallel_map(infos.len(), |i| read_inside(i, &handles, host));
