@@ -717,7 +717,9 @@ fn proxy_mapping(ns: usize, sock: &Socket, owner: &Owner) -> Option<Mapping> {
     mapping_from_argv(ns, sock.proto, sock.local, &argv, via)
 }
 
-/// The mapping a proxy's argv describes for its listener at (`proto`, `local`).
+/// The mapping a proxy's argv describes for its listener at (`proto`, `local`), read with the
+/// proxy's own parsers (docker-proxy's flags by any binary name, `nettool proxy` maps and
+/// ranges, socat's LISTEN form) through the facts module, never a copy of their flags here.
 fn mapping_from_argv(
     ns: usize,
     sock_proto: Proto,
@@ -725,130 +727,25 @@ fn mapping_from_argv(
     argv: &[String],
     via: String,
 ) -> Option<Mapping> {
-    let prog = argv.first()?.rsplit('/').next()?.to_string();
-    let is_nettool_proxy = prog == "nettool" && argv.get(1).map(String::as_str) == Some("proxy");
-    if prog != "docker-proxy" && !is_nettool_proxy {
-        return None;
-    }
-    let flag = |name: &str| -> Option<String> {
-        let mut it = argv.iter();
-        while let Some(a) = it.next() {
-            let a = a.trim_start_matches('-');
-            if a == name {
-                return it.next().cloned();
-            }
-            if let Some(v) = a.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-                return Some(v.to_string());
-            }
-        }
-        None
-    };
-    if let (Some(cip), Some(cport)) = (flag("container-ip"), flag("container-port")) {
-        let hport = flag("host-port").unwrap_or_default();
-        if hport != local.port().to_string() {
-            return None;
-        }
-        let ip: Option<IpAddr> = cip.parse().ok();
-        return Some(Mapping {
-            ns,
-            proto: flag("proto").unwrap_or_else(|| sock_proto.to_string()),
-            host_ip: local.ip().to_string(),
-            host_port: hport,
-            target_ip: ip,
-            target_port: cport.parse().ok(),
-            target: format!("{cip}:{cport}"),
-            via,
-        });
-    }
-    // `nettool proxy [-p SPEC]... [LISTEN TARGET]`: find the map whose LISTEN holds this port.
-    let takes_value = [
-        "listen-netns",
-        "target-netns",
-        "log-file",
-        "ready-fd",
-        "pcap",
-        "streams",
-        "dump-file",
-    ];
-    let mut specs: Vec<(Option<String>, String, String)> = Vec::new();
-    let mut positional: Vec<String> = Vec::new();
-    let mut it = argv[2..].iter();
-    while let Some(a) = it.next() {
-        if let Some(flag) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) {
-            let (name, inline) = match flag.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (flag, None),
-            };
-            if name == "p" || name == "map" {
-                let Some(spec) = inline.or_else(|| it.next().cloned()) else {
-                    break;
-                };
-                let (proto, rest) = match spec.split_once(':') {
-                    Some((p, r)) if p == "tcp" || p == "udp" => {
-                        (Some(p.to_string()), r.to_string())
-                    }
-                    _ => (None, spec.clone()),
-                };
-                if let Some((l, t)) = rest.split_once('=') {
-                    specs.push((proto, l.to_string(), t.to_string()));
-                }
-            } else if takes_value.contains(&name) && inline.is_none() {
-                it.next();
-            }
-        } else {
-            positional.push(a.clone());
-        }
-    }
-    if positional.len() >= 2 {
-        let udp = argv.iter().any(|a| a == "--udp");
-        specs.push((
-            Some(if udp { "udp" } else { "tcp" }.to_string()),
-            positional[positional.len() - 2].clone(),
-            positional[positional.len() - 1].clone(),
-        ));
-    }
+    let proxy = crate::facts::proxies::recognise(0, "", argv)?;
     let port = local.port();
-    for (proto, listen, target) in specs {
-        let proto = proto.unwrap_or_else(|| "tcp".into());
-        if proto != sock_proto.to_string() {
-            continue;
-        }
-        let lports = listen.rsplit(':').next().unwrap_or(&listen);
-        let (lo, hi) = port_range(lports)?;
-        if port < lo || port > hi {
-            continue;
-        }
-        let (tip, tports) = target.rsplit_once(':')?;
-        let (tlo, _) = port_range(tports)?;
-        let tport = tlo + (port - lo);
-        let tip = tip.trim_matches(['[', ']']);
-        return Some(Mapping {
-            ns,
-            proto,
-            host_ip: local.ip().to_string(),
-            host_port: port.to_string(),
-            target_ip: tip.parse().ok(),
-            target_port: Some(tport),
-            target: if tip.contains(':') {
-                format!("[{tip}]:{tport}")
-            } else {
-                format!("{tip}:{tport}")
-            },
-            via,
-        });
-    }
-    None
-}
-
-/// "8080" or "8000-8100" as an inclusive range.
-fn port_range(s: &str) -> Option<(u16, u16)> {
-    match s.split_once('-') {
-        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-        None => {
-            let p = s.parse().ok()?;
-            Some((p, p))
-        }
-    }
+    let map = proxy.maps.iter().find(|m| {
+        m.proto == sock_proto
+            && (m.listen_from..=m.listen_to).contains(&port)
+            && m.listen_ip
+                .is_none_or(|ip| ip == local.ip() || ip.is_unspecified())
+    })?;
+    let target = map.target_for(port)?;
+    Some(Mapping {
+        ns,
+        proto: sock_proto.to_string(),
+        host_ip: local.ip().to_string(),
+        host_port: port.to_string(),
+        target_ip: Some(target.ip()),
+        target_port: Some(target.port()),
+        target: target.to_string(),
+        via,
+    })
 }
 
 /// Published ports from the NAT rules of one namespace, as the NAT explainer reads them.
@@ -1466,12 +1363,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.target, "172.19.0.3:80");
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(port_range("80"), Some((80, 80)));
-        assert_eq!(port_range("80-90"), Some((80, 90)));
-        assert_eq!(port_range("x"), None);
+        // dockerd --userland-proxy-path pointing at nettool itself: docker-proxy's flags.
+        let m = mapping_from_argv(
+            0,
+            Proto::Tcp,
+            l,
+            &argv("/usr/local/bin/nettool -proto tcp -host-ip 0.0.0.0 -host-port 8081 -container-ip 172.17.0.3 -container-port 80"),
+            "x".into(),
+        )
+        .unwrap();
+        assert_eq!(m.target, "172.17.0.3:80");
+        // Flags after the positionals, and a range whose end would pass 65535, are the proxy's
+        // own business: what it accepts is what is drawn, nothing overflows.
+        let m = mapping_from_argv(
+            0,
+            Proto::Tcp,
+            l,
+            &argv("nettool proxy 8081 10.0.0.9:80 --pcap-max-mb 5 --pcap /tmp/p.pcap"),
+            "x".into(),
+        )
+        .unwrap();
+        assert_eq!(m.target, "10.0.0.9:80");
+        let hi: SocketAddr = "0.0.0.0:65535".parse().unwrap();
+        assert!(mapping_from_argv(
+            0,
+            Proto::Tcp,
+            hi,
+            &argv("nettool proxy -p tcp:65000-65535=10.0.0.2:65500-66035"),
+            "x".into()
+        )
+        .is_none());
     }
 }
