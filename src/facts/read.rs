@@ -178,7 +178,11 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
         .collect();
 
     let (raws, owners, fw, ct) = std::thread::scope(|s| {
-        let ct = s.spawn(|| opts.conntrack.then(|| conntrack::read(&opts.host)).flatten());
+        let ct = s.spawn(|| {
+            opts.conntrack
+                .then(|| conntrack::read(&opts.host))
+                .flatten()
+        });
         let tools = s.spawn(|| {
             let fw = firewall::dump(&opts.host);
             (fw, ct.join().unwrap_or_default())
