@@ -345,7 +345,18 @@ pub fn load_live(ns: &NetNs) -> Result<Ruleset, NatError> {
             match nft::parse(&json) {
                 Ok(mut part) => {
                     // iptables-nft keeps its rules in nft tables too: skip those, they came in above.
+                    let skipped: Vec<String> = part
+                        .tables
+                        .iter()
+                        .filter(|t| nft::is_iptables_nft_table(t))
+                        .map(|t| {
+                            format!("table {} {} was written by iptables-nft", t.family, t.name)
+                        })
+                        .collect();
                     part.tables.retain(|t| !nft::is_iptables_nft_table(t));
+                    // Nor their xt warning: iptables-nft-save gave those rules whole.
+                    part.warnings
+                        .retain(|w| !skipped.iter().any(|s| w.starts_with(s.as_str())));
                     part.source = format!("nft in {label}");
                     rs.merge(part);
                 }
