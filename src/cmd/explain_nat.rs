@@ -5,15 +5,56 @@ use std::io::Read;
 use std::net::IpAddr;
 
 use anyhow::Context;
+use clap::Args;
 use serde::Serialize;
 
-use crate::cli::ExplainNatArgs;
 use crate::nat::explain::{self, describe_match, Summary};
 use crate::nat::model::Ruleset;
 use crate::nat::walk::{self, LocalFacts, Packet, RouteFact, Walk, WalkOptions};
 use crate::nat::{self};
 use crate::netns::NetNs;
 use crate::output::{paint, print_json};
+
+/// Examples and notes for `nettool explain-nat --help`.
+pub(crate) const EXPLAIN_NAT_HELP: &str = "Reads the rules live from a namespace (iptables-nft-save, iptables-legacy-save and\n`nft -j list ruleset`, run inside it) or from files (iptables-save with or without -c,\n`iptables -S`, `nft -j list ruleset` JSON, `nft list ruleset` text).\n\nExamples:\n  nettool explain-nat\n  nettool explain-nat --netns nt-lab-host --json\n  nettool explain-nat -f rules.iptables-save\n  nettool explain-nat --netns web --packet 'tcp 203.0.113.5:40000 -> 192.0.2.10:8080 in eth0'\n  nettool explain-nat -f rules.save --local-addr 192.0.2.10@eth0 --local-addr 172.17.0.1@docker0 \\\n      --route 172.17.0.0/16@docker0 --route default@eth0 \\\n      --packet 'tcp 203.0.113.5:40000 -> 192.0.2.10:8080 in eth0'\n  nettool explain-nat --from-host --packet 'tcp 127.0.0.1:40000 -> 127.0.0.1:8080'";
+
+/// Arguments of `explain-nat`.
+#[derive(Debug, Args)]
+pub struct ExplainNatArgs {
+    /// Read rules from this file instead of a live namespace (repeatable; "-" is stdin).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub files: Vec<String>,
+    /// Read the rules live from this namespace: NAME, PATH, pid:N, container:NAME (default: the current one).
+    #[arg(long, value_name = "TARGET")]
+    pub netns: Option<String>,
+    /// The table of an `iptables -S` listing (it does not say; guessed from the targets otherwise).
+    #[arg(long, value_name = "TABLE")]
+    pub table: Option<String>,
+    /// Walk one packet: 'PROTO SRC[:PORT] -> DST[:PORT] [in IFACE] [out IFACE] [mark N]'.
+    #[arg(long, value_name = "SPEC")]
+    pub packet: Option<String>,
+    /// The packet is generated on this host (OUTPUT path) rather than arriving on an interface.
+    #[arg(long)]
+    pub from_host: bool,
+    /// Assumed connection state of the packet: NEW, ESTABLISHED, RELATED, INVALID.
+    #[arg(long, default_value = "NEW", value_name = "STATE")]
+    pub state: String,
+    /// A local address for the walk, ADDR or ADDR@IFACE (repeatable; default from the namespace).
+    #[arg(long = "local-addr", value_name = "ADDR[@IFACE]")]
+    pub local_addrs: Vec<String>,
+    /// A route for the walk, NET@IFACE or default@IFACE (repeatable; default from the namespace).
+    #[arg(long = "route", value_name = "NET@IFACE")]
+    pub routes: Vec<String>,
+    /// Which load-balancing branch the walk follows (1 = first).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub branch: usize,
+    /// Also list every rule with its line, in plain words.
+    #[arg(long)]
+    pub rules: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Serialize)]
 struct Report<'a> {
