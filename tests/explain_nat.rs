@@ -1777,6 +1777,18 @@ fn check_kube_sets(label: &str, rs: &nat::Ruleset) {
         "{label}: {}",
         np.sentence
     );
+    // A set walked element by element is said once, by its element.
+    let acc = s
+        .forward_accepts
+        .iter()
+        .find(|a| a.chain == "cluster-ips-check")
+        .expect("the allowed-pairs accept");
+    assert!(
+        !acc.sentence.contains("@allowed-pairs")
+            && acc.sentence.contains("destination 172.30.0.41"),
+        "{label}: {}",
+        acc.sentence
+    );
     // Nothing about the sets is left "cannot be evaluated".
     assert!(
         !s.unknown.iter().any(|u| u.what.contains("@")),

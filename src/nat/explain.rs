@@ -701,10 +701,7 @@ impl<'a> Walker<'a> {
                 self.record_snat(ti, ci, rule, "MASQUERADE".into(), stack, vmap_cond)
             }
             Action::Accept if hook == Hook::Forward => {
-                let all: Vec<&Match> = stack
-                    .iter()
-                    .flat_map(|f| f.conds.iter().chain(f.extra.iter()))
-                    .collect();
+                let all: Vec<&Match> = path_matches(stack);
                 let specific = all
                     .iter()
                     .any(|m| !m.negated && matches!(m.cond, Cond::Addr { dir: Dir::Dst, .. }))
@@ -769,27 +766,7 @@ impl<'a> Walker<'a> {
     /// Every condition on the stack in words, with RETURN exceptions as "unless ...".
     fn conditions(&self, stack: &[Frame], skip_local_types: bool) -> Vec<String> {
         let mut out = Vec::new();
-        let path: Vec<&Match> = stack
-            .iter()
-            .flat_map(|f| {
-                // A set walked element by element: the element says it (`destination 192.168.0.2`).
-                let expanded = !f.extra.is_empty();
-                f.conds
-                    .iter()
-                    .filter(move |m| {
-                        !(expanded
-                            && !m.negated
-                            && matches!(
-                                m.cond,
-                                Cond::NftSet {
-                                    elements: Some(_),
-                                    ..
-                                }
-                            ))
-                    })
-                    .chain(f.extra.iter())
-            })
-            .collect();
+        let path: Vec<&Match> = path_matches(stack);
         for m in &path {
             if skip_local_types
                 && matches!(m.cond, Cond::AddrType { .. } | Cond::Probability { .. })
@@ -1070,6 +1047,31 @@ impl<'a> Walker<'a> {
             sentence,
         });
     }
+}
+
+/// Every condition on the path; a set walked element by element is said by its element
+/// (`destination 192.168.0.2`), not as the set again.
+fn path_matches<'m>(stack: &'m [Frame]) -> Vec<&'m Match> {
+    stack
+        .iter()
+        .flat_map(|f| {
+            let expanded = !f.extra.is_empty();
+            f.conds
+                .iter()
+                .filter(move |m| {
+                    !(expanded
+                        && !m.negated
+                        && matches!(
+                            m.cond,
+                            Cond::NftSet {
+                                elements: Some(_),
+                                ..
+                            }
+                        ))
+                })
+                .chain(f.extra.iter())
+        })
+        .collect()
 }
 
 /// Sets up to this size are walked element by element; a bigger one is one path described as
