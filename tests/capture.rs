@@ -65,20 +65,33 @@ fn start_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     }
 }
 
+impl Drop for Running {
+    // A test that panics before stop() must not leave the capture running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Running {
     /// SIGINT, then (stdout, stderr).
-    fn stop(self) -> (String, String) {
+    fn stop(mut self) -> (String, String) {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
-        let out = self.child.wait_with_output().expect("wait");
-        assert!(out.status.success(), "capture failed: {:?}", self.log);
+        let mut stdout = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            use std::io::Read;
+            let _ = o.read_to_string(&mut stdout);
+        }
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "capture failed: {:?}", self.log);
         let mut err = self.log.join("\n");
         for l in self.stderr.try_iter() {
             err.push('\n');
             err.push_str(&l);
         }
-        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+        (stdout, err)
     }
 }
 
