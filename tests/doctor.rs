@@ -460,22 +460,7 @@ fn bad_usage_exits_2() {
 #[test]
 fn real_docker_published_port() {
     let d = common::docker::Dockerd::start("doc-dock");
-    d.import_busybox("nt-busybox");
-    d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "-p",
-        "8080:80",
-        "nt-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/",
-    ]);
+    d.run_busybox_web("web", "8080:80");
     let run = |args: &[&str]| -> Value {
         let mut v = vec!["doctor", "--netns", &d.ns.name, "--json"];
         v.extend_from_slice(args);

@@ -116,22 +116,7 @@ fn ns_entry(list: &Value, inode: u64) -> Value {
 #[test]
 fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
     let d = Dockerd::start("img-dock");
-    d.import_busybox("nt-busybox");
-    d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "-p",
-        "8080:80",
-        "nt-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/",
-    ]);
+    d.run_busybox_web("web", "8080:80");
     let pid: u32 = d
         .docker(&["inspect", "-f", "{{.State.Pid}}", "web"])
         .trim()

@@ -3380,22 +3380,7 @@ fn dockerd_runs_the_nettool_binary_by_path_and_shows_its_startup_error() {
         "pxbypath",
         &["--userland-proxy=true", "--userland-proxy-path", BIN],
     );
-    d.import_busybox("nt-busybox");
-    d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "-p",
-        "8080:80",
-        "nt-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/",
-    ]);
+    d.run_busybox_web("web", "8080:80");
     // The proxies dockerd started are this very binary, given docker-proxy's flags.
     let proxies: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()

@@ -134,6 +134,27 @@ impl Dockerd {
         out
     }
 
+    /// Import the busybox image (nt-busybox) and run busybox httpd in container `name`,
+    /// published as `publish` (docker run -p syntax): the web container most tests start.
+    pub fn run_busybox_web(&self, name: &str, publish: &str) -> String {
+        self.import_busybox("nt-busybox");
+        self.docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            publish,
+            "nt-busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/",
+        ])
+    }
+
     /// Import a busybox-static image called `name` (sh, sleep, nc, httpd... as busybox applets).
     pub fn import_busybox(&self, name: &str) {
         let rootfs = self.dir.join("rootfs");
