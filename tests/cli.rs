@@ -86,3 +86,41 @@ fn what_needs_no_privileges_still_works_as_an_unprivileged_user() {
     let out = as_nobody(&["completions", "bash"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// `nettool ... | head` must end quietly: stdout is a pipe whose reader is gone.
+#[test]
+fn a_closed_stdout_ends_a_report_quietly() {
+    use std::os::fd::OwnedFd;
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/captures/capture-lab-dns.pcapng"
+    );
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/nat/docker-host.iptables-save"
+    );
+    for args in [
+        &["dns", "--read", sample][..],
+        &["explain-nat", "-f", fixture][..],
+        &["completions", "bash"][..],
+    ] {
+        let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let out = Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::from(w))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(libc::SIGPIPE),
+            "{args:?}: ended by SIGPIPE like other tools: {:?} {err}",
+            out.status
+        );
+    }
+}

@@ -61,6 +61,21 @@ fn command_name(cmd: &Command) -> String {
     }
 }
 
+/// Commands whose only job is to print a report (a closed stdout may end them at once).
+fn prints_a_report(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Netns(_)
+            | Command::Peer(_)
+            | Command::ExplainNat(_)
+            | Command::Topology(_)
+            | Command::Labs(_)
+            | Command::Dns(_)
+            | Command::Doctor(_)
+            | Command::Completions(_)
+    )
+}
+
 /// True when this process may enter other network namespaces: CAP_SYS_ADMIN in its
 /// effective set (root normally has it; a root inside a user namespace or a container may not).
 fn privileged() -> bool {
@@ -84,6 +99,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 "`nettool {name}` needs root: {why}. Run it as root (sudo nettool {name} ...)"
             );
         }
+    }
+    if prints_a_report(&cli.command) {
+        // `nettool ... | head` ends quietly, as other Unix tools do, instead of a panic on the
+        // first print after head left (Rust ignores SIGPIPE). Not for the commands that hold
+        // state to clean up (proxy, trace, capture, setup) or serve connections.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     match cli.command {
         Command::Netns(c) => netns::run(c),
