@@ -179,7 +179,7 @@ fn trace_around(topo: &Topo, filter: &[&str], traffic: impl FnOnce()) -> Vec<Val
     assert!(trace_tables(&topo.host).is_empty(), "table left in host");
     assert!(trace_tables(&topo.ctr).is_empty(), "table left in ctr");
     assert!(!instance_of(pid).exists(), "tracefs instance left");
-    assert!(!std::path::Path::new(&format!("/run/nettool/trace/{pid}.json")).exists());
+    assert!(!std::path::Path::new(&format!("/run/nettool-trace/{pid}.json")).exists());
     let lines: Vec<Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {e}: {l}")))
@@ -509,7 +509,7 @@ fn a_sigkilled_tracer_is_cleaned_up_by_the_next_run() {
         "the kill should leave the table"
     );
     assert!(instance_of(pid).exists());
-    let journal = format!("/run/nettool/trace/{pid}.json");
+    let journal = format!("/run/nettool-trace/{pid}.json");
     assert!(std::path::Path::new(&journal).exists());
     // The next run removes it before it starts.
     let pkts = trace_around(&topo, &["tcp:8080"], || {
@@ -576,4 +576,40 @@ fn a_lab_container_is_named_and_its_rules_are_the_labs() {
                 && h["iptables"].as_str().unwrap_or("").contains("DNAT")),
         "{all}"
     );
+}
+
+/// The tracer's journal is not a lab: `nettool labs` listed a half-built lab called "trace"
+/// while its journal folder lived under /run/nettool.
+#[test]
+fn a_trace_journal_is_not_taken_for_a_lab() {
+    // A folder an older nettool left there is not this run's doing.
+    let old = std::path::Path::new("/run/nettool/trace");
+    let was_there = old.exists();
+    let ns = common::TestNs::new("trjournal");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(["trace", "--netns", &ns.name, "--duration", "300ms", "udp:1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labs = std::process::Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(["labs", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&labs.stdout).unwrap_or_default();
+    let names: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !was_there {
+        assert!(!names.contains(&"trace".to_string()), "{names:?}");
+        assert!(!old.exists(), "the journal went under /run/nettool");
+    }
 }

@@ -28,7 +28,7 @@ tracepoint carries no namespace or addresses, so a busy machine can pair the wro
 (the JSON 'join' field says how many candidates there were).
 
 Nothing is left behind: a table 'inet nettool_trace_PID' in each namespace and a tracefs
-instance 'nettool-trace-PID' are journaled in /run/nettool/trace/ before they are made and
+instance 'nettool-trace-PID' are journaled in /run/nettool-trace/ before they are made and
 removed on exit, Ctrl-C or SIGTERM, and by the next run after a SIGKILL (or --cleanup).
 Legacy iptables rules (x_tables) are invisible to nf_tables tracing: the trace says so.
 

@@ -1,7 +1,8 @@
 //! What a trace adds to the machine, written down BEFORE it is added, so that a later run can
 //! remove it when this one died without cleaning up (SIGKILL, a crash, a power cut of the shell).
 //!
-//! One JSON file per tracer process: /run/nettool/trace/PID.json.
+//! One JSON file per tracer process: /run/nettool-trace/PID.json (not under /run/nettool, whose
+//! folders are labs: `nettool labs` listed a lab called "trace").
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::netns::NetNs;
 
 /// Where trace journals live.
-pub const JOURNAL_DIR: &str = "/run/nettool/trace";
+pub const JOURNAL_DIR: &str = "/run/nettool-trace";
 
 /// One thing a trace added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
