@@ -317,22 +317,12 @@ impl Ring {
     /// (packets that passed the filter, packets the kernel dropped because the ring was full)
     /// since open. PACKET_STATISTICS resets the kernel's counters on read; we add them up.
     pub fn statistics(&mut self) -> (u64, u64) {
-        // SAFETY: tpacket_stats_v3 is three u32s; getsockopt fills it.
-        let mut st: libc::tpacket_stats_v3 = unsafe { zeroed() };
-        let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                &mut st as *mut libc::tpacket_stats_v3 as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            // tp_packets counts drops too (the kernel adds them before returning).
-            self.packets += st.tp_packets as u64;
-            self.drops += st.tp_drops as u64;
+        // tp_packets counts drops too (the kernel adds them before returning).
+        if let Some((packets, drops)) =
+            crate::dns::capture::packet_statistics(std::os::fd::AsFd::as_fd(&self.fd))
+        {
+            self.packets += packets;
+            self.drops += drops;
         }
         (self.packets, self.drops)
     }

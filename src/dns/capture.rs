@@ -402,24 +402,31 @@ impl PacketSocket {
 
     /// (frames the kernel queued, frames it dropped because we were too slow) since open.
     pub fn statistics(&mut self) -> (u64, u64) {
-        // SAFETY: tpacket_stats is two u32s; getsockopt fills it and resets the kernel counters.
-        let mut st: libc::tpacket_stats = unsafe { zeroed() };
-        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                &mut st as *mut libc::tpacket_stats as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            self.seen += st.tp_packets as u64;
-            self.drops += st.tp_drops as u64;
+        if let Some((seen, drops)) = packet_statistics(std::os::fd::AsFd::as_fd(&self.fd)) {
+            self.seen += seen;
+            self.drops += drops;
         }
         (self.seen, self.drops)
     }
+}
+
+/// PACKET_STATISTICS of a packet socket: (packets queued, including drops; packets dropped)
+/// since the last call, which resets the kernel's counters. The first two fields of
+/// tpacket_stats and tpacket_stats_v3 are the same, so TPACKET_V3 rings use it too.
+pub(crate) fn packet_statistics(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, u64)> {
+    // SAFETY: tpacket_stats is two u32s; getsockopt fills at most `len` bytes of it.
+    let mut st: libc::tpacket_stats = unsafe { zeroed() };
+    let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            &mut st as *mut libc::tpacket_stats as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0).then_some((st.tp_packets as u64, st.tp_drops as u64))
 }
 
 /// The wall clock as a Duration since the Unix epoch.

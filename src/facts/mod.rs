@@ -51,7 +51,7 @@ pub struct Meta {
 pub struct Reads {
     /// Namespaces in the snapshot.
     pub namespaces: u64,
-    /// Namespace entries (threads that called setns).
+    /// Namespace entries (threads that entered a namespace through netns::NetNs::run).
     pub namespace_entries: u64,
     /// Netlink dump requests (links, addresses, routes, sock_diag), all namespaces together.
     pub netlink_dumps: u64,
