@@ -164,27 +164,33 @@ impl Dockerd {
         for applet in ["sh", "sleep", "nc", "httpd", "ip", "cat", "ls", "wget"] {
             let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
         }
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = Command::new("docker")
+        let mut import = Command::new("docker");
+        import
             .arg("-H")
             .arg(self.host())
-            .args(["import", "-", name])
-            .stdin(tar.stdout.take().unwrap())
-            .output()
-            .unwrap();
-        let _ = tar.wait();
-        assert!(
-            out.status.success(),
-            "docker import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .args(["import", "-", name]);
+        import_tree(&rootfs, import);
     }
+}
+
+/// `tar -C ROOTFS -c . | IMPORT` (`docker import - NAME`, `podman import - NAME`); panics with
+/// the importer's message when it fails.
+pub fn import_tree(rootfs: &Path, mut import: Command) {
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(rootfs)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = import.stdin(tar.stdout.take().unwrap()).output().unwrap();
+    let _ = tar.wait();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        import.get_program(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The static busybox binary the test images are made from.

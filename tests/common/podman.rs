@@ -132,25 +132,9 @@ impl PodmanHost {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = self
-            .command()
-            .args(["import", "-", &self.image])
-            .stdin(tar.stdout.take().unwrap())
-            .output()
-            .unwrap();
-        let _ = tar.wait();
-        assert!(
-            out.status.success(),
-            "podman import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut import = self.command();
+        import.args(["import", "-", &self.image]);
+        super::docker::import_tree(&rootfs, import);
     }
 
     /// A network with a unique name (`podman network create`, DNS off unless `args` say so:
