@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Args;
 use serde::Serialize;
 
-use crate::cli::DnsArgs;
+use crate::cli::parse_duration;
 use crate::dns::capture::PcapOut;
 use crate::dns::pair::{Lookup, NameSummary, Status, Summary};
 use crate::dns::{self, docker, Alias, LiveOptions, LookupSink, Source, SourceStats};
@@ -390,4 +391,54 @@ fn print_summary(r: &Report) {
         },
         drops
     );
+}
+
+/// Examples and notes for `nettool dns --help`.
+pub(crate) const DNS_HELP: &str =
+    "Each line: time, namespace, client -> server, type, name, rcode, latency, answers,
+then flags: tcp, TC (truncated), after-TC (the TCP retry), retries=N, via REAL (Docker's DNAT),
+upstream SERVER RCODE MS (the resolver's own query), for CLIENT (a resolver's upstream query).
+A summary per name follows on exit (Ctrl-C, --count, --duration).
+
+Examples:
+  nettool dns                                  # the current namespace
+  nettool dns --netns web                      # a named namespace (or pid:N, container:NAME)
+  nettool dns --all-netns --json               # every namespace, JSON lines
+  nettool dns --netns container:api --pcap dns.pcap --duration 30s
+  nettool dns --read capture.pcap              # explain a capture made elsewhere (tcpdump -w)
+  nettool dns --count 1 --timeout 2s           # stop after one lookup";
+
+/// Arguments of `dns`.
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// Capture in this namespace: NAME, PATH, pid:N, container:NAME (default: the current one).
+    #[arg(long, short = 'n', value_name = "TARGET")]
+    pub netns: Option<String>,
+    /// Watch every namespace on the machine at once (new ones are picked up as they appear).
+    #[arg(long, conflicts_with = "netns")]
+    pub all_netns: bool,
+    /// Print one JSON object per lookup (and a final {"summary": ...} line).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write every captured DNS packet to this pcap file (raw IP link type).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+    /// Explain a pcap or pcapng file instead of capturing.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["netns", "all_netns", "pcap", "duration"])]
+    pub read: Option<std::path::PathBuf>,
+    /// Stop after N lookups.
+    #[arg(long, short = 'c', value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this long (e.g. 10s, 500ms, 2m).
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Report a query as a timeout when no answer came within this wait.
+    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Do not print the per-name summary at the end.
+    #[arg(long)]
+    pub no_summary: bool,
+    /// Do not read nat rules to recognise Docker's embedded resolver.
+    #[arg(long)]
+    pub no_docker: bool,
 }

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use anyhow::{anyhow, Context};
+use clap::Args;
 
-use crate::cli::DoctorArgs;
 use crate::doctor::{self, Report, Request, Source, Verdict};
 use crate::facts;
 use crate::netns::sockets::Proto;
@@ -456,3 +456,38 @@ mod tests {
         assert!(parse_packet("").is_err());
     }
 }
+
+/// Arguments of `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// What to follow: PORT, tcp:PORT, udp:PORT, or container:NAME[:PORT].
+    pub target: Option<String>,
+    /// Where the connection starts: localhost, host, outside, outside:NETNS (probe from that
+    /// namespace), container:NAME.
+    #[arg(long, default_value = "localhost", value_name = "SOURCE")]
+    pub from: String,
+    /// The packet instead of TARGET: '[tcp|udp] [SRC[:SPORT]] -> DST:DPORT [in IFACE]'.
+    #[arg(long, value_name = "SPEC")]
+    pub packet: Option<String>,
+    /// The host namespace to diagnose (a lab's isolated host: NAME, PATH, pid:N); default: the current one.
+    #[arg(long, short = 'n', value_name = "TARGET")]
+    pub netns: Option<String>,
+    /// The port is UDP (same as udp:PORT).
+    #[arg(long)]
+    pub udp: bool,
+    /// Also connect for real from the source, inside its namespace, and report what happened.
+    #[arg(long)]
+    pub probe: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the snapshot the verdict was judged on (machine state, question, probe) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub save_snapshot: Option<std::path::PathBuf>,
+    /// Judge a recorded snapshot instead of this machine (no root, nothing read live).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target", "packet", "netns", "probe", "save_snapshot"])]
+    pub snapshot: Option<std::path::PathBuf>,
+}
+
+/// Examples and exit codes for `nettool doctor --help`.
+pub(crate) const DOCTOR_HELP: &str = "Exit code 0 when the path is clear, 1 when something is broken (the last line says what\nand the command that fixes it).\n\nExamples:\n  nettool doctor 8080\n  nettool doctor 8080 --from outside --probe\n  nettool doctor udp:5353 --from container:web\n  nettool doctor container:web\n  nettool doctor --packet 'tcp 203.0.113.7 -> 192.0.2.1:8080 in eth0'\n  nettool doctor --netns nt-lab-host 8080 --probe --json";

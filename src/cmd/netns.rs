@@ -1,9 +1,9 @@
 //! `nettool netns list|inspect|exec`.
 
 use anyhow::Context;
+use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::cli::{NetnsCommand, NetnsExecArgs, NetnsInspectArgs, NetnsListArgs};
 use crate::engine::Intent;
 use crate::netns::discover::{
     discover, discover_with, ContainerRef, DiscoverOptions, NamespaceInfo,
@@ -344,4 +344,63 @@ fn exec_cmd(a: NetnsExecArgs) -> anyhow::Result<i32> {
         etc_netns: if a.remount_sys { etc_netns } else { None },
     };
     Ok(exec::run(&ns, &a.command, &opts)?)
+}
+
+/// `nettool netns ...`
+#[derive(Debug, Subcommand)]
+pub enum NetnsCommand {
+    /// Every network namespace on the machine: inode, names, nsid, processes, container, interfaces.
+    #[command(
+        after_help = "Examples:\n  nettool netns list\n  nettool netns list --json | jq '.[].names'"
+    )]
+    List(NetnsListArgs),
+
+    /// What `ip addr`, `ip route`, `ss -tulpn` and `sysctl` would show inside a namespace.
+    #[command(
+        after_help = "TARGET is a name (/run/netns/NAME), a path, pid:N, container:NAME, or a bare\nword tried as name, pid, container in that order.\n\nExamples:\n  nettool netns inspect web\n  nettool netns inspect pid:4242 --json\n  nettool netns inspect container:redis"
+    )]
+    Inspect(NetnsInspectArgs),
+
+    /// Run a command inside a namespace (like `ip netns exec` / `nsenter -n -t PID`).
+    #[command(
+        after_help = "The command's exit code is passed through.\n\nExamples:\n  nettool netns exec web -- curl -s 127.0.0.1:80\n  nettool netns exec --sys pid:4242 -- ls /sys/class/net"
+    )]
+    Exec(NetnsExecArgs),
+}
+
+/// Arguments of `netns list`.
+#[derive(Debug, Args)]
+pub struct NetnsListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not enter each namespace to count its interfaces (faster).
+    #[arg(long)]
+    pub no_interfaces: bool,
+}
+
+/// Arguments of `netns inspect`.
+#[derive(Debug, Args)]
+pub struct NetnsInspectArgs {
+    /// The namespace: NAME, PATH, pid:N, container:NAME.
+    pub target: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Show established connections too, not only listeners.
+    #[arg(long, short = 'a')]
+    pub all_sockets: bool,
+}
+
+/// Arguments of `netns exec`.
+#[derive(Debug, Args)]
+pub struct NetnsExecArgs {
+    /// The namespace: NAME, PATH, pid:N, container:NAME.
+    pub target: String,
+    /// Also give the command its own /sys (and /etc/netns/NAME files), like `ip netns exec`.
+    #[arg(long = "sys")]
+    pub remount_sys: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }

@@ -1,8 +1,8 @@
 //! `nettool peer`: the other end of a veth, both ways, and every veth pair on the machine.
 
 use anyhow::{bail, Context};
+use clap::Args;
 
-use crate::cli::PeerArgs;
 use crate::engine::Intent;
 use crate::netns::peers::{HostScan, LinkEnd, LinkRef, NsSummary, PeerReport, ScanOptions};
 use crate::netns::NetNs;
@@ -443,3 +443,26 @@ fn print_all(rows: &[crate::netns::peers::VethPair]) {
     }
     print!("{}", t.render());
 }
+
+/// Arguments of `peer`.
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// The interface (or a namespace TARGET: container:NAME, pid:N, NAME).
+    #[arg(required_unless_present = "all")]
+    pub iface: Option<String>,
+    /// Look IFACE up in this namespace instead of the current one (NAME, PATH, pid:N, container:NAME).
+    #[arg(long, short = 'n', value_name = "TARGET")]
+    pub netns: Option<String>,
+    /// One table of every veth pair on the machine (with --netns: the pairs with an end there).
+    #[arg(long, conflicts_with = "iface")]
+    pub all: bool,
+    /// Do not ask the container engines (Docker, Podman, CNI cache, labs) for names.
+    #[arg(long)]
+    pub no_docker: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Examples and notes for `nettool peer --help`.
+pub(crate) const PEER_HELP: &str = "IFACE is looked up in the current namespace, or in --netns TARGET. A namespace TARGET\n(container:web, pid:N, a name under /run/netns) instead of IFACE gives the host-side\nveth of each of its interfaces. Non-veth interfaces are described with their master,\nparent, ports or children.\n\nExamples:\n  nettool peer veth10bbd40\n  nettool peer container:web\n  nettool peer --netns web eth0\n  nettool peer --all\n  nettool peer --all --json | jq '.[] | select(.peer.namespace.containers != [])'";

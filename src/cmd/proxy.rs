@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::Args;
 
-use crate::cli::ProxyArgs;
 use crate::netns::NetNs;
 use crate::proxy::docker::{self, DockerArgs, DockerProxyConfig};
 use crate::proxy::logq::{LineSink, LogQueue, TextLines};
@@ -637,4 +637,112 @@ pub fn docker_proxy_entry() -> Option<i32> {
             1
         }
     })
+}
+
+/// Examples and notes for `nettool proxy --help`.
+pub(crate) const PROXY_HELP: &str =
+    "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [IP:]PORT[-PORT] and TARGET = IP[:PORT[-PORT]];
+IPv6 goes in brackets ([::1]:8080). A LISTEN without an IP listens on 0.0.0.0 and [::].
+Without --dump/--hex/--pcap/--streams/--json bytes move with splice(2) and are never copied.
+SIGUSR1 logs the counters; SIGINT/SIGTERM stop (exit 0) after logging them.
+
+Examples:
+  nettool proxy 8080 172.19.0.2:80
+  nettool proxy --dump 8080 172.19.0.2:80
+  nettool proxy -p 8080=172.19.0.2:80 -p udp:5353=172.19.0.3:53 -p 9000-9099=10.0.0.5:9000-9099
+  nettool proxy --listen-netns host --target-netns web 8080 127.0.0.1:80
+  nettool proxy --hex --dump-file /tmp/dump.txt --pcap /tmp/p.pcap 6379 172.19.0.4:6379
+  nettool proxy --pcap /tmp/p.pcap --pcap-max-mb 100 --pcap-files 5 8080 172.19.0.2:80
+  nettool proxy --json --pcap /tmp/dns.pcap udp:53 172.19.0.5:53
+  nettool proxy --syslog 8080 172.19.0.2:80       (log to /dev/log, facility daemon)
+
+docker-proxy drop-in: symlink the binary as docker-proxy and give dockerd
+--userland-proxy-path=/path/to/docker-proxy. It takes docker-proxy's flags, including
+-use-listen-fd (the socket on fd 4), and answers on fd 3. Logging and dumping come from
+the environment or /etc/nettool/docker-proxy.toml (NETTOOL_PROXY_CONFIG):
+  NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET   (key log)
+  NETTOOL_PROXY_DUMP=text|hex|json, NETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP,
+  NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES, NETTOOL_PROXY_STREAMS
+  e.g. NETTOOL_PROXY_LOG=syslog docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8080 \\
+         -container-ip 172.17.0.2 -container-port 80";
+
+/// Arguments of `proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Listen side of one mapping: [IP:]PORT[-PORT].
+    pub listen: Option<String>,
+    /// Target of that mapping: IP:PORT[-PORT].
+    pub target: Option<String>,
+    /// A mapping [tcp:|udp:]LISTEN=TARGET (repeatable).
+    #[arg(short = 'p', long = "map", value_name = "SPEC")]
+    pub maps: Vec<String>,
+    /// The positional LISTEN TARGET pair is UDP.
+    #[arg(long)]
+    pub udp: bool,
+    /// Listen inside this namespace (name, path, pid:N, container:NAME).
+    #[arg(long, value_name = "NS")]
+    pub listen_netns: Option<String>,
+    /// Connect to the backend from inside this namespace.
+    #[arg(long, value_name = "NS")]
+    pub target_netns: Option<String>,
+    /// Append log lines here instead of stderr (file mode 0600).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["syslog", "syslog_socket"])]
+    pub log_file: Option<PathBuf>,
+    /// Send log lines to syslog (facility daemon, tag nettool-proxy) through /dev/log.
+    #[arg(long)]
+    pub syslog: bool,
+    /// Send log lines to the syslog daemon listening on this unix datagram socket (implies --syslog).
+    #[arg(long, value_name = "PATH")]
+    pub syslog_socket: Option<PathBuf>,
+    /// When every listener is bound write "0\n" to this fd and close it; on failure "1\n<error>".
+    #[arg(long, value_name = "N")]
+    pub ready_fd: Option<i32>,
+    /// Dump payloads as text, like socat -v (L7 decoding on).
+    #[arg(long)]
+    pub dump: bool,
+    /// Dump payloads as hex, like socat -x.
+    #[arg(long)]
+    pub hex: bool,
+    /// Write a pcap with synthesised headers for both legs of every connection.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Cap each pcap file at this many megabytes, decimals allowed (0.5 = 500 kB); then rotate
+    /// (see --pcap-files) or, with one file, stop the capture (forwarding goes on).
+    // Parsed to bytes.
+    #[arg(long, value_name = "MB", value_parser = parse_megabytes)]
+    pub pcap_max_mb: Option<u64>,
+    /// Keep this many pcap files when rotating (FILE, FILE.1, ...).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub pcap_files: u32,
+    /// Write one file per connection and direction into DIR (like tcpflow).
+    #[arg(long, value_name = "DIR")]
+    pub streams: Option<PathBuf>,
+    /// A JSON-lines event stream (opens, data sizes, L7 decodes, closes) on stdout or --dump-file.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the --dump/--hex/--json output here (appended, mode 0600) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub dump_file: Option<PathBuf>,
+    /// Do not decode HTTP/TLS/DNS/Redis in the dump.
+    #[arg(long)]
+    pub no_decode: bool,
+    /// Forget a UDP flow after this many idle seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 90)]
+    pub udp_timeout: u64,
+    /// Events queued for the dump writer before the proxy waits (lossless back-pressure).
+    #[arg(long, value_name = "N", default_value_t = 1024, hide = true)]
+    pub dump_queue: usize,
+    /// Runtime threads: 1 serves everything on one thread; more spread connections over cores.
+    #[arg(long, value_name = "N", env = "NETTOOL_PROXY_THREADS", hide = true)]
+    pub threads: Option<usize>,
+}
+
+/// `--pcap-max-mb`: megabytes (10^6 bytes, decimals allowed) to a byte count.
+fn parse_megabytes(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(mb) if mb.is_finite() && mb * 1e6 >= 1000.0 && mb <= 1e9 => Ok((mb * 1e6) as u64),
+        _ => Err(format!(
+            "'{s}' is not a size in megabytes from 0.001 to 1000000000 (e.g. 100 or 0.5)"
+        )),
+    }
 }

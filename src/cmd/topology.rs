@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
+use clap::Args;
 
-use crate::cli::{TopologyArgs, TopologyFormat};
 use crate::netns::NetNs;
 use crate::output::print_json;
 use crate::topology::{self, CollectOptions, Scope};
@@ -130,3 +130,55 @@ fn lab_scope(name: &str) -> anyhow::Result<Scope> {
             .collect(),
     })
 }
+
+/// Output formats of `topology`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopologyFormat {
+    /// A text tree.
+    Text,
+    /// Graphviz DOT source.
+    Dot,
+    /// SVG rendered by `dot`.
+    Svg,
+    /// PNG rendered by `dot`.
+    Png,
+    /// A Mermaid flowchart.
+    Mermaid,
+}
+
+/// Arguments of `topology`.
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value = "text")]
+    pub format: TopologyFormat,
+    /// Write to this file instead of stdout (needed for png on a terminal).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Only this namespace and its neighbours (NAME, PATH, pid:N, container:NAME).
+    #[arg(long, short = 'n', value_name = "TARGET", conflicts_with_all = ["lab", "all"])]
+    pub netns: Option<String>,
+    /// Only the namespaces of this lab (`nettool setup --name NAME`).
+    #[arg(long, value_name = "NAME", conflicts_with = "all")]
+    pub lab: Option<String>,
+
+    /// The whole machine: every namespace (by default: the lab whose host is this namespace,
+    /// else this namespace and its neighbours)
+    #[arg(long)]
+    pub all: bool,
+    /// Also draw namespaces that hold nothing but lo.
+    #[arg(long)]
+    pub include_empty: bool,
+    /// Do not read NAT rules (published ports then come from userland proxies only).
+    #[arg(long)]
+    pub no_nat: bool,
+    /// Do not ask the container engines (Docker, Podman, CNI cache, labs) for names.
+    #[arg(long)]
+    pub no_docker: bool,
+    /// Print the graph (nodes and edges) as JSON.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+}
+
+/// Formats, default scope and examples for `nettool topology --help`.
+pub(crate) const TOPOLOGY_HELP: &str = "DOT is the base format; svg and png are rendered by Graphviz's `dot` (Debian package\ngraphviz). Mermaid pastes into Markdown. text is a tree for terminals. --json is the graph.\n\nBy default it draws what you are looking at: inside a lab's host namespace, that lab; else\nthe current namespace and its neighbours (on a Docker host: the host and its containers).\n\nExamples:\n  nettool topology\n  nettool topology --all --format svg -o host.svg\n  nettool topology --netns container:web --format mermaid\n  nettool topology --lab demo --format png -o demo.png\n  nettool topology --json | jq '.edges[] | select(.kind == \"veth\")'";
