@@ -135,25 +135,34 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// Routes of both families; `all_tables` includes local/broadcast tables.
+    /// Routes of both families; `all_tables` includes local/broadcast tables. One AF_UNSPEC
+    /// dump: the kernel answers it with every family's routes (IPv4 first), so a namespace costs
+    /// one request instead of one per family. Multicast routing tables (ipmr, ip6mr) come too
+    /// and are left out.
     pub fn routes(&mut self, all_tables: bool) -> Result<Vec<Route>, NetlinkError> {
-        let mut out = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut req = RouteMessage::default();
-            req.header.address_family = family;
-            let msgs = self
-                .0
-                .dump(RouteNetlinkMessage::GetRoute(req), "list routes")?;
-            for m in msgs {
-                if let RouteNetlinkMessage::NewRoute(r) = m {
-                    let route = route_from_message(&r);
-                    if all_tables || route.table == RouteHeader::RT_TABLE_MAIN as u32 {
-                        out.push(route);
-                    }
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Unspec;
+        let msgs = self
+            .0
+            .dump(RouteNetlinkMessage::GetRoute(req), "list routes")?;
+        let mut out: Vec<(bool, Route)> = Vec::new();
+        for m in msgs {
+            if let RouteNetlinkMessage::NewRoute(r) = m {
+                let v6 = match r.header.address_family {
+                    AddressFamily::Inet => false,
+                    AddressFamily::Inet6 => true,
+                    _ => continue,
+                };
+                let route = route_from_message(&r);
+                if all_tables || route.table == RouteHeader::RT_TABLE_MAIN as u32 {
+                    out.push((v6, route));
                 }
             }
         }
-        Ok(out)
+        // IPv4 before IPv6, as two dumps gave them: a default route with no gateway and no
+        // source says nothing of its family, and readers take the IPv4 ones first.
+        out.sort_by_key(|(v6, _)| *v6);
+        Ok(out.into_iter().map(|(_, r)| r).collect())
     }
 
     /// What `ip route get DST [from SRC] [iif IFINDEX]` answers: the route the kernel would use
@@ -356,4 +365,36 @@ pub fn snapshot() -> Result<LinkSnapshot, NetlinkError> {
         addresses: rt.addresses()?,
         routes: rt.routes(false)?,
     })
+}
+
+#[cfg(test)]
+mod route_dump_tests {
+    use super::*;
+
+    /// One request reads the routes of both families (read-only, in the test's own namespace).
+    #[test]
+    fn routes_of_both_families_take_one_dump() {
+        let mut rt = Rtnl::open().expect("a NETLINK_ROUTE socket");
+        let before = rt.0.requests();
+        let routes = rt.routes(true).expect("route dump");
+        assert_eq!(rt.0.requests() - before, 1, "one dump for both families");
+        // The local table always holds 127.0.0.1, and ::1 when IPv6 is on for lo.
+        assert!(routes
+            .iter()
+            .any(|r| r.destination == Some("127.0.0.1".parse().unwrap())));
+        let v6_on = std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+            .is_ok_and(|v| v.trim() == "0");
+        if v6_on {
+            assert!(routes
+                .iter()
+                .any(|r| r.destination == Some("::1".parse().unwrap())));
+            let first_v6 = routes
+                .iter()
+                .position(|r| r.destination.is_some_and(|d| d.is_ipv6()));
+            let last_v4 = routes
+                .iter()
+                .rposition(|r| r.destination.is_some_and(|d| d.is_ipv4()));
+            assert!(last_v4 < first_v6, "IPv4 routes come first");
+        }
+    }
 }

@@ -72,6 +72,12 @@ impl Netlink {
         self.request(msg, NLM_F_REQUEST | NLM_F_DUMP, what)
     }
 
+    /// Requests sent on this socket so far (tests count dumps with it).
+    #[cfg(test)]
+    pub(crate) fn requests(&self) -> u32 {
+        self.seq.wrapping_sub(1)
+    }
+
     /// Send a change request (flags beyond REQUEST|ACK, e.g. CREATE|EXCL) and wait for its ack.
     pub fn change<M>(&mut self, msg: M, flags: u16, what: &str) -> Result<(), NetlinkError>
     where
