@@ -9,8 +9,6 @@ pub mod reach;
 pub mod synth;
 pub mod walk;
 
-use std::process::{Command, Stdio};
-
 pub use model::Ruleset;
 
 use crate::netns::NetNs;
@@ -236,143 +234,15 @@ pub fn load_file(path: &str, table: Option<&str>) -> Result<Ruleset, NatError> {
     parse_text(&text, table, path)
 }
 
-/// Run argv inside `ns` and capture stdout; Err carries a short reason.
-fn capture(ns: &NetNs, argv: &[&str]) -> Result<String, String> {
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child =
-        crate::netns::exec::spawn(ns, cmd, &Default::default()).map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "{} exited with {}: {}",
-            argv[0],
-            out.status,
-            err.lines().next().unwrap_or("")
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Does an iptables-save dump hold at least one rule?
-fn has_rules(text: &str) -> bool {
-    text.lines().any(|l| {
-        let l = l.trim_start();
-        l.starts_with("-A ") || (l.starts_with('[') && l.contains("] -A "))
-    })
-}
-
-/// Read every rule in a namespace: iptables-nft-save, iptables-legacy-save (warning when both
-/// hold rules: the classic split-backend trap), and `nft -j list ruleset` for native nft tables.
+/// Read every rule in a namespace, IPv4 and IPv6, with counters: iptables-nft-save and
+/// iptables-legacy-save (a warning when both hold rules: the classic split-backend trap), the
+/// ip6tables pair, and `nft -j list ruleset` for native nft tables. The dumps and the way they
+/// merge are src/facts' (the same loader doctor's snapshot uses).
 pub fn load_live(ns: &NetNs) -> Result<Ruleset, NatError> {
     let label = ns.label().to_string();
-    let mut rs = Ruleset {
-        source: format!("namespace {label}"),
-        ..Default::default()
-    };
-    let mut why = Vec::new();
-    let mut any = false;
-    // -c: every rule's packet/byte counters, so the user sees which rules traffic really hits.
-    let nft_save = capture(ns, &["iptables-nft-save", "-c"]);
-    let legacy_save = capture(ns, &["iptables-legacy-save", "-c"]);
-    let (nft_text, legacy_text) = match (&nft_save, &legacy_save) {
-        (Err(a), Err(b)) => {
-            why.push(a.clone());
-            why.push(b.clone());
-            // Old systems: only plain iptables-save.
-            match capture(ns, &["iptables-save", "-c"]) {
-                Ok(t) => (Some(t), None),
-                Err(e) => {
-                    why.push(e);
-                    (None, None)
-                }
-            }
-        }
-        (a, b) => (a.clone().ok(), b.clone().ok()),
-    };
-    let nft_has = nft_text.as_deref().is_some_and(has_rules);
-    let legacy_has = legacy_text.as_deref().is_some_and(has_rules);
-    if nft_has && legacy_has {
-        rs.warnings.push(
-            "rules are split between iptables-nft and iptables-legacy: both sets run, in separate tables; \
-             tools that use one backend do not see the other's rules (check which `iptables` your software calls)"
-                .into(),
-        );
-    }
-    for (name, text) in [("iptables-nft", nft_text), ("iptables-legacy", legacy_text)] {
-        if let Some(t) = text {
-            any = true;
-            if name == "iptables-legacy" && !has_rules(&t) && nft_has {
-                continue;
-            }
-            if name == "iptables-nft" && !has_rules(&t) && legacy_has {
-                continue;
-            }
-            let mut part = iptables::parse_save(&t);
-            part.source = format!("{name}-save in {label}");
-            for p in &mut part.problems {
-                p.message = format!("{name}-save line {}: {}", p.line, p.message);
-            }
-            rs.merge(part);
-        }
-    }
-    // IPv6: ip6tables keeps its own tables (ip6 family) in both backends.
-    for (name, argv) in [
-        ("ip6tables-nft", "ip6tables-nft-save"),
-        ("ip6tables-legacy", "ip6tables-legacy-save"),
-    ] {
-        match capture(ns, &[argv, "-c"]) {
-            Ok(t) if has_rules(&t) => {
-                any = true;
-                let mut part = iptables::parse_save_family(&t, "ip6");
-                part.source = format!("{name}-save in {label}");
-                for p in &mut part.problems {
-                    p.message = format!("{name}-save line {}: {}", p.line, p.message);
-                }
-                rs.merge(part);
-            }
-            Ok(_) => any = true,
-            Err(e) => why.push(e),
-        }
-    }
-    match capture(ns, &["nft", "-j", "list", "ruleset"]) {
-        Ok(json) => {
-            any = true;
-            match nft::parse(&json) {
-                Ok(mut part) => {
-                    // iptables-nft keeps its rules in nft tables too: skip those, they came in above.
-                    let skipped: Vec<String> = part
-                        .tables
-                        .iter()
-                        .filter(|t| nft::is_iptables_nft_table(t))
-                        .map(|t| {
-                            format!("table {} {} was written by iptables-nft", t.family, t.name)
-                        })
-                        .collect();
-                    part.tables.retain(|t| !nft::is_iptables_nft_table(t));
-                    // Nor their xt warning: iptables-nft-save gave those rules whole.
-                    part.warnings
-                        .retain(|w| !skipped.iter().any(|s| w.starts_with(s.as_str())));
-                    part.source = format!("nft in {label}");
-                    rs.merge(part);
-                }
-                Err(e) => rs.warnings.push(format!("nft -j list ruleset: {e}")),
-            }
-        }
-        Err(e) => why.push(e),
-    }
-    rs.source = format!("namespace {label}");
-    if !any {
-        return Err(NatError::NoTools {
-            ns: label,
-            why: why.join("; "),
-        });
-    }
-    Ok(rs)
+    crate::facts::firewall::dump_with(ns, true)
+        .ruleset_all(&label)
+        .map_err(|why| NatError::NoTools { ns: label, why })
 }
 
 /// Addresses, routes and forwarding of a namespace, for the packet walk.
