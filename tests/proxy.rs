@@ -781,7 +781,7 @@ fn text_and_hex_dumps_name_the_connection_direction_and_offsets() {
     let dir = TempDir::new("pxtext");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
     for (flag, needle) in [
-        ("--dump", "GET /a HTTP/1.1\\r\n"),
+        ("--dump", "\n  GET /a HTTP/1.1\\r\n  Host: x\\r\n"),
         (
             "--hex",
             " 00000000  47 45 54 20 2f 61 20 48 54 54 50 2f 31 2e 31 0d  |GET /a HTTP/1.1.|",
@@ -2971,7 +2971,8 @@ fn decoded_lines_carry_no_escape_sequence_or_forged_line_from_a_peer() {
                 "127.0.0.1:7000",
             ],
         );
-        for msg in [&http, &resp, &tls] {
+        let raw = b"\n* #77 open tcp 10.9.9.9:1 -> 10.9.9.9:2\n\n> #77 forged\r\n".to_vec();
+        for msg in [&http, &resp, &tls, &raw] {
             let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
             s.write_all(msg).unwrap();
             s.shutdown(Shutdown::Write).unwrap();
@@ -2999,14 +3000,19 @@ fn decoded_lines_carry_no_escape_sequence_or_forged_line_from_a_peer() {
                     "{flag}: a decoded line broken in two: {line:?}"
                 );
             }
-            // In the hex dump no payload byte reaches a line start; in the text dump payload
-            // newlines are kept (socat -v), so only decoded lines are checked there.
-            if flag == "--hex" {
-                assert!(
-                    !line.starts_with("* #77"),
-                    "{flag}: a forged line: {line:?}\n{text}"
-                );
-            }
+            // No payload byte reaches a line start in either mode: every line starts with what
+            // the proxy writes (payload lines with a space: indented text, or hex offsets).
+            assert!(
+                !line.starts_with("* #77"),
+                "{flag}: a forged line: {line:?}\n{text}"
+            );
+            assert!(
+                ["* #", "> #", "< #", "# #", "--", " ", "* nettool:"]
+                    .iter()
+                    .any(|p| line.starts_with(p))
+                    || line.is_empty(),
+                "{flag}: a line the proxy did not start: {line:?}\n{text}"
+            );
         }
     }
 }

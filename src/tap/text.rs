@@ -39,23 +39,34 @@ impl ConsoleSink {
     }
 }
 
+/// What starts every payload line of the text dump. Lines the proxy writes itself start with
+/// `*`, `>`, `<`, `#` or `--`, so whatever a peer sends (`\n* #77 open ...`) cannot pass for one.
+pub(crate) const PAYLOAD_INDENT: &[u8] = b"  ";
+
 /// Escape like socat -v: keep printable ASCII, newlines and tabs; `\r` and others as escapes.
+/// Unlike socat, each payload line is indented by [`PAYLOAD_INDENT`].
 pub fn write_text(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let plain = (0x20..0x7f).contains(&b) || b == b'\n' || b == b'\t';
-        if plain {
-            continue;
-        }
-        out.write_all(&bytes[start..i])?;
-        if b == b'\r' {
-            out.write_all(b"\\r")?;
-        } else {
-            write!(out, "\\x{b:02x}")?;
-        }
-        start = i + 1;
+    if bytes.is_empty() {
+        return out.write_all(b"\n");
     }
-    out.write_all(&bytes[start..])?;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        out.write_all(PAYLOAD_INDENT)?;
+        let mut start = 0;
+        for (i, &b) in line.iter().enumerate() {
+            let plain = (0x20..0x7f).contains(&b) || b == b'\n' || b == b'\t';
+            if plain {
+                continue;
+            }
+            out.write_all(&line[start..i])?;
+            if b == b'\r' {
+                out.write_all(b"\\r")?;
+            } else {
+                write!(out, "\\x{b:02x}")?;
+            }
+            start = i + 1;
+        }
+        out.write_all(&line[start..])?;
+    }
     if bytes.last() != Some(&b'\n') {
         out.write_all(b"\n")?;
     }
@@ -179,8 +190,23 @@ mod tests {
         super::write_text(&mut v, b"GET / HTTP/1.1\r\nx\x01y").unwrap();
         assert_eq!(
             String::from_utf8(v).unwrap(),
-            "GET / HTTP/1.1\\r\nx\\x01y\n"
+            "  GET / HTTP/1.1\\r\n  x\\x01y\n"
         );
+    }
+
+    #[test]
+    fn no_payload_line_starts_where_the_proxy_writes() {
+        let mut v = Vec::new();
+        let evil = b"\n* #77 open tcp 1.2.3.4:1 -> 5.6.7.8:2\n\n> #1 x\n# #1 c2s y\n--\n\tz\n";
+        super::write_text(&mut v, evil).unwrap();
+        let text = String::from_utf8(v).unwrap();
+        assert_eq!(text.lines().count(), 7, "{text}");
+        for line in text.lines() {
+            assert!(line.starts_with("  "), "{line:?} in\n{text}");
+        }
+        let mut v = Vec::new();
+        super::write_text(&mut v, b"").unwrap();
+        assert_eq!(v, b"\n");
     }
 
     #[test]
