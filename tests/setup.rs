@@ -1068,6 +1068,124 @@ fn setup_killed_or_interrupted_anywhere_leaves_nothing() {
     eprintln!("kill-anywhere took {:?}", t0.elapsed());
 }
 
+/// A link's ifindex in namespace `ns`, None when there is no such link.
+fn link_index(ns: &TestNs, link: &str) -> Option<u32> {
+    ns.ip(&["-o", "link", "show"]).lines().find_map(|l| {
+        let (idx, rest) = l.split_once(": ")?;
+        let n = rest.split([':', '@']).next()?;
+        (n == link).then(|| idx.parse().ok())?
+    })
+}
+
+/// A setup SIGKILLed between a create refused on a taken name and its "not created" journal
+/// record (the test hook NETTOOL_LAB_FAIL_AT=crash-on-taken kills it right there): the mark
+/// in the journal (the ifindex setup asked the kernel for) keeps teardown off the link that
+/// was there first, for a bridge's name and for a veth's host side; the lab's own links go.
+#[test]
+fn a_setup_killed_after_a_refused_create_leaves_the_owners_link_alone() {
+    use std::os::unix::process::ExitStatusExt;
+    for which in ["bridge", "veth"] {
+        let host = TestNs::new("taken");
+        let name = unique("taken");
+        let args = ["setup", "--name", &name, "--no-userland-proxy"];
+        // Bridges come first in a plan, then the veths.
+        let links = planned_links(&args[1..]);
+        let taken = if which == "bridge" {
+            links[0].clone()
+        } else {
+            links[links.len() - 1].clone()
+        };
+        host.ip(&["link", "add", &taken, "type", "bridge"]);
+        let theirs = link_index(&host, &taken).expect("their link exists");
+        let before = snapshot(&host);
+        let out = nettool_in(
+            Some(&host.name),
+            &args,
+            &[("NETTOOL_LAB_FAIL_AT", "crash-on-taken")],
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{which}: setup was not killed in the window: {}",
+            text(&out)
+        );
+        if which == "veth" {
+            assert_ne!(snapshot(&host), before, "the kill left a half-built lab");
+        }
+        let out = nettool_in(Some(&host.name), &["teardown", &name], &[]);
+        assert!(out.status.success(), "{which}: teardown: {}", text(&out));
+        assert_eq!(
+            link_index(&host, &taken),
+            Some(theirs),
+            "{which}: teardown deleted {taken}, which was there before the lab: {}",
+            text(&out)
+        );
+        assert_eq!(snapshot(&host), before, "{which}: {}", text(&out));
+        let ours: Vec<String> = links.into_iter().filter(|l| *l != taken).collect();
+        let left = lab_leftovers(&name, &ours, Some(&host));
+        assert!(left.is_empty(), "{which}: left behind: {left:#?}");
+    }
+}
+
+/// The same window for a namespace whose name was taken between setup's check and its
+/// create. `named::create_marked` journals the /run/netns entry's inode before the name
+/// exists; run here on a taken name it leaves exactly what a SIGKILL right after the refused
+/// create leaves (the record, no "not created"), and teardown must keep the namespace that
+/// was there first.
+#[test]
+fn a_namespace_taken_under_a_killed_setup_survives_its_teardown() {
+    use nettool::lab::state::{HostRecord, Journal, Undo};
+    use nettool::netns::named;
+    let theirs = TestNs::new("theirs");
+    let name = theirs.name.clone();
+    let inode = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let host = HostRecord {
+        netns: Some(name.clone()),
+        inode,
+        setup_pid: None,
+        setup_start_time: None,
+    };
+    let mut journal = None;
+    let made = named::create_marked(&name, |entry| {
+        assert!(entry.is_some(), "/run/netns makes no unnamed files here");
+        let mut j = Journal::create(&name, &host).map_err(|e| e.to_string())?;
+        j.record(&Undo::Netns {
+            name: name.clone(),
+            entry,
+        })
+        .map_err(|e| e.to_string())?;
+        journal = Some(j);
+        Ok(())
+    });
+    assert!(
+        matches!(made, Err(named::NamedError::Exists(_))),
+        "{:?}",
+        made.map(|_| ())
+    );
+    drop(journal);
+    let out = nettool_in(None, &["teardown", &name], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        netns_names().contains(&name),
+        "teardown removed the namespace that was there first: {}",
+        text(&out)
+    );
+    assert!(!std::path::Path::new(&format!("/run/nettool/{name}")).exists());
+    // And a namespace made with the mark is found as the lab's own.
+    let mine = unique("mine");
+    let mut entry = None;
+    let ns = named::create_marked(&mine, |e| {
+        entry = e;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(named::entry_inode(&mine), entry);
+    drop(ns);
+    assert!(named::delete(&mine).unwrap());
+}
+
 /// A lab that would swallow the host is refused before anything exists: a subnet that is
 /// absurdly wide (0.0.0.0/0 masquerades every outgoing packet), and one that covers a route of
 /// the host namespace.

@@ -480,6 +480,41 @@ struct Run<'a> {
     state: LabState,
 }
 
+/// An ifindex for a link setup creates: free-looking and far above the ones the kernel hands
+/// out on its own (it counts up from 1), so a link of the lab's name with another index can only
+/// be somebody else's. Asked for explicitly and journaled before the create, it is the link's
+/// mark of ownership.
+fn pick_ifindex() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (1 << 24) + (r % ((1 << 30) - (1 << 24))) as u32
+}
+
+/// Delete host link `name` if it is the one a journal record made: with a recorded ifindex,
+/// only a link of that name and that index. Ok(true) when it was deleted.
+fn delete_recorded_link(
+    c: &mut Configure,
+    name: &str,
+    ifindex: Option<u32>,
+) -> Result<bool, crate::netns::rtnl::NetlinkError> {
+    match (c.index_of(name)?, ifindex) {
+        (Some(i), Some(k)) if i != k => Ok(false),
+        (Some(i), _) => c.delete_link(i),
+        (None, _) => Ok(false),
+    }
+}
+
+/// Is /run/netns/`name` the entry a journal record made (same entry inode)? Records without a
+/// mark (older journals) and entries already gone count as ours.
+fn netns_is_ours(name: &str, entry: Option<u64>) -> bool {
+    match (entry, named::entry_inode(name)) {
+        (Some(mine), Some(now)) => mine == now,
+        _ => true,
+    }
+}
+
 /// A clearer message when a link name is taken in the lab host.
 fn exists_hint(e: crate::netns::rtnl::NetlinkError, name: &str) -> String {
     if e.errno() == Some(libc::EEXIST) {
@@ -516,22 +551,71 @@ impl Run<'_> {
 
     /// The create announced by `u` failed because the name was taken: not ours to undo.
     fn cancel(&mut self, u: Undo) -> Result<(), String> {
+        // Test hook (tests/setup.rs): die in the window between a create refused on a taken
+        // name and this record; the mark in `u` alone must keep teardown off the object.
+        if std::env::var("NETTOOL_LAB_FAIL_AT").as_deref() == Ok("crash-on-taken") {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
         self.record(Undo::NotCreated { undo: Box::new(u) })
+    }
+
+    /// Create a host link with an ifindex of its own choosing, journaled before the create
+    /// (see [`pick_ifindex`]); retried with another index on the rare index collision.
+    fn create_link(
+        &mut self,
+        name: &str,
+        dies_with: Option<&String>,
+        create: impl Fn(&mut Configure, u32) -> Result<u32, crate::netns::rtnl::NetlinkError>,
+    ) -> Result<u32, String> {
+        for _ in 0..3 {
+            let pin = pick_ifindex();
+            let undo = Undo::Link {
+                at: Where::Host,
+                name: name.to_string(),
+                dies_with: dies_with.cloned(),
+                ifindex: Some(pin),
+            };
+            self.record(undo.clone())?;
+            match create(self.conf()?, pin) {
+                Ok(i) => return Ok(i),
+                Err(e) if e.errno() == Some(libc::EEXIST) => {
+                    self.cancel(undo)?;
+                    // The name is free: the index was taken; draw another.
+                    if matches!(self.conf()?.index_of(name), Ok(None)) {
+                        continue;
+                    }
+                    return Err(exists_hint(e, name));
+                }
+                Err(e) => return Err(exists_hint(e, name)),
+            }
+        }
+        Err(format!(
+            "create link {name}: three ifindexes in a row were taken"
+        ))
     }
 
     /// Run one step. Host-namespace steps run on the calling thread, which is in the lab host.
     fn step(&mut self, step: &Step) -> Result<(), String> {
         match step {
             Step::CreateNetns { name } => {
-                let undo = Undo::Netns { name: name.clone() };
-                self.record(undo.clone())?;
-                match named::create(name) {
+                // Journaled with the inode its /run/netns entry gets, before it has the name.
+                let mut undo = None;
+                let made = named::create_marked(name, |entry| {
+                    let u = Undo::Netns {
+                        name: name.clone(),
+                        entry,
+                    };
+                    self.record(u.clone())?;
+                    undo = Some(u);
+                    Ok(())
+                });
+                match made {
                     Ok(ns) => {
                         self.netns.insert(name.clone(), ns);
                     }
                     Err(e) => {
-                        if matches!(e, named::NamedError::Exists(_)) {
-                            self.cancel(undo)?;
+                        if let (named::NamedError::Exists(_), Some(u)) = (&e, undo) {
+                            self.cancel(u)?;
                         }
                         return Err(e2s(e));
                     }
@@ -582,21 +666,8 @@ impl Run<'_> {
                 }
             }
             Step::CreateBridge { name, mtu } => {
-                let undo = Undo::Link {
-                    at: Where::Host,
-                    name: name.clone(),
-                    dies_with: None,
-                };
-                self.record(undo.clone())?;
-                let idx = match self.conf()?.add_bridge(name, *mtu) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        if e.errno() == Some(libc::EEXIST) {
-                            self.cancel(undo)?;
-                        }
-                        return Err(exists_hint(e, name));
-                    }
-                };
+                let idx =
+                    self.create_link(name, None, |c, pin| c.add_bridge(name, *mtu, Some(pin)))?;
                 self.bridges.insert(name.clone(), idx);
             }
             Step::HostAddress {
@@ -626,21 +697,9 @@ impl Run<'_> {
             } => {
                 let ns = self.ns(netns)?;
                 let master = self.bridges.get(bridge).copied();
-                let undo = Undo::Link {
-                    at: Where::Host,
-                    name: host.clone(),
-                    dies_with: Some(netns.clone()),
-                };
-                self.record(undo.clone())?;
-                let idx = match self.conf()?.add_veth(host, peer, &ns, master, *mtu) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        if e.errno() == Some(libc::EEXIST) {
-                            self.cancel(undo)?;
-                        }
-                        return Err(exists_hint(e, host));
-                    }
-                };
+                let idx = self.create_link(host, Some(netns), |c, pin| {
+                    c.add_veth(host, peer, &ns, master, *mtu, Some(pin))
+                })?;
                 if *hairpin {
                     self.conf()?.set_hairpin(idx, true).map_err(e2s)?;
                 }
@@ -1126,7 +1185,7 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     let owned: BTreeSet<String> = records
         .iter()
         .filter_map(|u| match u {
-            Undo::Netns { name } => Some(name.clone()),
+            Undo::Netns { name, entry } if netns_is_ours(name, *entry) => Some(name.clone()),
             _ => None,
         })
         .collect();
@@ -1219,7 +1278,7 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     }
 
     // 2. Everything else, newest first.
-    let mut waiting_links: Vec<String> = Vec::new();
+    let mut waiting_links: Vec<(String, Option<u32>)> = Vec::new();
     let mut conf: Option<Configure> = None;
     let mut fw_undone = false;
     let mut baseline: Option<Vec<String>> = None;
@@ -1272,19 +1331,20 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
                 at: Where::Host,
                 name: l,
                 dies_with,
+                ifindex,
             } => {
                 if host_is_ours || host_ns_missing {
                     continue;
                 }
                 if dies_with.as_ref().is_some_and(|n| owned.contains(n)) {
-                    waiting_links.push(l.clone());
+                    waiting_links.push((l.clone(), *ifindex));
                     continue;
                 }
                 if conf.is_none() {
                     conf = Configure::open().ok();
                 }
                 if let Some(c) = conf.as_mut() {
-                    match c.delete_link_by_name(l) {
+                    match delete_recorded_link(c, l, *ifindex) {
                         Ok(true) => rep.links.push(l.clone()),
                         Ok(false) => {}
                         Err(e) => rep.warnings.push(format!("delete link {l}: {e}")),
@@ -1293,7 +1353,10 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
             }
             // Records inside container namespaces die with them.
             Undo::Firewall { .. } | Undo::Sysctl { .. } | Undo::Link { .. } => {}
-            Undo::Netns { name: n } => {
+            Undo::Netns { name: n, entry } => {
+                if !netns_is_ours(n, *entry) {
+                    continue;
+                }
                 let id = std::fs::metadata(named::path_of(n))
                     .ok()
                     .map(|m| (m.dev(), m.ino()));
@@ -1335,14 +1398,16 @@ pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
         if let Some(c) = conf.as_mut() {
             let deadline = Instant::now() + Duration::from_secs(3);
             loop {
-                waiting_links.retain(|l| matches!(c.index_of(l), Ok(Some(_))));
+                waiting_links.retain(
+                    |(l, k)| matches!(c.index_of(l), Ok(Some(i)) if k.is_none_or(|k| k == i)),
+                );
                 if waiting_links.is_empty() || Instant::now() > deadline {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            for l in &waiting_links {
-                if let Ok(true) = c.delete_link_by_name(l) {
+            for (l, k) in &waiting_links {
+                if let Ok(true) = delete_recorded_link(c, l, *k) {
                     rep.links.push(l.clone());
                 }
             }

@@ -133,7 +133,7 @@ pub fn check(name: &str) -> Option<LabHealth> {
     let namespaces: Vec<NamespaceHealth> = journal
         .iter()
         .filter_map(|u| match u {
-            Undo::Netns { name } => Some(NamespaceHealth {
+            Undo::Netns { name, .. } => Some(NamespaceHealth {
                 name: name.clone(),
                 present: netns_present(name),
             }),

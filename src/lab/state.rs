@@ -187,7 +187,9 @@ pub enum Where {
 /// A record is written before its object is created, so a setup killed at any instant leaves
 /// nothing teardown does not know of; undoing an object that was never made is a no-op, and a
 /// create that failed because the name was taken is cancelled by a [`Undo::NotCreated`] record
-/// (never delete somebody else's object of the same name).
+/// (never delete somebody else's object of the same name). Namespaces and links carry a mark
+/// of their own in the record too (entry inode, ifindex), so a setup killed between a refused
+/// create and its `NotCreated` record still leaves somebody else's object alone.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Undo {
@@ -195,6 +197,10 @@ pub enum Undo {
     Netns {
         /// Its name.
         name: String,
+        /// The inode its /run/netns entry was made with before it got the name
+        /// (`named::create_marked`): an entry with another inode is somebody else's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entry: Option<u64>,
     },
     /// A link: delete it.
     Link {
@@ -204,6 +210,10 @@ pub enum Undo {
         name: String,
         /// A namespace whose deletion removes this link too (a veth's peer side).
         dies_with: Option<String>,
+        /// The ifindex setup asked the kernel for: a link of this name with another index is
+        /// somebody else's. (None in journals written before it was recorded.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ifindex: Option<u32>,
     },
     /// A sysctl we changed: write the old value back.
     Sysctl {

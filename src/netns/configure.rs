@@ -64,9 +64,16 @@ impl Configure {
         })
     }
 
-    /// `ip link add NAME type bridge [mtu M] up`; returns the new ifindex.
-    pub fn add_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<u32, NetlinkError> {
+    /// `ip link add NAME [index I] type bridge [mtu M] up`; returns the new ifindex (`index`
+    /// when given: EEXIST if the name or that index is taken).
+    pub fn add_bridge(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        index: Option<u32>,
+    ) -> Result<u32, NetlinkError> {
         let mut msg = LinkMessage::default();
+        msg.header.index = index.unwrap_or(0);
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -85,10 +92,10 @@ impl Configure {
         self.index_required(name)
     }
 
-    /// `ip link add HOST [master M] [mtu N] up type veth peer name PEER netns NS`.
+    /// `ip link add HOST [index I] [master M] [mtu N] up type veth peer name PEER netns NS`.
     ///
     /// The peer is born inside `peer_ns` (never visible here) and left down; bring it up
-    /// from inside that namespace. Returns the host side's ifindex.
+    /// from inside that namespace. Returns the host side's ifindex (`index` when given).
     pub fn add_veth(
         &mut self,
         host_name: &str,
@@ -96,6 +103,7 @@ impl Configure {
         peer_ns: &NetNs,
         master: Option<u32>,
         mtu: Option<u32>,
+        index: Option<u32>,
     ) -> Result<u32, NetlinkError> {
         let mut peer = LinkMessage::default();
         peer.attributes
@@ -106,6 +114,7 @@ impl Configure {
             peer.attributes.push(LinkAttribute::Mtu(m));
         }
         let mut msg = LinkMessage::default();
+        msg.header.index = index.unwrap_or(0);
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         msg.attributes

@@ -93,20 +93,67 @@ fn prepare_run_dir() -> Result<(), NamedError> {
 
 /// `ip netns add NAME` plus `ip -n NAME link set lo up`; returns a handle to the new namespace.
 pub fn create(name: &str) -> Result<NetNs, NamedError> {
+    create_marked(name, |_| Ok(()))
+}
+
+/// Like [`create`], but before the name appears `mark` is told the inode its /run/netns entry
+/// will have (None where /run/netns cannot make unnamed files): the entry is made unnamed
+/// (O_TMPFILE) and linked under NAME only afterwards, which fails if the name is taken. A
+/// journal that records the inode can later tell this namespace's entry from one somebody
+/// else made under the same name ([`entry_inode`]). An error from `mark` creates nothing.
+pub fn create_marked(
+    name: &str,
+    mark: impl FnOnce(Option<u64>) -> Result<(), String>,
+) -> Result<NetNs, NamedError> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.len() > 200 {
         return Err(NamedError::BadName(name.into()));
     }
     prepare_run_dir()?;
     let path = path_of(name);
+    let marked = |e: String| io_err("record", &path, io::Error::other(e));
     match OpenOptions::new()
         .write(true)
-        .create_new(true)
         .mode(0o0)
-        .open(&path)
+        .custom_flags(libc::O_TMPFILE)
+        .open(NETNS_RUN_DIR)
     {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(NamedError::Exists(name.into()))
+        Ok(f) => {
+            use std::os::unix::fs::MetadataExt;
+            let ino = f.metadata().map_err(|e| io_err("stat", &path, e))?.ino();
+            mark(Some(ino)).map_err(marked)?;
+            // linkat of an O_TMPFILE through /proc needs no CAP_DAC_READ_SEARCH.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+            match nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                format!("/proc/self/fd/{fd}").as_str(),
+                nix::fcntl::AT_FDCWD,
+                &path,
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            ) {
+                Ok(()) => {}
+                Err(Errno::EEXIST) => return Err(NamedError::Exists(name.into())),
+                Err(e) => return Err(io_err("name", &path, e)),
+            }
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)
+            ) =>
+        {
+            mark(None).map_err(marked)?;
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o0)
+                .open(&path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(NamedError::Exists(name.into()))
+                }
+                Err(e) => return Err(io_err("create", &path, e)),
+            }
         }
         Err(e) => return Err(io_err("create", &path, e)),
     }
@@ -136,6 +183,17 @@ pub fn create(name: &str) -> Result<NetNs, NamedError> {
         return Err(e);
     }
     Ok(NetNs::from_path(&path)?.with_label(name))
+}
+
+/// The inode of /run/netns/NAME's directory entry (not of the namespace mounted on it), the
+/// mark [`create_marked`] hands out; None when there is no such entry.
+pub fn entry_inode(name: &str) -> Option<u64> {
+    use std::os::unix::fs::DirEntryExt;
+    std::fs::read_dir(NETNS_RUN_DIR)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name() == std::ffi::OsStr::new(name))
+        .map(|e| e.ino())
 }
 
 /// `ip netns del NAME`: unmount and remove the name. Ok(false) when it did not exist.
