@@ -1,7 +1,8 @@
 //! nettool's entry point: parse the CLI, run one command, map errors to exit codes.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
 fn main() {
     // docker-proxy's Go-style flags are not clap's: handle that invocation first.
@@ -15,11 +16,15 @@ fn main() {
         2 => "debug",
         _ => "trace",
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // RUST_LOG as `level` or `target=level,...` (tracing's Targets syntax). Not EnvFilter: its
+    // span and field filters pull in a regex engine, about 1 MB of the static binary (issue 20).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| default_level.parse().expect("a plain level parses"));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
 
     let code = match nettool::cmd::dispatch(cli) {
