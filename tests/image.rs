@@ -1,5 +1,6 @@
 //! The nettool image (tools/build-image) run by podman as a host debugging container, next to a
-//! real dockerd: what it says about the Docker host must be what the binary on the host says.
+//! real dockerd and a real Podman host: what it says about each host (`netns list`, `peer --all`,
+//! `doctor`, `dns --all-netns`) must be what the binary on the host says.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::docker::Dockerd;
+use common::podman::PodmanHost;
 use serde_json::Value;
 
 /// An image built by tools/build-image for this test, removed on drop.
@@ -38,35 +40,38 @@ impl Image {
 
     /// `podman run` the image the way docs/kubernetes.md tells users to on a Docker host.
     fn run(&self, d: &Dockerd, args: &[&str]) -> Output {
-        let dir = d.dir.display().to_string();
-        Command::new("podman")
-            .args([
-                "run",
-                "--rm",
-                "--privileged",
-                "--network",
-                "host",
-                "--pid",
-                "host",
-            ])
-            // This sandbox has no CAP_SYS_RESOURCE (ENGINES.md): podman cannot raise rlimits.
-            .args([
-                "--ulimit",
-                "nofile=4096:4096",
-                "--ulimit",
-                "nproc=4096:4096",
-            ])
-            .args(["-v", "/run:/run:rslave", "-v", &format!("{dir}:{dir}")])
-            .args([
-                "-e",
-                &format!("DOCKER_HOST={}", d.host()),
-                "-e",
-                "NO_COLOR=1",
-            ])
-            .arg(&self.tag)
-            .args(args)
-            .output()
-            .expect("podman run")
+        self.command(Some(d), args).output().expect("podman run")
+    }
+
+    /// The `podman run` line of docs/kubernetes.md: on a Docker host (DOCKER_HOST names the
+    /// test's dockerd) or, with no Docker, on a Podman host (names from the default socket
+    /// under /run, no variable).
+    fn command(&self, d: Option<&Dockerd>, args: &[&str]) -> Command {
+        let mut c = Command::new("podman");
+        c.args([
+            "run",
+            "--rm",
+            "--privileged",
+            "--network",
+            "host",
+            "--pid",
+            "host",
+        ])
+        // This sandbox has no CAP_SYS_RESOURCE (ENGINES.md): podman cannot raise rlimits.
+        .args([
+            "--ulimit",
+            "nofile=4096:4096",
+            "--ulimit",
+            "nproc=4096:4096",
+        ])
+        .args(["-v", "/run:/run:rslave", "-e", "NO_COLOR=1"]);
+        if let Some(d) = d {
+            let dir = d.dir.display().to_string();
+            c.args(["-v", &format!("{dir}:{dir}")])
+                .args(["-e", &format!("DOCKER_HOST={}", d.host())]);
+        }
+        c.arg(&self.tag).args(args);
+        c
     }
 }
 
@@ -76,6 +81,11 @@ impl Drop for Image {
             .args(["rmi", "-f", &self.tag])
             .output();
     }
+}
+
+/// The host binary with no engine variable (a Podman host: names from the default socket).
+fn on_plain_host(args: &[&str]) -> Output {
+    common::podman::nettool_plain(args)
 }
 
 fn on_host(d: &Dockerd, args: &[&str]) -> Output {
@@ -197,4 +207,223 @@ fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
     };
     assert!(hops(&hd).len() >= 3, "{hd:#}");
     assert_eq!(hops(&hd), hops(&id));
+
+    // dns --all-netns: web's lookups named alike (sent to the bridge's gateway, where nothing
+    // answers: each ends as a timeout after 1 s).
+    let gateway = d.docker(&["inspect", "-f", "{{.NetworkSettings.Gateway}}", "web"]);
+    let gateway = gateway.trim().to_string();
+    let name = format!("{}.image.test", common::unique("q"));
+    let mut host_cmd = Command::new(env!("CARGO_BIN_EXE_nettool"));
+    host_cmd
+        .args(DNS_WATCH)
+        .env("DOCKER_HOST", d.host())
+        .env("NO_COLOR", "1");
+    let mut asked = String::new();
+    let (hdns, idns) =
+        dns_side_by_side(host_cmd, image.command(Some(&d), &DNS_WATCH), &name, || {
+            asked = d
+                .try_docker(&["exec", "-d", "web", "busybox", "nslookup", &name, &gateway])
+                .1;
+        });
+    let (hn, inn) = (
+        lookup_namespaces(&hdns, &name),
+        lookup_namespaces(&idns, &name),
+    );
+    assert!(
+        hn.iter().any(|n| n.contains("web")),
+        "the host binary names web as the asker: {hn:?} (asked {gateway}: {asked})\n{}{}",
+        String::from_utf8_lossy(&hdns.stdout),
+        String::from_utf8_lossy(&hdns.stderr)
+    );
+    assert_eq!(
+        hn, inn,
+        "dns --all-netns: host and image name the namespaces alike"
+    );
+}
+
+/// The `netns` of every lookup of `name` in `dns --json` output, sorted and deduplicated.
+fn lookup_namespaces(out: &Output, name: &str) -> Vec<String> {
+    let mut seen: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["name"] == name)
+        .map(|v| v["netns"].as_str().unwrap_or("?").to_string())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+/// `dns --all-netns` on the host and in the image at once, while `ask` sends lookups of `name`
+/// for a while; returns what each printed.
+fn dns_side_by_side(
+    on_host: Command,
+    mut in_image: Command,
+    name: &str,
+    mut ask: impl FnMut(),
+) -> (Output, Output) {
+    let spawn = |mut c: Command| {
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn dns")
+    };
+    let host = spawn(on_host);
+    in_image.stdin(std::process::Stdio::null());
+    let image = spawn(in_image);
+    // Both watch for 25 s; lookups go out from the 5th to the 20th second (the image starts
+    // in a second or two here; a slow start under load still leaves it ten lookups).
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    for _ in 0..15 {
+        ask();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let host = host.wait_with_output().unwrap();
+    let image = image.wait_with_output().unwrap();
+    for (what, o) in [("host", &host), ("image", &image)] {
+        assert!(
+            o.status.success(),
+            "dns --all-netns ({what}) for {name}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    (host, image)
+}
+
+const DNS_WATCH: [&str; 7] = [
+    "dns",
+    "--all-netns",
+    "--json",
+    "--no-summary",
+    "--timeout",
+    "1s",
+    "--duration=25s",
+];
+
+#[test]
+fn the_image_names_podman_containers_and_diagnoses_as_the_host_binary_does() {
+    let mut p = PodmanHost::start("img-pod");
+    let net = p.network("imgnet", &[]);
+    let web = p.run(
+        "web",
+        &["--network", &net, "-p", "8080:80"],
+        &["httpd", "-f", "-p", "80", "-h", "/"],
+    );
+    let pid: u32 = p
+        .podman(&["inspect", "-f", "{{.State.Pid}}", &web])
+        .parse()
+        .unwrap();
+    let web_inode = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .ino();
+    let host_inode = std::fs::metadata(p.ns.path()).unwrap().ino();
+    let image = Image::build();
+    let in_image = |args: &[&str]| image.command(None, args).output().expect("podman run");
+
+    // netns list: the container's namespace and the Podman host's, named alike, no variable.
+    let host = json(
+        "netns list (host)",
+        &on_plain_host(&["netns", "list", "--json"]),
+    );
+    let img = json(
+        "netns list (image)",
+        &in_image(&["netns", "list", "--json"]),
+    );
+    for inode in [web_inode, host_inode] {
+        let (h, i) = (ns_entry(&host, inode), ns_entry(&img, inode));
+        assert_eq!(h["names"], i["names"], "names of {inode}");
+        assert_eq!(
+            h.get("container"),
+            i.get("container"),
+            "container of {inode}"
+        );
+        assert_eq!(
+            h.get("containers"),
+            i.get("containers"),
+            "containers of {inode}"
+        );
+    }
+    let entry = ns_entry(&img, web_inode).to_string();
+    assert!(
+        entry.contains(&web),
+        "the image names the Podman container: {entry}"
+    );
+
+    // peer: the container's veth, both ends, alike.
+    let veths = |v: &Value| -> Vec<String> {
+        let mut rows: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string())
+            .filter(|r| r.contains(&web_inode.to_string()) || r.contains(&web))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let hp = veths(&json(
+        "peer --all (host)",
+        &on_plain_host(&["peer", "--all", "--json"]),
+    ));
+    let ip = veths(&json(
+        "peer --all (image)",
+        &in_image(&["peer", "--all", "--json"]),
+    ));
+    assert!(!hp.is_empty(), "peer --all shows {web}'s veth");
+    assert_eq!(hp, ip);
+
+    // doctor: the same verdict, hop for hop (conmon's reservation socket and netavark's DNAT).
+    let netns = p.ns.path();
+    let args = ["doctor", "--netns", &netns, "--json", "8080"];
+    common::wait_for("httpd listening", 20, || {
+        json("doctor (host)", &on_plain_host(&args))["diagnosis"]["ok"] == true
+    });
+    let hd = json("doctor (host)", &on_plain_host(&args));
+    let id = json("doctor (image)", &in_image(&args));
+    assert_eq!(hd["diagnosis"], id["diagnosis"]);
+    assert_eq!(hd["destination"], id["destination"]);
+    let hops = |v: &Value| -> Vec<(Value, Value, Value)> {
+        v["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["id"].clone(), h["verdict"].clone(), h["summary"].clone()))
+            .collect()
+    };
+    assert!(hops(&hd).len() >= 3, "{hd:#}");
+    assert_eq!(hops(&hd), hops(&id));
+
+    // dns --all-netns: the container's lookups named alike. Nothing answers on the gateway
+    // (DNS is off on the test's network), so each lookup ends as a timeout after 1 s.
+    let gateway = p.podman(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .Subnets}}{{.Gateway}}{{end}}",
+        &net,
+    ]);
+    let name = format!("{}.image.test", common::unique("q"));
+    let mut host_cmd = Command::new(env!("CARGO_BIN_EXE_nettool"));
+    host_cmd
+        .args(DNS_WATCH)
+        .env("NO_COLOR", "1")
+        .env_remove("DOCKER_HOST")
+        .env_remove("CONTAINER_HOST");
+    let (hdns, idns) = dns_side_by_side(host_cmd, image.command(None, &DNS_WATCH), &name, || {
+        let _ = p.try_podman(&["exec", "-d", &web, "busybox", "nslookup", &name, &gateway]);
+    });
+    let (hn, inn) = (
+        lookup_namespaces(&hdns, &name),
+        lookup_namespaces(&idns, &name),
+    );
+    assert!(
+        hn.iter().any(|n| n.contains(&web)),
+        "the host binary names {web} as the asker: {hn:?}\n{}",
+        String::from_utf8_lossy(&hdns.stdout)
+    );
+    assert_eq!(
+        hn, inn,
+        "dns --all-netns: host and image name the namespaces alike"
+    );
 }
