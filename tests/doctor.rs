@@ -198,6 +198,28 @@ trait Subject {
     fn apply_fix(&mut self, report: &Value);
 }
 
+/// With NETTOOL_RECORD_CAPTURES=1, record the host as it is now into captures/doctor/NAME
+/// (`tools/record-doctor-capture NAME HOW -- --netns HOST ARGS...`, `env` set for the
+/// engine): how the recorded snapshots of real hosts are made. A no-op otherwise.
+fn record_capture(env: &[(&str, String)], host: &str, name: &str, how: &str, args: &[&str]) {
+    if std::env::var_os("NETTOOL_RECORD_CAPTURES").is_none() {
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(format!("{root}/tools/record-doctor-capture"))
+        .args([name, how, "--", "--netns", host])
+        .args(args)
+        .env("NETTOOL", env!("CARGO_BIN_EXE_nettool"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "recording {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run a fix's argv inside `host`; a background fix is spawned and returned.
 fn run_fix(host: &str, report: &Value) -> Option<ChildGuard> {
     let fix = &report["diagnosis"]["fix"];
@@ -1043,7 +1065,38 @@ struct DockerHost {
 
 impl DockerHost {
     fn new(tag: &str) -> DockerHost {
-        let d = common::docker::Dockerd::start_with(tag, &["--userland-proxy=true"]);
+        Self::new_with(tag, &["--userland-proxy=true"], false)
+    }
+
+    /// A dual-stack Docker host: dockerd with IPv6 NAT (`--ipv6 --fixed-cidr-v6 fd00:d0c::/64
+    /// --ip6tables`; Docker 20.10 wants `--experimental` for it) and the uplink with
+    /// 2001:db8:1::1/64 (outside at 2001:db8:1::2).
+    fn dual(tag: &str) -> DockerHost {
+        let h = Self::new_with(
+            tag,
+            &[
+                "--userland-proxy=true",
+                "--ipv6",
+                "--fixed-cidr-v6",
+                "fd00:d0c::/64",
+                "--ip6tables",
+                "--experimental",
+            ],
+            true,
+        );
+        h.d.ns
+            .ip(&["addr", "add", "2001:db8:1::1/64", "dev", "up0", "nodad"]);
+        h.outside
+            .ip(&["addr", "add", "2001:db8:1::2/64", "dev", "eth0", "nodad"]);
+        h.d.ns
+            .ip(&["-6", "route", "add", "default", "via", "2001:db8:1::2"]);
+        h.outside
+            .ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+        h
+    }
+
+    fn new_with(tag: &str, dockerd_args: &[&str], _dual: bool) -> DockerHost {
+        let d = common::docker::Dockerd::start_with(tag, dockerd_args);
         let outside = TestNs::new(&format!("{tag}o"));
         veth("up0", &d.ns, "eth0", &outside);
         d.ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
@@ -1090,12 +1143,41 @@ impl DockerHost {
         format!("outside:{}", self.outside.name)
     }
 
+    /// Record this host as captures/doctor/NAME (with NETTOOL_RECORD_CAPTURES=1).
+    fn record(&self, name: &str, how: &str, args: &[&str]) {
+        record_capture(
+            &[("DOCKER_HOST", self.d.host())],
+            &self.d.ns.name,
+            name,
+            how,
+            args,
+        );
+    }
+
     /// `curl` from the outside namespace to the host's uplink address: the HTTP status.
     fn curl_outside(&self, port: u16) -> String {
+        self.curl_outside_at("192.0.2.1", port)
+    }
+
+    /// The same to the host's IPv6 uplink address (a dual host).
+    fn curl_outside6(&self, port: u16) -> String {
+        self.curl_outside_at("[2001:db8:1::1]", port)
+    }
+
+    fn curl_outside_at(&self, host: &str, port: u16) -> String {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.outside.name, "curl", "-s", "-m", "5"])
+            .args([
+                "netns",
+                "exec",
+                &self.outside.name,
+                "curl",
+                "-g",
+                "-s",
+                "-m",
+                "5",
+            ])
             .args(["-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://192.0.2.1:{port}/"))
+            .arg(format!("http://{host}:{port}/"))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -1458,6 +1540,137 @@ fn docker_service_on_loopback_port_on_loopback_wrong_port_and_forwarding_off() {
         "dnat_wrong_port",
         8085,
     );
+}
+
+/// The hops of one family.
+fn hops_of<'a>(r: &'a Value, family: &str) -> Vec<&'a Value> {
+    r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["family"] == family)
+        .collect()
+}
+
+#[test]
+fn docker_dual_stack_port_over_ipv4_and_ipv6() {
+    let mut h = DockerHost::dual("dk-v6");
+    let outside = h.outside_from();
+    // Healthy: the service listens on [::]:80 (both families); the port is published over
+    // IPv4 and IPv6 (ip6tables DNAT to the container's fd00:d0c:: address).
+    h.run(
+        "web",
+        &["-p", "8080:80"],
+        &["/nettool", "serve", "http", "80", "--bind", "::"],
+    );
+    h.wait_clear(&["--from", &outside, "8080"]);
+    for from in [outside.as_str(), "localhost"] {
+        let r = h.doctor(&["--from", from, "8080", "--probe"]);
+        assert_eq!(r["diagnosis"]["ok"], true, "{from}: {r:#}");
+        assert!(
+            r["diagnosis"]["line"]
+                .as_str()
+                .unwrap()
+                .starts_with("all clear over IPv4 and IPv6"),
+            "{from}: {r:#}"
+        );
+        assert_eq!(r["probe"]["ok"], true, "{from}: {r:#}");
+        assert_eq!(r["ipv6"]["probe"]["ok"], true, "{from}: {r:#}");
+        assert!(
+            r["ipv6"]["probe"]["target"]
+                .as_str()
+                .unwrap()
+                .starts_with('['),
+            "{r:#}"
+        );
+        assert!(!hops_of(&r, "ipv6").is_empty(), "{r:#}");
+    }
+    // From a throwaway outside client doctor attaches itself: it gets IPv6 too.
+    let r = h.doctor(&["--from", "outside", "8080", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["ipv6"]["probe"]["ok"], true, "{r:#}");
+    let r = h.doctor(&["--from", &outside, "8080"]);
+    let d6 = r["ipv6"]["destination"]["addr"].as_str().unwrap();
+    assert!(d6.starts_with("fd00:d0c::"), "{r:#}");
+    assert_eq!(r["ipv6"]["destination"]["via"], "dnat", "{r:#}");
+    assert!(h.curl_outside6(8080).starts_with('2'));
+    h.record(
+        "docker-dual-stack-healthy",
+        "dual-stack dockerd (--ipv6 --fixed-cidr-v6 fd00:d0c::/64 --ip6tables), web (nettool serve http on [::]:80) -p 8080:80, uplink also 2001:db8:1::1/64",
+        &["--from", &outside, "8080", "--probe"],
+    );
+
+    // A fault on IPv6 only: Docker's ip6tables DNAT rule for 8080 deleted. docker-proxy on
+    // [::]:8080 takes over (curl still gets 200), the container sees the bridge's address.
+    let save = Command::new("ip")
+        .args(["netns", "exec", &h.d.ns.name])
+        .args(["ip6tables", "-t", "nat", "-S", "DOCKER"])
+        .output()
+        .unwrap();
+    let rule = String::from_utf8_lossy(&save.stdout)
+        .lines()
+        .find(|l| l.contains("--dport 8080 "))
+        .expect("Docker's ip6tables DNAT rule for 8080")
+        .replacen("-A", "-D", 1);
+    let mut del = vec![
+        "ip",
+        "netns",
+        "exec",
+        &h.d.ns.name,
+        "ip6tables",
+        "-t",
+        "nat",
+    ];
+    del.extend(rule.split_whitespace());
+    sh(&del);
+    assert!(h.curl_outside6(8080).starts_with('2'), "the proxy answers");
+    h.record(
+        "docker-ipv6-dnat-deleted",
+        "dual-stack dockerd, Docker's ip6tables DNAT rule for 8080 deleted (ip6tables -t nat -D DOCKER ...), docker-proxy answers on [::]:8080",
+        &["--from", &outside, "8080", "--probe"],
+    );
+    let r = docker_break_fix(&mut h, &["--from", &outside, "8080"], "dnat_missing", 8080);
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(line.starts_with("over IPv6: Docker's DNAT rule"), "{r:#}");
+    assert_eq!(r["diagnosis"]["fix"]["command"], "docker restart web");
+    assert!(
+        hops_of(&r, "ipv4").iter().all(|h| h["verdict"] == "ok"),
+        "{r:#}"
+    );
+    let fixed = h.doctor(&["--from", &outside, "8080", "--probe"]);
+    assert_eq!(fixed["ipv6"]["probe"]["ok"], true, "{fixed:#}");
+    assert_eq!(fixed["ipv6"]["destination"]["via"], "dnat", "{fixed:#}");
+    assert!(h.curl_outside6(8080).starts_with('2'));
+
+    // A fault on IPv6 only: the service listens on 0.0.0.0 (IPv4) inside the container.
+    h.run(
+        "web4",
+        &["-p", "8081:80"],
+        &["/nettool", "serve", "http", "80"],
+    );
+    wait_for("web4 listening", 20, || {
+        fault(&h.doctor(&["--from", &outside, "8081"])) == "service_ipv4_only"
+    });
+    assert!(!h.curl_outside6(8081).starts_with('2'), "broken over IPv6");
+    h.record(
+        "docker-ipv6-service-on-ipv4-only",
+        "dual-stack dockerd, web4 (nettool serve http on 0.0.0.0:80, IPv4 only) -p 8081:80",
+        &["--from", &outside, "8081", "--probe"],
+    );
+    let r = docker_break_fix(
+        &mut h,
+        &["--from", &outside, "8081"],
+        "service_ipv4_only",
+        8081,
+    );
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(
+        line.starts_with("over IPv6: ") && line.contains("0.0.0.0:80"),
+        "{r:#}"
+    );
+    let fixed = h.doctor(&["--from", &outside, "8081", "--probe"]);
+    assert_eq!(fixed["ipv6"]["probe"]["ok"], true, "{fixed:#}");
+    assert!(h.curl_outside6(8081).starts_with('2'));
 }
 
 // ---------------------------------------------------------------------------------------------

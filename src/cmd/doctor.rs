@@ -343,18 +343,13 @@ fn verdict_text(v: Verdict) -> String {
 /// The human report: header, one block per hop with its evidence, probe, the one-line verdict.
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
-    if let Some(p) = &r.packet {
-        out.push_str(&format!(
-            "{}/{} from {} (host namespace {})\n",
-            p.proto, p.dport, r.from, r.host_netns
-        ));
-        out.push_str(&paint(
+    let packet_line = |label: &str, p: &doctor::Packet| {
+        paint(
             &format!(
-                "packet: {} {} -> {}:{}{} at {}\n",
+                "{label}: {} {} -> {}{} at {}\n",
                 p.proto,
                 p.src,
-                p.dst,
-                p.dport,
+                std::net::SocketAddr::new(p.dst, p.dport),
                 p.iif
                     .as_ref()
                     .map(|i| format!(" in {i}"))
@@ -362,7 +357,25 @@ pub fn render(r: &Report) -> String {
                 p.hook
             ),
             "2",
+        )
+    };
+    if let Some(p) = &r.packet {
+        out.push_str(&format!(
+            "{}/{} from {} (host namespace {}){}\n",
+            p.proto,
+            p.dport,
+            r.from,
+            r.host_netns,
+            if r.ipv6.is_some() {
+                ", over IPv4 and IPv6"
+            } else {
+                ""
+            }
         ));
+        out.push_str(&packet_line("packet", p));
+    }
+    if let Some(p) = r.ipv6.as_ref().and_then(|f| f.packet.as_ref()) {
+        out.push_str(&packet_line("packet over IPv6", p));
     }
     out.push('\n');
     let width = r
@@ -381,9 +394,17 @@ pub fn render(r: &Report) -> String {
             out.push_str(&paint(&format!("{indent}{e}\n"), "2"));
         }
     }
-    if let Some(p) = &r.probe {
+    let probes: Vec<_> = r
+        .probe
+        .iter()
+        .chain(r.ipv6.iter().flat_map(|f| f.probe.as_ref()))
+        .collect();
+    if !probes.is_empty() {
+        out.push('\n');
+    }
+    for p in probes {
         out.push_str(&format!(
-            "\n  probe from {} to {}: {} ({} ms)\n",
+            "  probe from {} to {}: {} ({} ms)\n",
             p.from_netns.as_deref().unwrap_or("-"),
             p.target,
             if p.ok {

@@ -8,6 +8,7 @@
 //! Nothing here prints; `src/cmd/doctor.rs` renders.
 
 pub mod engine;
+mod family;
 pub mod fix;
 pub mod path;
 pub mod probe;
@@ -91,6 +92,18 @@ pub enum Fault {
     DnatMissing,
     /// The service listens on the container's loopback only.
     ServiceOnLoopback,
+    /// The service listens on IPv4 only while the port is published over IPv6 too.
+    ServiceIpv4Only,
+}
+
+/// The address family of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// IPv4.
+    Ipv4,
+    /// IPv6.
+    Ipv6,
 }
 
 /// One step of the path with its verdict and the facts behind it.
@@ -111,6 +124,22 @@ pub struct Hop {
     pub fault: Option<Fault>,
     /// The command that fixes it, when there is one.
     pub fix: Option<Fix>,
+    /// The path this hop is on, when doctor followed a dual-stack port over both families
+    /// (None: the one path, or the engine's intent both paths share).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<Family>,
+}
+
+/// The IPv6 path of a dual-stack port, followed beside the IPv4 one (its hops are in
+/// [`Report::hops`] with family ipv6).
+#[derive(Debug, Clone, Serialize)]
+pub struct FamilyPath {
+    /// The packet over IPv6, as the host first sees it.
+    pub packet: Option<Packet>,
+    /// Where it goes.
+    pub destination: Option<Destination>,
+    /// What a real connection over IPv6 did (with `probe`).
+    pub probe: Option<facts::ProbeResult>,
 }
 
 /// Where the connection starts.
@@ -237,6 +266,10 @@ pub struct Report {
     pub diagnosis: Diagnosis,
     /// What a real connection did (with `probe`).
     pub probe: Option<facts::ProbeResult>,
+    /// The IPv6 path, when the port is published over IPv6 too and the source can use it
+    /// (the fields above are then the IPv4 path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<FamilyPath>,
     /// What reading the machine cost (namespaces entered, netlink dumps, /proc scans).
     pub reads: Reads,
 }
@@ -275,6 +308,7 @@ impl Hop {
             evidence: Vec::new(),
             fault: None,
             fix: None,
+            family: None,
         }
     }
 
@@ -357,7 +391,14 @@ pub fn diagnose(req: &Request) -> Result<(Report, Snapshot), DoctorError> {
     snap.question = Some(q.clone());
     let mut report = judge(&snap, &q)?;
     if req.probe {
-        if let Some(packet) = &report.packet {
+        // Every path followed is probed: over IPv4 and, for a dual-stack port, over IPv6.
+        let packets: Vec<Packet> = report
+            .packet
+            .iter()
+            .chain(report.ipv6.iter().flat_map(|p| p.packet.as_ref()))
+            .cloned()
+            .collect();
+        for packet in &packets {
             let r = probe::run(req, packet, &snap);
             snap.probes.push(r);
         }
@@ -375,14 +416,51 @@ pub fn replay(snap: &Snapshot) -> Result<Report, DoctorError> {
     judge(snap, &q)
 }
 
-/// Every check, as a pure function of the snapshot and the question.
+/// Every check, as a pure function of the snapshot and the question: the IPv4 path, and the
+/// IPv6 path too when the port is published over IPv6 and the source can use it.
 pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
+    let fw = rules::Firewall::from_snapshot(snap);
+    match family::families(snap, q, &fw).as_slice() {
+        [only] => Ok(judge_path(snap, q, &fw, *only)?.0),
+        _ => {
+            let (r4, stopped) = judge_path(snap, q, &fw, Family::Ipv4)?;
+            if stopped {
+                // The engine's intent failed: that cause is the same for both families.
+                return Ok(r4);
+            }
+            let (r6, _) = judge_path(snap, q, &fw, Family::Ipv6)?;
+            Ok(family::merge(r4, r6))
+        }
+    }
+}
+
+/// The last probe made over `fam` (its target's family).
+fn probe_of(snap: &Snapshot, fam: Family) -> Option<facts::ProbeResult> {
+    snap.probes
+        .iter()
+        .rev()
+        .find(|p| {
+            p.target
+                .parse::<SocketAddr>()
+                .map(|a| a.is_ipv6() == (fam == Family::Ipv6))
+                .unwrap_or(fam == Family::Ipv4)
+        })
+        .cloned()
+}
+
+/// One path (one address family). True with it when the engine's intent named the cause
+/// and the path was not followed further.
+fn judge_path(
+    snap: &Snapshot,
+    q: &Question,
+    fw: &rules::Firewall,
+    fam: Family,
+) -> Result<(Report, bool), DoctorError> {
     let host = snap.host();
     let fixer = Fixer {
         host_name: q.host_name.clone(),
         host_path: q.host_path.clone().unwrap_or_default(),
     };
-    let fw = rules::Firewall::from_snapshot(snap);
     let src_ns = match &q.from {
         From::Outside { client: Some(id) } | From::Container { ns: id } => {
             Some(snap.ns(*id).ok_or_else(|| {
@@ -398,7 +476,7 @@ pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
         None => None,
     };
     let from = describe_from(snap, &q.from);
-    let mut packet = receiver::build_packet(q, snap, src_ns)?;
+    let mut packet = receiver::build_packet(q, snap, src_ns, fam == Family::Ipv6)?;
 
     let mut hops = Vec::new();
     // 0. What the engine intends for this port (or container), and whether that holds.
@@ -437,16 +515,17 @@ pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
                     line: String::new(),
                     fix: None,
                 },
-                probe: snap.probes.last().cloned(),
+                probe: probe_of(snap, fam),
+                ipv6: None,
                 reads: snap.meta.reads.clone(),
             };
             report.diagnosis = conclude(&report);
-            return Ok(report);
+            return Ok((report, true));
         }
     }
     // 1. Who receives the connection.
     let (dest, receiver_hop, walk) =
-        receiver::receiver(q, snap, &fw, &mut packet, container_ns, &from, &fixer);
+        receiver::receiver(q, snap, fw, &mut packet, container_ns, &from, &fixer);
     if let Some(e) = hops
         .iter_mut()
         .find(|h| h.fault == Some(Fault::PublishedElsewhere))
@@ -495,7 +574,8 @@ pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
             line: String::new(),
             fix: None,
         },
-        probe: snap.probes.last().cloned(),
+        probe: probe_of(snap, fam),
+        ipv6: None,
         reads: snap.meta.reads.clone(),
     };
     if let Some(mut dest) = dest {
@@ -505,7 +585,7 @@ pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
                 q,
                 snap,
                 host,
-                fw: &fw,
+                fw,
                 walk: walk.as_ref(),
                 packet: &packet,
                 fixer: &fixer,
@@ -517,7 +597,7 @@ pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
         report.destination = Some(dest);
     }
     report.diagnosis = conclude(&report);
-    Ok(report)
+    Ok((report, false))
 }
 
 /// How the source reads in the report.
@@ -554,29 +634,45 @@ fn conclude(r: &Report) -> Diagnosis {
             ok: false,
             fault: h.fault,
             hop: Some(h.id.clone()),
-            line: h.summary.clone(),
+            line: match h.family {
+                Some(Family::Ipv6) => format!("over IPv6: {}", h.summary),
+                _ => h.summary.clone(),
+            },
             fix: h.fix.clone(),
         };
     }
-    if let Some(p) = &r.probe {
-        if !p.ok {
-            return Diagnosis {
-                ok: false,
-                fault: Some(Fault::ProbeFailed),
-                hop: None,
-                line: format!("every hop looks right but the probe failed: {}", p.outcome),
-                fix: None,
-            };
-        }
+    let v6 = r.ipv6.as_ref();
+    let probes: Vec<(&str, &facts::ProbeResult)> = r
+        .probe
+        .iter()
+        .map(|p| ("", p))
+        .chain(v6.and_then(|f| f.probe.as_ref()).map(|p| (" over IPv6", p)))
+        .collect();
+    if let Some((over, p)) = probes.iter().find(|(_, p)| !p.ok) {
+        return Diagnosis {
+            ok: false,
+            fault: Some(Fault::ProbeFailed),
+            hop: None,
+            line: format!(
+                "every hop looks right but the probe{over} failed: {}",
+                p.outcome
+            ),
+            fix: None,
+        };
     }
     let warns = r.hops.iter().filter(|h| h.verdict == Verdict::Warn).count();
+    let to = |d: &Destination| SocketAddr::new(d.addr, d.port).to_string();
     let dest = r
         .destination
         .as_ref()
         .map(|d| {
+            let also = v6
+                .and_then(|f| f.destination.as_ref())
+                .map(|d6| format!(" and {}", to(d6)))
+                .unwrap_or_default();
             format!(
-                " to {}{}",
-                SocketAddr::new(d.addr, d.port),
+                " to {}{also}{}",
+                to(d),
                 d.netns
                     .as_ref()
                     .map(|n| format!(" in {n}"))
@@ -589,12 +685,17 @@ fn conclude(r: &Report) -> Diagnosis {
         fault: None,
         hop: None,
         line: format!(
-            "all clear: the path from {}{dest} is open{}{}",
-            r.from,
-            if r.probe.is_some() {
-                " and the probe got through"
+            "all clear{}: the path from {}{dest} is open{}{}",
+            if v6.is_some() {
+                " over IPv4 and IPv6"
             } else {
                 ""
+            },
+            r.from,
+            match probes.len() {
+                0 => "",
+                1 => " and the probe got through",
+                _ => " and both probes got through",
             },
             if warns > 0 {
                 format!(" ({warns} warning(s) above)")
@@ -649,6 +750,42 @@ mod tests {
             let fails = r.hops.iter().filter(|h| h.verdict == Verdict::Fail).count();
             assert!(fails <= 1, "{}: one cause, one FAIL", path.display());
         }
+    }
+
+    #[test]
+    fn a_dual_stack_port_is_followed_over_both_families_and_a_v6_fault_is_named_on_v6() {
+        let load = |name: &str| {
+            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("captures/doctor/{name}.json"));
+            replay(&facts::load(&p).unwrap()).unwrap()
+        };
+        let ok = load("docker-dual-stack-healthy");
+        assert!(ok.diagnosis.ok, "{}", ok.diagnosis.line);
+        let v6 = ok.ipv6.as_ref().expect("followed over IPv6 too");
+        assert!(v6.destination.as_ref().unwrap().addr.is_ipv6());
+        assert!(v6.probe.as_ref().unwrap().ok);
+        for (name, fault) in [
+            ("docker-ipv6-dnat-deleted", Fault::DnatMissing),
+            ("docker-ipv6-service-on-ipv4-only", Fault::ServiceIpv4Only),
+        ] {
+            let r = load(name);
+            assert_eq!(r.diagnosis.fault, Some(fault), "{name}");
+            assert!(r.diagnosis.line.starts_with("over IPv6: "), "{name}");
+            // The IPv4 half is clear: the fault is the IPv6 path's alone.
+            assert!(r
+                .hops
+                .iter()
+                .filter(|h| h.family == Some(Family::Ipv4))
+                .all(|h| h.verdict == Verdict::Ok));
+        }
+        // Asked over IPv4 only (the client's address given), the same broken host is clear.
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("captures/doctor/docker-ipv6-service-on-ipv4-only.json");
+        let snap = facts::load(&p).unwrap();
+        let mut q = snap.question.clone().unwrap();
+        q.dst = Some("192.0.2.1".parse().unwrap());
+        let r = judge(&snap, &q).unwrap();
+        assert!(r.ipv6.is_none() && r.diagnosis.ok, "{}", r.diagnosis.line);
     }
 
     #[test]

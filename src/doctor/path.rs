@@ -31,15 +31,17 @@ pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<H
     // The route to the rewritten destination (as the host itself sees it).
     let route = host.route_to(dest.addr);
 
-    // Kernel switches.
+    // Kernel switches (IPv6 forwarding is its own; rp_filter and route_localnet are IPv4's).
+    let v6 = dest.addr.is_ipv6();
     if cx.forwarded {
-        let v = host.sysctl("net.ipv4.ip_forward");
+        let name = if v6 {
+            "net.ipv6.conf.all.forwarding"
+        } else {
+            "net.ipv4.ip_forward"
+        };
+        let v = host.sysctl(name);
         if v == Some("1") {
-            hops.push(Hop::ok(
-                "ip_forward",
-                "ip_forward",
-                "net.ipv4.ip_forward = 1",
-            ));
+            hops.push(Hop::ok("ip_forward", "ip_forward", format!("{name} = 1")));
         } else {
             hops.push(
                 Hop::fail(
@@ -47,18 +49,19 @@ pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<H
                     "ip_forward",
                     Fault::IpForwardOff,
                     format!(
-                        "net.ipv4.ip_forward = {}: the host does not forward the DNATed packet to {}",
+                        "{name} = {}: the host does not forward the DNATed packet to {}",
                         v.unwrap_or("?"),
                         dest.addr
                     ),
                 )
-                .with_fix(Some(cx.fixer.fix(
+                .with_fix(Some(cx.fixer.fix_owned(
                     "turn forwarding on",
-                    &["sysctl", "-w", "net.ipv4.ip_forward=1"],
+                    vec!["sysctl".into(), "-w".into(), format!("{name}=1")],
+                    false,
                 ))),
             );
         }
-        if let Some(iif) = &packet.iif {
+        if let (Some(iif), false) = (&packet.iif, v6) {
             hops.push(rp_filter_hop(cx, iif));
         }
     }
@@ -67,7 +70,7 @@ pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<H
         .ok()
         .and_then(|r| r.oif)
         .and_then(|i| host.link(i));
-    if dest.via == "dnat" && packet.hook == "output" && packet.dst.is_loopback() {
+    if dest.via == "dnat" && packet.hook == "output" && packet.dst.is_loopback() && !v6 {
         // A localhost connection rewritten to a container leaves with source 127.0.0.1:
         // the kernel drops it as martian unless route_localnet is on for the output interface.
         let dev = out_if
@@ -303,10 +306,14 @@ pub(crate) fn same_subnet(a: &Address, ip: IpAddr) -> bool {
 }
 
 fn br_netfilter_hop(cx: &PathCtx, bridge: &str) -> Hop {
-    const NAME: &str = "net.bridge.bridge-nf-call-iptables";
-    let v = cx.host.sysctl(NAME);
+    let (name, tool, fam) = if cx.packet.dst.is_ipv6() {
+        ("net.bridge.bridge-nf-call-ip6tables", "ip6tables", "IPv6")
+    } else {
+        ("net.bridge.bridge-nf-call-iptables", "iptables", "IPv4")
+    };
+    let v = cx.host.sysctl(name);
     let evidence = format!(
-        "{NAME} = {} (client and destination are both on {bridge})",
+        "{name} = {} (client and destination are both on {bridge})",
         v.unwrap_or("absent: br_netfilter not loaded")
     );
     match v {
@@ -321,13 +328,14 @@ fn br_netfilter_hop(cx: &PathCtx, bridge: &str) -> Hop {
             "br_netfilter",
             Fault::BrNetfilter,
             format!(
-                "{NAME} is off: the answer is bridged on {bridge} straight to the client with the container's address, and the client drops it"
+                "{name} is off: the answer is bridged on {bridge} straight to the client with the container's address, and the client drops it"
             ),
         )
         .with_evidence(evidence)
-        .with_fix(Some(cx.fixer.fix(
-            "pass bridged IPv4 traffic through iptables/conntrack",
-            &["sysctl", "-w", "net.bridge.bridge-nf-call-iptables=1"],
+        .with_fix(Some(cx.fixer.fix_owned(
+            &format!("pass bridged {fam} traffic through {tool}/conntrack"),
+            vec!["sysctl".into(), "-w".into(), format!("{name}=1")],
+            false,
         ))),
         None => Hop::fail(
             "br_netfilter",

@@ -167,6 +167,36 @@ impl TempClient {
         )?;
         ip(&t.ns, &["link", "set", "eth0", "up"])?;
         ip(&t.ns, &["route", "add", "default", "via", &gw.to_string()])?;
+        // IPv6 too, on the matching /64 of 2001:2::/48 (the IPv6 benchmarking range), so a
+        // dual-stack port is probed over both families. nodad: usable at once. A host with
+        // IPv6 off keeps an IPv4-only client.
+        let i = (u32::from(net.network()) - u32::from(Ipv4Addr::new(198, 18, 0, 0))) / 4;
+        let gw6 = format!("2001:2:0:{i:x}::1");
+        let _ = ip(
+            host,
+            &[
+                "addr",
+                "add",
+                &format!("{gw6}/64"),
+                "dev",
+                &host_if,
+                "nodad",
+            ],
+        )
+        .and_then(|_| {
+            ip(
+                &t.ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("2001:2:0:{i:x}::2/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )
+        })
+        .and_then(|_| ip(&t.ns, &["-6", "route", "add", "default", "via", &gw6]));
         Ok(t)
     }
 }

@@ -1,7 +1,7 @@
 //! Hop 1: the packet as the host first sees it, and who receives it (a DNAT rule, a
 //! userland proxy, a local service, or nothing).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::engine::EngineKind;
 use crate::facts::{From, NsFacts, Question, Snapshot};
@@ -15,11 +15,12 @@ const ID: &str = "receiver";
 const TITLE: &str = "who receives it";
 use super::{rules, Destination, DoctorError, Fault, Hop, Packet};
 
-/// The packet as it reaches the host, from the source and what was asked.
+/// The packet as it reaches the host, from the source and what was asked; over IPv6 when `v6`.
 pub(crate) fn build_packet(
     req: &Question,
     snap: &Snapshot,
     src_ns: Option<&NsFacts>,
+    v6: bool,
 ) -> Result<Packet, DoctorError> {
     let host = snap.host();
     // With a container target the published port is found later from its DNAT rule.
@@ -29,12 +30,31 @@ pub(crate) fn build_packet(
         req.port
     }
     .ok_or_else(|| DoctorError::Usage("say which port: nettool doctor PORT".into()))?;
-    let v4 = |a: &&Address| a.address.is_ipv4() && !a.address.is_loopback();
+    // An address of the path's family a client can use (not loopback, not link-local).
+    let fam = |a: &&Address| {
+        a.address.is_ipv6() == v6
+            && !a.address.is_loopback()
+            && !crate::facts::is_link_local(a.address)
+    };
+    let (localhost, unspecified, assumed) = if v6 {
+        (
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            // 2001:db8::/32, the documentation prefix (as TEST-NET-3 is for IPv4).
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)),
+        )
+    } else {
+        (
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+        )
+    };
     Ok(match &req.from {
         From::Localhost => Packet {
             proto: req.proto,
-            src: req.src.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            dst: req.dst.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            src: req.src.unwrap_or(localhost),
+            dst: req.dst.unwrap_or(localhost),
             dport: port,
             iif: None,
             hook: "output".into(),
@@ -43,8 +63,8 @@ pub(crate) fn build_packet(
         From::Host => {
             let dst = req
                 .dst
-                .or_else(|| host.primary_address())
-                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                .or_else(|| host.primary_address_of(v6))
+                .unwrap_or(localhost);
             Packet {
                 proto: req.proto,
                 src: req.src.unwrap_or(dst),
@@ -61,13 +81,13 @@ pub(crate) fn build_packet(
             let mut dst = req.dst;
             let mut src = req.src;
             if let Some(c) = src_ns {
-                if let Some((host_if, client_addr)) = snap.link_into_host(c) {
+                if let Some((host_if, client_addr)) = super::family::into_host(snap, c, v6) {
                     iif.get_or_insert(host_if.name.clone());
                     if dst.is_none() {
                         dst = host
                             .addresses
                             .iter()
-                            .filter(v4)
+                            .filter(fam)
                             .find(|a| a.index == host_if.index)
                             .map(|a| a.address);
                     }
@@ -83,17 +103,17 @@ pub(crate) fn build_packet(
                     ext.and_then(|l| {
                         host.addresses
                             .iter()
-                            .filter(v4)
+                            .filter(fam)
                             .find(|a| a.index == l.index)
                             .map(|a| a.address)
                     })
                 })
-                .or_else(|| host.primary_address())
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                .or_else(|| host.primary_address_of(v6))
+                .unwrap_or(unspecified);
             Packet {
                 proto: req.proto,
                 src_assumed: src.is_none(),
-                src: src.unwrap_or(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))),
+                src: src.unwrap_or(assumed),
                 dst,
                 dport: port,
                 iif,
@@ -102,31 +122,29 @@ pub(crate) fn build_packet(
         }
         From::Container { .. } => {
             let c = src_ns.ok_or_else(|| DoctorError::Usage("no source namespace".into()))?;
-            let (host_if, client_addr) = snap.link_into_host(c).ok_or_else(|| {
-                DoctorError::Usage(format!(
-                    "the source namespace {} has no veth into the host namespace {}",
-                    c.label, host.label
-                ))
-            })?;
+            let (host_if, client_addr) =
+                super::family::into_host(snap, c, v6).ok_or_else(|| {
+                    DoctorError::Usage(format!(
+                        "the source namespace {} has no veth into the host namespace {}",
+                        c.label, host.label
+                    ))
+                })?;
             // The container reaches the host through the bridge its veth is a port of.
             let bridge = host_if.master.and_then(|m| host.link(m)).unwrap_or(host_if);
             let gw = host
                 .addresses
                 .iter()
-                .filter(v4)
+                .filter(fam)
                 .find(|a| a.index == bridge.index)
                 .map(|a| a.address);
             Packet {
                 proto: req.proto,
-                src: req
-                    .src
-                    .or(client_addr)
-                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                src: req.src.or(client_addr).unwrap_or(unspecified),
                 dst: req
                     .dst
                     .or(gw)
-                    .or_else(|| host.primary_address())
-                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                    .or_else(|| host.primary_address_of(v6))
+                    .unwrap_or(unspecified),
                 dport: port,
                 iif: Some(bridge.name.clone()),
                 hook: "prerouting".into(),
@@ -186,10 +204,9 @@ pub(crate) fn receiver(
             ID,
             TITLE,
             format!(
-                "DNAT in {} rewrites {}:{} to {}",
+                "DNAT in {} rewrites {} to {}",
                 rule.chain,
-                packet.dst,
-                packet.dport,
+                SocketAddr::new(packet.dst, packet.dport),
                 SocketAddr::new(dest.addr, dest.port)
             ),
         )
@@ -199,12 +216,19 @@ pub(crate) fn receiver(
         ));
         return (Some(dest), hop, Some(walk));
     }
-    // No DNAT for this packet: a socket on the host gets it, if one listens.
-    let listener = host.listeners.iter().find(|s| {
+    // No DNAT for this packet: a socket on the host gets it, if one listens. 0.0.0.0 takes
+    // IPv4 only; [::] takes both unless a socket of the packet's own family is there too.
+    let takes = |s: &&crate::netns::sockets::Socket| {
+        let ip = s.local.ip();
         s.proto == packet.proto
             && s.local.port() == packet.dport
-            && (s.local.ip().is_unspecified() || s.local.ip() == packet.dst)
-    });
+            && (ip == packet.dst || (ip.is_unspecified() && (ip.is_ipv6() || packet.dst.is_ipv4())))
+    };
+    let listener = host
+        .listeners
+        .iter()
+        .filter(takes)
+        .min_by_key(|s| s.local.ip().is_ipv6() != packet.dst.is_ipv6());
     if let Some(sock) = listener {
         let owner = sock.owners.first().cloned();
         let proxied = owner.as_ref().and_then(|o| {
@@ -230,13 +254,15 @@ pub(crate) fn receiver(
             sock.local,
             owners_text(&sock.owners)
         ));
-        if fw.has_dnat_for_port(packet.proto, packet.dport) {
+        if fw.has_dnat_for_port_in(packet.dst.is_ipv6(), packet.proto, packet.dport) {
             hop.evidence.push(format!(
                 "a DNAT rule for {}/{} exists but does not match this packet ({} hook, from {}): {}",
                 packet.proto, packet.dport, packet.hook, packet.src, walk.summary
             ));
         }
-        if let Some(fail) = dnat_missing(req, snap, packet, owner.as_ref(), proxied, &who, fixer) {
+        if let Some(fail) =
+            dnat_missing(req, snap, fw, packet, owner.as_ref(), proxied, &who, fixer)
+        {
             let mut fail = fail;
             fail.evidence.extend(hop.evidence);
             fail.evidence.push(format!("walk: {}", walk.summary));
@@ -285,7 +311,7 @@ pub(crate) fn receiver(
         ),
     );
     hop.evidence.push(format!("walk: {}", walk.summary));
-    if fw.has_dnat_for_port(packet.proto, packet.dport) {
+    if fw.has_dnat_for_port_in(packet.dst.is_ipv6(), packet.proto, packet.dport) {
         hop.evidence.push(format!(
             "a DNAT rule publishes {}/{} but does not match this packet",
             packet.proto, packet.dport
@@ -334,9 +360,11 @@ pub(crate) fn owners_text(o: &[Owner]) -> String {
 /// the connection works but the container sees the bridge address instead of its clients)
 /// or by a reservation socket that never accepts (Podman's conmon): the DNAT rule is gone,
 /// usually flushed by a firewall reload. The engine re-creates it.
+#[allow(clippy::too_many_arguments)]
 fn dnat_missing(
     req: &Question,
     snap: &Snapshot,
+    fw: &rules::Firewall,
     packet: &Packet,
     owner: Option<&Owner>,
     proxied: Option<SocketAddr>,
@@ -385,6 +413,11 @@ fn dnat_missing(
     {
         return None;
     }
+    // Over IPv6 Docker DNATs only with --ip6tables (its DOCKER chain in the IPv6 nat table);
+    // without it docker-proxy on [::] is how Docker publishes the port.
+    if packet.dst.is_ipv6() && !docker_writes_ip6tables(fw) {
+        return None;
+    }
     let c = intent.and_then(|i| {
         i.containers.iter().find(|c| {
             c.engine == EngineKind::Docker
@@ -422,4 +455,14 @@ fn dnat_missing(
             )
         })),
     )
+}
+
+/// True when Docker writes IPv6 NAT rules (dockerd --ip6tables): its DOCKER chain is in the
+/// IPv6 nat table.
+fn docker_writes_ip6tables(fw: &rules::Firewall) -> bool {
+    fw.rs6
+        .tables
+        .iter()
+        .filter(|t| t.name == "nat")
+        .any(|t| t.chain("DOCKER").is_some())
 }

@@ -63,6 +63,8 @@ pub struct Firewall {
     legacy: HashSet<String>,
     /// True when iptables-nft (or nft) also holds rules besides the legacy ones.
     other_rules: bool,
+    /// net.ipv6.conf.all.forwarding, for walks of IPv6 packets.
+    forwarding6: Option<bool>,
 }
 
 /// The rule text without a leading `[packets:bytes]` counter.
@@ -84,6 +86,9 @@ impl Firewall {
             rs6: d.ruleset(true, &host.label),
             facts: local_facts(host),
             legacy: d.legacy_rules(),
+            forwarding6: host
+                .sysctl("net.ipv6.conf.all.forwarding")
+                .map(|v| v == "1"),
             ..Default::default()
         };
         fw.source = format!("namespace {}", host.label);
@@ -111,6 +116,26 @@ impl Firewall {
 
     fn tables(&self) -> impl Iterator<Item = &Table> {
         self.rs.tables.iter().chain(&self.rs6.tables)
+    }
+
+    /// The rule set of one family (true: IPv6).
+    fn family(&self, v6: bool) -> &Ruleset {
+        if v6 {
+            &self.rs6
+        } else {
+            &self.rs
+        }
+    }
+
+    /// The host's facts for a walk toward `dst`: IPv6 forwarding is its own switch.
+    pub fn facts_for(&self, dst: IpAddr) -> std::borrow::Cow<'_, LocalFacts> {
+        if dst.is_ipv6() {
+            let mut f = self.facts.clone();
+            f.forwarding = self.forwarding6;
+            std::borrow::Cow::Owned(f)
+        } else {
+            std::borrow::Cow::Borrowed(&self.facts)
+        }
     }
 }
 
@@ -158,19 +183,34 @@ impl Firewall {
         }
     }
 
-    /// The rule at `line` of `chain` in a table called `table`, with its table and position.
-    fn rule_at(&self, table: &str, chain: &str, line: usize) -> Option<(&Table, usize, &Rule)> {
-        self.tables().filter(|t| t.name == table).find_map(|t| {
-            let c = t.chain(chain)?;
-            let i = c.rules.iter().position(|r| r.line == line)?;
-            Some((t, i + 1, &c.rules[i]))
-        })
+    /// The rule at `line` of `chain` in a table called `table` of one family (IPv4 and IPv6
+    /// tables share names), with its table and position.
+    fn rule_at(
+        &self,
+        v6: bool,
+        table: &str,
+        chain: &str,
+        line: usize,
+    ) -> Option<(&Table, usize, &Rule)> {
+        self.family(v6)
+            .tables
+            .iter()
+            .filter(|t| t.name == table)
+            .find_map(|t| {
+                let c = t.chain(chain)?;
+                let i = c.rules.iter().position(|r| r.line == line)?;
+                Some((t, i + 1, &c.rules[i]))
+            })
     }
 
     /// Every DNAT rule as (proto, published port ranges, new address, new port).
     fn dnat_rules(&self) -> Vec<Published> {
+        self.dnat_rules_of(self.tables())
+    }
+
+    fn dnat_rules_of<'a>(&self, tables: impl Iterator<Item = &'a Table>) -> Vec<Published> {
         let mut out = Vec::new();
-        for t in self.tables() {
+        for t in tables {
             for c in &t.chains {
                 for r in &c.rules {
                     if let Action::Dnat { to } = &r.action {
@@ -207,11 +247,14 @@ impl Firewall {
         })
     }
 
-    /// True when some DNAT rule publishes `proto/port` (whatever its other conditions).
-    pub fn has_dnat_for_port(&self, proto: Proto, port: u16) -> bool {
-        self.dnat_rules().iter().any(|(p, ports, _, _)| {
-            *p == proto && ports.iter().any(|(a, b)| *a <= port && port <= *b)
-        })
+    /// True when some DNAT rule of one family (true: IPv6) publishes `proto/port`, whatever
+    /// its other conditions.
+    pub fn has_dnat_for_port_in(&self, v6: bool, proto: Proto, port: u16) -> bool {
+        self.dnat_rules_of(self.family(v6).tables.iter())
+            .iter()
+            .any(|(p, ports, _, _)| {
+                *p == proto && ports.iter().any(|(a, b)| *a <= port && port <= *b)
+            })
     }
 
     /// Walk the packet as it first reaches the host.
@@ -228,7 +271,7 @@ impl Firewall {
             state: "NEW".into(),
             from_host: p.hook == "output",
         };
-        walk::walk(self.for_addr(p.dst), &packet, &self.facts)
+        walk::walk(self.for_addr(p.dst), &packet, &self.facts_for(p.dst))
     }
 
     /// The DNAT rule the walk went through, if the destination was rewritten.
@@ -238,7 +281,8 @@ impl Firewall {
         })?;
         let to_addr = w.final_packet.dst;
         let to_port = w.final_packet.dport;
-        let (table, position, rule) = self.rule_at(&step.table, &step.chain, step.line)?;
+        let (table, position, rule) =
+            self.rule_at(p.dst.is_ipv6(), &step.table, &step.chain, step.line)?;
         Some(DnatRule {
             backend: self.backend_of(table, rule),
             table: table.name.clone(),
@@ -264,7 +308,7 @@ pub fn dnat_port_fix(rule: &DnatRule, addr: IpAddr, port: u16) -> Option<Vec<Str
         return None;
     }
     let mut argv: Vec<String> = vec![
-        tool_of(&rule.backend).into(),
+        tool_of(&rule.backend, rule.to_addr.is_ipv6()).into(),
         "-t".into(),
         rule.table.clone(),
         "-R".into(),
@@ -286,11 +330,13 @@ pub fn dnat_port_fix(rule: &DnatRule, addr: IpAddr, port: u16) -> Option<Vec<Str
     Some(argv)
 }
 
-fn tool_of(backend: &str) -> &'static str {
-    if backend == "iptables-legacy" {
-        "iptables-legacy"
-    } else {
-        "iptables"
+/// The iptables command that edits a rule of `backend` in the IPv4 or IPv6 (`v6`) rules.
+fn tool_of(backend: &str, v6: bool) -> &'static str {
+    match (backend == "iptables-legacy", v6) {
+        (true, false) => "iptables-legacy",
+        (true, true) => "ip6tables-legacy",
+        (false, false) => "iptables",
+        (false, true) => "ip6tables",
     }
 }
 
@@ -305,10 +351,13 @@ fn judge(fw: &Firewall, w: &Walk, dir: &str, fixer: &Fixer) -> Option<Hop> {
         return None;
     }
     let last = w.steps.iter().rev().find(|s| !s.table.is_empty())?;
+    let v6 = w.packet.dst.is_ipv6();
     if last.line == 0 {
         // A chain policy.
         let t = fw
-            .tables()
+            .family(v6)
+            .tables
+            .iter()
             .find(|t| t.name == last.table && t.chain(&last.chain).is_some());
         let policy = t
             .and_then(|t| t.chain(&last.chain))
@@ -354,7 +403,7 @@ fn judge(fw: &Firewall, w: &Walk, dir: &str, fixer: &Fixer) -> Option<Hop> {
             _ => fixer.fix(
                 "accept forwarded connections that a DNAT rule published, and their answers (appended: user chains still run first)",
                 &[
-                    if legacy { "iptables-legacy" } else { "iptables" },
+                    tool_of(if legacy { "iptables-legacy" } else { "iptables-nft" }, v6),
                     "-A",
                     &last.chain,
                     "-m",
@@ -380,7 +429,7 @@ fn judge(fw: &Firewall, w: &Walk, dir: &str, fixer: &Fixer) -> Option<Hop> {
             .with_fix(Some(fix)),
         );
     }
-    let (table, position, rule) = fw.rule_at(&last.table, &last.chain, last.line)?;
+    let (table, position, rule) = fw.rule_at(v6, &last.table, &last.chain, last.line)?;
     let backend = fw.backend_of(table, rule);
     let words = rule_words(&rule.text);
     let fix = if backend == "nft" {
@@ -401,7 +450,7 @@ fn judge(fw: &Firewall, w: &Walk, dir: &str, fixer: &Fixer) -> Option<Hop> {
         ))
     } else {
         (words.first().map(String::as_str) == Some("-A")).then(|| {
-            let mut argv: Vec<String> = vec![tool_of(&backend).into()];
+            let mut argv: Vec<String> = vec![tool_of(&backend, v6).into()];
             if table.name != "filter" {
                 argv.extend(["-t".to_string(), table.name.clone()]);
             }
@@ -485,7 +534,7 @@ pub(crate) fn firewall_hops(
             state: "ESTABLISHED".into(),
             from_host: false,
         };
-        let back = walk::walk(fw.for_addr(answer.dst), &answer, &fw.facts);
+        let back = walk::walk(fw.for_addr(answer.dst), &answer, &fw.facts_for(answer.dst));
         if let Some(h) = judge(fw, &back, "the answers", fixer) {
             return vec![h];
         }
@@ -517,7 +566,12 @@ pub(crate) fn conntrack_hop(cx: &PathCtx, dest: &Destination) -> Hop {
             "not checked: the conntrack tool is missing or failed",
         );
     };
-    let entries: Vec<&CtEntry> = all.iter().filter(|e| e.dport == Some(p.dport)).collect();
+    // Entries of the path's family only (conntrack lists IPv4 and IPv6 together).
+    let entries: Vec<&CtEntry> = all
+        .iter()
+        .filter(|e| e.dport == Some(p.dport))
+        .filter(|e| e.dst.is_none_or(|d| d.is_ipv6() == p.dst.is_ipv6()))
+        .collect();
     // An entry is stale when its reply does not come from where that same packet would be
     // sent today (walked through today's rules): a localhost client of a userland proxy is
     // answered by the proxy's socket, which is right; a client whose entry predates the DNAT
@@ -595,24 +649,29 @@ fn expected_reply(cx: &PathCtx, e: &CtEntry) -> Option<(IpAddr, u16)> {
 /// Delete only the stale flows: those answered from the old place, never every flow of the port.
 fn stale_fix(cx: &PathCtx, port: &str, e: &CtEntry, dest: &Destination) -> Option<super::Fix> {
     let (from, sport) = (e.reply_src?, e.reply_sport?);
+    let v6 = from.is_ipv6();
     let (from, sport) = (from.to_string(), sport.to_string());
+    // conntrack -D works on IPv4 entries unless told the family.
+    let mut argv = vec!["conntrack", "-D"];
+    if v6 {
+        argv.extend(["-f", "ipv6"]);
+    }
+    argv.extend([
+        "-p",
+        "udp",
+        "--orig-port-dst",
+        port,
+        "--reply-src",
+        &from,
+        "--reply-port-src",
+        &sport,
+    ]);
     Some(cx.fixer.fix(
         &format!(
             "delete the UDP entries for port {port} answered from {from}:{sport} (live flows to {}:{} stay)",
             dest.addr, dest.port
         ),
-        &[
-            "conntrack",
-            "-D",
-            "-p",
-            "udp",
-            "--orig-port-dst",
-            port,
-            "--reply-src",
-            &from,
-            "--reply-port-src",
-            &sport,
-        ],
+        &argv,
     ))
 }
 

@@ -236,7 +236,11 @@ pub(crate) fn return_route_hop(cx: &PathCtx, t: &Target<'_>, bridge: Option<&Lin
                 cx.host
                     .addresses
                     .iter()
-                    .filter(|a| a.index == b.index && a.address.is_ipv4())
+                    .filter(|a| {
+                        a.index == b.index
+                            && a.address.is_ipv4() == src.is_ipv4()
+                            && !crate::facts::is_link_local(a.address)
+                    })
                     .find(|a| {
                         t.ns.addresses
                             .iter()
@@ -292,7 +296,11 @@ pub(crate) fn service_hop(
     _inner: Option<&Link>,
 ) {
     let proto = cx.packet.proto;
-    let matches_addr = |s: &Socket| s.local.ip().is_unspecified() || s.local.ip() == dest.addr;
+    // 0.0.0.0 takes IPv4 only; [::] takes both (Linux's default, bindv6only=0).
+    let matches_addr = |s: &Socket| {
+        let ip = s.local.ip();
+        ip == dest.addr || (ip.is_unspecified() && (ip.is_ipv6() || dest.addr.is_ipv4()))
+    };
     let listening: Vec<&Socket> = ns.listeners.iter().filter(|s| s.proto == proto).collect();
     if let Some(s) = listening
         .iter()
@@ -405,6 +413,45 @@ pub(crate) fn service_hop(
         if let Some(rule) = &dest.rule {
             hop.evidence.push(rule.text.clone());
         }
+        hop.evidence.extend(evidence);
+        hops.push(hop);
+        return;
+    }
+    // Over IPv6, a service on 0.0.0.0 (IPv4 only) while the port is published over IPv6 too.
+    if let (true, Some(v4)) = (
+        dest.addr.is_ipv6(),
+        listening.iter().find(|s| {
+            s.local.port() == dest.port && s.local.ip().is_ipv4() && !s.local.ip().is_loopback()
+        }),
+    ) {
+        let who = v4
+            .owners
+            .first()
+            .map(|o| o.comm.clone())
+            .unwrap_or_else(|| "the service".into());
+        let to = if v4.local.ip().is_unspecified() {
+            format!("127.0.0.1:{}", dest.port)
+        } else {
+            v4.local.to_string()
+        };
+        let listen = format!("[{}]:{}", dest.addr, dest.port);
+        let mut hop = Hop::fail(
+            "service",
+            "service",
+            Fault::ServiceIpv4Only,
+            format!(
+                "{who} listens on {} inside {}, IPv4 only: connections over IPv6 to {listen} find nothing; make {who} listen on [::]:{} (both families)",
+                v4.local, ns.label, dest.port
+            ),
+        )
+        .with_fix(Some(cx.fixer.fix_owned(
+            &format!(
+                "until {who} is reconfigured, relay {listen} to {to} inside {}",
+                ns.label
+            ),
+            Fixer::in_ns(ns, &[&cx.snap.meta.exe, "proxy", &listen, &to]),
+            true,
+        )));
         hop.evidence.extend(evidence);
         hops.push(hop);
         return;
