@@ -3622,3 +3622,395 @@ fn responses_to_head_and_204_304_have_no_body_in_the_dump() {
         "a phantom body:\n{d}"
     );
 }
+
+/// Client <-> proxy <-> backend in three namespaces, v4 and v6, each side routed through the
+/// proxy's namespace (as a container's default route goes through the Docker host).
+struct Chain {
+    cli: TestNs,
+    px: TestNs,
+    be: TestNs,
+}
+
+/// `tag` must be short (interface names). The proxy side is 10.77.1.1 / fd77:1::1 towards the
+/// client (10.77.1.2 / fd77:1::2) and 10.77.2.1 / fd77:2::1 towards the backend (10.77.2.2 /
+/// fd77:2::2). With `split`, the client side and the backend side of the proxy are two
+/// namespaces joined by nothing (`px` faces the client, the returned extra one the backend).
+fn chain(tag: &str) -> Chain {
+    let (cli, px, be) = (
+        TestNs::new(&format!("{tag}c")),
+        TestNs::new(&format!("{tag}p")),
+        TestNs::new(&format!("{tag}b")),
+    );
+    let (c0, c1) = (common::unique_ifname("tc"), common::unique_ifname("tc"));
+    let (b0, b1) = (common::unique_ifname("tb"), common::unique_ifname("tb"));
+    common::veth(&c0, &cli, &c1, &px);
+    common::veth(&b0, &be, &b1, &px);
+    for (ns, dev, a4, a6) in [
+        (&cli, &c0, "10.77.1.2/24", "fd77:1::2/64"),
+        (&px, &c1, "10.77.1.1/24", "fd77:1::1/64"),
+        (&px, &b1, "10.77.2.1/24", "fd77:2::1/64"),
+        (&be, &b0, "10.77.2.2/24", "fd77:2::2/64"),
+    ] {
+        ns.ip(&["addr", "add", a4, "dev", dev]);
+        ns.ip(&["-6", "addr", "add", a6, "dev", dev, "nodad"]);
+    }
+    cli.ip(&["route", "add", "default", "via", "10.77.1.1"]);
+    cli.ip(&["-6", "route", "add", "default", "via", "fd77:1::1"]);
+    be.ip(&["route", "add", "default", "via", "10.77.2.1"]);
+    be.ip(&["-6", "route", "add", "default", "via", "fd77:2::1"]);
+    Chain { cli, px, be }
+}
+
+/// TCP backend: answers each connection with the peer address it sees, then closes.
+fn peer_backend(l: TcpListener) {
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let _ = s.write_all(peer.as_bytes());
+        }
+    });
+}
+
+/// UDP backend: answers each datagram with the peer address it sees.
+fn udp_peer_backend(s: UdpSocket) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(from.to_string().as_bytes(), from);
+        }
+    });
+}
+
+/// From inside `ns`: connect to `to` and return (our local address, what the backend says it saw).
+fn tcp_seen(ns: &TestNs, to: &str) -> (SocketAddr, String) {
+    let mut s = connect_in(ns, to).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut seen = String::new();
+    s.read_to_string(&mut seen).unwrap();
+    (s.local_addr().unwrap(), seen)
+}
+
+/// From inside `ns`: one datagram to `to`; (our local port, what the backend saw).
+fn udp_seen(ns: &TestNs, to: &str) -> (u16, String) {
+    let a: SocketAddr = to.parse().unwrap();
+    let s = inside(ns, move || {
+        let any = if a.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        UdpSocket::bind(any).unwrap()
+    });
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.send_to(b"who am i", a).unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _) = s
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no UDP answer through {to}: {e}"));
+    (
+        s.local_addr().unwrap().port(),
+        String::from_utf8_lossy(&buf[..n]).into_owned(),
+    )
+}
+
+/// What transparent mode leaves in a namespace: nft tables, policy rules, routes in its tables.
+fn transparent_traces(ns: Option<&TestNs>) -> String {
+    let run = |argv: &[&str]| {
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name]);
+                c.args(argv);
+                c
+            }
+            None => {
+                let mut c = Command::new(argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let mut out = String::new();
+    for line in run(&["nft", "list", "tables"]).lines() {
+        if line.contains("nettool_proxy") {
+            out += line;
+            out += "\n";
+        }
+    }
+    for argv in [
+        &["ip", "-4", "rule"][..],
+        &["ip", "-6", "rule"],
+        &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+    ] {
+        for line in run(argv).lines() {
+            if line.contains("0x1000") || line.contains("table 13141") {
+                out += line;
+                out += "\n";
+            }
+        }
+    }
+    out
+}
+
+/// Transparent proxies clean up after dead ones when they start: the tests that start them run
+/// one at a time so that one test's SIGKILLed proxy is recovered by that test's next proxy.
+static TRANSPARENT_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn transparent_turn() -> std::sync::MutexGuard<'static, ()> {
+    TRANSPARENT_TESTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[test]
+fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left() {
+    let _turn = transparent_turn();
+    let n = chain("tpa");
+    let dir = TempDir::new("tpa");
+    peer_backend(listen_in(&n.be, "10.77.2.2:80"));
+    peer_backend(listen_in(&n.be, "[fd77:2::2]:80"));
+    udp_peer_backend(inside(&n.be, || UdpSocket::bind("10.77.2.2:53").unwrap()));
+    udp_peer_backend(inside(&n.be, || UdpSocket::bind("[fd77:2::2]:53").unwrap()));
+    let maps = [
+        "-p",
+        "0.0.0.0:8080=10.77.2.2:80",
+        "-p",
+        "[::]:8080=[fd77:2::2]:80",
+        "-p",
+        "udp:0.0.0.0:5353=10.77.2.2:53",
+        "-p",
+        "udp:[::]:5353=[fd77:2::2]:53",
+    ];
+    // Without --transparent the backend sees the proxy: the test can fail.
+    let p = start(Some(&n.px), &dir, &maps);
+    let (_, seen) = tcp_seen(&n.cli, "10.77.1.1:8080");
+    assert!(seen.starts_with("10.77.2.1:"), "{seen}");
+    p.stop();
+    let mut args = vec!["--transparent"];
+    args.extend_from_slice(&maps);
+    let p = start(Some(&n.px), &dir, &args);
+    assert!(!transparent_traces(Some(&n.px)).is_empty());
+    for to in ["10.77.1.1:8080", "[fd77:1::1]:8080"] {
+        let (me, seen) = tcp_seen(&n.cli, to);
+        assert_eq!(seen, me.to_string(), "tcp through {to}");
+    }
+    for to in ["10.77.1.1:5353", "[fd77:1::1]:5353"] {
+        let (port, seen) = udp_seen(&n.cli, to);
+        // The client's socket is bound to any address: its IP is the one on its link.
+        let want_ip = if to.starts_with('[') {
+            "fd77:1::2"
+        } else {
+            "10.77.1.2"
+        };
+        assert_eq!(
+            seen.parse::<SocketAddr>().unwrap(),
+            SocketAddr::new(want_ip.parse().unwrap(), port),
+            "udp through {to}"
+        );
+    }
+    // A client the backend reaches on its own link (here: the backend itself, through the
+    // proxy's address on that link) keeps the proxy's address, or the backend would answer
+    // it directly and the client would reset: it works, and the log says why once.
+    let (_, seen) = tcp_seen(&n.be, "10.77.2.1:8080");
+    assert!(seen.starts_with("10.77.2.1:"), "{seen}");
+    let journal = format!("/run/nettool-proxy/{}.json", p.pid());
+    assert!(Path::new(&journal).exists(), "{journal}");
+    let log = p.stop();
+    assert!(
+        log.contains("transparent: 10.77.2.2:") && log.contains("on the same link"),
+        "{log}"
+    );
+    assert!(
+        log.contains("transparent: rules and routes removed"),
+        "{log}"
+    );
+    assert_eq!(
+        transparent_traces(Some(&n.px)),
+        "",
+        "left behind after exit"
+    );
+    assert!(!Path::new(&journal).exists(), "{journal} left behind");
+}
+
+#[test]
+fn transparent_across_namespaces_survives_sigkill_and_works_in_docker_proxy_mode() {
+    let _turn = transparent_turn();
+    // cli -- L (the proxy listens here) ; T (it dials from here) -- be ; cli2 -- T.
+    let (cli, l, t, be, cli2) = (
+        TestNs::new("tpxc"),
+        TestNs::new("tpxl"),
+        TestNs::new("tpxt"),
+        TestNs::new("tpxb"),
+        TestNs::new("tpxd"),
+    );
+    let name = |t: &str| common::unique_ifname(t);
+    for (a, na, aa, b, nb, ab) in [
+        (
+            name("tx"),
+            &cli,
+            "10.77.1.2/24",
+            name("tx"),
+            &l,
+            "10.77.1.1/24",
+        ),
+        (
+            name("tx"),
+            &be,
+            "10.77.2.2/24",
+            name("tx"),
+            &t,
+            "10.77.2.1/24",
+        ),
+        (
+            name("tx"),
+            &cli2,
+            "10.77.3.2/24",
+            name("tx"),
+            &t,
+            "10.77.3.1/24",
+        ),
+    ] {
+        common::veth(&a, na, &b, nb);
+        na.ip(&["addr", "add", aa, "dev", &a]);
+        nb.ip(&["addr", "add", ab, "dev", &b]);
+    }
+    cli.ip(&["route", "add", "default", "via", "10.77.1.1"]);
+    cli2.ip(&["route", "add", "default", "via", "10.77.3.1"]);
+    be.ip(&["route", "add", "default", "via", "10.77.2.1"]);
+    peer_backend(listen_in(&be, "10.77.2.2:80"));
+    let dir = TempDir::new("tpx");
+    let root_before = transparent_traces(None);
+    // Run from the test's own namespace, listening in L and dialing from T: the rules go to T only.
+    let a = start(
+        None,
+        &dir,
+        &[
+            "--transparent",
+            "--listen-netns",
+            &l.name,
+            "--target-netns",
+            &t.name,
+            "-p",
+            "10.77.1.1:8080=10.77.2.2:80",
+        ],
+    );
+    let (me, seen) = tcp_seen(&cli, "10.77.1.1:8080");
+    assert_eq!(seen, me.to_string());
+    let left = transparent_traces(Some(&t));
+    assert!(
+        left.contains(&format!("nettool_proxy_{}", a.pid())),
+        "{left}"
+    );
+    assert_eq!(transparent_traces(Some(&l)), "");
+    assert_eq!(
+        transparent_traces(None),
+        root_before,
+        "the test's namespace changed"
+    );
+    // SIGKILL: nothing can clean up, the rules stay...
+    let a_pid = a.pid();
+    let mut a = a;
+    a.child.0.kill().unwrap();
+    a.child.0.wait().unwrap();
+    assert_eq!(transparent_traces(Some(&t)), left);
+    // ...until the next transparent proxy: docker-proxy mode, switched on from the environment.
+    let log = dir.join("docker-proxy.log");
+    let mut cmd = nettool_in_ns(
+        &t,
+        &[
+            "-proto",
+            "tcp",
+            "-host-ip",
+            "10.77.3.1",
+            "-host-port",
+            "9090",
+            "-container-ip",
+            "10.77.2.2",
+            "-container-port",
+            "80",
+        ],
+    );
+    cmd.env("NETTOOL_PROXY_TRANSPARENT", "1")
+        .env("NETTOOL_PROXY_LOG", &log);
+    let (b, answer) = spawn_ready(cmd);
+    let b_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(answer, "0\n", "{}", b_log());
+    assert!(
+        b_log().contains(&format!("removed 5 item(s) left by dead proxy pid {a_pid}")),
+        "{}",
+        b_log()
+    );
+    let now = transparent_traces(Some(&t));
+    assert!(!now.contains(&format!("nettool_proxy_{a_pid}")), "{now}");
+    let (me, seen) = tcp_seen(&cli2, "10.77.3.1:9090");
+    assert_eq!(seen, me.to_string());
+    let b_pid = b.pid();
+    term(b);
+    assert_eq!(transparent_traces(Some(&t)), "");
+    for pid in [a_pid, b_pid] {
+        let j = format!("/run/nettool-proxy/{pid}.json");
+        assert!(!Path::new(&j).exists(), "{j}");
+    }
+}
+
+#[test]
+fn a_lab_with_transparent_proxy_shows_containers_the_client_address() {
+    let _turn = transparent_turn();
+    let dir = TempDir::new("tplab");
+    let file = dir.join("lab.toml");
+    std::fs::write(
+        &file,
+        r#"[lab]
+name = "tp"
+transparent_proxy = true
+
+[[network]]
+name = "front"
+subnet = "172.31.1.0/24"
+
+[[network]]
+name = "back"
+subnet = "172.31.2.0/24"
+
+[[container]]
+name = "web"
+network = "back"
+address = "172.31.2.2"
+ports = ["8080:80"]
+
+[[container]]
+name = "client"
+network = "front"
+address = "172.31.1.2"
+"#,
+    )
+    .unwrap();
+    let file = file.to_str().unwrap().to_string();
+    for mode in [&[][..], &["--docker-style-proxies"][..]] {
+        let mut args = vec![file.as_str()];
+        args.extend_from_slice(mode);
+        let (lab, state) = common::TestLab::isolated("tplab", &args);
+        let ns = |c: &str| TestNs {
+            name: format!("{}-{c}", lab.name),
+        };
+        let (web, client) = (ns("web"), ns("client"));
+        peer_backend(listen_in(&web, "172.31.2.2:80"));
+        // A container on another lab network reaches the published port through the proxy
+        // (Docker's rules leave traffic from its bridges to the userland proxy).
+        let (me, seen) = tcp_seen(&client, "172.31.1.1:8080");
+        assert_eq!(seen, me.to_string(), "mode {mode:?}: {state}");
+        std::mem::forget(web);
+        std::mem::forget(client);
+        let pids: Vec<u64> = state["proxy_pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        assert!(!pids.is_empty());
+        drop(lab);
+        for pid in pids {
+            let j = format!("/run/nettool-proxy/{pid}.json");
+            assert!(!Path::new(&j).exists(), "{j} left after teardown");
+        }
+    }
+}

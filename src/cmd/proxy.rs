@@ -73,6 +73,7 @@ struct Plan {
     queue: usize,
     json_counters: bool,
     threads: Option<usize>,
+    transparent: bool,
     /// Said once the log is open (things a person should fix in the setup).
     warnings: Vec<String>,
 }
@@ -276,6 +277,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         tap,
         log: log.clone(),
         listen_fd: plan.listen_fd.take(),
+        transparent: plan.transparent,
     });
     let proxy = match proxy {
         Ok(p) => p,
@@ -286,6 +288,34 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         }
     };
     flush.patient();
+    for r in proxy.recovered() {
+        log.log(
+            Level::Info,
+            &format!(
+                "transparent: removed {} item(s) left by dead proxy pid {}{}",
+                r.removed.len(),
+                r.pid,
+                if r.failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; could not remove: {}",
+                        r.failed
+                            .iter()
+                            .map(|(_, e)| e.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                }
+            ),
+        );
+    }
+    if let Some((what, ns)) = proxy.transparent() {
+        log.log(
+            Level::Info,
+            &format!("transparent: backends see client addresses; added in namespace {ns}: {what}"),
+        );
+    }
     for l in proxy.listeners() {
         log.log(
             Level::Info,
@@ -310,39 +340,56 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     flush.settle();
     let run_log = log.clone();
     let usr1_counters = counters.clone();
-    let result: anyhow::Result<()> = rt.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        // SIGHUP (the terminal or ssh session went away) ends it the same clean way: by
-        // default it would kill the process mid-write (a torn JSON line, a pcap cut
-        // mid-record, no counters).
-        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-        let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
-        let usr1_log = run_log.clone();
-        tokio::spawn(async move {
-            while usr1.recv().await.is_some() {
-                usr1_log.log(
-                    Level::Info,
-                    &format!("counters: {}", usr1_counters.snapshot()),
-                );
+    let result: anyhow::Result<Option<crate::proxy::transparent::Transparent>> =
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+            let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+            // SIGHUP (the terminal or ssh session went away) ends it the same clean way: by
+            // default it would kill the process mid-write (a torn JSON line, a pcap cut
+            // mid-record, no counters).
+            let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+            let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+            let usr1_log = run_log.clone();
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    usr1_log.log(
+                        Level::Info,
+                        &format!("counters: {}", usr1_counters.snapshot()),
+                    );
+                }
+            });
+            if let Some(fd) = ready_fd {
+                answer_ready(fd, Ok(()))?;
             }
+            let stop = async move {
+                tokio::select! {
+                    _ = int.recv() => run_log.log(Level::Info, "SIGINT: stopping"),
+                    _ = term.recv() => run_log.log(Level::Info, "SIGTERM: stopping"),
+                    _ = hup.recv() => run_log.log(Level::Info, "SIGHUP: stopping"),
+                }
+            };
+            let transparent = proxy.run(stop).await.context("serve")?;
+            Ok(transparent)
         });
-        if let Some(fd) = ready_fd {
-            answer_ready(fd, Ok(()))?;
-        }
-        let stop = async move {
-            tokio::select! {
-                _ = int.recv() => run_log.log(Level::Info, "SIGINT: stopping"),
-                _ = term.recv() => run_log.log(Level::Info, "SIGTERM: stopping"),
-                _ = hup.recv() => run_log.log(Level::Info, "SIGHUP: stopping"),
-            }
-        };
-        proxy.run(stop).await.context("serve")?;
-        Ok(())
-    });
     // Dropping the runtime drops every connection task and with them the tap senders.
     rt.shutdown_timeout(Duration::from_millis(200));
+    // After the connections: their replies needed the rules until now.
+    let result = result.and_then(|t| match t {
+        Some(mut t) => {
+            let r = t.remove();
+            if r.is_ok() {
+                log.log(Level::Info, "transparent: rules and routes removed");
+            }
+            r.map_err(|e| {
+                anyhow::anyhow!(
+                    "transparent: could not remove everything ({e}); the next `nettool proxy --transparent` retries from {}",
+                    crate::proxy::transparent::JOURNAL_DIR
+                )
+            })
+        }
+        None => Ok(()),
+    });
     flush.patient();
     if let Some(w) = writer {
         w.finish();
@@ -508,6 +555,7 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         queue: a.dump_queue.max(1),
         json_counters: a.json,
         threads: a.threads,
+        transparent: a.transparent,
         warnings: Vec::new(),
     };
     execute(plan)
@@ -573,6 +621,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
         threads: std::env::var("NETTOOL_PROXY_THREADS")
             .ok()
             .and_then(|v| v.parse().ok()),
+        transparent: cfg.transparent.unwrap_or(false),
         warnings,
     }
 }
@@ -589,7 +638,7 @@ pub fn docker_proxy_entry() -> Option<i32> {
         let mut e = std::io::stderr();
         let _ = writeln!(
             e,
-            "Usage of docker-proxy (nettool):\n  -container-ip string\n  -container-port int\n  -host-ip string\n  -host-port int\n  -proto string (tcp, udp)\n  -use-listen-fd\n\nLogging and dumping: NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET, NETTOOL_PROXY_DUMP=text|hex|json,\nNETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES,\nNETTOOL_PROXY_STREAMS, or {}\n(NETTOOL_PROXY_CONFIG overrides the path). See docs/proxy.md.",
+            "Usage of docker-proxy (nettool):\n  -container-ip string\n  -container-port int\n  -host-ip string\n  -host-port int\n  -proto string (tcp, udp)\n  -use-listen-fd\n\nLogging and dumping: NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET, NETTOOL_PROXY_DUMP=text|hex|json,\nNETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES,\nNETTOOL_PROXY_STREAMS, NETTOOL_PROXY_TRANSPARENT=1, or {}\n(NETTOOL_PROXY_CONFIG overrides the path). See docs/proxy.md.",
             docker::CONFIG_PATH
         );
         return Some(2);
@@ -729,6 +778,10 @@ pub struct ProxyArgs {
     /// Forget a UDP flow after this many idle seconds.
     #[arg(long, value_name = "SECS", default_value_t = 90)]
     pub udp_timeout: u64,
+    /// The backend sees the client's address, not the proxy's (IP_TRANSPARENT, plus a mark
+    /// rule and a policy route in the target namespace, removed on exit).
+    #[arg(long)]
+    pub transparent: bool,
     /// Events queued for the dump writer before the proxy waits (lossless back-pressure).
     #[arg(long, value_name = "N", default_value_t = 1024, hide = true)]
     pub dump_queue: usize,

@@ -893,6 +893,9 @@ impl Run<'_> {
                     }
                 }
                 cmd.arg("--log-file").arg(&log).args(["--ready-fd", "3"]);
+                if self.plan.spec.transparent_proxy {
+                    cmd.arg("--transparent");
+                }
                 let pid = self.spawn_ready(cmd, &log, "proxy")?;
                 self.state.proxy_pids.push(pid);
                 self.state.processes.push(ProcessState {
@@ -927,6 +930,10 @@ impl Run<'_> {
                         .args(["-host-port", &p.host_port.to_string()])
                         .args(["-container-ip", &p.container_ip.to_string()])
                         .args(["-container-port", &p.container_port.to_string()]);
+                    // docker-proxy mode takes it from the environment, as under dockerd.
+                    if self.plan.spec.transparent_proxy {
+                        cmd.env("NETTOOL_PROXY_TRANSPARENT", "1");
+                    }
                     let pid = self.spawn_ready(cmd, &log, "docker-proxy")?;
                     self.state.proxy_pids.push(pid);
                     self.state.processes.push(ProcessState {

@@ -46,6 +46,7 @@ struct RawLab {
     name: Option<Spanned<String>>,
     description: Option<String>,
     userland_proxy: Option<bool>,
+    transparent_proxy: Option<bool>,
     backend: Option<Spanned<String>>,
 }
 
@@ -223,6 +224,8 @@ pub struct LabSpec {
     pub description: Option<String>,
     /// Userland proxy preference from the file (the CLI flag wins).
     pub userland_proxy: Option<bool>,
+    /// The userland proxies run in transparent mode: containers see the client's address.
+    pub transparent_proxy: bool,
     /// Backend preference from the file (the CLI flag wins).
     pub backend: Option<Backend>,
     /// Networks in file order.
@@ -942,6 +945,7 @@ pub fn parse(text: &str, file: &str) -> Result<LabSpec, SpecError> {
         source: file.into(),
         description: raw.lab.description,
         userland_proxy: raw.lab.userland_proxy,
+        transparent_proxy: raw.lab.transparent_proxy.unwrap_or(false),
         backend,
         networks,
         containers,

@@ -17,6 +17,7 @@ use netlink_packet_route::link::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
@@ -287,6 +288,88 @@ impl Configure {
         )
     }
 
+    /// `ip [-6] route add local default dev INDEX table TABLE` (add) or `... del ...`: every
+    /// destination is delivered locally for lookups that reach `table` (the transparent proxy's
+    /// reply path). Deleting returns Ok(false) when it was already gone.
+    pub fn local_default_route(
+        &mut self,
+        v6: bool,
+        table: u32,
+        oif: u32,
+        add: bool,
+    ) -> Result<bool, NetlinkError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.kind = RouteType::Local;
+        msg.header.scope = RouteScope::Host;
+        msg.attributes.push(RouteAttribute::Table(table));
+        msg.attributes.push(RouteAttribute::Oif(oif));
+        let what = format!("local default route ({}) in table {table}", ip_name(v6));
+        if add {
+            self.0
+                .change(
+                    RouteNetlinkMessage::NewRoute(msg),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    &what,
+                )
+                .map(|()| true)
+        } else {
+            match self.0.change(RouteNetlinkMessage::DelRoute(msg), 0, &what) {
+                Ok(()) => Ok(true),
+                Err(e) if is_gone(&e) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    /// `ip [-6] rule add fwmark MARK/MASK lookup TABLE pref PREF` (add) or `... del ...`;
+    /// deleting returns Ok(false) when no such rule exists.
+    pub fn fwmark_rule(
+        &mut self,
+        v6: bool,
+        (mark, mask): (u32, u32),
+        table: u32,
+        pref: u32,
+        add: bool,
+    ) -> Result<bool, NetlinkError> {
+        let mut msg = RuleMessage::default();
+        msg.header.family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        msg.header.action = RuleAction::ToTable;
+        msg.attributes.push(RuleAttribute::FwMark(mark));
+        msg.attributes.push(RuleAttribute::FwMask(mask));
+        msg.attributes.push(RuleAttribute::Table(table));
+        msg.attributes.push(RuleAttribute::Priority(pref));
+        let what = format!(
+            "rule ({}) fwmark {mark:#x}/{mask:#x} lookup {table} pref {pref}",
+            ip_name(v6)
+        );
+        if add {
+            self.0
+                .change(
+                    RouteNetlinkMessage::NewRule(msg),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    &what,
+                )
+                .map(|()| true)
+        } else {
+            match self.0.change(RouteNetlinkMessage::DelRule(msg), 0, &what) {
+                Ok(()) => Ok(true),
+                Err(e) if is_gone(&e) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
     /// `ip link del INDEX`; Ok(false) when it was already gone.
     pub fn delete_link(&mut self, index: u32) -> Result<bool, NetlinkError> {
         let mut msg = LinkMessage::default();
@@ -315,5 +398,14 @@ fn route_address(a: IpAddr) -> RouteAddress {
     match a {
         IpAddr::V4(v4) => RouteAddress::Inet(v4),
         IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+    }
+}
+
+/// "IPv4" or "IPv6", for messages.
+fn ip_name(v6: bool) -> &'static str {
+    if v6 {
+        "IPv6"
+    } else {
+        "IPv4"
     }
 }

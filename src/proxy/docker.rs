@@ -257,6 +257,9 @@ pub struct DockerProxyConfig {
     pub decode: Option<bool>,
     /// UDP flow idle timeout in seconds (default 90).
     pub udp_timeout: Option<u64>,
+    /// Transparent mode: the container sees the client's address (default false). Env
+    /// NETTOOL_PROXY_TRANSPARENT (1/true/yes or 0/false/no).
+    pub transparent: Option<bool>,
 }
 
 /// The `dump` values docker-proxy mode takes ("" = not set).
@@ -332,6 +335,19 @@ impl DockerProxyConfig {
                     ))
                 }
             }
+        }
+        if let Some(v) = env("NETTOOL_PROXY_TRANSPARENT").filter(|v| !v.is_empty()) {
+            cfg.transparent = Some(match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(bad(
+                        "NETTOOL_PROXY_TRANSPARENT",
+                        v,
+                        "1, true, yes, on or 0, false, no, off",
+                    ))
+                }
+            });
         }
         if let Some(v) = env("NETTOOL_PROXY_PCAP_FILES").filter(|v| !v.is_empty()) {
             match v.parse::<u32>() {
@@ -459,6 +475,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!((cfg.pcap_max_mb, cfg.pcap_files), (Some(0.5), Some(4)));
+        let cfg = DockerProxyConfig::load(|k| match k {
+            "NETTOOL_PROXY_CONFIG" => Some("/nonexistent/x.toml".into()),
+            "NETTOOL_PROXY_TRANSPARENT" => Some("yes".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.transparent, Some(true));
         // A bad value from the environment is blamed on the variable, not on a config file
         // that may not even exist.
         for (var, bad) in [
@@ -467,6 +490,7 @@ mod tests {
             ("NETTOOL_PROXY_PCAP_MAX_MB", "lots"),
             ("NETTOOL_PROXY_PCAP_FILES", "-1"),
             ("NETTOOL_PROXY_DUMP", "loud"),
+            ("NETTOOL_PROXY_TRANSPARENT", "maybe"),
         ] {
             let e = DockerProxyConfig::load(|k| match k {
                 "NETTOOL_PROXY_CONFIG" => Some("/nonexistent/x.toml".into()),

@@ -11,6 +11,7 @@ pub mod sock;
 pub mod spec;
 pub mod syslog;
 pub mod tcp;
+pub mod transparent;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ pub enum ProxyError {
     /// Nothing to do.
     #[error("no mappings given: pass LISTEN TARGET or -p LISTEN=TARGET")]
     NoMappings,
+    /// Transparent mode could not be set up.
+    #[error(transparent)]
+    Transparent(#[from] transparent::TransparentError),
     /// A passed-in listener (docker-proxy -use-listen-fd) is unusable.
     #[error("the listener passed on fd 4 is unusable: {0}")]
     ListenFd(std::io::Error),
@@ -192,6 +196,8 @@ pub struct ProxyConfig {
     /// A listener handed over by the parent (docker-proxy -use-listen-fd), used for the one
     /// mapping instead of binding.
     pub listen_fd: Option<OwnedFd>,
+    /// Backend sockets carry the client's address ([`transparent`]).
+    pub transparent: bool,
 }
 
 /// A listener ready to serve.
@@ -212,6 +218,10 @@ pub(crate) struct Ctx {
     pub(crate) tap: Option<Tap>,
     pub(crate) log: Log,
     pub(crate) udp_idle: Duration,
+    /// Transparent mode: backend sockets are bound to the client's address.
+    pub(crate) transparent: bool,
+    /// Which transparent-mode fallbacks have been logged already (each once).
+    pub(crate) fallback_said: [std::sync::atomic::AtomicBool; 4],
 }
 
 impl Ctx {
@@ -220,6 +230,38 @@ impl Ctx {
     }
     pub(crate) fn log(&self, level: Level, msg: impl AsRef<str>) {
         self.log.log(level, msg.as_ref())
+    }
+    /// The address a backend socket should carry: the client's in transparent mode.
+    pub(crate) fn source_for(&self, client: SocketAddr) -> Option<SocketAddr> {
+        self.transparent.then_some(client)
+    }
+    /// Say (once per reason, then at debug level) that connection `id` from `client` keeps the
+    /// proxy's address.
+    pub(crate) fn fallback(
+        &self,
+        id: u64,
+        client: SocketAddr,
+        (why, detail): &(transparent::Fallback, Option<String>),
+    ) {
+        let first = !self.fallback_said[why.index()].swap(true, Ordering::Relaxed);
+        if first || self.log.enabled(Level::Debug) {
+            let detail = detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            let rest = if first {
+                "; said once, -v shows every such connection"
+            } else {
+                ""
+            };
+            self.log.log(
+                if first { Level::Warn } else { Level::Debug },
+                &format!(
+                    "#{id} transparent: {client} keeps the proxy's address towards the backend: {}{detail}{rest}",
+                    why.why()
+                ),
+            );
+        }
     }
     /// Per-connection lines: formatted only when -v asked for them.
     pub(crate) fn debug(&self, msg: impl FnOnce() -> String) {
@@ -239,6 +281,8 @@ pub struct Proxy {
     ctx: Arc<Ctx>,
     bound: Vec<Bound>,
     listeners: Vec<ListenerInfo>,
+    transparent: Option<transparent::Transparent>,
+    recovered: Vec<crate::trace::journal::Recovered>,
 }
 
 /// Raise the open-file soft limit to the hard limit: each connection costs 2 sockets and,
@@ -385,7 +429,18 @@ impl Proxy {
                 }
             })
             .collect();
-        let dialer = sock::Dialer::new(cfg.target_ns.as_ref())?;
+        let (dialer, transparent, recovered) = if cfg.transparent {
+            // The rules go where the backend sockets live; the dialer thread there also
+            // judges each client's route.
+            let ns = match cfg.target_ns {
+                Some(ns) => ns,
+                None => NetNs::current()?,
+            };
+            let (t, recovered) = transparent::Transparent::setup(&ns)?;
+            (sock::Dialer::new(Some(&ns))?, Some(t), recovered)
+        } else {
+            (sock::Dialer::new(cfg.target_ns.as_ref())?, None, Vec::new())
+        };
         Ok(Proxy {
             ctx: Arc::new(Ctx {
                 next_id: AtomicU64::new(0),
@@ -394,9 +449,13 @@ impl Proxy {
                 tap: cfg.tap,
                 log: cfg.log,
                 udp_idle: cfg.udp_idle,
+                transparent: cfg.transparent,
+                fallback_said: Default::default(),
             }),
             bound,
             listeners,
+            transparent,
+            recovered,
         })
     }
 
@@ -410,8 +469,33 @@ impl Proxy {
         self.ctx.counters.clone()
     }
 
-    /// Serve until `stop` resolves; must be called inside a tokio runtime.
-    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    /// Transparent mode: what was added and in which namespace (None when off).
+    pub fn transparent(&self) -> Option<(&str, &str)> {
+        self.transparent
+            .as_ref()
+            .map(|t| (t.summary.as_str(), t.netns().label()))
+    }
+
+    /// What dead transparent proxies had left behind and this one removed at startup.
+    pub fn recovered(&self) -> &[crate::trace::journal::Recovered] {
+        &self.recovered
+    }
+
+    /// Remove transparent mode's rules and routes now (also done when the proxy is dropped);
+    /// the error says what could not be removed.
+    pub fn remove_transparent(&mut self) -> Result<(), String> {
+        match self.transparent.take() {
+            Some(mut t) => t.remove(),
+            None => Ok(()),
+        }
+    }
+
+    /// Serve until `stop` resolves; must be called inside a tokio runtime. Transparent mode's
+    /// rules stay until the returned value is dropped (after the connections are gone).
+    pub async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<Option<transparent::Transparent>> {
         let mut tasks = tokio::task::JoinSet::new();
         let mut udp = Vec::new();
         for b in self.bound {
@@ -432,7 +516,7 @@ impl Proxy {
         if let Some(u) = udp {
             u.stop().await;
         }
-        Ok(())
+        Ok(self.transparent)
     }
 }
 

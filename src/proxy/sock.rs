@@ -74,9 +74,57 @@ pub fn set_pktinfo(s: &impl AsRawFd, v6: bool) -> io::Result<()> {
 }
 
 struct SocketRequest {
-    domain: Domain,
     ty: Type,
-    reply: oneshot::Sender<io::Result<Socket>>,
+    target: SocketAddr,
+    source: Option<SocketAddr>,
+    reply: oneshot::Sender<io::Result<Dialed>>,
+}
+
+/// A backend socket, and whether it carries the client's address (transparent mode).
+#[derive(Debug)]
+pub struct Dialed {
+    /// The socket, not yet connected.
+    pub socket: Socket,
+    /// Why the client's address could not be used (None: it is, or it was not asked for).
+    pub fallback: Option<(super::transparent::Fallback, Option<String>)>,
+}
+
+/// Make a backend socket for `target`; with `source` (transparent mode) bind it to the
+/// client's address when the backend's replies can come back through here.
+fn make(
+    ty: Type,
+    target: SocketAddr,
+    source: Option<SocketAddr>,
+    rtnl: &mut Option<crate::netns::links::Rtnl>,
+) -> io::Result<Dialed> {
+    use super::transparent::{bind_as, judge, Fallback};
+    let socket = new_socket(Domain::for_address(target), ty)?;
+    let Some(client) = source else {
+        return Ok(Dialed {
+            socket,
+            fallback: None,
+        });
+    };
+    if rtnl.is_none() {
+        *rtnl = crate::netns::links::Rtnl::open().ok();
+    }
+    if let Some(f) = judge(rtnl.as_mut(), client.ip(), target.ip()) {
+        return Ok(Dialed {
+            socket,
+            fallback: Some((f, None)),
+        });
+    }
+    match bind_as(&socket, client) {
+        Ok(()) => Ok(Dialed {
+            socket,
+            fallback: None,
+        }),
+        // A socket that failed a bind may be half set up: start again without it.
+        Err(e) => Ok(Dialed {
+            socket: new_socket(Domain::for_address(target), ty)?,
+            fallback: Some((Fallback::Bind, Some(e.to_string()))),
+        }),
+    }
 }
 
 /// Makes backend sockets in the right namespace.
@@ -122,8 +170,12 @@ impl Dialer {
                 let inner_ready = ready_tx.clone();
                 let r = ns.run(move || {
                     let _ = inner_ready.send(Ok(()));
+                    // Route lookups for transparent mode, in this namespace; opened once.
+                    let mut rtnl = None;
                     while let Ok(SocketRequestBox(req)) = rx.recv() {
-                        let _ = req.reply.send(new_socket(req.domain, req.ty));
+                        let _ = req
+                            .reply
+                            .send(make(req.ty, req.target, req.source, &mut rtnl));
                     }
                 });
                 if let Err(e) = r {
@@ -140,15 +192,25 @@ impl Dialer {
         }
     }
 
-    /// A fresh non-blocking socket for talking to `target`, in the dialer's namespace.
-    pub async fn socket(&self, target: SocketAddr, ty: Type) -> io::Result<Socket> {
-        let domain = Domain::for_address(target);
+    /// A fresh non-blocking socket for talking to `target`, in the dialer's namespace; with
+    /// `source` bound to that client address when it can be (transparent mode).
+    pub async fn socket(
+        &self,
+        target: SocketAddr,
+        ty: Type,
+        source: Option<SocketAddr>,
+    ) -> io::Result<Dialed> {
         match self {
-            Dialer::Here => new_socket(domain, ty),
+            Dialer::Here => make(ty, target, source, &mut None),
             Dialer::InNetns(tx) => {
                 let (reply, rx) = oneshot::channel();
-                tx.send(SocketRequestBox(SocketRequest { domain, ty, reply }))
-                    .map_err(|_| io::Error::other("the target-namespace dialer thread is gone"))?;
+                tx.send(SocketRequestBox(SocketRequest {
+                    ty,
+                    target,
+                    source,
+                    reply,
+                }))
+                .map_err(|_| io::Error::other("the target-namespace dialer thread is gone"))?;
                 rx.await
                     .map_err(|_| io::Error::other("the target-namespace dialer thread is gone"))?
             }

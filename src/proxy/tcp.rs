@@ -38,10 +38,22 @@ pub(crate) async fn serve(listener: TcpListener, map: PortMap, ctx: Arc<Ctx>) {
     }
 }
 
-/// Connect to `target` with a socket made in the dialer's namespace.
-pub(crate) async fn dial(ctx: &Ctx, target: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = ctx.dialer.socket(target, Type::STREAM).await?;
-    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
+/// Connect to `target` with a socket made in the dialer's namespace (carrying the client's
+/// address in transparent mode).
+pub(crate) async fn dial(
+    ctx: &Ctx,
+    id: u64,
+    client: SocketAddr,
+    target: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let d = ctx
+        .dialer
+        .socket(target, Type::STREAM, ctx.source_for(client))
+        .await?;
+    if let Some(f) = &d.fallback {
+        ctx.fallback(id, client, f);
+    }
+    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(d.socket));
     match tokio::time::timeout(DIAL_TIMEOUT, sock.connect(target)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
@@ -71,7 +83,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
         map.listen
     };
     // TCP_NODELAY on the client side is inherited from the listener (sock::set_listener_nodelay).
-    let backend = match dial(&ctx, map.target).await {
+    let backend = match dial(&ctx, id, peer, map.target).await {
         Ok(b) => b,
         Err(e) => {
             let listen = client.local_addr().map(canonical).unwrap_or(listen);

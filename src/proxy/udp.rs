@@ -245,10 +245,17 @@ async fn open_flow(
     dst: Option<IpAddr>,
     epoch: Instant,
 ) -> io::Result<Arc<Flow>> {
-    let s = ctx.dialer.socket(map.target, Type::DGRAM).await?;
-    let backend = UdpSocket::from_std(std::net::UdpSocket::from(s))?;
-    backend.connect(map.target).await?;
     let id = ctx.next_id();
+    let client = canonical(peer);
+    let d = ctx
+        .dialer
+        .socket(map.target, Type::DGRAM, ctx.source_for(client))
+        .await?;
+    if let Some(f) = &d.fallback {
+        ctx.fallback(id, client, f);
+    }
+    let backend = UdpSocket::from_std(std::net::UdpSocket::from(d.socket))?;
+    backend.connect(map.target).await?;
     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
     ctx.counters.active.fetch_add(1, Ordering::Relaxed);
     let conn = Arc::new(ConnInfo {

@@ -2,7 +2,8 @@
 //! remove it when this one died without cleaning up (SIGKILL, a crash, a power cut of the shell).
 //!
 //! One JSON file per tracer process: /run/nettool-trace/PID.json (not under /run/nettool, whose
-//! folders are labs: `nettool labs` listed a lab called "trace").
+//! folders are labs: `nettool labs` listed a lab called "trace"). The transparent proxy keeps
+//! its own in /run/nettool-proxy with the same format ([`Journal::in_dir`], [`recover_in`]).
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,34 @@ pub enum Item {
         /// Its path.
         path: PathBuf,
     },
+    /// A policy routing rule `fwmark MARK/MASK lookup TABLE pref PREF` in a namespace.
+    FwmarkRule {
+        /// The namespace file it was opened from.
+        ns_path: PathBuf,
+        /// The namespace's inode.
+        ns_inode: u64,
+        /// IPv6 (else IPv4).
+        v6: bool,
+        /// Mark value.
+        mark: u32,
+        /// Mark mask.
+        mask: u32,
+        /// Table looked up.
+        table: u32,
+        /// Rule preference.
+        pref: u32,
+    },
+    /// A `local default dev lo` route in a table of its own, in a namespace.
+    LocalRoute {
+        /// The namespace file it was opened from.
+        ns_path: PathBuf,
+        /// The namespace's inode.
+        ns_inode: u64,
+        /// IPv6 (else IPv4).
+        v6: bool,
+        /// The table.
+        table: u32,
+    },
 }
 
 /// The journal of one tracer process.
@@ -46,6 +75,8 @@ pub struct Journal {
     pub items: Vec<Item>,
     #[serde(skip)]
     path: PathBuf,
+    #[serde(skip)]
+    dir: PathBuf,
 }
 
 /// Start time of `pid` in clock ticks since boot, from /proc/PID/stat.
@@ -59,12 +90,18 @@ fn start_ticks(pid: u32) -> Option<u64> {
 impl Journal {
     /// A new, empty journal for this process (written on the first [`Journal::record`]).
     pub fn new() -> Self {
+        Self::in_dir(Path::new(JOURNAL_DIR))
+    }
+
+    /// A new, empty journal for this process kept in `dir` (another tool's journals).
+    pub fn in_dir(dir: &Path) -> Self {
         let pid = std::process::id();
         Journal {
             pid,
             start_ticks: start_ticks(pid).unwrap_or(0),
             items: Vec::new(),
-            path: Path::new(JOURNAL_DIR).join(format!("{pid}.json")),
+            path: dir.join(format!("{pid}.json")),
+            dir: dir.to_path_buf(),
         }
     }
 
@@ -81,7 +118,7 @@ impl Journal {
 
     fn write(&self) -> std::io::Result<()> {
         use std::io::Write;
-        std::fs::create_dir_all(JOURNAL_DIR)?;
+        std::fs::create_dir_all(&self.dir)?;
         let tmp = self.path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp)?;
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
@@ -128,7 +165,50 @@ pub fn undo(item: &Item) -> Result<bool, String> {
             }
             super::drops::remove_instance(path).map(|_| true)
         }
+        Item::FwmarkRule {
+            ns_path,
+            ns_inode,
+            v6,
+            mark,
+            mask,
+            table,
+            pref,
+        } => in_namespace(ns_path, *ns_inode, |c| {
+            c.fwmark_rule(*v6, (*mark, *mask), *table, *pref, false)
+        }),
+        Item::LocalRoute {
+            ns_path,
+            ns_inode,
+            v6,
+            table,
+        } => in_namespace(ns_path, *ns_inode, |c| {
+            c.local_default_route(*v6, *table, LOOPBACK_INDEX, false)
+        }),
     }
+}
+
+/// The loopback interface's index, the same in every namespace.
+pub const LOOPBACK_INDEX: u32 = 1;
+
+/// Run one netlink change inside the namespace (Ok(false) when the namespace is gone, and the
+/// thing with it).
+fn in_namespace(
+    path: &Path,
+    inode: u64,
+    f: impl FnOnce(
+            &mut crate::netns::configure::Configure,
+        ) -> Result<bool, crate::netns::rtnl::NetlinkError>
+        + Send,
+) -> Result<bool, String> {
+    let Some(ns) = find_namespace(path, inode) else {
+        return Ok(false);
+    };
+    ns.run(|| {
+        let mut c = crate::netns::configure::Configure::open()?;
+        f(&mut c)
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("in {}: {e}", ns.label()))
 }
 
 /// The namespace with this inode: at `path` if that still is it, else found by discovery.
@@ -160,8 +240,13 @@ pub struct Recovered {
 
 /// Remove what dead tracers left behind (their journals say what). Live tracers are left alone.
 pub fn recover() -> Vec<Recovered> {
+    recover_in(Path::new(JOURNAL_DIR))
+}
+
+/// [`recover`] for the journals kept in `dir`.
+pub fn recover_in(dir: &Path) -> Vec<Recovered> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(JOURNAL_DIR) else {
+    let Ok(dir) = std::fs::read_dir(dir) else {
         return out;
     };
     for entry in dir.flatten() {
