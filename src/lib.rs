@@ -14,6 +14,7 @@ pub mod lab;
 pub mod nat;
 pub mod netns;
 pub mod output;
+mod program;
 pub mod proxy;
 pub mod tap;
 pub mod topology;

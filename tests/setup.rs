@@ -1298,7 +1298,11 @@ fn setup_and_teardown_without_root_say_so_once() {
         assert_eq!(err.matches("root").count(), 2, "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
-            err.contains(&format!("`nettool {}` needs root", args[0])),
+            err.contains(&format!(
+                "`{} {}` needs root",
+                env!("CARGO_BIN_EXE_nettool"),
+                args[0]
+            )),
             "{err}"
         );
     }

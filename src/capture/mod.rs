@@ -303,7 +303,8 @@ fn places(opts: &CaptureOptions, namer: &Namer) -> Result<Vec<Place>, CaptureErr
     for lab in &opts.labs {
         let st = crate::lab::state::load(lab).map_err(|e| {
             CaptureError::Target(format!(
-                "lab {lab}: {e} (`nettool labs` lists the labs that are up)"
+                "lab {lab}: {e} (`{} labs` lists the labs that are up)",
+                crate::program::me()
             ))
         })?;
         match &st.host_netns {
@@ -473,8 +474,9 @@ pub fn run(
             "no interface to capture on".into()
         } else {
             format!(
-                "no interface named {} in the namespaces chosen (`nettool netns inspect` lists them)",
-                opts.interfaces.join(", ")
+                "no interface named {} in the namespaces chosen (`{} netns inspect` lists them)",
+                opts.interfaces.join(", "),
+                crate::program::me()
             )
         }));
     }

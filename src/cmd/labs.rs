@@ -21,7 +21,10 @@ pub fn run(a: LabsArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     if labs.is_empty() {
-        println!("no labs (nothing under /run/nettool); `nettool setup` builds one");
+        println!(
+            "no labs (nothing under /run/nettool); `{} setup` builds one",
+            crate::program::me()
+        );
         return Ok(0);
     }
     print!("{}", render(&labs));

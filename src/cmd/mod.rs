@@ -19,7 +19,8 @@ use crate::cli::{Cli, Command};
 
 /// Why a command cannot do its job without privileges, when it cannot; None when it can (a
 /// shell completion, rules or a capture read from files, a recorded snapshot, the proxy and
-/// the built-in servers, which need none in the current namespace).
+/// the built-in servers, which need none in the current namespace). `{me}` stands for the
+/// program as the user can run it ([`crate::program::me`]).
 fn privileges_needed(cmd: &Command) -> Option<&'static str> {
     const ENTER: &str = "it enters network namespaces (CAP_SYS_ADMIN) and reads every process's namespace (CAP_SYS_PTRACE)";
     match cmd {
@@ -29,13 +30,13 @@ fn privileges_needed(cmd: &Command) -> Option<&'static str> {
         // setup and teardown say it themselves, with what they were about to change.
         Command::Setup(_) | Command::Teardown(_) => None,
         Command::ExplainNat(a) if !a.files.is_empty() && a.netns.is_none() => None,
-        Command::ExplainNat(_) => Some("it reads the live firewall rules inside a network namespace (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, explain a saved rule set: `nettool explain-nat -f FILE` (iptables-save or `nft -j list ruleset` output)"),
+        Command::ExplainNat(_) => Some("it reads the live firewall rules inside a network namespace (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, explain a saved rule set: `{me} explain-nat -f FILE` (iptables-save or `nft -j list ruleset` output)"),
         Command::Dns(a) if a.read.is_some() => None,
-        Command::Dns(_) => Some("it captures packets inside network namespaces (CAP_NET_RAW, CAP_SYS_ADMIN); without root, explain a capture made elsewhere with `nettool dns --read FILE`"),
+        Command::Dns(_) => Some("it captures packets inside network namespaces (CAP_NET_RAW, CAP_SYS_ADMIN); without root, explain a capture made elsewhere with `{me} dns --read FILE`"),
         Command::Capture(a) if a.read.is_some() => None,
-        Command::Capture(_) => Some("it captures packets inside network namespaces (CAP_NET_RAW, CAP_SYS_ADMIN); without root, print a capture made elsewhere with `nettool capture --read FILE`"),
+        Command::Capture(_) => Some("it captures packets inside network namespaces (CAP_NET_RAW, CAP_SYS_ADMIN); without root, print a capture made elsewhere with `{me} capture --read FILE`"),
         Command::Doctor(a) if a.snapshot.is_some() => None,
-        Command::Doctor(_) => Some("it reads links, sockets and firewall rules inside network namespaces (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, replay a recorded state with `nettool doctor --snapshot FILE`"),
+        Command::Doctor(_) => Some("it reads links, sockets and firewall rules inside network namespaces (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, replay a recorded state with `{me} doctor --snapshot FILE`"),
         Command::Trace(_) => Some("it adds trace rules and reads kernel events (CAP_NET_ADMIN, CAP_SYS_ADMIN)"),
         Command::Netns(_) | Command::Peer(_) | Command::Topology(_) | Command::Labs(_) => Some(ENTER),
         #[allow(unreachable_patterns)]
@@ -95,9 +96,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     if let Some(why) = privileges_needed(&cli.command) {
         if !privileged() {
             let name = command_name(&cli.command);
-            anyhow::bail!(
-                "`nettool {name}` needs root: {why}. Run it as root (sudo nettool {name} ...)"
-            );
+            let me = crate::program::me();
+            let why = why.replace("{me}", &me);
+            anyhow::bail!("`{me} {name}` needs root: {why}. Run it as root (sudo {me} {name} ...)");
         }
     }
     if prints_a_report(&cli.command) {

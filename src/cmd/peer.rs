@@ -188,7 +188,10 @@ close names in other namespaces: {} (look there with --netns TARGET)",
             "\nit is not a namespace either (no /run/netns/{iface}, process or container of that name)"
         ));
     }
-    msg.push_str("\nlist interfaces with `nettool netns inspect TARGET` or `nettool peer --all`");
+    let me = crate::program::me();
+    msg.push_str(&format!(
+        "\nlist interfaces with `{me} netns inspect TARGET` or `{me} peer --all`"
+    ));
     anyhow::anyhow!(msg)
 }
 

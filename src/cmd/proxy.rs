@@ -447,7 +447,9 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<Mapping>> {
                 None => Proto::Tcp,
             };
             if a.udp && prefix == Some(Proto::Tcp) {
-                return Err(Usage(format!("{spec_text}: --udp contradicts the tcp: prefix")).into());
+                return Err(
+                    Usage(format!("{spec_text}: --udp contradicts the tcp: prefix")).into(),
+                );
             }
             maps.push(spec::mapping(&spec_text, proto, l, t)?);
         }
@@ -465,7 +467,8 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<Mapping>> {
         }
         (Some(l), None) => {
             return Err(Usage(format!(
-                "LISTEN {l} given without a TARGET: write `nettool proxy {l} IP:PORT` or -p {l}=IP:PORT"
+                "LISTEN {l} given without a TARGET: write `{} proxy {l} IP:PORT` or -p {l}=IP:PORT",
+                crate::program::me()
             ))
             .into())
         }
@@ -502,7 +505,11 @@ pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Mapping>> {
 fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     let maps = mappings(&a)?;
     if maps.is_empty() {
-        return Err(Usage("nothing to forward: give LISTEN TARGET (e.g. `nettool proxy 8080 172.19.0.2:80`) or -p SPEC".into()).into());
+        return Err(Usage(format!(
+            "nothing to forward: give LISTEN TARGET (e.g. `{} proxy 8080 172.19.0.2:80`) or -p SPEC",
+            crate::program::me()
+        ))
+        .into());
     }
     let console = if a.json {
         Some(Console::Json(if a.hex {

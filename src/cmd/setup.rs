@@ -11,6 +11,7 @@ use crate::lab::plan::{self, Options, ProxyMode, Step};
 use crate::lab::spec::{self, Backend};
 use crate::lab::state::{self, LabState};
 use crate::output::{paint, print_json, Table};
+use crate::program::me;
 
 /// Examples and notes for `nettool setup --help`.
 pub(crate) const SETUP_HELP: &str =
@@ -184,21 +185,7 @@ pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// How this program can be run again as printed: `nettool` when the shell finds this very
-/// binary under that name, else its absolute path (a `cargo run` or target/release build).
-pub(crate) fn me() -> String {
-    let exe = std::env::current_exe().ok();
-    let on_path = apply::find_tool("nettool");
-    match (&exe, on_path) {
-        (Some(e), Some(p)) if std::fs::canonicalize(&p).ok().as_ref() == Some(e) => {
-            "nettool".into()
-        }
-        (Some(e), _) => e.display().to_string(),
-        (None, _) => "nettool".into(),
-    }
-}
-
-/// This command line again, with the binary as [`me`] says (arguments quoted for a shell).
+/// This command line again, with the binary as [`me`](crate::program::me) says (arguments quoted for a shell).
 fn this_command() -> String {
     let mut v = vec![me()];
     v.extend(std::env::args().skip(1).map(|a| shell_quote(&a)));

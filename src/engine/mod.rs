@@ -236,7 +236,10 @@ impl Container {
             (_, EngineKind::Lab) => self
                 .project
                 .as_ref()
-                .map(|lab| format!("`nettool teardown {lab}` then `nettool setup --name {lab}`")),
+                .map(|lab| {
+                    let me = crate::program::me();
+                    format!("`{me} teardown {lab}` then `{me} setup --name {lab}`")
+                }),
             (ContainerState::Paused, _) => {
                 Some(format!("unpause it with `{cli} unpause {}`", self.name))
             }

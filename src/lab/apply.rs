@@ -32,7 +32,7 @@ use crate::netns::{named, sysctl, NetNs};
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     /// Not running as root (the command: setup or teardown).
-    #[error("`nettool {0}` needs root: it creates and removes network namespaces, links and firewall rules; run it as root (with sudo)")]
+    #[error("`{me} {0}` needs root: it creates and removes network namespaces, links and firewall rules; run it as root (with sudo)", me = crate::program::me())]
     NotRoot(&'static str),
     /// A required program is missing.
     #[error("{tool} not found in PATH: install the '{package}' package (apt-get install {package}), or pick the other backend with --backend")]

@@ -143,7 +143,8 @@ pub fn check(name: &str) -> Option<LabHealth> {
     let mut problems = Vec::new();
     match phase {
         Phase::HalfBuilt => problems.push(format!(
-            "an earlier setup stopped half way; `nettool teardown {name}` (or the next setup) removes what it left"
+            "an earlier setup stopped half way; `{} teardown {name}` (or the next setup) removes what it left",
+            crate::program::me()
         )),
         Phase::SettingUp => {}
         Phase::Up => {

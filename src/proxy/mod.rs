@@ -324,8 +324,10 @@ fn holder_hint(proto: Proto, addr: SocketAddr) -> String {
         .flat_map(|s| s.owners.iter())
         .map(|o| match crate::lab::state::lab_of_process(o.pid) {
             Some(lab) => format!(
-                "pid {} ({}) of lab {lab}: pick another port, or `nettool teardown {lab}` first",
-                o.pid, o.comm
+                "pid {} ({}) of lab {lab}: pick another port, or `{} teardown {lab}` first",
+                o.pid,
+                o.comm,
+                crate::program::me()
             ),
             None => format!("pid {} ({})", o.pid, o.comm),
         })
