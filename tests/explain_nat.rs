@@ -143,6 +143,44 @@ fn malformed_line_is_reported_and_rest_explained() {
     );
 }
 
+/// A jump loop (LOOP-A -> LOOP-B -> LOOP-A, reached from PREROUTING and from OUTPUT, two
+/// jumps each way) is named with its file line in the summary, in --json and with a packet
+/// walked into it, and nothing hangs: the kernel refuses such rules, only a file holds them.
+#[test]
+fn a_jump_loop_is_named_with_its_line_and_walks_end() {
+    let f = fixture("jump-loop.iptables-save");
+    let named = format!(
+        "{f}:13: a jump loop of 2 chains in table ip nat: LOOP-A -> LOOP-B (line 11) -> LOOP-A (line 13); the kernel refuses"
+    );
+    let pkt = "tcp 10.0.0.5:1234 -> 192.0.2.1:9000 in eth0";
+    for args in [
+        vec!["explain-nat", "-f", &f],
+        vec!["explain-nat", "-f", &f, "--packet", pkt],
+        vec!["explain-nat", "-f", &f, "--json"],
+        vec!["explain-nat", "-f", &f, "--json", "--packet", pkt],
+    ] {
+        let t0 = std::time::Instant::now();
+        let out = nettool(&args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        if args.contains(&"--json") {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let p = &v["summary"]["problems"];
+            assert_eq!(p.as_array().map(Vec::len), Some(1), "{args:?}: {p}");
+            assert_eq!(p[0]["line"], 13, "{args:?}: {p}");
+            assert!(p[0]["message"].as_str().unwrap().starts_with(&named), "{p}");
+        } else {
+            assert!(text.contains(&named), "{args:?}: {text}");
+        }
+        if args.contains(&"--packet") && !args.contains(&"--json") {
+            assert!(text.contains("Verdict:"), "{text}");
+            // The walk stops at the loop (it printed 100,014 lines, branching at every level).
+            assert!(text.lines().count() < 100, "{} lines", text.lines().count());
+        }
+        eprintln!("{args:?}: {:?}", t0.elapsed());
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let out = nettool(&[

@@ -221,7 +221,16 @@ pub fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
         return Ok(code);
     }
     match &walk_result {
-        Some(w) => print!("{}", render_walk(w)),
+        Some(w) => {
+            print!("{}", render_walk(w));
+            // The stderr line below says they are listed above: the walk lists them too.
+            if !summary.problems.is_empty() {
+                print!("\n{}", paint("Lines that could not be read\n", "31"));
+                for p in &summary.problems {
+                    println!("  {}", p.message);
+                }
+            }
+        }
         None => {
             print!("{}", render_summary(&summary));
             if a.rules {

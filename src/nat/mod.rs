@@ -3,6 +3,7 @@
 
 pub mod explain;
 pub mod iptables;
+mod loops;
 pub mod model;
 pub mod nft;
 pub mod reach;
@@ -130,6 +131,9 @@ pub fn parse_text(text: &str, table: Option<&str>, source: &str) -> Result<Rules
     if matches!(format, Format::IptablesSave | Format::IptablesS) {
         assume_kube_jumps(&mut rs);
     }
+    // Only a file can hold a jump loop (the kernel refuses one): name it.
+    let loops = loops::find(&rs);
+    rs.problems.extend(loops);
     if rs.tables.is_empty() && rs.problems.is_empty() {
         rs.warnings.push(
             "no table was found in the input: nothing here is a rule (is this a rule dump?)".into(),

@@ -511,6 +511,9 @@ impl<'a> Walker<'a> {
                 "{} {}: jumps nested too deep; stopped there",
                 table.name, chain.name
             ));
+            // A jump loop (nesting this deep is nothing else): end the walk here, or each
+            // level's next jump would branch again (2^32 paths through a two-jump loop).
+            self.budget = 0;
             return Outcome::Continue;
         }
         self.budget -= 1;
