@@ -465,7 +465,7 @@ fn read_rejects_a_non_capture_with_a_clear_message() {
 }
 
 #[test]
-fn all_netns_labels_each_side() {
+fn all_netns_shows_a_lookup_once_with_a_hop_on_each_side() {
     let lab = DnsLab::new("dnsall");
     // Other tests may run DNS in their own namespaces meanwhile: stop on time, then look
     // only at this test's unique name.
@@ -484,17 +484,327 @@ fn all_netns_labels_each_side() {
         .iter()
         .filter(|l| l["name"] == name.as_str())
         .collect();
-    let mut where_seen: Vec<&str> = ours.iter().map(|l| l["netns"].as_str().unwrap()).collect();
-    where_seen.sort();
-    let mut expected = vec![lab.client.name.as_str(), lab.server.name.as_str()];
-    expected.sort();
-    assert_eq!(where_seen, expected, "{ours:#?}");
-    for l in ours {
-        assert_eq!(l["rcode"], "NXDOMAIN");
-        assert_eq!(ip_of(&l["client"]), "10.53.0.2");
-        assert_eq!(l["server"], "10.53.0.1:53");
+    // Seen on both sides of the veth: one lookup, two hops (it was two lines before).
+    assert_eq!(ours.len(), 1, "{ours:#?}");
+    let l = ours[0];
+    assert_eq!(l["netns"], lab.client.name.as_str());
+    assert_eq!(l["rcode"], "NXDOMAIN");
+    assert_eq!(ip_of(&l["client"]), "10.53.0.2");
+    assert_eq!(l["server"], "10.53.0.1:53");
+    let hops = l["hops"].as_array().unwrap();
+    let where_seen: Vec<&str> = hops.iter().map(|h| h["netns"].as_str().unwrap()).collect();
+    assert_eq!(
+        where_seen,
+        [lab.client.name.as_str(), lab.server.name.as_str()],
+        "{l:#}"
+    );
+    for h in hops {
+        assert_eq!(h["client"], l["client"]);
+        assert_eq!(h["rcode"], "NXDOMAIN");
+        assert!(h["interface"].as_str().unwrap().starts_with('d'), "{h}");
     }
     assert!(summary["sources"].as_array().unwrap().len() >= 2);
+}
+
+/// A resolver namespace (dnsmasq on 10.53.0.1, or a caller-made responder) joined by a veth
+/// to `host` (a namespace given by name: a lab's isolated host), which gets 10.53.0.254.
+struct Upstream {
+    ns: TestNs,
+    _dnsmasq: Option<ChildGuard>,
+    host_if: String,
+}
+
+impl Upstream {
+    fn new(tag: &str, host: &str, dnsmasq: bool) -> Upstream {
+        let ns = TestNs::new(tag);
+        let (h, u) = (unique_ifname("uh"), unique_ifname("uu"));
+        sh(&[
+            "ip", "link", "add", &h, "netns", host, "type", "veth", "peer", "name", &u, "netns",
+            &ns.name,
+        ]);
+        sh(&["ip", "-n", host, "addr", "add", "10.53.0.254/24", "dev", &h]);
+        sh(&["ip", "-n", host, "link", "set", &h, "up"]);
+        ns.ip(&["addr", "add", "10.53.0.1/24", "dev", &u]);
+        ns.ip(&["link", "set", &u, "up"]);
+        let guard = dnsmasq.then(|| {
+            ns.spawn(&[
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=10.53.0.1",
+                "--pid-file=",
+                "--log-facility=/dev/null",
+                "--local=/test/",
+                "--host-record=up.test,10.1.2.3",
+            ])
+        });
+        Upstream {
+            ns,
+            _dnsmasq: guard,
+            host_if: h,
+        }
+    }
+}
+
+fn hop_clients(l: &Value) -> Vec<String> {
+    l["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["client"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_lab_containers_lookup_through_the_bridge_and_masquerade_is_one_lookup() {
+    let (lab, state) = TestLab::isolated("dnsone", &["--no-userland-proxy"]);
+    let up = Upstream::new("dnsoneu", &lab.name, true);
+    let client = lab.ns("client");
+    let client_ip = state["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "client")
+        .map(|c| c["networks"][0]["address"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no client in {state:#}"));
+    let dig = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &client, "dig"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for("the upstream through the lab's MASQUERADE", 10, || {
+        dig(&["+short", "+tries=1", "+timeout=1", "@10.53.0.1", "up.test"]).contains("10.1.2.3")
+    });
+    let name = format!("once{}.test", std::process::id());
+    let t = Trace::start(&[
+        "--all-netns",
+        "--json",
+        "--duration",
+        "4s",
+        "--timeout",
+        "1s",
+    ]);
+    assert!(dig(&["@10.53.0.1", &name]).contains("NXDOMAIN"));
+    let (lookups, summary) = t.json();
+    let ours: Vec<&Value> = lookups
+        .iter()
+        .filter(|l| l["name"] == name.as_str())
+        .collect();
+    // Seen in the container, on the lab's bridge, on its uplink after the MASQUERADE and in
+    // the resolver's namespace: one lookup (four lines before).
+    assert_eq!(ours.len(), 1, "{ours:#?}");
+    let l = ours[0];
+    assert_eq!(ip_of(&l["client"]), client_ip, "{l:#}");
+    assert_eq!(l["rcode"], "NXDOMAIN");
+    let hops = l["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), 4, "{l:#}");
+    let clients = hop_clients(l);
+    assert_eq!(clients[0], l["client"].as_str().unwrap());
+    assert_eq!(
+        clients[1], clients[0],
+        "the bridge sees the container's address"
+    );
+    assert_eq!(
+        ip_of(&hops[2]["client"]),
+        "10.53.0.254",
+        "after the MASQUERADE"
+    );
+    assert_eq!(clients[3], clients[2]);
+    assert_eq!(hops[2]["interface"], up.host_if.as_str());
+    assert_eq!(
+        hops[1]["netns"], hops[2]["netns"],
+        "both in the lab's host: {l:#}"
+    );
+    assert!(
+        hops[3]["netns"].as_str().unwrap().contains(&up.ns.name),
+        "{l:#}"
+    );
+    // Each namespace counted its sighting.
+    let sightings = |label: &str| {
+        summary["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["netns"] == label)
+            .map(|s| s["sightings"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("no source {label} in {summary:#}"))
+    };
+    assert!(sightings(hops[1]["netns"].as_str().unwrap()) >= 2);
+    assert!(sightings(hops[3]["netns"].as_str().unwrap()) >= 1);
+}
+
+/// Two client namespaces (172.31.9.2 and .3) behind a host namespace that MASQUERADEs them
+/// onto its uplink (10.53.0.254) towards a resolver namespace.
+struct Masqueraded {
+    host: TestNs,
+    clients: Vec<TestNs>,
+    up: Upstream,
+}
+
+impl Masqueraded {
+    fn new(tag: &str, dnsmasq: bool) -> Masqueraded {
+        let host = TestNs::new(&format!("{tag}h"));
+        let up = Upstream::new(&format!("{tag}u"), &host.name, dnsmasq);
+        let br = unique_ifname("mb");
+        host.ip(&["link", "add", &br, "type", "bridge"]);
+        host.ip(&["addr", "add", "172.31.9.1/24", "dev", &br]);
+        host.ip(&["link", "set", &br, "up"]);
+        let mut clients = Vec::new();
+        for i in 2..4 {
+            let c = TestNs::new(&format!("{tag}c{i}"));
+            let (h, e) = (unique_ifname("mv"), unique_ifname("me"));
+            veth(&h, &host, &e, &c);
+            host.ip(&["link", "set", &h, "master", &br]);
+            c.ip(&["addr", "add", &format!("172.31.9.{i}/24"), "dev", &e]);
+            c.ip(&["route", "add", "default", "via", "172.31.9.1"]);
+            clients.push(c);
+        }
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &host.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &host.name,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            "172.31.9.0/24",
+            "!",
+            "-o",
+            &br,
+            "-j",
+            "MASQUERADE",
+        ]);
+        Masqueraded { host, clients, up }
+    }
+}
+
+#[test]
+fn two_clients_asking_one_name_with_one_id_through_one_masquerade_stay_two_lookups() {
+    let m = Masqueraded::new("dnstw", false);
+    // The resolver answers each query with an address that spells the source port it saw
+    // (10.77.HI.LO), once both queries are in, the second one first: the answer each client
+    // gets is the truth about which upstream flow was its own.
+    let sock = NetNs::from_name(&m.up.ns.name)
+        .unwrap()
+        .run(|| UdpSocket::bind("10.53.0.1:53"))
+        .unwrap()
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let resolver = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while got.len() < 2 {
+            let (n, from) = sock.recv_from(&mut buf).expect("both queries");
+            got.push((buf[..n].to_vec(), from));
+        }
+        for (q, from) in got.into_iter().rev() {
+            let mut r = q.clone();
+            r[2] |= 0x80;
+            r[3] |= 0x80;
+            r[7] = 1; // ANCOUNT
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 77]);
+            r.extend_from_slice(&from.port().to_be_bytes());
+            sock.send_to(&r, from).unwrap();
+        }
+    });
+    let name = format!("same{}.test", std::process::id());
+    let query = query_bytes(0x4242, &name);
+    let t = Trace::start(&[
+        "--all-netns",
+        "--json",
+        "--duration",
+        "4s",
+        "--timeout",
+        "2s",
+    ]);
+    // Both clients bind port 5000 and use id 0x4242: the MASQUERADE keeps 5000 for one and
+    // moves the other, so after it the two differ only by a port the client never chose.
+    let socks: Vec<UdpSocket> = m
+        .clients
+        .iter()
+        .map(|c| {
+            let s = NetNs::from_name(&c.name)
+                .unwrap()
+                .run(|| UdpSocket::bind("0.0.0.0:5000"))
+                .unwrap()
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        })
+        .collect();
+    for s in &socks {
+        s.send_to(&query, "10.53.0.1:53").unwrap();
+    }
+    let answers: Vec<String> = socks
+        .iter()
+        .map(|s| {
+            let mut buf = [0u8; 512];
+            let n = s.recv(&mut buf).expect("an answer");
+            let a = &buf[n - 4..n];
+            format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
+        })
+        .collect();
+    resolver.join().unwrap();
+    let (lookups, _) = t.json();
+    let ours: Vec<&Value> = lookups
+        .iter()
+        .filter(|l| l["name"] == name.as_str())
+        .collect();
+    assert_eq!(ours.len(), 2, "{ours:#?}");
+    let mut upstream_ports = Vec::new();
+    for (i, c) in m.clients.iter().enumerate() {
+        let me = format!("172.31.9.{}:5000", i + 2);
+        let l = ours
+            .iter()
+            .find(|l| l["client"] == me.as_str())
+            .unwrap_or_else(|| panic!("no lookup from {me}: {ours:#?}"));
+        assert_eq!(l["netns"], c.name.as_str());
+        assert_eq!(l["id"], 0x4242);
+        // What the client really received.
+        assert_eq!(l["answers"][0]["data"], answers[i].as_str(), "{l:#}");
+        let hops = l["hops"].as_array().unwrap();
+        assert_eq!(hops.len(), 4, "{l:#}");
+        assert_eq!(hops[1]["netns"], m.host.name.as_str());
+        assert_eq!(hops[1]["client"], me.as_str());
+        assert_eq!(hops[2]["netns"], m.host.name.as_str());
+        // The upstream leg tied to this client is the flow the resolver answered with this
+        // client's answer.
+        let port: u16 = hops[3]["client"]
+            .as_str()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        assert_eq!(ip_of(&hops[3]["client"]), "10.53.0.254");
+        assert_eq!(
+            answers[i],
+            format!("10.77.{}.{}", port >> 8, port & 0xff),
+            "{l:#}"
+        );
+        assert_eq!(hops[2]["client"], hops[3]["client"]);
+        upstream_ports.push(port);
+    }
+    assert_ne!(upstream_ports[0], upstream_ports[1]);
 }
 
 #[test]
@@ -566,7 +876,9 @@ fn docker_embedded_dns_is_one_lookup_with_its_upstream_leg() {
         .dig(&["+tcp", "@127.0.0.11", "nope.test"])
         .contains("NXDOMAIN"));
     let (lookups, summary) = t.json();
-    assert_eq!(lookups.len(), 4, "{lookups:#?}");
+    // The resolver's own queries are inside the lookups they were made for, as their
+    // upstream legs (each was a line of its own before: 4 lines).
+    assert_eq!(lookups.len(), 2, "{lookups:#?}");
     let clients: Vec<&Value> = lookups
         .iter()
         .filter(|l| l["server"] == "127.0.0.11:53")
@@ -581,6 +893,10 @@ fn docker_embedded_dns_is_one_lookup_with_its_upstream_leg() {
         assert_eq!(c["server_real"], "127.0.0.11:41753");
         assert_eq!(c["upstream"].as_array().unwrap().len(), 1, "{c}");
         assert_eq!(c["upstream"][0]["server"], "10.53.0.1:53");
+        let leg = &c["upstream"][0]["hops"];
+        assert_eq!(leg.as_array().unwrap().len(), 1, "{c}");
+        assert_eq!(leg[0]["client"], c["upstream"][0]["from"]);
+        assert_eq!(leg[0]["netns"], lab.client.name.as_str());
     }
     let www = clients.iter().find(|l| l["name"] == "www.a.test").unwrap();
     assert_eq!(www["transport"], "udp");
@@ -594,11 +910,6 @@ fn docker_embedded_dns_is_one_lookup_with_its_upstream_leg() {
     assert_eq!(nx_client["transport"], "tcp");
     assert_eq!(nx_client["rcode"], "NXDOMAIN");
     assert_eq!(nx_client["upstream"][0]["rcode"], "NXDOMAIN");
-    // The resolver's own queries are linked back to the client they served.
-    for up in lookups.iter().filter(|l| l["server"] == "10.53.0.1:53") {
-        let client = up["on_behalf_of"].as_str().expect("linked upstream");
-        assert!(clients.iter().any(|c| c["client"] == client), "{up}");
-    }
     let aliases = summary["sources"][0]["aliases"].as_array().unwrap();
     assert!(aliases
         .iter()
@@ -795,6 +1106,94 @@ fn real_docker_embedded_dns() {
         2,
         "udp and tcp ports from DOCKER_OUTPUT"
     );
+}
+
+#[test]
+fn real_docker_embedded_dns_forwarding_is_one_lookup_across_namespaces() {
+    // dockerd's host gets an uplink to a resolver namespace; the container is told to use it
+    // (--dns), so the embedded resolver forwards from the container's namespace and Docker's
+    // MASQUERADE rewrites the forward on the uplink.
+    let d = common::docker::Dockerd::start("dns-dfw");
+    let up = Upstream::new("dnsdfwu", &d.ns.name, true);
+    d.import_busybox("nt-busybox");
+    d.docker(&["network", "create", "ntdnsfw"]);
+    for c in ["alpha", "beta"] {
+        d.docker(&[
+            "run",
+            "-d",
+            "--network",
+            "ntdnsfw",
+            "--dns",
+            "10.53.0.1",
+            "--name",
+            c,
+            "nt-busybox",
+            "sleep",
+            "300",
+        ]);
+    }
+    let pid = d
+        .docker(&["inspect", "-f", "{{.State.Pid}}", "beta"])
+        .trim()
+        .to_string();
+    let dig = |args: &[&str]| {
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "dig"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for("the forward through Docker's MASQUERADE", 15, || {
+        dig(&["+short", "+tries=1", "+timeout=2", "@127.0.0.11", "up.test"]).contains("10.1.2.3")
+    });
+    let name = format!("fw{}.test", std::process::id());
+    let t = Trace::start_env(
+        &[
+            "--all-netns",
+            "--json",
+            "--duration",
+            "5s",
+            "--timeout",
+            "2s",
+        ],
+        &[("DOCKER_HOST", &d.host())],
+    );
+    assert!(dig(&["+short", "@127.0.0.11", "alpha"])
+        .trim()
+        .starts_with("172."));
+    assert!(dig(&["@127.0.0.11", &name]).contains("NXDOMAIN"));
+    let (lookups, _) = t.json();
+    let named = |n: &str| -> Vec<&Value> { lookups.iter().filter(|l| l["name"] == n).collect() };
+    // A container name, answered by the resolver itself: once.
+    let alpha = named("alpha");
+    assert_eq!(alpha.len(), 1, "{alpha:#?}");
+    assert_eq!(alpha[0]["netns"], "container:beta");
+    // A forwarded name: the client's lookup once, the forward inside it as its upstream leg,
+    // seen in the container, on the host's bridge, after the MASQUERADE and at the resolver
+    // (five lines before).
+    let fw = named(&name);
+    assert_eq!(fw.len(), 1, "{fw:#?}");
+    let l = fw[0];
+    assert_eq!(l["netns"], "container:beta");
+    assert_eq!(l["server"], "127.0.0.11:53");
+    assert!(l["server_real"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.11:"));
+    assert_eq!(l["rcode"], "NXDOMAIN");
+    assert_eq!(l["upstream"].as_array().unwrap().len(), 1, "{l:#}");
+    let leg = &l["upstream"][0];
+    assert_eq!(leg["server"], "10.53.0.1:53");
+    assert_eq!(leg["rcode"], "NXDOMAIN");
+    let hops = leg["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), 4, "{l:#}");
+    assert_eq!(hops[0]["netns"], "container:beta");
+    assert_eq!(hops[0]["client"], leg["from"]);
+    assert_eq!(hops[1]["client"], leg["from"], "the bridge: {l:#}");
+    assert_eq!(ip_of(&hops[2]["client"]), "10.53.0.254", "{l:#}");
+    assert_eq!(hops[2]["interface"], up.host_if.as_str());
+    assert_eq!(hops[3]["client"], hops[2]["client"]);
 }
 
 #[test]

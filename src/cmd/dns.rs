@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::cli::parse_duration;
 use crate::dns::capture::PcapOut;
-use crate::dns::pair::{Lookup, NameSummary, Status, Summary};
+use crate::dns::pair::{Hop, Lookup, NameSummary, Status, Summary};
 use crate::dns::{self, docker, Alias, LiveOptions, LookupSink, Source, SourceStats};
 use crate::netns::discover::{discover, DiscoverOptions};
 use crate::netns::{NetNs, NsId};
@@ -126,18 +126,25 @@ pub fn render_line(l: &Lookup, timeout: Duration) -> String {
         flags.push(format!("via {real}"));
     }
     for u in &l.upstream {
-        flags.push(format!(
+        let mut leg = format!(
             "upstream {} {} {}",
             u.server,
             u.rcode.as_deref().unwrap_or("no-answer"),
             u.latency_ms.map(fmt_ms).unwrap_or_default()
-        ));
+        );
+        if u.hops.len() > 1 {
+            leg.push_str(&format!(" (hops {})", render_hops(&u.hops)));
+        }
+        flags.push(leg);
     }
     if let Some(c) = l.on_behalf_of {
         flags.push(format!("for {c}"));
     }
     if let Some(why) = &l.icmp {
         flags.push(format!("icmp {why}"));
+    }
+    if l.hops.len() > 1 {
+        flags.push(format!("hops {}", render_hops(&l.hops)));
     }
     let mut line = format!(
         "{}  {}  {} -> {}  {} {}  {}  {}  {}",
@@ -157,6 +164,46 @@ pub fn render_line(l: &Lookup, timeout: Duration) -> String {
         line.push(']');
     }
     line
+}
+
+/// Where a lookup was seen, nearest the client first: `ns/if latency`, with the addresses
+/// where a NAT changed them and the outcome where it differs from the first hop's.
+fn render_hops(hops: &[Hop]) -> String {
+    let Some(first) = hops.first() else {
+        return String::new();
+    };
+    let mut prev = (first.client, first.server);
+    let mut parts = Vec::new();
+    for h in hops {
+        let mut p = match &h.interface {
+            Some(i) => format!("{}/{i}", h.netns),
+            None => h.netns.clone(),
+        };
+        if (h.client, h.server) != prev {
+            if h.server == prev.1 {
+                p.push_str(&format!(" {}", h.client));
+            } else {
+                p.push_str(&format!(" {} -> {}", h.client, h.server));
+            }
+            prev = (h.client, h.server);
+        }
+        if h.status != first.status || h.rcode != first.rcode {
+            let what = match (h.status, &h.rcode) {
+                (_, Some(r)) => r.clone(),
+                (Status::Timeout, None) => "TIMEOUT".into(),
+                (Status::Unreachable, None) => "UNREACHABLE".into(),
+                _ => "UNANSWERED".into(),
+            };
+            p.push(' ');
+            p.push_str(&what);
+        }
+        if let Some(ms) = h.latency_ms {
+            p.push(' ');
+            p.push_str(&fmt_ms(ms));
+        }
+        parts.push(p);
+    }
+    parts.join(" > ")
 }
 
 /// Prints lookups as they finish (buffered; flushed whenever the capture goes idle).
@@ -391,6 +438,24 @@ fn print_summary(r: &Report) {
         },
         drops
     );
+    // Where lookups were seen: one lookup crossing three namespaces is a sighting in each.
+    let mut seen: Vec<(&str, u64)> = r
+        .sources
+        .iter()
+        .filter(|s| s.pairing.sightings > 0)
+        .map(|s| (s.netns.as_str(), s.pairing.sightings))
+        .collect();
+    seen.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    if !seen.is_empty() {
+        let total: u64 = seen.iter().map(|s| s.1).sum();
+        println!(
+            "sightings per namespace ({total}): {}",
+            seen.iter()
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 }
 
 /// Examples and notes for `nettool dns --help`.

@@ -7,11 +7,13 @@
 //! this module never prints.
 
 pub mod capture;
+pub mod ct;
 pub mod docker;
+pub mod join;
 pub mod packet;
 pub mod pair;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,10 +21,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::netns::links::Rtnl;
 use crate::netns::{NetNs, NsId};
 use capture::{now, CaptureError, PacketSocket, PcapOut, SNAPLEN};
+use ct::Conntrack;
+use join::{JoinContext, Joiner};
 use packet::{decode, CopyFilter, LinkKind, TcpReassembler, Transport};
-use pair::{Lookup, PairStats, Pairer};
+use pair::{Lookup, PairStats, Pairer, QKey};
 
 /// A server address that packets really use, shown as the address the client asked
 /// (Docker: 127.0.0.11:<random port> shown as 127.0.0.11:53).
@@ -59,8 +64,9 @@ impl Pipeline {
         }
     }
 
-    /// Feed one frame.
-    pub fn frame(&mut self, ts: Duration, link: LinkKind, data: &[u8]) {
+    /// Feed one frame, seen on interface `ifindex` of the capture's namespace when known.
+    pub fn frame(&mut self, ts: Duration, link: LinkKind, data: &[u8], ifindex: Option<i32>) {
+        self.pairer.set_interface(ifindex);
         let Some(seg) = decode(link, data) else {
             if let Some(u) = packet::decode_unreachable(link, data) {
                 self.pairer
@@ -94,6 +100,41 @@ pub enum DnsError {
     Capture(#[from] CaptureError),
 }
 
+/// Interface names of one namespace, from a route socket made there (read again when a
+/// new ifindex shows up, at most once a second).
+struct IfNames {
+    rtnl: Option<Rtnl>,
+    names: HashMap<i32, String>,
+    read_at: Option<Duration>,
+}
+
+impl std::fmt::Debug for IfNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.names.iter()).finish()
+    }
+}
+
+impl IfNames {
+    fn name(&mut self, ifindex: i32) -> Option<String> {
+        if !self.names.contains_key(&ifindex) {
+            let t = now();
+            if self
+                .read_at
+                .is_none_or(|r| t.saturating_sub(r) >= Duration::from_secs(1))
+            {
+                self.read_at = Some(t);
+                if let Some(Ok(links)) = self.rtnl.as_mut().map(|r| r.links()) {
+                    self.names = links
+                        .into_iter()
+                        .map(|l| (l.index as i32, l.name))
+                        .collect();
+                }
+            }
+        }
+        self.names.get(&ifindex).cloned()
+    }
+}
+
 /// A namespace being watched: its capture socket and pipeline.
 #[derive(Debug)]
 pub struct Source {
@@ -101,6 +142,9 @@ pub struct Source {
     label: String,
     sock: PacketSocket,
     pipe: Pipeline,
+    /// Its conntrack, to join a lookup across the NAT done there.
+    ct: Option<Conntrack>,
+    ifnames: IfNames,
     /// The aliases in force (Docker's resolver).
     pub aliases: Vec<Alias>,
 }
@@ -111,13 +155,35 @@ impl Source {
     pub fn open(ns: &NetNs, timeout: Duration, aliases: Vec<Alias>) -> Result<Self, DnsError> {
         let ports: Vec<u16> = aliases.iter().map(|a| a.real.port()).collect();
         let sock = PacketSocket::open(ns, &ports)?;
+        // Both optional: without them a lookup is still shown, only not joined across a NAT
+        // here, and its hops name no interface.
+        let (ct, rtnl) = ns
+            .run(|| (Conntrack::open_here().ok(), Rtnl::open().ok()))
+            .unwrap_or((None, None));
         Ok(Source {
             id: ns.id(),
             label: ns.label().to_string(),
             sock,
             pipe: Pipeline::new(ns.label(), timeout, &aliases),
+            ct,
+            ifnames: IfNames {
+                rtnl,
+                names: HashMap::new(),
+                read_at: None,
+            },
             aliases,
         })
+    }
+
+    /// The finished lookups of this namespace, each as a sighting with its one hop.
+    fn sightings(&mut self) -> Vec<Lookup> {
+        let out = self.pipe.pairer.drain();
+        out.into_iter()
+            .map(|l| {
+                let name = l.ifindex.and_then(|i| self.ifnames.name(i));
+                join::single(l, name)
+            })
+            .collect()
     }
 
     /// The namespace's identity.
@@ -177,7 +243,40 @@ impl<F: FnMut(Lookup) -> bool> LookupSink for F {
 /// sources to add and the ids that no longer exist.
 pub type Refresh<'a> = dyn FnMut(&HashSet<NsId>) -> (Vec<Source>, Vec<NsId>) + 'a;
 
-/// Capture until `stop` is set, the duration passes, or `on_lookup` returns false.
+/// The joiner's view of the watched namespaces.
+struct Watched<'a>(&'a mut [Source]);
+
+impl JoinContext for Watched<'_> {
+    fn pending(&self, q: &QKey, id: u16, transport: Transport) -> bool {
+        self.0
+            .iter()
+            .any(|s| s.pipe.pairer.has_pending(q, id, transport))
+    }
+
+    fn pending_from(&self, ns: NsId, q: &QKey, client: SocketAddr) -> bool {
+        self.0
+            .iter()
+            .any(|s| s.id == ns && s.pipe.pairer.has_pending_from(q, client))
+    }
+
+    fn translated(
+        &mut self,
+        ns: NsId,
+        transport: Transport,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let src = self.0.iter_mut().find(|s| s.id == ns)?;
+        src.ct.as_mut()?.translated(transport, client, server)
+    }
+}
+
+/// How long a finished sighting waits for the other namespaces' sightings of its lookup: they
+/// are read from other sockets, a poll round or a few later.
+const JOIN_GRACE: Duration = Duration::from_millis(200);
+
+/// Capture until `stop` is set, the duration passes, or `on_lookup` returns false. Each lookup
+/// is handed over once, with every place it was seen as a hop (see [`join`]).
 pub fn live(
     mut sources: Vec<Source>,
     opts: &LiveOptions,
@@ -193,7 +292,13 @@ pub fn live(
     let mut finished_stats: Vec<SourceStats> = Vec::new();
     let mut keep_going = true;
     let tick = Duration::from_millis(100);
-    'outer: while keep_going && !stop.load(Ordering::Relaxed) {
+    // One capture point sees every copy of a lookup in order: nothing to wait for.
+    let mut joiner = Joiner::new(if refresh.is_some() || sources.len() > 1 {
+        JOIN_GRACE
+    } else {
+        Duration::ZERO
+    });
+    while keep_going && !stop.load(Ordering::Relaxed) {
         let t = now();
         if opts
             .duration
@@ -226,15 +331,11 @@ pub fn live(
                     if let Some(p) = pcap.as_deref_mut() {
                         p.write(f.ts, data)?;
                     }
-                    src.pipe.frame(f.ts, LinkKind::Ip, data);
-                    for l in src.pipe.pairer.drain() {
-                        if keep_going && !sink.lookup(l) {
-                            keep_going = false;
-                        }
-                    }
-                    if !keep_going {
-                        break 'outer;
-                    }
+                    src.pipe.frame(f.ts, LinkKind::Ip, data, Some(f.ifindex));
+                }
+                let t = now();
+                for l in src.sightings() {
+                    joiner.add(src.id, l, t);
                 }
             }
         }
@@ -243,13 +344,13 @@ pub fn live(
             last_tick = t;
             for src in sources.iter_mut() {
                 src.pipe.pairer.expire(t);
-                for l in src.pipe.pairer.drain() {
-                    if keep_going && !sink.lookup(l) {
-                        keep_going = false;
-                    }
+                for l in src.sightings() {
+                    joiner.add(src.id, l, t);
                 }
             }
         }
+        let ready = joiner.ready(t, false, &mut Watched(&mut sources));
+        hand_over(sink, ready, &mut keep_going);
         sink.idle();
         if let Some(r) = refresh.as_deref_mut() {
             if !opts.refresh_every.is_zero() && t.saturating_sub(last_refresh) >= opts.refresh_every
@@ -262,10 +363,8 @@ pub fn live(
                 sources = kept;
                 for mut s in dropped {
                     s.pipe.pairer.finish(t);
-                    for l in s.pipe.pairer.drain() {
-                        if keep_going && !sink.lookup(l) {
-                            keep_going = false;
-                        }
+                    for l in s.sightings() {
+                        joiner.add(s.id, l, t);
                     }
                     finished_stats.push(stats_of(&mut s));
                 }
@@ -276,15 +375,24 @@ pub fn live(
     let t = now();
     for src in sources.iter_mut() {
         src.pipe.pairer.finish(t);
-        for l in src.pipe.pairer.drain() {
-            if keep_going && !sink.lookup(l) {
-                keep_going = false;
-            }
+        for l in src.sightings() {
+            joiner.add(src.id, l, t);
         }
     }
+    let ready = joiner.ready(t, true, &mut Watched(&mut sources));
+    hand_over(sink, ready, &mut keep_going);
     finished_stats.extend(sources.iter_mut().map(stats_of));
     sink.idle();
     Ok(finished_stats)
+}
+
+/// Give lookups to the sink until it wants no more.
+fn hand_over(sink: &mut dyn LookupSink, lookups: Vec<Lookup>, keep_going: &mut bool) {
+    for l in lookups {
+        if *keep_going && !sink.lookup(l) {
+            *keep_going = false;
+        }
+    }
 }
 
 fn stats_of(s: &mut Source) -> SourceStats {
@@ -316,13 +424,13 @@ pub fn read_file(
     let mut keep_going = true;
     let total = frames.len() as u64;
     for (ts, link, data) in &frames {
-        pipe.frame(*ts, *link, data);
+        pipe.frame(*ts, *link, data, None);
         if ts.saturating_sub(last) >= Duration::from_millis(100) {
             pipe.pairer.expire(*ts);
             last = *ts;
         }
         for l in pipe.pairer.drain() {
-            if keep_going && !sink.lookup(l) {
+            if keep_going && !sink.lookup(join::single(l, None)) {
                 keep_going = false;
             }
         }
@@ -333,7 +441,7 @@ pub fn read_file(
     let end = frames.last().map(|f| f.0).unwrap_or_default();
     pipe.pairer.finish(end);
     for l in pipe.pairer.drain() {
-        if keep_going && !sink.lookup(l) {
+        if keep_going && !sink.lookup(join::single(l, None)) {
             keep_going = false;
         }
     }

@@ -56,6 +56,50 @@ pub struct UpstreamLeg {
     pub rcode: Option<String>,
     /// Upstream round trip in milliseconds.
     pub latency_ms: Option<f64>,
+    /// Where the upstream query was seen, nearest the resolver first (empty when only the
+    /// client's side of it was seen).
+    pub hops: Vec<Hop>,
+}
+
+/// One place a lookup was seen: a namespace (and the interface the query arrived or left on),
+/// with the addresses the packets carried there (they differ after a NAT) and how it ended there.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Hop {
+    /// The namespace (or container) label.
+    pub netns: String,
+    /// The interface the first query was seen on there (None when unknown, e.g. a pcap).
+    pub interface: Option<String>,
+    /// When the first query was seen there, seconds since the Unix epoch.
+    pub time: f64,
+    /// The asking side as the packets carried it there.
+    pub client: SocketAddr,
+    /// The server as the client addressed it there.
+    pub server: SocketAddr,
+    /// Where the packets really went there, when that differs (a DNAT).
+    pub server_real: Option<SocketAddr>,
+    /// How it ended there.
+    pub status: Status,
+    /// The rcode seen there.
+    pub rcode: Option<String>,
+    /// Query to answer there, in milliseconds.
+    pub latency_ms: Option<f64>,
+}
+
+impl Hop {
+    /// The hop a single sighting `l` makes, seen on `interface`.
+    pub fn of(l: &Lookup, interface: Option<String>) -> Hop {
+        Hop {
+            netns: l.netns.clone(),
+            interface,
+            time: l.time,
+            client: l.client,
+            server: l.server,
+            server_real: l.server_real,
+            status: l.status,
+            rcode: l.rcode.clone(),
+            latency_ms: l.latency_ms,
+        }
+    }
 }
 
 /// One lookup: a query paired with its answer (or its absence).
@@ -100,11 +144,20 @@ pub struct Lookup {
     pub on_behalf_of: Option<SocketAddr>,
     /// The ICMP error that ended the lookup ("port unreachable"...), for status unreachable.
     pub icmp: Option<String>,
+    /// Every place the lookup was seen, nearest the client first; the fields above are those of
+    /// the first hop (what the client saw).
+    pub hops: Vec<Hop>,
+    /// The question, as pairing compares it (joins sightings across namespaces).
+    #[serde(skip)]
+    pub(crate) question: Option<QKey>,
+    /// The interface the first query was seen on (an ifindex of the capture's namespace).
+    #[serde(skip)]
+    pub(crate) ifindex: Option<i32>,
 }
 
 /// The question part of the key (name compared case-insensitively).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct QKey {
+pub struct QKey {
     name: String,
     qtype: u16,
     qclass: u16,
@@ -131,6 +184,7 @@ struct Pending {
     after_truncated: bool,
     upstream: Vec<UpstreamLeg>,
     parent: Option<Key>,
+    ifindex: Option<i32>,
 }
 
 /// What a DNS message said, as far as pairing cares.
@@ -155,6 +209,8 @@ pub struct PairStats {
     pub duplicate_answers: u64,
     /// DNS payloads that did not parse.
     pub malformed: u64,
+    /// Lookups seen here (one lookup seen in three namespaces is a sighting in each).
+    pub sightings: u64,
 }
 
 /// The conventional mnemonic of an rcode.
@@ -281,6 +337,8 @@ pub struct Pairer {
     /// (client ip, server, question) -> when it was last asked.
     last_asked: HashMap<(std::net::IpAddr, SocketAddr, QKey), Duration>,
     last_prune: Duration,
+    /// The interface the message being fed was seen on.
+    ifindex: Option<i32>,
     out: Vec<Lookup>,
     /// Counters.
     pub stats: PairStats,
@@ -309,6 +367,7 @@ impl Pairer {
             folded: HashMap::new(),
             last_asked: HashMap::new(),
             last_prune: Duration::ZERO,
+            ifindex: None,
             out: Vec::new(),
             stats: PairStats::default(),
         }
@@ -324,6 +383,25 @@ impl Pairer {
             Some(shown) => (*shown, Some(addr)),
             None => (addr, None),
         }
+    }
+
+    /// The interface the next messages were seen on (an ifindex of the capture's namespace).
+    pub fn set_interface(&mut self, ifindex: Option<i32>) {
+        self.ifindex = ifindex;
+    }
+
+    /// Is a query for question `q` from `client` still waiting for its answer here?
+    pub(crate) fn has_pending_from(&self, q: &QKey, client: SocketAddr) -> bool {
+        self.by_question
+            .get(q)
+            .is_some_and(|keys| keys.iter().any(|k| k.client == client))
+    }
+
+    /// Is a query for question `q` with `id` over `transport` still waiting for its answer here?
+    pub(crate) fn has_pending(&self, q: &QKey, id: u16, transport: Transport) -> bool {
+        self.by_question
+            .get(q)
+            .is_some_and(|keys| keys.iter().any(|k| k.id == id && k.transport == transport))
     }
 
     /// Feed one DNS message seen at `ts` from `src` to `dst`.
@@ -415,14 +493,23 @@ impl Pairer {
                     .is_some_and(|t| ts.saturating_sub(*t) <= MEMORY)
             });
         // A resolver forwarding a question it was just asked: link to the client's lookup.
+        // Only when that client is known: a forward with the client's own id (Docker's
+        // resolver and the lab's forward the query as is) picks that client; otherwise there
+        // must be one client waiting. Two clients asking the same question at once stay
+        // unlinked rather than linked to the wrong one.
         let parent = qkey.as_ref().and_then(|q| {
-            self.by_question.get(q).and_then(|keys| {
-                keys.iter()
-                    .filter(|k| k.client != src && k.server != server && k.client.ip() != src.ip())
-                    .filter_map(|k| self.pending.get(k).map(|p| (k, p.first)))
-                    .max_by_key(|(_, first)| *first)
-                    .map(|(k, _)| k.clone())
-            })
+            let waiting: Vec<&Key> = self
+                .by_question
+                .get(q)?
+                .iter()
+                .filter(|k| k.client != src && k.server != server && k.client.ip() != src.ip())
+                .filter(|k| self.pending.contains_key(*k))
+                .collect();
+            let same_id: Vec<&Key> = waiting.iter().copied().filter(|k| k.id == p.id).collect();
+            match (same_id.as_slice(), waiting.as_slice()) {
+                ([one], _) | ([], [one]) => Some((*one).clone()),
+                _ => None,
+            }
         });
         if let Some(parent_key) = &parent {
             if let Some(pp) = self.pending.get_mut(parent_key) {
@@ -432,6 +519,7 @@ impl Pairer {
                     transport,
                     rcode: None,
                     latency_ms: None,
+                    hops: Vec::new(),
                 });
             }
         }
@@ -453,6 +541,7 @@ impl Pairer {
                 after_truncated,
                 upstream: Vec::new(),
                 parent,
+                ifindex: self.ifindex,
             },
         );
     }
@@ -562,6 +651,9 @@ impl Pairer {
                 upstream: Vec::new(),
                 on_behalf_of: None,
                 icmp: None,
+                hops: Vec::new(),
+                question: qkey,
+                ifindex: self.ifindex,
             });
             return;
         };
@@ -608,6 +700,9 @@ impl Pairer {
             upstream: pend.upstream,
             on_behalf_of,
             icmp: None,
+            hops: Vec::new(),
+            question: key.q,
+            ifindex: pend.ifindex,
         });
     }
 
@@ -723,6 +818,9 @@ impl Pairer {
             upstream: p.upstream,
             on_behalf_of: p.parent.map(|k| k.client),
             icmp: None,
+            hops: Vec::new(),
+            question: k.q,
+            ifindex: p.ifindex,
         }
     }
 
@@ -733,6 +831,7 @@ impl Pairer {
 
     /// Take the lookups completed since the last call.
     pub fn drain(&mut self) -> Vec<Lookup> {
+        self.stats.sightings += self.out.len() as u64;
         std::mem::take(&mut self.out)
     }
 }
