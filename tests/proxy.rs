@@ -4014,3 +4014,105 @@ address = "172.31.1.2"
         }
     }
 }
+
+#[test]
+fn proxy_protocol_v2_gives_a_real_haproxy_the_client_address() {
+    let ns = lab("pxpp");
+    let dir = TempDir::new("pxpp");
+    let cfg = dir.join("haproxy.cfg");
+    // HTTP mode: HAProxy answers itself with the source it read from the header, and logs it.
+    std::fs::write(
+        &cfg,
+        "global\n  log stdout format raw local0\ndefaults\n  mode http\n  log global\n  timeout connect 5s\n  timeout client 5s\n  timeout server 5s\nfrontend fe\n  bind 127.0.0.1:7000 accept-proxy\n  log-format \"haproxy-log client=%ci:%cp\"\n  http-request return status 200 content-type text/plain lf-string \"haproxy sees %[src]:%[src_port]\\n\"\n",
+    )
+    .unwrap();
+    let mut hp = Command::new("ip");
+    hp.args(["netns", "exec", &ns.name, "haproxy", "-db", "-f"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut haproxy = ChildGuard(hp.spawn().expect("haproxy (apt-get install haproxy)"));
+    let out = haproxy.0.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            l2.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    wait_for("haproxy listening", 10, || {
+        connect_in(&ns, "127.0.0.1:7000").is_ok()
+    });
+    let curl = |port: &str| {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "curl", "-s", "--max-time", "5"])
+            .args(["--interface", "10.9.0.1", "--local-port", port])
+            .arg("http://127.0.0.1:8080/")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Without the header HAProxy refuses the connection: the test can fail.
+    let p = start(Some(&ns), &dir, &["127.0.0.1:8080", "127.0.0.1:7000"]);
+    assert_eq!(curl("41000"), "");
+    p.stop();
+    let p = start(
+        Some(&ns),
+        &dir,
+        &["--proxy-protocol", "v2", "127.0.0.1:8080", "127.0.0.1:7000"],
+    );
+    assert_eq!(curl("41001"), "haproxy sees 10.9.0.1:41001\n");
+    wait_for("haproxy's log line", 10, || {
+        lines
+            .lock()
+            .unwrap()
+            .contains("haproxy-log client=10.9.0.1:41001")
+    });
+    p.stop();
+}
+
+#[test]
+fn proxy_protocol_v2_heads_every_udp_datagram() {
+    let ns = lab("pxppu");
+    let dir = TempDir::new("pxppu");
+    let backend = inside(&ns, || UdpSocket::bind("127.0.0.1:7053").unwrap());
+    backend
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--proxy-protocol",
+            "v2",
+            "udp:10.9.0.1:5353",
+            "127.0.0.1:7053",
+        ],
+    );
+    let client = inside(&ns, || UdpSocket::bind("10.9.0.1:41053").unwrap());
+    for payload in [&b"one"[..], b"two!"] {
+        client.send_to(payload, "10.9.0.1:5353").unwrap();
+        let mut buf = [0u8; 256];
+        let (n, from) = backend.recv_from(&mut buf).unwrap();
+        // Signature, v2 PROXY, UDP over IPv4, 12 address bytes, 10.9.0.1:41053 -> 10.9.0.1:5353.
+        let mut want = vec![
+            0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x12, 0,
+            12, 10, 9, 0, 1, 10, 9, 0, 1,
+        ];
+        want.extend_from_slice(&41053u16.to_be_bytes());
+        want.extend_from_slice(&5353u16.to_be_bytes());
+        want.extend_from_slice(payload);
+        assert_eq!(&buf[..n], &want[..]);
+        // Replies go back as they are.
+        backend.send_to(b"answer", from).unwrap();
+        let mut got = [0u8; 64];
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (m, _) = client.recv_from(&mut got).unwrap();
+        assert_eq!(&got[..m], b"answer");
+    }
+    let log = p.stop();
+    assert!(log.contains("bytes_c2s=7 bytes_s2c=12"), "{log}");
+}

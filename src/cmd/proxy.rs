@@ -74,6 +74,7 @@ struct Plan {
     json_counters: bool,
     threads: Option<usize>,
     transparent: bool,
+    proxy_protocol: Option<crate::proxy::proxy_protocol::ProxyProtocol>,
     /// Said once the log is open (things a person should fix in the setup).
     warnings: Vec<String>,
 }
@@ -278,6 +279,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         log: log.clone(),
         listen_fd: plan.listen_fd.take(),
         transparent: plan.transparent,
+        proxy_protocol: plan.proxy_protocol,
     });
     let proxy = match proxy {
         Ok(p) => p,
@@ -563,6 +565,7 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         json_counters: a.json,
         threads: a.threads,
         transparent: a.transparent,
+        proxy_protocol: a.proxy_protocol,
         warnings: Vec::new(),
     };
     execute(plan)
@@ -629,6 +632,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
             .ok()
             .and_then(|v| v.parse().ok()),
         transparent: cfg.transparent.unwrap_or(false),
+        proxy_protocol: cfg.proxy_protocol,
         warnings,
     }
 }
@@ -789,6 +793,10 @@ pub struct ProxyArgs {
     /// rule and a policy route in the target namespace, removed on exit).
     #[arg(long)]
     pub transparent: bool,
+    /// Send a PROXY protocol header with the client's address to the backend first (TCP: once
+    /// per connection; UDP: in front of every datagram), for HAProxy accept-proxy, nginx proxy_protocol.
+    #[arg(long, value_name = "VERSION", value_enum)]
+    pub proxy_protocol: Option<crate::proxy::proxy_protocol::ProxyProtocol>,
     /// Events queued for the dump writer before the proxy waits (lossless back-pressure).
     #[arg(long, value_name = "N", default_value_t = 1024, hide = true)]
     pub dump_queue: usize,

@@ -260,6 +260,8 @@ pub struct DockerProxyConfig {
     /// Transparent mode: the container sees the client's address (default false). Env
     /// NETTOOL_PROXY_TRANSPARENT (1/true/yes or 0/false/no).
     pub transparent: Option<bool>,
+    /// Send a PROXY protocol header to the container first: `"v2"`. Env NETTOOL_PROXY_PROXY_PROTOCOL.
+    pub proxy_protocol: Option<super::proxy_protocol::ProxyProtocol>,
 }
 
 /// The `dump` values docker-proxy mode takes ("" = not set).
@@ -335,6 +337,13 @@ impl DockerProxyConfig {
                     ))
                 }
             }
+        }
+        if let Some(v) = env("NETTOOL_PROXY_PROXY_PROTOCOL").filter(|v| !v.is_empty()) {
+            cfg.proxy_protocol = match v.as_str() {
+                "v2" => Some(super::proxy_protocol::ProxyProtocol::V2),
+                "off" => None,
+                _ => return Err(bad("NETTOOL_PROXY_PROXY_PROTOCOL", v, "v2 or off")),
+            };
         }
         if let Some(v) = env("NETTOOL_PROXY_TRANSPARENT").filter(|v| !v.is_empty()) {
             cfg.transparent = Some(match v.to_ascii_lowercase().as_str() {
@@ -482,6 +491,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!(cfg.transparent, Some(true));
+        let dir = std::env::temp_dir().join(format!("nt-dppp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "proxy_protocol = \"v2\"\ntransparent = true\n").unwrap();
+        let cfg = DockerProxyConfig::load(|k| {
+            (k == "NETTOOL_PROXY_CONFIG").then(|| file.to_str().unwrap().into())
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            (cfg.proxy_protocol, cfg.transparent),
+            (
+                Some(super::super::proxy_protocol::ProxyProtocol::V2),
+                Some(true)
+            )
+        );
         // A bad value from the environment is blamed on the variable, not on a config file
         // that may not even exist.
         for (var, bad) in [
@@ -491,6 +516,7 @@ mod tests {
             ("NETTOOL_PROXY_PCAP_FILES", "-1"),
             ("NETTOOL_PROXY_DUMP", "loud"),
             ("NETTOOL_PROXY_TRANSPARENT", "maybe"),
+            ("NETTOOL_PROXY_PROXY_PROTOCOL", "v1"),
         ] {
             let e = DockerProxyConfig::load(|k| match k {
                 "NETTOOL_PROXY_CONFIG" => Some("/nonexistent/x.toml".into()),

@@ -6,6 +6,7 @@
 
 pub mod docker;
 pub mod logq;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod sock;
 pub mod spec;
@@ -198,6 +199,8 @@ pub struct ProxyConfig {
     pub listen_fd: Option<OwnedFd>,
     /// Backend sockets carry the client's address ([`transparent`]).
     pub transparent: bool,
+    /// Send this PROXY protocol header to the backend first ([`proxy_protocol`]).
+    pub proxy_protocol: Option<proxy_protocol::ProxyProtocol>,
 }
 
 /// A listener ready to serve.
@@ -220,6 +223,8 @@ pub(crate) struct Ctx {
     pub(crate) udp_idle: Duration,
     /// Transparent mode: backend sockets are bound to the client's address.
     pub(crate) transparent: bool,
+    /// The PROXY protocol header backends get, if any.
+    pub(crate) proxy_protocol: Option<proxy_protocol::ProxyProtocol>,
     /// Which transparent-mode fallbacks have been logged already (each once).
     pub(crate) fallback_said: [std::sync::atomic::AtomicBool; 4],
 }
@@ -452,6 +457,7 @@ impl Proxy {
                 log: cfg.log,
                 udp_idle: cfg.udp_idle,
                 transparent: cfg.transparent,
+                proxy_protocol: cfg.proxy_protocol,
                 fallback_said: Default::default(),
             }),
             bound,

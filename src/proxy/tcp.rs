@@ -75,8 +75,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
     ctx.counters.active.fetch_add(1, Ordering::Relaxed);
     let _active = Active(&ctx);
-    // getsockname only when someone will read the addresses (a dump or -v).
-    let detail = ctx.tap.is_some() || ctx.log.enabled(Level::Debug);
+    // getsockname only when someone will read the addresses (a dump, -v, a PROXY header).
+    let detail = ctx.tap.is_some() || ctx.log.enabled(Level::Debug) || ctx.proxy_protocol.is_some();
     let listen = if detail {
         client.local_addr().map(canonical).unwrap_or(map.listen)
     } else {
@@ -118,6 +118,23 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
         }
     };
     let _ = backend.set_nodelay(true);
+    let mut backend = backend;
+    if ctx.proxy_protocol.is_some() {
+        // Before any byte of the client's: the backend reads it first.
+        let header = super::proxy_protocol::v2_header(Proto::Tcp, peer, listen);
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut backend, &header).await {
+            ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+            ctx.log(
+                Level::Warn,
+                format!(
+                    "#{id} {peer} -> {listen}: cannot send the PROXY header to backend {}: {e}; resetting the client",
+                    map.target
+                ),
+            );
+            let _ = client.set_zero_linger();
+            return;
+        }
+    }
     let conn = Arc::new(ConnInfo {
         id,
         transport: Proto::Tcp,

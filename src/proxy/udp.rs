@@ -38,6 +38,8 @@ fn release_freed_memory() {
 
 struct Flow {
     backend: UdpSocket,
+    /// The PROXY protocol header put in front of every datagram to the backend.
+    header: Option<Vec<u8>>,
     conn: Arc<ConnInfo>,
     /// Where replies must come from (the client's destination address), when listening on a wildcard.
     reply_from: Option<IpAddr>,
@@ -223,7 +225,19 @@ pub(crate) async fn serve(sock: UdpSocket, map: PortMap, ctx: Arc<Ctx>) {
             })
             .await;
         }
-        match flow.backend.send(&buf[..n]).await {
+        let sent = match &flow.header {
+            None => flow.backend.send(&buf[..n]).await,
+            Some(h) => {
+                let mut d = Vec::with_capacity(h.len() + n);
+                d.extend_from_slice(h);
+                d.extend_from_slice(&buf[..n]);
+                flow.backend
+                    .send(&d)
+                    .await
+                    .map(|m| m.saturating_sub(h.len()))
+            }
+        };
+        match sent {
             Ok(_) => {
                 flow.up.fetch_add(n as u64, Ordering::Relaxed);
                 ctx.counters
@@ -282,8 +296,12 @@ async fn open_flow(
         })
         .await;
     }
+    let header = ctx
+        .proxy_protocol
+        .map(|_| super::proxy_protocol::v2_header(Proto::Udp, conn.client, conn.listen));
     Ok(Arc::new(Flow {
         backend,
+        header,
         conn,
         reply_from: dst,
         last: AtomicU64::new(epoch.elapsed().as_millis() as u64),
