@@ -1835,3 +1835,229 @@ fn podman_healthy_then_flushed_rules_then_stopped() {
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
     assert_ne!(l.curl_outside(), "000");
 }
+
+// ---------------------------------------------------------------------------------------------
+// CNI: the reference plugins (bridge + host-local + portmap + firewall) run as libcni runs
+// them (tests/common/cni.rs), in a host namespace with an uplink to an outside namespace.
+// ---------------------------------------------------------------------------------------------
+
+/// A CNI host: `host` (uplink up0 192.0.2.1/24 to `outside` at 192.0.2.2), container `ctr`
+/// attached with the chain, its port `port` mapped to 80, a service inside on `bind`:80.
+/// Fields drop in order: fixes and the service, the CNI DEL, then the namespaces.
+struct CniHost {
+    fixes: Vec<ChildGuard>,
+    service: Option<ChildGuard>,
+    att: Option<common::cni::CniAttachment>,
+    ctr: TestNs,
+    outside: TestNs,
+    host: TestNs,
+    port: u16,
+}
+
+impl CniHost {
+    fn new(tag: &str, subnet: &str, port: u16, bind: &str) -> CniHost {
+        let host = TestNs::new(&format!("{tag}h"));
+        let outside = TestNs::new(&format!("{tag}o"));
+        let ctr = TestNs::new(&format!("{tag}c"));
+        veth("up0", &host, "eth0", &outside);
+        host.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+        host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        let att = common::cni::CniAttachment::add(&host, &ctr, subnet, port, 80);
+        let service = ctr.spawn(&[
+            env!("CARGO_BIN_EXE_nettool"),
+            "serve",
+            "http",
+            "80",
+            "--bind",
+            bind,
+        ]);
+        CniHost {
+            fixes: Vec::new(),
+            service: Some(service),
+            att: Some(att),
+            ctr,
+            outside,
+            host,
+            port,
+        }
+    }
+
+    fn from(&self) -> String {
+        format!("outside:{}", self.outside.name)
+    }
+
+    fn id(&self) -> String {
+        self.att.as_ref().unwrap().container_id.clone()
+    }
+
+    fn curl_outside(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.outside.name, "curl", "-s", "-m", "5"])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://192.0.2.1:{}/", self.port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn record(&self, name: &str, how: &str, args: &[&str]) {
+        record_capture(&[], &self.host.name, name, how, args);
+    }
+
+    /// doctor until its fault is `want` (a service just started).
+    fn wait_fault(&self, args: &[&str], want: &str) -> Value {
+        let mut last = Value::Null;
+        wait_for(want, 20, || {
+            last = self.doctor(args);
+            fault(&last) == want
+        });
+        last
+    }
+}
+
+impl Subject for CniHost {
+    fn doctor(&self, args: &[&str]) -> Value {
+        doctor_json(&self.host.name, args)
+    }
+
+    fn apply_fix(&mut self, report: &Value) {
+        if let Some(c) = run_fix(&self.host.name, report) {
+            self.fixes.push(c);
+        }
+    }
+}
+
+/// One FAIL, naming the CNI container.
+fn one_cni_fail(r: &Value, id: &str) {
+    let fails = r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["verdict"] == "fail")
+        .count();
+    assert_eq!(fails, 1, "one cause, one FAIL: {r:#}");
+    assert!(
+        r["diagnosis"]["line"].as_str().unwrap().contains(id),
+        "the CNI container is named: {r:#}"
+    );
+}
+
+#[test]
+fn cni_healthy_then_portmap_dnat_deleted_and_re_added_as_printed() {
+    let h = CniHost::new("cnidr", "10.77.5.0/24", 18495, "0.0.0.0");
+    let from = h.from();
+    let args = ["--from", from.as_str(), "18495"];
+    let ok = h.wait_fault(&args, "none");
+    assert_eq!(ok["diagnosis"]["ok"], true, "{ok:#}");
+    assert_eq!(hop(&ok, "engine")["verdict"], "ok", "{ok:#}");
+    assert!(
+        hop(&ok, "engine")["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&h.id()),
+        "{ok:#}"
+    );
+    for from in [from.as_str(), "localhost", "outside"] {
+        let r = h.doctor(&["--from", from, "18495", "--probe"]);
+        assert_eq!(r["diagnosis"]["ok"], true, "{from}: {r:#}");
+        assert_eq!(r["probe"]["ok"], true, "{from}: {r:#}");
+    }
+    assert!(h.curl_outside().starts_with('2'));
+    h.record(
+        "cni-healthy",
+        "CNI plugins 1.1.1 chain bridge + host-local + portmap (snat) + firewall, container (nettool serve http on 0.0.0.0:80) hostPort 18495 -> 80",
+        &["--from", &from, "18495", "--probe"],
+    );
+
+    // portmap's DNAT rule deleted (the jump from CNI-HOSTPORT-DNAT with the container id in
+    // its comment stays): nothing receives 18495.
+    let rules = h
+        .host
+        .ip(&["netns", "exec", &h.host.name, "iptables", "-t", "nat", "-S"]);
+    let rule = rules
+        .lines()
+        .find(|l| l.contains("--dport 18495") && l.contains("-j DNAT"))
+        .unwrap_or_else(|| panic!("portmap's DNAT rule in {rules}"))
+        .replacen("-A", "-D", 1);
+    let mut del = vec!["ip", "netns", "exec", &h.host.name, "iptables", "-t", "nat"];
+    del.extend(rule.split_whitespace());
+    sh(&del);
+    assert!(!h.curl_outside().starts_with('2'), "broken");
+    h.record(
+        "cni-portmap-dnat-deleted",
+        "the CNI host, portmap's DNAT rule for 18495 deleted from its CNI-DN chain (iptables -t nat -D CNI-DN-... -j DNAT ...)",
+        &["--from", &from, "18495", "--probe"],
+    );
+    let broken = h.doctor(&args);
+    assert_eq!(fault(&broken), "dnat_missing", "{broken:#}");
+    one_cni_fail(&broken, &h.id());
+    // The printed line, run as printed by a shell on the machine.
+    let command = broken["diagnosis"]["fix"]["command"].as_str().unwrap();
+    assert!(command.contains("portmap"), "{command}");
+    sh(&["sh", "-c", command]);
+    let fixed = h.doctor(&["--from", &from, "18495", "--probe"]);
+    assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
+    assert_eq!(fixed["probe"]["ok"], true, "{fixed:#}");
+    assert!(h.curl_outside().starts_with('2'));
+}
+
+#[test]
+fn cni_service_on_loopback_then_veth_removed_then_namespace_gone() {
+    let mut h = CniHost::new("cnilo", "10.77.6.0/24", 18496, "127.0.0.1");
+    let from = h.from();
+    let args = ["--from", from.as_str(), "18496"];
+    let lo = h.wait_fault(&args, "service_on_loopback");
+    h.record(
+        "cni-service-on-loopback",
+        "the CNI host, the service inside the container on 127.0.0.1:80 only (hostPort 18496 -> 80)",
+        &args,
+    );
+    let fails = lo["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["verdict"] == "fail")
+        .count();
+    assert_eq!(fails, 1, "{lo:#}");
+    h.apply_fix(&lo);
+    let mut fixed = Value::Null;
+    wait_for("the relay", 20, || {
+        fixed = h.doctor(&["--from", &from, "18496", "--probe"]);
+        fixed["probe"]["ok"] == true
+    });
+    assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
+    assert!(h.curl_outside().starts_with('2'));
+    h.fixes.clear();
+    h.service.take();
+
+    // The container's veth removed: its namespace is there, its address is not.
+    h.ctr.ip(&["link", "del", "eth0"]);
+    let r = h.doctor(&args);
+    h.record(
+        "cni-veth-removed",
+        "the CNI host, the container's eth0 deleted (ip -n CTR link del eth0)",
+        &args,
+    );
+    assert_eq!(fault(&r), "not_on_network", "{r:#}");
+    one_cni_fail(&r, &h.id());
+
+    // Its namespace gone (removed without a CNI DEL).
+    sh(&["ip", "netns", "del", &h.ctr.name]);
+    let r = h.doctor(&args);
+    h.record(
+        "cni-namespace-gone",
+        "the CNI host, the container's namespace deleted without a CNI DEL (ip netns del CTR)",
+        &args,
+    );
+    assert_eq!(fault(&r), "container_not_running", "{r:#}");
+    one_cni_fail(&r, &h.id());
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("namespace is gone"),
+        "{r:#}"
+    );
+}

@@ -75,12 +75,13 @@ fn published(b: Option<&PortBinding>) -> String {
 
 /// The engine's view, judged: the first fault in it, or an ok hop that says what is intended.
 pub(crate) fn intent_hop(
+    snap: &Snapshot,
     c: &Container,
     b: Option<&PortBinding>,
     packet: &Packet,
     fixer: &Fixer,
-    exe: &str,
 ) -> Hop {
+    let exe = snap.meta.exe.as_str();
     let who = format!("{} container {}", c.engine, c.name);
     let port = b.map(|b| b.host_port).unwrap_or(packet.dport);
     let evidence = format!(
@@ -124,6 +125,11 @@ pub(crate) fn intent_hop(
         )
         .with_evidence(evidence.clone())
     };
+    if c.engine == EngineKind::Cni {
+        if let Some(h) = cni_hop(snap, c, port, &who) {
+            return h.with_evidence(evidence);
+        }
+    }
     match &c.state {
         ContainerState::Running | ContainerState::Restarting => {}
         ContainerState::Paused => {
@@ -232,4 +238,207 @@ fn published_elsewhere(
         ],
         true,
     )))
+}
+
+/// CNI has no daemon to ask: its cache says what was attached, the namespaces say what is
+/// left. A namespace gone (the runtime removed the sandbox without a CNI DEL) or the
+/// container's interface gone from it (its veth deleted) leaves the port's rules pointing at
+/// an address nobody holds. The runtime (containerd, CRI-O, kubelet) re-creates the
+/// attachment; there is no one command to do it for it.
+fn cni_hop(snap: &Snapshot, c: &Container, port: u16, who: &str) -> Option<Hop> {
+    let addrs: Vec<IpAddr> = c
+        .attachments
+        .iter()
+        .flat_map(|a| {
+            a.ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(a.ipv6.map(IpAddr::V6))
+        })
+        .collect();
+    let list = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let netns = c
+        .netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "?".into());
+    if c.state != ContainerState::Running {
+        return Some(Hop::fail(
+            ID,
+            TITLE,
+            Fault::ContainerNotRunning,
+            format!(
+                "{who}'s network namespace is gone (the runtime removed it without a CNI DEL): nothing serves its port {port}; its port rules and its address {list} are left over until the runtime deletes or re-creates the container"
+            ),
+        ));
+    }
+    let ns = snap
+        .namespaces
+        .iter()
+        .find(|n| n.containers.iter().any(|r| r.id == c.id))?;
+    if addrs.is_empty() || addrs.iter().any(|a| ns.has_address(*a)) {
+        return None;
+    }
+    let networks = c
+        .attachments
+        .iter()
+        .map(|a| a.network.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(
+        Hop::fail(
+            ID,
+            TITLE,
+            Fault::NotOnNetwork,
+            format!(
+                "{who} no longer holds {list} in its namespace {netns} (its interface on {networks} was removed): its port {port} is sent to an address nobody holds; the runtime must attach it again (CNI DEL, then ADD, of {networks})"
+            ),
+        )
+        .with_evidence(format!("{}: addresses {}", ns.label, ns.address_list())),
+    )
+}
+
+/// The engine's DNAT rule for a port it publishes to a running container, missing while
+/// nothing else receives the port: the engine's own fix writes it again.
+pub(crate) fn dnat_missing(
+    snap: &Snapshot,
+    c: &Container,
+    b: &PortBinding,
+    packet: &Packet,
+    fixer: &Fixer,
+) -> Option<Hop> {
+    if c.state != ContainerState::Running {
+        return None;
+    }
+    let (whose, fix) = match c.engine {
+        EngineKind::Docker => (
+            "Docker's".to_string(),
+            Some(fixer.fix(
+                &format!(
+                    "restart {}: Docker writes its port rules again when it starts",
+                    c.name
+                ),
+                &["docker", "restart", &c.name],
+            )),
+        ),
+        EngineKind::Podman => (
+            "netavark's".to_string(),
+            Some(fixer.fix(
+                "have netavark write its rules again",
+                &["podman", "network", "reload", "--all"],
+            )),
+        ),
+        EngineKind::Cni => (
+            "CNI portmap's".to_string(),
+            cni_portmap_readd(snap, c, fixer),
+        ),
+        _ => return None,
+    };
+    Some(
+        Hop::fail(
+            ID,
+            "who receives it",
+            Fault::DnatMissing,
+            format!(
+                "{whose} DNAT rule for {}/{} ({} container {}) is missing: nothing receives the port it publishes to {}",
+                packet.proto,
+                b.host_port,
+                c.engine,
+                c.name,
+                published(Some(b))
+            ),
+        )
+        .with_fix(fix),
+    )
+}
+
+/// A CNI re-add of portmap for `c`, as libcni runs it: the network's portmap config from the
+/// cache, the container's port mappings as runtimeConfig and its addresses as prevResult,
+/// given on stdin to the portmap plugin with CNI_COMMAND=ADD in the host namespace. portmap
+/// only adds the rules that are missing (its chain for the container is named from the
+/// network and the container id, so it is the same chain).
+fn cni_portmap_readd(snap: &Snapshot, c: &Container, fixer: &Fixer) -> Option<super::Fix> {
+    use serde_json::{json, Value};
+    let intent = snap.intent.as_ref()?;
+    let (att, net) = c.attachments.iter().find_map(|a| {
+        let n = intent
+            .networks
+            .iter()
+            .find(|n| n.engine == EngineKind::Cni && n.name == a.network && n.portmap.is_some())?;
+        Some((a, n))
+    })?;
+    let mut conf: Value = serde_json::from_str(net.portmap.as_deref()?).ok()?;
+    let netns = c.netns.as_ref()?.display().to_string();
+    let mappings: Vec<Value> = c
+        .ports
+        .iter()
+        .map(|b| {
+            let mut m = json!({
+                "hostPort": b.host_port,
+                "containerPort": b.container_port,
+                "protocol": b.proto,
+            });
+            if let Some(ip) = b.host_ip {
+                m["hostIP"] = Value::String(ip.to_string());
+            }
+            m
+        })
+        .collect();
+    // The container's interface: the one holding its address in its namespace (eth0 else).
+    let addrs: Vec<IpAddr> = att
+        .ipv4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(att.ipv6.map(IpAddr::V6))
+        .collect();
+    let ifname = snap
+        .namespaces
+        .iter()
+        .find(|n| n.containers.iter().any(|r| r.id == c.id))
+        .and_then(|n| {
+            let a = n.addresses.iter().find(|x| addrs.contains(&x.address))?;
+            n.link(a.index).map(|l| l.name.clone())
+        })
+        .unwrap_or_else(|| "eth0".into());
+    let ips: Vec<Value> = addrs
+        .iter()
+        .map(|a| {
+            let prefix = net
+                .subnets
+                .iter()
+                .find(|s| s.contains(a))
+                .map(|s| s.prefix_len())
+                .unwrap_or(if a.is_ipv4() { 32 } else { 128 });
+            json!({"address": format!("{a}/{prefix}"), "interface": 0})
+        })
+        .collect();
+    conf["runtimeConfig"] = json!({ "portMappings": mappings });
+    conf["prevResult"] = json!({
+        "cniVersion": conf.get("cniVersion").cloned().unwrap_or(Value::String("1.0.0".into())),
+        "interfaces": [{"name": ifname, "sandbox": netns}],
+        "ips": ips,
+    });
+    // The plugin is looked up where runtimes install plugins: /opt/cni/bin, then Debian's.
+    let script = "PATH=/opt/cni/bin:/usr/lib/cni:$PATH; printf '%s' \"$1\" | CNI_COMMAND=ADD CNI_CONTAINERID=\"$2\" CNI_NETNS=\"$3\" CNI_IFNAME=\"$4\" CNI_PATH=/opt/cni/bin:/usr/lib/cni portmap >/dev/null";
+    Some(fixer.fix_owned(
+        &format!(
+            "re-add the port mappings of CNI container {} on {} (the portmap plugin, ADD, with the cached config)",
+            c.name, net.name
+        ),
+        vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            "cni-portmap-add".into(),
+            conf.to_string(),
+            c.id.clone(),
+            netns,
+            ifname,
+        ],
+        false,
+    ))
 }

@@ -493,7 +493,7 @@ fn judge_path(
                 packet.dport = b.host_port;
             }
         }
-        let hop = engine::intent_hop(c, b, &packet, &fixer, &snap.meta.exe);
+        let hop = engine::intent_hop(snap, c, b, &packet, &fixer);
         // Published on another address: a fault only when nothing else receives the packet
         // here (a relay the user started answers it); decided after the receiver below.
         let elsewhere = hop.fault == Some(Fault::PublishedElsewhere);
@@ -524,8 +524,21 @@ fn judge_path(
         }
     }
     // 1. Who receives the connection.
-    let (dest, receiver_hop, walk) =
+    let (dest, mut receiver_hop, walk) =
         receiver::receiver(q, snap, fw, &mut packet, container_ns, &from, &fixer);
+    // Nothing receives a port the engine publishes for a running container: the engine's
+    // DNAT rule is what is missing (deleted, or flushed by a firewall reload).
+    if receiver_hop.fault == Some(Fault::NoReceiver)
+        && !fw.has_dnat_for_port_in(packet.dst.is_ipv6(), packet.proto, packet.dport)
+    {
+        if let Some((c, Some(b))) = intended {
+            if let Some(h) = engine::dnat_missing(snap, c, b, &packet, &fixer) {
+                let evidence = std::mem::take(&mut receiver_hop.evidence);
+                receiver_hop = h;
+                receiver_hop.evidence.extend(evidence);
+            }
+        }
+    }
     if let Some(e) = hops
         .iter_mut()
         .find(|h| h.fault == Some(Fault::PublishedElsewhere))
@@ -786,6 +799,24 @@ mod tests {
         q.dst = Some("192.0.2.1".parse().unwrap());
         let r = judge(&snap, &q).unwrap();
         assert!(r.ipv6.is_none() && r.diagnosis.ok, "{}", r.diagnosis.line);
+    }
+
+    #[test]
+    fn a_missing_cni_port_mapping_is_re_added_with_the_cached_portmap_config() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("captures/doctor/cni-portmap-dnat-deleted.json");
+        let r = replay(&facts::load(&p).unwrap()).unwrap();
+        assert_eq!(r.diagnosis.fault, Some(Fault::DnatMissing));
+        let fix = r.diagnosis.fix.unwrap();
+        assert_eq!(fix.argv[..2], ["sh".to_string(), "-c".to_string()]);
+        // The portmap entry of the cached list (its snat option kept), the container's
+        // mappings and its address: what libcni hands portmap.
+        let conf: serde_json::Value = serde_json::from_str(&fix.argv[4]).unwrap();
+        assert_eq!(conf["type"], "portmap");
+        assert_eq!(conf["snat"], true);
+        assert_eq!(conf["runtimeConfig"]["portMappings"][0]["hostPort"], 18495);
+        assert_eq!(conf["prevResult"]["ips"][0]["address"], "10.77.5.2/24");
+        assert!(fix.argv[5].starts_with("nt-test-ctr-"), "{:?}", fix.argv);
     }
 
     #[test]

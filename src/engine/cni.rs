@@ -240,6 +240,18 @@ fn network_from_config(conf: &serde_json::Value, fallback_name: &str) -> Network
             }
         }
     }
+    // What libcni gives portmap: its own entry plus the list's name and version.
+    let portmap = plugins
+        .iter()
+        .find(|p| p.get("type").and_then(|t| t.as_str()) == Some("portmap"))
+        .map(|p| {
+            let mut p = (*p).clone();
+            p["name"] = serde_json::Value::String(name.clone());
+            if let Some(v) = conf.get("cniVersion") {
+                p["cniVersion"] = v.clone();
+            }
+            p.to_string()
+        });
     Network {
         engine: EngineKind::Cni,
         id: name.clone(),
@@ -247,6 +259,7 @@ fn network_from_config(conf: &serde_json::Value, fallback_name: &str) -> Network
         bridge,
         subnets,
         internal: false,
+        portmap,
     }
 }
 

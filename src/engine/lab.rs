@@ -42,6 +42,7 @@ fn add_lab(st: &state::LabState, intent: &mut Intent) {
             bridge: Some(n.bridge.clone()),
             subnets,
             internal: n.internal,
+            portmap: None,
         });
     }
     for c in &st.containers {

@@ -270,6 +270,10 @@ pub struct Network {
     pub subnets: Vec<IpNet>,
     /// An internal network has no way out.
     pub internal: bool,
+    /// CNI: the portmap plugin's config as libcni hands it to the plugin (the list's name and
+    /// cniVersion added), so a missing port mapping can be re-added exactly as configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portmap: Option<String>,
 }
 
 /// What every engine on the machine intended, read once.
@@ -443,6 +447,7 @@ mod tests {
                     "fd00::/64".parse().unwrap(),
                 ],
                 internal: false,
+                portmap: None,
             }],
             sources: vec![SourceStatus {
                 engine: EngineKind::Docker,

@@ -311,6 +311,29 @@ impl Snapshot {
                 From::Outside { client: Some(id) } | From::Container { ns: id } => keep.push(id),
                 _ => {}
             }
+            // The namespace of the container the engine publishes the asked port to, even
+            // when no veth joins it to the host any more (doctor names that fault).
+            if let (Some(port), Some(intent)) = (q.port, &self.intent) {
+                let proto = q.proto.to_string();
+                let publishers: Vec<&str> = intent
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        c.ports
+                            .iter()
+                            .any(|b| b.host_port == port && b.proto == proto)
+                    })
+                    .map(|c| c.id.as_str())
+                    .collect();
+                for n in &self.namespaces {
+                    if n.containers
+                        .iter()
+                        .any(|r| publishers.contains(&r.id.as_str()))
+                    {
+                        keep.push(n.id);
+                    }
+                }
+            }
         }
         for n in &self.namespaces {
             if n.peers.iter().any(|p| p.peer_ns == host) {
