@@ -137,6 +137,13 @@ fn instance_of(pid: u32) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/sys/kernel/tracing/instances/nettool-trace-{pid}"))
 }
 
+/// The tracer of `pid` records kernel drops: its instance exists from mkdir on, with every
+/// file, but kfree_skb is enabled last. Traffic sent before that has no drop reason.
+fn drops_enabled(pid: u32) -> bool {
+    std::fs::read_to_string(instance_of(pid).join("events/skb/kfree_skb/enable"))
+        .is_ok_and(|v| v.trim() == "1")
+}
+
 fn start_trace(topo: &Topo, filter: &[&str]) -> Child {
     let mut args: Vec<String> = filter.iter().map(|s| s.to_string()).collect();
     for ns in [&topo.host, &topo.ctr] {
@@ -156,7 +163,7 @@ fn start_trace(topo: &Topo, filter: &[&str]) -> Child {
     wait_for("trace tables and tracefs instance", 15, || {
         !trace_tables(&topo.host).is_empty()
             && !trace_tables(&topo.ctr).is_empty()
-            && instance_of(pid).join("trace_pipe").exists()
+            && drops_enabled(pid)
     });
     child
 }
@@ -412,7 +419,6 @@ fn strict_rp_filter_is_named_by_the_kernel() {
 }
 
 #[test]
-#[ignore = "flaky: the NO_SOCKET kfree_skb is not always joined to the container's SYN (time join)"]
 fn no_listener_is_no_socket_in_the_container_and_a_reset() {
     let topo = topo();
     for url in ["http://10.77.1.1:8081/", "http://[fd77:1::1]:8081/"] {
@@ -451,7 +457,6 @@ fn forwarding_off_is_named_by_the_kernel() {
 }
 
 #[test]
-#[ignore = "flaky: PKT_TOO_BIG is sometimes joined to another packet of the flow (time join)"]
 fn an_mtu_too_small_with_df_is_pkt_too_big() {
     let topo = topo();
     // The bridge port (and so the bridge) is smaller than what the client sends.
@@ -536,9 +541,7 @@ fn a_lab_container_is_named_and_its_rules_are_the_labs() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    wait_for("trace started", 15, || {
-        instance_of(pid).join("trace_pipe").exists()
-    });
+    wait_for("trace started", 15, || drops_enabled(pid));
     std::thread::sleep(Duration::from_millis(300));
     // The lab host itself asks its published port (DNAT in OUTPUT, as Docker does).
     let out = Command::new("ip")
@@ -612,4 +615,118 @@ fn a_trace_journal_is_not_taken_for_a_lab() {
         assert!(!names.contains(&"trace".to_string()), "{names:?}");
         assert!(!old.exists(), "the journal went under /run/nettool");
     }
+}
+
+/// `doctor --probe` runs the trace around its probe: a DROP in DOCKER-USER is named in the
+/// probe's evidence and in the one-line diagnosis, with the rule as iptables wrote it.
+#[test]
+fn doctor_probe_names_the_rule_that_dropped_it() {
+    let topo = topo();
+    in_ns(
+        &topo.host,
+        &[
+            "iptables",
+            "-A",
+            "DOCKER-USER",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DROP",
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(["doctor", "8080", "--netns", &topo.host.name])
+        .args(["--from", &format!("outside:{}", topo.client.name)])
+        .args(["--probe", "--json"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json: {e}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let probe = &v["probe"];
+    assert_eq!(probe["ok"], false, "{probe:#}");
+    let d = &probe["trace"]["drop"];
+    assert_eq!(
+        d["rule"], "-A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP",
+        "{probe:#}"
+    );
+    assert_eq!(d["chain"], "ip filter DOCKER-USER", "{probe:#}");
+    assert_eq!(d["engine"], "user", "{probe:#}");
+    assert_eq!(d["netns"], topo.host.name.as_str(), "{probe:#}");
+    // Nothing of the trace is left in any namespace it traced.
+    for ns in [&topo.client, &topo.host, &topo.ctr] {
+        assert!(trace_tables(ns).is_empty(), "table left in {}", ns.name);
+    }
+    // The text report says it under the probe line.
+    let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(["doctor", "8080", "--netns", &topo.host.name])
+        .args(["--from", &format!("outside:{}", topo.client.name)])
+        .arg("--probe")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("trace:")
+            && l.contains("by a rule in ip filter DOCKER-USER: -A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP")),
+        "{text}"
+    );
+}
+
+/// The mount point of tracefs in the mount namespace of `sh` run through unshare.
+const TRACEFS_MOUNTED: &str =
+    "awk '$5 == \"/sys/kernel/tracing\" {n++} END {print n+0}' /proc/self/mountinfo";
+
+/// A tracefs that trace had to mount is unmounted when it ends, and by the next run after a
+/// SIGKILL. Run in a private mount namespace with tracefs unmounted, so the test's own
+/// namespace is not touched.
+#[test]
+fn a_tracefs_mount_it_made_is_undone_even_after_a_sigkill() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = TestNs::new("trmount");
+    let bin = env!("CARGO_BIN_EXE_nettool");
+    let script = format!(
+        r#"set -e
+umount /sys/kernel/tracing
+echo "before: $({TRACEFS_MOUNTED})"
+{bin} trace --netns {ns} --duration 300ms udp:1 >/dev/null
+echo "after a clean run: $({TRACEFS_MOUNTED})"
+{bin} trace --netns {ns} udp:1 >/dev/null 2>&1 &
+pid=$!
+for i in $(seq 1 100); do grep -qx 1 /sys/kernel/tracing/instances/nettool-trace-$pid/events/skb/kfree_skb/enable 2>/dev/null && break; sleep 0.1; done
+kill -9 $pid; wait $pid || true
+echo "after SIGKILL: $({TRACEFS_MOUNTED})"
+grep -q tracefs_mount /run/nettool-trace/$pid.json && echo "journaled"
+{bin} trace --cleanup
+echo "after cleanup: $({TRACEFS_MOUNTED})"
+[ ! -e /run/nettool-trace/$pid.json ] && echo "journal gone"
+"#,
+        ns = ns.name
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "before: 0",
+        "after a clean run: 0",
+        "after SIGKILL: 1",
+        "journaled",
+        "after cleanup: 0",
+        "journal gone",
+    ] {
+        assert!(text.contains(want), "no '{want}' in: {text}");
+    }
+    // The test's own mount namespace still has its tracefs.
+    assert!(std::path::Path::new("/sys/kernel/tracing/instances").is_dir());
 }

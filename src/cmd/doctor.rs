@@ -414,6 +414,22 @@ pub fn render(r: &Report) -> String {
             },
             p.elapsed_ms
         ));
+        if let Some(t) = &p.trace {
+            match &t.drop {
+                Some(d) => out.push_str(&format!(
+                    "  trace: {}\n",
+                    paint(&doctor::probe::drop_words(d), "31")
+                )),
+                None if !p.ok => out.push_str(&format!(
+                    "  trace: {} packet(s) traced, no drop seen by a rule or the kernel\n",
+                    t.packets
+                )),
+                None => {}
+            }
+            for n in &t.notes {
+                out.push_str(&paint(&format!("  trace note: {n}\n"), "2"));
+            }
+        }
     }
     out.push('\n');
     let d = &r.diagnosis;

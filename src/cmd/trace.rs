@@ -205,6 +205,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
     let summary = serde_json::json!({
         "packets": printed,
         "nft_overruns": report.nft_overruns,
+        "nft_events_lost": report.nft_events_lost,
         "drops_lost": report.drops_lost,
         "drops_unjoined": report.drops_unjoined,
         "notes": report.notes,
@@ -214,8 +215,8 @@ pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
     } else {
         let _ = out.flush();
         eprintln!(
-            "{printed} packet(s); trace events lost: {} overrun(s); kernel drop events lost: {}; unrelated kernel drops ignored: {}",
-            report.nft_overruns, report.drops_lost, report.drops_unjoined
+            "{printed} packet(s); trace events lost: {}; kernel drop events lost: {}; unrelated kernel drops ignored: {}",
+            report.nft_events_lost, report.drops_lost, report.drops_unjoined
         );
     }
     Ok(0)

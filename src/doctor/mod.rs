@@ -392,14 +392,18 @@ pub fn diagnose(req: &Request) -> Result<(Report, Snapshot), DoctorError> {
     let mut report = judge(&snap, &q)?;
     if req.probe {
         // Every path followed is probed: over IPv4 and, for a dual-stack port, over IPv6.
-        let packets: Vec<Packet> = report
+        let packets: Vec<(Packet, Option<Destination>)> = report
             .packet
             .iter()
-            .chain(report.ipv6.iter().flat_map(|p| p.packet.as_ref()))
-            .cloned()
+            .map(|p| (p.clone(), report.destination.clone()))
+            .chain(report.ipv6.iter().flat_map(|f| {
+                f.packet
+                    .as_ref()
+                    .map(|p| (p.clone(), f.destination.clone()))
+            }))
             .collect();
-        for packet in &packets {
-            let r = probe::run(req, packet, &snap);
+        for (packet, dest) in &packets {
+            let r = probe::run(req, packet, &snap, dest.as_ref());
             snap.probes.push(r);
         }
         drop(temp);
@@ -667,8 +671,13 @@ fn conclude(r: &Report) -> Diagnosis {
             fault: Some(Fault::ProbeFailed),
             hop: None,
             line: format!(
-                "every hop looks right but the probe{over} failed: {}",
-                p.outcome
+                "every hop looks right but the probe{over} failed: {}{}",
+                p.outcome,
+                p.trace
+                    .as_ref()
+                    .and_then(|t| t.drop.as_ref())
+                    .map(|d| format!("; traced: {}", probe::drop_words(d)))
+                    .unwrap_or_default()
             ),
             fix: None,
         };

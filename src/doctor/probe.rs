@@ -8,12 +8,13 @@ use ipnet::Ipv4Net;
 
 use crate::facts::firewall::capture;
 pub use crate::facts::ProbeResult;
-use crate::facts::Snapshot;
+use crate::facts::{ProbeDrop, ProbeTrace, Snapshot};
 use crate::netns::links::Rtnl;
 use crate::netns::sockets::Proto;
 use crate::netns::NetNs;
+use crate::trace::{Ending, TraceFilter, TraceOptions, TracePoint, TraceReport, L4};
 
-use super::{Packet, Request, Source};
+use super::{Destination, Packet, Request, Source};
 
 /// How long to wait for the handshake and for each read.
 const WAIT: Duration = Duration::from_secs(3);
@@ -25,8 +26,14 @@ fn payload() -> Vec<u8> {
         .into_bytes()
 }
 
-/// Connect from the request's source to the packet's destination and report.
-pub fn run(req: &Request, packet: &Packet, snap: &Snapshot) -> ProbeResult {
+/// Connect from the request's source to the packet's destination and report, with a trace
+/// of the probe's packets in the source, the host and the destination's namespace (`dest`).
+pub fn run(
+    req: &Request,
+    packet: &Packet,
+    snap: &Snapshot,
+    dest: Option<&Destination>,
+) -> ProbeResult {
     let target = SocketAddr::new(packet.dst, packet.dport);
     let ns: Option<NetNs> = match &req.from {
         Source::Localhost | Source::Host => Some(req.host.clone()),
@@ -72,11 +79,16 @@ pub fn run(req: &Request, packet: &Packet, snap: &Snapshot) -> ProbeResult {
     let proto = packet.proto;
     let source_ip = packet.src;
     let bind = matches!(req.from, Source::Host) && !source_ip.is_unspecified();
-    let started = Instant::now();
-    let res = ns.run(move || match proto {
-        Proto::Tcp => tcp(target),
-        Proto::Udp => udp(target, bind.then_some(source_ip)),
-    });
+    let opts = trace_options(req, packet, snap, dest, &ns, label.as_deref());
+    let probe = || {
+        let started = Instant::now();
+        let r = ns.run(move || match proto {
+            Proto::Tcp => tcp(target),
+            Proto::Udp => udp(target, bind.then_some(source_ip)),
+        });
+        (r, started.elapsed())
+    };
+    let ((res, elapsed), traced) = crate::trace::around(opts, probe);
     let mut r = match res {
         Ok(r) => r,
         Err(e) => result(
@@ -89,9 +101,175 @@ pub fn run(req: &Request, packet: &Packet, snap: &Snapshot) -> ProbeResult {
         ),
     };
     r.from_netns = label;
-    r.elapsed_ms = started.elapsed().as_millis() as u64;
+    r.elapsed_ms = elapsed.as_millis() as u64;
+    r.trace = Some(match traced {
+        Ok(report) => evidence(&report),
+        Err(e) => ProbeTrace {
+            notes: vec![format!("the probe was not traced: {e}")],
+            ..Default::default()
+        },
+    });
     drop(temp);
     r
+}
+
+/// Trace the probe's protocol and ports (the published one, the destination's) in the
+/// source namespace, the host and the destination's namespace.
+fn trace_options(
+    req: &Request,
+    packet: &Packet,
+    snap: &Snapshot,
+    dest: Option<&Destination>,
+    source: &NetNs,
+    source_label: Option<&str>,
+) -> TraceOptions {
+    let name = |ns: &NetNs, fallback: &str| {
+        snap.ns(ns.id())
+            .map(|f| f.label.clone())
+            .unwrap_or_else(|| fallback.to_string())
+    };
+    let container = |ns: &NetNs| {
+        let names: Vec<String> = snap
+            .ns(ns.id())
+            .map(|f| {
+                f.containers
+                    .iter()
+                    .filter(|c| !c.infra)
+                    .filter_map(|c| c.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (!names.is_empty()).then(|| names.join(", "))
+    };
+    let mut namespaces = vec![
+        (source.clone(), source_label.map(str::to_string)),
+        (req.host.clone(), req.host_name.clone()),
+    ];
+    let dest_ns = dest
+        .and_then(|d| d.netns.as_deref())
+        .and_then(|l| snap.namespaces.iter().find(|n| n.label == l))
+        .and_then(|n| NetNs::from_path(&n.path).ok());
+    namespaces.extend(dest_ns.map(|n| (n, None)));
+    namespaces.extend(req.container.clone().map(|n| (n, None)));
+    let mut points: Vec<TracePoint> = Vec::new();
+    for (ns, label) in namespaces {
+        if points.iter().any(|p| p.ns == ns) {
+            continue;
+        }
+        points.push(TracePoint {
+            name: label.unwrap_or_else(|| name(&ns, ns.label())),
+            container: container(&ns),
+            ns,
+        });
+    }
+    let mut filter = TraceFilter {
+        proto: Some(match packet.proto {
+            Proto::Tcp => L4::Tcp,
+            Proto::Udp => L4::Udp,
+        }),
+        ..Default::default()
+    };
+    filter.ports.insert(packet.dport);
+    filter.ports.extend(dest.map(|d| d.port));
+    TraceOptions {
+        filter,
+        points,
+        ..Default::default()
+    }
+}
+
+/// A traced drop in one sentence: where, and the rule or the kernel's reason.
+pub fn drop_words(d: &ProbeDrop) -> String {
+    let place = match &d.container {
+        Some(c) => format!("{} (container {c})", d.netns),
+        None => d.netns.clone(),
+    };
+    match (&d.chain, &d.reason) {
+        (Some(chain), _) => format!(
+            "{} dropped in {place} by a rule in {chain}{} [{}]",
+            d.packet,
+            d.rule
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+            d.engine.as_deref().unwrap_or("?")
+        ),
+        (None, Some(reason)) => format!(
+            "{} dropped in {place} by the kernel: {reason}{} at {}",
+            d.packet,
+            d.meaning
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default(),
+            d.location.as_deref().unwrap_or("?")
+        ),
+        (None, None) => format!("{} dropped in {place}", d.packet),
+    }
+}
+
+/// The first drop among the probe's traced packets, in words the report can show.
+fn evidence(report: &TraceReport) -> ProbeTrace {
+    let mut packets: Vec<_> = report.packets.iter().collect();
+    packets.sort_by(|a, b| a.time.total_cmp(&b.time));
+    let drop = packets.iter().find_map(|p| {
+        let at = |d: ProbeDrop| ProbeDrop {
+            netns: p.netns.clone(),
+            container: p.container.clone(),
+            packet: format!(
+                "{} {} -> {}{}",
+                p.proto,
+                p.src,
+                p.dst,
+                p.flags
+                    .as_deref()
+                    .map(|f| format!(" {f}"))
+                    .unwrap_or_default()
+            ),
+            ..d
+        };
+        match &p.ending {
+            Ending::DroppedByRule {
+                chain,
+                handle,
+                rule,
+                iptables,
+                engine,
+            } => Some(at(ProbeDrop {
+                chain: Some(chain.clone()),
+                rule: iptables
+                    .clone()
+                    .or_else(|| rule.clone())
+                    .or_else(|| handle.is_none().then(|| "the chain's policy".to_string())),
+                engine: Some(engine.as_str().to_string()),
+                reason: p.kernel_drop.as_ref().map(|k| k.reason.clone()),
+                location: p.kernel_drop.as_ref().map(|k| k.location.clone()),
+                ..Default::default()
+            })),
+            Ending::DroppedByKernel {
+                reason,
+                meaning,
+                location,
+            } => Some(at(ProbeDrop {
+                reason: Some(reason.clone()),
+                location: Some(location.clone()),
+                meaning: (!meaning.is_empty()).then(|| meaning.clone()),
+                ..Default::default()
+            })),
+            _ => None,
+        }
+    });
+    let mut notes = report.notes.clone();
+    if report.nft_events_lost > 0 {
+        notes.push(format!(
+            "{} trace event(s) lost: the trace may miss a step",
+            report.nft_events_lost
+        ));
+    }
+    ProbeTrace {
+        packets: report.packets.len(),
+        drop,
+        notes,
+    }
 }
 
 /// A throwaway "outside" namespace joined to the host by a veth on a free /30 of
@@ -256,6 +434,7 @@ fn result(
         received,
         outcome,
         elapsed_ms: 0,
+        trace: None,
     }
 }
 

@@ -216,6 +216,43 @@ pub struct ProbeResult {
     pub outcome: String,
     /// Milliseconds from start to the end of the exchange.
     pub elapsed_ms: u64,
+    /// What the kernel did with the probe's packets (nettool trace around the probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<ProbeTrace>,
+}
+
+/// The trace taken around a probe: where its packets died, rule or kernel reason.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProbeTrace {
+    /// Packets traced (one per packet per namespace crossed).
+    pub packets: usize,
+    /// The first drop of the probe's traffic, when one was traced.
+    pub drop: Option<ProbeDrop>,
+    /// What the trace could not do or see (no tracefs, legacy iptables rules...).
+    pub notes: Vec<String>,
+}
+
+/// One traced drop of a probe packet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProbeDrop {
+    /// The namespace it died in, as the trace names it.
+    pub netns: String,
+    /// The container there, when known.
+    pub container: Option<String>,
+    /// The packet: protocol, addresses, TCP flags.
+    pub packet: String,
+    /// The chain of the rule that dropped it (family table chain).
+    pub chain: Option<String>,
+    /// The rule as iptables-nft-save prints it, else as nft does.
+    pub rule: Option<String>,
+    /// The engine that owns the chain (Docker, netavark, user...).
+    pub engine: Option<String>,
+    /// The kernel's drop reason (skb:kfree_skb), when no rule dropped it.
+    pub reason: Option<String>,
+    /// Where in the kernel.
+    pub location: Option<String>,
+    /// What the reason means.
+    pub meaning: Option<String>,
 }
 
 /// A route lookup's answer, as `ip route get` would give it.

@@ -57,9 +57,14 @@ pub fn explain_reason(reason: &str) -> &'static str {
     }
 }
 
-/// Mount tracefs at [`TRACEFS`] when it is not there yet.
+/// tracefs is mounted at [`TRACEFS`].
+pub fn tracefs_mounted() -> bool {
+    Path::new(TRACEFS).join("instances").is_dir()
+}
+
+/// Mount tracefs at [`TRACEFS`] when it is not there yet; the caller journals it first.
 pub fn ensure_tracefs() -> Result<(), String> {
-    if Path::new(TRACEFS).join("instances").is_dir() {
+    if tracefs_mounted() {
         return Ok(());
     }
     nix::mount::mount(
@@ -72,6 +77,25 @@ pub fn ensure_tracefs() -> Result<(), String> {
     .map_err(|e| {
         format!("cannot mount tracefs at {TRACEFS}: {e} (needs root; or mount it yourself: mount -t tracefs nodev {TRACEFS})")
     })
+}
+
+/// Unmount the tracefs a tracer mounted at `path`: Ok(true) when it was mounted and is gone,
+/// Ok(false) when nothing was mounted there, Err when it is busy (another tracer reads it).
+pub fn unmount_tracefs(path: &Path) -> Result<bool, String> {
+    let mounted = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+            f.get(4).is_some_and(|m| Path::new(m) == path) && fstype == Some("tracefs")
+        });
+    if !mounted {
+        return Ok(false);
+    }
+    nix::mount::umount2(path, nix::mount::MntFlags::empty())
+        .map(|_| true)
+        .map_err(|e| format!("cannot unmount tracefs at {}: {e}", path.display()))
 }
 
 /// The numeric value of a reason name in this kernel's tracepoint format (NOT_SPECIFIED is 2
@@ -188,23 +212,7 @@ impl DropTracer {
 
     /// Events the kernel could not store (ring buffer overruns), summed over CPUs.
     pub fn lost(&self) -> u64 {
-        let mut lost = 0;
-        let Ok(dir) = fs::read_dir(self.path.join("per_cpu")) else {
-            return 0;
-        };
-        for cpu in dir.flatten() {
-            if let Ok(stats) = fs::read_to_string(cpu.path().join("stats")) {
-                for l in stats.lines() {
-                    if let Some(v) = l
-                        .strip_prefix("overrun:")
-                        .or_else(|| l.strip_prefix("dropped events:"))
-                    {
-                        lost += v.trim().parse::<u64>().unwrap_or(0);
-                    }
-                }
-            }
-        }
-        lost
+        lost(&self.path)
     }
 
     /// Disable the event and remove the instance.
@@ -213,6 +221,27 @@ impl DropTracer {
         drop(self.pipe);
         remove_instance(&path)
     }
+}
+
+/// Events the instance at `path` could not store (ring buffer overruns), summed over CPUs.
+pub fn lost(path: &Path) -> u64 {
+    let mut lost = 0;
+    let Ok(dir) = fs::read_dir(path.join("per_cpu")) else {
+        return 0;
+    };
+    for cpu in dir.flatten() {
+        if let Ok(stats) = fs::read_to_string(cpu.path().join("stats")) {
+            for l in stats.lines() {
+                if let Some(v) = l
+                    .strip_prefix("overrun:")
+                    .or_else(|| l.strip_prefix("dropped events:"))
+                {
+                    lost += v.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    lost
 }
 
 trait NonBlock {

@@ -62,6 +62,32 @@ pub enum Item {
         /// The table.
         table: u32,
     },
+    /// tracefs mounted by the tracer because nothing was mounted there.
+    TracefsMount {
+        /// The mount point.
+        path: PathBuf,
+        /// The inode of the mount namespace it was mounted in (/proc/self/ns/mnt).
+        mnt_ns: u64,
+    },
+}
+
+/// The inode of this process's mount namespace.
+pub fn mnt_ns() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/mnt")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// Some process still lives in mount namespace `inode`.
+fn mnt_ns_alive(inode: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .any(|e| std::fs::metadata(e.path().join("ns/mnt")).is_ok_and(|m| m.ino() == inode))
 }
 
 /// The journal of one tracer process.
@@ -127,6 +153,12 @@ impl Journal {
         std::fs::rename(&tmp, &self.path)
     }
 
+    /// Only `items` are left to undo (by a later run): write just them down.
+    pub fn keep_only(&mut self, items: Vec<Item>) -> std::io::Result<()> {
+        self.items = items;
+        self.write()
+    }
+
     /// Everything has been removed: forget the journal.
     pub fn finish(&mut self) {
         self.items.clear();
@@ -184,6 +216,21 @@ pub fn undo(item: &Item) -> Result<bool, String> {
         } => in_namespace(ns_path, *ns_inode, |c| {
             c.local_default_route(*v6, *table, LOOPBACK_INDEX, false)
         }),
+        Item::TracefsMount { path, mnt_ns: ns } => {
+            if *ns != mnt_ns() {
+                // Another mount namespace: it went away with its last process, or it is not
+                // ours to reach.
+                return if mnt_ns_alive(*ns) {
+                    Err(format!(
+                        "tracefs at {} was mounted in mount namespace mnt:[{ns}]: run nettool trace --cleanup there",
+                        path.display()
+                    ))
+                } else {
+                    Ok(false)
+                };
+            }
+            super::drops::unmount_tracefs(path)
+        }
     }
 }
 

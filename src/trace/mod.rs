@@ -11,6 +11,7 @@
 pub mod drops;
 pub mod journal;
 pub mod nftrace;
+pub mod reader;
 pub mod ruleset;
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,6 +24,7 @@ use crate::netns::NetNs;
 use drops::{DropTracer, KernelDrop};
 use journal::{Item, Journal};
 use nftrace::{NftTrace, TraceKind, TraceSocket};
+use reader::{Feed, Readers, Stamped};
 use ruleset::{Engine, RuleIndex};
 
 /// What went wrong setting up or running a trace.
@@ -406,8 +408,11 @@ pub struct TracedPacket {
 pub struct TraceReport {
     /// Every packet, in the order they completed.
     pub packets: Vec<TracedPacket>,
-    /// Trace events the kernel could not queue (netlink ENOBUFS, counted once per overrun).
+    /// Times the kernel said it dropped trace events (netlink ENOBUFS).
     pub nft_overruns: u64,
+    /// Trace events lost: dropped by the kernel on a full socket buffer (SK_MEMINFO_DROPS,
+    /// each one counted), plus any the tracer itself had to drop when far behind.
+    pub nft_events_lost: u64,
     /// kfree_skb events lost in the ring buffer.
     pub drops_lost: u64,
     /// kfree_skb events that matched no traced packet (other traffic on the machine).
@@ -420,7 +425,6 @@ pub struct TraceReport {
 
 struct PointState {
     point: TracePoint,
-    socket: TraceSocket,
     rules: RuleIndex,
     rules_loaded: Instant,
     ifnames: HashMap<u32, String>,
@@ -429,7 +433,11 @@ struct PointState {
 
 struct OpenPacket {
     point: usize,
+    /// The kernel sent the first event between `first_after` and `first` (read time).
+    first_after: f64,
     first: f64,
+    /// The kernel sent the last event between `last_after` and `last` (read time).
+    last_after: f64,
     last: f64,
     events: Vec<NftTrace>,
 }
@@ -438,7 +446,12 @@ struct OpenPacket {
 pub struct Session {
     journal: Journal,
     points: Vec<PointState>,
-    drops: Option<DropTracer>,
+    readers: Readers,
+    drops: Option<std::path::PathBuf>,
+    /// The tracefs mount this session made, if it made one.
+    mounted: Option<Item>,
+    /// When packets were last checked for completion.
+    last_flush: f64,
     open: HashMap<(usize, u32), OpenPacket>,
     order: Vec<(usize, u32)>,
     /// Packets ended by a new pass with the same id, waiting for the next flush.
@@ -452,13 +465,18 @@ pub struct Session {
     pending_drops: Vec<KernelDrop>,
     settle: f64,
     report: TraceReport,
-    buf: Vec<u8>,
+    /// Keep every packet in the report (run_around); a streaming trace only returns them.
+    keep_packets: bool,
     cleaned: bool,
 }
 
-/// How long before/after a packet's events a kernel drop is joined to it.
-const JOIN_BEFORE: f64 = 0.05;
+/// How long before/after a packet's events a kernel drop is joined to it. The drop's time is
+/// the kernel's; a packet's events carry none, only the window they were read in: the drop
+/// must come after the window of its first event opened and soon after its last was read.
+const JOIN_BEFORE: f64 = 0.002;
 const JOIN_AFTER: f64 = 0.15;
+/// Packets are checked for completion at most this often (each check walks every open one).
+const FLUSH_EVERY: f64 = 0.02;
 
 fn ifnames(ns: &NetNs) -> HashMap<u32, String> {
     ns.run(|| {
@@ -557,7 +575,10 @@ impl Session {
         let mut s = Session {
             journal: Journal::new(),
             points: Vec::new(),
+            readers: Readers::new(),
             drops: None,
+            mounted: None,
+            last_flush: 0.0,
             open: HashMap::new(),
             order: Vec::new(),
             closed: Vec::new(),
@@ -571,7 +592,7 @@ impl Session {
                 notes,
                 ..Default::default()
             },
-            buf: vec![0; 1 << 18],
+            keep_packets: false,
             cleaned: false,
         };
         for p in opts.points {
@@ -601,9 +622,11 @@ impl Session {
             ruleset::run_nft(&p.ns, &["-f", "-"], Some(&text)).map_err(TraceError::Setup)?;
             let rules = ruleset::load(&p.ns).map_err(TraceError::Setup)?;
             let ifn = ifnames(&p.ns);
+            s.readers
+                .events(s.points.len(), socket)
+                .map_err(|e| TraceError::Setup(format!("cannot start a reader thread: {e}")))?;
             s.points.push(PointState {
                 point: p,
-                socket,
                 rules,
                 rules_loaded: Instant::now(),
                 ifnames: ifn,
@@ -611,13 +634,34 @@ impl Session {
             });
         }
         if opts.drops {
+            if !drops::tracefs_mounted() {
+                // Mounted by us, so unmounted by us (or by the next run after a SIGKILL).
+                let item = Item::TracefsMount {
+                    path: drops::TRACEFS.into(),
+                    mnt_ns: journal::mnt_ns(),
+                };
+                s.journal
+                    .record(item.clone())
+                    .map_err(|e| TraceError::Setup(format!("trace journal: {e}")))?;
+                s.mounted = Some(item);
+            }
             let path = drops::instance_path(&format!("nettool-trace-{}", std::process::id()));
             s.journal
                 .record(Item::TracefsInstance { path: path.clone() })
                 .map_err(|e| TraceError::Setup(format!("trace journal: {e}")))?;
-            s.drops = Some(DropTracer::start(&path).map_err(TraceError::Setup)?);
+            let tracer = DropTracer::start(&path).map_err(TraceError::Setup)?;
+            s.drops = Some(path);
+            s.readers
+                .drops(tracer)
+                .map_err(|e| TraceError::Setup(format!("cannot start a reader thread: {e}")))?;
         }
         Ok(s)
+    }
+
+    /// Keep every packet in the final report too (what [`run_around`] returns), not only
+    /// hand it out from [`Session::poll`].
+    pub fn keep_packets(&mut self, keep: bool) {
+        self.keep_packets = keep;
     }
 
     /// The journal file of this session (for tests and messages).
@@ -637,98 +681,99 @@ impl Session {
 
     /// Wait up to `timeout` for events; return the packets that completed.
     pub fn poll(&mut self, timeout: Duration) -> Vec<TracedPacket> {
-        let mut fds: Vec<libc::pollfd> = self
-            .points
-            .iter()
-            .map(|p| libc::pollfd {
-                fd: p.socket.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        if let Some(d) = &self.drops {
-            fds.push(libc::pollfd {
-                fd: d.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+        let first = self.readers.rx.recv_timeout(timeout).ok();
+        if let Some(f) = first {
+            self.take(f);
         }
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: fds is a valid array of pollfd for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         self.read_all();
+        if drops::mono_now() - self.last_flush < FLUSH_EVERY {
+            return Vec::new();
+        }
         self.flush(false)
     }
 
+    /// Take everything the readers have queued.
     fn read_all(&mut self) {
-        for i in 0..self.points.len() {
-            loop {
-                let now = drops::mono_now();
-                match self.points[i].socket.read(&mut self.buf) {
-                    Ok(Some(n)) => {
-                        for t in nftrace::decode_datagram(&self.buf[..n]) {
-                            let key = (i, t.id);
-                            // The id is a hash of the skb address: a later packet can reuse it.
-                            // Our marking rule is the first event of every pass, so it starts
-                            // a new packet when one with this id is still open.
-                            let starts_pass = is_our_table(&t.table)
-                                && matches!(t.chain.as_str(), "pre" | "out")
-                                && t.kind == Some(TraceKind::Rule)
-                                && t.rule_handle.is_some();
-                            // A pass is over once the packet reached a later hook or a rule
-                            // dropped it; prerouting twice in a row is br_netfilter, one pass.
-                            let over = self.open.get(&key).is_some_and(|p| {
-                                p.events.iter().any(|e| {
-                                    (is_our_table(&e.table) && e.chain.ends_with("_end"))
-                                        || e.verdict == Some(0)
-                                })
-                            });
-                            if starts_pass && over {
-                                if let Some(old) = self.open.remove(&key) {
-                                    self.order.retain(|k| *k != key);
-                                    self.closed.push(old);
-                                }
-                            }
-                            // br_netfilter runs prerouting in the bridge, then the rest of
-                            // the walk with another id (the id hashes the input interface):
-                            // a walk that starts without our mark continues an open one.
-                            let key = match self.alias.get(&key) {
-                                Some(k) => *k,
-                                None if !starts_pass && !self.open.contains_key(&key) => {
-                                    match self.continued(i, &t) {
-                                        Some(k) => {
-                                            self.alias.insert(key, k);
-                                            k
-                                        }
-                                        None => key,
-                                    }
-                                }
-                                None => key,
-                            };
-                            let e = self.open.entry(key).or_insert_with(|| OpenPacket {
-                                point: i,
-                                first: now,
-                                last: now,
-                                events: Vec::new(),
-                            });
-                            if e.events.is_empty() {
-                                self.order.push(key);
-                            }
-                            e.last = now;
-                            e.events.push(t);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        self.report.nft_overruns += 1;
-                    }
-                    Err(_) => break,
+        while let Ok(f) = self.readers.rx.try_recv() {
+            self.take(f);
+        }
+    }
+
+    fn take(&mut self, feed: Feed) {
+        match feed {
+            Feed::Drops(d) => self.pending_drops.extend(d),
+            Feed::Events(i, events) => {
+                self.readers.consumed(events.len());
+                for e in events {
+                    self.add_event(i, e);
                 }
             }
         }
-        if let Some(d) = &mut self.drops {
-            self.pending_drops.extend(d.read());
+    }
+
+    fn add_event(&mut self, i: usize, stamped: Stamped) {
+        let Stamped {
+            after,
+            at,
+            trace: t,
+        } = stamped;
+        let key = (i, t.id);
+        // The id is a hash of the skb address: a later packet can reuse it.
+        // Our marking rule is the first event of every pass, so it starts
+        // a new packet when one with this id is still open.
+        let starts_pass = is_our_table(&t.table)
+            && matches!(t.chain.as_str(), "pre" | "out")
+            && t.kind == Some(TraceKind::Rule)
+            && t.rule_handle.is_some();
+        // A pass is over once the packet reached a later hook or a rule
+        // dropped it; prerouting twice in a row is br_netfilter, one pass, and the same
+        // headers. Other headers are another packet at the same address: one dropped by the
+        // kernel right after prerouting (PKT_TOO_BIG) and its retransmission.
+        let over = self.open.get(&key).is_some_and(|p| {
+            p.events.iter().any(|e| {
+                (is_our_table(&e.table) && e.chain.ends_with("_end")) || e.verdict == Some(0)
+            }) || (starts_pass
+                && p.events
+                    .iter()
+                    .find(|e| !e.network_header.is_empty())
+                    .is_some_and(|e| {
+                        e.network_header != t.network_header
+                            || e.transport_header != t.transport_header
+                    }))
+        });
+        if starts_pass && over {
+            if let Some(old) = self.open.remove(&key) {
+                self.closed.push(old);
+            }
         }
+        // br_netfilter runs prerouting in the bridge, then the rest of
+        // the walk with another id (the id hashes the input interface):
+        // a walk that starts without our mark continues an open one.
+        let key = match self.alias.get(&key) {
+            Some(k) => *k,
+            None if !starts_pass && !self.open.contains_key(&key) => match self.continued(i, &t) {
+                Some(k) => {
+                    self.alias.insert(key, k);
+                    k
+                }
+                None => key,
+            },
+            None => key,
+        };
+        let e = self.open.entry(key).or_insert_with(|| OpenPacket {
+            point: i,
+            first_after: after,
+            first: at,
+            last_after: after,
+            last: at,
+            events: Vec::new(),
+        });
+        if e.events.is_empty() {
+            self.order.push(key);
+        }
+        e.last_after = after;
+        e.last = at;
+        e.events.push(t);
     }
 
     /// The open packet in point `i` that `t` continues: one that has only been through
@@ -758,8 +803,10 @@ impl Session {
     /// Complete the packets that settled (all of them with `all`), join drops, forget old drops.
     fn flush(&mut self, all: bool) -> Vec<TracedPacket> {
         let now = drops::mono_now();
+        self.last_flush = now;
         let mut done = Vec::new();
         let mut keep = Vec::new();
+        let mut kept = std::collections::HashSet::new();
         // Closed packets wait for the join window like open ones.
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed)
             .into_iter()
@@ -775,7 +822,8 @@ impl Session {
                 if let Some(p) = self.open.remove(&key) {
                     done.push(p);
                 }
-            } else if self.open.contains_key(&key) {
+            } else if self.open.contains_key(&key) && kept.insert(key) {
+                // A key closed and opened again is listed twice: keep it once.
                 keep.push(key);
             }
         }
@@ -798,7 +846,9 @@ impl Session {
             .chain(self.closed.iter())
             .map(|p| Window {
                 point: p.point,
+                first_after: p.first_after,
                 first: p.first,
+                last_after: p.last_after,
                 last: p.last,
                 hooks: reached_hooks(p),
                 rule_dropped: p.events.iter().any(|e| e.verdict == Some(0)),
@@ -818,7 +868,7 @@ impl Session {
         let oldest_open = self
             .open
             .values()
-            .map(|p| p.first)
+            .map(|p| p.first_after)
             .fold(f64::INFINITY, f64::min);
         let horizon = (now - self.settle - JOIN_AFTER).min(oldest_open - JOIN_BEFORE);
         let before = self.pending_drops.len();
@@ -828,7 +878,9 @@ impl Session {
             self.report.drops_unjoined += self.pending_drops.len() as u64;
             self.pending_drops.clear();
         }
-        self.report.packets.extend(out.iter().cloned());
+        if self.keep_packets {
+            self.report.packets.extend(out.iter().cloned());
+        }
         out
     }
 
@@ -952,9 +1004,9 @@ impl Session {
             .enumerate()
             .filter(|(_, d)| {
                 d.protocol == ethertype
-                    && d.time >= p.first - JOIN_BEFORE
+                    && d.time >= p.first_after - JOIN_BEFORE
                     && d.time <= p.last + JOIN_AFTER
-                    && stage_fits(&d.reason, &hooks, dropped.is_some())
+                    && stage_rank(&d.reason, &hooks, dropped.is_some()).is_some()
             })
             .map(|(i, _)| i)
             .collect();
@@ -976,29 +1028,53 @@ impl Session {
                 }
             }
         }
-        // A drop nearer to another packet's last event is that packet's.
+        // A drop that fits another packet better (its stage, then its time) is that packet's.
+        let score = |d: &KernelDrop, hooks: &[String], rule_dropped: bool, after: f64, at: f64| {
+            stage_rank(&d.reason, hooks, rule_dropped).map(|r| (r, gap(d.time, after, at)))
+        };
+        let is_dropped = dropped.is_some();
         candidates.retain(|&i| {
             let d = &self.pending_drops[i];
+            let Some(mine) = score(d, &hooks, is_dropped, p.last_after, p.last) else {
+                return false;
+            };
             !self.windows.iter().any(|w| {
                 (w.point, w.first, w.last) != (p.point, p.first, p.last)
                     && w.ethertype == Some(d.protocol)
-                    && d.time >= w.first - JOIN_BEFORE
+                    && d.time >= w.first_after - JOIN_BEFORE
                     && d.time <= w.last + JOIN_AFTER
-                    && (d.time - w.last).abs() < (d.time - p.last).abs()
-                    && stage_fits(&d.reason, &w.hooks, w.rule_dropped)
+                    && score(d, &w.hooks, w.rule_dropped, w.last_after, w.last)
+                        .is_some_and(|theirs| theirs < mine)
             })
         });
         let pick = candidates.iter().copied().min_by(|&a, &b| {
-            let da = (self.pending_drops[a].time - p.last).abs();
-            let db = (self.pending_drops[b].time - p.last).abs();
-            da.total_cmp(&db)
+            let sa = score(
+                &self.pending_drops[a],
+                &hooks,
+                is_dropped,
+                p.last_after,
+                p.last,
+            );
+            let sb = score(
+                &self.pending_drops[b],
+                &hooks,
+                is_dropped,
+                p.last_after,
+                p.last,
+            );
+            sa.partial_cmp(&sb).unwrap_or(std::cmp::Ordering::Equal)
         });
         let (kernel_drop, join) = match pick {
             Some(i) => {
                 let d = self.pending_drops.remove(i);
+                let g = gap(d.time, p.last_after, p.last);
+                let when = if g > 0.0 {
+                    format!("{:.1} ms from the packet's last trace event", g * 1000.0)
+                } else {
+                    "while the packet's last trace event was in flight".to_string()
+                };
                 let join = format!(
-                    "kfree_skb {:+.1} ms from the packet's last trace event, same protocol; {} candidate(s) in the window (the tracepoint carries no namespace or addresses)",
-                    (d.time - p.last) * 1000.0,
+                    "kfree_skb {when}, same protocol, a reason that happens after the hooks it reached; {} candidate(s) (the tracepoint carries no namespace or addresses)",
                     candidates.len()
                 );
                 (Some(d), Some(join))
@@ -1058,9 +1134,6 @@ impl Session {
     /// Stop: complete open packets, remove everything added, return the whole report.
     pub fn finish(mut self) -> Result<TraceReport, TraceError> {
         self.drain();
-        if let Some(d) = &self.drops {
-            self.report.drops_lost = d.lost();
-        }
         let errs = self.cleanup();
         let report = std::mem::take(&mut self.report);
         if errs.is_empty() {
@@ -1076,8 +1149,16 @@ impl Session {
         }
         self.cleaned = true;
         let mut errs = Vec::new();
-        if let Some(d) = self.drops.take() {
-            if let Err(e) = d.stop() {
+        let (stats, tracer) = self.readers.stop();
+        self.report.nft_overruns = stats.overruns;
+        self.report.nft_events_lost = stats.kernel_dropped + stats.backlog_dropped;
+        if let Some(path) = self.drops.take() {
+            self.report.drops_lost = drops::lost(&path);
+            let done = match tracer {
+                Some(t) => t.stop(),
+                None => drops::remove_instance(&path),
+            };
+            if let Err(e) = done {
                 errs.push(e);
             }
         }
@@ -1090,8 +1171,22 @@ impl Session {
                 }
             }
         }
+        let mut left = Vec::new();
+        if let Some(m) = self.mounted.take() {
+            // Busy: another tracer reads it now; the next run after that one unmounts it.
+            if let Err(e) = journal::undo(&m) {
+                self.report.notes.push(format!(
+                    "{e}; left mounted for the next nettool trace to remove"
+                ));
+                left.push(m);
+            }
+        }
         if errs.is_empty() {
-            self.journal.finish();
+            if left.is_empty() {
+                self.journal.finish();
+            } else if let Err(e) = self.journal.keep_only(left) {
+                errs.push(format!("trace journal: {e}"));
+            }
         }
         errs
     }
@@ -1104,13 +1199,28 @@ impl Drop for Session {
 }
 
 /// Trace `opts` while `f` runs (a probe, a test's traffic), then return f's value and what
-/// was seen. The trace tables are in place before `f` starts and removed after it ends.
+/// was seen. The trace tables are in place before `f` starts and removed after it ends; when
+/// tracing cannot start, `f` still runs once and the error is returned after it.
 pub fn run_around<T: Send>(
     opts: TraceOptions,
     f: impl FnOnce() -> T + Send,
 ) -> Result<(T, TraceReport), TraceError> {
+    let (value, report) = around(opts, f);
+    Ok((value, report?))
+}
+
+/// Run `f` traced when tracing can start, untraced when it cannot: `f` runs exactly once
+/// either way, and the trace's outcome (its report, or why there is none) comes beside.
+pub fn around<T: Send>(
+    opts: TraceOptions,
+    f: impl FnOnce() -> T + Send,
+) -> (T, Result<TraceReport, TraceError>) {
     let settle = opts.settle;
-    let mut s = Session::start(opts)?;
+    let mut s = match Session::start(opts) {
+        Ok(s) => s,
+        Err(e) => return (f(), Err(e)),
+    };
+    s.keep_packets(true);
     // f runs on another thread so events are read while it waits on the network.
     let value = std::thread::scope(|scope| {
         let h = scope.spawn(f);
@@ -1118,38 +1228,64 @@ pub fn run_around<T: Send>(
             s.poll(Duration::from_millis(50));
         }
         h.join()
-    })
-    .map_err(|_| TraceError::Setup("the traced closure panicked".into()))?;
+    });
+    let value = match value {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    };
     let until = Instant::now() + settle;
     while Instant::now() < until {
         s.poll(Duration::from_millis(50));
     }
-    Ok((value, s.finish()?))
+    (value, s.finish())
 }
 
-/// Can a drop with `reason` have happened to a packet that reached `hooks` (and was or was not
-/// dropped by a rule)? Where the kernel drops for a reason fixes what the packet can have
-/// reached: this keeps a drop from being joined to another packet of the same flow.
-fn stage_fits(reason: &str, hooks: &[String], rule_dropped: bool) -> bool {
+/// How well a drop with `reason` fits a packet that reached `hooks` (and was or was not
+/// dropped by a rule): Some(0) when the kernel drops for that reason right after the packet's
+/// last hook, Some(1) when it can happen there, None when it cannot. Where the kernel drops
+/// for a reason fixes what the packet can have reached: this keeps a drop from being joined
+/// to another packet of the same flow read in the same batch.
+fn stage_rank(reason: &str, hooks: &[String], rule_dropped: bool) -> Option<u8> {
     let reached = |h: &str| hooks.iter().any(|x| x == h);
-    let after_routing = reached("input") || reached("forward");
+    let last = hooks.last().map(String::as_str);
+    let fits = |exact: bool, possible: bool| match (exact, possible) {
+        (true, _) => Some(0),
+        (false, true) => Some(1),
+        _ => None,
+    };
     match reason {
-        "NETFILTER_DROP" => rule_dropped,
-        "QUEUE_PURGE" => false,
-        _ if rule_dropped => false,
-        // Decided by the input route lookup, before input/forward.
+        "NETFILTER_DROP" => fits(rule_dropped, !reached("postrouting")),
+        "QUEUE_PURGE" => None,
+        _ if rule_dropped => None,
+        // Decided by the input route lookup, right after prerouting.
         "IP_RPFILTER" | "IP_INNOROUTES" | "IP_INADDRERRORS" | "IP_INVALID_SOURCE"
         | "IP_LOCAL_SOURCE" | "IP_LOCALNET" | "IP_INVALID_DEST" | "OTHERHOST" | "IP_CSUM"
-        | "IP_INHDR" => !after_routing && !reached("postrouting"),
-        // In ip_forward (before forward), or when a GSO packet is split after postrouting.
-        "PKT_TOO_BIG" => !reached("input"),
+        | "IP_INHDR" => fits(last == Some("prerouting"), false),
+        // In ip_forward before the forward hook; or a GSO packet split after postrouting.
+        "PKT_TOO_BIG" => fits(
+            last == Some("prerouting"),
+            !reached("input") && last == Some("postrouting"),
+        ),
         // Decided by the transport layer after input.
         r if r.starts_with("TCP_") || r.starts_with("SOCKET_") || r == "NO_SOCKET" => {
-            reached("input")
+            fits(last == Some("input"), false)
         }
         // Neighbour and queueing drops come after postrouting.
-        r if r.starts_with("NEIGH_") || r.starts_with("QDISC_") => reached("postrouting"),
-        _ => true,
+        r if r.starts_with("NEIGH_") || r.starts_with("QDISC_") => {
+            fits(last == Some("postrouting"), false)
+        }
+        _ => Some(1),
+    }
+}
+
+/// How far time `t` is from the window [after, at] an event was sent in (0 inside it).
+fn gap(t: f64, after: f64, at: f64) -> f64 {
+    if t < after {
+        after - t
+    } else if t > at {
+        t - at
+    } else {
+        0.0
     }
 }
 
@@ -1182,7 +1318,9 @@ struct Headers {
 /// What the kernel drop join needs to know of a packet.
 struct Window {
     point: usize,
+    first_after: f64,
     first: f64,
+    last_after: f64,
     last: f64,
     hooks: Vec<String>,
     rule_dropped: bool,

@@ -217,7 +217,7 @@ impl TraceSocket {
         socket.bind_auto()?;
         // A big receive buffer: events come in bursts; a full buffer loses them (ENOBUFS).
         let fd = socket.as_raw_fd();
-        let size: libc::c_int = 32 << 20;
+        let size: libc::c_int = 64 << 20;
         // SAFETY: setsockopt with a valid fd and an int option value.
         let forced = unsafe {
             libc::setsockopt(
@@ -241,15 +241,98 @@ impl TraceSocket {
         self.socket.as_raw_fd()
     }
 
-    /// Read one datagram without blocking: Ok(None) when nothing is queued, Err(ENOBUFS) when
-    /// the kernel had to drop events because the buffer was full.
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        match self.socket.recv(&mut &mut *buf, 0) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
+    /// Read up to `lens.len()` datagrams in one recvmmsg without blocking, each into its
+    /// `slot`-byte part of `buf`; their lengths go to `lens`. Ok(0) when nothing is queued.
+    pub fn read_batch(&self, buf: &mut [u8], slot: usize, lens: &mut [usize]) -> io::Result<usize> {
+        let n = lens.len().min(buf.len() / slot.max(1));
+        let mut iovs: Vec<libc::iovec> = buf
+            .chunks_mut(slot)
+            .take(n)
+            .map(|c| libc::iovec {
+                iov_base: c.as_mut_ptr().cast(),
+                iov_len: c.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: an all-zero msghdr is valid (no name, no control data).
+                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+                h.msg_iov = iov;
+                h.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: h,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        // SAFETY: msgs points at n mmsghdr whose iovecs point into buf, alive for the call.
+        let got = unsafe {
+            libc::recvmmsg(
+                self.raw_fd(),
+                msgs.as_mut_ptr(),
+                msgs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
         }
+        for (len, m) in lens.iter_mut().zip(&msgs).take(got as usize) {
+            *len = m.msg_len as usize;
+        }
+        Ok(got as usize)
     }
+
+    /// Messages the kernel dropped because the receive buffer was full (SK_MEMINFO_DROPS):
+    /// every lost event is counted, where ENOBUFS only says that some were.
+    pub fn dropped(&self) -> Option<u64> {
+        socket_drops(self.raw_fd())
+    }
+
+    /// The receive buffer size the kernel granted, in bytes.
+    pub fn rcvbuf(&self) -> Option<usize> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes an int into v, len says its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v as usize)
+    }
+}
+
+/// SO_MEMINFO (asm-generic/socket.h) and the index of the drop counter in its answer.
+const SO_MEMINFO: libc::c_int = 55;
+const SK_MEMINFO_DROPS: usize = 8;
+
+/// The count of messages a socket's owner lost to a full buffer (sk_drops).
+fn socket_drops(fd: i32) -> Option<u64> {
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the kernel writes at most len bytes of u32 counters into info.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize > SK_MEMINFO_DROPS * 4).then(|| info[SK_MEMINFO_DROPS] as u64)
 }
 
 #[cfg(test)]
