@@ -1428,6 +1428,58 @@ fn setup_inside_ip_netns_exec_is_refused_with_the_command_that_works() {
     lab.teardown();
 }
 
+/// In a mount namespace of its own (`unshare -m`) setup is refused before anything exists
+/// when its /run/netns mounts would not reach the machine's mount namespace (private, slave),
+/// and the printed command works; with `--propagation shared` (the mounts propagate back) it
+/// is accepted and its namespaces are usable from here, like in the normal case. The machine's
+/// mount namespace is found without /proc/1/ns (a kernel thread's where pid 1 is hidden).
+#[test]
+fn setup_in_a_mount_namespace_of_its_own_is_refused_unless_its_mounts_reach_the_machine() {
+    for prop in ["private", "slave", "shared", "normal"] {
+        let host = TestNs::new("unsh");
+        let name = unique("unsh");
+        let lab = TestLab {
+            name: name.clone(),
+            host: Some(host.name.clone()),
+        };
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", host.path()));
+        if prop != "normal" {
+            cmd.args(["unshare", "-m", "--propagation", prop]);
+        }
+        let out = cmd
+            .arg(env!("CARGO_BIN_EXE_nettool"))
+            .args(["setup", "--name", &name, "--no-userland-proxy"])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let msg = text(&out);
+        if prop == "shared" || prop == "normal" {
+            assert!(out.status.success(), "{prop}: {msg}");
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{prop}: {msg}");
+            assert!(
+                msg.contains(&format!("/run/netns is a {prop} mount")),
+                "{msg}"
+            );
+            assert!(!netns_names().iter().any(|n| n.starts_with(&name)), "{msg}");
+            let cmd = msg
+                .lines()
+                .find_map(|l| l.split_once("entering only the network namespace: "))
+                .map(|(_, c)| c.to_string())
+                .unwrap_or_else(|| panic!("{msg}"));
+            let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+            assert!(out.status.success(), "{cmd}: {}", text(&out));
+        }
+        // Built where the rest of the machine sees it.
+        assert!(
+            exec(&format!("{name}-client"), &["getent", "hosts", "app"]).0,
+            "{prop}"
+        );
+        lab.teardown();
+    }
+}
+
 /// The same lab name asked for from another namespace is not "(this namespace as host)".
 #[test]
 fn same_lab_name_from_another_namespace_is_not_claimed_here() {

@@ -150,42 +150,98 @@ pub fn backend_tools(backend: Backend) -> Result<(PathBuf, Option<PathBuf>), Lab
 }
 
 /// Why namespaces made here would be invisible to the rest of the machine, if they would:
-/// this process runs in a mount namespace other than init's, and /run/netns (or the mount
-/// holding it) does not propagate back there (a slave mount, as inside `ip netns exec`, or
-/// a private one, as in a service with a private /run). Where init's mount namespace cannot
-/// be read, a slave /run/netns alone tells. Then every /run/netns/NAME this setup
-/// mounted would be an empty file everywhere else.
+/// this process runs in a mount namespace other than the machine's, and /run/netns (or the
+/// mount holding it) does not propagate back there: a slave mount (as inside `ip netns exec`
+/// or `unshare -m --propagation slave`), a private one (`unshare -m`, a service with a private
+/// /run), or a shared one whose peers are all outside the machine's mount namespace. Then
+/// every /run/netns/NAME this setup mounted would be an empty file everywhere else.
+///
+/// The machine's mount namespace is init's, or, where /proc/1/ns is unreadable (a sandbox
+/// that hides pid 1), a kernel thread's: kernel threads all live in the initial one. Where
+/// neither can be read, a slave /run/netns alone tells.
 pub fn invisible_mounts() -> Option<String> {
     let mine = std::fs::read_link("/proc/self/ns/mnt").ok()?;
-    // Unreadable in some sandboxes: then only a slave mount tells.
-    let init = std::fs::read_link("/proc/1/ns/mnt").ok();
-    if init.as_ref() == Some(&mine) {
+    let machine = machine_mount_ns();
+    if machine.as_ref().map(|(ns, _)| ns) == Some(&mine) {
         return None;
     }
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let target = crate::netns::NETNS_RUN_DIR;
-    let covers = |mp: &str| {
-        mp == "/" || target == mp || target.strip_prefix(mp).is_some_and(|r| r.starts_with('/'))
+    let (mp, tags) = covering_mount(&info, crate::netns::NETNS_RUN_DIR)?;
+    let group = tags.split(' ').find(|t| t.starts_with("shared:"));
+    let slave = tags.split(' ').any(|t| t.starts_with("master:"));
+    let how = match (group, slave, &machine) {
+        (_, true, _) => "a slave mount",
+        (Some(g), false, Some((_, pid))) => {
+            // Shared: it propagates to its peers; one of them must be in the machine's mount
+            // namespace (an `unshare -m --propagation shared` keeps the peers it had).
+            let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok();
+            let peer_there = theirs.is_none_or(|t| {
+                t.lines()
+                    .any(|l| l.split(' ').take_while(|x| *x != "-").any(|x| x == g))
+            });
+            if peer_there {
+                return None;
+            }
+            "shared only with mounts outside the machine's mount namespace"
+        }
+        (Some(_), false, None) => return None,
+        (None, false, Some(_)) => "a private mount",
+        // Neither init's nor a kernel thread's namespace can be read: cannot tell.
+        (None, false, None) => return None,
     };
-    // The mount /run/netns lives on: the longest mount point that covers it.
-    let (mp, tags) = info
-        .lines()
+    let whose = match &machine {
+        Some((_, pid)) if *pid != 1 => "the kernel threads'",
+        _ => "init's",
+    };
+    Some(format!(
+        "this process runs in a mount namespace other than the machine's ({whose}), where {mp} is {how}: the /run/netns entries setup makes here would never reach the rest of the machine (`ip netns exec` and `unshare -m` do this)"
+    ))
+}
+
+/// The machine's mount namespace and a pid in it: init's, else a kernel thread's (PF_KTHREAD
+/// in /proc/PID/stat; kthreadd is pid 2 where pids are not namespaced).
+fn machine_mount_ns() -> Option<(std::path::PathBuf, u32)> {
+    if let Ok(ns) = std::fs::read_link("/proc/1/ns/mnt") {
+        return Some((ns, 1));
+    }
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let kthread = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command's closing parenthesis: state is 3rd, flags 9th.
+        let flags: u64 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(6)?
+            .parse()
+            .ok()?;
+        (flags & PF_KTHREAD != 0).then_some(pid)
+    };
+    let pid = kthread(2).or_else(|| {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .take(256)
+            .find_map(kthread)
+    })?;
+    Some((std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?, pid))
+}
+
+/// The mount `path` lives on in a mountinfo text (the longest mount point that covers it):
+/// its mount point and optional fields (propagation tags).
+fn covering_mount(info: &str, path: &str) -> Option<(String, String)> {
+    let covers = |mp: &str| {
+        mp == "/" || path == mp || path.strip_prefix(mp).is_some_and(|r| r.starts_with('/'))
+    };
+    info.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             let mp = *f.get(4)?;
             let dash = f.iter().position(|x| *x == "-")?;
             covers(mp).then(|| (mp.to_string(), f[6..dash].join(" ")))
         })
-        .max_by_key(|(mp, _)| mp.len())?;
-    let shared = tags.split(' ').any(|t| t.starts_with("shared:"));
-    let slave = tags.split(' ').any(|t| t.starts_with("master:"));
-    if !slave && (shared || init.is_none()) {
-        return None;
-    }
-    let how = if slave { "a slave" } else { "a private" };
-    Some(format!(
-        "this process runs in a mount namespace of its own (not init's), where {mp} is {how} mount: the /run/netns entries setup makes here would never reach the rest of the machine (`ip netns exec` does this)"
-    ))
+        .max_by_key(|(mp, _)| mp.len())
 }
 
 /// Check root and tools before anything is planned or built.
