@@ -282,14 +282,19 @@ fn rotation_makes_several_files_each_readable() {
 fn a_flow_through_a_labs_dnat_is_stitched_across_its_legs() {
     let (lab, _state) = TestLab::isolated("capl", &["--no-userland-proxy"]);
     let file = tmp("cap-lab");
-    let run = start(&[
-        "--lab",
-        &lab.name,
-        "--follow",
-        "-w",
-        file.to_str().unwrap(),
-        "tcp port 8080 or tcp port 80",
-    ]);
+    // Without /usr/sbin on PATH there is no conntrack tool: the entries come from ctnetlink.
+    assert!(!Path::new("/usr/bin/conntrack").exists());
+    let run = start_env(
+        &[
+            "--lab",
+            &lab.name,
+            "--follow",
+            "-w",
+            file.to_str().unwrap(),
+            "tcp port 8080 or tcp port 80 or icmp",
+        ],
+        &[("PATH", "/usr/bin:/bin")],
+    );
     let client = lab.ns("client");
     let out = sh(&[
         "ip",
@@ -303,6 +308,18 @@ fn a_flow_through_a_labs_dnat_is_stitched_across_its_legs() {
         "http://172.20.0.1:8080/",
     ]);
     assert!(!out.is_empty(), "curl through the lab's DNAT answered");
+    // ICMP echo to the client's gateway: a flow keyed by its echo id.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &client,
+        "busybox",
+        "ping",
+        "-c",
+        "2",
+        "172.20.0.1",
+    ]);
     std::thread::sleep(Duration::from_millis(300));
     let (_, err) = run.stop();
     let rows = tshark_fields(
@@ -312,6 +329,7 @@ fn a_flow_through_a_labs_dnat_is_stitched_across_its_legs() {
             "frame.comment",
             "tcp.flags.syn",
             "tcp.flags.ack",
+            "icmp.type",
         ],
     );
     let _ = std::fs::remove_file(&file);
@@ -341,6 +359,28 @@ fn a_flow_through_a_labs_dnat_is_stitched_across_its_legs() {
             && c.contains("reply tcp 172.19.0.2:80 >")
             && c.contains("(NAT)"),
         "{c}"
+    );
+    // The pings: requests and replies on the client's eth0 and in the host, one flow.
+    let icmp: Vec<&Vec<String>> = rows.iter().filter(|r| r[4] == "8" || r[4] == "0").collect();
+    assert!(
+        icmp.len() >= 8,
+        "2 echoes and 2 replies on at least two legs: {icmp:?}"
+    );
+    let flows: std::collections::BTreeSet<&str> = icmp.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(flows.len(), 1, "one ICMP flow: {icmp:?}");
+    let f = flows.into_iter().next().unwrap();
+    assert!(
+        f.contains("original icmp 172.20.0.3 > 172.20.0.1 id ")
+            && f.contains("reply icmp 172.20.0.1 > 172.20.0.3 id "),
+        "{f}"
+    );
+    assert!(
+        icmp.iter()
+            .any(|r| r[0] == format!("lab:{}/client/eth0", lab.name))
+            && icmp
+                .iter()
+                .any(|r| r[0].starts_with(&format!("lab:{}/host/", lab.name))),
+        "{icmp:?}"
     );
 }
 

@@ -27,6 +27,16 @@ pub struct PacketSummary {
     pub flags: Option<String>,
     /// Payload bytes above the transport header.
     pub payload_len: usize,
+    /// ICMP: what it is (`echo request id 7 seq 1`, `unreachable`, `time exceeded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<String>,
+    /// ICMP echo: its id, which conntrack keys the flow by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_id: Option<u16>,
+    /// ICMP error: the tuple of the packet it is about (quoted in its payload), the flow it
+    /// belongs to.
+    #[serde(skip)]
+    pub quoted: Option<(u8, IpAddr, u16, IpAddr, u16)>,
 }
 
 impl PacketSummary {
@@ -35,9 +45,19 @@ impl PacketSummary {
         let proto = match self.transport.as_deref()? {
             "tcp" => 6,
             "udp" => 17,
+            // Echo is keyed by its id both ways; an error belongs to the flow it quotes.
+            "icmp" | "icmp6" if self.quoted.is_some() => return self.quoted,
+            "icmp" => 1,
+            "icmp6" => 58,
             _ => return None,
         };
-        Some((proto, self.src?, self.sport?, self.dst?, self.dport?))
+        match proto {
+            1 | 58 => {
+                let id = self.icmp_id?;
+                Some((proto, self.src?, id, self.dst?, id))
+            }
+            _ => Some((proto, self.src?, self.sport?, self.dst?, self.dport?)),
+        }
     }
 }
 
@@ -116,16 +136,97 @@ pub fn summarize(link: LinkType, data: &[u8]) -> PacketSummary {
             s.payload_len = u.payload().len();
         }
         Some(TransportSlice::Icmpv4(i)) => {
+            use etherparse::Icmpv4Type as T;
             s.transport = Some("icmp".into());
             s.payload_len = i.payload().len();
+            let (what, id) = match i.icmp_type() {
+                T::EchoRequest(h) => (
+                    format!("echo request id {} seq {}", h.id, h.seq),
+                    Some(h.id),
+                ),
+                T::EchoReply(h) => (format!("echo reply id {} seq {}", h.id, h.seq), Some(h.id)),
+                T::DestinationUnreachable(_) => ("unreachable".to_string(), None),
+                T::TimeExceeded(_) => ("time exceeded".to_string(), None),
+                T::Redirect(_) => ("redirect".to_string(), None),
+                T::ParameterProblem(_) => ("parameter problem".to_string(), None),
+                _ => (format!("type {}", i.type_u8()), None),
+            };
+            if id.is_none() && matches!(i.type_u8(), 3 | 5 | 11 | 12) {
+                s.quoted = quoted_tuple(i.payload());
+            }
+            s.icmp = Some(what);
+            s.icmp_id = id;
         }
         Some(TransportSlice::Icmpv6(i)) => {
+            use etherparse::Icmpv6Type as T;
             s.transport = Some("icmp6".into());
             s.payload_len = i.payload().len();
+            let (what, id) = match i.icmp_type() {
+                T::EchoRequest(h) => (
+                    format!("echo request id {} seq {}", h.id, h.seq),
+                    Some(h.id),
+                ),
+                T::EchoReply(h) => (format!("echo reply id {} seq {}", h.id, h.seq), Some(h.id)),
+                T::DestinationUnreachable(_) => ("unreachable".to_string(), None),
+                T::PacketTooBig { .. } => ("packet too big".to_string(), None),
+                T::TimeExceeded(_) => ("time exceeded".to_string(), None),
+                T::NeighborSolicitation => ("neighbor solicitation".to_string(), None),
+                T::NeighborAdvertisement(_) => ("neighbor advertisement".to_string(), None),
+                _ => (format!("type {}", i.type_u8()), None),
+            };
+            if id.is_none() && (1..=4).contains(&i.type_u8()) {
+                s.quoted = quoted_tuple(i.payload());
+            }
+            s.icmp = Some(what);
+            s.icmp_id = id;
         }
         _ => {}
     }
     s
+}
+
+/// The (protocol, source, sport, destination, dport) of the IP packet an ICMP error quotes.
+/// Read by hand: the quote is often cut short (8 bytes of TCP), which a full parser refuses.
+fn quoted_tuple(ip: &[u8]) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
+    let ports = |at: usize| -> Option<(u16, u16)> {
+        let p = ip.get(at..at + 4)?;
+        Some((
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        ))
+    };
+    match ip.first()? >> 4 {
+        4 => {
+            let ihl = (ip[0] & 0x0f) as usize * 4;
+            let proto = *ip.get(9)?;
+            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            let (sp, dp) = match proto {
+                6 | 17 => ports(ihl)?,
+                1 => {
+                    let id = u16::from_be_bytes(ip.get(ihl + 4..ihl + 6)?.try_into().ok()?);
+                    (id, id)
+                }
+                _ => return None,
+            };
+            Some((proto, IpAddr::from(src), sp, IpAddr::from(dst), dp))
+        }
+        6 => {
+            let proto = *ip.get(6)?;
+            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            let (sp, dp) = match proto {
+                6 | 17 => ports(40)?,
+                58 => {
+                    let id = u16::from_be_bytes(ip.get(44..46)?.try_into().ok()?);
+                    (id, id)
+                }
+                _ => return None,
+            };
+            Some((proto, IpAddr::from(src), sp, IpAddr::from(dst), dp))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

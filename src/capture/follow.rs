@@ -2,16 +2,13 @@
 //! entry has an original tuple (as the client sent it) and a reply tuple (as the server answers,
 //! i.e. after DNAT/SNAT). A packet on any leg matches one of four keys: original, original
 //! reversed, reply, reply reversed; entries from several namespaces (the host's DNAT, the
-//! container's own) that share a key are one flow. Read with `conntrack -L` (the conntrack
-//! tool, run inside each namespace): simpler than ctnetlink and good enough at the refresh
-//! rate used (a few per second).
+//! container's own) that share a key are one flow. The entries come from ctnetlink events
+//! ([`super::ctnetlink`]). ICMP echo is keyed by its id in both port fields.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
-
-use crate::netns::NetNs;
 
 /// One side of a conntrack entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -42,11 +39,27 @@ impl Tuple {
 
 impl std::fmt::Display for Tuple {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let p = if self.proto == 6 { "tcp" } else { "udp" };
+        let p = match self.proto {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            1 => "icmp".to_string(),
+            58 => "icmp6".to_string(),
+            n => format!("proto {n}"),
+        };
         let a = |ip: IpAddr, port: u16| match ip {
             IpAddr::V4(v) => format!("{v}:{port}"),
             IpAddr::V6(v) => format!("[{v}]:{port}"),
         };
+        if matches!(self.proto, 1 | 58) {
+            let ip = |ip: IpAddr| ip.to_string();
+            return write!(
+                f,
+                "{p} {} > {} id {}",
+                ip(self.src),
+                ip(self.dst),
+                self.sport
+            );
+        }
         write!(
             f,
             "{p} {} > {}",
@@ -72,46 +85,6 @@ impl CtFlow {
     }
 }
 
-/// Parse `conntrack -L` lines (tcp and udp; other protocols are skipped).
-pub fn parse_conntrack(text: &str) -> Vec<CtFlow> {
-    text.lines()
-        .filter_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            let proto = match words.iter().find(|w| **w == "tcp" || **w == "udp")? {
-                &"tcp" => 6,
-                _ => 17,
-            };
-            let vals = |key: &str| -> Vec<&str> {
-                words.iter().filter_map(|w| w.strip_prefix(key)).collect()
-            };
-            let (s, d, sp, dp) = (vals("src="), vals("dst="), vals("sport="), vals("dport="));
-            let t = |i: usize| -> Option<Tuple> {
-                Some(Tuple {
-                    proto,
-                    src: s.get(i)?.parse().ok()?,
-                    sport: sp.get(i)?.parse().ok()?,
-                    dst: d.get(i)?.parse().ok()?,
-                    dport: dp.get(i)?.parse().ok()?,
-                })
-            };
-            Some(CtFlow {
-                original: t(0)?,
-                reply: t(1)?,
-            })
-        })
-        .collect()
-}
-
-/// Every tcp/udp conntrack entry of `ns`, IPv4 and IPv6 (empty when the tool is missing).
-pub fn read_conntrack(ns: &NetNs) -> Result<Vec<CtFlow>, String> {
-    let mut all = Vec::new();
-    for fam in ["ipv4", "ipv6"] {
-        let text = crate::facts::firewall::capture(ns, &["conntrack", "-L", "-f", fam])?;
-        all.extend(parse_conntrack(&text));
-    }
-    Ok(all)
-}
-
 /// The flows known so far, by any of their keys. Entries read from different namespaces at
 /// slightly different moments may first make two flows that a later entry shows are one: flows
 /// are merged (union-find), so every leg ends up under one number.
@@ -135,14 +108,24 @@ impl FlowTable {
     pub fn add(&mut self, e: CtFlow) {
         // Also the states in between: DNAT done but not SNAT (a bridge sees the packet after
         // PREROUTING, before POSTROUTING), and SNAT without DNAT.
+        // ICMP echo keeps its id (both port fields) through DNAT.
+        let icmp = matches!(e.original.proto, 1 | 58);
         let dnat_only = Tuple {
             dst: e.reply.src,
-            dport: e.reply.sport,
+            dport: if icmp {
+                e.original.dport
+            } else {
+                e.reply.sport
+            },
             ..e.original
         };
         let snat_only = Tuple {
             src: e.reply.dst,
-            sport: e.reply.dport,
+            sport: if icmp {
+                e.original.sport
+            } else {
+                e.reply.dport
+            },
             ..e.original
         };
         let keys = [
@@ -206,6 +189,36 @@ impl FlowTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `conntrack -L` lines (tcp and udp) as entries: the tests write entries as conntrack prints them.
+    fn parse_conntrack(text: &str) -> Vec<CtFlow> {
+        text.lines()
+            .filter_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let proto = match words.iter().find(|w| **w == "tcp" || **w == "udp")? {
+                    &"tcp" => 6,
+                    _ => 17,
+                };
+                let vals = |key: &str| -> Vec<&str> {
+                    words.iter().filter_map(|w| w.strip_prefix(key)).collect()
+                };
+                let (s, d, sp, dp) = (vals("src="), vals("dst="), vals("sport="), vals("dport="));
+                let t = |i: usize| -> Option<Tuple> {
+                    Some(Tuple {
+                        proto,
+                        src: s.get(i)?.parse().ok()?,
+                        sport: sp.get(i)?.parse().ok()?,
+                        dst: d.get(i)?.parse().ok()?,
+                        dport: dp.get(i)?.parse().ok()?,
+                    })
+                };
+                Some(CtFlow {
+                    original: t(0)?,
+                    reply: t(1)?,
+                })
+            })
+            .collect()
+    }
 
     #[test]
     fn legs_across_dnat_are_one_flow() {

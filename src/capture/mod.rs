@@ -3,16 +3,17 @@
 //! filtered in the kernel, read from TPACKET_V3 rings, optionally stitched across NAT with
 //! conntrack (--follow). The core never prints: packets go to a [`Sink`].
 
+pub mod ctnetlink;
 pub mod decode;
 pub mod filter;
 pub mod follow;
 pub mod pcapng;
 pub mod ring;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -21,6 +22,7 @@ use crate::engine::{EngineKind, Intent};
 use crate::netns::discover::{discover_with, DiscoverOptions, NamespaceInfo};
 use crate::netns::{NetNs, NetnsError, NsId};
 
+use ctnetlink::CtEvents;
 use filter::Filter;
 use follow::{FlowTable, Tuple};
 use pcapng::InterfaceDesc;
@@ -80,7 +82,7 @@ pub struct CaptureOptions {
     pub snaplen: u32,
     /// Ring geometry per socket.
     pub ring: RingSize,
-    /// Stitch flows across NAT with conntrack (packets are held ~0.5 s for the lookup).
+    /// Stitch flows across NAT with conntrack events (ctnetlink).
     pub follow: bool,
     /// How often to look for new interfaces and namespaces.
     pub rescan: Duration,
@@ -134,8 +136,19 @@ pub trait Sink {
     fn interface(&mut self, id: u32, desc: &InterfaceDesc) -> Result<(), CaptureError>;
     /// Every socket is open and reading (tests and people wait for this before sending).
     fn started(&mut self, _interfaces: usize) {}
-    /// One packet.
+    /// One packet. `p.data` stays valid until the next [`Sink::block_done`] (it is in the
+    /// capture ring), so a sink may keep a pointer to it until then instead of copying.
     fn packet(&mut self, p: &Packet<'_>) -> Result<(), CaptureError>;
+    /// The packets handed over since the last call are about to go away (their ring block is
+    /// handed back to the kernel): write out anything that still points at them.
+    fn block_done(&mut self) -> Result<(), CaptureError> {
+        Ok(())
+    }
+    /// Packets of different interfaces must come in time order (the live view): they are then
+    /// held for a short window and merged. A file takes them as each ring hands them over.
+    fn ordered(&self) -> bool {
+        false
+    }
     /// The end, with each interface's counters.
     fn finish(&mut self, stats: &[InterfaceStats]) -> Result<(), CaptureError>;
 }
@@ -335,7 +348,6 @@ struct Opened {
     key: (NsId, u32, String),
     ring: Ring,
     desc: InterfaceDesc,
-    ns: NetNs,
 }
 
 /// Open a ring on every interface of `place` not in `known` (and in `-i` when given).
@@ -392,7 +404,6 @@ fn open_interfaces(
             },
             key: (id, index, name),
             ring,
-            ns: place.ns.clone(),
         })
         .collect())
 }
@@ -406,7 +417,13 @@ struct Source {
     closed: Option<(u64, u64)>,
 }
 
-/// A packet held for the conntrack lookup (--follow).
+/// Something the rescanner found: a new interface, or (--follow) a new namespace's conntrack.
+enum Found {
+    Interface(Opened),
+    Conntrack(CtEvents),
+}
+
+/// A packet copied out of its ring: waiting for its flow (--follow) or its turn in time order.
 struct Held {
     interface: u32,
     link: LinkType,
@@ -414,39 +431,48 @@ struct Held {
     wire_len: u32,
     data: Vec<u8>,
     arrived: Instant,
+    /// Arrival order: ties in time keep it.
+    seq: u64,
 }
 
-fn refresh_flows(nss: &[NetNs], table: &Mutex<FlowTable>) {
-    let mut entries = Vec::new();
-    for ns in nss {
-        if let Ok(e) = follow::read_conntrack(ns) {
-            entries.extend(e);
-        }
+impl PartialEq for Held {
+    fn eq(&self, o: &Self) -> bool {
+        (self.ts, self.seq) == (o.ts, o.seq)
     }
-    if let Ok(mut t) = table.lock() {
-        // NATed entries first, so a flow's description is the one that says most.
-        entries.sort_by_key(|e| !e.natted());
-        for e in entries {
-            t.add(e);
-        }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Held {
+    // Reversed: BinaryHeap pops the oldest first.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.ts, o.seq).cmp(&(self.ts, self.seq))
     }
 }
 
-/// Check that the conntrack tool is there (for --follow), with a clear error when not.
-pub fn check_follow() -> Result<(), CaptureError> {
-    match std::process::Command::new("conntrack")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-    {
-        Ok(_) => Ok(()),
-        Err(_) => Err(CaptureError::Target(
-            "--follow reads NAT state with the conntrack tool, which is not installed \
-             (Debian package conntrack: apt-get install conntrack)"
-                .into(),
-        )),
-    }
+/// How long --follow waits for the conntrack entry of a packet it cannot place yet. The entry's
+/// event is queued before the ring hands the packet over, so this is for a namespace without
+/// conntrack (a packet that will never have an entry), not for the lookup.
+const FOLLOW_GRACE: Duration = Duration::from_millis(60);
+
+/// The live view's reorder window across interfaces: a ring hands over a block that is not full
+/// after its timeout (50 ms), so a packet of one interface can come up to that much later than a
+/// newer one of another.
+fn reorder_window(ring: RingSize) -> Duration {
+    Duration::from_millis(ring.block_timeout_ms as u64 + 30)
+}
+
+/// Open --follow's conntrack event socket in `ns`.
+fn open_conntrack(ns: &NetNs, label: &str) -> Result<CtEvents, CaptureError> {
+    ns.run(CtEvents::open)?
+        .map_err(|errno| CaptureError::Socket {
+            what: "ctnetlink (conntrack events)",
+            netns: label.to_string(),
+            errno,
+        })
 }
 
 /// Capture until `stop` is set or a limit is reached, handing every packet to `sink`.
@@ -456,9 +482,6 @@ pub fn run(
     stop: &AtomicBool,
     sink: &mut dyn Sink,
 ) -> Result<Summary, CaptureError> {
-    if opts.follow {
-        check_follow()?;
-    }
     let namer = Namer::new();
     let initial = places(opts, &namer)?;
     let mut known: HashSet<(NsId, u32, String)> = HashSet::new();
@@ -480,17 +503,20 @@ pub fn run(
             )
         }));
     }
-    let namespaces: Arc<Mutex<Vec<NetNs>>> =
-        Arc::new(Mutex::new(initial.iter().map(|p| p.ns.clone()).collect()));
+    let mut conntrack = Vec::new();
+    if opts.follow {
+        for p in &initial {
+            conntrack.push(open_conntrack(&p.ns, &p.label)?);
+        }
+    }
     let done = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<Opened>();
+    let (tx, rx) = mpsc::channel::<Found>();
 
     // Rescanner: new interfaces (a container started on a bridge) and, with --all-netns, new
     // namespaces. Its own thread, so the reading loop never waits on netlink or /proc.
     let rescanner = {
         let opts = opts.clone();
         let done = done.clone();
-        let namespaces = namespaces.clone();
         let mut places_now = initial;
         let mut known = known.clone();
         std::thread::Builder::new()
@@ -519,6 +545,13 @@ pub fn run(
                                 }
                                 if let Ok(ns) = i.open() {
                                     let (label, description) = namer.name(&ns, None);
+                                    if opts.follow {
+                                        if let Ok(c) = open_conntrack(&ns, &label) {
+                                            if tx.send(Found::Conntrack(c)).is_err() {
+                                                return;
+                                            }
+                                        }
+                                    }
                                     places_now.push(Place {
                                         ns,
                                         label,
@@ -533,12 +566,7 @@ pub fn run(
                         if let Ok(new) = open_interfaces(p, &opts, &known) {
                             for o in new {
                                 known.insert(o.key.clone());
-                                if let Ok(mut n) = namespaces.lock() {
-                                    if !n.iter().any(|x| x.id() == o.ns.id()) {
-                                        n.push(o.ns.clone());
-                                    }
-                                }
-                                if tx.send(o).is_err() {
+                                if tx.send(Found::Interface(o)).is_err() {
                                     return;
                                 }
                             }
@@ -549,40 +577,98 @@ pub fn run(
             .map_err(|e| CaptureError::Target(format!("cannot start a thread: {e}")))?
     };
 
-    let flows = Arc::new(Mutex::new(FlowTable::default()));
-    let refresher = opts.follow.then(|| {
-        let done = done.clone();
-        let flows = flows.clone();
-        let namespaces = namespaces.clone();
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                let nss = namespaces.lock().map(|n| n.clone()).unwrap_or_default();
-                refresh_flows(&nss, &flows);
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        })
-    });
-
-    let result = read_loop(opts, limits, stop, sink, opened, &rx, &flows, &namespaces);
+    let result = read_loop(opts, limits, stop, sink, opened, conntrack, &rx);
     done.store(true, Ordering::Relaxed);
     drop(rx);
     let _ = rescanner.join();
-    if let Some(r) = refresher {
-        let _ = r.join();
-    }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The packets copied out of the rings (--follow, or the live view across interfaces), released
+/// in time order once their flow is known and the reorder window has passed.
+struct Pending {
+    heap: std::collections::BinaryHeap<Held>,
+    seq: u64,
+    flows: FlowTable,
+    follow: bool,
+}
+
+impl Pending {
+    /// Hand the sink every packet that may go: all of them when `flush`, else the oldest while
+    /// it is older than `window` and (--follow) its flow is known or its grace is over.
+    fn release(
+        &mut self,
+        window: Duration,
+        flush: bool,
+        sink: &mut dyn Sink,
+    ) -> Result<(), CaptureError> {
+        let now = crate::dns::capture::now();
+        // Packets handed over stay alive until the sink wrote them out (block_done).
+        let mut gone = Vec::new();
+        let res = self.release_into(window, flush, now, sink, &mut gone);
+        let done = sink.block_done();
+        drop(gone);
+        res.and(done)
+    }
+
+    fn release_into(
+        &mut self,
+        window: Duration,
+        flush: bool,
+        now: Duration,
+        sink: &mut dyn Sink,
+        gone: &mut Vec<Held>,
+    ) -> Result<(), CaptureError> {
+        while let Some(h) = self.heap.peek() {
+            if !flush && now.saturating_sub(h.ts) < window {
+                break;
+            }
+            // Not cached: flows merge as entries from other namespaces arrive, and the comment
+            // should be the merged flow's.
+            let comment = if self.follow {
+                let tuple = decode::summarize(h.link, &h.data).tuple().map(
+                    |(proto, src, sport, dst, dport)| Tuple {
+                        proto,
+                        src,
+                        sport,
+                        dst,
+                        dport,
+                    },
+                );
+                match tuple.and_then(|t| self.flows.comment(&t)) {
+                    Some(c) => Some(c),
+                    None if tuple.is_some() && !flush && h.arrived.elapsed() < FOLLOW_GRACE => {
+                        break
+                    }
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let Some(h) = self.heap.pop() else { break };
+            let r = sink.packet(&Packet {
+                interface: h.interface,
+                link: h.link,
+                ts: h.ts,
+                wire_len: h.wire_len,
+                data: &h.data,
+                comment: comment.as_deref(),
+            });
+            gone.push(h);
+            r?;
+        }
+        Ok(())
+    }
+}
+
 fn read_loop(
     opts: &CaptureOptions,
     limits: Limits,
     stop: &AtomicBool,
     sink: &mut dyn Sink,
     opened: Vec<Opened>,
-    rx: &mpsc::Receiver<Opened>,
-    flows: &Mutex<FlowTable>,
-    namespaces: &Mutex<Vec<NetNs>>,
+    mut conntrack: Vec<CtEvents>,
+    rx: &mpsc::Receiver<Found>,
 ) -> Result<Summary, CaptureError> {
     let start = Instant::now();
     let mut sources: Vec<Source> = Vec::new();
@@ -603,10 +689,21 @@ fn read_loop(
     }
     sink.started(sources.len());
     let mut total: u64 = 0;
-    let mut held: VecDeque<Held> = VecDeque::new();
-    let hold = Duration::from_millis(500);
+    let mut pending = Pending {
+        heap: std::collections::BinaryHeap::new(),
+        seq: 0,
+        flows: FlowTable::default(),
+        follow: opts.follow,
+    };
+    let mut ct_buf = vec![0u8; 1 << 16];
+    let mut entries = Vec::new();
     let mut pfds: Vec<libc::pollfd> = Vec::new();
     let reached = |total: u64| limits.count.is_some_and(|c| total >= c);
+    // Packets are copied out of the rings only when they must wait: for their flow, or for the
+    // other interfaces' packets of the same moment in the live view.
+    let ordered = sink.ordered();
+    let holding = |sources: &[Source]| opts.follow || (ordered && sources.len() > 1);
+    let window = reorder_window(opts.ring);
     loop {
         if stop.load(Ordering::Relaxed)
             || reached(total)
@@ -614,8 +711,11 @@ fn read_loop(
         {
             break;
         }
-        while let Ok(o) = rx.try_recv() {
-            add(o, &mut sources, sink)?;
+        while let Ok(found) = rx.try_recv() {
+            match found {
+                Found::Interface(o) => add(o, &mut sources, sink)?,
+                Found::Conntrack(c) => conntrack.push(c),
+            }
         }
         pfds.clear();
         pfds.extend(sources.iter().map(|s| libc::pollfd {
@@ -627,8 +727,23 @@ fn read_loop(
             events: libc::POLLIN,
             revents: 0,
         }));
+        pfds.extend(conntrack.iter().map(|c| libc::pollfd {
+            fd: c.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let hold = holding(&sources);
+        let mut timeout = if hold && !pending.heap.is_empty() {
+            20
+        } else {
+            100
+        };
+        if let Some(d) = limits.duration {
+            let left = d.saturating_sub(start.elapsed()).as_millis() as i32;
+            timeout = timeout.min(left.max(1));
+        }
         // SAFETY: pfds is a live array of pollfd of the length given.
-        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
         if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -646,32 +761,51 @@ fn read_loop(
             let rev = pfds[i].revents;
             if rev & libc::POLLIN != 0 || rc == 0 {
                 let left = limits.count.map(|c| c.saturating_sub(total));
-                total += drain_source(s, opts.follow, left, &mut held, sink)?;
+                let into = hold.then_some(&mut pending);
+                total += drain_source(s, left, into, sink)?;
             }
             // The interface went away (ENETDOWN on the socket): keep its counters, stop polling.
             if rev & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
                 s.closed = Some(s.ring.statistics());
             }
         }
-        if opts.follow {
-            flush_held(&mut held, hold, flows, sink)?;
-        }
+        // After the rings: every entry of the packets just read is queued by now.
+        drain_conntrack(
+            &mut conntrack,
+            &mut ct_buf,
+            &mut entries,
+            &mut pending.flows,
+        );
+        let w = if ordered && sources.len() > 1 {
+            window
+        } else {
+            Duration::ZERO
+        };
+        pending.release(w, false, sink)?;
     }
     // The kernel hands over a block that is not full only after its timeout: wait for it, then
-    // read what is left, so the last packets before Ctrl-C are not lost.
-    std::thread::sleep(Duration::from_millis(
-        opts.ring.block_timeout_ms as u64 + 20,
-    ));
+    // read what is left, so the last packets before Ctrl-C are not lost. Only when some ring
+    // has such a block (a capture that saw nothing ends at once).
+    if sources
+        .iter()
+        .any(|s| s.closed.is_none() && s.ring.filling())
+    {
+        std::thread::sleep(Duration::from_millis(
+            opts.ring.block_timeout_ms as u64 + 20,
+        ));
+    }
+    let hold = holding(&sources);
     for s in sources.iter_mut().filter(|s| s.closed.is_none()) {
         let left = limits.count.map(|c| c.saturating_sub(total));
-        total += drain_source(s, opts.follow, left, &mut held, sink)?;
+        total += drain_source(s, left, hold.then_some(&mut pending), sink)?;
     }
-    if opts.follow && !held.is_empty() {
-        // The last packets: one more conntrack read so their flows are known.
-        let nss = namespaces.lock().map(|n| n.clone()).unwrap_or_default();
-        refresh_flows(&nss, flows);
-        flush_held(&mut held, Duration::ZERO, flows, sink)?;
-    }
+    drain_conntrack(
+        &mut conntrack,
+        &mut ct_buf,
+        &mut entries,
+        &mut pending.flows,
+    );
+    pending.release(Duration::ZERO, true, sink)?;
     let stats: Vec<InterfaceStats> = sources
         .iter_mut()
         .map(|s| {
@@ -694,29 +828,57 @@ fn read_loop(
     })
 }
 
-/// Hand what `s`'s ring holds to the sink (or to `held` with --follow), at most `left` packets.
+/// Read every queued conntrack entry into the flow table (NATed entries first, so a flow's
+/// description is the one that says most).
+fn drain_conntrack(
+    conntrack: &mut [CtEvents],
+    buf: &mut [u8],
+    entries: &mut Vec<follow::CtFlow>,
+    flows: &mut FlowTable,
+) {
+    entries.clear();
+    for c in conntrack.iter_mut() {
+        c.drain(buf, entries);
+    }
+    entries.sort_by_key(|e| !e.natted());
+    for e in entries.drain(..) {
+        flows.add(e);
+    }
+}
+
+/// Hand what `s`'s ring holds to the sink, or copy it into `pending` when packets must wait, at
+/// most `left` packets.
 fn drain_source(
     s: &mut Source,
-    follow: bool,
     left: Option<u64>,
-    held: &mut VecDeque<Held>,
+    mut pending: Option<&mut Pending>,
     sink: &mut dyn Sink,
 ) -> Result<u64, CaptureError> {
     let (id, link) = (s.id, s.ring.link);
     let mut captured = 0u64;
     let mut err = None;
+    let arrived = Instant::now();
     s.ring.drain(|f| {
+        let Some(f) = f else {
+            // The block is handed back after this: the sink writes out what points into it.
+            if let Err(e) = sink.block_done() {
+                err.get_or_insert(e);
+            }
+            return;
+        };
         if err.is_some() || left.is_some_and(|l| captured >= l) {
             return;
         }
-        if follow {
-            held.push_back(Held {
+        if let Some(p) = pending.as_deref_mut() {
+            p.seq += 1;
+            p.heap.push(Held {
                 interface: id,
                 link,
                 ts: f.ts,
                 wire_len: f.wire_len,
                 data: f.data.to_vec(),
-                arrived: Instant::now(),
+                arrived,
+                seq: p.seq,
             });
             captured += 1;
             return;
@@ -740,60 +902,6 @@ fn drain_source(
         None => Ok(captured),
     }
 }
-
-/// Write the held packets older than `hold`, each with its flow's comment. A TCP/UDP packet
-/// whose flow conntrack has not shown yet waits up to [`FOLLOW_WAIT`] (conntrack is read a few
-/// times a second, every namespace in turn).
-fn flush_held(
-    held: &mut VecDeque<Held>,
-    hold: Duration,
-    flows: &Mutex<FlowTable>,
-    sink: &mut dyn Sink,
-) -> Result<(), CaptureError> {
-    if held.front().is_none_or(|h| h.arrived.elapsed() < hold) {
-        return Ok(());
-    }
-    let table = flows
-        .lock()
-        .map_err(|_| CaptureError::Target("flow table poisoned".into()))?;
-    while held.front().is_some_and(|h| h.arrived.elapsed() >= hold) {
-        let Some(h) = held.front() else { break };
-        let tuple =
-            decode::summarize(h.link, &h.data)
-                .tuple()
-                .map(|(proto, src, sport, dst, dport)| Tuple {
-                    proto,
-                    src,
-                    sport,
-                    dst,
-                    dport,
-                });
-        // Not cached: flows merge as entries from other namespaces arrive, and the comment
-        // should be the merged flow's.
-        let comment = match tuple {
-            Some(t) => match table.comment(&t) {
-                Some(c) => Some(c),
-                // Not known yet: wait for the next conntrack read, up to a limit.
-                None if hold > Duration::ZERO && h.arrived.elapsed() < FOLLOW_WAIT => break,
-                None => None,
-            },
-            None => None,
-        };
-        sink.packet(&Packet {
-            interface: h.interface,
-            link: h.link,
-            ts: h.ts,
-            wire_len: h.wire_len,
-            data: &h.data,
-            comment: comment.as_deref(),
-        })?;
-        held.pop_front();
-    }
-    Ok(())
-}
-
-/// How long --follow holds a packet whose flow conntrack has not shown yet.
-const FOLLOW_WAIT: Duration = Duration::from_secs(3);
 
 /// A sink that writes a pcapng file (rotated by size when asked).
 #[derive(Debug)]
@@ -825,8 +933,15 @@ impl Sink for PcapngSink {
     }
 
     fn packet(&mut self, p: &Packet<'_>) -> Result<(), CaptureError> {
-        self.writer
-            .write_packet(p.interface, p.ts, p.wire_len, p.data, p.comment)
+        // SAFETY: the Sink contract: p.data lives until block_done, which writes it out.
+        unsafe {
+            self.writer
+                .write_packet_deferred(p.interface, p.ts, p.wire_len, p.data, p.comment)
+        }
+    }
+
+    fn block_done(&mut self) -> Result<(), CaptureError> {
+        self.writer.write_out()
     }
 
     fn finish(&mut self, stats: &[InterfaceStats]) -> Result<(), CaptureError> {

@@ -3,7 +3,7 @@
 //! packet blocks with an optional comment, interface statistics at the end; size-based rotation.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -97,16 +97,40 @@ pub fn rotated_name(base: &Path, n: u32) -> PathBuf {
 }
 
 /// A pcapng writer over one file or a rotating set of files.
+///
+/// Packet bytes are not copied: [`write_packet`](Self::write_packet) keeps a pointer to them
+/// (they sit in the capture ring) and the blocks go out with one `writev` per ring block, when
+/// the caller says the bytes are about to be released ([`write_out`](Self::write_out)). Only
+/// the small parts (block headers, padding, comments, trailers) and small packets are copied.
 #[derive(Debug)]
 pub struct PcapngWriter {
     base: PathBuf,
     rotation: Rotation,
     file_no: u32,
     files: Vec<PathBuf>,
-    out: BufWriter<File>,
+    file: File,
+    /// Bytes built here, waiting to be written.
+    own: Vec<u8>,
+    /// What to write, in order.
+    pieces: Vec<Piece>,
     written: u64,
     interfaces: Vec<InterfaceDesc>,
 }
+
+/// One part of what is waiting to be written.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    /// `own[start..end]`.
+    Own(usize, usize),
+    /// Packet bytes the caller keeps alive until the next `write_out`.
+    Borrowed(*const u8, usize),
+}
+
+/// Packets this small are copied: an iovec costs more than the copy.
+const COPY_BELOW: usize = 512;
+/// Write out before this many pieces (IOV_MAX is 1024) or this many bytes of our own.
+const MAX_PIECES: usize = 960;
+const MAX_OWN: usize = 1 << 20;
 
 fn pcap_err(path: &Path, e: impl std::fmt::Display) -> CaptureError {
     CaptureError::Pcap {
@@ -115,31 +139,32 @@ fn pcap_err(path: &Path, e: impl std::fmt::Display) -> CaptureError {
     }
 }
 
-fn create(path: &Path) -> Result<BufWriter<File>, CaptureError> {
+fn create(path: &Path) -> Result<File, CaptureError> {
     // Written as root: never through a symlink, mode 0600.
-    let f = crate::tap::open_private(path, false).map_err(|e| match e {
+    crate::tap::open_private(path, false).map_err(|e| match e {
         crate::tap::TapError::Open { error, .. } => {
             pcap_err(path, format!("cannot create: {error}"))
         }
-    })?;
-    Ok(BufWriter::with_capacity(1 << 20, f))
+    })
 }
 
 impl PcapngWriter {
     /// Create `path` (emptied, 0600).
     pub fn create(path: &Path, rotation: Rotation) -> Result<Self, CaptureError> {
-        let mut out = create(path)?;
-        let shb = section_header();
-        out.write_all(&shb).map_err(|e| pcap_err(path, e))?;
-        Ok(PcapngWriter {
+        let file = create(path)?;
+        let mut w = PcapngWriter {
             base: path.to_path_buf(),
             rotation,
             file_no: 0,
             files: vec![path.to_path_buf()],
-            out,
-            written: shb.len() as u64,
+            file,
+            own: Vec::with_capacity(MAX_OWN + (64 << 10)),
+            pieces: Vec::with_capacity(MAX_PIECES + 8),
+            written: 0,
             interfaces: Vec::new(),
-        })
+        };
+        w.own_bytes(&section_header());
+        Ok(w)
     }
 
     /// Every file written so far (rotation), in order.
@@ -155,36 +180,57 @@ impl PcapngWriter {
         rotated_name(&self.base, n)
     }
 
+    /// Queue bytes of our own (copied).
+    fn own_bytes(&mut self, b: &[u8]) {
+        let start = self.own.len();
+        self.own.extend_from_slice(b);
+        self.own_piece(start);
+    }
+
+    /// Queue `own[start..]`, joined to the previous piece when that one ends where it starts.
+    fn own_piece(&mut self, start: usize) {
+        let end = self.own.len();
+        if let Some(Piece::Own(_, e)) = self.pieces.last_mut() {
+            if *e == start {
+                *e = end;
+                self.written += (end - start) as u64;
+                return;
+            }
+        }
+        self.pieces.push(Piece::Own(start, end));
+        self.written += (end - start) as u64;
+    }
+
     /// Add an interface; returns its id for [`write_packet`](Self::write_packet).
     pub fn add_interface(&mut self, d: InterfaceDesc) -> Result<u32, CaptureError> {
-        let b = interface_block(&d);
-        self.out
-            .write_all(&b)
-            .map_err(|e| pcap_err(&self.current(), e))?;
-        self.written += b.len() as u64;
+        self.own_bytes(&interface_block(&d));
         self.interfaces.push(d);
         Ok(self.interfaces.len() as u32 - 1)
     }
 
     fn rotate(&mut self) -> Result<(), CaptureError> {
-        self.out.flush().map_err(|e| pcap_err(&self.current(), e))?;
+        self.write_out()?;
         self.file_no += 1;
         let path = self.current();
-        self.out = create(&path)?;
+        self.file = create(&path)?;
         if !self.files.contains(&path) {
             self.files.push(path.clone());
         }
+        self.written = 0;
         let mut head = section_header();
         for d in &self.interfaces {
             head.extend(interface_block(d));
         }
-        self.out.write_all(&head).map_err(|e| pcap_err(&path, e))?;
-        self.written = head.len() as u64;
+        self.own_bytes(&head);
         Ok(())
     }
 
     /// Append one packet seen on interface `id`, with an optional comment.
-    pub fn write_packet(
+    ///
+    /// # Safety
+    /// `data` must stay valid and unchanged until the next [`write_out`](Self::write_out),
+    /// [`flush`](Self::flush) or drop of this writer: it is written from where it is.
+    pub unsafe fn write_packet_deferred(
         &mut self,
         id: u32,
         ts: Duration,
@@ -197,34 +243,52 @@ impl PcapngWriter {
                 self.rotate()?;
             }
         }
+        if self.pieces.len() >= MAX_PIECES || self.own.len() >= MAX_OWN {
+            self.write_out()?;
+        }
         let opts_len = comment.map_or(0, |c| 4 + pad4(c.len()) + 4);
         let total = 32 + pad4(data.len()) + opts_len;
         let (hi, lo) = ts_parts(ts);
-        let mut head = [0u8; 28];
-        head[0..4].copy_from_slice(&6u32.to_le_bytes());
-        head[4..8].copy_from_slice(&(total as u32).to_le_bytes());
-        head[8..12].copy_from_slice(&id.to_le_bytes());
-        head[12..16].copy_from_slice(&hi.to_le_bytes());
-        head[16..20].copy_from_slice(&lo.to_le_bytes());
-        head[20..24].copy_from_slice(&(data.len() as u32).to_le_bytes());
-        head[24..28].copy_from_slice(&wire_len.max(data.len() as u32).to_le_bytes());
-        let path_err = |e| pcap_err(&self.base, e);
-        let out = &mut self.out;
-        let mut w = || -> std::io::Result<()> {
-            out.write_all(&head)?;
-            out.write_all(data)?;
-            out.write_all(&[0u8; 3][..pad4(data.len()) - data.len()])?;
-            if let Some(c) = comment {
-                let mut o = Vec::with_capacity(opts_len);
-                option(&mut o, 1, c.as_bytes());
-                o.extend_from_slice(&[0, 0, 0, 0]);
-                out.write_all(&o)?;
-            }
-            out.write_all(&(total as u32).to_le_bytes())
-        };
-        w().map_err(path_err)?;
-        self.written += total as u64;
+        let start = self.own.len();
+        let o = &mut self.own;
+        o.extend_from_slice(&6u32.to_le_bytes());
+        o.extend_from_slice(&(total as u32).to_le_bytes());
+        o.extend_from_slice(&id.to_le_bytes());
+        o.extend_from_slice(&hi.to_le_bytes());
+        o.extend_from_slice(&lo.to_le_bytes());
+        o.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        o.extend_from_slice(&wire_len.max(data.len() as u32).to_le_bytes());
+        if data.len() < COPY_BELOW {
+            o.extend_from_slice(data);
+        } else {
+            self.own_piece(start);
+            self.pieces.push(Piece::Borrowed(data.as_ptr(), data.len()));
+            self.written += data.len() as u64;
+        }
+        let tail = self.own.len();
+        let o = &mut self.own;
+        o.resize(o.len() + pad4(data.len()) - data.len(), 0);
+        if let Some(c) = comment {
+            option(o, 1, c.as_bytes());
+            o.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        o.extend_from_slice(&(total as u32).to_le_bytes());
+        self.own_piece(if data.len() < COPY_BELOW { start } else { tail });
         Ok(())
+    }
+
+    /// Append one packet (copied now: `data` may go away after the call).
+    pub fn write_packet(
+        &mut self,
+        id: u32,
+        ts: Duration,
+        wire_len: u32,
+        data: &[u8],
+        comment: Option<&str>,
+    ) -> Result<(), CaptureError> {
+        // SAFETY: written out before `data`'s borrow ends.
+        unsafe { self.write_packet_deferred(id, ts, wire_len, data, comment)? };
+        self.write_out()
     }
 
     /// Interface statistics (packets accepted by the filter, dropped by the kernel) for `id`.
@@ -243,12 +307,88 @@ impl PcapngWriter {
         option(&mut body, 6, &accepted.to_le_bytes()); // isb_filteraccept
         option(&mut body, 7, &dropped.to_le_bytes()); // isb_osdrop
         body.extend_from_slice(&[0, 0, 0, 0]);
-        let b = block(5, &body);
-        self.out.write_all(&b).map_err(|e| pcap_err(&self.base, e))
+        self.own_bytes(&block(5, &body));
+        Ok(())
     }
 
-    /// Flush buffered blocks to the file.
-    pub fn flush(&mut self) -> Result<(), CaptureError> {
-        self.out.flush().map_err(|e| pcap_err(&self.base, e))
+    /// Write everything queued, with as few `writev` calls as it takes. Afterwards no packet
+    /// bytes are referenced. On an error the queue is dropped too (its bytes may be gone).
+    pub fn write_out(&mut self) -> Result<(), CaptureError> {
+        if self.pieces.is_empty() {
+            return Ok(());
+        }
+        let res = {
+            let own = &self.own;
+            let mut slices: Vec<std::io::IoSlice<'_>> = self
+                .pieces
+                .iter()
+                .map(|p| match *p {
+                    Piece::Own(s, e) => std::io::IoSlice::new(&own[s..e]),
+                    // SAFETY: write_packet_deferred's caller keeps these bytes alive until now.
+                    Piece::Borrowed(ptr, len) => {
+                        std::io::IoSlice::new(unsafe { std::slice::from_raw_parts(ptr, len) })
+                    }
+                })
+                .collect();
+            write_all_vectored(&mut self.file, &mut slices)
+        };
+        self.pieces.clear();
+        self.own.clear();
+        res.map_err(|e| pcap_err(&self.current(), e))
     }
+
+    /// Write out everything queued.
+    pub fn flush(&mut self) -> Result<(), CaptureError> {
+        self.write_out()?;
+        self.file.flush().map_err(|e| pcap_err(&self.base, e))
+    }
+}
+
+impl Drop for PcapngWriter {
+    fn drop(&mut self) {
+        // Whatever is still queued: pointers must not outlive the writer's caller's promise,
+        // and bytes of our own are worth keeping.
+        let _ = self.write_out();
+    }
+}
+
+/// The most one `writev` writes. Measured on this machine class (ext4, page cache full, kernel
+/// 6.18): 1 MiB per write cost 0.97-1.02 ms of CPU per MB written, 128-256 KiB 0.29-0.33 ms
+/// (large page-cache folios for large writes; tcpdump writes a packet at a time).
+const WRITE_CHUNK: usize = 128 << 10;
+
+/// `write_all` for a list of slices: `writev` calls of at most [`WRITE_CHUNK`] bytes each until
+/// every byte is out.
+fn write_all_vectored(f: &mut File, bufs: &mut [std::io::IoSlice<'_>]) -> std::io::Result<()> {
+    let mut batch: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(64);
+    let mut size = 0;
+    for b in bufs.iter() {
+        let mut rest: &[u8] = b;
+        while !rest.is_empty() {
+            let take = rest.len().min(WRITE_CHUNK - size);
+            batch.push(std::io::IoSlice::new(&rest[..take]));
+            size += take;
+            rest = &rest[take..];
+            if size == WRITE_CHUNK || batch.len() == 1000 {
+                write_batch(f, &mut batch)?;
+                size = 0;
+            }
+        }
+    }
+    write_batch(f, &mut batch)
+}
+
+/// One batch out (more than one `writev` if the kernel takes less); empties `batch`.
+fn write_batch(f: &mut File, batch: &mut Vec<std::io::IoSlice<'_>>) -> std::io::Result<()> {
+    let mut bufs: &mut [std::io::IoSlice<'_>] = batch;
+    while !bufs.is_empty() {
+        match f.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    batch.clear();
+    Ok(())
 }

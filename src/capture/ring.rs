@@ -262,9 +262,9 @@ impl Ring {
         }
     }
 
-    /// Hand every frame of every block the kernel has filled to `f`, releasing each block after
-    /// it. Returns the number of frames.
-    pub fn drain(&mut self, mut f: impl FnMut(Frame<'_>)) -> usize {
+    /// Hand every frame of every block the kernel has filled to `f`, then `None` just before the
+    /// block is handed back (frames of it are invalid after that). Returns the number of frames.
+    pub fn drain(&mut self, mut f: impl FnMut(Option<Frame<'_>>)) -> usize {
         let mut n = 0;
         loop {
             let i = self.next;
@@ -295,12 +295,12 @@ impl Ring {
                     // sockaddr_ll follows the aligned header: sll_pkttype at offset 10 in it.
                     let sll = off + ((size_of::<libc::tpacket3_hdr>() + 15) & !15);
                     let pkttype = *block.add(sll + 10);
-                    f(Frame {
+                    f(Some(Frame {
                         ts: Duration::new(sec as u64, nsec),
                         wire_len: len,
                         data: std::slice::from_raw_parts(block.add(off + mac), snaplen),
                         outgoing: pkttype == PACKET_OUTGOING,
-                    });
+                    }));
                     n += 1;
                     if next == 0 {
                         break;
@@ -308,10 +308,22 @@ impl Ring {
                     off += next;
                 }
             }
+            f(None);
             self.block_status(i)
                 .store(TP_STATUS_KERNEL, Ordering::Release);
             self.next = (i + 1) % self.size.blocks;
         }
+    }
+
+    /// The block the kernel is filling has frames in it (it hands it over only when full or
+    /// after its timeout). Read while the kernel may write it: a hint, never the frames.
+    pub fn filling(&self) -> bool {
+        let base = self.next as usize * self.size.block_size as usize;
+        // SAFETY: offset 12 (num_pkts) of a block inside the mapping, 4-aligned; a racy read of
+        // a u32 the kernel updates, through an atomic.
+        let num = unsafe { &*(self.map.add(base + 12) as *const AtomicU32) };
+        num.load(Ordering::Relaxed) > 0
+            || self.block_status(self.next).load(Ordering::Acquire) & TP_STATUS_USER != 0
     }
 
     /// (packets that passed the filter, packets the kernel dropped because the ring was full)

@@ -139,6 +139,9 @@ fn line(
     if let Some(f) = &s.flags {
         l.push_str(&format!(" Flags {f}"));
     }
+    if let Some(i) = &s.icmp {
+        l.push_str(&format!(" {i}"));
+    }
     l.push_str(&format!(", length {}", s.payload_len));
     if s.transport.is_none() {
         l.push_str(&format!(" (frame {wire_len})"));
@@ -173,6 +176,9 @@ impl<S: Sink> Sink for Announce<S> {
     }
     fn packet(&mut self, p: &Packet<'_>) -> Result<(), CaptureError> {
         self.0.packet(p)
+    }
+    fn ordered(&self) -> bool {
+        self.0.ordered()
     }
     fn finish(&mut self, stats: &[InterfaceStats]) -> Result<(), CaptureError> {
         self.0.finish(stats)
@@ -226,6 +232,10 @@ impl Sink for Printer {
             crate::cmd::dns::STOP.store(true, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn ordered(&self) -> bool {
+        true
     }
 
     fn finish(&mut self, _stats: &[InterfaceStats]) -> Result<(), CaptureError> {
