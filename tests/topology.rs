@@ -598,3 +598,58 @@ fn the_default_scope_is_the_lab_here_or_this_namespace_and_its_neighbours() {
     assert_eq!(all["scope"], "host");
     assert!(ids(&all, "namespace").len() > ns.len(), "--all draws more");
 }
+
+/// What `doctor --save-snapshot` recorded draws the very picture the live read draws, text and
+/// graph, replayed by an unprivileged user: topology is a function of the snapshot, so it can
+/// be tested from captures/doctor/*.json and drawn from a bug report.
+#[test]
+fn a_saved_snapshot_renders_the_same_topology_without_root() {
+    let l = lab();
+    let h = &l.h;
+    let file = std::env::temp_dir().join(format!("{}-snapshot.json", h.name));
+    let path = file.to_str().unwrap();
+    let _ = std::fs::remove_file(&file);
+    let rec = nettool(&[
+        "doctor",
+        "--netns",
+        &h.name,
+        "18081",
+        "--save-snapshot",
+        path,
+    ]);
+    assert!(
+        file.exists(),
+        "doctor recorded no snapshot: {}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(env!("CARGO_BIN_EXE_nettool"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("setpriv (util-linux)");
+        assert!(
+            out.status.success(),
+            "nettool {args:?} as nobody: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let live = nettool_ok(&["topology", "--netns", &h.name]);
+    let replay = as_nobody(&["topology", "--snapshot", path]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(replay, live, "replayed:\n{replay}\nlive:\n{live}");
+    // The published ports (NAT rule and docker-proxy) and the listeners came through too.
+    assert!(
+        live.contains("published tcp 0.0.0.0:18081 → 10.88.0.2:80"),
+        "{live}"
+    );
+    assert!(live.contains("userland proxy"), "{live}");
+}

@@ -38,6 +38,7 @@ fn privileges_needed(cmd: &Command) -> Option<&'static str> {
         Command::Doctor(a) if a.snapshot.is_some() => None,
         Command::Doctor(_) => Some("it reads links, sockets and firewall rules inside network namespaces (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, replay a recorded state with `{me} doctor --snapshot FILE`"),
         Command::Trace(_) => Some("it adds trace rules and reads kernel events (CAP_NET_ADMIN, CAP_SYS_ADMIN)"),
+        Command::Topology(a) if a.snapshot.is_some() => None,
         Command::Netns(_) | Command::Peer(_) | Command::Topology(_) | Command::Labs(_) => Some(ENTER),
         #[allow(unreachable_patterns)]
         _ => Some(ENTER),

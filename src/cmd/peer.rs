@@ -4,7 +4,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::engine::Intent;
-use crate::netns::peers::{HostScan, LinkEnd, LinkRef, NsSummary, PeerReport, ScanOptions};
+use crate::facts::links::{LinkEnd, LinkMap, LinkRef, NsSummary, PeerReport, VethPair};
+use crate::facts::{self, Parts, ReadOptions};
 use crate::netns::NetNs;
 use crate::output::{paint, print_json, Table};
 
@@ -22,13 +23,19 @@ pub fn run(a: PeerArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let scan = HostScan::scan_with(
-        ScanOptions {
+    // One read of the machine: links and addresses of every namespace, every link between
+    // namespaces resolved; nothing else (no sockets, sysctls or firewall).
+    let snap = facts::read_with(
+        &ReadOptions {
+            host: NetNs::current().context("opening the current namespace")?,
+            extra: look.iter().cloned().collect(),
             skip_docker: a.no_docker,
+            conntrack: false,
         },
-        look.as_slice(),
-        intent,
-    );
+        &Parts::PEERS,
+        Some(intent),
+    )?;
+    let scan = LinkMap::new(&snap);
     let look_idx = match &look {
         Some(ns) => scan.ns_index(ns.id()),
         None => scan.current,
@@ -37,7 +44,7 @@ pub fn run(a: PeerArgs) -> anyhow::Result<i32> {
     if a.all {
         let mut rows = scan.pair_rows();
         if let (Some(_), Some(i)) = (&look, look_idx) {
-            let inode = scan.namespaces[i].info.id.inode;
+            let inode = snap.namespaces[i].id.inode;
             rows.retain(|r| {
                 r.host.namespace.inode == inode
                     || r.peer.as_ref().map(|p| p.namespace.inode) == Some(inode)
@@ -76,7 +83,7 @@ pub fn run(a: PeerArgs) -> anyhow::Result<i32> {
 
     // Not an interface here: a namespace TARGET (reverse lookup), unless --netns said where to look.
     let ns_err = if a.netns.is_none() {
-        match NetNs::open_with(iface, (!a.no_docker).then_some(&scan.intent)) {
+        match NetNs::open_with(iface, snap.intent.as_ref().filter(|_| !a.no_docker)) {
             Ok(ns) => return namespace_reports(&scan, &ns, iface, a.json),
             Err(e) if ns_word => return Err(e).with_context(|| format!("namespace {iface}")),
             Err(e) => Some(e),
@@ -88,7 +95,7 @@ pub fn run(a: PeerArgs) -> anyhow::Result<i32> {
 }
 
 /// Reports for every interface (but lo) of a namespace: the reverse lookup.
-fn namespace_reports(scan: &HostScan, ns: &NetNs, target: &str, json: bool) -> anyhow::Result<i32> {
+fn namespace_reports(scan: &LinkMap, ns: &NetNs, target: &str, json: bool) -> anyhow::Result<i32> {
     let idx = match scan.ns_index(ns.id()) {
         Some(i) => i,
         None => bail!(
@@ -96,7 +103,7 @@ fn namespace_reports(scan: &HostScan, ns: &NetNs, target: &str, json: bool) -> a
             ns.id().inode
         ),
     };
-    let n = &scan.namespaces[idx];
+    let n = &scan.snap.namespaces[idx];
     if let Some(e) = &n.error {
         bail!("cannot read namespace {target}: {e}");
     }
@@ -134,7 +141,7 @@ fn namespace_reports(scan: &HostScan, ns: &NetNs, target: &str, json: bool) -> a
 }
 
 fn unknown_interface(
-    scan: &HostScan,
+    scan: &LinkMap,
     ns: usize,
     iface: &str,
     ns_err: Option<crate::netns::NetnsError>,
@@ -165,7 +172,7 @@ fn unknown_interface(
         ));
     }
     if elsewhere.is_empty() {
-        let near: Vec<String> = (0..scan.namespaces.len())
+        let near: Vec<String> = (0..scan.snap.namespaces.len())
             .filter(|&n| n != ns)
             .flat_map(|n| {
                 let label = target_for(&scan.ns_summary(n));
@@ -370,7 +377,7 @@ fn print_report(r: &PeerReport) {
     }
 }
 
-fn print_all(rows: &[crate::netns::peers::VethPair]) {
+fn print_all(rows: &[VethPair]) {
     if rows.is_empty() {
         println!("no veth pairs");
         return;

@@ -6,29 +6,40 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::netns::NetNs;
+use crate::facts;
+use crate::netns::{NetNs, NsId};
 use crate::output::print_json;
 use crate::topology::{self, CollectOptions, Scope};
 
 /// Run `nettool topology`.
 pub fn run(a: TopologyArgs) -> anyhow::Result<i32> {
-    let scope = if let Some(t) = &a.netns {
-        Scope::Around(NetNs::open(t).with_context(|| format!("--netns {t}"))?)
-    } else if let Some(name) = &a.lab {
-        lab_scope(name)?
-    } else if a.all {
-        Scope::Host
-    } else {
-        default_scope()?
+    let opts = CollectOptions {
+        skip_docker: a.no_docker,
+        include_empty: a.include_empty,
+        skip_nat: a.no_nat,
     };
-    let graph = topology::collect(
-        &scope,
-        CollectOptions {
-            skip_docker: a.no_docker,
-            include_empty: a.include_empty,
-            skip_nat: a.no_nat,
-        },
-    )?;
+    let graph = match &a.snapshot {
+        Some(file) => {
+            let snap = facts::load(file)?;
+            let scope = snapshot_scope(&snap, &a)?;
+            topology::collect(&snap, &scope, opts)?
+        }
+        None => {
+            let (scope, host, extra) = if let Some(t) = &a.netns {
+                let ns = NetNs::open(t).with_context(|| format!("--netns {t}"))?;
+                around(ns)
+            } else if let Some(name) = &a.lab {
+                lab_scope(name)?
+            } else if a.all {
+                let here = NetNs::current().context("the current namespace")?;
+                (Scope::Host, here, Vec::new())
+            } else {
+                default_scope()?
+            };
+            let snap = topology::read(&scope, &host, &extra, opts)?;
+            topology::collect(&snap, &scope, opts)?
+        }
+    };
     if a.json {
         print_json(&graph)?;
         return Ok(0);
@@ -83,9 +94,22 @@ fn render(dot: &str, format: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// A scope with the namespaces the live read must hold: its main namespace and the others
+/// it names (discovery may not see a namespace held only by an fd).
+type LiveScope = (Scope, NetNs, Vec<NetNs>);
+
+/// `ns` and its neighbours.
+fn around(ns: NetNs) -> LiveScope {
+    let scope = Scope::Around {
+        ns: ns.id(),
+        label: ns.label().to_string(),
+    };
+    (scope, ns.clone(), vec![ns])
+}
+
 /// What the user is looking at: the lab whose host is this namespace (one lab), else this
 /// namespace and its neighbours. The whole machine (`--all`) was 236 lines on a busy host.
-fn default_scope() -> anyhow::Result<Scope> {
+fn default_scope() -> anyhow::Result<LiveScope> {
     let here = NetNs::current().context("the current namespace")?;
     let labs: Vec<String> = crate::lab::health::check_all()
         .into_iter()
@@ -94,13 +118,13 @@ fn default_scope() -> anyhow::Result<Scope> {
         .collect();
     match labs.as_slice() {
         [one] => lab_scope(one),
-        _ => Ok(Scope::Around(here)),
+        _ => Ok(around(here)),
     }
 }
 
 /// The namespaces of a lab, from its saved state: its host (the isolated namespace, or the
 /// current one) and every container namespace, named after the lab's containers.
-fn lab_scope(name: &str) -> anyhow::Result<Scope> {
+fn lab_scope(name: &str) -> anyhow::Result<LiveScope> {
     let state = crate::lab::state::load(name)
         .with_context(|| format!("--lab {name} (list labs under /run/nettool/)"))?;
     let host = match &state.host_netns {
@@ -109,7 +133,7 @@ fn lab_scope(name: &str) -> anyhow::Result<Scope> {
         }
         None => NetNs::current()?,
     };
-    let mut namespaces = vec![(host, None)];
+    let mut namespaces: Vec<(NetNs, Option<String>)> = vec![(host.clone(), None)];
     for c in &state.containers {
         let Some(n) = &c.netns else { continue };
         let ns = NetNs::from_name(n)
@@ -120,14 +144,74 @@ fn lab_scope(name: &str) -> anyhow::Result<Scope> {
             None => namespaces.push((ns, Some(c.name.clone()))),
         }
     }
-    Ok(Scope::Set {
+    let scope = Scope::Set {
         label: format!("lab {}", state.name),
-        namespaces,
+        namespaces: namespaces
+            .iter()
+            .map(|(ns, c)| (ns.id(), c.clone()))
+            .collect(),
         networks: state
             .networks
             .iter()
             .map(|n| (n.bridge.clone(), n.name.clone()))
             .collect(),
+    };
+    Ok((
+        scope,
+        host,
+        namespaces.into_iter().map(|(n, _)| n).collect(),
+    ))
+}
+
+/// The scope inside a recorded snapshot: `--netns` names one of its namespaces (as the
+/// snapshot names them), `--all` all of them, `--lab` a lab it recorded; by default its host
+/// and the host's neighbours (what `doctor --save-snapshot` records).
+fn snapshot_scope(snap: &facts::Snapshot, a: &TopologyArgs) -> anyhow::Result<Scope> {
+    let file = a.snapshot.as_deref().unwrap_or(std::path::Path::new("-"));
+    if a.all {
+        return Ok(Scope::Host);
+    }
+    if let Some(name) = &a.lab {
+        let lab = snap
+            .labs
+            .iter()
+            .find(|l| &l.name == name)
+            .with_context(|| {
+                format!(
+                    "--lab {name}: {} recorded no lab of that name",
+                    file.display()
+                )
+            })?;
+        let mut namespaces: Vec<(NsId, Option<String>)> =
+            lab.host.into_iter().map(|h| (h, None)).collect();
+        for c in &lab.containers {
+            if let Some(id) = c.ns.filter(|id| !namespaces.iter().any(|(x, _)| x == id)) {
+                namespaces.push((id, Some(c.name.clone())));
+            }
+        }
+        return Ok(Scope::Set {
+            label: format!("lab {name}"),
+            namespaces,
+            networks: Vec::new(),
+        });
+    }
+    let n = match &a.netns {
+        Some(t) => snap.ns_named(t).with_context(|| {
+            format!(
+                "--netns {t}: {} holds no namespace of that name (it holds {})",
+                file.display(),
+                snap.namespaces
+                    .iter()
+                    .map(|n| n.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?,
+        None => snap.host(),
+    };
+    Ok(Scope::Around {
+        ns: n.id,
+        label: n.label.clone(),
     })
 }
 
@@ -175,6 +259,10 @@ pub struct TopologyArgs {
     /// Do not ask the container engines (Docker, Podman, CNI cache, labs) for names.
     #[arg(long)]
     pub no_docker: bool,
+    /// Draw a recorded snapshot (`nettool doctor --save-snapshot FILE`) instead of the live
+    /// machine; needs no root. By default its host and the host's neighbours.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<std::path::PathBuf>,
     /// Print the graph (nodes and edges) as JSON.
     #[arg(long, conflicts_with = "format")]
     pub json: bool,

@@ -9,6 +9,7 @@
 
 pub mod conntrack;
 pub mod firewall;
+pub mod links;
 pub mod proxies;
 pub mod read;
 
@@ -17,7 +18,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::netns::discover::ContainerRef;
+use crate::netns::discover::{ContainerRef, NamespaceInfo};
 use crate::netns::links::{Address, Link, Route};
 use crate::netns::sockets::{Owner, Proto, Socket};
 use crate::netns::NsId;
@@ -25,7 +26,7 @@ use crate::netns::NsId;
 pub use conntrack::CtEntry;
 pub use firewall::FirewallDump;
 pub use proxies::{ProxyMap, ProxyProcess};
-pub use read::{read, ReadOptions};
+pub use read::{add_firewalls, read, read_with, Parts, ReadOptions};
 
 /// The format version written in [`Meta::format`]; a replay refuses other versions.
 pub const FORMAT: u32 = 1;
@@ -74,6 +75,18 @@ pub struct NsFacts {
     pub path: String,
     /// True for the namespace nettool ran in.
     pub current: bool,
+    /// Every name under /run/netns (and /run/docker/netns, prefixed "docker/").
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Other nsfs mount points holding it.
+    #[serde(default)]
+    pub mounts: Vec<std::path::PathBuf>,
+    /// Its nsid as seen from the namespace nettool ran in.
+    #[serde(default)]
+    pub nsid: Option<i32>,
+    /// Kernel threads in it (counted, not listed).
+    #[serde(default)]
+    pub kernel_threads: usize,
     /// Processes in it (thread group leaders).
     pub processes: Vec<Owner>,
     /// Containers found through cgroups / the engine.
@@ -90,6 +103,13 @@ pub struct NsFacts {
     pub sysctls: BTreeMap<String, String>,
     /// Veth peers that could be resolved (relative to the host namespace).
     pub peers: Vec<Peer>,
+    /// What each nsid this namespace gives (IFLA_LINK_NETNSID of its links) stands for:
+    /// every link into another namespace (veth, macvlan...) resolves through it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nsids: BTreeMap<i32, NsId>,
+    /// Its firewall, for a namespace other than the host whose rules were read (topology).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<FirewallDump>,
     /// Why it could not be read, when it could not.
     pub error: Option<String>,
 }
@@ -385,6 +405,31 @@ impl Snapshot {
 }
 
 impl NsFacts {
+    /// What discovery knew of it, as `netns list` prints it; `interfaces` counts the links
+    /// read (None when they were not read or could not be).
+    pub fn info(&self) -> NamespaceInfo {
+        NamespaceInfo {
+            id: self.id,
+            path: std::path::PathBuf::from(&self.path),
+            names: self.names.clone(),
+            mounts: self.mounts.clone(),
+            nsid: self.nsid,
+            processes: self.processes.clone(),
+            kernel_threads: self.kernel_threads,
+            containers: self.containers.clone(),
+            interfaces: (self.error.is_none() && !self.links.is_empty())
+                .then_some(self.links.len()),
+            current: self.current,
+        }
+    }
+
+    /// The firewall read in this namespace, if any: its own, or the snapshot's for the host.
+    pub fn firewall<'a>(&'a self, snap: &'a Snapshot) -> Option<&'a FirewallDump> {
+        self.firewall
+            .as_ref()
+            .or_else(|| (self.id == snap.host).then_some(&snap.firewall))
+    }
+
     /// A link by ifindex.
     pub fn link(&self, index: u32) -> Option<&Link> {
         self.links.iter().find(|l| l.index == index)

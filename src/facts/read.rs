@@ -2,7 +2,7 @@
 //! sysctls and the nsids that join veths, in one thread per namespace), one /proc scan for
 //! socket owners, the host's firewall and conntrack dumped by their tools in parallel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -16,8 +16,8 @@ use crate::netns::sockets::{self, Socket, Which};
 use crate::netns::{sysctl, NetNs, NsId};
 
 use super::{
-    conntrack, firewall, proxies, FactsError, LabContainer, LabFacts, Meta, NsFacts, Peer, Reads,
-    Snapshot, FORMAT,
+    conntrack, firewall, proxies, FactsError, FirewallDump, LabContainer, LabFacts, Meta, NsFacts,
+    Peer, Reads, Snapshot, FORMAT,
 };
 
 /// What to read.
@@ -31,6 +31,84 @@ pub struct ReadOptions {
     pub skip_docker: bool,
     /// Dump UDP conntrack (doctor needs it for UDP questions only: two tool runs saved).
     pub conntrack: bool,
+}
+
+/// Which facts a read gathers: everything for doctor, links and addresses for `peer`. Each part
+/// left out is work not done (a netlink dump per namespace, the /proc scan for socket owners,
+/// five firewall tools).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// Enter each namespace for its links (and the nsids that join them); without it a
+    /// namespace is only what discovery knows (names, processes, containers).
+    pub links: bool,
+    /// Addresses of both families.
+    pub addresses: bool,
+    /// Main-table routes.
+    pub routes: bool,
+    /// Listening sockets, with their owners (one /proc scan).
+    pub listeners: bool,
+    /// The sysctls that matter.
+    pub sysctls: bool,
+    /// The host's firewall dumps.
+    pub firewall: bool,
+    /// Userland proxies among the owners of the host's listeners.
+    pub proxies: bool,
+    /// Proxies among the owners of every namespace's listeners, not only the host's.
+    pub proxies_everywhere: bool,
+    /// Every cross-namespace link resolved (veth peers and lower devices between any two
+    /// namespaces), not only those into and out of the host: a second entry into the
+    /// namespaces whose peers are elsewhere.
+    pub all_peers: bool,
+    /// nettool labs' saved state.
+    pub labs: bool,
+}
+
+impl Parts {
+    /// Everything (doctor).
+    pub const ALL: Parts = Parts {
+        links: true,
+        addresses: true,
+        routes: true,
+        listeners: true,
+        sysctls: true,
+        firewall: true,
+        proxies: true,
+        proxies_everywhere: false,
+        all_peers: false,
+        labs: true,
+    };
+    /// Discovery only: no namespace entered (`netns list --no-interfaces`).
+    pub const NONE: Parts = Parts {
+        links: false,
+        addresses: false,
+        routes: false,
+        listeners: false,
+        sysctls: false,
+        firewall: false,
+        proxies: false,
+        proxies_everywhere: false,
+        all_peers: false,
+        labs: false,
+    };
+    /// Links, addresses and every link between namespaces (`peer`).
+    pub const PEERS: Parts = Parts {
+        links: true,
+        addresses: true,
+        all_peers: true,
+        ..Parts::NONE
+    };
+    /// What `topology` draws: links, addresses, routes, listeners and the proxies behind them
+    /// anywhere (firewalls are added for the namespaces drawn, see [`add_firewalls`]).
+    pub const TOPOLOGY: Parts = Parts {
+        links: true,
+        addresses: true,
+        routes: true,
+        listeners: true,
+        proxies: true,
+        proxies_everywhere: true,
+        all_peers: true,
+        ..Parts::NONE
+    };
 }
 
 /// What one namespace thread brings back.
@@ -55,25 +133,54 @@ fn counters() -> (u64, u64, u64, u64) {
 
 /// Read one namespace from inside it. The host asks the nsid of every other namespace;
 /// the others only the host's (their veths lead there).
-fn read_inside(i: usize, handles: &[Option<NetNs>], host: usize) -> Result<Raw, String> {
+fn read_inside(
+    i: usize,
+    handles: &[Option<NetNs>],
+    host: usize,
+    parts: &Parts,
+) -> Result<Raw, String> {
+    if !parts.links {
+        return Ok(Raw {
+            links: Vec::new(),
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            listeners: Vec::new(),
+            sysctls: BTreeMap::new(),
+            nsids: HashMap::new(),
+        });
+    }
     let Some(ns) = &handles[i] else {
         return Err("could not be opened (it went away)".into());
     };
     ns.run(|| -> Result<Raw, NetlinkError> {
         let mut r = Rtnl::open()?;
         let links = r.links()?;
-        let addresses = r.addresses()?;
-        let routes = r.routes(false)?;
-        let listeners = sockets::list_unowned(Which::Listening)?;
+        let addresses = if parts.addresses {
+            r.addresses()?
+        } else {
+            Vec::new()
+        };
+        let routes = if parts.routes {
+            r.routes(false)?
+        } else {
+            Vec::new()
+        };
+        let listeners = if parts.listeners {
+            sockets::list_unowned(Which::Listening)?
+        } else {
+            Vec::new()
+        };
         let mut sysctls = BTreeMap::new();
-        for s in sysctl::interesting() {
-            sysctls.insert(s.name, s.value);
-        }
-        for l in &links {
-            for key in ["route_localnet", "rp_filter", "forwarding"] {
-                let name = format!("net.ipv4.conf.{}.{key}", l.name);
-                if let Some(v) = sysctl::read(&name) {
-                    sysctls.insert(name, v);
+        if parts.sysctls {
+            for s in sysctl::interesting() {
+                sysctls.insert(s.name, s.value);
+            }
+            for l in &links {
+                for key in ["route_localnet", "rp_filter", "forwarding"] {
+                    let name = format!("net.ipv4.conf.{}.{key}", l.name);
+                    if let Some(v) = sysctl::read(&name) {
+                        sysctls.insert(name, v);
+                    }
                 }
             }
         }
@@ -105,6 +212,90 @@ fn read_inside(i: usize, handles: &[Option<NetNs>], host: usize) -> Result<Raw, 
     .map_err(|e| e.to_string())
 }
 
+/// The nsids the first pass left unresolved (links whose other end is neither the host nor
+/// in the same namespace): asked again inside each such namespace, the likely owners first
+/// (a namespace holding a link at the target ifindex whose own IFLA_LINK points back), then
+/// every namespace until found.
+fn resolve_other_nsids(raws: &mut [Result<Raw, String>], handles: &[Option<NetNs>]) {
+    let mut back: HashMap<(u32, u32), Vec<usize>> = HashMap::new();
+    let mut by_index: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, r) in raws.iter().enumerate() {
+        let Ok(r) = r else { continue };
+        for l in &r.links {
+            by_index.entry(l.index).or_default().push(i);
+            if let Some(peer) = l.link {
+                back.entry((l.index, peer)).or_default().push(i);
+            }
+        }
+    }
+    let found = parallel_map(raws.len(), |i| {
+        let Ok(r) = &raws[i] else {
+            return HashMap::new();
+        };
+        let mut wanted: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        for l in &r.links {
+            let (Some(id), Some(target)) = (l.link_netnsid, l.link) else {
+                continue;
+            };
+            if r.nsids.contains_key(&id) {
+                continue;
+            }
+            let likely = back
+                .get(&(target, l.index))
+                .filter(|_| l.kind == "veth")
+                .or_else(|| by_index.get(&target));
+            let e = wanted.entry(id).or_default();
+            for &c in likely.into_iter().flatten() {
+                if c != i && !e.contains(&c) {
+                    e.push(c);
+                }
+            }
+        }
+        let (false, Some(me)) = (wanted.is_empty(), &handles[i]) else {
+            return HashMap::new();
+        };
+        me.run(|| {
+            let mut known: HashMap<i32, usize> = HashMap::new();
+            let Ok(mut rt) = Rtnl::open() else {
+                return known;
+            };
+            let mut asked: HashSet<usize> = HashSet::new();
+            let mut ask = |c: usize, rt: &mut Rtnl, known: &mut HashMap<i32, usize>| {
+                if c == i || !asked.insert(c) {
+                    return;
+                }
+                if let Some(h) = &handles[c] {
+                    if let Ok(Some(id)) = rt.nsid_of(h) {
+                        known.insert(id, c);
+                    }
+                }
+            };
+            for (id, likely) in &wanted {
+                for &c in likely {
+                    if known.contains_key(id) {
+                        break;
+                    }
+                    ask(c, &mut rt, &mut known);
+                }
+                let mut c = 0;
+                while !known.contains_key(id) && c < handles.len() {
+                    ask(c, &mut rt, &mut known);
+                    c += 1;
+                }
+            }
+            known
+        })
+        .unwrap_or_default()
+    });
+    for (r, m) in raws.iter_mut().zip(found) {
+        if let Ok(r) = r {
+            for (id, j) in m {
+                r.nsids.entry(id).or_insert(j);
+            }
+        }
+    }
+}
+
 fn label_of(info: &NamespaceInfo) -> (String, Option<String>) {
     let name = info.names.iter().find(|n| !n.contains('/')).cloned();
     // A Docker/Podman container by its engine's name (Podman's /run/netns/netns-UUID says
@@ -123,15 +314,33 @@ fn label_of(info: &NamespaceInfo) -> (String, Option<String>) {
     (label, name)
 }
 
-/// Read the whole machine as `opts.host` sees it.
+/// Read the whole machine as `opts.host` sees it (every part: what doctor judges).
 pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
+    read_with(opts, &Parts::ALL, None)
+}
+
+/// Read the `parts` of the machine that a command needs, as `opts.host` sees it. With `whole`
+/// (an intent the caller already read, e.g. to open `container:NAME`), containers are named
+/// from it and the snapshot keeps all of it; without, each engine is read here and only the
+/// engines and containers behind the host are kept (doctor's view).
+pub fn read_with(
+    opts: &ReadOptions,
+    want: &Parts,
+    whole: Option<Intent>,
+) -> Result<Snapshot, FactsError> {
     let started = Instant::now();
     let before = counters();
+    if want.links {
+        raise_nofile_limit();
+    }
     // Each engine endpoint read on its own: only the engines whose containers live behind this
     // host count for doctor (a Podman socket of another host namespace publishes its own 8080).
     let mut parts: Vec<Intent> = Vec::new();
     let mut intent = Intent::default();
-    if !opts.skip_docker {
+    let whole_given = whole.is_some();
+    if let Some(w) = whole {
+        intent = w;
+    } else if !opts.skip_docker {
         for ep in docker::endpoints() {
             let mut part = Intent::default();
             docker::read_into(&ep, &mut part);
@@ -177,21 +386,34 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
         })
         .collect();
 
-    let (raws, owners, fw, ct) = std::thread::scope(|s| {
+    let (mut raws, owners, fw, ct) = std::thread::scope(|s| {
         let ct = s.spawn(|| {
             opts.conntrack
                 .then(|| conntrack::read(&opts.host))
                 .flatten()
         });
         let tools = s.spawn(|| {
-            let fw = firewall::dump(&opts.host);
+            let fw = if want.firewall {
+                firewall::dump(&opts.host)
+            } else {
+                FirewallDump::default()
+            };
             (fw, ct.join().unwrap_or_default())
         });
-        let owners = s.spawn(sockets::socket_owners);
-        let raws = parallel_map(infos.len(), |i| read_inside(i, &handles, host));
+        let owners = s.spawn(|| {
+            if want.listeners {
+                sockets::socket_owners()
+            } else {
+                HashMap::new()
+            }
+        });
+        let raws = parallel_map(infos.len(), |i| read_inside(i, &handles, host, want));
         let (fw, ct) = tools.join().unwrap_or_default();
         (raws, owners.join().unwrap_or_default(), fw, ct)
     });
+    if want.all_peers {
+        resolve_other_nsids(&mut raws, &handles);
+    }
 
     // nsid maps: from the host's (every namespace) and from each namespace's (the host).
     let mut namespaces: Vec<NsFacts> = Vec::with_capacity(infos.len());
@@ -209,8 +431,14 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
             name,
             path: info.path.display().to_string(),
             current: info.current,
+            names: info.names.clone(),
+            mounts: info.mounts.clone(),
+            nsid: info.nsid,
+            kernel_threads: info.kernel_threads,
             processes: info.processes.clone(),
             containers: info.containers.clone(),
+            nsids: BTreeMap::new(),
+            firewall: None,
             links: Vec::new(),
             addresses: Vec::new(),
             routes: Vec::new(),
@@ -237,6 +465,7 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
                         s
                     })
                     .collect();
+                f.nsids = r.nsids.iter().map(|(&id, &j)| (id, ids[j])).collect();
                 for l in r.links.iter().filter(|l| l.kind == "veth") {
                     let Some(peer_index) = l.link else { continue };
                     let peer_ns = match l.link_netnsid {
@@ -265,7 +494,12 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
     // Userland proxies: the owners of the host's listening sockets, by their command lines.
     let mut proxies = Vec::new();
     let mut seen = Vec::new();
-    for s in &namespaces[host].listeners {
+    let proxy_homes: Vec<&NsFacts> = match (want.proxies, want.proxies_everywhere) {
+        (false, _) => Vec::new(),
+        (true, false) => vec![&namespaces[host]],
+        (true, true) => namespaces.iter().collect(),
+    };
+    for s in proxy_homes.iter().flat_map(|n| &n.listeners) {
         for o in &s.owners {
             if seen.contains(&o.pid) {
                 continue;
@@ -283,7 +517,12 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
             .find(|i| i.names.iter().any(|x| x == n))
             .map(|i| i.id)
     };
-    let labs = lab_state::list()
+    let lab_names = if want.labs {
+        lab_state::list()
+    } else {
+        Vec::new()
+    };
+    let labs = lab_names
         .into_iter()
         .filter_map(|name| lab_state::load(&name).ok())
         .map(|st| LabFacts {
@@ -311,7 +550,11 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
         })
         .collect();
 
-    let intent = relevant_intent(parts, &namespaces, host_id);
+    let intent = if whole_given {
+        intent
+    } else {
+        relevant_intent(parts, &namespaces, host_id)
+    };
     let after = counters();
     Ok(Snapshot {
         meta: Meta {
@@ -333,10 +576,58 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
         conntrack: ct,
         proxies,
         labs,
-        intent: (!opts.skip_docker).then_some(intent),
+        intent: (whole_given || !opts.skip_docker).then_some(intent),
         question: None,
         probes: Vec::new(),
     })
+}
+
+/// Add the firewall dumps of namespaces `ids` (topology reads the NAT of the namespaces it
+/// draws with a bridge): each opened again by its recorded path, checked to be the same one.
+/// The host's go to [`Snapshot::firewall`], the others' to their [`NsFacts::firewall`].
+pub fn add_firewalls(snap: &mut Snapshot, ids: &[NsId]) {
+    let host = snap.host;
+    let runs_before = firewall::TOOL_RUNS.load(Ordering::Relaxed);
+    let opened: Vec<(NsId, NetNs)> = ids
+        .iter()
+        .filter_map(|&id| {
+            let n = snap.ns(id)?;
+            let ns = NetNs::from_path(std::path::Path::new(&n.path)).ok()?;
+            (ns.id() == id).then(|| (id, ns.with_label(&n.label)))
+        })
+        .collect();
+    let dumps: Vec<FirewallDump> = std::thread::scope(|s| {
+        let hs: Vec<_> = opened
+            .iter()
+            .map(|(_, ns)| s.spawn(move || firewall::dump(ns)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for ((id, _), d) in opened.into_iter().zip(dumps) {
+        if id == host {
+            snap.firewall = d;
+        } else if let Some(n) = snap.namespaces.iter_mut().find(|n| n.id == id) {
+            n.firewall = Some(d);
+        }
+    }
+    snap.meta.reads.tool_runs += firewall::TOOL_RUNS.load(Ordering::Relaxed) - runs_before;
+}
+
+/// Raise the soft open-files limit to the hard one: a read keeps one fd per namespace open.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// This executable's path (for fix commands that run nettool itself).
