@@ -1585,6 +1585,24 @@ fn docker_dual_stack_port_over_ipv4_and_ipv6() {
         );
         assert!(!hops_of(&r, "ipv6").is_empty(), "{r:#}");
     }
+    // UDP over both families: the probe's datagram comes back over IPv4 and IPv6, and the
+    // conntrack entries of one family are not judged against the other's destination.
+    h.run(
+        "echo",
+        &["-p", "5353:53/udp"],
+        &["/nettool", "serve", "udp-echo", "53", "--bind", "::"],
+    );
+    wait_for("udp echo over both families", 20, || {
+        h.doctor(&["--from", &outside, "udp:5353", "--probe"])["diagnosis"]["ok"] == true
+    });
+    let r = h.doctor(&["--from", &outside, "udp:5353", "--probe"]);
+    assert_eq!(r["ipv6"]["probe"]["ok"], true, "{r:#}");
+    assert!(
+        hops_of(&r, "ipv6")
+            .iter()
+            .any(|x| x["id"] == "conntrack" && x["verdict"] == "ok"),
+        "{r:#}"
+    );
     // From a throwaway outside client doctor attaches itself: it gets IPv6 too.
     let r = h.doctor(&["--from", "outside", "8080", "--probe"]);
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
