@@ -1186,7 +1186,25 @@ fn real_dockerd_uses_nettool_as_its_userland_proxy() {
         out.status.success()
     });
     assert_eq!(body, "hello from the container\n");
-    let log = std::fs::read_to_string(&proxy_log).unwrap();
+    // The dump is written by the tap's writer thread after the bytes were forwarded: curl can
+    // be done before the response's lines are in the file. Wait for them (seen once under the
+    // full suite: the log was read before the s2c line was flushed).
+    let dumped = |l: &str| {
+        l.contains("# #1 c2s http request: GET / HTTP/1.1")
+            && l.contains("# #1 s2c http response: HTTP/1.1 200 OK")
+    };
+    let mut log = String::new();
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            "the dump of request and response in the proxy log",
+            20,
+            || {
+                log = std::fs::read_to_string(&proxy_log).unwrap_or_default();
+                dumped(&log)
+            },
+        )
+    }));
+    assert!(waited.is_ok(), "{log}");
     assert!(
         log.contains("# #1 c2s http request: GET / HTTP/1.1"),
         "{log}"

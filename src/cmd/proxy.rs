@@ -594,6 +594,8 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
     let console = match cfg.dump.as_deref() {
         Some("text") => Some(Console::Text),
         Some("hex") => Some(Console::Hex),
+        // `--json --dump`, not `--json`: this mode's one knob shows the payloads (docs/proxy.md
+        // says why; `json_dump_is_json_with_text_payloads` pins it).
         Some("json") => Some(Console::Json(Payload::Text)),
         _ => None,
     };
@@ -812,5 +814,34 @@ fn parse_megabytes(s: &str) -> Result<u64, String> {
         _ => Err(format!(
             "'{s}' is not a size in megabytes from 0.001 to 1000000000 (e.g. 100 or 0.5)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_dump_is_json_with_text_payloads() {
+        let d = docker::parse_args(
+            &[
+                "-container-ip",
+                "172.17.0.2",
+                "-container-port",
+                "80",
+                "-host-port",
+                "8080",
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+        let cfg = DockerProxyConfig {
+            dump: Some("json".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            docker_plan(&d, &cfg).console,
+            Some(Console::Json(Payload::Text))
+        );
     }
 }
