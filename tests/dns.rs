@@ -868,7 +868,18 @@ fn docker_style_resolver(lab: &DnsLab, port: u16) -> ChildGuard {
 fn docker_embedded_dns_is_one_lookup_with_its_upstream_leg() {
     let lab = DnsLab::new("dnsdk");
     let _resolver = docker_style_resolver(&lab, 41753);
-    let t = Trace::start(&["--netns", &lab.client.name, "--json", "--count", "4"]);
+    let dir = std::env::temp_dir().join(unique("dnsdk"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcap = dir.join("dk.pcap");
+    let t = Trace::start(&[
+        "--netns",
+        &lab.client.name,
+        "--json",
+        "--count",
+        "2",
+        "--pcap",
+        pcap.to_str().unwrap(),
+    ]);
     assert!(lab
         .dig(&["+short", "@127.0.0.11", "www.a.test"])
         .contains("10.1.2.3"));
@@ -914,6 +925,14 @@ fn docker_embedded_dns_is_one_lookup_with_its_upstream_leg() {
     assert!(aliases
         .iter()
         .any(|a| a["real"] == "127.0.0.11:41753" && a["transport"] == "udp"));
+    // Read back from the pcap (no nat rules known there): the same two lookups.
+    let (code, read, err) = read_lookups(&pcap);
+    assert_eq!(code, Some(0), "{err}");
+    let www: Vec<&Value> = read.iter().filter(|l| l["name"] == "www.a.test").collect();
+    assert_eq!(www.len(), 1, "{read:#?}");
+    assert_eq!(www[0]["server"], "127.0.0.11:53");
+    assert_eq!(www[0]["upstream"][0]["server"], "10.53.0.1:53");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Only the nat rules of the Docker pattern (DNAT to PORT, SNAT back to :53).

@@ -407,6 +407,29 @@ fn stats_of(s: &mut Source) -> SourceStats {
     }
 }
 
+/// The joiner's view of a capture file: one capture point, no conntrack.
+struct FileContext<'a>(&'a Pairer);
+
+impl JoinContext for FileContext<'_> {
+    fn pending(&self, q: &QKey, id: u16, transport: Transport) -> bool {
+        self.0.has_pending(q, id, transport)
+    }
+
+    fn pending_from(&self, _: NsId, q: &QKey, client: SocketAddr) -> bool {
+        self.0.has_pending_from(q, client)
+    }
+
+    fn translated(
+        &mut self,
+        _: NsId,
+        _: Transport,
+        _: SocketAddr,
+        _: SocketAddr,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        None
+    }
+}
+
 /// Explain a pcap/pcapng file: every lookup in it, timeouts judged on the capture's clock.
 pub fn read_file(
     path: &Path,
@@ -423,6 +446,10 @@ pub fn read_file(
     let mut last = Duration::ZERO;
     let mut keep_going = true;
     let total = frames.len() as u64;
+    // One capture point: copies are seen in order, so nothing waits; a file has no conntrack
+    // to ask, so only the resolvers' forwards are put inside their clients' lookups.
+    let mut joiner = Joiner::new(Duration::ZERO);
+    let file = NsId { dev: 0, inode: 0 };
     for (ts, link, data) in &frames {
         pipe.frame(*ts, *link, data, None);
         if ts.saturating_sub(last) >= Duration::from_millis(100) {
@@ -430,10 +457,10 @@ pub fn read_file(
             last = *ts;
         }
         for l in pipe.pairer.drain() {
-            if keep_going && !sink.lookup(join::single(l, None)) {
-                keep_going = false;
-            }
+            joiner.add(file, join::single(l, None), *ts);
         }
+        let ready = joiner.ready(*ts, false, &mut FileContext(&pipe.pairer));
+        hand_over(sink, ready, &mut keep_going);
         if !keep_going {
             break;
         }
@@ -441,10 +468,10 @@ pub fn read_file(
     let end = frames.last().map(|f| f.0).unwrap_or_default();
     pipe.pairer.finish(end);
     for l in pipe.pairer.drain() {
-        if keep_going && !sink.lookup(join::single(l, None)) {
-            keep_going = false;
-        }
+        joiner.add(file, join::single(l, None), end);
     }
+    let ready = joiner.ready(end, true, &mut FileContext(&pipe.pairer));
+    hand_over(sink, ready, &mut keep_going);
     sink.idle();
     Ok(SourceStats {
         netns: label,
