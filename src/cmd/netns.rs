@@ -5,9 +5,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::engine::Intent;
-use crate::netns::discover::{
-    discover, discover_with, ContainerRef, DiscoverOptions, NamespaceInfo,
-};
+use crate::facts::{self, Parts, ReadOptions};
+use crate::netns::discover::{discover_with, ContainerRef, DiscoverOptions, NamespaceInfo};
 use crate::netns::exec::{self, ExecOptions};
 use crate::netns::links::{self, LinkSnapshot};
 use crate::netns::peers::{veth_peers, VethPeer};
@@ -26,10 +25,22 @@ pub fn run(cmd: NetnsCommand) -> anyhow::Result<i32> {
 }
 
 fn list(a: NetnsListArgs) -> anyhow::Result<i32> {
-    let all = discover(DiscoverOptions {
-        skip_interfaces: a.no_interfaces,
-        skip_docker: false,
-    });
+    // One read: discovery, and each namespace entered once to count its links.
+    let snap = facts::read_with(
+        &ReadOptions {
+            host: NetNs::current().context("opening the current namespace")?,
+            extra: Vec::new(),
+            skip_docker: false,
+            conntrack: false,
+        },
+        if a.no_interfaces {
+            &Parts::NONE
+        } else {
+            &Parts::NAMESPACES
+        },
+        Some(Intent::read()),
+    )?;
+    let all: Vec<NamespaceInfo> = snap.namespaces.iter().map(|n| n.info()).collect();
     if a.json {
         print_json(&all)?;
         return Ok(0);

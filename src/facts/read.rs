@@ -90,6 +90,11 @@ impl Parts {
         all_peers: false,
         labs: false,
     };
+    /// Each namespace entered once for its links, nothing more (`netns list` counts them).
+    pub const NAMESPACES: Parts = Parts {
+        links: true,
+        ..Parts::NONE
+    };
     /// Links, addresses and every link between namespaces (`peer`).
     pub const PEERS: Parts = Parts {
         links: true,
