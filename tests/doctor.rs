@@ -1542,6 +1542,48 @@ fn docker_service_on_loopback_port_on_loopback_wrong_port_and_forwarding_off() {
     );
 }
 
+#[test]
+fn docker_without_userland_proxy_dnat_deleted_is_named_and_restart_restores_it() {
+    // dockerd --userland-proxy=false holds the port itself (a reservation that never
+    // accepts): with Docker's DNAT rule gone connections hang (before: "all clear").
+    let mut h = DockerHost::new_with("dk-np", &["--userland-proxy=false"], false);
+    let outside = h.outside_from();
+    h.run(
+        "web",
+        &["-p", "8080:80"],
+        &["/nettool", "serve", "http", "80"],
+    );
+    h.wait_clear(&["--from", &outside, "8080"]);
+    let save = Command::new("ip")
+        .args(["netns", "exec", &h.d.ns.name])
+        .args(["iptables", "-t", "nat", "-S", "DOCKER"])
+        .output()
+        .unwrap();
+    let rule = String::from_utf8_lossy(&save.stdout)
+        .lines()
+        .find(|l| l.contains("--dport 8080 "))
+        .expect("Docker's DNAT rule for 8080")
+        .replacen("-A", "-D", 1);
+    let mut del = vec!["ip", "netns", "exec", &h.d.ns.name, "iptables", "-t", "nat"];
+    del.extend(rule.split_whitespace());
+    sh(&del);
+    assert!(!h.curl_outside(8080).starts_with('2'), "broken");
+    h.record(
+        "docker-no-proxy-dnat-deleted",
+        "dockerd --userland-proxy=false, web (nettool serve http) -p 8080:80, Docker's DNAT rule for 8080 deleted (iptables -t nat -D DOCKER ...); dockerd holds the port",
+        &["--from", &outside, "8080"],
+    );
+    let r = docker_break_fix(&mut h, &["--from", &outside, "8080"], "dnat_missing", 8080);
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(
+        line.starts_with(
+            "Docker's DNAT rule for tcp/8080 is missing (docker container web): dockerd"
+        ),
+        "{r:#}"
+    );
+    assert_eq!(r["diagnosis"]["fix"]["command"], "docker restart web");
+}
+
 /// The hops of one family.
 fn hops_of<'a>(r: &'a Value, family: &str) -> Vec<&'a Value> {
     r["hops"]

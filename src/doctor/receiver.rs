@@ -268,7 +268,10 @@ pub(crate) fn receiver(
             fail.evidence.push(format!("walk: {}", walk.summary));
             hop = fail;
             // A reservation never accepts: the path ends here (its socket is no service).
-            if owner.as_ref().is_some_and(|o| o.comm == "conmon") {
+            if owner
+                .as_ref()
+                .is_some_and(|o| o.comm == "conmon" || o.comm == "dockerd")
+            {
                 return (None, hop, Some(walk));
             }
         }
@@ -403,6 +406,39 @@ fn dnat_missing(
                 "have netavark write its rules again",
                 &["podman", "network", "reload", "--all"],
             ))),
+        );
+    }
+    // dockerd with the userland proxy off holds each published port itself, as a reservation
+    // that never accepts: with its DNAT rule gone, connections hang.
+    if owner.comm == "dockerd" {
+        let c = intent.and_then(|i| {
+            i.containers.iter().find(|c| {
+                c.engine == EngineKind::Docker
+                    && c.ports
+                        .iter()
+                        .any(|b| b.host_port == port && b.proto == packet.proto.to_string())
+            })
+        });
+        let name = c.map(|c| c.name.clone());
+        return Some(
+            Hop::fail(
+                ID,
+                TITLE,
+                Fault::DnatMissing,
+                format!(
+                    "Docker's DNAT rule for {}/{port} is missing{}: {who} only reserves the port (the userland proxy is off; it never accepts), so connections hang",
+                    packet.proto,
+                    name.as_deref()
+                        .map(|n| format!(" (docker container {n})"))
+                        .unwrap_or_default()
+                ),
+            )
+            .with_fix(name.map(|n| {
+                fixer.fix(
+                    &format!("restart {n}: Docker writes its port rules again when it starts"),
+                    &["docker", "restart", &n],
+                )
+            })),
         );
     }
     // Docker's userland proxy is meant for localhost and for containers on the bridge;
