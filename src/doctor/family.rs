@@ -77,9 +77,18 @@ fn published_over_v6(snap: &Snapshot, q: &Question, fw: &rules::Firewall) -> boo
             } else {
                 q.port.unwrap_or(0)
             };
+            // Published on an address that admits IPv6 (every address, or an IPv6 one:
+            // `-p 0.0.0.0:8080:80` is IPv4 only).
+            let proto = q.proto.to_string();
             has_nat(&fw.rs6)
                 && engine::intended(snap, q, q.proto, port).is_some_and(|(c, b)| {
-                    b.is_some() && c.attachments.iter().any(|a| a.ipv6.is_some())
+                    b.is_some()
+                        && c.attachments.iter().any(|a| a.ipv6.is_some())
+                        && c.ports.iter().any(|x| {
+                            x.proto == proto
+                                && (port == 0 || x.host_port == port)
+                                && x.host_ip.is_none_or(|ip| ip.is_ipv6())
+                        })
                 })
         }
     }

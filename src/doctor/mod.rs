@@ -811,6 +811,29 @@ mod tests {
     }
 
     #[test]
+    fn a_port_published_on_ipv4_only_is_not_followed_over_ipv6() {
+        // The dual-stack host, with web published as -p 0.0.0.0:8080:80 (Docker then writes
+        // no IPv6 DNAT for it): IPv4 only, all clear, no false "DNAT missing" over IPv6.
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("captures/doctor/docker-dual-stack-healthy.json");
+        let mut snap = facts::load(&p).unwrap();
+        for c in &mut snap.intent.as_mut().unwrap().containers {
+            c.ports.retain(|b| b.host_ip.is_none_or(|ip| ip.is_ipv4()));
+        }
+        let v6 = snap.firewall.ip6tables_nft.take().unwrap();
+        snap.firewall.ip6tables_nft = Some(
+            v6.lines()
+                .filter(|l| !l.contains("-j DNAT"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        snap.probes.retain(|p| !p.target.starts_with('['));
+        let r = replay(&snap).unwrap();
+        assert!(r.ipv6.is_none(), "{}", r.diagnosis.line);
+        assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
+    }
+
+    #[test]
     fn a_missing_cni_port_mapping_is_re_added_with_the_cached_portmap_config() {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("captures/doctor/cni-portmap-dnat-deleted.json");
