@@ -638,6 +638,66 @@ fn a_lab_containers_lookup_through_the_bridge_and_masquerade_is_one_lookup() {
     assert!(sightings(hops[3]["netns"].as_str().unwrap()) >= 1);
 }
 
+#[test]
+fn a_lab_forward_from_its_host_goes_inside_the_containers_lookup() {
+    // The lab's embedded DNS answers in the container's namespace (127.0.0.11, DNATed) and
+    // forwards unknown names from the lab's host with the client's id: a second group in the
+    // same bucket, joined only because nothing else asked that question then.
+    let dir = std::env::temp_dir().join(unique("dnsfw"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lab.toml");
+    std::fs::write(
+        &file,
+        "[lab]\nname = \"fw\"\n\n[[network]]\nname = \"backend\"\nsubnet = \"172.20.0.0/16\"\nupstream = \"10.53.0.1\"\n\n\
+         [[container]]\nname = \"app\"\nnetwork = \"backend\"\n\n[[container]]\nname = \"client\"\nnetwork = \"backend\"\n",
+    )
+    .unwrap();
+    let (lab, _) = TestLab::isolated("dnsfw", &[file.to_str().unwrap()]);
+    let up = Upstream::new("dnsfwu", &lab.name, true);
+    let client = lab.ns("client");
+    let dig = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &client, "dig"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for("the lab's resolver forwarding upstream", 10, || {
+        dig(&["+short", "+tries=1", "+timeout=2", "@127.0.0.11", "up.test"]).contains("10.1.2.3")
+    });
+    let name = format!("labfw{}.test", std::process::id());
+    let t = Trace::start(&[
+        "--all-netns",
+        "--json",
+        "--duration",
+        "4s",
+        "--timeout",
+        "2s",
+    ]);
+    assert!(dig(&["@127.0.0.11", &name]).contains("NXDOMAIN"));
+    let (lookups, _) = t.json();
+    let ours: Vec<&Value> = lookups
+        .iter()
+        .filter(|l| l["name"] == name.as_str())
+        .collect();
+    // Two lines before: the container's lookup and the host's forward.
+    assert_eq!(ours.len(), 1, "{ours:#?}");
+    let l = ours[0];
+    assert_eq!(l["netns"], client.as_str());
+    assert_eq!(l["server"], "127.0.0.11:53");
+    assert_eq!(l["rcode"], "NXDOMAIN");
+    let legs = l["upstream"].as_array().unwrap();
+    assert_eq!(legs.len(), 1, "{l:#}");
+    assert_eq!(legs[0]["server"], "10.53.0.1:53");
+    assert_eq!(legs[0]["rcode"], "NXDOMAIN");
+    assert_eq!(ip_of(&legs[0]["from"]), "10.53.0.254");
+    let hops = legs[0]["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), 2, "the lab's host and the resolver: {l:#}");
+    assert_eq!(hops[0]["interface"], up.host_if.as_str());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Two client namespaces (172.31.9.2 and .3) behind a host namespace that MASQUERADEs them
 /// onto its uplink (10.53.0.254) towards a resolver namespace.
 struct Masqueraded {

@@ -139,9 +139,10 @@ impl Joiner {
                 batch.extend(join_bucket(b.sightings, k.0, k.2, cx));
             }
         }
+        let mut batch = embedded_forwards(batch);
         // A resolver's query for a client goes inside that client's lookup, as its upstream leg.
         let (mut children, mut lookups): (Vec<Joined>, Vec<Joined>) = batch
-            .into_iter()
+            .drain(..)
             .partition(|j| j.linked_in.is_some() && j.lookup.on_behalf_of.is_some());
         children.append(&mut self.children);
         children.sort_by(|a, b| a.lookup.time.total_cmp(&b.lookup.time));
@@ -181,6 +182,69 @@ impl Joiner {
         out.extend(joined);
         out
     }
+}
+
+/// An embedded resolver (Docker's or the lab's 127.0.0.11, DNATed to its real port) answers
+/// in the container's namespace but may forward from another one (the lab's from its host,
+/// Docker's to a host-loopback server) with the client's id and question: that forward lands
+/// in the client's bucket as a group of its own. It goes inside the client's lookup when the
+/// bucket leaves no doubt: one such client, one other group, asked and answered within the
+/// client's wait. Two clients asking at once leave both forwards apart.
+fn embedded_forwards(batch: Vec<Joined>) -> Vec<Joined> {
+    let mut buckets: HashMap<(QKey, u16, Transport), Vec<Joined>> = HashMap::new();
+    for j in batch {
+        buckets
+            .entry((j.q.clone(), j.lookup.id, j.lookup.transport))
+            .or_default()
+            .push(j);
+    }
+    let mut out = Vec::new();
+    for (_, mut groups) in buckets {
+        if groups.len() == 2 {
+            let embedded = |j: &Joined| {
+                j.lookup.server_real.is_some()
+                    && j.lookup.upstream.is_empty()
+                    && j.lookup.status == Status::Answered
+            };
+            let pos = match (embedded(&groups[0]), embedded(&groups[1])) {
+                (true, false) => Some(0),
+                (false, true) => Some(1),
+                _ => None,
+            };
+            if let Some(p) = pos {
+                let child = groups.remove(1 - p);
+                let parent = &mut groups[0];
+                let (t0, wait) = (
+                    parent.lookup.time,
+                    parent.lookup.latency_ms.unwrap_or(0.0) / 1e3,
+                );
+                let end = child.lookup.time + child.lookup.latency_ms.unwrap_or(0.0) / 1e3;
+                let shares_ns = child
+                    .at
+                    .iter()
+                    .any(|(n, _, _)| parent.at.iter().any(|(m, _, _)| m == n));
+                if child.lookup.time >= t0
+                    && end <= t0 + wait
+                    && !shares_ns
+                    && child.lookup.on_behalf_of.is_none()
+                {
+                    let l = child.lookup;
+                    parent.lookup.upstream.push(UpstreamLeg {
+                        from: l.client,
+                        server: l.server,
+                        transport: l.transport,
+                        rcode: l.rcode,
+                        latency_ms: l.latency_ms,
+                        hops: l.hops,
+                    });
+                } else {
+                    groups.push(child);
+                }
+            }
+        }
+        out.extend(groups);
+    }
+    out
 }
 
 /// Put a resolver's query (`child`, linked to its client in namespace `ns`) into the client's
@@ -249,7 +313,11 @@ fn join_bucket(
     let tuples: Vec<(SocketAddr, SocketAddr)> = s.iter().map(|x| wire(&x.lookup)).collect();
     for i in 0..n {
         for j in i + 1..n {
-            if tuples[i] == tuples[j] && close(&s[i].lookup, &s[j].lookup) {
+            // Loopback never leaves its namespace: two containers asking 127.0.0.11 from the
+            // same port are two lookups.
+            let crosses = s[i].ns != s[j].ns;
+            let looped = tuples[i].0.ip().is_loopback() || tuples[i].1.ip().is_loopback();
+            if tuples[i] == tuples[j] && close(&s[i].lookup, &s[j].lookup) && !(crosses && looped) {
                 union(&mut parent, i, j);
             }
         }
@@ -475,6 +543,43 @@ mod tests {
         }
         assert_eq!(out[0].latency_ms, Some(40.0));
         assert_eq!(out[1].latency_ms, Some(19.0));
+    }
+
+    #[test]
+    fn an_embedded_resolvers_forward_from_elsewhere_is_tied_only_when_alone() {
+        let shown = a("127.0.0.11:53");
+        let up = a("10.53.0.1:53");
+        let client = |port: u16, t0: u64| {
+            let mut l = seen(
+                "c",
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                shown,
+                7,
+                t0,
+                t0 + 10,
+            );
+            l.server_real = Some(a("127.0.0.11:41000"));
+            l
+        };
+        let forward =
+            |port: u16, t0: u64| seen("host", a(&format!("10.53.0.254:{port}")), up, 7, t0, t0 + 5);
+        // One client, one forward inside its wait: one lookup.
+        let mut j = Joiner::new(Duration::ZERO);
+        j.add(ns(1), client(4000, 0), Duration::ZERO);
+        j.add(ns(2), forward(5000, 2), Duration::ZERO);
+        let out = j.ready(Duration::ZERO, false, &mut Nat(Vec::new()));
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(out[0].upstream.len(), 1);
+        assert_eq!(out[0].upstream[0].from, a("10.53.0.254:5000"));
+        // Two clients in two containers at once, same id and name: nothing is tied.
+        let mut j = Joiner::new(Duration::ZERO);
+        j.add(ns(1), client(4000, 0), Duration::ZERO);
+        j.add(ns(3), client(4000, 1), Duration::ZERO);
+        j.add(ns(2), forward(5000, 2), Duration::ZERO);
+        j.add(ns(2), forward(5001, 3), Duration::ZERO);
+        let out = j.ready(Duration::ZERO, false, &mut Nat(Vec::new()));
+        assert_eq!(out.len(), 4, "{out:#?}");
+        assert!(out.iter().all(|l| l.upstream.is_empty()));
     }
 
     #[test]
