@@ -730,3 +730,131 @@ echo "after cleanup: $({TRACEFS_MOUNTED})"
     // The test's own mount namespace still has its tracefs.
     assert!(std::path::Path::new("/sys/kernel/tracing/instances").is_dir());
 }
+
+/// A real dockerd: `docker run -p 8080:80` traced from the port alone. The container's
+/// namespace is added because the port is published to it; the SYN is followed through
+/// Docker's DNAT to busybox httpd's socket in `web`; then a DROP in DOCKER-USER is named.
+#[test]
+fn real_docker_published_port_is_traced_to_the_container_and_a_docker_user_drop() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = common::docker::Dockerd::start("trc-dock");
+    d.run_busybox_web("web", "8080:80");
+    // An uplink: a client namespace reaching the Docker host as another machine would.
+    let client = TestNs::new("trc-dcl");
+    let (c0, h0) = (unique_ifname("tdc"), unique_ifname("tdh"));
+    common::veth(&c0, &client, &h0, &d.ns);
+    client.ip(&["addr", "add", "10.78.1.2/24", "dev", &c0]);
+    client.ip(&["route", "add", "default", "via", "10.78.1.1"]);
+    d.ns.ip(&["addr", "add", "10.78.1.1/24", "dev", &h0]);
+    let curl = || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client.name,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+            ])
+            .args(["--max-time", "2", "http://10.78.1.1:8080/"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    wait_for("httpd answers through the published port", 20, curl);
+    let trace = |expect_ok: bool| -> Vec<Value> {
+        let child = Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .args(["trace", "tcp:8080", "--netns", &d.ns.name, "--json"])
+            .args(["--duration", "20s"])
+            .env("DOCKER_HOST", d.host())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        wait_for("trace started", 15, || drops_enabled(pid));
+        assert_eq!(curl(), expect_ok);
+        std::thread::sleep(Duration::from_millis(600));
+        sh(&["kill", "-INT", &pid.to_string()]);
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}{}", common::text(&out));
+        assert!(
+            trace_tables(&d.ns).is_empty(),
+            "table left in the docker host"
+        );
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let summary = lines.last().unwrap()["summary"].clone();
+        assert!(
+            summary["notes"]
+                .to_string()
+                .contains("port 8080 is published to container web"),
+            "{summary}"
+        );
+        lines
+            .into_iter()
+            .filter(|l| l.get("summary").is_none())
+            .collect()
+    };
+    let pkts = trace(true);
+    let all = show(&pkts);
+    let syn_host = pkts
+        .iter()
+        .find(|p| p["netns"] == d.ns.name.as_str() && p["flags"] == "SYN")
+        .unwrap_or_else(|| panic!("no SYN in the docker host: {all}"));
+    assert!(
+        syn_host["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["chain"] == "DOCKER"
+                && h["engine"] == "docker"
+                && h["iptables"].as_str().unwrap_or("").contains("DNAT")),
+        "{all}"
+    );
+    assert_eq!(syn_host["end"], "sent", "{all}");
+    let syn_web = pkts
+        .iter()
+        .find(|p| p["netns"] == "container:web" && p["flags"] == "SYN")
+        .unwrap_or_else(|| panic!("no SYN in the web container: {all}"));
+    assert!(
+        syn_web["container"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("web"),
+        "{all}"
+    );
+    assert_eq!(syn_web["end"], "delivered", "{all}");
+    assert!(
+        syn_web["receiver"]["processes"]
+            .to_string()
+            .contains("httpd"),
+        "{all}"
+    );
+    // The user's DROP in Docker's user chain.
+    let mut a = vec!["ip", "netns", "exec", &d.ns.name];
+    a.extend([
+        "iptables",
+        "-I",
+        "DOCKER-USER",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DROP",
+    ]);
+    sh(&a);
+    let pkts = trace(false);
+    let dropped = dropped_by_rule(&pkts, "ip filter DOCKER-USER");
+    assert_eq!(dropped["engine"], "user");
+    assert_eq!(dropped["netns"], d.ns.name.as_str());
+    assert_eq!(
+        dropped["iptables"], "-A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP",
+        "{dropped}"
+    );
+}

@@ -133,7 +133,22 @@ pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
             points.push(p);
         }
     }
+    // A published port: the container it is published to is where the flow ends.
+    let mut auto = Vec::new();
+    for (c, port) in published_to(&intent, &filter) {
+        let Ok(p) = container_point(&intent, &c.name) else {
+            continue;
+        };
+        if !points.iter().any(|q| q.ns == p.ns) {
+            auto.push(format!(
+                "port {port} is published to container {} ({}): tracing in its namespace too",
+                c.name, c.engine
+            ));
+            points.push(p);
+        }
+    }
     name_containers(&intent, &mut points);
+    let names: Vec<String> = points.iter().map(|p| p.name.clone()).collect();
     let opts = TraceOptions {
         filter,
         points,
@@ -158,14 +173,13 @@ pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
             } else {
                 what.join(" ")
             },
-            targets
-                .iter()
-                .chain(containers.iter())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
+            names.join(", ")
         );
-        for n in session.notes() {
+        for n in auto
+            .iter()
+            .map(String::as_str)
+            .chain(session.notes().iter().map(String::as_str))
+        {
             eprintln!("note: {n}");
         }
     }
@@ -208,7 +222,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
         "nft_events_lost": report.nft_events_lost,
         "drops_lost": report.drops_lost,
         "drops_unjoined": report.drops_unjoined,
-        "notes": report.notes,
+        "notes": auto.iter().chain(report.notes.iter()).collect::<Vec<_>>(),
     });
     if args.json {
         let _ = writeln!(out, "{}", serde_json::json!({ "summary": summary }));
@@ -248,6 +262,27 @@ fn container_point(intent: &Intent, name: &str) -> anyhow::Result<TracePoint> {
         });
     }
     Ok(TracePoint::open(&format!("container:{name}"))?)
+}
+
+/// The running containers that publish a port of the filter (with the protocol of the filter,
+/// when it has one), and that port.
+fn published_to<'a>(
+    intent: &'a Intent,
+    filter: &TraceFilter,
+) -> Vec<(&'a crate::engine::Container, u16)> {
+    let proto = filter.proto.map(|p| format!("{p:?}").to_lowercase());
+    let mut out = Vec::new();
+    for c in &intent.containers {
+        if c.pid.is_none_or(|p| p == 0) && c.netns.is_none() {
+            continue;
+        }
+        if let Some(b) = c.ports.iter().find(|b| {
+            filter.ports.contains(&b.host_port) && proto.as_ref().is_none_or(|p| *p == b.proto)
+        }) {
+            out.push((c, b.host_port));
+        }
+    }
+    out
 }
 
 /// Give each point the containers that live in its namespace (every engine's names).

@@ -41,7 +41,7 @@ pub fn explain_reason(reason: &str) -> &'static str {
         "NEIGH_QUEUEFULL" => "too many packets waited for ARP/ND of the next hop",
         "IP_INNOROUTES" => "no route for the packet (or forwarding is off on the way in)",
         "IP_OUTNOROUTES" => "no route for a locally sent packet",
-        "IP_INADDRERRORS" => "the destination address is not usable here",
+        "IP_INADDRERRORS" => "it cannot be routed from the interface it came in on: forwarding is off there (net.ipv4.conf.IFACE.forwarding = 0), or the route is unreachable/prohibit",
         "IP_INVALID_SOURCE" => "the source address is invalid for this interface (martian)",
         "IP_LOCAL_SOURCE" => "the source address is one of this host's own",
         "IP_LOCALNET" => "127.0.0.0/8 arriving from outside (route_localnet is off)",

@@ -44,7 +44,8 @@ impl Engine {
 pub fn engine_of(table: &str, chain: &str) -> Engine {
     let up = chain.to_ascii_uppercase();
     // DOCKER-USER is Docker's chain for the user's own rules: what is in it, the user wrote.
-    if up == "DOCKER-USER" {
+    // A nettool lab's NETTOOL-USER is the same.
+    if up == "DOCKER-USER" || up == "NETTOOL-USER" {
         Engine::User
     } else if up.starts_with("DOCKER") || table == "docker-bridges" {
         Engine::Docker
