@@ -2,7 +2,7 @@
 //! for every claim) of a 50,000-rule kube-proxy-style ruleset, IPv4 and IPv6, and one packet
 //! walk through it, against an anchor measured in the same run (`iptables-restore --test` /
 //! `ip6tables-restore --test` of the same text in a throwaway namespace).
-//! Usage: bench_nat [RULES] (default 50000)
+//! Usage: bench_nat [RULES] [ROUNDS] (default 50000 rules, 3 rounds interleaved with the anchor)
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -51,19 +51,69 @@ fn anchor(tool: &str, text: &str) -> Option<Duration> {
     Some(t.elapsed())
 }
 
-fn run(target: usize, v6: bool) {
+/// The 1-minute load average (`/proc/loadavg`), printed beside the figures: up to 9 agents
+/// share 2 cores here, so only ratios measured side by side mean anything.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One family: the rule text, and what one round measures.
+struct Family {
+    v6: bool,
+    services: usize,
+    text: String,
+}
+
+/// One round of one family: parse + summarise (ours) and the anchor, back to back.
+struct Round {
+    ours: Duration,
+    parse: Duration,
+    anchor: Option<Duration>,
+}
+
+fn family(target: usize, v6: bool) -> Family {
     // 3 endpoints per service: 2 + 3*3 rules per service, plus a NodePort for every third.
     let endpoints = 3;
     let per_service = 2.0 + 3.0 * endpoints as f64 + 1.0 / 3.0;
     let services = (target as f64 / per_service).ceil() as usize;
-    let text = synth::kube_proxy_family(services, endpoints, v6);
-    let family = if v6 { "IPv6" } else { "IPv4" };
+    Family {
+        v6,
+        services,
+        text: synth::kube_proxy_family(services, endpoints, v6),
+    }
+}
 
-    let (t_parse, rs) = best_of(3, || iptables::parse(&text));
+fn tool(v6: bool) -> &'static str {
+    if v6 {
+        "ip6tables-restore"
+    } else {
+        "iptables-restore"
+    }
+}
+
+fn round(f: &Family) -> Round {
+    let t = Instant::now();
+    let rs = iptables::parse(&f.text);
+    let parse = t.elapsed();
+    let summary = explain::summarize(&rs);
+    let ours = t.elapsed();
+    assert!(!summary.published.is_empty());
+    Round {
+        ours,
+        parse,
+        anchor: anchor(tool(f.v6), &f.text),
+    }
+}
+
+/// Once per family: the sizes, and one packet walk (full words, and quiet as the summary walks).
+fn describe(f: &Family) {
+    let family = if f.v6 { "IPv6" } else { "IPv4" };
+    let rs = iptables::parse(&f.text);
     assert!(rs.problems.is_empty(), "{:?}", rs.problems.first());
-    let rules = rs.rule_count();
-    let (t_summary, summary) = best_of(3, || explain::summarize(&rs));
-    let total = t_parse + t_summary;
+    let summary = explain::summarize(&rs);
     let walks: usize = summary
         .published
         .iter()
@@ -71,11 +121,10 @@ fn run(target: usize, v6: bool) {
         .sum::<usize>()
         + summary.drops.iter().filter(|d| d.probe.is_some()).count()
         + summary.flows.len();
-
     // The worst case for the walk: the last service in KUBE-SERVICES (a linear chain).
-    let last = services - 1;
+    let last = f.services - 1;
     let (a, b) = ((last / 250) % 250, last % 250 + 1);
-    let spec = if v6 {
+    let spec = if f.v6 {
         format!("tcp [2001:db8:c::77]:40000 -> [fd00:96::{a:x}:{b:x}]:80 in eth0")
     } else {
         format!("tcp 203.0.113.77:40000 -> 10.96.{a}.{b}:80 in eth0")
@@ -87,27 +136,22 @@ fn run(target: usize, v6: bool) {
         .map(|h| h.facts.clone())
         .unwrap_or_default();
     let (t_walk, w) = best_of(5, || walk::walk(&rs, &packet, &facts));
-
-    println!("bench-nat {family}: kube-proxy-style ruleset, {services} services x {endpoints} endpoints = {rules} rules, {} KiB", text.len() / 1024);
-    println!("  parse                       {:8.1} ms", ms(t_parse));
+    let quiet = walk::WalkOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let (t_quiet, _) = best_of(5, || walk::walk_with(&rs, &packet, &facts, &quiet));
     println!(
-        "  explain + summarise         {:8.1} ms   ({} published entries, {} services, {walks} representative walks)",
-        ms(t_summary),
-        summary.published.len(),
-        summary.services.len()
+        "bench-nat {family}: kube-proxy-style ruleset, {} services x 3 endpoints = {} rules, {} KiB; {} published entries, {walks} representative walks",
+        f.services,
+        rs.rule_count(),
+        f.text.len() / 1024,
+        summary.published.len()
     );
     println!(
-        "  parse + explain + summarise {:8.1} ms   goal < 1000 ms: {}",
-        ms(total),
-        if total < Duration::from_secs(1) {
-            "met"
-        } else {
-            "NOT met"
-        }
-    );
-    println!(
-        "  one packet walk             {:8.3} ms   goal < 1 ms: {}   ({} steps, {} -> {})",
+        "  one packet walk {:.3} ms with its words, {:.3} ms quiet (goal < 1 ms: {})   ({} steps, {} -> {})",
         ms(t_walk),
+        ms(t_quiet),
         if t_walk < Duration::from_millis(1) {
             "met"
         } else {
@@ -117,27 +161,65 @@ fn run(target: usize, v6: bool) {
         packet,
         w.final_tuple
     );
-    let tool = if v6 {
-        "ip6tables-restore"
-    } else {
-        "iptables-restore"
-    };
-    match anchor(tool, &text) {
-        Some(a) => println!(
-            "  anchor: {tool} --test of the same text {:8.1} ms; parse+explain+summarise = {:.2}x the anchor; a walk = 1/{:.0} of it",
-            ms(a),
-            total.as_secs_f64() / a.as_secs_f64(),
-            a.as_secs_f64() / t_walk.as_secs_f64().max(1e-9)
-        ),
-        None => println!("  anchor: {tool} --test unavailable (needs root and the iptables package)"),
-    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 fn main() {
-    let target: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50_000);
-    run(target, false);
-    run(target, true);
+    let mut args = std::env::args().skip(1);
+    let target: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(50_000);
+    let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let fams = [family(target, false), family(target, true)];
+    for f in &fams {
+        describe(f);
+    }
+    println!(
+        "{rounds} rounds, each family then its anchor ({} / {} --test of the same text in a throwaway namespace), interleaved; load at start {}",
+        tool(false),
+        tool(true),
+        load()
+    );
+    let mut results: Vec<Vec<Round>> = vec![Vec::new(), Vec::new()];
+    for r in 0..rounds {
+        for (i, f) in fams.iter().enumerate() {
+            let x = round(f);
+            println!(
+                "  round {} {}: parse + explain + summarise {:7.1} ms (parse {:6.1} ms), anchor {}, load {}",
+                r + 1,
+                if f.v6 { "IPv6" } else { "IPv4" },
+                ms(x.ours),
+                ms(x.parse),
+                x.anchor
+                    .map(|a| format!("{:7.1} ms, ratio {:.2}x", ms(a), x.ours.as_secs_f64() / a.as_secs_f64()))
+                    .unwrap_or_else(|| "unavailable (needs root and the iptables package)".into()),
+                load()
+            );
+            results[i].push(x);
+        }
+    }
+    for (i, f) in fams.iter().enumerate() {
+        let ours = median(results[i].iter().map(|x| ms(x.ours)).collect());
+        let ratios: Vec<f64> = results[i]
+            .iter()
+            .filter_map(|x| x.anchor.map(|a| x.ours.as_secs_f64() / a.as_secs_f64()))
+            .collect();
+        println!(
+            "median {}: {ours:.1} ms (goal < 1000 ms: {}){}",
+            if f.v6 { "IPv6" } else { "IPv4" },
+            if ours < 1000.0 {
+                "met"
+            } else {
+                "NOT met at this load"
+            },
+            if ratios.is_empty() {
+                String::new()
+            } else {
+                format!(", {:.2}x the anchor", median(ratios))
+            }
+        );
+    }
+    println!("load at end {}", load());
 }

@@ -38,7 +38,7 @@ fn golden_kube_proxy_shaped() {
         .expect("cluster IP 10.96.0.1:80");
     assert_eq!(p.targets.len(), 3);
     assert_eq!(p.service.as_deref(), Some("ns0/svc0:http"));
-    assert!(p.sentence.starts_with("TCP to 10.96.0.1 port 80 is balanced over 10.244.0.1:8080 (33.3%), 10.244.0.2:8080 (33.3%), 10.244.0.3:8080 (33.3%): reached from outside, from this host"), "{}", p.sentence);
+    assert!(p.sentence.starts_with("TCP to 10.96.0.1 port 80 is balanced over 10.244.0.1:8080 (33.3%), 10.244.0.2:8080 (33.3%), 10.244.0.3:8080 (33.3%): reached from outside, from containers on cni0, from this host"), "{}", p.sentence);
     // NodePort for svc0 and svc3 (every third service)
     assert!(s
         .published
@@ -96,7 +96,10 @@ fn walk_kube_branches_have_shares() {
             &rs,
             &p,
             &walk::LocalFacts::default(),
-            &walk::WalkOptions { branch },
+            &walk::WalkOptions {
+                branch,
+                ..Default::default()
+            },
         );
         assert_eq!(
             w.final_tuple,
@@ -894,7 +897,10 @@ fn walks_of(rs: &nat::Ruleset, p: &walk::Packet, facts: &walk::LocalFacts) -> Ve
             rs,
             p,
             facts,
-            &walk::WalkOptions { branch: k },
+            &walk::WalkOptions {
+                branch: k,
+                ..Default::default()
+            },
         ));
     }
     out
@@ -1649,9 +1655,10 @@ fn kube_proxy_nftables_mode_reads_its_verdict_maps() {
     assert!(s.unknown.is_empty(), "{:?}", s.unknown);
     let p = walk::Packet::parse("tcp 203.0.113.7:40000 -> 172.30.0.41:80 in eth0").unwrap();
     let w = walk::walk(&rs, &p, &s.host.as_ref().unwrap().facts);
-    // Translated, and masqueraded (from outside the pod network: mark-for-masquerade).
+    // Translated, and masqueraded (from outside the pod network: mark-for-masquerade) to the
+    // address of the pods' bridge (the cluster CIDR 10.0.0.0/8 behind cni0 in the made-up host).
     assert_eq!(
-        w.final_tuple, "tcp 198.51.100.10:40000 -> 10.180.0.1:80",
+        w.final_tuple, "tcp 10.0.0.1:40000 -> 10.180.0.1:80",
         "{w:#?}"
     );
     check_consistent("kube-proxy nftables", &rs);
@@ -1959,4 +1966,197 @@ fn one_dnat_chain_for_several_ports_is_walked_by_the_matching_jump() {
         assert_eq!(t["to"], to, "{p}");
         assert_eq!(t["shadowed"], false, "port {port} is not shadowed: {p}");
     }
+}
+
+// ---------------------------------------------------------------- issue 15: what was left
+
+/// Drops whose first-guess packet an earlier rule takes: port 80 is accepted above the TCP drop,
+/// 10.9.0.2 above its network's drop, and the UDP drop in FORWARD was walked to a local address.
+const DROPS_BEHIND_ACCEPTS: &str = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -i eth0 -p tcp -m tcp --dport 80 -j ACCEPT
+-A FORWARD -i eth0 -p tcp -j DROP
+-A FORWARD -s 10.9.0.2/32 -j ACCEPT
+-A FORWARD -s 10.9.0.0/24 -j DROP
+-A FORWARD -p udp -j DROP
+COMMIT
+";
+
+#[test]
+fn drop_checks_walk_a_packet_the_rule_matches_and_earlier_accepts_leave() {
+    let rs = nat::iptables::parse(DROPS_BEHIND_ACCEPTS);
+    let s = explain::summarize(&rs);
+    for line in [6, 8, 9] {
+        let d = s
+            .drops
+            .iter()
+            .find(|d| d.line == line)
+            .unwrap_or_else(|| panic!("drop at line {line}: {:#?}", s.drops));
+        assert!(
+            d.verified.contains("is dropped here"),
+            "line {line}: {}",
+            d.verified
+        );
+    }
+    let by_line = |l: usize| &s.drops.iter().find(|d| d.line == l).unwrap().probe;
+    let p6 = &by_line(6).as_ref().unwrap().packet;
+    assert_ne!(p6.dport, Some(80), "{p6}");
+    let p8 = &by_line(8).as_ref().unwrap().packet;
+    assert_ne!(p8.src.to_string(), "10.9.0.2", "{p8}");
+    check_consistent("drops behind accepts", &rs);
+}
+
+#[test]
+fn an_isolated_lab_has_no_outside() {
+    let lab = IsolatedLab::new("iptables");
+    let host = lab.host().to_string();
+    let j = nettool_json(&["explain-nat", "--netns", &host, "--json"]);
+    let s = &j["summary"];
+    assert_eq!(s["host"]["isolated"], true, "{}", s["host"]);
+    let said = s["host"]["assumptions"].to_string();
+    assert!(said.contains("no uplink"), "{said}");
+    for p in s["published"].as_array().unwrap() {
+        let sentence = p["sentence"].as_str().unwrap();
+        assert!(!sentence.contains("from outside"), "{sentence}");
+        for pr in p["probes"].as_array().unwrap() {
+            assert_ne!(pr["from"]["kind"], "outside", "{pr}");
+        }
+        // Still walked from the lab's own networks and from its host.
+        assert!(
+            sentence.contains("reached from containers on"),
+            "{sentence}"
+        );
+    }
+    for f in s["flows"].as_array().unwrap() {
+        assert_ne!(f["kind"], "inbound", "{f}");
+        if f["kind"] == "outbound" {
+            assert_eq!(f["verdict"], "closed", "{f}");
+            assert!(f["sentence"].as_str().unwrap().contains("no route"), "{f}");
+        }
+    }
+    let out = nettool(&["explain-nat", "--netns", &host]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("from outside"),
+        "{text}"
+    );
+}
+
+/// An nft DNAT over an anonymous set of `n` addresses 10.50.X.Y.
+fn nft_set_dnat(n: usize) -> String {
+    let els: Vec<String> = (0..n)
+        .map(|i| format!("10.50.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    format!(
+        "table ip t {{\n\tchain pre {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tip daddr {{ {} }} tcp dport 8080 dnat to 192.0.2.2:80\n\t}}\n}}\n",
+        els.join(", ")
+    )
+}
+
+#[test]
+fn a_200_element_set_is_walked_element_by_element() {
+    let rs = nat::nft::parse_text(&nft_set_dnat(200));
+    assert!(rs.problems.is_empty(), "{:?}", rs.problems);
+    let s = explain::summarize(&rs);
+    assert_eq!(s.published.len(), 200, "{:#?}", s.published.first());
+    for i in [0usize, 63, 64, 199] {
+        let host = format!("10.50.{}.{}", i / 250, i % 250 + 1);
+        let p = s
+            .published
+            .iter()
+            .find(|p| p.host == host)
+            .unwrap_or_else(|| panic!("{host} is not summarised"));
+        assert!(
+            p.sentence.contains("reached from outside"),
+            "{}",
+            p.sentence
+        );
+        assert!(p.probes.iter().all(|pr| pr.packet.dst.to_string() == host));
+    }
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    // Past what is walked one by one, the warning says how many and which are left out.
+    let rs = nat::nft::parse_text(&nft_set_dnat(1100));
+    let s = explain::summarize(&rs);
+    assert_eq!(s.published.len(), 1024);
+    let w = s.warnings.join("\n");
+    assert!(
+        w.contains("1100 elements")
+            && w.contains("other 76")
+            && w.contains("10.50.4.25 to 10.50.4.100"),
+        "{w}"
+    );
+}
+
+#[test]
+fn docker_swarm_ingress_publish_is_named() {
+    let rs = load("docker-swarm-ingress.iptables-save");
+    let s = explain::summarize(&rs);
+    assert!(
+        s.recognised
+            .iter()
+            .any(|r| r.detail.contains("swarm ingress")),
+        "{:?}",
+        s.recognised
+    );
+    let p = s
+        .published
+        .iter()
+        .find(|p| p.host_port == "8080")
+        .expect("the ingress publish");
+    assert_eq!(p.targets[0].to, "172.18.0.2:8080");
+    assert!(
+        p.sentence
+            .starts_with("TCP to any local address port 8080 is sent to 172.18.0.2:8080 (ingress_sbox: the swarm routing mesh"),
+        "{}",
+        p.sentence
+    );
+    assert!(
+        p.sentence.contains("reached from outside"),
+        "{}",
+        p.sentence
+    );
+    check_consistent("swarm ingress", &rs);
+}
+
+#[test]
+fn kube_pod_network_comes_from_the_cluster_cidr() {
+    let rs = load("kube-proxy-4svc.iptables-save");
+    let s = explain::summarize(&rs);
+    let host = s.host.as_ref().unwrap();
+    let pods = host
+        .networks
+        .iter()
+        .find(|n| n.net.to_string() == "10.244.0.0/16")
+        .unwrap_or_else(|| panic!("{:?}", host.networks));
+    assert!(
+        host.assumptions
+            .iter()
+            .any(|a| a.contains("cluster CIDR") && a.contains(&pods.iface)),
+        "{:?}",
+        host.assumptions
+    );
+    let kinds: Vec<&str> = s.flows.iter().map(|f| f.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"inbound") && kinds.contains(&"outbound"),
+        "{kinds:?}"
+    );
+    for f in &s.flows {
+        assert!(f.sentence.contains(&pods.iface), "{}", f.sentence);
+    }
+    // The nftables mode says it as `ip saddr != CIDR ... jump mark-for-masquerade`.
+    let nft = "table ip kube-proxy {\n\tchain mark-for-masquerade {\n\t\tmeta mark set meta mark | 0x4000\n\t}\n\tchain services {\n\t\tip daddr 10.96.0.10 tcp dport 53 ip saddr != 10.42.0.0/16 jump mark-for-masquerade\n\t}\n\tchain nat-prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services\n\t}\n}\n";
+    let rs = nat::nft::parse_text(nft);
+    let s = explain::summarize(&rs);
+    let nets: Vec<String> = s
+        .host
+        .as_ref()
+        .unwrap()
+        .networks
+        .iter()
+        .map(|n| n.net.to_string())
+        .collect();
+    assert_eq!(nets, ["10.42.0.0/16"]);
+    check_consistent("kube nft pods", &rs);
 }

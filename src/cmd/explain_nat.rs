@@ -205,6 +205,7 @@ pub fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
             }
             let opts = WalkOptions {
                 branch: a.branch.saturating_sub(1),
+                ..WalkOptions::default()
             };
             Some(walk::walk_with(&rs, p, &facts, &opts))
         }

@@ -19,7 +19,6 @@ use paths::Walker;
 pub use recognise::{kube_services, recognise};
 use verify::{flows, verify_drop, verify_published};
 pub(crate) use words::describe_action;
-use words::sentence;
 pub use words::{describe_match, ports_str};
 
 /// Who wrote a chain, judged by its name (and its table's name for nftables).
@@ -304,6 +303,7 @@ pub fn summarize_on(
         accepts: Vec::new(),
         seen_accept: HashSet::new(),
         visits: 0,
+        notes: BTreeMap::new(),
     };
     // Base chains in kernel order, so output follows the packet.
     let mut bases: Vec<(usize, usize, BaseChain)> = Vec::new();
@@ -343,8 +343,8 @@ pub fn summarize_on(
     }
     let mut published: Vec<PublishedPort> = Vec::new();
     for k in &w.order {
-        if let Some(mut p) = w.published.remove(k) {
-            p.sentence = sentence(&p);
+        // Its sentence is written once its packets are walked (verify_published).
+        if let Some(p) = w.published.remove(k) {
             published.push(p);
         }
     }
@@ -409,6 +409,7 @@ pub fn summarize_on(
     }
     let mut drops = drops_policy;
     drops.extend(w.drops);
+    let notes: Vec<String> = std::mem::take(&mut w.notes).into_values().collect();
     let model = match facts {
         Some(f) => HostModel::from_facts(rs, f),
         None => HostModel::invent(rs),
@@ -436,7 +437,7 @@ pub fn summarize_on(
         dangling: w.dangling,
         unknown,
         problems: rs.problems.clone(),
-        warnings: rs.warnings.clone(),
+        warnings: rs.warnings.iter().cloned().chain(notes).collect(),
     }
 }
 

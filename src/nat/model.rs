@@ -131,15 +131,18 @@ pub struct Chain {
 }
 
 /// The rules of a chain by the exact destination address each requires (kube-proxy's
-/// KUBE-SERVICES: thousands of `-d CLUSTER-IP` rules), so a walk skips the ones that cannot
-/// match in O(log n) instead of testing each.
+/// KUBE-SERVICES: thousands of `-d CLUSTER-IP` rules), else by the one destination port each
+/// requires (KUBE-NODEPORTS: thousands of `--dport N` rules), so a walk skips the ones that
+/// cannot match in O(log n) instead of testing each.
 #[derive(Debug, Clone, Default)]
 pub struct DstIndex {
     /// Rule count when built (a chain changed since is walked without the index).
     pub len: usize,
     /// Destination -> indices of the rules that require it, ascending.
     by_dst: HashMap<IpAddr, Vec<usize>>,
-    /// Indices of the rules that require no single destination, ascending.
+    /// Destination port -> indices of the rules that require it (and no one address), ascending.
+    by_dport: HashMap<u16, Vec<usize>>,
+    /// Indices of the rules that require neither, ascending.
     unkeyed: Vec<usize>,
 }
 
@@ -151,7 +154,7 @@ impl DstIndex {
             ..Default::default()
         };
         for (i, r) in rules.iter().enumerate() {
-            let key = r.matches.iter().find_map(|m| match &m.cond {
+            let addr = r.matches.iter().find_map(|m| match &m.cond {
                 Cond::Addr { dir: Dir::Dst, net }
                     if !m.negated && net.prefix_len() == net.max_prefix_len() =>
                 {
@@ -159,28 +162,44 @@ impl DstIndex {
                 }
                 _ => None,
             });
-            match key {
-                Some(a) => ix.by_dst.entry(a).or_default().push(i),
-                None => ix.unkeyed.push(i),
+            let port = r.matches.iter().find_map(|m| match &m.cond {
+                Cond::Port {
+                    dir: Dir::Dst,
+                    ports,
+                } if !m.negated => match ports.as_slice() {
+                    [one] if one.from == one.to => Some(one.from),
+                    _ => None,
+                },
+                _ => None,
+            });
+            match (addr, port) {
+                (Some(a), _) => ix.by_dst.entry(a).or_default().push(i),
+                (None, Some(p)) => ix.by_dport.entry(p).or_default().push(i),
+                (None, None) => ix.unkeyed.push(i),
             }
         }
         ix
     }
 
-    /// Worth consulting: at least half the rules need one destination (else a plain scan is cheaper).
+    /// Worth consulting: at least half the rules are keyed (else a plain scan is cheaper).
     pub fn useful(&self) -> bool {
         self.unkeyed.len() * 2 <= self.len
     }
 
-    /// The first rule at or after `from` that a packet to `dst` may match (`len` when none).
-    pub fn next(&self, dst: &IpAddr, from: usize) -> usize {
+    /// The first rule at or after `from` that a packet to `dst` port `dport` may match (`len`
+    /// when none). A rule keyed by a port never matches a packet without ports.
+    pub fn next(&self, dst: &IpAddr, dport: Option<u16>, from: usize) -> usize {
         let first = |v: &[usize]| {
             let k = v.partition_point(|&x| x < from);
             v.get(k).copied().unwrap_or(self.len)
         };
         let a = first(&self.unkeyed);
         let b = self.by_dst.get(dst).map(|v| first(v)).unwrap_or(self.len);
-        a.min(b)
+        let c = dport
+            .and_then(|p| self.by_dport.get(&p))
+            .map(|v| first(v))
+            .unwrap_or(self.len);
+        a.min(b).min(c)
     }
 }
 

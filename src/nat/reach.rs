@@ -38,6 +38,10 @@ pub struct HostModel {
     pub facts: LocalFacts,
     /// True when made up from the rules (a file), false when read from a live namespace.
     pub invented: bool,
+    /// No uplink: a live namespace with no default route and no interface outside the container
+    /// networks (an isolated lab's host). Nothing arrives from another host, so nothing is walked
+    /// "from outside" and `external_iface` / `client_addrs` are only placeholders.
+    pub isolated: bool,
     /// What was made up, in words.
     pub assumptions: Vec<String>,
 }
@@ -143,12 +147,67 @@ fn infer_networks(rs: &Ruleset) -> Vec<Network> {
     out
 }
 
+/// The chains kube-proxy marks connections to masquerade with (iptables, nftables mode).
+const KUBE_MASQ_CHAINS: [&str; 2] = ["KUBE-MARK-MASQ", "mark-for-masquerade"];
+
+/// kube-proxy's cluster CIDR (the pod network), from the shapes it writes it in:
+/// `! -s CIDR ... -j KUBE-MARK-MASQ` (traffic to a service from outside the pods gets masqueraded),
+/// nftables' `ip saddr != CIDR ... jump mark-for-masquerade`, and KUBE-EXT's
+/// `-s CIDR -j KUBE-SVC-...` ("pod traffic for ... external destinations").
+fn kube_cluster_cidrs(rs: &Ruleset) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    for t in &rs.tables {
+        for c in &t.chains {
+            for r in &c.rules {
+                let Some(target) = r.action.target_chain() else {
+                    continue;
+                };
+                let masq = KUBE_MASQ_CHAINS.contains(&target);
+                let pod_ext = c.name.starts_with("KUBE-EXT-") && target.starts_with("KUBE-SVC-");
+                if !masq && !pod_ext {
+                    continue;
+                }
+                for m in &r.matches {
+                    if let Cond::Addr { dir: Dir::Src, net } = &m.cond {
+                        let cidr = net.prefix_len() > 0
+                            && net.prefix_len() < net.max_prefix_len()
+                            && !net.addr().is_loopback();
+                        if cidr && m.negated == masq && !out.contains(&net.trunc()) {
+                            out.push(net.trunc());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 impl HostModel {
     /// Make a host up from the rules: an external interface and addresses that no rule
     /// mentions, the container networks the rules name, routes to them, forwarding on.
     pub fn invent(rs: &Ruleset) -> HostModel {
         let nets = nets_in_rules(rs);
-        let networks = infer_networks(rs);
+        let mut networks = infer_networks(rs);
+        // kube-proxy names its pod network (cluster CIDR) but not the interface pods are behind.
+        let mut pods = Vec::new();
+        for net in kube_cluster_cidrs(rs) {
+            if networks
+                .iter()
+                .any(|n| n.net.contains(&net) || net.contains(&n.net.addr()))
+            {
+                continue;
+            }
+            let iface = ["cni0", "cni1", "cbr0"]
+                .into_iter()
+                .find(|i| !networks.iter().any(|n| n.iface == *i))
+                .unwrap_or("cni9")
+                .to_string();
+            pods.push(format!(
+                "pod network {net} from kube-proxy's cluster CIDR (its masquerade rules say `! -s {net}`), pods assumed behind {iface} (the rules do not name that interface)"
+            ));
+            networks.push(Network { iface, net });
+        }
         let external_iface = ["eth0", "eth1", "ext0"]
             .into_iter()
             .find(|i| !networks.iter().any(|n| n.iface == *i))
@@ -204,16 +263,18 @@ impl HostModel {
         let mut assumptions = vec![format!(
             "reading a file: the walks assume a host with {host4} and {host6} on {external_iface} (no rule names them), a client at {client4} / {client6} out there, forwarding on"
         )];
-        if !networks.is_empty() {
+        let from_rules: Vec<String> = networks
+            .iter()
+            .take(networks.len() - pods.len())
+            .map(|n| format!("{} on {}", n.net, n.iface))
+            .collect();
+        if !from_rules.is_empty() {
             assumptions.push(format!(
                 "container networks taken from the rules: {}",
-                networks
-                    .iter()
-                    .map(|n| format!("{} on {}", n.net, n.iface))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                from_rules.join(", ")
             ));
         }
+        assumptions.extend(pods);
         HostModel {
             external_iface,
             host_addrs: vec![host4, host6],
@@ -221,6 +282,7 @@ impl HostModel {
             networks,
             facts,
             invented: true,
+            isolated: false,
             assumptions,
         }
     }
@@ -229,28 +291,32 @@ impl HostModel {
     pub fn from_facts(rs: &Ruleset, facts: &LocalFacts) -> HostModel {
         let mut m = HostModel::invent(rs);
         let default = facts.routes.iter().find(|r| r.net.prefix_len() == 0);
-        let ext = default
-            .map(|r| r.dev.clone())
-            .or_else(|| {
-                // No default route: an interface the rules do not name as a container network.
-                let named = infer_networks(rs);
-                let mut cands = facts
-                    .addrs
-                    .iter()
-                    .filter(|(a, i)| !a.is_loopback() && i != "lo" && !is_link_local(a));
-                cands
-                    .clone()
-                    .find(|(_, i)| !named.iter().any(|n| n.iface == *i))
-                    .or_else(|| cands.next())
-                    .map(|(_, i)| i.clone())
-            })
-            .unwrap_or(m.external_iface.clone());
+        // The uplink: the default route's interface, else an interface with an address that the
+        // rules do not name as a container network. A namespace whose every interface is a
+        // container bridge (an isolated lab's host) has none: nothing comes "from outside".
+        let uplink = default.map(|r| r.dev.clone()).or_else(|| {
+            let named = infer_networks(rs);
+            facts
+                .addrs
+                .iter()
+                .filter(|(a, i)| !a.is_loopback() && i != "lo" && !is_link_local(a))
+                .find(|(_, i)| !named.iter().any(|n| n.iface == *i))
+                .map(|(_, i)| i.clone())
+        });
+        let isolated = uplink.is_none();
+        let ext = uplink.unwrap_or(m.external_iface.clone());
         let mut host_addrs = Vec::new();
         for v6 in [false, true] {
+            // No uplink: this host's own address is one on a container network's bridge.
             let a = facts
                 .addrs
                 .iter()
-                .find(|(a, i)| *i == ext && a.is_ipv6() == v6 && !is_link_local(a))
+                .find(|(a, i)| {
+                    (isolated || *i == ext)
+                        && a.is_ipv6() == v6
+                        && !a.is_loopback()
+                        && !is_link_local(a)
+                })
                 .map(|(a, _)| *a)
                 .unwrap_or(m.host_addrs[v6 as usize]);
             host_addrs.push(a);
@@ -269,12 +335,14 @@ impl HostModel {
         if facts.forwarding.is_none() {
             facts.forwarding = Some(true);
         }
-        // Without a default route the client would be unroutable: send it out the external side.
+        // Without a default route the client would be unroutable: send it out the external side
+        // (not when there is none: then outside is really unroutable).
         for (net, v6) in [("0.0.0.0/0", false), ("::/0", true)] {
-            if !facts
-                .routes
-                .iter()
-                .any(|r| r.net.prefix_len() == 0 && r.net.addr().is_ipv6() == v6)
+            if !isolated
+                && !facts
+                    .routes
+                    .iter()
+                    .any(|r| r.net.prefix_len() == 0 && r.net.addr().is_ipv6() == v6)
             {
                 facts.routes.push(RouteFact {
                     net: net.parse().expect("literal"),
@@ -283,15 +351,29 @@ impl HostModel {
                 });
             }
         }
-        m.assumptions = vec![format!(
-            "live: the walks use this namespace's addresses and routes; outside traffic arrives on {ext} from {} / {}",
-            m.client_addrs[0], m.client_addrs[1]
-        )];
+        m.assumptions = vec![if isolated {
+            format!(
+                "live: the walks use this namespace's addresses and routes; it has no uplink (no default route, and every interface with an address is a container network: {}), so no packet is walked as arriving from another host",
+                networks
+                    .iter()
+                    .map(|n| n.iface.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!(
+                "live: the walks use this namespace's addresses and routes; outside traffic arrives on {ext} from {} / {}",
+                m.client_addrs[0], m.client_addrs[1]
+            )
+        }];
         m.external_iface = ext;
         m.host_addrs = host_addrs;
         m.networks = networks;
         m.facts = facts;
         m.invented = false;
+        m.isolated = isolated;
         m
     }
 
@@ -377,34 +459,28 @@ pub struct Probe {
 
 /// Walk `p` with the model's facts (first branch), keeping what the summary needs.
 pub(crate) fn probe(rs: &Ruleset, model: &HostModel, from: From, p: Packet) -> Probe {
-    let w: Walk = walk::walk_with(rs, &p, &model.facts, &WalkOptions::default());
-    let branch_dnats = w
-        .steps
-        .iter()
-        .flat_map(|s| &s.branches)
-        .filter_map(|b| b.dnat.clone())
-        .collect();
-    let accepted_by = w
-        .steps
-        .iter()
-        .filter(|s| s.what.starts_with("ACCEPT"))
-        .map(|s| RuleRef {
-            table: s.table.clone(),
-            chain: s.chain.clone(),
-            line: s.line,
-        })
-        .collect();
+    // Quiet: no step words. The summary walks thousands of packets and keeps only this.
+    let opts = WalkOptions {
+        quiet: true,
+        ..WalkOptions::default()
+    };
+    let w: Walk = walk::walk_with(rs, &p, &model.facts, &opts);
+    probe_of(from, p, &w)
+}
+
+/// What the summary keeps of the walk `w` of `p`.
+pub(crate) fn probe_of(from: From, p: Packet, w: &Walk) -> Probe {
     Probe {
         from,
-        accepted_by,
+        accepted_by: w.accepted_by.clone(),
         packet: p,
-        verdict: w.verdict,
-        summary: w.summary,
-        dnat_by: w.dnat_by,
-        snat_by: w.snat_by,
-        decided_by: w.decided_by,
-        branch_dnats,
-        final_tuple: w.final_tuple,
+        verdict: w.verdict.clone(),
+        summary: w.summary.clone(),
+        dnat_by: w.dnat_by.clone(),
+        snat_by: w.snat_by.clone(),
+        decided_by: w.decided_by.clone(),
+        branch_dnats: w.branch_dnats.clone(),
+        final_tuple: w.final_tuple.clone(),
         final_dst: w.final_packet.dst,
         final_dport: w.final_packet.dport,
     }
@@ -421,17 +497,53 @@ fn num_proto(p: &str) -> String {
     }
 }
 
-/// A packet that meets `conds` (best effort: positive conditions set fields, negated ones steer
-/// away), entering at `hook`. `v6` picks the family when no address condition does.
+/// A packet that meets `conds`: positive conditions set fields, and every value is picked so that
+/// no negated condition holds (`! --dport 80`, `! -s 10.0.0.5`, `! -p udp`), so an earlier
+/// exception steered away from with a negated condition really is avoided. The first element of
+/// an evaluated set counts as positive conditions. Entering at `hook`; `v6` picks the family when
+/// no address condition does. Best effort: the walk of the packet is the judge.
 pub(crate) fn satisfy(conds: &[&Match], hook: Hook, model: &HostModel, v6: bool) -> Packet {
-    let positive: Vec<&Match> = conds.iter().copied().filter(|m| !m.negated).collect();
-    let neg: Vec<&Cond> = conds
+    // A set lookup stands for its first element's conditions.
+    let is_set = |m: &Match| {
+        !m.negated
+            && matches!(
+                m.cond,
+                Cond::NftSet {
+                    elements: Some(_),
+                    ..
+                }
+            )
+    };
+    let set_first: Vec<Match> = conds
         .iter()
-        .filter(|m| m.negated)
+        .filter(|m| is_set(m))
+        .filter_map(|m| match &m.cond {
+            Cond::NftSet {
+                elements: Some(els),
+                ..
+            } => els.first(),
+            _ => None,
+        })
+        .flatten()
+        .map(|c| Match {
+            negated: false,
+            cond: c.clone(),
+        })
+        .collect();
+    let flat: Vec<&Match> = conds
+        .iter()
+        .copied()
+        .filter(|m| !is_set(m))
+        .chain(set_first.iter())
+        .collect();
+    let positive: Vec<&Cond> = flat
+        .iter()
+        .filter(|m| !m.negated)
         .map(|m| &m.cond)
         .collect();
+    let neg: Vec<&Cond> = flat.iter().filter(|m| m.negated).map(|m| &m.cond).collect();
     // Family: from any address condition.
-    let v6 = conds
+    let v6 = flat
         .iter()
         .find_map(|m| match &m.cond {
             Cond::Addr { net, .. } => Some(net.addr().is_ipv6()),
@@ -439,139 +551,181 @@ pub(crate) fn satisfy(conds: &[&Match], hook: Hook, model: &HostModel, v6: bool)
             _ => None,
         })
         .unwrap_or(v6);
-    let proto = positive
-        .iter()
-        .rfind(|m| {
-            let c = &m.cond;
-            matches!(c, Cond::Proto { proto } if proto != "all" && proto != "0")
-        })
-        .and_then(|m| match &m.cond {
-            Cond::Proto { proto } => Some(num_proto(proto)),
-            _ => None,
-        })
-        .unwrap_or_else(|| "tcp".into());
+    let proto_ok = |p: &str| {
+        !neg.iter()
+            .any(|c| matches!(c, Cond::Proto { proto } if walk::proto_is(proto, p)))
+    };
+    let named_proto = positive.iter().rev().find_map(|c| match c {
+        Cond::Proto { proto } if proto != "all" && proto != "0" => Some(num_proto(proto)),
+        _ => None,
+    });
+    let proto = named_proto.unwrap_or_else(|| {
+        ["tcp", "udp", "sctp", "icmp"]
+            .into_iter()
+            .find(|p| proto_ok(p))
+            .unwrap_or("tcp")
+            .to_string()
+    });
     let proto = if proto == "icmp" && v6 {
         "icmpv6".to_string()
     } else {
         proto
     };
     let ported = matches!(proto.as_str(), "tcp" | "udp" | "sctp");
+    // An address meets every positive and no negated condition of its direction.
+    let addr_ok = |dir: Dir, a: &IpAddr| {
+        let inside = |c: &&Cond| match c {
+            Cond::Addr { dir: d, net } if *d == dir => Some(net.contains(a)),
+            Cond::AddrRange { dir: d, from, to } if *d == dir => Some(from <= a && a <= to),
+            _ => None,
+        };
+        positive.iter().filter_map(&inside).all(|x| x) && !neg.iter().filter_map(&inside).any(|x| x)
+    };
     let addr_for = |dir: Dir| -> Option<IpAddr> {
-        conds
-            .iter()
-            .filter(|m| !m.negated)
-            .find_map(|m| match &m.cond {
-                Cond::Addr { dir: d, net } if *d == dir => Some(host_in(net, 2)),
-                Cond::AddrRange { dir: d, from, .. } if *d == dir => Some(*from),
-                _ => None,
-            })
+        let mut cands: Vec<IpAddr> = Vec::new();
+        for c in &positive {
+            match c {
+                Cond::Addr { dir: d, net } if *d == dir => {
+                    cands.extend([2, 3, 200, 100, 10, 1000].map(|n| host_in(net, n)))
+                }
+                Cond::AddrRange { dir: d, from, to } if *d == dir => cands.extend([*from, *to]),
+                _ => {}
+            }
+        }
+        let first = cands.first().copied()?;
+        Some(cands.into_iter().find(|a| addr_ok(dir, a)).unwrap_or(first))
     };
     let from_host = hook == Hook::Output;
-    let out_iface = positive
-        .iter()
-        .filter(|m| {
-            let c = &m.cond;
-            matches!(c, Cond::OutIface { .. })
-        })
-        .find_map(|m| match &m.cond {
-            Cond::OutIface { name } => Some(name.clone()),
-            _ => None,
-        });
+    let out_iface = positive.iter().find_map(|c| match c {
+        Cond::OutIface { name } => Some(name.clone()),
+        _ => None,
+    });
+    let out_bad = |i: &str| {
+        neg.iter()
+            .any(|c| matches!(c, Cond::OutIface { name } if iface_matches(name, i)))
+    };
     let dst = addr_for(Dir::Dst)
         .or_else(|| {
             // Leaving by a container network: a container on it.
             let o = out_iface.as_deref()?;
             model.network_on(o, v6).map(|n| host_in(&n.net, 2))
         })
+        .or_else(|| {
+            // Forwarded traffic goes through this host to somewhere else: a container on a
+            // network it may leave by, else an address out there.
+            if !matches!(hook, Hook::Forward | Hook::Postrouting) || from_host {
+                return None;
+            }
+            model
+                .networks
+                .iter()
+                .filter(|n| n.net.addr().is_ipv6() == v6 && !out_bad(&n.iface))
+                .map(|n| host_in(&n.net, 2))
+                // Another host out there than the client the packet may come from.
+                .chain(std::iter::once(bump(model.client(v6))))
+                .find(|a| addr_ok(Dir::Dst, a))
+        })
         .unwrap_or_else(|| model.host(v6));
+    let in_bad = |i: &str| {
+        neg.iter()
+            .any(|c| matches!(c, Cond::InIface { name } if iface_matches(name, i)))
+    };
     let in_iface = if from_host {
         None
     } else {
-        let named = positive
-            .iter()
-            .filter(|m| {
-                let c = &m.cond;
-                matches!(c, Cond::InIface { .. })
-            })
-            .find_map(|m| match &m.cond {
-                Cond::InIface { name } => Some(name.replace(['+', '*'], "0")),
-                _ => None,
-            });
+        let named = positive.iter().find_map(|c| match c {
+            Cond::InIface { name } => Some(name.replace(['+', '*'], "0")),
+            _ => None,
+        });
         Some(named.unwrap_or_else(|| {
-            let bad = |i: &str| {
-                neg.iter()
-                    .any(|c| matches!(c, Cond::InIface { name } if iface_matches(name, i)))
+            let first = match model.isolated {
+                // No uplink: traffic arrives from a container network.
+                true => model
+                    .networks
+                    .iter()
+                    .map(|n| n.iface.as_str())
+                    .find(|i| !in_bad(i))
+                    .unwrap_or(model.external_iface.as_str()),
+                false => model.external_iface.as_str(),
             };
-            [model.external_iface.as_str(), "eth9", "ext9"]
+            [first, "eth9", "ext9"]
                 .into_iter()
-                .find(|i| !bad(i))
+                .find(|i| !in_bad(i))
                 .unwrap_or("ext9")
                 .to_string()
         }))
     };
     let src = addr_for(Dir::Src).unwrap_or_else(|| {
-        if from_host {
+        let usual = if from_host {
             model.host(v6)
         } else {
             match in_iface.as_deref().and_then(|i| model.network_on(i, v6)) {
                 Some(n) => host_in(&n.net, 200),
                 None => model.client(v6),
             }
-        }
+        };
+        // Steer away from a negated source (`! -s CLIENT`): another host on the same side.
+        let others = match in_iface.as_deref().and_then(|i| model.network_on(i, v6)) {
+            Some(n) => vec![host_in(&n.net, 201), host_in(&n.net, 150)],
+            None => vec![bump(model.client(v6)), bump(bump(model.client(v6)))],
+        };
+        std::iter::once(usual)
+            .chain(others)
+            .find(|a| addr_ok(Dir::Src, a))
+            .unwrap_or(usual)
     });
-    let dport = if ported {
-        let p = positive
-            .iter()
-            .filter(|m| {
-                let c = &m.cond;
-                matches!(c, Cond::Port { dir: Dir::Dst, .. })
-            })
-            .find_map(|m| match &m.cond {
-                Cond::Port { ports, .. } => ports.first().map(|r| r.from),
-                _ => None,
-            });
-        Some(p.unwrap_or_else(|| {
-            let bad = |x: u16| {
-                neg.iter().any(
-                    |c| matches!(c, Cond::Port { dir: Dir::Dst, ports } if ports.iter().any(|r| r.contains(x))),
-                )
-            };
-            [80u16, 8081, 65001].into_iter().find(|x| !bad(*x)).unwrap_or(65001)
-        }))
-    } else {
-        None
+    // A port meets every positive and no negated condition of its direction.
+    let port_for = |dir: Dir, usual: &[u16]| -> u16 {
+        let ranges = |c: &&Cond| match c {
+            Cond::Port { dir: d, ports } if *d == dir => Some(ports.clone()),
+            _ => None,
+        };
+        let pos: Vec<Vec<PortRange>> = positive.iter().filter_map(&ranges).collect();
+        let negs: Vec<Vec<PortRange>> = neg.iter().filter_map(&ranges).collect();
+        let ok = |p: u16| {
+            pos.iter().all(|rs| rs.iter().any(|r| r.contains(p)))
+                && !negs.iter().any(|rs| rs.iter().any(|r| r.contains(p)))
+        };
+        let mut cands: Vec<u16> = Vec::new();
+        for r in pos.iter().flatten() {
+            cands.extend([
+                r.from,
+                r.from.saturating_add(1),
+                r.to,
+                r.from / 2 + r.to / 2,
+            ]);
+        }
+        let first = cands.first().copied();
+        cands.extend(usual);
+        // Right after each excluded range: the first port a negated range leaves.
+        for r in negs.iter().flatten() {
+            cands.push(r.to.saturating_add(1));
+        }
+        cands
+            .into_iter()
+            .find(|p| ok(*p))
+            .or(first)
+            .unwrap_or(usual[usual.len() - 1])
     };
-    let sport = if ported {
-        let p = positive
-            .iter()
-            .filter(|m| {
-                let c = &m.cond;
-                matches!(c, Cond::Port { dir: Dir::Src, .. })
-            })
-            .find_map(|m| match &m.cond {
-                Cond::Port { ports, .. } => ports.first().map(|r| r.from),
-                _ => None,
-            });
-        Some(p.unwrap_or(40000))
-    } else {
-        None
-    };
+    let dport = ported.then(|| port_for(Dir::Dst, &[80, 8081, 65001]));
+    let sport = ported.then(|| port_for(Dir::Src, &[40000, 40001, 50000]));
     let mut mark = 0u32;
-    for m in positive.iter().filter(|m| {
-        let c = &m.cond;
-        matches!(c, Cond::Mark { .. })
-    }) {
-        if let Cond::Mark { value, mask } = m.cond {
+    for c in &positive {
+        if let Cond::Mark { value, mask } = c {
             mark = (mark & !mask) | (value & mask);
+        }
+    }
+    // `! --mark V/M` that holds: flip the masked bits (best effort; the walk judges).
+    for c in &neg {
+        if let Cond::Mark { value, mask } = c {
+            if mark & mask == *value && *mask != 0 {
+                mark ^= mask;
+            }
         }
     }
     let state = positive
         .iter()
-        .filter(|m| {
-            let c = &m.cond;
-            matches!(c, Cond::CtState { .. })
-        })
-        .find_map(|m| match &m.cond {
+        .find_map(|c| match c {
             Cond::CtState { states } if !states.iter().any(|s| s == "NEW") => states
                 .iter()
                 .find(|s| {
@@ -595,6 +749,14 @@ pub(crate) fn satisfy(conds: &[&Match], hook: Hook, model: &HostModel, v6: bool)
         mark,
         state,
         from_host,
+    }
+}
+
+/// The next address after `a`.
+fn bump(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V4(v) => IpAddr::V4(Ipv4Addr::from(u32::from(v).wrapping_add(1))),
+        IpAddr::V6(v) => IpAddr::V6(Ipv6Addr::from(u128::from(v).wrapping_add(1))),
     }
 }
 
@@ -635,12 +797,14 @@ pub(crate) fn probes_for(
         if src_given || in_given {
             packets.push((From::AsTheRuleSays, base.clone()));
         }
-        let mut out = base.clone();
-        out.in_iface = Some(model.external_iface.clone());
-        if !src_given {
-            out.src = model.client(v6);
+        if !model.isolated {
+            let mut out = base.clone();
+            out.in_iface = Some(model.external_iface.clone());
+            if !src_given {
+                out.src = model.client(v6);
+            }
+            packets.push((From::Outside, out));
         }
-        packets.push((From::Outside, out));
         for n in model
             .networks
             .iter()

@@ -265,6 +265,12 @@ pub struct Walk {
     pub snat_by: Option<RuleRef>,
     /// The rule (or policy) that dropped or rejected the packet, if one did.
     pub decided_by: Option<RuleRef>,
+    /// The ACCEPT rules met, in order (recorded in a quiet walk too).
+    #[serde(skip)]
+    pub accepted_by: Vec<RuleRef>,
+    /// The DNAT rules the load-balancing points met send their branches to.
+    #[serde(skip)]
+    pub branch_dnats: Vec<RuleRef>,
 }
 
 impl Walk {
@@ -281,6 +287,9 @@ impl Walk {
 pub struct WalkOptions {
     /// Which branch to follow at probability/numgen points (0 = first).
     pub branch: usize,
+    /// Record no steps and no assumptions, only what the summary needs (verdict, rewrites,
+    /// the ACCEPTs met, the DNATs of load-balancing branches): the summary walks thousands.
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -321,9 +330,12 @@ struct Walker<'a> {
     dnat_by: Option<RuleRef>,
     snat_by: Option<RuleRef>,
     decided_by: Option<RuleRef>,
+    accepted_by: Vec<RuleRef>,
+    branch_dnats: Vec<RuleRef>,
 }
 
-fn proto_is(want: &str, have: &str) -> bool {
+/// Does protocol `have` (a name) meet `want` (a name, a number, or all/0)?
+pub(crate) fn proto_is(want: &str, have: &str) -> bool {
     let num = |p: &str| match p {
         "tcp" | "6" => 6,
         "udp" | "17" => 17,
@@ -340,19 +352,43 @@ impl<'a> Walker<'a> {
         self.pkt.to_string()
     }
 
-    fn step(&mut self, hook: Hook, table: &str, chain: &str, line: usize, what: String) {
+    /// Record a step; its words are only made when steps are recorded (not in a quiet walk).
+    fn step(
+        &mut self,
+        hook: Hook,
+        table: &str,
+        chain: &str,
+        line: usize,
+        what: impl FnOnce() -> String,
+    ) {
+        if self.opts.quiet {
+            return;
+        }
         self.steps.push(Step {
             hook,
             table: table.into(),
             chain: chain.into(),
             line,
-            what,
+            what: what(),
             rewritten: None,
             branches: Vec::new(),
         });
     }
 
-    fn assume(&mut self, s: String) {
+    /// The rule at (table, chain, line) of the current walk.
+    fn rule_ref(tn: &str, cn: &str, line: usize) -> RuleRef {
+        RuleRef {
+            table: tn.into(),
+            chain: cn.into(),
+            line,
+        }
+    }
+
+    fn assume(&mut self, s: impl FnOnce() -> String) {
+        if self.opts.quiet {
+            return;
+        }
+        let s = s();
         if !self.assumptions.contains(&s) {
             self.assumptions.push(s);
         }
@@ -364,7 +400,7 @@ impl<'a> Walker<'a> {
             None => {
                 // Reading a file without --local-addr: take the packet's original destination as ours.
                 let local = a == self.orig_dst || (self.pkt.from_host && a == self.pkt.src);
-                self.assume(format!(
+                self.assume(|| format!(
                     "no local addresses known (pass --local-addr): assuming {} is {}a local address",
                     a,
                     if local { "" } else { "not " }
@@ -484,7 +520,7 @@ impl<'a> Walker<'a> {
                 Tri::No => return false,
                 Tri::Maybe => {
                     let what = super::explain::describe_match(m);
-                    self.assume(format!(
+                    self.assume(|| format!(
                         "{table} {chain} line {}: '{what}' cannot be evaluated here; assumed not to match",
                         r.line
                     ));
@@ -507,10 +543,12 @@ impl<'a> Walker<'a> {
         let table = &rs.tables[ti];
         let chain = &table.chains[ci];
         if depth > 32 || self.budget == 0 {
-            self.assume(format!(
-                "{} {}: jumps nested too deep; stopped there",
-                table.name, chain.name
-            ));
+            self.assume(|| {
+                format!(
+                    "{} {}: jumps nested too deep; stopped there",
+                    table.name, chain.name
+                )
+            });
             // A jump loop (nesting this deep is nothing else): end the walk here, or each
             // level's next jump would branch again (2^32 paths through a two-jump loop).
             self.budget = 0;
@@ -530,9 +568,9 @@ impl<'a> Walker<'a> {
             .filter(|ix| ix.len == chain.rules.len() && ix.useful());
         while i < chain.rules.len() {
             if let Some(ix) = index {
-                // The destination only changes by a NAT, which ends the chain.
+                // The destination (address and port) only changes by a NAT, which ends the chain.
                 if taken_branch.is_none() {
-                    i = ix.next(&self.pkt.dst, i);
+                    i = ix.next(&self.pkt.dst, self.pkt.dport, i);
                     if i >= chain.rules.len() {
                         break;
                     }
@@ -540,7 +578,9 @@ impl<'a> Walker<'a> {
             }
             // Bounded work whatever the input (loops of jumps, huge chains).
             if self.budget == 0 {
-                self.assume("rule evaluation budget exhausted (jump loop?); stopped there".into());
+                self.assume(|| {
+                    "rule evaluation budget exhausted (jump loop?); stopped there".into()
+                });
                 return Outcome::Continue;
             }
             self.budget -= 1;
@@ -564,36 +604,42 @@ impl<'a> Walker<'a> {
                 let branches = self.branches(hook, ti, ci, i - 1);
                 let pick = self.opts.branch.min(branches.len().saturating_sub(1));
                 let (target_idx, _) = branches[pick];
-                let listed: Vec<Branch> = branches
+                let dnats: Vec<Option<RuleRef>> = branches
                     .iter()
-                    .enumerate()
-                    .map(|(k, (idx, share))| Branch {
-                        share: *share,
-                        line: chain.rules[*idx].line,
-                        leads_to: self.leads_to(ti, &chain.rules[*idx].action),
-                        taken: k == pick,
-                        dnat: self.branch_dnat(
-                            ti,
-                            ci,
-                            chain.rules[*idx].line,
-                            &chain.rules[*idx].action,
-                        ),
+                    .map(|(idx, _)| {
+                        let b = &chain.rules[*idx];
+                        self.branch_dnat(ti, ci, b.line, &b.action)
                     })
                     .collect();
-                self.steps.push(Step {
-                    hook,
-                    table: table.name.clone(),
-                    chain: chain.name.clone(),
-                    line: r.line,
-                    what: format!(
-                        "load-balancing point: {} branches; following branch {} ({:.1}%)",
-                        listed.len(),
-                        pick + 1,
-                        listed[pick].share * 100.0
-                    ),
-                    rewritten: None,
-                    branches: listed,
-                });
+                self.branch_dnats.extend(dnats.iter().flatten().cloned());
+                if !self.opts.quiet {
+                    let listed: Vec<Branch> = branches
+                        .iter()
+                        .zip(dnats)
+                        .enumerate()
+                        .map(|(k, ((idx, share), dnat))| Branch {
+                            share: *share,
+                            line: chain.rules[*idx].line,
+                            leads_to: self.leads_to(ti, &chain.rules[*idx].action),
+                            taken: k == pick,
+                            dnat,
+                        })
+                        .collect();
+                    self.steps.push(Step {
+                        hook,
+                        table: table.name.clone(),
+                        chain: chain.name.clone(),
+                        line: r.line,
+                        what: format!(
+                            "load-balancing point: {} branches; following branch {} ({:.1}%)",
+                            listed.len(),
+                            pick + 1,
+                            listed[pick].share * 100.0
+                        ),
+                        rewritten: None,
+                        branches: listed,
+                    });
+                }
                 taken_branch = Some(target_idx);
                 branches_done = true;
                 i = target_idx;
@@ -616,7 +662,7 @@ impl<'a> Walker<'a> {
         let chain = &self.rs.tables[ti].chains[ci];
         let mut out = Vec::new();
         let mut remaining = 1.0;
-        let saved = self.assumptions.clone();
+        let saved = self.assumptions.len();
         for (idx, r) in chain.rules.iter().enumerate().skip(start) {
             if !self.rule_matches(hook, "", "", r) {
                 continue;
@@ -637,7 +683,7 @@ impl<'a> Walker<'a> {
                 }
             }
         }
-        self.assumptions = saved;
+        self.assumptions.truncate(saved);
         out
     }
 
@@ -697,45 +743,30 @@ impl<'a> Walker<'a> {
         let table = &rs.tables[ti];
         let chain = &table.chains[ci];
         let (tn, cn, line) = (table.name.as_str(), chain.name.as_str(), r.line);
-        let cmt = r
-            .comment
-            .as_deref()
-            .map(|c| format!(" (\"{c}\")"))
-            .unwrap_or_default();
+        let cmt = Comment(r.comment.as_deref());
         match a {
             Action::None => {
-                self.step(
-                    hook,
-                    tn,
-                    cn,
-                    line,
-                    format!("matched, no target (counts only){cmt}"),
-                );
+                self.step(hook, tn, cn, line, || {
+                    format!("matched, no target (counts only){cmt}")
+                });
                 Outcome::Continue
             }
             Action::Log { prefix } => {
-                self.step(
-                    hook,
-                    tn,
-                    cn,
-                    line,
-                    format!("LOG {}{cmt}", prefix.as_deref().unwrap_or("")),
-                );
+                self.step(hook, tn, cn, line, || {
+                    format!("LOG {}{cmt}", prefix.as_deref().unwrap_or(""))
+                });
                 Outcome::Continue
             }
             Action::Accept => {
-                self.step(hook, tn, cn, line, format!("ACCEPT{cmt}"));
+                self.accepted_by.push(Self::rule_ref(tn, cn, line));
+                self.step(hook, tn, cn, line, || format!("ACCEPT{cmt}"));
                 Outcome::Accept
             }
             Action::Drop | Action::Reject { .. } => {
                 let reject = !matches!(a, Action::Drop);
-                self.step(
-                    hook,
-                    tn,
-                    cn,
-                    line,
-                    format!("{}{cmt}", if reject { "REJECT" } else { "DROP" }),
-                );
+                self.step(hook, tn, cn, line, || {
+                    format!("{}{cmt}", if reject { "REJECT" } else { "DROP" })
+                });
                 Outcome::Drop {
                     table: tn.into(),
                     chain: cn.into(),
@@ -744,7 +775,7 @@ impl<'a> Walker<'a> {
                 }
             }
             Action::Return => {
-                self.step(hook, tn, cn, line, format!("RETURN{cmt}"));
+                self.step(hook, tn, cn, line, || format!("RETURN{cmt}"));
                 Outcome::Return
             }
             Action::Jump { chain: target } | Action::Goto { chain: target } => {
@@ -755,7 +786,7 @@ impl<'a> Walker<'a> {
                 };
                 match table.index.get(target.as_str()) {
                     Some(&tci) => {
-                        self.step(hook, tn, cn, line, format!("{verb} {target}{cmt}"));
+                        self.step(hook, tn, cn, line, || format!("{verb} {target}{cmt}"));
                         match self.chain_outcome(hook, ti, tci, depth + 1) {
                             // After a goto'd chain ends, the chain that did the goto ends too.
                             Outcome::Continue if matches!(a, Action::Goto { .. }) => {
@@ -765,30 +796,20 @@ impl<'a> Walker<'a> {
                         }
                     }
                     None => {
-                        self.step(
-                            hook,
-                            tn,
-                            cn,
-                            line,
-                            format!("{verb} {target}, which does not exist: ignored"),
-                        );
+                        self.step(hook, tn, cn, line, || {
+                            format!("{verb} {target}, which does not exist: ignored")
+                        });
                         Outcome::Continue
                     }
                 }
             }
             Action::Mark { value, mask } => {
                 let before = self.pkt.mark;
-                self.pkt.mark = apply_xmark(before, *value, *mask);
-                self.step(
-                    hook,
-                    tn,
-                    cn,
-                    line,
-                    format!(
-                        "MARK: {before:#x} -> {:#x} (mark & ~{mask:#x} ^ {value:#x}){cmt}",
-                        self.pkt.mark
-                    ),
-                );
+                let after = apply_xmark(before, *value, *mask);
+                self.pkt.mark = after;
+                self.step(hook, tn, cn, line, || {
+                    format!("MARK: {before:#x} -> {after:#x} (mark & ~{mask:#x} ^ {value:#x}){cmt}")
+                });
                 Outcome::Continue
             }
             Action::Dnat { to } => {
@@ -806,8 +827,7 @@ impl<'a> Walker<'a> {
                     chain: cn.into(),
                     line,
                 });
-                let t = self.tuple();
-                self.nat_step(hook, tn, cn, line, format!("DNAT to {}{cmt}", to.text), t);
+                self.nat_step(hook, tn, cn, line, || format!("DNAT to {}{cmt}", to.text));
                 Outcome::Nat
             }
             Action::Redirect { ports } => {
@@ -820,10 +840,11 @@ impl<'a> Walker<'a> {
                         }
                     }
                     (Some(i), false) => {
-                        match self.facts.addr_of(i, &self.pkt.dst) {
+                        let i = i.clone();
+                        match self.facts.addr_of(&i, &self.pkt.dst) {
                             Some(a) => a,
                             None => {
-                                self.assume(format!("REDIRECT: address of {i} unknown; keeping the destination address"));
+                                self.assume(|| format!("REDIRECT: address of {i} unknown; keeping the destination address"));
                                 self.pkt.dst
                             }
                         }
@@ -839,8 +860,7 @@ impl<'a> Walker<'a> {
                     chain: cn.into(),
                     line,
                 });
-                let t = self.tuple();
-                self.nat_step(hook, tn, cn, line, format!("REDIRECT to this host{cmt}"), t);
+                self.nat_step(hook, tn, cn, line, || format!("REDIRECT to this host{cmt}"));
                 Outcome::Nat
             }
             Action::Snat { to } => {
@@ -856,8 +876,7 @@ impl<'a> Walker<'a> {
                     chain: cn.into(),
                     line,
                 });
-                let t = self.tuple();
-                self.nat_step(hook, tn, cn, line, format!("SNAT to {}{cmt}", to.text), t);
+                self.nat_step(hook, tn, cn, line, || format!("SNAT to {}{cmt}", to.text));
                 Outcome::Nat
             }
             Action::Masquerade { ports } => {
@@ -868,7 +887,7 @@ impl<'a> Walker<'a> {
                     .or_else(|| self.facts.route(&self.pkt.dst).and_then(|r| r.src));
                 match new_src {
                     Some(s) => self.pkt.src = s,
-                    None => self.assume(format!(
+                    None => self.assume(|| format!(
                         "MASQUERADE: the address of {} is unknown (pass --local-addr ADDR@IFACE); source shown unchanged",
                         oif.as_deref().unwrap_or("the outgoing interface")
                     )),
@@ -882,18 +901,12 @@ impl<'a> Walker<'a> {
                     chain: cn.into(),
                     line,
                 });
-                let t = self.tuple();
-                self.nat_step(
-                    hook,
-                    tn,
-                    cn,
-                    line,
+                self.nat_step(hook, tn, cn, line, || {
                     format!(
                         "MASQUERADE: source becomes the address of {}{cmt}",
                         oif.as_deref().unwrap_or("the outgoing interface")
-                    ),
-                    t,
-                );
+                    )
+                });
                 Outcome::Nat
             }
             Action::Vmap {
@@ -938,33 +951,41 @@ impl<'a> Walker<'a> {
                     VmapKey::Random => {
                         let n = entries.len().max(1);
                         let pick = self.opts.branch.min(n - 1);
-                        let listed: Vec<Branch> = entries
+                        let dnats: Vec<Option<RuleRef>> = entries
                             .iter()
-                            .enumerate()
-                            .map(|(k, (_, v))| Branch {
-                                share: 1.0 / n as f64,
-                                line,
-                                leads_to: self.leads_to(ti, v),
-                                taken: k == pick,
-                                dnat: self.branch_dnat(ti, ci, line, v),
-                            })
+                            .map(|(_, v)| self.branch_dnat(ti, ci, line, v))
                             .collect();
-                        self.steps.push(Step {
-                            hook,
-                            table: tn.into(),
-                            chain: cn.into(),
-                            line,
-                            what: format!(
-                                "numgen load-balancing: {n} branches; following branch {}",
-                                pick + 1
-                            ),
-                            rewritten: None,
-                            branches: listed,
-                        });
+                        self.branch_dnats.extend(dnats.iter().flatten().cloned());
+                        if !self.opts.quiet {
+                            let listed: Vec<Branch> = entries
+                                .iter()
+                                .zip(dnats)
+                                .enumerate()
+                                .map(|(k, ((_, v), dnat))| Branch {
+                                    share: 1.0 / n as f64,
+                                    line,
+                                    leads_to: self.leads_to(ti, v),
+                                    taken: k == pick,
+                                    dnat,
+                                })
+                                .collect();
+                            self.steps.push(Step {
+                                hook,
+                                table: tn.into(),
+                                chain: cn.into(),
+                                line,
+                                what: format!(
+                                    "numgen load-balancing: {n} branches; following branch {}",
+                                    pick + 1
+                                ),
+                                rewritten: None,
+                                branches: listed,
+                            });
+                        }
                         ("numgen".into(), entries.get(pick).map(|_| pick))
                     }
                     VmapKey::Other => {
-                        self.assume(format!("{tn} {cn} line {line}: verdict map on a key we cannot evaluate; skipped"));
+                        self.assume(|| format!("{tn} {cn} line {line}: verdict map on a key we cannot evaluate; skipped"));
                         return Outcome::Continue;
                     }
                 };
@@ -972,13 +993,9 @@ impl<'a> Walker<'a> {
                     Some(k) => {
                         let (name, v) = &entries[k];
                         if *key != VmapKey::Random {
-                            self.step(
-                                hook,
-                                tn,
-                                cn,
-                                line,
-                                format!("verdict map: {label} -> entry \"{name}\""),
-                            );
+                            self.step(hook, tn, cn, line, || {
+                                format!("verdict map: {label} -> entry \"{name}\"")
+                            });
                         }
                         self.action(hook, ti, ci, r, v, depth)
                     }
@@ -986,11 +1003,11 @@ impl<'a> Walker<'a> {
                 }
             }
             Action::Other { text, terminal } => {
-                self.step(hook, tn, cn, line, format!("{text} (not modelled){cmt}"));
+                self.step(hook, tn, cn, line, || format!("{text} (not modelled){cmt}"));
                 if *terminal {
-                    self.assume(format!(
-                        "{tn} {cn} line {line}: {text} ends evaluation; treated as ACCEPT"
-                    ));
+                    self.assume(|| {
+                        format!("{tn} {cn} line {line}: {text} ends evaluation; treated as ACCEPT")
+                    });
                     Outcome::Accept
                 } else {
                     Outcome::Continue
@@ -1005,15 +1022,18 @@ impl<'a> Walker<'a> {
         tn: &str,
         cn: &str,
         line: usize,
-        what: String,
-        tuple: String,
+        what: impl FnOnce() -> String,
     ) {
+        if self.opts.quiet {
+            return;
+        }
+        let tuple = self.tuple();
         self.steps.push(Step {
             hook,
             table: tn.into(),
             chain: cn.into(),
             line,
-            what,
+            what: what(),
             rewritten: Some(tuple),
             branches: Vec::new(),
         });
@@ -1070,13 +1090,9 @@ impl<'a> Walker<'a> {
                         .map(|p| p.verdict.to_ascii_uppercase())
                         .unwrap_or_else(|| "ACCEPT".into());
                     if policy == "DROP" {
-                        self.step(
-                            hook,
-                            &tn,
-                            &cn,
-                            0,
-                            "no rule decided: chain policy DROP".into(),
-                        );
+                        self.step(hook, &tn, &cn, 0, || {
+                            "no rule decided: chain policy DROP".into()
+                        });
                         return Err(Outcome::Drop {
                             table: tn,
                             chain: cn,
@@ -1096,49 +1112,33 @@ impl<'a> Walker<'a> {
             if self.pkt.from_host {
                 self.pkt.out_iface = Some("lo".into());
             }
-            self.step(
-                before,
-                "",
-                "routing",
-                0,
-                format!("routing: {dst} is a local address: delivered to this host"),
-            );
+            self.step(before, "", "routing", 0, || {
+                format!("routing: {dst} is a local address: delivered to this host")
+            });
             return Ok(true);
         }
         if self.pkt.out_iface.is_some() && self.facts.routes.is_empty() {
             let o = self.pkt.out_iface.clone().unwrap_or_default();
-            self.step(
-                before,
-                "",
-                "routing",
-                0,
-                format!("routing: {dst} leaves by {o} (given)"),
-            );
+            self.step(before, "", "routing", 0, || {
+                format!("routing: {dst} leaves by {o} (given)")
+            });
             return Ok(false);
         }
         match self.facts.route(&dst).cloned() {
             Some(r) => {
                 self.pkt.out_iface = Some(r.dev.clone());
-                self.step(
-                    before,
-                    "",
-                    "routing",
-                    0,
-                    format!("routing: {dst} via {} (route {})", r.dev, r.net),
-                );
+                self.step(before, "", "routing", 0, || {
+                    format!("routing: {dst} via {} (route {})", r.dev, r.net)
+                });
                 Ok(false)
             }
             None if self.facts.routes.is_empty() => {
-                self.assume(format!(
+                self.assume(|| format!(
                     "no routes known (pass --route NET@IFACE or 'out IFACE' in the packet): the outgoing interface for {dst} is unknown"
                 ));
-                self.step(
-                    before,
-                    "",
-                    "routing",
-                    0,
-                    format!("routing: {dst} is not local: routed on (interface unknown)"),
-                );
+                self.step(before, "", "routing", 0, || {
+                    format!("routing: {dst} is not local: routed on (interface unknown)")
+                });
                 Ok(false)
             }
             None => Err(format!("no route to {dst}")),
@@ -1177,14 +1177,14 @@ impl<'a> Walker<'a> {
 
     fn run(&mut self) -> (String, String) {
         if self.pkt.state != "NEW" {
-            self.assume(format!(
-                "connection state {}: NAT chains are not consulted (only the first packet of a connection is NATed)",
-                self.pkt.state
+            let state = self.pkt.state.clone();
+            self.assume(|| format!(
+                "connection state {state}: NAT chains are not consulted (only the first packet of a connection is NATed)"
             ));
         } else {
-            self.assume(
-                "connection state NEW (the first packet of a connection; set with --state)".into(),
-            );
+            self.assume(|| {
+                "connection state NEW (the first packet of a connection; set with --state)".into()
+            });
         }
         if self.pkt.from_host {
             // OUTPUT path
@@ -1231,7 +1231,7 @@ impl<'a> Walker<'a> {
             return ("sent".into(), format!("sent out {oif} as {}", self.tuple()));
         }
         if self.pkt.in_iface.is_none() {
-            self.assume("no incoming interface given (add 'in IFACE' to the packet): -i matches cannot be evaluated".into());
+            self.assume(|| "no incoming interface given (add 'in IFACE' to the packet): -i matches cannot be evaluated".into());
         }
         if let Err(o) = self.hook(Hook::Prerouting, true) {
             return self.dropped(o);
@@ -1260,13 +1260,9 @@ impl<'a> Walker<'a> {
             );
         }
         if self.facts.forwarding == Some(false) {
-            self.step(
-                Hook::Forward,
-                "",
-                "routing",
-                0,
-                "net.ipv4.ip_forward is 0: not forwarded".into(),
-            );
+            self.step(Hook::Forward, "", "routing", 0, || {
+                "net.ipv4.ip_forward is 0: not forwarded".into()
+            });
             return (
                 "dropped".into(),
                 "dropped: forwarding is off (net.ipv4.ip_forward=0)".into(),
@@ -1287,6 +1283,18 @@ impl<'a> Walker<'a> {
             "forwarded".into(),
             format!("forwarded out {oif} as {}", self.tuple()),
         )
+    }
+}
+
+/// A rule's comment as step words add it: ` ("text")`, or nothing (made only when written).
+struct Comment<'c>(Option<&'c str>);
+
+impl fmt::Display for Comment<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(c) => write!(f, " (\"{c}\")"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1327,6 +1335,8 @@ pub fn walk_with(rs: &Ruleset, packet: &Packet, facts: &LocalFacts, opts: &WalkO
         dnat_by: None,
         snat_by: None,
         decided_by: None,
+        accepted_by: Vec::new(),
+        branch_dnats: Vec::new(),
     };
     let (verdict, summary) = w.run();
     Walk {
@@ -1340,6 +1350,8 @@ pub fn walk_with(rs: &Ruleset, packet: &Packet, facts: &LocalFacts, opts: &WalkO
         dnat_by: w.dnat_by,
         snat_by: w.snat_by,
         decided_by: w.decided_by,
+        accepted_by: w.accepted_by,
+        branch_dnats: w.branch_dnats,
     }
 }
 

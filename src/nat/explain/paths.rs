@@ -41,6 +41,8 @@ pub(super) struct Walker<'a> {
     pub(super) accepts: Vec<SourceNat>,
     pub(super) seen_accept: HashSet<(usize, usize, usize)>,
     pub(super) visits: usize,
+    /// Sets too big to walk element by element: what was left out, once per rule.
+    pub(super) notes: BTreeMap<(usize, usize, usize), String>,
 }
 
 const MAX_DEPTH: usize = 24;
@@ -92,7 +94,13 @@ impl<'a> Walker<'a> {
                 continue;
             }
             // A set lookup is walked once per element (each a front-end of its own).
-            for extra in set_expansion(rule) {
+            let (paths, left_out) = set_expansion(rule);
+            if let Some(note) = left_out {
+                self.notes.entry((ti, ci, rule.line)).or_insert_with(|| {
+                    format!("{} {} line {}: {note}", table.name, chain.name, rule.line)
+                });
+            }
+            for extra in paths {
                 let impossible = extra.iter().any(|m| {
                     stack
                         .iter()
@@ -459,17 +467,7 @@ impl<'a> Walker<'a> {
             _ => return,
         };
         let share: f64 = stack.iter().map(|f| f.share).product();
-        let mut conditions = self.conditions(stack, false);
-        if hook == Hook::Output {
-            // Locally generated packets have no incoming interface: "-i" words say nothing here.
-            conditions.retain(|c| !c.contains("arriving on"));
-        }
-        conditions.extend(vmap_cond.clone());
         let from = from_words(hook, stack, vmap_cond.as_deref());
-        let path: Vec<String> = stack
-            .iter()
-            .map(|f| format!("{} {}:{}", f.table, f.chain, f.line))
-            .collect();
         let owner = stack
             .iter()
             .rev()
@@ -487,19 +485,38 @@ impl<'a> Walker<'a> {
             host_port.clone(),
             owner.clone().unwrap_or_default(),
         );
-        let entry = Entry {
-            hook,
-            path,
-            conditions,
-            from,
-            share,
-            conds: all.iter().map(|m| (*m).clone()).collect(),
-        };
+        // Each way in is said once: a load-balanced service reaches every endpoint by the same
+        // way, so its words are made only for the first (kube-proxy: thousands of them).
+        let known_entry = self
+            .published
+            .get(&key)
+            .is_some_and(|p| p.entries.iter().any(|e| e.hook == hook && e.from == from));
+        let entry = (!known_entry).then(|| {
+            let mut conditions = self.conditions(stack, false);
+            if hook == Hook::Output {
+                // Locally generated packets have no incoming interface: "-i" words say nothing here.
+                conditions.retain(|c| !c.contains("arriving on"));
+            }
+            conditions.extend(vmap_cond.clone());
+            Entry {
+                hook,
+                path: stack
+                    .iter()
+                    .map(|f| format!("{} {}:{}", f.table, f.chain, f.line))
+                    .collect(),
+                conditions,
+                from,
+                share,
+                conds: all.iter().map(|m| (*m).clone()).collect(),
+            }
+        });
         let target = Target {
             to,
             addr,
             share,
-            name: addr.and_then(|a| self.names.get(&a).cloned()),
+            name: addr
+                .and_then(|a| self.names.get(&a).cloned())
+                .or_else(|| swarm_ingress(stack)),
             table: table.name.clone(),
             chain: chain.name.clone(),
             line: rule.line,
@@ -533,13 +550,7 @@ impl<'a> Walker<'a> {
         {
             p.targets.push(target);
         }
-        if !p
-            .entries
-            .iter()
-            .any(|e| e.hook == entry.hook && e.from == entry.from)
-        {
-            p.entries.push(entry);
-        }
+        p.entries.extend(entry);
         if p.service.is_none() {
             p.service = service;
         }
@@ -628,38 +639,60 @@ fn path_matches<'m>(stack: &'m [Frame]) -> Vec<&'m Match> {
         .collect()
 }
 
-/// Sets up to this size are walked element by element; a bigger one is one path described as
-/// the set (its membership is still evaluated by every packet walk).
-const SET_EXPAND_MAX: usize = 64;
+/// Sets up to this size are walked element by element, every element a path of its own; of a
+/// bigger one the first this many are, and the summary's warnings name the rest.
+const SET_EXPAND_MAX: usize = 1024;
 
 /// The extra conditions of each path through `rule`: one per element of its first set lookup
-/// (none when the set is empty: the rule never matches), or one empty path.
-fn set_expansion(rule: &Rule) -> Vec<Vec<Match>> {
+/// (none when the set is empty: the rule never matches), or one empty path. With them, when the
+/// set is bigger than [`SET_EXPAND_MAX`], what was left out in words.
+fn set_expansion(rule: &Rule) -> (Vec<Vec<Match>>, Option<String>) {
     let set = rule.matches.iter().find_map(|m| match &m.cond {
         Cond::NftSet {
             elements: Some(els),
+            name,
+            texts,
             ..
-        } if !m.negated && els.len() <= SET_EXPAND_MAX => Some(els),
+        } if !m.negated => Some((els, name, texts)),
         _ => None,
     });
-    match set {
-        Some(els) => els
-            .iter()
-            .map(|el| {
-                el.iter()
-                    .map(|c| Match {
-                        negated: false,
-                        cond: c.clone(),
-                    })
-                    .collect()
-            })
-            .collect(),
-        None => vec![Vec::new()],
-    }
+    let Some((els, name, texts)) = set else {
+        return (vec![Vec::new()], None);
+    };
+    let paths = els
+        .iter()
+        .take(SET_EXPAND_MAX)
+        .map(|el| {
+            el.iter()
+                .map(|c| Match {
+                    negated: false,
+                    cond: c.clone(),
+                })
+                .collect()
+        })
+        .collect();
+    let left_out = (els.len() > SET_EXPAND_MAX).then(|| {
+        let rest = els.len() - SET_EXPAND_MAX;
+        let text = |i: usize| texts.get(i).cloned().unwrap_or_else(|| format!("#{}", i + 1));
+        format!(
+            "the {}set has {} elements: the summary walks the first {SET_EXPAND_MAX} one by one and leaves out the other {rest} ({} to {}, elements {}-{}); --packet walks any of them",
+            if name.is_empty() {
+                String::new()
+            } else {
+                format!("@{name} ")
+            },
+            els.len(),
+            text(SET_EXPAND_MAX),
+            text(els.len() - 1),
+            SET_EXPAND_MAX + 1,
+            els.len()
+        )
+    });
+    (paths, left_out)
 }
 
 /// True when `a` and `b` cannot both hold for one packet (interfaces, protocol).
-fn contradicts(a: &Match, b: &Match) -> bool {
+pub(super) fn contradicts(a: &Match, b: &Match) -> bool {
     // Ports and addresses: two positive matches on the same field contradict when their sets
     // do not meet (netavark's one DN chain for every port of a network: the 8081 rule is not
     // on the path through the `--dport 8080` jump); a positive one inside a negated one too.
@@ -726,6 +759,18 @@ fn mark_setters(rs: &Ruleset, mask: u32) -> Vec<String> {
         }
     }
     out
+}
+
+/// Docker swarm's routing mesh: a DNAT in DOCKER-INGRESS sends the published port to the
+/// ingress sandbox on docker_gwbridge, which balances over the service's tasks (IPVS).
+fn swarm_ingress(stack: &[Frame]) -> Option<String> {
+    stack
+        .last()
+        .filter(|f| f.chain == "DOCKER-INGRESS")
+        .map(|_| {
+            "ingress_sbox: the swarm routing mesh, balanced over the service's tasks by IPVS"
+                .to_string()
+        })
 }
 
 /// kube-proxy comments look like "ns1/svc1:p80" or "ns4/svc4:p80 -> 10.180.0.5:80".

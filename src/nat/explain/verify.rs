@@ -64,9 +64,7 @@ pub(super) fn verify_drop(rs: &Ruleset, model: &HostModel, d: &mut DropRule) {
         chain: d.chain.clone(),
         line: d.line,
     };
-    let conds: Vec<&Match> = d.conds.iter().collect();
-    let pkt = reach::satisfy(&conds, d.hook, model, d.v6);
-    let pr = reach::probe(rs, model, reach::From::AsTheRuleSays, pkt.clone());
+    let (pkt, pr) = drop_probe(rs, model, d, &me);
     d.verified = if pr.decided_by.as_ref() == Some(&me) {
         format!("walked: {} is {} here", pr.packet, pr.verdict)
     } else {
@@ -100,6 +98,94 @@ pub(super) fn verify_drop(rs: &Ruleset, model: &HostModel, d: &mut DropRule) {
         }
     }
     d.probe = Some(pr);
+}
+
+/// Tries at most this many packets per drop rule.
+const DROP_TRIES: usize = 8;
+
+/// A packet the drop rule really matches and that earlier rules do not take first: satisfy
+/// the rule's path; when the walk ends elsewhere (an ACCEPT, a RETURN, a NAT or another drop
+/// before it), steer away from that rule with the negation of one of its conditions that the
+/// drop's own path allows (`--dport 80 -j ACCEPT` above `-p tcp -j DROP`: a port other than 80),
+/// and walk again. The first packet is kept when no try ends at the rule.
+fn drop_probe(
+    rs: &Ruleset,
+    model: &HostModel,
+    d: &DropRule,
+    me: &RuleRef,
+) -> (super::super::walk::Packet, Probe) {
+    let mut extra: Vec<Match> = Vec::new();
+    let mut first = None;
+    for _ in 0..DROP_TRIES {
+        let conds: Vec<&Match> = d.conds.iter().chain(extra.iter()).collect();
+        let pkt = reach::satisfy(&conds, d.hook, model, d.v6);
+        let w = super::super::walk::walk(rs, &pkt, &model.facts);
+        let pr = reach::probe_of(reach::From::AsTheRuleSays, pkt.clone(), &w);
+        if pr.decided_by.as_ref() == Some(me) {
+            return (pkt, pr);
+        }
+        let tried = first.is_some();
+        if !tried {
+            first = Some((pkt.clone(), pr));
+        } else if first.as_ref().is_some_and(|(p, _)| *p == pkt) {
+            break;
+        }
+        // The rule that took the packet before the drop: the last decisive step at its hook.
+        let culprit = w
+            .steps
+            .iter()
+            .rev()
+            .filter(|s| s.hook == d.hook && s.line > 0)
+            .find(|s| {
+                s.rewritten.is_some()
+                    || ["ACCEPT", "RETURN", "DROP", "REJECT"]
+                        .iter()
+                        .any(|v| s.what.starts_with(v))
+            })
+            .map(|s| RuleRef {
+                table: s.table.clone(),
+                chain: s.chain.clone(),
+                line: s.line,
+            })
+            .or(w.decided_by.clone());
+        let Some(rule) = culprit.and_then(|c| rule_at(rs, &c)) else {
+            break;
+        };
+        let all: Vec<&Match> = d.conds.iter().chain(extra.iter()).collect();
+        let away = rule
+            .matches
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.cond,
+                    Cond::Port { .. }
+                        | Cond::Addr { .. }
+                        | Cond::AddrRange { .. }
+                        | Cond::Proto { .. }
+                        | Cond::InIface { .. }
+                        | Cond::Mark { .. }
+                )
+            })
+            .map(|m| Match {
+                negated: !m.negated,
+                cond: m.cond.clone(),
+            })
+            .find(|n| !all.contains(&n) && !all.iter().any(|c| super::paths::contradicts(n, c)));
+        match away {
+            Some(n) => extra.push(n),
+            None => break,
+        }
+    }
+    first.expect("DROP_TRIES > 0")
+}
+
+/// The rule at `r` (lines are unique in one input).
+fn rule_at<'r>(rs: &'r Ruleset, r: &RuleRef) -> Option<&'r Rule> {
+    rs.tables
+        .iter()
+        .filter(|t| t.name == r.table)
+        .filter_map(|t| t.chain(&r.chain))
+        .find_map(|c| c.rules.iter().find(|x| x.line == r.line))
 }
 
 /// Whole classes of traffic, walked: from outside straight to a container (a port nothing
@@ -154,18 +240,21 @@ pub(super) fn flows(rs: &Ruleset, model: &HostModel) -> Vec<Flow> {
     };
     for n in &nets {
         let v6 = n.net.addr().is_ipv6();
-        let c = reach::host_in(&n.net, 2);
-        let pkt = packet(model.client_addrs[v6 as usize], c, &model.external_iface);
-        let pr = reach::probe(rs, model, reach::From::Outside, pkt);
-        push(
-            "inbound",
-            "from outside".into(),
-            format!(
-                "a container on {} ({}), on a port nothing publishes",
-                n.iface, n.net
-            ),
-            pr,
-        );
+        // No uplink: nothing comes from another host (outbound is still walked: no route).
+        if !model.isolated {
+            let c = reach::host_in(&n.net, 2);
+            let pkt = packet(model.client_addrs[v6 as usize], c, &model.external_iface);
+            let pr = reach::probe(rs, model, reach::From::Outside, pkt);
+            push(
+                "inbound",
+                "from outside".into(),
+                format!(
+                    "a container on {} ({}), on a port nothing publishes",
+                    n.iface, n.net
+                ),
+                pr,
+            );
+        }
         let mut pkt = packet(
             reach::host_in(&n.net, 200),
             model.client_addrs[v6 as usize],

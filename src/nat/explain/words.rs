@@ -340,6 +340,7 @@ pub(super) fn why_not(p: &Probe) -> String {
         (Some(r), _, _) => format!("sent elsewhere by {r}"),
         (None, "dropped" | "rejected", Some(d)) => format!("{} by {d}", p.verdict),
         (None, "accepted-local", _) => "not translated: delivered to this host".into(),
+        (None, "no-route", _) => p.summary.clone(),
         (None, _, _) => "not translated".into(),
     }
 }
