@@ -4134,3 +4134,68 @@ fn proxy_protocol_v2_heads_every_udp_datagram() {
     let log = p.stop();
     assert!(log.contains("bytes_c2s=7 bytes_s2c=12"), "{log}");
 }
+
+/// SO_RCVBUFFORCE on a test socket, so the test's own receiver never drops.
+fn big_rcvbuf(s: &UdpSocket) {
+    let v: libc::c_int = 16 << 20;
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &v as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[test]
+fn udp_batches_keep_every_datagram_its_boundaries_and_order() {
+    let ns = lab("pxudpb");
+    let dir = TempDir::new("pxudpb");
+    let backend = inside(&ns, || UdpSocket::bind("127.0.0.1:7054").unwrap());
+    big_rcvbuf(&backend);
+    backend
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let p = start(Some(&ns), &dir, &["udp:10.9.0.1:5354", "127.0.0.1:7054"]);
+    // Two flows, interleaved, as fast as the clients can send: datagram k of client c carries
+    // (c, k) and is 8 + k % 1300 bytes long; every 500th is 60 000 bytes.
+    let clients: Vec<UdpSocket> = (0..2)
+        .map(|_| inside(&ns, || UdpSocket::bind("10.9.0.1:0").unwrap()))
+        .collect();
+    let size = |k: u32| {
+        if k % 500 == 499 {
+            60_000
+        } else {
+            8 + (k % 1300) as usize
+        }
+    };
+    const N: u32 = 2000;
+    for k in 0..N {
+        for (c, s) in clients.iter().enumerate() {
+            let mut d = vec![0xA5u8; size(k)];
+            d[..4].copy_from_slice(&(c as u32).to_be_bytes());
+            d[4..8].copy_from_slice(&k.to_be_bytes());
+            s.send_to(&d, "10.9.0.1:5354").unwrap();
+        }
+    }
+    // Per backend-side source (one per flow): every datagram, whole, in order.
+    let mut next: std::collections::HashMap<SocketAddr, (u32, u32)> = Default::default();
+    let mut buf = vec![0u8; 65_536];
+    for _ in 0..2 * N {
+        let (n, from) = backend
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("datagrams missing: got {next:?}: {e}"));
+        let c = u32::from_be_bytes(buf[..4].try_into().unwrap());
+        let k = u32::from_be_bytes(buf[4..8].try_into().unwrap());
+        let e = next.entry(from).or_insert((c, 0));
+        assert_eq!((c, k), *e, "flow {from}: out of order or lost");
+        assert_eq!(n, size(k), "datagram {k} of client {c}: boundary");
+        assert!(buf[8..n].iter().all(|b| *b == 0xA5));
+        e.1 += 1;
+    }
+    assert_eq!(next.len(), 2);
+    let log = p.stop();
+    assert!(log.contains(&format!("datagrams={}", 2 * N)), "{log}");
+}

@@ -406,6 +406,7 @@ impl Proxy {
                 Proto::Udp => {
                     let s = std::net::UdpSocket::from(fd);
                     s.set_nonblocking(true).map_err(ProxyError::ListenFd)?;
+                    udp::size_rcvbuf(&s, udp::LISTEN_RCVBUF);
                     let mut m = m;
                     m.listen = s.local_addr().map_err(ProxyError::ListenFd)?;
                     if m.listen.ip().is_unspecified() {

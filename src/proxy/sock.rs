@@ -45,6 +45,7 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     if addr.ip().is_unspecified() {
         set_pktinfo(&s, addr.is_ipv6())?;
     }
+    super::udp::size_rcvbuf(&s, super::udp::LISTEN_RCVBUF);
     s.bind(&addr.into())?;
     Ok(s.into())
 }
