@@ -463,3 +463,205 @@ fn real_docker_containers_are_captured_by_name() {
         "2 requests and 2 replies, each on both ends: {rows:?}"
     );
 }
+
+/// With NETTOOL_RECORD_CAPTURES=1, keep `file` as the sample captures/NAME (the README says
+/// how each was made); the tests that read the samples then read the new one.
+fn record_sample(file: &Path, name: &str) {
+    if std::env::var_os("NETTOOL_RECORD_CAPTURES").is_some() {
+        let dst = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("captures")
+            .join(name);
+        std::fs::copy(file, &dst).expect("copy the sample into captures/");
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// The SYNs (no ACK) of a capture: (interface, comment, source, destination port).
+fn syns(file: &Path) -> Vec<(String, String, String, String)> {
+    tshark_fields(
+        file,
+        &[
+            "frame.interface_name",
+            "frame.comment",
+            "ip.src",
+            "tcp.dstport",
+            "tcp.flags.syn",
+            "tcp.flags.ack",
+        ],
+    )
+    .into_iter()
+    .filter(|r| r.len() == 6 && r[4] == "1" && r[5] == "0")
+    .map(|r| (r[0].clone(), r[1].clone(), r[2].clone(), r[3].clone()))
+    .collect()
+}
+
+#[test]
+fn a_userland_proxys_two_legs_are_one_flow() {
+    // The lab's userland proxy (nettool proxy) answers localhost, which is never DNATed.
+    let (lab, _state) = TestLab::isolated("capp", &[]);
+    let file = tmp("cap-proxy");
+    let run = start(&[
+        "--lab",
+        &lab.name,
+        "--follow",
+        "-w",
+        file.to_str().unwrap(),
+        "tcp port 8080 or tcp port 80",
+    ]);
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.name,
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:8080/",
+    ]);
+    assert!(
+        !out.is_empty(),
+        "curl through the lab's userland proxy answered"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, err) = run.stop();
+    let rows = syns(&file);
+    let host_lo = format!("lab:{}/host/lo", lab.name);
+    let web = format!("lab:{}/web/eth0", lab.name);
+    let client_leg: Vec<_> = rows
+        .iter()
+        .filter(|r| r.0 == host_lo && r.3 == "8080")
+        .collect();
+    let backend_leg: Vec<_> = rows.iter().filter(|r| r.0 == web && r.3 == "80").collect();
+    assert!(
+        !client_leg.is_empty() && !backend_leg.is_empty(),
+        "the SYN to the proxy on lo and the proxy's SYN to web: {rows:?} {err}"
+    );
+    let c = &client_leg[0].1;
+    assert_eq!(&backend_leg[0].1, c, "both legs are one flow: {rows:?}");
+    assert!(
+        c.contains("original tcp 127.0.0.1:")
+            && c.contains("> 127.0.0.1:8080")
+            && c.contains(" ; proxied by nettool pid ")
+            && c.contains("> 172.19.0.2:80"),
+        "{c}"
+    );
+    record_sample(&file, "capture-lab-proxy-follow.pcapng");
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn real_docker_published_port_is_followed_across_dnat_and_docker_proxy() {
+    // Docker's default: DNAT for traffic from outside, docker-proxy for localhost.
+    let d = common::docker::Dockerd::start_with("cap-dp", &["--userland-proxy=true"]);
+    let outside = TestNs::new("cap-dpo");
+    veth("eth0", &d.ns, "eth0", &outside);
+    d.ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"]);
+    outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+    d.run_busybox_web("web", "8080:80");
+    let file = tmp("cap-dp");
+    let run = start_env(
+        &[
+            "--netns",
+            &outside.name,
+            "--netns",
+            &d.ns.name,
+            "--netns",
+            "container:web",
+            "--follow",
+            "-w",
+            file.to_str().unwrap(),
+            "tcp port 8080 or tcp port 80",
+        ],
+        &[("DOCKER_HOST", &d.host())],
+    );
+    let curl = |ns: &str, url: &str| {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+    };
+    // Wait for docker-proxy's listener and the DNAT to answer (httpd starts in the container).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl(&outside.name, "http://192.0.2.1:8080/").trim() == "000" {
+        assert!(Instant::now() < deadline, "web never answered on 8080");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ne!(curl(&d.ns.name, "http://127.0.0.1:8080/").trim(), "000");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, err) = run.stop();
+    let rows = syns(&file);
+    let web = "container:web/eth0";
+    // From outside: DNAT, one flow from the outside's eth0 to the container's.
+    let dnat: Vec<_> = rows
+        .iter()
+        .filter(|r| r.1.contains("original tcp 192.0.2.2:"))
+        .collect();
+    let legs: std::collections::BTreeSet<&str> = dnat.iter().map(|r| r.0.as_str()).collect();
+    assert!(
+        legs.contains(format!("{}/eth0", outside.name).as_str()) && legs.contains(web),
+        "the outside client's SYN on its eth0 and in the container: {rows:?} {err}"
+    );
+    let flows: std::collections::BTreeSet<&str> = dnat.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(flows.len(), 1, "{dnat:?}");
+    let f = flows.into_iter().next().unwrap();
+    assert!(
+        f.contains("> 192.0.2.1:8080")
+            && f.contains("reply tcp 172.17.0.2:80 > 192.0.2.2:")
+            && f.contains("(NAT)"),
+        "{f}"
+    );
+    // From localhost: docker-proxy's two legs, one flow.
+    let lo = format!("{}/lo", d.ns.name);
+    let proxied: Vec<_> = rows
+        .iter()
+        .filter(|r| r.1.contains("proxied by docker-proxy pid "))
+        .collect();
+    let legs: std::collections::BTreeSet<&str> = proxied.iter().map(|r| r.0.as_str()).collect();
+    assert!(
+        legs.contains(lo.as_str()) && legs.contains(web),
+        "docker-proxy's client leg on lo and its backend leg in the container: {rows:?} {err}"
+    );
+    let flows: std::collections::BTreeSet<&str> = proxied.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(flows.len(), 1, "{proxied:?}");
+    record_sample(&file, "capture-docker-p-follow.pcapng");
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn the_proxy_and_docker_samples_read_back_with_their_joined_legs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("captures");
+    for (name, wants) in [
+        (
+            "capture-lab-proxy-follow.pcapng",
+            &["proxied by nettool pid "][..],
+        ),
+        (
+            "capture-docker-p-follow.pcapng",
+            &[
+                "proxied by docker-proxy pid ",
+                "reply tcp 172.17.0.2:80 > 192.0.2.2:",
+            ][..],
+        ),
+    ] {
+        let file = dir.join(name);
+        // tshark reads it without a warning (tshark_fields asserts it).
+        let rows = tshark_fields(&file, &["frame.interface_name", "frame.comment"]);
+        assert!(rows.len() > 10, "{name}: {rows:?}");
+        let out = common::nettool_ok(&["capture", "--read", file.to_str().unwrap()]);
+        for w in wants {
+            assert!(out.contains(w), "{name} has '{w}':\n{out}");
+        }
+    }
+}

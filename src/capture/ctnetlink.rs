@@ -145,6 +145,8 @@ pub fn decode_datagram(buf: &[u8]) -> Vec<CtFlow> {
 #[derive(Debug)]
 pub struct CtEvents {
     socket: Socket,
+    /// The namespace it listens in (set by the caller that opened it there).
+    pub(crate) ns: Option<crate::netns::NsId>,
     /// A lost event (the buffer overflowed) asks for a new dump.
     pub(crate) needs_dump: bool,
 }
@@ -175,6 +177,7 @@ impl CtEvents {
         socket.set_non_blocking(true)?;
         let mut s = CtEvents {
             socket,
+            ns: None,
             needs_dump: false,
         };
         s.request_dump()?;

@@ -93,6 +93,8 @@ pub struct FlowTable {
     by_key: HashMap<Tuple, usize>,
     flows: Vec<CtFlow>,
     parent: Vec<usize>,
+    /// Per flow: the legs a userland proxy joined to it (`docker-proxy pid 9: tcp A > B`).
+    proxied: Vec<Vec<String>>,
 }
 
 impl FlowTable {
@@ -148,6 +150,8 @@ impl FlowTable {
             Some(&first) => {
                 for &other in &roots[1..] {
                     self.parent[other] = first;
+                    let moved = std::mem::take(&mut self.proxied[other]);
+                    self.proxied[first].extend(moved);
                     if self.flows[other].natted() && !self.flows[first].natted() {
                         self.flows[first] = self.flows[other];
                     }
@@ -160,12 +164,43 @@ impl FlowTable {
             None => {
                 self.flows.push(e);
                 self.parent.push(self.flows.len() - 1);
+                self.proxied.push(Vec::new());
                 self.flows.len() - 1
             }
         };
         for k in keys {
             self.by_key.entry(k).or_insert(id);
         }
+    }
+
+    /// A userland proxy's two legs are one conversation: join the flow of `client` (client to
+    /// the proxy) and the flow of `backend` (the proxy to the backend). A leg conntrack has not
+    /// shown is added as a flow of its own first (no NAT).
+    pub fn join_proxy(&mut self, proxy: &str, client: Tuple, backend: Tuple) {
+        for t in [client, backend] {
+            if self.lookup(&t).is_none() {
+                self.add(CtFlow {
+                    original: t,
+                    reply: t.reversed(),
+                });
+            }
+        }
+        let (Some(c), Some(b)) = (self.by_key.get(&client), self.by_key.get(&backend)) else {
+            return;
+        };
+        let (c, b) = (self.root(*c), self.root(*b));
+        let leg = format!("{proxy}: {backend}");
+        if c == b {
+            if !self.proxied[c].contains(&leg) {
+                self.proxied[c].push(leg);
+            }
+            return;
+        }
+        // The client's flow keeps its number (it came first) and its description.
+        self.parent[b] = c;
+        let moved = std::mem::take(&mut self.proxied[b]);
+        self.proxied[c].extend(moved);
+        self.proxied[c].push(leg);
     }
 
     /// The flow (its number from 1, and entry) a packet with this tuple belongs to.
@@ -177,12 +212,17 @@ impl FlowTable {
     /// The comment written on each packet of a flow.
     pub fn comment(&self, t: &Tuple) -> Option<String> {
         let (n, f) = self.lookup(t)?;
-        Some(format!(
+        let mut c = format!(
             "flow {n}: original {} ; reply {}{}",
             f.original,
             f.reply,
             if f.natted() { " (NAT)" } else { "" }
-        ))
+        );
+        for leg in &self.proxied[n - 1] {
+            c.push_str(" ; proxied by ");
+            c.push_str(leg);
+        }
+        Some(c)
     }
 }
 
@@ -255,5 +295,21 @@ mod tests {
             1
         );
         assert!(t.lookup(&t1("1.1.1.1", 1, "2.2.2.2", 2)).is_none());
+
+        // A userland proxy's legs: the client's flow keeps its number and names the other leg.
+        let client = t1("127.0.0.1", 41000, "127.0.0.1", 8080);
+        t.add(CtFlow {
+            original: client,
+            reply: client.reversed(),
+        });
+        let backend = t1("172.19.0.1", 52000, "172.19.0.2", 80);
+        t.join_proxy("nettool pid 7", client, backend);
+        let (n, _) = t.lookup(&backend.reversed()).unwrap();
+        assert_eq!(n, t.lookup(&client).unwrap().0);
+        assert_eq!(n, 2);
+        assert!(t
+            .comment(&backend)
+            .unwrap()
+            .ends_with("; proxied by nettool pid 7: tcp 172.19.0.1:52000 > 172.19.0.2:80"));
     }
 }

@@ -8,6 +8,7 @@ pub mod decode;
 pub mod filter;
 pub mod follow;
 pub mod pcapng;
+pub mod proxylegs;
 pub mod ring;
 
 use std::collections::HashSet;
@@ -80,8 +81,8 @@ pub struct CaptureOptions {
     pub filter: Option<Filter>,
     /// Bytes kept per packet.
     pub snaplen: u32,
-    /// Ring geometry per socket.
-    pub ring: RingSize,
+    /// Ring geometry per socket (None: [`RingSize::automatic`]).
+    pub ring: Option<RingSize>,
     /// Stitch flows across NAT with conntrack events (ctnetlink).
     pub follow: bool,
     /// How often to look for new interfaces and namespaces.
@@ -97,7 +98,7 @@ impl Default for CaptureOptions {
             interfaces: Vec::new(),
             filter: None,
             snaplen: 262_144,
-            ring: RingSize::with_total(4 << 20),
+            ring: None,
             follow: false,
             rescan: Duration::from_secs(1),
         }
@@ -360,7 +361,7 @@ fn open_interfaces(
     let label = place.label.clone();
     let filter = opts.filter.clone();
     let snaplen = opts.snaplen;
-    let size = opts.ring;
+    let given = opts.ring;
     let wanted = &opts.interfaces;
     let rings = place
         .ns
@@ -382,6 +383,7 @@ fn open_interfaces(
                         None => filter::accept_all(snaplen),
                     })
                 };
+                let size = given.unwrap_or_else(|| RingSize::automatic(known.len() + out.len()));
                 match Ring::open_here(l.index, &l.name, &label, size, &prog) {
                     Ok(r) => out.push((l.index, l.name, r)),
                     // Gone between the dump and the bind: it will not be missed.
@@ -417,11 +419,16 @@ struct Source {
     closed: Option<(u64, u64)>,
 }
 
-/// Something the rescanner found: a new interface, or (--follow) a new namespace's conntrack.
+/// Something the rescanner found: a new interface, or (--follow) a new namespace's conntrack,
+/// or the userland proxies running now in the captured namespaces.
 enum Found {
     Interface(Opened),
     Conntrack(CtEvents),
+    Proxies(Vec<proxylegs::ProxyWatch>),
 }
+
+/// How often --follow looks for userland proxies (a /proc pass).
+const PROXY_RESCAN: Duration = Duration::from_secs(2);
 
 /// A packet copied out of its ring: waiting for its flow (--follow) or its turn in time order.
 struct Held {
@@ -461,19 +468,33 @@ const FOLLOW_GRACE: Duration = Duration::from_millis(60);
 /// The live view's reorder window across interfaces: a ring hands over a block that is not full
 /// after its timeout (50 ms), so a packet of one interface can come up to that much later than a
 /// newer one of another.
-fn reorder_window(ring: RingSize) -> Duration {
-    Duration::from_millis(ring.block_timeout_ms as u64 + 30)
+fn reorder_window() -> Duration {
+    Duration::from_millis(ring::BLOCK_TIMEOUT_MS as u64 + 30)
 }
 
 /// Open --follow's conntrack event socket in `ns`.
 fn open_conntrack(ns: &NetNs, label: &str) -> Result<CtEvents, CaptureError> {
-    ns.run(CtEvents::open)?
+    let mut c = ns
+        .run(CtEvents::open)?
         .map_err(|errno| CaptureError::Socket {
             what: "ctnetlink (conntrack events)",
             netns: label.to_string(),
             errno,
-        })
+        })?;
+    c.ns = Some(ns.id());
+    Ok(c)
 }
+
+/// A client's new connection to a proxy's listen port, waiting for the proxy's connection to
+/// the backend (paired by time when the proxy's sockets are gone before they could be read).
+struct ProxyClient {
+    at: Instant,
+    ns: NsId,
+    client: Tuple,
+}
+
+/// How long a client connection waits for its proxy's backend connection.
+const PROXY_PAIR_WINDOW: Duration = Duration::from_secs(2);
 
 /// Capture until `stop` is set or a limit is reached, handing every packet to `sink`.
 pub fn run(
@@ -509,6 +530,11 @@ pub fn run(
             conntrack.push(open_conntrack(&p.ns, &p.label)?);
         }
     }
+    let proxies = if opts.follow {
+        proxylegs::find(&initial.iter().map(|p| p.ns.clone()).collect::<Vec<_>>())
+    } else {
+        Vec::new()
+    };
     let done = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Found>();
 
@@ -523,8 +549,16 @@ pub fn run(
             .name("capture-rescan".into())
             .spawn(move || {
                 let mut last = Instant::now();
+                let mut last_proxies = Instant::now();
                 while !done.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
+                    if opts.follow && last_proxies.elapsed() >= PROXY_RESCAN {
+                        last_proxies = Instant::now();
+                        let nss: Vec<NetNs> = places_now.iter().map(|p| p.ns.clone()).collect();
+                        if tx.send(Found::Proxies(proxylegs::find(&nss))).is_err() {
+                            return;
+                        }
+                    }
                     if last.elapsed() < opts.rescan {
                         continue;
                     }
@@ -562,6 +596,11 @@ pub fn run(
                         }
                     }
                     for p in &places_now {
+                        // The capture ended: do not make it wait for a whole pass (with
+                        // --all-netns a pass enters every namespace).
+                        if done.load(Ordering::Relaxed) {
+                            return;
+                        }
                         // A namespace that went away fails here; it is skipped.
                         if let Ok(new) = open_interfaces(p, &opts, &known) {
                             for o in new {
@@ -577,7 +616,7 @@ pub fn run(
             .map_err(|e| CaptureError::Target(format!("cannot start a thread: {e}")))?
     };
 
-    let result = read_loop(opts, limits, stop, sink, opened, conntrack, &rx);
+    let result = read_loop(opts, limits, stop, sink, opened, (conntrack, proxies), &rx);
     done.store(true, Ordering::Relaxed);
     drop(rx);
     let _ = rescanner.join();
@@ -667,7 +706,7 @@ fn read_loop(
     stop: &AtomicBool,
     sink: &mut dyn Sink,
     opened: Vec<Opened>,
-    mut conntrack: Vec<CtEvents>,
+    (mut conntrack, mut proxies): (Vec<CtEvents>, Vec<proxylegs::ProxyWatch>),
     rx: &mpsc::Receiver<Found>,
 ) -> Result<Summary, CaptureError> {
     let start = Instant::now();
@@ -696,6 +735,7 @@ fn read_loop(
         follow: opts.follow,
     };
     let mut ct_buf = vec![0u8; 1 << 16];
+    let mut waiting = std::collections::VecDeque::new();
     let mut entries = Vec::new();
     let mut pfds: Vec<libc::pollfd> = Vec::new();
     let reached = |total: u64| limits.count.is_some_and(|c| total >= c);
@@ -703,7 +743,7 @@ fn read_loop(
     // other interfaces' packets of the same moment in the live view.
     let ordered = sink.ordered();
     let holding = |sources: &[Source]| opts.follow || (ordered && sources.len() > 1);
-    let window = reorder_window(opts.ring);
+    let window = reorder_window();
     loop {
         if stop.load(Ordering::Relaxed)
             || reached(total)
@@ -715,6 +755,7 @@ fn read_loop(
             match found {
                 Found::Interface(o) => add(o, &mut sources, sink)?,
                 Found::Conntrack(c) => conntrack.push(c),
+                Found::Proxies(p) => proxies = p,
             }
         }
         pfds.clear();
@@ -775,6 +816,7 @@ fn read_loop(
             &mut ct_buf,
             &mut entries,
             &mut pending.flows,
+            (&proxies, &mut waiting),
         );
         let w = if ordered && sources.len() > 1 {
             window
@@ -790,9 +832,7 @@ fn read_loop(
         .iter()
         .any(|s| s.closed.is_none() && s.ring.filling())
     {
-        std::thread::sleep(Duration::from_millis(
-            opts.ring.block_timeout_ms as u64 + 20,
-        ));
+        std::thread::sleep(Duration::from_millis(ring::BLOCK_TIMEOUT_MS as u64 + 20));
     }
     let hold = holding(&sources);
     for s in sources.iter_mut().filter(|s| s.closed.is_none()) {
@@ -804,6 +844,7 @@ fn read_loop(
         &mut ct_buf,
         &mut entries,
         &mut pending.flows,
+        (&proxies, &mut waiting),
     );
     pending.release(Duration::ZERO, true, sink)?;
     let stats: Vec<InterfaceStats> = sources
@@ -829,20 +870,75 @@ fn read_loop(
 }
 
 /// Read every queued conntrack entry into the flow table (NATed entries first, so a flow's
-/// description is the one that says most).
+/// description is the one that says most). A new flow from a userland proxy to its target has
+/// its two legs joined before any packet is written: by the proxy's sockets when they are still
+/// open, else with the client connection to that proxy that came just before it (a short
+/// request is often over before the sockets can be read).
 fn drain_conntrack(
     conntrack: &mut [CtEvents],
     buf: &mut [u8],
     entries: &mut Vec<follow::CtFlow>,
     flows: &mut FlowTable,
+    (proxies, waiting): (
+        &[proxylegs::ProxyWatch],
+        &mut std::collections::VecDeque<ProxyClient>,
+    ),
 ) {
     entries.clear();
+    let mut origins: Vec<Option<NsId>> = Vec::new();
     for c in conntrack.iter_mut() {
         c.drain(buf, entries);
+        origins.resize(entries.len(), c.ns);
+    }
+    waiting.retain(|w| w.at.elapsed() < PROXY_PAIR_WINDOW);
+    let mut backends: Vec<(&proxylegs::ProxyWatch, Tuple)> = Vec::new();
+    for (e, ns) in entries.iter().zip(&origins) {
+        // Only flows seen for the first time (an update repeats a known one).
+        if proxies.is_empty() || flows.lookup(&e.original).is_some() {
+            continue;
+        }
+        for w in proxies.iter().filter(|w| Some(w.ns_id()) == *ns) {
+            // A client of the proxy ends at it: not NATed (a DNATed flow to the same port went
+            // to the container without the proxy).
+            if !e.natted() && w.target_of(&e.original).is_some() {
+                waiting.push_back(ProxyClient {
+                    at: Instant::now(),
+                    ns: w.ns_id(),
+                    client: e.original,
+                });
+            } else if w.wants(&e.original) {
+                backends.push((w, e.original));
+            }
+        }
     }
     entries.sort_by_key(|e| !e.natted());
     for e in entries.drain(..) {
         flows.add(e);
+    }
+    let mut asked: Vec<crate::netns::NsId> = Vec::new();
+    for (w, backend) in backends {
+        if !asked.contains(&w.ns_id()) {
+            asked.push(w.ns_id());
+            for j in w.joins() {
+                flows.join_proxy(&j.proxy, j.client, j.backend);
+                waiting.retain(|c| c.client != j.client);
+            }
+        }
+        let joined = flows.lookup(&backend).map(|(n, _)| n);
+        let Some(i) = waiting.iter().position(|c| {
+            c.ns == w.ns_id()
+                && w.target_of(&c.client)
+                    .is_some_and(|(to, _)| to.ip() == backend.dst && to.port() == backend.dport)
+        }) else {
+            continue;
+        };
+        if joined.is_some() && joined == flows.lookup(&waiting[i].client).map(|(n, _)| n) {
+            continue;
+        }
+        let Some(c) = waiting.remove(i) else { continue };
+        if let Some((_, proxy)) = w.target_of(&c.client) {
+            flows.join_proxy(&format!("{proxy} (paired by time)"), c.client, backend);
+        }
     }
 }
 

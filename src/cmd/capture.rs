@@ -71,14 +71,10 @@ pub struct CaptureArgs {
     /// Bytes kept per packet.
     #[arg(short = 's', long = "snaplen", default_value_t = 262_144)]
     pub snaplen: u32,
-    /// Ring size per interface, in KiB (rounded to 1 MiB blocks, at least 2).
-    #[arg(
-        short = 'B',
-        long = "buffer-size",
-        value_name = "KiB",
-        default_value_t = 4096
-    )]
-    pub buffer_kib: usize,
+    /// Ring size per interface, in KiB (rounded to 1 MiB blocks, at least 2). Default: 8 MiB
+    /// for the first 8 interfaces, 2 MiB for each one after.
+    #[arg(short = 'B', long = "buffer-size", value_name = "KiB")]
+    pub buffer_kib: Option<usize>,
     /// Stitch the legs of each flow across NAT with conntrack: the original and reply tuples
     /// go in every packet's comment (and the live view).
     #[arg(long)]
@@ -290,7 +286,9 @@ pub fn run(a: CaptureArgs) -> anyhow::Result<i32> {
         interfaces: a.interfaces.clone(),
         filter,
         snaplen: a.snaplen,
-        ring: RingSize::with_total(a.buffer_kib.saturating_mul(1024)),
+        ring: a
+            .buffer_kib
+            .map(|k| RingSize::with_total(k.saturating_mul(1024))),
         follow: a.follow,
         ..CaptureOptions::default()
     };
