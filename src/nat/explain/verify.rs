@@ -320,5 +320,11 @@ mod tests {
             "{}",
             by_line(6).verified
         );
+        // A FORWARD drop is walked with a packet that is forwarded (not to this host's address).
+        assert!(
+            by_line(7).verified.contains("is dropped here"),
+            "{}",
+            by_line(7).verified
+        );
     }
 }
