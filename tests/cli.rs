@@ -37,7 +37,10 @@ fn without_root_every_command_says_so_once_with_the_reason() {
         (&["netns", "inspect", "lo"][..], ""),
         (&["peer", "lo"][..], ""),
         (&["peer", "--all", "--json"][..], ""),
-        (&["topology", "--format", "text"][..], ""),
+        (
+            &["topology", "--format", "text"][..],
+            "topology --snapshot FILE",
+        ),
         (&["explain-nat"][..], "nettool explain-nat -f"), // the path ends in nettool
         (&["doctor", "8080"][..], "--snapshot FILE"),
         (&["dns", "--duration", "1s"][..], "--read FILE"),
@@ -87,6 +90,14 @@ fn what_needs_no_privileges_still_works_as_an_unprivileged_user() {
     );
     let out = as_nobody(&["completions", "bash"]);
     assert!(out.status.success(), "{}", text(&out));
+    // A recorded snapshot is drawn with no privileges.
+    let snap = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/captures/doctor/docker-healthy.json"
+    );
+    let out = as_nobody(&["topology", "--snapshot", snap]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("docker0 (bridge"), "{}", text(&out));
 }
 
 /// `nettool ... | head` must end quietly: stdout is a pipe whose reader is gone.

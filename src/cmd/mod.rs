@@ -39,7 +39,8 @@ fn privileges_needed(cmd: &Command) -> Option<&'static str> {
         Command::Doctor(_) => Some("it reads links, sockets and firewall rules inside network namespaces (CAP_SYS_ADMIN, CAP_NET_ADMIN); without root, replay a recorded state with `{me} doctor --snapshot FILE`"),
         Command::Trace(_) => Some("it adds trace rules and reads kernel events (CAP_NET_ADMIN, CAP_SYS_ADMIN)"),
         Command::Topology(a) if a.snapshot.is_some() => None,
-        Command::Netns(_) | Command::Peer(_) | Command::Topology(_) | Command::Labs(_) => Some(ENTER),
+        Command::Topology(_) => Some("it enters network namespaces (CAP_SYS_ADMIN) and reads every process's namespace (CAP_SYS_PTRACE); without root, draw a recorded state with `{me} topology --snapshot FILE` (recorded by `doctor --save-snapshot FILE`)"),
+        Command::Netns(_) | Command::Peer(_) | Command::Labs(_) => Some(ENTER),
         #[allow(unreachable_patterns)]
         _ => Some(ENTER),
     }

@@ -4,8 +4,9 @@
 //! conntrack; userland proxies recognised with the proxy's own argument parsers; nettool labs.
 //!
 //! A [`Snapshot`] is plain data (Serialize + Deserialize): `doctor --save-snapshot` records it,
-//! `doctor --snapshot` replays it, and doctor's checks are pure functions of it. Only
-//! [`read`] touches the machine.
+//! `doctor --snapshot` and `topology --snapshot` replay it, and doctor's checks and topology's
+//! graph are pure functions of it. doctor, topology, peer and `netns list` each read one per
+//! run, with only the [`Parts`] they need. Only read.rs touches the machine.
 
 pub mod conntrack;
 pub mod firewall;
@@ -160,7 +161,8 @@ pub struct Snapshot {
     pub firewall: FirewallDump,
     /// The host's UDP conntrack entries (IPv4 and IPv6).
     pub conntrack: Option<Vec<CtEntry>>,
-    /// Userland proxies holding a listening socket in the host namespace.
+    /// Userland proxies holding a listening socket in the host namespace (in any namespace
+    /// with [`Parts::proxies_everywhere`]).
     pub proxies: Vec<ProxyProcess>,
     /// nettool labs on the machine.
     pub labs: Vec<LabFacts>,
