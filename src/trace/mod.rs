@@ -458,8 +458,10 @@ pub struct Session {
     closed: Vec<OpenPacket>,
     /// Trace ids that continue another packet's walk (br_netfilter), to the packet's key.
     alias: HashMap<(usize, u32), (usize, u32)>,
-    /// Every packet known at the current flush, for the kernel drop join.
+    /// Every packet known at the current flush, for the kernel drop join, by `last`.
     windows: Vec<Window>,
+    /// The longest window among them (last - first_after), to bound a search by time.
+    window_span: f64,
     /// (first event time, point, signature) of packets finished in the last seconds.
     recent: std::collections::VecDeque<(f64, usize, (u8, u32, u64))>,
     pending_drops: Vec<KernelDrop>,
@@ -585,6 +587,7 @@ impl Session {
             alias: HashMap::new(),
             recent: std::collections::VecDeque::new(),
             windows: Vec::new(),
+            window_span: 0.0,
             pending_drops: Vec::new(),
             settle: opts.settle.as_secs_f64(),
             report: TraceReport {
@@ -701,7 +704,14 @@ impl Session {
 
     fn take(&mut self, feed: Feed) {
         match feed {
-            Feed::Drops(d) => self.pending_drops.extend(d),
+            Feed::Drops(d) => {
+                self.pending_drops.extend(d);
+                // Kept in time order (trace_pipe merges the CPUs in order already, so this is
+                // cheap): the join looks drops up by time.
+                if !self.pending_drops.is_sorted_by(|a, b| a.time <= b.time) {
+                    self.pending_drops.sort_by(|a, b| a.time.total_cmp(&b.time));
+                }
+            }
             Feed::Events(i, events) => {
                 self.readers.consumed(events.len());
                 for e in events {
@@ -840,25 +850,36 @@ impl Session {
         }
         // Each kernel drop goes to the packet whose last event is nearest: finishing packets
         // in order must not let an earlier one take a later one's drop.
-        self.windows = done
+        // No drop waiting: nothing to join, and no window to build (the common case).
+        self.windows = if self.pending_drops.is_empty() {
+            Vec::new()
+        } else {
+            done.iter()
+                .chain(self.open.values())
+                .chain(self.closed.iter())
+                .map(|p| Window {
+                    point: p.point,
+                    first_after: p.first_after,
+                    first: p.first,
+                    last_after: p.last_after,
+                    last: p.last,
+                    hooks: reached_hooks(p),
+                    rule_dropped: p.events.iter().any(|e| e.verdict == Some(0)),
+                    ethertype: p
+                        .events
+                        .iter()
+                        .find_map(|e| e.network_header.first())
+                        .map(|b| if b >> 4 == 6 { 0x86dd } else { 0x0800 }),
+                })
+                .collect()
+        };
+        // Sorted by the end of their send window, so a drop's rivals are found by time.
+        self.windows.sort_by(|a, b| a.last.total_cmp(&b.last));
+        self.window_span = self
+            .windows
             .iter()
-            .chain(self.open.values())
-            .chain(self.closed.iter())
-            .map(|p| Window {
-                point: p.point,
-                first_after: p.first_after,
-                first: p.first,
-                last_after: p.last_after,
-                last: p.last,
-                hooks: reached_hooks(p),
-                rule_dropped: p.events.iter().any(|e| e.verdict == Some(0)),
-                ethertype: p
-                    .events
-                    .iter()
-                    .find_map(|e| e.network_header.first())
-                    .map(|b| if b >> 4 == 6 { 0x86dd } else { 0x0800 }),
-            })
-            .collect();
+            .map(|w| w.last - w.first_after)
+            .fold(0.0, f64::max);
         let mut out = Vec::new();
         for p in done {
             let pkt = self.finish_packet(p);
@@ -998,10 +1019,17 @@ impl Session {
             0x0800
         };
         // Cheap tests first: most packets have no kernel drop anywhere near them.
-        let mut candidates: Vec<usize> = self
+        // Drops are in time order: only those inside this packet's window are looked at.
+        let lo = self
             .pending_drops
+            .partition_point(|d| d.time < p.first_after - JOIN_BEFORE);
+        let hi = self
+            .pending_drops
+            .partition_point(|d| d.time <= p.last + JOIN_AFTER);
+        let mut candidates: Vec<usize> = self.pending_drops[lo..hi.max(lo)]
             .iter()
             .enumerate()
+            .map(|(i, d)| (lo + i, d))
             .filter(|(_, d)| {
                 d.protocol == ethertype
                     && d.time >= p.first_after - JOIN_BEFORE
@@ -1038,7 +1066,15 @@ impl Session {
             let Some(mine) = score(d, &hooks, is_dropped, p.last_after, p.last) else {
                 return false;
             };
-            !self.windows.iter().any(|w| {
+            // Windows whose join range holds d.time: last >= t - JOIN_AFTER, and (since no
+            // window is longer than window_span) last <= t + span + JOIN_BEFORE.
+            let from = self
+                .windows
+                .partition_point(|w| w.last < d.time - JOIN_AFTER);
+            let to = self
+                .windows
+                .partition_point(|w| w.last <= d.time + self.window_span + JOIN_BEFORE);
+            !self.windows[from..to.max(from)].iter().any(|w| {
                 (w.point, w.first, w.last) != (p.point, p.first, p.last)
                     && w.ethertype == Some(d.protocol)
                     && d.time >= w.first_after - JOIN_BEFORE
@@ -1254,7 +1290,9 @@ fn stage_rank(reason: &str, hooks: &[String], rule_dropped: bool) -> Option<u8> 
         _ => None,
     };
     match reason {
-        "NETFILTER_DROP" => fits(rule_dropped, !reached("postrouting")),
+        // Without a traced rule drop (a legacy iptables rule): only a packet that stopped
+        // inside a hook, never one delivered or sent (someone else's DROP on a busy machine).
+        "NETFILTER_DROP" => fits(rule_dropped, !matches!(last, Some("input" | "postrouting"))),
         "QUEUE_PURGE" => None,
         _ if rule_dropped => None,
         // Decided by the input route lookup, right after prerouting.
