@@ -405,7 +405,8 @@ table ip filter { # handle 3
         assert_eq!(engine_of("nat", "KUBE-SERVICES"), Engine::KubeProxy);
         assert_eq!(engine_of("nat", "CNI-HOSTPORT-DNAT"), Engine::Cni);
         assert_eq!(engine_of("nettool_lab1", "forward"), Engine::NettoolLab);
-        assert_eq!(engine_of("filter", "NETTOOL-USER"), Engine::NettoolLab);
+        // The lab's user chain is the user's, as DOCKER-USER is (docs/setup.md: "yours").
+        assert_eq!(engine_of("filter", "NETTOOL-USER"), Engine::User);
         assert_eq!(engine_of("filter", "INPUT"), Engine::User);
         assert_eq!(
             engine_of("docker-bridges", "filter-forward"),
