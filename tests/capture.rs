@@ -665,3 +665,33 @@ fn the_proxy_and_docker_samples_read_back_with_their_joined_legs() {
         }
     }
 }
+
+#[test]
+fn the_live_view_merges_interfaces_by_time_and_counts_in_that_order() {
+    let (a, b) = pair("capo", 31);
+    // b first: its ring is read first; the first packets in time are a's.
+    let run = start(&[
+        "--netns",
+        &b.name,
+        "--netns",
+        &a.name,
+        "-i",
+        "eth0",
+        "-c",
+        "2",
+        "udp port 9",
+    ]);
+    udp_burst(&a, "10.201.31.2", 9, 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut run = run;
+    while run.child.try_wait().ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "-c 2 never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (out, err) = run.stop();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out} {err}");
+    // The first datagram leaving a, then arriving at b: not b's two packets.
+    assert!(lines[0].contains(&format!(" {}/eth0 ", a.name)), "{out}");
+    assert!(lines[1].contains(&format!(" {}/eth0 ", b.name)), "{out}");
+}

@@ -633,21 +633,24 @@ struct Pending {
 }
 
 impl Pending {
-    /// Hand the sink every packet that may go: all of them when `flush`, else the oldest while
-    /// it is older than `window` and (--follow) its flow is known or its grace is over.
+    /// Hand the sink every packet that may go, oldest first, at most `left` of them (-c counts
+    /// packets in time order): all of them when `flush`, else while the oldest is older than
+    /// `window` and (--follow) its flow is known or its grace is over. Returns how many went.
     fn release(
         &mut self,
         window: Duration,
         flush: bool,
+        left: Option<u64>,
         sink: &mut dyn Sink,
-    ) -> Result<(), CaptureError> {
+    ) -> Result<u64, CaptureError> {
         let now = crate::dns::capture::now();
         // Packets handed over stay alive until the sink wrote them out (block_done).
         let mut gone = Vec::new();
-        let res = self.release_into(window, flush, now, sink, &mut gone);
+        let res = self.release_into(window, flush, now, left, sink, &mut gone);
         let done = sink.block_done();
+        let n = gone.len() as u64;
         drop(gone);
-        res.and(done)
+        res.and(done).map(|_| n)
     }
 
     fn release_into(
@@ -655,10 +658,14 @@ impl Pending {
         window: Duration,
         flush: bool,
         now: Duration,
+        left: Option<u64>,
         sink: &mut dyn Sink,
         gone: &mut Vec<Held>,
     ) -> Result<(), CaptureError> {
         while let Some(h) = self.heap.peek() {
+            if left.is_some_and(|l| gone.len() as u64 >= l) {
+                break;
+            }
             if !flush && now.saturating_sub(h.ts) < window {
                 break;
             }
@@ -802,8 +809,16 @@ fn read_loop(
             let rev = pfds[i].revents;
             if rev & libc::POLLIN != 0 || rc == 0 {
                 let left = limits.count.map(|c| c.saturating_sub(total));
-                let into = hold.then_some(&mut pending);
-                total += drain_source(s, left, into, sink)?;
+                // Held packets are counted when they go out, in time order.
+                let n = drain_source(
+                    s,
+                    left.filter(|_| !hold),
+                    hold.then_some(&mut pending),
+                    sink,
+                )?;
+                if !hold {
+                    total += n;
+                }
             }
             // The interface went away (ENETDOWN on the socket): keep its counters, stop polling.
             if rev & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
@@ -823,7 +838,8 @@ fn read_loop(
         } else {
             Duration::ZERO
         };
-        pending.release(w, false, sink)?;
+        let left = limits.count.map(|c| c.saturating_sub(total));
+        total += pending.release(w, false, left, sink)?;
     }
     // The kernel hands over a block that is not full only after its timeout: wait for it, then
     // read what is left, so the last packets before Ctrl-C are not lost. Only when some ring
@@ -837,7 +853,15 @@ fn read_loop(
     let hold = holding(&sources);
     for s in sources.iter_mut().filter(|s| s.closed.is_none()) {
         let left = limits.count.map(|c| c.saturating_sub(total));
-        total += drain_source(s, left, hold.then_some(&mut pending), sink)?;
+        let n = drain_source(
+            s,
+            left.filter(|_| !hold),
+            hold.then_some(&mut pending),
+            sink,
+        )?;
+        if !hold {
+            total += n;
+        }
     }
     drain_conntrack(
         &mut conntrack,
@@ -846,7 +870,8 @@ fn read_loop(
         &mut pending.flows,
         (&proxies, &mut waiting),
     );
-    pending.release(Duration::ZERO, true, sink)?;
+    let left = limits.count.map(|c| c.saturating_sub(total));
+    total += pending.release(Duration::ZERO, true, left, sink)?;
     let stats: Vec<InterfaceStats> = sources
         .iter_mut()
         .map(|s| {
