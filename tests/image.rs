@@ -22,9 +22,15 @@ impl Image {
         let tag = format!("localhost/{}:test", common::unique("img"));
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         // The test binary stands in for the static release one (building that takes minutes);
-        // build-image then copies its shared libraries into the image as well.
-        let out = Command::new(root.join("tools/build-image"))
-            .args(["--bin", env!("CARGO_BIN_EXE_nettool"), "--tag", &tag])
+        // build-image then copies its shared libraries into the image as well. With
+        // NETTOOL_TEST_STATIC_IMAGE=1 the image is the one users get: the static build.
+        let static_build = std::env::var_os("NETTOOL_TEST_STATIC_IMAGE").is_some();
+        let mut build = Command::new(root.join("tools/build-image"));
+        if !static_build {
+            build.args(["--bin", env!("CARGO_BIN_EXE_nettool")]);
+        }
+        let out = build
+            .args(["--tag", &tag])
             .output()
             .expect("tools/build-image");
         let said = format!(
@@ -35,6 +41,23 @@ impl Image {
         assert!(out.status.success(), "tools/build-image: {said}");
         assert!(said.contains(&format!("image {tag}")), "{said}");
         assert!(said.contains(" MB"), "the size is printed: {said}");
+        if static_build {
+            // "image TAG (revision R): 14.6 MB unpacked, ..."
+            let unpacked: f64 = said
+                .split(": ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|mb| mb.parse().ok())
+                .unwrap_or_else(|| panic!("no size in: {said}"));
+            assert!(
+                unpacked < 15.0,
+                "the image is {unpacked} MB unpacked (goal < 15): {said}"
+            );
+            assert!(
+                !said.contains("dynamically linked"),
+                "the static build needs no shared library: {said}"
+            );
+        }
         Image { tag }
     }
 
