@@ -3,19 +3,21 @@
 //! The library holds the netns-aware core ([`netns`]) and the subsystems the commands drive.
 //! `src/main.rs` and `src/cmd/` are the only places that print.
 
-pub mod capture;
+#![warn(unreachable_pub)]
+
+pub(crate) mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod dns;
-pub mod doctor;
-pub mod engine;
-pub mod facts;
+pub(crate) mod doctor;
+pub(crate) mod engine;
+pub(crate) mod facts;
 pub mod lab;
 pub mod nat;
 pub mod netns;
-pub mod output;
+pub(crate) mod output;
 mod program;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod tap;
-pub mod topology;
-pub mod trace;
+pub(crate) mod topology;
+pub(crate) mod trace;

@@ -5,12 +5,12 @@ use std::io::{IsTerminal, Write};
 use serde::Serialize;
 
 /// True when colour may be used on stdout: a terminal, and NO_COLOR unset.
-pub fn colour_enabled() -> bool {
+pub(crate) fn colour_enabled() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
 }
 
 /// Wrap `text` in an ANSI style when colour is enabled ("1" bold, "31" red, "32" green, "33" yellow, "2" dim).
-pub fn paint(text: &str, style: &str) -> String {
+pub(crate) fn paint(text: &str, style: &str) -> String {
     if colour_enabled() {
         format!("\x1b[{style}m{text}\x1b[0m")
     } else {
@@ -19,7 +19,7 @@ pub fn paint(text: &str, style: &str) -> String {
 }
 
 /// Print one value as pretty JSON on stdout.
-pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
@@ -28,14 +28,14 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// A plain-text table with a header row and left-aligned columns.
 #[derive(Debug, Default)]
-pub struct Table {
+pub(crate) struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// A table with these column titles.
-    pub fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Table {
             header: header.iter().map(|s| s.to_string()).collect(),
             rows: Vec::new(),
@@ -43,17 +43,17 @@ impl Table {
     }
 
     /// Add a row (missing cells are blank).
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// True when no rows were added.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
 
     /// Render with two spaces between columns; the last column is not padded.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let cols = self.header.len();
         let mut width = vec![0usize; cols];
         for row in std::iter::once(&self.header).chain(self.rows.iter()) {

@@ -3231,7 +3231,9 @@ fn decoder_floods_do_not_hold_up_another_connection() {
     let d = std::fs::read_to_string(&json).unwrap();
     eprintln!("echo median: quiet {quiet:?}, during the floods {flooded:?}");
     assert!(
-        flooded < quiet * 20 + Duration::from_millis(50),
+        // Before the bound decoders an unrelated echo took 309 ms (1.8 s in the issue); the
+        // slack is for a loaded machine (83 ms was seen at load 16 with the decoders bounded).
+        flooded < quiet * 20 + Duration::from_millis(150),
         "an unrelated echo took {flooded:?} during the decoder floods, {quiet:?} without; log:\n{log}"
     );
     assert!(

@@ -101,7 +101,7 @@ fn tuple(nest: &[u8]) -> Option<Tuple> {
 
 /// Decode one IPCTNL_MSG_CT_NEW payload (nfgenmsg + attributes). None for what is not a
 /// TCP/UDP/ICMP entry with both tuples; never panics on input.
-pub fn decode_entry(payload: &[u8]) -> Option<CtFlow> {
+pub(crate) fn decode_entry(payload: &[u8]) -> Option<CtFlow> {
     let attrs = payload.get(4..)?;
     let (mut original, mut reply) = (None, None);
     for nla in NlasIterator::new(attrs) {
@@ -119,7 +119,7 @@ pub fn decode_entry(payload: &[u8]) -> Option<CtFlow> {
 }
 
 /// Every entry in one datagram read from a ctnetlink socket (events or dump answers).
-pub fn decode_datagram(buf: &[u8]) -> Vec<CtFlow> {
+pub(crate) fn decode_datagram(buf: &[u8]) -> Vec<CtFlow> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + 16 <= buf.len() {
@@ -143,7 +143,7 @@ pub fn decode_datagram(buf: &[u8]) -> Vec<CtFlow> {
 /// A ctnetlink socket of one namespace: new and updated entries as they happen, after a dump
 /// of the table as it was.
 #[derive(Debug)]
-pub struct CtEvents {
+pub(crate) struct CtEvents {
     socket: Socket,
     /// The namespace it listens in (set by the caller that opened it there).
     pub(crate) ns: Option<crate::netns::NsId>,
@@ -199,13 +199,13 @@ impl CtEvents {
     }
 
     /// The raw fd (for poll).
-    pub fn raw_fd(&self) -> i32 {
+    pub(crate) fn raw_fd(&self) -> i32 {
         self.socket.as_raw_fd()
     }
 
     /// Every entry queued on the socket, without blocking. A full buffer (ENOBUFS: events were
     /// lost) is answered with a new dump.
-    pub fn drain(&mut self, buf: &mut [u8], out: &mut Vec<CtFlow>) {
+    pub(crate) fn drain(&mut self, buf: &mut [u8], out: &mut Vec<CtFlow>) {
         loop {
             match self.socket.recv(&mut &mut *buf, 0) {
                 Ok(0) => return,

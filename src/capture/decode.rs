@@ -10,7 +10,7 @@ use super::ring::LinkType;
 
 /// A frame's addresses, protocol and flags.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct PacketSummary {
+pub(crate) struct PacketSummary {
     /// ip, ip6, arp, or the EtherType in hex.
     pub network: String,
     /// tcp, udp, icmp, icmp6, or the IP protocol number.
@@ -41,7 +41,7 @@ pub struct PacketSummary {
 
 impl PacketSummary {
     /// The (protocol number, source, sport, destination, dport) conntrack knows the flow by.
-    pub fn tuple(&self) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
+    pub(crate) fn tuple(&self) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
         let proto = match self.transport.as_deref()? {
             "tcp" => 6,
             "udp" => 17,
@@ -79,7 +79,7 @@ fn tcp_flags(t: &etherparse::TcpSlice<'_>) -> String {
 }
 
 /// Decode `data` as seen on a `link` interface; an undecodable frame gives only what is known.
-pub fn summarize(link: LinkType, data: &[u8]) -> PacketSummary {
+pub(crate) fn summarize(link: LinkType, data: &[u8]) -> PacketSummary {
     let sliced = match link {
         LinkType::Ethernet => SlicedPacket::from_ethernet(data),
         LinkType::RawIp => SlicedPacket::from_ip(data),

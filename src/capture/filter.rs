@@ -12,9 +12,7 @@ use super::CaptureError;
 
 /// A filter expression compiled for each link type it is needed on.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// The expression as given.
-    pub expr: String,
+pub(crate) struct Filter {
     programs: HashMap<LinkType, Vec<libc::sock_filter>>,
 }
 
@@ -102,7 +100,7 @@ fn compile_one(
 
 impl Filter {
     /// Compile `expr` for Ethernet and raw-IP interfaces (a bad expression fails here, once).
-    pub fn compile(expr: &str, snaplen: u32) -> Result<Filter, CaptureError> {
+    pub(crate) fn compile(expr: &str, snaplen: u32) -> Result<Filter, CaptureError> {
         let mut programs = HashMap::new();
         programs.insert(
             LinkType::Ethernet,
@@ -113,14 +111,11 @@ impl Filter {
         if let Ok(p) = compile_one(expr, LinkType::RawIp, snaplen) {
             programs.insert(LinkType::RawIp, p);
         }
-        Ok(Filter {
-            expr: expr.to_string(),
-            programs,
-        })
+        Ok(Filter { programs })
     }
 
     /// The program for `link`: the compiled one, or one that accepts nothing.
-    pub fn program(&self, link: LinkType) -> Vec<libc::sock_filter> {
+    pub(crate) fn program(&self, link: LinkType) -> Vec<libc::sock_filter> {
         self.programs.get(&link).cloned().unwrap_or_else(|| {
             vec![libc::sock_filter {
                 code: 0x06,
@@ -133,7 +128,7 @@ impl Filter {
 }
 
 /// A program that keeps `snaplen` bytes of every packet (no expression given).
-pub fn accept_all(snaplen: u32) -> Vec<libc::sock_filter> {
+pub(crate) fn accept_all(snaplen: u32) -> Vec<libc::sock_filter> {
     vec![libc::sock_filter {
         code: 0x06,
         jt: 0,

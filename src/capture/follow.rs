@@ -12,7 +12,7 @@ use serde::Serialize;
 
 /// One side of a conntrack entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub struct Tuple {
+pub(crate) struct Tuple {
     /// IP protocol number (6 tcp, 17 udp).
     pub proto: u8,
     /// Source address.
@@ -71,7 +71,7 @@ impl std::fmt::Display for Tuple {
 
 /// A conntrack entry: the tuple before NAT and the reply tuple after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct CtFlow {
+pub(crate) struct CtFlow {
     /// As the client sent it.
     pub original: Tuple,
     /// As the server answers (its source is the DNAT target).
@@ -80,7 +80,7 @@ pub struct CtFlow {
 
 impl CtFlow {
     /// NAT changed the flow (the reply is not the original reversed).
-    pub fn natted(&self) -> bool {
+    pub(crate) fn natted(&self) -> bool {
         self.reply != self.original.reversed()
     }
 }
@@ -89,7 +89,7 @@ impl CtFlow {
 /// slightly different moments may first make two flows that a later entry shows are one: flows
 /// are merged (union-find), so every leg ends up under one number.
 #[derive(Debug, Default)]
-pub struct FlowTable {
+pub(crate) struct FlowTable {
     by_key: HashMap<Tuple, usize>,
     flows: Vec<CtFlow>,
     parent: Vec<usize>,
@@ -107,7 +107,7 @@ impl FlowTable {
 
     /// Add an entry: joins (and merges) the flows that share a key, else starts one. A NATed
     /// entry becomes the flow's description (it says more).
-    pub fn add(&mut self, e: CtFlow) {
+    pub(crate) fn add(&mut self, e: CtFlow) {
         // Also the states in between: DNAT done but not SNAT (a bridge sees the packet after
         // PREROUTING, before POSTROUTING), and SNAT without DNAT.
         // ICMP echo keeps its id (both port fields) through DNAT.
@@ -176,7 +176,7 @@ impl FlowTable {
     /// A userland proxy's two legs are one conversation: join the flow of `client` (client to
     /// the proxy) and the flow of `backend` (the proxy to the backend). A leg conntrack has not
     /// shown is added as a flow of its own first (no NAT).
-    pub fn join_proxy(&mut self, proxy: &str, client: Tuple, backend: Tuple) {
+    pub(crate) fn join_proxy(&mut self, proxy: &str, client: Tuple, backend: Tuple) {
         for t in [client, backend] {
             if self.lookup(&t).is_none() {
                 self.add(CtFlow {
@@ -204,13 +204,13 @@ impl FlowTable {
     }
 
     /// The flow (its number from 1, and entry) a packet with this tuple belongs to.
-    pub fn lookup(&self, t: &Tuple) -> Option<(usize, &CtFlow)> {
+    pub(crate) fn lookup(&self, t: &Tuple) -> Option<(usize, &CtFlow)> {
         let id = self.root(*self.by_key.get(t)?);
         Some((id + 1, &self.flows[id]))
     }
 
     /// The comment written on each packet of a flow.
-    pub fn comment(&self, t: &Tuple) -> Option<String> {
+    pub(crate) fn comment(&self, t: &Tuple) -> Option<String> {
         let (n, f) = self.lookup(t)?;
         let mut c = format!(
             "flow {n}: original {} ; reply {}{}",

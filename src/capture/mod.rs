@@ -3,13 +3,13 @@
 //! filtered in the kernel, read from TPACKET_V3 rings, optionally stitched across NAT with
 //! conntrack (--follow). The core never prints: packets go to a [`Sink`].
 
-pub mod ctnetlink;
-pub mod decode;
-pub mod filter;
-pub mod follow;
-pub mod pcapng;
-pub mod proxylegs;
-pub mod ring;
+pub(crate) mod ctnetlink;
+pub(crate) mod decode;
+pub(crate) mod filter;
+pub(crate) mod follow;
+pub(crate) mod pcapng;
+pub(crate) mod proxylegs;
+pub(crate) mod ring;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ use ring::{LinkType, Ring, RingSize};
 
 /// Errors from capturing.
 #[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
+pub(crate) enum CaptureError {
     /// Opening or entering a namespace failed.
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -68,7 +68,7 @@ pub enum CaptureError {
 
 /// What to capture and how.
 #[derive(Debug, Clone)]
-pub struct CaptureOptions {
+pub(crate) struct CaptureOptions {
     /// Namespace TARGETs (NAME, path, pid:N, container:NAME); none: the current namespace.
     pub targets: Vec<String>,
     /// Labs: their host namespace and every container's.
@@ -107,7 +107,7 @@ impl Default for CaptureOptions {
 
 /// When to stop.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// After this many packets.
     pub count: Option<u64>,
     /// After this long.
@@ -116,7 +116,7 @@ pub struct Limits {
 
 /// One packet handed to a sink.
 #[derive(Debug, Clone, Copy)]
-pub struct Packet<'a> {
+pub(crate) struct Packet<'a> {
     /// The interface id (as announced to [`Sink::interface`]).
     pub interface: u32,
     /// Link type of that interface.
@@ -132,7 +132,7 @@ pub struct Packet<'a> {
 }
 
 /// Where packets go: a pcapng file, the live view, JSON lines.
-pub trait Sink {
+pub(crate) trait Sink {
     /// A new interface, before any of its packets.
     fn interface(&mut self, id: u32, desc: &InterfaceDesc) -> Result<(), CaptureError>;
     /// Every socket is open and reading (tests and people wait for this before sending).
@@ -156,7 +156,7 @@ pub trait Sink {
 
 /// Counters of one interface at the end (tcpdump's "received by filter" / "dropped by kernel").
 #[derive(Debug, Clone, Serialize)]
-pub struct InterfaceStats {
+pub(crate) struct InterfaceStats {
     /// Interface id.
     pub id: u32,
     /// if_name.
@@ -171,7 +171,7 @@ pub struct InterfaceStats {
 
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Per interface.
     pub interfaces: Vec<InterfaceStats>,
     /// Packets handed to the sink.
@@ -184,7 +184,7 @@ pub struct Summary {
 
 /// A namespace being captured, with its name for people.
 #[derive(Debug)]
-pub struct Place {
+pub(crate) struct Place {
     /// The namespace.
     pub ns: NetNs,
     /// The prefix of its interfaces' names: `host`, `container:web`, `lab:NAME/web`.
@@ -497,7 +497,7 @@ struct ProxyClient {
 const PROXY_PAIR_WINDOW: Duration = Duration::from_secs(2);
 
 /// Capture until `stop` is set or a limit is reached, handing every packet to `sink`.
-pub fn run(
+pub(crate) fn run(
     opts: &CaptureOptions,
     limits: Limits,
     stop: &AtomicBool,
@@ -1026,14 +1026,14 @@ fn drain_source(
 
 /// A sink that writes a pcapng file (rotated by size when asked).
 #[derive(Debug)]
-pub struct PcapngSink {
+pub(crate) struct PcapngSink {
     /// The writer.
     pub writer: pcapng::PcapngWriter,
 }
 
 impl PcapngSink {
     /// Create `path` (0600, never through a symlink).
-    pub fn create(
+    pub(crate) fn create(
         path: &std::path::Path,
         rotation: pcapng::Rotation,
     ) -> Result<Self, CaptureError> {
@@ -1043,7 +1043,7 @@ impl PcapngSink {
     }
 
     /// The files written.
-    pub fn files(&self) -> Vec<PathBuf> {
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
         self.writer.files().to_vec()
     }
 }
@@ -1077,7 +1077,7 @@ impl Sink for PcapngSink {
 
 /// One packet read back from a pcapng file.
 #[derive(Debug, Clone, Serialize)]
-pub struct ReadPacket {
+pub(crate) struct ReadPacket {
     /// Timestamp since the Unix epoch.
     pub ts: Duration,
     /// The interface's if_name (or `ifN`).
@@ -1091,7 +1091,7 @@ pub struct ReadPacket {
 }
 
 /// Every packet of a pcapng file (nettool's or anyone's), with its interface's name.
-pub fn read_file(path: &std::path::Path) -> Result<Vec<ReadPacket>, CaptureError> {
+pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<ReadPacket>, CaptureError> {
     use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
     use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
     use pcap_file::pcapng::{Block, PcapNgReader};

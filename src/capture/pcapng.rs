@@ -11,7 +11,7 @@ use super::CaptureError;
 
 /// What an interface description block says about one interface.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct InterfaceDesc {
+pub(crate) struct InterfaceDesc {
     /// if_name: `container:web/eth0`, `host/docker0`, `lab:NAME/web/eth0`.
     pub name: String,
     /// if_description: namespace, container, engine.
@@ -79,7 +79,7 @@ fn ts_parts(ts: Duration) -> (u32, u32) {
 
 /// Size-based rotation, like tcpdump's -C/-W.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Rotation {
+pub(crate) struct Rotation {
     /// Start a new file once this many bytes were written (None: one file).
     pub max_bytes: Option<u64>,
     /// Keep at most this many files, reusing names in a ring (None: no limit).
@@ -87,7 +87,7 @@ pub struct Rotation {
 }
 
 /// The name of file number `n`: FILE, then FILE1, FILE2... (tcpdump's -C naming).
-pub fn rotated_name(base: &Path, n: u32) -> PathBuf {
+pub(crate) fn rotated_name(base: &Path, n: u32) -> PathBuf {
     if n == 0 {
         return base.to_path_buf();
     }
@@ -103,7 +103,7 @@ pub fn rotated_name(base: &Path, n: u32) -> PathBuf {
 /// the caller says the bytes are about to be released ([`write_out`](Self::write_out)). Only
 /// the small parts (block headers, padding, comments, trailers) and small packets are copied.
 #[derive(Debug)]
-pub struct PcapngWriter {
+pub(crate) struct PcapngWriter {
     base: PathBuf,
     rotation: Rotation,
     file_no: u32,
@@ -150,7 +150,7 @@ fn create(path: &Path) -> Result<File, CaptureError> {
 
 impl PcapngWriter {
     /// Create `path` (emptied, 0600).
-    pub fn create(path: &Path, rotation: Rotation) -> Result<Self, CaptureError> {
+    pub(crate) fn create(path: &Path, rotation: Rotation) -> Result<Self, CaptureError> {
         let file = create(path)?;
         let mut w = PcapngWriter {
             base: path.to_path_buf(),
@@ -168,7 +168,7 @@ impl PcapngWriter {
     }
 
     /// Every file written so far (rotation), in order.
-    pub fn files(&self) -> &[PathBuf] {
+    pub(crate) fn files(&self) -> &[PathBuf] {
         &self.files
     }
 
@@ -202,7 +202,7 @@ impl PcapngWriter {
     }
 
     /// Add an interface; returns its id for [`write_packet`](Self::write_packet).
-    pub fn add_interface(&mut self, d: InterfaceDesc) -> Result<u32, CaptureError> {
+    pub(crate) fn add_interface(&mut self, d: InterfaceDesc) -> Result<u32, CaptureError> {
         self.own_bytes(&interface_block(&d));
         self.interfaces.push(d);
         Ok(self.interfaces.len() as u32 - 1)
@@ -230,7 +230,7 @@ impl PcapngWriter {
     /// # Safety
     /// `data` must stay valid and unchanged until the next [`write_out`](Self::write_out),
     /// [`flush`](Self::flush) or drop of this writer: it is written from where it is.
-    pub unsafe fn write_packet_deferred(
+    pub(crate) unsafe fn write_packet_deferred(
         &mut self,
         id: u32,
         ts: Duration,
@@ -277,22 +277,8 @@ impl PcapngWriter {
         Ok(())
     }
 
-    /// Append one packet (copied now: `data` may go away after the call).
-    pub fn write_packet(
-        &mut self,
-        id: u32,
-        ts: Duration,
-        wire_len: u32,
-        data: &[u8],
-        comment: Option<&str>,
-    ) -> Result<(), CaptureError> {
-        // SAFETY: written out before `data`'s borrow ends.
-        unsafe { self.write_packet_deferred(id, ts, wire_len, data, comment)? };
-        self.write_out()
-    }
-
     /// Interface statistics (packets accepted by the filter, dropped by the kernel) for `id`.
-    pub fn write_statistics(
+    pub(crate) fn write_statistics(
         &mut self,
         id: u32,
         ts: Duration,
@@ -313,7 +299,7 @@ impl PcapngWriter {
 
     /// Write everything queued, with as few `writev` calls as it takes. Afterwards no packet
     /// bytes are referenced. On an error the queue is dropped too (its bytes may be gone).
-    pub fn write_out(&mut self) -> Result<(), CaptureError> {
+    pub(crate) fn write_out(&mut self) -> Result<(), CaptureError> {
         if self.pieces.is_empty() {
             return Ok(());
         }
@@ -338,7 +324,7 @@ impl PcapngWriter {
     }
 
     /// Write out everything queued.
-    pub fn flush(&mut self) -> Result<(), CaptureError> {
+    pub(crate) fn flush(&mut self) -> Result<(), CaptureError> {
         self.write_out()?;
         self.file.flush().map_err(|e| pcap_err(&self.base, e))
     }

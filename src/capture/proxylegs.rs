@@ -19,7 +19,7 @@ use super::follow::Tuple;
 
 /// The two legs of one proxied TCP conversation, as the proxy's sockets see them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProxyJoin {
+pub(crate) struct ProxyJoin {
     /// Who joins them: `docker-proxy pid 4242`.
     pub proxy: String,
     /// Client to the proxy's listen address.
@@ -30,7 +30,7 @@ pub struct ProxyJoin {
 
 /// The TCP proxies running in one captured namespace.
 #[derive(Debug)]
-pub struct ProxyWatch {
+pub(crate) struct ProxyWatch {
     ns: NetNs,
     proxies: Vec<ProxyProcess>,
 }

@@ -13,11 +13,10 @@ use super::CaptureError;
 const TPACKET_V3: libc::c_int = 2;
 const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_KERNEL: u32 = 0;
-const PACKET_OUTGOING: u8 = 4;
 
 /// The kernel's link-layer header type (ARPHRD_*) mapped to the pcap link type we write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum LinkType {
+pub(crate) enum LinkType {
     /// Frames start at an Ethernet header (veth, bridge, lo, physical NICs).
     Ethernet,
     /// Frames start at the IP header (tun, ipip/gre tunnels, wireguard).
@@ -34,7 +33,7 @@ impl LinkType {
     }
 
     /// The pcap/pcapng LINKTYPE_ number.
-    pub fn linktype(self) -> u16 {
+    pub(crate) fn linktype(self) -> u16 {
         match self {
             LinkType::Ethernet => 1,
             LinkType::RawIp => 101,
@@ -47,7 +46,7 @@ pub(crate) const BLOCK_TIMEOUT_MS: u32 = 50;
 
 /// Ring geometry: `blocks` blocks of `block_size` bytes each.
 #[derive(Debug, Clone, Copy)]
-pub struct RingSize {
+pub(crate) struct RingSize {
     /// Bytes per block (a power of two, a multiple of the page size).
     pub block_size: u32,
     /// Number of blocks.
@@ -61,12 +60,12 @@ impl RingSize {
     /// first 8 (a busy veth fills 4 MiB in ~10 ms at 3 Gbit/s; a capture process that waits
     /// longer for a CPU drops: tools/bench-capture), 2 MiB (tcpdump's default) after that, so
     /// `--all-netns` on a host with a hundred interfaces stays near 250 MiB, not 800.
-    pub fn automatic(n: usize) -> Self {
+    pub(crate) fn automatic(n: usize) -> Self {
         RingSize::with_total(if n < 8 { 8 << 20 } else { 2 << 20 })
     }
 
     /// About `total` bytes of ring in 1 MiB blocks (at least 2).
-    pub fn with_total(total: usize) -> Self {
+    pub(crate) fn with_total(total: usize) -> Self {
         let block_size = 1u32 << 20;
         RingSize {
             block_size,
@@ -78,20 +77,18 @@ impl RingSize {
 
 /// One frame in the ring: valid until the block is released (the next `next_block` call).
 #[derive(Debug, Clone, Copy)]
-pub struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     /// Kernel timestamp since the Unix epoch.
     pub ts: Duration,
     /// Bytes on the wire.
     pub wire_len: u32,
     /// The bytes captured (at most the snap length).
     pub data: &'a [u8],
-    /// The packet was sent by this host (PACKET_OUTGOING).
-    pub outgoing: bool,
 }
 
 /// An AF_PACKET socket bound to one interface, with its mmap'ed ring.
 #[derive(Debug)]
-pub struct Ring {
+pub(crate) struct Ring {
     fd: OwnedFd,
     map: *mut u8,
     map_len: usize,
@@ -262,7 +259,7 @@ impl Ring {
     }
 
     /// The fd, for poll(2).
-    pub fn raw_fd(&self) -> i32 {
+    pub(crate) fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
 
@@ -275,7 +272,7 @@ impl Ring {
 
     /// Hand every frame of every block the kernel has filled to `f`, then `None` just before the
     /// block is handed back (frames of it are invalid after that). Returns the number of frames.
-    pub fn drain(&mut self, mut f: impl FnMut(Option<Frame<'_>>)) -> usize {
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(Option<Frame<'_>>)) -> usize {
         let mut n = 0;
         loop {
             let i = self.next;
@@ -303,14 +300,10 @@ impl Ring {
                     if off + mac + snaplen > self.size.block_size as usize {
                         break;
                     }
-                    // sockaddr_ll follows the aligned header: sll_pkttype at offset 10 in it.
-                    let sll = off + ((size_of::<libc::tpacket3_hdr>() + 15) & !15);
-                    let pkttype = *block.add(sll + 10);
                     f(Some(Frame {
                         ts: Duration::new(sec as u64, nsec),
                         wire_len: len,
                         data: std::slice::from_raw_parts(block.add(off + mac), snaplen),
-                        outgoing: pkttype == PACKET_OUTGOING,
                     }));
                     n += 1;
                     if next == 0 {
@@ -328,7 +321,7 @@ impl Ring {
 
     /// The block the kernel is filling has frames in it (it hands it over only when full or
     /// after its timeout). Read while the kernel may write it: a hint, never the frames.
-    pub fn filling(&self) -> bool {
+    pub(crate) fn filling(&self) -> bool {
         let base = self.next as usize * self.size.block_size as usize;
         // SAFETY: offset 12 (num_pkts) of a block inside the mapping, 4-aligned; a racy read of
         // a u32 the kernel updates, through an atomic.
@@ -339,7 +332,7 @@ impl Ring {
 
     /// (packets that passed the filter, packets the kernel dropped because the ring was full)
     /// since open. PACKET_STATISTICS resets the kernel's counters on read; we add them up.
-    pub fn statistics(&mut self) -> (u64, u64) {
+    pub(crate) fn statistics(&mut self) -> (u64, u64) {
         // tp_packets counts drops too (the kernel adds them before returning).
         if let Some((packets, drops)) =
             crate::dns::capture::packet_statistics(std::os::fd::AsFd::as_fd(&self.fd))

@@ -43,7 +43,7 @@ pub enum CaptureError {
 }
 
 /// Largest frame kept (a DNS message over UDP is at most 65535 bytes plus headers).
-pub const SNAPLEN: u32 = 262_144;
+pub(crate) const SNAPLEN: u32 = 262_144;
 
 // Classic BPF opcodes (linux/filter.h).
 const BPF_LD: u16 = 0x00;
@@ -127,7 +127,7 @@ fn port_match(ports: &[u16], src: Insn, dst: Insn) -> Vec<Insn> {
 /// port 53 or one of `extra_ports` on either side, and ICMP/ICMPv6 destination-unreachable
 /// errors (rare; userspace keeps those quoting DNS); drop IP fragments after the first; drop
 /// the outgoing copy on lo (every loopback packet is seen once leaving and once arriving).
-pub fn dns_filter(extra_ports: &[u16]) -> Vec<libc::sock_filter> {
+pub(crate) fn dns_filter(extra_ports: &[u16]) -> Vec<libc::sock_filter> {
     let mut ports = vec![53u16];
     for p in extra_ports {
         if !ports.contains(p) {
@@ -220,7 +220,7 @@ pub fn dns_filter(extra_ports: &[u16]) -> Vec<libc::sock_filter> {
 
 /// One frame read from a capture socket.
 #[derive(Debug, Clone, Copy)]
-pub struct FrameInfo {
+pub(crate) struct FrameInfo {
     /// Kernel receive timestamp since the Unix epoch.
     pub ts: Duration,
     /// Bytes copied into the buffer.
@@ -231,7 +231,7 @@ pub struct FrameInfo {
 
 /// An AF_PACKET socket capturing DNS on every interface of one namespace.
 #[derive(Debug)]
-pub struct PacketSocket {
+pub(crate) struct PacketSocket {
     fd: OwnedFd,
     netns: String,
     drops: u64,
@@ -330,7 +330,7 @@ fn open_here(extra_ports: &[u16], netns: &str) -> Result<PacketSocket, CaptureEr
 impl PacketSocket {
     /// Open a capture socket inside `ns` (all interfaces, lo included) keeping port 53 and
     /// `extra_ports` (e.g. Docker's embedded resolver's real port).
-    pub fn open(ns: &NetNs, extra_ports: &[u16]) -> Result<Self, CaptureError> {
+    pub(crate) fn open(ns: &NetNs, extra_ports: &[u16]) -> Result<Self, CaptureError> {
         let label = ns.label().to_string();
         // Already there: no namespace switch (which would need CAP_SYS_ADMIN on top of CAP_NET_RAW).
         if NetNs::current().is_ok_and(|cur| cur.id() == ns.id()) {
@@ -340,17 +340,12 @@ impl PacketSocket {
     }
 
     /// The fd, for poll(2).
-    pub fn raw_fd(&self) -> i32 {
+    pub(crate) fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
 
-    /// The namespace label given at open.
-    pub fn netns(&self) -> &str {
-        &self.netns
-    }
-
     /// Read one frame (starting at the IP header) into `buf`; `None` when nothing is queued.
-    pub fn recv(&self, buf: &mut [u8]) -> Result<Option<FrameInfo>, CaptureError> {
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> Result<Option<FrameInfo>, CaptureError> {
         // SAFETY: zeroed C structs are valid; every pointer below refers to live locals.
         let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
         let mut iov = libc::iovec {
@@ -401,7 +396,7 @@ impl PacketSocket {
     }
 
     /// (frames the kernel queued, frames it dropped because we were too slow) since open.
-    pub fn statistics(&mut self) -> (u64, u64) {
+    pub(crate) fn statistics(&mut self) -> (u64, u64) {
         if let Some((seen, drops)) = packet_statistics(std::os::fd::AsFd::as_fd(&self.fd)) {
             self.seen += seen;
             self.drops += drops;
@@ -430,7 +425,7 @@ pub(crate) fn packet_statistics(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64,
 }
 
 /// The wall clock as a Duration since the Unix epoch.
-pub fn now() -> Duration {
+pub(crate) fn now() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -510,7 +505,7 @@ fn link_kind(dl: DataLink) -> Option<LinkKind> {
 
 /// What a capture file holds: its frames, and what was wrong with its end.
 #[derive(Debug, Default)]
-pub struct CaptureFrames {
+pub(crate) struct CaptureFrames {
     /// Every whole frame: (timestamp, link kind, bytes).
     pub frames: Vec<(Duration, LinkKind, Vec<u8>)>,
     /// The last record was torn (a capture cut short): which one and why; the frames before
@@ -539,7 +534,7 @@ fn pcapng_time(raw: Duration, tsresol: u8) -> Duration {
 
 /// Every frame of a pcap or pcapng file: (timestamp, link kind, bytes). Frames of link types
 /// we cannot decode are skipped; a torn last record ends the reading with what came before.
-pub fn read_pcap(path: &Path) -> Result<CaptureFrames, CaptureError> {
+pub(crate) fn read_pcap(path: &Path) -> Result<CaptureFrames, CaptureError> {
     let err = |m: String| CaptureError::Pcap {
         path: path.display().to_string(),
         message: m,

@@ -12,7 +12,6 @@ use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::packet::Transport;
 use crate::netns::rtnl::{Netlink, NetlinkError};
-use crate::netns::NetNs;
 
 // linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h.
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -34,7 +33,7 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// One direction of a conntrack entry: source to destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CtTuple {
+pub(crate) struct CtTuple {
     /// Where packets of this direction come from.
     pub src: SocketAddr,
     /// Where they go.
@@ -43,7 +42,7 @@ pub struct CtTuple {
 
 /// A ctnetlink message: our GET request, or the entry the kernel answers with.
 #[derive(Debug, Clone, PartialEq)]
-pub enum CtMessage {
+pub(crate) enum CtMessage {
     /// Look up the entry whose original (or reply) direction is this tuple.
     Get {
         /// The tuple.
@@ -182,7 +181,7 @@ fn parse_tuple(data: &[u8]) -> Option<CtTuple> {
 /// Why a ctnetlink message could not be decoded.
 #[derive(Debug, thiserror::Error)]
 #[error("ctnetlink message too short")]
-pub struct CtDecodeError;
+pub(crate) struct CtDecodeError;
 
 impl NetlinkSerializable for CtMessage {
     fn message_type(&self) -> u16 {
@@ -224,7 +223,7 @@ impl NetlinkDeserializable for CtMessage {
 }
 
 /// A ctnetlink socket in one namespace.
-pub struct Conntrack {
+pub(crate) struct Conntrack {
     nl: Netlink,
 }
 
@@ -235,13 +234,8 @@ impl std::fmt::Debug for Conntrack {
 }
 
 impl Conntrack {
-    /// A socket for `ns`, None when ctnetlink cannot be reached there (no root, no module).
-    pub fn open(ns: &NetNs) -> Option<Conntrack> {
-        ns.run(Conntrack::open_here).ok()?.ok()
-    }
-
     /// A socket in the calling thread's namespace.
-    pub fn open_here() -> Result<Conntrack, NetlinkError> {
+    pub(crate) fn open_here() -> Result<Conntrack, NetlinkError> {
         Ok(Conntrack {
             nl: Netlink::open(NETLINK_NETFILTER)?,
         })
@@ -280,7 +274,7 @@ impl Conntrack {
     /// The other side of a NAT for a DNS flow `client -> server` as seen on the wire in this
     /// namespace: the (client, server) the same flow has after the NAT when this is the side
     /// before it, or before the NAT when this is the side after it. None without NAT.
-    pub fn translated(
+    pub(crate) fn translated(
         &mut self,
         transport: Transport,
         client: SocketAddr,

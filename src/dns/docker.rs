@@ -14,12 +14,12 @@ use crate::netns::sockets::{self, Proto, Which};
 use crate::netns::NetNs;
 
 /// The address containers are told to use.
-pub const EMBEDDED_RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11));
+pub(crate) const EMBEDDED_RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11));
 
 /// How the resolver's real port was learnt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Evidence {
+pub(crate) enum Evidence {
     /// A nat DNAT rule for 127.0.0.11:53.
     NatRule,
     /// A socket listening on 127.0.0.11 on a port other than 53.
@@ -28,7 +28,7 @@ pub enum Evidence {
 
 /// One leg of Docker's resolver: transport and the port it really listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ResolverPort {
+pub(crate) struct ResolverPort {
     /// UDP or TCP.
     pub transport: Transport,
     /// The random port behind 127.0.0.11:53.
@@ -38,7 +38,7 @@ pub struct ResolverPort {
 }
 
 /// Resolver ports from the sockets listening on 127.0.0.11 inside `ns`.
-pub fn ports_from_sockets(ns: &NetNs) -> Vec<ResolverPort> {
+pub(crate) fn ports_from_sockets(ns: &NetNs) -> Vec<ResolverPort> {
     let Ok(Ok(socks)) = ns.run(|| sockets::list_unowned(Which::Listening)) else {
         return Vec::new();
     };
@@ -61,7 +61,7 @@ pub fn ports_from_sockets(ns: &NetNs) -> Vec<ResolverPort> {
 
 /// Resolver ports from DNAT rules for 127.0.0.11:53 (Docker's DOCKER_OUTPUT chain:
 /// `-d 127.0.0.11/32 -p udp --dport 53 -j DNAT --to-destination 127.0.0.11:PORT`).
-pub fn ports_from_ruleset(rs: &Ruleset) -> Vec<ResolverPort> {
+pub(crate) fn ports_from_ruleset(rs: &Ruleset) -> Vec<ResolverPort> {
     let mut out = Vec::new();
     for rule in rs
         .tables
@@ -115,7 +115,7 @@ pub fn ports_from_ruleset(rs: &Ruleset) -> Vec<ResolverPort> {
 /// Where Docker's embedded resolver really listens in `ns` (empty when there is none): the
 /// namespace's nat rules first (they hold even when the resolver is down, which is worth
 /// seeing), then sockets listening on 127.0.0.11 (when no rule tool can be run).
-pub fn resolver_ports(ns: &NetNs) -> Vec<ResolverPort> {
+pub(crate) fn resolver_ports(ns: &NetNs) -> Vec<ResolverPort> {
     let mut out = crate::nat::load_live(ns)
         .map(|rs| ports_from_ruleset(&rs))
         .unwrap_or_default();
@@ -128,12 +128,12 @@ pub fn resolver_ports(ns: &NetNs) -> Vec<ResolverPort> {
 }
 
 /// The aliases for Docker's embedded resolver in `ns`.
-pub fn embedded_resolver_aliases(ns: &NetNs) -> Vec<Alias> {
+pub(crate) fn embedded_resolver_aliases(ns: &NetNs) -> Vec<Alias> {
     aliases_for(&resolver_ports(ns))
 }
 
 /// Aliases showing each real port as 127.0.0.11:53.
-pub fn aliases_for(ports: &[ResolverPort]) -> Vec<Alias> {
+pub(crate) fn aliases_for(ports: &[ResolverPort]) -> Vec<Alias> {
     ports
         .iter()
         .map(|p| Alias {

@@ -18,10 +18,10 @@ use super::pair::{Hop, Lookup, QKey, Status, UpstreamLeg};
 use crate::netns::NsId;
 
 /// Sightings whose first queries are further apart than this are different lookups.
-pub const WINDOW: Duration = Duration::from_secs(2);
+pub(crate) const WINDOW: Duration = Duration::from_secs(2);
 
 /// What the joiner asks of the capture about its namespaces.
-pub trait JoinContext {
+pub(crate) trait JoinContext {
     /// A query for `q` with `id` over `transport` is still waiting for its answer somewhere
     /// (its sighting is not finished yet: wait for it).
     fn pending(&self, q: &QKey, id: u16, transport: Transport) -> bool;
@@ -71,7 +71,7 @@ impl Joined {
 
 /// Joins sightings from every watched namespace into lookups.
 #[derive(Debug)]
-pub struct Joiner {
+pub(crate) struct Joiner {
     grace: Duration,
     buckets: HashMap<(QKey, u16, Transport), Bucket>,
     /// Queries a resolver made for a client whose lookup is not finished yet.
@@ -82,7 +82,7 @@ pub struct Joiner {
 impl Joiner {
     /// A joiner that holds a finished sighting `grace` for the other namespaces' sightings of
     /// the same lookup (zero when there is one capture point: it saw every copy in order).
-    pub fn new(grace: Duration) -> Self {
+    pub(crate) fn new(grace: Duration) -> Self {
         Joiner {
             grace,
             buckets: HashMap::new(),
@@ -92,7 +92,7 @@ impl Joiner {
     }
 
     /// Take one finished sighting from namespace `ns`, at `now`.
-    pub fn add(&mut self, ns: NsId, lookup: Lookup, now: Duration) {
+    pub(crate) fn add(&mut self, ns: NsId, lookup: Lookup, now: Duration) {
         let Some(q) = lookup.question.clone() else {
             // Nothing to join on: it stands alone.
             self.out.push(lookup);
@@ -109,8 +109,9 @@ impl Joiner {
         b.sightings.push(Sighting { ns, lookup });
     }
 
+    #[cfg(test)]
     /// Sightings held (not yet joined and handed out).
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.buckets
             .values()
             .map(|b| b.sightings.len())
@@ -120,7 +121,12 @@ impl Joiner {
 
     /// Join what can be joined now: buckets quiet for the grace period with no query of
     /// theirs still waiting anywhere. `all` joins everything held (the capture is over).
-    pub fn ready(&mut self, now: Duration, all: bool, cx: &mut dyn JoinContext) -> Vec<Lookup> {
+    pub(crate) fn ready(
+        &mut self,
+        now: Duration,
+        all: bool,
+        cx: &mut dyn JoinContext,
+    ) -> Vec<Lookup> {
         let done: Vec<(QKey, u16, Transport)> = self
             .buckets
             .iter()
@@ -420,7 +426,7 @@ fn merge(mut v: Vec<Sighting>, q: QKey) -> Joined {
 }
 
 /// The hops of a lookup seen at one point only.
-pub fn single(mut l: Lookup, interface: Option<String>) -> Lookup {
+pub(crate) fn single(mut l: Lookup, interface: Option<String>) -> Lookup {
     let h = Hop::of(&l, interface);
     l.hops = vec![h];
     l

@@ -6,12 +6,12 @@
 //! [`read_file`] drive the pipeline and hand each finished [`pair::Lookup`] to a callback:
 //! this module never prints.
 
-pub mod capture;
-pub mod ct;
-pub mod docker;
-pub mod join;
+pub(crate) mod capture;
+pub(crate) mod ct;
+pub(crate) mod docker;
+pub(crate) mod join;
 pub mod packet;
-pub mod pair;
+pub(crate) mod pair;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

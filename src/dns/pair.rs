@@ -157,7 +157,7 @@ pub struct Lookup {
 
 /// The question part of the key (name compared case-insensitively).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct QKey {
+pub(crate) struct QKey {
     name: String,
     qtype: u16,
     qclass: u16,
@@ -214,7 +214,7 @@ pub struct PairStats {
 }
 
 /// The conventional mnemonic of an rcode.
-pub fn rcode_name(code: u16) -> String {
+pub(crate) fn rcode_name(code: u16) -> String {
     match code {
         0 => "NOERROR",
         1 => "FORMERR",
@@ -845,7 +845,7 @@ impl Pairer {
 
 /// Per-name figures for the end-of-run summary.
 #[derive(Debug, Clone, Serialize)]
-pub struct NameSummary {
+pub(crate) struct NameSummary {
     /// Question name.
     pub name: String,
     /// Lookups.
@@ -864,7 +864,7 @@ pub struct NameSummary {
 
 /// Accumulates lookups into per-name figures.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     names: HashMap<String, NameAcc>,
 }
 
@@ -874,7 +874,7 @@ struct NameAcc(u64, u64, Vec<f64>, Option<(f64, SocketAddr)>);
 
 impl Summary {
     /// Count one lookup.
-    pub fn add(&mut self, l: &Lookup) {
+    pub(crate) fn add(&mut self, l: &Lookup) {
         let e = self.names.entry(l.name.clone()).or_default();
         e.0 += 1;
         if l.rcode.as_deref() != Some("NOERROR") {
@@ -890,7 +890,7 @@ impl Summary {
     }
 
     /// Rows sorted by count (most asked first), then name.
-    pub fn rows(&self) -> Vec<NameSummary> {
+    pub(crate) fn rows(&self) -> Vec<NameSummary> {
         let mut rows: Vec<NameSummary> = self
             .names
             .iter()

@@ -19,7 +19,7 @@ pub struct Fix {
 }
 
 /// Quote one argument for a POSIX shell line (only when it needs it).
-pub fn shell_quote(arg: &str) -> String {
+pub(crate) fn shell_quote(arg: &str) -> String {
     let safe = !arg.is_empty()
         && arg
             .chars()

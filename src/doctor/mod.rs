@@ -7,14 +7,14 @@
 //! is recorded in it), so a recorded snapshot replays to the same [`Report`] with no root.
 //! Nothing here prints; `src/cmd/doctor.rs` renders.
 
-pub mod engine;
+pub(crate) mod engine;
 mod family;
-pub mod fix;
-pub mod path;
-pub mod probe;
-pub mod receiver;
-pub mod rules;
-pub mod target;
+pub(crate) mod fix;
+pub(crate) mod path;
+pub(crate) mod probe;
+pub(crate) mod receiver;
+pub(crate) mod rules;
+pub(crate) mod target;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -24,8 +24,8 @@ use crate::facts::{self, FactsError, From, Question, Reads, Snapshot};
 use crate::netns::sockets::{Owner, Proto};
 use crate::netns::{NetNs, NetnsError};
 
+pub(crate) use fix::Fix;
 use fix::Fixer;
-pub use fix::{shell_quote, Fix};
 
 /// How a hop fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -144,7 +144,7 @@ pub struct FamilyPath {
 
 /// Where the connection starts.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// Another machine, arriving on an external interface; with a namespace to probe from.
     Outside(Option<NetNs>),
     /// A process on the host connecting to one of the host's own addresses.
@@ -155,23 +155,11 @@ pub enum Source {
     Container(NetNs),
 }
 
-impl Source {
-    /// How the source reads in the report.
-    pub fn describe(&self) -> String {
-        match self {
-            Source::Outside(None) => "outside".into(),
-            Source::Outside(Some(ns)) => format!("outside:{}", ns.label()),
-            Source::Host => "host".into(),
-            Source::Localhost => "localhost".into(),
-            Source::Container(ns) if ns.label().starts_with("container:") => ns.label().into(),
-            Source::Container(ns) => format!("container:{}", ns.label()),
-        }
-    }
-}
+impl Source {}
 
 /// What to diagnose.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     /// The namespace acting as the host (the current one, or a lab's isolated host).
     pub host: NetNs,
     /// A name `ip netns exec` accepts for the host namespace, when it is not the current one.
@@ -276,23 +264,13 @@ pub struct Report {
 
 /// Errors that stop doctor before it can say anything about the path.
 #[derive(Debug, thiserror::Error)]
-pub enum DoctorError {
+pub(crate) enum DoctorError {
     /// A namespace could not be entered or read.
     #[error(transparent)]
     Netns(#[from] NetnsError),
     /// The snapshot could not be read, loaded or saved.
     #[error(transparent)]
     Facts(#[from] FactsError),
-    /// Reading links or sockets failed.
-    #[error("reading {what} in {ns}: {message}")]
-    Read {
-        /// What was being read.
-        what: String,
-        /// Which namespace.
-        ns: String,
-        /// Why.
-        message: String,
-    },
     /// The request does not say enough.
     #[error("{0}")]
     Usage(String),
@@ -341,7 +319,7 @@ impl Hop {
 
 /// Read the machine once, probe when asked, and judge. Returns the report and the snapshot
 /// it was judged on (with the question and the probe recorded in it).
-pub fn diagnose(req: &Request) -> Result<(Report, Snapshot), DoctorError> {
+pub(crate) fn diagnose(req: &Request) -> Result<(Report, Snapshot), DoctorError> {
     // Probing from outside with no client given: attach a throwaway client namespace first,
     // so the snapshot holds it and the analysis follows the very packet the probe will send.
     let temp = match (&req.from, req.probe) {
@@ -413,7 +391,7 @@ pub fn diagnose(req: &Request) -> Result<(Report, Snapshot), DoctorError> {
 }
 
 /// Judge a snapshot: the question recorded in it, as a live run would have.
-pub fn replay(snap: &Snapshot) -> Result<Report, DoctorError> {
+pub(crate) fn replay(snap: &Snapshot) -> Result<Report, DoctorError> {
     let q = snap.question.clone().ok_or_else(|| {
         DoctorError::Usage("the snapshot records no question (it was not saved by doctor)".into())
     })?;
@@ -422,7 +400,7 @@ pub fn replay(snap: &Snapshot) -> Result<Report, DoctorError> {
 
 /// Every check, as a pure function of the snapshot and the question: the IPv4 path, and the
 /// IPv6 path too when the port is published over IPv6 and the source can use it.
-pub fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
+pub(crate) fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
     let fw = rules::Firewall::from_snapshot(snap);
     match family::families(snap, q, &fw).as_slice() {
         [only] => Ok(judge_path(snap, q, &fw, *only)?.0),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 
 use crate::facts::firewall::capture;
-pub use crate::facts::ProbeResult;
+pub(crate) use crate::facts::ProbeResult;
 use crate::facts::{ProbeDrop, ProbeTrace, Snapshot};
 use crate::netns::links::Rtnl;
 use crate::netns::sockets::Proto;
@@ -28,7 +28,7 @@ fn payload() -> Vec<u8> {
 
 /// Connect from the request's source to the packet's destination and report, with a trace
 /// of the probe's packets in the source, the host and the destination's namespace (`dest`).
-pub fn run(
+pub(crate) fn run(
     req: &Request,
     packet: &Packet,
     snap: &Snapshot,
@@ -179,7 +179,7 @@ fn trace_options(
 }
 
 /// A traced drop in one sentence: where, and the rule or the kernel's reason.
-pub fn drop_words(d: &ProbeDrop) -> String {
+pub(crate) fn drop_words(d: &ProbeDrop) -> String {
     let place = match &d.container {
         Some(c) => format!("{} (container {c})", d.netns),
         None => d.netns.clone(),

@@ -48,7 +48,7 @@ pub struct DnatRule {
 /// The host's rules (IPv4 and IPv6), the facts the walk needs, and which rules are
 /// iptables-legacy's.
 #[derive(Debug, Clone, Default)]
-pub struct Firewall {
+pub(crate) struct Firewall {
     /// Every IPv4 table from every backend.
     pub rs: Ruleset,
     /// Every IPv6 table from every backend (ip6tables, nft ip6/inet).
@@ -78,7 +78,7 @@ fn rule_words(text: &str) -> Vec<String> {
 
 impl Firewall {
     /// The host's firewall as the snapshot recorded it.
-    pub fn from_snapshot(snap: &Snapshot) -> Firewall {
+    pub(crate) fn from_snapshot(snap: &Snapshot) -> Firewall {
         let host = snap.host();
         let d = &snap.firewall;
         let mut fw = Firewall {
@@ -106,7 +106,7 @@ impl Firewall {
     }
 
     /// The rule set a packet to `dst` crosses.
-    pub fn for_addr(&self, dst: IpAddr) -> &Ruleset {
+    pub(crate) fn for_addr(&self, dst: IpAddr) -> &Ruleset {
         if dst.is_ipv6() {
             &self.rs6
         } else {
@@ -128,7 +128,7 @@ impl Firewall {
     }
 
     /// The host's facts for a walk toward `dst`: IPv6 forwarding is its own switch.
-    pub fn facts_for(&self, dst: IpAddr) -> std::borrow::Cow<'_, LocalFacts> {
+    pub(crate) fn facts_for(&self, dst: IpAddr) -> std::borrow::Cow<'_, LocalFacts> {
         if dst.is_ipv6() {
             let mut f = self.facts.clone();
             f.forwarding = self.forwarding6;
@@ -170,7 +170,7 @@ fn dports_of(rule: &Rule) -> Vec<(u16, u16)> {
 
 impl Firewall {
     /// True when both iptables-legacy and another backend hold rules.
-    pub fn split_backends(&self) -> bool {
+    pub(crate) fn split_backends(&self) -> bool {
         !self.legacy.is_empty() && self.other_rules
     }
 
@@ -225,7 +225,7 @@ impl Firewall {
     }
 
     /// The published port that sends `proto` to one of `addrs` (to container port `port`).
-    pub fn published_port_of(
+    pub(crate) fn published_port_of(
         &self,
         proto: Proto,
         addrs: &[IpAddr],
@@ -241,7 +241,11 @@ impl Firewall {
     }
 
     /// Where the first DNAT rule publishing `proto/port` sends it (address, port).
-    pub fn dnat_target_for_port(&self, proto: Proto, port: u16) -> Option<(IpAddr, Option<u16>)> {
+    pub(crate) fn dnat_target_for_port(
+        &self,
+        proto: Proto,
+        port: u16,
+    ) -> Option<(IpAddr, Option<u16>)> {
         self.dnat_rules().into_iter().find_map(|(p, ports, a, to)| {
             (p == proto && ports.iter().any(|(x, y)| *x <= port && port <= *y)).then_some((a, to))
         })
@@ -249,7 +253,7 @@ impl Firewall {
 
     /// True when some DNAT rule of one family (true: IPv6) publishes `proto/port`, whatever
     /// its other conditions.
-    pub fn has_dnat_for_port_in(&self, v6: bool, proto: Proto, port: u16) -> bool {
+    pub(crate) fn has_dnat_for_port_in(&self, v6: bool, proto: Proto, port: u16) -> bool {
         self.dnat_rules_of(self.family(v6).tables.iter())
             .iter()
             .any(|(p, ports, _, _)| {
@@ -258,7 +262,7 @@ impl Firewall {
     }
 
     /// Walk the packet as it first reaches the host.
-    pub fn walk(&self, p: &Packet) -> Walk {
+    pub(crate) fn walk(&self, p: &Packet) -> Walk {
         let packet = walk::Packet {
             proto: p.proto.to_string(),
             src: p.src,
@@ -275,7 +279,7 @@ impl Firewall {
     }
 
     /// The DNAT rule the walk went through, if the destination was rewritten.
-    pub fn dnat_in(&self, w: &Walk, p: &Packet) -> Option<DnatRule> {
+    pub(crate) fn dnat_in(&self, w: &Walk, p: &Packet) -> Option<DnatRule> {
         let step = w.steps.iter().find(|s| {
             s.rewritten.is_some() && (s.what.starts_with("DNAT") || s.what.starts_with("REDIRECT"))
         })?;
@@ -299,7 +303,7 @@ impl Firewall {
 
 /// argv that rewrites `rule` to send to `addr:port` (`iptables -t nat -R CHAIN N ...`).
 /// None for native nftables rules (they need a handle the dump does not give).
-pub fn dnat_port_fix(rule: &DnatRule, addr: IpAddr, port: u16) -> Option<Vec<String>> {
+pub(crate) fn dnat_port_fix(rule: &DnatRule, addr: IpAddr, port: u16) -> Option<Vec<String>> {
     if rule.backend == "nft" {
         return None;
     }

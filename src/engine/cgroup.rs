@@ -6,7 +6,7 @@
 //! container" would name the host namespace after a container.
 
 /// The container id in a process's /proc/PID/cgroup (Docker, containerd/CRI, CRI-O, Podman), if any.
-pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
+pub(crate) fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
     cgroup.lines().find_map(id_in_line)
 }
 

@@ -14,11 +14,11 @@ use super::{
 };
 
 /// Where libcni (podman's CNI backend, containerd, cnitool) caches results.
-pub const RESULTS_DIR: &str = "/var/lib/cni/results";
+pub(crate) const RESULTS_DIR: &str = "/var/lib/cni/results";
 
 /// Add every cached CNI attachment under `dir` to `intent`, one container per container id.
 /// A missing directory is no CNI at all; an unreadable file is the source's error.
-pub fn read_into(dir: &Path, intent: &mut Intent) {
+pub(crate) fn read_into(dir: &Path, intent: &mut Intent) {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,

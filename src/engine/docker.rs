@@ -14,11 +14,11 @@ use super::{
 };
 
 /// The socket dockerd listens on unless DOCKER_HOST says otherwise.
-pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
 /// Errors from an Engine API socket.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// No daemon socket to talk to.
     #[error("API socket {path} not reachable: {source}")]
     Unreachable {
@@ -44,25 +44,20 @@ pub enum ApiError {
 
 /// One Engine API socket.
 #[derive(Debug, Clone)]
-pub struct Api {
+pub(crate) struct Api {
     socket: PathBuf,
 }
 
 impl Api {
     /// The API on a specific unix socket.
-    pub fn at(socket: impl Into<PathBuf>) -> Self {
+    pub(crate) fn at(socket: impl Into<PathBuf>) -> Self {
         Api {
             socket: socket.into(),
         }
     }
 
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// GET `path` and parse the JSON body; an HTTP error status is an error.
-    pub fn get(&self, path: &str) -> Result<serde_json::Value, ApiError> {
+    pub(crate) fn get(&self, path: &str) -> Result<serde_json::Value, ApiError> {
         let unreachable = |source| ApiError::Unreachable {
             path: self.socket.clone(),
             source,
@@ -129,7 +124,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 /// One place an Engine API may answer, and who is expected there.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The unix socket.
     pub socket: PathBuf,
     /// The engine expected by the socket's location (the /version answer decides).
@@ -140,7 +135,7 @@ pub struct Endpoint {
 
 /// The sockets to ask: DOCKER_HOST or Docker's default, CONTAINER_HOST or Podman's rootful
 /// and rootless defaults. A default socket that does not exist is not asked.
-pub fn endpoints() -> Vec<Endpoint> {
+pub(crate) fn endpoints() -> Vec<Endpoint> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let rootless = env("XDG_RUNTIME_DIR").map(|d| format!("{d}/podman/podman.sock"));
     endpoints_from(
@@ -197,7 +192,7 @@ fn endpoints_from(
 
 /// Ask one endpoint for its containers and networks and add them to `intent`; a failure is
 /// recorded as the endpoint's [`SourceStatus`] error.
-pub fn read_into(ep: &Endpoint, intent: &mut Intent) {
+pub(crate) fn read_into(ep: &Endpoint, intent: &mut Intent) {
     let api = Api::at(&ep.socket);
     let endpoint = ep.socket.display().to_string();
     let engine = match api.get("/version") {

@@ -12,7 +12,7 @@ use std::path::Path;
 use super::{Container, ContainerState, EngineKind, Intent, SourceStatus};
 
 /// Where the kubelet keeps its container log links.
-pub const LOG_DIR: &str = "/var/log/containers";
+pub(crate) const LOG_DIR: &str = "/var/log/containers";
 
 /// One container from a log link name.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub(crate) fn parse_link(file_name: &str) -> Option<LogLink> {
 }
 
 /// Add the containers the kubelet's log links name. Absent directory: not a node, no cost.
-pub fn read_into(dir: &Path, intent: &mut Intent) {
+pub(crate) fn read_into(dir: &Path, intent: &mut Intent) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,

@@ -10,7 +10,7 @@ use super::{
 };
 
 /// Add the containers and networks of every lab that is up to `intent`.
-pub fn read_into(intent: &mut Intent) {
+pub(crate) fn read_into(intent: &mut Intent) {
     let labs = state::list();
     if labs.is_empty() {
         return;

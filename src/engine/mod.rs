@@ -6,12 +6,12 @@
 //! An engine that is absent costs nothing; one that is present but fails is a
 //! [`SourceStatus`] with an error, never a crash.
 
-pub mod cgroup;
-pub mod cni;
-pub mod docker;
-pub mod kube;
-pub mod lab;
-pub mod podman;
+pub(crate) mod cgroup;
+pub(crate) mod cni;
+pub(crate) mod docker;
+pub(crate) mod kube;
+pub(crate) mod lab;
+pub(crate) mod podman;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -7,7 +7,7 @@ use super::docker::{container_from_inspect, ids, Api, ApiError};
 use super::{Container, EngineKind, Network, PortBinding};
 
 /// Rootful Podman's API socket (what podman.socket serves).
-pub const ROOTFUL_SOCKET: &str = "/run/podman/podman.sock";
+pub(crate) const ROOTFUL_SOCKET: &str = "/run/podman/podman.sock";
 
 /// The libpod API prefix; Podman 4 accepts it (and serves the compat API beside it).
 const LIBPOD: &str = "/v4.0.0/libpod";

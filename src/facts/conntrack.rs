@@ -10,7 +10,7 @@ use super::firewall::capture;
 
 /// One UDP conntrack entry: the original direction and where replies come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CtEntry {
+pub(crate) struct CtEntry {
     /// Original source.
     pub src: Option<IpAddr>,
     /// Original destination (what the client used).
@@ -28,7 +28,7 @@ pub struct CtEntry {
 }
 
 /// Parse `conntrack -L` output (UDP lines).
-pub fn parse(text: &str) -> Vec<CtEntry> {
+pub(crate) fn parse(text: &str) -> Vec<CtEntry> {
     text.lines()
         .filter(|l| l.starts_with("udp") || l.starts_with("ipv4") || l.starts_with("ipv6"))
         .filter(|l| l.split_whitespace().any(|w| w == "udp"))
@@ -56,7 +56,7 @@ pub fn parse(text: &str) -> Vec<CtEntry> {
 }
 
 /// Every UDP entry of `ns` (None when the conntrack tool is missing or failed).
-pub fn read(ns: &NetNs) -> Option<Vec<CtEntry>> {
+pub(crate) fn read(ns: &NetNs) -> Option<Vec<CtEntry>> {
     let v4 = capture(ns, &["conntrack", "-L", "-p", "udp"]).ok()?;
     let mut all = parse(&v4);
     if let Ok(v6) = capture(ns, &["conntrack", "-L", "-f", "ipv6", "-p", "udp"]) {

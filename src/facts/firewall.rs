@@ -17,7 +17,7 @@ use super::NsFacts;
 
 /// The raw dumps; `None` where the tool is missing or failed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FirewallDump {
+pub(crate) struct FirewallDump {
     /// iptables-nft-save.
     pub iptables_nft: Option<String>,
     /// iptables-legacy-save.
@@ -36,7 +36,7 @@ pub struct FirewallDump {
 }
 
 /// Run a tool inside `ns`; its stdout, or why not.
-pub fn capture(ns: &NetNs, argv: &[&str]) -> Result<String, String> {
+pub(crate) fn capture(ns: &NetNs, argv: &[&str]) -> Result<String, String> {
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
@@ -63,13 +63,13 @@ pub fn capture(ns: &NetNs, argv: &[&str]) -> Result<String, String> {
 pub(crate) static TOOL_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Dump every firewall of `ns`, the five tools in parallel (no rule counters).
-pub fn dump(ns: &NetNs) -> FirewallDump {
+pub(crate) fn dump(ns: &NetNs) -> FirewallDump {
     dump_with(ns, false)
 }
 
 /// Dump every firewall of `ns`; `counters` asks the iptables tools for each rule's packet and
 /// byte counters (`-c`: explain-nat shows which rules traffic hits; doctor quotes rules bare).
-pub fn dump_with(ns: &NetNs, counters: bool) -> FirewallDump {
+pub(crate) fn dump_with(ns: &NetNs, counters: bool) -> FirewallDump {
     let c: &[&str] = if counters { &["-c"] } else { &[] };
     let save = |tool: &'static str| -> Vec<&str> {
         std::iter::once(tool).chain(c.iter().copied()).collect()
@@ -119,7 +119,7 @@ pub fn dump_with(ns: &NetNs, counters: bool) -> FirewallDump {
 }
 
 /// True when an iptables-save text holds at least one rule.
-pub fn has_rules(text: &str) -> bool {
+pub(crate) fn has_rules(text: &str) -> bool {
     text.lines().any(|l| {
         let l = l.trim_start();
         l.starts_with("-A ") || (l.starts_with('[') && l.contains("] -A "))
@@ -148,13 +148,13 @@ enum Families {
 impl FirewallDump {
     /// The rule set of one family (false: IPv4): both iptables backends, and native nft tables
     /// of that family and of the families that see both (inet, bridge, netdev...).
-    pub fn ruleset(&self, v6: bool, label: &str) -> Ruleset {
+    pub(crate) fn ruleset(&self, v6: bool, label: &str) -> Ruleset {
         self.build(if v6 { Families::V6 } else { Families::V4 }, label)
     }
 
     /// Every rule of the namespace, IPv4 and IPv6 together, as explain-nat shows it; Err with
     /// what each tool said when none of them ran at all.
-    pub fn ruleset_all(&self, label: &str) -> Result<Ruleset, String> {
+    pub(crate) fn ruleset_all(&self, label: &str) -> Result<Ruleset, String> {
         let any = self.iptables_nft.is_some()
             || self.iptables_legacy.is_some()
             || self.iptables_plain.is_some()
@@ -264,7 +264,7 @@ impl FirewallDump {
     }
 
     /// Rule texts iptables-legacy holds (v4 and v6), to name the right tool in fixes.
-    pub fn legacy_rules(&self) -> HashSet<String> {
+    pub(crate) fn legacy_rules(&self) -> HashSet<String> {
         let mut s = rule_lines(self.iptables_legacy.as_deref());
         s.extend(rule_lines(self.ip6tables_legacy.as_deref()));
         s
@@ -272,7 +272,7 @@ impl FirewallDump {
 }
 
 /// The packet walk's view of a namespace (addresses, routes, forwarding), from its facts.
-pub fn local_facts(ns: &NsFacts) -> LocalFacts {
+pub(crate) fn local_facts(ns: &NsFacts) -> LocalFacts {
     let name_of = |idx: u32| {
         ns.link(idx)
             .map(|l| l.name.clone())

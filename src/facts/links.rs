@@ -15,7 +15,7 @@ use crate::netns::NsId;
 
 /// A link somewhere on the machine: which namespace of the snapshot, which ifindex in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LinkRef {
+pub(crate) struct LinkRef {
     /// Index into [`Snapshot::namespaces`].
     pub ns: usize,
     /// ifindex inside that namespace.
@@ -24,7 +24,7 @@ pub struct LinkRef {
 
 /// The links of a snapshot joined across namespaces.
 #[derive(Debug, Clone)]
-pub struct LinkMap<'a> {
+pub(crate) struct LinkMap<'a> {
     /// The snapshot it reads.
     pub snap: &'a Snapshot,
     /// Index of the namespace nettool ran in, when the snapshot holds it.
@@ -37,7 +37,7 @@ pub struct LinkMap<'a> {
 
 impl<'a> LinkMap<'a> {
     /// Join the links of `snap`.
-    pub fn new(snap: &'a Snapshot) -> LinkMap<'a> {
+    pub(crate) fn new(snap: &'a Snapshot) -> LinkMap<'a> {
         let index_of = |id: NsId| snap.namespaces.iter().position(|x| x.id == id);
         let nsids = snap
             .namespaces
@@ -73,12 +73,12 @@ impl<'a> LinkMap<'a> {
 
 impl LinkMap<'_> {
     /// Index of the namespace with this identity.
-    pub fn ns_index(&self, id: NsId) -> Option<usize> {
+    pub(crate) fn ns_index(&self, id: NsId) -> Option<usize> {
         self.snap.namespaces.iter().position(|n| n.id == id)
     }
 
     /// The link a [`LinkRef`] points at.
-    pub fn link(&self, r: LinkRef) -> Option<&Link> {
+    pub(crate) fn link(&self, r: LinkRef) -> Option<&Link> {
         self.snap
             .namespaces
             .get(r.ns)?
@@ -88,7 +88,7 @@ impl LinkMap<'_> {
     }
 
     /// The link named `name` in namespace `ns` (names are unique within a namespace).
-    pub fn by_name(&self, ns: usize, name: &str) -> Option<LinkRef> {
+    pub(crate) fn by_name(&self, ns: usize, name: &str) -> Option<LinkRef> {
         self.snap
             .namespaces
             .get(ns)?
@@ -98,14 +98,14 @@ impl LinkMap<'_> {
     }
 
     /// Every link called exactly `name`, in any namespace.
-    pub fn everywhere_named(&self, name: &str) -> Vec<LinkRef> {
+    pub(crate) fn everywhere_named(&self, name: &str) -> Vec<LinkRef> {
         (0..self.snap.namespaces.len())
             .filter_map(|ns| self.by_name(ns, name))
             .collect()
     }
 
     /// Addresses on one link.
-    pub fn addresses(&self, r: LinkRef) -> Vec<&Address> {
+    pub(crate) fn addresses(&self, r: LinkRef) -> Vec<&Address> {
         self.snap
             .namespaces
             .get(r.ns)
@@ -115,7 +115,7 @@ impl LinkMap<'_> {
 
     /// Where IFLA_LINK of `r` points: a veth's peer, a macvlan/ipvlan/vlan's parent.
     /// Exact: namespace by nsid, then ifindex equality. None when unresolvable.
-    pub fn link_target(&self, r: LinkRef) -> Option<LinkRef> {
+    pub(crate) fn link_target(&self, r: LinkRef) -> Option<LinkRef> {
         let l = self.link(r)?;
         let target = l.link?;
         // Some drivers report IFLA_LINK = 0 or themselves for "no lower device".
@@ -131,7 +131,7 @@ impl LinkMap<'_> {
     }
 
     /// The bridge (or bond) `r` is enslaved to.
-    pub fn master(&self, r: LinkRef) -> Option<LinkRef> {
+    pub(crate) fn master(&self, r: LinkRef) -> Option<LinkRef> {
         let m = LinkRef {
             ns: r.ns,
             index: self.link(r)?.master?,
@@ -140,7 +140,7 @@ impl LinkMap<'_> {
     }
 
     /// The ports of a bridge (links whose master is `r`).
-    pub fn ports(&self, r: LinkRef) -> Vec<LinkRef> {
+    pub(crate) fn ports(&self, r: LinkRef) -> Vec<LinkRef> {
         self.snap.namespaces[r.ns]
             .links
             .iter()
@@ -154,7 +154,7 @@ impl LinkMap<'_> {
 
     /// Links in any namespace built on top of `r` (macvlan, ipvlan, vlan...): their IFLA_LINK
     /// resolves to `r`. Veth peers are not children.
-    pub fn children(&self, r: LinkRef) -> Vec<LinkRef> {
+    pub(crate) fn children(&self, r: LinkRef) -> Vec<LinkRef> {
         let mut out = Vec::new();
         for (ns, n) in self.snap.namespaces.iter().enumerate() {
             for l in &n.links {
@@ -173,7 +173,7 @@ impl LinkMap<'_> {
     /// True when `a` is the "host side" of the pair (a, b). A judgement call: the end in the
     /// namespace nettool runs in, then the end enslaved to a bridge, then the end outside a
     /// container, then the end in the namespace with more links.
-    pub fn host_side_first(&self, a: LinkRef, b: LinkRef) -> bool {
+    pub(crate) fn host_side_first(&self, a: LinkRef, b: LinkRef) -> bool {
         let cur = |r: LinkRef| Some(r.ns) == self.current;
         if cur(a) != cur(b) {
             return cur(a);
@@ -196,7 +196,7 @@ impl LinkMap<'_> {
 
     /// Every veth pair on the machine, once each, host side first. The second end is None
     /// when the peer's namespace could not be found.
-    pub fn veth_pairs(&self) -> Vec<(LinkRef, Option<LinkRef>)> {
+    pub(crate) fn veth_pairs(&self) -> Vec<(LinkRef, Option<LinkRef>)> {
         let mut seen: HashSet<LinkRef> = HashSet::new();
         let mut out = Vec::new();
         for (ns, n) in self.snap.namespaces.iter().enumerate() {
@@ -227,7 +227,7 @@ impl LinkMap<'_> {
     }
 
     /// The summary of namespace `i` used in reports.
-    pub fn ns_summary(&self, i: usize) -> NsSummary {
+    pub(crate) fn ns_summary(&self, i: usize) -> NsSummary {
         let n = &self.snap.namespaces[i];
         NsSummary {
             label: self.display[i].clone(),
@@ -243,7 +243,7 @@ impl LinkMap<'_> {
     }
 
     /// Describe one end of a link for a report.
-    pub fn end(&self, r: LinkRef) -> Option<LinkEnd> {
+    pub(crate) fn end(&self, r: LinkRef) -> Option<LinkEnd> {
         let l = self.link(r)?;
         let master = self.master(r).and_then(|m| self.link(m));
         Some(LinkEnd {
@@ -267,7 +267,7 @@ impl LinkMap<'_> {
     }
 
     /// The full report on one link: what it is and what is on its other side.
-    pub fn report(&self, r: LinkRef) -> Option<PeerReport> {
+    pub(crate) fn report(&self, r: LinkRef) -> Option<PeerReport> {
         let l = self.link(r)?;
         let interface = self.end(r)?;
         let target = self.link_target(r);
@@ -324,7 +324,7 @@ impl LinkMap<'_> {
 
     /// Names in namespace `ns` close to `name` (edit distance <= 2, or one contains the other):
     /// suggestions for an error message, never used to match.
-    pub fn close_names(&self, ns: usize, name: &str) -> Vec<String> {
+    pub(crate) fn close_names(&self, ns: usize, name: &str) -> Vec<String> {
         let Some(n) = self.snap.namespaces.get(ns) else {
             return Vec::new();
         };
@@ -343,7 +343,7 @@ impl LinkMap<'_> {
 }
 
 /// Levenshtein distance, for suggestions.
-pub fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -360,7 +360,7 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 
 /// A namespace as reports show it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct NsSummary {
+pub(crate) struct NsSummary {
     /// Short label: "current", a name, container:NAME, pid:N or inode:N.
     pub label: String,
     /// Inode (what `readlink /proc/PID/ns/net` shows).
@@ -383,7 +383,7 @@ pub struct NsSummary {
 
 /// One end of a link pair, with its namespace.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct LinkEnd {
+pub(crate) struct LinkEnd {
     /// Interface name.
     pub name: String,
     /// ifindex inside its namespace.
@@ -412,7 +412,7 @@ pub struct LinkEnd {
 
 /// What `nettool peer IFACE` reports.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PeerReport {
+pub(crate) struct PeerReport {
     /// The interface asked about.
     pub interface: LinkEnd,
     /// Its kind, repeated for convenience.
@@ -433,7 +433,7 @@ pub struct PeerReport {
 
 /// One row of `nettool peer --all`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct VethPair {
+pub(crate) struct VethPair {
     /// The host side (the end in nettool's namespace, or the bridged end).
     pub host: LinkEnd,
     /// The other end, when found.
@@ -442,7 +442,7 @@ pub struct VethPair {
 
 impl LinkMap<'_> {
     /// Every veth pair as report rows.
-    pub fn pair_rows(&self) -> Vec<VethPair> {
+    pub(crate) fn pair_rows(&self) -> Vec<VethPair> {
         self.veth_pairs()
             .into_iter()
             .filter_map(|(a, b)| {

@@ -8,11 +8,11 @@
 //! graph are pure functions of it. doctor, topology, peer and `netns list` each read one per
 //! run, with only the [`Parts`] they need. Only read.rs touches the machine.
 
-pub mod conntrack;
-pub mod firewall;
-pub mod links;
-pub mod proxies;
-pub mod read;
+pub(crate) mod conntrack;
+pub(crate) mod firewall;
+pub(crate) mod links;
+pub(crate) mod proxies;
+pub(crate) mod read;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -24,17 +24,17 @@ use crate::netns::links::{Address, Link, Route};
 use crate::netns::sockets::{Owner, Proto, Socket};
 use crate::netns::NsId;
 
-pub use conntrack::CtEntry;
-pub use firewall::FirewallDump;
-pub use proxies::{ProxyMap, ProxyProcess};
-pub use read::{add_firewalls, read, read_with, Parts, ReadOptions};
+pub(crate) use conntrack::CtEntry;
+pub(crate) use firewall::FirewallDump;
+pub(crate) use proxies::{ProxyMap, ProxyProcess};
+pub(crate) use read::{add_firewalls, read, read_with, Parts, ReadOptions};
 
 /// The format version written in [`Meta::format`]; a replay refuses other versions.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
 /// What was read, by whom, and what it cost.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// Snapshot format version ([`FORMAT`]).
     pub format: u32,
     /// The nettool version that read it.
@@ -65,7 +65,7 @@ pub struct Reads {
 
 /// One network namespace as read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NsFacts {
+pub(crate) struct NsFacts {
     /// Identity (st_dev, inode).
     pub id: NsId,
     /// How reports call it (name, container:NAME, pid:N).
@@ -117,7 +117,7 @@ pub struct NsFacts {
 
 /// The other end of a veth: namespace and ifindex there.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// ifindex of the veth in this namespace.
     pub local_index: u32,
     /// The namespace holding the other end.
@@ -128,7 +128,7 @@ pub struct Peer {
 
 /// A nettool lab (from /run/nettool/NAME/state.json): what its containers run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LabFacts {
+pub(crate) struct LabFacts {
     /// Lab name.
     pub name: String,
     /// Its host namespace.
@@ -139,7 +139,7 @@ pub struct LabFacts {
 
 /// One container of a nettool lab.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LabContainer {
+pub(crate) struct LabContainer {
     /// Container name in the lab file.
     pub name: String,
     /// Its namespace.
@@ -150,7 +150,7 @@ pub struct LabContainer {
 
 /// Everything doctor judges, read once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Version, cost.
     pub meta: Meta,
     /// Identity of the host namespace (the one examined).
@@ -177,7 +177,7 @@ pub struct Snapshot {
 /// Where a connection starts, by namespace identity.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
-pub enum From {
+pub(crate) enum From {
     /// A process on the host connecting to 127.0.0.1 (or ::1).
     Localhost,
     /// A process on the host connecting to one of the host's own addresses.
@@ -196,7 +196,7 @@ pub enum From {
 
 /// What doctor was asked: the path to follow, in the snapshot's terms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Question {
+pub(crate) struct Question {
     /// tcp or udp.
     pub proto: Proto,
     /// The published port (None with a container target: its published ports).
@@ -279,7 +279,7 @@ pub struct ProbeDrop {
 
 /// A route lookup's answer, as `ip route get` would give it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RouteHit {
+pub(crate) struct RouteHit {
     /// local, unicast, blackhole, unreachable, prohibit...
     pub kind: String,
     /// Output interface.
@@ -292,18 +292,18 @@ pub struct RouteHit {
 
 impl Snapshot {
     /// The host namespace's facts.
-    pub fn host(&self) -> &NsFacts {
+    pub(crate) fn host(&self) -> &NsFacts {
         self.ns(self.host)
             .expect("a snapshot always holds its host namespace")
     }
 
     /// A namespace by identity.
-    pub fn ns(&self, id: NsId) -> Option<&NsFacts> {
+    pub(crate) fn ns(&self, id: NsId) -> Option<&NsFacts> {
         self.namespaces.iter().find(|n| n.id == id)
     }
 
     /// A namespace by name, label, container name or id, or path (replays name them this way).
-    pub fn ns_named(&self, name: &str) -> Option<&NsFacts> {
+    pub(crate) fn ns_named(&self, name: &str) -> Option<&NsFacts> {
         let bare = name.strip_prefix("container:").unwrap_or(name);
         self.namespaces.iter().find(|n| {
             n.name.as_deref() == Some(bare)
@@ -317,14 +317,14 @@ impl Snapshot {
     }
 
     /// The other end of veth `index` of `ns`: its namespace and link.
-    pub fn peer_of(&self, ns: &NsFacts, index: u32) -> Option<(&NsFacts, &Link)> {
+    pub(crate) fn peer_of(&self, ns: &NsFacts, index: u32) -> Option<(&NsFacts, &Link)> {
         let p = ns.peers.iter().find(|p| p.local_index == index)?;
         let other = self.ns(p.peer_ns)?;
         Some((other, other.link(p.peer_index)?))
     }
 
     /// The veth from `ns` into the host: the host-side link and `ns`'s IPv4 address on it.
-    pub fn link_into_host(&self, ns: &NsFacts) -> Option<(&Link, Option<IpAddr>)> {
+    pub(crate) fn link_into_host(&self, ns: &NsFacts) -> Option<(&Link, Option<IpAddr>)> {
         let host = self.host();
         let p = ns.peers.iter().find(|p| p.peer_ns == host.id)?;
         let host_link = host.link(p.peer_index)?;
@@ -337,7 +337,7 @@ impl Snapshot {
     }
 
     /// Where the userland proxy `pid` forwards `proto/port`, when it is a proxy we recognise.
-    pub fn proxy_target(&self, pid: u32, proto: Proto, port: u16) -> Option<&ProxyMap> {
+    pub(crate) fn proxy_target(&self, pid: u32, proto: Proto, port: u16) -> Option<&ProxyMap> {
         self.proxies
             .iter()
             .filter(|p| p.pid == pid)
@@ -346,12 +346,12 @@ impl Snapshot {
     }
 
     /// The lab whose host namespace is the snapshot's host.
-    pub fn lab(&self) -> Option<&LabFacts> {
+    pub(crate) fn lab(&self) -> Option<&LabFacts> {
         self.labs.iter().find(|l| l.host == Some(self.host))
     }
 
     /// The lab container living in namespace `ns`, with its `run` argv.
-    pub fn lab_service(&self, ns: NsId) -> Option<(&str, &[String])> {
+    pub(crate) fn lab_service(&self, ns: NsId) -> Option<(&str, &[String])> {
         let c = self.lab()?.containers.iter().find(|c| c.ns == Some(ns))?;
         Some((c.name.as_str(), c.run.as_deref()?))
     }
@@ -361,7 +361,7 @@ impl Snapshot {
     /// Keep only what a path from this host can cross: the host, the namespaces joined to it
     /// by a veth, and the ones the question names. Other hosts' namespaces (other labs, other
     /// engines' test hosts) go: a recorded snapshot stays small and says nothing about them.
-    pub fn prune(&mut self) {
+    pub(crate) fn prune(&mut self) {
         let host = self.host;
         let mut keep: Vec<NsId> = vec![host];
         if let Some(q) = &self.question {
@@ -409,7 +409,7 @@ impl Snapshot {
 impl NsFacts {
     /// What discovery knew of it, as `netns list` prints it; `interfaces` counts the links
     /// read (None when they were not read or could not be).
-    pub fn info(&self) -> NamespaceInfo {
+    pub(crate) fn info(&self) -> NamespaceInfo {
         NamespaceInfo {
             id: self.id,
             path: std::path::PathBuf::from(&self.path),
@@ -426,29 +426,29 @@ impl NsFacts {
     }
 
     /// The firewall read in this namespace, if any: its own, or the snapshot's for the host.
-    pub fn firewall<'a>(&'a self, snap: &'a Snapshot) -> Option<&'a FirewallDump> {
+    pub(crate) fn firewall<'a>(&'a self, snap: &'a Snapshot) -> Option<&'a FirewallDump> {
         self.firewall
             .as_ref()
             .or_else(|| (self.id == snap.host).then_some(&snap.firewall))
     }
 
     /// A link by ifindex.
-    pub fn link(&self, index: u32) -> Option<&Link> {
+    pub(crate) fn link(&self, index: u32) -> Option<&Link> {
         self.links.iter().find(|l| l.index == index)
     }
 
     /// One sysctl, as read.
-    pub fn sysctl(&self, name: &str) -> Option<&str> {
+    pub(crate) fn sysctl(&self, name: &str) -> Option<&str> {
         self.sysctls.get(name).map(String::as_str)
     }
 
     /// True when one of its interfaces holds `ip`.
-    pub fn has_address(&self, ip: IpAddr) -> bool {
+    pub(crate) fn has_address(&self, ip: IpAddr) -> bool {
         self.addresses.iter().any(|a| a.address == ip)
     }
 
     /// Its non-loopback, non-link-local addresses, for evidence.
-    pub fn address_list(&self) -> String {
+    pub(crate) fn address_list(&self) -> String {
         let v: Vec<String> = self
             .addresses
             .iter()
@@ -465,7 +465,7 @@ impl NsFacts {
     /// What `ip route get DST` answers here, from the recorded addresses and main-table
     /// routes: local for an address of the namespace, else the longest matching prefix
     /// (lowest metric first).
-    pub fn route_to(&self, dst: IpAddr) -> Result<RouteHit, String> {
+    pub(crate) fn route_to(&self, dst: IpAddr) -> Result<RouteHit, String> {
         if dst.is_loopback() || self.has_address(dst) {
             let oif = self
                 .addresses
@@ -523,7 +523,7 @@ impl NsFacts {
 
     /// The interface a packet from another machine arrives on: the default route's, else the
     /// first up interface with an IPv4 address that is neither loopback, a bridge nor a port.
-    pub fn external_link(&self) -> Option<&Link> {
+    pub(crate) fn external_link(&self) -> Option<&Link> {
         let default_oif = self
             .routes
             .iter()
@@ -544,7 +544,7 @@ impl NsFacts {
     }
 
     /// The main address of family `v6` (false: IPv4) on the external link, else any global one.
-    pub fn primary_address_of(&self, v6: bool) -> Option<IpAddr> {
+    pub(crate) fn primary_address_of(&self, v6: bool) -> Option<IpAddr> {
         let fits = |a: &&Address| {
             a.address.is_ipv6() == v6 && !a.address.is_loopback() && !is_link_local(a.address)
         };
@@ -560,11 +560,6 @@ impl NsFacts {
         }
         self.addresses.iter().find(fits).map(|a| a.address)
     }
-
-    /// The host's main IPv4 address.
-    pub fn primary_address(&self) -> Option<IpAddr> {
-        self.primary_address_of(false)
-    }
 }
 
 fn family_matches(r: &Route, dst: IpAddr) -> bool {
@@ -578,7 +573,7 @@ fn family_matches(r: &Route, dst: IpAddr) -> bool {
 }
 
 /// fe80::/10 or 169.254/16.
-pub fn is_link_local(ip: IpAddr) -> bool {
+pub(crate) fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
@@ -587,7 +582,7 @@ pub fn is_link_local(ip: IpAddr) -> bool {
 
 /// Errors reading or replaying a snapshot.
 #[derive(Debug, thiserror::Error)]
-pub enum FactsError {
+pub(crate) enum FactsError {
     /// The host namespace could not be read at all.
     #[error("reading the host namespace {ns}: {why}")]
     Host {
@@ -607,7 +602,7 @@ pub enum FactsError {
 }
 
 /// Write `snap` as pretty JSON to `path`.
-pub fn save(snap: &Snapshot, path: &std::path::Path) -> Result<(), FactsError> {
+pub(crate) fn save(snap: &Snapshot, path: &std::path::Path) -> Result<(), FactsError> {
     let err = |why: String| FactsError::File {
         path: path.display().to_string(),
         why,
@@ -617,7 +612,7 @@ pub fn save(snap: &Snapshot, path: &std::path::Path) -> Result<(), FactsError> {
 }
 
 /// Read a snapshot written by [`save`].
-pub fn load(path: &std::path::Path) -> Result<Snapshot, FactsError> {
+pub(crate) fn load(path: &std::path::Path) -> Result<Snapshot, FactsError> {
     let err = |why: String| FactsError::File {
         path: path.display().to_string(),
         why,
@@ -627,7 +622,7 @@ pub fn load(path: &std::path::Path) -> Result<Snapshot, FactsError> {
 }
 
 /// Parse a snapshot from its JSON text.
-pub fn from_json(text: &str) -> Result<Snapshot, String> {
+pub(crate) fn from_json(text: &str) -> Result<Snapshot, String> {
     let snap: Snapshot = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if snap.meta.format != FORMAT {
         return Err(format!(

@@ -11,7 +11,7 @@ use crate::tap::event::Transport;
 
 /// One process that forwards ports.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ProxyProcess {
+pub(crate) struct ProxyProcess {
     /// Process id.
     pub pid: u32,
     /// Its command name.
@@ -26,7 +26,7 @@ pub struct ProxyProcess {
 
 /// One forwarded port range.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct ProxyMap {
+pub(crate) struct ProxyMap {
     /// tcp or udp.
     pub proto: Proto,
     /// The listen address (None: every address).
@@ -43,7 +43,7 @@ pub struct ProxyMap {
 
 impl ProxyMap {
     /// The target for listen port `port` (None when out of range or past 65535).
-    pub fn target_for(&self, port: u16) -> Option<SocketAddr> {
+    pub(crate) fn target_for(&self, port: u16) -> Option<SocketAddr> {
         let off = port.checked_sub(self.listen_from)?;
         if port > self.listen_to {
             return None;
@@ -56,7 +56,7 @@ impl ProxyMap {
 }
 
 /// Recognise a proxy from its command line (None when it is not one).
-pub fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyProcess> {
+pub(crate) fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyProcess> {
     let (kind, maps) = if let Some(maps) = crate::cmd::proxy::recognise(argv) {
         let kind = if crate::proxy::docker::is_docker_invocation(argv) {
             "docker-proxy"
@@ -91,7 +91,7 @@ pub fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyProcess> 
 }
 
 /// The command line of `pid` (empty when it is gone).
-pub fn cmdline(pid: u32) -> Vec<String> {
+pub(crate) fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| {
             raw.split(|b| *b == 0)

@@ -22,7 +22,7 @@ use super::{
 
 /// What to read.
 #[derive(Debug, Clone)]
-pub struct ReadOptions {
+pub(crate) struct ReadOptions {
     /// The namespace acting as the host (its firewall, conntrack and proxies are read).
     pub host: NetNs,
     /// Namespaces to include even when discovery does not see them (held only by an fd).
@@ -37,7 +37,7 @@ pub struct ReadOptions {
 /// left out is work not done (a netlink dump per namespace, the /proc scan for socket owners,
 /// five firewall tools).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Parts {
+pub(crate) struct Parts {
     /// Enter each namespace for its links (and the nsids that join them); without it a
     /// namespace is only what discovery knows (names, processes, containers).
     pub links: bool,
@@ -65,7 +65,7 @@ pub struct Parts {
 
 impl Parts {
     /// Everything (doctor).
-    pub const ALL: Parts = Parts {
+    pub(crate) const ALL: Parts = Parts {
         links: true,
         addresses: true,
         routes: true,
@@ -78,7 +78,7 @@ impl Parts {
         labs: true,
     };
     /// Discovery only: no namespace entered (`netns list --no-interfaces`).
-    pub const NONE: Parts = Parts {
+    pub(crate) const NONE: Parts = Parts {
         links: false,
         addresses: false,
         routes: false,
@@ -91,12 +91,12 @@ impl Parts {
         labs: false,
     };
     /// Each namespace entered once for its links, nothing more (`netns list` counts them).
-    pub const NAMESPACES: Parts = Parts {
+    pub(crate) const NAMESPACES: Parts = Parts {
         links: true,
         ..Parts::NONE
     };
     /// Links, addresses and every link between namespaces (`peer`).
-    pub const PEERS: Parts = Parts {
+    pub(crate) const PEERS: Parts = Parts {
         links: true,
         addresses: true,
         all_peers: true,
@@ -104,7 +104,7 @@ impl Parts {
     };
     /// What `topology` draws: links, addresses, routes, listeners and the proxies behind them
     /// anywhere (firewalls are added for the namespaces drawn, see [`add_firewalls`]).
-    pub const TOPOLOGY: Parts = Parts {
+    pub(crate) const TOPOLOGY: Parts = Parts {
         links: true,
         addresses: true,
         routes: true,
@@ -320,7 +320,7 @@ fn label_of(info: &NamespaceInfo) -> (String, Option<String>) {
 }
 
 /// Read the whole machine as `opts.host` sees it (every part: what doctor judges).
-pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
+pub(crate) fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
     read_with(opts, &Parts::ALL, None)
 }
 
@@ -328,7 +328,7 @@ pub fn read(opts: &ReadOptions) -> Result<Snapshot, FactsError> {
 /// (an intent the caller already read, e.g. to open `container:NAME`), containers are named
 /// from it and the snapshot keeps all of it; without, each engine is read here and only the
 /// engines and containers behind the host are kept (doctor's view).
-pub fn read_with(
+pub(crate) fn read_with(
     opts: &ReadOptions,
     want: &Parts,
     whole: Option<Intent>,
@@ -590,7 +590,7 @@ pub fn read_with(
 /// Add the firewall dumps of namespaces `ids` (topology reads the NAT of the namespaces it
 /// draws with a bridge): each opened again by its recorded path, checked to be the same one.
 /// The host's go to [`Snapshot::firewall`], the others' to their [`NsFacts::firewall`].
-pub fn add_firewalls(snap: &mut Snapshot, ids: &[NsId]) {
+pub(crate) fn add_firewalls(snap: &mut Snapshot, ids: &[NsId]) {
     let host = snap.host;
     let runs_before = firewall::TOOL_RUNS.load(Ordering::Relaxed);
     let opened: Vec<(NsId, NetNs)> = ids
@@ -636,7 +636,7 @@ fn raise_nofile_limit() {
 }
 
 /// This executable's path (for fix commands that run nettool itself).
-pub fn self_exe() -> String {
+pub(crate) fn self_exe() -> String {
     std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "nettool".into())

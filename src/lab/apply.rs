@@ -30,7 +30,7 @@ use crate::netns::{named, sysctl, NetNs};
 
 /// Why setup or teardown failed.
 #[derive(Debug, thiserror::Error)]
-pub enum LabError {
+pub(crate) enum LabError {
     /// Not running as root (the command: setup or teardown).
     #[error("`{me} {0}` needs root: it creates and removes network namespaces, links and firewall rules; run it as root (with sudo)", me = crate::program::me())]
     NotRoot(&'static str),
@@ -100,7 +100,7 @@ pub enum LabError {
 
 /// What teardown did.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct TeardownReport {
+pub(crate) struct TeardownReport {
     /// Lab name.
     pub name: String,
     /// False when there was no such lab (a second teardown).
@@ -124,7 +124,7 @@ fn is_root() -> bool {
 }
 
 /// Find a program in PATH (the same lookup the spawned command will do).
-pub fn find_tool(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join(name))
@@ -139,7 +139,7 @@ fn need_tool(name: &str, package: &str) -> Result<PathBuf, LabError> {
 }
 
 /// The firewall programs a backend needs: (apply tool, save tool).
-pub fn backend_tools(backend: Backend) -> Result<(PathBuf, Option<PathBuf>), LabError> {
+pub(crate) fn backend_tools(backend: Backend) -> Result<(PathBuf, Option<PathBuf>), LabError> {
     match backend {
         Backend::Iptables => Ok((
             need_tool("iptables-restore", "iptables")?,
@@ -159,7 +159,7 @@ pub fn backend_tools(backend: Backend) -> Result<(PathBuf, Option<PathBuf>), Lab
 /// The machine's mount namespace is init's, or, where /proc/1/ns is unreadable (a sandbox
 /// that hides pid 1), a kernel thread's: kernel threads all live in the initial one. Where
 /// neither can be read, a slave /run/netns alone tells.
-pub fn invisible_mounts() -> Option<String> {
+pub(crate) fn invisible_mounts() -> Option<String> {
     let mine = std::fs::read_link("/proc/self/ns/mnt").ok()?;
     let machine = machine_mount_ns();
     if machine.as_ref().map(|(ns, _)| ns) == Some(&mine) {
@@ -245,7 +245,7 @@ fn covering_mount(info: &str, path: &str) -> Option<(String, String)> {
 }
 
 /// Check root and tools before anything is planned or built.
-pub fn preflight(backend: Backend) -> Result<(), LabError> {
+pub(crate) fn preflight(backend: Backend) -> Result<(), LabError> {
     if !is_root() {
         return Err(LabError::NotRoot("setup"));
     }
@@ -261,7 +261,7 @@ extern "C" fn note_interrupt(sig: libc::c_int) {
 
 /// From now on SIGINT, SIGTERM and SIGHUP do not kill the process but ask [`setup`] to stop
 /// at its next check and roll back what it created (SA_RESTART: no call fails with EINTR).
-pub fn catch_interrupts() {
+pub(crate) fn catch_interrupts() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let act = SigAction::new(
         SigHandler::Handler(note_interrupt),
@@ -326,7 +326,7 @@ fn run_with_stdin(argv: &[&str], text: &str) -> Result<(), String> {
 }
 
 /// Apply firewall text with the backend's tool in the calling thread's namespace.
-pub fn apply_firewall_text(backend: Backend, text: &str) -> Result<(), String> {
+pub(crate) fn apply_firewall_text(backend: Backend, text: &str) -> Result<(), String> {
     match backend {
         Backend::Iptables => run_with_stdin(&["iptables-restore", "--noflush"], text),
         Backend::Nftables => run_with_stdin(&["nft", "-f", "-"], text),
@@ -337,7 +337,7 @@ pub fn apply_firewall_text(backend: Backend, text: &str) -> Result<(), String> {
 /// setup killed around its apply leaves either. The whole text first (atomic); if the tool
 /// refuses it, iptables text is applied one command at a time, skipping what is not there,
 /// and nft's `delete table` is fine when the table is gone. Ok(true) when something was removed.
-pub fn undo_firewall_text(backend: Backend, undo: &str) -> Result<bool, String> {
+pub(crate) fn undo_firewall_text(backend: Backend, undo: &str) -> Result<bool, String> {
     let whole = apply_firewall_text(backend, undo);
     let Err(e) = whole else { return Ok(true) };
     match backend {
@@ -508,7 +508,7 @@ fn base_chains_exist_here() -> bool {
 
 /// Do the shared iptables chains already exist in the lab's host namespace?
 /// (`isolated` labs get a fresh namespace, where they never do.)
-pub fn base_chains_exist(isolated: bool) -> bool {
+pub(crate) fn base_chains_exist(isolated: bool) -> bool {
     !isolated && base_chains_exist_here()
 }
 
@@ -1005,7 +1005,7 @@ impl Run<'_> {
 }
 
 /// Bring the lab up. On any failure everything already created is removed again.
-pub fn setup(plan: &Plan) -> Result<LabState, LabError> {
+pub(crate) fn setup(plan: &Plan) -> Result<LabState, LabError> {
     if !is_root() {
         return Err(LabError::NotRoot("setup"));
     }
@@ -1163,7 +1163,7 @@ fn interrupted_error(name: &str, signo: i32, rollback: Vec<String>) -> LabError 
 /// A lab whose setup was killed (SIGKILL, a crash, a power cut of the process) is half built:
 /// remove what it left, as teardown would, and say what that was. Ok(None) when the lab is
 /// not half built; an error when its setup is still at work.
-pub fn recover_interrupted(name: &str) -> Result<Option<TeardownReport>, LabError> {
+pub(crate) fn recover_interrupted(name: &str) -> Result<Option<TeardownReport>, LabError> {
     if !state::exists(name) || state::dir(name).join("up").exists() {
         return Ok(None);
     }
@@ -1217,13 +1217,13 @@ fn kill_process(pid: u32, start_time: u64, sig: nix::sys::signal::Signal) -> boo
 }
 
 /// Processes the daemon started, as it recorded them (pid, start time).
-pub fn services_file(name: &str) -> PathBuf {
+pub(crate) fn services_file(name: &str) -> PathBuf {
     state::dir(name).join("services.json")
 }
 
 /// Remove lab `name` exactly as its journal says. A lab that does not exist is not an error
 /// (`existed: false`), so a second teardown is a no-op.
-pub fn teardown(name: &str) -> Result<TeardownReport, LabError> {
+pub(crate) fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     if !is_root() {
         return Err(LabError::NotRoot("teardown"));
     }

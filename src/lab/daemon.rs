@@ -21,7 +21,7 @@ use crate::netns::NetNs;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
+pub(crate) enum DaemonError {
     /// The lab state could not be read.
     #[error(transparent)]
     State(#[from] state::StateError),
@@ -115,7 +115,7 @@ fn write_ready(fd: Option<i32>, msg: &str) {
 
 /// Run the daemon for lab `name` until SIGTERM/SIGINT. `ready_fd` gets "0\n" once DNS and the
 /// services are up, or "1\n<error>".
-pub fn run(name: &str, ready_fd: Option<i32>) -> Result<(), DaemonError> {
+pub(crate) fn run(name: &str, ready_fd: Option<i32>) -> Result<(), DaemonError> {
     match prepare(name) {
         Ok((dns, services, host)) => {
             write_ready(ready_fd, "0\n");

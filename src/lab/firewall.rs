@@ -12,19 +12,19 @@ use serde::Serialize;
 use super::spec::Proto;
 
 /// The nat chain published ports are DNATed in (Docker's DOCKER).
-pub const CHAIN: &str = "NETTOOL";
+pub(crate) const CHAIN: &str = "NETTOOL";
 /// The filter chain people add their own rules to (Docker's DOCKER-USER).
-pub const CHAIN_USER: &str = "NETTOOL-USER";
+pub(crate) const CHAIN_USER: &str = "NETTOOL-USER";
 /// Isolation between networks, stage 1 (Docker's DOCKER-ISOLATION-STAGE-1).
-pub const CHAIN_ISO1: &str = "NETTOOL-ISOLATION-STAGE-1";
+pub(crate) const CHAIN_ISO1: &str = "NETTOOL-ISOLATION-STAGE-1";
 /// Isolation between networks, stage 2.
-pub const CHAIN_ISO2: &str = "NETTOOL-ISOLATION-STAGE-2";
+pub(crate) const CHAIN_ISO2: &str = "NETTOOL-ISOLATION-STAGE-2";
 /// The embedded DNS chains inside a container namespace (Docker's DOCKER_OUTPUT / DOCKER_POSTROUTING).
-pub const CHAIN_DNS_OUTPUT: &str = "NETTOOL_OUTPUT";
+pub(crate) const CHAIN_DNS_OUTPUT: &str = "NETTOOL_OUTPUT";
 /// See [`CHAIN_DNS_OUTPUT`].
-pub const CHAIN_DNS_POSTROUTING: &str = "NETTOOL_POSTROUTING";
+pub(crate) const CHAIN_DNS_POSTROUTING: &str = "NETTOOL_POSTROUTING";
 /// The embedded resolver's address inside every container, as Docker's.
-pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+pub(crate) const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
 /// One bridge network as the firewall sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -71,7 +71,7 @@ pub struct FwModel {
 /// iptables text to apply, text that removes exactly the lab's rules, and text that removes
 /// the shared chains (used by the last lab of a namespace).
 #[derive(Debug, Clone, Serialize)]
-pub struct IptablesText {
+pub(crate) struct IptablesText {
     /// `iptables-restore --noflush` input that adds the lab.
     pub apply: String,
     /// `iptables-restore --noflush` input that deletes the lab's rules.
@@ -243,7 +243,7 @@ fn lab_rules(m: &FwModel) -> Rules {
 
 /// The iptables-restore text for the lab. `with_base` declares the shared chains (first lab
 /// in the namespace; declaring an existing chain would flush it).
-pub fn iptables(m: &FwModel, with_base: bool) -> IptablesText {
+pub(crate) fn iptables(m: &FwModel, with_base: bool) -> IptablesText {
     let r = lab_rules(m);
     let mut apply = String::new();
     let mut undo = String::new();
@@ -281,7 +281,7 @@ pub fn iptables(m: &FwModel, with_base: bool) -> IptablesText {
 }
 
 /// iptables-restore text that removes the shared chains (when no lab uses them any more).
-pub fn iptables_base_cleanup() -> String {
+pub(crate) fn iptables_base_cleanup() -> String {
     let mut s = String::from("*nat\n");
     let _ = writeln!(s, "-F {CHAIN}\n-X {CHAIN}\nCOMMIT\n*filter");
     for c in [CHAIN, CHAIN_ISO1, CHAIN_ISO2, CHAIN_USER] {
@@ -295,7 +295,7 @@ pub fn iptables_base_cleanup() -> String {
 }
 
 /// The nftables table name of a lab (one table per lab: teardown deletes it whole).
-pub fn nft_table(lab: &str) -> String {
+pub(crate) fn nft_table(lab: &str) -> String {
     let clean: String = lab
         .chars()
         .map(|c| {
@@ -314,7 +314,7 @@ fn nft_port(p: Proto, port: u16, dir: &str) -> String {
 }
 
 /// The `nft -f` text for the lab (apply) and the text that deletes it (undo).
-pub fn nftables(m: &FwModel) -> IptablesText {
+pub(crate) fn nftables(m: &FwModel) -> IptablesText {
     let t = nft_table(&m.lab);
     let mut s = String::new();
     let _ = writeln!(s, "table ip {t} {{");
@@ -433,7 +433,7 @@ pub fn nftables(m: &FwModel) -> IptablesText {
 
 /// iptables-restore text for the embedded DNS inside one container namespace: 127.0.0.11:53
 /// goes to the resolver's ports, replies come back from :53 (Docker's DOCKER_OUTPUT pattern).
-pub fn dns_iptables(udp_port: u16, tcp_port: u16) -> String {
+pub(crate) fn dns_iptables(udp_port: u16, tcp_port: u16) -> String {
     let d = DNS_ADDR;
     format!(
         "*nat\n:{o} - [0:0]\n:{p} - [0:0]\n\
@@ -450,7 +450,7 @@ COMMIT\n",
 }
 
 /// The nftables version of [`dns_iptables`].
-pub fn dns_nftables(udp_port: u16, tcp_port: u16) -> String {
+pub(crate) fn dns_nftables(udp_port: u16, tcp_port: u16) -> String {
     let d = DNS_ADDR;
     format!(
         "table ip nettool_dns {{\n\

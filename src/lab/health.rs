@@ -12,7 +12,7 @@ use crate::netns::{named, NetNs};
 /// Where a lab is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Set up completely.
     Up,
     /// A setup is building it right now.
@@ -23,7 +23,7 @@ pub enum Phase {
 
 /// One process of a lab and whether it still runs.
 #[derive(Debug, Clone, Serialize)]
-pub struct ProcessHealth {
+pub(crate) struct ProcessHealth {
     /// daemon, proxy, docker-proxy tcp/8080, service:web.
     pub role: String,
     /// Its pid.
@@ -34,7 +34,7 @@ pub struct ProcessHealth {
 
 /// One named namespace of a lab and whether it is still there.
 #[derive(Debug, Clone, Serialize)]
-pub struct NamespaceHealth {
+pub(crate) struct NamespaceHealth {
     /// Name under /run/netns.
     pub name: String,
     /// The name exists and is a namespace (not an empty file left by a failed mount).
@@ -43,7 +43,7 @@ pub struct NamespaceHealth {
 
 /// A lab as `nettool labs` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct LabHealth {
+pub(crate) struct LabHealth {
     /// Lab name.
     pub name: String,
     /// The named host namespace of an `--isolated` lab; null when the lab's host is the
@@ -67,16 +67,11 @@ pub struct LabHealth {
     pub problems: Vec<String>,
 }
 
-impl LabHealth {
-    /// Up with nothing wrong.
-    pub fn healthy(&self) -> bool {
-        self.phase == Phase::Up && self.problems.is_empty()
-    }
-}
+impl LabHealth {}
 
 /// True when /run/netns/NAME exists and holds a namespace (an nsfs mount, not the empty
 /// file a failed or foreign-mount-namespace setup leaves).
-pub fn netns_present(name: &str) -> bool {
+pub(crate) fn netns_present(name: &str) -> bool {
     let path = named::path_of(name);
     match (
         std::fs::metadata(&path),
@@ -88,7 +83,7 @@ pub fn netns_present(name: &str) -> bool {
 }
 
 /// The health of lab `name`; None when there is no such lab.
-pub fn check(name: &str) -> Option<LabHealth> {
+pub(crate) fn check(name: &str) -> Option<LabHealth> {
     if !state::exists(name) {
         return None;
     }
@@ -195,7 +190,7 @@ pub fn check(name: &str) -> Option<LabHealth> {
 }
 
 /// Every lab on the machine, by name.
-pub fn check_all() -> Vec<LabHealth> {
+pub(crate) fn check_all() -> Vec<LabHealth> {
     state::list().iter().filter_map(|n| check(n)).collect()
 }
 

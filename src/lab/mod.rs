@@ -5,12 +5,12 @@
 //! running lab looks like (state.json, read by other tests), [`health`] how it is doing, [`daemon`] + [`resolver`] serve the
 //! embedded DNS and the lab's services, [`serve`] holds the tiny built-in services.
 
-pub mod apply;
-pub mod daemon;
-pub mod firewall;
-pub mod health;
-pub mod plan;
-pub mod resolver;
-pub mod serve;
+pub(crate) mod apply;
+pub(crate) mod daemon;
+pub(crate) mod firewall;
+pub(crate) mod health;
+pub(crate) mod plan;
+pub(crate) mod resolver;
+pub(crate) mod serve;
 pub mod spec;
 pub mod state;

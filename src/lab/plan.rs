@@ -36,7 +36,7 @@ impl ProxyMode {
 
 /// Choices made on the command line.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Lab name (overrides the file's).
     pub name: Option<String>,
     /// Build the lab's host in a fresh named namespace.
@@ -233,7 +233,7 @@ fn hash(parts: &[&str]) -> u64 {
 }
 
 /// The bridge name of a network: as written, or `nt-` + 8 hex digits (stable per lab/network).
-pub fn bridge_name(lab: &str, net: &str, explicit: Option<&str>) -> String {
+pub(crate) fn bridge_name(lab: &str, net: &str, explicit: Option<&str>) -> String {
     match explicit {
         Some(b) => b.to_string(),
         None => format!("nt-{:08x}", hash(&[lab, net]) as u32),
@@ -241,18 +241,18 @@ pub fn bridge_name(lab: &str, net: &str, explicit: Option<&str>) -> String {
 }
 
 /// The host-side veth name: `veth` + 7 hex digits, like Docker's (stable per lab/container/network).
-pub fn veth_name(lab: &str, container: &str, net: &str) -> String {
+pub(crate) fn veth_name(lab: &str, container: &str, net: &str) -> String {
     format!("veth{:07x}", hash(&[lab, container, net]) & 0x0fff_ffff)
 }
 
 /// The namespace name of a container.
-pub fn container_netns(lab: &str, container: &str) -> String {
+pub(crate) fn container_netns(lab: &str, container: &str) -> String {
     format!("{lab}-{container}")
 }
 
 /// Build the plan. `base_exists`: the shared iptables chains already exist in the lab host
 /// (another lab uses them), so they must not be declared again.
-pub fn plan(spec: &LabSpec, opts: &Options, base_exists: bool) -> Plan {
+pub(crate) fn plan(spec: &LabSpec, opts: &Options, base_exists: bool) -> Plan {
     let name = opts.name.clone().unwrap_or_else(|| spec.name.clone());
     let backend = opts.backend.or(spec.backend).unwrap_or(Backend::Iptables);
     let host_netns = opts.isolated.then(|| name.clone());

@@ -19,7 +19,7 @@ const TTL: u32 = 600;
 
 /// What one container's resolver knows.
 #[derive(Debug, Clone, Default)]
-pub struct Records {
+pub(crate) struct Records {
     /// Lower-case name (no trailing dot) -> addresses.
     pub names: HashMap<String, Vec<IpAddr>>,
     /// Address -> name, for PTR.
@@ -30,7 +30,7 @@ pub struct Records {
 
 /// The records visible from container `container` of `lab`: every container (and alias) with an
 /// interface on a DNS network that `container` also joins, with that network's addresses.
-pub fn records_for(lab: &LabState, netns: &str) -> Records {
+pub(crate) fn records_for(lab: &LabState, netns: &str) -> Records {
     let mut r = Records::default();
     let mine: Vec<&str> = lab
         .containers
@@ -95,7 +95,7 @@ fn reverse_name(ip: &IpAddr) -> String {
 
 /// What to do with one query.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// Send these bytes back.
     Reply(Vec<u8>),
     /// Unknown name and an upstream is set: forward the query as is.
@@ -105,7 +105,7 @@ pub enum Answer {
 }
 
 /// Answer one DNS query from `records`.
-pub fn answer(records: &Records, query: &[u8]) -> Answer {
+pub(crate) fn answer(records: &Records, query: &[u8]) -> Answer {
     let Ok(req) = Message::from_vec(query) else {
         return Answer::Drop;
     };
@@ -181,7 +181,7 @@ async fn forward_udp(up: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Serve DNS over UDP on `sock` (made inside the container namespace) forever.
-pub async fn serve_udp(sock: tokio::net::UdpSocket, records: Arc<Records>) {
+pub(crate) async fn serve_udp(sock: tokio::net::UdpSocket, records: Arc<Records>) {
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; 4096];
     loop {
@@ -207,7 +207,7 @@ pub async fn serve_udp(sock: tokio::net::UdpSocket, records: Arc<Records>) {
 }
 
 /// Serve DNS over TCP on `listener` (made inside the container namespace) forever.
-pub async fn serve_tcp(listener: tokio::net::TcpListener, records: Arc<Records>) {
+pub(crate) async fn serve_tcp(listener: tokio::net::TcpListener, records: Arc<Records>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// HTTP/1.1 server: every request gets `body` (200, text/plain); keeps connections alive.
-pub async fn http(addr: SocketAddr, body: String) -> std::io::Result<()> {
+pub(crate) async fn http(addr: SocketAddr, body: String) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {
         let (mut conn, _) = listener.accept().await?;
@@ -65,7 +65,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// TCP echo server.
-pub async fn echo(addr: SocketAddr) -> std::io::Result<()> {
+pub(crate) async fn echo(addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {
         let (mut conn, _) = listener.accept().await?;
@@ -77,7 +77,7 @@ pub async fn echo(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 /// UDP echo server.
-pub async fn udp_echo(addr: SocketAddr) -> std::io::Result<()> {
+pub(crate) async fn udp_echo(addr: SocketAddr) -> std::io::Result<()> {
     let sock = tokio::net::UdpSocket::bind(addr).await?;
     let mut buf = vec![0u8; 65536];
     loop {

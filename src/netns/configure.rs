@@ -25,7 +25,7 @@ use super::rtnl::{Netlink, NetlinkError};
 use super::NetNs;
 
 /// An rtnetlink connection that changes the calling thread's namespace.
-pub struct Configure(Netlink);
+pub(crate) struct Configure(Netlink);
 
 /// ENODEV / ENOENT / ESRCH / EADDRNOTAVAIL: the object to delete is already gone.
 fn is_gone(e: &NetlinkError) -> bool {
@@ -37,12 +37,12 @@ fn is_gone(e: &NetlinkError) -> bool {
 
 impl Configure {
     /// Open a NETLINK_ROUTE socket in the current thread's namespace.
-    pub fn open() -> Result<Self, NetlinkError> {
+    pub(crate) fn open() -> Result<Self, NetlinkError> {
         Ok(Configure(Netlink::open(NETLINK_ROUTE)?))
     }
 
     /// The ifindex of `name`, or `None` when no such link exists here.
-    pub fn index_of(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
+    pub(crate) fn index_of(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
         let mut req = LinkMessage::default();
         req.attributes.push(LinkAttribute::IfName(name.to_string()));
         match self.0.get(
@@ -67,7 +67,7 @@ impl Configure {
 
     /// `ip link add NAME [index I] type bridge [mtu M] up`; returns the new ifindex (`index`
     /// when given: EEXIST if the name or that index is taken).
-    pub fn add_bridge(
+    pub(crate) fn add_bridge(
         &mut self,
         name: &str,
         mtu: Option<u32>,
@@ -97,7 +97,7 @@ impl Configure {
     ///
     /// The peer is born inside `peer_ns` (never visible here) and left down; bring it up
     /// from inside that namespace. Returns the host side's ifindex (`index` when given).
-    pub fn add_veth(
+    pub(crate) fn add_veth(
         &mut self,
         host_name: &str,
         peer_name: &str,
@@ -146,7 +146,7 @@ impl Configure {
     }
 
     /// `ip link set INDEX up` (or down).
-    pub fn set_up(&mut self, index: u32, up: bool) -> Result<(), NetlinkError> {
+    pub(crate) fn set_up(&mut self, index: u32, up: bool) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.header.flags = if up {
@@ -158,25 +158,9 @@ impl Configure {
         self.set_link(msg, &format!("set link {index} up={up}"))
     }
 
-    /// `ip link set NAME up` by name; false when the link does not exist.
-    pub fn set_up_by_name(&mut self, name: &str) -> Result<bool, NetlinkError> {
-        match self.index_of(name)? {
-            Some(i) => self.set_up(i, true).map(|_| true),
-            None => Ok(false),
-        }
-    }
-
-    /// `ip link set INDEX master MASTER`.
-    pub fn set_master(&mut self, index: u32, master: u32) -> Result<(), NetlinkError> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes.push(LinkAttribute::Controller(master));
-        self.set_link(msg, &format!("set link {index} master {master}"))
-    }
-
     /// `ip link set INDEX type bridge_slave hairpin on|off` (a bridge port that may send a
     /// frame back out the port it came in on: a container reaching itself via a published port).
-    pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<(), NetlinkError> {
+    pub(crate) fn set_hairpin(&mut self, index: u32, on: bool) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
@@ -192,17 +176,9 @@ impl Configure {
         )
     }
 
-    /// `ip link set INDEX mtu MTU`.
-    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
-        self.set_link(msg, &format!("set link {index} mtu {mtu}"))
-    }
-
     /// `ip addr add ADDR/PREFIX dev INDEX` (IPv6 without duplicate address detection, so the
     /// address is usable at once, as Docker does).
-    pub fn add_address(
+    pub(crate) fn add_address(
         &mut self,
         index: u32,
         addr: IpAddr,
@@ -238,7 +214,7 @@ impl Configure {
     }
 
     /// `ip route add DEST via GATEWAY dev OIF` in the main table; `dest = None` is the default route.
-    pub fn add_route(
+    pub(crate) fn add_route(
         &mut self,
         dest: Option<(IpAddr, u8)>,
         gateway: Option<IpAddr>,
@@ -291,7 +267,7 @@ impl Configure {
     /// `ip [-6] route add local default dev INDEX table TABLE` (add) or `... del ...`: every
     /// destination is delivered locally for lookups that reach `table` (the transparent proxy's
     /// reply path). Deleting returns Ok(false) when it was already gone.
-    pub fn local_default_route(
+    pub(crate) fn local_default_route(
         &mut self,
         v6: bool,
         table: u32,
@@ -330,7 +306,7 @@ impl Configure {
 
     /// `ip [-6] rule add fwmark MARK/MASK lookup TABLE pref PREF` (add) or `... del ...`;
     /// deleting returns Ok(false) when no such rule exists.
-    pub fn fwmark_rule(
+    pub(crate) fn fwmark_rule(
         &mut self,
         v6: bool,
         (mark, mask): (u32, u32),
@@ -371,7 +347,7 @@ impl Configure {
     }
 
     /// `ip link del INDEX`; Ok(false) when it was already gone.
-    pub fn delete_link(&mut self, index: u32) -> Result<bool, NetlinkError> {
+    pub(crate) fn delete_link(&mut self, index: u32) -> Result<bool, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         match self.0.change(
@@ -382,14 +358,6 @@ impl Configure {
             Ok(()) => Ok(true),
             Err(e) if is_gone(&e) => Ok(false),
             Err(e) => Err(e),
-        }
-    }
-
-    /// `ip link del NAME`; Ok(false) when no such link exists.
-    pub fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NetlinkError> {
-        match self.index_of(name)? {
-            Some(i) => self.delete_link(i),
-            None => Ok(false),
         }
     }
 }

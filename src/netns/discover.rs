@@ -19,7 +19,7 @@ use super::{NetNs, NsId, DOCKER_NETNS_DIR, NETNS_RUN_DIR};
 
 /// A container a namespace belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ContainerRef {
+pub(crate) struct ContainerRef {
     /// Container id (full).
     pub id: String,
     /// Name, when an engine told us.
@@ -34,7 +34,7 @@ pub struct ContainerRef {
 
 impl ContainerRef {
     /// Its name, else the first 12 characters of its id.
-    pub fn short_name(&self) -> String {
+    pub(crate) fn short_name(&self) -> String {
         self.name
             .clone()
             .unwrap_or_else(|| self.id.chars().take(12).collect())
@@ -43,7 +43,7 @@ impl ContainerRef {
 
 /// One network namespace and everything known about who uses it.
 #[derive(Debug, Clone, Serialize)]
-pub struct NamespaceInfo {
+pub(crate) struct NamespaceInfo {
     /// Identity.
     pub id: NsId,
     /// A path that opens it (a name under /run/netns when there is one).
@@ -69,7 +69,7 @@ pub struct NamespaceInfo {
 impl NamespaceInfo {
     /// A namespace a caller holds that discovery did not find (no process, name or mount):
     /// nothing known about it but its handle.
-    pub fn known_only_by_path(ns: &NetNs) -> Self {
+    pub(crate) fn known_only_by_path(ns: &NetNs) -> Self {
         NamespaceInfo {
             id: ns.id(),
             path: ns.path().to_path_buf(),
@@ -87,7 +87,7 @@ impl NamespaceInfo {
     /// The best short name, usable as a TARGET: `current`; an engine's container
     /// (container:NAME, the pod's first member before its infra); a name under /run/netns
     /// (a lab container's too); `pid:N`; or a path.
-    pub fn display_name(&self) -> String {
+    pub(crate) fn display_name(&self) -> String {
         if self.current {
             return "current".into();
         }
@@ -114,14 +114,14 @@ impl NamespaceInfo {
     }
 
     /// Open this namespace.
-    pub fn open(&self) -> Result<NetNs, super::NetnsError> {
+    pub(crate) fn open(&self) -> Result<NetNs, super::NetnsError> {
         NetNs::from_path(&self.path).map(|n| n.with_label(&self.display_name()))
     }
 }
 
 /// How much work discovery does.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DiscoverOptions {
+pub(crate) struct DiscoverOptions {
     /// Skip entering each namespace to count interfaces.
     pub skip_interfaces: bool,
     /// Skip asking the container engines (Docker, Podman, CNI, labs) for names.
@@ -146,7 +146,7 @@ fn id_of(path: &Path) -> Option<NsId> {
 
 /// Find every network namespace on the machine, named after the engines' containers
 /// (read here unless `opts.skip_docker`).
-pub fn discover(opts: DiscoverOptions) -> Vec<NamespaceInfo> {
+pub(crate) fn discover(opts: DiscoverOptions) -> Vec<NamespaceInfo> {
     let intent = if opts.skip_docker {
         Intent::default()
     } else {
@@ -156,7 +156,7 @@ pub fn discover(opts: DiscoverOptions) -> Vec<NamespaceInfo> {
 }
 
 /// Find every network namespace on the machine, named after the containers of `intent`.
-pub fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<NamespaceInfo> {
+pub(crate) fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<NamespaceInfo> {
     let mut found: BTreeMap<NsId, Found> = BTreeMap::new();
 
     let named_dirs = [

@@ -12,7 +12,7 @@ use super::{NetNs, NetnsError};
 
 /// How to set up the child's view beyond the network namespace.
 #[derive(Debug, Clone, Default)]
-pub struct ExecOptions {
+pub(crate) struct ExecOptions {
     /// Give the child its own mount namespace with a fresh /sys, so `ip` and
     /// /sys/class/net inside agree with the network namespace (what `ip netns exec` does).
     pub remount_sys: bool,
@@ -22,7 +22,7 @@ pub struct ExecOptions {
 
 /// Errors starting a process in a namespace.
 #[derive(Debug, thiserror::Error)]
-pub enum ExecError {
+pub(crate) enum ExecError {
     /// Entering the namespace failed.
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -105,7 +105,7 @@ fn prepare(cmd: &mut Command, opts: &ExecOptions) {
 }
 
 /// Start `cmd` inside `ns` and return the running child.
-pub fn spawn(ns: &NetNs, mut cmd: Command, opts: &ExecOptions) -> Result<Child, ExecError> {
+pub(crate) fn spawn(ns: &NetNs, mut cmd: Command, opts: &ExecOptions) -> Result<Child, ExecError> {
     prepare(&mut cmd, opts);
     let program = cmd.get_program().to_string_lossy().into_owned();
     // fork from a thread that has entered the namespace: the child inherits it.
@@ -114,7 +114,7 @@ pub fn spawn(ns: &NetNs, mut cmd: Command, opts: &ExecOptions) -> Result<Child, 
 }
 
 /// Run argv inside `ns`, wait, and return its exit code (128+signal when killed, like a shell).
-pub fn run(ns: &NetNs, argv: &[String], opts: &ExecOptions) -> Result<i32, ExecError> {
+pub(crate) fn run(ns: &NetNs, argv: &[String], opts: &ExecOptions) -> Result<i32, ExecError> {
     let (program, args) = argv.split_first().ok_or(ExecError::Empty)?;
     let mut cmd = Command::new(program);
     cmd.args(args);

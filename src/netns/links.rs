@@ -80,16 +80,16 @@ pub struct Route {
 }
 
 /// An rtnetlink connection in the calling thread's namespace.
-pub struct Rtnl(pub(crate) Netlink);
+pub(crate) struct Rtnl(pub(crate) Netlink);
 
 impl Rtnl {
     /// Open a NETLINK_ROUTE socket in the current thread's namespace.
-    pub fn open() -> Result<Self, NetlinkError> {
+    pub(crate) fn open() -> Result<Self, NetlinkError> {
         Ok(Rtnl(Netlink::open(NETLINK_ROUTE)?))
     }
 
     /// Every link in this namespace, sorted by ifindex.
-    pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+    pub(crate) fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
         let msgs = self.0.dump(
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             "list links",
@@ -106,7 +106,7 @@ impl Rtnl {
     }
 
     /// Every address in this namespace (both families).
-    pub fn addresses(&mut self) -> Result<Vec<Address>, NetlinkError> {
+    pub(crate) fn addresses(&mut self) -> Result<Vec<Address>, NetlinkError> {
         let msgs = self.0.dump(
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
             "list addresses",
@@ -139,7 +139,7 @@ impl Rtnl {
     /// dump: the kernel answers it with every family's routes (IPv4 first), so a namespace costs
     /// one request instead of one per family. Multicast routing tables (ipmr, ip6mr) come too
     /// and are left out.
-    pub fn routes(&mut self, all_tables: bool) -> Result<Vec<Route>, NetlinkError> {
+    pub(crate) fn routes(&mut self, all_tables: bool) -> Result<Vec<Route>, NetlinkError> {
         let mut req = RouteMessage::default();
         req.header.address_family = AddressFamily::Unspec;
         let msgs = self
@@ -169,7 +169,7 @@ impl Rtnl {
     /// for one packet (RTM_GETROUTE, no dump). With `iif` the lookup is done as for a packet
     /// arriving on that interface (forwarding, rp_filter and martian checks apply), so the
     /// kernel may refuse it with an errno that is itself the answer (e.g. EINVAL, EHOSTUNREACH).
-    pub fn route_get(
+    pub(crate) fn route_get(
         &mut self,
         dst: IpAddr,
         src: Option<IpAddr>,
@@ -204,7 +204,7 @@ impl Rtnl {
     }
 
     /// The nsid this namespace uses for `other` (RTM_GETNSID with NETNSA_FD), if one is assigned.
-    pub fn nsid_of(&mut self, other: &NetNs) -> Result<Option<i32>, NetlinkError> {
+    pub(crate) fn nsid_of(&mut self, other: &NetNs) -> Result<Option<i32>, NetlinkError> {
         let mut req = NsidMessage::default();
         req.attributes
             .push(NsidAttribute::Fd(other.file().as_raw_fd() as u32));
@@ -277,7 +277,7 @@ fn link_from_message(l: &LinkMessage) -> Link {
 }
 
 /// The lower-case kind name `ip -d link` prints for a link kind.
-pub fn kind_name(kind: &InfoKind) -> String {
+pub(crate) fn kind_name(kind: &InfoKind) -> String {
     match kind {
         InfoKind::Other(s) => s.clone(),
         k => format!("{k:?}").to_lowercase(),
@@ -358,7 +358,7 @@ pub struct LinkSnapshot {
 }
 
 /// Read links, addresses and main-table routes of the calling thread's namespace.
-pub fn snapshot() -> Result<LinkSnapshot, NetlinkError> {
+pub(crate) fn snapshot() -> Result<LinkSnapshot, NetlinkError> {
     let mut rt = Rtnl::open()?;
     Ok(LinkSnapshot {
         links: rt.links()?,

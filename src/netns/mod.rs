@@ -4,15 +4,15 @@
 //! sane: a namespace switch (setns) happens only on a fresh OS thread made by [`NetNs::run`],
 //! never on a thread that anything else uses (tokio workers included).
 
-pub mod configure;
-pub mod discover;
-pub mod exec;
-pub mod links;
+pub(crate) mod configure;
+pub(crate) mod discover;
+pub(crate) mod exec;
+pub(crate) mod links;
 pub mod named;
-pub mod peers;
-pub mod rtnl;
+pub(crate) mod peers;
+pub(crate) mod rtnl;
 pub mod sockets;
-pub mod sysctl;
+pub(crate) mod sysctl;
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};

@@ -29,7 +29,10 @@ pub struct VethPeer {
 }
 
 /// Resolve the veth peers of every veth in `ns`, searching `candidates` for the peer namespaces.
-pub fn veth_peers(ns: &NetNs, candidates: &[NamespaceInfo]) -> Result<Vec<VethPeer>, NetnsError> {
+pub(crate) fn veth_peers(
+    ns: &NetNs,
+    candidates: &[NamespaceInfo],
+) -> Result<Vec<VethPeer>, NetnsError> {
     let opened: Vec<(NetNs, String)> = candidates
         .iter()
         .filter_map(|c| c.open().ok().map(|n| (n, c.display_name())))

@@ -42,7 +42,7 @@ impl NetlinkError {
 }
 
 /// A netlink socket of one protocol (route, sock_diag, ...), bound in the current thread's namespace.
-pub struct Netlink {
+pub(crate) struct Netlink {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
@@ -50,7 +50,7 @@ pub struct Netlink {
 
 impl Netlink {
     /// Open a socket of `protocol` (e.g. `netlink_sys::protocols::NETLINK_ROUTE`).
-    pub fn open(protocol: isize) -> Result<Self, NetlinkError> {
+    pub(crate) fn open(protocol: isize) -> Result<Self, NetlinkError> {
         let mut socket = Socket::new(protocol)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
@@ -64,7 +64,7 @@ impl Netlink {
     }
 
     /// Send a dump request and collect every reply message.
-    pub fn dump<M>(&mut self, msg: M, what: &str) -> Result<Vec<M>, NetlinkError>
+    pub(crate) fn dump<M>(&mut self, msg: M, what: &str) -> Result<Vec<M>, NetlinkError>
     where
         M: NetlinkSerializable + NetlinkDeserializable + Debug,
     {
@@ -79,7 +79,7 @@ impl Netlink {
     }
 
     /// Send a change request (flags beyond REQUEST|ACK, e.g. CREATE|EXCL) and wait for its ack.
-    pub fn change<M>(&mut self, msg: M, flags: u16, what: &str) -> Result<(), NetlinkError>
+    pub(crate) fn change<M>(&mut self, msg: M, flags: u16, what: &str) -> Result<(), NetlinkError>
     where
         M: NetlinkSerializable + NetlinkDeserializable + Debug,
     {
@@ -88,7 +88,7 @@ impl Netlink {
     }
 
     /// Send a request that gets exactly one answer (e.g. RTM_GETNSID).
-    pub fn get<M>(&mut self, msg: M, what: &str) -> Result<Vec<M>, NetlinkError>
+    pub(crate) fn get<M>(&mut self, msg: M, what: &str) -> Result<Vec<M>, NetlinkError>
     where
         M: NetlinkSerializable + NetlinkDeserializable + Debug,
     {

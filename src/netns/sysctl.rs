@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 /// The sysctls `netns inspect` and `doctor` report, when present in the namespace.
-pub const INTERESTING: &[&str] = &[
+pub(crate) const INTERESTING: &[&str] = &[
     "net.ipv4.ip_forward",
     "net.ipv6.conf.all.forwarding",
     "net.ipv4.conf.all.route_localnet",
@@ -31,24 +31,24 @@ pub struct Sysctl {
 }
 
 /// The /proc/sys path of a dotted sysctl name.
-pub fn path_of(name: &str) -> PathBuf {
+pub(crate) fn path_of(name: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(name.replace('.', "/"))
 }
 
 /// Read one sysctl in the calling thread's namespace (`None` when absent).
-pub fn read(name: &str) -> Option<String> {
+pub(crate) fn read(name: &str) -> Option<String> {
     std::fs::read_to_string(path_of(name))
         .ok()
         .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// Write one sysctl in the calling thread's namespace.
-pub fn write(name: &str, value: &str) -> std::io::Result<()> {
+pub(crate) fn write(name: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(path_of(name), value)
 }
 
 /// The [`INTERESTING`] sysctls present in the calling thread's namespace.
-pub fn interesting() -> Vec<Sysctl> {
+pub(crate) fn interesting() -> Vec<Sysctl> {
     INTERESTING
         .iter()
         .filter_map(|n| {

@@ -11,7 +11,7 @@ use super::spec::{Mapping, PortRange};
 use super::Proto;
 
 /// The flags docker-proxy accepts.
-pub const FLAGS: &[&str] = &[
+pub(crate) const FLAGS: &[&str] = &[
     "proto",
     "host-ip",
     "host-port",
@@ -21,11 +21,11 @@ pub const FLAGS: &[&str] = &[
 ];
 
 /// Default config file.
-pub const CONFIG_PATH: &str = "/etc/nettool/docker-proxy.toml";
+pub(crate) const CONFIG_PATH: &str = "/etc/nettool/docker-proxy.toml";
 
 /// Bad docker-proxy arguments or config.
 #[derive(Debug, thiserror::Error)]
-pub enum DockerProxyError {
+pub(crate) enum DockerProxyError {
     /// A flag is missing or malformed.
     #[error("docker-proxy flags: {0}")]
     Flags(String),
@@ -51,7 +51,7 @@ pub enum DockerProxyError {
 
 /// docker-proxy's command line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DockerArgs {
+pub(crate) struct DockerArgs {
     /// tcp or udp.
     pub proto: Proto,
     /// Host address to listen on.
@@ -69,7 +69,7 @@ pub struct DockerArgs {
 }
 
 /// The flag name of a Go-style argument (`-x`, `--x`, `-x=v`), if it is one.
-pub fn go_flag_name(arg: &str) -> Option<&str> {
+pub(crate) fn go_flag_name(arg: &str) -> Option<&str> {
     let rest = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
     let name = rest.split('=').next().unwrap_or("");
     (!name.is_empty()).then_some(name)
@@ -79,7 +79,7 @@ pub fn go_flag_name(arg: &str) -> Option<&str> {
 /// named docker-proxy; a docker-proxy flag right after the program name, whatever the binary
 /// is called (dockerd's `--userland-proxy-path /usr/local/bin/nettool` runs
 /// `/usr/local/bin/nettool -proto tcp -host-ip ...`); or `nettool proxy` followed by its flags.
-pub fn docker_flags_start(args: &[String]) -> Option<usize> {
+pub(crate) fn docker_flags_start(args: &[String]) -> Option<usize> {
     let is_flag = |a: &String| go_flag_name(a).is_some_and(|n| FLAGS.contains(&n));
     let base = Path::new(args.first()?)
         .file_name()
@@ -92,7 +92,7 @@ pub fn docker_flags_start(args: &[String]) -> Option<usize> {
 }
 
 /// True when argv is a docker-proxy invocation (see [`docker_flags_start`]).
-pub fn is_docker_invocation(args: &[String]) -> bool {
+pub(crate) fn is_docker_invocation(args: &[String]) -> bool {
     docker_flags_start(args).is_some()
 }
 
@@ -107,7 +107,7 @@ fn parse_bool(v: &str) -> Result<bool, DockerProxyError> {
 }
 
 /// Parse docker-proxy's flags (the arguments after the program name, or after `proxy`).
-pub fn parse_args(args: &[String]) -> Result<DockerArgs, DockerProxyError> {
+pub(crate) fn parse_args(args: &[String]) -> Result<DockerArgs, DockerProxyError> {
     let mut proto = "tcp".to_string();
     let mut host_ip: Option<String> = None;
     let mut host_port: Option<String> = None;
@@ -204,7 +204,7 @@ pub fn parse_args(args: &[String]) -> Result<DockerArgs, DockerProxyError> {
 
 impl DockerArgs {
     /// The one mapping this docker-proxy process serves.
-    pub fn mapping(&self) -> Mapping {
+    pub(crate) fn mapping(&self) -> Mapping {
         Mapping {
             proto: self.proto,
             listen_ip: Some(self.host_ip),
@@ -221,7 +221,7 @@ impl DockerArgs {
     }
 
     /// Fill `{proto} {host_ip} {host_port} {container_ip} {container_port} {pid}` in a path template.
-    pub fn expand(&self, template: &str) -> String {
+    pub(crate) fn expand(&self, template: &str) -> String {
         template
             .replace("{proto}", &self.proto.to_string())
             .replace("{host_ip}", &self.host_ip.to_string())
@@ -235,7 +235,7 @@ impl DockerArgs {
 /// What the docker-proxy mode should do beyond forwarding; from the config file, then env.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct DockerProxyConfig {
+pub(crate) struct DockerProxyConfig {
     /// Where log lines go: a file path (appended), `syslog` (through /dev/log) or
     /// `syslog:SOCKET`. Key `log` (or `log_file`); env NETTOOL_PROXY_LOG.
     #[serde(alias = "log")]
@@ -270,7 +270,7 @@ const DUMP_MODES: [&str; 5] = ["text", "hex", "json", "off", ""];
 impl DockerProxyConfig {
     /// Read the config file (NETTOOL_PROXY_CONFIG or /etc/nettool/docker-proxy.toml; a missing
     /// file is fine) and apply the NETTOOL_PROXY_* environment on top.
-    pub fn load(env: impl Fn(&str) -> Option<String>) -> Result<Self, DockerProxyError> {
+    pub(crate) fn load(env: impl Fn(&str) -> Option<String>) -> Result<Self, DockerProxyError> {
         let path = PathBuf::from(env("NETTOOL_PROXY_CONFIG").unwrap_or_else(|| CONFIG_PATH.into()));
         let mut cfg = match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str::<DockerProxyConfig>(&text).map_err(|e| {

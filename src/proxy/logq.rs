@@ -19,10 +19,10 @@ use crate::tap::event::Timestamp;
 
 /// Lines waiting for the log thread. While the destination does not keep up, lines past these
 /// are dropped (and counted) instead of making the forwarding threads wait.
-pub const QUEUE_LINES: usize = 1024;
+pub(crate) const QUEUE_LINES: usize = 1024;
 
 /// A destination for log lines, written from the queue's thread (so a write may block).
-pub trait LineSink: Send + 'static {
+pub(crate) trait LineSink: Send + 'static {
     /// Write one line, logged at `at`.
     fn write_line(&mut self, level: Level, at: Timestamp, msg: &str) -> io::Result<()>;
     /// The destination in words, for the drop report: "the log file /var/log/x.log".
@@ -30,7 +30,7 @@ pub trait LineSink: Send + 'static {
 }
 
 /// The text of the warning that reports `n` dropped lines.
-pub fn drop_report(n: u64, sink: &str) -> String {
+pub(crate) fn drop_report(n: u64, sink: &str) -> String {
     format!("{n} log line(s) dropped: {sink} did not keep up")
 }
 
@@ -48,7 +48,7 @@ enum Msg {
 
 /// Log lines written by a thread of their own through a bounded queue; see the module doc.
 #[derive(Debug)]
-pub struct LogQueue {
+pub(crate) struct LogQueue {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
     /// Until then a line that finds the queue full waits for room (see [`LogQueue::patient_until`]).
@@ -57,12 +57,12 @@ pub struct LogQueue {
 
 impl LogQueue {
     /// Start the writer thread over `sink`.
-    pub fn start(sink: Box<dyn LineSink>) -> io::Result<LogQueue> {
+    pub(crate) fn start(sink: Box<dyn LineSink>) -> io::Result<LogQueue> {
         LogQueue::with_capacity(sink, QUEUE_LINES)
     }
 
     /// The same with room for `lines` queued lines (tests use a small queue).
-    pub fn with_capacity(sink: Box<dyn LineSink>, lines: usize) -> io::Result<LogQueue> {
+    pub(crate) fn with_capacity(sink: Box<dyn LineSink>, lines: usize) -> io::Result<LogQueue> {
         let (tx, rx) = sync_channel(lines);
         let dropped = Arc::new(AtomicU64::new(0));
         let d = dropped.clone();
@@ -78,7 +78,7 @@ impl LogQueue {
 
     /// Until `by`, a line that finds the queue full waits for room instead of being dropped;
     /// `None`: drop again. For stretches where no connection is forwarded (startup, exit).
-    pub fn patient_until(&self, by: Option<Instant>) {
+    pub(crate) fn patient_until(&self, by: Option<Instant>) {
         if let Ok(mut p) = self.patient.lock() {
             *p = by;
         }
@@ -92,7 +92,7 @@ impl LogQueue {
     }
 
     /// Queue one line, stamped now; never waits (unless told to, see [`LogQueue::patient_until`]).
-    pub fn log(&self, level: Level, msg: &str) {
+    pub(crate) fn log(&self, level: Level, msg: &str) {
         // The count rides with the next line that gets in (a plain load first: no write to the
         // shared counter on the common path where nothing was dropped).
         let dropped_before = match self.dropped.load(Ordering::Relaxed) {
@@ -123,7 +123,7 @@ impl LogQueue {
 
     /// Wait up to `within` for the queued lines to reach the sink (at exit); false if the sink
     /// did not take them in time.
-    pub fn flush(&self, within: Duration) -> bool {
+    pub(crate) fn flush(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let (ack, done) = sync_channel(1);
         let mut msg = Msg::Flush(ack);
@@ -176,7 +176,7 @@ fn writer(mut sink: Box<dyn LineSink>, rx: Receiver<Msg>, dropped: Arc<AtomicU64
 
 /// Text log lines to a file or stderr:
 /// `2026-11-27T22:00:18.214953Z nettool-proxy[30475] warn: message`.
-pub struct TextLines {
+pub(crate) struct TextLines {
     out: Box<dyn Write + Send>,
     what: String,
     tag: String,
@@ -185,7 +185,7 @@ pub struct TextLines {
 
 impl TextLines {
     /// Lines to `out`, described as `what` in drop reports, tagged `TAG[PID]`.
-    pub fn new(out: Box<dyn Write + Send>, what: &str, tag: &str) -> TextLines {
+    pub(crate) fn new(out: Box<dyn Write + Send>, what: &str, tag: &str) -> TextLines {
         TextLines {
             out,
             what: what.into(),
@@ -195,7 +195,7 @@ impl TextLines {
     }
 
     /// One line, newline included.
-    pub fn format(&self, level: Level, at: Timestamp, msg: &str) -> String {
+    pub(crate) fn format(&self, level: Level, at: Timestamp, msg: &str) -> String {
         let lvl = match level {
             Level::Error => "error",
             Level::Warn => "warn",

@@ -4,16 +4,16 @@
 //! Use: [`Proxy::bind`] (synchronous: binds every listener inside the listen namespace, so
 //! readiness can be reported before serving), then [`Proxy::run`] inside a tokio runtime.
 
-pub mod docker;
-pub mod logq;
-pub mod proxy_protocol;
-pub mod relay;
-pub mod sock;
-pub mod spec;
-pub mod syslog;
-pub mod tcp;
-pub mod transparent;
-pub mod udp;
+pub(crate) mod docker;
+pub(crate) mod logq;
+pub(crate) mod proxy_protocol;
+pub(crate) mod relay;
+pub(crate) mod sock;
+pub(crate) mod spec;
+pub(crate) mod syslog;
+pub(crate) mod tcp;
+pub(crate) mod transparent;
+pub(crate) mod udp;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -24,13 +24,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::netns::NetNs;
-pub use crate::tap::event::Transport as Proto;
+pub(crate) use crate::tap::event::Transport as Proto;
 use crate::tap::Tap;
 use spec::{Mapping, PortMap};
 
 /// Errors setting the proxy up (serving errors are logged per connection instead).
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// A listener could not be bound.
     #[error("cannot listen on {proto} {addr} in namespace {ns}: {error}{hint}")]
     Bind {
@@ -62,7 +62,7 @@ pub enum ProxyError {
 /// Log severity for [`Log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Level {
+pub(crate) enum Level {
     /// Something failed.
     Error,
     /// Something a person should know (dial failures, dump failures).
@@ -75,24 +75,24 @@ pub enum Level {
 
 /// Where the proxy's log lines go; the command decides (stderr, a file).
 #[derive(Clone)]
-pub struct Log(Arc<LogFn>, Level);
+pub(crate) struct Log(Arc<LogFn>, Level);
 
 /// The function behind a [`Log`].
-pub type LogFn = dyn Fn(Level, &str) + Send + Sync;
+pub(crate) type LogFn = dyn Fn(Level, &str) + Send + Sync;
 
 impl Log {
     /// A log that calls `f` for every line at `max` or more severe.
-    pub fn new(max: Level, f: impl Fn(Level, &str) + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(max: Level, f: impl Fn(Level, &str) + Send + Sync + 'static) -> Self {
         Log(Arc::new(f), max)
     }
     /// Log one line.
-    pub fn log(&self, level: Level, msg: &str) {
+    pub(crate) fn log(&self, level: Level, msg: &str) {
         if level <= self.1 {
             (self.0)(level, msg)
         }
     }
     /// True when lines at `level` are kept (callers skip formatting otherwise).
-    pub fn enabled(&self, level: Level) -> bool {
+    pub(crate) fn enabled(&self, level: Level) -> bool {
         level <= self.1
     }
 }
@@ -105,7 +105,7 @@ impl std::fmt::Debug for Log {
 
 /// Live counters (atomics), readable at any time.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// TCP connections accepted / UDP flows started.
     pub connections: AtomicU64,
     /// Connections and flows open now.
@@ -126,7 +126,7 @@ pub struct Counters {
 
 /// A snapshot of [`Counters`].
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct CounterSnapshot {
+pub(crate) struct CounterSnapshot {
     /// TCP connections accepted / UDP flows started.
     pub connections: u64,
     /// Open now.
@@ -147,7 +147,7 @@ pub struct CounterSnapshot {
 
 impl Counters {
     /// Read every counter.
-    pub fn snapshot(&self) -> CounterSnapshot {
+    pub(crate) fn snapshot(&self) -> CounterSnapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CounterSnapshot {
             connections: g(&self.connections),
@@ -181,7 +181,7 @@ impl std::fmt::Display for CounterSnapshot {
 
 /// Everything the proxy needs to start.
 #[derive(Debug)]
-pub struct ProxyConfig {
+pub(crate) struct ProxyConfig {
     /// The mappings.
     pub maps: Vec<Mapping>,
     /// Listen inside this namespace (None: the current one).
@@ -205,7 +205,7 @@ pub struct ProxyConfig {
 
 /// A listener ready to serve.
 #[derive(Debug, Clone, Serialize)]
-pub struct ListenerInfo {
+pub(crate) struct ListenerInfo {
     /// TCP or UDP.
     pub proto: Proto,
     /// Bound address.
@@ -282,7 +282,7 @@ enum Bound {
 }
 
 /// A proxy with every listener bound, not yet serving.
-pub struct Proxy {
+pub(crate) struct Proxy {
     ctx: Arc<Ctx>,
     bound: Vec<Bound>,
     listeners: Vec<ListenerInfo>,
@@ -384,7 +384,7 @@ fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
 
 impl Proxy {
     /// Bind every listener (inside the listen namespace) and start the backend dialer.
-    pub fn bind(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
+    pub(crate) fn bind(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
         raise_nofile();
         let maps: Vec<PortMap> = cfg.maps.iter().flat_map(|m| m.expand()).collect();
         if maps.is_empty() {
@@ -469,39 +469,30 @@ impl Proxy {
     }
 
     /// What is bound.
-    pub fn listeners(&self) -> &[ListenerInfo] {
+    pub(crate) fn listeners(&self) -> &[ListenerInfo] {
         &self.listeners
     }
 
     /// The live counters.
-    pub fn counters(&self) -> Arc<Counters> {
+    pub(crate) fn counters(&self) -> Arc<Counters> {
         self.ctx.counters.clone()
     }
 
     /// Transparent mode: what was added and in which namespace (None when off).
-    pub fn transparent(&self) -> Option<(&str, &str)> {
+    pub(crate) fn transparent(&self) -> Option<(&str, &str)> {
         self.transparent
             .as_ref()
             .map(|t| (t.summary.as_str(), t.netns().label()))
     }
 
     /// What dead transparent proxies had left behind and this one removed at startup.
-    pub fn recovered(&self) -> &[crate::trace::journal::Recovered] {
+    pub(crate) fn recovered(&self) -> &[crate::trace::journal::Recovered] {
         &self.recovered
-    }
-
-    /// Remove transparent mode's rules and routes now (also done when the proxy is dropped);
-    /// the error says what could not be removed.
-    pub fn remove_transparent(&mut self) -> Result<(), String> {
-        match self.transparent.take() {
-            Some(mut t) => t.remove(),
-            None => Ok(()),
-        }
     }
 
     /// Serve until `stop` resolves; must be called inside a tokio runtime. Transparent mode's
     /// rules stay until the returned value is dropped (after the connections are gone).
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<Option<transparent::Transparent>> {

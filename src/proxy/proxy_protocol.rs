@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::Proto;
 
 /// The 12-byte signature every v2 header starts with.
-pub const SIGNATURE: [u8; 12] = [
+pub(crate) const SIGNATURE: [u8; 12] = [
     0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
 ];
 
@@ -28,7 +28,7 @@ pub enum ProxyProtocol {
 /// The v2 header for a connection from `client` to `dest` (the address the client reached).
 /// Addresses of different families are both written as IPv6 (an IPv4 one mapped), as the
 /// spec asks for a single family.
-pub fn v2_header(transport: Proto, client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
+pub(crate) fn v2_header(transport: Proto, client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
     let (src, dst) = (client.ip().to_canonical(), dest.ip().to_canonical());
     let proto = match transport {
         Proto::Tcp => 0x1,

@@ -14,7 +14,7 @@ use crate::netns::NetNs;
 const BACKLOG: i32 = 4096;
 
 /// A TCP listener on `addr`, IPV6_V6ONLY for IPv6 so 0.0.0.0 and [::] can both be bound.
-pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     set_listener_nodelay(&s)?;
@@ -29,13 +29,13 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 /// TCP_NODELAY on a listener: accepted sockets inherit it, which saves a setsockopt per
 /// connection (a proxy relays small writes at once, as docker-proxy's Go runtime does).
-pub fn set_listener_nodelay(l: &impl std::os::fd::AsFd) -> io::Result<()> {
+pub(crate) fn set_listener_nodelay(l: &impl std::os::fd::AsFd) -> io::Result<()> {
     socket2::SockRef::from(l).set_tcp_nodelay(true)
 }
 
 /// A UDP socket on `addr`; on a wildcard address it asks for the destination address of each
 /// datagram (IP_PKTINFO / IPV6_RECVPKTINFO) so replies leave from the address the client used.
-pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -51,7 +51,7 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 /// Turn on destination-address reporting for a UDP socket.
-pub fn set_pktinfo(s: &impl AsRawFd, v6: bool) -> io::Result<()> {
+pub(crate) fn set_pktinfo(s: &impl AsRawFd, v6: bool) -> io::Result<()> {
     let one: libc::c_int = 1;
     let (level, opt) = if v6 {
         (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
@@ -83,7 +83,7 @@ struct SocketRequest {
 
 /// A backend socket, and whether it carries the client's address (transparent mode).
 #[derive(Debug)]
-pub struct Dialed {
+pub(crate) struct Dialed {
     /// The socket, not yet connected.
     pub socket: Socket,
     /// Why the client's address could not be used (None: it is, or it was not asked for).
@@ -130,7 +130,7 @@ fn make(
 
 /// Makes backend sockets in the right namespace.
 #[derive(Debug)]
-pub enum Dialer {
+pub(crate) enum Dialer {
     /// The proxy's own namespace.
     Here,
     /// A helper thread inside another namespace makes sockets on request.
@@ -138,7 +138,7 @@ pub enum Dialer {
 }
 
 /// An opaque request to the helper thread.
-pub struct SocketRequestBox(SocketRequest);
+pub(crate) struct SocketRequestBox(SocketRequest);
 
 impl std::fmt::Debug for SocketRequestBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,7 +158,7 @@ fn new_socket(domain: Domain, ty: Type) -> io::Result<Socket> {
 
 impl Dialer {
     /// A dialer for `ns` (None: here). Starts the helper thread and checks it entered `ns`.
-    pub fn new(ns: Option<&NetNs>) -> Result<Self, crate::netns::NetnsError> {
+    pub(crate) fn new(ns: Option<&NetNs>) -> Result<Self, crate::netns::NetnsError> {
         let Some(ns) = ns else {
             return Ok(Dialer::Here);
         };
@@ -195,7 +195,7 @@ impl Dialer {
 
     /// A fresh non-blocking socket for talking to `target`, in the dialer's namespace; with
     /// `source` bound to that client address when it can be (transparent mode).
-    pub async fn socket(
+    pub(crate) async fn socket(
         &self,
         target: SocketAddr,
         ty: Type,
@@ -235,7 +235,10 @@ fn protocol_name(p: Protocol) -> String {
 /// Check a socket handed over by the parent (docker-proxy `-use-listen-fd`) before serving on
 /// it: an IPv4/IPv6 socket of the right type and protocol. A TCP socket that is bound but not yet listening
 /// is put into the listening state here. The error says what the descriptor really is.
-pub fn check_passed_socket(fd: &std::os::fd::OwnedFd, proto: super::Proto) -> io::Result<()> {
+pub(crate) fn check_passed_socket(
+    fd: &std::os::fd::OwnedFd,
+    proto: super::Proto,
+) -> io::Result<()> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat on a descriptor we own, into a struct we own.
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {

@@ -9,7 +9,7 @@ use super::Proto;
 /// A mapping the user wrote that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("bad mapping '{spec}': {why} (expected [tcp:|udp:][IP:]PORT[-PORT]=IP:PORT[-PORT], IPv6 in brackets like [::1]:8080)")]
-pub struct SpecError {
+pub(crate) struct SpecError {
     /// What was written.
     pub spec: String,
     /// What is wrong with it.
@@ -18,7 +18,7 @@ pub struct SpecError {
 
 /// An inclusive port range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PortRange {
+pub(crate) struct PortRange {
     /// First port.
     pub first: u16,
     /// Last port (== first for one port).
@@ -27,12 +27,8 @@ pub struct PortRange {
 
 impl PortRange {
     /// How many ports.
-    pub fn len(&self) -> u32 {
+    pub(crate) fn len(&self) -> u32 {
         u32::from(self.last) - u32::from(self.first) + 1
-    }
-    /// Never true (a range has at least one port); here for clippy's sake.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -48,7 +44,7 @@ impl std::fmt::Display for PortRange {
 
 /// One `-p` mapping as written (possibly a range).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Mapping {
+pub(crate) struct Mapping {
     /// TCP or UDP.
     pub proto: Proto,
     /// The listen address; None = every address, IPv4 and IPv6.
@@ -63,7 +59,7 @@ pub struct Mapping {
 
 /// One listening socket's worth of a mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PortMap {
+pub(crate) struct PortMap {
     /// TCP or UDP.
     pub proto: Proto,
     /// Where to listen.
@@ -140,14 +136,14 @@ fn host_ports<'a>(spec: &str, s: &'a str) -> Result<(Option<IpAddr>, Option<&'a 
 }
 
 /// Parse a listen side `[IP:]PORT[-PORT]`.
-pub fn parse_listen(spec: &str, s: &str) -> Result<(Option<IpAddr>, PortRange), SpecError> {
+pub(crate) fn parse_listen(spec: &str, s: &str) -> Result<(Option<IpAddr>, PortRange), SpecError> {
     let (ip, p) = host_ports(spec, s.trim())?;
     let p = p.ok_or_else(|| bad(spec, "the listen side needs a port"))?;
     Ok((ip, ports(spec, p)?))
 }
 
 /// Parse a target side `IP:PORT[-PORT]` (or just `IP`: the same ports as the listen side).
-pub fn parse_target(spec: &str, s: &str) -> Result<(IpAddr, Option<PortRange>), SpecError> {
+pub(crate) fn parse_target(spec: &str, s: &str) -> Result<(IpAddr, Option<PortRange>), SpecError> {
     let (ip, p) = host_ports(spec, s.trim())?;
     let ip = ip.ok_or_else(|| bad(spec, "the target needs an address: IP:PORT"))?;
     let p = p.map(|p| ports(spec, p)).transpose()?;
@@ -155,7 +151,12 @@ pub fn parse_target(spec: &str, s: &str) -> Result<(IpAddr, Option<PortRange>), 
 }
 
 /// Parse `proto` + listen + target into a checked [`Mapping`].
-pub fn mapping(spec: &str, proto: Proto, listen: &str, target: &str) -> Result<Mapping, SpecError> {
+pub(crate) fn mapping(
+    spec: &str,
+    proto: Proto,
+    listen: &str,
+    target: &str,
+) -> Result<Mapping, SpecError> {
     let (listen_ip, lp) = parse_listen(spec, listen)?;
     let (target_ip, tp) = parse_target(spec, target)?;
     let tp = tp.unwrap_or(lp);
@@ -183,7 +184,10 @@ pub fn mapping(spec: &str, proto: Proto, listen: &str, target: &str) -> Result<M
 
 /// Split an optional `tcp:` / `udp:` prefix off `s` (a part of `spec`); `sctp:` is refused
 /// with a message naming SCTP.
-pub fn split_proto<'a>(spec: &str, s: &'a str) -> Result<(Option<Proto>, &'a str), SpecError> {
+pub(crate) fn split_proto<'a>(
+    spec: &str,
+    s: &'a str,
+) -> Result<(Option<Proto>, &'a str), SpecError> {
     if let Some(r) = s.strip_prefix("tcp:") {
         Ok((Some(Proto::Tcp), r))
     } else if let Some(r) = s.strip_prefix("udp:") {
@@ -199,7 +203,7 @@ pub fn split_proto<'a>(spec: &str, s: &'a str) -> Result<(Option<Proto>, &'a str
 }
 
 /// Parse a `-p` spec: `[tcp:|udp:]LISTEN=TARGET`.
-pub fn parse_map(spec: &str) -> Result<Mapping, SpecError> {
+pub(crate) fn parse_map(spec: &str) -> Result<Mapping, SpecError> {
     let (proto, rest) = split_proto(spec, spec)?;
     let proto = proto.unwrap_or(Proto::Tcp);
     let (l, t) = rest
@@ -211,7 +215,7 @@ pub fn parse_map(spec: &str) -> Result<Mapping, SpecError> {
 impl Mapping {
     /// One [`PortMap`] per listening socket: every port of the range, and for an "every
     /// address" mapping both 0.0.0.0 and [::].
-    pub fn expand(&self) -> Vec<PortMap> {
+    pub(crate) fn expand(&self) -> Vec<PortMap> {
         let mut out = Vec::with_capacity(self.listen.len() as usize * 2);
         for i in 0..self.listen.len() {
             let lport = self.listen.first + i as u16;

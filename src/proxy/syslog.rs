@@ -12,7 +12,7 @@ use super::Level;
 use crate::tap::event::Timestamp;
 
 /// The socket syslog daemons (rsyslog, syslog-ng, systemd-journald, busybox syslogd) read.
-pub const DEFAULT_SOCKET: &str = "/dev/log";
+pub(crate) const DEFAULT_SOCKET: &str = "/dev/log";
 
 /// Facility `daemon` (3), shifted into place: PRI = facility * 8 + severity.
 const FACILITY_DAEMON: u8 = 3 << 3;
@@ -23,7 +23,7 @@ const MAX_MESSAGE: usize = 4096;
 /// The syslog socket cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach syslog at {path}: {error}{hint}")]
-pub struct SyslogError {
+pub(crate) struct SyslogError {
     /// The socket path.
     pub path: PathBuf,
     /// Why (not a `source`: the message already says it, once).
@@ -34,7 +34,7 @@ pub struct SyslogError {
 
 /// A connected syslog socket.
 #[derive(Debug)]
-pub struct Syslog {
+pub(crate) struct Syslog {
     path: PathBuf,
     tag: String,
     pid: u32,
@@ -42,7 +42,7 @@ pub struct Syslog {
 }
 
 /// The syslog severity of a [`Level`] (RFC 5424 numbers: err 3, warning 4, info 6, debug 7).
-pub fn severity(level: Level) -> u8 {
+pub(crate) fn severity(level: Level) -> u8 {
     match level {
         Level::Error => 3,
         Level::Warn => 4,
@@ -59,7 +59,7 @@ fn connect(path: &Path) -> io::Result<UnixDatagram> {
 
 impl Syslog {
     /// Connect to the daemon's socket at `path`; lines are tagged `TAG[PID]`.
-    pub fn connect(path: &Path, tag: &str) -> Result<Syslog, SyslogError> {
+    pub(crate) fn connect(path: &Path, tag: &str) -> Result<Syslog, SyslogError> {
         let sock = connect(path).map_err(|error| SyslogError {
             path: path.into(),
             hint: match error.raw_os_error() {
@@ -82,13 +82,8 @@ impl Syslog {
         })
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The datagram for one line, stamped with local time like syslog(3).
-    pub fn format(&self, level: Level, msg: &str, unix_secs: i64) -> String {
+    pub(crate) fn format(&self, level: Level, msg: &str, unix_secs: i64) -> String {
         let pri = FACILITY_DAEMON | severity(level);
         let mut m: String = msg
             .chars()
@@ -109,14 +104,15 @@ impl Syslog {
         )
     }
 
+    #[cfg(test)]
     /// Send one line. A daemon that restarted (new socket) is reconnected once; a line that
     /// still cannot go is dropped and the error returned.
-    pub fn send(&mut self, level: Level, msg: &str) -> io::Result<()> {
+    pub(crate) fn send(&mut self, level: Level, msg: &str) -> io::Result<()> {
         self.send_at(level, msg, Timestamp::now().split().0 as i64)
     }
 
     /// Send one line stamped `unix_secs` (when it was logged, not when it got out of the queue).
-    pub fn send_at(&mut self, level: Level, msg: &str, unix_secs: i64) -> io::Result<()> {
+    pub(crate) fn send_at(&mut self, level: Level, msg: &str, unix_secs: i64) -> io::Result<()> {
         let line = self.format(level, msg, unix_secs);
         if let Some(s) = &self.sock {
             match s.send(line.as_bytes()) {

@@ -34,27 +34,27 @@ use crate::trace::journal::{self, Item, Journal, LOOPBACK_INDEX};
 /// The mark bit set on replies to transparent sockets (not used by Docker, Podman/CNI portmap
 /// (0x2000), kube-proxy (0x4000, 0x8000), flannel, weave, Istio (0x539/0xfff) or Cilium's low
 /// marks (0xf00)).
-pub const MARK: u32 = 0x1000;
+pub(crate) const MARK: u32 = 0x1000;
 
 /// Preference of the policy rule: before the main table (32766).
-pub const RULE_PREF: u32 = 32700;
+pub(crate) const RULE_PREF: u32 = 32700;
 
 /// Where the transparent proxies' journals live.
-pub const JOURNAL_DIR: &str = "/run/nettool-proxy";
+pub(crate) const JOURNAL_DIR: &str = "/run/nettool-proxy";
 
 /// This process's routing table: one per proxy process, so each removes only its own.
-pub fn table_of(pid: u32) -> u32 {
+pub(crate) fn table_of(pid: u32) -> u32 {
     0x4e54_0000 + pid
 }
 
 /// This process's nft table name.
-pub fn nft_table_of(pid: u32) -> String {
+pub(crate) fn nft_table_of(pid: u32) -> String {
     format!("nettool_proxy_{pid}")
 }
 
 /// Errors setting transparent mode up.
 #[derive(Debug, thiserror::Error)]
-pub enum TransparentError {
+pub(crate) enum TransparentError {
     /// A step failed.
     #[error("transparent mode in namespace {ns}: {what}: {why}{hint}")]
     Step {
@@ -71,7 +71,7 @@ pub enum TransparentError {
 
 /// The routing and firewall state one transparent proxy added; removed on drop.
 #[derive(Debug)]
-pub struct Transparent {
+pub(crate) struct Transparent {
     ns: NetNs,
     journal: Journal,
     /// What was added, for the log.
@@ -105,7 +105,9 @@ fn nft_script(pid: u32) -> String {
 impl Transparent {
     /// Remove what dead transparent proxies left behind, then add this process's mark rule,
     /// policy rules and local routes in `ns` (journaled first).
-    pub fn setup(ns: &NetNs) -> Result<(Transparent, Vec<journal::Recovered>), TransparentError> {
+    pub(crate) fn setup(
+        ns: &NetNs,
+    ) -> Result<(Transparent, Vec<journal::Recovered>), TransparentError> {
         let recovered = journal::recover_in(Path::new(JOURNAL_DIR));
         let pid = std::process::id();
         let table = table_of(pid);
@@ -188,7 +190,7 @@ impl Transparent {
     }
 
     /// Remove everything this process added (also done on drop).
-    pub fn remove(&mut self) -> Result<(), String> {
+    pub(crate) fn remove(&mut self) -> Result<(), String> {
         let mut errors = Vec::new();
         for item in self.journal.items.iter().rev() {
             if let Err(e) = journal::undo(item) {
@@ -206,7 +208,7 @@ impl Transparent {
     }
 
     /// The namespace the rules are in.
-    pub fn netns(&self) -> &NetNs {
+    pub(crate) fn netns(&self) -> &NetNs {
         &self.ns
     }
 }
@@ -221,7 +223,7 @@ impl Drop for Transparent {
 
 /// Why a connection keeps the proxy's address instead of the client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Fallback {
+pub(crate) enum Fallback {
     /// Client and backend are of different address families.
     Family,
     /// The client is on loopback and the backend is not: nothing could route the reply back.
@@ -234,7 +236,7 @@ pub enum Fallback {
 
 impl Fallback {
     /// One sentence for the log.
-    pub fn why(self) -> &'static str {
+    pub(crate) fn why(self) -> &'static str {
         match self {
             Fallback::Family => "the client and the backend use different IP versions",
             Fallback::Loopback => {

@@ -5,7 +5,7 @@ use std::io::Write;
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Write `bytes` as hex lines of 16, the offset column counting from `offset`.
-pub fn write_hex(out: &mut impl Write, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+pub(crate) fn write_hex(out: &mut impl Write, bytes: &[u8], offset: u64) -> std::io::Result<()> {
     // One line: " " + 8 offset + "  " + 16*3 + " " + "|" + 16 + "|\n" = 78 bytes.
     let mut line = [b' '; 80];
     for (i, chunk) in bytes.chunks(16).enumerate() {

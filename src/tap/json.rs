@@ -10,7 +10,7 @@ use super::{Decoders, Output, Sink};
 
 /// What payload bytes a JSON data event carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Payload {
+pub(crate) enum Payload {
     /// Only sizes.
     None,
     /// The bytes as a (lossy UTF-8) string.
@@ -46,7 +46,7 @@ struct Line<'a> {
 }
 
 /// Renders events as JSON lines.
-pub struct JsonSink {
+pub(crate) struct JsonSink {
     out: BufWriter<Output>,
     name: String,
     payload: Payload,
@@ -55,7 +55,7 @@ pub struct JsonSink {
 
 impl JsonSink {
     /// A JSON-lines sink.
-    pub fn new(out: Output, name: String, payload: Payload, decode: bool) -> Self {
+    pub(crate) fn new(out: Output, name: String, payload: Payload, decode: bool) -> Self {
         JsonSink {
             out: BufWriter::with_capacity(256 * 1024, out),
             name,

@@ -6,14 +6,14 @@
 //! (lossless by default). A sink that fails (disk full) is stopped with a final marker and an
 //! error report; forwarding never depends on a sink.
 
-pub mod event;
-pub mod hex;
-pub mod json;
+pub(crate) mod event;
+pub(crate) mod hex;
+pub(crate) mod json;
 pub mod l7;
-pub mod payload;
-pub mod pcap;
-pub mod streams;
-pub mod text;
+pub(crate) mod payload;
+pub(crate) mod pcap;
+pub(crate) mod streams;
+pub(crate) mod text;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -9,11 +9,11 @@
 use std::sync::{Arc, Mutex};
 
 /// Size of one read buffer on the tapped path.
-pub const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// Reads at least this big hand their buffer over; smaller ones are copied out at their size
 /// so a queued 78-byte request does not pin 64 KiB (the queue holds up to --dump-queue chunks).
-pub const HAND_OVER: usize = CHUNK / 4;
+pub(crate) const HAND_OVER: usize = CHUNK / 4;
 
 /// Buffers kept for reuse (4 MiB): enough for the chunks in flight on a busy proxy, small
 /// next to the queue's own bound.
@@ -22,7 +22,7 @@ const KEEP: usize = 64;
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// A buffer of CHUNK bytes to read into, recycled when one is free.
-pub fn take() -> Vec<u8> {
+pub(crate) fn take() -> Vec<u8> {
     let reused = POOL.lock().ok().and_then(|mut p| p.pop());
     match reused {
         Some(mut v) => {
@@ -35,7 +35,7 @@ pub fn take() -> Vec<u8> {
 }
 
 /// Give a chunk back once nobody else holds it (the last holder recycles it).
-pub fn recycle(bytes: Arc<Vec<u8>>) {
+pub(crate) fn recycle(bytes: Arc<Vec<u8>>) {
     if let Ok(v) = Arc::try_unwrap(bytes) {
         give(v);
     }

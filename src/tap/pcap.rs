@@ -24,7 +24,7 @@ const SEGMENT: usize = 65_000;
 
 /// Where and how much to capture.
 #[derive(Debug, Clone)]
-pub struct PcapOptions {
+pub(crate) struct PcapOptions {
     /// The file.
     pub path: PathBuf,
     /// Rotate (or stop, with one file) once a file reaches this many bytes.
@@ -51,7 +51,7 @@ struct Flags {
 }
 
 /// Writes the pcap.
-pub struct PcapSink {
+pub(crate) struct PcapSink {
     opts: PcapOptions,
     out: Option<RecordWriter>,
     written: u64,
@@ -186,7 +186,7 @@ fn v6(ip: IpAddr) -> [u8; 16] {
 
 impl PcapSink {
     /// Create (truncate) the capture file, mode 0600.
-    pub fn new(opts: PcapOptions) -> Result<Self, TapError> {
+    pub(crate) fn new(opts: PcapOptions) -> Result<Self, TapError> {
         let out = create(&opts.path)?;
         Ok(PcapSink {
             opts,

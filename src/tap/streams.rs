@@ -15,7 +15,7 @@ use super::event::{Direction, Event};
 use super::{open_private_at, open_private_dir, Sink, Skipped};
 
 /// Writes each direction of each connection to its own file.
-pub struct StreamsSink {
+pub(crate) struct StreamsSink {
     dir: PathBuf,
     dirfd: OwnedFd,
     open: HashMap<(u64, Direction), BufWriter<File>>,
@@ -26,7 +26,7 @@ pub struct StreamsSink {
 
 impl StreamsSink {
     /// Create DIR (0700) if needed and open it; refused when another user could write into it.
-    pub fn new(dir: PathBuf) -> Result<Self, super::TapError> {
+    pub(crate) fn new(dir: PathBuf) -> Result<Self, super::TapError> {
         let dirfd = open_private_dir(&dir)?;
         Ok(StreamsSink {
             dir,

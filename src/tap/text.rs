@@ -9,7 +9,7 @@ use super::{describe_conn, Decoders, Output, Sink};
 
 /// Text (socat -v) or hex (socat -x) payload rendering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     /// Printable text, `\r` and non-printables escaped.
     Text,
     /// Hex lines with an ASCII column.
@@ -17,7 +17,7 @@ pub enum Style {
 }
 
 /// Renders events as text blocks.
-pub struct ConsoleSink {
+pub(crate) struct ConsoleSink {
     out: BufWriter<Output>,
     name: String,
     style: Style,
@@ -28,7 +28,13 @@ pub struct ConsoleSink {
 
 impl ConsoleSink {
     /// A console sink writing to `out` (named `name` in error reports).
-    pub fn new(out: Output, name: String, style: Style, decode: bool, payload: bool) -> Self {
+    pub(crate) fn new(
+        out: Output,
+        name: String,
+        style: Style,
+        decode: bool,
+        payload: bool,
+    ) -> Self {
         ConsoleSink {
             out: BufWriter::with_capacity(256 * 1024, out),
             name,
@@ -45,7 +51,7 @@ pub(crate) const PAYLOAD_INDENT: &[u8] = b"  ";
 
 /// Escape like socat -v: keep printable ASCII, newlines and tabs; `\r` and others as escapes.
 /// Unlike socat, each payload line is indented by [`PAYLOAD_INDENT`].
-pub fn write_text(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_text(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     if bytes.is_empty() {
         return out.write_all(b"\n");
     }
@@ -76,7 +82,7 @@ pub fn write_text(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
 /// A decoded value (HTTP header, RESP argument, server name) made safe for a dump line, the
 /// way [`write_text`] treats payloads: a peer's bytes can neither drive the terminal (escape
 /// sequences, C1 controls) nor start a line of their own (`\r`, `\n`).
-pub fn escape_line(line: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape_line(line: &str) -> std::borrow::Cow<'_, str> {
     if line.chars().all(|c| (' '..='~').contains(&c)) {
         return std::borrow::Cow::Borrowed(line);
     }

@@ -32,7 +32,7 @@ fn owners_str(o: &[Owner]) -> Vec<String> {
 /// and listeners with their owners, the proxies behind those listeners, the engines' intent,
 /// and the firewall of each drawn namespace that holds a bridge (its published ports).
 /// `host` is the scope's main namespace; `extra` the ones discovery may not see.
-pub fn read(
+pub(crate) fn read(
     scope: &Scope,
     host: &NetNs,
     extra: &[NetNs],
@@ -138,7 +138,7 @@ struct Mapping {
 }
 
 /// The picture of `scope` in `snap`: a pure function of the snapshot.
-pub fn collect(
+pub(crate) fn collect(
     snap: &Snapshot,
     scope: &Scope,
     opts: CollectOptions,

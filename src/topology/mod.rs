@@ -7,8 +7,8 @@
 //! NAT rules the snapshot holds. [`collect::read`] reads that snapshot live; `topology --snapshot`
 //! replays a recorded one (`doctor --save-snapshot`). Renderers ([`render`]) return strings.
 
-pub mod collect;
-pub mod render;
+pub(crate) mod collect;
+pub(crate) mod render;
 
 use std::net::SocketAddr;
 
@@ -17,12 +17,12 @@ use serde::Serialize;
 use crate::netns::sockets::Proto;
 use crate::netns::{NetnsError, NsId};
 
-pub use collect::{collect, read};
-pub use render::{to_dot, to_mermaid, to_text};
+pub(crate) use collect::{collect, read};
+pub(crate) use render::{to_dot, to_mermaid, to_text};
 
 /// Errors collecting a topology.
 #[derive(Debug, thiserror::Error)]
-pub enum TopologyError {
+pub(crate) enum TopologyError {
     /// A namespace of the scope could not be found or read.
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -36,7 +36,7 @@ pub enum TopologyError {
 
 /// What part of the machine to draw; namespaces by identity, as the snapshot holds them.
 #[derive(Debug, Clone)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// Every namespace on the machine (empty ones, only `lo`, are left out unless asked).
     Host,
     /// One namespace in full, and the interfaces of its neighbours that connect to it.
@@ -60,7 +60,7 @@ pub enum Scope {
 
 /// Knobs for [`collect()`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CollectOptions {
+pub(crate) struct CollectOptions {
     /// Do not ask the Docker API for container names.
     pub skip_docker: bool,
     /// Keep namespaces that hold nothing but `lo` and no listener (whole-host scope).
@@ -71,7 +71,7 @@ pub struct CollectOptions {
 
 /// A listening socket as drawn.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Listener {
+pub(crate) struct Listener {
     /// tcp or udp.
     pub proto: Proto,
     /// Local address and port.
@@ -82,7 +82,7 @@ pub struct Listener {
 
 /// A namespace: a box holding interfaces.
 #[derive(Debug, Clone, Serialize)]
-pub struct NamespaceNode {
+pub(crate) struct NamespaceNode {
     /// Node id ("ns<inode>").
     pub id: String,
     /// Short name: a /run/netns name, container:NAME, pid:N, or "current".
@@ -107,7 +107,7 @@ pub struct NamespaceNode {
 
 /// An interface inside a namespace.
 #[derive(Debug, Clone, Serialize)]
-pub struct InterfaceNode {
+pub(crate) struct InterfaceNode {
     /// Node id ("ns<inode>:if<index>").
     pub id: String,
     /// Id of the namespace node holding it.
@@ -134,7 +134,7 @@ pub struct InterfaceNode {
 
 /// A port published on a host address, and where it leads.
 #[derive(Debug, Clone, Serialize)]
-pub struct PublishedNode {
+pub(crate) struct PublishedNode {
     /// Node id ("ns<inode>:pub:<proto>:<host>:<port>").
     pub id: String,
     /// Id of the namespace node it is published in.
@@ -156,7 +156,7 @@ pub struct PublishedNode {
 /// A node of the graph.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Node {
+pub(crate) enum Node {
     /// A network namespace.
     Namespace(NamespaceNode),
     /// An interface.
@@ -167,7 +167,7 @@ pub enum Node {
 
 impl Node {
     /// The node's id.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         match self {
             Node::Namespace(n) => &n.id,
             Node::Interface(n) => &n.id,
@@ -179,7 +179,7 @@ impl Node {
 /// What an edge stands for.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
-pub enum EdgeKind {
+pub(crate) enum EdgeKind {
     /// The two ends of a veth pair.
     Veth,
     /// An interface enslaved to a bridge (from the port to the bridge).
@@ -192,7 +192,7 @@ pub enum EdgeKind {
 
 /// An edge between two node ids.
 #[derive(Debug, Clone, Serialize)]
-pub struct Edge {
+pub(crate) struct Edge {
     /// Source node id.
     pub from: String,
     /// Destination node id.
@@ -205,7 +205,7 @@ pub struct Edge {
 
 /// The whole picture.
 #[derive(Debug, Clone, Serialize)]
-pub struct Graph {
+pub(crate) struct Graph {
     /// What was drawn ("host", "netns web and neighbours", "lab demo").
     pub scope: String,
     /// Namespaces, interfaces, published ports.
@@ -218,7 +218,7 @@ pub struct Graph {
 
 impl Graph {
     /// The node with this id.
-    pub fn node(&self, id: &str) -> Option<&Node> {
+    pub(crate) fn node(&self, id: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.id() == id)
     }
 

@@ -216,7 +216,7 @@ fn dot_id(s: &str) -> String {
 
 /// Graphviz DOT: namespaces as clusters, bridges as hubs, veth pairs as labelled edges,
 /// published ports as green arrows (red when nothing listens at the target).
-pub fn to_dot(g: &Graph) -> String {
+pub(crate) fn to_dot(g: &Graph) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "digraph topology {{");
     let _ = writeln!(
@@ -342,7 +342,7 @@ fn mm_text(s: &str) -> String {
 }
 
 /// Mermaid flowchart for pasting into Markdown.
-pub fn to_mermaid(g: &Graph) -> String {
+pub(crate) fn to_mermaid(g: &Graph) -> String {
     let mut o = String::from("flowchart LR\n");
     let mut nss: Vec<&NamespaceNode> = g.namespaces().collect();
     nss.sort_by_key(|n| (-hostness(g, &n.id), n.label.clone()));
@@ -396,7 +396,7 @@ pub fn to_mermaid(g: &Graph) -> String {
 }
 
 /// A text tree for terminals: each namespace, its interfaces and where each one leads.
-pub fn to_text(g: &Graph) -> String {
+pub(crate) fn to_text(g: &Graph) -> String {
     let mut o = String::new();
     let names: HashMap<&str, (String, String, &str)> = g
         .nodes

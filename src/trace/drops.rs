@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 /// Where tracefs is mounted (mounted there if it is empty).
-pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// One skb:kfree_skb event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct KernelDrop {
+pub(crate) struct KernelDrop {
     /// CLOCK_MONOTONIC seconds (the instance's trace_clock is mono).
     pub time: f64,
     /// The drop reason, as the kernel names it (IP_RPFILTER, NO_SOCKET, ...).
@@ -31,7 +31,7 @@ pub struct KernelDrop {
 }
 
 /// What a drop reason means for a container network, in words.
-pub fn explain_reason(reason: &str) -> &'static str {
+pub(crate) fn explain_reason(reason: &str) -> &'static str {
     match reason {
         "NETFILTER_DROP" => "a netfilter rule dropped it",
         "IP_RPFILTER" => "reverse path filter (rp_filter): the source is not routed back through the interface it came in on",
@@ -58,12 +58,12 @@ pub fn explain_reason(reason: &str) -> &'static str {
 }
 
 /// tracefs is mounted at [`TRACEFS`].
-pub fn tracefs_mounted() -> bool {
+pub(crate) fn tracefs_mounted() -> bool {
     Path::new(TRACEFS).join("instances").is_dir()
 }
 
 /// Mount tracefs at [`TRACEFS`] when it is not there yet; the caller journals it first.
-pub fn ensure_tracefs() -> Result<(), String> {
+pub(crate) fn ensure_tracefs() -> Result<(), String> {
     if tracefs_mounted() {
         return Ok(());
     }
@@ -81,7 +81,7 @@ pub fn ensure_tracefs() -> Result<(), String> {
 
 /// Unmount the tracefs a tracer mounted at `path`: Ok(true) when it was mounted and is gone,
 /// Ok(false) when nothing was mounted there, Err when it is busy (another tracer reads it).
-pub fn unmount_tracefs(path: &Path) -> Result<bool, String> {
+pub(crate) fn unmount_tracefs(path: &Path) -> Result<bool, String> {
     let mounted = fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
@@ -113,7 +113,7 @@ fn reason_number(format: &str, name: &str) -> Option<u32> {
 }
 
 /// The kernel-side filter: real drops (not NOT_SPECIFIED) of IPv4/IPv6 packets.
-pub fn kernel_filter(format: &str) -> String {
+pub(crate) fn kernel_filter(format: &str) -> String {
     // NOT_SPECIFIED says nothing; QUEUE_PURGE is a closing socket freeing its queue.
     let mut parts: Vec<String> = ["NOT_SPECIFIED", "QUEUE_PURGE"]
         .iter()
@@ -129,22 +129,20 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 }
 
 /// Create and enable instance `name`; the caller journals its path first.
-pub fn instance_path(name: &str) -> PathBuf {
+pub(crate) fn instance_path(name: &str) -> PathBuf {
     Path::new(TRACEFS).join("instances").join(name)
 }
 
 /// A tracefs instance of our own with skb:kfree_skb enabled and filtered.
-pub struct DropTracer {
+pub(crate) struct DropTracer {
     path: PathBuf,
     pipe: fs::File,
     pending: Vec<u8>,
-    /// The filter the kernel applies.
-    pub filter: String,
 }
 
 impl DropTracer {
     /// Create the instance at `path` (journaled by the caller), filter and enable kfree_skb.
-    pub fn start(path: &Path) -> Result<Self, String> {
+    pub(crate) fn start(path: &Path) -> Result<Self, String> {
         ensure_tracefs()?;
         let ev = Path::new(TRACEFS).join("events/skb/kfree_skb/format");
         let format = fs::read_to_string(&ev).map_err(|e| {
@@ -172,7 +170,6 @@ impl DropTracer {
                 path: path.to_path_buf(),
                 pipe,
                 pending: Vec::new(),
-                filter,
             }),
             Err(e) => {
                 let _ = remove_instance(path);
@@ -182,12 +179,12 @@ impl DropTracer {
     }
 
     /// The trace_pipe fd (for poll).
-    pub fn raw_fd(&self) -> i32 {
+    pub(crate) fn raw_fd(&self) -> i32 {
         self.pipe.as_raw_fd()
     }
 
     /// Read what is queued without blocking and parse whole lines.
-    pub fn read(&mut self) -> Vec<KernelDrop> {
+    pub(crate) fn read(&mut self) -> Vec<KernelDrop> {
         let mut buf = [0u8; 65536];
         // A bounded amount per call: the caller also has netlink sockets to serve.
         for _ in 0..16 {
@@ -210,13 +207,8 @@ impl DropTracer {
         out
     }
 
-    /// Events the kernel could not store (ring buffer overruns), summed over CPUs.
-    pub fn lost(&self) -> u64 {
-        lost(&self.path)
-    }
-
     /// Disable the event and remove the instance.
-    pub fn stop(self) -> Result<(), String> {
+    pub(crate) fn stop(self) -> Result<(), String> {
         let path = self.path.clone();
         drop(self.pipe);
         remove_instance(&path)
@@ -224,7 +216,7 @@ impl DropTracer {
 }
 
 /// Events the instance at `path` could not store (ring buffer overruns), summed over CPUs.
-pub fn lost(path: &Path) -> u64 {
+pub(crate) fn lost(path: &Path) -> u64 {
     let mut lost = 0;
     let Ok(dir) = fs::read_dir(path.join("per_cpu")) else {
         return 0;
@@ -256,7 +248,7 @@ impl NonBlock for fs::OpenOptions {
 }
 
 /// Disable kfree_skb in the instance at `path` and remove it.
-pub fn remove_instance(path: &Path) -> Result<(), String> {
+pub(crate) fn remove_instance(path: &Path) -> Result<(), String> {
     let _ = fs::write(path.join("events/skb/kfree_skb/enable"), "0");
     let _ = fs::write(path.join("events/skb/kfree_skb/filter"), "0");
     // Removal can race a reader that is just closing: try a few times.
@@ -277,7 +269,7 @@ pub fn remove_instance(path: &Path) -> Result<(), String> {
 
 /// Parse one trace_pipe line:
 /// `  <idle>-0  [001] ..s2. 1234.567890: kfree_skb: skbaddr=... rx_sk=... protocol=2048 location=ip_rcv_finish_core+0x1a/0x3c0 reason: IP_RPFILTER`
-pub fn parse_line(line: &str) -> Option<KernelDrop> {
+pub(crate) fn parse_line(line: &str) -> Option<KernelDrop> {
     let (head, body) = line.split_once(": kfree_skb: ")?;
     let head = head.trim();
     let lb = head.find('[')?;
@@ -308,7 +300,7 @@ pub fn parse_line(line: &str) -> Option<KernelDrop> {
 }
 
 /// CLOCK_MONOTONIC now, in seconds (what the instance's "mono" trace clock stamps).
-pub fn mono_now() -> f64 {
+pub(crate) fn mono_now() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

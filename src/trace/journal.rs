@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::netns::NetNs;
 
 /// Where trace journals live.
-pub const JOURNAL_DIR: &str = "/run/nettool-trace";
+pub(crate) const JOURNAL_DIR: &str = "/run/nettool-trace";
 
 /// One thing a trace added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Item {
+pub(crate) enum Item {
     /// An nft table in a namespace.
     NftTable {
         /// The namespace file it was opened from.
@@ -72,7 +72,7 @@ pub enum Item {
 }
 
 /// The inode of this process's mount namespace.
-pub fn mnt_ns() -> u64 {
+pub(crate) fn mnt_ns() -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self/ns/mnt")
         .map(|m| m.ino())
@@ -92,7 +92,7 @@ fn mnt_ns_alive(inode: u64) -> bool {
 
 /// The journal of one tracer process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Journal {
+pub(crate) struct Journal {
     /// The tracer's pid.
     pub pid: u32,
     /// Its start time in clock ticks since boot (/proc/PID/stat field 22): tells pid reuse apart.
@@ -115,12 +115,12 @@ fn start_ticks(pid: u32) -> Option<u64> {
 
 impl Journal {
     /// A new, empty journal for this process (written on the first [`Journal::record`]).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::in_dir(Path::new(JOURNAL_DIR))
     }
 
     /// A new, empty journal for this process kept in `dir` (another tool's journals).
-    pub fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         let pid = std::process::id();
         Journal {
             pid,
@@ -132,12 +132,12 @@ impl Journal {
     }
 
     /// The journal file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Write `item` down (file synced) before the caller creates it.
-    pub fn record(&mut self, item: Item) -> std::io::Result<()> {
+    pub(crate) fn record(&mut self, item: Item) -> std::io::Result<()> {
         self.items.push(item);
         self.write()
     }
@@ -154,13 +154,13 @@ impl Journal {
     }
 
     /// Only `items` are left to undo (by a later run): write just them down.
-    pub fn keep_only(&mut self, items: Vec<Item>) -> std::io::Result<()> {
+    pub(crate) fn keep_only(&mut self, items: Vec<Item>) -> std::io::Result<()> {
         self.items = items;
         self.write()
     }
 
     /// Everything has been removed: forget the journal.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.items.clear();
         let _ = std::fs::remove_file(&self.path);
     }
@@ -173,7 +173,7 @@ impl Default for Journal {
 }
 
 /// Undo one item; Ok(true) when it was there and is gone, Ok(false) when it was already gone.
-pub fn undo(item: &Item) -> Result<bool, String> {
+pub(crate) fn undo(item: &Item) -> Result<bool, String> {
     match item {
         Item::NftTable {
             ns_path,
@@ -235,7 +235,7 @@ pub fn undo(item: &Item) -> Result<bool, String> {
 }
 
 /// The loopback interface's index, the same in every namespace.
-pub const LOOPBACK_INDEX: u32 = 1;
+pub(crate) const LOOPBACK_INDEX: u32 = 1;
 
 /// Run one netlink change inside the namespace (Ok(false) when the namespace is gone, and the
 /// thing with it).
@@ -276,7 +276,7 @@ fn find_namespace(path: &Path, inode: u64) -> Option<NetNs> {
 
 /// What [`recover`] did with the journal of a dead tracer.
 #[derive(Debug, Clone, Serialize)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     /// The dead tracer's pid.
     pub pid: u32,
     /// Items that were still there and have been removed.
@@ -286,12 +286,12 @@ pub struct Recovered {
 }
 
 /// Remove what dead tracers left behind (their journals say what). Live tracers are left alone.
-pub fn recover() -> Vec<Recovered> {
+pub(crate) fn recover() -> Vec<Recovered> {
     recover_in(Path::new(JOURNAL_DIR))
 }
 
 /// [`recover`] for the journals kept in `dir`.
-pub fn recover_in(dir: &Path) -> Vec<Recovered> {
+pub(crate) fn recover_in(dir: &Path) -> Vec<Recovered> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir(dir) else {
         return out;

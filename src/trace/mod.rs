@@ -8,11 +8,11 @@
 //! made ([`journal`]) and removed on drop, and by the next run after a SIGKILL.
 //! [`run_around`] is the library entry for callers with their own probe (doctor).
 
-pub mod drops;
-pub mod journal;
-pub mod nftrace;
-pub mod reader;
-pub mod ruleset;
+pub(crate) mod drops;
+pub(crate) mod journal;
+pub(crate) mod nftrace;
+pub(crate) mod reader;
+pub(crate) mod ruleset;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -29,7 +29,7 @@ use ruleset::{Engine, RuleIndex};
 
 /// What went wrong setting up or running a trace.
 #[derive(Debug, thiserror::Error)]
-pub enum TraceError {
+pub(crate) enum TraceError {
     /// A filter word could not be understood.
     #[error("trace filter '{word}': {why}")]
     Filter {
@@ -49,7 +49,7 @@ pub enum TraceError {
 /// Layer-4 protocol of a filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum L4 {
+pub(crate) enum L4 {
     /// TCP.
     Tcp,
     /// UDP.
@@ -60,7 +60,7 @@ pub enum L4 {
 
 /// The flows to trace: packets whose protocol, port and address match (empty = any).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct TraceFilter {
+pub(crate) struct TraceFilter {
     /// Protocol, or None for any.
     pub proto: Option<L4>,
     /// Ports (source or destination).
@@ -72,7 +72,7 @@ pub struct TraceFilter {
 impl TraceFilter {
     /// Parse filter words: PORT, tcp, udp, icmp, tcp:PORT, udp:PORT, an IPv4/IPv6 address.
     /// `container:NAME` words are returned apart (the caller resolves them to namespaces).
-    pub fn parse(words: &[String]) -> Result<(TraceFilter, Vec<String>), TraceError> {
+    pub(crate) fn parse(words: &[String]) -> Result<(TraceFilter, Vec<String>), TraceError> {
         let mut f = TraceFilter::default();
         let mut containers = Vec::new();
         for w in words {
@@ -133,7 +133,7 @@ impl TraceFilter {
     }
 
     /// The nft rules (one per line) that set nftrace on matching packets, both directions.
-    pub fn nft_rules(&self) -> Vec<String> {
+    pub(crate) fn nft_rules(&self) -> Vec<String> {
         let set = |items: Vec<String>| {
             if items.len() == 1 {
                 items[0].clone()
@@ -194,7 +194,7 @@ impl TraceFilter {
 }
 
 /// Name of the nft table a tracer process adds (one per process: tracers can run side by side).
-pub fn table_name() -> String {
+pub(crate) fn table_name() -> String {
     format!("nettool_trace_{}", std::process::id())
 }
 
@@ -206,7 +206,7 @@ fn is_our_table(name: &str) -> bool {
 /// The `nft -f` text of the trace table: mark matching packets before anything else runs
 /// (priority -350, before raw at -300), and an empty chain after everything else on every later
 /// hook so the trace says which hooks a packet reached. No rule here has a verdict.
-pub fn table_text(name: &str, rules: &[String]) -> String {
+pub(crate) fn table_text(name: &str, rules: &[String]) -> String {
     let marks = rules
         .iter()
         .map(|r| format!("\t\t{r}\n"))
@@ -224,7 +224,7 @@ pub fn table_text(name: &str, rules: &[String]) -> String {
 
 /// A namespace to trace in, and how to name it.
 #[derive(Debug, Clone)]
-pub struct TracePoint {
+pub(crate) struct TracePoint {
     /// The namespace.
     pub ns: NetNs,
     /// Its name for people (the TARGET, a lab container's namespace name, container:NAME).
@@ -235,7 +235,7 @@ pub struct TracePoint {
 
 impl TracePoint {
     /// Open TARGET and find the container that uses it (Docker names, through discovery).
-    pub fn open(target: &str) -> Result<Self, TraceError> {
+    pub(crate) fn open(target: &str) -> Result<Self, TraceError> {
         let ns = NetNs::open(target)?;
         Ok(TracePoint {
             name: target.to_string(),
@@ -247,7 +247,7 @@ impl TracePoint {
 
 /// How to trace.
 #[derive(Debug, Clone)]
-pub struct TraceOptions {
+pub(crate) struct TraceOptions {
     /// Which packets.
     pub filter: TraceFilter,
     /// Where (every namespace the flow passes that should be traced).
@@ -275,7 +275,7 @@ impl Default for TraceOptions {
 
 /// One rule (or chain end) a packet met.
 #[derive(Debug, Clone, Serialize)]
-pub struct Hop {
+pub(crate) struct Hop {
     /// The hook (prerouting, input, forward, output, postrouting), from the base chain.
     pub hook: Option<String>,
     /// Table family (ip, ip6, inet...).
@@ -302,7 +302,7 @@ pub struct Hop {
 
 /// A socket that received the packet, and its processes.
 #[derive(Debug, Clone, Serialize)]
-pub struct Receiver {
+pub(crate) struct Receiver {
     /// Local address of the socket.
     pub local: String,
     /// TCP state or UDP.
@@ -314,7 +314,7 @@ pub struct Receiver {
 /// How a packet's walk through one namespace ended.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "end", rename_all = "snake_case")]
-pub enum Ending {
+pub(crate) enum Ending {
     /// A rule (or a chain policy) dropped it.
     DroppedByRule {
         /// family table chain.
@@ -361,7 +361,7 @@ pub enum Ending {
 
 /// One packet's walk through one namespace.
 #[derive(Debug, Clone, Serialize)]
-pub struct TracedPacket {
+pub(crate) struct TracedPacket {
     /// CLOCK_MONOTONIC seconds when its first event was read.
     pub time: f64,
     /// The kernel's trace id (per packet per namespace).
@@ -405,7 +405,7 @@ pub struct TracedPacket {
 
 /// What a whole trace saw.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct TraceReport {
+pub(crate) struct TraceReport {
     /// Every packet, in the order they completed.
     pub packets: Vec<TracedPacket>,
     /// Times the kernel said it dropped trace events (netlink ENOBUFS).
@@ -443,7 +443,7 @@ struct OpenPacket {
 }
 
 /// A running trace. Dropping it removes everything it added.
-pub struct Session {
+pub(crate) struct Session {
     journal: Journal,
     points: Vec<PointState>,
     readers: Readers,
@@ -530,7 +530,7 @@ fn dnat_targets(ns: &NetNs, f: &TraceFilter) -> (BTreeSet<u16>, BTreeSet<IpAddr>
 
 impl Session {
     /// Journal, then add the trace tables and the tracefs instance, and start reading.
-    pub fn start(mut opts: TraceOptions) -> Result<Session, TraceError> {
+    pub(crate) fn start(mut opts: TraceOptions) -> Result<Session, TraceError> {
         if opts.points.is_empty() {
             return Err(TraceError::Setup(
                 "no namespace to trace in (give --netns or container:NAME)".into(),
@@ -663,27 +663,22 @@ impl Session {
 
     /// Keep every packet in the final report too (what [`run_around`] returns), not only
     /// hand it out from [`Session::poll`].
-    pub fn keep_packets(&mut self, keep: bool) {
+    pub(crate) fn keep_packets(&mut self, keep: bool) {
         self.keep_packets = keep;
     }
 
-    /// The journal file of this session (for tests and messages).
-    pub fn journal_path(&self) -> &std::path::Path {
-        self.journal.path()
-    }
-
     /// The filter in force (after DNAT targets were added).
-    pub fn filter(&self) -> &TraceFilter {
+    pub(crate) fn filter(&self) -> &TraceFilter {
         &self.report.filter
     }
 
     /// Notes gathered at start (legacy iptables, DNAT targets added).
-    pub fn notes(&self) -> &[String] {
+    pub(crate) fn notes(&self) -> &[String] {
         &self.report.notes
     }
 
     /// Wait up to `timeout` for events; return the packets that completed.
-    pub fn poll(&mut self, timeout: Duration) -> Vec<TracedPacket> {
+    pub(crate) fn poll(&mut self, timeout: Duration) -> Vec<TracedPacket> {
         let first = self.readers.rx.recv_timeout(timeout).ok();
         if let Some(f) = first {
             self.take(f);
@@ -1160,7 +1155,7 @@ impl Session {
     }
 
     /// Complete every open packet and return them (for the end of a trace).
-    pub fn drain(&mut self) -> Vec<TracedPacket> {
+    pub(crate) fn drain(&mut self) -> Vec<TracedPacket> {
         // Events may still be queued for the last packet: read once more after a short wait.
         std::thread::sleep(Duration::from_millis(50));
         self.read_all();
@@ -1168,7 +1163,7 @@ impl Session {
     }
 
     /// Stop: complete open packets, remove everything added, return the whole report.
-    pub fn finish(mut self) -> Result<TraceReport, TraceError> {
+    pub(crate) fn finish(mut self) -> Result<TraceReport, TraceError> {
         self.drain();
         let errs = self.cleanup();
         let report = std::mem::take(&mut self.report);
@@ -1234,20 +1229,9 @@ impl Drop for Session {
     }
 }
 
-/// Trace `opts` while `f` runs (a probe, a test's traffic), then return f's value and what
-/// was seen. The trace tables are in place before `f` starts and removed after it ends; when
-/// tracing cannot start, `f` still runs once and the error is returned after it.
-pub fn run_around<T: Send>(
-    opts: TraceOptions,
-    f: impl FnOnce() -> T + Send,
-) -> Result<(T, TraceReport), TraceError> {
-    let (value, report) = around(opts, f);
-    Ok((value, report?))
-}
-
 /// Run `f` traced when tracing can start, untraced when it cannot: `f` runs exactly once
 /// either way, and the trace's outcome (its report, or why there is none) comes beside.
-pub fn around<T: Send>(
+pub(crate) fn around<T: Send>(
     opts: TraceOptions,
     f: impl FnOnce() -> T + Send,
 ) -> (T, Result<TraceReport, TraceError>) {

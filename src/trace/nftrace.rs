@@ -35,7 +35,7 @@ const NFTA_VERDICT_CHAIN: u16 = 2;
 /// What kind of trace event this is (enum nft_trace_types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TraceKind {
+pub(crate) enum TraceKind {
     /// A rule matched and gave a verdict (continue included).
     Rule,
     /// The end of a chain that was jumped to: back to the caller.
@@ -48,7 +48,7 @@ pub enum TraceKind {
 
 /// One decoded NFT_MSG_TRACE message.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct NftTrace {
+pub(crate) struct NftTrace {
     /// The kernel's trace id (same for every event of one packet in one namespace).
     pub id: u32,
     /// Event kind (None when the attribute was missing).
@@ -83,7 +83,7 @@ pub struct NftTrace {
 
 impl NftTrace {
     /// The verdict in nft's words: accept, drop, continue, jump CHAIN, return...
-    pub fn verdict_word(&self) -> Option<String> {
+    pub(crate) fn verdict_word(&self) -> Option<String> {
         let code = match (self.kind, self.verdict, self.policy) {
             (Some(TraceKind::Policy), _, Some(p)) => p as i32,
             (_, Some(v), _) => v,
@@ -95,7 +95,7 @@ impl NftTrace {
 }
 
 /// nf_tables verdict code in nft's words.
-pub fn verdict_name(code: i32, chain: Option<&str>) -> String {
+pub(crate) fn verdict_name(code: i32, chain: Option<&str>) -> String {
     let with = |w: &str| match chain {
         Some(c) => format!("{w} {c}"),
         None => w.to_string(),
@@ -133,7 +133,7 @@ fn string(v: &[u8]) -> String {
 
 /// Decode one NFT_MSG_TRACE payload (after the netlink header): nfgenmsg + attributes.
 /// Returns None when it is not a trace message we can read; never panics on input.
-pub fn decode_trace(payload: &[u8]) -> Option<NftTrace> {
+pub(crate) fn decode_trace(payload: &[u8]) -> Option<NftTrace> {
     let family = *payload.first()?;
     let attrs = payload.get(4..)?;
     let mut t = NftTrace {
@@ -184,7 +184,7 @@ pub fn decode_trace(payload: &[u8]) -> Option<NftTrace> {
 }
 
 /// Split a buffer read from a netlink socket into its trace messages.
-pub fn decode_datagram(buf: &[u8]) -> Vec<NftTrace> {
+pub(crate) fn decode_datagram(buf: &[u8]) -> Vec<NftTrace> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + 16 <= buf.len() {
@@ -206,13 +206,13 @@ pub fn decode_datagram(buf: &[u8]) -> Vec<NftTrace> {
 }
 
 /// A netlink socket subscribed to trace events of the namespace it was opened in.
-pub struct TraceSocket {
+pub(crate) struct TraceSocket {
     socket: Socket,
 }
 
 impl TraceSocket {
     /// Open and subscribe. Call inside `NetNs::run`: the socket belongs to that namespace.
-    pub fn open() -> io::Result<Self> {
+    pub(crate) fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
         // A big receive buffer: events come in bursts; a full buffer loses them (ENOBUFS).
@@ -237,13 +237,18 @@ impl TraceSocket {
     }
 
     /// The raw fd (for poll).
-    pub fn raw_fd(&self) -> i32 {
+    pub(crate) fn raw_fd(&self) -> i32 {
         self.socket.as_raw_fd()
     }
 
     /// Read up to `lens.len()` datagrams in one recvmmsg without blocking, each into its
     /// `slot`-byte part of `buf`; their lengths go to `lens`. Ok(0) when nothing is queued.
-    pub fn read_batch(&self, buf: &mut [u8], slot: usize, lens: &mut [usize]) -> io::Result<usize> {
+    pub(crate) fn read_batch(
+        &self,
+        buf: &mut [u8],
+        slot: usize,
+        lens: &mut [usize],
+    ) -> io::Result<usize> {
         let n = lens.len().min(buf.len() / slot.max(1));
         let mut iovs: Vec<libc::iovec> = buf
             .chunks_mut(slot)
@@ -292,25 +297,8 @@ impl TraceSocket {
 
     /// Messages the kernel dropped because the receive buffer was full (SK_MEMINFO_DROPS):
     /// every lost event is counted, where ENOBUFS only says that some were.
-    pub fn dropped(&self) -> Option<u64> {
+    pub(crate) fn dropped(&self) -> Option<u64> {
         socket_drops(self.raw_fd())
-    }
-
-    /// The receive buffer size the kernel granted, in bytes.
-    pub fn rcvbuf(&self) -> Option<usize> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes an int into v, len says its size.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(v as usize)
     }
 }
 

@@ -22,7 +22,7 @@ const POLL_MS: i32 = 50;
 /// One trace event and when it was sent: after `after` (the socket was seen empty then) and
 /// before `at` (when it was read). The netlink message carries no time of its own.
 #[derive(Debug, Clone)]
-pub struct Stamped {
+pub(crate) struct Stamped {
     /// CLOCK_MONOTONIC seconds when the socket was last seen empty before this was read.
     pub after: f64,
     /// CLOCK_MONOTONIC seconds when it was read.
@@ -32,7 +32,7 @@ pub struct Stamped {
 }
 
 /// What the readers hand the session.
-pub enum Feed {
+pub(crate) enum Feed {
     /// Trace events of point `point`, in the order the kernel queued them.
     Events(usize, Vec<Stamped>),
     /// Kernel drops, in the order they were written.
@@ -41,7 +41,7 @@ pub enum Feed {
 
 /// What a reader counted by the time it stopped.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ReaderStats {
+pub(crate) struct ReaderStats {
     /// ENOBUFS errors: times the kernel said it had dropped some events.
     pub overruns: u64,
     /// Events the kernel dropped because the socket buffer was full (SK_MEMINFO_DROPS).
@@ -51,7 +51,7 @@ pub struct ReaderStats {
 }
 
 /// The running readers.
-pub struct Readers {
+pub(crate) struct Readers {
     stop: Arc<AtomicBool>,
     backlog: Arc<AtomicUsize>,
     events: Vec<JoinHandle<ReaderStats>>,
@@ -73,7 +73,7 @@ fn wait_readable(fd: i32) {
 
 impl Readers {
     /// No readers yet: add them with [`Readers::events`] and [`Readers::drops`].
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         Readers {
             stop: Arc::new(AtomicBool::new(false)),
@@ -86,12 +86,12 @@ impl Readers {
     }
 
     /// The session took `n` events off the channel.
-    pub fn consumed(&self, n: usize) {
+    pub(crate) fn consumed(&self, n: usize) {
         self.backlog.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Drain `socket` (point `point`) on a thread of its own.
-    pub fn events(&mut self, point: usize, socket: TraceSocket) -> std::io::Result<()> {
+    pub(crate) fn events(&mut self, point: usize, socket: TraceSocket) -> std::io::Result<()> {
         let (stop, backlog, tx) = (self.stop.clone(), self.backlog.clone(), self.tx.clone());
         let h = std::thread::Builder::new()
             .name(format!("nftrace-{point}"))
@@ -155,7 +155,7 @@ impl Readers {
     }
 
     /// Read kfree_skb events from `tracer` on a thread of its own.
-    pub fn drops(&mut self, mut tracer: DropTracer) -> std::io::Result<()> {
+    pub(crate) fn drops(&mut self, mut tracer: DropTracer) -> std::io::Result<()> {
         let (stop, tx) = (self.stop.clone(), self.tx.clone());
         let h = std::thread::Builder::new()
             .name("kfree_skb".into())
@@ -174,7 +174,7 @@ impl Readers {
     }
 
     /// Stop every reader; return their counts summed and the drop tracer (to remove it).
-    pub fn stop(&mut self) -> (ReaderStats, Option<DropTracer>) {
+    pub(crate) fn stop(&mut self) -> (ReaderStats, Option<DropTracer>) {
         self.stop.store(true, Ordering::Relaxed);
         let mut sum = ReaderStats::default();
         for h in self.events.drain(..) {

@@ -11,7 +11,7 @@ use crate::netns::NetNs;
 /// Who wrote a chain, guessed from its table and chain names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Engine {
+pub(crate) enum Engine {
     /// dockerd (DOCKER*, table docker-bridges).
     Docker,
     /// netavark, Podman's network backend (NETAVARK*).
@@ -28,7 +28,7 @@ pub enum Engine {
 
 impl Engine {
     /// A short human name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Engine::Docker => "Docker",
             Engine::Netavark => "netavark",
@@ -41,7 +41,7 @@ impl Engine {
 }
 
 /// The engine that owns `chain` of `table`.
-pub fn engine_of(table: &str, chain: &str) -> Engine {
+pub(crate) fn engine_of(table: &str, chain: &str) -> Engine {
     let up = chain.to_ascii_uppercase();
     // DOCKER-USER is Docker's chain for the user's own rules: what is in it, the user wrote.
     // A nettool lab's NETTOOL-USER is the same.
@@ -64,7 +64,7 @@ pub fn engine_of(table: &str, chain: &str) -> Engine {
 
 /// One rule as nft prints it.
 #[derive(Debug, Clone, Serialize)]
-pub struct RuleText {
+pub(crate) struct RuleText {
     /// `nft -a list ruleset` text without the handle comment.
     pub text: String,
     /// True when the table is managed by iptables-nft (the rule came from an iptables command).
@@ -76,7 +76,7 @@ pub struct RuleText {
 
 /// What nft says about the rule set of one namespace.
 #[derive(Debug, Default, Clone)]
-pub struct RuleIndex {
+pub(crate) struct RuleIndex {
     /// (family, table, chain, handle) -> rule.
     pub rules: HashMap<(String, String, String, u64), RuleText>,
     /// (family, table, chain) -> hook of a base chain.
@@ -89,13 +89,19 @@ pub struct RuleIndex {
 
 impl RuleIndex {
     /// The text of one rule.
-    pub fn rule(&self, family: &str, table: &str, chain: &str, handle: u64) -> Option<&RuleText> {
+    pub(crate) fn rule(
+        &self,
+        family: &str,
+        table: &str,
+        chain: &str,
+        handle: u64,
+    ) -> Option<&RuleText> {
         self.rules
             .get(&(family.into(), table.into(), chain.into(), handle))
     }
 
     /// The hook of a base chain.
-    pub fn hook(&self, family: &str, table: &str, chain: &str) -> Option<&str> {
+    pub(crate) fn hook(&self, family: &str, table: &str, chain: &str) -> Option<&str> {
         self.hooks
             .get(&(family.into(), table.into(), chain.into()))
             .map(String::as_str)
@@ -103,7 +109,7 @@ impl RuleIndex {
 }
 
 /// Parse `nft -a list ruleset` text. Unknown lines are skipped.
-pub fn parse_listing(text: &str) -> RuleIndex {
+pub(crate) fn parse_listing(text: &str) -> RuleIndex {
     let mut idx = RuleIndex::default();
     let (mut family, mut table, mut chain) = (String::new(), String::new(), String::new());
     let mut pending_iptables = Vec::new();
@@ -199,7 +205,7 @@ fn strip_counters(body: &str) -> String {
 
 /// Run `nft -a list ruleset` inside `ns` and index it; rules of iptables-nft tables also get
 /// their iptables-nft-save line.
-pub fn load(ns: &NetNs) -> Result<RuleIndex, String> {
+pub(crate) fn load(ns: &NetNs) -> Result<RuleIndex, String> {
     let out = run_nft(ns, &["-a", "list", "ruleset"], None)?;
     let mut idx = parse_listing(&out);
     for (family, tool) in [("ip", "iptables-nft-save"), ("ip6", "ip6tables-nft-save")] {
@@ -223,7 +229,7 @@ pub fn load(ns: &NetNs) -> Result<RuleIndex, String> {
 
 /// Attach iptables-save lines to the rules of `family`'s iptables-nft tables, by position in
 /// each chain (iptables-nft keeps one nft rule per iptables rule, in the same order).
-pub fn add_iptables_lines(idx: &mut RuleIndex, family: &str, save: &str) {
+pub(crate) fn add_iptables_lines(idx: &mut RuleIndex, family: &str, save: &str) {
     let mut table = String::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for line in save.lines() {
@@ -252,7 +258,7 @@ pub fn add_iptables_lines(idx: &mut RuleIndex, family: &str, save: &str) {
 }
 
 /// Run nft with `args` (and `stdin` text) inside `ns`; Err is nft's first error line.
-pub fn run_nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+pub(crate) fn run_nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     use std::io::Write;
     let mut cmd = Command::new("nft");
     cmd.args(args)
@@ -299,7 +305,7 @@ pub fn run_nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<String,
 
 /// Is legacy iptables (x_tables, invisible to nf_tables tracing) holding rules in `ns`?
 /// Returns the tables with rules.
-pub fn legacy_tables_with_rules(ns: &NetNs) -> Vec<String> {
+pub(crate) fn legacy_tables_with_rules(ns: &NetNs) -> Vec<String> {
     let mut found = Vec::new();
     for tool in ["iptables-legacy-save", "ip6tables-legacy-save"] {
         let mut cmd = Command::new(tool);
