@@ -87,7 +87,13 @@ impl Running {
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "capture failed: {:?}", self.log);
         let mut err = self.log.join("\n");
-        for l in self.stderr.try_iter() {
+        // The reader thread may still hold the last lines (the summary) when the child has
+        // exited: read until it reaches the pipe's end, not just what has arrived.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(l) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             err.push('\n');
             err.push_str(&l);
         }
