@@ -137,3 +137,14 @@ fn a_closed_stdout_ends_a_report_quietly() {
         );
     }
 }
+
+#[test]
+fn an_os_error_is_said_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args(["netns", "inspect", "/nonexistent/ns"])
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert_eq!(said.matches("os error 2").count(), 1, "{said}");
+}

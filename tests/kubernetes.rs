@@ -400,6 +400,40 @@ fn pods_on_a_node_are_named_pod_namespace_name_from_the_kubelets_log_links() {
         "{row}"
     );
 
+    // The names it prints are TARGETs every command takes: pod:NS/NAME and container:NAME
+    // (the process found by its kubelet cgroup: a log link knows no pid or state).
+    for target in ["pod:web/shop-7d9f", "container:nginx"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .args(["netns", "inspect", target, "--json"])
+            .env("NETTOOL_KUBE_LOG_DIR", &logs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{target}: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v.to_string().contains(&ino.to_string()), "{target}: {v:#}");
+    }
+    // peer --all and topology name the pod too.
+    let host = common::TestNs::new("kubenode");
+    common::veth("kn0", &host, "eth0", &ns);
+    for args in [
+        vec!["peer", "--all"],
+        vec!["topology", "--netns", host.name.as_str()],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .args(&args)
+            .env("NETTOOL_KUBE_LOG_DIR", &logs)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let said = text(&out);
+        assert!(out.status.success(), "{args:?}: {said}");
+        let line = said.lines().find(|l| l.contains("kn0")).unwrap_or_default();
+        assert!(
+            said.contains("pod:web/shop-7d9f") && !line.is_empty(),
+            "{args:?} names the pod: {said}"
+        );
+    }
+
     // Without the kubelet's links the same namespace is only a cgroup id.
     let empty = std::env::temp_dir().join(common::unique("kubelogs-none"));
     let bare = entry(&list(&empty));

@@ -10,6 +10,23 @@ pub(crate) fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
     cgroup.lines().find_map(id_in_line)
 }
 
+/// A live process whose own cgroup is container `id`'s (its namespace is the container's).
+pub(crate) fn pid_in_container(id: &str) -> Option<u32> {
+    // The pid namespace is the host's (a debugging container runs with --pid host), like
+    // NetNs::from_pid's /proc.
+    let proc_dir = std::path::Path::new("/proc");
+    std::fs::read_dir(&proc_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(proc_dir.join(format!("{pid}/cgroup")))
+                .ok()
+                .and_then(|cg| container_id_from_cgroup(&cg))
+                .is_some_and(|found| found == id)
+        })
+}
+
 fn id_in_line(line: &str) -> Option<String> {
     let path = line.splitn(3, ':').nth(2).unwrap_or(line);
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();

@@ -61,23 +61,25 @@ pub struct NsId {
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     /// A namespace file could not be opened.
-    #[error("cannot open network namespace {path}: {source}")]
+    // Not a `source` field: the OS error is in the message once (a chained source would be
+    // printed a second time by `{:#}`).
+    #[error("cannot open network namespace {path}: {error}")]
     Open {
         /// The file that was tried.
         path: PathBuf,
         /// Why it failed.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The path exists but is not a network namespace.
     #[error("{0} is not a network namespace (expected an nsfs file like /run/netns/NAME or /proc/PID/ns/net)")]
     NotNetns(PathBuf),
     /// setns failed (usually: not root).
-    #[error("cannot enter network namespace {path}: {source} (entering a namespace needs root or CAP_SYS_ADMIN)")]
+    #[error("cannot enter network namespace {path}: {error} (entering a namespace needs root or CAP_SYS_ADMIN)")]
     Enter {
         /// The namespace file.
         path: PathBuf,
         /// The errno.
-        source: nix::Error,
+        error: nix::Error,
     },
     /// The worker thread could not be spawned or panicked.
     #[error("namespace worker thread failed: {0}")]
@@ -156,16 +158,16 @@ impl NetNs {
     /// Open a namespace file (`/run/netns/X`, `/proc/PID/ns/net`, a bind mount...).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|source| NetnsError::Open {
+        let file = File::open(path).map_err(|error| NetnsError::Open {
             path: path.into(),
-            source,
+            error,
         })?;
         if !is_net_ns(&file) {
             return Err(NetnsError::NotNetns(path.into()));
         }
-        let meta = file.metadata().map_err(|source| NetnsError::Open {
+        let meta = file.metadata().map_err(|error| NetnsError::Open {
             path: path.into(),
-            source,
+            error,
         })?;
         Ok(NetNs {
             file: Arc::new(file),
@@ -237,6 +239,14 @@ impl NetNs {
         let ns = match (&c.netns, c.pid) {
             (Some(p), _) if c.state.is_up() || c.pid.is_none() => Self::from_path(p),
             (_, Some(pid)) if c.state.is_up() => Self::from_pid(pid),
+            // A source that knows no state and no process (the kubelet's log links): the
+            // container is up when a process of the machine lives in its cgroup.
+            (None, None) if matches!(c.state, crate::engine::ContainerState::Other(_)) => {
+                match crate::engine::cgroup::pid_in_container(&c.id) {
+                    Some(pid) => Self::from_pid(pid),
+                    None => return Err(down()),
+                }
+            }
             _ => return Err(down()),
         };
         // A namespace that vanished between the engine's answer and now is a stopped container.
@@ -247,8 +257,8 @@ impl NetNs {
         Ok(ns.with_label(&format!("container:{}", c.name)))
     }
 
-    /// Resolve a TARGET as the commands accept it: `name:N`, `pid:N`, `container:N`, a path,
-    /// or a bare word tried as name, path, pid, container in that order.
+    /// Resolve a TARGET as the commands accept it: `name:N`, `pid:N`, `container:N`,
+    /// `pod:NS/NAME`, a path, or a bare word tried as name, path, pid, container in that order.
     pub fn open(target: &str) -> Result<Self, NetnsError> {
         Self::open_with(target, None)
     }
@@ -271,6 +281,40 @@ impl NetNs {
         }
         if let Some(rest) = target.strip_prefix("container:") {
             return from_container(rest);
+        }
+        if let Some(pod) = target.strip_prefix("pod:") {
+            // The label nettool prints for a pod's namespace (`pod:web/shop-7d9f`, or a Podman
+            // pod's name): the namespace of any of its containers that is up.
+            let read;
+            let intent = match intent {
+                Some(i) => i,
+                None => {
+                    read = crate::engine::Intent::read();
+                    &read
+                }
+            };
+            let members: Vec<&crate::engine::Container> = intent
+                .containers
+                .iter()
+                .filter(|c| c.pod.as_deref() == Some(pod))
+                .collect();
+            let mut tried = Vec::new();
+            for c in &members {
+                match Self::from_container_in(intent, &c.id) {
+                    Ok(ns) => return Ok(ns.with_label(target)),
+                    Err(e) => tried.push(format!("{}: {e}", c.name)),
+                }
+            }
+            if members.is_empty() {
+                tried.push(format!(
+                    "no engine knows a pod '{pod}' ({})",
+                    asked_text(intent)
+                ));
+            }
+            return Err(NetnsError::NotFound {
+                target: target.into(),
+                tried,
+            });
         }
         if let Some(rest) = target.strip_prefix("name:") {
             return Self::from_name(rest);
@@ -359,10 +403,10 @@ impl NetNs {
             let handle = std::thread::Builder::new()
                 .name(format!("netns-{}", self.id.inode))
                 .spawn_scoped(s, || {
-                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|error| {
                         NetnsError::Enter {
                             path: self.path.clone(),
-                            source,
+                            error,
                         }
                     })?;
                     Ok(f())
