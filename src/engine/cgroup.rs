@@ -15,7 +15,7 @@ pub(crate) fn pid_in_container(id: &str) -> Option<u32> {
     // The pid namespace is the host's (a debugging container runs with --pid host), like
     // NetNs::from_pid's /proc.
     let proc_dir = std::path::Path::new("/proc");
-    std::fs::read_dir(&proc_dir)
+    std::fs::read_dir(proc_dir)
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
