@@ -136,6 +136,47 @@ fn json(what: &str, o: &Output) -> Value {
     })
 }
 
+/// Host and image name these namespaces alike in `netns list --json`.
+fn named_alike(host: &Value, img: &Value, inodes: &[u64]) {
+    for &inode in inodes {
+        let (h, i) = (ns_entry(host, inode), ns_entry(img, inode));
+        assert_eq!(h["names"], i["names"], "names of {inode}");
+        assert_eq!(
+            h.get("container"),
+            i.get("container"),
+            "container of {inode}"
+        );
+        assert_eq!(
+            h.get("containers"),
+            i.get("containers"),
+            "containers of {inode}"
+        );
+    }
+}
+
+/// The `peer --all --json` rows that mention this namespace or this text, sorted.
+fn rows_naming(v: &Value, inode: u64, text: &str) -> Vec<String> {
+    let mut rows: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.to_string())
+        .filter(|r| r.contains(&inode.to_string()) || r.contains(text))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// doctor's hops as (id, verdict, summary).
+fn doctor_hops(v: &Value) -> Vec<(Value, Value, Value)> {
+    v["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["id"].clone(), h["verdict"].clone(), h["summary"].clone()))
+        .collect()
+}
+
 /// The `netns list --json` entry of the namespace with this inode.
 fn ns_entry(list: &Value, inode: u64) -> Value {
     list.as_array()
@@ -170,35 +211,12 @@ fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
         "netns list (image)",
         &image.run(&d, &["netns", "list", "--json"]),
     );
-    for inode in [web_inode, host_inode] {
-        let (h, i) = (ns_entry(&host, inode), ns_entry(&img, inode));
-        assert_eq!(h["names"], i["names"], "names of {inode}");
-        assert_eq!(
-            h.get("container"),
-            i.get("container"),
-            "container of {inode}"
-        );
-        assert_eq!(
-            h.get("containers"),
-            i.get("containers"),
-            "containers of {inode}"
-        );
-    }
+    named_alike(&host, &img, &[web_inode, host_inode]);
     let web = ns_entry(&img, web_inode).to_string();
     assert!(web.contains("web"), "the image names the container: {web}");
 
     // peer: the container's veth, both ends, alike.
-    let veths = |v: &Value| -> Vec<String> {
-        let mut rows: Vec<String> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.to_string())
-            .filter(|r| r.contains(&web_inode.to_string()) || r.contains("\"web\""))
-            .collect();
-        rows.sort();
-        rows
-    };
+    let veths = |v: &Value| rows_naming(v, web_inode, "\"web\"");
     let hp = veths(&json(
         "peer --all (host)",
         &on_host(&d, &["peer", "--all", "--json"]),
@@ -220,16 +238,8 @@ fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
     let id = json("doctor (image)", &image.run(&d, &args));
     assert_eq!(hd["diagnosis"], id["diagnosis"]);
     assert_eq!(hd["destination"], id["destination"]);
-    let hops = |v: &Value| -> Vec<(Value, Value, Value)> {
-        v["hops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| (h["id"].clone(), h["verdict"].clone(), h["summary"].clone()))
-            .collect()
-    };
-    assert!(hops(&hd).len() >= 3, "{hd:#}");
-    assert_eq!(hops(&hd), hops(&id));
+    assert!(doctor_hops(&hd).len() >= 3, "{hd:#}");
+    assert_eq!(doctor_hops(&hd), doctor_hops(&id));
 
     // dns --all-netns: web's lookups named alike (sent to the bridge's gateway, where nothing
     // answers: each ends as a timeout after 1 s).
@@ -248,33 +258,60 @@ fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
                 .try_docker(&["exec", "-d", "web", "busybox", "nslookup", &name, &gateway])
                 .1;
         });
-    let (hn, inn) = (
-        lookup_namespaces(&hdns, &name),
-        lookup_namespaces(&idns, &name),
-    );
-    assert!(
-        hn.iter().any(|n| n.contains("web")),
-        "the host binary names web as the asker: {hn:?} (asked {gateway}: {asked})\n{}{}",
-        String::from_utf8_lossy(&hdns.stdout),
-        String::from_utf8_lossy(&hdns.stderr)
-    );
-    assert_eq!(
-        hn, inn,
-        "dns --all-netns: host and image name the namespaces alike"
+    dns_named_alike(
+        &hdns,
+        &idns,
+        &name,
+        "web",
+        &format!("asked {gateway}: {asked}"),
     );
 }
 
-/// The `netns` of every lookup of `name` in `dns --json` output, sorted and deduplicated.
-fn lookup_namespaces(out: &Output, name: &str) -> Vec<String> {
-    let mut seen: Vec<String> = String::from_utf8_lossy(&out.stdout)
+/// Each lookup of `name` in `dns --json` output, by (client, id), with the namespace it names.
+fn lookups(out: &Output, name: &str) -> std::collections::BTreeMap<(String, u64), String> {
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["name"] == name)
-        .map(|v| v["netns"].as_str().unwrap_or("?").to_string())
-        .collect();
-    seen.sort();
-    seen.dedup();
-    seen
+        .map(|v| {
+            let key = (v["client"].to_string(), v["id"].as_u64().unwrap_or(0));
+            (key, v["netns"].as_str().unwrap_or("?").to_string())
+        })
+        .collect()
+}
+
+/// The lookups both watchers saw name the same namespace, the asker's (`who`). Compared lookup
+/// by lookup: one watcher may start a second later than the other and miss the first ones.
+fn dns_named_alike(host: &Output, image: &Output, name: &str, who: &str, context: &str) {
+    let (h, i) = (lookups(host, name), lookups(image, name));
+    let both: Vec<_> = h.keys().filter(|k| i.contains_key(*k)).collect();
+    let said = || {
+        format!(
+            "{context}\nhost:\n{}{}\nimage:\n{}{}",
+            String::from_utf8_lossy(&host.stdout),
+            String::from_utf8_lossy(&host.stderr),
+            String::from_utf8_lossy(&image.stdout),
+            String::from_utf8_lossy(&image.stderr)
+        )
+    };
+    assert!(
+        both.len() >= 3,
+        "at least 3 lookups seen by both: {}",
+        said()
+    );
+    for k in both {
+        assert_eq!(
+            h[k],
+            i[k],
+            "lookup {k:?}: host and image name it alike: {}",
+            said()
+        );
+        assert!(
+            h[k].contains(who),
+            "lookup {k:?} is named for {who}: {}",
+            said()
+        );
+    }
 }
 
 /// `dns --all-netns` on the host and in the image at once, while `ask` sends lookups of `name`
@@ -353,20 +390,7 @@ fn the_image_names_podman_containers_and_diagnoses_as_the_host_binary_does() {
         "netns list (image)",
         &in_image(&["netns", "list", "--json"]),
     );
-    for inode in [web_inode, host_inode] {
-        let (h, i) = (ns_entry(&host, inode), ns_entry(&img, inode));
-        assert_eq!(h["names"], i["names"], "names of {inode}");
-        assert_eq!(
-            h.get("container"),
-            i.get("container"),
-            "container of {inode}"
-        );
-        assert_eq!(
-            h.get("containers"),
-            i.get("containers"),
-            "containers of {inode}"
-        );
-    }
+    named_alike(&host, &img, &[web_inode, host_inode]);
     let entry = ns_entry(&img, web_inode).to_string();
     assert!(
         entry.contains(&web),
@@ -374,17 +398,7 @@ fn the_image_names_podman_containers_and_diagnoses_as_the_host_binary_does() {
     );
 
     // peer: the container's veth, both ends, alike.
-    let veths = |v: &Value| -> Vec<String> {
-        let mut rows: Vec<String> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.to_string())
-            .filter(|r| r.contains(&web_inode.to_string()) || r.contains(&web))
-            .collect();
-        rows.sort();
-        rows
-    };
+    let veths = |v: &Value| rows_naming(v, web_inode, &web);
     let hp = veths(&json(
         "peer --all (host)",
         &on_plain_host(&["peer", "--all", "--json"]),
@@ -406,16 +420,8 @@ fn the_image_names_podman_containers_and_diagnoses_as_the_host_binary_does() {
     let id = json("doctor (image)", &in_image(&args));
     assert_eq!(hd["diagnosis"], id["diagnosis"]);
     assert_eq!(hd["destination"], id["destination"]);
-    let hops = |v: &Value| -> Vec<(Value, Value, Value)> {
-        v["hops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| (h["id"].clone(), h["verdict"].clone(), h["summary"].clone()))
-            .collect()
-    };
-    assert!(hops(&hd).len() >= 3, "{hd:#}");
-    assert_eq!(hops(&hd), hops(&id));
+    assert!(doctor_hops(&hd).len() >= 3, "{hd:#}");
+    assert_eq!(doctor_hops(&hd), doctor_hops(&id));
 
     // dns --all-netns: the container's lookups named alike. Nothing answers on the gateway
     // (DNS is off on the test's network), so each lookup ends as a timeout after 1 s.
@@ -436,17 +442,5 @@ fn the_image_names_podman_containers_and_diagnoses_as_the_host_binary_does() {
     let (hdns, idns) = dns_side_by_side(host_cmd, image.command(None, &DNS_WATCH), &name, || {
         let _ = p.try_podman(&["exec", "-d", &web, "busybox", "nslookup", &name, &gateway]);
     });
-    let (hn, inn) = (
-        lookup_namespaces(&hdns, &name),
-        lookup_namespaces(&idns, &name),
-    );
-    assert!(
-        hn.iter().any(|n| n.contains(&web)),
-        "the host binary names {web} as the asker: {hn:?}\n{}",
-        String::from_utf8_lossy(&hdns.stdout)
-    );
-    assert_eq!(
-        hn, inn,
-        "dns --all-netns: host and image name the namespaces alike"
-    );
+    dns_named_alike(&hdns, &idns, &name, &web, "");
 }

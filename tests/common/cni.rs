@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
@@ -40,6 +40,25 @@ pub struct CniAttachment {
     cache: PathBuf,
 }
 
+/// Remove libcni cache entries a killed test run left (its drop never ran): the cache is
+/// machine-wide, and a stale entry claiming the same port misleads the next run's doctor.
+/// Entries are `NETWORK-CONTAINERID-IFNAME`, named `nt-test-TAG-PID-N...` by `unique`.
+fn sweep_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(CACHE_DIR) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("nt-test-") else {
+            continue;
+        };
+        let pid = rest.split('-').find_map(|t| t.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 impl CniAttachment {
     /// ADD `container` to a new network on `host` (bridge + host-local on `subnet`, portmap
     /// publishing `host_port` -> `container_port` over tcp, firewall).
@@ -50,6 +69,7 @@ impl CniAttachment {
         host_port: u16,
         container_port: u16,
     ) -> Self {
+        sweep_dead_runs();
         let network = unique("cni");
         let bridge = unique_ifname("cnibr");
         let data_dir = std::env::temp_dir().join(unique("cni-ipam"));
