@@ -8,7 +8,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
-use netlink_packet_core::{NetlinkBuffer, NlasIterator};
+use netlink_packet_core::NlasIterator;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use super::follow::{CtFlow, Tuple};
@@ -120,24 +120,10 @@ pub(crate) fn decode_entry(payload: &[u8]) -> Option<CtFlow> {
 
 /// Every entry in one datagram read from a ctnetlink socket (events or dump answers).
 pub(crate) fn decode_datagram(buf: &[u8]) -> Vec<CtFlow> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let Ok(msg) = NetlinkBuffer::new_checked(&buf[off..]) else {
-            break;
-        };
-        let len = msg.length() as usize;
-        if len < 16 {
-            break;
-        }
-        if msg.message_type() == CT_NEW {
-            if let Some(e) = decode_entry(msg.payload()) {
-                out.push(e);
-            }
-        }
-        off += (len + 3) & !3;
-    }
-    out
+    crate::netns::rtnl::payloads_of_type(buf, CT_NEW)
+        .into_iter()
+        .filter_map(decode_entry)
+        .collect()
 }
 
 /// A ctnetlink socket of one namespace: new and updated entries as they happen, after a dump

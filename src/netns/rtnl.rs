@@ -155,3 +155,24 @@ impl Netlink {
 
 /// Netlink dumps this process made (doctor's snapshot reports how many one run needed).
 pub(crate) static DUMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The payloads of the messages of type `message_type` in one datagram read from a netlink
+/// socket (events arrive several to a datagram; a truncated tail ends the walk).
+pub(crate) fn payloads_of_type(buf: &[u8], message_type: u16) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let Ok(msg) = netlink_packet_core::NetlinkBuffer::new_checked(&buf[off..]) else {
+            break;
+        };
+        let len = msg.length() as usize;
+        if len < 16 {
+            break;
+        }
+        if msg.message_type() == message_type {
+            out.push(&buf[off + 16..off + len]);
+        }
+        off += (len + 3) & !3;
+    }
+    out
+}

@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-use netlink_packet_core::{NetlinkBuffer, NlasIterator};
+use netlink_packet_core::NlasIterator;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use serde::Serialize;
 
@@ -185,24 +185,10 @@ pub(crate) fn decode_trace(payload: &[u8]) -> Option<NftTrace> {
 
 /// Split a buffer read from a netlink socket into its trace messages.
 pub(crate) fn decode_datagram(buf: &[u8]) -> Vec<NftTrace> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let Ok(msg) = NetlinkBuffer::new_checked(&buf[off..]) else {
-            break;
-        };
-        let len = msg.length() as usize;
-        if len < 16 {
-            break;
-        }
-        if msg.message_type() == NFT_TRACE_MSG_TYPE {
-            if let Some(t) = decode_trace(msg.payload()) {
-                out.push(t);
-            }
-        }
-        off += (len + 3) & !3;
-    }
-    out
+    crate::netns::rtnl::payloads_of_type(buf, NFT_TRACE_MSG_TYPE)
+        .into_iter()
+        .filter_map(decode_trace)
+        .collect()
 }
 
 /// A netlink socket subscribed to trace events of the namespace it was opened in.
