@@ -2121,3 +2121,75 @@ fn cni_service_on_loopback_then_veth_removed_then_namespace_gone() {
         "{r:#}"
     );
 }
+
+/// A libcni cache entry left by a crashed runtime claims the live container's port: doctor
+/// judges the live container (the one whose namespace exists; of two that exist, the one the
+/// DNAT or the listener belongs to), never the stale one.
+#[test]
+fn cni_stale_cache_entry_for_the_same_port_does_not_hide_the_live_container() {
+    let h = CniHost::new("cnist", "10.77.7.0/24", 18497, "0.0.0.0");
+    let from = h.from();
+    let args = ["--from", from.as_str(), "18497"];
+    let att = h.att.as_ref().unwrap();
+    // Its namespace gone: a path that opens nothing.
+    let gone = format!("/run/netns/{}", common::unique("gone"));
+    let stale = att.plant_stale(&gone, "10.77.7.200/24");
+    let ok = h.wait_fault(&args, "none");
+    assert_eq!(ok["diagnosis"]["ok"], true, "{ok:#}");
+    let engine = hop(&ok, "engine")["summary"].as_str().unwrap();
+    assert!(engine.contains(&h.id()), "the live container: {ok:#}");
+    assert!(!engine.contains(&stale.container_id), "{ok:#}");
+    drop(stale);
+    // The path left as an empty file (its mount gone with a crash or a reboot of /run's
+    // mounts): it opens no namespace either.
+    let file = format!("/tmp/{}", common::unique("gonefile"));
+    std::fs::write(&file, "").unwrap();
+    let stale = att.plant_stale(&file, "10.77.7.202/24");
+    let ok = h.doctor(&args);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(ok["diagnosis"]["ok"], true, "{ok:#}");
+    let engine = hop(&ok, "engine")["summary"].as_str().unwrap();
+    assert!(engine.contains(&h.id()), "the live container: {ok:#}");
+    drop(stale);
+
+    // Its namespace still there (the runtime crashed before removing it), empty.
+    let left = TestNs::new("cnistl");
+    let stale = att.plant_stale(&left.path(), "10.77.7.201/24");
+    let ok = h.doctor(&["--from", &from, "18497", "--probe"]);
+    assert_eq!(ok["diagnosis"]["ok"], true, "{ok:#}");
+    assert_eq!(ok["probe"]["ok"], true, "{ok:#}");
+    let engine = hop(&ok, "engine")["summary"].as_str().unwrap();
+    assert!(engine.contains(&h.id()), "the one the DNAT goes to: {ok:#}");
+    h.record(
+        "cni-stale-cache-entry",
+        "the CNI host with a second libcni cache entry (another container id, namespace left empty, 10.77.7.201) claiming the same hostPort 18497",
+        &args,
+    );
+
+    // The live one's DNAT deleted: its fault, named for it (it has the listener).
+    let rules = h
+        .host
+        .ip(&["netns", "exec", &h.host.name, "iptables", "-t", "nat", "-S"]);
+    let rule = rules
+        .lines()
+        .find(|l| l.contains("--dport 18497") && l.contains("-j DNAT"))
+        .unwrap_or_else(|| panic!("portmap's DNAT rule in {rules}"))
+        .replacen("-A", "-D", 1);
+    let mut del = vec!["ip", "netns", "exec", &h.host.name, "iptables", "-t", "nat"];
+    del.extend(rule.split_whitespace());
+    sh(&del);
+    h.record(
+        "cni-stale-cache-entry-dnat-deleted",
+        "the CNI host with the stale cache entry for 18497, the live container's portmap DNAT rule deleted",
+        &args,
+    );
+    let broken = h.doctor(&args);
+    assert_eq!(fault(&broken), "dnat_missing", "{broken:#}");
+    one_cni_fail(&broken, &h.id());
+    let command = broken["diagnosis"]["fix"]["command"].as_str().unwrap();
+    sh(&["sh", "-c", command]);
+    let fixed = h.doctor(&["--from", &from, "18497", "--probe"]);
+    assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
+    assert!(h.curl_outside().starts_with('2'));
+    drop(stale);
+}

@@ -9,6 +9,7 @@ use crate::facts::{Question, Snapshot};
 use crate::netns::sockets::Proto;
 
 use super::fix::Fixer;
+use super::rules::Firewall;
 use super::{Fault, Hop, Packet};
 
 const ID: &str = "engine";
@@ -17,11 +18,13 @@ const TITLE: &str = "engine intent";
 /// The engine's container for the question, and its binding for the port.
 pub(crate) fn intended<'a>(
     snap: &'a Snapshot,
+    fw: &Firewall,
     q: &Question,
     proto: Proto,
     port: u16,
 ) -> Option<(&'a Container, Option<&'a PortBinding>)> {
     let intent = snap.intent.as_ref()?;
+    let proto_kind = proto;
     let proto = proto.to_string();
     let binds = |c: &'a Container| {
         c.ports
@@ -40,16 +43,60 @@ pub(crate) fn intended<'a>(
         };
         return Some((c, b));
     }
-    // Several containers may claim the port (an old one stopped, a new one running): the
-    // running one is the one that counts.
+    // Several containers may claim the port (an old one stopped, a new one running; a libcni
+    // cache entry a crashed runtime left next to the live attachment): the one that counts
+    // runs, has its namespace, is where the DNAT sends the port, and listens there.
     let mut claim: Vec<&Container> = intent
         .containers
         .iter()
         .filter(|c| c.engine != EngineKind::Lab && binds(c).is_some())
         .collect();
-    claim.sort_by_key(|c| c.state != ContainerState::Running);
+    if claim.len() > 1 {
+        claim.sort_by_cached_key(|c| claim_rank(snap, fw, proto_kind, c, binds(c)));
+    }
     let c = claim.first()?;
     Some((c, binds(c)))
+}
+
+/// How little a claim on a port holds up (sorted ascending, so each `true` loses): not
+/// running, no namespace in the snapshot, no DNAT of the port to its address, nothing
+/// listening on its container port.
+fn claim_rank(
+    snap: &Snapshot,
+    fw: &Firewall,
+    proto: Proto,
+    c: &Container,
+    b: Option<&PortBinding>,
+) -> (bool, bool, bool, bool) {
+    let ns = snap
+        .namespaces
+        .iter()
+        .find(|n| c.netns_inode == Some(n.id.inode) || n.containers.iter().any(|r| r.id == c.id));
+    let addrs: Vec<IpAddr> = c
+        .attachments
+        .iter()
+        .flat_map(|a| {
+            a.ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(a.ipv6.map(IpAddr::V6))
+        })
+        .filter(|a| ns.is_none_or(|n| n.has_address(*a)))
+        .collect();
+    let dnat = b.is_some_and(|b| fw.dnat_sends_port_to(proto, b.host_port, &addrs));
+    let listens = match (ns, b) {
+        (Some(n), Some(b)) => n
+            .listeners
+            .iter()
+            .any(|s| s.proto == proto && s.is_listening() && s.local.port() == b.container_port),
+        _ => false,
+    };
+    (
+        c.state != ContainerState::Running,
+        ns.is_none(),
+        !dnat,
+        !listens,
+    )
 }
 
 fn cli_fix(fixer: &Fixer, c: &Container, summary: &str, verb: &[&str]) -> super::Fix {

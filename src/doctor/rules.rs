@@ -240,6 +240,13 @@ impl Firewall {
         })
     }
 
+    /// True when some DNAT rule publishing `proto/port` sends it to one of `addrs`.
+    pub(crate) fn dnat_sends_port_to(&self, proto: Proto, port: u16, addrs: &[IpAddr]) -> bool {
+        self.dnat_rules().into_iter().any(|(p, ports, a, _)| {
+            p == proto && addrs.contains(&a) && ports.iter().any(|(x, y)| *x <= port && port <= *y)
+        })
+    }
+
     /// Where the first DNAT rule publishing `proto/port` sends it (address, port).
     pub(crate) fn dnat_target_for_port(
         &self,

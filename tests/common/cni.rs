@@ -191,6 +191,53 @@ impl CniAttachment {
     }
 }
 
+/// A libcni cache entry a crashed runtime left behind: removed on drop.
+pub struct StaleEntry {
+    /// Its CNI_CONTAINERID.
+    pub container_id: String,
+    path: PathBuf,
+}
+
+impl Drop for StaleEntry {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl CniAttachment {
+    /// Plant a cache entry for another container on the same network, claiming the same port
+    /// mappings, with its namespace at `netns` and the address `addr` (CIDR): what libcni
+    /// leaves when a runtime crashes before its DEL. Named like this run's entries, so a
+    /// killed run's is swept. Its id sorts before the live container's (`ctr`), as a
+    /// random id may.
+    pub fn plant_stale(&self, netns: &str, addr: &str) -> StaleEntry {
+        let container_id = unique("astale");
+        let mut result = self.result.clone();
+        if let Some(ifaces) = result["interfaces"].as_array_mut() {
+            for i in ifaces {
+                if i.get("sandbox").is_some() {
+                    i["sandbox"] = Value::String(netns.to_string());
+                    i["mac"] = Value::String("02:00:00:00:de:ad".into());
+                }
+            }
+        }
+        result["ips"][0]["address"] = Value::String(addr.to_string());
+        let entry = json!({
+            "kind": "cniCacheV1",
+            "containerId": container_id,
+            "config": base64(self.conflist.to_string().as_bytes()),
+            "ifName": self.ifname,
+            "networkName": self.network,
+            "capabilityArgs": {"portMappings": self.port_mappings},
+            "result": result,
+        });
+        let path = PathBuf::from(CACHE_DIR)
+            .join(format!("{}-{container_id}-{}", self.network, self.ifname));
+        std::fs::write(&path, entry.to_string()).unwrap();
+        StaleEntry { container_id, path }
+    }
+}
+
 impl Drop for CniAttachment {
     fn drop(&mut self) {
         let plugins = self.conflist["plugins"]
