@@ -267,6 +267,13 @@ fn healthy(v6: bool) {
         .find(|h| h["chain"] == "DOCKER")
         .unwrap_or_else(|| panic!("no DOCKER hop: {all}"));
     assert_eq!(dnat["engine"], "docker");
+    // The DNAT from the flow's conntrack entry, on the rule that set it up.
+    assert_eq!(dnat["nat"]["kind"], "dnat", "{all}");
+    assert!(
+        dnat["nat"]["after"].as_str().unwrap().ends_with(dst_ctr),
+        "{all}"
+    );
+    assert_eq!(syn_host["conntrack"]["direction"], "original", "{all}");
     // iptables wrote it: the hop carries its iptables-save line (nft cannot print an ip6 DNAT
     // target of iptables-nft when listing the whole rule set).
     assert!(
@@ -859,4 +866,188 @@ fn real_docker_published_port_is_traced_to_the_container_and_a_docker_user_drop(
         dropped["iptables"], "-A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP",
         "{dropped}"
     );
+}
+
+/// Trace `filter` (text output) while `traffic` runs; SIGINT the tracer, return what it printed.
+fn trace_text(topo: &Topo, filter: &[&str], traffic: impl FnOnce()) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .arg("trace")
+        .args(filter)
+        .args(["--netns", &topo.host.name, "--netns", &topo.ctr.name])
+        .args(["--duration", "20s"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nettool trace");
+    let pid = child.id();
+    wait_for("trace started", 15, || drops_enabled(pid));
+    traffic();
+    std::thread::sleep(Duration::from_millis(600));
+    sh(&["kill", "-INT", &pid.to_string()]);
+    let _ = child.stdin.take();
+    let out = child.wait_with_output().unwrap();
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn hop_with_nat<'a>(p: &'a Value, kind: &str) -> Option<&'a Value> {
+    p["hops"]
+        .as_array()?
+        .iter()
+        .find(|h| h["nat"]["kind"] == kind)
+}
+
+/// The NAT of a flow comes from its conntrack entry: the DNAT on Docker's DNAT rule and the
+/// MASQUERADE on the POSTROUTING rule, each with the entry's original and reply tuples; the
+/// answer is rewritten back by conntrack alone. In JSON and in text.
+#[test]
+fn dnat_and_masquerade_are_shown_from_conntrack_on_their_rules() {
+    let topo = topo();
+    in_ns(
+        &topo.host,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            &topo.br,
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+    // Flows the trace did not ask for (UDP to other ports, each a conntrack entry in the
+    // host): the kernel's socket filter keeps them from the tracer.
+    let unrelated = || {
+        for port in 9000..9040 {
+            in_ns(
+                &topo.client,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("echo x | socat -u - UDP:10.77.1.1:{port} || true"),
+                ],
+            );
+        }
+    };
+    let mut ok = false;
+    let child = start_trace(&topo, &["tcp:8080"]);
+    let pid = child.id();
+    unrelated();
+    ok |= curl(&topo, &["http://10.77.1.1:8080/"]);
+    std::thread::sleep(Duration::from_millis(600));
+    sh(&["kill", "-INT", &pid.to_string()]);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(ok, "the path must work with the MASQUERADE");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary = lines.last().unwrap()["summary"].clone();
+    let pkts: Vec<Value> = lines
+        .into_iter()
+        .filter(|l| l.get("summary").is_none())
+        .collect();
+    let all = show(&pkts);
+    let syn = ns_of(&pkts, &topo.host)
+        .into_iter()
+        .find(|p| p["flags"] == "SYN")
+        .unwrap_or_else(|| panic!("no SYN in the host: {all}"));
+    let sport = syn["src"].as_str().unwrap().rsplit(':').next().unwrap();
+    let dnat = hop_with_nat(syn, "dnat").unwrap_or_else(|| panic!("no DNAT hop: {all}"));
+    assert_eq!(dnat["chain"], "DOCKER", "{all}");
+    assert_eq!(dnat["hook"], "prerouting", "{all}");
+    assert_eq!(
+        dnat["nat"]["before"],
+        format!("10.77.1.2:{sport} -> 10.77.1.1:8080"),
+        "{all}"
+    );
+    assert_eq!(
+        dnat["nat"]["after"],
+        format!("10.77.1.2:{sport} -> 10.77.2.2:80"),
+        "{all}"
+    );
+    let ct = &dnat["nat"]["conntrack"];
+    assert_eq!(
+        ct["original"],
+        format!("tcp 10.77.1.2:{sport} > 10.77.1.1:8080"),
+        "{all}"
+    );
+    // MASQUERADE keeps the port when it is free.
+    assert_eq!(
+        ct["reply"],
+        format!("tcp 10.77.2.2:80 > 10.77.2.1:{sport}"),
+        "{all}"
+    );
+    let masq = hop_with_nat(syn, "snat").unwrap_or_else(|| panic!("no SNAT hop: {all}"));
+    assert_eq!(masq["chain"], "POSTROUTING", "{all}");
+    assert!(
+        masq["iptables"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MASQUERADE"),
+        "{all}"
+    );
+    assert_eq!(
+        masq["nat"]["after"],
+        format!("10.77.2.1:{sport} -> 10.77.2.2:80"),
+        "{all}"
+    );
+    assert_eq!(syn["conntrack"]["direction"], "original", "{all}");
+    // The answer in the host: conntrack undoes both, no rule involved.
+    let synack = ns_of(&pkts, &topo.host)
+        .into_iter()
+        .find(|p| p["flags"] == "SYN|ACK")
+        .unwrap_or_else(|| panic!("no SYN-ACK in the host: {all}"));
+    assert_eq!(synack["conntrack"]["direction"], "reply", "{all}");
+    let kinds: Vec<&str> = synack["rewrites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["snat_reply", "dnat_reply"], "{all}");
+    assert!(synack["rewrites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["by_rule"] == false));
+    assert_eq!(
+        synack["rewrites"][1]["after"],
+        format!("10.77.1.1:8080 -> 10.77.1.2:{sport}"),
+        "{all}"
+    );
+    // The container sees the masqueraded source and NATs nothing itself.
+    let in_ctr = ns_of(&pkts, &topo.ctr)
+        .into_iter()
+        .find(|p| p["flags"] == "SYN")
+        .unwrap_or_else(|| panic!("no SYN in the container: {all}"));
+    assert_eq!(in_ctr["src"], format!("10.77.2.1:{sport}"), "{all}");
+    assert!(in_ctr["conntrack"].is_null(), "{all}");
+    // 40 unrelated flows were made while tracing; the kernel's filter let (almost) none in:
+    // what was read is the dump of the table at start and the traced flow.
+    let read = summary["conntrack_read"].as_u64().unwrap();
+    assert!(read > 0 && read < 20, "conntrack entries read: {read}");
+
+    // The same in text.
+    let text = trace_text(&topo, &["tcp:8080"], || {
+        assert!(curl(&topo, &["http://10.77.1.1:8080/"]));
+    });
+    eprintln!("{text}");
+    for want in [
+        "DNAT 10.77.1.2:",
+        "-> 10.77.1.1:8080  =>  10.77.1.2:",
+        "SNAT 10.77.1.2:",
+        "conntrack: SNAT undone on the reply",
+        "conntrack: DNAT undone on the reply",
+        "conntrack   original tcp 10.77.1.2:",
+        "reply tcp 10.77.2.2:80 > 10.77.2.1:",
+    ] {
+        assert!(text.contains(want), "no '{want}' in:\n{text}");
+    }
 }

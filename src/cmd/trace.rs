@@ -23,7 +23,9 @@ matches are followed: their target port is traced as well (--no-follow-dnat to s
 Each packet is printed once per namespace it crossed: the rules that decided something
 (verdict, rule text, the engine that owns the chain), the hooks it reached, and how it
 ended: dropped by a rule, dropped by the kernel (skb:kfree_skb reason), delivered to a
-socket (and its process), or sent on. The kernel drop is joined by time and protocol: the
+socket (and its process), or sent on. NAT comes from the flow's conntrack entry in that
+namespace (original and reply tuples), on the rule that set it up or as a 'conntrack:' line
+where conntrack applied it to a later packet or an answer. The kernel drop is joined by time and protocol: the
 tracepoint carries no namespace or addresses, so a busy machine can pair the wrong one
 (the JSON 'join' field says how many candidates there were).
 
@@ -222,6 +224,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
         "nft_events_lost": report.nft_events_lost,
         "drops_lost": report.drops_lost,
         "drops_unjoined": report.drops_unjoined,
+        "conntrack_read": report.conntrack_read,
         "notes": auto.iter().chain(report.notes.iter()).collect::<Vec<_>>(),
     });
     if args.json {
@@ -347,7 +350,29 @@ pub(crate) fn render(p: &TracedPacket) -> String {
         },
         p.hooks.join(" > ")
     );
+    // Rewrites no traced rule set up (conntrack applied an earlier packet's binding) go
+    // where they happen: before the first rule of a later hook.
+    let stage = |hook: &str| match hook {
+        "prerouting" | "output" => 0,
+        "input" | "forward" => 1,
+        _ => 2,
+    };
+    let mut by_conntrack = p.rewrites.iter().filter(|n| !n.by_rule).peekable();
+    let conntrack_line = |s: &mut String, n: &trace::conntrack::NatRewrite| {
+        let _ = writeln!(
+            s,
+            "    {:<11} conntrack: {} {}  =>  {}",
+            n.hook,
+            n.kind.as_words(),
+            n.before,
+            n.after
+        );
+    };
     for h in &p.hops {
+        let here = stage(h.hook.as_deref().unwrap_or(""));
+        while let Some(n) = by_conntrack.next_if(|n| stage(&n.hook) < here) {
+            conntrack_line(&mut s, n);
+        }
         let what = match (h.handle, &h.rule, &h.iptables) {
             // iptables wrote it: its own words (nft cannot print every xt match/target).
             (Some(n), _, Some(ipt)) => format!("#{n} {ipt}"),
@@ -365,6 +390,25 @@ pub(crate) fn render(p: &TracedPacket) -> String {
             h.verdict,
             what,
             h.engine.as_str()
+        );
+        if let Some(n) = &h.nat {
+            let _ = writeln!(
+                s,
+                "                {} {}  =>  {}",
+                n.kind.as_words(),
+                n.before,
+                n.after
+            );
+        }
+    }
+    for n in by_conntrack {
+        conntrack_line(&mut s, n);
+    }
+    if let Some(c) = &p.conntrack {
+        let _ = writeln!(
+            s,
+            "    conntrack   original {}, reply {} (this packet: {})",
+            c.original, c.reply, c.direction
         );
     }
     let end = match &p.ending {

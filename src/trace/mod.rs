@@ -8,6 +8,7 @@
 //! made ([`journal`]) and removed on drop, and by the next run after a SIGKILL.
 //! [`run_around`] is the library entry for callers with their own probe (doctor).
 
+pub(crate) mod conntrack;
 pub(crate) mod drops;
 pub(crate) mod journal;
 pub(crate) mod nftrace;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::netns::NetNs;
+use conntrack::{CtEntry, CtWatch, NatRewrite};
 use drops::{DropTracer, KernelDrop};
 use journal::{Item, Journal};
 use nftrace::{NftTrace, TraceKind, TraceSocket};
@@ -298,6 +300,9 @@ pub(crate) struct Hop {
     pub verdict: String,
     /// Who wrote the chain.
     pub engine: Engine,
+    /// The NAT this rule set up, as conntrack recorded it (DNAT, SNAT, MASQUERADE rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatRewrite>,
 }
 
 /// A socket that received the packet, and its processes.
@@ -382,6 +387,12 @@ pub(crate) struct TracedPacket {
     pub flags: Option<String>,
     /// Source -> destination after NAT in this namespace, when a rule rewrote them.
     pub nat: Option<String>,
+    /// The packet's conntrack entry in this namespace, when it has one that NATs.
+    pub conntrack: Option<CtEntry>,
+    /// Every rewrite of the packet here, from that entry, in the kernel's order (the first
+    /// packet's are also on the hop of the rule that set them up; later packets and answers
+    /// are rewritten by conntrack alone).
+    pub rewrites: Vec<NatRewrite>,
     /// IP length in bytes.
     pub length: Option<u32>,
     /// The DF bit of an IPv4 packet.
@@ -417,6 +428,8 @@ pub(crate) struct TraceReport {
     pub drops_lost: u64,
     /// kfree_skb events that matched no traced packet (other traffic on the machine).
     pub drops_unjoined: u64,
+    /// Conntrack entries read (after the kernel's socket filter), dumps included.
+    pub conntrack_read: u64,
     /// Notes for the reader (legacy iptables rules that tracing cannot see, ...).
     pub notes: Vec<String>,
     /// What the filter was after DNAT targets were added.
@@ -429,6 +442,8 @@ struct PointState {
     rules_loaded: Instant,
     ifnames: HashMap<u32, String>,
     sockets: SocketCache,
+    /// Its conntrack entries of the traced flows (None: conntrack could not be read there).
+    ct: Option<CtWatch>,
 }
 
 struct OpenPacket {
@@ -625,6 +640,27 @@ impl Session {
             ruleset::run_nft(&p.ns, &["-f", "-"], Some(&text)).map_err(TraceError::Setup)?;
             let rules = ruleset::load(&p.ns).map_err(TraceError::Setup)?;
             let ifn = ifnames(&p.ns);
+            // Opened after the table: a flow the first traced packet starts is in the dump or
+            // in the events.
+            let filter = opts.filter.clone();
+            let ct = match p.ns.run(move || CtWatch::open(&filter))? {
+                Ok(c) => {
+                    if !c.filtered_in_kernel {
+                        s.report.notes.push(format!(
+                            "{}: conntrack entries are filtered in user space (the filter has no port or IPv4 address the kernel can match)",
+                            p.name
+                        ));
+                    }
+                    Some(c)
+                }
+                Err(e) => {
+                    s.report.notes.push(format!(
+                        "{}: conntrack cannot be read ({e}): NAT is shown from the headers only",
+                        p.name
+                    ));
+                    None
+                }
+            };
             s.readers
                 .events(s.points.len(), socket)
                 .map_err(|e| TraceError::Setup(format!("cannot start a reader thread: {e}")))?;
@@ -634,6 +670,7 @@ impl Session {
                 rules_loaded: Instant::now(),
                 ifnames: ifn,
                 sockets: None,
+                ct,
             });
         }
         if opts.drops {
@@ -690,10 +727,15 @@ impl Session {
         self.flush(false)
     }
 
-    /// Take everything the readers have queued.
+    /// Take everything the readers have queued, and the conntrack entries that came.
     fn read_all(&mut self) {
         while let Ok(f) = self.readers.rx.try_recv() {
             self.take(f);
+        }
+        for p in &mut self.points {
+            if let Some(ct) = &mut p.ct {
+                ct.drain();
+            }
         }
     }
 
@@ -1004,8 +1046,33 @@ impl Session {
                 iptables: rule.and_then(|r| r.iptables.clone()),
                 verdict,
                 engine,
+                nat: None,
             });
         }
+        // NAT from the packet's conntrack entry, placed on the rule that set it up.
+        let mut rewrites = match (&point.ct, &header.tuple) {
+            (Some(ct), Some(seen)) => ct
+                .lookup(seen)
+                .map(|flow| conntrack::rewrites(flow, seen, &hooks))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for r in &mut rewrites {
+            let words = r.kind.rule_words();
+            let by = hops.iter_mut().rev().find(|h| {
+                h.hook.as_deref() == Some(r.hook.as_str())
+                    && h.verdict == "accept"
+                    && h.rule
+                        .iter()
+                        .chain(h.iptables.iter())
+                        .any(|t| words.iter().any(|w| t.to_lowercase().contains(w)))
+            });
+            if let Some(h) = by {
+                r.by_rule = true;
+                h.nat = Some(r.clone());
+            }
+        }
+        let conntrack = rewrites.first().map(|r| r.conntrack.clone());
         // Join a kernel drop: the same protocol, between just before the first event and a
         // little after the last (the tracepoint carries no namespace and no tuple).
         let ethertype = if header.family == "ipv6" {
@@ -1142,6 +1209,8 @@ impl Session {
             dst: header.dst,
             flags: header.flags,
             nat: after,
+            conntrack,
+            rewrites,
             length: header.length,
             dont_fragment: header.df,
             iif,
@@ -1181,6 +1250,12 @@ impl Session {
         self.cleaned = true;
         let mut errs = Vec::new();
         let (stats, tracer) = self.readers.stop();
+        self.report.conntrack_read = self
+            .points
+            .iter()
+            .filter_map(|p| p.ct.as_ref())
+            .map(|c| c.read)
+            .sum();
         self.report.nft_overruns = stats.overruns;
         self.report.nft_events_lost = stats.kernel_dropped + stats.backlog_dropped;
         if let Some(path) = self.drops.take() {
@@ -1335,6 +1410,8 @@ struct Headers {
     flags: Option<String>,
     length: Option<u32>,
     df: bool,
+    /// The conntrack tuple of these headers (ICMP echo: its id on both ports).
+    tuple: Option<crate::capture::follow::Tuple>,
 }
 
 /// What the kernel drop join needs to know of a packet.
@@ -1474,6 +1551,23 @@ fn parse_headers(net: &[u8], transport: &[u8]) -> Headers {
     if matches!(proto, 1 | 58) && l4.len() >= 2 {
         h.flags = Some(format!("type {} code {}", l4[0], l4[1]));
     }
+    let echo_id = (matches!(
+        (proto, l4.first()),
+        (1, Some(0 | 8)) | (58, Some(128 | 129))
+    ) && l4.len() >= 6)
+        .then(|| u16::from_be_bytes([l4[4], l4[5]]));
+    h.tuple = match (sp, dp, echo_id) {
+        (Some(sport), Some(dport), _) => Some((sport, dport)),
+        (_, _, Some(id)) => Some((id, id)),
+        _ => None,
+    }
+    .map(|(sport, dport)| crate::capture::follow::Tuple {
+        proto,
+        src,
+        sport,
+        dst,
+        dport,
+    });
     h.src = fmt(src, sp);
     h.dst = fmt(dst, dp);
     h.dst_ip = Some(dst);
