@@ -989,6 +989,9 @@ pub fn fuzz_one(data: &[u8]) {
 }
 
 #[cfg(test)]
+mod cases;
+
+#[cfg(test)]
 mod fuzz_replay {
     /// The fuzz target's body on stable: every lab file in the repository and a bounded
     /// pseudo-random loop of byte and line mutations of each (cargo-fuzz runs the same body for
@@ -1127,6 +1130,40 @@ mod tests {
             e.starts_with("lab.toml:9:") && e.contains("already published"),
             "{e}"
         );
+    }
+
+    /// Each mistake case is named after the part of the parser that finds it, and has a recorded
+    /// message.
+    #[test]
+    fn every_mistake_case_has_a_part_and_a_message() {
+        let parts = ["toml_", "lab_", "net_", "ctr_", "addr", "alias_", "bridge_"];
+        let names: Vec<&str> = cases::mistake_cases().iter().map(|(n, _)| *n).collect();
+        for n in &names {
+            assert!(parts.iter().any(|p| n.starts_with(p)), "{n}");
+        }
+        let recorded: Vec<&str> = cases::MISTAKES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, recorded);
+    }
+
+    #[test]
+    fn mistakes_of_each_part_keep_their_text() {
+        for p in ["toml_", "lab_", "net_", "ctr_", "addr", "alias_", "bridge_"] {
+            cases::check_mistakes(p);
+        }
+    }
+
+    /// The labs the parser accepts parse to the same `LabSpec` (as `--dry-run --json` shows it)
+    /// as recorded in spec/accepted.golden.
+    #[test]
+    fn accepted_labs_parse_as_recorded() {
+        let golden = include_str!("spec/accepted.golden");
+        let cases = cases::accepted_cases();
+        assert_eq!(golden.lines().count(), cases.len());
+        for ((name, text), line) in cases.iter().zip(golden.lines()) {
+            let lab = parse(text, "lab.toml").unwrap();
+            let json = serde_json::to_string(&lab).unwrap();
+            assert_eq!(format!("{name}\t{json}"), line, "case {name}");
+        }
     }
 
     #[test]
