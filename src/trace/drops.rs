@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::TraceFilter;
+
 /// Where tracefs is mounted (mounted there if it is empty).
 pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -112,15 +114,73 @@ fn reason_number(format: &str, name: &str) -> Option<u32> {
         .ok()
 }
 
-/// The kernel-side filter: real drops (not NOT_SPECIFIED) of IPv4/IPv6 packets.
-pub(crate) fn kernel_filter(format: &str) -> String {
-    // NOT_SPECIFIED says nothing; QUEUE_PURGE is a closing socket freeing its queue.
-    let mut parts: Vec<String> = ["NOT_SPECIFIED", "QUEUE_PURGE"]
+/// Reasons no packet of a traced IP flow is dropped for: a closing socket freeing its queue,
+/// other families' and tunnels' own checks, neighbour discovery's own messages. NOT_SPECIFIED
+/// says nothing at all.
+const NEVER_OURS: &[&str] = &[
+    "NOT_SPECIFIED",
+    "QUEUE_PURGE",
+    "SOCKET_CLOSE",
+    "UNIX_DISCONNECT",
+    "UNIX_SKIP_OOB",
+    "CAN_RX_INVALID_FRAME",
+    "CANFD_RX_INVALID_FRAME",
+    "CANXL_RX_INVALID_FRAME",
+    "VXLAN_INVALID_HDR",
+    "VXLAN_VNI_NOT_FOUND",
+    "VXLAN_ENTRY_EXISTS",
+    "ARP_PVLAN_DISABLE",
+    "MAC_IEEE_MAC_CONTROL",
+    "BRIDGE_INGRESS_STP_STATE",
+    "IPV6_NDISC_FRAG",
+    "IPV6_NDISC_HOP_LIMIT",
+    "IPV6_NDISC_BAD_CODE",
+    "IPV6_NDISC_BAD_OPTIONS",
+    "IPV6_NDISC_NS_OTHERHOST",
+];
+
+/// Every reason name of this kernel's tracepoint format (`{ N, "NAME" }` pairs).
+fn reason_names(format: &str) -> Vec<&str> {
+    format
+        .split("{ ")
+        .skip(1)
+        .filter_map(|p| p.split_once(", \"").and_then(|(_, r)| r.split_once('"')))
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The kernel-side filter of skb:kfree_skb for a trace of `f`: only the address families the
+/// filter can match, and only reasons a packet of its protocol can be dropped for (a UDP trace
+/// leaves out TCP's reasons, a TCP one UDP's checksum, any trace the reasons of other
+/// families, tunnels and sockets closing: [`NEVER_OURS`]). The numbers come from this kernel's
+/// format: reasons move between kernel versions.
+pub(crate) fn kernel_filter(format: &str, f: &TraceFilter) -> String {
+    use super::L4;
+    let names = reason_names(format);
+    let not_ours = |name: &str| {
+        NEVER_OURS.contains(&name)
+            || match f.proto {
+                Some(L4::Udp) | Some(L4::Icmp) => name.starts_with("TCP_"),
+                Some(L4::Tcp) => name == "UDP_CSUM",
+                None => false,
+            }
+            || (f.proto != Some(L4::Icmp) && name == "ICMP_CSUM")
+    };
+    let mut parts: Vec<String> = names
         .iter()
+        .filter(|n| not_ours(n))
         .filter_map(|r| reason_number(format, r))
         .map(|n| format!("reason != {n}"))
         .collect();
-    parts.push("(protocol == 2048 || protocol == 34525)".to_string());
+    let (v4, v6) = (
+        f.addrs.iter().any(|a| a.is_ipv4()),
+        f.addrs.iter().any(|a| a.is_ipv6()),
+    );
+    parts.push(match (v4, v6) {
+        (true, false) => "protocol == 2048".to_string(),
+        (false, true) => "protocol == 34525".to_string(),
+        _ => "(protocol == 2048 || protocol == 34525)".to_string(),
+    });
     parts.join(" && ")
 }
 
@@ -141,8 +201,9 @@ pub(crate) struct DropTracer {
 }
 
 impl DropTracer {
-    /// Create the instance at `path` (journaled by the caller), filter and enable kfree_skb.
-    pub(crate) fn start(path: &Path) -> Result<Self, String> {
+    /// Create the instance at `path` (journaled by the caller), filter kfree_skb for a trace
+    /// of `traced` and enable it.
+    pub(crate) fn start(path: &Path, traced: &TraceFilter) -> Result<Self, String> {
         ensure_tracefs()?;
         let ev = Path::new(TRACEFS).join("events/skb/kfree_skb/format");
         let format = fs::read_to_string(&ev).map_err(|e| {
@@ -152,7 +213,7 @@ impl DropTracer {
             )
         })?;
         fs::create_dir(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        let filter = kernel_filter(&format);
+        let filter = kernel_filter(&format, traced);
         let setup = || -> Result<fs::File, String> {
             let _ = write(&path.join("trace_clock"), "mono");
             let _ = write(&path.join("buffer_size_kb"), "2048");
@@ -328,11 +389,29 @@ mod tests {
     }
 
     #[test]
-    fn filter_names_the_number_of_not_specified() {
-        let f = r#"print fmt: "...", __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 3, "NO_SOCKET" })"#;
+    fn the_filter_keeps_what_can_belong_to_the_traced_flow() {
+        let f = r#"print fmt: "...", __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 3, "NO_SOCKET" }, { 4, "SOCKET_CLOSE" }, { 10, "TCP_CSUM" }, { 11, "UDP_CSUM" }, { 105, "QUEUE_PURGE" })"#;
         assert_eq!(
-            kernel_filter(f),
-            "reason != 2 && (protocol == 2048 || protocol == 34525)"
+            reason_names(f),
+            [
+                "NOT_SPECIFIED",
+                "NO_SOCKET",
+                "SOCKET_CLOSE",
+                "TCP_CSUM",
+                "UDP_CSUM",
+                "QUEUE_PURGE"
+            ]
+        );
+        let (tcp, _) = TraceFilter::parse(&["tcp:8080".to_string()]).unwrap();
+        assert_eq!(
+            kernel_filter(f, &tcp),
+            "reason != 2 && reason != 4 && reason != 11 && reason != 105 && (protocol == 2048 || protocol == 34525)"
+        );
+        let words: Vec<String> = ["udp:53", "10.0.0.1"].map(String::from).to_vec();
+        let (udp4, _) = TraceFilter::parse(&words).unwrap();
+        assert_eq!(
+            kernel_filter(f, &udp4),
+            "reason != 2 && reason != 4 && reason != 10 && reason != 105 && protocol == 2048"
         );
     }
 }

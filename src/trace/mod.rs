@@ -689,7 +689,7 @@ impl Session {
             s.journal
                 .record(Item::TracefsInstance { path: path.clone() })
                 .map_err(|e| TraceError::Setup(format!("trace journal: {e}")))?;
-            let tracer = DropTracer::start(&path).map_err(TraceError::Setup)?;
+            let tracer = DropTracer::start(&path, &s.report.filter).map_err(TraceError::Setup)?;
             s.drops = Some(path);
             s.readers
                 .drops(tracer)
