@@ -401,6 +401,67 @@ fn stale_udp_conntrack_entry() {
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
 }
 
+/// Forwarding off on one interface while net.ipv4.ip_forward is 1: IPv4 asks the interface a
+/// packet comes in on, so the uplink (the client's packets) and the bridge (the container's
+/// answers) each stop the connection. One FAIL naming the sysctl; the printed fix opens the
+/// port again. The container's bridged veth is not where a packet is routed in: doctor's
+/// verdict agrees with the probe there too.
+#[test]
+fn forwarding_off_on_one_interface_is_named_with_its_sysctl() {
+    let mut lab = Lab::new();
+    let from = lab.outside_source();
+    let args = ["--from", from.as_str(), "8080"];
+    for dev in ["br0", "ext0"] {
+        lab.sysctl(&format!("net.ipv4.conf.{dev}.forwarding=0"));
+        record_capture(
+            &[],
+            &lab.host.name,
+            &format!("lab-forwarding-off-on-{dev}"),
+            &format!("hand-built lab (bridge br0, uplink ext0, DNAT 8080 -> 10.89.0.2:80, socat on :80), ip_forward=1 and net.ipv4.conf.{dev}.forwarding=0"),
+            &args,
+        );
+        let r = break_fix_probe(&mut lab, &args, "interface_forwarding_off");
+        let fails = r["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["verdict"] == "fail")
+            .count();
+        assert_eq!(fails, 1, "one cause, one FAIL: {r:#}");
+        assert_eq!(
+            r["diagnosis"]["fix"]["argv"],
+            serde_json::json!(["sysctl", "-w", format!("net.ipv4.conf.{dev}.forwarding=1")]),
+            "{r:#}"
+        );
+        assert!(
+            r["diagnosis"]["line"].as_str().unwrap().contains(dev),
+            "{r:#}"
+        );
+    }
+    // New interfaces get forwarding off: --probe's temporary client comes in on one, and
+    // the fix is the default (the interface is gone when doctor exits).
+    lab.sysctl("net.ipv4.conf.default.forwarding=0");
+    let r = lab.doctor(&["--from", "outside", "8080", "--probe"]);
+    assert_eq!(fault(&r), "interface_forwarding_off", "{r:#}");
+    assert_eq!(r["probe"]["ok"], false, "{r:#}");
+    assert_eq!(
+        r["diagnosis"]["fix"]["argv"],
+        serde_json::json!(["sysctl", "-w", "net.ipv4.conf.default.forwarding=1"]),
+        "{r:#}"
+    );
+    lab.apply_fix(&r);
+    let r = lab.doctor(&["--from", "outside", "8080", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+
+    lab.sysctl("net.ipv4.conf.vh0.forwarding=0");
+    let r = lab.doctor(&["--from", &from, "8080", "--probe"]);
+    assert_eq!(
+        r["diagnosis"]["ok"], r["probe"]["ok"],
+        "doctor agrees with the probe: {r:#}"
+    );
+}
+
 #[test]
 fn nothing_receives_an_unpublished_port() {
     let lab = Lab::new();

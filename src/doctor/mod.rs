@@ -51,6 +51,9 @@ pub enum Fault {
     RouteLocalnetOff,
     /// Forwarded traffic while net.ipv4.ip_forward is 0.
     IpForwardOff,
+    /// net.ipv4.ip_forward is 1 but forwarding is off on an interface the connection is routed
+    /// in on (the uplink for the client's packets, the bridge or routed veth for the answers).
+    InterfaceForwardingOff,
     /// Strict reverse-path filtering drops the incoming packet.
     RpFilter,
     /// The FORWARD chain's policy is DROP and no rule accepts this connection.
@@ -837,9 +840,16 @@ mod tests {
         let r = replay(&snap).unwrap();
         assert_eq!(r.diagnosis.fault, Some(Fault::IpForwardOff));
         // The same host with forwarding on: all clear (the check reads the recorded sysctl).
+        // Writing ip_forward writes every interface's forwarding too, as the kernel does.
         for n in &mut snap.namespaces {
             if n.id == snap.host {
-                n.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+                for (k, v) in n.sysctls.iter_mut() {
+                    if k == "net.ipv4.ip_forward"
+                        || k.starts_with("net.ipv4.conf.") && k.ends_with(".forwarding")
+                    {
+                        *v = "1".into();
+                    }
+                }
             }
         }
         snap.probes.clear();

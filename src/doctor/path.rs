@@ -41,7 +41,7 @@ pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<H
         };
         let v = host.sysctl(name);
         if v == Some("1") {
-            hops.push(Hop::ok("ip_forward", "ip_forward", format!("{name} = 1")));
+            hops.push(interface_forwarding_hop(cx, &route, dest.addr, name));
         } else {
             hops.push(
                 Hop::fail(
@@ -351,6 +351,107 @@ fn br_netfilter_hop(cx: &PathCtx, bridge: &str) -> Hop {
             &["modprobe", "br_netfilter"],
         ))),
     }
+}
+
+/// ip_forward is on: IPv4 still asks the interface a packet is routed in on
+/// (net.ipv4.conf.IF.forwarding), the client's packets on the way in and the container's
+/// answers on the interface toward it (a bridge, or a routed veth). A bridged veth is not
+/// one: its frames are routed in on the bridge.
+fn interface_forwarding_hop(
+    cx: &PathCtx,
+    route: &Result<crate::facts::RouteHit, String>,
+    to: IpAddr,
+    name: &str,
+) -> Hop {
+    let host = cx.host;
+    let ok = Hop::ok("ip_forward", "ip_forward", format!("{name} = 1"));
+    if to.is_ipv6() {
+        return ok;
+    }
+    let toward = route
+        .as_ref()
+        .ok()
+        .and_then(|r| r.oif)
+        .and_then(|i| host.link(i))
+        .map(|l| l.name.clone());
+    let mut ifs: Vec<(String, &str)> = Vec::new();
+    if let Some(iif) = &cx.packet.iif {
+        ifs.push((iif.clone(), "the client's packets come in on it"));
+    }
+    if let Some(t) = toward {
+        if !ifs.iter().any(|(i, _)| *i == t) {
+            ifs.push((t, "the container's answers come in on it"));
+        }
+    }
+    let key = |i: &str| format!("net.ipv4.conf.{i}.forwarding");
+    let evidence: Vec<String> = ifs
+        .iter()
+        .map(|(i, _)| format!("{} = {}", key(i), host.sysctl(&key(i)).unwrap_or("?")))
+        .collect();
+    let off: Vec<&(String, &str)> = ifs
+        .iter()
+        .filter(|(i, _)| host.sysctl(&key(i)) == Some("0"))
+        .collect();
+    if off.is_empty() {
+        let mut ok = ok;
+        ok.evidence = evidence;
+        return ok;
+    }
+    let what = off
+        .iter()
+        .map(|(i, why)| format!("{} = 0 ({why})", key(i)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The temporary client --probe attached has a fresh interface, which took
+    // net.ipv4.conf.default.forwarding: that default is what to fix (every interface made
+    // from now on, a container's bridge or veth too, gets it), not an interface about to go.
+    let temporary = match &cx.q.from {
+        From::Outside { client: Some(id) } => cx
+            .snap
+            .ns(*id)
+            .is_some_and(|n| n.label.contains("(temporary")),
+        _ => false,
+    };
+    let default = "net.ipv4.conf.default.forwarding";
+    let mut what = what;
+    let mut fixed: Vec<String> = Vec::new();
+    for (i, _) in &off {
+        if temporary && Some(i) == cx.packet.iif.as_ref() {
+            what.push_str(&format!(
+                "; it is the probe's new interface, which took {default} = {}",
+                host.sysctl(default).unwrap_or("?")
+            ));
+            fixed.push("default".into());
+        } else {
+            fixed.push(i.clone());
+        }
+    }
+    let mut argv = vec!["sysctl".to_string(), "-w".to_string()];
+    argv.extend(fixed.iter().map(|i| format!("{}=1", key(i))));
+    let names = fixed
+        .iter()
+        .map(|i| {
+            if i == "default" {
+                "new interfaces".to_string()
+            } else {
+                i.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let mut h = Hop::fail(
+        "ip_forward",
+        "ip_forward",
+        Fault::InterfaceForwardingOff,
+        format!("{name} = 1 but {what}: the host does not forward this connection to {to}"),
+    )
+    .with_fix(Some(cx.fixer.fix_owned(
+        &format!("turn forwarding on for {names}"),
+        argv,
+        false,
+    )));
+    h.evidence = evidence;
+    h
 }
 
 fn rp_filter_hop(cx: &PathCtx, iif: &str) -> Hop {

@@ -11,6 +11,7 @@ use serde::Serialize;
 pub(crate) const INTERESTING: &[&str] = &[
     "net.ipv4.ip_forward",
     "net.ipv6.conf.all.forwarding",
+    "net.ipv4.conf.default.forwarding",
     "net.ipv4.conf.all.route_localnet",
     "net.ipv4.conf.all.rp_filter",
     "net.ipv4.conf.default.rp_filter",
