@@ -1711,3 +1711,30 @@ fn localhost_publish_answers_on_ipv6_loopback_too() {
         lab.teardown();
     }
 }
+
+/// `netns exec NAME CMD` works as `ip netns exec NAME CMD` does: `--` is optional, and a named
+/// namespace's /etc/netns files apply without `--sys`, so a lab container resolves the lab's
+/// names (before: "unexpected argument 'curl' found", and with `--` curl could not resolve
+/// `app` because the lab's resolv.conf was only bound with `--sys`).
+#[test]
+fn netns_exec_resolves_lab_names_without_sys_or_dashes() {
+    let (lab, _) = TestLab::isolated("nxname", &[]);
+    let client = lab.ns("client");
+    for dashes in [&["--"][..], &[][..]] {
+        let mut args = vec!["netns", "exec", client.as_str()];
+        args.extend_from_slice(dashes);
+        args.extend_from_slice(&["curl", "-s", "-m", "5", "http://app/"]);
+        let out = nettool_in(None, &args, &[]);
+        assert!(out.status.success(), "{dashes:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("hello from app"),
+            "{dashes:?}: {}",
+            text(&out)
+        );
+    }
+    // An option of the command is the command's, not nettool's; its exit code passes through.
+    let out = nettool_in(None, &["netns", "exec", &client, "sh", "-c", "exit 3"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let out = nettool_in(None, &["netns", "exec", &client, "ip", "-o", "link"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -344,7 +344,8 @@ pub fn render_inspection(r: &Inspection) -> String {
 
 fn exec_cmd(a: NetnsExecArgs) -> anyhow::Result<i32> {
     let ns = NetNs::open(&a.target)?;
-    // /etc/netns/NAME applies to named namespaces, as with `ip netns exec`.
+    // /etc/netns/NAME applies to named namespaces, with or without --sys, as with `ip netns
+    // exec`: a lab's containers find each other by name through its resolv.conf there.
     let etc_netns = ns
         .path()
         .strip_prefix(crate::netns::NETNS_RUN_DIR)
@@ -352,7 +353,7 @@ fn exec_cmd(a: NetnsExecArgs) -> anyhow::Result<i32> {
         .map(|p| p.display().to_string());
     let opts = ExecOptions {
         remount_sys: a.remount_sys,
-        etc_netns: if a.remount_sys { etc_netns } else { None },
+        etc_netns,
     };
     Ok(exec::run(&ns, &a.command, &opts)?)
 }
@@ -408,10 +409,11 @@ pub struct NetnsInspectArgs {
 pub struct NetnsExecArgs {
     /// The namespace: NAME, PATH, pid:N, container:NAME.
     pub target: String,
-    /// Also give the command its own /sys (and /etc/netns/NAME files), like `ip netns exec`.
+    /// Also give the command its own /sys, like `ip netns exec` (/etc/netns/NAME files apply
+    /// either way).
     #[arg(long = "sys")]
     pub remount_sys: bool,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true)]
+    /// The command and its arguments (`--` before them is optional, as with `ip netns exec`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub command: Vec<String>,
 }
