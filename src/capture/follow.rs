@@ -3,87 +3,10 @@
 //! i.e. after DNAT/SNAT). A packet on any leg matches one of four keys: original, original
 //! reversed, reply, reply reversed; entries from several namespaces (the host's DNAT, the
 //! container's own) that share a key are one flow. The entries come from ctnetlink events
-//! ([`super::ctnetlink`]). ICMP echo is keyed by its id in both port fields.
+//! ([`crate::netns::conntrack::Events`]). ICMP echo is keyed by its id in both port fields.
 
+pub(crate) use crate::netns::conntrack::{Entry as CtFlow, Tuple};
 use std::collections::HashMap;
-use std::net::IpAddr;
-
-use serde::Serialize;
-
-/// One side of a conntrack entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub(crate) struct Tuple {
-    /// IP protocol number (6 tcp, 17 udp).
-    pub proto: u8,
-    /// Source address.
-    pub src: IpAddr,
-    /// Source port.
-    pub sport: u16,
-    /// Destination address.
-    pub dst: IpAddr,
-    /// Destination port.
-    pub dport: u16,
-}
-
-impl Tuple {
-    fn reversed(self) -> Tuple {
-        Tuple {
-            proto: self.proto,
-            src: self.dst,
-            sport: self.dport,
-            dst: self.src,
-            dport: self.sport,
-        }
-    }
-}
-
-impl std::fmt::Display for Tuple {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let p = match self.proto {
-            6 => "tcp".to_string(),
-            17 => "udp".to_string(),
-            1 => "icmp".to_string(),
-            58 => "icmp6".to_string(),
-            n => format!("proto {n}"),
-        };
-        let a = |ip: IpAddr, port: u16| match ip {
-            IpAddr::V4(v) => format!("{v}:{port}"),
-            IpAddr::V6(v) => format!("[{v}]:{port}"),
-        };
-        if matches!(self.proto, 1 | 58) {
-            let ip = |ip: IpAddr| ip.to_string();
-            return write!(
-                f,
-                "{p} {} > {} id {}",
-                ip(self.src),
-                ip(self.dst),
-                self.sport
-            );
-        }
-        write!(
-            f,
-            "{p} {} > {}",
-            a(self.src, self.sport),
-            a(self.dst, self.dport)
-        )
-    }
-}
-
-/// A conntrack entry: the tuple before NAT and the reply tuple after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub(crate) struct CtFlow {
-    /// As the client sent it.
-    pub original: Tuple,
-    /// As the server answers (its source is the DNAT target).
-    pub reply: Tuple,
-}
-
-impl CtFlow {
-    /// NAT changed the flow (the reply is not the original reversed).
-    pub(crate) fn natted(&self) -> bool {
-        self.reply != self.original.reversed()
-    }
-}
 
 /// The flows known so far, by any of their keys. Entries read from different namespaces at
 /// slightly different moments may first make two flows that a later entry shows are one: flows

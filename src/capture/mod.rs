@@ -3,7 +3,6 @@
 //! filtered in the kernel, read from TPACKET_V3 rings, optionally stitched across NAT with
 //! conntrack (--follow). The core never prints: packets go to a [`Sink`].
 
-pub(crate) mod ctnetlink;
 pub(crate) mod decode;
 pub(crate) mod filter;
 pub(crate) mod follow;
@@ -23,7 +22,7 @@ use crate::engine::{EngineKind, Intent};
 use crate::netns::discover::{discover_with, DiscoverOptions, NamespaceInfo};
 use crate::netns::{NetNs, NetnsError, NsId};
 
-use ctnetlink::CtEvents;
+use crate::netns::conntrack::Events as CtEvents;
 use filter::Filter;
 use follow::{FlowTable, Tuple};
 use pcapng::InterfaceDesc;

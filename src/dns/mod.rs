@@ -7,7 +7,6 @@
 //! this module never prints.
 
 pub(crate) mod capture;
-pub(crate) mod ct;
 pub(crate) mod docker;
 pub(crate) mod join;
 pub mod packet;
@@ -21,10 +20,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::netns::conntrack::{Conntrack, Tuple};
 use crate::netns::links::Rtnl;
 use crate::netns::{NetNs, NsId};
 use capture::{now, CaptureError, PacketSocket, PcapOut, SNAPLEN};
-use ct::Conntrack;
 use join::{JoinContext, Joiner};
 use packet::{decode, CopyFilter, LinkKind, TcpReassembler, Transport};
 use pair::{Lookup, PairStats, Pairer, QKey};
@@ -267,7 +266,15 @@ impl JoinContext for Watched<'_> {
         server: SocketAddr,
     ) -> Option<(SocketAddr, SocketAddr)> {
         let src = self.0.iter_mut().find(|s| s.id == ns)?;
-        src.ct.as_mut()?.translated(transport, client, server)
+        let proto = match transport {
+            Transport::Udp => libc::IPPROTO_UDP,
+            Transport::Tcp => libc::IPPROTO_TCP,
+        } as u8;
+        let t = src
+            .ct
+            .as_mut()?
+            .translated(Tuple::new(proto, client, server))?;
+        Some((t.src_addr(), t.dst_addr()))
     }
 }
 

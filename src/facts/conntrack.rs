@@ -1,12 +1,11 @@
-//! UDP conntrack entries of the host, as `conntrack -L` prints them (IPv4 and IPv6).
+//! UDP conntrack entries of the host (IPv4 and IPv6), read over ctnetlink.
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::netns::conntrack::{Conntrack, Entry, Tuple};
 use crate::netns::NetNs;
-
-use super::firewall::capture;
 
 /// One UDP conntrack entry: the original direction and where replies come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,42 +26,44 @@ pub(crate) struct CtEntry {
     pub text: String,
 }
 
-/// Parse `conntrack -L` output (UDP lines).
-pub(crate) fn parse(text: &str) -> Vec<CtEntry> {
-    text.lines()
-        .filter(|l| l.starts_with("udp") || l.starts_with("ipv4") || l.starts_with("ipv6"))
-        .filter(|l| l.split_whitespace().any(|w| w == "udp"))
-        .map(|l| {
-            let vals = |key: &str| -> Vec<&str> {
-                l.split_whitespace()
-                    .filter_map(|w| w.strip_prefix(key))
-                    .collect()
-            };
-            let (srcs, dsts, sports, dports) =
-                (vals("src="), vals("dst="), vals("sport="), vals("dport="));
-            let ip = |v: &Vec<&str>, i: usize| v.get(i).and_then(|s| s.parse().ok());
-            let port = |v: &Vec<&str>, i: usize| v.get(i).and_then(|s| s.parse().ok());
-            CtEntry {
-                src: ip(&srcs, 0),
-                dst: ip(&dsts, 0),
-                sport: port(&sports, 0),
-                dport: port(&dports, 0),
-                reply_src: ip(&srcs, 1),
-                reply_sport: port(&sports, 1),
-                text: l.trim().to_string(),
-            }
-        })
-        .collect()
+impl CtEntry {
+    /// A UDP entry as read from ctnetlink; its text is in `conntrack -L`'s key=value words.
+    fn from_entry(e: &Entry) -> CtEntry {
+        let (o, r) = (e.original, e.reply);
+        let words = |t: Tuple| {
+            format!(
+                "src={} dst={} sport={} dport={}",
+                t.src, t.dst, t.sport, t.dport
+            )
+        };
+        CtEntry {
+            src: Some(o.src),
+            dst: Some(o.dst),
+            sport: Some(o.sport),
+            dport: Some(o.dport),
+            reply_src: Some(r.src),
+            reply_sport: Some(r.sport),
+            text: format!("udp {} {}", words(o), words(r)),
+        }
+    }
 }
 
-/// Every UDP entry of `ns` (None when the conntrack tool is missing or failed).
+/// Every UDP entry of `ns`, IPv4 and IPv6, from one ctnetlink dump (None when it failed:
+/// conntrack not loaded, or no permission).
 pub(crate) fn read(ns: &NetNs) -> Option<Vec<CtEntry>> {
-    let v4 = capture(ns, &["conntrack", "-L", "-p", "udp"]).ok()?;
-    let mut all = parse(&v4);
-    if let Ok(v6) = capture(ns, &["conntrack", "-L", "-f", "ipv6", "-p", "udp"]) {
-        all.extend(parse(&v6));
+    let dumped = ns.run(|| Conntrack::open_here()?.dump()).ok()?;
+    match dumped {
+        Ok(all) => Some(
+            all.iter()
+                .filter(|e| e.original.proto == libc::IPPROTO_UDP as u8)
+                .map(CtEntry::from_entry)
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::debug!("conntrack dump in {}: {e}", ns.label());
+            None
+        }
     }
-    Some(all)
 }
 
 #[cfg(test)]
@@ -70,15 +71,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines() {
-        let e = parse("udp      17 29 src=10.0.0.9 dst=127.0.0.1 sport=40000 dport=5353 [UNREPLIED] src=127.0.0.1 dst=10.0.0.9 sport=5353 dport=40000 mark=0 use=1\n");
-        assert_eq!(e[0].reply_src, Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(e[0].reply_sport, Some(5353));
-        assert_eq!(e[0].dport, Some(5353));
-        assert_eq!(e[0].src, Some("10.0.0.9".parse().unwrap()));
-        assert!(
-            parse("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.\n")
-                .is_empty()
+    fn a_udp_entry_keeps_both_sides_and_reads_as_conntrack_prints_it() {
+        let t = |s: &str, d: &str| Tuple::new(17, s.parse().unwrap(), d.parse().unwrap());
+        let e = CtEntry::from_entry(&Entry {
+            original: t("10.0.0.9:40000", "127.0.0.1:5353"),
+            reply: t("127.0.0.1:5353", "10.0.0.9:40000"),
+        });
+        assert_eq!(e.reply_src, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(e.reply_sport, Some(5353));
+        assert_eq!((e.sport, e.dport), (Some(40000), Some(5353)));
+        assert_eq!(
+            e.text,
+            "udp src=10.0.0.9 dst=127.0.0.1 sport=40000 dport=5353 src=127.0.0.1 dst=10.0.0.9 sport=5353 dport=40000"
         );
     }
 }

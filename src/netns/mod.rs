@@ -5,6 +5,7 @@
 //! never on a thread that anything else uses (tokio workers included).
 
 pub(crate) mod configure;
+pub(crate) mod conntrack;
 pub(crate) mod discover;
 pub(crate) mod exec;
 pub(crate) mod links;

@@ -5,7 +5,7 @@
 //! looked up in that namespace's entries: the original and reply tuples then say what the
 //! kernel rewrote, where, and in which direction; nothing is guessed from later headers.
 //!
-//! The entries are decoded by [`crate::capture::ctnetlink`] (one decoder for the crate).
+//! The entries are decoded by [`crate::netns::conntrack`] (one decoder for the crate).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -13,8 +13,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::TraceFilter;
-use crate::capture::ctnetlink::CtEvents;
-use crate::capture::follow::{CtFlow, Tuple};
+use crate::netns::conntrack::{Entry as CtFlow, Events as CtEvents, Tuple};
 
 /// Entries kept per namespace; past this the oldest are forgotten (a trace of a port on a host
 /// with a storm of new flows must not grow without bound).
