@@ -2160,3 +2160,21 @@ fn kube_pod_network_comes_from_the_cluster_cidr() {
     assert_eq!(nets, ["10.42.0.0/16"]);
     check_consistent("kube nft pods", &rs);
 }
+
+/// Two labs with the same addresses (two default labs: 172.19.0.2 is web in both): each lab's
+/// explain-nat names its own container, not the other lab's (before: the first lab listed won).
+#[test]
+fn two_labs_sharing_an_address_each_name_their_own_container() {
+    let a = IsolatedLab::new("iptables");
+    let b = IsolatedLab::new("iptables");
+    for lab in [&a, &b] {
+        let j = nettool_json(&["explain-nat", "--netns", lab.host(), "--json"]);
+        let t = &j["summary"]["published"][0]["targets"][0];
+        assert_eq!(t["addr"], "172.19.0.2", "{t}");
+        assert_eq!(
+            t["name"],
+            format!("container web of lab {}", lab.name),
+            "{t}"
+        );
+    }
+}

@@ -185,7 +185,7 @@ pub fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
     };
 
     let names: HashMap<IpAddr, String> = if live {
-        nat::container_addresses()
+        nat::container_addresses(ns.as_ref().map(|n| n.id().inode))
     } else {
         HashMap::new()
     };

@@ -173,10 +173,7 @@ pub(crate) fn check(name: &str) -> Option<LabHealth> {
     Some(LabHealth {
         name: name.into(),
         host_netns: host.as_ref().and_then(|h| h.netns.clone()),
-        host_inode: host.as_ref().and_then(|h| match &h.netns {
-            Some(n) => std::fs::metadata(named::path_of(n)).ok().map(|m| m.ino()),
-            None => Some(h.inode),
-        }),
+        host_inode: host.as_ref().and_then(|h| h.host_inode()),
         host_is_here: host
             .as_ref()
             .is_some_and(|h| h.netns.is_none() && Some(h.inode) == here),

@@ -285,6 +285,18 @@ pub struct HostRecord {
 }
 
 impl HostRecord {
+    /// The inode of the lab's host namespace now: the named one when isolated (None once it is
+    /// gone), else the recorded one.
+    pub fn host_inode(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        match &self.netns {
+            Some(n) => std::fs::metadata(crate::netns::named::path_of(n))
+                .ok()
+                .map(|m| m.ino()),
+            None => Some(self.inode),
+        }
+    }
+
     /// The pid of the setup that is still building this lab, if it is alive.
     pub fn setup_running(&self) -> Option<u32> {
         let pid = self.setup_pid?;

@@ -305,13 +305,23 @@ pub fn local_facts(ns: &NetNs) -> Result<walk::LocalFacts, NatError> {
     })
 }
 
-/// Who is behind an address ("container web", "netns lab-web"): every container or named
-/// namespace, entered to read its addresses.
-pub fn container_addresses() -> std::collections::HashMap<std::net::IpAddr, String> {
+/// Who is behind an address ("container web", "netns lab-web"), as seen from the namespace
+/// with inode `here`: every container or named namespace, entered to read its addresses.
+pub fn container_addresses(
+    here: Option<u64>,
+) -> std::collections::HashMap<std::net::IpAddr, String> {
     use crate::netns::discover::{discover, DiscoverOptions};
     let mut out = std::collections::HashMap::new();
-    // nettool labs first: their state names the container behind each address.
+    // nettool labs first: their state names the container behind each address. Only the labs
+    // hosted in `here`: two labs may use the same addresses (two default labs do), and another
+    // lab's containers are not behind this namespace's rules.
     for lab in crate::lab::state::list() {
+        let elsewhere = here.is_some_and(|h| {
+            crate::lab::state::read_host(&lab).is_some_and(|r| r.host_inode() != Some(h))
+        });
+        if elsewhere {
+            continue;
+        }
         if let Ok(st) = crate::lab::state::load(&lab) {
             for c in &st.containers {
                 for i in &c.networks {
