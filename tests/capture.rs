@@ -701,3 +701,74 @@ fn the_live_view_merges_interfaces_by_time_and_counts_in_that_order() {
     assert!(lines[0].contains(&format!(" {}/eth0 ", a.name)), "{out}");
     assert!(lines[1].contains(&format!(" {}/eth0 ", b.name)), "{out}");
 }
+
+/// `n` UDP datagrams of 1,200 bytes from `ns` to `dst:port`, as fast as Python sends them; the
+/// payload of datagram `i` is `i` as 8 digits, 150 times.
+fn numbered_datagrams(ns: &TestNs, dst: &str, port: u16, n: usize) {
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for i in range({n}):\n    s.sendto(b'%08d' % i * 150, ('{dst}', {port}))\n"
+    );
+    sh(&["ip", "netns", "exec", &ns.name, "python3", "-c", &script]);
+}
+
+/// The numbers of the datagrams in `file`, in file order; panics on a payload that is not one
+/// number repeated (bytes of two packets mixed).
+fn datagram_numbers(file: &Path) -> Vec<u64> {
+    tshark_fields(file, &["data.data"])
+        .iter()
+        .map(|r| {
+            let hex = &r[0];
+            assert_eq!(hex.len(), 2400, "a 1,200-byte payload: {hex:.80}");
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+                .collect();
+            let first = &bytes[..8];
+            assert!(
+                bytes.chunks(8).all(|c| c == first),
+                "one number repeated: {:?}",
+                String::from_utf8_lossy(&bytes[..64])
+            );
+            String::from_utf8_lossy(first).parse().expect("digits")
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_holds_the_bytes_that_were_on_the_wire_while_the_ring_wraps() {
+    let (a, b) = pair("capw", 32);
+    let file = tmp("cap-wrap");
+    // The smallest ring (2 MiB): 30 MB of datagrams go round it many times while the file is
+    // written from it.
+    let run = start(&[
+        "--netns",
+        &b.name,
+        "-i",
+        "eth0",
+        "-B",
+        "2048",
+        "-w",
+        file.to_str().unwrap(),
+        "udp port 5555",
+    ]);
+    numbered_datagrams(&a, "10.201.32.2", 5555, 25_000);
+    let (_, err) = run.stop();
+    let numbers = datagram_numbers(&file);
+    let _ = std::fs::remove_file(&file);
+    assert!(numbers.len() > 1000, "{} datagrams: {err}", numbers.len());
+    // Each datagram once, in the order sent (the kernel may drop some when the ring is full,
+    // but a packet written after its ring block was handed back shows a later one's bytes).
+    let bad: Vec<(u64, u64)> = numbers
+        .windows(2)
+        .filter(|w| w[1] <= w[0])
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} datagrams out of order or repeated, e.g. {:?}: {err}",
+        bad.len(),
+        numbers.len(),
+        &bad[..bad.len().min(5)]
+    );
+}

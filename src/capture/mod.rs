@@ -140,10 +140,9 @@ pub(crate) trait Sink {
     /// capture ring), so a sink may keep a pointer to it until then instead of copying.
     fn packet(&mut self, p: &Packet<'_>) -> Result<(), CaptureError>;
     /// The packets handed over since the last call are about to go away (their ring block is
-    /// handed back to the kernel): write out anything that still points at them.
-    fn block_done(&mut self) -> Result<(), CaptureError> {
-        Ok(())
-    }
+    /// handed back to the kernel): write out anything that still points at them. No default:
+    /// a sink that wraps another must pass this on, or the file gets bytes of later packets.
+    fn block_done(&mut self) -> Result<(), CaptureError>;
     /// Packets of different interfaces must come in time order (the live view): they are then
     /// held for a short window and merged. A file takes them as each ring hands them over.
     fn ordered(&self) -> bool {

@@ -173,6 +173,9 @@ impl<S: Sink> Sink for Announce<S> {
     fn packet(&mut self, p: &Packet<'_>) -> Result<(), CaptureError> {
         self.0.packet(p)
     }
+    fn block_done(&mut self) -> Result<(), CaptureError> {
+        self.0.block_done()
+    }
     fn ordered(&self) -> bool {
         self.0.ordered()
     }
@@ -227,6 +230,10 @@ impl Sink for Printer {
         {
             crate::cmd::dns::STOP.store(true, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    fn block_done(&mut self) -> Result<(), CaptureError> {
         Ok(())
     }
 
