@@ -2005,6 +2005,84 @@ impl CniHost {
         }
     }
 
+    /// A dual-stack CNI host: the uplink also 2001:db8:1::1/64 (outside ::2), the network
+    /// with an IPv4 and an IPv6 range, the service on `bind`:80.
+    fn dual(tag: &str, subnet: &str, subnet6: &str, port: u16, bind: &str) -> CniHost {
+        let host = TestNs::new(&format!("{tag}h"));
+        let outside = TestNs::new(&format!("{tag}o"));
+        let ctr = TestNs::new(&format!("{tag}c"));
+        veth("up0", &host, "eth0", &outside);
+        host.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+        host.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::1/64",
+            "dev",
+            "up0",
+            "nodad",
+        ]);
+        outside.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        outside.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &host.name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        let att = common::cni::CniAttachment::add_ranges(&host, &ctr, &[subnet, subnet6], port, 80);
+        let service = ctr.spawn(&[
+            env!("CARGO_BIN_EXE_nettool"),
+            "serve",
+            "http",
+            "80",
+            "--bind",
+            bind,
+        ]);
+        CniHost {
+            fixes: Vec::new(),
+            service: Some(service),
+            att: Some(att),
+            ctr,
+            outside,
+            host,
+            port,
+        }
+    }
+
+    /// curl from outside to the host's IPv6 uplink address.
+    fn curl_outside6(&self) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.outside.name,
+                "curl",
+                "-gs",
+                "-m",
+                "5",
+            ])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://[2001:db8:1::1]:{}/", self.port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn from(&self) -> String {
         format!("outside:{}", self.outside.name)
     }
@@ -2253,4 +2331,122 @@ fn cni_stale_cache_entry_for_the_same_port_does_not_hide_the_live_container() {
     assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
     assert!(h.curl_outside().starts_with('2'));
     drop(stale);
+}
+
+/// A dual-stack CNI network (an IPv4 and an IPv6 host-local range; portmap writes ip6tables
+/// rules too): healthy is all clear over both families; portmap's ip6tables DNAT deleted is
+/// named over IPv6 with the CNI re-add, which, run as printed, brings IPv6 back; a service on
+/// [::]:80 with IPV6_V6ONLY takes no IPv4, and doctor says so (the socket's flag is read).
+#[test]
+fn cni_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted_then_a_v6only_service() {
+    let mut h = CniHost::dual("cni6", "10.77.8.0/24", "fd00:77:8::/64", 18498, "::");
+    let from = h.from();
+    let args = ["--from", from.as_str(), "18498"];
+    h.wait_fault(&args, "none");
+    let ok = h.doctor(&["--from", &from, "18498", "--probe"]);
+    assert_eq!(ok["diagnosis"]["ok"], true, "{ok:#}");
+    assert!(
+        ok["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("all clear over IPv4 and IPv6"),
+        "{ok:#}"
+    );
+    assert_eq!(ok["probe"]["ok"], true, "{ok:#}");
+    assert_eq!(ok["ipv6"]["probe"]["ok"], true, "{ok:#}");
+    let v6 = h.att.as_ref().unwrap().ipv6();
+    assert_eq!(ok["ipv6"]["destination"]["addr"], v6.as_str(), "{ok:#}");
+    assert!(h.curl_outside().starts_with('2'));
+    assert!(h.curl_outside6().starts_with('2'));
+    h.record(
+        "cni-dual-stack-healthy",
+        "CNI chain bridge + host-local (ranges 10.77.8.0/24 and fd00:77:8::/64) + portmap (snat) + firewall, container (nettool serve http on [::]:80) hostPort 18498 -> 80, uplink also 2001:db8:1::1/64",
+        &["--from", &from, "18498", "--probe"],
+    );
+
+    // portmap's ip6tables DNAT rule deleted: IPv6 clients find nothing, IPv4 ones are fine.
+    let rules = h.host.ip(&[
+        "netns",
+        "exec",
+        &h.host.name,
+        "ip6tables",
+        "-t",
+        "nat",
+        "-S",
+    ]);
+    let rule = rules
+        .lines()
+        .find(|l| l.contains("--dport 18498") && l.contains("-j DNAT"))
+        .unwrap_or_else(|| panic!("portmap's ip6tables DNAT rule in {rules}"))
+        .replacen("-A", "-D", 1);
+    let mut del = vec![
+        "ip",
+        "netns",
+        "exec",
+        &h.host.name,
+        "ip6tables",
+        "-t",
+        "nat",
+    ];
+    del.extend(rule.split_whitespace());
+    sh(&del);
+    assert!(!h.curl_outside6().starts_with('2'), "broken over IPv6");
+    assert!(h.curl_outside().starts_with('2'), "IPv4 still works");
+    h.record(
+        "cni-ipv6-dnat-deleted",
+        "the dual-stack CNI host, portmap's ip6tables DNAT rule for 18498 deleted (ip6tables -t nat -D CNI-DN-... -j DNAT ...)",
+        &["--from", &from, "18498", "--probe"],
+    );
+    let broken = h.doctor(&args);
+    assert_eq!(fault(&broken), "dnat_missing", "{broken:#}");
+    let line = broken["diagnosis"]["line"].as_str().unwrap();
+    assert!(
+        line.starts_with("over IPv6: CNI portmap's DNAT rule"),
+        "{broken:#}"
+    );
+    one_cni_fail(&broken, &h.id());
+    let command = broken["diagnosis"]["fix"]["command"].as_str().unwrap();
+    assert!(command.contains("portmap"), "{command}");
+    sh(&["sh", "-c", command]);
+    let fixed = h.doctor(&["--from", &from, "18498", "--probe"]);
+    assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
+    assert_eq!(fixed["ipv6"]["probe"]["ok"], true, "{fixed:#}");
+    assert!(h.curl_outside6().starts_with('2'));
+    assert!(h.curl_outside().starts_with('2'));
+
+    // The service on [::]:80 with IPV6_V6ONLY: IPv6 only. Over IPv4 nothing listens.
+    h.service = None;
+    h.service = Some(h.ctr.spawn(&[
+        "socat",
+        "TCP6-LISTEN:80,ipv6only=1,fork,reuseaddr",
+        "EXEC:cat",
+    ]));
+    let r = h.wait_fault(&args, "service_ipv6_only");
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("IPV6_V6ONLY"),
+        "{r:#}"
+    );
+    let fails = r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["verdict"] == "fail")
+        .count();
+    assert_eq!(fails, 1, "{r:#}");
+    h.record(
+        "cni-service-ipv6-only",
+        "the dual-stack CNI host, the service replaced by socat TCP6-LISTEN:80,ipv6only=1 (IPV6_V6ONLY on [::]:80)",
+        &args,
+    );
+    h.apply_fix(&r);
+    let mut fixed = Value::Null;
+    wait_for("the relay", 20, || {
+        fixed = h.doctor(&["--from", &from, "18498", "--probe"]);
+        fixed["probe"]["ok"] == true
+    });
+    assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
+    assert_eq!(fixed["ipv6"]["probe"]["ok"], true, "{fixed:#}");
 }

@@ -97,6 +97,9 @@ pub enum Fault {
     ServiceOnLoopback,
     /// The service listens on IPv4 only while the port is published over IPv6 too.
     ServiceIpv4Only,
+    /// The service listens on IPv6 only (`[::]` with IPV6_V6ONLY, or an IPv6 address) while
+    /// the port is published over IPv4.
+    ServiceIpv6Only,
 }
 
 /// The address family of a path.

@@ -217,12 +217,10 @@ pub(crate) fn receiver(
         return (Some(dest), hop, Some(walk));
     }
     // No DNAT for this packet: a socket on the host gets it, if one listens. 0.0.0.0 takes
-    // IPv4 only; [::] takes both unless a socket of the packet's own family is there too.
+    // IPv4 only; [::] takes both (unless IPV6_V6ONLY) unless a socket of the packet's own family
+    // is there too.
     let takes = |s: &&crate::netns::sockets::Socket| {
-        let ip = s.local.ip();
-        s.proto == packet.proto
-            && s.local.port() == packet.dport
-            && (ip == packet.dst || (ip.is_unspecified() && (ip.is_ipv6() || packet.dst.is_ipv4())))
+        s.proto == packet.proto && s.local.port() == packet.dport && s.takes(packet.dst)
     };
     let listener = host
         .listeners

@@ -296,11 +296,8 @@ pub(crate) fn service_hop(
     _inner: Option<&Link>,
 ) {
     let proto = cx.packet.proto;
-    // 0.0.0.0 takes IPv4 only; [::] takes both (Linux's default, bindv6only=0).
-    let matches_addr = |s: &Socket| {
-        let ip = s.local.ip();
-        ip == dest.addr || (ip.is_unspecified() && (ip.is_ipv6() || dest.addr.is_ipv4()))
-    };
+    // 0.0.0.0 takes IPv4 only; [::] takes both unless IPV6_V6ONLY is set on it.
+    let matches_addr = |s: &Socket| s.takes(dest.addr);
     let listening: Vec<&Socket> = ns.listeners.iter().filter(|s| s.proto == proto).collect();
     if let Some(s) = listening
         .iter()
@@ -442,6 +439,50 @@ pub(crate) fn service_hop(
             format!(
                 "{who} listens on {} inside {}, IPv4 only: connections over IPv6 to {listen} find nothing; make {who} listen on [::]:{} (both families)",
                 v4.local, ns.label, dest.port
+            ),
+        )
+        .with_fix(Some(cx.fixer.fix_owned(
+            &format!(
+                "until {who} is reconfigured, relay {listen} to {to} inside {}",
+                ns.label
+            ),
+            Fixer::in_ns(ns, &[&cx.snap.meta.exe, "proxy", &listen, &to]),
+            true,
+        )));
+        hop.evidence.extend(evidence);
+        hops.push(hop);
+        return;
+    }
+    // Over IPv4, a service on [::] with IPV6_V6ONLY (or on an IPv6 address): IPv6 only.
+    if let (true, Some(v6)) = (
+        dest.addr.is_ipv4(),
+        listening.iter().find(|s| {
+            s.local.port() == dest.port && s.local.ip().is_ipv6() && !s.local.ip().is_loopback()
+        }),
+    ) {
+        let who = v6
+            .owners
+            .first()
+            .map(|o| o.comm.clone())
+            .unwrap_or_else(|| "the service".into());
+        let to = if v6.local.ip().is_unspecified() {
+            format!("[::1]:{}", dest.port)
+        } else {
+            v6.local.to_string()
+        };
+        let listen = format!("{}:{}", dest.addr, dest.port);
+        let why = if v6.v6only {
+            "with IPV6_V6ONLY set, IPv6 only"
+        } else {
+            "IPv6 only"
+        };
+        let mut hop = Hop::fail(
+            "service",
+            "service",
+            Fault::ServiceIpv6Only,
+            format!(
+                "{who} listens on {} inside {} {why}: connections over IPv4 to {listen} find nothing; make {who} listen on [::]:{} with IPV6_V6ONLY off (both families), or on 0.0.0.0:{} too",
+                v6.local, ns.label, dest.port, dest.port
             ),
         )
         .with_fix(Some(cx.fixer.fix_owned(

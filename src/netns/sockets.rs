@@ -58,6 +58,9 @@ pub struct Socket {
     pub ifindex: u32,
     /// Processes holding the socket open.
     pub owners: Vec<Owner>,
+    /// An IPv6 socket with IPV6_V6ONLY set: a `[::]` listener that takes no IPv4.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub v6only: bool,
 }
 
 impl Socket {
@@ -67,6 +70,16 @@ impl Socket {
             Proto::Tcp => self.state == "LISTEN",
             Proto::Udp => self.remote.port() == 0,
         }
+    }
+
+    /// True when a packet to `dst` (on this socket's port) is delivered here by its address:
+    /// its own address, 0.0.0.0 for IPv4, `[::]` for IPv6 and, unless IPV6_V6ONLY is set,
+    /// for IPv4 too.
+    pub fn takes(&self, dst: IpAddr) -> bool {
+        let ip = self.local.ip();
+        ip == dst
+            || ip.is_unspecified()
+                && (dst.is_ipv4() == ip.is_ipv4() || ip.is_ipv6() && !self.v6only)
     }
 }
 
@@ -153,6 +166,9 @@ pub fn list_unowned(which: Which) -> Result<Vec<Socket>, NetlinkError> {
                         inode: h.inode,
                         ifindex: id.interface_id,
                         owners: Vec::new(),
+                        v6only: resp.nlas.iter().any(|n| {
+                            matches!(n, netlink_packet_sock_diag::inet::nlas::Nla::SkV6Only(true))
+                        }),
                     };
                     if matches!(which, Which::All) || sock.is_listening() {
                         out.push(sock);

@@ -69,6 +69,23 @@ impl CniAttachment {
         host_port: u16,
         container_port: u16,
     ) -> Self {
+        Self::add_ranges(host, container, &[subnet], host_port, container_port)
+    }
+
+    /// ADD as [`CniAttachment::add`], with one host-local range per subnet (an IPv4 and an
+    /// IPv6 subnet: a dual-stack attachment, portmap writing ip6tables rules too).
+    pub fn add_ranges(
+        host: &TestNs,
+        container: &TestNs,
+        subnets: &[&str],
+        host_port: u16,
+        container_port: u16,
+    ) -> Self {
+        let ranges: Vec<Value> = subnets.iter().map(|s| json!([{"subnet": s}])).collect();
+        let routes: Vec<Value> = subnets
+            .iter()
+            .map(|s| json!({"dst": if s.contains(':') { "::/0" } else { "0.0.0.0/0" }}))
+            .collect();
         sweep_dead_runs();
         let network = unique("cni");
         let bridge = unique_ifname("cnibr");
@@ -80,8 +97,8 @@ impl CniAttachment {
             "plugins": [
                 {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
                  "hairpinMode": true,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                          "routes": [{"dst": "0.0.0.0/0"}],
+                 "ipam": {"type": "host-local", "ranges": ranges,
+                          "routes": routes,
                           "dataDir": data_dir.display().to_string()}},
                 {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
                 {"type": "firewall", "backend": "iptables"}
@@ -117,6 +134,18 @@ impl CniAttachment {
         me.result = prev.unwrap_or(Value::Null);
         me.write_cache();
         me
+    }
+
+    /// The IPv6 address the container got (a dual-stack attachment).
+    pub fn ipv6(&self) -> String {
+        let a = self.result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["address"].as_str())
+            .find(|a| a.contains(':'))
+            .unwrap();
+        a.split('/').next().unwrap().to_string()
     }
 
     /// The IPv4 address the container got.
