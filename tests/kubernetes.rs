@@ -53,6 +53,7 @@ impl FakeApi {
             .arg("nettool")
             .args(args)
             .env("PATH", path)
+            .env_remove("KUBECTL_NETTOOL_IMAGE")
             .env("KUBECONFIG", self.dir.join("kubeconfig"))
             .env("HOME", &self.dir)
             .output()
@@ -311,6 +312,154 @@ fn plugin_argument_errors_are_usage_errors_that_say_what_to_do() {
     assert!(text(&help).contains("kubectl nettool worker-1 -- doctor 30080"));
 }
 
+/// The container spec kubectl sent for `kubectl debug` (protobuf, as recorded): its image and args.
+fn debug_container(body: &[u8]) -> (Vec<String>, Vec<String>) {
+    assert_eq!(&body[..4], b"k8s\0");
+    let pod = bytes(&get(&body[4..], 2)[0]).to_vec();
+    let spec = bytes(&get(&pod, 2)[0]).to_vec();
+    let c = bytes(&get(&spec, 2)[0]).to_vec();
+    (strings(&c, 2), strings(&c, 4))
+}
+
+/// Every `kubectl nettool ...` line of `text`'s code blocks (a `$ ` prompt dropped), or of its
+/// Examples when it is the plugin's --help.
+fn documented_lines(text: &str, help: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_code = false;
+    for l in text.lines() {
+        if help && l.starts_with("Examples:") || !help && l.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let l = l.trim().trim_start_matches("$ ");
+        if in_code && l.starts_with("kubectl nettool ") {
+            out.push(l.to_string());
+        }
+    }
+    out
+}
+
+/// Output lines to compare, trimmed, a temporary directory's name made `/tmp/*`.
+fn dry_run_lines(t: &str) -> Vec<String> {
+    t.lines()
+        .map(|l| {
+            l.split_whitespace()
+                .map(|w| match (w.find("/tmp/"), w.rfind('/')) {
+                    (Some(i), Some(j)) if j > i + 4 => format!("{}/tmp/*{}", &w[..i], &w[j..]),
+                    _ => w.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn every_documented_plugin_command_runs_as_printed() {
+    let api = FakeApi::start("worker-1");
+    let help = text(&api.plugin(&["--help"]));
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/kubernetes.md"))
+            .unwrap();
+    let mut lines = documented_lines(&help, true);
+    lines.extend(documented_lines(&docs, false));
+    assert!(lines.len() >= 8, "{lines:#?}");
+    for line in &lines {
+        // `CMD | kubectl apply -f -` and `CMD   # comment`.
+        let (cmd, pipe) = match line.split_once(" | ") {
+            Some((c, p)) => (c, Some(p.trim())),
+            None => (line.as_str(), None),
+        };
+        let cmd = cmd.split(" #").next().unwrap();
+        let argv: Vec<&str> = cmd.split_whitespace().skip(2).collect();
+        let nettool_args: Vec<&str> = match argv.iter().position(|a| *a == "--") {
+            Some(i) => argv[i + 1..].to_vec(),
+            None => Vec::new(),
+        };
+        let before = api.recorded().len();
+        if argv.contains(&"--daemonset") {
+            let out = api.plugin(&argv);
+            assert!(out.status.success(), "{line}: {}", text(&out));
+            assert_eq!(pipe, Some("kubectl apply -f -"), "{line}");
+            // What the pipe does, client side only (no schema to fetch from the stand-in).
+            let dir = api.dir.join("ds-doc.json");
+            std::fs::write(&dir, &out.stdout).unwrap();
+            let apply = Command::new("kubectl")
+                .args(["apply", "--dry-run=client", "--validate=false", "-f"])
+                .arg(&dir)
+                .env("KUBECONFIG", api.dir.join("kubeconfig"))
+                .env("HOME", &api.dir)
+                .output()
+                .unwrap();
+            assert!(apply.status.success(), "{line}: {}", text(&apply));
+            assert!(
+                text(&apply).contains("daemonset.apps/nettool created (dry run)"),
+                "{line}: {}",
+                text(&apply)
+            );
+            assert_eq!(
+                api.recorded().len(),
+                before,
+                "{line}: a dry run sends nothing"
+            );
+            continue;
+        }
+        assert_eq!(pipe, None, "{line}");
+        if argv.contains(&"--dry-run") {
+            // The docs print this one's output: the same lines, the temporary path aside.
+            let out = api.plugin(&argv);
+            assert!(out.status.success(), "{line}: {}", text(&out));
+            let shown = docs
+                .split(&format!("$ {line}\n"))
+                .nth(1)
+                .and_then(|rest| rest.split("```").next())
+                .unwrap_or_else(|| panic!("docs/kubernetes.md shows no output for {line}"));
+            assert_eq!(
+                dry_run_lines(&String::from_utf8_lossy(&out.stdout)),
+                dry_run_lines(shown),
+                "{line}: what it prints is what the docs show"
+            );
+            assert_eq!(
+                api.recorded().len(),
+                before,
+                "{line}: --dry-run sends nothing"
+            );
+            continue;
+        }
+        // A node command: started detached (attaching needs a kubelet), then what kubectl sent.
+        let mut args = argv.clone();
+        if !args.contains(&"--detach") {
+            let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+            args.insert(at, "--detach");
+        }
+        let out = api.plugin(&args);
+        assert!(out.status.success(), "{line}: {}", text(&out));
+        let rec = api.recorded();
+        assert_eq!(rec.len(), before + 1, "{line}: one pod: {}", text(&out));
+        let (file, body) = &rec[before];
+        let (image, sent_args) = if file.ends_with(".bin") {
+            debug_container(body)
+        } else {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            let c = &v["object"]["spec"]["containers"][0];
+            let strs = |x: &Value| -> Vec<String> {
+                x.as_array()
+                    .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_else(|| vec![x.as_str().unwrap_or_default().to_string()])
+            };
+            (strs(&c["image"]), strs(&c["args"]))
+        };
+        assert_eq!(sent_args, nettool_args, "{line}");
+        let want_image = argv
+            .iter()
+            .position(|a| *a == "--image")
+            .map(|i| argv[i + 1])
+            .unwrap_or("nettool:latest");
+        assert_eq!(image, [want_image], "{line}");
+    }
+}
+
 /// A cgroup made like the kubelet's (cgroupfs driver), removed on drop.
 struct KubeletCgroup {
     dir: PathBuf,
@@ -344,6 +493,274 @@ impl Drop for KubeletCgroup {
             d = dir.parent();
         }
     }
+}
+
+/// A Kubernetes node as nettool finds one, with no kubelet running: the node's namespace and a
+/// pod's namespace joined by a veth (kn0 10.244.0.1 in the node, eth0 10.244.0.5 in the pod),
+/// a process in the pod under a cgroup made like the kubelet's, and the kubelet's log link that
+/// names it container `container` of pod `namespace/pod`. Everything goes on drop.
+struct FakeNode {
+    // Dropped first: the process leaves its cgroup before the cgroup is removed.
+    _proc: common::ChildGuard,
+    _cg: KubeletCgroup,
+    node: common::TestNs,
+    pod: common::TestNs,
+    logs: PathBuf,
+}
+
+impl FakeNode {
+    fn new(tag: &str, pod_ref: (&str, &str, &str), argv: &[&str]) -> Self {
+        let (namespace, pod_name, container) = pod_ref;
+        let node = common::TestNs::new(&format!("{tag}n"));
+        let pod = common::TestNs::new(&format!("{tag}p"));
+        common::veth("kn0", &node, "eth0", &pod);
+        node.ip(&["addr", "add", "10.244.0.1/24", "dev", "kn0"]);
+        pod.ip(&["addr", "add", "10.244.0.5/24", "dev", "eth0"]);
+        pod.ip(&["route", "add", "default", "via", "10.244.0.1"]);
+        // `ip netns exec` execs argv: the child's pid is the process in the pod.
+        let proc = pod.spawn(argv);
+        // Unique per node in this run: a container id and a pod uid.
+        let n = common::unique(tag);
+        let serial: u64 = n.rsplit('-').next().unwrap().parse().unwrap();
+        let id = format!(
+            "{:064x}",
+            u128::from(std::process::id()) << 64 | u128::from(serial) << 16 | 0xfeed
+        );
+        let uid = format!("{}_{serial}_2222_3333_444455556666", std::process::id());
+        let cg = KubeletCgroup::new(&uid, &id, proc.pid());
+        let logs = std::env::temp_dir().join(format!("{n}-logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(
+            logs.join(format!("{pod_name}_{namespace}_{container}-{id}.log")),
+            "",
+        )
+        .unwrap();
+        FakeNode {
+            _proc: proc,
+            _cg: cg,
+            node,
+            pod,
+            logs,
+        }
+    }
+
+    /// Run nettool on this node (the kubelet's log links where this node keeps them).
+    fn nettool(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nettool"));
+        c.args(args)
+            .env("NETTOOL_KUBE_LOG_DIR", &self.logs)
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// Run `argv` in the node's namespace with `input` on stdin; panics when it fails.
+    fn in_node(&self, argv: &[&str], input: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.node.name])
+            .args(argv)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "{argv:?} in the node");
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
+
+/// kube-proxy's rules for NodePort 30080 of service web/shop to the pod's port 80, in its chain
+/// shape (iptables mode): the port is matched in KUBE-NODEPORTS, the DNAT two jumps later in
+/// KUBE-SEP-* has no --dport.
+const NODEPORT_RULES: &str = "*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-WEBSHOP - [0:0]
+:KUBE-SEP-WEBSHOP1 - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -j MASQUERADE
+-A KUBE-SERVICES -d 10.96.0.20/32 -p tcp -m comment --comment \"web/shop:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-WEBSHOP
+-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-NODEPORTS -p tcp -m comment --comment \"web/shop:http\" -m tcp --dport 30080 -j KUBE-SVC-WEBSHOP
+-A KUBE-SVC-WEBSHOP -p tcp -m comment --comment \"web/shop:http\" -m tcp --dport 30080 -j KUBE-MARK-MASQ
+-A KUBE-SVC-WEBSHOP -m comment --comment \"web/shop:http -> 10.244.0.5:80\" -j KUBE-SEP-WEBSHOP1
+-A KUBE-SEP-WEBSHOP1 -p tcp -m comment --comment \"web/shop:http\" -m tcp -j DNAT --to-destination 10.244.0.5:80
+COMMIT
+";
+
+#[test]
+fn doctor_on_a_node_names_the_pod_and_follows_it_by_pod_or_container_name() {
+    let n = FakeNode::new(
+        "kdoc",
+        ("web", "shop-7d9f", "nginx"),
+        &["socat", "TCP-LISTEN:80,fork,reuseaddr", "SYSTEM:echo hi"],
+    );
+    n.in_node(&["iptables-restore"], NODEPORT_RULES);
+    // What kube-proxy sets for NodePorts on localhost, and a node forwards.
+    n.in_node(
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.route_localnet=1",
+            "net.ipv4.ip_forward=1",
+        ],
+        "",
+    );
+    common::wait_for("the pod's service listening", 10, || {
+        common::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &n.pod.name,
+            "ss",
+            "-Htln",
+            "sport",
+            "=",
+            ":80",
+        ])
+        .contains("LISTEN")
+    });
+    for target in [
+        "30080",
+        "container:nginx",
+        "pod:web/shop-7d9f",
+        "pod:web/shop-7d9f:80",
+    ] {
+        let out = n
+            .nettool(&["doctor", "--netns", &n.node.name, target])
+            .output()
+            .unwrap();
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(0), "doctor {target}: {said}");
+        assert!(
+            said.contains("rewrites 127.0.0.1:30080 to 10.244.0.5:80"),
+            "doctor {target} follows the NodePort: {said}"
+        );
+        assert!(
+            said.contains("listens on 0.0.0.0:80 in pod:web/shop-7d9f")
+                && said.contains("in pod:web/shop-7d9f is open"),
+            "doctor {target} names the pod: {said}"
+        );
+        assert!(
+            !said.contains(&n.pod.name),
+            "the pod, not its namespace's name: {said}"
+        );
+    }
+    let json = n
+        .nettool(&[
+            "doctor",
+            "--netns",
+            &n.node.name,
+            "pod:web/shop-7d9f",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: Value =
+        serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&json)));
+    assert_eq!(v["destination"]["netns"], "pod:web/shop-7d9f", "{v:#}");
+    // A pod no log link names: said so, with what was asked.
+    let none = n
+        .nettool(&["doctor", "--netns", &n.node.name, "pod:web/nope"])
+        .output()
+        .unwrap();
+    assert_ne!(none.status.code(), Some(0), "{}", text(&none));
+    assert!(text(&none).contains("pod 'web/nope'"), "{}", text(&none));
+}
+
+#[test]
+fn dns_all_netns_names_a_pods_lookups_pod_namespace_name() {
+    let n = FakeNode::new("kdns", ("shop", "cart-66b8", "cart"), &["sleep", "300"]);
+    let _dnsmasq = n.node.spawn(&[
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=10.244.0.1",
+        "--pid-file=",
+        "--log-facility=/dev/null",
+        "--local=/test/",
+        "--host-record=ready.test,10.1.2.3",
+    ]);
+    let dig = |name: &str| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &n.pod.name])
+            .args([
+                "dig",
+                "+short",
+                "+tries=1",
+                "+timeout=1",
+                "@10.244.0.1",
+                name,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    common::wait_for("dnsmasq answering", 10, || {
+        dig("ready.test").contains("10.1.2.3")
+    });
+
+    // Other tests may look things up meanwhile: this test's own name only.
+    let name = format!("kdns{}.test", std::process::id());
+    let mut watch = n
+        .nettool(&[
+            "dns",
+            "--all-netns",
+            "--json",
+            "--no-summary",
+            "--timeout",
+            "1s",
+            "--duration",
+            "6s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(watch.stderr.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("capturing in"), "dns did not start: {first}");
+    dig(&name);
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let lookups: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|v: &Value| v["name"] == name.as_str())
+        .collect();
+    assert_eq!(lookups.len(), 1, "{lookups:#?}");
+    let l = &lookups[0];
+    assert_eq!(l["netns"], "pod:shop/cart-66b8", "{l:#}");
+    assert_eq!(l["rcode"], "NXDOMAIN", "{l:#}");
+    let seen: Vec<&str> = l["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["netns"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, ["pod:shop/cart-66b8", n.node.name.as_str()], "{l:#}");
 }
 
 #[test]

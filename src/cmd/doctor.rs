@@ -50,6 +50,12 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
                 container_name = Some(name);
                 port = p;
             }
+            Ok(Target::Pod(pod, p)) => {
+                // A pod on a Kubernetes node (or a Podman pod): the namespace its containers share.
+                container = Some(NetNs::open(&pod)?);
+                container_name = Some(pod);
+                port = p;
+            }
             Err(e) => return usage(e),
         }
     }
@@ -67,7 +73,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
     }
     if port.is_none() && container_name.is_none() {
         return usage(
-            "say what to follow: a PORT (nettool doctor 8080), container:NAME, or --packet SPEC"
+            "say what to follow: a PORT (nettool doctor 8080), container:NAME, pod:NS/NAME, or --packet SPEC"
                 .into(),
         );
     }
@@ -187,6 +193,8 @@ fn lab_container(host: &NetNs, name: &str) -> Option<NetNs> {
 enum Target {
     Port(u16, Option<Proto>),
     Container(String, Option<u16>),
+    /// `pod:NS/NAME` as nettool prints it, kept whole (what NetNs::open takes).
+    Pod(String, Option<u16>),
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -197,6 +205,14 @@ fn parse_port(s: &str) -> Result<u16, String> {
 }
 
 fn parse_target(t: &str) -> Result<Target, String> {
+    if t.starts_with("pod:") {
+        return Ok(match t.rsplit_once(':') {
+            Some((pod, p)) if pod != "pod" && p.chars().all(|c| c.is_ascii_digit()) => {
+                Target::Pod(pod.into(), Some(parse_port(p)?))
+            }
+            _ => Target::Pod(t.into(), None),
+        });
+    }
     if let Some(rest) = t.strip_prefix("container:") {
         return Ok(match rest.rsplit_once(':') {
             Some((name, p)) if p.chars().all(|c| c.is_ascii_digit()) => {
@@ -219,9 +235,11 @@ fn parse_target(t: &str) -> Result<Target, String> {
         };
         return Ok(Target::Port(parse_port(p)?, Some(proto)));
     }
-    parse_port(t)
-        .map(|p| Target::Port(p, None))
-        .map_err(|e| format!("{e}; TARGET is PORT, tcp:PORT, udp:PORT or container:NAME[:PORT]"))
+    parse_port(t).map(|p| Target::Port(p, None)).map_err(|e| {
+        format!(
+            "{e}; TARGET is PORT, tcp:PORT, udp:PORT, container:NAME[:PORT] or pod:NS/NAME[:PORT]"
+        )
+    })
 }
 
 enum From {
@@ -473,6 +491,13 @@ mod tests {
         assert!(
             matches!(parse_target("container:web"), Ok(Target::Container(n, None)) if n == "web")
         );
+        assert!(
+            matches!(parse_target("pod:web/shop-7d9f:80"), Ok(Target::Pod(n, Some(80))) if n == "pod:web/shop-7d9f")
+        );
+        assert!(
+            matches!(parse_target("pod:web/shop-7d9f"), Ok(Target::Pod(n, None)) if n == "pod:web/shop-7d9f")
+        );
+        assert!(parse_target("pod:web/shop:0").is_err());
         assert!(parse_target("0").is_err());
         assert!(parse_target("x").is_err());
     }
@@ -497,7 +522,7 @@ mod tests {
 /// Arguments of `doctor`.
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// What to follow: PORT, tcp:PORT, udp:PORT, or container:NAME[:PORT].
+    /// What to follow: PORT, tcp:PORT, udp:PORT, container:NAME[:PORT], or pod:NS/NAME[:PORT].
     pub target: Option<String>,
     /// Where the connection starts: localhost, host, outside, outside:NETNS (probe from that
     /// namespace), container:NAME.

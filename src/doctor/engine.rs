@@ -34,6 +34,11 @@ pub(crate) fn intended<'a>(
     };
     if let Some(name) = &q.container_name {
         let c = intent.container(name)?;
+        // A kubelet log link names a pod's container and says nothing of ports or state: what
+        // Kubernetes intends for a port is in kube-proxy's rules, which the receiver hop reads.
+        if c.engine == EngineKind::Kubernetes {
+            return None;
+        }
         let b = match q.port {
             Some(p) => c
                 .ports

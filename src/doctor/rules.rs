@@ -168,6 +168,53 @@ fn dports_of(rule: &Rule) -> Vec<(u16, u16)> {
         .collect()
 }
 
+/// Chain name -> the rules that jump or go to it, with the chain each lives in.
+type Callers<'a> = std::collections::HashMap<&'a str, Vec<(&'a str, &'a Rule)>>;
+
+/// Who calls each chain of `t`.
+fn callers_of(t: &Table) -> Callers<'_> {
+    let mut m = Callers::new();
+    for c in &t.chains {
+        for r in &c.rules {
+            if let Action::Jump { chain } | Action::Goto { chain } = &r.action {
+                m.entry(chain.as_str())
+                    .or_default()
+                    .push((c.name.as_str(), r));
+            }
+        }
+    }
+    m
+}
+
+/// The ports a DNAT rule without `--dport` publishes, from the rules that lead to its chain:
+/// kube-proxy matches a NodePort in KUBE-NODEPORTS and DNATs in KUBE-SEP-*, two or three jumps
+/// later. A caller that names a destination address (a ClusterIP) is not a port of the host.
+fn dports_by_callers(callers: &Callers<'_>, chain: &str) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut todo = vec![chain];
+    while let Some(ch) = todo.pop() {
+        // Each chain once (jump loops); ten chains up is past any ruleset's nesting.
+        if seen.len() > 10 || !seen.insert(ch) {
+            continue;
+        }
+        for (from, r) in callers.get(ch).into_iter().flatten() {
+            let to_address = r
+                .matches
+                .iter()
+                .any(|m| !m.negated && matches!(m.cond, Cond::Addr { dir: Dir::Dst, .. }));
+            if to_address {
+                continue;
+            }
+            match dports_of(r) {
+                ports if ports.is_empty() => todo.push(from),
+                ports => out.extend(ports),
+            }
+        }
+    }
+    out
+}
+
 impl Firewall {
     /// True when both iptables-legacy and another backend hold rules.
     pub(crate) fn split_backends(&self) -> bool {
@@ -211,11 +258,17 @@ impl Firewall {
     fn dnat_rules_of<'a>(&self, tables: impl Iterator<Item = &'a Table>) -> Vec<Published> {
         let mut out = Vec::new();
         for t in tables {
+            let mut callers = None;
             for c in &t.chains {
                 for r in &c.rules {
                     if let Action::Dnat { to } = &r.action {
                         if let (Some(p), Some(a)) = (proto_of(r), to.addr) {
-                            out.push((p, dports_of(r), a, to.ports.map(|p| p.from)));
+                            let mut ports = dports_of(r);
+                            if ports.is_empty() {
+                                let callers = callers.get_or_insert_with(|| callers_of(t));
+                                ports = dports_by_callers(callers, &c.name);
+                            }
+                            out.push((p, ports, a, to.ports.map(|p| p.from)));
                         }
                     }
                 }

@@ -7,12 +7,19 @@
 //! runtime's socket. A pod's sandbox (pause) container has no log, but its namespace holds the
 //! pod's other containers too, so the namespace is named all the same.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Container, ContainerState, EngineKind, Intent, SourceStatus};
 
 /// Where the kubelet keeps its container log links.
 pub(crate) const LOG_DIR: &str = "/var/log/containers";
+
+/// Where to read the log links: NETTOOL_KUBE_LOG_DIR, else LOG_DIR under the host root.
+pub(crate) fn log_dir() -> PathBuf {
+    std::env::var_os("NETTOOL_KUBE_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::netns::host_path(LOG_DIR))
+}
 
 /// One container from a log link name.
 #[derive(Debug, PartialEq, Eq)]

@@ -307,9 +307,7 @@ impl Intent {
         }
         cni::read_into(&crate::netns::host_path(cni::RESULTS_DIR), &mut intent);
         lab::read_into(&mut intent);
-        let kube_logs = std::env::var_os("NETTOOL_KUBE_LOG_DIR").map(PathBuf::from);
-        let kube_logs = kube_logs.unwrap_or_else(|| crate::netns::host_path(kube::LOG_DIR));
-        kube::read_into(&kube_logs, &mut intent);
+        kube::read_into(&kube::log_dir(), &mut intent);
         intent.fill_netns_inodes();
         intent
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::engine::{cni, docker, lab, Intent};
+use crate::engine::{cni, docker, kube, lab, Intent};
 use crate::lab::state as lab_state;
 use crate::netns::discover::{discover_with, DiscoverOptions, NamespaceInfo};
 use crate::netns::links::{Address, Link, Route, Rtnl};
@@ -311,10 +311,19 @@ fn label_of(info: &NamespaceInfo) -> (String, Option<String>) {
             Some(crate::engine::EngineKind::Docker | crate::engine::EngineKind::Podman)
         ) && c.name.is_some()
     });
-    let label = match (engine_container, &name) {
-        (Some(c), _) => format!("container:{}", c.short_name()),
-        (None, Some(n)) => n.clone(),
-        (None, None) => info.display_name(),
+    // A pod on a Kubernetes node by `pod:NS/NAME`: its /run/netns name (cni-UUID) says nothing.
+    let pod = info
+        .containers
+        .iter()
+        .find_map(|c| match (c.engine, &c.pod) {
+            (Some(crate::engine::EngineKind::Kubernetes), Some(p)) => Some(p),
+            _ => None,
+        });
+    let label = match (pod, engine_container, &name) {
+        (Some(p), _, _) => format!("pod:{p}"),
+        (None, Some(c), _) => format!("container:{}", c.short_name()),
+        (None, None, Some(n)) => n.clone(),
+        (None, None, None) => info.display_name(),
     };
     (label, name)
 }
@@ -353,8 +362,10 @@ pub(crate) fn read_with(
             parts.push(part);
         }
         let mut rest = Intent::default();
-        cni::read_into(std::path::Path::new(cni::RESULTS_DIR), &mut rest);
+        cni::read_into(&crate::netns::host_path(cni::RESULTS_DIR), &mut rest);
         lab::read_into(&mut rest);
+        // A Kubernetes node's pods, named by the kubelet's log links.
+        kube::read_into(&kube::log_dir(), &mut rest);
         rest.fill_netns_inodes();
         parts.push(rest);
         for p in &parts {
