@@ -436,6 +436,12 @@ fn no_listener_is_no_socket_in_the_container_and_a_reset() {
         });
         let d = kernel_drop(&pkts, &topo.ctr, "NO_SOCKET");
         assert_eq!(d["flags"], "SYN", "{d}");
+        // Joined by the reset the kernel sent about that very skb, not by time alone.
+        assert_eq!(d["kernel_drop"]["answer"]["what"], "TCP reset", "{d}");
+        assert!(
+            d["join"].as_str().unwrap().contains("the same skb address"),
+            "{d}"
+        );
         let all = show(&pkts);
         assert!(
             ns_of(&pkts, &topo.ctr)
@@ -475,6 +481,15 @@ fn an_mtu_too_small_with_df_is_pkt_too_big() {
         let _ = curl(&topo, &["--data", &big, "http://10.77.1.1:8080/"]);
     });
     let d = kernel_drop(&pkts, &topo.host, "PKT_TOO_BIG");
+    // Joined by the ICMP "fragmentation needed" sent about that very skb.
+    assert_eq!(
+        d["kernel_drop"]["answer"]["what"], "ICMP type 3 code 4",
+        "{d}"
+    );
+    assert!(
+        d["join"].as_str().unwrap().contains("the same skb address"),
+        "{d}"
+    );
     assert_eq!(d["dont_fragment"], true);
     assert!(d["length"].as_u64().unwrap() > 1280, "{d}");
 }
@@ -509,6 +524,11 @@ fn a_missing_route_back_drops_the_answer_in_the_host() {
         .find(|p| p["flags"] == "SYN|ACK" && p["end"] == "dropped_by_kernel")
         .unwrap_or_else(|| panic!("no dropped SYN-ACK in the host: {all}"));
     assert_eq!(d["reason"], "IP_INNOROUTES", "{all}");
+    // ip_error answered that very skb with "network unreachable" to its sender.
+    assert_eq!(
+        d["kernel_drop"]["answer"]["what"], "ICMP type 3 code 0",
+        "{all}"
+    );
 }
 
 #[test]

@@ -25,9 +25,10 @@ Each packet is printed once per namespace it crossed: the rules that decided som
 ended: dropped by a rule, dropped by the kernel (skb:kfree_skb reason), delivered to a
 socket (and its process), or sent on. NAT comes from the flow's conntrack entry in that
 namespace (original and reply tuples), on the rule that set it up or as a 'conntrack:' line
-where conntrack applied it to a later packet or an answer. The kernel drop is joined by time and protocol: the
-tracepoint carries no namespace or addresses, so a busy machine can pair the wrong one
-(the JSON 'join' field says how many candidates there were).
+where conntrack applied it to a later packet or an answer. A drop the kernel answered with a
+TCP reset or an ICMP error is joined by that answer (the same skb, naming the packet's
+addresses); other drops by time, protocol and stage: the tracepoint carries no namespace or
+addresses, so a busy machine can pair the wrong one (the JSON 'join' field says how).
 
 Nothing is left behind: a table 'inet nettool_trace_PID' in each namespace and a tracefs
 instance 'nettool-trace-PID' are journaled in /run/nettool-trace/ before they are made and

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::drops::Endpoint;
 use super::TraceFilter;
 use crate::netns::conntrack::{Entry as CtFlow, Events as CtEvents, Tuple};
 
@@ -177,6 +178,20 @@ pub(crate) fn rewrites(flow: &CtFlow, seen: &Tuple, reached: &[String]) -> Vec<N
         }
     }
     out
+}
+
+/// Every (source, destination) a packet of `flow` can carry in this namespace, as unordered
+/// pairs: before NAT, after a DNAT but not yet the SNAT, after both (and so on for answers).
+pub(crate) fn ends_of(flow: &CtFlow) -> Vec<(Endpoint, Endpoint)> {
+    let ports = matches!(flow.original.proto, 6 | 17 | 132 | 33 | 136);
+    let ep = |ip: IpAddr, port: u16| (ip, ports.then_some(port));
+    let (o, r) = (&flow.original, &flow.reply);
+    let client_side = [ep(o.src, o.sport), ep(r.dst, r.dport)];
+    let server_side = [ep(o.dst, o.dport), ep(r.src, r.sport)];
+    client_side
+        .iter()
+        .flat_map(|c| server_side.iter().map(move |s| (*c, *s)))
+        .collect()
 }
 
 /// The conntrack entries of one namespace that matter to the trace, as they come.

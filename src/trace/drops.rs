@@ -1,6 +1,7 @@
 //! Kernel drop reasons from the skb:kfree_skb tracepoint, read through a tracefs instance of
 //! our own (the global trace buffer is never touched), filtered in the kernel.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -30,7 +31,43 @@ pub(crate) struct KernelDrop {
     pub cpu: u32,
     /// The task that was running (often a softirq on behalf of nobody).
     pub task: String,
+    /// What the kernel answered this very skb with just before it freed it (a TCP reset, an
+    /// ICMP error), and the addresses that answer names: the skb address ties the two events.
+    pub answer: Option<KernelAnswer>,
 }
+
+/// An address and, for TCP/UDP/SCTP, a port.
+pub(crate) type Endpoint = (std::net::IpAddr, Option<u16>);
+
+/// A TCP reset or ICMP error the kernel sent about a packet it then dropped
+/// (tcp:tcp_send_reset, icmp:icmp_send), with the packet's two ends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct KernelAnswer {
+    /// "TCP reset" or "ICMP type T code C".
+    pub what: String,
+    /// One end of the dropped packet (address, and port when the event has it).
+    pub a: Endpoint,
+    /// The other end.
+    pub b: Endpoint,
+}
+
+impl KernelAnswer {
+    /// The answer names the packet with these ends (either way round; a missing port
+    /// matches any).
+    pub(crate) fn names(&self, src: Endpoint, dst: Endpoint) -> bool {
+        let same =
+            |x: Endpoint, y: Endpoint| x.0 == y.0 && (x.1.is_none() || y.1.is_none() || x.1 == y.1);
+        (same(self.a, src) && same(self.b, dst)) || (same(self.a, dst) && same(self.b, src))
+    }
+}
+
+/// Events beside kfree_skb that name the packet an skb carried, and their filters (the
+/// events fire only when the kernel answers a packet with an error, never per packet).
+const ANSWER_EVENTS: &[(&str, &str)] = &[
+    ("tcp/tcp_send_reset", ""),
+    // Destination unreachable (port, fragmentation needed, host) and time exceeded.
+    ("icmp/icmp_send", "type == 3 || type == 11"),
+];
 
 /// What a drop reason means for a container network, in words.
 pub(crate) fn explain_reason(reason: &str) -> &'static str {
@@ -198,6 +235,8 @@ pub(crate) struct DropTracer {
     path: PathBuf,
     pipe: fs::File,
     pending: Vec<u8>,
+    /// Answers waiting for the kfree_skb of their skb, by skb address, with their time.
+    answers: HashMap<String, (f64, KernelAnswer)>,
 }
 
 impl DropTracer {
@@ -218,6 +257,14 @@ impl DropTracer {
             let _ = write(&path.join("trace_clock"), "mono");
             let _ = write(&path.join("buffer_size_kb"), "2048");
             write(&path.join("events/skb/kfree_skb/filter"), &filter)?;
+            // Best effort: without them the drop join is by time and stage only.
+            for (ev, f) in ANSWER_EVENTS {
+                let dir = path.join("events").join(ev);
+                if !f.is_empty() {
+                    let _ = write(&dir.join("filter"), f);
+                }
+                let _ = write(&dir.join("enable"), "1");
+            }
             write(&path.join("events/skb/kfree_skb/enable"), "1")?;
             let pipe = fs::OpenOptions::new()
                 .read(true)
@@ -231,6 +278,7 @@ impl DropTracer {
                 path: path.to_path_buf(),
                 pipe,
                 pending: Vec::new(),
+                answers: HashMap::new(),
             }),
             Err(e) => {
                 let _ = remove_instance(path);
@@ -258,13 +306,29 @@ impl DropTracer {
         let mut out = Vec::new();
         let mut start = 0;
         while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
-            let line = &self.pending[start..start + nl];
-            if let Some(d) = parse_line(&String::from_utf8_lossy(line)) {
+            let line = String::from_utf8_lossy(&self.pending[start..start + nl]).into_owned();
+            start += nl + 1;
+            if let Some((time, skb, answer)) = parse_answer(&line) {
+                self.answers.insert(skb, (time, answer));
+                continue;
+            }
+            if let Some(mut d) = parse_line(&line) {
+                // The same skb, freed right after it was answered (an address is reused
+                // only once the skb is freed: an older answer is someone else's).
+                if let Some((t, a)) = self.answers.remove(&d.skbaddr) {
+                    if d.time - t < 0.01 {
+                        d.answer = Some(a);
+                    }
+                }
                 out.push(d);
             }
-            start += nl + 1;
         }
         self.pending.drain(..start);
+        // Answers whose skb was not dropped (an ICMP error about a packet that went on).
+        if self.answers.len() > 1024 {
+            let newest = out.last().map_or(0.0, |d| d.time);
+            self.answers.retain(|_, (t, _)| newest - *t < 1.0);
+        }
         out
     }
 
@@ -311,6 +375,9 @@ impl NonBlock for fs::OpenOptions {
 /// Disable kfree_skb in the instance at `path` and remove it.
 pub(crate) fn remove_instance(path: &Path) -> Result<(), String> {
     let _ = fs::write(path.join("events/skb/kfree_skb/enable"), "0");
+    for (ev, _) in ANSWER_EVENTS {
+        let _ = fs::write(path.join("events").join(ev).join("enable"), "0");
+    }
     let _ = fs::write(path.join("events/skb/kfree_skb/filter"), "0");
     // Removal can race a reader that is just closing: try a few times.
     let mut last = String::new();
@@ -357,7 +424,53 @@ pub(crate) fn parse_line(line: &str) -> Option<KernelDrop> {
         skbaddr: field("skbaddr=").unwrap_or_default(),
         cpu,
         task,
+        answer: None,
     })
+}
+
+/// `ADDR:PORT`, `[V6]:PORT` or a bare address (no port, or port 0: the event did not read it).
+fn endpoint(s: &str) -> Option<Endpoint> {
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some((sa.ip(), Some(sa.port()).filter(|p| *p != 0)));
+    }
+    s.parse().ok().map(|ip| (ip, None))
+}
+
+/// Parse a tcp_send_reset or icmp_send line: its time, skb address and answer.
+/// `... 12.5: tcp_send_reset: skbaddr=X skaddr=Y src=10.0.0.2:81 dest=10.0.0.1:4000 state=... reason=NO_SOCKET`
+/// `... 12.5: icmp_send: icmp_send: type=3, code=3. From 10.0.0.1:4000 to 10.0.0.2:81 ulen=9 skbaddr=X`
+fn parse_answer(line: &str) -> Option<(f64, String, KernelAnswer)> {
+    let (head, body, tcp) = if let Some((h, b)) = line.split_once(": tcp_send_reset: ") {
+        (h, b, true)
+    } else {
+        let (h, b) = line.split_once(": icmp_send: ")?;
+        (h, b, false)
+    };
+    let time = head.trim().rsplit(' ').next()?.parse::<f64>().ok()?;
+    let field = |k: &str| body.split_whitespace().find_map(|w| w.strip_prefix(k));
+    let skb = field("skbaddr=")?.to_string();
+    let answer = if tcp {
+        KernelAnswer {
+            what: "TCP reset".into(),
+            a: endpoint(field("src=")?)?,
+            b: endpoint(field("dest=")?)?,
+        }
+    } else {
+        let num = |k: &str| -> Option<i32> { field(k)?.trim_end_matches([',', '.']).parse().ok() };
+        let words: Vec<&str> = body.split_whitespace().collect();
+        let after = |w: &str| {
+            words
+                .iter()
+                .position(|x| *x == w)
+                .and_then(|i| words.get(i + 1))
+        };
+        KernelAnswer {
+            what: format!("ICMP type {} code {}", num("type=")?, num("code=")?),
+            a: endpoint(after("From")?)?,
+            b: endpoint(after("to")?)?,
+        }
+    };
+    Some((time, skb, answer))
 }
 
 /// CLOCK_MONOTONIC now, in seconds (what the instance's "mono" trace clock stamps).
@@ -385,6 +498,19 @@ mod tests {
         assert_eq!(d.cpu, 1);
         assert!((d.time - 12345.678901).abs() < 1e-6);
         assert!(parse_line("garbage").is_none());
+        let (t, skb, a) = parse_answer("          <idle>-0       [001] ..s2. 12345.678800: tcp_send_reset: skbaddr=00000000a1b2c3d4 skaddr=0000000000000000 src=10.77.2.2:81 dest=10.77.2.1:55628 state=TCP_CLOSE reason=NO_SOCKET").unwrap();
+        assert!((t - 12345.6788).abs() < 1e-6);
+        assert_eq!(skb, "00000000a1b2c3d4");
+        assert_eq!(a.what, "TCP reset");
+        let ep = |s: &str| endpoint(s).unwrap();
+        assert!(a.names(ep("10.77.2.1:55628"), ep("10.77.2.2:81")));
+        assert!(!a.names(ep("10.77.2.1:55629"), ep("10.77.2.2:81")));
+        let (_, _, a) = parse_answer("  curl-5 [000] ..... 9.5: icmp_send: icmp_send: type=3, code=4. From 10.77.1.2:0 to 10.77.2.2:0 ulen=0 skbaddr=00000000deadbeef").unwrap();
+        assert_eq!(a.what, "ICMP type 3 code 4");
+        // No ports in the event: the addresses decide.
+        assert!(a.names(ep("10.77.2.2:80"), ep("10.77.1.2:40000")));
+        let (_, _, a) = parse_answer("x-1 [000] ..... 9.5: tcp_send_reset: skbaddr=1 skaddr=2 src=[fd77:2::2]:81 dest=[fd77:2::1]:4000 state=TCP_CLOSE reason=NO_SOCKET").unwrap();
+        assert!(a.names(ep("[fd77:2::1]:4000"), ep("[fd77:2::2]:81")));
         assert!(parse_line(": kfree_skb: reason: X").is_none());
     }
 

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::netns::NetNs;
 use conntrack::{CtEntry, CtWatch, NatRewrite};
-use drops::{DropTracer, KernelDrop};
+use drops::{DropTracer, Endpoint, KernelDrop};
 use journal::{Item, Journal};
 use nftrace::{NftTrace, TraceKind, TraceSocket};
 use reader::{Feed, Readers, Stamped};
@@ -902,6 +902,7 @@ impl Session {
                     last: p.last,
                     hooks: reached_hooks(p),
                     rule_dropped: p.events.iter().any(|e| e.verdict == Some(0)),
+                    ends: packet_ends(p, self.points[p.point].ct.as_ref()),
                     ethertype: p
                         .events
                         .iter()
@@ -1080,6 +1081,11 @@ impl Session {
         } else {
             0x0800
         };
+        let ends = if self.pending_drops.is_empty() {
+            Vec::new()
+        } else {
+            packet_ends(&p, point.ct.as_ref())
+        };
         // Cheap tests first: most packets have no kernel drop anywhere near them.
         // Drops are in time order: only those inside this packet's window are looked at.
         let lo = self
@@ -1097,6 +1103,7 @@ impl Session {
                     && d.time >= p.first_after - JOIN_BEFORE
                     && d.time <= p.last + JOIN_AFTER
                     && stage_rank(&d.reason, &hooks, dropped.is_some()).is_some()
+                    && answer_fits(d, &ends) != Some(false)
             })
             .map(|(i, _)| i)
             .collect();
@@ -1118,14 +1125,25 @@ impl Session {
                 }
             }
         }
-        // A drop that fits another packet better (its stage, then its time) is that packet's.
-        let score = |d: &KernelDrop, hooks: &[String], rule_dropped: bool, after: f64, at: f64| {
-            stage_rank(&d.reason, hooks, rule_dropped).map(|r| (r, gap(d.time, after, at)))
+        // A drop that fits another packet better (named by the answer sent about its skb, then
+        // its stage, then its time) is that packet's.
+        let score = |d: &KernelDrop,
+                     ends: &[(Endpoint, Endpoint)],
+                     hooks: &[String],
+                     rule_dropped: bool,
+                     after: f64,
+                     at: f64| {
+            let named = match answer_fits(d, ends) {
+                Some(false) => return None,
+                Some(true) => 0u8,
+                None => 1,
+            };
+            stage_rank(&d.reason, hooks, rule_dropped).map(|r| (named, r, gap(d.time, after, at)))
         };
         let is_dropped = dropped.is_some();
         candidates.retain(|&i| {
             let d = &self.pending_drops[i];
-            let Some(mine) = score(d, &hooks, is_dropped, p.last_after, p.last) else {
+            let Some(mine) = score(d, &ends, &hooks, is_dropped, p.last_after, p.last) else {
                 return false;
             };
             // Windows whose join range holds d.time: last >= t - JOIN_AFTER, and (since no
@@ -1141,13 +1159,14 @@ impl Session {
                     && w.ethertype == Some(d.protocol)
                     && d.time >= w.first_after - JOIN_BEFORE
                     && d.time <= w.last + JOIN_AFTER
-                    && score(d, &w.hooks, w.rule_dropped, w.last_after, w.last)
+                    && score(d, &w.ends, &w.hooks, w.rule_dropped, w.last_after, w.last)
                         .is_some_and(|theirs| theirs < mine)
             })
         });
         let pick = candidates.iter().copied().min_by(|&a, &b| {
             let sa = score(
                 &self.pending_drops[a],
+                &ends,
                 &hooks,
                 is_dropped,
                 p.last_after,
@@ -1155,6 +1174,7 @@ impl Session {
             );
             let sb = score(
                 &self.pending_drops[b],
+                &ends,
                 &hooks,
                 is_dropped,
                 p.last_after,
@@ -1171,10 +1191,17 @@ impl Session {
                 } else {
                     "while the packet's last trace event was in flight".to_string()
                 };
-                let join = format!(
-                    "kfree_skb {when}, same protocol, a reason that happens after the hooks it reached; {} candidate(s) (the tracepoint carries no namespace or addresses)",
-                    candidates.len()
-                );
+                let join = match &d.answer {
+                    Some(a) if answer_fits(&d, &ends) == Some(true) => format!(
+                        "kfree_skb of the skb the kernel answered with {} {} naming this packet's addresses (the same skb address in both events), {when}",
+                        if a.what.starts_with('I') { "an" } else { "a" },
+                        a.what
+                    ),
+                    _ => format!(
+                        "kfree_skb {when}, same protocol, a reason that happens after the hooks it reached; {} candidate(s) (the tracepoint carries no namespace or addresses)",
+                        candidates.len()
+                    ),
+                };
                 (Some(d), Some(join))
             }
             None => (None, None),
@@ -1407,11 +1434,42 @@ struct Headers {
     dst_ip: Option<IpAddr>,
     dst_port: Option<u16>,
     src_addr: Option<std::net::SocketAddr>,
+    /// (source, destination) as (address, port when it has one).
+    ends: Option<(Endpoint, Endpoint)>,
     flags: Option<String>,
     length: Option<u32>,
     df: bool,
     /// The conntrack tuple of these headers (ICMP echo: its id on both ports).
     tuple: Option<crate::capture::follow::Tuple>,
+}
+
+/// The ends of a packet in one namespace: its headers at its first and at its last event,
+/// and every form NAT gives them by its conntrack entry there (an skb dropped between two
+/// rewrites carries neither the first nor the last headers).
+fn packet_ends(p: &OpenPacket, ct: Option<&CtWatch>) -> Vec<(Endpoint, Endpoint)> {
+    let with_headers = || p.events.iter().filter(|e| !e.network_header.is_empty());
+    let seen: Vec<Headers> = [with_headers().next(), with_headers().next_back()]
+        .into_iter()
+        .flatten()
+        .map(|e| parse_headers(&e.network_header, &e.transport_header))
+        .collect();
+    let mut ends: Vec<_> = seen.iter().filter_map(|h| h.ends).collect();
+    if let Some(flow) = seen
+        .first()
+        .and_then(|h| h.tuple.as_ref())
+        .and_then(|t| ct?.lookup(t))
+    {
+        ends.extend(conntrack::ends_of(flow));
+    }
+    ends
+}
+
+/// Whether a kernel drop's answer (the reset or ICMP error sent about the very skb) names a
+/// packet with these ends: None when the drop came with no answer.
+fn answer_fits(d: &KernelDrop, ends: &[(Endpoint, Endpoint)]) -> Option<bool> {
+    d.answer
+        .as_ref()
+        .map(|a| ends.iter().any(|(s, t)| a.names(*s, *t)))
 }
 
 /// What the kernel drop join needs to know of a packet.
@@ -1424,6 +1482,7 @@ struct Window {
     hooks: Vec<String>,
     rule_dropped: bool,
     ethertype: Option<u16>,
+    ends: Vec<(Endpoint, Endpoint)>,
 }
 
 /// The hooks a packet reached, from our own chains' events (one on every hook).
@@ -1571,6 +1630,7 @@ fn parse_headers(net: &[u8], transport: &[u8]) -> Headers {
     h.src = fmt(src, sp);
     h.dst = fmt(dst, dp);
     h.dst_ip = Some(dst);
+    h.ends = Some(((src, sp), (dst, dp)));
     h.dst_port = dp;
     h.src_addr = sp.map(|p| std::net::SocketAddr::new(src, p));
     h
