@@ -482,6 +482,59 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<Mapping>> {
     Ok(maps)
 }
 
+/// A mapping whose target is its own listening socket (same namespace, same port, and the
+/// target is the listen address or, for a wildcard listener, any address of that namespace)
+/// would connect to itself for every connection until descriptors run out: refused up front.
+fn refuse_self_targets(
+    maps: &[Mapping],
+    listen_ns: Option<&NetNs>,
+    target_ns: Option<&NetNs>,
+) -> anyhow::Result<()> {
+    let current = || NetNs::current().map(|n| n.id());
+    let lid = listen_ns.map_or_else(current, |n| Ok(n.id()))?;
+    let tid = target_ns.map_or_else(current, |n| Ok(n.id()))?;
+    if lid != tid {
+        return Ok(());
+    }
+    for pm in maps.iter().flat_map(Mapping::expand) {
+        let (l, t) = (pm.listen, pm.target);
+        if l.port() != t.port() {
+            continue;
+        }
+        let mine = l.ip() == t.ip()
+            || (l.ip().is_unspecified()
+                && match listen_ns {
+                    Some(ns) => ns.run(move || is_local(t.ip()))?,
+                    None => is_local(t.ip()),
+                });
+        if mine {
+            return Err(Usage(format!(
+                "{} {l} -> {t}: the target is this proxy's own listening socket, so every connection would open another one to itself (until file descriptors run out); give the service's address instead, e.g. a container's IP",
+                pm.proto
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Is `ip` an address of the calling thread's namespace? A UDP socket connected to it leaves
+/// from it exactly when it is local (no packet is sent).
+fn is_local(ip: std::net::IpAddr) -> bool {
+    if ip.is_loopback() || ip.is_unspecified() {
+        return true;
+    }
+    let any: std::net::IpAddr = if ip.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    std::net::UdpSocket::bind((any, 0))
+        .and_then(|s| s.connect((ip, 9)).map(|()| s))
+        .and_then(|s| s.local_addr())
+        .is_ok_and(|a| a.ip() == ip)
+}
+
 /// What a running proxy forwards, read from its command line with the proxy's own parsers:
 /// docker-proxy flags (argv[0] docker-proxy, any binary given docker-proxy's flags, or
 /// `nettool proxy -container-ip ...`) or the
@@ -534,10 +587,13 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         )
         .into());
     }
+    let listen_ns = open_ns("--listen-netns", &a.listen_netns)?;
+    let target_ns = open_ns("--target-netns", &a.target_netns)?;
+    refuse_self_targets(&maps, listen_ns.as_ref(), target_ns.as_ref())?;
     let plan = Plan {
         maps,
-        listen_ns: open_ns("--listen-netns", &a.listen_netns)?,
-        target_ns: open_ns("--target-netns", &a.target_netns)?,
+        listen_ns,
+        target_ns,
         udp_idle: Duration::from_secs(a.udp_timeout.max(1)),
         console,
         dump_file: a.dump_file,
