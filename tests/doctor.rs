@@ -1831,6 +1831,73 @@ impl PodmanLab {
         }
     }
 
+    /// A dual-stack Podman host: the uplink also 2001:db8:1::1/64 (outside ::2), web on a
+    /// `podman network create --ipv6` network (Podman picks an IPv4 and an IPv6 subnet),
+    /// busybox httpd on [::]:80 (both families).
+    fn dual(tag: &str, port: u16) -> PodmanLab {
+        let mut p = common::podman::PodmanHost::start(tag);
+        let outside = TestNs::new(&format!("{tag}o"));
+        veth("up0", &p.ns, "eth0", &outside);
+        p.ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+        p.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::1/64",
+            "dev",
+            "up0",
+            "nodad",
+        ]);
+        outside.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        p.ns.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        outside.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+        let net = p.network("dnet6", &["--ipv6"]);
+        let publish = format!("{port}:80");
+        let web = p.run(
+            "web",
+            &["--network", &net, "-p", &publish],
+            &["httpd", "-f", "-p", "80", "-h", "/"],
+        );
+        PodmanLab {
+            p,
+            outside,
+            web,
+            port,
+        }
+    }
+
+    fn curl_outside6(&self) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.outside.name,
+                "curl",
+                "-gs",
+                "-m",
+                "5",
+            ])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://[2001:db8:1::1]:{}/", self.port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn record(&self, name: &str, how: &str, args: &[&str]) {
+        record_capture(&[], &self.p.ns.name, name, how, args);
+    }
+
     fn outside_from(&self) -> String {
         format!("outside:{}", self.outside.name)
     }
@@ -1955,6 +2022,93 @@ fn podman_healthy_then_flushed_rules_then_stopped() {
     let r = l.wait_clear(&["--from", &outside, &port, "--probe"]);
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
     assert_ne!(l.curl_outside(), "000");
+}
+
+/// A dual-stack Podman network (netavark, `podman network create --ipv6`): healthy is all
+/// clear over IPv4 and IPv6; netavark's ip6tables DNAT rule deleted is named over IPv6 with
+/// `podman network reload --all`, which, run as printed, brings IPv6 back.
+#[test]
+fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
+    let l = PodmanLab::dual("dpod6", 18582);
+    let port = l.port.to_string();
+    let outside = l.outside_from();
+    let r = l.wait_clear(&["--from", &outside, &port, "--probe"]);
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("all clear over IPv4 and IPv6"),
+        "{r:#}"
+    );
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    assert_eq!(r["ipv6"]["probe"]["ok"], true, "{r:#}");
+    assert_eq!(r["ipv6"]["destination"]["via"], "dnat", "{r:#}");
+    assert_ne!(l.curl_outside(), "000");
+    assert_ne!(l.curl_outside6(), "000");
+    // busybox httpd answers 404 (no index): any HTTP answer is the port working.
+    l.record(
+        "podman-dual-stack-healthy",
+        "Podman 4.3 + netavark, podman network create --ipv6, web (busybox httpd on [::]:80) -p 18582:80, uplink also 2001:db8:1::1/64",
+        &["--from", &outside, &port, "--probe"],
+    );
+
+    // netavark's ip6tables DNAT rule for the port deleted: IPv6 clients get nothing.
+    let rules = l.p.ns.ip(&[
+        "netns",
+        "exec",
+        &l.p.ns.name,
+        "ip6tables",
+        "-t",
+        "nat",
+        "-S",
+    ]);
+    let rule = rules
+        .lines()
+        .find(|x| x.contains(&format!("--dport {port}")) && x.contains("-j DNAT"))
+        .unwrap_or_else(|| panic!("netavark's ip6tables DNAT rule in {rules}"))
+        .replacen("-A", "-D", 1);
+    let mut del = vec![
+        "ip",
+        "netns",
+        "exec",
+        &l.p.ns.name,
+        "ip6tables",
+        "-t",
+        "nat",
+    ];
+    del.extend(rule.split_whitespace());
+    sh(&del);
+    assert_eq!(l.curl_outside6(), "000", "broken over IPv6");
+    assert_ne!(l.curl_outside(), "000", "IPv4 still works");
+    l.record(
+        "podman-ipv6-dnat-deleted",
+        "the dual-stack Podman host, netavark's ip6tables DNAT rule for 18582 deleted (ip6tables -t nat -D NETAVARK-DN-... -j DNAT ...)",
+        &["--from", &outside, &port, "--probe"],
+    );
+    let r = l.doctor(&["--from", &outside, &port]);
+    assert_eq!(fault(&r), "dnat_missing", "{r:#}");
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("over IPv6: "),
+        "{r:#}"
+    );
+    assert!(
+        hops_of(&r, "ipv4").iter().all(|h| h["verdict"] == "ok"),
+        "{r:#}"
+    );
+    assert!(
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with("podman network reload --all"),
+        "{r:#}"
+    );
+    l.run_printed_fix(&r);
+    let r = l.wait_clear(&["--from", &outside, &port, "--probe"]);
+    assert_eq!(r["ipv6"]["probe"]["ok"], true, "{r:#}");
+    assert_ne!(l.curl_outside6(), "000");
 }
 
 // ---------------------------------------------------------------------------------------------
