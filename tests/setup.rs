@@ -1738,3 +1738,54 @@ fn netns_exec_resolves_lab_names_without_sys_or_dashes() {
     let out = nettool_in(None, &["netns", "exec", &client, "ip", "-o", "link"], &[]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// `container:NAME` of a lab container is a TARGET of every command that takes a namespace
+/// (one resolver), and `netns list` names the container instead of "-". Issue 19 found it
+/// working in doctor only; this keeps it so for each command.
+#[test]
+fn a_lab_container_is_a_target_of_every_command_and_named_in_netns_list() {
+    let cname = format!("box{}", std::process::id());
+    let file = write_lab(&format!(
+        "[lab]\nname = \"x\"\n[[network]]\nname = \"n\"\nsubnet = \"172.31.78.0/24\"\n\
+         [[container]]\nname = \"{cname}\"\nnetwork = \"n\"\naddress = \"172.31.78.5\"\n\
+         run = \"nettool serve http 80\"\nports = [\"8080:80\"]\n"
+    ));
+    let (lab, _) = TestLab::isolated("anytgt", &[file.s()]);
+    let target = format!("container:{cname}");
+    let list = nettool_json(&["netns", "list", "--json"]);
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["names"][0] == lab.ns(&cname))
+        .unwrap_or_else(|| panic!("{} not in netns list: {list}", lab.ns(&cname)));
+    assert_eq!(row["containers"][0]["name"], cname.as_str(), "{row}");
+    assert_eq!(row["containers"][0]["engine"], "lab", "{row}");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["netns", "inspect", &target],
+        vec!["netns", "exec", &target, "--", "true"],
+        vec!["peer", "--netns", &target, "--all"],
+        vec!["topology", "--netns", &target],
+        vec!["explain-nat", "--netns", &target],
+        vec!["doctor", &target, "--netns", &lab.name],
+        vec!["dns", "--netns", &target, "--duration", "1s"],
+        vec!["capture", "--netns", &target, "--duration", "1s"],
+        vec!["trace", "--netns", &target, "--duration", "1s", "tcp:80"],
+    ];
+    for args in commands {
+        let out = nettool_in(None, &args, &[]);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    // What inspect and doctor say is about that container.
+    let said = text(&nettool_in(None, &["netns", "inspect", &target], &[]));
+    assert!(said.contains("172.31.78.5"), "{said}");
+    let said = text(&nettool_in(
+        None,
+        &["doctor", &target, "--netns", &lab.name],
+        &[],
+    ));
+    assert!(
+        said.contains(&format!("lab container {cname} is running")),
+        "{said}"
+    );
+}
