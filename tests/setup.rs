@@ -1789,3 +1789,65 @@ fn a_lab_container_is_a_target_of_every_command_and_named_in_netns_list() {
         "{said}"
     );
 }
+
+/// Is `pid` a kernel thread (PF_KTHREAD in /proc/PID/stat's flags)?
+fn is_kernel_thread(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.split_whitespace().nth(6)?.to_string();
+            after.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & 0x0020_0000 != 0)
+}
+
+/// The host namespace's processes in `topology --all` (text and JSON) and in `peer --all --json`
+/// leave out kernel threads (issue 19: they filled the host namespace's box); `netns list` is
+/// tested in tests/netns.rs. Only reads the machine. peer shows the host namespace only when one
+/// of its veths is there, so that half checks whatever the machine has.
+#[test]
+fn the_host_namespace_lists_no_kernel_threads_in_topology_or_peer() {
+    let kthreadd_comm = std::fs::read_to_string("/proc/2/comm").unwrap_or_default();
+    assert!(
+        is_kernel_thread(2),
+        "pid 2 is kthreadd here: {kthreadd_comm}"
+    );
+    let topo = nettool_json(&["topology", "--all", "--json"]);
+    let mut seen = 0;
+    for n in topo["nodes"].as_array().unwrap() {
+        for p in n["processes"].as_array().into_iter().flatten() {
+            let pid: u64 = p
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            seen += 1;
+            assert!(
+                !is_kernel_thread(pid),
+                "kernel thread {p} in {}",
+                n["label"]
+            );
+        }
+    }
+    assert!(seen > 0, "no process at all in topology --all: {topo}");
+    let text = nettool_ok(&["topology", "--all", "--format", "text"]);
+    for k in ["/kthreadd", "/ksoftirqd", "/kworker", "/rcu_"] {
+        assert!(!text.contains(k), "{k} in topology text");
+    }
+    let peers = nettool_json(&["peer", "--all", "--json"]);
+    for pair in peers.as_array().unwrap() {
+        for side in ["host", "peer"] {
+            for p in pair[side]["namespace"]["processes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let pid = p["pid"].as_u64().unwrap();
+                assert!(!is_kernel_thread(pid), "kernel thread {p} in peer --all");
+            }
+        }
+    }
+}
