@@ -198,6 +198,165 @@ fn inspect_resolves_veth_peer_addresses_routes_and_listener() {
     assert!(text.contains("10.250.1.0/24 dev"), "{text}");
 }
 
+/// `ip -j -n NS ARGS` parsed.
+fn ip_json(ns: &TestNs, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ns.ip(&[&["-j"][..], args].concat())).unwrap()
+}
+
+#[test]
+fn inspect_agrees_with_ip_addr_and_route_in_both_families() {
+    let a = TestNs::new("insip");
+    let b = TestNs::new("insipb");
+    let (va, vb) = (unique_ifname("qa"), unique_ifname("qb"));
+    veth(&va, &a, &vb, &b);
+    a.ip(&["addr", "add", "10.252.7.1/24", "dev", &va]);
+    a.ip(&["addr", "add", "fd77::1/64", "dev", &va, "nodad"]);
+    b.ip(&["addr", "add", "10.252.7.2/24", "dev", &vb]);
+    a.ip(&["route", "add", "10.252.8.0/24", "via", "10.252.7.2"]);
+    a.ip(&["route", "add", "default", "via", "10.252.7.254"]);
+    a.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd78::/64",
+        "via",
+        "fd77::2",
+        "metric",
+        "50",
+    ]);
+    // An established connection, shown with -a only.
+    let _srv = b.spawn(&["socat", "TCP-LISTEN:7433,reuseaddr", "SYSTEM:sleep 30"]);
+    let ns_b = NetNs::from_name(&b.name).unwrap();
+    wait_for("socat listening", 5, || {
+        ns_b.run(|| netns::sockets::list(netns::sockets::Which::Listening).unwrap())
+            .unwrap()
+            .iter()
+            .any(|s| s.local.port() == 7433)
+    });
+    let _cli = a.spawn(&["socat", "SYSTEM:sleep 30", "TCP:10.252.7.2:7433"]);
+
+    let v = nettool_json(&["netns", "inspect", &a.name, "--json"]);
+    let name_of = |index: &serde_json::Value| -> String {
+        v["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["index"] == *index)
+            .map(|l| l["name"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    // Addresses: the same (interface, address, prefix) as `ip addr`, IPv4 and IPv6.
+    let mut ours: Vec<(String, String, u64)> = v["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                name_of(&x["index"]),
+                x["address"].as_str().unwrap().to_string(),
+                x["prefix_len"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut theirs: Vec<(String, String, u64)> = ip_json(&a, &["addr", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| {
+            let name = l["ifname"].as_str().unwrap().to_string();
+            l["addr_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |x| {
+                    (
+                        name.clone(),
+                        x["local"].as_str().unwrap().to_string(),
+                        x["prefixlen"].as_u64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs);
+    assert!(ours.iter().any(|(_, a, _)| a == "fd77::1"), "{ours:?}");
+
+    // Routes: the main table of both families, as (destination, gateway, device, metric).
+    type R = (String, String, String, u64);
+    let mut ours: Vec<R> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let dst = match r["destination"].as_str() {
+                Some(d) => format!("{d}/{}", r["prefix_len"]),
+                None => "default".into(),
+            };
+            (
+                dst,
+                r["gateway"].as_str().unwrap_or("").to_string(),
+                name_of(&r["oif"]),
+                r["metric"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let mut theirs: Vec<R> = Vec::new();
+    for fam in ["-4", "-6"] {
+        for r in ip_json(&a, &[fam, "route", "show", "table", "main"])
+            .as_array()
+            .unwrap()
+        {
+            let dst = r["dst"].as_str().unwrap();
+            let dst = match (dst, dst.contains('/')) {
+                ("default", _) | (_, true) => dst.to_string(),
+                (d, false) if fam == "-4" => format!("{d}/32"),
+                (d, false) => format!("{d}/128"),
+            };
+            theirs.push((
+                dst,
+                r["gateway"].as_str().unwrap_or("").to_string(),
+                r["dev"].as_str().unwrap_or("").to_string(),
+                r["metric"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs);
+    assert!(
+        theirs
+            .iter()
+            .any(|r| r.0 == "fd78::/64" && r.1 == "fd77::2" && r.3 == 50),
+        "{theirs:?}"
+    );
+
+    // The per-interface sysctls that matter (a forwarding=0 on one interface is a real fault).
+    let sysctls = v["sysctls"].as_array().unwrap();
+    assert!(
+        sysctls
+            .iter()
+            .any(|s| s["name"] == format!("net.ipv4.conf.{va}.forwarding").as_str()),
+        "{sysctls:?}"
+    );
+
+    // Listeners only by default; with -a the established connection too.
+    let est = |v: &serde_json::Value| {
+        v["sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["state"] == "ESTAB" && s["remote"] == "10.252.7.2:7433")
+    };
+    wait_for("the connection", 5, || {
+        est(&nettool_json(&[
+            "netns", "inspect", &a.name, "--json", "-a",
+        ]))
+    });
+    assert!(!est(&v), "{v}");
+}
+
 #[test]
 fn listener_made_through_in_netns_stays_in_that_namespace() {
     let a = TestNs::new("inl");
@@ -516,6 +675,38 @@ fn cni_container_is_named_by_its_id_from_the_cache() {
     let n = by_inode(&list, NetNs::from_name(&ctr.name).unwrap().id().inode);
     assert_eq!(container_names(n), [a.container_id.as_str()], "{n}");
     assert_eq!(n["containers"][0]["engine"], "cni");
+    // inspect names the container and its engine, and the host's veth leads to it by name.
+    let target = format!("container:{}", a.container_id);
+    let v = common::podman::nettool_plain_json(&["netns", "inspect", &target, "--json"]);
+    assert_eq!(v["containers"][0]["engine"], "cni", "{v}");
+    assert_eq!(v["containers"][0]["id"], a.container_id.as_str(), "{v}");
+    let out = common::podman::nettool_plain(&["netns", "inspect", &target]);
+    let id12: String = a.container_id.chars().take(12).collect();
+    let header = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("containers "))
+        .map(String::from);
+    assert!(
+        header.as_deref().is_some_and(|h| h.contains(&id12)),
+        "{}",
+        text(&out)
+    );
+    let short = n["containers"][0]["name"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or(id12);
+    let h = common::podman::nettool_plain_json(&["netns", "inspect", &host.name, "--json"]);
+    assert!(
+        h["veth_peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |p| p["peer_ns_label"] == format!("container:{short}").as_str()
+                    && p["peer_name"] == "eth0"
+            ),
+        "{h}"
+    );
     // And it is a TARGET by that id.
     let out = common::podman::nettool_plain(&[
         "netns",

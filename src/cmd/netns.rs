@@ -5,12 +5,13 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::engine::Intent;
+use crate::facts::links::{LinkMap, LinkRef};
 use crate::facts::{self, Parts, ReadOptions};
-use crate::netns::discover::{discover_with, ContainerRef, DiscoverOptions, NamespaceInfo};
+use crate::netns::discover::{ContainerRef, NamespaceInfo};
 use crate::netns::exec::{self, ExecOptions};
-use crate::netns::links::{self, LinkSnapshot};
-use crate::netns::peers::{veth_peers, VethPeer};
-use crate::netns::sockets::{self, Socket, Which};
+use crate::netns::links::LinkSnapshot;
+use crate::netns::peers::VethPeer;
+use crate::netns::sockets::Socket;
 use crate::netns::sysctl::{self, Sysctl};
 use crate::netns::{NetNs, NsId};
 use crate::output::{paint, print_json, Table};
@@ -147,14 +148,20 @@ pub struct Inspection {
     pub target: String,
     /// Its identity.
     pub id: NsId,
-    /// Links, addresses, routes.
+    /// Its names under /run/netns (and /run/docker/netns, prefixed "docker/").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// The containers (with their engine) whose namespace this is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) containers: Vec<ContainerRef>,
+    /// Links, addresses (IPv4 and IPv6), main-table routes of both families.
     #[serde(flatten)]
     pub links: LinkSnapshot,
     /// Veth peers resolved to the other namespace.
     pub veth_peers: Vec<VethPeer>,
     /// Listening (or all) sockets with owners.
     pub sockets: Vec<Socket>,
-    /// Sysctls that matter for container networking.
+    /// Sysctls that matter for container networking, the per-interface ones included.
     pub sysctls: Vec<Sysctl>,
 }
 
@@ -162,36 +169,21 @@ fn inspect(a: NetnsInspectArgs) -> anyhow::Result<i32> {
     // The engines are read once: for container:NAME and for naming the peers' namespaces.
     let intent = Intent::read();
     let ns = NetNs::open_with(&a.target, Some(&intent))?;
-    let which = if a.all_sockets {
-        Which::All
-    } else {
-        Which::Listening
-    };
-    let (snap, socks, sysctls) = ns
-        .run(|| -> anyhow::Result<_> {
-            Ok((
-                links::snapshot()?,
-                sockets::list(which)?,
-                sysctl::interesting(),
-            ))
-        })
-        .with_context(|| format!("reading namespace {}", ns.label()))??;
-    let candidates: Vec<NamespaceInfo> = discover_with(
-        DiscoverOptions {
-            skip_interfaces: true,
+    let snap = facts::read_with(
+        &ReadOptions {
+            host: ns.clone(),
+            extra: Vec::new(),
             skip_docker: false,
+            conntrack: false,
         },
-        &intent,
-    );
-    let peers = veth_peers(&ns, &candidates)?;
-    let report = Inspection {
-        target: ns.label().to_string(),
-        id: ns.id(),
-        links: snap,
-        veth_peers: peers,
-        sockets: socks,
-        sysctls,
-    };
+        &Parts {
+            connections: a.all_sockets,
+            ..Parts::ONE_NAMESPACE
+        },
+        Some(intent),
+    )
+    .with_context(|| format!("reading namespace {}", ns.label()))?;
+    let report = inspection(&snap, ns.label());
     if a.json {
         print_json(&report)?;
     } else {
@@ -200,14 +192,85 @@ fn inspect(a: NetnsInspectArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// What `netns inspect` shows of the snapshot's host namespace (the one inspected).
+fn inspection(snap: &facts::Snapshot, target: &str) -> Inspection {
+    let map = LinkMap::new(snap);
+    let host = snap.host();
+    let me = map.ns_index(snap.host).unwrap_or_default();
+    let veth_peers = host
+        .links
+        .iter()
+        .filter(|l| l.kind == "veth")
+        .filter_map(|l| {
+            let peer_index = l.link?;
+            let there = map.link_target(LinkRef {
+                ns: me,
+                index: l.index,
+            });
+            let peer_ns = there.and_then(|t| snap.namespaces.get(t.ns));
+            Some(VethPeer {
+                local_index: l.index,
+                local_name: l.name.clone(),
+                peer_index,
+                peer_name: there.and_then(|t| map.link(t)).map(|p| p.name.clone()),
+                peer_ns: peer_ns.map(|n| n.id),
+                peer_ns_label: peer_ns.map(|n| n.info().display_name()),
+                link_netnsid: l.link_netnsid,
+            })
+        })
+        .collect();
+    let mut sockets: Vec<Socket> = host
+        .listeners
+        .iter()
+        .chain(&host.connections)
+        .cloned()
+        .collect();
+    sockets.sort_by(|a, b| {
+        (a.proto, a.local.port(), a.local.ip()).cmp(&(b.proto, b.local.port(), b.local.ip()))
+    });
+    // The machine-wide ones in their usual order, then those of each interface.
+    let known = |n: &str| sysctl::INTERESTING.iter().position(|k| *k == n);
+    let mut sysctls: Vec<Sysctl> = host
+        .sysctls
+        .iter()
+        .map(|(name, value)| Sysctl {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    sysctls.sort_by_key(|s| known(&s.name).unwrap_or(usize::MAX));
+    Inspection {
+        target: target.to_string(),
+        id: host.id,
+        names: host.names.clone(),
+        containers: host.containers.clone(),
+        links: LinkSnapshot {
+            links: host.links.clone(),
+            addresses: host.addresses.clone(),
+            routes: host.routes.clone(),
+        },
+        veth_peers,
+        sockets,
+        sysctls,
+    }
+}
+
 /// Render an inspection as text: interfaces, routes, sockets, sysctls.
 pub fn render_inspection(r: &Inspection) -> String {
     let mut out = format!(
-        "{} {} (inode {})\n\n",
+        "{} {} (inode {})\n",
         paint("namespace", "1"),
         r.target,
         r.id.inode
     );
+    if !r.containers.is_empty() {
+        out.push_str(&format!(
+            "{} {}\n",
+            paint("containers", "1"),
+            containers_cell(&r.containers, false)
+        ));
+    }
+    out.push('\n');
     out.push_str(&paint("interfaces\n", "1"));
     let mut t = Table::new(&[
         "IDX",

@@ -5,8 +5,8 @@
 //!
 //! A [`Snapshot`] is plain data (Serialize + Deserialize): `doctor --save-snapshot` records it,
 //! `doctor --snapshot` and `topology --snapshot` replay it, and doctor's checks and topology's
-//! graph are pure functions of it. doctor, topology, peer and `netns list` each read one per
-//! run, with only the [`Parts`] they need. Only read.rs touches the machine.
+//! graph are pure functions of it. doctor, topology, peer and `netns list|inspect` each read one
+//! per run, with only the [`Parts`] they need. Only read.rs touches the machine.
 
 pub(crate) mod conntrack;
 pub(crate) mod firewall;
@@ -100,6 +100,9 @@ pub(crate) struct NsFacts {
     pub routes: Vec<Route>,
     /// Listening TCP and unconnected UDP sockets, with owners.
     pub listeners: Vec<Socket>,
+    /// Connected sockets, with owners (read only when asked: [`Parts::connections`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<Socket>,
     /// The sysctls that matter, by dotted name (the `conf.IFACE.` ones for each link).
     pub sysctls: BTreeMap<String, String>,
     /// Veth peers that could be resolved (relative to the host namespace).

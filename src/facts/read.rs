@@ -61,6 +61,12 @@ pub(crate) struct Parts {
     pub all_peers: bool,
     /// nettool labs' saved state.
     pub labs: bool,
+    /// Only the host is read in full; another namespace is entered only when a link of the
+    /// host leads into it, and then for its links alone (to name the other end). Discovery
+    /// still lists every namespace.
+    pub one_namespace: bool,
+    /// Connected sockets too, not only listeners (in [`NsFacts::connections`]).
+    pub connections: bool,
 }
 
 impl Parts {
@@ -76,6 +82,8 @@ impl Parts {
         proxies_everywhere: false,
         all_peers: false,
         labs: true,
+        one_namespace: false,
+        connections: false,
     };
     /// Discovery only: no namespace entered (`netns list --no-interfaces`).
     pub(crate) const NONE: Parts = Parts {
@@ -89,6 +97,8 @@ impl Parts {
         proxies_everywhere: false,
         all_peers: false,
         labs: false,
+        one_namespace: false,
+        connections: false,
     };
     /// Each namespace entered once for its links, nothing more (`netns list` counts them).
     pub(crate) const NAMESPACES: Parts = Parts {
@@ -114,6 +124,16 @@ impl Parts {
         all_peers: true,
         ..Parts::NONE
     };
+    /// One namespace in full and the names at the other end of its links (`netns inspect`).
+    pub(crate) const ONE_NAMESPACE: Parts = Parts {
+        links: true,
+        addresses: true,
+        routes: true,
+        listeners: true,
+        sysctls: true,
+        one_namespace: true,
+        ..Parts::NONE
+    };
 }
 
 /// What one namespace thread brings back.
@@ -122,9 +142,25 @@ struct Raw {
     addresses: Vec<Address>,
     routes: Vec<Route>,
     listeners: Vec<Socket>,
+    connections: Vec<Socket>,
     sysctls: BTreeMap<String, String>,
     /// nsid (as this namespace numbers them) -> index of that namespace in the read.
     nsids: HashMap<i32, usize>,
+}
+
+impl Raw {
+    /// A namespace not entered.
+    fn empty() -> Raw {
+        Raw {
+            links: Vec::new(),
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            listeners: Vec::new(),
+            connections: Vec::new(),
+            sysctls: BTreeMap::new(),
+            nsids: HashMap::new(),
+        }
+    }
 }
 
 fn counters() -> (u64, u64, u64, u64) {
@@ -145,14 +181,7 @@ fn read_inside(
     parts: &Parts,
 ) -> Result<Raw, String> {
     if !parts.links {
-        return Ok(Raw {
-            links: Vec::new(),
-            addresses: Vec::new(),
-            routes: Vec::new(),
-            listeners: Vec::new(),
-            sysctls: BTreeMap::new(),
-            nsids: HashMap::new(),
-        });
+        return Ok(Raw::empty());
     }
     let Some(ns) = &handles[i] else {
         return Err("could not be opened (it went away)".into());
@@ -170,10 +199,12 @@ fn read_inside(
         } else {
             Vec::new()
         };
-        let listeners = if parts.listeners {
-            sockets::list_unowned(Which::Listening)?
-        } else {
-            Vec::new()
+        let (listeners, connections) = match (parts.listeners, parts.connections) {
+            (false, _) => (Vec::new(), Vec::new()),
+            (true, false) => (sockets::list_unowned(Which::Listening)?, Vec::new()),
+            (true, true) => sockets::list_unowned(Which::All)?
+                .into_iter()
+                .partition(|s| s.is_listening()),
         };
         let mut sysctls = BTreeMap::new();
         if parts.sysctls {
@@ -209,12 +240,46 @@ fn read_inside(
             addresses,
             routes,
             listeners,
+            connections,
             sysctls,
             nsids,
         })
     })
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())
+}
+
+/// [`Parts::one_namespace`]: the host in full, then (in parallel) the links of each namespace
+/// a link of the host leads into; every other namespace is not entered.
+fn read_host_and_its_peers(
+    handles: &[Option<NetNs>],
+    host: usize,
+    parts: &Parts,
+) -> Vec<Result<Raw, String>> {
+    let mut raws: Vec<Result<Raw, String>> = (0..handles.len()).map(|_| Ok(Raw::empty())).collect();
+    raws[host] = read_inside(host, handles, host, parts);
+    let mut leads: Vec<usize> = match &raws[host] {
+        Ok(r) => r
+            .links
+            .iter()
+            .filter_map(|l| r.nsids.get(&l.link_netnsid?).copied())
+            .filter(|&j| j != host)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    leads.sort_unstable();
+    leads.dedup();
+    let links_only = Parts {
+        links: true,
+        ..Parts::NONE
+    };
+    let read = parallel_map(leads.len(), |k| {
+        read_inside(leads[k], handles, host, &links_only)
+    });
+    for (j, r) in leads.into_iter().zip(read) {
+        raws[j] = r;
+    }
+    raws
 }
 
 /// The nsids the first pass left unresolved (links whose other end is neither the host nor
@@ -423,7 +488,11 @@ pub(crate) fn read_with(
                 HashMap::new()
             }
         });
-        let raws = parallel_map(infos.len(), |i| read_inside(i, &handles, host, want));
+        let raws = if want.one_namespace {
+            read_host_and_its_peers(&handles, host, want)
+        } else {
+            parallel_map(infos.len(), |i| read_inside(i, &handles, host, want))
+        };
         let (fw, ct) = tools.join().unwrap_or_default();
         (raws, owners.join().unwrap_or_default(), fw, ct)
     });
@@ -459,6 +528,7 @@ pub(crate) fn read_with(
             addresses: Vec::new(),
             routes: Vec::new(),
             listeners: Vec::new(),
+            connections: Vec::new(),
             sysctls: BTreeMap::new(),
             peers: Vec::new(),
             error: None,
@@ -470,17 +540,20 @@ pub(crate) fn read_with(
                 f.addresses = r.addresses.clone();
                 f.routes = r.routes.clone();
                 f.sysctls = r.sysctls.clone();
-                f.listeners = r
-                    .listeners
-                    .iter()
-                    .cloned()
-                    .map(|mut s| {
-                        if let Some(o) = owners.get(&s.inode) {
-                            s.owners = o.clone();
-                        }
-                        s
-                    })
-                    .collect();
+                let owned = |socks: &[Socket]| -> Vec<Socket> {
+                    socks
+                        .iter()
+                        .cloned()
+                        .map(|mut s| {
+                            if let Some(o) = owners.get(&s.inode) {
+                                s.owners = o.clone();
+                            }
+                            s
+                        })
+                        .collect()
+                };
+                f.listeners = owned(&r.listeners);
+                f.connections = owned(&r.connections);
                 f.nsids = r.nsids.iter().map(|(&id, &j)| (id, ids[j])).collect();
                 for l in r.links.iter().filter(|l| l.kind == "veth") {
                     let Some(peer_index) = l.link else { continue };
