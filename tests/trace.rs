@@ -940,23 +940,55 @@ fn dnat_and_masquerade_are_shown_from_conntrack_on_their_rules() {
         ],
     );
     // Flows the trace did not ask for (UDP to other ports, each a conntrack entry in the
-    // host): the kernel's socket filter keeps them from the tracer.
-    let unrelated = || {
-        for port in 9000..9040 {
-            in_ns(
-                &topo.client,
-                &[
-                    "sh",
-                    "-c",
-                    &format!("echo x | socat -u - UDP:10.77.1.1:{port} || true"),
-                ],
-            );
-        }
+    // host): made during the trace, the kernel's socket filter keeps them from the tracer;
+    // made before, they fill the dump at start over several datagrams.
+    let unrelated = |ports: std::ops::Range<u16>| {
+        in_ns(
+            &topo.client,
+            &[
+                "bash",
+                "-c",
+                &format!(
+                    "for p in $(seq {} {}); do echo x > /dev/udp/10.77.1.1/$p; done",
+                    ports.start,
+                    ports.end - 1
+                ),
+            ],
+        );
     };
+    unrelated(9000..9300);
+    // A connection made before the trace: its entry comes from the dump at start.
+    let go = std::env::temp_dir().join(format!("nt-test-trc-go-{}", std::process::id()));
+    let _ = std::fs::remove_file(&go);
+    let early = Command::new("ip")
+        .args(["netns", "exec", &topo.client.name, "sh", "-c"])
+        .arg(format!(
+            "(while [ ! -e {g} ]; do sleep 0.1; done; echo early; sleep 1) | socat - TCP:10.77.1.1:8080",
+            g = go.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the early connection", 5, || {
+        in_ns(
+            &topo.host,
+            &["conntrack", "-L", "-p", "tcp", "--dport", "8080"],
+        )
+        .contains("ESTABLISHED")
+    });
+    let entries = |ns: &TestNs| -> u64 { in_ns(ns, &["conntrack", "-C"]).trim().parse().unwrap() };
+    let before = entries(&topo.host) + entries(&topo.ctr);
     let mut ok = false;
     let child = start_trace(&topo, &["tcp:8080"]);
     let pid = child.id();
-    unrelated();
+    std::fs::write(&go, "").unwrap();
+    let early = early.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&go);
+    assert!(
+        String::from_utf8_lossy(&early.stdout).contains("hello"),
+        "the early connection got no answer"
+    );
+    unrelated(9300..9340);
     ok |= curl(&topo, &["http://10.77.1.1:8080/"]);
     std::thread::sleep(Duration::from_millis(600));
     sh(&["kill", "-INT", &pid.to_string()]);
@@ -1049,10 +1081,29 @@ fn dnat_and_masquerade_are_shown_from_conntrack_on_their_rules() {
         .unwrap_or_else(|| panic!("no SYN in the container: {all}"));
     assert_eq!(in_ctr["src"], format!("10.77.2.1:{sport}"), "{all}");
     assert!(in_ctr["conntrack"].is_null(), "{all}");
-    // 40 unrelated flows were made while tracing; the kernel's filter let (almost) none in:
-    // what was read is the dump of the table at start and the traced flow.
+    // The early connection's data, DNATed by conntrack from the entry the dump brought.
+    let syn_ports: Vec<&str> = ns_of(&pkts, &topo.host)
+        .iter()
+        .filter(|p| p["flags"] == "SYN")
+        .filter_map(|p| p["src"].as_str()?.rsplit(':').next())
+        .collect();
+    assert!(
+        ns_of(&pkts, &topo.host).iter().any(|p| {
+            p["flags"].as_str().unwrap_or("").contains("PSH")
+                && p["dst"] == "10.77.1.1:8080"
+                && !syn_ports.contains(&p["src"].as_str().unwrap().rsplit(':').next().unwrap())
+                && p["rewrites"][0]["kind"] == "dnat"
+                && p["rewrites"][0]["by_rule"] == false
+        }),
+        "no NAT for the connection made before the trace: {all}"
+    );
+    // 40 unrelated flows were made while tracing; the kernel's filter let none in: what was
+    // read is the dump of the tables at start and the traced flows' events.
     let read = summary["conntrack_read"].as_u64().unwrap();
-    assert!(read > 0 && read < 20, "conntrack entries read: {read}");
+    assert!(
+        read >= before && read < before + 20,
+        "conntrack entries read: {read}, {before} in the tables at start"
+    );
 
     // The same in text.
     let text = trace_text(&topo, &["tcp:8080"], || {

@@ -87,17 +87,6 @@ pub(crate) struct NatRewrite {
     pub by_rule: bool,
 }
 
-/// The original tuple reversed (what a reply looks like without NAT).
-fn flip(t: &Tuple) -> Tuple {
-    Tuple {
-        proto: t.proto,
-        src: t.dst,
-        sport: t.dport,
-        dst: t.src,
-        dport: t.sport,
-    }
-}
-
 fn endpoint(ip: IpAddr, port: u16, proto: u8) -> String {
     match (ip, matches!(proto, 6 | 17 | 132 | 33 | 136)) {
         (IpAddr::V6(v6), true) => format!("[{v6}]:{port}"),
@@ -119,9 +108,9 @@ fn pair(t: &Tuple) -> String {
 /// entry does not NAT, or `seen` is neither of its directions.
 pub(crate) fn rewrites(flow: &CtFlow, seen: &Tuple, reached: &[String]) -> Vec<NatRewrite> {
     let (direction, after) = if *seen == flow.original {
-        ("original", flip(&flow.reply))
+        ("original", flow.reply.reversed())
     } else if *seen == flow.reply {
-        ("reply", flip(&flow.original))
+        ("reply", flow.original.reversed())
     } else {
         return Vec::new();
     };
@@ -335,8 +324,9 @@ impl Asm {
     }
 }
 
-/// A netlink attribute type as a cBPF halfword load sees it (loads are big-endian, netlink
-/// headers are in host order), and the mask that drops NLA_F_NESTED/NLA_F_NET_BYTEORDER.
+/// A netlink attribute type (or header flag) as a cBPF halfword load sees it (loads are
+/// big-endian, netlink headers are in host order), and the mask that drops
+/// NLA_F_NESTED/NLA_F_NET_BYTEORDER.
 fn nla_type(t: u16) -> (u32, u32) {
     let swap = |v: u16| u16::from_be_bytes(v.to_ne_bytes()) as u32;
     (swap(t), swap(0x3fff))
@@ -368,6 +358,12 @@ pub(crate) fn bpf_program(f: &TraceFilter) -> Option<Vec<libc::sock_filter>> {
     let accept = a.label();
     let v4_label = a.label();
     let v6 = a.label();
+    // A dump's answers come several to a datagram (NLM_F_MULTI): the filter sees only the
+    // first, so they all pass and are filtered in user space. Events come one to a datagram.
+    let (multi, _) = nla_type(libc::NLM_F_MULTI as u16);
+    a.ops.push(Op::Load(BPF_H, 6));
+    a.ops.push(Op::And(multi));
+    a.ops.push(Op::JumpIf(multi, accept));
     // Family in nfgenmsg (after the 16-byte netlink header).
     a.ops.push(Op::Load(BPF_B, 16));
     a.ops.push(Op::JumpIf(libc::AF_INET as u32, v4_label));
@@ -491,7 +487,7 @@ mod tests {
         // No NAT, or another flow: nothing.
         let plain = CtFlow {
             original: flow.original,
-            reply: flip(&flow.original),
+            reply: flow.original.reversed(),
         };
         assert!(rewrites(&plain, &plain.original, &hooks).is_empty());
         assert!(rewrites(&flow, &t("1.1.1.1", 1, "2.2.2.2", 2), &hooks).is_empty());
@@ -594,6 +590,10 @@ mod tests {
             let at = if c.contains(':') { 82 } else { 58 };
             odd[at] = 4;
             assert_eq!(run(&prog, &odd), ACCEPT, "{c}");
+            // A dump's datagram (NLM_F_MULTI) passes whatever its first entry is.
+            let mut dump = event(&other.0, &other.1);
+            dump[6..8].copy_from_slice(&(libc::NLM_F_MULTI as u16).to_ne_bytes());
+            assert_eq!(run(&prog, &dump), ACCEPT, "{c}");
         }
         let mut f = TraceFilter::default();
         f.addrs.insert("10.77.2.2".parse().unwrap());

@@ -1440,7 +1440,7 @@ struct Headers {
     length: Option<u32>,
     df: bool,
     /// The conntrack tuple of these headers (ICMP echo: its id on both ports).
-    tuple: Option<crate::capture::follow::Tuple>,
+    tuple: Option<crate::netns::conntrack::Tuple>,
 }
 
 /// The ends of a packet in one namespace: its headers at its first and at its last event,
@@ -1620,7 +1620,7 @@ fn parse_headers(net: &[u8], transport: &[u8]) -> Headers {
         (_, _, Some(id)) => Some((id, id)),
         _ => None,
     }
-    .map(|(sport, dport)| crate::capture::follow::Tuple {
+    .map(|(sport, dport)| crate::netns::conntrack::Tuple {
         proto,
         src,
         sport,
