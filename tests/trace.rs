@@ -9,7 +9,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{sh, unique_ifname, wait_for, ChildGuard, TestNs};
+use common::{in_ns, sh, sysctl, unique_ifname, wait_for, ChildGuard, TestNs};
 use serde_json::Value;
 
 /// One trace at a time: kfree_skb is machine-wide, and a tracer cleans up dead tracers.
@@ -23,16 +23,6 @@ struct Topo {
     br: String,
     hk: String,
     _serial: std::sync::MutexGuard<'static, ()>,
-}
-
-fn in_ns(ns: &TestNs, argv: &[&str]) -> String {
-    let mut a = vec!["ip", "netns", "exec", &ns.name];
-    a.extend_from_slice(argv);
-    sh(&a)
-}
-
-fn sysctl(ns: &TestNs, kv: &str) {
-    in_ns(ns, &["sysctl", "-qw", kv]);
 }
 
 /// client 10.77.1.2 / fd77:1::2 -- h0 host br0 10.77.2.1 -- eth0 ctr 10.77.2.2 / fd77:2::2.

@@ -41,10 +41,50 @@ pub fn sh(argv: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Run `argv` inside the named namespace `ns` (`ip netns exec`, so /etc/netns/NS applies);
+/// panic with its output when it fails. `ns` is a name or a [`TestNs`].
+pub fn in_ns(ns: impl AsRef<str>, argv: &[&str]) -> String {
+    let mut a = vec!["ip", "netns", "exec", ns.as_ref()];
+    a.extend_from_slice(argv);
+    sh(&a)
+}
+
+/// Set one sysctl (`net.ipv4.ip_forward=1`) inside the named namespace `ns`.
+pub fn sysctl(ns: impl AsRef<str>, kv: &str) {
+    in_ns(ns, &["sysctl", "-qw", kv]);
+}
+
+/// A container on a bridge of `host`: bridge `br` (made here, up) holds `gw_cidr`; a veth
+/// `host_end` (in the bridge) leads to `eth0` in `ctr`, which gets `ctr_cidr` and a default
+/// route via the bridge's address.
+pub fn bridge_container(
+    host: &TestNs,
+    br: &str,
+    gw_cidr: &str,
+    host_end: &str,
+    ctr: &TestNs,
+    ctr_cidr: &str,
+) {
+    host.ip(&["link", "add", br, "type", "bridge"]);
+    host.ip(&["addr", "add", gw_cidr, "dev", br]);
+    host.ip(&["link", "set", br, "up"]);
+    veth(host_end, host, "eth0", ctr);
+    host.ip(&["link", "set", host_end, "master", br]);
+    ctr.ip(&["addr", "add", ctr_cidr, "dev", "eth0"]);
+    let gw = gw_cidr.split('/').next().unwrap();
+    ctr.ip(&["route", "add", "default", "via", gw]);
+}
+
 /// A named network namespace (`ip netns add`), deleted on drop.
 pub struct TestNs {
     /// Its name under /run/netns.
     pub name: String,
+}
+
+impl AsRef<str> for TestNs {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
 }
 
 impl TestNs {
