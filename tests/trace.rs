@@ -598,6 +598,28 @@ fn a_lab_container_is_named_and_its_rules_are_the_labs() {
                 && h["iptables"].as_str().unwrap_or("").contains("DNAT")),
         "{all}"
     );
+    // Its rewrite, from the lab host's conntrack entry, on that rule in OUTPUT (the host asked
+    // its own published port).
+    let nat = pkts
+        .iter()
+        .flat_map(|p| p["hops"].as_array().unwrap().iter())
+        .find(|h| h["engine"] == "nettool-lab" && h["nat"]["kind"] == "dnat")
+        .unwrap_or_else(|| panic!("no DNAT from conntrack on the lab's rule: {all}"));
+    assert_eq!(nat["nat"]["hook"], "output", "{all}");
+    assert!(
+        nat["nat"]["conntrack"]["original"]
+            .as_str()
+            .unwrap()
+            .ends_with("> 172.19.0.1:8080"),
+        "{all}"
+    );
+    assert!(
+        nat["nat"]["conntrack"]["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("tcp 172.19.0.2:80 > "),
+        "{all}"
+    );
 }
 
 /// The tracer's journal is not a lab: `nettool labs` listed a half-built lab called "trace"
