@@ -724,15 +724,7 @@ impl Masqueraded {
             c.ip(&["route", "add", "default", "via", "172.31.9.1"]);
             clients.push(c);
         }
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &host.name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
+        sysctl(&host, "net.ipv4.ip_forward=1");
         sh(&[
             "ip",
             "netns",

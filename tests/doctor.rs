@@ -73,13 +73,14 @@ impl Lab {
         let host = TestNs::new("dhost");
         let container = TestNs::new("dweb");
         let outside = TestNs::new("dout");
-        host.ip(&["link", "add", "br0", "type", "bridge"]);
-        host.ip(&["addr", "add", "10.89.0.1/24", "dev", "br0"]);
-        host.ip(&["link", "set", "br0", "up"]);
-        veth("vh0", &host, "eth0", &container);
-        host.ip(&["link", "set", "vh0", "master", "br0"]);
-        container.ip(&["addr", "add", "10.89.0.2/24", "dev", "eth0"]);
-        container.ip(&["route", "add", "default", "via", "10.89.0.1"]);
+        bridge_container(
+            &host,
+            "br0",
+            "10.89.0.1/24",
+            "vh0",
+            &container,
+            "10.89.0.2/24",
+        );
         veth("ext0", &host, "eth0", &outside);
         host.ip(&["addr", "add", "192.0.2.1/24", "dev", "ext0"]);
         outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
@@ -130,7 +131,7 @@ impl Lab {
     }
 
     fn sysctl(&self, kv: &str) {
-        sh(&["ip", "netns", "exec", &self.host.name, "sysctl", "-qw", kv]);
+        sysctl(&self.host, kv);
     }
 
     fn in_host(&self, argv: &[&str]) {
@@ -2189,15 +2190,7 @@ impl CniHost {
         host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
         outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
         outside.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &host.name,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.forwarding=1",
-        ]);
+        sysctl(&host, "net.ipv6.conf.all.forwarding=1");
         let att = common::cni::CniAttachment::add_ranges(&host, &ctr, &[subnet, subnet6], port, 80);
         let service = ctr.spawn(&[
             env!("CARGO_BIN_EXE_nettool"),

@@ -237,26 +237,12 @@ impl Lab {
         let host = TestNs::new("nathost");
         let ctr = TestNs::new("natctr");
         let out = TestNs::new("natout");
-        host.ip(&["link", "add", "ntbr0", "type", "bridge"]);
-        host.ip(&["addr", "add", "10.88.0.1/24", "dev", "ntbr0"]);
-        host.ip(&["link", "set", "ntbr0", "up"]);
-        veth("vh0", &host, "eth0", &ctr);
-        host.ip(&["link", "set", "vh0", "master", "ntbr0"]);
-        ctr.ip(&["addr", "add", "10.88.0.2/24", "dev", "eth0"]);
-        ctr.ip(&["route", "add", "default", "via", "10.88.0.1"]);
+        bridge_container(&host, "ntbr0", "10.88.0.1/24", "vh0", &ctr, "10.88.0.2/24");
         veth("ext0", &host, "eth0", &out);
         host.ip(&["addr", "add", "198.51.100.1/24", "dev", "ext0"]);
         out.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"]);
         out.ip(&["route", "add", "10.88.0.0/24", "via", "198.51.100.1"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &host.name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
+        sysctl(&host, "net.ipv4.ip_forward=1");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &host.name, "iptables-restore", "--noflush"])
             .stdin(Stdio::piped())
