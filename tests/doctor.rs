@@ -1146,25 +1146,16 @@ impl DockerHost {
             ],
             true,
         );
-        h.d.ns
-            .ip(&["addr", "add", "2001:db8:1::1/64", "dev", "up0", "nodad"]);
-        h.outside
-            .ip(&["addr", "add", "2001:db8:1::2/64", "dev", "eth0", "nodad"]);
+        uplink6(&h.d.ns, &h.outside);
         h.d.ns
             .ip(&["-6", "route", "add", "default", "via", "2001:db8:1::2"]);
-        h.outside
-            .ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
         h
     }
 
     fn new_with(tag: &str, dockerd_args: &[&str], _dual: bool) -> DockerHost {
         let d = common::docker::Dockerd::start_with(tag, dockerd_args);
         let outside = TestNs::new(&format!("{tag}o"));
-        veth("up0", &d.ns, "eth0", &outside);
-        d.ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
-        d.ns.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        uplink(&d.ns, &outside);
         d.import_busybox("nt-busybox");
         DockerHost {
             d,
@@ -1227,22 +1218,7 @@ impl DockerHost {
     }
 
     fn curl_outside_at(&self, host: &str, port: u16) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.outside.name,
-                "curl",
-                "-g",
-                "-s",
-                "-m",
-                "5",
-            ])
-            .args(["-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://{host}:{port}/"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        http_code(&self.outside, &format!("http://{host}:{port}/"))
     }
 
     /// Wait until `doctor ARGS` is all clear (a container just started).
@@ -1812,11 +1788,7 @@ impl PodmanLab {
     fn new(tag: &str, port: u16) -> PodmanLab {
         let mut p = common::podman::PodmanHost::start(tag);
         let outside = TestNs::new(&format!("{tag}o"));
-        veth("up0", &p.ns, "eth0", &outside);
-        p.ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
-        p.ns.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        uplink(&p.ns, &outside);
         let net = p.network("dnet", &[]);
         let publish = format!("{port}:80");
         let web = p.run(
@@ -1838,30 +1810,8 @@ impl PodmanLab {
     fn dual(tag: &str, port: u16) -> PodmanLab {
         let mut p = common::podman::PodmanHost::start(tag);
         let outside = TestNs::new(&format!("{tag}o"));
-        veth("up0", &p.ns, "eth0", &outside);
-        p.ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
-        p.ns.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:1::1/64",
-            "dev",
-            "up0",
-            "nodad",
-        ]);
-        outside.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:1::2/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        p.ns.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
-        outside.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+        uplink(&p.ns, &outside);
+        uplink6(&p.ns, &outside);
         let net = p.network("dnet6", &["--ipv6"]);
         let publish = format!("{port}:80");
         let web = p.run(
@@ -1878,21 +1828,10 @@ impl PodmanLab {
     }
 
     fn curl_outside6(&self) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.outside.name,
-                "curl",
-                "-gs",
-                "-m",
-                "5",
-            ])
-            .args(["-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://[2001:db8:1::1]:{}/", self.port))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        http_code(
+            &self.outside,
+            &format!("http://[2001:db8:1::1]:{}/", self.port),
+        )
     }
 
     fn record(&self, name: &str, how: &str, args: &[&str]) {
@@ -1948,13 +1887,7 @@ impl PodmanLab {
     }
 
     fn curl_outside(&self) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.outside.name, "curl", "-s", "-m", "5"])
-            .args(["-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://192.0.2.1:{}/", self.port))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        http_code(&self.outside, &format!("http://192.0.2.1:{}/", self.port))
     }
 }
 
@@ -2135,11 +2068,7 @@ impl CniHost {
         let host = TestNs::new(&format!("{tag}h"));
         let outside = TestNs::new(&format!("{tag}o"));
         let ctr = TestNs::new(&format!("{tag}c"));
-        veth("up0", &host, "eth0", &outside);
-        host.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
-        host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        uplink(&host, &outside);
         let att = common::cni::CniAttachment::add(&host, &ctr, subnet, port, 80);
         let service = ctr.spawn(&[
             env!("CARGO_BIN_EXE_nettool"),
@@ -2166,30 +2095,8 @@ impl CniHost {
         let host = TestNs::new(&format!("{tag}h"));
         let outside = TestNs::new(&format!("{tag}o"));
         let ctr = TestNs::new(&format!("{tag}c"));
-        veth("up0", &host, "eth0", &outside);
-        host.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
-        host.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:1::1/64",
-            "dev",
-            "up0",
-            "nodad",
-        ]);
-        outside.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:1::2/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-        outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
-        outside.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+        uplink(&host, &outside);
+        uplink6(&host, &outside);
         sysctl(&host, "net.ipv6.conf.all.forwarding=1");
         let att = common::cni::CniAttachment::add_ranges(&host, &ctr, &[subnet, subnet6], port, 80);
         let service = ctr.spawn(&[
@@ -2213,21 +2120,10 @@ impl CniHost {
 
     /// curl from outside to the host's IPv6 uplink address.
     fn curl_outside6(&self) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.outside.name,
-                "curl",
-                "-gs",
-                "-m",
-                "5",
-            ])
-            .args(["-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://[2001:db8:1::1]:{}/", self.port))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        http_code(
+            &self.outside,
+            &format!("http://[2001:db8:1::1]:{}/", self.port),
+        )
     }
 
     fn from(&self) -> String {
@@ -2239,13 +2135,7 @@ impl CniHost {
     }
 
     fn curl_outside(&self) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.outside.name, "curl", "-s", "-m", "5"])
-            .args(["-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://192.0.2.1:{}/", self.port))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        http_code(&self.outside, &format!("http://192.0.2.1:{}/", self.port))
     }
 
     fn record(&self, name: &str, how: &str, args: &[&str]) {

@@ -75,6 +75,50 @@ pub fn bridge_container(
     ctr.ip(&["route", "add", "default", "via", gw]);
 }
 
+/// The uplink of a test host: veth `up0` in `host` (192.0.2.1/24) to `eth0` in `outside`
+/// (192.0.2.2/24), each the other's default route.
+pub fn uplink(host: &TestNs, outside: &TestNs) {
+    veth("up0", host, "eth0", outside);
+    host.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+    outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+    host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    outside.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+}
+
+/// IPv6 on an [`uplink`]: 2001:db8:1::1/64 on the host, ::2 outside (no DAD), and the outside's
+/// default route via the host (the host's own IPv6 default route is left to the caller).
+pub fn uplink6(host: &TestNs, outside: &TestNs) {
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "up0",
+        "nodad",
+    ]);
+    outside.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::2/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    outside.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+}
+
+/// The HTTP status code `curl URL` gets inside namespace `ns` (empty when it gets none).
+pub fn http_code(ns: impl AsRef<str>, url: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.as_ref(), "curl", "-g", "-s", "-m", "5"])
+        .args(["-o", "/dev/null", "-w", "%{http_code}", url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A named network namespace (`ip netns add`), deleted on drop.
 pub struct TestNs {
     /// Its name under /run/netns.
