@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use crate::facts::firewall::local_facts;
+use crate::facts::{self, Parts, ReadOptions};
 use crate::nat::explain::{self, describe_match, Summary};
 use crate::nat::model::Ruleset;
 use crate::nat::walk::{self, LocalFacts, Packet, RouteFact, Walk, WalkOptions};
@@ -151,14 +153,33 @@ pub fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
     }
 
     let live = a.files.is_empty();
-    let (rs, ns) = if live {
+    let (rs, snap) = if live {
         let ns = match &a.netns {
             Some(t) => NetNs::open(t).with_context(|| format!("opening namespace {t}"))?,
             None => NetNs::current().context("opening the current namespace")?,
         };
-        let rs =
-            nat::load_live(&ns).with_context(|| format!("reading the rules in {}", ns.label()))?;
-        (rs, Some(ns))
+        // One read of the machine: the rules, this namespace's addresses and routes, and who
+        // is behind every other address.
+        let snap = facts::read_with(
+            &ReadOptions {
+                host: ns.clone(),
+                extra: Vec::new(),
+                skip_docker: false,
+                conntrack: false,
+            },
+            &Parts::EXPLAIN_NAT,
+            None,
+        )
+        .with_context(|| format!("reading namespace {}", ns.label()))?;
+        let rs = snap
+            .firewall
+            .ruleset_all(ns.label())
+            .map_err(|why| nat::NatError::NoTools {
+                ns: ns.label().to_string(),
+                why,
+            })
+            .with_context(|| format!("reading the rules in {}", ns.label()))?;
+        (rs, Some(snap))
     } else {
         let mut rs = Ruleset::default();
         for f in &a.files {
@@ -184,20 +205,18 @@ pub fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
         (rs, None)
     };
 
-    let names: HashMap<IpAddr, String> = if live {
-        nat::container_addresses(ns.as_ref().map(|n| n.id().inode))
-    } else {
-        HashMap::new()
+    let names: HashMap<IpAddr, String> = match &snap {
+        Some(snap) => snap.address_owners(),
+        None => HashMap::new(),
     };
     // Live: the summary's representative packets walk through the namespace's own addresses.
-    let live_facts = ns.as_ref().and_then(|ns| nat::local_facts(ns).ok());
+    let live_facts = snap.as_ref().map(|s| local_facts(s.host()));
     let summary = explain::summarize_on(&rs, &names, live_facts.as_ref());
 
     let walk_result = match &packet {
         Some(p) => {
-            let mut facts = match (&ns, a.local_addrs.is_empty() && a.routes.is_empty()) {
-                (Some(ns), true) => nat::local_facts(ns)
-                    .with_context(|| format!("reading addresses and routes of {}", ns.label()))?,
+            let mut facts = match (&live_facts, a.local_addrs.is_empty() && a.routes.is_empty()) {
+                (Some(live), true) => live.clone(),
                 _ => flags_facts.clone(),
             };
             if facts.forwarding.is_none() && !facts.routes.is_empty() {

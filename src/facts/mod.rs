@@ -300,6 +300,43 @@ impl Snapshot {
             .expect("a snapshot always holds its host namespace")
     }
 
+    /// Who is behind each address ("container web of lab x", "container web", "netns lab-db"):
+    /// the containers of the labs hosted here first (two labs may use the same addresses; the
+    /// other lab's containers are not behind this host's rules), then every other namespace with
+    /// a container or a name, except the one nettool runs in. Loopback and link-local addresses
+    /// name nobody.
+    pub(crate) fn address_owners(&self) -> std::collections::HashMap<IpAddr, String> {
+        let mut out = std::collections::HashMap::new();
+        let global = |a: &IpAddr| {
+            !a.is_loopback() && !matches!(a, IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80)
+        };
+        let mut name = |ns: &NsFacts, who: &str| {
+            for a in ns.addresses.iter().filter(|a| global(&a.address)) {
+                out.entry(a.address).or_insert_with(|| who.to_string());
+            }
+        };
+        for lab in self
+            .labs
+            .iter()
+            .filter(|l| l.host.is_none_or(|h| h == self.host))
+        {
+            for c in &lab.containers {
+                if let Some(ns) = c.ns.and_then(|id| self.ns(id)) {
+                    name(ns, &format!("container {} of lab {}", c.name, lab.name));
+                }
+            }
+        }
+        for ns in self.namespaces.iter().filter(|n| !n.current) {
+            let who = match (ns.containers.first(), ns.names.first()) {
+                (Some(c), _) => format!("container {}", c.short_name()),
+                (None, Some(n)) => format!("netns {n}"),
+                (None, None) => continue,
+            };
+            name(ns, &who);
+        }
+        out
+    }
+
     /// A namespace by identity.
     pub(crate) fn ns(&self, id: NsId) -> Option<&NsFacts> {
         self.namespaces.iter().find(|n| n.id == id)
@@ -637,4 +674,50 @@ pub(crate) fn from_json(text: &str) -> Result<Snapshot, String> {
         return Err("its host namespace is not among its namespaces".into());
     }
     Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_named_by_their_container_and_a_lab_hosted_here_first() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("captures/doctor/docker-healthy.json");
+        let mut snap = load(&path).unwrap();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let owners = snap.address_owners();
+        assert_eq!(owners[&ip("172.17.0.2")], "container web");
+        assert_eq!(owners[&ip("172.17.0.3")], "container dns");
+        // Loopback and link-local name nobody; the host has no name nor container here.
+        assert!(!owners.contains_key(&ip("127.0.0.1")));
+        assert!(!owners.keys().any(|a| a.to_string().starts_with("fe80:")));
+        assert!(!owners.contains_key(&ip("192.0.2.1")));
+        // A lab hosted here says whose container it is; a lab of another host says nothing.
+        let id_of = |label: &str| {
+            snap.namespaces
+                .iter()
+                .find(|n| n.label == label)
+                .unwrap()
+                .id
+        };
+        let (web, dns) = (id_of("container:web"), id_of("container:dns"));
+        let lab = |name: &str, host: NsId, ctr: &str, ns: NsId| LabFacts {
+            name: name.into(),
+            host: Some(host),
+            containers: vec![LabContainer {
+                name: ctr.into(),
+                ns: Some(ns),
+                run: None,
+            }],
+        };
+        let elsewhere = NsId { dev: 4, inode: 1 };
+        snap.labs = vec![
+            lab("other", elsewhere, "db", dns),
+            lab("here", snap.host, "front", web),
+        ];
+        let owners = snap.address_owners();
+        assert_eq!(owners[&ip("172.17.0.2")], "container front of lab here");
+        assert_eq!(owners[&ip("172.17.0.3")], "container dns");
+    }
 }

@@ -67,6 +67,11 @@ pub(crate) struct Parts {
     pub one_namespace: bool,
     /// Connected sockets too, not only listeners (in [`NsFacts::connections`]).
     pub connections: bool,
+    /// Routes, sockets and sysctls are read in the host only; the other namespaces give what
+    /// the other parts ask (links, addresses).
+    pub host_details_only: bool,
+    /// The firewall dumps carry each rule's packet and byte counters (`iptables-save -c`).
+    pub firewall_counters: bool,
 }
 
 impl Parts {
@@ -84,6 +89,8 @@ impl Parts {
         labs: true,
         one_namespace: false,
         connections: false,
+        host_details_only: false,
+        firewall_counters: false,
     };
     /// Discovery only: no namespace entered (`netns list --no-interfaces`).
     pub(crate) const NONE: Parts = Parts {
@@ -99,6 +106,8 @@ impl Parts {
         labs: false,
         one_namespace: false,
         connections: false,
+        host_details_only: false,
+        firewall_counters: false,
     };
     /// Each namespace entered once for its links, nothing more (`netns list` counts them).
     pub(crate) const NAMESPACES: Parts = Parts {
@@ -122,6 +131,19 @@ impl Parts {
         proxies: true,
         proxies_everywhere: true,
         all_peers: true,
+        ..Parts::NONE
+    };
+    /// The host's firewall (with counters), addresses, routes and forwarding, and every
+    /// namespace's addresses and who is in it, to name what is behind an address (explain-nat).
+    pub(crate) const EXPLAIN_NAT: Parts = Parts {
+        links: true,
+        addresses: true,
+        routes: true,
+        sysctls: true,
+        firewall: true,
+        firewall_counters: true,
+        labs: true,
+        host_details_only: true,
         ..Parts::NONE
     };
     /// One namespace in full and the names at the other end of its links (`netns inspect`).
@@ -186,6 +208,8 @@ fn read_inside(
     let Some(ns) = &handles[i] else {
         return Err("could not be opened (it went away)".into());
     };
+    // The host always gets every part asked; the others may be spared the details.
+    let details = i == host || !parts.host_details_only;
     ns.run(|| -> Result<Raw, NetlinkError> {
         let mut r = Rtnl::open()?;
         let links = r.links()?;
@@ -194,12 +218,12 @@ fn read_inside(
         } else {
             Vec::new()
         };
-        let routes = if parts.routes {
+        let routes = if parts.routes && details {
             r.routes(false)?
         } else {
             Vec::new()
         };
-        let (listeners, connections) = match (parts.listeners, parts.connections) {
+        let (listeners, connections) = match (parts.listeners && details, parts.connections) {
             (false, _) => (Vec::new(), Vec::new()),
             (true, false) => (sockets::list_unowned(Which::Listening)?, Vec::new()),
             (true, true) => sockets::list_unowned(Which::All)?
@@ -207,7 +231,7 @@ fn read_inside(
                 .partition(|s| s.is_listening()),
         };
         let mut sysctls = BTreeMap::new();
-        if parts.sysctls {
+        if parts.sysctls && details {
             for s in sysctl::interesting() {
                 sysctls.insert(s.name, s.value);
             }
@@ -475,7 +499,7 @@ pub(crate) fn read_with(
         });
         let tools = s.spawn(|| {
             let fw = if want.firewall {
-                firewall::dump(&opts.host)
+                firewall::dump_with(&opts.host, want.firewall_counters)
             } else {
                 FirewallDump::default()
             };
