@@ -2487,3 +2487,89 @@ fn cni_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted_then_a_v6only_ser
     assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
     assert_eq!(fixed["ipv6"]["probe"]["ok"], true, "{fixed:#}");
 }
+
+/// CNI faults besides the DNAT, each with a printed fix run as printed: the container's
+/// interface removed (the chain's DEL then ADD from libcni's cache, keeping its address), the
+/// network's bridge down, the container's eth0 down. After each fix the port answers again.
+#[test]
+fn cni_interface_removed_bridge_down_and_eth0_down_are_fixed_as_printed() {
+    let h = CniHost::new("cnifx", "10.77.9.0/24", 18499, "0.0.0.0");
+    let from = h.from();
+    let args = ["--from", from.as_str(), "18499"];
+    h.wait_fault(&args, "none");
+    assert!(h.curl_outside().starts_with('2'));
+    let bridge = h.att.as_ref().unwrap().bridge.clone();
+    let ip = h.att.as_ref().unwrap().ipv4();
+    let fix_as_printed = |r: &Value| {
+        let command = r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fix printed: {r:#}"));
+        sh(&["sh", "-c", command]);
+        let mut fixed = Value::Null;
+        wait_for("the port after the fix", 10, || {
+            fixed = h.doctor(&["--from", &from, "18499", "--probe"]);
+            fixed["probe"]["ok"] == true
+        });
+        assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
+        assert!(h.curl_outside().starts_with('2'));
+    };
+
+    // The container's interface removed: its namespace is there, its address is not.
+    h.ctr.ip(&["link", "del", "eth0"]);
+    assert!(!h.curl_outside().starts_with('2'), "broken");
+    h.record(
+        "cni-interface-removed",
+        "the CNI host, the container's eth0 deleted (ip -n CTR link del eth0), the service on 0.0.0.0:80 still running",
+        &args,
+    );
+    let r = h.doctor(&args);
+    assert_eq!(fault(&r), "not_on_network", "{r:#}");
+    one_cni_fail(&r, &h.id());
+    let command = r["diagnosis"]["fix"]["command"].as_str().unwrap_or("");
+    assert!(command.contains("CNI_COMMAND=ADD"), "{r:#}");
+    fix_as_printed(&r);
+    // The same address again: libcni's cached result (and every rule naming it) holds.
+    assert!(
+        h.ctr.ip(&["-4", "addr", "show", "eth0"]).contains(&ip),
+        "the cached address {ip} again"
+    );
+
+    // The network's bridge down.
+    h.host.ip(&["link", "set", &bridge, "down"]);
+    assert!(!h.curl_outside().starts_with('2'), "broken");
+    h.record(
+        "cni-bridge-down",
+        "the CNI host, the network's bridge set down (ip link set CNIBR down): its prefix route is gone, the host routes the container's address out of the uplink",
+        &args,
+    );
+    let r = h.doctor(&args);
+    assert_eq!(fault(&r), "bridge_down", "{r:#}");
+    one_cni_fail(&r, &bridge);
+    fix_as_printed(&r);
+
+    // The container's eth0 down.
+    h.ctr.ip(&["link", "set", "eth0", "down"]);
+    assert!(!h.curl_outside().starts_with('2'), "broken");
+    h.record(
+        "cni-eth0-down",
+        "the CNI host, the container's eth0 set down (ip -n CTR link set eth0 down): its default route went with it",
+        &args,
+    );
+    let r = h.doctor(&args);
+    assert_eq!(fault(&r), "veth_down", "{r:#}");
+    assert!(
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap_or("")
+            .contains("CNI_COMMAND=ADD"),
+        "the chain's ADD brings its routes back too: {r:#}"
+    );
+    let fails = r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["verdict"] == "fail")
+        .count();
+    assert_eq!(fails, 1, "{r:#}");
+    fix_as_printed(&r);
+}

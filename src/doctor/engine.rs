@@ -178,7 +178,7 @@ pub(crate) fn intent_hop(
         .with_evidence(evidence.clone())
     };
     if c.engine == EngineKind::Cni {
-        if let Some(h) = cni_hop(snap, c, port, &who) {
+        if let Some(h) = cni_hop(snap, c, port, &who, fixer) {
             return h.with_evidence(evidence);
         }
     }
@@ -297,7 +297,7 @@ fn published_elsewhere(
 /// container's interface gone from it (its veth deleted) leaves the port's rules pointing at
 /// an address nobody holds. The runtime (containerd, CRI-O, kubelet) re-creates the
 /// attachment; there is no one command to do it for it.
-fn cni_hop(snap: &Snapshot, c: &Container, port: u16, who: &str) -> Option<Hop> {
+fn cni_hop(snap: &Snapshot, c: &Container, port: u16, who: &str, fixer: &Fixer) -> Option<Hop> {
     let addrs: Vec<IpAddr> = c
         .attachments
         .iter()
@@ -347,11 +347,156 @@ fn cni_hop(snap: &Snapshot, c: &Container, port: u16, who: &str) -> Option<Hop> 
             TITLE,
             Fault::NotOnNetwork,
             format!(
-                "{who} no longer holds {list} in its namespace {netns} (its interface on {networks} was removed): its port {port} is sent to an address nobody holds; the runtime must attach it again (CNI DEL, then ADD, of {networks})"
+                "{who} no longer holds {list} in its namespace {netns} (its interface on {networks} was removed): its port {port} is sent to an address nobody holds; attach it again with the network's CNI chain (DEL, then ADD keeping {list})"
             ),
         )
-        .with_evidence(format!("{}: addresses {}", ns.label, ns.address_list())),
+        .with_evidence(format!("{}: addresses {}", ns.label, ns.address_list()))
+        .with_fix(cni_chain_readd(snap, c, fixer)),
     )
+}
+
+/// The container's port mappings as libcni hands them to portmap (runtimeConfig).
+fn cni_mappings(c: &Container) -> Vec<serde_json::Value> {
+    c.ports
+        .iter()
+        .map(|b| {
+            let mut m = serde_json::json!({
+                "hostPort": b.host_port,
+                "containerPort": b.container_port,
+                "protocol": b.proto,
+            });
+            if let Some(ip) = b.host_ip {
+                m["hostIP"] = serde_json::Value::String(ip.to_string());
+            }
+            m
+        })
+        .collect()
+}
+
+/// The attachment's addresses and the result's `ips` for them (prefix from the network's
+/// subnets).
+fn cni_ips(
+    att: &crate::engine::Attachment,
+    net: &crate::engine::Network,
+) -> (Vec<IpAddr>, Vec<serde_json::Value>) {
+    let addrs: Vec<IpAddr> = att
+        .ipv4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(att.ipv6.map(IpAddr::V6))
+        .collect();
+    let ips = addrs
+        .iter()
+        .map(|a| {
+            let prefix = net
+                .subnets
+                .iter()
+                .find(|s| s.contains(a))
+                .map(|s| s.prefix_len())
+                .unwrap_or(if a.is_ipv4() { 32 } else { 128 });
+            serde_json::json!({"address": format!("{a}/{prefix}"), "interface": 0})
+        })
+        .collect();
+    (addrs, ips)
+}
+
+/// Attach a CNI container again as libcni would: the network's cached chain, DEL in reverse
+/// order (each plugin drops what is left of the attachment: the address reservation, port
+/// and firewall rules), then ADD in order, each plugin given the previous one's result; the
+/// IPAM plugin is asked for the container's cached addresses (`args.cni.ips`), so the cached
+/// result (and every rule naming the address) stays true. One `sh -c` line: the configs are
+/// its arguments.
+pub(crate) fn cni_chain_readd(snap: &Snapshot, c: &Container, fixer: &Fixer) -> Option<super::Fix> {
+    use serde_json::{json, Value};
+    let intent = snap.intent.as_ref()?;
+    let (att, net) = c.attachments.iter().find_map(|a| {
+        let n = intent.networks.iter().find(|n| {
+            n.engine == EngineKind::Cni && n.name == a.network && n.cni_chain.is_some()
+        })?;
+        Some((a, n))
+    })?;
+    let chain: Value = serde_json::from_str(net.cni_chain.as_deref()?).ok()?;
+    let plugins = chain.get("plugins")?.as_array()?;
+    let netns = c.netns.as_ref()?.display().to_string();
+    let ifname = "eth0".to_string();
+    let (addrs, ips) = cni_ips(att, net);
+    let version = chain
+        .get("cniVersion")
+        .cloned()
+        .unwrap_or(Value::String("1.0.0".into()));
+    let mut confs = Vec::new();
+    let mut kinds = Vec::new();
+    for p in plugins {
+        let kind = p.get("type")?.as_str()?;
+        // The plugin's name is a word on the command line: a path or an option is refused.
+        if kind.is_empty()
+            || !kind
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            || kind.starts_with('.')
+        {
+            return None;
+        }
+        let mut conf = p.clone();
+        conf["name"] = chain.get("name")?.clone();
+        conf["cniVersion"] = version.clone();
+        if p.pointer("/capabilities/portMappings") == Some(&Value::Bool(true)) {
+            conf["runtimeConfig"] = json!({ "portMappings": cni_mappings(c) });
+        }
+        if p.get("ipam").is_some() {
+            conf["args"] =
+                json!({"cni": {"ips": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>()}});
+        }
+        kinds.push(kind.to_string());
+        confs.push(conf.to_string());
+    }
+    let result = json!({
+        "cniVersion": version,
+        "interfaces": [{"name": ifname, "sandbox": netns}],
+        "ips": ips,
+    });
+    // $1 id, $2 netns, $3 ifname, $4 the cached result, $5.. each plugin's config.
+    let arg = |i: usize| format!("\"${{{}}}\"", i + 5);
+    let mut script = String::from(
+        "set -e; PATH=/opt/cni/bin:/usr/lib/cni:$PATH; export CNI_CONTAINERID=\"$1\" CNI_NETNS=\"$2\" CNI_IFNAME=\"$3\" CNI_PATH=/opt/cni/bin:/usr/lib/cni; p() { printf '{\"prevResult\":%s,%s' \"$1\" \"${2#?}\"; }",
+    );
+    for (i, k) in kinds.iter().enumerate().rev() {
+        script.push_str(&format!(
+            "; p \"$4\" {} | CNI_COMMAND=DEL {k} >/dev/null",
+            arg(i)
+        ));
+    }
+    for (i, k) in kinds.iter().enumerate() {
+        if i == 0 {
+            script.push_str(&format!(
+                "; r=$(printf '%s' {} | CNI_COMMAND=ADD {k})",
+                arg(i)
+            ));
+        } else {
+            script.push_str(&format!("; r=$(p \"$r\" {} | CNI_COMMAND=ADD {k})", arg(i)));
+        }
+    }
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        script,
+        "cni-chain-add".into(),
+        c.id.clone(),
+        netns,
+        ifname,
+        result.to_string(),
+    ];
+    argv.extend(confs);
+    Some(fixer.fix_owned(
+        &format!(
+            "attach CNI container {} to {} again (the chain {}: DEL, then ADD with its cached config and addresses)",
+            c.name,
+            net.name,
+            kinds.join(" + ")
+        ),
+        argv,
+        false,
+    ))
 }
 
 /// The engine's DNAT rule for a port it publishes to a running container, missing while

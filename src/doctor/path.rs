@@ -195,6 +195,44 @@ pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<H
         );
         return;
     };
+    // The container's bridge down: its prefix route went with it, so the host routes the
+    // address elsewhere (often out of the uplink) and every later check would follow that.
+    if let Some(br) = find_target(cx, dest.addr, &out_if)
+        .and_then(|t| t.outer)
+        .and_then(|o| o.master)
+        .filter(|m| *m != out_if.index)
+        .and_then(|m| host.link(m))
+        .filter(|br| br.kind == "bridge" && !br.admin_up)
+    {
+        let net = cx
+            .snap
+            .intent
+            .as_ref()
+            .and_then(|i| i.network_by_bridge(&br.name))
+            .map(|n| format!(" ({} network {})", n.engine, n.name))
+            .unwrap_or_default();
+        hops.push(
+            Hop::fail(
+                "bridge",
+                "bridge",
+                Fault::BridgeDown,
+                format!(
+                    "bridge {}{net} that {} is on is down: its route went with it, so the host sends {} out of {} instead",
+                    br.name, dest.addr, dest.addr, out_if.name
+                ),
+            )
+            .with_evidence(route_text)
+            .with_evidence(format!(
+                "{}: admin down, oper {}, mtu {}",
+                br.name, br.oper_state, br.mtu
+            ))
+            .with_fix(Some(cx.fixer.fix(
+                &format!("bring {} up (its address and route come back with it)", br.name),
+                &["ip", "link", "set", &br.name, "up"],
+            ))),
+        );
+        return;
+    }
     hops.push(
         Hop::ok(
             "route",
@@ -287,8 +325,13 @@ pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<H
     };
     dest.netns = Some(target.ns.label.clone());
     dest.interface = target.inner.as_ref().map(|l| l.name.clone());
+    let before = hops.len();
     veth_hops(cx, &target, bridge.as_ref(), hops);
-    if dest.via == "dnat" {
+    // A veth down is the cause; the route back it took with it is not a second fault.
+    let veth_failed = hops[before..]
+        .iter()
+        .any(|h| h.verdict == super::Verdict::Fail);
+    if dest.via == "dnat" && !veth_failed {
         if let Some(h) = return_route_hop(cx, &target, bridge.as_ref()) {
             hops.push(h);
         }

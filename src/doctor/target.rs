@@ -96,21 +96,35 @@ pub(crate) fn veth_hops(cx: &PathCtx, t: &Target<'_>, bridge: Option<&Link>, hop
             ))),
         );
     } else if !inner.admin_up {
-        let argv = Fixer::in_ns(t.ns, &["ip", "link", "set", &inner.name, "up"]);
+        // A CNI container's interface down took its routes with it (up again, it has only its
+        // subnet's): the chain's own DEL and ADD make the whole attachment again.
+        let cni = cx.snap.intent.as_ref().and_then(|i| {
+            i.containers.iter().find(|c| {
+                c.engine == crate::engine::EngineKind::Cni
+                    && t.ns.containers.iter().any(|r| r.id == c.id)
+            })
+        });
+        let fix = match cni.and_then(|c| super::engine::cni_chain_readd(cx.snap, c, cx.fixer)) {
+            Some(f) => f,
+            None => cx.fixer.fix_owned(
+                &format!("bring {} up inside {}", inner.name, t.ns.label),
+                Fixer::in_ns(t.ns, &["ip", "link", "set", &inner.name, "up"]),
+                false,
+            ),
+        };
         hops.push(
             Hop::fail(
                 "veth",
                 title,
                 Fault::VethDown,
-                format!("{} inside {} is down", inner.name, t.ns.label),
+                format!(
+                    "{} inside {} is down (the routes through it went with it)",
+                    inner.name, t.ns.label
+                ),
             )
             .with_evidence(ev_outer)
             .with_evidence(ev_inner)
-            .with_fix(Some(cx.fixer.fix_owned(
-                &format!("bring {} up inside {}", inner.name, t.ns.label),
-                argv,
-                false,
-            ))),
+            .with_fix(Some(fix)),
         );
     } else if bridge.is_some_and(|b| outer.master != Some(b.index)) {
         let b = bridge.expect("checked");

@@ -252,6 +252,12 @@ fn network_from_config(conf: &serde_json::Value, fallback_name: &str) -> Network
             }
             p.to_string()
         });
+    let chain = serde_json::json!({
+        "cniVersion": conf.get("cniVersion").cloned().unwrap_or_default(),
+        "name": name,
+        "plugins": plugins,
+    })
+    .to_string();
     Network {
         engine: EngineKind::Cni,
         id: name.clone(),
@@ -260,6 +266,7 @@ fn network_from_config(conf: &serde_json::Value, fallback_name: &str) -> Network
         subnets,
         internal: false,
         portmap,
+        cni_chain: Some(chain),
     }
 }
 

@@ -402,6 +402,7 @@ fn docker_network(n: &serde_json::Value) -> Option<Network> {
         subnets,
         internal: n.get("Internal").and_then(|i| i.as_bool()).unwrap_or(false),
         portmap: None,
+        cni_chain: None,
     })
 }
 

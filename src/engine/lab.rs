@@ -43,6 +43,7 @@ fn add_lab(st: &state::LabState, intent: &mut Intent) {
             subnets,
             internal: n.internal,
             portmap: None,
+            cni_chain: None,
         });
     }
     for c in &st.containers {

@@ -274,6 +274,10 @@ pub struct Network {
     /// cniVersion added), so a missing port mapping can be re-added exactly as configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub portmap: Option<String>,
+    /// CNI: the network's whole plugin chain as libcni cached it (a conflist: name, cniVersion,
+    /// plugins), so an attachment can be re-made with the chain's own ADD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_chain: Option<String>,
 }
 
 /// What every engine on the machine intended, read once.
@@ -446,6 +450,7 @@ mod tests {
                 ],
                 internal: false,
                 portmap: None,
+                cni_chain: None,
             }],
             sources: vec![SourceStatus {
                 engine: EngineKind::Docker,

@@ -124,6 +124,7 @@ fn libpod_network(n: &serde_json::Value) -> Option<Network> {
         subnets,
         internal: n.get("internal").and_then(|i| i.as_bool()).unwrap_or(false),
         portmap: None,
+        cni_chain: None,
     })
 }
 
