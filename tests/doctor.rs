@@ -1775,6 +1775,11 @@ fn docker_dual_stack_port_over_ipv4_and_ipv6() {
 // Real rootful Podman + netavark (tests/common/podman.rs), names from the default API socket.
 // ---------------------------------------------------------------------------------------------
 
+/// Held by each Podman test that runs `podman network reload --all`: the reload re-writes the
+/// rules of every container of the machine's Podman in the namespace it runs in, so two
+/// test hosts reloading at once write each other's rules into the wrong namespace.
+static PODMAN_RELOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A Podman host with an uplink to an outside namespace, a network of its own and web
 /// (busybox httpd) published on `port`.
 struct PodmanLab {
@@ -1893,6 +1898,7 @@ impl PodmanLab {
 
 #[test]
 fn podman_healthy_then_flushed_rules_then_stopped() {
+    let _reload = PODMAN_RELOAD.lock().unwrap_or_else(|e| e.into_inner());
     let l = PodmanLab::new("dpod", 18581);
     let port = l.port.to_string();
     let outside = l.outside_from();
@@ -1963,6 +1969,7 @@ fn podman_healthy_then_flushed_rules_then_stopped() {
 /// `podman network reload --all`, which, run as printed, brings IPv6 back.
 #[test]
 fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
+    let _reload = PODMAN_RELOAD.lock().unwrap_or_else(|e| e.into_inner());
     let l = PodmanLab::dual("dpod6", 18582);
     let port = l.port.to_string();
     let outside = l.outside_from();
