@@ -772,3 +772,105 @@ fn a_file_holds_the_bytes_that_were_on_the_wire_while_the_ring_wraps() {
         &bad[..bad.len().min(5)]
     );
 }
+
+#[test]
+fn a_file_of_two_namespaces_is_in_time_order() {
+    let (a, b) = pair("capt", 33);
+    let file = tmp("cap-order");
+    // b first: its ring is read first, though the first packet of each datagram is a's.
+    let run = start(&[
+        "--netns",
+        &b.name,
+        "--netns",
+        &a.name,
+        "-i",
+        "eth0",
+        "-w",
+        file.to_str().unwrap(),
+        "udp port 5555",
+    ]);
+    numbered_datagrams(&a, "10.201.33.2", 5555, 200);
+    let (_, err) = run.stop();
+    let rows = tshark_fields(&file, &["frame.time_epoch", "frame.interface_name"]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        rows.len(),
+        400,
+        "each datagram leaving a and reaching b: {err}"
+    );
+    let times: Vec<f64> = rows.iter().map(|r| r[0].parse().expect("time")).collect();
+    let back: Vec<usize> = (1..times.len())
+        .filter(|&i| times[i] < times[i - 1])
+        .collect();
+    assert!(
+        back.is_empty(),
+        "frame.time_epoch goes back at {} of {} packets, first at {:?}",
+        back.len(),
+        rows.len(),
+        back.first().map(|&i| (&rows[i - 1], &rows[i]))
+    );
+}
+
+#[test]
+fn a_udp_proxys_two_legs_are_one_flow() {
+    // A lab whose UDP port is published through the userland proxy (nettool proxy): a datagram
+    // to 127.0.0.1 goes to the proxy, which sends it on to the container.
+    let spec = std::env::temp_dir().join(format!("{}.toml", unique("capu-lab")));
+    std::fs::write(
+        &spec,
+        "[lab]\nuserland_proxy = true\n\n[[network]]\nname = \"net\"\nsubnet = \"10.57.0.0/24\"\n\n\
+         [[container]]\nname = \"echo\"\nnetwork = \"net\"\nrun = \"nettool serve udp-echo 5000\"\n\
+         ports = [\"5000:5000/udp\"]\n",
+    )
+    .unwrap();
+    let (lab, _state) = TestLab::isolated("capu", &[spec.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&spec);
+    let file = tmp("cap-udp-proxy");
+    let run = start(&[
+        "--lab",
+        &lab.name,
+        "--follow",
+        "-w",
+        file.to_str().unwrap(),
+        "udp port 5000",
+    ]);
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.name,
+        "sh",
+        "-c",
+        "echo hello | socat -t 2 - UDP:127.0.0.1:5000",
+    ]);
+    assert!(
+        out.contains("hello"),
+        "the echo answered through the proxy: {out}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, err) = run.stop();
+    let rows = tshark_fields(
+        &file,
+        &["frame.interface_name", "frame.comment", "udp.dstport"],
+    );
+    let _ = std::fs::remove_file(&file);
+    let host_lo = format!("lab:{}/host/lo", lab.name);
+    let echo = format!("lab:{}/echo/eth0", lab.name);
+    let leg = |iface: &str| {
+        rows.iter()
+            .find(|r| r[0] == iface && r[2] == "5000")
+            .unwrap_or_else(|| panic!("a datagram to port 5000 on {iface}: {rows:?} {err}"))
+            .clone()
+    };
+    let (client, backend) = (leg(&host_lo), leg(&echo));
+    assert_eq!(client[1], backend[1], "both legs are one flow: {rows:?}");
+    let c = &client[1];
+    assert!(
+        c.contains("original udp 127.0.0.1:")
+            && c.contains("> 127.0.0.1:5000")
+            && c.contains(" ; proxied by nettool pid ")
+            && c.contains("(paired by time)")
+            && c.contains("> 10.57.0.2:5000"),
+        "{c}"
+    );
+}

@@ -143,8 +143,9 @@ pub(crate) trait Sink {
     /// handed back to the kernel): write out anything that still points at them. No default:
     /// a sink that wraps another must pass this on, or the file gets bytes of later packets.
     fn block_done(&mut self) -> Result<(), CaptureError>;
-    /// Packets of different interfaces must come in time order (the live view): they are then
-    /// held for a short window and merged. A file takes them as each ring hands them over.
+    /// Packets of different interfaces must come in time order (the live view, a pcapng file):
+    /// they are then held for a short window and merged. Otherwise they come as each ring hands
+    /// them over.
     fn ordered(&self) -> bool {
         false
     }
@@ -628,7 +629,14 @@ struct Pending {
     seq: u64,
     flows: FlowTable,
     follow: bool,
+    /// Bytes of the packets in `heap`.
+    bytes: usize,
 }
+
+/// The most packet bytes held for time order: past it the oldest go out before their window is
+/// over (a capture of many busy interfaces must not grow without bound; a packet of another
+/// interface that comes later may then be out of order).
+const MAX_HELD_BYTES: usize = 64 << 20;
 
 impl Pending {
     /// Hand the sink every packet that may go, oldest first, at most `left` of them (-c counts
@@ -664,7 +672,7 @@ impl Pending {
             if left.is_some_and(|l| gone.len() as u64 >= l) {
                 break;
             }
-            if !flush && now.saturating_sub(h.ts) < window {
+            if !flush && now.saturating_sub(h.ts) < window && self.bytes <= MAX_HELD_BYTES {
                 break;
             }
             // Not cached: flows merge as entries from other namespaces arrive, and the comment
@@ -690,6 +698,7 @@ impl Pending {
                 None
             };
             let Some(h) = self.heap.pop() else { break };
+            self.bytes -= h.data.len();
             let r = sink.packet(&Packet {
                 interface: h.interface,
                 link: h.link,
@@ -738,6 +747,7 @@ fn read_loop(
         seq: 0,
         flows: FlowTable::default(),
         follow: opts.follow,
+        bytes: 0,
     };
     let mut ct_buf = vec![0u8; 1 << 16];
     let mut waiting = std::collections::VecDeque::new();
@@ -921,16 +931,18 @@ fn drain_conntrack(
             continue;
         }
         for w in proxies.iter().filter(|w| Some(w.ns_id()) == *ns) {
+            // The proxy to its target first: with the same port on both sides (-p 53:53/udp)
+            // and a proxy listening on every address, that leg would also look like a client.
             // A client of the proxy ends at it: not NATed (a DNATed flow to the same port went
             // to the container without the proxy).
-            if !e.natted() && w.target_of(&e.original).is_some() {
+            if w.wants(&e.original) {
+                backends.push((w, e.original));
+            } else if !e.natted() && w.target_of(&e.original).is_some() {
                 waiting.push_back(ProxyClient {
                     at: Instant::now(),
                     ns: w.ns_id(),
                     client: e.original,
                 });
-            } else if w.wants(&e.original) {
-                backends.push((w, e.original));
             }
         }
     }
@@ -990,6 +1002,7 @@ fn drain_source(
         }
         if let Some(p) = pending.as_deref_mut() {
             p.seq += 1;
+            p.bytes += f.data.len();
             p.heap.push(Held {
                 interface: id,
                 link,
@@ -1061,6 +1074,12 @@ impl Sink for PcapngSink {
 
     fn block_done(&mut self) -> Result<(), CaptureError> {
         self.writer.write_out()
+    }
+
+    /// Wireshark shows packets in file order: packets of several interfaces are merged by time
+    /// (one interface's ring is already in order and is written straight from it).
+    fn ordered(&self) -> bool {
+        true
     }
 
     fn finish(&mut self, stats: &[InterfaceStats]) -> Result<(), CaptureError> {

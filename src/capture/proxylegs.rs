@@ -4,7 +4,9 @@
 //! every TCP socket with its inode, /proc/PID/fd says which of them the proxy holds and in what
 //! order it opened them. An accepted socket on a listen port and the next socket it opened to
 //! that port's target are one conversation (proxies accept, then connect: the backend socket's
-//! fd follows the client's). TCP only: a UDP proxy's client side has no socket per client.
+//! fd follows the client's). A UDP proxy's client side has no socket per client (one socket
+//! takes every client's datagrams): its legs are paired by time only (the client's first
+//! datagram, then the proxy's first one to the target).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,7 +30,7 @@ pub(crate) struct ProxyJoin {
     pub backend: Tuple,
 }
 
-/// The TCP proxies running in one captured namespace.
+/// The TCP and UDP proxies running in one captured namespace.
 #[derive(Debug)]
 pub(crate) struct ProxyWatch {
     ns: NetNs,
@@ -47,6 +49,15 @@ fn tcp(src: SocketAddr, dst: SocketAddr) -> Tuple {
         sport: src.port(),
         dst: dst.ip(),
         dport: dst.port(),
+    }
+}
+
+/// The proxy map protocol of a conntrack tuple (TCP and UDP are proxied).
+fn proto_of(t: &Tuple) -> Option<Proto> {
+    match t.proto {
+        6 => Some(Proto::Tcp),
+        17 => Some(Proto::Udp),
+        _ => None,
     }
 }
 
@@ -128,7 +139,7 @@ pub(crate) fn pair(p: &ProxyProcess, sockets: &[ProxySocket]) -> Vec<ProxyJoin> 
     out
 }
 
-/// The TCP proxies running in any of `nss`, one watch per namespace that has some. One pass
+/// The TCP and UDP proxies running in any of `nss`, one watch per namespace that has some. One pass
 /// over /proc (comm and cmdline of each process: a few ms), so it can be repeated to see
 /// proxies started after the capture (`docker run -p` starts one).
 pub(crate) fn find(nss: &[NetNs]) -> Vec<ProxyWatch> {
@@ -149,9 +160,6 @@ pub(crate) fn find(nss: &[NetNs]) -> Vec<ProxyWatch> {
         let Some(p) = recognise(pid, &comm, &argv) else {
             continue;
         };
-        if !p.maps.iter().any(|m| m.proto == Proto::Tcp) {
-            continue;
-        }
         let Ok(md) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
             continue;
         };
@@ -181,9 +189,7 @@ impl ProxyWatch {
     /// Where a proxy sends a client that connected with tuple `t` (to a listen address of
     /// one of them), and which proxy: None when `t` goes to no proxy's listen port.
     pub(crate) fn target_of(&self, t: &Tuple) -> Option<(SocketAddr, String)> {
-        if t.proto != 6 {
-            return None;
-        }
+        let proto = proto_of(t)?;
         // The proxy listening on the client's address family first (docker-proxy runs one
         // for 0.0.0.0 and one for ::).
         let mut ps: Vec<&ProxyProcess> = self.proxies.iter().collect();
@@ -196,7 +202,7 @@ impl ProxyWatch {
         ps.iter().find_map(|p| {
             p.maps
                 .iter()
-                .filter(|m| m.proto == Proto::Tcp)
+                .filter(|m| m.proto == proto)
                 .filter(|m| {
                     m.listen_ip
                         .is_none_or(|ip| ip.is_unspecified() || ip.to_canonical() == t.dst)
@@ -208,15 +214,17 @@ impl ProxyWatch {
 
     /// A new flow with this original tuple is one of the proxies connecting to its target.
     pub(crate) fn wants(&self, t: &Tuple) -> bool {
-        t.proto == 6
-            && self.proxies.iter().any(|p| {
-                p.maps.iter().any(|m| {
-                    m.proto == Proto::Tcp
-                        && m.target_ip.to_canonical() == t.dst
-                        && t.dport >= m.target_from
-                        && t.dport - m.target_from <= m.listen_to - m.listen_from
-                })
+        let Some(proto) = proto_of(t) else {
+            return false;
+        };
+        self.proxies.iter().any(|p| {
+            p.maps.iter().any(|m| {
+                m.proto == proto
+                    && m.target_ip.to_canonical() == t.dst
+                    && t.dport >= m.target_from
+                    && t.dport - m.target_from <= m.listen_to - m.listen_from
             })
+        })
     }
 
     /// Every client/backend pair the proxies hold now.
