@@ -4201,3 +4201,218 @@ fn udp_batches_keep_every_datagram_its_boundaries_and_order() {
     let log = p.stop();
     assert!(log.contains(&format!("datagrams={}", 2 * N)), "{log}");
 }
+
+/// System calls the process `pid` (all its threads) makes while `f` runs, counted by a real
+/// strace attached to it: (calls of each traced syscall summed, f's result).
+fn syscalls_during<T>(pid: u32, syscalls: &str, f: impl FnOnce() -> T) -> (u64, T) {
+    let out = std::env::temp_dir().join(unique("strace"));
+    let mut st = ChildGuard(
+        Command::new("strace")
+            .args(["-f", "-qq", "-c", "-e"])
+            .arg(format!("trace={syscalls}"))
+            .arg("-o")
+            .arg(&out)
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace (apt-get install strace)"),
+    );
+    // Attached once every thread of the process has a tracer.
+    wait_for("strace to attach", 10, || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                std::fs::read_to_string(t.path().join("status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| {
+                        l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                    })
+            })
+    });
+    let r = f();
+    unsafe { libc::kill(st.pid() as i32, libc::SIGINT) };
+    let _ = st.0.wait();
+    let summary = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    // "% time seconds usecs/call calls [errors] syscall" rows.
+    let calls = summary
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let name = f.last()?;
+            (syscalls.split(',').any(|s| s == *name) && f.len() >= 5)
+                .then(|| f[3].parse::<u64>().ok())
+                .flatten()
+        })
+        .sum();
+    (calls, r)
+}
+
+#[test]
+fn udp_replies_are_batched_and_keep_boundaries_order_and_source() {
+    let ns = lab("pxudpr");
+    let dir = TempDir::new("pxudpr");
+    // Per flow: N replies, datagram k carrying (flow, k), 1400 bytes in runs (what UDP_SEGMENT
+    // sends as one), a stretch of sizes that differ, every 250th 60 000 bytes.
+    const N: u32 = 600;
+    let size = |k: u32| -> usize {
+        match k {
+            _ if k % 250 == 249 => 60_000,
+            300..=399 => 8 + (k as usize * 7) % 1300,
+            _ if k % 50 == 49 => 700,
+            _ => 1400,
+        }
+    };
+    for addr in ["127.0.0.1:7055", "[::1]:7056"] {
+        let a: SocketAddr = addr.parse().unwrap();
+        let s = inside(&ns, move || UdpSocket::bind(a).unwrap());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                if n < 4 {
+                    continue;
+                }
+                let flow = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                for k in 0..N {
+                    let mut d = vec![0x5Au8; size(k)];
+                    d[..4].copy_from_slice(&flow.to_be_bytes());
+                    d[4..8].copy_from_slice(&k.to_be_bytes());
+                    let _ = s.send_to(&d, from);
+                }
+            }
+        });
+    }
+    // Wildcard listeners: every reply leaves from the address its client sent to (IP_PKTINFO
+    // next to UDP_SEGMENT in the same message).
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-p",
+            "udp:5355=127.0.0.1:7055",
+            "-p",
+            "udp:[::]:5356=[::1]:7056",
+        ],
+    );
+    let clients: Vec<(u32, UdpSocket)> = [
+        (0u32, "0.0.0.0:0", "10.9.0.1:5355"),
+        (1, "0.0.0.0:0", "127.0.0.1:5355"),
+        (2, "[::]:0", "[fd00::9]:5356"),
+    ]
+    .into_iter()
+    .map(|(id, bind, to)| {
+        let s = inside(&ns, move || {
+            let s = UdpSocket::bind(bind).unwrap();
+            // Connected: replies from any other source address are not delivered.
+            s.connect(to).unwrap();
+            s
+        });
+        big_rcvbuf(&s);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (id, s)
+    })
+    .collect();
+    let (calls, ()) = syscalls_during(p.pid(), "sendto,sendmsg,sendmmsg", || {
+        for (id, s) in &clients {
+            s.send(&id.to_be_bytes()).unwrap();
+        }
+        let mut buf = vec![0u8; 65_536];
+        for (id, s) in &clients {
+            for k in 0..N {
+                let n = s.recv(&mut buf).unwrap_or_else(|e| {
+                    panic!("client {id}: reply {k} missing: {e}; log:\n{}", p.log())
+                });
+                let got = (
+                    u32::from_be_bytes(buf[..4].try_into().unwrap()),
+                    u32::from_be_bytes(buf[4..8].try_into().unwrap()),
+                );
+                assert_eq!(got, (*id, k), "client {id}: out of order or lost");
+                assert_eq!(n, size(k), "client {id}, reply {k}: boundary");
+                assert!(buf[8..n].iter().all(|b| *b == 0x5A));
+            }
+        }
+    });
+    // One by one this took a send per reply (3 * N); batched, a few per recvmmsg.
+    assert!(
+        calls * 4 < 3 * N as u64,
+        "{calls} send calls for {} replies: not batched",
+        3 * N
+    );
+    let log = p.stop();
+    assert!(log.contains(&format!("datagrams={}", 3 * N + 3)), "{log}");
+}
+
+/// A client that sends with UDP_SEGMENT: on loopback the segmented send reaches the proxy's
+/// listener whole and, with UDP_GRO on, comes out of one receive as one buffer; the backend
+/// must still get each datagram on its own, in order.
+#[test]
+fn udp_gro_coalesced_datagrams_reach_the_backend_one_by_one() {
+    let ns = lab("pxudpg");
+    let dir = TempDir::new("pxudpg");
+    let backend = inside(&ns, || UdpSocket::bind("127.0.0.1:7057").unwrap());
+    big_rcvbuf(&backend);
+    backend
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let p = start(Some(&ns), &dir, &["udp:10.9.0.1:5357", "127.0.0.1:7057"]);
+    let client = inside(&ns, || UdpSocket::bind("10.9.0.1:0").unwrap());
+    client.connect("10.9.0.1:5357").unwrap();
+    // 10 sends of 1000-byte segments: 39 of them and a shorter last one of 300.
+    const SEG: usize = 1000;
+    let mut k = 0u32;
+    let mut sizes = Vec::new();
+    for _ in 0..10 {
+        let mut msg = Vec::new();
+        for i in 0..40 {
+            let n = if i == 39 { 300 } else { SEG };
+            let mut d = vec![0xC3u8; n];
+            d[..4].copy_from_slice(&k.to_be_bytes());
+            msg.extend_from_slice(&d);
+            sizes.push(n);
+            k += 1;
+        }
+        let seg = SEG as u16;
+        let mut ctrl = [0u64; 4];
+        let iov = libc::iovec {
+            iov_base: msg.as_ptr() as *mut libc::c_void,
+            iov_len: msg.len(),
+        };
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_iov = &iov as *const _ as *mut libc::iovec;
+        h.msg_iovlen = 1;
+        h.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+        h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+        let sent = unsafe {
+            let c = libc::CMSG_FIRSTHDR(&h);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = 103; // UDP_SEGMENT
+            (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+            libc::sendmsg(client.as_raw_fd(), &h, 0)
+        };
+        assert_eq!(
+            sent,
+            msg.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut buf = vec![0u8; 65_536];
+    for (k, want) in sizes.iter().enumerate() {
+        let n = backend
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {k} missing: {e}; log:\n{}", p.log()));
+        let got = u32::from_be_bytes(buf[..4].try_into().unwrap());
+        assert_eq!(
+            (got, n),
+            (k as u32, *want),
+            "datagram {k}: order or boundary"
+        );
+        assert!(buf[4..n].iter().all(|b| *b == 0xC3));
+    }
+    let log = p.stop();
+    assert!(log.contains("datagrams=400"), "{log}");
+}

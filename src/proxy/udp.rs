@@ -47,6 +47,10 @@ struct Flow {
     last: AtomicU64,
     up: AtomicU64,
     down: AtomicU64,
+    /// Whether sends to the backend may use UDP_SEGMENT (off once the path refused it).
+    gso: std::sync::atomic::AtomicBool,
+    /// The same for replies to the client.
+    reply_gso: std::sync::atomic::AtomicBool,
 }
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
@@ -151,8 +155,7 @@ async fn send_to(
     to: SocketAddr,
     from: Option<IpAddr>,
 ) -> io::Result<usize> {
-    let Some(from) = from.filter(|ip| !ip.is_multicast() && *ip != IpAddr::V4(Ipv4Addr::BROADCAST))
-    else {
+    let Some(from) = reply_source(from) else {
         return sock.send_to(buf, to).await;
     };
     loop {
@@ -205,7 +208,7 @@ pub(crate) fn size_rcvbuf(s: &impl AsRawFd, bytes: usize) {
 struct RecvBatch {
     buf: Vec<u8>,
     names: Vec<libc::sockaddr_storage>,
-    ctrl: Vec<[u64; 8]>,
+    ctrl: Vec<[u64; CTRL_WORDS]>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
 }
@@ -220,7 +223,7 @@ impl RecvBatch {
             buf: vec![0u8; BATCH * MAX_DATAGRAM],
             // SAFETY: all-zero is a valid sockaddr_storage, iovec and mmsghdr (null pointers, zero lengths).
             names: vec![unsafe { std::mem::zeroed() }; BATCH],
-            ctrl: vec![[0u64; 8]; BATCH],
+            ctrl: vec![[0u64; CTRL_WORDS]; BATCH],
             iovs: vec![unsafe { std::mem::zeroed() }; BATCH],
             hdrs: vec![unsafe { std::mem::zeroed() }; BATCH],
         })
@@ -239,7 +242,7 @@ impl RecvBatch {
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = self.ctrl[i].as_mut_ptr() as *mut libc::c_void;
-            h.msg_controllen = std::mem::size_of::<[u64; 8]>();
+            h.msg_controllen = std::mem::size_of::<[u64; CTRL_WORDS]>();
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
@@ -259,11 +262,24 @@ impl RecvBatch {
         Ok(n as usize)
     }
 
-    /// Datagram `i`: its bytes, source and (with pktinfo) destination address.
+    /// Slot `i`: its bytes, source and (with pktinfo) destination address.
     fn get(&self, i: usize) -> Option<(&[u8], SocketAddr, Option<IpAddr>)> {
+        let (data, dst, _) = self.slot(i);
+        let from = sockaddr_to(&self.names[i], self.hdrs[i].msg_hdr.msg_namelen)?;
+        Some((data, from, dst))
+    }
+
+    /// The datagrams of slot `i` (several when GRO coalesced them), whoever sent them.
+    fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+        let (data, _, seg) = self.slot(i);
+        segments(data, seg)
+    }
+
+    /// Slot `i`: its bytes, destination address (with pktinfo) and GRO segment size (0: one datagram).
+    fn slot(&self, i: usize) -> (&[u8], Option<IpAddr>, usize) {
         let h = &self.hdrs[i];
         let data = &self.buf[i * MAX_DATAGRAM..i * MAX_DATAGRAM + h.msg_len as usize];
-        let from = sockaddr_to(&self.names[i], h.msg_hdr.msg_namelen)?;
+        let mut seg = 0;
         let mut dst = None;
         // SAFETY: walking the control buffer the kernel filled, with the libc CMSG macros.
         unsafe {
@@ -281,12 +297,16 @@ impl RecvBatch {
                         );
                         dst = Some(IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr)));
                     }
+                    (libc::SOL_UDP, UDP_GRO) => {
+                        let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                        seg = v.max(0) as usize;
+                    }
                     _ => {}
                 }
                 c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
             }
         }
-        Some((data, from, dst))
+        (data, dst, seg)
     }
 }
 
@@ -315,31 +335,226 @@ fn sockaddr_to(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<Sock
     }
 }
 
-/// sendmmsg of `datagrams` on a connected socket without waiting: how many went out
-/// (0 when the socket's buffer is full).
-fn send_batch(fd: RawFd, datagrams: &[&[u8]]) -> io::Result<usize> {
-    let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: all-zero mmsghdrs (no address, no control) are valid.
-    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    let n = datagrams.len().min(BATCH);
-    for i in 0..n {
-        iovs[i] = libc::iovec {
-            iov_base: datagrams[i].as_ptr() as *mut libc::c_void,
-            iov_len: datagrams[i].len(),
-        };
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
+/// setsockopt(SOL_UDP, UDP_SEGMENT): a send whose cmsg carries this size is cut by the kernel
+/// (or the NIC) into datagrams of that size, the last one shorter (Linux 4.18; not in every libc).
+const UDP_SEGMENT: libc::c_int = 103;
+/// setsockopt(SOL_UDP, UDP_GRO): the kernel may hand several datagrams of one flow over in one
+/// receive, with their size in a cmsg (Linux 5.0).
+const UDP_GRO: libc::c_int = 104;
+/// Most datagrams in one UDP_SEGMENT send (UDP_MAX_SEGMENTS: 64 up to Linux 6.8, more since).
+const GSO_MAX_SEGS: usize = 64;
+/// Most payload bytes in one UDP_SEGMENT send (a UDP/IPv4 datagram's limit, 65535 - 20 - 8).
+const GSO_MAX_BYTES: usize = 65_507;
+
+/// Ask for UDP_GRO on a socket only ever read through [`RecvBatch`] (which splits what it
+/// coalesced). Best effort: a kernel without it hands datagrams over one by one.
+fn enable_gro(s: &impl AsRawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a c_int that outlives the call.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_GRO,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
-    // SAFETY: the headers point at slices that outlive the call.
-    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.kind() {
-            io::ErrorKind::WouldBlock => Ok(0),
-            _ => Err(e),
-        };
+}
+
+/// The datagrams of one receive slot: one, or those a GRO receive coalesced (`seg` bytes each,
+/// the last one shorter).
+fn segments(data: &[u8], seg: usize) -> impl Iterator<Item = &[u8]> {
+    let seg = if seg == 0 || seg >= data.len() {
+        data.len().max(1)
+    } else {
+        seg
+    };
+    // An empty datagram is still one datagram.
+    let empty = data.is_empty();
+    data.chunks(seg).chain(empty.then_some(data))
+}
+
+/// One sendmmsg message: datagrams `first..first + count` of the batch, sent with UDP_SEGMENT
+/// `seg` when there are several.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Msg {
+    first: usize,
+    count: usize,
+    seg: usize,
+}
+
+/// Group `datagrams` into messages: with `gso`, each run of equal-size datagrams (the last of a
+/// run may be shorter) becomes one UDP_SEGMENT message within the kernel's limits; the kernel
+/// cuts it back at the same boundaries, in the same order. Without, one message each.
+fn plan(datagrams: &[&[u8]], gso: bool) -> Vec<Msg> {
+    let mut msgs = Vec::with_capacity(if gso { 4 } else { datagrams.len() });
+    let mut i = 0;
+    while i < datagrams.len() {
+        let seg = datagrams[i].len();
+        let (mut count, mut bytes) = (1, seg);
+        if gso && seg > 0 {
+            while let Some(d) = datagrams.get(i + count) {
+                if d.is_empty()
+                    || d.len() > seg
+                    || count == GSO_MAX_SEGS
+                    || bytes + d.len() > GSO_MAX_BYTES
+                {
+                    break;
+                }
+                count += 1;
+                bytes += d.len();
+                if d.len() < seg {
+                    break;
+                }
+            }
+        }
+        msgs.push(Msg {
+            first: i,
+            count,
+            seg,
+        });
+        i += count;
     }
-    Ok(r as usize)
+    msgs
+}
+
+/// Whether a send failed because this path cannot segment (no checksum offload on the route's
+/// device, an IPsec route, a segment over the MTU): sending them one by one works.
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+}
+
+/// Control room per message: IPV6_PKTINFO (the larger pktinfo) and UDP_SEGMENT.
+const CTRL_WORDS: usize = 10;
+
+/// sendmmsg `datagrams` on `fd` without waiting, to `to` (None: a connected socket), from `from`
+/// (IP_PKTINFO, a reply from the address the client sent to), as UDP_SEGMENT messages with
+/// `gso`. Returns how many datagrams went out, in order; WouldBlock when none had room.
+fn send_datagrams(
+    fd: RawFd,
+    datagrams: &[&[u8]],
+    to: Option<&socket2::SockAddr>,
+    from: Option<IpAddr>,
+    gso: bool,
+) -> io::Result<usize> {
+    let msgs = plan(datagrams, gso);
+    let mut iovs: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|d| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        })
+        .collect();
+    let mut ctrl = vec![[0u64; CTRL_WORDS]; msgs.len()];
+    // SAFETY: all-zero mmsghdrs are valid; each is filled in below.
+    let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; msgs.len()];
+    for ((m, h), c) in msgs.iter().zip(hdrs.iter_mut()).zip(ctrl.iter_mut()) {
+        let h = &mut h.msg_hdr;
+        h.msg_iov = iovs[m.first..].as_mut_ptr();
+        h.msg_iovlen = m.count;
+        if let Some(to) = to {
+            h.msg_name = to.as_ptr() as *mut libc::c_void;
+            h.msg_namelen = to.len();
+        }
+        h.msg_control = c.as_mut_ptr() as *mut libc::c_void;
+        h.msg_controllen = std::mem::size_of::<[u64; CTRL_WORDS]>();
+        // SAFETY: the control buffer is CTRL_WORDS * 8 bytes, room for both messages below
+        // (CMSG_SPACE(20) + CMSG_SPACE(2) = 64); the CMSG macros stay inside msg_controllen.
+        let used = unsafe {
+            let mut used = 0;
+            let mut cm = libc::CMSG_FIRSTHDR(h);
+            match from {
+                Some(IpAddr::V4(ip)) => {
+                    let pi = libc::in_pktinfo {
+                        ipi_ifindex: 0,
+                        ipi_spec_dst: libc::in_addr {
+                            s_addr: u32::from(ip).to_be(),
+                        },
+                        ipi_addr: libc::in_addr { s_addr: 0 },
+                    };
+                    (*cm).cmsg_level = libc::IPPROTO_IP;
+                    (*cm).cmsg_type = libc::IP_PKTINFO;
+                    (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&pi) as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut libc::in_pktinfo, pi);
+                    used += libc::CMSG_SPACE(std::mem::size_of_val(&pi) as u32) as usize;
+                    cm = libc::CMSG_NXTHDR(h, cm);
+                }
+                Some(IpAddr::V6(ip)) => {
+                    let pi = libc::in6_pktinfo {
+                        ipi6_addr: libc::in6_addr {
+                            s6_addr: ip.octets(),
+                        },
+                        ipi6_ifindex: 0,
+                    };
+                    (*cm).cmsg_level = libc::IPPROTO_IPV6;
+                    (*cm).cmsg_type = libc::IPV6_PKTINFO;
+                    (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&pi) as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut libc::in6_pktinfo, pi);
+                    used += libc::CMSG_SPACE(std::mem::size_of_val(&pi) as u32) as usize;
+                    cm = libc::CMSG_NXTHDR(h, cm);
+                }
+                None => {}
+            }
+            if m.count > 1 {
+                let seg = m.seg as u16;
+                (*cm).cmsg_level = libc::SOL_UDP;
+                (*cm).cmsg_type = UDP_SEGMENT;
+                (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut u16, seg);
+                used += libc::CMSG_SPACE(2) as usize;
+            }
+            used
+        };
+        h.msg_controllen = used;
+        if used == 0 {
+            h.msg_control = std::ptr::null_mut();
+        }
+    }
+    let mut sent_msgs = 0;
+    while sent_msgs < hdrs.len() {
+        let chunk = (hdrs.len() - sent_msgs).min(1024);
+        // SAFETY: the headers point at iovecs, names and control buffers that outlive the call.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs[sent_msgs..].as_mut_ptr(),
+                chunk as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if sent_msgs > 0 {
+                break;
+            }
+            return Err(e);
+        }
+        sent_msgs += r as usize;
+        if (r as usize) < chunk {
+            break;
+        }
+    }
+    Ok(msgs[..sent_msgs].iter().map(|m| m.count).sum())
+}
+
+/// [`send_datagrams`] with UDP_SEGMENT while `gso` holds; a path that refuses it turns it off
+/// (for good: the route does not change under a flow) and the same datagrams go one by one.
+fn send_with_fallback(
+    fd: RawFd,
+    datagrams: &[&[u8]],
+    to: Option<&socket2::SockAddr>,
+    from: Option<IpAddr>,
+    gso: &std::sync::atomic::AtomicBool,
+) -> io::Result<usize> {
+    let on = gso.load(Ordering::Relaxed) && datagrams.len() > 1;
+    match send_datagrams(fd, datagrams, to, from, on) {
+        Err(e) if on && gso_refused(&e) => {
+            gso.store(false, Ordering::Relaxed);
+            send_datagrams(fd, datagrams, to, from, false)
+        }
+        r => r,
+    }
 }
 
 /// One listening socket and its flows.
@@ -378,12 +593,14 @@ pub(crate) async fn serve(sock: UdpSocket, map: PortMap, ctx: Arc<Ctx>) {
 }
 
 impl Listener {
-    /// recvmmsg a batch; each run of datagrams for one known flow goes out in one sendmmsg.
-    /// A datagram for a new flow, and everything after it, or what the backend socket had no
-    /// room for, is copied out and forwarded one by one (waiting for room): order within a
-    /// flow is kept and nothing is dropped here that the kernel did not drop.
+    /// recvmmsg a batch; each run of datagrams for one known flow goes out in one sendmmsg
+    /// (runs of equal-size datagrams as one UDP_SEGMENT message each). A datagram for a new
+    /// flow, and everything after it, or what the backend socket had no room for, is copied out
+    /// and forwarded one by one (waiting for room): order within a flow is kept and nothing is
+    /// dropped here that the kernel did not drop.
     async fn serve_batched(self) {
         let fd = self.sock.as_raw_fd();
+        enable_gro(&*self.sock);
         loop {
             if let Err(e) = self.sock.readable().await {
                 self.ctx
@@ -403,22 +620,37 @@ impl Listener {
                     }
                 };
                 let now = self.epoch.elapsed().as_millis() as u64;
-                let mut i = 0;
+                // Slot i, and how many of its datagrams already went (a partial send).
+                let (mut i, mut skip) = (0, 0);
+                let mut run: Vec<&[u8]> = Vec::with_capacity(BATCH);
                 if let Ok(flows) = self.flows.lock() {
                     while i < n {
                         let Some((_, from, _)) = b.get(i) else { break };
                         let Some(flow) = flows.get(&from) else { break };
-                        let mut run: Vec<&[u8]> = Vec::with_capacity(BATCH);
+                        run.clear();
+                        // (slot, datagrams of it) for mapping a partial send back.
+                        let mut slots = Vec::with_capacity(4);
                         let mut j = i;
                         while j < n {
                             match b.get(j) {
-                                Some((d, f, _)) if f == from => run.push(d),
+                                Some((_, f, _)) if f == from => {
+                                    let before = run.len();
+                                    run.extend(b.datagrams(j));
+                                    slots.push((j, run.len() - before));
+                                }
                                 _ => break,
                             }
                             j += 1;
                         }
-                        let (done, sent) = match send_batch(flow.backend.as_raw_fd(), &run) {
+                        let (done, sent) = match send_with_fallback(
+                            flow.backend.as_raw_fd(),
+                            &run,
+                            None,
+                            None,
+                            &flow.gso,
+                        ) {
                             Ok(k) => (k, k),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, 0),
                             Err(e) => {
                                 // Like a failed send(): this run is lost, the flow goes on.
                                 self.ctx.debug(|| {
@@ -441,15 +673,30 @@ impl Listener {
                             .counters
                             .datagrams
                             .fetch_add(sent as u64, Ordering::Relaxed);
-                        i += done;
-                        if done < run.len() {
-                            break;
+                        if done == run.len() {
+                            i = j;
+                            continue;
                         }
+                        // Stopped inside the run: find the slot and datagram it stopped at.
+                        let mut left = done;
+                        for (slot, k) in slots {
+                            if left < k {
+                                (i, skip) = (slot, left);
+                                break;
+                            }
+                            left -= k;
+                        }
+                        break;
                     }
                 }
-                (i..n)
-                    .filter_map(|k| b.get(k).map(|(d, f, dst)| (f, dst, d.to_vec())))
-                    .collect::<Vec<_>>()
+                let mut rest = Vec::new();
+                for k in i..n {
+                    if let Some((_, from, dst)) = b.get(k) {
+                        let from_k = if k == i { skip } else { 0 };
+                        rest.extend(b.datagrams(k).skip(from_k).map(|d| (from, dst, d.to_vec())));
+                    }
+                }
+                rest
             });
             for (peer, dst, data) in rest {
                 self.forward(peer, dst, &data).await;
@@ -549,6 +796,9 @@ async fn open_flow(
         ctx.fallback(id, client, f);
     }
     size_rcvbuf(&d.socket, BACKEND_RCVBUF);
+    if batched_replies(ctx) {
+        enable_gro(&d.socket);
+    }
     let backend = UdpSocket::from_std(std::net::UdpSocket::from(d.socket))?;
     backend.connect(map.target).await?;
     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -588,7 +838,118 @@ async fn open_flow(
         last: AtomicU64::new(epoch.elapsed().as_millis() as u64),
         up: AtomicU64::new(0),
         down: AtomicU64::new(0),
+        gso: std::sync::atomic::AtomicBool::new(true),
+        reply_gso: std::sync::atomic::AtomicBool::new(true),
     }))
+}
+
+/// Whether replies are moved in batches (recvmmsg from the backend, sendmmsg to the client):
+/// unless a dump needs each datagram on its own.
+fn batched_replies(ctx: &Ctx) -> bool {
+    ctx.tap.is_none()
+}
+
+/// What one wake-up of a flow's reply task got from its backend socket.
+enum Got {
+    /// Nothing (yet), or an error that leaves the flow open.
+    Nothing,
+    /// The socket failed: the flow ends.
+    Failed(io::Error),
+    /// Datagrams, each on its own (the tapped path, or what the client's socket had no room for).
+    Datagrams(Vec<Vec<u8>>),
+}
+
+/// Batched replies: recvmmsg what the backend sent, sendmmsg it to the client from the
+/// listening socket (equal-size runs as UDP_SEGMENT messages). What did not fit is copied out.
+fn reply_batch(
+    flow: &Flow,
+    sock: &UdpSocket,
+    to: &socket2::SockAddr,
+    ctx: &Ctx,
+    epoch: Instant,
+) -> Got {
+    let from = reply_source(flow.reply_from);
+    BATCH_BUF.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let b = cell.get_or_insert_with(RecvBatch::new);
+        let n = match flow
+            .backend
+            .try_io(Interest::READABLE, || b.recv(flow.backend.as_raw_fd()))
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::Nothing,
+            // ICMP port unreachable from an earlier datagram: the backend may come back.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Got::Nothing,
+            Err(e) => return Got::Failed(e),
+        };
+        let run: Vec<&[u8]> = (0..n).flat_map(|i| b.datagrams(i)).collect();
+        let sent = match sock.try_io(Interest::WRITABLE, || {
+            send_with_fallback(sock.as_raw_fd(), &run, Some(to), from, &flow.reply_gso)
+        }) {
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                // Like a failed send_to(): these replies are lost, the flow goes on.
+                ctx.debug(|| format!("#{} udp reply to {}: {e}", flow.conn.id, flow.conn.client));
+                run.len()
+            }
+        };
+        let ok = sent.min(run.len());
+        let bytes: u64 = run[..ok].iter().map(|d| d.len() as u64).sum();
+        flow.last
+            .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        flow.down.fetch_add(bytes, Ordering::Relaxed);
+        ctx.counters.bytes_s2c.fetch_add(bytes, Ordering::Relaxed);
+        ctx.counters
+            .datagrams
+            .fetch_add(ok as u64, Ordering::Relaxed);
+        if sent >= run.len() {
+            Got::Nothing
+        } else {
+            Got::Datagrams(run[sent..].iter().map(|d| d.to_vec()).collect())
+        }
+    })
+}
+
+/// Where replies leave from: the client's destination address, unless it was one a socket
+/// cannot send from (multicast, broadcast).
+fn reply_source(from: Option<IpAddr>) -> Option<IpAddr> {
+    from.filter(|ip| !ip.is_multicast() && *ip != IpAddr::V4(Ipv4Addr::BROADCAST))
+}
+
+/// One reply to the client, waiting for room; dumped first when there is a tap.
+async fn reply_one(
+    flow: &Flow,
+    sock: &UdpSocket,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    epoch: Instant,
+    buf: Vec<u8>,
+) {
+    let n = buf.len();
+    flow.last
+        .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let buf = Arc::new(buf);
+    if let Some(tap) = &ctx.tap {
+        tap.send(Event::Data {
+            conn: flow.conn.clone(),
+            dir: Direction::ServerToClient,
+            offset: flow.down.load(Ordering::Relaxed),
+            ts: Timestamp::now(),
+            bytes: buf.clone(),
+        })
+        .await;
+    }
+    match send_to(sock, &buf, peer, flow.reply_from).await {
+        Ok(_) => {
+            flow.down.fetch_add(n as u64, Ordering::Relaxed);
+            ctx.counters
+                .bytes_s2c
+                .fetch_add(n as u64, Ordering::Relaxed);
+            ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => ctx.debug(|| format!("#{} udp reply to {peer}: {e}", flow.conn.id)),
+    }
 }
 
 async fn replies(
@@ -600,6 +961,8 @@ async fn replies(
     epoch: Instant,
 ) {
     let idle = ctx.udp_idle.as_millis() as u64;
+    let batched = batched_replies(&ctx);
+    let to = socket2::SockAddr::from(peer);
     loop {
         let now = epoch.elapsed().as_millis() as u64;
         let since = now.saturating_sub(flow.last.load(Ordering::Relaxed));
@@ -608,48 +971,32 @@ async fn replies(
         }
         let wait = std::time::Duration::from_millis(idle - since);
         // Wait without a buffer: a flow holds none while it waits (a 64 KiB one per flow made
-        // thousands of flows cost ~58 KB each); the datagram is read into the thread's scratch
-        // buffer and copied out at its size.
+        // thousands of flows cost ~58 KB each); datagrams are read into the thread's buffers
+        // and copied out only when they cannot leave at once.
         let got = match tokio::time::timeout(wait, flow.backend.readable()).await {
             Err(_) => continue,
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => SCRATCH.with(|b| {
+            Ok(Err(e)) => Got::Failed(e),
+            Ok(Ok(())) if batched => reply_batch(&flow, &sock, &to, &ctx, epoch),
+            Ok(Ok(())) => match SCRATCH.with(|b| {
                 let mut b = b.borrow_mut();
                 flow.backend.try_recv(&mut b).map(|n| b[..n].to_vec())
-            }),
+            }) {
+                Ok(d) => Got::Datagrams(vec![d]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Nothing,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Got::Nothing,
+                Err(e) => Got::Failed(e),
+            },
         };
-        let buf = match got {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            // ICMP port unreachable from an earlier datagram: the backend may come back.
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
-            Err(e) => {
+        let datagrams = match got {
+            Got::Nothing => continue,
+            Got::Failed(e) => {
                 ctx.debug(|| format!("#{} udp receive from backend: {e}", flow.conn.id));
                 break;
             }
-            Ok(data) => data,
+            Got::Datagrams(d) => d,
         };
-        let n = buf.len();
-        flow.last
-            .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if let Some(tap) = &ctx.tap {
-            tap.send(Event::Data {
-                conn: flow.conn.clone(),
-                dir: Direction::ServerToClient,
-                offset: flow.down.load(Ordering::Relaxed),
-                ts: Timestamp::now(),
-                bytes: Arc::new(buf.clone()),
-            })
-            .await;
-        }
-        match send_to(&sock, &buf, peer, flow.reply_from).await {
-            Ok(_) => {
-                flow.down.fetch_add(n as u64, Ordering::Relaxed);
-                ctx.counters
-                    .bytes_s2c
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => ctx.debug(|| format!("#{} udp reply to {peer}: {e}", flow.conn.id)),
+        for buf in datagrams {
+            reply_one(&flow, &sock, peer, &ctx, epoch, buf).await;
         }
     }
     let shrunk = flows.lock().is_ok_and(|mut m| {
@@ -677,5 +1024,61 @@ async fn replies(
             bytes_s2c: flow.down.load(Ordering::Relaxed),
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(sizes: &[usize], gso: bool) -> Vec<(usize, usize, usize)> {
+        let bufs: Vec<Vec<u8>> = sizes.iter().map(|n| vec![0u8; *n]).collect();
+        let d: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+        plan(&d, gso)
+            .into_iter()
+            .map(|m| (m.first, m.count, m.seg))
+            .collect()
+    }
+
+    #[test]
+    fn plan_groups_equal_runs_the_last_may_be_shorter() {
+        // Equal sizes, then a shorter one ends the run; a larger one starts a new one.
+        assert_eq!(
+            msgs(&[100, 100, 100, 40, 100, 200, 200], true),
+            vec![(0, 4, 100), (4, 1, 100), (5, 2, 200)]
+        );
+        // Without GSO, one message per datagram.
+        assert_eq!(
+            msgs(&[100, 100, 40], false),
+            vec![(0, 1, 100), (1, 1, 100), (2, 1, 40)]
+        );
+        // An empty datagram is never part of a run.
+        assert_eq!(
+            msgs(&[0, 0, 10, 0], true),
+            vec![(0, 1, 0), (1, 1, 0), (2, 1, 10), (3, 1, 0)]
+        );
+    }
+
+    #[test]
+    fn plan_keeps_within_the_kernels_segment_and_size_limits() {
+        // 1400-byte datagrams: 46 fit in 65 507 bytes.
+        let m = msgs(&[1400; 100], true);
+        assert_eq!(m, vec![(0, 46, 1400), (46, 46, 1400), (92, 8, 1400)]);
+        // Small ones: at most GSO_MAX_SEGS per message.
+        let m = msgs(&[10; 130], true);
+        assert_eq!(m, vec![(0, 64, 10), (64, 64, 10), (128, 2, 10)]);
+        // A datagram too large to share a message goes alone.
+        let m = msgs(&[40_000, 40_000, 60_000], true);
+        assert_eq!(m, vec![(0, 1, 40_000), (1, 1, 40_000), (2, 1, 60_000)]);
+    }
+
+    #[test]
+    fn a_gro_slot_splits_at_its_segment_size() {
+        let data: Vec<u8> = (0..25u8).collect();
+        let parts: Vec<&[u8]> = segments(&data, 10).collect();
+        assert_eq!(parts, vec![&data[..10], &data[10..20], &data[20..]]);
+        // No GRO: one datagram, even an empty one.
+        assert_eq!(segments(&data, 0).count(), 1);
+        assert_eq!(segments(&[], 0).collect::<Vec<_>>(), vec![&[] as &[u8]]);
     }
 }
