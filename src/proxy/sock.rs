@@ -52,19 +52,28 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 /// Turn on destination-address reporting for a UDP socket.
 pub(crate) fn set_pktinfo(s: &impl AsRawFd, v6: bool) -> io::Result<()> {
-    let one: libc::c_int = 1;
     let (level, opt) = if v6 {
         (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
     } else {
         (libc::IPPROTO_IP, libc::IP_PKTINFO)
     };
+    set_int_opt(s, level, opt, 1)
+}
+
+/// setsockopt of an int-valued option (the ones socket2 has no setter for).
+pub(crate) fn set_int_opt(
+    s: &impl AsRawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt with a pointer to a c_int that outlives the call.
     let r = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
             level,
             opt,
-            &one as *const _ as *const libc::c_void,
+            &value as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

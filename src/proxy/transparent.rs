@@ -21,7 +21,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -280,25 +279,12 @@ pub(crate) fn judge(rtnl: Option<&mut Rtnl>, client: IpAddr, target: IpAddr) -> 
 /// IP_TRANSPARENT (or IPV6_TRANSPARENT) on `s`, then bind it to the client's address: its
 /// port when free, else any port.
 pub(crate) fn bind_as(s: &Socket, client: SocketAddr) -> io::Result<()> {
-    let one: libc::c_int = 1;
     let (level, opt) = if client.is_ipv6() {
         (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT)
     } else {
         (libc::IPPROTO_IP, libc::IP_TRANSPARENT)
     };
-    // SAFETY: setsockopt with a pointer to a c_int that outlives the call.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            opt,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    super::sock::set_int_opt(s, level, opt, 1)?;
     match s.bind(&client.into()) {
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
             s.bind(&SocketAddr::new(client.ip(), 0).into())

@@ -13,6 +13,7 @@ use socket2::Type;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use super::sock::set_int_opt;
 use super::spec::PortMap;
 use super::tcp::canonical;
 use super::{Ctx, Level, Proto};
@@ -186,17 +187,7 @@ pub(crate) const BACKEND_RCVBUF: usize = 2 << 20;
 pub(crate) fn size_rcvbuf(s: &impl AsRawFd, bytes: usize) {
     let v = bytes as libc::c_int;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt with a pointer to a c_int that outlives the call.
-        let r = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &v as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
+        if set_int_opt(s, libc::SOL_SOCKET, opt, v).is_ok() {
             return;
         }
     }
@@ -260,6 +251,25 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         Ok(n as usize)
+    }
+
+    /// [`RecvBatch::recv`] through tokio's readiness. A batch that did not fill means the
+    /// queue is drained: the readiness is cleared now (as tokio's own TCP read does), not by one
+    /// more recvmmsg that fails EAGAIN, a system call per wake-up fewer. A datagram that arrives
+    /// after the recvmmsg raises a new edge, so none is left waiting.
+    fn recv_drained(&mut self, sock: &UdpSocket, fd: RawFd) -> io::Result<usize> {
+        let mut got = 0;
+        match sock.try_io(Interest::READABLE, || {
+            got = self.recv(fd)?;
+            if got < BATCH {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(got)
+            }
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            r => r,
+        }
     }
 
     /// Slot `i`: its bytes, source and (with pktinfo) destination address.
@@ -349,17 +359,7 @@ const GSO_MAX_BYTES: usize = 65_507;
 /// Ask for UDP_GRO on a socket only ever read through [`RecvBatch`] (which splits what it
 /// coalesced). Best effort: a kernel without it hands datagrams over one by one.
 fn enable_gro(s: &impl AsRawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with a pointer to a c_int that outlives the call.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_GRO,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = set_int_opt(s, libc::SOL_UDP, UDP_GRO, 1);
 }
 
 /// The datagrams of one receive slot: one, or those a GRO receive coalesced (`seg` bytes each,
@@ -610,7 +610,7 @@ impl Listener {
             let rest = BATCH_BUF.with(|cell| {
                 let mut cell = cell.borrow_mut();
                 let b = cell.get_or_insert_with(RecvBatch::new);
-                let n = match self.sock.try_io(Interest::READABLE, || b.recv(fd)) {
+                let n = match b.recv_drained(&self.sock, fd) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Vec::new(),
                     Err(e) => {
@@ -872,10 +872,7 @@ fn reply_batch(
     BATCH_BUF.with(|cell| {
         let mut cell = cell.borrow_mut();
         let b = cell.get_or_insert_with(RecvBatch::new);
-        let n = match flow
-            .backend
-            .try_io(Interest::READABLE, || b.recv(flow.backend.as_raw_fd()))
-        {
+        let n = match b.recv_drained(&flow.backend, flow.backend.as_raw_fd()) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::Nothing,
             // ICMP port unreachable from an earlier datagram: the backend may come back.
