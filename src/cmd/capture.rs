@@ -71,7 +71,7 @@ pub struct CaptureArgs {
     /// Bytes kept per packet.
     #[arg(short = 's', long = "snaplen", default_value_t = 262_144)]
     pub snaplen: u32,
-    /// Ring size per interface, in KiB (rounded to 1 MiB blocks, at least 2). Default: 8 MiB
+    /// Ring size per interface, in KiB (rounded to 256 KiB blocks, at least 2). Default: 8 MiB
     /// for the first 8 interfaces, 2 MiB for each one after.
     #[arg(short = 'B', long = "buffer-size", value_name = "KiB")]
     pub buffer_kib: Option<usize>,
