@@ -471,7 +471,15 @@ impl KubeletCgroup {
         let dir = Path::new("/sys/fs/cgroup/pids/kubepods/besteffort")
             .join(format!("pod{pod_uid}"))
             .join(container_id);
-        std::fs::create_dir_all(&dir).expect("make a cgroup (cgroup v1 pids controller)");
+        // Another test's guard may remove the shared parents in between: try again.
+        let mut made = std::fs::create_dir_all(&dir);
+        for _ in 0..5 {
+            if made.is_ok() {
+                break;
+            }
+            made = std::fs::create_dir_all(&dir);
+        }
+        made.expect("make a cgroup (cgroup v1 pids controller)");
         std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
         KubeletCgroup { dir }
     }
@@ -505,6 +513,10 @@ struct FakeNode {
     _cg: KubeletCgroup,
     node: common::TestNs,
     pod: common::TestNs,
+    /// The container's id (its cgroup's name and its log link's).
+    id: String,
+    /// Where the node's files go (the log links in logs/), removed on drop.
+    dir: PathBuf,
     logs: PathBuf,
 }
 
@@ -528,7 +540,8 @@ impl FakeNode {
         );
         let uid = format!("{}_{serial}_2222_3333_444455556666", std::process::id());
         let cg = KubeletCgroup::new(&uid, &id, proc.pid());
-        let logs = std::env::temp_dir().join(format!("{n}-logs"));
+        let dir = std::env::temp_dir().join(&n);
+        let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::write(
             logs.join(format!("{pod_name}_{namespace}_{container}-{id}.log")),
@@ -540,6 +553,8 @@ impl FakeNode {
             _cg: cg,
             node,
             pod,
+            id,
+            dir,
             logs,
         }
     }
@@ -552,29 +567,11 @@ impl FakeNode {
             .env("NO_COLOR", "1");
         c
     }
-
-    /// Run `argv` in the node's namespace with `input` on stdin; panics when it fails.
-    fn in_node(&self, argv: &[&str], input: &str) {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.node.name])
-            .args(argv)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "{argv:?} in the node");
-    }
 }
 
 impl Drop for FakeNode {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.logs);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -611,30 +608,14 @@ fn doctor_on_a_node_names_the_pod_and_follows_it_by_pod_or_container_name() {
         ("web", "shop-7d9f", "nginx"),
         &["socat", "TCP-LISTEN:80,fork,reuseaddr", "SYSTEM:echo hi"],
     );
-    n.in_node(&["iptables-restore"], NODEPORT_RULES);
+    let rules = n.dir.join("kube-proxy.rules");
+    std::fs::write(&rules, NODEPORT_RULES).unwrap();
+    common::in_ns(&n.node.name, &["iptables-restore", rules.to_str().unwrap()]);
     // What kube-proxy sets for NodePorts on localhost, and a node forwards.
-    n.in_node(
-        &[
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.all.route_localnet=1",
-            "net.ipv4.ip_forward=1",
-        ],
-        "",
-    );
+    common::sysctl(&n.node.name, "net.ipv4.conf.all.route_localnet=1");
+    common::sysctl(&n.node.name, "net.ipv4.ip_forward=1");
     common::wait_for("the pod's service listening", 10, || {
-        common::sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &n.pod.name,
-            "ss",
-            "-Htln",
-            "sport",
-            "=",
-            ":80",
-        ])
-        .contains("LISTEN")
+        common::in_ns(&n.pod.name, &["ss", "-Htln", "sport", "=", ":80"]).contains("LISTEN")
     });
     for target in [
         "30080",
@@ -765,27 +746,17 @@ fn dns_all_netns_names_a_pods_lookups_pod_namespace_name() {
 
 #[test]
 fn pods_on_a_node_are_named_pod_namespace_name_from_the_kubelets_log_links() {
-    let ns = common::TestNs::new("kubepod");
-    let sleeper = ns.spawn(&["sleep", "300"]);
-    // `ip netns exec` execs sleep: the child's pid is sleep's.
-    let pid = sleeper.pid();
-    let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
-    let uid = format!("{}-1111-2222-3333-444455556666", std::process::id());
-    let _cg = KubeletCgroup::new(&uid.replace('-', "_"), &id, pid);
-    let logs = std::env::temp_dir().join(common::unique("kubelogs"));
-    std::fs::create_dir_all(&logs).unwrap();
-    std::fs::write(logs.join(format!("shop-7d9f_web_nginx-{id}.log")), "").unwrap();
-
+    let n = FakeNode::new("kubepod", ("web", "shop-7d9f", "nginx"), &["sleep", "300"]);
     let list = |env_logs: &Path| -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
-            .args(["netns", "list", "--json"])
+        let out = n
+            .nettool(&["netns", "list", "--json"])
             .env("NETTOOL_KUBE_LOG_DIR", env_logs)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let ino = std::fs::metadata(ns.path()).unwrap().ino();
+    let ino = std::fs::metadata(n.pod.path()).unwrap().ino();
     let entry = |v: &Value| -> Value {
         v.as_array()
             .unwrap()
@@ -794,22 +765,17 @@ fn pods_on_a_node_are_named_pod_namespace_name_from_the_kubelets_log_links() {
             .cloned()
             .unwrap()
     };
-    let named = entry(&list(&logs));
+    let named = entry(&list(&n.logs));
     let c = &named["containers"][0];
-    assert_eq!(c["id"], id.as_str(), "{named:#}");
+    assert_eq!(c["id"], n.id.as_str(), "{named:#}");
     assert_eq!(c["name"], "nginx", "{named:#}");
     assert_eq!(c["engine"], "kubernetes", "{named:#}");
     assert_eq!(c["pod"], "web/shop-7d9f", "{named:#}");
 
-    let table = Command::new(env!("CARGO_BIN_EXE_nettool"))
-        .args(["netns", "list"])
-        .env("NETTOOL_KUBE_LOG_DIR", &logs)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let table = n.nettool(&["netns", "list"]).output().unwrap();
     let row = String::from_utf8_lossy(&table.stdout)
         .lines()
-        .find(|l| l.contains(&ns.name))
+        .find(|l| l.contains(&n.pod.name))
         .unwrap_or_default()
         .to_string();
     assert!(
@@ -820,9 +786,8 @@ fn pods_on_a_node_are_named_pod_namespace_name_from_the_kubelets_log_links() {
     // The names it prints are TARGETs every command takes: pod:NS/NAME and container:NAME
     // (the process found by its kubelet cgroup: a log link knows no pid or state).
     for target in ["pod:web/shop-7d9f", "container:nginx"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
-            .args(["netns", "inspect", target, "--json"])
-            .env("NETTOOL_KUBE_LOG_DIR", &logs)
+        let out = n
+            .nettool(&["netns", "inspect", target, "--json"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{target}: {}", text(&out));
@@ -830,18 +795,11 @@ fn pods_on_a_node_are_named_pod_namespace_name_from_the_kubelets_log_links() {
         assert!(v.to_string().contains(&ino.to_string()), "{target}: {v:#}");
     }
     // peer --all and topology name the pod too.
-    let host = common::TestNs::new("kubenode");
-    common::veth("kn0", &host, "eth0", &ns);
     for args in [
         vec!["peer", "--all"],
-        vec!["topology", "--netns", host.name.as_str()],
+        vec!["topology", "--netns", n.node.name.as_str()],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
-            .args(&args)
-            .env("NETTOOL_KUBE_LOG_DIR", &logs)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
+        let out = n.nettool(&args).output().unwrap();
         let said = text(&out);
         assert!(out.status.success(), "{args:?}: {said}");
         let line = said.lines().find(|l| l.contains("kn0")).unwrap_or_default();
@@ -852,10 +810,39 @@ fn pods_on_a_node_are_named_pod_namespace_name_from_the_kubelets_log_links() {
     }
 
     // Without the kubelet's links the same namespace is only a cgroup id.
-    let empty = std::env::temp_dir().join(common::unique("kubelogs-none"));
+    let empty = n.dir.join("no-logs");
     let bare = entry(&list(&empty));
     assert_eq!(bare["containers"][0]["name"], Value::Null, "{bare:#}");
-    let _ = std::fs::remove_dir_all(&logs);
+
+    // A hostNetwork pod (kube-proxy, a CNI agent, nettool's own debug pod) runs in the node's
+    // namespace, here this test's: that namespace is the node's, not the pod's.
+    let hostnet = common::ChildGuard(Command::new("sleep").arg("300").spawn().unwrap());
+    let hid = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xbeef);
+    let _hcg = KubeletCgroup::new(
+        &format!("{}_4444_hostnet", std::process::id()),
+        &hid,
+        hostnet.pid(),
+    );
+    std::fs::write(
+        n.logs
+            .join(format!("kube-proxy-x1_kube-system_kube-proxy-{hid}.log")),
+        "",
+    )
+    .unwrap();
+    let all = list(&n.logs);
+    let here = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["current"] == true)
+        .unwrap_or_else(|| panic!("{all:#}"));
+    // The node's namespace is the kernel threads' one (the tests run in it).
+    assert!(here["kernel_threads"].as_u64() > Some(0), "{here:#}");
+    assert!(
+        !here.to_string().contains(&hid),
+        "the node's namespace is not kube-proxy's: {here:#}"
+    );
+    assert_eq!(entry(&all)["containers"][0]["name"], "nginx");
 }
 
 /// A bind mount, unmounted on drop.

@@ -256,7 +256,7 @@ pub(crate) fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<Names
                 comm: read_comm(pid),
             })
             .collect();
-        let containers = containers_of(intent, id.inode, &pids);
+        let containers = containers_of(intent, id.inode, &pids, !kthreads.is_empty());
         let interfaces = if opts.skip_interfaces {
             None
         } else {
@@ -286,8 +286,11 @@ pub(crate) fn discover_with(opts: DiscoverOptions, intent: &Intent) -> Vec<Names
 }
 
 /// The containers a namespace belongs to: every engine container whose namespace it is (a
-/// pod: its members, then its infra), then containers known only from a process's cgroup.
-fn containers_of(intent: &Intent, inode: u64, pids: &[u32]) -> Vec<ContainerRef> {
+/// pod: its members, then its infra), then containers known only from a process's cgroup,
+/// except in the `initial` namespace (the kernel threads'): a container process there uses the
+/// host's network (a hostNetwork pod such as kube-proxy, or nettool's own debug container),
+/// and the node's namespace is not that pod's.
+fn containers_of(intent: &Intent, inode: u64, pids: &[u32], initial: bool) -> Vec<ContainerRef> {
     let as_ref = |c: &crate::engine::Container| ContainerRef {
         id: c.id.clone(),
         name: Some(c.name.clone()),
@@ -298,6 +301,9 @@ fn containers_of(intent: &Intent, inode: u64, pids: &[u32]) -> Vec<ContainerRef>
     let mut engine_side = intent.in_netns(inode);
     engine_side.sort_by(|a, b| (a.infra, &a.name).cmp(&(b.infra, &b.name)));
     let mut out: Vec<ContainerRef> = engine_side.into_iter().map(as_ref).collect();
+    if initial {
+        return out;
+    }
     for &pid in pids {
         let Some(cid) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
