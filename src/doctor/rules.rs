@@ -627,7 +627,7 @@ pub(crate) fn conntrack_hop(cx: &PathCtx, dest: &Destination) -> Hop {
         return Hop::ok(
             "conntrack",
             "conntrack",
-            "not checked: the conntrack tool is missing or failed",
+            "not checked: the conntrack table could not be read (ctnetlink dump failed)",
         );
     };
     // Entries of the path's family only (conntrack lists IPv4 and IPv6 together).

@@ -59,7 +59,7 @@ pub struct Reads {
     pub netlink_dumps: u64,
     /// Walks over every /proc/PID.
     pub proc_scans: u64,
-    /// External tools run (iptables-save, nft, conntrack).
+    /// External tools run (iptables-save, nft).
     pub tool_runs: u64,
 }
 

@@ -1,6 +1,6 @@
 //! The live read: every namespace entered once (links, addresses, routes, listening sockets,
 //! sysctls and the nsids that join veths, in one thread per namespace), one /proc scan for
-//! socket owners, the host's firewall and conntrack dumped by their tools in parallel.
+//! socket owners, the host's firewall dumped by its tools and conntrack over ctnetlink, in parallel.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -29,7 +29,7 @@ pub(crate) struct ReadOptions {
     pub extra: Vec<NetNs>,
     /// Do not ask the Docker API for container names.
     pub skip_docker: bool,
-    /// Dump UDP conntrack (doctor needs it for UDP questions only: two tool runs saved).
+    /// Dump UDP conntrack (doctor needs it for UDP questions only: one ctnetlink dump saved).
     pub conntrack: bool,
 }
 
