@@ -21,7 +21,7 @@ use crate::cmd::topology::TopologyArgs;
 #[command(
     after_help = "Examples:\n  nettool netns list\n  nettool netns inspect web\n  nettool netns exec pid:1234 -- ss -tlnp\n\nRun as root: entering namespaces needs CAP_SYS_ADMIN."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -33,7 +33,7 @@ pub struct Cli {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// List, inspect and enter network namespaces.
     #[command(subcommand)]
     Netns(NetnsCommand),
@@ -107,13 +107,13 @@ pub enum Command {
 
 /// Arguments of `completions`.
 #[derive(Debug, Args)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// The shell.
     pub shell: clap_complete::Shell,
 }
 
 /// Parse "10s", "500ms", "2m", "1h" or a bare number of seconds ("1.5").
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

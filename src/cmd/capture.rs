@@ -20,7 +20,7 @@ use crate::capture::{
 use crate::cli::parse_duration;
 
 /// Examples shown under `nettool capture --help`.
-pub const CAPTURE_HELP: &str = "\
+pub(crate) const CAPTURE_HELP: &str = "\
 Examples:
   nettool capture --netns container:web -w web.pcapng         # one container, every interface
   nettool capture --netns container:web --netns container:db port 5432
@@ -34,7 +34,7 @@ the kernel. Interfaces are named NAMESPACE/IFNAME: host/docker0, container:web/e
 
 /// Arguments of `capture`.
 #[derive(Debug, Args)]
-pub struct CaptureArgs {
+pub(crate) struct CaptureArgs {
     /// Namespace to capture in (repeatable): NAME, path, pid:N, container:NAME (Docker, Podman,
     /// CNI, lab). None: the current namespace.
     #[arg(long = "netns", short = 'n', value_name = "TARGET")]
@@ -276,7 +276,7 @@ fn read_back(path: &std::path::Path, json: bool) -> anyhow::Result<i32> {
 }
 
 /// Run `nettool capture`.
-pub fn run(a: CaptureArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: CaptureArgs) -> anyhow::Result<i32> {
     if let Some(path) = &a.read {
         return read_back(path, a.json);
     }

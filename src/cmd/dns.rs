@@ -61,7 +61,7 @@ fn fmt_ms(ms: f64) -> String {
 }
 
 /// The human line for one lookup.
-pub fn render_line(l: &Lookup, timeout: Duration) -> String {
+pub(crate) fn render_line(l: &Lookup, timeout: Duration) -> String {
     let status = match l.status {
         Status::Answered | Status::AnswerOnly => {
             let rcode = l.rcode.clone().unwrap_or_default();
@@ -265,7 +265,7 @@ fn aliases_for(ns: &NetNs, no_docker: bool) -> Vec<Alias> {
 }
 
 /// Run `nettool dns`.
-pub fn run(a: DnsArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: DnsArgs) -> anyhow::Result<i32> {
     if a.count == Some(0) {
         return Ok(0);
     }
@@ -475,7 +475,7 @@ Examples:
 
 /// Arguments of `dns`.
 #[derive(Debug, Args)]
-pub struct DnsArgs {
+pub(crate) struct DnsArgs {
     /// Capture in this namespace: NAME, PATH, pid:N, container:NAME (default: the current one).
     #[arg(long, short = 'n', value_name = "TARGET")]
     pub netns: Option<String>,

@@ -18,7 +18,7 @@ fn usage(msg: String) -> anyhow::Result<i32> {
 }
 
 /// Run `nettool doctor`.
-pub fn run(a: DoctorArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: DoctorArgs) -> anyhow::Result<i32> {
     if let Some(path) = &a.snapshot {
         let snap = facts::load(path)?;
         let report = doctor::replay(&snap)
@@ -359,7 +359,7 @@ fn verdict_text(v: Verdict) -> String {
 }
 
 /// The human report: header, one block per hop with its evidence, probe, the one-line verdict.
-pub fn render(r: &Report) -> String {
+pub(crate) fn render(r: &Report) -> String {
     let mut out = String::new();
     let packet_line = |label: &str, p: &doctor::Packet| {
         paint(
@@ -521,7 +521,7 @@ mod tests {
 
 /// Arguments of `doctor`.
 #[derive(Debug, Args)]
-pub struct DoctorArgs {
+pub(crate) struct DoctorArgs {
     /// What to follow: PORT, tcp:PORT, udp:PORT, container:NAME[:PORT], or pod:NS/NAME[:PORT].
     pub target: Option<String>,
     /// Where the connection starts: localhost, host, outside, outside:NETNS (probe from that

@@ -22,7 +22,7 @@ pub(crate) const EXPLAIN_NAT_HELP: &str = "Reads the rules live from a namespace
 
 /// Arguments of `explain-nat`.
 #[derive(Debug, Args)]
-pub struct ExplainNatArgs {
+pub(crate) struct ExplainNatArgs {
     /// Read rules from this file instead of a live namespace (repeatable; "-" is stdin).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub files: Vec<String>,
@@ -104,7 +104,7 @@ fn parse_route(s: &str) -> Result<RouteFact, String> {
 }
 
 /// Run `explain-nat`.
-pub fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
     if !a.files.is_empty() && a.netns.is_some() {
         return usage("give either --file or --netns, not both".into());
     }
@@ -272,7 +272,7 @@ fn at(table: &str, chain: &str, line: usize) -> String {
 }
 
 /// The summary as text: published ports first.
-pub fn render_summary(s: &Summary) -> String {
+pub(crate) fn render_summary(s: &Summary) -> String {
     let mut o = String::new();
     o.push_str(&format!(
         "{} rule(s) in {} table(s) from {}\n",
@@ -436,7 +436,7 @@ pub fn render_summary(s: &Summary) -> String {
 }
 
 /// Every rule, one per line, in plain words.
-pub fn render_rules(rs: &Ruleset) -> String {
+pub(crate) fn render_rules(rs: &Ruleset) -> String {
     let mut o = String::from("\n");
     o.push_str(&paint("Rules\n", "1"));
     if rs
@@ -486,7 +486,7 @@ pub fn render_rules(rs: &Ruleset) -> String {
 }
 
 /// The walk as text: each step with its rule line, each rewrite, the verdict.
-pub fn render_walk(w: &Walk) -> String {
+pub(crate) fn render_walk(w: &Walk) -> String {
     let mut o = String::new();
     o.push_str(&format!(
         "Packet: {}{}{}\n",

@@ -5,7 +5,7 @@ use clap::Args;
 
 /// Arguments of the hidden `lab-daemon`.
 #[derive(Debug, Args)]
-pub struct LabDaemonArgs {
+pub(crate) struct LabDaemonArgs {
     /// The lab name.
     pub name: String,
     /// Write "0\n" here when ready (or "1\n<error>").
@@ -14,7 +14,7 @@ pub struct LabDaemonArgs {
 }
 
 /// Run until SIGTERM.
-pub fn run(a: LabDaemonArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: LabDaemonArgs) -> anyhow::Result<i32> {
     crate::lab::daemon::run(&a.name, a.ready_fd)?;
     Ok(0)
 }

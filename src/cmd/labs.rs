@@ -7,14 +7,14 @@ use crate::output::{print_json, Table};
 
 /// Arguments of `labs`.
 #[derive(Debug, Args)]
-pub struct LabsArgs {
+pub(crate) struct LabsArgs {
     /// Print the labs as JSON (an array).
     #[arg(long)]
     pub json: bool,
 }
 
 /// Run `labs`.
-pub fn run(a: LabsArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: LabsArgs) -> anyhow::Result<i32> {
     let labs = health::check_all();
     if a.json {
         print_json(&labs)?;

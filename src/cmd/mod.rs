@@ -1,19 +1,19 @@
 //! One module per command: turn parsed arguments into core calls and render the result.
 
-pub mod capture;
-pub mod dns;
-pub mod doctor;
-pub mod explain_nat;
-pub mod lab_daemon;
-pub mod labs;
-pub mod netns;
-pub mod peer;
-pub mod proxy;
-pub mod serve;
-pub mod setup;
-pub mod teardown;
-pub mod topology;
-pub mod trace;
+pub(crate) mod capture;
+pub(crate) mod dns;
+pub(crate) mod doctor;
+pub(crate) mod explain_nat;
+pub(crate) mod lab_daemon;
+pub(crate) mod labs;
+pub(crate) mod netns;
+pub(crate) mod peer;
+pub(crate) mod proxy;
+pub(crate) mod serve;
+pub(crate) mod setup;
+pub(crate) mod teardown;
+pub(crate) mod topology;
+pub(crate) mod trace;
 
 use crate::cli::{Cli, Command};
 
@@ -94,7 +94,7 @@ fn privileged() -> bool {
 }
 
 /// Run the parsed command line; the returned code is the process exit code.
-pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     if let Some(why) = privileges_needed(&cli.command) {
         if !privileged() {
             let name = command_name(&cli.command);

@@ -17,7 +17,7 @@ use crate::netns::{NetNs, NsId};
 use crate::output::{paint, print_json, Table};
 
 /// Run one `netns` subcommand.
-pub fn run(cmd: NetnsCommand) -> anyhow::Result<i32> {
+pub(crate) fn run(cmd: NetnsCommand) -> anyhow::Result<i32> {
     match cmd {
         NetnsCommand::List(a) => list(a),
         NetnsCommand::Inspect(a) => inspect(a),
@@ -143,7 +143,7 @@ pub(crate) fn containers_cell(cs: &[ContainerRef], with_ids: bool) -> String {
 
 /// Everything `netns inspect` reports about one namespace.
 #[derive(Debug, Serialize)]
-pub struct Inspection {
+pub(crate) struct Inspection {
     /// The label the namespace was opened as.
     pub target: String,
     /// Its identity.
@@ -256,7 +256,7 @@ fn inspection(snap: &facts::Snapshot, target: &str) -> Inspection {
 }
 
 /// Render an inspection as text: interfaces, routes, sockets, sysctls.
-pub fn render_inspection(r: &Inspection) -> String {
+pub(crate) fn render_inspection(r: &Inspection) -> String {
     let mut out = format!(
         "{} {} (inode {})\n",
         paint("namespace", "1"),
@@ -423,7 +423,7 @@ fn exec_cmd(a: NetnsExecArgs) -> anyhow::Result<i32> {
 
 /// `nettool netns ...`
 #[derive(Debug, Subcommand)]
-pub enum NetnsCommand {
+pub(crate) enum NetnsCommand {
     /// Every network namespace on the machine: inode, names, nsid, processes, container, interfaces.
     #[command(
         after_help = "Examples:\n  nettool netns list\n  nettool netns list --json | jq '.[].names'"
@@ -445,7 +445,7 @@ pub enum NetnsCommand {
 
 /// Arguments of `netns list`.
 #[derive(Debug, Args)]
-pub struct NetnsListArgs {
+pub(crate) struct NetnsListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -456,7 +456,7 @@ pub struct NetnsListArgs {
 
 /// Arguments of `netns inspect`.
 #[derive(Debug, Args)]
-pub struct NetnsInspectArgs {
+pub(crate) struct NetnsInspectArgs {
     /// The namespace: NAME, PATH, pid:N, container:NAME.
     pub target: String,
     /// Print JSON instead of text.
@@ -469,7 +469,7 @@ pub struct NetnsInspectArgs {
 
 /// Arguments of `netns exec`.
 #[derive(Debug, Args)]
-pub struct NetnsExecArgs {
+pub(crate) struct NetnsExecArgs {
     /// The namespace: NAME, PATH, pid:N, container:NAME.
     pub target: String,
     /// Also give the command its own /sys, like `ip netns exec` (/etc/netns/NAME files apply

@@ -10,7 +10,7 @@ use crate::netns::NetNs;
 use crate::output::{paint, print_json, Table};
 
 /// Run `nettool peer`.
-pub fn run(a: PeerArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: PeerArgs) -> anyhow::Result<i32> {
     // The engines are read once: for container:NAME and for naming every namespace.
     let intent = if a.no_docker {
         Intent::default()
@@ -456,7 +456,7 @@ fn print_all(rows: &[VethPair]) {
 
 /// Arguments of `peer`.
 #[derive(Debug, Args)]
-pub struct PeerArgs {
+pub(crate) struct PeerArgs {
     /// The interface (or a namespace TARGET: container:NAME, pid:N, NAME).
     #[arg(required_unless_present = "all")]
     pub iface: Option<String>,

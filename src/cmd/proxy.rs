@@ -416,7 +416,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
 }
 
 /// `nettool proxy ...` with nettool's own flags.
-pub fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
+pub(crate) fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     let ready_fd = a.ready_fd;
     let r = run_args(a, verbose);
     if let (Err(e), Some(fd)) = (&r, ready_fd) {
@@ -697,7 +697,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
 
 /// If this process was started as docker-proxy, run that and return the exit code.
 /// Called by main before the normal CLI parse (Go flag syntax is not clap's).
-pub fn docker_proxy_entry() -> Option<i32> {
+pub(crate) fn docker_proxy_entry() -> Option<i32> {
     let argv: Vec<String> = std::env::args().collect();
     let flags = &argv[docker::docker_flags_start(&argv)?..];
     if flags
@@ -786,7 +786,7 @@ the environment or /etc/nettool/docker-proxy.toml (NETTOOL_PROXY_CONFIG):
 
 /// Arguments of `proxy`.
 #[derive(Debug, Args)]
-pub struct ProxyArgs {
+pub(crate) struct ProxyArgs {
     /// Listen side of one mapping: [IP:]PORT[-PORT].
     pub listen: Option<String>,
     /// Target of that mapping: IP:PORT[-PORT].

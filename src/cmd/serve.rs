@@ -7,7 +7,7 @@ use crate::lab::serve;
 
 /// Which built-in service `serve` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServeKind {
+pub(crate) enum ServeKind {
     /// HTTP/1.1: answers every request with "hello from CONTAINER".
     Http,
     /// TCP echo.
@@ -18,7 +18,7 @@ pub enum ServeKind {
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The service.
     #[arg(value_enum)]
     pub kind: ServeKind,
@@ -33,7 +33,7 @@ pub struct ServeArgs {
 }
 
 /// Run a built-in service until killed.
-pub fn run(a: ServeArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: ServeArgs) -> anyhow::Result<i32> {
     let addr = std::net::SocketAddr::new(a.bind, a.port);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -26,7 +26,7 @@ Examples:\n  sudo nettool setup\n  sudo nettool setup docs/labs/two-networks.tom
 
 /// Firewall backend choice on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendArg {
+pub(crate) enum BackendArg {
     /// iptables-restore --noflush, Docker's classic chains (NETTOOL, NETTOOL-USER, ...).
     Iptables,
     /// nft -f, one table per lab.
@@ -35,7 +35,7 @@ pub enum BackendArg {
 
 /// Arguments of `setup`.
 #[derive(Debug, Args)]
-pub struct SetupArgs {
+pub(crate) struct SetupArgs {
     /// The lab file (TOML). Default: the built-in lab.
     pub labfile: Option<std::path::PathBuf>,
     /// Build the lab's "host" inside a fresh named namespace (NAME) instead of this one.
@@ -62,12 +62,12 @@ pub struct SetupArgs {
 }
 
 /// True when this build has the `nettool proxy` command the userland-proxy mode starts.
-pub fn proxy_available() -> bool {
+pub(crate) fn proxy_available() -> bool {
     Cli::command().find_subcommand("proxy").is_some()
 }
 
 /// Run `setup`.
-pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: SetupArgs) -> anyhow::Result<i32> {
     let spec = match &a.labfile {
         Some(p) => spec::load(p),
         None => spec::default_lab(),
@@ -311,7 +311,7 @@ fn this_command_without_name() -> String {
 }
 
 /// The plan as numbered steps, the way --dry-run prints it.
-pub fn render_plan(p: &plan::Plan) -> String {
+pub(crate) fn render_plan(p: &plan::Plan) -> String {
     let mut s = format!(
         "# lab {} from {} ({} steps; nothing is changed by --dry-run)\n",
         p.name,

@@ -6,7 +6,7 @@ use clap::Args;
 
 /// Arguments of `teardown`.
 #[derive(Debug, Args)]
-pub struct TeardownArgs {
+pub(crate) struct TeardownArgs {
     /// The lab name.
     #[arg(default_value = "nettool")]
     pub name: String,
@@ -16,7 +16,7 @@ pub struct TeardownArgs {
 }
 
 /// Run `teardown`.
-pub fn run(a: TeardownArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: TeardownArgs) -> anyhow::Result<i32> {
     let rep = apply::teardown(&a.name)?;
     if a.json {
         print_json(&rep)?;

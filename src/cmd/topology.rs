@@ -12,7 +12,7 @@ use crate::output::print_json;
 use crate::topology::{self, CollectOptions, Scope};
 
 /// Run `nettool topology`.
-pub fn run(a: TopologyArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(a: TopologyArgs) -> anyhow::Result<i32> {
     let opts = CollectOptions {
         skip_docker: a.no_docker,
         include_empty: a.include_empty,
@@ -217,7 +217,7 @@ fn snapshot_scope(snap: &facts::Snapshot, a: &TopologyArgs) -> anyhow::Result<Sc
 
 /// Output formats of `topology`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TopologyFormat {
+pub(crate) enum TopologyFormat {
     /// A text tree.
     Text,
     /// Graphviz DOT source.
@@ -232,7 +232,7 @@ pub enum TopologyFormat {
 
 /// Arguments of `topology`.
 #[derive(Debug, Args)]
-pub struct TopologyArgs {
+pub(crate) struct TopologyArgs {
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value = "text")]
     pub format: TopologyFormat,

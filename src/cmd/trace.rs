@@ -45,7 +45,7 @@ Examples:
 /// Arguments of `trace`.
 #[derive(Debug, Args)]
 #[command(after_help = TRACE_HELP)]
-pub struct TraceArgs {
+pub(crate) struct TraceArgs {
     /// What to trace: PORT, tcp:PORT, udp:PORT, tcp|udp|icmp, ADDRESS, container:NAME.
     #[arg(value_name = "FILTER")]
     pub filter: Vec<String>,
@@ -74,7 +74,7 @@ pub struct TraceArgs {
 }
 
 /// Run `nettool trace`.
-pub fn run(args: TraceArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(args: TraceArgs) -> anyhow::Result<i32> {
     if args.cleanup {
         let rec = trace::journal::recover();
         if args.json {

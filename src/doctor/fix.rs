@@ -6,7 +6,7 @@ use crate::facts::NsFacts;
 
 /// A command that fixes a fault, as argv (no shell) and as one line a person can paste.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Fix {
+pub(crate) struct Fix {
     /// What the command does, in words.
     pub summary: String,
     /// The command to run inside the host namespace doctor examined (argv, no shell).

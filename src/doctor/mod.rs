@@ -30,7 +30,7 @@ use fix::Fixer;
 /// How a hop fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Nothing wrong here.
     Ok,
     /// Suspicious, or could break other paths; not what breaks this one.
@@ -42,7 +42,7 @@ pub enum Verdict {
 /// The faults doctor knows how to name (the `fault` field of a hop and of the diagnosis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Nothing receives the connection: no DNAT rule matches and no process listens.
     NoReceiver,
     /// The DNAT rule sends to a port nothing listens on, while the service listens on another.
@@ -105,7 +105,7 @@ pub enum Fault {
 /// The address family of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Family {
+pub(crate) enum Family {
     /// IPv4.
     Ipv4,
     /// IPv6.
@@ -114,7 +114,7 @@ pub enum Family {
 
 /// One step of the path with its verdict and the facts behind it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Hop {
+pub(crate) struct Hop {
     /// A stable id: receiver, ip_forward, route_localnet, rp_filter, br_netfilter, firewall,
     /// route, bridge, veth, mtu, target, service, conntrack, backends.
     pub id: String,
@@ -139,7 +139,7 @@ pub struct Hop {
 /// The IPv6 path of a dual-stack port, followed beside the IPv4 one (its hops are in
 /// [`Report::hops`] with family ipv6).
 #[derive(Debug, Clone, Serialize)]
-pub struct FamilyPath {
+pub(crate) struct FamilyPath {
     /// The packet over IPv6, as the host first sees it.
     pub packet: Option<Packet>,
     /// Where it goes.
@@ -192,7 +192,7 @@ pub(crate) struct Request {
 
 /// The packet doctor follows, as the host first sees it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Packet {
+pub(crate) struct Packet {
     /// tcp or udp.
     pub proto: Proto,
     /// Source address.
@@ -211,7 +211,7 @@ pub struct Packet {
 
 /// Where the connection really goes after the host is done with it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Destination {
+pub(crate) struct Destination {
     /// Rewritten (or proxied-to) address.
     pub addr: IpAddr,
     /// Rewritten port.
@@ -230,7 +230,7 @@ pub struct Destination {
 
 /// The one line at the end: what is wrong and what fixes it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Diagnosis {
+pub(crate) struct Diagnosis {
     /// True when no hop failed (and the probe, if run, succeeded).
     pub ok: bool,
     /// The fault, when something is wrong.
@@ -245,7 +245,7 @@ pub struct Diagnosis {
 
 /// Everything doctor found for one path.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// The host namespace examined.
     pub host_netns: String,
     /// The source, as given.

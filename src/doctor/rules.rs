@@ -24,7 +24,7 @@ use super::{Destination, Fault, Hop, Packet};
 
 /// A DNAT rule that publishes a port.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct DnatRule {
+pub(crate) struct DnatRule {
     /// Where it lives: iptables-nft, iptables-legacy or nft.
     pub backend: String,
     /// Its table (nat for iptables; the nft table's name).

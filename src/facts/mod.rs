@@ -50,7 +50,7 @@ pub(crate) struct Meta {
 /// The cost of one snapshot: the goal is one namespace entry per namespace and one /proc scan
 /// per kind of fact.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Reads {
+pub(crate) struct Reads {
     /// Namespaces in the snapshot.
     pub namespaces: u64,
     /// Namespace entries (threads that entered a namespace through netns::NetNs::run).
@@ -224,7 +224,7 @@ pub(crate) struct Question {
 
 /// What one real connection did.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ProbeResult {
+pub(crate) struct ProbeResult {
     /// The namespace the probe connected from.
     pub from_netns: Option<String>,
     /// Where it connected to.
@@ -248,7 +248,7 @@ pub struct ProbeResult {
 
 /// The trace taken around a probe: where its packets died, rule or kernel reason.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ProbeTrace {
+pub(crate) struct ProbeTrace {
     /// Packets traced (one per packet per namespace crossed).
     pub packets: usize,
     /// The first drop of the probe's traffic, when one was traced.
@@ -259,7 +259,7 @@ pub struct ProbeTrace {
 
 /// One traced drop of a probe packet.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ProbeDrop {
+pub(crate) struct ProbeDrop {
     /// The namespace it died in, as the trace names it.
     pub netns: String,
     /// The container there, when known.

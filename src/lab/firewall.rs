@@ -28,7 +28,7 @@ pub(crate) const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
 /// One bridge network as the firewall sees it.
 #[derive(Debug, Clone, Serialize)]
-pub struct FwNetwork {
+pub(crate) struct FwNetwork {
     /// Bridge name.
     pub bridge: String,
     /// IPv4 subnet.
@@ -39,7 +39,7 @@ pub struct FwNetwork {
 
 /// One published port as the firewall sees it.
 #[derive(Debug, Clone, Serialize)]
-pub struct FwPort {
+pub(crate) struct FwPort {
     /// tcp/udp.
     pub proto: Proto,
     /// Host address; unspecified = any local address.
@@ -56,7 +56,7 @@ pub struct FwPort {
 
 /// Everything the host-namespace firewall of one lab depends on.
 #[derive(Debug, Clone, Serialize)]
-pub struct FwModel {
+pub(crate) struct FwModel {
     /// Lab name (names the nft table).
     pub lab: String,
     /// Bridges.

@@ -14,7 +14,7 @@ use super::state::{ContainerState, InterfaceState, LabState, NetworkState, PortS
 /// How published ports are served for localhost clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ProxyMode {
+pub(crate) enum ProxyMode {
     /// No userland proxy: hairpin NAT and route_localnet (Docker's --userland-proxy=false).
     Off,
     /// One `nettool proxy` serving every published port.
@@ -25,7 +25,7 @@ pub enum ProxyMode {
 
 impl ProxyMode {
     /// The name used in state.json.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             ProxyMode::Off => "off",
             ProxyMode::Single => "single",
@@ -50,7 +50,7 @@ pub(crate) struct Options {
 /// One thing to create, in order.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
-pub enum Step {
+pub(crate) enum Step {
     /// `ip netns add NAME` (and lo up).
     CreateNetns {
         /// Namespace name.
@@ -136,7 +136,7 @@ pub enum Step {
 
 impl Step {
     /// The step as the equivalent shell command(s), for --dry-run and error messages.
-    pub fn describe(&self, host: &Option<String>) -> String {
+    pub(crate) fn describe(&self, host: &Option<String>) -> String {
         let hn = |s: &str| match host {
             Some(h) => format!("ip -n {h} {s}"),
             None => format!("ip {s}"),
@@ -205,7 +205,7 @@ impl Step {
 
 /// Everything setup will do for one lab.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Lab name.
     pub name: String,
     /// Steps in order.

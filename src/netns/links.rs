@@ -23,7 +23,7 @@ use super::NetNs;
 
 /// One network interface as `ip -d link` would describe it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Link {
+pub(crate) struct Link {
     /// ifindex, unique within its namespace only.
     pub index: u32,
     /// Interface name.
@@ -49,7 +49,7 @@ pub struct Link {
 
 /// One address on an interface.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Address {
+pub(crate) struct Address {
     /// ifindex of the interface holding it.
     pub index: u32,
     /// The address.
@@ -60,7 +60,7 @@ pub struct Address {
 
 /// One route from the main table (or any table when asked).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Route {
+pub(crate) struct Route {
     /// Destination network; `None` for the default route.
     pub destination: Option<IpAddr>,
     /// Destination prefix length.
@@ -348,7 +348,7 @@ fn route_from_message(r: &RouteMessage) -> Route {
 
 /// Everything `ip link`, `ip addr` and `ip route` would show for one namespace.
 #[derive(Debug, Clone, Serialize)]
-pub struct LinkSnapshot {
+pub(crate) struct LinkSnapshot {
     /// Links sorted by ifindex.
     pub links: Vec<Link>,
     /// Addresses of all links.

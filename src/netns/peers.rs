@@ -7,7 +7,7 @@ use super::NsId;
 
 /// The other end of a veth.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct VethPeer {
+pub(crate) struct VethPeer {
     /// ifindex of the veth in the namespace that was asked.
     pub local_index: u32,
     /// Name of the veth in the namespace that was asked.

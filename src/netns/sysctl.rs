@@ -24,7 +24,7 @@ pub(crate) const INTERESTING: &[&str] = &[
 
 /// One sysctl and its value.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Sysctl {
+pub(crate) struct Sysctl {
     /// Dotted name, e.g. net.ipv4.ip_forward.
     pub name: String,
     /// Value as the kernel prints it, trimmed.

@@ -20,7 +20,7 @@ const VERSION_2_PROXY: u8 = 0x21;
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum ProxyProtocol {
+pub(crate) enum ProxyProtocol {
     /// Version 2, binary.
     V2,
 }
