@@ -437,17 +437,18 @@ impl Proxy {
                 }
             })
             .collect();
-        let (dialer, transparent, recovered) = if cfg.transparent {
+        let recovered = transparent::recover_dead();
+        let (dialer, transparent) = if cfg.transparent {
             // The rules go where the backend sockets live; the dialer thread there also
             // judges each client's route.
             let ns = match cfg.target_ns {
                 Some(ns) => ns,
                 None => NetNs::current()?,
             };
-            let (t, recovered) = transparent::Transparent::setup(&ns)?;
-            (sock::Dialer::new(Some(&ns))?, Some(t), recovered)
+            let t = transparent::Transparent::setup(&ns)?;
+            (sock::Dialer::new(Some(&ns))?, Some(t))
         } else {
-            (sock::Dialer::new(cfg.target_ns.as_ref())?, None, Vec::new())
+            (sock::Dialer::new(cfg.target_ns.as_ref())?, None)
         };
         Ok(Proxy {
             ctx: Arc::new(Ctx {

@@ -12,7 +12,7 @@
 //!   in TABLE (v4 and v6), so the marked packets are delivered locally, to the socket.
 //!
 //! Each of them is written to a journal (/run/nettool-proxy/PID.json) before it is added,
-//! removed when the proxy exits, and by the next transparent proxy after a SIGKILL.
+//! removed when the proxy exits, and by the next proxy to start (transparent or not) after a SIGKILL.
 //!
 //! A connection keeps the proxy's address (and says why once in the log) when the backend
 //! could not answer the client through the proxy: a loopback client and a backend elsewhere,
@@ -101,13 +101,16 @@ fn nft_script(pid: u32) -> String {
     )
 }
 
+/// Remove what dead transparent proxies left behind (their journals say what and in which
+/// namespace). Every proxy does it when it starts, transparent or not, so the rules of a
+/// SIGKILLed one do not wait for the next transparent proxy; live ones are left alone.
+pub(crate) fn recover_dead() -> Vec<journal::Recovered> {
+    journal::recover_in(Path::new(JOURNAL_DIR))
+}
+
 impl Transparent {
-    /// Remove what dead transparent proxies left behind, then add this process's mark rule,
-    /// policy rules and local routes in `ns` (journaled first).
-    pub(crate) fn setup(
-        ns: &NetNs,
-    ) -> Result<(Transparent, Vec<journal::Recovered>), TransparentError> {
-        let recovered = journal::recover_in(Path::new(JOURNAL_DIR));
+    /// Add this process's mark rule, policy rules and local routes in `ns` (journaled first).
+    pub(crate) fn setup(ns: &NetNs) -> Result<Transparent, TransparentError> {
         let pid = std::process::id();
         let table = table_of(pid);
         let mut t = Transparent {
@@ -185,7 +188,7 @@ impl Transparent {
             })
             .map_err(|e| step(ns, "enter the namespace", e))?;
         r.map_err(|e| step(ns, "add the policy routing for replies", e))?;
-        Ok((t, recovered))
+        Ok(t)
     }
 
     /// Remove everything this process added (also done on drop).
@@ -200,7 +203,7 @@ impl Transparent {
             self.journal.finish();
             Ok(())
         } else {
-            // The journal stays: the next transparent proxy tries again.
+            // The journal stays: the next proxy to start tries again.
             self.journal.items.clear();
             Err(errors.join("; "))
         }
