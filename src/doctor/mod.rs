@@ -795,6 +795,42 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_ipv6_dnat_says_whether_a_socket_listens_where_the_walk_delivers() {
+        // Before: "walk: delivered locally: a socket on [v6]:PORT receives it" under a
+        // dnat_missing that says nothing receives the port: the evidence contradicted the finding.
+        for (name, want) in [
+            (
+                "podman-ipv6-dnat-deleted",
+                "walk: delivered locally to [2001:db8:1::1]:18582: no socket listens there, nor on [::]:18582",
+            ),
+            (
+                "cni-ipv6-dnat-deleted",
+                "walk: delivered locally to [2001:db8:1::1]:18498: no socket listens there, nor on [::]:18498",
+            ),
+            (
+                "docker-ipv6-dnat-deleted",
+                "walk: delivered locally to [2001:db8:1::1]:8080: docker-proxy (pid 9865) listens on [::]:8080",
+            ),
+        ] {
+            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("captures/doctor/{name}.json"));
+            let r = replay(&facts::load(&p).unwrap()).unwrap();
+            let fail = r
+                .hops
+                .iter()
+                .find(|h| h.fault == Some(Fault::DnatMissing))
+                .unwrap_or_else(|| panic!("{name}: no dnat_missing hop"));
+            assert!(fail.evidence.iter().any(|e| e == want), "{name}: {:?}", fail.evidence);
+            let all = r.hops.iter().flat_map(|h| &h.evidence);
+            assert!(
+                all.clone().all(|e| !e.contains("receives it")),
+                "{name}: {:?}",
+                all.collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
     fn a_port_published_on_ipv4_only_is_not_followed_over_ipv6() {
         // The dual-stack host, with web published as -p 0.0.0.0:8080:80 (Docker then writes
         // no IPv6 DNAT for it): IPv4 only, all clear, no false "DNAT missing" over IPv6.

@@ -125,7 +125,13 @@ pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<H
 
     // Firewall: the filter hooks the packet crosses.
     if let Some(w) = cx.walk {
-        hops.extend(rules::firewall_hops(cx.fw, w, cx.forwarded, cx.fixer));
+        hops.extend(rules::firewall_hops(
+            cx.fw,
+            w,
+            cx.forwarded,
+            cx.fixer,
+            &cx.host.listeners,
+        ));
     }
 
     // Route.

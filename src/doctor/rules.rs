@@ -14,7 +14,7 @@ use crate::nat::explain::describe_match;
 use crate::nat::iptables::tokenize;
 use crate::nat::model::{Action, Backend, Cond, Dir, Rule, Ruleset, Table};
 use crate::nat::walk::{self, LocalFacts, Walk};
-use crate::netns::sockets::Proto;
+use crate::netns::sockets::{Proto, Socket};
 
 use super::fix::Fixer;
 use super::path::PathCtx;
@@ -576,6 +576,7 @@ pub(crate) fn firewall_hops(
     there: &Walk,
     forwarded: bool,
     fixer: &Fixer,
+    listeners: &[Socket],
 ) -> Vec<Hop> {
     if let Some(h) = judge(fw, there, "the first packet", fixer) {
         return vec![h];
@@ -583,7 +584,10 @@ pub(crate) fn firewall_hops(
     if fw.for_addr(there.final_packet.dst).tables.is_empty() {
         return Vec::new();
     }
-    let mut evidence = vec![format!("first packet: {}", there.summary)];
+    let mut evidence = vec![format!(
+        "first packet: {}",
+        super::receiver::walk_text(there, listeners)
+    )];
     if forwarded {
         let f = &there.final_packet;
         let answer = walk::Packet {

@@ -271,6 +271,29 @@ pub struct Walk {
     /// The DNAT rules the load-balancing points met send their branches to.
     #[serde(skip)]
     pub branch_dnats: Vec<RuleRef>,
+    /// Where the packet arrives when this host keeps it (verdict accepted-local).
+    pub local: Option<LocalDelivery>,
+}
+
+/// A packet delivered to this host: where it arrives. The walk knows no sockets, so it does
+/// not say whether one listens there; its caller does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocalDelivery {
+    /// The destination address after any DNAT.
+    pub addr: IpAddr,
+    /// The destination port, if the protocol has one.
+    pub port: Option<u16>,
+    /// Sent by this host to itself (over lo).
+    pub over_lo: bool,
+    /// 127.0.0.0/8 arriving on a non-loopback interface: dropped unless route_localnet=1.
+    pub needs_route_localnet: bool,
+}
+
+impl LocalDelivery {
+    /// The address and port as text ([v6]:port for IPv6).
+    pub fn to_text(&self) -> String {
+        addr_port(&self.addr, self.port)
+    }
 }
 
 impl Walk {
@@ -332,6 +355,7 @@ struct Walker<'a> {
     decided_by: Option<RuleRef>,
     accepted_by: Vec<RuleRef>,
     branch_dnats: Vec<RuleRef>,
+    local: Option<LocalDelivery>,
 }
 
 /// Does protocol `have` (a name) meet `want` (a name, a number, or all/0)?
@@ -1215,6 +1239,12 @@ impl<'a> Walker<'a> {
                 if let Err(o) = self.hook(Hook::Input, false) {
                     return self.dropped(o);
                 }
+                self.local = Some(LocalDelivery {
+                    addr: self.pkt.dst,
+                    port: self.pkt.dport,
+                    over_lo: true,
+                    needs_route_localnet: false,
+                });
                 return (
                     "accepted-local".into(),
                     format!(
@@ -1244,14 +1274,20 @@ impl<'a> Walker<'a> {
             if let Err(o) = self.hook(Hook::Input, true) {
                 return self.dropped(o);
             }
+            let needs_route_localnet =
+                self.pkt.dst.is_loopback() && !matches!(self.pkt.in_iface.as_deref(), Some("lo"));
+            self.local = Some(LocalDelivery {
+                addr: self.pkt.dst,
+                port: self.pkt.dport,
+                over_lo: false,
+                needs_route_localnet,
+            });
             return (
                 "accepted-local".into(),
                 format!(
                     "delivered locally: a socket on {} receives it{}",
                     addr_port(&self.pkt.dst, self.pkt.dport),
-                    if self.pkt.dst.is_loopback()
-                        && !matches!(self.pkt.in_iface.as_deref(), Some("lo"))
-                    {
+                    if needs_route_localnet {
                         " (but the kernel drops packets to 127.0.0.0/8 arriving on a non-loopback interface unless route_localnet=1)"
                     } else {
                         ""
@@ -1337,6 +1373,7 @@ pub fn walk_with(rs: &Ruleset, packet: &Packet, facts: &LocalFacts, opts: &WalkO
         decided_by: None,
         accepted_by: Vec::new(),
         branch_dnats: Vec::new(),
+        local: None,
     };
     let (verdict, summary) = w.run();
     Walk {
@@ -1352,6 +1389,7 @@ pub fn walk_with(rs: &Ruleset, packet: &Packet, facts: &LocalFacts, opts: &WalkO
         decided_by: w.decided_by,
         accepted_by: w.accepted_by,
         branch_dnats: w.branch_dnats,
+        local: w.local,
     }
 }
 
