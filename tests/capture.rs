@@ -874,3 +874,68 @@ fn a_udp_proxys_two_legs_are_one_flow() {
         "{c}"
     );
 }
+
+#[test]
+fn capturing_starts_before_a_slow_engine_answers_and_names_come_from_it() {
+    let d = common::docker::Dockerd::start("cap-slow");
+    d.import_busybox("nt-busybox");
+    for c in ["web", "db"] {
+        d.docker(&["run", "-d", "--name", c, "nt-busybox", "sleep", "300"]);
+    }
+    let db_ip = d
+        .docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"])
+        .trim()
+        .to_string();
+    let pid = d
+        .docker(&["inspect", "-f", "{{.State.Pid}}", "web"])
+        .trim()
+        .to_string();
+    // nettool reaches dockerd through a relay that the test holds stopped: the engine does not
+    // answer (like a socket-activated podman starting) until capturing has started.
+    let relay_sock = std::env::temp_dir().join(format!("{}.sock", unique("cap-relay")));
+    let real = d.host();
+    let mut relay = Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", relay_sock.display()))
+        .arg(format!(
+            "UNIX-CONNECT:{}",
+            real.trim_start_matches("unix://")
+        ))
+        .spawn()
+        .expect("socat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay_sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sh(&["kill", "-STOP", &relay.id().to_string()]);
+    let file = tmp("cap-slow");
+    let run = start_env(
+        &[
+            "--netns",
+            &format!("/proc/{pid}/ns/net"),
+            "-i",
+            "eth0",
+            "-w",
+            file.to_str().unwrap(),
+            "icmp",
+        ],
+        &[("DOCKER_HOST", &format!("unix://{}", relay_sock.display()))],
+    );
+    // Sent while the engine still has not answered: it must be in the file all the same.
+    d.docker(&["exec", "web", "busybox", "ping", "-c", "1", &db_ip]);
+    sh(&["kill", "-CONT", &relay.id().to_string()]);
+    let (_, err) = run.stop();
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let _ = std::fs::remove_file(&relay_sock);
+    let rows = tshark_fields(
+        &file,
+        &["frame.interface_name", "frame.interface_description"],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(rows.len(), 2, "the request and its reply: {rows:?} {err}");
+    assert!(
+        rows.iter()
+            .all(|r| r[0] == "container:web/eth0" && r[1].contains("container web (docker, id ")),
+        "named after the engine's answer: {rows:?} {err}"
+    );
+}

@@ -134,7 +134,8 @@ pub(crate) struct Packet<'a> {
 pub(crate) trait Sink {
     /// A new interface, before any of its packets.
     fn interface(&mut self, id: u32, desc: &InterfaceDesc) -> Result<(), CaptureError>;
-    /// Every socket is open and reading (tests and people wait for this before sending).
+    /// Every socket is open: packets from now on are kept (tests and people wait for this before
+    /// sending). Comes before the interfaces are named and announced, which may take seconds.
     fn started(&mut self, _interfaces: usize) {}
     /// One packet. `p.data` stays valid until the next [`Sink::block_done`] (it is in the
     /// capture ring), so a sink may keep a pointer to it until then instead of copying.
@@ -203,7 +204,12 @@ struct Namer {
 
 impl Namer {
     fn new() -> Namer {
-        let intent = Intent::read();
+        Namer::with(Intent::read())
+    }
+
+    /// Names from `intent` (an empty one names namespaces without the engines' APIs, which can
+    /// take seconds: a socket-activated podman service starts on the first request).
+    fn with(intent: Intent) -> Namer {
         let infos = discover_with(
             DiscoverOptions {
                 skip_interfaces: true,
@@ -397,16 +403,21 @@ fn open_interfaces(
     Ok(rings
         .into_iter()
         .map(|(index, name, ring)| Opened {
-            desc: InterfaceDesc {
-                name: format!("{}/{}", place.label, name),
-                description: format!("{} on {}; {}", name, place.label, place.description),
-                linktype: ring.link.linktype(),
-                snaplen,
-            },
+            desc: interface_desc(place, &name, ring.link.linktype(), snaplen),
             key: (id, index, name),
             ring,
         })
         .collect())
+}
+
+/// The pcapng name and description of interface `name` of `place`.
+fn interface_desc(place: &Place, name: &str, linktype: u16, snaplen: u32) -> InterfaceDesc {
+    InterfaceDesc {
+        name: format!("{}/{}", place.label, name),
+        description: format!("{} on {}; {}", name, place.label, place.description),
+        linktype,
+        snaplen,
+    }
 }
 
 /// An interface being read.
@@ -502,8 +513,14 @@ pub(crate) fn run(
     stop: &AtomicBool,
     sink: &mut dyn Sink,
 ) -> Result<Summary, CaptureError> {
-    let namer = Namer::new();
-    let initial = places(opts, &namer)?;
+    // The engines are asked in the background while the rings open: the first request to a
+    // socket-activated podman takes seconds, and packets wait in the rings meanwhile.
+    let intent = std::thread::Builder::new()
+        .name("capture-intent".into())
+        .spawn(Intent::read)
+        .map_err(|e| CaptureError::Target(format!("cannot start a thread: {e}")))?;
+    let quick = Namer::with(Intent::default());
+    let mut initial = places(opts, &quick)?;
     let mut known: HashSet<(NsId, u32, String)> = HashSet::new();
     let mut opened = Vec::new();
     for p in &initial {
@@ -522,6 +539,21 @@ pub(crate) fn run(
                 crate::program::me()
             )
         }));
+    }
+    sink.started(opened.len());
+    // Now the names: the pcapng interface blocks are written before any packet is read.
+    let namer = intent.join().map(Namer::with).unwrap_or(quick);
+    for p in &mut initial {
+        let given = opts
+            .targets
+            .iter()
+            .find(|t| NetNs::open(t).is_ok_and(|n| n.id() == p.ns.id()));
+        (p.label, p.description) = namer.name(&p.ns, given.map(|s| s.as_str()));
+    }
+    for o in &mut opened {
+        if let Some(p) = initial.iter().find(|p| p.ns.id() == o.key.0) {
+            o.desc = interface_desc(p, &o.key.2, o.desc.linktype, opts.snaplen);
+        }
     }
     let mut conntrack = Vec::new();
     if opts.follow {
@@ -740,7 +772,6 @@ fn read_loop(
     for o in opened {
         add(o, &mut sources, sink)?;
     }
-    sink.started(sources.len());
     let mut total: u64 = 0;
     let mut pending = Pending {
         heap: std::collections::BinaryHeap::new(),
