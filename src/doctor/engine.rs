@@ -22,15 +22,18 @@ pub(crate) fn intended<'a>(
     q: &Question,
     proto: Proto,
     port: u16,
+    v6: bool,
 ) -> Option<(&'a Container, Option<&'a PortBinding>)> {
     let intent = snap.intent.as_ref()?;
     let proto_kind = proto;
     let proto = proto.to_string();
+    // Docker lists a port published on every address twice (0.0.0.0 and ::): the binding of
+    // the family judged is the one its words and checks are about.
     let binds = |c: &'a Container| {
         c.ports
             .iter()
-            .filter(|b| b.proto == proto)
-            .find(|b| port == 0 || b.host_port == port)
+            .filter(|b| b.proto == proto && (port == 0 || b.host_port == port))
+            .min_by_key(|b| b.host_ip.is_some_and(|i| i.is_ipv6() != v6))
     };
     if let Some(name) = &q.container_name {
         let c = intent.container(name)?;
@@ -43,7 +46,8 @@ pub(crate) fn intended<'a>(
             Some(p) => c
                 .ports
                 .iter()
-                .find(|b| b.proto == proto && b.container_port == p),
+                .filter(|b| b.proto == proto && b.container_port == p)
+                .min_by_key(|b| b.host_ip.is_some_and(|i| i.is_ipv6() != v6)),
             None => binds(c),
         };
         return Some((c, b));
@@ -110,13 +114,18 @@ fn cli_fix(fixer: &Fixer, c: &Container, summary: &str, verb: &[&str]) -> super:
     fixer.fix_owned(summary, argv, false)
 }
 
-fn published(b: Option<&PortBinding>) -> String {
+/// A binding as the engine lists it, its host address in the family judged (`v6`): a port
+/// published on every address is on [::] over IPv6, not 0.0.0.0.
+fn published(b: Option<&PortBinding>, v6: bool) -> String {
     match b {
         Some(b) => format!(
             "{}:{}->{}/{}",
-            b.host_ip
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "0.0.0.0".into()),
+            match b.host_ip {
+                Some(IpAddr::V6(i)) => format!("[{i}]"),
+                Some(i) => i.to_string(),
+                None if v6 => "[::]".into(),
+                None => "0.0.0.0".into(),
+            },
             b.host_port,
             b.container_port,
             b.proto
@@ -161,7 +170,7 @@ pub(crate) fn intent_hop(
                 .collect::<Vec<_>>()
                 .join(", ")
         },
-        published(b)
+        published(b, packet.dst.is_ipv6())
     );
     let not_running = |verb: &str, what: &str| {
         Hop::fail(
@@ -244,7 +253,10 @@ pub(crate) fn intent_hop(
     Hop::ok(
         ID,
         TITLE,
-        format!("{who} is running and publishes {}", published(b)),
+        format!(
+            "{who} is running and publishes {}",
+            published(b, packet.dst.is_ipv6())
+        ),
     )
     .with_evidence(evidence)
 }
@@ -546,7 +558,7 @@ pub(crate) fn dnat_missing(
                 b.host_port,
                 c.engine,
                 c.name,
-                published(Some(b))
+                published(Some(b), packet.dst.is_ipv6())
             ),
         )
         .with_fix(fix),

@@ -81,7 +81,7 @@ fn published_over_v6(snap: &Snapshot, q: &Question, fw: &rules::Firewall) -> boo
             // `-p 0.0.0.0:8080:80` is IPv4 only).
             let proto = q.proto.to_string();
             has_nat(&fw.rs6)
-                && engine::intended(snap, fw, q, q.proto, port).is_some_and(|(c, b)| {
+                && engine::intended(snap, fw, q, q.proto, port, true).is_some_and(|(c, b)| {
                     b.is_some()
                         && c.attachments.iter().any(|a| a.ipv6.is_some())
                         && c.ports.iter().any(|x| {

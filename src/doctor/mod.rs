@@ -468,7 +468,14 @@ fn judge_path(
 
     let mut hops = Vec::new();
     // 0. What the engine intends for this port (or container), and whether that holds.
-    let intended = engine::intended(snap, fw, q, packet.proto, packet.dport);
+    let intended = engine::intended(
+        snap,
+        fw,
+        q,
+        packet.proto,
+        packet.dport,
+        packet.dst.is_ipv6(),
+    );
     if q.container_name.is_some() && container_ns.is_none() && intended.is_none() {
         return Err(DoctorError::Usage(format!(
             "no container {} in the snapshot",
