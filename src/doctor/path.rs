@@ -414,6 +414,8 @@ fn interface_forwarding_hop(
 ) -> Hop {
     let host = cx.host;
     let ok = Hop::ok("ip_forward", "ip_forward", format!("{name} = 1"));
+    // IPv6 asks no interface: net.ipv6.conf.IF.forwarding=0 only makes IF behave as a host
+    // (router advertisements), a connection through it is still forwarded (docs/doctor.md).
     if to.is_ipv6() {
         return ok;
     }
