@@ -939,3 +939,64 @@ fn capturing_starts_before_a_slow_engine_answers_and_names_come_from_it() {
         "named after the engine's answer: {rows:?} {err}"
     );
 }
+
+#[test]
+fn ctrl_c_under_heavy_traffic_stops_while_it_still_flows_and_the_file_is_whole() {
+    let (a, b) = pair("capi", 9);
+    let port = "5291";
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &b.name, "iperf3", "-s", "-1", "-p", port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    let file = tmp("cap-heavy");
+    // Both ends: two rings, so packets wait for time order as with --all-netns.
+    let run = start(&[
+        "--netns",
+        &a.name,
+        "--netns",
+        &b.name,
+        "-i",
+        "eth0",
+        "-w",
+        file.to_str().unwrap(),
+        "tcp port 5291",
+    ]);
+    // Traffic that outlasts the test: the capture must stop while it still flows.
+    let mut client = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.name,
+            "iperf3",
+            "-c",
+            "10.201.9.2",
+            "-p",
+            port,
+            "-t",
+            "120",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 -c");
+    let grown = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) < 64 << 20
+        && Instant::now() < grown
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, err) = run.stop();
+    let still_flowing = client.try_wait().expect("iperf3 -c").is_none();
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let rows = tshark_fields(&file, &["frame.number"]);
+    let _ = std::fs::remove_file(&file);
+    assert!(still_flowing, "Ctrl-C waited for the traffic to end: {err}");
+    assert!(err.contains("received by filter"), "summary: {err}");
+    assert!(!rows.is_empty() && size >= 64 << 20, "{size} bytes: {err}");
+}

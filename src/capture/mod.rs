@@ -851,6 +851,7 @@ fn read_loop(
                 // Held packets are counted when they go out, in time order.
                 let n = drain_source(
                     s,
+                    &|| stop.load(Ordering::Relaxed),
                     left.filter(|_| !hold),
                     hold.then_some(&mut pending),
                     sink,
@@ -892,8 +893,10 @@ fn read_loop(
     let hold = holding(&sources);
     for s in sources.iter_mut().filter(|s| s.closed.is_none()) {
         let left = limits.count.map(|c| c.saturating_sub(total));
+        // Bounded (one ring's worth): the traffic may still be flowing.
         let n = drain_source(
             s,
+            &|| false,
             left.filter(|_| !hold),
             hold.then_some(&mut pending),
             sink,
@@ -1012,6 +1015,7 @@ fn drain_conntrack(
 /// most `left` packets.
 fn drain_source(
     s: &mut Source,
+    stop: &dyn Fn() -> bool,
     left: Option<u64>,
     mut pending: Option<&mut Pending>,
     sink: &mut dyn Sink,
@@ -1020,7 +1024,7 @@ fn drain_source(
     let mut captured = 0u64;
     let mut err = None;
     let arrived = Instant::now();
-    s.ring.drain(|f| {
+    s.ring.drain(stop, |f| {
         let Some(f) = f else {
             // The block is handed back after this: the sink writes out what points into it.
             if let Err(e) = sink.block_done() {

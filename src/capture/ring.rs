@@ -279,9 +279,19 @@ impl Ring {
 
     /// Hand every frame of every block the kernel has filled to `f`, then `None` just before the
     /// block is handed back (frames of it are invalid after that). Returns the number of frames.
-    pub(crate) fn drain(&mut self, mut f: impl FnMut(Option<Frame<'_>>)) -> usize {
+    /// At most one ring's worth of blocks, and none after `stop` says so: under traffic faster
+    /// than the sink writes, the kernel refills blocks as fast as they are read, and an
+    /// unbounded loop never returned to check for Ctrl-C.
+    pub(crate) fn drain(
+        &mut self,
+        stop: impl Fn() -> bool,
+        mut f: impl FnMut(Option<Frame<'_>>),
+    ) -> usize {
         let mut n = 0;
-        loop {
+        for _ in 0..self.size.blocks {
+            if stop() {
+                return n;
+            }
             let i = self.next;
             if self.block_status(i).load(Ordering::Acquire) & TP_STATUS_USER == 0 {
                 return n;
@@ -324,6 +334,7 @@ impl Ring {
                 .store(TP_STATUS_KERNEL, Ordering::Release);
             self.next = (i + 1) % self.size.blocks;
         }
+        n
     }
 
     /// The block the kernel is filling has frames in it (it hands it over only when full or
