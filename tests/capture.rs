@@ -1000,3 +1000,54 @@ fn ctrl_c_under_heavy_traffic_stops_while_it_still_flows_and_the_file_is_whole()
     assert!(err.contains("received by filter"), "summary: {err}");
     assert!(!rows.is_empty() && size >= 64 << 20, "{size} bytes: {err}");
 }
+
+#[test]
+fn ctrl_c_does_not_wait_for_an_engine_asked_about_a_new_namespace() {
+    let d = common::docker::Dockerd::start("cap-rescan");
+    // nettool reaches dockerd through a relay the test stops once capturing has started: a new
+    // namespace then makes the rescanner ask an engine that does not answer (a busy or
+    // socket-activated engine), which must not hold up Ctrl-C.
+    let relay_sock = std::env::temp_dir().join(format!("{}.sock", unique("cap-rescan")));
+    let real = d.host();
+    let mut relay = Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", relay_sock.display()))
+        .arg(format!(
+            "UNIX-CONNECT:{}",
+            real.trim_start_matches("unix://")
+        ))
+        .spawn()
+        .expect("socat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay_sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut run = start_env(
+        &["--all-netns", "-i", "lo", "-c", "1000000", "udp port 9"],
+        &[("DOCKER_HOST", &format!("unix://{}", relay_sock.display()))],
+    );
+    sh(&["kill", "-STOP", &relay.id().to_string()]);
+    let (new_ns, _) = pair("caprs", 11);
+    // The rescanner looks every second: give it time to find the namespace and ask the engine.
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status();
+    // The engine's read times out after 10 s; the capture must end well before that, while the
+    // relay is still stopped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut exited = None;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = run.child.try_wait() {
+            exited = Some(st);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sh(&["kill", "-CONT", &relay.id().to_string()]);
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let _ = std::fs::remove_file(&relay_sock);
+    drop(new_ns);
+    let st = exited.expect("capture still running 5 s after Ctrl-C, waiting on the engine");
+    assert!(st.success(), "capture failed: {st} {:?}", run.log);
+}

@@ -650,7 +650,16 @@ pub(crate) fn run(
     let result = read_loop(opts, limits, stop, sink, opened, (conntrack, proxies), &rx);
     done.store(true, Ordering::Relaxed);
     drop(rx);
-    let _ = rescanner.join();
+    // The rescanner may be waiting on an engine (a new namespace makes it ask Docker/Podman for
+    // names, up to the API's 10 s timeout): Ctrl-C must not wait for that. It stops on its own at
+    // its next check of `done`; a pass that does not end soon is left to the process's exit.
+    let until = Instant::now() + Duration::from_millis(300);
+    while !rescanner.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if rescanner.is_finished() {
+        let _ = rescanner.join();
+    }
     result
 }
 
