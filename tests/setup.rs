@@ -1564,12 +1564,14 @@ fn try_next_lines(out: &str) -> Vec<String> {
 
 /// On a fresh clone, after the README's main command, every "Try next" line setup prints runs
 /// as printed (nettool is not on the PATH there) and exits 0. The clone is made with git from
-/// this checkout. Building it with `cargo build --release` takes minutes on these machines, so
-/// by default the binary this test suite built is put where that build would leave it
-/// (target/release/nettool in the clone); NETTOOL_TEST_README_BUILD=1 builds the clone for
-/// real (`cargo build --release`, sharing this target directory's dependencies through
-/// CARGO_TARGET_DIR). The watchers (`proxy --dump`, `dns`) run until they are up, then get
-/// the Ctrl-C a person would give them, and must exit 0 too.
+/// this checkout. The release binary put where the README's build leaves it
+/// (target/release/nettool in the clone) is, in order: NETTOOL_TEST_README_BUILD=1, a real
+/// `cargo build --release` of the clone (sharing this target directory's dependencies through
+/// CARGO_TARGET_DIR); NETTOOL_TEST_README_BIN, the README's release build tools/test made of
+/// this checkout (CI's fresh clone), taken only if the checkout is clean at the commit cloned;
+/// else the binary this test suite built (a developer's quick run). The watchers (`proxy
+/// --dump`, `dns`) run until they are up, then get the Ctrl-C a person would give them, and
+/// must exit 0 too.
 #[test]
 fn every_try_next_line_runs_as_printed_from_a_fresh_clone() {
     use std::os::unix::process::CommandExt;
@@ -1595,8 +1597,31 @@ fn every_try_next_line_runs_as_printed_from_a_fresh_clone() {
         std::fs::create_dir_all(release.parent().unwrap()).unwrap();
         std::fs::copy(target.join("release/nettool"), &release).unwrap();
     } else {
+        // NETTOOL_TEST_README_BIN is built from this checkout: it is the clone's build only if
+        // the sources are the same (CI's fresh clone); otherwise the test build's binary stands in.
+        let here = env!("CARGO_MANIFEST_DIR");
+        let git = |dir: &std::path::Path, args: &[&str]| {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let here = std::path::Path::new(here);
+        let same_source = git(here, &["status", "--porcelain", "--untracked-files=no"]).is_empty()
+            && git(here, &["rev-parse", "HEAD"]) == git(&clone.0, &["rev-parse", "HEAD"]);
+        let bin = match std::env::var_os("NETTOOL_TEST_README_BIN").filter(|b| !b.is_empty()) {
+            Some(bin) if same_source => std::path::PathBuf::from(bin),
+            Some(_) => {
+                eprintln!("NETTOOL_TEST_README_BIN: this checkout has changes; the test build's binary stands in");
+                std::path::PathBuf::from(env!("CARGO_BIN_EXE_nettool"))
+            }
+            None => std::path::PathBuf::from(env!("CARGO_BIN_EXE_nettool")),
+        };
         std::fs::create_dir_all(release.parent().unwrap()).unwrap();
-        std::fs::copy(env!("CARGO_BIN_EXE_nettool"), &release).unwrap();
+        std::fs::copy(&bin, &release).unwrap();
     }
     let path = path_without_nettool();
     let name = unique("tour");
