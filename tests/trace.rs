@@ -622,6 +622,85 @@ fn a_lab_container_is_named_and_its_rules_are_the_labs() {
     );
 }
 
+/// Native nftables rule sets (no iptables-nft table): a lab built with `--backend nftables`
+/// and a user's own table. The lab host asks its published port: the lab's DNAT (native nft,
+/// in OUTPUT) is traced as the lab's, and a user's drop in an output chain after it is traced
+/// to that rule as nft lists it, with the user as its engine.
+#[test]
+fn a_drop_in_a_native_nftables_rule_set_names_the_rule() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (lab, _state) =
+        common::TestLab::isolated("trc-nft", &["--backend", "nftables", "--no-userland-proxy"]);
+    let web = lab.ns("web");
+    let table = format!("nettool_{}", lab.name.replace('-', "_"));
+    for cmd in [
+        "add table ip nt_user_test",
+        "add chain ip nt_user_test out { type filter hook output priority 0 ; }",
+        "add rule ip nt_user_test out tcp dport 80 drop",
+    ] {
+        let mut argv = vec!["nft"];
+        argv.extend(cmd.split(' '));
+        in_ns(&lab.name, &argv);
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_nettool"))
+        .args([
+            "trace", "tcp:8080", "--netns", &lab.name, "--netns", &web, "--json",
+        ])
+        .args(["--duration", "20s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_for("trace started", 15, || drops_enabled(pid));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.name, "curl", "-s", "--max-time", "2"])
+        .arg("http://172.19.0.1:8080/")
+        .output()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    sh(&["kill", "-INT", &pid.to_string()]);
+    let out_trace = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out_trace.stdout).into_owned();
+    assert!(!out.status.success(), "the drop let curl through");
+    let pkts: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l.get("summary").is_none())
+        .collect();
+    let all = show(&pkts);
+    assert!(
+        !in_ns(&lab.name, &["nft", "list", "tables"]).contains("ip filter"),
+        "an iptables-nft table in a native nftables lab"
+    );
+    let hops: Vec<&Value> = pkts
+        .iter()
+        .flat_map(|p| p["hops"].as_array().unwrap().iter())
+        .collect();
+    let dnat = hops
+        .iter()
+        .find(|h| h["table"] == table.as_str() && h["rule"].as_str().unwrap_or("").contains("dnat"))
+        .unwrap_or_else(|| panic!("no hop on the lab's native DNAT: {all}"));
+    assert_eq!(dnat["iptables_nft"], false, "{all}");
+    assert_eq!(dnat["engine"], "nettool-lab", "{all}");
+    let drop = hops
+        .iter()
+        .find(|h| h["verdict"] == "drop")
+        .unwrap_or_else(|| panic!("no drop hop: {all}"));
+    assert_eq!(drop["table"], "nt_user_test", "{all}");
+    assert_eq!(drop["chain"], "out", "{all}");
+    assert_eq!(drop["iptables_nft"], false, "{all}");
+    assert_eq!(drop["engine"], "user", "{all}");
+    assert!(
+        drop["rule"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tcp dport 80 drop"),
+        "{all}"
+    );
+}
+
 /// The tracer's journal is not a lab: `nettool labs` listed a half-built lab called "trace"
 /// while its journal folder lived under /run/nettool.
 #[test]
