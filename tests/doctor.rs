@@ -2052,6 +2052,104 @@ fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
     assert_ne!(l.curl_outside6(), "000");
 }
 
+/// Podman, two faults broken for real: busybox httpd on the container's 127.0.0.1 only is named
+/// service_on_loopback and the printed relay, run as printed, makes the port answer; a
+/// container disconnected from its network is named not_on_network in Podman's words
+/// (`podman network connect NET CTR`); on Podman's default network the fix, run as printed,
+/// brings the port back. From a custom network doctor cannot tell which network it was
+/// (Podman forgets it), so only the fault and the command's shape are checked there.
+#[test]
+fn podman_service_on_loopback_then_disconnected() {
+    let _reload = PODMAN_RELOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let mut l = PodmanLab::new("dpodl", 18583);
+    let port = l.port.to_string();
+    let outside = l.outside_from();
+    l.wait_clear(&["--from", &outside, &port]);
+    // A second container on the same network, its service on 127.0.0.1:80 only.
+    let net = l.p.podman(&[
+        "inspect",
+        "--format",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
+        &l.web,
+    ]);
+    let net = net.trim().to_string();
+    let lo = l.p.run(
+        "lo",
+        &["--network", &net, "-p", "18584:80"],
+        &["httpd", "-f", "-p", "127.0.0.1:80", "-h", "/"],
+    );
+    wait_for("lo listening", 20, || {
+        fault(&l.doctor(&["--from", &outside, "18584"])) == "service_on_loopback"
+    });
+    let r = l.doctor(&["--from", &outside, "18584"]);
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:80"),
+        "{r:#}"
+    );
+    assert_eq!(r["diagnosis"]["fix"]["background"], true, "{r:#}");
+    let line = r["diagnosis"]["fix"]["command"].as_str().unwrap();
+    let _relay = ChildGuard(
+        Command::new("sh")
+            .args(["-c", &format!("exec {line}")])
+            .env("CONTAINERS_CONF", l.p.dir.join("containers.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let r = l.wait_clear(&["--from", &outside, "18584", "--probe"]);
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    let code = http_code(&l.outside, "http://192.0.2.1:18584/");
+    assert_ne!(code, "000", "{lo} through the relay");
+    // web disconnected from the network that carries its port.
+    l.p.podman(&["network", "disconnect", &net, &l.web]);
+    assert_eq!(l.curl_outside(), "000", "broken");
+    // Named in Podman's words; the network itself is not known: Podman keeps no record of it
+    // after a disconnect (inspect says network mode "bridge", networks none), so doctor falls
+    // back to Podman's default network. Reconnected here to the right one by hand.
+    let r = l.doctor(&["--from", &outside, &port]);
+    assert_eq!(fault(&r), "not_on_network", "{r:#}");
+    let fix = r["diagnosis"]["fix"]["command"].as_str().unwrap();
+    assert!(
+        fix.contains("podman network connect ") && fix.ends_with(&format!(" {}", l.web)),
+        "{r:#}"
+    );
+    l.p.podman(&["network", "connect", &net, &l.web]);
+    let r = l.wait_clear(&["--from", &outside, &port, "--probe"]);
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    assert_ne!(l.curl_outside(), "000");
+    // A container on Podman's default network, disconnected: the printed fix, run as printed.
+    let name = l.p.run(
+        "dft",
+        &["-p", "18585:80"],
+        &["httpd", "-f", "-p", "80", "-h", "/"],
+    );
+    l.wait_clear(&["--from", &outside, "18585"]);
+    l.p.podman(&["network", "disconnect", "podman", &name]);
+    assert_eq!(
+        http_code(&l.outside, "http://192.0.2.1:18585/"),
+        "000",
+        "broken"
+    );
+    let r = l.doctor(&["--from", &outside, "18585"]);
+    assert_eq!(fault(&r), "not_on_network", "{r:#}");
+    assert!(
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("podman network connect podman {name}")),
+        "{r:#}"
+    );
+    l.run_printed_fix(&r);
+    let r = l.wait_clear(&["--from", &outside, "18585", "--probe"]);
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    assert_ne!(http_code(&l.outside, "http://192.0.2.1:18585/"), "000");
+}
+
 // ---------------------------------------------------------------------------------------------
 // CNI: the reference plugins (bridge + host-local + portmap + firewall) run as libcni runs
 // them (tests/common/cni.rs), in a host namespace with an uplink to an outside namespace.
