@@ -2118,6 +2118,13 @@ fn podman_service_on_loopback_then_disconnected() {
         fix.contains("podman network connect ") && fix.ends_with(&format!(" {}", l.web)),
         "{r:#}"
     );
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("Podman keeps no record of which"),
+        "{r:#}"
+    );
     l.p.podman(&["network", "connect", &net, &l.web]);
     let r = l.wait_clear(&["--from", &outside, &port, "--probe"]);
     assert_eq!(r["probe"]["ok"], true, "{r:#}");

@@ -229,19 +229,36 @@ pub(crate) fn intent_hop(
             other => other,
         }
         .to_string();
+        // Podman reports "bridge" for every netavark network and forgets the one a container
+        // left: the default is a guess, said as one.
+        let forgot = c.engine == EngineKind::Podman && net == "podman";
+        let (was, to) = if forgot {
+            (
+                "it was disconnected from its network; Podman keeps no record of which (`podman network ls` lists them)".to_string(),
+                format!("connect {} to podman, Podman's default network (or to the network it was on)", c.name),
+            )
+        } else {
+            (
+                format!("it was disconnected from {net}"),
+                format!(
+                    "connect {} to {net} again (the engine re-publishes its ports)",
+                    c.name
+                ),
+            )
+        };
         return Hop::fail(
             ID,
             TITLE,
             Fault::NotOnNetwork,
             format!(
-                "{who} is running but on no network: its published port {port} has nowhere to go (it was disconnected from {net})"
+                "{who} is running but on no network: its published port {port} has nowhere to go ({was})"
             ),
         )
         .with_evidence(evidence)
         .with_fix(Some(cli_fix(
             fixer,
             c,
-            &format!("connect {} to {net} again (the engine re-publishes its ports)", c.name),
+            &to,
             &["network", "connect", &net, &c.name],
         )));
     }
