@@ -462,21 +462,7 @@ impl Events {
     pub(crate) fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
-        // A big receive buffer: a burst of new flows must not overflow it (ENOBUFS).
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: setsockopt with a valid fd and an int option value.
-        let forced = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                &size as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if forced != 0 {
-            let _ = socket.set_rx_buf_sz(size as usize);
-        }
+        crate::netns::rtnl::grow_receive_buffer(&mut socket, 8 << 20);
         socket.add_membership(NFNLGRP_CONNTRACK_NEW)?;
         socket.add_membership(NFNLGRP_CONNTRACK_UPDATE)?;
         socket.set_non_blocking(true)?;

@@ -156,6 +156,26 @@ impl Netlink {
 /// Netlink dumps this process made (doctor's snapshot reports how many one run needed).
 pub(crate) static DUMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Grows a netlink socket's receive buffer to `bytes` (SO_RCVBUFFORCE as root, else as far as
+/// rmem_max lets SO_RCVBUF go): event sockets get bursts, and a full buffer loses them (ENOBUFS).
+pub(crate) fn grow_receive_buffer(socket: &mut Socket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt with a valid fd and an int option value.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        let _ = socket.set_rx_buf_sz(bytes);
+    }
+}
+
 /// The payloads of the messages of type `message_type` in one datagram read from a netlink
 /// socket (events arrive several to a datagram; a truncated tail ends the walk).
 pub(crate) fn payloads_of_type(buf: &[u8], message_type: u16) -> Vec<&[u8]> {
