@@ -1731,6 +1731,15 @@ fn docker_dual_stack_port_over_ipv4_and_ipv6() {
     let line = r["diagnosis"]["line"].as_str().unwrap();
     assert!(line.starts_with("over IPv6: Docker's DNAT rule"), "{r:#}");
     assert_eq!(r["diagnosis"]["fix"]["command"], "docker restart web");
+    // The engine hop both paths share shows Docker's listing of each family (it showed only
+    // 0.0.0.0:8080 while the port was diagnosed over IPv6).
+    assert!(
+        hop(&r, "engine")["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("publishes 0.0.0.0:8080->80/tcp and [::]:8080->80/tcp"),
+        "{r:#}"
+    );
     assert!(
         hops_of(&r, "ipv4").iter().all(|h| h["verdict"] == "ok"),
         "{r:#}"

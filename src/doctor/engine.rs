@@ -134,11 +134,29 @@ fn published(b: Option<&PortBinding>, v6: bool) -> String {
     }
 }
 
+/// The bindings shown for the families judged, IPv4 first: `b` in the packet's family, and
+/// `other` (the other family's, when doctor follows a dual-stack port over both) beside it.
+fn listing(b: Option<&PortBinding>, other: Option<Option<&PortBinding>>, v6: bool) -> String {
+    let this = published(b, v6);
+    let Some(other) = other else {
+        return this;
+    };
+    let that = published(other, !v6);
+    if that == this {
+        return this;
+    }
+    let (v4, v6) = if v6 { (that, this) } else { (this, that) };
+    format!("{v4} and {v6}")
+}
+
 /// The engine's view, judged: the first fault in it, or an ok hop that says what is intended.
+/// `other` is the binding of the other address family when both are followed: the hop is
+/// shared by the two paths, so it shows the listing of each.
 pub(crate) fn intent_hop(
     snap: &Snapshot,
     c: &Container,
     b: Option<&PortBinding>,
+    other: Option<Option<&PortBinding>>,
     packet: &Packet,
     fixer: &Fixer,
 ) -> Hop {
@@ -170,7 +188,7 @@ pub(crate) fn intent_hop(
                 .collect::<Vec<_>>()
                 .join(", ")
         },
-        published(b, packet.dst.is_ipv6())
+        listing(b, other, packet.dst.is_ipv6())
     );
     let not_running = |verb: &str, what: &str| {
         Hop::fail(
@@ -272,7 +290,7 @@ pub(crate) fn intent_hop(
         TITLE,
         format!(
             "{who} is running and publishes {}",
-            published(b, packet.dst.is_ipv6())
+            listing(b, other, packet.dst.is_ipv6())
         ),
     )
     .with_evidence(evidence)

@@ -409,14 +409,14 @@ pub(crate) fn replay(snap: &Snapshot) -> Result<Report, DoctorError> {
 pub(crate) fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
     let fw = rules::Firewall::from_snapshot(snap);
     match family::families(snap, q, &fw).as_slice() {
-        [only] => Ok(judge_path(snap, q, &fw, *only)?.0),
+        [only] => Ok(judge_path(snap, q, &fw, *only, false)?.0),
         _ => {
-            let (r4, stopped) = judge_path(snap, q, &fw, Family::Ipv4)?;
+            let (r4, stopped) = judge_path(snap, q, &fw, Family::Ipv4, true)?;
             if stopped {
                 // The engine's intent failed: that cause is the same for both families.
                 return Ok(r4);
             }
-            let (r6, _) = judge_path(snap, q, &fw, Family::Ipv6)?;
+            let (r6, _) = judge_path(snap, q, &fw, Family::Ipv6, true)?;
             Ok(family::merge(r4, r6))
         }
     }
@@ -437,12 +437,14 @@ fn probe_of(snap: &Snapshot, fam: Family) -> Option<facts::ProbeResult> {
 }
 
 /// One path (one address family). True with it when the engine's intent named the cause
-/// and the path was not followed further.
+/// and the path was not followed further. `both`: the other family is followed too (the
+/// engine's hop, shared by the two, then shows the bindings of each).
 fn judge_path(
     snap: &Snapshot,
     q: &Question,
     fw: &rules::Firewall,
     fam: Family,
+    both: bool,
 ) -> Result<(Report, bool), DoctorError> {
     let host = snap.host();
     let fixer = Fixer {
@@ -482,13 +484,28 @@ fn judge_path(
             q.container_name.as_deref().unwrap_or("?")
         )));
     }
+    // The other family's binding of the same container, when both families are followed.
+    let other = both
+        .then(|| {
+            engine::intended(
+                snap,
+                fw,
+                q,
+                packet.proto,
+                packet.dport,
+                !packet.dst.is_ipv6(),
+            )
+        })
+        .flatten()
+        .filter(|(o, _)| intended.is_some_and(|(c, _)| c.id == o.id))
+        .map(|(_, b)| b);
     if let Some((c, b)) = intended {
         if packet.dport == 0 {
             if let Some(b) = b {
                 packet.dport = b.host_port;
             }
         }
-        let hop = engine::intent_hop(snap, c, b, &packet, &fixer);
+        let hop = engine::intent_hop(snap, c, b, other, &packet, &fixer);
         // Published on another address: a fault only when nothing else receives the packet
         // here (a relay the user started answers it); decided after the receiver below.
         let elsewhere = hop.fault == Some(Fault::PublishedElsewhere);
@@ -833,6 +850,61 @@ mod tests {
                 all.clone().all(|e| !e.contains("receives it")),
                 "{name}: {:?}",
                 all.collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn the_engine_hop_shows_the_binding_of_each_family_judged() {
+        // Before: a dual-stack port diagnosed over IPv6 showed only the IPv4 listing
+        // ("publishes 0.0.0.0:8080->80/tcp") on the one engine hop both paths share.
+        for (name, both, v6) in [
+            (
+                "docker-ipv6-dnat-deleted",
+                "0.0.0.0:8080->80/tcp and [::]:8080->80/tcp",
+                "[::]:8080->80/tcp",
+            ),
+            (
+                "podman-ipv6-dnat-deleted",
+                "0.0.0.0:18582->80/tcp and [::]:18582->80/tcp",
+                "[::]:18582->80/tcp",
+            ),
+            (
+                "cni-ipv6-dnat-deleted",
+                "0.0.0.0:18498->80/tcp and [::]:18498->80/tcp",
+                "[::]:18498->80/tcp",
+            ),
+        ] {
+            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("captures/doctor/{name}.json"));
+            let snap = facts::load(&p).unwrap();
+            let r = replay(&snap).unwrap();
+            // (engine::dnat_missing's hop carries the id too: it is the receiver's, per family.)
+            let engine: Vec<_> = r
+                .hops
+                .iter()
+                .filter(|h| h.id == "engine" && h.family.is_none())
+                .collect();
+            assert_eq!(engine.len(), 1, "{name}: {engine:?}");
+            assert!(
+                engine[0].summary.ends_with(&format!("publishes {both}")),
+                "{name}: {}",
+                engine[0].summary
+            );
+            assert!(
+                engine[0].evidence[0].ends_with(&format!("publishes {both}")),
+                "{name}: {:?}",
+                engine[0].evidence
+            );
+            // Asked over IPv6 only (the destination given): the IPv6 listing alone.
+            let mut q = snap.question.clone().unwrap();
+            q.dst = Some("2001:db8:1::1".parse().unwrap());
+            let r = judge(&snap, &q).unwrap();
+            let engine = r.hops.iter().find(|h| h.id == "engine").unwrap();
+            assert!(
+                engine.summary.ends_with(&format!("publishes {v6}")),
+                "{name}: {}",
+                engine.summary
             );
         }
     }
