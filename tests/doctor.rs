@@ -2064,9 +2064,9 @@ fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
 /// Podman, two faults broken for real: busybox httpd on the container's 127.0.0.1 only is named
 /// service_on_loopback and the printed relay, run as printed, makes the port answer; a
 /// container disconnected from its network is named not_on_network in Podman's words
-/// (`podman network connect NET CTR`); on Podman's default network the fix, run as printed,
-/// brings the port back. From a custom network doctor cannot tell which network it was
-/// (Podman forgets it), so only the fault and the command's shape are checked there.
+/// (`podman network connect NET CTR`, NET read from the command it was created with: Podman's
+/// inspect forgets it), and the fix, run as printed, brings the port back, from a custom
+/// network and from Podman's default one.
 #[test]
 fn podman_service_on_loopback_then_disconnected() {
     let _reload = PODMAN_RELOAD.lock().unwrap_or_else(|e| e.into_inner());
@@ -2090,6 +2090,11 @@ fn podman_service_on_loopback_then_disconnected() {
     wait_for("lo listening", 20, || {
         fault(&l.doctor(&["--from", &outside, "18584"])) == "service_on_loopback"
     });
+    l.record(
+        "podman-service-on-loopback",
+        "Podman 4.3 + netavark, lo (busybox httpd -p 127.0.0.1:80 inside the container) --network NET -p 18584:80",
+        &["--from", &outside, "18584"],
+    );
     let r = l.doctor(&["--from", &outside, "18584"]);
     assert!(
         r["diagnosis"]["line"]
@@ -2117,24 +2122,30 @@ fn podman_service_on_loopback_then_disconnected() {
     // web disconnected from the network that carries its port.
     l.p.podman(&["network", "disconnect", &net, &l.web]);
     assert_eq!(l.curl_outside(), "000", "broken");
-    // Named in Podman's words; the network itself is not known: Podman keeps no record of it
-    // after a disconnect (inspect says network mode "bridge", networks none), so doctor falls
-    // back to Podman's default network. Reconnected here to the right one by hand.
+    l.record(
+        "podman-disconnected-custom-network",
+        "Podman 4.3 + netavark, web (busybox httpd) --network NET -p 18583:80, podman network disconnect NET web (inspect then shows no networks)",
+        &["--from", &outside, &port],
+    );
+    // Podman's inspect forgets the network after a disconnect (network mode "bridge",
+    // networks none); the create command libpod keeps names it, and the fix connects it.
     let r = l.doctor(&["--from", &outside, &port]);
     assert_eq!(fault(&r), "not_on_network", "{r:#}");
-    let fix = r["diagnosis"]["fix"]["command"].as_str().unwrap();
     assert!(
-        fix.contains("podman network connect ") && fix.ends_with(&format!(" {}", l.web)),
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("podman network connect {net} {}", l.web)),
         "{r:#}"
     );
     assert!(
         r["diagnosis"]["line"]
             .as_str()
             .unwrap()
-            .contains("Podman keeps no record of which"),
+            .contains(&format!("it was created with --network {net}")),
         "{r:#}"
     );
-    l.p.podman(&["network", "connect", &net, &l.web]);
+    l.run_printed_fix(&r);
     let r = l.wait_clear(&["--from", &outside, &port, "--probe"]);
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
     assert_ne!(l.curl_outside(), "000");
@@ -2153,6 +2164,13 @@ fn podman_service_on_loopback_then_disconnected() {
     );
     let r = l.doctor(&["--from", &outside, "18585"]);
     assert_eq!(fault(&r), "not_on_network", "{r:#}");
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("created with no --network, so on Podman's default network podman"),
+        "{r:#}"
+    );
     assert!(
         r["diagnosis"]["fix"]["command"]
             .as_str()

@@ -235,35 +235,7 @@ pub(crate) fn intent_hop(
         && !c.network_mode.starts_with("container:")
         && c.attachments.is_empty()
     {
-        // Docker's default network is "bridge" (network mode "default" means it too).
-        let net = match c.network_mode.as_str() {
-            "default" | "bridge" | "" => {
-                if c.engine == EngineKind::Podman {
-                    "podman"
-                } else {
-                    "bridge"
-                }
-            }
-            other => other,
-        }
-        .to_string();
-        // Podman reports "bridge" for every netavark network and forgets the one a container
-        // left: the default is a guess, said as one.
-        let forgot = c.engine == EngineKind::Podman && net == "podman";
-        let (was, to) = if forgot {
-            (
-                "it was disconnected from its network; Podman keeps no record of which (`podman network ls` lists them)".to_string(),
-                format!("connect {} to podman, Podman's default network (or to the network it was on)", c.name),
-            )
-        } else {
-            (
-                format!("it was disconnected from {net}"),
-                format!(
-                    "connect {} to {net} again (the engine re-publishes its ports)",
-                    c.name
-                ),
-            )
-        };
+        let (net, was, to) = left_network(c);
         return Hop::fail(
             ID,
             TITLE,
@@ -273,12 +245,7 @@ pub(crate) fn intent_hop(
             ),
         )
         .with_evidence(evidence)
-        .with_fix(Some(cli_fix(
-            fixer,
-            c,
-            &to,
-            &["network", "connect", &net, &c.name],
-        )));
+        .with_fix(Some(cli_fix(fixer, c, &to, &["network", "connect", &net, &c.name])));
     }
     if let Some(ip) = b.and_then(|b| b.host_ip).filter(|ip| !ip.is_unspecified()) {
         if ip != packet.dst && !(ip.is_loopback() && packet.dst.is_loopback()) {
@@ -294,6 +261,61 @@ pub(crate) fn intent_hop(
         ),
     )
     .with_evidence(evidence)
+}
+
+/// The network a container on no network was on, how that is known, and the fix's words.
+/// Whether that network still exists is not judged: the snapshot keeps only the networks
+/// whose bridge is up here, and netavark removes a bridge with its last container.
+fn left_network(c: &Container) -> (String, String, String) {
+    // Docker's default network is "bridge" (network mode "default" means it too).
+    let default = |c: &Container| {
+        if c.engine == EngineKind::Podman {
+            "podman"
+        } else {
+            "bridge"
+        }
+    };
+    let again = |net: &str| {
+        format!(
+            "connect {} to {net} again (the engine re-publishes its ports)",
+            c.name
+        )
+    };
+    let net = match c.network_mode.as_str() {
+        "default" | "bridge" | "" => default(c),
+        other => other,
+    };
+    // Podman reports "bridge" for every netavark network and forgets the one a container
+    // left: the networks its create command named are the record.
+    if c.engine != EngineKind::Podman || net != "podman" {
+        return (
+            net.to_string(),
+            format!("it was disconnected from {net}"),
+            again(net),
+        );
+    }
+    let Some(created) = &c.created_networks else {
+        return (
+            net.to_string(),
+            "it was disconnected from its network; Podman keeps no record of which (`podman network ls` lists them)".to_string(),
+            format!("connect {} to podman, Podman's default network (or to the network it was on)", c.name),
+        );
+    };
+    let (net, how) = match created.first() {
+        Some(first) => (
+            first.clone(),
+            format!("it was created with --network {}", created.join(",")),
+        ),
+        None => (
+            net.to_string(),
+            "it was created with no --network, so on Podman's default network podman".to_string(),
+        ),
+    };
+    (
+        net.clone(),
+        format!("{how}; Podman forgets a network once disconnected from it, but keeps the create command"),
+        again(&net),
+    )
 }
 
 fn published_elsewhere(
@@ -685,4 +707,44 @@ fn cni_portmap_readd(snap: &Snapshot, c: &Container, fixer: &Fixer) -> Option<su
         ],
         false,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::doctor::{replay, Fault};
+    use crate::facts;
+
+    fn load(name: &str) -> facts::Snapshot {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("captures/doctor/{name}.json"));
+        facts::load(&p).unwrap()
+    }
+
+    #[test]
+    fn a_podman_container_disconnected_from_a_custom_network_is_connected_to_that_one() {
+        let mut snap = load("podman-disconnected-custom-network");
+        let net = snap.intent.as_ref().unwrap().containers[0]
+            .created_networks
+            .clone()
+            .and_then(|n| n.first().cloned())
+            .expect("recorded from the create command");
+        assert!(net.starts_with("nt-test-dnet-"), "{net}");
+        let r = replay(&snap).unwrap();
+        assert_eq!(r.diagnosis.fault, Some(Fault::NotOnNetwork));
+        let fix = r.diagnosis.fix.unwrap();
+        assert_eq!(fix.argv[2..5], ["podman", "network", "connect"]);
+        assert_eq!(fix.argv[5], net);
+        assert!(r
+            .diagnosis
+            .line
+            .contains(&format!("created with --network {net}")));
+        // Made through the Docker-compatible API (no create command): the default network,
+        // said as a guess.
+        for c in &mut snap.intent.as_mut().unwrap().containers {
+            c.created_networks = None;
+        }
+        let r = replay(&snap).unwrap();
+        assert_eq!(r.diagnosis.fix.unwrap().argv[5], "podman");
+        assert!(r.diagnosis.line.contains("Podman keeps no record of which"));
+    }
 }

@@ -70,6 +70,7 @@ pub(crate) fn read_into(dir: &Path, intent: &mut Intent) {
                 pod: None,
                 infra: false,
                 project: None,
+                created_networks: None,
             });
         if c.netns.is_none() {
             if let Some(ns) = entry.netns.filter(|p| p.exists()) {

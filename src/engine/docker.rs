@@ -349,6 +349,7 @@ pub(crate) fn container_from_inspect(
         pod: None,
         infra: false,
         project: s(v, "/Config/Labels/com.docker.compose.project").map(str::to_string),
+        created_networks: None,
     })
 }
 

@@ -99,6 +99,7 @@ pub(crate) fn read_into(dir: &Path, intent: &mut Intent) {
             pod: Some(format!("{}/{}", l.namespace, l.pod)),
             infra: false,
             project: None,
+            created_networks: None,
         });
     }
 }

@@ -89,6 +89,7 @@ fn add_lab(st: &state::LabState, intent: &mut Intent) {
             pod: None,
             infra: false,
             project: Some(st.name.clone()),
+            created_networks: None,
         });
     }
 }

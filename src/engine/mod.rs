@@ -199,6 +199,11 @@ pub struct Container {
     pub infra: bool,
     /// The group it belongs to: a nettool lab's name, or a Compose project.
     pub project: Option<String>,
+    /// The networks its create command named (Podman's `CreateCommand`, read only for a
+    /// container on no network: Podman forgets a network once disconnected from it). Empty:
+    /// none named, so the engine's default network; None: no such record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_networks: Option<Vec<String>>,
 }
 
 impl Container {
@@ -422,6 +427,7 @@ mod tests {
             pod: None,
             infra: false,
             project: None,
+            created_networks: None,
         }
     }
 

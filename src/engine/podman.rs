@@ -29,6 +29,15 @@ pub(crate) fn read(api: &Api) -> Result<(Vec<Container>, Vec<Network>), ApiError
         let Some(mut c) = container_from_inspect(&v, EngineKind::Podman) else {
             continue;
         };
+        if c.attachments.is_empty() && matches!(c.network_mode.as_str(), "bridge" | "default" | "")
+        {
+            // On no network: Podman forgets a network once the container left it, but its
+            // own inspect keeps the command the container was created with.
+            c.created_networks = api
+                .get(&format!("{LIBPOD}/containers/{id}/json"))
+                .ok()
+                .and_then(|v| created_networks(&v));
+        }
         if let Some(entry) = libpod.as_ref().and_then(|l| {
             l.as_array()?
                 .iter()
@@ -60,6 +69,68 @@ pub(crate) fn read(api: &Api) -> Result<(Vec<Container>, Vec<Network>), ApiError
         Err(_) => Vec::new(),
     };
     Ok((containers, networks))
+}
+
+/// The networks libpod's inspect says a container was created with: `--network NET`,
+/// `--net NET`, `--network=NET`, repeated or as a comma list, each maybe with `:OPTIONS`
+/// (`net1:ip=10.89.0.5,mac=...`). Read from `Config.CreateCommand`, up to the image (the
+/// container's own command, `Config.Cmd`, is not Podman's). Modes are not networks: `bridge`
+/// and `private` mean the default network, as does no flag (an empty list); `host`, `none`,
+/// `container:ID`, `ns:PATH`, `slirp4netns`, `pasta` are not judged here. None when the
+/// container was made through the Docker-compatible API (no create command kept).
+fn created_networks(inspect: &serde_json::Value) -> Option<Vec<String>> {
+    let words = |p: &str| -> Option<Vec<&str>> {
+        inspect
+            .pointer(p)?
+            .as_array()?
+            .iter()
+            .map(|w| w.as_str())
+            .collect()
+    };
+    let create = words("/Config/CreateCommand").filter(|c| !c.is_empty())?;
+    let cmd = words("/Config/Cmd").unwrap_or_default();
+    // Podman's flags end at the image: drop the command (when it was typed) and the image.
+    let mut end = create.len();
+    if !cmd.is_empty() && create.ends_with(&cmd) && end > cmd.len() {
+        end -= cmd.len();
+    }
+    if create[..end].last().is_some_and(|w| !w.starts_with('-')) {
+        end -= 1;
+    }
+    let mut values: Vec<&str> = Vec::new();
+    let mut it = create[..end].iter();
+    while let Some(w) = it.next() {
+        match w.split_once('=') {
+            Some(("--network" | "--net", v)) => values.push(v),
+            None if *w == "--network" || *w == "--net" => values.extend(it.next().copied()),
+            _ => {}
+        }
+    }
+    let mut nets: Vec<String> = Vec::new();
+    for v in values {
+        // A comma list of networks, or one network's options (`ip=...,mac=...`) after ':'.
+        for part in v.split(',') {
+            let name = part.split(':').next().unwrap_or(part);
+            if name.is_empty() || name.contains('=') || part.starts_with(':') {
+                continue;
+            }
+            let mode = matches!(
+                name,
+                "bridge"
+                    | "private"
+                    | "host"
+                    | "none"
+                    | "container"
+                    | "ns"
+                    | "slirp4netns"
+                    | "pasta"
+            );
+            if !mode && !nets.iter().any(|n| n == name) {
+                nets.push(name.to_string());
+            }
+        }
+    }
+    Some(nets)
 }
 
 /// libpod's port list: `[{host_ip, container_port, host_port, range, protocol}]`, where a
@@ -144,6 +215,53 @@ mod tests {
         assert_eq!(p[0].host_ip, None);
         assert_eq!(p[2].host_port, 5354);
         assert_eq!(p[3].proto, "udp");
+    }
+
+    fn inspect(create: &[&str], cmd: &[&str]) -> serde_json::Value {
+        serde_json::json!({"Config": {"CreateCommand": create, "Cmd": cmd}})
+    }
+
+    #[test]
+    fn networks_from_the_create_command() {
+        let nets = |create: &str, cmd: &str| {
+            let create: Vec<&str> = create.split_whitespace().collect();
+            let cmd: Vec<&str> = cmd.split_whitespace().collect();
+            created_networks(&inspect(&create, &cmd))
+        };
+        let cmd = "httpd -f -p 80 -h /";
+        // Recorded from Podman 4.3 (`podman inspect`, Config.CreateCommand and Config.Cmd).
+        assert_eq!(
+            nets("podman run -d --name web --network dnet -p 18990:80 localhost/img httpd -f -p 80 -h /", cmd),
+            Some(vec!["dnet".to_string()])
+        );
+        assert_eq!(
+            nets("podman create --net=a,b -p 1:80 img", "sh"),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            nets("podman --log-level debug container create --network a:ip=10.89.0.5,mac=aa:bb:cc:dd:ee:ff --network=b img", ""),
+            Some(vec!["a".into(), "b".into()])
+        );
+        // No flag, or a mode meaning the default network: none named.
+        assert_eq!(nets("podman run -d -p 8080:80 img", ""), Some(vec![]));
+        assert_eq!(nets("podman run --network bridge img", ""), Some(vec![]));
+        assert_eq!(
+            nets("podman run --network container:abc img", ""),
+            Some(vec![])
+        );
+        // The container's own command is not Podman's: its --network is not a network.
+        assert_eq!(
+            nets(
+                "podman run --network a img tool --network b",
+                "tool --network b"
+            ),
+            Some(vec!["a".into()])
+        );
+        // Made through the Docker-compatible API: no record.
+        assert_eq!(created_networks(&serde_json::json!({"Config": {}})), None);
+        assert_eq!(created_networks(&inspect(&[], &[])), None);
+        // A flag with no value at the end is not a panic.
+        assert_eq!(nets("podman run --network", ""), Some(vec![]));
     }
 
     #[test]
