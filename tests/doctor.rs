@@ -1903,6 +1903,31 @@ impl PodmanLab {
     fn curl_outside(&self) -> String {
         http_code(&self.outside, &format!("http://192.0.2.1:{}/", self.port))
     }
+
+    /// Break (done by the caller), then: doctor from outside names `expect` as the one FAIL,
+    /// the printed fix run as printed, doctor all clear with the probe, and curl from outside
+    /// gets an HTTP answer on `port` (busybox httpd answers 404 for /: any answer is the port
+    /// working).
+    fn break_fix(&self, port: u16, expect: &str) -> Value {
+        let port_s = port.to_string();
+        let outside = self.outside_from();
+        let args = ["--from", outside.as_str(), port_s.as_str()];
+        let broken = self.doctor(&args);
+        assert_eq!(fault(&broken), expect, "{broken:#}");
+        let fails = broken["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["verdict"] == "fail")
+            .count();
+        assert_eq!(fails, 1, "one cause, one FAIL: {broken:#}");
+        self.run_printed_fix(&broken);
+        let fixed = self.wait_clear(&["--from", &outside, &port_s, "--probe"]);
+        assert_eq!(fixed["probe"]["ok"], true, "{fixed:#}");
+        let code = http_code(&self.outside, &format!("http://192.0.2.1:{port}/"));
+        assert_ne!(code, "000", "curl from outside to {port} after the fix");
+        broken
+    }
 }
 
 #[test]
@@ -2182,6 +2207,88 @@ fn podman_service_on_loopback_then_disconnected() {
     let r = l.wait_clear(&["--from", &outside, "18585", "--probe"]);
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
     assert_ne!(http_code(&l.outside, "http://192.0.2.1:18585/"), "000");
+}
+
+/// Podman containers that do not run, the way users leave them: `podman pause` is named
+/// with `podman unpause NAME`, a `podman create`d container never started with `podman start
+/// NAME`; each fix, run as printed, brings the port back (seen from outside with curl).
+#[test]
+fn podman_paused_and_created_containers() {
+    let l = PodmanLab::new("dpodp", 18586);
+    let port = l.port.to_string();
+    let outside = l.outside_from();
+    l.wait_clear(&["--from", &outside, &port]);
+    l.p.podman(&["pause", &l.web]);
+    assert_eq!(l.curl_outside(), "000", "broken");
+    l.record(
+        "podman-paused",
+        "Podman 4.3 + netavark, web (busybox httpd) --network NET -p 18586:80, podman pause web",
+        &["--from", &outside, &port],
+    );
+    let r = l.break_fix(l.port, "container_not_running");
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(line.contains(" is paused"), "{r:#}");
+    assert!(
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("podman unpause {}", l.web)),
+        "{r:#}"
+    );
+    // Created, never started: no namespace, no address, no rules yet.
+    let net = l.p.podman(&[
+        "inspect",
+        "--format",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
+        &l.web,
+    ]);
+    let late = common::unique("late");
+    l.p.podman(&[
+        "create",
+        "--name",
+        &late,
+        "--network",
+        net.trim(),
+        "-p",
+        "18587:80",
+        &l.p.image,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/",
+    ]);
+    let _late = PodmanRm(&l.p, late.clone());
+    l.record(
+        "podman-created",
+        "Podman 4.3 + netavark, late: podman create --network NET -p 18587:80 (never started)",
+        &["--from", &outside, "18587"],
+    );
+    let r = l.break_fix(18587, "container_not_running");
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains(" is created"),
+        "{r:#}"
+    );
+    assert!(
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("podman start {late}")),
+        "{r:#}"
+    );
+}
+
+/// Removes a container the test made by hand (not through PodmanHost::run) on drop.
+struct PodmanRm<'a>(&'a common::podman::PodmanHost, String);
+
+impl Drop for PodmanRm<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.try_podman(&["rm", "-f", "-t", "0", &self.1]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
