@@ -2164,3 +2164,84 @@ fn two_labs_sharing_an_address_each_name_their_own_container() {
         );
     }
 }
+
+/// A packet the walk delivers to the host: the verdict says which socket takes it, or that
+/// none does (before: "delivered locally: a socket on ADDR:PORT receives it" with nothing
+/// listening), and real traffic agrees. From a file, with no sockets read, it says only where
+/// the packet arrives.
+#[test]
+fn a_walk_delivered_here_says_whether_a_socket_listens_there() {
+    let lab = Lab::new();
+    let packet = "tcp 198.51.100.2:40000 -> 198.51.100.1:8181 in ext0";
+    let w = lab.walk(packet, false);
+    assert_eq!(w["verdict"], "accepted-local", "{w}");
+    assert_eq!(
+        w["summary"],
+        "delivered locally to 198.51.100.1:8181: no socket listens there, nor on 0.0.0.0:8181",
+        "{w}"
+    );
+    let out = nettool_ok(&["explain-nat", "--netns", &lab.host.name, "--packet", packet]);
+    assert!(
+        out.contains("Verdict: delivered locally to 198.51.100.1:8181: no socket listens there")
+            && !out.contains("receives it"),
+        "{out}"
+    );
+    assert!(socat_echo(&lab.out, "198.51.100.1:8181").is_none());
+
+    // Something listens there now: it is named, and it answers.
+    let server = lab
+        .host
+        .spawn(&["socat", "TCP-LISTEN:8181,fork,reuseaddr", "EXEC:cat"]);
+    wait_for("server 8181", 5, || {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.host.name,
+            "ss",
+            "-Htln",
+            "sport = :8181",
+        ])
+        .contains(":8181")
+    });
+    let w = lab.walk(packet, false);
+    assert_eq!(
+        w["summary"],
+        format!(
+            "delivered locally to 198.51.100.1:8181: socat (pid {}) listens on 0.0.0.0:8181",
+            server.pid()
+        ),
+        "{w}"
+    );
+    assert!(socat_echo(&lab.out, "198.51.100.1:8181").is_some());
+    // From the host itself, over lo: the same words, the same socket.
+    let w = lab.walk("tcp 127.0.0.1:40000 -> 127.0.0.1:8181", true);
+    assert_eq!(
+        w["summary"],
+        format!(
+            "delivered locally (over lo) to 127.0.0.1:8181: socat (pid {}) listens on 0.0.0.0:8181",
+            server.pid()
+        ),
+        "{w}"
+    );
+
+    // The same rules from a file: no sockets were read, so no socket is claimed.
+    let f = write_tmp("delivered", RULES);
+    let j = nettool_json(&[
+        "explain-nat",
+        "-f",
+        &f,
+        "--local-addr",
+        "198.51.100.1@ext0",
+        "--route",
+        "198.51.100.0/24@ext0",
+        "--packet",
+        packet,
+        "--json",
+    ]);
+    let _ = std::fs::remove_file(&f);
+    assert_eq!(
+        j["walk"]["summary"], "delivered locally to 198.51.100.1:8181",
+        "{j}"
+    );
+}

@@ -159,7 +159,8 @@ pub(crate) fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
             None => NetNs::current().context("opening the current namespace")?,
         };
         // One read of the machine: the rules, this namespace's addresses and routes, and who
-        // is behind every other address.
+        // is behind every other address; with a packet, its listeners too (what takes a
+        // packet the walk delivers here).
         let snap = facts::read_with(
             &ReadOptions {
                 host: ns.clone(),
@@ -167,7 +168,10 @@ pub(crate) fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
                 skip_docker: false,
                 conntrack: false,
             },
-            &Parts::EXPLAIN_NAT,
+            &Parts {
+                listeners: packet.is_some(),
+                ..Parts::EXPLAIN_NAT
+            },
             None,
         )
         .with_context(|| format!("reading namespace {}", ns.label()))?;
@@ -215,7 +219,8 @@ pub(crate) fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
 
     let walk_result = match &packet {
         Some(p) => {
-            let mut facts = match (&live_facts, a.local_addrs.is_empty() && a.routes.is_empty()) {
+            let as_here = a.local_addrs.is_empty() && a.routes.is_empty();
+            let mut facts = match (&live_facts, as_here) {
                 (Some(live), true) => live.clone(),
                 _ => flags_facts.clone(),
             };
@@ -226,7 +231,14 @@ pub(crate) fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
                 branch: a.branch.saturating_sub(1),
                 ..WalkOptions::default()
             };
-            Some(walk::walk_with(&rs, p, &facts, &opts))
+            let mut w = walk::walk_with(&rs, p, &facts, &opts);
+            // Walked through the live namespace, the verdict says which socket takes a packet
+            // delivered here, or that none does (the walk alone knows no sockets); from files
+            // or given addresses it says where the packet arrives.
+            if let (Some(snap), true) = (&snap, as_here) {
+                w.summary = w.outcome(&snap.host().listeners);
+            }
+            Some(w)
         }
         None => None,
     };

@@ -7,7 +7,7 @@ use crate::engine::EngineKind;
 use crate::facts::{From, NsFacts, Question, Snapshot};
 use crate::nat::walk::Walk;
 use crate::netns::links::Address;
-use crate::netns::sockets::{Owner, Socket};
+use crate::netns::sockets::Owner;
 
 use super::fix::Fixer;
 
@@ -264,7 +264,7 @@ pub(crate) fn receiver(
             let mut fail = fail;
             fail.evidence.extend(hop.evidence);
             fail.evidence
-                .push(format!("walk: {}", walk_text(&walk, &host.listeners)));
+                .push(format!("walk: {}", walk.outcome(&host.listeners)));
             hop = fail;
             // A reservation never accepts: the path ends here (its socket is no service).
             if owner
@@ -313,7 +313,7 @@ pub(crate) fn receiver(
         ),
     );
     hop.evidence
-        .push(format!("walk: {}", walk_text(&walk, &host.listeners)));
+        .push(format!("walk: {}", walk.outcome(&host.listeners)));
     if fw.has_dnat_for_port_in(packet.dst.is_ipv6(), packet.proto, packet.dport) {
         hop.evidence.push(format!(
             "a DNAT rule publishes {}/{} but does not match this packet",
@@ -347,52 +347,6 @@ pub(crate) fn receiver(
         hop.evidence.push(format!("rules not read: {e}"));
     }
     (None, hop, Some(walk))
-}
-
-/// A walk's outcome in words true of this host: for a packet the host keeps, whether a socket
-/// listens where it arrives (the walk knows no sockets, so its own summary cannot say).
-pub(crate) fn walk_text(w: &Walk, listeners: &[Socket]) -> String {
-    let (Some(d), Some(port)) = (&w.local, w.local.as_ref().and_then(|d| d.port)) else {
-        return w.summary.clone();
-    };
-    let head = if d.over_lo {
-        format!("delivered locally (over lo) to {}", d.to_text())
-    } else {
-        format!("delivered locally to {}", d.to_text())
-    };
-    let tail = if d.needs_route_localnet {
-        " (but the kernel drops packets to 127.0.0.0/8 arriving on a non-loopback interface unless route_localnet=1)"
-    } else {
-        ""
-    };
-    // 0.0.0.0 takes IPv4 only; [::] takes both unless IPV6_V6ONLY (Socket::takes).
-    let sock = listeners
-        .iter()
-        .filter(|s| {
-            s.proto.to_string() == w.packet.proto && s.local.port() == port && s.takes(d.addr)
-        })
-        .min_by_key(|s| s.local.ip().is_ipv6() != d.addr.is_ipv6());
-    match sock {
-        Some(s) => {
-            let who = s
-                .owners
-                .first()
-                .map(|o| format!("{} (pid {})", o.comm, o.pid))
-                .unwrap_or_else(|| "a socket with no visible owner".into());
-            format!("{head}: {who} listens on {}{tail}", s.local)
-        }
-        None => {
-            let any = SocketAddr::new(
-                if d.addr.is_ipv6() {
-                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-                },
-                port,
-            );
-            format!("{head}: no socket listens there, nor on {any}{tail}")
-        }
-    }
 }
 
 pub(crate) fn owners_text(o: &[Owner]) -> String {

@@ -584,10 +584,7 @@ pub(crate) fn firewall_hops(
     if fw.for_addr(there.final_packet.dst).tables.is_empty() {
         return Vec::new();
     }
-    let mut evidence = vec![format!(
-        "first packet: {}",
-        super::receiver::walk_text(there, listeners)
-    )];
+    let mut evidence = vec![format!("first packet: {}", there.outcome(listeners))];
     if forwarded {
         let f = &there.final_packet;
         let answer = walk::Packet {

@@ -872,7 +872,7 @@ pub(crate) fn fate(p: &Probe, target: &RuleRef, target_text: &str) -> String {
         None => match p.verdict.as_str() {
             "dropped" | "rejected" => format!("{end} before any translation"),
             "accepted-local" => format!(
-                "not translated: delivered to this host (a socket on {} answers, e.g. a userland proxy)",
+                "not translated: delivered to this host (to a socket on {}, if one listens there: e.g. a userland proxy)",
                 p.packet.dst
             ),
             _ => format!("not translated ({})", p.summary),

@@ -7,12 +7,13 @@
 //! assumed connection state is NEW.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 use serde::Serialize;
 
 use super::model::*;
+use crate::netns::sockets::Socket;
 
 /// The packet to walk.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -294,9 +295,68 @@ impl LocalDelivery {
     pub fn to_text(&self) -> String {
         addr_port(&self.addr, self.port)
     }
+
+    /// Where the packet arrives, in words, with what listens there when the caller read the
+    /// sockets (`listening`); the walk alone says nothing of sockets.
+    fn words(&self, listening: Option<&str>) -> String {
+        format!(
+            "delivered locally{} to {}{}{}",
+            if self.over_lo { " (over lo)" } else { "" },
+            self.to_text(),
+            listening.map(|l| format!(": {l}")).unwrap_or_default(),
+            if self.needs_route_localnet {
+                " (but the kernel drops packets to 127.0.0.0/8 arriving on a non-loopback interface unless route_localnet=1)"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 impl Walk {
+    /// The walk's outcome in words true of the host whose `listeners` these are: for a packet
+    /// the host keeps, which socket takes it where it arrives, or that none does (doctor's
+    /// evidence and explain-nat's verdict both say it this way).
+    pub(crate) fn outcome(&self, listeners: &[Socket]) -> String {
+        let Some(d) = &self.local else {
+            return self.summary.clone();
+        };
+        let Some(port) = d.port else {
+            return self.summary.clone();
+        };
+        // 0.0.0.0 takes IPv4 only; [::] takes both unless IPV6_V6ONLY (Socket::takes).
+        let sock = listeners
+            .iter()
+            .filter(|s| {
+                s.proto.to_string() == self.packet.proto
+                    && s.local.port() == port
+                    && s.takes(d.addr)
+            })
+            .min_by_key(|s| s.local.ip().is_ipv6() != d.addr.is_ipv6());
+        let listening = match sock {
+            Some(s) => {
+                let who = s
+                    .owners
+                    .first()
+                    .map(|o| format!("{} (pid {})", o.comm, o.pid))
+                    .unwrap_or_else(|| "a socket with no visible owner".into());
+                format!("{who} listens on {}", s.local)
+            }
+            None => {
+                let any = SocketAddr::new(
+                    if d.addr.is_ipv6() {
+                        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                    } else {
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                    },
+                    port,
+                );
+                format!("no socket listens there, nor on {any}")
+            }
+        };
+        d.words(Some(&listening))
+    }
+
     /// Did this walk act on the rule at (table, chain, line)?
     pub fn touched(&self, table: &str, chain: &str, line: usize) -> bool {
         self.steps
@@ -1239,19 +1299,15 @@ impl<'a> Walker<'a> {
                 if let Err(o) = self.hook(Hook::Input, false) {
                     return self.dropped(o);
                 }
-                self.local = Some(LocalDelivery {
+                let d = LocalDelivery {
                     addr: self.pkt.dst,
                     port: self.pkt.dport,
                     over_lo: true,
                     needs_route_localnet: false,
-                });
-                return (
-                    "accepted-local".into(),
-                    format!(
-                        "delivered locally (over lo) to {}",
-                        addr_port(&self.pkt.dst, self.pkt.dport)
-                    ),
-                );
+                };
+                let words = d.words(None);
+                self.local = Some(d);
+                return ("accepted-local".into(), words);
             }
             let oif = self
                 .pkt
@@ -1276,24 +1332,15 @@ impl<'a> Walker<'a> {
             }
             let needs_route_localnet =
                 self.pkt.dst.is_loopback() && !matches!(self.pkt.in_iface.as_deref(), Some("lo"));
-            self.local = Some(LocalDelivery {
+            let d = LocalDelivery {
                 addr: self.pkt.dst,
                 port: self.pkt.dport,
                 over_lo: false,
                 needs_route_localnet,
-            });
-            return (
-                "accepted-local".into(),
-                format!(
-                    "delivered locally: a socket on {} receives it{}",
-                    addr_port(&self.pkt.dst, self.pkt.dport),
-                    if needs_route_localnet {
-                        " (but the kernel drops packets to 127.0.0.0/8 arriving on a non-loopback interface unless route_localnet=1)"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+            };
+            let words = d.words(None);
+            self.local = Some(d);
+            return ("accepted-local".into(), words);
         }
         if self.facts.forwarding == Some(false) {
             self.step(Hook::Forward, "", "routing", 0, || {
