@@ -1622,6 +1622,129 @@ fn docker_without_userland_proxy_dnat_deleted_is_named_and_restart_restores_it()
     assert_eq!(r["diagnosis"]["fix"]["command"], "docker restart web");
 }
 
+/// An 8 KB HTTP body (`serve http --text`): at mtu 9000 the response is one full-size
+/// segment, never a GSO packet, so a 1500 veth drops it (and each retransmission) every time.
+/// A 100 KB body stalls only when its tail happens to go out as a lone segment (measured: 1
+/// run in 3), so it cannot prove the break.
+fn big_body() -> String {
+    "x".repeat(8 * 1024)
+}
+
+/// The bytes of `url`'s body that reached curl in `ns` within 5 s.
+fn curl_size(ns: &str, url: &str) -> usize {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-g", "-s", "-m", "5"])
+        .args(["-o", "/dev/null", "-w", "%{size_download}", url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// A jumbo-frame LAN between the host and the outside (both ends of the uplink at mtu 9000):
+/// outside clients then offer an MSS that only a 9000-byte path carries.
+fn jumbo_uplink(host: &TestNs, outside: &TestNs) {
+    host.ip(&["link", "set", "up0", "mtu", "9000"]);
+    outside.ip(&["link", "set", "eth0", "mtu", "9000"]);
+}
+
+/// The report's fix line, run as printed by a shell on the machine.
+fn run_printed(r: &Value) {
+    let command = r["diagnosis"]["fix"]["command"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fix printed: {r:#}"));
+    assert_ne!(r["diagnosis"]["fix"]["background"], true, "{r:#}");
+    sh(&["sh", "-c", command]);
+}
+
+/// MTU on a real dockerd, both ways, with a jumbo-frame uplink (without it outside clients
+/// offer an MSS of 1460 and nothing breaks). The container's eth0 at 9000 while docker0 and
+/// its veth are 1500: an 8 KB response never arrives (its full-size segment dies at the veth); doctor names it and its fix, run as printed, sets the container's end back.
+/// docker0 and the host end raised to 9000 while the container stays at 1500: the fix raises
+/// the container's end and leaves docker0 at 9000 (it never lowers a bridge others use).
+#[test]
+fn docker_mtu_container_above_the_bridge_then_bridge_above_the_container() {
+    let h = DockerHost::new("dk-mtu");
+    jumbo_uplink(&h.d.ns, &h.outside);
+    let body = big_body();
+    h.run(
+        "web",
+        &["-p", "8080:80"],
+        &["/nettool", "serve", "http", "80", "--text", &body],
+    );
+    let outside = h.outside_from();
+    let args = ["--from", outside.as_str(), "8080"];
+    h.wait_clear(&args);
+    let url = "http://192.0.2.1:8080/";
+    assert_eq!(curl_size(&h.outside.name, url), body.len(), "healthy");
+    let pid = h.docker(&["inspect", "-f", "{{.State.Pid}}", "web"]);
+    let in_web = format!("--net=/proc/{}/ns/net", pid.trim());
+    sh(&[
+        "nsenter", &in_web, "ip", "link", "set", "eth0", "mtu", "9000",
+    ]);
+    assert!(
+        curl_size(&h.outside.name, url) < body.len(),
+        "the container at 9000 behind a 1500 veth loses full-size segments"
+    );
+    h.record(
+        "docker-mtu-container-9000",
+        "web (nettool serve http, 8 KB body) -p 8080:80, its eth0 set to mtu 9000 (nsenter --net=/proc/PID/ns/net ip link set eth0 mtu 9000) while docker0 and the host end are 1500; uplink and outside at mtu 9000",
+        &args,
+    );
+    let r = h.doctor(&args);
+    assert_eq!(fault(&r), "mtu_mismatch", "{r:#}");
+    let fails = r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["verdict"] == "fail")
+        .count();
+    assert_eq!(fails, 1, "{r:#}");
+    let command = r["diagnosis"]["fix"]["command"].as_str().unwrap();
+    assert!(
+        command.contains("eth0 mtu 1500") && !command.contains("docker0"),
+        "{r:#}"
+    );
+    run_printed(&r);
+    let fixed = h.wait_clear(&["--from", &outside, "8080", "--probe"]);
+    assert_eq!(fixed["probe"]["ok"], true, "{fixed:#}");
+    assert_eq!(curl_size(&h.outside.name, url), body.len(), "after the fix");
+
+    // The other way: docker0 and web's host end raised to 9000, the container left at 1500.
+    let veth =
+        h.d.ns
+            .ip(&["-o", "link", "show", "master", "docker0"])
+            .split(": ")
+            .nth(1)
+            .and_then(|n| n.split('@').next())
+            .expect("web's host end on docker0")
+            .to_string();
+    h.d.ns.ip(&["link", "set", "docker0", "mtu", "9000"]);
+    h.d.ns.ip(&["link", "set", &veth, "mtu", "9000"]);
+    h.record(
+        "docker-mtu-bridge-9000",
+        "the same host, docker0 and web's host end set to mtu 9000 (ip link set docker0 mtu 9000; ip link set VETH mtu 9000), web's eth0 left at 1500",
+        &args,
+    );
+    let r = h.doctor(&args);
+    assert_eq!(fault(&r), "mtu_mismatch", "{r:#}");
+    let command = r["diagnosis"]["fix"]["command"].as_str().unwrap();
+    assert!(
+        command.contains("eth0 mtu 9000") && !command.contains(&veth),
+        "the container's end is raised, the bridge's side untouched: {r:#}"
+    );
+    run_printed(&r);
+    assert!(
+        h.d.ns.ip(&["link", "show", "docker0"]).contains("mtu 9000"),
+        "docker0 kept its mtu"
+    );
+    let fixed = h.wait_clear(&["--from", &outside, "8080", "--probe"]);
+    assert_eq!(fixed["probe"]["ok"], true, "{fixed:#}");
+    assert_eq!(curl_size(&h.outside.name, url), body.len(), "after the fix");
+}
+
 /// The hops of one family.
 fn hops_of<'a>(r: &'a Value, family: &str) -> Vec<&'a Value> {
     r["hops"]

@@ -171,37 +171,55 @@ pub(crate) fn veth_hops(cx: &PathCtx, t: &Target<'_>, bridge: Option<&Link>, hop
         .collect::<Vec<_>>()
         .join(", ");
     if inner.mtu != outer.mtu {
-        let (summary, fix) = if inner.mtu > outer.mtu {
+        // The bridge is the reference: it is every container's on the network, so the fix
+        // moves the odd end of this one veth to it and never lowers (or raises) the bridge.
+        // Without a bridge the host end is.
+        let reference = bridge.map(|b| (b.name.as_str(), b.mtu));
+        let want = reference.map(|r| r.1).unwrap_or(outer.mtu);
+        let keep = match reference {
+            Some((br, _)) => format!(" ({br} and its other ports keep theirs)"),
+            None => String::new(),
+        };
+        let (summary, fix) = if outer.mtu != want {
+            let (br, _) = reference.expect("want differs from outer only with a bridge");
             (
                 format!(
-                    "{} inside {} has mtu {} but the host end {} has {}: large packets from the container are dropped",
-                    inner.name, t.ns.label, inner.mtu, outer.name, outer.mtu
-                ),
-                cx.fixer.fix_owned(
-                    &format!("set {} inside {} to mtu {}", inner.name, t.ns.label, outer.mtu),
-                    Fixer::in_ns(
-                        t.ns,
-                        &["ip", "link", "set", &inner.name, "mtu", &outer.mtu.to_string()],
-                    ),
-                    false,
-                ),
-            )
-        } else {
-            (
-                format!(
-                    "the host end {} has mtu {} but {} inside {} has {}: large packets to the container are dropped",
+                    "the host end {} has mtu {} but its bridge {br} has {want} and {} inside {} has {}: large packets are dropped on the way in or out",
                     outer.name, outer.mtu, inner.name, t.ns.label, inner.mtu
                 ),
                 cx.fixer.fix_owned(
-                    &format!("set {} to mtu {}", outer.name, inner.mtu),
+                    &format!("set {} to mtu {want}, its bridge's{keep}", outer.name),
                     vec![
                         "ip".into(),
                         "link".into(),
                         "set".into(),
                         outer.name.clone(),
                         "mtu".into(),
-                        inner.mtu.to_string(),
+                        want.to_string(),
                     ],
+                    false,
+                ),
+            )
+        } else {
+            let why = if inner.mtu > outer.mtu {
+                "large packets from the container are dropped"
+            } else {
+                "large packets to the container are dropped (TCP's MSS hides it, UDP and ICMP do not)"
+            };
+            (
+                format!(
+                    "{} inside {} has mtu {} but the host end {} has {}: {why}",
+                    inner.name, t.ns.label, inner.mtu, outer.name, outer.mtu
+                ),
+                cx.fixer.fix_owned(
+                    &format!(
+                        "set {} inside {} to mtu {want}, the host end's{keep}",
+                        inner.name, t.ns.label
+                    ),
+                    Fixer::in_ns(
+                        t.ns,
+                        &["ip", "link", "set", &inner.name, "mtu", &want.to_string()],
+                    ),
                     false,
                 ),
             )
