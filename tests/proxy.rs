@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{unique, wait_for, ChildGuard, TestNs};
+use common::{transparent_traces, unique, wait_for, ChildGuard, TestNs};
 use nettool::netns::NetNs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nettool");
@@ -3730,47 +3730,6 @@ fn udp_seen(ns: &TestNs, to: &str) -> (u16, String) {
     )
 }
 
-/// What transparent mode leaves in a namespace: nft tables, policy rules, routes in its tables.
-fn transparent_traces(ns: Option<&TestNs>) -> String {
-    let run = |argv: &[&str]| {
-        let mut c = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name]);
-                c.args(argv);
-                c
-            }
-            None => {
-                let mut c = Command::new(argv[0]);
-                c.args(&argv[1..]);
-                c
-            }
-        };
-        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
-    };
-    let mut out = String::new();
-    for line in run(&["nft", "list", "tables"]).lines() {
-        if line.contains("nettool_proxy") {
-            out += line;
-            out += "\n";
-        }
-    }
-    for argv in [
-        &["ip", "-4", "rule"][..],
-        &["ip", "-6", "rule"],
-        &["ip", "-4", "route", "show", "table", "all"],
-        &["ip", "-6", "route", "show", "table", "all"],
-    ] {
-        for line in run(argv).lines() {
-            if line.contains("0x1000") || line.contains("table 13141") {
-                out += line;
-                out += "\n";
-            }
-        }
-    }
-    out
-}
-
 /// Transparent proxies clean up after dead ones when they start: the tests that start them run
 /// one at a time so that one test's SIGKILLed proxy is recovered by that test's next proxy.
 static TRANSPARENT_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -3975,6 +3934,53 @@ fn transparent_across_namespaces_survives_sigkill_and_works_in_docker_proxy_mode
         let j = format!("/run/nettool-proxy/{pid}.json");
         assert!(!Path::new(&j).exists(), "{j}");
     }
+}
+
+#[test]
+fn a_proxy_start_that_fails_to_bind_still_removes_a_dead_transparent_proxys_rules() {
+    let _turn = transparent_turn();
+    let t = lab("tpfail");
+    let dir = TempDir::new("tpfail");
+    let a = start(
+        Some(&t),
+        &dir,
+        &["--transparent", "127.0.0.1:8080", "127.0.0.1:80"],
+    );
+    let a_pid = a.pid();
+    let left = transparent_traces(Some(&t));
+    assert!(left.contains(&format!("nettool_proxy_{a_pid}")), "{left}");
+    let mut a = a;
+    a.child.0.kill().unwrap();
+    a.child.0.wait().unwrap();
+    assert_eq!(
+        transparent_traces(Some(&t)),
+        left,
+        "SIGKILL removed nothing"
+    );
+    // The next proxy cannot bind (the port is taken) and exits 1: it still cleans up first.
+    let _taken = listen_in(&t, "127.0.0.1:9393");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.name,
+            BIN,
+            "proxy",
+            "127.0.0.1:9393",
+            "127.0.0.1:80",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen on tcp 127.0.0.1:9393"), "{err}");
+    let now = transparent_traces(Some(&t));
+    assert!(
+        !now.contains(&format!("nettool_proxy_{a_pid}")),
+        "a proxy start that failed to bind left a SIGKILLed transparent proxy's rules: {now}"
+    );
+    let j = format!("/run/nettool-proxy/{a_pid}.json");
+    assert!(!Path::new(&j).exists(), "{j}");
 }
 
 #[test]

@@ -1876,3 +1876,59 @@ fn the_host_namespace_lists_no_kernel_threads_in_topology_or_peer() {
         }
     }
 }
+
+/// SIGKILL `pid` and wait until it is gone or a zombie (its parent, PID 1 here, may not reap
+/// it soon: a zombie must count as dead).
+fn killed(pid: u32) {
+    sh(&["kill", "-9", &pid.to_string()]);
+    wait_for("the killed proxy to go", 5, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)
+    });
+}
+
+#[test]
+fn teardown_and_setup_remove_what_a_sigkilled_transparent_proxy_left() {
+    let host = TestNs::new("tphost");
+    let before = transparent_traces(Some(&host));
+    let lab_file = |net: u8, port: u16| {
+        write_lab(&format!("[lab]\ntransparent_proxy = true\n[[network]]\nname = \"n\"\nsubnet = \"10.{net}.0.0/24\"\n[[container]]\nname = \"a\"\nrun = \"nettool serve http 80\"\nports = [\"{port}:80\"]\n"))
+    };
+    let proxy_of = |v: &serde_json::Value| v["proxy_pids"][0].as_u64().expect("a proxy pid") as u32;
+    // teardown: the lab's proxy was SIGKILLed (no chance to clean up); the host namespace
+    // outlives the lab, and with it the proxy's nft table, policy rules and routes.
+    let f1 = lab_file(71, 8091);
+    let (lab, v) = TestLab::in_host("tpk1", &host, &[f1.s()]);
+    let pid = proxy_of(&v);
+    let during = transparent_traces(Some(&host));
+    assert!(during.contains(&format!("nettool_proxy_{pid}")), "{during}");
+    killed(pid);
+    // (Another test's proxy starting meanwhile may remove them first: the line teardown
+    // prints about it is not asserted.)
+    lab.teardown();
+    assert_eq!(
+        transparent_traces(Some(&host)),
+        before,
+        "teardown left what the SIGKILLed transparent proxy pid {pid} added"
+    );
+    let j = format!("/run/nettool-proxy/{pid}.json");
+    assert!(!std::path::Path::new(&j).exists(), "{j}");
+    // setup: a lab without a userland proxy starts none that would clean up; its setup does.
+    let f2 = lab_file(72, 8092);
+    let (lab2, v) = TestLab::in_host("tpk2", &host, &[f2.s(), "--docker-style-proxies"]);
+    let pid = proxy_of(&v);
+    killed(pid);
+    let f3 = lab_file(73, 8093);
+    let (lab3, _) = TestLab::in_host("tpk3", &host, &[f3.s(), "--no-userland-proxy"]);
+    let now = transparent_traces(Some(&host));
+    assert!(
+        !now.contains(&format!("nettool_proxy_{pid}")),
+        "setup left what the SIGKILLed transparent proxy pid {pid} added: {now}"
+    );
+    let j = format!("/run/nettool-proxy/{pid}.json");
+    assert!(!std::path::Path::new(&j).exists(), "{j}");
+    lab3.teardown();
+    lab2.teardown();
+    assert_eq!(transparent_traces(Some(&host)), before);
+}

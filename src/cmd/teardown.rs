@@ -35,6 +35,13 @@ pub(crate) fn run(a: TeardownArgs) -> anyhow::Result<i32> {
         rep.firewall,
         rep.sysctls.len()
     );
+    for r in &rep.transparent {
+        println!(
+            "removed {} item(s) (nft table, policy rules, routes) left by dead transparent proxy pid {}",
+            r.removed.len(),
+            r.pid
+        );
+    }
     for w in &rep.warnings {
         eprintln!("warning: {w}");
     }

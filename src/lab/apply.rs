@@ -115,6 +115,8 @@ pub(crate) struct TeardownReport {
     pub sysctls: Vec<String>,
     /// Firewall rule sets removed.
     pub firewall: usize,
+    /// What dead (SIGKILLed) transparent proxies had left: nft tables, policy rules, routes.
+    pub transparent: Vec<crate::trace::journal::Recovered>,
     /// Things that could not be undone (reported, never fatal).
     pub warnings: Vec<String>,
 }
@@ -1014,6 +1016,9 @@ pub(crate) fn setup(plan: &Plan) -> Result<LabState, LabError> {
         return Err(LabError::AlreadyUp(name.clone()));
     }
     recover_interrupted(name)?;
+    // Rules and routes of SIGKILLed transparent proxies (this lab's or any): a lab without a
+    // userland proxy starts none that would remove them.
+    let _ = crate::proxy::transparent::recover_dead();
     for s in &plan.steps {
         if let Step::CreateNetns { name: n } = s {
             if named::exists(n) {
@@ -1338,6 +1343,20 @@ pub(crate) fn teardown(name: &str) -> Result<TeardownReport, LabError> {
             }
         }
         wait_gone(&marked, Duration::from_secs(1));
+    }
+    // A proxy SIGKILLed above or earlier leaves its transparent-mode rules and routes (in the
+    // host namespace, which may outlive the lab); its journal says what they are.
+    for r in crate::proxy::transparent::recover_dead() {
+        for (_, e) in &r.failed {
+            rep.warnings.push(format!(
+                "dead transparent proxy pid {}: could not remove what it left: {e} (the next `{} proxy` start tries again)",
+                r.pid,
+                crate::program::me()
+            ));
+        }
+        if !r.removed.is_empty() {
+            rep.transparent.push(r);
+        }
     }
 
     // 2. Everything else, newest first.

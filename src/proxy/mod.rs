@@ -385,6 +385,9 @@ fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
 impl Proxy {
     /// Bind every listener (inside the listen namespace) and start the backend dialer.
     pub(crate) fn bind(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
+        // First of all: a start that fails below (port taken, bad namespace) still removes
+        // what SIGKILLed transparent proxies left.
+        let recovered = transparent::recover_dead();
         raise_nofile();
         let maps: Vec<PortMap> = cfg.maps.iter().flat_map(|m| m.expand()).collect();
         if maps.is_empty() {
@@ -437,7 +440,6 @@ impl Proxy {
                 }
             })
             .collect();
-        let recovered = transparent::recover_dead();
         let (dialer, transparent) = if cfg.transparent {
             // The rules go where the backend sockets live; the dialer thread there also
             // judges each client's route.

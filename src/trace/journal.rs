@@ -113,6 +113,16 @@ fn start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// `pid` has exited and waits to be reaped (a SIGKILLed proxy whose parent, often PID 1 in a
+/// container, has not waited for it yet): it will never clean up, so it counts as dead.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
+}
+
 impl Journal {
     /// A new, empty journal for this process (written on the first [`Journal::record`]).
     pub(crate) fn new() -> Self {
@@ -310,7 +320,7 @@ pub(crate) fn recover_in(dir: &Path) -> Vec<Recovered> {
         if j.pid == std::process::id() {
             continue;
         }
-        if start_ticks(j.pid).is_some_and(|t| t == j.start_ticks) {
+        if start_ticks(j.pid).is_some_and(|t| t == j.start_ticks) && !is_zombie(j.pid) {
             continue; // still running
         }
         let mut rec = Recovered {

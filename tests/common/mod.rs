@@ -335,3 +335,44 @@ impl Drop for TestLab {
         let _ = nettool_in(self.host.as_deref(), &["teardown", &self.name], &[]);
     }
 }
+
+/// What transparent mode leaves in a namespace: nft tables, policy rules, routes in its tables.
+pub fn transparent_traces(ns: Option<&TestNs>) -> String {
+    let run = |argv: &[&str]| {
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name]);
+                c.args(argv);
+                c
+            }
+            None => {
+                let mut c = Command::new(argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let mut out = String::new();
+    for line in run(&["nft", "list", "tables"]).lines() {
+        if line.contains("nettool_proxy") {
+            out += line;
+            out += "\n";
+        }
+    }
+    for argv in [
+        &["ip", "-4", "rule"][..],
+        &["ip", "-6", "rule"],
+        &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+    ] {
+        for line in run(argv).lines() {
+            if line.contains("0x1000") || line.contains("table 13141") {
+                out += line;
+                out += "\n";
+            }
+        }
+    }
+    out
+}
