@@ -1915,6 +1915,8 @@ static PODMAN_RELOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// A Podman host with an uplink to an outside namespace, a network of its own and web
 /// (busybox httpd) published on `port`.
 struct PodmanLab {
+    /// Background fixes (a relay) started as printed, stopped first on drop.
+    fixes: std::cell::RefCell<Vec<ChildGuard>>,
     p: common::podman::PodmanHost,
     outside: TestNs,
     web: String,
@@ -1934,6 +1936,7 @@ impl PodmanLab {
             &["httpd", "-f", "-p", "80", "-h", "/"],
         );
         PodmanLab {
+            fixes: Default::default(),
             p,
             outside,
             web,
@@ -1957,6 +1960,7 @@ impl PodmanLab {
             &["httpd", "-f", "-p", "80", "-h", "/"],
         );
         PodmanLab {
+            fixes: Default::default(),
             p,
             outside,
             web,
@@ -2006,11 +2010,26 @@ impl PodmanLab {
         }
     }
 
-    /// The printed fix line, run exactly as printed (a shell, as a user pastes it).
+    /// The printed fix line, run exactly as printed (a shell, as a user pastes it). A fix that
+    /// keeps running (printed with a trailing `&`) is started with `exec` instead, so the test
+    /// holds its pid and stops it on drop.
     fn run_printed_fix(&self, r: &Value) {
         let line = r["diagnosis"]["fix"]["command"]
             .as_str()
             .unwrap_or_else(|| panic!("no fix: {r:#}"));
+        if r["diagnosis"]["fix"]["background"] == true {
+            let line = line.strip_suffix(" &").unwrap_or(line);
+            let child = Command::new("sh")
+                .args(["-c", &format!("exec {line}")])
+                .env("CONTAINERS_CONF", self.p.dir.join("containers.conf"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            self.fixes.borrow_mut().push(ChildGuard(child));
+            return;
+        }
         let out = Command::new("sh")
             .args(["-c", line])
             .env("CONTAINERS_CONF", self.p.dir.join("containers.conf"))
@@ -2252,17 +2271,8 @@ fn podman_service_on_loopback_then_disconnected() {
         "{r:#}"
     );
     assert_eq!(r["diagnosis"]["fix"]["background"], true, "{r:#}");
-    let line = r["diagnosis"]["fix"]["command"].as_str().unwrap();
-    let _relay = ChildGuard(
-        Command::new("sh")
-            .args(["-c", &format!("exec {line}")])
-            .env("CONTAINERS_CONF", l.p.dir.join("containers.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    // The relay: before, `sh -c "exec LINE &"` left it running after the test.
+    l.run_printed_fix(&r);
     let r = l.wait_clear(&["--from", &outside, "18584", "--probe"]);
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
     let code = http_code(&l.outside, "http://192.0.2.1:18584/");
@@ -2401,6 +2411,127 @@ fn podman_paused_and_created_containers() {
             .as_str()
             .unwrap()
             .ends_with(&format!("podman start {late}")),
+        "{r:#}"
+    );
+}
+
+/// Podman, four more faults on one host, each broken as users break it, named as one FAIL,
+/// its printed fix run as printed and the port then answering from outside: the wrong
+/// container port (`-p H:81`, the service on 80), a port published on 127.0.0.1 only tried
+/// from outside (the finding is the explanation; the printed relay stands in until the
+/// container is re-created), forwarding off in the Podman host namespace, and an MTU
+/// mismatch (the container's eth0 at 9000, its host end at 1500).
+#[test]
+fn podman_wrong_port_published_on_127_forwarding_off_and_mtu() {
+    let mut l = PodmanLab::new("dpodw", 18588);
+    let port = l.port.to_string();
+    let outside = l.outside_from();
+    l.wait_clear(&["--from", &outside, &port]);
+    let net = l.p.podman(&[
+        "inspect",
+        "--format",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
+        &l.web,
+    ]);
+    let net = net.trim().to_string();
+    // The wrong container port: published to 81, httpd listens on 80.
+    l.p.run(
+        "wp",
+        &["--network", &net, "-p", "18589:81"],
+        &["httpd", "-f", "-p", "80", "-h", "/"],
+    );
+    wait_for("wp listening", 20, || {
+        fault(&l.doctor(&["--from", &outside, "18589"])) == "dnat_wrong_port"
+    });
+    l.record(
+        "podman-wrong-container-port",
+        "Podman 4.3 + netavark, wp (busybox httpd on 80) --network NET -p 18589:81",
+        &["--from", &outside, "18589"],
+    );
+    let r = l.break_fix(18589, "dnat_wrong_port");
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("listens on 80"),
+        "{r:#}"
+    );
+    // Published on 127.0.0.1 only, tried from the outside namespace.
+    l.p.run(
+        "lon",
+        &["--network", &net, "-p", "127.0.0.1:18590:80"],
+        &["httpd", "-f", "-p", "80", "-h", "/"],
+    );
+    l.wait_clear(&["--from", "localhost", "18590"]);
+    assert_eq!(
+        http_code(&l.outside, "http://192.0.2.1:18590/"),
+        "000",
+        "broken"
+    );
+    l.record(
+        "podman-published-on-127",
+        "Podman 4.3 + netavark, lon (busybox httpd) --network NET -p 127.0.0.1:18590:80, tried from outside",
+        &["--from", &outside, "18590"],
+    );
+    let r = l.break_fix(18590, "published_elsewhere");
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("publishes 18590 on 127.0.0.1 only"),
+        "{r:#}"
+    );
+    // Forwarding off in the Podman host namespace: one FAIL (not a second one blaming
+    // netavark's DNAT rule).
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &l.p.ns.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=0",
+    ]);
+    assert_eq!(l.curl_outside(), "000", "broken");
+    l.record(
+        "podman-ip-forward-off",
+        "Podman 4.3 + netavark, web (busybox httpd) --network NET -p 18588:80, sysctl -w net.ipv4.ip_forward=0 in the Podman host namespace",
+        &["--from", &outside, &port],
+    );
+    let r = l.break_fix(l.port, "ip_forward_off");
+    assert!(
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap()
+            .contains("net.ipv4.ip_forward=1"),
+        "{r:#}"
+    );
+    // MTU: the container's eth0 at 9000, its host end (netavark's veth) at 1500.
+    let key = l.p.podman(&[
+        "inspect",
+        "--format",
+        "{{.NetworkSettings.SandboxKey}}",
+        &l.web,
+    ]);
+    let ctr_ns = key
+        .trim()
+        .strip_prefix("/run/netns/")
+        .unwrap_or_else(|| panic!("sandbox key {key}"))
+        .to_string();
+    sh(&["ip", "-n", &ctr_ns, "link", "set", "eth0", "mtu", "9000"]);
+    l.record(
+        "podman-mtu-mismatch",
+        "Podman 4.3 + netavark, web (busybox httpd) --network NET -p 18588:80, ip -n CTR link set eth0 mtu 9000 (host end 1500)",
+        &["--from", &outside, &port],
+    );
+    let r = l.break_fix(l.port, "mtu_mismatch");
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(line.contains("9000") && line.contains("1500"), "{r:#}");
+    assert!(
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with("link set eth0 mtu 1500"),
         "{r:#}"
     );
 }
