@@ -2320,6 +2320,11 @@ fn podman_service_on_loopback_then_disconnected() {
         "000",
         "broken"
     );
+    l.record(
+        "podman-disconnected-default-network",
+        "Podman 4.3 + netavark, dft (busybox httpd) -p 18585:80 with no --network, podman network disconnect podman dft",
+        &["--from", &outside, "18585"],
+    );
     let r = l.doctor(&["--from", &outside, "18585"]);
     assert_eq!(fault(&r), "not_on_network", "{r:#}");
     assert!(
