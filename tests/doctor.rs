@@ -1907,11 +1907,6 @@ fn docker_dual_stack_port_over_ipv4_and_ipv6() {
 // Real rootful Podman + netavark (tests/common/podman.rs), names from the default API socket.
 // ---------------------------------------------------------------------------------------------
 
-/// Held by each Podman test that runs `podman network reload --all`: the reload re-writes the
-/// rules of every container of the machine's Podman in the namespace it runs in, so two
-/// test hosts reloading at once write each other's rules into the wrong namespace.
-static PODMAN_RELOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// A Podman host with an uplink to an outside namespace, a network of its own and web
 /// (busybox httpd) published on `port`.
 struct PodmanLab {
@@ -2074,7 +2069,7 @@ impl PodmanLab {
 
 #[test]
 fn podman_healthy_then_flushed_rules_then_stopped() {
-    let _reload = PODMAN_RELOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _reload = common::podman::ReloadLock::exclusive();
     let l = PodmanLab::new("dpod", 18581);
     let port = l.port.to_string();
     let outside = l.outside_from();
@@ -2145,7 +2140,7 @@ fn podman_healthy_then_flushed_rules_then_stopped() {
 /// `podman network reload --all`, which, run as printed, brings IPv6 back.
 #[test]
 fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
-    let _reload = PODMAN_RELOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _reload = common::podman::ReloadLock::exclusive();
     let l = PodmanLab::dual("dpod6", 18582);
     let port = l.port.to_string();
     let outside = l.outside_from();
@@ -2236,7 +2231,7 @@ fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
 /// network and from Podman's default one.
 #[test]
 fn podman_service_on_loopback_then_disconnected() {
-    let _reload = PODMAN_RELOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _reload = common::podman::ReloadLock::shared();
     let mut l = PodmanLab::new("dpodl", 18583);
     let port = l.port.to_string();
     let outside = l.outside_from();
@@ -2352,6 +2347,7 @@ fn podman_service_on_loopback_then_disconnected() {
 /// NAME`; each fix, run as printed, brings the port back (seen from outside with curl).
 #[test]
 fn podman_paused_and_created_containers() {
+    let _reload = common::podman::ReloadLock::shared();
     let l = PodmanLab::new("dpodp", 18586);
     let port = l.port.to_string();
     let outside = l.outside_from();
@@ -2428,6 +2424,7 @@ fn podman_paused_and_created_containers() {
 /// mismatch (the container's eth0 at 9000, its host end at 1500).
 #[test]
 fn podman_wrong_port_published_on_127_forwarding_off_and_mtu() {
+    let _reload = common::podman::ReloadLock::shared();
     let mut l = PodmanLab::new("dpodw", 18588);
     let port = l.port.to_string();
     let outside = l.outside_from();

@@ -29,6 +29,8 @@ pub const SOCKET: &str = "/run/podman/podman.sock";
 const USERS_LOCK: &str = "/run/nt-test-podman-service.users";
 /// Held exclusively, briefly, to start or stop the service.
 const START_LOCK: &str = "/run/nt-test-podman-service.lock";
+/// See [`ReloadLock`].
+const RELOAD_LOCK: &str = "/run/nt-test-podman-reload.lock";
 const PIDFILE: &str = "/run/nt-test-podman-service.pid";
 /// The namespace the shared API service runs in (it only answers reads).
 const SERVICE_NS: &str = "nt-test-podman-service";
@@ -264,6 +266,30 @@ fn sweep_dead_runs(ns: &TestNs, dir: &Path) {
     }
     for i in dead(podman(&["images", "--format", "{{.Repository}}"])) {
         podman(&["rmi", "-f", &i]);
+    }
+}
+
+/// Held around a Podman test's work, across test threads and test processes:
+/// `podman network reload --all` tears down and sets up again every running container of the
+/// machine's Podman from the namespace it runs in (their veths move there), so a test that
+/// reloads holds it exclusively and every other Podman test shared.
+pub struct ReloadLock(File);
+
+impl ReloadLock {
+    /// For a test that runs containers but never reloads.
+    pub fn shared() -> Self {
+        Self::take(libc::LOCK_SH)
+    }
+
+    /// For a test that runs `podman network reload --all`.
+    pub fn exclusive() -> Self {
+        Self::take(libc::LOCK_EX)
+    }
+
+    fn take(op: libc::c_int) -> Self {
+        let f = lock_file(RELOAD_LOCK);
+        assert!(flock(&f, op), "flock {RELOAD_LOCK}");
+        ReloadLock(f)
     }
 }
 
