@@ -2591,6 +2591,28 @@ impl CniHost {
         }
     }
 
+    /// A CNI host whose chain is run with `mappings` as portmap's runtimeConfig and
+    /// CNI_IFNAME=`ifname`, the container running `service` (argv); `port` is the first
+    /// mapping's host port.
+    fn with(tag: &str, subnet: &str, mappings: Value, ifname: &str, service: &[&str]) -> CniHost {
+        let host = TestNs::new(&format!("{tag}h"));
+        let outside = TestNs::new(&format!("{tag}o"));
+        let ctr = TestNs::new(&format!("{tag}c"));
+        uplink(&host, &outside);
+        let port = mappings[0]["hostPort"].as_u64().unwrap() as u16;
+        let att = common::cni::CniAttachment::add_with(&host, &ctr, &[subnet], mappings, ifname);
+        let service = ctr.spawn(service);
+        CniHost {
+            fixes: Vec::new(),
+            service: Some(service),
+            att: Some(att),
+            ctr,
+            outside,
+            host,
+            port,
+        }
+    }
+
     /// A dual-stack CNI host: the uplink also 2001:db8:1::1/64 (outside ::2), the network
     /// with an IPv4 and an IPv6 range, the service on `bind`:80.
     fn dual(tag: &str, subnet: &str, subnet6: &str, port: u16, bind: &str) -> CniHost {
@@ -2791,13 +2813,56 @@ fn cni_service_on_loopback_then_veth_removed_then_namespace_gone() {
     );
     assert_eq!(fault(&r), "container_not_running", "{r:#}");
     one_cni_fail(&r, &h.id());
+    let line = r["diagnosis"]["line"].as_str().unwrap();
     assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .contains("namespace is gone"),
+        line.contains("namespace is gone") && line.contains("runtime"),
         "{r:#}"
     );
+    // The printed DEL, run as printed: every rule naming its address, its cache entry and its
+    // address reservation go (the same address is free for the ADD below).
+    let ip = h.att.as_ref().unwrap().ipv4();
+    let att = h.att.as_ref().unwrap();
+    let cache = format!(
+        "{}/{}-{}-{}",
+        common::cni::CACHE_DIR,
+        att.network,
+        att.container_id,
+        att.ifname
+    );
+    assert!(std::path::Path::new(&cache).exists());
+    run_printed(&r);
+    let rules = sh(&["ip", "netns", "exec", &h.host.name, "iptables-save"]);
+    assert!(
+        !rules.contains(&format!("{ip}/")) && !rules.contains(&format!("{ip}:")),
+        "no rule names {ip} after the DEL: {rules}"
+    );
+    assert!(
+        !std::path::Path::new(&cache).exists(),
+        "cache entry removed"
+    );
+    // Then the runtime's part: a new namespace at the cached path (by hand, as the fix's
+    // second command says), the service in it, and the printed ADD.
+    let then = &r["diagnosis"]["fix"]["then"];
+    let summary = then["summary"].as_str().unwrap_or("");
+    assert!(
+        summary.contains(&format!("ip netns add {}", h.ctr.name)),
+        "{r:#}"
+    );
+    sh(&["ip", "netns", "add", &h.ctr.name]);
+    h.service = Some(
+        h.ctr
+            .spawn(&[env!("CARGO_BIN_EXE_nettool"), "serve", "http", "80"]),
+    );
+    sh(&["sh", "-c", then["command"].as_str().unwrap()]);
+    assert!(std::path::Path::new(&cache).exists(), "cache entry written");
+    assert!(h.ctr.ip(&["-4", "addr", "show", "eth0"]).contains(&ip));
+    let mut fixed = Value::Null;
+    wait_for("the port after the ADD", 10, || {
+        fixed = h.doctor(&["--from", &from, "18496", "--probe"]);
+        fixed["probe"]["ok"] == true
+    });
+    assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
+    assert!(h.curl_outside().starts_with('2'));
 }
 
 /// A libcni cache entry left by a crashed runtime claims the live container's port: doctor
@@ -3074,4 +3139,214 @@ fn cni_interface_removed_bridge_down_and_eth0_down_are_fixed_as_printed() {
         .count();
     assert_eq!(fails, 1, "{r:#}");
     fix_as_printed(&r);
+}
+
+/// A chain added with CNI_IFNAME=net1 (a second network's interface, as runtimes name it):
+/// every fix that runs the chain again takes the name from libcni's cache (ifName), so the
+/// interface comes back as net1 with its address (before: as eth0, the fix "worked" while the
+/// container had a second interface the cache does not know).
+#[test]
+fn cni_chain_on_net1_is_re_added_as_net1_after_removal_and_down() {
+    let nettool = env!("CARGO_BIN_EXE_nettool");
+    let h = CniHost::with(
+        "cnin1",
+        "10.77.10.0/24",
+        serde_json::json!([{"hostPort": 18510, "containerPort": 80, "protocol": "tcp"}]),
+        "net1",
+        &[nettool, "serve", "http", "80"],
+    );
+    let from = h.from();
+    let args = ["--from", from.as_str(), "18510"];
+    h.wait_fault(&args, "none");
+    assert!(h.curl_outside().starts_with('2'));
+    let ip = h.att.as_ref().unwrap().ipv4();
+    let fix_as_printed = |r: &Value| {
+        let command = r["diagnosis"]["fix"]["command"].as_str().unwrap_or("");
+        assert!(command.contains("net1"), "the cached ifName: {r:#}");
+        assert!(!command.contains("eth0"), "{r:#}");
+        run_printed(r);
+        let mut fixed = Value::Null;
+        wait_for("the port after the fix", 10, || {
+            fixed = h.doctor(&["--from", &from, "18510", "--probe"]);
+            fixed["probe"]["ok"] == true
+        });
+        assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
+        assert!(h.curl_outside().starts_with('2'));
+        let links = h.ctr.ip(&["-o", "link"]);
+        assert!(!links.contains("eth0"), "no eth0 made: {links}");
+        assert!(
+            h.ctr.ip(&["-4", "addr", "show", "net1"]).contains(&ip),
+            "net1 holds {ip} again"
+        );
+    };
+    h.ctr.ip(&["link", "del", "net1"]);
+    h.record(
+        "cni-net1-interface-removed",
+        "a CNI chain added with CNI_IFNAME=net1 (libcni cache ifName net1), the container's net1 deleted (ip -n CTR link del net1)",
+        &args,
+    );
+    let r = h.doctor(&args);
+    assert_eq!(fault(&r), "not_on_network", "{r:#}");
+    one_cni_fail(&r, &h.id());
+    fix_as_printed(&r);
+    h.ctr.ip(&["link", "set", "net1", "down"]);
+    let r = h.doctor(&args);
+    assert_eq!(fault(&r), "veth_down", "{r:#}");
+    fix_as_printed(&r);
+}
+
+/// CNI faults of the port itself and of the host, several on one CNI host (its start-up is
+/// the cost): portmap's containerPort 81 while the service is on 80; a mapping with hostIP
+/// 127.0.0.1 tried from outside; forwarding off in the host namespace; MTU both ways with a
+/// jumbo-frame uplink (the container's eth0 at 9000 behind the 1500 bridge: an 8 KB response
+/// never arrives; the bridge and host end at 9000 with the container at 1500: the fix raises
+/// the container's end, the bridge keeps 9000). One FAIL each, the fix run as printed, and the
+/// port works again.
+#[test]
+fn cni_wrong_container_port_port_on_127_forwarding_off_and_mtu_both_ways() {
+    let nettool = env!("CARGO_BIN_EXE_nettool");
+    let body = big_body();
+    let mut h = CniHost::with(
+        "cnipf",
+        "10.77.11.0/24",
+        serde_json::json!([
+            {"hostPort": 18511, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 18512, "containerPort": 81, "protocol": "tcp"},
+            {"hostPort": 18513, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}
+        ]),
+        "eth0",
+        &[nettool, "serve", "http", "80", "--text", &body],
+    );
+    let from = h.from();
+    let at = |port: u16| format!("http://192.0.2.1:{port}/");
+    let args = |port: &'static str| ["--from".to_string(), from.clone(), port.to_string()];
+    let doctor = |h: &CniHost, a: &[String]| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        h.doctor(&a)
+    };
+    let probe_clear = |h: &CniHost, port: &str| {
+        let mut fixed = Value::Null;
+        wait_for("the port after the fix", 15, || {
+            fixed = h.doctor(&["--from", &from, port, "--probe"]);
+            fixed["probe"]["ok"] == true
+        });
+        assert_eq!(fixed["diagnosis"]["ok"], true, "{fixed:#}");
+    };
+    h.wait_fault(&["--from", &from, "18511"], "none");
+    assert_eq!(curl_size(&h.outside.name, &at(18511)), body.len());
+
+    // The wrong container port: 18512 -> 81, the service on 80.
+    assert_eq!(curl_size(&h.outside.name, &at(18512)), 0, "broken");
+    h.record(
+        "cni-wrong-container-port",
+        "the CNI host, a second mapping hostPort 18512 -> containerPort 81 while the service listens on 80",
+        &args("18512").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let r = doctor(&h, &args("18512"));
+    assert_eq!(fault(&r), "dnat_wrong_port", "{r:#}");
+    one_cni_fail(&r, &h.id());
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("containerPort"),
+        "in CNI's words: {r:#}"
+    );
+    h.apply_fix(&r);
+    probe_clear(&h, "18512");
+    assert_eq!(curl_size(&h.outside.name, &at(18512)), body.len());
+    h.fixes.clear();
+
+    // hostIP 127.0.0.1, tried from outside.
+    assert_eq!(curl_size(&h.outside.name, &at(18513)), 0, "broken");
+    h.record(
+        "cni-published-on-127",
+        "the CNI host, a mapping hostPort 18513 with hostIP 127.0.0.1, tried from the outside namespace",
+        &args("18513").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let r = doctor(&h, &args("18513"));
+    assert_eq!(fault(&r), "published_elsewhere", "{r:#}");
+    one_cni_fail(&r, &h.id());
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 only"),
+        "{r:#}"
+    );
+    h.apply_fix(&r);
+    probe_clear(&h, "18513");
+    assert_eq!(curl_size(&h.outside.name, &at(18513)), body.len());
+    h.fixes.clear();
+
+    // Forwarding off in the CNI host namespace.
+    sysctl(&h.host, "net.ipv4.ip_forward=0");
+    assert_eq!(curl_size(&h.outside.name, &at(18511)), 0, "broken");
+    h.record(
+        "cni-ip-forward-off",
+        "the CNI host, net.ipv4.ip_forward=0 in its namespace",
+        &args("18511").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let r = doctor(&h, &args("18511"));
+    assert_eq!(fault(&r), "ip_forward_off", "{r:#}");
+    let fails = r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["verdict"] == "fail")
+        .count();
+    assert_eq!(fails, 1, "{r:#}");
+    run_printed(&r);
+    probe_clear(&h, "18511");
+    assert_eq!(curl_size(&h.outside.name, &at(18511)), body.len());
+
+    // MTU: the container's eth0 at 9000 behind the 1500 bridge, on a jumbo-frame LAN.
+    jumbo_uplink(&h.host, &h.outside);
+    assert_eq!(curl_size(&h.outside.name, &at(18511)), body.len());
+    h.ctr.ip(&["link", "set", "eth0", "mtu", "9000"]);
+    assert!(
+        curl_size(&h.outside.name, &at(18511)) < body.len(),
+        "broken"
+    );
+    h.record(
+        "cni-mtu-container-9000",
+        "the CNI host with uplink and outside at mtu 9000, the container's eth0 set to mtu 9000 (ip -n CTR link set eth0 mtu 9000) while its bridge and host end are 1500",
+        &args("18511").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let r = doctor(&h, &args("18511"));
+    assert_eq!(fault(&r), "mtu_mismatch", "{r:#}");
+    let command = r["diagnosis"]["fix"]["command"].as_str().unwrap();
+    assert!(command.contains("eth0 mtu 1500"), "{r:#}");
+    run_printed(&r);
+    probe_clear(&h, "18511");
+    assert_eq!(curl_size(&h.outside.name, &at(18511)), body.len());
+
+    // The other way: the bridge and the host end at 9000, the container's eth0 at 1500.
+    let bridge = h.att.as_ref().unwrap().bridge.clone();
+    let veth = h
+        .host
+        .ip(&["-o", "link", "show", "master", &bridge])
+        .split(": ")
+        .nth(1)
+        .and_then(|n| n.split('@').next())
+        .expect("the container's host end on the bridge")
+        .to_string();
+    h.host.ip(&["link", "set", &bridge, "mtu", "9000"]);
+    h.host.ip(&["link", "set", &veth, "mtu", "9000"]);
+    h.record(
+        "cni-mtu-bridge-9000",
+        "the CNI host with the jumbo uplink, its bridge and the container's host end set to mtu 9000, the container's eth0 at 1500",
+        &args("18511").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let r = doctor(&h, &args("18511"));
+    assert_eq!(fault(&r), "mtu_mismatch", "{r:#}");
+    let command = r["diagnosis"]["fix"]["command"].as_str().unwrap();
+    assert!(
+        command.contains("eth0 mtu 9000") && !command.contains(&veth),
+        "{r:#}"
+    );
+    run_printed(&r);
+    assert!(h.host.ip(&["link", "show", &bridge]).contains("mtu 9000"));
+    probe_clear(&h, "18511");
+    assert_eq!(curl_size(&h.outside.name, &at(18511)), body.len());
 }

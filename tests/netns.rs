@@ -725,6 +725,54 @@ fn cni_container_is_named_by_its_id_from_the_cache() {
     );
 }
 
+/// A libcni cache entry whose namespace file opens nothing (missing, or the empty file a bind
+/// mount was made on: a crashed runtime, /run's mounts gone) is stale, not "running": the
+/// commands that take `container:ID` say so and what brings it back, and no namespace is
+/// named after it. Before, an empty file counted as a running container's namespace.
+#[test]
+fn a_stale_cni_entry_whose_namespace_is_gone_or_an_empty_file_is_named_stale() {
+    let host = TestNs::new("cnisth");
+    let ctr = TestNs::new("cnistc");
+    let a = common::cni::CniAttachment::add(&host, &ctr, "10.77.3.0/24", 18489, 80);
+    let empty = format!("/run/netns/{}", common::unique("empty"));
+    std::fs::write(&empty, "").unwrap();
+    let missing = format!("/run/netns/{}", common::unique("missing"));
+    for path in [&empty, &missing] {
+        let stale = a.plant_stale(path, "10.77.3.200/24");
+        let target = format!("container:{}", stale.container_id);
+        for args in [
+            vec!["netns", "inspect", target.as_str()],
+            vec!["netns", "exec", target.as_str(), "--", "true"],
+        ] {
+            let out = common::podman::nettool_plain(&args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+            let err = text(&out);
+            assert!(
+                err.contains("is stale (namespace gone)")
+                    && err.contains(path.as_str())
+                    && !err.contains("is running"),
+                "{path}: {err}"
+            );
+            assert!(
+                err.contains("doctor container:"),
+                "what brings it back: {err}"
+            );
+        }
+        let list = common::podman::nettool_plain_json(&["netns", "list", "--json"]);
+        let named = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(container_names)
+            .any(|c| c == stale.container_id);
+        assert!(!named, "no namespace is the stale entry's: {list}");
+        // The live container keeps its name.
+        let n = by_inode(&list, NetNs::from_name(&ctr.name).unwrap().id().inode);
+        assert_eq!(container_names(n), [a.container_id.as_str()], "{n}");
+    }
+    let _ = std::fs::remove_file(&empty);
+}
+
 #[test]
 fn kernel_threads_are_counted_not_listed() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nettool"))

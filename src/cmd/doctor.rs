@@ -456,7 +456,12 @@ pub(crate) fn render(r: &Report) -> String {
     } else {
         out.push_str(&format!("{} {}\n", paint("broken:", "1;31"), d.line));
         match &d.fix {
-            Some(f) => out.push_str(&format!("fix: {}   # {}\n", f.command, f.summary)),
+            Some(f) => {
+                out.push_str(&format!("fix: {}   # {}\n", f.command, f.summary));
+                if let Some(t) = &f.then {
+                    out.push_str(&format!("then: {}   # {}\n", t.command, t.summary));
+                }
+            }
             None => out.push_str("fix: no single command; see the evidence above\n"),
         }
     }

@@ -364,8 +364,8 @@ fn published_elsewhere(
 /// CNI has no daemon to ask: its cache says what was attached, the namespaces say what is
 /// left. A namespace gone (the runtime removed the sandbox without a CNI DEL) or the
 /// container's interface gone from it (its veth deleted) leaves the port's rules pointing at
-/// an address nobody holds. The runtime (containerd, CRI-O, kubelet) re-creates the
-/// attachment; there is no one command to do it for it.
+/// an address nobody holds. The runtime (containerd, CRI-O, kubelet) owns the namespace: the
+/// fix is the chain's DEL from the cache, then (`then`) the ADD into the new namespace it makes.
 fn cni_hop(snap: &Snapshot, c: &Container, port: u16, who: &str, fixer: &Fixer) -> Option<Hop> {
     let addrs: Vec<IpAddr> = c
         .attachments
@@ -388,14 +388,21 @@ fn cni_hop(snap: &Snapshot, c: &Container, port: u16, who: &str, fixer: &Fixer) 
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "?".into());
     if c.state != ContainerState::Running {
-        return Some(Hop::fail(
-            ID,
-            TITLE,
-            Fault::ContainerNotRunning,
-            format!(
-                "{who}'s network namespace is gone (the runtime removed it without a CNI DEL): nothing serves its port {port}; its port rules and its address {list} are left over until the runtime deletes or re-creates the container"
-            ),
-        ));
+        let what = match c.netns.as_ref().map(|p| p.exists()) {
+            Some(true) => "a file that opens no namespace",
+            _ => "missing",
+        };
+        return Some(
+            Hop::fail(
+                ID,
+                TITLE,
+                Fault::ContainerNotRunning,
+                format!(
+                    "{who}'s network namespace is gone ({netns}: {what}): the runtime that made the container owns its namespace and removed it without a CNI DEL, so nothing serves its port {port} and its port rules and address {list} are left over; the chain's DEL from libcni's cache clears them, then the runtime's ADD into a new namespace brings it back"
+                ),
+            )
+            .with_fix(cni_namespace_gone_fix(snap, c, fixer)),
+        );
     }
     let ns = snap
         .namespaces
@@ -476,96 +483,250 @@ fn cni_ips(
 /// result (and every rule naming the address) stays true. One `sh -c` line: the configs are
 /// its arguments.
 pub(crate) fn cni_chain_readd(snap: &Snapshot, c: &Container, fixer: &Fixer) -> Option<super::Fix> {
-    use serde_json::{json, Value};
-    let intent = snap.intent.as_ref()?;
-    let (att, net) = c.attachments.iter().find_map(|a| {
-        let n = intent.networks.iter().find(|n| {
-            n.engine == EngineKind::Cni && n.name == a.network && n.cni_chain.is_some()
-        })?;
-        Some((a, n))
-    })?;
-    let chain: Value = serde_json::from_str(net.cni_chain.as_deref()?).ok()?;
-    let plugins = chain.get("plugins")?.as_array()?;
-    let netns = c.netns.as_ref()?.display().to_string();
-    let ifname = "eth0".to_string();
-    let (addrs, ips) = cni_ips(att, net);
-    let version = chain
-        .get("cniVersion")
-        .cloned()
-        .unwrap_or(Value::String("1.0.0".into()));
-    let mut confs = Vec::new();
-    let mut kinds = Vec::new();
-    for p in plugins {
-        let kind = p.get("type")?.as_str()?;
-        // The plugin's name is a word on the command line: a path or an option is refused.
-        if kind.is_empty()
-            || !kind
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-            || kind.starts_with('.')
-        {
-            return None;
-        }
-        let mut conf = p.clone();
-        conf["name"] = chain.get("name")?.clone();
-        conf["cniVersion"] = version.clone();
-        if p.pointer("/capabilities/portMappings") == Some(&Value::Bool(true)) {
-            conf["runtimeConfig"] = json!({ "portMappings": cni_mappings(c) });
-        }
-        if p.get("ipam").is_some() {
-            conf["args"] =
-                json!({"cni": {"ips": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>()}});
-        }
-        kinds.push(kind.to_string());
-        confs.push(conf.to_string());
-    }
-    let result = json!({
-        "cniVersion": version,
-        "interfaces": [{"name": ifname, "sandbox": netns}],
-        "ips": ips,
-    });
-    // $1 id, $2 netns, $3 ifname, $4 the cached result, $5.. each plugin's config.
-    let arg = |i: usize| format!("\"${{{}}}\"", i + 5);
-    let mut script = String::from(
-        "set -e; PATH=/opt/cni/bin:/usr/lib/cni:$PATH; export CNI_CONTAINERID=\"$1\" CNI_NETNS=\"$2\" CNI_IFNAME=\"$3\" CNI_PATH=/opt/cni/bin:/usr/lib/cni; p() { printf '{\"prevResult\":%s,%s' \"$1\" \"${2#?}\"; }",
-    );
-    for (i, k) in kinds.iter().enumerate().rev() {
-        script.push_str(&format!(
-            "; p \"$4\" {} | CNI_COMMAND=DEL {k} >/dev/null",
-            arg(i)
-        ));
-    }
-    for (i, k) in kinds.iter().enumerate() {
-        if i == 0 {
-            script.push_str(&format!(
-                "; r=$(printf '%s' {} | CNI_COMMAND=ADD {k})",
-                arg(i)
-            ));
-        } else {
-            script.push_str(&format!("; r=$(p \"$r\" {} | CNI_COMMAND=ADD {k})", arg(i)));
-        }
-    }
-    let mut argv = vec![
-        "sh".to_string(),
-        "-c".into(),
-        script,
-        "cni-chain-add".into(),
-        c.id.clone(),
-        netns,
-        ifname,
-        result.to_string(),
-    ];
-    argv.extend(confs);
+    let chain = CniChain::of(snap, c)?;
+    let mut script = String::from("set -e; ");
+    script.push_str(&chain.prelude("\"$2\""));
+    chain.push_del(&mut script, 0);
+    chain.push_add(&mut script, 0);
+    let argv = chain.argv(script, "cni-chain-add", &[]);
     Some(fixer.fix_owned(
         &format!(
             "attach CNI container {} to {} again (the chain {}: DEL, then ADD with its cached config and addresses)",
             c.name,
-            net.name,
-            kinds.join(" + ")
+            chain.network,
+            chain.kinds.join(" + ")
         ),
         argv,
         false,
     ))
+}
+
+/// A CNI container whose namespace is gone: the chain's DEL as libcni runs it from its cache
+/// (the port and firewall rules, the address reservation and the cache entry go), run against
+/// a scratch namespace holding the cached interface (a veth: the dummy driver may be absent)
+/// and addresses, because the bridge plugin
+/// finds the masquerade rule to remove from the addresses on the interface it deletes (with
+/// the real, missing namespace it returns early and leaves it). Then, once the runtime has
+/// made the new namespace at the cached path, the chain's ADD into it with the same
+/// addresses, writing libcni's cache entry again.
+fn cni_namespace_gone_fix(snap: &Snapshot, c: &Container, fixer: &Fixer) -> Option<super::Fix> {
+    let chain = CniChain::of(snap, c)?;
+    let cache = format!(
+        "{}/{}-{}-{}",
+        crate::engine::cni::RESULTS_DIR,
+        chain.network,
+        c.id,
+        chain.ifname
+    );
+    // $5 the cache file, $6 the cached addresses (CIDR, space-separated).
+    let cidrs = chain
+        .ips
+        .iter()
+        .filter_map(|i| i.get("address")?.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut del = String::from(
+        "set -e; s=nettool-cni-del-$$; ip netns add \"$s\"; trap 'ip netns del \"$s\"' EXIT; ip -n \"$s\" link add \"$3\" type veth peer name nettool-del0; for a in $6; do ip -n \"$s\" addr add \"$a\" dev \"$3\"; done; ",
+    );
+    del.push_str(&chain.prelude("/run/netns/$s"));
+    chain.push_del(&mut del, 2);
+    // libcni's DEL removes the cache entry; an empty file left where the namespace was
+    // mounted would stop the runtime (or `ip netns add`) making the new one there (rm cannot
+    // remove a live mount: it fails, and that is ignored).
+    del.push_str("; rm -f \"$5\"; if [ -f \"$2\" ] && [ ! -s \"$2\" ]; then rm -f \"$2\" 2>/dev/null || true; fi");
+    let del_argv = chain.argv(del, "cni-chain-del", &[cache.clone(), cidrs]);
+
+    let config = crate::engine::cni::base64_encode(chain.list.as_bytes());
+    let head = serde_json::json!({
+        "kind": "cniCacheV1",
+        "containerId": c.id,
+        "config": config,
+        "ifName": chain.ifname,
+        "networkName": chain.network,
+        "capabilityArgs": {"portMappings": cni_mappings(c)},
+    })
+    .to_string();
+    // The entry without its closing brace: the script appends the chain's result.
+    let head = format!("{},", head.strip_suffix('}').unwrap_or(&head));
+    let mut add = String::from("set -e; ");
+    add.push_str(&chain.prelude("\"$2\""));
+    chain.push_add(&mut add, 2);
+    add.push_str("; mkdir -p \"${5%/*}\"; printf '%s\"result\":%s}' \"$6\" \"$r\" > \"$5\"");
+    let add_argv = chain.argv(add, "cni-chain-add", &[cache, head]);
+    let by_hand = chain
+        .netns
+        .strip_prefix("/run/netns/")
+        .or_else(|| chain.netns.strip_prefix("/var/run/netns/"))
+        .filter(|n| !n.contains('/'))
+        .map(|n| format!(" (made by hand: ip netns add {n})"))
+        .unwrap_or_default();
+    let mut fix = fixer.fix_owned(
+        &format!(
+            "DEL CNI container {} from {} as libcni does (the chain {} from the cached config): its port and firewall rules, masquerade rule, address reservation and cache entry go",
+            c.name,
+            chain.network,
+            chain.kinds.join(" + ")
+        ),
+        del_argv,
+        false,
+    );
+    fix.then = Some(Box::new(fixer.fix_owned(
+        &format!(
+            "once the runtime has made the container's new namespace at {}{by_hand}: the chain's ADD into it, keeping {}",
+            chain.netns,
+            chain
+                .addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        add_argv,
+        false,
+    )));
+    Some(fix)
+}
+
+/// A CNI container's chain as libcni would run it: each plugin's config (name and version
+/// from the list, runtimeConfig for portmap, the cached addresses for IPAM), the cached
+/// result to DEL with, and the arguments a `sh -c` script gets.
+struct CniChain {
+    network: String,
+    /// The network's list, as the cache holds it (for a cache entry written again).
+    list: String,
+    netns: String,
+    ifname: String,
+    addrs: Vec<IpAddr>,
+    ips: Vec<serde_json::Value>,
+    /// The cached result (prevResult of the DEL).
+    result: String,
+    kinds: Vec<String>,
+    confs: Vec<String>,
+    id: String,
+}
+
+impl CniChain {
+    fn of(snap: &Snapshot, c: &Container) -> Option<CniChain> {
+        use serde_json::{json, Value};
+        let intent = snap.intent.as_ref()?;
+        let (att, net) = c.attachments.iter().find_map(|a| {
+            let n = intent.networks.iter().find(|n| {
+                n.engine == EngineKind::Cni && n.name == a.network && n.cni_chain.is_some()
+            })?;
+            Some((a, n))
+        })?;
+        let list = net.cni_chain.clone()?;
+        let chain: Value = serde_json::from_str(&list).ok()?;
+        let plugins = chain.get("plugins")?.as_array()?;
+        let netns = c.netns.as_ref()?.display().to_string();
+        // The interface the chain was run with (libcni's ifName): a second network is net1.
+        let ifname = att.ifname.clone().unwrap_or_else(|| "eth0".into());
+        let (addrs, ips) = cni_ips(att, net);
+        let version = chain
+            .get("cniVersion")
+            .cloned()
+            .unwrap_or(Value::String("1.0.0".into()));
+        let mut confs = Vec::new();
+        let mut kinds = Vec::new();
+        for p in plugins {
+            let kind = p.get("type")?.as_str()?;
+            // The plugin's name is a word on the command line: a path or an option is refused.
+            if kind.is_empty()
+                || !kind
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+                || kind.starts_with('.')
+            {
+                return None;
+            }
+            let mut conf = p.clone();
+            conf["name"] = chain.get("name")?.clone();
+            conf["cniVersion"] = version.clone();
+            if p.pointer("/capabilities/portMappings") == Some(&Value::Bool(true)) {
+                conf["runtimeConfig"] = json!({ "portMappings": cni_mappings(c) });
+            }
+            if p.get("ipam").is_some() {
+                conf["args"] = json!({"cni": {"ips": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>()}});
+            }
+            kinds.push(kind.to_string());
+            confs.push(conf.to_string());
+        }
+        let result = json!({
+            "cniVersion": version,
+            "interfaces": [{"name": ifname, "sandbox": netns}],
+            "ips": ips,
+        })
+        .to_string();
+        Some(CniChain {
+            network: net.name.clone(),
+            list,
+            netns,
+            ifname,
+            addrs,
+            ips,
+            result,
+            kinds,
+            confs,
+            id: c.id.clone(),
+        })
+    }
+
+    /// The script's start: PATH and the CNI variables ($1 id, $3 ifname; the namespace as
+    /// given), and `p`, which puts a result into a config as its prevResult.
+    fn prelude(&self, netns: &str) -> String {
+        format!(
+            "PATH=/opt/cni/bin:/usr/lib/cni:$PATH; export CNI_CONTAINERID=\"$1\" CNI_NETNS={netns} CNI_IFNAME=\"$3\" CNI_PATH=/opt/cni/bin:/usr/lib/cni; p() {{ printf '{{\"prevResult\":%s,%s' \"$1\" \"${{2#?}}\"; }}"
+        )
+    }
+
+    /// The configs follow the fixed arguments and `extra`: "${N}" for plugin `i`.
+    fn arg(&self, i: usize, extra: usize) -> String {
+        format!("\"${{{}}}\"", i + 5 + extra)
+    }
+
+    /// DEL in reverse order, each plugin given the cached result ($4).
+    fn push_del(&self, script: &mut String, extra: usize) {
+        for (i, k) in self.kinds.iter().enumerate().rev() {
+            script.push_str(&format!(
+                "; p \"$4\" {} | CNI_COMMAND=DEL {k} >/dev/null",
+                self.arg(i, extra)
+            ));
+        }
+    }
+
+    /// ADD in order, each plugin given the previous one's result; the last in $r.
+    fn push_add(&self, script: &mut String, extra: usize) {
+        for (i, k) in self.kinds.iter().enumerate() {
+            if i == 0 {
+                script.push_str(&format!(
+                    "; r=$(printf '%s' {} | CNI_COMMAND=ADD {k})",
+                    self.arg(i, extra)
+                ));
+            } else {
+                script.push_str(&format!(
+                    "; r=$(p \"$r\" {} | CNI_COMMAND=ADD {k})",
+                    self.arg(i, extra)
+                ));
+            }
+        }
+    }
+
+    /// `sh -c SCRIPT NAME id netns ifname result EXTRA... CONFS...`.
+    fn argv(&self, script: String, name: &str, extra: &[String]) -> Vec<String> {
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            script,
+            name.into(),
+            self.id.clone(),
+            self.netns.clone(),
+            self.ifname.clone(),
+            self.result.clone(),
+        ];
+        argv.extend(extra.iter().cloned());
+        argv.extend(self.confs.iter().cloned());
+        argv
+    }
 }
 
 /// The engine's DNAT rule for a port it publishes to a running container, missing while
@@ -654,22 +815,24 @@ fn cni_portmap_readd(snap: &Snapshot, c: &Container, fixer: &Fixer) -> Option<su
             m
         })
         .collect();
-    // The container's interface: the one holding its address in its namespace (eth0 else).
+    // The container's interface: libcni's ifName, else the one holding its address in its
+    // namespace, else eth0.
     let addrs: Vec<IpAddr> = att
         .ipv4
         .map(IpAddr::V4)
         .into_iter()
         .chain(att.ipv6.map(IpAddr::V6))
         .collect();
-    let ifname = snap
-        .namespaces
-        .iter()
-        .find(|n| n.containers.iter().any(|r| r.id == c.id))
-        .and_then(|n| {
-            let a = n.addresses.iter().find(|x| addrs.contains(&x.address))?;
-            n.link(a.index).map(|l| l.name.clone())
-        })
-        .unwrap_or_else(|| "eth0".into());
+    let ifname = att.ifname.clone().unwrap_or_else(|| {
+        snap.namespaces
+            .iter()
+            .find(|n| n.containers.iter().any(|r| r.id == c.id))
+            .and_then(|n| {
+                let a = n.addresses.iter().find(|x| addrs.contains(&x.address))?;
+                n.link(a.index).map(|l| l.name.clone())
+            })
+            .unwrap_or_else(|| "eth0".into())
+    });
     let ips: Vec<Value> = addrs
         .iter()
         .map(|a| {

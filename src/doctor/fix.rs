@@ -16,6 +16,10 @@ pub(crate) struct Fix {
     pub command: String,
     /// True when the command keeps running (a service to start): run it in the background.
     pub background: bool,
+    /// What to run after this one, once what its summary names holds (a CNI container's
+    /// runtime has made its new namespace): the second half of a fix that is not one command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub then: Option<Box<Fix>>,
 }
 
 /// Quote one argument for a POSIX shell line (only when it needs it).
@@ -89,6 +93,7 @@ impl Fixer {
             argv,
             command,
             background,
+            then: None,
         }
     }
 

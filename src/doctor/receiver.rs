@@ -274,8 +274,49 @@ pub(crate) fn receiver(
                 return (None, hop, Some(walk));
             }
         }
-        let dest = match proxied {
-            Some(t) => Destination {
+        // A proxy to one of the host's own addresses where no socket listens: the host's
+        // OUTPUT DNAT takes its connection on (a relay to a port published on 127.0.0.1 by
+        // CNI portmap, which DNATs localhost too).
+        let onward = proxied.and_then(|t| {
+            let local = t.ip().is_loopback() || host.has_address(t.ip());
+            let listened = host
+                .listeners
+                .iter()
+                .any(|s| s.proto == packet.proto && s.local.port() == t.port() && s.takes(t.ip()));
+            if !local || listened {
+                return None;
+            }
+            let out = Packet {
+                proto: packet.proto,
+                src: t.ip(),
+                dst: t.ip(),
+                dport: t.port(),
+                iif: None,
+                hook: "output".into(),
+                src_assumed: false,
+            };
+            let w = fw.walk(&out);
+            fw.dnat_in(&w, &out)
+        });
+        if let (Some(rule), Some(t)) = (&onward, proxied) {
+            hop.evidence.push(format!(
+                "its connections to {t} are DNATed in {} to {}: {}",
+                rule.chain,
+                SocketAddr::new(rule.to_addr, rule.to_port.unwrap_or(t.port())),
+                rule.text
+            ));
+        }
+        let dest = match (proxied, onward) {
+            (Some(t), Some(rule)) => Destination {
+                addr: rule.to_addr,
+                port: rule.to_port.unwrap_or(t.port()),
+                via: "dnat".into(),
+                rule: Some(rule),
+                receiver: owner,
+                netns: None,
+                interface: None,
+            },
+            (Some(t), None) => Destination {
                 addr: t.ip(),
                 port: t.port(),
                 via: "proxy".into(),
@@ -284,7 +325,7 @@ pub(crate) fn receiver(
                 netns: None,
                 interface: None,
             },
-            None => Destination {
+            (None, _) => Destination {
                 // A wildcard listener answers on the address the client used.
                 addr: if sock.local.ip().is_unspecified() {
                     packet.dst

@@ -397,12 +397,23 @@ pub(crate) fn service_hop(
                     })
             })
         });
+        // How the engine is told the container port: -p for Docker and Podman, the runtime's
+        // portMappings (handed to portmap) for CNI.
+        let recreate = |c: &crate::engine::Container| {
+            match c.engine {
+            crate::engine::EngineKind::Cni => format!(
+                "CNI portmap's mapping for {} has containerPort {} but {who} listens on {good} in {}: the runtime's portMappings should say containerPort {good} (given at the CNI ADD; or make {who} listen on {})",
+                c.name, dest.port, ns.label, dest.port
+            ),
+            _ => format!(
+                "{} publishes its port to container port {} but {who} listens on {good} in {}: re-create {} with -p HOST:{good} (or make {who} listen on {})",
+                c.name, dest.port, ns.label, c.name, dest.port
+            ),
+        }
+        };
         let (summary, fix) = match (engine, &dest.rule) {
             (Some(c), _) => (
-                format!(
-                    "{} publishes its port to container port {} but {who} listens on {good} in {}: re-create {} with -p HOST:{good} (or make {who} listen on {})",
-                    c.name, dest.port, ns.label, c.name, dest.port
-                ),
+                recreate(c),
                 Some(cx.fixer.fix_owned(
                     &format!(
                         "until {} is re-created, relay port {} to {good} inside {}",

@@ -16,6 +16,15 @@ use super::{
 /// Where libcni (podman's CNI backend, containerd, cnitool) caches results.
 pub(crate) const RESULTS_DIR: &str = "/var/lib/cni/results";
 
+/// The state of a cached attachment whose namespace file opens no namespace (missing, or
+/// the empty file a bind mount was made on): libcni's entry outlived the sandbox.
+pub(crate) const STALE: &str = "stale (namespace gone)";
+
+/// True when `path` opens a network namespace (an nsfs file), not merely exists.
+fn is_netns(path: &Path) -> bool {
+    crate::netns::NetNs::from_path(path).is_ok()
+}
+
 /// Add every cached CNI attachment under `dir` to `intent`, one container per container id.
 /// A missing directory is no CNI at all; an unreadable file is the source's error.
 pub(crate) fn read_into(dir: &Path, intent: &mut Intent) {
@@ -60,7 +69,7 @@ pub(crate) fn read_into(dir: &Path, intent: &mut Intent) {
                 engine: EngineKind::Cni,
                 id: entry.container_id.clone(),
                 name: entry.container_id.clone(),
-                state: ContainerState::Other("namespace gone".into()),
+                state: ContainerState::Other(STALE.into()),
                 pid: None,
                 netns: None,
                 netns_inode: None,
@@ -72,10 +81,17 @@ pub(crate) fn read_into(dir: &Path, intent: &mut Intent) {
                 project: None,
                 created_networks: None,
             });
-        if c.netns.is_none() {
-            if let Some(ns) = entry.netns.filter(|p| p.exists()) {
-                c.netns = Some(ns);
-                c.state = ContainerState::Running;
+        if c.state != ContainerState::Running {
+            // A path that exists is not yet a namespace: a runtime that crashed, or /run's
+            // mounts gone with a reboot, leave the empty file the bind mount was made on. The
+            // path is kept either way: the chain's DEL and a new ADD name it.
+            if let Some(ns) = entry.netns {
+                if is_netns(&ns) {
+                    c.state = ContainerState::Running;
+                    c.netns = Some(ns);
+                } else if c.netns.is_none() {
+                    c.netns = Some(ns);
+                }
             }
         }
         c.attachments.push(entry.attachment);
@@ -128,11 +144,29 @@ fn parse_entry(v: &serde_json::Value) -> Option<Entry> {
         })
         .and_then(|i| i.get("mac")?.as_str())
         .map(str::to_string);
+    // The interface the chain was run with (CNI_IFNAME): libcni records it; an older entry
+    // names it only as the result's sandboxed interface.
+    let ifname = v
+        .get("ifName")
+        .and_then(|n| n.as_str())
+        .or_else(|| {
+            ifaces
+                .iter()
+                .find(|i| {
+                    i.get("sandbox")
+                        .and_then(|s| s.as_str())
+                        .is_some_and(|s| !s.is_empty())
+                })
+                .and_then(|i| i.get("name")?.as_str())
+        })
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
     let mut attachment = Attachment {
         network: network_name.clone(),
         ipv4: None,
         ipv6: None,
         mac,
+        ifname,
     };
     for ip in result
         .and_then(|r| r.get("ips"))
@@ -307,8 +341,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Standard base64 with padding (what libcni's cache holds).
-#[cfg(test)]
-fn base64_encode(b: &[u8]) -> String {
+pub(crate) fn base64_encode(b: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
     for chunk in b.chunks(3) {
@@ -362,7 +395,13 @@ mod tests {
         assert_eq!(e.netns.as_deref(), Some(Path::new("/run/netns/x")));
         assert_eq!(e.attachment.ipv4, Some("10.99.0.2".parse().unwrap()));
         assert_eq!(e.attachment.mac.as_deref(), Some("cc"));
+        assert_eq!(e.attachment.ifname.as_deref(), Some("eth0"));
         assert_eq!(e.ports[0].host_port, 18090);
+        // A chain run with CNI_IFNAME=net1: the cache says so.
+        let mut v1 = v.clone();
+        v1["ifName"] = serde_json::json!("net1");
+        let e1 = parse_entry(&v1).unwrap();
+        assert_eq!(e1.attachment.ifname.as_deref(), Some("net1"));
         let n = e.network.unwrap();
         assert_eq!(n.bridge.as_deref(), Some("ntbr0"));
         assert_eq!(n.subnets[0].to_string(), "10.99.0.0/24");

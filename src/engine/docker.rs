@@ -324,6 +324,7 @@ pub(crate) fn container_from_inspect(
             ipv4: s(a, "/IPAddress").and_then(|x| x.parse().ok()),
             ipv6: s(a, "/GlobalIPv6Address").and_then(|x| x.parse().ok()),
             mac: s(a, "/MacAddress").map(str::to_string),
+            ifname: None,
         })
         .collect();
     attachments.sort_by(|a, b| a.network.cmp(&b.network));

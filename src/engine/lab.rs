@@ -73,6 +73,7 @@ fn add_lab(st: &state::LabState, intent: &mut Intent) {
                     ipv4: Some(i.address),
                     ipv6: i.address6,
                     mac: None,
+                    ifname: None,
                 })
                 .collect(),
             ports: st

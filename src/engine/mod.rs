@@ -155,6 +155,10 @@ pub struct Attachment {
     pub ipv6: Option<Ipv6Addr>,
     /// MAC address of the container's interface.
     pub mac: Option<String>,
+    /// The container's interface name, when the engine records it (libcni's cache `ifName`:
+    /// a chain added as net1 is re-added as net1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
 }
 
 /// One published port, as the engine intends it.
@@ -183,7 +187,8 @@ pub struct Container {
     pub state: ContainerState,
     /// Pid of its main process, when running.
     pub pid: Option<u32>,
-    /// A file that opens its network namespace (sandbox key, /run/netns/NAME), when it has one.
+    /// A file that opens its network namespace (sandbox key, /run/netns/NAME), when it has one;
+    /// for a stale CNI cache entry, the path the cache names (which opens nothing now).
     pub netns: Option<PathBuf>,
     /// Inode of that namespace, read when the intent was read (joins it to discovery).
     pub netns_inode: Option<u64>,
@@ -228,7 +233,12 @@ impl Container {
         let cli = self.engine.cli();
         match (&self.state, self.engine) {
             (_, EngineKind::Cni) => Some(format!(
-                "its CNI result is cached but the namespace is gone; run the plugin chain's DEL then ADD again for container id {}",
+                "libcni's cache holds its result but its namespace {} opens no namespace; the runtime that made the container owns it: `{} doctor container:{}` prints the chain's DEL (its rules and address go) and the ADD into a new namespace",
+                self.netns
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "?".into()),
+                crate::program::me(),
                 self.id
             )),
             (_, EngineKind::Kubernetes) => self.pod.as_ref().and_then(|p| p.split_once('/')).map(
@@ -327,11 +337,13 @@ impl Intent {
             if c.netns_inode.is_some() {
                 continue;
             }
+            // Only a file that opens a namespace: a stale CNI entry keeps the path of one
+            // that is gone (an empty file's inode would join nothing, or the wrong thing).
             let from_path = c
                 .netns
                 .as_ref()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .map(|m| m.ino());
+                .and_then(|p| crate::netns::NetNs::from_path(p).ok())
+                .map(|n| n.id().inode);
             let from_pid = || {
                 c.pid
                     .filter(|p| *p > 0)

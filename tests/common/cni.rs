@@ -81,6 +81,21 @@ impl CniAttachment {
         host_port: u16,
         container_port: u16,
     ) -> Self {
+        let port_mappings = json!([
+            {"hostPort": host_port, "containerPort": container_port, "protocol": "tcp"}
+        ]);
+        Self::add_with(host, container, subnets, port_mappings, "eth0")
+    }
+
+    /// ADD as [`CniAttachment::add_ranges`], with the port mappings given as runtimeConfig
+    /// (hostIP and all) and the chain run with CNI_IFNAME=`ifname`.
+    pub fn add_with(
+        host: &TestNs,
+        container: &TestNs,
+        subnets: &[&str],
+        port_mappings: Value,
+        ifname: &str,
+    ) -> Self {
         let ranges: Vec<Value> = subnets.iter().map(|s| json!([{"subnet": s}])).collect();
         let routes: Vec<Value> = subnets
             .iter()
@@ -104,11 +119,8 @@ impl CniAttachment {
                 {"type": "firewall", "backend": "iptables"}
             ]
         });
-        let port_mappings = json!([
-            {"hostPort": host_port, "containerPort": container_port, "protocol": "tcp"}
-        ]);
         let container_id = unique("ctr");
-        let ifname = "eth0".to_string();
+        let ifname = ifname.to_string();
         let cache = PathBuf::from(CACHE_DIR).join(format!("{network}-{container_id}-{ifname}"));
         let mut me = CniAttachment {
             host: host.name.clone(),
