@@ -1920,7 +1920,15 @@ struct PodmanLab {
 
 impl PodmanLab {
     fn new(tag: &str, port: u16) -> PodmanLab {
-        let mut p = common::podman::PodmanHost::start(tag);
+        Self::new_with(common::podman::PodmanHost::start(tag), tag, port)
+    }
+
+    /// The same for a test that runs `podman network reload --all` (see ReloadLock).
+    fn reloading(tag: &str, port: u16) -> PodmanLab {
+        Self::new_with(common::podman::PodmanHost::start_reloading(tag), tag, port)
+    }
+
+    fn new_with(mut p: common::podman::PodmanHost, tag: &str, port: u16) -> PodmanLab {
         let outside = TestNs::new(&format!("{tag}o"));
         uplink(&p.ns, &outside);
         let net = p.network("dnet", &[]);
@@ -1941,9 +1949,9 @@ impl PodmanLab {
 
     /// A dual-stack Podman host: the uplink also 2001:db8:1::1/64 (outside ::2), web on a
     /// `podman network create --ipv6` network (Podman picks an IPv4 and an IPv6 subnet),
-    /// busybox httpd on [::]:80 (both families).
+    /// busybox httpd on [::]:80 (both families). Its test reloads (see ReloadLock).
     fn dual(tag: &str, port: u16) -> PodmanLab {
-        let mut p = common::podman::PodmanHost::start(tag);
+        let mut p = common::podman::PodmanHost::start_reloading(tag);
         let outside = TestNs::new(&format!("{tag}o"));
         uplink(&p.ns, &outside);
         uplink6(&p.ns, &outside);
@@ -2069,8 +2077,7 @@ impl PodmanLab {
 
 #[test]
 fn podman_healthy_then_flushed_rules_then_stopped() {
-    let _reload = common::podman::ReloadLock::exclusive();
-    let l = PodmanLab::new("dpod", 18581);
+    let l = PodmanLab::reloading("dpod", 18581);
     let port = l.port.to_string();
     let outside = l.outside_from();
     let r = l.wait_clear(&["--from", &outside, &port, "--probe"]);
@@ -2140,7 +2147,6 @@ fn podman_healthy_then_flushed_rules_then_stopped() {
 /// `podman network reload --all`, which, run as printed, brings IPv6 back.
 #[test]
 fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
-    let _reload = common::podman::ReloadLock::exclusive();
     let l = PodmanLab::dual("dpod6", 18582);
     let port = l.port.to_string();
     let outside = l.outside_from();
@@ -2231,7 +2237,6 @@ fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
 /// network and from Podman's default one.
 #[test]
 fn podman_service_on_loopback_then_disconnected() {
-    let _reload = common::podman::ReloadLock::shared();
     let mut l = PodmanLab::new("dpodl", 18583);
     let port = l.port.to_string();
     let outside = l.outside_from();
@@ -2347,7 +2352,6 @@ fn podman_service_on_loopback_then_disconnected() {
 /// NAME`; each fix, run as printed, brings the port back (seen from outside with curl).
 #[test]
 fn podman_paused_and_created_containers() {
-    let _reload = common::podman::ReloadLock::shared();
     let l = PodmanLab::new("dpodp", 18586);
     let port = l.port.to_string();
     let outside = l.outside_from();
@@ -2424,7 +2428,6 @@ fn podman_paused_and_created_containers() {
 /// mismatch (the container's eth0 at 9000, its host end at 1500).
 #[test]
 fn podman_wrong_port_published_on_127_forwarding_off_and_mtu() {
-    let _reload = common::podman::ReloadLock::shared();
     let mut l = PodmanLab::new("dpodw", 18588);
     let port = l.port.to_string();
     let outside = l.outside_from();

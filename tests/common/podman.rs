@@ -47,12 +47,26 @@ pub struct PodmanHost {
     containers: Vec<String>,
     pods: Vec<String>,
     _service: ApiService,
+    /// Shared, or exclusive for a host whose test reloads ([`ReloadLock`]).
+    _reload: ReloadLock,
 }
 
 impl PodmanHost {
-    /// A fresh host namespace, the image imported, and the shared API service up.
+    /// A fresh host namespace, the image imported, and the shared API service up; no
+    /// `podman network reload --all` runs on the machine while it lives.
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, ReloadLock::shared)
+    }
+
+    /// The same for a test that runs `podman network reload --all`: no other Podman test host
+    /// lives meanwhile (the reload would move its containers here).
+    pub fn start_reloading(tag: &str) -> Self {
+        Self::start_with(tag, ReloadLock::exclusive)
+    }
+
+    fn start_with(tag: &str, lock: fn() -> ReloadLock) -> Self {
         let service = ApiService::acquire();
+        let reload = lock();
         let ns = TestNs::new(tag);
         let dir = std::env::temp_dir().join(unique(&format!("{tag}-podman")));
         std::fs::create_dir_all(&dir).unwrap();
@@ -71,6 +85,7 @@ impl PodmanHost {
             containers: Vec::new(),
             pods: Vec::new(),
             _service: service,
+            _reload: reload,
         };
         me.import_image();
         me
@@ -269,10 +284,10 @@ fn sweep_dead_runs(ns: &TestNs, dir: &Path) {
     }
 }
 
-/// Held around a Podman test's work, across test threads and test processes:
+/// Held by every [`PodmanHost`], across test threads and test processes:
 /// `podman network reload --all` tears down and sets up again every running container of the
-/// machine's Podman from the namespace it runs in (their veths move there), so a test that
-/// reloads holds it exclusively and every other Podman test shared.
+/// machine's Podman from the namespace it runs in (their veths move there), so a host whose
+/// test reloads holds it exclusively and every other one shared.
 pub struct ReloadLock(File);
 
 impl ReloadLock {
