@@ -766,6 +766,23 @@ fn a_stale_cni_entry_whose_namespace_is_gone_or_an_empty_file_is_named_stale() {
             .flat_map(container_names)
             .any(|c| c == stale.container_id);
         assert!(!named, "no namespace is the stale entry's: {list}");
+        // What the hint points at: doctor on the stale container names it and prints the DEL.
+        let out =
+            common::podman::nettool_plain(&["doctor", "--netns", &host.name, "--json", &target]);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["diagnosis"]["fault"], "container_not_running", "{r:#}");
+        let fix = &r["diagnosis"]["fix"];
+        assert!(
+            fix["command"]
+                .as_str()
+                .unwrap_or("")
+                .contains("CNI_COMMAND=DEL")
+                && fix["then"]["command"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("CNI_COMMAND=ADD"),
+            "{r:#}"
+        );
         // The live container keeps its name.
         let n = by_inode(&list, NetNs::from_name(&ctr.name).unwrap().id().inode);
         assert_eq!(container_names(n), [a.container_id.as_str()], "{n}");

@@ -529,7 +529,16 @@ fn cni_namespace_gone_fix(snap: &Snapshot, c: &Container, fixer: &Fixer) -> Opti
         "set -e; s=nettool-cni-del-$$; ip netns add \"$s\"; trap 'ip netns del \"$s\"' EXIT; ip -n \"$s\" link add \"$3\" type veth peer name nettool-del0; for a in $6; do ip -n \"$s\" addr add \"$a\" dev \"$3\"; done; ",
     );
     del.push_str(&chain.prelude("/run/netns/$s"));
-    chain.push_del(&mut del, 2);
+    // The firewall plugin removes its rules by address: when a live namespace holds the
+    // address now (host-local gave it to another container), they are that container's.
+    // Everything else is found by this container's id (portmap's chain, bridge's masquerade
+    // rule, host-local's reservation).
+    let reused = chain
+        .addrs
+        .iter()
+        .any(|a| snap.namespaces.iter().any(|n| n.has_address(*a)));
+    let skip: &[&str] = if reused { &["firewall"] } else { &[] };
+    chain.push_del_skipping(&mut del, 2, skip);
     // libcni's DEL removes the cache entry; an empty file left where the namespace was
     // mounted would stop the runtime (or `ip netns add`) making the new one there (rm cannot
     // remove a live mount: it fails, and that is ignored).
@@ -686,7 +695,15 @@ impl CniChain {
 
     /// DEL in reverse order, each plugin given the cached result ($4).
     fn push_del(&self, script: &mut String, extra: usize) {
+        self.push_del_skipping(script, extra, &[]);
+    }
+
+    /// DEL as [`CniChain::push_del`], leaving out the plugins of the kinds in `skip`.
+    fn push_del_skipping(&self, script: &mut String, extra: usize, skip: &[&str]) {
         for (i, k) in self.kinds.iter().enumerate().rev() {
+            if skip.contains(&k.as_str()) {
+                continue;
+            }
             script.push_str(&format!(
                 "; p \"$4\" {} | CNI_COMMAND=DEL {k} >/dev/null",
                 self.arg(i, extra)
@@ -909,5 +926,46 @@ mod tests {
         let r = replay(&snap).unwrap();
         assert_eq!(r.diagnosis.fix.unwrap().argv[5], "podman");
         assert!(r.diagnosis.line.contains("Podman keeps no record of which"));
+    }
+
+    #[test]
+    fn a_cni_namespace_gone_is_deleted_from_the_cache_then_added_again() {
+        let mut snap = load("cni-namespace-gone");
+        let r = replay(&snap).unwrap();
+        assert_eq!(r.diagnosis.fault, Some(Fault::ContainerNotRunning));
+        let fix = r.diagnosis.fix.unwrap();
+        let del = &fix.argv[2];
+        for k in ["DEL firewall", "DEL portmap", "DEL bridge", "rm -f"] {
+            assert!(del.contains(k), "{k}: {del}");
+        }
+        assert!(!del.contains("CNI_COMMAND=ADD"), "{del}");
+        let then = fix
+            .then
+            .expect("the ADD once the runtime made the namespace");
+        assert!(
+            then.argv[2].contains("CNI_COMMAND=ADD bridge"),
+            "{:?}",
+            then.argv
+        );
+        assert!(then.summary.contains("ip netns add"), "{}", then.summary);
+        // Its address now another container's (host-local handed it out again): the firewall
+        // plugin, which removes rules by address, is left out of the DEL.
+        let ip = snap.intent.as_ref().unwrap().containers[0].attachments[0]
+            .ipv4
+            .unwrap();
+        let host = snap.host;
+        let ns = snap.namespaces.iter_mut().find(|n| n.id != host).unwrap();
+        ns.addresses.push(crate::netns::links::Address {
+            index: 1,
+            address: ip.into(),
+            prefix_len: 24,
+        });
+        let r = replay(&snap).unwrap();
+        let del = &r.diagnosis.fix.unwrap().argv[2];
+        assert!(!del.contains("DEL firewall"), "{del}");
+        assert!(
+            del.contains("DEL portmap") && del.contains("DEL bridge"),
+            "{del}"
+        );
     }
 }
