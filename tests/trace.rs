@@ -1300,3 +1300,97 @@ fn kfree_skb_is_filtered_in_an_instance_of_its_own_and_removed() {
         );
     }
 }
+
+/// The tools each successful execve of the process tree ran, by name, from `strace -ff` files
+/// under `dir`.
+fn tools_run(dir: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let mut n = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for l in text.lines() {
+            let Some(rest) = l.strip_prefix("execve(\"") else {
+                continue;
+            };
+            if !l.trim_end().ends_with("= 0") {
+                continue;
+            }
+            let path = rest.split('"').next().unwrap_or_default();
+            let tool = path.rsplit('/').next().unwrap_or_default().to_string();
+            *n.entry(tool).or_insert(0) += 1;
+        }
+    }
+    n
+}
+
+/// A trace reads each namespace's rules once, through the snapshot's firewall loader: the
+/// DNAT targets to follow, the legacy tables nf_tables tracing cannot see and the
+/// iptables-save lines of the rules come from the same dump. Before, iptables-nft-save ran
+/// three times and iptables-legacy-save four for the two namespaces (nat::load_live, then the
+/// legacy check and the rule index each ran their own).
+#[test]
+fn a_trace_reads_each_namespaces_rules_once() {
+    let topo = topo();
+    // A legacy rule in the host: said in the notes (nf_tables tracing cannot see it).
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &topo.host.name,
+        "iptables-legacy",
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "9",
+        "-j",
+        "ACCEPT",
+    ]);
+    let dir = std::env::temp_dir().join(common::unique("nt-test-strace"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("strace")
+        .args(["-f", "-ff", "-qq", "-e", "trace=execve", "-o"])
+        .arg(dir.join("x"))
+        .arg(env!("CARGO_BIN_EXE_nettool"))
+        .args([
+            "trace",
+            "tcp:8080",
+            "--netns",
+            &topo.host.name,
+            "--netns",
+            &topo.ctr.name,
+            "--no-drops",
+            "--json",
+            "--duration",
+            "1s",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("strace (apt-get install strace)");
+    let runs = tools_run(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", common::text(&out));
+    for tool in [
+        "iptables-nft-save",
+        "iptables-legacy-save",
+        "ip6tables-nft-save",
+        "ip6tables-legacy-save",
+    ] {
+        assert_eq!(runs.get(tool), Some(&2), "{tool}: {runs:?}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let notes = summary["summary"]["notes"].to_string();
+    assert!(
+        notes.contains(&format!(
+            "{}: ip filter (legacy) holds legacy iptables rules",
+            topo.host.name
+        )),
+        "{notes}"
+    );
+    // Followed from the same dump: 8080 is DNATed to port 80 in the host.
+    assert!(
+        notes.contains("following DNAT: also tracing port 80"),
+        "{notes}"
+    );
+}

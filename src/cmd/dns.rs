@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cli::parse_duration;
 use crate::dns::capture::PcapOut;
 use crate::dns::pair::{Hop, Lookup, NameSummary, Status, Summary};
-use crate::dns::{self, docker, Alias, LiveOptions, LookupSink, Source, SourceStats};
+use crate::dns::{self, docker, LiveOptions, LookupSink, Source, SourceStats};
 use crate::netns::discover::{discover, DiscoverOptions};
 use crate::netns::{NetNs, NsId};
 use crate::output::{paint, Table};
@@ -256,12 +256,24 @@ struct Report {
     sources: Vec<SourceStats>,
 }
 
-fn aliases_for(ns: &NetNs, no_docker: bool) -> Vec<Alias> {
-    if no_docker {
-        Vec::new()
+/// A capture source in each namespace, with the aliases of Docker's embedded resolver there
+/// (each namespace's rules read once); Err says why capturing in that namespace failed.
+fn open_sources(
+    nss: Vec<NetNs>,
+    timeout: Duration,
+    no_docker: bool,
+) -> Vec<Result<Source, String>> {
+    let aliases = if no_docker {
+        vec![Vec::new(); nss.len()]
     } else {
-        docker::embedded_resolver_aliases(ns)
-    }
+        docker::embedded_resolver_aliases(&nss.iter().collect::<Vec<_>>())
+    };
+    nss.iter()
+        .zip(aliases)
+        .map(|(ns, a)| {
+            Source::open(ns, timeout, a).map_err(|e| format!("namespace {}: {e}", ns.label()))
+        })
+        .collect()
 }
 
 /// Run `nettool dns`.
@@ -294,14 +306,17 @@ pub(crate) fn run(a: DnsArgs) -> anyhow::Result<i32> {
         let no_docker = a.no_docker;
         let mut sources = Vec::new();
         if a.all_netns {
-            for info in discover(DiscoverOptions {
+            let nss = discover(DiscoverOptions {
                 skip_interfaces: true,
                 skip_docker: false,
-            }) {
-                let Ok(ns) = info.open() else { continue };
-                match Source::open(&ns, timeout, aliases_for(&ns, no_docker)) {
+            })
+            .iter()
+            .filter_map(|info| info.open().ok())
+            .collect();
+            for s in open_sources(nss, timeout, no_docker) {
+                match s {
                     Ok(s) => sources.push(s),
-                    Err(e) => tracing::warn!("skipping namespace {}: {e}", ns.label()),
+                    Err(e) => tracing::warn!("skipping {e}"),
                 }
             }
             anyhow::ensure!(
@@ -311,8 +326,13 @@ pub(crate) fn run(a: DnsArgs) -> anyhow::Result<i32> {
         } else {
             let target = a.netns.as_deref().unwrap_or("current");
             let ns = NetNs::open(target).with_context(|| format!("--netns {target}"))?;
-            let src = Source::open(&ns, timeout, aliases_for(&ns, no_docker))
-                .with_context(|| format!("--netns {target}"))?;
+            let aliases = if no_docker {
+                Vec::new()
+            } else {
+                docker::embedded_resolver_aliases(&[&ns]).remove(0)
+            };
+            let src =
+                Source::open(&ns, timeout, aliases).with_context(|| format!("--netns {target}"))?;
             sources.push(src);
         }
         let mut pcap = match &a.pcap {
@@ -330,11 +350,14 @@ pub(crate) fn run(a: DnsArgs) -> anyhow::Result<i32> {
                 .filter(|id| !now.contains(id))
                 .copied()
                 .collect();
-            let added = infos
+            let fresh = infos
                 .iter()
                 .filter(|i| !have.contains(&i.id))
                 .filter_map(|i| i.open().ok())
-                .filter_map(|ns| Source::open(&ns, timeout, aliases_for(&ns, no_docker)).ok())
+                .collect();
+            let added = open_sources(fresh, timeout, no_docker)
+                .into_iter()
+                .flatten()
                 .collect();
             (added, gone)
         };

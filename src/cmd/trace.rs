@@ -263,6 +263,7 @@ fn container_point(intent: &Intent, name: &str) -> anyhow::Result<TracePoint> {
             ns,
             name: format!("container:{}", c.name),
             container: Some(format!("{} ({})", c.name, c.engine)),
+            firewall: None,
         });
     }
     Ok(TracePoint::open(&format!("container:{name}"))?)

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::packet::Transport;
 use super::Alias;
+use crate::facts::{firewall, FirewallDump};
 use crate::nat::model::{Action, Cond, Dir, Ruleset};
 use crate::netns::sockets::{self, Proto, Which};
 use crate::netns::NetNs;
@@ -113,10 +114,12 @@ pub(crate) fn ports_from_ruleset(rs: &Ruleset) -> Vec<ResolverPort> {
 }
 
 /// Where Docker's embedded resolver really listens in `ns` (empty when there is none): the
-/// namespace's nat rules first (they hold even when the resolver is down, which is worth
-/// seeing), then sockets listening on 127.0.0.11 (when no rule tool can be run).
-pub(crate) fn resolver_ports(ns: &NetNs) -> Vec<ResolverPort> {
-    let mut out = crate::nat::load_live(ns)
+/// namespace's nat rules first, from its firewall dump `fw` (they hold even when the
+/// resolver is down, which is worth seeing), then sockets listening on 127.0.0.11 (when no
+/// rule tool could be run).
+pub(crate) fn resolver_ports(ns: &NetNs, fw: &FirewallDump) -> Vec<ResolverPort> {
+    let mut out = fw
+        .ruleset_all(ns.label())
         .map(|rs| ports_from_ruleset(&rs))
         .unwrap_or_default();
     for p in ports_from_sockets(ns) {
@@ -127,9 +130,14 @@ pub(crate) fn resolver_ports(ns: &NetNs) -> Vec<ResolverPort> {
     out
 }
 
-/// The aliases for Docker's embedded resolver in `ns`.
-pub(crate) fn embedded_resolver_aliases(ns: &NetNs) -> Vec<Alias> {
-    aliases_for(&resolver_ports(ns))
+/// The aliases for Docker's embedded resolver in each of `nss`, their rules read once through
+/// facts::firewall (a few namespaces at a time).
+pub(crate) fn embedded_resolver_aliases(nss: &[&NetNs]) -> Vec<Vec<Alias>> {
+    let dumps = firewall::dump_each(nss);
+    nss.iter()
+        .zip(&dumps)
+        .map(|(ns, fw)| aliases_for(&resolver_ports(ns, fw)))
+        .collect()
 }
 
 /// Aliases showing each real port as 127.0.0.11:53.

@@ -156,10 +156,13 @@ fn trace_options(
         if points.iter().any(|p| p.ns == ns) {
             continue;
         }
+        // The rules the snapshot holds (the host's) are not dumped again for the trace.
+        let firewall = snap.ns(ns.id()).and_then(|f| f.firewall(snap)).cloned();
         points.push(TracePoint {
             name: label.unwrap_or_else(|| name(&ns, ns.label())),
             container: container(&ns),
             ns,
+            firewall,
         });
     }
     let mut filter = TraceFilter {

@@ -118,6 +118,11 @@ pub(crate) fn dump_with(ns: &NetNs, counters: bool) -> FirewallDump {
     d
 }
 
+/// Dump the firewalls of several namespaces, a few at a time (each one's tools in parallel).
+pub(crate) fn dump_each(nss: &[&NetNs]) -> Vec<FirewallDump> {
+    crate::netns::peers::parallel_map(nss.len(), |i| dump(nss[i]))
+}
+
 /// True when an iptables-save text holds at least one rule.
 pub(crate) fn has_rules(text: &str) -> bool {
     text.lines().any(|l| {
@@ -263,6 +268,29 @@ impl FirewallDump {
         rs
     }
 
+    /// The tables legacy iptables holds rules in ("ip filter (legacy)"): x_tables, which
+    /// nf_tables tracing cannot see.
+    pub(crate) fn legacy_tables(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for (fam, text) in [
+            ("ip", &self.iptables_legacy),
+            ("ip6", &self.ip6tables_legacy),
+        ] {
+            let mut table = "";
+            for l in text.as_deref().unwrap_or_default().lines() {
+                if let Some(t) = l.strip_prefix('*') {
+                    table = t.trim();
+                } else if has_rules(l) {
+                    let name = format!("{fam} {table} (legacy)");
+                    if !found.contains(&name) {
+                        found.push(name);
+                    }
+                }
+            }
+        }
+        found
+    }
+
     /// Rule texts iptables-legacy holds (v4 and v6), to name the right tool in fixes.
     pub(crate) fn legacy_rules(&self) -> HashSet<String> {
         let mut s = rule_lines(self.iptables_legacy.as_deref());
@@ -380,6 +408,27 @@ mod tests {
         };
         assert_eq!(tables(&d.ruleset(true, "h")), ["ip6 filter"]);
         assert_eq!(tables(&d.ruleset_all("h").unwrap()), ["ip nat"]);
+    }
+
+    /// The legacy tables that hold rules, per family, each once (trace says nf_tables tracing
+    /// cannot see them); a dump with only built-in chains holds none.
+    #[test]
+    fn legacy_tables_with_rules_are_named_once() {
+        let d = FirewallDump {
+            iptables_legacy: Some(format!(
+                "{V4_LEGACY}*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+            )),
+            ip6tables_legacy: Some(
+                "*raw\n:PREROUTING ACCEPT [0:0]\n[3:180] -A PREROUTING -j ACCEPT\nCOMMIT\n".into(),
+            ),
+            iptables_nft: Some(V4.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            d.legacy_tables(),
+            ["ip filter (legacy)", "ip6 raw (legacy)"]
+        );
+        assert!(FirewallDump::default().legacy_tables().is_empty());
     }
 
     /// Old systems: plain iptables-save is read and named; nothing at all is an error that

@@ -709,15 +709,7 @@ pub(crate) fn add_firewalls(snap: &mut Snapshot, ids: &[NsId]) {
             (ns.id() == id).then(|| (id, ns.with_label(&n.label)))
         })
         .collect();
-    let dumps: Vec<FirewallDump> = std::thread::scope(|s| {
-        let hs: Vec<_> = opened
-            .iter()
-            .map(|(_, ns)| s.spawn(move || firewall::dump(ns)))
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+    let dumps = firewall::dump_each(&opened.iter().map(|(_, ns)| ns).collect::<Vec<_>>());
     for ((id, _), d) in opened.into_iter().zip(dumps) {
         if id == host {
             snap.firewall = d;

@@ -12,8 +12,6 @@ pub mod walk;
 
 pub use model::Ruleset;
 
-use crate::netns::NetNs;
-
 /// Errors loading rules.
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
@@ -236,17 +234,6 @@ pub fn load_file(path: &str, table: Option<&str>) -> Result<Ruleset, NatError> {
         source,
     })?;
     parse_text(&text, table, path)
-}
-
-/// Read every rule in a namespace, IPv4 and IPv6, with counters: iptables-nft-save and
-/// iptables-legacy-save (a warning when both hold rules: the classic split-backend trap), the
-/// ip6tables pair, and `nft -j list ruleset` for native nft tables. The dumps and the way they
-/// merge are src/facts' (the same loader doctor's snapshot uses).
-pub fn load_live(ns: &NetNs) -> Result<Ruleset, NatError> {
-    let label = ns.label().to_string();
-    crate::facts::firewall::dump_with(ns, true)
-        .ruleset_all(&label)
-        .map_err(|why| NatError::NoTools { ns: label, why })
 }
 
 /// One fuzz input through every loader, the summary (with its walks) and two walks: the body of

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::facts::{firewall, FirewallDump};
 use crate::netns::NetNs;
 use conntrack::{CtEntry, CtWatch, NatRewrite};
 use drops::{DropTracer, Endpoint, KernelDrop};
@@ -233,6 +234,10 @@ pub(crate) struct TracePoint {
     pub name: String,
     /// The container that lives there, when one does.
     pub container: Option<String>,
+    /// Its firewall as the caller's snapshot recorded it (None: dumped once, through
+    /// facts::firewall, when the trace starts). The DNAT targets to follow, the legacy tables
+    /// tracing cannot see and the iptables lines of the rules all come from this one read.
+    pub firewall: Option<FirewallDump>,
 }
 
 impl TracePoint {
@@ -243,6 +248,7 @@ impl TracePoint {
             name: target.to_string(),
             container: None,
             ns,
+            firewall: None,
         })
     }
 }
@@ -504,11 +510,16 @@ fn ifnames(ns: &NetNs) -> HashMap<u32, String> {
     .unwrap_or_default()
 }
 
-/// Ports and addresses that DNAT rules matching `f` rewrite to, in `ns`.
-fn dnat_targets(ns: &NetNs, f: &TraceFilter) -> (BTreeSet<u16>, BTreeSet<IpAddr>) {
+/// Ports and addresses that DNAT rules matching `f` rewrite to, in the firewall `fw` of the
+/// point named `label`.
+fn dnat_targets(
+    fw: &FirewallDump,
+    label: &str,
+    f: &TraceFilter,
+) -> (BTreeSet<u16>, BTreeSet<IpAddr>) {
     use crate::nat::model::{Action, Cond, Dir};
     let (mut ports, mut addrs) = (BTreeSet::new(), BTreeSet::new());
-    let Ok(rs) = crate::nat::load_live(ns) else {
+    let Ok(rs) = fw.ruleset_all(label) else {
         return (ports, addrs);
     };
     for t in &rs.tables {
@@ -553,11 +564,25 @@ impl Session {
         }
         // Whatever a dead tracer left behind goes first.
         journal::recover();
+        // Each point's rules, read once: from the caller's snapshot, else dumped now.
+        let missing: Vec<&NetNs> = opts
+            .points
+            .iter()
+            .filter(|p| p.firewall.is_none())
+            .map(|p| &p.ns)
+            .collect();
+        let mut dumped = firewall::dump_each(&missing).into_iter();
+        for p in &mut opts.points {
+            if p.firewall.is_none() {
+                p.firewall = dumped.next();
+            }
+        }
         let mut notes = Vec::new();
         if opts.follow_dnat {
             let mut extra = TraceFilter::default();
             for p in &opts.points {
-                let (ports, addrs) = dnat_targets(&p.ns, &opts.filter);
+                let fw = p.firewall.as_ref().expect("filled above");
+                let (ports, addrs) = dnat_targets(fw, &p.name, &opts.filter);
                 extra.ports.extend(ports);
                 if !opts.filter.addrs.is_empty() {
                     extra.addrs.extend(addrs);
@@ -614,7 +639,8 @@ impl Session {
             cleaned: false,
         };
         for p in opts.points {
-            for legacy in ruleset::legacy_tables_with_rules(&p.ns) {
+            let fw = p.firewall.clone().unwrap_or_default();
+            for legacy in fw.legacy_tables() {
                 s.report.notes.push(format!(
                     "{}: {legacy} holds legacy iptables rules; nf_tables tracing cannot see them (their drops still show as kernel drop NETFILTER_DROP)",
                     p.name
@@ -638,7 +664,7 @@ impl Session {
                     ))
                 })?;
             ruleset::run_nft(&p.ns, &["-f", "-"], Some(&text)).map_err(TraceError::Setup)?;
-            let rules = ruleset::load(&p.ns).map_err(TraceError::Setup)?;
+            let rules = ruleset::load(&p.ns, &fw).map_err(TraceError::Setup)?;
             let ifn = ifnames(&p.ns);
             // Opened after the table: a flow the first traced packet starts is in the dump or
             // in the events.
@@ -956,7 +982,9 @@ impl Session {
             })
         });
         if missing && point.rules_loaded.elapsed() > Duration::from_secs(1) {
-            if let Ok(r) = ruleset::load(&point.point.ns) {
+            // The rules changed since the start: read them again, through the one loader.
+            let fw = firewall::dump(&point.point.ns);
+            if let Ok(r) = ruleset::load(&point.point.ns, &fw) {
                 point.rules = r;
             }
             point.rules_loaded = Instant::now();

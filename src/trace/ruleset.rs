@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
+use crate::facts::FirewallDump;
 use crate::netns::NetNs;
 
 /// Who wrote a chain, guessed from its table and chain names.
@@ -204,25 +205,17 @@ fn strip_counters(body: &str) -> String {
 }
 
 /// Run `nft -a list ruleset` inside `ns` and index it; rules of iptables-nft tables also get
-/// their iptables-nft-save line.
-pub(crate) fn load(ns: &NetNs) -> Result<RuleIndex, String> {
+/// their iptables-nft-save line, from the namespace's firewall dump `fw` (read once).
+pub(crate) fn load(ns: &NetNs, fw: &FirewallDump) -> Result<RuleIndex, String> {
     let out = run_nft(ns, &["-a", "list", "ruleset"], None)?;
     let mut idx = parse_listing(&out);
-    for (family, tool) in [("ip", "iptables-nft-save"), ("ip6", "ip6tables-nft-save")] {
+    for (family, saved) in [("ip", &fw.iptables_nft), ("ip6", &fw.ip6tables_nft)] {
         if !idx.iptables_nft.iter().any(|(f, _)| f == family) {
             continue;
         }
-        let mut cmd = Command::new(tool);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let Ok(child) = crate::netns::exec::spawn(ns, cmd, &Default::default()) else {
-            continue;
-        };
-        let Ok(saved) = child.wait_with_output() else {
-            continue;
-        };
-        add_iptables_lines(&mut idx, family, &String::from_utf8_lossy(&saved.stdout));
+        if let Some(saved) = saved {
+            add_iptables_lines(&mut idx, family, saved);
+        }
     }
     Ok(idx)
 }
@@ -301,38 +294,6 @@ pub(crate) fn run_nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<
         text.push_str(w.lines().next().unwrap_or(""));
     }
     Ok(text)
-}
-
-/// Is legacy iptables (x_tables, invisible to nf_tables tracing) holding rules in `ns`?
-/// Returns the tables with rules.
-pub(crate) fn legacy_tables_with_rules(ns: &NetNs) -> Vec<String> {
-    let mut found = Vec::new();
-    for tool in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        let mut cmd = Command::new(tool);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let Ok(child) = crate::netns::exec::spawn(ns, cmd, &Default::default()) else {
-            continue;
-        };
-        let Ok(out) = child.wait_with_output() else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut table = String::new();
-        for l in text.lines() {
-            if let Some(t) = l.strip_prefix('*') {
-                table = t.to_string();
-            } else if l.starts_with("-A ") {
-                let fam = if tool.starts_with("ip6") { "ip6" } else { "ip" };
-                let name = format!("{fam} {table} (legacy)");
-                if !found.contains(&name) {
-                    found.push(name);
-                }
-            }
-        }
-    }
-    found
 }
 
 #[cfg(test)]
