@@ -4427,3 +4427,41 @@ fn udp_gro_coalesced_datagrams_reach_the_backend_one_by_one() {
     let log = p.stop();
     assert!(log.contains("datagrams=400"), "{log}");
 }
+
+#[test]
+fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check() {
+    // A backend that answers and closes, as in tools/bench-proxy's short connections.
+    let ns = lab("pxshort");
+    let dir = TempDir::new("pxshort");
+    let l = listen_in(&ns, "127.0.0.1:7301");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 64];
+            if s.read(&mut buf).is_ok_and(|n| n > 0) {
+                let _ = s.write_all(b"pong\n");
+            }
+        }
+    });
+    let p = start(Some(&ns), &dir, &["127.0.0.1:7302", "127.0.0.1:7301"]);
+    const N: u64 = 200;
+    let (calls, ()) = syscalls_during(p.pid(), "recvfrom,read,getsockopt", || {
+        for _ in 0..N {
+            let mut s = connect_in(&ns, "127.0.0.1:7302").unwrap();
+            s.write_all(b"ping\n").unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"pong\n");
+        }
+    });
+    // Per connection: the client's request, its FIN, the backend's answer with its FIN: 3
+    // reads, plus a read that finds the request not there yet when the proxy accepts first
+    // (measured: 3.4 per connection). Before: 5 and more, with a 4th read only to be told 0
+    // after the FIN was seen and an SO_ERROR query after every successful connect.
+    assert!(
+        calls < 4 * N,
+        "{calls} reads and getsockopt calls for {N} connections"
+    );
+    let log = p.stop();
+    assert!(log.contains(&format!("connections={N}")), "{log}");
+}

@@ -185,9 +185,11 @@ async fn splice_dir(
             pass_fin(dst.as_ref(), ended);
             return DirEnd::Eof;
         }
-        let wrote = if n < SMALL && fin_already_here(src.as_ref()) {
-            // The source's FIN came with this data (a server that answers and closes): send the
-            // data corked so the FIN passed on next leaves in the same segment, one packet less.
+        // The source's FIN came with this data (a server that answers and closes). A short
+        // read drained the receive queue up to that FIN, so these bytes are the last ones.
+        let last = n < SMALL && fin_already_here(src.as_ref());
+        let wrote = if last {
+            // Corked, so the FIN passed on next leaves in the same segment: one packet less.
             write_corked(dst.as_ref(), &small[..n]).await
         } else {
             write_all(&mut dst, &small[..n]).await
@@ -197,6 +199,11 @@ async fn splice_dir(
         }
         total.fetch_add(n as u64, Ordering::Relaxed);
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if last {
+            // No read just to be told 0: pass the FIN on now.
+            pass_fin(dst.as_ref(), ended);
+            return DirEnd::Eof;
+        }
         if n == SMALL {
             break;
         }
@@ -337,7 +344,32 @@ async fn copy_dir(
     }
 }
 
-type DirFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = DirEnd> + Send + 'a>>;
+/// Drive both directions until both end or one side resets; says why.
+async fn drive(
+    f1: impl std::future::Future<Output = DirEnd>,
+    f2: impl std::future::Future<Output = DirEnd>,
+) -> CloseReason {
+    let (mut f1, mut f2) = (std::pin::pin!(f1), std::pin::pin!(f2));
+    let (mut d1, mut d2) = (false, false);
+    loop {
+        let (which, end) = tokio::select! {
+            e = &mut f1, if !d1 => (Direction::ClientToServer, e),
+            e = &mut f2, if !d2 => (Direction::ServerToClient, e),
+        };
+        match (which, end) {
+            (Direction::ClientToServer, DirEnd::Eof) => d1 = true,
+            (Direction::ServerToClient, DirEnd::Eof) => d2 = true,
+            (Direction::ClientToServer, DirEnd::SrcReset)
+            | (Direction::ServerToClient, DirEnd::DstReset) => return CloseReason::ClientReset,
+            (Direction::ServerToClient, DirEnd::SrcReset)
+            | (Direction::ClientToServer, DirEnd::DstReset) => return CloseReason::BackendReset,
+            (_, DirEnd::Error(e)) => return CloseReason::Error(e.to_string()),
+        }
+        if d1 && d2 {
+            return CloseReason::Normal;
+        }
+    }
+}
 
 /// Relay until both directions end or one side resets; returns why and the byte counts.
 pub(crate) async fn relay(
@@ -352,56 +384,41 @@ pub(crate) async fn relay(
     let c = &ctx.counters;
     let (client_r, client_w) = client.split();
     let (backend_r, backend_w) = backend.split();
-    let (f1, f2): (DirFuture<'_>, DirFuture<'_>) = match &ctx.tap {
-        Some(tap) => (
-            Box::pin(copy_dir(
-                client_r,
-                backend_w,
-                &up,
-                &c.bytes_c2s,
-                &ended,
-                tap,
-                conn,
-                Direction::ClientToServer,
-            )),
-            Box::pin(copy_dir(
-                backend_r,
-                client_w,
-                &down,
-                &c.bytes_s2c,
-                &ended,
-                tap,
-                conn,
-                Direction::ServerToClient,
-            )),
-        ),
-        None => (
-            Box::pin(splice_dir(client_r, backend_w, &up, &c.bytes_c2s, &ended)),
-            Box::pin(splice_dir(backend_r, client_w, &down, &c.bytes_s2c, &ended)),
-        ),
-    };
-    let (mut f1, mut f2) = (f1, f2);
-    let (mut d1, mut d2) = (false, false);
-    let reason = loop {
-        let (which, end) = tokio::select! {
-            e = &mut f1, if !d1 => (Direction::ClientToServer, e),
-            e = &mut f2, if !d2 => (Direction::ServerToClient, e),
-        };
-        match (which, end) {
-            (Direction::ClientToServer, DirEnd::Eof) => d1 = true,
-            (Direction::ServerToClient, DirEnd::Eof) => d2 = true,
-            (Direction::ClientToServer, DirEnd::SrcReset)
-            | (Direction::ServerToClient, DirEnd::DstReset) => break CloseReason::ClientReset,
-            (Direction::ServerToClient, DirEnd::SrcReset)
-            | (Direction::ClientToServer, DirEnd::DstReset) => break CloseReason::BackendReset,
-            (_, DirEnd::Error(e)) => break CloseReason::Error(e.to_string()),
+    // Each path's two futures live on this task's own frame: no allocation per connection.
+    let reason = match &ctx.tap {
+        Some(tap) => {
+            drive(
+                copy_dir(
+                    client_r,
+                    backend_w,
+                    &up,
+                    &c.bytes_c2s,
+                    &ended,
+                    tap,
+                    conn,
+                    Direction::ClientToServer,
+                ),
+                copy_dir(
+                    backend_r,
+                    client_w,
+                    &down,
+                    &c.bytes_s2c,
+                    &ended,
+                    tap,
+                    conn,
+                    Direction::ServerToClient,
+                ),
+            )
+            .await
         }
-        if d1 && d2 {
-            break CloseReason::Normal;
+        None => {
+            drive(
+                splice_dir(client_r, backend_w, &up, &c.bytes_c2s, &ended),
+                splice_dir(backend_r, client_w, &down, &c.bytes_s2c, &ended),
+            )
+            .await
         }
     };
-    drop(f1);
-    drop(f2);
     match &reason {
         CloseReason::ClientReset => {
             let _ = backend.set_zero_linger();

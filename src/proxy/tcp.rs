@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::Type;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::relay::relay;
 use super::spec::PortMap;
@@ -53,14 +54,30 @@ pub(crate) async fn dial(
     if let Some(f) = &d.fallback {
         ctx.fallback(id, client, f);
     }
-    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(d.socket));
-    match tokio::time::timeout(DIAL_TIMEOUT, sock.connect(target)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {}s", DIAL_TIMEOUT.as_secs()),
-        )),
+    // A non-blocking connect, then one wait for writability. Not TcpSocket::connect: it asks
+    // for SO_ERROR after every connect, a syscall per connection that only a failure needs
+    // (a failed connect reports HUP/ERR, which is when the error is read).
+    match d.socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
     }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(d.socket))?;
+    let ready = match tokio::time::timeout(DIAL_TIMEOUT, stream.ready(Interest::WRITABLE)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {}s", DIAL_TIMEOUT.as_secs()),
+            ))
+        }
+    };
+    if ready.is_write_closed() || ready.is_error() {
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok(stream)
 }
 
 struct Active<'a>(&'a Ctx);
