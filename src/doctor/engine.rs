@@ -332,31 +332,30 @@ fn published_elsewhere(
         IpAddr::V4(_) => format!("{a}:{port}"),
         IpAddr::V6(_) => format!("[{a}]:{port}"),
     };
-    Hop::fail(
-        ID,
-        TITLE,
-        Fault::PublishedElsewhere,
+    // CNI has no -p: the runtime hands portmap its portMappings at the ADD.
+    let line = if c.engine == EngineKind::Cni {
+        format!(
+            "CNI portmap's mapping for {} publishes {port} on {ip} only (hostIP {ip}, containerPort {cport}): a client reaching {} finds nothing there; to publish it on every address the runtime's portMappings should leave hostIP out (given at the CNI ADD)",
+            c.name,
+            at(packet.dst)
+        )
+    } else {
         format!(
             "{} publishes {port} on {ip} only (-p {}:{port}:{cport}): a client reaching {} finds nothing there; to publish it on every address re-create {} with -p {port}:{cport} (a container's ports cannot change while it exists)",
             c.name,
             ip,
             at(packet.dst),
             c.name
-        ),
-    )
-    .with_fix(Some(fixer.fix_owned(
+        )
+    };
+    Hop::fail(ID, TITLE, Fault::PublishedElsewhere, line).with_fix(Some(fixer.fix_owned(
         &format!(
             "until {} is re-created, relay {} to {} on this host",
             c.name,
             at(packet.dst),
             at(ip)
         ),
-        vec![
-            exe.to_string(),
-            "proxy".into(),
-            at(packet.dst),
-            at(ip),
-        ],
+        vec![exe.to_string(), "proxy".into(), at(packet.dst), at(ip)],
         true,
     )))
 }
