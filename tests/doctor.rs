@@ -1625,7 +1625,7 @@ fn docker_without_userland_proxy_dnat_deleted_is_named_and_restart_restores_it()
 /// An 8 KB HTTP body (`serve http --text`): at mtu 9000 the response is one full-size
 /// segment, never a GSO packet, so a 1500 veth drops it (and each retransmission) every time.
 /// A 100 KB body stalls only when its tail happens to go out as a lone segment (measured: 1
-/// run in 3), so it cannot prove the break.
+/// run in 8), so it cannot prove the break.
 fn big_body() -> String {
     "x".repeat(8 * 1024)
 }
