@@ -2363,10 +2363,12 @@ fn podman_service_on_loopback_then_disconnected() {
 
 /// Podman containers that do not run, the way users leave them: `podman pause` is named
 /// with `podman unpause NAME`, a `podman create`d container never started with `podman start
-/// NAME`; each fix, run as printed, brings the port back (seen from outside with curl).
+/// NAME`, a stopped pod with `podman pod start POD`, and a pod's member stopped while its infra
+/// container holds the port with `podman start MEMBER`; each fix, run as printed, brings the
+/// port back (seen from outside with curl).
 #[test]
 fn podman_paused_and_created_containers() {
-    let l = PodmanLab::new("dpodp", 18586);
+    let mut l = PodmanLab::new("dpodp", 18586);
     let port = l.port.to_string();
     let outside = l.outside_from();
     l.wait_clear(&["--from", &outside, &port]);
@@ -2411,7 +2413,7 @@ fn podman_paused_and_created_containers() {
         "-h",
         "/",
     ]);
-    let _late = PodmanRm(&l.p, late.clone());
+    let late_rm = PodmanRm(&l.p, late.clone());
     l.record(
         "podman-created",
         "Podman 4.3 + netavark, late: podman create --network NET -p 18587:80 (never started)",
@@ -2430,6 +2432,61 @@ fn podman_paused_and_created_containers() {
             .as_str()
             .unwrap()
             .ends_with(&format!("podman start {late}")),
+        "{r:#}"
+    );
+    drop(late_rm);
+    // A pod publishing 18593 (the port is its infra container's), httpd in a member.
+    let pod = l.p.pod("pod", &["--network", net.trim(), "-p", "18593:80"]);
+    let app = l.p.run(
+        "app",
+        &["--pod", &pod],
+        &["httpd", "-f", "-p", "80", "-h", "/"],
+    );
+    l.wait_clear(&["--from", &outside, "18593"]);
+    // The whole pod stopped: started again as a pod.
+    l.p.podman(&["pod", "stop", "-t", "0", &pod]);
+    l.record(
+        "podman-pod-stopped",
+        "Podman 4.3 + netavark, pod (infra /pause) --network NET -p 18593:80, app (busybox httpd) in it, podman pod stop POD",
+        &["--from", &outside, "18593"],
+    );
+    let r = l.break_fix(18593, "container_not_running");
+    assert!(
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("podman pod start {pod}")),
+        "{r:#}"
+    );
+    // The line names the command the fix runs (before: `podman start POD-infra`).
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("`podman pod start {pod}` starts the pod again")),
+        "{r:#}"
+    );
+    // Only the member stopped: the infra container still holds the namespace and the port.
+    l.p.podman(&["stop", "-t", "0", &app]);
+    l.record(
+        "podman-pod-member-stopped",
+        "Podman 4.3 + netavark, pod (infra /pause) --network NET -p 18593:80, podman stop app (its busybox httpd); the infra container runs",
+        &["--from", &outside, "18593"],
+    );
+    // Before: "nothing listens on tcp/80 in container:POD-infra", fix `nettool serve http 80`.
+    let r = l.break_fix(18593, "container_not_running");
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("its container {app} is exited")),
+        "{r:#}"
+    );
+    assert!(
+        r["diagnosis"]["fix"]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("podman start {app}")),
         "{r:#}"
     );
 }

@@ -190,16 +190,17 @@ pub(crate) fn intent_hop(
         },
         listing(b, other, packet.dst.is_ipv6())
     );
-    let not_running = |verb: &str, what: &str| {
+    // `args`: the engine command's arguments, as the fix runs them.
+    let not_running = |args: &[&str], what: &str| {
         Hop::fail(
             ID,
             TITLE,
             Fault::ContainerNotRunning,
             format!(
-                "{who} is {}: nothing serves its port {port}; `{} {verb} {}` {what}",
+                "{who} is {}: nothing serves its port {port}; `{} {}` {what}",
                 c.state,
                 c.engine.cli(),
-                c.name
+                args.join(" ")
             ),
         )
         .with_evidence(evidence.clone())
@@ -212,7 +213,7 @@ pub(crate) fn intent_hop(
     match &c.state {
         ContainerState::Running | ContainerState::Restarting => {}
         ContainerState::Paused => {
-            return not_running("unpause", "thaws it").with_fix(Some(cli_fix(
+            return not_running(&["unpause", &c.name], "thaws it").with_fix(Some(cli_fix(
                 fixer,
                 c,
                 &format!("unpause {}", c.name),
@@ -220,15 +221,26 @@ pub(crate) fn intent_hop(
             )))
         }
         ContainerState::Dead => {
-            return not_running("rm", "then create it again: a dead container cannot start")
+            return not_running(
+                &["rm", &c.name],
+                "then create it again: a dead container cannot start",
+            )
         }
         _ => {
-            let (summary, verb): (String, Vec<&str>) = match (&c.pod, c.infra) {
-                (Some(pod), true) => (format!("start the pod {pod}"), vec!["pod", "start", pod]),
-                _ => (format!("start {}", c.name), vec!["start", &c.name]),
+            // A pod's infra container is started with its pod (its members with it).
+            let (summary, verb, what): (String, Vec<&str>, &str) = match (&c.pod, c.infra) {
+                (Some(pod), true) => (
+                    format!("start the pod {pod}"),
+                    vec!["pod", "start", pod],
+                    "starts the pod again",
+                ),
+                _ => (
+                    format!("start {}", c.name),
+                    vec!["start", &c.name],
+                    "starts it again",
+                ),
             };
-            return not_running("start", "starts it again")
-                .with_fix(Some(cli_fix(fixer, c, &summary, &verb)));
+            return not_running(&verb, what).with_fix(Some(cli_fix(fixer, c, &summary, &verb)));
         }
     }
     if c.network_mode != "host"
@@ -252,6 +264,9 @@ pub(crate) fn intent_hop(
             return published_elsewhere(c, b, ip, packet, fixer, exe).with_evidence(evidence);
         }
     }
+    if let Some(h) = pod_member_stopped(snap, c, b, packet.proto, fixer) {
+        return h.with_evidence(evidence);
+    }
     Hop::ok(
         ID,
         TITLE,
@@ -261,6 +276,84 @@ pub(crate) fn intent_hop(
         ),
     )
     .with_evidence(evidence)
+}
+
+/// A Podman pod publishes its ports on its infra container, which holds the namespace while
+/// the member that serves the port has stopped: nothing listens there, and the engine's fix
+/// starts the member (several stopped: `podman pod start`, which starts every stopped
+/// container of the pod). Only when nothing listens on the container port: a member that
+/// runs and does not listen is the service hop's finding.
+fn pod_member_stopped(
+    snap: &Snapshot,
+    c: &Container,
+    b: Option<&PortBinding>,
+    proto: Proto,
+    fixer: &Fixer,
+) -> Option<Hop> {
+    let pod = c
+        .pod
+        .as_deref()
+        .filter(|_| c.engine == EngineKind::Podman)?;
+    let cport = b?.container_port;
+    let ns = snap
+        .namespaces
+        .iter()
+        .find(|n| c.netns_inode == Some(n.id.inode) || n.containers.iter().any(|r| r.id == c.id))?;
+    if ns
+        .listeners
+        .iter()
+        .any(|s| s.proto == proto && s.is_listening() && s.local.port() == cport)
+    {
+        return None;
+    }
+    let stopped: Vec<&Container> = snap
+        .intent
+        .as_ref()?
+        .containers
+        .iter()
+        .filter(|m| {
+            m.engine == EngineKind::Podman
+                && m.pod.as_deref() == Some(pod)
+                && !m.infra
+                && !m.state.is_up()
+        })
+        .collect();
+    let (summary, verb): (String, Vec<&str>) = match stopped.as_slice() {
+        [] => return None,
+        [m] => (format!("start {}", m.name), vec!["start", &m.name]),
+        _ => (
+            format!("start the stopped containers of pod {pod}"),
+            vec!["pod", "start", pod],
+        ),
+    };
+    let (members, them) = match stopped.as_slice() {
+        [m] => (format!("its container {} is {}", m.name, m.state), "it"),
+        _ => (
+            format!(
+                "its containers {} are not running",
+                stopped
+                    .iter()
+                    .map(|m| format!("{} ({})", m.name, m.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "them",
+        ),
+    };
+    Some(
+        Hop::fail(
+            ID,
+            TITLE,
+            Fault::ContainerNotRunning,
+            format!(
+                "pod {pod} publishes port {} to container port {cport}, but {members}: nothing in the pod listens on {proto}/{cport} (its infra container {} holds the namespace); `podman {}` starts {them} again",
+                b?.host_port,
+                c.name,
+                verb.join(" ")
+            ),
+        )
+        .with_fix(Some(cli_fix(fixer, c, &summary, &verb))),
+    )
 }
 
 /// The network a container on no network was on, how that is known, and the fix's words.
