@@ -2389,6 +2389,20 @@ fn podman_paused_and_created_containers() {
             .ends_with(&format!("podman unpause {}", l.web)),
         "{r:#}"
     );
+    // `doctor container:NAME` on a paused, then a stopped Podman container: named in words
+    // with the port it publishes (a stopped one has no namespace to enter).
+    let target = format!("container:{}", l.web);
+    l.p.podman(&["pause", &l.web]);
+    let r = l.doctor(&[&target]);
+    assert_eq!(fault(&r), "container_not_running", "{r:#}");
+    assert_eq!(r["packet"]["dport"], l.port, "{r:#}");
+    l.p.podman(&["unpause", &l.web]);
+    l.p.podman(&["stop", "-t", "0", &l.web]);
+    let r = l.doctor(&[&target]);
+    assert_eq!(fault(&r), "container_not_running", "{r:#}");
+    assert_eq!(r["packet"]["dport"], l.port, "{r:#}");
+    l.run_printed_fix(&r);
+    l.wait_clear(&["--from", &outside, &port, "--probe"]);
     // Created, never started: no namespace, no address, no rules yet.
     let net = l.p.podman(&[
         "inspect",
