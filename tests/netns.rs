@@ -766,6 +766,17 @@ fn a_stale_cni_entry_whose_namespace_is_gone_or_an_empty_file_is_named_stale() {
             .flat_map(container_names)
             .any(|c| c == stale.container_id);
         assert!(!named, "no namespace is the stale entry's: {list}");
+        // Nor do peer and topology name it for a namespace.
+        for args in [
+            vec!["peer", "--all", "--netns", host.name.as_str(), "--json"],
+            vec!["topology", "--netns", host.name.as_str(), "--json"],
+        ] {
+            let out = common::podman::nettool_plain(&args);
+            assert!(out.status.success(), "{args:?}: {}", text(&out));
+            let t = String::from_utf8_lossy(&out.stdout);
+            assert!(t.contains(&a.container_id), "{args:?} names the live one: {t}");
+            assert!(!t.contains(&stale.container_id), "{args:?}: {t}");
+        }
         // What the hint points at: doctor on the stale container names it and prints the DEL.
         let out =
             common::podman::nettool_plain(&["doctor", "--netns", &host.name, "--json", &target]);
