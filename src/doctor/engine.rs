@@ -909,29 +909,10 @@ fn cni_portmap_readd(snap: &Snapshot, c: &Container, fixer: &Fixer) -> Option<su
     })?;
     let mut conf: Value = serde_json::from_str(net.portmap.as_deref()?).ok()?;
     let netns = c.netns.as_ref()?.display().to_string();
-    let mappings: Vec<Value> = c
-        .ports
-        .iter()
-        .map(|b| {
-            let mut m = json!({
-                "hostPort": b.host_port,
-                "containerPort": b.container_port,
-                "protocol": b.proto,
-            });
-            if let Some(ip) = b.host_ip {
-                m["hostIP"] = Value::String(ip.to_string());
-            }
-            m
-        })
-        .collect();
+    let mappings = cni_mappings(c);
     // The container's interface: libcni's ifName, else the one holding its address in its
     // namespace, else eth0.
-    let addrs: Vec<IpAddr> = att
-        .ipv4
-        .map(IpAddr::V4)
-        .into_iter()
-        .chain(att.ipv6.map(IpAddr::V6))
-        .collect();
+    let (addrs, ips) = cni_ips(att, net);
     let ifname = att.ifname.clone().unwrap_or_else(|| {
         snap.namespaces
             .iter()
@@ -942,18 +923,6 @@ fn cni_portmap_readd(snap: &Snapshot, c: &Container, fixer: &Fixer) -> Option<su
             })
             .unwrap_or_else(|| "eth0".into())
     });
-    let ips: Vec<Value> = addrs
-        .iter()
-        .map(|a| {
-            let prefix = net
-                .subnets
-                .iter()
-                .find(|s| s.contains(a))
-                .map(|s| s.prefix_len())
-                .unwrap_or(if a.is_ipv4() { 32 } else { 128 });
-            json!({"address": format!("{a}/{prefix}"), "interface": 0})
-        })
-        .collect();
     conf["runtimeConfig"] = json!({ "portMappings": mappings });
     conf["prevResult"] = json!({
         "cniVersion": conf.get("cniVersion").cloned().unwrap_or(Value::String("1.0.0".into())),

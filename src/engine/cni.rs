@@ -130,35 +130,22 @@ fn parse_entry(v: &serde_json::Value) -> Option<Entry> {
         .flatten()
         .collect();
     // The container's interface is the one with a sandbox (its namespace path).
-    let netns = ifaces
-        .iter()
-        .find_map(|i| i.get("sandbox")?.as_str().filter(|s| !s.is_empty()))
+    let sandboxed = ifaces.iter().find(|i| {
+        i.get("sandbox")
+            .and_then(|s| s.as_str())
+            .is_some_and(|s| !s.is_empty())
+    });
+    let field = |k: &str| sandboxed.and_then(|i| i.get(k)?.as_str());
+    let netns = field("sandbox")
         .or_else(|| v.get("netns").and_then(|n| n.as_str()))
         .map(PathBuf::from);
-    let mac = ifaces
-        .iter()
-        .find(|i| {
-            i.get("sandbox")
-                .and_then(|s| s.as_str())
-                .is_some_and(|s| !s.is_empty())
-        })
-        .and_then(|i| i.get("mac")?.as_str())
-        .map(str::to_string);
+    let mac = field("mac").map(str::to_string);
     // The interface the chain was run with (CNI_IFNAME): libcni records it; an older entry
     // names it only as the result's sandboxed interface.
     let ifname = v
         .get("ifName")
         .and_then(|n| n.as_str())
-        .or_else(|| {
-            ifaces
-                .iter()
-                .find(|i| {
-                    i.get("sandbox")
-                        .and_then(|s| s.as_str())
-                        .is_some_and(|s| !s.is_empty())
-                })
-                .and_then(|i| i.get("name")?.as_str())
-        })
+        .or_else(|| field("name"))
         .filter(|n| !n.is_empty())
         .map(str::to_string);
     let mut attachment = Attachment {
