@@ -4465,3 +4465,86 @@ fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check() {
     let log = p.stop();
     assert!(log.contains(&format!("connections={N}")), "{log}");
 }
+
+/// UDP interrupt moderation: a dense stream is moved in batches with a short wait between
+/// them (the proxy thread sleeps instead of being woken by each datagram), every datagram
+/// reaching the backend whole and in order; a request/response client never makes it wait.
+#[test]
+fn udp_dense_streams_are_paced_in_batches_and_request_response_never_waits() {
+    let ns = lab("pxudpc");
+    let dir = TempDir::new("pxudpc");
+    // The stream's backend counts; the echo backend answers each datagram.
+    let sink = inside(&ns, || UdpSocket::bind("127.0.0.1:7058").unwrap());
+    big_rcvbuf(&sink);
+    sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let echo = inside(&ns, || UdpSocket::bind("127.0.0.1:7059").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-p",
+            "udp:127.0.0.1:5358=127.0.0.1:7058",
+            "-p",
+            "udp:127.0.0.1:5359=127.0.0.1:7059",
+        ],
+    );
+    let client = inside(&ns, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    big_rcvbuf(&client);
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // The flows exist before counting (a new flow's first datagram goes its own way).
+    client.send_to(b"open", "127.0.0.1:5358").unwrap();
+    let mut buf = vec![0u8; 65_536];
+    assert_eq!(sink.recv(&mut buf).unwrap(), 4);
+    client.send_to(b"open", "127.0.0.1:5359").unwrap();
+    assert_eq!(client.recv(&mut buf).unwrap(), 4);
+
+    // Request/response: one datagram in flight at a time, so no wake-up moves two.
+    const ROUNDS: u32 = 300;
+    let (waits, ()) = syscalls_during(p.pid(), "clock_nanosleep,nanosleep", || {
+        for k in 0..ROUNDS {
+            client.send_to(&k.to_be_bytes(), "127.0.0.1:5359").unwrap();
+            let n = client
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("answer {k}: {e}; log:\n{}", p.log()));
+            assert_eq!(&buf[..n], &k.to_be_bytes(), "answer {k}");
+        }
+    });
+    assert_eq!(
+        waits, 0,
+        "the proxy waited {waits} times during {ROUNDS} request/response rounds"
+    );
+
+    // A dense stream: datagrams sent back to back, faster than one wake-up each.
+    const N: u32 = 4000;
+    let (waits, ()) = syscalls_during(p.pid(), "clock_nanosleep,nanosleep", || {
+        for k in 0..N {
+            let mut d = vec![0xA5u8; 1400];
+            d[..4].copy_from_slice(&k.to_be_bytes());
+            client.send_to(&d, "127.0.0.1:5358").unwrap();
+        }
+        for k in 0..N {
+            let n = sink
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("datagram {k} missing: {e}; log:\n{}", p.log()));
+            let got = u32::from_be_bytes(buf[..4].try_into().unwrap());
+            assert_eq!((got, n), (k, 1400), "datagram {k}: order or boundary");
+        }
+    });
+    assert!(
+        waits > 0,
+        "the proxy never waited between batches of a dense stream ({N} datagrams)"
+    );
+    let log = p.stop();
+    assert!(
+        log.contains(&format!("datagrams={}", N + 2 * ROUNDS + 3)),
+        "{log}"
+    );
+}

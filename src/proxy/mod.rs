@@ -539,6 +539,7 @@ impl UdpThread {
     ) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(udp::pace)
             .build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (up, is_up) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
