@@ -178,6 +178,20 @@ fn doctor_json(host: &str, args: &[&str]) -> Value {
     report
 }
 
+/// The diagnosis line of a report.
+fn diag_line(r: &Value) -> &str {
+    r["diagnosis"]["line"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no line: {r:#}"))
+}
+
+/// The printed fix of a report, as one line to paste.
+fn fix_line(r: &Value) -> &str {
+    r["diagnosis"]["fix"]["command"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fix: {r:#}"))
+}
+
 fn fault(r: &Value) -> &str {
     r["diagnosis"]["fault"].as_str().unwrap_or("none")
 }
@@ -1928,6 +1942,8 @@ struct PodmanLab {
     fixes: std::cell::RefCell<Vec<ChildGuard>>,
     p: common::podman::PodmanHost,
     outside: TestNs,
+    /// The network web is on (the test's own).
+    net: String,
     web: String,
     port: u16,
 }
@@ -1956,6 +1972,7 @@ impl PodmanLab {
             fixes: Default::default(),
             p,
             outside,
+            net,
             web,
             port,
         }
@@ -1980,6 +1997,7 @@ impl PodmanLab {
             fixes: Default::default(),
             p,
             outside,
+            net,
             web,
             port,
         }
@@ -2122,17 +2140,11 @@ fn podman_healthy_then_flushed_rules_then_stopped() {
     for from in ["localhost", outside.as_str()] {
         let r = l.doctor(&["--from", from, &port]);
         assert_eq!(fault(&r), "dnat_missing", "{from}: {r:#}");
-        assert!(
-            r["diagnosis"]["line"].as_str().unwrap().contains("conmon"),
-            "{r:#}"
-        );
+        assert!(diag_line(&r).contains("conmon"), "{r:#}");
     }
     let r = l.doctor(&["--from", &outside, &port]);
     assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with("podman network reload --all"),
+        fix_line(&r).ends_with("podman network reload --all"),
         "{r:#}"
     );
     l.run_printed_fix(&r);
@@ -2144,10 +2156,7 @@ fn podman_healthy_then_flushed_rules_then_stopped() {
     let r = l.doctor(&["--from", &outside, &port]);
     assert_eq!(fault(&r), "container_not_running", "{r:#}");
     assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("podman start {}", l.web)),
+        fix_line(&r).ends_with(&format!("podman start {}", l.web)),
         "{r:#}"
     );
     l.run_printed_fix(&r);
@@ -2166,10 +2175,7 @@ fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
     let outside = l.outside_from();
     let r = l.wait_clear(&["--from", &outside, &port, "--probe"]);
     assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .starts_with("all clear over IPv4 and IPv6"),
+        diag_line(&r).starts_with("all clear over IPv4 and IPv6"),
         "{r:#}"
     );
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
@@ -2219,22 +2225,13 @@ fn podman_dual_stack_port_over_ipv4_and_ipv6_then_v6_dnat_deleted() {
     );
     let r = l.doctor(&["--from", &outside, &port]);
     assert_eq!(fault(&r), "dnat_missing", "{r:#}");
-    assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .starts_with("over IPv6: "),
-        "{r:#}"
-    );
+    assert!(diag_line(&r).starts_with("over IPv6: "), "{r:#}");
     assert!(
         hops_of(&r, "ipv4").iter().all(|h| h["verdict"] == "ok"),
         "{r:#}"
     );
     assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with("podman network reload --all"),
+        fix_line(&r).ends_with("podman network reload --all"),
         "{r:#}"
     );
     l.run_printed_fix(&r);
@@ -2256,13 +2253,7 @@ fn podman_service_on_loopback_then_disconnected() {
     let outside = l.outside_from();
     l.wait_clear(&["--from", &outside, &port]);
     // A second container on the same network, its service on 127.0.0.1:80 only.
-    let net = l.p.podman(&[
-        "inspect",
-        "--format",
-        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
-        &l.web,
-    ]);
-    let net = net.trim().to_string();
+    let net = l.net.clone();
     let lo = l.p.run(
         "lo",
         &["--network", &net, "-p", "18584:80"],
@@ -2277,13 +2268,7 @@ fn podman_service_on_loopback_then_disconnected() {
         &["--from", &outside, "18584"],
     );
     let r = l.doctor(&["--from", &outside, "18584"]);
-    assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .contains("127.0.0.1:80"),
-        "{r:#}"
-    );
+    assert!(diag_line(&r).contains("127.0.0.1:80"), "{r:#}");
     assert_eq!(r["diagnosis"]["fix"]["background"], true, "{r:#}");
     // The relay: before, `sh -c "exec LINE &"` left it running after the test.
     l.run_printed_fix(&r);
@@ -2304,17 +2289,11 @@ fn podman_service_on_loopback_then_disconnected() {
     let r = l.doctor(&["--from", &outside, &port]);
     assert_eq!(fault(&r), "not_on_network", "{r:#}");
     assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("podman network connect {net} {}", l.web)),
+        fix_line(&r).ends_with(&format!("podman network connect {net} {}", l.web)),
         "{r:#}"
     );
     assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("it was created with --network {net}")),
+        diag_line(&r).contains(&format!("it was created with --network {net}")),
         "{r:#}"
     );
     l.run_printed_fix(&r);
@@ -2342,17 +2321,11 @@ fn podman_service_on_loopback_then_disconnected() {
     let r = l.doctor(&["--from", &outside, "18585"]);
     assert_eq!(fault(&r), "not_on_network", "{r:#}");
     assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .contains("created with no --network, so on Podman's default network podman"),
+        diag_line(&r).contains("created with no --network, so on Podman's default network podman"),
         "{r:#}"
     );
     assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("podman network connect podman {name}")),
+        fix_line(&r).ends_with(&format!("podman network connect podman {name}")),
         "{r:#}"
     );
     l.run_printed_fix(&r);
@@ -2380,13 +2353,10 @@ fn podman_paused_and_created_containers() {
         &["--from", &outside, &port],
     );
     let r = l.break_fix(l.port, "container_not_running");
-    let line = r["diagnosis"]["line"].as_str().unwrap();
+    let line = diag_line(&r);
     assert!(line.contains(" is paused"), "{r:#}");
     assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("podman unpause {}", l.web)),
+        fix_line(&r).ends_with(&format!("podman unpause {}", l.web)),
         "{r:#}"
     );
     // `doctor container:NAME` on a paused, then a stopped Podman container: named in words
@@ -2404,53 +2374,26 @@ fn podman_paused_and_created_containers() {
     l.run_printed_fix(&r);
     l.wait_clear(&["--from", &outside, &port, "--probe"]);
     // Created, never started: no namespace, no address, no rules yet.
-    let net = l.p.podman(&[
-        "inspect",
-        "--format",
-        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
-        &l.web,
-    ]);
-    let late = common::unique("late");
-    l.p.podman(&[
-        "create",
-        "--name",
-        &late,
-        "--network",
-        net.trim(),
-        "-p",
-        "18587:80",
-        &l.p.image,
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/",
-    ]);
-    let late_rm = PodmanRm(&l.p, late.clone());
+    let net = l.net.clone();
+    let late = l.p.create(
+        "late",
+        &["--network", net.as_str(), "-p", "18587:80"],
+        &["httpd", "-f", "-p", "80", "-h", "/"],
+    );
     l.record(
         "podman-created",
         "Podman 4.3 + netavark, late: podman create --network NET -p 18587:80 (never started)",
         &["--from", &outside, "18587"],
     );
     let r = l.break_fix(18587, "container_not_running");
+    assert!(diag_line(&r).contains(" is created"), "{r:#}");
     assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .contains(" is created"),
+        fix_line(&r).ends_with(&format!("podman start {late}")),
         "{r:#}"
     );
-    assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("podman start {late}")),
-        "{r:#}"
-    );
-    drop(late_rm);
     // A pod publishing 18593 (the port is its infra container's), httpd in a member.
-    let pod = l.p.pod("pod", &["--network", net.trim(), "-p", "18593:80"]);
+    let pod =
+        l.p.pod("pod", &["--network", net.as_str(), "-p", "18593:80"]);
     let app = l.p.run(
         "app",
         &["--pod", &pod],
@@ -2466,18 +2409,12 @@ fn podman_paused_and_created_containers() {
     );
     let r = l.break_fix(18593, "container_not_running");
     assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("podman pod start {pod}")),
+        fix_line(&r).ends_with(&format!("podman pod start {pod}")),
         "{r:#}"
     );
     // The line names the command the fix runs (before: `podman start POD-infra`).
     assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("`podman pod start {pod}` starts the pod again")),
+        diag_line(&r).contains(&format!("`podman pod start {pod}` starts the pod again")),
         "{r:#}"
     );
     // Only the member stopped: the infra container still holds the namespace and the port.
@@ -2490,17 +2427,11 @@ fn podman_paused_and_created_containers() {
     // Before: "nothing listens on tcp/80 in container:POD-infra", fix `nettool serve http 80`.
     let r = l.break_fix(18593, "container_not_running");
     assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("its container {app} is exited")),
+        diag_line(&r).contains(&format!("its container {app} is exited")),
         "{r:#}"
     );
     assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("podman start {app}")),
+        fix_line(&r).ends_with(&format!("podman start {app}")),
         "{r:#}"
     );
 }
@@ -2517,13 +2448,7 @@ fn podman_wrong_port_published_on_127_forwarding_off_and_mtu() {
     let port = l.port.to_string();
     let outside = l.outside_from();
     l.wait_clear(&["--from", &outside, &port]);
-    let net = l.p.podman(&[
-        "inspect",
-        "--format",
-        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
-        &l.web,
-    ]);
-    let net = net.trim().to_string();
+    let net = l.net.clone();
     // The wrong container port: published to 81, httpd listens on 80.
     l.p.run(
         "wp",
@@ -2539,13 +2464,7 @@ fn podman_wrong_port_published_on_127_forwarding_off_and_mtu() {
         &["--from", &outside, "18589"],
     );
     let r = l.break_fix(18589, "dnat_wrong_port");
-    assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .contains("listens on 80"),
-        "{r:#}"
-    );
+    assert!(diag_line(&r).contains("listens on 80"), "{r:#}");
     // Published on 127.0.0.1 only, tried from the outside namespace.
     l.p.run(
         "lon",
@@ -2565,10 +2484,7 @@ fn podman_wrong_port_published_on_127_forwarding_off_and_mtu() {
     );
     let r = l.break_fix(18590, "published_elsewhere");
     assert!(
-        r["diagnosis"]["line"]
-            .as_str()
-            .unwrap()
-            .contains("publishes 18590 on 127.0.0.1 only"),
+        diag_line(&r).contains("publishes 18590 on 127.0.0.1 only"),
         "{r:#}"
     );
     // Forwarding off in the Podman host namespace: one FAIL (not a second one blaming
@@ -2589,13 +2505,7 @@ fn podman_wrong_port_published_on_127_forwarding_off_and_mtu() {
         &["--from", &outside, &port],
     );
     let r = l.break_fix(l.port, "ip_forward_off");
-    assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .contains("net.ipv4.ip_forward=1"),
-        "{r:#}"
-    );
+    assert!(fix_line(&r).contains("net.ipv4.ip_forward=1"), "{r:#}");
     // MTU: the container's eth0 at 9000, its host end (netavark's veth) at 1500.
     let key = l.p.podman(&[
         "inspect",
@@ -2615,24 +2525,9 @@ fn podman_wrong_port_published_on_127_forwarding_off_and_mtu() {
         &["--from", &outside, &port],
     );
     let r = l.break_fix(l.port, "mtu_mismatch");
-    let line = r["diagnosis"]["line"].as_str().unwrap();
+    let line = diag_line(&r);
     assert!(line.contains("9000") && line.contains("1500"), "{r:#}");
-    assert!(
-        r["diagnosis"]["fix"]["command"]
-            .as_str()
-            .unwrap()
-            .ends_with("link set eth0 mtu 1500"),
-        "{r:#}"
-    );
-}
-
-/// Removes a container the test made by hand (not through PodmanHost::run) on drop.
-struct PodmanRm<'a>(&'a common::podman::PodmanHost, String);
-
-impl Drop for PodmanRm<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.try_podman(&["rm", "-f", "-t", "0", &self.1]);
-    }
+    assert!(fix_line(&r).ends_with("link set eth0 mtu 1500"), "{r:#}");
 }
 
 // ---------------------------------------------------------------------------------------------

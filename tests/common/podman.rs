@@ -168,8 +168,18 @@ impl PodmanHost {
 
     /// `podman run -d --name UNIQUE ARGS... IMAGE CMD...`; returns the container's name.
     pub fn run(&mut self, tag: &str, args: &[&str], cmd: &[&str]) -> String {
+        self.make(&["run", "-d"], tag, args, cmd)
+    }
+
+    /// `podman create --name UNIQUE ARGS... IMAGE CMD...` (never started); its name.
+    pub fn create(&mut self, tag: &str, args: &[&str], cmd: &[&str]) -> String {
+        self.make(&["create"], tag, args, cmd)
+    }
+
+    fn make(&mut self, verb: &[&str], tag: &str, args: &[&str], cmd: &[&str]) -> String {
         let name = unique(tag);
-        let mut a = vec!["run", "-d", "--name", &name];
+        let mut a = verb.to_vec();
+        a.extend_from_slice(&["--name", &name]);
         a.extend_from_slice(args);
         a.push(&self.image);
         a.extend_from_slice(cmd);
