@@ -774,7 +774,10 @@ fn a_stale_cni_entry_whose_namespace_is_gone_or_an_empty_file_is_named_stale() {
             let out = common::podman::nettool_plain(&args);
             assert!(out.status.success(), "{args:?}: {}", text(&out));
             let t = String::from_utf8_lossy(&out.stdout);
-            assert!(t.contains(&a.container_id), "{args:?} names the live one: {t}");
+            assert!(
+                t.contains(&a.container_id),
+                "{args:?} names the live one: {t}"
+            );
             assert!(!t.contains(&stale.container_id), "{args:?}: {t}");
         }
         // What the hint points at: doctor on the stale container names it and prints the DEL.

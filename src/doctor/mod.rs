@@ -7,6 +7,7 @@
 //! is recorded in it), so a recorded snapshot replays to the same [`Report`] with no root.
 //! Nothing here prints; `src/cmd/doctor.rs` renders.
 
+mod cni;
 pub(crate) mod engine;
 mod family;
 pub(crate) mod fix;

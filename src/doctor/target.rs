@@ -104,7 +104,7 @@ pub(crate) fn veth_hops(cx: &PathCtx, t: &Target<'_>, bridge: Option<&Link>, hop
                     && t.ns.containers.iter().any(|r| r.id == c.id)
             })
         });
-        let fix = match cni.and_then(|c| super::engine::cni_chain_readd(cx.snap, c, cx.fixer)) {
+        let fix = match cni.and_then(|c| super::cni::cni_chain_readd(cx.snap, c, cx.fixer)) {
             Some(f) => f,
             None => cx.fixer.fix_owned(
                 &format!("bring {} up inside {}", inner.name, t.ns.label),
