@@ -2434,6 +2434,20 @@ fn podman_paused_and_created_containers() {
         fix_line(&r).ends_with(&format!("podman start {app}")),
         "{r:#}"
     );
+    // The member paused: its socket still listens (the kernel completes handshakes) but
+    // nothing answers.
+    l.p.podman(&["pause", &app]);
+    l.record(
+        "podman-pod-member-paused",
+        "Podman 4.3 + netavark, pod (infra /pause) --network NET -p 18593:80, podman pause app (its busybox httpd still listens, frozen); the infra container runs",
+        &["--from", &outside, "18593"],
+    );
+    // Before: all clear (the socket listens; only a probe would hang).
+    let r = l.break_fix(18593, "container_not_running");
+    assert!(
+        fix_line(&r).ends_with(&format!("podman unpause {app}")),
+        "{r:#}"
+    );
 }
 
 /// Podman, four more faults on one host, each broken as users break it, named as one FAIL,

@@ -264,7 +264,7 @@ pub(crate) fn intent_hop(
             return published_elsewhere(c, b, ip, packet, fixer, exe).with_evidence(evidence);
         }
     }
-    if let Some(h) = pod_member_stopped(snap, c, b, packet.proto, fixer) {
+    if let Some(h) = pod_member_down(snap, c, b, packet.proto, fixer) {
         return h.with_evidence(evidence);
     }
     Hop::ok(
@@ -282,8 +282,9 @@ pub(crate) fn intent_hop(
 /// the member that serves the port has stopped: nothing listens there, and the engine's fix
 /// starts the member (several stopped: `podman pod start`, which starts every stopped
 /// container of the pod). Only when nothing listens on the container port: a member that
-/// runs and does not listen is the service hop's finding.
-fn pod_member_stopped(
+/// runs and does not listen is the service hop's finding. Or the member that listens is
+/// paused: `podman unpause` it.
+fn pod_member_down(
     snap: &Snapshot,
     c: &Container,
     b: Option<&PortBinding>,
@@ -299,25 +300,48 @@ fn pod_member_stopped(
         .namespaces
         .iter()
         .find(|n| c.netns_inode == Some(n.id.inode) || n.containers.iter().any(|r| r.id == c.id))?;
-    if ns
-        .listeners
-        .iter()
-        .any(|s| s.proto == proto && s.is_listening() && s.local.port() == cport)
-    {
-        return None;
-    }
-    let stopped: Vec<&Container> = snap
+    let members: Vec<&Container> = snap
         .intent
         .as_ref()?
         .containers
         .iter()
-        .filter(|m| {
-            m.engine == EngineKind::Podman
-                && m.pod.as_deref() == Some(pod)
-                && !m.infra
-                && !m.state.is_up()
-        })
+        .filter(|m| m.engine == EngineKind::Podman && m.pod.as_deref() == Some(pod) && !m.infra)
         .collect();
+    let listeners: Vec<_> = ns
+        .listeners
+        .iter()
+        .filter(|s| s.proto == proto && s.is_listening() && s.local.port() == cport)
+        .collect();
+    if !listeners.is_empty() {
+        // A paused member's socket still listens (the kernel completes the handshake) while
+        // its process, frozen, never answers. Tied by the member's main pid owning it.
+        let (m, owner) = members.iter().find_map(|m| {
+            let pid = m.pid.filter(|_| m.state == ContainerState::Paused)?;
+            let o = listeners
+                .iter()
+                .flat_map(|s| &s.owners)
+                .find(|o| o.pid == pid)?;
+            Some((m, o))
+        })?;
+        return Some(
+            Hop::fail(
+                ID,
+                TITLE,
+                Fault::ContainerNotRunning,
+                format!(
+                    "pod {pod} publishes port {} to container port {cport}, but its container {} is paused: {} (pid {}) listens on {proto}/{cport} frozen, so connections are accepted and never answered; `podman unpause {}` thaws it",
+                    b?.host_port, m.name, owner.comm, owner.pid, m.name
+                ),
+            )
+            .with_fix(Some(cli_fix(
+                fixer,
+                c,
+                &format!("unpause {}", m.name),
+                &["unpause", &m.name],
+            ))),
+        );
+    }
+    let stopped: Vec<&Container> = members.into_iter().filter(|m| !m.state.is_up()).collect();
     let (summary, verb): (String, Vec<&str>) = match stopped.as_slice() {
         [] => return None,
         [m] => (format!("start {}", m.name), vec!["start", &m.name]),
