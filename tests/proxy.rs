@@ -3937,6 +3937,43 @@ fn transparent_across_namespaces_survives_sigkill_and_works_in_docker_proxy_mode
 }
 
 #[test]
+fn a_transparent_reply_that_starts_a_conntrack_entry_of_its_own_still_reaches_the_proxy() {
+    // Replies are known by their connection's conntrack mark. When that entry is gone before
+    // the first reply (a flush here; a UDP entry that timed out while the proxy's flow lived
+    // on), the backend's reply starts a new entry, unmarked: the socket lookup for a first
+    // packet finds the transparent socket and marks it, or the reply would be routed on
+    // towards the client, which drops it. (Later replies find the socket by early demux.)
+    let _turn = transparent_turn();
+    let n = chain("tpct");
+    let dir = TempDir::new("tpct");
+    let be = inside(&n.be, || UdpSocket::bind("10.77.2.2:53").unwrap());
+    be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let p = start(
+        Some(&n.px),
+        &dir,
+        &["--transparent", "-p", "udp:10.77.1.1:5353=10.77.2.2:53"],
+    );
+    let cli = inside(&n.cli, || UdpSocket::bind("0.0.0.0:0").unwrap());
+    cli.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    cli.connect("10.77.1.1:5353").unwrap();
+    cli.send(b"hello").unwrap();
+    let mut buf = [0u8; 64];
+    let (_, from) = be.recv_from(&mut buf).unwrap();
+    assert_eq!(from.ip().to_string(), "10.77.1.2", "the backend sees the client");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &n.px.name, "conntrack", "-F"])
+        .output()
+        .expect("conntrack (apt-get install conntrack)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    be.send_to(b"one", from).unwrap();
+    let k = cli
+        .recv(&mut buf)
+        .expect("a reply after a conntrack flush did not come back through the proxy");
+    assert_eq!(&buf[..k], b"one");
+    p.stop();
+}
+
+#[test]
 fn a_proxy_start_that_fails_to_bind_still_removes_a_dead_transparent_proxys_rules() {
     let _turn = transparent_turn();
     let t = lab("tpfail");

@@ -6,7 +6,8 @@
 //! backend socket lives they are brought back to the proxy by
 //!
 //! - an nft table of this process's own (`inet nettool_proxy_PID`) that sets mark [`MARK`] on
-//!   every packet that belongs to a transparent socket (`socket transparent 1`, prerouting), and
+//!   every packet that belongs to a transparent socket's connection (its conntrack mark, set
+//!   when the socket sends; `socket transparent 1` for a connection's first packet), and
 //!   exempts those connections from other source NAT (a null SNAT ahead of MASQUERADE), and
 //! - a policy rule `fwmark MARK/MARK lookup TABLE pref` [`RULE_PREF`] with `local default dev lo`
 //!   in TABLE (v4 and v6), so the marked packets are delivered locally, to the socket.
@@ -92,12 +93,17 @@ fn nft_script(pid: u32) -> String {
     // Declared, flushed, filled: one transaction that also works when a dead proxy with the
     // same pid left the table behind.
     // - replies: a packet for a transparent socket gets the mark the policy rule routes locally.
+    //   Known by its connection's mark (set by `ours` when the socket sent): one compare per
+    //   packet. The socket lookup, which would run for every packet of every flow in the
+    //   namespace (a Docker host's whole traffic), runs only for a connection's first packet
+    //   here: a reply that starts a conntrack entry of its own (a UDP entry that timed out
+    //   while the proxy's flow lived on, a flush) still finds its socket, and marks the entry.
     // - ours + keep: connections of transparent sockets get a null SNAT before any other
     //   source NAT (Docker's and the lab's `-s SUBNET ! -o BRIDGE -j MASQUERADE` would rewrite
     //   a client from another bridge to the proxy's address); `socket` is not available in
     //   postrouting, hence the conntrack mark set in output.
     format!(
-        "table inet {t} {{}}\nflush table inet {t}\ntable inet {t} {{\n  chain replies {{\n    type filter hook prerouting priority mangle; policy accept;\n    socket transparent 1 meta mark set meta mark | {MARK:#x}\n  }}\n  chain ours {{\n    type filter hook output priority mangle; policy accept;\n    socket transparent 1 ct mark set ct mark | {MARK:#x}\n  }}\n  chain keep {{\n    type nat hook postrouting priority srcnat - 1; policy accept;\n    ct mark & {MARK:#x} == {MARK:#x} meta nfproto ipv4 snat ip to ip saddr\n    ct mark & {MARK:#x} == {MARK:#x} meta nfproto ipv6 snat ip6 to ip6 saddr\n  }}\n}}\n"
+        "table inet {t} {{}}\nflush table inet {t}\ntable inet {t} {{\n  chain replies {{\n    type filter hook prerouting priority mangle; policy accept;\n    ct mark & {MARK:#x} == {MARK:#x} meta mark set meta mark | {MARK:#x}\n    ct state new socket transparent 1 meta mark set meta mark | {MARK:#x} ct mark set ct mark | {MARK:#x}\n  }}\n  chain ours {{\n    type filter hook output priority mangle; policy accept;\n    socket transparent 1 ct mark set ct mark | {MARK:#x}\n  }}\n  chain keep {{\n    type nat hook postrouting priority srcnat - 1; policy accept;\n    ct mark & {MARK:#x} == {MARK:#x} meta nfproto ipv4 snat ip to ip saddr\n    ct mark & {MARK:#x} == {MARK:#x} meta nfproto ipv6 snat ip6 to ip6 saddr\n  }}\n}}\n"
     )
 }
 
@@ -322,7 +328,12 @@ mod tests {
         assert!(s.contains("table inet nettool_proxy_42 {"), "{s}");
         assert!(s.contains("flush table inet nettool_proxy_42"), "{s}");
         assert!(
-            s.contains("socket transparent 1 meta mark set meta mark | 0x1000"),
+            s.contains("ct mark & 0x1000 == 0x1000 meta mark set meta mark | 0x1000"),
+            "{s}"
+        );
+        // The per-packet socket lookup only for a connection's first packet.
+        assert!(
+            s.contains("ct state new socket transparent 1 meta mark set meta mark | 0x1000 ct mark set ct mark | 0x1000"),
             "{s}"
         );
         assert_eq!(table_of(1), 0x4e54_0001);
