@@ -26,16 +26,7 @@ pub(super) fn cni_hop(
     who: &str,
     fixer: &Fixer,
 ) -> Option<Hop> {
-    let addrs: Vec<IpAddr> = c
-        .attachments
-        .iter()
-        .flat_map(|a| {
-            a.ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(a.ipv6.map(IpAddr::V6))
-        })
-        .collect();
+    let addrs: Vec<IpAddr> = c.attachments.iter().flat_map(|a| a.addresses()).collect();
     let list = addrs
         .iter()
         .map(|a| a.to_string())
@@ -114,12 +105,7 @@ fn cni_ips(
     att: &crate::engine::Attachment,
     net: &crate::engine::Network,
 ) -> (Vec<IpAddr>, Vec<serde_json::Value>) {
-    let addrs: Vec<IpAddr> = att
-        .ipv4
-        .map(IpAddr::V4)
-        .into_iter()
-        .chain(att.ipv6.map(IpAddr::V6))
-        .collect();
+    let addrs: Vec<IpAddr> = att.addresses().collect();
     let ips = addrs
         .iter()
         .map(|a| {
@@ -470,17 +456,12 @@ pub(super) fn cni_portmap_readd(
 #[cfg(test)]
 mod tests {
     use crate::doctor::{replay, Fault};
-    use crate::facts;
-
-    fn load(name: &str) -> facts::Snapshot {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("captures/doctor/{name}.json"));
-        facts::load(&p).unwrap()
-    }
 
     #[test]
     fn a_cni_namespace_gone_is_deleted_from_the_cache_then_added_again() {
-        let mut snap = load("cni-namespace-gone");
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("captures/doctor/cni-namespace-gone.json");
+        let mut snap = crate::facts::load(&p).unwrap();
         let r = replay(&snap).unwrap();
         assert_eq!(r.diagnosis.fault, Some(Fault::ContainerNotRunning));
         let fix = r.diagnosis.fix.unwrap();

@@ -84,12 +84,7 @@ fn claim_rank(
     let addrs: Vec<IpAddr> = c
         .attachments
         .iter()
-        .flat_map(|a| {
-            a.ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(a.ipv6.map(IpAddr::V6))
-        })
+        .flat_map(|a| a.addresses())
         .filter(|a| ns.is_none_or(|n| n.has_address(*a)))
         .collect();
     let dnat = b.is_some_and(|b| fw.dnat_sends_port_to(proto, b.host_port, &addrs));

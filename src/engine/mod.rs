@@ -161,6 +161,16 @@ pub struct Attachment {
     pub ifname: Option<String>,
 }
 
+impl Attachment {
+    /// Its addresses, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.ipv4
+            .map(std::net::IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(std::net::IpAddr::V6))
+    }
+}
+
 /// One published port, as the engine intends it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortBinding {
