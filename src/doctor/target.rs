@@ -171,24 +171,44 @@ pub(crate) fn veth_hops(cx: &PathCtx, t: &Target<'_>, bridge: Option<&Link>, hop
         .collect::<Vec<_>>()
         .join(", ");
     if inner.mtu != outer.mtu {
-        // The bridge is the reference: it is every container's on the network, so the fix
-        // moves the odd end of this one veth to it and never lowers (or raises) the bridge.
-        // Without a bridge the host end is.
-        let reference = bridge.map(|b| (b.name.as_str(), b.mtu));
-        let want = reference.map(|r| r.1).unwrap_or(outer.mtu);
-        let keep = match reference {
-            Some((br, _)) => format!(" ({br} and its other ports keep theirs)"),
+        // The network is the reference: the MTU its other containers' host ends agree on (the
+        // bridge's when it has no other port, or they disagree), so the fix moves the odd end
+        // of this one veth to it and never lowers (or raises) the bridge or another
+        // container's port. Without a bridge the host end is.
+        let others: Vec<u32> = bridge
+            .map(|b| {
+                cx.host
+                    .links
+                    .iter()
+                    .filter(|l| l.master == Some(b.index) && l.index != outer.index)
+                    .map(|l| l.mtu)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reference = bridge.map(|b| match others.split_first() {
+            Some((&m, rest)) if rest.iter().all(|&x| x == m) => (
+                b.name.as_str(),
+                m,
+                format!("the other ports of {} have", b.name),
+            ),
+            _ => (b.name.as_str(), b.mtu, format!("its bridge {} has", b.name)),
+        });
+        let want = reference.as_ref().map(|r| r.1).unwrap_or(outer.mtu);
+        let keep = match &reference {
+            Some((br, _, _)) => format!(" ({br} and its other ports keep theirs)"),
             None => String::new(),
         };
         let (summary, fix) = if outer.mtu != want {
-            let (br, _) = reference.expect("want differs from outer only with a bridge");
+            let (_, _, whose) = reference
+                .as_ref()
+                .expect("want differs from outer only with a bridge");
             (
                 format!(
-                    "the host end {} has mtu {} but its bridge {br} has {want} and {} inside {} has {}: large packets are dropped on the way in or out",
+                    "the host end {} has mtu {} but {whose} {want} and {} inside {} has {}: large packets are dropped on the way in or out",
                     outer.name, outer.mtu, inner.name, t.ns.label, inner.mtu
                 ),
                 cx.fixer.fix_owned(
-                    &format!("set {} to mtu {want}, its bridge's{keep}", outer.name),
+                    &format!("set {} to mtu {want}, the network's{keep}", outer.name),
                     vec![
                         "ip".into(),
                         "link".into(),
@@ -633,4 +653,59 @@ pub(crate) fn service_hop(
     }
     hop.evidence.extend(evidence);
     hops.push(hop);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::doctor::{replay, Fault};
+
+    /// docker0 and web's host end raised to 9000, web's eth0 at 1500 (recorded on a real
+    /// dockerd): with no other port on docker0 the bridge is the network's MTU and web's eth0
+    /// is raised to it. With another container's port on docker0 at 1500, that is the
+    /// network's MTU: the odd host end is lowered to it, and neither docker0 nor the other
+    /// container's port is touched.
+    #[test]
+    fn an_mtu_fix_moves_the_odd_end_to_the_networks_mtu() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("captures/doctor/docker-mtu-bridge-9000.json");
+        let mut snap = crate::facts::load(&p).unwrap();
+        let r = replay(&snap).unwrap();
+        assert_eq!(r.diagnosis.fault, Some(Fault::MtuMismatch));
+        let fix = r.diagnosis.fix.unwrap();
+        assert!(
+            fix.command.ends_with("ip link set eth0 mtu 9000"),
+            "{}",
+            fix.command
+        );
+        let host = snap.host;
+        let h = snap.namespaces.iter_mut().find(|n| n.id == host).unwrap();
+        let br = h
+            .links
+            .iter()
+            .find(|l| l.name == "docker0")
+            .unwrap()
+            .clone();
+        let veth = h
+            .links
+            .iter()
+            .find(|l| l.master == Some(br.index))
+            .unwrap()
+            .clone();
+        let mut other = veth.clone();
+        other.index = 9999;
+        other.name = "vethother".into();
+        other.mtu = 1500;
+        h.links.push(other);
+        let r = replay(&snap).unwrap();
+        assert_eq!(r.diagnosis.fault, Some(Fault::MtuMismatch));
+        let fix = r.diagnosis.fix.unwrap();
+        assert_eq!(fix.argv, ["ip", "link", "set", &veth.name, "mtu", "1500"]);
+        assert!(
+            r.diagnosis
+                .line
+                .contains("the other ports of docker0 have 1500"),
+            "{}",
+            r.diagnosis.line
+        );
+    }
 }
