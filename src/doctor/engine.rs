@@ -460,10 +460,14 @@ fn published_elsewhere(
             c.name
         )
     };
+    let until = if c.engine == EngineKind::Cni {
+        format!("until {}'s mappings are added without hostIP", c.name)
+    } else {
+        format!("until {} is re-created", c.name)
+    };
     Hop::fail(ID, TITLE, Fault::PublishedElsewhere, line).with_fix(Some(fixer.fix_owned(
         &format!(
-            "until {} is re-created, relay {} to {} on this host",
-            c.name,
+            "{until}, relay {} to {} on this host",
             at(packet.dst),
             at(ip)
         ),

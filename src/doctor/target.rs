@@ -436,8 +436,16 @@ pub(crate) fn service_hop(
                 recreate(c),
                 Some(cx.fixer.fix_owned(
                     &format!(
-                        "until {} is re-created, relay port {} to {good} inside {}",
-                        c.name, dest.port, ns.label
+                        "{}, relay port {} to {good} inside {}",
+                        match c.engine {
+                            crate::engine::EngineKind::Cni => format!(
+                                "until {}'s mappings are added with containerPort {good}",
+                                c.name
+                            ),
+                            _ => format!("until {} is re-created", c.name),
+                        },
+                        dest.port,
+                        ns.label
                     ),
                     Fixer::in_ns(
                         ns,
