@@ -105,6 +105,7 @@ impl FlowTable {
                 self.add(CtFlow {
                     original: t,
                     reply: t.reversed(),
+                    tcp_state: None,
                 });
             }
         }
@@ -178,6 +179,7 @@ mod tests {
                 Some(CtFlow {
                     original: t(0)?,
                     reply: t(1)?,
+                    tcp_state: None,
                 })
             })
             .collect()
@@ -224,6 +226,7 @@ mod tests {
         t.add(CtFlow {
             original: client,
             reply: client.reversed(),
+            tcp_state: None,
         });
         let backend = t1("172.19.0.1", 52000, "172.19.0.2", 80);
         t.join_proxy("nettool pid 7", client, backend);

@@ -343,7 +343,8 @@ pub(crate) fn diagnose(req: &Request) -> Result<(Report, Snapshot), DoctorError>
         host: req.host.clone(),
         extra,
         skip_docker: false,
-        conntrack: req.proto == Proto::Udp,
+        // TCP entries too: evidence for a TCP question, judged only for UDP.
+        conntrack: true,
     })?;
     let client = match (&req.from, &temp) {
         (Source::Outside(Some(ns)), _) => Some(ns.id()),
@@ -908,6 +909,110 @@ mod tests {
                 engine.summary
             );
         }
+    }
+
+    /// A TCP or UDP conntrack entry for `sport` -> `dst`:`dport`, answered from `reply`.
+    fn ct(
+        proto: Proto,
+        state: Option<&str>,
+        dst: &str,
+        sport: u16,
+        dport: u16,
+        reply: &str,
+    ) -> facts::CtEntry {
+        let reply: SocketAddr = reply.parse().unwrap();
+        let text = format!("{proto} test entry {sport} -> {dst}:{dport}, answered from {reply}");
+        let mut e: facts::CtEntry = serde_json::from_value(serde_json::json!({
+            "proto": proto,
+            "src": "192.0.2.2",
+            "dst": dst,
+            "sport": sport,
+            "dport": dport,
+            "reply_src": reply.ip(),
+            "reply_sport": reply.port(),
+            "text": text,
+        }))
+        .unwrap();
+        e.tcp_state = state.map(|s| serde_json::from_value(serde_json::json!(s)).unwrap());
+        e
+    }
+
+    #[test]
+    fn tcp_conntrack_entries_are_evidence_and_only_udp_ones_are_judged() {
+        let load = |name: &str| {
+            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("captures/doctor/{name}.json"));
+            facts::load(&p).unwrap()
+        };
+        // A TCP port: its entries are shown, not judged, even one answered from elsewhere.
+        let mut snap = load("docker-healthy");
+        // Recorded before TCP was read: no entry, no hop.
+        let before = replay(&snap).unwrap();
+        assert!(!before.hops.iter().any(|h| h.id == "conntrack"));
+        snap.conntrack = Some(vec![
+            ct(
+                Proto::Tcp,
+                Some("ESTABLISHED"),
+                "192.0.2.1",
+                40000,
+                8080,
+                "172.17.0.2:80",
+            ),
+            ct(
+                Proto::Tcp,
+                Some("SYN_SENT"),
+                "192.0.2.1",
+                40001,
+                8080,
+                "192.0.2.1:8080",
+            ),
+            ct(Proto::Udp, None, "192.0.2.1", 40002, 8080, "192.0.2.1:8080"),
+        ]);
+        let r = replay(&snap).unwrap();
+        assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
+        let hop = r
+            .hops
+            .iter()
+            .find(|h| h.id == "conntrack")
+            .expect("a conntrack hop");
+        assert_eq!(hop.verdict, Verdict::Ok);
+        assert!(
+            hop.summary.starts_with("2 TCP entries for port 8080 (1 ESTABLISHED, 1 SYN_SENT), answered from 172.17.0.2:80 (1), 192.0.2.1:8080 (1): evidence, not judged"),
+            "{}",
+            hop.summary
+        );
+        assert_eq!(hop.evidence.len(), 2, "{:?}", hop.evidence);
+        // A UDP port through docker-proxy: a TCP entry on the same port answered by the host
+        // (stale, were it UDP) is not judged; the UDP entries alone are.
+        let mut snap = load("docker-udp-through-proxy");
+        let udp = snap.conntrack.clone().expect("recorded UDP entries");
+        assert!(udp.iter().all(|e| e.proto == Proto::Udp));
+        let port = udp[0].dport.unwrap();
+        let dst = udp[0].dst.unwrap().to_string();
+        snap.conntrack.as_mut().unwrap().push(ct(
+            Proto::Tcp,
+            Some("ESTABLISHED"),
+            &dst,
+            41000,
+            port,
+            "10.9.9.9:9",
+        ));
+        let r = replay(&snap).unwrap();
+        assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
+        let hop = r.hops.iter().find(|h| h.id == "conntrack").unwrap();
+        assert!(hop.summary.contains("UDP entr"), "{}", hop.summary);
+        assert!(hop.summary.contains("none stale"), "{}", hop.summary);
+        // The same entry as UDP is judged stale: the check does look at what it is given.
+        let last = snap.conntrack.as_mut().unwrap().last_mut().unwrap();
+        last.proto = Proto::Udp;
+        last.tcp_state = None;
+        let r = replay(&snap).unwrap();
+        assert_eq!(
+            r.diagnosis.fault,
+            Some(Fault::StaleConntrack),
+            "{}",
+            r.diagnosis.line
+        );
     }
 
     #[test]

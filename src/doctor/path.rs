@@ -345,6 +345,8 @@ pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<H
     service_hop(cx, target.ns, dest, hops, target.inner);
     if packet.proto == Proto::Udp {
         hops.push(rules::conntrack_hop(cx, dest));
+    } else {
+        hops.extend(rules::tcp_conntrack_hop(cx));
     }
 }
 

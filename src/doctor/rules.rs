@@ -631,12 +631,7 @@ pub(crate) fn conntrack_hop(cx: &PathCtx, dest: &Destination) -> Hop {
             "not checked: the conntrack table could not be read (ctnetlink dump failed)",
         );
     };
-    // Entries of the path's family only (conntrack lists IPv4 and IPv6 together).
-    let entries: Vec<&CtEntry> = all
-        .iter()
-        .filter(|e| e.dport == Some(p.dport))
-        .filter(|e| e.dst.is_none_or(|d| d.is_ipv6() == p.dst.is_ipv6()))
-        .collect();
+    let entries = entries_for(all, Proto::Udp, p);
     // An entry is stale when its reply does not come from where that same packet would be
     // sent today (walked through today's rules): a localhost client of a userland proxy is
     // answered by the proxy's socket, which is right; a client whose entry predates the DNAT
@@ -679,6 +674,82 @@ pub(crate) fn conntrack_hop(cx: &PathCtx, dest: &Destination) -> Hop {
     .with_fix(stale_fix(cx, &port, stale[0], dest));
     hop.evidence = stale.iter().take(5).map(|e| e.text.clone()).collect();
     hop
+}
+
+/// The entries of `proto` for the packet's port, of the path's family only (conntrack lists
+/// IPv4 and IPv6, TCP and UDP together).
+fn entries_for<'a>(all: &'a [CtEntry], proto: Proto, p: &Packet) -> Vec<&'a CtEntry> {
+    all.iter()
+        .filter(|e| e.proto == proto && e.dport == Some(p.dport))
+        .filter(|e| e.dst.is_none_or(|d| d.is_ipv6() == p.dst.is_ipv6()))
+        .collect()
+}
+
+/// TCP entries for the port, as evidence only (None when there are none, or conntrack was
+/// not read): each connection gets an entry of its own, so an entry made before a rule
+/// changed misdirects nothing new, and none is judged stale. Their states and where their
+/// answers come from say what real clients met.
+pub(crate) fn tcp_conntrack_hop(cx: &PathCtx) -> Option<Hop> {
+    let p = cx.packet;
+    let entries = entries_for(cx.snap.conntrack.as_deref()?, Proto::Tcp, p);
+    if entries.is_empty() {
+        return None;
+    }
+    // Each distinct value with how often it occurs, in order of first sight.
+    let tally = |items: Vec<String>| {
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for i in items {
+            match seen.iter_mut().find(|(s, _)| *s == i) {
+                Some((_, n)) => *n += 1,
+                None => seen.push((i, 1)),
+            }
+        }
+        seen
+    };
+    let states = tally(
+        entries
+            .iter()
+            .map(|e| {
+                e.tcp_state
+                    .map(|s| s.as_str())
+                    .unwrap_or("no state")
+                    .to_string()
+            })
+            .collect(),
+    )
+    .iter()
+    .map(|(s, n)| format!("{n} {s}"))
+    .collect::<Vec<_>>()
+    .join(", ");
+    let from = tally(
+        entries
+            .iter()
+            .map(|e| match (e.reply_src, e.reply_sport) {
+                (Some(a), Some(port)) => std::net::SocketAddr::new(a, port).to_string(),
+                _ => "?".into(),
+            })
+            .collect(),
+    );
+    let from = match from.as_slice() {
+        [(one, _)] => one.clone(),
+        many => many
+            .iter()
+            .map(|(s, n)| format!("{s} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let mut hop = Hop::ok(
+        "conntrack",
+        "conntrack",
+        format!(
+            "{} TCP entr{} for port {} ({states}), answered from {from}: evidence, not judged (each connection has an entry of its own)",
+            entries.len(),
+            if entries.len() == 1 { "y" } else { "ies" },
+            p.dport
+        ),
+    );
+    hop.evidence = entries.iter().take(5).map(|e| e.text.clone()).collect();
+    Some(hop)
 }
 
 /// Where today's rules send the packet of entry `e`: the DNAT target, or its own destination.

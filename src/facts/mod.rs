@@ -162,7 +162,7 @@ pub(crate) struct Snapshot {
     pub namespaces: Vec<NsFacts>,
     /// The host's firewall dumps (the NAT model is built from them).
     pub firewall: FirewallDump,
-    /// The host's UDP conntrack entries (IPv4 and IPv6).
+    /// The host's TCP and UDP conntrack entries (IPv4 and IPv6).
     pub conntrack: Option<Vec<CtEntry>>,
     /// Userland proxies holding a listening socket in the host namespace (in any namespace
     /// with [`Parts::proxies_everywhere`]).

@@ -29,7 +29,7 @@ pub(crate) struct ReadOptions {
     pub extra: Vec<NetNs>,
     /// Do not ask the Docker API for container names.
     pub skip_docker: bool,
-    /// Dump UDP conntrack (doctor needs it for UDP questions only: one ctnetlink dump saved).
+    /// Dump the host's TCP and UDP conntrack (one ctnetlink dump; doctor's).
     pub conntrack: bool,
 }
 
@@ -168,6 +168,8 @@ struct Raw {
     sysctls: BTreeMap<String, String>,
     /// nsid (as this namespace numbers them) -> index of that namespace in the read.
     nsids: HashMap<i32, usize>,
+    /// The host's conntrack, dumped while inside it (None: not asked, or the dump failed).
+    conntrack: Option<Vec<super::CtEntry>>,
 }
 
 impl Raw {
@@ -181,6 +183,7 @@ impl Raw {
             connections: Vec::new(),
             sysctls: BTreeMap::new(),
             nsids: HashMap::new(),
+            conntrack: None,
         }
     }
 }
@@ -195,12 +198,14 @@ fn counters() -> (u64, u64, u64, u64) {
 }
 
 /// Read one namespace from inside it. The host asks the nsid of every other namespace;
-/// the others only the host's (their veths lead there).
+/// the others only the host's (their veths lead there). With `conntrack`, the host's
+/// conntrack is dumped in the same entry.
 fn read_inside(
     i: usize,
     handles: &[Option<NetNs>],
     host: usize,
     parts: &Parts,
+    conntrack: bool,
 ) -> Result<Raw, String> {
     if !parts.links {
         return Ok(Raw::empty());
@@ -267,6 +272,9 @@ fn read_inside(
             connections,
             sysctls,
             nsids,
+            conntrack: (conntrack && i == host)
+                .then(conntrack::read_here)
+                .flatten(),
         })
     })
     .map_err(|e| e.to_string())?
@@ -279,9 +287,10 @@ fn read_host_and_its_peers(
     handles: &[Option<NetNs>],
     host: usize,
     parts: &Parts,
+    conntrack: bool,
 ) -> Vec<Result<Raw, String>> {
     let mut raws: Vec<Result<Raw, String>> = (0..handles.len()).map(|_| Ok(Raw::empty())).collect();
-    raws[host] = read_inside(host, handles, host, parts);
+    raws[host] = read_inside(host, handles, host, parts, conntrack);
     let mut leads: Vec<usize> = match &raws[host] {
         Ok(r) => r
             .links
@@ -298,7 +307,7 @@ fn read_host_and_its_peers(
         ..Parts::NONE
     };
     let read = parallel_map(leads.len(), |k| {
-        read_inside(leads[k], handles, host, &links_only)
+        read_inside(leads[k], handles, host, &links_only, false)
     });
     for (j, r) in leads.into_iter().zip(read) {
         raws[j] = r;
@@ -491,9 +500,11 @@ pub(crate) fn read_with(
         })
         .collect();
 
+    // The host's conntrack is dumped inside the host's own entry when the read enters it.
+    let ct_inside = opts.conntrack && want.links;
     let (mut raws, owners, fw, ct) = std::thread::scope(|s| {
         let ct = s.spawn(|| {
-            opts.conntrack
+            (opts.conntrack && !ct_inside)
                 .then(|| conntrack::read(&opts.host))
                 .flatten()
         });
@@ -513,9 +524,11 @@ pub(crate) fn read_with(
             }
         });
         let raws = if want.one_namespace {
-            read_host_and_its_peers(&handles, host, want)
+            read_host_and_its_peers(&handles, host, want, ct_inside)
         } else {
-            parallel_map(infos.len(), |i| read_inside(i, &handles, host, want))
+            parallel_map(infos.len(), |i| {
+                read_inside(i, &handles, host, want, ct_inside)
+            })
         };
         let (fw, ct) = tools.join().unwrap_or_default();
         (raws, owners.join().unwrap_or_default(), fw, ct)
@@ -523,6 +536,13 @@ pub(crate) fn read_with(
     if want.all_peers {
         resolve_other_nsids(&mut raws, &handles);
     }
+    let ct = if ct_inside {
+        raws.get_mut(host)
+            .and_then(|r| r.as_mut().ok())
+            .and_then(|r| r.conntrack.take())
+    } else {
+        ct
+    };
 
     // nsid maps: from the host's (every namespace) and from each namespace's (the host).
     let mut namespaces: Vec<NsFacts> = Vec::with_capacity(infos.len());

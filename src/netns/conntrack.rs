@@ -48,6 +48,9 @@ const CTA_PROTO_ICMPV6_ID: u16 = 7;
 const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
 const CTA_PROTO_ICMPV6_CODE: u16 = 9;
 const NLA_F_NESTED: u16 = 0x8000;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const ICMP: u8 = 1;
@@ -123,6 +126,69 @@ impl std::fmt::Display for Tuple {
     }
 }
 
+/// A TCP entry's state as conntrack tracks it (linux/netfilter/nf_conntrack_tcp.h), named as
+/// `conntrack -L` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum TcpState {
+    /// No state yet.
+    None,
+    /// SYN seen, no answer yet.
+    SynSent,
+    /// SYN answered with SYN-ACK.
+    SynRecv,
+    /// Both sides talk.
+    Established,
+    /// A FIN was seen.
+    FinWait,
+    /// The other side sent its FIN.
+    CloseWait,
+    /// Waiting for the last ACK.
+    LastAck,
+    /// Closed; the entry lingers.
+    TimeWait,
+    /// Closed by a RST.
+    Close,
+    /// A simultaneous open (SYN_SENT2, printed as LISTEN by older tools).
+    SynSent2,
+}
+
+impl TcpState {
+    fn from_kernel(v: u8) -> Option<TcpState> {
+        use TcpState::*;
+        Some(match v {
+            0 => None,
+            1 => SynSent,
+            2 => SynRecv,
+            3 => Established,
+            4 => FinWait,
+            5 => CloseWait,
+            6 => LastAck,
+            7 => TimeWait,
+            8 => Close,
+            9 => SynSent2,
+            _ => return Option::None,
+        })
+    }
+
+    /// The name `conntrack -L` prints.
+    pub(crate) fn as_str(self) -> &'static str {
+        use TcpState::*;
+        match self {
+            None => "NONE",
+            SynSent => "SYN_SENT",
+            SynRecv => "SYN_RECV",
+            Established => "ESTABLISHED",
+            FinWait => "FIN_WAIT",
+            CloseWait => "CLOSE_WAIT",
+            LastAck => "LAST_ACK",
+            TimeWait => "TIME_WAIT",
+            Close => "CLOSE",
+            SynSent2 => "SYN_SENT2",
+        }
+    }
+}
+
 /// A conntrack entry: the tuple as the first packet left its sender, and the reply tuple as
 /// replies travel (after NAT, the addresses the other side really uses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +197,9 @@ pub(crate) struct Entry {
     pub original: Tuple,
     /// As the server answers (its source is the DNAT target, its destination the SNAT source).
     pub reply: Tuple,
+    /// A TCP entry's state (None for other protocols, or when the kernel did not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_state: Option<TcpState>,
 }
 
 impl Entry {
@@ -205,19 +274,32 @@ fn decode_tuple(nest: &[u8]) -> Option<Tuple> {
 /// with both tuples of a protocol [`Tuple`] holds; never panics on input.
 pub(crate) fn decode_entry(payload: &[u8]) -> Option<Entry> {
     let attrs = payload.get(4..)?;
-    let (mut original, mut reply) = (None, None);
+    let (mut original, mut reply, mut tcp_state) = (None, None, None);
     for nla in NlasIterator::new(attrs) {
         let nla = nla.ok()?;
         match nla.kind() & NLA_TYPE_MASK {
             CTA_TUPLE_ORIG => original = decode_tuple(nla.value()),
             CTA_TUPLE_REPLY => reply = decode_tuple(nla.value()),
+            CTA_PROTOINFO => tcp_state = decode_tcp_state(nla.value()),
             _ => {}
         }
     }
     Some(Entry {
         original: original?,
         reply: reply?,
+        tcp_state,
     })
+}
+
+/// CTA_PROTOINFO's TCP state (CTA_PROTOINFO_TCP / CTA_PROTOINFO_TCP_STATE, one byte).
+fn decode_tcp_state(nest: &[u8]) -> Option<TcpState> {
+    let tcp = NlasIterator::new(nest)
+        .filter_map(Result::ok)
+        .find(|n| n.kind() & NLA_TYPE_MASK == CTA_PROTOINFO_TCP)?;
+    let state = NlasIterator::new(tcp.value())
+        .filter_map(Result::ok)
+        .find(|n| n.kind() & NLA_TYPE_MASK == CTA_PROTOINFO_TCP_STATE)?;
+    TcpState::from_kernel(*state.value().first()?)
 }
 
 /// Every entry in one datagram read from a ctnetlink socket (events or dump answers).
@@ -687,6 +769,7 @@ mod tests {
         let entry = Entry {
             original: seen,
             reply: dnatted.reversed(),
+            tcp_state: None,
         };
         assert!(entries.contains(&entry), "{entries:?}");
         assert_eq!(got, Some(entry));
@@ -707,6 +790,58 @@ mod tests {
             })
             .unwrap();
         assert_eq!(none, None);
+    }
+
+    #[test]
+    fn a_live_tcp_entry_is_dumped_with_its_state() {
+        let name = format!("nt-test-cttcp-{}", std::process::id());
+        let ns = crate::netns::named::create(&name).expect("create a namespace (root)");
+        let scratch = Scratch(name.clone(), ns);
+        // A rule that needs conntrack: a namespace tracks nothing until one does.
+        let st = std::process::Command::new("ip")
+            .args(["netns", "exec", &name, "nft"])
+            .arg("table ip t { chain in { type filter hook input priority 0; ct state established accept; }; }")
+            .status()
+            .expect("ip netns exec nft");
+        assert!(st.success());
+        let (client, server, entries) = scratch
+            .1
+            .run(|| {
+                let lo = std::process::Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status();
+                assert!(lo.is_ok_and(|s| s.success()));
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                let (_s, _) = l.accept().unwrap();
+                let entries = Conntrack::open_here().unwrap().dump().unwrap();
+                (c.local_addr().unwrap(), l.local_addr().unwrap(), entries)
+            })
+            .unwrap();
+        let e = entries
+            .iter()
+            .find(|e| e.original == Tuple::new(6, client, server))
+            .unwrap_or_else(|| panic!("no entry for {client} -> {server}: {entries:?}"));
+        assert_eq!(e.tcp_state, Some(TcpState::Established), "{e:?}");
+        assert_eq!(e.reply, Tuple::new(6, server, client));
+        // The snapshot's reader keeps it, typed, and it survives a save and a load.
+        let snap = crate::facts::conntrack::read(&scratch.1).expect("the snapshot's dump");
+        let tcp = snap
+            .iter()
+            .find(|c| c.sport == Some(client.port()) && c.dport == Some(server.port()))
+            .expect("the TCP entry in the snapshot");
+        // Both sockets are closed by now: a closing state (TIME_WAIT), named as conntrack does.
+        let state = tcp.tcp_state.expect("a TCP state");
+        assert_ne!(state, TcpState::Established);
+        assert!(
+            tcp.text
+                .starts_with(&format!("tcp {} src=127.0.0.1", state.as_str())),
+            "{}",
+            tcp.text
+        );
+        let back: Vec<crate::facts::CtEntry> =
+            serde_json::from_str(&serde_json::to_string(&snap).unwrap()).unwrap();
+        assert_eq!(back, snap);
     }
 
     #[test]

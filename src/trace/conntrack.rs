@@ -456,6 +456,7 @@ mod tests {
         let flow = CtFlow {
             original: t("10.77.1.2", 40000, "10.77.1.1", 8080),
             reply: t("10.77.2.2", 80, "10.77.2.1", 40000),
+            tcp_state: None,
         };
         let hooks: Vec<String> = ["prerouting", "forward", "postrouting"]
             .map(String::from)
@@ -488,6 +489,7 @@ mod tests {
         let plain = CtFlow {
             original: flow.original,
             reply: flow.original.reversed(),
+            tcp_state: None,
         };
         assert!(rewrites(&plain, &plain.original, &hooks).is_empty());
         assert!(rewrites(&flow, &t("1.1.1.1", 1, "2.2.2.2", 2), &hooks).is_empty());
