@@ -1,7 +1,7 @@
 //! The hops behind the host: the veth into the target namespace, MTU, the route back, and
 //! the service listening there.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::facts::NsFacts;
 use crate::netns::links::Link;
@@ -339,6 +339,44 @@ pub(crate) fn return_route_hop(cx: &PathCtx, t: &Target<'_>, bridge: Option<&Lin
     }
 }
 
+/// A service listening in one family only (`s`) while the packet comes over the other: the
+/// FAIL `fault` with the sentence `says(who, listen)` makes, and a relay inside the namespace
+/// from the address the packet reaches to where the service listens (its family's loopback
+/// when it listens on every address).
+fn one_family_only(
+    cx: &PathCtx,
+    ns: &NsFacts,
+    dest: &Destination,
+    s: &Socket,
+    fault: Fault,
+    says: impl FnOnce(&str, &str) -> String,
+) -> Hop {
+    let who = s
+        .owners
+        .first()
+        .map(|o| o.comm.clone())
+        .unwrap_or_else(|| "the service".into());
+    let to = if s.local.ip().is_unspecified() {
+        let lo: IpAddr = if s.local.is_ipv6() {
+            Ipv6Addr::LOCALHOST.into()
+        } else {
+            Ipv4Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(lo, dest.port).to_string()
+    } else {
+        s.local.to_string()
+    };
+    let listen = SocketAddr::new(dest.addr, dest.port).to_string();
+    Hop::fail("service", "service", fault, says(&who, &listen)).with_fix(Some(cx.fixer.fix_owned(
+        &format!(
+            "until {who} is reconfigured, relay {listen} to {to} inside {}",
+            ns.label
+        ),
+        Fixer::in_ns(ns, &[&cx.snap.meta.exe, "proxy", &listen, &to]),
+        true,
+    )))
+}
+
 /// Does anything listen on the destination port inside `ns`?
 pub(crate) fn service_hop(
     cx: &PathCtx,
@@ -492,34 +530,12 @@ pub(crate) fn service_hop(
             s.local.port() == dest.port && s.local.ip().is_ipv4() && !s.local.ip().is_loopback()
         }),
     ) {
-        let who = v4
-            .owners
-            .first()
-            .map(|o| o.comm.clone())
-            .unwrap_or_else(|| "the service".into());
-        let to = if v4.local.ip().is_unspecified() {
-            format!("127.0.0.1:{}", dest.port)
-        } else {
-            v4.local.to_string()
-        };
-        let listen = format!("[{}]:{}", dest.addr, dest.port);
-        let mut hop = Hop::fail(
-            "service",
-            "service",
-            Fault::ServiceIpv4Only,
+        let mut hop = one_family_only(cx, ns, dest, v4, Fault::ServiceIpv4Only, |who, listen| {
             format!(
                 "{who} listens on {} inside {}, IPv4 only: connections over IPv6 to {listen} find nothing; make {who} listen on [::]:{} (both families)",
                 v4.local, ns.label, dest.port
-            ),
-        )
-        .with_fix(Some(cx.fixer.fix_owned(
-            &format!(
-                "until {who} is reconfigured, relay {listen} to {to} inside {}",
-                ns.label
-            ),
-            Fixer::in_ns(ns, &[&cx.snap.meta.exe, "proxy", &listen, &to]),
-            true,
-        )));
+            )
+        });
         hop.evidence.extend(evidence);
         hops.push(hop);
         return;
@@ -531,39 +547,17 @@ pub(crate) fn service_hop(
             s.local.port() == dest.port && s.local.ip().is_ipv6() && !s.local.ip().is_loopback()
         }),
     ) {
-        let who = v6
-            .owners
-            .first()
-            .map(|o| o.comm.clone())
-            .unwrap_or_else(|| "the service".into());
-        let to = if v6.local.ip().is_unspecified() {
-            format!("[::1]:{}", dest.port)
-        } else {
-            v6.local.to_string()
-        };
-        let listen = format!("{}:{}", dest.addr, dest.port);
         let why = if v6.v6only {
             "with IPV6_V6ONLY set, IPv6 only"
         } else {
             "IPv6 only"
         };
-        let mut hop = Hop::fail(
-            "service",
-            "service",
-            Fault::ServiceIpv6Only,
+        let mut hop = one_family_only(cx, ns, dest, v6, Fault::ServiceIpv6Only, |who, listen| {
             format!(
                 "{who} listens on {} inside {} {why}: connections over IPv4 to {listen} find nothing; make {who} listen on [::]:{} with IPV6_V6ONLY off (both families), or on 0.0.0.0:{} too",
                 v6.local, ns.label, dest.port, dest.port
-            ),
-        )
-        .with_fix(Some(cx.fixer.fix_owned(
-            &format!(
-                "until {who} is reconfigured, relay {listen} to {to} inside {}",
-                ns.label
-            ),
-            Fixer::in_ns(ns, &[&cx.snap.meta.exe, "proxy", &listen, &to]),
-            true,
-        )));
+            )
+        });
         hop.evidence.extend(evidence);
         hops.push(hop);
         return;
