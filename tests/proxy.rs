@@ -3959,12 +3959,20 @@ fn a_transparent_reply_that_starts_a_conntrack_entry_of_its_own_still_reaches_th
     cli.send(b"hello").unwrap();
     let mut buf = [0u8; 64];
     let (_, from) = be.recv_from(&mut buf).unwrap();
-    assert_eq!(from.ip().to_string(), "10.77.1.2", "the backend sees the client");
+    assert_eq!(
+        from.ip().to_string(),
+        "10.77.1.2",
+        "the backend sees the client"
+    );
     let out = Command::new("ip")
         .args(["netns", "exec", &n.px.name, "conntrack", "-F"])
         .output()
         .expect("conntrack (apt-get install conntrack)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     be.send_to(b"one", from).unwrap();
     let k = cli
         .recv(&mut buf)
