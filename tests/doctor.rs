@@ -1449,6 +1449,14 @@ fn docker_container_exited_paused_created() {
         r["diagnosis"]["line"].as_str().unwrap().contains("created"),
         "{r:#}"
     );
+    // It never ran: the line must not say it starts "again".
+    assert!(
+        r["diagnosis"]["line"]
+            .as_str()
+            .unwrap()
+            .contains("starts it for the first time"),
+        "{r:#}"
+    );
 }
 
 #[test]
@@ -2387,6 +2395,10 @@ fn podman_paused_and_created_containers() {
     );
     let r = l.break_fix(18587, "container_not_running");
     assert!(diag_line(&r).contains(" is created"), "{r:#}");
+    assert!(
+        diag_line(&r).contains("starts it for the first time"),
+        "{r:#}"
+    );
     assert!(
         fix_line(&r).ends_with(&format!("podman start {late}")),
         "{r:#}"

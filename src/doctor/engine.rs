@@ -222,17 +222,27 @@ pub(crate) fn intent_hop(
             )
         }
         _ => {
-            // A pod's infra container is started with its pod (its members with it).
+            // A pod's infra container is started with its pod (its members with it). A created
+            // container never ran: "again" would tell the user it had stopped.
+            let never_ran = c.state == ContainerState::Created;
             let (summary, verb, what): (String, Vec<&str>, &str) = match (&c.pod, c.infra) {
                 (Some(pod), true) => (
                     format!("start the pod {pod}"),
                     vec!["pod", "start", pod],
-                    "starts the pod again",
+                    if never_ran {
+                        "starts the pod for the first time"
+                    } else {
+                        "starts the pod again"
+                    },
                 ),
                 _ => (
                     format!("start {}", c.name),
                     vec!["start", &c.name],
-                    "starts it again",
+                    if never_ran {
+                        "starts it for the first time"
+                    } else {
+                        "starts it again"
+                    },
                 ),
             };
             return not_running(&verb, what).with_fix(Some(cli_fix(fixer, c, &summary, &verb)));
