@@ -162,12 +162,7 @@ pub(crate) fn run(a: ExplainNatArgs) -> anyhow::Result<i32> {
         // is behind every other address; with a packet, its listeners too (what takes a
         // packet the walk delivers here).
         let snap = facts::read_with(
-            &ReadOptions {
-                host: ns.clone(),
-                extra: Vec::new(),
-                skip_docker: false,
-                conntrack: false,
-            },
+            &ReadOptions::host(ns.clone()),
             &Parts {
                 listeners: packet.is_some(),
                 ..Parts::EXPLAIN_NAT

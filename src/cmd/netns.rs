@@ -28,12 +28,7 @@ pub(crate) fn run(cmd: NetnsCommand) -> anyhow::Result<i32> {
 fn list(a: NetnsListArgs) -> anyhow::Result<i32> {
     // One read: discovery, and each namespace entered once to count its links.
     let snap = facts::read_with(
-        &ReadOptions {
-            host: NetNs::current().context("opening the current namespace")?,
-            extra: Vec::new(),
-            skip_docker: false,
-            conntrack: false,
-        },
+        &ReadOptions::host(NetNs::current().context("opening the current namespace")?),
         if a.no_interfaces {
             &Parts::NONE
         } else {
@@ -170,12 +165,7 @@ fn inspect(a: NetnsInspectArgs) -> anyhow::Result<i32> {
     let intent = Intent::read();
     let ns = NetNs::open_with(&a.target, Some(&intent))?;
     let snap = facts::read_with(
-        &ReadOptions {
-            host: ns.clone(),
-            extra: Vec::new(),
-            skip_docker: false,
-            conntrack: false,
-        },
+        &ReadOptions::host(ns.clone()),
         &Parts {
             connections: a.all_sockets,
             ..Parts::ONE_NAMESPACE

@@ -33,6 +33,18 @@ pub(crate) struct ReadOptions {
     pub conntrack: bool,
 }
 
+impl ReadOptions {
+    /// Read with `host` as the host namespace: no extra namespaces, Docker asked, no conntrack.
+    pub(crate) fn host(host: NetNs) -> Self {
+        ReadOptions {
+            host,
+            extra: Vec::new(),
+            skip_docker: false,
+            conntrack: false,
+        }
+    }
+}
+
 /// Which facts a read gathers: everything for doctor, links and addresses for `peer`. Each part
 /// left out is work not done (a netlink dump per namespace, the /proc scan for socket owners,
 /// five firewall tools).

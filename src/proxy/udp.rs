@@ -478,6 +478,25 @@ fn gso_refused(e: &io::Error) -> bool {
 /// Control room per message: IPV6_PKTINFO (the larger pktinfo) and UDP_SEGMENT.
 const CTRL_WORDS: usize = 10;
 
+/// Writes one control message carrying `value` at `cm` and returns the space it takes.
+///
+/// # Safety
+/// `cm` points at a cmsghdr inside a control buffer with at least
+/// `CMSG_SPACE(size_of::<T>())` bytes left from it.
+unsafe fn put_cmsg<T>(
+    cm: *mut libc::cmsghdr,
+    level: libc::c_int,
+    kind: libc::c_int,
+    value: T,
+) -> usize {
+    let len = std::mem::size_of::<T>() as u32;
+    (*cm).cmsg_level = level;
+    (*cm).cmsg_type = kind;
+    (*cm).cmsg_len = libc::CMSG_LEN(len) as usize;
+    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut T, value);
+    libc::CMSG_SPACE(len) as usize
+}
+
 /// sendmmsg `datagrams` on `fd` without waiting, to `to` (None: a connected socket), from `from`
 /// (IP_PKTINFO, a reply from the address the client sent to), as UDP_SEGMENT messages with
 /// `gso`. Returns how many datagrams went out, in order; WouldBlock when none had room.
@@ -523,11 +542,7 @@ fn send_datagrams(
                         },
                         ipi_addr: libc::in_addr { s_addr: 0 },
                     };
-                    (*cm).cmsg_level = libc::IPPROTO_IP;
-                    (*cm).cmsg_type = libc::IP_PKTINFO;
-                    (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&pi) as u32) as usize;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut libc::in_pktinfo, pi);
-                    used += libc::CMSG_SPACE(std::mem::size_of_val(&pi) as u32) as usize;
+                    used += put_cmsg(cm, libc::IPPROTO_IP, libc::IP_PKTINFO, pi);
                     cm = libc::CMSG_NXTHDR(h, cm);
                 }
                 Some(IpAddr::V6(ip)) => {
@@ -537,22 +552,13 @@ fn send_datagrams(
                         },
                         ipi6_ifindex: 0,
                     };
-                    (*cm).cmsg_level = libc::IPPROTO_IPV6;
-                    (*cm).cmsg_type = libc::IPV6_PKTINFO;
-                    (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&pi) as u32) as usize;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut libc::in6_pktinfo, pi);
-                    used += libc::CMSG_SPACE(std::mem::size_of_val(&pi) as u32) as usize;
+                    used += put_cmsg(cm, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, pi);
                     cm = libc::CMSG_NXTHDR(h, cm);
                 }
                 None => {}
             }
             if m.count > 1 {
-                let seg = m.seg as u16;
-                (*cm).cmsg_level = libc::SOL_UDP;
-                (*cm).cmsg_type = UDP_SEGMENT;
-                (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut u16, seg);
-                used += libc::CMSG_SPACE(2) as usize;
+                used += put_cmsg(cm, libc::SOL_UDP, UDP_SEGMENT, m.seg as u16);
             }
             used
         };
