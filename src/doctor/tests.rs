@@ -1,0 +1,339 @@
+//! The checks as pure functions: every snapshot recorded from a real host in
+//! captures/doctor/ replays to the verdict the live run gave (NAME.verdict.json beside it).
+
+use super::*;
+
+fn captures() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("captures/doctor");
+    let mut v: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "json")
+                        && !p.to_string_lossy().ends_with(".verdict.json")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn recorded_snapshots_replay_to_their_live_verdicts() {
+    let all = captures();
+    assert!(
+        all.len() >= 8,
+        "captures/doctor holds {} snapshots",
+        all.len()
+    );
+    for path in all {
+        let snap = facts::load(&path).unwrap();
+        let verdict_path = path.with_extension("verdict.json");
+        let live: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&verdict_path).unwrap()).unwrap();
+        let r = replay(&snap).unwrap();
+        let got = serde_json::to_value(&r.diagnosis).unwrap();
+        assert_eq!(got, live, "{}", path.display());
+        let fails = r.hops.iter().filter(|h| h.verdict == Verdict::Fail).count();
+        assert!(fails <= 1, "{}: one cause, one FAIL", path.display());
+    }
+}
+
+#[test]
+fn a_dual_stack_port_is_followed_over_both_families_and_a_v6_fault_is_named_on_v6() {
+    let load = |name: &str| {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("captures/doctor/{name}.json"));
+        replay(&facts::load(&p).unwrap()).unwrap()
+    };
+    let ok = load("docker-dual-stack-healthy");
+    assert!(ok.diagnosis.ok, "{}", ok.diagnosis.line);
+    let v6 = ok.ipv6.as_ref().expect("followed over IPv6 too");
+    assert!(v6.destination.as_ref().unwrap().addr.is_ipv6());
+    assert!(v6.probe.as_ref().unwrap().ok);
+    for (name, fault) in [
+        ("docker-ipv6-dnat-deleted", Fault::DnatMissing),
+        ("docker-ipv6-service-on-ipv4-only", Fault::ServiceIpv4Only),
+    ] {
+        let r = load(name);
+        assert_eq!(r.diagnosis.fault, Some(fault), "{name}");
+        assert!(r.diagnosis.line.starts_with("over IPv6: "), "{name}");
+        // The IPv4 half is clear: the fault is the IPv6 path's alone.
+        assert!(r
+            .hops
+            .iter()
+            .filter(|h| h.family == Some(Family::Ipv4))
+            .all(|h| h.verdict == Verdict::Ok));
+    }
+    // Asked over IPv4 only (the client's address given), the same broken host is clear.
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("captures/doctor/docker-ipv6-service-on-ipv4-only.json");
+    let snap = facts::load(&p).unwrap();
+    let mut q = snap.question.clone().unwrap();
+    q.dst = Some("192.0.2.1".parse().unwrap());
+    let r = judge(&snap, &q).unwrap();
+    assert!(r.ipv6.is_none() && r.diagnosis.ok, "{}", r.diagnosis.line);
+}
+
+#[test]
+fn a_missing_ipv6_dnat_says_whether_a_socket_listens_where_the_walk_delivers() {
+    // Before: "walk: delivered locally: a socket on [v6]:PORT receives it" under a
+    // dnat_missing that says nothing receives the port: the evidence contradicted the finding.
+    for (name, want) in [
+        (
+            "podman-ipv6-dnat-deleted",
+            "walk: delivered locally to [2001:db8:1::1]:18582: no socket listens there, nor on [::]:18582",
+        ),
+        (
+            "cni-ipv6-dnat-deleted",
+            "walk: delivered locally to [2001:db8:1::1]:18498: no socket listens there, nor on [::]:18498",
+        ),
+        (
+            "docker-ipv6-dnat-deleted",
+            "walk: delivered locally to [2001:db8:1::1]:8080: docker-proxy (pid 9865) listens on [::]:8080",
+        ),
+    ] {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("captures/doctor/{name}.json"));
+        let r = replay(&facts::load(&p).unwrap()).unwrap();
+        let fail = r
+            .hops
+            .iter()
+            .find(|h| h.fault == Some(Fault::DnatMissing))
+            .unwrap_or_else(|| panic!("{name}: no dnat_missing hop"));
+        assert!(fail.evidence.iter().any(|e| e == want), "{name}: {:?}", fail.evidence);
+        let all = r.hops.iter().flat_map(|h| &h.evidence);
+        assert!(
+            all.clone().all(|e| !e.contains("receives it")),
+            "{name}: {:?}",
+            all.collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn the_engine_hop_shows_the_binding_of_each_family_judged() {
+    // Before: a dual-stack port diagnosed over IPv6 showed only the IPv4 listing
+    // ("publishes 0.0.0.0:8080->80/tcp") on the one engine hop both paths share.
+    for (name, both, v6) in [
+        (
+            "docker-ipv6-dnat-deleted",
+            "0.0.0.0:8080->80/tcp and [::]:8080->80/tcp",
+            "[::]:8080->80/tcp",
+        ),
+        (
+            "podman-ipv6-dnat-deleted",
+            "0.0.0.0:18582->80/tcp and [::]:18582->80/tcp",
+            "[::]:18582->80/tcp",
+        ),
+        (
+            "cni-ipv6-dnat-deleted",
+            "0.0.0.0:18498->80/tcp and [::]:18498->80/tcp",
+            "[::]:18498->80/tcp",
+        ),
+    ] {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("captures/doctor/{name}.json"));
+        let snap = facts::load(&p).unwrap();
+        let r = replay(&snap).unwrap();
+        // (engine::dnat_missing's hop carries the id too: it is the receiver's, per family.)
+        let engine: Vec<_> = r
+            .hops
+            .iter()
+            .filter(|h| h.id == "engine" && h.family.is_none())
+            .collect();
+        assert_eq!(engine.len(), 1, "{name}: {engine:?}");
+        assert!(
+            engine[0].summary.ends_with(&format!("publishes {both}")),
+            "{name}: {}",
+            engine[0].summary
+        );
+        assert!(
+            engine[0].evidence[0].ends_with(&format!("publishes {both}")),
+            "{name}: {:?}",
+            engine[0].evidence
+        );
+        // Asked over IPv6 only (the destination given): the IPv6 listing alone.
+        let mut q = snap.question.clone().unwrap();
+        q.dst = Some("2001:db8:1::1".parse().unwrap());
+        let r = judge(&snap, &q).unwrap();
+        let engine = r.hops.iter().find(|h| h.id == "engine").unwrap();
+        assert!(
+            engine.summary.ends_with(&format!("publishes {v6}")),
+            "{name}: {}",
+            engine.summary
+        );
+    }
+}
+
+/// A TCP or UDP conntrack entry for `sport` -> `dst`:`dport`, answered from `reply`.
+fn ct(
+    proto: Proto,
+    state: Option<&str>,
+    dst: &str,
+    sport: u16,
+    dport: u16,
+    reply: &str,
+) -> facts::CtEntry {
+    let reply: SocketAddr = reply.parse().unwrap();
+    let text = format!("{proto} test entry {sport} -> {dst}:{dport}, answered from {reply}");
+    let mut e: facts::CtEntry = serde_json::from_value(serde_json::json!({
+        "proto": proto,
+        "src": "192.0.2.2",
+        "dst": dst,
+        "sport": sport,
+        "dport": dport,
+        "reply_src": reply.ip(),
+        "reply_sport": reply.port(),
+        "text": text,
+    }))
+    .unwrap();
+    e.tcp_state = state.map(|s| serde_json::from_value(serde_json::json!(s)).unwrap());
+    e
+}
+
+#[test]
+fn tcp_conntrack_entries_are_evidence_and_only_udp_ones_are_judged() {
+    let load = |name: &str| {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("captures/doctor/{name}.json"));
+        facts::load(&p).unwrap()
+    };
+    // A TCP port: its entries are shown, not judged, even one answered from elsewhere.
+    let mut snap = load("docker-healthy");
+    // Recorded before TCP was read: no entry, no hop.
+    let before = replay(&snap).unwrap();
+    assert!(!before.hops.iter().any(|h| h.id == "conntrack"));
+    snap.conntrack = Some(vec![
+        ct(
+            Proto::Tcp,
+            Some("ESTABLISHED"),
+            "192.0.2.1",
+            40000,
+            8080,
+            "172.17.0.2:80",
+        ),
+        ct(
+            Proto::Tcp,
+            Some("SYN_SENT"),
+            "192.0.2.1",
+            40001,
+            8080,
+            "192.0.2.1:8080",
+        ),
+        ct(Proto::Udp, None, "192.0.2.1", 40002, 8080, "192.0.2.1:8080"),
+    ]);
+    let r = replay(&snap).unwrap();
+    assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
+    let hop = r
+        .hops
+        .iter()
+        .find(|h| h.id == "conntrack")
+        .expect("a conntrack hop");
+    assert_eq!(hop.verdict, Verdict::Ok);
+    assert!(
+        hop.summary.starts_with("2 TCP entries for port 8080 (1 ESTABLISHED, 1 SYN_SENT), answered from 172.17.0.2:80 (1), 192.0.2.1:8080 (1): evidence, not judged"),
+        "{}",
+        hop.summary
+    );
+    assert_eq!(hop.evidence.len(), 2, "{:?}", hop.evidence);
+    // A UDP port through docker-proxy: a TCP entry on the same port answered by the host
+    // (stale, were it UDP) is not judged; the UDP entries alone are.
+    let mut snap = load("docker-udp-through-proxy");
+    let udp = snap.conntrack.clone().expect("recorded UDP entries");
+    assert!(udp.iter().all(|e| e.proto == Proto::Udp));
+    let port = udp[0].dport.unwrap();
+    let dst = udp[0].dst.unwrap().to_string();
+    snap.conntrack.as_mut().unwrap().push(ct(
+        Proto::Tcp,
+        Some("ESTABLISHED"),
+        &dst,
+        41000,
+        port,
+        "10.9.9.9:9",
+    ));
+    let r = replay(&snap).unwrap();
+    assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
+    let hop = r.hops.iter().find(|h| h.id == "conntrack").unwrap();
+    assert!(hop.summary.contains("UDP entr"), "{}", hop.summary);
+    assert!(hop.summary.contains("none stale"), "{}", hop.summary);
+    // The same entry as UDP is judged stale: the check does look at what it is given.
+    let last = snap.conntrack.as_mut().unwrap().last_mut().unwrap();
+    last.proto = Proto::Udp;
+    last.tcp_state = None;
+    let r = replay(&snap).unwrap();
+    assert_eq!(
+        r.diagnosis.fault,
+        Some(Fault::StaleConntrack),
+        "{}",
+        r.diagnosis.line
+    );
+}
+
+#[test]
+fn a_port_published_on_ipv4_only_is_not_followed_over_ipv6() {
+    // The dual-stack host, with web published as -p 0.0.0.0:8080:80 (Docker then writes
+    // no IPv6 DNAT for it): IPv4 only, all clear, no false "DNAT missing" over IPv6.
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("captures/doctor/docker-dual-stack-healthy.json");
+    let mut snap = facts::load(&p).unwrap();
+    for c in &mut snap.intent.as_mut().unwrap().containers {
+        c.ports.retain(|b| b.host_ip.is_none_or(|ip| ip.is_ipv4()));
+    }
+    let v6 = snap.firewall.ip6tables_nft.take().unwrap();
+    snap.firewall.ip6tables_nft = Some(
+        v6.lines()
+            .filter(|l| !l.contains("-j DNAT"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    snap.probes.retain(|p| !p.target.starts_with('['));
+    let r = replay(&snap).unwrap();
+    assert!(r.ipv6.is_none(), "{}", r.diagnosis.line);
+    assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
+}
+
+#[test]
+fn a_missing_cni_port_mapping_is_re_added_with_the_cached_portmap_config() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("captures/doctor/cni-portmap-dnat-deleted.json");
+    let r = replay(&facts::load(&p).unwrap()).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::DnatMissing));
+    let fix = r.diagnosis.fix.unwrap();
+    assert_eq!(fix.argv[..2], ["sh".to_string(), "-c".to_string()]);
+    // The portmap entry of the cached list (its snat option kept), the container's
+    // mappings and its address: what libcni hands portmap.
+    let conf: serde_json::Value = serde_json::from_str(&fix.argv[4]).unwrap();
+    assert_eq!(conf["type"], "portmap");
+    assert_eq!(conf["snat"], true);
+    assert_eq!(conf["runtimeConfig"]["portMappings"][0]["hostPort"], 18495);
+    assert_eq!(conf["prevResult"]["ips"][0]["address"], "10.77.5.2/24");
+    assert!(fix.argv[5].starts_with("nt-test-ctr-"), "{:?}", fix.argv);
+}
+
+#[test]
+fn forwarding_off_is_one_fail_even_when_the_engine_rule_is_the_last_one_crossed() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("captures/doctor/docker-ip-forward-off.json");
+    let mut snap = facts::load(&path).unwrap();
+    let r = replay(&snap).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::IpForwardOff));
+    // The same host with forwarding on: all clear (the check reads the recorded sysctl).
+    // Writing ip_forward writes every interface's forwarding too, as the kernel does.
+    for n in &mut snap.namespaces {
+        if n.id == snap.host {
+            for (k, v) in n.sysctls.iter_mut() {
+                if k == "net.ipv4.ip_forward"
+                    || k.starts_with("net.ipv4.conf.") && k.ends_with(".forwarding")
+                {
+                    *v = "1".into();
+                }
+            }
+        }
+    }
+    snap.probes.clear();
+    let r = replay(&snap).unwrap();
+    assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
+}
