@@ -224,7 +224,8 @@ fn moved(n: usize) {
 
 /// Wait [`COALESCE_US`] if the datagrams moved since the last wait make a dense stream. The UDP
 /// thread calls it before it blocks for events (its runtime's park hook) and after a full batch
-/// (which does not block: more are queued). The thread serves UDP only, so nothing else waits.
+/// (which does not block: more are queued). The thread serves every UDP listener of the proxy,
+/// so while one port carries a dense stream a datagram on another can wait the same 100 us.
 pub(crate) fn pace() {
     if MOVED.with(|m| m.replace(0)) >= COALESCE_MIN {
         if let Some(wait) = coalesce() {
