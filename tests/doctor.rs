@@ -3361,3 +3361,69 @@ fn cni_wrong_container_port_port_on_127_forwarding_off_and_mtu_both_ways() {
     probe_clear(&h, "18511");
     assert_eq!(curl_size(&h.outside.name, &at(18511)), body.len());
 }
+
+/// doctor on a Podman host whose API it cannot ask (no service on the socket it names): a
+/// disconnected container looks like flushed netavark rules there, and `podman network reload
+/// --all` would not bring it back. The finding says the API is missing; its printed fix starts
+/// the API, after which doctor names the real fault, whose printed fix brings the port back.
+#[test]
+fn podman_without_its_api_says_so_and_the_printed_fix_lets_doctor_name_the_fault() {
+    let l = PodmanLab::new("dpapi", 18602);
+    let port = l.port.to_string();
+    let outside = l.outside_from();
+    l.wait_clear(&["--from", &outside, &port]);
+    l.p.podman(&["network", "disconnect", &l.net, &l.web]);
+    assert_eq!(l.curl_outside(), "000", "broken");
+    // A socket nobody serves yet, named the way a user points nettool at Podman.
+    let sock = format!("/run/nt-test-papi-{}.sock", std::process::id());
+    let _ = std::fs::remove_file(&sock);
+    let doctor = || -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_nettool"))
+            .args([
+                "doctor",
+                "--netns",
+                &l.p.ns.name,
+                "--json",
+                "--from",
+                &outside,
+                &port,
+            ])
+            .env("NO_COLOR", "1")
+            .env_remove("DOCKER_HOST")
+            .env("CONTAINER_HOST", format!("unix://{sock}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let r = doctor();
+    // Before: dnat_missing with `podman network reload --all`, which leaves the port broken.
+    assert_eq!(fault(&r), "engine_unreachable", "{r:#}");
+    assert!(diag_line(&r).contains(&sock), "{r:#}");
+    assert!(
+        fix_line(&r).ends_with(&format!("podman system service --time=0 unix://{sock} &")),
+        "{r:#}"
+    );
+    l.run_printed_fix(&r);
+    wait_for("Podman's API socket", 30, || {
+        std::path::Path::new(&sock).exists()
+    });
+    let mut r = doctor();
+    for _ in 0..50 {
+        if fault(&r) == "not_on_network" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        r = doctor();
+    }
+    assert_eq!(fault(&r), "not_on_network", "{r:#}");
+    assert!(
+        fix_line(&r).ends_with(&format!("podman network connect {} {}", l.net, l.web)),
+        "{r:#}"
+    );
+    l.run_printed_fix(&r);
+    l.wait_clear(&["--from", &outside, &port]);
+    assert_ne!(l.curl_outside(), "000");
+    drop(l);
+    let _ = std::fs::remove_file(&sock);
+}

@@ -94,6 +94,10 @@ pub(crate) enum Fault {
     /// The engine's DNAT rule is missing while a userland proxy or a port reservation
     /// holds the port (clients lose their address, or nothing answers).
     DnatMissing,
+    /// A Podman reservation (conmon) holds the port with no DNAT rule in front of it, and
+    /// Podman's API could not be asked: a flushed rule cannot be told from a container that is
+    /// stopped, paused or disconnected until it can.
+    EngineUnreachable,
     /// The service listens on the container's loopback only.
     ServiceOnLoopback,
     /// The service listens on IPv4 only while the port is published over IPv6 too.

@@ -400,6 +400,58 @@ pub(crate) fn owners_text(o: &[Owner]) -> String {
         .join(",")
 }
 
+/// conmon holds the port and no DNAT rule leads to a container, but Podman's API was not read
+/// (no socket, or it failed): without the engine's intent a firewall reload that flushed
+/// netavark's rules looks the same as a stopped, paused or disconnected container, and
+/// `podman network reload --all` fixes only the first. The fix starts the API where doctor
+/// looked for it, so the next run can tell.
+fn podman_unasked(
+    intent: Option<&crate::engine::Intent>,
+    packet: &Packet,
+    who: &str,
+    fixer: &Fixer,
+) -> Option<Hop> {
+    let sources = intent.map(|i| i.sources.as_slice()).unwrap_or_default();
+    if sources
+        .iter()
+        .any(|s| s.engine == EngineKind::Podman && s.error.is_none())
+    {
+        return None;
+    }
+    let failed = sources
+        .iter()
+        .find(|s| s.engine == EngineKind::Podman && s.error.is_some());
+    let socket = failed
+        .map(|s| s.endpoint.clone())
+        .unwrap_or_else(|| crate::engine::podman::ROOTFUL_SOCKET.to_string());
+    let why = match failed.and_then(|s| s.error.as_deref()) {
+        Some(e) => format!("Podman's API at {socket} failed: {e}"),
+        None => format!("Podman's API is not running (no {socket})"),
+    };
+    Some(
+        Hop::fail(
+            ID,
+            TITLE,
+            Fault::EngineUnreachable,
+            format!(
+                "{who} only reserves {}/{} for a Podman container and no DNAT rule sends connections past it, so they hang; {why}, so doctor cannot tell netavark's rules flushed by a firewall reload from a container that is stopped, paused or disconnected: start the API and run doctor again",
+                packet.proto, packet.dport
+            ),
+        )
+        .with_fix(Some(fixer.fix_owned(
+            "start Podman's API service, then run doctor again",
+            vec![
+                "podman".into(),
+                "system".into(),
+                "service".into(),
+                "--time=0".into(),
+                format!("unix://{socket}"),
+            ],
+            true,
+        ))),
+    )
+}
+
 /// A port the engine publishes with DNAT, held instead by its userland proxy (docker-proxy:
 /// the connection works but the container sees the bridge address instead of its clients)
 /// or by a reservation socket that never accepts (Podman's conmon): the DNAT rule is gone,
@@ -424,6 +476,9 @@ fn dnat_missing(
     let intent = snap.intent.as_ref();
     let port = packet.dport;
     if owner.comm == "conmon" {
+        if let Some(hop) = podman_unasked(intent, packet, who, fixer) {
+            return Some(hop);
+        }
         let c = intent.and_then(|i| {
             i.containers.iter().find(|c| {
                 c.engine == EngineKind::Podman

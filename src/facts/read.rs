@@ -823,6 +823,18 @@ fn relevant_intent(parts: Vec<Intent>, namespaces: &[NsFacts], host: NsId) -> In
             })
         })
     };
+    // Podman's conmon holds a published port in the host it publishes on: a container whose
+    // port conmon reserves here is this host's, even with no veth or bridge left (disconnected
+    // from its only network, whose bridge netavark then removed).
+    let reserved_here = |c: &crate::engine::Container| {
+        c.ports.iter().any(|b| {
+            h.listeners.iter().any(|s| {
+                s.local.port() == b.host_port
+                    && s.proto.to_string() == b.proto
+                    && s.owners.iter().any(|o| o.comm == "conmon")
+            })
+        })
+    };
     let mut out = Intent::default();
     for p in parts {
         let ours = |c: &crate::engine::Container| -> bool {
@@ -857,6 +869,7 @@ fn relevant_intent(parts: Vec<Intent>, namespaces: &[NsFacts], host: NsId) -> In
             .any(|i| peers_of(i).is_some_and(|ps| ps.contains(&host)))
             || p.networks.iter().any(bridge_here)
             || h.current
+            || p.containers.iter().any(&reserved_here)
             || p.containers
                 .iter()
                 .any(|c| c.netns_inode.is_none() && ours(c));
