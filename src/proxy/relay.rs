@@ -21,7 +21,8 @@ use crate::tap::{payload, Tap};
 /// Pipe size asked for on the splice path; NETTOOL_PROXY_PIPE_KB overrides (for benchmarks).
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
-fn pipe_size() -> libc::c_int {
+/// The pipe size the splice path asks for (NETTOOL_PROXY_PIPE_KB or 1 MiB).
+pub(crate) fn pipe_size() -> libc::c_int {
     static SIZE: std::sync::OnceLock<libc::c_int> = std::sync::OnceLock::new();
     *SIZE.get_or_init(|| {
         std::env::var("NETTOOL_PROXY_PIPE_KB")
@@ -46,7 +47,8 @@ enum DirEnd {
     Error(io::Error),
 }
 
-fn is_reset(e: &io::Error) -> bool {
+/// Whether an error means the peer reset or went away (passed on as a reset).
+pub(crate) fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ECONNRESET)
@@ -61,13 +63,17 @@ fn shutdown_write(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
 }
 
-struct Pipe {
-    r: OwnedFd,
-    w: OwnedFd,
+/// A non-blocking pipe for splice, at [`pipe_size`] when the system allows it.
+pub(crate) struct Pipe {
+    /// The read end.
+    pub(crate) r: OwnedFd,
+    /// The write end.
+    pub(crate) w: OwnedFd,
 }
 
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
+    /// A new pipe (fails on EMFILE/ENFILE/ENOMEM).
+    pub(crate) fn new() -> io::Result<Pipe> {
         let (r, w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(io::Error::from)?;
@@ -165,7 +171,7 @@ fn pass_fin(dst: &TcpStream, ended: &AtomicBool) {
 
 /// Bytes read through a small buffer before a direction switches to splice: short exchanges
 /// (request/response, health checks) never pay for a pipe.
-const SMALL: usize = 8 * 1024;
+pub(crate) const SMALL: usize = 8 * 1024;
 
 async fn splice_dir(
     mut src: ReadHalf<'_>,
