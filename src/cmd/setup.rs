@@ -157,6 +157,15 @@ pub(crate) fn run(a: SetupArgs) -> anyhow::Result<i32> {
             eprintln!("warning: {w}");
         }
     }
+    // Rules and routes of SIGKILLed transparent proxies (this lab's or any): said on stderr, so
+    // --json's document stays the lab's state.
+    let (removed, warnings) = apply::remove_dead_proxy_leftovers();
+    for r in &removed {
+        eprintln!("nettool: {}", super::teardown::removed_leftovers(r));
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let base = backend == Backend::Iptables && apply::base_chains_exist(a.isolated);
     let p = plan::plan(&spec, &opts, base);
     match apply::setup(&p) {

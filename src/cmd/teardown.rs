@@ -36,14 +36,19 @@ pub(crate) fn run(a: TeardownArgs) -> anyhow::Result<i32> {
         rep.sysctls.len()
     );
     for r in &rep.transparent {
-        println!(
-            "removed {} item(s) (nft table, policy rules, routes) left by dead transparent proxy pid {}",
-            r.removed.len(),
-            r.pid
-        );
+        println!("{}", removed_leftovers(r));
     }
     for w in &rep.warnings {
         eprintln!("warning: {w}");
     }
     Ok(0)
+}
+
+/// One line on what a dead transparent proxy had left and this run removed.
+pub(crate) fn removed_leftovers(r: &crate::trace::journal::Recovered) -> String {
+    format!(
+        "removed {} item(s) (nft table, policy rules, routes) left by dead transparent proxy pid {}",
+        r.removed.len(),
+        r.pid
+    )
 }

@@ -1006,6 +1006,29 @@ impl Run<'_> {
     }
 }
 
+/// Remove what dead (SIGKILLed) transparent proxies left, in any namespace: the journals that
+/// had something to remove, and a warning for each item that could not be removed (its journal
+/// is kept for the next try). Setup calls it too: a lab without a userland proxy starts no
+/// proxy, whose start would otherwise do it.
+pub(crate) fn remove_dead_proxy_leftovers() -> (Vec<crate::trace::journal::Recovered>, Vec<String>)
+{
+    let mut removed = Vec::new();
+    let mut warnings = Vec::new();
+    for r in crate::proxy::transparent::recover_dead() {
+        for (_, e) in &r.failed {
+            warnings.push(format!(
+                "dead transparent proxy pid {}: could not remove what it left: {e} (the next `{} proxy` start tries again)",
+                r.pid,
+                crate::program::me()
+            ));
+        }
+        if !r.removed.is_empty() {
+            removed.push(r);
+        }
+    }
+    (removed, warnings)
+}
+
 /// Bring the lab up. On any failure everything already created is removed again.
 pub(crate) fn setup(plan: &Plan) -> Result<LabState, LabError> {
     if !is_root() {
@@ -1016,9 +1039,6 @@ pub(crate) fn setup(plan: &Plan) -> Result<LabState, LabError> {
         return Err(LabError::AlreadyUp(name.clone()));
     }
     recover_interrupted(name)?;
-    // Rules and routes of SIGKILLed transparent proxies (this lab's or any): a lab without a
-    // userland proxy starts none that would remove them.
-    let _ = crate::proxy::transparent::recover_dead();
     for s in &plan.steps {
         if let Step::CreateNetns { name: n } = s {
             if named::exists(n) {
@@ -1346,18 +1366,9 @@ pub(crate) fn teardown(name: &str) -> Result<TeardownReport, LabError> {
     }
     // A proxy SIGKILLed above or earlier leaves its transparent-mode rules and routes (in the
     // host namespace, which may outlive the lab); its journal says what they are.
-    for r in crate::proxy::transparent::recover_dead() {
-        for (_, e) in &r.failed {
-            rep.warnings.push(format!(
-                "dead transparent proxy pid {}: could not remove what it left: {e} (the next `{} proxy` start tries again)",
-                r.pid,
-                crate::program::me()
-            ));
-        }
-        if !r.removed.is_empty() {
-            rep.transparent.push(r);
-        }
-    }
+    let (removed, warnings) = remove_dead_proxy_leftovers();
+    rep.transparent = removed;
+    rep.warnings.extend(warnings);
 
     // 2. Everything else, newest first.
     let mut waiting_links: Vec<(String, Option<u32>)> = Vec::new();
