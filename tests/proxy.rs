@@ -4092,7 +4092,7 @@ address = "172.31.1.2"
 }
 
 #[test]
-fn proxy_protocol_v2_gives_a_real_haproxy_the_client_address() {
+fn proxy_protocol_v1_and_v2_give_a_real_haproxy_the_client_address() {
     let ns = lab("pxpp");
     let dir = TempDir::new("pxpp");
     let cfg = dir.join("haproxy.cfg");
@@ -4146,6 +4146,46 @@ fn proxy_protocol_v2_gives_a_real_haproxy_the_client_address() {
             .contains("haproxy-log client=10.9.0.1:41001")
     });
     p.stop();
+    // Version 1, the text line (accept-proxy reads both).
+    let p = start(
+        Some(&ns),
+        &dir,
+        &["--proxy-protocol", "v1", "127.0.0.1:8080", "127.0.0.1:7000"],
+    );
+    assert_eq!(curl("41002"), "haproxy sees 10.9.0.1:41002\n");
+    p.stop();
+    // v1 has no UDP: a usage error naming what to use, on the command line and in docker-proxy
+    // mode (there on fd 3, for dockerd to show).
+    let o = nettool_in_ns(
+        &ns,
+        &[
+            "proxy",
+            "--proxy-protocol",
+            "v1",
+            "udp:5353",
+            "127.0.0.1:53",
+        ],
+    )
+    .output()
+    .unwrap();
+    let t = common::text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("PROXY protocol v1 carries TCP only: use --proxy-protocol v2"),
+        "{t}"
+    );
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns.name, BIN, "proxy", "-proto", "udp"])
+        .args(["-host-ip", "127.0.0.1", "-host-port", "5353"])
+        .args(["-container-ip", "127.0.0.1", "-container-port", "53"])
+        .env("NETTOOL_PROXY_PROXY_PROTOCOL", "v1")
+        .env("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml");
+    let (mut child, ready) = spawn_ready(c);
+    assert!(
+        ready.starts_with("1\n") && ready.contains("PROXY protocol v1 carries TCP only"),
+        "{ready:?}"
+    );
+    assert_eq!(child.0.wait().unwrap().code(), Some(1));
 }
 
 #[test]

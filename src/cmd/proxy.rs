@@ -566,6 +566,11 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         ))
         .into());
     }
+    if let Some(pp) = a.proxy_protocol {
+        if let Some(why) = maps.iter().find_map(|m| pp.refuses(m.proto)) {
+            return Err(Usage(why.into()).into());
+        }
+    }
     let console = if a.json {
         Some(Console::Json(if a.hex {
             Payload::Hex
@@ -852,7 +857,8 @@ pub(crate) struct ProxyArgs {
     #[arg(long)]
     pub transparent: bool,
     /// Send a PROXY protocol header with the client's address to the backend first (TCP: once
-    /// per connection; UDP: in front of every datagram), for HAProxy accept-proxy, nginx proxy_protocol.
+    /// per connection; UDP: in front of every datagram, v2 only), for HAProxy accept-proxy,
+    /// nginx proxy_protocol. v1 is the text line older backends read.
     #[arg(long, value_name = "VERSION", value_enum)]
     pub proxy_protocol: Option<crate::proxy::proxy_protocol::ProxyProtocol>,
     /// Events queued for the dump writer before the proxy waits (lossless back-pressure).

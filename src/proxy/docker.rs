@@ -340,9 +340,10 @@ impl DockerProxyConfig {
         }
         if let Some(v) = env("NETTOOL_PROXY_PROXY_PROTOCOL").filter(|v| !v.is_empty()) {
             cfg.proxy_protocol = match v.as_str() {
+                "v1" => Some(super::proxy_protocol::ProxyProtocol::V1),
                 "v2" => Some(super::proxy_protocol::ProxyProtocol::V2),
                 "off" => None,
-                _ => return Err(bad("NETTOOL_PROXY_PROXY_PROTOCOL", v, "v2 or off")),
+                _ => return Err(bad("NETTOOL_PROXY_PROXY_PROTOCOL", v, "v1, v2 or off")),
             };
         }
         if let Some(v) = env("NETTOOL_PROXY_TRANSPARENT").filter(|v| !v.is_empty()) {

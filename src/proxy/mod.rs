@@ -57,6 +57,16 @@ pub(crate) enum ProxyError {
     /// A passed-in listener (docker-proxy -use-listen-fd) is unusable.
     #[error("the listener passed on fd 4 is unusable: {0}")]
     ListenFd(std::io::Error),
+    /// The PROXY protocol version asked for cannot carry a mapping's transport.
+    #[error("{why} ({proto} {listen})")]
+    ProxyProtocol {
+        /// What cannot be done and what to use instead.
+        why: &'static str,
+        /// The mapping's transport.
+        proto: Proto,
+        /// The mapping's listen address.
+        listen: SocketAddr,
+    },
 }
 
 /// Log severity for [`Log`].
@@ -392,6 +402,17 @@ impl Proxy {
         let maps: Vec<PortMap> = cfg.maps.iter().flat_map(|m| m.expand()).collect();
         if maps.is_empty() {
             return Err(ProxyError::NoMappings);
+        }
+        if let Some(pp) = cfg.proxy_protocol {
+            for m in &maps {
+                if let Some(why) = pp.refuses(m.proto) {
+                    return Err(ProxyError::ProxyProtocol {
+                        why,
+                        proto: m.proto,
+                        listen: m.listen,
+                    });
+                }
+            }
         }
         let bound = if let Some(fd) = cfg.listen_fd {
             // docker-proxy -use-listen-fd: the daemon bound the socket; only the first mapping applies.

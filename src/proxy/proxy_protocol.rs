@@ -1,7 +1,8 @@
-//! The PROXY protocol version 2 header (HAProxy's proxy-protocol.txt, section 2.2): sent to the
-//! backend before the client's first byte (TCP) or in front of every datagram (UDP), so a
-//! backend that reads it (HAProxy `accept-proxy`, nginx `proxy_protocol`, ...) learns the
-//! client's address without transparent mode.
+//! The PROXY protocol header (HAProxy's proxy-protocol.txt: version 1, a text line, section 2.1;
+//! version 2, binary, section 2.2): sent to the backend before the client's first byte (TCP) or
+//! in front of every datagram (UDP, version 2 only), so a backend that reads it (HAProxy
+//! `accept-proxy`, nginx `proxy_protocol`, ...) learns the client's address without transparent
+//! mode.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -21,8 +22,49 @@ const VERSION_2_PROXY: u8 = 0x21;
 )]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum ProxyProtocol {
-    /// Version 2, binary.
+    /// Version 1, one text line (TCP only); what older backends read.
+    V1,
+    /// Version 2, binary (TCP and UDP).
     V2,
+}
+
+impl ProxyProtocol {
+    /// The header for a connection (TCP) or datagram (UDP) from `client` to `dest`.
+    pub(crate) fn header(self, transport: Proto, client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
+        match self {
+            ProxyProtocol::V1 => v1_header(client, dest),
+            ProxyProtocol::V2 => v2_header(transport, client, dest),
+        }
+    }
+
+    /// Why this version cannot carry `transport`, if it cannot (version 1 has no UDP).
+    pub(crate) fn refuses(self, transport: Proto) -> Option<&'static str> {
+        (self == ProxyProtocol::V1 && transport == Proto::Udp)
+            .then_some("PROXY protocol v1 carries TCP only: use --proxy-protocol v2 for UDP ports")
+    }
+}
+
+/// The v1 line for a TCP connection from `client` to `dest`: `PROXY TCP4 SRC DST SPORT DPORT`
+/// and CRLF. Addresses of different families are both written as IPv6 (TCP6), the IPv4 one
+/// mapped, as the spec wants one family per line.
+pub(crate) fn v1_header(client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
+    let (src, dst) = (client.ip().to_canonical(), dest.ip().to_canonical());
+    let (family, src, dst) = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => ("TCP4", s.to_string(), d.to_string()),
+        (s, d) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            ("TCP6", v6(s).to_string(), v6(d).to_string())
+        }
+    };
+    format!(
+        "PROXY {family} {src} {dst} {} {}\r\n",
+        client.port(),
+        dest.port()
+    )
+    .into_bytes()
 }
 
 /// The v2 header for a connection from `client` to `dest` (the address the client reached).
@@ -114,6 +156,42 @@ mod tests {
         assert_eq!((cmd, fam, tr, n), (1, 1, 1, 28));
         assert_eq!(s.to_string(), "172.19.0.1:42578");
         assert_eq!(d.to_string(), "172.19.0.3:80");
+    }
+
+    #[test]
+    fn v1_lines_are_the_specs_examples() {
+        // Section 2.1's examples: "PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n"
+        // (the longest TCP4 line) and "PROXY TCP6 ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n".
+        let h = v1_header(
+            "255.255.255.255:65535".parse().unwrap(),
+            "255.255.255.255:65535".parse().unwrap(),
+        );
+        assert_eq!(
+            h,
+            b"PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n"
+        );
+        let max6 = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
+        let h = v1_header(max6.parse().unwrap(), max6.parse().unwrap());
+        assert_eq!(
+            h,
+            b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n"
+        );
+        // The spec's limit: 107 bytes with the CRLF.
+        assert!(h.len() <= 107, "{}", h.len());
+        // Mixed families: TCP6 with the IPv4 one mapped; a v4-mapped client is the IPv4 it is.
+        let h = v1_header(
+            "[2001:db8::7]:5000".parse().unwrap(),
+            "192.0.2.1:80".parse().unwrap(),
+        );
+        assert_eq!(h, b"PROXY TCP6 2001:db8::7 ::ffff:192.0.2.1 5000 80\r\n");
+        let h = v1_header(
+            "[::ffff:10.1.2.3]:9".parse().unwrap(),
+            "10.0.0.2:2".parse().unwrap(),
+        );
+        assert_eq!(h, b"PROXY TCP4 10.1.2.3 10.0.0.2 9 2\r\n");
+        assert!(ProxyProtocol::V1.refuses(Proto::Udp).is_some());
+        assert!(ProxyProtocol::V1.refuses(Proto::Tcp).is_none());
+        assert!(ProxyProtocol::V2.refuses(Proto::Udp).is_none());
     }
 
     #[test]

@@ -136,9 +136,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
     };
     let _ = backend.set_nodelay(true);
     let mut backend = backend;
-    if ctx.proxy_protocol.is_some() {
+    if let Some(pp) = ctx.proxy_protocol {
         // Before any byte of the client's: the backend reads it first.
-        let header = super::proxy_protocol::v2_header(Proto::Tcp, peer, listen);
+        let header = pp.header(Proto::Tcp, peer, listen);
         if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut backend, &header).await {
             ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
             ctx.log(

@@ -891,7 +891,7 @@ async fn open_flow(
     }
     let header = ctx
         .proxy_protocol
-        .map(|_| super::proxy_protocol::v2_header(Proto::Udp, conn.client, conn.listen));
+        .map(|pp| pp.header(Proto::Udp, conn.client, conn.listen));
     Ok(Arc::new(Flow {
         backend,
         header,
