@@ -517,7 +517,7 @@ mod tests {
             ("NETTOOL_PROXY_PCAP_FILES", "-1"),
             ("NETTOOL_PROXY_DUMP", "loud"),
             ("NETTOOL_PROXY_TRANSPARENT", "maybe"),
-            ("NETTOOL_PROXY_PROXY_PROTOCOL", "v1"),
+            ("NETTOOL_PROXY_PROXY_PROTOCOL", "v3"),
         ] {
             let e = DockerProxyConfig::load(|k| match k {
                 "NETTOOL_PROXY_CONFIG" => Some("/nonexistent/x.toml".into()),
