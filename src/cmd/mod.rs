@@ -93,6 +93,16 @@ fn privileged() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
+/// "; could not remove: WHY; WHY" for the items of a dead process's journal that are still
+/// there, or nothing: the tail of a line that says what was removed.
+pub(crate) fn not_removed(r: &crate::trace::journal::Recovered) -> String {
+    if r.failed.is_empty() {
+        return String::new();
+    }
+    let why: Vec<&str> = r.failed.iter().map(|(_, e)| e.as_str()).collect();
+    format!("; could not remove: {}", why.join("; "))
+}
+
 /// Run the parsed command line; the returned code is the process exit code.
 pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     if let Some(why) = privileges_needed(&cli.command) {

@@ -297,18 +297,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
                 "transparent: removed {} item(s) left by dead proxy pid {}{}",
                 r.removed.len(),
                 r.pid,
-                if r.failed.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; could not remove: {}",
-                        r.failed
-                            .iter()
-                            .map(|(_, e)| e.as_str())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )
-                }
+                super::not_removed(r)
             ),
         );
     }

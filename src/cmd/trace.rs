@@ -87,18 +87,7 @@ pub(crate) fn run(args: TraceArgs) -> anyhow::Result<i32> {
                     "tracer pid {}: removed {} item(s){}",
                     r.pid,
                     r.removed.len(),
-                    if r.failed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; could not remove: {}",
-                            r.failed
-                                .iter()
-                                .map(|(_, e)| e.as_str())
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        )
-                    }
+                    super::not_removed(r)
                 );
             }
         }
