@@ -280,6 +280,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         listen_fd: plan.listen_fd.take(),
         transparent: plan.transparent,
         proxy_protocol: plan.proxy_protocol,
+        threads: plan.threads.unwrap_or(DEFAULT_THREADS).max(1),
     });
     let proxy = match proxy {
         Ok(p) => p,

@@ -5,6 +5,7 @@
 //! readiness can be reported before serving), then [`Proxy::run`] inside a tokio runtime.
 
 pub(crate) mod docker;
+pub(crate) mod fastpath;
 pub(crate) mod logq;
 pub(crate) mod proxy_protocol;
 pub(crate) mod relay;
@@ -211,6 +212,8 @@ pub(crate) struct ProxyConfig {
     pub transparent: bool,
     /// Send this PROXY protocol header to the backend first ([`proxy_protocol`]).
     pub proxy_protocol: Option<proxy_protocol::ProxyProtocol>,
+    /// Threads of the plain TCP path's own loop ([`fastpath`]), when it is used.
+    pub threads: usize,
 }
 
 /// A listener ready to serve.
@@ -298,6 +301,9 @@ pub(crate) struct Proxy {
     listeners: Vec<ListenerInfo>,
     transparent: Option<transparent::Transparent>,
     recovered: Vec<crate::trace::journal::Recovered>,
+    /// Where backend sockets are made (the fast path's threads enter it once).
+    target_ns: Option<NetNs>,
+    threads: usize,
 }
 
 /// Raise the open-file soft limit to the hard limit: each connection costs 2 sockets and,
@@ -461,6 +467,7 @@ impl Proxy {
                 }
             })
             .collect();
+        let target_ns = cfg.target_ns.clone();
         let (dialer, transparent) = if cfg.transparent {
             // The rules go where the backend sockets live; the dialer thread there also
             // judges each client's route.
@@ -489,6 +496,8 @@ impl Proxy {
             listeners,
             transparent,
             recovered,
+            target_ns,
+            threads: cfg.threads,
         })
     }
 
@@ -522,8 +531,11 @@ impl Proxy {
     ) -> std::io::Result<Option<transparent::Transparent>> {
         let mut tasks = tokio::task::JoinSet::new();
         let mut udp = Vec::new();
+        let fast = fastpath::wanted(&self.ctx);
+        let mut fast_tcp = Vec::new();
         for b in self.bound {
             match b {
+                Bound::Tcp(l, m) if fast => fast_tcp.push((l, m)),
                 Bound::Tcp(l, m) => {
                     let l = tokio::net::TcpListener::from_std(l)?;
                     tasks.spawn(tcp::serve(l, m, self.ctx.clone()));
@@ -531,12 +543,24 @@ impl Proxy {
                 Bound::Udp(s, m) => udp.push((s, m)),
             }
         }
+        let loops = match fast_tcp.is_empty() {
+            true => None,
+            false => Some(fastpath::Loops::start(
+                fast_tcp,
+                self.ctx.clone(),
+                self.threads,
+                self.target_ns.clone(),
+            )?),
+        };
         let udp = match udp.is_empty() {
             true => None,
             false => Some(UdpThread::start(udp, self.ctx.clone()).await?),
         };
         stop.await;
         tasks.abort_all();
+        if let Some(l) = loops {
+            let _ = tokio::task::spawn_blocking(move || l.stop()).await;
+        }
         if let Some(u) = udp {
             u.stop().await;
         }

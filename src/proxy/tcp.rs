@@ -15,7 +15,7 @@ use super::{Ctx, Level, Proto};
 use crate::tap::event::{CloseReason, ConnInfo, Event, Timestamp};
 
 /// How long a backend dial may take before the client is reset.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// An IPv4-mapped IPv6 address shown as the IPv4 address it is.
 pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {

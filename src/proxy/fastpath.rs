@@ -1,0 +1,828 @@
+//! The plain TCP path's own event loop: no tap, no PROXY header, no per-connection log lines,
+//! not transparent. Short connections are mostly kernel work; what the proxy adds on tokio's
+//! path (a task per connection, wakers, cross-thread wake-ups, an epoll_ctl DEL per socket
+//! before close) is what this loop leaves out.
+//!
+//! N plain threads, each with its own epoll set holding every listener (EPOLLEXCLUSIVE, so a
+//! new connection wakes one thread) and the connections it accepted (edge-triggered), in a
+//! slab (no allocation per connection). A thread enters the target namespace once at start
+//! and makes backend sockets there itself. Same behaviour as relay.rs: small reads copied
+//! through a small buffer, splice through a pipe once a direction turns bulk, half-close passed
+//! on, data and FIN in one segment when the FIN is already known, a reset passed on as a reset.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::relay::{is_reset, pipe_size, Pipe, SMALL};
+use super::spec::PortMap;
+use super::tcp::{canonical, DIAL_TIMEOUT};
+use super::{Ctx, Level};
+use crate::netns::NetNs;
+
+/// Whether the TCP listeners are served by this loop: NETTOOL_PROXY_FASTPATH=1 (0 or unset:
+/// tokio's path), and nothing that needs the per-connection async machinery.
+pub(crate) fn wanted(ctx: &Ctx) -> bool {
+    let on = std::env::var("NETTOOL_PROXY_FASTPATH").is_ok_and(|v| v != "0");
+    on && ctx.tap.is_none()
+        && ctx.proxy_protocol.is_none()
+        && !ctx.transparent
+        && !ctx.log.enabled(Level::Debug)
+}
+
+/// How long accepting pauses after running out of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Events taken per epoll_wait.
+const EVENTS: usize = 256;
+/// Tokens with this bit are not connections: listener i is `SPECIAL | i`.
+const SPECIAL: u64 = 1 << 63;
+/// The stop eventfd's token.
+const STOP: u64 = u64::MAX;
+
+/// The loop threads; [`Loops::stop`] ends them.
+pub(crate) struct Loops {
+    stops: Vec<OwnedFd>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A listener as the loops see it.
+struct Listener {
+    fd: std::net::TcpListener,
+    map: PortMap,
+    target: SockAddr,
+    domain: Domain,
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+fn epoll_add(ep: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: epoll_ctl with a valid event struct.
+    cvt(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(|_| ())
+}
+
+/// A listener in a loop's set: level-triggered, so one accept per event is enough (a backlog
+/// left behind is reported again by the next epoll_wait, and no accept4 is spent to be told
+/// EAGAIN); EPOLLEXCLUSIVE, so a new connection wakes one idle thread, not all.
+fn add_listener(ep: RawFd, l: &Listener, i: usize) -> io::Result<()> {
+    epoll_add(
+        ep,
+        l.fd.as_raw_fd(),
+        (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+        SPECIAL | i as u64,
+    )
+}
+
+impl Loops {
+    /// Start `threads` loops serving `listeners`; backend sockets are made inside `ns`.
+    pub(crate) fn start(
+        listeners: Vec<(std::net::TcpListener, PortMap)>,
+        ctx: Arc<Ctx>,
+        threads: usize,
+        ns: Option<NetNs>,
+    ) -> io::Result<Loops> {
+        let listeners: Arc<Vec<Listener>> = Arc::new(
+            listeners
+                .into_iter()
+                .map(|(fd, map)| Listener {
+                    fd,
+                    map,
+                    target: map.target.into(),
+                    domain: Domain::for_address(map.target),
+                })
+                .collect(),
+        );
+        let mut stops = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..threads.max(1) {
+            // SAFETY: plain syscalls; the fds are owned right away.
+            let ep =
+                unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+            let stop = unsafe {
+                OwnedFd::from_raw_fd(cvt(libc::eventfd(
+                    0,
+                    libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+                ))?)
+            };
+            epoll_add(ep.as_raw_fd(), stop.as_raw_fd(), libc::EPOLLIN as u32, STOP)?;
+            for (i, l) in listeners.iter().enumerate() {
+                add_listener(ep.as_raw_fd(), l, i)?;
+            }
+            let lp = Loop {
+                ep,
+                listeners: listeners.clone(),
+                ctx: ctx.clone(),
+                slots: Vec::new(),
+                free: Vec::new(),
+                timers: VecDeque::new(),
+                paused_until: None,
+                scratch: vec![0u8; SMALL].into_boxed_slice(),
+            };
+            let ns = ns.clone();
+            let log = ctx.clone();
+            let h = std::thread::Builder::new()
+                .name("nettool-fast".into())
+                .spawn(move || match ns {
+                    Some(ns) => {
+                        if let Err(e) = ns.run(move || lp.run()) {
+                            // Unlikely once the dialer entered the same namespace at start.
+                            log.log(Level::Error, format!("proxy event loop: {e}"));
+                        }
+                    }
+                    None => lp.run(),
+                })?;
+            stops.push(stop);
+            handles.push(h);
+        }
+        Ok(Loops {
+            stops,
+            threads: handles,
+        })
+    }
+
+    /// Tell every loop to stop and wait for them; their connections are closed.
+    pub(crate) fn stop(self) {
+        for s in &self.stops {
+            let one: u64 = 1;
+            // SAFETY: an 8-byte write to an eventfd we own.
+            unsafe { libc::write(s.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One direction of a connection.
+#[derive(Default)]
+struct Dir {
+    /// Read but not yet written: the destination would block.
+    pending: Vec<u8>,
+    pending_off: usize,
+    /// The FIN follows `pending`.
+    fin_pending: bool,
+    /// Bulk: the splice pipe, and how many bytes sit in it.
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+    /// The FIN was passed on.
+    done: bool,
+}
+
+/// Readiness of one socket as the edge-triggered events told it (cleared on EAGAIN).
+#[derive(Default, Clone, Copy)]
+struct Ready {
+    read: bool,
+    write: bool,
+    /// The peer's FIN has arrived (EPOLLRDHUP).
+    fin: bool,
+    /// EPOLLERR was reported.
+    err: bool,
+}
+
+impl Ready {
+    fn add(&mut self, ev: u32) {
+        let ev = ev as i32;
+        if ev & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
+            self.read = true;
+        }
+        if ev & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
+            self.write = true;
+        }
+        if ev & (libc::EPOLLRDHUP | libc::EPOLLHUP) != 0 {
+            self.fin = true;
+        }
+        if ev & libc::EPOLLERR != 0 {
+            self.err = true;
+        }
+    }
+}
+
+struct Conn {
+    id: u64,
+    listener: u32,
+    peer: SocketAddr,
+    client: OwnedFd,
+    backend: OwnedFd,
+    connecting: bool,
+    c: Ready,
+    b: Ready,
+    up: Dir,
+    down: Dir,
+}
+
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+/// How a connection ends.
+enum End {
+    Normal,
+    ClientReset,
+    BackendReset,
+    Error(io::Error),
+}
+
+/// What one direction did.
+enum Flow {
+    /// Nothing more to do until an event.
+    Wait,
+    /// The source's FIN is to be passed on now.
+    Eof,
+    SrcReset,
+    DstReset,
+    Error(io::Error),
+}
+
+fn src_flow(e: io::Error) -> Flow {
+    if is_reset(&e) {
+        Flow::SrcReset
+    } else {
+        Flow::Error(e)
+    }
+}
+
+fn dst_flow(e: io::Error) -> Flow {
+    if is_reset(&e) {
+        Flow::DstReset
+    } else {
+        Flow::Error(e)
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EAGAIN)
+}
+
+fn send(fd: RawFd, data: &[u8], more: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    // SAFETY: send from a live buffer.
+    cvt_size(unsafe { libc::send(fd, data.as_ptr() as *const libc::c_void, data.len(), flags) })
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: splice between fds we own, no offsets.
+    cvt_size(unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    })
+}
+
+fn zero_linger(fd: &OwnedFd) {
+    let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
+}
+
+/// Move what can be moved from `src` to `dst` without blocking.
+fn pump_dir(
+    d: &mut Dir,
+    src: RawFd,
+    sr: &mut Ready,
+    dst: RawFd,
+    dw: &mut Ready,
+    scratch: &mut [u8],
+    counter: &AtomicU64,
+) -> Flow {
+    loop {
+        if d.in_pipe > 0 {
+            if !dw.write {
+                return Flow::Wait;
+            }
+            let Some(pipe) = &d.pipe else {
+                return Flow::Wait;
+            };
+            match splice(pipe.r.as_raw_fd(), dst, d.in_pipe) {
+                Ok(m) => {
+                    d.in_pipe -= m;
+                    counter.fetch_add(m as u64, Ordering::Relaxed);
+                }
+                Err(e) if would_block(&e) => {
+                    dw.write = false;
+                    return Flow::Wait;
+                }
+                Err(e) => return dst_flow(e),
+            }
+            continue;
+        }
+        if d.pending_off < d.pending.len() {
+            if !dw.write {
+                return Flow::Wait;
+            }
+            match send(dst, &d.pending[d.pending_off..], d.fin_pending) {
+                Ok(m) => {
+                    d.pending_off += m;
+                    counter.fetch_add(m as u64, Ordering::Relaxed);
+                }
+                Err(e) if would_block(&e) => {
+                    dw.write = false;
+                    return Flow::Wait;
+                }
+                Err(e) => return dst_flow(e),
+            }
+            if d.pending_off == d.pending.len() {
+                d.pending.clear();
+                d.pending_off = 0;
+                if d.fin_pending {
+                    return Flow::Eof;
+                }
+            }
+            continue;
+        }
+        if !sr.read {
+            return Flow::Wait;
+        }
+        if let Some(pipe) = &d.pipe {
+            match splice(src, pipe.w.as_raw_fd(), pipe_size() as usize) {
+                Ok(0) => return Flow::Eof,
+                Ok(n) => d.in_pipe = n,
+                Err(e) if would_block(&e) => {
+                    sr.read = false;
+                    return Flow::Wait;
+                }
+                Err(e) => return src_flow(e),
+            }
+            continue;
+        }
+        // SAFETY: read into our own buffer.
+        let n = match cvt_size(unsafe {
+            libc::read(
+                src,
+                scratch.as_mut_ptr() as *mut libc::c_void,
+                scratch.len(),
+            )
+        }) {
+            Ok(0) => return Flow::Eof,
+            Ok(n) => n,
+            Err(e) if would_block(&e) => {
+                sr.read = false;
+                return Flow::Wait;
+            }
+            Err(e) => return src_flow(e),
+        };
+        // A short read drained the receive queue (the next arrival is a new edge). With the
+        // FIN already seen, these bytes are the last: sent corked so the FIN passed on next
+        // leaves in the same segment, and no read just to be told 0.
+        let last = n < scratch.len() && sr.fin;
+        if n < scratch.len() && !sr.fin {
+            sr.read = false;
+        }
+        let wrote = if dw.write {
+            match send(dst, &scratch[..n], last) {
+                Ok(m) => m,
+                Err(e) if would_block(&e) => {
+                    dw.write = false;
+                    0
+                }
+                Err(e) => return dst_flow(e),
+            }
+        } else {
+            0
+        };
+        counter.fetch_add(wrote as u64, Ordering::Relaxed);
+        if wrote < n {
+            // Rare (the destination's buffer is full): kept until EPOLLOUT.
+            d.pending.extend_from_slice(&scratch[wrote..n]);
+            d.fin_pending = last;
+            continue;
+        }
+        if last {
+            return Flow::Eof;
+        }
+        if n == scratch.len() {
+            // A full read means bulk: splice from now on. No pipe (out of fds or memory):
+            // keep copying rather than reset a live transfer.
+            d.pipe = Pipe::new().ok();
+        }
+    }
+}
+
+struct Loop {
+    ep: OwnedFd,
+    listeners: Arc<Vec<Listener>>,
+    ctx: Arc<Ctx>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Dial deadlines in order (the timeout is the same for all): (deadline, slot, gen).
+    timers: VecDeque<(Instant, u32, u32)>,
+    paused_until: Option<Instant>,
+    scratch: Box<[u8]>,
+}
+
+fn token(idx: u32, gen: u32, backend: bool) -> u64 {
+    ((gen as u64) << 32) | ((idx as u64) << 1) | backend as u64
+}
+
+impl Loop {
+    fn run(mut self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        loop {
+            let timeout = self.timeout_ms();
+            // SAFETY: epoll_wait into our own array.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.ep.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    EVENTS as i32,
+                    timeout,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                self.ctx
+                    .log(Level::Error, format!("proxy event loop: epoll_wait: {e}"));
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+            for ev in &events[..n as usize] {
+                let (flags, tok) = (ev.events, ev.u64);
+                if tok == STOP {
+                    self.close_all();
+                    return;
+                }
+                if tok & SPECIAL != 0 {
+                    if self.paused_until.is_none() {
+                        self.accept_one((tok & !SPECIAL) as usize);
+                    }
+                } else {
+                    self.conn_event(tok, flags);
+                }
+            }
+            self.expire();
+        }
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        let now = Instant::now();
+        let next = [self.timers.front().map(|t| t.0), self.paused_until]
+            .into_iter()
+            .flatten()
+            .min();
+        match next {
+            None => -1,
+            Some(t) => {
+                let d = t.saturating_duration_since(now);
+                (d.as_millis() as i32).saturating_add(1)
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+            // Back in the set: a backlog that built up meanwhile is reported at once.
+            for (i, l) in self.listeners.iter().enumerate() {
+                if let Err(e) = add_listener(self.ep.as_raw_fd(), l, i) {
+                    self.ctx.log(
+                        Level::Error,
+                        format!("tcp {}: cannot accept any more: epoll: {e}", l.map.listen),
+                    );
+                }
+            }
+        }
+        while let Some(&(t, idx, gen)) = self.timers.front() {
+            let live = self.slots[idx as usize].gen == gen
+                && self.slots[idx as usize]
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.connecting);
+            if !live {
+                self.timers.pop_front();
+                continue;
+            }
+            if t > now {
+                break;
+            }
+            self.timers.pop_front();
+            let e = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {}s", DIAL_TIMEOUT.as_secs()),
+            );
+            self.dial_failed(idx, e);
+        }
+    }
+
+    /// Accept one connection (level-triggered: more waiting are reported again).
+    fn accept_one(&mut self, li: usize) {
+        let listeners = self.listeners.clone();
+        let l = &listeners[li];
+        loop {
+            // SAFETY: accept4 into the storage try_init hands us; the fd is owned right away.
+            let r = unsafe {
+                SockAddr::try_init(|storage, len| {
+                    cvt(libc::accept4(
+                        l.fd.as_raw_fd(),
+                        storage.cast(),
+                        len,
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    ))
+                    .map(|fd| OwnedFd::from_raw_fd(fd))
+                })
+            };
+            match r {
+                Ok((client, addr)) => {
+                    let peer = addr
+                        .as_socket()
+                        .map(canonical)
+                        .unwrap_or(SocketAddr::new(l.map.listen.ip(), 0));
+                    return self.open(li, l, client, peer);
+                }
+                Err(e) => match e.raw_os_error() {
+                    // Another thread took it.
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => {}
+                    _ => {
+                        self.ctx
+                            .log(Level::Warn, format!("accept on tcp {}: {e}", l.map.listen));
+                        // Out of fds or memory: level-triggered, the listener would be
+                        // reported again at once, so it leaves the set for the backoff.
+                        for other in listeners.iter() {
+                            // SAFETY: removing an fd we registered; no event struct needed.
+                            unsafe {
+                                libc::epoll_ctl(
+                                    self.ep.as_raw_fd(),
+                                    libc::EPOLL_CTL_DEL,
+                                    other.fd.as_raw_fd(),
+                                    std::ptr::null_mut(),
+                                )
+                            };
+                        }
+                        self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn open(&mut self, li: usize, l: &Listener, client: OwnedFd, peer: SocketAddr) {
+        let c = &self.ctx.counters;
+        c.connections.fetch_add(1, Ordering::Relaxed);
+        c.active.fetch_add(1, Ordering::Relaxed);
+        let id = self.ctx.next_id();
+        let backend = match Socket::new(l.domain, Type::STREAM.nonblocking(), Some(Protocol::TCP)) {
+            Ok(s) => s,
+            Err(e) => return self.dial_error(id, li, &client, peer, e),
+        };
+        let _ = backend.set_tcp_nodelay(true);
+        let connecting = match backend.connect(&l.target) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+            Err(e) => return self.dial_error(id, li, &client, peer, e),
+        };
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let gen = self.slots[idx as usize].gen;
+        let conn = Conn {
+            id,
+            listener: li as u32,
+            peer,
+            client,
+            backend: OwnedFd::from(backend),
+            connecting,
+            c: Ready::default(),
+            b: Ready::default(),
+            up: Dir::default(),
+            down: Dir::default(),
+        };
+        let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        let ep = self.ep.as_raw_fd();
+        let added = epoll_add(ep, conn.client.as_raw_fd(), ev, token(idx, gen, false))
+            .and_then(|_| epoll_add(ep, conn.backend.as_raw_fd(), ev, token(idx, gen, true)));
+        self.slots[idx as usize].conn = Some(conn);
+        if let Err(e) = added {
+            // Out of memory or over max_user_watches.
+            return self.finish(
+                idx,
+                End::Error(io::Error::new(e.kind(), format!("epoll: {e}"))),
+            );
+        }
+        if connecting {
+            self.timers
+                .push_back((Instant::now() + DIAL_TIMEOUT, idx, gen));
+        }
+    }
+
+    /// A backend dial failed before the connection had a slot: reset the client, say why.
+    fn dial_error(&self, id: u64, li: usize, client: &OwnedFd, peer: SocketAddr, e: io::Error) {
+        let map = self.listeners[li].map;
+        let listen = socket2::SockRef::from(client)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(canonical)
+            .unwrap_or(map.listen);
+        let c = &self.ctx.counters;
+        c.dial_errors.fetch_add(1, Ordering::Relaxed);
+        self.ctx.log(
+            Level::Warn,
+            format!(
+                "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}; resetting the client",
+                map.target
+            ),
+        );
+        zero_linger(client);
+        c.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn dial_failed(&mut self, idx: u32, e: io::Error) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(conn) = slot.conn.take() else {
+            return;
+        };
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free.push(idx);
+        self.dial_error(conn.id, conn.listener as usize, &conn.client, conn.peer, e);
+        // Dropping conn closes both sockets (the client's with a reset).
+    }
+
+    fn conn_event(&mut self, tok: u64, flags: u32) {
+        let idx = ((tok & 0xffff_ffff) >> 1) as u32;
+        let gen = (tok >> 32) as u32;
+        let backend = tok & 1 == 1;
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        if slot.gen != gen {
+            return;
+        }
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        if backend {
+            if conn.connecting {
+                let f = flags as i32;
+                if f & (libc::EPOLLERR | libc::EPOLLHUP) != 0 {
+                    let e = socket2::SockRef::from(&conn.backend)
+                        .take_error()
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| {
+                            io::Error::other("the backend closed the connection at once")
+                        });
+                    return self.dial_failed(idx, e);
+                }
+                if f & libc::EPOLLOUT == 0 {
+                    conn.b.add(flags);
+                    return;
+                }
+                conn.connecting = false;
+            }
+            conn.b.add(flags);
+        } else {
+            conn.c.add(flags);
+            if conn.connecting {
+                return;
+            }
+        }
+        if let Some(end) = self.pump(idx) {
+            self.finish(idx, end);
+        }
+    }
+
+    /// Relay what can be relayed; Some when the connection is over.
+    fn pump(&mut self, idx: u32) -> Option<End> {
+        let conn = self.slots[idx as usize].conn.as_mut()?;
+        let counters = &self.ctx.counters;
+        let (cfd, bfd) = (conn.client.as_raw_fd(), conn.backend.as_raw_fd());
+        if !conn.up.done {
+            match pump_dir(
+                &mut conn.up,
+                cfd,
+                &mut conn.c,
+                bfd,
+                &mut conn.b,
+                &mut self.scratch,
+                &counters.bytes_c2s,
+            ) {
+                Flow::Wait => {}
+                Flow::Eof => {
+                    conn.up.done = true;
+                    if conn.down.done {
+                        return Some(End::Normal);
+                    }
+                    let _ =
+                        socket2::SockRef::from(&conn.backend).shutdown(std::net::Shutdown::Write);
+                }
+                Flow::SrcReset => return Some(End::ClientReset),
+                Flow::DstReset => return Some(End::BackendReset),
+                Flow::Error(e) => return Some(End::Error(e)),
+            }
+        }
+        if !conn.down.done {
+            match pump_dir(
+                &mut conn.down,
+                bfd,
+                &mut conn.b,
+                cfd,
+                &mut conn.c,
+                &mut self.scratch,
+                &counters.bytes_s2c,
+            ) {
+                Flow::Wait => {}
+                Flow::Eof => {
+                    conn.down.done = true;
+                    if conn.up.done {
+                        // close() sends the FIN (both receive queues are drained).
+                        return Some(End::Normal);
+                    }
+                    let _ =
+                        socket2::SockRef::from(&conn.client).shutdown(std::net::Shutdown::Write);
+                }
+                Flow::SrcReset => return Some(End::BackendReset),
+                Flow::DstReset => return Some(End::ClientReset),
+                Flow::Error(e) => return Some(End::Error(e)),
+            }
+        }
+        // A side whose own direction has ended can still reset: nothing reads it any more,
+        // so EPOLLERR is the only word of it.
+        let reset = |fd: &OwnedFd| {
+            socket2::SockRef::from(fd)
+                .take_error()
+                .ok()
+                .flatten()
+                .is_some_and(|e| is_reset(&e))
+        };
+        if conn.up.done && conn.c.err && reset(&conn.client) {
+            return Some(End::ClientReset);
+        }
+        if conn.down.done && conn.b.err && reset(&conn.backend) {
+            return Some(End::BackendReset);
+        }
+        None
+    }
+
+    fn finish(&mut self, idx: u32, end: End) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(conn) = slot.conn.take() else {
+            return;
+        };
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free.push(idx);
+        let c = &self.ctx.counters;
+        match end {
+            End::Normal => {}
+            End::ClientReset => {
+                zero_linger(&conn.backend);
+                c.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            End::BackendReset => {
+                zero_linger(&conn.client);
+                c.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            End::Error(e) => {
+                zero_linger(&conn.client);
+                zero_linger(&conn.backend);
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                self.ctx.log(
+                    Level::Warn,
+                    format!("#{} error: {e}; both sides reset", conn.id),
+                );
+            }
+        }
+        c.active.fetch_sub(1, Ordering::Relaxed);
+        // Dropping conn closes both sockets, which also takes them out of the epoll set.
+    }
+
+    fn close_all(&mut self) {
+        let c = &self.ctx.counters;
+        for s in &mut self.slots {
+            if s.conn.take().is_some() {
+                c.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
