@@ -162,12 +162,19 @@ impl Loops {
 
     /// Tell every loop to stop and wait for them; their connections are closed.
     pub(crate) fn stop(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Loops {
+    /// A proxy dropped without serving (an error after bind) stops its loops too.
+    fn drop(&mut self) {
         for s in &self.stops {
             let one: u64 = 1;
             // SAFETY: an 8-byte write to an eventfd we own.
             unsafe { libc::write(s.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
         }
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }

@@ -55,6 +55,9 @@ pub(crate) enum ProxyError {
     /// Transparent mode could not be set up.
     #[error(transparent)]
     Transparent(#[from] transparent::TransparentError),
+    /// The plain TCP path's event loops could not start.
+    #[error("cannot start the TCP event loops: {0}")]
+    EventLoop(std::io::Error),
     /// A passed-in listener (docker-proxy -use-listen-fd) is unusable.
     #[error("the listener passed on fd 4 is unusable: {0}")]
     ListenFd(std::io::Error),
@@ -301,9 +304,8 @@ pub(crate) struct Proxy {
     listeners: Vec<ListenerInfo>,
     transparent: Option<transparent::Transparent>,
     recovered: Vec<crate::trace::journal::Recovered>,
-    /// Where backend sockets are made (the fast path's threads enter it once).
-    target_ns: Option<NetNs>,
-    threads: usize,
+    /// The plain TCP path's own loops ([`fastpath`]), when they serve the TCP listeners.
+    loops: Option<fastpath::Loops>,
 }
 
 /// Raise the open-file soft limit to the hard limit: each connection costs 2 sockets and,
@@ -480,24 +482,47 @@ impl Proxy {
         } else {
             (sock::Dialer::new(cfg.target_ns.as_ref())?, None)
         };
+        let ctx = Arc::new(Ctx {
+            next_id: AtomicU64::new(0),
+            counters: Arc::new(Counters::default()),
+            dialer,
+            tap: cfg.tap,
+            log: cfg.log,
+            udp_idle: cfg.udp_idle,
+            transparent: cfg.transparent,
+            proxy_protocol: cfg.proxy_protocol,
+            fallback_said: Default::default(),
+        });
+        // The plain TCP path's loops start here, not in run: once the caller says it is
+        // ready (docker-proxy's fd 3), every thread and descriptor of the proxy exists.
+        let (bound, loops) = if fastpath::wanted(&ctx) {
+            let (tcp, rest): (Vec<Bound>, Vec<Bound>) =
+                bound.into_iter().partition(|b| matches!(b, Bound::Tcp(..)));
+            let tcp: Vec<_> = tcp
+                .into_iter()
+                .filter_map(|b| match b {
+                    Bound::Tcp(l, m) => Some((l, m)),
+                    Bound::Udp(..) => None,
+                })
+                .collect();
+            let loops = match tcp.is_empty() {
+                true => None,
+                false => Some(
+                    fastpath::Loops::start(tcp, ctx.clone(), cfg.threads, target_ns)
+                        .map_err(ProxyError::EventLoop)?,
+                ),
+            };
+            (rest, loops)
+        } else {
+            (bound, None)
+        };
         Ok(Proxy {
-            ctx: Arc::new(Ctx {
-                next_id: AtomicU64::new(0),
-                counters: Arc::new(Counters::default()),
-                dialer,
-                tap: cfg.tap,
-                log: cfg.log,
-                udp_idle: cfg.udp_idle,
-                transparent: cfg.transparent,
-                proxy_protocol: cfg.proxy_protocol,
-                fallback_said: Default::default(),
-            }),
+            ctx,
             bound,
             listeners,
             transparent,
             recovered,
-            target_ns,
-            threads: cfg.threads,
+            loops,
         })
     }
 
@@ -531,11 +556,8 @@ impl Proxy {
     ) -> std::io::Result<Option<transparent::Transparent>> {
         let mut tasks = tokio::task::JoinSet::new();
         let mut udp = Vec::new();
-        let fast = fastpath::wanted(&self.ctx);
-        let mut fast_tcp = Vec::new();
         for b in self.bound {
             match b {
-                Bound::Tcp(l, m) if fast => fast_tcp.push((l, m)),
                 Bound::Tcp(l, m) => {
                     let l = tokio::net::TcpListener::from_std(l)?;
                     tasks.spawn(tcp::serve(l, m, self.ctx.clone()));
@@ -543,22 +565,13 @@ impl Proxy {
                 Bound::Udp(s, m) => udp.push((s, m)),
             }
         }
-        let loops = match fast_tcp.is_empty() {
-            true => None,
-            false => Some(fastpath::Loops::start(
-                fast_tcp,
-                self.ctx.clone(),
-                self.threads,
-                self.target_ns.clone(),
-            )?),
-        };
         let udp = match udp.is_empty() {
             true => None,
             false => Some(UdpThread::start(udp, self.ctx.clone()).await?),
         };
         stop.await;
         tasks.abort_all();
-        if let Some(l) = loops {
+        if let Some(l) = self.loops {
             let _ = tokio::task::spawn_blocking(move || l.stop()).await;
         }
         if let Some(u) = udp {
