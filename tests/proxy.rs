@@ -4990,3 +4990,31 @@ fn a_short_connection_on_the_fast_path_costs_fewer_syscalls_than_on_tokio() {
     assert!(log.contains(&format!("connections={}", 2 * N)), "{log}");
     tokio.stop();
 }
+
+#[test]
+fn the_fast_path_is_the_default_for_plain_tcp_and_steps_aside_when_something_watches() {
+    let ns = lab("pxfdef");
+    let dir = TempDir::new("pxfdef");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let dump = dir.join("d.txt");
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], usize);
+    let cases: [Case; 5] = [
+        (&[], &[], 2),
+        (&["--threads", "3"], &[], 3),
+        (&["-v"], &[], 0),
+        (&["--dump", "--dump-file", dump.to_str().unwrap()], &[], 0),
+        (&[], &[("NETTOOL_PROXY_FASTPATH", "0")], 0),
+    ];
+    for (extra, env, loops) in cases {
+        let mut args = vec!["127.0.0.1:8080", "127.0.0.1:7000"];
+        args.extend_from_slice(extra);
+        let p = start_with(Some(&ns), &dir, &args, env);
+        assert_eq!(
+            threads_named(p.pid(), "nettool-fast"),
+            loops,
+            "{extra:?} {env:?}"
+        );
+        assert_eq!(send_count(&ns, "127.0.0.1:8080", 20_000), "20000");
+        p.stop();
+    }
+}

@@ -26,10 +26,10 @@ use super::tcp::{canonical, DIAL_TIMEOUT};
 use super::{Ctx, Level};
 use crate::netns::NetNs;
 
-/// Whether the TCP listeners are served by this loop: NETTOOL_PROXY_FASTPATH=1 (0 or unset:
-/// tokio's path), and nothing that needs the per-connection async machinery.
+/// Whether the TCP listeners are served by this loop: unless NETTOOL_PROXY_FASTPATH=0 (tokio's
+/// path, kept for comparison), when nothing needs the per-connection async machinery.
 pub(crate) fn wanted(ctx: &Ctx) -> bool {
-    let on = std::env::var("NETTOOL_PROXY_FASTPATH").is_ok_and(|v| v != "0");
+    let on = std::env::var("NETTOOL_PROXY_FASTPATH").map_or(true, |v| v != "0");
     on && ctx.tap.is_none()
         && ctx.proxy_protocol.is_none()
         && !ctx.transparent
