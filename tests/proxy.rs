@@ -5018,3 +5018,87 @@ fn the_fast_path_is_the_default_for_plain_tcp_and_steps_aside_when_something_wat
         p.stop();
     }
 }
+
+/// The drops counter of the UDP socket bound to 127.0.0.1:`port` in `ns` (/proc/net/udp).
+fn udp_socket_drops(ns: &TestNs, port: u16) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "cat", "/proc/net/udp"])
+        .output()
+        .unwrap();
+    let local = format!("0100007F:{port:04X}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no UDP socket on 127.0.0.1:{port} in {}", ns.name))
+}
+
+#[test]
+fn a_udp_stream_the_paced_thread_falls_behind_on_is_not_dropped_at_the_proxys_socket() {
+    let ns = lab("pxudpq");
+    let dir = TempDir::new("pxudpq");
+    let sink = inside(&ns, || UdpSocket::bind("127.0.0.1:7060").unwrap());
+    big_rcvbuf(&sink);
+    sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Every wait between batches lasts 2 ms: what the 100 us wait becomes when the thread is
+    // not scheduled back in time on a busy machine. At one batch (32) per wait the thread
+    // moves at most 16 000 datagrams a second, under the 25 000 a second sent below, and the
+    // socket fills; once its queue is over a quarter of its buffer, the waits must shorten.
+    let p = start_with(
+        Some(&ns),
+        &dir,
+        &["-p", "udp:127.0.0.1:5360=127.0.0.1:7060"],
+        &[("NETTOOL_PROXY_UDP_COALESCE_US", "2000")],
+    );
+    let client = inside(&ns, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    client.send_to(b"open", "127.0.0.1:5360").unwrap();
+    let mut buf = vec![0u8; 65_536];
+    assert_eq!(sink.recv(&mut buf).unwrap(), 4);
+    let before = udp_socket_drops(&ns, 5360);
+
+    // 30 000 datagrams of 1400 bytes at 25 000 a second (1.2 s), 50 every 2 ms (the sender
+    // sleeps in between: a spinning one would take the CPU the proxy needs); the sink reads
+    // meanwhile.
+    const N: u32 = 30_000;
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        for k in 0..N {
+            match sink.recv(&mut buf) {
+                Ok(n) => {
+                    let got = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                    if (got, n) != (k, 1400) {
+                        return Err(format!("datagram {k}: got {got} of {n} bytes"));
+                    }
+                }
+                Err(e) => return Err(format!("datagram {k} missing: {e}")),
+            }
+        }
+        Ok(())
+    });
+    let t0 = std::time::Instant::now();
+    let mut d = vec![0xA5u8; 1400];
+    for k in 0..N {
+        if k % 50 == 0 {
+            let due = Duration::from_micros(40 * k as u64);
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        d[..4].copy_from_slice(&k.to_be_bytes());
+        client.send_to(&d, "127.0.0.1:5360").unwrap();
+    }
+    let got = reader.join().unwrap();
+    let drops = udp_socket_drops(&ns, 5360) - before;
+    assert_eq!(
+        drops, 0,
+        "the proxy's listening socket dropped {drops} of {N} datagrams (the sink: {got:?})"
+    );
+    got.unwrap_or_else(|e| {
+        panic!(
+            "{e} (the sink's socket dropped {})",
+            udp_socket_drops(&ns, 7060)
+        )
+    });
+    let log = p.stop();
+    assert!(log.contains(&format!("datagrams={}", N + 1)), "{log}");
+}

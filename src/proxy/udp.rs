@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::Type;
 use tokio::io::Interest;
@@ -186,24 +186,26 @@ pub(crate) const BACKEND_RCVBUF: usize = 2 << 20;
 /// How long the UDP thread waits after each batch of a dense stream before it reads again,
 /// like a NIC's interrupt moderation (rx-usecs): datagrams that arrive meanwhile are moved by
 /// the next read in one batch instead of each waking the thread, and each waking the receiver
-/// behind the backend socket. It also paces a backlog (the thread was descheduled and its
-/// listening socket filled up): at most one batch (32 datagrams, ~45 KB of 1400-byte ones)
-/// goes to a backend per wait, where a back-to-back drain overflowed a receiver's default
-/// 208 KiB buffer. At 1 Gbit/s of 1400-byte datagrams a wait gathers ~9. The thread moves at
-/// most 32 datagrams per wait, ~320 000 a second, about what it managed without waits.
+/// behind the backend socket. It also paces a small backlog (the thread was descheduled for a
+/// moment): at most one batch (32 datagrams, ~45 KB of 1400-byte ones) goes to a backend per
+/// wait, where a back-to-back drain overflowed a receiver's default 208 KiB buffer. At 1 Gbit/s
+/// of 1400-byte datagrams a wait gathers ~9. Paced, the thread moves at most 32 datagrams per
+/// wait, ~320 000 a second when the wait lasts what it should; a wait that stretches to
+/// milliseconds on a busy machine cuts that to a few thousand, so while the socket's queue is
+/// over a quarter of its buffer the wait is shorter ([`BACKLOG_SHARE`]).
 /// NETTOOL_PROXY_UDP_COALESCE_US overrides (0: off).
 const COALESCE_US: u64 = 100;
 
 /// The wait of [`COALESCE_US`], or the override; None when turned off.
-fn coalesce() -> Option<std::time::Duration> {
-    static WAIT: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+fn coalesce() -> Option<Duration> {
+    static WAIT: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
     *WAIT.get_or_init(|| {
         let us = std::env::var("NETTOOL_PROXY_UDP_COALESCE_US")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .map(|us| us.min(10_000))
             .unwrap_or(COALESCE_US);
-        (us > 0).then(|| std::time::Duration::from_micros(us))
+        (us > 0).then(|| Duration::from_micros(us))
     })
 }
 
@@ -212,9 +214,56 @@ fn coalesce() -> Option<std::time::Duration> {
 /// reaches it and never waits; nor does a stream slower than two datagrams per wait.
 const COALESCE_MIN: usize = 2;
 
+/// A socket whose receive queue holds more than 1/BACKLOG_SHARE of its buffer is behind: the
+/// thread's waits stretched to milliseconds on a busy machine (it was not scheduled back in
+/// time), and at one batch per wait it would fall further behind until the socket drops.
+/// While behind, the wait after a full batch is a fifth ([`BEHIND_DIVISOR`]) of the usual (at
+/// most 20 us).
+const BACKLOG_SHARE: u32 = 4;
+
+/// How much shorter the wait is while a socket is behind. Still a wait, not none: draining a
+/// backlog back to back took the CPU from the receiver behind the backend socket, which then
+/// dropped more than the proxy's socket had (by hand at load 3-5, iperf3 -u 1 Gbit/s, 3 s
+/// rounds: no wait lost 29-35%, the usual wait 18-35% (all of it at the proxy's socket), a fifth
+/// of it 12-14% with none at the proxy's socket).
+const BEHIND_DIVISOR: u32 = 5;
+
 thread_local! {
     /// Datagrams the batched paths moved since this thread last waited.
     static MOVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// A full batch found its socket backlogged (see [`BACKLOG_SHARE`]): shorten the next wait.
+    static BEHIND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// After a full batch from `fd` (more datagrams are queued): whether its receive queue holds
+/// more than 1/[`BACKLOG_SHARE`] of its buffer (SO_MEMINFO). Asked only then, so a stream
+/// that keeps up costs no system call for it.
+fn backlogged(fd: RawFd) -> bool {
+    let mut mem = [0u32; 16];
+    let mut len = std::mem::size_of_val(&mem) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `mem`, which outlives the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            mem.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    let (alloc, buf) = (
+        mem[libc::SK_MEMINFO_RMEM_ALLOC as usize],
+        mem[libc::SK_MEMINFO_RCVBUF as usize],
+    );
+    r == 0 && alloc > buf / BACKLOG_SHARE
+}
+
+/// A full batch came from `fd`: pace, for a shorter time if its socket is backlogged.
+fn pace_after_full(fd: RawFd) {
+    if backlogged(fd) {
+        BEHIND.with(|b| b.set(true));
+    }
+    pace();
 }
 
 /// Count datagrams moved by a batched path (for [`pace`]).
@@ -224,12 +273,18 @@ fn moved(n: usize) {
 
 /// Wait [`COALESCE_US`] if the datagrams moved since the last wait make a dense stream. The UDP
 /// thread calls it before it blocks for events (its runtime's park hook) and after a full batch
-/// (which does not block: more are queued). The thread serves every UDP listener of the proxy,
+/// (which does not block: more are queued); shorter when that batch found its socket behind.
+/// The thread serves every UDP listener of the proxy,
 /// so while one port carries a dense stream a datagram on another can wait the same 100 us.
 pub(crate) fn pace() {
+    let behind = BEHIND.with(|b| b.replace(false));
     if MOVED.with(|m| m.replace(0)) >= COALESCE_MIN {
         if let Some(wait) = coalesce() {
-            std::thread::sleep(wait);
+            // Behind, at most a fifth of the default too: an override that lengthens the wait
+            // does not slow the catching up.
+            let short =
+                (wait / BEHIND_DIVISOR).min(Duration::from_micros(COALESCE_US) / BEHIND_DIVISOR);
+            std::thread::sleep(if behind { short } else { wait });
         }
     }
 }
@@ -761,7 +816,7 @@ impl Listener {
             }
             // A full batch leaves more queued, so the thread does not park (where it paces).
             if full {
-                pace();
+                pace_after_full(fd);
             }
         }
     }
@@ -965,7 +1020,7 @@ fn reply_batch(
             .fetch_add(ok as u64, Ordering::Relaxed);
         // A full batch leaves more queued, so the thread does not park (where it paces).
         if n == BATCH {
-            pace();
+            pace_after_full(flow.backend.as_raw_fd());
         }
         if sent >= run.len() {
             Got::Nothing
@@ -1033,7 +1088,7 @@ async fn replies(
         if since >= idle {
             break;
         }
-        let wait = std::time::Duration::from_millis(idle - since);
+        let wait = Duration::from_millis(idle - since);
         // Wait without a buffer: a flow holds none while it waits (a 64 KiB one per flow made
         // thousands of flows cost ~58 KB each); datagrams are read into the thread's buffers
         // and copied out only when they cannot leave at once.
