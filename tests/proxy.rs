@@ -5102,3 +5102,91 @@ fn a_udp_stream_the_paced_thread_falls_behind_on_is_not_dropped_at_the_proxys_so
     let log = p.stop();
     assert!(log.contains(&format!("datagrams={}", N + 1)), "{log}");
 }
+
+/// TCP_NODELAY of the socket of process `pid` whose local address is `local` (taken with
+/// pidfd_getfd and asked directly).
+fn nodelay_of(pid: u32, local: SocketAddr) -> bool {
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) as libc::c_int;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut found = None;
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            let Ok(target) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            if !target.to_string_lossy().starts_with("socket:") {
+                continue;
+            }
+            let n: libc::c_int = e.file_name().to_str().unwrap().parse().unwrap();
+            let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, n, 0) as libc::c_int;
+            if fd < 0 {
+                continue;
+            }
+            let s = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+            let sock = TcpStream::from(s);
+            if sock.local_addr().is_ok_and(|a| a == local) {
+                found = Some(sock.nodelay().unwrap());
+                break;
+            }
+        }
+        libc::close(pidfd);
+        found.unwrap_or_else(|| panic!("no socket on {local} in process {pid}"))
+    }
+}
+
+#[test]
+fn fast_path_sets_nodelay_towards_the_backend_before_any_write_nagle_could_hold() {
+    let ns = lab("pxfnod");
+    let dir = TempDir::new("pxfnod");
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                let from = s.peer_addr().unwrap();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || tx.send((from, n)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let recv = |want: usize| {
+        let mut got = 0;
+        let mut from = None;
+        while got < want {
+            let (f, n) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            from = Some(f);
+            got += n;
+        }
+        from.unwrap()
+    };
+    // A first small write goes out alone: Nagle cannot hold it, no setsockopt.
+    let mut a = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    a.write_all(b"ping\n").unwrap();
+    let a_leg = recv(5);
+    assert!(!nodelay_of(p.pid(), a_leg));
+    // A second write could be held behind the first: NODELAY first.
+    a.write_all(b"again\n").unwrap();
+    recv(6);
+    assert!(nodelay_of(p.pid(), a_leg));
+    // A first write of more than one small segment: NODELAY at once.
+    let mut b = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    b.write_all(&[b'x'; 2000]).unwrap();
+    let b_leg = recv(2000);
+    assert!(nodelay_of(p.pid(), b_leg));
+    drop((a, b));
+    p.stop();
+}

@@ -193,6 +193,26 @@ struct Dir {
     in_pipe: usize,
     /// The FIN was passed on.
     done: bool,
+    /// The destination has TCP_NODELAY (the client's is inherited from the listener).
+    nodelay: bool,
+    /// A write to the destination was made already.
+    wrote: bool,
+}
+
+impl Dir {
+    /// TCP_NODELAY on the destination before any write but a first small one: Nagle never
+    /// holds a lone first segment (nothing is in flight; 512 bytes fit the smallest MSS), and
+    /// most short connections write once each way, so the setsockopt is paid only by those
+    /// that write again, write more or turn bulk.
+    fn nodelay_before_write(&mut self, dst: RawFd, len: usize) {
+        if !self.nodelay {
+            if self.wrote || self.pipe.is_some() || len > 512 {
+                let _ = super::sock::set_int_opt(&dst, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+                self.nodelay = true;
+            }
+            self.wrote = true;
+        }
+    }
 }
 
 /// Readiness of one socket as the edge-triggered events told it (cleared on EAGAIN).
@@ -323,7 +343,9 @@ fn pump_dir(
             let Some(pipe) = &d.pipe else {
                 return Flow::Wait;
             };
-            match splice(pipe.r.as_raw_fd(), dst, d.in_pipe) {
+            let r = pipe.r.as_raw_fd();
+            d.nodelay_before_write(dst, d.in_pipe);
+            match splice(r, dst, d.in_pipe) {
                 Ok(m) => {
                     d.in_pipe -= m;
                     counter.fetch_add(m as u64, Ordering::Relaxed);
@@ -340,6 +362,7 @@ fn pump_dir(
             if !dw.write {
                 return Flow::Wait;
             }
+            d.nodelay_before_write(dst, d.pending.len() - d.pending_off);
             match send(dst, &d.pending[d.pending_off..], d.fin_pending) {
                 Ok(m) => {
                     d.pending_off += m;
@@ -399,6 +422,7 @@ fn pump_dir(
             sr.read = false;
         }
         let wrote = if dw.write {
+            d.nodelay_before_write(dst, n);
             match send(dst, &scratch[..n], last) {
                 Ok(m) => m,
                 Err(e) if would_block(&e) => {
@@ -599,7 +623,6 @@ impl Loop {
             Ok(s) => s,
             Err(e) => return self.dial_error(id, li, &client, peer, e),
         };
-        let _ = backend.set_tcp_nodelay(true);
         let connecting = match backend.connect(&l.target) {
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
@@ -623,7 +646,10 @@ impl Loop {
             c: Ready::default(),
             b: Ready::default(),
             up: Dir::default(),
-            down: Dir::default(),
+            down: Dir {
+                nodelay: true,
+                ..Dir::default()
+            },
         };
         let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
         let ep = self.ep.as_raw_fd();
