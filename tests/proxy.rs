@@ -5192,3 +5192,35 @@ fn fast_path_sets_nodelay_towards_the_backend_before_any_write_nagle_could_hold(
     drop((a, b));
     p.stop();
 }
+
+#[test]
+fn fast_path_out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back() {
+    let ns = lab("pxfemf");
+    let dir = TempDir::new("pxfemf");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    no_room_for_fds(p.pid());
+    // The kernel completes the handshake; the proxy cannot accept it. Level-triggered, a
+    // listener left in the set would be reported again at once: a spin of epoll_wait and
+    // accept4 calls.
+    let (calls, mut c) = syscalls_during(p.pid(), "accept4,epoll_wait", || {
+        let c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        c
+    });
+    // About 10 of each per second per thread (one try per 100 ms backoff).
+    assert!(calls < 200, "{calls} accept4 and epoll_wait calls in 1 s");
+    set_nofile(p.pid(), 1024);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"after the shortage\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&c).read_line(&mut line).unwrap();
+    assert_eq!(line, "after the shortage\n");
+    drop(c);
+    let log = p.stop();
+    assert!(
+        log.contains("accept on tcp 0.0.0.0:8080: Too many open files"),
+        "{log}"
+    );
+    assert!(log.contains("connections=1 active=0"), "{log}");
+}
