@@ -5224,3 +5224,33 @@ fn fast_path_out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back() {
     );
     assert!(log.contains("connections=1 active=0"), "{log}");
 }
+
+#[test]
+fn fast_path_resets_the_client_when_the_backend_never_answers() {
+    let ns = lab("pxfsilent");
+    let dir = TempDir::new("pxfsilent");
+    // In this test's namespace only: every SYN to port 7998 is dropped, no answer comes.
+    common::sh(&[
+        "ip", "netns", "exec", &ns.name, "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport",
+        "7998", "-j", "DROP",
+    ]);
+    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7998"]);
+    let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let mut buf = [0u8; 16];
+    let r = c.read(&mut buf);
+    assert_eq!(
+        r.as_ref().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    let log = p.stop();
+    assert!(
+        log.contains(
+            "cannot connect to backend 127.0.0.1:7998: no answer within 20s; resetting the client"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("connections=1 active=0"), "{log}");
+    assert!(log.contains("dial_errors=1"), "{log}");
+}
