@@ -3778,6 +3778,10 @@ fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left
         let (me, seen) = tcp_seen(&n.cli, to);
         assert_eq!(seen, me.to_string(), "tcp through {to}");
     }
+    // Served by the plain TCP path's own loop threads, as without --transparent.
+    wait_for("the loop threads of a transparent proxy", 5, || {
+        threads_named(p.pid(), "nettool-fast") == 2
+    });
     for to in ["10.77.1.1:5353", "[fd77:1::1]:5353"] {
         let (port, seen) = udp_seen(&n.cli, to);
         // The client's socket is bound to any address: its IP is the one on its link.

@@ -1,5 +1,5 @@
-//! The plain TCP path's own event loop: no tap, no PROXY header, no per-connection log lines,
-//! not transparent. Short connections are mostly kernel work; what the proxy adds on tokio's
+//! The plain TCP path's own event loop: no tap, no PROXY header, no per-connection log lines
+//! (transparent mode included: its backend sockets come from the same maker). Short connections are mostly kernel work; what the proxy adds on tokio's
 //! path (a task per connection, wakers, cross-thread wake-ups, an epoll_ctl DEL per socket
 //! before close) is what this loop leaves out.
 //!
@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{SockAddr, Type};
 
 use super::relay::{is_reset, pipe_size, Pipe, SMALL};
+use super::sock;
 use super::spec::PortMap;
 use super::tcp::{canonical, DIAL_TIMEOUT};
 use super::{Ctx, Level};
@@ -30,10 +31,7 @@ use crate::netns::NetNs;
 /// path, kept for comparison), when nothing needs the per-connection async machinery.
 pub(crate) fn wanted(ctx: &Ctx) -> bool {
     let on = std::env::var("NETTOOL_PROXY_FASTPATH").map_or(true, |v| v != "0");
-    on && ctx.tap.is_none()
-        && ctx.proxy_protocol.is_none()
-        && !ctx.transparent
-        && !ctx.log.enabled(Level::Debug)
+    on && ctx.tap.is_none() && ctx.proxy_protocol.is_none() && !ctx.log.enabled(Level::Debug)
 }
 
 /// How long accepting pauses after running out of descriptors or memory.
@@ -56,7 +54,6 @@ struct Listener {
     fd: std::net::TcpListener,
     map: PortMap,
     target: SockAddr,
-    domain: Domain,
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -108,7 +105,6 @@ impl Loops {
                     fd,
                     map,
                     target: map.target.into(),
-                    domain: Domain::for_address(map.target),
                 })
                 .collect(),
         );
@@ -137,6 +133,7 @@ impl Loops {
                 timers: VecDeque::new(),
                 paused_until: None,
                 scratch: vec![0u8; SMALL].into_boxed_slice(),
+                rtnl: None,
             };
             let ns = ns.clone();
             let log = ctx.clone();
@@ -462,6 +459,9 @@ struct Loop {
     timers: VecDeque<(Instant, u32, u32)>,
     paused_until: Option<Instant>,
     scratch: Box<[u8]>,
+    /// Route lookups for transparent mode's judgement of each client, in this thread's
+    /// namespace; opened at the first transparent dial.
+    rtnl: Option<crate::netns::links::Rtnl>,
 }
 
 fn token(idx: u32, gen: u32, backend: bool) -> u64 {
@@ -619,8 +619,16 @@ impl Loop {
         c.connections.fetch_add(1, Ordering::Relaxed);
         c.active.fetch_add(1, Ordering::Relaxed);
         let id = self.ctx.next_id();
-        let backend = match Socket::new(l.domain, Type::STREAM.nonblocking(), Some(Protocol::TCP)) {
-            Ok(s) => s,
+        // In transparent mode bound to the client's address (IP_TRANSPARENT), when its
+        // replies can come back here; the first connection of each kind that cannot says why.
+        let source = self.ctx.source_for(peer);
+        let backend = match sock::make(Type::STREAM, l.map.target, source, &mut self.rtnl) {
+            Ok(d) => {
+                if let Some(f) = &d.fallback {
+                    self.ctx.fallback(id, peer, f);
+                }
+                d.socket
+            }
             Err(e) => return self.dial_error(id, li, &client, peer, e),
         };
         let connecting = match backend.connect(&l.target) {

@@ -101,7 +101,7 @@ pub(crate) struct Dialed {
 
 /// Make a backend socket for `target`; with `source` (transparent mode) bind it to the
 /// client's address when the backend's replies can come back through here.
-fn make(
+pub(crate) fn make(
     ty: Type,
     target: SocketAddr,
     source: Option<SocketAddr>,
