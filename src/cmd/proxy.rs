@@ -854,8 +854,10 @@ pub(crate) struct ProxyArgs {
     /// Events queued for the dump writer before the proxy waits (lossless back-pressure).
     #[arg(long, value_name = "N", default_value_t = 1024, hide = true)]
     pub dump_queue: usize,
-    /// Runtime threads: 1 serves everything on one thread; more spread connections over cores.
-    #[arg(long, value_name = "N", env = "NETTOOL_PROXY_THREADS", hide = true)]
+    /// Threads serving TCP connections (default 2): the plain path's event loops, or tokio's
+    /// workers when something watches (a dump, -v, a PROXY header). 1 serves everything on one
+    /// thread; more spread connections over cores.
+    #[arg(long, value_name = "N", env = "NETTOOL_PROXY_THREADS")]
     pub threads: Option<usize>,
 }
 
