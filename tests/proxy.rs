@@ -166,6 +166,13 @@ fn start(ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
 }
 
 /// [`start`] with extra environment variables.
+/// [`start`] on tokio's path (NETTOOL_PROXY_FASTPATH=0): what serves a proxy with -v or a PROXY
+/// header. Plain TCP takes the event loop by default; these tests keep the other path honest,
+/// and the fast_path_* tests check the loop the same way.
+fn start_tokio(ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
+    start_with(ns, dir, args, &[("NETTOOL_PROXY_FASTPATH", "0")])
+}
+
 fn start_with(ns: Option<&TestNs>, dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Proxy {
     let log = dir.join(&format!("proxy-{}.log", unique("l")));
     let mut cmd = match ns {
@@ -212,7 +219,7 @@ fn tcp_ipv4_ipv6_half_close_and_counters() {
     let dir = TempDir::new("pxtcp");
     count_backend(listen_in(&ns, "127.0.0.1:7000"));
     count_backend(listen_in(&ns, "[::1]:7001"));
-    let p = start(
+    let p = start_tokio(
         Some(&ns),
         &dir,
         &[
@@ -317,7 +324,7 @@ fn udp_ipv4_ipv6_flows_and_reply_source() {
 fn backend_down_resets_the_client_and_says_why() {
     let ns = lab("pxdown");
     let dir = TempDir::new("pxdown");
-    let p = start(Some(&ns), &dir, &["8080", "127.0.0.1:7999"]);
+    let p = start_tokio(Some(&ns), &dir, &["8080", "127.0.0.1:7999"]);
     expect_reset(&ns, "127.0.0.1:8080");
     let log = p.stop();
     assert!(
@@ -364,7 +371,7 @@ fn backend_reset_mid_stream_reaches_the_client_as_a_reset() {
         if !extra.is_empty() {
             args.push(dumpf.to_str().unwrap());
         }
-        let p = start(Some(&ns), &dir, &args);
+        let p = start_tokio(Some(&ns), &dir, &args);
         let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(b"hello").unwrap();
@@ -397,7 +404,7 @@ fn five_hundred_concurrent_connections_leak_no_fds() {
     let ns = lab("pxmany");
     let dir = TempDir::new("pxmany");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let p = start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let p = start_tokio(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
     let before = p.fds();
     let conns: Vec<TcpStream> = inside(&ns, || {
         (0..500)
@@ -466,7 +473,7 @@ fn listens_in_one_namespace_and_connects_from_another() {
     // The backend listens on the container's loopback: unreachable from the host namespace
     // except through a proxy that dials from inside the container namespace.
     count_backend(listen_in(&ctr, "127.0.0.1:7000"));
-    let p = start(
+    let p = start_tokio(
         None,
         &dir,
         &[
