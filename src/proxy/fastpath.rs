@@ -449,6 +449,38 @@ fn pump_dir(
     }
 }
 
+/// What one direction's flow means for the connection (None: it goes on). A FIN is passed on
+/// to `dst` with shutdown(SHUT_WR), unless the other direction has ended too: then the
+/// connection is over and close() sends the FIN (both receive queues are drained).
+/// `from_client`: the direction reads the client, so a reset at its source is the client's.
+fn settle(
+    flow: Flow,
+    d: &mut Dir,
+    other_done: bool,
+    dst: &OwnedFd,
+    from_client: bool,
+) -> Option<End> {
+    let (src_reset, dst_reset) = if from_client {
+        (End::ClientReset, End::BackendReset)
+    } else {
+        (End::BackendReset, End::ClientReset)
+    };
+    match flow {
+        Flow::Wait => None,
+        Flow::Eof => {
+            d.done = true;
+            if other_done {
+                return Some(End::Normal);
+            }
+            let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+            None
+        }
+        Flow::SrcReset => Some(src_reset),
+        Flow::DstReset => Some(dst_reset),
+        Flow::Error(e) => Some(End::Error(e)),
+    }
+}
+
 struct Loop {
     ep: OwnedFd,
     listeners: Arc<Vec<Listener>>,
@@ -760,7 +792,7 @@ impl Loop {
         let counters = &self.ctx.counters;
         let (cfd, bfd) = (conn.client.as_raw_fd(), conn.backend.as_raw_fd());
         if !conn.up.done {
-            match pump_dir(
+            let flow = pump_dir(
                 &mut conn.up,
                 cfd,
                 &mut conn.c,
@@ -768,23 +800,13 @@ impl Loop {
                 &mut conn.b,
                 &mut self.scratch,
                 &counters.bytes_c2s,
-            ) {
-                Flow::Wait => {}
-                Flow::Eof => {
-                    conn.up.done = true;
-                    if conn.down.done {
-                        return Some(End::Normal);
-                    }
-                    let _ =
-                        socket2::SockRef::from(&conn.backend).shutdown(std::net::Shutdown::Write);
-                }
-                Flow::SrcReset => return Some(End::ClientReset),
-                Flow::DstReset => return Some(End::BackendReset),
-                Flow::Error(e) => return Some(End::Error(e)),
+            );
+            if let Some(end) = settle(flow, &mut conn.up, conn.down.done, &conn.backend, true) {
+                return Some(end);
             }
         }
         if !conn.down.done {
-            match pump_dir(
+            let flow = pump_dir(
                 &mut conn.down,
                 bfd,
                 &mut conn.b,
@@ -792,20 +814,9 @@ impl Loop {
                 &mut conn.c,
                 &mut self.scratch,
                 &counters.bytes_s2c,
-            ) {
-                Flow::Wait => {}
-                Flow::Eof => {
-                    conn.down.done = true;
-                    if conn.up.done {
-                        // close() sends the FIN (both receive queues are drained).
-                        return Some(End::Normal);
-                    }
-                    let _ =
-                        socket2::SockRef::from(&conn.client).shutdown(std::net::Shutdown::Write);
-                }
-                Flow::SrcReset => return Some(End::BackendReset),
-                Flow::DstReset => return Some(End::ClientReset),
-                Flow::Error(e) => return Some(End::Error(e)),
+            );
+            if let Some(end) = settle(flow, &mut conn.down, conn.up.done, &conn.client, false) {
+                return Some(end);
             }
         }
         // A side whose own direction has ended can still reset: nothing reads it any more,
