@@ -984,6 +984,70 @@ fn docker_proxy_flags_fd3_and_errors() {
     assert!(log.contains("SIGINT"), "{log}");
 }
 
+/// Run by hand (as `nettool proxy --help` shows), the drop-in has no fd 3 to answer on: the
+/// first descriptor the proxy opens for itself gets number 3. Answering "0" there and closing
+/// it broke the proxy: "--ready-fd 3: write: Broken pipe" and no listener (release build), an
+/// "IO Safety violation" abort (debug build). `--ready-fd N` naming a closed fd is refused
+/// before anything is opened.
+#[test]
+fn the_drop_in_run_by_hand_without_fd_3_forwards_and_a_closed_ready_fd_is_refused() {
+    let ns = lab("pxdnofd3");
+    let dir = TempDir::new("pxdnofd3");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let logf = dir.join("dp.log");
+    // Command::new passes only 0, 1 and 2 (std opens everything else close-on-exec).
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, BIN])
+        .args([
+            "-proto",
+            "tcp",
+            "-host-ip",
+            "127.0.0.1",
+            "-host-port",
+            "8080",
+        ])
+        .args(["-container-ip", "127.0.0.1", "-container-port", "7000"])
+        .env("NETTOOL_PROXY_LOG", &logf)
+        .env("NETTOOL_PROXY_CONFIG", dir.join("none.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    wait_for("the drop-in to listen", 10, || {
+        connect_in(&ns, "127.0.0.1:8080").is_ok() || child.0.try_wait().ok().flatten().is_some()
+    });
+    assert_eq!(child.0.try_wait().unwrap(), None, "the drop-in exited");
+    assert_eq!(send_count(&ns, "127.0.0.1:8080", 77), "77");
+    unsafe { libc::kill(child.pid() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let log = std::fs::read_to_string(&logf).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "stderr: {err}\nlog: {log}");
+    assert!(log.contains(" bytes_c2s=77 "), "{log}");
+
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, BIN, "proxy", "--ready-fd", "3"])
+        .args(["127.0.0.1:8081", "127.0.0.1:7000"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--ready-fd 3: descriptor 3 is not open"),
+        "{err}"
+    );
+}
+
 /// Everything a throwaway dockerd needs, removed on drop (daemon stopped first).
 struct Dockerd {
     dir: PathBuf,

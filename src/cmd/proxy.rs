@@ -168,12 +168,19 @@ fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
 static READY_ANSWERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Write docker-proxy's readiness answer to `fd` and close it.
+/// Whether `fd` is an open descriptor. Asked before the proxy opens anything: an fd the parent
+/// did not pass is the next one the proxy's own sockets, pipes and epoll sets get, and writing
+/// the readiness answer there (then closing it) would break the proxy itself.
+fn fd_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
 fn answer_ready(fd: i32, result: Result<(), String>) -> anyhow::Result<()> {
     if READY_ANSWERED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
-    // SAFETY: F_GETFD only checks whether the descriptor is open.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    if !fd_open(fd) {
         bail!("--ready-fd {fd}: descriptor {fd} is not open (the parent must pass a pipe there)");
     }
     // SAFETY: the fd is open and is ours to consume: the readiness contract closes it.
@@ -408,8 +415,16 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
 /// `nettool proxy ...` with nettool's own flags.
 pub(crate) fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     let ready_fd = a.ready_fd;
-    let r = run_args(a, verbose);
-    if let (Err(e), Some(fd)) = (&r, ready_fd) {
+    // Asked before anything is opened: see fd_open.
+    let passed = ready_fd.filter(|fd| fd_open(*fd));
+    let r = match (ready_fd, passed) {
+        (Some(fd), None) => Err(Usage(format!(
+            "--ready-fd {fd}: descriptor {fd} is not open (the parent must pass a pipe there)"
+        ))
+        .into()),
+        _ => run_args(a, verbose),
+    };
+    if let (Err(e), Some(fd)) = (&r, passed) {
         let _ = answer_ready(fd, Err(format!("{e:#}")));
     }
     match r {
@@ -702,15 +717,20 @@ pub(crate) fn docker_proxy_entry() -> Option<i32> {
         let mut e = std::io::stderr();
         let _ = writeln!(
             e,
-            "Usage of docker-proxy (nettool):\n  -container-ip string\n  -container-port int\n  -host-ip string\n  -host-port int\n  -proto string (tcp, udp)\n  -use-listen-fd\n\nLogging and dumping: NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET, NETTOOL_PROXY_DUMP=text|hex|json,\nNETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES,\nNETTOOL_PROXY_STREAMS, NETTOOL_PROXY_TRANSPARENT=1, or {}\n(NETTOOL_PROXY_CONFIG overrides the path). See docs/proxy.md.",
+            "Usage of docker-proxy (nettool):\n  -container-ip string\n  -container-port int\n  -host-ip string\n  -host-port int\n  -proto string (tcp, udp)\n  -use-listen-fd\n\nLogging and dumping: NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET, NETTOOL_PROXY_DUMP=text|hex|json,\nNETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP, NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES,\nNETTOOL_PROXY_STREAMS, NETTOOL_PROXY_TRANSPARENT=1, NETTOOL_PROXY_PROXY_PROTOCOL=v1|v2,\nNETTOOL_PROXY_THREADS, or {}\n(NETTOOL_PROXY_CONFIG overrides the path). See docs/proxy.md.",
             docker::CONFIG_PATH
         );
         return Some(2);
     }
+    // dockerd always passes fd 3 for the answer; a person running the drop-in by hand does
+    // not, and then there is no one to answer (fd 3 would be the proxy's own first socket).
+    let ready_fd = fd_open(3).then_some(3);
+    let listen_fd_passed = fd_open(4);
     let outcome = (|| -> anyhow::Result<i32> {
         let d = docker::parse_args(flags)?;
         let cfg = DockerProxyConfig::load(|k| std::env::var(k).ok())?;
         let mut plan = docker_plan(&d, &cfg);
+        plan.ready_fd = ready_fd;
         if let LogTo::Syslog(p) = &plan.log_to {
             // A missing syslog daemon must not stop `docker run -p`: forward anyway, say it on
             // stderr (seen when run by hand; dockerd discards it).
@@ -724,7 +744,7 @@ pub(crate) fn docker_proxy_entry() -> Option<i32> {
         }
         if d.use_listen_fd {
             // SAFETY: with -use-listen-fd the parent passes the listening socket as fd 4; we take it once.
-            if unsafe { libc::fcntl(4, libc::F_GETFD) } < 0 {
+            if !listen_fd_passed {
                 bail!("-use-listen-fd given but fd 4 is not open: the parent must pass the socket it bound as fd 4 (as a newer dockerd does), or leave out -use-listen-fd and the proxy binds -host-ip:-host-port itself");
             }
             plan.listen_fd = Some(unsafe { OwnedFd::from_raw_fd(4) });
@@ -745,7 +765,9 @@ pub(crate) fn docker_proxy_entry() -> Option<i32> {
         Ok(code) => code,
         Err(e) => {
             // The daemon reads the reason from fd 3; stderr is usually /dev/null.
-            let _ = answer_ready(3, Err(format!("{e:#}")));
+            if let Some(fd) = ready_fd {
+                let _ = answer_ready(fd, Err(format!("{e:#}")));
+            }
             let _ = writeln!(std::io::stderr(), "docker-proxy (nettool): {e:#}");
             1
         }
@@ -769,14 +791,17 @@ Examples:
   nettool proxy --json --pcap /tmp/dns.pcap udp:53 172.19.0.5:53
   nettool proxy --syslog 8080 172.19.0.2:80       (log to /dev/log, facility daemon)
 
-docker-proxy drop-in: symlink the binary as docker-proxy and give dockerd
---userland-proxy-path=/path/to/docker-proxy. It takes docker-proxy's flags, including
--use-listen-fd (the socket on fd 4), and answers on fd 3. Logging and dumping come from
-the environment or /etc/nettool/docker-proxy.toml (NETTOOL_PROXY_CONFIG):
+docker-proxy drop-in: give dockerd --userland-proxy-path=/path/to/nettool (or a symlink
+named docker-proxy). docker-proxy's flags are recognised whatever the binary is called,
+-use-listen-fd (the socket on fd 4) included, and it answers on fd 3, so a startup failure's
+reason shows in `docker run`'s error. Logging, dumping and the rest come from the environment
+or /etc/nettool/docker-proxy.toml (NETTOOL_PROXY_CONFIG):
   NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET   (key log)
   NETTOOL_PROXY_DUMP=text|hex|json, NETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP,
-  NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES, NETTOOL_PROXY_STREAMS
-  e.g. NETTOOL_PROXY_LOG=syslog docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8080 \\
+  NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES, NETTOOL_PROXY_STREAMS,
+  NETTOOL_PROXY_TRANSPARENT=yes, NETTOOL_PROXY_PROXY_PROTOCOL=v1|v2,
+  NETTOOL_PROXY_THREADS (environment only)
+  e.g. NETTOOL_PROXY_LOG=syslog nettool -proto tcp -host-ip 127.0.0.1 -host-port 8080 \\
          -container-ip 172.17.0.2 -container-port 80";
 
 /// Arguments of `proxy`.

@@ -260,7 +260,8 @@ pub(crate) struct DockerProxyConfig {
     /// Transparent mode: the container sees the client's address (default false). Env
     /// NETTOOL_PROXY_TRANSPARENT (1/true/yes or 0/false/no).
     pub transparent: Option<bool>,
-    /// Send a PROXY protocol header to the container first: `"v2"`. Env NETTOOL_PROXY_PROXY_PROTOCOL.
+    /// Send a PROXY protocol header to the container first: `"v1"` or `"v2"`. Env
+    /// NETTOOL_PROXY_PROXY_PROTOCOL.
     pub proxy_protocol: Option<super::proxy_protocol::ProxyProtocol>,
 }
 
