@@ -165,14 +165,13 @@ fn start(ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
     start_with(ns, dir, args, &[])
 }
 
-/// [`start`] with extra environment variables.
 /// [`start`] on tokio's path (NETTOOL_PROXY_FASTPATH=0): what serves a proxy with -v or a PROXY
-/// header. Plain TCP takes the event loop by default; these tests keep the other path honest,
-/// and the fast_path_* tests check the loop the same way.
+/// header (plain TCP takes the event loop by default); see [`Relay`].
 fn start_tokio(ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
     start_with(ns, dir, args, &[("NETTOOL_PROXY_FASTPATH", "0")])
 }
 
+/// [`start`] with extra environment variables.
 fn start_with(ns: Option<&TestNs>, dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Proxy {
     let log = dir.join(&format!("proxy-{}.log", unique("l")));
     let mut cmd = match ns {
@@ -203,48 +202,18 @@ fn start_with(ns: Option<&TestNs>, dir: &TempDir, args: &[&str], env: &[(&str, &
     p
 }
 
+/// Send `n` bytes to a [`count_backend`] through `addr`, half-close, and return its answer. A
+/// half-close not passed on fails the read after 10 s instead of hanging the test.
 fn send_count(ns: &TestNs, addr: &str, n: usize) -> String {
     let mut s = connect_in(ns, addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let data = vec![b'x'; n];
     s.write_all(&data).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("{addr}: no answer after the half-close: {e}"));
     out
-}
-
-#[test]
-fn tcp_ipv4_ipv6_half_close_and_counters() {
-    let ns = lab("pxtcp");
-    let dir = TempDir::new("pxtcp");
-    count_backend(listen_in(&ns, "127.0.0.1:7000"));
-    count_backend(listen_in(&ns, "[::1]:7001"));
-    let p = start_tokio(
-        Some(&ns),
-        &dir,
-        &[
-            "-p",
-            "8080=127.0.0.1:7000",
-            "-p",
-            "[fd00::9]:8081=[::1]:7001",
-        ],
-    );
-    // The backend answers only after EOF: the client's shutdown(SHUT_WR) must be passed on.
-    assert_eq!(send_count(&ns, "127.0.0.1:8080", 300_000), "300000");
-    assert_eq!(send_count(&ns, "10.9.0.1:8080", 5), "5");
-    assert_eq!(send_count(&ns, "[::1]:8080", 70_000), "70000");
-    assert_eq!(send_count(&ns, "[fd00::9]:8081", 123), "123");
-    unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
-    wait_for("counters on SIGUSR1", 5, || {
-        p.log().contains("counters: connections=4")
-    });
-    let log = p.stop();
-    assert!(log.contains("listening on tcp 0.0.0.0:8080"), "{log}");
-    assert!(log.contains("listening on tcp [::]:8080"), "{log}");
-    assert!(
-        log.contains("counters at exit: connections=4 active=0 bytes_c2s=370128"),
-        "{log}"
-    );
 }
 
 #[test]
@@ -321,115 +290,6 @@ fn udp_ipv4_ipv6_flows_and_reply_source() {
 }
 
 #[test]
-fn backend_down_resets_the_client_and_says_why() {
-    let ns = lab("pxdown");
-    let dir = TempDir::new("pxdown");
-    let p = start_tokio(Some(&ns), &dir, &["8080", "127.0.0.1:7999"]);
-    expect_reset(&ns, "127.0.0.1:8080");
-    let log = p.stop();
-    assert!(
-        log.contains("cannot connect to backend 127.0.0.1:7999: Connection refused")
-            && log.contains("resetting the client"),
-        "{log}"
-    );
-    assert!(log.contains("dial_errors=1"), "{log}");
-}
-
-#[test]
-fn backend_reset_mid_stream_reaches_the_client_as_a_reset() {
-    let ns = lab("pxrst");
-    let dir = TempDir::new("pxrst");
-    let l = listen_in(&ns, "127.0.0.1:7000");
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let mut s = s;
-            let mut buf = [0u8; 5];
-            let _ = s.read_exact(&mut buf);
-            let _ = s.write_all(b"partial");
-            std::thread::sleep(Duration::from_millis(100));
-            // SO_LINGER 0 + close = RST.
-            let lin = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    &lin as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::linger>() as u32,
-                );
-            }
-            drop(s);
-        }
-    });
-    for extra in [&[][..], &["--dump", "--dump-file"][..]] {
-        let dumpf = dir.join("d.txt");
-        let mut args = vec!["8080", "127.0.0.1:7000"];
-        args.extend_from_slice(extra);
-        if !extra.is_empty() {
-            args.push(dumpf.to_str().unwrap());
-        }
-        let p = start_tokio(Some(&ns), &dir, &args);
-        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"hello").unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        let err = loop {
-            match s.read(&mut buf) {
-                Ok(0) => break None,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) => break Some(e.kind()),
-            }
-        };
-        assert_eq!(got, b"partial");
-        assert_eq!(err, Some(std::io::ErrorKind::ConnectionReset), "{extra:?}");
-        wait_for("the reset to be counted", 5, || {
-            unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
-            std::thread::sleep(Duration::from_millis(100));
-            p.log().contains("resets=1")
-        });
-        p.stop();
-        if !extra.is_empty() {
-            let d = std::fs::read_to_string(&dumpf).unwrap();
-            assert!(d.contains("close reset by backend"), "{d}");
-        }
-    }
-}
-
-#[test]
-fn five_hundred_concurrent_connections_leak_no_fds() {
-    let ns = lab("pxmany");
-    let dir = TempDir::new("pxmany");
-    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let p = start_tokio(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
-    let before = p.fds();
-    let conns: Vec<TcpStream> = inside(&ns, || {
-        (0..500)
-            .map(|_| TcpStream::connect("127.0.0.1:8080").unwrap())
-            .collect()
-    });
-    for (i, c) in conns.iter().enumerate() {
-        (&*c).write_all(format!("conn {i}\n").as_bytes()).unwrap();
-    }
-    wait_for("500 connections through the proxy", 20, || {
-        p.fds() >= before + 1000
-    });
-    for (i, c) in conns.iter().enumerate() {
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(c).read_line(&mut line).unwrap();
-        assert_eq!(line, format!("conn {i}\n"));
-    }
-    drop(conns);
-    wait_for("every proxy fd to be released", 20, || p.fds() == before);
-    let log = p.stop();
-    assert!(log.contains("connections=500 active=0"), "{log}");
-}
-
-#[test]
 fn port_ranges_in_one_process() {
     let ns = lab("pxrange");
     let dir = TempDir::new("pxrange");
@@ -463,54 +323,6 @@ fn port_ranges_in_one_process() {
     assert_eq!(get("127.0.0.1:9199"), "backend 7001");
     let log = p.stop();
     assert_eq!(log.matches("listening on tcp").count(), 6 + 100, "{log}");
-}
-
-#[test]
-fn listens_in_one_namespace_and_connects_from_another() {
-    let host = lab("pxhost");
-    let ctr = lab("pxctr");
-    let dir = TempDir::new("pxx");
-    // The backend listens on the container's loopback: unreachable from the host namespace
-    // except through a proxy that dials from inside the container namespace.
-    count_backend(listen_in(&ctr, "127.0.0.1:7000"));
-    let p = start_tokio(
-        None,
-        &dir,
-        &[
-            "--listen-netns",
-            &host.name,
-            "--target-netns",
-            &ctr.name,
-            "-p",
-            "127.0.0.1:8080=127.0.0.1:7000",
-            "-p",
-            "udp:127.0.0.1:5353=127.0.0.1:5300",
-        ],
-    );
-    assert_eq!(send_count(&host, "127.0.0.1:8080", 4242), "4242");
-    // And nothing listens on 8080 inside the container namespace itself.
-    assert!(connect_in(&ctr, "127.0.0.1:8080").is_err());
-    // UDP too (its flows dial from the UDP thread's own runtime through the same dialer).
-    let backend = inside(&ctr, || UdpSocket::bind("127.0.0.1:5300").unwrap());
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = backend.recv_from(&mut buf) {
-            let _ = backend.send_to(&buf[..n].to_ascii_uppercase(), from);
-        }
-    });
-    let reply = inside(&host, || {
-        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c.send_to(b"from the host", "127.0.0.1:5353").unwrap();
-        let mut buf = [0u8; 64];
-        let (n, from) = c.recv_from(&mut buf).unwrap();
-        (buf[..n].to_vec(), from)
-    });
-    assert_eq!(
-        reply,
-        (b"FROM THE HOST".to_vec(), "127.0.0.1:5353".parse().unwrap())
-    );
-    p.stop();
 }
 
 /// Parse `tshark -qz follow,tcp,raw,N` into (client bytes, server bytes).
@@ -3387,12 +3199,12 @@ fn concurrent_echoes(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
-#[test]
-fn at_the_fd_limit_bulk_connections_are_copied_not_reset() {
+/// At the fd limit, with no room for a splice pipe, bulk connections are copied, not reset.
+fn at_the_fd_limit_bulk_connections_are_copied_not_reset(relay: Relay) {
     let ns = lab("pxfdlim");
     let dir = TempDir::new("pxfdlim");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let p = start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
     // Once the connections' sockets are made (client and backend side each), no room for a
     // pipe.
     let k = 4;
@@ -3410,6 +3222,16 @@ fn at_the_fd_limit_bulk_connections_are_copied_not_reset() {
     );
     let log = p.stop();
     assert!(log.contains(" resets=0 errors=0 "), "{log}");
+}
+
+#[test]
+fn at_the_fd_limit_bulk_connections_are_copied_not_reset_fast_path() {
+    at_the_fd_limit_bulk_connections_are_copied_not_reset(Relay::FastPath);
+}
+
+#[test]
+fn at_the_fd_limit_bulk_connections_are_copied_not_reset_tokio_path() {
+    at_the_fd_limit_bulk_connections_are_copied_not_reset(Relay::Tokio);
 }
 
 #[test]
@@ -4594,8 +4416,9 @@ fn udp_gro_coalesced_datagrams_reach_the_backend_one_by_one() {
     assert!(log.contains("datagrams=400"), "{log}");
 }
 
-#[test]
-fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check() {
+/// A short connection (request, answer, both close) costs no read after the FIN was seen and no
+/// SO_ERROR query after a successful connect.
+fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check(relay: Relay) {
     // A backend that answers and closes, as in tools/bench-proxy's short connections.
     let ns = lab("pxshort");
     let dir = TempDir::new("pxshort");
@@ -4609,7 +4432,7 @@ fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check() {
             }
         }
     });
-    let p = start(Some(&ns), &dir, &["127.0.0.1:7302", "127.0.0.1:7301"]);
+    let p = relay.start(Some(&ns), &dir, &["127.0.0.1:7302", "127.0.0.1:7301"]);
     const N: u64 = 200;
     let (calls, ()) = syscalls_during(p.pid(), "recvfrom,read,getsockopt", || {
         for _ in 0..N {
@@ -4630,6 +4453,16 @@ fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check() {
     );
     let log = p.stop();
     assert!(log.contains(&format!("connections={N}")), "{log}");
+}
+
+#[test]
+fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check_fast_path() {
+    a_short_connection_costs_no_read_after_the_fin_and_no_connect_check(Relay::FastPath);
+}
+
+#[test]
+fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check_tokio_path() {
+    a_short_connection_costs_no_read_after_the_fin_and_no_connect_check(Relay::Tokio);
 }
 
 /// UDP interrupt moderation: a dense stream is moved in batches with a short wait between
@@ -4758,10 +4591,31 @@ fn close_with_reset(s: TcpStream) {
     drop(s);
 }
 
-#[test]
-fn fast_path_passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters() {
-    let ns = lab("pxfhalf");
-    let dir = TempDir::new("pxfhalf");
+/// The proxy's two TCP relays. A behaviour both must have is one test body, run once on each
+/// by a `..._fast_path` and a `..._tokio_path` test (`cargo test --test proxy -- fast_path`
+/// selects the loop's).
+#[derive(Clone, Copy, Debug)]
+enum Relay {
+    /// The event loop (src/proxy/fastpath.rs): plain TCP that nothing watches, the default.
+    FastPath,
+    /// tokio's path (src/proxy/relay.rs): what serves dumps, pcaps, -v and PROXY headers.
+    Tokio,
+}
+
+impl Relay {
+    /// Start `nettool proxy ARGS` on this relay (see [`start`]).
+    fn start(self, ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
+        match self {
+            Relay::FastPath => start_fast(ns, dir, args),
+            Relay::Tokio => start_tokio(ns, dir, args),
+        }
+    }
+}
+
+/// Half-closes pass both ways, over IPv4 and IPv6, and the counters are exact.
+fn passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters(relay: Relay) {
+    let ns = lab("pxhalf");
+    let dir = TempDir::new("pxhalf");
     // Client -> backend half-close: the backend answers only after the client's FIN.
     count_backend(listen_in(&ns, "127.0.0.1:7000"));
     count_backend(listen_in(&ns, "[::1]:7001"));
@@ -4778,23 +4632,30 @@ fn fast_path_passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters
             let _ = tx.send(got);
         }
     });
-    let p = start_fast(
+    let p = relay.start(
         Some(&ns),
         &dir,
         &[
             "-p",
             "8080=127.0.0.1:7000",
             "-p",
-            "[::1]:8081=[::1]:7001",
+            "[fd00::9]:8081=[::1]:7001",
+            "-p",
+            "[::1]:8083=[::1]:7001",
             "-p",
             "127.0.0.1:8082=127.0.0.1:7002",
         ],
     );
-    // 300 kB: past the first 8 KiB read, so spliced through a pipe.
+    // 300 kB: past the fast path's first 8 KiB read, so spliced through a pipe.
     assert_eq!(send_count(&ns, "127.0.0.1:8080", 300_000), "300000");
     assert_eq!(send_count(&ns, "10.9.0.1:8080", 5), "5");
     assert_eq!(send_count(&ns, "[::1]:8080", 70_000), "70000");
-    assert_eq!(send_count(&ns, "[::1]:8081", 123), "123");
+    assert_eq!(send_count(&ns, "[fd00::9]:8081", 123), "123");
+    assert_eq!(send_count(&ns, "[::1]:8083", 45), "45");
+    unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
+    wait_for("counters on SIGUSR1", 5, || {
+        p.log().contains("counters: connections=5")
+    });
     let mut c = connect_in(&ns, "127.0.0.1:8082").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut greeting = Vec::new();
@@ -4808,20 +4669,33 @@ fn fast_path_passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters
     assert!(got == data, "{} bytes reached the backend", got.len());
     drop(c);
     let log = p.stop();
-    let c2s = 300_000 + 5 + 70_000 + 123 + 100_000;
-    let s2c = 6 + 1 + 5 + 3 + 17;
+    assert!(log.contains("listening on tcp 0.0.0.0:8080"), "{log}");
+    assert!(log.contains("listening on tcp [::]:8080"), "{log}");
+    let c2s = 300_000 + 5 + 70_000 + 123 + 45 + 100_000;
+    let s2c = 6 + 1 + 5 + 3 + 2 + 17;
     assert!(
         log.contains(&format!(
-            "counters at exit: connections=5 active=0 bytes_c2s={c2s} bytes_s2c={s2c} dial_errors=0 resets=0 errors=0"
+            "counters at exit: connections=6 active=0 bytes_c2s={c2s} bytes_s2c={s2c} dial_errors=0 resets=0 errors=0"
         )),
         "{log}"
     );
 }
 
 #[test]
-fn fast_path_passes_resets_both_ways() {
-    let ns = lab("pxfrst");
-    let dir = TempDir::new("pxfrst");
+fn passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters_fast_path() {
+    passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters(Relay::FastPath);
+}
+
+#[test]
+fn passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters_tokio_path() {
+    passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters(Relay::Tokio);
+}
+
+/// A reset passes as a reset both ways, the bytes before it first; with `dump` (tokio's path
+/// only: a dump takes it) the dump names who reset.
+fn passes_resets_both_ways(relay: Relay, dump: bool) {
+    let ns = lab("pxrst");
+    let dir = TempDir::new("pxrst");
     // The backend resets mid-stream.
     let l = listen_in(&ns, "127.0.0.1:7000");
     std::thread::spawn(move || {
@@ -4848,11 +4722,12 @@ fn fast_path_passes_resets_both_ways() {
             let _ = tx.send(next.map(|n| buf[..n].to_vec()).map_err(|e| e.kind()));
         }
     });
-    let p = start_fast(
-        Some(&ns),
-        &dir,
-        &["-p", "8080=127.0.0.1:7000", "-p", "8081=127.0.0.1:7001"],
-    );
+    let dumpf = dir.join("d.txt");
+    let mut args = vec!["-p", "8080=127.0.0.1:7000", "-p", "8081=127.0.0.1:7001"];
+    if dump {
+        args.extend(["--dump", "--dump-file", dumpf.to_str().unwrap()]);
+    }
+    let p = relay.start(Some(&ns), &dir, &args);
     let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"hello").unwrap();
@@ -4882,13 +4757,33 @@ fn fast_path_passes_resets_both_ways() {
     });
     let log = p.stop();
     assert!(log.contains("connections=2 active=0"), "{log}");
+    if dump {
+        let d = std::fs::read_to_string(&dumpf).unwrap();
+        assert!(d.contains("close reset by backend"), "{d}");
+        assert!(d.contains("close reset by client"), "{d}");
+    }
 }
 
 #[test]
-fn fast_path_resets_the_client_when_the_backend_refuses_and_says_why() {
-    let ns = lab("pxfdown");
-    let dir = TempDir::new("pxfdown");
-    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7999"]);
+fn passes_resets_both_ways_fast_path() {
+    passes_resets_both_ways(Relay::FastPath, false);
+}
+
+#[test]
+fn passes_resets_both_ways_tokio_path() {
+    passes_resets_both_ways(Relay::Tokio, false);
+}
+
+#[test]
+fn passes_resets_both_ways_into_the_dump_tokio_path() {
+    passes_resets_both_ways(Relay::Tokio, true);
+}
+
+/// A backend that refuses: the client is reset, and the log says which connection and why.
+fn resets_the_client_when_the_backend_refuses_and_says_why(relay: Relay) {
+    let ns = lab("pxdown");
+    let dir = TempDir::new("pxdown");
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7999"]);
     expect_reset(&ns, "127.0.0.1:8080");
     let log = p.stop();
     let line = log
@@ -4904,57 +4799,72 @@ fn fast_path_resets_the_client_when_the_backend_refuses_and_says_why() {
 }
 
 #[test]
-fn fast_path_moves_64_mib_each_way_byte_for_byte() {
-    let ns = lab("pxfbulk");
-    let dir = TempDir::new("pxfbulk");
-    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
-    const SIZE: usize = 64 << 20;
-    // The client writes 64 MiB while it reads the echo: both directions splice at once.
-    let r = concurrent_echoes(&ns, "127.0.0.1:8080", 1, SIZE, || {});
-    assert_eq!(r, vec![Ok(())]);
-    let log = p.stop();
-    assert!(
-        log.contains(&format!(
-            "connections=1 active=0 bytes_c2s={SIZE} bytes_s2c={SIZE}"
-        )),
-        "{log}"
-    );
+fn resets_the_client_when_the_backend_refuses_and_says_why_fast_path() {
+    resets_the_client_when_the_backend_refuses_and_says_why(Relay::FastPath);
 }
 
 #[test]
-fn fast_path_serves_250_concurrent_connections_and_releases_every_fd() {
-    let ns = lab("pxfmany");
-    let dir = TempDir::new("pxfmany");
+fn resets_the_client_when_the_backend_refuses_and_says_why_tokio_path() {
+    resets_the_client_when_the_backend_refuses_and_says_why(Relay::Tokio);
+}
+
+/// `k` connections open at once, each echoing `size` bytes both ways concurrently: every byte
+/// back exact, the counters exact, every fd of the proxy released after.
+fn echoes_exactly_and_releases_every_fd(relay: Relay, k: usize, size: usize) {
+    let ns = lab("pxecho");
+    let dir = TempDir::new("pxecho");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
     let before = p.fds();
-    let r = concurrent_echoes(&ns, "127.0.0.1:8080", 250, 20_000, || {
-        wait_for("250 connections open through the proxy", 20, || {
-            p.fds() >= before + 500
-        })
+    // Each client writes while it reads the echo: both directions splice at once.
+    let r = concurrent_echoes(&ns, "127.0.0.1:8080", k, size, || {
+        wait_for(
+            &format!("{k} connections open through the proxy"),
+            20,
+            || p.fds() >= before + 2 * k,
+        )
     });
     let bad: Vec<_> = r.iter().filter(|r| r.is_err()).collect();
     assert!(bad.is_empty(), "{bad:?}");
     wait_for("every proxy fd to be released", 20, || p.fds() == before);
     let log = p.stop();
-    let total = 250 * 20_000;
+    let total = k * size;
     assert!(
         log.contains(&format!(
-            "connections=250 active=0 bytes_c2s={total} bytes_s2c={total}"
+            "connections={k} active=0 bytes_c2s={total} bytes_s2c={total}"
         )),
         "{log}"
     );
 }
 
 #[test]
-fn fast_path_dials_from_the_target_namespace() {
-    let host = lab("pxfhost");
-    let ctr = lab("pxfctr");
-    let dir = TempDir::new("pxfx");
-    // Reachable only from inside the container namespace.
+fn moves_64_mib_each_way_byte_for_byte_fast_path() {
+    echoes_exactly_and_releases_every_fd(Relay::FastPath, 1, 64 << 20);
+}
+
+#[test]
+fn moves_64_mib_each_way_byte_for_byte_tokio_path() {
+    echoes_exactly_and_releases_every_fd(Relay::Tokio, 1, 64 << 20);
+}
+
+#[test]
+fn serves_500_concurrent_connections_and_releases_every_fd_fast_path() {
+    echoes_exactly_and_releases_every_fd(Relay::FastPath, 500, 20_000);
+}
+
+#[test]
+fn serves_500_concurrent_connections_and_releases_every_fd_tokio_path() {
+    echoes_exactly_and_releases_every_fd(Relay::Tokio, 500, 20_000);
+}
+
+/// Listening in one namespace, dialing from another: the backend on the container's loopback
+/// is reachable from the host namespace only through the proxy. UDP too.
+fn dials_from_the_target_namespace(relay: Relay) {
+    let host = lab("pxhost");
+    let ctr = lab("pxctr");
+    let dir = TempDir::new("pxx");
     count_backend(listen_in(&ctr, "127.0.0.1:7000"));
-    let p = start_fast(
+    let p = relay.start(
         None,
         &dir,
         &[
@@ -4964,21 +4874,58 @@ fn fast_path_dials_from_the_target_namespace() {
             &ctr.name,
             "-p",
             "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:5300",
         ],
     );
     for n in [1, 4242, 100_000] {
         assert_eq!(send_count(&host, "127.0.0.1:8080", n), n.to_string());
     }
-    let log = p.stop();
-    assert!(log.contains("connections=3 active=0"), "{log}");
+    unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
+    wait_for("the three connections counted", 5, || {
+        p.log().contains("counters: connections=3 active=0")
+    });
+    // And nothing listens on 8080 inside the container namespace itself.
+    assert!(connect_in(&ctr, "127.0.0.1:8080").is_err());
+    // UDP too (its flows dial from the UDP thread's own runtime through the same dialer).
+    let backend = inside(&ctr, || UdpSocket::bind("127.0.0.1:5300").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let _ = backend.send_to(&buf[..n].to_ascii_uppercase(), from);
+        }
+    });
+    let reply = inside(&host, || {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_to(b"from the host", "127.0.0.1:5353").unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = c.recv_from(&mut buf).unwrap();
+        (buf[..n].to_vec(), from)
+    });
+    assert_eq!(
+        reply,
+        (b"FROM THE HOST".to_vec(), "127.0.0.1:5353".parse().unwrap())
+    );
+    p.stop();
 }
 
 #[test]
-fn fast_path_stops_on_sigterm_with_connections_open() {
-    let ns = lab("pxfterm");
-    let dir = TempDir::new("pxfterm");
+fn dials_from_the_target_namespace_fast_path() {
+    dials_from_the_target_namespace(Relay::FastPath);
+}
+
+#[test]
+fn dials_from_the_target_namespace_tokio_path() {
+    dials_from_the_target_namespace(Relay::Tokio);
+}
+
+/// SIGTERM with 20 connections open: exit 0, promptly, the connections counted out and ended.
+fn stops_on_sigterm_with_connections_open(relay: Relay) {
+    let ns = lab("pxterm");
+    let dir = TempDir::new("pxterm");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
     let conns: Vec<TcpStream> = (0..20)
         .map(|i| {
             let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
@@ -5001,6 +4948,16 @@ fn fast_path_stops_on_sigterm_with_connections_open() {
         let mut buf = [0u8; 8];
         assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
     }
+}
+
+#[test]
+fn stops_on_sigterm_with_connections_open_fast_path() {
+    stops_on_sigterm_with_connections_open(Relay::FastPath);
+}
+
+#[test]
+fn stops_on_sigterm_with_connections_open_tokio_path() {
+    stops_on_sigterm_with_connections_open(Relay::Tokio);
 }
 
 /// Syscalls of the proxy for `n` short connections (request, answer, both close) through `addr`.
@@ -5031,12 +4988,7 @@ fn a_short_connection_on_the_fast_path_costs_fewer_syscalls_than_on_tokio() {
             }
         }
     });
-    let tokio = start_with(
-        Some(&ns),
-        &dir,
-        &["127.0.0.1:7302", "127.0.0.1:7301"],
-        &[("NETTOOL_PROXY_FASTPATH", "0")],
-    );
+    let tokio = start_tokio(Some(&ns), &dir, &["127.0.0.1:7302", "127.0.0.1:7301"]);
     assert_eq!(threads_named(tokio.pid(), "nettool-fast"), 0);
     let fast = start_fast(Some(&ns), &dir, &["127.0.0.1:7303", "127.0.0.1:7301"]);
     const N: u64 = 200;
@@ -5268,16 +5220,16 @@ fn fast_path_sets_nodelay_towards_the_backend_before_any_write_nagle_could_hold(
     p.stop();
 }
 
-#[test]
-fn fast_path_out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back() {
-    let ns = lab("pxfemf");
-    let dir = TempDir::new("pxfemf");
+/// Out of fds on accept: the proxy backs off instead of spinning, and serves once fds are back.
+fn out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back(relay: Relay) {
+    let ns = lab("pxemf");
+    let dir = TempDir::new("pxemf");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
     no_room_for_fds(p.pid());
-    // The kernel completes the handshake; the proxy cannot accept it. Level-triggered, a
-    // listener left in the set would be reported again at once: a spin of epoll_wait and
-    // accept4 calls.
+    // The kernel completes the handshake; the proxy cannot accept it. Retried without a pause
+    // (the loop's listener is level-triggered: left in the set, it is reported again at once;
+    // tokio's accept loop would call accept again at once), it spins on epoll_wait and accept4.
     let (calls, mut c) = syscalls_during(p.pid(), "accept4,epoll_wait", || {
         let c = connect_in(&ns, "127.0.0.1:8080").unwrap();
         std::thread::sleep(Duration::from_secs(1));
@@ -5301,15 +5253,25 @@ fn fast_path_out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back() {
 }
 
 #[test]
-fn fast_path_resets_the_client_when_the_backend_never_answers() {
-    let ns = lab("pxfsilent");
-    let dir = TempDir::new("pxfsilent");
+fn out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back_fast_path() {
+    out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back(Relay::FastPath);
+}
+
+#[test]
+fn out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back_tokio_path() {
+    out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back(Relay::Tokio);
+}
+
+/// A backend that never answers the SYN: after 20 s the client is reset, and the log says why.
+fn resets_the_client_when_the_backend_never_answers(relay: Relay) {
+    let ns = lab("pxsilent");
+    let dir = TempDir::new("pxsilent");
     // In this test's namespace only: every SYN to port 7998 is dropped, no answer comes.
     common::sh(&[
         "ip", "netns", "exec", &ns.name, "iptables", "-A", "OUTPUT", "-p", "tcp", "--dport",
         "7998", "-j", "DROP",
     ]);
-    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7998"]);
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7998"]);
     let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
     let mut buf = [0u8; 16];
@@ -5328,4 +5290,14 @@ fn fast_path_resets_the_client_when_the_backend_never_answers() {
     );
     assert!(log.contains("connections=1 active=0"), "{log}");
     assert!(log.contains("dial_errors=1"), "{log}");
+}
+
+#[test]
+fn resets_the_client_when_the_backend_never_answers_fast_path() {
+    resets_the_client_when_the_backend_never_answers(Relay::FastPath);
+}
+
+#[test]
+fn resets_the_client_when_the_backend_never_answers_tokio_path() {
+    resets_the_client_when_the_backend_never_answers(Relay::Tokio);
 }
