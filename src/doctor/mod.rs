@@ -428,6 +428,35 @@ pub(crate) fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError
     }
 }
 
+/// A path's report with its hops in and nothing concluded yet: [`conclude`] makes its
+/// diagnosis once no hop is to be added.
+fn unconcluded(
+    snap: &Snapshot,
+    fam: Family,
+    from: String,
+    packet: Packet,
+    destination: Option<Destination>,
+    hops: Vec<Hop>,
+) -> Report {
+    Report {
+        host_netns: snap.host().label.clone(),
+        from,
+        packet: Some(packet),
+        destination,
+        hops,
+        diagnosis: Diagnosis {
+            ok: true,
+            fault: None,
+            hop: None,
+            line: String::new(),
+            fix: None,
+        },
+        probe: probe_of(snap, fam),
+        ipv6: None,
+        reads: snap.meta.reads.clone(),
+    }
+}
+
 /// The last probe made over `fam` (its target's family).
 fn probe_of(snap: &Snapshot, fam: Family) -> Option<facts::ProbeResult> {
     snap.probes
@@ -520,23 +549,7 @@ fn judge_path(
         if failed || container_ns.is_none() && q.container_name.is_some() {
             // The cause is named; what follows from it (nothing receives, no namespace) is not
             // a second fault.
-            let mut report = Report {
-                host_netns: host.label.clone(),
-                from,
-                packet: Some(packet),
-                destination: None,
-                hops,
-                diagnosis: Diagnosis {
-                    ok: true,
-                    fault: None,
-                    hop: None,
-                    line: String::new(),
-                    fix: None,
-                },
-                probe: probe_of(snap, fam),
-                ipv6: None,
-                reads: snap.meta.reads.clone(),
-            };
+            let mut report = unconcluded(snap, fam, from, packet, None, hops);
             report.diagnosis = conclude(&report);
             return Ok((report, true));
         }
@@ -592,23 +605,7 @@ fn judge_path(
             .with_evidence(fw.source.clone()),
         );
     }
-    let mut report = Report {
-        host_netns: host.label.clone(),
-        from,
-        packet: Some(packet.clone()),
-        destination: dest.clone(),
-        hops,
-        diagnosis: Diagnosis {
-            ok: true,
-            fault: None,
-            hop: None,
-            line: String::new(),
-            fix: None,
-        },
-        probe: probe_of(snap, fam),
-        ipv6: None,
-        reads: snap.meta.reads.clone(),
-    };
+    let mut report = unconcluded(snap, fam, from, packet.clone(), dest.clone(), hops);
     if let Some(mut dest) = dest {
         let forwarded = dest.via == "dnat" && packet.hook == "prerouting";
         path::path_checks(

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::engine::EngineKind;
+use crate::engine::{Container, EngineKind, Intent};
 use crate::facts::{From, NsFacts, Question, Snapshot};
 use crate::nat::walk::Walk;
 use crate::netns::links::Address;
@@ -452,6 +452,21 @@ fn podman_unasked(
     )
 }
 
+/// The container of `engine` that publishes the packet's port (its protocol and host port).
+fn publisher<'a>(
+    intent: Option<&'a Intent>,
+    engine: EngineKind,
+    packet: &Packet,
+) -> Option<&'a Container> {
+    let proto = packet.proto.to_string();
+    intent?.containers.iter().find(|c| {
+        c.engine == engine
+            && c.ports
+                .iter()
+                .any(|b| b.host_port == packet.dport && b.proto == proto)
+    })
+}
+
 /// A port the engine publishes with DNAT, held instead by its userland proxy (docker-proxy:
 /// the connection works but the container sees the bridge address instead of its clients)
 /// or by a reservation socket that never accepts (Podman's conmon): the DNAT rule is gone,
@@ -479,14 +494,7 @@ fn dnat_missing(
         if let Some(hop) = podman_unasked(intent, packet, who, fixer) {
             return Some(hop);
         }
-        let c = intent.and_then(|i| {
-            i.containers.iter().find(|c| {
-                c.engine == EngineKind::Podman
-                    && c.ports
-                        .iter()
-                        .any(|b| b.host_port == port && b.proto == packet.proto.to_string())
-            })
-        });
+        let c = publisher(intent, EngineKind::Podman, packet);
         return Some(
             Hop::fail(
                 ID,
@@ -507,14 +515,7 @@ fn dnat_missing(
     // dockerd with the userland proxy off holds each published port itself, as a reservation
     // that never accepts: with its DNAT rule gone, connections hang.
     if owner.comm == "dockerd" {
-        let c = intent.and_then(|i| {
-            i.containers.iter().find(|c| {
-                c.engine == EngineKind::Docker
-                    && c.ports
-                        .iter()
-                        .any(|b| b.host_port == port && b.proto == packet.proto.to_string())
-            })
-        });
+        let c = publisher(intent, EngineKind::Docker, packet);
         let name = c.map(|c| c.name.clone());
         return Some(
             Hop::fail(
