@@ -267,17 +267,23 @@ enum End {
     Error(io::Error),
 }
 
-/// What one direction did.
+/// What one direction did. Unlike tokio's path (relay.rs's DirEnd, which ends a direction's
+/// future), a direction here also stops with nothing to do (`Wait`), and its FIN is passed on
+/// by [`settle`], not by the direction itself.
 enum Flow {
     /// Nothing more to do until an event.
     Wait,
-    /// The source's FIN is to be passed on now.
-    Eof,
+    /// The source sent FIN; [`settle`] passes it on (or closes).
+    FinToPass,
+    /// Reading the source failed with a reset.
     SrcReset,
+    /// Writing the destination failed: it reset or went away.
     DstReset,
+    /// Another error.
     Error(io::Error),
 }
 
+/// How a failed read ends a direction (relay.rs's `src_end`, for this loop's [`Flow`]).
 fn src_flow(e: io::Error) -> Flow {
     if is_reset(&e) {
         Flow::SrcReset
@@ -286,6 +292,7 @@ fn src_flow(e: io::Error) -> Flow {
     }
 }
 
+/// How a failed write ends a direction (relay.rs's `dst_end`, for this loop's [`Flow`]).
 fn dst_flow(e: io::Error) -> Flow {
     if is_reset(&e) {
         Flow::DstReset
@@ -375,7 +382,7 @@ fn pump_dir(
                 d.pending.clear();
                 d.pending_off = 0;
                 if d.fin_pending {
-                    return Flow::Eof;
+                    return Flow::FinToPass;
                 }
             }
             continue;
@@ -385,7 +392,7 @@ fn pump_dir(
         }
         if let Some(pipe) = &d.pipe {
             match splice(src, pipe.w.as_raw_fd(), pipe_size() as usize) {
-                Ok(0) => return Flow::Eof,
+                Ok(0) => return Flow::FinToPass,
                 Ok(n) => d.in_pipe = n,
                 Err(e) if would_block(&e) => {
                     sr.read = false;
@@ -403,7 +410,7 @@ fn pump_dir(
                 scratch.len(),
             )
         }) {
-            Ok(0) => return Flow::Eof,
+            Ok(0) => return Flow::FinToPass,
             Ok(n) => n,
             Err(e) if would_block(&e) => {
                 sr.read = false;
@@ -439,7 +446,7 @@ fn pump_dir(
             continue;
         }
         if last {
-            return Flow::Eof;
+            return Flow::FinToPass;
         }
         if n == scratch.len() {
             // A full read means bulk: splice from now on. No pipe (out of fds or memory):
@@ -467,7 +474,7 @@ fn settle(
     };
     match flow {
         Flow::Wait => None,
-        Flow::Eof => {
+        Flow::FinToPass => {
             d.done = true;
             if other_done {
                 return Some(End::Normal);

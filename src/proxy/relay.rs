@@ -38,7 +38,7 @@ pub(crate) fn pipe_size() -> libc::c_int {
 #[derive(Debug)]
 enum DirEnd {
     /// The source sent FIN; it was passed on.
-    Eof,
+    FinPassed,
     /// Reading the source failed with a reset.
     SrcReset,
     /// Writing the destination failed: it reset or went away.
@@ -189,7 +189,7 @@ async fn splice_dir(
         };
         if n == 0 {
             pass_fin(dst.as_ref(), ended);
-            return DirEnd::Eof;
+            return DirEnd::FinPassed;
         }
         // The source's FIN came with this data (a server that answers and closes). A short
         // read drained the receive queue up to that FIN, so these bytes are the last ones.
@@ -208,7 +208,7 @@ async fn splice_dir(
         if last {
             // No read just to be told 0: pass the FIN on now.
             pass_fin(dst.as_ref(), ended);
-            return DirEnd::Eof;
+            return DirEnd::FinPassed;
         }
         if n == SMALL {
             break;
@@ -242,7 +242,7 @@ async fn splice_dir(
         };
         if n == 0 {
             pass_fin(dst, ended);
-            return DirEnd::Eof;
+            return DirEnd::FinPassed;
         }
         let mut left = n;
         while left > 0 {
@@ -279,7 +279,7 @@ async fn copy_plain(
         };
         if n == 0 {
             pass_fin(dst.as_ref(), ended);
-            return DirEnd::Eof;
+            return DirEnd::FinPassed;
         }
         if let Err(end) = write_all(&mut dst, &buf[..n]).await {
             return end;
@@ -318,7 +318,7 @@ async fn copy_dir(
                 .await;
             }
             pass_fin(dst.as_ref(), ended);
-            return DirEnd::Eof;
+            return DirEnd::FinPassed;
         }
         // A bulk read is handed over with its buffer; a small one is copied out at its size.
         let data = if n >= payload::HAND_OVER {
@@ -363,8 +363,8 @@ async fn drive(
             e = &mut f2, if !d2 => (Direction::ServerToClient, e),
         };
         match (which, end) {
-            (Direction::ClientToServer, DirEnd::Eof) => d1 = true,
-            (Direction::ServerToClient, DirEnd::Eof) => d2 = true,
+            (Direction::ClientToServer, DirEnd::FinPassed) => d1 = true,
+            (Direction::ServerToClient, DirEnd::FinPassed) => d2 = true,
             (Direction::ClientToServer, DirEnd::SrcReset)
             | (Direction::ServerToClient, DirEnd::DstReset) => return CloseReason::ClientReset,
             (Direction::ServerToClient, DirEnd::SrcReset)
