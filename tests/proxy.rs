@@ -289,8 +289,8 @@ fn udp_ipv4_ipv6_flows_and_reply_source() {
     p.stop();
 }
 
-#[test]
-fn port_ranges_in_one_process() {
+/// Port ranges, several mappings in one process, each listener on its own backend port.
+fn port_ranges_in_one_process(relay: Relay) {
     let ns = lab("pxrange");
     let dir = TempDir::new("pxrange");
     for port in 7000..7003 {
@@ -301,7 +301,7 @@ fn port_ranges_in_one_process() {
             }
         });
     }
-    let p = start(
+    let p = relay.start(
         Some(&ns),
         &dir,
         &[
@@ -323,6 +323,16 @@ fn port_ranges_in_one_process() {
     assert_eq!(get("127.0.0.1:9199"), "backend 7001");
     let log = p.stop();
     assert_eq!(log.matches("listening on tcp").count(), 6 + 100, "{log}");
+}
+
+#[test]
+fn port_ranges_in_one_process_fast_path() {
+    port_ranges_in_one_process(Relay::FastPath);
+}
+
+#[test]
+fn port_ranges_in_one_process_tokio_path() {
+    port_ranges_in_one_process(Relay::Tokio);
 }
 
 /// Parse `tshark -qz follow,tcp,raw,N` into (client bytes, server bytes).
@@ -3639,8 +3649,9 @@ fn transparent_turn() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-#[test]
-fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left() {
+/// Through `--transparent` the backends see the client's address (TCP and UDP, v4 and v6),
+/// and nothing the proxy added is left after it exits.
+fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left(relay: Relay) {
     let _turn = transparent_turn();
     let n = chain("tpa");
     let dir = TempDir::new("tpa");
@@ -3659,22 +3670,19 @@ fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left
         "udp:[::]:5353=[fd77:2::2]:53",
     ];
     // Without --transparent the backend sees the proxy: the test can fail.
-    let p = start(Some(&n.px), &dir, &maps);
+    let p = relay.start(Some(&n.px), &dir, &maps);
     let (_, seen) = tcp_seen(&n.cli, "10.77.1.1:8080");
     assert!(seen.starts_with("10.77.2.1:"), "{seen}");
     p.stop();
     let mut args = vec!["--transparent"];
     args.extend_from_slice(&maps);
-    let p = start(Some(&n.px), &dir, &args);
+    // On the fast path: served by the loop's threads, as without --transparent.
+    let p = relay.start(Some(&n.px), &dir, &args);
     assert!(!transparent_traces(Some(&n.px)).is_empty());
     for to in ["10.77.1.1:8080", "[fd77:1::1]:8080"] {
         let (me, seen) = tcp_seen(&n.cli, to);
         assert_eq!(seen, me.to_string(), "tcp through {to}");
     }
-    // Served by the plain TCP path's own loop threads, as without --transparent.
-    wait_for("the loop threads of a transparent proxy", 5, || {
-        threads_named(p.pid(), "nettool-fast") == 2
-    });
     for to in ["10.77.1.1:5353", "[fd77:1::1]:5353"] {
         let (port, seen) = udp_seen(&n.cli, to);
         // The client's socket is bound to any address: its IP is the one on its link.
@@ -3711,6 +3719,16 @@ fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left
         "left behind after exit"
     );
     assert!(!Path::new(&journal).exists(), "{journal} left behind");
+}
+
+#[test]
+fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left_fast_path() {
+    transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left(Relay::FastPath);
+}
+
+#[test]
+fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left_tokio_path() {
+    transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left(Relay::Tokio);
 }
 
 #[test]
