@@ -173,8 +173,7 @@ fn start_tokio(ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
 
 /// [`start`] with extra environment variables.
 fn start_with(ns: Option<&TestNs>, dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Proxy {
-    let log = dir.join(&format!("proxy-{}.log", unique("l")));
-    let mut cmd = match ns {
+    let cmd = match ns {
         Some(ns) => {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", &ns.name, BIN]);
@@ -182,6 +181,12 @@ fn start_with(ns: Option<&TestNs>, dir: &TempDir, args: &[&str], env: &[(&str, &
         }
         None => Command::new(BIN),
     };
+    start_cmd(cmd, dir, args, env)
+}
+
+/// [`start_with`] for a command that ends in the nettool binary (run through a wrapper).
+fn start_cmd(mut cmd: Command, dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+    let log = dir.join(&format!("proxy-{}.log", unique("l")));
     cmd.arg("proxy")
         .args(args)
         .args(["--ready-fd", "3", "--log-file"])
@@ -5068,16 +5073,27 @@ fn the_fast_path_is_the_default_for_plain_tcp_and_steps_aside_when_something_wat
 
 /// The drops counter of the UDP socket bound to 127.0.0.1:`port` in `ns` (/proc/net/udp).
 fn udp_socket_drops(ns: &TestNs, port: u16) -> u64 {
+    udp_drops_at(ns, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// The drops counter of the UDP socket whose local address is `local` in `ns` (the last
+/// column of /proc/net/udp or udp6, where addresses are 32-bit words in host byte order).
+fn udp_drops_at(ns: &TestNs, local: SocketAddr) -> u64 {
+    let word = |b: &[u8]| format!("{:08X}", u32::from_ne_bytes(b.try_into().unwrap()));
+    let (table, ip) = match local.ip() {
+        std::net::IpAddr::V4(ip) => ("/proc/net/udp", word(&ip.octets())),
+        std::net::IpAddr::V6(ip) => ("/proc/net/udp6", ip.octets().chunks(4).map(word).collect()),
+    };
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "cat", "/proc/net/udp"])
+        .args(["netns", "exec", &ns.name, "cat", table])
         .output()
         .unwrap();
-    let local = format!("0100007F:{port:04X}");
+    let want = format!("{ip}:{:04X}", local.port());
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+        .find(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or_else(|| panic!("no UDP socket on 127.0.0.1:{port} in {}", ns.name))
+        .unwrap_or_else(|| panic!("no UDP socket on {local} in {}", ns.name))
 }
 
 #[test]
@@ -5148,6 +5164,212 @@ fn a_udp_stream_the_paced_thread_falls_behind_on_is_not_dropped_at_the_proxys_so
     });
     let log = p.stop();
     assert!(log.contains(&format!("datagrams={}", N + 1)), "{log}");
+}
+
+/// Datagrams of 1400 bytes that arrive in 50 ms at 1.5 Gbit/s: what the proxy's sockets must
+/// hold while its UDP thread goes without CPU that long on a busy machine.
+const STARVED_BURST: u32 = 6_700;
+
+/// Stop process `pid` (SIGSTOP) and wait until every thread of it is stopped.
+fn sigstop(pid: u32) {
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    wait_for(&format!("every thread of {pid} stopped"), 10, || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the command name, which may hold spaces and parentheses.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+    });
+}
+
+/// `n` datagrams of 1400 bytes from `s` to `to`, numbered in their first 4 bytes.
+fn send_numbered(s: &UdpSocket, to: SocketAddr, n: u32) {
+    let mut d = vec![0xA5u8; 1400];
+    for k in 0..n {
+        d[..4].copy_from_slice(&k.to_be_bytes());
+        s.send_to(&d, to).unwrap();
+    }
+}
+
+/// Receive the `n` datagrams of [`send_numbered`] on `s`, whole and in order; which one was
+/// missing or wrong if not.
+fn receive_numbered(s: &UdpSocket, n: u32) -> Result<(), String> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    for k in 0..n {
+        match s.recv(&mut buf) {
+            Ok(len) => {
+                let got = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                if (got, len) != (k, 1400) {
+                    return Err(format!("datagram {k}: got {got} of {len} bytes"));
+                }
+            }
+            Err(e) => return Err(format!("datagram {k} of {n} missing: {e}")),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_udp_burst_to_a_stopped_proxy_reaches_the_backend_whole_v4_v6() {
+    let ns = lab("pxudpst");
+    let dir = TempDir::new("pxudpst");
+    for (listen, backend) in [
+        ("127.0.0.1:5361", "127.0.0.1:7061"),
+        ("[::1]:5362", "[::1]:7062"),
+    ] {
+        let listen: SocketAddr = listen.parse().unwrap();
+        let backend: SocketAddr = backend.parse().unwrap();
+        let sink = inside(&ns, move || UdpSocket::bind(backend).unwrap());
+        big_rcvbuf(&sink);
+        let p = start(Some(&ns), &dir, &["-p", &format!("udp:{listen}={backend}")]);
+        let client = inside(&ns, move || {
+            UdpSocket::bind(SocketAddr::new(listen.ip(), 0)).unwrap()
+        });
+        // The flow exists before the stop, so the burst takes the batched path.
+        client.send_to(b"open", listen).unwrap();
+        let mut buf = [0u8; 64];
+        sink.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(sink.recv(&mut buf).unwrap(), 4);
+        // The UDP thread goes without CPU (the whole proxy is stopped) while the burst
+        // arrives: the listening socket must hold all of it.
+        sigstop(p.pid());
+        send_numbered(&client, listen, STARVED_BURST);
+        let reader = std::thread::spawn(move || (receive_numbered(&sink, STARVED_BURST), sink));
+        std::thread::sleep(Duration::from_millis(100));
+        unsafe { libc::kill(p.pid() as i32, libc::SIGCONT) };
+        let (got, _sink) = reader.join().unwrap();
+        let drops = udp_drops_at(&ns, listen);
+        assert_eq!(
+            drops, 0,
+            "over {listen}: the proxy's listening socket dropped {drops} of a burst of \
+             {STARVED_BURST} datagrams that arrived while it was stopped (the backend: {got:?})"
+        );
+        got.unwrap_or_else(|e| {
+            panic!(
+                "over {listen}: {e} (the backend's socket dropped {})",
+                udp_drops_at(&ns, backend)
+            )
+        });
+        let log = p.stop();
+        assert!(
+            log.contains(&format!("datagrams={}", STARVED_BURST + 1)),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn a_burst_of_udp_replies_to_a_stopped_proxy_reaches_the_client_whole_v4_v6() {
+    let ns = lab("pxudpsr");
+    let dir = TempDir::new("pxudpsr");
+    for (listen, backend) in [
+        ("127.0.0.1:5363", "127.0.0.1:7063"),
+        ("[::1]:5364", "[::1]:7064"),
+    ] {
+        let listen: SocketAddr = listen.parse().unwrap();
+        let backend: SocketAddr = backend.parse().unwrap();
+        let server = inside(&ns, move || UdpSocket::bind(backend).unwrap());
+        let p = start(Some(&ns), &dir, &["-p", &format!("udp:{listen}={backend}")]);
+        let client = inside(&ns, move || {
+            UdpSocket::bind(SocketAddr::new(listen.ip(), 0)).unwrap()
+        });
+        // Big enough never to be the socket that drops (checked below).
+        big_rcvbuf(&client);
+        let client_at = client.local_addr().unwrap();
+        client.send_to(b"open", listen).unwrap();
+        let mut buf = [0u8; 64];
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Where the datagram came from is the flow's backend-facing socket.
+        let (n, flow) = server.recv_from(&mut buf).unwrap();
+        assert_eq!(n, 4);
+        // The backend answers with a burst while the proxy is stopped: the flow's socket
+        // must hold all of it.
+        sigstop(p.pid());
+        send_numbered(&server, flow, STARVED_BURST);
+        let reader = std::thread::spawn(move || (receive_numbered(&client, STARVED_BURST), client));
+        std::thread::sleep(Duration::from_millis(100));
+        unsafe { libc::kill(p.pid() as i32, libc::SIGCONT) };
+        let (got, _client) = reader.join().unwrap();
+        let drops = udp_drops_at(&ns, flow);
+        assert_eq!(
+            drops, 0,
+            "over {listen}: the flow's backend socket {flow} dropped {drops} of a burst of \
+             {STARVED_BURST} replies that arrived while the proxy was stopped (the client: {got:?})"
+        );
+        let mine = udp_drops_at(&ns, client_at);
+        assert_eq!(
+            mine, 0,
+            "over {listen}: the test's client socket dropped {mine} replies: the test's own \
+             receive buffer is too small, not the proxy's ({got:?})"
+        );
+        got.unwrap_or_else(|e| panic!("over {listen}: the client: {e}"));
+        let log = p.stop();
+        assert!(
+            log.contains(&format!("datagrams={}", STARVED_BURST + 1)),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn a_udp_receive_buffer_capped_by_rmem_max_is_said_once_in_the_log() {
+    let ns = lab("pxudpcap");
+    let dir = TempDir::new("pxudpcap");
+    let backend = inside(&ns, || UdpSocket::bind("127.0.0.1:7065").unwrap());
+    backend
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Without CAP_NET_ADMIN, SO_RCVBUFFORCE is refused and SO_RCVBUF stops at
+    // net.core.rmem_max (a sysctl of the whole machine: read here, never changed).
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, "setpriv"]).args([
+        "--inh-caps=-net_admin",
+        "--bounding-set=-net_admin",
+        BIN,
+    ]);
+    let p = start_cmd(
+        cmd,
+        &dir,
+        &[
+            "-p",
+            "udp:127.0.0.1:5365=127.0.0.1:7065",
+            "-p",
+            "udp:127.0.0.1:5366=127.0.0.1:7065",
+        ],
+        &[],
+    );
+    // Two listeners and two flows: four sockets sized, one line.
+    for to in ["127.0.0.1:5365", "127.0.0.1:5366"] {
+        let c = inside(&ns, || UdpSocket::bind("127.0.0.1:0").unwrap());
+        c.send_to(b"x", to).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(backend.recv(&mut buf).unwrap(), 1, "through {to}");
+    }
+    let log = p.stop();
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("net.core.rmem_max"))
+        .collect();
+    if rmem_max < 16 << 20 {
+        assert_eq!(said.len(), 1, "one line naming the sysctl:\n{log}");
+        let kib = format!("capped at {} KiB", rmem_max / 1024);
+        assert!(said[0].contains(&kib), "{kib}: {}", said[0]);
+    } else {
+        assert!(said.is_empty(), "rmem_max {rmem_max} caps nothing:\n{log}");
+    }
 }
 
 /// TCP_NODELAY of the socket of process `pid` whose local address is `local` (taken with

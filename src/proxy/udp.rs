@@ -173,15 +173,29 @@ async fn send_to(
 /// Datagrams taken per recvmmsg / given per sendmmsg on the fast path.
 const BATCH: usize = 32;
 
-/// Receive buffer asked for on listening sockets: at 1 Gbit/s of 1400-byte datagrams a burst
-/// of a millisecond is ~90 datagrams, about what the default 208 KiB holds (each datagram costs
-/// its size plus ~900 bytes of kernel bookkeeping); room for ~40 ms of such traffic rides out a
-/// scheduling hiccup on a busy machine. Memory is only used while datagrams wait.
-pub(crate) const LISTEN_RCVBUF: usize = 8 << 20;
+/// Datagrams the proxy's UDP sockets must hold while the UDP thread goes without CPU: 50 ms
+/// of 1400-byte datagrams at 1.5 Gbit/s (134 000 a second). A busy machine takes the thread
+/// off the CPU for tens of milliseconds (a loaded bench round lost 8 693 at the listening
+/// socket); whatever arrives meanwhile waits in the socket, or is dropped once it is full.
+const STARVED_BURST: usize = 6_700;
 
-/// Receive buffer of a flow's backend socket (the replies): DNS-sized traffic needs little, a
-/// bulk reply stream the same as the listener.
-pub(crate) const BACKEND_RCVBUF: usize = 2 << 20;
+/// What one 1400-byte datagram costs in a receive queue (its truesize: the 2 KiB block of its
+/// bytes plus the sk_buff): 4 MiB of queue held 1 820 of them over loopback.
+const DATAGRAM_TRUESIZE: usize = 2_304;
+
+/// Receive buffer asked for on listening sockets: 16 MiB, the burst's 15.4 MB
+/// ([`STARVED_BURST`] x [`DATAGRAM_TRUESIZE`]) rounded up. The kernel doubles what it is asked
+/// for (socket(7): room for its bookkeeping), so the queue takes 32 MiB, the burst twice over:
+/// for a gap longer than 50 ms, or a driver whose frames cost more than loopback's (a 4 KiB
+/// page each). The default 208 KiB holds a millisecond of 1 Gbit/s. A limit, not an
+/// allocation: memory is used only while datagrams wait (1000 idle ports cost the same RSS
+/// as with the default), and net.ipv4.udp_mem caps all UDP sockets together.
+pub(crate) const LISTEN_RCVBUF: usize = 16 << 20;
+
+/// Receive buffer of a flow's backend socket: the same as the listener's. A bulk reply
+/// stream (a backend answering one request with a burst) fills it while the thread is off the
+/// CPU just as a client's stream fills the listener; DNS-sized traffic never uses it.
+pub(crate) const BACKEND_RCVBUF: usize = LISTEN_RCVBUF;
 
 /// How long the UDP thread waits after each batch of a dense stream before it reads again,
 /// like a NIC's interrupt moderation (rx-usecs): datagrams that arrive meanwhile are moved by
@@ -235,10 +249,9 @@ thread_local! {
     static BEHIND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// After a full batch from `fd` (more datagrams are queued): whether its receive queue holds
-/// more than 1/[`BACKLOG_SHARE`] of its buffer (SO_MEMINFO). Asked only then, so a stream
-/// that keeps up costs no system call for it.
-fn backlogged(fd: RawFd) -> bool {
+/// SO_MEMINFO of `fd`: the socket's memory counters, indexed by SK_MEMINFO_* (None if the
+/// kernel refused).
+fn meminfo(fd: RawFd) -> Option<[u32; 16]> {
     let mut mem = [0u32; 16];
     let mut len = std::mem::size_of_val(&mem) as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `mem`, which outlives the call.
@@ -251,11 +264,17 @@ fn backlogged(fd: RawFd) -> bool {
             &mut len,
         )
     };
-    let (alloc, buf) = (
-        mem[libc::SK_MEMINFO_RMEM_ALLOC as usize],
-        mem[libc::SK_MEMINFO_RCVBUF as usize],
-    );
-    r == 0 && alloc > buf / BACKLOG_SHARE
+    (r == 0).then_some(mem)
+}
+
+/// After a full batch from `fd` (more datagrams are queued): whether its receive queue holds
+/// more than 1/[`BACKLOG_SHARE`] of its buffer (SO_MEMINFO). Asked only then, so a stream
+/// that keeps up costs no system call for it.
+fn backlogged(fd: RawFd) -> bool {
+    meminfo(fd).is_some_and(|mem| {
+        mem[libc::SK_MEMINFO_RMEM_ALLOC as usize]
+            > mem[libc::SK_MEMINFO_RCVBUF as usize] / BACKLOG_SHARE
+    })
 }
 
 /// A full batch came from `fd`: pace, for a shorter time if its socket is backlogged.
@@ -289,14 +308,58 @@ pub(crate) fn pace() {
     }
 }
 
-/// SO_RCVBUFFORCE (root may exceed net.core.rmem_max), else SO_RCVBUF capped by the sysctl.
+/// The smallest receive queue (bytes, as the kernel counts them) a socket got when
+/// net.core.rmem_max capped what [`size_rcvbuf`] asked for; 0 while none was capped.
+static CAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Whether [`say_if_capped`] has said it (once per process).
+static CAPPED_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// SO_RCVBUFFORCE (root may exceed net.core.rmem_max), else SO_RCVBUF capped by the sysctl;
+/// a capped socket is remembered for [`say_if_capped`] (the sockets are made before the log
+/// is at hand).
 pub(crate) fn size_rcvbuf(s: &impl AsRawFd, bytes: usize) {
     let v = bytes as libc::c_int;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
         if set_int_opt(s, libc::SOL_SOCKET, opt, v).is_ok() {
-            return;
+            break;
         }
     }
+    // The kernel doubles what it is asked for; less than that means the sysctl capped it.
+    if let Some(mem) = meminfo(s.as_raw_fd()) {
+        let got = mem[libc::SK_MEMINFO_RCVBUF as usize] as usize;
+        if got < 2 * bytes {
+            let _ = CAPPED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c == 0 || got < c).then_some(got)
+            });
+        }
+    }
+}
+
+/// Say once in the log that net.core.rmem_max capped a UDP socket's receive buffer (not root:
+/// SO_RCVBUFFORCE needs CAP_NET_ADMIN), with how long a gap the smaller queue rides out.
+pub(crate) fn say_if_capped(ctx: &Ctx) {
+    let got = CAPPED.load(Ordering::Relaxed);
+    if got == 0 || CAPPED_SAID.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let holds = got / DATAGRAM_TRUESIZE;
+    let want = 2 * LISTEN_RCVBUF / DATAGRAM_TRUESIZE;
+    // 1400-byte datagrams at 1.5 Gbit/s: 134 per millisecond.
+    let ms = |n: usize| n * 50 / STARVED_BURST;
+    ctx.log(
+        Level::Warn,
+        format!(
+            "udp: receive buffers capped at {} KiB by net.core.rmem_max (asked for {} KiB; \
+             above it needs CAP_NET_ADMIN): a socket holds ~{holds} datagrams of 1400 bytes, \
+             {} ms of 1.5 Gbit/s while the UDP thread is off the CPU (uncapped: {} ms); \
+             raise it with `sysctl -w net.core.rmem_max={}` or run the proxy as root",
+            got / 2 / 1024,
+            LISTEN_RCVBUF / 1024,
+            ms(holds),
+            ms(want),
+            LISTEN_RCVBUF
+        ),
+    );
 }
 
 /// The UDP thread's receive batch: BATCH slots of the largest datagram, with their source
@@ -681,6 +744,7 @@ struct Listener {
 /// Receive forever on one listening socket.
 pub(crate) async fn serve(sock: UdpSocket, map: PortMap, ctx: Arc<Ctx>) {
     let pktinfo = map.listen.ip().is_unspecified();
+    say_if_capped(&ctx);
     let l = Listener {
         sock: Arc::new(sock),
         map,
@@ -913,6 +977,7 @@ async fn open_flow(
         ctx.fallback(id, client, f);
     }
     size_rcvbuf(&d.socket, BACKEND_RCVBUF);
+    say_if_capped(ctx);
     if batched_replies(ctx) {
         enable_gro(&d.socket);
     }
