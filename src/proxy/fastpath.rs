@@ -507,6 +507,13 @@ fn token(idx: u32, gen: u32, backend: bool) -> u64 {
     ((gen as u64) << 32) | ((idx as u64) << 1) | backend as u64
 }
 
+/// A slot's next generation. Kept to 31 bits: the token's top bit is [`SPECIAL`], and a slot
+/// reused 2^31 times (one thread's sequential connections reuse the same slot: two days at
+/// 12 000 a second) would otherwise give tokens that read as a listener's.
+fn next_gen(gen: u32) -> u32 {
+    gen.wrapping_add(1) & (u32::MAX >> 1)
+}
+
 impl Loop {
     fn run(mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
@@ -738,13 +745,19 @@ impl Loop {
         c.active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn dial_failed(&mut self, idx: u32, e: io::Error) {
+    /// Take the connection out of its slot; the slot's stale tokens and timers stop matching.
+    fn vacate(&mut self, idx: u32) -> Option<Conn> {
         let slot = &mut self.slots[idx as usize];
-        let Some(conn) = slot.conn.take() else {
+        let conn = slot.conn.take()?;
+        slot.gen = next_gen(slot.gen);
+        self.free.push(idx);
+        Some(conn)
+    }
+
+    fn dial_failed(&mut self, idx: u32, e: io::Error) {
+        let Some(conn) = self.vacate(idx) else {
             return;
         };
-        slot.gen = slot.gen.wrapping_add(1);
-        self.free.push(idx);
         self.dial_error(conn.id, conn.listener as usize, &conn.client, conn.peer, e);
         // Dropping conn closes both sockets (the client's with a reset).
     }
@@ -845,12 +858,9 @@ impl Loop {
     }
 
     fn finish(&mut self, idx: u32, end: End) {
-        let slot = &mut self.slots[idx as usize];
-        let Some(conn) = slot.conn.take() else {
+        let Some(conn) = self.vacate(idx) else {
             return;
         };
-        slot.gen = slot.gen.wrapping_add(1);
-        self.free.push(idx);
         let c = &self.ctx.counters;
         match end {
             End::Normal => {}
@@ -883,5 +893,27 @@ impl Loop {
                 c.active.fetch_sub(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every generation a slot goes through gives connection tokens, never a listener's or the
+    /// stop token: with the generation wrapping at 2^32, the 2^31st reuse of a slot set the
+    /// SPECIAL bit and the loop thread indexed the listeners with it (a panic).
+    #[test]
+    fn a_slot_reused_past_two_to_the_31_still_gives_connection_tokens() {
+        let mut gen = (1u32 << 31) - 3;
+        for _ in 0..6 {
+            for (idx, backend) in [(0, false), (0, true), ((1 << 31) - 1, true)] {
+                let tok = token(idx, gen, backend);
+                assert_eq!(tok & SPECIAL, 0, "gen {gen:#x} idx {idx}: {tok:#x}");
+                assert_ne!(tok, STOP);
+            }
+            gen = next_gen(gen);
+        }
+        assert_eq!(gen, 3, "wraps to 0 after 2^31 - 1");
     }
 }
