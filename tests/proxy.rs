@@ -4983,6 +4983,114 @@ fn stops_on_sigterm_with_connections_open_tokio_path() {
     stops_on_sigterm_with_connections_open(Relay::Tokio);
 }
 
+/// Send `byte` on `s` as TCP urgent data (MSG_OOB).
+fn send_urgent(s: &TcpStream, byte: u8) {
+    let r = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            &byte as *const u8 as *const libc::c_void,
+            1,
+            libc::MSG_OOB,
+        )
+    };
+    assert_eq!(r, 1, "send MSG_OOB: {}", std::io::Error::last_os_error());
+}
+
+/// Read from `s` until `want` bytes came (or EOF, an error or 10 s of silence): what came.
+fn read_up_to(s: &mut TcpStream, want: usize) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while got.len() < want {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+#[test]
+fn fast_path_passes_urgent_data_on_with_every_byte_behind_it() {
+    let ns = lab("pxfurg");
+    let dir = TempDir::new("pxfurg");
+    // Client -> backend: the backend answers with everything it read once the FIN came.
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let _ = s.write_all(&got);
+        }
+    });
+    // Backend -> client, on the splice path: 1 MiB (bulk), then urgent data and a tail; the
+    // connection stays open (no FIN to end a stall).
+    let bulk = payload(1 << 20, 11);
+    let l = listen_in(&ns, "127.0.0.1:7001");
+    let sent = bulk.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = s.write_all(&sent);
+            send_urgent(&s, b'!');
+            let _ = s.write_all(b"tail");
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+    });
+    let p = start_fast(
+        Some(&ns),
+        &dir,
+        &["-p", "8080=127.0.0.1:7000", "-p", "8081=127.0.0.1:7001"],
+    );
+    // The backend's SYNs are dropped (in this test's namespace) while the client sends, so
+    // that its bytes, the urgent mark and its FIN all wait in one receive queue: the proxy's
+    // first read stops short at the mark, with the FIN already seen.
+    let rule = [
+        "OUTPUT", "-p", "tcp", "--dport", "7000", "--syn", "-j", "DROP",
+    ];
+    let iptables = |op: &str| {
+        let mut argv = vec!["ip", "netns", "exec", &ns.name, "iptables", op];
+        argv.extend_from_slice(&rule);
+        common::sh(&argv);
+    };
+    iptables("-A");
+    let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    c.write_all(b"hello").unwrap();
+    send_urgent(&c, b'!');
+    c.write_all(b"world").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    // The SYN sent again a second after the first gets through.
+    iptables("-D");
+    let answer = read_up_to(&mut c, 11);
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        "hello!world",
+        "what the backend read"
+    );
+
+    let mut c = connect_in(&ns, "127.0.0.1:8081").unwrap();
+    let mut want = bulk;
+    want.extend_from_slice(b"!tail");
+    let got = read_up_to(&mut c, want.len());
+    assert!(
+        got == want,
+        "{} of {} bytes came, ending {:?}",
+        got.len(),
+        want.len(),
+        String::from_utf8_lossy(&got[got.len().saturating_sub(8)..])
+    );
+    drop(c);
+    let log = p.stop();
+    assert!(
+        log.contains(&format!(
+            "connections=2 active=0 bytes_c2s=11 bytes_s2c={} dial_errors=0 resets=0 errors=0",
+            11 + want.len()
+        )),
+        "{log}"
+    );
+}
+
 /// Syscalls of the proxy for `n` short connections (request, answer, both close) through `addr`.
 fn short_connection_syscalls(ns: &TestNs, pid: u32, addr: &str, n: u64, which: &str) -> u64 {
     syscalls_during(pid, which, || {

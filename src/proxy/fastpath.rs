@@ -9,6 +9,8 @@
 //! and makes backend sockets there itself. Same behaviour as relay.rs: small reads copied
 //! through a small buffer, splice through a pipe once a direction turns bulk, half-close passed
 //! on, data and FIN in one segment when the FIN is already known, a reset passed on as a reset.
+//! Unlike relay.rs, TCP urgent data is read in line and passed on as ordinary bytes, and the
+//! bytes behind it follow ([`Ready::urgent`]): tokio's path stalls at the urgent mark.
 
 use std::collections::VecDeque;
 use std::io;
@@ -101,10 +103,16 @@ impl Loops {
         let listeners: Arc<Vec<Listener>> = Arc::new(
             listeners
                 .into_iter()
-                .map(|(fd, map)| Listener {
-                    fd,
-                    map,
-                    target: map.target.into(),
+                .map(|(fd, map)| {
+                    // Inherited by every accepted client: urgent data (telnet's Synch, ftp's
+                    // ABOR) is read in line and passed on with the bytes around it, instead of
+                    // lost, at no cost per connection.
+                    let _ = socket2::SockRef::from(&fd).set_out_of_band_inline(true);
+                    Listener {
+                        fd,
+                        map,
+                        target: map.target.into(),
+                    }
                 })
                 .collect(),
         );
@@ -221,6 +229,10 @@ struct Ready {
     fin: bool,
     /// EPOLLERR was reported.
     err: bool,
+    /// Urgent data (EPOLLPRI) is in the receive queue: reads stop short at its mark and splice
+    /// stops before it, so neither a short read nor a splice's EAGAIN or 0 says anything until
+    /// a read() has passed it (cleared on EAGAIN).
+    urgent: bool,
 }
 
 impl Ready {
@@ -237,6 +249,10 @@ impl Ready {
         }
         if ev & libc::EPOLLERR != 0 {
             self.err = true;
+        }
+        if ev & libc::EPOLLPRI != 0 {
+            self.read = true;
+            self.urgent = true;
         }
     }
 }
@@ -390,17 +406,23 @@ fn pump_dir(
         if !sr.read {
             return Flow::Wait;
         }
-        if let Some(pipe) = &d.pipe {
+        // Urgent data in the way: splice would not pass it, read() does (below).
+        if let Some(pipe) = d.pipe.as_ref().filter(|_| !sr.urgent) {
             match splice(src, pipe.w.as_raw_fd(), pipe_size() as usize) {
-                Ok(0) => return Flow::FinToPass,
-                Ok(n) => d.in_pipe = n,
+                Ok(n) if n > 0 => {
+                    d.in_pipe = n;
+                    continue;
+                }
+                // The FIN, or urgent data that arrived (with the FIN after it) since the last
+                // event: splice stops at the urgent mark as at the end. The read() below tells
+                // them apart, once per bulk connection.
+                Ok(_) => {}
                 Err(e) if would_block(&e) => {
                     sr.read = false;
                     return Flow::Wait;
                 }
                 Err(e) => return src_flow(e),
             }
-            continue;
         }
         // SAFETY: read into our own buffer.
         let n = match cvt_size(unsafe {
@@ -414,15 +436,18 @@ fn pump_dir(
             Ok(n) => n,
             Err(e) if would_block(&e) => {
                 sr.read = false;
+                sr.urgent = false;
                 return Flow::Wait;
             }
             Err(e) => return src_flow(e),
         };
         // A short read drained the receive queue (the next arrival is a new edge). With the
         // FIN already seen, these bytes are the last: sent corked so the FIN passed on next
-        // leaves in the same segment, and no read just to be told 0.
-        let last = n < scratch.len() && sr.fin;
-        if n < scratch.len() && !sr.fin {
+        // leaves in the same segment, and no read just to be told 0. Not so at an urgent mark:
+        // the read stopped there with the rest of the queue (and the FIN) behind it.
+        let drained = n < scratch.len() && !sr.urgent;
+        let last = drained && sr.fin;
+        if drained && !sr.fin {
             sr.read = false;
         }
         let wrote = if dw.write {
@@ -448,7 +473,7 @@ fn pump_dir(
         if last {
             return Flow::FinToPass;
         }
-        if n == scratch.len() {
+        if n == scratch.len() && d.pipe.is_none() {
             // A full read means bulk: splice from now on. No pipe (out of fds or memory):
             // keep copying rather than reset a live transfer.
             d.pipe = Pipe::new().ok();
@@ -705,7 +730,10 @@ impl Loop {
                 ..Dir::default()
             },
         };
-        let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        // EPOLLPRI: urgent data changes what a short read or splice's EAGAIN means (Ready).
+        let ev =
+            (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
+                as u32;
         let ep = self.ep.as_raw_fd();
         let added = epoll_add(ep, conn.client.as_raw_fd(), ev, token(idx, gen, false))
             .and_then(|_| epoll_add(ep, conn.backend.as_raw_fd(), ev, token(idx, gen, true)));
@@ -775,6 +803,12 @@ impl Loop {
         let Some(conn) = slot.conn.as_mut() else {
             return;
         };
+        if flags as i32 & libc::EPOLLPRI != 0 {
+            // Before any read reaches the urgent byte: kept in the stream, as the client's are
+            // (the listener's option is inherited), instead of skipped by read().
+            let fd = if backend { &conn.backend } else { &conn.client };
+            let _ = socket2::SockRef::from(fd).set_out_of_band_inline(true);
+        }
         if backend {
             if conn.connecting {
                 let f = flags as i32;
