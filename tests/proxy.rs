@@ -5094,6 +5094,241 @@ fn pong_backend(l: TcpListener) {
     });
 }
 
+/// A server-first exchange (SMTP's shape): the backend speaks first, each side answers a line
+/// at a time, the backend closes after its last line; counters exact.
+fn serves_a_backend_that_speaks_first(relay: Relay) {
+    let ns = lab("pxbanner");
+    let dir = TempDir::new("pxbanner");
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut w = s.try_clone().unwrap();
+            let _ = w.write_all(b"220 ready\r\n");
+            let mut r = std::io::BufReader::new(s);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let quit = line == "QUIT\r\n";
+                let _ = w.write_all(if quit { b"221 bye\r\n" } else { b"250 ok\r\n" });
+                if quit {
+                    break;
+                }
+                line.clear();
+            }
+        }
+    });
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    let mut w = c;
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(
+        line, "220 ready\r\n",
+        "the banner, before the client sent anything"
+    );
+    for (say, want) in [("EHLO x\r\n", "250 ok\r\n"), ("QUIT\r\n", "221 bye\r\n")] {
+        w.write_all(say.as_bytes()).unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, want);
+    }
+    line.clear();
+    assert_eq!(
+        r.read_line(&mut line).unwrap(),
+        0,
+        "EOF after the last line: {line:?}"
+    );
+    drop((r, w));
+    wait_for("the connection to end", 10, || {
+        unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(100));
+        p.log().contains("connections=1 active=0")
+    });
+    let log = p.stop();
+    assert!(
+        log.contains(
+            "connections=1 active=0 bytes_c2s=14 bytes_s2c=28 dial_errors=0 resets=0 errors=0"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn serves_a_backend_that_speaks_first_fast_path() {
+    serves_a_backend_that_speaks_first(Relay::FastPath);
+}
+
+#[test]
+fn serves_a_backend_that_speaks_first_tokio_path() {
+    serves_a_backend_that_speaks_first(Relay::Tokio);
+}
+
+/// A client that never reads while the backend streams: the backend is held back by TCP's
+/// flow control, not buffered in the proxy; once the client reads, every byte comes, in order.
+fn holds_back_a_backend_whose_client_does_not_read(relay: Relay) {
+    let ns = lab("pxnoread");
+    let dir = TempDir::new("pxnoread");
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 128;
+    let chunk = payload(CHUNK, 5);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    let (sent, counter) = (chunk.clone(), written.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            for _ in 0..CHUNKS {
+                // In 64 KiB writes, so the count follows what the kernel took.
+                for part in sent.chunks(65_536) {
+                    if s.write_all(part).is_err() {
+                        return;
+                    }
+                    counter.fetch_add(part.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let rss_before = proc_status_kb(p.pid(), "VmRSS");
+    let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    // Until the backend's writes stop: every buffer between it and the client is full.
+    let mut last = usize::MAX;
+    wait_for("the backend to be held back", 30, || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        std::mem::replace(&mut last, now) == now && now > 0
+    });
+    let held = written.load(std::sync::atomic::Ordering::Relaxed);
+    let rss = proc_status_kb(p.pid(), "VmRSS");
+    eprintln!(
+        "{relay:?}: the backend wrote {} KiB before it was held back; proxy RSS {rss_before} -> {rss} kB",
+        held / 1024
+    );
+    // Socket buffers (a few MiB each, four of them) and one pipe: far from the 128 MiB sent.
+    assert!(
+        held < 48 * CHUNK,
+        "the backend wrote {held} bytes to a client that reads nothing"
+    );
+    assert!(
+        rss < rss_before + 16 * 1024,
+        "proxy RSS {rss_before} -> {rss} kB"
+    );
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; CHUNK];
+    for k in 0..CHUNKS {
+        c.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("chunk {k} of {CHUNKS}: {e}"));
+        assert!(buf == chunk, "chunk {k} differs");
+    }
+    drop(c);
+    let log = p.stop();
+    assert!(
+        log.contains(&format!("bytes_s2c={}", CHUNK * CHUNKS)),
+        "{log}"
+    );
+}
+
+#[test]
+fn holds_back_a_backend_whose_client_does_not_read_fast_path() {
+    holds_back_a_backend_whose_client_does_not_read(Relay::FastPath);
+}
+
+#[test]
+fn holds_back_a_backend_whose_client_does_not_read_tokio_path() {
+    holds_back_a_backend_whose_client_does_not_read(Relay::Tokio);
+}
+
+/// A reset from a side whose own direction has ended (it sent its FIN, then reset) while the
+/// other side is idle: the loop learns it from EPOLLERR alone, passes it on as a reset and
+/// counts it. (tokio's path learns it only when it next writes to that side.)
+#[test]
+fn fast_path_passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle() {
+    let ns = lab("pxfinrst");
+    let dir = TempDir::new("pxfinrst");
+    // The client sends, half-closes, then resets: the backend, having read to EOF, waits.
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (err_tx, err_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            let _ = tx.send(s.read_to_end(&mut got).map(|_| got).map_err(|e| e.kind()));
+            // After the FIN a read says 0 whatever follows; the socket's error tells a reset.
+            let t = std::time::Instant::now();
+            let err = loop {
+                match s.take_error() {
+                    Ok(Some(e)) => break e.raw_os_error(),
+                    _ if t.elapsed() > Duration::from_secs(10) => break None,
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            let _ = err_tx.send(err);
+        }
+    });
+    // The backend greets, half-closes, then resets while the client is idle.
+    let l = listen_in(&ns, "127.0.0.1:7001");
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = s.write_all(b"bye");
+            let _ = s.shutdown(Shutdown::Write);
+            let _ = wait.recv();
+            close_with_reset(s);
+        }
+    });
+    let p = start_fast(
+        Some(&ns),
+        &dir,
+        &["-p", "8080=127.0.0.1:7000", "-p", "8081=127.0.0.1:7001"],
+    );
+    let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first, Ok(b"request".to_vec()));
+    close_with_reset(c);
+    let next = err_rx.recv_timeout(Duration::from_secs(15)).unwrap();
+    assert_eq!(
+        next,
+        Some(libc::EPIPE),
+        "the backend's socket error after the client's FIN"
+    );
+
+    let mut c = connect_in(&ns, "127.0.0.1:8081").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"bye");
+    go.send(()).unwrap();
+    let counters = |p: &Proxy| {
+        unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(100));
+        p.log()
+    };
+    wait_for("both resets to be counted", 10, || {
+        counters(&p).contains("connections=2 active=0")
+    });
+    // The client's socket got a reset (after the FIN it read, the kernel records EPIPE), not
+    // a second FIN.
+    let mut err = None;
+    wait_for("a reset on the client's socket", 10, || {
+        err = c.take_error().unwrap();
+        err.is_some()
+    });
+    assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EPIPE));
+    let log = p.stop();
+    assert!(
+        log.contains(
+            "connections=2 active=0 bytes_c2s=7 bytes_s2c=3 dial_errors=0 resets=2 errors=0"
+        ),
+        "{log}"
+    );
+}
+
 /// Syscalls of the proxy for `n` short connections (request, answer, both close) through `addr`.
 fn short_connection_syscalls(ns: &TestNs, pid: u32, addr: &str, n: u64, which: &str) -> u64 {
     syscalls_during(pid, which, || {
