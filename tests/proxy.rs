@@ -4658,7 +4658,7 @@ fn passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters(relay: Re
             "127.0.0.1:8082=127.0.0.1:7002",
         ],
     );
-    // 300 kB: past the fast path's first 8 KiB read, so spliced through a pipe.
+    // 300 kB: past the first 8 KiB read (both relays), so spliced through a pipe.
     assert_eq!(send_count(&ns, "127.0.0.1:8080", 300_000), "300000");
     assert_eq!(send_count(&ns, "10.9.0.1:8080", 5), "5");
     assert_eq!(send_count(&ns, "[::1]:8080", 70_000), "70000");
