@@ -5329,6 +5329,55 @@ fn fast_path_passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle() {
     );
 }
 
+/// A client that sends and then resets (it aborted), its bytes and its reset in the proxy's
+/// queue together (sent while the backend's SYN is dropped): the backend gets the bytes and a
+/// reset, never a FIN that would make an aborted upload look complete.
+#[test]
+fn fast_path_passes_a_reset_that_comes_with_the_last_bytes_as_a_reset() {
+    let ns = lab("pxfabort");
+    let dir = TempDir::new("pxfabort");
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            let end = s.read_to_end(&mut got).map(|_| "EOF").map_err(|e| e.kind());
+            let _ = tx.send((got, end));
+        }
+    });
+    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let rule = [
+        "OUTPUT", "-p", "tcp", "--dport", "7000", "--syn", "-j", "DROP",
+    ];
+    let iptables = |op: &str| {
+        let mut argv = vec!["ip", "netns", "exec", &ns.name, "iptables", op];
+        argv.extend_from_slice(&rule);
+        common::sh(&argv);
+    };
+    iptables("-A");
+    let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    c.write_all(b"half an upload").unwrap();
+    close_with_reset(c);
+    // The SYN sent again a second after the first gets through.
+    iptables("-D");
+    let (got, end) = rx.recv_timeout(Duration::from_secs(15)).unwrap();
+    assert_eq!(got, b"half an upload");
+    assert_eq!(
+        end,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "after the bytes"
+    );
+    let log = p.stop();
+    assert!(
+        log.contains(
+            "connections=1 active=0 bytes_c2s=14 bytes_s2c=0 dial_errors=0 resets=1 errors=0"
+        ),
+        "{log}"
+    );
+}
+
 /// Syscalls of the proxy for `n` short connections (request, answer, both close) through `addr`.
 fn short_connection_syscalls(ns: &TestNs, pid: u32, addr: &str, n: u64, which: &str) -> u64 {
     syscalls_during(pid, which, || {

@@ -444,9 +444,11 @@ fn pump_dir(
         // A short read drained the receive queue (the next arrival is a new edge). With the
         // FIN already seen, these bytes are the last: sent corked so the FIN passed on next
         // leaves in the same segment, and no read just to be told 0. Not so at an urgent mark:
-        // the read stopped there with the rest of the queue (and the FIN) behind it.
+        // the read stopped there with the rest of the queue (and the FIN) behind it. Nor after
+        // EPOLLERR: the hang-up may be a reset (the next read says), which is passed on as a
+        // reset, not as a FIN that would make what the peer aborted look complete.
         let drained = n < scratch.len() && !sr.urgent;
-        let last = drained && sr.fin;
+        let last = drained && sr.fin && !sr.err;
         if drained && !sr.fin {
             sr.read = false;
         }
