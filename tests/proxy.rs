@@ -5332,10 +5332,9 @@ fn fast_path_passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle() {
 /// A client that sends and then resets (it aborted), its bytes and its reset in the proxy's
 /// queue together (sent while the backend's SYN is dropped): the backend gets the bytes and a
 /// reset, never a FIN that would make an aborted upload look complete.
-#[test]
-fn fast_path_passes_a_reset_that_comes_with_the_last_bytes_as_a_reset() {
-    let ns = lab("pxfabort");
-    let dir = TempDir::new("pxfabort");
+fn passes_a_reset_that_comes_with_the_last_bytes_as_a_reset(relay: Relay) {
+    let ns = lab("pxabort");
+    let dir = TempDir::new("pxabort");
     let l = listen_in(&ns, "127.0.0.1:7000");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -5347,7 +5346,7 @@ fn fast_path_passes_a_reset_that_comes_with_the_last_bytes_as_a_reset() {
             let _ = tx.send((got, end));
         }
     });
-    let p = start_fast(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
     let rule = [
         "OUTPUT", "-p", "tcp", "--dport", "7000", "--syn", "-j", "DROP",
     ];
@@ -5376,6 +5375,16 @@ fn fast_path_passes_a_reset_that_comes_with_the_last_bytes_as_a_reset() {
         ),
         "{log}"
     );
+}
+
+#[test]
+fn passes_a_reset_that_comes_with_the_last_bytes_as_a_reset_fast_path() {
+    passes_a_reset_that_comes_with_the_last_bytes_as_a_reset(Relay::FastPath);
+}
+
+#[test]
+fn passes_a_reset_that_comes_with_the_last_bytes_as_a_reset_tokio_path() {
+    passes_a_reset_that_comes_with_the_last_bytes_as_a_reset(Relay::Tokio);
 }
 
 /// Syscalls of the proxy for `n` short connections (request, answer, both close) through `addr`.

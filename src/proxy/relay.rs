@@ -132,15 +132,16 @@ async fn read_some(src: &mut ReadHalf<'_>, buf: &mut [u8]) -> Result<usize, DirE
 }
 
 /// Whether the peer's FIN has already been seen on `s` (epoll reported RDHUP), without waiting:
-/// the bytes just read are then the last ones.
+/// the bytes just read are then the last ones. Not when an error came with the hang-up: a
+/// reset is passed on as a reset (the next read says so), not as a FIN.
 fn fin_already_here(s: &TcpStream) -> bool {
     use std::future::Future;
-    let ready = s.ready(Interest::READABLE);
+    let ready = s.ready(Interest::READABLE | Interest::ERROR);
     let mut ready = std::pin::pin!(ready);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     matches!(
         ready.as_mut().poll(&mut cx),
-        std::task::Poll::Ready(Ok(r)) if r.is_read_closed()
+        std::task::Poll::Ready(Ok(r)) if r.is_read_closed() && !r.is_error()
     )
 }
 
