@@ -4972,6 +4972,68 @@ fn stops_on_sigterm_with_connections_open_tokio_path() {
     stops_on_sigterm_with_connections_open(Relay::Tokio);
 }
 
+/// Run `client` (a client connecting and sending) while every SYN to `port` in `ns` is
+/// dropped: the proxy's dial waits for the SYN sent again a second later, so everything the
+/// client sent (bytes, FIN, reset) waits in one receive queue until the backend answers.
+fn while_the_backend_dial_waits<T>(ns: &TestNs, port: u16, client: impl FnOnce() -> T) -> T {
+    let port = port.to_string();
+    let iptables = |op: &str| {
+        common::sh(&[
+            "ip", "netns", "exec", &ns.name, "iptables", op, "OUTPUT", "-p", "tcp", "--dport",
+            &port, "--syn", "-j", "DROP",
+        ]);
+    };
+    iptables("-A");
+    let r = client();
+    iptables("-D");
+    r
+}
+
+/// Bytes and a FIN the client sent before the backend answered the proxy's dial: all of them
+/// reach the backend once it does, the FIN passed on after them.
+fn passes_what_the_client_sent_before_the_backend_answered(relay: Relay) {
+    let ns = lab("pxearly");
+    let dir = TempDir::new("pxearly");
+    count_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    // Within the first receive window: the client never waits for the proxy to read.
+    let sizes = [5, 40_000];
+    let mut clients = while_the_backend_dial_waits(&ns, 7000, || {
+        sizes.map(|n| {
+            let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+            c.write_all(&payload(n, 3)).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            c
+        })
+    });
+    for (c, n) in clients.iter_mut().zip(sizes) {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert_eq!(
+            answer,
+            n.to_string(),
+            "bytes the backend counted before the FIN"
+        );
+    }
+    drop(clients);
+    let log = p.stop();
+    assert!(
+        log.contains("connections=2 active=0 bytes_c2s=40005 bytes_s2c=6 dial_errors=0 resets=0"),
+        "{log}"
+    );
+}
+
+#[test]
+fn passes_what_the_client_sent_before_the_backend_answered_fast_path() {
+    passes_what_the_client_sent_before_the_backend_answered(Relay::FastPath);
+}
+
+#[test]
+fn passes_what_the_client_sent_before_the_backend_answered_tokio_path() {
+    passes_what_the_client_sent_before_the_backend_answered(Relay::Tokio);
+}
+
 /// Send `byte` on `s` as TCP urgent data (MSG_OOB).
 fn send_urgent(s: &TcpStream, byte: u8) {
     let r = unsafe {
@@ -5032,25 +5094,16 @@ fn fast_path_passes_urgent_data_on_with_every_byte_behind_it() {
         &dir,
         &["-p", "8080=127.0.0.1:7000", "-p", "8081=127.0.0.1:7001"],
     );
-    // The backend's SYNs are dropped (in this test's namespace) while the client sends, so
-    // that its bytes, the urgent mark and its FIN all wait in one receive queue: the proxy's
+    // All the client sends, the urgent mark and its FIN wait in one receive queue: the proxy's
     // first read stops short at the mark, with the FIN already seen.
-    let rule = [
-        "OUTPUT", "-p", "tcp", "--dport", "7000", "--syn", "-j", "DROP",
-    ];
-    let iptables = |op: &str| {
-        let mut argv = vec!["ip", "netns", "exec", &ns.name, "iptables", op];
-        argv.extend_from_slice(&rule);
-        common::sh(&argv);
-    };
-    iptables("-A");
-    let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
-    c.write_all(b"hello").unwrap();
-    send_urgent(&c, b'!');
-    c.write_all(b"world").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    // The SYN sent again a second after the first gets through.
-    iptables("-D");
+    let mut c = while_the_backend_dial_waits(&ns, 7000, || {
+        let c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        (&c).write_all(b"hello").unwrap();
+        send_urgent(&c, b'!');
+        (&c).write_all(b"world").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        c
+    });
     let answer = read_up_to(&mut c, 11);
     assert_eq!(
         String::from_utf8_lossy(&answer),
@@ -5347,20 +5400,11 @@ fn passes_a_reset_that_comes_with_the_last_bytes_as_a_reset(relay: Relay) {
         }
     });
     let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
-    let rule = [
-        "OUTPUT", "-p", "tcp", "--dport", "7000", "--syn", "-j", "DROP",
-    ];
-    let iptables = |op: &str| {
-        let mut argv = vec!["ip", "netns", "exec", &ns.name, "iptables", op];
-        argv.extend_from_slice(&rule);
-        common::sh(&argv);
-    };
-    iptables("-A");
-    let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
-    c.write_all(b"half an upload").unwrap();
-    close_with_reset(c);
-    // The SYN sent again a second after the first gets through.
-    iptables("-D");
+    while_the_backend_dial_waits(&ns, 7000, || {
+        let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        c.write_all(b"half an upload").unwrap();
+        close_with_reset(c);
+    });
     let (got, end) = rx.recv_timeout(Duration::from_secs(15)).unwrap();
     assert_eq!(got, b"half an upload");
     assert_eq!(
