@@ -5061,10 +5061,12 @@ fn read_up_to(s: &mut TcpStream, want: usize) -> Vec<u8> {
     got
 }
 
-#[test]
-fn fast_path_passes_urgent_data_on_with_every_byte_behind_it() {
-    let ns = lab("pxfurg");
-    let dir = TempDir::new("pxfurg");
+/// TCP urgent data (telnet's Synch, ftp's ABOR) passes as an ordinary byte and every byte
+/// behind it follows, client -> backend with the FIN already queued, and backend -> client in
+/// the middle of a bulk (splice) transfer. `dump`: with a hex dump (tokio's copy path).
+fn passes_urgent_data_on_with_every_byte_behind_it(relay: Relay, dump: bool) {
+    let ns = lab("pxurg");
+    let dir = TempDir::new("pxurg");
     // Client -> backend: the backend answers with everything it read once the FIN came.
     let l = listen_in(&ns, "127.0.0.1:7000");
     std::thread::spawn(move || {
@@ -5089,11 +5091,12 @@ fn fast_path_passes_urgent_data_on_with_every_byte_behind_it() {
             let _ = s.read_to_end(&mut Vec::new());
         }
     });
-    let p = start_fast(
-        Some(&ns),
-        &dir,
-        &["-p", "8080=127.0.0.1:7000", "-p", "8081=127.0.0.1:7001"],
-    );
+    let dump_file = dir.join("dump.txt");
+    let mut args = vec!["-p", "8080=127.0.0.1:7000", "-p", "8081=127.0.0.1:7001"];
+    if dump {
+        args.extend(["--hex", "--dump-file", dump_file.to_str().unwrap()]);
+    }
+    let p = relay.start(Some(&ns), &dir, &args);
     // All the client sends, the urgent mark and its FIN wait in one receive queue: the proxy's
     // first read stops short at the mark, with the FIN already seen.
     let mut c = while_the_backend_dial_waits(&ns, 7000, || {
@@ -5131,6 +5134,21 @@ fn fast_path_passes_urgent_data_on_with_every_byte_behind_it() {
         )),
         "{log}"
     );
+}
+
+#[test]
+fn passes_urgent_data_on_with_every_byte_behind_it_fast_path() {
+    passes_urgent_data_on_with_every_byte_behind_it(Relay::FastPath, false);
+}
+
+#[test]
+fn passes_urgent_data_on_with_every_byte_behind_it_tokio_path() {
+    passes_urgent_data_on_with_every_byte_behind_it(Relay::Tokio, false);
+}
+
+#[test]
+fn passes_urgent_data_on_with_every_byte_behind_it_into_a_dump_tokio_path() {
+    passes_urgent_data_on_with_every_byte_behind_it(Relay::Tokio, true);
 }
 
 /// Backend: answer a request with "pong\n" and close, as in tools/bench-proxy's short

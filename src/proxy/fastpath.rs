@@ -9,8 +9,8 @@
 //! and makes backend sockets there itself. Same behaviour as relay.rs: small reads copied
 //! through a small buffer, splice through a pipe once a direction turns bulk, half-close passed
 //! on, data and FIN in one segment when the FIN is already known, a reset passed on as a reset.
-//! Unlike relay.rs, TCP urgent data is read in line and passed on as ordinary bytes, and the
-//! bytes behind it follow ([`Ready::urgent`]): tokio's path stalls at the urgent mark.
+//! TCP urgent data is read in line and passed on as ordinary bytes, and the bytes behind it
+//! follow ([`Ready::urgent`], from EPOLLPRI); relay.rs does the same from SIOCATMARK.
 
 use std::collections::VecDeque;
 use std::io;

@@ -2,7 +2,8 @@
 //!
 //! Fast path: splice(2) socket -> pipe -> socket, the bytes never enter user space. Tapped
 //! path: read into a buffer that is handed (not copied) to the tap and then written out.
-//! Both pass a half-close on (shutdown(SHUT_WR)) and a reset on as a reset (SO_LINGER 0).
+//! Both pass a half-close on (shutdown(SHUT_WR)) and a reset on as a reset (SO_LINGER 0), and
+//! TCP urgent data on as an ordinary byte with every byte behind it ([`Source`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -124,11 +125,83 @@ async fn write_all(dst: &mut WriteHalf<'_>, data: &[u8]) -> Result<(), DirEnd> {
     dst.write_all(data).await.map_err(dst_end)
 }
 
-/// Read once from `src`. Through AsyncRead, not readable() + try_read: tokio then treats a
-/// short read as "drained" (edge-triggered epoll) and waits for the next event instead of
-/// probing with a read that fails EAGAIN, one syscall fewer per exchange.
-async fn read_some(src: &mut ReadHalf<'_>, buf: &mut [u8]) -> Result<usize, DirEnd> {
-    src.read(buf).await.map_err(src_end)
+/// Whether `s`'s next byte is TCP urgent data (SIOCATMARK). A read stops short at the urgent
+/// mark and splice stops before it (EAGAIN, or 0 with the FIN in), so there neither a short
+/// read nor splice's EAGAIN or 0 means what it usually does. At the mark the byte is kept in
+/// the stream (SO_OOBINLINE: the next read returns it and what follows, as the event loop
+/// does) instead of skipped.
+fn at_urgent_mark(s: &TcpStream) -> bool {
+    /// <linux/sockios.h>; the libc crate does not export it.
+    const SIOCATMARK: libc::c_ulong = 0x8905;
+    let mut at: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int into `at`.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), SIOCATMARK, &mut at) };
+    if r == 0 && at != 0 {
+        let _ = socket2::SockRef::from(s).set_out_of_band_inline(true);
+        return true;
+    }
+    false
+}
+
+/// Reads one direction's source. Through AsyncRead, not readable() + try_read: tokio then
+/// treats a short read as "drained" (edge-triggered epoll) and waits for the next event
+/// instead of probing with a read that fails EAGAIN, one syscall fewer per exchange. Short
+/// at an urgent mark, the bytes behind it are already queued and no event will say so:
+/// they are read straight from the socket, past tokio's readiness, until it would block.
+struct Source<'a> {
+    half: ReadHalf<'a>,
+    /// Bytes past an urgent mark may be queued: read without waiting for an event.
+    past_mark: bool,
+}
+
+impl<'a> Source<'a> {
+    fn new(half: ReadHalf<'a>) -> Self {
+        Source {
+            half,
+            past_mark: false,
+        }
+    }
+
+    /// Read once (0: the FIN).
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, DirEnd> {
+        if self.past_mark {
+            // SAFETY: recv into our own buffer; the socket is non-blocking.
+            let r = unsafe {
+                libc::recv(
+                    self.half.as_ref().as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            match r {
+                n if n >= 0 => {
+                    let n = n as usize;
+                    self.past_mark =
+                        n == buf.len() || (n > 0 && at_urgent_mark(self.half.as_ref()));
+                    return Ok(n);
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        return Err(src_end(e));
+                    }
+                    // Drained: tokio's readiness is clear already, the next arrival wakes us.
+                    self.past_mark = false;
+                }
+            }
+        }
+        let n = self.half.read(buf).await.map_err(src_end)?;
+        if n > 0 && n < buf.len() {
+            self.past_mark = at_urgent_mark(self.half.as_ref());
+        }
+        Ok(n)
+    }
+
+    /// The socket.
+    fn stream(&self) -> &TcpStream {
+        self.half.as_ref()
+    }
 }
 
 /// Whether the peer's FIN has already been seen on `s` (epoll reported RDHUP), without waiting:
@@ -175,7 +248,7 @@ fn pass_fin(dst: &TcpStream, ended: &AtomicBool) {
 pub(crate) const SMALL: usize = 8 * 1024;
 
 async fn splice_dir(
-    mut src: ReadHalf<'_>,
+    mut src: Source<'_>,
     mut dst: WriteHalf<'_>,
     total: &AtomicU64,
     counter: &AtomicU64,
@@ -184,7 +257,7 @@ async fn splice_dir(
     // Copy while reads come back smaller than the buffer; a full read means bulk: splice.
     let mut small = [0u8; SMALL];
     loop {
-        let n = match read_some(&mut src, &mut small).await {
+        let n = match src.read_some(&mut small).await {
             Ok(n) => n,
             Err(end) => return end,
         };
@@ -193,8 +266,9 @@ async fn splice_dir(
             return DirEnd::FinPassed;
         }
         // The source's FIN came with this data (a server that answers and closes). A short
-        // read drained the receive queue up to that FIN, so these bytes are the last ones.
-        let last = n < SMALL && fin_already_here(src.as_ref());
+        // read drained the receive queue up to that FIN, so these bytes are the last ones
+        // (not when it stopped at an urgent mark: more is queued behind it).
+        let last = n < SMALL && !src.past_mark && fin_already_here(src.stream());
         let wrote = if last {
             // Corked, so the FIN passed on next leaves in the same segment: one packet less.
             write_corked(dst.as_ref(), &small[..n]).await
@@ -222,25 +296,46 @@ async fn splice_dir(
         // want of two descriptors.
         Err(_) => return copy_plain(src, dst, total, counter, ended).await,
     };
-    let (src, dst): (&TcpStream, &TcpStream) = (src.as_ref(), dst.as_ref());
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
-        let n = match when_ready(src, Interest::READABLE, || {
-            splice(
-                src.as_fd(),
+        let s = src.stream();
+        let spliced = when_ready(s, Interest::READABLE, || {
+            match splice(
+                s.as_fd(),
                 None,
                 pipe.w.as_fd(),
                 None,
                 pipe_size() as usize,
                 flags,
-            )
-            .map_err(io::Error::from)
+            ) {
+                // splice stops at an urgent mark, with EAGAIN (or 0 once the FIN is in):
+                // the bytes from the mark on are read below.
+                Err(nix::errno::Errno::EAGAIN) | Ok(0) if at_urgent_mark(s) => Ok(None),
+                r => r.map(Some).map_err(io::Error::from),
+            }
         })
-        .await
-        {
-            Ok(n) => n,
+        .await;
+        let n = match spliced {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                src.past_mark = true;
+                let n = match src.read_some(&mut small).await {
+                    Ok(n) => n,
+                    Err(end) => return end,
+                };
+                if n > 0 {
+                    if let Err(end) = write_all(&mut dst, &small[..n]).await {
+                        return end;
+                    }
+                    total.fetch_add(n as u64, Ordering::Relaxed);
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    continue;
+                }
+                0
+            }
             Err(e) => return src_end(e),
         };
+        let dst: &TcpStream = dst.as_ref();
         if n == 0 {
             pass_fin(dst, ended);
             return DirEnd::FinPassed;
@@ -266,7 +361,7 @@ async fn splice_dir(
 
 /// The splice path's fallback when no pipe can be made: a plain read/write copy.
 async fn copy_plain(
-    mut src: ReadHalf<'_>,
+    mut src: Source<'_>,
     mut dst: WriteHalf<'_>,
     total: &AtomicU64,
     counter: &AtomicU64,
@@ -274,7 +369,7 @@ async fn copy_plain(
 ) -> DirEnd {
     let mut buf = vec![0u8; payload::CHUNK];
     loop {
-        let n = match read_some(&mut src, &mut buf).await {
+        let n = match src.read_some(&mut buf).await {
             Ok(n) => n,
             Err(end) => return end,
         };
@@ -292,7 +387,7 @@ async fn copy_plain(
 
 #[allow(clippy::too_many_arguments)]
 async fn copy_dir(
-    mut src: ReadHalf<'_>,
+    mut src: Source<'_>,
     mut dst: WriteHalf<'_>,
     total: &AtomicU64,
     counter: &AtomicU64,
@@ -304,7 +399,7 @@ async fn copy_dir(
     let mut offset = 0u64;
     let mut buf = payload::take();
     loop {
-        let n = match read_some(&mut src, &mut buf).await {
+        let n = match src.read_some(&mut buf).await {
             Ok(n) => n,
             Err(end) => return end,
         };
@@ -396,7 +491,7 @@ pub(crate) async fn relay(
         Some(tap) => {
             drive(
                 copy_dir(
-                    client_r,
+                    Source::new(client_r),
                     backend_w,
                     &up,
                     &c.bytes_c2s,
@@ -406,7 +501,7 @@ pub(crate) async fn relay(
                     Direction::ClientToServer,
                 ),
                 copy_dir(
-                    backend_r,
+                    Source::new(backend_r),
                     client_w,
                     &down,
                     &c.bytes_s2c,
@@ -420,8 +515,14 @@ pub(crate) async fn relay(
         }
         None => {
             drive(
-                splice_dir(client_r, backend_w, &up, &c.bytes_c2s, &ended),
-                splice_dir(backend_r, client_w, &down, &c.bytes_s2c, &ended),
+                splice_dir(Source::new(client_r), backend_w, &up, &c.bytes_c2s, &ended),
+                splice_dir(
+                    Source::new(backend_r),
+                    client_w,
+                    &down,
+                    &c.bytes_s2c,
+                    &ended,
+                ),
             )
             .await
         }
