@@ -167,7 +167,6 @@ fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
 /// it may belong to another file by then.
 static READY_ANSWERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Write docker-proxy's readiness answer to `fd` and close it.
 /// Whether `fd` is an open descriptor. Asked before the proxy opens anything: an fd the parent
 /// did not pass is the next one the proxy's own sockets, pipes and epoll sets get, and writing
 /// the readiness answer there (then closing it) would break the proxy itself.
@@ -176,6 +175,7 @@ fn fd_open(fd: i32) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
+/// Write docker-proxy's readiness answer to `fd` and close it.
 fn answer_ready(fd: i32, result: Result<(), String>) -> anyhow::Result<()> {
     if READY_ANSWERED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
