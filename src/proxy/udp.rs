@@ -319,11 +319,12 @@ static CAPPED_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// is at hand).
 pub(crate) fn size_rcvbuf(s: &impl AsRawFd, bytes: usize) {
     let v = bytes as libc::c_int;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        if set_int_opt(s, libc::SOL_SOCKET, opt, v).is_ok() {
-            break;
-        }
+    // SO_RCVBUFFORCE is never capped: no SO_MEMINFO to ask then (one getsockopt less per new
+    // flow, a DNS query from a fresh port being one).
+    if set_int_opt(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v).is_ok() {
+        return;
     }
+    let _ = set_int_opt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, v);
     // The kernel doubles what it is asked for; less than that means the sysctl capped it.
     if let Some(mem) = meminfo(s.as_raw_fd()) {
         let got = mem[libc::SK_MEMINFO_RCVBUF as usize] as usize;
