@@ -5134,6 +5134,17 @@ fn passes_urgent_data_on_with_every_byte_behind_it(relay: Relay, dump: bool) {
         )),
         "{log}"
     );
+    if dump {
+        // The dump shows what was passed on: the urgent byte and what follows it, each way
+        // (a read stops at the mark, so each starts a block).
+        let d = std::fs::read_to_string(&dump_file).unwrap();
+        for (bytes, hex) in [("!world", "21 77 6f 72 6c 64"), ("!tail", "21 74 61 69 6c")] {
+            assert!(
+                d.contains(hex),
+                "{bytes:?} ({hex}) not in the dump:\n{d:.2000}"
+            );
+        }
+    }
 }
 
 #[test]
