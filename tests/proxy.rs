@@ -166,9 +166,16 @@ fn start(ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
 }
 
 /// [`start`] on tokio's path (NETTOOL_PROXY_FASTPATH=0): what serves a proxy with -v or a PROXY
-/// header (plain TCP takes the event loop by default); see [`Relay`].
+/// header (plain TCP takes the event loop by default); see [`Relay`]. Checked to be on it, as
+/// [`start_fast`] checks the loop's: the loop threads start before the readiness answer.
 fn start_tokio(ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
-    start_with(ns, dir, args, &[("NETTOOL_PROXY_FASTPATH", "0")])
+    let p = start_with(ns, dir, args, &[("NETTOOL_PROXY_FASTPATH", "0")]);
+    assert_eq!(
+        threads_named(p.pid(), "nettool-fast"),
+        0,
+        "NETTOOL_PROXY_FASTPATH=0 left the event loop on"
+    );
+    p
 }
 
 /// [`start`] with extra environment variables.
