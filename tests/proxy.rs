@@ -4901,8 +4901,11 @@ fn dials_from_the_target_namespace(relay: Relay) {
     for n in [1, 4242, 100_000] {
         assert_eq!(send_count(&host, "127.0.0.1:8080", n), n.to_string());
     }
-    unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
-    wait_for("the three connections counted", 5, || {
+    // The client has its answer before the relay has closed both sockets: ask until the
+    // counters say the connection ended (one SIGUSR1 could come a moment too soon).
+    wait_for("the three connections counted", 10, || {
+        unsafe { libc::kill(p.pid() as i32, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(100));
         p.log().contains("counters: connections=3 active=0")
     });
     // And nothing listens on 8080 inside the container namespace itself.
