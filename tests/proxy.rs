@@ -165,6 +165,22 @@ fn start(ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
     start_with(ns, dir, args, &[])
 }
 
+/// One `#[test]` per relay for a test body that takes the relay first:
+/// `on_both_relays!(NAME_fast_path, NAME_tokio_path => body(more args))`.
+macro_rules! on_both_relays {
+    ($fast:ident, $tokio:ident => $body:ident($($arg:expr),*)) => {
+        #[test]
+        fn $fast() {
+            $body(Relay::FastPath $(, $arg)*);
+        }
+
+        #[test]
+        fn $tokio() {
+            $body(Relay::Tokio $(, $arg)*);
+        }
+    };
+}
+
 /// [`start`] on tokio's path (NETTOOL_PROXY_FASTPATH=0): what serves a proxy with -v or a PROXY
 /// header (plain TCP takes the event loop by default); see [`Relay`]. Checked to be on it, as
 /// [`start_fast`] checks the loop's: the loop threads start before the readiness answer.
@@ -337,15 +353,11 @@ fn port_ranges_in_one_process(relay: Relay) {
     assert_eq!(log.matches("listening on tcp").count(), 6 + 100, "{log}");
 }
 
-#[test]
-fn port_ranges_in_one_process_fast_path() {
-    port_ranges_in_one_process(Relay::FastPath);
-}
-
-#[test]
-fn port_ranges_in_one_process_tokio_path() {
-    port_ranges_in_one_process(Relay::Tokio);
-}
+on_both_relays!(
+    port_ranges_in_one_process_fast_path,
+    port_ranges_in_one_process_tokio_path
+    => port_ranges_in_one_process()
+);
 
 /// Parse `tshark -qz follow,tcp,raw,N` into (client bytes, server bytes).
 fn tshark_follow(pcap: &Path, stream: u32) -> (Vec<u8>, Vec<u8>) {
@@ -3246,15 +3258,11 @@ fn at_the_fd_limit_bulk_connections_are_copied_not_reset(relay: Relay) {
     assert!(log.contains(" resets=0 errors=0 "), "{log}");
 }
 
-#[test]
-fn at_the_fd_limit_bulk_connections_are_copied_not_reset_fast_path() {
-    at_the_fd_limit_bulk_connections_are_copied_not_reset(Relay::FastPath);
-}
-
-#[test]
-fn at_the_fd_limit_bulk_connections_are_copied_not_reset_tokio_path() {
-    at_the_fd_limit_bulk_connections_are_copied_not_reset(Relay::Tokio);
-}
+on_both_relays!(
+    at_the_fd_limit_bulk_connections_are_copied_not_reset_fast_path,
+    at_the_fd_limit_bulk_connections_are_copied_not_reset_tokio_path
+    => at_the_fd_limit_bulk_connections_are_copied_not_reset()
+);
 
 #[test]
 fn streams_left_out_for_want_of_fds_resume_when_fds_are_back() {
@@ -3733,15 +3741,11 @@ fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left
     assert!(!Path::new(&journal).exists(), "{journal} left behind");
 }
 
-#[test]
-fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left_fast_path() {
-    transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left(Relay::FastPath);
-}
-
-#[test]
-fn transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left_tokio_path() {
-    transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left(Relay::Tokio);
-}
+on_both_relays!(
+    transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left_fast_path,
+    transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left_tokio_path
+    => transparent_backends_see_the_client_address_tcp_udp_v4_v6_and_nothing_is_left()
+);
 
 #[test]
 fn transparent_across_namespaces_survives_sigkill_and_works_in_docker_proxy_mode() {
@@ -4475,15 +4479,11 @@ fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check(relay: Re
     assert!(log.contains(&format!("connections={N}")), "{log}");
 }
 
-#[test]
-fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check_fast_path() {
-    a_short_connection_costs_no_read_after_the_fin_and_no_connect_check(Relay::FastPath);
-}
-
-#[test]
-fn a_short_connection_costs_no_read_after_the_fin_and_no_connect_check_tokio_path() {
-    a_short_connection_costs_no_read_after_the_fin_and_no_connect_check(Relay::Tokio);
-}
+on_both_relays!(
+    a_short_connection_costs_no_read_after_the_fin_and_no_connect_check_fast_path,
+    a_short_connection_costs_no_read_after_the_fin_and_no_connect_check_tokio_path
+    => a_short_connection_costs_no_read_after_the_fin_and_no_connect_check()
+);
 
 /// UDP interrupt moderation: a dense stream is moved in batches with a short wait between
 /// them (the proxy thread sleeps instead of being woken by each datagram), every datagram
@@ -4701,15 +4701,11 @@ fn passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters(relay: Re
     );
 }
 
-#[test]
-fn passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters_fast_path() {
-    passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters(Relay::FastPath);
-}
-
-#[test]
-fn passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters_tokio_path() {
-    passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters(Relay::Tokio);
-}
+on_both_relays!(
+    passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters_fast_path,
+    passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters_tokio_path
+    => passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters()
+);
 
 /// A reset passes as a reset both ways, the bytes before it first; with `dump` (tokio's path
 /// only: a dump takes it) the dump names who reset.
@@ -4784,15 +4780,11 @@ fn passes_resets_both_ways(relay: Relay, dump: bool) {
     }
 }
 
-#[test]
-fn passes_resets_both_ways_fast_path() {
-    passes_resets_both_ways(Relay::FastPath, false);
-}
-
-#[test]
-fn passes_resets_both_ways_tokio_path() {
-    passes_resets_both_ways(Relay::Tokio, false);
-}
+on_both_relays!(
+    passes_resets_both_ways_fast_path,
+    passes_resets_both_ways_tokio_path
+    => passes_resets_both_ways(false)
+);
 
 #[test]
 fn passes_resets_both_ways_into_the_dump_tokio_path() {
@@ -4818,15 +4810,11 @@ fn resets_the_client_when_the_backend_refuses_and_says_why(relay: Relay) {
     assert!(log.contains("dial_errors=1"), "{log}");
 }
 
-#[test]
-fn resets_the_client_when_the_backend_refuses_and_says_why_fast_path() {
-    resets_the_client_when_the_backend_refuses_and_says_why(Relay::FastPath);
-}
-
-#[test]
-fn resets_the_client_when_the_backend_refuses_and_says_why_tokio_path() {
-    resets_the_client_when_the_backend_refuses_and_says_why(Relay::Tokio);
-}
+on_both_relays!(
+    resets_the_client_when_the_backend_refuses_and_says_why_fast_path,
+    resets_the_client_when_the_backend_refuses_and_says_why_tokio_path
+    => resets_the_client_when_the_backend_refuses_and_says_why()
+);
 
 /// `k` connections open at once, each echoing `size` bytes both ways concurrently: every byte
 /// back exact, the counters exact, every fd of the proxy released after.
@@ -4857,25 +4845,17 @@ fn echoes_exactly_and_releases_every_fd(relay: Relay, k: usize, size: usize) {
     );
 }
 
-#[test]
-fn moves_64_mib_each_way_byte_for_byte_fast_path() {
-    echoes_exactly_and_releases_every_fd(Relay::FastPath, 1, 64 << 20);
-}
+on_both_relays!(
+    moves_64_mib_each_way_byte_for_byte_fast_path,
+    moves_64_mib_each_way_byte_for_byte_tokio_path
+    => echoes_exactly_and_releases_every_fd(1, 64 << 20)
+);
 
-#[test]
-fn moves_64_mib_each_way_byte_for_byte_tokio_path() {
-    echoes_exactly_and_releases_every_fd(Relay::Tokio, 1, 64 << 20);
-}
-
-#[test]
-fn serves_500_concurrent_connections_and_releases_every_fd_fast_path() {
-    echoes_exactly_and_releases_every_fd(Relay::FastPath, 500, 20_000);
-}
-
-#[test]
-fn serves_500_concurrent_connections_and_releases_every_fd_tokio_path() {
-    echoes_exactly_and_releases_every_fd(Relay::Tokio, 500, 20_000);
-}
+on_both_relays!(
+    serves_500_concurrent_connections_and_releases_every_fd_fast_path,
+    serves_500_concurrent_connections_and_releases_every_fd_tokio_path
+    => echoes_exactly_and_releases_every_fd(500, 20_000)
+);
 
 /// Listening in one namespace, dialing from another: the backend on the container's loopback
 /// is reachable from the host namespace only through the proxy. UDP too.
@@ -4933,15 +4913,11 @@ fn dials_from_the_target_namespace(relay: Relay) {
     p.stop();
 }
 
-#[test]
-fn dials_from_the_target_namespace_fast_path() {
-    dials_from_the_target_namespace(Relay::FastPath);
-}
-
-#[test]
-fn dials_from_the_target_namespace_tokio_path() {
-    dials_from_the_target_namespace(Relay::Tokio);
-}
+on_both_relays!(
+    dials_from_the_target_namespace_fast_path,
+    dials_from_the_target_namespace_tokio_path
+    => dials_from_the_target_namespace()
+);
 
 /// SIGTERM with 20 connections open: exit 0, promptly, the connections counted out and ended.
 fn stops_on_sigterm_with_connections_open(relay: Relay) {
@@ -4973,15 +4949,11 @@ fn stops_on_sigterm_with_connections_open(relay: Relay) {
     }
 }
 
-#[test]
-fn stops_on_sigterm_with_connections_open_fast_path() {
-    stops_on_sigterm_with_connections_open(Relay::FastPath);
-}
-
-#[test]
-fn stops_on_sigterm_with_connections_open_tokio_path() {
-    stops_on_sigterm_with_connections_open(Relay::Tokio);
-}
+on_both_relays!(
+    stops_on_sigterm_with_connections_open_fast_path,
+    stops_on_sigterm_with_connections_open_tokio_path
+    => stops_on_sigterm_with_connections_open()
+);
 
 /// Run `client` (a client connecting and sending) while every SYN to `port` in `ns` is
 /// dropped: the proxy's dial waits for the SYN sent again a second later, so everything the
@@ -5035,15 +5007,11 @@ fn passes_what_the_client_sent_before_the_backend_answered(relay: Relay) {
     );
 }
 
-#[test]
-fn passes_what_the_client_sent_before_the_backend_answered_fast_path() {
-    passes_what_the_client_sent_before_the_backend_answered(Relay::FastPath);
-}
-
-#[test]
-fn passes_what_the_client_sent_before_the_backend_answered_tokio_path() {
-    passes_what_the_client_sent_before_the_backend_answered(Relay::Tokio);
-}
+on_both_relays!(
+    passes_what_the_client_sent_before_the_backend_answered_fast_path,
+    passes_what_the_client_sent_before_the_backend_answered_tokio_path
+    => passes_what_the_client_sent_before_the_backend_answered()
+);
 
 /// Send `byte` on `s` as TCP urgent data (MSG_OOB).
 fn send_urgent(s: &TcpStream, byte: u8) {
@@ -5158,15 +5126,11 @@ fn passes_urgent_data_on_with_every_byte_behind_it(relay: Relay, dump: bool) {
     }
 }
 
-#[test]
-fn passes_urgent_data_on_with_every_byte_behind_it_fast_path() {
-    passes_urgent_data_on_with_every_byte_behind_it(Relay::FastPath, false);
-}
-
-#[test]
-fn passes_urgent_data_on_with_every_byte_behind_it_tokio_path() {
-    passes_urgent_data_on_with_every_byte_behind_it(Relay::Tokio, false);
-}
+on_both_relays!(
+    passes_urgent_data_on_with_every_byte_behind_it_fast_path,
+    passes_urgent_data_on_with_every_byte_behind_it_tokio_path
+    => passes_urgent_data_on_with_every_byte_behind_it(false)
+);
 
 #[test]
 fn passes_urgent_data_on_with_every_byte_behind_it_into_a_dump_tokio_path() {
@@ -5247,15 +5211,11 @@ fn serves_a_backend_that_speaks_first(relay: Relay) {
     );
 }
 
-#[test]
-fn serves_a_backend_that_speaks_first_fast_path() {
-    serves_a_backend_that_speaks_first(Relay::FastPath);
-}
-
-#[test]
-fn serves_a_backend_that_speaks_first_tokio_path() {
-    serves_a_backend_that_speaks_first(Relay::Tokio);
-}
+on_both_relays!(
+    serves_a_backend_that_speaks_first_fast_path,
+    serves_a_backend_that_speaks_first_tokio_path
+    => serves_a_backend_that_speaks_first()
+);
 
 /// A client that never reads while the backend streams: the backend is held back by TCP's
 /// flow control, not buffered in the proxy; once the client reads, every byte comes, in order.
@@ -5322,15 +5282,11 @@ fn holds_back_a_backend_whose_client_does_not_read(relay: Relay) {
     );
 }
 
-#[test]
-fn holds_back_a_backend_whose_client_does_not_read_fast_path() {
-    holds_back_a_backend_whose_client_does_not_read(Relay::FastPath);
-}
-
-#[test]
-fn holds_back_a_backend_whose_client_does_not_read_tokio_path() {
-    holds_back_a_backend_whose_client_does_not_read(Relay::Tokio);
-}
+on_both_relays!(
+    holds_back_a_backend_whose_client_does_not_read_fast_path,
+    holds_back_a_backend_whose_client_does_not_read_tokio_path
+    => holds_back_a_backend_whose_client_does_not_read()
+);
 
 /// A reset from a side whose own direction has ended (it sent its FIN, then reset) while the
 /// other side is idle: the loop learns it from EPOLLERR alone, passes it on as a reset and
@@ -5461,15 +5417,11 @@ fn passes_a_reset_that_comes_with_the_last_bytes_as_a_reset(relay: Relay) {
     );
 }
 
-#[test]
-fn passes_a_reset_that_comes_with_the_last_bytes_as_a_reset_fast_path() {
-    passes_a_reset_that_comes_with_the_last_bytes_as_a_reset(Relay::FastPath);
-}
-
-#[test]
-fn passes_a_reset_that_comes_with_the_last_bytes_as_a_reset_tokio_path() {
-    passes_a_reset_that_comes_with_the_last_bytes_as_a_reset(Relay::Tokio);
-}
+on_both_relays!(
+    passes_a_reset_that_comes_with_the_last_bytes_as_a_reset_fast_path,
+    passes_a_reset_that_comes_with_the_last_bytes_as_a_reset_tokio_path
+    => passes_a_reset_that_comes_with_the_last_bytes_as_a_reset()
+);
 
 /// Syscalls of the proxy for `n` short connections (request, answer, both close) through `addr`.
 fn short_connection_syscalls(ns: &TestNs, pid: u32, addr: &str, n: u64, which: &str) -> u64 {
@@ -5972,15 +5924,11 @@ fn out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back(relay: Relay) {
     assert!(log.contains("connections=1 active=0"), "{log}");
 }
 
-#[test]
-fn out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back_fast_path() {
-    out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back(Relay::FastPath);
-}
-
-#[test]
-fn out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back_tokio_path() {
-    out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back(Relay::Tokio);
-}
+on_both_relays!(
+    out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back_fast_path,
+    out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back_tokio_path
+    => out_of_fds_on_accept_backs_off_and_serves_once_fds_are_back()
+);
 
 /// A backend that never answers the SYN: after 20 s the client is reset, and the log says why.
 fn resets_the_client_when_the_backend_never_answers(relay: Relay) {
@@ -6012,12 +5960,8 @@ fn resets_the_client_when_the_backend_never_answers(relay: Relay) {
     assert!(log.contains("dial_errors=1"), "{log}");
 }
 
-#[test]
-fn resets_the_client_when_the_backend_never_answers_fast_path() {
-    resets_the_client_when_the_backend_never_answers(Relay::FastPath);
-}
-
-#[test]
-fn resets_the_client_when_the_backend_never_answers_tokio_path() {
-    resets_the_client_when_the_backend_never_answers(Relay::Tokio);
-}
+on_both_relays!(
+    resets_the_client_when_the_backend_never_answers_fast_path,
+    resets_the_client_when_the_backend_never_answers_tokio_path
+    => resets_the_client_when_the_backend_never_answers()
+);
