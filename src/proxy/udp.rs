@@ -239,7 +239,7 @@ const BACKLOG_SHARE: u32 = 4;
 /// backlog back to back took the CPU from the receiver behind the backend socket, which then
 /// dropped more than the proxy's socket had (by hand at load 3-6, iperf3 -u 1 Gbit/s, 3 s
 /// rounds: no wait lost 26-35%, the usual wait 18-35% (most of it at the proxy's socket), a
-/// fifth of it 12-15% with none at the proxy's socket; docs/proxy.md has the table).
+/// fifth of it 12-15% with none at the proxy's socket; docs/proxy-bench.md has the table).
 const BEHIND_DIVISOR: u32 = 5;
 
 thread_local! {
