@@ -5289,10 +5289,10 @@ on_both_relays!(
 );
 
 /// A reset from a side whose own direction has ended (it sent its FIN, then reset) while the
-/// other side is idle: the loop learns it from EPOLLERR alone, passes it on as a reset and
-/// counts it. (tokio's path learns it only when it next writes to that side.)
-#[test]
-fn fast_path_passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle() {
+/// other side is idle: no read says so (the FIN was read), only the socket's error (EPOLLERR).
+/// Both relays pass it on as a reset at once and count it; tokio's path used to learn it only
+/// when it next wrote to that side, so an idle backend never heard of it.
+fn passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle(relay: Relay) {
     let ns = lab("pxfinrst");
     let dir = TempDir::new("pxfinrst");
     // The client sends, half-closes, then resets: the backend, having read to EOF, waits.
@@ -5329,7 +5329,7 @@ fn fast_path_passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle() {
             close_with_reset(s);
         }
     });
-    let p = start_fast(
+    let p = relay.start(
         Some(&ns),
         &dir,
         &["-p", "8080=127.0.0.1:7000", "-p", "8081=127.0.0.1:7001"],
@@ -5377,6 +5377,12 @@ fn fast_path_passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle() {
         "{log}"
     );
 }
+
+on_both_relays!(
+    passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle_fast_path,
+    passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle_tokio_path
+    => passes_a_reset_that_follows_a_fin_while_the_other_side_is_idle()
+);
 
 /// A client that sends and then resets (it aborted), its bytes and its reset in the proxy's
 /// queue together (sent while the backend's SYN is dropped): the backend gets the bytes and a

@@ -35,11 +35,12 @@ pub(crate) fn pipe_size() -> libc::c_int {
     })
 }
 
-/// How one direction ended.
+/// How a direction ended the connection. A direction whose FIN is passed on first does not
+/// end (it watches its source for a reset, [`pass_fin`]), so every end is the connection's.
 #[derive(Debug)]
 enum DirEnd {
-    /// The source sent FIN; it was passed on.
-    FinPassed,
+    /// The source sent FIN and it was passed on after the other direction's: both are done.
+    LastFinPassed,
     /// Reading the source failed with a reset.
     SrcReset,
     /// Writing the destination failed: it reset or went away.
@@ -234,13 +235,28 @@ async fn write_corked(dst: &TcpStream, data: &[u8]) -> Result<(), DirEnd> {
     Ok(())
 }
 
-/// Pass a FIN on: shut down the destination's write side, unless the other direction has
-/// already ended, in which case the relay closes both sockets right away and close() sends
-/// the FIN (both receive queues are drained, so it is a FIN, not a reset): one syscall fewer.
-fn pass_fin(dst: &TcpStream, ended: &AtomicBool) {
-    if !ended.swap(true, Ordering::Relaxed) {
-        shutdown_write(dst);
+/// Pass `src`'s FIN on to `dst`. The second FIN ends the connection: the relay closes both
+/// sockets right away and close() sends it (both receive queues are drained, so it is a FIN,
+/// not a reset): one syscall fewer than a shutdown. The first is a shutdown of `dst`'s write
+/// side, and then `src` can still reset while the other direction runs; no read will say so
+/// (its FIN was read), only the socket's error (EPOLLERR). Watching for that passes the reset
+/// on at once, as the event loop does, instead of at the next write to `src`, which an idle
+/// peer may never cause: the other side would wait on a connection that is gone.
+async fn pass_fin(src: &TcpStream, dst: &TcpStream, ended: &AtomicBool) -> DirEnd {
+    if ended.swap(true, Ordering::Relaxed) {
+        return DirEnd::LastFinPassed;
     }
+    shutdown_write(dst);
+    // tokio never clears ERROR readiness, so a later error or one the other direction's write
+    // took already (take_error says None) leaves nothing to wait for but the other direction.
+    if src.ready(Interest::ERROR).await.is_ok_and(|r| r.is_error()) {
+        if let Ok(Some(e)) = src.take_error() {
+            if is_reset(&e) {
+                return DirEnd::SrcReset;
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// Bytes read through a small buffer before a direction switches to splice: short exchanges
@@ -262,8 +278,7 @@ async fn splice_dir(
             Err(end) => return end,
         };
         if n == 0 {
-            pass_fin(dst.as_ref(), ended);
-            return DirEnd::FinPassed;
+            return pass_fin(src.stream(), dst.as_ref(), ended).await;
         }
         // The source's FIN came with this data (a server that answers and closes). A short
         // read drained the receive queue up to that FIN, so these bytes are the last ones
@@ -282,8 +297,7 @@ async fn splice_dir(
         counter.fetch_add(n as u64, Ordering::Relaxed);
         if last {
             // No read just to be told 0: pass the FIN on now.
-            pass_fin(dst.as_ref(), ended);
-            return DirEnd::FinPassed;
+            return pass_fin(src.stream(), dst.as_ref(), ended).await;
         }
         if n == SMALL {
             break;
@@ -337,8 +351,7 @@ async fn splice_dir(
         };
         let dst: &TcpStream = dst.as_ref();
         if n == 0 {
-            pass_fin(dst, ended);
-            return DirEnd::FinPassed;
+            return pass_fin(src.stream(), dst, ended).await;
         }
         let mut left = n;
         while left > 0 {
@@ -374,8 +387,7 @@ async fn copy_plain(
             Err(end) => return end,
         };
         if n == 0 {
-            pass_fin(dst.as_ref(), ended);
-            return DirEnd::FinPassed;
+            return pass_fin(src.stream(), dst.as_ref(), ended).await;
         }
         if let Err(end) = write_all(&mut dst, &buf[..n]).await {
             return end;
@@ -413,8 +425,7 @@ async fn copy_dir(
                 })
                 .await;
             }
-            pass_fin(dst.as_ref(), ended);
-            return DirEnd::FinPassed;
+            return pass_fin(src.stream(), dst.as_ref(), ended).await;
         }
         // A bulk read is handed over with its buffer; a small one is copied out at its size.
         let data = if n >= payload::HAND_OVER {
@@ -446,30 +457,23 @@ async fn copy_dir(
     }
 }
 
-/// Drive both directions until both end or one side resets; says why.
+/// Drive both directions until one ends the connection (the last FIN, a reset, an error); says
+/// why.
 async fn drive(
     f1: impl std::future::Future<Output = DirEnd>,
     f2: impl std::future::Future<Output = DirEnd>,
 ) -> CloseReason {
-    let (mut f1, mut f2) = (std::pin::pin!(f1), std::pin::pin!(f2));
-    let (mut d1, mut d2) = (false, false);
-    loop {
-        let (which, end) = tokio::select! {
-            e = &mut f1, if !d1 => (Direction::ClientToServer, e),
-            e = &mut f2, if !d2 => (Direction::ServerToClient, e),
-        };
-        match (which, end) {
-            (Direction::ClientToServer, DirEnd::FinPassed) => d1 = true,
-            (Direction::ServerToClient, DirEnd::FinPassed) => d2 = true,
-            (Direction::ClientToServer, DirEnd::SrcReset)
-            | (Direction::ServerToClient, DirEnd::DstReset) => return CloseReason::ClientReset,
-            (Direction::ServerToClient, DirEnd::SrcReset)
-            | (Direction::ClientToServer, DirEnd::DstReset) => return CloseReason::BackendReset,
-            (_, DirEnd::Error(e)) => return CloseReason::Error(e.to_string()),
-        }
-        if d1 && d2 {
-            return CloseReason::Normal;
-        }
+    let (which, end) = tokio::select! {
+        e = f1 => (Direction::ClientToServer, e),
+        e = f2 => (Direction::ServerToClient, e),
+    };
+    match (which, end) {
+        (_, DirEnd::LastFinPassed) => CloseReason::Normal,
+        (Direction::ClientToServer, DirEnd::SrcReset)
+        | (Direction::ServerToClient, DirEnd::DstReset) => CloseReason::ClientReset,
+        (Direction::ServerToClient, DirEnd::SrcReset)
+        | (Direction::ClientToServer, DirEnd::DstReset) => CloseReason::BackendReset,
+        (_, DirEnd::Error(e)) => CloseReason::Error(e.to_string()),
     }
 }
 
