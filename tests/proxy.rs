@@ -5137,6 +5137,116 @@ fn passes_urgent_data_on_with_every_byte_behind_it_into_a_dump_tokio_path() {
     passes_urgent_data_on_with_every_byte_behind_it(Relay::Tokio, true);
 }
 
+/// A backend's urgent byte right behind a full 8 KiB read, arriving with its FIN after the relay
+/// was told of the 8 KiB and before it read them: the read stops at the mark (a full read, not
+/// a short one), splice then says 0 (the FIN is in), and the read that follows skipped the
+/// urgent byte on the loop when no EPOLLPRI had shown yet (nothing had set SO_OOBINLINE on the
+/// backend's socket). Made certain, not left to timing, with strace: each read of the relay is
+/// held for a second at its entry, and the backend sends the urgent byte and its FIN only once
+/// the trace shows the relay inside its first read; the trace then shows the case happened
+/// (that read returned 8192 and a splice after it 0).
+fn passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(relay: Relay) {
+    let ns = lab("pxurg8k");
+    let dir = TempDir::new("pxurg8k");
+    let bulk = payload(8192, 13);
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let sent = bulk.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = s.write_all(&sent);
+            let _ = wait.recv();
+            send_urgent(&s, b'!');
+            // close(): the FIN right behind the urgent byte.
+        }
+    });
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    // The relay's reads: the loop's threads read(); tokio's workers recvfrom().
+    let (read, threads): (&str, Vec<String>) = match relay {
+        Relay::FastPath => (
+            "read",
+            std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+                .unwrap()
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "nettool-fast")
+                })
+                .map(|t| t.file_name().to_string_lossy().into_owned())
+                .collect(),
+        ),
+        Relay::Tokio => ("recvfrom", vec![p.pid().to_string()]),
+    };
+    let out = dir.join("strace.out");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-qq", "-e"])
+        .arg(format!("trace={read},splice"))
+        .arg("-e")
+        .arg(format!("inject={read}:delay_enter=1000000"))
+        .arg("-o")
+        .arg(&out);
+    if matches!(relay, Relay::Tokio) {
+        cmd.arg("-f");
+    }
+    for t in &threads {
+        cmd.args(["-p", t]);
+    }
+    let mut st = ChildGuard(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace (apt-get install strace)"),
+    );
+    wait_for("strace to attach", 10, || {
+        threads.iter().all(|t| {
+            std::fs::read_to_string(format!("/proc/{}/task/{t}/status", p.pid()))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+        })
+    });
+    let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    // The client sends nothing: the relay's first read is the backend's 8 KiB, announced
+    // without EPOLLPRI (nothing urgent was sent yet) and now held at its entry.
+    wait_for("the relay inside its read of the backend", 10, || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains(&format!("{read}(")))
+    });
+    go.send(()).unwrap();
+    let mut want = bulk;
+    want.push(b'!');
+    let got = read_up_to(&mut c, want.len() + 1);
+    unsafe { libc::kill(st.pid() as i32, libc::SIGINT) };
+    let _ = st.0.wait();
+    let trace = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        trace.contains("= 8192")
+            && trace
+                .lines()
+                .any(|l| l.contains("splice") && l.ends_with("= 0")),
+        "the case was not set up (the urgent byte came after the read): trace\n{trace}"
+    );
+    assert!(
+        got == want,
+        "{} of {} bytes came, ending {:?}",
+        got.len(),
+        want.len(),
+        String::from_utf8_lossy(&got[got.len().saturating_sub(8)..])
+    );
+    drop(c);
+    let log = p.stop();
+    assert!(
+        log.contains("connections=1 active=0 bytes_c2s=0 bytes_s2c=8193 "),
+        "{log}"
+    );
+}
+
+on_both_relays!(
+    passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced_fast_path,
+    passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced_tokio_path
+    => passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced()
+);
+
 /// Backend: answer a request with "pong\n" and close, as in tools/bench-proxy's short
 /// connections.
 fn pong_backend(l: TcpListener) {

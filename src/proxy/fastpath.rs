@@ -202,6 +202,9 @@ struct Dir {
     nodelay: bool,
     /// A write to the destination was made already.
     wrote: bool,
+    /// The source keeps urgent data in line (SO_OOBINLINE; the client's is inherited from the
+    /// listener).
+    inline: bool,
 }
 
 impl Dir {
@@ -216,6 +219,19 @@ impl Dir {
                 self.nodelay = true;
             }
             self.wrote = true;
+        }
+    }
+
+    /// SO_OOBINLINE on the source, once: at an urgent mark the next read returns the urgent
+    /// byte instead of skipping it. Set when EPOLLPRI shows, and after a full read: that read
+    /// may end exactly at a mark no EPOLLPRI has announced yet (the urgent byte came after the
+    /// event that woke the loop), and if the FIN came with it, splice says 0 there and the read
+    /// that tells it from the FIN would skip the byte. Paid by a backend's direction that turns
+    /// bulk, never by a short connection.
+    fn urgent_in_line(&mut self, src: RawFd) {
+        if !self.inline {
+            let _ = super::sock::set_int_opt(&src, libc::SOL_SOCKET, libc::SO_OOBINLINE, 1);
+            self.inline = true;
         }
     }
 }
@@ -441,6 +457,9 @@ fn pump_dir(
             }
             Err(e) => return src_flow(e),
         };
+        if n == scratch.len() {
+            d.urgent_in_line(src);
+        }
         // A short read drained the receive queue (the next arrival is a new edge). With the
         // FIN already seen, these bytes are the last: sent corked so the FIN passed on next
         // leaves in the same segment, and no read just to be told 0. Not so at an urgent mark:
@@ -726,7 +745,10 @@ impl Loop {
             connecting,
             c: Ready::default(),
             b: Ready::default(),
-            up: Dir::default(),
+            up: Dir {
+                inline: true,
+                ..Dir::default()
+            },
             down: Dir {
                 nodelay: true,
                 ..Dir::default()
@@ -806,10 +828,12 @@ impl Loop {
             return;
         };
         if flags as i32 & libc::EPOLLPRI != 0 {
-            // Before any read reaches the urgent byte: kept in the stream, as the client's are
-            // (the listener's option is inherited), instead of skipped by read().
-            let fd = if backend { &conn.backend } else { &conn.client };
-            let _ = socket2::SockRef::from(fd).set_out_of_band_inline(true);
+            // Before any read reaches the urgent byte: kept in the stream instead of skipped.
+            let (fd, d) = match backend {
+                true => (&conn.backend, &mut conn.down),
+                false => (&conn.client, &mut conn.up),
+            };
+            d.urgent_in_line(fd.as_raw_fd());
         }
         if backend {
             if conn.connecting {
