@@ -5327,21 +5327,68 @@ on_both_relays!(
     => serves_a_backend_that_speaks_first()
 );
 
+/// The state letter of task `tid` of process `pid` (R running, S asleep, ...).
+fn task_state(pid: u32, tid: &str) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .unwrap_or_default()
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .unwrap_or('?')
+}
+
+/// CPU time of process `pid` (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the state.
+    rest.split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
+}
+
+/// The most payload TCP can hold between a backend and a client that reads nothing, through a
+/// relay: the backend's send buffer, the relay's two sockets, the client's receive buffer
+/// (each at most its autotuning cap, tcp_wmem/tcp_rmem's third value, in `ns`), the relay's
+/// 1 MiB splice pipe, and 256 KiB for a send buffer's overshoot by a segment and the relay's
+/// small buffer.
+fn socket_buffers_bound(ns: &TestNs) -> usize {
+    let max = |name: &str| {
+        inside(ns, || {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+        })
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap()
+    };
+    2 * max("tcp_rmem") + 2 * max("tcp_wmem") + (1 << 20) + (256 << 10)
+}
+
 /// A client that never reads while the backend streams: the backend is held back by TCP's
 /// flow control, not buffered in the proxy; once the client reads, every byte comes, in order.
+/// The verdict is counts: what the backend managed to write, once it is held back, against
+/// what the socket buffers and the pipe between it and the client can hold.
 fn holds_back_a_backend_whose_client_does_not_read(relay: Relay) {
     let ns = lab("pxnoread");
     let dir = TempDir::new("pxnoread");
     const CHUNK: usize = 1 << 20;
-    const CHUNKS: usize = 128;
+    let bound = socket_buffers_bound(&ns);
+    // Twice what the buffers hold (128 MiB at least): a proxy that buffered would let the
+    // backend write it all.
+    let chunks = (2 * bound / CHUNK + 1).max(128);
     let chunk = payload(CHUNK, 5);
     let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let l = listen_in(&ns, "127.0.0.1:7000");
     let (sent, counter) = (chunk.clone(), written.clone());
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let _ = tid_tx.send(unsafe { libc::gettid() }.to_string());
         for s in l.incoming().flatten() {
             let mut s = s;
-            for _ in 0..CHUNKS {
+            for _ in 0..chunks {
                 // In 64 KiB writes, so the count follows what the kernel took.
                 for part in sent.chunks(65_536) {
                     if s.write_all(part).is_err() {
@@ -5352,26 +5399,56 @@ fn holds_back_a_backend_whose_client_does_not_read(relay: Relay) {
             }
         }
     });
+    let writer = tid_rx.recv().unwrap();
+    let me = std::process::id();
     let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
     let rss_before = proc_status_kb(p.pid(), "VmRSS");
     let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
-    // Until the backend's writes stop: every buffer between it and the client is full.
-    let mut last = usize::MAX;
-    wait_for("the backend to be held back", 30, || {
-        std::thread::sleep(Duration::from_millis(300));
+    // Held back: the backend asleep in a write for want of room (sk_stream_wait_memory) while
+    // every thread of the proxy sleeps, seen twice with no byte written and no CPU tick of the
+    // proxy between: every buffer on the way is full and nothing moves. A thread starved of
+    // CPU is runnable, not asleep, so a slow machine does not make this look settled early;
+    // and a proxy that buffered would be woken by the backend's bytes, not asleep with them.
+    let observe = || {
+        let blocked = task_state(me, &writer) == 'S'
+            && std::fs::read_to_string(format!("/proc/{me}/task/{writer}/stack"))
+                .is_ok_and(|s| s.contains("sk_stream_wait_memory"));
+        let asleep = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+            .unwrap()
+            .flatten()
+            .all(|t| task_state(p.pid(), &t.file_name().to_string_lossy()) == 'S');
+        (blocked && asleep).then(|| {
+            (
+                written.load(std::sync::atomic::Ordering::Relaxed),
+                cpu_ticks(p.pid()),
+            )
+        })
+    };
+    let mut last = None;
+    wait_for("the backend to be held back", 60, || {
+        std::thread::sleep(Duration::from_millis(100));
         let now = written.load(std::sync::atomic::Ordering::Relaxed);
-        std::mem::replace(&mut last, now) == now && now > 0
+        assert!(
+            now <= bound,
+            "the backend wrote {now} bytes to a client that reads nothing: more than the {bound} \
+             the socket buffers and the pipe between them hold"
+        );
+        let seen = observe();
+        let settled = seen.is_some() && seen == last;
+        last = seen;
+        settled
     });
     let held = written.load(std::sync::atomic::Ordering::Relaxed);
     let rss = proc_status_kb(p.pid(), "VmRSS");
     eprintln!(
-        "{relay:?}: the backend wrote {} KiB before it was held back; proxy RSS {rss_before} -> {rss} kB",
-        held / 1024
+        "{relay:?}: the backend wrote {} KiB before it was held back (bound {} KiB); proxy RSS \
+         {rss_before} -> {rss} kB",
+        held / 1024,
+        bound / 1024
     );
-    // Socket buffers (a few MiB each, four of them) and one pipe: far from the 128 MiB sent.
     assert!(
-        held < 48 * CHUNK,
-        "the backend wrote {held} bytes to a client that reads nothing"
+        held <= bound,
+        "the backend wrote {held} bytes to a client that reads nothing, more than {bound}"
     );
     assert!(
         rss < rss_before + 16 * 1024,
@@ -5379,15 +5456,15 @@ fn holds_back_a_backend_whose_client_does_not_read(relay: Relay) {
     );
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = vec![0u8; CHUNK];
-    for k in 0..CHUNKS {
+    for k in 0..chunks {
         c.read_exact(&mut buf)
-            .unwrap_or_else(|e| panic!("chunk {k} of {CHUNKS}: {e}"));
+            .unwrap_or_else(|e| panic!("chunk {k} of {chunks}: {e}"));
         assert!(buf == chunk, "chunk {k} differs");
     }
     drop(c);
     let log = p.stop();
     assert!(
-        log.contains(&format!("bytes_s2c={}", CHUNK * CHUNKS)),
+        log.contains(&format!("bytes_s2c={}", CHUNK * chunks)),
         "{log}"
     );
 }
