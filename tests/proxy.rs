@@ -5144,11 +5144,14 @@ fn passes_urgent_data_on_with_every_byte_behind_it_into_a_dump_tokio_path() {
 /// backend's socket). Made certain, not left to timing, with strace: each read of the relay is
 /// held for a second at its entry, and the backend sends the urgent byte and its FIN only once
 /// the trace shows the relay inside its first read; the trace then shows the case happened
-/// (that read returned 8192 and a splice after it 0).
-fn passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(relay: Relay) {
+/// (that read returned 8192 and a splice after it 0). `dump`: tokio's copy path (a hex dump),
+/// which reads 64 KiB at a time and never splices: a full read ending at the mark lost the
+/// byte there whenever it came.
+fn passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(relay: Relay, dump: bool) {
     let ns = lab("pxurg8k");
     let dir = TempDir::new("pxurg8k");
-    let bulk = payload(8192, 13);
+    let full = if dump { 65_536 } else { 8192 };
+    let bulk = payload(full, 13);
     let l = listen_in(&ns, "127.0.0.1:7000");
     let (go, wait) = std::sync::mpsc::channel::<()>();
     let sent = bulk.clone();
@@ -5161,7 +5164,12 @@ fn passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(relay: Rel
             // close(): the FIN right behind the urgent byte.
         }
     });
-    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let dump_file = dir.join("dump.txt");
+    let mut args = vec!["8080", "127.0.0.1:7000"];
+    if dump {
+        args.extend(["--hex", "--dump-file", dump_file.to_str().unwrap()]);
+    }
+    let p = relay.start(Some(&ns), &dir, &args);
     // The relay's reads: the loop's threads read(); tokio's workers recvfrom().
     let (read, threads): (&str, Vec<String>) = match relay {
         Relay::FastPath => (
@@ -5220,10 +5228,11 @@ fn passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(relay: Rel
     let _ = st.0.wait();
     let trace = std::fs::read_to_string(&out).unwrap_or_default();
     assert!(
-        trace.contains("= 8192")
-            && trace
-                .lines()
-                .any(|l| l.contains("splice") && l.ends_with("= 0")),
+        trace.contains(&format!("= {full}"))
+            && (dump
+                || trace
+                    .lines()
+                    .any(|l| l.contains("splice") && l.ends_with("= 0"))),
         "the case was not set up (the urgent byte came after the read): trace\n{trace}"
     );
     assert!(
@@ -5236,7 +5245,10 @@ fn passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(relay: Rel
     drop(c);
     let log = p.stop();
     assert!(
-        log.contains("connections=1 active=0 bytes_c2s=0 bytes_s2c=8193 "),
+        log.contains(&format!(
+            "connections=1 active=0 bytes_c2s=0 bytes_s2c={} ",
+            full + 1
+        )),
         "{log}"
     );
 }
@@ -5244,8 +5256,13 @@ fn passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(relay: Rel
 on_both_relays!(
     passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced_fast_path,
     passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced_tokio_path
-    => passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced()
+    => passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(false)
 );
+
+#[test]
+fn passes_an_urgent_byte_that_ends_a_full_read_into_a_dump_tokio_path() {
+    passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(Relay::Tokio, true);
+}
 
 /// Backend: answer a request with "pong\n" and close, as in tools/bench-proxy's short
 /// connections.

@@ -149,10 +149,15 @@ fn at_urgent_mark(s: &TcpStream) -> bool {
 /// instead of probing with a read that fails EAGAIN, one syscall fewer per exchange. Short
 /// at an urgent mark, the bytes behind it are already queued and no event will say so:
 /// they are read straight from the socket, past tokio's readiness, until it would block.
+/// A full read can end exactly at a mark too, and SIOCATMARK is not asked after one (a bulk
+/// transfer would pay it on every read): SO_OOBINLINE is set once instead, so the read that
+/// meets the mark returns the urgent byte rather than skipping it.
 struct Source<'a> {
     half: ReadHalf<'a>,
     /// Bytes past an urgent mark may be queued: read without waiting for an event.
     past_mark: bool,
+    /// SO_OOBINLINE was set after a full read.
+    inline: bool,
 }
 
 impl<'a> Source<'a> {
@@ -160,6 +165,7 @@ impl<'a> Source<'a> {
         Source {
             half,
             past_mark: false,
+            inline: false,
         }
     }
 
@@ -195,6 +201,10 @@ impl<'a> Source<'a> {
         let n = self.half.read(buf).await.map_err(src_end)?;
         if n > 0 && n < buf.len() {
             self.past_mark = at_urgent_mark(self.half.as_ref());
+        } else if n > 0 && !self.inline {
+            // One setsockopt for a direction that turns bulk; none for a short exchange.
+            let _ = socket2::SockRef::from(self.half.as_ref()).set_out_of_band_inline(true);
+            self.inline = true;
         }
         Ok(n)
     }
