@@ -6175,3 +6175,223 @@ on_both_relays!(
     resets_the_client_when_the_backend_never_answers_tokio_path
     => resets_the_client_when_the_backend_never_answers()
 );
+
+// ---- A user's first tries (session 7): each found by running the command as printed ----
+
+/// `nettool ARGS` in `ns` with the readiness pipe on fd 3: its answer, its exit code and its
+/// stderr. One that says it is ready is killed (exit code None), so a check that it refuses
+/// fails instead of hanging.
+fn outcome(ns: &TestNs, args: &[&str], env: &[(&str, &str)]) -> (String, Option<i32>, String) {
+    let mut cmd = nettool_in_ns(ns, args);
+    cmd.envs(env.iter().copied());
+    let (mut child, ready) = spawn_ready(cmd);
+    if ready == "0\n" {
+        unsafe { libc::kill(child.pid() as i32, libc::SIGKILL) };
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let code = child.0.wait().unwrap().code();
+    (ready, code, err)
+}
+
+/// Two proxies on one UDP port: the second is refused and names the first. The UDP listener
+/// used SO_REUSEADDR, so a second `nettool proxy udp:5353 ...` (or anything else that binds
+/// with it, socat's UDP-RECV) started too and the two split the port's datagrams.
+#[test]
+fn a_udp_port_another_proxy_holds_is_refused_and_the_holder_named() {
+    let ns = lab("pxudpheld");
+    let dir = TempDir::new("pxudpheld");
+    let first = start(Some(&ns), &dir, &["udp:127.0.0.1:5353", "127.0.0.1:53"]);
+    let (ready, code, _) = outcome(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "udp:127.0.0.1:5353",
+            "127.0.0.1:53",
+        ],
+        &[],
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "second proxy on the same UDP port; fd 3: {ready:?}"
+    );
+    assert!(
+        ready.starts_with("1\ncannot listen on udp 127.0.0.1:5353")
+            && ready.contains("Address already in use")
+            && ready.contains(&format!("(held by pid {} (nettool))", first.pid())),
+        "{ready}"
+    );
+    first.stop();
+}
+
+/// A port held on IPv6 only ([::]:8080 with IPV6_V6ONLY, as `socat TCP6-LISTEN:8080,ipv6only=1`):
+/// the proxy's 0.0.0.0 half binds, its [::] half fails, and the error names the holder. It
+/// named the proxy itself (its own 0.0.0.0:8080, matched across families). A dual-stack
+/// holder ([::] without V6ONLY) takes 0.0.0.0:8080 too and is named for that.
+#[test]
+fn a_port_held_on_one_family_names_that_holder_not_the_proxy_itself() {
+    let ns = lab("pxv6held");
+    let me = std::process::id();
+    for (v6only, fails_on) in [(true, "tcp [::]:8080"), (false, "tcp 0.0.0.0:8080")] {
+        let holder = inside(&ns, move || {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+            s.set_only_v6(v6only).unwrap();
+            s.set_reuse_address(true).unwrap();
+            let a: SocketAddr = "[::]:8080".parse().unwrap();
+            s.bind(&a.into())
+                .unwrap_or_else(|e| panic!("bind [::]:8080 v6only={v6only}: {e}"));
+            s.listen(8).unwrap();
+            s
+        });
+        let (ready, code, _) = outcome(
+            &ns,
+            &["proxy", "--ready-fd", "3", "8080", "127.0.0.1:7000"],
+            &[],
+        );
+        assert_eq!(code, Some(1), "v6only={v6only}; fd 3: {ready:?}");
+        assert!(
+            ready.starts_with(&format!("1\ncannot listen on {fails_on} "))
+                && ready.contains(&format!("(held by pid {me} (")),
+            "v6only={v6only}: the holder is this test (pid {me}): {ready}"
+        );
+        drop(holder);
+    }
+}
+
+/// Two mappings that listen on one address and port: a usage error naming both (exit 2),
+/// before anything is bound. TCP failed at bind time naming the proxy itself as the holder
+/// (exit 1); UDP (SO_REUSEADDR) bound both and split the datagrams between them.
+#[test]
+fn overlapping_mappings_are_a_usage_error_naming_both() {
+    let ns = lab("pxoverlap");
+    for (maps, says) in [
+        (
+            ["-p", "8100-8105=127.0.0.1:80", "-p", "8103=127.0.0.1:81"],
+            "tcp:8103=127.0.0.1:81 would listen on tcp 0.0.0.0:8103, which tcp:8100-8105=127.0.0.1:80 takes already",
+        ),
+        (
+            ["-p", "udp:127.0.0.1:5353=127.0.0.1:53", "-p", "udp:5353=127.0.0.1:54"],
+            "udp:5353=127.0.0.1:54 would listen on udp 0.0.0.0:5353, which udp:127.0.0.1:5353=127.0.0.1:53 takes already",
+        ),
+    ] {
+        let mut args = vec!["proxy", "--ready-fd", "3"];
+        args.extend(maps);
+        let (ready, code, err) = outcome(&ns, &args, &[]);
+        assert_eq!(code, Some(2), "{maps:?}: fd 3 {ready:?}, stderr {err}");
+        assert!(err.contains(says), "{maps:?}: {err}");
+        assert!(ready.starts_with("1\n") && ready.contains(says), "{ready}");
+    }
+}
+
+/// `--json --dump-file F`: the counters line at exit ends F, after the stream it sums up. It
+/// went to stdout, where a `jq` reading F never saw it.
+#[test]
+fn json_counters_end_the_dump_file_not_stdout() {
+    let ns = lab("pxjsonctr");
+    let dir = TempDir::new("pxjsonctr");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let f = dir.join("events.jsonl");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--json",
+            "--dump-file",
+            f.to_str().unwrap(),
+            "127.0.0.1:8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    let back = inside(&ns, || {
+        echo_once("127.0.0.1:8080".parse().unwrap(), b"ping")
+    });
+    assert_eq!(back.unwrap(), b"ping");
+    wait_for("the connection's close event", 10, || {
+        std::fs::read_to_string(&f).is_ok_and(|s| s.contains("\"event\":\"close\""))
+    });
+    p.stop();
+    let text = std::fs::read_to_string(&f).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "counters", "{text}");
+    assert_eq!(last["counters"]["connections"], 1, "{text}");
+    assert_eq!(last["counters"]["bytes_c2s"], 4, "{text}");
+}
+
+/// A log, dump or pcap file whose directory does not exist (docs/proxy.md's config example
+/// on a machine without /var/log/nettool): the error names the directory and how to make
+/// it, in docker-proxy mode on fd 3 (so in `docker run`'s error). It said "--log-file" (not
+/// an option there) and "cannot open dump destination" for the log file.
+#[test]
+fn a_file_in_a_missing_directory_names_the_directory() {
+    let ns = lab("pxnodir");
+    let dir = TempDir::new("pxnodir");
+    let missing = dir.join("nettool");
+    let hint = format!(
+        "(the directory {0} does not exist: create it first, e.g. `mkdir -p -m 0700 {0}`)",
+        missing.display()
+    );
+    let log = missing.join("docker-proxy.log");
+    let docker = [
+        "-proto",
+        "tcp",
+        "-host-ip",
+        "127.0.0.1",
+        "-host-port",
+        "8080",
+        "-container-ip",
+        "127.0.0.1",
+        "-container-port",
+        "7000",
+    ];
+    let (ready, code, _) = outcome(
+        &ns,
+        &docker,
+        &[("NETTOOL_PROXY_LOG", log.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(1), "{ready}");
+    assert_eq!(
+        ready,
+        format!(
+            "1\ncannot open the log file {} for appending: No such file or directory (os error 2) {hint}",
+            log.display()
+        )
+    );
+    let pcap = missing.join("p.pcap");
+    let dump = missing.join("d.txt");
+    for args in [
+        ["--pcap", pcap.to_str().unwrap()],
+        ["--dump-file", dump.to_str().unwrap()],
+    ] {
+        let mut a = vec!["proxy", "--ready-fd", "3", "--dump"];
+        a.extend(args);
+        a.extend(["127.0.0.1:8080", "127.0.0.1:7000"]);
+        let (ready, code, err) = outcome(&ns, &a, &[]);
+        assert_eq!(code, Some(1), "{args:?}: {ready}");
+        assert!(
+            ready.ends_with(&hint) && err.contains(&hint),
+            "{args:?}: {ready} / {err}"
+        );
+    }
+    assert!(!missing.exists());
+}
+
+/// `--pcap-max-mb` or `--pcap-files` without `--pcap` is a usage error, as `--dump-file`
+/// without a dump is. Both were ignored without a word.
+#[test]
+fn pcap_limits_without_a_pcap_are_a_usage_error() {
+    let ns = lab("pxpcapreq");
+    for opt in [["--pcap-max-mb", "5"], ["--pcap-files", "3"]] {
+        let mut a = vec!["proxy", "--ready-fd", "3"];
+        a.extend(opt);
+        a.extend(["127.0.0.1:8080", "127.0.0.1:7000"]);
+        let (ready, code, err) = outcome(&ns, &a, &[]);
+        assert_eq!(code, Some(2), "{opt:?}: fd 3 {ready:?}");
+        assert!(err.contains("--pcap <FILE>"), "{opt:?}: {err}");
+    }
+}

@@ -147,8 +147,12 @@ fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
             LOG_TAG,
         )),
         LogTo::File(p) => {
-            let f = tap::open_private(p, true).with_context(|| {
-                format!("--log-file {}: cannot open it for appending", p.display())
+            let f = tap::open_private(p, true).map_err(|tap::TapError::Open { path, error }| {
+                anyhow::anyhow!(
+                    "cannot open the log file {} for appending: {error}{}",
+                    path.display(),
+                    missing_dir_hint(&path, &error)
+                )
             })?;
             let what = format!("the log file {}", p.display());
             Box::new(TextLines::new(Box::new(f), &what, LOG_TAG))
@@ -201,14 +205,48 @@ fn open_ns(what: &str, target: &Option<String>) -> anyhow::Result<Option<NetNs>>
         .transpose()
 }
 
-fn build_sinks(plan: &Plan) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+/// For a file that cannot be made because its directory is missing: say which, and how to
+/// make it (nothing creates a log or dump file's directory, /var/log/nettool included).
+fn missing_dir_hint(path: &std::path::Path, error: &std::io::Error) -> String {
+    match path.parent() {
+        Some(dir)
+            if error.kind() == std::io::ErrorKind::NotFound
+                && !dir.as_os_str().is_empty()
+                && !dir.exists() =>
+        {
+            format!(
+                " (the directory {0} does not exist: create it first, e.g. `mkdir -p -m 0700 {0}`)",
+                dir.display()
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// A dump destination's open error, with the missing directory named.
+fn open_error(e: tap::TapError) -> anyhow::Error {
+    let tap::TapError::Open { path, error } = &e;
+    let hint = missing_dir_hint(path, error);
+    anyhow::anyhow!("{e}{hint}")
+}
+
+/// The dump sinks, and the file the `--json` counters line goes to at exit.
+type Sinks = (Vec<Box<dyn Sink>>, Option<File>);
+
+/// The dump sinks, and for `--json --dump-file` a second handle on that file: the counters
+/// line at exit goes where the rest of the JSON stream went.
+fn build_sinks(plan: &Plan) -> anyhow::Result<Sinks> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut counters_to = None;
     if let Some(console) = plan.console {
         let (out, name): (Output, String) = match &plan.dump_file {
-            Some(p) => (
-                Box::new(tap::open_private(p, true)?),
-                format!("dump to {}", p.display()),
-            ),
+            Some(p) => {
+                let f = tap::open_private(p, true).map_err(open_error)?;
+                if plan.json_counters {
+                    counters_to = Some(f.try_clone().context("dup the dump file")?);
+                }
+                (Box::new(f), format!("dump to {}", p.display()))
+            }
             None => (Box::new(std::io::stdout()), "dump to stdout".into()),
         };
         sinks.push(match console {
@@ -218,12 +256,12 @@ fn build_sinks(plan: &Plan) -> anyhow::Result<Vec<Box<dyn Sink>>> {
         });
     }
     if let Some(p) = &plan.pcap {
-        sinks.push(Box::new(PcapSink::new(p.clone())?));
+        sinks.push(Box::new(PcapSink::new(p.clone()).map_err(open_error)?));
     }
     if let Some(d) = &plan.streams {
         sinks.push(Box::new(StreamsSink::new(d.clone())?));
     }
-    Ok(sinks)
+    Ok((sinks, counters_to))
 }
 
 /// Bind, announce readiness, serve until SIGINT/SIGTERM/SIGHUP, print counters. Returns the exit code.
@@ -245,7 +283,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
             let _ = answer_ready(fd, Err(format!("{e:#}")));
         }
     };
-    let sinks = match build_sinks(&plan) {
+    let (sinks, counters_to) = match build_sinks(&plan) {
         Ok(s) => s,
         Err(e) => {
             fail_ready(plan.ready_fd, &e);
@@ -402,12 +440,15 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     let snap = counters.snapshot();
     log.log(Level::Info, &format!("counters at exit: {snap}"));
     if plan.json_counters {
-        let mut out = std::io::stdout().lock();
-        let _ = serde_json::to_writer(
-            &mut out,
-            &serde_json::json!({"event": "counters", "counters": snap}),
+        // One write, after the dump's writer thread has ended: the stream's last line.
+        let line = format!(
+            "{}\n",
+            serde_json::json!({"event": "counters", "counters": snap})
         );
-        let _ = writeln!(out);
+        let _ = match counters_to {
+            Some(mut f) => f.write_all(line.as_bytes()),
+            None => std::io::stdout().lock().write_all(line.as_bytes()),
+        };
     }
     Ok(0)
 }
@@ -595,6 +636,12 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         return Err(Usage(
             "--dump-file needs --dump, --hex or --json (it says where that output goes)".into(),
         )
+        .into());
+    }
+    if let Some((first, second, proto, addr)) = spec::first_overlap(&maps) {
+        return Err(Usage(format!(
+            "{second} would listen on {proto} {addr}, which {first} takes already: a port can be forwarded once per address; drop one or give it another port"
+        ))
         .into());
     }
     let listen_ns = open_ns("--listen-netns", &a.listen_netns)?;
@@ -847,10 +894,10 @@ pub(crate) struct ProxyArgs {
     /// Cap each pcap file at this many megabytes, decimals allowed (0.5 = 500 kB); then rotate
     /// (see --pcap-files) or, with one file, stop the capture (forwarding goes on).
     // Parsed to bytes.
-    #[arg(long, value_name = "MB", value_parser = parse_megabytes)]
+    #[arg(long, value_name = "MB", value_parser = parse_megabytes, requires = "pcap")]
     pub pcap_max_mb: Option<u64>,
     /// Keep this many pcap files when rotating (FILE, FILE.1, ...).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "pcap")]
     pub pcap_files: u32,
     /// Write one file per connection and direction into DIR (like tcpflow).
     #[arg(long, value_name = "DIR")]

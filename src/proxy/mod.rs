@@ -332,10 +332,6 @@ fn holder_hint(proto: Proto, addr: SocketAddr) -> String {
     let Ok(socks) = sockets::list(Which::Listening) else {
         return fallback.into();
     };
-    let clash = |l: &SocketAddr| {
-        l.port() == addr.port()
-            && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())
-    };
     let want = match proto {
         Proto::Tcp => sockets::Proto::Tcp,
         Proto::Udp => sockets::Proto::Udp,
@@ -343,7 +339,13 @@ fn holder_hint(proto: Proto, addr: SocketAddr) -> String {
     let same_proto = |p: &sockets::Proto| *p == want;
     let owners: Vec<String> = socks
         .iter()
-        .filter(|s| same_proto(&s.proto) && s.is_listening() && clash(&s.local))
+        // By family: the IPv6 half of an "every address" mapping fails on a [::] holder, not
+        // on the proxy's own 0.0.0.0 listener bound a moment before.
+        .filter(|s| {
+            same_proto(&s.proto)
+                && s.is_listening()
+                && spec::listens_clash(addr, s.local, s.local.is_ipv6() && !s.v6only)
+        })
         .flat_map(|s| s.owners.iter())
         .map(|o| match crate::lab::state::lab_of_process(o.pid) {
             Some(lab) => format!(

@@ -35,9 +35,10 @@ pub(crate) fn set_listener_nodelay(l: &impl std::os::fd::AsFd) -> io::Result<()>
 
 /// A UDP socket on `addr`; on a wildcard address it asks for the destination address of each
 /// datagram (IP_PKTINFO / IPV6_RECVPKTINFO) so replies leave from the address the client used.
+/// No SO_REUSEADDR (UDP has no TIME_WAIT to step over): with it, a port another process holds
+/// with SO_REUSEADDR (a second proxy, socat) is bound again and the two split its datagrams.
 pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }

@@ -252,6 +252,48 @@ impl Mapping {
     }
 }
 
+/// Whether a listener on `ours` (IPv6 ones are IPV6_V6ONLY, as the proxy binds them) cannot be
+/// bound next to one on `other`: the same port and either the same address or a wildcard of
+/// the family; an IPv6 `other` that is not V6ONLY (`other_dual`) takes IPv4 too, as
+/// `[::]` or as an IPv4-mapped address.
+pub(crate) fn listens_clash(ours: SocketAddr, other: SocketAddr, other_dual: bool) -> bool {
+    if ours.port() != other.port() {
+        return false;
+    }
+    let (a, b) = (ours.ip(), other.ip());
+    if a.is_ipv4() == b.is_ipv4() {
+        return a == b || a.is_unspecified() || b.is_unspecified();
+    }
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V6(b)) if other_dual => {
+            b.is_unspecified()
+                || b.to_ipv4_mapped()
+                    .is_some_and(|b| a.is_unspecified() || a == b)
+        }
+        _ => false,
+    }
+}
+
+/// Two mappings that both listen on one address and port (the same protocol): the second
+/// could not be bound next to the first. The first such pair and the address, in order.
+pub(crate) fn first_overlap(maps: &[Mapping]) -> Option<(&Mapping, &Mapping, Proto, SocketAddr)> {
+    let mut seen: std::collections::HashMap<(Proto, u16), Vec<(SocketAddr, usize)>> =
+        Default::default();
+    for (i, m) in maps.iter().enumerate() {
+        for pm in m.expand() {
+            let here = seen.entry((pm.proto, pm.listen.port())).or_default();
+            if let Some(&(_, j)) = here
+                .iter()
+                .find(|(other, _)| listens_clash(pm.listen, *other, false))
+            {
+                return Some((&maps[j], m, pm.proto, pm.listen));
+            }
+            here.push((pm.listen, i));
+        }
+    }
+    None
+}
+
 impl std::fmt::Display for Mapping {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ip = |ip: IpAddr| match ip {
@@ -289,6 +331,51 @@ mod tests {
         let m = parse_map("9000=10.0.0.1").unwrap();
         assert_eq!(m.target.first, 9000);
         assert_eq!(m.to_string(), "tcp:9000=10.0.0.1:9000");
+    }
+
+    #[test]
+    fn overlapping_listeners_are_found() {
+        let maps = |specs: &[&str]| -> Vec<Mapping> {
+            specs.iter().map(|s| parse_map(s).unwrap()).collect()
+        };
+        let none: &[&[&str]] = &[
+            &["8080=10.0.0.1:80", "udp:8080=10.0.0.1:80"],
+            &["127.0.0.1:53=10.0.0.1:53", "127.0.0.2:53=10.0.0.1:53"],
+            &["[::1]:80=10.0.0.1:80", "127.0.0.1:80=10.0.0.1:80"],
+            &["8000-8009=10.0.0.1:80", "8010=10.0.0.1:80"],
+        ];
+        for specs in none {
+            assert!(first_overlap(&maps(specs)).is_none(), "{specs:?}");
+        }
+        let m = maps(&["8100-8105=10.0.0.1:80", "8103=10.0.0.1:81"]);
+        let (a, b, proto, addr) = first_overlap(&m).unwrap();
+        assert_eq!((a, b), (&m[0], &m[1]));
+        assert_eq!((proto, addr), (Proto::Tcp, "0.0.0.0:8103".parse().unwrap()));
+        let m = maps(&["udp:127.0.0.1:53=10.0.0.1:53", "udp:53=10.0.0.2:53"]);
+        assert_eq!(first_overlap(&m).unwrap().3, "0.0.0.0:53".parse().unwrap());
+        let m = maps(&["[::]:80=10.0.0.1:80", "[::1]:80=10.0.0.1:80"]);
+        assert_eq!(first_overlap(&m).unwrap().3, "[::1]:80".parse().unwrap());
+    }
+
+    #[test]
+    fn a_listener_clashes_only_within_its_family_unless_the_other_is_dual_stack() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        assert!(listens_clash(a("0.0.0.0:80"), a("127.0.0.1:80"), false));
+        assert!(!listens_clash(a("0.0.0.0:80"), a("127.0.0.1:81"), false));
+        assert!(!listens_clash(a("[::]:80"), a("0.0.0.0:80"), false));
+        assert!(!listens_clash(a("0.0.0.0:80"), a("[::]:80"), false));
+        assert!(listens_clash(a("0.0.0.0:80"), a("[::]:80"), true));
+        assert!(listens_clash(
+            a("127.0.0.1:80"),
+            a("[::ffff:127.0.0.1]:80"),
+            true
+        ));
+        assert!(!listens_clash(
+            a("127.0.0.2:80"),
+            a("[::ffff:127.0.0.1]:80"),
+            true
+        ));
+        assert!(listens_clash(a("[::1]:80"), a("[::]:80"), false));
     }
 
     #[test]
