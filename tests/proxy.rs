@@ -5264,6 +5264,56 @@ fn passes_an_urgent_byte_that_ends_a_full_read_into_a_dump_tokio_path() {
     passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(Relay::Tokio, true);
 }
 
+/// A direction whose FIN has been passed on gives its splice pipe back (two descriptors, and up
+/// to 1 MiB of pipe) while the other direction goes on: a client that uploaded, half-closed and
+/// waits for a slow answer costs the proxy its two sockets, not four descriptors.
+fn releases_a_directions_pipe_once_its_fin_is_passed(relay: Relay) {
+    let ns = lab("pxpipe");
+    let dir = TempDir::new("pxpipe");
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let _ = got_tx.send(got.len());
+            // A slow answer: the upload's direction is over, this one is not.
+            let _ = wait.recv();
+            let _ = s.write_all(b"done");
+        }
+    });
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let before = p.fds();
+    let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+    // Bulk (a full first read): this direction splices through a pipe.
+    c.write_all(&payload(1 << 20, 17)).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(got_rx.recv_timeout(Duration::from_secs(10)), Ok(1 << 20));
+    wait_for("the upload's pipe to be given back", 20, || {
+        p.fds() == before + 2
+    });
+    go.send(()).unwrap();
+    let mut answer = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, b"done");
+    drop(c);
+    wait_for("every proxy fd to be released", 20, || p.fds() == before);
+    let log = p.stop();
+    assert!(
+        log.contains("connections=1 active=0 bytes_c2s=1048576 bytes_s2c=4 "),
+        "{log}"
+    );
+}
+
+on_both_relays!(
+    releases_a_directions_pipe_once_its_fin_is_passed_fast_path,
+    releases_a_directions_pipe_once_its_fin_is_passed_tokio_path
+    => releases_a_directions_pipe_once_its_fin_is_passed()
+);
+
 /// Backend: answer a request with "pong\n" and close, as in tools/bench-proxy's short
 /// connections.
 fn pong_backend(l: TcpListener) {

@@ -518,6 +518,9 @@ fn settle(
             if other_done {
                 return Some(End::Normal);
             }
+            // Empty now (a FIN is read only once the pipe is drained): given back, as the
+            // other direction may run on for long.
+            d.pipe = None;
             let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
             None
         }

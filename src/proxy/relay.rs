@@ -361,6 +361,8 @@ async fn splice_dir(
         };
         let dst: &TcpStream = dst.as_ref();
         if n == 0 {
+            // Given back now: the other direction may run on for long.
+            drop(pipe);
             return pass_fin(src.stream(), dst, ended).await;
         }
         let mut left = n;
@@ -397,6 +399,7 @@ async fn copy_plain(
             Err(end) => return end,
         };
         if n == 0 {
+            drop(buf);
             return pass_fin(src.stream(), dst.as_ref(), ended).await;
         }
         if let Err(end) = write_all(&mut dst, &buf[..n]).await {
@@ -435,6 +438,7 @@ async fn copy_dir(
                 })
                 .await;
             }
+            drop(buf);
             return pass_fin(src.stream(), dst.as_ref(), ended).await;
         }
         // A bulk read is handed over with its buffer; a small one is copied out at its size.
