@@ -6445,3 +6445,29 @@ fn pcap_limits_without_a_pcap_are_a_usage_error() {
         assert!(err.contains("--pcap <FILE>"), "{opt:?}: {err}");
     }
 }
+
+/// Stopped with connections open (Ctrl-C mid-download): the stop line says how many are cut,
+/// since the counters at exit count them as ended (`active=0`). Nothing said it.
+#[test]
+fn the_stop_line_says_how_many_connections_it_cuts() {
+    let ns = lab("pxstopcut");
+    let dir = TempDir::new("pxstopcut");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let p = start(Some(&ns), &dir, &["127.0.0.1:8080", "127.0.0.1:7000"]);
+    let open: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(format!("conn {i}\n").as_bytes()).unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&c).read_line(&mut line).unwrap();
+            c
+        })
+        .collect();
+    let log = p.stop();
+    assert!(
+        log.contains("SIGTERM: stopping; 2 connections open are closed now"),
+        "{log}"
+    );
+    drop(open);
+}

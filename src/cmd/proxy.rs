@@ -377,6 +377,7 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     flush.settle();
     let run_log = log.clone();
     let usr1_counters = counters.clone();
+    let stop_counters = counters.clone();
     let result: anyhow::Result<Option<crate::proxy::transparent::Transparent>> =
         rt.block_on(async move {
             use tokio::signal::unix::{signal, SignalKind};
@@ -400,11 +401,18 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
                 answer_ready(fd, Ok(()))?;
             }
             let stop = async move {
-                tokio::select! {
-                    _ = int.recv() => run_log.log(Level::Info, "SIGINT: stopping"),
-                    _ = term.recv() => run_log.log(Level::Info, "SIGTERM: stopping"),
-                    _ = hup.recv() => run_log.log(Level::Info, "SIGHUP: stopping"),
-                }
+                let signal = tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                    _ = hup.recv() => "SIGHUP",
+                };
+                // Said before they are cut: the counters at exit count them as ended.
+                let open = match stop_counters.snapshot().active {
+                    0 => String::new(),
+                    1 => "; 1 connection open is closed now".into(),
+                    n => format!("; {n} connections open are closed now"),
+                };
+                run_log.log(Level::Info, &format!("{signal}: stopping{open}"));
             };
             let transparent = proxy.run(stop).await.context("serve")?;
             Ok(transparent)
