@@ -1,6 +1,6 @@
 //! The `--json` event stream: one JSON object per line for every event and L7 decode.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 
 use serde::Serialize;
 
@@ -47,7 +47,7 @@ struct Line<'a> {
 
 /// Renders events as JSON lines.
 pub(crate) struct JsonSink {
-    out: BufWriter<Output>,
+    out: super::WholeEvents,
     name: String,
     payload: Payload,
     dec: Decoders,
@@ -57,7 +57,7 @@ impl JsonSink {
     /// A JSON-lines sink.
     pub(crate) fn new(out: Output, name: String, payload: Payload, decode: bool) -> Self {
         JsonSink {
-            out: BufWriter::with_capacity(256 * 1024, out),
+            out: super::WholeEvents::new(out),
             name,
             payload,
             dec: Decoders::new(decode),
@@ -128,7 +128,8 @@ impl Sink for JsonSink {
             }
         }
         serde_json::to_writer(&mut self.out, &line)?;
-        self.out.write_all(b"\n")
+        self.out.write_all(b"\n")?;
+        self.out.event_done()
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -202,6 +202,59 @@ pub fn start(
 /// A shared, boxed writer (stdout or a file) that a console sink renders into.
 pub type Output = Box<dyn Write + Send>;
 
+/// Bytes a dump holds before it writes them out (at the end of an event).
+const WHOLE_EVENTS_AT: usize = 256 * 1024;
+
+/// A dump's write buffer that goes out only at event boundaries, each time in one write_all:
+/// another process may append to the same file (docker-proxy mode runs one process per
+/// address family, and its dump goes to the shared log file by default), and a buffer written
+/// whenever it filled (a BufWriter) tore lines there: one process's `  ` indent, then the
+/// other's `< #1 ...` block, on one line.
+pub(crate) struct WholeEvents {
+    out: Output,
+    buf: Vec<u8>,
+}
+
+impl WholeEvents {
+    /// Buffer for `out`.
+    pub(crate) fn new(out: Output) -> Self {
+        WholeEvents {
+            out,
+            buf: Vec::with_capacity(WHOLE_EVENTS_AT),
+        }
+    }
+
+    /// An event is rendered whole: write the buffer out once it holds enough.
+    pub(crate) fn event_done(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= WHOLE_EVENTS_AT {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        // Emptied whatever happens: a failed destination is stopped, not retried with it.
+        let r = self.out.write_all(&self.buf);
+        self.buf.clear();
+        r
+    }
+}
+
+impl Write for WholeEvents {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_out()?;
+        self.out.flush()
+    }
+}
+
 /// Open a file this process writes (dump, log, pcap) for appending, or emptied (`append`
 /// false), without following a symlink at `path` and readable only by its owner: see
 /// [`open_private_at`] for the checks.

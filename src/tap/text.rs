@@ -2,10 +2,10 @@
 //! connection, both address pairs, the direction, byte offsets and a microsecond timestamp,
 //! with L7 lines (`# ...`) under the data.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 
 use super::event::Event;
-use super::{describe_conn, Decoders, Output, Sink};
+use super::{describe_conn, Decoders, Output, Sink, WholeEvents};
 
 /// Text (socat -v) or hex (socat -x) payload rendering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub(crate) enum Style {
 
 /// Renders events as text blocks.
 pub(crate) struct ConsoleSink {
-    out: BufWriter<Output>,
+    out: WholeEvents,
     name: String,
     style: Style,
     dec: Decoders,
@@ -36,7 +36,7 @@ impl ConsoleSink {
         payload: bool,
     ) -> Self {
         ConsoleSink {
-            out: BufWriter::with_capacity(256 * 1024, out),
+            out: WholeEvents::new(out),
             name,
             style,
             dec: Decoders::new(decode),
@@ -176,7 +176,7 @@ impl Sink for ConsoleSink {
                 writeln!(self.out, "# #{} {dir} {}", c.id, escape_line(&line))?;
             }
         }
-        Ok(())
+        self.out.event_done()
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -223,5 +223,95 @@ mod tests {
             super::escape_line("plain"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    /// Every write that reaches the destination holds whole events (text, hex and JSON): two
+    /// processes appending to one file (docker-proxy mode's two per port) cannot tear each
+    /// other's lines. The 256 KiB BufWriter wrote whenever it filled, mid-line.
+    #[test]
+    fn a_dump_reaches_its_file_in_whole_events_only() {
+        use crate::tap::event::{ConnInfo, Direction, Event, Timestamp, Transport};
+        use crate::tap::Sink;
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+        impl std::io::Write for Writes {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().push(b.to_vec());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let conn = Arc::new(ConnInfo {
+            id: 1,
+            transport: Transport::Tcp,
+            client: "127.0.0.1:40000".parse().unwrap(),
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            local: "127.0.0.1:40001".parse().unwrap(),
+            backend: "127.0.0.1:7000".parse().unwrap(),
+        });
+        let line: Vec<u8> = (0..70)
+            .map(|i| b'A' + (i % 26) as u8)
+            .chain([b'\n'])
+            .collect();
+        for kind in ["text", "hex", "json"] {
+            let w = Writes::default();
+            let out: super::Output = Box::new(w.clone());
+            let mut sink: Box<dyn Sink> = match kind {
+                "text" => Box::new(super::ConsoleSink::new(
+                    out,
+                    "t".into(),
+                    super::Style::Text,
+                    false,
+                    true,
+                )),
+                "hex" => Box::new(super::ConsoleSink::new(
+                    out,
+                    "t".into(),
+                    super::Style::Hex,
+                    false,
+                    true,
+                )),
+                _ => Box::new(crate::tap::json::JsonSink::new(
+                    out,
+                    "t".into(),
+                    crate::tap::json::Payload::Text,
+                    false,
+                )),
+            };
+            let mut offset = 0u64;
+            // 64 events of 8 KiB + 1 (ragged against any buffer size): ~1.5 MB of text.
+            for _ in 0..64 {
+                let bytes: Vec<u8> = line.iter().copied().cycle().take(8193).collect();
+                let n = bytes.len() as u64;
+                sink.event(&Event::Data {
+                    conn: conn.clone(),
+                    dir: Direction::ServerToClient,
+                    offset,
+                    ts: Timestamp(0),
+                    bytes: Arc::new(bytes),
+                })
+                .unwrap();
+                offset += n;
+            }
+            sink.flush().unwrap();
+            let writes = w.0.lock().unwrap();
+            assert!(writes.len() > 2, "{kind}: {} writes", writes.len());
+            for (i, chunk) in writes.iter().enumerate() {
+                let starts = match kind {
+                    "json" => chunk.starts_with(b"{\"ts\""),
+                    _ => chunk.starts_with(b"< #1 "),
+                };
+                assert!(
+                    starts && chunk.ends_with(b"\n"),
+                    "{kind}: write {i} of {} does not hold whole events: starts {:?}, ends {:?}",
+                    writes.len(),
+                    String::from_utf8_lossy(&chunk[..40.min(chunk.len())]),
+                    String::from_utf8_lossy(&chunk[chunk.len().saturating_sub(40)..])
+                );
+            }
+        }
     }
 }
