@@ -6471,3 +6471,20 @@ fn the_stop_line_says_how_many_connections_it_cuts() {
     );
     drop(open);
 }
+
+/// `-v` says how a connection ended in the dump's words ("close normal"), not Rust's Debug
+/// form ("close Normal", `DialFailed("...")`).
+#[test]
+fn the_verbose_log_says_how_a_connection_closed_in_words() {
+    let ns = lab("pxvclose");
+    let dir = TempDir::new("pxvclose");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let p = start(Some(&ns), &dir, &["-v", "127.0.0.1:8080", "127.0.0.1:7000"]);
+    let back = inside(&ns, || {
+        echo_once("127.0.0.1:8080".parse().unwrap(), b"ping")
+    });
+    assert_eq!(back.unwrap(), b"ping");
+    wait_for("the close line", 10, || p.log().contains("#1 close"));
+    let log = p.stop();
+    assert!(log.contains("#1 close normal c2s=4 s2c=4"), "{log}");
+}

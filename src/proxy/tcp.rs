@@ -178,7 +178,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
         .await;
     }
     let (reason, up, down) = relay(client, backend, &conn, &ctx).await;
-    ctx.debug(|| format!("#{id} close {reason:?} c2s={up} s2c={down}"));
+    ctx.debug(|| format!("#{id} close {reason} c2s={up} s2c={down}"));
     if let Some(tap) = &ctx.tap {
         tap.send(Event::Close {
             conn,

@@ -145,6 +145,20 @@ pub enum CloseReason {
     Shutdown,
 }
 
+/// How the text dump and the `-v` log say it: `normal`, `reset by client`, ...
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Normal => f.write_str("normal"),
+            CloseReason::ClientReset => f.write_str("reset by client"),
+            CloseReason::BackendReset => f.write_str("reset by backend"),
+            CloseReason::DialFailed(e) => write!(f, "dial failed: {e}"),
+            CloseReason::Error(e) => write!(f, "error: {e}"),
+            CloseReason::Shutdown => f.write_str("proxy stopped"),
+        }
+    }
+}
+
 /// Something that happened on a connection.
 #[derive(Debug, Clone)]
 pub enum Event {

@@ -155,16 +155,8 @@ impl Sink for ConsoleSink {
                 ..
             } => writeln!(
                 self.out,
-                "* #{} close {} c2s={bytes_c2s} s2c={bytes_s2c}  {ts}",
+                "* #{} close {reason} c2s={bytes_c2s} s2c={bytes_s2c}  {ts}",
                 c.id,
-                match reason {
-                    super::event::CloseReason::Normal => "normal".to_string(),
-                    super::event::CloseReason::ClientReset => "reset by client".into(),
-                    super::event::CloseReason::BackendReset => "reset by backend".into(),
-                    super::event::CloseReason::DialFailed(e) => format!("dial failed: {e}"),
-                    super::event::CloseReason::Error(e) => format!("error: {e}"),
-                    super::event::CloseReason::Shutdown => "proxy stopped".into(),
-                }
             )?,
         }
         let dir = match ev {
