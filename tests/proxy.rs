@@ -4568,7 +4568,7 @@ fn udp_dense_streams_are_paced_in_batches_and_request_response_never_waits() {
     );
 }
 
-// The plain TCP path's own event loop (src/proxy/fastpath.rs): no dump, no PROXY header, no -v.
+// The plain TCP path's own event loop (src/proxy/fastpath/): no dump, no PROXY header, no -v.
 
 /// How many threads of `pid` are named `name`.
 fn threads_named(pid: u32, name: &str) -> usize {
@@ -4616,7 +4616,7 @@ fn close_with_reset(s: TcpStream) {
 /// selects the loop's).
 #[derive(Clone, Copy, Debug)]
 enum Relay {
-    /// The event loop (src/proxy/fastpath.rs): plain TCP that nothing watches, the default.
+    /// The event loop (src/proxy/fastpath/): plain TCP that nothing watches, the default.
     FastPath,
     /// tokio's path (src/proxy/relay.rs): what serves dumps, pcaps, -v and PROXY headers.
     Tokio,

@@ -1,0 +1,552 @@
+//! One loop thread: its epoll set, the connections it accepted (a slab of slots whose
+//! generation makes stale tokens and timers miss), dials and their deadlines, and how a
+//! connection ends.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{SockAddr, Type};
+
+use super::super::relay::{is_reset, SMALL};
+use super::super::sock;
+use super::super::tcp::{canonical, DIAL_TIMEOUT};
+use super::super::{Ctx, Level};
+use super::pump::{cvt, pump_dir, settle, zero_linger, Dir, End, Ready};
+use super::{add_listener, epoll_add, Listener, SPECIAL, STOP};
+
+/// How long accepting pauses after running out of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Events taken per epoll_wait.
+const EVENTS: usize = 256;
+
+/// One relayed connection: its two sockets, their readiness, and its two directions.
+pub(super) struct Conn {
+    /// The number the log lines give it.
+    pub(super) id: u64,
+    /// Index of the listener that accepted it.
+    pub(super) listener: u32,
+    /// The client's address.
+    pub(super) peer: SocketAddr,
+    /// The accepted socket.
+    pub(super) client: OwnedFd,
+    /// The socket to the backend.
+    pub(super) backend: OwnedFd,
+    /// The backend's dial has not finished yet.
+    pub(super) connecting: bool,
+    /// The client socket's readiness.
+    pub(super) c: Ready,
+    /// The backend socket's readiness.
+    pub(super) b: Ready,
+    /// Client to backend.
+    pub(super) up: Dir,
+    /// Backend to client.
+    pub(super) down: Dir,
+}
+
+/// A slab entry; `gen` goes up each time it is vacated, so old tokens and timers miss.
+pub(super) struct Slot {
+    /// Goes up each time the slot is vacated.
+    pub(super) gen: u32,
+    /// The connection it holds, if any.
+    pub(super) conn: Option<Conn>,
+}
+
+/// One thread's loop: its epoll set and the connections it accepted.
+pub(super) struct Loop {
+    ep: OwnedFd,
+    listeners: Arc<Vec<Listener>>,
+    ctx: Arc<Ctx>,
+    /// The connections, by the slot index their tokens carry.
+    pub(super) slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Dial deadlines in order (the timeout is the same for all): (deadline, slot, gen). A
+    /// dial that ends leaves its entry behind; [`Loop::expire`] drops those at the front, and
+    /// [`Loop::dial_timer`] the rest once they outnumber the dials still waiting.
+    pub(super) timers: VecDeque<(Instant, u32, u32)>,
+    /// The queue's length at which [`Loop::dial_timer`] drops the entries of ended dials.
+    compact_timers_at: usize,
+    paused_until: Option<Instant>,
+    scratch: Box<[u8]>,
+    /// Route lookups for transparent mode's judgement of each client, in this thread's
+    /// namespace; opened at the first transparent dial.
+    rtnl: Option<crate::netns::links::Rtnl>,
+    /// The stop eventfd (owned by [`super::Loops`]), read directly while epoll_wait fails.
+    stop: RawFd,
+    /// The errno of the epoll_wait failure said last (each kind is said once).
+    wait_error: Option<i32>,
+}
+
+/// Entries the dial timer queue may hold before it is first compacted.
+pub(super) const TIMERS_SLACK: usize = 64;
+
+/// Whether slot `idx` still holds the dial `gen` started (its timer is live).
+fn dialing(slots: &[Slot], idx: u32, gen: u32) -> bool {
+    let slot = &slots[idx as usize];
+    slot.gen == gen && slot.conn.as_ref().is_some_and(|c| c.connecting)
+}
+
+/// The epoll token of one side of the connection in slot `idx`, generation `gen`.
+pub(super) fn token(idx: u32, gen: u32, backend: bool) -> u64 {
+    ((gen as u64) << 32) | ((idx as u64) << 1) | backend as u64
+}
+
+/// A slot's next generation. Kept to 31 bits: the token's top bit is [`SPECIAL`], and a slot
+/// reused 2^31 times (one thread's sequential connections reuse the same slot: two days at
+/// 12 000 a second) would otherwise give tokens that read as a listener's.
+pub(super) fn next_gen(gen: u32) -> u32 {
+    gen.wrapping_add(1) & (u32::MAX >> 1)
+}
+
+impl Loop {
+    /// A loop on the epoll set `ep`, which holds `listeners` and the eventfd `stop` already.
+    pub(super) fn new(
+        ep: OwnedFd,
+        stop: RawFd,
+        listeners: Arc<Vec<Listener>>,
+        ctx: Arc<Ctx>,
+    ) -> Loop {
+        Loop {
+            ep,
+            listeners,
+            ctx,
+            slots: Vec::new(),
+            free: Vec::new(),
+            timers: VecDeque::new(),
+            compact_timers_at: TIMERS_SLACK,
+            paused_until: None,
+            scratch: vec![0u8; SMALL].into_boxed_slice(),
+            rtnl: None,
+            stop,
+            wait_error: None,
+        }
+    }
+
+    /// Serve until the stop eventfd is written; the connections left are closed then.
+    pub(super) fn run(mut self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        loop {
+            let timeout = self.timeout_ms();
+            // SAFETY: epoll_wait into our own array.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.ep.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    EVENTS as i32,
+                    timeout,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                // Not expected (EBADF, EFAULT, EINVAL), and then it fails the same way every
+                // time: said once per kind, not at each retry. The STOP token cannot come
+                // through a failing epoll_wait, so the eventfd is read here, or stopping the
+                // proxy would wait for this thread forever.
+                if self.wait_error != e.raw_os_error() {
+                    self.wait_error = e.raw_os_error();
+                    self.ctx.log(
+                        Level::Error,
+                        format!(
+                            "proxy event loop: epoll_wait: {e}; retrying every {} ms (said once)",
+                            ACCEPT_BACKOFF.as_millis()
+                        ),
+                    );
+                }
+                if self.stop_asked() {
+                    self.close_all();
+                    return;
+                }
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+            self.wait_error = None;
+            for ev in &events[..n as usize] {
+                let (flags, tok) = (ev.events, ev.u64);
+                if tok == STOP {
+                    self.close_all();
+                    return;
+                }
+                if tok & SPECIAL != 0 {
+                    if self.paused_until.is_none() {
+                        self.accept_one((tok & !SPECIAL) as usize);
+                    }
+                } else {
+                    self.conn_event(tok, flags);
+                }
+            }
+            self.expire();
+        }
+    }
+
+    /// Whether the stop eventfd was written (a non-blocking read of it).
+    fn stop_asked(&self) -> bool {
+        let mut v: u64 = 0;
+        // SAFETY: an 8-byte read from the eventfd into our own u64.
+        let r = unsafe { libc::read(self.stop, &mut v as *mut u64 as *mut libc::c_void, 8) };
+        r == 8
+    }
+
+    /// Queue the deadline of the dial `gen` in slot `idx`. Entries of ended dials are dropped
+    /// once the queue has doubled since the last time (plus [`TIMERS_SLACK`]): amortized O(1)
+    /// per dial, and the queue never holds more than twice the dials waiting at the last
+    /// compaction plus the slack. Left alone, one dial that waits its 20 s keeps an entry for
+    /// every connection opened behind it (240 000 at 12 000 a second).
+    pub(super) fn dial_timer(&mut self, idx: u32, gen: u32) {
+        self.timers
+            .push_back((Instant::now() + DIAL_TIMEOUT, idx, gen));
+        if self.timers.len() > self.compact_timers_at {
+            let slots = &self.slots;
+            self.timers
+                .retain(|&(_, idx, gen)| dialing(slots, idx, gen));
+            self.compact_timers_at = 2 * self.timers.len() + TIMERS_SLACK;
+        }
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        let now = Instant::now();
+        let next = [self.timers.front().map(|t| t.0), self.paused_until]
+            .into_iter()
+            .flatten()
+            .min();
+        match next {
+            None => -1,
+            Some(t) => {
+                let d = t.saturating_duration_since(now);
+                (d.as_millis() as i32).saturating_add(1)
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+            // Back in the set: a backlog that built up meanwhile is reported at once.
+            for (i, l) in self.listeners.iter().enumerate() {
+                if let Err(e) = add_listener(self.ep.as_raw_fd(), l, i) {
+                    self.ctx.log(
+                        Level::Error,
+                        format!("tcp {}: cannot accept any more: epoll: {e}", l.map.listen),
+                    );
+                }
+            }
+        }
+        while let Some(&(t, idx, gen)) = self.timers.front() {
+            if !dialing(&self.slots, idx, gen) {
+                self.timers.pop_front();
+                continue;
+            }
+            if t > now {
+                break;
+            }
+            self.timers.pop_front();
+            let e = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {}s", DIAL_TIMEOUT.as_secs()),
+            );
+            self.dial_failed(idx, e);
+        }
+    }
+
+    /// Accept one connection (level-triggered: more waiting are reported again).
+    fn accept_one(&mut self, li: usize) {
+        let listeners = self.listeners.clone();
+        let l = &listeners[li];
+        loop {
+            // SAFETY: accept4 into the storage try_init hands us; the fd is owned right away.
+            let r = unsafe {
+                SockAddr::try_init(|storage, len| {
+                    cvt(libc::accept4(
+                        l.fd.as_raw_fd(),
+                        storage.cast(),
+                        len,
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    ))
+                    .map(|fd| OwnedFd::from_raw_fd(fd))
+                })
+            };
+            match r {
+                Ok((client, addr)) => {
+                    let peer = addr
+                        .as_socket()
+                        .map(canonical)
+                        .unwrap_or(SocketAddr::new(l.map.listen.ip(), 0));
+                    return self.open(li, l, client, peer);
+                }
+                Err(e) => match e.raw_os_error() {
+                    // Another thread took it.
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => {}
+                    _ => {
+                        self.ctx
+                            .log(Level::Warn, format!("accept on tcp {}: {e}", l.map.listen));
+                        // Out of fds or memory: level-triggered, the listener would be
+                        // reported again at once, so it leaves the set for the backoff.
+                        for other in listeners.iter() {
+                            // SAFETY: removing an fd we registered; no event struct needed.
+                            unsafe {
+                                libc::epoll_ctl(
+                                    self.ep.as_raw_fd(),
+                                    libc::EPOLL_CTL_DEL,
+                                    other.fd.as_raw_fd(),
+                                    std::ptr::null_mut(),
+                                )
+                            };
+                        }
+                        self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn open(&mut self, li: usize, l: &Listener, client: OwnedFd, peer: SocketAddr) {
+        let c = &self.ctx.counters;
+        c.connections.fetch_add(1, Ordering::Relaxed);
+        c.active.fetch_add(1, Ordering::Relaxed);
+        let id = self.ctx.next_id();
+        // In transparent mode bound to the client's address (IP_TRANSPARENT), when its
+        // replies can come back here; the first connection of each kind that cannot says why.
+        let source = self.ctx.source_for(peer);
+        let backend = match sock::make(Type::STREAM, l.map.target, source, &mut self.rtnl) {
+            Ok(d) => {
+                if let Some(f) = &d.fallback {
+                    self.ctx.fallback(id, peer, f);
+                }
+                d.socket
+            }
+            Err(e) => return self.dial_error(id, li, &client, peer, e),
+        };
+        let connecting = match backend.connect(&l.target) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+            Err(e) => return self.dial_error(id, li, &client, peer, e),
+        };
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let gen = self.slots[idx as usize].gen;
+        let conn = Conn {
+            id,
+            listener: li as u32,
+            peer,
+            client,
+            backend: OwnedFd::from(backend),
+            connecting,
+            c: Ready::default(),
+            b: Ready::default(),
+            up: Dir::from_client(),
+            down: Dir::from_backend(),
+        };
+        // EPOLLPRI: urgent data changes what a short read or splice's EAGAIN means (Ready).
+        let ev =
+            (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
+                as u32;
+        let ep = self.ep.as_raw_fd();
+        let added = epoll_add(ep, conn.client.as_raw_fd(), ev, token(idx, gen, false))
+            .and_then(|_| epoll_add(ep, conn.backend.as_raw_fd(), ev, token(idx, gen, true)));
+        self.slots[idx as usize].conn = Some(conn);
+        if let Err(e) = added {
+            // Out of memory or over max_user_watches.
+            return self.finish(
+                idx,
+                End::Error(io::Error::new(e.kind(), format!("epoll: {e}"))),
+            );
+        }
+        if connecting {
+            self.dial_timer(idx, gen);
+        }
+    }
+
+    /// A backend dial failed before the connection had a slot: reset the client, say why.
+    fn dial_error(&self, id: u64, li: usize, client: &OwnedFd, peer: SocketAddr, e: io::Error) {
+        let map = self.listeners[li].map;
+        let listen = socket2::SockRef::from(client)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(canonical)
+            .unwrap_or(map.listen);
+        let c = &self.ctx.counters;
+        c.dial_errors.fetch_add(1, Ordering::Relaxed);
+        self.ctx.log(
+            Level::Warn,
+            format!(
+                "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}; resetting the client",
+                map.target
+            ),
+        );
+        zero_linger(client);
+        c.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Take the connection out of its slot; the slot's stale tokens and timers stop matching.
+    pub(super) fn vacate(&mut self, idx: u32) -> Option<Conn> {
+        let slot = &mut self.slots[idx as usize];
+        let conn = slot.conn.take()?;
+        slot.gen = next_gen(slot.gen);
+        self.free.push(idx);
+        Some(conn)
+    }
+
+    fn dial_failed(&mut self, idx: u32, e: io::Error) {
+        let Some(conn) = self.vacate(idx) else {
+            return;
+        };
+        self.dial_error(conn.id, conn.listener as usize, &conn.client, conn.peer, e);
+        // Dropping conn closes both sockets (the client's with a reset).
+    }
+
+    fn conn_event(&mut self, tok: u64, flags: u32) {
+        let idx = ((tok & 0xffff_ffff) >> 1) as u32;
+        let gen = (tok >> 32) as u32;
+        let backend = tok & 1 == 1;
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        if slot.gen != gen {
+            return;
+        }
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        if flags as i32 & libc::EPOLLPRI != 0 {
+            // Before any read reaches the urgent byte: kept in the stream instead of skipped.
+            let (fd, d) = match backend {
+                true => (&conn.backend, &mut conn.down),
+                false => (&conn.client, &mut conn.up),
+            };
+            d.urgent_in_line(fd.as_raw_fd());
+        }
+        if backend {
+            if conn.connecting {
+                let f = flags as i32;
+                if f & (libc::EPOLLERR | libc::EPOLLHUP) != 0 {
+                    let e = socket2::SockRef::from(&conn.backend)
+                        .take_error()
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| {
+                            io::Error::other("the backend closed the connection at once")
+                        });
+                    return self.dial_failed(idx, e);
+                }
+                if f & libc::EPOLLOUT == 0 {
+                    conn.b.add(flags);
+                    return;
+                }
+                conn.connecting = false;
+            }
+            conn.b.add(flags);
+        } else {
+            conn.c.add(flags);
+            if conn.connecting {
+                return;
+            }
+        }
+        if let Some(end) = self.pump(idx) {
+            self.finish(idx, end);
+        }
+    }
+
+    /// Relay what can be relayed; Some when the connection is over.
+    fn pump(&mut self, idx: u32) -> Option<End> {
+        let conn = self.slots[idx as usize].conn.as_mut()?;
+        let counters = &self.ctx.counters;
+        let (cfd, bfd) = (conn.client.as_raw_fd(), conn.backend.as_raw_fd());
+        if !conn.up.done {
+            let flow = pump_dir(
+                &mut conn.up,
+                cfd,
+                &mut conn.c,
+                bfd,
+                &mut conn.b,
+                &mut self.scratch,
+                &counters.bytes_c2s,
+            );
+            if let Some(end) = settle(flow, &mut conn.up, conn.down.done, &conn.backend, true) {
+                return Some(end);
+            }
+        }
+        if !conn.down.done {
+            let flow = pump_dir(
+                &mut conn.down,
+                bfd,
+                &mut conn.b,
+                cfd,
+                &mut conn.c,
+                &mut self.scratch,
+                &counters.bytes_s2c,
+            );
+            if let Some(end) = settle(flow, &mut conn.down, conn.up.done, &conn.client, false) {
+                return Some(end);
+            }
+        }
+        // A side whose own direction has ended can still reset: nothing reads it any more,
+        // so EPOLLERR is the only word of it.
+        let reset = |fd: &OwnedFd| {
+            socket2::SockRef::from(fd)
+                .take_error()
+                .ok()
+                .flatten()
+                .is_some_and(|e| is_reset(&e))
+        };
+        if conn.up.done && conn.c.err && reset(&conn.client) {
+            return Some(End::ClientReset);
+        }
+        if conn.down.done && conn.b.err && reset(&conn.backend) {
+            return Some(End::BackendReset);
+        }
+        None
+    }
+
+    fn finish(&mut self, idx: u32, end: End) {
+        let Some(conn) = self.vacate(idx) else {
+            return;
+        };
+        let c = &self.ctx.counters;
+        match end {
+            End::Normal => {}
+            End::ClientReset => {
+                zero_linger(&conn.backend);
+                c.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            End::BackendReset => {
+                zero_linger(&conn.client);
+                c.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            End::Error(e) => {
+                zero_linger(&conn.client);
+                zero_linger(&conn.backend);
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                self.ctx.log(
+                    Level::Warn,
+                    format!("#{} error: {e}; both sides reset", conn.id),
+                );
+            }
+        }
+        c.active.fetch_sub(1, Ordering::Relaxed);
+        // Dropping conn closes both sockets, which also takes them out of the epoll set.
+    }
+
+    fn close_all(&mut self) {
+        let c = &self.ctx.counters;
+        for s in &mut self.slots {
+            if s.conn.take().is_some() {
+                c.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The plain TCP path's own event loop: no tap, no PROXY header, no per-connection log lines
+//! (transparent mode included: its backend sockets come from the same maker). Short
+//! connections are mostly kernel work; what the proxy adds on tokio's path (a task per
+//! connection, wakers, cross-thread wake-ups, an epoll_ctl DEL per socket before close) is
+//! what this loop leaves out.
+//!
+//! N plain threads, each with its own epoll set holding every listener (EPOLLEXCLUSIVE, so a
+//! new connection wakes one thread) and the connections it accepted (edge-triggered), in a
+//! slab (no allocation per connection). A thread enters the target namespace once at start
+//! and makes backend sockets there itself. Same behaviour as relay.rs: small reads copied
+//! through a small buffer, splice through a pipe once a direction turns bulk, half-close passed
+//! on, data and FIN in one segment when the FIN is already known, a reset passed on as a reset.
+//! TCP urgent data is read in line and passed on as ordinary bytes, and the bytes behind it
+//! follow ([`pump::Ready`], from EPOLLPRI); relay.rs does the same from SIOCATMARK.
+//!
+//! Here: the threads (start, stop) and the listeners' registration. [`event_loop`]: one
+//! thread's loop (accept, dial, timers, events, ending a connection). [`pump`]: moving one
+//! direction's bytes and passing its FIN or reset on, with the syscalls it makes.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use socket2::SockAddr;
+
+use super::spec::PortMap;
+use super::{Ctx, Level};
+use crate::netns::NetNs;
+use event_loop::Loop;
+use pump::cvt;
+
+mod event_loop;
+mod pump;
+#[cfg(test)]
+mod tests;
+
+/// Whether the TCP listeners are served by this loop: unless NETTOOL_PROXY_FASTPATH=0 (tokio's
+/// path, kept for comparison), when nothing needs the per-connection async machinery.
+pub(crate) fn wanted(ctx: &Ctx) -> bool {
+    let on = std::env::var("NETTOOL_PROXY_FASTPATH").map_or(true, |v| v != "0");
+    on && ctx.tap.is_none() && ctx.proxy_protocol.is_none() && !ctx.log.enabled(Level::Debug)
+}
+
+/// Tokens with this bit are not connections: listener i is `SPECIAL | i`.
+const SPECIAL: u64 = 1 << 63;
+/// The stop eventfd's token.
+const STOP: u64 = u64::MAX;
+
+/// The loop threads; [`Loops::stop`] ends them.
+pub(crate) struct Loops {
+    stops: Vec<OwnedFd>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A listener as the loops see it.
+struct Listener {
+    fd: std::net::TcpListener,
+    map: PortMap,
+    target: SockAddr,
+}
+
+fn epoll_add(ep: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: epoll_ctl with a valid event struct.
+    cvt(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(|_| ())
+}
+
+/// A listener in a loop's set: level-triggered, so one accept per event is enough (a backlog
+/// left behind is reported again by the next epoll_wait, and no accept4 is spent to be told
+/// EAGAIN); EPOLLEXCLUSIVE, so a new connection wakes one idle thread, not all.
+fn add_listener(ep: RawFd, l: &Listener, i: usize) -> io::Result<()> {
+    epoll_add(
+        ep,
+        l.fd.as_raw_fd(),
+        (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+        SPECIAL | i as u64,
+    )
+}
+
+impl Loops {
+    /// Start `threads` loops serving `listeners`; backend sockets are made inside `ns`.
+    pub(crate) fn start(
+        listeners: Vec<(std::net::TcpListener, PortMap)>,
+        ctx: Arc<Ctx>,
+        threads: usize,
+        ns: Option<NetNs>,
+    ) -> io::Result<Loops> {
+        let listeners: Arc<Vec<Listener>> = Arc::new(
+            listeners
+                .into_iter()
+                .map(|(fd, map)| {
+                    // Inherited by every accepted client: urgent data (telnet's Synch, ftp's
+                    // ABOR) is read in line and passed on with the bytes around it, instead of
+                    // lost, at no cost per connection.
+                    let _ = socket2::SockRef::from(&fd).set_out_of_band_inline(true);
+                    Listener {
+                        fd,
+                        map,
+                        target: map.target.into(),
+                    }
+                })
+                .collect(),
+        );
+        // Filled as threads start: on an error (out of fds for a later thread's epoll set, no
+        // thread), dropping it stops and joins the threads started so far, so none is left
+        // serving the listeners behind the caller's back.
+        let mut loops = Loops {
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        for _ in 0..threads.max(1) {
+            // SAFETY: plain syscalls; the fds are owned right away.
+            let ep =
+                unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+            let stop = unsafe {
+                OwnedFd::from_raw_fd(cvt(libc::eventfd(
+                    0,
+                    libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+                ))?)
+            };
+            epoll_add(ep.as_raw_fd(), stop.as_raw_fd(), libc::EPOLLIN as u32, STOP)?;
+            for (i, l) in listeners.iter().enumerate() {
+                add_listener(ep.as_raw_fd(), l, i)?;
+            }
+            // The raw stop fd outlives the thread: Loops's drop joins before closing it.
+            let lp = Loop::new(ep, stop.as_raw_fd(), listeners.clone(), ctx.clone());
+            let ns = ns.clone();
+            let log = ctx.clone();
+            let h = std::thread::Builder::new()
+                .name("nettool-fast".into())
+                .spawn(move || match ns {
+                    Some(ns) => {
+                        if let Err(e) = ns.run(move || lp.run()) {
+                            // Unlikely once the dialer entered the same namespace at start.
+                            log.log(Level::Error, format!("proxy event loop: {e}"));
+                        }
+                    }
+                    None => lp.run(),
+                })?;
+            loops.stops.push(stop);
+            loops.threads.push(h);
+        }
+        Ok(loops)
+    }
+
+    /// Tell every loop to stop and wait for them; their connections are closed.
+    pub(crate) fn stop(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Loops {
+    /// A proxy dropped without serving (an error after bind) stops its loops too.
+    fn drop(&mut self) {
+        for s in &self.stops {
+            let one: u64 = 1;
+            // SAFETY: an 8-byte write to an eventfd we own.
+            unsafe { libc::write(s.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
