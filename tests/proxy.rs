@@ -6488,3 +6488,51 @@ fn the_verbose_log_says_how_a_connection_closed_in_words() {
     let log = p.stop();
     assert!(log.contains("#1 close normal c2s=4 s2c=4"), "{log}");
 }
+
+/// `--streams DIR` run again into the same directory: connection numbers start at 1 in every
+/// run, so a client port that comes again names the same file. The new stream gets a file of
+/// its own (`NAMEc2`, as tcpflow names them); it was appended to the earlier run's file,
+/// two connections in one stream.
+#[test]
+fn streams_run_again_into_one_directory_keep_each_connection_apart() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let ns = lab("pxstreams2");
+    let dir = TempDir::new("pxstreams2");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let streams = dir.join("streams");
+    std::fs::create_dir(&streams).unwrap();
+    let name = "c000001-127.0.0.1.45001-127.0.0.1.7000";
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(streams.join(name))
+        .unwrap()
+        .write_all(b"an earlier run\n")
+        .unwrap();
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--streams",
+            streams.to_str().unwrap(),
+            "127.0.0.1:8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    let mut c = connect_from_port(&ns, 45001, "127.0.0.1:8080");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"this run\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"this run\n");
+    wait_for("the connection's end", 10, || {
+        std::fs::read(streams.join(format!("{name}c2"))).is_ok_and(|b| b == b"this run\n")
+    });
+    p.stop();
+    assert_eq!(
+        std::fs::read_to_string(streams.join(name)).unwrap(),
+        "an earlier run\n"
+    );
+}

@@ -37,6 +37,32 @@ impl StreamsSink {
     }
 }
 
+/// How many names [`StreamsSink::open_new`] tries for one stream (`NAME`, `NAMEc2`, ...).
+const NAME_TRIES: u32 = 1000;
+
+impl StreamsSink {
+    /// Open a fresh file for a stream: `name`, or when an earlier run left a file of that name
+    /// (connection numbers start at 1 in every run; a client port can come again) `name` with
+    /// `c2`, `c3`, ... appended, as tcpflow does. Appending to the old file mixed two
+    /// connections in one stream.
+    fn open_new(&self, name: &str) -> std::io::Result<File> {
+        for n in 1..=NAME_TRIES {
+            let try_name = match n {
+                1 => name.to_string(),
+                n => format!("{name}c{n}"),
+            };
+            let f = open_private_at(self.dirfd.as_fd(), try_name.as_ref(), true)?;
+            if f.metadata()?.len() == 0 {
+                return Ok(f);
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "{name} and {} more files of that name exist already (from earlier runs): empty the directory",
+            NAME_TRIES - 1
+        )))
+    }
+}
+
 fn dotted(a: &SocketAddr) -> String {
     format!("{}.{}", a.ip(), a.port())
 }
@@ -61,7 +87,7 @@ impl Sink for StreamsSink {
                         Direction::ServerToClient => (&conn.backend, &conn.client),
                     };
                     let name = format!("c{:06}-{}-{}", conn.id, dotted(src), dotted(dst));
-                    match open_private_at(self.dirfd.as_fd(), name.as_ref(), true) {
+                    match self.open_new(&name) {
                         Ok(f) => {
                             self.open
                                 .insert(key, BufWriter::with_capacity(64 * 1024, f));
