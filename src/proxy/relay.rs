@@ -121,11 +121,6 @@ async fn when_ready<R>(
     }
 }
 
-/// Write all of `data` to `dst`.
-async fn write_all(dst: &mut WriteHalf<'_>, data: &[u8]) -> Result<(), DirEnd> {
-    dst.write_all(data).await.map_err(dst_end)
-}
-
 /// Whether `s`'s next byte is TCP urgent data (SIOCATMARK). A read stops short at the urgent
 /// mark and splice stops before it (EAGAIN, or 0 with the FIN in), so there neither a short
 /// read nor splice's EAGAIN or 0 means what it usually does. At the mark the byte is kept in
@@ -273,42 +268,84 @@ async fn pass_fin(src: &TcpStream, dst: &TcpStream, ended: &AtomicBool) -> DirEn
 /// (request/response, health checks) never pay for a pipe.
 pub(crate) const SMALL: usize = 8 * 1024;
 
+/// Where a direction counts the bytes it passed on: its connection's total and the proxy's
+/// counter for that direction.
+#[derive(Clone, Copy)]
+struct Count<'a> {
+    conn: &'a AtomicU64,
+    proxy: &'a AtomicU64,
+}
+
+impl Count<'_> {
+    fn add(self, n: usize) {
+        self.conn.fetch_add(n as u64, Ordering::Relaxed);
+        self.proxy.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Write all of `data` to `dst` and count it.
+async fn write_counted(
+    dst: &mut WriteHalf<'_>,
+    data: &[u8],
+    count: Count<'_>,
+) -> Result<(), DirEnd> {
+    dst.write_all(data).await.map_err(dst_end)?;
+    count.add(data.len());
+    Ok(())
+}
+
+/// A direction's end once its mover returned: Ok means the source's FIN was read with every
+/// byte before it passed on, and the FIN is passed on now. The mover's buffer and pipe went
+/// with its frame, so a direction that waits here (the other one may run on for long) holds
+/// its two sockets only.
+async fn end_dir(
+    moved: Result<(), DirEnd>,
+    src: &Source<'_>,
+    dst: &WriteHalf<'_>,
+    ended: &AtomicBool,
+) -> DirEnd {
+    match moved {
+        Ok(()) => pass_fin(src.stream(), dst.as_ref(), ended).await,
+        Err(end) => end,
+    }
+}
+
+/// tokio's untapped path for one direction: copy, then splice once it turns bulk.
 async fn splice_dir(
     mut src: Source<'_>,
     mut dst: WriteHalf<'_>,
-    total: &AtomicU64,
-    counter: &AtomicU64,
+    count: Count<'_>,
     ended: &AtomicBool,
 ) -> DirEnd {
+    let moved = splice_bytes(&mut src, &mut dst, count).await;
+    end_dir(moved, &src, &dst, ended).await
+}
+
+/// Move `src`'s bytes to `dst` until its FIN (Ok).
+async fn splice_bytes(
+    src: &mut Source<'_>,
+    dst: &mut WriteHalf<'_>,
+    count: Count<'_>,
+) -> Result<(), DirEnd> {
     // Copy while reads come back smaller than the buffer; a full read means bulk: splice.
     let mut small = [0u8; SMALL];
     loop {
-        let n = match src.read_some(&mut small).await {
-            Ok(n) => n,
-            Err(end) => return end,
-        };
+        let n = src.read_some(&mut small).await?;
         if n == 0 {
-            return pass_fin(src.stream(), dst.as_ref(), ended).await;
+            return Ok(());
         }
         // The source's FIN came with this data (a server that answers and closes). A short
         // read drained the receive queue up to that FIN, so these bytes are the last ones
         // (not when it stopped at an urgent mark: more is queued behind it).
         let last = n < SMALL && !src.past_mark && fin_already_here(src.stream());
-        let wrote = if last {
-            // Corked, so the FIN passed on next leaves in the same segment: one packet less.
-            write_corked(dst.as_ref(), &small[..n]).await
-        } else {
-            write_all(&mut dst, &small[..n]).await
-        };
-        if let Err(end) = wrote {
-            return end;
-        }
-        total.fetch_add(n as u64, Ordering::Relaxed);
-        counter.fetch_add(n as u64, Ordering::Relaxed);
         if last {
-            // No read just to be told 0: pass the FIN on now.
-            return pass_fin(src.stream(), dst.as_ref(), ended).await;
+            // Corked, so the FIN passed on next leaves in the same segment: one packet less.
+            // No read just to be told 0: the FIN is passed on now.
+            write_corked(dst.as_ref(), &small[..n]).await?;
+            count.add(n);
+            return Ok(());
         }
+        write_counted(dst, &small[..n], count).await?;
         if n == SMALL {
             break;
         }
@@ -318,7 +355,7 @@ async fn splice_dir(
         // No fds for a pipe (EMFILE/ENFILE) or no memory for one: this connection is
         // copied through user space instead. Resetting it would lose a live transfer for
         // want of two descriptors.
-        Err(_) => return copy_plain(src, dst, total, counter, ended).await,
+        Err(_) => return copy_plain(src, dst, count).await,
     };
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
@@ -338,96 +375,78 @@ async fn splice_dir(
                 r => r.map(Some).map_err(io::Error::from),
             }
         })
-        .await;
-        let n = match spliced {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                src.past_mark = true;
-                let n = match src.read_some(&mut small).await {
-                    Ok(n) => n,
-                    Err(end) => return end,
-                };
-                if n > 0 {
-                    if let Err(end) = write_all(&mut dst, &small[..n]).await {
-                        return end;
-                    }
-                    total.fetch_add(n as u64, Ordering::Relaxed);
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                    continue;
-                }
-                0
+        .await
+        .map_err(src_end)?;
+        let Some(n) = spliced else {
+            src.past_mark = true;
+            let n = src.read_some(&mut small).await?;
+            if n == 0 {
+                return Ok(());
             }
-            Err(e) => return src_end(e),
+            write_counted(dst, &small[..n], count).await?;
+            continue;
         };
-        let dst: &TcpStream = dst.as_ref();
         if n == 0 {
-            // Given back now: the other direction may run on for long.
-            drop(pipe);
-            return pass_fin(src.stream(), dst, ended).await;
+            return Ok(());
         }
+        let dst: &TcpStream = dst.as_ref();
         let mut left = n;
         while left > 0 {
-            match when_ready(dst, Interest::WRITABLE, || {
+            let m = when_ready(dst, Interest::WRITABLE, || {
                 splice(pipe.r.as_fd(), None, dst.as_fd(), None, left, flags)
                     .map_err(io::Error::from)
             })
             .await
-            {
-                Ok(m) => {
-                    left -= m;
-                    total.fetch_add(m as u64, Ordering::Relaxed);
-                    counter.fetch_add(m as u64, Ordering::Relaxed);
-                }
-                Err(e) => return dst_end(e),
-            }
+            .map_err(dst_end)?;
+            left -= m;
+            count.add(m);
         }
     }
 }
 
-/// The splice path's fallback when no pipe can be made: a plain read/write copy.
+/// The splice path's fallback when no pipe can be made: a plain read/write copy until the FIN.
 async fn copy_plain(
-    mut src: Source<'_>,
-    mut dst: WriteHalf<'_>,
-    total: &AtomicU64,
-    counter: &AtomicU64,
-    ended: &AtomicBool,
-) -> DirEnd {
+    src: &mut Source<'_>,
+    dst: &mut WriteHalf<'_>,
+    count: Count<'_>,
+) -> Result<(), DirEnd> {
     let mut buf = vec![0u8; payload::CHUNK];
     loop {
-        let n = match src.read_some(&mut buf).await {
-            Ok(n) => n,
-            Err(end) => return end,
-        };
+        let n = src.read_some(&mut buf).await?;
         if n == 0 {
-            drop(buf);
-            return pass_fin(src.stream(), dst.as_ref(), ended).await;
+            return Ok(());
         }
-        if let Err(end) = write_all(&mut dst, &buf[..n]).await {
-            return end;
-        }
-        total.fetch_add(n as u64, Ordering::Relaxed);
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        write_counted(dst, &buf[..n], count).await?;
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The tapped path for one direction: every read handed to the tap, then written out.
 async fn copy_dir(
     mut src: Source<'_>,
     mut dst: WriteHalf<'_>,
-    total: &AtomicU64,
-    counter: &AtomicU64,
+    count: Count<'_>,
     ended: &AtomicBool,
     tap: &Tap,
     conn: &Arc<ConnInfo>,
     dir: Direction,
 ) -> DirEnd {
+    let moved = copy_tapped(&mut src, &mut dst, count, tap, conn, dir).await;
+    end_dir(moved, &src, &dst, ended).await
+}
+
+/// Move `src`'s bytes to `dst` through the tap until its FIN (Ok; the tap is told).
+async fn copy_tapped(
+    src: &mut Source<'_>,
+    dst: &mut WriteHalf<'_>,
+    count: Count<'_>,
+    tap: &Tap,
+    conn: &Arc<ConnInfo>,
+    dir: Direction,
+) -> Result<(), DirEnd> {
     let mut offset = 0u64;
     let mut buf = payload::take();
     loop {
-        let n = match src.read_some(&mut buf).await {
-            Ok(n) => n,
-            Err(end) => return end,
-        };
+        let n = src.read_some(&mut buf).await?;
         let ts = Timestamp::now();
         if n == 0 {
             if !tap.is_closed() {
@@ -438,8 +457,7 @@ async fn copy_dir(
                 })
                 .await;
             }
-            drop(buf);
-            return pass_fin(src.stream(), dst.as_ref(), ended).await;
+            return Ok(());
         }
         // A bulk read is handed over with its buffer; a small one is copied out at its size.
         let data = if n >= payload::HAND_OVER {
@@ -460,14 +478,10 @@ async fn copy_dir(
             })
             .await;
         }
-        let written = write_all(&mut dst, &data).await;
+        let written = write_counted(dst, &data, count).await;
         payload::recycle(data);
-        if let Err(end) = written {
-            return end;
-        }
+        written?;
         offset += n as u64;
-        total.fetch_add(n as u64, Ordering::Relaxed);
-        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -504,6 +518,14 @@ pub(crate) async fn relay(
     let c = &ctx.counters;
     let (client_r, client_w) = client.split();
     let (backend_r, backend_w) = backend.split();
+    let up_count = Count {
+        conn: &up,
+        proxy: &c.bytes_c2s,
+    };
+    let down_count = Count {
+        conn: &down,
+        proxy: &c.bytes_s2c,
+    };
     // Each path's two futures live on this task's own frame: no allocation per connection.
     let reason = match &ctx.tap {
         Some(tap) => {
@@ -511,8 +533,7 @@ pub(crate) async fn relay(
                 copy_dir(
                     Source::new(client_r),
                     backend_w,
-                    &up,
-                    &c.bytes_c2s,
+                    up_count,
                     &ended,
                     tap,
                     conn,
@@ -521,8 +542,7 @@ pub(crate) async fn relay(
                 copy_dir(
                     Source::new(backend_r),
                     client_w,
-                    &down,
-                    &c.bytes_s2c,
+                    down_count,
                     &ended,
                     tap,
                     conn,
@@ -533,14 +553,8 @@ pub(crate) async fn relay(
         }
         None => {
             drive(
-                splice_dir(Source::new(client_r), backend_w, &up, &c.bytes_c2s, &ended),
-                splice_dir(
-                    Source::new(backend_r),
-                    client_w,
-                    &down,
-                    &c.bytes_s2c,
-                    &ended,
-                ),
+                splice_dir(Source::new(client_r), backend_w, up_count, &ended),
+                splice_dir(Source::new(backend_r), client_w, down_count, &ended),
             )
             .await
         }
