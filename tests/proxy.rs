@@ -6536,3 +6536,40 @@ fn streams_run_again_into_one_directory_keep_each_connection_apart() {
         "an earlier run\n"
     );
 }
+
+/// A target written v4-mapped (`[::ffff:127.0.0.1]:8080`) is dialled as IPv4: pointed at the
+/// proxy's own IPv4 listener it is refused like `127.0.0.1:8080` (it started and would have
+/// connected to itself for every connection), and an IPv6-only listener with a v4-mapped
+/// target of its port is not itself (it was refused).
+#[test]
+fn a_v4_mapped_target_is_judged_as_the_ipv4_address_it_dials() {
+    let ns = lab("pxmapped");
+    let (ready, code, err) = outcome(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "127.0.0.1:8080",
+            "[::ffff:127.0.0.1]:8080",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "fd 3 {ready:?}, stderr {err}");
+    assert!(
+        err.contains("the target is this proxy's own listening socket"),
+        "{err}"
+    );
+    let (ready, code, err) = outcome(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "[::]:8080",
+            "[::ffff:10.9.0.1]:8080",
+        ],
+        &[],
+    );
+    assert_eq!((ready.as_str(), code), ("0\n", None), "{err}");
+}

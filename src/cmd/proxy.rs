@@ -552,14 +552,17 @@ fn refuse_self_targets(
     }
     for pm in maps.iter().flat_map(Mapping::expand) {
         let (l, t) = (pm.listen, pm.target);
-        if l.port() != t.port() {
+        // A v4-mapped target ([::ffff:127.0.0.1]) is dialled as IPv4; the IPv6 listeners the
+        // proxy binds are V6ONLY, so only a listener of the target's own family can be it.
+        let t_ip = t.ip().to_canonical();
+        if l.port() != t.port() || l.is_ipv4() != t_ip.is_ipv4() {
             continue;
         }
-        let mine = l.ip() == t.ip()
+        let mine = l.ip() == t_ip
             || (l.ip().is_unspecified()
                 && match listen_ns {
-                    Some(ns) => ns.run(move || is_local(t.ip()))?,
-                    None => is_local(t.ip()),
+                    Some(ns) => ns.run(move || is_local(t_ip))?,
+                    None => is_local(t_ip),
                 });
         if mine {
             return Err(Usage(format!(
