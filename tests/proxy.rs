@@ -6573,3 +6573,30 @@ fn a_v4_mapped_target_is_judged_as_the_ipv4_address_it_dials() {
     );
     assert_eq!((ready.as_str(), code), ("0\n", None), "{err}");
 }
+
+/// A port range with more listeners than the open-file limit allows: the error says how many
+/// sockets the mappings ask for and the limit, and what to do. It said only "Too many open
+/// files (os error 24)" on one port of the range.
+#[test]
+fn a_range_over_the_open_file_limit_says_the_limit() {
+    let ns = lab("pxnofile");
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=200:200", "ip", "netns", "exec", &ns.name, BIN])
+        .args([
+            "proxy",
+            "--ready-fd",
+            "3",
+            "-p",
+            "20000-20199=127.0.0.1:7000",
+        ]);
+    let (mut child, ready) = spawn_ready(cmd);
+    let code = child.0.wait().unwrap().code();
+    assert_eq!(code, Some(1), "{ready}");
+    assert!(
+        ready.contains("Too many open files")
+            && ready.contains(
+                "(the mappings ask for 400 listening sockets and the open-file limit is 200: raise it"
+            ),
+        "{ready}"
+    );
+}

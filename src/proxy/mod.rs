@@ -324,6 +324,17 @@ fn raise_nofile() {
     }
 }
 
+/// The open-file limit in force (the soft limit, which [`raise_nofile`] lifted to the hard one).
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    r.rlim_cur as u64
+}
+
 /// Who holds `addr` in the calling thread's namespace, for an "address in use" error: the
 /// owning pid and command, and the lab when it is one of a lab's processes.
 fn holder_hint(proto: Proto, addr: SocketAddr) -> String {
@@ -387,6 +398,11 @@ fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
                     Some(libc::EADDRNOTAVAIL) => {
                         " (that address is not configured on any interface in the namespace)".into()
                     }
+                    Some(libc::EMFILE) => format!(
+                        " (the mappings ask for {} listening sockets and the open-file limit is {}: raise it, e.g. `ulimit -n` or LimitNOFILE=, or forward fewer ports per process)",
+                        maps.len(),
+                        nofile_limit()
+                    ),
                     _ => String::new(),
                 };
                 return Err(ProxyError::Bind {
