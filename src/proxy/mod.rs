@@ -332,7 +332,7 @@ fn nofile_limit() -> u64 {
     };
     // SAFETY: getrlimit with a valid struct.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    r.rlim_cur as u64
+    r.rlim_cur
 }
 
 /// Who holds `addr` in the calling thread's namespace, for an "address in use" error: the
