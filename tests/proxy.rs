@@ -802,18 +802,7 @@ fn docker_proxy_flags_fd3_and_errors() {
     // The same port again fails with "1\n<error>" on fd 3 and exit status 1.
     let (mut second, ready2) = spawn(
         false,
-        &[
-            "-proto",
-            "tcp",
-            "-host-ip",
-            "127.0.0.1",
-            "-host-port",
-            "8080",
-            "-container-ip",
-            "127.0.0.1",
-            "-container-port",
-            "7000",
-        ],
+        &docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000")),
     );
     assert!(
         ready2.starts_with("1\n") && ready2.contains("Address already in use"),
@@ -844,15 +833,11 @@ fn the_drop_in_run_by_hand_without_fd_3_forwards_and_a_closed_ready_fd_is_refuse
     // Command::new passes only 0, 1 and 2 (std opens everything else close-on-exec).
     let child = Command::new("ip")
         .args(["netns", "exec", &ns.name, BIN])
-        .args([
-            "-proto",
+        .args(docker_flags(
             "tcp",
-            "-host-ip",
-            "127.0.0.1",
-            "-host-port",
-            "8080",
-        ])
-        .args(["-container-ip", "127.0.0.1", "-container-port", "7000"])
+            ("127.0.0.1", "8080"),
+            ("127.0.0.1", "7000"),
+        ))
         .env("NETTOOL_PROXY_LOG", &logf)
         .env("NETTOOL_PROXY_CONFIG", dir.join("none.toml"))
         .stdin(Stdio::null())
@@ -867,30 +852,22 @@ fn the_drop_in_run_by_hand_without_fd_3_forwards_and_a_closed_ready_fd_is_refuse
     assert_eq!(child.0.try_wait().unwrap(), None, "the drop-in exited");
     assert_eq!(send_count(&ns, "127.0.0.1:8080", 77), "77");
     unsafe { libc::kill(child.pid() as i32, libc::SIGTERM) };
-    let status = child.0.wait().unwrap();
-    let mut err = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (code, err) = exit_of(&mut child);
     let log = std::fs::read_to_string(&logf).unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "stderr: {err}\nlog: {log}");
+    assert_eq!(code, Some(0), "stderr: {err}\nlog: {log}");
     assert!(log.contains(" bytes_c2s=77 "), "{log}");
 
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, BIN, "proxy", "--ready-fd", "3"])
-        .args(["127.0.0.1:8081", "127.0.0.1:7000"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("--ready-fd 3: descriptor 3 is not open"),
-        "{err}"
+    exits_saying(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "127.0.0.1:8081",
+            "127.0.0.1:7000",
+        ],
+        2,
+        "--ready-fd 3: descriptor 3 is not open",
     );
 }
 
@@ -1247,15 +1224,51 @@ fn nettool_in_ns(ns: &TestNs, args: &[&str]) -> Command {
     c
 }
 
-/// SIGTERM (exit 0 expected) and return stderr.
-fn term(mut child: ChildGuard) -> String {
-    unsafe { libc::kill(child.pid() as i32, libc::SIGTERM) };
+/// `nettool ARGS` inside `ns`, run to its end: it must exit with `code` (2: a usage error)
+/// and say `says` on stdout or stderr. Returns what it printed.
+fn exits_saying(ns: &TestNs, args: &[&str], code: i32, says: &str) -> String {
+    let o = nettool_in_ns(ns, args).output().unwrap();
+    let t = common::text(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {t}");
+    assert!(t.contains(says), "{args:?}: {t}");
+    t
+}
+
+/// docker-proxy's flags for one mapping, spelled as dockerd passes them.
+fn docker_flags<'a>(
+    proto: &'a str,
+    (host_ip, host_port): (&'a str, &'a str),
+    (container_ip, container_port): (&'a str, &'a str),
+) -> [&'a str; 10] {
+    [
+        "-proto",
+        proto,
+        "-host-ip",
+        host_ip,
+        "-host-port",
+        host_port,
+        "-container-ip",
+        container_ip,
+        "-container-port",
+        container_port,
+    ]
+}
+
+/// Wait for `child` to exit: its exit code and its stderr (read to its end first, so a child
+/// that writes much cannot block on a full pipe).
+fn exit_of(child: &mut ChildGuard) -> (Option<i32>, String) {
     let mut err = String::new();
     if let Some(mut e) = child.0.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let st = child.0.wait().unwrap();
-    assert_eq!(st.code(), Some(0), "exit status; stderr: {err}");
+    (child.0.wait().unwrap().code(), err)
+}
+
+/// SIGTERM (exit 0 expected) and return stderr.
+fn term(mut child: ChildGuard) -> String {
+    unsafe { libc::kill(child.pid() as i32, libc::SIGTERM) };
+    let (code, err) = exit_of(&mut child);
+    assert_eq!(code, Some(0), "exit status; stderr: {err}");
     err
 }
 
@@ -1332,16 +1345,8 @@ fn syslog_lines_carry_daemon_priorities_and_the_tag() {
             "127.0.0.1:7000",
         ],
     ));
-    let st = child.0.wait().unwrap();
-    let mut err = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(st.code(), Some(1), "{err}");
+    let (code, err) = exit_of(&mut child);
+    assert_eq!(code, Some(1), "{err}");
     let want = format!("cannot reach syslog at {}", missing.display());
     assert!(
         ready.starts_with("1\n") && ready.contains(&want),
@@ -1352,7 +1357,7 @@ fn syslog_lines_carry_daemon_priorities_and_the_tag() {
         "{err}"
     );
     // --syslog and --log-file together is a usage error.
-    let o = nettool_in_ns(
+    exits_saying(
         &ns,
         &[
             "proxy",
@@ -1362,10 +1367,9 @@ fn syslog_lines_carry_daemon_priorities_and_the_tag() {
             "1",
             "1.1.1.1:1",
         ],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+        2,
+        "'--syslog' cannot be used with '--log-file <PATH>'",
+    );
 }
 
 #[test]
@@ -1380,13 +1384,11 @@ fn docker_proxy_mode_logs_to_syslog_from_config_or_env() {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &ns.name])
             .arg(&link)
-            .args(["-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port", port])
-            .args([
-                "-container-ip",
-                "127.0.0.1",
-                "-container-port",
-                container_port,
-            ])
+            .args(docker_flags(
+                "tcp",
+                ("127.0.0.1", port),
+                ("127.0.0.1", container_port),
+            ))
             .env_remove("NETTOOL_PROXY_LOG")
             .env_remove("NETTOOL_PROXY_CONFIG");
         for (k, v) in env {
@@ -1793,9 +1795,8 @@ fn docker_proxy_fd4(
     fd4: Option<&dyn AsRawFd>,
     args: &[&str],
 ) -> (ChildGuard, String) {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &ns.name, BIN, "proxy"])
-        .args(args)
+    let mut c = nettool_in_ns(ns, &["proxy"]);
+    c.args(args)
         .env("NETTOOL_PROXY_LOG", log)
         .env("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml");
     // Above 10 and close-on-exec, so neither dup2 below clobbers the other's source.
@@ -1856,19 +1857,8 @@ fn use_listen_fd_serves_on_the_socket_the_parent_bound() {
     let log = dir.join("dp.log");
     count_backend(listen_in(&ns, "127.0.0.1:7000"));
     let flags = |proto: &'static str, port: &'static str, cport: &'static str| {
-        vec![
-            "-proto",
-            proto,
-            "-host-ip",
-            "127.0.0.1",
-            "-host-port",
-            port,
-            "-container-ip",
-            "127.0.0.1",
-            "-container-port",
-            cport,
-            "-use-listen-fd",
-        ]
+        let docker = docker_flags(proto, ("127.0.0.1", port), ("127.0.0.1", cport));
+        [&docker[..], &["-use-listen-fd"]].concat()
     };
 
     // TCP: the test binds and listens (as dockerd does); the proxy must not bind again.
@@ -2004,18 +1994,7 @@ fn sctp_is_refused_with_a_message_naming_it() {
     let log = dir.join("dp.log");
     let link = dir.join("docker-proxy");
     std::os::unix::fs::symlink(BIN, &link).unwrap();
-    let flags = [
-        "-proto",
-        "sctp",
-        "-host-ip",
-        "127.0.0.1",
-        "-host-port",
-        "9000",
-        "-container-ip",
-        "127.0.0.1",
-        "-container-port",
-        "9000",
-    ];
+    let flags = docker_flags("sctp", ("127.0.0.1", "9000"), ("127.0.0.1", "9000"));
     // docker-proxy mode, both ways in: "1\n<why>" on fd 3, exit 1.
     for via_link in [true, false] {
         let mut c = Command::new("ip");
@@ -2041,15 +2020,8 @@ fn sctp_is_refused_with_a_message_naming_it() {
         &["sctp:9000=127.0.0.1:9000"][..],
         &["sctp:9000", "127.0.0.1:9000"][..],
     ] {
-        let mut a = vec!["proxy"];
-        a.extend_from_slice(args);
-        let o = nettool_in_ns(&ns, &a).output().unwrap();
-        let t = common::text(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
-        assert!(
-            t.contains("SCTP is not supported by nettool proxy"),
-            "{args:?}: {t}"
-        );
+        let a = [&["proxy"][..], args].concat();
+        exits_saying(&ns, &a, 2, "SCTP is not supported by nettool proxy");
     }
 }
 
@@ -2098,15 +2070,8 @@ fn udp_flag_makes_the_positional_mapping_udp_in_every_form() {
         &["--udp", "tcp:5358", "127.0.0.1:5300"][..],
         &["--udp", "tcp:5358=127.0.0.1:5300"][..],
     ] {
-        let mut a = vec!["proxy"];
-        a.extend_from_slice(args);
-        let o = nettool_in_ns(&ns, &a).output().unwrap();
-        let t = common::text(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
-        assert!(
-            t.contains("--udp contradicts the tcp: prefix"),
-            "{args:?}: {t}"
-        );
+        let a = [&["proxy"][..], args].concat();
+        exits_saying(&ns, &a, 2, "--udp contradicts the tcp: prefix");
     }
 }
 
@@ -2247,7 +2212,7 @@ fn pcap_max_mb_out_of_range_says_the_range() {
     let ns = lab("pxmb");
     // Too big was reported as "not ... of at least 0.001".
     for v in ["0", "0.0001", "1e20", "nan"] {
-        let o = nettool_in_ns(
+        exits_saying(
             &ns,
             &[
                 "proxy",
@@ -2258,16 +2223,8 @@ fn pcap_max_mb_out_of_range_says_the_range() {
                 "8080",
                 "127.0.0.1:1",
             ],
-        )
-        .output()
-        .unwrap();
-        let t = common::text(&o);
-        assert_eq!(o.status.code(), Some(2), "{v}: {t}");
-        assert!(
-            t.contains(&format!(
-                "'{v}' is not a size in megabytes from 0.001 to 1000000000"
-            )),
-            "{v}: {t}"
+            2,
+            &format!("'{v}' is not a size in megabytes from 0.001 to 1000000000"),
         );
     }
 }
@@ -2520,23 +2477,15 @@ fn a_dump_that_cannot_start_is_in_the_docker_proxy_log_as_well_as_on_fd_3() {
     let dir = TempDir::new("pxdsinkerr");
     let log = dir.join("dp.log");
     let pcap = dir.join("no-such-dir").join("cap.pcap");
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &ns.name, BIN, "proxy"])
-        .args([
-            "-proto",
-            "tcp",
-            "-host-ip",
-            "127.0.0.1",
-            "-host-port",
-            "8080",
-            "-container-ip",
-            "127.0.0.1",
-            "-container-port",
-            "7000",
-        ])
-        .env("NETTOOL_PROXY_LOG", &log)
-        .env("NETTOOL_PROXY_PCAP", &pcap)
-        .env("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml");
+    let mut c = nettool_in_ns(&ns, &["proxy"]);
+    c.args(docker_flags(
+        "tcp",
+        ("127.0.0.1", "8080"),
+        ("127.0.0.1", "7000"),
+    ))
+    .env("NETTOOL_PROXY_LOG", &log)
+    .env("NETTOOL_PROXY_PCAP", &pcap)
+    .env("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml");
     let (mut child, ready) = spawn_ready(c);
     assert!(
         ready.starts_with("1\n") && ready.contains("no-such-dir"),
@@ -2619,14 +2568,7 @@ fn try_start(ns: &TestNs, args: &[&str]) -> (ChildGuard, String) {
 /// (one that started anyway is killed, so the assertion on the answer fails instead of the
 /// test hanging).
 fn refused(ns: &TestNs, args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut cmd = nettool_in_ns(ns, args);
-    cmd.envs(env.iter().copied());
-    let (mut child, ready) = spawn_ready(cmd);
-    if ready == "0\n" {
-        unsafe { libc::kill(child.pid() as i32, libc::SIGKILL) };
-    }
-    let _ = child.0.wait();
-    ready
+    outcome(ns, args, env).0
 }
 
 #[test]
@@ -2759,18 +2701,10 @@ fn files_written_as_root_never_follow_a_planted_symlink() {
         let ready = refused(
             &ns,
             &[
-                "proxy",
-                "-proto",
-                "tcp",
-                "-host-ip",
-                "127.0.0.1",
-                "-host-port",
-                "8080",
-                "-container-ip",
-                "127.0.0.1",
-                "-container-port",
-                "7000",
-            ],
+                &["proxy"][..],
+                &docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000")),
+            ]
+            .concat(),
             &env,
         );
         assert!(
@@ -3844,18 +3778,7 @@ fn transparent_across_namespaces_survives_sigkill_and_works_in_docker_proxy_mode
     let log = dir.join("docker-proxy.log");
     let mut cmd = nettool_in_ns(
         &t,
-        &[
-            "-proto",
-            "tcp",
-            "-host-ip",
-            "10.77.3.1",
-            "-host-port",
-            "9090",
-            "-container-ip",
-            "10.77.2.2",
-            "-container-port",
-            "80",
-        ],
+        &docker_flags("tcp", ("10.77.3.1", "9090"), ("10.77.2.2", "80")),
     );
     cmd.env("NETTOOL_PROXY_TRANSPARENT", "1")
         .env("NETTOOL_PROXY_LOG", &log);
@@ -3941,21 +3864,12 @@ fn a_proxy_start_that_fails_to_bind_still_removes_a_dead_transparent_proxys_rule
     );
     // The next proxy cannot bind (the port is taken) and exits 1: it still cleans up first.
     let _taken = listen_in(&t, "127.0.0.1:9393");
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.name,
-            BIN,
-            "proxy",
-            "127.0.0.1:9393",
-            "127.0.0.1:80",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("cannot listen on tcp 127.0.0.1:9393"), "{err}");
+    exits_saying(
+        &t,
+        &["proxy", "127.0.0.1:9393", "127.0.0.1:80"],
+        1,
+        "cannot listen on tcp 127.0.0.1:9393",
+    );
     let now = transparent_traces(Some(&t));
     assert!(
         !now.contains(&format!("nettool_proxy_{a_pid}")),
@@ -4093,7 +4007,7 @@ fn proxy_protocol_v1_and_v2_give_a_real_haproxy_the_client_address() {
     p.stop();
     // v1 has no UDP: a usage error naming what to use, on the command line and in docker-proxy
     // mode (there on fd 3, for dockerd to show).
-    let o = nettool_in_ns(
+    exits_saying(
         &ns,
         &[
             "proxy",
@@ -4102,21 +4016,17 @@ fn proxy_protocol_v1_and_v2_give_a_real_haproxy_the_client_address() {
             "udp:5353",
             "127.0.0.1:53",
         ],
-    )
-    .output()
-    .unwrap();
-    let t = common::text(&o);
-    assert_eq!(o.status.code(), Some(2), "{t}");
-    assert!(
-        t.contains("PROXY protocol v1 carries TCP only: use --proxy-protocol v2"),
-        "{t}"
+        2,
+        "PROXY protocol v1 carries TCP only: use --proxy-protocol v2",
     );
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &ns.name, BIN, "proxy", "-proto", "udp"])
-        .args(["-host-ip", "127.0.0.1", "-host-port", "5353"])
-        .args(["-container-ip", "127.0.0.1", "-container-port", "53"])
-        .env("NETTOOL_PROXY_PROXY_PROTOCOL", "v1")
-        .env("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml");
+    let mut c = nettool_in_ns(&ns, &["proxy"]);
+    c.args(docker_flags(
+        "udp",
+        ("127.0.0.1", "5353"),
+        ("127.0.0.1", "53"),
+    ))
+    .env("NETTOOL_PROXY_PROXY_PROTOCOL", "v1")
+    .env("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml");
     let (mut child, ready) = spawn_ready(c);
     assert!(
         ready.starts_with("1\n") && ready.contains("PROXY protocol v1 carries TCP only"),
@@ -4919,15 +4829,12 @@ on_both_relays!(
     => dials_from_the_target_namespace()
 );
 
-/// SIGTERM with 20 connections open: exit 0, promptly, the connections counted out and ended.
-fn stops_on_sigterm_with_connections_open(relay: Relay) {
-    let ns = lab("pxterm");
-    let dir = TempDir::new("pxterm");
-    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
-    let conns: Vec<TcpStream> = (0..20)
+/// `n` connections to `addr` in `ns` (a proxy in front of [`echo_backend`]), each through to
+/// the backend (one line echoed) and left open.
+fn open_echoed(ns: &TestNs, addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
         .map(|i| {
-            let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
+            let mut c = connect_in(ns, addr).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             c.write_all(format!("conn {i}\n").as_bytes()).unwrap();
             let mut line = String::new();
@@ -4935,7 +4842,16 @@ fn stops_on_sigterm_with_connections_open(relay: Relay) {
             assert_eq!(line, format!("conn {i}\n"));
             c
         })
-        .collect();
+        .collect()
+}
+
+/// SIGTERM with 20 connections open: exit 0, promptly, the connections counted out and ended.
+fn stops_on_sigterm_with_connections_open(relay: Relay) {
+    let ns = lab("pxterm");
+    let dir = TempDir::new("pxterm");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let p = relay.start(Some(&ns), &dir, &["8080", "127.0.0.1:7000"]);
+    let conns = open_echoed(&ns, "127.0.0.1:8080", 20);
     let t = std::time::Instant::now();
     // Exit 0 (checked by stop), promptly, with the open connections counted out.
     let log = p.stop();
@@ -6238,11 +6154,7 @@ fn outcome(ns: &TestNs, args: &[&str], env: &[(&str, &str)]) -> (String, Option<
     if ready == "0\n" {
         unsafe { libc::kill(child.pid() as i32, libc::SIGKILL) };
     }
-    let mut err = String::new();
-    if let Some(mut e) = child.0.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let code = child.0.wait().unwrap().code();
+    let (code, err) = exit_of(&mut child);
     (ready, code, err)
 }
 
@@ -6387,18 +6299,7 @@ fn a_file_in_a_missing_directory_names_the_directory() {
         missing.display()
     );
     let log = missing.join("docker-proxy.log");
-    let docker = [
-        "-proto",
-        "tcp",
-        "-host-ip",
-        "127.0.0.1",
-        "-host-port",
-        "8080",
-        "-container-ip",
-        "127.0.0.1",
-        "-container-port",
-        "7000",
-    ];
+    let docker = docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000"));
     let (ready, code, _) = outcome(
         &ns,
         &docker,
@@ -6454,16 +6355,7 @@ fn the_stop_line_says_how_many_connections_it_cuts() {
     let dir = TempDir::new("pxstopcut");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
     let p = start(Some(&ns), &dir, &["127.0.0.1:8080", "127.0.0.1:7000"]);
-    let open: Vec<TcpStream> = (0..2)
-        .map(|i| {
-            let mut c = connect_in(&ns, "127.0.0.1:8080").unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            c.write_all(format!("conn {i}\n").as_bytes()).unwrap();
-            let mut line = String::new();
-            std::io::BufReader::new(&c).read_line(&mut line).unwrap();
-            c
-        })
-        .collect();
+    let open = open_echoed(&ns, "127.0.0.1:8080", 2);
     let log = p.stop();
     assert!(
         log.contains("SIGTERM: stopping; 2 connections open are closed now"),
