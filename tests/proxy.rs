@@ -6492,3 +6492,53 @@ fn a_range_over_the_open_file_limit_says_the_limit() {
         "{ready}"
     );
 }
+
+/// `--ready-fd` 0, 1 or 2 is a usage error. Answered and closed, the number went to the
+/// proxy's next socket, and what the proxy writes to that std stream into a connection:
+/// `--ready-fd 2 -v` wrote its log lines into the client's and backend's sockets, `--ready-fd
+/// 1 --dump` its dump (the client got nothing, the connection was reset).
+#[test]
+fn a_ready_fd_on_a_std_stream_is_refused() {
+    let ns = lab("pxreadystd");
+    for (fd, stream) in [("0", "stdin"), ("1", "stdout"), ("2", "stderr")] {
+        let mut child = ChildGuard(
+            nettool_in_ns(
+                &ns,
+                &[
+                    "proxy",
+                    "-v",
+                    "--dump",
+                    "--ready-fd",
+                    fd,
+                    "127.0.0.1:8080",
+                    "127.0.0.1:7000",
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+        let mut code = None;
+        wait_for("the proxy to exit", 10, || {
+            code = child.0.try_wait().unwrap().map(|s| s.code());
+            code.is_some()
+        });
+        let mut err = String::new();
+        child
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(code, Some(Some(2)), "--ready-fd {fd}: {err}");
+        assert!(
+            err.contains(&format!(
+                "--ready-fd {fd}: descriptor {fd} is the proxy's {stream}; pass a pipe on 3 or above"
+            )),
+            "{err}"
+        );
+    }
+}

@@ -465,8 +465,16 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
 pub(crate) fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     let ready_fd = a.ready_fd;
     // Asked before anything is opened: see fd_open.
-    let passed = ready_fd.filter(|fd| fd_open(*fd));
+    let passed = ready_fd.filter(|fd| *fd > 2 && fd_open(*fd));
     let r = match (ready_fd, passed) {
+        // Answered and closed, the number would go to the proxy's next socket, and what the
+        // proxy writes to that std stream (the log on stderr, a dump on stdout) into a client's
+        // connection: seen with `--ready-fd 2 -v` and `--ready-fd 1 --dump`.
+        (Some(fd @ 0..=2), _) => Err(Usage(format!(
+            "--ready-fd {fd}: descriptor {fd} is the proxy's {}; pass a pipe on 3 or above (in a shell, `--ready-fd 3 3>&1` puts the answer on stdout)",
+            ["stdin", "stdout", "stderr"][fd as usize]
+        ))
+        .into()),
         (Some(fd), None) => Err(Usage(format!(
             "--ready-fd {fd}: descriptor {fd} is not open (the parent must pass a pipe there)"
         ))
@@ -890,7 +898,7 @@ pub(crate) struct ProxyArgs {
     /// Send log lines to the syslog daemon listening on this unix datagram socket (implies --syslog).
     #[arg(long, value_name = "PATH")]
     pub syslog_socket: Option<PathBuf>,
-    /// When every listener is bound write "0\n" to this fd and close it; on failure "1\n<error>".
+    /// When every listener is bound write "0\n" to this fd (3 or above) and close it; on failure "1\n<error>".
     #[arg(long, value_name = "N")]
     pub ready_fd: Option<i32>,
     /// Dump payloads as text, like socat -v (L7 decoding on).
