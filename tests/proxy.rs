@@ -6542,3 +6542,54 @@ fn a_ready_fd_on_a_std_stream_is_refused() {
         );
     }
 }
+
+/// `--pcap -` streams the capture to stdout, as `tcpdump -w -` does (for `| tshark -r -`). It
+/// wrote a file named `-` in the working directory and nothing to stdout. With a dump on
+/// stdout too, or rotation, it is a usage error.
+#[test]
+fn pcap_dash_streams_the_capture_to_stdout() {
+    let ns = lab("pxpcapdash");
+    let dir = TempDir::new("pxpcapdash");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let captured = dir.join("stdout.pcap");
+    let mut cmd = nettool_in_ns(
+        &ns,
+        &[
+            "proxy",
+            "--ready-fd",
+            "3",
+            "--pcap",
+            "-",
+            "127.0.0.1:8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    cmd.current_dir(&dir.0)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&captured).unwrap())
+        .stderr(Stdio::null());
+    let (r, w) = ready_pipe(&mut cmd);
+    let child = ChildGuard(cmd.spawn().unwrap());
+    drop(w);
+    assert_eq!(read_ready(r), "0\n");
+    let back = inside(&ns, || {
+        echo_once("127.0.0.1:8080".parse().unwrap(), b"ping")
+    });
+    assert_eq!(back.unwrap(), b"ping");
+    term(child);
+    // Both legs: handshakes, "ping" each way, FINs (14 records).
+    let n = tshark_reads(&captured);
+    assert_eq!(n, 14, "packets on stdout");
+    assert!(!dir.join("-").exists(), "a file named '-' was written");
+    for (args, says) in [
+        (&["--dump"][..], "give those a --dump-file"),
+        (&["--pcap-files", "3"], "cannot rotate"),
+    ] {
+        let mut a = vec!["proxy", "--ready-fd", "3", "--pcap", "-"];
+        a.extend(args);
+        a.extend(["127.0.0.1:8080", "127.0.0.1:7000"]);
+        let (ready, code, err) = outcome(&ns, &a, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {ready}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -651,6 +651,20 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     } else {
         None
     };
+    if a.pcap.as_deref() == Some(std::path::Path::new(crate::tap::pcap::STDOUT)) {
+        if console.is_some() && a.dump_file.is_none() {
+            return Err(Usage(
+                "--pcap - writes the capture to stdout, where --dump/--hex/--json go too: give those a --dump-file".into(),
+            )
+            .into());
+        }
+        if a.pcap_files > 1 {
+            return Err(Usage(
+                "--pcap - (stdout) cannot rotate: --pcap-files needs a file name".into(),
+            )
+            .into());
+        }
+    }
     if a.dump_file.is_some() && console.is_none() {
         return Err(Usage(
             "--dump-file needs --dump, --hex or --json (it says where that output goes)".into(),
@@ -907,7 +921,8 @@ pub(crate) struct ProxyArgs {
     /// Dump payloads as hex, like socat -x.
     #[arg(long)]
     pub hex: bool,
-    /// Write a pcap with synthesised headers for both legs of every connection.
+    /// Write a pcap with synthesised headers for both legs of every connection (`-`: stdout,
+    /// for `| tshark -r -`).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
     /// Cap each pcap file at this many megabytes, decimals allowed (0.5 = 500 kB); then rotate

@@ -141,10 +141,27 @@ impl Drop for RecordWriter {
     }
 }
 
+/// The path that means standard output, as `tcpdump -w -` has it: the capture streams into a
+/// pipe (`| tshark -r -`, `| wireshark -k -i -`).
+pub(crate) const STDOUT: &str = "-";
+
 /// A new capture file with pcap-file's global header (microseconds, Ethernet, big-endian).
 /// Records are written by hand after it (see [`RecordWriter`]).
 fn create(path: &std::path::Path) -> Result<RecordWriter, TapError> {
-    let file = open_private(path, false)?;
+    let file = if path.as_os_str() == STDOUT {
+        use std::os::fd::AsFd;
+        // A descriptor of its own on stdout (nothing else writes there: the caller checks).
+        std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(File::from)
+            .map_err(|error| TapError::Open {
+                path: path.into(),
+                error,
+            })?
+    } else {
+        open_private(path, false)?
+    };
     let mut pending = Vec::with_capacity(PENDING + 64 * 1024);
     PcapHeader::default()
         .write_to(&mut pending)
