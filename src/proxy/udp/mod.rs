@@ -1,0 +1,558 @@
+//! UDP: one flow per client address, each with its own backend socket (made in the target
+//! namespace); replies leave from the address the client sent to; idle flows expire.
+//!
+//! Here: the flow table, the listeners' receive loops (batched, or one datagram at a time
+//! when a dump or a PROXY header needs each on its own), a flow's opening, replies and
+//! expiry. The system calls below them: [`recv`] (recvmmsg batches, GRO), [`send`] (sendmmsg
+//! batches, UDP_SEGMENT), [`pktinfo`] (one datagram with its IP_PKTINFO address); [`mod@pace`]:
+//! the UDP thread's pacing and the sockets' receive buffers.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use socket2::Type;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+use super::spec::PortMap;
+use super::tcp::canonical;
+use super::{Ctx, Level, Proto};
+use crate::tap::event::{CloseReason, ConnInfo, Direction, Event, Timestamp};
+use pace::{moved, pace_after_full, say_if_capped, BACKEND_RCVBUF};
+pub(crate) use pace::{pace, size_rcvbuf, LISTEN_RCVBUF};
+use recv::{enable_gro, RecvBatch, BATCH_BUF};
+use send::send_with_fallback;
+
+mod pace;
+mod pktinfo;
+mod recv;
+mod send;
+#[cfg(test)]
+mod tests;
+
+/// Largest datagram (64 KiB).
+const MAX_DATAGRAM: usize = 65_536;
+
+/// Datagrams taken per recvmmsg / given per sendmmsg on the fast path.
+const BATCH: usize = 32;
+
+/// Control room per message: IPV6_PKTINFO (the larger pktinfo) and UDP_SEGMENT.
+const CTRL_WORDS: usize = 10;
+
+thread_local! {
+    /// The buffer flows read replies into (one per thread, not one per flow).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_DATAGRAM]);
+}
+
+/// Hand memory freed by expired flows back to the system: glibc keeps freed small blocks in
+/// its arenas otherwise, so the process stayed at its peak after every flow had expired.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+struct Flow {
+    backend: UdpSocket,
+    /// The PROXY protocol header put in front of every datagram to the backend.
+    header: Option<Vec<u8>>,
+    conn: Arc<ConnInfo>,
+    /// Where replies must come from (the client's destination address), when listening on a wildcard.
+    reply_from: Option<IpAddr>,
+    /// Milliseconds since `epoch` of the last datagram either way.
+    last: AtomicU64,
+    up: AtomicU64,
+    down: AtomicU64,
+    /// Whether sends to the backend may use UDP_SEGMENT (off once the path refused it).
+    gso: std::sync::atomic::AtomicBool,
+    /// The same for replies to the client.
+    reply_gso: std::sync::atomic::AtomicBool,
+}
+
+type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
+
+/// One listening socket and its flows.
+struct Listener {
+    sock: Arc<UdpSocket>,
+    map: PortMap,
+    ctx: Arc<Ctx>,
+    flows: Flows,
+    epoch: Instant,
+}
+
+/// Receive forever on one listening socket.
+pub(crate) async fn serve(sock: UdpSocket, map: PortMap, ctx: Arc<Ctx>) {
+    let pktinfo = map.listen.ip().is_unspecified();
+    say_if_capped(&ctx);
+    let l = Listener {
+        sock: Arc::new(sock),
+        map,
+        ctx,
+        flows: Arc::new(Mutex::new(HashMap::new())),
+        epoch: Instant::now(),
+    };
+    // The batched path moves datagrams without copying them or waking the runtime for each;
+    // a dump or a PROXY header needs each datagram on its own (the dumps stay as they were).
+    if l.ctx.tap.is_none() && l.ctx.proxy_protocol.is_none() {
+        return l.serve_batched().await;
+    }
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match pktinfo::recv(&l.sock, &mut buf, pktinfo).await {
+            Ok((n, peer, dst)) => l.forward(peer, dst, &buf[..n]).await,
+            Err(e) => l
+                .ctx
+                .debug(|| format!("udp {}: receive: {e}", l.map.listen)),
+        }
+    }
+}
+
+impl Listener {
+    /// recvmmsg a batch; each run of datagrams for one known flow goes out in one sendmmsg
+    /// (runs of equal-size datagrams as one UDP_SEGMENT message each). A datagram for a new
+    /// flow, and everything after it, or what the backend socket had no room for, is copied out
+    /// and forwarded one by one (waiting for room): order within a flow is kept and nothing is
+    /// dropped here that the kernel did not drop.
+    async fn serve_batched(self) {
+        let fd = self.sock.as_raw_fd();
+        enable_gro(&*self.sock);
+        loop {
+            if let Err(e) = self.sock.readable().await {
+                self.ctx
+                    .debug(|| format!("udp {}: wait: {e}", self.map.listen));
+                continue;
+            }
+            let (rest, full) = BATCH_BUF.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let b = cell.get_or_insert_with(RecvBatch::new);
+                let n = match b.recv_drained(&self.sock, fd) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Vec::new(), false),
+                    Err(e) => {
+                        self.ctx
+                            .debug(|| format!("udp {}: receive: {e}", self.map.listen));
+                        return (Vec::new(), false);
+                    }
+                };
+                moved((0..n).map(|k| b.datagrams(k).count()).sum());
+                let now = self.epoch.elapsed().as_millis() as u64;
+                // Slot i, and how many of its datagrams already went (a partial send).
+                let (mut i, mut skip) = (0, 0);
+                let mut run: Vec<&[u8]> = Vec::with_capacity(BATCH);
+                if let Ok(flows) = self.flows.lock() {
+                    while i < n {
+                        let Some((_, from, _)) = b.get(i) else { break };
+                        let Some(flow) = flows.get(&from) else { break };
+                        run.clear();
+                        // (slot, datagrams of it) for mapping a partial send back.
+                        let mut slots = Vec::with_capacity(4);
+                        let mut j = i;
+                        while j < n {
+                            match b.get(j) {
+                                Some((_, f, _)) if f == from => {
+                                    let before = run.len();
+                                    run.extend(b.datagrams(j));
+                                    slots.push((j, run.len() - before));
+                                }
+                                _ => break,
+                            }
+                            j += 1;
+                        }
+                        let (done, sent) = match send_with_fallback(
+                            flow.backend.as_raw_fd(),
+                            &run,
+                            None,
+                            None,
+                            &flow.gso,
+                        ) {
+                            Ok(k) => (k, k),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, 0),
+                            Err(e) => {
+                                // Like a failed send(): this run is lost, the flow goes on.
+                                self.ctx.debug(|| {
+                                    format!(
+                                        "#{} udp send to backend {}: {e}",
+                                        flow.conn.id, self.map.target
+                                    )
+                                });
+                                (run.len(), 0)
+                            }
+                        };
+                        let bytes: u64 = run[..sent].iter().map(|d| d.len() as u64).sum();
+                        flow.last.store(now, Ordering::Relaxed);
+                        flow.up.fetch_add(bytes, Ordering::Relaxed);
+                        self.ctx
+                            .counters
+                            .bytes_c2s
+                            .fetch_add(bytes, Ordering::Relaxed);
+                        self.ctx
+                            .counters
+                            .datagrams
+                            .fetch_add(sent as u64, Ordering::Relaxed);
+                        if done == run.len() {
+                            i = j;
+                            continue;
+                        }
+                        // Stopped inside the run: find the slot and datagram it stopped at.
+                        let mut left = done;
+                        for (slot, k) in slots {
+                            if left < k {
+                                (i, skip) = (slot, left);
+                                break;
+                            }
+                            left -= k;
+                        }
+                        break;
+                    }
+                }
+                let mut rest = Vec::new();
+                for k in i..n {
+                    if let Some((_, from, dst)) = b.get(k) {
+                        let from_k = if k == i { skip } else { 0 };
+                        rest.extend(b.datagrams(k).skip(from_k).map(|d| (from, dst, d.to_vec())));
+                    }
+                }
+                (rest, n == BATCH)
+            });
+            for (peer, dst, data) in rest {
+                self.forward(peer, dst, &data).await;
+            }
+            // A full batch leaves more queued, so the thread does not park (where it paces).
+            if full {
+                pace_after_full(fd);
+            }
+        }
+    }
+
+    /// Forward one datagram from `peer` (sent to `dst`), opening its flow first if new.
+    async fn forward(&self, peer: SocketAddr, dst: Option<IpAddr>, data: &[u8]) {
+        let (ctx, map, epoch) = (&self.ctx, &self.map, self.epoch);
+        let n = data.len();
+        let existing = self.flows.lock().ok().and_then(|f| f.get(&peer).cloned());
+        let flow = match existing {
+            Some(f) => f,
+            None => match open_flow(ctx, map, peer, dst, epoch).await {
+                Ok(f) => {
+                    if let Ok(mut m) = self.flows.lock() {
+                        m.insert(peer, f.clone());
+                    }
+                    tokio::spawn(replies(
+                        f.clone(),
+                        self.sock.clone(),
+                        peer,
+                        self.flows.clone(),
+                        ctx.clone(),
+                        epoch,
+                    ));
+                    f
+                }
+                Err(e) => {
+                    ctx.counters.dial_errors.fetch_add(1, Ordering::Relaxed);
+                    ctx.log(
+                        Level::Warn,
+                        format!(
+                            "udp {peer} -> {}: cannot open a backend socket to {}: {e}",
+                            map.listen, map.target
+                        ),
+                    );
+                    return;
+                }
+            },
+        };
+        flow.last
+            .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Some(tap) = &ctx.tap {
+            let offset = flow.up.load(Ordering::Relaxed);
+            tap.send(Event::Data {
+                conn: flow.conn.clone(),
+                dir: Direction::ClientToServer,
+                offset,
+                ts: Timestamp::now(),
+                bytes: Arc::new(data.to_vec()),
+            })
+            .await;
+        }
+        let sent = match &flow.header {
+            None => flow.backend.send(data).await,
+            Some(h) => {
+                let mut d = Vec::with_capacity(h.len() + n);
+                d.extend_from_slice(h);
+                d.extend_from_slice(data);
+                flow.backend
+                    .send(&d)
+                    .await
+                    .map(|m| m.saturating_sub(h.len()))
+            }
+        };
+        match sent {
+            Ok(_) => {
+                flow.up.fetch_add(n as u64, Ordering::Relaxed);
+                ctx.counters
+                    .bytes_c2s
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                ctx.debug(|| format!("#{} udp send to backend {}: {e}", flow.conn.id, map.target))
+            }
+        }
+    }
+}
+
+async fn open_flow(
+    ctx: &Ctx,
+    map: &PortMap,
+    peer: SocketAddr,
+    dst: Option<IpAddr>,
+    epoch: Instant,
+) -> io::Result<Arc<Flow>> {
+    let id = ctx.next_id();
+    let client = canonical(peer);
+    let d = ctx
+        .dialer
+        .socket(map.target, Type::DGRAM, ctx.source_for(client))
+        .await?;
+    if let Some(f) = &d.fallback {
+        ctx.fallback(id, client, f);
+    }
+    size_rcvbuf(&d.socket, BACKEND_RCVBUF);
+    say_if_capped(ctx);
+    if batched_replies(ctx) {
+        enable_gro(&d.socket);
+    }
+    let backend = UdpSocket::from_std(std::net::UdpSocket::from(d.socket))?;
+    backend.connect(map.target).await?;
+    ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.active.fetch_add(1, Ordering::Relaxed);
+    let conn = Arc::new(ConnInfo {
+        id,
+        transport: Proto::Udp,
+        client: canonical(peer),
+        listen: SocketAddr::new(
+            dst.unwrap_or(map.listen.ip()).to_canonical(),
+            map.listen.port(),
+        ),
+        local: backend.local_addr().map(canonical)?,
+        backend: map.target,
+    });
+    ctx.debug(|| {
+        format!(
+            "#{id} udp flow {} -> {} => {} -> {}",
+            conn.client, conn.listen, conn.local, conn.backend
+        )
+    });
+    if let Some(tap) = &ctx.tap {
+        tap.send(Event::Open {
+            conn: conn.clone(),
+            ts: Timestamp::now(),
+        })
+        .await;
+    }
+    let header = ctx
+        .proxy_protocol
+        .map(|pp| pp.header(Proto::Udp, conn.client, conn.listen));
+    Ok(Arc::new(Flow {
+        backend,
+        header,
+        conn,
+        reply_from: dst,
+        last: AtomicU64::new(epoch.elapsed().as_millis() as u64),
+        up: AtomicU64::new(0),
+        down: AtomicU64::new(0),
+        gso: std::sync::atomic::AtomicBool::new(true),
+        reply_gso: std::sync::atomic::AtomicBool::new(true),
+    }))
+}
+
+/// Whether replies are moved in batches (recvmmsg from the backend, sendmmsg to the client):
+/// unless a dump needs each datagram on its own.
+fn batched_replies(ctx: &Ctx) -> bool {
+    ctx.tap.is_none()
+}
+
+/// What one wake-up of a flow's reply task got from its backend socket.
+enum Got {
+    /// Nothing (yet), or an error that leaves the flow open.
+    Nothing,
+    /// The socket failed: the flow ends.
+    Failed(io::Error),
+    /// Datagrams, each on its own (the tapped path, or what the client's socket had no room for).
+    Datagrams(Vec<Vec<u8>>),
+}
+
+/// Batched replies: recvmmsg what the backend sent, sendmmsg it to the client from the
+/// listening socket (equal-size runs as UDP_SEGMENT messages). What did not fit is copied out.
+fn reply_batch(
+    flow: &Flow,
+    sock: &UdpSocket,
+    to: &socket2::SockAddr,
+    ctx: &Ctx,
+    epoch: Instant,
+) -> Got {
+    let from = reply_source(flow.reply_from);
+    BATCH_BUF.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let b = cell.get_or_insert_with(RecvBatch::new);
+        let n = match b.recv_drained(&flow.backend, flow.backend.as_raw_fd()) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::Nothing,
+            // ICMP port unreachable from an earlier datagram: the backend may come back.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Got::Nothing,
+            Err(e) => return Got::Failed(e),
+        };
+        let run: Vec<&[u8]> = (0..n).flat_map(|i| b.datagrams(i)).collect();
+        moved(run.len());
+        let sent = match sock.try_io(Interest::WRITABLE, || {
+            send_with_fallback(sock.as_raw_fd(), &run, Some(to), from, &flow.reply_gso)
+        }) {
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                // Like a failed send_to(): these replies are lost, the flow goes on.
+                ctx.debug(|| format!("#{} udp reply to {}: {e}", flow.conn.id, flow.conn.client));
+                run.len()
+            }
+        };
+        let ok = sent.min(run.len());
+        let bytes: u64 = run[..ok].iter().map(|d| d.len() as u64).sum();
+        flow.last
+            .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        flow.down.fetch_add(bytes, Ordering::Relaxed);
+        ctx.counters.bytes_s2c.fetch_add(bytes, Ordering::Relaxed);
+        ctx.counters
+            .datagrams
+            .fetch_add(ok as u64, Ordering::Relaxed);
+        // A full batch leaves more queued, so the thread does not park (where it paces).
+        if n == BATCH {
+            pace_after_full(flow.backend.as_raw_fd());
+        }
+        if sent >= run.len() {
+            Got::Nothing
+        } else {
+            Got::Datagrams(run[sent..].iter().map(|d| d.to_vec()).collect())
+        }
+    })
+}
+
+/// Where replies leave from: the client's destination address, unless it was one a socket
+/// cannot send from (multicast, broadcast).
+fn reply_source(from: Option<IpAddr>) -> Option<IpAddr> {
+    from.filter(|ip| !ip.is_multicast() && *ip != IpAddr::V4(Ipv4Addr::BROADCAST))
+}
+
+/// One reply to the client, waiting for room; dumped first when there is a tap.
+async fn reply_one(
+    flow: &Flow,
+    sock: &UdpSocket,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    epoch: Instant,
+    buf: Vec<u8>,
+) {
+    let n = buf.len();
+    flow.last
+        .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let buf = Arc::new(buf);
+    if let Some(tap) = &ctx.tap {
+        tap.send(Event::Data {
+            conn: flow.conn.clone(),
+            dir: Direction::ServerToClient,
+            offset: flow.down.load(Ordering::Relaxed),
+            ts: Timestamp::now(),
+            bytes: buf.clone(),
+        })
+        .await;
+    }
+    match pktinfo::send_to(sock, &buf, peer, flow.reply_from).await {
+        Ok(_) => {
+            flow.down.fetch_add(n as u64, Ordering::Relaxed);
+            ctx.counters
+                .bytes_s2c
+                .fetch_add(n as u64, Ordering::Relaxed);
+            ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => ctx.debug(|| format!("#{} udp reply to {peer}: {e}", flow.conn.id)),
+    }
+}
+
+async fn replies(
+    flow: Arc<Flow>,
+    sock: Arc<UdpSocket>,
+    peer: SocketAddr,
+    flows: Flows,
+    ctx: Arc<Ctx>,
+    epoch: Instant,
+) {
+    let idle = ctx.udp_idle.as_millis() as u64;
+    let batched = batched_replies(&ctx);
+    let to = socket2::SockAddr::from(peer);
+    loop {
+        let now = epoch.elapsed().as_millis() as u64;
+        let since = now.saturating_sub(flow.last.load(Ordering::Relaxed));
+        if since >= idle {
+            break;
+        }
+        let wait = Duration::from_millis(idle - since);
+        // Wait without a buffer: a flow holds none while it waits (a 64 KiB one per flow made
+        // thousands of flows cost ~58 KB each); datagrams are read into the thread's buffers
+        // and copied out only when they cannot leave at once.
+        let got = match tokio::time::timeout(wait, flow.backend.readable()).await {
+            Err(_) => continue,
+            Ok(Err(e)) => Got::Failed(e),
+            Ok(Ok(())) if batched => reply_batch(&flow, &sock, &to, &ctx, epoch),
+            Ok(Ok(())) => match SCRATCH.with(|b| {
+                let mut b = b.borrow_mut();
+                flow.backend.try_recv(&mut b).map(|n| b[..n].to_vec())
+            }) {
+                Ok(d) => Got::Datagrams(vec![d]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Nothing,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Got::Nothing,
+                Err(e) => Got::Failed(e),
+            },
+        };
+        let datagrams = match got {
+            Got::Nothing => continue,
+            Got::Failed(e) => {
+                ctx.debug(|| format!("#{} udp receive from backend: {e}", flow.conn.id));
+                break;
+            }
+            Got::Datagrams(d) => d,
+        };
+        for buf in datagrams {
+            reply_one(&flow, &sock, peer, &ctx, epoch, buf).await;
+        }
+    }
+    let shrunk = flows.lock().is_ok_and(|mut m| {
+        m.remove(&peer);
+        // Give the table's room back once most flows are gone (halving at most each time).
+        if m.capacity() > 64 && m.len() < m.capacity() / 4 {
+            let keep = m.len() * 2;
+            m.shrink_to(keep);
+            true
+        } else {
+            false
+        }
+    });
+    if shrunk {
+        release_freed_memory();
+    }
+    ctx.counters.active.fetch_sub(1, Ordering::Relaxed);
+    ctx.debug(|| format!("#{} udp flow idle, closed", flow.conn.id));
+    if let Some(tap) = &ctx.tap {
+        tap.send(Event::Close {
+            conn: flow.conn.clone(),
+            ts: Timestamp::now(),
+            reason: CloseReason::Normal,
+            bytes_c2s: flow.up.load(Ordering::Relaxed),
+            bytes_s2c: flow.down.load(Ordering::Relaxed),
+        })
+        .await;
+    }
+}
