@@ -359,26 +359,34 @@ on_both_relays!(
     => port_ranges_in_one_process()
 );
 
-/// Parse `tshark -qz follow,tcp,raw,N` into (client bytes, server bytes).
-fn tshark_follow(pcap: &Path, stream: u32) -> (Vec<u8>, Vec<u8>) {
+/// `tshark -r PCAP ARGS`, which must succeed: its stdout.
+fn tshark(pcap: &Path, args: &[&str]) -> String {
     let out = Command::new("tshark")
         .arg("-r")
         .arg(pcap)
-        .args(["-qz", &format!("follow,tcp,raw,{stream}")])
+        .args(args)
         .output()
         .expect("run tshark");
     assert!(
         out.status.success(),
-        "tshark: {}",
+        "tshark {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The bytes a hex dump spells (anything but hex digits between them is passed over).
+fn unhex(h: &str) -> Vec<u8> {
+    let h: String = h.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    (0..h.len() / 2)
+        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Parse `tshark -qz follow,tcp,raw,N` into (client bytes, server bytes).
+fn tshark_follow(pcap: &Path, stream: u32) -> (Vec<u8>, Vec<u8>) {
+    let text = tshark(pcap, &["-qz", &format!("follow,tcp,raw,{stream}")]);
     let (mut c, mut s) = (Vec::new(), Vec::new());
-    let unhex = |h: &str| -> Vec<u8> {
-        (0..h.len() / 2)
-            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
-            .collect()
-    };
     let mut body = false;
     for line in text.lines() {
         if line.starts_with("Node 1:") {
@@ -1635,29 +1643,16 @@ type UdpRow = (SocketAddr, SocketAddr, usize, Vec<u8>);
 
 /// Every UDP packet in a pcap, in order, through tshark's own dissection.
 fn tshark_udp(pcap: &Path) -> Vec<UdpRow> {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args(["-Y", "udp", "-T", "fields", "-E", "separator=|"])
-        .args([
+    let fields = [
+        &["-Y", "udp", "-T", "fields", "-E", "separator=|"][..],
+        &[
             "-e", "ip.src", "-e", "ipv6.src", "-e", "ip.dst", "-e", "ipv6.dst",
-        ])
-        .args(["-e", "udp.srcport", "-e", "udp.dstport", "-e", "udp.length"])
-        .args(["-e", "udp.payload"])
-        .output()
-        .expect("run tshark");
-    assert!(
-        out.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let unhex = |h: &str| -> Vec<u8> {
-        let h: String = h.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-        (0..h.len() / 2)
-            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
-            .collect()
-    };
-    String::from_utf8_lossy(&out.stdout)
+        ],
+        &["-e", "udp.srcport", "-e", "udp.dstport", "-e", "udp.length"],
+        &["-e", "udp.payload"],
+    ]
+    .concat();
+    tshark(pcap, &fields)
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split('|').collect();
@@ -1741,14 +1736,14 @@ fn pcap_holds_both_legs_of_udp_flows_ipv4_and_ipv6() {
     let rows = tshark_udp(&pcap);
     assert_eq!(rows.len(), 2 * 3 * 4, "4 packets per exchange: {rows:#?}");
     // IPv6 forbids a zero UDP checksum: tshark, told to check, finds every IPv6 one good.
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(&pcap)
-        .args(["-o", "udp.check_checksum:TRUE", "-Y", "ipv6 && udp"])
-        .args(["-T", "fields", "-e", "udp.checksum.status"])
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = tshark(
+        &pcap,
+        &[
+            &["-o", "udp.check_checksum:TRUE", "-Y", "ipv6 && udp"][..],
+            &["-T", "fields", "-e", "udp.checksum.status"],
+        ]
+        .concat(),
+    );
     assert_eq!(status, "1\n".repeat(12), "udp.checksum.status (1 = good)");
     for (i, ((client, listen), datagrams)) in flows.iter().zip(&sent).enumerate() {
         let client: SocketAddr = client.parse().unwrap();
@@ -4956,6 +4951,17 @@ fn read_up_to(s: &mut TcpStream, want: usize) -> Vec<u8> {
     got
 }
 
+/// `got` is `want`, or the failure says how much came and how it ended (not 64 KiB of bytes).
+fn assert_all_came(got: &[u8], want: &[u8]) {
+    assert!(
+        got == want,
+        "{} of {} bytes came, ending {:?}",
+        got.len(),
+        want.len(),
+        String::from_utf8_lossy(&got[got.len().saturating_sub(8)..])
+    );
+}
+
 /// TCP urgent data (telnet's Synch, ftp's ABOR) passes as an ordinary byte and every byte
 /// behind it follows, client -> backend with the FIN already queued, and backend -> client in
 /// the middle of a bulk (splice) transfer. `dump`: with a hex dump (tokio's copy path).
@@ -5013,13 +5019,7 @@ fn passes_urgent_data_on_with_every_byte_behind_it(relay: Relay, dump: bool) {
     let mut want = bulk;
     want.extend_from_slice(b"!tail");
     let got = read_up_to(&mut c, want.len());
-    assert!(
-        got == want,
-        "{} of {} bytes came, ending {:?}",
-        got.len(),
-        want.len(),
-        String::from_utf8_lossy(&got[got.len().saturating_sub(8)..])
-    );
+    assert_all_came(&got, &want);
     drop(c);
     let log = p.stop();
     assert!(
@@ -5151,13 +5151,7 @@ fn passes_an_urgent_byte_that_ends_a_full_read_before_it_is_announced(relay: Rel
                     .any(|l| l.contains("splice") && l.ends_with("= 0"))),
         "the case was not set up (the urgent byte came after the read): trace\n{trace}"
     );
-    assert!(
-        got == want,
-        "{} of {} bytes came, ending {:?}",
-        got.len(),
-        want.len(),
-        String::from_utf8_lossy(&got[got.len().saturating_sub(8)..])
-    );
+    assert_all_came(&got, &want);
     drop(c);
     let log = p.stop();
     assert!(
