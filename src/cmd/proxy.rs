@@ -868,6 +868,7 @@ Examples:
   nettool proxy --listen-netns host --target-netns web 8080 127.0.0.1:80
   nettool proxy --hex --dump-file /tmp/dump.txt --pcap /tmp/p.pcap 6379 172.19.0.4:6379
   nettool proxy --pcap /tmp/p.pcap --pcap-max-mb 100 --pcap-files 5 8080 172.19.0.2:80
+  nettool proxy --pcap - 8080 172.19.0.2:80 | tshark -l -r -     (pcap on stdout, live)
   nettool proxy --json --pcap /tmp/dns.pcap udp:53 172.19.0.5:53
   nettool proxy --syslog 8080 172.19.0.2:80       (log to /dev/log, facility daemon)
 
