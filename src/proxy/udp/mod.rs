@@ -76,6 +76,22 @@ struct Flow {
     reply_gso: std::sync::atomic::AtomicBool,
 }
 
+impl Flow {
+    /// Count `datagrams` datagrams, `bytes` in all, passed on in direction `dir`: the flow's
+    /// own total (for its dump's offsets and close line) and the proxy's counters.
+    fn count(&self, ctx: &Ctx, dir: Direction, bytes: u64, datagrams: usize) {
+        let (flow, proxy) = match dir {
+            Direction::ClientToServer => (&self.up, &ctx.counters.bytes_c2s),
+            Direction::ServerToClient => (&self.down, &ctx.counters.bytes_s2c),
+        };
+        flow.fetch_add(bytes, Ordering::Relaxed);
+        proxy.fetch_add(bytes, Ordering::Relaxed);
+        ctx.counters
+            .datagrams
+            .fetch_add(datagrams as u64, Ordering::Relaxed);
+    }
+}
+
 type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
 
 /// One listening socket and its flows.
@@ -187,15 +203,7 @@ impl Listener {
                         };
                         let bytes: u64 = run[..sent].iter().map(|d| d.len() as u64).sum();
                         flow.last.store(now, Ordering::Relaxed);
-                        flow.up.fetch_add(bytes, Ordering::Relaxed);
-                        self.ctx
-                            .counters
-                            .bytes_c2s
-                            .fetch_add(bytes, Ordering::Relaxed);
-                        self.ctx
-                            .counters
-                            .datagrams
-                            .fetch_add(sent as u64, Ordering::Relaxed);
+                        flow.count(&self.ctx, Direction::ClientToServer, bytes, sent);
                         if done == run.len() {
                             i = j;
                             continue;
@@ -292,13 +300,7 @@ impl Listener {
             }
         };
         match sent {
-            Ok(_) => {
-                flow.up.fetch_add(n as u64, Ordering::Relaxed);
-                ctx.counters
-                    .bytes_c2s
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(_) => flow.count(ctx, Direction::ClientToServer, n as u64, 1),
             Err(e) => {
                 ctx.debug(|| format!("#{} udp send to backend {}: {e}", flow.conn.id, map.target))
             }
@@ -424,11 +426,7 @@ fn reply_batch(
         let bytes: u64 = run[..ok].iter().map(|d| d.len() as u64).sum();
         flow.last
             .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        flow.down.fetch_add(bytes, Ordering::Relaxed);
-        ctx.counters.bytes_s2c.fetch_add(bytes, Ordering::Relaxed);
-        ctx.counters
-            .datagrams
-            .fetch_add(ok as u64, Ordering::Relaxed);
+        flow.count(ctx, Direction::ServerToClient, bytes, ok);
         // A full batch leaves more queued, so the thread does not park (where it paces).
         if n == BATCH {
             pace_after_full(flow.backend.as_raw_fd());
@@ -471,13 +469,7 @@ async fn reply_one(
         .await;
     }
     match pktinfo::send_to(sock, &buf, peer, flow.reply_from).await {
-        Ok(_) => {
-            flow.down.fetch_add(n as u64, Ordering::Relaxed);
-            ctx.counters
-                .bytes_s2c
-                .fetch_add(n as u64, Ordering::Relaxed);
-            ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
-        }
+        Ok(_) => flow.count(ctx, Direction::ServerToClient, n as u64, 1),
         Err(e) => ctx.debug(|| format!("#{} udp reply to {peer}: {e}", flow.conn.id)),
     }
 }
