@@ -6587,3 +6587,33 @@ fn pcap_dash_streams_the_capture_to_stdout() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// `--dump-file /dev/stdout`, `--pcap /dev/stdout`, `--log-file /dev/stderr`: refused (they
+/// are symlinks), with what to write instead. The refusal said "remove the link or give
+/// another path": advice to remove /dev/stdout.
+#[test]
+fn a_std_stream_named_as_a_file_is_refused_with_what_to_write_instead() {
+    let ns = lab("pxdevstd");
+    for (args, says) in [
+        (
+            &["--dump", "--dump-file", "/dev/stdout"][..],
+            "cannot open dump destination /dev/stdout: it names this process's stdout, not a file: a dump goes to stdout without --dump-file, a pcap with --pcap -",
+        ),
+        (
+            &["--pcap", "/proc/self/fd/1"],
+            "cannot open dump destination /proc/self/fd/1: it names this process's stdout",
+        ),
+        (
+            &["--log-file", "/dev/stderr"],
+            "cannot open the log file /dev/stderr: it names this process's stderr, not a file: the log goes to stderr without --log-file",
+        ),
+    ] {
+        let mut a = vec!["proxy", "--ready-fd", "3"];
+        a.extend(args);
+        a.extend(["127.0.0.1:8080", "127.0.0.1:7000"]);
+        let (ready, code, _) = outcome(&ns, &a, &[]);
+        assert_eq!(code, Some(1), "{args:?}: {ready}");
+        assert!(ready.contains(says), "{args:?}: {ready}");
+        assert!(!ready.contains("remove the link"), "{args:?}: {ready}");
+    }
+}

@@ -148,11 +148,17 @@ fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
         )),
         LogTo::File(p) => {
             let f = tap::open_private(p, true).map_err(|tap::TapError::Open { path, error }| {
-                anyhow::anyhow!(
-                    "cannot open the log file {} for appending: {error}{}",
-                    path.display(),
-                    missing_dir_hint(&path, &error)
-                )
+                match std_stream_alias(&path) {
+                    Some(stream) => anyhow::anyhow!(
+                        "cannot open the log file {}: it names this process's {stream}, not a file: the log goes to stderr without --log-file, and `2>&1` moves it to stdout",
+                        path.display()
+                    ),
+                    None => anyhow::anyhow!(
+                        "cannot open the log file {} for appending: {error}{}",
+                        path.display(),
+                        missing_dir_hint(&path, &error)
+                    ),
+                }
             })?;
             let what = format!("the log file {}", p.display());
             Box::new(TextLines::new(Box::new(f), &what, LOG_TAG))
@@ -223,11 +229,28 @@ fn missing_dir_hint(path: &std::path::Path, error: &std::io::Error) -> String {
     }
 }
 
-/// A dump destination's open error, with the missing directory named.
+/// A dump destination's open error, with the missing directory named, or for a name of one
+/// of this process's own std streams (refused as a symlink, whose message says to remove the
+/// link: not /dev/stdout) what to write instead.
 fn open_error(e: tap::TapError) -> anyhow::Error {
     let tap::TapError::Open { path, error } = &e;
+    if let Some(stream) = std_stream_alias(path) {
+        return anyhow::anyhow!(
+            "cannot open dump destination {}: it names this process's {stream}, not a file: a dump goes to stdout without --dump-file, a pcap with --pcap -, and `2>&1` (or `>&2`) moves either stream",
+            path.display()
+        );
+    }
     let hint = missing_dir_hint(path, error);
     anyhow::anyhow!("{e}{hint}")
+}
+
+/// `/dev/stdout` and its other names: the std stream it stands for.
+fn std_stream_alias(path: &std::path::Path) -> Option<&'static str> {
+    match path.to_str()? {
+        "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1" => Some("stdout"),
+        "/dev/stderr" | "/dev/fd/2" | "/proc/self/fd/2" => Some("stderr"),
+        _ => None,
+    }
 }
 
 /// The dump sinks, and the file the `--json` counters line goes to at exit.
