@@ -22,7 +22,8 @@ use crate::cmd::topology::TopologyArgs;
     after_help = "Examples:\n  nettool netns list\n  nettool netns inspect web\n  nettool netns exec pid:1234 -- ss -tlnp\n\nRun as root: entering namespaces needs CAP_SYS_ADMIN."
 )]
 pub(crate) struct Cli {
-    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    /// More log output (-v info, -vv debug, -vvv trace; RUST_LOG overrides). `proxy` logs at
+    /// info by default: there -v adds a line per connection.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 

@@ -881,7 +881,8 @@ pub(crate) fn docker_proxy_entry() -> Option<i32> {
 pub(crate) const PROXY_HELP: &str =
     "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [IP:]PORT[-PORT] and TARGET = IP[:PORT[-PORT]];
 IPv6 goes in brackets ([::1]:8080). A LISTEN without an IP listens on 0.0.0.0 and [::].
-Without --dump/--hex/--pcap/--streams/--json bytes move with splice(2) and are never copied.
+Without --dump/--hex/--pcap/--streams/--json, TCP bytes move with splice(2) once a read fills
+the 8 KiB buffer (short exchanges are copied through it). -v logs a line per connection.
 SIGUSR1 logs the counters; SIGINT/SIGTERM stop (exit 0) after logging them.
 
 Examples:
