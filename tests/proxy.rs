@@ -4824,6 +4824,152 @@ on_both_relays!(
     => dials_from_the_target_namespace()
 );
 
+/// Delete the named namespace `ns` and make a new one of the same name with lo up: what a
+/// restarted container's namespace is to a proxy holding the old one.
+fn remake_named(ns: &TestNs) {
+    common::sh(&["ip", "netns", "del", &ns.name]);
+    common::sh(&["ip", "netns", "add", &ns.name]);
+    ns.ip(&["link", "set", "lo", "up"]);
+}
+
+/// Read what a backend said first, or the error (the proxy's reset) after at most 5 s.
+fn first_words(mut s: TcpStream) -> std::io::Result<String> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// --target-netns NAME, deleted and made again while the proxy runs: the proxy still holds
+/// the old namespace, where the dial is refused. The warn line says the name now names another
+/// namespace, the proxy follows it, and the next connection reaches the backend in the new one.
+fn follows_a_target_netns_made_again(relay: Relay) {
+    let host = lab("pxfh");
+    let ctr = lab("pxfc");
+    let dir = TempDir::new("pxf");
+    let old = listen_in(&ctr, "127.0.0.1:7000");
+    let p = relay.start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+        ],
+    );
+    let c = connect_in(&host, "127.0.0.1:8080").unwrap();
+    let (mut b, _) = old.accept().unwrap();
+    b.write_all(b"old").unwrap();
+    drop(b);
+    assert_eq!(first_words(c).unwrap(), "old");
+    // The old backend goes; the name is made again, with a backend in the new namespace.
+    drop(old);
+    remake_named(&ctr);
+    let new = listen_in(&ctr, "127.0.0.1:7000");
+    std::thread::spawn(move || {
+        for mut s in new.incoming().flatten() {
+            let _ = s.write_all(b"new");
+        }
+    });
+    // The first dial goes to the old namespace, where nothing listens any more. The loop's
+    // reset can come before connect_timeout's poll does: then the connect fails with it.
+    assert!(
+        connect_in(&host, "127.0.0.1:8080")
+            .and_then(first_words)
+            .is_err(),
+        "the first connection after the change should be reset"
+    );
+    wait_for("the dial failure's line", 10, || {
+        p.log().contains("cannot connect to backend 127.0.0.1:7000")
+    });
+    let log = p.log();
+    let want = format!(
+        "--target-netns {} now names another network namespace",
+        ctr.name
+    );
+    assert!(log.contains(&want), "no '{want}' in:\n{log}");
+    assert!(
+        log.contains("it was deleted and made again?")
+            && log.contains(&format!(
+                "--target-netns {}: following the new network namespace",
+                ctr.name
+            )),
+        "{log}"
+    );
+    // From then on, every connection reaches the new namespace's backend.
+    for _ in 0..4 {
+        let c = connect_in(&host, "127.0.0.1:8080").unwrap();
+        assert_eq!(first_words(c).unwrap(), "new", "log:\n{}", p.log());
+    }
+    p.stop();
+}
+
+on_both_relays!(
+    follows_a_target_netns_made_again_fast_path,
+    follows_a_target_netns_made_again_tokio_path
+    => follows_a_target_netns_made_again()
+);
+
+/// The same for a UDP flow: the old namespace refuses its datagrams (port unreachable), the
+/// warn line says why, the flow ends and the client's next datagram reaches the new backend.
+#[test]
+fn a_udp_flow_follows_a_target_netns_made_again() {
+    let host = lab("pxfuh");
+    let ctr = lab("pxfuc");
+    let dir = TempDir::new("pxfu");
+    let old = inside(&ctr, || UdpSocket::bind("127.0.0.1:5300").unwrap());
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:5300",
+        ],
+    );
+    let client = inside(&host, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.send_to(b"one", "127.0.0.1:5353").unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = old.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"one");
+    old.send_to(b"old", from).unwrap();
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"old");
+    drop(old);
+    remake_named(&ctr);
+    let new = inside(&ctr, || UdpSocket::bind("127.0.0.1:5300").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = new.recv_from(&mut buf) {
+            let _ = new.send_to(b"new", from);
+        }
+    });
+    // The same client (the same flow): refused in the old namespace until the flow ends.
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    wait_for("a reply from the new namespace's backend", 20, || {
+        client.send_to(b"two", "127.0.0.1:5353").unwrap();
+        matches!(client.recv(&mut buf), Ok(n) if &buf[..n] == b"new")
+    });
+    let log = p.log();
+    let want = format!(
+        "backend 127.0.0.1:5300 refused a datagram (port unreachable); --target-netns {} now names another network namespace",
+        ctr.name
+    );
+    assert!(log.contains(&want), "no '{want}' in:\n{log}");
+    p.stop();
+}
+
 /// `n` connections to `addr` in `ns` (a proxy in front of [`echo_backend`]), each through to
 /// the backend (one line echoed) and left open.
 fn open_echoed(ns: &TestNs, addr: &str, n: usize) -> Vec<TcpStream> {

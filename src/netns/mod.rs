@@ -420,6 +420,19 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Move the calling thread into this namespace. Only for a thread that [`NetNs::run`]
+    /// made to live in a namespace (the proxy's dialing threads, when the namespace they dial
+    /// in is replaced); never a thread anything else shares, a tokio worker least of all.
+    pub(crate) fn enter_this_thread(&self) -> Result<(), NetnsError> {
+        ENTRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|error| NetnsError::Enter {
+            path: self.path.clone(),
+            error,
+        })
+    }
+}
+
 impl PartialEq for NetNs {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id

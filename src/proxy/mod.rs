@@ -202,6 +202,9 @@ pub(crate) struct ProxyConfig {
     pub listen_ns: Option<NetNs>,
     /// Dial backends from inside this namespace (None: the current one).
     pub target_ns: Option<NetNs>,
+    /// What named `target_ns` (--target-netns): resolved again when dials fail, to tell (and
+    /// follow) a restarted container or a re-made named namespace.
+    pub target_text: Option<String>,
     /// A UDP flow with no traffic for this long is forgotten.
     pub udp_idle: Duration,
     /// Where events go when dumping (None: splice, no copies).
@@ -234,6 +237,8 @@ pub(crate) struct Ctx {
     pub(crate) next_id: AtomicU64,
     pub(crate) counters: Arc<Counters>,
     pub(crate) dialer: sock::Dialer,
+    /// --target-netns, checked again when a dial fails (None: no --target-netns).
+    pub(crate) target: Option<Arc<sock::TargetWatch>>,
     pub(crate) tap: Option<Tap>,
     pub(crate) log: Log,
     pub(crate) udp_idle: Duration,
@@ -283,6 +288,25 @@ impl Ctx {
                 ),
             );
         }
+    }
+    /// What a failed dial's log line adds about --target-netns ("" without one, or when it
+    /// still names the namespace dials go to). Blocking, at most one lookup a second.
+    pub(crate) fn target_hint(&self) -> String {
+        self.target.as_ref().map(|w| w.hint()).unwrap_or_default()
+    }
+    /// [`Ctx::target_hint`] from an async task: the lookup, when one is due, on a blocking
+    /// thread (a container engine's API may take a while).
+    pub(crate) async fn target_hint_async(self: &Arc<Self>) -> String {
+        let Some(w) = &self.target else {
+            return String::new();
+        };
+        if let Some(said) = w.fresh_hint() {
+            return said;
+        }
+        let c = self.clone();
+        tokio::task::spawn_blocking(move || c.target_hint())
+            .await
+            .unwrap_or_default()
     }
     /// Per-connection lines: formatted only when -v asked for them.
     pub(crate) fn debug(&self, msg: impl FnOnce() -> String) {
@@ -488,6 +512,16 @@ impl Proxy {
             })
             .collect();
         let target_ns = cfg.target_ns.clone();
+        // Transparent mode's rules live in the namespace found at start: told, not followed.
+        let watch = match (&cfg.target_ns, &cfg.target_text) {
+            (Some(ns), Some(text)) => Some(Arc::new(sock::TargetWatch::new(
+                text,
+                ns.clone(),
+                !cfg.transparent,
+                cfg.log.clone(),
+            ))),
+            _ => None,
+        };
         let (dialer, transparent) = if cfg.transparent {
             // The rules go where the backend sockets live; the dialer thread there also
             // judges each client's route.
@@ -496,14 +530,18 @@ impl Proxy {
                 None => NetNs::current()?,
             };
             let t = transparent::Transparent::setup(&ns)?;
-            (sock::Dialer::new(Some(&ns))?, Some(t))
+            (sock::Dialer::new(Some(&ns), None)?, Some(t))
         } else {
-            (sock::Dialer::new(cfg.target_ns.as_ref())?, None)
+            (
+                sock::Dialer::new(cfg.target_ns.as_ref(), watch.clone())?,
+                None,
+            )
         };
         let ctx = Arc::new(Ctx {
             next_id: AtomicU64::new(0),
             counters: Arc::new(Counters::default()),
             dialer,
+            target: watch,
             tap: cfg.tap,
             log: cfg.log,
             udp_idle: cfg.udp_idle,

@@ -167,8 +167,12 @@ fn new_socket(domain: Domain, ty: Type) -> io::Result<Socket> {
 }
 
 impl Dialer {
-    /// A dialer for `ns` (None: here). Starts the helper thread and checks it entered `ns`.
-    pub(crate) fn new(ns: Option<&NetNs>) -> Result<Self, crate::netns::NetnsError> {
+    /// A dialer for `ns` (None: here). Starts the helper thread and checks it entered `ns`;
+    /// with `watch`, the thread moves to the namespace the watch follows before its next socket.
+    pub(crate) fn new(
+        ns: Option<&NetNs>,
+        watch: Option<std::sync::Arc<TargetWatch>>,
+    ) -> Result<Self, crate::netns::NetnsError> {
         let Some(ns) = ns else {
             return Ok(Dialer::Here);
         };
@@ -183,7 +187,11 @@ impl Dialer {
                     let _ = inner_ready.send(Ok(()));
                     // Route lookups for transparent mode, in this namespace; opened once.
                     let mut rtnl = None;
+                    let mut seen = watch.as_ref().map_or(0, |w| w.gen());
                     while let Ok(SocketRequestBox(req)) = rx.recv() {
+                        if watch.as_ref().is_some_and(|w| w.enter_if_moved(&mut seen)) {
+                            rtnl = None;
+                        }
                         let _ = req
                             .reply
                             .send(make(req.ty, req.target, req.source, &mut rtnl));
@@ -322,4 +330,144 @@ pub(crate) fn check_passed_socket(
         s.listen(BACKLOG)?;
     }
     Ok(())
+}
+
+/// How long a verdict on --target-netns stands: a storm of refused dials resolves the text at
+/// most this often (a container's lookup asks the engine's API).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The --target-netns text the user gave and the namespace the proxy dials in. A restarted
+/// container, or a named namespace deleted and made again, is a new namespace while the proxy
+/// still holds the old one, where every dial is refused: a failed dial resolves the text again
+/// and says so, and (unless transparent mode's rules live in the old one) the dialing threads
+/// follow the new namespace.
+pub(crate) struct TargetWatch {
+    /// What the user typed (`container:web`, `web`, `/run/netns/x`, `pid:N`).
+    text: String,
+    /// Whether the dialing threads move to a new namespace the text names.
+    follow: bool,
+    /// The namespace dials go to now.
+    held: std::sync::Mutex<NetNs>,
+    /// Bumped each time `held` changes; a dialing thread compares it with its own.
+    gen: std::sync::atomic::AtomicU64,
+    /// When the text was last resolved and what the failed dials' lines add since.
+    last: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// One thread resolves at a time; the others keep the last verdict meanwhile.
+    checking: std::sync::atomic::AtomicBool,
+    log: super::Log,
+}
+
+impl std::fmt::Debug for TargetWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TargetWatch({})", self.text)
+    }
+}
+
+impl TargetWatch {
+    /// Watch `text`, which named `ns` at start.
+    pub(crate) fn new(text: &str, ns: NetNs, follow: bool, log: super::Log) -> Self {
+        TargetWatch {
+            text: text.to_string(),
+            follow,
+            held: std::sync::Mutex::new(ns),
+            gen: Default::default(),
+            last: Default::default(),
+            checking: Default::default(),
+            log,
+        }
+    }
+
+    /// Which namespace dials go to: its generation, for [`TargetWatch::enter_if_moved`].
+    pub(crate) fn gen(&self) -> u64 {
+        self.gen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// On a dialing thread (one made by NetNs::run, never a tokio worker): enter the namespace
+    /// dials go to now if it is not generation `*seen`. True when the thread moved.
+    pub(crate) fn enter_if_moved(&self, seen: &mut u64) -> bool {
+        let gen = self.gen();
+        if gen == *seen {
+            return false;
+        }
+        let ns = match self.held.lock() {
+            Ok(h) => h.clone(),
+            Err(_) => return false,
+        };
+        match ns.enter_this_thread() {
+            Ok(()) => {
+                *seen = gen;
+                true
+            }
+            Err(e) => {
+                // Stays in the old one; said once per thread and generation.
+                *seen = gen;
+                self.log.log(
+                    super::Level::Error,
+                    &format!("--target-netns {}: {e}", self.text),
+                );
+                false
+            }
+        }
+    }
+
+    /// What a failed dial's log line adds: why the namespace is the wrong one, or "" when the
+    /// text still names the namespace dials go to. Resolves the text at most once a second
+    /// (blocking: a container's lookup asks its engine), else repeats the last verdict.
+    pub(crate) fn hint(&self) -> String {
+        use std::sync::atomic::Ordering;
+        if let Some(said) = self.fresh_hint() {
+            return said;
+        }
+        if self.checking.swap(true, Ordering::AcqRel) {
+            let last = self.last.lock().ok().and_then(|l| l.clone());
+            return last.map(|(_, s)| s).unwrap_or_default();
+        }
+        let said = self.check();
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some((std::time::Instant::now(), said.clone()));
+        }
+        self.checking.store(false, Ordering::Release);
+        said
+    }
+
+    /// The last verdict while it stands (under a second old), without resolving anything:
+    /// callers on an async thread move to a blocking one only when this is None.
+    pub(crate) fn fresh_hint(&self) -> Option<String> {
+        let last = self.last.lock().ok()?;
+        let (at, said) = last.as_ref()?;
+        (at.elapsed() < RECHECK).then(|| said.clone())
+    }
+
+    fn check(&self) -> String {
+        let Ok(held) = self.held.lock().map(|h| h.clone()) else {
+            return String::new();
+        };
+        let text = &self.text;
+        let ns = match NetNs::open(text) {
+            Ok(ns) if ns.id() == held.id() => return String::new(),
+            Ok(ns) => ns,
+            Err(e) => return format!("; --target-netns {text} names no namespace now: {e}"),
+        };
+        let why = if ns.label().starts_with("container:") {
+            "the container was restarted?"
+        } else {
+            "it was deleted and made again?"
+        };
+        let (was, new) = (held.id().inode, ns.id().inode);
+        let said = format!(
+            "; --target-netns {text} now names another network namespace (inode {new}; the proxy dialed in {was}: {why})"
+        );
+        if !self.follow {
+            return format!("{said}; restart the proxy to dial there (transparent mode's rules are in the old one)");
+        }
+        if let Ok(mut h) = self.held.lock() {
+            *h = ns;
+        }
+        self.gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.log.log(
+            super::Level::Info,
+            &format!("--target-netns {text}: following the new network namespace (inode {new}); connections open in the old one stay as they are"),
+        );
+        format!("{said}; new connections go there from now on")
+    }
 }

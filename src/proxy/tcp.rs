@@ -105,10 +105,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
         Err(e) => {
             let listen = client.local_addr().map(canonical).unwrap_or(listen);
             ctx.counters.dial_errors.fetch_add(1, Ordering::Relaxed);
+            let hint = ctx.target_hint_async().await;
             ctx.log(
                 Level::Warn,
                 format!(
-                    "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}; resetting the client",
+                    "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{hint}; resetting the client",
                     map.target
                 ),
             );

@@ -79,6 +79,10 @@ pub(super) struct Loop {
     stop: RawFd,
     /// The errno of the epoll_wait failure said last (each kind is said once).
     wait_error: Option<i32>,
+    /// The generation of --target-netns's namespace this thread is in ([`TargetWatch`]).
+    ///
+    /// [`TargetWatch`]: crate::proxy::sock::TargetWatch
+    ns_seen: u64,
 }
 
 /// Entries the dial timer queue may hold before it is first compacted.
@@ -110,6 +114,7 @@ impl Loop {
         listeners: Arc<Vec<Listener>>,
         ctx: Arc<Ctx>,
     ) -> Loop {
+        let ns_seen = ctx.target.as_ref().map_or(0, |w| w.gen());
         Loop {
             ep,
             listeners,
@@ -123,6 +128,7 @@ impl Loop {
             rtnl: None,
             stop,
             wait_error: None,
+            ns_seen,
         }
     }
 
@@ -316,6 +322,12 @@ impl Loop {
         // In transparent mode bound to the client's address (IP_TRANSPARENT), when its
         // replies can come back here; the first connection of each kind that cannot says why.
         let source = self.ctx.source_for(peer);
+        // One atomic load per connection; the thread moves after --target-netns was followed.
+        if let Some(w) = &self.ctx.target {
+            if w.enter_if_moved(&mut self.ns_seen) {
+                self.rtnl = None;
+            }
+        }
         let backend = match sock::make(Type::STREAM, l.map.target, source, &mut self.rtnl) {
             Ok(d) => {
                 if let Some(f) = &d.fallback {
@@ -384,8 +396,9 @@ impl Loop {
         self.ctx.log(
             Level::Warn,
             format!(
-                "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}; resetting the client",
-                map.target
+                "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{}; resetting the client",
+                map.target,
+                self.ctx.target_hint()
             ),
         );
         zero_linger(client);

@@ -17,7 +17,8 @@ fn ctx(lines: Arc<Mutex<Vec<String>>>) -> Arc<Ctx> {
     Arc::new(Ctx {
         next_id: AtomicU64::new(0),
         counters: Default::default(),
-        dialer: super::super::sock::Dialer::new(None).unwrap(),
+        dialer: super::super::sock::Dialer::new(None, None).unwrap(),
+        target: None,
         tap: None,
         log: super::super::Log::new(Level::Debug, move |_, l| {
             lines.lock().unwrap().push(l.to_string())

@@ -74,9 +74,27 @@ struct Flow {
     gso: std::sync::atomic::AtomicBool,
     /// The same for replies to the client.
     reply_gso: std::sync::atomic::AtomicBool,
+    /// The generation of --target-netns's namespace when the flow was dialed (at most the one
+    /// its socket is in): a refused flow of an older one ends, and the client's next datagram
+    /// opens a flow in the namespace followed now.
+    ns_gen: u64,
+    /// A send to the backend was refused (port unreachable): its reply task asks why.
+    refused: std::sync::atomic::AtomicBool,
+    /// Wakes the reply task for `refused` (a refusal wakes no reader: the socket error is
+    /// taken by the next send).
+    poke: tokio::sync::Notify,
 }
 
 impl Flow {
+    /// A send to the backend failed with `e`: a refusal with --target-netns given is for the
+    /// reply task to look into (the namespace may have been replaced).
+    fn sent_error(&self, ctx: &Ctx, e: &io::Error) {
+        if ctx.target.is_some() && e.raw_os_error() == Some(libc::ECONNREFUSED) {
+            self.refused.store(true, Ordering::Relaxed);
+            self.poke.notify_one();
+        }
+    }
+
     /// Count `datagrams` datagrams, `bytes` in all, passed on in direction `dir`: the flow's
     /// own total (for its dump's offsets and close line) and the proxy's counters.
     fn count(&self, ctx: &Ctx, dir: Direction, bytes: u64, datagrams: usize) {
@@ -191,6 +209,7 @@ impl Listener {
                             Ok(k) => (k, k),
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, 0),
                             Err(e) => {
+                                flow.sent_error(&self.ctx, &e);
                                 // Like a failed send(): this run is lost, the flow goes on.
                                 self.ctx.debug(|| {
                                     format!(
@@ -302,6 +321,7 @@ impl Listener {
         match sent {
             Ok(_) => flow.count(ctx, Direction::ClientToServer, n as u64, 1),
             Err(e) => {
+                flow.sent_error(ctx, &e);
                 ctx.debug(|| format!("#{} udp send to backend {}: {e}", flow.conn.id, map.target))
             }
         }
@@ -317,6 +337,7 @@ async fn open_flow(
 ) -> io::Result<Arc<Flow>> {
     let id = ctx.next_id();
     let client = canonical(peer);
+    let ns_gen = ctx.target.as_ref().map_or(0, |w| w.gen());
     let d = ctx
         .dialer
         .socket(map.target, Type::DGRAM, ctx.source_for(client))
@@ -370,6 +391,9 @@ async fn open_flow(
         down: AtomicU64::new(0),
         gso: std::sync::atomic::AtomicBool::new(true),
         reply_gso: std::sync::atomic::AtomicBool::new(true),
+        ns_gen,
+        refused: Default::default(),
+        poke: tokio::sync::Notify::new(),
     }))
 }
 
@@ -383,6 +407,8 @@ fn batched_replies(ctx: &Ctx) -> bool {
 enum Got {
     /// Nothing (yet), or an error that leaves the flow open.
     Nothing,
+    /// ICMP port unreachable from an earlier datagram: the backend may come back.
+    Refused,
     /// The socket failed: the flow ends.
     Failed(io::Error),
     /// Datagrams, each on its own (the tapped path, or what the client's socket had no room for).
@@ -405,8 +431,7 @@ fn reply_batch(
         let n = match b.recv_drained(&flow.backend, flow.backend.as_raw_fd()) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::Nothing,
-            // ICMP port unreachable from an earlier datagram: the backend may come back.
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Got::Nothing,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Got::Refused,
             Err(e) => return Got::Failed(e),
         };
         let run: Vec<&[u8]> = (0..n).flat_map(|i| b.datagrams(i)).collect();
@@ -485,6 +510,9 @@ async fn replies(
     let idle = ctx.udp_idle.as_millis() as u64;
     let batched = batched_replies(&ctx);
     let to = socket2::SockAddr::from(peer);
+    // Whether this flow said why its backend refuses (once: a refusal comes per datagram;
+    // until then each asks, and the watch resolves at most once a second).
+    let mut refusal_said = false;
     loop {
         let now = epoch.elapsed().as_millis() as u64;
         let since = now.saturating_sub(flow.last.load(Ordering::Relaxed));
@@ -495,22 +523,57 @@ async fn replies(
         // Wait without a buffer: a flow holds none while it waits (a 64 KiB one per flow made
         // thousands of flows cost ~58 KB each); datagrams are read into the thread's buffers
         // and copied out only when they cannot leave at once.
-        let got = match tokio::time::timeout(wait, flow.backend.readable()).await {
+        // The poke only matters with --target-netns (a Notified per wait costs a lock).
+        let woken = async {
+            if ctx.target.is_none() {
+                return Some(flow.backend.readable().await);
+            }
+            tokio::select! {
+                r = flow.backend.readable() => Some(r),
+                _ = flow.poke.notified() => None,
+            }
+        };
+        let got = match tokio::time::timeout(wait, woken).await {
             Err(_) => continue,
-            Ok(Err(e)) => Got::Failed(e),
-            Ok(Ok(())) if batched => reply_batch(&flow, &sock, &to, &ctx, epoch),
-            Ok(Ok(())) => match SCRATCH.with(|b| {
+            Ok(None) if flow.refused.swap(false, Ordering::Relaxed) => Got::Refused,
+            Ok(None) => Got::Nothing,
+            Ok(Some(Err(e))) => Got::Failed(e),
+            Ok(Some(Ok(()))) if batched => reply_batch(&flow, &sock, &to, &ctx, epoch),
+            Ok(Some(Ok(()))) => match SCRATCH.with(|b| {
                 let mut b = b.borrow_mut();
                 flow.backend.try_recv(&mut b).map(|n| b[..n].to_vec())
             }) {
                 Ok(d) => Got::Datagrams(vec![d]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Nothing,
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Got::Nothing,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Got::Refused,
                 Err(e) => Got::Failed(e),
             },
         };
         let datagrams = match got {
             Got::Nothing => continue,
+            Got::Refused => match &ctx.target {
+                Some(w) => {
+                    if !refusal_said {
+                        let hint = ctx.target_hint_async().await;
+                        if !hint.is_empty() {
+                            refusal_said = true;
+                            let c = &flow.conn;
+                            ctx.log(
+                                Level::Warn,
+                                format!(
+                                    "#{} udp {} -> {}: backend {} refused a datagram (port unreachable){hint}",
+                                    c.id, c.client, c.listen, c.backend
+                                ),
+                            );
+                        }
+                    }
+                    if w.gen() != flow.ns_gen {
+                        break;
+                    }
+                    continue;
+                }
+                None => continue,
+            },
             Got::Failed(e) => {
                 ctx.debug(|| format!("#{} udp receive from backend: {e}", flow.conn.id));
                 break;
