@@ -4913,6 +4913,69 @@ on_both_relays!(
     => follows_a_target_netns_made_again()
 );
 
+/// What a user meets most: `--target-netns container:web`, then `docker restart web`. The
+/// first connection after it is reset with the reason (the container was restarted), and the
+/// next ones reach the restarted container.
+#[test]
+fn follows_a_restarted_container() {
+    let d = common::docker::Dockerd::start("pxfdk");
+    d.import_busybox("nt-busybox");
+    let web = unique("web");
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &web,
+        "nt-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/",
+    ]);
+    let dir = TempDir::new("pxfdk");
+    let target = format!("container:{web}");
+    let p = start_with(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &d.ns.name,
+            "--target-netns",
+            &target,
+            "127.0.0.1:8080",
+            "127.0.0.1:80",
+        ],
+        &[("DOCKER_HOST", &d.host())],
+    );
+    let get = || {
+        connect_in(&d.ns, "127.0.0.1:8080").and_then(|mut s| {
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            first_words(s)
+        })
+    };
+    assert!(get().unwrap().starts_with("HTTP/1."), "log:\n{}", p.log());
+    d.docker(&["restart", "-t", "1", &web]);
+    assert!(
+        get().is_err(),
+        "the first connection after the restart should be reset"
+    );
+    wait_for("the dial failure's line", 10, || {
+        p.log().contains("cannot connect to backend 127.0.0.1:80")
+    });
+    let log = p.log();
+    let want = format!("--target-netns {target} now names another network namespace (inode ");
+    assert!(
+        log.contains(&want) && log.contains("the container was restarted?"),
+        "no '{want}' in:\n{log}"
+    );
+    for _ in 0..3 {
+        assert!(get().unwrap().starts_with("HTTP/1."), "log:\n{}", p.log());
+    }
+    p.stop();
+}
+
 /// The same for a UDP flow: the old namespace refuses its datagrams (port unreachable), the
 /// warn line says why, the flow ends and the client's next datagram reaches the new backend.
 #[test]
