@@ -4842,12 +4842,22 @@ fn first_words(mut s: TcpStream) -> std::io::Result<String> {
 
 /// --target-netns NAME, deleted and made again while the proxy runs: the proxy still holds
 /// the old namespace, where the dial is refused. The warn line says the name now names another
-/// namespace, the proxy follows it, and the next connection reaches the backend in the new one.
-fn follows_a_target_netns_made_again(relay: Relay) {
+/// namespace, the proxy follows it and dials that connection again there: it and every one
+/// after it reach the backend in the new one. `ip`: the backend's address; one other than
+/// 127.0.0.1 is taken off the old namespace first, so the dial there fails at once (no route,
+/// as for a container's address once its eth0 is gone) instead of by a reset that comes later.
+fn follows_a_target_netns_made_again(relay: Relay, ip: &str) {
     let host = lab("pxfh");
     let ctr = lab("pxfc");
     let dir = TempDir::new("pxf");
-    let old = listen_in(&ctr, "127.0.0.1:7000");
+    let on_lo = |ns: &TestNs| {
+        if ip != "127.0.0.1" {
+            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        }
+    };
+    on_lo(&ctr);
+    let target = format!("{ip}:7000");
+    let old = listen_in(&ctr, &target);
     let p = relay.start(
         None,
         &dir,
@@ -4857,7 +4867,7 @@ fn follows_a_target_netns_made_again(relay: Relay) {
             "--target-netns",
             &ctr.name,
             "-p",
-            "127.0.0.1:8080=127.0.0.1:7000",
+            &format!("127.0.0.1:8080={target}"),
         ],
     );
     let c = connect_in(&host, "127.0.0.1:8080").unwrap();
@@ -4867,32 +4877,38 @@ fn follows_a_target_netns_made_again(relay: Relay) {
     assert_eq!(first_words(c).unwrap(), "old");
     // The old backend goes; the name is made again, with a backend in the new namespace.
     drop(old);
+    if ip != "127.0.0.1" {
+        ctr.ip(&["addr", "del", &format!("{ip}/32"), "dev", "lo"]);
+    }
     remake_named(&ctr);
-    let new = listen_in(&ctr, "127.0.0.1:7000");
+    on_lo(&ctr);
+    let new = listen_in(&ctr, &target);
     std::thread::spawn(move || {
         for mut s in new.incoming().flatten() {
             let _ = s.write_all(b"new");
         }
     });
-    // The first dial goes to the old namespace, where nothing listens any more. The loop's
-    // reset can come before connect_timeout's poll does: then the connect fails with it.
-    assert!(
-        connect_in(&host, "127.0.0.1:8080")
-            .and_then(first_words)
-            .is_err(),
-        "the first connection after the change should be reset"
-    );
-    wait_for("the dial failure's line", 10, || {
-        p.log().contains("cannot connect to backend 127.0.0.1:7000")
-    });
-    let log = p.log();
+    // The first dial goes to the old namespace, where nothing listens any more, and is made
+    // again in the new one.
+    let c = connect_in(&host, "127.0.0.1:8080").unwrap();
+    assert_eq!(first_words(c).unwrap(), "new", "log:\n{}", p.log());
     let want = format!(
-        "--target-netns {} now names another network namespace",
+        "cannot connect to backend {target}: {}; --target-netns {} now names another network namespace",
+        match ip {
+            "127.0.0.1" => "Connection refused (os error 111)",
+            _ => "Network is unreachable (os error 101)",
+        },
         ctr.name
     );
-    assert!(log.contains(&want), "no '{want}' in:\n{log}");
+    // The log is written by a thread of its own: the line may come a moment after the answer.
+    wait_for(&format!("'{want}' in the log"), 10, || {
+        p.log().contains(&want)
+    });
+    let log = p.log();
     assert!(
         log.contains("it was deleted and made again?")
+            && log.contains("; dialing this connection again there")
+            && !log.contains("resetting the client")
             && log.contains(&format!(
                 "--target-netns {}: following the new network namespace",
                 ctr.name
@@ -4910,12 +4926,19 @@ fn follows_a_target_netns_made_again(relay: Relay) {
 on_both_relays!(
     follows_a_target_netns_made_again_fast_path,
     follows_a_target_netns_made_again_tokio_path
-    => follows_a_target_netns_made_again()
+    => follows_a_target_netns_made_again("127.0.0.1")
+);
+
+on_both_relays!(
+    follows_a_target_netns_made_again_without_a_route_there_fast_path,
+    follows_a_target_netns_made_again_without_a_route_there_tokio_path
+    => follows_a_target_netns_made_again("10.77.0.1")
 );
 
 /// What a user meets most: `--target-netns container:web`, then `docker restart web`. The
-/// first connection after it is reset with the reason (the container was restarted), and the
-/// next ones reach the restarted container.
+/// first connection after it is refused in the old namespace, the line says why (the
+/// container was restarted), and it is dialed again in the new one: every connection reaches
+/// the restarted container.
 #[test]
 fn follows_a_restarted_container() {
     let d = common::docker::Dockerd::start("pxfdk");
@@ -4957,22 +4980,19 @@ fn follows_a_restarted_container() {
     };
     assert!(get().unwrap().starts_with("HTTP/1."), "log:\n{}", p.log());
     d.docker(&["restart", "-t", "1", &web]);
-    assert!(
-        get().is_err(),
-        "the first connection after the restart should be reset"
-    );
-    wait_for("the dial failure's line", 10, || {
-        p.log().contains("cannot connect to backend 127.0.0.1:80")
-    });
-    let log = p.log();
-    let want = format!("--target-netns {target} now names another network namespace (inode ");
-    assert!(
-        log.contains(&want) && log.contains("the container was restarted?"),
-        "no '{want}' in:\n{log}"
-    );
     for _ in 0..3 {
         assert!(get().unwrap().starts_with("HTTP/1."), "log:\n{}", p.log());
     }
+    let want = format!("--target-netns {target} now names another network namespace (inode ");
+    wait_for(&format!("'{want}' in the log"), 10, || {
+        p.log().contains(&want)
+    });
+    let log = p.log();
+    assert!(
+        log.contains(&want)
+            && log.contains("the container was restarted?); the proxy dials there from now on; dialing this connection again there"),
+        "no '{want}' in:\n{log}"
+    );
     p.stop();
 }
 
@@ -5024,12 +5044,13 @@ fn a_udp_flow_follows_a_target_netns_made_again() {
         client.send_to(b"two", "127.0.0.1:5353").unwrap();
         matches!(client.recv(&mut buf), Ok(n) if &buf[..n] == b"new")
     });
-    let log = p.log();
     let want = format!(
         "backend 127.0.0.1:5300 refused a datagram (port unreachable); --target-netns {} now names another network namespace",
         ctr.name
     );
-    assert!(log.contains(&want), "no '{want}' in:\n{log}");
+    wait_for(&format!("'{want}' in the log"), 10, || {
+        p.log().contains(&want)
+    });
     p.stop();
 }
 

@@ -468,6 +468,6 @@ impl TargetWatch {
             super::Level::Info,
             &format!("--target-netns {text}: following the new network namespace (inode {new}); connections open in the old one stay as they are"),
         );
-        format!("{said}; new connections go there from now on")
+        format!("{said}; the proxy dials there from now on")
     }
 }

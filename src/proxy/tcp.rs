@@ -100,12 +100,34 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
         map.listen
     };
     // TCP_NODELAY on the client side is inherited from the listener (sock::set_listener_nodelay).
-    let backend = match dial(&ctx, id, peer, map.target).await {
+    let dialed_in = ctx.target.as_ref().map(|w| w.gen());
+    let mut dialed = dial(&ctx, id, peer, map.target).await;
+    let mut hint = String::new();
+    if let Err(e) = &dialed {
+        hint = ctx.target_hint_async().await;
+        // Refused in a namespace --target-netns no longer names: once more in the new one
+        // (the dialer thread moves before its next socket).
+        if ctx.target.as_ref().map(|w| w.gen()) != dialed_in {
+            let listen = client.local_addr().map(canonical).unwrap_or(listen);
+            ctx.log(
+                Level::Warn,
+                format!(
+                    "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{hint}; dialing this connection again there",
+                    map.target
+                ),
+            );
+            dialed = dial(&ctx, id, peer, map.target).await;
+            hint = String::new();
+        }
+    }
+    let backend = match dialed {
         Ok(b) => b,
         Err(e) => {
             let listen = client.local_addr().map(canonical).unwrap_or(listen);
             ctx.counters.dial_errors.fetch_add(1, Ordering::Relaxed);
-            let hint = ctx.target_hint_async().await;
+            if hint.is_empty() {
+                hint = ctx.target_hint_async().await;
+            }
             ctx.log(
                 Level::Warn,
                 format!(

@@ -38,6 +38,8 @@ pub(super) struct Conn {
     pub(super) backend: OwnedFd,
     /// The backend's dial has not finished yet.
     pub(super) connecting: bool,
+    /// The generation of --target-netns's namespace it was dialed in (its low 32 bits).
+    pub(super) ns_gen: u32,
     /// The client socket's readiness.
     pub(super) c: Ready,
     /// The backend socket's readiness.
@@ -92,6 +94,33 @@ pub(super) const TIMERS_SLACK: usize = 64;
 fn dialing(slots: &[Slot], idx: u32, gen: u32) -> bool {
     let slot = &slots[idx as usize];
     slot.gen == gen && slot.conn.as_ref().is_some_and(|c| c.connecting)
+}
+
+/// The address the client connected to (a wildcard listener's own address for it).
+fn listen_addr(client: &OwnedFd, l: &Listener) -> SocketAddr {
+    socket2::SockRef::from(client)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(canonical)
+        .unwrap_or(l.map.listen)
+}
+
+/// The line for a dial refused in the namespace --target-netns named before, made again in
+/// the one it names now (`hint` says which).
+fn retry_line(
+    id: u64,
+    peer: SocketAddr,
+    client: &OwnedFd,
+    l: &Listener,
+    e: &io::Error,
+    hint: &str,
+) -> String {
+    format!(
+        "#{id} {peer} -> {}: cannot connect to backend {}: {e}{hint}; dialing this connection again there",
+        listen_addr(client, l),
+        l.map.target
+    )
 }
 
 /// The epoll token of one side of the connection in slot `idx`, generation `gen`.
@@ -319,6 +348,20 @@ impl Loop {
         c.connections.fetch_add(1, Ordering::Relaxed);
         c.active.fetch_add(1, Ordering::Relaxed);
         let id = self.ctx.next_id();
+        self.dial(id, li, l, client, peer, true)
+    }
+
+    /// Dial the backend for connection `id`; `again`: a dial refused at once in a namespace
+    /// --target-netns no longer names is made once more in the one it names now.
+    fn dial(
+        &mut self,
+        id: u64,
+        li: usize,
+        l: &Listener,
+        client: OwnedFd,
+        peer: SocketAddr,
+        again: bool,
+    ) {
         // In transparent mode bound to the client's address (IP_TRANSPARENT), when its
         // replies can come back here; the first connection of each kind that cannot says why.
         let source = self.ctx.source_for(peer);
@@ -328,19 +371,33 @@ impl Loop {
                 self.rtnl = None;
             }
         }
-        let backend = match sock::make(Type::STREAM, l.map.target, source, &mut self.rtnl) {
-            Ok(d) => {
-                if let Some(f) = &d.fallback {
-                    self.ctx.fallback(id, peer, f);
-                }
-                d.socket
+        let made = sock::make(Type::STREAM, l.map.target, source, &mut self.rtnl);
+        let connected = made.and_then(|d| {
+            if let Some(f) = &d.fallback {
+                self.ctx.fallback(id, peer, f);
             }
-            Err(e) => return self.dial_error(id, li, &client, peer, e),
-        };
-        let connecting = match backend.connect(&l.target) {
-            Ok(()) => false,
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
-            Err(e) => return self.dial_error(id, li, &client, peer, e),
+            match d.socket.connect(&l.target) {
+                Ok(()) => Ok((d.socket, false)),
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((d.socket, true)),
+                Err(e) => Err(e),
+            }
+        });
+        let (backend, connecting) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                let (dialed_in, hint) = (self.ns_seen, self.ctx.target_hint());
+                let moved = self
+                    .ctx
+                    .target
+                    .as_ref()
+                    .is_some_and(|w| w.gen() != dialed_in);
+                if again && moved {
+                    self.ctx
+                        .log(Level::Warn, retry_line(id, peer, &client, l, &e, &hint));
+                    return self.dial(id, li, l, client, peer, false);
+                }
+                return self.dial_error(id, li, &client, peer, e, &hint);
+            }
         };
         let idx = match self.free.pop() {
             Some(i) => i,
@@ -357,6 +414,7 @@ impl Loop {
             client,
             backend: OwnedFd::from(backend),
             connecting,
+            ns_gen: self.ns_seen as u32,
             c: Ready::default(),
             b: Ready::default(),
             up: Dir::from_client(),
@@ -382,23 +440,26 @@ impl Loop {
         }
     }
 
-    /// A backend dial failed before the connection had a slot: reset the client, say why.
-    fn dial_error(&self, id: u64, li: usize, client: &OwnedFd, peer: SocketAddr, e: io::Error) {
+    /// A backend dial failed before the connection had a slot: reset the client, say why
+    /// (`hint`: what --target-netns names now, from [`Ctx::target_hint`]).
+    fn dial_error(
+        &self,
+        id: u64,
+        li: usize,
+        client: &OwnedFd,
+        peer: SocketAddr,
+        e: io::Error,
+        hint: &str,
+    ) {
         let map = self.listeners[li].map;
-        let listen = socket2::SockRef::from(client)
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .map(canonical)
-            .unwrap_or(map.listen);
+        let listen = listen_addr(client, &self.listeners[li]);
         let c = &self.ctx.counters;
         c.dial_errors.fetch_add(1, Ordering::Relaxed);
         self.ctx.log(
             Level::Warn,
             format!(
-                "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{}; resetting the client",
-                map.target,
-                self.ctx.target_hint()
+                "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{hint}; resetting the client",
+                map.target
             ),
         );
         zero_linger(client);
@@ -418,7 +479,47 @@ impl Loop {
         let Some(conn) = self.vacate(idx) else {
             return;
         };
-        self.dial_error(conn.id, conn.listener as usize, &conn.client, conn.peer, e);
+        let hint = self.ctx.target_hint();
+        let moved = self
+            .ctx
+            .target
+            .as_ref()
+            .is_some_and(|w| w.gen() as u32 != conn.ns_gen);
+        if moved {
+            // Refused in a namespace --target-netns no longer names: dialed once more in the
+            // new one. The client's registration carries the vacated slot's token.
+            // SAFETY: removing an fd we registered; no event struct needed.
+            unsafe {
+                libc::epoll_ctl(
+                    self.ep.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    conn.client.as_raw_fd(),
+                    std::ptr::null_mut(),
+                )
+            };
+            let listeners = self.listeners.clone();
+            let l = &listeners[conn.listener as usize];
+            self.ctx.log(
+                Level::Warn,
+                retry_line(conn.id, conn.peer, &conn.client, l, &e, &hint),
+            );
+            let Conn {
+                id,
+                listener,
+                peer,
+                client,
+                ..
+            } = conn;
+            return self.dial(id, listener as usize, l, client, peer, false);
+        }
+        self.dial_error(
+            conn.id,
+            conn.listener as usize,
+            &conn.client,
+            conn.peer,
+            e,
+            &hint,
+        );
         // Dropping conn closes both sockets (the client's with a reset).
     }
 

@@ -185,6 +185,7 @@ fn ended_dials_timers_do_not_pile_up_behind_one_that_waits() {
         client: fd(),
         backend: fd(),
         connecting: true,
+        ns_gen: 0,
         c: Ready::default(),
         b: Ready::default(),
         up: Dir::default(),
