@@ -930,7 +930,8 @@ pub(crate) struct ProxyArgs {
     /// Listen inside this namespace (name, path, pid:N, container:NAME).
     #[arg(long, value_name = "NS")]
     pub listen_netns: Option<String>,
-    /// Connect to the backend from inside this namespace.
+    /// Connect to the backend from inside this namespace (name, path, pid:N, container:NAME);
+    /// resolved again when a dial fails, so a restarted container is followed.
     #[arg(long, value_name = "NS")]
     pub target_netns: Option<String>,
     /// Append log lines here instead of stderr (file mode 0600).
