@@ -4942,21 +4942,10 @@ on_both_relays!(
 #[test]
 fn follows_a_restarted_container() {
     let d = common::docker::Dockerd::start("pxfdk");
-    d.import_busybox("nt-busybox");
     let web = unique("web");
-    d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        &web,
-        "nt-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/",
-    ]);
+    // Published on a port of the daemon's namespace that nothing here uses: the proxy dials
+    // the container's own loopback.
+    d.run_busybox_web(&web, "80");
     let dir = TempDir::new("pxfdk");
     let target = format!("container:{web}");
     let p = start_with(

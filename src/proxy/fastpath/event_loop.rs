@@ -96,6 +96,12 @@ fn dialing(slots: &[Slot], idx: u32, gen: u32) -> bool {
     slot.gen == gen && slot.conn.as_ref().is_some_and(|c| c.connecting)
 }
 
+/// Take `fd` out of the epoll set `ep` (errors ignored: it is closed or re-added next).
+fn epoll_del(ep: RawFd, fd: RawFd) {
+    // SAFETY: removing an fd we registered; no event struct needed.
+    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+}
+
 /// The address the client connected to (a wildcard listener's own address for it).
 fn listen_addr(client: &OwnedFd, l: &Listener) -> SocketAddr {
     socket2::SockRef::from(client)
@@ -325,15 +331,7 @@ impl Loop {
                         // Out of fds or memory: level-triggered, the listener would be
                         // reported again at once, so it leaves the set for the backoff.
                         for other in listeners.iter() {
-                            // SAFETY: removing an fd we registered; no event struct needed.
-                            unsafe {
-                                libc::epoll_ctl(
-                                    self.ep.as_raw_fd(),
-                                    libc::EPOLL_CTL_DEL,
-                                    other.fd.as_raw_fd(),
-                                    std::ptr::null_mut(),
-                                )
-                            };
+                            epoll_del(self.ep.as_raw_fd(), other.fd.as_raw_fd());
                         }
                         self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         return;
@@ -488,15 +486,7 @@ impl Loop {
         if moved {
             // Refused in a namespace --target-netns no longer names: dialed once more in the
             // new one. The client's registration carries the vacated slot's token.
-            // SAFETY: removing an fd we registered; no event struct needed.
-            unsafe {
-                libc::epoll_ctl(
-                    self.ep.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    conn.client.as_raw_fd(),
-                    std::ptr::null_mut(),
-                )
-            };
+            epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
             let listeners = self.listeners.clone();
             let l = &listeners[conn.listener as usize];
             self.ctx.log(
