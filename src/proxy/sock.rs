@@ -1,5 +1,7 @@
 //! Sockets: listeners bound inside the listen namespace, and backend sockets made inside the
 //! target namespace by a helper thread that lives there (a namespace switch never touches a tokio worker).
+//! [`TargetWatch`]: the --target-netns text resolved again when dials fail (a restarted
+//! container), told in the log and followed by the threads that dial.
 
 use std::io;
 use std::net::SocketAddr;

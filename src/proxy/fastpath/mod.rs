@@ -6,8 +6,9 @@
 //!
 //! N plain threads, each with its own epoll set holding every listener (EPOLLEXCLUSIVE, so a
 //! new connection wakes one thread) and the connections it accepted (edge-triggered), in a
-//! slab (no allocation per connection). A thread enters the target namespace once at start
-//! and makes backend sockets there itself. Same behaviour as relay.rs: small reads copied
+//! slab (no allocation per connection). A thread enters the target namespace at start and
+//! makes backend sockets there itself (again when --target-netns was followed to a new one:
+//! [`super::sock::TargetWatch`]). Same behaviour as relay.rs: small reads copied
 //! through a small buffer, splice through a pipe once a direction turns bulk, half-close passed
 //! on, data and FIN in one segment when the FIN is already known, a reset passed on as a reset.
 //! TCP urgent data is read in line and passed on as ordinary bytes, and the bytes behind it
