@@ -450,8 +450,11 @@ impl TargetWatch {
             Ok(ns) => ns,
             Err(e) => return format!("; --target-netns {text} names no namespace now: {e}"),
         };
-        let why = if ns.label().starts_with("container:") {
+        let label = ns.label();
+        let why = if label.starts_with("container:") || label.starts_with("pod:") {
             "the container was restarted?"
+        } else if label.starts_with("pid:") {
+            "the process moved to another one?"
         } else {
             "it was deleted and made again?"
         };
