@@ -78,9 +78,10 @@ struct Flow {
     /// its socket is in): a refused flow of an older one ends, and the client's next datagram
     /// opens a flow in the namespace followed now.
     ns_gen: u64,
-    /// A send to the backend was refused (port unreachable): its reply task asks why.
-    refused: std::sync::atomic::AtomicBool,
-    /// Wakes the reply task for `refused` (a refusal wakes no reader: the socket error is
+    /// The errno of a send to the backend that was refused (port unreachable) or found no
+    /// route (0: none): its reply task asks why.
+    failed: std::sync::atomic::AtomicI32,
+    /// Wakes the reply task for `failed` (a refusal wakes no reader: the socket error is
     /// taken by the next send).
     poke: tokio::sync::Notify,
 }
@@ -89,8 +90,11 @@ impl Flow {
     /// A send to the backend failed with `e`: a refusal with --target-netns given is for the
     /// reply task to look into (the namespace may have been replaced).
     fn sent_error(&self, ctx: &Ctx, e: &io::Error) {
-        if ctx.target.is_some() && e.raw_os_error() == Some(libc::ECONNREFUSED) {
-            self.refused.store(true, Ordering::Relaxed);
+        let Some(errno) = e.raw_os_error().filter(|n| unreachable(*n)) else {
+            return;
+        };
+        if ctx.target.is_some() {
+            self.failed.store(errno, Ordering::Relaxed);
             self.poke.notify_one();
         }
     }
@@ -265,7 +269,7 @@ impl Listener {
         let existing = self.flows.lock().ok().and_then(|f| f.get(&peer).cloned());
         let flow = match existing {
             Some(f) => f,
-            None => match open_flow(ctx, map, peer, dst, epoch).await {
+            None => match open_flow_following(ctx, map, peer, dst, epoch).await {
                 Ok(f) => {
                     if let Ok(mut m) = self.flows.lock() {
                         m.insert(peer, f.clone());
@@ -326,6 +330,37 @@ impl Listener {
             }
         }
     }
+}
+
+/// [`open_flow`]; one that fails in a namespace --target-netns no longer names is opened once
+/// more in the new one (the warn line says so). An error carries the --target-netns hint.
+async fn open_flow_following(
+    ctx: &Arc<Ctx>,
+    map: &PortMap,
+    peer: SocketAddr,
+    dst: Option<IpAddr>,
+    epoch: Instant,
+) -> io::Result<Arc<Flow>> {
+    let Some(w) = &ctx.target else {
+        return open_flow(ctx, map, peer, dst, epoch).await;
+    };
+    let dialed_in = w.gen();
+    let e = match open_flow(ctx, map, peer, dst, epoch).await {
+        Ok(f) => return Ok(f),
+        Err(e) => e,
+    };
+    let hint = ctx.target_hint_async().await;
+    if w.gen() == dialed_in {
+        return Err(io::Error::new(e.kind(), format!("{e}{hint}")));
+    }
+    ctx.log(
+        Level::Warn,
+        format!(
+            "udp {peer} -> {}: cannot open a backend socket to {}: {e}{hint}; opening it again there",
+            map.listen, map.target
+        ),
+    );
+    open_flow(ctx, map, peer, dst, epoch).await
 }
 
 async fn open_flow(
@@ -392,7 +427,7 @@ async fn open_flow(
         gso: std::sync::atomic::AtomicBool::new(true),
         reply_gso: std::sync::atomic::AtomicBool::new(true),
         ns_gen,
-        refused: Default::default(),
+        failed: Default::default(),
         poke: tokio::sync::Notify::new(),
     }))
 }
@@ -403,12 +438,22 @@ fn batched_replies(ctx: &Ctx) -> bool {
     ctx.tap.is_none()
 }
 
+/// Whether a send's errno says the backend cannot be reached from here (refused, no route):
+/// what a namespace --target-netns no longer names gives.
+fn unreachable(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ECONNREFUSED | libc::ENETUNREACH | libc::EHOSTUNREACH
+    )
+}
+
 /// What one wake-up of a flow's reply task got from its backend socket.
 enum Got {
     /// Nothing (yet), or an error that leaves the flow open.
     Nothing,
-    /// ICMP port unreachable from an earlier datagram: the backend may come back.
-    Refused,
+    /// ICMP port unreachable from an earlier datagram (the backend may come back), or a send
+    /// that found no route: the errno.
+    Refused(i32),
     /// The socket failed: the flow ends.
     Failed(io::Error),
     /// Datagrams, each on its own (the tapped path, or what the client's socket had no room for).
@@ -431,7 +476,9 @@ fn reply_batch(
         let n = match b.recv_drained(&flow.backend, flow.backend.as_raw_fd()) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::Nothing,
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Got::Refused,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                return Got::Refused(libc::ECONNREFUSED)
+            }
             Err(e) => return Got::Failed(e),
         };
         let run: Vec<&[u8]> = (0..n).flat_map(|i| b.datagrams(i)).collect();
@@ -535,8 +582,10 @@ async fn replies(
         };
         let got = match tokio::time::timeout(wait, woken).await {
             Err(_) => continue,
-            Ok(None) if flow.refused.swap(false, Ordering::Relaxed) => Got::Refused,
-            Ok(None) => Got::Nothing,
+            Ok(None) => match flow.failed.swap(0, Ordering::Relaxed) {
+                0 => Got::Nothing,
+                errno => Got::Refused(errno),
+            },
             Ok(Some(Err(e))) => Got::Failed(e),
             Ok(Some(Ok(()))) if batched => reply_batch(&flow, &sock, &to, &ctx, epoch),
             Ok(Some(Ok(()))) => match SCRATCH.with(|b| {
@@ -545,13 +594,15 @@ async fn replies(
             }) {
                 Ok(d) => Got::Datagrams(vec![d]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Nothing,
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Got::Refused,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    Got::Refused(libc::ECONNREFUSED)
+                }
                 Err(e) => Got::Failed(e),
             },
         };
         let datagrams = match got {
             Got::Nothing => continue,
-            Got::Refused => match &ctx.target {
+            Got::Refused(errno) => match &ctx.target {
                 Some(w) => {
                     if !refusal_said {
                         let hint = ctx.target_hint_async().await;
@@ -561,8 +612,12 @@ async fn replies(
                             ctx.log(
                                 Level::Warn,
                                 format!(
-                                    "#{} udp {} -> {}: backend {} refused a datagram (port unreachable){hint}",
-                                    c.id, c.client, c.listen, c.backend
+                                    "#{} udp {} -> {}: datagrams to backend {}: {}{hint}",
+                                    c.id,
+                                    c.client,
+                                    c.listen,
+                                    c.backend,
+                                    io::Error::from_raw_os_error(errno)
                                 ),
                             );
                         }
