@@ -4832,6 +4832,21 @@ fn remake_named(ns: &TestNs) {
     ns.ip(&["link", "set", "lo", "up"]);
 }
 
+/// `ip addr add|del IP/32 dev lo` in `ns`, for a backend address other than 127.0.0.1.
+fn backend_ip(ns: &TestNs, verb: &str, ip: &str) {
+    if ip != "127.0.0.1" {
+        ns.ip(&["addr", verb, &format!("{ip}/32"), "dev", "lo"]);
+    }
+}
+
+/// [`remake_named`] after taking `ip` off the old namespace (no route there any more, as for a
+/// container's address once its eth0 is gone), with `ip` on the new one's lo.
+fn remake_named_without(ns: &TestNs, ip: &str) {
+    backend_ip(ns, "del", ip);
+    remake_named(ns);
+    backend_ip(ns, "add", ip);
+}
+
 /// Read what a backend said first, or the error (the proxy's reset) after at most 5 s.
 fn first_words(mut s: TcpStream) -> std::io::Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -4850,12 +4865,7 @@ fn follows_a_target_netns_made_again(relay: Relay, ip: &str) {
     let host = lab("pxfh");
     let ctr = lab("pxfc");
     let dir = TempDir::new("pxf");
-    let on_lo = |ns: &TestNs| {
-        if ip != "127.0.0.1" {
-            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
-        }
-    };
-    on_lo(&ctr);
+    backend_ip(&ctr, "add", ip);
     let target = format!("{ip}:7000");
     let old = listen_in(&ctr, &target);
     let p = relay.start(
@@ -4877,11 +4887,7 @@ fn follows_a_target_netns_made_again(relay: Relay, ip: &str) {
     assert_eq!(first_words(c).unwrap(), "old");
     // The old backend goes; the name is made again, with a backend in the new namespace.
     drop(old);
-    if ip != "127.0.0.1" {
-        ctr.ip(&["addr", "del", &format!("{ip}/32"), "dev", "lo"]);
-    }
-    remake_named(&ctr);
-    on_lo(&ctr);
+    remake_named_without(&ctr, ip);
     let new = listen_in(&ctr, &target);
     std::thread::spawn(move || {
         for mut s in new.incoming().flatten() {
@@ -4992,12 +4998,7 @@ fn a_udp_flow_follows_a_target_netns_made_again(ip: &str) {
     let host = lab("pxfuh");
     let ctr = lab("pxfuc");
     let dir = TempDir::new("pxfu");
-    let on_lo = |ns: &TestNs| {
-        if ip != "127.0.0.1" {
-            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
-        }
-    };
-    on_lo(&ctr);
+    backend_ip(&ctr, "add", ip);
     let target: SocketAddr = format!("{ip}:5300").parse().unwrap();
     let old = inside(&ctr, || UdpSocket::bind(target).unwrap());
     let p = start(
@@ -5024,11 +5025,7 @@ fn a_udp_flow_follows_a_target_netns_made_again(ip: &str) {
     let n = client.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"old");
     drop(old);
-    if ip != "127.0.0.1" {
-        ctr.ip(&["addr", "del", &format!("{ip}/32"), "dev", "lo"]);
-    }
-    remake_named(&ctr);
-    on_lo(&ctr);
+    remake_named_without(&ctr, ip);
     let new = inside(&ctr, || UdpSocket::bind(target).unwrap());
     std::thread::spawn(move || {
         let mut buf = [0u8; 64];
