@@ -4991,6 +4991,138 @@ fn follows_a_restarted_container() {
     p.stop();
 }
 
+/// A stand-in for dockerd's API on a unix socket: it knows one running container, `web`, whose
+/// namespace is `pid`'s, until `wedged` is set; from then on it reads each request and never
+/// answers, keeping the connection (a daemon stuck behind a lock, as a wedged dockerd is).
+struct WedgedApi {
+    wedged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+}
+
+impl WedgedApi {
+    fn start(path: &Path, pid: u32) -> WedgedApi {
+        use std::sync::atomic::Ordering;
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let api = WedgedApi {
+            wedged: Default::default(),
+            held: Default::default(),
+        };
+        let (wedged, held) = (api.wedged.clone(), api.held.clone());
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if wedged.load(Ordering::SeqCst) {
+                    held.lock().unwrap().push(s);
+                    continue;
+                }
+                let line = String::from_utf8_lossy(&req);
+                let path = line.split_whitespace().nth(1).unwrap_or("");
+                let body = if path.starts_with("/version") {
+                    r#"{"Version":"20.10.24","ApiVersion":"1.41","Components":[{"Name":"Engine"}]}"#
+                        .to_string()
+                } else if path.starts_with("/containers/json") {
+                    r#"[{"Id":"abc123","Names":["/web"]}]"#.to_string()
+                } else if path.starts_with("/containers/") {
+                    format!(
+                        r#"{{"Id":"abc123","Name":"/web","State":{{"Status":"running","Running":true,"Pid":{pid},"ExitCode":0}},"NetworkSettings":{{"Networks":{{}},"Ports":{{}}}},"HostConfig":{{"NetworkMode":"bridge"}},"Config":{{}}}}"#
+                    )
+                } else {
+                    "[]".to_string()
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        api
+    }
+}
+
+/// A failed dial makes the proxy look --target-netns up again, and a container's lookup asks
+/// the engine's API, which waits up to 10 s for a daemon that does not answer. The event loop
+/// thread that asked must not stop serving for that long: with one loop thread, a connection
+/// to a backend that is there is answered while the lookup is still waiting on the wedged API
+/// (the API still holds the lookup's connection open). Before, the thread did the lookup
+/// itself and answered nobody until the API's timeout ended it.
+#[test]
+fn a_wedged_engine_api_does_not_hold_the_event_loop() {
+    let host = lab("pxwh");
+    let ctr = lab("pxwc");
+    let dir = TempDir::new("pxw");
+    // The "container": a process in ctr, which the stand-in API names as web's.
+    let sleeper = ChildGuard(
+        Command::new("ip")
+            .args(["netns", "exec", &ctr.name, "sleep", "600"])
+            .spawn()
+            .unwrap(),
+    );
+    let sock = dir.join("docker.sock");
+    let api = WedgedApi::start(&sock, sleeper.pid());
+    let good = listen_in(&ctr, "127.0.0.1:7000");
+    std::thread::spawn(move || {
+        for mut s in good.incoming().flatten() {
+            let _ = s.write_all(b"ok");
+        }
+    });
+    let docker_host = format!("unix://{}", sock.display());
+    let p = start_with(
+        None,
+        &dir,
+        &[
+            "--threads",
+            "1",
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            "container:web",
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "127.0.0.1:8081=127.0.0.1:7001",
+        ],
+        &[("DOCKER_HOST", &docker_host)],
+    );
+    assert_eq!(
+        first_words(connect_in(&host, "127.0.0.1:8080").unwrap()).unwrap(),
+        "ok"
+    );
+    api.wedged.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Nothing listens on 7001: the dial is refused and the lookup asks the wedged API.
+    let refused = connect_in(&host, "127.0.0.1:8081").unwrap();
+    wait_for("the lookup's request held by the wedged API", 10, || {
+        !api.held.lock().unwrap().is_empty()
+    });
+    let mut c = connect_in(&host, "127.0.0.1:8080").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    // Still waiting: the lookup's connection to the API is open (no EOF, no error).
+    let held = api.held.lock().unwrap();
+    held[0].set_nonblocking(true).unwrap();
+    let still_open = matches!(
+        (&held[0]).read(&mut [0u8; 1]),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    assert!(
+        got == "ok" && still_open,
+        "answer {got:?} while the lookup still waited on the API: {still_open}; log:\n{}",
+        p.log()
+    );
+    drop(held);
+    // The refused client was reset all the same.
+    assert!(first_words(refused).is_err(), "log:\n{}", p.log());
+    p.stop();
+}
+
 /// The same for a UDP flow: the old namespace refuses its datagrams (port unreachable) or has
 /// no route for them (`ip` other than 127.0.0.1, taken off the old namespace), the warn line
 /// says why, the flow ends and the client's next datagram reaches the new backend.

@@ -423,7 +423,8 @@ impl NetNs {
 impl NetNs {
     /// Move the calling thread into this namespace. Only for a thread that [`NetNs::run`]
     /// made to live in a namespace (the proxy's dialing threads, when the namespace they dial
-    /// in is replaced); never a thread anything else shares, a tokio worker least of all.
+    /// in is replaced) or one its caller made for itself (the proxy's --target-netns lookup);
+    /// never a thread anything else shares, a tokio worker least of all.
     pub(crate) fn enter_this_thread(&self) -> Result<(), NetnsError> {
         ENTRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|error| NetnsError::Enter {

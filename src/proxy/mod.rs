@@ -290,7 +290,8 @@ impl Ctx {
         }
     }
     /// What a failed dial's log line adds about --target-netns ("" without one, or when it
-    /// still names the namespace dials go to). Blocking, at most one lookup a second.
+    /// still names the namespace dials go to). Blocks for at most half a second (the lookup, at most
+    /// one a second, runs on a thread of its own and may finish later).
     pub(crate) fn target_hint(&self) -> String {
         self.target.as_ref().map(|w| w.hint()).unwrap_or_default()
     }

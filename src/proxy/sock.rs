@@ -338,6 +338,11 @@ pub(crate) fn check_passed_socket(
 /// most this often (a container's lookup asks the engine's API).
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a dialing thread waits for a lookup before it goes on with the last verdict. A
+/// lookup takes about 10 ms against a live dockerd; a wedged engine API holds it for its 10 s
+/// timeout, and the event loop thread that asked must not stall its other connections that long.
+const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The --target-netns text the user gave and the namespace the proxy dials in. A restarted
 /// container, or a named namespace deleted and made again, is a new namespace while the proxy
 /// still holds the old one, where every dial is refused: a failed dial resolves the text again
@@ -356,6 +361,9 @@ pub(crate) struct TargetWatch {
     last: std::sync::Mutex<Option<(std::time::Instant, String)>>,
     /// One thread resolves at a time; the others keep the last verdict meanwhile.
     checking: std::sync::atomic::AtomicBool,
+    /// The namespace the proxy started in, where lookups run: a dialing thread sits in the
+    /// target one, where a DOCKER_HOST over TCP or an engine's child process would be wrong.
+    home: Option<NetNs>,
     log: super::Log,
 }
 
@@ -375,6 +383,7 @@ impl TargetWatch {
             gen: Default::default(),
             last: Default::default(),
             checking: Default::default(),
+            home: NetNs::current().ok(),
             log,
         }
     }
@@ -413,23 +422,50 @@ impl TargetWatch {
     }
 
     /// What a failed dial's log line adds: why the namespace is the wrong one, or "" when the
-    /// text still names the namespace dials go to. Resolves the text at most once a second
-    /// (blocking: a container's lookup asks its engine), else repeats the last verdict.
-    pub(crate) fn hint(&self) -> String {
+    /// text still names the namespace dials go to. Resolves the text at most once a second, on
+    /// a thread of its own in the proxy's first namespace (a container's lookup asks its
+    /// engine), and waits for it at most [`LOOKUP_WAIT`]; else repeats the last verdict.
+    pub(crate) fn hint(self: &std::sync::Arc<Self>) -> String {
         use std::sync::atomic::Ordering;
         if let Some(said) = self.fresh_hint() {
             return said;
         }
         if self.checking.swap(true, Ordering::AcqRel) {
-            let last = self.last.lock().ok().and_then(|l| l.clone());
-            return last.map(|(_, s)| s).unwrap_or_default();
+            return self.last_hint();
         }
-        let said = self.check();
-        if let Ok(mut l) = self.last.lock() {
-            *l = Some((std::time::Instant::now(), said.clone()));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let me = self.clone();
+        let lookup = move || {
+            if let Some(home) = &me.home {
+                // A thread of our own that nothing else shares.
+                let _ = home.enter_this_thread();
+            }
+            let said = me.check();
+            if let Ok(mut l) = me.last.lock() {
+                *l = Some((std::time::Instant::now(), said.clone()));
+            }
+            me.checking.store(false, Ordering::Release);
+            let _ = tx.send(said);
+        };
+        match std::thread::Builder::new()
+            .name("nettool-nswatch".into())
+            .spawn(lookup)
+        {
+            Ok(_) => rx
+                .recv_timeout(LOOKUP_WAIT)
+                .unwrap_or_else(|_| self.last_hint()),
+            Err(_) => {
+                // No thread to be had: no verdict this time, the next failed dial asks again.
+                self.checking.store(false, Ordering::Release);
+                self.last_hint()
+            }
         }
-        self.checking.store(false, Ordering::Release);
-        said
+    }
+
+    /// The last verdict, however old ("" before the first).
+    fn last_hint(&self) -> String {
+        let last = self.last.lock().ok().and_then(|l| l.clone());
+        last.map(|(_, s)| s).unwrap_or_default()
     }
 
     /// The last verdict while it stands (under a second old), without resolving anything:
