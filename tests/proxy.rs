@@ -4880,6 +4880,19 @@ fn follows_a_target_netns_made_again(relay: Relay, ip: &str) {
             &format!("127.0.0.1:8080={target}"),
         ],
     );
+    // The threads that dial (the loop's, tokio's path's dialer) enter the namespace themselves:
+    // no second thread per dialing thread to hold it (NetNs::run names those netns-INODE).
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("netns-"))
+            && names.iter().any(|n| n == "nettool-dialer"),
+        "{names:?}"
+    );
     let c = connect_in(&host, "127.0.0.1:8080").unwrap();
     let (mut b, _) = old.accept().unwrap();
     b.write_all(b"old").unwrap();

@@ -421,10 +421,10 @@ impl NetNs {
 }
 
 impl NetNs {
-    /// Move the calling thread into this namespace. Only for a thread that [`NetNs::run`]
-    /// made to live in a namespace (the proxy's dialing threads, when the namespace they dial
-    /// in is replaced) or one its caller made for itself (the proxy's --target-netns lookup);
-    /// never a thread anything else shares, a tokio worker least of all.
+    /// Move the calling thread into this namespace. Only for a thread its caller made for
+    /// itself and nothing else shares (the proxy's loop and dialer threads, which live in the
+    /// namespace they dial in and move when it is replaced; the --target-netns lookup), never
+    /// a tokio worker.
     pub(crate) fn enter_this_thread(&self) -> Result<(), NetnsError> {
         ENTRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|error| NetnsError::Enter {

@@ -184,23 +184,23 @@ impl Dialer {
         std::thread::Builder::new()
             .name("nettool-dialer".into())
             .spawn(move || {
-                let inner_ready = ready_tx.clone();
-                let r = ns.run(move || {
-                    let _ = inner_ready.send(Ok(()));
-                    // Route lookups for transparent mode, in this namespace; opened once.
-                    let mut rtnl = None;
-                    let mut seen = watch.as_ref().map_or(0, |w| w.gen());
-                    while let Ok(SocketRequestBox(req)) = rx.recv() {
-                        if watch.as_ref().is_some_and(|w| w.enter_if_moved(&mut seen)) {
-                            rtnl = None;
-                        }
-                        let _ = req
-                            .reply
-                            .send(make(req.ty, req.target, req.source, &mut rtnl));
-                    }
-                });
-                if let Err(e) = r {
+                // The dialer's own thread: it enters the namespace itself (NetNs::run would
+                // start a second thread to hold it).
+                if let Err(e) = ns.enter_this_thread() {
                     let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+                let _ = ready_tx.send(Ok(()));
+                // Route lookups for transparent mode, in this namespace; opened once.
+                let mut rtnl = None;
+                let mut seen = watch.as_ref().map_or(0, |w| w.gen());
+                while let Ok(SocketRequestBox(req)) = rx.recv() {
+                    if watch.as_ref().is_some_and(|w| w.enter_if_moved(&mut seen)) {
+                        rtnl = None;
+                    }
+                    let _ = req
+                        .reply
+                        .send(make(req.ty, req.target, req.source, &mut rtnl));
                 }
             })
             .map_err(|e| crate::netns::NetnsError::Thread(e.to_string()))?;

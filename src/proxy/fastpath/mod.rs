@@ -129,14 +129,17 @@ impl Loops {
             let log = ctx.clone();
             let h = std::thread::Builder::new()
                 .name("nettool-fast".into())
-                .spawn(move || match ns {
-                    Some(ns) => {
-                        if let Err(e) = ns.run(move || lp.run()) {
+                .spawn(move || {
+                    // This thread is the loop's own: it enters the namespace itself (NetNs::run
+                    // would start a second thread to hold it, and name it netns-INODE).
+                    if let Some(ns) = ns {
+                        if let Err(e) = ns.enter_this_thread() {
                             // Unlikely once the dialer entered the same namespace at start.
                             log.log(Level::Error, format!("proxy event loop: {e}"));
+                            return;
                         }
                     }
-                    None => lp.run(),
+                    lp.run()
                 })?;
             loops.stops.push(stop);
             loops.threads.push(h);
