@@ -7021,3 +7021,39 @@ fn a_std_stream_named_as_a_file_is_refused_with_what_to_write_instead() {
         assert!(!ready.contains("remove the link"), "{args:?}: {ready}");
     }
 }
+
+/// The same refusals in docker-proxy mode name the setting to change there (config key and
+/// NETTOOL_PROXY_* variable): they told a drop-in, which has no such options and whose
+/// stdout/stderr dockerd discards, to use --log-file, --dump-file or --pcap -.
+#[test]
+fn a_std_stream_named_in_docker_proxy_mode_names_the_setting() {
+    let ns = lab("pxdstd");
+    for (env, says) in [
+        (
+            &[("NETTOOL_PROXY_LOG", "/dev/stderr")][..],
+            "cannot open the log file /dev/stderr: it names this process's stderr, not a file (dockerd discards it): set `log` in the config file (NETTOOL_PROXY_LOG) to a file path, `syslog` or `syslog:SOCKET`",
+        ),
+        (
+            &[
+                ("NETTOOL_PROXY_DUMP", "text"),
+                ("NETTOOL_PROXY_DUMP_FILE", "/dev/stdout"),
+            ],
+            "cannot open dump destination /dev/stdout: it names this process's stdout, not a file (dockerd discards it): set `dump_file` in the config file (NETTOOL_PROXY_DUMP_FILE) to a file path",
+        ),
+        (
+            &[("NETTOOL_PROXY_PCAP", "/proc/self/fd/1")],
+            "cannot open dump destination /proc/self/fd/1: it names this process's stdout, not a file (dockerd discards it): set `pcap` in the config file (NETTOOL_PROXY_PCAP) to a file path",
+        ),
+    ] {
+        let mut env = env.to_vec();
+        env.push(("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml"));
+        let (ready, code, _) = outcome(
+            &ns,
+            &docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000")),
+            &env,
+        );
+        assert_eq!(code, Some(1), "{env:?}: {ready}");
+        assert!(ready.contains(says), "{env:?}: {ready}");
+        assert!(!ready.contains("--"), "{env:?}: {ready}");
+    }
+}

@@ -79,6 +79,9 @@ struct Plan {
     proxy_protocol: Option<crate::proxy::proxy_protocol::ProxyProtocol>,
     /// Said once the log is open (things a person should fix in the setup).
     warnings: Vec<String>,
+    /// Started as docker-proxy: its errors name the config key / NETTOOL_PROXY_* variable to
+    /// change, since that mode has no command-line options and its stdout/stderr are discarded.
+    docker_mode: bool,
 }
 
 /// Holds the log's queue, if it has one; dropping it waits briefly for the queued lines (the
@@ -139,7 +142,7 @@ impl Drop for LogFlush {
 /// (a dead one must not hold up SIGTERM for long); the same bound for the startup lines.
 const LOG_EXIT_WAIT: Duration = Duration::from_secs(2);
 
-fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
+fn make_log(to: &LogTo, max: Level, docker_mode: bool) -> anyhow::Result<(Log, LogFlush)> {
     let sink: Box<dyn LineSink> = match to {
         LogTo::Nowhere => return Ok((Log::new(max, |_, _| {}), LogFlush::new(None))),
         LogTo::Syslog(path) => Box::new(Syslog::connect(path, LOG_TAG)?),
@@ -151,6 +154,10 @@ fn make_log(to: &LogTo, max: Level) -> anyhow::Result<(Log, LogFlush)> {
         LogTo::File(p) => {
             let f = tap::open_private(p, true).map_err(|tap::TapError::Open { path, error }| {
                 match std_stream_alias(&path) {
+                    Some(stream) if docker_mode => anyhow::anyhow!(
+                        "cannot open the log file {}: it names this process's {stream}, not a file (dockerd discards it): set `log` in the config file (NETTOOL_PROXY_LOG) to a file path, `syslog` or `syslog:SOCKET`",
+                        path.display()
+                    ),
                     Some(stream) => anyhow::anyhow!(
                         "cannot open the log file {}: it names this process's {stream}, not a file: the log goes to stderr without --log-file, and `2>&1` moves it to stdout",
                         path.display()
@@ -233,10 +240,17 @@ fn missing_dir_hint(path: &std::path::Path, error: &std::io::Error) -> String {
 
 /// A dump destination's open error, with the missing directory named, or for a name of one
 /// of this process's own std streams (refused as a symlink, whose message says to remove the
-/// link: not /dev/stdout) what to write instead.
-fn open_error(e: tap::TapError) -> anyhow::Error {
+/// link: not /dev/stdout) what to write instead. `docker_key` is the setting that named it in
+/// docker-proxy mode (config key, env variable): that mode has no options to suggest.
+fn open_error(e: tap::TapError, docker_key: Option<(&str, &str)>) -> anyhow::Error {
     let tap::TapError::Open { path, error } = &e;
     if let Some(stream) = std_stream_alias(path) {
+        if let Some((key, var)) = docker_key {
+            return anyhow::anyhow!(
+                "cannot open dump destination {}: it names this process's {stream}, not a file (dockerd discards it): set `{key}` in the config file ({var}) to a file path",
+                path.display()
+            );
+        }
         return anyhow::anyhow!(
             "cannot open dump destination {}: it names this process's {stream}, not a file: a dump goes to stdout without --dump-file, a pcap with --pcap -, and `2>&1` (or `>&2`) moves either stream",
             path.display()
@@ -266,7 +280,13 @@ fn build_sinks(plan: &Plan) -> anyhow::Result<Sinks> {
     if let Some(console) = plan.console {
         let (out, name): (Output, String) = match &plan.dump_file {
             Some(p) => {
-                let f = tap::open_private(p, true).map_err(open_error)?;
+                let f = tap::open_private(p, true).map_err(|e| {
+                    open_error(
+                        e,
+                        plan.docker_mode
+                            .then_some(("dump_file", "NETTOOL_PROXY_DUMP_FILE")),
+                    )
+                })?;
                 if plan.json_counters {
                     counters_to = Some(f.try_clone().context("dup the dump file")?);
                 }
@@ -281,7 +301,10 @@ fn build_sinks(plan: &Plan) -> anyhow::Result<Sinks> {
         });
     }
     if let Some(p) = &plan.pcap {
-        sinks.push(Box::new(PcapSink::new(p.clone()).map_err(open_error)?));
+        let key = plan.docker_mode.then_some(("pcap", "NETTOOL_PROXY_PCAP"));
+        sinks.push(Box::new(
+            PcapSink::new(p.clone()).map_err(|e| open_error(e, key))?,
+        ));
     }
     if let Some(d) = &plan.streams {
         sinks.push(Box::new(StreamsSink::new(d.clone())?));
@@ -292,7 +315,7 @@ fn build_sinks(plan: &Plan) -> anyhow::Result<Sinks> {
 /// Bind, announce readiness, serve until SIGINT/SIGTERM/SIGHUP, print counters. Returns the exit code.
 fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     // Declared first so it is dropped last, after every line below (exit paths included).
-    let (log, flush) = make_log(&plan.log_to, plan.log_level)?;
+    let (log, flush) = make_log(&plan.log_to, plan.log_level, plan.docker_mode)?;
     for w in &plan.warnings {
         log.log(Level::Warn, w);
     }
@@ -740,6 +763,7 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         transparent: a.transparent,
         proxy_protocol: a.proxy_protocol,
         warnings: Vec::new(),
+        docker_mode: false,
     };
     execute(plan)
 }
@@ -810,6 +834,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
         transparent: cfg.transparent.unwrap_or(false),
         proxy_protocol: cfg.proxy_protocol,
         warnings,
+        docker_mode: true,
     }
 }
 
@@ -858,7 +883,7 @@ pub(crate) fn docker_proxy_entry() -> Option<i32> {
             plan.listen_fd = Some(unsafe { OwnedFd::from_raw_fd(4) });
         }
         if !d.ignored.is_empty() {
-            let (log, _flush) = make_log(&plan.log_to, Level::Info)?;
+            let (log, _flush) = make_log(&plan.log_to, Level::Info, true)?;
             log.log(
                 Level::Warn,
                 &format!(
