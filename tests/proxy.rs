@@ -6650,15 +6650,21 @@ fn overlapping_mappings_are_a_usage_error_naming_both() {
 }
 
 /// `--json --dump-file F`: the counters line at exit ends F, after the stream it sums up. It
-/// went to stdout, where a `jq` reading F never saw it.
+/// went to stdout, where a `jq` reading F never saw it. stdout is a file here (through a
+/// shell's redirect: [`start`] sends it to /dev/null), which must stay empty.
 #[test]
 fn json_counters_end_the_dump_file_not_stdout() {
     let ns = lab("pxjsonctr");
     let dir = TempDir::new("pxjsonctr");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
     let f = dir.join("events.jsonl");
-    let p = start(
-        Some(&ns),
+    let out = dir.join("stdout");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, "sh", "-c"])
+        .arg(r#"out=$1; shift; exec "$@" >"$out""#)
+        .args(["sh", out.to_str().unwrap(), BIN]);
+    let p = start_cmd(
+        cmd,
         &dir,
         &[
             "--json",
@@ -6667,6 +6673,7 @@ fn json_counters_end_the_dump_file_not_stdout() {
             "127.0.0.1:8080",
             "127.0.0.1:7000",
         ],
+        &[],
     );
     let back = inside(&ns, || {
         echo_once("127.0.0.1:8080".parse().unwrap(), b"ping")
@@ -6676,6 +6683,8 @@ fn json_counters_end_the_dump_file_not_stdout() {
         std::fs::read_to_string(&f).is_ok_and(|s| s.contains("\"event\":\"close\""))
     });
     p.stop();
+    let stdout = std::fs::read_to_string(&out).expect("the proxy's stdout file");
+    assert_eq!(stdout, "", "stdout got what belongs in {}", f.display());
     let text = std::fs::read_to_string(&f).unwrap();
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last["event"], "counters", "{text}");
