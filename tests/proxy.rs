@@ -6791,10 +6791,12 @@ fn the_verbose_log_says_how_a_connection_closed_in_words() {
 /// `--streams DIR` run again into the same directory: connection numbers start at 1 in every
 /// run, so a client port that comes again names the same file. The new stream gets a file of
 /// its own (`NAMEc2`, as tcpflow names them); it was appended to the earlier run's file,
-/// two connections in one stream.
+/// two connections in one stream. An earlier run that left only the client's direction: the
+/// answer's file takes `c2` too (it took the free name without, so a connection's two files
+/// did not pair up), and the earlier file is left as it was (trying it made it 0600).
 #[test]
 fn streams_run_again_into_one_directory_keep_each_connection_apart() {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let ns = lab("pxstreams2");
     let dir = TempDir::new("pxstreams2");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
@@ -6804,11 +6806,14 @@ fn streams_run_again_into_one_directory_keep_each_connection_apart() {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(0o644)
         .open(streams.join(name))
         .unwrap()
         .write_all(b"an earlier run\n")
         .unwrap();
+    // Not the umask's doing: the earlier run's mode, whatever the umask.
+    std::fs::set_permissions(streams.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let answer = "c000001-127.0.0.1.7000-127.0.0.1.45001";
     let p = start(
         Some(&ns),
         &dir,
@@ -6830,10 +6835,24 @@ fn streams_run_again_into_one_directory_keep_each_connection_apart() {
         std::fs::read(streams.join(format!("{name}c2"))).is_ok_and(|b| b == b"this run\n")
     });
     p.stop();
+    assert!(
+        !streams.join(answer).exists(),
+        "the answer's file took the name without c2"
+    );
+    assert_eq!(
+        std::fs::read_to_string(streams.join(format!("{answer}c2"))).unwrap(),
+        "this run\n"
+    );
     assert_eq!(
         std::fs::read_to_string(streams.join(name)).unwrap(),
         "an earlier run\n"
     );
+    let mode = std::fs::metadata(streams.join(name))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644, "the earlier run's file was changed");
 }
 
 /// A target written v4-mapped (`[::ffff:127.0.0.1]:8080`) is dialled as IPv4: pointed at the

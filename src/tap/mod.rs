@@ -256,8 +256,9 @@ impl Write for WholeEvents {
 }
 
 /// Open a file this process writes (dump, log, pcap) for appending, or emptied (`append`
-/// false), without following a symlink at `path` and readable only by its owner: see
-/// [`open_private_at`] for the checks.
+/// false), without following a symlink at `path` (O_NOFOLLOW: refused), created 0600; an
+/// existing file must be a regular file of ours with one link, and is made 0600 before
+/// anything is written.
 pub fn open_private(path: &std::path::Path, append: bool) -> Result<std::fs::File, TapError> {
     use std::os::unix::ffi::OsStrExt;
     let err = |error| TapError::Open {
@@ -273,19 +274,25 @@ pub fn open_private(path: &std::path::Path, append: bool) -> Result<std::fs::Fil
     open_checked(libc::AT_FDCWD, &c, append).map_err(err)
 }
 
-/// Open `name` inside the directory `dir` the way [`open_private`] opens a path: O_NOFOLLOW
-/// (a symlink planted there is refused, never written through), created 0600; an existing file
-/// must be a regular file of ours with one link, and is made 0600 before anything is written.
-pub(crate) fn open_private_at(
+/// Make `name` inside `dir` as a new file (O_CREAT|O_EXCL, 0600): EEXIST (AlreadyExists) when
+/// anything of that name is there, a symlink included. Nothing that exists is opened or
+/// changed, and of two processes picking the same name only one gets it.
+pub(crate) fn create_new_at(
     dir: std::os::fd::BorrowedFd<'_>,
     name: &std::ffi::OsStr,
-    append: bool,
 ) -> std::io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(name.as_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in the name"))?;
-    open_checked(dir.as_raw_fd(), &c, append)
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid NUL-terminated name; the returned fd is owned by the File below.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 /// The one place files written as root are opened. Never O_TRUNC: a file is emptied only after
@@ -366,7 +373,7 @@ fn check_private(file: &std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Make (0700, if missing) and open the directory `path` for [`open_private_at`], refusing a
+/// Make (0700, if missing) and open the directory `path` for [`create_new_at`], refusing a
 /// symlink, a directory of another user, or one that group or others may write into (they
 /// could plant links named like the files to come).
 pub fn open_private_dir(path: &std::path::Path) -> Result<std::os::fd::OwnedFd, TapError> {

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use super::event::{Direction, Event};
-use super::{open_private_at, open_private_dir, Sink, Skipped};
+use super::{create_new_at, open_private_dir, Sink, Skipped};
 
 /// Writes each direction of each connection to its own file.
 pub(crate) struct StreamsSink {
@@ -22,6 +22,9 @@ pub(crate) struct StreamsSink {
     /// Directions whose file could not be opened (said once); the next connection tries again,
     /// so a moment of fd shortage costs only the connections of that moment.
     left_out: HashSet<(u64, Direction)>,
+    /// The name suffix (1: none, n: `cN`) each open connection's first file took: the other
+    /// direction's file takes the same one, so a connection's two files pair up by name.
+    suffix: HashMap<u64, u32>,
 }
 
 impl StreamsSink {
@@ -33,6 +36,7 @@ impl StreamsSink {
             dirfd,
             open: HashMap::new(),
             left_out: HashSet::new(),
+            suffix: HashMap::new(),
         })
     }
 }
@@ -41,25 +45,62 @@ impl StreamsSink {
 const NAME_TRIES: u32 = 1000;
 
 impl StreamsSink {
-    /// Open a fresh file for a stream: `name`, or when an earlier run left a file of that name
-    /// (connection numbers start at 1 in every run; a client port can come again) `name` with
-    /// `c2`, `c3`, ... appended, as tcpflow does. Appending to the old file mixed two
-    /// connections in one stream.
-    fn open_new(&self, name: &str) -> std::io::Result<File> {
-        for n in 1..=NAME_TRIES {
-            let try_name = match n {
-                1 => name.to_string(),
-                n => format!("{name}c{n}"),
-            };
-            let f = open_private_at(self.dirfd.as_fd(), try_name.as_ref(), true)?;
-            if f.metadata()?.len() == 0 {
-                return Ok(f);
+    /// Make a fresh file for one direction of connection `id`: `name`, or when an earlier run
+    /// left a file of that name or of the other direction's (`partner`; connection numbers
+    /// start at 1 in every run, a client port can come again) both with `c2`, `c3`, ...
+    /// appended, as tcpflow does: the first suffix free for both names, which the other
+    /// direction's file then takes too. Files that exist are never opened (appending mixed
+    /// two connections in one stream; opening made them 0600) and O_EXCL keeps two processes
+    /// sharing the directory off one name.
+    fn open_new(&mut self, id: u64, name: &str, partner: &str) -> std::io::Result<File> {
+        let with = |base: &str, n: u32| match n {
+            1 => base.to_string(),
+            n => format!("{base}c{n}"),
+        };
+        let chosen = self.suffix.get(&id).copied();
+        for n in chosen.unwrap_or(1)..=NAME_TRIES {
+            if chosen.is_none() && self.taken(&with(partner, n))? {
+                continue;
+            }
+            match create_new_at(self.dirfd.as_fd(), with(name, n).as_ref()) {
+                Ok(f) => {
+                    self.suffix.entry(id).or_insert(n);
+                    return Ok(f);
+                }
+                // Taken since (another process in the directory): the next free one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
             }
         }
         Err(std::io::Error::other(format!(
             "{name} and {} more files of that name exist already (from earlier runs): empty the directory",
             NAME_TRIES - 1
         )))
+    }
+
+    /// Whether the directory has an entry `name` (of any kind, a symlink not followed).
+    fn taken(&self, name: &str) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let c = std::ffi::CString::new(name).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in the name")
+        })?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a valid NUL-terminated name and a stat buffer the call fills.
+        let r = unsafe {
+            libc::fstatat(
+                self.dirfd.as_raw_fd(),
+                c.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 {
+            return Ok(true);
+        }
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            e => Err(e),
+        }
     }
 }
 
@@ -87,7 +128,8 @@ impl Sink for StreamsSink {
                         Direction::ServerToClient => (&conn.backend, &conn.client),
                     };
                     let name = format!("c{:06}-{}-{}", conn.id, dotted(src), dotted(dst));
-                    match self.open_new(&name) {
+                    let partner = format!("c{:06}-{}-{}", conn.id, dotted(dst), dotted(src));
+                    match self.open_new(conn.id, &name, &partner) {
                         Ok(f) => {
                             self.open
                                 .insert(key, BufWriter::with_capacity(64 * 1024, f));
@@ -105,6 +147,7 @@ impl Sink for StreamsSink {
                 }
             }
             Event::Close { conn, .. } => {
+                self.suffix.remove(&conn.id);
                 for d in [Direction::ClientToServer, Direction::ServerToClient] {
                     self.left_out.remove(&(conn.id, d));
                     if let Some(mut w) = self.open.remove(&(conn.id, d)) {
