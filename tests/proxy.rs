@@ -2202,6 +2202,59 @@ fn a_full_disk_leaves_a_pcap_that_ends_on_a_whole_record() {
     assert_eq!(tshark_reads(&pcap), records);
 }
 
+/// `--pcap - >>FILE` on a disk that fills: the cut back to the last whole record kept only as
+/// many bytes as the capture had written, counted from the file's start, so it took the
+/// file's earlier content's length off the capture's end (a torn record), or the earlier
+/// content itself when nothing was written yet. Cut from where the capture started.
+#[test]
+fn a_full_disk_under_pcap_dash_appended_keeps_what_the_file_held() {
+    let ns = lab("pxpdashfull");
+    let dir = TempDir::new("pxpdashfull");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let (mnt, _guard) = small_tmpfs(&dir);
+    let out = mnt.join("out");
+    let earlier = "a line an earlier command appended\n".repeat(30);
+    std::fs::write(&out, &earlier).unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, "sh", "-c"])
+        .arg(r#"out=$1; shift; exec "$@" >>"$out""#)
+        .args(["sh", out.to_str().unwrap(), BIN]);
+    let p = start_cmd(cmd, &dir, &["--pcap", "-", "8080", "127.0.0.1:7000"], &[]);
+    for size in [100usize, 300_000] {
+        let data = payload(size, size as u32);
+        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
+        let mut w = s.try_clone().unwrap();
+        let d2 = data.clone();
+        let t = std::thread::spawn(move || {
+            for c in d2.chunks(700) {
+                w.write_all(c).unwrap();
+            }
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        t.join().unwrap();
+        assert_eq!(back, data, "{size} bytes echoed");
+    }
+    let log = p.stop();
+    assert!(
+        log.contains("failed: No space left on device") && log.contains("forwarding continues"),
+        "{log}"
+    );
+    let all = std::fs::read(&out).unwrap();
+    assert!(
+        all.starts_with(earlier.as_bytes()),
+        "the earlier content is gone: the file holds {} bytes",
+        all.len()
+    );
+    // After it, a pcap tshark reads to the end: no half record at the tail.
+    let tail = dir.join("tail.pcap");
+    std::fs::write(&tail, &all[earlier.len()..]).unwrap();
+    let (_, _, records) = pcap_records(&tail);
+    assert!(records > 0);
+    assert_eq!(tshark_reads(&tail), records);
+}
+
 #[test]
 fn pcap_max_mb_out_of_range_says_the_range() {
     let ns = lab("pxmb");

@@ -65,8 +65,13 @@ pub(crate) struct PcapSink {
 struct RecordWriter {
     file: File,
     pending: Vec<u8>,
-    /// Bytes in the file that end on a whole record: where a failed write is cut back to.
+    /// Bytes this process wrote that end on a whole record.
     synced: u64,
+    /// Where this process's bytes start in the file, so a failed write is cut back to
+    /// `base + synced`: 0 in a file of its own, the size it found in a regular file it was
+    /// given as stdout with `>>`. None where a cut is wrong (a file written from the middle)
+    /// or useless (a pipe).
+    base: Option<u64>,
 }
 
 /// Pending bytes written out once this much has gathered.
@@ -128,7 +133,9 @@ impl RecordWriter {
     /// readers do not find a torn one at the end, and drop what was pending (the capture
     /// stops; writing it again later would only tear the file anew).
     fn cut(&mut self, e: std::io::Error) -> std::io::Error {
-        let _ = self.file.set_len(self.synced);
+        if let Some(base) = self.base {
+            let _ = self.file.set_len(base + self.synced);
+        }
         self.pending.clear();
         e
     }
@@ -148,19 +155,21 @@ pub(crate) const STDOUT: &str = "-";
 /// A new capture file with pcap-file's global header (microseconds, Ethernet, big-endian).
 /// Records are written by hand after it (see [`RecordWriter`]).
 fn create(path: &std::path::Path) -> Result<RecordWriter, TapError> {
-    let file = if path.as_os_str() == STDOUT {
+    let (file, base) = if path.as_os_str() == STDOUT {
         use std::os::fd::AsFd;
         // A descriptor of its own on stdout (nothing else writes there: the caller checks).
-        std::io::stdout()
+        let f = std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
             .map(File::from)
             .map_err(|error| TapError::Open {
                 path: path.into(),
                 error,
-            })?
+            })?;
+        let base = stdout_base(&f);
+        (f, base)
     } else {
-        open_private(path, false)?
+        (open_private(path, false)?, Some(0))
     };
     let mut pending = Vec::with_capacity(PENDING + 64 * 1024);
     PcapHeader::default()
@@ -173,7 +182,24 @@ fn create(path: &std::path::Path) -> Result<RecordWriter, TapError> {
         file,
         pending,
         synced: 0,
+        base,
     })
+}
+
+/// Where the capture's bytes start in stdout when it is a regular file: at its end with `>>`
+/// (O_APPEND), at the shared offset otherwise; None (never cut) for a pipe, or for an offset
+/// short of the end (`1<>FILE`), where a cut would take bytes that are not ours.
+fn stdout_base(f: &File) -> Option<u64> {
+    use std::io::Seek;
+    use std::os::fd::AsRawFd;
+    let len = f.metadata().ok().filter(|m| m.is_file())?.len();
+    // SAFETY: F_GETFL only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if flags >= 0 && flags & libc::O_APPEND != 0 {
+        return Some(len);
+    }
+    let at = (&*f).stream_position().ok()?;
+    (at >= len).then_some(at)
 }
 
 fn io(e: pcap_file::PcapError) -> std::io::Error {
