@@ -6808,17 +6808,35 @@ fn pcap_limits_without_a_pcap_are_a_usage_error() {
 }
 
 /// Stopped with connections open (Ctrl-C mid-download): the stop line says how many are cut,
-/// since the counters at exit count them as ended (`active=0`). Nothing said it.
+/// since the counters at exit count them as ended (`active=0`). Nothing said it. TCP
+/// connections and UDP flows each in their words: a UDP flow was counted as a connection.
 #[test]
 fn the_stop_line_says_how_many_connections_it_cuts() {
     let ns = lab("pxstopcut");
     let dir = TempDir::new("pxstopcut");
     echo_backend(listen_in(&ns, "127.0.0.1:7000"));
-    let p = start(Some(&ns), &dir, &["127.0.0.1:8080", "127.0.0.1:7000"]);
+    let backend = inside(&ns, || UdpSocket::bind("127.0.0.1:7053").unwrap());
+    backend
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:7053",
+        ],
+    );
     let open = open_echoed(&ns, "127.0.0.1:8080", 2);
+    let client = inside(&ns, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    client.send_to(b"x", "127.0.0.1:5353").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(backend.recv(&mut buf).unwrap(), 1, "the flow's datagram");
     let log = p.stop();
     assert!(
-        log.contains("SIGTERM: stopping; 2 connections open are closed now"),
+        log.contains("SIGTERM: stopping; 2 TCP connections and 1 UDP flow open are closed now"),
         "{log}"
     );
     drop(open);

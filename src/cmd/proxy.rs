@@ -312,6 +312,28 @@ fn build_sinks(plan: &Plan) -> anyhow::Result<Sinks> {
     Ok((sinks, counters_to))
 }
 
+/// The stop line's tail: the TCP connections and UDP flows still open, each counted in its
+/// own words ("; 2 TCP connections and 1 UDP flow open are closed now"), empty for none.
+fn still_open(tcp: u64, udp: u64) -> String {
+    let kind = |n: u64, one: &str, many: &str| match n {
+        0 => None,
+        1 => Some(format!("1 {one}")),
+        n => Some(format!("{n} {many}")),
+    };
+    let parts: Vec<String> = [
+        kind(tcp, "TCP connection", "TCP connections"),
+        kind(udp, "UDP flow", "UDP flows"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match tcp + udp {
+        0 => String::new(),
+        1 => format!("; {} open is closed now", parts.join(" and ")),
+        _ => format!("; {} open are closed now", parts.join(" and ")),
+    }
+}
+
 /// Bind, announce readiness, serve until SIGINT/SIGTERM/SIGHUP, print counters. Returns the exit code.
 fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     // Declared first so it is dropped last, after every line below (exit paths included).
@@ -456,11 +478,13 @@ fn execute(mut plan: Plan) -> anyhow::Result<i32> {
                     _ = hup.recv() => "SIGHUP",
                 };
                 // Said before they are cut: the counters at exit count them as ended.
-                let open = match stop_counters.snapshot().active {
-                    0 => String::new(),
-                    1 => "; 1 connection open is closed now".into(),
-                    n => format!("; {n} connections open are closed now"),
-                };
+                let udp = stop_counters
+                    .active_udp
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let all = stop_counters
+                    .active
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let open = still_open(all.saturating_sub(udp), udp);
                 run_log.log(Level::Info, &format!("{signal}: stopping{open}"));
             };
             let transparent = proxy.run(stop).await.context("serve")?;
@@ -1036,6 +1060,18 @@ fn parse_megabytes(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stop_line_names_connections_and_flows_apart() {
+        assert_eq!(still_open(0, 0), "");
+        assert_eq!(still_open(1, 0), "; 1 TCP connection open is closed now");
+        assert_eq!(still_open(0, 1), "; 1 UDP flow open is closed now");
+        assert_eq!(
+            still_open(2, 1),
+            "; 2 TCP connections and 1 UDP flow open are closed now"
+        );
+        assert_eq!(still_open(0, 3), "; 3 UDP flows open are closed now");
+    }
 
     #[test]
     fn json_dump_is_json_with_text_payloads() {

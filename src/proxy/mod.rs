@@ -124,6 +124,9 @@ pub(crate) struct Counters {
     pub connections: AtomicU64,
     /// Connections and flows open now.
     pub active: AtomicU64,
+    /// Of those, UDP flows: the stop line says each kind (not in the snapshot: the counters
+    /// lines keep their fields). Changed as a flow starts and ends, not per datagram.
+    pub active_udp: AtomicU64,
     /// Payload bytes client -> backend.
     pub bytes_c2s: AtomicU64,
     /// Payload bytes backend -> client.

@@ -389,6 +389,7 @@ async fn open_flow(
     backend.connect(map.target).await?;
     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
     ctx.counters.active.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.active_udp.fetch_add(1, Ordering::Relaxed);
     let conn = Arc::new(ConnInfo {
         id,
         transport: Proto::Udp,
@@ -654,6 +655,7 @@ async fn replies(
         release_freed_memory();
     }
     ctx.counters.active.fetch_sub(1, Ordering::Relaxed);
+    ctx.counters.active_udp.fetch_sub(1, Ordering::Relaxed);
     ctx.debug(|| format!("#{} udp flow idle, closed", flow.conn.id));
     if let Some(tap) = &ctx.tap {
         tap.send(Event::Close {
