@@ -6845,6 +6845,11 @@ fn the_stop_line_says_how_many_connections_it_cuts() {
         log.contains("SIGTERM: stopping; 2 TCP connections and 1 UDP flow open are closed now"),
         "{log}"
     );
+    // The counters at exit count them all as ended (the UDP flow stayed in active=1).
+    assert!(
+        log.contains("counters at exit: connections=3 active=0 "),
+        "{log}"
+    );
     drop(open);
 }
 

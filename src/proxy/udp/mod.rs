@@ -547,6 +547,15 @@ async fn reply_one(
     }
 }
 
+/// A UDP flow counted in `active` / `active_udp`, taken off when dropped.
+struct FlowOpen<'a>(&'a Ctx);
+impl Drop for FlowOpen<'_> {
+    fn drop(&mut self) {
+        self.0.counters.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.counters.active_udp.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn replies(
     flow: Arc<Flow>,
     sock: Arc<UdpSocket>,
@@ -555,6 +564,9 @@ async fn replies(
     ctx: Arc<Ctx>,
     epoch: Instant,
 ) {
+    // Counted open until this task ends, idle or dropped with the runtime at a stop (the
+    // counters at exit then count the flow as ended, as a TCP connection's are).
+    let _open = FlowOpen(&ctx);
     let idle = ctx.udp_idle.as_millis() as u64;
     let batched = batched_replies(&ctx);
     let to = socket2::SockAddr::from(peer);
@@ -654,8 +666,6 @@ async fn replies(
     if shrunk {
         release_freed_memory();
     }
-    ctx.counters.active.fetch_sub(1, Ordering::Relaxed);
-    ctx.counters.active_udp.fetch_sub(1, Ordering::Relaxed);
     ctx.debug(|| format!("#{} udp flow idle, closed", flow.conn.id));
     if let Some(tap) = &ctx.tap {
         tap.send(Event::Close {
