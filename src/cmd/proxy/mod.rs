@@ -1,0 +1,411 @@
+//! `nettool proxy`: forward ports (TCP/UDP, ranges, across namespaces) and show what passes.
+//! Also the docker-proxy drop-in (argv[0] `docker-proxy`, or `nettool proxy -proto ...`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::netns::NetNs;
+use crate::proxy::docker;
+use crate::proxy::spec::{self, Mapping};
+use crate::proxy::syslog as syslog_client;
+use crate::proxy::{Level, Proto};
+use crate::tap::json::Payload;
+use crate::tap::pcap::PcapOptions;
+
+mod docker_mode;
+mod plan;
+
+pub(crate) use docker_mode::docker_proxy_entry;
+use plan::{answer_ready, execute, fd_open, open_ns, Console, LogTo, Plan};
+
+/// A mistake in how the command was called (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// `nettool proxy ...` with nettool's own flags.
+pub(crate) fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
+    let ready_fd = a.ready_fd;
+    // Asked before anything is opened: see fd_open.
+    let passed = ready_fd.filter(|fd| *fd > 2 && fd_open(*fd));
+    let r = match (ready_fd, passed) {
+        // Answered and closed, the number would go to the proxy's next socket, and what the
+        // proxy writes to that std stream (the log on stderr, a dump on stdout) into a client's
+        // connection: seen with `--ready-fd 2 -v` and `--ready-fd 1 --dump`.
+        (Some(fd @ 0..=2), _) => Err(Usage(format!(
+            "--ready-fd {fd}: descriptor {fd} is the proxy's {}; pass a pipe on 3 or above (in a shell, `--ready-fd 3 3>&1` puts the answer on stdout)",
+            ["stdin", "stdout", "stderr"][fd as usize]
+        ))
+        .into()),
+        (Some(fd), None) => Err(Usage(format!(
+            "--ready-fd {fd}: descriptor {fd} is not open (the parent must pass a pipe there)"
+        ))
+        .into()),
+        _ => run_args(a, verbose),
+    };
+    if let (Err(e), Some(fd)) = (&r, passed) {
+        let _ = answer_ready(fd, Err(format!("{e:#}")));
+    }
+    match r {
+        // A mistake in the mappings is a usage error: exit 2.
+        Err(e)
+            if e.downcast_ref::<spec::SpecError>().is_some()
+                || e.downcast_ref::<Usage>().is_some() =>
+        {
+            let _ = writeln!(std::io::stderr(), "nettool: {e:#}");
+            Ok(2)
+        }
+        r => r,
+    }
+}
+
+/// The mappings a `nettool proxy` invocation serves (LISTEN TARGET, LISTEN=TARGET, -p SPEC...).
+pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<Mapping>> {
+    let mut maps = Vec::new();
+    match (&a.listen, &a.target) {
+        (Some(l), Some(t)) => {
+            let spec_text = format!("{l} {t}");
+            // `udp:5353 10.0.0.2:53` reads like -p udp:5353=10.0.0.2:53.
+            let (prefix, l) = spec::split_proto(&spec_text, l)?;
+            let proto = match prefix {
+                Some(p) => p,
+                None if a.udp => Proto::Udp,
+                None => Proto::Tcp,
+            };
+            if a.udp && prefix == Some(Proto::Tcp) {
+                return Err(
+                    Usage(format!("{spec_text}: --udp contradicts the tcp: prefix")).into(),
+                );
+            }
+            maps.push(spec::mapping(&spec_text, proto, l, t)?);
+        }
+        // A lone `LISTEN=TARGET` is a -p spec without the -p; --udp applies to it as well.
+        (Some(l), None) if l.contains('=') => {
+            let (prefix, _) = spec::split_proto(l, l)?;
+            if a.udp && prefix == Some(Proto::Tcp) {
+                return Err(Usage(format!("{l}: --udp contradicts the tcp: prefix")).into());
+            }
+            let mut m = spec::parse_map(l)?;
+            if a.udp {
+                m.proto = Proto::Udp;
+            }
+            maps.push(m);
+        }
+        (Some(l), None) => {
+            return Err(Usage(format!(
+                "LISTEN {l} given without a TARGET: write `{} proxy {l} IP:PORT` or -p {l}=IP:PORT",
+                crate::program::me()
+            ))
+            .into())
+        }
+        _ => {}
+    }
+    for m in &a.maps {
+        maps.push(spec::parse_map(m)?);
+    }
+    Ok(maps)
+}
+
+/// A mapping whose target is its own listening socket (same namespace, same port, and the
+/// target is the listen address or, for a wildcard listener, any address of that namespace)
+/// would connect to itself for every connection until descriptors run out: refused up front.
+fn refuse_self_targets(
+    maps: &[Mapping],
+    listen_ns: Option<&NetNs>,
+    target_ns: Option<&NetNs>,
+) -> anyhow::Result<()> {
+    let current = || NetNs::current().map(|n| n.id());
+    let lid = listen_ns.map_or_else(current, |n| Ok(n.id()))?;
+    let tid = target_ns.map_or_else(current, |n| Ok(n.id()))?;
+    if lid != tid {
+        return Ok(());
+    }
+    for pm in maps.iter().flat_map(Mapping::expand) {
+        let (l, t) = (pm.listen, pm.target);
+        // A v4-mapped target ([::ffff:127.0.0.1]) is dialled as IPv4; the IPv6 listeners the
+        // proxy binds are V6ONLY, so only a listener of the target's own family can be it.
+        let t_ip = t.ip().to_canonical();
+        if l.port() != t.port() || l.is_ipv4() != t_ip.is_ipv4() {
+            continue;
+        }
+        let mine = l.ip() == t_ip
+            || (l.ip().is_unspecified()
+                && match listen_ns {
+                    Some(ns) => ns.run(move || is_local(t_ip))?,
+                    None => is_local(t_ip),
+                });
+        if mine {
+            return Err(Usage(format!(
+                "{} {l} -> {t}: the target is this proxy's own listening socket, so every connection would open another one to itself (until file descriptors run out); give the service's address instead, e.g. a container's IP",
+                pm.proto
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Is `ip` an address of the calling thread's namespace? A UDP socket connected to it leaves
+/// from it exactly when it is local (no packet is sent).
+fn is_local(ip: std::net::IpAddr) -> bool {
+    if ip.is_loopback() || ip.is_unspecified() {
+        return true;
+    }
+    let any: std::net::IpAddr = if ip.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    std::net::UdpSocket::bind((any, 0))
+        .and_then(|s| s.connect((ip, 9)).map(|()| s))
+        .and_then(|s| s.local_addr())
+        .is_ok_and(|a| a.ip() == ip)
+}
+
+/// What a running proxy forwards, read from its command line with the proxy's own parsers:
+/// docker-proxy flags (argv[0] docker-proxy, any binary given docker-proxy's flags, or
+/// `nettool proxy -container-ip ...`) or the
+/// `nettool proxy` arguments. None when argv is not a proxy of ours or docker's.
+pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Mapping>> {
+    if let Some(start) = docker::docker_flags_start(argv) {
+        return docker::parse_args(&argv[start..])
+            .ok()
+            .map(|d| vec![d.mapping()]);
+    }
+    if argv.get(1).map(String::as_str) != Some("proxy") {
+        return None;
+    }
+    match <crate::cli::Cli as clap::Parser>::try_parse_from(argv)
+        .ok()?
+        .command
+    {
+        crate::cli::Command::Proxy(a) => mappings(&a).ok(),
+        _ => None,
+    }
+}
+
+fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
+    let maps = mappings(&a)?;
+    if maps.is_empty() {
+        return Err(Usage(format!(
+            "nothing to forward: give LISTEN TARGET (e.g. `{} proxy 8080 172.19.0.2:80`) or -p SPEC",
+            crate::program::me()
+        ))
+        .into());
+    }
+    if let Some(pp) = a.proxy_protocol {
+        if let Some(why) = maps.iter().find_map(|m| pp.refuses(m.proto)) {
+            return Err(Usage(why.into()).into());
+        }
+    }
+    let console = if a.json {
+        Some(Console::Json(if a.hex {
+            Payload::Hex
+        } else if a.dump {
+            Payload::Text
+        } else {
+            Payload::None
+        }))
+    } else if a.hex {
+        Some(Console::Hex)
+    } else if a.dump {
+        Some(Console::Text)
+    } else {
+        None
+    };
+    if a.pcap.as_deref() == Some(std::path::Path::new(crate::tap::pcap::STDOUT)) {
+        if console.is_some() && a.dump_file.is_none() {
+            return Err(Usage(
+                "--pcap - writes the capture to stdout, where --dump/--hex/--json go too: give those a --dump-file".into(),
+            )
+            .into());
+        }
+        if a.pcap_files > 1 {
+            return Err(Usage(
+                "--pcap - (stdout) cannot rotate: --pcap-files needs a file name".into(),
+            )
+            .into());
+        }
+    }
+    if a.dump_file.is_some() && console.is_none() {
+        return Err(Usage(
+            "--dump-file needs --dump, --hex or --json (it says where that output goes)".into(),
+        )
+        .into());
+    }
+    if let Some((first, second, proto, addr)) = spec::first_overlap(&maps) {
+        return Err(Usage(format!(
+            "{second} would listen on {proto} {addr}, which {first} takes already: a port can be forwarded once per address; drop one or give it another port"
+        ))
+        .into());
+    }
+    let listen_ns = open_ns("--listen-netns", &a.listen_netns)?;
+    let target_ns = open_ns("--target-netns", &a.target_netns)?;
+    refuse_self_targets(&maps, listen_ns.as_ref(), target_ns.as_ref())?;
+    let plan = Plan {
+        maps,
+        listen_ns,
+        target_ns,
+        target_text: a.target_netns.clone(),
+        udp_idle: Duration::from_secs(a.udp_timeout.max(1)),
+        console,
+        dump_file: a.dump_file,
+        decode: !a.no_decode,
+        pcap: a.pcap.map(|path| PcapOptions {
+            path,
+            max_bytes: a.pcap_max_mb,
+            files: a.pcap_files.max(1),
+        }),
+        streams: a.streams,
+        ready_fd: a.ready_fd,
+        log_to: match (a.log_file, a.syslog_socket) {
+            (Some(p), _) => LogTo::File(p),
+            (None, Some(p)) => LogTo::Syslog(p),
+            (None, None) if a.syslog => LogTo::Syslog(syslog_client::DEFAULT_SOCKET.into()),
+            (None, None) => LogTo::Stderr,
+        },
+        log_level: if verbose > 0 {
+            Level::Debug
+        } else {
+            Level::Info
+        },
+        listen_fd: None,
+        queue: a.dump_queue.max(1),
+        json_counters: a.json,
+        threads: a.threads,
+        transparent: a.transparent,
+        proxy_protocol: a.proxy_protocol,
+        warnings: Vec::new(),
+        docker_mode: false,
+    };
+    execute(plan)
+}
+
+/// Examples and notes for `nettool proxy --help`.
+pub(crate) const PROXY_HELP: &str =
+    "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [IP:]PORT[-PORT] and TARGET = IP[:PORT[-PORT]];
+IPv6 goes in brackets ([::1]:8080). A LISTEN without an IP listens on 0.0.0.0 and [::].
+Without --dump/--hex/--pcap/--streams/--json, TCP bytes move with splice(2) once a read fills
+the 8 KiB buffer (short exchanges are copied through it). -v logs a line per connection.
+SIGUSR1 logs the counters; SIGINT/SIGTERM stop (exit 0) after logging them.
+
+Examples:
+  nettool proxy 8080 172.19.0.2:80
+  nettool proxy --dump 8080 172.19.0.2:80
+  nettool proxy -p 8080=172.19.0.2:80 -p udp:5353=172.19.0.3:53 -p 9000-9099=10.0.0.5:9000-9099
+  nettool proxy --listen-netns host --target-netns web 8080 127.0.0.1:80
+  nettool proxy --hex --dump-file /tmp/dump.txt --pcap /tmp/p.pcap 6379 172.19.0.4:6379
+  nettool proxy --pcap /tmp/p.pcap --pcap-max-mb 100 --pcap-files 5 8080 172.19.0.2:80
+  nettool proxy --pcap - 8080 172.19.0.2:80 | tshark -l -r -     (pcap on stdout, live)
+  nettool proxy --json --pcap /tmp/dns.pcap udp:53 172.19.0.5:53
+  nettool proxy --syslog 8080 172.19.0.2:80       (log to /dev/log, facility daemon)
+
+docker-proxy drop-in: give dockerd --userland-proxy-path=/path/to/nettool (or a symlink
+named docker-proxy). docker-proxy's flags are recognised whatever the binary is called,
+-use-listen-fd (the socket on fd 4) included, and it answers on fd 3, so a startup failure's
+reason shows in `docker run`'s error. Logging, dumping and the rest come from the environment
+or /etc/nettool/docker-proxy.toml (NETTOOL_PROXY_CONFIG):
+  NETTOOL_PROXY_LOG=FILE|syslog|syslog:SOCKET   (key log)
+  NETTOOL_PROXY_DUMP=text|hex|json, NETTOOL_PROXY_DUMP_FILE, NETTOOL_PROXY_PCAP,
+  NETTOOL_PROXY_PCAP_MAX_MB, NETTOOL_PROXY_PCAP_FILES, NETTOOL_PROXY_STREAMS,
+  NETTOOL_PROXY_TRANSPARENT=yes, NETTOOL_PROXY_PROXY_PROTOCOL=v1|v2,
+  NETTOOL_PROXY_THREADS (environment only)
+  e.g. NETTOOL_PROXY_LOG=syslog nettool -proto tcp -host-ip 127.0.0.1 -host-port 8080 \\
+         -container-ip 172.17.0.2 -container-port 80";
+
+/// Arguments of `proxy`.
+#[derive(Debug, Args)]
+pub(crate) struct ProxyArgs {
+    /// Listen side of one mapping: [IP:]PORT[-PORT].
+    pub listen: Option<String>,
+    /// Target of that mapping: IP:PORT[-PORT].
+    pub target: Option<String>,
+    /// A mapping [tcp:|udp:]LISTEN=TARGET (repeatable).
+    #[arg(short = 'p', long = "map", value_name = "SPEC")]
+    pub maps: Vec<String>,
+    /// The positional LISTEN TARGET pair is UDP.
+    #[arg(long)]
+    pub udp: bool,
+    /// Listen inside this namespace (name, path, pid:N, container:NAME).
+    #[arg(long, value_name = "NS")]
+    pub listen_netns: Option<String>,
+    /// Connect to the backend from inside this namespace (name, path, pid:N, container:NAME);
+    /// resolved again when a dial fails, so a restarted container is followed.
+    #[arg(long, value_name = "NS")]
+    pub target_netns: Option<String>,
+    /// Append log lines here instead of stderr (file mode 0600).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["syslog", "syslog_socket"])]
+    pub log_file: Option<PathBuf>,
+    /// Send log lines to syslog (facility daemon, tag nettool-proxy) through /dev/log.
+    #[arg(long)]
+    pub syslog: bool,
+    /// Send log lines to the syslog daemon listening on this unix datagram socket (implies --syslog).
+    #[arg(long, value_name = "PATH")]
+    pub syslog_socket: Option<PathBuf>,
+    /// When every listener is bound write "0\n" to this fd (3 or above) and close it; on failure "1\n<error>".
+    #[arg(long, value_name = "N")]
+    pub ready_fd: Option<i32>,
+    /// Dump payloads as text, like socat -v (L7 decoding on).
+    #[arg(long)]
+    pub dump: bool,
+    /// Dump payloads as hex, like socat -x.
+    #[arg(long)]
+    pub hex: bool,
+    /// Write a pcap with synthesised headers for both legs of every connection (`-`: stdout,
+    /// for `| tshark -r -`).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Cap each pcap file at this many megabytes, decimals allowed (0.5 = 500 kB); then rotate
+    /// (see --pcap-files) or, with one file, stop the capture (forwarding goes on).
+    // Parsed to bytes.
+    #[arg(long, value_name = "MB", value_parser = parse_megabytes, requires = "pcap")]
+    pub pcap_max_mb: Option<u64>,
+    /// Keep this many pcap files when rotating (FILE, FILE.1, ...).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "pcap")]
+    pub pcap_files: u32,
+    /// Write one file per connection and direction into DIR (like tcpflow).
+    #[arg(long, value_name = "DIR")]
+    pub streams: Option<PathBuf>,
+    /// A JSON-lines event stream (opens, data sizes, L7 decodes, closes) on stdout or --dump-file.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the --dump/--hex/--json output here (appended, mode 0600) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub dump_file: Option<PathBuf>,
+    /// Do not decode HTTP/TLS/DNS/Redis in the dump.
+    #[arg(long)]
+    pub no_decode: bool,
+    /// Forget a UDP flow after this many idle seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 90)]
+    pub udp_timeout: u64,
+    /// The backend sees the client's address, not the proxy's (IP_TRANSPARENT, plus a mark
+    /// rule and a policy route in the target namespace, removed on exit).
+    #[arg(long)]
+    pub transparent: bool,
+    /// Send a PROXY protocol header with the client's address to the backend first (TCP: once
+    /// per connection; UDP: in front of every datagram, v2 only), for HAProxy accept-proxy,
+    /// nginx proxy_protocol. v1 is the text line older backends read.
+    #[arg(long, value_name = "VERSION", value_enum)]
+    pub proxy_protocol: Option<crate::proxy::proxy_protocol::ProxyProtocol>,
+    /// Events queued for the dump writer before the proxy waits (lossless back-pressure).
+    #[arg(long, value_name = "N", default_value_t = 1024, hide = true)]
+    pub dump_queue: usize,
+    /// Threads serving TCP connections (default 2): the plain path's event loops, or tokio's
+    /// workers when something watches (a dump, -v, a PROXY header). 1 serves everything on one
+    /// thread; more spread connections over cores.
+    #[arg(long, value_name = "N", env = "NETTOOL_PROXY_THREADS")]
+    pub threads: Option<usize>,
+}
+
+/// `--pcap-max-mb`: megabytes (10^6 bytes, decimals allowed) to a byte count.
+fn parse_megabytes(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(mb) if mb.is_finite() && mb * 1e6 >= 1000.0 && mb <= 1e9 => Ok((mb * 1e6) as u64),
+        _ => Err(format!(
+            "'{s}' is not a size in megabytes from 0.001 to 1000000000 (e.g. 100 or 0.5)"
+        )),
+    }
+}
