@@ -2120,6 +2120,28 @@ fn a_stalled_syslog_daemon_does_not_hold_up_the_forwarding() {
     assert!(all.contains("counters at exit"), "{all}");
 }
 
+/// Through an echoing backend at `addr`: 100 bytes (records gathered in the pcap's buffer), then
+/// 300 000 (written from the chunk), each sent in 700-byte writes and half-closed; every byte
+/// must come back.
+fn echo_small_then_bulk(ns: &TestNs, addr: &str) {
+    for size in [100usize, 300_000] {
+        let data = payload(size, size as u32);
+        let mut s = connect_in(ns, addr).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let d2 = data.clone();
+        let t = std::thread::spawn(move || {
+            for c in d2.chunks(700) {
+                w.write_all(c).unwrap();
+            }
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        t.join().unwrap();
+        assert_eq!(back, data, "{size} bytes echoed");
+    }
+}
+
 #[test]
 fn a_huge_pcap_files_count_costs_no_more_than_the_files_that_exist() {
     // Keep "as many as possible": rotation must not try billions of renames each time (the
@@ -2174,23 +2196,7 @@ fn a_full_disk_leaves_a_pcap_that_ends_on_a_whole_record() {
         &dir,
         &["--pcap", pcap.to_str().unwrap(), "8080", "127.0.0.1:7000"],
     );
-    // Small writes first (records gathered in the buffer), then bulk (written from the chunk).
-    for size in [100usize, 300_000] {
-        let data = payload(size, size as u32);
-        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
-        let mut w = s.try_clone().unwrap();
-        let d2 = data.clone();
-        let t = std::thread::spawn(move || {
-            for c in d2.chunks(700) {
-                w.write_all(c).unwrap();
-            }
-            w.shutdown(Shutdown::Write).unwrap();
-        });
-        let mut back = Vec::new();
-        s.read_to_end(&mut back).unwrap();
-        t.join().unwrap();
-        assert_eq!(back, data, "{size} bytes echoed");
-    }
+    echo_small_then_bulk(&ns, "127.0.0.1:8080");
     let log = p.stop();
     assert!(
         log.contains("failed: No space left on device") && log.contains("forwarding continues"),
@@ -2220,22 +2226,7 @@ fn a_full_disk_under_pcap_dash_appended_keeps_what_the_file_held() {
         .arg(r#"out=$1; shift; exec "$@" >>"$out""#)
         .args(["sh", out.to_str().unwrap(), BIN]);
     let p = start_cmd(cmd, &dir, &["--pcap", "-", "8080", "127.0.0.1:7000"], &[]);
-    for size in [100usize, 300_000] {
-        let data = payload(size, size as u32);
-        let mut s = connect_in(&ns, "127.0.0.1:8080").unwrap();
-        let mut w = s.try_clone().unwrap();
-        let d2 = data.clone();
-        let t = std::thread::spawn(move || {
-            for c in d2.chunks(700) {
-                w.write_all(c).unwrap();
-            }
-            w.shutdown(Shutdown::Write).unwrap();
-        });
-        let mut back = Vec::new();
-        s.read_to_end(&mut back).unwrap();
-        t.join().unwrap();
-        assert_eq!(back, data, "{size} bytes echoed");
-    }
+    echo_small_then_bulk(&ns, "127.0.0.1:8080");
     let log = p.stop();
     assert!(
         log.contains("failed: No space left on device") && log.contains("forwarding continues"),
