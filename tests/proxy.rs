@@ -7150,3 +7150,54 @@ fn a_std_stream_named_in_docker_proxy_mode_names_the_setting() {
         assert!(!ready.contains("--"), "{env:?}: {ready}");
     }
 }
+
+/// docker-proxy mode: a dump or capture that would go to stdout, which dockerd discards
+/// (`pcap = "-"`; a dump with no `dump_file` and no log file), is refused on fd 3 with the
+/// setting to change, and the refusal is in the log file when there is one. `pcap = "-"`
+/// streamed into the void with no word; the dump only warned in a log that may not exist.
+#[test]
+fn a_dump_to_stdout_in_docker_proxy_mode_is_refused_on_fd_3() {
+    let ns = lab("pxdsout");
+    let dir = TempDir::new("pxdsout");
+    let log = dir.join("dp.log");
+    let log_s = log.to_str().unwrap();
+    for (env, says) in [
+        (
+            &[("NETTOOL_PROXY_PCAP", "-")][..],
+            "pcap = \"-\" writes the capture to stdout, which dockerd discards: set `pcap` in the config file (NETTOOL_PROXY_PCAP) to a file path",
+        ),
+        (
+            &[("NETTOOL_PROXY_PCAP", "-"), ("NETTOOL_PROXY_LOG", log_s)],
+            "pcap = \"-\" writes the capture to stdout",
+        ),
+        (
+            &[("NETTOOL_PROXY_DUMP", "hex")],
+            "dump = \"hex\" has no file: no `dump_file` (NETTOOL_PROXY_DUMP_FILE) and the log is not a file, so it would go to stdout, which dockerd discards: set `dump_file` in the config file (NETTOOL_PROXY_DUMP_FILE) to a file path",
+        ),
+    ] {
+        let mut env = env.to_vec();
+        env.push(("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml"));
+        let (ready, code, _) = outcome(
+            &ns,
+            &docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000")),
+            &env,
+        );
+        assert_eq!(code, Some(1), "{env:?}: {ready}");
+        assert!(ready.starts_with("1\n") && ready.contains(says), "{env:?}: {ready}");
+        if env.iter().any(|(k, _)| *k == "NETTOOL_PROXY_LOG") {
+            let logged = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(logged.contains(says), "not in the log: {logged}");
+        }
+    }
+    // The dump goes to the log file when that is a file: still served.
+    let (ready, _, _) = outcome(
+        &ns,
+        &docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000")),
+        &[
+            ("NETTOOL_PROXY_DUMP", "text"),
+            ("NETTOOL_PROXY_LOG", log_s),
+            ("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml"),
+        ],
+    );
+    assert_eq!(ready, "0\n");
+}

@@ -35,7 +35,6 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
         LogTo::File(p) => Some(p.clone()),
         _ => None,
     };
-    let mut warnings = Vec::new();
     let console = match cfg.dump.as_deref() {
         Some("text") => Some(Console::Text),
         Some("hex") => Some(Console::Hex),
@@ -49,12 +48,6 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
         .as_deref()
         .map(|p| PathBuf::from(d.expand(p)))
         .or_else(|| log_file.clone());
-    if console.is_some() && dump_file.is_none() {
-        warnings.push(format!(
-            "dump = {:?} but no dump_file (NETTOOL_PROXY_DUMP_FILE) and the log is not a file: the dump goes to stdout, which dockerd discards",
-            cfg.dump.as_deref().unwrap_or_default()
-        ));
-    }
     Plan {
         maps: vec![d.mapping()],
         listen_ns: None,
@@ -81,7 +74,6 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
             .and_then(|v| v.parse().ok()),
         transparent: cfg.transparent.unwrap_or(false),
         proxy_protocol: cfg.proxy_protocol,
-        warnings,
         docker_mode: true,
     }
 }

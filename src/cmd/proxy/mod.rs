@@ -278,7 +278,6 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         threads: a.threads,
         transparent: a.transparent,
         proxy_protocol: a.proxy_protocol,
-        warnings: Vec::new(),
         docker_mode: false,
     };
     execute(plan)

@@ -17,7 +17,7 @@ use crate::proxy::spec::Mapping;
 use crate::proxy::syslog::Syslog;
 use crate::proxy::{Level, Log, Proxy, ProxyConfig};
 use crate::tap::json::{JsonSink, Payload};
-use crate::tap::pcap::{PcapOptions, PcapSink};
+use crate::tap::pcap::{PcapOptions, PcapSink, STDOUT};
 use crate::tap::streams::StreamsSink;
 use crate::tap::text::{ConsoleSink, Style};
 use crate::tap::{self, Output, Sink, TapWriter};
@@ -70,8 +70,6 @@ pub(super) struct Plan {
     pub(super) threads: Option<usize>,
     pub(super) transparent: bool,
     pub(super) proxy_protocol: Option<crate::proxy::proxy_protocol::ProxyProtocol>,
-    /// Said once the log is open (things a person should fix in the setup).
-    pub(super) warnings: Vec<String>,
     /// Started as docker-proxy: its errors name the config key / NETTOOL_PROXY_* variable to
     /// change, since that mode has no command-line options and its stdout/stderr are discarded.
     pub(super) docker_mode: bool,
@@ -266,12 +264,41 @@ fn std_stream_alias(path: &std::path::Path) -> Option<&'static str> {
     }
 }
 
+/// In docker-proxy mode, refuse a dump or capture that would go to stdout: dockerd discards
+/// it, so it would be lost with no word. Refused before anything is opened, on fd 3, so
+/// `docker run` shows the setting to change.
+fn to_discarded_stdout(plan: &Plan) -> anyhow::Result<()> {
+    if plan
+        .pcap
+        .as_ref()
+        .is_some_and(|p| p.path.as_os_str() == STDOUT)
+    {
+        bail!(
+            "pcap = \"{STDOUT}\" writes the capture to stdout, which dockerd discards: set `pcap` in the config file (NETTOOL_PROXY_PCAP) to a file path"
+        );
+    }
+    if let (Some(console), None) = (plan.console, &plan.dump_file) {
+        let what = match console {
+            Console::Text => "text",
+            Console::Hex => "hex",
+            Console::Json(_) => "json",
+        };
+        bail!(
+            "dump = \"{what}\" has no file: no `dump_file` (NETTOOL_PROXY_DUMP_FILE) and the log is not a file, so it would go to stdout, which dockerd discards: set `dump_file` in the config file (NETTOOL_PROXY_DUMP_FILE) to a file path"
+        );
+    }
+    Ok(())
+}
+
 /// The dump sinks, and the file the `--json` counters line goes to at exit.
 type Sinks = (Vec<Box<dyn Sink>>, Option<File>);
 
 /// The dump sinks, and for `--json --dump-file` a second handle on that file: the counters
 /// line at exit goes where the rest of the JSON stream went.
 fn build_sinks(plan: &Plan) -> anyhow::Result<Sinks> {
+    if plan.docker_mode {
+        to_discarded_stdout(plan)?;
+    }
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut counters_to = None;
     if let Some(console) = plan.console {
@@ -335,9 +362,6 @@ fn still_open(tcp: u64, udp: u64) -> String {
 pub(super) fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     // Declared first so it is dropped last, after every line below (exit paths included).
     let (log, flush) = make_log(&plan.log_to, plan.log_level, plan.docker_mode)?;
-    for w in &plan.warnings {
-        log.log(Level::Warn, w);
-    }
     // A startup failure: in the log (on stderr main prints it anyway; dockerd discards stderr,
     // so a log file must hold it), then on fd 3.
     let log_to_stderr = matches!(plan.log_to, LogTo::Stderr);
