@@ -7201,3 +7201,61 @@ fn a_dump_to_stdout_in_docker_proxy_mode_is_refused_on_fd_3() {
     );
     assert_eq!(ready, "0\n");
 }
+
+/// A stop with a TCP connection and a UDP flow open: the JSON dump closes each of them with
+/// reason "shutdown" and the bytes it saw, and the counters line comes last. Neither a UDP
+/// flow nor a TCP connection cut at the stop got a `close` event, so a reader could not tell
+/// which were live at the stop.
+#[test]
+fn a_stop_closes_every_open_flow_in_the_dump() {
+    let ns = lab("pxstopclose");
+    let dir = TempDir::new("pxstopclose");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let backend = inside(&ns, || UdpSocket::bind("127.0.0.1:7053").unwrap());
+    backend
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let dump = dir.join("dump.json");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--json",
+            "--dump-file",
+            dump.to_str().unwrap(),
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:7053",
+        ],
+    );
+    let open = open_echoed(&ns, "127.0.0.1:8080", 1);
+    let client = inside(&ns, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    client.send_to(b"xyz", "127.0.0.1:5353").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(backend.recv(&mut buf).unwrap(), 3, "the flow's datagram");
+    p.stop();
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for proto in ["tcp", "udp"] {
+        let close: Vec<_> = lines
+            .iter()
+            .filter(|l| l["event"] == "close" && l["conn"]["transport"] == proto)
+            .collect();
+        assert_eq!(close.len(), 1, "{proto}: one close event:\n{text}");
+        assert_eq!(close[0]["reason"], "shutdown", "{proto}:\n{text}");
+        // The bytes the dump saw: "conn 0\n" each way, the datagram one way.
+        let bytes = (&close[0]["bytes_c2s"], &close[0]["bytes_s2c"]);
+        let want = if proto == "tcp" { (7, 7) } else { (3, 0) };
+        assert_eq!(
+            (bytes.0, bytes.1),
+            (&want.0.into(), &want.1.into()),
+            "{proto}:\n{text}"
+        );
+    }
+    assert_eq!(lines.last().unwrap()["event"], "counters", "{text}");
+    drop(open);
+}

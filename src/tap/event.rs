@@ -141,7 +141,7 @@ pub enum CloseReason {
     DialFailed(String),
     /// A socket error other than a reset.
     Error(String),
-    /// The proxy was stopped (SIGINT/SIGTERM).
+    /// Still open when the proxy was stopped (SIGINT/SIGTERM/SIGHUP): closed by the dump writer.
     Shutdown,
 }
 

@@ -160,6 +160,7 @@ pub fn start(
                     });
                 }
             };
+            let mut live = Live::default();
             loop {
                 let ev = match rx.try_recv() {
                     Ok(ev) => ev,
@@ -176,6 +177,7 @@ pub fn start(
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                 };
+                live.note(&ev);
                 for slot in sinks.iter_mut() {
                     if let Some(Err(e)) = slot.as_mut().map(|s| s.event(&ev)) {
                         fail(slot, e);
@@ -189,6 +191,14 @@ pub fn start(
                     break;
                 }
             }
+            // Every sender is gone: the proxy stopped, and what is still open was cut.
+            for ev in live.cut() {
+                for slot in sinks.iter_mut() {
+                    if let Some(Err(e)) = slot.as_mut().map(|s| s.event(&ev)) {
+                        fail(slot, e);
+                    }
+                }
+            }
             for slot in sinks.iter_mut() {
                 if let Some(Err(e)) = slot.as_mut().map(|s| s.flush()) {
                     fail(slot, e);
@@ -197,6 +207,57 @@ pub fn start(
         })
         .expect("spawn the tap writer thread");
     (Tap { tx }, TapWriter { handle })
+}
+
+/// The connections and UDP flows the dump saw open and not closed, with the bytes it saw each
+/// way. A stop drops their tasks before they can say how they ended, so the writer closes
+/// them itself at the end (reason `shutdown`): a reader can tell which were live at the stop.
+#[derive(Default)]
+struct Live(std::collections::HashMap<u64, (Arc<event::ConnInfo>, u64, u64)>);
+
+impl Live {
+    fn note(&mut self, ev: &Event) {
+        match ev {
+            Event::Open { conn, .. } => {
+                self.0.insert(conn.id, (conn.clone(), 0, 0));
+            }
+            Event::Data {
+                conn,
+                dir,
+                offset,
+                bytes,
+                ..
+            } => {
+                if let Some((_, up, down)) = self.0.get_mut(&conn.id) {
+                    let end = offset + bytes.len() as u64;
+                    match dir {
+                        event::Direction::ClientToServer => *up = end,
+                        event::Direction::ServerToClient => *down = end,
+                    }
+                }
+            }
+            Event::Close { conn, .. } => {
+                self.0.remove(&conn.id);
+            }
+            Event::Fin { .. } => {}
+        }
+    }
+
+    /// A `close` for each one still open, in the order they were numbered.
+    fn cut(self) -> Vec<Event> {
+        let mut open: Vec<_> = self.0.into_values().collect();
+        open.sort_by_key(|(c, _, _)| c.id);
+        let ts = event::Timestamp::now();
+        open.into_iter()
+            .map(|(conn, bytes_c2s, bytes_s2c)| Event::Close {
+                conn,
+                ts,
+                reason: event::CloseReason::Shutdown,
+                bytes_c2s,
+                bytes_s2c,
+            })
+            .collect()
+    }
 }
 
 /// A shared, boxed writer (stdout or a file) that a console sink renders into.
