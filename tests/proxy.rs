@@ -5278,6 +5278,75 @@ fn a_udp_flow_follows_a_target_netns_made_again_without_a_route_there() {
     a_udp_flow_follows_a_target_netns_made_again("10.77.0.1");
 }
 
+/// A client that sends one datagram per flow (a DNS resolver takes a new source port per
+/// query): after the namespace is made again, each fresh flow is opened in the old one and its
+/// only datagram refused there (ICMP port unreachable). No second datagram ever takes that
+/// error, so the refusal must wake the flow: the line says why, the proxy follows, and a later
+/// fresh flow is answered by the new backend. Before, nothing noticed: every such client was
+/// refused in silence for as long as the proxy ran.
+#[test]
+fn a_one_datagram_udp_flow_follows_a_target_netns_made_again() {
+    let host = lab("pxf1h");
+    let ctr = lab("pxf1c");
+    let dir = TempDir::new("pxf1");
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:5300",
+        ],
+    );
+    // A fresh client socket (a new flow) per query; its answer, if one comes.
+    let fresh = || {
+        let c = inside(&host, || UdpSocket::bind("127.0.0.1:0").unwrap());
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        c.send_to(b"query", "127.0.0.1:5353").unwrap();
+        c
+    };
+    let answer = |c: &UdpSocket| {
+        let mut buf = [0u8; 64];
+        c.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    };
+    let old = inside(&ctr, || UdpSocket::bind("127.0.0.1:5300").unwrap());
+    old.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let c = fresh();
+    let mut buf = [0u8; 64];
+    let (_, from) = old.recv_from(&mut buf).unwrap();
+    old.send_to(b"old", from).unwrap();
+    assert_eq!(
+        answer(&c).as_deref(),
+        Some(&b"old"[..]),
+        "log:\n{}",
+        p.log()
+    );
+    drop(old);
+    remake_named(&ctr);
+    let new = inside(&ctr, || UdpSocket::bind("127.0.0.1:5300").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = new.recv_from(&mut buf) {
+            let _ = new.send_to(b"new", from);
+        }
+    });
+    wait_for(
+        "a fresh flow answered by the new namespace's backend",
+        20,
+        || answer(&fresh()).as_deref() == Some(&b"new"[..]),
+    );
+    let want = format!(
+        "datagrams to backend 127.0.0.1:5300: Connection refused (os error 111); --target-netns {} now names another network namespace",
+        ctr.name
+    );
+    assert!(p.log().contains(&want), "no '{want}' in:\n{}", p.log());
+    p.stop();
+}
+
 /// `n` connections to `addr` in `ns` (a proxy in front of [`echo_backend`]), each through to
 /// the backend (one line echoed) and left open.
 fn open_echoed(ns: &TestNs, addr: &str, n: usize) -> Vec<TcpStream> {

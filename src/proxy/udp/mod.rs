@@ -448,6 +448,22 @@ fn unreachable(errno: i32) -> bool {
     )
 }
 
+/// The pending error of a backend socket (SO_ERROR, which clears it), and tokio's error
+/// readiness cleared with it: left set, every later wait would return at once.
+fn take_socket_error(sock: &UdpSocket) -> Option<i32> {
+    let mut errno = None;
+    // try_io clears the readiness it was given when the closure says WouldBlock.
+    let _ = sock.try_io(Interest::ERROR, || {
+        errno = sock
+            .take_error()
+            .ok()
+            .flatten()
+            .and_then(|e| e.raw_os_error());
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
+    errno
+}
+
 /// What one wake-up of a flow's reply task got from its backend socket.
 enum Got {
     /// Nothing (yet), or an error that leaves the flow open.
@@ -583,13 +599,18 @@ async fn replies(
         // Wait without a buffer: a flow holds none while it waits (a 64 KiB one per flow made
         // thousands of flows cost ~58 KB each); datagrams are read into the thread's buffers
         // and copied out only when they cannot leave at once.
-        // The poke only matters with --target-netns (a Notified per wait costs a lock).
+        // The poke and the error readiness only matter with --target-netns (a Notified per
+        // wait costs a lock). A refusal (ICMP port unreachable) wakes no reader: a flow's
+        // next send would take it, but a client that sends one datagram per flow (a resolver
+        // takes a new source port per query) never sends one, so the error wakes the flow.
         let woken = async {
             if ctx.target.is_none() {
-                return Some(flow.backend.readable().await);
+                return Some(flow.backend.readable().await.map(|()| false));
             }
             tokio::select! {
-                r = flow.backend.readable() => Some(r),
+                r = flow.backend.ready(Interest::READABLE | Interest::ERROR) => {
+                    Some(r.map(|r| r.is_error()))
+                }
                 _ = flow.poke.notified() => None,
             }
         };
@@ -600,8 +621,12 @@ async fn replies(
                 errno => Got::Refused(errno),
             },
             Ok(Some(Err(e))) => Got::Failed(e),
-            Ok(Some(Ok(()))) if batched => reply_batch(&flow, &sock, &to, &ctx, epoch),
-            Ok(Some(Ok(()))) => match SCRATCH.with(|b| {
+            Ok(Some(Ok(true))) => match take_socket_error(&flow.backend) {
+                Some(errno) if unreachable(errno) => Got::Refused(errno),
+                _ => Got::Nothing,
+            },
+            Ok(Some(Ok(false))) if batched => reply_batch(&flow, &sock, &to, &ctx, epoch),
+            Ok(Some(Ok(false))) => match SCRATCH.with(|b| {
                 let mut b = b.borrow_mut();
                 flow.backend.try_recv(&mut b).map(|n| b[..n].to_vec())
             }) {
