@@ -3290,7 +3290,8 @@ fn streams_left_out_for_want_of_fds_resume_when_fds_are_back() {
     let port = s.local_addr().unwrap().port();
     let log = p.stop();
     assert!(
-        log.contains("Too many open files") && log.contains("that stream is not saved"),
+        log.contains("Too many open files")
+            && log.contains("that connection's streams are not saved"),
         "the shortage is said (base {base} fds; files {:?}):\n{log}",
         std::fs::read_dir(&streams)
             .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
@@ -7327,4 +7328,86 @@ fn a_stop_closes_every_open_flow_in_the_dump() {
     }
     assert_eq!(lines.last().unwrap()["event"], "counters", "{text}");
     drop(open);
+}
+
+/// `--streams`: a connection's two files are made together, at its first data, so another
+/// process sharing the directory cannot take the answer's name in between and split the pair
+/// (the request in `NAME`, the answer in `PARTNERc2`). A direction that carried nothing has no
+/// file left at the close.
+#[test]
+fn a_streams_pair_is_made_together_and_cannot_be_split() {
+    let ns = lab("pxstrpair");
+    let dir = TempDir::new("pxstrpair");
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        // The first connection's answer waits for the test; the second gets none.
+        let (mut s, _) = l.accept().unwrap();
+        let mut req = [0u8; 8];
+        s.read_exact(&mut req).unwrap();
+        gate.recv().unwrap();
+        s.write_all(b"answer\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let streams = dir.join("streams");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--streams",
+            streams.to_str().unwrap(),
+            "127.0.0.1:8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    let request = "c000001-127.0.0.1.46001-127.0.0.1.7000";
+    let answer = "c000001-127.0.0.1.7000-127.0.0.1.46001";
+    let mut c = connect_from_port(&ns, 46001, "127.0.0.1:8080");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"request\n").unwrap();
+    wait_for("the request's file", 10, || streams.join(request).exists());
+    // Another process in the directory takes the answer's name now, if it is free.
+    let taken = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(streams.join(answer));
+    go.send(()).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"answer\n");
+    drop(c);
+    let mut silent = connect_from_port(&ns, 46002, "127.0.0.1:8080");
+    silent.write_all(b"no answer\n").unwrap();
+    silent.shutdown(Shutdown::Write).unwrap();
+    let mut none = Vec::new();
+    silent.read_to_end(&mut none).unwrap();
+    assert!(none.is_empty());
+    wait_for("the silent connection's file", 10, || {
+        std::fs::read(streams.join("c000002-127.0.0.1.46002-127.0.0.1.7000"))
+            .is_ok_and(|b| b == b"no answer\n")
+    });
+    p.stop();
+    let mut files: Vec<String> = std::fs::read_dir(&streams)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        std::fs::read_to_string(streams.join(answer)).unwrap_or_default(),
+        "answer\n",
+        "the pair was split: {files:?}"
+    );
+    assert_eq!(
+        taken.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::AlreadyExists),
+        "the answer's name was free after the request's file was made"
+    );
+    assert_eq!(
+        files,
+        [request, answer, "c000002-127.0.0.1.46002-127.0.0.1.7000"],
+        "the silent direction's file is gone"
+    );
 }

@@ -55,6 +55,13 @@ impl Direction {
             Direction::ServerToClient => '<',
         }
     }
+    /// The direction back.
+    pub(crate) fn other(self) -> Direction {
+        match self {
+            Direction::ClientToServer => Direction::ServerToClient,
+            Direction::ServerToClient => Direction::ClientToServer,
+        }
+    }
 }
 
 /// One proxied connection (TCP) or flow (UDP): both legs' address pairs.

@@ -14,17 +14,22 @@ use std::path::PathBuf;
 use super::event::{Direction, Event};
 use super::{create_new_at, open_private_dir, Sink, Skipped};
 
+/// One direction's file, and whether anything was written to it (an empty one is removed at
+/// the close: files are for directions that carried data, as tcpflow has them).
+struct Stream {
+    w: BufWriter<File>,
+    name: String,
+    wrote: bool,
+}
+
 /// Writes each direction of each connection to its own file.
 pub(crate) struct StreamsSink {
     dir: PathBuf,
     dirfd: OwnedFd,
-    open: HashMap<(u64, Direction), BufWriter<File>>,
-    /// Directions whose file could not be opened (said once); the next connection tries again,
-    /// so a moment of fd shortage costs only the connections of that moment.
-    left_out: HashSet<(u64, Direction)>,
-    /// The name suffix (1: none, n: `cN`) each open connection's first file took: the other
-    /// direction's file takes the same one, so a connection's two files pair up by name.
-    suffix: HashMap<u64, u32>,
+    open: HashMap<(u64, Direction), Stream>,
+    /// Connections whose files could not be made (said once); the next connection tries
+    /// again, so a moment of fd shortage costs only the connections of that moment.
+    left_out: HashSet<u64>,
 }
 
 impl StreamsSink {
@@ -36,41 +41,54 @@ impl StreamsSink {
             dirfd,
             open: HashMap::new(),
             left_out: HashSet::new(),
-            suffix: HashMap::new(),
         })
     }
 }
 
-/// How many names [`StreamsSink::open_new`] tries for one stream (`NAME`, `NAMEc2`, ...).
+/// How many names [`StreamsSink::make_pair`] tries for one connection (`NAME`, `NAMEc2`, ...).
 const NAME_TRIES: u32 = 1000;
 
 impl StreamsSink {
-    /// Make a fresh file for one direction of connection `id`: `name`, or when an earlier run
-    /// left a file of that name or of the other direction's (`partner`; connection numbers
-    /// start at 1 in every run, a client port can come again) both with `c2`, `c3`, ...
-    /// appended, as tcpflow does: the first suffix free for both names, which the other
-    /// direction's file then takes too. Files that exist are never opened (appending mixed
-    /// two connections in one stream; opening made them 0600) and O_EXCL keeps two processes
-    /// sharing the directory off one name.
-    fn open_new(&mut self, id: u64, name: &str, partner: &str) -> std::io::Result<File> {
+    /// Make both files of a connection at once, each fresh (O_EXCL): `name` (this direction)
+    /// and `partner` (the other), or when an earlier run or another process sharing the
+    /// directory has either name (connection numbers start at 1 in every run, a client port
+    /// can come again) both with `c2`, `c3`, ... appended, as tcpflow does. Made together, the
+    /// pair cannot be split by a name taken between one direction's first data and the
+    /// other's. Files that exist are never opened (appending mixed two connections in one
+    /// stream; opening made them 0600).
+    fn make_pair(&self, name: &str, partner: &str) -> std::io::Result<(Stream, Stream)> {
         let with = |base: &str, n: u32| match n {
             1 => base.to_string(),
             n => format!("{base}c{n}"),
         };
-        let chosen = self.suffix.get(&id).copied();
-        for n in chosen.unwrap_or(1)..=NAME_TRIES {
-            if chosen.is_none() && self.taken(&with(partner, n))? {
-                continue;
-            }
-            match create_new_at(self.dirfd.as_fd(), with(name, n).as_ref()) {
-                Ok(f) => {
-                    self.suffix.entry(id).or_insert(n);
-                    return Ok(f);
-                }
-                // Taken since (another process in the directory): the next free one.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+        let taken = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists;
+        for n in 1..=NAME_TRIES {
+            let (first, second) = (with(name, n), with(partner, n));
+            let f = match create_new_at(self.dirfd.as_fd(), first.as_ref()) {
+                Ok(f) => f,
+                Err(e) if taken(&e) => continue,
                 Err(e) => return Err(e),
+            };
+            let g = create_new_at(self.dirfd.as_fd(), second.as_ref());
+            if g.is_err() {
+                // Ours, just made and empty: give the name back.
+                let _ = nix::unistd::unlinkat(
+                    self.dirfd.as_fd(),
+                    first.as_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
             }
+            let g = match g {
+                Ok(g) => g,
+                Err(e) if taken(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let stream = |f, name| Stream {
+                w: BufWriter::with_capacity(64 * 1024, f),
+                name,
+                wrote: false,
+            };
+            return Ok((stream(f, first), stream(g, second)));
         }
         Err(std::io::Error::other(format!(
             "{name} and {} more files of that name exist already (from earlier runs): empty the directory",
@@ -78,29 +96,21 @@ impl StreamsSink {
         )))
     }
 
-    /// Whether the directory has an entry `name` (of any kind, a symlink not followed).
-    fn taken(&self, name: &str) -> std::io::Result<bool> {
-        use std::os::fd::AsRawFd;
-        let c = std::ffi::CString::new(name).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in the name")
-        })?;
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: a valid NUL-terminated name and a stat buffer the call fills.
-        let r = unsafe {
-            libc::fstatat(
-                self.dirfd.as_raw_fd(),
-                c.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r == 0 {
-            return Ok(true);
+    /// Flush a direction's file at the close, or remove it if nothing was written to it.
+    fn end(&self, s: Stream) -> std::io::Result<()> {
+        let Stream { mut w, name, wrote } = s;
+        if wrote {
+            return w.flush();
         }
-        match std::io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            e => Err(e),
-        }
+        drop(w);
+        // Best effort: an empty file left behind (someone removed or moved it) harms nobody,
+        // and an error here would stop the whole sink.
+        let _ = nix::unistd::unlinkat(
+            self.dirfd.as_fd(),
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        Ok(())
     }
 }
 
@@ -119,7 +129,7 @@ impl Sink for StreamsSink {
                 conn, dir, bytes, ..
             } => {
                 let key = (conn.id, *dir);
-                if self.left_out.contains(&key) {
+                if self.left_out.contains(&conn.id) {
                     return Ok(());
                 }
                 if !self.open.contains_key(&key) {
@@ -129,31 +139,34 @@ impl Sink for StreamsSink {
                     };
                     let name = format!("c{:06}-{}-{}", conn.id, dotted(src), dotted(dst));
                     let partner = format!("c{:06}-{}-{}", conn.id, dotted(dst), dotted(src));
-                    match self.open_new(conn.id, &name, &partner) {
-                        Ok(f) => {
-                            self.open
-                                .insert(key, BufWriter::with_capacity(64 * 1024, f));
+                    match self.make_pair(&name, &partner) {
+                        Ok((this, other)) => {
+                            self.open.insert(key, this);
+                            self.open.insert((conn.id, dir.other()), other);
                         }
                         Err(e) => {
-                            self.left_out.insert(key);
+                            self.left_out.insert(conn.id);
                             return Err(std::io::Error::other(Skipped(format!(
-                                "cannot open {name}: {e}; that stream is not saved, the others are"
+                                "cannot open {name}: {e}; that connection's streams are not saved, the others are"
                             ))));
                         }
                     }
                 }
-                if let Some(w) = self.open.get_mut(&key) {
-                    w.write_all(bytes)?;
+                if let Some(s) = self.open.get_mut(&key) {
+                    s.wrote |= !bytes.is_empty();
+                    s.w.write_all(bytes)?;
                 }
             }
             Event::Close { conn, .. } => {
-                self.suffix.remove(&conn.id);
+                self.left_out.remove(&conn.id);
+                let mut first = Ok(());
                 for d in [Direction::ClientToServer, Direction::ServerToClient] {
-                    self.left_out.remove(&(conn.id, d));
-                    if let Some(mut w) = self.open.remove(&(conn.id, d)) {
-                        w.flush()?;
+                    if let Some(s) = self.open.remove(&(conn.id, d)) {
+                        let r = self.end(s);
+                        first = first.and(r);
                     }
                 }
+                first?;
             }
             _ => {}
         }
@@ -161,8 +174,8 @@ impl Sink for StreamsSink {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        for w in self.open.values_mut() {
-            w.flush()?;
+        for s in self.open.values_mut() {
+            s.w.flush()?;
         }
         Ok(())
     }
