@@ -7411,3 +7411,107 @@ fn a_streams_pair_is_made_together_and_cannot_be_split() {
         "the silent direction's file is gone"
     );
 }
+
+/// `nettool proxy ARGS` inside `ns` on `relay`, reading `hosts` as its /etc/hosts: a bind
+/// mount in a mount namespace of its own (`unshare --mount`), so the machine's file is
+/// neither read nor changed and the test does not depend on what it holds.
+fn start_with_hosts(relay: Relay, ns: &TestNs, dir: &TempDir, hosts: &str, args: &[&str]) -> Proxy {
+    let file = dir.join("hosts");
+    std::fs::write(&file, hosts).unwrap();
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /etc/hosts && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&file)
+        .args(["ip", "netns", "exec", &ns.name, BIN]);
+    let fast = match relay {
+        Relay::FastPath => "1",
+        Relay::Tokio => "0",
+    };
+    start_cmd(c, dir, args, &[("NETTOOL_PROXY_FASTPATH", fast)])
+}
+
+/// `localhost` as Debian's /etc/hosts has it (127.0.0.1 and ::1): the listen name listens on
+/// both addresses, and the target name is dialled in the resolver's order ([::1] first, by
+/// RFC 6724's precedence) until one connects: the backend is on 127.0.0.1 only, so every
+/// connection is refused on [::1] and then made on 127.0.0.1. socat's `TCP:` prefix too.
+fn a_name_listens_on_each_address_and_is_dialled_in_order(relay: Relay) {
+    let ns = lab("pxname");
+    let dir = TempDir::new("pxname");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    let p = start_with_hosts(
+        relay,
+        &ns,
+        &dir,
+        "127.0.0.1 localhost\n::1 localhost\n",
+        &["localhost:8080", "TCP:localhost:7000"],
+    );
+    let log = p.log();
+    for l in ["[::1]:8080", "127.0.0.1:8080"] {
+        let line = format!("listening on tcp {l} -> [::1]:7000 or 127.0.0.1:7000");
+        assert!(log.contains(&line), "{line}:\n{log}");
+    }
+    for addr in ["127.0.0.1:8080", "[::1]:8080"] {
+        let a: SocketAddr = addr.parse().unwrap();
+        let got = inside(&ns, move || echo_once(a, b"ping"));
+        assert_eq!(got.unwrap_or_default(), b"ping", "{addr}: {}", p.log());
+    }
+    let log = p.stop();
+    assert!(log.contains("connections=2 active=0"), "{log}");
+    assert!(log.contains("dial_errors=0"), "{log}");
+}
+
+on_both_relays!(
+    a_name_listens_on_each_address_and_is_dialled_in_order_fast_path,
+    a_name_listens_on_each_address_and_is_dialled_in_order_tokio_path =>
+        a_name_listens_on_each_address_and_is_dialled_in_order()
+);
+
+/// `localhost` from the machine's own /etc/hosts (whichever of 127.0.0.1 and ::1 it lists,
+/// the backends listen on both) as a TCP and a UDP target; a name nothing resolves, on the
+/// target or the listen side, is a usage error (exit 2) that names it.
+#[test]
+fn a_hosts_file_name_is_a_target_and_an_unknown_name_is_a_usage_error() {
+    let ns = lab("pxhosts");
+    let dir = TempDir::new("pxhosts");
+    for a in ["127.0.0.1:7000", "[::1]:7000"] {
+        echo_backend(listen_in(&ns, a));
+        let a: SocketAddr = a.parse().unwrap();
+        udp_peer_backend(inside(&ns, move || UdpSocket::bind(a).unwrap()));
+    }
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-p",
+            "127.0.0.1:8080=localhost:7000",
+            "-p",
+            "udp:127.0.0.1:8080=localhost:7000",
+        ],
+    );
+    let log = p.log();
+    assert!(
+        !log.contains("localhost"),
+        "the listening lines show addresses:\n{log}"
+    );
+    let got = inside(&ns, || {
+        echo_once("127.0.0.1:8080".parse().unwrap(), b"ping")
+    });
+    assert_eq!(got.unwrap_or_default(), b"ping", "{}", p.log());
+    let answer = inside(&ns, || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(b"x", "127.0.0.1:8080").unwrap();
+        let mut b = [0u8; 100];
+        s.recv(&mut b).map(|n| n > 0)
+    });
+    assert!(answer.unwrap_or(false), "no UDP answer: {}", p.log());
+    p.stop();
+    for args in [
+        &["proxy", "8080", "nosuch.invalid:80"][..],
+        &["proxy", "-p", "nosuch.invalid:8080=127.0.0.1:80"],
+    ] {
+        let t = exits_saying(&ns, args, 2, "cannot resolve 'nosuch.invalid'");
+        assert!(!t.contains("panicked"), "{t}");
+    }
+}

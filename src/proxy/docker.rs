@@ -208,11 +208,14 @@ impl DockerArgs {
         Mapping {
             proto: self.proto,
             listen_ip: Some(self.host_ip),
+            listen_scope: 0,
             listen: PortRange {
                 first: self.host_port,
                 last: self.host_port,
             },
             target_ip: self.container_ip,
+            target_scope: 0,
+            target_more: Vec::new(),
             target: PortRange {
                 first: self.container_port,
                 last: self.container_port,

@@ -234,6 +234,9 @@ pub(crate) struct ListenerInfo {
     pub listen: SocketAddr,
     /// Backend.
     pub target: SocketAddr,
+    /// A target name's other addresses, dialled in this order when `target` fails.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<SocketAddr>,
 }
 
 pub(crate) struct Ctx {
@@ -406,8 +409,8 @@ fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
     let mut out = Vec::with_capacity(maps.len());
     for m in maps {
         let r = match m.proto {
-            Proto::Tcp => sock::bind_tcp(m.listen).map(|l| Bound::Tcp(l, *m)),
-            Proto::Udp => sock::bind_udp(m.listen).map(|s| Bound::Udp(s, *m)),
+            Proto::Tcp => sock::bind_tcp(m.listen).map(|l| Bound::Tcp(l, m.clone())),
+            Proto::Udp => sock::bind_udp(m.listen).map(|s| Bound::Udp(s, m.clone())),
         };
         match r {
             Ok(b) => out.push(b),
@@ -470,7 +473,7 @@ impl Proxy {
         }
         let bound = if let Some(fd) = cfg.listen_fd {
             // docker-proxy -use-listen-fd: the daemon bound the socket; only the first mapping applies.
-            let m = maps[0];
+            let m = maps[0].clone();
             sock::check_passed_socket(&fd, m.proto).map_err(ProxyError::ListenFd)?;
             match m.proto {
                 Proto::Tcp => {
@@ -512,6 +515,7 @@ impl Proxy {
                     proto: m.proto,
                     listen: m.listen,
                     target: m.target,
+                    more: m.more.to_vec(),
                 }
             })
             .collect();

@@ -1,6 +1,9 @@
-//! Mapping specs: `[tcp:|udp:][IP:]PORT[-PORT]=IP[:PORT[-PORT]]`, IPv6 in brackets.
+//! Mapping specs: `[tcp:|udp:][HOST:]PORT[-PORT]=HOST[:PORT[-PORT]]`, where HOST is an IPv4
+//! address, an IPv6 one in brackets (with `%zone` for a link-local one) or a name. Parsed into a
+//! [`MapSpec`] (as written), then [`MapSpec::resolve`]d into [`Mapping`]s once at start.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -8,13 +11,19 @@ use super::Proto;
 
 /// A mapping the user wrote that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("bad mapping '{spec}': {why} (expected [tcp:|udp:][IP:]PORT[-PORT]=IP:PORT[-PORT], IPv6 in brackets like [::1]:8080)")]
+#[error("bad mapping '{spec}': {why}{}", if *.written { FORMS } else { "" })]
 pub(crate) struct SpecError {
     /// What was written.
     pub spec: String,
     /// What is wrong with it.
     pub why: String,
+    /// The way it is written is wrong (the message then shows the forms); false when a name or
+    /// an interface it names cannot be found.
+    pub written: bool,
 }
+
+/// The forms a mapping takes, for a mapping written wrong.
+const FORMS: &str = " (expected [tcp:|udp:][HOST:]PORT[-PORT]=HOST:PORT[-PORT], HOST an IP, IPv6 in brackets like [::1]:8080 or [fe80::1%eth0]:8080, or a name)";
 
 /// An inclusive port range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,16 +58,29 @@ pub(crate) struct Mapping {
     pub proto: Proto,
     /// The listen address; None = every address, IPv4 and IPv6.
     pub listen_ip: Option<IpAddr>,
+    /// The interface index of a link-local listen address (0: none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub listen_scope: u32,
     /// Listen ports.
     pub listen: PortRange,
     /// Backend address.
     pub target_ip: IpAddr,
+    /// The interface index of a link-local backend address, in the target namespace (0: none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub target_scope: u32,
+    /// More addresses of a target name, dialled in this order when `target_ip` fails.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub target_more: Vec<IpAddr>,
     /// Backend ports (same length as `listen`, or one port for all).
     pub target: PortRange,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// One listening socket's worth of a mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct PortMap {
     /// TCP or UDP.
     pub proto: Proto,
@@ -69,12 +91,43 @@ pub(crate) struct PortMap {
     pub optional: bool,
     /// Where to forward.
     pub target: SocketAddr,
+    /// Where to forward when `target` cannot be reached, tried in order (a target name's
+    /// other addresses; empty for an address).
+    #[serde(serialize_with = "addr_list")]
+    pub more: Arc<[SocketAddr]>,
+}
+
+fn addr_list<S: serde::Serializer>(v: &Arc<[SocketAddr]>, s: S) -> Result<S::Ok, S::Error> {
+    Serialize::serialize(&**v, s)
+}
+
+impl PortMap {
+    /// The backend addresses in the order they are dialled.
+    pub(crate) fn targets(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.target).chain(self.more.iter().copied())
+    }
+
+    /// The backend for a log line: its address, or a name's addresses in dialling order
+    /// (`[::1]:80 or 127.0.0.1:80`).
+    pub(crate) fn target_text(&self) -> String {
+        let all: Vec<String> = self.targets().map(|t| t.to_string()).collect();
+        all.join(" or ")
+    }
 }
 
 fn bad(spec: &str, why: impl Into<String>) -> SpecError {
     SpecError {
         spec: spec.into(),
         why: why.into(),
+        written: true,
+    }
+}
+
+/// A name or interface of `spec` that cannot be looked up.
+fn not_found(spec: &str, why: impl Into<String>) -> SpecError {
+    SpecError {
+        written: false,
+        ..bad(spec, why)
     }
 }
 
@@ -102,63 +155,240 @@ fn ports(spec: &str, s: &str) -> Result<PortRange, SpecError> {
     Ok(PortRange { first, last })
 }
 
-/// Split `[IP:]PORTS` / `[v6]:PORTS` / `IP` into (ip, ports).
-fn host_ports<'a>(spec: &str, s: &'a str) -> Result<(Option<IpAddr>, Option<&'a str>), SpecError> {
+/// A host as written: an address, a link-local IPv6 address with its zone, or a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Host {
+    /// An address.
+    Ip(IpAddr),
+    /// A link-local IPv6 address and its zone as written after `%`: an interface name or index.
+    Zoned(Ipv6Addr, String),
+    /// A name, looked up once at start (`localhost`, `db.internal`).
+    Name(String),
+}
+
+/// Whether `s` reads as a host name (letters, digits, `-`, `_`, dots; at least one letter, so
+/// that `8080`, `8000-8010` and `127.1` stay ports and addresses).
+fn is_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// fe80::/10: an address that means something only on one link, so a socket needs its interface.
+fn is_link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(a) if a.is_unicast_link_local())
+}
+
+/// Split `[HOST:]PORTS` / `[v6]:PORTS` / `[v6%zone]:PORTS` / `HOST` into (host, ports).
+fn host_ports<'a>(spec: &str, s: &'a str) -> Result<(Option<Host>, Option<&'a str>), SpecError> {
     if let Some(rest) = s.strip_prefix('[') {
-        let (ip, after) = rest
+        let (inner, after) = rest
             .split_once(']')
             .ok_or_else(|| bad(spec, "missing ']' after an IPv6 address"))?;
+        let (ip, zone) = match inner.split_once('%') {
+            Some((ip, zone)) => (ip, Some(zone)),
+            None => (inner, None),
+        };
         let ip: Ipv6Addr = ip
             .parse()
             .map_err(|_| bad(spec, format!("'{ip}' is not an IPv6 address")))?;
+        let host = match zone {
+            None if ip.is_unicast_link_local() => {
+                return Err(bad(
+                    spec,
+                    format!("{ip} is link-local: add the interface it is on, like [{ip}%eth0] (a name or an index, in the namespace that socket is made in)"),
+                ))
+            }
+            None => Host::Ip(IpAddr::V6(ip)),
+            Some("") => {
+                return Err(bad(
+                    spec,
+                    format!("'{inner}' has nothing after '%': give the interface, like [{ip}%eth0]"),
+                ))
+            }
+            Some(z) if !ip.is_unicast_link_local() => {
+                return Err(bad(
+                    spec,
+                    format!("'{inner}': an interface (%{z}) goes only with a link-local address (fe80::/10); drop it"),
+                ))
+            }
+            Some(z) => Host::Zoned(ip, z.to_string()),
+        };
         let ports = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
             None => return Err(bad(spec, format!("unexpected '{after}' after ']'"))),
         };
-        return Ok((Some(IpAddr::V6(ip)), ports));
+        return Ok((Some(host), ports));
+    }
+    if s.contains('%') {
+        return Err(bad(
+            spec,
+            "put a scoped IPv6 address in brackets: [fe80::1%eth0]:8080",
+        ));
     }
     if s.parse::<Ipv6Addr>().is_ok() {
         return Err(bad(spec, "put IPv6 addresses in brackets: [::1]:8080"));
     }
     if let Ok(ip) = s.parse::<Ipv4Addr>() {
-        return Ok((Some(IpAddr::V4(ip)), None));
+        return Ok((Some(Host::Ip(IpAddr::V4(ip))), None));
     }
     match s.rsplit_once(':') {
-        Some((ip, p)) => {
-            let ip: Ipv4Addr = ip
-                .parse()
-                .map_err(|_| bad(spec, format!("'{ip}' is not an IPv4 address")))?;
-            Ok((Some(IpAddr::V4(ip)), Some(p)))
-        }
+        Some((h, p)) => match h.parse::<Ipv4Addr>() {
+            Ok(ip) => Ok((Some(Host::Ip(IpAddr::V4(ip))), Some(p))),
+            Err(_) if is_name(h) => Ok((Some(Host::Name(h.to_string())), Some(p))),
+            Err(_) => Err(bad(
+                spec,
+                format!("'{h}' is not an IPv4 address or a host name (IPv6 goes in brackets: [::1]:8080)"),
+            )),
+        },
+        None if is_name(s) => Ok((Some(Host::Name(s.to_string())), None)),
         None => Ok((None, Some(s))),
     }
 }
 
-/// Parse a listen side `[IP:]PORT[-PORT]`.
-pub(crate) fn parse_listen(spec: &str, s: &str) -> Result<(Option<IpAddr>, PortRange), SpecError> {
-    let (ip, p) = host_ports(spec, s.trim())?;
+/// Parse a listen side `[HOST:]PORT[-PORT]`.
+pub(crate) fn parse_listen(spec: &str, s: &str) -> Result<(Option<Host>, PortRange), SpecError> {
+    let (host, p) = host_ports(spec, s.trim())?;
     let p = p.ok_or_else(|| bad(spec, "the listen side needs a port"))?;
-    Ok((ip, ports(spec, p)?))
+    Ok((host, ports(spec, p)?))
 }
 
-/// Parse a target side `IP:PORT[-PORT]` (or just `IP`: the same ports as the listen side).
-pub(crate) fn parse_target(spec: &str, s: &str) -> Result<(IpAddr, Option<PortRange>), SpecError> {
-    let (ip, p) = host_ports(spec, s.trim())?;
-    let ip = ip.ok_or_else(|| bad(spec, "the target needs an address: IP:PORT"))?;
+/// Parse a target side `HOST:PORT[-PORT]` (or just `HOST`: the same ports as the listen side).
+pub(crate) fn parse_target(spec: &str, s: &str) -> Result<(Host, Option<PortRange>), SpecError> {
+    let (host, p) = host_ports(spec, s.trim())?;
+    let host = host.ok_or_else(|| bad(spec, "the target needs an address: HOST:PORT"))?;
     let p = p.map(|p| ports(spec, p)).transpose()?;
-    Ok((ip, p))
+    Ok((host, p))
 }
 
-/// Parse `proto` + listen + target into a checked [`Mapping`].
+/// One mapping as written, before its names and zones are looked up ([`MapSpec::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MapSpec {
+    /// The text it came from, for errors.
+    pub text: String,
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// The listen host; None = every address, IPv4 and IPv6.
+    pub listen_host: Option<Host>,
+    /// Listen ports.
+    pub listen: PortRange,
+    /// The backend host.
+    pub target_host: Host,
+    /// Backend ports (same length as `listen`, or one port for all).
+    pub target: PortRange,
+}
+
+/// What [`MapSpec::resolve`] asks of the system: names of the resolver, zones of the
+/// namespace each socket is made in.
+pub(crate) trait Lookup {
+    /// The addresses `name` stands for, in the resolver's order.
+    fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, String>;
+    /// The index of the interface `zone` (a name or a number) in the namespace where the
+    /// listening socket (`listen`) or the backend sockets are made.
+    fn zone(&self, listen: bool, zone: &str) -> Result<u32, String>;
+    /// Whether `ip` is configured in the listen namespace.
+    fn listen_local(&self, ip: IpAddr) -> bool;
+}
+
+impl MapSpec {
+    /// The mappings this stands for: a listen name gives one per address it has in the listen
+    /// namespace (all of them when it has none there: binding says why), a target name its
+    /// first address with the others as fallbacks in the resolver's order; zones become
+    /// interface indexes.
+    pub(crate) fn resolve(&self, look: &dyn Lookup) -> Result<Vec<Mapping>, SpecError> {
+        let spec = &self.text;
+        let name = |n: &str| -> Result<Vec<IpAddr>, SpecError> {
+            let ips = look.addresses(n).map_err(|e| {
+                not_found(
+                    spec,
+                    format!("cannot resolve '{n}': {e} (names are looked up once at start by the system resolver: /etc/hosts, then DNS)"),
+                )
+            })?;
+            if let Some(ll) = ips.iter().find(|ip| is_link_local(**ip)) {
+                return Err(not_found(
+                    spec,
+                    format!("'{n}' resolves to {ll}, which is link-local: write it with its interface instead, like [{ll}%eth0]"),
+                ));
+            }
+            if ips.is_empty() {
+                return Err(not_found(spec, format!("'{n}' resolves to no address")));
+            }
+            Ok(ips)
+        };
+        let zone = |listen: bool, z: &str| look.zone(listen, z).map_err(|e| not_found(spec, e));
+        let (target_ip, target_scope, target_more) = match &self.target_host {
+            Host::Ip(ip) => (*ip, 0, Vec::new()),
+            Host::Zoned(ip, z) => (IpAddr::V6(*ip), zone(false, z)?, Vec::new()),
+            Host::Name(n) => {
+                let mut ips = name(n)?;
+                ips.retain(|ip| !ip.is_unspecified());
+                if ips.is_empty() {
+                    return Err(not_found(
+                        spec,
+                        format!("'{n}' resolves to 0.0.0.0 or ::, which cannot be a target"),
+                    ));
+                }
+                let first = ips.remove(0);
+                (first, 0, ips)
+            }
+        };
+        let listens: Vec<(Option<IpAddr>, u32)> = match &self.listen_host {
+            None => vec![(None, 0)],
+            Some(Host::Ip(ip)) => vec![(Some(*ip), 0)],
+            Some(Host::Zoned(ip, z)) => vec![(Some(IpAddr::V6(*ip)), zone(true, z)?)],
+            Some(Host::Name(n)) => {
+                let all = name(n)?;
+                let here: Vec<IpAddr> = all
+                    .iter()
+                    .copied()
+                    .filter(|ip| look.listen_local(*ip))
+                    .collect();
+                let ips = if here.is_empty() { all } else { here };
+                ips.into_iter().map(|ip| (Some(ip), 0)).collect()
+            }
+        };
+        Ok(listens
+            .into_iter()
+            .map(|(listen_ip, listen_scope)| Mapping {
+                proto: self.proto,
+                listen_ip,
+                listen_scope,
+                listen: self.listen,
+                target_ip,
+                target_scope,
+                target_more: target_more.clone(),
+                target: self.target,
+            })
+            .collect())
+    }
+}
+
+/// Parse `proto` + listen + target into a checked [`MapSpec`]. The target may carry a
+/// `tcp:`/`udp:` prefix of its own (socat's `TCP:host:port`) when it agrees with `proto`.
 pub(crate) fn mapping(
     spec: &str,
     proto: Proto,
     listen: &str,
     target: &str,
-) -> Result<Mapping, SpecError> {
-    let (listen_ip, lp) = parse_listen(spec, listen)?;
-    let (target_ip, tp) = parse_target(spec, target)?;
+) -> Result<MapSpec, SpecError> {
+    let (listen_host, lp) = parse_listen(spec, listen)?;
+    let (tproto, target) = split_proto(spec, target.trim())?;
+    if let Some(t) = tproto.filter(|t| *t != proto) {
+        return Err(bad(
+            spec,
+            format!("the target says {t} but the mapping is {proto}"),
+        ));
+    }
+    let (target_host, tp) = parse_target(spec, target)?;
     let tp = tp.unwrap_or(lp);
     if tp.len() != 1 && tp.len() != lp.len() {
         return Err(bad(
@@ -170,29 +400,31 @@ pub(crate) fn mapping(
             ),
         ));
     }
-    if target_ip.is_unspecified() {
+    if matches!(target_host, Host::Ip(ip) if ip.is_unspecified()) {
         return Err(bad(spec, "the target address cannot be 0.0.0.0 or ::"));
     }
-    Ok(Mapping {
+    Ok(MapSpec {
+        text: spec.to_string(),
         proto,
-        listen_ip,
+        listen_host,
         listen: lp,
-        target_ip,
+        target_host,
         target: tp,
     })
 }
 
-/// Split an optional `tcp:` / `udp:` prefix off `s` (a part of `spec`); `sctp:` is refused
-/// with a message naming SCTP.
+/// Split an optional `tcp:` / `udp:` prefix (any case: socat writes `TCP:`) off `s` (a part
+/// of `spec`); `sctp:` is refused with a message naming SCTP.
 pub(crate) fn split_proto<'a>(
     spec: &str,
     s: &'a str,
 ) -> Result<(Option<Proto>, &'a str), SpecError> {
-    if let Some(r) = s.strip_prefix("tcp:") {
-        Ok((Some(Proto::Tcp), r))
-    } else if let Some(r) = s.strip_prefix("udp:") {
-        Ok((Some(Proto::Udp), r))
-    } else if s.starts_with("sctp:") {
+    let has = |p: &str| s.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+    if has("tcp:") {
+        Ok((Some(Proto::Tcp), &s[4..]))
+    } else if has("udp:") {
+        Ok((Some(Proto::Udp), &s[4..]))
+    } else if has("sctp:") {
         Err(bad(
             spec,
             "SCTP is not supported by nettool proxy (TCP and UDP are); use docker-proxy for SCTP ports",
@@ -203,13 +435,21 @@ pub(crate) fn split_proto<'a>(
 }
 
 /// Parse a `-p` spec: `[tcp:|udp:]LISTEN=TARGET`.
-pub(crate) fn parse_map(spec: &str) -> Result<Mapping, SpecError> {
+pub(crate) fn parse_map(spec: &str) -> Result<MapSpec, SpecError> {
     let (proto, rest) = split_proto(spec, spec)?;
     let proto = proto.unwrap_or(Proto::Tcp);
     let (l, t) = rest
         .split_once('=')
         .ok_or_else(|| bad(spec, "missing '=' between the listen side and the target"))?;
     mapping(spec, proto, l, t)
+}
+
+/// `ip` (with interface index `scope` when it is IPv6 and that is not 0) and `port`.
+fn scoped(ip: IpAddr, scope: u32, port: u16) -> SocketAddr {
+    match ip {
+        IpAddr::V6(a) if scope != 0 => SocketAddr::V6(SocketAddrV6::new(a, port, 0, scope)),
+        ip => SocketAddr::new(ip, port),
+    }
 }
 
 impl Mapping {
@@ -224,13 +464,19 @@ impl Mapping {
             } else {
                 self.target.first + i as u16
             };
-            let target = SocketAddr::new(self.target_ip, tport);
+            let target = scoped(self.target_ip, self.target_scope, tport);
+            let more: Arc<[SocketAddr]> = self
+                .target_more
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, tport))
+                .collect();
             match self.listen_ip {
                 Some(ip) => out.push(PortMap {
                     proto: self.proto,
-                    listen: SocketAddr::new(ip, lport),
+                    listen: scoped(ip, self.listen_scope, lport),
                     optional: false,
                     target,
+                    more,
                 }),
                 None => {
                     out.push(PortMap {
@@ -238,12 +484,14 @@ impl Mapping {
                         listen: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), lport),
                         optional: false,
                         target,
+                        more: more.clone(),
                     });
                     out.push(PortMap {
                         proto: self.proto,
                         listen: SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), lport),
                         optional: true,
                         target,
+                        more,
                     });
                 }
             }
@@ -296,15 +544,27 @@ pub(crate) fn first_overlap(maps: &[Mapping]) -> Option<(&Mapping, &Mapping, Pro
 
 impl std::fmt::Display for Mapping {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ip = |ip: IpAddr| match ip {
+        let ip = |ip: IpAddr, scope: u32| match ip {
+            IpAddr::V6(a) if scope != 0 => format!("[{a}%{scope}]"),
             IpAddr::V6(a) => format!("[{a}]"),
             IpAddr::V4(a) => a.to_string(),
         };
         match self.listen_ip {
-            Some(l) => write!(f, "{}:{}:{}", self.proto, ip(l), self.listen)?,
+            Some(l) => write!(
+                f,
+                "{}:{}:{}",
+                self.proto,
+                ip(l, self.listen_scope),
+                self.listen
+            )?,
             None => write!(f, "{}:{}", self.proto, self.listen)?,
         }
-        write!(f, "={}:{}", ip(self.target_ip), self.target)
+        write!(
+            f,
+            "={}:{}",
+            ip(self.target_ip, self.target_scope),
+            self.target
+        )
     }
 }
 
@@ -312,32 +572,137 @@ impl std::fmt::Display for Mapping {
 mod tests {
     use super::*;
 
+    /// A resolver that knows a few names and interfaces: `eth0` is 7 where the listener is
+    /// made and 9 where the backend sockets are, indexes are taken as written.
+    struct Fake;
+    impl Lookup for Fake {
+        fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, String> {
+            let ips: &[&str] = match name {
+                "localhost" => &["::1", "127.0.0.1"],
+                "db" => &["10.0.0.2", "10.0.0.3"],
+                "away" => &["192.0.2.1", "127.0.0.1"],
+                "ll" => &["fe80::5"],
+                _ => return Err("Name or service not known".into()),
+            };
+            Ok(ips.iter().map(|s| s.parse().unwrap()).collect())
+        }
+        fn zone(&self, listen: bool, zone: &str) -> Result<u32, String> {
+            match (zone, listen) {
+                ("eth0", true) => Ok(7),
+                ("eth0", false) => Ok(9),
+                (z, _) => z.parse().map_err(|_| format!("no interface {z}")),
+            }
+        }
+        fn listen_local(&self, ip: IpAddr) -> bool {
+            ip.is_loopback()
+        }
+    }
+
+    /// The one mapping `spec` stands for.
+    fn parse_one(spec: &str) -> Mapping {
+        let mut m = parse_map(spec).unwrap().resolve(&Fake).unwrap();
+        assert_eq!(m.len(), 1, "{spec}");
+        m.remove(0)
+    }
+
     #[test]
     fn forms() {
-        let m = parse_map("8080=172.19.0.2:80").unwrap();
+        let m = parse_one("8080=172.19.0.2:80");
         assert_eq!(
             (m.proto, m.listen_ip, m.listen.first),
             (Proto::Tcp, None, 8080)
         );
         assert_eq!(m.expand().len(), 2);
-        let m = parse_map("udp:[::1]:5300-5301=[fd00::2]:53").unwrap();
+        let m = parse_one("udp:[::1]:5300-5301=[fd00::2]:53");
         assert_eq!(m.proto, Proto::Udp);
         let e = m.expand();
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].listen, "[::1]:5301".parse().unwrap());
         assert_eq!(e[1].target, "[fd00::2]:53".parse().unwrap());
-        let m = parse_map("127.0.0.1:9000-9002=10.0.0.1:7000-7002").unwrap();
+        let m = parse_one("127.0.0.1:9000-9002=10.0.0.1:7000-7002");
         assert_eq!(m.expand()[2].target, "10.0.0.1:7002".parse().unwrap());
-        let m = parse_map("9000=10.0.0.1").unwrap();
+        let m = parse_one("9000=10.0.0.1");
         assert_eq!(m.target.first, 9000);
         assert_eq!(m.to_string(), "tcp:9000=10.0.0.1:9000");
     }
 
     #[test]
+    fn names_are_resolved_listen_on_each_local_address_target_in_order() {
+        let m = parse_map("localhost:8080=db:5432")
+            .unwrap()
+            .resolve(&Fake)
+            .unwrap();
+        let listens: Vec<_> = m
+            .iter()
+            .flat_map(|m| m.expand())
+            .map(|p| p.listen)
+            .collect();
+        assert_eq!(
+            listens,
+            [
+                "[::1]:8080".parse().unwrap(),
+                "127.0.0.1:8080".parse().unwrap()
+            ]
+        );
+        let p = &m[0].expand()[0];
+        assert_eq!(p.target, "10.0.0.2:5432".parse().unwrap());
+        assert_eq!(
+            p.targets().collect::<Vec<_>>()[1],
+            "10.0.0.3:5432".parse().unwrap()
+        );
+        // Only the addresses the listen namespace has; a name alone is a target with the
+        // listen side's ports; socat's `TCP:` prefix in any case.
+        let m = parse_one("away:80=db");
+        assert_eq!(m.listen_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(m.target.first, 80);
+        let m = parse_one("udp:5353=UDP:db:53");
+        assert_eq!(
+            (m.proto, m.target_ip),
+            (Proto::Udp, "10.0.0.2".parse().unwrap())
+        );
+        // A name with none of its addresses here keeps them all: the bind says why.
+        let m = parse_map("db:80=10.0.0.1:80")
+            .unwrap()
+            .resolve(&Fake)
+            .unwrap();
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn zones_name_interfaces_where_each_socket_is_made() {
+        let m = parse_one("[fe80::1%eth0]:8080=[fe80::2%eth0]:80");
+        let p = &m.expand()[0];
+        assert_eq!(p.listen, "[fe80::1%7]:8080".parse().unwrap());
+        assert_eq!(p.target, "[fe80::2%9]:80".parse().unwrap());
+        assert_eq!(m.to_string(), "tcp:[fe80::1%7]:8080=[fe80::2%9]:80");
+        let m = parse_one("8080=[fe80::2%3]:80");
+        assert_eq!(m.expand()[0].target, "[fe80::2%3]:80".parse().unwrap());
+    }
+
+    #[test]
+    fn names_and_zones_that_cannot_be_looked_up_are_explained() {
+        for (spec, want) in [
+            (
+                "80=nosuch.invalid:80",
+                "cannot resolve 'nosuch.invalid': Name or service not known",
+            ),
+            ("nosuch:80=1.2.3.4:80", "cannot resolve 'nosuch'"),
+            ("80=ll:80", "'ll' resolves to fe80::5, which is link-local"),
+            ("80=[fe80::1%eth9]:80", "no interface eth9"),
+        ] {
+            let e = parse_map(spec)
+                .unwrap()
+                .resolve(&Fake)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{spec}: {e}");
+        }
+    }
+
+    #[test]
     fn overlapping_listeners_are_found() {
-        let maps = |specs: &[&str]| -> Vec<Mapping> {
-            specs.iter().map(|s| parse_map(s).unwrap()).collect()
-        };
+        let maps =
+            |specs: &[&str]| -> Vec<Mapping> { specs.iter().map(|s| parse_one(s)).collect() };
         let none: &[&[&str]] = &[
             &["8080=10.0.0.1:80", "udp:8080=10.0.0.1:80"],
             &["127.0.0.1:53=10.0.0.1:53", "127.0.0.2:53=10.0.0.1:53"],
@@ -388,7 +753,19 @@ mod tests {
             ("80-82=1.2.3.4:80-81", "same length"),
             ("sctp:80=1.2.3.4:80", "SCTP"),
             ("80=0.0.0.0:80", "cannot be 0.0.0.0"),
-            ("80=host:80", "not an IPv4"),
+            ("80=a..b:80", "'a..b' is not an IPv4 address or a host name"),
+            (
+                "[fe80::1]:80=1.2.3.4:80",
+                "fe80::1 is link-local: add the interface",
+            ),
+            ("80=[fe80::1%]:80", "nothing after '%'"),
+            ("80=[fd00::1%eth0]:80", "goes only with a link-local"),
+            ("80=fe80::1%eth0:80", "in brackets: [fe80::1%eth0]"),
+            (
+                "udp:80=tcp:1.2.3.4:80",
+                "the target says tcp but the mapping is udp",
+            ),
+            ("localhost=1.2.3.4:80", "the listen side needs a port"),
             ("[::1=1.2.3.4:5", "']'"),
         ] {
             let e = parse_map(spec).unwrap_err().to_string();

@@ -27,7 +27,7 @@ pub(crate) async fn serve(listener: TcpListener, map: PortMap, ctx: Arc<Ctx>) {
     loop {
         match listener.accept().await {
             Ok((s, peer)) => {
-                let ctx = ctx.clone();
+                let (ctx, map) = (ctx.clone(), map.clone());
                 tokio::spawn(async move { handle(s, canonical(peer), map, ctx).await });
             }
             Err(e) => {
@@ -80,6 +80,29 @@ pub(crate) async fn dial(
     Ok(stream)
 }
 
+/// [`dial`] each of `map`'s backend addresses in turn until one connects: the socket and the
+/// address. The error is the last address's.
+async fn dial_in_order(
+    ctx: &Ctx,
+    id: u64,
+    client: SocketAddr,
+    map: &PortMap,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let mut tried = map.target;
+    let mut r = dial(ctx, id, client, tried).await.map(|s| (s, tried));
+    for to in map.more.iter().copied() {
+        match &r {
+            Ok(_) => break,
+            Err(e) => {
+                ctx.debug(|| format!("#{id} cannot connect to backend {tried}: {e}; trying {to}"))
+            }
+        }
+        tried = to;
+        r = dial(ctx, id, client, to).await.map(|s| (s, to));
+    }
+    r
+}
+
 struct Active<'a>(&'a Ctx);
 impl Drop for Active<'_> {
     fn drop(&mut self) {
@@ -101,7 +124,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
     };
     // TCP_NODELAY on the client side is inherited from the listener (sock::set_listener_nodelay).
     let dialed_in = ctx.target.as_ref().map(|w| w.gen());
-    let mut dialed = dial(&ctx, id, peer, map.target).await;
+    let mut dialed = dial_in_order(&ctx, id, peer, &map).await;
     let mut hint = String::new();
     if let Err(e) = &dialed {
         hint = ctx.target_hint_async().await;
@@ -113,14 +136,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
                 Level::Warn,
                 format!(
                     "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{hint}; dialing this connection again there",
-                    map.target
+                    map.target_text()
                 ),
             );
-            dialed = dial(&ctx, id, peer, map.target).await;
+            dialed = dial_in_order(&ctx, id, peer, &map).await;
             hint = String::new();
         }
     }
-    let backend = match dialed {
+    let (backend, to) = match dialed {
         Ok(b) => b,
         Err(e) => {
             let listen = client.local_addr().map(canonical).unwrap_or(listen);
@@ -132,7 +155,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
                 Level::Warn,
                 format!(
                     "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{hint}; resetting the client",
-                    map.target
+                    map.target_text()
                 ),
             );
             let _ = client.set_zero_linger();
@@ -167,8 +190,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
             ctx.log(
                 Level::Warn,
                 format!(
-                    "#{id} {peer} -> {listen}: cannot send the PROXY header to backend {}: {e}; resetting the client",
-                    map.target
+                    "#{id} {peer} -> {listen}: cannot send the PROXY header to backend {to}: {e}; resetting the client",
                 ),
             );
             let _ = client.set_zero_linger();
@@ -181,11 +203,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
         client: peer,
         listen,
         local: if detail {
-            backend.local_addr().map(canonical).unwrap_or(map.target)
+            backend.local_addr().map(canonical).unwrap_or(to)
         } else {
-            SocketAddr::new(map.target.ip(), 0)
+            SocketAddr::new(to.ip(), 0)
         },
-        backend: map.target,
+        backend: to,
     });
     ctx.debug(|| {
         format!(

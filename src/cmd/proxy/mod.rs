@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::netns::NetNs;
 use crate::proxy::docker;
-use crate::proxy::spec::{self, Mapping};
+use crate::proxy::spec::{self, Lookup, MapSpec, Mapping};
 use crate::proxy::syslog as syslog_client;
 use crate::proxy::{Level, Proto};
 use crate::tap::json::Payload;
@@ -62,8 +62,9 @@ pub(crate) fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     }
 }
 
-/// The mappings a `nettool proxy` invocation serves (LISTEN TARGET, LISTEN=TARGET, -p SPEC...).
-pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<Mapping>> {
+/// The mappings a `nettool proxy` invocation serves (LISTEN TARGET, LISTEN=TARGET, -p SPEC...),
+/// as written: [`resolve`] looks their names and zones up.
+pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
     let mut maps = Vec::new();
     match (&a.listen, &a.target) {
         (Some(l), Some(t)) => {
@@ -107,6 +108,100 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<Mapping>> {
         maps.push(spec::parse_map(m)?);
     }
     Ok(maps)
+}
+
+/// The addresses the system resolver (getaddrinfo: /etc/hosts, then DNS) gives for `name`, in
+/// its order, each once.
+fn system_addresses(name: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for a in (name, 0).to_socket_addrs().map_err(|e| e.to_string())? {
+        if !out.contains(&a.ip()) {
+            out.push(a.ip());
+        }
+    }
+    Ok(out)
+}
+
+/// The index of interface `zone` (a name, or an index that must exist) in the calling
+/// thread's namespace; the error lists the interfaces there.
+fn interface_index(zone: &str) -> Result<u32, String> {
+    let links = crate::netns::links::Rtnl::open()
+        .and_then(|mut r| r.links())
+        .map_err(|e| format!("cannot list the interfaces to find '{zone}': {e}"))?;
+    let want: Option<u32> = zone.parse().ok();
+    if let Some(l) = links
+        .iter()
+        .find(|l| l.name == zone || Some(l.index) == want)
+    {
+        return Ok(l.index);
+    }
+    let names: Vec<String> = links
+        .iter()
+        .map(|l| format!("{} ({})", l.name, l.index))
+        .collect();
+    Err(format!(
+        "no interface '{zone}' (the interfaces there: {})",
+        names.join(", ")
+    ))
+}
+
+/// Names through the system resolver, once, in the proxy's own context (--target-netns does
+/// not change it: /etc/resolv.conf and /etc/hosts are files, and the queries leave from where
+/// nettool runs); zones in the namespace where that side's sockets are made.
+struct SystemLookup<'a> {
+    listen_ns: Option<&'a NetNs>,
+    target_ns: Option<&'a NetNs>,
+}
+
+impl Lookup for SystemLookup<'_> {
+    fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, String> {
+        system_addresses(name)
+    }
+
+    fn zone(&self, listen: bool, zone: &str) -> Result<u32, String> {
+        let (ns, flag) = match listen {
+            true => (self.listen_ns, "--listen-netns"),
+            false => (self.target_ns, "--target-netns"),
+        };
+        let z = zone.to_string();
+        let r = match ns {
+            Some(ns) => ns
+                .run(move || interface_index(&z))
+                .map_err(|e| e.to_string())?,
+            None => interface_index(&z),
+        };
+        r.map_err(|e| match ns {
+            Some(ns) => format!("{e} in namespace {} ({flag})", ns.label()),
+            None => format!("{e} in the proxy's own namespace ({flag} names another one)"),
+        })
+    }
+
+    fn listen_local(&self, ip: std::net::IpAddr) -> bool {
+        // Bindable is what counts: ::1 is loopback but absent where IPv6 is off.
+        let bindable = move || std::net::UdpSocket::bind((ip, 0)).is_ok();
+        match self.listen_ns {
+            Some(ns) => ns.run(bindable).unwrap_or(false),
+            None => bindable(),
+        }
+    }
+}
+
+/// Look the names and zones of `specs` up (see [`SystemLookup`]).
+fn resolve(
+    specs: &[MapSpec],
+    listen_ns: Option<&NetNs>,
+    target_ns: Option<&NetNs>,
+) -> Result<Vec<Mapping>, spec::SpecError> {
+    let look = SystemLookup {
+        listen_ns,
+        target_ns,
+    };
+    let mut out = Vec::new();
+    for s in specs {
+        out.extend(s.resolve(&look)?);
+    }
+    Ok(out)
 }
 
 /// A mapping whose target is its own listening socket (same namespace, same port, and the
@@ -182,14 +277,34 @@ pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Mapping>> {
         .ok()?
         .command
     {
-        crate::cli::Command::Proxy(a) => mappings(&a).ok(),
+        crate::cli::Command::Proxy(a) => {
+            // Names as the proxy resolved them at its start (or the resolver's answer now);
+            // zones only where they are indexes: the interface may be in another namespace.
+            struct Recognise;
+            impl Lookup for Recognise {
+                fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, String> {
+                    system_addresses(name)
+                }
+                fn zone(&self, _listen: bool, zone: &str) -> Result<u32, String> {
+                    Ok(zone.parse().unwrap_or(0))
+                }
+                fn listen_local(&self, _ip: std::net::IpAddr) -> bool {
+                    true
+                }
+            }
+            let mut out = Vec::new();
+            for s in mappings(&a).ok()? {
+                out.extend(s.resolve(&Recognise).ok()?);
+            }
+            Some(out)
+        }
         _ => None,
     }
 }
 
 fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
-    let maps = mappings(&a)?;
-    if maps.is_empty() {
+    let specs = mappings(&a)?;
+    if specs.is_empty() {
         return Err(Usage(format!(
             "nothing to forward: give LISTEN TARGET (e.g. `{} proxy 8080 172.19.0.2:80`) or -p SPEC",
             crate::program::me()
@@ -197,7 +312,7 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         .into());
     }
     if let Some(pp) = a.proxy_protocol {
-        if let Some(why) = maps.iter().find_map(|m| pp.refuses(m.proto)) {
+        if let Some(why) = specs.iter().find_map(|m| pp.refuses(m.proto)) {
             return Err(Usage(why.into()).into());
         }
     }
@@ -236,14 +351,15 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         )
         .into());
     }
+    let listen_ns = open_ns("--listen-netns", &a.listen_netns)?;
+    let target_ns = open_ns("--target-netns", &a.target_netns)?;
+    let maps = resolve(&specs, listen_ns.as_ref(), target_ns.as_ref())?;
     if let Some((first, second, proto, addr)) = spec::first_overlap(&maps) {
         return Err(Usage(format!(
             "{second} would listen on {proto} {addr}, which {first} takes already: a port can be forwarded once per address; drop one or give it another port"
         ))
         .into());
     }
-    let listen_ns = open_ns("--listen-netns", &a.listen_netns)?;
-    let target_ns = open_ns("--target-netns", &a.target_netns)?;
     refuse_self_targets(&maps, listen_ns.as_ref(), target_ns.as_ref())?;
     let plan = Plan {
         maps,
@@ -285,14 +401,21 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
 
 /// Examples and notes for `nettool proxy --help`.
 pub(crate) const PROXY_HELP: &str =
-    "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [IP:]PORT[-PORT] and TARGET = IP[:PORT[-PORT]];
-IPv6 goes in brackets ([::1]:8080). A LISTEN without an IP listens on 0.0.0.0 and [::].
+    "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [HOST:]PORT[-PORT] and TARGET = HOST[:PORT[-PORT]].
+HOST is an IPv4 address, an IPv6 one in brackets ([::1]:8080), a link-local one with its
+interface ([fe80::1%eth0]:8080, the name or index looked up in --listen-netns/--target-netns),
+or a name. Names are resolved once at start by the system resolver (/etc/hosts, DNS) where
+nettool runs, --target-netns or not: a LISTEN name listens on each of its addresses, a TARGET
+name is dialled in the resolver's order until one connects (UDP: the first one routed).
+A LISTEN without a HOST listens on 0.0.0.0 and [::].
 Without --dump/--hex/--pcap/--streams/--json, TCP bytes move with splice(2) once a read fills
 the 8 KiB buffer (short exchanges are copied through it). -v logs a line per connection.
 SIGUSR1 logs the counters; SIGINT/SIGTERM stop (exit 0) after logging them.
 
 Examples:
   nettool proxy 8080 172.19.0.2:80
+  nettool proxy localhost:8080 TCP:db.internal:5432
+  nettool proxy '[fe80::1%eth0]:8080' '[fe80::2%eth0]:80'
   nettool proxy --dump 8080 172.19.0.2:80
   nettool proxy -p 8080=172.19.0.2:80 -p udp:5353=172.19.0.3:53 -p 9000-9099=10.0.0.5:9000-9099
   nettool proxy --listen-netns host --target-netns web 8080 127.0.0.1:80
@@ -318,9 +441,9 @@ or /etc/nettool/docker-proxy.toml (NETTOOL_PROXY_CONFIG):
 /// Arguments of `proxy`.
 #[derive(Debug, Args)]
 pub(crate) struct ProxyArgs {
-    /// Listen side of one mapping: [IP:]PORT[-PORT].
+    /// Listen side of one mapping: [HOST:]PORT[-PORT].
     pub listen: Option<String>,
-    /// Target of that mapping: IP:PORT[-PORT].
+    /// Target of that mapping: HOST:PORT[-PORT].
     pub target: Option<String>,
     /// A mapping [tcp:|udp:]LISTEN=TARGET (repeatable).
     #[arg(short = 'p', long = "map", value_name = "SPEC")]
@@ -332,7 +455,8 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "NS")]
     pub listen_netns: Option<String>,
     /// Connect to the backend from inside this namespace (name, path, pid:N, container:NAME);
-    /// resolved again when a dial fails, so a restarted container is followed.
+    /// resolved again when a dial fails, so a restarted container is followed. A target
+    /// name is still resolved where nettool runs (resolv.conf and hosts are files).
     #[arg(long, value_name = "NS")]
     pub target_netns: Option<String>,
     /// Append log lines here instead of stderr (file mode 0600).

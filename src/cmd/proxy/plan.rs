@@ -446,9 +446,13 @@ pub(super) fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         );
     }
     for l in proxy.listeners() {
+        let more: String = l.more.iter().map(|t| format!(" or {t}")).collect();
         log.log(
             Level::Info,
-            &format!("listening on {} {} -> {}", l.proto, l.listen, l.target),
+            &format!(
+                "listening on {} {} -> {}{more}",
+                l.proto, l.listen, l.target
+            ),
         );
     }
     let counters = proxy.counters();

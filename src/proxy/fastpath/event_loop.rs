@@ -40,6 +40,8 @@ pub(super) struct Conn {
     pub(super) connecting: bool,
     /// The generation of --target-netns's namespace it was dialed in (its low 32 bits).
     pub(super) ns_gen: u32,
+    /// Which of the listener's backend addresses is dialled (a target name's, in order).
+    pub(super) nth: u8,
     /// The client socket's readiness.
     pub(super) c: Ready,
     /// The backend socket's readiness.
@@ -125,7 +127,7 @@ fn retry_line(
     format!(
         "#{id} {peer} -> {}: cannot connect to backend {}: {e}{hint}; dialing this connection again there",
         listen_addr(client, l),
-        l.map.target
+        l.map.target_text()
     )
 }
 
@@ -346,11 +348,13 @@ impl Loop {
         c.connections.fetch_add(1, Ordering::Relaxed);
         c.active.fetch_add(1, Ordering::Relaxed);
         let id = self.ctx.next_id();
-        self.dial(id, li, l, client, peer, true)
+        self.dial(id, li, l, client, peer, true, 0)
     }
 
-    /// Dial the backend for connection `id`; `again`: a dial refused at once in a namespace
+    /// Dial the backend for connection `id`: the listener's `nth` backend address (a target
+    /// name's next one after a failure); `again`: a dial refused at once in a namespace
     /// --target-netns no longer names is made once more in the one it names now.
+    #[allow(clippy::too_many_arguments)]
     fn dial(
         &mut self,
         id: u64,
@@ -359,6 +363,7 @@ impl Loop {
         client: OwnedFd,
         peer: SocketAddr,
         again: bool,
+        nth: u8,
     ) {
         // In transparent mode bound to the client's address (IP_TRANSPARENT), when its
         // replies can come back here; the first connection of each kind that cannot says why.
@@ -369,12 +374,20 @@ impl Loop {
                 self.rtnl = None;
             }
         }
-        let made = sock::make(Type::STREAM, l.map.target, source, &mut self.rtnl);
+        let to = match nth {
+            0 => l.map.target,
+            n => l.map.more[n as usize - 1],
+        };
+        let made = sock::make(Type::STREAM, to, source, &mut self.rtnl);
         let connected = made.and_then(|d| {
             if let Some(f) = &d.fallback {
                 self.ctx.fallback(id, peer, f);
             }
-            match d.socket.connect(&l.target) {
+            let r = match nth {
+                0 => d.socket.connect(&l.target),
+                _ => d.socket.connect(&to.into()),
+            };
+            match r {
                 Ok(()) => Ok((d.socket, false)),
                 Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((d.socket, true)),
                 Err(e) => Err(e),
@@ -392,7 +405,10 @@ impl Loop {
                 if again && moved {
                     self.ctx
                         .log(Level::Warn, retry_line(id, peer, &client, l, &e, &hint));
-                    return self.dial(id, li, l, client, peer, false);
+                    return self.dial(id, li, l, client, peer, false, 0);
+                }
+                if (nth as usize) < l.map.more.len() {
+                    return self.dial(id, li, l, client, peer, again, nth + 1);
                 }
                 return self.dial_error(id, li, &client, peer, e, &hint);
             }
@@ -413,6 +429,7 @@ impl Loop {
             backend: OwnedFd::from(backend),
             connecting,
             ns_gen: self.ns_seen as u32,
+            nth,
             c: Ready::default(),
             b: Ready::default(),
             up: Dir::from_client(),
@@ -449,7 +466,7 @@ impl Loop {
         e: io::Error,
         hint: &str,
     ) {
-        let map = self.listeners[li].map;
+        let map = &self.listeners[li].map;
         let listen = listen_addr(client, &self.listeners[li]);
         let c = &self.ctx.counters;
         c.dial_errors.fetch_add(1, Ordering::Relaxed);
@@ -457,7 +474,7 @@ impl Loop {
             Level::Warn,
             format!(
                 "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{hint}; resetting the client",
-                map.target
+                map.target_text()
             ),
         );
         zero_linger(client);
@@ -500,7 +517,23 @@ impl Loop {
                 client,
                 ..
             } = conn;
-            return self.dial(id, listener as usize, l, client, peer, false);
+            return self.dial(id, listener as usize, l, client, peer, false, 0);
+        }
+        let listeners = self.listeners.clone();
+        let l = &listeners[conn.listener as usize];
+        if (conn.nth as usize) < l.map.more.len() {
+            // A target name's next address; the client's registration carries the vacated
+            // slot's token.
+            epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
+            let Conn {
+                id,
+                listener,
+                peer,
+                client,
+                nth,
+                ..
+            } = conn;
+            return self.dial(id, listener as usize, l, client, peer, true, nth + 1);
         }
         self.dial_error(
             conn.id,

@@ -96,8 +96,8 @@ impl Loops {
                     let _ = socket2::SockRef::from(&fd).set_out_of_band_inline(true);
                     Listener {
                         fd,
-                        map,
                         target: map.target.into(),
+                        map,
                     }
                 })
                 .collect(),

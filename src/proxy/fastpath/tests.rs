@@ -76,6 +76,7 @@ fn a_loop_thread_that_cannot_start_leaves_none_of_the_others_running() {
         listen: addr,
         optional: false,
         target: addr,
+        more: Default::default(),
     };
     let lines = Arc::new(Mutex::new(Vec::new()));
     let ctx = ctx(lines.clone());
@@ -186,6 +187,7 @@ fn ended_dials_timers_do_not_pile_up_behind_one_that_waits() {
         backend: fd(),
         connecting: true,
         ns_gen: 0,
+        nth: 0,
         c: Ready::default(),
         b: Ready::default(),
         up: Dir::default(),

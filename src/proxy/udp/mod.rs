@@ -218,7 +218,7 @@ impl Listener {
                                 self.ctx.debug(|| {
                                     format!(
                                         "#{} udp send to backend {}: {e}",
-                                        flow.conn.id, self.map.target
+                                        flow.conn.id, flow.conn.backend
                                     )
                                 });
                                 (run.len(), 0)
@@ -290,7 +290,8 @@ impl Listener {
                         Level::Warn,
                         format!(
                             "udp {peer} -> {}: cannot open a backend socket to {}: {e}",
-                            map.listen, map.target
+                            map.listen,
+                            map.target_text()
                         ),
                     );
                     return;
@@ -326,7 +327,12 @@ impl Listener {
             Ok(_) => flow.count(ctx, Direction::ClientToServer, n as u64, 1),
             Err(e) => {
                 flow.sent_error(ctx, &e);
-                ctx.debug(|| format!("#{} udp send to backend {}: {e}", flow.conn.id, map.target))
+                ctx.debug(|| {
+                    format!(
+                        "#{} udp send to backend {}: {e}",
+                        flow.conn.id, flow.conn.backend
+                    )
+                })
             }
         }
     }
@@ -357,10 +363,35 @@ async fn open_flow_following(
         Level::Warn,
         format!(
             "udp {peer} -> {}: cannot open a backend socket to {}: {e}{hint}; opening it again there",
-            map.listen, map.target
+            map.listen, map.target_text()
         ),
     );
     open_flow(ctx, map, peer, dst, epoch).await
+}
+
+/// A UDP socket connected to `to`, made in the dialer's namespace (with the client's address
+/// in transparent mode) and sized for a flow.
+async fn backend_socket(
+    ctx: &Ctx,
+    id: u64,
+    client: SocketAddr,
+    to: SocketAddr,
+) -> io::Result<UdpSocket> {
+    let d = ctx
+        .dialer
+        .socket(to, Type::DGRAM, ctx.source_for(client))
+        .await?;
+    if let Some(f) = &d.fallback {
+        ctx.fallback(id, client, f);
+    }
+    size_rcvbuf(&d.socket, BACKEND_RCVBUF);
+    say_if_capped(ctx);
+    if batched_replies(ctx) {
+        enable_gro(&d.socket);
+    }
+    let backend = UdpSocket::from_std(std::net::UdpSocket::from(d.socket))?;
+    backend.connect(to).await?;
+    Ok(backend)
 }
 
 async fn open_flow(
@@ -373,20 +404,16 @@ async fn open_flow(
     let id = ctx.next_id();
     let client = canonical(peer);
     let ns_gen = ctx.target.as_ref().map_or(0, |w| w.gen());
-    let d = ctx
-        .dialer
-        .socket(map.target, Type::DGRAM, ctx.source_for(client))
-        .await?;
-    if let Some(f) = &d.fallback {
-        ctx.fallback(id, client, f);
+    // A target name's addresses in order: the first one a socket connects to (a route to
+    // it; UDP has no answer to wait for).
+    let mut tried = Err(io::Error::other("no backend address"));
+    for to in map.targets() {
+        tried = backend_socket(ctx, id, client, to).await.map(|s| (s, to));
+        if tried.is_ok() {
+            break;
+        }
     }
-    size_rcvbuf(&d.socket, BACKEND_RCVBUF);
-    say_if_capped(ctx);
-    if batched_replies(ctx) {
-        enable_gro(&d.socket);
-    }
-    let backend = UdpSocket::from_std(std::net::UdpSocket::from(d.socket))?;
-    backend.connect(map.target).await?;
+    let (backend, to) = tried?;
     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
     ctx.counters.active.fetch_add(1, Ordering::Relaxed);
     ctx.counters.active_udp.fetch_add(1, Ordering::Relaxed);
@@ -399,7 +426,7 @@ async fn open_flow(
             map.listen.port(),
         ),
         local: backend.local_addr().map(canonical)?,
-        backend: map.target,
+        backend: to,
     });
     ctx.debug(|| {
         format!(
