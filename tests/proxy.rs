@@ -7515,3 +7515,121 @@ fn a_hosts_file_name_is_a_target_and_an_unknown_name_is_a_usage_error() {
         assert!(!t.contains("panicked"), "{t}");
     }
 }
+
+/// The index of interface `dev` inside `ns`.
+fn ifindex_in(ns: &TestNs, dev: &str) -> u32 {
+    let dev = dev.to_string();
+    inside(ns, move || {
+        nix::net::if_::if_nametoindex(dev.as_str()).unwrap()
+    })
+}
+
+/// Link-local IPv6 with its interface, listen and target, across veths: a client in A dials
+/// the proxy's listener in B, whose backend is in C. nettool itself runs in the test's
+/// namespace and the interfaces exist only in B (--listen-netns and --target-netns): a zone
+/// looked up where nettool runs would not be found. By name and by index.
+fn link_local_addresses_with_their_interface(relay: Relay) {
+    let (a, b, c) = (
+        TestNs::new("pxlla"),
+        TestNs::new("pxllb"),
+        TestNs::new("pxllc"),
+    );
+    let (a0, b0) = (common::unique_ifname("la"), common::unique_ifname("lb"));
+    let (b1, c1) = (common::unique_ifname("lb"), common::unique_ifname("lc"));
+    common::veth(&a0, &a, &b0, &b);
+    common::veth(&b1, &b, &c1, &c);
+    for (ns, dev, addr) in [
+        (&a, &a0, "fe80::a/64"),
+        (&b, &b0, "fe80::b/64"),
+        (&b, &b1, "fe80::1b/64"),
+        (&c, &c1, "fe80::c/64"),
+    ] {
+        ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    echo_backend(listen_in(&c, "[::]:7000"));
+    let (ib0, ib1, ia0) = (
+        ifindex_in(&b, &b0),
+        ifindex_in(&b, &b1),
+        ifindex_in(&a, &a0),
+    );
+    let dir = TempDir::new("pxll");
+    let by_name = format!("[fe80::b%{b0}]:8080=[fe80::c%{b1}]:7000");
+    let by_index = format!("[fe80::b%{ib0}]:8081=[fe80::c%{ib1}]:7000");
+    let p = relay.start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &b.name,
+            "--target-netns",
+            &b.name,
+            "-p",
+            &by_name,
+            "-p",
+            &by_index,
+        ],
+    );
+    let log = p.log();
+    let line = format!("listening on tcp [fe80::b%{ib0}]:8080 -> [fe80::c%{ib1}]:7000");
+    assert!(log.contains(&line), "{line}:\n{log}");
+    for port in [8080, 8081] {
+        let to = SocketAddr::V6(std::net::SocketAddrV6::new(
+            "fe80::b".parse().unwrap(),
+            port,
+            0,
+            ia0,
+        ));
+        let got = inside(&a, move || echo_once(to, b"ping"));
+        assert_eq!(got.unwrap_or_default(), b"ping", "port {port}: {}", p.log());
+    }
+    let log = p.stop();
+    assert!(log.contains("connections=2 active=0"), "{log}");
+}
+
+on_both_relays!(
+    link_local_addresses_with_their_interface_fast_path,
+    link_local_addresses_with_their_interface_tokio_path =>
+        link_local_addresses_with_their_interface()
+);
+
+/// A link-local address without an interface is a usage error saying to add one; an
+/// interface is looked up in the namespace of the socket it is for: one that exists only
+/// where nettool runs is not found in --listen-netns / --target-netns, and the error lists
+/// the interfaces there.
+#[test]
+fn a_link_local_address_needs_an_interface_of_its_sockets_namespace() {
+    let ns = lab("pxllerr");
+    let here = TestNs::new("pxllhere");
+    let (h0, h1) = (common::unique_ifname("lh"), common::unique_ifname("lh"));
+    common::veth(&h0, &here, &h1, &here);
+    for args in [
+        &["proxy", "[fe80::1]:8080", "127.0.0.1:80"][..],
+        &["proxy", "8080", "[fe80::1]:80"],
+    ] {
+        exits_saying(
+            &here,
+            args,
+            2,
+            "fe80::1 is link-local: add the interface it is on",
+        );
+    }
+    let listen = format!("[fe80::1%{h0}]:8080");
+    let t = exits_saying(
+        &here,
+        &["proxy", "--listen-netns", &ns.name, &listen, "127.0.0.1:80"],
+        2,
+        &format!(
+            "no interface '{h0}' in namespace {} (--listen-netns): it has lo (1)",
+            ns.name
+        ),
+    );
+    assert!(t.contains("(--listen-netns)"), "{t}");
+    let target = format!("[fe80::1%{h1}]:80");
+    let t = exits_saying(
+        &here,
+        &["proxy", "--target-netns", &ns.name, "8080", &target],
+        2,
+        &format!("no interface '{h1}'"),
+    );
+    assert!(t.contains("(--target-netns)"), "{t}");
+}

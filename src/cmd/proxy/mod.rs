@@ -124,11 +124,16 @@ fn system_addresses(name: &str) -> Result<Vec<std::net::IpAddr>, String> {
 }
 
 /// The index of interface `zone` (a name, or an index that must exist) in the calling
-/// thread's namespace; the error lists the interfaces there.
-fn interface_index(zone: &str) -> Result<u32, String> {
+/// thread's namespace; else what went wrong, and the interfaces there when it is not one.
+fn interface_index(zone: &str) -> Result<u32, (String, String)> {
     let links = crate::netns::links::Rtnl::open()
         .and_then(|mut r| r.links())
-        .map_err(|e| format!("cannot list the interfaces to find '{zone}': {e}"))?;
+        .map_err(|e| {
+            (
+                format!("cannot list the interfaces to find '{zone}'"),
+                e.to_string(),
+            )
+        })?;
     let want: Option<u32> = zone.parse().ok();
     if let Some(l) = links
         .iter()
@@ -140,9 +145,9 @@ fn interface_index(zone: &str) -> Result<u32, String> {
         .iter()
         .map(|l| format!("{} ({})", l.name, l.index))
         .collect();
-    Err(format!(
-        "no interface '{zone}' (the interfaces there: {})",
-        names.join(", ")
+    Err((
+        format!("no interface '{zone}'"),
+        format!("it has {}", names.join(", ")),
     ))
 }
 
@@ -171,9 +176,11 @@ impl Lookup for SystemLookup<'_> {
                 .map_err(|e| e.to_string())?,
             None => interface_index(&z),
         };
-        r.map_err(|e| match ns {
-            Some(ns) => format!("{e} in namespace {} ({flag})", ns.label()),
-            None => format!("{e} in the proxy's own namespace ({flag} names another one)"),
+        r.map_err(|(what, detail)| match ns {
+            Some(ns) => format!("{what} in namespace {} ({flag}): {detail}", ns.label()),
+            None => {
+                format!("{what} in the proxy's own namespace ({flag} names another one): {detail}")
+            }
         })
     }
 
