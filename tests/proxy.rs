@@ -7633,3 +7633,40 @@ fn a_link_local_address_needs_an_interface_of_its_sockets_namespace() {
     );
     assert!(t.contains("(--target-netns)"), "{t}");
 }
+
+/// A target name whose first address refuses only after connect(2) has returned (a reset
+/// from another namespace across a veth, reported by epoll, not by connect): the dial moves on
+/// to the next address all the same.
+fn a_late_refusal_moves_the_dial_to_the_names_next_address(relay: Relay) {
+    let (p, b) = (TestNs::new("pxlatep"), TestNs::new("pxlateb"));
+    let (p0, b0) = (common::unique_ifname("lp"), common::unique_ifname("lb"));
+    common::veth(&p0, &p, &b0, &b);
+    p.ip(&["addr", "add", "10.78.0.1/24", "dev", &p0]);
+    b.ip(&["addr", "add", "10.78.0.2/24", "dev", &b0]);
+    b.ip(&["addr", "add", "10.78.0.3/24", "dev", &b0]);
+    echo_backend(listen_in(&b, "10.78.0.3:7000"));
+    let dir = TempDir::new("pxlate");
+    let p2 = start_with_hosts(
+        relay,
+        &p,
+        &dir,
+        "10.78.0.2 twoaddr\n10.78.0.3 twoaddr\n",
+        &["127.0.0.1:8080", "twoaddr:7000"],
+    );
+    let log = p2.log();
+    let line = "listening on tcp 127.0.0.1:8080 -> 10.78.0.2:7000 or 10.78.0.3:7000";
+    assert!(log.contains(line), "{line}:\n{log}");
+    for _ in 0..3 {
+        let got = inside(&p, || echo_once("127.0.0.1:8080".parse().unwrap(), b"ping"));
+        assert_eq!(got.unwrap_or_default(), b"ping", "{}", p2.log());
+    }
+    let log = p2.stop();
+    assert!(log.contains("connections=3 active=0"), "{log}");
+    assert!(log.contains("dial_errors=0"), "{log}");
+}
+
+on_both_relays!(
+    a_late_refusal_moves_the_dial_to_the_names_next_address_fast_path,
+    a_late_refusal_moves_the_dial_to_the_names_next_address_tokio_path =>
+        a_late_refusal_moves_the_dial_to_the_names_next_address()
+);
