@@ -5153,7 +5153,12 @@ fn a_wedged_engine_api_does_not_hold_the_event_loop() {
             "-p",
             "127.0.0.1:8081=127.0.0.1:7001",
         ],
-        &[("DOCKER_HOST", &docker_host)],
+        // CONTAINER_HOST names the same socket (one endpoint): the machine's Podman is not asked,
+        // so a podman container that another test named `web` cannot make the name ambiguous.
+        &[
+            ("DOCKER_HOST", &docker_host),
+            ("CONTAINER_HOST", &docker_host),
+        ],
     );
     assert_eq!(
         first_words(connect_in(&host, "127.0.0.1:8080").unwrap()).unwrap(),
