@@ -5055,6 +5055,146 @@ fn follows_a_restarted_container() {
     p.stop();
 }
 
+/// A UDP echo on 127.0.0.1:53 in the namespace of process `pid` (a container's), answering
+/// `reply`; its thread ends after 2 s without a datagram, or when `stop` is set, so the
+/// namespace is not kept alive by it.
+fn udp_echo_in_pid(
+    pid: u32,
+    reply: &'static [u8],
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    let s = NetNs::from_pid(pid)
+        .unwrap()
+        .run(|| UdpSocket::bind("127.0.0.1:53").unwrap())
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let t = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut idle = std::time::Instant::now();
+        while !stopped.load(std::sync::atomic::Ordering::SeqCst)
+            && idle.elapsed() < Duration::from_secs(2)
+        {
+            if let Ok((_, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(reply, from);
+                idle = std::time::Instant::now();
+            }
+        }
+    });
+    (stop, t)
+}
+
+/// The same with real rootful Podman (netavark), as a user on a Podman host types it:
+/// `--target-netns web`, the container's bare name, found through Podman's default socket
+/// with no engine variable set. `podman restart` is followed (TCP, and UDP clients that send
+/// one datagram per flow); `podman stop` is told with Podman's own command to start it again,
+/// not the list of every lookup a bare word went through; `podman start` and `podman rm -f`
+/// then a new container of the same name are followed.
+#[test]
+fn follows_a_restarted_podman_container() {
+    if let Some(why) = common::podman::missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut pm = common::podman::PodmanHost::start("pxfpm");
+    let httpd = ["httpd", "-f", "-p", "80", "-h", "/"];
+    let web = pm.run("web", &[], &httpd);
+    let pid_of = |pm: &common::podman::PodmanHost| -> u32 {
+        pm.podman(&["inspect", "-f", "{{.State.Pid}}", &web])
+            .parse()
+            .unwrap()
+    };
+    let dir = TempDir::new("pxfpm");
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("DOCKER_HOST").env_remove("CONTAINER_HOST");
+    let p = start_cmd(
+        cmd,
+        &dir,
+        &[
+            "--listen-netns",
+            &pm.ns.name,
+            "--target-netns",
+            &web,
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:80",
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:53",
+        ],
+        &[],
+    );
+    let get = || {
+        connect_in(&pm.ns, "127.0.0.1:8080").and_then(|mut s| {
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            first_words(s)
+        })
+    };
+    let served = || get().is_ok_and(|a| a.starts_with("HTTP/1."));
+    // One datagram from a fresh client socket (a new flow), as a resolver sends a query.
+    let query = || {
+        let c = inside(&pm.ns, || UdpSocket::bind("127.0.0.1:0").unwrap());
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        c.send_to(b"query", "127.0.0.1:5353").unwrap();
+        let mut buf = [0u8; 64];
+        c.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    };
+    assert!(served(), "log:\n{}", p.log());
+    let (stop, echo) = udp_echo_in_pid(pid_of(&pm), b"old");
+    assert_eq!(query().as_deref(), Some(&b"old"[..]), "log:\n{}", p.log());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    echo.join().unwrap();
+
+    pm.podman(&["restart", "-t", "0", &web]);
+    let _echo = udp_echo_in_pid(pid_of(&pm), b"new");
+    // UDP first: nothing but its own refusals may tell the proxy to follow.
+    wait_for("a fresh UDP flow answered in the new namespace", 10, || {
+        query().as_deref() == Some(&b"new"[..])
+    });
+    // httpd may still be starting when `podman restart` returns.
+    wait_for("an answer after podman restart", 10, served);
+    for _ in 0..3 {
+        assert!(served(), "log:\n{}", p.log());
+    }
+    let log = p.log();
+    let want = format!("--target-netns {web} now names another network namespace (inode ");
+    assert!(
+        log.contains(&format!(
+            "--target-netns {web}: following the new network namespace (inode "
+        )) && log.contains(&want)
+            && log.contains("the container was restarted?); the proxy dials there from now on"),
+        "no '{want}' in:\n{log}"
+    );
+
+    pm.podman(&["stop", "-t", "0", &web]);
+    let want =
+        format!("--target-netns {web} names no namespace now: container {web} is exited (code ");
+    let fix = format!("): start it with `podman start {web}`; resetting the client");
+    wait_for(&format!("'{want}...{fix}' in the log"), 10, || {
+        assert!(!served(), "served while stopped; log:\n{}", p.log());
+        p.log()
+            .lines()
+            .any(|l| l.contains(&want) && l.contains(&fix))
+    });
+
+    pm.podman(&["start", &web]);
+    wait_for("an answer after podman start", 10, served);
+    pm.podman(&["rm", "-f", "-t", "0", &web]);
+    let image = pm.image.clone();
+    let mut again = vec!["run", "-d", "--name", &web, &image];
+    again.extend_from_slice(&httpd);
+    pm.podman(&again);
+    wait_for(
+        "an answer from a new container of the same name",
+        10,
+        served,
+    );
+    p.stop();
+}
+
 /// A stand-in for dockerd's API on a unix socket: it knows one running container, `web`, whose
 /// namespace is `pid`'s, until `wedged` is set; from then on it reads each request and never
 /// answers, keeping the connection (a daemon stuck behind a lock, as a wedged dockerd is).
@@ -5350,6 +5490,53 @@ fn a_one_datagram_udp_flow_follows_a_target_netns_made_again() {
         ctr.name
     );
     assert!(p.log().contains(&want), "no '{want}' in:\n{}", p.log());
+    p.stop();
+}
+
+/// `--target-netns pid:N` names one process's namespace: once that process is gone (a
+/// container restarted gets a new one), the line says the process exited and how to follow a
+/// container instead. Before, it said only that /proc/N/ns/net could not be opened.
+#[test]
+fn a_target_pid_that_exited_is_told_with_how_to_follow_a_container() {
+    let host = lab("pxpgh");
+    let ctr = lab("pxpgc");
+    let dir = TempDir::new("pxpg");
+    let sleeper = ChildGuard(
+        Command::new("ip")
+            .args(["netns", "exec", &ctr.name, "sleep", "600"])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = sleeper.pid();
+    let backend = listen_in(&ctr, "127.0.0.1:7000");
+    let target = format!("pid:{pid}");
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &target,
+            "127.0.0.1:8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    let c = connect_in(&host, "127.0.0.1:8080").unwrap();
+    let (mut s, _) = backend.accept().unwrap();
+    s.write_all(b"hi").unwrap();
+    drop(s);
+    assert_eq!(first_words(c).unwrap(), "hi");
+    // The process and its listener go, as a container's do when it stops.
+    drop(sleeper);
+    drop(backend);
+    assert!(first_words(connect_in(&host, "127.0.0.1:8080").unwrap()).is_err());
+    let want = format!(
+        "--target-netns {target} names no namespace now: process {pid} has exited (a container's process and namespace file are new at each start: --target-netns container:NAME follows the container); resetting the client"
+    );
+    wait_for(&format!("'{want}' in the log"), 10, || {
+        p.log().contains(&want)
+    });
     p.stop();
 }
 

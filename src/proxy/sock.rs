@@ -351,6 +351,10 @@ const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 pub(crate) struct TargetWatch {
     /// What the user typed (`container:web`, `web`, `/run/netns/x`, `pid:N`).
     text: String,
+    /// What is resolved again: the text, or `container:TEXT` for a bare word that named a
+    /// container at start (so a stopped one is told as such, not as every kind of lookup that
+    /// failed, and a namespace name made later does not take its place).
+    lookup: String,
     /// Whether the dialing threads move to a new namespace the text names.
     follow: bool,
     /// The namespace dials go to now.
@@ -378,6 +382,7 @@ impl TargetWatch {
     pub(crate) fn new(text: &str, ns: NetNs, follow: bool, log: super::Log) -> Self {
         TargetWatch {
             text: text.to_string(),
+            lookup: lookup_text(text, ns.label()),
             follow,
             held: std::sync::Mutex::new(ns),
             gen: Default::default(),
@@ -481,10 +486,15 @@ impl TargetWatch {
             return String::new();
         };
         let text = &self.text;
-        let ns = match NetNs::open(text) {
+        let ns = match NetNs::open(&self.lookup) {
             Ok(ns) if ns.id() == held.id() => return String::new(),
             Ok(ns) => ns,
-            Err(e) => return format!("; --target-netns {text} names no namespace now: {e}"),
+            Err(e) => {
+                return format!(
+                    "; --target-netns {text} names no namespace now: {}",
+                    gone_why(held.label(), &e)
+                )
+            }
         };
         let label = ns.label();
         let why = if label.starts_with("container:") || label.starts_with("pod:") {
@@ -510,5 +520,113 @@ impl TargetWatch {
             &format!("--target-netns {text}: following the new network namespace (inode {new}); connections open in the old one stay as they are"),
         );
         format!("{said}; the proxy dials there from now on")
+    }
+}
+
+/// What [`TargetWatch`] resolves again for `text`, which named a namespace labelled `label` at
+/// start: a bare word (no `name:`/`pid:`/`container:`/`pod:` prefix, no path) that was a
+/// container is looked up as that container only.
+fn lookup_text(text: &str, label: &str) -> String {
+    let prefixed = ["name:", "pid:", "container:", "pod:"]
+        .iter()
+        .any(|p| text.starts_with(p));
+    if !prefixed && !text.contains('/') && label.starts_with("container:") {
+        format!("container:{text}")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Why a --target-netns text that named the namespace labelled `label` names none now. A
+/// process id and an engine's namespace file are one start's: a restarted container has new
+/// ones, which only a lookup by the container finds.
+fn gone_why(label: &str, e: &crate::netns::NetnsError) -> String {
+    use crate::netns::NetnsError;
+    let follow = "a container's process and namespace file are new at each start: --target-netns container:NAME follows the container";
+    match e {
+        NetnsError::Open { error, .. } if error.kind() == io::ErrorKind::NotFound => {
+            match label.strip_prefix("pid:") {
+                Some(pid) => format!("process {pid} has exited ({follow})"),
+                None if engine_made(label) => format!("{e} ({follow})"),
+                None => e.to_string(),
+            }
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Whether a namespace path or name looks like one an engine made for a container start:
+/// Podman's /run/netns/netns-UUID, Docker's /run/docker/netns/ID, containerd's cni-UUID, a
+/// /proc/PID/ns/net path (not a name someone gave with `ip netns add`).
+fn engine_made(label: &str) -> bool {
+    let file = label.rsplit('/').next().unwrap_or(label);
+    label.contains("/docker/netns/")
+        || label.starts_with("/proc/")
+        || file.starts_with("netns-")
+        || file.starts_with("cni-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_word_that_was_a_container_is_looked_up_as_one() {
+        assert_eq!(lookup_text("web", "container:web"), "container:web");
+        // An id prefix stays an id prefix (the label has the container's name).
+        assert_eq!(
+            lookup_text("4b33264a75b9", "container:web"),
+            "container:4b33264a75b9"
+        );
+        for (text, label) in [
+            ("container:web", "container:web"),
+            ("pod:shop", "pod:shop"),
+            ("pid:42", "pid:42"),
+            ("42", "pid:42"),
+            ("blue", "blue"),
+            ("/run/netns/netns-1", "container:web"),
+        ] {
+            assert_eq!(lookup_text(text, label), text);
+        }
+    }
+
+    #[test]
+    fn a_gone_pid_or_file_says_how_to_follow_a_container() {
+        let gone = |path: &str| crate::netns::NetnsError::Open {
+            path: path.into(),
+            error: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let said = gone_why("pid:3670", &gone("/proc/3670/ns/net"));
+        assert!(
+            said.starts_with("process 3670 has exited (")
+                && said.contains("--target-netns container:NAME follows the container"),
+            "{said}"
+        );
+        for label in [
+            "/run/netns/netns-1",
+            "netns-1",
+            "/var/run/docker/netns/3c1f",
+            "/proc/3670/ns/net",
+        ] {
+            let said = gone_why(label, &gone(label));
+            assert!(
+                said.starts_with(&format!("cannot open network namespace {label}: "))
+                    && said.contains("container:NAME follows"),
+                "{said}"
+            );
+        }
+        // A name someone made with `ip netns add` is not a container's.
+        let said = gone_why("blue", &gone("/run/netns/blue"));
+        assert!(!said.contains("container:NAME"), "{said}");
+        // A container's own lookup already says what happened to it.
+        let e = crate::netns::NetnsError::ContainerDown {
+            name: "web".into(),
+            state: "exited (code 0)".into(),
+            hint: Some("start it with `podman start web`".into()),
+        };
+        assert_eq!(
+            gone_why("container:web", &e),
+            "container web is exited (code 0): start it with `podman start web`"
+        );
     }
 }

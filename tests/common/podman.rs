@@ -35,6 +35,28 @@ const PIDFILE: &str = "/run/nt-test-podman-service.pid";
 /// The namespace the shared API service runs in (it only answers reads).
 const SERVICE_NS: &str = "nt-test-podman-service";
 
+/// Why real Podman cannot run here (podman or netavark not installed), for a test to print
+/// and skip; None when both are. tools/test installs them (its `need` table).
+pub fn missing() -> Option<String> {
+    let podman = Command::new("podman")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !podman {
+        return Some(
+            "podman is not installed (Debian package podman; tools/test installs it)".into(),
+        );
+    }
+    if !Path::new("/usr/lib/podman/netavark").exists() {
+        return Some(
+            "netavark is not installed (Debian package netavark; tools/test installs it)".into(),
+        );
+    }
+    None
+}
+
 /// A Podman host: its network namespace, private config, image, and what the test made.
 pub struct PodmanHost {
     /// The namespace acting as Podman's host network (bridges, NETAVARK rules live here).
