@@ -7639,6 +7639,10 @@ fn a_name_listens_on_each_address_and_is_dialled_in_order(relay: Relay) {
         &["localhost:8080", "TCP:localhost:7000"],
     );
     let log = p.log();
+    assert!(
+        log.contains("info: localhost is ::1, 127.0.0.1 (resolved once, at start)"),
+        "{log}"
+    );
     for l in ["[::1]:8080", "127.0.0.1:8080"] {
         let line = format!("listening on tcp {l} -> [::1]:7000 or 127.0.0.1:7000");
         assert!(log.contains(&line), "{line}:\n{log}");
@@ -7682,10 +7686,12 @@ fn a_hosts_file_name_is_a_target_and_an_unknown_name_is_a_usage_error() {
         ],
     );
     let log = p.log();
+    let listening = log.lines().filter(|l| l.contains("listening on"));
     assert!(
-        !log.contains("localhost"),
+        listening.clone().count() == 2 && listening.clone().all(|l| !l.contains("localhost")),
         "the listening lines show addresses:\n{log}"
     );
+    assert!(log.contains("info: localhost is "), "{log}");
     let got = inside(&ns, || {
         echo_once("127.0.0.1:8080".parse().unwrap(), b"ping")
     });
@@ -7764,6 +7770,13 @@ fn link_local_addresses_with_their_interface(relay: Relay) {
     let log = p.log();
     let line = format!("listening on tcp [fe80::b%{ib0}]:8080 -> [fe80::c%{ib1}]:7000");
     assert!(log.contains(&line), "{line}:\n{log}");
+    for (dev, index, flag) in [(&b0, ib0, "--listen-netns"), (&b1, ib1, "--target-netns")] {
+        let line = format!(
+            "interface {dev} is index {index} in namespace {} ({flag})",
+            b.name
+        );
+        assert!(log.contains(&line), "{line}:\n{log}");
+    }
     for port in [8080, 8081] {
         let to = SocketAddr::V6(std::net::SocketAddrV6::new(
             "fe80::b".parse().unwrap(),

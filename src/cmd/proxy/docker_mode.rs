@@ -74,6 +74,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
             .and_then(|v| v.parse().ok()),
         transparent: cfg.transparent.unwrap_or(false),
         proxy_protocol: cfg.proxy_protocol,
+        found: Vec::new(),
         docker_mode: true,
     }
 }

@@ -157,11 +157,28 @@ fn interface_index(zone: &str) -> Result<u32, (String, String)> {
 struct SystemLookup<'a> {
     listen_ns: Option<&'a NetNs>,
     target_ns: Option<&'a NetNs>,
+    /// What each name and interface became, for the log (each once).
+    found: std::cell::RefCell<Vec<String>>,
+}
+
+impl SystemLookup<'_> {
+    fn found(&self, line: String) {
+        let mut f = self.found.borrow_mut();
+        if !f.contains(&line) {
+            f.push(line);
+        }
+    }
 }
 
 impl Lookup for SystemLookup<'_> {
     fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, String> {
-        system_addresses(name)
+        let ips = system_addresses(name)?;
+        let list: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+        self.found(format!(
+            "{name} is {} (resolved once, at start)",
+            list.join(", ")
+        ));
+        Ok(ips)
     }
 
     fn zone(&self, listen: bool, zone: &str) -> Result<u32, String> {
@@ -176,12 +193,22 @@ impl Lookup for SystemLookup<'_> {
                 .map_err(|e| e.to_string())?,
             None => interface_index(&z),
         };
-        r.map_err(|(what, detail)| match ns {
-            Some(ns) => format!("{what} in namespace {} ({flag}): {detail}", ns.label()),
-            None => {
-                format!("{what} in the proxy's own namespace ({flag} names another one): {detail}")
+        let place = match ns {
+            Some(ns) => format!("namespace {} ({flag})", ns.label()),
+            None => "the proxy's own namespace".to_string(),
+        };
+        match r {
+            Ok(index) => {
+                if zone.parse::<u32>().is_err() {
+                    self.found(format!("interface {zone} is index {index} in {place}"));
+                }
+                Ok(index)
             }
-        })
+            Err((what, detail)) if ns.is_none() => Err(format!(
+                "{what} in {place} ({flag} names another one): {detail}"
+            )),
+            Err((what, detail)) => Err(format!("{what} in {place}: {detail}")),
+        }
     }
 
     fn listen_local(&self, ip: std::net::IpAddr) -> bool {
@@ -194,21 +221,23 @@ impl Lookup for SystemLookup<'_> {
     }
 }
 
-/// Look the names and zones of `specs` up (see [`SystemLookup`]).
+/// Look the names and zones of `specs` up (see [`SystemLookup`]): the mappings, and a line
+/// for the log on what each name and interface became.
 fn resolve(
     specs: &[MapSpec],
     listen_ns: Option<&NetNs>,
     target_ns: Option<&NetNs>,
-) -> Result<Vec<Mapping>, spec::SpecError> {
+) -> Result<(Vec<Mapping>, Vec<String>), spec::SpecError> {
     let look = SystemLookup {
         listen_ns,
         target_ns,
+        found: Default::default(),
     };
     let mut out = Vec::new();
     for s in specs {
         out.extend(s.resolve(&look)?);
     }
-    Ok(out)
+    Ok((out, look.found.into_inner()))
 }
 
 /// A mapping whose target is its own listening socket (same namespace, same port, and the
@@ -360,7 +389,7 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     }
     let listen_ns = open_ns("--listen-netns", &a.listen_netns)?;
     let target_ns = open_ns("--target-netns", &a.target_netns)?;
-    let maps = resolve(&specs, listen_ns.as_ref(), target_ns.as_ref())?;
+    let (maps, found) = resolve(&specs, listen_ns.as_ref(), target_ns.as_ref())?;
     if let Some((first, second, proto, addr)) = spec::first_overlap(&maps) {
         return Err(Usage(format!(
             "{second} would listen on {proto} {addr}, which {first} takes already: a port can be forwarded once per address; drop one or give it another port"
@@ -401,6 +430,7 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         threads: a.threads,
         transparent: a.transparent,
         proxy_protocol: a.proxy_protocol,
+        found,
         docker_mode: false,
     };
     execute(plan)

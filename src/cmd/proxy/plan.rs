@@ -70,6 +70,8 @@ pub(super) struct Plan {
     pub(super) threads: Option<usize>,
     pub(super) transparent: bool,
     pub(super) proxy_protocol: Option<crate::proxy::proxy_protocol::ProxyProtocol>,
+    /// What the mappings' names and interfaces became, logged before the listeners.
+    pub(super) found: Vec<String>,
     /// Started as docker-proxy: its errors name the config key / NETTOOL_PROXY_* variable to
     /// change, since that mode has no command-line options and its stdout/stderr are discarded.
     pub(super) docker_mode: bool,
@@ -444,6 +446,9 @@ pub(super) fn execute(mut plan: Plan) -> anyhow::Result<i32> {
             Level::Info,
             &format!("transparent: backends see client addresses; added in namespace {ns}: {what}"),
         );
+    }
+    for line in &plan.found {
+        log.log(Level::Info, line);
     }
     for l in proxy.listeners() {
         let more: String = l.more.iter().map(|t| format!(" or {t}")).collect();
