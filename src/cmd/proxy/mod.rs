@@ -569,3 +569,27 @@ fn parse_megabytes(s: &str) -> Result<u64, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    /// A running proxy written with names and zones is still recognised (doctor, topology):
+    /// names as the resolver gives them now, an interface index as written, a name for an
+    /// interface (maybe in another namespace) as no index.
+    #[test]
+    fn a_proxy_with_names_and_zones_is_recognised() {
+        let m = recognise(&argv("nettool proxy -p 127.0.0.1:8080=localhost:80")).unwrap();
+        assert!(m[0].target_ip.is_loopback(), "{m:?}");
+        let m = recognise(&argv("nettool proxy [fe80::1%eth0]:8080 [fe80::2%3]:80")).unwrap();
+        assert_eq!(
+            (m[0].listen_ip, m[0].listen_scope, m[0].target_scope),
+            (Some("fe80::1".parse().unwrap()), 0, 3)
+        );
+        assert!(recognise(&argv("nettool proxy 8080 [fe80::2]:80")).is_none());
+    }
+}
