@@ -285,6 +285,9 @@ pub(crate) struct MapSpec {
     pub target_host: Host,
     /// Backend ports (same length as `listen`, or one port for all).
     pub target: PortRange,
+    /// socat's `TCP4:`/`TCP6:` (`UDP4:`/`UDP6:`) on the target: only IPv6 (true) or only
+    /// IPv4 (false) addresses of a name; None: any.
+    pub target_v6: Option<bool>,
 }
 
 /// What [`MapSpec::resolve`] asks of the system: names of the resolver, zones of the
@@ -331,6 +334,20 @@ impl MapSpec {
             Host::Name(n) => {
                 let mut ips = name(n)?;
                 ips.retain(|ip| !ip.is_unspecified());
+                if let Some(v6) = self.target_v6 {
+                    let all = ips.len();
+                    ips.retain(|ip| ip.is_ipv6() == v6);
+                    if ips.is_empty() && all > 0 {
+                        let d = if v6 { 6 } else { 4 };
+                        return Err(not_found(
+                            spec,
+                            format!(
+                                "'{n}' has no IPv{d} address (the target asks for one: {}{d}:)",
+                                self.proto.to_string().to_uppercase()
+                            ),
+                        ));
+                    }
+                }
                 if ips.is_empty() {
                     return Err(not_found(
                         spec,
@@ -381,7 +398,18 @@ pub(crate) fn mapping(
     target: &str,
 ) -> Result<MapSpec, SpecError> {
     let (listen_host, lp) = parse_listen(spec, listen)?;
-    let (tproto, target) = split_proto(spec, target.trim())?;
+    // socat's TCP4:/TCP6: (UDP4:/UDP6:): one family of a name's addresses.
+    let target = target.trim();
+    let (target_v6, target) = match target.get(..5).map(|p| p.to_ascii_lowercase()) {
+        Some(p) if matches!(p.as_str(), "tcp4:" | "udp4:") => {
+            (Some(false), format!("{}:{}", &p[..3], &target[5..]))
+        }
+        Some(p) if matches!(p.as_str(), "tcp6:" | "udp6:") => {
+            (Some(true), format!("{}:{}", &p[..3], &target[5..]))
+        }
+        _ => (None, target.to_string()),
+    };
+    let (tproto, target) = split_proto(spec, &target)?;
     if let Some(t) = tproto.filter(|t| *t != proto) {
         return Err(bad(
             spec,
@@ -389,6 +417,26 @@ pub(crate) fn mapping(
         ));
     }
     let (target_host, tp) = parse_target(spec, target)?;
+    let literal_v6 = match &target_host {
+        Host::Ip(ip) => Some(ip.is_ipv6()),
+        Host::Zoned(..) => Some(true),
+        Host::Name(_) => None,
+    };
+    if let (Some(want), Some(is)) = (target_v6, literal_v6) {
+        if want != is {
+            let d = |v6: bool| if v6 { 6 } else { 4 };
+            return Err(bad(
+                spec,
+                format!(
+                    "the target asks for IPv{} ({}{}:) but its address is IPv{}",
+                    d(want),
+                    proto.to_string().to_uppercase(),
+                    d(want),
+                    d(is)
+                ),
+            ));
+        }
+    }
     let tp = tp.unwrap_or(lp);
     if tp.len() != 1 && tp.len() != lp.len() {
         return Err(bad(
@@ -410,6 +458,7 @@ pub(crate) fn mapping(
         listen: lp,
         target_host,
         target: tp,
+        target_v6,
     })
 }
 
@@ -669,6 +718,46 @@ mod tests {
     }
 
     #[test]
+    fn socat_tcp4_and_tcp6_keep_one_family_of_a_name() {
+        let m = parse_one("8080=TCP4:localhost:80");
+        assert_eq!(
+            (m.target_ip, m.target_more.len()),
+            ("127.0.0.1".parse().unwrap(), 0)
+        );
+        let m = parse_one("8080=tcp6:localhost");
+        assert_eq!(
+            (m.target_ip, m.target_more.len()),
+            ("::1".parse().unwrap(), 0)
+        );
+        let m = parse_one("udp:53=UDP4:db:53");
+        assert_eq!(m.target_more, ["10.0.0.3".parse::<IpAddr>().unwrap()]);
+        let m = parse_one("8080=TCP6:[fd00::1]:80");
+        assert_eq!(m.target_ip, "fd00::1".parse::<IpAddr>().unwrap());
+        let e = parse_map("8080=TCP6:db:80")
+            .unwrap()
+            .resolve(&Fake)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("'db' has no IPv6 address (the target asks for one: TCP6:)"),
+            "{e}"
+        );
+        for (spec, want) in [
+            (
+                "8080=TCP6:10.0.0.1:80",
+                "the target asks for IPv6 (TCP6:) but its address is IPv4",
+            ),
+            (
+                "8080=udp4:db:80",
+                "the target says udp but the mapping is tcp",
+            ),
+        ] {
+            let e = parse_map(spec).unwrap_err().to_string();
+            assert!(e.contains(want), "{spec}: {e}");
+        }
+    }
+
+    #[test]
     fn zones_name_interfaces_where_each_socket_is_made() {
         let m = parse_one("[fe80::1%eth0]:8080=[fe80::2%eth0]:80");
         let p = &m.expand()[0];
@@ -785,6 +874,7 @@ mod tests {
             "[fe80::1%eth0]:8080=[fe80::2%3]:80",
             "away:65535=ll",
             "UDP:db.:1-65535=db:1",
+            "80=TCP6:localhost:80",
         ];
         let alphabet = b"0123456789abcdef:.[]%=-_ tcpudTCPUDlocahstxX\xff";
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -444,6 +444,7 @@ interface ([fe80::1%eth0]:8080, the name or index looked up in --listen-netns/--
 or a name. Names are resolved once at start by the system resolver (/etc/hosts, DNS) where
 nettool runs, --target-netns or not: a LISTEN name listens on each of its addresses, a TARGET
 name is dialled in the resolver's order until one connects (UDP: the first one routed).
+A TARGET may start with socat's TCP: or UDP:; TCP4:/TCP6: (UDP4:/UDP6:) keep one family.
 A LISTEN without a HOST listens on 0.0.0.0 and [::].
 Without --dump/--hex/--pcap/--streams/--json, TCP bytes move with splice(2) once a read fills
 the 8 KiB buffer (short exchanges are copied through it). -v logs a line per connection.
