@@ -7604,6 +7604,20 @@ fn a_streams_pair_is_made_together_and_cannot_be_split() {
     );
 }
 
+/// From inside `ns`, `ping` sent through `addr` to an [`echo_backend`] comes back.
+fn pings_through(ns: &TestNs, addr: SocketAddr, p: &Proxy) {
+    let got = inside(ns, move || echo_once(addr, b"ping"));
+    assert_eq!(got.unwrap_or_default(), b"ping", "{addr}: {}", p.log());
+}
+
+/// Stop `p`, which served `n` connections and failed no dial; its log.
+fn stop_after_dialling(p: Proxy, n: usize) -> String {
+    let log = p.stop();
+    assert!(log.contains(&format!("connections={n} active=0")), "{log}");
+    assert!(log.contains("dial_errors=0"), "{log}");
+    log
+}
+
 /// `nettool proxy ARGS` inside `ns` on `relay`, reading `hosts` as its /etc/hosts: a bind
 /// mount in a mount namespace of its own (`unshare --mount`), so the machine's file is
 /// neither read nor changed and the test does not depend on what it holds.
@@ -7648,13 +7662,9 @@ fn a_name_listens_on_each_address_and_is_dialled_in_order(relay: Relay) {
         assert!(log.contains(&line), "{line}:\n{log}");
     }
     for addr in ["127.0.0.1:8080", "[::1]:8080"] {
-        let a: SocketAddr = addr.parse().unwrap();
-        let got = inside(&ns, move || echo_once(a, b"ping"));
-        assert_eq!(got.unwrap_or_default(), b"ping", "{addr}: {}", p.log());
+        pings_through(&ns, addr.parse().unwrap(), &p);
     }
-    let log = p.stop();
-    assert!(log.contains("connections=2 active=0"), "{log}");
-    assert!(log.contains("dial_errors=0"), "{log}");
+    stop_after_dialling(p, 2);
 }
 
 on_both_relays!(
@@ -7692,10 +7702,7 @@ fn a_hosts_file_name_is_a_target_and_an_unknown_name_is_a_usage_error() {
         "the listening lines show addresses:\n{log}"
     );
     assert!(log.contains("info: localhost is "), "{log}");
-    let got = inside(&ns, || {
-        echo_once("127.0.0.1:8080".parse().unwrap(), b"ping")
-    });
-    assert_eq!(got.unwrap_or_default(), b"ping", "{}", p.log());
+    pings_through(&ns, "127.0.0.1:8080".parse().unwrap(), &p);
     let answer = inside(&ns, || {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -7784,11 +7791,9 @@ fn link_local_addresses_with_their_interface(relay: Relay) {
             0,
             ia0,
         ));
-        let got = inside(&a, move || echo_once(to, b"ping"));
-        assert_eq!(got.unwrap_or_default(), b"ping", "port {port}: {}", p.log());
+        pings_through(&a, to, &p);
     }
-    let log = p.stop();
-    assert!(log.contains("connections=2 active=0"), "{log}");
+    stop_after_dialling(p, 2);
 }
 
 on_both_relays!(
@@ -7862,12 +7867,9 @@ fn a_late_refusal_moves_the_dial_to_the_names_next_address(relay: Relay) {
     let line = "listening on tcp 127.0.0.1:8080 -> 10.78.0.2:7000 or 10.78.0.3:7000";
     assert!(log.contains(line), "{line}:\n{log}");
     for _ in 0..3 {
-        let got = inside(&p, || echo_once("127.0.0.1:8080".parse().unwrap(), b"ping"));
-        assert_eq!(got.unwrap_or_default(), b"ping", "{}", p2.log());
+        pings_through(&p, "127.0.0.1:8080".parse().unwrap(), &p2);
     }
-    let log = p2.stop();
-    assert!(log.contains("connections=3 active=0"), "{log}");
-    assert!(log.contains("dial_errors=0"), "{log}");
+    stop_after_dialling(p2, 3);
 }
 
 on_both_relays!(
