@@ -5493,6 +5493,51 @@ fn a_one_datagram_udp_flow_follows_a_target_netns_made_again() {
     p.stop();
 }
 
+/// A restarted Podman container comes back with another address on its network: a target
+/// that was the old namespace's own address is followed into a namespace that has it no more,
+/// where every dial fails with "No route to host" and no word of why. The proxy says so when
+/// it follows, and what to target instead. Before, nothing said it.
+#[test]
+fn a_target_address_the_new_namespace_lacks_is_told() {
+    let host = lab("pxsah");
+    let ctr = lab("pxsac");
+    let dir = TempDir::new("pxsa");
+    backend_ip(&ctr, "add", "10.77.0.1");
+    let backend = listen_in(&ctr, "10.77.0.1:7000");
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "127.0.0.1:8080",
+            "10.77.0.1:7000",
+        ],
+    );
+    let c = connect_in(&host, "127.0.0.1:8080").unwrap();
+    let (mut s, _) = backend.accept().unwrap();
+    s.write_all(b"hi").unwrap();
+    drop(s);
+    assert_eq!(first_words(c).unwrap(), "hi");
+    // The "container" restarts with another address, as Podman's do; its old namespace has
+    // lost the address by then (Podman takes eth0 out of it).
+    drop(backend);
+    backend_ip(&ctr, "del", "10.77.0.1");
+    remake_named(&ctr);
+    backend_ip(&ctr, "add", "10.77.0.2");
+    assert!(first_words(connect_in(&host, "127.0.0.1:8080").unwrap()).is_err());
+    let want = format!(
+        "--target-netns {}: target 10.77.0.1 was an address of the namespace at start and is none of the new one's (a restarted container may get another address): dials to it fail there; target 127.0.0.1, the container's own loopback, to follow it",
+        ctr.name
+    );
+    wait_for(&format!("'{want}' in the log"), 10, || {
+        p.log().contains(&want)
+    });
+    p.stop();
+}
+
 /// `--target-netns pid:N` names one process's namespace: once that process is gone (a
 /// container restarted gets a new one), the line says the process exited and how to follow a
 /// container instead. Before, it said only that /proc/N/ns/net could not be opened.

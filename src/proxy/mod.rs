@@ -527,6 +527,10 @@ impl Proxy {
                 ns.clone(),
                 !cfg.transparent,
                 cfg.log.clone(),
+                maps.iter()
+                    .flat_map(|m| std::iter::once(m.target).chain(m.more.iter().copied()))
+                    .map(|a| a.ip())
+                    .collect(),
             ))),
             _ => None,
         };

@@ -357,6 +357,10 @@ pub(crate) struct TargetWatch {
     lookup: String,
     /// Whether the dialing threads move to a new namespace the text names.
     follow: bool,
+    /// The mappings' target addresses that were the first namespace's own (read at start:
+    /// a stopped container's namespace has lost its eth0 by the time a dial fails). One that
+    /// the namespace followed lacks is told: a restarted Podman container gets a new address.
+    own_targets: Vec<std::net::IpAddr>,
     /// The namespace dials go to now.
     held: std::sync::Mutex<NetNs>,
     /// Bumped each time `held` changes; a dialing thread compares it with its own.
@@ -379,11 +383,25 @@ impl std::fmt::Debug for TargetWatch {
 
 impl TargetWatch {
     /// Watch `text`, which named `ns` at start.
-    pub(crate) fn new(text: &str, ns: NetNs, follow: bool, log: super::Log) -> Self {
+    pub(crate) fn new(
+        text: &str,
+        ns: NetNs,
+        follow: bool,
+        log: super::Log,
+        mut targets: Vec<std::net::IpAddr>,
+    ) -> Self {
+        targets.retain(|ip| !ip.is_loopback() && !ip.is_unspecified());
+        targets.sort();
+        targets.dedup();
+        if !targets.is_empty() {
+            let here = addresses_of(&ns).unwrap_or_default();
+            targets.retain(|ip| here.contains(ip));
+        }
         TargetWatch {
             text: text.to_string(),
             lookup: lookup_text(text, ns.label()),
             follow,
+            own_targets: targets,
             held: std::sync::Mutex::new(ns),
             gen: Default::default(),
             last: Default::default(),
@@ -511,6 +529,7 @@ impl TargetWatch {
         if !self.follow {
             return format!("{said}; restart the proxy to dial there (transparent mode's rules are in the old one)");
         }
+        let stale = self.stale_targets(&ns);
         if let Ok(mut h) = self.held.lock() {
             *h = ns;
         }
@@ -519,8 +538,43 @@ impl TargetWatch {
             super::Level::Info,
             &format!("--target-netns {text}: following the new network namespace (inode {new}); connections open in the old one stay as they are"),
         );
+        for ip in stale {
+            let lo = if ip.is_ipv6() { "[::1]" } else { "127.0.0.1" };
+            self.log.log(
+                super::Level::Warn,
+                &format!("--target-netns {text}: target {ip} was an address of the namespace at start and is none of the new one's (a restarted container may get another address): dials to it fail there; target {lo}, the container's own loopback, to follow it"),
+            );
+        }
         format!("{said}; the proxy dials there from now on")
     }
+}
+
+impl TargetWatch {
+    /// The targets that were the first namespace's own addresses and are none of `new`'s (a
+    /// namespace that cannot be read tells nothing).
+    fn stale_targets(&self, new: &NetNs) -> Vec<std::net::IpAddr> {
+        if self.own_targets.is_empty() {
+            return Vec::new();
+        }
+        let Some(now) = addresses_of(new) else {
+            return Vec::new();
+        };
+        self.own_targets
+            .iter()
+            .copied()
+            .filter(|ip| !now.contains(ip))
+            .collect()
+    }
+}
+
+/// Every address of `ns`'s interfaces, read from a thread of its own (NetNs::run).
+fn addresses_of(ns: &NetNs) -> Option<Vec<std::net::IpAddr>> {
+    let listed = ns.run(|| {
+        crate::netns::links::Rtnl::open()
+            .and_then(|mut r| r.addresses())
+            .map(|a| a.into_iter().map(|a| a.address).collect::<Vec<_>>())
+    });
+    listed.ok()?.ok()
 }
 
 /// What [`TargetWatch`] resolves again for `text`, which named a namespace labelled `label` at
