@@ -5143,6 +5143,9 @@ fn follows_a_restarted_podman_container() {
         c.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
     };
     assert!(served(), "log:\n{}", p.log());
+    // What the bare word became, with the inode a follow line later names.
+    let is = format!("--target-netns {web} is container:{web}, network namespace inode ");
+    assert!(p.log().contains(&is), "no '{is}' in:\n{}", p.log());
     let (stop, echo) = udp_echo_in_pid(pid_of(&pm), b"old");
     assert_eq!(query().as_deref(), Some(&b"old"[..]), "log:\n{}", p.log());
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -389,7 +389,36 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     }
     let listen_ns = open_ns("--listen-netns", &a.listen_netns)?;
     let target_ns = open_ns("--target-netns", &a.target_netns)?;
-    let (maps, found) = resolve(&specs, listen_ns.as_ref(), target_ns.as_ref())?;
+    let (maps, mut found) = resolve(&specs, listen_ns.as_ref(), target_ns.as_ref())?;
+    // What each namespace text became, first: a bare word may be a name, a pid or a container,
+    // and the inode is what a --target-netns follow line later says the proxy dialed in.
+    let namespaces = [
+        (
+            "--listen-netns",
+            &a.listen_netns,
+            &listen_ns,
+            "listeners are bound there",
+        ),
+        (
+            "--target-netns",
+            &a.target_netns,
+            &target_ns,
+            "backends are dialed there",
+        ),
+    ];
+    for (i, (flag, text, ns, role)) in namespaces.into_iter().enumerate() {
+        if let (Some(text), Some(ns)) = (text, ns) {
+            let is = match ns.label() == text {
+                true => String::new(),
+                false => format!(" {},", ns.label()),
+            };
+            let inode = ns.id().inode;
+            found.insert(
+                i.min(found.len()),
+                format!("{flag} {text} is{is} network namespace inode {inode} ({role})"),
+            );
+        }
+    }
     if let Some((first, second, proto, addr)) = spec::first_overlap(&maps) {
         return Err(Usage(format!(
             "{second} would listen on {proto} {addr}, which {first} takes already: a port can be forwarded once per address; drop one or give it another port"
