@@ -5183,6 +5183,28 @@ fn follows_a_restarted_podman_container() {
             .any(|l| l.contains(&want) && l.contains(&fix))
     });
 
+    // A proxy started now is refused with the same words (not every guess a bare word went
+    // through: a namespace name, a pid, a container).
+    let out = common::podman::nettool_plain(&[
+        "proxy",
+        "--listen-netns",
+        &pm.ns.name,
+        "--target-netns",
+        &web,
+        "127.0.0.1:8090",
+        "127.0.0.1:80",
+    ]);
+    let err = common::text(&out);
+    assert!(
+        out.status.code() == Some(1)
+            && err.contains(&format!(
+                "--target-netns {web}: container {web} is exited (code "
+            ))
+            && err.contains(&format!("): start it with `podman start {web}`"))
+            && !err.contains("tried:"),
+        "{err}"
+    );
+
     pm.podman(&["start", &web]);
     wait_for("an answer after podman start", 10, served);
     pm.podman(&["rm", "-f", "-t", "0", &web]);

@@ -345,6 +345,11 @@ impl NetNs {
         if found.is_empty() {
             match from_container(target) {
                 Ok(ns) => found.push((format!("container {target}"), ns)),
+                // The word names a container that is there but has no namespace now (or
+                // several): that is the answer, not one failed guess among three.
+                Err(
+                    e @ (NetnsError::ContainerDown { .. } | NetnsError::AmbiguousContainer { .. }),
+                ) => return Err(e),
                 Err(e) => tried.push(format!("container: {e}")),
             }
         }
