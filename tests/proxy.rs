@@ -5220,6 +5220,44 @@ fn follows_a_restarted_podman_container() {
     p.stop();
 }
 
+/// On a Podman host a published port is held by conmon (it listens and never accepts): a
+/// proxy refused that port names the container that publishes it and how to free it, not only
+/// "pid N (conmon)". Before, it said only the pid and "conmon".
+#[test]
+fn a_port_a_podman_container_publishes_names_the_container() {
+    if let Some(why) = common::podman::missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut pm = common::podman::PodmanHost::start("pxcmn");
+    let web = pm.run(
+        "web",
+        &["-p", "18093:80"],
+        &["httpd", "-f", "-p", "80", "-h", "/"],
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pm.ns.name,
+            BIN,
+            "proxy",
+            "18093",
+            "127.0.0.1:80",
+        ])
+        .output()
+        .unwrap();
+    let err = common::text(&out);
+    let want = "cannot listen on tcp 0.0.0.0:18093 in namespace current: Address already in use (os error 98) (held by pid ";
+    let names = format!(
+        " (conmon), Podman's monitor of container {web}, which publishes this port: pick another port, or stop the container (`podman stop {web}`))"
+    );
+    assert!(
+        out.status.code() == Some(1) && err.contains(want) && err.contains(&names),
+        "{err}"
+    );
+}
+
 /// A stand-in for dockerd's API on a unix socket: it knows one running container, `web`, whose
 /// namespace is `pid`'s, until `wedged` is set; from then on it reads each request and never
 /// answers, keeping the connection (a daemon stuck behind a lock, as a wedged dockerd is).

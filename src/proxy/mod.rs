@@ -396,13 +396,33 @@ fn holder_hint(proto: Proto, addr: SocketAddr) -> String {
                 o.comm,
                 crate::program::me()
             ),
-            None => format!("pid {} ({})", o.pid, o.comm),
+            None => match conmon_container(o) {
+                Some(name) => format!(
+                    "pid {} (conmon), Podman's monitor of container {name}, which publishes this port: pick another port, or stop the container (`podman stop {name}`)",
+                    o.pid
+                ),
+                None => format!("pid {} ({})", o.pid, o.comm),
+            },
         })
         .collect();
     match owners.first() {
         Some(first) => format!(" (held by {first})"),
         None => fallback.into(),
     }
+}
+
+/// The container a conmon process watches (its `-n NAME`): Podman's conmon holds a listening
+/// socket for each port the container publishes, never accepting on it, so the port is taken
+/// by a process whose name says nothing of the container.
+fn conmon_container(o: &crate::netns::sockets::Owner) -> Option<String> {
+    if o.comm != "conmon" {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", o.pid)).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let i = args.iter().position(|a| *a == b"-n" || *a == b"--name")?;
+    let name = String::from_utf8_lossy(args.get(i + 1)?).into_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
