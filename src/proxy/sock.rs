@@ -547,9 +547,7 @@ impl TargetWatch {
         }
         format!("{said}; the proxy dials there from now on")
     }
-}
 
-impl TargetWatch {
     /// The targets that were the first namespace's own addresses and are none of `new`'s (a
     /// namespace that cannot be read tells nothing).
     fn stale_targets(&self, new: &NetNs) -> Vec<std::net::IpAddr> {
