@@ -114,6 +114,12 @@ impl Proxy {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+    /// Wait up to 10 s for `want` in the log.
+    fn wait_logged(&self, want: &str) {
+        wait_for(&format!("'{want}' in the log"), 10, || {
+            self.log().contains(want)
+        });
+    }
     fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
@@ -4971,9 +4977,7 @@ fn follows_a_target_netns_made_again(relay: Relay, ip: &str) {
         ctr.name
     );
     // The log is written by a thread of its own: the line may come a moment after the answer.
-    wait_for(&format!("'{want}' in the log"), 10, || {
-        p.log().contains(&want)
-    });
+    p.wait_logged(&want);
     let log = p.log();
     assert!(
         log.contains("it was deleted and made again?")
@@ -5043,9 +5047,7 @@ fn follows_a_restarted_container() {
         assert!(get().unwrap().starts_with("HTTP/1."), "log:\n{}", p.log());
     }
     let want = format!("--target-netns {target} now names another network namespace (inode ");
-    wait_for(&format!("'{want}' in the log"), 10, || {
-        p.log().contains(&want)
-    });
+    p.wait_logged(&want);
     let log = p.log();
     assert!(
         log.contains(&want)
@@ -5470,9 +5472,7 @@ fn a_udp_flow_follows_a_target_netns_made_again(ip: &str) {
             "datagrams to backend {target}: Connection refused (os error 111); --target-netns {} now names another network namespace",
             ctr.name
         );
-        wait_for(&format!("'{want}' in the log"), 10, || {
-            p.log().contains(&want)
-        });
+        p.wait_logged(&want);
     }
     p.stop();
 }
@@ -5556,6 +5556,15 @@ fn a_one_datagram_udp_flow_follows_a_target_netns_made_again() {
     p.stop();
 }
 
+/// One connection through the proxy at `addr` in `host`, answered "hi" by `backend`.
+fn says_hi_through(host: &TestNs, addr: &str, backend: &TcpListener) {
+    let c = connect_in(host, addr).unwrap();
+    let (mut s, _) = backend.accept().unwrap();
+    s.write_all(b"hi").unwrap();
+    drop(s);
+    assert_eq!(first_words(c).unwrap(), "hi");
+}
+
 /// A restarted Podman container comes back with another address on its network: a target
 /// that was the old namespace's own address is followed into a namespace that has it no more,
 /// where every dial fails with "No route to host" and no word of why. The proxy says so when
@@ -5579,11 +5588,7 @@ fn a_target_address_the_new_namespace_lacks_is_told() {
             "10.77.0.1:7000",
         ],
     );
-    let c = connect_in(&host, "127.0.0.1:8080").unwrap();
-    let (mut s, _) = backend.accept().unwrap();
-    s.write_all(b"hi").unwrap();
-    drop(s);
-    assert_eq!(first_words(c).unwrap(), "hi");
+    says_hi_through(&host, "127.0.0.1:8080", &backend);
     // The "container" restarts with another address, as Podman's do; its old namespace has
     // lost the address by then (Podman takes eth0 out of it).
     drop(backend);
@@ -5595,9 +5600,7 @@ fn a_target_address_the_new_namespace_lacks_is_told() {
         "--target-netns {}: target 10.77.0.1 was an address of the namespace at start and is none of the new one's (a restarted container may get another address): dials to it fail there; target 127.0.0.1, the container's own loopback, to follow it",
         ctr.name
     );
-    wait_for(&format!("'{want}' in the log"), 10, || {
-        p.log().contains(&want)
-    });
+    p.wait_logged(&want);
     p.stop();
 }
 
@@ -5630,11 +5633,7 @@ fn a_target_pid_that_exited_is_told_with_how_to_follow_a_container() {
             "127.0.0.1:7000",
         ],
     );
-    let c = connect_in(&host, "127.0.0.1:8080").unwrap();
-    let (mut s, _) = backend.accept().unwrap();
-    s.write_all(b"hi").unwrap();
-    drop(s);
-    assert_eq!(first_words(c).unwrap(), "hi");
+    says_hi_through(&host, "127.0.0.1:8080", &backend);
     // The process and its listener go, as a container's do when it stops.
     drop(sleeper);
     drop(backend);
@@ -5642,9 +5641,7 @@ fn a_target_pid_that_exited_is_told_with_how_to_follow_a_container() {
     let want = format!(
         "--target-netns {target} names no namespace now: process {pid} has exited (a container's process and namespace file are new at each start: --target-netns container:NAME follows the container); resetting the client"
     );
-    wait_for(&format!("'{want}' in the log"), 10, || {
-        p.log().contains(&want)
-    });
+    p.wait_logged(&want);
     p.stop();
 }
 
