@@ -254,8 +254,13 @@ fn refuse_self_targets(
     if lid != tid {
         return Ok(());
     }
-    for pm in maps.iter().flat_map(Mapping::expand) {
-        let (l, t) = (pm.listen, pm.target);
+    // A target name's other addresses too: each is dialled when the ones before it fail.
+    let pairs = maps.iter().flat_map(Mapping::expand).flat_map(|pm| {
+        pm.targets()
+            .map(|t| (pm.proto, pm.listen, t))
+            .collect::<Vec<_>>()
+    });
+    for (proto, l, t) in pairs {
         // A v4-mapped target ([::ffff:127.0.0.1]) is dialled as IPv4; the IPv6 listeners the
         // proxy binds are V6ONLY, so only a listener of the target's own family can be it.
         let t_ip = t.ip().to_canonical();
@@ -271,7 +276,7 @@ fn refuse_self_targets(
         if mine {
             return Err(Usage(format!(
                 "{} {l} -> {t}: the target is this proxy's own listening socket, so every connection would open another one to itself (until file descriptors run out); give the service's address instead, e.g. a container's IP",
-                pm.proto
+                proto
             ))
             .into());
         }
@@ -621,5 +626,35 @@ mod tests {
             (Some("fe80::1".parse().unwrap()), 0, 3)
         );
         assert!(recognise(&argv("nettool proxy 8080 [fe80::2]:80")).is_none());
+    }
+
+    /// A target name whose first address refuses and whose next one is the listener itself
+    /// (`-p 127.0.0.1:8080=localhost:8080`, localhost being [::1] then 127.0.0.1) would
+    /// connect to itself for every connection: refused like a target that is the listener.
+    #[test]
+    fn a_target_names_later_address_that_is_the_listener_is_refused() {
+        let m = |more: &str| Mapping {
+            proto: Proto::Tcp,
+            listen_ip: Some("127.0.0.1".parse().unwrap()),
+            listen_scope: 0,
+            listen: spec::PortRange {
+                first: 8080,
+                last: 8080,
+            },
+            target_ip: "::1".parse().unwrap(),
+            target_scope: 0,
+            target_more: vec![more.parse().unwrap()],
+            target: spec::PortRange {
+                first: 8080,
+                last: 8080,
+            },
+        };
+        let e = refuse_self_targets(&[m("127.0.0.1")], None, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("tcp 127.0.0.1:8080 -> 127.0.0.1:8080: the target is this proxy's own"),
+            "{e}"
+        );
+        refuse_self_targets(&[m("127.0.0.2")], None, None).unwrap();
     }
 }
