@@ -396,6 +396,12 @@ impl Loop {
         let (backend, connecting) = match connected {
             Ok(c) => c,
             Err(e) => {
+                // A name's next address first, before the --target-netns recheck (it may
+                // hold this thread for up to half a second): the last address's failure
+                // makes it, as on tokio's path.
+                if (nth as usize) < l.map.more.len() {
+                    return self.dial(id, li, l, client, peer, again, nth + 1);
+                }
                 let (dialed_in, hint) = (self.ns_seen, self.ctx.target_hint());
                 let moved = self
                     .ctx
@@ -406,9 +412,6 @@ impl Loop {
                     self.ctx
                         .log(Level::Warn, retry_line(id, peer, &client, l, &e, &hint));
                     return self.dial(id, li, l, client, peer, false, 0);
-                }
-                if (nth as usize) < l.map.more.len() {
-                    return self.dial(id, li, l, client, peer, again, nth + 1);
                 }
                 return self.dial_error(id, li, &client, peer, e, &hint);
             }
@@ -494,6 +497,25 @@ impl Loop {
         let Some(conn) = self.vacate(idx) else {
             return;
         };
+        let listeners = self.listeners.clone();
+        let l = &listeners[conn.listener as usize];
+        if (conn.nth as usize) < l.map.more.len() {
+            // A target name's next address, before the --target-netns recheck (see dial);
+            // the client's registration carries the vacated slot's token.
+            epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
+            let Conn {
+                id,
+                listener,
+                peer,
+                client,
+                nth,
+                backend,
+                ..
+            } = conn;
+            // Closed first: in transparent mode the next socket binds the client's port.
+            drop(backend);
+            return self.dial(id, listener as usize, l, client, peer, true, nth + 1);
+        }
         let hint = self.ctx.target_hint();
         let moved = self
             .ctx
@@ -504,8 +526,6 @@ impl Loop {
             // Refused in a namespace --target-netns no longer names: dialed once more in the
             // new one. The client's registration carries the vacated slot's token.
             epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
-            let listeners = self.listeners.clone();
-            let l = &listeners[conn.listener as usize];
             self.ctx.log(
                 Level::Warn,
                 retry_line(conn.id, conn.peer, &conn.client, l, &e, &hint),
@@ -515,25 +535,11 @@ impl Loop {
                 listener,
                 peer,
                 client,
+                backend,
                 ..
             } = conn;
+            drop(backend);
             return self.dial(id, listener as usize, l, client, peer, false, 0);
-        }
-        let listeners = self.listeners.clone();
-        let l = &listeners[conn.listener as usize];
-        if (conn.nth as usize) < l.map.more.len() {
-            // A target name's next address; the client's registration carries the vacated
-            // slot's token.
-            epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
-            let Conn {
-                id,
-                listener,
-                peer,
-                client,
-                nth,
-                ..
-            } = conn;
-            return self.dial(id, listener as usize, l, client, peer, true, nth + 1);
         }
         self.dial_error(
             conn.id,
