@@ -102,14 +102,28 @@ impl StreamsSink {
         if wrote {
             return w.flush();
         }
-        drop(w);
-        // Best effort: an empty file left behind (someone removed or moved it) harms nobody,
-        // and an error here would stop the whole sink.
-        let _ = nix::unistd::unlinkat(
+        // Only the file we made: another process sharing the directory may have moved ours
+        // away and put its own under the name (the same check as make_pair's O_EXCL).
+        let ours = nix::sys::stat::fstat(w.get_ref()).ok();
+        let there = nix::sys::stat::fstatat(
             self.dirfd.as_fd(),
             name.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok();
+        drop(w);
+        let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| {
+            (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        };
+        if ours.zip(there).is_some_and(|(a, b)| same(&a, &b)) {
+            // Best effort: an empty file left behind harms nobody, and an error here would
+            // stop the whole sink.
+            let _ = nix::unistd::unlinkat(
+                self.dirfd.as_fd(),
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
         Ok(())
     }
 }
@@ -178,5 +192,69 @@ impl Sink for StreamsSink {
             s.w.flush()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tap::event::{CloseReason, ConnInfo, Timestamp, Transport};
+    use std::sync::Arc;
+
+    /// A direction that carried nothing has its empty file removed at the close, but only the
+    /// file the sink made: one another process put under that name since stays.
+    #[test]
+    fn only_our_own_empty_file_is_removed_at_the_close() {
+        let dir = std::env::temp_dir().join(format!("nt-test-streams-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut sink = StreamsSink::new(dir.clone()).unwrap();
+        let conn = |id: u64| {
+            Arc::new(ConnInfo {
+                id,
+                transport: Transport::Tcp,
+                client: "127.0.0.1:4000".parse().unwrap(),
+                listen: "127.0.0.1:8080".parse().unwrap(),
+                local: "127.0.0.1:4001".parse().unwrap(),
+                backend: "127.0.0.1:7000".parse().unwrap(),
+            })
+        };
+        let (ts, close) = (Timestamp(0), |c| Event::Close {
+            conn: c,
+            ts: Timestamp(0),
+            reason: CloseReason::Normal,
+            bytes_c2s: 3,
+            bytes_s2c: 0,
+        });
+        for id in [1, 2] {
+            let data = Event::Data {
+                conn: conn(id),
+                dir: Direction::ClientToServer,
+                offset: 0,
+                ts,
+                bytes: Arc::new(b"req".to_vec()),
+            };
+            sink.event(&data).unwrap();
+        }
+        // Connection 1's answer file is moved away and another one put in its place.
+        let answer = dir.join("c000001-127.0.0.1.7000-127.0.0.1.4000");
+        std::fs::rename(&answer, dir.join("moved")).unwrap();
+        std::fs::write(&answer, b"").unwrap();
+        sink.event(&close(conn(1))).unwrap();
+        sink.event(&close(conn(2))).unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            files,
+            [
+                "c000001-127.0.0.1.4000-127.0.0.1.7000",
+                "c000001-127.0.0.1.7000-127.0.0.1.4000",
+                "c000002-127.0.0.1.4000-127.0.0.1.7000",
+                "moved",
+            ]
+        );
     }
 }
