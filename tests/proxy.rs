@@ -7982,3 +7982,41 @@ on_both_relays!(
     a_late_refusal_moves_the_dial_to_the_names_next_address_tokio_path =>
         a_late_refusal_moves_the_dial_to_the_names_next_address()
 );
+
+/// A name none of whose addresses answers: the dump's close event (dial_failed) names the
+/// address whose failure its reason gives, the last one dialled, not the first.
+#[test]
+fn a_failed_dial_to_a_name_names_its_last_address_in_the_dump() {
+    let ns = lab("pxlastdial");
+    let dir = TempDir::new("pxlastdial");
+    let dump = dir.join("dump.json");
+    let p = start_with_hosts(
+        Relay::Tokio,
+        &ns,
+        &dir,
+        "127.0.0.2 twoaddr\n127.0.0.3 twoaddr\n",
+        &[
+            "--json",
+            "--dump-file",
+            dump.to_str().unwrap(),
+            "127.0.0.1:8080",
+            "twoaddr:7000",
+        ],
+    );
+    let got = inside(&ns, || {
+        let mut c = TcpStream::connect("127.0.0.1:8080")?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        c.read(&mut [0u8; 8])
+    });
+    assert!(got.is_err() || got.is_ok_and(|n| n == 0), "{}", p.log());
+    p.wait_logged("resetting the client");
+    p.stop();
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let close: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["event"] == "close")
+        .collect();
+    assert_eq!(close.len(), 1, "{text}");
+    assert_eq!(close[0]["conn"]["backend"], "127.0.0.3:7000", "{text}");
+}

@@ -81,24 +81,30 @@ pub(crate) async fn dial(
 }
 
 /// [`dial`] each of `map`'s backend addresses in turn until one connects: the socket and the
-/// address. The error is the last address's.
+/// address; else the last address's error, and that address.
 async fn dial_in_order(
     ctx: &Ctx,
     id: u64,
     client: SocketAddr,
     map: &PortMap,
-) -> std::io::Result<(TcpStream, SocketAddr)> {
+) -> Result<(TcpStream, SocketAddr), (std::io::Error, SocketAddr)> {
     let mut tried = map.target;
-    let mut r = dial(ctx, id, client, tried).await.map(|s| (s, tried));
+    let mut r = dial(ctx, id, client, tried)
+        .await
+        .map(|s| (s, tried))
+        .map_err(|e| (e, tried));
     for to in map.more.iter().copied() {
         match &r {
             Ok(_) => break,
-            Err(e) => {
+            Err((e, _)) => {
                 ctx.debug(|| format!("#{id} cannot connect to backend {tried}: {e}; trying {to}"))
             }
         }
         tried = to;
-        r = dial(ctx, id, client, to).await.map(|s| (s, to));
+        r = dial(ctx, id, client, to)
+            .await
+            .map(|s| (s, to))
+            .map_err(|e| (e, to));
     }
     r
 }
@@ -126,7 +132,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
     let dialed_in = ctx.target.as_ref().map(|w| w.gen());
     let mut dialed = dial_in_order(&ctx, id, peer, &map).await;
     let mut hint = String::new();
-    if let Err(e) = &dialed {
+    if let Err((e, _)) = &dialed {
         hint = ctx.target_hint_async().await;
         // Refused in a namespace --target-netns no longer names: once more in the new one
         // (the dialer thread moves before its next socket).
@@ -145,7 +151,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
     }
     let (backend, to) = match dialed {
         Ok(b) => b,
-        Err(e) => {
+        Err((e, last)) => {
             let listen = client.local_addr().map(canonical).unwrap_or(listen);
             ctx.counters.dial_errors.fetch_add(1, Ordering::Relaxed);
             if hint.is_empty() {
@@ -165,8 +171,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
                     transport: Proto::Tcp,
                     client: peer,
                     listen,
-                    local: SocketAddr::new(map.target.ip(), 0),
-                    backend: map.target,
+                    // The address whose failure the reason gives (a name's last).
+                    local: SocketAddr::new(last.ip(), 0),
+                    backend: last,
                 });
                 tap.send(Event::Close {
                     conn,
