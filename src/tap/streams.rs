@@ -14,12 +14,33 @@ use std::path::PathBuf;
 use super::event::{Direction, Event};
 use super::{create_new_at, open_private_dir, Sink, Skipped};
 
-/// One direction's file, and whether anything was written to it (an empty one is removed at
-/// the close: files are for directions that carried data, as tcpflow has them).
+/// One direction's file: bare until its first data, then behind a 64 KiB buffer (a direction
+/// that carries nothing, a UDP flow's answers that never come, holds none). An empty one is
+/// removed at the close: files are for directions that carried data, as tcpflow has them.
 struct Stream {
-    w: BufWriter<File>,
+    /// The file while nothing was written.
+    file: Option<File>,
+    /// The file once something was.
+    w: Option<BufWriter<File>>,
     name: String,
-    wrote: bool,
+}
+
+impl Stream {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.w.is_none() {
+            self.w = self
+                .file
+                .take()
+                .map(|f| BufWriter::with_capacity(64 * 1024, f));
+        }
+        match &mut self.w {
+            Some(w) => w.write_all(bytes),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Writes each direction of each connection to its own file.
@@ -84,9 +105,9 @@ impl StreamsSink {
                 Err(e) => return Err(e),
             };
             let stream = |f, name| Stream {
-                w: BufWriter::with_capacity(64 * 1024, f),
+                file: Some(f),
+                w: None,
                 name,
-                wrote: false,
             };
             return Ok((stream(f, first), stream(g, second)));
         }
@@ -98,20 +119,23 @@ impl StreamsSink {
 
     /// Flush a direction's file at the close, or remove it if nothing was written to it.
     fn end(&self, s: Stream) -> std::io::Result<()> {
-        let Stream { mut w, name, wrote } = s;
-        if wrote {
+        let Stream { file, w, name } = s;
+        if let Some(mut w) = w {
             return w.flush();
         }
+        let Some(f) = file else {
+            return Ok(());
+        };
         // Only the file we made: another process sharing the directory may have moved ours
         // away and put its own under the name (the same check as make_pair's O_EXCL).
-        let ours = nix::sys::stat::fstat(w.get_ref()).ok();
+        let ours = nix::sys::stat::fstat(&f).ok();
         let there = nix::sys::stat::fstatat(
             self.dirfd.as_fd(),
             name.as_str(),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .ok();
-        drop(w);
+        drop(f);
         let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| {
             (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
         };
@@ -167,8 +191,7 @@ impl Sink for StreamsSink {
                     }
                 }
                 if let Some(s) = self.open.get_mut(&key) {
-                    s.wrote |= !bytes.is_empty();
-                    s.w.write_all(bytes)?;
+                    s.write(bytes)?;
                 }
             }
             Event::Close { conn, .. } => {
@@ -189,9 +212,23 @@ impl Sink for StreamsSink {
 
     fn flush(&mut self) -> std::io::Result<()> {
         for s in self.open.values_mut() {
-            s.w.flush()?;
+            if let Some(w) = &mut s.w {
+                w.flush()?;
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl StreamsSink {
+    /// The bytes of buffer the open streams hold.
+    fn buffered(&self) -> usize {
+        self.open
+            .values()
+            .filter_map(|s| s.w.as_ref())
+            .map(|w| w.capacity())
+            .sum()
     }
 }
 
@@ -201,51 +238,70 @@ mod tests {
     use crate::tap::event::{CloseReason, ConnInfo, Timestamp, Transport};
     use std::sync::Arc;
 
-    /// A direction that carried nothing has its empty file removed at the close, but only the
-    /// file the sink made: one another process put under that name since stays.
-    #[test]
-    fn only_our_own_empty_file_is_removed_at_the_close() {
-        let dir = std::env::temp_dir().join(format!("nt-test-streams-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut sink = StreamsSink::new(dir.clone()).unwrap();
-        let conn = |id: u64| {
-            Arc::new(ConnInfo {
-                id,
-                transport: Transport::Tcp,
-                client: "127.0.0.1:4000".parse().unwrap(),
-                listen: "127.0.0.1:8080".parse().unwrap(),
-                local: "127.0.0.1:4001".parse().unwrap(),
-                backend: "127.0.0.1:7000".parse().unwrap(),
-            })
-        };
-        let (ts, close) = (Timestamp(0), |c| Event::Close {
-            conn: c,
+    fn conn(id: u64) -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
+            id,
+            transport: Transport::Tcp,
+            client: "127.0.0.1:4000".parse().unwrap(),
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            local: "127.0.0.1:4001".parse().unwrap(),
+            backend: "127.0.0.1:7000".parse().unwrap(),
+        })
+    }
+
+    /// Connection `id`'s request (`req`, client to server).
+    fn request(id: u64) -> Event {
+        Event::Data {
+            conn: conn(id),
+            dir: Direction::ClientToServer,
+            offset: 0,
+            ts: Timestamp(0),
+            bytes: Arc::new(b"req".to_vec()),
+        }
+    }
+
+    fn close(id: u64) -> Event {
+        Event::Close {
+            conn: conn(id),
             ts: Timestamp(0),
             reason: CloseReason::Normal,
             bytes_c2s: 3,
             bytes_s2c: 0,
-        });
+        }
+    }
+
+    /// A sink on a fresh directory `nt-test-streams-NAME-PID` under the temp directory.
+    fn sink(name: &str) -> (StreamsSink, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("nt-test-streams-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (StreamsSink::new(dir.clone()).unwrap(), dir)
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// A direction that carried nothing has its empty file removed at the close, but only the
+    /// file the sink made: one another process put under that name since stays.
+    #[test]
+    fn only_our_own_empty_file_is_removed_at_the_close() {
+        let (mut sink, dir) = sink("own");
         for id in [1, 2] {
-            let data = Event::Data {
-                conn: conn(id),
-                dir: Direction::ClientToServer,
-                offset: 0,
-                ts,
-                bytes: Arc::new(b"req".to_vec()),
-            };
-            sink.event(&data).unwrap();
+            sink.event(&request(id)).unwrap();
         }
         // Connection 1's answer file is moved away and another one put in its place.
         let answer = dir.join("c000001-127.0.0.1.7000-127.0.0.1.4000");
         std::fs::rename(&answer, dir.join("moved")).unwrap();
         std::fs::write(&answer, b"").unwrap();
-        sink.event(&close(conn(1))).unwrap();
-        sink.event(&close(conn(2))).unwrap();
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        files.sort();
+        sink.event(&close(1)).unwrap();
+        sink.event(&close(2)).unwrap();
+        let files = names(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             files,
@@ -256,5 +312,19 @@ mod tests {
                 "moved",
             ]
         );
+    }
+
+    /// Both files of a connection are made at its first data, but only a direction that
+    /// carries data gets a 64 KiB buffer: one-way connections and UDP flows whose answers
+    /// never come hold one, not two.
+    #[test]
+    fn a_direction_that_carries_nothing_holds_no_buffer() {
+        let (mut sink, dir) = sink("buf");
+        for id in 1..=3 {
+            sink.event(&request(id)).unwrap();
+        }
+        let (held, files) = (sink.buffered(), names(&dir).len());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!((held, files), (3 * 64 * 1024, 6));
     }
 }
