@@ -7983,6 +7983,41 @@ on_both_relays!(
         a_late_refusal_moves_the_dial_to_the_names_next_address()
 );
 
+/// A target name with more addresses than a connection counts (300 in /etc/hosts, every one
+/// refusing at once on loopback): the proxy dials the first 256 and resets the client, on both
+/// relays, and goes on serving. The event loop's connection counted its address in a u8.
+fn a_name_with_hundreds_of_addresses_is_dialled_without_overflow(relay: Relay) {
+    let ns = lab("pxmany");
+    let dir = TempDir::new("pxmany");
+    let hosts: String = (0..300)
+        .map(|i| format!("127.0.{}.{} many\n", 1 + i / 250, 1 + i % 250))
+        .collect();
+    let p = start_with_hosts(relay, &ns, &dir, &hosts, &["127.0.0.1:8080", "many:7000"]);
+    for _ in 0..2 {
+        let got = inside(&ns, || {
+            let mut c = TcpStream::connect("127.0.0.1:8080")?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            c.read(&mut [0u8; 8])
+        });
+        assert!(got.is_err() || got.is_ok_and(|n| n == 0), "{}", p.log());
+    }
+    p.wait_logged("#2 ");
+    let log = p.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("connections=2 active=0"), "{log}");
+    assert!(log.contains("dial_errors=2"), "{log}");
+    assert!(
+        log.contains("127.0.2.6:7000: Connection refused"),
+        "the 256th address is the last dialled:\n{log}"
+    );
+}
+
+on_both_relays!(
+    a_name_with_hundreds_of_addresses_is_dialled_without_overflow_fast_path,
+    a_name_with_hundreds_of_addresses_is_dialled_without_overflow_tokio_path =>
+        a_name_with_hundreds_of_addresses_is_dialled_without_overflow()
+);
+
 /// A name none of whose addresses answers: the dump's close event (dial_failed) names the
 /// address whose failure its reason gives, the last one dialled, not the first.
 #[test]

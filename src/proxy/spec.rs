@@ -290,6 +290,10 @@ pub(crate) struct MapSpec {
     pub target_v6: Option<bool>,
 }
 
+/// How many of a target name's addresses are dialled, in order (the event loop's connection
+/// counts the one it dials in a u8; a name with more is rare, and 256 failed dials are plenty).
+pub(crate) const MAX_TARGET_ADDRESSES: usize = 256;
+
 /// What [`MapSpec::resolve`] asks of the system: names of the resolver, zones of the
 /// namespace each socket is made in.
 pub(crate) trait Lookup {
@@ -354,6 +358,7 @@ impl MapSpec {
                         format!("'{n}' resolves to 0.0.0.0 or ::, which cannot be a target"),
                     ));
                 }
+                ips.truncate(MAX_TARGET_ADDRESSES);
                 let first = ips.remove(0);
                 (first, 0, ips)
             }

@@ -40,7 +40,8 @@ pub(super) struct Conn {
     pub(super) connecting: bool,
     /// The generation of --target-netns's namespace it was dialed in (its low 32 bits).
     pub(super) ns_gen: u32,
-    /// Which of the listener's backend addresses is dialled (a target name's, in order).
+    /// Which of the listener's backend addresses is dialled (a target name's, in order; at most
+    /// spec::MAX_TARGET_ADDRESSES).
     pub(super) nth: u8,
     /// The client socket's readiness.
     pub(super) c: Ready,
