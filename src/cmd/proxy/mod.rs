@@ -476,13 +476,14 @@ pub(crate) const PROXY_HELP: &str =
 HOST is an IPv4 address, an IPv6 one in brackets ([::1]:8080), a link-local one with its
 interface ([fe80::1%eth0]:8080, the name or index looked up in --listen-netns/--target-netns),
 or a name. Names are resolved once at start by the system resolver (/etc/hosts, DNS) where
-nettool runs, --target-netns or not: a LISTEN name listens on each of its addresses, a TARGET
-name is dialled in the resolver's order until one connects (UDP: the first one routed).
+nettool runs, --target-netns or not: a LISTEN name listens on each of its addresses the
+listen namespace has, a TARGET name is dialled in the resolver's order until one connects (the
+first 256; UDP: the first one routed).
 A TARGET may start with socat's TCP: or UDP:; TCP4:/TCP6: (UDP4:/UDP6:) keep one family.
 A LISTEN without a HOST listens on 0.0.0.0 and [::].
 Without --dump/--hex/--pcap/--streams/--json, TCP bytes move with splice(2) once a read fills
 the 8 KiB buffer (short exchanges are copied through it). -v logs a line per connection.
-SIGUSR1 logs the counters; SIGINT/SIGTERM stop (exit 0) after logging them.
+SIGUSR1 logs the counters; SIGINT/SIGTERM/SIGHUP stop (exit 0) after logging them.
 
 Examples:
   nettool proxy 8080 172.19.0.2:80
