@@ -7709,6 +7709,56 @@ fn a_streams_pair_is_made_together_and_cannot_be_split() {
     );
 }
 
+/// `--streams` with one-way connections (requests, no answer yet): each holds its request's
+/// file open, not the answer's too. The pair is made at the first data, but the answer's file
+/// is opened only at the answer's first byte.
+#[test]
+fn a_one_way_connection_holds_one_stream_file_open() {
+    let ns = lab("pxstrfd");
+    let dir = TempDir::new("pxstrfd");
+    let l = listen_in(&ns, "127.0.0.1:7000");
+    let (done, end) = std::sync::mpsc::channel::<()>();
+    let k = 3;
+    std::thread::spawn(move || {
+        // Accepted and held, never answered.
+        let held: Vec<_> = (0..k).map(|_| l.accept().unwrap()).collect();
+        let _ = end.recv();
+        drop(held);
+    });
+    let streams = dir.join("streams");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--streams",
+            streams.to_str().unwrap(),
+            "127.0.0.1:8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    let base = p.fds();
+    let mut clients: Vec<TcpStream> = (0..k)
+        .map(|_| connect_in(&ns, "127.0.0.1:8080").unwrap())
+        .collect();
+    for c in clients.iter_mut() {
+        c.write_all(b"request\n").unwrap();
+    }
+    wait_for("the requests' files written", 10, || {
+        std::fs::read_dir(&streams).is_ok_and(|d| {
+            d.flatten()
+                .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+                .count()
+                == k
+        })
+    });
+    // Each connection: its two sockets and one file.
+    let held = p.fds() - base;
+    drop(clients);
+    let _ = done.send(());
+    p.stop();
+    assert_eq!(held, 3 * k, "fds held by {k} one-way connections");
+}
+
 /// From inside `ns`, `ping` sent through `addr` to an [`echo_backend`] comes back.
 fn pings_through(ns: &TestNs, addr: SocketAddr, p: &Proxy) {
     let got = inside(ns, move || echo_once(addr, b"ping"));

@@ -8,38 +8,64 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use super::event::{Direction, Event};
 use super::{create_new_at, open_private_dir, Sink, Skipped};
 
-/// One direction's file: bare until its first data, then behind a 64 KiB buffer (a direction
-/// that carries nothing, a UDP flow's answers that never come, holds none). An empty one is
-/// removed at the close: files are for directions that carried data, as tcpflow has them.
+/// One direction's file. Made with its partner at the connection's first data, but held open
+/// (an fd) and buffered (64 KiB) only from its own first data: a direction that carries
+/// nothing (a one-way connection's, a UDP flow's answers that never come) holds neither. An
+/// empty one is removed at the close: files are for directions that carried data, as tcpflow
+/// has them.
 struct Stream {
-    /// The file while nothing was written.
-    file: Option<File>,
-    /// The file once something was.
+    /// The file, open and buffered once something was written to it.
     w: Option<BufWriter<File>>,
+    /// The device and inode of the file made: the name is opened again (this direction's
+    /// first data) or removed (at the close, empty) only while it is still that file.
+    made: (u64, u64),
     name: String,
 }
 
+/// A file's device and inode.
+fn identity(st: &nix::sys::stat::FileStat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
 impl Stream {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
+    /// Made just now as `f` (kept open when `keep`: its direction writes at once).
+    fn made(f: File, name: String, keep: bool) -> std::io::Result<Stream> {
+        let made = identity(&nix::sys::stat::fstat(&f)?);
+        Ok(Stream {
+            w: keep.then(|| BufWriter::with_capacity(64 * 1024, f)),
+            made,
+            name,
+        })
+    }
+
+    /// The file to write to: opened again by name at this direction's first data (O_NOFOLLOW,
+    /// never created) and refused unless it is the file made.
+    fn writer(&mut self, dir: BorrowedFd<'_>) -> std::io::Result<&mut BufWriter<File>> {
         if self.w.is_none() {
-            self.w = self
-                .file
-                .take()
-                .map(|f| BufWriter::with_capacity(64 * 1024, f));
+            use nix::fcntl::OFlag;
+            let fd = nix::fcntl::openat(
+                dir,
+                self.name.as_str(),
+                OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            let f = File::from(fd);
+            if identity(&nix::sys::stat::fstat(&f)?) != self.made {
+                return Err(std::io::Error::other(
+                    "another file took its name since it was made",
+                ));
+            }
+            self.w = Some(BufWriter::with_capacity(64 * 1024, f));
         }
-        match &mut self.w {
-            Some(w) => w.write_all(bytes),
-            None => Ok(()),
-        }
+        self.w
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no file"))
     }
 }
 
@@ -77,7 +103,13 @@ impl StreamsSink {
     /// pair cannot be split by a name taken between one direction's first data and the
     /// other's. Files that exist are never opened (appending mixed two connections in one
     /// stream; opening made them 0600).
-    fn make_pair(&self, name: &str, partner: &str) -> std::io::Result<(Stream, Stream)> {
+    /// `name`'s file stays open when `keep` (its first data is at hand).
+    fn make_pair(
+        &self,
+        name: &str,
+        partner: &str,
+        keep: bool,
+    ) -> std::io::Result<(Stream, Stream)> {
         let with = |base: &str, n: u32| match n {
             1 => base.to_string(),
             n => format!("{base}c{n}"),
@@ -104,12 +136,10 @@ impl StreamsSink {
                 Err(e) if taken(&e) => continue,
                 Err(e) => return Err(e),
             };
-            let stream = |f, name| Stream {
-                file: Some(f),
-                w: None,
-                name,
-            };
-            return Ok((stream(f, first), stream(g, second)));
+            return Ok((
+                Stream::made(f, first, keep)?,
+                Stream::made(g, second, false)?,
+            ));
         }
         Err(std::io::Error::other(format!(
             "{name} and {} more files of that name exist already (from earlier runs): empty the directory",
@@ -119,27 +149,18 @@ impl StreamsSink {
 
     /// Flush a direction's file at the close, or remove it if nothing was written to it.
     fn end(&self, s: Stream) -> std::io::Result<()> {
-        let Stream { file, w, name } = s;
+        let Stream { w, made, name } = s;
         if let Some(mut w) = w {
             return w.flush();
         }
-        let Some(f) = file else {
-            return Ok(());
-        };
         // Only the file we made: another process sharing the directory may have moved ours
         // away and put its own under the name (the same check as make_pair's O_EXCL).
-        let ours = nix::sys::stat::fstat(&f).ok();
         let there = nix::sys::stat::fstatat(
             self.dirfd.as_fd(),
             name.as_str(),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .ok();
-        drop(f);
-        let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| {
-            (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-        };
-        if ours.zip(there).is_some_and(|(a, b)| same(&a, &b)) {
+        );
+        if there.is_ok_and(|st| identity(&st) == made) {
             // Best effort: an empty file left behind harms nobody, and an error here would
             // stop the whole sink.
             let _ = nix::unistd::unlinkat(
@@ -177,7 +198,7 @@ impl Sink for StreamsSink {
                     };
                     let name = format!("c{:06}-{}-{}", conn.id, dotted(src), dotted(dst));
                     let partner = format!("c{:06}-{}-{}", conn.id, dotted(dst), dotted(src));
-                    match self.make_pair(&name, &partner) {
+                    match self.make_pair(&name, &partner, !bytes.is_empty()) {
                         Ok((this, other)) => {
                             self.open.insert(key, this);
                             self.open.insert((conn.id, dir.other()), other);
@@ -190,8 +211,18 @@ impl Sink for StreamsSink {
                         }
                     }
                 }
-                if let Some(s) = self.open.get_mut(&key) {
-                    s.write(bytes)?;
+                let dirfd = self.dirfd.as_fd();
+                if let Some(s) = self.open.get_mut(&key).filter(|_| !bytes.is_empty()) {
+                    match s.writer(dirfd) {
+                        Ok(w) => w.write_all(bytes)?,
+                        Err(e) => {
+                            let name = s.name.clone();
+                            self.left_out.insert(conn.id);
+                            return Err(std::io::Error::other(Skipped(format!(
+                                "cannot open {name} again: {e}; that connection's streams are not saved from here on, the others are"
+                            ))));
+                        }
+                    }
                 }
             }
             Event::Close { conn, .. } => {
@@ -315,16 +346,44 @@ mod tests {
     }
 
     /// Both files of a connection are made at its first data, but only a direction that
-    /// carries data gets a 64 KiB buffer: one-way connections and UDP flows whose answers
-    /// never come hold one, not two.
+    /// carries data holds its file open and a 64 KiB buffer: one-way connections and UDP
+    /// flows whose answers never come hold one of each, not two. The other direction's file
+    /// is opened again at its first data, and only while it is still the file made.
     #[test]
-    fn a_direction_that_carries_nothing_holds_no_buffer() {
+    fn a_direction_that_carries_nothing_holds_no_fd_and_no_buffer() {
         let (mut sink, dir) = sink("buf");
         for id in 1..=3 {
             sink.event(&request(id)).unwrap();
         }
+        let open = sink.open.values().filter(|s| s.w.is_some()).count();
         let (held, files) = (sink.buffered(), names(&dir).len());
+        let answer = |id: u64| Event::Data {
+            conn: conn(id),
+            dir: Direction::ServerToClient,
+            offset: 0,
+            ts: Timestamp(0),
+            bytes: Arc::new(b"answer".to_vec()),
+        };
+        sink.event(&answer(1)).unwrap();
+        // Connection 2's answer file is replaced before its first data: left alone. (Moved
+        // away, not removed: a removed file's inode number may be the new one's.)
+        let other = dir.join("c000002-127.0.0.1.7000-127.0.0.1.4000");
+        std::fs::rename(&other, dir.join("moved")).unwrap();
+        std::fs::write(&other, b"theirs").unwrap();
+        let refused = sink.event(&answer(2)).unwrap_err().to_string();
+        for id in 1..=3 {
+            sink.event(&close(id)).unwrap();
+        }
+        let written = (
+            std::fs::read(dir.join("c000001-127.0.0.1.7000-127.0.0.1.4000")),
+            std::fs::read(&other),
+        );
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!((held, files), (3 * 64 * 1024, 6));
+        assert_eq!((open, held, files), (3, 3 * 64 * 1024, 6));
+        assert!(refused.contains("another file took its name"), "{refused}");
+        assert_eq!(
+            (written.0.unwrap(), written.1.unwrap()),
+            (b"answer".to_vec(), b"theirs".to_vec())
+        );
     }
 }
