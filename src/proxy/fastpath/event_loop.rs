@@ -500,9 +500,16 @@ impl Loop {
         };
         let listeners = self.listeners.clone();
         let l = &listeners[conn.listener as usize];
-        if (conn.nth as usize) < l.map.more.len() {
+        let moved = |ctx: &Ctx| {
+            ctx.target
+                .as_ref()
+                .is_some_and(|w| w.gen() as u32 != conn.ns_gen)
+        };
+        if (conn.nth as usize) < l.map.more.len() && !moved(&self.ctx) {
             // A target name's next address, before the --target-netns recheck (see dial);
-            // the client's registration carries the vacated slot's token.
+            // once the namespace was followed (another dial's recheck) the connection starts
+            // again at the first address there, below. The client's registration carries the
+            // vacated slot's token.
             epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
             let Conn {
                 id,
@@ -518,12 +525,7 @@ impl Loop {
             return self.dial(id, listener as usize, l, client, peer, true, nth + 1);
         }
         let hint = self.ctx.target_hint();
-        let moved = self
-            .ctx
-            .target
-            .as_ref()
-            .is_some_and(|w| w.gen() as u32 != conn.ns_gen);
-        if moved {
+        if moved(&self.ctx) {
             // Refused in a namespace --target-netns no longer names: dialed once more in the
             // new one. The client's registration carries the vacated slot's token.
             epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
