@@ -333,9 +333,12 @@ impl ReloadLock {
         Self::take(libc::LOCK_EX)
     }
 
+    /// Waited for at most 10 minutes (a reloading test waits for every other Podman test to
+    /// end): a process holding the lock for good (a shell's `flock ... sleep`, a hung test)
+    /// fails the test with its name instead of hanging the suite.
     fn take(op: libc::c_int) -> Self {
         let f = lock_file(RELOAD_LOCK);
-        assert!(flock(&f, op), "flock {RELOAD_LOCK}");
+        lock_wait(&f, op, RELOAD_LOCK, Duration::from_secs(600));
         ReloadLock(f)
     }
 }
@@ -363,12 +366,19 @@ fn flock(f: &File, op: libc::c_int) -> bool {
 /// run (or a shell that passed the lock's fd to a child) must fail the test with the holder's
 /// name, not hang the whole suite.
 fn lock_start(start: &File) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !flock(start, libc::LOCK_EX | libc::LOCK_NB) {
+    lock_wait(start, libc::LOCK_EX, START_LOCK, Duration::from_secs(180));
+}
+
+/// flock(`op`) on `f` (the lock file `path`), waited for at most `limit`; then a panic that
+/// names the processes holding it.
+fn lock_wait(f: &File, op: libc::c_int, path: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !flock(f, op | libc::LOCK_NB) {
         if Instant::now() > deadline {
             panic!(
-                "{START_LOCK} is held for over 3 minutes by: {} (a leftover of a killed run? end it)",
-                lock_holders(START_LOCK)
+                "{path} is held for over {} s by: {} (a leftover of a killed run, or a shell holding it? end it)",
+                limit.as_secs(),
+                lock_holders(path)
             );
         }
         std::thread::sleep(Duration::from_millis(100));
