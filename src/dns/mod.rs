@@ -4,11 +4,13 @@
 //! [`packet`] turns frames into DNS messages (UDP, TCP reassembled), [`pair`] pairs them,
 //! [`docker`] learns where Docker's embedded resolver really listens. [`live`] and
 //! [`read_file`] drive the pipeline and hand each finished [`pair::Lookup`] to a callback:
-//! this module never prints.
+//! this module never prints. [`lookup`] turns host names into addresses for the proxy's
+//! mappings (/etc/hosts, then resolv.conf's nameservers; no getaddrinfo).
 
 pub(crate) mod capture;
 pub(crate) mod docker;
 pub(crate) mod join;
+pub(crate) mod lookup;
 pub mod packet;
 pub(crate) mod pair;
 

@@ -317,7 +317,7 @@ impl MapSpec {
             let ips = look.addresses(n).map_err(|e| {
                 not_found(
                     spec,
-                    format!("cannot resolve '{n}': {e} (names are looked up once at start by the system resolver: /etc/hosts, then DNS)"),
+                    format!("cannot resolve '{n}': {e} (names are looked up once at start: /etc/hosts, then the nameservers of /etc/resolv.conf)"),
                 )
             })?;
             if let Some(ll) = ips.iter().find(|ip| is_link_local(**ip)) {

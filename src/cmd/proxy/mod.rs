@@ -110,17 +110,22 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
     Ok(maps)
 }
 
-/// The addresses the system resolver (getaddrinfo: /etc/hosts, then DNS) gives for `name`, in
-/// its order, each once.
+/// The addresses /etc/hosts, then the nameservers of /etc/resolv.conf, give for `name`, in
+/// the order to try them, each once ([`crate::dns::lookup`]: no getaddrinfo, whose NSS
+/// modules a static binary cannot load).
 fn system_addresses(name: &str) -> Result<Vec<std::net::IpAddr>, String> {
-    use std::net::ToSocketAddrs;
-    let mut out = Vec::new();
-    for a in (name, 0).to_socket_addrs().map_err(|e| e.to_string())? {
-        if !out.contains(&a.ip()) {
-            out.push(a.ip());
-        }
-    }
-    Ok(out)
+    use crate::dns::lookup::{lookup_host, ResolverConfig};
+    lookup_host(&ResolverConfig::system(), name)
+}
+
+/// The same for reading a running proxy's arguments (doctor, topology): one query round of at
+/// most a second, so a dead DNS server does not hold a diagnosis for resolv.conf's 2 x 5 s.
+fn quick_addresses(name: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    use crate::dns::lookup::{lookup_host, ResolverConfig};
+    let mut cfg = ResolverConfig::system();
+    cfg.timeout = std::time::Duration::from_secs(1);
+    cfg.attempts = 1;
+    lookup_host(&cfg, name)
 }
 
 /// The index of interface `zone` (a name, or an index that must exist) in the calling
@@ -151,7 +156,7 @@ fn interface_index(zone: &str) -> Result<u32, (String, String)> {
     ))
 }
 
-/// Names through the system resolver, once, in the proxy's own context (--target-netns does
+/// Names through /etc/hosts and resolv.conf's nameservers, once, in the proxy's own context (--target-netns does
 /// not change it: /etc/resolv.conf and /etc/hosts are files, and the queries leave from where
 /// nettool runs); zones in the namespace where that side's sockets are made.
 struct SystemLookup<'a> {
@@ -324,7 +329,7 @@ pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Mapping>> {
             struct Recognise;
             impl Lookup for Recognise {
                 fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, String> {
-                    system_addresses(name)
+                    quick_addresses(name)
                 }
                 fn zone(&self, _listen: bool, zone: &str) -> Result<u32, String> {
                     Ok(zone.parse().unwrap_or(0))
@@ -475,7 +480,7 @@ pub(crate) const PROXY_HELP: &str =
     "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [HOST:]PORT[-PORT] and TARGET = HOST[:PORT[-PORT]].
 HOST is an IPv4 address, an IPv6 one in brackets ([::1]:8080), a link-local one with its
 interface ([fe80::1%eth0]:8080, the name or index looked up in --listen-netns/--target-netns),
-or a name. Names are resolved once at start by the system resolver (/etc/hosts, DNS) where
+or a name. Names are resolved once at start (/etc/hosts, then resolv.conf's nameservers) where
 nettool runs, --target-netns or not: a LISTEN name listens on each of its addresses the
 listen namespace has, a TARGET name is dialled in the resolver's order until one connects (the
 first 256; UDP: the first one routed).

@@ -1,0 +1,495 @@
+//! Host names to addresses without glibc's NSS: /etc/hosts, then the nameservers of
+//! /etc/resolv.conf (A and AAAA over UDP, TCP when an answer is truncated), with its search
+//! list and `ndots`. The static binary of the image links glibc statically, where getaddrinfo
+//! would dlopen libnss_*.so at run time (absent in the image, and of another glibc on a host);
+//! this lookup needs nothing but the two files, so a name resolves the same in the image, on a
+//! host and in a Kubernetes pod (`svc.ns.svc.cluster.local` through the pod's search list).
+//!
+//! Order of the answer: as glibc's getaddrinfo does it in the common cases (RFC 6724, reduced
+//! to what decides there): addresses this namespace has no route to go last, then by the
+//! RFC's precedence table (::1, then global IPv6, then IPv4), each family in the order the
+//! source gave.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+/// Where names are looked up: the hosts file's lines and resolv.conf's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct ResolverConfig {
+    /// The hosts file's text (/etc/hosts).
+    pub hosts: String,
+    /// Nameservers in resolv.conf's order (port 53; tests set another).
+    pub nameservers: Vec<SocketAddr>,
+    /// Domains tried for a name with fewer than `ndots` dots (and after it otherwise).
+    pub search: Vec<String>,
+    /// resolv.conf's `options ndots:N` (1 by default).
+    pub ndots: usize,
+    /// How long one query waits for an answer (`options timeout:N`, 5 s by default).
+    pub timeout: Duration,
+    /// How many rounds over the nameservers (`options attempts:N`, 2 by default).
+    pub attempts: usize,
+}
+
+impl ResolverConfig {
+    /// The machine's: /etc/hosts and /etc/resolv.conf as this process sees them (a missing
+    /// file is an empty one; no nameserver line means 127.0.0.1, as glibc does).
+    pub(crate) fn system() -> ResolverConfig {
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        ResolverConfig::from_texts(hosts, &resolv)
+    }
+
+    /// A configuration from the two files' texts.
+    pub(crate) fn from_texts(hosts: String, resolv: &str) -> ResolverConfig {
+        let mut c = ResolverConfig {
+            hosts,
+            nameservers: Vec::new(),
+            search: Vec::new(),
+            ndots: 1,
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        };
+        for line in resolv.lines() {
+            let line = line.split(['#', ';']).next().unwrap_or("");
+            let mut words = line.split_whitespace();
+            match words.next() {
+                // glibc reads at most three nameservers.
+                Some("nameserver") if c.nameservers.len() < 3 => {
+                    if let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) {
+                        c.nameservers.push(SocketAddr::new(ip, 53));
+                    }
+                }
+                // The last of `domain` and `search` wins, as in glibc.
+                Some("search") => c.search = words.map(|w| w.to_string()).collect(),
+                Some("domain") => c.search = words.take(1).map(|w| w.to_string()).collect(),
+                Some("options") => {
+                    for o in words {
+                        let (k, v) = o.split_once(':').unwrap_or((o, ""));
+                        let n = v.parse::<usize>().ok();
+                        match (k, n) {
+                            ("ndots", Some(n)) => c.ndots = n.min(15),
+                            ("timeout", Some(n)) => {
+                                c.timeout = Duration::from_secs(n.clamp(1, 30) as u64)
+                            }
+                            ("attempts", Some(n)) => c.attempts = n.clamp(1, 5),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if c.nameservers.is_empty() {
+            c.nameservers
+                .push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53));
+        }
+        c
+    }
+}
+
+/// The addresses `name` has, each once, in the order a connection should try them; an error
+/// says what failed (no such name, no answer from which nameservers).
+pub(crate) fn lookup_host(cfg: &ResolverConfig, name: &str) -> Result<Vec<IpAddr>, String> {
+    let found = from_hosts(&cfg.hosts, name);
+    let mut ips = if found.is_empty() {
+        from_dns(cfg, name)?
+    } else {
+        found
+    };
+    order(&mut ips);
+    Ok(ips)
+}
+
+/// Every address the hosts file gives `name` (or an alias), in file order, each once.
+fn from_hosts(hosts: &str, name: &str) -> Vec<IpAddr> {
+    let want = name.trim_end_matches('.');
+    let mut out = Vec::new();
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        // A scoped address (fe80::1%eth0) in a hosts file is skipped: its interface would be
+        // looked up where nettool runs, which is not where the socket lives.
+        let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        if words.any(|n| n.eq_ignore_ascii_case(want)) && !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// The names to ask for, in resolv.conf's order: an absolute name (trailing dot) as it is; a
+/// name with at least `ndots` dots as it is and then with each search domain; a shorter one
+/// with each search domain first.
+fn candidates(cfg: &ResolverConfig, name: &str) -> Vec<String> {
+    if let Some(abs) = name.strip_suffix('.') {
+        return vec![abs.to_string()];
+    }
+    let searched = cfg
+        .search
+        .iter()
+        .map(|d| format!("{name}.{}", d.trim_end_matches('.')));
+    if name.matches('.').count() >= cfg.ndots {
+        std::iter::once(name.to_string()).chain(searched).collect()
+    } else {
+        searched.chain(std::iter::once(name.to_string())).collect()
+    }
+}
+
+/// How one name's two queries went.
+enum Asked {
+    /// Addresses (A and AAAA together).
+    Found(Vec<IpAddr>),
+    /// NXDOMAIN, or no address of either type: try the next candidate.
+    NoSuchName,
+    /// What went wrong with the last nameserver asked.
+    Failed(String),
+}
+
+fn from_dns(cfg: &ResolverConfig, name: &str) -> Result<Vec<IpAddr>, String> {
+    let mut failed: Option<String> = None;
+    for cand in candidates(cfg, name) {
+        let Ok(qname) = Name::from_ascii(format!("{cand}.")) else {
+            continue;
+        };
+        match ask_all(cfg, &qname) {
+            Asked::Found(ips) => return Ok(ips),
+            Asked::NoSuchName => {}
+            Asked::Failed(e) => failed = Some(e),
+        }
+    }
+    Err(match failed {
+        Some(e) => e,
+        None => "no such name (not in /etc/hosts; the nameservers of /etc/resolv.conf know none of its forms)".to_string(),
+    })
+}
+
+/// Ask each nameserver in turn, `attempts` rounds, until one answers both queries.
+fn ask_all(cfg: &ResolverConfig, qname: &Name) -> Asked {
+    let mut last = String::new();
+    for _ in 0..cfg.attempts {
+        for ns in &cfg.nameservers {
+            match ask(*ns, qname, cfg.timeout) {
+                Ok(a) => return a,
+                Err(e) => last = format!("no answer from nameserver {ns}: {e}"),
+            }
+        }
+    }
+    Asked::Failed(last)
+}
+
+/// A and AAAA for `qname` from one nameserver, over UDP (both sent at once, as glibc does),
+/// again over TCP when an answer comes back truncated.
+fn ask(ns: SocketAddr, qname: &Name, timeout: Duration) -> Result<Asked, String> {
+    let bind: SocketAddr = match ns {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    sock.connect(ns).map_err(|e| e.to_string())?;
+    // Not guessable from outside is not the point here (the socket is connected, so only the
+    // nameserver's address can answer); two runs must not reuse ids by accident.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let id0 = (std::process::id() as u16) ^ (nanos as u16);
+    let types = [RecordType::A, RecordType::AAAA];
+    let mut pending: Vec<(u16, RecordType)> = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        let id = id0.wrapping_add(i as u16);
+        sock.send(&query(id, qname, *t)?)
+            .map_err(|e| e.to_string())?;
+        pending.push((id, *t));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut ips = Vec::new();
+    let mut nxdomain = false;
+    let mut buf = vec![0u8; 4096];
+    while !pending.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("timed out after {} s", timeout.as_secs()));
+        }
+        sock.set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!("timed out after {} s", timeout.as_secs()))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let Ok(mut m) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let Some(at) = pending.iter().position(|(id, _)| *id == m.metadata.id) else {
+            continue;
+        };
+        let (id, t) = pending.remove(at);
+        if m.metadata.truncation {
+            m = ask_tcp(ns, id, qname, t, timeout)?;
+        }
+        match m.metadata.response_code {
+            ResponseCode::NoError => {}
+            ResponseCode::NXDomain => nxdomain = true,
+            code => return Err(format!("the nameserver answered {code}")),
+        }
+        for r in &m.answers {
+            let ip = match &r.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => continue,
+            };
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    Ok(match (ips.is_empty(), nxdomain) {
+        (false, _) => Asked::Found(ips),
+        _ => Asked::NoSuchName,
+    })
+}
+
+fn query(id: u16, qname: &Name, t: RecordType) -> Result<Vec<u8>, String> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(qname.clone(), t));
+    m.to_vec().map_err(|e| e.to_string())
+}
+
+/// One query over TCP (two-byte length in front of each message).
+fn ask_tcp(
+    ns: SocketAddr,
+    id: u16,
+    qname: &Name,
+    t: RecordType,
+    timeout: Duration,
+) -> Result<Message, String> {
+    let tcp = |e: std::io::Error| format!("over TCP: {e}");
+    let mut s = TcpStream::connect_timeout(&ns, timeout).map_err(tcp)?;
+    s.set_read_timeout(Some(timeout)).map_err(tcp)?;
+    let q = query(id, qname, t)?;
+    let mut out = (q.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&q);
+    s.write_all(&out).map_err(tcp)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).map_err(tcp)?;
+    let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).map_err(tcp)?;
+    Message::from_vec(&body).map_err(|e| format!("over TCP: not a DNS answer: {e}"))
+}
+
+/// RFC 6724's precedence (its default policy table) of a destination.
+fn precedence(ip: &IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => 35,
+        IpAddr::V6(v6) if v6.is_loopback() => 50,
+        IpAddr::V6(v6) => match v6.segments()[0] {
+            0x2002 => 30,
+            0x2001 if v6.segments()[1] == 0 => 5,
+            s if s & 0xfe00 == 0xfc00 => 3,
+            0x3ffe | 0xfec0 => 1,
+            _ if v6.segments()[..6] == [0; 6] => 1,
+            _ => 40,
+        },
+    }
+}
+
+/// Whether this namespace has a route to `ip` (a UDP connect sends nothing).
+fn routable(ip: &IpAddr) -> bool {
+    let bind: SocketAddr = match ip {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    UdpSocket::bind(bind)
+        .and_then(|s| s.connect(SocketAddr::new(*ip, 9)))
+        .is_ok()
+}
+
+/// Usable addresses first, then by precedence; a stable sort keeps the source's order within.
+fn order(ips: &mut [IpAddr]) {
+    let mut keyed: Vec<(bool, u8, IpAddr)> = ips
+        .iter()
+        .map(|ip| (!routable(ip), 255 - precedence(ip), *ip))
+        .collect();
+    keyed.sort_by_key(|(unroutable, prec, _)| (*unroutable, *prec));
+    for (slot, (_, _, ip)) in ips.iter_mut().zip(keyed) {
+        *slot = ip;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::MessageType;
+    use hickory_proto::rr::rdata::{A, AAAA};
+    use hickory_proto::rr::Record;
+
+    const DEBIAN_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n# a comment\n10.0.0.5 db.internal db # the db\n";
+
+    #[test]
+    fn hosts_file_names_and_aliases_in_file_order_then_ordered() {
+        assert_eq!(
+            from_hosts(DEBIAN_HOSTS, "localhost"),
+            vec![
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            from_hosts(DEBIAN_HOSTS, "DB"),
+            vec!["10.0.0.5".parse::<IpAddr>().unwrap()]
+        );
+        assert!(from_hosts(DEBIAN_HOSTS, "comment").is_empty());
+        // getaddrinfo's order: ::1 (precedence 50) before 127.0.0.1 (35).
+        let cfg = ResolverConfig::from_texts(DEBIAN_HOSTS.into(), "");
+        assert_eq!(
+            lookup_host(&cfg, "localhost").unwrap(),
+            vec![
+                "::1".parse::<IpAddr>().unwrap(),
+                "127.0.0.1".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn resolv_conf_settings_and_the_search_order() {
+        let c = ResolverConfig::from_texts(
+            String::new(),
+            "# k8s\nnameserver 10.96.0.10\nnameserver bad\nsearch ns.svc.cluster.local svc.cluster.local\noptions ndots:5 timeout:2 attempts:3\n",
+        );
+        assert_eq!(c.nameservers, vec!["10.96.0.10:53".parse().unwrap()]);
+        assert_eq!(
+            (c.ndots, c.timeout, c.attempts),
+            (5, Duration::from_secs(2), 3)
+        );
+        assert_eq!(
+            candidates(&c, "web"),
+            ["web.ns.svc.cluster.local", "web.svc.cluster.local", "web"]
+        );
+        assert_eq!(candidates(&c, "web.example."), ["web.example"]);
+        let d = ResolverConfig::from_texts(String::new(), "search a.example\n");
+        assert_eq!(d.nameservers, vec!["127.0.0.1:53".parse().unwrap()]);
+        assert_eq!(candidates(&d, "db.corp"), ["db.corp", "db.corp.a.example"]);
+    }
+
+    /// A nameserver on loopback that knows `known` (A and AAAA), answers NXDOMAIN for the
+    /// rest, truncates over UDP when `truncate`, and answers over TCP on the same port.
+    fn nameserver(known: &'static str, truncate: bool) -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = udp.local_addr().unwrap();
+        let tcp = std::net::TcpListener::bind(at).unwrap();
+        let answer = move |q: &[u8], over_udp: bool| {
+            let req = Message::from_vec(q).unwrap();
+            let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
+            resp.metadata.message_type = MessageType::Response;
+            resp.add_queries(req.queries.clone());
+            let qn = &req.queries[0];
+            if qn.name.to_ascii().trim_end_matches('.') != known {
+                resp.metadata.response_code = ResponseCode::NXDomain;
+            } else if truncate && over_udp {
+                resp.metadata.truncation = true;
+            } else {
+                let rd = match qn.query_type {
+                    RecordType::A => RData::A(A("192.0.2.7".parse().unwrap())),
+                    _ => RData::AAAA(AAAA("2001:db8::7".parse().unwrap())),
+                };
+                resp.add_answer(Record::from_rdata(qn.name.clone(), 60, rd));
+            }
+            resp.to_vec().unwrap()
+        };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&answer(&buf[..n], true), from);
+            }
+        });
+        std::thread::spawn(move || {
+            for mut s in tcp.incoming().flatten() {
+                let mut len = [0u8; 2];
+                if s.read_exact(&mut len).is_err() {
+                    continue;
+                }
+                let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+                if s.read_exact(&mut q).is_err() {
+                    continue;
+                }
+                let a = answer(&q, false);
+                let mut out = (a.len() as u16).to_be_bytes().to_vec();
+                out.extend_from_slice(&a);
+                let _ = s.write_all(&out);
+            }
+        });
+        at
+    }
+
+    fn cfg_for(ns: SocketAddr, search: &str) -> ResolverConfig {
+        let mut c = ResolverConfig::from_texts(String::new(), &format!("search {search}\n"));
+        c.nameservers = vec![ns];
+        c.timeout = Duration::from_secs(2);
+        c
+    }
+
+    #[test]
+    fn a_name_through_the_search_list_over_udp_and_over_tcp_when_truncated() {
+        for truncate in [false, true] {
+            let ns = nameserver("web.ns.svc.cluster.local", truncate);
+            let c = cfg_for(ns, "ns.svc.cluster.local");
+            let mut got = from_dns(&c, "web").unwrap();
+            got.sort();
+            assert_eq!(
+                got,
+                vec![
+                    "192.0.2.7".parse::<IpAddr>().unwrap(),
+                    "2001:db8::7".parse().unwrap()
+                ],
+                "truncate {truncate}"
+            );
+            let e = from_dns(&c, "nosuch").unwrap_err();
+            assert!(e.contains("no such name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_silent_nameserver_is_named_in_the_error() {
+        // Bound, never answers.
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut c = cfg_for(silent.local_addr().unwrap(), "x");
+        c.timeout = Duration::from_secs(1);
+        c.attempts = 1;
+        let e = from_dns(&c, "web.example.").unwrap_err();
+        assert!(
+            e.contains(&silent.local_addr().unwrap().to_string()) && e.contains("timed out"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn precedence_puts_loopback_v6_then_global_v6_then_v4() {
+        let mut ips: Vec<IpAddr> = ["127.0.0.1", "2001:db8::1", "::1", "10.0.0.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        ips.sort_by_key(|ip| 255 - precedence(ip));
+        let want: Vec<IpAddr> = ["::1", "2001:db8::1", "127.0.0.1", "10.0.0.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(ips, want);
+        // Teredo (2001::/32) and unique-local (fc00::/7) go after IPv4.
+        assert!(precedence(&"2001::1".parse().unwrap()) < 35);
+        assert!(precedence(&"fd00::1".parse().unwrap()) < 35);
+    }
+}
