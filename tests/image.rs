@@ -102,8 +102,13 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
+        // tools/build-image tags NAME:latest as well; removing one tag keeps the image.
+        let latest = format!(
+            "{}:latest",
+            self.tag.rsplit_once(':').map_or(&*self.tag, |t| t.0)
+        );
         let _ = Command::new("podman")
-            .args(["rmi", "-f", &self.tag])
+            .args(["rmi", "-f", &self.tag, &latest])
             .output();
     }
 }
