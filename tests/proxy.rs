@@ -8105,3 +8105,40 @@ fn a_failed_dial_to_a_name_names_its_last_address_in_the_dump() {
     assert_eq!(close.len(), 1, "{text}");
     assert_eq!(close[0]["conn"]["backend"], "127.0.0.3:7000", "{text}");
 }
+
+/// A name whose every address refuses: the warn line lists the addresses and says that the
+/// error is the last one's (it read as if every address gave it).
+fn a_name_whose_every_address_refuses_says_each_was_tried(relay: Relay) {
+    let ns = lab("pxeach");
+    let dir = TempDir::new("pxeach");
+    let p = start_with_hosts(
+        relay,
+        &ns,
+        &dir,
+        "127.0.0.2 twoaddr\n127.0.0.3 twoaddr\n",
+        &["127.0.0.1:8080", "twoaddr:7000"],
+    );
+    let got = inside(&ns, || {
+        let mut c = TcpStream::connect("127.0.0.1:8080")?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        c.read(&mut [0u8; 8])
+    });
+    assert!(got.is_err() || got.is_ok_and(|n| n == 0), "{}", p.log());
+    p.wait_logged("resetting the client");
+    let log = p.log();
+    assert!(
+        log.contains("cannot connect to backend 127.0.0.2:7000 or 127.0.0.3:7000 (each tried; the last said): Connection refused"),
+        "{log}"
+    );
+    p.stop();
+}
+
+#[test]
+fn a_name_whose_every_address_refuses_says_each_was_tried_fast_path() {
+    a_name_whose_every_address_refuses_says_each_was_tried(Relay::FastPath);
+}
+
+#[test]
+fn a_name_whose_every_address_refuses_says_each_was_tried_tokio_path() {
+    a_name_whose_every_address_refuses_says_each_was_tried(Relay::Tokio);
+}

@@ -113,6 +113,15 @@ impl PortMap {
         let all: Vec<String> = self.targets().map(|t| t.to_string()).collect();
         all.join(" or ")
     }
+
+    /// The backend in a line that says every dial failed: a name's addresses say that each
+    /// was tried and that the error after it is the last one's (not every address's).
+    pub(crate) fn failed_text(&self) -> String {
+        match self.more.is_empty() {
+            true => format!("backend {}", self.target),
+            false => format!("backend {} (each tried; the last said)", self.target_text()),
+        }
+    }
 }
 
 fn bad(spec: &str, why: impl Into<String>) -> SpecError {

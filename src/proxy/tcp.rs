@@ -141,8 +141,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
             ctx.log(
                 Level::Warn,
                 format!(
-                    "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{hint}; dialing this connection again there",
-                    map.target_text()
+                    "#{id} {peer} -> {listen}: cannot connect to {}: {e}{hint}; dialing this connection again there",
+                    map.failed_text()
                 ),
             );
             dialed = dial_in_order(&ctx, id, peer, &map).await;
@@ -160,8 +160,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
             ctx.log(
                 Level::Warn,
                 format!(
-                    "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{hint}; resetting the client",
-                    map.target_text()
+                    "#{id} {peer} -> {listen}: cannot connect to {}: {e}{hint}; resetting the client",
+                    map.failed_text()
                 ),
             );
             let _ = client.set_zero_linger();

@@ -126,9 +126,9 @@ fn retry_line(
     hint: &str,
 ) -> String {
     format!(
-        "#{id} {peer} -> {}: cannot connect to backend {}: {e}{hint}; dialing this connection again there",
+        "#{id} {peer} -> {}: cannot connect to {}: {e}{hint}; dialing this connection again there",
         listen_addr(client, l),
-        l.map.target_text()
+        l.map.failed_text()
     )
 }
 
@@ -477,8 +477,8 @@ impl Loop {
         self.ctx.log(
             Level::Warn,
             format!(
-                "#{id} {peer} -> {listen}: cannot connect to backend {}: {e}{hint}; resetting the client",
-                map.target_text()
+                "#{id} {peer} -> {listen}: cannot connect to {}: {e}{hint}; resetting the client",
+                map.failed_text()
             ),
         );
         zero_linger(client);
