@@ -6973,6 +6973,19 @@ fn outcome(ns: &TestNs, args: &[&str], env: &[(&str, &str)]) -> (String, Option<
     (ready, code, err)
 }
 
+/// docker-proxy mode (127.0.0.1:8080 -> 127.0.0.1:7000, no config file) with `env`: what
+/// fd 3 said and the exit code.
+fn docker_mode_outcome(ns: &TestNs, env: &[(&str, &str)]) -> (String, Option<i32>) {
+    let mut env = env.to_vec();
+    env.push(("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml"));
+    let (ready, code, _) = outcome(
+        ns,
+        &docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000")),
+        &env,
+    );
+    (ready, code)
+}
+
 /// Two proxies on one UDP port: the second is refused and names the first. The UDP listener
 /// used SO_REUSEADDR, so a second `nettool proxy udp:5353 ...` (or anything else that binds
 /// with it, socat's UDP-RECV) started too and the two split the port's datagrams.
@@ -7505,13 +7518,7 @@ fn a_std_stream_named_in_docker_proxy_mode_names_the_setting() {
             "cannot open dump destination /proc/self/fd/1: it names this process's stdout, not a file (dockerd discards it): set `pcap` in the config file (NETTOOL_PROXY_PCAP) to a file path",
         ),
     ] {
-        let mut env = env.to_vec();
-        env.push(("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml"));
-        let (ready, code, _) = outcome(
-            &ns,
-            &docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000")),
-            &env,
-        );
+        let (ready, code) = docker_mode_outcome(&ns, env);
         assert_eq!(code, Some(1), "{env:?}: {ready}");
         assert!(ready.contains(says), "{env:?}: {ready}");
         assert!(!ready.contains("--"), "{env:?}: {ready}");
@@ -7542,13 +7549,7 @@ fn a_dump_to_stdout_in_docker_proxy_mode_is_refused_on_fd_3() {
             "dump = \"hex\" has no file: no `dump_file` (NETTOOL_PROXY_DUMP_FILE) and the log is not a file, so it would go to stdout, which dockerd discards: set `dump_file` in the config file (NETTOOL_PROXY_DUMP_FILE) to a file path",
         ),
     ] {
-        let mut env = env.to_vec();
-        env.push(("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml"));
-        let (ready, code, _) = outcome(
-            &ns,
-            &docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000")),
-            &env,
-        );
+        let (ready, code) = docker_mode_outcome(&ns, env);
         assert_eq!(code, Some(1), "{env:?}: {ready}");
         assert!(ready.starts_with("1\n") && ready.contains(says), "{env:?}: {ready}");
         if env.iter().any(|(k, _)| *k == "NETTOOL_PROXY_LOG") {
@@ -7557,14 +7558,9 @@ fn a_dump_to_stdout_in_docker_proxy_mode_is_refused_on_fd_3() {
         }
     }
     // The dump goes to the log file when that is a file: still served.
-    let (ready, _, _) = outcome(
+    let (ready, _) = docker_mode_outcome(
         &ns,
-        &docker_flags("tcp", ("127.0.0.1", "8080"), ("127.0.0.1", "7000")),
-        &[
-            ("NETTOOL_PROXY_DUMP", "text"),
-            ("NETTOOL_PROXY_LOG", log_s),
-            ("NETTOOL_PROXY_CONFIG", "/nonexistent/nettool.toml"),
-        ],
+        &[("NETTOOL_PROXY_DUMP", "text"), ("NETTOOL_PROXY_LOG", log_s)],
     );
     assert_eq!(ready, "0\n");
 }
