@@ -311,6 +311,20 @@ impl NetNs {
                     "no engine knows a pod '{pod}' ({})",
                     asked_text(intent)
                 ));
+            } else if members
+                .iter()
+                .all(|c| c.engine == crate::engine::EngineKind::Podman && c.pid.is_none())
+            {
+                // A Podman pod that is down: one fix brings every member back, so say that
+                // one instead of each member's own `podman start`.
+                let states: Vec<String> = members
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.state))
+                    .collect();
+                tried = vec![format!(
+                    "pod {pod} is not running ({}): start it with `podman pod start {pod}`",
+                    states.join(", ")
+                )];
             }
             return Err(NetnsError::NotFound {
                 target: target.into(),
@@ -503,5 +517,57 @@ mod host_root_tests {
             host_path_under(Some(Path::new("")), "/run/netns"),
             Path::new("/run/netns")
         );
+    }
+}
+
+#[cfg(test)]
+mod pod_tests {
+    use super::*;
+    use crate::engine::{Container, ContainerState, EngineKind, Intent};
+
+    fn member(name: &str, engine: EngineKind, infra: bool) -> Container {
+        Container {
+            engine,
+            id: format!("{name}0123456789abcdef"),
+            name: name.into(),
+            state: ContainerState::Exited { code: 0 },
+            pid: None,
+            netns: None,
+            netns_inode: None,
+            network_mode: "bridge".into(),
+            attachments: Vec::new(),
+            ports: Vec::new(),
+            pod: Some("shop".into()),
+            infra,
+            project: None,
+            created_networks: None,
+        }
+    }
+
+    #[test]
+    fn a_stopped_podman_pod_is_told_with_the_pods_own_fix() {
+        let intent = Intent {
+            containers: vec![
+                member("shop-infra", EngineKind::Podman, true),
+                member("shop-web", EngineKind::Podman, false),
+            ],
+            ..Default::default()
+        };
+        let e = NetNs::open_with("pod:shop", Some(&intent))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "no network namespace matches 'pod:shop'; tried: pod shop is not running (shop-infra exited (code 0), shop-web exited (code 0)): start it with `podman pod start shop`"
+        );
+        // A Kubernetes pod's members keep their own words (the kubelet restarts them).
+        let intent = Intent {
+            containers: vec![member("web", EngineKind::Kubernetes, false)],
+            ..Default::default()
+        };
+        let e = NetNs::open_with("pod:shop", Some(&intent))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("podman pod start"), "{e}");
     }
 }
