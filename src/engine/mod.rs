@@ -431,10 +431,9 @@ impl Intent {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(engine: EngineKind, id: &str, name: &str) -> Container {
+impl Container {
+    /// A running container on the default bridge with nothing else set, for unit tests.
+    pub(crate) fn for_test(engine: EngineKind, id: &str, name: &str) -> Container {
         Container {
             engine,
             id: id.into(),
@@ -451,6 +450,15 @@ mod tests {
             project: None,
             created_networks: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(engine: EngineKind, id: &str, name: &str) -> Container {
+        Container::for_test(engine, id, name)
     }
 
     #[test]

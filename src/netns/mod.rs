@@ -527,20 +527,10 @@ mod pod_tests {
 
     fn member(name: &str, engine: EngineKind, infra: bool) -> Container {
         Container {
-            engine,
-            id: format!("{name}0123456789abcdef"),
-            name: name.into(),
             state: ContainerState::Exited { code: 0 },
-            pid: None,
-            netns: None,
-            netns_inode: None,
-            network_mode: "bridge".into(),
-            attachments: Vec::new(),
-            ports: Vec::new(),
             pod: Some("shop".into()),
             infra,
-            project: None,
-            created_networks: None,
+            ..Container::for_test(engine, &format!("{name}0123456789abcdef"), name)
         }
     }
 
