@@ -22,45 +22,120 @@ use super::{create_new_at, open_private_dir, Sink, Skipped};
 struct Stream {
     /// The file, open and buffered once something was written to it.
     w: Option<BufWriter<File>>,
-    /// The device and inode of the file made: the name is opened again (this direction's
-    /// first data) or removed (at the close, empty) only while it is still that file.
-    made: (u64, u64),
+    /// The file made, still open though nothing was written to it: only where the filesystem
+    /// gives no file handle (see [`Identity`]), as the open fd is then what keeps its inode
+    /// number from going to another file.
+    held: Option<File>,
+    /// The file made: the name is opened again (this direction's first data) or removed (at
+    /// the close, empty) only while it is still that file.
+    made: Identity,
     name: String,
 }
 
-/// A file's device and inode.
-fn identity(st: &nix::sys::stat::FileStat) -> (u64, u64) {
-    (st.st_dev, st.st_ino)
+/// What tells the file made from another one under its name later. The device and inode
+/// number alone do not: a freed inode number goes to the next file made (ext4 gives it at
+/// once), so a file removed and another made in its place can have both. The file handle
+/// (name_to_handle_at, what NFS tells files apart by) also holds the inode's generation,
+/// which a reuse changes. A filesystem without handles (overlayfs without nfs_export, procfs)
+/// gives `None`, and the file is then held open: an inode with an open fd is not freed, so
+/// its number cannot go to another file while it is held.
+#[derive(PartialEq, Eq, Debug)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    handle: Option<(i32, Vec<u8>)>,
+}
+
+impl Identity {
+    /// The identity of the open file `fd` (an O_PATH fd will do).
+    fn of(fd: BorrowedFd<'_>) -> std::io::Result<Identity> {
+        let st = nix::sys::stat::fstat(fd)?;
+        Ok(Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            handle: file_handle(fd),
+        })
+    }
+}
+
+/// The file handle of the open file `fd`: its type and bytes, `None` when the filesystem
+/// gives none (EOPNOTSUPP) or the call fails.
+fn file_handle(fd: BorrowedFd<'_>) -> Option<(i32, Vec<u8>)> {
+    use std::os::fd::AsRawFd;
+    // MAX_HANDLE_SZ of linux/exportfs.h; file_handle is two 4-byte fields before the bytes.
+    const MAX_HANDLE_SZ: usize = 128;
+    #[repr(C)]
+    struct Handle {
+        bytes: libc::c_uint,
+        kind: libc::c_int,
+        f_handle: [u8; MAX_HANDLE_SZ],
+    }
+    let mut h = Handle {
+        bytes: MAX_HANDLE_SZ as libc::c_uint,
+        kind: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: h is a file_handle with room for MAX_HANDLE_SZ bytes, as its `bytes` says; the
+    // empty path with AT_EMPTY_PATH names fd itself.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (&mut h as *mut Handle).cast::<libc::file_handle>(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    let len = (h.bytes as usize).min(MAX_HANDLE_SZ);
+    (r == 0).then(|| (h.kind, h.f_handle[..len].to_vec()))
 }
 
 impl Stream {
     /// Made just now as `f` (kept open when `keep`: its direction writes at once).
     fn made(f: File, name: String, keep: bool) -> std::io::Result<Stream> {
-        let made = identity(&nix::sys::stat::fstat(&f)?);
+        let made = Identity::of(f.as_fd())?;
+        let (w, held) = match (keep, made.handle.is_some()) {
+            (true, _) => (Some(BufWriter::with_capacity(64 * 1024, f)), None),
+            (false, true) => (None, None),
+            (false, false) => (None, Some(f)),
+        };
         Ok(Stream {
-            w: keep.then(|| BufWriter::with_capacity(64 * 1024, f)),
+            w,
+            held,
             made,
             name,
         })
     }
 
-    /// The file to write to: opened again by name at this direction's first data (O_NOFOLLOW,
-    /// never created) and refused unless it is the file made.
+    /// The file to write to: the one held, or opened again by name at this direction's
+    /// first data (O_NOFOLLOW, never created; O_NONBLOCK so a FIFO put there cannot stall
+    /// the sink) and refused unless it is the file made.
     fn writer(&mut self, dir: BorrowedFd<'_>) -> std::io::Result<&mut BufWriter<File>> {
         if self.w.is_none() {
-            use nix::fcntl::OFlag;
-            let fd = nix::fcntl::openat(
-                dir,
-                self.name.as_str(),
-                OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )?;
-            let f = File::from(fd);
-            if identity(&nix::sys::stat::fstat(&f)?) != self.made {
-                return Err(std::io::Error::other(
-                    "another file took its name since it was made",
-                ));
-            }
+            let f = match self.held.take() {
+                Some(f) => f,
+                None => {
+                    use nix::fcntl::OFlag;
+                    let fd = nix::fcntl::openat(
+                        dir,
+                        self.name.as_str(),
+                        OFlag::O_WRONLY
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_NONBLOCK
+                            | OFlag::O_NOCTTY
+                            | OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )?;
+                    let f = File::from(fd);
+                    if Identity::of(f.as_fd())? != self.made {
+                        return Err(std::io::Error::other(
+                            "another file took its name since it was made",
+                        ));
+                    }
+                    f
+                }
+            };
             self.w = Some(BufWriter::with_capacity(64 * 1024, f));
         }
         self.w
@@ -149,18 +224,27 @@ impl StreamsSink {
 
     /// Flush a direction's file at the close, or remove it if nothing was written to it.
     fn end(&self, s: Stream) -> std::io::Result<()> {
-        let Stream { w, made, name } = s;
+        let Stream {
+            w,
+            held,
+            made,
+            name,
+        } = s;
         if let Some(mut w) = w {
             return w.flush();
         }
         // Only the file we made: another process sharing the directory may have moved ours
-        // away and put its own under the name (the same check as make_pair's O_EXCL).
-        let there = nix::sys::stat::fstatat(
+        // away and put its own under the name (the same check as make_pair's O_EXCL). The
+        // name is looked at through an O_PATH fd (nothing is opened: a FIFO or a device there
+        // is not touched), which also keeps that inode while it is compared and removed.
+        use nix::fcntl::OFlag;
+        let there = nix::fcntl::openat(
             self.dirfd.as_fd(),
             name.as_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
         );
-        if there.is_ok_and(|st| identity(&st) == made) {
+        if there.is_ok_and(|fd| Identity::of(fd.as_fd()).is_ok_and(|id| id == made)) {
             // Best effort: an empty file left behind harms nobody, and an error here would
             // stop the whole sink.
             let _ = nix::unistd::unlinkat(
@@ -169,6 +253,9 @@ impl StreamsSink {
                 nix::unistd::UnlinkatFlags::NoRemoveDir,
             );
         }
+        // Held (no file handles) up to here: until the name was compared, no other file could
+        // have this inode number.
+        drop(held);
         Ok(())
     }
 }
@@ -385,5 +472,107 @@ mod tests {
             (written.0.unwrap(), written.1.unwrap()),
             (b"answer".to_vec(), b"theirs".to_vec())
         );
+    }
+
+    /// Connection `id`'s answer (`answer`, server to client).
+    fn answer(id: u64) -> Event {
+        Event::Data {
+            conn: conn(id),
+            dir: Direction::ServerToClient,
+            offset: 0,
+            ts: Timestamp(0),
+            bytes: Arc::new(b"answer".to_vec()),
+        }
+    }
+
+    /// The name of connection `id`'s answer file.
+    fn answer_name(id: u64) -> String {
+        format!("c{id:06}-127.0.0.1.7000-127.0.0.1.4000")
+    }
+
+    /// Remove `path` and make another file there with `text`; whether the new file got the
+    /// removed one's inode number (ext4 gives a freed one to the next file at once).
+    fn remade(path: &std::path::Path, text: &[u8]) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let before = std::fs::metadata(path).unwrap().ino();
+        std::fs::remove_file(path).unwrap();
+        std::fs::write(path, text).unwrap();
+        let after = std::fs::metadata(path).unwrap().ino();
+        if before != after {
+            eprintln!("the filesystem gave the new file another inode number: this test shows the reuse only where it is given again (ext4)");
+        }
+        before == after
+    }
+
+    /// A file removed and another made under its name can have the same device and inode
+    /// number (ext4 reuses a freed inode at once): that file is someone else's, and neither
+    /// written to at the direction's first data nor removed at the close.
+    #[test]
+    fn a_file_made_in_place_of_ours_with_its_inode_number_is_not_taken_for_ours() {
+        let (mut sink, dir) = sink("reuse");
+        for id in [1, 2] {
+            sink.event(&request(id)).unwrap();
+        }
+        let (one, two) = (dir.join(answer_name(1)), dir.join(answer_name(2)));
+        let reused = (remade(&one, b"theirs"), remade(&two, b""));
+        let refused = sink.event(&answer(1)).unwrap_err().to_string();
+        for id in [1, 2] {
+            sink.event(&close(id)).unwrap();
+        }
+        let left = (std::fs::read(&one), two.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!("inode numbers given again: {reused:?}");
+        assert!(refused.contains("another file took its name"), "{refused}");
+        assert_eq!(
+            left.0.unwrap(),
+            b"theirs",
+            "connection 1's answer written into their file"
+        );
+        assert!(
+            left.1,
+            "connection 2's empty answer file was theirs, and it was removed"
+        );
+    }
+
+    /// Where the filesystem gives no file handle, a direction's file is held open from its
+    /// making (an inode with an open fd keeps its number), so the same checks hold.
+    #[test]
+    fn without_file_handles_the_file_made_is_held_open() {
+        let (mut sink, dir) = sink("nohandle");
+        for id in [1, 2] {
+            sink.event(&request(id)).unwrap();
+        }
+        // What Stream::made gives on such a filesystem, for both answers.
+        for id in [1, 2] {
+            let name = answer_name(id);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join(&name))
+                .unwrap();
+            let mut made = Identity::of(f.as_fd()).unwrap();
+            made.handle = None;
+            let s = sink.open.get_mut(&(id, Direction::ServerToClient)).unwrap();
+            *s = Stream {
+                w: None,
+                held: Some(f),
+                made,
+                name,
+            };
+        }
+        let (one, two) = (dir.join(answer_name(1)), dir.join(answer_name(2)));
+        let reused = (remade(&one, b"theirs"), remade(&two, b""));
+        sink.event(&answer(1)).unwrap();
+        for id in [1, 2] {
+            sink.event(&close(id)).unwrap();
+        }
+        let left = (std::fs::read(&one), two.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            reused,
+            (false, false),
+            "an inode held open was given to another file"
+        );
+        assert_eq!(left.0.unwrap(), b"theirs");
+        assert!(left.1);
     }
 }
