@@ -7872,6 +7872,98 @@ fn a_hosts_file_name_is_a_target_and_an_unknown_name_is_a_usage_error() {
     }
 }
 
+/// socat's own listen forms, as a socat user types them: `TCP-LISTEN:8080,fork,reuseaddr`
+/// relays (on 0.0.0.0 only: socat's TCP-LISTEN listens on IPv4), `UDP-LISTEN:` relays a
+/// datagram, `bind=` is the address listened on, and an option the proxy does not take is a
+/// usage error (exit 2) that names it.
+#[test]
+fn socat_listen_forms_relay_and_an_unknown_option_is_named() {
+    let ns = lab("pxsocat");
+    let dir = TempDir::new("pxsocat");
+    echo_backend(listen_in(&ns, "127.0.0.1:7000"));
+    udp_peer_backend(inside(&ns, || UdpSocket::bind("127.0.0.1:7001").unwrap()));
+    let p = start(
+        Some(&ns),
+        &dir,
+        &["TCP-LISTEN:8080,fork,reuseaddr", "TCP:127.0.0.1:7000"],
+    );
+    let log = p.log();
+    let listening: Vec<&str> = log.lines().filter(|l| l.contains("listening on")).collect();
+    assert!(
+        listening.len() == 1
+            && listening[0].contains("listening on tcp 0.0.0.0:8080 -> 127.0.0.1:7000"),
+        "{log}"
+    );
+    pings_through(&ns, "127.0.0.1:8080".parse().unwrap(), &p);
+    stop_after_dialling(p, 1);
+
+    let p = start(
+        Some(&ns),
+        &dir,
+        &["UDP-LISTEN:5353,fork,reuseaddr", "UDP:127.0.0.1:7001"],
+    );
+    let seen = inside(&ns, || {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_to(b"ping", "127.0.0.1:5353").unwrap();
+        let mut buf = [0u8; 100];
+        c.recv(&mut buf)
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    });
+    assert!(
+        seen.is_ok(),
+        "no UDP answer through UDP-LISTEN: {}",
+        p.log()
+    );
+    assert!(
+        p.log()
+            .contains("listening on udp 0.0.0.0:5353 -> 127.0.0.1:7001"),
+        "{}",
+        p.log()
+    );
+    p.stop();
+
+    let p = start(
+        Some(&ns),
+        &dir,
+        &["TCP4-LISTEN:8081,bind=10.9.0.1,fork", "127.0.0.1:7000"],
+    );
+    assert!(
+        p.log()
+            .contains("listening on tcp 10.9.0.1:8081 -> 127.0.0.1:7000"),
+        "{}",
+        p.log()
+    );
+    pings_through(&ns, "10.9.0.1:8081".parse().unwrap(), &p);
+    assert!(
+        connect_in(&ns, "127.0.0.1:8081").is_err(),
+        "bind=10.9.0.1 listened on 127.0.0.1 too"
+    );
+    p.stop();
+
+    for (args, says) in [
+        (
+            &["proxy", "TCP-LISTEN:8082,fork,backlog=5", "TCP:127.0.0.1:7000"][..],
+            "socat option 'backlog=5' of TCP-LISTEN: is not taken; nettool proxy takes fork and reuseaddr",
+        ),
+        (
+            &["proxy", "-p", "TCP-LISTEN:8082,max-children=3=TCP:127.0.0.1:7000"],
+            "socat option 'max-children=3' of TCP-LISTEN: is not taken",
+        ),
+        (
+            &["proxy", "TCP-LISTEN:8082", "UDP:127.0.0.1:7001"],
+            "the target says udp but the mapping is tcp",
+        ),
+        (
+            &["proxy", "--udp", "TCP-LISTEN:8082", "127.0.0.1:7001"],
+            "--udp contradicts TCP-LISTEN",
+        ),
+    ] {
+        let t = exits_saying(&ns, args, 2, says);
+        assert!(!t.contains("panicked"), "{t}");
+    }
+}
+
 /// The index of interface `dev` inside `ns`.
 fn ifindex_in(ns: &TestNs, dev: &str) -> u32 {
     let dev = dev.to_string();

@@ -67,6 +67,20 @@ pub(crate) fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
 pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
     let mut maps = Vec::new();
     match (&a.listen, &a.target) {
+        (Some(l), Some(t)) if spec::listen_head(l).is_some() => {
+            // socat's own form: `TCP-LISTEN:8080,fork,reuseaddr TCP:db.internal:5432`.
+            let spec_text = format!("{l} {t}");
+            let form = spec::listen_form(&spec_text, l)?
+                .ok_or_else(|| Usage(format!("{spec_text}: not a socat listen address")))?;
+            if a.udp && form.proto == Proto::Tcp {
+                return Err(Usage(format!(
+                    "{spec_text}: --udp contradicts {}",
+                    spec::listen_head(l).unwrap_or("TCP-LISTEN")
+                ))
+                .into());
+            }
+            maps.push(spec::socat_mapping(&spec_text, form, t)?);
+        }
         (Some(l), Some(t)) => {
             let spec_text = format!("{l} {t}");
             // `udp:5353 10.0.0.2:53` reads like -p udp:5353=10.0.0.2:53.
@@ -88,6 +102,11 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
             let (prefix, _) = spec::split_proto(l, l)?;
             if a.udp && prefix == Some(Proto::Tcp) {
                 return Err(Usage(format!("{l}: --udp contradicts the tcp: prefix")).into());
+            }
+            if let Some(head) = spec::listen_head(l).filter(|_| a.udp) {
+                if spec::parse_map(l)?.proto == Proto::Tcp {
+                    return Err(Usage(format!("{l}: --udp contradicts {head}")).into());
+                }
             }
             let mut m = spec::parse_map(l)?;
             if a.udp {
@@ -485,6 +504,10 @@ nettool runs, --target-netns or not: a LISTEN name listens on each of its addres
 listen namespace has, a TARGET name is dialled in the resolver's order until one connects (the
 first 256; UDP: the first one routed).
 A TARGET may start with socat's TCP: or UDP:; TCP4:/TCP6: (UDP4:/UDP6:) keep one family.
+LISTEN may be socat's TCP-LISTEN:PORT, TCP4-/TCP6-/UDP-/UDP4-/UDP6-LISTEN: (IPv4 unless
+TCP6-/UDP6- or pf=ip6, as in socat), with options fork and reuseaddr (what the proxy always
+does: many connections, SO_REUSEADDR on TCP listeners), bind=ADDR and pf=ip4|ip6; any other
+option is refused by name.
 A LISTEN without a HOST listens on 0.0.0.0 and [::].
 Without --dump/--hex/--pcap/--streams/--json, TCP bytes move with splice(2) once a read fills
 the 8 KiB buffer (short exchanges are copied through it). -v logs a line per connection.
@@ -493,6 +516,7 @@ SIGUSR1 logs the counters; SIGINT/SIGTERM/SIGHUP stop (exit 0) after logging the
 Examples:
   nettool proxy 8080 172.19.0.2:80
   nettool proxy localhost:8080 TCP:db.internal:5432
+  nettool proxy TCP-LISTEN:8080,fork,reuseaddr TCP:db.internal:5432
   nettool proxy '[fe80::1%eth0]:8080' '[fe80::2%eth0]:80'
   nettool proxy --dump 8080 172.19.0.2:80
   nettool proxy -p 8080=172.19.0.2:80 -p udp:5353=172.19.0.3:53 -p 9000-9099=10.0.0.5:9000-9099
@@ -519,7 +543,7 @@ or /etc/nettool/docker-proxy.toml (NETTOOL_PROXY_CONFIG):
 /// Arguments of `proxy`.
 #[derive(Debug, Args)]
 pub(crate) struct ProxyArgs {
-    /// Listen side of one mapping: [HOST:]PORT[-PORT].
+    /// Listen side of one mapping: [HOST:]PORT[-PORT], or socat's TCP-LISTEN:PORT[,OPTS].
     pub listen: Option<String>,
     /// Target of that mapping: HOST:PORT[-PORT].
     pub target: Option<String>,

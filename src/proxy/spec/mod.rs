@@ -9,6 +9,9 @@ use serde::Serialize;
 
 use super::Proto;
 
+mod socat;
+pub(crate) use socat::{listen_form, listen_head, SocatListen};
+
 /// A mapping the user wrote that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("bad mapping '{spec}': {why}{}", if *.written { FORMS } else { "" })]
@@ -23,7 +26,7 @@ pub(crate) struct SpecError {
 }
 
 /// The forms a mapping takes, for a mapping written wrong.
-const FORMS: &str = " (expected [tcp:|udp:][HOST:]PORT[-PORT]=HOST:PORT[-PORT], HOST an IP, IPv6 in brackets like [::1]:8080 or [fe80::1%eth0]:8080, or a name)";
+const FORMS: &str = " (expected [tcp:|udp:][HOST:]PORT[-PORT]=HOST:PORT[-PORT], HOST an IP, IPv6 in brackets like [::1]:8080 or [fe80::1%eth0]:8080, or a name; or socat's TCP-LISTEN:PORT[,fork,reuseaddr,bind=ADDR] for LISTEN)";
 
 /// An inclusive port range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -297,6 +300,9 @@ pub(crate) struct MapSpec {
     /// socat's `TCP4:`/`TCP6:` (`UDP4:`/`UDP6:`) on the target: only IPv6 (true) or only
     /// IPv4 (false) addresses of a name; None: any.
     pub target_v6: Option<bool>,
+    /// The same for a listen name: socat's listen forms keep one family (`TCP-LISTEN`'s
+    /// `bind=localhost` listens on 127.0.0.1 only, as socat does).
+    pub listen_v6: Option<bool>,
 }
 
 /// How many of a target name's addresses are dialled, in order (the event loop's connection
@@ -377,7 +383,17 @@ impl MapSpec {
             Some(Host::Ip(ip)) => vec![(Some(*ip), 0)],
             Some(Host::Zoned(ip, z)) => vec![(Some(IpAddr::V6(*ip)), zone(true, z)?)],
             Some(Host::Name(n)) => {
-                let all = name(n)?;
+                let mut all = name(n)?;
+                if let Some(v6) = self.listen_v6 {
+                    all.retain(|ip| ip.is_ipv6() == v6);
+                    if all.is_empty() {
+                        let d = if v6 { 6 } else { 4 };
+                        return Err(not_found(
+                            spec,
+                            format!("'{n}' has no IPv{d} address (the listen side asks for one)"),
+                        ));
+                    }
+                }
                 let here: Vec<IpAddr> = all
                     .iter()
                     .copied()
@@ -412,6 +428,29 @@ pub(crate) fn mapping(
     target: &str,
 ) -> Result<MapSpec, SpecError> {
     let (listen_host, lp) = parse_listen(spec, listen)?;
+    build(spec, proto, (listen_host, lp, None), target)
+}
+
+/// A socat listen address (`TCP-LISTEN:8080,fork`) and a target into a checked [`MapSpec`];
+/// the protocol is the listen form's.
+pub(crate) fn socat_mapping(
+    spec: &str,
+    listen: SocatListen,
+    target: &str,
+) -> Result<MapSpec, SpecError> {
+    let side = (Some(listen.host), listen.ports, Some(listen.v6));
+    build(spec, listen.proto, side, target)
+}
+
+/// The listen side as parsed: its host, ports and the family a listen name is kept to.
+type ListenSide = (Option<Host>, PortRange, Option<bool>);
+
+fn build(
+    spec: &str,
+    proto: Proto,
+    (listen_host, lp, listen_v6): ListenSide,
+    target: &str,
+) -> Result<MapSpec, SpecError> {
     // socat's TCP4:/TCP6: (UDP4:/UDP6:): one family of a name's addresses.
     let target = target.trim();
     let (target_v6, target) = match target.get(..5).map(|p| p.to_ascii_lowercase()) {
@@ -428,6 +467,12 @@ pub(crate) fn mapping(
         return Err(bad(
             spec,
             format!("the target says {t} but the mapping is {proto}"),
+        ));
+    }
+    if target.contains(',') {
+        return Err(bad(
+            spec,
+            format!("'{target}': socat options on the target are not taken (the proxy dials each connection itself); drop what follows the ','"),
         ));
     }
     let (target_host, tp) = parse_target(spec, target)?;
@@ -473,6 +518,7 @@ pub(crate) fn mapping(
         target_host,
         target: tp,
         target_v6,
+        listen_v6,
     })
 }
 
@@ -497,8 +543,16 @@ pub(crate) fn split_proto<'a>(
     }
 }
 
-/// Parse a `-p` spec: `[tcp:|udp:]LISTEN=TARGET`.
+/// Parse a `-p` spec: `[tcp:|udp:]LISTEN=TARGET`, or a socat listen address for LISTEN
+/// (`TCP-LISTEN:8080,fork=TCP:10.0.0.2:80`).
 pub(crate) fn parse_map(spec: &str) -> Result<MapSpec, SpecError> {
+    if socat::listen_head(spec).is_some() {
+        let (l, t) = socat::split_map(spec)
+            .ok_or_else(|| bad(spec, "missing '=' between the listen side and the target"))?;
+        let form =
+            socat::listen_form(spec, l)?.ok_or_else(|| bad(spec, "not a socat listen address"))?;
+        return socat_mapping(spec, form, t);
+    }
     let (proto, rest) = split_proto(spec, spec)?;
     let proto = proto.unwrap_or(Proto::Tcp);
     let (l, t) = rest

@@ -138,6 +138,127 @@ fn socat_tcp4_and_tcp6_keep_one_family_of_a_name() {
     }
 }
 
+/// The one listen address of a mapping written with a socat listen form, and its protocol.
+fn socat_listen(listen: &str, target: &str) -> (Proto, Vec<SocketAddr>) {
+    let text = format!("{listen} {target}");
+    let form = listen_form(&text, listen).unwrap().unwrap();
+    let maps = socat_mapping(&text, form, target)
+        .unwrap()
+        .resolve(&Fake)
+        .unwrap();
+    let listens = maps
+        .iter()
+        .flat_map(|m| m.expand())
+        .map(|p| p.listen)
+        .collect();
+    (maps[0].proto, listens)
+}
+
+#[test]
+fn socat_listen_forms_set_the_protocol_family_and_address() {
+    let a = |s: &str| -> Vec<SocketAddr> { vec![s.parse().unwrap()] };
+    for (listen, target, want) in [
+        // socat's TCP-LISTEN listens on IPv4 unless pf= says otherwise.
+        (
+            "TCP-LISTEN:8080,fork,reuseaddr",
+            "TCP:db:5432",
+            (Proto::Tcp, a("0.0.0.0:8080")),
+        ),
+        (
+            "tcp-l:8080,pf=ip6",
+            "10.0.0.1:80",
+            (Proto::Tcp, a("[::]:8080")),
+        ),
+        ("TCP4-LISTEN:80", "db", (Proto::Tcp, a("0.0.0.0:80"))),
+        ("TCP6-LISTEN:80,fork", "db", (Proto::Tcp, a("[::]:80"))),
+        (
+            "UDP-LISTEN:5353,fork,reuseaddr",
+            "UDP:db:53",
+            (Proto::Udp, a("0.0.0.0:5353")),
+        ),
+        ("UDP4-LISTEN:53", "db:53", (Proto::Udp, a("0.0.0.0:53"))),
+        ("UDP6-L:53", "UDP6:[fd00::1]:53", (Proto::Udp, a("[::]:53"))),
+        (
+            "TCP-LISTEN:8080,bind=127.0.0.1",
+            "db:80",
+            (Proto::Tcp, a("127.0.0.1:8080")),
+        ),
+        // IPv6 in bind= with or without brackets; its family is taken.
+        (
+            "TCP-LISTEN:8080,bind=[::1]",
+            "db:80",
+            (Proto::Tcp, a("[::1]:8080")),
+        ),
+        (
+            "TCP6-LISTEN:8080,bind=::1",
+            "db:80",
+            (Proto::Tcp, a("[::1]:8080")),
+        ),
+        // A bind= name keeps the form's family: localhost is ::1 and 127.0.0.1.
+        (
+            "TCP-LISTEN:8080,bind=localhost",
+            "db:80",
+            (Proto::Tcp, a("127.0.0.1:8080")),
+        ),
+        (
+            "TCP6-LISTEN:8080,bind=localhost",
+            "db:80",
+            (Proto::Tcp, a("[::1]:8080")),
+        ),
+    ] {
+        assert_eq!(socat_listen(listen, target), want, "{listen} {target}");
+    }
+    // In a -p spec, bind='s own '=' is not the one before the target.
+    let m = parse_one("TCP-LISTEN:8080,bind=127.0.0.1,fork=TCP:db:5432");
+    assert_eq!(
+        (m.listen_ip, m.target_ip),
+        (
+            Some("127.0.0.1".parse().unwrap()),
+            "10.0.0.2".parse().unwrap()
+        )
+    );
+    let m = parse_one("UDP-LISTEN:53,bind=127.0.0.1=UDP:db:53");
+    assert_eq!((m.proto, m.target.first), (Proto::Udp, 53));
+    assert_eq!(
+        parse_one("TCP-L:80=db:80").listen_ip,
+        Some(Ipv4Addr::UNSPECIFIED.into())
+    );
+}
+
+#[test]
+fn socat_listen_mistakes_name_what_is_not_taken() {
+    for (spec, want) in [
+        (
+            "TCP-LISTEN:8080,backlog=5=db:80",
+            "socat option 'backlog=5' of TCP-LISTEN: is not taken; nettool proxy takes fork and reuseaddr",
+        ),
+        ("TCP-LISTEN:8080,reuseport=db:80", "does not set SO_REUSEPORT"),
+        (
+            "UDP-LISTEN:53=TCP:db:53",
+            "the target says tcp but the mapping is udp",
+        ),
+        ("OPENSSL-LISTEN:443=db:80", "socat's OPENSSL-LISTEN: is not taken"),
+        ("SCTP-LISTEN:80=db:80", "SCTP is not supported"),
+        (
+            "TCP4-LISTEN:80,bind=::1=db:80",
+            "TCP4-LISTEN: listens on IPv4 but bind= is an IPv6 address",
+        ),
+        (
+            "TCP6-LISTEN:80,pf=ip4=db:80",
+            "listens on IPv6 but pf= says ip4",
+        ),
+        ("TCP-LISTEN:127.0.0.1:80=db:80", "takes a port only"),
+        ("TCP-LISTEN:80,bind=127.0.0.1:80=db:80", "give the address alone"),
+        ("TCP-LISTEN:80,pf=ipx=db:80", "pf=ipx"),
+        ("TCP-LISTEN:80,,fork=db:80", "an empty option"),
+        ("TCP-LISTEN:80,fork", "missing '='"),
+        ("TCP-LISTEN:80=TCP:db:5432,nodelay", "socat options on the target"),
+    ] {
+        let e = parse_map(spec).unwrap_err().to_string();
+        assert!(e.contains(want), "{spec}: {e}");
+    }
+}
+
 #[test]
 fn zones_name_interfaces_where_each_socket_is_made() {
     let m = parse_one("[fe80::1%eth0]:8080=[fe80::2%eth0]:80");
@@ -255,8 +376,10 @@ fn mutated_mappings_never_panic() {
         "away:65535=ll",
         "UDP:db.:1-65535=db:1",
         "80=TCP6:localhost:80",
+        "TCP-LISTEN:8080,fork,bind=[::1]=UDP:db:53",
+        "udp6-l:53,pf=ip6,bind=localhost,reuseaddr=db",
     ];
-    let alphabet = b"0123456789abcdef:.[]%=-_ tcpudTCPUDlocahstxX\xff";
+    let alphabet = b"0123456789abcdef:.[]%=-_,LISTENbind tcpudTCPUDlocahstxX\xff";
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move |n: usize| {
         x ^= x << 13;
