@@ -4592,7 +4592,26 @@ impl Relay {
             Relay::Tokio => start_tokio(ns, dir, args),
         }
     }
+
+    /// [`Relay::start`] with the namespace watch off ([`UNWATCHED`]).
+    fn start_unwatched(self, ns: Option<&TestNs>, dir: &TempDir, args: &[&str]) -> Proxy {
+        let fast = match self {
+            Relay::FastPath => "1",
+            Relay::Tokio => "0",
+        };
+        start_with(
+            ns,
+            dir,
+            args,
+            &[("NETTOOL_PROXY_FASTPATH", fast), UNWATCHED],
+        )
+    }
 }
+
+/// The proxy's namespace watch off: a --target-netns made again is then found only by a
+/// failed dial, the path the tests that set it are about (the watch would follow first, by a
+/// race with the test's first client).
+const UNWATCHED: (&str, &str) = ("NETTOOL_PROXY_NSWATCH", "0");
 
 /// Half-closes pass both ways, over IPv4 and IPv6, and the counters are exact.
 fn passes_half_closes_both_ways_over_ipv4_and_ipv6_with_exact_counters(relay: Relay) {
@@ -4925,7 +4944,7 @@ fn follows_a_target_netns_made_again(relay: Relay, ip: &str) {
     backend_ip(&ctr, "add", ip);
     let target = format!("{ip}:7000");
     let old = listen_in(&ctr, &target);
-    let p = relay.start(
+    let p = relay.start_unwatched(
         None,
         &dir,
         &[
@@ -5033,7 +5052,7 @@ fn follows_a_restarted_container() {
             "127.0.0.1:8080",
             "127.0.0.1:80",
         ],
-        &[("DOCKER_HOST", &d.host())],
+        &[("DOCKER_HOST", &d.host()), UNWATCHED],
     );
     let get = || {
         connect_in(&d.ns, "127.0.0.1:8080").and_then(|mut s| {
@@ -5126,7 +5145,7 @@ fn follows_a_restarted_podman_container() {
             "-p",
             "udp:127.0.0.1:5353=127.0.0.1:53",
         ],
-        &[],
+        &[UNWATCHED],
     );
     let get = || {
         connect_in(&pm.ns, "127.0.0.1:8080").and_then(|mut s| {
@@ -5407,7 +5426,7 @@ fn a_udp_flow_follows_a_target_netns_made_again(ip: &str) {
     backend_ip(&ctr, "add", ip);
     let target: SocketAddr = format!("{ip}:5300").parse().unwrap();
     let old = inside(&ctr, || UdpSocket::bind(target).unwrap());
-    let p = start(
+    let p = start_with(
         None,
         &dir,
         &[
@@ -5418,6 +5437,7 @@ fn a_udp_flow_follows_a_target_netns_made_again(ip: &str) {
             "-p",
             &format!("udp:127.0.0.1:5353={target}"),
         ],
+        &[UNWATCHED],
     );
     let client = inside(&host, || UdpSocket::bind("127.0.0.1:0").unwrap());
     client
@@ -5498,7 +5518,7 @@ fn a_one_datagram_udp_flow_follows_a_target_netns_made_again() {
     let host = lab("pxf1h");
     let ctr = lab("pxf1c");
     let dir = TempDir::new("pxf1");
-    let p = start(
+    let p = start_with(
         None,
         &dir,
         &[
@@ -5509,6 +5529,7 @@ fn a_one_datagram_udp_flow_follows_a_target_netns_made_again() {
             "-p",
             "udp:127.0.0.1:5353=127.0.0.1:5300",
         ],
+        &[UNWATCHED],
     );
     // A fresh client socket (a new flow) per query; its answer, if one comes.
     let fresh = || {
@@ -5555,6 +5576,102 @@ fn a_one_datagram_udp_flow_follows_a_target_netns_made_again() {
     assert!(p.log().contains(&want), "no '{want}' in:\n{}", p.log());
     p.stop();
 }
+
+/// A TCP answer "hi" and a UDP echo, each of its own thread, in `ns`: the backends the
+/// follow tests reach through the proxy.
+fn hi_and_echo_backends(ns: &TestNs, tcp: &str, udp: &str) {
+    let l = listen_in(ns, tcp);
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(b"hi");
+        }
+    });
+    let a: SocketAddr = udp.parse().unwrap();
+    let u = inside(ns, move || UdpSocket::bind(a).unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = u.recv_from(&mut buf) {
+            let _ = u.send_to(&buf[..n], from);
+        }
+    });
+}
+
+/// Whether the proxy at 127.0.0.1:`tcp` and 127.0.0.1:`udp` in `ns` answers, over TCP ("hi")
+/// and UDP (an echo, from a fresh client socket), now.
+fn answers_in(ns: &TestNs, tcp: u16, udp: u16) -> bool {
+    let tcp_ok = connect_in(ns, &format!("127.0.0.1:{tcp}"))
+        .and_then(first_words)
+        .is_ok_and(|w| w == "hi");
+    let c = inside(ns, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let _ = c.send_to(b"ping", format!("127.0.0.1:{udp}"));
+    let mut buf = [0u8; 64];
+    let udp_ok = matches!(c.recv(&mut buf), Ok(n) if &buf[..n] == b"ping");
+    tcp_ok && udp_ok
+}
+
+/// --listen-netns NAME, deleted and made again while the proxy runs (what a restarted
+/// container is to a proxy that listens in it): the proxy says the name names nothing while it
+/// is gone, then binds its listen addresses in the new namespace (retrying until lo is up
+/// there), closes the old listeners and says so; TCP and UDP answer in the new namespace.
+/// Before, the proxy went on listening in the old namespace, which nothing could reach, and
+/// said nothing.
+fn follows_a_listen_netns_made_again(relay: Relay) {
+    let host = lab("pxflh");
+    let ctr = lab("pxflc");
+    let dir = TempDir::new("pxfl");
+    hi_and_echo_backends(&ctr, "127.0.0.1:7000", "127.0.0.1:5300");
+    let p = relay.start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:5300",
+        ],
+    );
+    assert!(answers_in(&host, 8080, 5353), "log:\n{}", p.log());
+    let old_ns = netns(&host);
+    let old = old_ns.id().inode;
+    common::sh(&["ip", "netns", "del", &host.name]);
+    p.wait_logged(&format!(
+        "--listen-netns {} names no namespace now: cannot open network namespace /run/netns/{}: No such file or directory (os error 2); the proxy listens there again when it names one (its listeners stay in the old one, inode {old}, until then)",
+        host.name, host.name
+    ));
+    // Made again; lo comes up a moment later, as a container's eth0 does.
+    common::sh(&["ip", "netns", "add", &host.name]);
+    std::thread::sleep(Duration::from_millis(100));
+    host.ip(&["link", "set", "lo", "up"]);
+    let new = netns(&host).id().inode;
+    let want = format!(
+        "--listen-netns {}: listening in the new network namespace (inode {new}; was {old}: it was deleted and made again?): tcp 127.0.0.1:8080, udp 127.0.0.1:5353; the old listeners are closed, connections open through them stay as they are",
+        host.name
+    );
+    p.wait_logged(&want);
+    wait_for("answers in the new namespace", 10, || {
+        answers_in(&host, 8080, 5353)
+    });
+    // The old TCP listener is closed: the old namespace (held here) refuses the port now.
+    wait_for("the old namespace's listener closed", 5, || {
+        old_ns
+            .run(|| TcpStream::connect("127.0.0.1:8080"))
+            .unwrap()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    p.stop();
+}
+
+on_both_relays!(
+    follows_a_listen_netns_made_again_fast_path,
+    follows_a_listen_netns_made_again_tokio_path
+    => follows_a_listen_netns_made_again()
+);
 
 /// One connection through the proxy at `addr` in `host`, answered "hi" by `backend`.
 fn says_hi_through(host: &TestNs, addr: &str, backend: &TcpListener) {

@@ -6,6 +6,7 @@
 
 pub(crate) mod docker;
 pub(crate) mod fastpath;
+pub(crate) mod listen_watch;
 pub(crate) mod logq;
 pub(crate) mod proxy_protocol;
 pub(crate) mod relay;
@@ -203,6 +204,9 @@ pub(crate) struct ProxyConfig {
     pub maps: Vec<Mapping>,
     /// Listen inside this namespace (None: the current one).
     pub listen_ns: Option<NetNs>,
+    /// What named `listen_ns` (--listen-netns): watched, and followed when it names another
+    /// namespace (a restarted container), [`listen_watch`].
+    pub listen_text: Option<String>,
     /// Dial backends from inside this namespace (None: the current one).
     pub target_ns: Option<NetNs>,
     /// What named `target_ns` (--target-netns): resolved again when dials fail, to tell (and
@@ -337,6 +341,8 @@ pub(crate) struct Proxy {
     recovered: Vec<crate::trace::journal::Recovered>,
     /// The plain TCP path's own loops ([`fastpath`]), when they serve the TCP listeners.
     loops: Option<fastpath::Loops>,
+    /// --listen-netns, to follow when it names another namespace.
+    listen_watch: Option<listen_watch::ListenWatch>,
 }
 
 /// Raise the open-file soft limit to the hard limit: each connection costs 2 sockets and,
@@ -471,7 +477,7 @@ fn bind_all(maps: &[PortMap], ns: &str) -> Result<Vec<Bound>, ProxyError> {
 
 impl Proxy {
     /// Bind every listener (inside the listen namespace) and start the backend dialer.
-    pub(crate) fn bind(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
+    pub(crate) fn bind(mut cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
         // First of all: a start that fails below (port taken, bad namespace) still removes
         // what SIGKILLed transparent proxies left.
         let recovered = transparent::recover_dead();
@@ -491,6 +497,8 @@ impl Proxy {
                 }
             }
         }
+        // A passed listener is the parent's to replace: not followed.
+        let listen_text = cfg.listen_text.take().filter(|_| cfg.listen_fd.is_none());
         let bound = if let Some(fd) = cfg.listen_fd {
             // docker-proxy -use-listen-fd: the daemon bound the socket; only the first mapping applies.
             let m = maps[0].clone();
@@ -539,6 +547,15 @@ impl Proxy {
                 }
             })
             .collect();
+        let listen_watch = match (&cfg.listen_ns, listen_text.as_deref()) {
+            (Some(ns), Some(text)) => Some(listen_watch::ListenWatch::new(
+                text,
+                ns.clone(),
+                bound.iter().map(|b| b.map().clone()).collect(),
+                cfg.log.clone(),
+            )),
+            _ => None,
+        };
         let target_ns = cfg.target_ns.clone();
         // Transparent mode's rules live in the namespace found at start: told, not followed.
         let watch = match (&cfg.target_ns, &cfg.target_text) {
@@ -611,6 +628,7 @@ impl Proxy {
             transparent,
             recovered,
             loops,
+            listen_watch,
         })
     }
 
@@ -657,7 +675,51 @@ impl Proxy {
             true => None,
             false => Some(UdpThread::start(udp, self.ctx.clone()).await?),
         };
-        stop.await;
+        let (to, mut relisten) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = listen_watch::Watcher::start(self.listen_watch, self.ctx.target.clone(), to)?;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(r) = relisten.recv() => {
+                    let (tcp, udp_socks): (Vec<Bound>, Vec<Bound>) =
+                        r.bound.into_iter().partition(|b| matches!(b, Bound::Tcp(..)));
+                    let tcp: Vec<_> = tcp
+                        .into_iter()
+                        .filter_map(|b| match b {
+                            Bound::Tcp(l, m) => Some((l, m)),
+                            Bound::Udp(..) => None,
+                        })
+                        .collect();
+                    match &self.loops {
+                        Some(loops) => loops.relisten(tcp),
+                        None => {
+                            // tokio's path: the accepting tasks (the only tasks in the set)
+                            // end, which closes the old listeners; connections are tasks of
+                            // their own and stay.
+                            tasks.abort_all();
+                            for (l, m) in tcp {
+                                let l = tokio::net::TcpListener::from_std(l)?;
+                                tasks.spawn(tcp::serve(l, m, self.ctx.clone()));
+                            }
+                        }
+                    }
+                    if let Some(u) = &udp {
+                        u.relisten(
+                            udp_socks
+                                .into_iter()
+                                .filter_map(|b| match b {
+                                    Bound::Udp(s, m) => Some((s, m)),
+                                    Bound::Tcp(..) => None,
+                                })
+                                .collect(),
+                        );
+                    }
+                    self.ctx.log(Level::Info, r.line);
+                }
+            }
+        }
+        drop(watcher);
         tasks.abort_all();
         if let Some(l) = self.loops {
             let _ = tokio::task::spawn_blocking(move || l.stop()).await;
@@ -676,6 +738,8 @@ impl Proxy {
 struct UdpThread {
     stop: tokio::sync::oneshot::Sender<()>,
     thread: std::thread::JoinHandle<()>,
+    /// Listeners to serve instead of the ones served now (--listen-netns followed).
+    relisten: tokio::sync::mpsc::UnboundedSender<Vec<(std::net::UdpSocket, PortMap)>>,
 }
 
 impl UdpThread {
@@ -687,35 +751,59 @@ impl UdpThread {
             .enable_all()
             .on_thread_park(udp::pace)
             .build()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (up, is_up) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+        let (relisten, mut new_socks) = tokio::sync::mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("nettool-udp".into())
             .spawn(move || {
                 rt.block_on(async move {
                     let mut tasks = tokio::task::JoinSet::new();
-                    for (s, m) in socks {
-                        // Registered here: a socket belongs to the runtime whose driver polls it.
-                        match tokio::net::UdpSocket::from_std(s) {
-                            Ok(s) => {
-                                tasks.spawn(udp::serve(s, m, ctx.clone()));
-                            }
-                            Err(e) => {
-                                let _ = up.send(Err(e));
-                                return;
+                    // Registered here: a socket belongs to the runtime whose driver polls it.
+                    let serve = |tasks: &mut tokio::task::JoinSet<()>,
+                                 socks: Vec<(std::net::UdpSocket, PortMap)>| {
+                        for (s, m) in socks {
+                            let s = tokio::net::UdpSocket::from_std(s)?;
+                            tasks.spawn(udp::serve(s, m, ctx.clone()));
+                        }
+                        Ok::<(), std::io::Error>(())
+                    };
+                    if let Err(e) = serve(&mut tasks, socks) {
+                        let _ = up.send(Err(e));
+                        return;
+                    }
+                    let _ = up.send(Ok(()));
+                    loop {
+                        tokio::select! {
+                            _ = &mut stopped => break,
+                            Some(socks) = new_socks.recv() => {
+                                // The receiving tasks end, which closes the old listeners
+                                // once their flows (tasks of their own, which reply through
+                                // them) have gone idle.
+                                tasks.abort_all();
+                                if let Err(e) = serve(&mut tasks, socks) {
+                                    ctx.log(Level::Error, format!("udp: cannot serve the new listeners: {e}"));
+                                }
                             }
                         }
                     }
-                    let _ = up.send(Ok(()));
-                    let _ = stopped.await;
                     tasks.abort_all();
                 })
             })?;
         match is_up.await {
-            Ok(Ok(())) => Ok(UdpThread { stop, thread }),
+            Ok(Ok(())) => Ok(UdpThread {
+                stop,
+                thread,
+                relisten,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(std::io::Error::other("the UDP thread ended before serving")),
         }
+    }
+
+    /// Serve `socks` instead of the listeners served now.
+    fn relisten(&self, socks: Vec<(std::net::UdpSocket, PortMap)>) {
+        let _ = self.relisten.send(socks);
     }
 
     /// Stop serving and wait for the thread to end.

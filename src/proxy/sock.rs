@@ -372,6 +372,14 @@ pub(crate) struct TargetWatch {
     /// The namespace the proxy started in, where lookups run: a dialing thread sits in the
     /// target one, where a DOCKER_HOST over TCP or an engine's child process would be wrong.
     home: Option<NetNs>,
+    /// When the text is worth resolving again without a failed dial (polled each second by
+    /// [`super::listen_watch::Watcher`]), and the namespace the text named at the last lookup.
+    wire: std::sync::Mutex<super::listen_watch::Tripwire>,
+    /// The id of the container `held` belongs to (learned at the first look), to tell a
+    /// restart from a container removed and made again.
+    container: std::sync::Mutex<Option<String>>,
+    /// The inode of the last namespace told but not followed (transparent mode): told once.
+    told: std::sync::atomic::AtomicU64,
     log: super::Log,
 }
 
@@ -393,13 +401,22 @@ impl TargetWatch {
         targets.retain(|ip| !ip.is_loopback() && !ip.is_unspecified());
         targets.sort();
         targets.dedup();
+        // Read only for a namespace that may be followed (not in transparent mode).
+        if !follow {
+            targets.clear();
+        }
         if !targets.is_empty() {
             let here = addresses_of(&ns).unwrap_or_default();
             targets.retain(|ip| here.contains(ip));
         }
+        let lookup = lookup_text(text, ns.label());
+        let learn = lookup.starts_with("container:");
         TargetWatch {
             text: text.to_string(),
-            lookup: lookup_text(text, ns.label()),
+            wire: std::sync::Mutex::new(super::listen_watch::Tripwire::new(&ns, learn)),
+            container: Default::default(),
+            told: Default::default(),
+            lookup,
             follow,
             own_targets: targets,
             held: std::sync::Mutex::new(ns),
@@ -485,6 +502,26 @@ impl TargetWatch {
         }
     }
 
+    /// One look from the watch thread (which is in the proxy's first namespace): resolve the
+    /// text again when the namespace it named is gone or replaced, so a restart is followed
+    /// before a client is refused. The one-verdict-a-second rule holds: a verdict under a
+    /// second old, or a lookup under way for a failed dial, stands.
+    pub(crate) fn poll(&self) {
+        use std::sync::atomic::Ordering;
+        let due = self
+            .wire
+            .lock()
+            .is_ok_and(|mut w| w.due(std::time::Instant::now()));
+        if !due || self.fresh_hint().is_some() || self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let said = self.check();
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some((std::time::Instant::now(), said));
+        }
+        self.checking.store(false, Ordering::Release);
+    }
+
     /// The last verdict, however old ("" before the first).
     fn last_hint(&self) -> String {
         let last = self.last.lock().ok().and_then(|l| l.clone());
@@ -500,43 +537,63 @@ impl TargetWatch {
     }
 
     fn check(&self) -> String {
+        use super::listen_watch::{resolve, why_moved};
         let Ok(held) = self.held.lock().map(|h| h.clone()) else {
             return String::new();
         };
         let text = &self.text;
-        let ns = match NetNs::open(&self.lookup) {
-            Ok(ns) if ns.id() == held.id() => return String::new(),
-            Ok(ns) => ns,
+        let now = std::time::Instant::now();
+        let r = resolve(&self.lookup);
+        let ns = match r.ns {
+            Ok(ns) => {
+                if let Ok(mut w) = self.wire.lock() {
+                    w.found(&ns);
+                }
+                if ns.id() == held.id() {
+                    if let (Some(id), Ok(mut c)) = (r.container, self.container.lock()) {
+                        *c = Some(id);
+                    }
+                    return String::new();
+                }
+                ns
+            }
             Err(e) => {
+                if let Ok(mut w) = self.wire.lock() {
+                    w.lost(now);
+                }
                 return format!(
                     "; --target-netns {text} names no namespace now: {}",
                     gone_why(held.label(), &e)
-                )
+                );
             }
         };
-        let label = ns.label();
-        let why = if label.starts_with("container:") || label.starts_with("pod:") {
-            "the container was restarted?"
-        } else if label.starts_with("pid:") {
-            "the process moved to another one?"
-        } else {
-            "it was deleted and made again?"
-        };
+        let was_id = self.container.lock().ok().and_then(|c| c.clone());
+        let why = why_moved(ns.label(), was_id.as_deref(), r.container.as_deref());
         let (was, new) = (held.id().inode, ns.id().inode);
         let said = format!(
             "; --target-netns {text} now names another network namespace (inode {new}; the proxy dialed in {was}: {why})"
         );
         if !self.follow {
+            let told = self.told.swap(new, std::sync::atomic::Ordering::Relaxed);
+            if told != new {
+                self.log.log(
+                    super::Level::Warn,
+                    &format!("--target-netns {text} now names another network namespace (inode {new}; the proxy dials in {was}: {why}); restart the proxy to dial there (transparent mode's rules are in the old one)"),
+                );
+            }
             return format!("{said}; restart the proxy to dial there (transparent mode's rules are in the old one)");
         }
         let stale = self.stale_targets(&ns);
         if let Ok(mut h) = self.held.lock() {
             *h = ns;
         }
+        if let Ok(mut c) = self.container.lock() {
+            *c = r.container;
+        }
         self.gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.log.log(
             super::Level::Info,
-            &format!("--target-netns {text}: following the new network namespace (inode {new}); connections open in the old one stay as they are"),
+            &format!("--target-netns {text}: following the new network namespace (inode {new}; was {was}: {why}); connections open in the old one stay as they are"),
         );
         for ip in stale {
             let lo = if ip.is_ipv6() { "[::1]" } else { "127.0.0.1" };
@@ -575,15 +632,21 @@ fn addresses_of(ns: &NetNs) -> Option<Vec<std::net::IpAddr>> {
     listed.ok()?.ok()
 }
 
-/// What [`TargetWatch`] resolves again for `text`, which named a namespace labelled `label` at
-/// start: a bare word (no `name:`/`pid:`/`container:`/`pod:` prefix, no path) that was a
-/// container is looked up as that container only.
-fn lookup_text(text: &str, label: &str) -> String {
+/// What [`TargetWatch`] (and [`super::listen_watch::ListenWatch`]) resolve again for `text`,
+/// which named a namespace labelled `label` at start: a bare word (no `name:`/`pid:`/
+/// `container:`/`pod:` prefix, no path) that was a container is looked up as that container
+/// only, and one that was a namespace name as that name only (so a gone one is told as a
+/// missing file, not as every kind of lookup that failed).
+pub(super) fn lookup_text(text: &str, label: &str) -> String {
     let prefixed = ["name:", "pid:", "container:", "pod:"]
         .iter()
         .any(|p| text.starts_with(p));
-    if !prefixed && !text.contains('/') && label.starts_with("container:") {
+    if prefixed || text.contains('/') {
+        text.to_string()
+    } else if label.starts_with("container:") {
         format!("container:{text}")
+    } else if label == text {
+        format!("name:{text}")
     } else {
         text.to_string()
     }
@@ -592,7 +655,7 @@ fn lookup_text(text: &str, label: &str) -> String {
 /// Why a --target-netns text that named the namespace labelled `label` names none now. A
 /// process id and an engine's namespace file are one start's: a restarted container has new
 /// ones, which only a lookup by the container finds.
-fn gone_why(label: &str, e: &crate::netns::NetnsError) -> String {
+pub(super) fn gone_why(label: &str, e: &crate::netns::NetnsError) -> String {
     use crate::netns::NetnsError;
     let follow = "a container's process and namespace file are new at each start: --target-netns container:NAME follows the container";
     match e {
@@ -635,11 +698,11 @@ mod tests {
             ("pod:shop", "pod:shop"),
             ("pid:42", "pid:42"),
             ("42", "pid:42"),
-            ("blue", "blue"),
             ("/run/netns/netns-1", "container:web"),
         ] {
             assert_eq!(lookup_text(text, label), text);
         }
+        assert_eq!(lookup_text("blue", "blue"), "name:blue");
     }
 
     #[test]

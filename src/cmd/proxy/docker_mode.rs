@@ -51,6 +51,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
     Plan {
         maps: vec![d.mapping()],
         listen_ns: None,
+        listen_text: None,
         target_ns: None,
         target_text: None,
         udp_idle: Duration::from_secs(cfg.udp_timeout.unwrap_or(90).max(1)),

@@ -460,6 +460,7 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
         listen_ns,
         target_ns,
         target_text: a.target_netns.clone(),
+        listen_text: a.listen_netns.clone(),
         udp_idle: Duration::from_secs(a.udp_timeout.max(1)),
         console,
         dump_file: a.dump_file,

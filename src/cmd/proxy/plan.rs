@@ -55,6 +55,8 @@ pub(super) struct Plan {
     pub(super) target_ns: Option<NetNs>,
     /// The --target-netns text, resolved again when dials fail.
     pub(super) target_text: Option<String>,
+    /// What the user gave --listen-netns (watched, and followed to a new namespace).
+    pub(super) listen_text: Option<String>,
     pub(super) udp_idle: Duration,
     pub(super) console: Option<Console>,
     pub(super) dump_file: Option<PathBuf>,
@@ -411,6 +413,7 @@ pub(super) fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     let proxy = Proxy::bind(ProxyConfig {
         maps: std::mem::take(&mut plan.maps),
         listen_ns: plan.listen_ns.take(),
+        listen_text: plan.listen_text.take(),
         target_ns: plan.target_ns.take(),
         target_text: plan.target_text.take(),
         udp_idle: plan.udp_idle,

@@ -17,7 +17,7 @@ use super::super::sock;
 use super::super::tcp::{canonical, DIAL_TIMEOUT};
 use super::super::{Ctx, Level};
 use super::pump::{cvt, pump_dir, settle, zero_linger, Dir, End, Ready};
-use super::{add_listener, epoll_add, Listener, SPECIAL, STOP};
+use super::{add_listener, epoll_add, Current, Listener, SPECIAL, STOP, STOP_COUNT};
 
 /// How long accepting pauses after running out of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -65,6 +65,8 @@ pub(super) struct Slot {
 pub(super) struct Loop {
     ep: OwnedFd,
     listeners: Arc<Vec<Listener>>,
+    /// Where [`super::Loops::relisten`] puts the listeners to serve instead.
+    current: Current,
     ctx: Arc<Ctx>,
     /// The connections, by the slot index their tokens carry.
     pub(super) slots: Vec<Slot>,
@@ -150,12 +152,14 @@ impl Loop {
         ep: OwnedFd,
         stop: RawFd,
         listeners: Arc<Vec<Listener>>,
+        current: Current,
         ctx: Arc<Ctx>,
     ) -> Loop {
         let ns_seen = ctx.target.as_ref().map_or(0, |w| w.gen());
         Loop {
             ep,
             listeners,
+            current,
             ctx,
             slots: Vec::new(),
             free: Vec::new(),
@@ -203,7 +207,7 @@ impl Loop {
                         ),
                     );
                 }
-                if self.stop_asked() {
+                if self.stop_asked() == Some(true) {
                     self.close_all();
                     return;
                 }
@@ -214,6 +218,10 @@ impl Loop {
             for ev in &events[..n as usize] {
                 let (flags, tok) = (ev.events, ev.u64);
                 if tok == STOP {
+                    if self.stop_asked() == Some(false) {
+                        self.take_new_listeners();
+                        continue;
+                    }
                     self.close_all();
                     return;
                 }
@@ -229,12 +237,52 @@ impl Loop {
         }
     }
 
-    /// Whether the stop eventfd was written (a non-blocking read of it).
-    fn stop_asked(&self) -> bool {
+    /// What the stop eventfd was written for (a non-blocking read of it): Some(true) to stop,
+    /// Some(false) to take the listeners [`super::Loops::relisten`] left (taken here then),
+    /// None when it was not written. A stop read before (by a failing epoll_wait's path) is
+    /// not read twice: the STOP token then still means stop.
+    fn stop_asked(&mut self) -> Option<bool> {
         let mut v: u64 = 0;
         // SAFETY: an 8-byte read from the eventfd into our own u64.
         let r = unsafe { libc::read(self.stop, &mut v as *mut u64 as *mut libc::c_void, 8) };
-        r == 8
+        if r != 8 {
+            return None;
+        }
+        if v >= STOP_COUNT {
+            return Some(true);
+        }
+        self.take_new_listeners();
+        Some(false)
+    }
+
+    /// Serve the listeners [`super::Loops::relisten`] left, if they are new: the old ones
+    /// leave this thread's epoll set (their sockets close when every loop let go of them).
+    fn take_new_listeners(&mut self) {
+        let new = match self.current.lock() {
+            Ok(c) => c.clone(),
+            Err(_) => return,
+        };
+        if Arc::ptr_eq(&new, &self.listeners) {
+            return;
+        }
+        for l in self.listeners.iter() {
+            if let Some(fd) = &l.fd {
+                epoll_del(self.ep.as_raw_fd(), fd.as_raw_fd());
+            }
+        }
+        self.listeners = new;
+        if self.paused_until.is_some() {
+            // Added back when the pause ends.
+            return;
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Err(e) = add_listener(self.ep.as_raw_fd(), l, i) {
+                self.ctx.log(
+                    Level::Error,
+                    format!("tcp {}: cannot accept: epoll: {e}", l.map.listen),
+                );
+            }
+        }
     }
 
     /// Queue the deadline of the dial `gen` in slot `idx`. Entries of ended dials are dropped
@@ -303,12 +351,15 @@ impl Loop {
     fn accept_one(&mut self, li: usize) {
         let listeners = self.listeners.clone();
         let l = &listeners[li];
+        let Some(fd) = &l.fd else {
+            return;
+        };
         loop {
             // SAFETY: accept4 into the storage try_init hands us; the fd is owned right away.
             let r = unsafe {
                 SockAddr::try_init(|storage, len| {
                     cvt(libc::accept4(
-                        l.fd.as_raw_fd(),
+                        fd.as_raw_fd(),
                         storage.cast(),
                         len,
                         libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -333,8 +384,8 @@ impl Loop {
                             .log(Level::Warn, format!("accept on tcp {}: {e}", l.map.listen));
                         // Out of fds or memory: level-triggered, the listener would be
                         // reported again at once, so it leaves the set for the backoff.
-                        for other in listeners.iter() {
-                            epoll_del(self.ep.as_raw_fd(), other.fd.as_raw_fd());
+                        for other in listeners.iter().filter_map(|o| o.fd.as_ref()) {
+                            epoll_del(self.ep.as_raw_fd(), other.as_raw_fd());
                         }
                         self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         return;

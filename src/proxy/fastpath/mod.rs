@@ -46,18 +46,45 @@ pub(crate) fn wanted(ctx: &Ctx) -> bool {
 const SPECIAL: u64 = 1 << 63;
 /// The stop eventfd's token.
 const STOP: u64 = u64::MAX;
+/// What [`Loops`]'s drop adds to each stop eventfd; a smaller count there says the listeners
+/// were replaced ([`Loops::relisten`]): one eventfd per thread for both, so a loop costs no
+/// more descriptors than before.
+const STOP_COUNT: u64 = 1 << 32;
+
+/// The listeners every loop serves: swapped whole when --listen-netns is followed.
+type Current = Arc<std::sync::Mutex<Arc<Vec<Listener>>>>;
 
 /// The loop threads; [`Loops::stop`] ends them.
 pub(crate) struct Loops {
     stops: Vec<OwnedFd>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The listeners the loops take at their next wake-up by a stop eventfd.
+    current: Current,
 }
 
-/// A listener as the loops see it.
+/// A listener as the loops see it: its map keeps its index for good (connections name their
+/// listener by it); the socket is replaced when --listen-netns names a new namespace, and is
+/// None when an optional address (an "every address" mapping's other family) is not there.
 struct Listener {
-    fd: std::net::TcpListener,
+    fd: Option<std::net::TcpListener>,
     map: PortMap,
     target: SockAddr,
+}
+
+impl Listener {
+    fn new(fd: Option<std::net::TcpListener>, map: PortMap) -> Listener {
+        if let Some(fd) = &fd {
+            // Inherited by every accepted client: urgent data (telnet's Synch, ftp's ABOR) is
+            // read in line and passed on with the bytes around it, instead of lost, at no cost
+            // per connection.
+            let _ = socket2::SockRef::from(fd).set_out_of_band_inline(true);
+        }
+        Listener {
+            fd,
+            target: map.target.into(),
+            map,
+        }
+    }
 }
 
 fn epoll_add(ep: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -70,9 +97,12 @@ fn epoll_add(ep: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
 /// left behind is reported again by the next epoll_wait, and no accept4 is spent to be told
 /// EAGAIN); EPOLLEXCLUSIVE, so a new connection wakes one idle thread, not all.
 fn add_listener(ep: RawFd, l: &Listener, i: usize) -> io::Result<()> {
+    let Some(fd) = &l.fd else {
+        return Ok(());
+    };
     epoll_add(
         ep,
-        l.fd.as_raw_fd(),
+        fd.as_raw_fd(),
         (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
         SPECIAL | i as u64,
     )
@@ -89,25 +119,17 @@ impl Loops {
         let listeners: Arc<Vec<Listener>> = Arc::new(
             listeners
                 .into_iter()
-                .map(|(fd, map)| {
-                    // Inherited by every accepted client: urgent data (telnet's Synch, ftp's
-                    // ABOR) is read in line and passed on with the bytes around it, instead of
-                    // lost, at no cost per connection.
-                    let _ = socket2::SockRef::from(&fd).set_out_of_band_inline(true);
-                    Listener {
-                        fd,
-                        target: map.target.into(),
-                        map,
-                    }
-                })
+                .map(|(fd, map)| Listener::new(Some(fd), map))
                 .collect(),
         );
+        let current: Current = Arc::new(std::sync::Mutex::new(listeners.clone()));
         // Filled as threads start: on an error (out of fds for a later thread's epoll set, no
         // thread), dropping it stops and joins the threads started so far, so none is left
         // serving the listeners behind the caller's back.
         let mut loops = Loops {
             stops: Vec::new(),
             threads: Vec::new(),
+            current: current.clone(),
         };
         for _ in 0..threads.max(1) {
             // SAFETY: plain syscalls; the fds are owned right away.
@@ -124,7 +146,13 @@ impl Loops {
                 add_listener(ep.as_raw_fd(), l, i)?;
             }
             // The raw stop fd outlives the thread: Loops's drop joins before closing it.
-            let lp = Loop::new(ep, stop.as_raw_fd(), listeners.clone(), ctx.clone());
+            let lp = Loop::new(
+                ep,
+                stop.as_raw_fd(),
+                listeners.clone(),
+                current.clone(),
+                ctx.clone(),
+            );
             let ns = ns.clone();
             let log = ctx.clone();
             let h = std::thread::Builder::new()
@@ -151,15 +179,50 @@ impl Loops {
     pub(crate) fn stop(self) {
         drop(self)
     }
+
+    /// Serve `new` (bound in the namespace --listen-netns names now) instead of the listeners
+    /// of the same address: each loop swaps them at its next wake-up, and the old sockets close
+    /// once the last loop let go of them. Connections open stay as they are. A listener with no
+    /// new socket of its address is closed too (an optional address the namespace lacks).
+    pub(crate) fn relisten(&self, new: Vec<(std::net::TcpListener, PortMap)>) {
+        let Ok(mut cur) = self.current.lock() else {
+            return;
+        };
+        let mut new: Vec<Option<(std::net::TcpListener, PortMap)>> =
+            new.into_iter().map(Some).collect();
+        let next: Vec<Listener> = cur
+            .iter()
+            .map(|old| {
+                let fd = new
+                    .iter_mut()
+                    .find(|n| n.as_ref().is_some_and(|(_, m)| m.listen == old.map.listen))
+                    .and_then(|n| n.take())
+                    .map(|(fd, _)| fd);
+                Listener::new(fd, old.map.clone())
+            })
+            .collect();
+        *cur = Arc::new(next);
+        drop(cur);
+        for s in &self.stops {
+            let one: u64 = 1;
+            // SAFETY: an 8-byte write to an eventfd we own.
+            unsafe { libc::write(s.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        }
+    }
 }
 
 impl Drop for Loops {
     /// A proxy dropped without serving (an error after bind) stops its loops too.
     fn drop(&mut self) {
         for s in &self.stops {
-            let one: u64 = 1;
             // SAFETY: an 8-byte write to an eventfd we own.
-            unsafe { libc::write(s.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+            unsafe {
+                libc::write(
+                    s.as_raw_fd(),
+                    &STOP_COUNT as *const u64 as *const libc::c_void,
+                    8,
+                )
+            };
         }
         for t in self.threads.drain(..) {
             let _ = t.join();

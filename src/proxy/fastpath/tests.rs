@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::event_loop::{next_gen, token, Conn, Loop, Slot, TIMERS_SLACK};
 use super::pump::{Dir, Ready};
-use super::{Loops, SPECIAL, STOP};
+use super::{Loops, SPECIAL, STOP, STOP_COUNT};
 use crate::proxy::spec::PortMap;
 use crate::proxy::{Ctx, Level};
 
@@ -126,6 +126,7 @@ fn an_epoll_wait_that_keeps_failing_is_said_once_and_the_loop_still_stops() {
         eventfd(),
         stop.as_raw_fd(),
         Arc::new(Vec::new()),
+        Default::default(),
         ctx(lines.clone()),
     );
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
@@ -150,12 +151,11 @@ fn an_epoll_wait_that_keeps_failing_is_said_once_and_the_loop_still_stops() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(switches() >= 10, "the loop thread did not retry");
-    let one: u64 = 1;
     // SAFETY: an 8-byte write to our eventfd.
     unsafe {
         libc::write(
             stop.as_raw_fd(),
-            &one as *const u64 as *const libc::c_void,
+            &STOP_COUNT as *const u64 as *const libc::c_void,
             8,
         )
     };
@@ -177,7 +177,13 @@ fn an_epoll_wait_that_keeps_failing_is_said_once_and_the_loop_still_stops() {
 /// (twice the dials waiting, plus the slack), with the waiting dial's entry first.
 #[test]
 fn ended_dials_timers_do_not_pile_up_behind_one_that_waits() {
-    let mut lp = Loop::new(eventfd(), -1, Arc::new(Vec::new()), ctx(Default::default()));
+    let mut lp = Loop::new(
+        eventfd(),
+        -1,
+        Arc::new(Vec::new()),
+        Default::default(),
+        ctx(Default::default()),
+    );
     let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
     let conn = |id| Conn {
         id,

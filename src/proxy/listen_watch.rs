@@ -1,0 +1,405 @@
+//! Following a namespace text without waiting for a failed dial: a thread of its own looks,
+//! once a second and cheaply (one stat of the namespace's file), whether the namespace the
+//! --listen-netns and --target-netns texts named is still there, and only then resolves the
+//! text again (which may ask a container engine's API). While the text names nothing (a
+//! stopped container), it asks again when a namespace file appears beside the old one, or
+//! after a wait that doubles up to half a minute.
+//!
+//! The listen side ([`ListenWatch`]): a restarted container (or a named namespace made again)
+//! gets the same listen addresses bound in its new namespace, handed to the running loops by
+//! [`super::Proxy::run`]; the target side is [`super::sock::TargetWatch`], polled from here.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::sock::TargetWatch;
+use super::spec::PortMap;
+use super::{Bound, Level, Log};
+use crate::netns::{NetNs, NetnsError, NsId};
+
+/// How often the namespaces' files are looked at.
+const TICK: Duration = Duration::from_secs(1);
+/// The first wait before a text that names nothing is resolved again; it doubles each time.
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// The longest wait between two lookups while a text names nothing and nothing changes.
+const LONGEST_WAIT: Duration = Duration::from_secs(30);
+/// Waits between the tries to bind in a new namespace: a container's eth0 and its addresses
+/// come up a moment after its process starts.
+const BIND_RETRIES: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+/// When a namespace text is worth resolving again: the namespace it named is gone or
+/// replaced (its file is another inode now, or none), or, while it names nothing, a new
+/// namespace file appeared beside the old one or the doubling wait is over.
+#[derive(Debug)]
+pub(super) struct Tripwire {
+    /// The file the namespace was opened from and the identity it had.
+    path: PathBuf,
+    id: NsId,
+    /// Resolve at the next look whatever the file says (to learn a container's id at start).
+    force: bool,
+    /// Set while the text names no namespace.
+    down: Option<Down>,
+}
+
+#[derive(Debug)]
+struct Down {
+    /// When to resolve again, and the wait after that.
+    next: Instant,
+    wait: Duration,
+    /// The directory the old namespace file was in and its last modification time: an engine
+    /// makes a started container's namespace file there.
+    dir: Option<(PathBuf, Option<SystemTime>)>,
+}
+
+fn mtime(p: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl Tripwire {
+    /// Watch the namespace `ns` (opened from a file: /run/netns/NAME, an engine's namespace
+    /// file, /proc/PID/ns/net).
+    pub(super) fn new(ns: &NetNs, force: bool) -> Self {
+        Tripwire {
+            path: ns.path().to_path_buf(),
+            id: ns.id(),
+            force,
+            down: None,
+        }
+    }
+
+    /// Whether to resolve the text now (at most once a [`TICK`] it is asked).
+    pub(super) fn due(&mut self, now: Instant) -> bool {
+        if std::mem::take(&mut self.force) {
+            return true;
+        }
+        let Some(d) = &mut self.down else {
+            use std::os::unix::fs::MetadataExt;
+            // stat follows /proc/PID/ns/net to the namespace itself: a process that exited
+            // has none, a namespace file made again is another inode.
+            return !std::fs::metadata(&self.path)
+                .is_ok_and(|m| m.dev() == self.id.dev && m.ino() == self.id.inode);
+        };
+        let appeared = d.dir.as_mut().is_some_and(|(dir, seen)| {
+            let now = mtime(dir);
+            let changed = now != *seen;
+            *seen = now;
+            changed
+        });
+        if appeared {
+            d.wait = FIRST_WAIT;
+        }
+        if appeared || now >= d.next {
+            d.next = now + d.wait;
+            d.wait = (d.wait * 2).min(LONGEST_WAIT);
+            return true;
+        }
+        false
+    }
+
+    /// The text names `ns` now: watch its file.
+    pub(super) fn found(&mut self, ns: &NetNs) {
+        self.path = ns.path().to_path_buf();
+        self.id = ns.id();
+        self.down = None;
+    }
+
+    /// The text names nothing now (or nothing that could be used): resolve again when a
+    /// namespace file appears beside the old one, or after the doubling wait.
+    pub(super) fn lost(&mut self, now: Instant) {
+        if self.down.is_some() {
+            return;
+        }
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.starts_with("/proc"))
+            .map(|d| (d.to_path_buf(), mtime(d)));
+        self.down = Some(Down {
+            next: now + FIRST_WAIT,
+            wait: FIRST_WAIT * 2,
+            dir,
+        });
+    }
+}
+
+/// A namespace text resolved again: the namespace it names now, and the id of the container
+/// behind it when it names a container (to tell a restart from a container made again).
+pub(super) struct Resolved {
+    pub(super) ns: Result<NetNs, NetnsError>,
+    pub(super) container: Option<String>,
+}
+
+/// Resolve `lookup` (a namespace text as [`NetNs::open`] takes it) in the calling thread's
+/// namespace; a `container:NAME` asks the engines once for both the namespace and the id.
+pub(super) fn resolve(lookup: &str) -> Resolved {
+    let Some(name) = lookup.strip_prefix("container:") else {
+        return Resolved {
+            ns: NetNs::open(lookup),
+            container: None,
+        };
+    };
+    let intent = crate::engine::Intent::read();
+    let container = match intent.lookup(name) {
+        crate::engine::Lookup::Found(c) => Some(c.id.clone()),
+        _ => None,
+    };
+    Resolved {
+        ns: NetNs::open_with(lookup, Some(&intent)),
+        container,
+    }
+}
+
+/// Why a text labelled `label` names another namespace now, in words: `was`/`now` are the
+/// container ids before and after, when known.
+pub(super) fn why_moved(label: &str, was: Option<&str>, now: Option<&str>) -> &'static str {
+    if label.starts_with("container:") || label.starts_with("pod:") {
+        match (was, now) {
+            (Some(a), Some(b)) if a == b => "the container was restarted",
+            (Some(_), Some(_)) => "the container was removed and made again (a new container id)",
+            _ => "the container was restarted?",
+        }
+    } else if label.starts_with("pid:") {
+        "the process moved to another one?"
+    } else {
+        "it was deleted and made again?"
+    }
+}
+
+/// New listeners for every listen address, bound in the namespace --listen-netns names now,
+/// and the line that tells it (logged once they serve).
+pub(super) struct Relisten {
+    pub(super) bound: Vec<Bound>,
+    pub(super) line: String,
+}
+
+/// --listen-netns, followed: the text the user gave, the namespace the listeners are in, and
+/// the listen addresses to bind again when the text names another one.
+pub(crate) struct ListenWatch {
+    text: String,
+    lookup: String,
+    held: NetNs,
+    /// The id of the container `held` belongs to (learned at the first look).
+    container: Option<String>,
+    wire: Tripwire,
+    /// The mappings bound at start, bound again in a new namespace.
+    maps: Vec<PortMap>,
+    /// What was said about the text naming nothing or a namespace that cannot be bound (each
+    /// said once until the listeners move).
+    said: Option<String>,
+    log: Log,
+}
+
+impl ListenWatch {
+    /// Watch `text`, which named `ns` at start, where `maps` are bound.
+    pub(super) fn new(text: &str, ns: NetNs, maps: Vec<PortMap>, log: Log) -> Self {
+        let lookup = super::sock::lookup_text(text, ns.label());
+        let learn = lookup.starts_with("container:");
+        ListenWatch {
+            text: text.to_string(),
+            wire: Tripwire::new(&ns, learn),
+            lookup,
+            held: ns,
+            container: None,
+            maps,
+            said: None,
+            log,
+        }
+    }
+
+    /// Say `line` at `level` unless it was the last thing said.
+    fn say_once(&mut self, level: Level, line: String) {
+        if self.said.as_deref() != Some(&line) {
+            self.log.log(level, &line);
+            self.said = Some(line);
+        }
+    }
+
+    /// One look: Some when the listeners are to move to a new namespace. Waits between bind
+    /// tries on `stop` (an end of the proxy ends the wait).
+    fn tick(&mut self, stop: &Receiver<()>) -> Option<Relisten> {
+        let now = Instant::now();
+        if !self.wire.due(now) {
+            return None;
+        }
+        let r = resolve(&self.lookup);
+        let ns = match r.ns {
+            Ok(ns) => ns,
+            Err(e) => {
+                self.wire.lost(now);
+                let (text, old) = (&self.text, self.held.id().inode);
+                let line = match &e {
+                    NetnsError::ContainerDown { .. } => format!(
+                        "--listen-netns {text}: {e}; the proxy listens again in its new network namespace when it starts (its listeners stay in the old one, inode {old}, until then)"
+                    ),
+                    _ => format!(
+                        "--listen-netns {text} names no namespace now: {}; the proxy listens there again when it names one (its listeners stay in the old one, inode {old}, until then)",
+                        super::sock::gone_why(self.held.label(), &e)
+                    ),
+                };
+                self.say_once(Level::Warn, line);
+                return None;
+            }
+        };
+        if ns.id() == self.held.id() {
+            self.wire.found(&ns);
+            if r.container.is_some() {
+                self.container = r.container;
+            }
+            return None;
+        }
+        let label = ns.label().to_string();
+        let mut tries = BIND_RETRIES.iter();
+        let bound = loop {
+            match ns.run(|| super::bind_all(&self.maps, &label)) {
+                Ok(Ok(b)) => break b,
+                Ok(Err(e)) => match tries.next() {
+                    Some(wait) => match stop.recv_timeout(*wait) {
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        _ => return None,
+                    },
+                    None => {
+                        self.wire.lost(now);
+                        let line = format!(
+                            "--listen-netns {}: cannot listen in its new network namespace (inode {}) after {} tries: {e}; trying again later (the listeners stay in the old one, inode {}, until then)",
+                            self.text,
+                            ns.id().inode,
+                            BIND_RETRIES.len() + 1,
+                            self.held.id().inode
+                        );
+                        self.say_once(Level::Warn, line);
+                        return None;
+                    }
+                },
+                Err(e) => {
+                    self.wire.lost(now);
+                    let line = format!("--listen-netns {}: {e}", self.text);
+                    self.say_once(Level::Warn, line);
+                    return None;
+                }
+            }
+        };
+        let why = why_moved(&label, self.container.as_deref(), r.container.as_deref());
+        let what: Vec<String> = bound
+            .iter()
+            .map(|b| {
+                let m = b.map();
+                format!("{} {}", m.proto, m.listen)
+            })
+            .collect();
+        let line = format!(
+            "--listen-netns {}: listening in the new network namespace (inode {}; was {}: {why}): {}; the old listeners are closed, connections open through them stay as they are",
+            self.text,
+            ns.id().inode,
+            self.held.id().inode,
+            what.join(", ")
+        );
+        self.wire.found(&ns);
+        self.held = ns;
+        self.container = r.container;
+        self.said = None;
+        Some(Relisten { bound, line })
+    }
+}
+
+/// The watch thread; it ends at its next look once [`Watcher`] is dropped.
+pub(super) struct Watcher {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Watcher {
+    /// Start looking once a second at what `listen` and `target` follow; new listeners go to
+    /// `to`. None when there is nothing to watch. Call from a thread in the proxy's own
+    /// namespace (a tokio worker is: nothing enters a namespace on one), which the watch
+    /// thread inherits: the texts are resolved from there.
+    pub(super) fn start(
+        mut listen: Option<ListenWatch>,
+        target: Option<Arc<TargetWatch>>,
+        to: tokio::sync::mpsc::UnboundedSender<Relisten>,
+    ) -> std::io::Result<Option<Watcher>> {
+        // NETTOOL_PROXY_NSWATCH=0: a namespace made again is found only by a failed dial
+        // (what the tests of that path need; not for users).
+        let off = std::env::var_os("NETTOOL_PROXY_NSWATCH").is_some_and(|v| v == "0");
+        if off || (listen.is_none() && target.is_none()) {
+            return Ok(None);
+        }
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("nettool-nsfollow".into())
+            .spawn(move || loop {
+                if let Some(t) = &target {
+                    t.poll();
+                }
+                if let Some(l) = &mut listen {
+                    if let Some(r) = l.tick(&stopped) {
+                        if to.send(r).is_err() {
+                            return;
+                        }
+                    }
+                }
+                match stopped.recv_timeout(TICK) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            })?;
+        Ok(Some(Watcher { _stop: stop }))
+    }
+}
+
+impl Bound {
+    /// The mapping a listener serves.
+    pub(super) fn map(&self) -> &PortMap {
+        match self {
+            Bound::Tcp(_, m) | Bound::Udp(_, m) => m,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_and_a_container_made_again_are_told_apart() {
+        let l = "container:web";
+        assert_eq!(
+            why_moved(l, Some("4b3"), Some("4b3")),
+            "the container was restarted"
+        );
+        assert!(why_moved(l, Some("4b3"), Some("9a1"))
+            .starts_with("the container was removed and made again"));
+        assert_eq!(
+            why_moved(l, None, Some("9a1")),
+            "the container was restarted?"
+        );
+        assert_eq!(
+            why_moved("blue", None, None),
+            "it was deleted and made again?"
+        );
+    }
+
+    #[test]
+    fn a_text_that_names_nothing_is_resolved_again_less_and_less_often() {
+        let ns = NetNs::current().unwrap();
+        let mut w = Tripwire::new(&ns, false);
+        let t = Instant::now();
+        assert!(!w.due(t), "the namespace is still there");
+        w.path = "/nonexistent/nt-test-gone".into();
+        assert!(w.due(t), "its file is gone");
+        w.lost(t);
+        // Due at 1 s, then 2 s later, then 4 s later...: never once a second while nothing
+        // changes.
+        let due_at: Vec<u64> = (0..40)
+            .filter(|s| w.due(t + Duration::from_secs(*s)))
+            .collect();
+        assert_eq!(due_at, vec![1, 3, 7, 15, 31], "{due_at:?}");
+        w.found(&ns);
+        assert!(!w.due(t), "found again");
+    }
+}
