@@ -5673,6 +5673,138 @@ on_both_relays!(
     => follows_a_listen_netns_made_again()
 );
 
+/// Reject (`op` -A) or stop rejecting (-D) UDP to `port` in `ns` with an ICMP error that is
+/// not "unreachable" to the proxy: IPv4's protocol unreachable (the socket's error is
+/// ENOPROTOOPT), IPv6's administratively prohibited (EACCES).
+fn reject_udp_but_not_as_unreachable(ns: &TestNs, port: u16, op: &str) {
+    let port = port.to_string();
+    for (cmd, with) in [
+        ("iptables", "icmp-proto-unreachable"),
+        ("ip6tables", "icmp6-adm-prohibited"),
+    ] {
+        common::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+            cmd,
+            op,
+            "INPUT",
+            "-p",
+            "udp",
+            "--dport",
+            &port,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            with,
+        ]);
+    }
+}
+
+/// A UDP backend socket's error other than "unreachable" (a firewall's reject: ENOPROTOOPT,
+/// EACCES) is said once per flow, with the flow's addresses and the error, and the flow goes
+/// on: once the rule is gone its next datagram is answered, on the same flow. With
+/// --target-netns the error woke the flow, which cleared it (SO_ERROR) and said nothing;
+/// without, it woke nothing and the flow's next send took it (that datagram lost), said at -v
+/// only.
+fn says_a_udp_backend_error_other_than_unreachable_once(follow: bool) {
+    let host = lab("pxuerh");
+    let ctr = lab("pxuerc");
+    let dir = TempDir::new("pxuer");
+    let maps = [
+        "-v",
+        "-p",
+        "udp:127.0.0.1:5353=127.0.0.1:5300",
+        "-p",
+        "udp:[::1]:5353=[::1]:5300",
+    ];
+    let (p, backend_ns) = if follow {
+        let mut args = vec!["--listen-netns", &host.name, "--target-netns", &ctr.name];
+        args.extend(maps);
+        (start(None, &dir, &args), &ctr)
+    } else {
+        (start(Some(&host), &dir, &maps), &host)
+    };
+    reject_udp_but_not_as_unreachable(backend_ns, 5300, "-A");
+    for a in ["127.0.0.1:5300", "[::1]:5300"] {
+        let b = inside(backend_ns, || UdpSocket::bind(a).unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = b.recv_from(&mut buf) {
+                let _ = b.send_to(&buf[..n], from);
+            }
+        });
+    }
+    let mut clients = Vec::new();
+    for (listen, backend, error) in [
+        (
+            "127.0.0.1:5353",
+            "127.0.0.1:5300",
+            "Protocol not available (os error 92)",
+        ),
+        (
+            "[::1]:5353",
+            "[::1]:5300",
+            "Permission denied (os error 13)",
+        ),
+    ] {
+        let any = if listen.starts_with('[') {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let c = inside(&host, || UdpSocket::bind(any).unwrap());
+        c.connect(listen).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let client = c.local_addr().unwrap();
+        let said = format!("datagrams to backend {backend}: {error}");
+        // Three rejected datagrams, each sent once the last one's error was taken.
+        for k in 1..=3 {
+            c.send(b"rejected").unwrap();
+            wait_for(
+                &format!("error {k} of {client}'s flow in the log"),
+                10,
+                || p.log().matches(&said).count() >= k,
+            );
+        }
+        let log = p.log();
+        let warn = format!("udp {client} -> {listen}: {said}; the flow goes on");
+        assert_eq!(
+            log.matches(&warn).count(),
+            1,
+            "'{warn}' not said once:\n{log}"
+        );
+        assert_eq!(log.matches(&said).count(), 3, "{log}");
+        clients.push(c);
+    }
+    reject_udp_but_not_as_unreachable(backend_ns, 5300, "-D");
+    // The same flows carry the next datagrams, and the answers come back.
+    let flows = p.log().matches(" udp flow ").count();
+    for c in &clients {
+        c.send(b"passes").unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.recv(&mut buf).unwrap_or(0);
+        assert_eq!(&buf[..n], b"passes", "log:\n{}", p.log());
+    }
+    assert_eq!(p.log().matches(" udp flow ").count(), flows, "{}", p.log());
+    let log = p.stop();
+    assert!(
+        log.contains(" errors=6 "),
+        "3 errors of each flow not counted:\n{log}"
+    );
+}
+
+#[test]
+fn a_udp_backend_error_other_than_unreachable_is_said_once_per_flow() {
+    says_a_udp_backend_error_other_than_unreachable_once(false);
+}
+
+#[test]
+fn a_udp_backend_error_other_than_unreachable_is_said_once_per_flow_with_target_netns() {
+    says_a_udp_backend_error_other_than_unreachable_once(true);
+}
+
 /// One connection through the proxy at `addr` in `host`, answered "hi" by `backend`.
 fn says_hi_through(host: &TestNs, addr: &str, backend: &TcpListener) {
     let c = connect_in(host, addr).unwrap();

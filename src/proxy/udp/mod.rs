@@ -84,19 +84,46 @@ struct Flow {
     /// Wakes the reply task for `failed` (a refusal wakes no reader: the socket error is
     /// taken by the next send).
     poke: tokio::sync::Notify,
+    /// Whether an error of its backend socket other than "unreachable" was said (once per
+    /// flow: such an error can come with every datagram).
+    error_said: std::sync::atomic::AtomicBool,
 }
 
 impl Flow {
     /// A send to the backend failed with `e`: a refusal with --target-netns given is for the
-    /// reply task to look into (the namespace may have been replaced).
-    fn sent_error(&self, ctx: &Ctx, e: &io::Error) {
+    /// reply task to look into (the namespace may have been replaced); any other error is
+    /// said (once per flow). Whether it was said.
+    fn sent_error(&self, ctx: &Ctx, e: &io::Error) -> bool {
         let Some(errno) = e.raw_os_error().filter(|n| unreachable(*n)) else {
-            return;
+            return self.say_error(ctx, e);
         };
         if ctx.target.is_some() {
             self.failed.store(errno, Ordering::Relaxed);
             self.poke.notify_one();
         }
+        false
+    }
+
+    /// Count an error of the backend socket other than "unreachable", and say the first of
+    /// the flow (later ones with -v): the datagram it is about is lost, the flow goes on. EMSGSIZE
+    /// after a path MTU change, EACCES or ENOPROTOOPT from a firewall's reject, EPERM from a
+    /// drop on the way out: the next datagram may pass (a smaller one, a rule removed), and a
+    /// new flow would meet the same path. Whether it was said.
+    fn say_error(&self, ctx: &Ctx, e: &io::Error) -> bool {
+        let c = &self.conn;
+        ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+        if self.error_said.swap(true, Ordering::Relaxed) {
+            ctx.debug(|| format!("#{} udp datagrams to backend {}: {e}", c.id, c.backend));
+            return false;
+        }
+        ctx.log(
+            Level::Warn,
+            format!(
+                "#{} udp {} -> {}: datagrams to backend {}: {e}; the flow goes on (its later errors are counted in errors=, each logged with -v)",
+                c.id, c.client, c.listen, c.backend
+            ),
+        );
+        true
     }
 
     /// Count `datagrams` datagrams, `bytes` in all, passed on in direction `dir`: the flow's
@@ -213,14 +240,15 @@ impl Listener {
                             Ok(k) => (k, k),
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, 0),
                             Err(e) => {
-                                flow.sent_error(&self.ctx, &e);
                                 // Like a failed send(): this run is lost, the flow goes on.
-                                self.ctx.debug(|| {
-                                    format!(
-                                        "#{} udp send to backend {}: {e}",
-                                        flow.conn.id, flow.conn.backend
-                                    )
-                                });
+                                if !flow.sent_error(&self.ctx, &e) {
+                                    self.ctx.debug(|| {
+                                        format!(
+                                            "#{} udp send to backend {}: {e}",
+                                            flow.conn.id, flow.conn.backend
+                                        )
+                                    });
+                                }
                                 (run.len(), 0)
                             }
                         };
@@ -326,13 +354,14 @@ impl Listener {
         match sent {
             Ok(_) => flow.count(ctx, Direction::ClientToServer, n as u64, 1),
             Err(e) => {
-                flow.sent_error(ctx, &e);
-                ctx.debug(|| {
-                    format!(
-                        "#{} udp send to backend {}: {e}",
-                        flow.conn.id, flow.conn.backend
-                    )
-                })
+                if !flow.sent_error(ctx, &e) {
+                    ctx.debug(|| {
+                        format!(
+                            "#{} udp send to backend {}: {e}",
+                            flow.conn.id, flow.conn.backend
+                        )
+                    })
+                }
             }
         }
     }
@@ -457,6 +486,7 @@ async fn open_flow(
         ns_gen,
         failed: Default::default(),
         poke: tokio::sync::Notify::new(),
+        error_said: Default::default(),
     }))
 }
 
@@ -473,6 +503,36 @@ fn unreachable(errno: i32) -> bool {
         errno,
         libc::ECONNREFUSED | libc::ENETUNREACH | libc::EHOSTUNREACH
     )
+}
+
+/// Whether a backend socket's errno is about datagrams, not the socket: what the kernel makes
+/// of an ICMP error its path sent back (icmp_err_convert, icmpv6_err_convert), or a send
+/// refused on the way out (a firewall's drop: EPERM; no buffer: ENOBUFS). The socket still
+/// works: the flow goes on. Anything else (EBADF, ENOMEM, ...) ends the flow.
+fn datagram_error(errno: i32) -> bool {
+    unreachable(errno)
+        || matches!(
+            errno,
+            libc::EMSGSIZE
+                | libc::ENOPROTOOPT
+                | libc::EACCES
+                | libc::EPERM
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EOPNOTSUPP
+                | libc::EPROTO
+                | libc::ENOBUFS
+        )
+}
+
+/// What a receive from a backend socket that failed with `e` means for its flow.
+fn got_error(e: io::Error) -> Got {
+    match e.raw_os_error() {
+        _ if e.kind() == io::ErrorKind::WouldBlock => Got::Nothing,
+        Some(errno) if unreachable(errno) => Got::Refused(errno),
+        Some(errno) if datagram_error(errno) => Got::Other(errno),
+        _ => Got::Failed(e),
+    }
 }
 
 /// The pending error of a backend socket (SO_ERROR, which clears it), and tokio's error
@@ -498,6 +558,9 @@ enum Got {
     /// ICMP port unreachable from an earlier datagram (the backend may come back), or a send
     /// that found no route: the errno.
     Refused(i32),
+    /// Another error about an earlier datagram (see [`datagram_error`]): the errno. Said once
+    /// per flow; the flow goes on.
+    Other(i32),
     /// The socket failed: the flow ends.
     Failed(io::Error),
     /// Datagrams, each on its own (the tapped path, or what the client's socket had no room for).
@@ -519,11 +582,7 @@ fn reply_batch(
         let b = cell.get_or_insert_with(RecvBatch::new);
         let n = match b.recv_drained(&flow.backend, flow.backend.as_raw_fd()) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::Nothing,
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                return Got::Refused(libc::ECONNREFUSED)
-            }
-            Err(e) => return Got::Failed(e),
+            Err(e) => return got_error(e),
         };
         let run: Vec<&[u8]> = (0..n).flat_map(|i| b.datagrams(i)).collect();
         moved(run.len());
@@ -626,13 +685,18 @@ async fn replies(
         // Wait without a buffer: a flow holds none while it waits (a 64 KiB one per flow made
         // thousands of flows cost ~58 KB each); datagrams are read into the thread's buffers
         // and copied out only when they cannot leave at once.
-        // The poke and the error readiness only matter with --target-netns (a Notified per
-        // wait costs a lock). A refusal (ICMP port unreachable) wakes no reader: a flow's
-        // next send would take it, but a client that sends one datagram per flow (a resolver
-        // takes a new source port per query) never sends one, so the error wakes the flow.
+        // A socket error (an ICMP error for an earlier datagram) wakes no reader: a flow's
+        // next send would take it (and lose that datagram), but a client that sends one
+        // datagram per flow (a resolver takes a new source port per query) never sends one,
+        // so the error wakes the flow: a refusal to follow --target-netns, any other error to
+        // be said. The poke only matters with --target-netns (a Notified per wait costs a lock).
         let woken = async {
             if ctx.target.is_none() {
-                return Some(flow.backend.readable().await.map(|()| false));
+                let r = flow
+                    .backend
+                    .ready(Interest::READABLE | Interest::ERROR)
+                    .await;
+                return Some(r.map(|r| r.is_error()));
             }
             tokio::select! {
                 r = flow.backend.ready(Interest::READABLE | Interest::ERROR) => {
@@ -650,7 +714,8 @@ async fn replies(
             Ok(Some(Err(e))) => Got::Failed(e),
             Ok(Some(Ok(true))) => match take_socket_error(&flow.backend) {
                 Some(errno) if unreachable(errno) => Got::Refused(errno),
-                _ => Got::Nothing,
+                Some(errno) => Got::Other(errno),
+                None => Got::Nothing,
             },
             Ok(Some(Ok(false))) if batched => reply_batch(&flow, &sock, &to, &ctx, epoch),
             Ok(Some(Ok(false))) => match SCRATCH.with(|b| {
@@ -658,11 +723,7 @@ async fn replies(
                 flow.backend.try_recv(&mut b).map(|n| b[..n].to_vec())
             }) {
                 Ok(d) => Got::Datagrams(vec![d]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Nothing,
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    Got::Refused(libc::ECONNREFUSED)
-                }
-                Err(e) => Got::Failed(e),
+                Err(e) => got_error(e),
             },
         };
         let datagrams = match got {
@@ -694,8 +755,20 @@ async fn replies(
                 }
                 None => continue,
             },
+            Got::Other(errno) => {
+                flow.say_error(&ctx, &io::Error::from_raw_os_error(errno));
+                continue;
+            }
             Got::Failed(e) => {
-                ctx.debug(|| format!("#{} udp receive from backend: {e}", flow.conn.id));
+                ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let c = &flow.conn;
+                ctx.log(
+                    Level::Warn,
+                    format!(
+                        "#{} udp {} -> {}: receive from backend {}: {e}; the flow ends",
+                        c.id, c.client, c.listen, c.backend
+                    ),
+                );
                 break;
             }
             Got::Datagrams(d) => d,

@@ -54,3 +54,32 @@ fn a_gro_slot_splits_at_its_segment_size() {
     assert_eq!(segments(&data, 0).count(), 1);
     assert_eq!(segments(&[], 0).collect::<Vec<_>>(), vec![&[] as &[u8]]);
 }
+
+/// A receive error on a backend socket: "unreachable" is a refusal (the --target-netns
+/// check), the other errors an ICMP message or a send refusal gives are about datagrams (said,
+/// the flow goes on), and only the rest ends the flow.
+#[test]
+fn a_backend_error_about_datagrams_leaves_the_flow_open() {
+    use super::{got_error, Got};
+    let got = |errno: i32| match got_error(std::io::Error::from_raw_os_error(errno)) {
+        Got::Refused(_) => "refused",
+        Got::Other(_) => "said",
+        Got::Failed(_) => "ends",
+        Got::Nothing => "nothing",
+        Got::Datagrams(_) => "datagrams",
+    };
+    for errno in [libc::ECONNREFUSED, libc::ENETUNREACH, libc::EHOSTUNREACH] {
+        assert_eq!(got(errno), "refused", "errno {errno}");
+    }
+    for errno in [
+        libc::EMSGSIZE,
+        libc::EACCES,
+        libc::ENOPROTOOPT,
+        libc::EPERM,
+        libc::ENOBUFS,
+    ] {
+        assert_eq!(got(errno), "said", "errno {errno}");
+    }
+    assert_eq!(got(libc::EAGAIN), "nothing");
+    assert_eq!(got(libc::EBADF), "ends");
+}
