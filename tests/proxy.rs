@@ -5598,11 +5598,16 @@ fn hi_and_echo_backends(ns: &TestNs, tcp: &str, udp: &str) {
 
 /// Whether the proxy at 127.0.0.1:`tcp` and 127.0.0.1:`udp` in `ns` answers, over TCP ("hi")
 /// and UDP (an echo, from a fresh client socket), now.
-fn answers_in(ns: &TestNs, tcp: u16, udp: u16) -> bool {
-    let tcp_ok = connect_in(ns, &format!("127.0.0.1:{tcp}"))
+fn answers_in(ns: &NetNs, tcp: u16, udp: u16) -> bool {
+    let tcp_ok = ns
+        .run(|| {
+            let a: SocketAddr = format!("127.0.0.1:{tcp}").parse().unwrap();
+            TcpStream::connect_timeout(&a, Duration::from_secs(5))
+        })
+        .unwrap()
         .and_then(first_words)
         .is_ok_and(|w| w == "hi");
-    let c = inside(ns, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    let c = ns.run(|| UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
     c.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let _ = c.send_to(b"ping", format!("127.0.0.1:{udp}"));
@@ -5636,7 +5641,7 @@ fn follows_a_listen_netns_made_again(relay: Relay) {
             "udp:127.0.0.1:5353=127.0.0.1:5300",
         ],
     );
-    assert!(answers_in(&host, 8080, 5353), "log:\n{}", p.log());
+    assert!(answers_in(&netns(&host), 8080, 5353), "log:\n{}", p.log());
     let old_ns = netns(&host);
     let old = old_ns.id().inode;
     common::sh(&["ip", "netns", "del", &host.name]);
@@ -5655,7 +5660,7 @@ fn follows_a_listen_netns_made_again(relay: Relay) {
     );
     p.wait_logged(&want);
     wait_for("answers in the new namespace", 10, || {
-        answers_in(&host, 8080, 5353)
+        answers_in(&netns(&host), 8080, 5353)
     });
     // The old TCP listener is closed: the old namespace (held here) refuses the port now.
     wait_for("the old namespace's listener closed", 5, || {
@@ -5803,6 +5808,178 @@ fn a_udp_backend_error_other_than_unreachable_is_said_once_per_flow() {
 #[test]
 fn a_udp_backend_error_other_than_unreachable_is_said_once_per_flow_with_target_netns() {
     says_a_udp_backend_error_other_than_unreachable_once(true);
+}
+
+/// --target-netns NAME made again is followed without a client: the info line comes by itself
+/// (the watch thread notices the namespace's file is another one), and the first connection
+/// after it reaches the new namespace's backend with no failed dial. Before, only a failed
+/// dial made the proxy look.
+#[test]
+fn follows_a_target_netns_made_again_before_any_dial_fails() {
+    let host = lab("pxftw");
+    let ctr = lab("pxftc");
+    let dir = TempDir::new("pxft");
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "127.0.0.1:8080",
+            "127.0.0.1:7000",
+        ],
+    );
+    let was = netns(&ctr).id().inode;
+    remake_named(&ctr);
+    let now = netns(&ctr).id().inode;
+    p.wait_logged(&format!(
+        "--target-netns {}: following the new network namespace (inode {now}; was {was}: it was deleted and made again?); connections open in the old one stay as they are",
+        ctr.name
+    ));
+    let l = listen_in(&ctr, "127.0.0.1:7000");
+    says_hi_through(&host, "127.0.0.1:8080", &l);
+    assert!(!p.log().contains("cannot connect"), "{}", p.log());
+    p.stop();
+}
+
+/// `--listen-netns container:NAME` with real dockerd: after `docker restart` the proxy listens
+/// in the container's new namespace and says the container was restarted; while it is stopped
+/// it says so once, with Docker's command to start it, and listens again after `docker start`;
+/// after `docker rm -f` and `docker run` of the same name it says the container was removed
+/// and made again. TCP and UDP answer inside the container's namespace each time. Before, the
+/// proxy kept listening in the first namespace, which nothing could reach, and said nothing.
+#[test]
+fn follows_a_restarted_container_on_the_listen_side() {
+    let d = common::docker::Dockerd::start("pxfld");
+    let web = unique("web");
+    d.run_busybox_web(&web, "80");
+    let ctr = lab("pxfldb");
+    hi_and_echo_backends(&ctr, "127.0.0.1:7000", "127.0.0.1:5300");
+    let dir = TempDir::new("pxfld");
+    let listen = format!("container:{web}");
+    let p = start_with(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &listen,
+            "--target-netns",
+            &ctr.name,
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:5300",
+        ],
+        &[("DOCKER_HOST", &d.host())],
+    );
+    // And one that dials into the container: it follows each new namespace without a client.
+    let to_web = start_with(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &ctr.name,
+            "--target-netns",
+            &listen,
+            "127.0.0.1:8081",
+            "127.0.0.1:80",
+        ],
+        &[("DOCKER_HOST", &d.host())],
+    );
+    let ns_of_web = || {
+        let pid = d.docker(&["inspect", "-f", "{{.State.Pid}}", &web]);
+        NetNs::from_pid(pid.trim().parse().unwrap()).unwrap()
+    };
+    let answers = |ns: &NetNs| answers_in(ns, 8080, 5353);
+    assert!(answers(&ns_of_web()), "log:\n{}", p.log());
+    let follow = format!("--listen-netns {listen}: listening in the new network namespace (inode ");
+    let count = |s: &str| p.log().matches(s).count();
+
+    d.docker(&["restart", "-t", "1", &web]);
+    let ns = ns_of_web();
+    wait_for("the follow line after docker restart", 15, || {
+        count(&follow) == 1
+    });
+    let line = format!("{follow}{}; was ", ns.id().inode);
+    assert!(
+        p.log().contains(&line)
+            && p.log().contains(": the container was restarted): tcp 127.0.0.1:8080, udp 127.0.0.1:5353; the old listeners are closed"),
+        "no '{line}... the container was restarted' in:\n{}",
+        p.log()
+    );
+    wait_for("answers after docker restart", 10, || answers(&ns));
+    let dials = format!(
+        "--target-netns {listen}: following the new network namespace (inode {}; was ",
+        ns.id().inode
+    );
+    to_web.wait_logged(&dials);
+    assert!(
+        to_web.log().contains(
+            ": the container was restarted); connections open in the old one stay as they are"
+        ),
+        "{}",
+        to_web.log()
+    );
+
+    d.docker(&["stop", "-t", "1", &web]);
+    let stopped = format!("--listen-netns {listen}: container {web} is exited (code ");
+    let fix = format!(
+        "): start it with `docker start {web}`; the proxy listens again in its new network namespace when it starts"
+    );
+    wait_for("the stopped line", 15, || {
+        p.log()
+            .lines()
+            .any(|l| l.contains(&stopped) && l.contains(&fix))
+    });
+    // Said once however long it stays stopped (lookups come less and less often).
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(count(&stopped), 1, "log:\n{}", p.log());
+    d.docker(&["start", &web]);
+    let ns = ns_of_web();
+    wait_for("the follow line after docker start", 15, || {
+        count(&follow) == 2
+    });
+    wait_for("answers after docker start", 10, || answers(&ns));
+
+    d.docker(&["rm", "-f", &web]);
+    d.run_busybox_web(&web, "80");
+    let ns = ns_of_web();
+    wait_for("the follow line after docker rm and run", 40, || {
+        count(&follow) == 3
+    });
+    let log = p.log();
+    assert!(
+        log.contains(&format!("{follow}{}; was ", ns.id().inode))
+            && log.contains(": the container was removed and made again (a new container id)): tcp 127.0.0.1:8080"),
+        "{log}"
+    );
+    wait_for("answers in the container made again", 10, || answers(&ns));
+    let dials = format!(
+        "--target-netns {listen}: following the new network namespace (inode {}; was ",
+        ns.id().inode
+    );
+    to_web.wait_logged(&dials);
+    let log = to_web.log();
+    assert!(
+        log.contains(
+            "the container was removed and made again (a new container id)); connections open"
+        ) && !log.contains("cannot connect"),
+        "{log}"
+    );
+    // Reached without a failed dial first.
+    let c = connect_in(&ctr, "127.0.0.1:8081").unwrap();
+    let mut c2 = c.try_clone().unwrap();
+    c2.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert!(
+        first_words(c).unwrap().starts_with("HTTP/1."),
+        "{}",
+        to_web.log()
+    );
+    assert!(!to_web.log().contains("cannot connect"), "{}", to_web.log());
+    to_web.stop();
+    p.stop();
 }
 
 /// One connection through the proxy at `addr` in `host`, answered "hi" by `backend`.
