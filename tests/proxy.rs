@@ -8231,7 +8231,7 @@ fn a_name_listens_on_each_address_and_is_dialled_in_order(relay: Relay) {
     );
     let log = p.log();
     assert!(
-        log.contains("info: localhost is ::1, 127.0.0.1 (resolved once, at start)"),
+        log.contains("info: localhost is ::1, 127.0.0.1 (/etc/hosts)"),
         "{log}"
     );
     for l in ["[::1]:8080", "127.0.0.1:8080"] {
@@ -8389,6 +8389,222 @@ fn socat_listen_forms_relay_and_an_unknown_option_is_named() {
         assert!(!t.contains("panicked"), "{t}");
     }
 }
+
+/// What a [`name_server`] answers for its one name now.
+#[derive(Clone, Copy)]
+enum NsAnswer {
+    /// An A record (no AAAA) with this TTL in seconds.
+    A(std::net::Ipv4Addr, u32),
+    /// SERVFAIL: the name stops resolving.
+    Fail,
+}
+
+/// A nameserver on 127.0.0.1:53 inside `ns` that knows `name` only (A as `answer` says now,
+/// AAAA empty, other names NXDOMAIN), written byte by byte (RFC 1035 4.1).
+fn name_server(
+    ns: &TestNs,
+    name: &'static str,
+    answer: std::sync::Arc<std::sync::Mutex<NsAnswer>>,
+) {
+    let s = inside(ns, || UdpSocket::bind("127.0.0.1:53").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let wire: Vec<u8> = name
+            .split('.')
+            .flat_map(|l| std::iter::once(l.len() as u8).chain(l.bytes()))
+            .chain([0])
+            .collect();
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let q = &buf[..n];
+            if n < 12 + wire.len() + 4 {
+                continue;
+            }
+            let qname = &q[12..12 + wire.len()];
+            let qtype = &q[12 + wire.len()..12 + wire.len() + 2];
+            let ours = qname.eq_ignore_ascii_case(&wire);
+            let now = *answer.lock().unwrap();
+            let rcode = match (ours, now) {
+                (false, _) => 3,
+                (true, NsAnswer::Fail) => 2,
+                (true, NsAnswer::A(..)) => 0,
+            };
+            let a = match now {
+                NsAnswer::A(ip, ttl) if ours && qtype == [0, 1] => Some((ip, ttl)),
+                _ => None,
+            };
+            let mut r = q[..2].to_vec();
+            r.extend_from_slice(&[0x81, 0x80 | rcode, 0, 1, 0, a.is_some() as u8, 0, 0, 0, 0]);
+            r.extend_from_slice(&q[12..12 + wire.len() + 4]);
+            if let Some((ip, ttl)) = a {
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+                r.extend_from_slice(&ttl.to_be_bytes());
+                r.extend_from_slice(&[0, 4]);
+                r.extend_from_slice(&ip.octets());
+            }
+            let _ = s.send_to(&r, from);
+        }
+    });
+}
+
+/// A backend that writes the address it was reached on and closes.
+fn who_backend(l: TcpListener) {
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let me = c.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let _ = c.write_all(me.as_bytes());
+        }
+    });
+}
+
+/// From inside `ns`, which backend a connection to `addr` reached ("" when the proxy reset it).
+fn who_through(ns: &TestNs, addr: &str) -> String {
+    let addr = addr.to_string();
+    inside(ns, move || {
+        let mut s = match TcpStream::connect(addr.as_str()) {
+            Ok(s) => s,
+            Err(_) => return String::new(),
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+}
+
+/// Connect through `addr` every 100 ms until `want` is reached (at most `secs`).
+fn dial_until(ns: &TestNs, addr: &str, want: &str, secs: u64, p: &Proxy) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if who_through(ns, addr) == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{addr} never reached {want} in {secs} s; log:\n{}", p.log());
+}
+
+/// `nettool proxy ARGS` inside `ns` on `relay`, with `hosts` and `resolv` as its /etc/hosts
+/// and /etc/resolv.conf (bind mounts in a mount namespace of its own, as
+/// [`start_with_hosts`]): the files can be rewritten in place while it runs.
+fn start_with_resolver(
+    relay: Relay,
+    ns: &TestNs,
+    hosts: &Path,
+    resolv: &Path,
+    args: &[&str],
+    dir: &TempDir,
+) -> Proxy {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@""#)
+        .arg("sh")
+        .arg(hosts)
+        .arg(resolv)
+        .args(["ip", "netns", "exec", &ns.name, BIN]);
+    let fast = match relay {
+        Relay::FastPath => "1",
+        Relay::Tokio => "0",
+    };
+    start_cmd(c, dir, args, &[("NETTOOL_PROXY_FASTPATH", fast)])
+}
+
+/// A target name is resolved again while the proxy runs: a DNS answer once its TTL is past
+/// (the dial that finds it old still goes to the old address; the next ones to the new),
+/// at once when every address failed a connection's dial (the answer before had a TTL of an
+/// hour), a name that stops resolving keeps its last address (said once), and a hosts-file
+/// line is read again. Each change is logged once.
+fn a_target_name_follows_its_dns_answer_and_hosts_line(relay: Relay) {
+    use std::net::Ipv4Addr;
+    use std::sync::{Arc, Mutex};
+    let ns = lab("pxredns");
+    let dir = TempDir::new("pxredns");
+    who_backend(listen_in(&ns, "127.0.0.1:7000"));
+    who_backend(listen_in(&ns, "10.9.0.1:7000"));
+    let lo = Ipv4Addr::LOCALHOST;
+    let answer = Arc::new(Mutex::new(NsAnswer::A(lo, 1)));
+    name_server(&ns, "db.test", answer.clone());
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost db.hosts\n").unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    let p = start_with_resolver(
+        relay,
+        &ns,
+        &hosts,
+        &resolv,
+        &[
+            "-p",
+            "127.0.0.1:8080=TCP:db.test:7000",
+            "-p",
+            "127.0.0.1:8081=db.hosts:7000",
+        ],
+        &dir,
+    );
+    let log = p.log();
+    assert!(
+        log.contains("info: db.test is 127.0.0.1 (DNS, TTL 1 s)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("info: db.hosts is 127.0.0.1 (/etc/hosts)"),
+        "{log}"
+    );
+    assert_eq!(who_through(&ns, "127.0.0.1:8080"), "127.0.0.1:7000");
+    assert_eq!(who_through(&ns, "127.0.0.1:8081"), "127.0.0.1:7000");
+
+    // The TTL is past: followed.
+    *answer.lock().unwrap() = NsAnswer::A("10.9.0.1".parse().unwrap(), 1);
+    dial_until(&ns, "127.0.0.1:8080", "10.9.0.1:7000", 10, &p);
+    // An answer for an hour that nothing serves: its dials fail...
+    *answer.lock().unwrap() = NsAnswer::A("127.0.0.9".parse().unwrap(), 3600);
+    dial_until(&ns, "127.0.0.1:8080", "", 10, &p);
+    // ...and every address failing asks again at once, not in an hour.
+    *answer.lock().unwrap() = NsAnswer::A(lo, 1);
+    dial_until(&ns, "127.0.0.1:8080", "127.0.0.1:7000", 10, &p);
+    // It stops resolving: the last address stays, said once.
+    *answer.lock().unwrap() = NsAnswer::Fail;
+    wait_for("the name's failure in the log", 10, || {
+        let _ = who_through(&ns, "127.0.0.1:8080");
+        std::thread::sleep(Duration::from_millis(200));
+        p.log().contains("db.test does not resolve now")
+    });
+    for _ in 0..3 {
+        assert_eq!(who_through(&ns, "127.0.0.1:8080"), "127.0.0.1:7000");
+    }
+    // The hosts file's line, rewritten in place.
+    std::fs::write(&hosts, "127.0.0.1 localhost\n10.9.0.1 db.hosts\n").unwrap();
+    dial_until(&ns, "127.0.0.1:8081", "10.9.0.1:7000", 15, &p);
+    let log = p.stop();
+    for line in [
+        "info: db.test now resolves to 10.9.0.1 (was 127.0.0.1)",
+        "info: db.test now resolves to 127.0.0.9 (was 10.9.0.1)",
+        "warn: #",
+        "cannot connect to backend 127.0.0.9:7000",
+        "info: db.test now resolves to 127.0.0.1 (was 127.0.0.9)",
+        "warn: db.test does not resolve now (nameserver 127.0.0.1:53 answered Server Failure)",
+        "); dials go on to its last addresses, 127.0.0.1",
+        "info: db.hosts now resolves to 10.9.0.1 (was 127.0.0.1)",
+    ] {
+        assert!(log.contains(line), "{line}:\n{log}");
+    }
+    for once in [
+        "db.test now resolves to 10.9.0.1",
+        "db.test does not resolve now",
+        "db.hosts now resolves",
+    ] {
+        assert_eq!(log.matches(once).count(), 1, "{once}:\n{log}");
+    }
+}
+
+on_both_relays!(
+    a_target_name_follows_its_dns_answer_and_hosts_line_fast_path,
+    a_target_name_follows_its_dns_answer_and_hosts_line_tokio_path =>
+        a_target_name_follows_its_dns_answer_and_hosts_line()
+);
 
 /// The index of interface `dev` inside `ns`.
 fn ifindex_in(ns: &TestNs, dev: &str) -> u32 {

@@ -91,17 +91,28 @@ impl ResolverConfig {
     }
 }
 
-/// The addresses `name` has, each once, in the order a connection should try them; an error
-/// says what failed (no such name, no answer from which nameservers).
-pub(crate) fn lookup_host(cfg: &ResolverConfig, name: &str) -> Result<Vec<IpAddr>, String> {
+/// What a name resolved to, and for how long that holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// The addresses, each once, in the order a connection should try them.
+    pub ips: Vec<IpAddr>,
+    /// The smallest TTL of the DNS records that gave them; None when they came from the
+    /// hosts file (which has none: it is read again instead).
+    pub ttl: Option<Duration>,
+}
+
+/// The addresses `name` has, each once, in the order a connection should try them, and the
+/// answer's TTL; an error says what failed (no such name, no answer from which nameservers).
+pub(crate) fn lookup_answer(cfg: &ResolverConfig, name: &str) -> Result<Answer, String> {
     let found = from_hosts(&cfg.hosts, name);
-    let mut ips = if found.is_empty() {
-        from_dns(cfg, name)?
+    let (mut ips, ttl) = if found.is_empty() {
+        let (ips, ttl) = from_dns(cfg, name)?;
+        (ips, Some(ttl))
     } else {
-        found
+        (found, None)
     };
     order(&mut ips);
-    Ok(ips)
+    Ok(Answer { ips, ttl })
 }
 
 /// Every address the hosts file gives `name` (or an alias), in file order, each once.
@@ -143,22 +154,22 @@ fn candidates(cfg: &ResolverConfig, name: &str) -> Vec<String> {
 
 /// How one name's two queries went.
 enum Asked {
-    /// Addresses (A and AAAA together).
-    Found(Vec<IpAddr>),
+    /// Addresses (A and AAAA together) and the smallest TTL of their records.
+    Found(Vec<IpAddr>, Duration),
     /// NXDOMAIN, or no address of either type: try the next candidate.
     NoSuchName,
     /// What went wrong with the last nameserver asked.
     Failed(String),
 }
 
-fn from_dns(cfg: &ResolverConfig, name: &str) -> Result<Vec<IpAddr>, String> {
+fn from_dns(cfg: &ResolverConfig, name: &str) -> Result<(Vec<IpAddr>, Duration), String> {
     let mut failed: Option<String> = None;
     for cand in candidates(cfg, name) {
         let Ok(qname) = Name::from_ascii(format!("{cand}.")) else {
             continue;
         };
         match ask_all(cfg, &qname) {
-            Asked::Found(ips) => return Ok(ips),
+            Asked::Found(ips, ttl) => return Ok((ips, ttl)),
             Asked::NoSuchName => {}
             Asked::Failed(e) => failed = Some(e),
         }
@@ -176,6 +187,8 @@ fn ask_all(cfg: &ResolverConfig, qname: &Name) -> Asked {
         for ns in &cfg.nameservers {
             match ask(*ns, qname, cfg.timeout) {
                 Ok(a) => return a,
+                // A nameserver that answered with an error code did answer.
+                Err(e) if e.starts_with("answered ") => last = format!("nameserver {ns} {e}"),
                 Err(e) => last = format!("no answer from nameserver {ns}: {e}"),
             }
         }
@@ -208,6 +221,7 @@ fn ask(ns: SocketAddr, qname: &Name, timeout: Duration) -> Result<Asked, String>
     }
     let deadline = Instant::now() + timeout;
     let mut ips = Vec::new();
+    let mut ttl = u32::MAX;
     let mut nxdomain = false;
     let mut buf = vec![0u8; 4096];
     while !pending.is_empty() {
@@ -242,7 +256,7 @@ fn ask(ns: SocketAddr, qname: &Name, timeout: Duration) -> Result<Asked, String>
         match m.metadata.response_code {
             ResponseCode::NoError => {}
             ResponseCode::NXDomain => nxdomain = true,
-            code => return Err(format!("the nameserver answered {code}")),
+            code => return Err(format!("answered {code}")),
         }
         for r in &m.answers {
             let ip = match &r.data {
@@ -250,13 +264,14 @@ fn ask(ns: SocketAddr, qname: &Name, timeout: Duration) -> Result<Asked, String>
                 RData::AAAA(a) => IpAddr::V6(a.0),
                 _ => continue,
             };
+            ttl = ttl.min(r.ttl);
             if !ips.contains(&ip) {
                 ips.push(ip);
             }
         }
     }
     Ok(match (ips.is_empty(), nxdomain) {
-        (false, _) => Asked::Found(ips),
+        (false, _) => Asked::Found(ips, Duration::from_secs(ttl.into())),
         _ => Asked::NoSuchName,
     })
 }
@@ -356,7 +371,7 @@ mod tests {
         // getaddrinfo's order: ::1 (precedence 50) before 127.0.0.1 (35).
         let cfg = ResolverConfig::from_texts(DEBIAN_HOSTS.into(), "");
         assert_eq!(
-            lookup_host(&cfg, "localhost").unwrap(),
+            lookup_answer(&cfg, "localhost").unwrap().ips,
             vec![
                 "::1".parse::<IpAddr>().unwrap(),
                 "127.0.0.1".parse().unwrap()
@@ -402,11 +417,11 @@ mod tests {
             } else if truncate && over_udp {
                 resp.metadata.truncation = true;
             } else {
-                let rd = match qn.query_type {
-                    RecordType::A => RData::A(A("192.0.2.7".parse().unwrap())),
-                    _ => RData::AAAA(AAAA("2001:db8::7".parse().unwrap())),
+                let (rd, ttl) = match qn.query_type {
+                    RecordType::A => (RData::A(A("192.0.2.7".parse().unwrap())), 60),
+                    _ => (RData::AAAA(AAAA("2001:db8::7".parse().unwrap())), 30),
                 };
-                resp.add_answer(Record::from_rdata(qn.name.clone(), 60, rd));
+                resp.add_answer(Record::from_rdata(qn.name.clone(), ttl, rd));
             }
             resp.to_vec().unwrap()
         };
@@ -447,8 +462,13 @@ mod tests {
         for truncate in [false, true] {
             let ns = nameserver("web.ns.svc.cluster.local", truncate);
             let c = cfg_for(ns, "ns.svc.cluster.local");
-            let mut got = from_dns(&c, "web").unwrap();
+            let (mut got, ttl) = from_dns(&c, "web").unwrap();
             got.sort();
+            assert_eq!(
+                ttl,
+                Duration::from_secs(30),
+                "the smallest TTL of the records"
+            );
             assert_eq!(
                 got,
                 vec![

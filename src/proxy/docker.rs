@@ -216,6 +216,7 @@ impl DockerArgs {
             target_ip: self.container_ip,
             target_scope: 0,
             target_more: Vec::new(),
+            target_name: None,
             target: PortRange {
                 first: self.container_port,
                 last: self.container_port,

@@ -586,6 +586,18 @@ impl Proxy {
                 None,
             )
         };
+        // Each target name's thread, which asks again once its answer's TTL is past.
+        let mut names: Vec<(Arc<spec::TargetName>, Proto)> = Vec::new();
+        for m in &maps {
+            if let Some(n) = &m.name {
+                if !names.iter().any(|(o, _)| Arc::ptr_eq(o, n)) {
+                    names.push((n.clone(), m.proto));
+                }
+            }
+        }
+        for (n, proto) in names {
+            n.start(proto, cfg.log.clone());
+        }
         let ctx = Arc::new(Ctx {
             next_id: AtomicU64::new(0),
             counters: Arc::new(Counters::default()),

@@ -88,12 +88,14 @@ async fn dial_in_order(
     client: SocketAddr,
     map: &PortMap,
 ) -> Result<(TcpStream, SocketAddr), (std::io::Error, SocketAddr)> {
-    let mut tried = map.target;
+    // A target name's addresses as they are now (asked again on a thread of its own).
+    let all = map.targets();
+    let mut tried = all.first().copied().unwrap_or(map.target);
     let mut r = dial(ctx, id, client, tried)
         .await
         .map(|s| (s, tried))
         .map_err(|e| (e, tried));
-    for to in map.more.iter().copied() {
+    for to in all.iter().skip(1).copied() {
         match &r {
             Ok(_) => break,
             Err((e, _)) => {
@@ -154,6 +156,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
         Err((e, last)) => {
             let listen = client.local_addr().map(canonical).unwrap_or(listen);
             ctx.counters.dial_errors.fetch_add(1, Ordering::Relaxed);
+            map.all_failed();
             if hint.is_empty() {
                 hint = ctx.target_hint_async().await;
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::dns::lookup::Answer;
 use crate::netns::NetNs;
 use crate::proxy::docker;
 use crate::proxy::spec::{self, Lookup, MapSpec, Mapping};
@@ -132,19 +133,19 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
 /// The addresses /etc/hosts, then the nameservers of /etc/resolv.conf, give for `name`, in
 /// the order to try them, each once ([`crate::dns::lookup`]: no getaddrinfo, whose NSS
 /// modules a static binary cannot load).
-fn system_addresses(name: &str) -> Result<Vec<std::net::IpAddr>, String> {
-    use crate::dns::lookup::{lookup_host, ResolverConfig};
-    lookup_host(&ResolverConfig::system(), name)
+fn system_addresses(name: &str) -> Result<Answer, String> {
+    use crate::dns::lookup::{lookup_answer, ResolverConfig};
+    lookup_answer(&ResolverConfig::system(), name)
 }
 
 /// The same for reading a running proxy's arguments (doctor, topology): one query round of at
 /// most a second, so a dead DNS server does not hold a diagnosis for resolv.conf's 2 x 5 s.
-fn quick_addresses(name: &str) -> Result<Vec<std::net::IpAddr>, String> {
-    use crate::dns::lookup::{lookup_host, ResolverConfig};
+fn quick_addresses(name: &str) -> Result<Answer, String> {
+    use crate::dns::lookup::{lookup_answer, ResolverConfig};
     let mut cfg = ResolverConfig::system();
     cfg.timeout = std::time::Duration::from_secs(1);
     cfg.attempts = 1;
-    lookup_host(&cfg, name)
+    lookup_answer(&cfg, name)
 }
 
 /// The index of interface `zone` (a name, or an index that must exist) in the calling
@@ -195,14 +196,15 @@ impl SystemLookup<'_> {
 }
 
 impl Lookup for SystemLookup<'_> {
-    fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, String> {
-        let ips = system_addresses(name)?;
-        let list: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
-        self.found(format!(
-            "{name} is {} (resolved once, at start)",
-            list.join(", ")
-        ));
-        Ok(ips)
+    fn addresses(&self, name: &str) -> Result<Answer, String> {
+        let a = system_addresses(name)?;
+        let list: Vec<String> = a.ips.iter().map(|ip| ip.to_string()).collect();
+        let from = match a.ttl {
+            Some(ttl) => format!("DNS, TTL {} s", ttl.as_secs()),
+            None => "/etc/hosts".to_string(),
+        };
+        self.found(format!("{name} is {} ({from})", list.join(", ")));
+        Ok(a)
     }
 
     fn zone(&self, listen: bool, zone: &str) -> Result<u32, String> {
@@ -281,6 +283,7 @@ fn refuse_self_targets(
     // A target name's other addresses too: each is dialled when the ones before it fail.
     let pairs = maps.iter().flat_map(Mapping::expand).flat_map(|pm| {
         pm.targets()
+            .into_iter()
             .map(|t| (pm.proto, pm.listen, t))
             .collect::<Vec<_>>()
     });
@@ -347,7 +350,7 @@ pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Mapping>> {
             // zones only where they are indexes: the interface may be in another namespace.
             struct Recognise;
             impl Lookup for Recognise {
-                fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, String> {
+                fn addresses(&self, name: &str) -> Result<Answer, String> {
                     quick_addresses(name)
                 }
                 fn zone(&self, _listen: bool, zone: &str) -> Result<u32, String> {
@@ -500,10 +503,12 @@ pub(crate) const PROXY_HELP: &str =
     "SPEC is [tcp:|udp:]LISTEN=TARGET with LISTEN = [HOST:]PORT[-PORT] and TARGET = HOST[:PORT[-PORT]].
 HOST is an IPv4 address, an IPv6 one in brackets ([::1]:8080), a link-local one with its
 interface ([fe80::1%eth0]:8080, the name or index looked up in --listen-netns/--target-netns),
-or a name. Names are resolved once at start (/etc/hosts, then resolv.conf's nameservers) where
-nettool runs, --target-netns or not: a LISTEN name listens on each of its addresses the
-listen namespace has, a TARGET name is dialled in the resolver's order until one connects (the
-first 256; UDP: the first one routed).
+or a name. Names are resolved (/etc/hosts, then resolv.conf's nameservers) where nettool runs,
+--target-netns or not: a LISTEN name at start, on each of its addresses the listen namespace
+has; a TARGET name is dialled in the resolver's order until one connects (the first 256; UDP:
+the first one routed), and resolved again while the proxy runs: once the answer's TTL is past
+(a hosts-file line: every 5 s) on a thread of its own, and at once when a connection found
+every address failing. A change is logged (NAME now resolves to X (was Y)).
 A TARGET may start with socat's TCP: or UDP:; TCP4:/TCP6: (UDP4:/UDP6:) keep one family.
 LISTEN may be socat's TCP-LISTEN:PORT, TCP4-/TCP6-/UDP-/UDP4-/UDP6-LISTEN: (IPv4 unless
 TCP6-/UDP6- or pf=ip6, as in socat), with options fork and reuseaddr (what the proxy always
@@ -675,6 +680,7 @@ mod tests {
             target_ip: "::1".parse().unwrap(),
             target_scope: 0,
             target_more: vec![more.parse().unwrap()],
+            target_name: None,
             target: spec::PortRange {
                 first: 8080,
                 last: 8080,

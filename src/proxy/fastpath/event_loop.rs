@@ -426,9 +426,11 @@ impl Loop {
                 self.rtnl = None;
             }
         }
+        // A target name's list as it is now (asked again on a thread of its own); one that
+        // shrank under a connection between two of its dials goes back to its first address.
         let to = match nth {
-            0 => l.map.target,
-            n => l.map.more[n as usize - 1],
+            0 if l.map.name.is_none() => l.map.target,
+            n => l.map.nth_target(n as usize).unwrap_or(l.map.target),
         };
         let made = sock::make(Type::STREAM, to, source, &mut self.rtnl);
         let connected = made.and_then(|d| {
@@ -436,7 +438,7 @@ impl Loop {
                 self.ctx.fallback(id, peer, f);
             }
             let r = match nth {
-                0 => d.socket.connect(&l.target),
+                0 if l.map.name.is_none() => d.socket.connect(&l.target),
                 _ => d.socket.connect(&to.into()),
             };
             match r {
@@ -451,7 +453,7 @@ impl Loop {
                 // A name's next address first, before the --target-netns recheck (it may
                 // hold this thread for up to half a second): the last address's failure
                 // makes it, as on tokio's path.
-                if (nth as usize) < l.map.more.len() {
+                if l.map.nth_target(nth as usize + 1).is_some() {
                     return self.dial(id, li, l, client, peer, again, nth + 1);
                 }
                 let (dialed_in, hint) = (self.ns_seen, self.ctx.target_hint());
@@ -525,6 +527,7 @@ impl Loop {
         let listen = listen_addr(client, &self.listeners[li]);
         let c = &self.ctx.counters;
         c.dial_errors.fetch_add(1, Ordering::Relaxed);
+        map.all_failed();
         self.ctx.log(
             Level::Warn,
             format!(
@@ -556,7 +559,7 @@ impl Loop {
                 .as_ref()
                 .is_some_and(|w| w.gen() as u32 != conn.ns_gen)
         };
-        if (conn.nth as usize) < l.map.more.len() && !moved(&self.ctx) {
+        if l.map.nth_target(conn.nth as usize + 1).is_some() && !moved(&self.ctx) {
             // A target name's next address, before the --target-netns recheck (see dial);
             // once the namespace was followed (another dial's recheck) the connection starts
             // again at the first address there, below. The client's registration carries the

@@ -77,6 +77,7 @@ fn a_loop_thread_that_cannot_start_leaves_none_of_the_others_running() {
         optional: false,
         target: addr,
         more: Default::default(),
+        name: None,
     };
     let lines = Arc::new(Mutex::new(Vec::new()));
     let ctx = ctx(lines.clone());

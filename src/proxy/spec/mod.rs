@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use super::Proto;
 
+mod names;
 mod socat;
+pub(crate) use names::TargetName;
 pub(crate) use socat::{listen_form, listen_head, SocatListen};
 
 /// A mapping the user wrote that cannot be used.
@@ -76,6 +78,10 @@ pub(crate) struct Mapping {
     pub target_more: Vec<IpAddr>,
     /// Backend ports (same length as `listen`, or one port for all).
     pub target: PortRange,
+    /// A target name: the addresses dials use while the proxy runs (its answer asked again;
+    /// `target_ip` and `target_more` are the answer at start). None for an address.
+    #[serde(skip)]
+    pub target_name: Option<Arc<TargetName>>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -95,9 +101,13 @@ pub(crate) struct PortMap {
     /// Where to forward.
     pub target: SocketAddr,
     /// Where to forward when `target` cannot be reached, tried in order (a target name's
-    /// other addresses; empty for an address).
+    /// other addresses at start; empty for an address).
     #[serde(serialize_with = "addr_list")]
     pub more: Arc<[SocketAddr]>,
+    /// A target name, whose addresses now are the ones dialled (`target` and `more` were
+    /// its answer at start).
+    #[serde(skip)]
+    pub name: Option<Arc<TargetName>>,
 }
 
 fn addr_list<S: serde::Serializer>(v: &Arc<[SocketAddr]>, s: S) -> Result<S::Ok, S::Error> {
@@ -105,24 +115,53 @@ fn addr_list<S: serde::Serializer>(v: &Arc<[SocketAddr]>, s: S) -> Result<S::Ok,
 }
 
 impl PortMap {
-    /// The backend addresses in the order they are dialled.
-    pub(crate) fn targets(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        std::iter::once(self.target).chain(self.more.iter().copied())
+    /// The backend addresses in the order they are dialled now (a target name's answer as it
+    /// is now).
+    pub(crate) fn targets(&self) -> Vec<SocketAddr> {
+        match &self.name {
+            Some(n) => {
+                let port = self.target.port();
+                n.current()
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, port))
+                    .collect()
+            }
+            None => std::iter::once(self.target)
+                .chain(self.more.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// The `n`th backend address a connection dials now (0 first); None past the last.
+    pub(crate) fn nth_target(&self, n: usize) -> Option<SocketAddr> {
+        match (&self.name, n) {
+            (Some(name), n) => name.nth(n, self.target.port()),
+            (None, 0) => Some(self.target),
+            (None, n) => self.more.get(n - 1).copied(),
+        }
+    }
+
+    /// Every address failed one connection's dial: a target name is asked again now (at
+    /// most once a second, on its own thread).
+    pub(crate) fn all_failed(&self) {
+        if let Some(n) = &self.name {
+            n.all_failed();
+        }
     }
 
     /// The backend for a log line: its address, or a name's addresses in dialling order
     /// (`[::1]:80 or 127.0.0.1:80`).
     pub(crate) fn target_text(&self) -> String {
-        let all: Vec<String> = self.targets().map(|t| t.to_string()).collect();
+        let all: Vec<String> = self.targets().iter().map(|t| t.to_string()).collect();
         all.join(" or ")
     }
 
     /// The backend in a line that says every dial failed: a name's addresses say that each
     /// was tried and that the error after it is the last one's (not every address's).
     pub(crate) fn failed_text(&self) -> String {
-        match self.more.is_empty() {
-            true => format!("backend {}", self.target),
-            false => format!("backend {} (each tried; the last said)", self.target_text()),
+        match self.targets().len() {
+            0 | 1 => format!("backend {}", self.nth_target(0).unwrap_or(self.target)),
+            _ => format!("backend {} (each tried; the last said)", self.target_text()),
         }
     }
 }
@@ -174,7 +213,8 @@ pub(crate) enum Host {
     Ip(IpAddr),
     /// A link-local IPv6 address and its zone as written after `%`: an interface name or index.
     Zoned(Ipv6Addr, String),
-    /// A name, looked up once at start (`localhost`, `db.internal`).
+    /// A name (`localhost`, `db.internal`): a listen name is looked up once at start, a
+    /// target name again while the proxy runs ([`TargetName`]).
     Name(String),
 }
 
@@ -312,8 +352,8 @@ pub(crate) const MAX_TARGET_ADDRESSES: usize = 256;
 /// What [`MapSpec::resolve`] asks of the system: names of the resolver, zones of the
 /// namespace each socket is made in.
 pub(crate) trait Lookup {
-    /// The addresses `name` stands for, in the resolver's order.
-    fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, String>;
+    /// The addresses `name` stands for, in the resolver's order, and for how long.
+    fn addresses(&self, name: &str) -> Result<crate::dns::lookup::Answer, String>;
     /// The index of the interface `zone` (a name or a number) in the namespace where the
     /// listening socket (`listen`) or the backend sockets are made.
     fn zone(&self, listen: bool, zone: &str) -> Result<u32, String>;
@@ -328,13 +368,16 @@ impl MapSpec {
     /// interface indexes.
     pub(crate) fn resolve(&self, look: &dyn Lookup) -> Result<Vec<Mapping>, SpecError> {
         let spec = &self.text;
-        let name = |n: &str| -> Result<Vec<IpAddr>, SpecError> {
-            let ips = look.addresses(n).map_err(|e| {
+        let answer = |n: &str| {
+            look.addresses(n).map_err(|e| {
                 not_found(
                     spec,
-                    format!("cannot resolve '{n}': {e} (names are looked up once at start: /etc/hosts, then the nameservers of /etc/resolv.conf)"),
+                    format!("cannot resolve '{n}': {e} (names are looked up where nettool runs: /etc/hosts, then the nameservers of /etc/resolv.conf)"),
                 )
-            })?;
+            })
+        };
+        let name = |n: &str| -> Result<Vec<IpAddr>, SpecError> {
+            let ips = answer(n)?.ips;
             if let Some(ll) = ips.iter().find(|ip| is_link_local(**ip)) {
                 return Err(not_found(
                     spec,
@@ -347,35 +390,16 @@ impl MapSpec {
             Ok(ips)
         };
         let zone = |listen: bool, z: &str| look.zone(listen, z).map_err(|e| not_found(spec, e));
-        let (target_ip, target_scope, target_more) = match &self.target_host {
-            Host::Ip(ip) => (*ip, 0, Vec::new()),
-            Host::Zoned(ip, z) => (IpAddr::V6(*ip), zone(false, z)?, Vec::new()),
+        let (target_ip, target_scope, target_more, target_name) = match &self.target_host {
+            Host::Ip(ip) => (*ip, 0, Vec::new(), None),
+            Host::Zoned(ip, z) => (IpAddr::V6(*ip), zone(false, z)?, Vec::new(), None),
             Host::Name(n) => {
-                let mut ips = name(n)?;
-                ips.retain(|ip| !ip.is_unspecified());
-                if let Some(v6) = self.target_v6 {
-                    let all = ips.len();
-                    ips.retain(|ip| ip.is_ipv6() == v6);
-                    if ips.is_empty() && all > 0 {
-                        let d = if v6 { 6 } else { 4 };
-                        return Err(not_found(
-                            spec,
-                            format!(
-                                "'{n}' has no IPv{d} address (the target asks for one: {}{d}:)",
-                                self.proto.to_string().to_uppercase()
-                            ),
-                        ));
-                    }
-                }
-                if ips.is_empty() {
-                    return Err(not_found(
-                        spec,
-                        format!("'{n}' resolves to 0.0.0.0 or ::, which cannot be a target"),
-                    ));
-                }
-                ips.truncate(MAX_TARGET_ADDRESSES);
+                let a = answer(n)?;
+                let mut ips = names::usable(n, a.ips, self.target_v6, self.proto)
+                    .map_err(|e| not_found(spec, e))?;
+                let named = TargetName::new(n, self.target_v6, ips.clone(), a.ttl);
                 let first = ips.remove(0);
-                (first, 0, ips)
+                (first, 0, ips, Some(Arc::new(named)))
             }
         };
         let listens: Vec<(Option<IpAddr>, u32)> = match &self.listen_host {
@@ -414,6 +438,7 @@ impl MapSpec {
                 target_scope,
                 target_more: target_more.clone(),
                 target: self.target,
+                target_name: target_name.clone(),
             })
             .collect())
     }
@@ -594,6 +619,7 @@ impl Mapping {
                     optional: false,
                     target,
                     more,
+                    name: self.target_name.clone(),
                 }),
                 None => {
                     out.push(PortMap {
@@ -602,6 +628,7 @@ impl Mapping {
                         optional: false,
                         target,
                         more: more.clone(),
+                        name: self.target_name.clone(),
                     });
                     out.push(PortMap {
                         proto: self.proto,
@@ -609,6 +636,7 @@ impl Mapping {
                         optional: true,
                         target,
                         more,
+                        name: self.target_name.clone(),
                     });
                 }
             }

@@ -6,7 +6,7 @@ use super::*;
 /// made and 9 where the backend sockets are, indexes are taken as written.
 struct Fake;
 impl Lookup for Fake {
-    fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, String> {
+    fn addresses(&self, name: &str) -> Result<crate::dns::lookup::Answer, String> {
         let ips: &[&str] = match name {
             "localhost" => &["::1", "127.0.0.1"],
             "db" => &["10.0.0.2", "10.0.0.3"],
@@ -14,7 +14,10 @@ impl Lookup for Fake {
             "ll" => &["fe80::5"],
             _ => return Err("Name or service not known".into()),
         };
-        Ok(ips.iter().map(|s| s.parse().unwrap()).collect())
+        Ok(crate::dns::lookup::Answer {
+            ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            ttl: Some(std::time::Duration::from_secs(60)),
+        })
     }
     fn zone(&self, listen: bool, zone: &str) -> Result<u32, String> {
         match (zone, listen) {
@@ -76,10 +79,7 @@ fn names_are_resolved_listen_on_each_local_address_target_in_order() {
     );
     let p = &m[0].expand()[0];
     assert_eq!(p.target, "10.0.0.2:5432".parse().unwrap());
-    assert_eq!(
-        p.targets().collect::<Vec<_>>()[1],
-        "10.0.0.3:5432".parse().unwrap()
-    );
+    assert_eq!(p.targets()[1], "10.0.0.3:5432".parse().unwrap());
     // Only the addresses the listen namespace has; a name alone is a target with the
     // listen side's ports; socat's `TCP:` prefix in any case.
     let m = parse_one("away:80=db");

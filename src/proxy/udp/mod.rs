@@ -442,6 +442,9 @@ async fn open_flow(
             break;
         }
     }
+    if tried.is_err() {
+        map.all_failed();
+    }
     let (backend, to) = tried?;
     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
     ctx.counters.active.fetch_add(1, Ordering::Relaxed);

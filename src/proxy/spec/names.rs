@@ -1,0 +1,385 @@
+//! A target name's addresses while the proxy runs. Dials take the list as it is now and never
+//! wait for a lookup; a thread of the name's own asks again once the answer's TTL is past
+//! (a hosts-file answer: the file is read again every few seconds) and a dial comes, or at
+//! once (at most once a second) when a connection found every address failing. A changed
+//! answer is logged once; a name that stops resolving keeps its last list and says so once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::dns::lookup::{lookup_answer, Answer, ResolverConfig};
+use crate::proxy::{Level, Log};
+
+/// How long a hosts-file answer stands before the file is read again (it has no TTL).
+pub(crate) const HOSTS_RECHECK: Duration = Duration::from_secs(5);
+/// The shortest time an answer stands (a TTL of 0), and the least time between two lookups
+/// forced by failing dials.
+const MIN_RECHECK: Duration = Duration::from_secs(1);
+/// The longest an answer stands whatever its TTL.
+const MAX_RECHECK: Duration = Duration::from_secs(3600);
+/// How long a name that did not resolve waits before a dial may ask again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// A target name and the addresses dials use for it.
+pub(crate) struct TargetName {
+    /// The name as written.
+    pub name: String,
+    /// Only IPv6 (true) or only IPv4 (false) addresses (socat's TCP6:/TCP4:); None: both.
+    v6: Option<bool>,
+    /// The addresses dials use now, in the resolver's order.
+    list: RwLock<Arc<[IpAddr]>>,
+    /// How long the first answer stands (its TTL), counted from the thread's start.
+    first_valid: Duration,
+    /// The list's time is past: the next dial asks the thread for a lookup.
+    stale: AtomicBool,
+    /// A lookup is wanted; the thread waits on `wake` for it.
+    wanted: Mutex<bool>,
+    wake: Condvar,
+    /// When (ms after `epoch`) failing dials may force the next lookup.
+    force_after: AtomicU64,
+    epoch: Instant,
+    /// The last lookup failed (said once until it resolves again).
+    failing: AtomicBool,
+}
+
+impl std::fmt::Debug for TargetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TargetName({}: {:?})", self.name, self.list())
+    }
+}
+
+/// Two mappings with the same name and family dial the same addresses.
+impl PartialEq for TargetName {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.v6 == other.v6
+    }
+}
+impl Eq for TargetName {}
+
+/// The addresses of `name` a target can dial, in order: no wildcard, only the family asked
+/// for (`v6`), no link-local one (it needs an interface), the first
+/// [`super::MAX_TARGET_ADDRESSES`]; else why there are none.
+pub(crate) fn usable(
+    name: &str,
+    mut ips: Vec<IpAddr>,
+    v6: Option<bool>,
+    proto: super::Proto,
+) -> Result<Vec<IpAddr>, String> {
+    if let Some(ll) = ips.iter().find(|ip| super::is_link_local(**ip)) {
+        return Err(format!("'{name}' resolves to {ll}, which is link-local: write it with its interface instead, like [{ll}%eth0]"));
+    }
+    if ips.is_empty() {
+        return Err(format!("'{name}' resolves to no address"));
+    }
+    ips.retain(|ip| !ip.is_unspecified());
+    if let Some(v6) = v6 {
+        let all = ips.len();
+        ips.retain(|ip| ip.is_ipv6() == v6);
+        if ips.is_empty() && all > 0 {
+            let d = if v6 { 6 } else { 4 };
+            return Err(format!(
+                "'{name}' has no IPv{d} address (the target asks for one: {}{d}:)",
+                proto.to_string().to_uppercase()
+            ));
+        }
+    }
+    if ips.is_empty() {
+        return Err(format!(
+            "'{name}' resolves to 0.0.0.0 or ::, which cannot be a target"
+        ));
+    }
+    ips.truncate(super::MAX_TARGET_ADDRESSES);
+    Ok(ips)
+}
+
+/// How long an answer stands: its TTL within [1 s, 1 h]; a hosts-file one [`HOSTS_RECHECK`].
+fn valid_for(ttl: Option<Duration>) -> Duration {
+    match ttl {
+        Some(t) => t.clamp(MIN_RECHECK, MAX_RECHECK),
+        None => HOSTS_RECHECK,
+    }
+}
+
+fn list_text(ips: &[IpAddr]) -> String {
+    let all: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+    all.join(", ")
+}
+
+impl TargetName {
+    /// `name`, whose usable addresses are `ips` (never empty), for `ttl` (None: the hosts file).
+    pub(crate) fn new(
+        name: &str,
+        v6: Option<bool>,
+        ips: Vec<IpAddr>,
+        ttl: Option<Duration>,
+    ) -> Self {
+        TargetName {
+            name: name.to_string(),
+            v6,
+            list: RwLock::new(ips.into()),
+            first_valid: valid_for(ttl),
+            stale: AtomicBool::new(false),
+            wanted: Mutex::new(false),
+            wake: Condvar::new(),
+            force_after: AtomicU64::new(0),
+            epoch: Instant::now(),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// The addresses as they are now. A list past its time asks for a lookup (one atomic load
+    /// when it is not; the dial never waits for the lookup).
+    pub(crate) fn current(&self) -> Arc<[IpAddr]> {
+        if self.stale.load(Ordering::Relaxed) && self.stale.swap(false, Ordering::AcqRel) {
+            self.want();
+        }
+        self.list()
+    }
+
+    fn list(&self) -> Arc<[IpAddr]> {
+        match self.list.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Every address failed a connection's dial: a lookup now, at most once a second.
+    pub(crate) fn all_failed(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let after = self.force_after.load(Ordering::Relaxed);
+        let next = now + MIN_RECHECK.as_millis() as u64;
+        if now >= after
+            && self
+                .force_after
+                .compare_exchange(after, next, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.want();
+        }
+    }
+
+    fn want(&self) {
+        if let Ok(mut w) = self.wanted.lock() {
+            *w = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Start the thread that asks again (`proto`: the mapping's, for messages). A thread that
+    /// cannot be had leaves the list as it is, and says so.
+    pub(crate) fn start(self: &Arc<Self>, proto: super::Proto, log: Log) {
+        let me = self.clone();
+        let said = log.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nettool-names".into())
+            .spawn(move || me.ask_again(proto, &log));
+        if let Err(e) = spawned {
+            said.log(
+                Level::Warn,
+                &format!(
+                    "{}: no thread to resolve it again ({e}): its addresses stay {}",
+                    self.name,
+                    list_text(&self.list())
+                ),
+            );
+        }
+    }
+
+    /// The thread: wait out the answer's time (or a forced lookup), then for a dial, then
+    /// look the name up where nettool runs, from the resolver files as they are now.
+    fn ask_again(&self, proto: super::Proto, log: &Log) {
+        let mut valid = self.first_valid;
+        loop {
+            let Ok(w) = self.wanted.lock() else { return };
+            let Ok((w, _)) = self.wake.wait_timeout_while(w, valid, |w| !*w) else {
+                return;
+            };
+            let w = if *w {
+                w
+            } else {
+                self.stale.store(true, Ordering::Release);
+                let Ok(w) = self.wake.wait_while(w, |w| !*w) else {
+                    return;
+                };
+                w
+            };
+            drop(w);
+            let answer = lookup_answer(&ResolverConfig::system(), &self.name);
+            valid = self.take(answer, proto, log);
+            // Cleared after the lookup: a want raised while it ran is for this answer.
+            if let Ok(mut w) = self.wanted.lock() {
+                *w = false;
+            }
+            self.stale.store(false, Ordering::Release);
+        }
+    }
+
+    /// Take a lookup's answer: a changed list is used from the next dial on and logged once;
+    /// a failure keeps the last list and is said once. How long until the next lookup.
+    pub(crate) fn take(
+        &self,
+        answer: Result<Answer, String>,
+        proto: super::Proto,
+        log: &Log,
+    ) -> Duration {
+        let got =
+            answer.and_then(|a| usable(&self.name, a.ips, self.v6, proto).map(|ips| (ips, a.ttl)));
+        let old = self.list();
+        match got {
+            Ok((ips, ttl)) => {
+                let was_failing = self.failing.swap(false, Ordering::AcqRel);
+                if *old != *ips {
+                    log.log(
+                        Level::Info,
+                        &format!(
+                            "{} now resolves to {} (was {})",
+                            self.name,
+                            list_text(&ips),
+                            list_text(&old)
+                        ),
+                    );
+                    if let Ok(mut l) = self.list.write() {
+                        *l = ips.into();
+                    }
+                } else if was_failing {
+                    log.log(
+                        Level::Info,
+                        &format!("{} resolves again, to {}", self.name, list_text(&ips)),
+                    );
+                }
+                valid_for(ttl)
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    log.log(
+                        Level::Warn,
+                        &format!(
+                            "{} does not resolve now ({e}); dials go on to its last addresses, {}",
+                            self.name,
+                            list_text(&old)
+                        ),
+                    );
+                }
+                RETRY
+            }
+        }
+    }
+
+    /// `n`th address of the list now with `port`.
+    pub(crate) fn nth(&self, n: usize, port: u16) -> Option<SocketAddr> {
+        self.current().get(n).map(|ip| SocketAddr::new(*ip, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::Proto;
+
+    fn ips(s: &[&str]) -> Vec<IpAddr> {
+        s.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    /// A log that keeps its lines.
+    fn kept() -> (Log, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        let log = Log::new(Level::Debug, move |lv, m| {
+            l.lock().unwrap().push(format!("{lv:?}: {m}"))
+        });
+        (log, lines)
+    }
+
+    #[test]
+    fn a_changed_answer_is_used_and_said_once_and_a_failure_keeps_the_last_list() {
+        let n = TargetName::new(
+            "db.internal",
+            None,
+            ips(&["10.0.0.2"]),
+            Some(Duration::from_secs(30)),
+        );
+        let (log, lines) = kept();
+        let ans = |a: &[&str], ttl: u64| {
+            Ok(Answer {
+                ips: ips(a),
+                ttl: Some(Duration::from_secs(ttl)),
+            })
+        };
+        assert_eq!(
+            n.take(ans(&["10.0.0.2"], 30), Proto::Tcp, &log),
+            Duration::from_secs(30)
+        );
+        assert!(
+            lines.lock().unwrap().is_empty(),
+            "an unchanged answer is not said"
+        );
+        assert_eq!(
+            n.take(ans(&["10.0.0.3", "10.0.0.4"], 0), Proto::Tcp, &log),
+            MIN_RECHECK
+        );
+        assert_eq!(n.nth(1, 5432), Some("10.0.0.4:5432".parse().unwrap()));
+        assert_eq!(n.take(Err("timed out".into()), Proto::Tcp, &log), RETRY);
+        assert_eq!(n.take(Err("timed out".into()), Proto::Tcp, &log), RETRY);
+        assert_eq!(&*n.current(), &ips(&["10.0.0.3", "10.0.0.4"])[..]);
+        // A link-local answer is no usable one: the last list stays.
+        let _ = n.take(ans(&["fe80::1"], 30), Proto::Tcp, &log);
+        let _ = n.take(ans(&["10.0.0.3", "10.0.0.4"], 30), Proto::Tcp, &log);
+        let hosts = n.take(
+            Ok(Answer {
+                ips: ips(&["10.0.0.3", "10.0.0.4"]),
+                ttl: None,
+            }),
+            Proto::Tcp,
+            &log,
+        );
+        assert_eq!(hosts, HOSTS_RECHECK);
+        assert_eq!(
+            *lines.lock().unwrap(),
+            [
+                "Info: db.internal now resolves to 10.0.0.3, 10.0.0.4 (was 10.0.0.2)",
+                "Warn: db.internal does not resolve now (timed out); dials go on to its last addresses, 10.0.0.3, 10.0.0.4",
+                "Info: db.internal resolves again, to 10.0.0.3, 10.0.0.4",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_family_kept_applies_to_every_answer() {
+        let n = TargetName::new("db", Some(false), ips(&["10.0.0.2"]), None);
+        let (log, lines) = kept();
+        let _ = n.take(
+            Ok(Answer {
+                ips: ips(&["fd00::2"]),
+                ttl: None,
+            }),
+            Proto::Udp,
+            &log,
+        );
+        assert_eq!(&*n.current(), &ips(&["10.0.0.2"])[..]);
+        assert!(
+            lines.lock().unwrap()[0]
+                .contains("'db' has no IPv4 address (the target asks for one: UDP4:)"),
+            "{:?}",
+            lines.lock().unwrap()
+        );
+    }
+
+    #[test]
+    fn failing_dials_force_a_lookup_at_most_once_a_second() {
+        let n = TargetName::new("db", None, ips(&["10.0.0.2"]), None);
+        n.all_failed();
+        assert!(*n.wanted.lock().unwrap());
+        *n.wanted.lock().unwrap() = false;
+        n.all_failed();
+        assert!(
+            !*n.wanted.lock().unwrap(),
+            "a second force within the second"
+        );
+        // A stale list asks once, at the first dial.
+        n.stale.store(true, Ordering::Release);
+        let _ = n.current();
+        assert!(*n.wanted.lock().unwrap() && !n.stale.load(Ordering::Acquire));
+    }
+}
