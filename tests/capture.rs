@@ -422,20 +422,23 @@ fn a_sample_capture_is_read_back() {
 fn real_docker_containers_are_captured_by_name() {
     let d = common::docker::Dockerd::start("cap-dock");
     d.import_busybox("nt-busybox");
-    for c in ["web", "db"] {
+    // Names of their own: a machine-wide Podman container "web" would make `container:web`
+    // ambiguous.
+    let (web, db) = (unique("web"), unique("db"));
+    for c in [&web, &db] {
         d.docker(&["run", "-d", "--name", c, "nt-busybox", "sleep", "300"]);
     }
     let db_ip = d
-        .docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"])
+        .docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &db])
         .trim()
         .to_string();
     let file = tmp("cap-dock");
     let run = start_env(
         &[
             "--netns",
-            "container:web",
+            &format!("container:{web}"),
             "--netns",
-            "container:db",
+            &format!("container:{db}"),
             "-i",
             "eth0",
             "-w",
@@ -444,7 +447,7 @@ fn real_docker_containers_are_captured_by_name() {
         ],
         &[("DOCKER_HOST", &d.host())],
     );
-    d.docker(&["exec", "web", "busybox", "ping", "-c", "2", &db_ip]);
+    d.docker(&["exec", &web, "busybox", "ping", "-c", "2", &db_ip]);
     let (_, err) = run.stop();
     let rows = tshark_fields(
         &file,
@@ -452,11 +455,13 @@ fn real_docker_containers_are_captured_by_name() {
     );
     let _ = std::fs::remove_file(&file);
     let names: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    let (web_eth0, db_eth0) = (
+        format!("container:{web}/eth0"),
+        format!("container:{db}/eth0"),
+    );
     assert_eq!(
         names,
-        ["container:db/eth0", "container:web/eth0"]
-            .into_iter()
-            .collect(),
+        [db_eth0.as_str(), web_eth0.as_str()].into_iter().collect(),
         "{rows:?} {err}"
     );
     assert!(
@@ -564,7 +569,8 @@ fn real_docker_published_port_is_followed_across_dnat_and_docker_proxy() {
     veth("eth0", &d.ns, "eth0", &outside);
     d.ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"]);
     outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
-    d.run_busybox_web("web", "8080:80");
+    let web = unique("web");
+    d.run_busybox_web(&web, "8080:80");
     let file = tmp("cap-dp");
     let run = start_env(
         &[
@@ -573,7 +579,7 @@ fn real_docker_published_port_is_followed_across_dnat_and_docker_proxy() {
             "--netns",
             &d.ns.name,
             "--netns",
-            "container:web",
+            &format!("container:{web}"),
             "--follow",
             "-w",
             file.to_str().unwrap(),
@@ -608,7 +614,8 @@ fn real_docker_published_port_is_followed_across_dnat_and_docker_proxy() {
     std::thread::sleep(Duration::from_millis(300));
     let (_, err) = run.stop();
     let rows = syns(&file);
-    let web = "container:web/eth0";
+    let web = format!("container:{web}/eth0");
+    let web = web.as_str();
     // From outside: DNAT, one flow from the outside's eth0 to the container's.
     let dnat: Vec<_> = rows
         .iter()
@@ -879,15 +886,16 @@ fn a_udp_proxys_two_legs_are_one_flow() {
 fn capturing_starts_before_a_slow_engine_answers_and_names_come_from_it() {
     let d = common::docker::Dockerd::start("cap-slow");
     d.import_busybox("nt-busybox");
-    for c in ["web", "db"] {
+    let (web, db) = (unique("web"), unique("db"));
+    for c in [&web, &db] {
         d.docker(&["run", "-d", "--name", c, "nt-busybox", "sleep", "300"]);
     }
     let db_ip = d
-        .docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"])
+        .docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &db])
         .trim()
         .to_string();
     let pid = d
-        .docker(&["inspect", "-f", "{{.State.Pid}}", "web"])
+        .docker(&["inspect", "-f", "{{.State.Pid}}", &web])
         .trim()
         .to_string();
     // nettool reaches dockerd through a relay that the test holds stopped: the engine does not
@@ -921,7 +929,7 @@ fn capturing_starts_before_a_slow_engine_answers_and_names_come_from_it() {
         &[("DOCKER_HOST", &format!("unix://{}", relay_sock.display()))],
     );
     // Sent while the engine still has not answered: it must be in the file all the same.
-    d.docker(&["exec", "web", "busybox", "ping", "-c", "1", &db_ip]);
+    d.docker(&["exec", &web, "busybox", "ping", "-c", "1", &db_ip]);
     sh(&["kill", "-CONT", &relay.id().to_string()]);
     let (_, err) = run.stop();
     let _ = relay.kill();
@@ -933,9 +941,13 @@ fn capturing_starts_before_a_slow_engine_answers_and_names_come_from_it() {
     );
     let _ = std::fs::remove_file(&file);
     assert_eq!(rows.len(), 2, "the request and its reply: {rows:?} {err}");
+    let (label, description) = (
+        format!("container:{web}/eth0"),
+        format!("container {web} (docker, id "),
+    );
     assert!(
         rows.iter()
-            .all(|r| r[0] == "container:web/eth0" && r[1].contains("container web (docker, id ")),
+            .all(|r| r[0] == label && r[1].contains(&description)),
         "named after the engine's answer: {rows:?} {err}"
     );
 }

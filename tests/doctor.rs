@@ -558,7 +558,11 @@ fn bad_usage_exits_2() {
 #[test]
 fn real_docker_published_port() {
     let d = common::docker::Dockerd::start("doc-dock");
-    d.run_busybox_web("web", "8080:80");
+    // A name of its own: a machine-wide Podman container "web" would make `container:web`
+    // ambiguous.
+    let web = unique("web");
+    d.run_busybox_web(&web, "8080:80");
+    let in_web = format!("container:{web}");
     let run = |args: &[&str]| -> Value {
         let mut v = vec!["doctor", "--netns", &d.ns.name, "--json"];
         v.extend_from_slice(args);
@@ -574,7 +578,7 @@ fn real_docker_published_port() {
     wait_for("httpd listening in the container", 20, || {
         run(&["8080"])["diagnosis"]["ok"] == true
     });
-    for from in ["localhost", "outside", "container:web"] {
+    for from in ["localhost", "outside", in_web.as_str()] {
         let r = run(&["--from", from, "8080", "--probe"]);
         assert_eq!(r["diagnosis"]["ok"], true, "{from}: {r:#}");
         assert_eq!(r["probe"]["ok"], true, "{from}: {r:#}");
@@ -585,13 +589,13 @@ fn real_docker_published_port() {
                 .contains("DOCKER"),
             "{r:#}"
         );
-        assert_eq!(r["destination"]["netns"], "container:web", "{r:#}");
+        assert_eq!(r["destination"]["netns"], in_web.as_str(), "{r:#}");
         assert!(hop(&r, "service")["summary"]
             .as_str()
             .unwrap()
             .contains("httpd"));
     }
-    let r = run(&["container:web", "--probe"]);
+    let r = run(&[&in_web, "--probe"]);
     assert_eq!(r["packet"]["dport"], 8080, "{r:#}");
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
     // Docker's user chain: a DROP there breaks the port for outside clients only.
@@ -660,7 +664,9 @@ address = "10.89.0.4"
 "#;
 
 /// `nettool setup LAB_FILE --isolated --name nt-test-... --no-userland-proxy --json`, torn
-/// down on drop.
+/// down on drop. Its containers are named `ROLE-LAB` (`web-nt-test-dok-PID-N`), not the
+/// file's bare roles: a daemon's container (a machine-wide Podman one) named `web` would be
+/// what `container:web` finds before a lab's.
 struct SetupLab {
     name: String,
     state: Value,
@@ -677,7 +683,14 @@ impl SetupLab {
     fn with(tag: &str, extra: &[&str]) -> SetupLab {
         let name = unique(tag);
         let file = std::env::temp_dir().join(format!("{name}.toml"));
-        std::fs::write(&file, LAB_FILE).unwrap();
+        let mut text = LAB_FILE.to_string();
+        for role in ["web", "idle", "client"] {
+            text = text.replace(
+                &format!("name = \"{role}\""),
+                &format!("name = \"{role}-{name}\""),
+            );
+        }
+        std::fs::write(&file, text).unwrap();
         let mut args = vec![
             "setup",
             file.to_str().unwrap(),
@@ -705,23 +718,29 @@ impl SetupLab {
         self.state["host_netns"].as_str().unwrap()
     }
 
-    fn container(&self, name: &str) -> &Value {
+    /// The name of the container of LAB_FILE's `role` (web, idle, client).
+    fn named(&self, role: &str) -> String {
+        format!("{role}-{}", self.name)
+    }
+
+    fn container(&self, role: &str) -> &Value {
+        let name = self.named(role);
         self.state["containers"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["name"] == name)
+            .find(|c| c["name"] == name.as_str())
             .unwrap()
     }
 
-    /// The namespace of container `name`.
-    fn ns(&self, name: &str) -> String {
-        self.container(name)["netns"].as_str().unwrap().to_string()
+    /// The namespace of the container of `role`.
+    fn ns(&self, role: &str) -> String {
+        self.container(role)["netns"].as_str().unwrap().to_string()
     }
 
-    /// The host-side veth of container `name`.
-    fn host_veth(&self, name: &str) -> String {
-        self.container(name)["networks"][0]["host_veth"]
+    /// The host-side veth of the container of `role`.
+    fn host_veth(&self, role: &str) -> String {
+        self.container(role)["networks"][0]["host_veth"]
             .as_str()
             .unwrap()
             .to_string()
@@ -797,10 +816,14 @@ fn lab_healthy_gets_an_all_clear() {
         );
     }
     // The lab's containers by their lab names.
-    let r = lab.doctor(&["container:web", "--probe"]);
+    let r = lab.doctor(&[&format!("container:{}", lab.named("web")), "--probe"]);
     assert_eq!(r["packet"]["dport"], 8080, "{r:#}");
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
-    let r = lab.doctor(&["--from", "container:client", "8080"]);
+    let r = lab.doctor(&[
+        "--from",
+        &format!("container:{}", lab.named("client")),
+        "8080",
+    ]);
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
     assert_eq!(hop(&r, "br_netfilter")["verdict"], "ok", "{r:#}");
     // The text report names every hop and ends with the verdict.
@@ -968,11 +991,8 @@ fn lab_mtu_mismatch() {
 fn lab_br_netfilter_off_for_a_neighbour_on_the_same_bridge() {
     let mut lab = SetupLab::new("dbn");
     lab.sysctl("net.bridge.bridge-nf-call-iptables=0");
-    let r = break_fix_probe(
-        &mut lab,
-        &["--from", "container:client", "8080"],
-        "br_netfilter",
-    );
+    let client = format!("container:{}", lab.named("client"));
+    let r = break_fix_probe(&mut lab, &["--from", &client, "8080"], "br_netfilter");
     assert_eq!(r["packet"]["dst"], "10.89.0.1", "{r:#}");
 }
 
@@ -1182,15 +1202,18 @@ impl DockerHost {
         self.d.docker(args)
     }
 
-    /// `docker run -d --name NAME ARGS... nt-busybox CMD...`, with nettool and the host's
-    /// libraries mounted read-only (so `/nettool serve ...` runs inside the container).
-    fn run(&self, name: &str, args: &[&str], cmd: &[&str]) {
+    /// `docker run -d --name UNIQUE ARGS... nt-busybox CMD...`, with nettool and the host's
+    /// libraries mounted read-only (so `/nettool serve ...` runs inside the container);
+    /// returns the container's name. Unique (`nt-test-TAG-PID-N`): a Podman container of the
+    /// machine under the same name would make `container:NAME` ambiguous.
+    fn run(&self, tag: &str, args: &[&str], cmd: &[&str]) -> String {
+        let name = unique(tag);
         let exe = format!("{}:/nettool:ro", env!("CARGO_BIN_EXE_nettool"));
         let mut v = vec![
             "run",
             "-d",
             "--name",
-            name,
+            &name,
             "-v",
             "/usr:/usr:ro",
             "-v",
@@ -1204,6 +1227,7 @@ impl DockerHost {
         v.push("nt-busybox");
         v.extend_from_slice(cmd);
         self.docker(&v);
+        name
     }
 
     fn outside_from(&self) -> String {
@@ -1331,7 +1355,7 @@ fn docker_healthy_host_is_all_clear_tcp_and_udp() {
         &["-p", "8080:80"],
         &["/nettool", "serve", "http", "80"],
     );
-    h.run(
+    let dns = h.run(
         "dns",
         &["-p", "5353:53/udp"],
         &["/nettool", "serve", "udp-echo", "53"],
@@ -1339,7 +1363,8 @@ fn docker_healthy_host_is_all_clear_tcp_and_udp() {
     let web = h.wait_clear(&["8080"]);
     assert_eq!(hop(&web, "engine")["verdict"], "ok", "{web:#}");
     let outside = h.outside_from();
-    for from in ["localhost", "host", outside.as_str(), "container:dns"] {
+    let from_dns = format!("container:{dns}");
+    for from in ["localhost", "host", outside.as_str(), from_dns.as_str()] {
         let r = h.doctor(&["--from", from, "8080", "--probe"]);
         assert_eq!(r["diagnosis"]["ok"], true, "{from}: {r:#}");
         assert_eq!(r["probe"]["ok"], true, "{from}: {r:#}");
@@ -1385,14 +1410,14 @@ fn docker_healthy_host_is_all_clear_tcp_and_udp() {
 #[test]
 fn docker_container_exited_paused_created() {
     let mut h = DockerHost::new("dk-st");
-    h.run(
+    let web = h.run(
         "web",
         &["-p", "8080:80"],
         &["/nettool", "serve", "http", "80"],
     );
     h.wait_clear(&["8080"]);
     let outside = h.outside_from();
-    h.docker(&["stop", "-t", "1", "web"]);
+    h.docker(&["stop", "-t", "1", &web]);
     let r = docker_break_fix(
         &mut h,
         &["--from", &outside, "8080"],
@@ -1404,17 +1429,18 @@ fn docker_container_exited_paused_created() {
         "{r:#}"
     );
     assert_eq!(
-        r["diagnosis"]["fix"]["command"], "docker start web",
+        r["diagnosis"]["fix"]["command"],
+        format!("docker start {web}").as_str(),
         "{r:#}"
     );
-    // `doctor container:web` on a stopped container says so in words (not "not a namespace").
-    h.docker(&["stop", "-t", "1", "web"]);
-    let r = h.doctor(&["container:web"]);
+    // `doctor container:NAME` on a stopped container says so in words (not "not a namespace").
+    h.docker(&["stop", "-t", "1", &web]);
+    let r = h.doctor(&[&format!("container:{web}")]);
     assert_eq!(fault(&r), "container_not_running", "{r:#}");
     assert_eq!(r["packet"]["dport"], 8080, "{r:#}");
-    h.docker(&["start", "web"]);
+    h.docker(&["start", &web]);
     h.wait_clear(&["8080"]);
-    h.docker(&["pause", "web"]);
+    h.docker(&["pause", &web]);
     let r = docker_break_fix(
         &mut h,
         &["--from", &outside, "8080"],
@@ -1422,13 +1448,15 @@ fn docker_container_exited_paused_created() {
         8080,
     );
     assert_eq!(
-        r["diagnosis"]["fix"]["command"], "docker unpause web",
+        r["diagnosis"]["fix"]["command"],
+        format!("docker unpause {web}").as_str(),
         "{r:#}"
     );
+    let late = unique("late");
     h.docker(&[
         "create",
         "--name",
-        "late",
+        &late,
         "-p",
         "8081:80",
         "nt-busybox",
@@ -1462,14 +1490,14 @@ fn docker_container_exited_paused_created() {
 #[test]
 fn docker_disconnected_and_dnat_deleted_behind_the_userland_proxy() {
     let mut h = DockerHost::new("dk-net");
-    h.run(
+    let web = h.run(
         "web",
         &["-p", "8080:80"],
         &["/nettool", "serve", "http", "80"],
     );
     h.wait_clear(&["8080"]);
     let outside = h.outside_from();
-    h.docker(&["network", "disconnect", "bridge", "web"]);
+    h.docker(&["network", "disconnect", "bridge", &web]);
     let r = docker_break_fix(
         &mut h,
         &["--from", &outside, "8080"],
@@ -1478,7 +1506,7 @@ fn docker_disconnected_and_dnat_deleted_behind_the_userland_proxy() {
     );
     assert_eq!(
         r["diagnosis"]["fix"]["command"],
-        "docker network connect bridge web"
+        format!("docker network connect bridge {web}").as_str()
     );
     // Docker's DNAT rule deleted: docker-proxy silently takes over (today's verdict was
     // "all clear"); the container sees the bridge address instead of its clients.
@@ -1513,7 +1541,10 @@ fn docker_disconnected_and_dnat_deleted_behind_the_userland_proxy() {
         line.contains("docker-proxy") && line.contains("172.17.0.1"),
         "{r:#}"
     );
-    assert_eq!(r["diagnosis"]["fix"]["command"], "docker restart web");
+    assert_eq!(
+        r["diagnosis"]["fix"]["command"],
+        format!("docker restart {web}").as_str()
+    );
     assert_eq!(r["probe"], Value::Null);
 }
 
@@ -1608,7 +1639,7 @@ fn docker_without_userland_proxy_dnat_deleted_is_named_and_restart_restores_it()
     // accepts): with Docker's DNAT rule gone connections hang (before: "all clear").
     let mut h = DockerHost::new_with("dk-np", &["--userland-proxy=false"], false);
     let outside = h.outside_from();
-    h.run(
+    let web = h.run(
         "web",
         &["-p", "8080:80"],
         &["/nettool", "serve", "http", "80"],
@@ -1636,12 +1667,15 @@ fn docker_without_userland_proxy_dnat_deleted_is_named_and_restart_restores_it()
     let r = docker_break_fix(&mut h, &["--from", &outside, "8080"], "dnat_missing", 8080);
     let line = r["diagnosis"]["line"].as_str().unwrap();
     assert!(
-        line.starts_with(
-            "Docker's DNAT rule for tcp/8080 is missing (docker container web): dockerd"
-        ),
+        line.starts_with(&format!(
+            "Docker's DNAT rule for tcp/8080 is missing (docker container {web}): dockerd"
+        )),
         "{r:#}"
     );
-    assert_eq!(r["diagnosis"]["fix"]["command"], "docker restart web");
+    assert_eq!(
+        r["diagnosis"]["fix"]["command"],
+        format!("docker restart {web}").as_str()
+    );
 }
 
 /// An 8 KB HTTP body (`serve http --text`): at mtu 9000 the response is one full-size
@@ -1705,7 +1739,7 @@ fn docker_mtu_container_above_the_bridge_then_bridge_above_the_container() {
     let h = DockerHost::new("dk-mtu");
     jumbo_uplink(&h.d.ns, &h.outside);
     let body = big_body();
-    h.run(
+    let web = h.run(
         "web",
         &["-p", "8080:80"],
         &["/nettool", "serve", "http", "80", "--text", &body],
@@ -1715,7 +1749,7 @@ fn docker_mtu_container_above_the_bridge_then_bridge_above_the_container() {
     h.wait_clear(&args);
     let url = "http://192.0.2.1:8080/";
     assert_eq!(curl_size(&h.outside.name, url), body.len(), "healthy");
-    let pid = h.docker(&["inspect", "-f", "{{.State.Pid}}", "web"]);
+    let pid = h.docker(&["inspect", "-f", "{{.State.Pid}}", &web]);
     let in_web = format!("--net=/proc/{}/ns/net", pid.trim());
     sh(&[
         "nsenter", &in_web, "ip", "link", "set", "eth0", "mtu", "9000",
@@ -1797,7 +1831,7 @@ fn docker_dual_stack_port_over_ipv4_and_ipv6() {
     let outside = h.outside_from();
     // Healthy: the service listens on [::]:80 (both families); the port is published over
     // IPv4 and IPv6 (ip6tables DNAT to the container's fd00:d0c:: address).
-    h.run(
+    let web = h.run(
         "web",
         &["-p", "8080:80"],
         &["/nettool", "serve", "http", "80", "--bind", "::"],
@@ -1889,7 +1923,10 @@ fn docker_dual_stack_port_over_ipv4_and_ipv6() {
     let r = docker_break_fix(&mut h, &["--from", &outside, "8080"], "dnat_missing", 8080);
     let line = r["diagnosis"]["line"].as_str().unwrap();
     assert!(line.starts_with("over IPv6: Docker's DNAT rule"), "{r:#}");
-    assert_eq!(r["diagnosis"]["fix"]["command"], "docker restart web");
+    assert_eq!(
+        r["diagnosis"]["fix"]["command"],
+        format!("docker restart {web}").as_str()
+    );
     // The engine hop both paths share shows Docker's listing of each family (it showed only
     // 0.0.0.0:8080 while the port was diagnosed over IPv6).
     assert!(
