@@ -5844,6 +5844,82 @@ fn follows_a_target_netns_made_again_before_any_dial_fails() {
     p.stop();
 }
 
+/// An interface `dev` in `ns` with the link-local address fe80::7 (after a pair of others
+/// when `pad`, so its index differs from a namespace without them), and a backend saying "hi"
+/// on [fe80::7%dev]:7000.
+fn link_local_hi_backend(ns: &TestNs, dev: &str, pad: bool) {
+    // veth pairs inside the namespace (no dummy module on these machines).
+    if pad {
+        ns.ip(&[
+            "link", "add", "pad0", "type", "veth", "peer", "name", "pad1",
+        ]);
+    }
+    let peer = format!("{dev}p");
+    ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
+    ns.ip(&["-6", "addr", "add", "fe80::7/64", "dev", dev, "nodad"]);
+    ns.ip(&["link", "set", &peer, "up"]);
+    ns.ip(&["link", "set", dev, "up"]);
+    let a = SocketAddr::V6(std::net::SocketAddrV6::new(
+        "fe80::7".parse().unwrap(),
+        7000,
+        0,
+        ifindex_in(ns, dev),
+    ));
+    let l = inside(ns, move || TcpListener::bind(a).unwrap());
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(b"hi");
+        }
+    });
+}
+
+/// A link-local target (`[fe80::7%dev]:7000`) behind --target-netns NAME made again: the
+/// interface has another index in the new namespace, and the proxy looks it up there by its
+/// name. Before, it dialed the index from the start, another interface there, and every
+/// connection failed.
+fn follows_a_link_local_target_into_a_namespace_made_again(relay: Relay) {
+    let host = lab("pxllh");
+    let ctr = TestNs::new("pxllt");
+    let dev = common::unique_ifname("ll");
+    link_local_hi_backend(&ctr, &dev, false);
+    let dir = TempDir::new("pxllf");
+    let target = format!("[fe80::7%{dev}]:7000");
+    let p = relay.start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "127.0.0.1:8080",
+            &target,
+        ],
+    );
+    let hi = || {
+        connect_in(&host, "127.0.0.1:8080")
+            .and_then(first_words)
+            .is_ok_and(|w| w == "hi")
+    };
+    assert!(hi(), "log:\n{}", p.log());
+    let was = ifindex_in(&ctr, &dev);
+    remake_named(&ctr);
+    link_local_hi_backend(&ctr, &dev, true);
+    assert_ne!(was, ifindex_in(&ctr, &dev));
+    p.wait_logged(&format!(
+        "--target-netns {}: following the new network namespace",
+        ctr.name
+    ));
+    wait_for("hi from the new namespace's link-local backend", 10, hi);
+    p.stop();
+}
+
+on_both_relays!(
+    follows_a_link_local_target_into_a_namespace_made_again_fast_path,
+    follows_a_link_local_target_into_a_namespace_made_again_tokio_path
+    => follows_a_link_local_target_into_a_namespace_made_again()
+);
+
 /// `--listen-netns container:NAME` with real dockerd: after `docker restart` the proxy listens
 /// in the container's new namespace and says the container was restarted; while it is stopped
 /// it says so once, with Docker's command to start it, and listens again after `docker start`;

@@ -9,6 +9,7 @@
 //! gets the same listen addresses bound in its new namespace, handed to the running loops by
 //! [`super::Proxy::run`]; the target side is [`super::sock::TargetWatch`], polled from here.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -172,6 +173,70 @@ pub(super) fn why_moved(label: &str, was: Option<&str>, now: Option<&str>) -> &'
     }
 }
 
+/// An interface a link-local address was scoped to at start: its index then and its name.
+pub(super) type Scope = (u32, String);
+
+/// The interfaces (index, name) that the scoped addresses among `addrs` name in `ns`: what a
+/// followed namespace's interfaces are looked up by (an index is one namespace's own).
+pub(super) fn scopes_of(ns: &NetNs, addrs: impl Iterator<Item = SocketAddr>) -> Vec<Scope> {
+    let mut ids: Vec<u32> = addrs
+        .filter_map(|a| match a {
+            SocketAddr::V6(a) if a.scope_id() != 0 => Some(a.scope_id()),
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let links = ns
+        .run(|| crate::netns::links::Rtnl::open().and_then(|mut r| r.links()))
+        .ok()
+        .and_then(|l| l.ok())
+        .unwrap_or_default();
+    links
+        .into_iter()
+        .filter(|l| ids.contains(&l.index))
+        .map(|l| (l.index, l.name))
+        .collect()
+}
+
+/// The indexes the interfaces of `scopes` have in `ns`: (index at start, index in `ns`) for
+/// each found, and the names of those `ns` lacks.
+pub(super) fn rescope_in(ns: &NetNs, scopes: &[Scope]) -> (Vec<(u32, u32)>, Vec<String>) {
+    if scopes.is_empty() {
+        return Default::default();
+    }
+    let links = ns
+        .run(|| crate::netns::links::Rtnl::open().and_then(|mut r| r.links()))
+        .ok()
+        .and_then(|l| l.ok())
+        .unwrap_or_default();
+    let mut table = Vec::new();
+    let mut missing = Vec::new();
+    for (was, name) in scopes {
+        match links.iter().find(|l| &l.name == name) {
+            Some(l) => table.push((*was, l.index)),
+            None => missing.push(name.clone()),
+        }
+    }
+    (table, missing)
+}
+
+/// `addr` with its scope (an interface index at start) replaced by the index `table` gives.
+pub(super) fn rescoped(addr: SocketAddr, table: &[(u32, u32)]) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(mut a) if a.scope_id() != 0 => {
+            if let Some((_, now)) = table.iter().find(|(was, _)| *was == a.scope_id()) {
+                a.set_scope_id(*now);
+            }
+            SocketAddr::V6(a)
+        }
+        other => other,
+    }
+}
+
 /// New listeners for every listen address, bound in the namespace --listen-netns names now,
 /// and the line that tells it (logged once they serve).
 pub(super) struct Relisten {
@@ -190,6 +255,8 @@ pub(crate) struct ListenWatch {
     wire: Tripwire,
     /// The mappings bound at start, bound again in a new namespace.
     maps: Vec<PortMap>,
+    /// The interfaces the link-local listen addresses were scoped to at start.
+    scopes: Vec<Scope>,
     /// What was said about the text naming nothing or a namespace that cannot be bound (each
     /// said once until the listeners move).
     said: Option<String>,
@@ -201,7 +268,9 @@ impl ListenWatch {
     pub(super) fn new(text: &str, ns: NetNs, maps: Vec<PortMap>, log: Log) -> Self {
         let lookup = super::sock::lookup_text(text, ns.label());
         let learn = lookup.starts_with("container:");
+        let scopes = scopes_of(&ns, maps.iter().map(|m| m.listen));
         ListenWatch {
+            scopes,
             text: text.to_string(),
             wire: Tripwire::new(&ns, learn),
             lookup,
@@ -257,7 +326,34 @@ impl ListenWatch {
         let label = ns.label().to_string();
         let mut tries = BIND_RETRIES.iter();
         let bound = loop {
-            match ns.run(|| super::bind_all(&self.maps, &label)) {
+            // A link-local address's interface is looked up by its name there (again at
+            // each try: it may come up late).
+            let (table, missing) = rescope_in(&ns, &self.scopes);
+            let maps: Vec<PortMap> = self
+                .maps
+                .iter()
+                .map(|m| PortMap {
+                    listen: rescoped(m.listen, &table),
+                    ..m.clone()
+                })
+                .collect();
+            let scoped = self
+                .maps
+                .iter()
+                .find(|m| matches!(m.listen, SocketAddr::V6(a) if a.scope_id() != 0));
+            let bind = || {
+                match (missing.first(), scoped) {
+                (Some(name), Some(m)) => Err(super::ProxyError::Bind {
+                    proto: m.proto,
+                    addr: m.listen,
+                    ns: label.clone(),
+                    error: std::io::Error::from_raw_os_error(libc::ENODEV),
+                    hint: format!(" (interface {name} of a link-local listen address is not in that namespace)"),
+                }),
+                _ => super::bind_all(&maps, &label),
+            }
+            };
+            match ns.run(bind) {
                 Ok(Ok(b)) => break b,
                 Ok(Err(e)) => match tries.next() {
                     Some(wait) => match stop.recv_timeout(*wait) {

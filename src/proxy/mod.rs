@@ -299,6 +299,14 @@ impl Ctx {
             );
         }
     }
+    /// `to` as dialed now: a link-local target's interface index is the one of the namespace
+    /// --target-netns names now ([`sock::TargetWatch::rescoped`]).
+    pub(crate) fn rescoped(&self, to: SocketAddr) -> SocketAddr {
+        match (&self.target, to) {
+            (Some(w), SocketAddr::V6(a)) if a.scope_id() != 0 => w.rescoped(to),
+            _ => to,
+        }
+    }
     /// What a failed dial's log line adds about --target-netns ("" without one, or when it
     /// still names the namespace dials go to). Blocks for at most half a second (the lookup, at most
     /// one a second, runs on a thread of its own and may finish later).
@@ -564,6 +572,9 @@ impl Proxy {
                 ns.clone(),
                 !cfg.transparent,
                 cfg.log.clone(),
+                maps.iter()
+                    .flat_map(|m| std::iter::once(m.target).chain(m.more.iter().copied()))
+                    .collect(),
                 maps.iter()
                     .flat_map(|m| std::iter::once(m.target).chain(m.more.iter().copied()))
                     .map(|a| a.ip())

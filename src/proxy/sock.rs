@@ -338,6 +338,9 @@ pub(crate) fn check_passed_socket(
 /// most this often (a container's lookup asks the engine's API).
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long the interface of a link-local target is looked for in a followed namespace.
+const SCOPE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a dialing thread waits for a lookup before it goes on with the last verdict. A
 /// lookup takes about 10 ms against a live dockerd; a wedged engine API holds it for its 10 s
 /// timeout, and the event loop thread that asked must not stall its other connections that long.
@@ -380,6 +383,14 @@ pub(crate) struct TargetWatch {
     container: std::sync::Mutex<Option<String>>,
     /// The inode of the last namespace told but not followed (transparent mode): told once.
     told: std::sync::atomic::AtomicU64,
+    /// The interfaces link-local targets were scoped to at start (index there, name).
+    scopes: Vec<super::listen_watch::Scope>,
+    /// Their indexes in the namespace followed now: (index at start, index now).
+    rescope: std::sync::Mutex<Vec<(u32, u32)>>,
+    /// Since when some of them are missing in the namespace followed (a container's eth0
+    /// comes a moment after its namespace): looked up again at each poll, told after
+    /// [`SCOPE_WAIT`].
+    scopes_missing: std::sync::Mutex<Option<std::time::Instant>>,
     log: super::Log,
 }
 
@@ -396,8 +407,13 @@ impl TargetWatch {
         ns: NetNs,
         follow: bool,
         log: super::Log,
+        scoped: Vec<SocketAddr>,
         mut targets: Vec<std::net::IpAddr>,
     ) -> Self {
+        let scopes = match follow {
+            true => super::listen_watch::scopes_of(&ns, scoped.into_iter()),
+            false => Vec::new(),
+        };
         targets.retain(|ip| !ip.is_loopback() && !ip.is_unspecified());
         targets.sort();
         targets.dedup();
@@ -416,6 +432,9 @@ impl TargetWatch {
             wire: std::sync::Mutex::new(super::listen_watch::Tripwire::new(&ns, learn)),
             container: Default::default(),
             told: Default::default(),
+            scopes,
+            rescope: Default::default(),
+            scopes_missing: Default::default(),
             lookup,
             follow,
             own_targets: targets,
@@ -512,6 +531,10 @@ impl TargetWatch {
             .wire
             .lock()
             .is_ok_and(|mut w| w.due(std::time::Instant::now()));
+        let missing = self.scopes_missing.lock().ok().and_then(|m| *m);
+        if let Some(since) = missing {
+            self.rescope_now(&since);
+        }
         if !due || self.fresh_hint().is_some() || self.checking.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -520,6 +543,45 @@ impl TargetWatch {
             *l = Some((std::time::Instant::now(), said));
         }
         self.checking.store(false, Ordering::Release);
+    }
+
+    /// Look the interfaces of link-local targets up in the namespace followed (`since`: when
+    /// it was followed); one still missing after [`SCOPE_WAIT`] is told, and no longer looked for.
+    fn rescope_now(&self, since: &std::time::Instant) {
+        let Ok(ns) = self.held.lock().map(|h| h.clone()) else {
+            return;
+        };
+        let (table, missing) = super::listen_watch::rescope_in(&ns, &self.scopes);
+        if let Ok(mut r) = self.rescope.lock() {
+            *r = table;
+        }
+        let Ok(mut m) = self.scopes_missing.lock() else {
+            return;
+        };
+        if missing.is_empty() {
+            *m = None;
+            return;
+        }
+        let first = *m.get_or_insert(*since);
+        if first.elapsed() >= SCOPE_WAIT {
+            *m = None;
+            self.log.log(
+                super::Level::Warn,
+                &format!("--target-netns {}: interface {} of a link-local target is not in the new network namespace (inode {}) after {} s: dials to it fail there", self.text, missing.join(", "), ns.id().inode, SCOPE_WAIT.as_secs()),
+            );
+        }
+    }
+
+    /// `to` as dialed in the namespace followed now: a link-local address's interface index
+    /// is that namespace's index of the interface it named at start.
+    pub(crate) fn rescoped(&self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V6(a) if a.scope_id() != 0 && !self.scopes.is_empty() => self
+                .rescope
+                .lock()
+                .map_or(to, |t| super::listen_watch::rescoped(to, &t)),
+            _ => to,
+        }
     }
 
     /// The last verdict, however old ("" before the first).
@@ -589,6 +651,12 @@ impl TargetWatch {
         }
         if let Ok(mut c) = self.container.lock() {
             *c = r.container;
+        }
+        if !self.scopes.is_empty() {
+            if let Ok(mut m) = self.scopes_missing.lock() {
+                *m = None;
+            }
+            self.rescope_now(&now);
         }
         self.gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.log.log(

@@ -47,6 +47,7 @@ pub(crate) async fn dial(
     client: SocketAddr,
     target: SocketAddr,
 ) -> std::io::Result<TcpStream> {
+    let target = ctx.rescoped(target);
     let d = ctx
         .dialer
         .socket(target, Type::STREAM, ctx.source_for(client))

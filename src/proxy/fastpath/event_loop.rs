@@ -432,13 +432,15 @@ impl Loop {
             0 if l.map.name.is_none() => l.map.target,
             n => l.map.nth_target(n as usize).unwrap_or(l.map.target),
         };
+        // A link-local target's interface, looked up again in a followed namespace.
+        let to = self.ctx.rescoped(to);
         let made = sock::make(Type::STREAM, to, source, &mut self.rtnl);
         let connected = made.and_then(|d| {
             if let Some(f) = &d.fallback {
                 self.ctx.fallback(id, peer, f);
             }
             let r = match nth {
-                0 if l.map.name.is_none() => d.socket.connect(&l.target),
+                0 if l.map.name.is_none() && to == l.map.target => d.socket.connect(&l.target),
                 _ => d.socket.connect(&to.into()),
             };
             match r {

@@ -195,7 +195,14 @@ impl Loops {
             .map(|old| {
                 let fd = new
                     .iter_mut()
-                    .find(|n| n.as_ref().is_some_and(|(_, m)| m.listen == old.map.listen))
+                    // By address and port: a link-local address's interface index is the new
+                    // namespace's.
+                    .find(|n| {
+                        n.as_ref().is_some_and(|(_, m)| {
+                            m.listen.ip() == old.map.listen.ip()
+                                && m.listen.port() == old.map.listen.port()
+                        })
+                    })
                     .and_then(|n| n.take())
                     .map(|(fd, _)| fd);
                 Listener::new(fd, old.map.clone())

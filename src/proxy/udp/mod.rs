@@ -406,6 +406,7 @@ async fn backend_socket(
     client: SocketAddr,
     to: SocketAddr,
 ) -> io::Result<UdpSocket> {
+    let to = ctx.rescoped(to);
     let d = ctx
         .dialer
         .socket(to, Type::DGRAM, ctx.source_for(client))
