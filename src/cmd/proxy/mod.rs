@@ -559,11 +559,12 @@ pub(crate) struct ProxyArgs {
     /// The positional LISTEN TARGET pair is UDP.
     #[arg(long)]
     pub udp: bool,
-    /// Listen inside this namespace (name, path, pid:N, container:NAME).
+    /// Listen inside this namespace (name, path, pid:N, container:NAME); watched, so a
+    /// restarted or re-made container is followed: the listeners move to its new namespace.
     #[arg(long, value_name = "NS")]
     pub listen_netns: Option<String>,
     /// Connect to the backend from inside this namespace (name, path, pid:N, container:NAME);
-    /// resolved again when a dial fails, so a restarted container is followed. A target
+    /// watched, and resolved again when a dial fails, so a restarted container is followed. A target
     /// name is still resolved where nettool runs (resolv.conf and hosts are files).
     #[arg(long, value_name = "NS")]
     pub target_netns: Option<String>,
