@@ -5848,22 +5848,11 @@ fn follows_a_target_netns_made_again_before_any_dial_fails() {
 /// when `pad`, so its index differs from a namespace without them), and a backend saying "hi"
 /// on [fe80::7%dev]:7000.
 fn link_local_hi_backend(ns: &TestNs, dev: &str, pad: bool) {
-    // veth pairs inside the namespace (no dummy module on these machines).
-    if pad {
-        ns.ip(&[
-            "link", "add", "pad0", "type", "veth", "peer", "name", "pad1",
-        ]);
-    }
-    let peer = format!("{dev}p");
-    ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
-    ns.ip(&["-6", "addr", "add", "fe80::7/64", "dev", dev, "nodad"]);
-    ns.ip(&["link", "set", &peer, "up"]);
-    ns.ip(&["link", "set", dev, "up"]);
     let a = SocketAddr::V6(std::net::SocketAddrV6::new(
         "fe80::7".parse().unwrap(),
         7000,
         0,
-        ifindex_in(ns, dev),
+        link_local_dev(ns, dev, "fe80::7", pad),
     ));
     let l = inside(ns, move || TcpListener::bind(a).unwrap());
     std::thread::spawn(move || {
@@ -5919,6 +5908,88 @@ on_both_relays!(
     follows_a_link_local_target_into_a_namespace_made_again_tokio_path
     => follows_a_link_local_target_into_a_namespace_made_again()
 );
+
+/// An interface `dev` (a veth pair's end) in `ns` with the link-local address `addr`, after
+/// a pair of others when `pad` (so its index differs from a namespace without them); its index.
+fn link_local_dev(ns: &TestNs, dev: &str, addr: &str, pad: bool) -> u32 {
+    // veth pairs inside the namespace (no dummy module on these machines).
+    if pad {
+        ns.ip(&[
+            "link", "add", "pad0", "type", "veth", "peer", "name", "pad1",
+        ]);
+    }
+    let peer = format!("{dev}p");
+    ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{addr}/64"),
+        "dev",
+        dev,
+        "nodad",
+    ]);
+    ns.ip(&["link", "set", &peer, "up"]);
+    ns.ip(&["link", "set", dev, "up"]);
+    ifindex_in(ns, dev)
+}
+
+/// A link-local listen address (`[fe80::b%dev]:8080`) behind --listen-netns NAME made again:
+/// the interface has another index in the new namespace, and the proxy binds there through
+/// the interface of that name. Before, it tried the index from the start, another interface
+/// there, and never listened again.
+#[test]
+fn follows_a_listen_netns_made_again_with_a_link_local_listen_address() {
+    let host = TestNs::new("pxfllh");
+    let ctr = lab("pxfllc");
+    let dev = common::unique_ifname("lh");
+    link_local_dev(&host, &dev, "fe80::b", false);
+    hi_and_echo_backends(&ctr, "127.0.0.1:7000", "127.0.0.1:5300");
+    let dir = TempDir::new("pxfll");
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "-p",
+            &format!("[fe80::b%{dev}]:8080=127.0.0.1:7000"),
+        ],
+    );
+    let hi = |index: u32| {
+        let to = SocketAddr::V6(std::net::SocketAddrV6::new(
+            "fe80::b".parse().unwrap(),
+            8080,
+            0,
+            index,
+        ));
+        inside(&host, move || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        })
+        .and_then(first_words)
+        .is_ok_and(|w| w == "hi")
+    };
+    assert!(hi(ifindex_in(&host, &dev)), "log:\n{}", p.log());
+    remake_named(&host);
+    let now = link_local_dev(&host, &dev, "fe80::b", true);
+    p.wait_logged(&format!(
+        "--listen-netns {}: listening in the new network namespace (inode ",
+        host.name
+    ));
+    assert!(
+        p.log().contains(&format!("tcp [fe80::b%{now}]:8080;")),
+        "{}",
+        p.log()
+    );
+    wait_for(
+        "hi through the new namespace's link-local listener",
+        10,
+        || hi(now),
+    );
+    p.stop();
+}
 
 /// `--listen-netns container:NAME` with real dockerd: after `docker restart` the proxy listens
 /// in the container's new namespace and says the container was restarted; while it is stopped
