@@ -5810,6 +5810,66 @@ fn a_udp_backend_error_other_than_unreachable_is_said_once_per_flow_with_target_
     says_a_udp_backend_error_other_than_unreachable_once(true);
 }
 
+/// EMSGSIZE from a path MTU change, for real: the backend is behind a router whose link to it
+/// has an MTU of 1280. The proxy's first 1400-byte datagram (DF set, the kernel's default for
+/// UDP) dies at the router, whose ICMP "fragmentation needed" puts EMSGSIZE on the flow's
+/// socket: said once, with the flow's addresses. The kernel has learnt the path's MTU, so the
+/// flow's next datagram of that size leaves in fragments and is answered, on the same flow.
+/// Before, that error woke nothing and the next datagram's send took it (lost, said with -v).
+#[test]
+fn a_udp_flow_says_a_path_mtu_change_and_goes_on() {
+    let px = lab("pxmtu");
+    let router = TestNs::new("pxmtur");
+    let be = TestNs::new("pxmtub");
+    common::veth("eth0", &px, "eth0", &router);
+    common::veth("eth1", &router, "eth0", &be);
+    px.ip(&["addr", "add", "10.77.0.1/24", "dev", "eth0"]);
+    router.ip(&["addr", "add", "10.77.0.2/24", "dev", "eth0"]);
+    router.ip(&["addr", "add", "10.77.1.1/24", "dev", "eth1"]);
+    router.ip(&["link", "set", "eth1", "mtu", "1280"]);
+    be.ip(&["addr", "add", "10.77.1.2/24", "dev", "eth0"]);
+    be.ip(&["link", "set", "eth0", "mtu", "1280"]);
+    px.ip(&["route", "add", "10.77.1.0/24", "via", "10.77.0.2"]);
+    be.ip(&["route", "add", "default", "via", "10.77.1.1"]);
+    common::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &router.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    let backend = inside(&be, || UdpSocket::bind("10.77.1.2:5300").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let _ = backend.send_to(&buf[..n], from);
+        }
+    });
+    let dir = TempDir::new("pxmtu");
+    let p = start(
+        Some(&px),
+        &dir,
+        &["-p", "udp:127.0.0.1:5353=10.77.1.2:5300"],
+    );
+    let c = inside(&px, || UdpSocket::bind("127.0.0.1:0").unwrap());
+    c.connect("127.0.0.1:5353").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let big = vec![b'x'; 1400];
+    c.send(&big).unwrap();
+    let client = c.local_addr().unwrap();
+    p.wait_logged(&format!(
+        "udp {client} -> 127.0.0.1:5353: datagrams to backend 10.77.1.2:5300: Message too long (os error 90); the flow goes on"
+    ));
+    c.send(&big).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = c.recv(&mut buf).unwrap_or(0);
+    assert_eq!(n, 1400, "the same size again, answered; log:\n{}", p.log());
+    let log = p.stop();
+    assert!(log.contains(" connections=1 "), "one flow: {log}");
+}
+
 /// --target-netns NAME made again is followed without a client: the info line comes by itself
 /// (the watch thread notices the namespace's file is another one), and the first connection
 /// after it reaches the new namespace's backend with no failed dial. Before, only a failed
