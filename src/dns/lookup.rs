@@ -32,6 +32,9 @@ pub(crate) struct ResolverConfig {
     pub timeout: Duration,
     /// How many rounds over the nameservers (`options attempts:N`, 2 by default).
     pub attempts: usize,
+    /// When the whole lookup gives up, whatever is left of its names, nameservers and rounds
+    /// (a caller's budget; None: resolv.conf's timeouts alone).
+    pub deadline: Option<Instant>,
 }
 
 impl ResolverConfig {
@@ -52,6 +55,7 @@ impl ResolverConfig {
             ndots: 1,
             timeout: Duration::from_secs(5),
             attempts: 2,
+            deadline: None,
         };
         for line in resolv.lines() {
             let line = line.split(['#', ';']).next().unwrap_or("");
@@ -168,6 +172,13 @@ fn from_dns(cfg: &ResolverConfig, name: &str) -> Result<(Vec<IpAddr>, Duration),
         let Ok(qname) = Name::from_ascii(format!("{cand}.")) else {
             continue;
         };
+        if cfg.query_timeout().is_none() {
+            failed = Some(format!(
+                "{}; the lookup's time was up before '{cand}' was asked",
+                failed.unwrap_or_else(|| "no answer".into())
+            ));
+            break;
+        }
         match ask_all(cfg, &qname) {
             Asked::Found(ips, ttl) => return Ok((ips, ttl)),
             Asked::NoSuchName => {}
@@ -180,12 +191,29 @@ fn from_dns(cfg: &ResolverConfig, name: &str) -> Result<(Vec<IpAddr>, Duration),
     })
 }
 
+impl ResolverConfig {
+    /// How long the next query may wait: `timeout`, cut to what is left before `deadline`
+    /// (None once it has passed).
+    fn query_timeout(&self) -> Option<Duration> {
+        match self.deadline {
+            None => Some(self.timeout),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(self.timeout))
+            }
+        }
+    }
+}
+
 /// Ask each nameserver in turn, `attempts` rounds, until one answers both queries.
 fn ask_all(cfg: &ResolverConfig, qname: &Name) -> Asked {
     let mut last = String::new();
     for _ in 0..cfg.attempts {
         for ns in &cfg.nameservers {
-            match ask(*ns, qname, cfg.timeout) {
+            let Some(timeout) = cfg.query_timeout() else {
+                return Asked::Failed(last);
+            };
+            match ask(*ns, qname, timeout) {
                 Ok(a) => return a,
                 // A nameserver that answered with an error code did answer.
                 Err(e) if e.starts_with("answered ") => last = format!("nameserver {ns} {e}"),
@@ -194,6 +222,14 @@ fn ask_all(cfg: &ResolverConfig, qname: &Name) -> Asked {
         }
     }
     Asked::Failed(last)
+}
+
+/// A wait in seconds for a message: whole when it is (`5`), else to a tenth (`0.8`).
+fn secs(d: Duration) -> String {
+    match d.subsec_millis() {
+        0 => d.as_secs().to_string(),
+        _ => format!("{:.1}", d.as_secs_f32()),
+    }
 }
 
 /// A and AAAA for `qname` from one nameserver, over UDP (both sent at once, as glibc does),
@@ -227,7 +263,7 @@ fn ask(ns: SocketAddr, qname: &Name, timeout: Duration) -> Result<Asked, String>
     while !pending.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("timed out after {} s", timeout.as_secs()));
+            return Err(format!("timed out after {} s", secs(timeout)));
         }
         sock.set_read_timeout(Some(left))
             .map_err(|e| e.to_string())?;
@@ -239,7 +275,7 @@ fn ask(ns: SocketAddr, qname: &Name, timeout: Duration) -> Result<Asked, String>
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(format!("timed out after {} s", timeout.as_secs()))
+                return Err(format!("timed out after {} s", secs(timeout)))
             }
             Err(e) => return Err(e.to_string()),
         };
@@ -493,6 +529,38 @@ mod tests {
         assert!(
             e.contains(&silent.local_addr().unwrap().to_string()) && e.contains("timed out"),
             "{e}"
+        );
+    }
+
+    /// A deadline bounds the whole lookup: a silent nameserver and a search list of three
+    /// cost one second in all, not one per form of the name.
+    #[test]
+    fn a_deadline_bounds_every_form_of_the_name_together() {
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut c = cfg_for(
+            silent.local_addr().unwrap(),
+            "a.example b.example c.example",
+        );
+        c.ndots = 5;
+        c.timeout = Duration::from_secs(1);
+        c.attempts = 1;
+        c.deadline = Some(Instant::now() + Duration::from_millis(1500));
+        let e = from_dns(&c, "web").unwrap_err();
+        assert!(e.contains("the lookup's time was up before"), "{e}");
+        // What the nameserver was asked: the first forms, never the last (`web.` itself).
+        silent.set_nonblocking(true).unwrap();
+        let mut asked = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = silent.recv(&mut buf) {
+            asked.push(
+                Message::from_vec(&buf[..n]).unwrap().queries[0]
+                    .name
+                    .to_ascii(),
+            );
+        }
+        assert!(
+            asked.contains(&"web.a.example.".to_string()) && !asked.contains(&"web.".to_string()),
+            "{asked:?}"
         );
     }
 
