@@ -8807,6 +8807,65 @@ fn a_target_name_follows_its_dns_answer_and_hosts_line(relay: Relay) {
     }
 }
 
+/// A target name whose new answer is the proxy's own listener (same namespace, same port)
+/// would make every connection open another one to itself until descriptors run out: the
+/// address is not dialled, said once, and the last list stays.
+#[test]
+fn a_target_names_new_answer_that_is_the_proxys_own_listener_is_not_dialled() {
+    use std::sync::{Arc, Mutex};
+    let ns = lab("pxreself");
+    let dir = TempDir::new("pxreself");
+    who_backend(listen_in(&ns, "10.9.0.1:8080"));
+    let answer = Arc::new(Mutex::new(NsAnswer::A("10.9.0.1".parse().unwrap(), 1)));
+    name_server(&ns, "db.test", answer.clone());
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    let p = start_with_resolver(
+        Relay::FastPath,
+        &ns,
+        &hosts,
+        &resolv,
+        &["127.0.0.1:8080", "db.test"],
+        &dir,
+    );
+    assert_eq!(who_through(&ns, "127.0.0.1:8080"), "10.9.0.1:8080");
+    *answer.lock().unwrap() = NsAnswer::A("127.0.0.1".parse().unwrap(), 1);
+    let base = p.fds();
+    wait_for("the own-listener line", 10, || {
+        assert_eq!(
+            who_through(&ns, "127.0.0.1:8080"),
+            "10.9.0.1:8080",
+            "{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        p.log().contains("db.test resolves to 127.0.0.1, which is this proxy's own listener 127.0.0.1:8080: not dialled")
+    });
+    // Past another TTL: still the last good address, and said once.
+    std::thread::sleep(Duration::from_millis(1200));
+    for _ in 0..3 {
+        assert_eq!(who_through(&ns, "127.0.0.1:8080"), "10.9.0.1:8080");
+    }
+    assert!(
+        p.fds() <= base + 2,
+        "descriptors grew from {base} to {}",
+        p.fds()
+    );
+    let log = p.stop();
+    assert_eq!(
+        log.matches("which is this proxy's own listener").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("now resolves to 127.0.0.1"), "{log}");
+}
+
 on_both_relays!(
     a_target_name_follows_its_dns_answer_and_hosts_line_fast_path,
     a_target_name_follows_its_dns_answer_and_hosts_line_tokio_path =>

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -344,19 +345,7 @@ fn refuse_self_targets(
             .collect::<Vec<_>>()
     });
     for (proto, l, t) in pairs {
-        // A v4-mapped target ([::ffff:127.0.0.1]) is dialled as IPv4; the IPv6 listeners the
-        // proxy binds are V6ONLY, so only a listener of the target's own family can be it.
-        let t_ip = t.ip().to_canonical();
-        if l.port() != t.port() || l.is_ipv4() != t_ip.is_ipv4() {
-            continue;
-        }
-        let mine = l.ip() == t_ip
-            || (l.ip().is_unspecified()
-                && match listen_ns {
-                    Some(ns) => ns.run(move || is_local(t_ip))?,
-                    None => is_local(t_ip),
-                });
-        if mine {
+        if own_listener(l, t, listen_ns)? {
             return Err(Usage(format!(
                 "{} {l} -> {t}: the target is this proxy's own listening socket, so every connection would open another one to itself (until file descriptors run out); give the service's address instead, e.g. a container's IP",
                 proto
@@ -364,7 +353,57 @@ fn refuse_self_targets(
             .into());
         }
     }
+    // A target name's later answers: an address that is one of its mappings' own listeners
+    // is not dialled (told once by the name's thread).
+    let mut named: Vec<(&Arc<spec::TargetName>, Vec<std::net::SocketAddr>)> = Vec::new();
+    for m in maps {
+        let Some(n) = &m.target_name else { continue };
+        let listens = m.expand().into_iter().map(|pm| pm.listen);
+        match named.iter_mut().find(|(o, _)| Arc::ptr_eq(o, n)) {
+            Some((_, ls)) => ls.extend(listens),
+            None => named.push((n, listens.collect())),
+        }
+    }
+    for (n, listens) in named {
+        let port = maps
+            .iter()
+            .find(|m| m.target_name.as_ref().is_some_and(|o| Arc::ptr_eq(o, n)))
+            .map_or(0, |m| m.target.first);
+        let ranged = maps.iter().any(|m| {
+            m.target_name.as_ref().is_some_and(|o| Arc::ptr_eq(o, n)) && m.target.len() > 1
+        });
+        let ns = listen_ns.cloned();
+        n.refuse_with(move |ip| {
+            listens.iter().copied().find(|l| {
+                // A target range dials the listen port's own partner: any port of it may be.
+                let t = std::net::SocketAddr::new(ip, if ranged { l.port() } else { port });
+                own_listener(*l, t, ns.as_ref()).unwrap_or(false)
+            })
+        });
+    }
     Ok(())
+}
+
+/// Whether a dial to `t` would reach the listener on `l` (made in `listen_ns`, the namespace
+/// the dial is made in too): the same port and address, or any address of that namespace for
+/// a wildcard listener.
+fn own_listener(
+    l: std::net::SocketAddr,
+    t: std::net::SocketAddr,
+    listen_ns: Option<&NetNs>,
+) -> Result<bool, crate::netns::NetnsError> {
+    // A v4-mapped target ([::ffff:127.0.0.1]) is dialled as IPv4; the IPv6 listeners the
+    // proxy binds are V6ONLY, so only a listener of the target's own family can be it.
+    let t_ip = t.ip().to_canonical();
+    if l.port() != t.port() || l.is_ipv4() != t_ip.is_ipv4() {
+        return Ok(false);
+    }
+    Ok(l.ip() == t_ip
+        || (l.ip().is_unspecified()
+            && match listen_ns {
+                Some(ns) => ns.run(move || is_local(t_ip))?,
+                None => is_local(t_ip),
+            }))
 }
 
 /// Is `ip` an address of the calling thread's namespace? A UDP socket connected to it leaves

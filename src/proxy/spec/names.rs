@@ -42,7 +42,15 @@ pub(crate) struct TargetName {
     epoch: Instant,
     /// The last lookup failed (said once until it resolves again).
     failing: AtomicBool,
+    /// Which of an answer's addresses is one of this proxy's own listeners (set by the
+    /// command, which knows the namespaces): the listener, for the line that says so.
+    own: std::sync::OnceLock<OwnListener>,
+    /// The addresses already said to be a listener of ours (each once).
+    said_own: Mutex<Vec<IpAddr>>,
 }
+
+/// The listener of ours a target address would reach, if any.
+type OwnListener = Box<dyn Fn(IpAddr) -> Option<SocketAddr> + Send + Sync>;
 
 impl std::fmt::Debug for TargetName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,7 +134,41 @@ impl TargetName {
             force_after: AtomicU64::new(0),
             epoch: Instant::now(),
             failing: AtomicBool::new(false),
+            own: Default::default(),
+            said_own: Default::default(),
         }
+    }
+
+    /// Refuse the addresses of later answers that `f` says are one of this proxy's own
+    /// listeners: a dial there would open a connection to itself, and that one another, until
+    /// descriptors run out (the command refuses them at start the same way).
+    pub(crate) fn refuse_with(
+        &self,
+        f: impl Fn(IpAddr) -> Option<SocketAddr> + Send + Sync + 'static,
+    ) {
+        let _ = self.own.set(Box::new(f));
+    }
+
+    /// `ips` without this proxy's own listeners, each dropped one said once at warn.
+    fn not_ours(&self, mut ips: Vec<IpAddr>, log: &Log) -> Vec<IpAddr> {
+        let Some(own) = self.own.get() else {
+            return ips;
+        };
+        ips.retain(|ip| match own(*ip) {
+            None => true,
+            Some(l) => {
+                let mut said = self.said_own.lock().unwrap_or_else(|p| p.into_inner());
+                if !said.contains(ip) {
+                    said.push(*ip);
+                    log.log(
+                        Level::Warn,
+                        &format!("{} resolves to {ip}, which is this proxy's own listener {l}: not dialled (each connection would open another one to itself)", self.name),
+                    );
+                }
+                false
+            }
+        });
+        ips
     }
 
     /// The addresses as they are now. A list past its time asks for a lookup (one atomic load
@@ -224,8 +266,14 @@ impl TargetName {
         proto: super::Proto,
         log: &Log,
     ) -> Duration {
-        let got =
-            answer.and_then(|a| usable(&self.name, a.ips, self.v6, proto).map(|ips| (ips, a.ttl)));
+        let got = answer
+            .and_then(|a| usable(&self.name, a.ips, self.v6, proto).map(|ips| (ips, a.ttl)))
+            .and_then(|(ips, ttl)| match self.not_ours(ips, log) {
+                ips if ips.is_empty() => {
+                    Err("its every address is this proxy's own listener".to_string())
+                }
+                ips => Ok((ips, ttl)),
+            });
         let old = self.list();
         match got {
             Ok((ips, ttl)) => {
@@ -342,6 +390,48 @@ mod tests {
                 "Warn: db.internal does not resolve now (timed out); dials go on to its last addresses, 10.0.0.3, 10.0.0.4",
                 "Info: db.internal resolves again, to 10.0.0.3, 10.0.0.4",
             ]
+        );
+    }
+
+    #[test]
+    fn an_address_that_is_our_own_listener_is_dropped_and_said_once() {
+        let n = TargetName::new("db", None, ips(&["10.0.0.2"]), None);
+        n.refuse_with(|ip| {
+            (ip == "127.0.0.1".parse::<IpAddr>().unwrap())
+                .then(|| "127.0.0.1:8080".parse().unwrap())
+        });
+        let (log, lines) = kept();
+        let both = || {
+            Ok(Answer {
+                ips: ips(&["127.0.0.1", "10.0.0.3"]),
+                ttl: None,
+            })
+        };
+        let _ = n.take(both(), Proto::Tcp, &log);
+        let _ = n.take(both(), Proto::Tcp, &log);
+        assert_eq!(&*n.current(), &ips(&["10.0.0.3"])[..]);
+        let _ = n.take(
+            Ok(Answer {
+                ips: ips(&["127.0.0.1"]),
+                ttl: None,
+            }),
+            Proto::Tcp,
+            &log,
+        );
+        assert_eq!(&*n.current(), &ips(&["10.0.0.3"])[..]);
+        let l = lines.lock().unwrap();
+        assert_eq!(
+            l.iter()
+                .filter(|l| l.contains("own listener 127.0.0.1:8080: not dialled"))
+                .count(),
+            1,
+            "{l:?}"
+        );
+        assert!(
+            l.last()
+                .unwrap()
+                .contains("does not resolve now (its every address is this proxy's own listener)"),
+            "{l:?}"
         );
     }
 
