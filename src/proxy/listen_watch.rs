@@ -481,6 +481,18 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_address_takes_the_index_its_interface_has_now() {
+        let table = [(2, 5)];
+        let a: SocketAddr = "[fe80::1%2]:80".parse().unwrap();
+        assert_eq!(rescoped(a, &table), "[fe80::1%5]:80".parse().unwrap());
+        // Another interface, an unscoped address, IPv4: as they were.
+        for a in ["[fe80::1%3]:80", "[::1]:80", "10.0.0.1:80"] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(rescoped(a, &table), a);
+        }
+    }
+
+    #[test]
     fn a_text_that_names_nothing_is_resolved_again_less_and_less_often() {
         let ns = NetNs::current().unwrap();
         let mut w = Tripwire::new(&ns, false);

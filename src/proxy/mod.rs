@@ -575,10 +575,6 @@ impl Proxy {
                 maps.iter()
                     .flat_map(|m| std::iter::once(m.target).chain(m.more.iter().copied()))
                     .collect(),
-                maps.iter()
-                    .flat_map(|m| std::iter::once(m.target).chain(m.more.iter().copied()))
-                    .map(|a| a.ip())
-                    .collect(),
             ))),
             _ => None,
         };
@@ -624,15 +620,8 @@ impl Proxy {
         // The plain TCP path's loops start here, not in run: once the caller says it is
         // ready (docker-proxy's fd 3), every thread and descriptor of the proxy exists.
         let (bound, loops) = if fastpath::wanted(&ctx) {
-            let (tcp, rest): (Vec<Bound>, Vec<Bound>) =
-                bound.into_iter().partition(|b| matches!(b, Bound::Tcp(..)));
-            let tcp: Vec<_> = tcp
-                .into_iter()
-                .filter_map(|b| match b {
-                    Bound::Tcp(l, m) => Some((l, m)),
-                    Bound::Udp(..) => None,
-                })
-                .collect();
+            let (tcp, udp) = by_kind(bound);
+            let rest = udp.into_iter().map(|(s, m)| Bound::Udp(s, m)).collect();
             let loops = match tcp.is_empty() {
                 true => None,
                 false => Some(
@@ -705,40 +694,7 @@ impl Proxy {
             tokio::select! {
                 _ = &mut stop => break,
                 Some(r) = relisten.recv() => {
-                    let (tcp, udp_socks): (Vec<Bound>, Vec<Bound>) =
-                        r.bound.into_iter().partition(|b| matches!(b, Bound::Tcp(..)));
-                    let tcp: Vec<_> = tcp
-                        .into_iter()
-                        .filter_map(|b| match b {
-                            Bound::Tcp(l, m) => Some((l, m)),
-                            Bound::Udp(..) => None,
-                        })
-                        .collect();
-                    match &self.loops {
-                        Some(loops) => loops.relisten(tcp),
-                        None => {
-                            // tokio's path: the accepting tasks (the only tasks in the set)
-                            // end, which closes the old listeners; connections are tasks of
-                            // their own and stay.
-                            tasks.abort_all();
-                            for (l, m) in tcp {
-                                let l = tokio::net::TcpListener::from_std(l)?;
-                                tasks.spawn(tcp::serve(l, m, self.ctx.clone()));
-                            }
-                        }
-                    }
-                    if let Some(u) = &udp {
-                        u.relisten(
-                            udp_socks
-                                .into_iter()
-                                .filter_map(|b| match b {
-                                    Bound::Udp(s, m) => Some((s, m)),
-                                    Bound::Tcp(..) => None,
-                                })
-                                .collect(),
-                        );
-                    }
-                    self.ctx.log(Level::Info, r.line);
+                    relisten_all(r, self.loops.as_ref(), &mut tasks, udp.as_ref(), &self.ctx)?;
                 }
             }
         }
@@ -754,6 +710,51 @@ impl Proxy {
     }
 }
 
+/// A listener bound and its mapping, of each kind.
+type TcpBound = (std::net::TcpListener, PortMap);
+type UdpBound = (std::net::UdpSocket, PortMap);
+
+/// `bound` by kind, each in its order.
+fn by_kind(bound: Vec<Bound>) -> (Vec<TcpBound>, Vec<UdpBound>) {
+    let (mut tcp, mut udp) = (Vec::new(), Vec::new());
+    for b in bound {
+        match b {
+            Bound::Tcp(l, m) => tcp.push((l, m)),
+            Bound::Udp(s, m) => udp.push((s, m)),
+        }
+    }
+    (tcp, udp)
+}
+
+/// Serve the listeners --listen-netns's new namespace got ([`listen_watch`]) instead of the
+/// old ones, which close: TCP on the event loops, or on tokio's path as new accepting tasks in
+/// `tasks` (the only tasks there: connections are tasks of their own and stay); UDP on its
+/// thread. Then say so.
+fn relisten_all(
+    r: listen_watch::Relisten,
+    loops: Option<&fastpath::Loops>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    udp: Option<&UdpThread>,
+    ctx: &Arc<Ctx>,
+) -> std::io::Result<()> {
+    let (tcp, udp_socks) = by_kind(r.bound);
+    match loops {
+        Some(loops) => loops.relisten(tcp),
+        None => {
+            tasks.abort_all();
+            for (l, m) in tcp {
+                let l = tokio::net::TcpListener::from_std(l)?;
+                tasks.spawn(tcp::serve(l, m, ctx.clone()));
+            }
+        }
+    }
+    if let Some(u) = udp {
+        u.relisten(udp_socks);
+    }
+    ctx.log(Level::Info, r.line);
+    Ok(())
+}
+
 /// The UDP listeners and their flows, on a single-threaded runtime of their own. On the shared
 /// multi-threaded one, every datagram that arrives while the relaying task runs wakes the I/O
 /// driver parked on the other worker (one `epoll_wait` per datagram, measured), taking the
@@ -762,7 +763,7 @@ struct UdpThread {
     stop: tokio::sync::oneshot::Sender<()>,
     thread: std::thread::JoinHandle<()>,
     /// Listeners to serve instead of the ones served now (--listen-netns followed).
-    relisten: tokio::sync::mpsc::UnboundedSender<Vec<(std::net::UdpSocket, PortMap)>>,
+    relisten: tokio::sync::mpsc::UnboundedSender<Vec<UdpBound>>,
 }
 
 impl UdpThread {
@@ -783,8 +784,7 @@ impl UdpThread {
                 rt.block_on(async move {
                     let mut tasks = tokio::task::JoinSet::new();
                     // Registered here: a socket belongs to the runtime whose driver polls it.
-                    let serve = |tasks: &mut tokio::task::JoinSet<()>,
-                                 socks: Vec<(std::net::UdpSocket, PortMap)>| {
+                    let serve = |tasks: &mut tokio::task::JoinSet<()>, socks: Vec<UdpBound>| {
                         for (s, m) in socks {
                             let s = tokio::net::UdpSocket::from_std(s)?;
                             tasks.spawn(udp::serve(s, m, ctx.clone()));
@@ -825,7 +825,7 @@ impl UdpThread {
     }
 
     /// Serve `socks` instead of the listeners served now.
-    fn relisten(&self, socks: Vec<(std::net::UdpSocket, PortMap)>) {
+    fn relisten(&self, socks: Vec<UdpBound>) {
         let _ = self.relisten.send(socks);
     }
 

@@ -401,19 +401,19 @@ impl std::fmt::Debug for TargetWatch {
 }
 
 impl TargetWatch {
-    /// Watch `text`, which named `ns` at start.
+    /// Watch `text`, which named `ns` at start; `addrs`: the mappings' target addresses.
     pub(crate) fn new(
         text: &str,
         ns: NetNs,
         follow: bool,
         log: super::Log,
-        scoped: Vec<SocketAddr>,
-        mut targets: Vec<std::net::IpAddr>,
+        addrs: Vec<SocketAddr>,
     ) -> Self {
         let scopes = match follow {
-            true => super::listen_watch::scopes_of(&ns, scoped.into_iter()),
+            true => super::listen_watch::scopes_of(&ns, addrs.iter().copied()),
             false => Vec::new(),
         };
+        let mut targets: Vec<std::net::IpAddr> = addrs.iter().map(|a| a.ip()).collect();
         targets.retain(|ip| !ip.is_loopback() && !ip.is_unspecified());
         targets.sort();
         targets.dedup();
@@ -771,6 +771,20 @@ mod tests {
             assert_eq!(lookup_text(text, label), text);
         }
         assert_eq!(lookup_text("blue", "blue"), "name:blue");
+    }
+
+    #[test]
+    fn only_a_watch_that_may_follow_reads_the_namespace() {
+        let log = super::super::Log::new(super::super::Level::Debug, |_, _| {});
+        // A link-local target on lo (index 1): its interface's name is read to be looked up
+        // again in a followed namespace; in transparent mode nothing is followed, and nothing
+        // of the namespace is read.
+        let addrs = vec!["[fe80::1%1]:80".parse().unwrap()];
+        let ns = NetNs::current().unwrap();
+        let w = TargetWatch::new("x", ns.clone(), true, log.clone(), addrs.clone());
+        assert_eq!(w.scopes, vec![(1, "lo".to_string())]);
+        let w = TargetWatch::new("x", ns, false, log, addrs);
+        assert!(w.scopes.is_empty() && w.own_targets.is_empty());
     }
 
     #[test]
