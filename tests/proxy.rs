@@ -5241,6 +5241,99 @@ fn follows_a_restarted_podman_container() {
     p.stop();
 }
 
+/// `--listen-netns web` (a Podman container's bare name, found through Podman's default
+/// socket) through `podman restart`, `podman stop`/`start` and `podman rm -f` + `podman run` of
+/// the same name: the listeners follow each new namespace (Podman's /run/netns/netns-UUID, a new
+/// file at each start), TCP and UDP answer inside it, the stopped line gives `podman start`.
+/// Before, the proxy kept listening in the first namespace and said nothing.
+#[test]
+fn follows_a_restarted_podman_container_on_the_listen_side() {
+    if let Some(why) = common::podman::missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut pm = common::podman::PodmanHost::start("pxflpm");
+    let httpd = ["httpd", "-f", "-p", "80", "-h", "/"];
+    let web = pm.run("web", &[], &httpd);
+    let ctr = lab("pxflpb");
+    hi_and_echo_backends(&ctr, "127.0.0.1:7000", "127.0.0.1:5300");
+    let dir = TempDir::new("pxflpm");
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("DOCKER_HOST").env_remove("CONTAINER_HOST");
+    let p = start_cmd(
+        cmd,
+        &dir,
+        &[
+            "--listen-netns",
+            &web,
+            "--target-netns",
+            &ctr.name,
+            "-p",
+            "127.0.0.1:8080=127.0.0.1:7000",
+            "-p",
+            "udp:127.0.0.1:5353=127.0.0.1:5300",
+        ],
+        &[],
+    );
+    let ns_of_web = |pm: &common::podman::PodmanHost| {
+        let pid = pm.podman(&["inspect", "-f", "{{.State.Pid}}", &web]);
+        NetNs::from_pid(pid.trim().parse().unwrap()).unwrap()
+    };
+    let answers = |ns: &NetNs| answers_in(ns, 8080, 5353);
+    assert!(answers(&ns_of_web(&pm)), "log:\n{}", p.log());
+    let follow = format!("--listen-netns {web}: listening in the new network namespace (inode ");
+    let count = |s: &str| p.log().matches(s).count();
+
+    pm.podman(&["restart", "-t", "0", &web]);
+    let ns = ns_of_web(&pm);
+    wait_for("the follow line after podman restart", 15, || {
+        count(&follow) == 1
+    });
+    assert!(
+        p.log()
+            .contains(&format!("{follow}{}; was ", ns.id().inode))
+            && p.log().contains(
+                ": the container was restarted): tcp 127.0.0.1:8080, udp 127.0.0.1:5353;"
+            ),
+        "{}",
+        p.log()
+    );
+    wait_for("answers after podman restart", 10, || answers(&ns));
+
+    pm.podman(&["stop", "-t", "0", &web]);
+    let stopped = format!("--listen-netns {web}: container {web} is exited (code ");
+    let fix = format!("): start it with `podman start {web}`; the proxy listens again");
+    wait_for("the stopped line", 15, || {
+        p.log()
+            .lines()
+            .any(|l| l.contains(&stopped) && l.contains(&fix))
+    });
+    pm.podman(&["start", &web]);
+    let ns = ns_of_web(&pm);
+    wait_for("the follow line after podman start", 15, || {
+        count(&follow) == 2
+    });
+    wait_for("answers after podman start", 10, || answers(&ns));
+
+    pm.podman(&["rm", "-f", "-t", "0", &web]);
+    let image = pm.image.clone();
+    let mut again = vec!["run", "-d", "--name", &web, &image];
+    again.extend_from_slice(&httpd);
+    pm.podman(&again);
+    let ns = ns_of_web(&pm);
+    wait_for("the follow line after podman rm and run", 40, || {
+        count(&follow) == 3
+    });
+    let log = p.log();
+    assert!(
+        log.contains(&format!("{follow}{}; was ", ns.id().inode))
+            && log.contains(": the container was removed and made again (a new container id)): tcp 127.0.0.1:8080"),
+        "{log}"
+    );
+    wait_for("answers in the container made again", 10, || answers(&ns));
+    p.stop();
+}
+
 /// On a Podman host a published port is held by conmon (it listens and never accepts): a
 /// proxy refused that port names the container that publishes it and how to free it, not only
 /// "pid N (conmon)". Before, it said only the pid and "conmon".
