@@ -8779,6 +8779,31 @@ fn who_through(ns: &TestNs, addr: &str) -> String {
     })
 }
 
+/// A UDP backend that answers each datagram with the address it was sent to.
+fn udp_who_backend(s: UdpSocket) {
+    std::thread::spawn(move || {
+        let me = s.local_addr().unwrap().to_string();
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(me.as_bytes(), from);
+        }
+    });
+}
+
+/// From inside `ns`, a new UDP flow through `addr`: which backend answered.
+fn udp_who_through(ns: &TestNs, addr: &str) -> String {
+    let addr = addr.to_string();
+    inside(ns, move || {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_to(b"who", addr.as_str()).unwrap();
+        let mut buf = [0u8; 100];
+        c.recv(&mut buf)
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+            .unwrap_or_default()
+    })
+}
+
 /// Connect through `addr` every 100 ms until `want` is reached (at most `secs`).
 fn dial_until(ns: &TestNs, addr: &str, want: &str, secs: u64, p: &Proxy) {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
@@ -8828,6 +8853,9 @@ fn a_target_name_follows_its_dns_answer_and_hosts_line(relay: Relay) {
     let dir = TempDir::new("pxredns");
     who_backend(listen_in(&ns, "127.0.0.1:7000"));
     who_backend(listen_in(&ns, "10.9.0.1:7000"));
+    for a in ["127.0.0.1:7001", "10.9.0.1:7001"] {
+        udp_who_backend(inside(&ns, move || UdpSocket::bind(a).unwrap()));
+    }
     let lo = Ipv4Addr::LOCALHOST;
     let answer = Arc::new(Mutex::new(NsAnswer::A(lo, 1)));
     name_server(&ns, "db.test", answer.clone());
@@ -8849,6 +8877,8 @@ fn a_target_name_follows_its_dns_answer_and_hosts_line(relay: Relay) {
             "127.0.0.1:8080=TCP:db.test:7000",
             "-p",
             "127.0.0.1:8081=db.hosts:7000",
+            "-p",
+            "udp:127.0.0.1:8082=UDP:db.test:7001",
         ],
         &dir,
     );
@@ -8863,10 +8893,13 @@ fn a_target_name_follows_its_dns_answer_and_hosts_line(relay: Relay) {
     );
     assert_eq!(who_through(&ns, "127.0.0.1:8080"), "127.0.0.1:7000");
     assert_eq!(who_through(&ns, "127.0.0.1:8081"), "127.0.0.1:7000");
+    assert_eq!(udp_who_through(&ns, "127.0.0.1:8082"), "127.0.0.1:7001");
 
     // The TTL is past: followed.
     *answer.lock().unwrap() = NsAnswer::A("10.9.0.1".parse().unwrap(), 1);
     dial_until(&ns, "127.0.0.1:8080", "10.9.0.1:7000", 10, &p);
+    // One name in two mappings is one list: a new UDP flow goes to the new address too.
+    assert_eq!(udp_who_through(&ns, "127.0.0.1:8082"), "10.9.0.1:7001");
     // An answer for an hour that nothing serves: its dials fail...
     *answer.lock().unwrap() = NsAnswer::A("127.0.0.9".parse().unwrap(), 3600);
     dial_until(&ns, "127.0.0.1:8080", "", 10, &p);

@@ -316,9 +316,20 @@ fn resolve(
         target_ns,
         found: Default::default(),
     };
-    let mut out = Vec::new();
+    let mut out: Vec<Mapping> = Vec::new();
     for s in specs {
         out.extend(s.resolve(&look)?);
+    }
+    // One name (and family) in several mappings is one list, asked again by one thread.
+    let mut seen: Vec<Arc<spec::TargetName>> = Vec::new();
+    for m in &mut out {
+        let Some(n) = m.target_name.clone() else {
+            continue;
+        };
+        match seen.iter().find(|o| **o == n) {
+            Some(o) => m.target_name = Some(o.clone()),
+            None => seen.push(n),
+        }
     }
     Ok((out, look.found.into_inner()))
 }
@@ -355,34 +366,44 @@ fn refuse_self_targets(
     }
     // A target name's later answers: an address that is one of its mappings' own listeners
     // is not dialled (told once by the name's thread).
-    let mut named: Vec<(&Arc<spec::TargetName>, Vec<std::net::SocketAddr>)> = Vec::new();
+    // Every listener of this proxy, and for each name the (protocol, port) pairs it is dialled
+    // with: an address that takes one of those to one of these is refused.
+    let listeners: Vec<(Proto, std::net::SocketAddr)> = maps
+        .iter()
+        .flat_map(Mapping::expand)
+        .map(|pm| (pm.proto, pm.listen))
+        .collect();
+    let mut named: Vec<(&Arc<spec::TargetName>, Vec<Dialled>)> = Vec::new();
     for m in maps {
         let Some(n) = &m.target_name else { continue };
-        let listens = m.expand().into_iter().map(|pm| pm.listen);
+        let dialled = m
+            .expand()
+            .into_iter()
+            .map(|pm| (pm.proto, pm.target.port()));
         match named.iter_mut().find(|(o, _)| Arc::ptr_eq(o, n)) {
-            Some((_, ls)) => ls.extend(listens),
-            None => named.push((n, listens.collect())),
+            Some((_, ds)) => ds.extend(dialled),
+            None => named.push((n, dialled.collect())),
         }
     }
-    for (n, listens) in named {
-        let port = maps
-            .iter()
-            .find(|m| m.target_name.as_ref().is_some_and(|o| Arc::ptr_eq(o, n)))
-            .map_or(0, |m| m.target.first);
-        let ranged = maps.iter().any(|m| {
-            m.target_name.as_ref().is_some_and(|o| Arc::ptr_eq(o, n)) && m.target.len() > 1
-        });
+    for (n, mut dialled) in named {
+        dialled.sort_by_key(|(p, port)| (*p == Proto::Udp, *port));
+        dialled.dedup();
         let ns = listen_ns.cloned();
+        let listeners = listeners.clone();
         n.refuse_with(move |ip| {
-            listens.iter().copied().find(|l| {
-                // A target range dials the listen port's own partner: any port of it may be.
-                let t = std::net::SocketAddr::new(ip, if ranged { l.port() } else { port });
-                own_listener(*l, t, ns.as_ref()).unwrap_or(false)
+            dialled.iter().find_map(|(proto, port)| {
+                let t = std::net::SocketAddr::new(ip, *port);
+                listeners.iter().find_map(|(lp, l)| {
+                    (lp == proto && own_listener(*l, t, ns.as_ref()).unwrap_or(false)).then_some(*l)
+                })
             })
         });
     }
     Ok(())
 }
+
+/// A protocol and a port a target name is dialled on.
+type Dialled = (Proto, u16);
 
 /// Whether a dial to `t` would reach the listener on `l` (made in `listen_ns`, the namespace
 /// the dial is made in too): the same port and address, or any address of that namespace for
