@@ -81,11 +81,7 @@ impl Tripwire {
             return true;
         }
         let Some(d) = &mut self.down else {
-            use std::os::unix::fs::MetadataExt;
-            // stat follows /proc/PID/ns/net to the namespace itself: a process that exited
-            // has none, a namespace file made again is another inode.
-            return !std::fs::metadata(&self.path)
-                .is_ok_and(|m| m.dev() == self.id.dev && m.ino() == self.id.inode);
+            return !self.still_there();
         };
         let appeared = d.dir.as_mut().is_some_and(|(dir, seen)| {
             let now = mtime(dir);
@@ -102,6 +98,15 @@ impl Tripwire {
             return true;
         }
         false
+    }
+
+    /// Whether the namespace's file is still that namespace. stat follows /proc/PID/ns/net to
+    /// the namespace itself: a process that exited has none, a namespace file made again is
+    /// another inode.
+    pub(super) fn still_there(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path)
+            .is_ok_and(|m| m.dev() == self.id.dev && m.ino() == self.id.inode)
     }
 
     /// The text names `ns` now: watch its file.
@@ -301,6 +306,11 @@ impl ListenWatch {
         let ns = match r.ns {
             Ok(ns) => ns,
             Err(e) => {
+                if self.wire.still_there() {
+                    // The lookup failed (an engine's API that did not answer), not the
+                    // namespace, whose file is still the one the listeners are in.
+                    return None;
+                }
                 self.wire.lost(now);
                 let (text, old) = (&self.text, self.held.id().inode);
                 let line = match &e {

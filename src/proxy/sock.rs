@@ -621,7 +621,10 @@ impl TargetWatch {
             }
             Err(e) => {
                 if let Ok(mut w) = self.wire.lock() {
-                    w.lost(now);
+                    // Unless the lookup failed while the namespace's file is still there.
+                    if !w.still_there() {
+                        w.lost(now);
+                    }
                 }
                 return format!(
                     "; --target-netns {text} names no namespace now: {}",
