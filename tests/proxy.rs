@@ -6087,6 +6087,47 @@ fn link_local_dev(ns: &TestNs, dev: &str, addr: &str, pad: bool) -> u32 {
     ifindex_in(ns, dev)
 }
 
+/// --listen-netns NAME made again without the listen address (a container whose address
+/// comes late, or never): the proxy tries a few times, then says why it cannot listen there
+/// and goes on trying less often; once the address is there it listens again. Before, it never
+/// listened in the new namespace at all.
+#[test]
+fn a_listen_netns_made_again_without_the_listen_address_is_told_and_retried() {
+    let host = lab("pxfnah");
+    let ctr = lab("pxfnac");
+    hi_and_echo_backends(&ctr, "127.0.0.1:7000", "127.0.0.1:5300");
+    let dir = TempDir::new("pxfna");
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &ctr.name,
+            "-p",
+            "10.9.0.1:8080=127.0.0.1:7000",
+        ],
+    );
+    remake_named(&host);
+    let cannot = format!(
+        "--listen-netns {}: cannot listen in its new network namespace (inode {}) after 5 tries: cannot listen on tcp 10.9.0.1:8080 in namespace {}: Cannot assign requested address (os error 99) (that address is not configured on any interface in the namespace); trying again later",
+        host.name,
+        netns(&host).id().inode,
+        host.name
+    );
+    p.wait_logged(&cannot);
+    host.ip(&["addr", "add", "10.9.0.1/32", "dev", "lo"]);
+    p.wait_logged(&format!(
+        "--listen-netns {}: listening in the new network namespace (inode ",
+        host.name
+    ));
+    let hi = connect_in(&host, "10.9.0.1:8080").and_then(first_words);
+    assert_eq!(hi.ok().as_deref(), Some("hi"), "log:\n{}", p.log());
+    assert_eq!(p.log().matches(&cannot).count(), 1, "{}", p.log());
+    p.stop();
+}
+
 /// A link-local listen address (`[fe80::b%dev]:8080`) behind --listen-netns NAME made again:
 /// the interface has another index in the new namespace, and the proxy binds there through
 /// the interface of that name. Before, it tried the index from the start, another interface
