@@ -7,7 +7,7 @@
 //!
 //! The listen side ([`ListenWatch`]): a restarted container (or a named namespace made again)
 //! gets the same listen addresses bound in its new namespace, handed to the running loops by
-//! [`super::Proxy::run`]; the target side is [`super::sock::TargetWatch`], polled from here.
+//! [`super::Proxy::run`]; the target side is [`super::target_watch::TargetWatch`], polled from here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,8 +15,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::sock::TargetWatch;
 use super::spec::PortMap;
+use super::target_watch::TargetWatch;
 use super::{Bound, Level, Log};
 use crate::netns::{NetNs, NetnsError, NsId};
 
@@ -271,7 +271,7 @@ pub(crate) struct ListenWatch {
 impl ListenWatch {
     /// Watch `text`, which named `ns` at start, where `maps` are bound.
     pub(super) fn new(text: &str, ns: NetNs, maps: Vec<PortMap>, log: Log) -> Self {
-        let lookup = super::sock::lookup_text(text, ns.label());
+        let lookup = super::target_watch::lookup_text(text, ns.label());
         let learn = lookup.starts_with("container:");
         let scopes = scopes_of(&ns, maps.iter().map(|m| m.listen));
         ListenWatch {
@@ -319,7 +319,7 @@ impl ListenWatch {
                     ),
                     _ => format!(
                         "--listen-netns {text} names no namespace now: {}; the proxy listens there again when it names one (its listeners stay in the old one, inode {old}, until then)",
-                        super::sock::gone_why(self.held.label(), &e)
+                        super::target_watch::gone_why(self.held.label(), &e)
                     ),
                 };
                 self.say_once(Level::Warn, line);

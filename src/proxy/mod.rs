@@ -13,6 +13,7 @@ pub(crate) mod relay;
 pub(crate) mod sock;
 pub(crate) mod spec;
 pub(crate) mod syslog;
+pub(crate) mod target_watch;
 pub(crate) mod tcp;
 pub(crate) mod transparent;
 pub(crate) mod udp;
@@ -29,6 +30,7 @@ use crate::netns::NetNs;
 pub(crate) use crate::tap::event::Transport as Proto;
 use crate::tap::Tap;
 use spec::{Mapping, PortMap};
+use udp::thread::{UdpBound, UdpThread};
 
 /// Errors setting the proxy up (serving errors are logged per connection instead).
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +250,7 @@ pub(crate) struct Ctx {
     pub(crate) counters: Arc<Counters>,
     pub(crate) dialer: sock::Dialer,
     /// --target-netns, checked again when a dial fails (None: no --target-netns).
-    pub(crate) target: Option<Arc<sock::TargetWatch>>,
+    pub(crate) target: Option<Arc<target_watch::TargetWatch>>,
     pub(crate) tap: Option<Tap>,
     pub(crate) log: Log,
     pub(crate) udp_idle: Duration,
@@ -300,7 +302,7 @@ impl Ctx {
         }
     }
     /// `to` as dialed now: a link-local target's interface index is the one of the namespace
-    /// --target-netns names now ([`sock::TargetWatch::rescoped`]).
+    /// --target-netns names now ([`target_watch::TargetWatch::rescoped`]).
     pub(crate) fn rescoped(&self, to: SocketAddr) -> SocketAddr {
         match (&self.target, to) {
             (Some(w), SocketAddr::V6(a)) if a.scope_id() != 0 => w.rescoped(to),
@@ -567,7 +569,7 @@ impl Proxy {
         let target_ns = cfg.target_ns.clone();
         // Transparent mode's rules live in the namespace found at start: told, not followed.
         let watch = match (&cfg.target_ns, &cfg.target_text) {
-            (Some(ns), Some(text)) => Some(Arc::new(sock::TargetWatch::new(
+            (Some(ns), Some(text)) => Some(Arc::new(target_watch::TargetWatch::new(
                 text,
                 ns.clone(),
                 !cfg.transparent,
@@ -710,9 +712,8 @@ impl Proxy {
     }
 }
 
-/// A listener bound and its mapping, of each kind.
+/// A TCP listener bound and its mapping.
 type TcpBound = (std::net::TcpListener, PortMap);
-type UdpBound = (std::net::UdpSocket, PortMap);
 
 /// `bound` by kind, each in its order.
 fn by_kind(bound: Vec<Bound>) -> (Vec<TcpBound>, Vec<UdpBound>) {
@@ -753,86 +754,4 @@ fn relisten_all(
     }
     ctx.log(Level::Info, r.line);
     Ok(())
-}
-
-/// The UDP listeners and their flows, on a single-threaded runtime of their own. On the shared
-/// multi-threaded one, every datagram that arrives while the relaying task runs wakes the I/O
-/// driver parked on the other worker (one `epoll_wait` per datagram, measured), taking the
-/// core the receiver needs; here the driver is polled only when this thread has nothing to do.
-struct UdpThread {
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-    /// Listeners to serve instead of the ones served now (--listen-netns followed).
-    relisten: tokio::sync::mpsc::UnboundedSender<Vec<UdpBound>>,
-}
-
-impl UdpThread {
-    async fn start(
-        socks: Vec<(std::net::UdpSocket, PortMap)>,
-        ctx: Arc<Ctx>,
-    ) -> std::io::Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .on_thread_park(udp::pace)
-            .build()?;
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (up, is_up) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
-        let (relisten, mut new_socks) = tokio::sync::mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name("nettool-udp".into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    let mut tasks = tokio::task::JoinSet::new();
-                    // Registered here: a socket belongs to the runtime whose driver polls it.
-                    let serve = |tasks: &mut tokio::task::JoinSet<()>, socks: Vec<UdpBound>| {
-                        for (s, m) in socks {
-                            let s = tokio::net::UdpSocket::from_std(s)?;
-                            tasks.spawn(udp::serve(s, m, ctx.clone()));
-                        }
-                        Ok::<(), std::io::Error>(())
-                    };
-                    if let Err(e) = serve(&mut tasks, socks) {
-                        let _ = up.send(Err(e));
-                        return;
-                    }
-                    let _ = up.send(Ok(()));
-                    loop {
-                        tokio::select! {
-                            _ = &mut stopped => break,
-                            Some(socks) = new_socks.recv() => {
-                                // The receiving tasks end, which closes the old listeners
-                                // once their flows (tasks of their own, which reply through
-                                // them) have gone idle.
-                                tasks.abort_all();
-                                if let Err(e) = serve(&mut tasks, socks) {
-                                    ctx.log(Level::Error, format!("udp: cannot serve the new listeners: {e}"));
-                                }
-                            }
-                        }
-                    }
-                    tasks.abort_all();
-                })
-            })?;
-        match is_up.await {
-            Ok(Ok(())) => Ok(UdpThread {
-                stop,
-                thread,
-                relisten,
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(std::io::Error::other("the UDP thread ended before serving")),
-        }
-    }
-
-    /// Serve `socks` instead of the listeners served now.
-    fn relisten(&self, socks: Vec<UdpBound>) {
-        let _ = self.relisten.send(socks);
-    }
-
-    /// Stop serving and wait for the thread to end.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let thread = self.thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
 }

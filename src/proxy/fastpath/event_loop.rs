@@ -88,7 +88,7 @@ pub(super) struct Loop {
     wait_error: Option<i32>,
     /// The generation of --target-netns's namespace this thread is in ([`TargetWatch`]).
     ///
-    /// [`TargetWatch`]: crate::proxy::sock::TargetWatch
+    /// [`TargetWatch`]: crate::proxy::target_watch::TargetWatch
     ns_seen: u64,
 }
 

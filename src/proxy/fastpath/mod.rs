@@ -8,7 +8,7 @@
 //! new connection wakes one thread) and the connections it accepted (edge-triggered), in a
 //! slab (no allocation per connection). A thread enters the target namespace at start and
 //! makes backend sockets there itself (again when --target-netns was followed to a new one:
-//! [`super::sock::TargetWatch`]). Same behaviour as relay.rs: small reads copied
+//! [`super::target_watch::TargetWatch`]). Same behaviour as relay.rs: small reads copied
 //! through a small buffer, splice through a pipe once a direction turns bulk, half-close passed
 //! on, data and FIN in one segment when the FIN is already known, a reset passed on as a reset.
 //! TCP urgent data is read in line and passed on as ordinary bytes, and the bytes behind it

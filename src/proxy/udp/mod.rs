@@ -34,6 +34,7 @@ mod recv;
 mod send;
 #[cfg(test)]
 mod tests;
+pub(crate) mod thread;
 
 /// Largest datagram (64 KiB).
 const MAX_DATAGRAM: usize = 65_536;
