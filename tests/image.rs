@@ -197,9 +197,11 @@ fn ns_entry(list: &Value, inode: u64) -> Value {
 #[test]
 fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
     let d = Dockerd::start("img-dock");
-    d.run_busybox_web("web", "8080:80");
+    // A name of its own: a machine-wide Podman container "web" would be named by it too.
+    let web = common::unique("web");
+    d.run_busybox_web(&web, "8080:80");
     let pid: u32 = d
-        .docker(&["inspect", "-f", "{{.State.Pid}}", "web"])
+        .docker(&["inspect", "-f", "{{.State.Pid}}", &web])
         .trim()
         .parse()
         .unwrap();
@@ -219,11 +221,15 @@ fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
         &image.run(&d, &["netns", "list", "--json"]),
     );
     named_alike(&host, &img, &[web_inode, host_inode]);
-    let web = ns_entry(&img, web_inode).to_string();
-    assert!(web.contains("web"), "the image names the container: {web}");
+    let entry = ns_entry(&img, web_inode).to_string();
+    assert!(
+        entry.contains(&web),
+        "the image names the container: {entry}"
+    );
 
     // peer: the container's veth, both ends, alike.
-    let veths = |v: &Value| rows_naming(v, web_inode, "\"web\"");
+    let quoted = format!("\"{web}\"");
+    let veths = |v: &Value| rows_naming(v, web_inode, &quoted);
     let hp = veths(&json(
         "peer --all (host)",
         &on_host(&d, &["peer", "--all", "--json"]),
@@ -232,7 +238,7 @@ fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
         "peer --all (image)",
         &image.run(&d, &["peer", "--all", "--json"]),
     ));
-    assert!(!hp.is_empty(), "peer --all shows web's veth");
+    assert!(!hp.is_empty(), "peer --all shows {web}'s veth");
     assert_eq!(hp, ip);
 
     // doctor: the same verdict, hop for hop.
@@ -250,7 +256,7 @@ fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
 
     // dns --all-netns: web's lookups named alike (sent to the bridge's gateway, where nothing
     // answers: each ends as a timeout after 1 s).
-    let gateway = d.docker(&["inspect", "-f", "{{.NetworkSettings.Gateway}}", "web"]);
+    let gateway = d.docker(&["inspect", "-f", "{{.NetworkSettings.Gateway}}", &web]);
     let gateway = gateway.trim().to_string();
     let name = format!("{}.image.test", common::unique("q"));
     let mut host_cmd = Command::new(env!("CARGO_BIN_EXE_nettool"));
@@ -262,14 +268,14 @@ fn the_image_names_docker_containers_and_diagnoses_as_the_host_binary_does() {
     let (hdns, idns) =
         dns_side_by_side(host_cmd, image.command(Some(&d), &DNS_WATCH), &name, || {
             asked = d
-                .try_docker(&["exec", "-d", "web", "busybox", "nslookup", &name, &gateway])
+                .try_docker(&["exec", "-d", &web, "busybox", "nslookup", &name, &gateway])
                 .1;
         });
     dns_named_alike(
         &hdns,
         &idns,
         &name,
-        "web",
+        &web,
         &format!("asked {gateway}: {asked}"),
     );
 }

@@ -636,23 +636,26 @@ fn container_name_enters_podman_and_lab_containers() {
 fn a_stopped_docker_container_says_so_in_dockers_words() {
     let d = common::docker::Dockerd::start("ex-dock");
     d.import_busybox("nt-busybox");
+    // A name of its own: a machine-wide Podman container "web" would make `container:web`
+    // ambiguous.
+    let web = unique("web");
     d.docker(&[
         "run",
         "-d",
         "--name",
-        "web",
+        &web,
         "nt-busybox",
         "sh",
         "-c",
         "exit 137",
     ]);
     wait_for("web to exit", 20, || {
-        d.docker(&["inspect", "-f", "{{.State.Status}}", "web"])
+        d.docker(&["inspect", "-f", "{{.State.Status}}", &web])
             .trim()
             == "exited"
     });
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nettool"))
-        .args(["netns", "exec", "container:web", "--", "true"])
+        .args(["netns", "exec", &format!("container:{web}"), "--", "true"])
         .env("DOCKER_HOST", d.host())
         .env("NO_COLOR", "1")
         .output()
@@ -660,7 +663,9 @@ fn a_stopped_docker_container_says_so_in_dockers_words() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out);
     assert!(
-        err.contains("container web is exited (code 137): start it with `docker start web`"),
+        err.contains(&format!(
+            "container {web} is exited (code 137): start it with `docker start {web}`"
+        )),
         "{err}"
     );
     assert!(!err.contains("is not a network namespace"), "{err}");

@@ -381,9 +381,12 @@ fn unknown_interface_suggests_close_names() {
 fn docker_container_is_named_both_ways() {
     let d = common::docker::Dockerd::start("peer-dock");
     d.import_busybox("nt-busybox");
-    d.docker(&["run", "-d", "--name", "web", "nt-busybox", "sleep", "300"]);
+    // A name of its own: a machine-wide Podman container "web" would make `container:web`
+    // ambiguous.
+    let web = unique("web");
+    d.docker(&["run", "-d", "--name", &web, "nt-busybox", "sleep", "300"]);
     let id = d
-        .docker(&["inspect", "-f", "{{.Id}}", "web"])
+        .docker(&["inspect", "-f", "{{.Id}}", &web])
         .trim()
         .to_string();
     let run = |args: &[&str]| -> Value {
@@ -409,11 +412,12 @@ fn docker_container_is_named_both_ways() {
     let r = run(&["peer", "--netns", &d.ns.name, &host_veth, "--json"]);
     assert_eq!(r["peer"]["name"], "eth0");
     let c = &r["peer"]["namespace"]["containers"][0];
-    assert_eq!(c["name"], "web", "{r}");
+    assert_eq!(c["name"], web.as_str(), "{r}");
     assert_eq!(c["id"], id.as_str());
-    assert_eq!(r["peer"]["namespace"]["label"], "container:web");
-    // Reverse: container:web through the Docker API gives the host-side veth.
-    let rev = run(&["peer", "container:web", "--json"]);
+    let label = format!("container:{web}");
+    assert_eq!(r["peer"]["namespace"]["label"], label.as_str());
+    // Reverse: container:NAME through the Docker API gives the host-side veth.
+    let rev = run(&["peer", &label, "--json"]);
     assert_eq!(rev[0]["peer"]["name"], host_veth.as_str(), "{rev}");
     assert_eq!(rev[0]["peer"]["master"], "docker0");
 }

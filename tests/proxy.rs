@@ -3321,7 +3321,8 @@ fn dockerd_runs_the_nettool_binary_by_path_and_shows_its_startup_error() {
         "pxbypath",
         &["--userland-proxy=true", "--userland-proxy-path", BIN],
     );
-    d.run_busybox_web("web", "8080:80");
+    // Names of their own, as every test's containers (no test depends on one named `web`).
+    d.run_busybox_web(&common::unique("web"), "8080:80");
     // The proxies dockerd started are this very binary, given docker-proxy's flags.
     let proxies: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
@@ -3362,7 +3363,7 @@ fn dockerd_runs_the_nettool_binary_by_path_and_shows_its_startup_error() {
         "run",
         "-d",
         "--name",
-        "web2",
+        &common::unique("web2"),
         "-p",
         "8081:80",
         "nt-busybox",

@@ -853,12 +853,15 @@ echo "after cleanup: $({TRACEFS_MOUNTED})"
 
 /// A real dockerd: `docker run -p 8080:80` traced from the port alone. The container's
 /// namespace is added because the port is published to it; the SYN is followed through
-/// Docker's DNAT to busybox httpd's socket in `web`; then a DROP in DOCKER-USER is named.
+/// Docker's DNAT to busybox httpd's socket in the web container; then a DROP in DOCKER-USER is
+/// named.
 #[test]
 fn real_docker_published_port_is_traced_to_the_container_and_a_docker_user_drop() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let d = common::docker::Dockerd::start("trc-dock");
-    d.run_busybox_web("web", "8080:80");
+    // A name of its own: a machine-wide Podman container "web" would be named by it too.
+    let web = common::unique("web");
+    d.run_busybox_web(&web, "8080:80");
     // An uplink: a client namespace reaching the Docker host as another machine would.
     let client = TestNs::new("trc-dcl");
     let (c0, h0) = (unique_ifname("tdc"), unique_ifname("tdh"));
@@ -912,7 +915,7 @@ fn real_docker_published_port_is_traced_to_the_container_and_a_docker_user_drop(
         assert!(
             summary["notes"]
                 .to_string()
-                .contains("port 8080 is published to container web"),
+                .contains(&format!("port 8080 is published to container {web}")),
             "{summary}"
         );
         lines
@@ -939,13 +942,13 @@ fn real_docker_published_port_is_traced_to_the_container_and_a_docker_user_drop(
     assert_eq!(syn_host["end"], "sent", "{all}");
     let syn_web = pkts
         .iter()
-        .find(|p| p["netns"] == "container:web" && p["flags"] == "SYN")
+        .find(|p| p["netns"] == format!("container:{web}").as_str() && p["flags"] == "SYN")
         .unwrap_or_else(|| panic!("no SYN in the web container: {all}"));
     assert!(
         syn_web["container"]
             .as_str()
             .unwrap_or("")
-            .starts_with("web"),
+            .starts_with(&web),
         "{all}"
     );
     assert_eq!(syn_web["end"], "delivered", "{all}");
