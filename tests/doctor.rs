@@ -3464,3 +3464,194 @@ fn podman_without_its_api_says_so_and_the_printed_fix_lets_doctor_name_the_fault
     drop(l);
     let _ = std::fs::remove_file(&sock);
 }
+
+/// A nameserver on 127.0.0.1:53 inside `ns` that answers `name` with an A record of `ip`
+/// (TTL 1 s) while `answer` is true, NXDOMAIN when it is false and for every other name
+/// (RFC 1035 4.1, written byte by byte).
+fn name_server(
+    ns: &TestNs,
+    name: &'static str,
+    ip: std::net::Ipv4Addr,
+    answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let s = nettool::netns::NetNs::from_name(&ns.name)
+        .unwrap()
+        .run(|| std::net::UdpSocket::bind("127.0.0.1:53").unwrap())
+        .unwrap();
+    let wire: Vec<u8> = name
+        .split('.')
+        .flat_map(|l| std::iter::once(l.len() as u8).chain(l.bytes()))
+        .chain([0])
+        .collect();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let q = &buf[..n];
+            if n < 12 + wire.len() + 4 {
+                continue;
+            }
+            let ours = q[12..12 + wire.len()].eq_ignore_ascii_case(&wire);
+            let known = ours && answer.load(Ordering::SeqCst);
+            let a = known && q[12 + wire.len()..12 + wire.len() + 2] == [0, 1];
+            let rcode = if known { 0 } else { 3 };
+            let mut r = q[..2].to_vec();
+            r.extend_from_slice(&[0x81, 0x80 | rcode, 0, 1, 0, a as u8, 0, 0, 0, 0]);
+            r.extend_from_slice(&q[12..12 + wire.len() + 4]);
+            if a {
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                r.extend_from_slice(&ip.octets());
+            }
+            let _ = s.send_to(&r, from);
+        }
+    });
+}
+
+/// `unshare` argv that runs `argv` in `host` with `hosts` and `resolv` as its /etc/hosts and
+/// /etc/resolv.conf (a mount namespace of its own: the machine's files are untouched).
+fn with_resolver(
+    hosts: &std::path::Path,
+    resolv: &std::path::Path,
+    host: &str,
+    argv: &[&str],
+) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@""#)
+        .arg("sh")
+        .arg(hosts)
+        .arg(resolv)
+        .args(["ip", "netns", "exec", host, env!("CARGO_BIN_EXE_nettool")])
+        .args(argv)
+        .env("NO_COLOR", "1");
+    c
+}
+
+#[test]
+fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
+    // A `nettool proxy 9090 db.nt-test:80` on the host, the name answered by the host's own
+    // nameserver; doctor runs with the same resolver files. Healthy: followed through the
+    // name to the container's service. Then the name answers NXDOMAIN: before, the proxy was
+    // not recognised at all and doctor said "all clear" with the proxy as the service.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(unique("docnames"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    let answer = Arc::new(AtomicBool::new(true));
+    name_server(
+        &lab.host,
+        "db.nt-test",
+        "10.89.0.2".parse().unwrap(),
+        answer.clone(),
+    );
+    let proxy = ChildGuard(
+        with_resolver(
+            &hosts,
+            &resolv,
+            &lab.host.name,
+            &["proxy", "9090", "db.nt-test:80"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let doctor = |args: &[&str]| -> (Value, Option<i32>) {
+        let mut v = vec!["doctor", "--netns", &lab.host.name, "--json"];
+        v.extend_from_slice(args);
+        let out = with_resolver(&hosts, &resolv, &lab.host.name, &v)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let r: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "doctor {args:?}: bad JSON ({e}): {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (r, out.status.code())
+    };
+    wait_for("the proxy followed", 10, || {
+        doctor(&["9090"]).0["destination"]["via"] == "proxy"
+    });
+    // Healthy: no finding, the name's address followed into the container.
+    let (r, code) = doctor(&["9090", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(
+        r["destination"]["netns"],
+        lab.container.name.as_str(),
+        "{r:#}"
+    );
+    assert_eq!(hop(&r, "service")["verdict"], "ok", "{r:#}");
+
+    // The name stops resolving: one finding, the proxy and the name, exit 1.
+    answer.store(false, Ordering::SeqCst);
+    let (r, code) = doctor(&["9090"]);
+    assert_eq!(fault(&r), "proxy_target_unresolved", "{r:#}");
+    assert_eq!(r["diagnosis"]["ok"], false, "{r:#}");
+    assert_eq!(code, Some(1), "{r:#}");
+    let line = diag_line(&r);
+    for part in [
+        format!("nettool (pid {})", proxy.pid()),
+        "proxies to db.nt-test:80, which does not resolve here".into(),
+    ] {
+        assert!(line.contains(&part), "{part}: {r:#}");
+    }
+    let fails: Vec<&Value> = r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["verdict"] == "fail")
+        .collect();
+    assert_eq!(fails.len(), 1, "one cause, one finding: {r:#}");
+    let evidence = hop(&r, "receiver")["evidence"].to_string();
+    for part in [
+        "db.nt-test does not resolve now",
+        "getent hosts db.nt-test",
+        "dig db.nt-test",
+    ] {
+        assert!(evidence.contains(part), "{part}: {r:#}");
+    }
+    // The text report says the same (docs/doctor.md shows it).
+    let out = with_resolver(
+        &hosts,
+        &resolv,
+        &lab.host.name,
+        &["doctor", "--netns", &lab.host.name, "9090"],
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("broken: nettool (pid"), "{text}");
+    // topology draws the proxy's port with its target unresolved (before: not drawn).
+    let out = with_resolver(
+        &hosts,
+        &resolv,
+        &lab.host.name,
+        &["topology", "--netns", &lab.host.name],
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        text.contains("db.nt-test:80 (does not resolve here: no such name"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+}

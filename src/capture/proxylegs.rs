@@ -220,7 +220,7 @@ impl ProxyWatch {
         self.proxies.iter().any(|p| {
             p.maps.iter().any(|m| {
                 m.proto == proto
-                    && m.target_ip.to_canonical() == t.dst
+                    && m.target_ip().map(|ip| ip.to_canonical()) == Some(t.dst)
                     && t.dport >= m.target_from
                     && t.dport - m.target_from <= m.listen_to - m.listen_from
             })
@@ -269,7 +269,9 @@ mod tests {
                 listen_ip: Some("0.0.0.0".parse().unwrap()),
                 listen_from: 8080,
                 listen_to: 8080,
-                target_ip: "172.17.0.2".parse().unwrap(),
+                target: crate::facts::proxies::ProxyTarget::Address {
+                    target_ip: "172.17.0.2".parse().unwrap(),
+                },
                 target_from: 80,
             }],
         };

@@ -105,6 +105,9 @@ pub(crate) enum Fault {
     /// The service listens on IPv6 only (`[::]` with IPV6_V6ONLY, or an IPv6 address) while
     /// the port is published over IPv4.
     ServiceIpv6Only,
+    /// A `nettool proxy` holds the port and forwards to a name that does not resolve where
+    /// doctor runs: its backend cannot be followed.
+    ProxyTargetUnresolved,
 }
 
 /// The address family of a path.

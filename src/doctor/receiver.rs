@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::engine::{Container, EngineKind, Intent};
+use crate::facts::proxies::ProxyTarget;
 use crate::facts::{From, NsFacts, Question, Snapshot};
 use crate::nat::walk::Walk;
 use crate::netns::links::Address;
@@ -13,7 +14,7 @@ use super::fix::Fixer;
 
 const ID: &str = "receiver";
 const TITLE: &str = "who receives it";
-use super::{rules, Destination, DoctorError, Fault, Hop, Packet};
+use super::{rules, Destination, DoctorError, Fault, Hop, Packet, Verdict};
 
 /// The packet as it reaches the host, from the source and what was asked; over IPv6 when `v6`.
 pub(crate) fn build_packet(
@@ -229,10 +230,10 @@ pub(crate) fn receiver(
         .min_by_key(|s| s.local.ip().is_ipv6() != packet.dst.is_ipv6());
     if let Some(sock) = listener {
         let owner = sock.owners.first().cloned();
-        let proxied = owner.as_ref().and_then(|o| {
-            snap.proxy_target(o.pid, packet.proto, packet.dport)?
-                .target_for(packet.dport)
-        });
+        let proxy_map = owner
+            .as_ref()
+            .and_then(|o| snap.proxy_target(o.pid, packet.proto, packet.dport));
+        let proxied = proxy_map.and_then(|m| m.target_for(packet.dport));
         let who = owner
             .as_ref()
             .map(|o| format!("{} (pid {})", o.comm, o.pid))
@@ -271,6 +272,28 @@ pub(crate) fn receiver(
                 .as_ref()
                 .is_some_and(|o| o.comm == "conmon" || o.comm == "dockerd")
             {
+                return (None, hop, Some(walk));
+            }
+        }
+        // A proxy to a name that does not resolve here: its backend is unknown, so the path
+        // ends at the proxy, with the name and where to look (not "all clear").
+        if let (Some(m), Some(o)) = (proxy_map, &owner) {
+            if let ProxyTarget::Unresolved {
+                target_name,
+                unresolved,
+            } = &m.target
+            {
+                if hop.verdict != Verdict::Fail {
+                    hop = unresolved_target(
+                        hop,
+                        &who,
+                        sock.local,
+                        o.pid,
+                        target_name,
+                        m.target_port_for(packet.dport).unwrap_or(packet.dport),
+                        unresolved,
+                    );
+                }
                 return (None, hop, Some(walk));
             }
         }
@@ -388,6 +411,38 @@ pub(crate) fn receiver(
         hop.evidence.push(format!("rules not read: {e}"));
     }
     (None, hop, Some(walk))
+}
+
+/// The receiver's finding for a proxy whose target name does not resolve where doctor runs.
+/// The proxy resolves it where it runs (its own /etc/hosts and /etc/resolv.conf) and keeps
+/// dialling its last addresses while the name fails, so its log and its own view of the name
+/// are what tell a dead name from one only doctor cannot see.
+fn unresolved_target(
+    ok: Hop,
+    who: &str,
+    local: SocketAddr,
+    pid: u32,
+    name: &str,
+    port: u16,
+    why: &str,
+) -> Hop {
+    let mut hop = Hop::fail(
+        ID,
+        TITLE,
+        Fault::ProxyTargetUnresolved,
+        format!("{who} listens on {local} and proxies to {name}:{port}, which does not resolve here: {why}; its backend cannot be followed"),
+    );
+    hop.evidence.extend(ok.evidence);
+    hop.evidence.push(format!(
+        "the proxy resolved {name} at its start and resolves it again while it runs, with the /etc/hosts and /etc/resolv.conf it sees; while it does not resolve, it dials the last addresses it had"
+    ));
+    hop.evidence.push(format!(
+        "its log says which: `{name} now resolves to ...` or `{name} does not resolve now (...)`"
+    ));
+    hop.evidence.push(format!(
+        "check the name as the proxy sees it: `nsenter --target {pid} --mount --net getent hosts {name}`; and here: `getent hosts {name}`, `dig {name}`"
+    ));
+    hop
 }
 
 pub(crate) fn owners_text(o: &[Owner]) -> String {

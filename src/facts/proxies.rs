@@ -25,7 +25,7 @@ pub(crate) struct ProxyProcess {
 }
 
 /// One forwarded port range.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct ProxyMap {
     /// tcp or udp.
     pub proto: Proto,
@@ -36,22 +36,58 @@ pub(crate) struct ProxyMap {
     /// Last listen port.
     pub listen_to: u16,
     /// Where it connects.
-    pub target_ip: IpAddr,
+    #[serde(flatten)]
+    pub target: ProxyTarget,
     /// First target port (ranges map one to one).
     pub target_from: u16,
 }
 
+/// Where a proxy connects: an address, or a name that does not resolve where nettool reads
+/// the proxy's arguments (the proxy itself resolved it at its start, perhaps with another
+/// /etc/resolv.conf, and keeps dialling its last addresses). Flattened, untagged: a snapshot
+/// saved before names has `target_ip`, which still reads as an address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub(crate) enum ProxyTarget {
+    /// An address (a name's first address when it resolves here).
+    Address {
+        /// The address.
+        target_ip: IpAddr,
+    },
+    /// A name that does not resolve here.
+    Unresolved {
+        /// The name as written.
+        target_name: String,
+        /// The resolver's reason.
+        unresolved: String,
+    },
+}
+
 impl ProxyMap {
     /// The target for listen port `port` (None when out of range or past 65535).
+    /// None too for a target name that does not resolve here ([`ProxyMap::target_port_for`]).
     pub(crate) fn target_for(&self, port: u16) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            self.target_ip()?,
+            self.target_port_for(port)?,
+        ))
+    }
+
+    /// The target port for listen port `port` (None when out of range or past 65535).
+    pub(crate) fn target_port_for(&self, port: u16) -> Option<u16> {
         let off = port.checked_sub(self.listen_from)?;
         if port > self.listen_to {
             return None;
         }
-        Some(SocketAddr::new(
-            self.target_ip,
-            self.target_from.checked_add(off)?,
-        ))
+        self.target_from.checked_add(off)
+    }
+
+    /// The target address (None: a name that does not resolve here).
+    pub(crate) fn target_ip(&self) -> Option<IpAddr> {
+        match &self.target {
+            ProxyTarget::Address { target_ip } => Some(*target_ip),
+            ProxyTarget::Unresolved { .. } => None,
+        }
     }
 }
 
@@ -65,16 +101,27 @@ pub(crate) fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyPr
         };
         let maps = maps
             .iter()
-            .map(|m| ProxyMap {
-                proto: match m.proto {
-                    Transport::Tcp => Proto::Tcp,
-                    Transport::Udp => Proto::Udp,
-                },
-                listen_ip: m.listen_ip,
-                listen_from: m.listen.first,
-                listen_to: m.listen.last,
-                target_ip: m.target_ip,
-                target_from: m.target.first,
+            .map(|r| {
+                let m = &r.mapping;
+                ProxyMap {
+                    proto: match m.proto {
+                        Transport::Tcp => Proto::Tcp,
+                        Transport::Udp => Proto::Udp,
+                    },
+                    listen_ip: m.listen_ip,
+                    listen_from: m.listen.first,
+                    listen_to: m.listen.last,
+                    target: match &r.unresolved {
+                        None => ProxyTarget::Address {
+                            target_ip: m.target_ip,
+                        },
+                        Some(u) => ProxyTarget::Unresolved {
+                            target_name: u.name.clone(),
+                            unresolved: u.why.clone(),
+                        },
+                    },
+                    target_from: m.target.first,
+                }
             })
             .collect();
         (kind, maps)
@@ -149,7 +196,7 @@ fn socat(argv: &[String]) -> Option<Vec<ProxyMap>> {
         listen_ip: None,
         listen_from: port,
         listen_to: port,
-        target_ip: to.ip(),
+        target: ProxyTarget::Address { target_ip: to.ip() },
         target_from: to.port(),
     }])
 }
@@ -212,6 +259,26 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_target_is_an_address_or_an_unresolved_name_and_old_snapshots_still_read() {
+        // A snapshot saved before names: `target_ip` reads as an address.
+        let old = r#"{"proto":"tcp","listen_ip":null,"listen_from":8080,"listen_to":8080,"target_ip":"10.0.0.2","target_from":80}"#;
+        let m: ProxyMap = serde_json::from_str(old).unwrap();
+        assert_eq!(m.target_for(8080), Some("10.0.0.2:80".parse().unwrap()));
+        let m = ProxyMap {
+            target: ProxyTarget::Unresolved {
+                target_name: "db.internal".into(),
+                unresolved: "no such name".into(),
+            },
+            ..m
+        };
+        assert_eq!(m.target_for(8080), None);
+        assert_eq!(m.target_port_for(8080), Some(80));
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains(r#""target_name":"db.internal""#), "{text}");
+        assert_eq!(serde_json::from_str::<ProxyMap>(&text).unwrap(), m);
     }
 
     #[test]

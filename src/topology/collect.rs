@@ -11,6 +11,7 @@ use super::{
 };
 use crate::engine::Intent;
 use crate::facts::links::{LinkMap, LinkRef};
+use crate::facts::proxies::ProxyTarget;
 use crate::facts::{self, Parts, ProxyProcess, ReadOptions, Snapshot};
 use crate::nat::Ruleset;
 use crate::netns::sockets::{Owner, Proto, Socket};
@@ -531,15 +532,29 @@ fn proxy_mapping(
             && m.listen_ip
                 .is_none_or(|ip| ip == local.ip() || ip.is_unspecified())
     })?;
-    let target = map.target_for(port)?;
+    let target_port = map.target_port_for(port)?;
+    let (target_ip, target) = match &map.target {
+        ProxyTarget::Address { target_ip } => (
+            Some(*target_ip),
+            SocketAddr::new(*target_ip, target_port).to_string(),
+        ),
+        // Still the proxy's port: drawn with its name and why it leads nowhere known here.
+        ProxyTarget::Unresolved {
+            target_name,
+            unresolved,
+        } => (
+            None,
+            format!("{target_name}:{target_port} (does not resolve here: {unresolved})"),
+        ),
+    };
     Some(Mapping {
         ns,
         proto: sock_proto.to_string(),
         host_ip: local.ip().to_string(),
         host_port: port.to_string(),
-        target_ip: Some(target.ip()),
-        target_port: Some(target.port()),
-        target: target.to_string(),
+        target_ip,
+        target_port: Some(target_port),
+        target,
         via,
     })
 }

@@ -444,15 +444,38 @@ fn is_local(ip: std::net::IpAddr) -> bool {
         .is_ok_and(|a| a.ip() == ip)
 }
 
+/// One mapping of a running proxy, as its arguments read here.
+#[derive(Debug, Clone)]
+pub(crate) struct Recognised {
+    /// The mapping; its `target_ip` is a stand-in (0.0.0.0) when `unresolved` is set.
+    pub mapping: Mapping,
+    /// The target name, when it does not resolve where this runs.
+    pub unresolved: Option<UnresolvedName>,
+}
+
+/// A running proxy's target name that does not resolve here, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UnresolvedName {
+    /// The name as written.
+    pub name: String,
+    /// The resolver's reason (NXDOMAIN, a nameserver that did not answer, ...).
+    pub why: String,
+}
+
 /// What a running proxy forwards, read from its command line with the proxy's own parsers:
 /// docker-proxy flags (argv[0] docker-proxy, any binary given docker-proxy's flags, or
 /// `nettool proxy -container-ip ...`) or the
-/// `nettool proxy` arguments. None when argv is not a proxy of ours or docker's.
-pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Mapping>> {
+/// `nettool proxy` arguments. None when argv is not a proxy of ours or docker's. A target
+/// name that does not resolve here still makes a mapping: the proxy resolved it at its start
+/// and keeps dialling its last addresses, so it is a proxy whose target is not known here.
+pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Recognised>> {
     if let Some(start) = docker::docker_flags_start(argv) {
-        return docker::parse_args(&argv[start..])
-            .ok()
-            .map(|d| vec![d.mapping()]);
+        return docker::parse_args(&argv[start..]).ok().map(|d| {
+            vec![Recognised {
+                mapping: d.mapping(),
+                unresolved: None,
+            }]
+        });
     }
     if argv.get(1).map(String::as_str) != Some("proxy") {
         return None;
@@ -478,7 +501,36 @@ pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Mapping>> {
             }
             let mut out = Vec::new();
             for s in mappings(&a).ok()? {
-                out.extend(s.resolve(&Recognise).ok()?);
+                match (s.resolve(&Recognise), &s.target_host) {
+                    (Ok(maps), _) => out.extend(maps.into_iter().map(|mapping| Recognised {
+                        mapping,
+                        unresolved: None,
+                    })),
+                    (Err(e), spec::Host::Name(name)) => {
+                        // The resolver's own words when it failed (they are cached: no second
+                        // query); else why its answer is no target (e.g. no IPv4 for TCP4:).
+                        let why = quick_addresses(name).err().unwrap_or(e.why);
+                        let unresolved = UnresolvedName {
+                            name: name.clone(),
+                            why,
+                        };
+                        // The listen side as written, with a stand-in target never shown.
+                        let mut stand_in = s.clone();
+                        stand_in.target_host =
+                            spec::Host::Ip(std::net::Ipv4Addr::UNSPECIFIED.into());
+                        out.extend(
+                            stand_in
+                                .resolve(&Recognise)
+                                .ok()?
+                                .into_iter()
+                                .map(|mapping| Recognised {
+                                    mapping,
+                                    unresolved: Some(unresolved.clone()),
+                                }),
+                        );
+                    }
+                    (Err(_), _) => return None,
+                }
             }
             Some(out)
         }
@@ -772,10 +824,14 @@ mod tests {
     #[test]
     fn a_proxy_with_names_and_zones_is_recognised() {
         let m = recognise(&argv("nettool proxy -p 127.0.0.1:8080=localhost:80")).unwrap();
-        assert!(m[0].target_ip.is_loopback(), "{m:?}");
+        assert!(m[0].mapping.target_ip.is_loopback(), "{m:?}");
         let m = recognise(&argv("nettool proxy [fe80::1%eth0]:8080 [fe80::2%3]:80")).unwrap();
         assert_eq!(
-            (m[0].listen_ip, m[0].listen_scope, m[0].target_scope),
+            (
+                m[0].mapping.listen_ip,
+                m[0].mapping.listen_scope,
+                m[0].mapping.target_scope
+            ),
             (Some("fe80::1".parse().unwrap()), 0, 3)
         );
         assert!(recognise(&argv("nettool proxy 8080 [fe80::2]:80")).is_none());
