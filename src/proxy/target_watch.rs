@@ -212,8 +212,13 @@ impl TargetWatch {
             return;
         }
         let said = self.check();
-        if let Ok(mut l) = self.last.lock() {
-            *l = Some((std::time::Instant::now(), said));
+        // Kept for failed dials only when it says something: a look that found nothing new
+        // (the one that learns a container's id at start) does not stand in for the lookup
+        // of a dial refused just after it.
+        if !said.is_empty() {
+            if let Ok(mut l) = self.last.lock() {
+                *l = Some((std::time::Instant::now(), said));
+            }
         }
         self.checking.store(false, Ordering::Release);
     }
