@@ -3646,14 +3646,73 @@ fn udp_seen(ns: &TestNs, to: &str) -> (u16, String) {
     )
 }
 
-/// Transparent proxies clean up after dead ones when they start: the tests that start them run
-/// one at a time so that one test's SIGKILLed proxy is recovered by that test's next proxy.
+/// The tests that start transparent proxies run one at a time.
 static TRANSPARENT_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn transparent_turn() -> std::sync::MutexGuard<'static, ()> {
     TRANSPARENT_TESTS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Where transparent proxies write their journals (src/proxy/transparent.rs JOURNAL_DIR).
+const JOURNALS: &str = "/run/nettool-proxy";
+
+/// A mount namespace of the test's own, held by a sleeping child, whose /run/nettool-proxy is
+/// an empty tmpfs. Every proxy start, transparent or not, removes what dead transparent proxies
+/// left (their journals there say what), and the other tests of this file and other test runs
+/// on the machine start proxies all the time: one of them removed a SIGKILLed proxy's rules
+/// between the kill and the test's look (partly: its IPv6 rule and route were gone already).
+/// A test that looks at what a SIGKILLed proxy left runs its proxies here, where no other
+/// start sees the journal, and only its own start can be what removes the rules.
+struct PrivateJournals {
+    holder: ChildGuard,
+}
+
+impl PrivateJournals {
+    fn new() -> PrivateJournals {
+        // The mount point (the proxies make the directory anyway).
+        std::fs::create_dir_all(JOURNALS).unwrap();
+        let mut holder = ChildGuard(
+            Command::new("unshare")
+                .args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg(format!(
+                    "mount -t tmpfs nt-test-journals {JOURNALS} && echo ready && exec sleep 3600"
+                ))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("unshare (util-linux)"),
+        );
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(holder.0.stdout.take().unwrap()).read_line(&mut line);
+        if line != "ready\n" {
+            let mut err = String::new();
+            let _ = holder.0.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("a private {JOURNALS}: {line}{err}");
+        }
+        PrivateJournals { holder }
+    }
+
+    /// `argv` in this mount namespace and in network namespace `ns` (the caller's when None).
+    fn command(&self, ns: Option<&TestNs>, argv: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.pid()));
+        if let Some(ns) = ns {
+            c.args(["ip", "netns", "exec", &ns.name]);
+        }
+        c.args(argv);
+        c
+    }
+
+    /// The journal of proxy `pid`, seen through the holder's root.
+    fn journal(&self, pid: u32) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/root{JOURNALS}/{pid}.json",
+            self.holder.pid()
+        ))
+    }
 }
 
 /// Through `--transparent` the backends see the client's address (TCP and UDP, v4 and v6),
@@ -3782,9 +3841,12 @@ fn transparent_across_namespaces_survives_sigkill_and_works_in_docker_proxy_mode
     peer_backend(listen_in(&be, "10.77.2.2:80"));
     let dir = TempDir::new("tpx");
     let root_before = transparent_traces(None);
+    // Its own journal directory: what the SIGKILLed proxy left is removed by this test's next
+    // start, not by another test's meanwhile.
+    let journals = PrivateJournals::new();
     // Run from the test's own namespace, listening in L and dialing from T: the rules go to T only.
-    let a = start(
-        None,
+    let a = start_cmd(
+        journals.command(None, &[BIN]),
         &dir,
         &[
             "--transparent",
@@ -3795,6 +3857,7 @@ fn transparent_across_namespaces_survives_sigkill_and_works_in_docker_proxy_mode
             "-p",
             "10.77.1.1:8080=10.77.2.2:80",
         ],
+        &[],
     );
     let (me, seen) = tcp_seen(&cli, "10.77.1.1:8080");
     assert_eq!(seen, me.to_string());
@@ -3815,24 +3878,38 @@ fn transparent_across_namespaces_survives_sigkill_and_works_in_docker_proxy_mode
     a.child.0.kill().unwrap();
     a.child.0.wait().unwrap();
     assert_eq!(transparent_traces(Some(&t)), left);
-    // ...until the next proxy starts, transparent or not: here a plain one. (Another test's
-    // proxy starting meanwhile may be the one that removes them: the log line is not asserted.)
-    let plain = start(Some(&t), &dir, &["127.0.0.1:9191", "10.77.2.2:80"]);
+    assert!(journals.journal(a_pid).exists());
+    // ...until the next proxy starts, transparent or not: here a plain one, which says so.
+    let plain = start_cmd(
+        journals.command(Some(&t), &[BIN]),
+        &dir,
+        &["127.0.0.1:9191", "10.77.2.2:80"],
+        &[],
+    );
     let now = transparent_traces(Some(&t));
     assert!(
         !now.contains(&format!("nettool_proxy_{a_pid}")),
         "a plain proxy's start left a SIGKILLed transparent proxy's rules: {now}; its log:\n{}",
         plain.log()
     );
-    let j = format!("/run/nettool-proxy/{a_pid}.json");
-    assert!(!Path::new(&j).exists(), "{j}");
+    assert!(
+        plain.log().contains(&format!(
+            "transparent: removed 5 item(s) left by dead proxy pid {a_pid}"
+        )),
+        "{}",
+        plain.log()
+    );
+    assert!(!journals.journal(a_pid).exists());
     plain.stop();
     // A transparent proxy in docker-proxy mode, switched on from the environment.
     let log = dir.join("docker-proxy.log");
-    let mut cmd = nettool_in_ns(
-        &t,
-        &docker_flags("tcp", ("10.77.3.1", "9090"), ("10.77.2.2", "80")),
-    );
+    let mut argv = vec![BIN];
+    argv.extend(docker_flags(
+        "tcp",
+        ("10.77.3.1", "9090"),
+        ("10.77.2.2", "80"),
+    ));
+    let mut cmd = journals.command(Some(&t), &argv);
     cmd.env("NETTOOL_PROXY_TRANSPARENT", "1")
         .env("NETTOOL_PROXY_LOG", &log);
     let (b, answer) = spawn_ready(cmd);
@@ -3844,8 +3921,8 @@ fn transparent_across_namespaces_survives_sigkill_and_works_in_docker_proxy_mode
     term(b);
     assert_eq!(transparent_traces(Some(&t)), "");
     for pid in [a_pid, b_pid] {
-        let j = format!("/run/nettool-proxy/{pid}.json");
-        assert!(!Path::new(&j).exists(), "{j}");
+        let j = journals.journal(pid);
+        assert!(!j.exists(), "{}", j.display());
     }
 }
 
@@ -3899,10 +3976,12 @@ fn a_proxy_start_that_fails_to_bind_still_removes_a_dead_transparent_proxys_rule
     let _turn = transparent_turn();
     let t = lab("tpfail");
     let dir = TempDir::new("tpfail");
-    let a = start(
-        Some(&t),
+    let journals = PrivateJournals::new();
+    let a = start_cmd(
+        journals.command(Some(&t), &[BIN]),
         &dir,
         &["--transparent", "127.0.0.1:8080", "127.0.0.1:80"],
+        &[],
     );
     let a_pid = a.pid();
     let left = transparent_traces(Some(&t));
@@ -3915,21 +3994,29 @@ fn a_proxy_start_that_fails_to_bind_still_removes_a_dead_transparent_proxys_rule
         left,
         "SIGKILL removed nothing"
     );
+    let j = journals.journal(a_pid);
+    assert!(
+        j.exists(),
+        "the journal is in the private directory: {}",
+        j.display()
+    );
     // The next proxy cannot bind (the port is taken) and exits 1: it still cleans up first.
     let _taken = listen_in(&t, "127.0.0.1:9393");
-    exits_saying(
-        &t,
-        &["proxy", "127.0.0.1:9393", "127.0.0.1:80"],
-        1,
-        "cannot listen on tcp 127.0.0.1:9393",
+    let o = journals
+        .command(Some(&t), &[BIN, "proxy", "127.0.0.1:9393", "127.0.0.1:80"])
+        .output()
+        .unwrap();
+    let said = common::text(&o);
+    assert!(
+        o.status.code() == Some(1) && said.contains("cannot listen on tcp 127.0.0.1:9393"),
+        "{said}"
     );
     let now = transparent_traces(Some(&t));
     assert!(
         !now.contains(&format!("nettool_proxy_{a_pid}")),
         "a proxy start that failed to bind left a SIGKILLed transparent proxy's rules: {now}"
     );
-    let j = format!("/run/nettool-proxy/{a_pid}.json");
-    assert!(!Path::new(&j).exists(), "{j}");
+    assert!(!j.exists(), "{}", j.display());
 }
 
 #[test]
