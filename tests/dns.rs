@@ -1125,7 +1125,10 @@ fn real_docker_embedded_dns() {
     let d = common::docker::Dockerd::start("dns-dock");
     d.import_busybox("nt-busybox");
     d.docker(&["network", "create", "ntdns"]);
-    for c in ["alpha", "beta"] {
+    // beta, the namespace watched, by a name of its own: a machine-wide Podman container
+    // "beta" would make `container:beta` ambiguous.
+    let beta = unique("beta");
+    for c in ["alpha", beta.as_str()] {
         d.docker(&[
             "run",
             "-d",
@@ -1139,11 +1142,12 @@ fn real_docker_embedded_dns() {
         ]);
     }
     let pid = d
-        .docker(&["inspect", "-f", "{{.State.Pid}}", "beta"])
+        .docker(&["inspect", "-f", "{{.State.Pid}}", &beta])
         .trim()
         .to_string();
+    let in_beta = format!("container:{beta}");
     let t = Trace::start_env(
-        &["--netns", "container:beta", "--json", "--count", "2"],
+        &["--netns", &in_beta, "--json", "--count", "2"],
         &[("DOCKER_HOST", &d.host())],
     );
     let dig = |args: &[&str]| {
@@ -1157,12 +1161,12 @@ fn real_docker_embedded_dns() {
     // Container names only: the embedded resolver answers them itself (nothing leaves).
     let a = dig(&["+short", "@127.0.0.11", "alpha"]);
     assert!(a.trim().starts_with("172."), "{a}");
-    let b = dig(&["+short", "+tcp", "@127.0.0.11", "beta"]);
+    let b = dig(&["+short", "+tcp", "@127.0.0.11", &beta]);
     assert!(b.trim().starts_with("172."), "{b}");
     let (lookups, summary) = t.json();
     assert_eq!(lookups.len(), 2, "{lookups:#?}");
     for l in &lookups {
-        assert_eq!(l["netns"], "container:beta");
+        assert_eq!(l["netns"], in_beta.as_str());
         assert_eq!(l["server"], "127.0.0.11:53", "{l}");
         assert_eq!(l["status"], "answered", "{l}");
         assert!(l["server_real"]
@@ -1171,7 +1175,7 @@ fn real_docker_embedded_dns() {
             .starts_with("127.0.0.11:"));
     }
     assert_eq!(find(&lookups, "alpha", "A")["answers"][0]["data"], a.trim());
-    assert_eq!(find(&lookups, "beta", "A")["transport"], "tcp");
+    assert_eq!(find(&lookups, &beta, "A")["transport"], "tcp");
     assert_eq!(
         summary["sources"][0]["aliases"].as_array().unwrap().len(),
         2,
