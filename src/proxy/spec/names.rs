@@ -1,8 +1,12 @@
 //! A target name's addresses while the proxy runs. Dials take the list as it is now and never
-//! wait for a lookup; a thread of the name's own asks again once the answer's TTL is past
-//! (a hosts-file answer: the file is read again every few seconds) and a dial comes, or at
-//! once (at most once a second) when a connection found every address failing. A changed
-//! answer is logged once; a name that stops resolving keeps its last list and says so once.
+//! wait for a lookup; the names' one thread asks again once an answer's TTL is past (a
+//! hosts-file answer: the file is read again every few seconds) and a dial comes, or at once
+//! (at most once a second) when a connection found every address failing. A changed answer
+//! is logged once; a name that stops resolving keeps its last list and says so once.
+//!
+//! One thread keeps every name's time (a proxy with hundreds of names had hundreds of idle
+//! threads); each lookup runs on a thread of its own while it lasts, at most [`MAX_LOOKUPS`]
+//! at once, so a slow nameserver for one name does not hold the others' answers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +25,8 @@ const MIN_RECHECK: Duration = Duration::from_secs(1);
 const MAX_RECHECK: Duration = Duration::from_secs(3600);
 /// How long a name that did not resolve waits before a dial may ask again.
 const RETRY: Duration = Duration::from_secs(5);
+/// How many lookups run at once; names wanted beyond it wait for one to end.
+const MAX_LOOKUPS: usize = 16;
 
 /// A target name and the addresses dials use for it.
 pub(crate) struct TargetName {
@@ -34,9 +40,8 @@ pub(crate) struct TargetName {
     first_valid: Duration,
     /// The list's time is past: the next dial asks the thread for a lookup.
     stale: AtomicBool,
-    /// A lookup is wanted; the thread waits on `wake` for it.
-    wanted: Mutex<bool>,
-    wake: Condvar,
+    /// A lookup is wanted (the names' thread is woken through [`SCHEDULE`]).
+    wanted: AtomicBool,
     /// When (ms after `epoch`) failing dials may force the next lookup.
     force_after: AtomicU64,
     epoch: Instant,
@@ -102,6 +107,88 @@ pub(crate) fn usable(
     Ok(ips)
 }
 
+/// One name in the names' thread's schedule.
+struct Due {
+    name: Arc<TargetName>,
+    proto: super::Proto,
+    log: Log,
+    /// When its answer's time is past.
+    at: Instant,
+    /// Past it: the list is marked stale and waits for a dial's want.
+    stale: bool,
+    /// Its lookup runs now.
+    busy: bool,
+}
+
+/// Every running name's time, and the lookups running now.
+struct Schedule {
+    names: Vec<Due>,
+    lookups: usize,
+    running: bool,
+}
+
+static SCHEDULE: Mutex<Schedule> = Mutex::new(Schedule {
+    names: Vec::new(),
+    lookups: 0,
+    running: false,
+});
+/// Wakes the names' thread: a want, a new name, a lookup's end.
+static WAKE: Condvar = Condvar::new();
+
+/// The names' thread: marks a name's list stale once its answer's time is past (the next dial
+/// wants a lookup), and starts the lookup of each wanted name on a thread of its own (on this
+/// one when none can be had), at most [`MAX_LOOKUPS`] at once. Sleeps until the next time is
+/// due or it is woken.
+fn keep_time() {
+    let mut g = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut start = Vec::new();
+        let free = MAX_LOOKUPS.saturating_sub(g.lookups);
+        for d in g.names.iter_mut().filter(|d| !d.busy) {
+            if d.name.wanted.load(Ordering::Acquire) {
+                if start.len() < free {
+                    d.busy = true;
+                    start.push((d.name.clone(), d.proto, d.log.clone()));
+                }
+            } else if !d.stale {
+                if now >= d.at {
+                    d.name.stale.store(true, Ordering::Release);
+                    d.stale = true;
+                } else {
+                    next = Some(next.map_or(d.at, |n| n.min(d.at)));
+                }
+            }
+        }
+        g.lookups += start.len();
+        if !start.is_empty() {
+            drop(g);
+            for (name, proto, log) in start {
+                let n = name.clone();
+                let l = log.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("nettool-lookup".into())
+                    .spawn(move || n.ask_again(proto, &l));
+                if spawned.is_err() {
+                    name.ask_again(proto, &log);
+                }
+            }
+            g = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+            continue;
+        }
+        g = match next {
+            Some(at) => {
+                let wait = at.saturating_duration_since(now);
+                WAKE.wait_timeout(g, wait)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0)
+            }
+            None => WAKE.wait(g).unwrap_or_else(|p| p.into_inner()),
+        };
+    }
+}
+
 /// How long an answer stands: its TTL within [1 s, 1 h]; a hosts-file one [`HOSTS_RECHECK`].
 fn valid_for(ttl: Option<Duration>) -> Duration {
     match ttl {
@@ -129,8 +216,7 @@ impl TargetName {
             list: RwLock::new(ips.into()),
             first_valid: valid_for(ttl),
             stale: AtomicBool::new(false),
-            wanted: Mutex::new(false),
-            wake: Condvar::new(),
+            wanted: AtomicBool::new(false),
             force_after: AtomicU64::new(0),
             epoch: Instant::now(),
             failing: AtomicBool::new(false),
@@ -203,59 +289,61 @@ impl TargetName {
     }
 
     fn want(&self) {
-        if let Ok(mut w) = self.wanted.lock() {
-            *w = true;
-            self.wake.notify_one();
-        }
+        self.wanted.store(true, Ordering::Release);
+        // Under the schedule's lock: the thread either sees the flag or is waiting already.
+        let _g = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+        WAKE.notify_one();
     }
 
-    /// Start the thread that asks again (`proto`: the mapping's, for messages). A thread that
-    /// cannot be had leaves the list as it is, and says so.
+    /// Have the names' thread ask again for this name (`proto`: the mapping's, for messages).
+    /// A thread that cannot be had leaves the list as it is, and says so.
     pub(crate) fn start(self: &Arc<Self>, proto: super::Proto, log: Log) {
-        let me = self.clone();
-        let said = log.clone();
-        let spawned = std::thread::Builder::new()
-            .name("nettool-names".into())
-            .spawn(move || me.ask_again(proto, &log));
-        if let Err(e) = spawned {
-            said.log(
-                Level::Warn,
-                &format!(
-                    "{}: no thread to resolve it again ({e}): its addresses stay {}",
-                    self.name,
-                    list_text(&self.list())
-                ),
-            );
+        let mut g = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+        if !g.running {
+            let spawned = std::thread::Builder::new()
+                .name("nettool-names".into())
+                .spawn(keep_time);
+            if let Err(e) = spawned {
+                drop(g);
+                log.log(
+                    Level::Warn,
+                    &format!(
+                        "{}: no thread to resolve it again ({e}): its addresses stay {}",
+                        self.name,
+                        list_text(&self.list())
+                    ),
+                );
+                return;
+            }
+            g.running = true;
         }
+        g.names.push(Due {
+            name: self.clone(),
+            proto,
+            log,
+            at: Instant::now() + self.first_valid,
+            stale: false,
+            busy: false,
+        });
+        WAKE.notify_one();
     }
 
-    /// The thread: wait out the answer's time (or a forced lookup), then for a dial, then
-    /// look the name up where nettool runs, from the resolver files as they are now.
+    /// One lookup, where nettool runs, from the resolver files as they are now; the name's
+    /// next time back in the schedule.
     fn ask_again(&self, proto: super::Proto, log: &Log) {
-        let mut valid = self.first_valid;
-        loop {
-            let Ok(w) = self.wanted.lock() else { return };
-            let Ok((w, _)) = self.wake.wait_timeout_while(w, valid, |w| !*w) else {
-                return;
-            };
-            let w = if *w {
-                w
-            } else {
-                self.stale.store(true, Ordering::Release);
-                let Ok(w) = self.wake.wait_while(w, |w| !*w) else {
-                    return;
-                };
-                w
-            };
-            drop(w);
-            let answer = lookup_answer(&ResolverConfig::system(), &self.name);
-            valid = self.take(answer, proto, log);
-            // Cleared after the lookup: a want raised while it ran is for this answer.
-            if let Ok(mut w) = self.wanted.lock() {
-                *w = false;
-            }
-            self.stale.store(false, Ordering::Release);
+        let answer = lookup_answer(&ResolverConfig::system(), &self.name);
+        let valid = self.take(answer, proto, log);
+        // Cleared after the lookup: a want raised while it ran is for this answer.
+        self.wanted.store(false, Ordering::Release);
+        self.stale.store(false, Ordering::Release);
+        let mut g = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+        g.lookups -= 1;
+        if let Some(d) = g.names.iter_mut().find(|d| std::ptr::eq(&*d.name, self)) {
+            d.at = Instant::now() + valid;
+            d.stale = false;
+            d.busy = false;
         }
+        WAKE.notify_one();
     }
 
     /// Take a lookup's answer: a changed list is used from the next dial on and logged once;
@@ -456,20 +544,59 @@ mod tests {
         );
     }
 
+    /// Hundreds of names were hundreds of threads: one thread keeps every name's time, and a
+    /// wanted lookup still runs (`localhost` is answered by /etc/hosts: no query leaves).
+    #[test]
+    fn every_name_is_kept_by_one_thread() {
+        let names: Vec<Arc<TargetName>> = (1..=200)
+            .map(|i| {
+                let ip = format!("10.0.{}.{}", i / 250, i % 250 + 1);
+                Arc::new(TargetName::new("localhost", None, ips(&[&ip]), None))
+            })
+            .collect();
+        let (log, _lines) = kept();
+        for n in &names {
+            n.start(Proto::Tcp, log.clone());
+        }
+        let threads = |comm: &str| {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == comm)
+                })
+                .count()
+        };
+        // (a thread names itself once it runs)
+        let until = Instant::now() + Duration::from_secs(10);
+        while threads("nettool-names") == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(threads("nettool-names"), 1);
+        names[7].all_failed();
+        let until = Instant::now() + Duration::from_secs(10);
+        while !names[7].current().iter().any(|ip| ip.is_loopback()) {
+            assert!(Instant::now() < until, "no lookup: {:?}", names[7]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!names[8].current().iter().any(|ip| ip.is_loopback()));
+        assert_eq!(threads("nettool-names"), 1);
+    }
+
     #[test]
     fn failing_dials_force_a_lookup_at_most_once_a_second() {
         let n = TargetName::new("db", None, ips(&["10.0.0.2"]), None);
         n.all_failed();
-        assert!(*n.wanted.lock().unwrap());
-        *n.wanted.lock().unwrap() = false;
+        assert!(n.wanted.load(Ordering::Acquire));
+        n.wanted.store(false, Ordering::Release);
         n.all_failed();
         assert!(
-            !*n.wanted.lock().unwrap(),
+            !n.wanted.load(Ordering::Acquire),
             "a second force within the second"
         );
         // A stale list asks once, at the first dial.
         n.stale.store(true, Ordering::Release);
         let _ = n.current();
-        assert!(*n.wanted.lock().unwrap() && !n.stale.load(Ordering::Acquire));
+        assert!(n.wanted.load(Ordering::Acquire) && !n.stale.load(Ordering::Acquire));
     }
 }
