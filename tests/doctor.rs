@@ -3466,13 +3466,14 @@ fn podman_without_its_api_says_so_and_the_printed_fix_lets_doctor_name_the_fault
 }
 
 /// A nameserver on 127.0.0.1:53 inside `ns` that answers `name` with an A record of `ip`
-/// (TTL 1 s) while `answer` is true, NXDOMAIN when it is false and for every other name
-/// (RFC 1035 4.1, written byte by byte).
+/// (TTL 1 s) while `answer` is true, NXDOMAIN when it is false and for every other name, and
+/// nothing at all while `silent` is true (RFC 1035 4.1, written byte by byte).
 fn name_server(
     ns: &TestNs,
     name: &'static str,
     ip: std::net::Ipv4Addr,
     answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use std::sync::atomic::Ordering;
     let s = nettool::netns::NetNs::from_name(&ns.name)
@@ -3488,7 +3489,7 @@ fn name_server(
         let mut buf = [0u8; 512];
         while let Ok((n, from)) = s.recv_from(&mut buf) {
             let q = &buf[..n];
-            if n < 12 + wire.len() + 4 {
+            if n < 12 + wire.len() + 4 || silent.load(Ordering::SeqCst) {
                 continue;
             }
             let ours = q[12..12 + wire.len()].eq_ignore_ascii_case(&wire);
@@ -3547,11 +3548,13 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
     )
     .unwrap();
     let answer = Arc::new(AtomicBool::new(true));
+    let silent = Arc::new(AtomicBool::new(false));
     name_server(
         &lab.host,
         "db.nt-test",
         "10.89.0.2".parse().unwrap(),
         answer.clone(),
+        silent.clone(),
     );
     let proxy = ChildGuard(
         with_resolver(
@@ -3623,6 +3626,14 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
     ] {
         assert!(evidence.contains(part), "{part}: {r:#}");
     }
+    // DNS down (the nameserver answers nothing): the same finding, with the resolver's reason.
+    silent.store(true, Ordering::SeqCst);
+    let (r, code) = doctor(&["9090"]);
+    assert_eq!(fault(&r), "proxy_target_unresolved", "{r:#}");
+    assert_eq!(code, Some(1), "{r:#}");
+    assert!(diag_line(&r).contains("127.0.0.1:53"), "{r:#}");
+    println!("{}", diag_line(&r));
+    silent.store(false, Ordering::SeqCst);
     // The text report says the same (docs/doctor.md shows it).
     let out = with_resolver(
         &hosts,
