@@ -3626,6 +3626,20 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
     ] {
         assert!(evidence.contains(part), "{part}: {r:#}");
     }
+    // A probe gets through: the proxy dials the address it had. Still the finding, said so.
+    let (r, code) = doctor(&["9090", "--probe"]);
+    assert_eq!(fault(&r), "proxy_target_unresolved", "{r:#}");
+    assert_eq!(
+        (r["probe"]["ok"].as_bool(), code),
+        (Some(true), Some(1)),
+        "{r:#}"
+    );
+    assert!(
+        diag_line(&r).ends_with(
+            "; the probe got through the proxy (it dials the last addresses it had for the name)"
+        ),
+        "{r:#}"
+    );
     // DNS down (the nameserver answers nothing): the same finding, with the resolver's reason.
     silent.store(true, Ordering::SeqCst);
     let (r, code) = doctor(&["9090"]);

@@ -661,13 +661,22 @@ fn is_current(ns: &NetNs) -> bool {
 /// The one line: the first failing hop in path order, else the probe, else all clear.
 fn conclude(r: &Report) -> Diagnosis {
     if let Some(h) = r.hops.iter().find(|h| h.verdict == Verdict::Fail) {
+        // A proxy to a name unknown here dials the last addresses it had: a probe through it
+        // may well get through, and the line must not read as if nothing answered.
+        let through = if h.fault == Some(Fault::ProxyTargetUnresolved)
+            && r.probe.as_ref().is_some_and(|p| p.ok)
+        {
+            "; the probe got through the proxy (it dials the last addresses it had for the name)"
+        } else {
+            ""
+        };
         return Diagnosis {
             ok: false,
             fault: h.fault,
             hop: Some(h.id.clone()),
             line: match h.family {
-                Some(Family::Ipv6) => format!("over IPv6: {}", h.summary),
-                _ => h.summary.clone(),
+                Some(Family::Ipv6) => format!("over IPv6: {}{through}", h.summary),
+                _ => format!("{}{through}", h.summary),
             },
             fix: h.fix.clone(),
         };
