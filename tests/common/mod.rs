@@ -352,7 +352,15 @@ pub fn transparent_traces(ns: Option<&TestNs>) -> String {
                 c
             }
         };
-        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+        // A command that failed would read as "nothing left": say it instead.
+        let o = c.output().unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        assert!(
+            o.status.success(),
+            "{argv:?} in {}: {}",
+            ns.map_or("the test's namespace", |n| n.name.as_str()),
+            text(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let mut out = String::new();
     for line in run(&["nft", "list", "tables"]).lines() {
