@@ -31,8 +31,10 @@ impl Image {
         if !static_build {
             build.args(["--bin", env!("CARGO_BIN_EXE_nettool")]);
         }
+        // No CONTAINER_HOST: set, it makes podman a remote client of that socket.
         let out = build
             .args(["--tag", &tag])
+            .env_remove("CONTAINER_HOST")
             .output()
             .expect("tools/build-image");
         let said = format!(
@@ -73,23 +75,24 @@ impl Image {
     /// under /run, no variable).
     fn command(&self, d: Option<&Dockerd>, args: &[&str]) -> Command {
         let mut c = Command::new("podman");
-        c.args([
-            "run",
-            "--rm",
-            "--privileged",
-            "--network",
-            "host",
-            "--pid",
-            "host",
-        ])
-        // This sandbox has no CAP_SYS_RESOURCE (ENGINES.md): podman cannot raise rlimits.
-        .args([
-            "--ulimit",
-            "nofile=4096:4096",
-            "--ulimit",
-            "nproc=4096:4096",
-        ])
-        .args(["-v", "/run:/run:rslave", "-e", "NO_COLOR=1"]);
+        c.env_remove("CONTAINER_HOST")
+            .args([
+                "run",
+                "--rm",
+                "--privileged",
+                "--network",
+                "host",
+                "--pid",
+                "host",
+            ])
+            // This sandbox has no CAP_SYS_RESOURCE (ENGINES.md): podman cannot raise rlimits.
+            .args([
+                "--ulimit",
+                "nofile=4096:4096",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
+            .args(["-v", "/run:/run:rslave", "-e", "NO_COLOR=1"]);
         if let Some(d) = d {
             let dir = d.dir.display().to_string();
             c.args(["-v", &format!("{dir}:{dir}")])
@@ -108,6 +111,7 @@ impl Drop for Image {
             self.tag.rsplit_once(':').map_or(&*self.tag, |t| t.0)
         );
         let _ = Command::new("podman")
+            .env_remove("CONTAINER_HOST")
             .args(["rmi", "-f", &self.tag, &latest])
             .output();
     }

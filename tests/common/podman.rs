@@ -3,7 +3,8 @@
 //! private CONTAINERS_CONF (default_ulimits: this sandbox lacks CAP_SYS_RESOURCE), an image
 //! imported from busybox-static (with a /pause script for pods), unique network, container
 //! and pod names (Podman's storage and network definitions are machine-wide), all removed on
-//! drop.
+//! drop. Podman runs with no CONTAINER_HOST (set, it makes podman a remote client of that
+//! socket: the user's variable must not take the tests' podman elsewhere).
 //!
 //! The API service is what users get from podman.socket: `podman system service --time=0` on
 //! the default rootful socket /run/podman/podman.sock, so nettool names containers with no
@@ -117,7 +118,8 @@ impl PodmanHost {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.ns.path()))
             .arg("podman")
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env_remove("CONTAINER_HOST");
         c
     }
 
@@ -288,6 +290,7 @@ fn sweep_dead_runs(ns: &TestNs, dir: &Path) {
             .arg("podman")
             .args(args)
             .env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .env_remove("CONTAINER_HOST")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
@@ -452,6 +455,7 @@ fn start_service() {
     cmd.arg(format!("--net=/run/netns/{SERVICE_NS}"))
         .args(["podman", "system", "service", "--time=0"])
         .arg(format!("unix://{SOCKET}"))
+        .env_remove("CONTAINER_HOST")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
