@@ -272,6 +272,15 @@ impl Container {
                 "remove it and create it again (`{cli} rm {}`)",
                 self.name
             )),
+            // A start would fail on both: the engine is already at work on it.
+            (ContainerState::Other(word), _) if word == "removing" => Some(format!(
+                "the engine is removing it; a container made again under the name {} is found by that name",
+                self.name
+            )),
+            (ContainerState::Restarting, _) => Some(format!(
+                "the engine is restarting it (its restart policy); `{cli} logs {}` tells why it exited",
+                self.name
+            )),
             _ => match (&self.pod, self.infra) {
                 (Some(pod), true) => Some(format!("start its pod with `podman pod start {pod}`")),
                 _ => Some(format!("start it with `{cli} start {}`", self.name)),
@@ -459,6 +468,26 @@ mod tests {
 
     fn c(engine: EngineKind, id: &str, name: &str) -> Container {
         Container::for_test(engine, id, name)
+    }
+
+    #[test]
+    fn a_container_the_engine_is_at_work_on_is_not_told_to_be_started() {
+        let mut web = c(EngineKind::Docker, "aaaa", "web");
+        web.state = ContainerState::from_status("removing", 0);
+        let hint = web.start_hint().unwrap();
+        assert!(!hint.contains("start"), "{hint}");
+        assert!(hint.contains("removing it"), "{hint}");
+        web.state = ContainerState::from_status("restarting", 0);
+        let hint = web.start_hint().unwrap();
+        assert_eq!(
+            hint,
+            "the engine is restarting it (its restart policy); `docker logs web` tells why it exited"
+        );
+        web.state = ContainerState::from_status("exited", 0);
+        assert_eq!(
+            web.start_hint().unwrap(),
+            "start it with `docker start web`"
+        );
     }
 
     #[test]
