@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use super::reply_source;
+use super::reply::reply_source;
 
 /// recvmsg of one datagram with its IP_PKTINFO / IPV6_PKTINFO destination address.
 fn recv_pktinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {

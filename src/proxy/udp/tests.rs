@@ -60,7 +60,7 @@ fn a_gro_slot_splits_at_its_segment_size() {
 /// the flow goes on), and only the rest ends the flow.
 #[test]
 fn a_backend_error_about_datagrams_leaves_the_flow_open() {
-    use super::{got_error, Got};
+    use super::reply::{got_error, Got};
     let got = |errno: i32| match got_error(std::io::Error::from_raw_os_error(errno)) {
         Got::Refused(_) => "refused",
         Got::Other(_) => "said",
