@@ -99,32 +99,7 @@ pub(crate) fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyPr
         } else {
             "nettool"
         };
-        let maps = maps
-            .iter()
-            .map(|r| {
-                let m = &r.mapping;
-                ProxyMap {
-                    proto: match m.proto {
-                        Transport::Tcp => Proto::Tcp,
-                        Transport::Udp => Proto::Udp,
-                    },
-                    listen_ip: m.listen_ip,
-                    listen_from: m.listen.first,
-                    listen_to: m.listen.last,
-                    target: match &r.unresolved {
-                        None => ProxyTarget::Address {
-                            target_ip: m.target_ip,
-                        },
-                        Some(u) => ProxyTarget::Unresolved {
-                            target_name: u.name.clone(),
-                            unresolved: u.why.clone(),
-                        },
-                    },
-                    target_from: m.target.first,
-                }
-            })
-            .collect();
-        (kind, maps)
+        (kind, proxy_maps(&maps))
     } else {
         ("socat", socat(argv)?)
     };
@@ -149,56 +124,42 @@ pub(crate) fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// socat ADDR1 ADDR2 where ADDR1 listens (TCP-LISTEN:P / UDP-LISTEN:P) and ADDR2 connects.
+/// The recognised mappings as recorded facts.
+fn proxy_maps(maps: &[crate::cmd::proxy::Recognised]) -> Vec<ProxyMap> {
+    maps.iter()
+        .map(|r| {
+            let m = &r.mapping;
+            ProxyMap {
+                proto: match m.proto {
+                    Transport::Tcp => Proto::Tcp,
+                    Transport::Udp => Proto::Udp,
+                },
+                listen_ip: m.listen_ip,
+                listen_from: m.listen.first,
+                listen_to: m.listen.last,
+                target: match &r.unresolved {
+                    None => ProxyTarget::Address {
+                        target_ip: m.target_ip,
+                    },
+                    Some(u) => ProxyTarget::Unresolved {
+                        target_name: u.name.clone(),
+                        unresolved: u.why.clone(),
+                    },
+                },
+                target_from: m.target.first,
+            }
+        })
+        .collect()
+}
+
+/// A socat port forward (`socat [FLAGS] TCP-LISTEN:8080,fork,bind=ADDR TCP:HOST:80`), read
+/// with the proxy's own socat parser: its bind= address and family, a target name resolved
+/// as a nettool proxy's is (an unresolved one is [`ProxyTarget::Unresolved`]).
 fn socat(argv: &[String]) -> Option<Vec<ProxyMap>> {
     if argv.first()?.rsplit('/').next() != Some("socat") {
         return None;
     }
-    let addrs: Vec<&String> = argv
-        .iter()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let [listen, target] = addrs.as_slice() else {
-        return None;
-    };
-    let up = listen.to_ascii_uppercase();
-    let proto = if up.starts_with("TCP-LISTEN:")
-        || up.starts_with("TCP4-LISTEN:")
-        || up.starts_with("TCP6-LISTEN:")
-    {
-        Proto::Tcp
-    } else if up.starts_with("UDP-LISTEN:")
-        || up.starts_with("UDP4-LISTEN:")
-        || up.starts_with("UDP6-LISTEN:")
-    {
-        Proto::Udp
-    } else {
-        return None;
-    };
-    let port: u16 = listen.split([':', ',']).nth(1)?.parse().ok()?;
-    let tup = target.to_ascii_uppercase();
-    let rest = [
-        "TCP:",
-        "TCP4:",
-        "TCP6:",
-        "UDP:",
-        "UDP4:",
-        "UDP6:",
-        "TCP-CONNECT:",
-        "UDP-CONNECT:",
-    ]
-    .iter()
-    .find_map(|p| tup.starts_with(p).then(|| &target[p.len()..]))?;
-    let to: SocketAddr = rest.split(',').next()?.parse().ok()?;
-    Some(vec![ProxyMap {
-        proto,
-        listen_ip: None,
-        listen_from: port,
-        listen_to: port,
-        target: ProxyTarget::Address { target_ip: to.ip() },
-        target_from: to.port(),
-    }])
+    Some(proxy_maps(&crate::cmd::proxy::recognise_socat(argv)?))
 }
 
 #[cfg(test)]
@@ -281,6 +242,27 @@ mod tests {
         assert_eq!(serde_json::from_str::<ProxyMap>(&text).unwrap(), m);
     }
 
+    /// The first mapping of a socat line: (proto, listen ip, listen port, target).
+    fn socat_map(argv: &str) -> Option<(Proto, Option<IpAddr>, u16, Option<SocketAddr>)> {
+        let p = recognise(1, "socat", &v(argv))?;
+        assert_eq!(p.kind, "socat");
+        let m = p.maps.first()?;
+        Some((
+            m.proto,
+            m.listen_ip,
+            m.listen_from,
+            m.target_for(m.listen_from),
+        ))
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn to(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
     #[test]
     fn socat_forward() {
         let a = "socat TCP-LISTEN:9999,fork,reuseaddr TCP:10.89.0.2:80";
@@ -288,7 +270,99 @@ mod tests {
             target(a, Proto::Tcp, 9999),
             Some("10.89.0.2:80".parse().unwrap())
         );
+        // socat's TCP-LISTEN listens on IPv4's wildcard unless told otherwise.
+        assert_eq!(
+            socat_map(a),
+            Some((Proto::Tcp, ip("0.0.0.0"), 9999, to("10.89.0.2:80")))
+        );
         assert!(recognise(1, "socat", &v("/usr/bin/socat TCP-LISTEN:80,fork EXEC:cat")).is_none());
+        assert!(recognise(1, "socat", &v("socat - TCP:10.0.0.2:80")).is_none());
         assert!(recognise(1, "sleep", &v("sleep 100")).is_none());
+    }
+
+    /// Each form a user types, read with the proxy's socat parser: bind= and the family of the
+    /// listen side, flags with values, options the proxy refuses, either order, OPENSSL.
+    #[test]
+    fn socat_forms_with_bind_family_flags_and_options_the_proxy_refuses() {
+        // bind=: a socat on loopback only (before: read as every address).
+        assert_eq!(
+            socat_map("socat TCP-LISTEN:8080,bind=127.0.0.1,fork TCP:10.0.0.2:80"),
+            Some((Proto::Tcp, ip("127.0.0.1"), 8080, to("10.0.0.2:80")))
+        );
+        // Flags, one with its value apart (-T 10, -lf FILE), and options the proxy does not
+        // take (reuseport, a target's connect-timeout=): doctor reads what runs.
+        assert_eq!(
+            socat_map("/usr/bin/socat -d -d -v -x -T 10 -lf /tmp/s.log -b8192 TCP4-LISTEN:8080,reuseaddr,reuseport,fork,bind=10.0.0.1,backlog=50 TCP:10.0.0.2:80,connect-timeout=5,nodelay"),
+            Some((Proto::Tcp, ip("10.0.0.1"), 8080, to("10.0.0.2:80")))
+        );
+        // IPv6: TCP6-LISTEN, pf=ip6, socat's -6, brackets on the target.
+        assert_eq!(
+            socat_map("socat TCP6-LISTEN:8080,fork TCP6:[fd00::2]:80"),
+            Some((Proto::Tcp, ip("::"), 8080, to("[fd00::2]:80")))
+        );
+        assert_eq!(
+            socat_map("socat TCP-LISTEN:8080,pf=ip6,fork TCP:[::1]:80"),
+            Some((Proto::Tcp, ip("::"), 8080, to("[::1]:80")))
+        );
+        assert_eq!(
+            socat_map("socat TCP-LISTEN:8080,bind=[::1],fork TCP:10.0.0.2:80"),
+            Some((Proto::Tcp, ip("::1"), 8080, to("10.0.0.2:80")))
+        );
+        // -6 prefers IPv6 where the address names no family; an IPv4 target is still dialled.
+        assert_eq!(
+            socat_map("socat -6 TCP-LISTEN:8080,fork TCP:10.0.0.2:80"),
+            Some((Proto::Tcp, ip("::"), 8080, to("10.0.0.2:80")))
+        );
+        // UDP, the short -L form, TCP-CONNECT:.
+        assert_eq!(
+            socat_map("socat UDP4-LISTEN:5353,fork UDP:10.0.0.3:53"),
+            Some((Proto::Udp, ip("0.0.0.0"), 5353, to("10.0.0.3:53")))
+        );
+        assert_eq!(
+            socat_map("socat tcp-l:8080,fork tcp-connect:10.0.0.2:80"),
+            Some((Proto::Tcp, ip("0.0.0.0"), 8080, to("10.0.0.2:80")))
+        );
+        // OPENSSL is TLS over TCP to its address and port.
+        assert_eq!(
+            socat_map("socat OPENSSL-LISTEN:443,cert=/etc/s.pem,verify=0,fork OPENSSL:10.0.0.4:8443,verify=0"),
+            Some((Proto::Tcp, ip("0.0.0.0"), 443, to("10.0.0.4:8443")))
+        );
+        // The connect address first, the listen address second: the same forward.
+        assert_eq!(
+            socat_map("socat TCP:10.0.0.2:80 TCP-LISTEN:8080,fork"),
+            Some((Proto::Tcp, ip("0.0.0.0"), 8080, to("10.0.0.2:80")))
+        );
+        // A name in /etc/hosts resolves as a nettool proxy's does.
+        let (_, _, _, t) = socat_map("socat TCP-LISTEN:8080,fork TCP:localhost:80").unwrap();
+        assert!(
+            t.is_some_and(|t| t.ip().is_loopback() && t.port() == 80),
+            "{t:?}"
+        );
+    }
+
+    /// Host names on the target are names (looked up later, an unresolved one kept as such),
+    /// with the family socat's TCP4:/TCP6: or pf= asks for; before, only an address was read.
+    #[test]
+    fn a_socat_target_name_is_a_name_with_its_family() {
+        use crate::proxy::spec::{running_socat, Host};
+        for (argv, name, v6) in [
+            ("socat TCP-LISTEN:8080,fork TCP:db:80", "db", None),
+            (
+                "socat TCP-LISTEN:5432,fork TCP:db.internal:5432",
+                "db.internal",
+                None,
+            ),
+            ("socat TCP-LISTEN:8080,fork TCP4:db:80", "db", Some(false)),
+            (
+                "socat TCP-LISTEN:8080,fork TCP:db:80,pf=ip6",
+                "db",
+                Some(true),
+            ),
+            ("socat -6 TCP-LISTEN:8080,fork TCP:db:80", "db", Some(true)),
+        ] {
+            let s = running_socat(&v(argv)).unwrap_or_else(|| panic!("{argv}"));
+            assert_eq!(s.target_host, Host::Name(name.into()), "{argv}");
+            assert_eq!(s.target_v6, v6, "{argv}");
+        }
     }
 }

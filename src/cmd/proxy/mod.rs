@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::dns::lookup::Answer;
 use crate::proxy::docker;
-use crate::proxy::spec::{self, Lookup, MapSpec, Mapping};
+use crate::proxy::spec::{self, MapSpec, Mapping};
 use crate::proxy::syslog as syslog_client;
 use crate::proxy::{Level, Proto};
 use crate::tap::json::Payload;
@@ -20,7 +19,7 @@ mod names;
 mod plan;
 
 pub(crate) use docker_mode::docker_proxy_entry;
-use names::{quick_addresses, refuse_self_targets, resolve};
+use names::{refuse_self_targets, resolve};
 use plan::{answer_ready, execute, fd_open, open_ns, Console, LogTo, Plan};
 
 /// A mistake in how the command was called (exit code 2).
@@ -171,58 +170,16 @@ pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Recognised>> {
         .ok()?
         .command
     {
-        crate::cli::Command::Proxy(a) => {
-            // Names as the proxy resolved them at its start (or the resolver's answer now);
-            // zones only where they are indexes: the interface may be in another namespace.
-            struct Recognise;
-            impl Lookup for Recognise {
-                fn addresses(&self, name: &str) -> Result<Answer, String> {
-                    quick_addresses(name)
-                }
-                fn zone(&self, _listen: bool, zone: &str) -> Result<u32, String> {
-                    Ok(zone.parse().unwrap_or(0))
-                }
-                fn listen_local(&self, _ip: std::net::IpAddr) -> bool {
-                    true
-                }
-            }
-            let mut out = Vec::new();
-            for s in mappings(&a).ok()? {
-                match (s.resolve(&Recognise), &s.target_host) {
-                    (Ok(maps), _) => out.extend(maps.into_iter().map(|mapping| Recognised {
-                        mapping,
-                        unresolved: None,
-                    })),
-                    (Err(e), spec::Host::Name(name)) => {
-                        // The resolver's own words when it failed (they are cached: no second
-                        // query); else why its answer is no target (e.g. no IPv4 for TCP4:).
-                        let why = quick_addresses(name).err().unwrap_or(e.why);
-                        let unresolved = UnresolvedName {
-                            name: name.clone(),
-                            why,
-                        };
-                        // The listen side as written, with a stand-in target never shown.
-                        let mut stand_in = s.clone();
-                        stand_in.target_host =
-                            spec::Host::Ip(std::net::Ipv4Addr::UNSPECIFIED.into());
-                        out.extend(
-                            stand_in
-                                .resolve(&Recognise)
-                                .ok()?
-                                .into_iter()
-                                .map(|mapping| Recognised {
-                                    mapping,
-                                    unresolved: Some(unresolved.clone()),
-                                }),
-                        );
-                    }
-                    (Err(_), _) => return None,
-                }
-            }
-            Some(out)
-        }
+        crate::cli::Command::Proxy(a) => names::recognised(mappings(&a).ok()?),
         _ => None,
     }
+}
+
+/// A running socat port forward (`socat TCP-LISTEN:8080,fork TCP:db:80`) read with the
+/// proxy's socat parser ([`spec::running_socat`]), its names through the same budget and
+/// with the same unresolved-name mapping as a `nettool proxy`.
+pub(crate) fn recognise_socat(argv: &[String]) -> Option<Vec<Recognised>> {
+    names::recognised(vec![spec::running_socat(argv)?])
 }
 
 fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {

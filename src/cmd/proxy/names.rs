@@ -10,7 +10,7 @@ use crate::netns::NetNs;
 use crate::proxy::spec::{self, Lookup, MapSpec, Mapping};
 use crate::proxy::Proto;
 
-use super::Usage;
+use super::{Recognised, UnresolvedName, Usage};
 
 /// The addresses /etc/hosts, then the nameservers of /etc/resolv.conf, give for `name`, in
 /// the order to try them, each once ([`crate::dns::lookup`]: no getaddrinfo, whose NSS
@@ -323,6 +323,60 @@ fn is_local(ip: std::net::IpAddr) -> bool {
         .and_then(|s| s.connect((ip, 9)).map(|()| s))
         .and_then(|s| s.local_addr())
         .is_ok_and(|a| a.ip() == ip)
+}
+
+/// A running proxy's mappings as its arguments read here (doctor, topology): names as the
+/// proxy resolved them at its start (or the resolver's answer now, within the budget of
+/// [`quick_addresses`]); a target name that does not resolve here keeps its listen side, with
+/// the name and why ([`UnresolvedName`]). None when a mapping is no mapping here.
+pub(super) fn recognised(specs: Vec<MapSpec>) -> Option<Vec<Recognised>> {
+    // Names as the proxy resolved them at its start (or the resolver's answer now);
+    // zones only where they are indexes: the interface may be in another namespace.
+    struct Recognise;
+    impl Lookup for Recognise {
+        fn addresses(&self, name: &str) -> Result<Answer, String> {
+            quick_addresses(name)
+        }
+        fn zone(&self, _listen: bool, zone: &str) -> Result<u32, String> {
+            Ok(zone.parse().unwrap_or(0))
+        }
+        fn listen_local(&self, _ip: std::net::IpAddr) -> bool {
+            true
+        }
+    }
+    let mut out = Vec::new();
+    for s in specs {
+        match (s.resolve(&Recognise), &s.target_host) {
+            (Ok(maps), _) => out.extend(maps.into_iter().map(|mapping| Recognised {
+                mapping,
+                unresolved: None,
+            })),
+            (Err(e), spec::Host::Name(name)) => {
+                // The resolver's own words when it failed (they are cached: no second
+                // query); else why its answer is no target (e.g. no IPv4 for TCP4:).
+                let why = quick_addresses(name).err().unwrap_or(e.why);
+                let unresolved = UnresolvedName {
+                    name: name.clone(),
+                    why,
+                };
+                // The listen side as written, with a stand-in target never shown.
+                let mut stand_in = s.clone();
+                stand_in.target_host = spec::Host::Ip(std::net::Ipv4Addr::UNSPECIFIED.into());
+                out.extend(
+                    stand_in
+                        .resolve(&Recognise)
+                        .ok()?
+                        .into_iter()
+                        .map(|mapping| Recognised {
+                            mapping,
+                            unresolved: Some(unresolved.clone()),
+                        }),
+                );
+            }
+            (Err(_), _) => return None,
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

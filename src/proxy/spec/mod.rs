@@ -12,7 +12,7 @@ use super::Proto;
 mod names;
 mod socat;
 pub(crate) use names::TargetName;
-pub(crate) use socat::{listen_form, listen_head, SocatListen};
+pub(crate) use socat::{listen_form, listen_head, running as running_socat, SocatListen};
 
 /// A mapping the user wrote that cannot be used.
 #[derive(Debug, thiserror::Error)]

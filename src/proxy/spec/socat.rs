@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{bad, host_ports, ports, Host, PortRange, Proto, SpecError};
+use super::{bad, host_ports, ports, socat_mapping, Host, MapSpec, PortRange, Proto, SpecError};
 
 /// A socat listen address, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,4 +220,110 @@ pub(crate) fn split_map(s: &str) -> Option<(&str, &str)> {
         at += part.len() + 1;
     }
     None
+}
+
+/// socat's flags that take their value as the next argument when it is not attached
+/// (`-T 10`, `-lf /var/log/x`); the others (`-d`, `-v`, `-x`, `-b8192`) are one argument.
+const VALUE_FLAGS: &[&str] = &["-b", "-t", "-T", "-r", "-R", "-L", "-W", "-lf", "-lp"];
+
+/// A running socat's command line (`socat [FLAGS] LISTEN-ADDRESS CONNECT-ADDRESS`, the two
+/// addresses in either order) as the mapping it serves, for doctor and topology. Lenient
+/// where the proxy is strict: socat already took its options and runs with them, and only
+/// the address, port, family and `bind=` say where a connection goes, so every other option
+/// (`reuseport`, `su=`, `range=`, a target's `connect-timeout=`, OPENSSL's `cert=` ...) is
+/// dropped unread instead of making a running forward unrecognised. OPENSSL (SSL) addresses
+/// are TCP to their address and port. None when it is not one TCP/UDP listen address and
+/// one TCP/UDP connect address.
+pub(crate) fn running(argv: &[String]) -> Option<MapSpec> {
+    let mut addrs = Vec::new();
+    let mut prefer_v6 = None;
+    let mut args = argv.iter().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-4" => prefer_v6 = Some(false),
+            "-6" => prefer_v6 = Some(true),
+            f if VALUE_FLAGS.contains(&f) => {
+                args.next();
+            }
+            // `-` alone is socat's stdio address, not a flag.
+            f if f.len() > 1 && f.starts_with('-') => {}
+            _ => addrs.push(a.as_str()),
+        }
+    }
+    let [a, b] = addrs[..] else {
+        return None;
+    };
+    let (listen, target) = if listen_head(a).is_some() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let head = listen_head(listen)?;
+    let upper = head.to_ascii_uppercase();
+    let kind = upper
+        .strip_suffix("-LISTEN")
+        .or_else(|| upper.strip_suffix("-L"))?;
+    let kind = match kind {
+        "OPENSSL" | "SSL" => "TCP",
+        k => k,
+    };
+    let mut parts = listen.trim()[head.len() + 1..].split(',');
+    let port = parts.next()?;
+    let key = |o: &str| {
+        o.split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let kept: Vec<&str> = parts
+        .filter(|o| matches!(key(o).as_str(), "bind" | "pf" | "protocol-family"))
+        .collect();
+    let mut listen_text = format!("{kind}-LISTEN:{port}");
+    for o in &kept {
+        listen_text.push(',');
+        listen_text.push_str(o);
+    }
+    // socat's -6 (-4): the family of a listen address that names none itself.
+    if let (Some(v6), false, true) = (prefer_v6, kind.ends_with(['4', '6']), kept.is_empty()) {
+        listen_text.push_str(if v6 { ",pf=ip6" } else { ",pf=ip4" });
+    }
+    let spec = argv.join(" ");
+    let form = listen_form(&spec, &listen_text).ok()??;
+    let (word, rest) = target.trim().split_once(':')?;
+    let (addr, opts) = rest.split_once(',').unwrap_or((rest, ""));
+    let (proto, family) = match word.to_ascii_uppercase().as_str() {
+        "TCP" | "TCP-CONNECT" | "OPENSSL" | "OPENSSL-CONNECT" | "SSL" => ("tcp", None),
+        "TCP4" | "TCP4-CONNECT" => ("tcp", Some(false)),
+        "TCP6" | "TCP6-CONNECT" => ("tcp", Some(true)),
+        "UDP" | "UDP-CONNECT" | "UDP-SENDTO" => ("udp", None),
+        "UDP4" | "UDP4-CONNECT" | "UDP4-SENDTO" => ("udp", Some(false)),
+        "UDP6" | "UDP6-CONNECT" | "UDP6-SENDTO" => ("udp", Some(true)),
+        _ => return None,
+    };
+    let pf = opts.split(',').find_map(|o| {
+        let (k, v) = o.split_once('=')?;
+        matches!(
+            k.trim().to_ascii_lowercase().as_str(),
+            "pf" | "protocol-family"
+        )
+        .then(|| v.trim().to_ascii_lowercase().ends_with('6'))
+    });
+    let digit = |v6: Option<bool>| match v6 {
+        Some(true) => "6",
+        Some(false) => "4",
+        None => "",
+    };
+    let written = family.or(pf);
+    let mapping = |v6| socat_mapping(&spec, form.clone(), &format!("{proto}{}:{addr}", digit(v6)));
+    // -6 (-4) only prefers a family: an address literal of the other one is still dialled.
+    mapping(written.or(prefer_v6))
+        .or_else(|e| {
+            if written.is_none() {
+                mapping(None)
+            } else {
+                Err(e)
+            }
+        })
+        .ok()
 }
