@@ -3465,55 +3465,26 @@ fn podman_without_its_api_says_so_and_the_printed_fix_lets_doctor_name_the_fault
     let _ = std::fs::remove_file(&sock);
 }
 
-/// A nameserver on 127.0.0.1:53 inside `ns` that answers `name` with an A record of `ip`
-/// (TTL 1 s) while `answer` is true, NXDOMAIN when it is false and for every other name, and
-/// nothing at all while `silent` is true (RFC 1035 4.1, written byte by byte).
-fn name_server(
-    ns: &TestNs,
-    name: &'static str,
-    ip: std::net::Ipv4Addr,
-    answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
-    use std::sync::atomic::Ordering;
-    let s = nettool::netns::NetNs::from_name(&ns.name)
-        .unwrap()
-        .run(|| std::net::UdpSocket::bind("127.0.0.1:53").unwrap())
-        .unwrap();
-    let wire: Vec<u8> = name
-        .split('.')
-        .flat_map(|l| std::iter::once(l.len() as u8).chain(l.bytes()))
-        .chain([0])
-        .collect();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let q = &buf[..n];
-            if n < 12 + wire.len() + 4 || silent.load(Ordering::SeqCst) {
-                continue;
-            }
-            let ours = q[12..12 + wire.len()].eq_ignore_ascii_case(&wire);
-            let known = ours && answer.load(Ordering::SeqCst);
-            let a = known && q[12 + wire.len()..12 + wire.len() + 2] == [0, 1];
-            let rcode = if known { 0 } else { 3 };
-            let mut r = q[..2].to_vec();
-            r.extend_from_slice(&[0x81, 0x80 | rcode, 0, 1, 0, a as u8, 0, 0, 0, 0]);
-            r.extend_from_slice(&q[12..12 + wire.len() + 4]);
-            if a {
-                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
-                r.extend_from_slice(&ip.octets());
-            }
-            let _ = s.send_to(&r, from);
-        }
-    });
-}
+use common::names::{name_server, NsAnswer};
 
-/// `unshare` argv that runs `argv` in `host` with `hosts` and `resolv` as its /etc/hosts and
-/// /etc/resolv.conf (a mount namespace of its own: the machine's files are untouched).
+/// `unshare` argv that runs nettool `argv` in `host` with `hosts` and `resolv` as its
+/// /etc/hosts and /etc/resolv.conf (a mount namespace of its own: the machine's files are
+/// untouched).
 fn with_resolver(
     hosts: &std::path::Path,
     resolv: &std::path::Path,
     host: &str,
+    argv: &[&str],
+) -> Command {
+    resolver_run(hosts, resolv, host, env!("CARGO_BIN_EXE_nettool"), argv)
+}
+
+/// [`with_resolver`] for any program.
+fn resolver_run(
+    hosts: &std::path::Path,
+    resolv: &std::path::Path,
+    host: &str,
+    program: &str,
     argv: &[&str],
 ) -> Command {
     let mut c = Command::new("unshare");
@@ -3522,7 +3493,7 @@ fn with_resolver(
         .arg("sh")
         .arg(hosts)
         .arg(resolv)
-        .args(["ip", "netns", "exec", host, env!("CARGO_BIN_EXE_nettool")])
+        .args(["ip", "netns", "exec", host, program])
         .args(argv)
         .env("NO_COLOR", "1");
     c
@@ -3534,8 +3505,7 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
     // nameserver; doctor runs with the same resolver files. Healthy: followed through the
     // name to the container's service. Then the name answers NXDOMAIN: before, the proxy was
     // not recognised at all and doctor said "all clear" with the proxy as the service.
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     let lab = Lab::new();
     let dir = std::env::temp_dir().join(unique("docnames"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -3547,15 +3517,8 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
         "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
     )
     .unwrap();
-    let answer = Arc::new(AtomicBool::new(true));
-    let silent = Arc::new(AtomicBool::new(false));
-    name_server(
-        &lab.host,
-        "db.nt-test",
-        "10.89.0.2".parse().unwrap(),
-        answer.clone(),
-        silent.clone(),
-    );
+    let answer = Arc::new(Mutex::new(NsAnswer::A("10.89.0.2".parse().unwrap(), 1)));
+    name_server(&lab.host, "db.nt-test", answer.clone());
     let proxy = ChildGuard(
         with_resolver(
             &hosts,
@@ -3599,7 +3562,7 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
     assert_eq!(hop(&r, "service")["verdict"], "ok", "{r:#}");
 
     // The name stops resolving: one finding, the proxy and the name, exit 1.
-    answer.store(false, Ordering::SeqCst);
+    *answer.lock().unwrap() = NsAnswer::NxDomain;
     let (r, code) = doctor(&["9090"]);
     assert_eq!(fault(&r), "proxy_target_unresolved", "{r:#}");
     assert_eq!(r["diagnosis"]["ok"], false, "{r:#}");
@@ -3641,13 +3604,13 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
         "{r:#}"
     );
     // DNS down (the nameserver answers nothing): the same finding, with the resolver's reason.
-    silent.store(true, Ordering::SeqCst);
+    *answer.lock().unwrap() = NsAnswer::Silent;
     let (r, code) = doctor(&["9090"]);
     assert_eq!(fault(&r), "proxy_target_unresolved", "{r:#}");
     assert_eq!(code, Some(1), "{r:#}");
     assert!(diag_line(&r).contains("127.0.0.1:53"), "{r:#}");
     println!("{}", diag_line(&r));
-    silent.store(false, Ordering::SeqCst);
+    *answer.lock().unwrap() = NsAnswer::NxDomain;
     // The text report says the same (docs/doctor.md shows it).
     let out = with_resolver(
         &hosts,
@@ -3679,4 +3642,175 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
     );
     drop(proxy);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_socat_forward_to_a_name_is_followed_and_its_unresolved_name_is_named() {
+    // `socat TCP-LISTEN:9091,fork,reuseaddr TCP:db.nt-test:80` on the host, the name answered
+    // by the host's own nameserver, socat and doctor with the same resolver files. Before,
+    // doctor's own socat parser took only an address target: socat was the service, "all
+    // clear", also once the name was gone.
+    use std::sync::{Arc, Mutex};
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(unique("docsocat"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    let answer = Arc::new(Mutex::new(NsAnswer::A("10.89.0.2".parse().unwrap(), 1)));
+    name_server(&lab.host, "db.nt-test", answer.clone());
+    let log = dir.join("socat.log");
+    let socat = ChildGuard(
+        resolver_run(
+            &hosts,
+            &resolv,
+            &lab.host.name,
+            "socat",
+            &[
+                "-d",
+                "-T",
+                "10",
+                "TCP-LISTEN:9091,fork,reuseaddr",
+                "TCP:db.nt-test:80",
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let doctor = |args: &[&str]| -> (Value, Option<i32>) {
+        let mut v = vec!["doctor", "--netns", &lab.host.name, "--json"];
+        v.extend_from_slice(args);
+        let out = with_resolver(&hosts, &resolv, &lab.host.name, &v)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let r: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "doctor {args:?}: bad JSON ({e}): {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (r, out.status.code())
+    };
+    wait_for("socat followed", 10, || {
+        doctor(&["9091"]).0["destination"]["via"] == "proxy"
+    });
+    // Healthy: socat read with its name, followed to the container's service.
+    let (r, code) = doctor(&["9091", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(
+        r["destination"]["netns"],
+        lab.container.name.as_str(),
+        "{r:#}"
+    );
+    assert_eq!(hop(&r, "service")["verdict"], "ok", "{r:#}");
+    let recv = hop(&r, "receiver")["summary"].as_str().unwrap().to_string();
+    assert!(
+        recv.contains(&format!(
+            "socat (pid {}) listens on 0.0.0.0:9091 and proxies to 10.89.0.2:80",
+            socat.pid()
+        )),
+        "{r:#}"
+    );
+    // The name is gone: the finding a nettool proxy gets, naming socat, exit 1.
+    *answer.lock().unwrap() = NsAnswer::NxDomain;
+    let (r, code) = doctor(&["9091", "--probe"]);
+    assert_eq!(fault(&r), "proxy_target_unresolved", "{r:#}");
+    assert_eq!(code, Some(1), "{r:#}");
+    let line = diag_line(&r);
+    for part in [
+        format!("socat (pid {}) listens on 0.0.0.0:9091", socat.pid()),
+        "proxies to db.nt-test:80, which does not resolve here".into(),
+    ] {
+        assert!(line.contains(&part), "{part}: {r:#}");
+    }
+    // socat accepted the probe and closed it: nothing got through, and the line says nothing
+    // of a probe through the proxy.
+    assert_eq!(r["probe"]["received"], 0, "{r:#}");
+    assert!(!line.contains("the probe got through"), "{r:#}");
+    let fails = r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["verdict"] == "fail")
+        .count();
+    assert_eq!(fails, 1, "one cause, one finding: {r:#}");
+    let evidence = hop(&r, "receiver")["evidence"].to_string();
+    assert!(
+        evidence.contains("socat looks db.nt-test up for each connection it takes"),
+        "{r:#}"
+    );
+    // What the evidence says socat logs, it logs (socat looked the name up for the probe).
+    wait_for("socat's failed lookup in its log", 10, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("getaddrinfo(\"db.nt-test\""))
+    });
+    let out = with_resolver(
+        &hosts,
+        &resolv,
+        &lab.host.name,
+        &["doctor", "--netns", &lab.host.name, "9091"],
+    )
+    .output()
+    .unwrap();
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+    drop(socat);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_socat_bound_to_loopback_is_named_for_a_client_from_outside() {
+    // `socat TCP-LISTEN:9092,bind=127.0.0.1,fork TCP:10.89.0.2:80` on the host, probed from
+    // the outside namespace: socat listens on loopback only. Before: "nothing receives
+    // tcp/9092 ... no process listens on the host" (and socat read as listening everywhere).
+    let lab = Lab::new();
+    let socat = lab.host.spawn(&[
+        "socat",
+        "TCP-LISTEN:9092,bind=127.0.0.1,fork,reuseaddr",
+        "TCP:10.89.0.2:80",
+    ]);
+    wait_for("socat listening", 10, || {
+        lab.doctor(&["9092"])["destination"]["via"] == "proxy"
+    });
+    let outside = lab.outside_source();
+    let r = lab.doctor(&["--from", &outside, "9092", "--probe"]);
+    assert_eq!(fault(&r), "service_on_loopback", "{r:#}");
+    assert_eq!(r["probe"]["ok"], false, "{r:#}");
+    let line = diag_line(&r);
+    for part in [
+        format!("socat (pid {}) listens on 127.0.0.1:9092 only (the host's loopback) and proxies to 10.89.0.2:80", socat.pid()),
+        "connections to 192.0.2.1:9092".into(),
+        "make it listen on 0.0.0.0:9092 (drop socat's bind=127.0.0.1)".into(),
+    ] {
+        assert!(line.contains(&part), "{part}: {r:#}");
+    }
+    let fails = r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["verdict"] == "fail")
+        .count();
+    assert_eq!(fails, 1, "one cause, one finding: {r:#}");
+    // From the host itself (localhost) the same socat is the way in, followed to the container.
+    let r = lab.doctor(&["9092", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["destination"]["netns"], lab.container.name.as_str());
+    let out = nettool(&[
+        "doctor",
+        "--netns",
+        &lab.host.name,
+        "--from",
+        &outside,
+        "9092",
+    ]);
+    println!("{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -8834,61 +8834,7 @@ fn socat_listen_forms_relay_and_an_unknown_option_is_named() {
     }
 }
 
-/// What a [`name_server`] answers for its one name now.
-#[derive(Clone, Copy)]
-enum NsAnswer {
-    /// An A record (no AAAA) with this TTL in seconds.
-    A(std::net::Ipv4Addr, u32),
-    /// SERVFAIL: the name stops resolving.
-    Fail,
-}
-
-/// A nameserver on 127.0.0.1:53 inside `ns` that knows `name` only (A as `answer` says now,
-/// AAAA empty, other names NXDOMAIN), written byte by byte (RFC 1035 4.1).
-fn name_server(
-    ns: &TestNs,
-    name: &'static str,
-    answer: std::sync::Arc<std::sync::Mutex<NsAnswer>>,
-) {
-    let s = inside(ns, || UdpSocket::bind("127.0.0.1:53").unwrap());
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        let wire: Vec<u8> = name
-            .split('.')
-            .flat_map(|l| std::iter::once(l.len() as u8).chain(l.bytes()))
-            .chain([0])
-            .collect();
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let q = &buf[..n];
-            if n < 12 + wire.len() + 4 {
-                continue;
-            }
-            let qname = &q[12..12 + wire.len()];
-            let qtype = &q[12 + wire.len()..12 + wire.len() + 2];
-            let ours = qname.eq_ignore_ascii_case(&wire);
-            let now = *answer.lock().unwrap();
-            let rcode = match (ours, now) {
-                (false, _) => 3,
-                (true, NsAnswer::Fail) => 2,
-                (true, NsAnswer::A(..)) => 0,
-            };
-            let a = match now {
-                NsAnswer::A(ip, ttl) if ours && qtype == [0, 1] => Some((ip, ttl)),
-                _ => None,
-            };
-            let mut r = q[..2].to_vec();
-            r.extend_from_slice(&[0x81, 0x80 | rcode, 0, 1, 0, a.is_some() as u8, 0, 0, 0, 0]);
-            r.extend_from_slice(&q[12..12 + wire.len() + 4]);
-            if let Some((ip, ttl)) = a {
-                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
-                r.extend_from_slice(&ttl.to_be_bytes());
-                r.extend_from_slice(&[0, 4]);
-                r.extend_from_slice(&ip.octets());
-            }
-            let _ = s.send_to(&r, from);
-        }
-    });
-}
+use common::names::{name_server, NsAnswer};
 
 /// A backend that writes the address it was reached on and closes.
 fn who_backend(l: TcpListener) {

@@ -98,7 +98,8 @@ pub(crate) enum Fault {
     /// Podman's API could not be asked: a flushed rule cannot be told from a container that is
     /// stopped, paused or disconnected until it can.
     EngineUnreachable,
-    /// The service listens on the container's loopback only.
+    /// The service listens on the container's loopback only (or, on the host, a process or
+    /// proxy such as socat listens on loopback only for a client of another address).
     ServiceOnLoopback,
     /// The service listens on IPv4 only while the port is published over IPv6 too.
     ServiceIpv4Only,
@@ -662,9 +663,10 @@ fn is_current(ns: &NetNs) -> bool {
 fn conclude(r: &Report) -> Diagnosis {
     if let Some(h) = r.hops.iter().find(|h| h.verdict == Verdict::Fail) {
         // A proxy to a name unknown here dials the last addresses it had: a probe through it
-        // may well get through, and the line must not read as if nothing answered.
+        // may well get through, and the line must not read as if nothing answered. An answer
+        // is what got through: socat accepts and closes when its lookup fails (0 bytes back).
         let through = if h.fault == Some(Fault::ProxyTargetUnresolved)
-            && r.probe.as_ref().is_some_and(|p| p.ok)
+            && r.probe.as_ref().is_some_and(|p| p.ok && p.received > 0)
         {
             "; the probe got through the proxy (it dials the last addresses it had for the name)"
         } else {

@@ -277,7 +277,10 @@ pub(crate) fn receiver(
         }
         // A proxy to a name that does not resolve here: its backend is unknown, so the path
         // ends at the proxy, with the name and where to look (not "all clear").
-        if let (Some(m), Some(o)) = (proxy_map, &owner) {
+        let process = owner
+            .as_ref()
+            .and_then(|o| snap.proxies.iter().find(|p| p.pid == o.pid));
+        if let (Some(m), Some(p)) = (proxy_map, process) {
             if let ProxyTarget::Unresolved {
                 target_name,
                 unresolved,
@@ -288,7 +291,7 @@ pub(crate) fn receiver(
                         hop,
                         &who,
                         sock.local,
-                        o.pid,
+                        p,
                         target_name,
                         m.target_port_for(packet.dport).unwrap_or(packet.dport),
                         unresolved,
@@ -365,6 +368,9 @@ pub(crate) fn receiver(
         };
         return (Some(dest), hop, Some(walk));
     }
+    if let Some(hop) = loopback_only(snap, packet, from, &walk) {
+        return (None, hop, Some(walk));
+    }
     let mut hop = Hop::fail(
         ID,
         TITLE,
@@ -413,19 +419,83 @@ pub(crate) fn receiver(
     (None, hop, Some(walk))
 }
 
+/// A socket on the port that listens on the host's loopback only, for a packet to another
+/// address (`socat TCP-LISTEN:P,bind=127.0.0.1`, a service's localhost default): that is the
+/// one cause, said with the process and, for a proxy, where it forwards; not "nothing
+/// receives", which sends the reader looking for a missing process.
+fn loopback_only(snap: &Snapshot, packet: &Packet, from: &str, walk: &Walk) -> Option<Hop> {
+    if packet.dst.is_loopback() {
+        return None;
+    }
+    let host = snap.host();
+    let lo = host.listeners.iter().find(|s| {
+        s.proto == packet.proto && s.local.port() == packet.dport && s.local.ip().is_loopback()
+    })?;
+    let owner = lo.owners.first();
+    let who = owner
+        .map(|o| format!("{} (pid {})", o.comm, o.pid))
+        .unwrap_or_else(|| "a socket with no visible owner".into());
+    let map = owner.and_then(|o| snap.proxy_target(o.pid, packet.proto, packet.dport));
+    let proxies = map
+        .map(|m| {
+            let port = m.target_port_for(packet.dport).unwrap_or(packet.dport);
+            match &m.target {
+                ProxyTarget::Address { target_ip } => {
+                    format!(" and proxies to {}", SocketAddr::new(*target_ip, port))
+                }
+                ProxyTarget::Unresolved { target_name, .. } => {
+                    format!(" and proxies to {target_name}:{port}")
+                }
+            }
+        })
+        .unwrap_or_default();
+    let any = if packet.dst.is_ipv6() {
+        "[::]"
+    } else {
+        "0.0.0.0"
+    };
+    let how = match owner.and_then(|o| snap.proxies.iter().find(|p| p.pid == o.pid)) {
+        Some(p) if p.kind == "socat" => format!("drop socat's bind={}", lo.local.ip()),
+        _ => "its listen/bind setting".into(),
+    };
+    let mut hop = Hop::fail(
+        ID,
+        TITLE,
+        Fault::ServiceOnLoopback,
+        format!(
+            "{who} listens on {} only (the host's loopback){proxies}: connections to {} from {from} find nothing; make it listen on {any}:{} ({how})",
+            lo.local,
+            SocketAddr::new(packet.dst, packet.dport),
+            packet.dport
+        ),
+    );
+    hop.evidence.push(format!(
+        "{} {} {} owners {}",
+        lo.proto,
+        lo.state,
+        lo.local,
+        owners_text(&lo.owners)
+    ));
+    hop.evidence
+        .push(format!("walk: {}", walk.outcome(&host.listeners)));
+    Some(hop)
+}
+
 /// The receiver's finding for a proxy whose target name does not resolve where doctor runs.
-/// The proxy resolves it where it runs (its own /etc/hosts and /etc/resolv.conf) and keeps
-/// dialling its last addresses while the name fails, so its log and its own view of the name
-/// are what tell a dead name from one only doctor cannot see.
+/// The proxy resolves it where it runs (its own /etc/hosts and /etc/resolv.conf): a nettool
+/// proxy keeps dialling its last addresses while the name fails, socat looks the name up again
+/// for each connection it takes; so its log and its own view of the name are what tell a dead
+/// name from one only doctor cannot see.
 fn unresolved_target(
     ok: Hop,
     who: &str,
     local: SocketAddr,
-    pid: u32,
+    proxy: &crate::facts::ProxyProcess,
     name: &str,
     port: u16,
     why: &str,
 ) -> Hop {
+    let pid = proxy.pid;
     let mut hop = Hop::fail(
         ID,
         TITLE,
@@ -433,12 +503,21 @@ fn unresolved_target(
         format!("{who} listens on {local} and proxies to {name}:{port}, which does not resolve here: {why}; its backend cannot be followed"),
     );
     hop.evidence.extend(ok.evidence);
-    hop.evidence.push(format!(
-        "the proxy resolved {name} at its start and resolves it again while it runs, with the /etc/hosts and /etc/resolv.conf it sees; while it does not resolve, it dials the last addresses it had"
-    ));
-    hop.evidence.push(format!(
-        "its log says which: `{name} now resolves to ...` or `{name} does not resolve now (...)`"
-    ));
+    if proxy.kind == "socat" {
+        hop.evidence.push(format!(
+            "socat looks {name} up for each connection it takes, with the /etc/hosts and /etc/resolv.conf it sees; while it does not resolve there, it accepts each connection and closes it"
+        ));
+        hop.evidence.push(format!(
+            "its log (stderr) says so for each connection: `E getaddrinfo(\"{name}\", ...): ...`"
+        ));
+    } else {
+        hop.evidence.push(format!(
+            "the proxy resolved {name} at its start and resolves it again while it runs, with the /etc/hosts and /etc/resolv.conf it sees; while it does not resolve, it dials the last addresses it had"
+        ));
+        hop.evidence.push(format!(
+            "its log says which: `{name} now resolves to ...` or `{name} does not resolve now (...)`"
+        ));
+    }
     hop.evidence.push(format!(
         "check the name as the proxy sees it: `nsenter --target {pid} --mount --net getent hosts {name}`; and here: `getent hosts {name}`, `dig {name}`"
     ));

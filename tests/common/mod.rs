@@ -4,6 +4,7 @@
 
 pub mod cni;
 pub mod docker;
+pub mod names;
 pub mod podman;
 
 use std::process::{Command, Output};
