@@ -178,6 +178,18 @@ pub(super) fn why_moved(label: &str, was: Option<&str>, now: Option<&str>) -> &'
     }
 }
 
+/// What tells one "names nothing" line from another for [`ListenWatch::say_once`]: the
+/// error's words, but not the list of engines asked that a missing container's error ends
+/// with (which changes without the container changing: an engine's socket that stops
+/// answering, /run/nettool made by a lab), so the watch does not say the same thing again.
+fn gone_key(e: &NetnsError) -> String {
+    match e {
+        NetnsError::NoContainer { name, .. } => format!("no container {name}"),
+        NetnsError::NotFound { target, .. } => format!("nothing matches {target}"),
+        e => e.to_string(),
+    }
+}
+
 /// An interface a link-local address was scoped to at start: its index then and its name.
 pub(super) type Scope = (u32, String);
 
@@ -263,7 +275,7 @@ pub(crate) struct ListenWatch {
     /// The interfaces the link-local listen addresses were scoped to at start.
     scopes: Vec<Scope>,
     /// What was said about the text naming nothing or a namespace that cannot be bound (each
-    /// said once until the listeners move).
+    /// said once until the listeners move), by its key (see [`gone_key`]).
     said: Option<String>,
     log: Log,
 }
@@ -287,12 +299,27 @@ impl ListenWatch {
         }
     }
 
-    /// Say `line` at `level` unless it was the last thing said.
-    fn say_once(&mut self, level: Level, line: String) {
-        if self.said.as_deref() != Some(&line) {
+    /// Say `line` at `level` unless what was said last had the same `key`.
+    fn say_once(&mut self, level: Level, key: String, line: String) {
+        if self.said.as_deref() != Some(&key) {
             self.log.log(level, &line);
-            self.said = Some(line);
+            self.said = Some(key);
         }
+    }
+
+    /// Say (once) that the text names no namespace now, or a container that is down.
+    fn say_gone(&mut self, e: &NetnsError) {
+        let (text, old) = (&self.text, self.held.id().inode);
+        let line = match e {
+            NetnsError::ContainerDown { .. } => format!(
+                "--listen-netns {text}: {e}; the proxy listens again in its new network namespace when it starts (its listeners stay in the old one, inode {old}, until then)"
+            ),
+            _ => format!(
+                "--listen-netns {text} names no namespace now: {}; the proxy listens there again when it names one (its listeners stay in the old one, inode {old}, until then)",
+                super::target_watch::gone_why(self.held.label(), e)
+            ),
+        };
+        self.say_once(Level::Warn, gone_key(e), line);
     }
 
     /// One look: Some when the listeners are to move to a new namespace. Waits between bind
@@ -312,17 +339,7 @@ impl ListenWatch {
                     return None;
                 }
                 self.wire.lost(now);
-                let (text, old) = (&self.text, self.held.id().inode);
-                let line = match &e {
-                    NetnsError::ContainerDown { .. } => format!(
-                        "--listen-netns {text}: {e}; the proxy listens again in its new network namespace when it starts (its listeners stay in the old one, inode {old}, until then)"
-                    ),
-                    _ => format!(
-                        "--listen-netns {text} names no namespace now: {}; the proxy listens there again when it names one (its listeners stay in the old one, inode {old}, until then)",
-                        super::target_watch::gone_why(self.held.label(), &e)
-                    ),
-                };
-                self.say_once(Level::Warn, line);
+                self.say_gone(&e);
                 return None;
             }
         };
@@ -379,14 +396,14 @@ impl ListenWatch {
                             BIND_RETRIES.len() + 1,
                             self.held.id().inode
                         );
-                        self.say_once(Level::Warn, line);
+                        self.say_once(Level::Warn, line.clone(), line);
                         return None;
                     }
                 },
                 Err(e) => {
                     self.wire.lost(now);
                     let line = format!("--listen-netns {}: {e}", self.text);
-                    self.say_once(Level::Warn, line);
+                    self.say_once(Level::Warn, line.clone(), line);
                     return None;
                 }
             }
@@ -487,6 +504,49 @@ mod tests {
         assert_eq!(
             why_moved("blue", None, None),
             "it was deleted and made again?"
+        );
+    }
+
+    #[test]
+    fn a_missing_container_is_said_once_whatever_engines_were_asked() {
+        use std::sync::Mutex;
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let kept = lines.clone();
+        let log = Log::new(Level::Debug, move |_, l| {
+            kept.lock().unwrap().push(l.into())
+        });
+        let ns = NetNs::current().unwrap();
+        let mut w = ListenWatch::new("container:nt-test-web", ns, Vec::new(), log);
+        let none = |asked: &str| NetnsError::NoContainer {
+            name: "nt-test-web".into(),
+            asked: asked.into(),
+        };
+        let down = |state: &str| NetnsError::ContainerDown {
+            name: "nt-test-web".into(),
+            state: state.into(),
+            hint: None,
+        };
+        // The engines asked change (a lab's /run/nettool appears, dockerd stops answering):
+        // the same fact, said once.
+        w.say_gone(&none("asked docker at /var/run/docker.sock"));
+        w.say_gone(&none(
+            "asked docker at /var/run/docker.sock; nettool lab at /run/nettool",
+        ));
+        w.say_gone(&none(
+            "asked docker at /var/run/docker.sock failed: timed out",
+        ));
+        let said = lines.lock().unwrap().clone();
+        assert_eq!(said.len(), 1, "{said:?}");
+        // Another fact is said: the container is back but down, then removing.
+        w.say_gone(&down("exited (code 0)"));
+        w.say_gone(&down("exited (code 0)"));
+        w.say_gone(&down("removing"));
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("--listen-netns container:nt-test-web names no namespace now: no container 'nt-test-web' (asked docker at /var/run/docker.sock)"), "{lines:?}");
+        assert!(
+            lines[2].contains("container nt-test-web is removing"),
+            "{lines:?}"
         );
     }
 
