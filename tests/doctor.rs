@@ -3814,3 +3814,192 @@ fn a_socat_bound_to_loopback_is_named_for_a_client_from_outside() {
     ]);
     println!("{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Doctor's JSON report run with the resolver files `hosts` and `resolv` in `ns`.
+fn doctor_viewing(
+    hosts: &std::path::Path,
+    resolv: &std::path::Path,
+    ns: &str,
+    args: &[&str],
+) -> (Value, Option<i32>) {
+    let mut v = vec!["doctor", "--netns", ns, "--json"];
+    v.extend_from_slice(args);
+    let out = with_resolver(hosts, resolv, ns, &v).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "doctor {args:?}: bad JSON ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (r, out.status.code())
+}
+
+#[test]
+fn a_proxys_target_name_is_looked_up_with_the_proxys_own_hosts_file() {
+    // `nettool proxy 9095 db.nt-test:80` in a private mount namespace whose /etc/hosts knows
+    // db.nt-test; doctor's own /etc/hosts does not, and its nameserver says NXDOMAIN. Before,
+    // doctor used its own files: proxy_target_unresolved on a healthy host. Now it reads
+    // /proc/PID/root/etc/hosts: followed to the container, all clear.
+    use std::sync::{Arc, Mutex};
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(unique("docview"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let own_hosts = dir.join("hosts");
+    std::fs::write(&own_hosts, "127.0.0.1 localhost\n").unwrap();
+    let proxy_hosts = dir.join("proxy-hosts");
+    std::fs::write(&proxy_hosts, "127.0.0.1 localhost\n10.89.0.2 db.nt-test\n").unwrap();
+    let socat_hosts = dir.join("socat-hosts");
+    std::fs::write(&socat_hosts, "127.0.0.1 localhost\n").unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    name_server(
+        &lab.host,
+        "db.nt-test",
+        Arc::new(Mutex::new(NsAnswer::NxDomain)),
+    );
+    let proxy = ChildGuard(
+        with_resolver(
+            &proxy_hosts,
+            &resolv,
+            &lab.host.name,
+            &["proxy", "9095", "db.nt-test:80"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let doctor = |args: &[&str]| doctor_viewing(&own_hosts, &resolv, &lab.host.name, args);
+    let pid = proxy.pid();
+    wait_for("the proxy read", 10, || {
+        doctor(&["9095"])
+            .0
+            .to_string()
+            .contains(&format!("(pid {pid})"))
+    });
+    let (r, code) = doctor(&["9095", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(r["destination"]["via"], "proxy", "{r:#}");
+    assert_eq!(
+        r["destination"]["netns"],
+        lab.container.name.as_str(),
+        "{r:#}"
+    );
+    assert_eq!(hop(&r, "service")["verdict"], "ok", "{r:#}");
+
+    // A socat whose own view does not know the name either (while doctor's does): still the
+    // finding, with the files it was looked up with (before: doctor's own hosts file
+    // followed it to the container, all clear).
+    let doctor_hosts = dir.join("doctor-hosts");
+    std::fs::write(&doctor_hosts, "127.0.0.1 localhost\n10.89.0.2 db.nt-test\n").unwrap();
+    let socat = ChildGuard(
+        resolver_run(
+            &socat_hosts,
+            &resolv,
+            &lab.host.name,
+            "socat",
+            &[
+                "-T",
+                "10",
+                "TCP-LISTEN:9097,fork,reuseaddr",
+                "TCP:db.nt-test:80",
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let doctor = |args: &[&str]| doctor_viewing(&doctor_hosts, &resolv, &lab.host.name, args);
+    wait_for("socat listening", 10, || {
+        doctor(&["9097"]).0["hops"]
+            .to_string()
+            .contains("socat (pid")
+    });
+    let (r, code) = doctor(&["9097"]);
+    assert_eq!(fault(&r), "proxy_target_unresolved", "{r:#}");
+    assert_eq!(code, Some(1), "{r:#}");
+    let evidence = hop(&r, "receiver")["evidence"].to_string();
+    let pid = socat.pid();
+    let said = format!(
+        "looked up as pid {pid} does: /proc/{pid}/root/etc/hosts, /proc/{pid}/root/etc/resolv.conf, nameserver 127.0.0.1 from its network namespace (doctor's too)"
+    );
+    assert!(evidence.contains(&said), "{said}: {r:#}");
+    println!("{}", diag_line(&r));
+    println!("{evidence}");
+    drop((proxy, socat));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_proxys_target_name_is_asked_from_its_own_network_namespace() {
+    // `nettool proxy --listen-netns HOST 9096 db.nt-test:80` running in another namespace,
+    // whose nameserver on 127.0.0.1 (as Docker's 127.0.0.11 is: reachable only from inside)
+    // knows db.nt-test. Doctor's namespace has its own 127.0.0.1:53 saying NXDOMAIN. Before:
+    // asked from doctor's namespace, proxy_target_unresolved. Now: asked from the proxy's.
+    use std::sync::{Arc, Mutex};
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(unique("docviewns"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    name_server(
+        &lab.host,
+        "db.nt-test",
+        Arc::new(Mutex::new(NsAnswer::NxDomain)),
+    );
+    name_server(
+        &lab.outside,
+        "db.nt-test",
+        Arc::new(Mutex::new(NsAnswer::A("10.89.0.2".parse().unwrap(), 30))),
+    );
+    let proxy = ChildGuard(
+        with_resolver(
+            &hosts,
+            &resolv,
+            &lab.outside.name,
+            &[
+                "proxy",
+                "--listen-netns",
+                &lab.host.name,
+                "9096",
+                "db.nt-test:80",
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let doctor = |args: &[&str]| doctor_viewing(&hosts, &resolv, &lab.host.name, args);
+    wait_for("the proxy recognised", 10, || {
+        let r = doctor(&["9096"]).0;
+        r["destination"]["via"] == "proxy" || fault(&r) == "proxy_target_unresolved"
+    });
+    let (r, code) = doctor(&["9096"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(r["destination"]["via"], "proxy", "{r:#}");
+    assert_eq!(
+        r["destination"]["netns"],
+        lab.container.name.as_str(),
+        "{r:#}"
+    );
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -262,7 +262,7 @@ mod tests {
         let p = ProxyProcess {
             pid: 42,
             comm: "docker-proxy".into(),
-            kind: "docker-proxy".into(),
+            kind: crate::facts::proxies::ProxyKind::DockerProxy,
             argv: Vec::new(),
             maps: vec![ProxyMap {
                 proto: Proto::Tcp,

@@ -143,6 +143,9 @@ pub(crate) struct Hop {
     /// (None: the one path, or the engine's intent both paths share).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<Family>,
+    /// The proxy this hop is about, when what it does decides the wording (a target name).
+    #[serde(skip)]
+    pub proxy: Option<crate::facts::proxies::ProxyKind>,
 }
 
 /// The IPv6 path of a dual-stack port, followed beside the IPv4 one (its hops are in
@@ -302,6 +305,7 @@ impl Hop {
             fault: None,
             fix: None,
             family: None,
+            proxy: None,
         }
     }
 
@@ -665,12 +669,20 @@ fn conclude(r: &Report) -> Diagnosis {
         // A proxy to a name unknown here dials the last addresses it had: a probe through it
         // may well get through, and the line must not read as if nothing answered. An answer
         // is what got through: socat accepts and closes when its lookup fails (0 bytes back).
-        let through = if h.fault == Some(Fault::ProxyTargetUnresolved)
-            && r.probe.as_ref().is_some_and(|p| p.ok && p.received > 0)
-        {
-            "; the probe got through the proxy (it dials the last addresses it had for the name)"
-        } else {
-            ""
+        use crate::facts::proxies::ProxyKind;
+        let through = match (h.fault, h.proxy) {
+            (Some(Fault::ProxyTargetUnresolved), kind)
+                if r.probe.as_ref().is_some_and(|p| p.ok && p.received > 0) =>
+            {
+                match kind {
+                    Some(ProxyKind::Socat) => {
+                        "; the probe got through the proxy (socat looks the name up per connection: it resolved for socat then)"
+                    }
+                    Some(ProxyKind::DockerProxy) => "; the probe got through the proxy",
+                    _ => "; the probe got through the proxy (it dials the last addresses it had for the name)",
+                }
+            }
+            _ => "",
         };
         return Diagnosis {
             ok: false,

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::engine::{Container, EngineKind, Intent};
-use crate::facts::proxies::ProxyTarget;
+use crate::facts::proxies::{ProxyKind, ProxyTarget};
 use crate::facts::{From, NsFacts, Question, Snapshot};
 use crate::nat::walk::Walk;
 use crate::netns::links::Address;
@@ -281,20 +281,15 @@ pub(crate) fn receiver(
             .as_ref()
             .and_then(|o| snap.proxies.iter().find(|p| p.pid == o.pid));
         if let (Some(m), Some(p)) = (proxy_map, process) {
-            if let ProxyTarget::Unresolved {
-                target_name,
-                unresolved,
-            } = &m.target
-            {
+            if matches!(m.target, ProxyTarget::Unresolved { .. }) {
                 if hop.verdict != Verdict::Fail {
                     hop = unresolved_target(
                         hop,
                         &who,
                         sock.local,
                         p,
-                        target_name,
+                        m,
                         m.target_port_for(packet.dport).unwrap_or(packet.dport),
-                        unresolved,
                     );
                 }
                 return (None, hop, Some(walk));
@@ -455,7 +450,7 @@ fn loopback_only(snap: &Snapshot, packet: &Packet, from: &str, walk: &Walk) -> O
         "0.0.0.0"
     };
     let how = match owner.and_then(|o| snap.proxies.iter().find(|p| p.pid == o.pid)) {
-        Some(p) if p.kind == "socat" => format!("drop socat's bind={}", lo.local.ip()),
+        Some(p) if p.kind == ProxyKind::Socat => format!("drop socat's bind={}", lo.local.ip()),
         _ => "its listen/bind setting".into(),
     };
     let mut hop = Hop::fail(
@@ -491,11 +486,18 @@ fn unresolved_target(
     who: &str,
     local: SocketAddr,
     proxy: &crate::facts::ProxyProcess,
-    name: &str,
+    map: &crate::facts::ProxyMap,
     port: u16,
-    why: &str,
 ) -> Hop {
     let pid = proxy.pid;
+    let ProxyTarget::Unresolved {
+        target_name: name,
+        unresolved: why,
+        looked_up,
+    } = &map.target
+    else {
+        return ok;
+    };
     let mut hop = Hop::fail(
         ID,
         TITLE,
@@ -503,7 +505,11 @@ fn unresolved_target(
         format!("{who} listens on {local} and proxies to {name}:{port}, which does not resolve here: {why}; its backend cannot be followed"),
     );
     hop.evidence.extend(ok.evidence);
-    if proxy.kind == "socat" {
+    hop.proxy = Some(proxy.kind);
+    if !looked_up.is_empty() {
+        hop.evidence.push(looked_up.clone());
+    }
+    if proxy.kind == ProxyKind::Socat {
         hop.evidence.push(format!(
             "socat looks {name} up for each connection it takes, with the /etc/hosts and /etc/resolv.conf it sees; while it does not resolve there, it accepts each connection and closes it"
         ));
@@ -621,7 +627,7 @@ fn dnat_missing(
         .proxies
         .iter()
         .find(|p| p.pid == owner.pid)
-        .map(|p| p.kind.as_str());
+        .map(|p| p.kind);
     let intent = snap.intent.as_ref();
     let port = packet.dport;
     if owner.comm == "conmon" {
@@ -674,7 +680,7 @@ fn dnat_missing(
     }
     // Docker's userland proxy is meant for localhost and for containers on the bridge;
     // everyone else is meant to be DNATed.
-    if kind != Some("docker-proxy")
+    if kind != Some(ProxyKind::DockerProxy)
         || packet.dst.is_loopback()
         || matches!(req.from, From::Container { .. })
     {

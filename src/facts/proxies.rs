@@ -17,11 +17,36 @@ pub(crate) struct ProxyProcess {
     /// Its command name.
     pub comm: String,
     /// docker-proxy, nettool or socat.
-    pub kind: String,
+    pub kind: ProxyKind,
     /// Its command line.
     pub argv: Vec<String>,
     /// What it forwards.
     pub maps: Vec<ProxyMap>,
+}
+
+/// Which proxy a process is: what it does with a target name differs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum ProxyKind {
+    /// `nettool proxy`: resolves a name at its start and again while it runs, dialling the
+    /// last addresses it had while the name fails.
+    #[serde(rename = "nettool")]
+    Nettool,
+    /// docker-proxy (or nettool in its mode): addresses only, never a name.
+    #[serde(rename = "docker-proxy")]
+    DockerProxy,
+    /// socat: looks the name up for each connection it takes.
+    #[serde(rename = "socat")]
+    Socat,
+}
+
+impl std::fmt::Display for ProxyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProxyKind::Nettool => "nettool",
+            ProxyKind::DockerProxy => "docker-proxy",
+            ProxyKind::Socat => "socat",
+        })
+    }
 }
 
 /// One forwarded port range.
@@ -60,6 +85,10 @@ pub(crate) enum ProxyTarget {
         target_name: String,
         /// The resolver's reason.
         unresolved: String,
+        /// Which resolver files and namespace it was looked up with (empty in a snapshot
+        /// saved before the proxy's own view was used).
+        #[serde(default)]
+        looked_up: String,
     },
 }
 
@@ -93,20 +122,20 @@ impl ProxyMap {
 
 /// Recognise a proxy from its command line (None when it is not one).
 pub(crate) fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyProcess> {
-    let (kind, maps) = if let Some(maps) = crate::cmd::proxy::recognise(argv) {
+    let (kind, maps) = if let Some(maps) = crate::cmd::proxy::recognise(argv, pid) {
         let kind = if crate::proxy::docker::is_docker_invocation(argv) {
-            "docker-proxy"
+            ProxyKind::DockerProxy
         } else {
-            "nettool"
+            ProxyKind::Nettool
         };
         (kind, proxy_maps(&maps))
     } else {
-        ("socat", socat(argv)?)
+        (ProxyKind::Socat, socat(argv, pid)?)
     };
     Some(ProxyProcess {
         pid,
         comm: comm.to_string(),
-        kind: kind.into(),
+        kind,
         argv: argv.to_vec(),
         maps,
     })
@@ -144,6 +173,7 @@ fn proxy_maps(maps: &[crate::cmd::proxy::Recognised]) -> Vec<ProxyMap> {
                     Some(u) => ProxyTarget::Unresolved {
                         target_name: u.name.clone(),
                         unresolved: u.why.clone(),
+                        looked_up: u.looked_up.clone(),
                     },
                 },
                 target_from: m.target.first,
@@ -155,11 +185,11 @@ fn proxy_maps(maps: &[crate::cmd::proxy::Recognised]) -> Vec<ProxyMap> {
 /// A socat port forward (`socat [FLAGS] TCP-LISTEN:8080,fork,bind=ADDR TCP:HOST:80`), read
 /// with the proxy's own socat parser: its bind= address and family, a target name resolved
 /// as a nettool proxy's is (an unresolved one is [`ProxyTarget::Unresolved`]).
-fn socat(argv: &[String]) -> Option<Vec<ProxyMap>> {
+fn socat(argv: &[String], pid: u32) -> Option<Vec<ProxyMap>> {
     if argv.first()?.rsplit('/').next() != Some("socat") {
         return None;
     }
-    Some(proxy_maps(&crate::cmd::proxy::recognise_socat(argv)?))
+    Some(proxy_maps(&crate::cmd::proxy::recognise_socat(argv, pid)?))
 }
 
 #[cfg(test)]
@@ -171,7 +201,7 @@ mod tests {
     }
 
     fn target(argv: &str, proto: Proto, port: u16) -> Option<SocketAddr> {
-        recognise(1, "x", &v(argv))?
+        recognise(std::process::id(), "x", &v(argv))?
             .maps
             .iter()
             .find(|m| m.proto == proto && m.listen_from <= port && port <= m.listen_to)?
@@ -232,6 +262,7 @@ mod tests {
             target: ProxyTarget::Unresolved {
                 target_name: "db.internal".into(),
                 unresolved: "no such name".into(),
+                looked_up: String::new(),
             },
             ..m
         };
@@ -244,8 +275,8 @@ mod tests {
 
     /// The first mapping of a socat line: (proto, listen ip, listen port, target).
     fn socat_map(argv: &str) -> Option<(Proto, Option<IpAddr>, u16, Option<SocketAddr>)> {
-        let p = recognise(1, "socat", &v(argv))?;
-        assert_eq!(p.kind, "socat");
+        let p = recognise(std::process::id(), "socat", &v(argv))?;
+        assert_eq!(p.kind, ProxyKind::Socat);
         let m = p.maps.first()?;
         Some((
             m.proto,
@@ -275,9 +306,14 @@ mod tests {
             socat_map(a),
             Some((Proto::Tcp, ip("0.0.0.0"), 9999, to("10.89.0.2:80")))
         );
-        assert!(recognise(1, "socat", &v("/usr/bin/socat TCP-LISTEN:80,fork EXEC:cat")).is_none());
-        assert!(recognise(1, "socat", &v("socat - TCP:10.0.0.2:80")).is_none());
-        assert!(recognise(1, "sleep", &v("sleep 100")).is_none());
+        assert!(recognise(
+            std::process::id(),
+            "socat",
+            &v("/usr/bin/socat TCP-LISTEN:80,fork EXEC:cat")
+        )
+        .is_none());
+        assert!(recognise(std::process::id(), "socat", &v("socat - TCP:10.0.0.2:80")).is_none());
+        assert!(recognise(std::process::id(), "sleep", &v("sleep 100")).is_none());
     }
 
     /// Each form a user types, read with the proxy's socat parser: bind= and the family of the

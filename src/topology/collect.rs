@@ -542,6 +542,7 @@ fn proxy_mapping(
         ProxyTarget::Unresolved {
             target_name,
             unresolved,
+            ..
         } => (
             None,
             format!("{target_name}:{target_port} (does not resolve here: {unresolved})"),

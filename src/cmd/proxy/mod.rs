@@ -146,15 +146,17 @@ pub(crate) struct UnresolvedName {
     pub name: String,
     /// The resolver's reason (NXDOMAIN, a nameserver that did not answer, ...).
     pub why: String,
+    /// Which resolver files and namespace it was looked up with (the proxy's own view).
+    pub looked_up: String,
 }
 
 /// What a running proxy forwards, read from its command line with the proxy's own parsers:
 /// docker-proxy flags (argv[0] docker-proxy, any binary given docker-proxy's flags, or
 /// `nettool proxy -container-ip ...`) or the
-/// `nettool proxy` arguments. None when argv is not a proxy of ours or docker's. A target
+/// `nettool proxy` arguments, its names as process `pid` sees them. None when argv is not a proxy of ours or docker's. A target
 /// name that does not resolve here still makes a mapping: the proxy resolved it at its start
 /// and keeps dialling its last addresses, so it is a proxy whose target is not known here.
-pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Recognised>> {
+pub(crate) fn recognise(argv: &[String], pid: u32) -> Option<Vec<Recognised>> {
     if let Some(start) = docker::docker_flags_start(argv) {
         return docker::parse_args(&argv[start..]).ok().map(|d| {
             vec![Recognised {
@@ -170,7 +172,7 @@ pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Recognised>> {
         .ok()?
         .command
     {
-        crate::cli::Command::Proxy(a) => names::recognised(mappings(&a).ok()?),
+        crate::cli::Command::Proxy(a) => names::recognised(mappings(&a).ok()?, pid),
         _ => None,
     }
 }
@@ -178,8 +180,8 @@ pub(crate) fn recognise(argv: &[String]) -> Option<Vec<Recognised>> {
 /// A running socat port forward (`socat TCP-LISTEN:8080,fork TCP:db:80`) read with the
 /// proxy's socat parser ([`spec::running_socat`]), its names through the same budget and
 /// with the same unresolved-name mapping as a `nettool proxy`.
-pub(crate) fn recognise_socat(argv: &[String]) -> Option<Vec<Recognised>> {
-    names::recognised(vec![spec::running_socat(argv)?])
+pub(crate) fn recognise_socat(argv: &[String], pid: u32) -> Option<Vec<Recognised>> {
+    names::recognised(vec![spec::running_socat(argv)?], pid)
 }
 
 fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
@@ -467,9 +469,17 @@ mod tests {
     /// interface (maybe in another namespace) as no index.
     #[test]
     fn a_proxy_with_names_and_zones_is_recognised() {
-        let m = recognise(&argv("nettool proxy -p 127.0.0.1:8080=localhost:80")).unwrap();
+        let m = recognise(
+            &argv("nettool proxy -p 127.0.0.1:8080=localhost:80"),
+            std::process::id(),
+        )
+        .unwrap();
         assert!(m[0].mapping.target_ip.is_loopback(), "{m:?}");
-        let m = recognise(&argv("nettool proxy [fe80::1%eth0]:8080 [fe80::2%3]:80")).unwrap();
+        let m = recognise(
+            &argv("nettool proxy [fe80::1%eth0]:8080 [fe80::2%3]:80"),
+            std::process::id(),
+        )
+        .unwrap();
         assert_eq!(
             (
                 m[0].mapping.listen_ip,
@@ -478,7 +488,7 @@ mod tests {
             ),
             (Some("fe80::1".parse().unwrap()), 0, 3)
         );
-        assert!(recognise(&argv("nettool proxy 8080 [fe80::2]:80")).is_none());
+        assert!(recognise(&argv("nettool proxy 8080 [fe80::2]:80"), std::process::id()).is_none());
     }
 
     /// A target name whose first address refuses and whose next one is the listener itself

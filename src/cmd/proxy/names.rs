@@ -32,33 +32,91 @@ const NAMES_FRESH: Duration = Duration::from_secs(10);
 /// The answers of this run and when its budget for names ends.
 struct NameBudget {
     until: std::time::Instant,
-    seen: std::collections::HashMap<String, (std::time::Instant, Result<Answer, String>)>,
+    seen: std::collections::HashMap<(String, u64), (std::time::Instant, Result<Answer, String>)>,
 }
 
 static NAMES: std::sync::Mutex<Option<NameBudget>> = std::sync::Mutex::new(None);
 
-/// The same for reading a running proxy's arguments (doctor, topology): one query round of at
-/// most a second per query, and [`NAMES_BUDGET`] for every name of the run together, each
-/// name once, so a dead DNS server does not hold a diagnosis.
-pub(super) fn quick_addresses(name: &str) -> Result<Answer, String> {
-    budgeted(name, crate::dns::lookup::ResolverConfig::system(), &NAMES)
+/// Where a running proxy's names are looked up: with the /etc/hosts and /etc/resolv.conf
+/// that process sees (/proc/PID/root/etc/..., doctor's own where one cannot be read), and
+/// from its network namespace when that is not the caller's (its nameserver may be
+/// 127.0.0.11, Docker's embedded DNS, reachable only from inside).
+pub(crate) struct View {
+    /// The resolver files' settings.
+    cfg: crate::dns::lookup::ResolverConfig,
+    /// The namespace the queries leave from (None: the caller's).
+    ns: Option<NetNs>,
+    /// The files' texts and the namespace: one name in two views is asked twice.
+    key: u64,
+    /// How the names were looked up, for a finding's evidence.
+    said: String,
 }
 
-/// [`quick_addresses`] with the resolver configuration and the run's answers given.
+/// A resolver file as process `pid` sees it: its text and the path read, else doctor's
+/// own (`own`) with why the process's could not be read.
+fn view_file(root: &std::path::Path, own: &str) -> (String, String) {
+    let theirs = root.join(own.trim_start_matches('/'));
+    match std::fs::read_to_string(&theirs) {
+        Ok(t) => (t, theirs.display().to_string()),
+        Err(e) => (
+            std::fs::read_to_string(own).unwrap_or_default(),
+            format!("{own} ({} could not be read: {e})", theirs.display()),
+        ),
+    }
+}
+
+impl View {
+    /// Process `pid`'s view of names (see [`View`]).
+    pub(crate) fn of_pid(pid: u32) -> View {
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        let (hosts, hosts_at) = view_file(&root, "/etc/hosts");
+        let (resolv, resolv_at) = view_file(&root, "/etc/resolv.conf");
+        let cfg = crate::dns::lookup::ResolverConfig::from_texts(hosts, &resolv);
+        let (ns, from) = match (NetNs::from_pid(pid), NetNs::current()) {
+            (Ok(theirs), Ok(here)) if theirs.id() != here.id() => {
+                (Some(theirs), "from its network namespace".to_string())
+            }
+            (Ok(_), Ok(_)) => (None, "from its network namespace (doctor's too)".into()),
+            (Err(e), _) | (_, Err(e)) => (None, format!("from doctor's network namespace ({e})")),
+        };
+        let servers: Vec<String> = cfg.nameservers.iter().map(|s| s.ip().to_string()).collect();
+        let said = format!(
+            "looked up as pid {pid} does: {hosts_at}, {resolv_at}, nameserver {} {from}",
+            servers.join(", ")
+        );
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&cfg.hosts, &resolv, ns.as_ref().map(|n| n.id())).hash(&mut h);
+            h.finish()
+        };
+        View { cfg, ns, key, said }
+    }
+
+    /// Look `name` up within the run's budget ([`budgeted`]).
+    fn addresses(&self, name: &str) -> Result<Answer, String> {
+        budgeted(name, self, &NAMES)
+    }
+}
+
+/// The same for reading a running proxy's arguments (doctor, topology): one query round of at
+/// most a second per query, and [`NAMES_BUDGET`] for every name of the run together, each
+/// name once per view, so a dead DNS server does not hold a diagnosis.
 fn budgeted(
     name: &str,
-    mut cfg: crate::dns::lookup::ResolverConfig,
+    view: &View,
     names: &std::sync::Mutex<Option<NameBudget>>,
 ) -> Result<Answer, String> {
     use std::time::Instant;
     let now = Instant::now();
+    let key = (name.to_string(), view.key);
     let until = {
         let mut g = names.lock().unwrap_or_else(|p| p.into_inner());
         let b = g.get_or_insert_with(|| NameBudget {
             until: now + NAMES_BUDGET,
             seen: Default::default(),
         });
-        if let Some((at, r)) = b.seen.get(name) {
+        if let Some((at, r)) = b.seen.get(&key) {
             if now.duration_since(*at) < NAMES_FRESH {
                 return r.clone();
             }
@@ -68,20 +126,26 @@ fn budgeted(
         }
         b.until
     };
+    let mut cfg = view.cfg.clone();
     cfg.timeout = Duration::from_secs(1);
     cfg.attempts = 1;
     cfg.deadline = Some(until);
-    let r =
-        crate::dns::lookup::lookup_answer(&cfg, name).map_err(|e| match Instant::now() >= until {
-            true => format!(
-                "{e} (the names in running proxies' arguments get {} s in all)",
-                NAMES_BUDGET.as_secs()
-            ),
-            false => e,
-        });
+    let ask = move || crate::dns::lookup::lookup_answer(&cfg, name);
+    // A thread of its own in the process's namespace (never a tokio worker's setns).
+    let r = match &view.ns {
+        Some(ns) => ns.run(ask).unwrap_or_else(|e| Err(e.to_string())),
+        None => ask(),
+    };
+    let r = r.map_err(|e| match Instant::now() >= until {
+        true => format!(
+            "{e} (the names in running proxies' arguments get {} s in all)",
+            NAMES_BUDGET.as_secs()
+        ),
+        false => e,
+    });
     let mut g = names.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(b) = g.as_mut() {
-        b.seen.insert(name.to_string(), (Instant::now(), r.clone()));
+        b.seen.insert(key, (Instant::now(), r.clone()));
     }
     r
 }
@@ -325,17 +389,26 @@ fn is_local(ip: std::net::IpAddr) -> bool {
         .is_ok_and(|a| a.ip() == ip)
 }
 
-/// A running proxy's mappings as its arguments read here (doctor, topology): names as the
-/// proxy resolved them at its start (or the resolver's answer now, within the budget of
-/// [`quick_addresses`]); a target name that does not resolve here keeps its listen side, with
-/// the name and why ([`UnresolvedName`]). None when a mapping is no mapping here.
-pub(super) fn recognised(specs: Vec<MapSpec>) -> Option<Vec<Recognised>> {
-    // Names as the proxy resolved them at its start (or the resolver's answer now);
-    // zones only where they are indexes: the interface may be in another namespace.
-    struct Recognise;
+/// A running proxy's mappings as its arguments read here (doctor, topology): names as
+/// process `pid` looks them up now ([`View::of_pid`], within the run's budget of
+/// [`budgeted`]); a target name that does not resolve for it keeps its listen side, with
+/// the name, why and how it was looked up ([`UnresolvedName`]). None when a mapping is no
+/// mapping here.
+pub(super) fn recognised(specs: Vec<MapSpec>, pid: u32) -> Option<Vec<Recognised>> {
+    // Names as the process sees them now; zones only where they are indexes: the interface
+    // may be in another namespace.
+    struct Recognise {
+        pid: u32,
+        view: std::cell::OnceCell<View>,
+    }
+    impl Recognise {
+        fn view(&self) -> &View {
+            self.view.get_or_init(|| View::of_pid(self.pid))
+        }
+    }
     impl Lookup for Recognise {
         fn addresses(&self, name: &str) -> Result<Answer, String> {
-            quick_addresses(name)
+            self.view().addresses(name)
         }
         fn zone(&self, _listen: bool, zone: &str) -> Result<u32, String> {
             Ok(zone.parse().unwrap_or(0))
@@ -344,9 +417,13 @@ pub(super) fn recognised(specs: Vec<MapSpec>) -> Option<Vec<Recognised>> {
             true
         }
     }
+    let look = Recognise {
+        pid,
+        view: Default::default(),
+    };
     let mut out = Vec::new();
     for s in specs {
-        match (s.resolve(&Recognise), &s.target_host) {
+        match (s.resolve(&look), &s.target_host) {
             (Ok(maps), _) => out.extend(maps.into_iter().map(|mapping| Recognised {
                 mapping,
                 unresolved: None,
@@ -354,17 +431,18 @@ pub(super) fn recognised(specs: Vec<MapSpec>) -> Option<Vec<Recognised>> {
             (Err(e), spec::Host::Name(name)) => {
                 // The resolver's own words when it failed (they are cached: no second
                 // query); else why its answer is no target (e.g. no IPv4 for TCP4:).
-                let why = quick_addresses(name).err().unwrap_or(e.why);
+                let why = look.addresses(name).err().unwrap_or(e.why);
                 let unresolved = UnresolvedName {
                     name: name.clone(),
                     why,
+                    looked_up: look.view().said.clone(),
                 };
                 // The listen side as written, with a stand-in target never shown.
                 let mut stand_in = s.clone();
                 stand_in.target_host = spec::Host::Ip(std::net::Ipv4Addr::UNSPECIFIED.into());
                 out.extend(
                     stand_in
-                        .resolve(&Recognise)
+                        .resolve(&look)
                         .ok()?
                         .into_iter()
                         .map(|mapping| Recognised {
@@ -397,8 +475,14 @@ mod tests {
             nameservers: vec![silent.local_addr().unwrap()],
             ..cfg
         };
+        let view = View {
+            cfg,
+            ns: None,
+            key: 1,
+            said: String::new(),
+        };
         let names = std::sync::Mutex::new(None);
-        let e = budgeted("db", cfg.clone(), &names).unwrap_err();
+        let e = budgeted("db", &view, &names).unwrap_err();
         assert!(e.contains("get 1 s in all"), "{e}");
         let sent = |s: &std::net::UdpSocket| {
             s.set_nonblocking(true).unwrap();
@@ -408,9 +492,54 @@ mod tests {
         let first = sent(&silent);
         assert!(first > 0);
         for n in ["cache", "web", "db"] {
-            let e = budgeted(n, cfg.clone(), &names).unwrap_err();
+            let e = budgeted(n, &view, &names).unwrap_err();
             assert!(e.contains("get 1 s in all"), "{n}: {e}");
         }
         assert_eq!(sent(&silent), 0, "queries after the budget was spent");
+    }
+
+    /// A process's resolver file is read under its root; one that cannot be read (missing,
+    /// or /proc/PID/root not readable) is doctor's own, and the evidence says why.
+    #[test]
+    fn a_process_file_falls_back_to_doctors_own_and_says_so() {
+        let root = std::env::temp_dir().join(format!("nt-test-view-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hosts"), "10.1.2.3 db.nt-test\n").unwrap();
+        let (text, at) = view_file(&root, "/etc/hosts");
+        assert_eq!(text, "10.1.2.3 db.nt-test\n");
+        assert_eq!(at, root.join("etc/hosts").display().to_string());
+        let (text, at) = view_file(&root, "/etc/resolv.conf");
+        assert_eq!(
+            text,
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+        );
+        assert!(
+            at.starts_with("/etc/resolv.conf (")
+                && at.contains(&format!(
+                    "{}/etc/resolv.conf could not be read",
+                    root.display()
+                )),
+            "{at}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+        // This process's own view: its files, its namespace (no thread of another one).
+        let me = std::process::id();
+        let v = View::of_pid(me);
+        assert!(v.ns.is_none());
+        assert!(
+            v.said.starts_with(&format!(
+                "looked up as pid {me} does: /proc/{me}/root/etc/hosts, /proc/{me}/root/etc/resolv.conf, nameserver "
+            )),
+            "{}",
+            v.said
+        );
+        // A process gone: doctor's own files and namespace, and the evidence says so.
+        let gone = View::of_pid(u32::MAX);
+        assert!(gone.said.contains("could not be read"), "{}", gone.said);
+        assert!(
+            gone.said.contains("from doctor's network namespace"),
+            "{}",
+            gone.said
+        );
     }
 }
