@@ -3570,7 +3570,7 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
     let line = diag_line(&r);
     for part in [
         format!("nettool (pid {})", proxy.pid()),
-        "proxies to db.nt-test:80, which does not resolve here".into(),
+        "proxies to db.nt-test:80, which does not resolve where it runs".into(),
     ] {
         assert!(line.contains(&part), "{part}: {r:#}");
     }
@@ -3729,7 +3729,7 @@ fn a_socat_forward_to_a_name_is_followed_and_its_unresolved_name_is_named() {
     let line = diag_line(&r);
     for part in [
         format!("socat (pid {}) listens on 0.0.0.0:9091", socat.pid()),
-        "proxies to db.nt-test:80, which does not resolve here".into(),
+        "proxies to db.nt-test:80, which does not resolve where it runs".into(),
     ] {
         assert!(line.contains(&part), "{part}: {r:#}");
     }
@@ -3933,8 +3933,18 @@ fn a_proxys_target_name_is_looked_up_with_the_proxys_own_hosts_file() {
         "looked up as pid {pid} does: /proc/{pid}/root/etc/hosts, /proc/{pid}/root/etc/resolv.conf, nameserver 127.0.0.1 from its network namespace (doctor's too)"
     );
     assert!(evidence.contains(&said), "{said}: {r:#}");
-    println!("{}", diag_line(&r));
-    println!("{evidence}");
+    // The text reports (docs/doctor.md shows them).
+    for (hosts, port) in [(&own_hosts, "9095"), (&doctor_hosts, "9097")] {
+        let out = with_resolver(
+            hosts,
+            &resolv,
+            &lab.host.name,
+            &["doctor", "--netns", &lab.host.name, port],
+        )
+        .output()
+        .unwrap();
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+    }
     drop((proxy, socat));
     let _ = std::fs::remove_dir_all(&dir);
 }

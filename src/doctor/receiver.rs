@@ -275,7 +275,7 @@ pub(crate) fn receiver(
                 return (None, hop, Some(walk));
             }
         }
-        // A proxy to a name that does not resolve here: its backend is unknown, so the path
+        // A proxy to a name that does not resolve where it runs: its backend is unknown, so the path
         // ends at the proxy, with the name and where to look (not "all clear").
         let process = owner
             .as_ref()
@@ -476,11 +476,11 @@ fn loopback_only(snap: &Snapshot, packet: &Packet, from: &str, walk: &Walk) -> O
     Some(hop)
 }
 
-/// The receiver's finding for a proxy whose target name does not resolve where doctor runs.
-/// The proxy resolves it where it runs (its own /etc/hosts and /etc/resolv.conf): a nettool
-/// proxy keeps dialling its last addresses while the name fails, socat looks the name up again
-/// for each connection it takes; so its log and its own view of the name are what tell a dead
-/// name from one only doctor cannot see.
+/// The receiver's finding for a proxy whose target name does not resolve as the proxy looks
+/// it up (its /etc/hosts and /etc/resolv.conf, from its network namespace; doctor's own
+/// files where its cannot be read, which the evidence says): a nettool proxy keeps dialling
+/// its last addresses while the name fails, socat looks the name up again for each
+/// connection it takes; so its log tells when the name stopped resolving.
 fn unresolved_target(
     ok: Hop,
     who: &str,
@@ -502,7 +502,7 @@ fn unresolved_target(
         ID,
         TITLE,
         Fault::ProxyTargetUnresolved,
-        format!("{who} listens on {local} and proxies to {name}:{port}, which does not resolve here: {why}; its backend cannot be followed"),
+        format!("{who} listens on {local} and proxies to {name}:{port}, which does not resolve where it runs: {why}; its backend cannot be followed"),
     );
     hop.evidence.extend(ok.evidence);
     hop.proxy = Some(proxy.kind);

@@ -67,9 +67,9 @@ pub(crate) struct ProxyMap {
     pub target_from: u16,
 }
 
-/// Where a proxy connects: an address, or a name that does not resolve where nettool reads
-/// the proxy's arguments (the proxy itself resolved it at its start, perhaps with another
-/// /etc/resolv.conf, and keeps dialling its last addresses). Flattened, untagged: a snapshot
+/// Where a proxy connects: an address, or a name that does not resolve as the proxy looks it
+/// up now (its /etc/hosts and /etc/resolv.conf, from its network namespace; a nettool proxy
+/// keeps dialling its last addresses meanwhile). Flattened, untagged: a snapshot
 /// saved before names has `target_ip`, which still reads as an address.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
@@ -79,7 +79,7 @@ pub(crate) enum ProxyTarget {
         /// The address.
         target_ip: IpAddr,
     },
-    /// A name that does not resolve here.
+    /// A name that does not resolve where the proxy runs.
     Unresolved {
         /// The name as written.
         target_name: String,

@@ -135,11 +135,11 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
 pub(crate) struct Recognised {
     /// The mapping; its `target_ip` is a stand-in (0.0.0.0) when `unresolved` is set.
     pub mapping: Mapping,
-    /// The target name, when it does not resolve where this runs.
+    /// The target name, when it does not resolve as the process looks it up.
     pub unresolved: Option<UnresolvedName>,
 }
 
-/// A running proxy's target name that does not resolve here, and why.
+/// A running proxy's target name that does not resolve as it looks it up, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UnresolvedName {
     /// The name as written.
@@ -153,9 +153,10 @@ pub(crate) struct UnresolvedName {
 /// What a running proxy forwards, read from its command line with the proxy's own parsers:
 /// docker-proxy flags (argv[0] docker-proxy, any binary given docker-proxy's flags, or
 /// `nettool proxy -container-ip ...`) or the
-/// `nettool proxy` arguments, its names as process `pid` sees them. None when argv is not a proxy of ours or docker's. A target
-/// name that does not resolve here still makes a mapping: the proxy resolved it at its start
-/// and keeps dialling its last addresses, so it is a proxy whose target is not known here.
+/// `nettool proxy` arguments, its names looked up as process `pid` does. None when argv is
+/// not a proxy of ours or docker's. A target name that does not resolve still makes a
+/// mapping: the proxy keeps dialling its last addresses, so it is a proxy whose target is
+/// not known here.
 pub(crate) fn recognise(argv: &[String], pid: u32) -> Option<Vec<Recognised>> {
     if let Some(start) = docker::docker_flags_start(argv) {
         return docker::parse_args(&argv[start..]).ok().map(|d| {
