@@ -8645,12 +8645,27 @@ fn stop_after_dialling(p: Proxy, n: usize) -> String {
 fn start_with_hosts(relay: Relay, ns: &TestNs, dir: &TempDir, hosts: &str, args: &[&str]) -> Proxy {
     let file = dir.join("hosts");
     std::fs::write(&file, hosts).unwrap();
+    start_with_files(relay, ns, dir, &[(&file, "/etc/hosts")], args)
+}
+
+/// `nettool proxy ARGS` inside `ns` on `relay`, each file of `mounts` bind-mounted on the
+/// path beside it in a mount namespace of its own (`unshare --mount`): the machine's files
+/// are neither read nor changed.
+fn start_with_files(
+    relay: Relay,
+    ns: &TestNs,
+    dir: &TempDir,
+    mounts: &[(&Path, &str)],
+    args: &[&str],
+) -> Proxy {
     let mut c = Command::new("unshare");
     c.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$1" /etc/hosts && shift && exec "$@""#)
-        .arg("sh")
-        .arg(&file)
-        .args(["ip", "netns", "exec", &ns.name, BIN]);
+        .arg(r#"while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; shift 2; done; shift; exec "$@""#)
+        .arg("sh");
+    for (file, on) in mounts {
+        c.arg(file).arg(on);
+    }
+    c.arg("--").args(["ip", "netns", "exec", &ns.name, BIN]);
     let fast = match relay {
         Relay::FastPath => "1",
         Relay::Tokio => "0",
@@ -8909,18 +8924,8 @@ fn start_with_resolver(
     args: &[&str],
     dir: &TempDir,
 ) -> Proxy {
-    let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@""#)
-        .arg("sh")
-        .arg(hosts)
-        .arg(resolv)
-        .args(["ip", "netns", "exec", &ns.name, BIN]);
-    let fast = match relay {
-        Relay::FastPath => "1",
-        Relay::Tokio => "0",
-    };
-    start_cmd(c, dir, args, &[("NETTOOL_PROXY_FASTPATH", fast)])
+    let mounts = [(hosts, "/etc/hosts"), (resolv, "/etc/resolv.conf")];
+    start_with_files(relay, ns, dir, &mounts, args)
 }
 
 /// A target name is resolved again while the proxy runs: a DNS answer once its TTL is past
