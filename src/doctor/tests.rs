@@ -337,3 +337,56 @@ fn forwarding_off_is_one_fail_even_when_the_engine_rule_is_the_last_one_crossed(
     let r = replay(&snap).unwrap();
     assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
 }
+
+/// A probe that got bytes back through a proxy whose target name does not resolve: the line
+/// says why by the proxy's kind carried on the hop (a nettool proxy dials its last addresses;
+/// socat looks the name up per connection), not one sentence for every proxy.
+#[test]
+fn the_probe_through_an_unresolved_name_is_worded_by_the_proxys_kind() {
+    use crate::facts::proxies::ProxyKind;
+    let line = |kind: Option<ProxyKind>| {
+        let mut hop = Hop::fail(
+            "receiver",
+            "who receives it",
+            Fault::ProxyTargetUnresolved,
+            "P proxies to db:80, which does not resolve where it runs",
+        );
+        hop.proxy = kind;
+        let r = Report {
+            host_netns: "h".into(),
+            from: "localhost".into(),
+            packet: None,
+            destination: None,
+            hops: vec![hop],
+            diagnosis: Diagnosis {
+                ok: true,
+                fault: None,
+                hop: None,
+                line: String::new(),
+                fix: None,
+            },
+            probe: Some(facts::ProbeResult {
+                from_netns: None,
+                target: "127.0.0.1:9090".into(),
+                ok: true,
+                connected: true,
+                sent: 4,
+                received: 4,
+                outcome: "answered".into(),
+                elapsed_ms: 1,
+                trace: None,
+            }),
+            ipv6: None,
+            reads: Default::default(),
+        };
+        conclude(&r).line
+    };
+    assert!(line(Some(ProxyKind::Nettool))
+        .ends_with("(it dials the last addresses it had for the name)"));
+    let socat = line(Some(ProxyKind::Socat));
+    assert!(
+        socat.ends_with("(socat looks the name up per connection: it resolved for socat then)"),
+        "{socat}"
+    );
+    assert!(!socat.contains("last addresses"), "{socat}");
+}
