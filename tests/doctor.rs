@@ -3636,7 +3636,7 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert!(
-        text.contains("db.nt-test:80 (does not resolve here: no such name"),
+        text.contains("db.nt-test:80 (does not resolve where it runs: no such name"),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -545,7 +545,7 @@ fn proxy_mapping(
             ..
         } => (
             None,
-            format!("{target_name}:{target_port} (does not resolve here: {unresolved})"),
+            format!("{target_name}:{target_port} (does not resolve where it runs: {unresolved})"),
         ),
     };
     Some(Mapping {
