@@ -3479,6 +3479,27 @@ fn with_resolver(
     resolver_run(hosts, resolv, host, env!("CARGO_BIN_EXE_nettool"), argv)
 }
 
+/// `nettool doctor --netns HOST --json ARGS` with the resolver files `hosts` and `resolv`
+/// ([`with_resolver`]): its report and exit code.
+fn doctor_with_resolver(
+    hosts: &std::path::Path,
+    resolv: &std::path::Path,
+    host: &str,
+    args: &[&str],
+) -> (Value, Option<i32>) {
+    let mut v = vec!["doctor", "--netns", host, "--json"];
+    v.extend_from_slice(args);
+    let out = with_resolver(hosts, resolv, host, &v).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "doctor {args:?}: bad JSON ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (r, out.status.code())
+}
+
 /// [`with_resolver`] for any program.
 fn resolver_run(
     hosts: &std::path::Path,
@@ -3532,21 +3553,7 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
         .spawn()
         .unwrap(),
     );
-    let doctor = |args: &[&str]| -> (Value, Option<i32>) {
-        let mut v = vec!["doctor", "--netns", &lab.host.name, "--json"];
-        v.extend_from_slice(args);
-        let out = with_resolver(&hosts, &resolv, &lab.host.name, &v)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let r: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!(
-                "doctor {args:?}: bad JSON ({e}): {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (r, out.status.code())
-    };
+    let doctor = |args: &[&str]| doctor_with_resolver(&hosts, &resolv, &lab.host.name, args);
     wait_for("the proxy followed", 10, || {
         doctor(&["9090"]).0["destination"]["via"] == "proxy"
     });
@@ -3685,21 +3692,7 @@ fn a_socat_forward_to_a_name_is_followed_and_its_unresolved_name_is_named() {
         .spawn()
         .unwrap(),
     );
-    let doctor = |args: &[&str]| -> (Value, Option<i32>) {
-        let mut v = vec!["doctor", "--netns", &lab.host.name, "--json"];
-        v.extend_from_slice(args);
-        let out = with_resolver(&hosts, &resolv, &lab.host.name, &v)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let r: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!(
-                "doctor {args:?}: bad JSON ({e}): {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (r, out.status.code())
-    };
+    let doctor = |args: &[&str]| doctor_with_resolver(&hosts, &resolv, &lab.host.name, args);
     wait_for("socat followed", 10, || {
         doctor(&["9091"]).0["destination"]["via"] == "proxy"
     });
