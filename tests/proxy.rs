@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{transparent_traces, unique, wait_for, ChildGuard, TestNs};
 use nettool::netns::NetNs;
@@ -116,9 +116,19 @@ impl Proxy {
     }
     /// Wait up to 10 s for `want` in the log.
     fn wait_logged(&self, want: &str) {
-        wait_for(&format!("'{want}' in the log"), 10, || {
-            self.log().contains(want)
-        });
+        self.wait_logged_within(want, 10)
+    }
+    /// Wait up to `secs` for `want` in the log; a timeout shows the log as it was.
+    fn wait_logged_within(&self, want: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.log().contains(want) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for '{want}' in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -6207,12 +6217,17 @@ fn a_listen_netns_made_again_without_the_listen_address_is_told_and_retried() {
         netns(&host).id().inode,
         host.name
     );
-    p.wait_logged(&cannot);
+    // One look a second, then five binds over about 4 s: well within 30 s, even while
+    // the whole suite loads the machine (10 s was not, once, in CI).
+    p.wait_logged_within(&cannot, 30);
     host.ip(&["addr", "add", "10.9.0.1/32", "dev", "lo"]);
-    p.wait_logged(&format!(
-        "--listen-netns {}: listening in the new network namespace (inode ",
-        host.name
-    ));
+    p.wait_logged_within(
+        &format!(
+            "--listen-netns {}: listening in the new network namespace (inode ",
+            host.name
+        ),
+        30,
+    );
     let hi = connect_in(&host, "10.9.0.1:8080").and_then(first_words);
     assert_eq!(hi.ok().as_deref(), Some("hi"), "log:\n{}", p.log());
     assert_eq!(p.log().matches(&cannot).count(), 1, "{}", p.log());
