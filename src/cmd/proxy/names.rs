@@ -131,7 +131,8 @@ fn budgeted(
     cfg.attempts = 1;
     cfg.deadline = Some(until);
     let ask = move || crate::dns::lookup::lookup_answer(&cfg, name);
-    // A thread of its own in the process's namespace (never a tokio worker's setns).
+    // In the process's namespace through the core (NetNs::run: a thread of its own that
+    // enters it; never the calling thread, which may be a tokio worker).
     let r = match &view.ns {
         Some(ns) => ns.run(ask).unwrap_or_else(|e| Err(e.to_string())),
         None => ask(),
