@@ -120,14 +120,7 @@ impl Lab {
     }
 
     fn wait_listening(&self, port: u16) {
-        let ns = self.container.name.clone();
-        wait_for("the service to listen", 10, || {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &ns, "ss", "-Htln"])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
-        });
+        wait_tcp_listening(&self.container, port);
     }
 
     fn sysctl(&self, kv: &str) {
@@ -3806,6 +3799,215 @@ fn a_socat_bound_to_loopback_is_named_for_a_client_from_outside() {
         "9092",
     ]);
     println!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// How many hops of a report fail.
+fn fails(r: &Value) -> usize {
+    r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["verdict"] == "fail")
+        .count()
+}
+
+/// Wait until a TCP socket listens on `port` in `ns`.
+fn wait_tcp_listening(ns: &TestNs, port: u16) {
+    wait_for("the service to listen", 10, || {
+        in_ns(&ns.name, &["ss", "-Htln"]).contains(&format!(":{port} "))
+    });
+}
+
+#[test]
+fn a_socat_bound_to_another_host_address_is_named_and_a_wildcard_restart_clears_it() {
+    // The host has 192.0.2.1 on its uplink and 198.51.100.1 on lo; `socat
+    // TCP-LISTEN:9093,bind=198.51.100.1,fork TCP:10.89.0.2:80` listens on the second, the
+    // outside client uses the first. Before: "nothing receives tcp/9093 ... no process listens
+    // on the host" (no_receiver).
+    let lab = Lab::new();
+    lab.host
+        .ip(&["addr", "add", "198.51.100.1/32", "dev", "lo"]);
+    let outside = lab.outside_source();
+    let args = ["--from", outside.as_str(), "9093"];
+    let socat = lab.host.spawn(&[
+        "socat",
+        "TCP-LISTEN:9093,bind=198.51.100.1,fork,reuseaddr",
+        "TCP:10.89.0.2:80",
+    ]);
+    wait_tcp_listening(&lab.host, 9093);
+    let r = lab.doctor(&[&args[..], &["--probe"]].concat());
+    assert_eq!(fault(&r), "service_on_other_address", "{r:#}");
+    assert_eq!(r["diagnosis"]["ok"], false, "{r:#}");
+    assert_eq!(r["probe"]["ok"], false, "{r:#}");
+    let line = diag_line(&r);
+    for part in [
+        format!(
+            "socat (pid {}) listens on 198.51.100.1:9093 only (another address of the host) and proxies to 10.89.0.2:80",
+            socat.pid()
+        ),
+        format!("connections to 192.0.2.1:9093 from {outside} find nothing"),
+        "make it listen on 0.0.0.0:9093 or on 192.0.2.1:9093 (socat's bind=198.51.100.1: drop it, or bind=192.0.2.1)".into(),
+    ] {
+        assert!(line.contains(&part), "{part}: {r:#}");
+    }
+    assert_eq!(fails(&r), 1, "one cause, one finding: {r:#}");
+    record_capture(
+        &[],
+        &lab.host.name,
+        "lab-socat-on-other-address",
+        "socat TCP-LISTEN:9093,bind=198.51.100.1,fork,reuseaddr TCP:10.89.0.2:80 on the host (198.51.100.1/32 on its lo), the client outside using 192.0.2.1",
+        &args,
+    );
+    let text = nettool(&[&["doctor", "--netns", &lab.host.name][..], &args].concat());
+    println!("{}", String::from_utf8_lossy(&text.stdout));
+    // To the address socat listens on, the path is open: socat followed to the container.
+    let to_bound = lab.doctor(&[
+        "--from",
+        &outside,
+        "--packet",
+        "tcp 192.0.2.2 -> 198.51.100.1:9093 in ext0",
+        "--probe",
+    ]);
+    assert_eq!(to_bound["diagnosis"]["ok"], true, "{to_bound:#}");
+    assert_eq!(
+        to_bound["destination"]["netns"],
+        lab.container.name.as_str()
+    );
+    // A nettool proxy with an address in its LISTEN: the same finding, in its own words.
+    let proxy = lab.host.spawn(&[
+        env!("CARGO_BIN_EXE_nettool"),
+        "proxy",
+        "198.51.100.1:9095",
+        "10.89.0.2:80",
+    ]);
+    wait_tcp_listening(&lab.host, 9095);
+    let r = lab.doctor(&["--from", &outside, "9095"]);
+    assert_eq!(fault(&r), "service_on_other_address", "{r:#}");
+    assert!(
+        diag_line(&r).contains(&format!(
+            "nettool (pid {}) listens on 198.51.100.1:9095 only (another address of the host) and proxies to 10.89.0.2:80: connections to 192.0.2.1:9095 from {outside} find nothing; make it listen on 0.0.0.0:9095 or on 192.0.2.1:9095 (its LISTEN address 198.51.100.1:9095: give the port alone, or 192.0.2.1:9095)",
+            proxy.pid()
+        )),
+        "{r:#}"
+    );
+    drop(proxy);
+    // The fix as printed: socat again without bind= (every address). All clear, probe through.
+    drop(socat);
+    let _socat = lab.host.spawn(&[
+        "socat",
+        "TCP-LISTEN:9093,fork,reuseaddr",
+        "TCP:10.89.0.2:80",
+    ]);
+    wait_for("socat on every address", 10, || {
+        lab.doctor(&args)["diagnosis"]["ok"] == true
+    });
+    let r = lab.doctor(&[&args[..], &["--probe"]].concat());
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    assert_eq!(fails(&r), 0, "a wildcard listener: no finding: {r:#}");
+    assert_eq!(r["destination"]["netns"], lab.container.name.as_str());
+}
+
+#[test]
+fn an_ipv6_listener_on_another_host_address_is_named_and_a_wildcard_restart_clears_it() {
+    // The host has 2001:db8:1::1 on its uplink and fd00:6::1 on lo; `nettool serve echo
+    // --bind fd00:6::1` (a plain service, no proxy) listens on the second; the outside client
+    // uses the first. Before: no_receiver.
+    let lab = Lab::new();
+    uplink6_on(&lab.host, "ext0", &lab.outside);
+    lab.host
+        .ip(&["-6", "addr", "add", "fd00:6::1/128", "dev", "lo", "nodad"]);
+    let outside = lab.outside_source();
+    let args = [
+        "--from",
+        outside.as_str(),
+        "--packet",
+        "tcp 2001:db8:1::2 -> [2001:db8:1::1]:9094 in ext0",
+    ];
+    let nt = env!("CARGO_BIN_EXE_nettool");
+    let service = lab
+        .host
+        .spawn(&[nt, "serve", "echo", "9094", "--bind", "fd00:6::1"]);
+    wait_tcp_listening(&lab.host, 9094);
+    let r = lab.doctor(&[&args[..], &["--probe"]].concat());
+    assert_eq!(fault(&r), "service_on_other_address", "{r:#}");
+    assert_eq!(r["probe"]["ok"], false, "{r:#}");
+    let line = diag_line(&r);
+    for part in [
+        format!(
+            "nettool (pid {}) listens on [fd00:6::1]:9094 only (another address of the host): ",
+            service.pid()
+        ),
+        format!("connections to [2001:db8:1::1]:9094 from {outside} find nothing"),
+        "make it listen on [::]:9094 or on [2001:db8:1::1]:9094 (its listen/bind setting)".into(),
+    ] {
+        assert!(line.contains(&part), "{part}: {r:#}");
+    }
+    assert_eq!(fails(&r), 1, "one cause, one finding: {r:#}");
+    record_capture(
+        &[],
+        &lab.host.name,
+        "lab-ipv6-service-on-other-address",
+        "nettool serve echo 9094 --bind fd00:6::1 on the host (fd00:6::1/128 on its lo), the client outside using 2001:db8:1::1",
+        &args,
+    );
+    let text = nettool(&[&["doctor", "--netns", &lab.host.name][..], &args].concat());
+    println!("{}", String::from_utf8_lossy(&text.stdout));
+    // The fix as printed: the service again on [::].
+    drop(service);
+    let _service = lab
+        .host
+        .spawn(&[nt, "serve", "echo", "9094", "--bind", "::"]);
+    wait_for("the service on [::]", 10, || {
+        lab.doctor(&args)["diagnosis"]["ok"] == true
+    });
+    let r = lab.doctor(&[&args[..], &["--probe"]].concat());
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    assert_eq!(fails(&r), 0, "{r:#}");
+}
+
+#[test]
+fn a_container_service_on_another_of_its_addresses_gets_a_relay_that_works() {
+    // Inside the container the service listens on 10.89.0.9 (a second address of eth0); the
+    // DNAT sends to 10.89.0.2. Before: not_listening with `nettool serve` as the fix.
+    let mut lab = Lab::new();
+    lab.service = None;
+    lab.container
+        .ip(&["addr", "add", "10.89.0.9/24", "dev", "eth0"]);
+    lab.service = Some(lab.container.spawn(&[
+        "socat",
+        "TCP-LISTEN:80,bind=10.89.0.9,fork,reuseaddr",
+        "EXEC:cat",
+    ]));
+    lab.wait_listening(80);
+    let outside = lab.outside_source();
+    let args = ["--from", outside.as_str(), "8080"];
+    record_capture(
+        &[],
+        &lab.host.name,
+        "lab-service-on-other-container-address",
+        "socat TCP-LISTEN:80,bind=10.89.0.9,fork,reuseaddr EXEC:cat in the container (10.89.0.9/24 a second address of its eth0), the DNAT to 10.89.0.2:80",
+        &args,
+    );
+    let text = nettool(&[&["doctor", "--netns", &lab.host.name][..], &args].concat());
+    println!("{}", String::from_utf8_lossy(&text.stdout));
+    let broken = break_fix_probe(&mut lab, &args, "service_on_other_address");
+    let line = diag_line(&broken);
+    for part in [
+        format!(
+            "socat listens on 10.89.0.9:80 inside {}, on that address only: connections to 10.89.0.2:80 find nothing",
+            lab.container.name
+        ),
+        "make socat listen on 0.0.0.0:80 or on 10.89.0.2:80".into(),
+    ] {
+        assert!(line.contains(&part), "{part}: {broken:#}");
+    }
+    assert!(
+        fix_line(&broken).contains("proxy 10.89.0.2:80 10.89.0.9:80"),
+        "{broken:#}"
+    );
+    assert_eq!(fails(&broken), 1, "{broken:#}");
 }
 
 /// Doctor's JSON report run with the resolver files `hosts` and `resolv` in `ns`.

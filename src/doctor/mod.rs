@@ -7,6 +7,7 @@
 //! is recorded in it), so a recorded snapshot replays to the same [`Report`] with no root.
 //! Nothing here prints; `src/cmd/doctor.rs` renders.
 
+mod bound;
 mod cni;
 pub(crate) mod engine;
 mod family;
@@ -101,6 +102,10 @@ pub(crate) enum Fault {
     /// The service listens on the container's loopback only (or, on the host, a process or
     /// proxy such as socat listens on loopback only for a client of another address).
     ServiceOnLoopback,
+    /// A process listens on the port on one specific address that is not the one the client
+    /// uses (another address of the host or of the container; not loopback, not a wildcard):
+    /// connections to the client's address find nothing.
+    ServiceOnOtherAddress,
     /// The service listens on IPv4 only while the port is published over IPv6 too.
     ServiceIpv4Only,
     /// The service listens on IPv6 only (`[::]` with IPV6_V6ONLY, or an IPv6 address) while

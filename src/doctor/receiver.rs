@@ -12,8 +12,10 @@ use crate::netns::sockets::Owner;
 
 use super::fix::Fixer;
 
-const ID: &str = "receiver";
-const TITLE: &str = "who receives it";
+/// The receiver hop's id.
+pub(super) const ID: &str = "receiver";
+/// The receiver hop's title.
+pub(super) const TITLE: &str = "who receives it";
 use super::{rules, Destination, DoctorError, Fault, Hop, Packet, Verdict};
 
 /// The packet as it reaches the host, from the source and what was asked; over IPv6 when `v6`.
@@ -363,7 +365,8 @@ pub(crate) fn receiver(
         };
         return (Some(dest), hop, Some(walk));
     }
-    if let Some(hop) = loopback_only(snap, packet, from, &walk) {
+    // A socket on the port bound to another address (loopback or another of the host's).
+    if let Some(hop) = super::bound::on_host(snap, packet, from, &walk) {
         return (None, hop, Some(walk));
     }
     let mut hop = Hop::fail(
@@ -412,68 +415,6 @@ pub(crate) fn receiver(
         hop.evidence.push(format!("rules not read: {e}"));
     }
     (None, hop, Some(walk))
-}
-
-/// A socket on the port that listens on the host's loopback only, for a packet to another
-/// address (`socat TCP-LISTEN:P,bind=127.0.0.1`, a service's localhost default): that is the
-/// one cause, said with the process and, for a proxy, where it forwards; not "nothing
-/// receives", which sends the reader looking for a missing process.
-fn loopback_only(snap: &Snapshot, packet: &Packet, from: &str, walk: &Walk) -> Option<Hop> {
-    if packet.dst.is_loopback() {
-        return None;
-    }
-    let host = snap.host();
-    let lo = host.listeners.iter().find(|s| {
-        s.proto == packet.proto && s.local.port() == packet.dport && s.local.ip().is_loopback()
-    })?;
-    let owner = lo.owners.first();
-    let who = owner
-        .map(|o| format!("{} (pid {})", o.comm, o.pid))
-        .unwrap_or_else(|| "a socket with no visible owner".into());
-    let map = owner.and_then(|o| snap.proxy_target(o.pid, packet.proto, packet.dport));
-    let proxies = map
-        .map(|m| {
-            let port = m.target_port_for(packet.dport).unwrap_or(packet.dport);
-            match &m.target {
-                ProxyTarget::Address { target_ip } => {
-                    format!(" and proxies to {}", SocketAddr::new(*target_ip, port))
-                }
-                ProxyTarget::Unresolved { target_name, .. } => {
-                    format!(" and proxies to {target_name}:{port}")
-                }
-            }
-        })
-        .unwrap_or_default();
-    let any = if packet.dst.is_ipv6() {
-        "[::]"
-    } else {
-        "0.0.0.0"
-    };
-    let how = match owner.and_then(|o| snap.proxies.iter().find(|p| p.pid == o.pid)) {
-        Some(p) if p.kind == ProxyKind::Socat => format!("drop socat's bind={}", lo.local.ip()),
-        _ => "its listen/bind setting".into(),
-    };
-    let mut hop = Hop::fail(
-        ID,
-        TITLE,
-        Fault::ServiceOnLoopback,
-        format!(
-            "{who} listens on {} only (the host's loopback){proxies}: connections to {} from {from} find nothing; make it listen on {any}:{} ({how})",
-            lo.local,
-            SocketAddr::new(packet.dst, packet.dport),
-            packet.dport
-        ),
-    );
-    hop.evidence.push(format!(
-        "{} {} {} owners {}",
-        lo.proto,
-        lo.state,
-        lo.local,
-        owners_text(&lo.owners)
-    ));
-    hop.evidence
-        .push(format!("walk: {}", walk.outcome(&host.listeners)));
-    Some(hop)
 }
 
 /// The receiver's finding for a proxy whose target name does not resolve as the proxy looks

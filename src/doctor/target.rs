@@ -562,20 +562,17 @@ pub(crate) fn service_hop(
         hops.push(hop);
         return;
     }
-    // Listening on the container's loopback only: nothing from outside the container reaches it.
-    if let Some(lo) = listening
-        .iter()
-        .find(|s| s.local.port() == dest.port && s.local.ip().is_loopback())
+    // Listening on the container's loopback only, or on another of its addresses: nothing
+    // sent to the destination address reaches it.
+    if let Some(lo) =
+        super::bound::bound_elsewhere(listening.iter().copied(), proto, dest.port, dest.addr)
     {
         let who = lo
             .owners
             .first()
             .map(|o| o.comm.clone())
             .unwrap_or_else(|| "the service".into());
-        let at = |a: std::net::IpAddr| match a {
-            std::net::IpAddr::V4(_) => format!("{a}:{}", dest.port),
-            std::net::IpAddr::V6(_) => format!("[{a}]:{}", dest.port),
-        };
+        let at = |a: IpAddr| SocketAddr::new(a, dest.port).to_string();
         let relay = Fixer::in_ns(
             ns,
             &[
@@ -585,28 +582,37 @@ pub(crate) fn service_hop(
                 &at(lo.local.ip()),
             ],
         );
-        let mut hop = Hop::fail(
-            "service",
-            "service",
-            Fault::ServiceOnLoopback,
+        let fault = super::bound::fault_of(lo.local.ip(), dest.addr);
+        let summary = if fault == Fault::ServiceOnLoopback {
             format!(
                 "{who} listens on {} inside {}, its loopback only: connections to {} find nothing; make {who} listen on 0.0.0.0:{} (its listen/bind setting)",
                 lo.local,
                 ns.label,
                 at(dest.addr),
                 dest.port
-            ),
-        )
-        .with_fix(Some(cx.fixer.fix_owned(
-            &format!(
-                "until {who} is reconfigured, relay {} to {} inside {}",
-                at(dest.addr),
+            )
+        } else {
+            format!(
+                "{who} listens on {} inside {}, on that address only: connections to {} find nothing; make {who} listen on {}:{} or on {} (its listen/bind setting)",
                 lo.local,
-                ns.label
-            ),
-            relay,
-            true,
-        )));
+                ns.label,
+                at(dest.addr),
+                super::bound::wildcard_of(dest.addr),
+                dest.port,
+                at(dest.addr)
+            )
+        };
+        let mut hop =
+            Hop::fail("service", "service", fault, summary).with_fix(Some(cx.fixer.fix_owned(
+                &format!(
+                    "until {who} is reconfigured, relay {} to {} inside {}",
+                    at(dest.addr),
+                    lo.local,
+                    ns.label
+                ),
+                relay,
+                true,
+            )));
         hop.evidence.extend(evidence);
         hops.push(hop);
         return;

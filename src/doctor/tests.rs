@@ -390,3 +390,108 @@ fn the_probe_through_an_unresolved_name_is_worded_by_the_proxys_kind() {
     );
     assert!(!socat.contains("last addresses"), "{socat}");
 }
+
+#[test]
+fn a_listener_bound_to_another_address_is_named_by_where_it_listens() {
+    // socat bound to 198.51.100.1 (on the host's lo), the client outside using 192.0.2.1
+    // (recorded by tests/doctor.rs): before, no_receiver.
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("captures/doctor/lab-socat-on-other-address.json");
+    let snap = facts::load(&p).unwrap();
+    let with = |f: &dyn Fn(&mut facts::NsFacts)| {
+        let mut s = snap.clone();
+        let host = s.host;
+        f(s.namespaces.iter_mut().find(|n| n.id == host).unwrap());
+        replay(&s).unwrap()
+    };
+    let bind = |ip: &'static str| {
+        move |h: &mut facts::NsFacts| {
+            let s = h
+                .listeners
+                .iter_mut()
+                .find(|s| s.local.port() == 9093)
+                .unwrap();
+            s.local.set_ip(ip.parse().unwrap());
+        }
+    };
+    let r = replay(&snap).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnOtherAddress));
+    assert_eq!(r.diagnosis.hop.as_deref(), Some("receiver"));
+    assert!(
+        r.diagnosis.line.contains(
+            "listens on 198.51.100.1:9093 only (another address of the host) and proxies to 10.89.0.2:80"
+        ),
+        "{}",
+        r.diagnosis.line
+    );
+    let fails = r.hops.iter().filter(|h| h.verdict == Verdict::Fail).count();
+    assert_eq!(fails, 1, "one cause, one finding");
+    // The address gone from the host (a socket keeps it): the same finding, said so.
+    let gone: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    let r = with(&|h| h.addresses.retain(|a| a.address != gone));
+    assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnOtherAddress));
+    assert!(r
+        .diagnosis
+        .line
+        .contains("(an address the host does not have now)"));
+    assert!(r.hops[0]
+        .evidence
+        .iter()
+        .any(|e| e.starts_with("198.51.100.1 is not an address of")));
+    // Bound to the host's loopback: the loopback finding, as before.
+    let r = with(&bind("127.0.0.1"));
+    assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnLoopback));
+    assert!(
+        r.diagnosis.line.contains(
+            "only (the host's loopback) and proxies to 10.89.0.2:80: connections to 192.0.2.1:9093"
+        ) && r.diagnosis.line.ends_with("(drop socat's bind=127.0.0.1)"),
+        "{}",
+        r.diagnosis.line
+    );
+    // Bound to the address the client uses, or to every address: socat receives it.
+    for ip in ["192.0.2.1", "0.0.0.0"] {
+        let r = with(&bind(ip));
+        let recv = r.hops.iter().find(|h| h.id == "receiver").unwrap();
+        assert_eq!(recv.verdict, Verdict::Ok, "{ip}: {}", recv.summary);
+        assert_eq!(r.destination.as_ref().unwrap().via, "proxy", "{ip}");
+    }
+}
+
+#[test]
+fn a_container_service_on_another_address_or_its_loopback_gets_a_relay() {
+    // Inside the container socat listens on 10.89.0.9:80, the DNAT sends to 10.89.0.2:80
+    // (recorded by tests/doctor.rs): before, not_listening. On its loopback: as before.
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("captures/doctor/lab-service-on-other-container-address.json");
+    let mut snap = facts::load(&p).unwrap();
+    let r = replay(&snap).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnOtherAddress));
+    assert_eq!(r.diagnosis.hop.as_deref(), Some("service"));
+    let fix = r.diagnosis.fix.unwrap();
+    assert!(
+        fix.command.contains("proxy 10.89.0.2:80 10.89.0.9:80"),
+        "{}",
+        fix.command
+    );
+    let host = snap.host;
+    let ctr = snap
+        .namespaces
+        .iter_mut()
+        .find(|n| n.id != host && n.listeners.iter().any(|s| s.local.port() == 80))
+        .unwrap();
+    ctr.listeners
+        .iter_mut()
+        .find(|s| s.local.port() == 80)
+        .unwrap()
+        .local
+        .set_ip("127.0.0.1".parse().unwrap());
+    let r = replay(&snap).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnLoopback));
+    assert!(r.diagnosis.line.contains("its loopback only"));
+    let fix = r.diagnosis.fix.unwrap();
+    assert!(
+        fix.command.contains("proxy 10.89.0.2:80 127.0.0.1:80"),
+        "{}",
+        fix.command
+    );
+}

@@ -89,15 +89,12 @@ pub fn uplink(host: &TestNs, outside: &TestNs) {
 /// IPv6 on an [`uplink`]: 2001:db8:1::1/64 on the host, ::2 outside (no DAD), and the outside's
 /// default route via the host (the host's own IPv6 default route is left to the caller).
 pub fn uplink6(host: &TestNs, outside: &TestNs) {
-    host.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:1::1/64",
-        "dev",
-        "up0",
-        "nodad",
-    ]);
+    uplink6_on(host, "up0", outside);
+}
+
+/// [`uplink6`] on the host's interface `dev` (the hand-built labs call their uplink ext0).
+pub fn uplink6_on(host: &TestNs, dev: &str, outside: &TestNs) {
+    host.ip(&["-6", "addr", "add", "2001:db8:1::1/64", "dev", dev, "nodad"]);
     outside.ip(&[
         "-6",
         "addr",
