@@ -3568,9 +3568,12 @@ fn a_nettool_proxy_whose_target_name_does_not_resolve_is_named_with_the_name() {
     assert_eq!(r["diagnosis"]["ok"], false, "{r:#}");
     assert_eq!(code, Some(1), "{r:#}");
     let line = diag_line(&r);
+    let pid = proxy.pid();
     for part in [
-        format!("nettool (pid {})", proxy.pid()),
+        format!("nettool (pid {pid})"),
         "proxies to db.nt-test:80, which does not resolve where it runs".into(),
+        // The files it was looked up with: the proxy's, not doctor's own /etc/hosts.
+        format!("no such name (not in /proc/{pid}/root/etc/hosts; the nameservers of /proc/{pid}/root/etc/resolv.conf know none of its forms)"),
     ] {
         assert!(line.contains(&part), "{part}: {r:#}");
     }

@@ -12,15 +12,39 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
+/// The two files a [`ResolverConfig`]'s texts were read from: /etc/hosts and /etc/resolv.conf
+/// here, /proc/PID/root/etc/... for doctor's look at a running proxy's names. Its errors name
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ResolverFiles {
+    /// Where the hosts file's text came from.
+    pub hosts: PathBuf,
+    /// Where resolv.conf's text came from.
+    pub resolv: PathBuf,
+}
+
+impl ResolverFiles {
+    /// This process's own: /etc/hosts and /etc/resolv.conf.
+    pub(crate) fn system() -> ResolverFiles {
+        ResolverFiles {
+            hosts: "/etc/hosts".into(),
+            resolv: "/etc/resolv.conf".into(),
+        }
+    }
+}
+
 /// Where names are looked up: the hosts file's lines and resolv.conf's settings.
 #[derive(Debug, Clone)]
 pub(crate) struct ResolverConfig {
-    /// The hosts file's text (/etc/hosts).
+    /// The files the texts below came from.
+    pub files: ResolverFiles,
+    /// The hosts file's text.
     pub hosts: String,
     /// Nameservers in resolv.conf's order (port 53; tests set another).
     pub nameservers: Vec<SocketAddr>,
@@ -41,14 +65,16 @@ impl ResolverConfig {
     /// The machine's: /etc/hosts and /etc/resolv.conf as this process sees them (a missing
     /// file is an empty one; no nameserver line means 127.0.0.1, as glibc does).
     pub(crate) fn system() -> ResolverConfig {
-        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        ResolverConfig::from_texts(hosts, &resolv)
+        let files = ResolverFiles::system();
+        let hosts = std::fs::read_to_string(&files.hosts).unwrap_or_default();
+        let resolv = std::fs::read_to_string(&files.resolv).unwrap_or_default();
+        ResolverConfig::from_texts(files, hosts, &resolv)
     }
 
-    /// A configuration from the two files' texts.
-    pub(crate) fn from_texts(hosts: String, resolv: &str) -> ResolverConfig {
+    /// A configuration from the two files' texts, read from `files`.
+    pub(crate) fn from_texts(files: ResolverFiles, hosts: String, resolv: &str) -> ResolverConfig {
         let mut c = ResolverConfig {
+            files,
             hosts,
             nameservers: Vec::new(),
             search: Vec::new(),
@@ -187,7 +213,11 @@ fn from_dns(cfg: &ResolverConfig, name: &str) -> Result<(Vec<IpAddr>, Duration),
     }
     Err(match failed {
         Some(e) => e,
-        None => "no such name (not in /etc/hosts; the nameservers of /etc/resolv.conf know none of its forms)".to_string(),
+        None => format!(
+            "no such name (not in {}; the nameservers of {} know none of its forms)",
+            cfg.files.hosts.display(),
+            cfg.files.resolv.display()
+        ),
     })
 }
 
@@ -405,7 +435,7 @@ mod tests {
         );
         assert!(from_hosts(DEBIAN_HOSTS, "comment").is_empty());
         // getaddrinfo's order: ::1 (precedence 50) before 127.0.0.1 (35).
-        let cfg = ResolverConfig::from_texts(DEBIAN_HOSTS.into(), "");
+        let cfg = ResolverConfig::from_texts(ResolverFiles::system(), DEBIAN_HOSTS.into(), "");
         assert_eq!(
             lookup_answer(&cfg, "localhost").unwrap().ips,
             vec![
@@ -418,6 +448,7 @@ mod tests {
     #[test]
     fn resolv_conf_settings_and_the_search_order() {
         let c = ResolverConfig::from_texts(
+            ResolverFiles::system(),
             String::new(),
             "# k8s\nnameserver 10.96.0.10\nnameserver bad\nsearch ns.svc.cluster.local svc.cluster.local\noptions ndots:5 timeout:2 attempts:3\n",
         );
@@ -431,7 +462,11 @@ mod tests {
             ["web.ns.svc.cluster.local", "web.svc.cluster.local", "web"]
         );
         assert_eq!(candidates(&c, "web.example."), ["web.example"]);
-        let d = ResolverConfig::from_texts(String::new(), "search a.example\n");
+        let d = ResolverConfig::from_texts(
+            ResolverFiles::system(),
+            String::new(),
+            "search a.example\n",
+        );
         assert_eq!(d.nameservers, vec!["127.0.0.1:53".parse().unwrap()]);
         assert_eq!(candidates(&d, "db.corp"), ["db.corp", "db.corp.a.example"]);
     }
@@ -487,7 +522,11 @@ mod tests {
     }
 
     fn cfg_for(ns: SocketAddr, search: &str) -> ResolverConfig {
-        let mut c = ResolverConfig::from_texts(String::new(), &format!("search {search}\n"));
+        let mut c = ResolverConfig::from_texts(
+            ResolverFiles::system(),
+            String::new(),
+            &format!("search {search}\n"),
+        );
         c.nameservers = vec![ns];
         c.timeout = Duration::from_secs(2);
         c
@@ -516,6 +555,30 @@ mod tests {
             let e = from_dns(&c, "nosuch").unwrap_err();
             assert!(e.contains("no such name"), "{e}");
         }
+    }
+
+    /// The error names the files the lookup read: a running proxy's (/proc/PID/root/etc/...,
+    /// as doctor reads them), not this process's /etc/hosts and /etc/resolv.conf.
+    #[test]
+    fn no_such_name_names_the_files_it_was_looked_up_with() {
+        let ns = nameserver("web.example", false);
+        let mut c = cfg_for(ns, "x.example");
+        c.files = ResolverFiles {
+            hosts: "/proc/4242/root/etc/hosts".into(),
+            resolv: "/proc/4242/root/etc/resolv.conf".into(),
+        };
+        let e = lookup_answer(&c, "nosuch").unwrap_err();
+        assert_eq!(
+            e,
+            "no such name (not in /proc/4242/root/etc/hosts; the nameservers of /proc/4242/root/etc/resolv.conf know none of its forms)"
+        );
+        // This process's own files, by default.
+        c.files = ResolverFiles::system();
+        let e = lookup_answer(&c, "nosuch").unwrap_err();
+        assert!(
+            e.contains("not in /etc/hosts; the nameservers of /etc/resolv.conf know"),
+            "{e}"
+        );
     }
 
     #[test]

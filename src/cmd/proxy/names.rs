@@ -52,14 +52,18 @@ pub(crate) struct View {
     said: String,
 }
 
-/// A resolver file as process `pid` sees it: its text and the path read, else doctor's
-/// own (`own`) with why the process's could not be read.
-fn view_file(root: &std::path::Path, own: &str) -> (String, String) {
+/// A resolver file as process `pid` sees it: its text, the path read and that path in the
+/// evidence's words; else doctor's own (`own`), with why the process's could not be read.
+fn view_file(root: &std::path::Path, own: &str) -> (String, std::path::PathBuf, String) {
     let theirs = root.join(own.trim_start_matches('/'));
     match std::fs::read_to_string(&theirs) {
-        Ok(t) => (t, theirs.display().to_string()),
+        Ok(t) => {
+            let said = theirs.display().to_string();
+            (t, theirs, said)
+        }
         Err(e) => (
             std::fs::read_to_string(own).unwrap_or_default(),
+            own.into(),
             format!("{own} ({} could not be read: {e})", theirs.display()),
         ),
     }
@@ -69,9 +73,13 @@ impl View {
     /// Process `pid`'s view of names (see [`View`]).
     pub(crate) fn of_pid(pid: u32) -> View {
         let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
-        let (hosts, hosts_at) = view_file(&root, "/etc/hosts");
-        let (resolv, resolv_at) = view_file(&root, "/etc/resolv.conf");
-        let cfg = crate::dns::lookup::ResolverConfig::from_texts(hosts, &resolv);
+        let (hosts, hosts_file, hosts_at) = view_file(&root, "/etc/hosts");
+        let (resolv, resolv_file, resolv_at) = view_file(&root, "/etc/resolv.conf");
+        let files = crate::dns::lookup::ResolverFiles {
+            hosts: hosts_file,
+            resolv: resolv_file,
+        };
+        let cfg = crate::dns::lookup::ResolverConfig::from_texts(files, hosts, &resolv);
         let (ns, from) = match (NetNs::from_pid(pid), NetNs::current()) {
             (Ok(theirs), Ok(here)) if theirs.id() != here.id() => {
                 (Some(theirs), "from its network namespace".to_string())
@@ -87,7 +95,8 @@ impl View {
         let key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&cfg.hosts, &resolv, ns.as_ref().map(|n| n.id())).hash(&mut h);
+            // The files too: an answer's error names them.
+            (&cfg.files, &cfg.hosts, &resolv, ns.as_ref().map(|n| n.id())).hash(&mut h);
             h.finish()
         };
         View { cfg, ns, key, said }
@@ -469,6 +478,7 @@ mod tests {
     fn names_in_running_proxies_share_one_budget() {
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let cfg = crate::dns::lookup::ResolverConfig::from_texts(
+            crate::dns::lookup::ResolverFiles::system(),
             String::new(),
             "search a.example b.example\noptions ndots:5\n",
         );
@@ -506,14 +516,16 @@ mod tests {
         let root = std::env::temp_dir().join(format!("nt-test-view-{}", std::process::id()));
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/hosts"), "10.1.2.3 db.nt-test\n").unwrap();
-        let (text, at) = view_file(&root, "/etc/hosts");
+        let (text, read, at) = view_file(&root, "/etc/hosts");
         assert_eq!(text, "10.1.2.3 db.nt-test\n");
+        assert_eq!(read, root.join("etc/hosts"));
         assert_eq!(at, root.join("etc/hosts").display().to_string());
-        let (text, at) = view_file(&root, "/etc/resolv.conf");
+        let (text, read, at) = view_file(&root, "/etc/resolv.conf");
         assert_eq!(
             text,
             std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
         );
+        assert_eq!(read, std::path::Path::new("/etc/resolv.conf"));
         assert!(
             at.starts_with("/etc/resolv.conf (")
                 && at.contains(&format!(
@@ -527,6 +539,11 @@ mod tests {
         let me = std::process::id();
         let v = View::of_pid(me);
         assert!(v.ns.is_none());
+        // The lookup's errors name the files it read (its own fields, not the evidence's words).
+        assert_eq!(
+            v.cfg.files.hosts,
+            std::path::PathBuf::from(format!("/proc/{me}/root/etc/hosts"))
+        );
         assert!(
             v.said.starts_with(&format!(
                 "looked up as pid {me} does: /proc/{me}/root/etc/hosts, /proc/{me}/root/etc/resolv.conf, nameserver "
