@@ -130,6 +130,19 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    /// Wait up to 15 s for a line with `start` and then `then` in it (a stopped container's),
+    /// and check it is said once: 4 s later (the watch's lookups come less and less often)
+    /// still one line has `start`.
+    fn wait_said_once(&self, start: &str, then: &str) {
+        wait_for(&format!("'{start}...{then}' in the log"), 15, || {
+            self.log()
+                .lines()
+                .any(|l| l.contains(start) && l.contains(then))
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        let said = self.log().matches(start).count();
+        assert_eq!(said, 1, "log:\n{}", self.log());
+    }
     fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
@@ -6375,14 +6388,7 @@ fn follows_a_restarted_container_on_the_listen_side() {
     let fix = format!(
         "): start it with `docker start {web}`; the proxy listens again in its new network namespace when it starts"
     );
-    wait_for("the stopped line", 15, || {
-        p.log()
-            .lines()
-            .any(|l| l.contains(&stopped) && l.contains(&fix))
-    });
-    // Said once however long it stays stopped (lookups come less and less often).
-    std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(count(&stopped), 1, "log:\n{}", p.log());
+    p.wait_said_once(&stopped, &fix);
     d.docker(&["start", &web]);
     let ns = ns_of_web();
     wait_for("the follow line after docker start", 15, || {
@@ -6426,6 +6432,68 @@ fn follows_a_restarted_container_on_the_listen_side() {
     );
     assert!(!to_web.log().contains("cannot connect"), "{}", to_web.log());
     to_web.stop();
+    p.stop();
+}
+
+/// `--target-netns container:NAME` with real dockerd, `docker stop` with no client about: the
+/// watch says it once, in Docker's words (`docker start NAME`), as the listen side does;
+/// after `docker start` it says it follows the new namespace (a restart: the id it learned at
+/// start), and a connection reaches the container. Before, a stopped target was told only in
+/// the line of a dial it refused.
+#[test]
+fn a_stopped_target_container_is_told_without_a_client() {
+    let d = common::docker::Dockerd::start("pxfst");
+    let web = unique("web");
+    d.run_busybox_web(&web, "80");
+    let host = lab("pxfsth");
+    let dir = TempDir::new("pxfst");
+    let target = format!("container:{web}");
+    let p = start_with(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &host.name,
+            "--target-netns",
+            &target,
+            "127.0.0.1:8081",
+            "127.0.0.1:80",
+        ],
+        &[("DOCKER_HOST", &d.host())],
+    );
+    let served = || {
+        connect_in(&host, "127.0.0.1:8081")
+            .and_then(|mut s| {
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                first_words(s)
+            })
+            .is_ok_and(|a| a.starts_with("HTTP/1."))
+    };
+    wait_for("an answer before the stop", 10, served);
+    let count = |s: &str| p.log().matches(s).count();
+
+    d.docker(&["stop", "-t", "1", &web]);
+    let stopped = format!("--target-netns {target}: container {web} is exited (code ");
+    let fix = format!(
+        "): start it with `docker start {web}`; the proxy dials in its new network namespace when it starts"
+    );
+    // Said once however long it stays stopped, and no client was refused for it.
+    p.wait_said_once(&stopped, &fix);
+    assert!(!p.log().contains("cannot connect"), "{}", p.log());
+
+    d.docker(&["start", &web]);
+    let back = format!("--target-netns {target}: following the new network namespace (inode ");
+    wait_for("the line that it is back", 15, || count(&back) == 1);
+    assert!(
+        p.log().contains(
+            ": the container was restarted); connections open in the old one stay as they are"
+        ),
+        "{}",
+        p.log()
+    );
+    // httpd may still be starting when `docker start` returns.
+    wait_for("an answer after docker start", 10, served);
+    assert_eq!(count(&stopped), 1, "log:\n{}", p.log());
     p.stop();
 }
 

@@ -43,8 +43,13 @@ pub(super) struct Tripwire {
     /// The file the namespace was opened from and the identity it had.
     path: PathBuf,
     id: NsId,
-    /// Resolve at the next look whatever the file says (to learn a container's id at start).
-    force: bool,
+    /// Whether the text names a container, whose id is learned by a look while its first
+    /// namespace is still there (to tell a restart from a container made again later).
+    learn: bool,
+    /// When to resolve whatever the file says, to learn that id: at the first look, then,
+    /// while looks fail (an engine's API that errs), after `learn_wait`, which doubles.
+    again: Option<Instant>,
+    learn_wait: Duration,
     /// Set while the text names no namespace.
     down: Option<Down>,
 }
@@ -65,19 +70,22 @@ fn mtime(p: &std::path::Path) -> Option<SystemTime> {
 
 impl Tripwire {
     /// Watch the namespace `ns` (opened from a file: /run/netns/NAME, an engine's namespace
-    /// file, /proc/PID/ns/net).
-    pub(super) fn new(ns: &NetNs, force: bool) -> Self {
+    /// file, /proc/PID/ns/net); `learn`: it names a container, whose id is to be learned.
+    pub(super) fn new(ns: &NetNs, learn: bool) -> Self {
         Tripwire {
             path: ns.path().to_path_buf(),
             id: ns.id(),
-            force,
+            learn,
+            again: learn.then(Instant::now),
+            learn_wait: FIRST_WAIT,
             down: None,
         }
     }
 
     /// Whether to resolve the text now (at most once a [`TICK`] it is asked).
     pub(super) fn due(&mut self, now: Instant) -> bool {
-        if std::mem::take(&mut self.force) {
+        if self.again.is_some_and(|at| now >= at) {
+            self.again = None;
             return true;
         }
         let Some(d) = &mut self.down else {
@@ -116,6 +124,26 @@ impl Tripwire {
         self.down = None;
     }
 
+    /// A look that found the namespace still there (or could not tell: the lookup failed
+    /// while its file is the same): `found` is the container id it gave, kept in `known`.
+    /// While no id is known, the text is resolved again later, whatever the file says.
+    pub(super) fn learn(
+        &mut self,
+        known: &mut Option<String>,
+        found: Option<String>,
+        now: Instant,
+    ) {
+        if found.is_some() {
+            *known = found;
+        }
+        if !self.learn || known.is_some() {
+            self.again = None;
+            return;
+        }
+        self.again = Some(now + self.learn_wait);
+        self.learn_wait = (self.learn_wait * 2).min(LONGEST_WAIT);
+    }
+
     /// The text names nothing now (or nothing that could be used): resolve again when a
     /// namespace file appears beside the old one, or after the doubling wait.
     pub(super) fn lost(&mut self, now: Instant) {
@@ -141,6 +169,9 @@ pub(super) struct Resolved {
     pub(super) ns: Result<NetNs, NetnsError>,
     pub(super) container: Option<String>,
 }
+
+/// What resolves a namespace text: [`resolve`], or a stand-in in unit tests.
+pub(super) type Resolver = fn(&str) -> Resolved;
 
 /// Resolve `lookup` (a namespace text as [`NetNs::open`] takes it) in the calling thread's
 /// namespace; a `container:NAME` asks the engines once for both the namespace and the id.
@@ -182,7 +213,7 @@ pub(super) fn why_moved(label: &str, was: Option<&str>, now: Option<&str>) -> &'
 /// error's words, but not the list of engines asked that a missing container's error ends
 /// with (which changes without the container changing: an engine's socket that stops
 /// answering, /run/nettool made by a lab), so the watch does not say the same thing again.
-fn gone_key(e: &NetnsError) -> String {
+pub(super) fn gone_key(e: &NetnsError) -> String {
     match e {
         NetnsError::NoContainer { name, .. } => format!("no container {name}"),
         NetnsError::NotFound { target, .. } => format!("nothing matches {target}"),
@@ -267,9 +298,11 @@ pub(crate) struct ListenWatch {
     text: String,
     lookup: String,
     held: NetNs,
-    /// The id of the container `held` belongs to (learned at the first look).
+    /// The id of the container `held` belongs to (learned at the first look that an engine
+    /// answered).
     container: Option<String>,
     wire: Tripwire,
+    resolve: Resolver,
     /// The mappings bound at start, bound again in a new namespace.
     maps: Vec<PortMap>,
     /// The interfaces the link-local listen addresses were scoped to at start.
@@ -293,6 +326,7 @@ impl ListenWatch {
             lookup,
             held: ns,
             container: None,
+            resolve,
             maps,
             said: None,
             log,
@@ -324,32 +358,34 @@ impl ListenWatch {
 
     /// One look: Some when the listeners are to move to a new namespace. Waits between bind
     /// tries on `stop` (an end of the proxy ends the wait).
-    fn tick(&mut self, stop: &Receiver<()>) -> Option<Relisten> {
-        let now = Instant::now();
+    fn tick(&mut self, now: Instant, stop: &Receiver<()>) -> Option<Relisten> {
         if !self.wire.due(now) {
             return None;
         }
-        let r = resolve(&self.lookup);
+        let r = (self.resolve)(&self.lookup);
         let ns = match r.ns {
+            Ok(ns) if ns.id() == self.held.id() => {
+                self.wire.found(&ns);
+                self.wire.learn(&mut self.container, r.container, now);
+                return None;
+            }
             Ok(ns) => ns,
             Err(e) => {
                 if self.wire.still_there() {
                     // The lookup failed (an engine's API that did not answer), not the
                     // namespace, whose file is still the one the listeners are in.
+                    self.wire.learn(&mut self.container, r.container, now);
                     return None;
+                }
+                // A stopped container's id is the one it had while it ran.
+                if self.container.is_none() {
+                    self.container = r.container;
                 }
                 self.wire.lost(now);
                 self.say_gone(&e);
                 return None;
             }
         };
-        if ns.id() == self.held.id() {
-            self.wire.found(&ns);
-            if r.container.is_some() {
-                self.container = r.container;
-            }
-            return None;
-        }
         let label = ns.label().to_string();
         let mut tries = BIND_RETRIES.iter();
         let bound = loop {
@@ -457,10 +493,10 @@ impl Watcher {
             .name("nettool-nsfollow".into())
             .spawn(move || loop {
                 if let Some(t) = &target {
-                    t.poll();
+                    t.poll(Instant::now());
                 }
                 if let Some(l) = &mut listen {
-                    if let Some(r) = l.tick(&stopped) {
+                    if let Some(r) = l.tick(Instant::now(), &stopped) {
                         if to.send(r).is_err() {
                             return;
                         }
@@ -485,7 +521,7 @@ impl Bound {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -548,6 +584,61 @@ mod tests {
             lines[2].contains("container nt-test-web is removing"),
             "{lines:?}"
         );
+    }
+
+    thread_local! {
+        /// How many times [`api_errs_then_answers`] was asked, on this test's thread.
+        static LOOKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The engine lookup, stubbed: the engine's API errs at the first look, then answers
+    /// with the namespace the test runs in and the container id 4b3.
+    pub(in crate::proxy) fn api_errs_then_answers(_: &str) -> Resolved {
+        let n = LOOKS.with(|l| l.replace(l.get() + 1));
+        match n {
+            0 => Resolved {
+                ns: Err(NetnsError::NoContainer {
+                    name: "nt-test-web".into(),
+                    asked: "asked docker at /var/run/docker.sock failed: 500 Internal Server Error"
+                        .into(),
+                }),
+                container: None,
+            },
+            _ => Resolved {
+                ns: NetNs::current(),
+                container: Some("4b3".into()),
+            },
+        }
+    }
+
+    /// The number of stubbed looks on this thread so far.
+    pub(in crate::proxy) fn looks() -> usize {
+        LOOKS.with(|l| l.get())
+    }
+
+    /// An engine API that errs at the first look: the container id is learned at the next
+    /// look an engine answers (a second later, not only once the namespace is gone), so a
+    /// later restart is told as one. Before, the id stayed unknown and a restart read
+    /// "the container was restarted?".
+    #[test]
+    fn a_container_id_the_first_look_missed_is_learned_at_the_next() {
+        let log = Log::new(Level::Debug, |_, _| {});
+        let ns = NetNs::current().unwrap();
+        let mut w = ListenWatch::new("container:nt-test-web", ns, Vec::new(), log);
+        w.resolve = api_errs_then_answers;
+        let (_stop, stopped) = std::sync::mpsc::channel();
+        let t = Instant::now();
+        assert!(w.tick(t, &stopped).is_none());
+        assert_eq!((looks(), w.container.as_deref()), (1, None));
+        assert!(w.tick(t + Duration::from_secs(2), &stopped).is_none());
+        assert_eq!((looks(), w.container.as_deref()), (2, Some("4b3")));
+        let why = why_moved("container:nt-test-web", w.container.as_deref(), Some("4b3"));
+        assert_eq!(why, "the container was restarted");
+        // Learned: no more looks while the namespace stays.
+        for s in 3..60 {
+            assert!(w.tick(t + Duration::from_secs(s), &stopped).is_none());
+        }
+        assert_eq!(looks(), 2);
     }
 
     #[test]

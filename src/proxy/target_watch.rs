@@ -51,9 +51,14 @@ pub(crate) struct TargetWatch {
     /// When the text is worth resolving again without a failed dial (polled each second by
     /// [`super::listen_watch::Watcher`]), and the namespace the text named at the last lookup.
     wire: std::sync::Mutex<super::listen_watch::Tripwire>,
-    /// The id of the container `held` belongs to (learned at the first look), to tell a
-    /// restart from a container removed and made again.
+    /// The id of the container `held` belongs to (learned at the first look that an engine
+    /// answered), to tell a restart from a container removed and made again.
     container: std::sync::Mutex<Option<String>>,
+    /// What resolves the text ([`super::listen_watch::resolve`]; a stand-in in unit tests).
+    resolve: super::listen_watch::Resolver,
+    /// What was said about the text naming no namespace (a stopped container): said once
+    /// until it names one again, by its key ([`super::listen_watch::gone_key`]).
+    said: std::sync::Mutex<Option<String>>,
     /// The inode of the last namespace told but not followed (transparent mode): told once.
     told: std::sync::atomic::AtomicU64,
     /// The interfaces link-local targets were scoped to at start (index there, name).
@@ -104,6 +109,8 @@ impl TargetWatch {
             text: text.to_string(),
             wire: std::sync::Mutex::new(super::listen_watch::Tripwire::new(&ns, learn)),
             container: Default::default(),
+            resolve: super::listen_watch::resolve,
+            said: Default::default(),
             told: Default::default(),
             scopes,
             rescope: Default::default(),
@@ -172,7 +179,7 @@ impl TargetWatch {
                 // A thread of our own that nothing else shares.
                 let _ = home.enter_this_thread();
             }
-            let said = me.check();
+            let said = me.check(std::time::Instant::now());
             if let Ok(mut l) = me.last.lock() {
                 *l = Some((std::time::Instant::now(), said.clone()));
             }
@@ -198,20 +205,21 @@ impl TargetWatch {
     /// text again when the namespace it named is gone or replaced, so a restart is followed
     /// before a client is refused. The one-verdict-a-second rule holds: a verdict under a
     /// second old, or a lookup under way for a failed dial, stands.
-    pub(crate) fn poll(&self) {
+    pub(crate) fn poll(&self, now: std::time::Instant) {
         use std::sync::atomic::Ordering;
-        let due = self
-            .wire
-            .lock()
-            .is_ok_and(|mut w| w.due(std::time::Instant::now()));
         let missing = self.scopes_missing.lock().ok().and_then(|m| *m);
         if let Some(since) = missing {
             self.rescope_now(&since);
         }
-        if !due || self.fresh_hint().is_some() || self.checking.swap(true, Ordering::AcqRel) {
+        // A verdict that stands first: a look the wire asks for is not spent on nothing.
+        if self.fresh_hint().is_some() {
             return;
         }
-        let said = self.check();
+        let due = self.wire.lock().is_ok_and(|mut w| w.due(now));
+        if !due || self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let said = self.check(now);
         // Kept for failed dials only when it says something: a look that found nothing new
         // (the one that learns a container's id at start) does not stand in for the lookup
         // of a dial refused just after it.
@@ -276,33 +284,53 @@ impl TargetWatch {
         (at.elapsed() < RECHECK).then(|| said.clone())
     }
 
-    fn check(&self) -> String {
-        use super::listen_watch::{resolve, why_moved};
+    fn check(&self, now: std::time::Instant) -> String {
+        use super::listen_watch::why_moved;
         let Ok(held) = self.held.lock().map(|h| h.clone()) else {
             return String::new();
         };
         let text = &self.text;
-        let now = std::time::Instant::now();
-        let r = resolve(&self.lookup);
+        let r = (self.resolve)(&self.lookup);
         let ns = match r.ns {
             Ok(ns) => {
-                if let Ok(mut w) = self.wire.lock() {
-                    w.found(&ns);
-                }
+                let back = self.said.lock().ok().and_then(|mut s| s.take()).is_some();
+                let (Ok(mut w), Ok(mut c)) = (self.wire.lock(), self.container.lock()) else {
+                    return String::new();
+                };
+                w.found(&ns);
                 if ns.id() == held.id() {
-                    if let (Some(id), Ok(mut c)) = (r.container, self.container.lock()) {
-                        *c = Some(id);
+                    w.learn(&mut c, r.container, now);
+                    if back {
+                        self.log.log(
+                            super::Level::Info,
+                            &format!("--target-netns {text} names the network namespace the proxy dials in again (inode {})", ns.id().inode),
+                        );
                     }
                     return String::new();
                 }
+                // A moved one is told below, with the line that follows it.
                 ns
             }
             Err(e) => {
-                if let Ok(mut w) = self.wire.lock() {
-                    // Unless the lookup failed while the namespace's file is still there.
-                    if !w.still_there() {
-                        w.lost(now);
+                let gone = match (self.wire.lock(), self.container.lock()) {
+                    (Ok(mut w), Ok(mut c)) if w.still_there() => {
+                        // The lookup failed (an engine's API that did not answer), not
+                        // the namespace, whose file is still the one dials go to.
+                        w.learn(&mut c, r.container, now);
+                        false
                     }
+                    (Ok(mut w), Ok(mut c)) => {
+                        w.lost(now);
+                        // A stopped container's id is the one it had while it ran.
+                        if c.is_none() {
+                            *c = r.container;
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                if gone {
+                    self.say_gone(&held, &e);
                 }
                 return format!(
                     "; --target-netns {text} names no namespace now: {}",
@@ -352,6 +380,34 @@ impl TargetWatch {
             );
         }
         format!("{said}; the proxy dials there from now on")
+    }
+
+    /// Say (once until the text names a namespace again) that it names none now: a stopped
+    /// container in its engine's words, as the listen side and a refused dial say it.
+    fn say_gone(&self, held: &NetNs, e: &crate::netns::NetnsError) {
+        let key = super::listen_watch::gone_key(e);
+        let Ok(mut said) = self.said.lock() else {
+            return;
+        };
+        if said.as_deref() == Some(key.as_str()) {
+            return;
+        }
+        *said = Some(key);
+        let (text, old) = (&self.text, held.id().inode);
+        let down = matches!(e, crate::netns::NetnsError::ContainerDown { .. });
+        let then = match (self.follow, down) {
+            (true, true) => format!("the proxy dials in its new network namespace when it starts (until then dials go to the old one, inode {old}, and are refused)"),
+            (true, false) => format!("the proxy dials there again when it names one (until then dials go to the old one, inode {old}, and are refused)"),
+            (false, _) => format!("dials go to the old one, inode {old}, and are refused; restart the proxy once it is back (transparent mode's rules are in the old one)"),
+        };
+        let line = match down {
+            true => format!("--target-netns {text}: {e}; {then}"),
+            false => format!(
+                "--target-netns {text} names no namespace now: {}; {then}",
+                gone_why(held.label(), e)
+            ),
+        };
+        self.log.log(super::Level::Warn, &line);
     }
 
     /// The targets that were the first namespace's own addresses and are none of `new`'s (a
@@ -466,6 +522,67 @@ mod tests {
         assert_eq!(w.scopes, vec![(1, "lo".to_string())]);
         let w = TargetWatch::new("x", ns, false, log, addrs);
         assert!(w.scopes.is_empty() && w.own_targets.is_empty());
+    }
+
+    /// The same on the target side: an engine API that errs at the first look, the id
+    /// learned at the next poll.
+    #[test]
+    fn a_container_id_the_first_look_missed_is_learned_at_the_next_poll() {
+        use super::super::listen_watch::tests::{api_errs_then_answers, looks};
+        let log = super::super::Log::new(super::super::Level::Debug, |_, _| {});
+        let ns = NetNs::current().unwrap();
+        let mut w = TargetWatch::new("container:nt-test-web", ns, true, log, Vec::new());
+        w.resolve = api_errs_then_answers;
+        let t = std::time::Instant::now();
+        w.poll(t);
+        assert_eq!(looks(), 1);
+        assert!(w.container.lock().unwrap().is_none());
+        // The first look's verdict stands for a second for failed dials; not here.
+        *w.last.lock().unwrap() = None;
+        w.poll(t + std::time::Duration::from_secs(2));
+        assert_eq!(looks(), 2);
+        assert_eq!(w.container.lock().unwrap().as_deref(), Some("4b3"));
+        for s in 3..60 {
+            w.poll(t + std::time::Duration::from_secs(s));
+        }
+        assert_eq!(looks(), 2, "no more looks once learned");
+    }
+
+    /// A stopped container is said once however often it is looked up, in its engine's
+    /// words; a look that finds the namespace again says it is back.
+    #[test]
+    fn a_stopped_target_is_said_once_and_its_return_told() {
+        use std::sync::{Arc, Mutex};
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let kept = lines.clone();
+        let log = super::super::Log::new(super::super::Level::Debug, move |_, l| {
+            kept.lock().unwrap().push(l.into())
+        });
+        let ns = NetNs::current().unwrap();
+        let inode = ns.id().inode;
+        let mut w = TargetWatch::new("container:nt-test-web", ns.clone(), true, log, Vec::new());
+        let down = crate::netns::NetnsError::ContainerDown {
+            name: "nt-test-web".into(),
+            state: "exited (code 0)".into(),
+            hint: Some("start it with `docker start nt-test-web`".into()),
+        };
+        for _ in 0..3 {
+            w.say_gone(&ns, &down);
+        }
+        w.resolve = |_| super::super::listen_watch::Resolved {
+            ns: NetNs::current(),
+            container: Some("4b3".into()),
+        };
+        w.check(std::time::Instant::now());
+        w.check(std::time::Instant::now());
+        let lines = lines.lock().unwrap();
+        assert_eq!(
+            *lines,
+            vec![
+                format!("--target-netns container:nt-test-web: container nt-test-web is exited (code 0): start it with `docker start nt-test-web`; the proxy dials in its new network namespace when it starts (until then dials go to the old one, inode {inode}, and are refused)"),
+                format!("--target-netns container:nt-test-web names the network namespace the proxy dials in again (inode {inode})"),
+            ]
+        );
     }
 
     #[test]
