@@ -3501,12 +3501,30 @@ fn resolver_run(
     program: &str,
     argv: &[&str],
 ) -> Command {
+    with_files(
+        &[(hosts, "/etc/hosts"), (resolv, "/etc/resolv.conf")],
+        host,
+        program,
+        argv,
+    )
+}
+
+/// `program argv` in `host` with each file of `binds` mounted over its path (a mount
+/// namespace of its own: the machine's files are untouched).
+fn with_files(
+    binds: &[(&std::path::Path, &str)],
+    host: &str,
+    program: &str,
+    argv: &[&str],
+) -> Command {
     let mut c = Command::new("unshare");
     c.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@""#)
-        .arg("sh")
-        .arg(hosts)
-        .arg(resolv)
+        .arg(r#"while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; shift 2; done; shift; exec "$@""#)
+        .arg("sh");
+    for (file, over) in binds {
+        c.arg(file).arg(over);
+    }
+    c.arg("--")
         .args(["ip", "netns", "exec", host, program])
         .args(argv)
         .env("NO_COLOR", "1");
@@ -4011,6 +4029,82 @@ fn a_container_service_on_another_of_its_addresses_gets_a_relay_that_works() {
         "{broken:#}"
     );
     assert_eq!(fails(&broken), 1, "{broken:#}");
+}
+
+#[test]
+fn ports_by_service_name_in_socat_and_nettool_proxy_are_read_from_the_process_services_file() {
+    // A services file of the test's own names (none in the machine's /etc/services), mounted
+    // as /etc/services for a socat and a nettool proxy, each in a mount namespace of its own:
+    // both listen on the named ports, and doctor (with the machine's file) reads each one's
+    // names from /proc/PID/root/etc/services and follows them to the container. Before: a
+    // socat `TCP-LISTEN:NAME` was no forward to doctor, and nettool proxy refused it ("'NAME'
+    // is not a port").
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(unique("docservices"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("services");
+    std::fs::write(
+        &file,
+        "nt-test-front\t9097/tcp\nnt-test-front2\t9098/tcp\nnt-test-back\t80/tcp\n",
+    )
+    .unwrap();
+    let run = |program: &str, argv: &[&str]| {
+        ChildGuard(
+            with_files(&[(&file, "/etc/services")], &lab.host.name, program, argv)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let socat = run(
+        "socat",
+        &[
+            "TCP-LISTEN:nt-test-front,fork,reuseaddr",
+            "TCP:10.89.0.2:nt-test-back",
+        ],
+    );
+    let proxy = run(
+        env!("CARGO_BIN_EXE_nettool"),
+        &[
+            "proxy",
+            "TCP-LISTEN:nt-test-front2,fork",
+            "TCP:10.89.0.2:nt-test-back",
+        ],
+    );
+    wait_tcp_listening(&lab.host, 9097);
+    wait_tcp_listening(&lab.host, 9098);
+    for (port, comm, pid) in [
+        ("9097", "socat", socat.pid()),
+        ("9098", "nettool", proxy.pid()),
+    ] {
+        let r = lab.doctor(&[port, "--probe"]);
+        assert_eq!(r["diagnosis"]["ok"], true, "{comm}: {r:#}");
+        assert_eq!(r["probe"]["ok"], true, "{comm}: {r:#}");
+        assert_eq!(
+            r["destination"]["netns"],
+            lab.container.name.as_str(),
+            "{r:#}"
+        );
+        let recv = hop(&r, "receiver")["summary"].as_str().unwrap();
+        assert!(
+            recv.contains(&format!(
+                "{comm} (pid {pid}) listens on 0.0.0.0:{port} and proxies to 10.89.0.2:80"
+            )),
+            "{r:#}"
+        );
+    }
+    // Without the file, nettool proxy names what is missing where it looked.
+    let out = nettool(&["proxy", "TCP-LISTEN:nt-test-front,fork", "TCP:10.89.0.2:80"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'nt-test-front' is not a port (1-65535) nor a tcp service in /etc/services"),
+        "{err}"
+    );
+    drop((socat, proxy));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Doctor's JSON report run with the resolver files `hosts` and `resolv` in `ns`.

@@ -396,7 +396,8 @@ mod tests {
             ),
             ("socat -6 TCP-LISTEN:8080,fork TCP:db:80", "db", Some(true)),
         ] {
-            let s = running_socat(&v(argv)).unwrap_or_else(|| panic!("{argv}"));
+            let s = running_socat(&v(argv), &crate::proxy::spec::Services::system())
+                .unwrap_or_else(|| panic!("{argv}"));
             assert_eq!(s.target_host, Host::Name(name.into()), "{argv}");
             assert_eq!(s.target_v6, v6, "{argv}");
         }

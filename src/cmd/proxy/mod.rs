@@ -64,14 +64,15 @@ pub(crate) fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
 }
 
 /// The mappings a `nettool proxy` invocation serves (LISTEN TARGET, LISTEN=TARGET, -p SPEC...),
-/// as written: [`resolve`] looks their names and zones up.
-pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
+/// as written: [`resolve`] looks their names and zones up. A socat form's ports may be service
+/// names, looked up in `services` (the /etc/services of the process that runs them).
+pub(crate) fn mappings(a: &ProxyArgs, services: &spec::Services) -> anyhow::Result<Vec<MapSpec>> {
     let mut maps = Vec::new();
     match (&a.listen, &a.target) {
         (Some(l), Some(t)) if spec::listen_head(l).is_some() => {
             // socat's own form: `TCP-LISTEN:8080,fork,reuseaddr TCP:db.internal:5432`.
             let spec_text = format!("{l} {t}");
-            let form = spec::listen_form(&spec_text, l)?
+            let form = spec::listen_form(&spec_text, l, services)?
                 .ok_or_else(|| Usage(format!("{spec_text}: not a socat listen address")))?;
             if a.udp && form.proto == Proto::Tcp {
                 return Err(Usage(format!(
@@ -80,7 +81,7 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
                 ))
                 .into());
             }
-            maps.push(spec::socat_mapping(&spec_text, form, t)?);
+            maps.push(spec::socat_mapping(&spec_text, form, t, services)?);
         }
         (Some(l), Some(t)) => {
             let spec_text = format!("{l} {t}");
@@ -105,11 +106,11 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
                 return Err(Usage(format!("{l}: --udp contradicts the tcp: prefix")).into());
             }
             if let Some(head) = spec::listen_head(l).filter(|_| a.udp) {
-                if spec::parse_map(l)?.proto == Proto::Tcp {
+                if spec::parse_map(l, services)?.proto == Proto::Tcp {
                     return Err(Usage(format!("{l}: --udp contradicts {head}")).into());
                 }
             }
-            let mut m = spec::parse_map(l)?;
+            let mut m = spec::parse_map(l, services)?;
             if a.udp {
                 m.proto = Proto::Udp;
             }
@@ -125,7 +126,7 @@ pub(crate) fn mappings(a: &ProxyArgs) -> anyhow::Result<Vec<MapSpec>> {
         _ => {}
     }
     for m in &a.maps {
-        maps.push(spec::parse_map(m)?);
+        maps.push(spec::parse_map(m, services)?);
     }
     Ok(maps)
 }
@@ -173,7 +174,9 @@ pub(crate) fn recognise(argv: &[String], pid: u32) -> Option<Vec<Recognised>> {
         .ok()?
         .command
     {
-        crate::cli::Command::Proxy(a) => names::recognised(mappings(&a).ok()?, pid),
+        crate::cli::Command::Proxy(a) => {
+            names::recognised(mappings(&a, &spec::Services::of_pid(pid)).ok()?, pid)
+        }
         _ => None,
     }
 }
@@ -182,11 +185,14 @@ pub(crate) fn recognise(argv: &[String], pid: u32) -> Option<Vec<Recognised>> {
 /// proxy's socat parser ([`spec::running_socat`]), its names through the same budget and
 /// with the same unresolved-name mapping as a `nettool proxy`.
 pub(crate) fn recognise_socat(argv: &[String], pid: u32) -> Option<Vec<Recognised>> {
-    names::recognised(vec![spec::running_socat(argv)?], pid)
+    names::recognised(
+        vec![spec::running_socat(argv, &spec::Services::of_pid(pid))?],
+        pid,
+    )
 }
 
 fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
-    let specs = mappings(&a)?;
+    let specs = mappings(&a, &spec::Services::system())?;
     if specs.is_empty() {
         return Err(Usage(format!(
             "nothing to forward: give LISTEN TARGET (e.g. `{} proxy 8080 172.19.0.2:80`) or -p SPEC",

@@ -10,8 +10,10 @@ use serde::Serialize;
 use super::Proto;
 
 mod names;
+mod services;
 mod socat;
 pub(crate) use names::TargetName;
+pub(crate) use services::Services;
 pub(crate) use socat::{listen_form, listen_head, running as running_socat, SocatListen};
 
 /// A mapping the user wrote that cannot be used.
@@ -462,9 +464,12 @@ pub(crate) fn socat_mapping(
     spec: &str,
     listen: SocatListen,
     target: &str,
+    services: &Services,
 ) -> Result<MapSpec, SpecError> {
+    // socat's TCP:HOST:SERVICE: the port by name, for the listen form's protocol.
+    let target = socat::numbered_target(spec, target, listen.proto, services)?;
     let side = (Some(listen.host), listen.ports, Some(listen.v6));
-    build(spec, listen.proto, side, target)
+    build(spec, listen.proto, side, &target)
 }
 
 /// The listen side as parsed: its host, ports and the family a listen name is kept to.
@@ -569,14 +574,15 @@ pub(crate) fn split_proto<'a>(
 }
 
 /// Parse a `-p` spec: `[tcp:|udp:]LISTEN=TARGET`, or a socat listen address for LISTEN
-/// (`TCP-LISTEN:8080,fork=TCP:10.0.0.2:80`).
-pub(crate) fn parse_map(spec: &str) -> Result<MapSpec, SpecError> {
+/// (`TCP-LISTEN:8080,fork=TCP:10.0.0.2:80`, whose ports may be service names, looked up in
+/// `services`).
+pub(crate) fn parse_map(spec: &str, services: &Services) -> Result<MapSpec, SpecError> {
     if socat::listen_head(spec).is_some() {
         let (l, t) = socat::split_map(spec)
             .ok_or_else(|| bad(spec, "missing '=' between the listen side and the target"))?;
-        let form =
-            socat::listen_form(spec, l)?.ok_or_else(|| bad(spec, "not a socat listen address"))?;
-        return socat_mapping(spec, form, t);
+        let form = socat::listen_form(spec, l, services)?
+            .ok_or_else(|| bad(spec, "not a socat listen address"))?;
+        return socat_mapping(spec, form, t, services);
     }
     let (proto, rest) = split_proto(spec, spec)?;
     let proto = proto.unwrap_or(Proto::Tcp);

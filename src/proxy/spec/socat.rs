@@ -6,7 +6,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{bad, host_ports, ports, socat_mapping, Host, MapSpec, PortRange, Proto, SpecError};
+use std::borrow::Cow;
+
+use super::services::{is_service_name, Services};
+use super::{
+    bad, host_ports, not_found, ports, socat_mapping, Host, MapSpec, PortRange, Proto, SpecError,
+};
 
 /// A socat listen address, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +45,13 @@ pub(crate) fn listen_head(s: &str) -> Option<&str> {
     (!kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(head)
 }
 
-/// `s` (a part of `spec`) as a socat listen address; None when it is not written as one.
-pub(crate) fn listen_form(spec: &str, s: &str) -> Result<Option<SocatListen>, SpecError> {
+/// `s` (a part of `spec`) as a socat listen address; None when it is not written as one. A
+/// port written by service name (`TCP-LISTEN:http`) is looked up in `services`.
+pub(crate) fn listen_form(
+    spec: &str,
+    s: &str,
+    services: &Services,
+) -> Result<Option<SocatListen>, SpecError> {
     let Some(head) = listen_head(s) else {
         return Ok(None);
     };
@@ -79,7 +89,7 @@ pub(crate) fn listen_form(spec: &str, s: &str) -> Result<Option<SocatListen>, Sp
             format!("{head}: takes a port only ('{port_text}'); give the address with bind=, like {head}:8080,bind=127.0.0.1"),
         ));
     }
-    let listen_ports = ports(spec, port_text)?;
+    let listen_ports = socat_ports(spec, port_text, proto, services)?;
     let mut bind = None;
     let mut pf = None;
     for opt in parts {
@@ -170,6 +180,62 @@ pub(crate) fn listen_form(spec: &str, s: &str) -> Result<Option<SocatListen>, Sp
     }))
 }
 
+/// socat's port text: a port or a range, or a service name (`http`, `postgresql`) looked up
+/// for `proto` in `services`, as socat's getservbyname does.
+fn socat_ports(
+    spec: &str,
+    text: &str,
+    proto: Proto,
+    services: &Services,
+) -> Result<PortRange, SpecError> {
+    match ports(spec, text) {
+        Err(_) if is_service_name(text.trim()) => {
+            let port = services
+                .port(text.trim(), proto)
+                .map_err(|why| not_found(spec, why))?;
+            Ok(PortRange {
+                first: port,
+                last: port,
+            })
+        }
+        r => r,
+    }
+}
+
+/// A target (`tcp:db:postgresql`, `TCP6:[fd00::2]:http`, `db:http`) with a port written by
+/// service name replaced by its number for `proto` (socat's `TCP:HOST:SERVICE`); as written
+/// when its port is a number, a range, or not given.
+pub(crate) fn numbered_target<'a>(
+    spec: &str,
+    target: &'a str,
+    proto: Proto,
+    services: &Services,
+) -> Result<Cow<'a, str>, SpecError> {
+    let t = target.trim();
+    let rest = match t.split_once(':') {
+        Some((head, rest))
+            if matches!(
+                head.to_ascii_lowercase().as_str(),
+                "tcp" | "udp" | "tcp4" | "tcp6" | "udp4" | "udp6"
+            ) =>
+        {
+            rest
+        }
+        _ => t,
+    };
+    let port = match rest.strip_prefix('[') {
+        Some(r) => r.split_once("]:").map(|(_, p)| p),
+        None => rest.rsplit_once(':').map(|(_, p)| p),
+    };
+    match port {
+        Some(p) if is_service_name(p) && ports(spec, p).is_err() => {
+            let n = socat_ports(spec, p, proto, services)?.first;
+            Ok(Cow::Owned(format!("{}{n}", &t[..t.len() - p.len()])))
+        }
+        _ => Ok(Cow::Borrowed(target)),
+    }
+}
+
 /// `bind=`'s value: an address (IPv6 with or without brackets) or a name, without a port.
 fn bind_host(spec: &str, head: &str, v: &str) -> Result<Host, SpecError> {
     // socat writes IPv6 in bind= with or without brackets.
@@ -232,9 +298,10 @@ const VALUE_FLAGS: &[&str] = &["-b", "-t", "-T", "-r", "-R", "-L", "-W", "-lf", 
 /// the address, port, family and `bind=` say where a connection goes, so every other option
 /// (`reuseport`, `su=`, `range=`, a target's `connect-timeout=`, OPENSSL's `cert=` ...) is
 /// dropped unread instead of making a running forward unrecognised. OPENSSL (SSL) addresses
-/// are TCP to their address and port. None when it is not one TCP/UDP listen address and
-/// one TCP/UDP connect address.
-pub(crate) fn running(argv: &[String]) -> Option<MapSpec> {
+/// are TCP to their address and port. Ports written by service name are looked up in
+/// `services` (the process's /etc/services). None when it is not one TCP/UDP listen address
+/// and one TCP/UDP connect address.
+pub(crate) fn running(argv: &[String], services: &Services) -> Option<MapSpec> {
     let mut addrs = Vec::new();
     let mut prefer_v6 = None;
     let mut args = argv.iter().skip(1);
@@ -289,7 +356,7 @@ pub(crate) fn running(argv: &[String]) -> Option<MapSpec> {
         listen_text.push_str(if v6 { ",pf=ip6" } else { ",pf=ip4" });
     }
     let spec = argv.join(" ");
-    let form = listen_form(&spec, &listen_text).ok()??;
+    let form = listen_form(&spec, &listen_text, services).ok()??;
     let (word, rest) = target.trim().split_once(':')?;
     let (addr, opts) = rest.split_once(',').unwrap_or((rest, ""));
     let (proto, family) = match word.to_ascii_uppercase().as_str() {
@@ -315,7 +382,14 @@ pub(crate) fn running(argv: &[String]) -> Option<MapSpec> {
         None => "",
     };
     let written = family.or(pf);
-    let mapping = |v6| socat_mapping(&spec, form.clone(), &format!("{proto}{}:{addr}", digit(v6)));
+    let mapping = |v6| {
+        socat_mapping(
+            &spec,
+            form.clone(),
+            &format!("{proto}{}:{addr}", digit(v6)),
+            services,
+        )
+    };
     // -6 (-4) only prefers a family: an address literal of the other one is still dialled.
     mapping(written.or(prefer_v6))
         .or_else(|e| {

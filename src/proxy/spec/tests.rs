@@ -31,9 +31,28 @@ impl Lookup for Fake {
     }
 }
 
+/// A services file of a few lines as /etc/services writes them (not the machine's: the
+/// tests' ports are the file's).
+fn services() -> Services {
+    Services::from_text(
+        "# Network services, Internet style\n\
+         http\t\t80/tcp\t\twww\t\t# WorldWideWeb HTTP\n\
+         domain\t\t53/tcp\n\
+         domain\t\t53/udp\n\
+         ntp\t\t123/udp\n\
+         postgresql\t5432/tcp\tpostgres\n\
+         http-alt\t8080/tcp\twebcache\n\
+         http\t\t8000/tcp\n",
+        "/etc/services",
+    )
+}
+
 /// The one mapping `spec` stands for.
 fn parse_one(spec: &str) -> Mapping {
-    let mut m = parse_map(spec).unwrap().resolve(&Fake).unwrap();
+    let mut m = parse_map(spec, &services())
+        .unwrap()
+        .resolve(&Fake)
+        .unwrap();
     assert_eq!(m.len(), 1, "{spec}");
     m.remove(0)
 }
@@ -61,7 +80,7 @@ fn forms() {
 
 #[test]
 fn names_are_resolved_listen_on_each_local_address_target_in_order() {
-    let m = parse_map("localhost:8080=db:5432")
+    let m = parse_map("localhost:8080=db:5432", &services())
         .unwrap()
         .resolve(&Fake)
         .unwrap();
@@ -91,7 +110,7 @@ fn names_are_resolved_listen_on_each_local_address_target_in_order() {
         (Proto::Udp, "10.0.0.2".parse().unwrap())
     );
     // A name with none of its addresses here keeps them all: the bind says why.
-    let m = parse_map("db:80=10.0.0.1:80")
+    let m = parse_map("db:80=10.0.0.1:80", &services())
         .unwrap()
         .resolve(&Fake)
         .unwrap();
@@ -114,7 +133,7 @@ fn socat_tcp4_and_tcp6_keep_one_family_of_a_name() {
     assert_eq!(m.target_more, ["10.0.0.3".parse::<IpAddr>().unwrap()]);
     let m = parse_one("8080=TCP6:[fd00::1]:80");
     assert_eq!(m.target_ip, "fd00::1".parse::<IpAddr>().unwrap());
-    let e = parse_map("8080=TCP6:db:80")
+    let e = parse_map("8080=TCP6:db:80", &services())
         .unwrap()
         .resolve(&Fake)
         .unwrap_err();
@@ -133,7 +152,7 @@ fn socat_tcp4_and_tcp6_keep_one_family_of_a_name() {
             "the target says udp but the mapping is tcp",
         ),
     ] {
-        let e = parse_map(spec).unwrap_err().to_string();
+        let e = parse_map(spec, &services()).unwrap_err().to_string();
         assert!(e.contains(want), "{spec}: {e}");
     }
 }
@@ -141,8 +160,8 @@ fn socat_tcp4_and_tcp6_keep_one_family_of_a_name() {
 /// The one listen address of a mapping written with a socat listen form, and its protocol.
 fn socat_listen(listen: &str, target: &str) -> (Proto, Vec<SocketAddr>) {
     let text = format!("{listen} {target}");
-    let form = listen_form(&text, listen).unwrap().unwrap();
-    let maps = socat_mapping(&text, form, target)
+    let form = listen_form(&text, listen, &services()).unwrap().unwrap();
+    let maps = socat_mapping(&text, form, target, &services())
         .unwrap()
         .resolve(&Fake)
         .unwrap();
@@ -254,7 +273,7 @@ fn socat_listen_mistakes_name_what_is_not_taken() {
         ("TCP-LISTEN:80,fork", "missing '='"),
         ("TCP-LISTEN:80=TCP:db:5432,nodelay", "socat options on the target"),
     ] {
-        let e = parse_map(spec).unwrap_err().to_string();
+        let e = parse_map(spec, &services()).unwrap_err().to_string();
         assert!(e.contains(want), "{spec}: {e}");
     }
 }
@@ -281,7 +300,7 @@ fn names_and_zones_that_cannot_be_looked_up_are_explained() {
         ("80=ll:80", "'ll' resolves to fe80::5, which is link-local"),
         ("80=[fe80::1%eth9]:80", "no interface eth9"),
     ] {
-        let e = parse_map(spec)
+        let e = parse_map(spec, &services())
             .unwrap()
             .resolve(&Fake)
             .unwrap_err()
@@ -358,7 +377,7 @@ fn mistakes_are_explained() {
         ("localhost=1.2.3.4:80", "the listen side needs a port"),
         ("[::1=1.2.3.4:5", "']'"),
     ] {
-        let e = parse_map(spec).unwrap_err().to_string();
+        let e = parse_map(spec, &services()).unwrap_err().to_string();
         assert!(e.contains(want), "{spec}: {e}");
     }
 }
@@ -402,7 +421,7 @@ fn mutated_mappings_never_panic() {
                 }
             }
             let text = String::from_utf8_lossy(&b);
-            if let Ok(spec) = parse_map(&text) {
+            if let Ok(spec) = parse_map(&text, &services()) {
                 if let Ok(maps) = spec.resolve(&Fake) {
                     for m in maps {
                         let _ = (m.expand(), m.to_string());
@@ -411,4 +430,110 @@ fn mutated_mappings_never_panic() {
             }
         }
     }
+}
+
+/// socat's ports by service name (`TCP-LISTEN:http`, `TCP:db:postgresql`, an alias, a name
+/// with a dash), looked up for the form's protocol as socat's getservbyname does; before,
+/// "'http' is not a port". A name the file lacks for that protocol is named with the file.
+#[test]
+fn socat_ports_by_service_name() {
+    let port_of = |listen: &str, target: &str| {
+        let text = format!("{listen} {target}");
+        let form = listen_form(&text, listen, &services()).unwrap().unwrap();
+        let m = socat_mapping(&text, form, target, &services()).unwrap();
+        (m.proto, m.listen, m.target_host, m.target)
+    };
+    let one = |p: u16| PortRange { first: p, last: p };
+    let db = || Host::Name("db".into());
+    assert_eq!(
+        port_of("TCP-LISTEN:http,fork", "TCP:db:postgresql"),
+        (Proto::Tcp, one(80), db(), one(5432))
+    );
+    // An alias; the first line for a name wins (http 80, not the later 8000).
+    assert_eq!(
+        port_of("TCP-LISTEN:www", "TCP:db:postgres"),
+        (Proto::Tcp, one(80), db(), one(5432))
+    );
+    // A name with a dash is a name, not a range; a range is still a range.
+    assert_eq!(
+        port_of("TCP-LISTEN:http-alt", "db:80"),
+        (Proto::Tcp, one(8080), db(), one(80))
+    );
+    assert_eq!(
+        port_of("TCP-LISTEN:8000-8001", "TCP:db:9000-9001"),
+        (
+            Proto::Tcp,
+            PortRange {
+                first: 8000,
+                last: 8001
+            },
+            db(),
+            PortRange {
+                first: 9000,
+                last: 9001
+            }
+        )
+    );
+    // UDP's own entries; an IPv6 target in brackets; TCP6: keeps its family.
+    assert_eq!(
+        port_of("UDP-LISTEN:domain", "UDP:[fd00::2]:domain"),
+        (
+            Proto::Udp,
+            one(53),
+            Host::Ip("fd00::2".parse().unwrap()),
+            one(53)
+        )
+    );
+    let text = "TCP-LISTEN:http TCP6:db:http";
+    let form = listen_form(text, "TCP-LISTEN:http", &services())
+        .unwrap()
+        .unwrap();
+    let m = socat_mapping(text, form, "TCP6:db:http", &services()).unwrap();
+    assert_eq!((m.target, m.target_v6), (one(80), Some(true)));
+    // The -p form.
+    let m = parse_map("TCP-LISTEN:http,fork=TCP:10.0.0.2:postgresql", &services()).unwrap();
+    assert_eq!((m.listen, m.target), (one(80), one(5432)));
+    // A target name with no port keeps the listen ports (no service lookup of the host).
+    assert_eq!(
+        port_of("TCP-LISTEN:http", "TCP:db"),
+        (Proto::Tcp, one(80), db(), one(80))
+    );
+    // Named with the file: a name it lacks, and one it has for the other protocol only.
+    for (listen, target, want) in [
+        (
+            "TCP-LISTEN:nosuch",
+            "TCP:db:80",
+            "'nosuch' is not a port (1-65535) nor a tcp service in /etc/services",
+        ),
+        (
+            "TCP-LISTEN:ntp",
+            "TCP:db:80",
+            "'ntp' is not a port (1-65535) nor a tcp service in /etc/services",
+        ),
+        (
+            "UDP-LISTEN:53",
+            "UDP:db:http",
+            "'http' is not a port (1-65535) nor a udp service in /etc/services",
+        ),
+    ] {
+        let text = format!("{listen} {target}");
+        let e = listen_form(&text, listen, &services())
+            .and_then(|f| socat_mapping(&text, f.unwrap(), target, &services()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+    // nettool's own form takes numbers only (names there are hosts).
+    assert!(parse_map("http=10.0.0.2:80", &services()).is_err());
+    // The file cannot be read: said with the path and the error.
+    let none = Services::at(vec!["/nonexistent/nt-test-services".into()]);
+    let e = listen_form("TCP-LISTEN:http x", "TCP-LISTEN:http", &none)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "the services file that names ports could not be read (/nonexistent/nt-test-services: "
+        ),
+        "{e}"
+    );
 }
