@@ -150,27 +150,6 @@ impl Subject for Lab {
     }
 }
 
-/// `nettool doctor --netns HOST ARGS... --json`, whatever the exit code.
-fn doctor_json(host: &str, args: &[&str]) -> Value {
-    let mut v = vec!["doctor", "--netns", host, "--json"];
-    v.extend_from_slice(args);
-    let out = nettool(&v);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "doctor {args:?}: bad JSON ({e}): {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let ok = report["diagnosis"]["ok"].as_bool().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(if ok { 0 } else { 1 }),
-        "{report:#}"
-    );
-    report
-}
-
 /// The diagnosis line of a report.
 fn diag_line(r: &Value) -> &str {
     r["diagnosis"]["line"]

@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::facts::proxies::{cmdline, recognise, ProxyProcess};
+use crate::facts::proxies::{recognise, ProxyProcess};
+use crate::netns::sockets::cmdline;
 use crate::netns::sockets::{list_unowned, Proto, Which};
 use crate::netns::NetNs;
 
@@ -274,6 +275,7 @@ mod tests {
                 },
                 target_from: 80,
             }],
+            rootless: None,
         };
         let s = |fd, l: &str, r: &str| ProxySocket {
             fd,

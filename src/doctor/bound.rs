@@ -128,6 +128,11 @@ pub(crate) fn on_host(snap: &Snapshot, packet: &Packet, from: &str, walk: &Walk)
                 socat_bind(local),
                 packet.dport
             ),
+            Some(ProxyKind::Rootlessport) => format!(
+                "the rootless container's -p {}:{}:...",
+                socat_bind(local),
+                packet.dport
+            ),
             None => "its listen/bind setting".into(),
         };
         let which = if host.has_address(local) {

@@ -103,10 +103,20 @@ fn claim_rank(
     )
 }
 
+/// The engine's command for `c`; a rootless Podman's runs as its user, with its runtime
+/// directory (as root, `podman` would ask root's own Podman, which does not know the container).
 fn cli_fix(fixer: &Fixer, c: &Container, summary: &str, verb: &[&str]) -> super::Fix {
-    let mut argv = vec![c.engine.cli().to_string()];
-    argv.extend(verb.iter().map(|s| s.to_string()));
-    fixer.fix_owned(summary, argv, false)
+    let mut cmd = vec![c.engine.cli()];
+    cmd.extend(verb);
+    let argv = match &c.rootless {
+        Some(owner) => owner.run_as(&cmd),
+        None => cmd.iter().map(|s| s.to_string()).collect(),
+    };
+    let summary = match &c.rootless {
+        Some(owner) => format!("{summary} (rootless Podman of {})", owner.user),
+        None => summary.to_string(),
+    };
+    fixer.fix_owned(&summary, argv, false)
 }
 
 /// A binding as the engine lists it, its host address in the family judged (`v6`): a port
@@ -156,7 +166,13 @@ pub(crate) fn intent_hop(
     fixer: &Fixer,
 ) -> Hop {
     let exe = snap.meta.exe.as_str();
-    let who = format!("{} container {}", c.engine, c.name);
+    let who = match &c.rootless {
+        Some(o) => format!(
+            "{} container {} (rootless, user {})",
+            c.engine, c.name, o.user
+        ),
+        None => format!("{} container {}", c.engine, c.name),
+    };
     let port = b.map(|b| b.host_port).unwrap_or(packet.dport);
     let evidence = format!(
         "{who}: {}, network mode {}, networks {}, publishes {}",
@@ -192,10 +208,14 @@ pub(crate) fn intent_hop(
             TITLE,
             Fault::ContainerNotRunning,
             format!(
-                "{who} is {}: nothing serves its port {port}; `{} {}` {what}",
+                "{who} is {}: nothing serves its port {port}; `{} {}` {what}{}",
                 c.state,
                 c.engine.cli(),
-                args.join(" ")
+                args.join(" "),
+                match &c.rootless {
+                    Some(o) => format!(" (run as {})", o.user),
+                    None => String::new(),
+                }
             ),
         )
         .with_evidence(evidence.clone())
@@ -248,8 +268,10 @@ pub(crate) fn intent_hop(
             return not_running(&verb, what).with_fix(Some(cli_fix(fixer, c, &summary, &verb)));
         }
     }
+    // slirp4netns and pasta (rootless Podman) are networks of their own with no attachment.
     if c.network_mode != "host"
         && !c.network_mode.starts_with("container:")
+        && !matches!(c.network_mode.as_str(), "slirp4netns" | "pasta")
         && c.attachments.is_empty()
     {
         let (net, was, to) = left_network(c);

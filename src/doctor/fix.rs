@@ -57,7 +57,10 @@ impl Fixer {
         // The docker CLI only talks to its daemon's socket: it runs anywhere. podman runs
         // netavark in the namespace it is started in: it needs the host namespace, entered
         // with nsenter (`ip netns exec` remounts /sys, which podman's cgroup handling trips on).
-        if first == Some("podman") {
+        // A rootless Podman's command runs as its user (`runuser -u U -- env ... podman ...`).
+        let podman = first == Some("podman")
+            || (first == Some("runuser") && argv.iter().any(|a| a == "podman"));
+        if podman {
             let path = match &self.host_name {
                 Some(n) => format!("{}/{n}", crate::netns::NETNS_RUN_DIR),
                 None => self.host_path.clone(),
@@ -131,5 +134,34 @@ mod tests {
         let x = f.fix("in", &["ip", "-n", "web", "link", "set", "eth0", "up"]);
         assert_eq!(x.command, "ip -n web link set eth0 up");
         assert_eq!(shell_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn a_rootless_podman_fix_runs_as_its_user_in_the_host_namespace() {
+        let owner = crate::engine::RootlessOwner {
+            uid: 1001,
+            user: "rl".into(),
+            runtime_dir: "/run/user/1001".into(),
+        };
+        let f = Fixer {
+            host_name: Some("lab-host".into()),
+            host_path: String::new(),
+        };
+        // podman as the user, entered with nsenter (not `ip netns exec`, which remounts /sys):
+        // rootlessport listens in the namespace `podman start` runs in.
+        let x = f.fix_owned("start", owner.run_as(&["podman", "start", "web"]), false);
+        assert_eq!(
+            x.command,
+            "nsenter --net=/run/netns/lab-host runuser -u rl -- env XDG_RUNTIME_DIR=/run/user/1001 podman start web"
+        );
+        let here = Fixer {
+            host_name: None,
+            host_path: String::new(),
+        };
+        let x = here.fix_owned("start", owner.run_as(&["podman", "start", "web"]), false);
+        assert_eq!(
+            x.command,
+            "runuser -u rl -- env XDG_RUNTIME_DIR=/run/user/1001 podman start web"
+        );
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod fix;
 pub(crate) mod path;
 pub(crate) mod probe;
 pub(crate) mod receiver;
+mod rootless;
 pub(crate) mod rules;
 pub(crate) mod target;
 

@@ -232,6 +232,13 @@ pub(crate) fn receiver(
         .min_by_key(|s| s.local.ip().is_ipv6() != packet.dst.is_ipv6());
     if let Some(sock) = listener {
         let owner = sock.owners.first().cloned();
+        // Rootless Podman: rootlessport relays into the container's namespace (no DNAT).
+        if let Some((dest, hop)) = owner
+            .as_ref()
+            .and_then(|o| super::rootless::relay(snap, packet, sock, o))
+        {
+            return (dest, hop, Some(walk));
+        }
         let proxy_map = owner
             .as_ref()
             .and_then(|o| snap.proxy_target(o.pid, packet.proto, packet.dport));

@@ -436,7 +436,7 @@ pub(crate) fn service_hop(
         .collect();
     if let ([only], true) = (
         others.as_slice(),
-        dest.rule.is_some() || dest.via == "proxy",
+        dest.rule.is_some() || dest.via == "proxy" || dest.via == "rootlessport",
     ) {
         let good = only.local.port();
         let who = only

@@ -80,6 +80,7 @@ pub(crate) fn read_into(dir: &Path, intent: &mut Intent) {
                 infra: false,
                 project: None,
                 created_networks: None,
+                rootless: None,
             });
         if c.state != ContainerState::Running {
             // A path that exists is not yet a namespace: a runtime that crashed, or /run's

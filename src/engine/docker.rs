@@ -142,14 +142,25 @@ pub(crate) struct Endpoint {
 }
 
 /// The sockets to ask: DOCKER_HOST or Docker's default, CONTAINER_HOST or Podman's rootful
-/// and rootless defaults. A default socket that does not exist is not asked.
+/// default, and every rootless Podman's (the caller's XDG_RUNTIME_DIR, $SUDO_UID's and each
+/// user's /run/user/UID: doctor runs as root, the containers may be a user's). A default
+/// socket that does not exist is not asked.
 pub(crate) fn endpoints() -> Vec<Endpoint> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let rootless = env("XDG_RUNTIME_DIR").map(|d| format!("{d}/podman/podman.sock"));
+    let mut rootless: Vec<PathBuf> = env("XDG_RUNTIME_DIR")
+        .map(|d| PathBuf::from(d).join(podman::ROOTLESS_SOCKET))
+        .into_iter()
+        .collect();
+    rootless.extend(
+        env("SUDO_UID").map(|u| {
+            crate::netns::host_path(&format!("/run/user/{u}")).join(podman::ROOTLESS_SOCKET)
+        }),
+    );
+    rootless.extend(podman::user_sockets());
     endpoints_from(
         env("DOCKER_HOST").as_deref(),
         env("CONTAINER_HOST").as_deref(),
-        rootless.as_deref(),
+        &rootless,
         |p| p.exists(),
     )
 }
@@ -157,7 +168,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
 fn endpoints_from(
     docker_host: Option<&str>,
     container_host: Option<&str>,
-    rootless: Option<&str>,
+    rootless: &[PathBuf],
     exists: impl Fn(&Path) -> bool,
 ) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = Vec::new();
@@ -190,10 +201,10 @@ fn endpoints_from(
                 EngineKind::Podman,
                 false,
             );
-            if let Some(r) = rootless {
-                add(PathBuf::from(r), EngineKind::Podman, false);
-            }
         }
+    }
+    for r in rootless {
+        add(r.clone(), EngineKind::Podman, false);
     }
     out
 }
@@ -230,7 +241,13 @@ pub(crate) fn read_into(ep: &Endpoint, intent: &mut Intent) {
         _ => read_docker(&api),
     };
     match read {
-        Ok((containers, networks)) => {
+        Ok((mut containers, networks)) => {
+            if engine == EngineKind::Podman {
+                let owner = podman::rootless_owner(&ep.socket);
+                for c in &mut containers {
+                    c.rootless.clone_from(&owner);
+                }
+            }
             intent.containers.extend(containers);
             intent.networks.extend(networks);
             intent.sources.push(SourceStatus {
@@ -355,6 +372,7 @@ pub(crate) fn container_from_inspect(
         infra: false,
         project: s(v, "/Config/Labels/com.docker.compose.project").map(str::to_string),
         created_networks: None,
+        rootless: None,
     })
 }
 
@@ -430,9 +448,14 @@ mod tests {
         let none = |_: &Path| false;
         let all = |_: &Path| true;
         // Nothing there, nothing asked.
-        assert!(endpoints_from(None, None, None, none).is_empty());
+        assert!(endpoints_from(None, None, &[], none).is_empty());
         // Default sockets that exist are asked with no variable set.
-        let eps = endpoints_from(None, None, Some("/run/user/1000/podman/podman.sock"), all);
+        let eps = endpoints_from(
+            None,
+            None,
+            &["/run/user/1000/podman/podman.sock".into()],
+            all,
+        );
         let socks: Vec<_> = eps.iter().map(|e| e.socket.display().to_string()).collect();
         assert_eq!(
             socks,
@@ -446,7 +469,7 @@ mod tests {
         let eps = endpoints_from(
             Some("unix:///tmp/d.sock"),
             Some("unix:///tmp/p.sock"),
-            None,
+            &[],
             none,
         );
         assert_eq!(eps.len(), 2);

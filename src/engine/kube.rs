@@ -100,6 +100,7 @@ pub(crate) fn read_into(dir: &Path, intent: &mut Intent) {
             infra: false,
             project: None,
             created_networks: None,
+            rootless: None,
         });
     }
 }

@@ -91,6 +91,7 @@ fn add_lab(st: &state::LabState, intent: &mut Intent) {
             infra: false,
             project: Some(st.name.clone()),
             created_networks: None,
+            rootless: None,
         });
     }
 }

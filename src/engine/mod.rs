@@ -219,6 +219,37 @@ pub struct Container {
     /// none named, so the engine's default network; None: no such record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_networks: Option<Vec<String>>,
+    /// The user whose rootless Podman runs it (None: a rootful engine's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootless: Option<RootlessOwner>,
+}
+
+/// A rootless Podman's user: its commands run as that user, with its runtime directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootlessOwner {
+    /// The user's id.
+    pub uid: u32,
+    /// The user's name (the id as text when /etc/passwd does not know it).
+    pub user: String,
+    /// Its XDG_RUNTIME_DIR (the API socket is `podman/podman.sock` in it).
+    pub runtime_dir: PathBuf,
+}
+
+impl RootlessOwner {
+    /// argv that runs `cmd` as this user with its runtime directory, from root: what
+    /// rootless Podman needs to find that user's containers (runuser sets HOME and USER).
+    pub fn run_as(&self, cmd: &[&str]) -> Vec<String> {
+        let mut v = vec![
+            "runuser".to_string(),
+            "-u".into(),
+            self.user.clone(),
+            "--".into(),
+            "env".into(),
+            format!("XDG_RUNTIME_DIR={}", self.runtime_dir.display()),
+        ];
+        v.extend(cmd.iter().map(|s| s.to_string()));
+        v
+    }
 }
 
 impl Container {
@@ -458,6 +489,7 @@ impl Container {
             infra: false,
             project: None,
             created_networks: None,
+            rootless: None,
         }
     }
 }

@@ -2,12 +2,83 @@
 //! the libpod ones for what only Podman knows (pods, infra containers, netavark's bridges).
 
 use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use super::docker::{container_from_inspect, ids, Api, ApiError};
-use super::{Container, EngineKind, Network, PortBinding};
+use super::{Container, EngineKind, Intent, Network, PortBinding, RootlessOwner};
 
 /// Rootful Podman's API socket (what podman.socket serves).
 pub(crate) const ROOTFUL_SOCKET: &str = "/run/podman/podman.sock";
+
+/// A rootless Podman's API socket, inside the user's XDG_RUNTIME_DIR.
+pub(crate) const ROOTLESS_SOCKET: &str = "podman/podman.sock";
+
+/// Every user's rootless API socket that exists: /run/user/UID/podman/podman.sock.
+pub(crate) fn user_sockets() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(crate::netns::host_path("/run/user"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join(ROOTLESS_SOCKET))
+        .filter(|p| p.exists())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The user a Podman API socket belongs to, when it is not root's: that user's rootless
+/// Podman, whose containers are started as that user with its runtime directory (the
+/// socket's grandparent, `DIR/podman/podman.sock`).
+pub(crate) fn rootless_owner(socket: &Path) -> Option<RootlessOwner> {
+    let uid = std::fs::metadata(socket).ok()?.uid();
+    if uid == 0 {
+        return None;
+    }
+    let runtime_dir = socket.parent()?.parent()?.to_path_buf();
+    Some(RootlessOwner {
+        uid,
+        user: user_name(uid),
+        runtime_dir,
+    })
+}
+
+/// The name /etc/passwd gives `uid` (the number when it has none).
+pub(crate) fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// The rootless Podman services of these runtime directories (rootlessport's
+/// XDG_RUNTIME_DIR) that `asked` did not ask already (a directory outside /run/user): each
+/// read once, as its own part.
+pub(crate) fn read_runtime_dirs(dirs: &[&str], asked: &Intent) -> Vec<Intent> {
+    let mut done: Vec<String> = asked.sources.iter().map(|s| s.endpoint.clone()).collect();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let socket = crate::netns::host_path(dir).join(ROOTLESS_SOCKET);
+        let key = socket.display().to_string();
+        if done.contains(&key) || !socket.exists() {
+            continue;
+        }
+        done.push(key);
+        let mut part = Intent::default();
+        super::docker::read_into(
+            &super::docker::Endpoint {
+                socket,
+                expected: EngineKind::Podman,
+                explicit: false,
+            },
+            &mut part,
+        );
+        part.fill_netns_inodes();
+        out.push(part);
+    }
+    out
+}
 
 /// The libpod API prefix; Podman 4 accepts it (and serves the compat API beside it).
 const LIBPOD: &str = "/v4.0.0/libpod";

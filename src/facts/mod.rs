@@ -13,6 +13,7 @@ pub(crate) mod firewall;
 pub(crate) mod links;
 pub(crate) mod proxies;
 pub(crate) mod read;
+mod relevant;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,6 +1,7 @@
 //! Userland proxies holding a listening socket: docker-proxy and `nettool proxy` recognised
 //! with the proxy's own argument parsers (`cmd::proxy::recognise`), and the classic socat
-//! port forward. What each forwards is recorded, so doctor follows a proxied port onward.
+//! port forward; rootless Podman's rootlessport, with the container namespace it relays into.
+//! What each forwards is recorded, so doctor follows a proxied port onward.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -22,6 +23,25 @@ pub(crate) struct ProxyProcess {
     pub argv: Vec<String>,
     /// What it forwards.
     pub maps: Vec<ProxyMap>,
+    /// rootlessport: the container namespace it relays into and whose it is (its mapping
+    /// reaches it on a pipe, so `maps` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootless: Option<RootlessPort>,
+}
+
+/// What a rootlessport process says of itself in /proc: the container's namespace file it
+/// holds open, its user and that user's runtime directory (where the user's API socket is).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct RootlessPort {
+    /// The namespace file it holds (`$XDG_RUNTIME_DIR/netns/netns-UUID`).
+    pub netns_path: String,
+    /// That namespace's inode, as a file descriptor of rootlessport opens it (the path is a
+    /// bind mount in the user's mount namespace: from root's, it opens nothing).
+    pub netns_inode: u64,
+    /// The user it runs as.
+    pub uid: u32,
+    /// XDG_RUNTIME_DIR from its environment.
+    pub runtime_dir: Option<String>,
 }
 
 /// Which proxy a process is: what it does with a target name differs.
@@ -37,6 +57,10 @@ pub(crate) enum ProxyKind {
     /// socat: looks the name up for each connection it takes.
     #[serde(rename = "socat")]
     Socat,
+    /// rootlessport (rootless Podman): listens where `podman run` ran, relays each
+    /// connection to its child in the container's namespace, which dials the container.
+    #[serde(rename = "rootlessport")]
+    Rootlessport,
 }
 
 impl std::fmt::Display for ProxyKind {
@@ -45,6 +69,7 @@ impl std::fmt::Display for ProxyKind {
             ProxyKind::Nettool => "nettool",
             ProxyKind::DockerProxy => "docker-proxy",
             ProxyKind::Socat => "socat",
+            ProxyKind::Rootlessport => "rootlessport",
         })
     }
 }
@@ -122,6 +147,16 @@ impl ProxyMap {
 
 /// Recognise a proxy from its command line (None when it is not one).
 pub(crate) fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyProcess> {
+    if comm == "rootlessport" && argv.first().map(String::as_str) == Some("rootlessport") {
+        return Some(ProxyProcess {
+            pid,
+            comm: comm.to_string(),
+            kind: ProxyKind::Rootlessport,
+            argv: argv.to_vec(),
+            maps: Vec::new(),
+            rootless: rootlessport(pid),
+        });
+    }
     let (kind, maps) = if let Some(maps) = crate::cmd::proxy::recognise(argv, pid) {
         let kind = if crate::proxy::docker::is_docker_invocation(argv) {
             ProxyKind::DockerProxy
@@ -138,19 +173,42 @@ pub(crate) fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyPr
         kind,
         argv: argv.to_vec(),
         maps,
+        rootless: None,
     })
 }
 
-/// The command line of `pid` (empty when it is gone).
-pub(crate) fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
+/// rootlessport `pid`'s container namespace (the fd it holds on a `.../netns/...` file that
+/// opens a network namespace), its user, and XDG_RUNTIME_DIR from its environment.
+fn rootlessport(pid: u32) -> Option<RootlessPort> {
+    use std::os::unix::fs::MetadataExt;
+    let (netns_path, netns_inode) = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_str()?;
+            if !target.contains("/netns/") {
+                return None;
+            }
+            // Through the fd: the namespace itself, whichever mount namespace the path is in.
+            let ns = crate::netns::NetNs::from_path(fd.path()).ok()?;
+            Some((target.to_string(), ns.id().inode))
+        })?;
+    let uid = std::fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+    let runtime_dir = std::fs::read(format!("/proc/{pid}/environ"))
+        .ok()
+        .and_then(|env| {
+            env.split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(b"XDG_RUNTIME_DIR="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
         })
-        .unwrap_or_default()
+        .filter(|d| !d.is_empty());
+    Some(RootlessPort {
+        netns_path,
+        netns_inode,
+        uid,
+        runtime_dir,
+    })
 }
 
 /// The recognised mappings as recorded facts.

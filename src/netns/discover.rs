@@ -305,11 +305,17 @@ fn containers_of(intent: &Intent, inode: u64, pids: &[u32], initial: bool) -> Ve
         return out;
     }
     for &pid in pids {
-        let Some(cid) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        let from_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
-            .and_then(|c| container_id_from_cgroup(&c))
-        else {
-            continue;
+            .and_then(|c| container_id_from_cgroup(&c));
+        let (cid, conmon_name) = match from_cgroup {
+            Some(cid) => (cid, None),
+            // No cgroup of its own (rootless Podman on cgroup v1): the conmon that is its
+            // parent names it (`conmon -c ID -n NAME`).
+            None => match conmon_parent(pid) {
+                Some((cid, name)) => (cid, Some(name)),
+                None => continue,
+            },
         };
         if out.iter().any(|c| c.id == cid) {
             continue;
@@ -320,14 +326,39 @@ fn containers_of(intent: &Intent, inode: u64, pids: &[u32], initial: bool) -> Ve
             Some(c) => out.push(as_ref(c)),
             None => out.push(ContainerRef {
                 id: cid,
-                name: None,
-                engine: None,
+                engine: conmon_name.as_ref().map(|_| EngineKind::Podman),
+                name: conmon_name,
                 pod: None,
                 infra: false,
             }),
         }
     }
     out
+}
+
+/// The container `pid` is the first process of, from the conmon that is its parent:
+/// conmon's `-c ID` and `-n NAME` (Podman's monitor runs one per container).
+fn conmon_parent(pid: u32) -> Option<(String, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the comm field, which is in parentheses and may hold spaces: state, then ppid.
+    let ppid: u32 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    if read_comm(ppid) != "conmon" {
+        return None;
+    }
+    let argv = super::sockets::cmdline(ppid);
+    let flag = |f: &str| {
+        argv.iter()
+            .position(|a| a == f)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    Some((flag("-c")?, flag("-n")?))
 }
 
 /// True for a kernel thread: PF_KTHREAD in /proc/PID/stat's flags (field 9). Read after the

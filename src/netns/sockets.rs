@@ -226,6 +226,18 @@ pub fn socket_owners() -> HashMap<u32, Vec<Owner>> {
     map
 }
 
+/// The command line of `pid` (empty when it is gone).
+pub(crate) fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// /proc/PID/comm without the newline ("?" when the process is gone).
 pub fn read_comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

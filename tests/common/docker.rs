@@ -109,22 +109,10 @@ impl Dockerd {
 
     /// Run the docker CLI against this daemon: (success, stdout+stderr).
     pub fn try_docker(&self, args: &[&str]) -> (bool, String) {
-        match Command::new("docker")
-            .arg("-H")
-            .arg(self.host())
-            .args(args)
-            .output()
-        {
-            Ok(o) => (
-                o.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-            ),
-            Err(e) => (false, e.to_string()),
-        }
+        super::try_output(
+            Command::new("docker").arg("-H").arg(self.host()).args(args),
+            "",
+        )
     }
 
     /// Run the docker CLI against this daemon; panics on failure; returns stdout+stderr.

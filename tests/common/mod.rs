@@ -6,6 +6,7 @@ pub mod cni;
 pub mod docker;
 pub mod names;
 pub mod podman;
+pub mod rootless;
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -236,6 +237,43 @@ pub fn nettool_ok(args: &[&str]) -> String {
 pub fn nettool_json(args: &[&str]) -> serde_json::Value {
     let s = nettool_ok(args);
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("nettool {args:?}: bad JSON {e}: {s}"))
+}
+
+/// `nettool doctor --netns HOST ARGS... --json`, whatever the verdict (its exit code checked
+/// against it: 0 all clear, 1 broken).
+pub fn doctor_json(host: &str, args: &[&str]) -> serde_json::Value {
+    let mut v = vec!["doctor", "--netns", host, "--json"];
+    v.extend_from_slice(args);
+    let out = nettool(&v);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "doctor {args:?}: bad JSON ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let ok = report["diagnosis"]["ok"].as_bool().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(if ok { 0 } else { 1 }),
+        "{report:#}"
+    );
+    report
+}
+
+/// Run `c`; (success, stdout then stderr), or (false, why it could not start, with `hint`).
+pub fn try_output(c: &mut Command, hint: &str) -> (bool, String) {
+    match c.output() {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("{:?}: {e}{hint}", c.get_program())),
+    }
 }
 
 /// Wait until `f` is true (polling every 20 ms) or panic after `secs`.

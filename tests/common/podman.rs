@@ -125,17 +125,7 @@ impl PodmanHost {
 
     /// Run podman in the host namespace; (success, stdout+stderr).
     pub fn try_podman(&self, args: &[&str]) -> (bool, String) {
-        match self.command().args(args).output() {
-            Ok(o) => (
-                o.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-            ),
-            Err(e) => (false, format!("podman: {e} (Debian package podman)")),
-        }
+        super::try_output(self.command().args(args), " (Debian package podman)")
     }
 
     /// Run podman in the host namespace; panics on failure; returns stdout (trimmed).

@@ -1,0 +1,209 @@
+//! `nettool doctor` on a rootless Podman host (tests/common/rootless.rs): a user's container
+//! published with `-p`, rootlessport listening in the test's host namespace and relaying into
+//! the container's slirp4netns namespace. doctor (as root) follows rootlessport into the
+//! container: a healthy one is all clear at the container's own listener, a service on the
+//! container's loopback is named, and a stopped container gets Podman's `podman start` run as
+//! its user, which the test runs as printed.
+
+mod common;
+
+use std::process::Command;
+
+use common::rootless::{missing, RootlessHost, USER};
+use common::*;
+use serde_json::Value;
+
+/// `nettool doctor --netns HOST ARGS... --json`.
+fn doctor(host: &RootlessHost, args: &[&str]) -> Value {
+    doctor_json(&host.ns.name, args)
+}
+
+/// The text report, for the test's output (and docs/doctor.md).
+fn doctor_text(host: &RootlessHost, args: &[&str]) -> String {
+    let mut v = vec!["doctor", "--netns", &host.ns.name];
+    v.extend_from_slice(args);
+    let out = nettool(&v);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn hop<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} hop: {report:#}"))
+}
+
+fn fails(report: &Value) -> usize {
+    report["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["verdict"] == "fail")
+        .count()
+}
+
+/// The page a container's httpd serves (busybox httpd answers 404 for a missing index).
+fn answers(host: &RootlessHost, port: u16) -> bool {
+    let code = http_code(&host.ns, &format!("http://127.0.0.1:{port}/"));
+    !code.is_empty() && code != "000"
+}
+
+#[test]
+fn a_rootless_container_is_followed_through_rootlessport_into_its_namespace() {
+    if let Some(why) = missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut host = RootlessHost::start("rl-healthy");
+    let name = host.run("web", &["-p", "8089:80"], &["httpd", "-f", "-p", "80"]);
+    wait_for("the rootless container to answer", 20, || {
+        answers(&host, 8089)
+    });
+    // Without the user's API service: what rootlessport and conmon say of themselves.
+    for api in [false, true] {
+        if api {
+            host.serve_api();
+        }
+        let r = doctor(&host, &["8089", "--probe"]);
+        println!("api {api}:\n{}", doctor_text(&host, &["8089", "--probe"]));
+        assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+        let dest = &r["destination"];
+        assert_eq!(dest["via"], "rootlessport", "{r:#}");
+        assert_eq!(dest["port"], 80, "{r:#}");
+        assert_eq!(dest["netns"], format!("container:{name}"), "{r:#}");
+        let receiver = hop(&r, "receiver");
+        assert!(
+            receiver["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("rootlessport (pid "),
+            "{r:#}"
+        );
+        // The container's own listener, not rootlessport's socket on the host.
+        let service = hop(&r, "service");
+        assert_eq!(service["verdict"], "ok", "{r:#}");
+        let s = service["summary"].as_str().unwrap();
+        assert!(
+            s.starts_with("httpd (pid ") && s.contains(&format!("in container:{name}")),
+            "{s}"
+        );
+        let line = r["diagnosis"]["line"].as_str().unwrap();
+        assert!(line.contains(&format!("in container:{name}")), "{line}");
+        let engine = r["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["id"] == "engine");
+        if api {
+            let e = engine.unwrap_or_else(|| panic!("no engine hop with the API: {r:#}"));
+            assert_eq!(e["verdict"], "ok", "{r:#}");
+            assert!(
+                e["summary"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("(rootless, user {USER}) is running")),
+                "{r:#}"
+            );
+        } else {
+            assert!(engine.is_none(), "{r:#}");
+            assert!(
+                receiver["evidence"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.as_str().unwrap().contains("is the one port that listens")),
+                "{r:#}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rootless_service_on_the_containers_loopback_is_named() {
+    if let Some(why) = missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut host = RootlessHost::start("rl-loopback");
+    let name = host.run(
+        "lo",
+        &["-p", "8090:80"],
+        &["httpd", "-f", "-p", "127.0.0.1:80"],
+    );
+    // rootlessport answers the connection, then resets it: nothing listens on 10.0.2.100:80.
+    wait_for("rootlessport on 8090", 20, || {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &host.ns.name,
+            "ss",
+            "-Htln",
+            "sport = :8090",
+        ])
+        .contains("8090")
+    });
+    assert!(!answers(&host, 8090), "the service should not answer yet");
+    for api in [false, true] {
+        if api {
+            host.serve_api();
+        }
+        let r = doctor(&host, &["8090"]);
+        println!("api {api}:\n{}", doctor_text(&host, &["8090", "--probe"]));
+        assert_eq!(r["diagnosis"]["ok"], false, "{r:#}");
+        assert_eq!(r["diagnosis"]["fault"], "service_on_loopback", "{r:#}");
+        assert_eq!(r["diagnosis"]["hop"], "service", "{r:#}");
+        assert_eq!(fails(&r), 1, "one cause, one finding: {r:#}");
+        let line = r["diagnosis"]["line"].as_str().unwrap();
+        assert!(
+            line.contains("listens on 127.0.0.1:80")
+                && line.contains(&format!("inside container:{name}")),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn a_stopped_rootless_container_gets_podman_start_as_its_user() {
+    if let Some(why) = missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut host = RootlessHost::start("rl-stopped");
+    host.serve_api();
+    let name = host.run("stop", &["-p", "8091:80"], &["httpd", "-f", "-p", "80"]);
+    wait_for("the rootless container to answer", 20, || {
+        answers(&host, 8091)
+    });
+    host.podman(&["stop", "-t", "0", &name]);
+    assert!(
+        !answers(&host, 8091),
+        "a stopped container should not answer"
+    );
+    let r = doctor(&host, &["8091"]);
+    println!("{}", doctor_text(&host, &["8091"]));
+    assert_eq!(r["diagnosis"]["fault"], "container_not_running", "{r:#}");
+    assert_eq!(fails(&r), 1, "{r:#}");
+    let fix = &r["diagnosis"]["fix"];
+    let command = fix["command"].as_str().unwrap();
+    let want: Vec<String> = host.as_user(&["podman", "start", &name]);
+    assert!(command.ends_with(&want.join(" ")), "{command}");
+    assert!(
+        command.starts_with(&format!("nsenter --net={} ", host.ns.path())),
+        "{command}"
+    );
+    // The fix as printed, by a shell.
+    let out = Command::new("sh").args(["-c", command]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the restarted container to answer", 20, || {
+        answers(&host, 8091)
+    });
+    let r = doctor(&host, &["8091"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+}
