@@ -207,3 +207,40 @@ fn a_stopped_rootless_container_gets_podman_start_as_its_user() {
     let r = doctor(&host, &["8091"]);
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
 }
+
+#[test]
+fn a_rootless_port_dropped_by_the_hosts_input_chain_is_named_from_outside() {
+    if let Some(why) = missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut host = RootlessHost::start("rl-input");
+    let outside = TestNs::new("rl-input-o");
+    uplink(&host.ns, &outside);
+    host.run("in", &["-p", "8092:80"], &["httpd", "-f", "-p", "80"]);
+    let from = format!("outside:{}", outside.name);
+    let http = |ns: &TestNs| http_code(ns, "http://192.0.2.1:8092/");
+    wait_for("the rootless container to answer from outside", 20, || {
+        !http(&outside).is_empty() && http(&outside) != "000"
+    });
+    let r = doctor(&host, &["--from", &from, "8092", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    // rootlessport accepts on the host: the host's INPUT chain judges the client's packet.
+    in_ns(
+        &host.ns,
+        &[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8092", "-j", "DROP",
+        ],
+    );
+    assert_eq!(http(&outside), "000");
+    let r = doctor(&host, &["--from", &from, "8092"]);
+    println!("{}", doctor_text(&host, &["--from", &from, "8092"]));
+    assert_eq!(r["diagnosis"]["fault"], "firewall_drop", "{r:#}");
+    assert_eq!(fails(&r), 1, "{r:#}");
+    let command = r["diagnosis"]["fix"]["command"].as_str().unwrap();
+    let out = Command::new("sh").args(["-c", command]).output().unwrap();
+    assert!(out.status.success(), "{command}: {out:?}");
+    wait_for("the port to answer from outside again", 10, || {
+        http(&outside) != "000"
+    });
+}

@@ -26,19 +26,6 @@ pub(crate) struct PathCtx<'a> {
 
 /// Hops 2..: kernel switches, firewall, route, bridge, veth, target, service, conntrack.
 pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<Hop>) {
-    // rootlessport's child dials the container inside its namespace: no route, bridge or
-    // veth of the host's is on the way, only the service there.
-    if dest.via == "rootlessport" {
-        if let Some(ns) = cx
-            .snap
-            .namespaces
-            .iter()
-            .find(|n| dest.netns.as_ref() == Some(&n.label))
-        {
-            service_hop(cx, ns, dest, hops, None);
-        }
-        return;
-    }
     let host = cx.host;
     let packet = cx.packet;
     // The route to the rewritten destination (as the host itself sees it).
@@ -147,6 +134,20 @@ pub(crate) fn path_checks(cx: &PathCtx, dest: &mut Destination, hops: &mut Vec<H
         ));
     }
 
+    // rootlessport accepts on the host (the filter hooks above judged that) and its child
+    // dials the container inside its namespace: no route, bridge or veth of the host's is on
+    // the way, only the service there.
+    if dest.via == "rootlessport" {
+        if let Some(ns) = cx
+            .snap
+            .namespaces
+            .iter()
+            .find(|n| dest.netns.as_ref() == Some(&n.label))
+        {
+            service_hop(cx, ns, dest, hops, None);
+        }
+        return;
+    }
     // Route.
     let route = match route {
         Ok(r) => r,
