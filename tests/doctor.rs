@@ -185,28 +185,6 @@ trait Subject {
     fn apply_fix(&mut self, report: &Value);
 }
 
-/// With NETTOOL_RECORD_CAPTURES=1, record the host as it is now into captures/doctor/NAME
-/// (`tools/record-doctor-capture NAME HOW -- --netns HOST ARGS...`, `env` set for the
-/// engine): how the recorded snapshots of real hosts are made. A no-op otherwise.
-fn record_capture(env: &[(&str, String)], host: &str, name: &str, how: &str, args: &[&str]) {
-    if std::env::var_os("NETTOOL_RECORD_CAPTURES").is_none() {
-        return;
-    }
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(format!("{root}/tools/record-doctor-capture"))
-        .args([name, how, "--", "--netns", host])
-        .args(args)
-        .env("NETTOOL", env!("CARGO_BIN_EXE_nettool"))
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "recording {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Run a fix's argv inside `host`; a background fix is spawned and returned.
 fn run_fix(host: &str, report: &Value) -> Option<ChildGuard> {
     let fix = &report["diagnosis"]["fix"];

@@ -67,6 +67,15 @@ fn a_rootless_container_is_followed_through_rootlessport_into_its_namespace() {
             host.serve_api();
         }
         let r = doctor(&host, &["8089", "--probe"]);
+        if api {
+            record_capture(
+                &[],
+                &host.ns.name,
+                "rootless-healthy",
+                "rootless Podman 4.3.1 (user nt-rootless, slirp4netns): web (busybox httpd) -p 8089:80, the user's API served (tests/rootless.rs)",
+                &["8089", "--probe"],
+            );
+        }
         println!("api {api}:\n{}", doctor_text(&host, &["8089", "--probe"]));
         assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
         let dest = &r["destination"];
@@ -151,6 +160,15 @@ fn a_rootless_service_on_the_containers_loopback_is_named() {
             host.serve_api();
         }
         let r = doctor(&host, &["8090"]);
+        if !api {
+            record_capture(
+                &[],
+                &host.ns.name,
+                "rootless-service-on-loopback",
+                "rootless Podman: httpd -f -p 127.0.0.1:80 published -p 8090:80, the user's API not served (tests/rootless.rs)",
+                &["8090"],
+            );
+        }
         println!("api {api}:\n{}", doctor_text(&host, &["8090", "--probe"]));
         assert_eq!(r["diagnosis"]["ok"], false, "{r:#}");
         assert_eq!(r["diagnosis"]["fault"], "service_on_loopback", "{r:#}");
@@ -184,6 +202,13 @@ fn a_stopped_rootless_container_gets_podman_start_as_its_user() {
     );
     let r = doctor(&host, &["8091"]);
     println!("{}", doctor_text(&host, &["8091"]));
+    record_capture(
+        &[],
+        &host.ns.name,
+        "rootless-stopped",
+        "rootless Podman: podman stop (as the user) of a container published -p 8091:80, the user's API served (tests/rootless.rs)",
+        &["8091"],
+    );
     assert_eq!(r["diagnosis"]["fault"], "container_not_running", "{r:#}");
     assert_eq!(fails(&r), 1, "{r:#}");
     let fix = &r["diagnosis"]["fix"];
@@ -235,6 +260,13 @@ fn a_rootless_port_dropped_by_the_hosts_input_chain_is_named_from_outside() {
     assert_eq!(http(&outside), "000");
     let r = doctor(&host, &["--from", &from, "8092"]);
     println!("{}", doctor_text(&host, &["--from", &from, "8092"]));
+    record_capture(
+        &[],
+        &host.ns.name,
+        "rootless-input-drop",
+        "rootless Podman: -p 8092:80, iptables -A INPUT -p tcp --dport 8092 -j DROP in the host namespace, the user's API not served (tests/rootless.rs)",
+        &["--from", &from, "8092"],
+    );
     assert_eq!(r["diagnosis"]["fault"], "firewall_drop", "{r:#}");
     assert_eq!(fails(&r), 1, "{r:#}");
     let command = r["diagnosis"]["fix"]["command"].as_str().unwrap();

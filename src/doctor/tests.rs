@@ -495,3 +495,51 @@ fn a_container_service_on_another_address_or_its_loopback_gets_a_relay() {
         fix.command
     );
 }
+
+/// Rootless Podman, recorded by tests/rootless.rs: rootlessport is followed into the
+/// container's namespace (no DNAT, no veth), and the service there is what is judged.
+#[test]
+fn a_rootless_podman_port_is_followed_through_rootlessport_into_the_container() {
+    let load = |name: &str| {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("captures/doctor/{name}.json"));
+        facts::load(&p).unwrap()
+    };
+    let snap = load("rootless-healthy");
+    let r = replay(&snap).unwrap();
+    assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
+    let dest = r.destination.as_ref().unwrap();
+    assert_eq!(dest.via, "rootlessport");
+    assert_eq!(
+        SocketAddr::new(dest.addr, dest.port).to_string(),
+        "10.0.2.100:80"
+    );
+    let ctr = dest.netns.clone().unwrap();
+    assert!(ctr.starts_with("container:"), "{ctr}");
+    // The same host with the service moved to the container's loopback: named there.
+    let mut lo = snap.clone();
+    let ns = lo.namespaces.iter_mut().find(|n| n.label == ctr).unwrap();
+    for s in ns.listeners.iter_mut().filter(|s| s.local.port() == 80) {
+        s.local = "127.0.0.1:80".parse().unwrap();
+    }
+    lo.probes.clear();
+    let r = replay(&lo).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnLoopback));
+    assert_eq!(r.diagnosis.hop.as_deref(), Some("service"));
+    // Without the container's namespace, the path ends at rootlessport, said so.
+    let mut gone = snap.clone();
+    gone.namespaces.retain(|n| n.label != ctr);
+    gone.probes.clear();
+    let r = replay(&gone).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::TargetNotFound));
+    // Stopped: the user's Podman is asked; its fix runs as that user, in the host namespace.
+    let r = replay(&load("rootless-stopped")).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::ContainerNotRunning));
+    let fix = r.diagnosis.fix.unwrap();
+    assert_eq!(fix.argv[0], "nsenter");
+    assert_eq!(
+        fix.argv[2..7],
+        ["runuser", "-u", "nt-rootless", "--", "env"].map(String::from)
+    );
+    assert!(fix.command.contains(" podman start "), "{}", fix.command);
+}

@@ -276,6 +276,28 @@ pub fn try_output(c: &mut Command, hint: &str) -> (bool, String) {
     }
 }
 
+/// With NETTOOL_RECORD_CAPTURES=1, record the host as it is now into captures/doctor/NAME
+/// (`tools/record-doctor-capture NAME HOW -- --netns HOST ARGS...`, `env` set for the
+/// engine): how the recorded snapshots of real hosts are made. A no-op otherwise.
+pub fn record_capture(env: &[(&str, String)], host: &str, name: &str, how: &str, args: &[&str]) {
+    if std::env::var_os("NETTOOL_RECORD_CAPTURES").is_none() {
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new(format!("{root}/tools/record-doctor-capture"))
+        .args([name, how, "--", "--netns", host])
+        .args(args)
+        .env("NETTOOL", env!("CARGO_BIN_EXE_nettool"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "recording {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Wait until `f` is true (polling every 20 ms) or panic after `secs`.
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
