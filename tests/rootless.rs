@@ -106,6 +106,13 @@ fn a_rootless_container_is_followed_through_rootlessport_into_its_namespace() {
             .iter()
             .find(|h| h["id"] == "engine");
         if api {
+            // `doctor container:NAME[:80]`: no DNAT names its port, rootlessport does.
+            for target in [format!("container:{name}"), format!("container:{name}:80")] {
+                let c = doctor(&host, &[&target]);
+                assert_eq!(c["diagnosis"]["ok"], true, "{target}: {c:#}");
+                assert_eq!(c["destination"]["via"], "rootlessport", "{c:#}");
+                assert_eq!(c["packet"]["dport"], 8089, "{c:#}");
+            }
             let e = engine.unwrap_or_else(|| panic!("no engine hop with the API: {r:#}"));
             assert_eq!(e["verdict"], "ok", "{r:#}");
             assert!(

@@ -171,7 +171,10 @@ pub(crate) fn receiver(
     // `doctor container:web[:PORT]`: the first port published to that container (to PORT).
     if let Some(c) = container {
         let addrs: Vec<IpAddr> = c.addresses.iter().map(|a| a.address).collect();
-        match fw.published_port_of(packet.proto, &addrs, req.port) {
+        let published = fw
+            .published_port_of(packet.proto, &addrs, req.port)
+            .or_else(|| super::rootless::published_port(snap, c, packet.proto, req.port));
+        match published {
             Some(p) => packet.dport = p,
             None => {
                 return (

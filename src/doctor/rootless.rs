@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use crate::engine::{Container, EngineKind};
 use crate::facts::proxies::{ProxyKind, RootlessPort};
 use crate::facts::{NsFacts, Snapshot};
-use crate::netns::sockets::{Owner, Socket};
+use crate::netns::sockets::{Owner, Proto, Socket};
 
 use super::receiver::owners_text;
 use super::{Destination, Fault, Hop, Packet};
@@ -94,6 +94,59 @@ pub(crate) fn relay(
         interface,
     };
     Some((Some(dest), hop))
+}
+
+/// The host port rootlessport publishes for container namespace `ctr` (`doctor
+/// container:NAME[:PORT]` on a rootless host, where no DNAT rule says it): with PORT, the one
+/// the engine binds to that container port, else the one rootlessport holds when it holds
+/// one (the user's API not asked); without PORT, the lowest it holds.
+pub(crate) fn published_port(
+    snap: &Snapshot,
+    ctr: &NsFacts,
+    proto: Proto,
+    container_port: Option<u16>,
+) -> Option<u16> {
+    let relays: Vec<u32> = snap
+        .proxies
+        .iter()
+        .filter(|p| {
+            p.rootless
+                .as_ref()
+                .is_some_and(|r| r.netns_inode == ctr.id.inode)
+        })
+        .map(|p| p.pid)
+        .collect();
+    let mut held: Vec<u16> = snap
+        .host()
+        .listeners
+        .iter()
+        .filter(|s| s.proto == proto && s.owners.iter().any(|o| relays.contains(&o.pid)))
+        .map(|s| s.local.port())
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    let Some(want) = container_port else {
+        return held.first().copied();
+    };
+    let engine = snap.intent.as_ref().and_then(|i| {
+        i.containers
+            .iter()
+            .find(|c| c.netns_inode == Some(ctr.id.inode))
+    });
+    match (engine, held.as_slice()) {
+        (Some(c), _) => c
+            .ports
+            .iter()
+            .find(|b| {
+                b.proto == proto.to_string()
+                    && b.container_port == want
+                    && held.contains(&b.host_port)
+            })
+            .map(|b| b.host_port),
+        // Without the user's API the mapping is not known: its one port, if it holds one.
+        (None, [only]) => Some(*only),
+        (None, _) => None,
+    }
 }
 
 /// The user a rootlessport runs as, by name.

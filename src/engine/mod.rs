@@ -271,7 +271,11 @@ impl Container {
 
     /// What brings a container without a namespace back, in the engine's own words.
     pub fn start_hint(&self) -> Option<String> {
-        let cli = self.engine.cli();
+        // A rootless Podman's commands run as its user (root's podman does not know it).
+        let cli = match &self.rootless {
+            Some(o) => o.run_as(&[self.engine.cli()]).join(" "),
+            None => self.engine.cli().to_string(),
+        };
         match (&self.state, self.engine) {
             (_, EngineKind::Cni) => Some(format!(
                 "libcni's cache holds its result but its namespace {} opens no namespace; the runtime that made the container owns it: `{} doctor container:{}` prints the chain's DEL (its rules and address go) and the ADD into a new namespace",
@@ -313,7 +317,7 @@ impl Container {
                 self.name
             )),
             _ => match (&self.pod, self.infra) {
-                (Some(pod), true) => Some(format!("start its pod with `podman pod start {pod}`")),
+                (Some(pod), true) => Some(format!("start its pod with `{cli} pod start {pod}`")),
                 _ => Some(format!("start it with `{cli} start {}`", self.name)),
             },
         }
@@ -519,6 +523,21 @@ mod tests {
         assert_eq!(
             web.start_hint().unwrap(),
             "start it with `docker start web`"
+        );
+    }
+
+    #[test]
+    fn a_rootless_containers_hint_runs_podman_as_its_user() {
+        let mut web = c(EngineKind::Podman, "aaaa", "web");
+        web.state = ContainerState::from_status("exited", 0);
+        web.rootless = Some(RootlessOwner {
+            uid: 1001,
+            user: "rl".into(),
+            runtime_dir: "/run/user/1001".into(),
+        });
+        assert_eq!(
+            web.start_hint().unwrap(),
+            "start it with `runuser -u rl -- env XDG_RUNTIME_DIR=/run/user/1001 podman start web`"
         );
     }
 

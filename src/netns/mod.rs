@@ -238,7 +238,14 @@ impl NetNs {
             hint: c.start_hint(),
         };
         let ns = match (&c.netns, c.pid) {
-            (Some(p), _) if c.state.is_up() || c.pid.is_none() => Self::from_path(p),
+            (Some(p), pid) if c.state.is_up() || c.pid.is_none() => {
+                Self::from_path(p).or_else(|e| match (e, pid) {
+                    // A rootless Podman's sandbox key is a bind mount in its user's mount
+                    // namespace (an empty file from ours): its process holds the namespace.
+                    (NetnsError::NotNetns(_), Some(pid)) if c.state.is_up() => Self::from_pid(pid),
+                    (e, _) => Err(e),
+                })
+            }
             (_, Some(pid)) if c.state.is_up() => Self::from_pid(pid),
             // A source that knows no state and no process (the kubelet's log links): the
             // container is up when a process of the machine lives in its cgroup.
