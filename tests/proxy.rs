@@ -5484,11 +5484,17 @@ fn a_port_a_podman_container_publishes_names_the_container() {
 }
 
 /// A stand-in for dockerd's API on a unix socket: it knows one running container, `web`, whose
-/// namespace is `pid`'s, until `wedged` is set; from then on it reads each request and never
-/// answers, keeping the connection (a daemon stuck behind a lock, as a wedged dockerd is).
+/// namespace is `pid`'s (the process `pid` holds, which a test may change: a restart), until
+/// `wedged` is set; from then on it reads each request and never answers, keeping the
+/// connection (a daemon stuck behind a lock, as a wedged dockerd is). `slow`, when set, is
+/// taken by the next request, answered after that long (a busy daemon); `slow_answered`
+/// counts those answers.
 struct WedgedApi {
     wedged: std::sync::Arc<std::sync::atomic::AtomicBool>,
     held: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    slow: std::sync::Arc<std::sync::Mutex<Option<Duration>>>,
+    slow_answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl WedgedApi {
@@ -5498,8 +5504,13 @@ impl WedgedApi {
         let api = WedgedApi {
             wedged: Default::default(),
             held: Default::default(),
+            pid: std::sync::Arc::new(pid.into()),
+            slow: Default::default(),
+            slow_answered: Default::default(),
         };
         let (wedged, held) = (api.wedged.clone(), api.held.clone());
+        let (pid_now, slow, slow_answered) =
+            (api.pid.clone(), api.slow.clone(), api.slow_answered.clone());
         std::thread::spawn(move || {
             for mut s in l.incoming().flatten() {
                 let mut req = Vec::new();
@@ -5514,6 +5525,11 @@ impl WedgedApi {
                     held.lock().unwrap().push(s);
                     continue;
                 }
+                let delay = slow.lock().unwrap().take();
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
+                let pid = pid_now.load(Ordering::SeqCst);
                 let line = String::from_utf8_lossy(&req);
                 let path = line.split_whitespace().nth(1).unwrap_or("");
                 let body = if path.starts_with("/version") {
@@ -5533,42 +5549,32 @@ impl WedgedApi {
                     "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
+                if delay.is_some() {
+                    slow_answered.fetch_add(1, Ordering::SeqCst);
+                }
             }
         });
         api
     }
 }
 
-/// A failed dial makes the proxy look --target-netns up again, and a container's lookup asks
-/// the engine's API, which waits up to 10 s for a daemon that does not answer. The event loop
-/// thread that asked must not stop serving for that long: with one loop thread, a connection
-/// to a backend that is there is answered while the lookup is still waiting on the wedged API
-/// (the API still holds the lookup's connection open). Before, the thread did the lookup
-/// itself and answered nobody until the API's timeout ended it.
-#[test]
-fn a_wedged_engine_api_does_not_hold_the_event_loop() {
-    let host = lab("pxwh");
-    let ctr = lab("pxwc");
-    let dir = TempDir::new("pxw");
-    // The "container": a process in ctr, which the stand-in API names as web's.
-    let sleeper = ChildGuard(
+/// A process in `ns` for a stand-in API to name as a container's.
+fn sleeper_in(ns: &TestNs) -> ChildGuard {
+    ChildGuard(
         Command::new("ip")
-            .args(["netns", "exec", &ctr.name, "sleep", "600"])
+            .args(["netns", "exec", &ns.name, "sleep", "600"])
             .spawn()
             .unwrap(),
-    );
-    let sock = dir.join("docker.sock");
-    let api = WedgedApi::start(&sock, sleeper.pid());
-    let good = listen_in(&ctr, "127.0.0.1:7000");
-    std::thread::spawn(move || {
-        for mut s in good.incoming().flatten() {
-            let _ = s.write_all(b"ok");
-        }
-    });
+    )
+}
+
+/// A proxy with one loop thread, listening in `host` and dialing in `container:web`, which
+/// the stand-in API on `sock` names: 127.0.0.1:8080 to 7000, 8081 to 7001.
+fn start_on_stand_in_api(host: &TestNs, dir: &TempDir, sock: &Path) -> Proxy {
     let docker_host = format!("unix://{}", sock.display());
-    let p = start_with(
+    start_with(
         None,
-        &dir,
+        dir,
         &[
             "--threads",
             "1",
@@ -5584,13 +5590,37 @@ fn a_wedged_engine_api_does_not_hold_the_event_loop() {
         // CONTAINER_HOST names the same socket (one endpoint): the machine's Podman is not asked,
         // so a podman container that another test named `web` cannot make the name ambiguous.
         // The namespace watch off: its first look (which learns the container's id) would
-        // race the refused dial's lookup, the one this test is about.
+        // race the refused dials' lookups, the ones these tests are about.
         &[
             ("DOCKER_HOST", &docker_host),
             ("CONTAINER_HOST", &docker_host),
             UNWATCHED,
         ],
-    );
+    )
+}
+
+/// A failed dial makes the proxy look --target-netns up again, and a container's lookup asks
+/// the engine's API, which waits up to 10 s for a daemon that does not answer. The event loop
+/// thread that asked must not stop serving for that long: with one loop thread, a connection
+/// to a backend that is there is answered while the lookup is still waiting on the wedged API
+/// (the API still holds the lookup's connection open). Before, the thread did the lookup
+/// itself and answered nobody until the API's timeout ended it.
+#[test]
+fn a_wedged_engine_api_does_not_hold_the_event_loop() {
+    let host = lab("pxwh");
+    let ctr = lab("pxwc");
+    let dir = TempDir::new("pxw");
+    // The "container": a process in ctr, which the stand-in API names as web's.
+    let sleeper = sleeper_in(&ctr);
+    let sock = dir.join("docker.sock");
+    let api = WedgedApi::start(&sock, sleeper.pid());
+    let good = listen_in(&ctr, "127.0.0.1:7000");
+    std::thread::spawn(move || {
+        for mut s in good.incoming().flatten() {
+            let _ = s.write_all(b"ok");
+        }
+    });
+    let p = start_on_stand_in_api(&host, &dir, &sock);
     assert_eq!(
         first_words(connect_in(&host, "127.0.0.1:8080").unwrap()).unwrap(),
         "ok"
@@ -5620,6 +5650,86 @@ fn a_wedged_engine_api_does_not_hold_the_event_loop() {
     drop(held);
     // The refused client was reset all the same.
     assert!(first_words(refused).is_err(), "log:\n{}", p.log());
+    p.stop();
+}
+
+/// A refused dial makes the proxy look --target-netns up again, and a container's lookup asks
+/// the engine's API, which a busy dockerd answers in seconds. The event loop thread goes on
+/// serving its other connections meanwhile, and writes the refused dial's line when the
+/// verdict is in (or with the last one after half a second). With one loop thread, an
+/// established connection exchanges a byte every 10 ms throughout: its longest round trip
+/// stays well under the half second the loop thread used to wait for the lookup, stalling
+/// every connection it served (before: >= 500 ms here). Then a refused dial whose lookup
+/// (100 ms) finds the container restarted: its line carries that verdict, and the
+/// connection is dialed again in the new namespace.
+#[test]
+fn a_slow_engine_api_does_not_stall_the_other_connections_of_the_loop() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let host = lab("pxsh");
+    let ctr = lab("pxsc");
+    let ctr2 = lab("pxsn");
+    let dir = TempDir::new("pxs");
+    // The container's process before and after its "restart".
+    let (before, after) = (sleeper_in(&ctr), sleeper_in(&ctr2));
+    let sock = dir.join("docker.sock");
+    let api = WedgedApi::start(&sock, before.pid());
+    echo_backend(listen_in(&ctr, "127.0.0.1:7000"));
+    let restarted = listen_in(&ctr2, "127.0.0.1:7001");
+    std::thread::spawn(move || {
+        for mut s in restarted.incoming().flatten() {
+            let _ = s.write_all(b"new");
+        }
+    });
+    let p = start_on_stand_in_api(&host, &dir, &sock);
+    let mut c = connect_in(&host, "127.0.0.1:8080").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let pinger = std::thread::spawn(move || {
+        let (mut longest, mut trips, mut b) = (Duration::ZERO, 0u32, [0u8; 1]);
+        while !stopped.load(Ordering::SeqCst) {
+            let t = Instant::now();
+            c.write_all(b"x").unwrap();
+            c.read_exact(&mut b).unwrap();
+            longest = longest.max(t.elapsed());
+            trips += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (longest, trips)
+    });
+    // A lookup that takes 2 s: no verdict within the half second, the line says the refusal
+    // alone and the client is reset.
+    *api.slow.lock().unwrap() = Some(Duration::from_secs(2));
+    let refused = connect_in(&host, "127.0.0.1:8081").unwrap();
+    p.wait_logged(
+        "cannot connect to backend 127.0.0.1:7001: Connection refused (os error 111); resetting the client",
+    );
+    assert!(first_words(refused).is_err(), "log:\n{}", p.log());
+    wait_for("the slow answer", 10, || {
+        api.slow_answered.load(Ordering::SeqCst) == 1
+    });
+    // That verdict stands a second; the next refused dial's lookup finds `web` restarted.
+    std::thread::sleep(Duration::from_millis(1500));
+    api.pid.store(after.pid(), Ordering::SeqCst);
+    *api.slow.lock().unwrap() = Some(Duration::from_millis(100));
+    let moved = connect_in(&host, "127.0.0.1:8081").unwrap();
+    assert_eq!(first_words(moved).unwrap(), "new", "log:\n{}", p.log());
+    p.wait_logged("cannot connect to backend 127.0.0.1:7001: Connection refused (os error 111); --target-netns container:web now names another network namespace (inode ");
+    let log = p.log();
+    assert!(
+        log.contains("; the proxy dials there from now on; dialing this connection again there")
+            && log.matches("resetting the client").count() == 1,
+        "{log}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (longest, trips) = pinger.join().unwrap();
+    eprintln!("longest round trip {longest:?} over {trips} while the lookups ran");
+    // A stall, not a speed: a round trip is well under a millisecond here; the lookup used to
+    // hold the loop for 500 ms.
+    assert!(
+        longest < Duration::from_millis(250) && trips > 50,
+        "longest round trip {longest:?} over {trips} while the lookups ran; log:\n{log}"
+    );
     p.stop();
 }
 

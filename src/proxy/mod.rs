@@ -311,7 +311,8 @@ impl Ctx {
     }
     /// What a failed dial's log line adds about --target-netns ("" without one, or when it
     /// still names the namespace dials go to). Blocks for at most half a second (the lookup, at most
-    /// one a second, runs on a thread of its own and may finish later).
+    /// one a second, runs on a thread of its own and may finish later): for a blocking thread
+    /// only (the event loop parks the dial instead: [`target_watch::TargetWatch::hint_later`]).
     pub(crate) fn target_hint(&self) -> String {
         self.target.as_ref().map(|w| w.hint()).unwrap_or_default()
     }

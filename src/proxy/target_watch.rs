@@ -6,18 +6,17 @@ use std::io;
 use std::net::SocketAddr;
 
 use crate::netns::NetNs;
+use verdicts::Verdicts;
+pub(crate) use verdicts::{Hint, Wake};
+
+mod verdicts;
 
 /// How long a verdict on --target-netns stands: a storm of refused dials resolves the text at
 /// most this often (a container's lookup asks the engine's API).
-const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long the interface of a link-local target is looked for in a followed namespace.
 const SCOPE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// How long a dialing thread waits for a lookup before it goes on with the last verdict. A
-/// lookup takes about 10 ms against a live dockerd; a wedged engine API holds it for its 10 s
-/// timeout, and the event loop thread that asked must not stall its other connections that long.
-const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The --target-netns text the user gave and the namespace the proxy dials in. A restarted
 /// container, or a named namespace deleted and made again, is a new namespace while the proxy
@@ -41,10 +40,8 @@ pub(crate) struct TargetWatch {
     held: std::sync::Mutex<NetNs>,
     /// Bumped each time `held` changes; a dialing thread compares it with its own.
     gen: std::sync::atomic::AtomicU64,
-    /// When the text was last resolved and what the failed dials' lines add since.
-    last: std::sync::Mutex<Option<(std::time::Instant, String)>>,
-    /// One thread resolves at a time; the others keep the last verdict meanwhile.
-    checking: std::sync::atomic::AtomicBool,
+    /// The verdicts, and the lookup under way.
+    verdicts: std::sync::Mutex<Verdicts>,
     /// The namespace the proxy started in, where lookups run: a dialing thread sits in the
     /// target one, where a DOCKER_HOST over TCP or an engine's child process would be wrong.
     home: Option<NetNs>,
@@ -120,8 +117,7 @@ impl TargetWatch {
             own_targets: targets,
             held: std::sync::Mutex::new(ns),
             gen: Default::default(),
-            last: Default::default(),
-            checking: Default::default(),
+            verdicts: Default::default(),
             home: NetNs::current().ok(),
             log,
         }
@@ -160,53 +156,11 @@ impl TargetWatch {
         }
     }
 
-    /// What a failed dial's log line adds: why the namespace is the wrong one, or "" when the
-    /// text still names the namespace dials go to. Resolves the text at most once a second, on
-    /// a thread of its own in the proxy's first namespace (a container's lookup asks its
-    /// engine), and waits for it at most [`LOOKUP_WAIT`]; else repeats the last verdict.
-    pub(crate) fn hint(self: &std::sync::Arc<Self>) -> String {
-        use std::sync::atomic::Ordering;
-        if let Some(said) = self.fresh_hint() {
-            return said;
-        }
-        if self.checking.swap(true, Ordering::AcqRel) {
-            return self.last_hint();
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let me = self.clone();
-        let lookup = move || {
-            if let Some(home) = &me.home {
-                // A thread of our own that nothing else shares.
-                let _ = home.enter_this_thread();
-            }
-            let said = me.check(std::time::Instant::now());
-            if let Ok(mut l) = me.last.lock() {
-                *l = Some((std::time::Instant::now(), said.clone()));
-            }
-            me.checking.store(false, Ordering::Release);
-            let _ = tx.send(said);
-        };
-        match std::thread::Builder::new()
-            .name("nettool-nswatch".into())
-            .spawn(lookup)
-        {
-            Ok(_) => rx
-                .recv_timeout(LOOKUP_WAIT)
-                .unwrap_or_else(|_| self.last_hint()),
-            Err(_) => {
-                // No thread to be had: no verdict this time, the next failed dial asks again.
-                self.checking.store(false, Ordering::Release);
-                self.last_hint()
-            }
-        }
-    }
-
     /// One look from the watch thread (which is in the proxy's first namespace): resolve the
     /// text again when the namespace it named is gone or replaced, so a restart is followed
     /// before a client is refused. The one-verdict-a-second rule holds: a verdict under a
     /// second old, or a lookup under way for a failed dial, stands.
     pub(crate) fn poll(&self, now: std::time::Instant) {
-        use std::sync::atomic::Ordering;
         let missing = self.scopes_missing.lock().ok().and_then(|m| *m);
         if let Some(since) = missing {
             self.rescope_now(&since);
@@ -216,19 +170,17 @@ impl TargetWatch {
             return;
         }
         let due = self.wire.lock().is_ok_and(|mut w| w.due(now));
-        if !due || self.checking.swap(true, Ordering::AcqRel) {
+        if !due {
+            return;
+        }
+        if !self.begin() {
             return;
         }
         let said = self.check(now);
         // Kept for failed dials only when it says something: a look that found nothing new
         // (the one that learns a container's id at start) does not stand in for the lookup
-        // of a dial refused just after it.
-        if !said.is_empty() {
-            if let Ok(mut l) = self.last.lock() {
-                *l = Some((std::time::Instant::now(), said));
-            }
-        }
-        self.checking.store(false, Ordering::Release);
+        // of a dial refused just after it (one refused while it ran takes it all the same).
+        self.ended(Some(said), false);
     }
 
     /// Look the interfaces of link-local targets up in the namespace followed (`since`: when
@@ -270,20 +222,6 @@ impl TargetWatch {
         }
     }
 
-    /// The last verdict, however old ("" before the first).
-    fn last_hint(&self) -> String {
-        let last = self.last.lock().ok().and_then(|l| l.clone());
-        last.map(|(_, s)| s).unwrap_or_default()
-    }
-
-    /// The last verdict while it stands (under a second old), without resolving anything:
-    /// callers on an async thread move to a blocking one only when this is None.
-    pub(crate) fn fresh_hint(&self) -> Option<String> {
-        let last = self.last.lock().ok()?;
-        let (at, said) = last.as_ref()?;
-        (at.elapsed() < RECHECK).then(|| said.clone())
-    }
-
     fn check(&self, now: std::time::Instant) -> String {
         use super::listen_watch::why_moved;
         let Ok(held) = self.held.lock().map(|h| h.clone()) else {
@@ -291,6 +229,7 @@ impl TargetWatch {
         };
         let text = &self.text;
         let r = (self.resolve)(&self.lookup);
+        let held_inode = held.id().inode;
         let ns = match r.ns {
             Ok(ns) => {
                 let back = self.said.lock().ok().and_then(|mut s| s.take()).is_some();
@@ -329,9 +268,13 @@ impl TargetWatch {
                     }
                     _ => false,
                 };
-                if gone {
-                    self.say_gone(&held, &e);
+                if !gone {
+                    return format!(
+                        "; --target-netns {text}{} ({e}); dials go on in network namespace inode {held_inode}, which is still there",
+                        self.not_asked()
+                    );
                 }
+                self.say_gone(&held, &e);
                 return format!(
                     "; --target-netns {text} names no namespace now: {}",
                     gone_why(held.label(), &e)
@@ -380,6 +323,15 @@ impl TargetWatch {
             );
         }
         format!("{said}; the proxy dials there from now on")
+    }
+
+    /// What a lookup that failed while the namespace's file is still there means: a
+    /// container's engine that did not answer (its API wedged or gone), not a namespace gone.
+    fn not_asked(&self) -> &'static str {
+        match self.lookup.starts_with("container:") || self.lookup.starts_with("pod:") {
+            true => ": the engine could not be asked",
+            false => " could not be looked up again",
+        }
     }
 
     /// Say (once until the text names a namespace again) that it names none now: a stopped
@@ -490,6 +442,19 @@ fn engine_made(label: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A log whose lines are kept.
+    fn kept_log() -> (
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        super::super::Log,
+    ) {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let kept = lines.clone();
+        let log = super::super::Log::new(super::super::Level::Debug, move |_, l| {
+            kept.lock().unwrap().push(l.into())
+        });
+        (lines, log)
+    }
+
     #[test]
     fn a_bare_word_that_was_a_container_is_looked_up_as_one() {
         assert_eq!(lookup_text("web", "container:web"), "container:web");
@@ -538,7 +503,7 @@ mod tests {
         assert_eq!(looks(), 1);
         assert!(w.container.lock().unwrap().is_none());
         // The first look's verdict stands for a second for failed dials; not here.
-        *w.last.lock().unwrap() = None;
+        w.verdicts.lock().unwrap().last = None;
         w.poll(t + std::time::Duration::from_secs(2));
         assert_eq!(looks(), 2);
         assert_eq!(w.container.lock().unwrap().as_deref(), Some("4b3"));
@@ -552,12 +517,7 @@ mod tests {
     /// words; a look that finds the namespace again says it is back.
     #[test]
     fn a_stopped_target_is_said_once_and_its_return_told() {
-        use std::sync::{Arc, Mutex};
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let kept = lines.clone();
-        let log = super::super::Log::new(super::super::Level::Debug, move |_, l| {
-            kept.lock().unwrap().push(l.into())
-        });
+        let (lines, log) = kept_log();
         let ns = NetNs::current().unwrap();
         let inode = ns.id().inode;
         let mut w = TargetWatch::new("container:nt-test-web", ns.clone(), true, log, Vec::new());
@@ -583,6 +543,25 @@ mod tests {
                 format!("--target-netns container:nt-test-web names the network namespace the proxy dials in again (inode {inode})"),
             ]
         );
+    }
+
+    /// An engine API that errs while the namespace's file is still there is told as that:
+    /// the engine could not be asked, dials go on in the same namespace, and nothing is said
+    /// as a stopped target. Before, a failed dial's line said "names no namespace now: ...".
+    #[test]
+    fn an_engine_that_cannot_be_asked_is_not_told_as_a_namespace_gone() {
+        use super::super::listen_watch::tests::api_errs_then_answers;
+        let (lines, log) = kept_log();
+        let ns = NetNs::current().unwrap();
+        let inode = ns.id().inode;
+        let mut w = TargetWatch::new("container:nt-test-web", ns, true, log, Vec::new());
+        // Its first look errs.
+        w.resolve = api_errs_then_answers;
+        assert_eq!(
+            w.check(std::time::Instant::now()),
+            format!("; --target-netns container:nt-test-web: the engine could not be asked (no container 'nt-test-web' (asked docker at /var/run/docker.sock failed: 500 Internal Server Error)); dials go on in network namespace inode {inode}, which is still there")
+        );
+        assert!(lines.lock().unwrap().is_empty(), "{lines:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One loop thread: its epoll set, the connections it accepted (a slab of slots whose
 //! generation makes stale tokens and timers miss), dials and their deadlines, and how a
-//! connection ends.
+//! connection ends. [`refused`]: a dial that failed for good, parked while --target-netns is
+//! looked up.
 
 use std::collections::VecDeque;
 use std::io;
@@ -18,6 +19,9 @@ use super::super::tcp::{canonical, DIAL_TIMEOUT};
 use super::super::{Ctx, Level};
 use super::pump::{cvt, pump_dir, settle, zero_linger, Dir, End, Ready};
 use super::{add_listener, epoll_add, Current, Listener, SPECIAL, STOP, STOP_COUNT};
+use refused::{Parked, Refused};
+
+mod refused;
 
 /// How long accepting pauses after running out of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -82,8 +86,13 @@ pub(super) struct Loop {
     /// Route lookups for transparent mode's judgement of each client, in this thread's
     /// namespace; opened at the first transparent dial.
     rtnl: Option<crate::netns::links::Rtnl>,
-    /// The stop eventfd (owned by [`super::Loops`]), read directly while epoll_wait fails.
-    stop: RawFd,
+    /// The stop eventfd (shared with [`super::Loops`]), read directly while epoll_wait fails.
+    stop: Arc<OwnedFd>,
+    /// Writes 1 to `stop` (a wake-up that is no stop): the end of a --target-netns lookup
+    /// that refused dials wait for ([`refused`]).
+    wake: crate::proxy::target_watch::Wake,
+    /// Refused dials waiting for that lookup, in the order they came.
+    parked: Vec<Parked>,
     /// The errno of the epoll_wait failure said last (each kind is said once).
     wait_error: Option<i32>,
     /// The generation of --target-netns's namespace this thread is in ([`TargetWatch`]).
@@ -108,30 +117,13 @@ fn epoll_del(ep: RawFd, fd: RawFd) {
 }
 
 /// The address the client connected to (a wildcard listener's own address for it).
-fn listen_addr(client: &OwnedFd, l: &Listener) -> SocketAddr {
+pub(super) fn listen_addr(client: &OwnedFd, l: &Listener) -> SocketAddr {
     socket2::SockRef::from(client)
         .local_addr()
         .ok()
         .and_then(|a| a.as_socket())
         .map(canonical)
         .unwrap_or(l.map.listen)
-}
-
-/// The line for a dial refused in the namespace --target-netns named before, made again in
-/// the one it names now (`hint` says which).
-fn retry_line(
-    id: u64,
-    peer: SocketAddr,
-    client: &OwnedFd,
-    l: &Listener,
-    e: &io::Error,
-    hint: &str,
-) -> String {
-    format!(
-        "#{id} {peer} -> {}: cannot connect to {}: {e}{hint}; dialing this connection again there",
-        listen_addr(client, l),
-        l.map.failed_text()
-    )
 }
 
 /// The epoll token of one side of the connection in slot `idx`, generation `gen`.
@@ -150,12 +142,19 @@ impl Loop {
     /// A loop on the epoll set `ep`, which holds `listeners` and the eventfd `stop` already.
     pub(super) fn new(
         ep: OwnedFd,
-        stop: RawFd,
+        stop: Arc<OwnedFd>,
         listeners: Arc<Vec<Listener>>,
         current: Current,
         ctx: Arc<Ctx>,
     ) -> Loop {
         let ns_seen = ctx.target.as_ref().map_or(0, |w| w.gen());
+        // The Arc keeps the eventfd open for a lookup that ends after the loop stopped.
+        let fd = stop.clone();
+        let wake = Arc::new(move || {
+            let one: u64 = 1;
+            // SAFETY: an 8-byte write to an eventfd this closure keeps open.
+            unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        });
         Loop {
             ep,
             listeners,
@@ -169,6 +168,8 @@ impl Loop {
             scratch: vec![0u8; SMALL].into_boxed_slice(),
             rtnl: None,
             stop,
+            wake,
+            parked: Vec::new(),
             wait_error: None,
             ns_seen,
         }
@@ -234,6 +235,7 @@ impl Loop {
                 }
             }
             self.expire();
+            self.unpark();
         }
     }
 
@@ -244,7 +246,13 @@ impl Loop {
     fn stop_asked(&mut self) -> Option<bool> {
         let mut v: u64 = 0;
         // SAFETY: an 8-byte read from the eventfd into our own u64.
-        let r = unsafe { libc::read(self.stop, &mut v as *mut u64 as *mut libc::c_void, 8) };
+        let r = unsafe {
+            libc::read(
+                self.stop.as_raw_fd(),
+                &mut v as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
         if r != 8 {
             return None;
         }
@@ -303,10 +311,14 @@ impl Loop {
 
     fn timeout_ms(&self) -> i32 {
         let now = Instant::now();
-        let next = [self.timers.front().map(|t| t.0), self.paused_until]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            self.timers.front().map(|t| t.0),
+            self.paused_until,
+            self.parked_until(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match next {
             None => -1,
             Some(t) => {
@@ -451,25 +463,22 @@ impl Loop {
         });
         let (backend, connecting) = match connected {
             Ok(c) => c,
-            Err(e) => {
-                // A name's next address first, before the --target-netns recheck (it may
-                // hold this thread for up to half a second): the last address's failure
-                // makes it, as on tokio's path.
+            Err(error) => {
+                // A name's next address first, before the --target-netns recheck (a lookup
+                // the refused dial may wait for): the last address's failure makes it, as on
+                // tokio's path.
                 if l.map.nth_target(nth as usize + 1).is_some() {
                     return self.dial(id, li, l, client, peer, again, nth + 1);
                 }
-                let (dialed_in, hint) = (self.ns_seen, self.ctx.target_hint());
-                let moved = self
-                    .ctx
-                    .target
-                    .as_ref()
-                    .is_some_and(|w| w.gen() != dialed_in);
-                if again && moved {
-                    self.ctx
-                        .log(Level::Warn, retry_line(id, peer, &client, l, &e, &hint));
-                    return self.dial(id, li, l, client, peer, false, 0);
-                }
-                return self.dial_error(id, li, &client, peer, e, &hint);
+                return self.refused(Refused {
+                    id,
+                    li,
+                    client,
+                    peer,
+                    error,
+                    again,
+                    ns_gen: self.ns_seen as u32,
+                });
             }
         };
         let idx = match self.free.pop() {
@@ -514,33 +523,6 @@ impl Loop {
         }
     }
 
-    /// A backend dial failed before the connection had a slot: reset the client, say why
-    /// (`hint`: what --target-netns names now, from [`Ctx::target_hint`]).
-    fn dial_error(
-        &self,
-        id: u64,
-        li: usize,
-        client: &OwnedFd,
-        peer: SocketAddr,
-        e: io::Error,
-        hint: &str,
-    ) {
-        let map = &self.listeners[li].map;
-        let listen = listen_addr(client, &self.listeners[li]);
-        let c = &self.ctx.counters;
-        c.dial_errors.fetch_add(1, Ordering::Relaxed);
-        map.all_failed();
-        self.ctx.log(
-            Level::Warn,
-            format!(
-                "#{id} {peer} -> {listen}: cannot connect to {}: {e}{hint}; resetting the client",
-                map.failed_text()
-            ),
-        );
-        zero_linger(client);
-        c.active.fetch_sub(1, Ordering::Relaxed);
-    }
-
     /// Take the connection out of its slot; the slot's stale tokens and timers stop matching.
     pub(super) fn vacate(&mut self, idx: u32) -> Option<Conn> {
         let slot = &mut self.slots[idx as usize];
@@ -556,59 +538,37 @@ impl Loop {
         };
         let listeners = self.listeners.clone();
         let l = &listeners[conn.listener as usize];
-        let moved = |ctx: &Ctx| {
-            ctx.target
-                .as_ref()
-                .is_some_and(|w| w.gen() as u32 != conn.ns_gen)
-        };
-        if l.map.nth_target(conn.nth as usize + 1).is_some() && !moved(&self.ctx) {
+        let moved = (self.ctx.target.as_ref()).is_some_and(|w| w.gen() as u32 != conn.ns_gen);
+        // Out of the epoll set (its registration carries the vacated slot's token) until it
+        // is dialed again or reset.
+        epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
+        let Conn {
+            id,
+            listener,
+            peer,
+            client,
+            nth,
+            backend,
+            ns_gen,
+            ..
+        } = conn;
+        // Closed first: in transparent mode the next socket binds the client's port.
+        drop(backend);
+        if l.map.nth_target(nth as usize + 1).is_some() && !moved {
             // A target name's next address, before the --target-netns recheck (see dial);
             // once the namespace was followed (another dial's recheck) the connection starts
-            // again at the first address there, below. The client's registration carries the
-            // vacated slot's token.
-            epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
-            let Conn {
-                id,
-                listener,
-                peer,
-                client,
-                nth,
-                backend,
-                ..
-            } = conn;
-            // Closed first: in transparent mode the next socket binds the client's port.
-            drop(backend);
+            // again at the first address there ([`Loop::refused`]).
             return self.dial(id, listener as usize, l, client, peer, true, nth + 1);
         }
-        let hint = self.ctx.target_hint();
-        if moved(&self.ctx) {
-            // Refused in a namespace --target-netns no longer names: dialed once more in the
-            // new one. The client's registration carries the vacated slot's token.
-            epoll_del(self.ep.as_raw_fd(), conn.client.as_raw_fd());
-            self.ctx.log(
-                Level::Warn,
-                retry_line(conn.id, conn.peer, &conn.client, l, &e, &hint),
-            );
-            let Conn {
-                id,
-                listener,
-                peer,
-                client,
-                backend,
-                ..
-            } = conn;
-            drop(backend);
-            return self.dial(id, listener as usize, l, client, peer, false, 0);
-        }
-        self.dial_error(
-            conn.id,
-            conn.listener as usize,
-            &conn.client,
-            conn.peer,
-            e,
-            &hint,
-        );
-        // Dropping conn closes both sockets (the client's with a reset).
+        self.refused(Refused {
+            id,
+            li: listener as usize,
+            client,
+            peer,
+            error: e,
+            again: true,
+            ns_gen,
+        });
     }
 
     fn conn_event(&mut self, tok: u64, flags: u32) {
@@ -750,5 +710,6 @@ impl Loop {
                 c.active.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        self.close_parked();
     }
 }

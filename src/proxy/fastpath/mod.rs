@@ -47,8 +47,8 @@ const SPECIAL: u64 = 1 << 63;
 /// The stop eventfd's token.
 const STOP: u64 = u64::MAX;
 /// What [`Loops`]'s drop adds to each stop eventfd; a smaller count there says the listeners
-/// were replaced ([`Loops::relisten`]): one eventfd per thread for both, so a loop costs no
-/// more descriptors than before.
+/// were replaced ([`Loops::relisten`]) or a --target-netns lookup that refused dials wait for
+/// ended: one eventfd per thread for all, so a loop costs no more descriptors than before.
 const STOP_COUNT: u64 = 1 << 32;
 
 /// The listeners every loop serves: swapped whole when --listen-netns is followed.
@@ -56,7 +56,7 @@ type Current = Arc<std::sync::Mutex<Arc<Vec<Listener>>>>;
 
 /// The loop threads; [`Loops::stop`] ends them.
 pub(crate) struct Loops {
-    stops: Vec<OwnedFd>,
+    stops: Vec<Arc<OwnedFd>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     /// The listeners the loops take at their next wake-up by a stop eventfd.
     current: Current,
@@ -135,20 +135,19 @@ impl Loops {
             // SAFETY: plain syscalls; the fds are owned right away.
             let ep =
                 unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
-            let stop = unsafe {
+            let stop = Arc::new(unsafe {
                 OwnedFd::from_raw_fd(cvt(libc::eventfd(
                     0,
                     libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
                 ))?)
-            };
+            });
             epoll_add(ep.as_raw_fd(), stop.as_raw_fd(), libc::EPOLLIN as u32, STOP)?;
             for (i, l) in listeners.iter().enumerate() {
                 add_listener(ep.as_raw_fd(), l, i)?;
             }
-            // The raw stop fd outlives the thread: Loops's drop joins before closing it.
             let lp = Loop::new(
                 ep,
-                stop.as_raw_fd(),
+                stop.clone(),
                 listeners.clone(),
                 current.clone(),
                 ctx.clone(),

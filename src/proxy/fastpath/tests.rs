@@ -122,10 +122,10 @@ fn a_loop_thread_that_cannot_start_leaves_none_of_the_others_running() {
 #[test]
 fn an_epoll_wait_that_keeps_failing_is_said_once_and_the_loop_still_stops() {
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let stop = eventfd();
+    let stop = Arc::new(eventfd());
     let lp = Loop::new(
         eventfd(),
-        stop.as_raw_fd(),
+        stop.clone(),
         Arc::new(Vec::new()),
         Default::default(),
         ctx(lines.clone()),
@@ -180,7 +180,7 @@ fn an_epoll_wait_that_keeps_failing_is_said_once_and_the_loop_still_stops() {
 fn ended_dials_timers_do_not_pile_up_behind_one_that_waits() {
     let mut lp = Loop::new(
         eventfd(),
-        -1,
+        Arc::new(eventfd()),
         Arc::new(Vec::new()),
         Default::default(),
         ctx(Default::default()),
