@@ -436,11 +436,7 @@ impl Snapshot {
             }
         }
         // No veth joins a rootless container's namespace: rootlessport relays into it.
-        let relayed: Vec<u64> = self
-            .proxies
-            .iter()
-            .filter_map(|p| Some(p.rootless.as_ref()?.netns_inode))
-            .collect();
+        let relayed = proxies::relayed_namespaces(&self.proxies);
         for n in &self.namespaces {
             if n.peers.iter().any(|p| p.peer_ns == host) || relayed.contains(&n.id.inode) {
                 keep.push(n.id);

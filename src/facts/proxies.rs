@@ -177,6 +177,15 @@ pub(crate) fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyPr
     })
 }
 
+/// The container namespaces (inodes) rootlessport processes relay into: no veth joins them
+/// to the host they publish on.
+pub(crate) fn relayed_namespaces(proxies: &[ProxyProcess]) -> Vec<u64> {
+    proxies
+        .iter()
+        .filter_map(|p| Some(p.rootless.as_ref()?.netns_inode))
+        .collect()
+}
+
 /// rootlessport `pid`'s container namespace (the fd it holds on a `.../netns/...` file that
 /// opens a network namespace), its user, and XDG_RUNTIME_DIR from its environment.
 fn rootlessport(pid: u32) -> Option<RootlessPort> {

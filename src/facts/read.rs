@@ -705,10 +705,7 @@ pub(crate) fn read_with(
             .filter_map(|p| p.rootless.as_ref()?.runtime_dir.as_deref())
             .collect();
         parts.extend(crate::engine::podman::read_runtime_dirs(&dirs, &intent));
-        let relayed: Vec<u64> = proxies
-            .iter()
-            .filter_map(|p| Some(p.rootless.as_ref()?.netns_inode))
-            .collect();
+        let relayed = proxies::relayed_namespaces(&proxies);
         super::relevant::relevant_intent(parts, &namespaces, host_id, &relayed)
     };
     let after = counters();
