@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{transparent_traces, unique, wait_for, ChildGuard, TestNs};
+use common::{in_ns, sh, transparent_traces, unique, wait_for, ChildGuard, TestNs};
 use nettool::netns::NetNs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nettool");
@@ -9551,4 +9551,405 @@ fn a_name_whose_every_address_refuses_says_each_was_tried_fast_path() {
 #[test]
 fn a_name_whose_every_address_refuses_says_each_was_tried_tokio_path() {
     a_name_whose_every_address_refuses_says_each_was_tried(Relay::Tokio);
+}
+
+// ---- unix socket endpoints ------------------------------------------------------------------
+
+/// A Docker-API-like HTTP server on the unix socket `path` (python3), answering each GET with
+/// JSON that names the path asked for; killed on drop. Waits until the socket accepts.
+fn unix_http_backend(dir: &TempDir, path: &Path) -> ChildGuard {
+    let script = dir.join("unix_http.py");
+    std::fs::write(
+        &script,
+        r#"import socketserver, http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b'{"ApiVersion":"1.41","path":"%s"}' % self.path.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    def get_request(self):
+        r, _ = super().get_request()
+        return r, ("unix", 0)
+S(sys.argv[1], H).serve_forever()
+"#,
+    )
+    .unwrap();
+    let child = ChildGuard(
+        Command::new("python3")
+            .arg(&script)
+            .arg(path)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    wait_for("the python unix HTTP server", 10, || {
+        std::os::unix::net::UnixStream::connect(path).is_ok()
+    });
+    child
+}
+
+/// `curl --unix-socket PATH http://docker/URL` (run where the test runs: a socket path is not
+/// in a network namespace); the body.
+fn curl_unix(path: &Path, url: &str) -> String {
+    let path = path.to_str().unwrap();
+    let url = format!("http://docker{url}");
+    sh(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--unix-socket",
+        path,
+        &url,
+    ])
+}
+
+/// curl over TCP from inside `ns`; the body.
+fn curl_in(ns: &TestNs, url: &str) -> String {
+    in_ns(ns, &["curl", "-sS", "--max-time", "10", url])
+}
+
+/// Every pairing (TCP -> unix, unix -> unix, unix -> TCP) in the forms users type, with the
+/// HTTP decoder naming a Docker-API-like exchange and the unix client by its pid.
+#[test]
+fn unix_socket_endpoints_forward_every_pairing_and_the_dump_decodes_the_api() {
+    let ns = lab("unixpair");
+    let dir = TempDir::new("unixpair");
+    let engine = dir.join("engine.sock");
+    let _backend = unix_http_backend(&dir, &engine);
+    let engine_s = engine.display().to_string();
+    // socat's own words: TCP-LISTEN to UNIX-CONNECT, the engine exposed over TCP.
+    let tcp_dump = dir.join("tcp.dump");
+    let p1 = start(
+        Some(&ns),
+        &dir,
+        &[
+            "--dump",
+            "--dump-file",
+            tcp_dump.to_str().unwrap(),
+            "TCP-LISTEN:2375,fork,reuseaddr,bind=127.0.0.1",
+            &format!("UNIX-CONNECT:{engine_s}"),
+        ],
+    );
+    // The classic tracer: a socket of its own in front of the engine's.
+    let front = dir.join("front.sock");
+    let unix_dump = dir.join("unix.dump");
+    let p2 = start(
+        None,
+        &dir,
+        &[
+            "--dump",
+            "--dump-file",
+            unix_dump.to_str().unwrap(),
+            "-v",
+            &format!("UNIX-LISTEN:{},fork,mode=0660", front.display()),
+            &format!("UNIX-CONNECT:{engine_s}"),
+        ],
+    );
+    // nettool's form, unix in front of a TCP port (p1's), and -p with a bare path target.
+    let via_tcp = dir.join("via-tcp.sock");
+    let p3 = start(
+        Some(&ns),
+        &dir,
+        &[
+            "-v",
+            &format!("unix:{}", via_tcp.display()),
+            "127.0.0.1:2375",
+            "-p",
+            &format!("127.0.0.1:2376={engine_s}"),
+        ],
+    );
+    assert_eq!(
+        curl_in(&ns, "http://127.0.0.1:2375/v1.41/version"),
+        r#"{"ApiVersion":"1.41","path":"/v1.41/version"}"#
+    );
+    assert_eq!(
+        curl_in(&ns, "http://127.0.0.1:2376/_ping"),
+        r#"{"ApiVersion":"1.41","path":"/_ping"}"#
+    );
+    assert_eq!(
+        curl_unix(&front, "/v1.41/containers/json?all=1"),
+        r#"{"ApiVersion":"1.41","path":"/v1.41/containers/json?all=1"}"#
+    );
+    assert_eq!(
+        curl_unix(&via_tcp, "/v1.41/info"),
+        r#"{"ApiVersion":"1.41","path":"/v1.41/info"}"#
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&front).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    p2.wait_logged("close normal");
+    let log2 = p2.stop();
+    assert!(
+        log2.contains(&format!(
+            "listening on unix:{} -> unix:{engine_s}",
+            front.display()
+        )),
+        "{log2}"
+    );
+    let dump = std::fs::read_to_string(&unix_dump).unwrap();
+    assert!(
+        dump.contains("c2s http request: GET /v1.41/containers/json?all=1 HTTP/1.1"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("s2c http response: HTTP/1.1 200 OK"),
+        "{dump}"
+    );
+    // The client is named by the process that connected (curl, gone by now).
+    let open = dump
+        .lines()
+        .find(|l| l.starts_with("* #1 open unix pid="))
+        .unwrap_or_else(|| panic!("{dump}"));
+    assert!(
+        open.contains(&format!(
+            ",uid=0,gid=0 -> unix:{} => unix -> unix:{engine_s}",
+            front.display()
+        )),
+        "{open}"
+    );
+    assert!(!front.exists(), "the socket file is removed at exit");
+    let dump1 = std::fs::read_to_string(&tcp_dump).unwrap();
+    assert!(
+        dump1.contains("c2s http request: GET /v1.41/version HTTP/1.1"),
+        "{dump1}"
+    );
+    assert!(
+        dump1.contains(&format!("=> unix -> unix:{engine_s}")),
+        "{dump1}"
+    );
+    let log3 = p3.stop();
+    assert!(
+        log3.contains(&format!("-> unix:{} => 127.0.0.1:", via_tcp.display())),
+        "{log3}"
+    );
+    p1.stop();
+}
+
+/// A unix echo server at `path`: echoes until EOF, then closes its write side.
+fn unix_echo_backend(path: &Path) {
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// Send `data` over `s` from a thread, half-close, and read everything back.
+fn echo_through<S: Read + Write + Send + 'static>(
+    mut s: S,
+    data: Vec<u8>,
+    mut shut: impl FnMut(&S) + Send + 'static,
+    mut reader: impl Read,
+) -> Vec<u8> {
+    let writer = std::thread::spawn(move || {
+        s.write_all(&data).unwrap();
+        shut(&s);
+        s
+    });
+    let mut back = Vec::new();
+    reader.read_to_end(&mut back).unwrap();
+    drop(writer.join().unwrap());
+    back
+}
+
+/// 8 MiB both ways, byte for byte, through TCP -> unix -> unix, with the half-close passed
+/// on (the echo answers to the end only after it); the unix leg's pcap follows in tshark.
+#[test]
+fn unix_large_transfer_is_byte_exact_both_ways_with_the_half_close() {
+    let ns = lab("unixbig");
+    let dir = TempDir::new("unixbig");
+    let echo = dir.join("echo.sock");
+    unix_echo_backend(&echo);
+    let mid = dir.join("mid.sock");
+    let pcap = dir.join("unix.pcap");
+    let _p2 = start(
+        None,
+        &dir,
+        &[
+            "--pcap",
+            pcap.to_str().unwrap(),
+            &format!("unix:{}", mid.display()),
+            &format!("unix:{}", echo.display()),
+        ],
+    );
+    let p1 = start(
+        Some(&ns),
+        &dir,
+        &["127.0.0.1:7300", &format!("UNIX:{}", mid.display())],
+    );
+    let data = payload(8 << 20, 7);
+    let s = connect_in(&ns, "127.0.0.1:7300").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let r = s.try_clone().unwrap();
+    let back = echo_through(s, data.clone(), |s| s.shutdown(Shutdown::Write).unwrap(), r);
+    assert!(back == data, "{} bytes back of {}", back.len(), data.len());
+    // Straight to the unix front too.
+    let u = std::os::unix::net::UnixStream::connect(&mid).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let r = u.try_clone().unwrap();
+    let small = payload(100_000, 9);
+    let back = echo_through(
+        u,
+        small.clone(),
+        |s| s.shutdown(Shutdown::Write).unwrap(),
+        r,
+    );
+    assert!(back == small);
+    let log = _p2.stop();
+    assert!(log.contains("bytes_c2s=8488608 bytes_s2c=8488608"), "{log}");
+    // Stream 0 is the client's leg (stand-in addresses), 1 the backend's.
+    let (c, s) = tshark_follow(&pcap, 1);
+    assert!(
+        c == data && s == data,
+        "pcap leg 2: {} / {} bytes",
+        c.len(),
+        s.len()
+    );
+    let (c, _) = tshark_follow(&pcap, 2);
+    assert!(c == small);
+    p1.stop();
+}
+
+/// A missing backend socket: the TCP client is reset and one line names the path.
+#[test]
+fn a_missing_unix_backend_resets_the_client_and_one_line_names_the_path() {
+    let ns = lab("unixgone");
+    let dir = TempDir::new("unixgone");
+    let gone = dir.join("gone.sock");
+    let p = start(
+        Some(&ns),
+        &dir,
+        &["127.0.0.1:7301", &format!("unix:{}", gone.display())],
+    );
+    expect_reset(&ns, "127.0.0.1:7301");
+    let want = format!(
+        "cannot connect to backend unix:{}: No such file or directory (os error 2); resetting the client",
+        gone.display()
+    );
+    p.wait_logged(&want);
+    let log = p.stop();
+    assert_eq!(log.matches(&want).count(), 1, "{log}");
+    assert!(log.contains("dial_errors=1"), "{log}");
+}
+
+/// `nettool proxy ARGS` where the test runs: its exit code and stderr.
+fn proxy_fails(args: &[&str]) -> (Option<i32>, String) {
+    let out = common::nettool(&[&["proxy"], args].concat());
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A root proxy makes its socket file only over nothing or a stale socket: a regular file, a
+/// symlink or a directory is an error with nothing removed, a live socket is "another
+/// process listens"; at exit it removes its own file, not one put in its place.
+#[test]
+fn a_unix_listen_path_is_made_only_over_nothing_or_a_stale_socket() {
+    let dir = TempDir::new("unixsafe");
+    let file = dir.join("file");
+    std::fs::write(&file, "precious").unwrap();
+    let link = dir.join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let sub = dir.join("sub.sock");
+    std::fs::create_dir(&sub).unwrap();
+    for (p, what) in [
+        (&file, "a regular file"),
+        (&link, "a symbolic link"),
+        (&sub, "a directory"),
+    ] {
+        let (code, err) = proxy_fails(&[&format!("unix:{}", p.display()), "127.0.0.1:9"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "cannot listen on unix socket {}: {what} is there",
+                p.display()
+            )) && err.contains("removed nothing"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(sub.is_dir());
+    // Live: a listener accepts there.
+    let live = dir.join("live.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let (code, err) = proxy_fails(&[
+        &format!("UNIX-LISTEN:{},fork,unlink-early", live.display()),
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another process listens on {}", live.display())),
+        "{err}"
+    );
+    // Stale: the file of a listener that is gone is replaced, and removed at exit.
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let p = start(
+        None,
+        &dir,
+        &[&format!("unix:{}", stale.display()), "127.0.0.1:9"],
+    );
+    std::os::unix::net::UnixStream::connect(&stale)
+        .expect("the proxy listens on the replaced socket");
+    p.stop();
+    assert!(!stale.exists(), "removed at exit");
+    // A file put in place of ours while the proxy runs is not removed at exit.
+    let p = start(
+        None,
+        &dir,
+        &[&format!("unix:{}", stale.display()), "127.0.0.1:9"],
+    );
+    std::fs::remove_file(&stale).unwrap();
+    std::fs::write(&stale, "someone else's").unwrap();
+    p.stop();
+    assert_eq!(std::fs::read_to_string(&stale).unwrap(), "someone else's");
+}
+
+/// Usage errors (exit 2) that name what is wrong: a namespace flag on a socket path, a socat
+/// option not taken, UDP on a unix mapping.
+#[test]
+fn unix_usage_errors_name_the_mistake() {
+    for (args, says) in [
+        (
+            &["--listen-netns", "nt-test-x", "unix:/tmp/nt-x.sock", "127.0.0.1:80"][..],
+            "--listen-netns nt-test-x does not apply to the socket file /tmp/nt-x.sock: a unix socket path lives in a mount namespace, not a network one",
+        ),
+        (
+            &["--target-netns", "nt-test-x", "8080", "UNIX-CONNECT:/run/x.sock"][..],
+            "--target-netns nt-test-x does not apply to the socket file /run/x.sock",
+        ),
+        (
+            &["UNIX-LISTEN:/tmp/nt-x.sock,backlog=5", "127.0.0.1:80"][..],
+            "socat option 'backlog=5' of UNIX-LISTEN: is not taken",
+        ),
+        (&["--udp", "unix:/tmp/nt-x.sock", "127.0.0.1:53"][..], "--udp does not apply"),
+        (&["unix:@abstract", "127.0.0.1:53"][..], "abstract unix sockets are not supported"),
+        (&["/tmp/nt-x.sock", "10.0.0.1"][..], "needs a port"),
+    ] {
+        let (code, err) = proxy_fails(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

@@ -383,6 +383,36 @@ mod tests {
         assert!(recognise(std::process::id(), "sleep", &v("sleep 100")).is_none());
     }
 
+    /// A socat or nettool proxy with a unix socket end forwards no port to an address: doctor
+    /// and topology read no mapping from it, and nothing fails on its command line.
+    #[test]
+    fn a_unix_socket_end_is_not_a_port_forward() {
+        for a in [
+            "socat TCP-LISTEN:2375,fork,reuseaddr UNIX-CONNECT:/var/run/docker.sock",
+            "socat -v UNIX-LISTEN:/tmp/d.sock,fork UNIX-CONNECT:/var/run/docker.sock",
+            "socat UNIX-LISTEN:/tmp/d.sock,fork,mode=0660 TCP:10.0.0.2:2375",
+            "socat UNIX-CONNECT:/var/run/docker.sock TCP-LISTEN:2375,fork",
+        ] {
+            assert!(
+                recognise(std::process::id(), "socat", &v(a)).is_none_or(|p| p.maps.is_empty()),
+                "{a}"
+            );
+        }
+        for a in [
+            "nettool proxy 2375 unix:/var/run/docker.sock",
+            "nettool proxy --dump UNIX-LISTEN:/tmp/d.sock,fork UNIX-CONNECT:/run/docker.sock",
+            "nettool proxy -p unix:/tmp/d.sock=10.0.0.2:80",
+        ] {
+            assert!(
+                recognise(std::process::id(), "nettool", &v(a)).is_none_or(|p| p.maps.is_empty()),
+                "{a}"
+            );
+        }
+        // The TCP mappings beside a unix one are still read.
+        let a = "nettool proxy -p 8080=10.0.0.2:80 -p unix:/tmp/d.sock=10.0.0.2:81";
+        assert_eq!(target(a, Proto::Tcp, 8080), to("10.0.0.2:80"));
+    }
+
     /// Each form a user types, read with the proxy's socat parser: bind= and the family of the
     /// listen side, flags with values, options the proxy refuses, either order, OPENSSL.
     #[test]

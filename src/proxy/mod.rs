@@ -17,6 +17,7 @@ pub(crate) mod target_watch;
 pub(crate) mod tcp;
 pub(crate) mod transparent;
 pub(crate) mod udp;
+pub(crate) mod unix;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -58,6 +59,9 @@ pub(crate) enum ProxyError {
     /// Transparent mode could not be set up.
     #[error(transparent)]
     Transparent(#[from] transparent::TransparentError),
+    /// A unix mapping's listener could not be made.
+    #[error(transparent)]
+    Unix(#[from] unix::UnixError),
     /// The plain TCP path's event loops could not start.
     #[error("cannot start the TCP event loops: {0}")]
     EventLoop(std::io::Error),
@@ -229,6 +233,8 @@ pub(crate) struct ProxyConfig {
     pub proxy_protocol: Option<proxy_protocol::ProxyProtocol>,
     /// Threads of the plain TCP path's own loop ([`fastpath`]), when it is used.
     pub threads: usize,
+    /// Mappings with a unix socket end ([`unix`]).
+    pub unix: Vec<unix::UnixMap>,
 }
 
 /// A listener ready to serve.
@@ -354,6 +360,8 @@ pub(crate) struct Proxy {
     loops: Option<fastpath::Loops>,
     /// --listen-netns, to follow when it names another namespace.
     listen_watch: Option<listen_watch::ListenWatch>,
+    /// The mappings with a unix end, bound.
+    unix: unix::UnixSet,
 }
 
 /// Raise the open-file soft limit to the hard limit: each connection costs 2 sockets and,
@@ -494,7 +502,7 @@ impl Proxy {
         let recovered = transparent::recover_dead();
         raise_nofile();
         let maps: Vec<PortMap> = cfg.maps.iter().flat_map(|m| m.expand()).collect();
-        if maps.is_empty() {
+        if maps.is_empty() && cfg.unix.is_empty() {
             return Err(ProxyError::NoMappings);
         }
         if let Some(pp) = cfg.proxy_protocol {
@@ -544,6 +552,7 @@ impl Proxy {
                 None => bind_all(&maps, "current")?,
             }
         };
+        let unix = unix::UnixSet::bind(&cfg.unix, cfg.listen_ns.as_ref())?;
         let listeners = bound
             .iter()
             .map(|b| {
@@ -644,12 +653,18 @@ impl Proxy {
             recovered,
             loops,
             listen_watch,
+            unix,
         })
     }
 
     /// What is bound.
     pub(crate) fn listeners(&self) -> &[ListenerInfo] {
         &self.listeners
+    }
+
+    /// The unix mappings' listeners.
+    pub(crate) fn unix_listeners(&self) -> impl Iterator<Item = &unix::UnixMap> {
+        self.unix.listening()
     }
 
     /// The live counters.
@@ -686,6 +701,7 @@ impl Proxy {
                 Bound::Udp(s, m) => udp.push((s, m)),
             }
         }
+        let unix = self.unix.serve(&self.ctx)?;
         let udp = match udp.is_empty() {
             true => None,
             false => Some(UdpThread::start(udp, self.ctx.clone()).await?),
@@ -703,6 +719,7 @@ impl Proxy {
         }
         drop(watcher);
         tasks.abort_all();
+        drop(unix);
         if let Some(l) = self.loops {
             let _ = tokio::task::spawn_blocking(move || l.stop()).await;
         }

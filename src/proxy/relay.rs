@@ -505,6 +505,28 @@ async fn drive(
     }
 }
 
+/// Count how a connection ended (a reset passed on, an error logged) and say which sides
+/// get a reset in turn: (client, backend).
+pub(crate) fn resets_after(reason: &CloseReason, ctx: &Ctx, id: u64) -> (bool, bool) {
+    let c = &ctx.counters;
+    match reason {
+        CloseReason::ClientReset => {
+            c.resets.fetch_add(1, Ordering::Relaxed);
+            (false, true)
+        }
+        CloseReason::BackendReset => {
+            c.resets.fetch_add(1, Ordering::Relaxed);
+            (true, false)
+        }
+        CloseReason::Error(e) => {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            ctx.log(Level::Warn, format!("#{id} error: {e}; both sides reset"));
+            (true, true)
+        }
+        _ => (false, false),
+    }
+}
+
 /// Relay until both directions end or one side resets; returns why and the byte counts.
 pub(crate) async fn relay(
     mut client: TcpStream,
@@ -559,25 +581,12 @@ pub(crate) async fn relay(
             .await
         }
     };
-    match &reason {
-        CloseReason::ClientReset => {
-            let _ = backend.set_zero_linger();
-            c.resets.fetch_add(1, Ordering::Relaxed);
-        }
-        CloseReason::BackendReset => {
-            let _ = client.set_zero_linger();
-            c.resets.fetch_add(1, Ordering::Relaxed);
-        }
-        CloseReason::Error(e) => {
-            let _ = client.set_zero_linger();
-            let _ = backend.set_zero_linger();
-            c.errors.fetch_add(1, Ordering::Relaxed);
-            ctx.log(
-                Level::Warn,
-                format!("#{} error: {e}; both sides reset", conn.id),
-            );
-        }
-        _ => {}
+    let (reset_client, reset_backend) = resets_after(&reason, ctx, conn.id);
+    if reset_client {
+        let _ = client.set_zero_linger();
+    }
+    if reset_backend {
+        let _ = backend.set_zero_linger();
     }
     (
         reason,

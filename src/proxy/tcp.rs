@@ -83,7 +83,7 @@ pub(crate) async fn dial(
 
 /// [`dial`] each of `map`'s backend addresses in turn until one connects: the socket and the
 /// address; else the last address's error, and that address.
-async fn dial_in_order(
+pub(crate) async fn dial_in_order(
     ctx: &Ctx,
     id: u64,
     client: SocketAddr,
@@ -112,18 +112,46 @@ async fn dial_in_order(
     r
 }
 
-struct Active<'a>(&'a Ctx);
+/// A connection counted as open until this drops (it counts the connection in as it is made).
+pub(crate) struct Active<'a>(&'a Ctx);
+
+impl<'a> Active<'a> {
+    /// Count a new connection, open until the returned value drops.
+    pub(crate) fn new(ctx: &'a Ctx) -> Self {
+        ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+        ctx.counters.active.fetch_add(1, Ordering::Relaxed);
+        Active(ctx)
+    }
+}
+
 impl Drop for Active<'_> {
     fn drop(&mut self) {
         self.0.counters.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// Tell the tap (if one watches) that `conn` closed, why, and how many bytes went each way.
+pub(crate) async fn tap_close(
+    ctx: &Ctx,
+    conn: Arc<ConnInfo>,
+    reason: CloseReason,
+    (up, down): (u64, u64),
+) {
+    if let Some(tap) = &ctx.tap {
+        tap.send(Event::Close {
+            conn,
+            ts: Timestamp::now(),
+            reason,
+            bytes_c2s: up,
+            bytes_s2c: down,
+        })
+        .await;
+    }
+}
+
 async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>) {
     let id = ctx.next_id();
-    ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-    ctx.counters.active.fetch_add(1, Ordering::Relaxed);
-    let _active = Active(&ctx);
+    let _active = Active::new(&ctx);
     // getsockname only when someone will read the addresses (a dump, -v, a PROXY header).
     let detail = ctx.tap.is_some() || ctx.log.enabled(Level::Debug) || ctx.proxy_protocol.is_some();
     let listen = if detail {
@@ -169,7 +197,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
                 ),
             );
             let _ = client.set_zero_linger();
-            if let Some(tap) = &ctx.tap {
+            if ctx.tap.is_some() {
                 let conn = Arc::new(ConnInfo {
                     id,
                     transport: Proto::Tcp,
@@ -178,15 +206,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
                     // The address whose failure the reason gives (a name's last).
                     local: SocketAddr::new(last.ip(), 0),
                     backend: last,
+                    unix: None,
                 });
-                tap.send(Event::Close {
-                    conn,
-                    ts: Timestamp::now(),
-                    reason: CloseReason::DialFailed(e.to_string()),
-                    bytes_c2s: 0,
-                    bytes_s2c: 0,
-                })
-                .await;
+                tap_close(&ctx, conn, CloseReason::DialFailed(e.to_string()), (0, 0)).await;
             }
             return;
         }
@@ -219,6 +241,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
             SocketAddr::new(to.ip(), 0)
         },
         backend: to,
+        unix: None,
     });
     ctx.debug(|| {
         format!(
@@ -235,14 +258,5 @@ async fn handle(client: TcpStream, peer: SocketAddr, map: PortMap, ctx: Arc<Ctx>
     }
     let (reason, up, down) = relay(client, backend, &conn, &ctx).await;
     ctx.debug(|| format!("#{id} close {reason} c2s={up} s2c={down}"));
-    if let Some(tap) = &ctx.tap {
-        tap.send(Event::Close {
-            conn,
-            ts: Timestamp::now(),
-            reason,
-            bytes_c2s: up,
-            bytes_s2c: down,
-        })
-        .await;
-    }
+    tap_close(&ctx, conn, reason, (up, down)).await;
 }

@@ -79,6 +79,55 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The backend's address (leg 2 destination).
     pub backend: SocketAddr,
+    /// The unix socket ends, when a leg is one: its addresses above are then stand-ins made
+    /// for the pcap (docs/proxy.md, "Unix sockets"), and renderers name these instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix: Option<Box<UnixEnds>>,
+}
+
+impl ConnInfo {
+    /// What the dump calls the connection's kind: `unix` when a leg is a unix socket.
+    pub fn kind(&self) -> String {
+        match &self.unix {
+            Some(_) => "unix".into(),
+            None => self.transport.to_string(),
+        }
+    }
+}
+
+/// The unix socket ends of a proxied connection.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnixEnds {
+    /// The socket file the client connected to (unix listen side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::path::PathBuf>,
+    /// The connecting process, from SO_PEERCRED (unix listen side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerCred>,
+    /// The socket file the proxy connected to (unix target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<std::path::PathBuf>,
+}
+
+/// Who connected to a unix socket: the process and its user and group, as the kernel saw
+/// them at connect (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PeerCred {
+    /// The process id (None when the kernel could not tell: another pid namespace).
+    pub pid: Option<i32>,
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
+}
+
+impl std::fmt::Display for PeerCred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(p) => write!(f, "pid={p},uid={},gid={}", self.uid, self.gid),
+            None => write!(f, "uid={},gid={}", self.uid, self.gid),
+        }
+    }
 }
 
 /// A wall-clock timestamp with microsecond precision (microseconds since the Unix epoch).

@@ -581,9 +581,26 @@ impl Decoders {
 }
 
 /// The two legs' address pairs as one human string: `client -> listen => local -> backend`.
+/// A unix end is named by its socket file (`unix:/run/docker.sock`), its client by the
+/// process that connected (`pid=4242,uid=0,gid=0`), the proxy's own unnamed unix socket `unix`.
 pub fn describe_conn(c: &Arc<event::ConnInfo>) -> String {
-    format!(
-        "{} -> {} => {} -> {}",
-        c.client, c.listen, c.local, c.backend
-    )
+    let Some(u) = &c.unix else {
+        return format!(
+            "{} -> {} => {} -> {}",
+            c.client, c.listen, c.local, c.backend
+        );
+    };
+    let path = |p: &std::path::Path| format!("unix:{}", p.display());
+    let (client, listen) = match &u.listen {
+        Some(l) => (
+            u.peer.map_or_else(|| "unix".to_string(), |p| p.to_string()),
+            path(l),
+        ),
+        None => (c.client.to_string(), c.listen.to_string()),
+    };
+    let (local, backend) = match &u.backend {
+        Some(b) => ("unix".to_string(), path(b)),
+        None => (c.local.to_string(), c.backend.to_string()),
+    };
+    format!("{client} -> {listen} => {local} -> {backend}")
 }

@@ -364,6 +364,7 @@ mod tests {
             listen: "127.0.0.1:8080".parse().unwrap(),
             local: "127.0.0.1:4001".parse().unwrap(),
             backend: "127.0.0.1:7000".parse().unwrap(),
+            unix: None,
         })
     }
 

@@ -117,7 +117,7 @@ impl Sink for ConsoleSink {
                 self.out,
                 "* #{} open {} {}  {ts}",
                 c.id,
-                c.transport,
+                c.kind(),
                 describe_conn(c)
             )?,
             Event::Data {
@@ -243,6 +243,7 @@ mod tests {
             listen: "127.0.0.1:8080".parse().unwrap(),
             local: "127.0.0.1:40001".parse().unwrap(),
             backend: "127.0.0.1:7000".parse().unwrap(),
+            unix: None,
         });
         let line: Vec<u8> = (0..70)
             .map(|i| b'A' + (i % 26) as u8)

@@ -50,6 +50,7 @@ fn docker_plan(d: &DockerArgs, cfg: &DockerProxyConfig) -> Plan {
         .or_else(|| log_file.clone());
     Plan {
         maps: vec![d.mapping()],
+        unix_maps: Vec::new(),
         listen_ns: None,
         listen_text: None,
         target_ns: None,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::proxy::docker;
+use crate::proxy::spec::unix::{self, UnixSpec};
 use crate::proxy::spec::{self, MapSpec, Mapping};
 use crate::proxy::syslog as syslog_client;
 use crate::proxy::{Level, Proto};
@@ -68,7 +69,14 @@ pub(crate) fn run(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
 /// names, looked up in `services` (the /etc/services of the process that runs them).
 pub(crate) fn mappings(a: &ProxyArgs, services: &spec::Services) -> anyhow::Result<Vec<MapSpec>> {
     let mut maps = Vec::new();
+    // Mappings with a unix socket end are unix_mappings'.
+    let pair_is_unix = match (&a.listen, &a.target) {
+        (Some(l), Some(t)) => unix::parse(&format!("{l} {t}"), l, t, services)?.is_some(),
+        (Some(l), None) => unix::parse_map(l, services)?.is_some(),
+        _ => false,
+    };
     match (&a.listen, &a.target) {
+        _ if pair_is_unix => {}
         (Some(l), Some(t)) if spec::listen_head(l).is_some() => {
             // socat's own form: `TCP-LISTEN:8080,fork,reuseaddr TCP:db.internal:5432`.
             let spec_text = format!("{l} {t}");
@@ -126,9 +134,68 @@ pub(crate) fn mappings(a: &ProxyArgs, services: &spec::Services) -> anyhow::Resu
         _ => {}
     }
     for m in &a.maps {
-        maps.push(spec::parse_map(m, services)?);
+        if unix::parse_map(m, services)?.is_none() {
+            maps.push(spec::parse_map(m, services)?);
+        }
     }
     Ok(maps)
+}
+
+/// The mappings with a unix socket end (`unix:/tmp/d.sock 127.0.0.1:2375`,
+/// `TCP-LISTEN:2375 UNIX-CONNECT:/var/run/docker.sock`, `-p unix:/a.sock=unix:/b.sock`).
+pub(crate) fn unix_mappings(
+    a: &ProxyArgs,
+    services: &spec::Services,
+) -> anyhow::Result<Vec<UnixSpec>> {
+    let mut out = Vec::new();
+    match (&a.listen, &a.target) {
+        (Some(l), Some(t)) => out.extend(unix::parse(&format!("{l} {t}"), l, t, services)?),
+        (Some(l), None) => out.extend(unix::parse_map(l, services)?),
+        _ => {}
+    }
+    if a.udp && !out.is_empty() {
+        return Err(Usage(format!(
+            "{}: --udp does not apply: a unix socket mapping is a stream, forwarded like TCP",
+            out[0].text
+        ))
+        .into());
+    }
+    for m in &a.maps {
+        out.extend(unix::parse_map(m, services)?);
+    }
+    Ok(out)
+}
+
+/// A flag that cannot go with a mapping's unix end: a socket path lives in a mount
+/// namespace, not a network one; transparent mode and PROXY headers carry IP addresses.
+fn refuse_with_unix(a: &ProxyArgs, specs: &[UnixSpec]) -> Result<(), Usage> {
+    let netns = |flag: &str, ns: &str, path: &std::path::Path, text: &str| {
+        Usage(format!(
+            "{text}: {flag} {ns} does not apply to the socket file {}: a unix socket path lives in a mount namespace, not a network one (it is made and connected where nettool runs); drop {flag}, or run nettool in that mount namespace (e.g. `nsenter -t PID -m nettool proxy ...`)",
+            path.display()
+        ))
+    };
+    for s in specs {
+        if let (Some(ns), Some(p)) = (&a.listen_netns, s.listen_path()) {
+            return Err(netns("--listen-netns", ns, &p.path, &s.text));
+        }
+        if let (Some(ns), Some(p)) = (&a.target_netns, s.target_path()) {
+            return Err(netns("--target-netns", ns, p, &s.text));
+        }
+        if a.transparent {
+            return Err(Usage(format!(
+                "{}: --transparent does not apply to a mapping with a unix socket end (a unix socket has no client address to carry)",
+                s.text
+            )));
+        }
+        if a.proxy_protocol.is_some() {
+            return Err(Usage(format!(
+                "{}: --proxy-protocol does not apply to a mapping with a unix socket end",
+                s.text
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One mapping of a running proxy, as its arguments read here.
@@ -192,8 +259,11 @@ pub(crate) fn recognise_socat(argv: &[String], pid: u32) -> Option<Vec<Recognise
 }
 
 fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
-    let specs = mappings(&a, &spec::Services::system())?;
-    if specs.is_empty() {
+    let services = spec::Services::system();
+    let specs = mappings(&a, &services)?;
+    let unix_specs = unix_mappings(&a, &services)?;
+    refuse_with_unix(&a, &unix_specs)?;
+    if specs.is_empty() && unix_specs.is_empty() {
         return Err(Usage(format!(
             "nothing to forward: give LISTEN TARGET (e.g. `{} proxy 8080 172.19.0.2:80`) or -p SPEC",
             crate::program::me()
@@ -243,6 +313,18 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     let listen_ns = open_ns("--listen-netns", &a.listen_netns)?;
     let target_ns = open_ns("--target-netns", &a.target_netns)?;
     let (maps, mut found) = resolve(&specs, listen_ns.as_ref(), target_ns.as_ref())?;
+    let mut unix_maps = Vec::new();
+    for u in &unix_specs {
+        unix_maps.extend(crate::proxy::unix::maps_of(u, &mut |m| {
+            let (maps, more) = resolve(
+                std::slice::from_ref(m),
+                listen_ns.as_ref(),
+                target_ns.as_ref(),
+            )?;
+            found.extend(more);
+            Ok(maps)
+        })?);
+    }
     // What each namespace text became, first: a bare word may be a name, a pid or a container,
     // and the inode is what a --target-netns follow line later says the proxy dialed in.
     let namespaces = [
@@ -281,6 +363,7 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     refuse_self_targets(&maps, listen_ns.as_ref(), target_ns.as_ref())?;
     let plan = Plan {
         maps,
+        unix_maps,
         listen_ns,
         target_ns,
         target_text: a.target_netns.clone(),

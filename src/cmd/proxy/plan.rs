@@ -51,6 +51,8 @@ pub(super) enum Console {
 /// Everything one proxy process does, whichever way it was started.
 pub(super) struct Plan {
     pub(super) maps: Vec<Mapping>,
+    /// Mappings with a unix socket end.
+    pub(super) unix_maps: Vec<crate::proxy::unix::UnixMap>,
     pub(super) listen_ns: Option<NetNs>,
     pub(super) target_ns: Option<NetNs>,
     /// The --target-netns text, resolved again when dials fail.
@@ -423,6 +425,7 @@ pub(super) fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         transparent: plan.transparent,
         proxy_protocol: plan.proxy_protocol,
         threads: plan.threads.unwrap_or(DEFAULT_THREADS).max(1),
+        unix: std::mem::take(&mut plan.unix_maps),
     });
     let proxy = match proxy {
         Ok(p) => p,
@@ -461,6 +464,12 @@ pub(super) fn execute(mut plan: Plan) -> anyhow::Result<i32> {
                 "listening on {} {} -> {}{more}",
                 l.proto, l.listen, l.target
             ),
+        );
+    }
+    for u in proxy.unix_listeners() {
+        log.log(
+            Level::Info,
+            &format!("listening on {} -> {}", u.listen, u.target),
         );
     }
     let counters = proxy.counters();

@@ -12,6 +12,7 @@ use super::Proto;
 mod names;
 mod services;
 mod socat;
+pub(crate) mod unix;
 pub(crate) use names::TargetName;
 pub(crate) use services::Services;
 pub(crate) use socat::{listen_form, listen_head, running as running_socat, SocatListen};

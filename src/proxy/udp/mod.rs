@@ -447,6 +447,7 @@ async fn open_flow(
         ),
         local: backend.local_addr().map(canonical)?,
         backend: to,
+        unix: None,
     });
     ctx.debug(|| {
         format!(

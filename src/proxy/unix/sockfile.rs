@@ -1,0 +1,254 @@
+//! The socket file a unix listener makes, made safely by a proxy that usually runs as root:
+//! what is at the path is looked at without following a link (lstat), and only a socket that
+//! nothing listens on is removed to bind again (socat's `unlink-early`, limited to what is
+//! safe); a file, a link or a directory is left alone with an error. At exit the file is
+//! removed only while it is still the one this process made (same device and inode).
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::proxy::spec::unix::UnixListenPath;
+
+/// Why a unix socket file could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SockFileError {
+    /// Something other than a socket is at the path.
+    #[error("cannot listen on unix socket {}: {what} is there; nettool proxy replaces only a stale socket file and removed nothing: move it away or listen on another path", .path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+        /// What is there ("a regular file", "a symbolic link", ...).
+        what: &'static str,
+    },
+    /// A socket is there and something accepts connections on it.
+    #[error("cannot listen on unix socket {p}: another process listens on {p} (a connection to it was accepted); stop it or listen on another path", p = .0.display())]
+    Live(PathBuf),
+    /// A system call failed.
+    #[error("cannot listen on unix socket {}: {doing}: {error}{hint}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The step that failed.
+        doing: &'static str,
+        /// The error.
+        error: std::io::Error,
+        /// What to do about it.
+        hint: String,
+    },
+}
+
+/// A socket file this process made, removed on drop while it is still the same file.
+#[derive(Debug)]
+pub(crate) struct SockFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SockFile {
+    fn drop(&mut self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// What a file type is called in an error.
+fn what_is(t: std::fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "a device file"
+    }
+}
+
+fn io(path: &Path, doing: &'static str, error: std::io::Error) -> SockFileError {
+    let hint = match (error.kind(), path.parent()) {
+        (std::io::ErrorKind::NotFound, Some(dir)) if !dir.as_os_str().is_empty() => {
+            format!(" (is the directory {} there?)", dir.display())
+        }
+        _ => String::new(),
+    };
+    SockFileError::Io {
+        path: path.to_path_buf(),
+        doing,
+        error,
+        hint,
+    }
+}
+
+/// Make way for a new socket at `path`: nothing there, or a stale socket (connect refused),
+/// which is removed. Never follows a symbolic link, never removes anything but a socket.
+fn clear_stale(path: &Path) -> Result<(), SockFileError> {
+    let m = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(path, "look at the path", e)),
+    };
+    if !m.file_type().is_socket() {
+        return Err(SockFileError::NotASocket {
+            path: path.to_path_buf(),
+            what: what_is(m.file_type()),
+        });
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(SockFileError::Live(path.to_path_buf())),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            // Looked at again right before: a link put there since is not a socket.
+            let again = std::fs::symlink_metadata(path).map_err(|e| io(path, "look again", e))?;
+            if !again.file_type().is_socket() || again.ino() != m.ino() || again.dev() != m.dev() {
+                return Err(SockFileError::NotASocket {
+                    path: path.to_path_buf(),
+                    what: "a file that changed while it was checked",
+                });
+            }
+            std::fs::remove_file(path).map_err(|e| io(path, "remove the stale socket", e))
+        }
+        Err(e) => Err(io(
+            path,
+            "check whether something listens on the socket there",
+            e,
+        )),
+    }
+}
+
+/// Set `path`'s mode without following a link (a socket only: bind never makes anything else).
+fn chmod_nofollow(path: &Path, mode: u32) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a valid C string; AT_SYMLINK_NOFOLLOW refuses a link (EOPNOTSUPP).
+    let r = unsafe {
+        libc::fchmodat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A non-blocking listener on a new socket file at `l.path` (a stale socket there replaced),
+/// with `l.mode` set, and the guard that removes the file at exit.
+pub(crate) fn bind(l: &UnixListenPath) -> Result<(UnixListener, SockFile), SockFileError> {
+    let path = l.path.as_path();
+    clear_stale(path)?;
+    let listener = UnixListener::bind(path).map_err(|e| match e.raw_os_error() {
+        // Made between the check and the bind.
+        Some(libc::EADDRINUSE) => match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_socket() => SockFileError::NotASocket {
+                path: path.to_path_buf(),
+                what: what_is(m.file_type()),
+            },
+            _ => SockFileError::Live(path.to_path_buf()),
+        },
+        _ => io(path, "bind", e),
+    })?;
+    let m = std::fs::symlink_metadata(path).map_err(|e| io(path, "look at the new socket", e))?;
+    let file = SockFile {
+        path: path.to_path_buf(),
+        dev: m.dev(),
+        ino: m.ino(),
+    };
+    if let Some(mode) = l.mode {
+        chmod_nofollow(path, mode).map_err(|e| io(path, "set its mode", e))?;
+    }
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io(path, "make it non-blocking", e))?;
+    Ok((listener, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nt-sockfile-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn at(path: &Path) -> UnixListenPath {
+        UnixListenPath {
+            path: path.to_path_buf(),
+            mode: None,
+        }
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_a_live_one_refused_and_the_file_removed_at_drop() {
+        let d = dir("stale");
+        let p = d.join("s.sock");
+        drop(UnixListener::bind(&p).unwrap());
+        assert!(p.exists(), "a closed listener leaves its file");
+        let (l, f) = bind(&UnixListenPath {
+            mode: Some(0o600),
+            ..at(&p)
+        })
+        .unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
+        let e = bind(&at(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("another process listens on {}", p.display())),
+            "{e}"
+        );
+        drop(l);
+        drop(f);
+        assert!(!p.exists(), "removed at drop");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_a_link_or_a_directory_is_left_alone() {
+        let d = dir("other");
+        let file = d.join("file");
+        std::fs::write(&file, "keep").unwrap();
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let sub = d.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        for (p, what) in [
+            (&file, "a regular file"),
+            (&link, "a symbolic link"),
+            (&sub, "a directory"),
+        ] {
+            let e = bind(&at(p)).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains("removed nothing"), "{e}");
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_put_in_its_place_is_not_removed_at_drop() {
+        let d = dir("swap");
+        let p = d.join("s.sock");
+        let (l, f) = bind(&at(&p)).unwrap();
+        drop(l);
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, "someone else's").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "someone else's");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
