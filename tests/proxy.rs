@@ -9706,14 +9706,14 @@ fn unix_socket_endpoints_forward_every_pairing_and_the_dump_decodes_the_api() {
         dump.contains("s2c http response: HTTP/1.1 200 OK"),
         "{dump}"
     );
-    // The client is named by the process that connected (curl, gone by now).
+    // The client is named by the process that connected (curl, gone by now), and its name as it was at accept.
     let open = dump
         .lines()
         .find(|l| l.starts_with("* #1 open unix pid="))
         .unwrap_or_else(|| panic!("{dump}"));
     assert!(
         open.contains(&format!(
-            ",uid=0,gid=0 -> unix:{} => unix -> unix:{engine_s}",
+            "(curl),uid=0,gid=0 -> unix:{} => unix -> unix:{engine_s}",
             front.display()
         )),
         "{open}"

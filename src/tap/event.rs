@@ -110,11 +110,14 @@ pub struct UnixEnds {
 }
 
 /// Who connected to a unix socket: the process and its user and group, as the kernel saw
-/// them at connect (SO_PEERCRED).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+/// them at connect (SO_PEERCRED), and the process's name when it was accepted.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PeerCred {
     /// The process id (None when the kernel could not tell: another pid namespace).
     pub pid: Option<i32>,
+    /// Its command name (/proc/PID/comm) at accept, anything but printable ASCII as `?`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
     /// The user id.
     pub uid: u32,
     /// The group id.
@@ -123,9 +126,10 @@ pub struct PeerCred {
 
 impl std::fmt::Display for PeerCred {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.pid {
-            Some(p) => write!(f, "pid={p},uid={},gid={}", self.uid, self.gid),
-            None => write!(f, "uid={},gid={}", self.uid, self.gid),
+        match (self.pid, &self.comm) {
+            (Some(p), Some(c)) => write!(f, "pid={p}({c}),uid={},gid={}", self.uid, self.gid),
+            (Some(p), None) => write!(f, "pid={p},uid={},gid={}", self.uid, self.gid),
+            (None, _) => write!(f, "uid={},gid={}", self.uid, self.gid),
         }
     }
 }

@@ -593,7 +593,9 @@ pub fn describe_conn(c: &Arc<event::ConnInfo>) -> String {
     let path = |p: &std::path::Path| format!("unix:{}", p.display());
     let (client, listen) = match &u.listen {
         Some(l) => (
-            u.peer.map_or_else(|| "unix".to_string(), |p| p.to_string()),
+            u.peer
+                .as_ref()
+                .map_or_else(|| "unix".to_string(), |p| p.to_string()),
             path(l),
         ),
         None => (c.client.to_string(), c.listen.to_string()),

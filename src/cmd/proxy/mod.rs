@@ -419,6 +419,13 @@ TCP6-/UDP6- or pf=ip6, as in socat), with options fork and reuseaddr (what the p
 does: many connections, SO_REUSEADDR on TCP listeners), bind=ADDR and pf=ip4|ip6; any other
 option is refused by name.
 A LISTEN without a HOST listens on 0.0.0.0 and [::].
+Either side may be a unix stream socket: unix:/PATH (or a bare /PATH), socat's
+UNIX-LISTEN:/PATH[,fork,unlink-early,mode=0660] to listen and UNIX-CONNECT:/PATH,
+UNIX-CLIENT:/PATH or UNIX:/PATH to connect; the other side is one TCP port or a socket too.
+A stale socket file at the listen path is replaced; a regular file, a symlink, a directory
+or a socket something listens on is refused, and the file is removed at exit. A unix client
+shows as the process that connected (pid=,uid=,gid= from SO_PEERCRED). A socket path lives in
+a mount namespace: --listen-netns/--target-netns apply only to the TCP side.
 Without --dump/--hex/--pcap/--streams/--json, TCP bytes move with splice(2) once a read fills
 the 8 KiB buffer (short exchanges are copied through it). -v logs a line per connection.
 SIGUSR1 logs the counters; SIGINT/SIGTERM/SIGHUP stop (exit 0) after logging them.
@@ -429,6 +436,9 @@ Examples:
   nettool proxy TCP-LISTEN:8080,fork,reuseaddr TCP:db.internal:5432
   nettool proxy '[fe80::1%eth0]:8080' '[fe80::2%eth0]:80'
   nettool proxy --dump 8080 172.19.0.2:80
+  nettool proxy --dump UNIX-LISTEN:/tmp/d.sock,fork UNIX-CONNECT:/var/run/docker.sock
+      then DOCKER_HOST=unix:///tmp/d.sock docker ps       (what the CLI asks dockerd)
+  nettool proxy 127.0.0.1:2375 unix:/var/run/docker.sock   (an engine socket over TCP)
   nettool proxy -p 8080=172.19.0.2:80 -p udp:5353=172.19.0.3:53 -p 9000-9099=10.0.0.5:9000-9099
   nettool proxy --listen-netns host --target-netns web 8080 127.0.0.1:80
   nettool proxy --hex --dump-file /tmp/dump.txt --pcap /tmp/p.pcap 6379 172.19.0.4:6379
@@ -453,9 +463,10 @@ or /etc/nettool/docker-proxy.toml (NETTOOL_PROXY_CONFIG):
 /// Arguments of `proxy`.
 #[derive(Debug, Args)]
 pub(crate) struct ProxyArgs {
-    /// Listen side of one mapping: [HOST:]PORT[-PORT], or socat's TCP-LISTEN:PORT[,OPTS].
+    /// Listen side of one mapping: [HOST:]PORT[-PORT], unix:/PATH, or socat's
+    /// TCP-LISTEN:PORT[,OPTS] / UNIX-LISTEN:/PATH[,OPTS].
     pub listen: Option<String>,
-    /// Target of that mapping: HOST:PORT[-PORT].
+    /// Target of that mapping: HOST:PORT[-PORT] or unix:/PATH (socat's UNIX-CONNECT:/PATH).
     pub target: Option<String>,
     /// A mapping [tcp:|udp:]LISTEN=TARGET (repeatable).
     #[arg(short = 'p', long = "map", value_name = "SPEC")]

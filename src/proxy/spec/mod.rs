@@ -31,7 +31,7 @@ pub(crate) struct SpecError {
 }
 
 /// The forms a mapping takes, for a mapping written wrong.
-const FORMS: &str = " (expected [tcp:|udp:][HOST:]PORT[-PORT]=HOST:PORT[-PORT], HOST an IP, IPv6 in brackets like [::1]:8080 or [fe80::1%eth0]:8080, or a name; or socat's TCP-LISTEN:PORT[,fork,reuseaddr,bind=ADDR] for LISTEN)";
+const FORMS: &str = " (expected [tcp:|udp:][HOST:]PORT[-PORT]=HOST:PORT[-PORT], HOST an IP, IPv6 in brackets like [::1]:8080 or [fe80::1%eth0]:8080, or a name; or socat's TCP-LISTEN:PORT[,fork,reuseaddr,bind=ADDR] for LISTEN; a unix socket: unix:/PATH on either side, socat's UNIX-LISTEN:/PATH and UNIX-CONNECT:/PATH)";
 
 /// An inclusive port range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

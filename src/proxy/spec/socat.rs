@@ -29,7 +29,7 @@ pub(crate) struct SocatListen {
 
 /// The listen forms taken, for messages.
 const LISTEN_FORMS: &str =
-    "TCP-LISTEN, TCP4-LISTEN, TCP6-LISTEN, UDP-LISTEN, UDP4-LISTEN, UDP6-LISTEN (or TCP-L ...)";
+    "TCP-LISTEN, TCP4-LISTEN, TCP6-LISTEN, UDP-LISTEN, UDP4-LISTEN, UDP6-LISTEN (or TCP-L ...), and UNIX-LISTEN for a unix socket";
 
 /// The options taken, for messages.
 const OPTIONS: &str = "fork and reuseaddr (accepted as they are: the proxy always serves many connections, and its TCP listeners set SO_REUSEADDR), bind=ADDR (the address to listen on) and pf=ip4|ip6";

@@ -241,6 +241,21 @@ async fn accept_failed(ctx: &Ctx, map: &UnixMap, e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// A process's command name, as a dump may show it: the process chose it, so anything but
+/// printable ASCII (a newline that would start a forged dump line) becomes `?`.
+fn comm_of(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+    let name = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    Some(
+        name.iter()
+            .map(|&b| match b {
+                0x21..=0x7e => b as char,
+                _ => '?',
+            })
+            .collect(),
+    )
+}
+
 /// The stand-in address of a connection's unix end for the pcap: `127.NET.Q.R`, port
 /// 1024 + id % 60000 with Q.R = id / 60000, so every connection has its own 4-tuple
 /// (docs/proxy.md, "Unix sockets").
@@ -279,8 +294,10 @@ async fn handle(client: Stream, peer: Option<SocketAddr>, map: Arc<UnixMap>, ctx
             None,
         ),
         (Stream::Unix(s), ListenEnd::Path(p)) => {
+            // At accept, while the client is surely there to be named.
             let cred = s.peer_cred().ok().map(|c| PeerCred {
                 pid: c.pid(),
+                comm: c.pid().and_then(comm_of),
                 uid: c.uid(),
                 gid: c.gid(),
             });
@@ -294,11 +311,11 @@ async fn handle(client: Stream, peer: Option<SocketAddr>, map: Arc<UnixMap>, ctx
         // A listener serves only its own kind.
         _ => return,
     };
-    let named = |a: SocketAddr, unix: &Option<PathBuf>, cred: Option<PeerCred>| match unix {
-        Some(_) => cred.map_or_else(|| "unix".to_string(), |c| c.to_string()),
-        None => a.to_string(),
+    let client_text = match (&unix_listen, &cred) {
+        (Some(_), Some(c)) => c.to_string(),
+        (Some(_), None) => "unix".to_string(),
+        (None, _) => client_addr.to_string(),
     };
-    let client_text = named(client_addr, &unix_listen, cred);
     let dialed = match &map.target {
         TargetEnd::Path(p) => dial_path(p)
             .await
@@ -323,7 +340,7 @@ async fn handle(client: Stream, peer: Option<SocketAddr>, map: Arc<UnixMap>, ctx
         (unix_listen.is_some() || backend.is_some()).then(|| {
             Box::new(UnixEnds {
                 listen: unix_listen.clone(),
-                peer: cred,
+                peer: cred.clone(),
                 backend,
             })
         })
