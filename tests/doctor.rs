@@ -3977,7 +3977,8 @@ fn a_container_service_on_another_of_its_addresses_gets_a_relay_that_works() {
             "socat listens on 10.89.0.9:80 inside {}, on that address only: connections to 10.89.0.2:80 find nothing",
             lab.container.name
         ),
-        "make socat listen on 0.0.0.0:80 or on 10.89.0.2:80".into(),
+        // socat's own setting, as on the host (before: "its listen/bind setting").
+        "make socat listen on 0.0.0.0:80 or on 10.89.0.2:80 (socat's bind=10.89.0.9: drop it, or bind=10.89.0.2)".into(),
     ] {
         assert!(line.contains(&part), "{part}: {broken:#}");
     }
@@ -3986,6 +3987,128 @@ fn a_container_service_on_another_of_its_addresses_gets_a_relay_that_works() {
         "{broken:#}"
     );
     assert_eq!(fails(&broken), 1, "{broken:#}");
+}
+
+#[test]
+fn a_proxy_with_two_maps_on_one_port_is_named_with_the_map_of_its_listen_address() {
+    // `nettool proxy -p 198.51.100.2:9096=10.89.0.3:80 -p 198.51.100.1:9096=10.89.0.2:80` on
+    // the host (both addresses on its lo): each socket proxies to its own map's target. Before:
+    // doctor took the port's first map for both, so the 198.51.100.1 socket "proxies to
+    // 10.89.0.3:80".
+    let lab = Lab::new();
+    for a in ["198.51.100.1/32", "198.51.100.2/32"] {
+        lab.host.ip(&["addr", "add", a, "dev", "lo"]);
+    }
+    let proxy = lab.host.spawn(&[
+        env!("CARGO_BIN_EXE_nettool"),
+        "proxy",
+        "-p",
+        "198.51.100.2:9096=10.89.0.3:80",
+        "-p",
+        "198.51.100.1:9096=10.89.0.2:80",
+    ]);
+    wait_for("both listeners", 10, || {
+        let ss = in_ns(&lab.host.name, &["ss", "-Htln"]);
+        ss.contains("198.51.100.1:9096 ") && ss.contains("198.51.100.2:9096 ")
+    });
+    let outside = lab.outside_source();
+    let r = lab.doctor(&["--from", &outside, "9096"]);
+    assert_eq!(fault(&r), "service_on_other_address", "{r:#}");
+    assert!(
+        diag_line(&r).contains(&format!(
+            "nettool (pid {}) listens on 198.51.100.1:9096 only (another address of the host) and proxies to 10.89.0.2:80: ",
+            proxy.pid()
+        )),
+        "{r:#}"
+    );
+    assert_eq!(fails(&r), 1, "{r:#}");
+    // To each address: that map's target (10.89.0.2 is the container, the probe gets through).
+    for (addr, target) in [
+        ("198.51.100.1", "10.89.0.2:80"),
+        ("198.51.100.2", "10.89.0.3:80"),
+    ] {
+        let r = lab.doctor(&[
+            "--from",
+            &outside,
+            "--packet",
+            &format!("tcp 192.0.2.2 -> {addr}:9096 in ext0"),
+        ]);
+        let recv = hop(&r, "receiver");
+        assert_eq!(recv["verdict"], "ok", "{addr}: {r:#}");
+        assert!(
+            recv["summary"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("listens on {addr}:9096 and proxies to {target}")),
+            "{addr}: {r:#}"
+        );
+    }
+    let r = lab.doctor(&[
+        "--from",
+        &outside,
+        "--packet",
+        "tcp 192.0.2.2 -> 198.51.100.1:9096 in ext0",
+        "--probe",
+    ]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    assert_eq!(r["destination"]["netns"], lab.container.name.as_str());
+}
+
+#[test]
+fn a_host_listener_on_ipv6_only_is_named_for_an_ipv4_client_and_v6only_off_clears_it() {
+    // `socat TCP6-LISTEN:9099,ipv6only=1,fork TCP:10.89.0.2:80` on the host: [::] with
+    // IPV6_V6ONLY, and the outside client uses 192.0.2.1 over IPv4. Before: no_receiver
+    // ("nothing receives ... no process listens on the host").
+    let lab = Lab::new();
+    let outside = lab.outside_source();
+    let args = ["--from", outside.as_str(), "9099"];
+    let socat = lab.host.spawn(&[
+        "socat",
+        "TCP6-LISTEN:9099,ipv6only=1,fork,reuseaddr",
+        "TCP:10.89.0.2:80",
+    ]);
+    wait_tcp_listening(&lab.host, 9099);
+    let r = lab.doctor(&[&args[..], &["--probe"]].concat());
+    assert_eq!(fault(&r), "service_ipv6_only", "{r:#}");
+    assert_eq!(r["diagnosis"]["hop"], "receiver", "{r:#}");
+    assert_eq!(r["probe"]["ok"], false, "{r:#}");
+    let line = diag_line(&r);
+    for part in [
+        format!(
+            "socat (pid {}) listens on [::]:9099 with IPV6_V6ONLY set, IPv6 only and proxies to 10.89.0.2:80",
+            socat.pid()
+        ),
+        format!("connections over IPv4 to 192.0.2.1:9099 from {outside} find nothing"),
+        "make it listen on 0.0.0.0:9099 too, or on [::]:9099 with IPV6_V6ONLY off (socat's ipv6only=1 (ipv6-v6only=1): drop it, or give ipv6-v6only=0)".into(),
+    ] {
+        assert!(line.contains(&part), "{part}: {r:#}");
+    }
+    assert_eq!(fails(&r), 1, "one cause, one finding: {r:#}");
+    record_capture(
+        &[],
+        &lab.host.name,
+        "lab-socat-ipv6-only",
+        "socat TCP6-LISTEN:9099,ipv6only=1,fork,reuseaddr TCP:10.89.0.2:80 on the host, the client outside over IPv4 (192.0.2.1)",
+        &args,
+    );
+    let text = nettool(&[&["doctor", "--netns", &lab.host.name][..], &args].concat());
+    println!("{}", String::from_utf8_lossy(&text.stdout));
+    // The fix as printed: ipv6-v6only=0, the dual-stack socket takes IPv4. All clear.
+    drop(socat);
+    let _socat = lab.host.spawn(&[
+        "socat",
+        "TCP6-LISTEN:9099,ipv6-v6only=0,fork,reuseaddr",
+        "TCP:10.89.0.2:80",
+    ]);
+    wait_for("socat on both families", 10, || {
+        lab.doctor(&args)["diagnosis"]["ok"] == true
+    });
+    let r = lab.doctor(&[&args[..], &["--probe"]].concat());
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    assert_eq!(fails(&r), 0, "{r:#}");
+    assert_eq!(r["destination"]["netns"], lab.container.name.as_str());
 }
 
 #[test]

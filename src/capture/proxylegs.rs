@@ -102,17 +102,11 @@ pub(crate) struct ProxySocket {
 /// port's target) the proxy opened after them: each backend socket goes with the unpaired
 /// client socket of the nearest lower fd.
 pub(crate) fn pair(p: &ProxyProcess, sockets: &[ProxySocket]) -> Vec<ProxyJoin> {
-    let maps: Vec<_> = p.maps.iter().filter(|m| m.proto == Proto::Tcp).collect();
     let mut clients: Vec<(ProxySocket, SocketAddr)> = sockets
         .iter()
         .filter_map(|s| {
-            let port = s.local.port();
-            let m = maps.iter().find(|m| {
-                (m.listen_from..=m.listen_to).contains(&port)
-                    && m.listen_ip
-                        .is_none_or(|ip| ip.is_unspecified() || ip == s.local.ip().to_canonical())
-            })?;
-            Some((*s, m.target_for(port)?))
+            let m = p.map_for(Proto::Tcp, s.local)?;
+            Some((*s, m.target_for(s.local.port())?))
         })
         .collect();
     clients.sort_by_key(|(s, _)| std::cmp::Reverse(s.fd));

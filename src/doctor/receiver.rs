@@ -244,7 +244,7 @@ pub(crate) fn receiver(
         }
         let proxy_map = owner
             .as_ref()
-            .and_then(|o| snap.proxy_target(o.pid, packet.proto, packet.dport));
+            .and_then(|o| snap.proxy_target(o.pid, packet.proto, sock.local));
         let proxied = proxy_map.and_then(|m| m.target_for(packet.dport));
         let who = owner
             .as_ref()

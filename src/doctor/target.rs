@@ -582,18 +582,24 @@ pub(crate) fn service_hop(
                 &at(lo.local.ip()),
             ],
         );
-        let fault = super::bound::fault_of(lo.local.ip(), dest.addr);
+        let fault = super::bound::fault_of(lo, dest.addr);
+        let how = super::bound::setting(
+            super::bound::kind_of(cx.snap, lo.owners.first()),
+            lo,
+            SocketAddr::new(dest.addr, dest.port),
+        );
         let summary = if fault == Fault::ServiceOnLoopback {
             format!(
-                "{who} listens on {} inside {}, its loopback only: connections to {} find nothing; make {who} listen on 0.0.0.0:{} (its listen/bind setting)",
+                "{who} listens on {} inside {}, its loopback only: connections to {} find nothing; make {who} listen on {}:{} ({how})",
                 lo.local,
                 ns.label,
                 at(dest.addr),
+                super::bound::wildcard_of(dest.addr),
                 dest.port
             )
         } else {
             format!(
-                "{who} listens on {} inside {}, on that address only: connections to {} find nothing; make {who} listen on {}:{} or on {} (its listen/bind setting)",
+                "{who} listens on {} inside {}, on that address only: connections to {} find nothing; make {who} listen on {}:{} or on {} ({how})",
                 lo.local,
                 ns.label,
                 at(dest.addr),

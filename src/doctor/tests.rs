@@ -398,20 +398,28 @@ fn a_listener_bound_to_another_address_is_named_by_where_it_listens() {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("captures/doctor/lab-socat-on-other-address.json");
     let snap = facts::load(&p).unwrap();
-    let with = |f: &dyn Fn(&mut facts::NsFacts)| {
+    let with = |f: &dyn Fn(&mut facts::Snapshot)| {
         let mut s = snap.clone();
-        let host = s.host;
-        f(s.namespaces.iter_mut().find(|n| n.id == host).unwrap());
+        f(&mut s);
         replay(&s).unwrap()
     };
+    let host_of = |s: &mut facts::Snapshot| {
+        let host = s.host;
+        s.namespaces.iter().position(|n| n.id == host).unwrap()
+    };
+    // socat restarted with bind=IP: its socket and its map both move.
     let bind = |ip: &'static str| {
-        move |h: &mut facts::NsFacts| {
-            let s = h
+        move |s: &mut facts::Snapshot| {
+            let i = host_of(s);
+            let sock = s.namespaces[i]
                 .listeners
                 .iter_mut()
                 .find(|s| s.local.port() == 9093)
                 .unwrap();
-            s.local.set_ip(ip.parse().unwrap());
+            sock.local.set_ip(ip.parse().unwrap());
+            for m in s.proxies.iter_mut().flat_map(|p| &mut p.maps) {
+                m.listen_ip = Some(ip.parse().unwrap());
+            }
         }
     };
     let r = replay(&snap).unwrap();
@@ -428,7 +436,10 @@ fn a_listener_bound_to_another_address_is_named_by_where_it_listens() {
     assert_eq!(fails, 1, "one cause, one finding");
     // The address gone from the host (a socket keeps it): the same finding, said so.
     let gone: std::net::IpAddr = "198.51.100.1".parse().unwrap();
-    let r = with(&|h| h.addresses.retain(|a| a.address != gone));
+    let r = with(&|s| {
+        let i = host_of(s);
+        s.namespaces[i].addresses.retain(|a| a.address != gone)
+    });
     assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnOtherAddress));
     assert!(r
         .diagnosis
@@ -455,6 +466,75 @@ fn a_listener_bound_to_another_address_is_named_by_where_it_listens() {
         assert_eq!(recv.verdict, Verdict::Ok, "{ip}: {}", recv.summary);
         assert_eq!(r.destination.as_ref().unwrap().via, "proxy", "{ip}");
     }
+    // A second map on the same port on another address, listed first: "proxies to" names the
+    // map of the address socat listens on (before: the first map of the port, whichever).
+    let r = with(&|s| {
+        let p = &mut s.proxies[0];
+        let mut other = p.maps[0].clone();
+        other.listen_ip = Some("203.0.113.9".parse().unwrap());
+        other.target = facts::proxies::ProxyTarget::Address {
+            target_ip: "10.89.0.99".parse().unwrap(),
+        };
+        p.maps.insert(0, other);
+    });
+    assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnOtherAddress));
+    assert!(
+        r.diagnosis.line.contains(
+            "listens on 198.51.100.1:9093 only (another address of the host) and proxies to 10.89.0.2:80:"
+        ),
+        "{}",
+        r.diagnosis.line
+    );
+}
+
+#[test]
+fn a_host_listener_on_ipv6_only_is_named_for_an_ipv4_client() {
+    // The recorded socat (tests/doctor.rs) moved to [::]:9093: with IPV6_V6ONLY, a client over
+    // IPv4 finds nothing, said so with socat's own option (before: no_receiver); without it,
+    // the dual-stack socket takes IPv4 too.
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("captures/doctor/lab-socat-on-other-address.json");
+    let snap = facts::load(&p).unwrap();
+    let on_any6 = |v6only: bool| {
+        let mut s = snap.clone();
+        let host = s.host;
+        let h = s.namespaces.iter_mut().find(|n| n.id == host).unwrap();
+        let sock = h
+            .listeners
+            .iter_mut()
+            .find(|s| s.local.port() == 9093)
+            .unwrap();
+        sock.local = "[::]:9093".parse().unwrap();
+        sock.v6only = v6only;
+        for m in s.proxies.iter_mut().flat_map(|p| &mut p.maps) {
+            m.listen_ip = Some("::".parse().unwrap());
+        }
+        s.probes.clear();
+        replay(&s).unwrap()
+    };
+    let r = on_any6(true);
+    assert_eq!(r.diagnosis.fault, Some(Fault::ServiceIpv6Only));
+    assert_eq!(r.diagnosis.hop.as_deref(), Some("receiver"));
+    for part in [
+        "listens on [::]:9093 with IPV6_V6ONLY set, IPv6 only and proxies to 10.89.0.2:80: connections over IPv4 to 192.0.2.1:9093",
+        "make it listen on 0.0.0.0:9093 too, or on [::]:9093 with IPV6_V6ONLY off (socat's ipv6only=1 (ipv6-v6only=1): drop it, or give ipv6-v6only=0)",
+    ] {
+        assert!(r.diagnosis.line.contains(part), "{part}: {}", r.diagnosis.line);
+    }
+    assert!(r.hops[0]
+        .evidence
+        .iter()
+        .any(|e| e.starts_with("tcp LISTEN [::]:9093 IPV6_V6ONLY owners")));
+    let fails = r.hops.iter().filter(|h| h.verdict == Verdict::Fail).count();
+    assert_eq!(fails, 1, "one cause, one finding");
+    let r = on_any6(false);
+    let recv = r.hops.iter().find(|h| h.id == "receiver").unwrap();
+    assert_eq!(recv.verdict, Verdict::Ok, "{}", recv.summary);
+    assert!(
+        recv.summary.contains("proxies to 10.89.0.2:80"),
+        "{}",
+        recv.summary
+    );
 }
 
 #[test]
@@ -467,6 +547,15 @@ fn a_container_service_on_another_address_or_its_loopback_gets_a_relay() {
     let r = replay(&snap).unwrap();
     assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnOtherAddress));
     assert_eq!(r.diagnosis.hop.as_deref(), Some("service"));
+    // The service is socat: its own bind= named, as on the host (before: "its listen/bind
+    // setting").
+    assert!(
+        r.diagnosis
+            .line
+            .ends_with("(socat's bind=10.89.0.9: drop it, or bind=10.89.0.2)"),
+        "{}",
+        r.diagnosis.line
+    );
     let fix = r.diagnosis.fix.unwrap();
     assert!(
         fix.command.contains("proxy 10.89.0.2:80 10.89.0.9:80"),
@@ -488,6 +577,11 @@ fn a_container_service_on_another_address_or_its_loopback_gets_a_relay() {
     let r = replay(&snap).unwrap();
     assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnLoopback));
     assert!(r.diagnosis.line.contains("its loopback only"));
+    assert!(
+        r.diagnosis.line.ends_with("(drop socat's bind=127.0.0.1)"),
+        "{}",
+        r.diagnosis.line
+    );
     let fix = r.diagnosis.fix.unwrap();
     assert!(
         fix.command.contains("proxy 10.89.0.2:80 127.0.0.1:80"),

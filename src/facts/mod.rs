@@ -16,7 +16,7 @@ pub(crate) mod read;
 mod relevant;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -377,13 +377,18 @@ impl Snapshot {
         Some((host_link, addr))
     }
 
-    /// Where the userland proxy `pid` forwards `proto/port`, when it is a proxy we recognise.
-    pub(crate) fn proxy_target(&self, pid: u32, proto: Proto, port: u16) -> Option<&ProxyMap> {
+    /// Where the userland proxy `pid` forwards what its listener on `proto`/`local` takes,
+    /// when it is a proxy we recognise (the map of that listen address, not another's).
+    pub(crate) fn proxy_target(
+        &self,
+        pid: u32,
+        proto: Proto,
+        local: SocketAddr,
+    ) -> Option<&ProxyMap> {
         self.proxies
             .iter()
             .filter(|p| p.pid == pid)
-            .flat_map(|p| &p.maps)
-            .find(|m| m.proto == proto && m.listen_from <= port && port <= m.listen_to)
+            .find_map(|p| p.map_for(proto, local))
     }
 
     /// The lab whose host namespace is the snapshot's host.

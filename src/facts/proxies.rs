@@ -117,7 +117,39 @@ pub(crate) enum ProxyTarget {
     },
 }
 
+impl ProxyProcess {
+    /// The map serving its listener on `proto`/`local`: the one on that very address before a
+    /// wildcard one (two maps may share a port on two addresses; docker-proxy runs one process
+    /// for 0.0.0.0 and one for ::), None when no map listens there.
+    pub(crate) fn map_for(&self, proto: Proto, local: SocketAddr) -> Option<&ProxyMap> {
+        self.maps
+            .iter()
+            .filter(|m| m.proto == proto && (m.listen_from..=m.listen_to).contains(&local.port()))
+            .filter_map(|m| Some((m.listen_rank(local.ip())?, m)))
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, m)| m)
+    }
+}
+
 impl ProxyMap {
+    /// How this map's listen address covers a socket bound to `local`: 0 that address itself,
+    /// 1 the wildcard of its family or every address; None another address or family. `[::]`
+    /// covers an IPv4-mapped address (a connection a dual-stack socket accepted).
+    fn listen_rank(&self, local: IpAddr) -> Option<u8> {
+        let v4 = local.to_canonical().is_ipv4();
+        match self.listen_ip {
+            Some(ip) if ip.to_canonical() == local.to_canonical() => Some(0),
+            Some(ip)
+                if ip.is_unspecified()
+                    && (ip.is_ipv4() == v4 || ip.is_ipv6() && local.is_ipv6()) =>
+            {
+                Some(1)
+            }
+            Some(_) => None,
+            None => Some(1),
+        }
+    }
+
     /// The target for listen port `port` (None when out of range or past 65535).
     /// None too for a target name that does not resolve here ([`ProxyMap::target_port_for`]).
     pub(crate) fn target_for(&self, port: u16) -> Option<SocketAddr> {
@@ -317,6 +349,41 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn the_map_of_a_listener_is_the_one_on_its_address() {
+        // Two maps on one port, on two addresses: each listener's own, whichever comes first.
+        let p = recognise(
+            std::process::id(),
+            "nettool",
+            &v("nettool proxy -p 10.0.0.1:8080=10.0.0.5:80 -p 10.0.0.2:8080=10.0.0.6:80"),
+        )
+        .unwrap();
+        let to = |local: &str| {
+            p.map_for(Proto::Tcp, local.parse().unwrap())
+                .and_then(|m| m.target_for(8080))
+        };
+        assert_eq!(to("10.0.0.2:8080"), Some("10.0.0.6:80".parse().unwrap()));
+        assert_eq!(to("10.0.0.1:8080"), Some("10.0.0.5:80".parse().unwrap()));
+        assert_eq!(to("10.0.0.3:8080"), None);
+        // 0.0.0.0 and [::] in one process (docker-proxy's pair as maps): by family, and a
+        // wildcard covers a specific address and a dual-stack socket's IPv4-mapped one.
+        let p = recognise(
+            std::process::id(),
+            "nettool",
+            &v("nettool proxy -p 0.0.0.0:8080=10.0.0.5:80 -p [::]:8080=[fd00::6]:80"),
+        )
+        .unwrap();
+        assert_eq!(to("0.0.0.0:8080"), None, "the first proxy has no wildcard");
+        let to = |local: &str| {
+            p.map_for(Proto::Tcp, local.parse().unwrap())
+                .and_then(|m| m.target_for(8080))
+        };
+        assert_eq!(to("[::]:8080"), Some("[fd00::6]:80".parse().unwrap()));
+        assert_eq!(to("0.0.0.0:8080"), Some("10.0.0.5:80".parse().unwrap()));
+        assert_eq!(to("192.0.2.1:8080"), Some("10.0.0.5:80".parse().unwrap()));
+        assert_eq!(to("[fd00::1]:8080"), Some("[fd00::6]:80".parse().unwrap()));
     }
 
     #[test]

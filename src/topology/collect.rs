@@ -526,12 +526,7 @@ fn proxy_mapping(
     via: String,
 ) -> Option<Mapping> {
     let port = local.port();
-    let map = proxy.maps.iter().find(|m| {
-        m.proto == sock_proto
-            && (m.listen_from..=m.listen_to).contains(&port)
-            && m.listen_ip
-                .is_none_or(|ip| ip == local.ip() || ip.is_unspecified())
-    })?;
+    let map = proxy.map_for(sock_proto, local)?;
     let target_port = map.target_port_for(port)?;
     let (target_ip, target) = match &map.target {
         ProxyTarget::Address { target_ip } => (
