@@ -9,18 +9,18 @@ mod common;
 
 use std::process::Command;
 
-use common::rootless::{missing, RootlessHost, USER};
+use common::rootless::{docker_missing, missing, RootlessDockerd, RootlessHost, USER};
 use common::*;
 use serde_json::Value;
 
 /// `nettool doctor --netns HOST ARGS... --json`.
-fn doctor(host: &RootlessHost, args: &[&str]) -> Value {
-    doctor_json(&host.ns.name, args)
+fn doctor(host: &TestNs, args: &[&str]) -> Value {
+    doctor_json(&host.name, args)
 }
 
 /// The text report, for the test's output (and docs/doctor.md).
-fn doctor_text(host: &RootlessHost, args: &[&str]) -> String {
-    let mut v = vec!["doctor", "--netns", &host.ns.name];
+fn doctor_text(host: &TestNs, args: &[&str]) -> String {
+    let mut v = vec!["doctor", "--netns", &host.name];
     v.extend_from_slice(args);
     let out = nettool(&v);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -45,9 +45,23 @@ fn fails(report: &Value) -> usize {
 }
 
 /// The page a container's httpd serves (busybox httpd answers 404 for a missing index).
-fn answers(host: &RootlessHost, port: u16) -> bool {
-    let code = http_code(&host.ns, &format!("http://127.0.0.1:{port}/"));
+fn answers(host: &TestNs, port: u16) -> bool {
+    let code = http_code(host, &format!("http://127.0.0.1:{port}/"));
     !code.is_empty() && code != "000"
+}
+
+/// One finding: the service listens on container `name`'s loopback only.
+fn on_containers_loopback(r: &Value, name: &str) {
+    assert_eq!(r["diagnosis"]["ok"], false, "{r:#}");
+    assert_eq!(r["diagnosis"]["fault"], "service_on_loopback", "{r:#}");
+    assert_eq!(r["diagnosis"]["hop"], "service", "{r:#}");
+    assert_eq!(fails(r), 1, "one cause, one finding: {r:#}");
+    let line = r["diagnosis"]["line"].as_str().unwrap();
+    assert!(
+        line.contains("listens on 127.0.0.1:80")
+            && line.contains(&format!("inside container:{name}")),
+        "{line}"
+    );
 }
 
 #[test]
@@ -59,14 +73,14 @@ fn a_rootless_container_is_followed_through_rootlessport_into_its_namespace() {
     let mut host = RootlessHost::start("rl-healthy");
     let name = host.run("web", &["-p", "8089:80"], &["httpd", "-f", "-p", "80"]);
     wait_for("the rootless container to answer", 20, || {
-        answers(&host, 8089)
+        answers(&host.ns, 8089)
     });
     // Without the user's API service: what rootlessport and conmon say of themselves.
     for api in [false, true] {
         if api {
             host.serve_api();
         }
-        let r = doctor(&host, &["8089", "--probe"]);
+        let r = doctor(&host.ns, &["8089", "--probe"]);
         if api {
             record_capture(
                 &[],
@@ -76,7 +90,10 @@ fn a_rootless_container_is_followed_through_rootlessport_into_its_namespace() {
                 &["8089", "--probe"],
             );
         }
-        println!("api {api}:\n{}", doctor_text(&host, &["8089", "--probe"]));
+        println!(
+            "api {api}:\n{}",
+            doctor_text(&host.ns, &["8089", "--probe"])
+        );
         assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
         let dest = &r["destination"];
         assert_eq!(dest["via"], "rootlessport", "{r:#}");
@@ -108,7 +125,7 @@ fn a_rootless_container_is_followed_through_rootlessport_into_its_namespace() {
         if api {
             // `doctor container:NAME[:80]`: no DNAT names its port, rootlessport does.
             for target in [format!("container:{name}"), format!("container:{name}:80")] {
-                let c = doctor(&host, &[&target]);
+                let c = doctor(&host.ns, &[&target]);
                 assert_eq!(c["diagnosis"]["ok"], true, "{target}: {c:#}");
                 assert_eq!(c["destination"]["via"], "rootlessport", "{c:#}");
                 assert_eq!(c["packet"]["dport"], 8089, "{c:#}");
@@ -161,12 +178,15 @@ fn a_rootless_service_on_the_containers_loopback_is_named() {
         ])
         .contains("8090")
     });
-    assert!(!answers(&host, 8090), "the service should not answer yet");
+    assert!(
+        !answers(&host.ns, 8090),
+        "the service should not answer yet"
+    );
     for api in [false, true] {
         if api {
             host.serve_api();
         }
-        let r = doctor(&host, &["8090"]);
+        let r = doctor(&host.ns, &["8090"]);
         if !api {
             record_capture(
                 &[],
@@ -176,17 +196,11 @@ fn a_rootless_service_on_the_containers_loopback_is_named() {
                 &["8090"],
             );
         }
-        println!("api {api}:\n{}", doctor_text(&host, &["8090", "--probe"]));
-        assert_eq!(r["diagnosis"]["ok"], false, "{r:#}");
-        assert_eq!(r["diagnosis"]["fault"], "service_on_loopback", "{r:#}");
-        assert_eq!(r["diagnosis"]["hop"], "service", "{r:#}");
-        assert_eq!(fails(&r), 1, "one cause, one finding: {r:#}");
-        let line = r["diagnosis"]["line"].as_str().unwrap();
-        assert!(
-            line.contains("listens on 127.0.0.1:80")
-                && line.contains(&format!("inside container:{name}")),
-            "{line}"
+        println!(
+            "api {api}:\n{}",
+            doctor_text(&host.ns, &["8090", "--probe"])
         );
+        on_containers_loopback(&r, &name);
     }
 }
 
@@ -200,15 +214,15 @@ fn a_stopped_rootless_container_gets_podman_start_as_its_user() {
     host.serve_api();
     let name = host.run("stop", &["-p", "8091:80"], &["httpd", "-f", "-p", "80"]);
     wait_for("the rootless container to answer", 20, || {
-        answers(&host, 8091)
+        answers(&host.ns, 8091)
     });
     host.podman(&["stop", "-t", "0", &name]);
     assert!(
-        !answers(&host, 8091),
+        !answers(&host.ns, 8091),
         "a stopped container should not answer"
     );
-    let r = doctor(&host, &["8091"]);
-    println!("{}", doctor_text(&host, &["8091"]));
+    let r = doctor(&host.ns, &["8091"]);
+    println!("{}", doctor_text(&host.ns, &["8091"]));
     record_capture(
         &[],
         &host.ns.name,
@@ -234,9 +248,9 @@ fn a_stopped_rootless_container_gets_podman_start_as_its_user() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_for("the restarted container to answer", 20, || {
-        answers(&host, 8091)
+        answers(&host.ns, 8091)
     });
-    let r = doctor(&host, &["8091"]);
+    let r = doctor(&host.ns, &["8091"]);
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
 }
 
@@ -255,7 +269,7 @@ fn a_rootless_port_dropped_by_the_hosts_input_chain_is_named_from_outside() {
     wait_for("the rootless container to answer from outside", 20, || {
         !http(&outside).is_empty() && http(&outside) != "000"
     });
-    let r = doctor(&host, &["--from", &from, "8092", "--probe"]);
+    let r = doctor(&host.ns, &["--from", &from, "8092", "--probe"]);
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
     // rootlessport accepts on the host: the host's INPUT chain judges the client's packet.
     in_ns(
@@ -265,8 +279,8 @@ fn a_rootless_port_dropped_by_the_hosts_input_chain_is_named_from_outside() {
         ],
     );
     assert_eq!(http(&outside), "000");
-    let r = doctor(&host, &["--from", &from, "8092"]);
-    println!("{}", doctor_text(&host, &["--from", &from, "8092"]));
+    let r = doctor(&host.ns, &["--from", &from, "8092"]);
+    println!("{}", doctor_text(&host.ns, &["--from", &from, "8092"]));
     record_capture(
         &[],
         &host.ns.name,
@@ -282,4 +296,141 @@ fn a_rootless_port_dropped_by_the_hosts_input_chain_is_named_from_outside() {
     wait_for("the port to answer from outside again", 10, || {
         http(&outside) != "000"
     });
+}
+
+/// rootlesskit (builtin port driver) holds `port` in the host namespace.
+fn kit_listens(host: &RootlessDockerd, port: u16) -> bool {
+    let ss = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &host.ns.name,
+        "ss",
+        "-Htlnp",
+        &format!("sport = :{port}"),
+    ]);
+    ss.contains("rootlesskit")
+}
+
+#[test]
+fn a_rootless_docker_port_is_followed_through_rootlesskit_into_dockerds_namespace() {
+    if let Some(why) = docker_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut host = RootlessDockerd::start("rld-healthy");
+    let name = host.run("web", &["-p", "8095:80"], &["httpd", "-f", "-p", "80"]);
+    wait_for("the rootless Docker container to answer", 20, || {
+        answers(&host.ns, 8095)
+    });
+    assert!(kit_listens(&host, 8095), "rootlesskit should hold 8095");
+    let r = doctor(&host.ns, &["8095", "--probe"]);
+    println!("{}", doctor_text(&host.ns, &["8095", "--probe"]));
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    assert_eq!(fails(&r), 0, "{r:#}");
+    let dest = &r["destination"];
+    assert_eq!(dest["port"], 80, "{r:#}");
+    assert_eq!(dest["netns"], format!("container:{name}"), "{r:#}");
+    // The first receiver is rootlesskit on the host; the path goes on in its child namespace.
+    let kit = hop(&r, "receiver");
+    let s = kit["summary"].as_str().unwrap();
+    assert!(
+        s.starts_with("rootlesskit (pid ") && s.contains(&format!("user {USER}")),
+        "{s}"
+    );
+    assert!(
+        s.contains("relays to 127.0.0.1:8095 in its child namespace"),
+        "{s}"
+    );
+    let receivers: Vec<&str> = r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["id"] == "receiver")
+        .map(|h| h["summary"].as_str().unwrap())
+        .collect();
+    assert!(
+        receivers
+            .iter()
+            .any(|s| s.starts_with("docker-proxy (pid ")),
+        "docker-proxy in rootlesskit's namespace: {receivers:?}"
+    );
+    // The engine asked at the user's docker.sock (no DOCKER_HOST given).
+    let engine = hop(&r, "engine");
+    assert_eq!(engine["verdict"], "ok", "{r:#}");
+    assert!(
+        engine["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(rootless, user {USER}) is running")),
+        "{r:#}"
+    );
+    // The container's own listener, not rootlesskit's socket on the host.
+    let service = hop(&r, "service");
+    assert_eq!(service["verdict"], "ok", "{r:#}");
+    let s = service["summary"].as_str().unwrap();
+    assert!(
+        s.starts_with("httpd (pid ") && s.contains(&format!("in container:{name}")),
+        "{s}"
+    );
+    assert_eq!(r["probe"]["ok"], true, "{r:#}");
+}
+
+#[test]
+fn a_rootless_docker_service_on_the_containers_loopback_is_named() {
+    if let Some(why) = docker_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut host = RootlessDockerd::start("rld-loopback");
+    let name = host.run(
+        "lo",
+        &["-p", "8096:80"],
+        &["httpd", "-f", "-p", "127.0.0.1:80"],
+    );
+    wait_for("rootlesskit on 8096", 20, || kit_listens(&host, 8096));
+    assert!(!answers(&host.ns, 8096), "the service should not answer");
+    let r = doctor(&host.ns, &["8096", "--probe"]);
+    println!("{}", doctor_text(&host.ns, &["8096", "--probe"]));
+    on_containers_loopback(&r, &name);
+}
+
+#[test]
+fn a_stopped_rootless_docker_container_gets_docker_start_as_its_user() {
+    if let Some(why) = docker_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut host = RootlessDockerd::start("rld-stopped");
+    let name = host.run("stop", &["-p", "8097:80"], &["httpd", "-f", "-p", "80"]);
+    wait_for("the rootless Docker container to answer", 20, || {
+        answers(&host.ns, 8097)
+    });
+    host.docker(&["stop", "-t", "0", &name]);
+    assert!(
+        !answers(&host.ns, 8097),
+        "a stopped container should not answer"
+    );
+    let r = doctor(&host.ns, &["8097"]);
+    println!("{}", doctor_text(&host.ns, &["8097"]));
+    assert_eq!(r["diagnosis"]["fault"], "container_not_running", "{r:#}");
+    assert_eq!(fails(&r), 1, "{r:#}");
+    // docker as the user, with its socket named: the CLI works from anywhere as printed.
+    let command = r["diagnosis"]["fix"]["command"].as_str().unwrap();
+    assert_eq!(
+        command,
+        host.as_user(&["docker", "start", &name]).join(" "),
+        "{r:#}"
+    );
+    let out = Command::new("sh").args(["-c", command]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the restarted container to answer", 20, || {
+        answers(&host.ns, 8097)
+    });
+    let r = doctor(&host.ns, &["8097", "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
 }

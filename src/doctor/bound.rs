@@ -113,7 +113,7 @@ pub(crate) fn setting(kind: Option<ProxyKind>, sock: &Socket, dst: SocketAddr) -
             Some(ProxyKind::DockerProxy) => format!(
                 "its -host-ip ::, from the container's -p [::]:{port}:...: publish on 0.0.0.0:{port} too"
             ),
-            Some(ProxyKind::Rootlessport) => format!(
+            Some(ProxyKind::Rootlessport | ProxyKind::Rootlesskit) => format!(
                 "the rootless container's -p [::]:{port}:...: publish on 0.0.0.0:{port} too"
             ),
             None => "its listen/bind setting: IPV6_V6ONLY off, which sysctl net.ipv6.bindv6only=1 sets by default".into(),
@@ -132,7 +132,7 @@ pub(crate) fn setting(kind: Option<ProxyKind>, sock: &Socket, dst: SocketAddr) -
                 "its -host-ip {local}, from the container's -p {}:{port}:...",
                 socat_bind(local)
             ),
-            Some(ProxyKind::Rootlessport) => format!(
+            Some(ProxyKind::Rootlessport | ProxyKind::Rootlesskit) => format!(
                 "the rootless container's -p {}:{port}:...",
                 socat_bind(local)
             ),

@@ -103,8 +103,9 @@ fn claim_rank(
     )
 }
 
-/// The engine's command for `c`; a rootless Podman's runs as its user, with its runtime
-/// directory (as root, `podman` would ask root's own Podman, which does not know the container).
+/// The engine's command for `c`; a rootless engine's runs as its user, with its runtime
+/// directory (as root, `podman` or `docker` would ask root's own engine, which does not know
+/// the container).
 fn cli_fix(fixer: &Fixer, c: &Container, summary: &str, verb: &[&str]) -> super::Fix {
     let mut cmd = vec![c.engine.cli()];
     cmd.extend(verb);
@@ -113,7 +114,14 @@ fn cli_fix(fixer: &Fixer, c: &Container, summary: &str, verb: &[&str]) -> super:
         None => cmd.iter().map(|s| s.to_string()).collect(),
     };
     let summary = match &c.rootless {
-        Some(owner) => format!("{summary} (rootless Podman of {})", owner.user),
+        Some(owner) => format!(
+            "{summary} (rootless {} of {})",
+            match c.engine {
+                EngineKind::Docker => "Docker",
+                _ => "Podman",
+            },
+            owner.user
+        ),
         None => summary.to_string(),
     };
     fixer.fix_owned(&summary, argv, false)

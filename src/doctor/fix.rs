@@ -71,7 +71,9 @@ impl Fixer {
                 return self.fix_owned(summary, argv2, background);
             }
         }
+        // A rootless Docker's CLI runs as its user, with DOCKER_HOST naming its socket.
         let self_contained = matches!(first, Some("nsenter" | "docker"))
+            || (first == Some("runuser") && argv.iter().any(|a| a == "docker"))
             || (first == Some("ip")
                 && (argv.get(1).map(String::as_str) == Some("-n")
                     || (argv.get(1).map(String::as_str) == Some("netns")
@@ -142,6 +144,7 @@ mod tests {
             uid: 1001,
             user: "rl".into(),
             runtime_dir: "/run/user/1001".into(),
+            docker_host: None,
         };
         let f = Fixer {
             host_name: Some("lab-host".into()),

@@ -393,6 +393,7 @@ pub(crate) fn diagnose(req: &Request) -> Result<(Report, Snapshot), DoctorError>
             .then(|| req.host.path().display().to_string()),
     };
     snap.question = Some(q.clone());
+    snap.relayed_host = rootless::read_relayed(&snap, &q);
     let mut report = judge(&snap, &q)?;
     if req.probe {
         // Every path followed is probed: over IPv4 and, for a dual-stack port, over IPv6.
@@ -429,7 +430,7 @@ pub(crate) fn replay(snap: &Snapshot) -> Result<Report, DoctorError> {
 pub(crate) fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
     let fw = rules::Firewall::from_snapshot(snap);
     match family::families(snap, q, &fw).as_slice() {
-        [only] => Ok(judge_path(snap, q, &fw, *only, false)?.0),
+        [only] => rootless::through_rootlesskit(snap, judge_path(snap, q, &fw, *only, false)?.0),
         _ => {
             let (r4, stopped) = judge_path(snap, q, &fw, Family::Ipv4, true)?;
             if stopped {
@@ -437,7 +438,7 @@ pub(crate) fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError
                 return Ok(r4);
             }
             let (r6, _) = judge_path(snap, q, &fw, Family::Ipv6, true)?;
-            Ok(family::merge(r4, r6))
+            rootless::through_rootlesskit(snap, family::merge(r4, r6))
         }
     }
 }

@@ -1,7 +1,10 @@
-//! Rootless Podman: rootlessport holds the published port where `podman run` ran and relays
-//! each connection to its child in the container's namespace, which dials the container's
-//! slirp4netns address there. No DNAT, no veth: the path goes from the listener straight to
-//! the service inside that namespace.
+//! Rootless engines: a relay process holds the published port on the host and carries each
+//! connection into a namespace of the user's. Rootless Podman's rootlessport relays into the
+//! container's namespace, where its child dials the container's slirp4netns address: no
+//! DNAT, no veth, the path goes from the listener straight to the service. Rootless Docker's
+//! rootlesskit (builtin port driver) relays into its child namespace, where its child dials
+//! 127.0.0.1:PORT: that namespace is a Docker host of its own, judged as one
+//! ([`super::judge`] with [`crate::facts::Snapshot::relayed_host`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -25,11 +28,15 @@ pub(crate) fn relay(
     sock: &Socket,
     owner: &Owner,
 ) -> Option<(Option<Destination>, Hop)> {
-    let proxy = snap
-        .proxies
-        .iter()
-        .find(|p| p.pid == owner.pid && p.kind == ProxyKind::Rootlessport)?;
-    let who = format!("rootlessport (pid {}, user {})", owner.pid, user_of(proxy));
+    let proxy = snap.proxies.iter().find(|p| {
+        p.pid == owner.pid && matches!(p.kind, ProxyKind::Rootlessport | ProxyKind::Rootlesskit)
+    })?;
+    let who = format!(
+        "{} (pid {}, user {})",
+        proxy.kind,
+        owner.pid,
+        user_of(proxy)
+    );
     let listener = format!(
         "{} {} {} owners {}",
         sock.proto,
@@ -63,6 +70,9 @@ pub(crate) fn relay(
         .with_evidence(listener);
         return Some((None, hop));
     };
+    if proxy.kind == ProxyKind::Rootlesskit {
+        return Some(kit_relay(packet, sock, owner, &who, listener, r, ns));
+    }
     let container = container_of(snap, r);
     let (port, port_from) = container_port(snap, packet, ns, container, r);
     let (addr, interface) = slirp_address(ns);
@@ -94,6 +104,52 @@ pub(crate) fn relay(
         interface,
     };
     Some((Some(dest), hop))
+}
+
+/// rootlesskit's hop: its child dials 127.0.0.1:PORT in the child namespace (the port it was
+/// asked to expose; rootlesskit-docker-proxy binds docker-proxy there), where dockerd's rules
+/// and proxies take it.
+fn kit_relay(
+    packet: &Packet,
+    sock: &Socket,
+    owner: &Owner,
+    who: &str,
+    listener: String,
+    r: &RootlessPort,
+    ns: &NsFacts,
+) -> (Option<Destination>, Hop) {
+    let addr = if packet.dst.is_ipv6() {
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    };
+    let to = SocketAddr::new(addr, packet.dport);
+    let mut hop = Hop::ok(
+        ID,
+        TITLE,
+        format!(
+            "{who} listens on {} and relays to {to} in its child namespace {} (rootless Docker: dockerd's rules and docker-proxy are there)",
+            sock.local, ns.label
+        ),
+    )
+    .with_evidence(listener)
+    .with_evidence(format!(
+        "its child's namespace {} (inode {}); XDG_RUNTIME_DIR={}",
+        r.netns_path,
+        r.netns_inode,
+        r.runtime_dir.as_deref().unwrap_or("(not in its environment)")
+    ));
+    hop.proxy = Some(ProxyKind::Rootlesskit);
+    let dest = Destination {
+        addr,
+        port: packet.dport,
+        via: "rootlesskit".into(),
+        rule: None,
+        receiver: Some(owner.clone()),
+        netns: Some(ns.label.clone()),
+        interface: None,
+    };
+    (Some(dest), hop)
 }
 
 /// The host port rootlessport publishes for container namespace `ctr` (`doctor
@@ -247,4 +303,83 @@ fn slirp_address(ns: &NsFacts) -> (IpAddr, Option<String>) {
         Some(a) => (a.address, ns.link(a.index).map(|l| l.name.clone())),
         None => (IpAddr::V4(Ipv4Addr::new(10, 0, 2, 100)), None),
     }
+}
+
+/// Rootless Docker: when rootlesskit holds the asked port on the host, its child namespace
+/// read as a host of its own with the question a connection from rootlesskit's child makes
+/// there (localhost to the same port). None when no rootlesskit holds the port, or its
+/// namespace cannot be read (the relay hop then ends the path there).
+pub(crate) fn read_relayed(snap: &Snapshot, q: &crate::facts::Question) -> Option<Box<Snapshot>> {
+    let port = q.port?;
+    let r = snap
+        .host()
+        .listeners
+        .iter()
+        .filter(|s| s.proto == q.proto && s.local.port() == port)
+        .flat_map(|s| s.owners.iter())
+        .find_map(|o| {
+            snap.proxies
+                .iter()
+                .find(|p| p.pid == o.pid && p.kind == ProxyKind::Rootlesskit)?
+                .rootless
+                .clone()
+        })?;
+    let ns = crate::netns::NetNs::from_path(&r.netns_path).ok()?;
+    let mut inner = crate::facts::read(&crate::facts::ReadOptions {
+        host: ns,
+        extra: Vec::new(),
+        skip_docker: false,
+        conntrack: true,
+    })
+    .ok()?;
+    inner.question = Some(crate::facts::Question {
+        proto: q.proto,
+        port: Some(port),
+        dst: None,
+        src: None,
+        iif: None,
+        from: crate::facts::From::Localhost,
+        container: None,
+        container_name: None,
+        host_name: None,
+        host_path: Some(r.netns_path.clone()),
+    });
+    Some(Box::new(inner))
+}
+
+/// The report of a path rootlesskit relays into its child namespace: the host's hops up to
+/// rootlesskit (its own listener is not the service), then the child namespace's, judged as
+/// the Docker host it is; the host's probe is the one that counts. `outer` unchanged when no
+/// rootlesskit relays its packet or its namespace was not read.
+pub(crate) fn through_rootlesskit(
+    snap: &Snapshot,
+    outer: super::Report,
+) -> Result<super::Report, super::DoctorError> {
+    let relayed = outer
+        .destination
+        .as_ref()
+        .is_some_and(|d| d.via == "rootlesskit");
+    let (true, Some(inner)) = (relayed, snap.relayed_host.as_deref()) else {
+        return Ok(outer);
+    };
+    let Some(q) = inner.question.as_ref() else {
+        return Ok(outer);
+    };
+    let mut r = super::judge(inner, q)?;
+    let mut hops: Vec<Hop> = outer
+        .hops
+        .into_iter()
+        // Its own listener is not the service, and the engine is judged where it runs.
+        .filter(|h| h.id != "service" && h.id != "engine")
+        .collect();
+    hops.append(&mut r.hops);
+    r.hops = hops;
+    r.host_netns = outer.host_netns;
+    r.from = outer.from;
+    r.packet = outer.packet;
+    r.probe = outer.probe;
+    r.ipv6 = None;
+    r.reads = outer.reads;
+    r.diagnosis = super::conclude(&r);
+    Ok(r)
 }

@@ -142,21 +142,28 @@ pub(crate) struct Endpoint {
 }
 
 /// The sockets to ask: DOCKER_HOST or Docker's default, CONTAINER_HOST or Podman's rootful
-/// default, and every rootless Podman's (the caller's XDG_RUNTIME_DIR, $SUDO_UID's and each
-/// user's /run/user/UID: doctor runs as root, the containers may be a user's). A default
-/// socket that does not exist is not asked.
+/// default, and every rootless Podman's and rootless Docker's (the caller's XDG_RUNTIME_DIR,
+/// $SUDO_UID's and each user's /run/user/UID: doctor runs as root, the containers may be a
+/// user's). A default socket that does not exist is not asked.
 pub(crate) fn endpoints() -> Vec<Endpoint> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mut rootless: Vec<PathBuf> = env("XDG_RUNTIME_DIR")
-        .map(|d| PathBuf::from(d).join(podman::ROOTLESS_SOCKET))
+    let mut dirs: Vec<PathBuf> = env("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
         .into_iter()
         .collect();
-    rootless.extend(
-        env("SUDO_UID").map(|u| {
-            crate::netns::host_path(&format!("/run/user/{u}")).join(podman::ROOTLESS_SOCKET)
-        }),
-    );
-    rootless.extend(podman::user_sockets());
+    dirs.extend(env("SUDO_UID").map(|u| crate::netns::host_path(&format!("/run/user/{u}"))));
+    let mut rootless = Vec::new();
+    for (socket, engine) in [
+        (podman::ROOTLESS_SOCKET, EngineKind::Podman),
+        (ROOTLESS_SOCKET, EngineKind::Docker),
+    ] {
+        rootless.extend(dirs.iter().map(|d| (d.join(socket), engine)));
+        rootless.extend(
+            podman::user_sockets(socket)
+                .into_iter()
+                .map(|p| (p, engine)),
+        );
+    }
     endpoints_from(
         env("DOCKER_HOST").as_deref(),
         env("CONTAINER_HOST").as_deref(),
@@ -165,10 +172,13 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     )
 }
 
+/// A rootless dockerd's API socket, inside the user's XDG_RUNTIME_DIR.
+pub(crate) const ROOTLESS_SOCKET: &str = "docker.sock";
+
 fn endpoints_from(
     docker_host: Option<&str>,
     container_host: Option<&str>,
-    rootless: &[PathBuf],
+    rootless: &[(PathBuf, EngineKind)],
     exists: impl Fn(&Path) -> bool,
 ) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = Vec::new();
@@ -203,8 +213,8 @@ fn endpoints_from(
             );
         }
     }
-    for r in rootless {
-        add(r.clone(), EngineKind::Podman, false);
+    for (r, engine) in rootless {
+        add(r.clone(), *engine, false);
     }
     out
 }
@@ -242,11 +252,9 @@ pub(crate) fn read_into(ep: &Endpoint, intent: &mut Intent) {
     };
     match read {
         Ok((mut containers, networks)) => {
-            if engine == EngineKind::Podman {
-                let owner = podman::rootless_owner(&ep.socket);
-                for c in &mut containers {
-                    c.rootless.clone_from(&owner);
-                }
+            let owner = podman::rootless_owner(&ep.socket, engine);
+            for c in &mut containers {
+                c.rootless.clone_from(&owner);
             }
             intent.containers.extend(containers);
             intent.networks.extend(networks);
@@ -453,7 +461,10 @@ mod tests {
         let eps = endpoints_from(
             None,
             None,
-            &["/run/user/1000/podman/podman.sock".into()],
+            &[(
+                "/run/user/1000/podman/podman.sock".into(),
+                EngineKind::Podman,
+            )],
             all,
         );
         let socks: Vec<_> = eps.iter().map(|e| e.socket.display().to_string()).collect();

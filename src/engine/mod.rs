@@ -224,15 +224,19 @@ pub struct Container {
     pub rootless: Option<RootlessOwner>,
 }
 
-/// A rootless Podman's user: its commands run as that user, with its runtime directory.
+/// A rootless engine's user: its commands run as that user, with its runtime directory (and
+/// for Docker its API socket: the docker CLI does not look in XDG_RUNTIME_DIR).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootlessOwner {
     /// The user's id.
     pub uid: u32,
     /// The user's name (the id as text when /etc/passwd does not know it).
     pub user: String,
-    /// Its XDG_RUNTIME_DIR (the API socket is `podman/podman.sock` in it).
+    /// Its XDG_RUNTIME_DIR (the API socket is `podman/podman.sock` or `docker.sock` in it).
     pub runtime_dir: PathBuf,
+    /// Rootless Docker: DOCKER_HOST for its CLI (`unix://DIR/docker.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
 }
 
 impl RootlessOwner {
@@ -247,6 +251,11 @@ impl RootlessOwner {
             "env".into(),
             format!("XDG_RUNTIME_DIR={}", self.runtime_dir.display()),
         ];
+        v.extend(
+            self.docker_host
+                .as_ref()
+                .map(|h| format!("DOCKER_HOST={h}")),
+        );
         v.extend(cmd.iter().map(|s| s.to_string()));
         v
     }
@@ -534,10 +543,24 @@ mod tests {
             uid: 1001,
             user: "rl".into(),
             runtime_dir: "/run/user/1001".into(),
+            docker_host: None,
         });
         assert_eq!(
             web.start_hint().unwrap(),
             "start it with `runuser -u rl -- env XDG_RUNTIME_DIR=/run/user/1001 podman start web`"
+        );
+        // Rootless Docker: its CLI needs DOCKER_HOST (it does not look in XDG_RUNTIME_DIR).
+        let mut api = c(EngineKind::Docker, "bbbb", "api");
+        api.state = ContainerState::from_status("exited", 0);
+        api.rootless = Some(RootlessOwner {
+            uid: 1001,
+            user: "rl".into(),
+            runtime_dir: "/run/user/1001".into(),
+            docker_host: Some("unix:///run/user/1001/docker.sock".into()),
+        });
+        assert_eq!(
+            api.start_hint().unwrap(),
+            "start it with `runuser -u rl -- env XDG_RUNTIME_DIR=/run/user/1001 DOCKER_HOST=unix:///run/user/1001/docker.sock docker start api`"
         );
     }
 

@@ -14,32 +14,38 @@ pub(crate) const ROOTFUL_SOCKET: &str = "/run/podman/podman.sock";
 /// A rootless Podman's API socket, inside the user's XDG_RUNTIME_DIR.
 pub(crate) const ROOTLESS_SOCKET: &str = "podman/podman.sock";
 
-/// Every user's rootless API socket that exists: /run/user/UID/podman/podman.sock.
-pub(crate) fn user_sockets() -> Vec<PathBuf> {
+/// Every user's rootless API socket that exists: /run/user/UID/`socket` (Podman's
+/// podman/podman.sock, Docker's docker.sock).
+pub(crate) fn user_sockets(socket: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(crate::netns::host_path("/run/user"))
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path().join(ROOTLESS_SOCKET))
+        .map(|e| e.path().join(socket))
         .filter(|p| p.exists())
         .collect();
     out.sort();
     out
 }
 
-/// The user a Podman API socket belongs to, when it is not root's: that user's rootless
-/// Podman, whose containers are started as that user with its runtime directory (the
-/// socket's grandparent, `DIR/podman/podman.sock`).
-pub(crate) fn rootless_owner(socket: &Path) -> Option<RootlessOwner> {
+/// The user an engine's API socket belongs to, when it is not root's: that user's rootless
+/// engine, whose containers are started as that user with its runtime directory (Podman's
+/// `DIR/podman/podman.sock`, Docker's `DIR/docker.sock`).
+pub(crate) fn rootless_owner(socket: &Path, engine: EngineKind) -> Option<RootlessOwner> {
     let uid = std::fs::metadata(socket).ok()?.uid();
     if uid == 0 {
         return None;
     }
-    let runtime_dir = socket.parent()?.parent()?.to_path_buf();
+    let runtime_dir = match engine {
+        EngineKind::Podman => socket.parent()?.parent()?,
+        _ => socket.parent()?,
+    }
+    .to_path_buf();
     Some(RootlessOwner {
         uid,
         user: user_name(uid),
         runtime_dir,
+        docker_host: (engine == EngineKind::Docker).then(|| format!("unix://{}", socket.display())),
     })
 }
 

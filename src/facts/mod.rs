@@ -176,6 +176,11 @@ pub(crate) struct Snapshot {
     pub question: Option<Question>,
     /// What real connections did (doctor --probe): they are facts too, so a replay sees them.
     pub probes: Vec<ProbeResult>,
+    /// Rootless Docker: the namespace rootlesskit relays the asked port into, read as a host
+    /// of its own (dockerd's DNAT, docker-proxy and containers are there), with the question
+    /// asked there (a connection to 127.0.0.1:PORT, what rootlesskit's child makes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_host: Option<Box<Snapshot>>,
 }
 
 /// Where a connection starts, by namespace identity.

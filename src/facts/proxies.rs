@@ -1,6 +1,7 @@
 //! Userland proxies holding a listening socket: docker-proxy and `nettool proxy` recognised
 //! with the proxy's own argument parsers (`cmd::proxy::recognise`), and the classic socat
-//! port forward; rootless Podman's rootlessport, with the container namespace it relays into.
+//! port forward; rootless Podman's rootlessport and rootless Docker's rootlesskit, with the
+//! namespace each relays into.
 //! What each forwards is recorded, so doctor follows a proxied port onward.
 
 use std::net::{IpAddr, SocketAddr};
@@ -61,6 +62,11 @@ pub(crate) enum ProxyKind {
     /// connection to its child in the container's namespace, which dials the container.
     #[serde(rename = "rootlessport")]
     Rootlessport,
+    /// rootlesskit with its builtin port driver (rootless Docker): listens on the host,
+    /// relays each connection to its child namespace, where dockerd's DNAT and docker-proxy
+    /// take it as on a rootful Docker host (dialled at 127.0.0.1:PORT there).
+    #[serde(rename = "rootlesskit")]
+    Rootlesskit,
 }
 
 impl std::fmt::Display for ProxyKind {
@@ -70,6 +76,7 @@ impl std::fmt::Display for ProxyKind {
             ProxyKind::DockerProxy => "docker-proxy",
             ProxyKind::Socat => "socat",
             ProxyKind::Rootlessport => "rootlessport",
+            ProxyKind::Rootlesskit => "rootlesskit",
         })
     }
 }
@@ -189,6 +196,16 @@ pub(crate) fn recognise(pid: u32, comm: &str, argv: &[String]) -> Option<ProxyPr
             rootless: rootlessport(pid),
         });
     }
+    if comm == "rootlesskit" && builtin_port_driver(argv) {
+        return Some(ProxyProcess {
+            pid,
+            comm: comm.to_string(),
+            kind: ProxyKind::Rootlesskit,
+            argv: argv.to_vec(),
+            maps: Vec::new(),
+            rootless: rootlesskit(pid),
+        });
+    }
     let (kind, maps) = if let Some(maps) = crate::cmd::proxy::recognise(argv, pid) {
         let kind = if crate::proxy::docker::is_docker_invocation(argv) {
             ProxyKind::DockerProxy
@@ -218,6 +235,66 @@ pub(crate) fn relayed_namespaces(proxies: &[ProxyProcess]) -> Vec<u64> {
         .collect()
 }
 
+/// The API sockets of the rootless dockerds this host's rootlesskit processes run
+/// (`XDG_RUNTIME_DIR/docker.sock`): their containers publish here, through rootlesskit, and
+/// nowhere else, running or not.
+pub(crate) fn hosted_engines(proxies: &[ProxyProcess]) -> Vec<String> {
+    proxies
+        .iter()
+        .filter(|p| p.kind == ProxyKind::Rootlesskit)
+        .filter_map(|p| p.rootless.as_ref()?.runtime_dir.as_deref())
+        .map(|d| format!("{d}/{}", crate::engine::docker::ROOTLESS_SOCKET))
+        .collect()
+}
+
+/// rootlesskit's `--port-driver=builtin` (or `--port-driver builtin`): the driver whose parent
+/// process holds the published port on the host (slirp4netns's driver and none hold nothing).
+fn builtin_port_driver(argv: &[String]) -> bool {
+    argv.iter()
+        .zip(argv.iter().skip(1).map(Some).chain([None]))
+        .any(|(a, next)| {
+            a == "--port-driver=builtin"
+                || (a == "--port-driver" && next.is_some_and(|n| n == "builtin"))
+        })
+}
+
+/// rootlesskit `pid`'s child namespace (its child process's network namespace, the one that
+/// differs from its own: where dockerd runs), its user and XDG_RUNTIME_DIR.
+fn rootlesskit(pid: u32) -> Option<RootlessPort> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?.ino();
+    // Each thread lists the children it forked (Go forks from any thread): all of them.
+    let children: String = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (netns_path, netns_inode) = children.split_whitespace().find_map(|c| {
+        let path = format!("/proc/{c}/ns/net");
+        let inode = std::fs::metadata(&path).ok()?.ino();
+        (inode != own).then_some((path, inode))
+    })?;
+    Some(RootlessPort {
+        netns_path,
+        netns_inode,
+        uid: std::fs::metadata(format!("/proc/{pid}")).ok()?.uid(),
+        runtime_dir: runtime_dir_of(pid),
+    })
+}
+
+/// XDG_RUNTIME_DIR from process `pid`'s environment (where its user's API sockets are).
+fn runtime_dir_of(pid: u32) -> Option<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .ok()
+        .and_then(|env| {
+            env.split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(b"XDG_RUNTIME_DIR="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .filter(|d| !d.is_empty())
+}
+
 /// rootlessport `pid`'s container namespace (the fd it holds on a `.../netns/...` file that
 /// opens a network namespace), its user, and XDG_RUNTIME_DIR from its environment.
 fn rootlessport(pid: u32) -> Option<RootlessPort> {
@@ -236,14 +313,7 @@ fn rootlessport(pid: u32) -> Option<RootlessPort> {
             Some((target.to_string(), ns.id().inode))
         })?;
     let uid = std::fs::metadata(format!("/proc/{pid}")).ok()?.uid();
-    let runtime_dir = std::fs::read(format!("/proc/{pid}/environ"))
-        .ok()
-        .and_then(|env| {
-            env.split(|b| *b == 0)
-                .find_map(|kv| kv.strip_prefix(b"XDG_RUNTIME_DIR="))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        })
-        .filter(|d| !d.is_empty());
+    let runtime_dir = runtime_dir_of(pid);
     Some(RootlessPort {
         netns_path,
         netns_inode,
@@ -564,6 +634,30 @@ mod tests {
                 .unwrap_or_else(|| panic!("{argv}"));
             assert_eq!(s.target_host, Host::Name(name.into()), "{argv}");
             assert_eq!(s.target_v6, v6, "{argv}");
+        }
+    }
+
+    #[test]
+    fn rootlesskit_is_a_relay_only_with_its_builtin_port_driver() {
+        let v = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        // dockerd-rootless.sh's command line: the builtin driver's parent holds the ports.
+        for argv in [
+            "rootlesskit --net=slirp4netns --mtu=65520 --disable-host-loopback --port-driver=builtin --copy-up=/etc dockerd-rootless.sh",
+            "rootlesskit --port-driver builtin dockerd",
+        ] {
+            let p = recognise(std::process::id(), "rootlesskit", &v(argv)).unwrap();
+            assert_eq!(p.kind, ProxyKind::Rootlesskit, "{argv}");
+            assert!(p.maps.is_empty());
+        }
+        // slirp4netns's driver (slirp4netns listens) and none (rootlesskit's default).
+        for argv in [
+            "rootlesskit --port-driver=slirp4netns dockerd",
+            "rootlesskit --net=slirp4netns dockerd",
+        ] {
+            assert!(
+                recognise(std::process::id(), "rootlesskit", &v(argv)).is_none(),
+                "{argv}"
+            );
         }
     }
 }

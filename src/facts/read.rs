@@ -657,6 +657,20 @@ pub(crate) fn read_with(
             }
         }
     }
+    // Rootless Docker's rootlesskit runs in the host even while it publishes nothing (every
+    // container stopped): the engine it hosts is this host's.
+    if want.proxies {
+        for o in namespaces[host].processes.iter() {
+            if o.comm == "rootlesskit" && !seen.contains(&o.pid) {
+                seen.push(o.pid);
+                proxies.extend(proxies::recognise(
+                    o.pid,
+                    &o.comm,
+                    &crate::netns::sockets::cmdline(o.pid),
+                ));
+            }
+        }
+    }
 
     let by_name = |n: &str| -> Option<NsId> {
         infos
@@ -706,7 +720,8 @@ pub(crate) fn read_with(
             .collect();
         parts.extend(crate::engine::podman::read_runtime_dirs(&dirs, &intent));
         let relayed = proxies::relayed_namespaces(&proxies);
-        super::relevant::relevant_intent(parts, &namespaces, host_id, &relayed)
+        let hosted = proxies::hosted_engines(&proxies);
+        super::relevant::relevant_intent(parts, &namespaces, host_id, &relayed, &hosted)
     };
     let after = counters();
     Ok(Snapshot {
@@ -732,6 +747,7 @@ pub(crate) fn read_with(
         intent: (whole_given || !opts.skip_docker).then_some(intent),
         question: None,
         probes: Vec::new(),
+        relayed_host: None,
     })
 }
 

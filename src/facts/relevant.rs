@@ -14,12 +14,14 @@ use super::NsFacts;
 /// host namespaces) keeps only what is ours: a running container whose veths lead elsewhere
 /// is not, nor a stopped one whose networks' bridges are elsewhere.
 /// `relayed`: the container namespaces the host's rootlessport processes relay into (a
-/// rootless container has no veth to the host).
+/// rootless container has no veth to the host). `hosted`: the API sockets of the rootless
+/// dockerds the host's rootlesskit processes run: all their containers are this host's.
 pub(super) fn relevant_intent(
     parts: Vec<Intent>,
     namespaces: &[NsFacts],
     host: NsId,
     relayed: &[u64],
+    hosted: &[String],
 ) -> Intent {
     let Some(h) = namespaces.iter().find(|n| n.id == host) else {
         return Intent::default();
@@ -77,7 +79,11 @@ pub(super) fn relevant_intent(
     };
     let mut out = Intent::default();
     for p in parts {
+        let hosted_here = p.sources.iter().any(|s| hosted.contains(&s.endpoint));
         let ours = |c: &crate::engine::Container| -> bool {
+            if hosted_here {
+                return true;
+            }
             if let Some(i) = c.netns_inode {
                 return i == host.inode
                     || peers_of(i).is_some_and(|ps| ps.is_empty() || ps.contains(&host));
@@ -102,11 +108,11 @@ pub(super) fn relevant_intent(
                 || known.iter().any(|n| bridge_here(n))
                 || known.iter().all(|n| !bridge_anywhere(n))
         };
-        let relevant = p
-            .containers
-            .iter()
-            .filter_map(|c| c.netns_inode)
-            .any(|i| peers_of(i).is_some_and(|ps| ps.contains(&host)))
+        let relevant = hosted_here
+            || p.containers
+                .iter()
+                .filter_map(|c| c.netns_inode)
+                .any(|i| peers_of(i).is_some_and(|ps| ps.contains(&host)))
             || p.networks.iter().any(bridge_here)
             || h.current
             || p.containers.iter().any(&reserved_here)

@@ -11,6 +11,11 @@
 //! [`LOCK`] exclusively, so they run one at a time (across test binaries too). Containers
 //! have unique names and are removed on drop, with the API service the test started and the
 //! user's pause process when this test started it.
+//!
+//! Rootless Docker ([`RootlessDockerd`]): the same user runs Debian's dockerd-rootless.sh in
+//! the test's host namespace (rootlesskit with slirp4netns and its builtin port driver, as
+//! dockerd-rootless-setuptool.sh installs it), its data-root and exec-root in a temp dir of
+//! the test's, its API on $XDG_RUNTIME_DIR/docker.sock; everything stopped and removed on drop.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -30,12 +35,17 @@ pub const IMAGE: &str = "localhost/nt-rootless-bb";
 /// Why rootless Podman cannot run here, for a test to print and skip; None when it can.
 /// tools/test installs what is missing (its `need` table).
 pub fn missing() -> Option<String> {
-    for (tool, package) in [
+    first_missing(&[
         ("podman", "podman"),
         ("newuidmap", "uidmap"),
         ("slirp4netns", "slirp4netns"),
         ("catatonit", "catatonit"),
-    ] {
+    ])
+}
+
+/// The first of `tools` (command, Debian package) not on PATH, said with its package.
+fn first_missing(tools: &[(&str, &str)]) -> Option<String> {
+    for (tool, package) in tools {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -69,22 +79,7 @@ impl RootlessHost {
     /// The user, its runtime directory and config ready, a fresh host namespace, the image
     /// imported (once per user).
     pub fn start(tag: &str) -> Self {
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(LOCK)
-            .unwrap();
-        // SAFETY: flock on an fd this function owns.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-        let uid = ensure_user();
-        tun_for_users();
-        let runtime_dir = PathBuf::from(format!("/run/user/{uid}"));
-        for dir in [runtime_dir.clone(), runtime_dir.join("podman")] {
-            std::fs::create_dir_all(&dir).unwrap();
-            sh(&["chown", &format!("{USER}:{USER}"), dir.to_str().unwrap()]);
-            sh(&["chmod", "0700", dir.to_str().unwrap()]);
-        }
+        let (lock, uid, runtime_dir) = user_ready();
         let ns = TestNs::new(tag);
         let mut host = RootlessHost {
             ns,
@@ -104,26 +99,11 @@ impl RootlessHost {
 
     /// argv that runs `args` as the user with its runtime directory (what a fix prints).
     pub fn as_user(&self, args: &[&str]) -> Vec<String> {
-        let mut v = vec![
-            "runuser".to_string(),
-            "-u".into(),
-            USER.into(),
-            "--".into(),
-            "env".into(),
-            format!("XDG_RUNTIME_DIR={}", self.runtime_dir.display()),
-        ];
-        v.extend(args.iter().map(|s| s.to_string()));
-        v
+        user_argv(&self.runtime_dir, &[], args)
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.ns.path()))
-            .args(self.as_user(args))
-            .env_remove("CONTAINER_HOST")
-            .env_remove("CONTAINERS_CONF")
-            .current_dir("/");
-        c
+        user_command(&self.ns, self.as_user(args))
     }
 
     /// Run podman as the user in the host namespace; (success, stdout+stderr).
@@ -137,24 +117,12 @@ impl RootlessHost {
     pub fn podman(&self, args: &[&str]) -> String {
         let mut argv = vec!["podman"];
         argv.extend(args);
-        let o = self.command(&argv).output().unwrap();
-        assert!(
-            o.status.success(),
-            "rootless podman {args:?} failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        checked(&mut self.command(&argv), "rootless podman")
     }
 
     fn import_image(&self) {
         let dir = std::env::temp_dir().join(unique("rootless-image"));
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::copy(super::docker::busybox(), bin.join("busybox")).unwrap();
-        for applet in ["sh", "sleep", "nc", "httpd", "cat", "ls"] {
-            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-        }
+        image_tree(&dir);
         // tar runs as root and hands the stream to podman on stdin: the user needs no access.
         super::docker::import_tree(&dir, self.command(&["podman", "import", "-", IMAGE]));
         let _ = std::fs::remove_dir_all(&dir);
@@ -230,6 +198,267 @@ impl Drop for RootlessHost {
                 let _ = Command::new("kill").args([&pid.to_string()]).status();
             }
         }
+    }
+}
+
+/// argv that runs `args` as the test user with its runtime directory and `env` (what a fix
+/// prints: runuser sets HOME and USER; no sudo here).
+fn user_argv(runtime_dir: &Path, env: &[String], args: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "runuser".to_string(),
+        "-u".into(),
+        USER.into(),
+        "--".into(),
+        "env".into(),
+        format!("XDG_RUNTIME_DIR={}", runtime_dir.display()),
+    ];
+    v.extend(env.iter().cloned());
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `argv` entered into the test's host namespace, none of the caller's engine variables.
+fn user_command(ns: &TestNs, argv: Vec<String>) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", ns.path()))
+        .args(argv)
+        .env_remove("CONTAINER_HOST")
+        .env_remove("CONTAINERS_CONF")
+        .env_remove("DOCKER_HOST")
+        .current_dir("/");
+    c
+}
+
+/// Run `c`; panics (naming `what`) on failure; returns stdout (trimmed).
+fn checked(c: &mut Command, what: &str) -> String {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what} {:?} failed: {}{}",
+        c.get_args().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The image's tree in `dir`: static busybox and the applets the tests run.
+fn image_tree(dir: &Path) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(super::docker::busybox(), bin.join("busybox")).unwrap();
+    for applet in ["sh", "sleep", "nc", "httpd", "cat", "ls"] {
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
+}
+
+/// The rootless lock held, the user, /dev/net/tun and its runtime directory ready (with
+/// `podman/` in it, where `podman system service` binds).
+fn user_ready() -> (File, u32, PathBuf) {
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
+        .unwrap();
+    // SAFETY: flock on an fd this function owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let uid = ensure_user();
+    tun_for_users();
+    let runtime_dir = PathBuf::from(format!("/run/user/{uid}"));
+    for dir in [runtime_dir.clone(), runtime_dir.join("podman")] {
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(&["chown", &format!("{USER}:{USER}"), dir.to_str().unwrap()]);
+        sh(&["chmod", "0700", dir.to_str().unwrap()]);
+    }
+    (lock, uid, runtime_dir)
+}
+
+/// Debian's rootless dockerd launcher (docker.io's contrib).
+const DOCKERD_ROOTLESS: &str = "/usr/share/docker.io/contrib/dockerd-rootless.sh";
+
+/// Why rootless Docker cannot run here, for a test to print and skip; None when it can.
+pub fn docker_missing() -> Option<String> {
+    if !Path::new(DOCKERD_ROOTLESS).exists() {
+        return Some(format!(
+            "{DOCKERD_ROOTLESS} is missing (Debian package docker.io)"
+        ));
+    }
+    first_missing(&[
+        ("rootlesskit", "rootlesskit"),
+        ("newuidmap", "uidmap"),
+        ("slirp4netns", "slirp4netns"),
+    ])
+}
+
+/// A rootless Docker host: the test's host namespace (rootlesskit listens here), the user's
+/// dockerd inside rootlesskit's namespaces, what the test made.
+pub struct RootlessDockerd {
+    /// The namespace dockerd-rootless.sh runs in.
+    pub ns: TestNs,
+    /// The user's id.
+    pub uid: u32,
+    /// Its XDG_RUNTIME_DIR (/run/user/UID; the API socket is docker.sock in it).
+    pub runtime_dir: PathBuf,
+    /// data-root, exec-root, pidfile and the daemon's log.
+    dir: PathBuf,
+    daemon: Option<ChildGuard>,
+    _lock: File,
+}
+
+/// The image every rootless Docker test runs (busybox-static), imported into each daemon.
+pub const DOCKER_IMAGE: &str = "nt-rootless-bb";
+
+impl RootlessDockerd {
+    /// The user ready, a fresh host namespace, dockerd-rootless.sh started as the user in it
+    /// and answering on its socket, the image imported.
+    pub fn start(tag: &str) -> Self {
+        let (lock, uid, runtime_dir) = user_ready();
+        let ns = TestNs::new(tag);
+        let dir = std::env::temp_dir().join(unique("rldockerd"));
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(&["chown", &format!("{USER}:{USER}"), dir.to_str().unwrap()]);
+        let mut d = RootlessDockerd {
+            ns,
+            uid,
+            runtime_dir,
+            dir,
+            daemon: None,
+            _lock: lock,
+        };
+        let socket = d.socket();
+        let _ = std::fs::remove_file(&socket);
+        let log = File::create(d.dir.join("log")).unwrap();
+        let data = d.dir.join("data");
+        let exec = d.dir.join("exec");
+        let pidfile = d.dir.join("docker.pid");
+        let host = format!("unix://{}", socket.display());
+        let mut c = d.command(&[
+            "env",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            DOCKERD_ROOTLESS,
+            "--data-root",
+            data.to_str().unwrap(),
+            "--exec-root",
+            exec.to_str().unwrap(),
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "-H",
+            &host,
+        ]);
+        c.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        d.daemon = Some(ChildGuard(c.spawn().unwrap()));
+        let mut up = false;
+        for _ in 0..300 {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok()
+                && d.try_docker(&["version"]).0
+            {
+                up = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(
+            up,
+            "rootless dockerd did not answer on {} in 30 s: {}",
+            socket.display(),
+            std::fs::read_to_string(d.dir.join("log")).unwrap_or_default()
+        );
+        d.import_image();
+        d
+    }
+
+    /// argv that runs `args` as the user with its runtime directory and DOCKER_HOST (what a
+    /// fix prints).
+    pub fn as_user(&self, args: &[&str]) -> Vec<String> {
+        let host = format!("DOCKER_HOST=unix://{}", self.socket().display());
+        user_argv(&self.runtime_dir, &[host], args)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        user_command(&self.ns, self.as_user(args))
+    }
+
+    /// Run docker as the user; (success, stdout+stderr).
+    pub fn try_docker(&self, args: &[&str]) -> (bool, String) {
+        let mut argv = vec!["docker"];
+        argv.extend(args);
+        super::try_output(&mut self.command(&argv), "")
+    }
+
+    /// Run docker as the user; panics on failure; returns stdout (trimmed).
+    pub fn docker(&self, args: &[&str]) -> String {
+        let mut argv = vec!["docker"];
+        argv.extend(args);
+        checked(&mut self.command(&argv), "rootless docker")
+    }
+
+    fn import_image(&self) {
+        let dir = self.dir.join("image");
+        image_tree(&dir);
+        super::docker::import_tree(&dir, self.command(&["docker", "import", "-", DOCKER_IMAGE]));
+    }
+
+    /// `docker run -d --name UNIQUE ARGS IMAGE CMD` as the user; the name (removed on drop,
+    /// with the daemon).
+    pub fn run(&mut self, tag: &str, args: &[&str], cmd: &[&str]) -> String {
+        let name = unique(&format!("rld-{tag}"));
+        let mut argv = vec!["run", "-d", "--name", &name];
+        argv.extend(args);
+        argv.push(DOCKER_IMAGE);
+        argv.extend(cmd);
+        self.docker(&argv);
+        name
+    }
+
+    /// The user's API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.runtime_dir.join("docker.sock")
+    }
+
+    /// The rootlesskit process of this daemon (its listener holds the published ports).
+    pub fn rootlesskit_pid(&self) -> Option<u32> {
+        let runuser = self.daemon.as_ref()?.pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{runuser}/task/{runuser}/children")).ok()?;
+        children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .find(|p: &u32| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "rootlesskit")
+            })
+    }
+}
+
+impl Drop for RootlessDockerd {
+    fn drop(&mut self) {
+        // Containers go while the daemon runs, so it unmounts what it mounted.
+        let (_, ids) = self.try_docker(&["ps", "-aq"]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = self.try_docker(&args);
+        }
+        // A TERM to rootlesskit stops its child (dockerd, containerd) and slirp4netns.
+        if let Some(kit) = self.rootlesskit_pid() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &kit.to_string()])
+                .status();
+            // No panic in drop: at most 20 s, then on regardless.
+            for _ in 0..200 {
+                if !Path::new(&format!("/proc/{kit}")).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        drop(self.daemon.take());
+        let _ = std::fs::remove_file(self.socket());
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
