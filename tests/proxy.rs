@@ -9738,7 +9738,11 @@ fn unix_socket_endpoints_forward_every_pairing_and_the_dump_decodes_the_api() {
 
 /// A unix echo server at `path`: echoes until EOF, then closes its write side.
 fn unix_echo_backend(path: &Path) {
-    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    unix_echo_on(std::os::unix::net::UnixListener::bind(path).unwrap());
+}
+
+/// [`unix_echo_backend`] on a listener already bound.
+fn unix_echo_on(l: std::os::unix::net::UnixListener) {
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             std::thread::spawn(move || {
@@ -9945,11 +9949,114 @@ fn unix_usage_errors_name_the_mistake() {
             "socat option 'backlog=5' of UNIX-LISTEN: is not taken",
         ),
         (&["--udp", "unix:/tmp/nt-x.sock", "127.0.0.1:53"][..], "--udp does not apply"),
-        (&["unix:@abstract", "127.0.0.1:53"][..], "abstract unix sockets are not supported"),
+        (&["unix:@", "127.0.0.1:53"][..], "an abstract socket needs a name of 1 to 106 bytes"),
+        (&["ABSTRACT-LISTEN:nt-x,mode=0600", "127.0.0.1:53"][..], "no unlink-early or mode="),
         (&["/tmp/nt-x.sock", "10.0.0.1"][..], "needs a port"),
     ] {
         let (code, err) = proxy_fails(args);
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+/// The abstract socket `name` (no file; it belongs to a network namespace).
+fn abstract_addr(name: &str) -> std::os::unix::net::SocketAddr {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()
+}
+
+/// Send `msg` to the abstract socket `name` from inside `ns` (or where the test runs), half-close
+/// and read the answer.
+fn echo_abstract(ns: Option<&TestNs>, name: &str, msg: &str) -> std::io::Result<String> {
+    let (name, msg) = (name.to_string(), msg.to_string());
+    let talk = move || -> std::io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect_addr(&abstract_addr(&name))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(msg.as_bytes())?;
+        s.shutdown(Shutdown::Write)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    match ns {
+        Some(ns) => inside(ns, talk),
+        None => talk(),
+    }
+}
+
+/// Abstract sockets (`unix:@NAME`, socat's ABSTRACT-LISTEN/ABSTRACT-CONNECT) live in a network
+/// namespace: --target-netns and --listen-netns put them there; the same name where the
+/// test runs is another socket (none).
+#[test]
+fn abstract_unix_sockets_are_per_network_namespace() {
+    let ns = lab("unixabs");
+    let dir = TempDir::new("unixabs");
+    let name = unique("abs");
+    let n = name.clone();
+    unix_echo_on(inside(&ns, move || {
+        std::os::unix::net::UnixListener::bind_addr(&abstract_addr(&n)).unwrap()
+    }));
+    assert!(
+        echo_abstract(None, &name, "x").is_err(),
+        "not in the test's namespace"
+    );
+    // A socket file in front of the namespace's abstract socket.
+    let front = dir.join("front.sock");
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--target-netns",
+            &ns.name,
+            &format!("unix:{}", front.display()),
+            &format!("ABSTRACT-CONNECT:{name}"),
+        ],
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(&front).unwrap();
+    s.write_all(b"to the namespace").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = String::new();
+    s.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "to the namespace");
+    p.stop();
+    // Without --target-netns the name is looked up where nettool runs: nothing there.
+    let gone = dir.join("gone.sock");
+    let p = start(
+        None,
+        &dir,
+        &[
+            &format!("unix:{}", gone.display()),
+            &format!("unix:@{name}"),
+        ],
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(&gone).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(s.read(&mut [0u8; 8]).unwrap_or(0), 0);
+    p.wait_logged(&format!(
+        "cannot connect to backend unix:@{name}: Connection refused"
+    ));
+    p.stop();
+    // An abstract listener in the namespace, in socat's words.
+    let name2 = unique("abs2");
+    let p = start(
+        None,
+        &dir,
+        &[
+            "--listen-netns",
+            &ns.name,
+            "--target-netns",
+            &ns.name,
+            "-v",
+            &format!("ABSTRACT-LISTEN:{name2},fork"),
+            &format!("unix:@{name}"),
+        ],
+    );
+    assert_eq!(echo_abstract(Some(&ns), &name2, "hop").unwrap(), "hop");
+    assert!(echo_abstract(None, &name2, "x").is_err());
+    p.wait_logged(&format!("-> unix:@{name2} => unix -> unix:@{name}"));
+    let log = p.stop();
+    assert!(
+        log.contains(&format!("listening on unix:@{name2} -> unix:@{name}")),
+        "{log}"
+    );
 }

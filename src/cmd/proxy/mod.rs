@@ -315,15 +315,19 @@ fn run_args(a: ProxyArgs, verbose: u8) -> anyhow::Result<i32> {
     let (maps, mut found) = resolve(&specs, listen_ns.as_ref(), target_ns.as_ref())?;
     let mut unix_maps = Vec::new();
     for u in &unix_specs {
-        unix_maps.extend(crate::proxy::unix::maps_of(u, &mut |m| {
-            let (maps, more) = resolve(
-                std::slice::from_ref(m),
-                listen_ns.as_ref(),
-                target_ns.as_ref(),
-            )?;
-            found.extend(more);
-            Ok(maps)
-        })?);
+        unix_maps.extend(crate::proxy::unix::maps_of(
+            u,
+            target_ns.as_ref(),
+            &mut |m| {
+                let (maps, more) = resolve(
+                    std::slice::from_ref(m),
+                    listen_ns.as_ref(),
+                    target_ns.as_ref(),
+                )?;
+                found.extend(more);
+                Ok(maps)
+            },
+        )?);
     }
     // What each namespace text became, first: a bare word may be a name, a pid or a container,
     // and the inode is what a --target-netns follow line later says the proxy dialed in.
@@ -424,8 +428,10 @@ UNIX-LISTEN:/PATH[,fork,unlink-early,mode=0660] to listen and UNIX-CONNECT:/PATH
 UNIX-CLIENT:/PATH or UNIX:/PATH to connect; the other side is one TCP port or a socket too.
 A stale socket file at the listen path is replaced; a regular file, a symlink, a directory
 or a socket something listens on is refused, and the file is removed at exit. A unix client
-shows as the process that connected (pid=,uid=,gid= from SO_PEERCRED). A socket path lives in
-a mount namespace: --listen-netns/--target-netns apply only to the TCP side.
+shows as the process that connected (pid=N(COMM),uid=,gid= from SO_PEERCRED). A socket path
+lives in a mount namespace: --listen-netns/--target-netns do not apply to it; an abstract
+socket (unix:@NAME, socat's ABSTRACT-LISTEN:NAME / ABSTRACT-CONNECT:NAME) lives in a network
+namespace, and they do.
 Without --dump/--hex/--pcap/--streams/--json, TCP bytes move with splice(2) once a read fills
 the 8 KiB buffer (short exchanges are copied through it). -v logs a line per connection.
 SIGUSR1 logs the counters; SIGINT/SIGTERM/SIGHUP stop (exit 0) after logging them.

@@ -23,6 +23,9 @@ pub(crate) struct UnixListenPath {
 pub(crate) enum UnixListen {
     /// A socket file.
     Path(UnixListenPath),
+    /// An abstract socket (`unix:@NAME`, socat's `ABSTRACT-LISTEN:NAME`): no file; it lives in
+    /// the network namespace it is bound in (--listen-netns).
+    Abstract(String),
     /// A TCP port: a TCP mapping as written whose target is a stand-in, [`MapSpec::resolve`]d
     /// like any other, so names, zones and `[::]` behave the same.
     Tcp(MapSpec),
@@ -33,6 +36,9 @@ pub(crate) enum UnixListen {
 pub(crate) enum UnixTarget {
     /// A socket file to connect to.
     Path(PathBuf),
+    /// An abstract socket, looked up in the namespace the connecting socket is made in
+    /// (--target-netns).
+    Abstract(String),
     /// A TCP backend: a TCP mapping as written whose listen side is a stand-in.
     Tcp(MapSpec),
 }
@@ -59,8 +65,8 @@ fn unix_head(s: &str) -> Option<(bool, &str, &str)> {
     }
     let (head, rest) = s.split_once(':')?;
     let listen = match head.to_ascii_uppercase().as_str() {
-        "UNIX-LISTEN" | "UNIX-L" => true,
-        "UNIX" | "UNIX-CONNECT" | "UNIX-CLIENT" => false,
+        "UNIX-LISTEN" | "UNIX-L" | "ABSTRACT-LISTEN" | "ABSTRACT-L" => true,
+        "UNIX" | "UNIX-CONNECT" | "UNIX-CLIENT" | "ABSTRACT-CONNECT" | "ABSTRACT-CLIENT" => false,
         _ => return None,
     };
     Some((listen, head, rest))
@@ -71,18 +77,39 @@ pub(crate) fn is_unix(s: &str) -> bool {
     unix_head(s).is_some()
 }
 
-/// A socket path: absolute or relative, not empty, no NUL; an `@name` (abstract) is refused.
+/// A unix socket's name as written after `head:`: a path, or an abstract name (`unix:@NAME`,
+/// `ABSTRACT-...:NAME`).
+enum SocketName {
+    Path(PathBuf),
+    Abstract(String),
+}
+
+/// `p` (what follows `head:`) as a socket name: a path, or after `unix:` an `@NAME`, or
+/// after `ABSTRACT-...:` a NAME (abstract).
+fn socket_name(spec: &str, head: &str, p: &str) -> Result<SocketName, SpecError> {
+    let what = if head.is_empty() {
+        String::new()
+    } else {
+        format!("{head}:")
+    };
+    let abstract_head = head.to_ascii_uppercase().starts_with("ABSTRACT");
+    if abstract_head || (head.eq_ignore_ascii_case("unix") && p.starts_with('@')) {
+        let name = if abstract_head { p } else { &p[1..] };
+        if name.is_empty() || name.len() > 106 || name.contains('\0') {
+            return Err(bad(
+                spec,
+                format!("{what}{p}: an abstract socket needs a name of 1 to 106 bytes, no NUL"),
+            ));
+        }
+        return Ok(SocketName::Abstract(name.to_string()));
+    }
+    socket_path(spec, &what, p).map(SocketName::Path)
+}
+
+/// A socket path: absolute or relative, not empty, no NUL, at most sun_path's 107 bytes.
 fn socket_path(spec: &str, what: &str, p: &str) -> Result<PathBuf, SpecError> {
     if p.is_empty() {
         return Err(bad(spec, format!("{what} needs a socket path ({FORMS})")));
-    }
-    if p.starts_with('@') {
-        return Err(bad(
-            spec,
-            format!(
-                "{what}{p}: abstract unix sockets are not supported; give a socket file's path"
-            ),
-        ));
     }
     if p.contains('\0') {
         return Err(bad(spec, format!("{what}: the path holds a NUL byte")));
@@ -100,17 +127,17 @@ fn socket_path(spec: &str, what: &str, p: &str) -> Result<PathBuf, SpecError> {
     Ok(PathBuf::from(p))
 }
 
-/// A unix listen side (`unix:/p`, `/p`, `UNIX-LISTEN:/p,opts`); None when `s` is not one.
-fn listen_path(spec: &str, s: &str) -> Result<Option<UnixListenPath>, SpecError> {
+/// A unix listen side (`unix:/p`, `unix:@name`, `/p`, `UNIX-LISTEN:/p,opts`,
+/// `ABSTRACT-LISTEN:name`); None when `s` is not one.
+fn listen_side(spec: &str, s: &str) -> Result<Option<UnixListen>, SpecError> {
     let Some((socat_form, head, rest)) = unix_head(s) else {
         return Ok(None);
     };
     if !socat_form {
         if head.eq_ignore_ascii_case("unix") || head.is_empty() {
-            let what = if head.is_empty() { "" } else { "unix:" };
-            return Ok(Some(UnixListenPath {
-                path: socket_path(spec, what, rest)?,
-                mode: None,
+            return Ok(Some(match socket_name(spec, head, rest)? {
+                SocketName::Path(path) => UnixListen::Path(UnixListenPath { path, mode: None }),
+                SocketName::Abstract(n) => UnixListen::Abstract(n),
             }));
         }
         return Err(bad(
@@ -119,7 +146,8 @@ fn listen_path(spec: &str, s: &str) -> Result<Option<UnixListenPath>, SpecError>
         ));
     }
     let mut parts = rest.split(',');
-    let path = socket_path(spec, &format!("{head}:"), parts.next().unwrap_or(""))?;
+    let name = socket_name(spec, head, parts.next().unwrap_or(""))?;
+    let abstract_name = matches!(name, SocketName::Abstract(_));
     let mut mode = None;
     for opt in parts {
         let (key, value) = match opt.split_once('=') {
@@ -129,8 +157,9 @@ fn listen_path(spec: &str, s: &str) -> Result<Option<UnixListenPath>, SpecError>
         match (key.as_str(), value) {
             // What the proxy always does: many connections; a stale socket file is replaced
             // (only a socket, and only when nothing listens on it).
-            ("fork", None) | ("unlink-early" | "unlink", None) => {}
-            ("mode" | "perm", Some(v)) => {
+            ("fork", None) => {}
+            ("unlink-early" | "unlink", None) if !abstract_name => {}
+            ("mode" | "perm", Some(v)) if !abstract_name => {
                 let bits = u32::from_str_radix(v.trim_start_matches("0o"), 8)
                     .ok()
                     .filter(|m| *m <= 0o7777)
@@ -138,21 +167,35 @@ fn listen_path(spec: &str, s: &str) -> Result<Option<UnixListenPath>, SpecError>
                 mode = Some(bits);
             }
             ("", None) => {
-                return Err(bad(spec, format!("an empty option after {head}: (',,' or a trailing ',')")))
+                return Err(bad(
+                    spec,
+                    format!("an empty option after {head}: (',,' or a trailing ',')"),
+                ))
             }
             _ => {
                 return Err(bad(
                     spec,
-                    format!("socat option '{opt}' of {head}: is not taken; nettool proxy takes fork, unlink-early and mode=OCTAL"),
+                    format!(
+                        "socat option '{opt}' of {head}: is not taken; nettool proxy takes {}",
+                        match abstract_name {
+                            true =>
+                                "fork (an abstract socket has no file: no unlink-early or mode=)",
+                            false => "fork, unlink-early and mode=OCTAL",
+                        }
+                    ),
                 ))
             }
         }
     }
-    Ok(Some(UnixListenPath { path, mode }))
+    Ok(Some(match name {
+        SocketName::Path(path) => UnixListen::Path(UnixListenPath { path, mode }),
+        SocketName::Abstract(n) => UnixListen::Abstract(n),
+    }))
 }
 
-/// A unix target (`unix:/p`, `/p`, `UNIX-CONNECT:/p`, ...); None when `s` is not one.
-fn target_path(spec: &str, s: &str) -> Result<Option<PathBuf>, SpecError> {
+/// A unix target (`unix:/p`, `unix:@name`, `/p`, `UNIX-CONNECT:/p`, `ABSTRACT-CONNECT:name`
+/// ...); None when `s` is not one.
+fn target_side(spec: &str, s: &str) -> Result<Option<UnixTarget>, SpecError> {
     let Some((listen, head, rest)) = unix_head(s) else {
         return Ok(None);
     };
@@ -168,12 +211,10 @@ fn target_path(spec: &str, s: &str) -> Result<Option<PathBuf>, SpecError> {
             format!("'{s}': socat options on the target are not taken (the proxy dials each connection itself); drop what follows the ','"),
         ));
     }
-    let what = if head.is_empty() {
-        String::new()
-    } else {
-        format!("{head}:")
-    };
-    socket_path(spec, &what, rest).map(Some)
+    Ok(Some(match socket_name(spec, head, rest)? {
+        SocketName::Path(p) => UnixTarget::Path(p),
+        SocketName::Abstract(n) => UnixTarget::Abstract(n),
+    }))
 }
 
 /// One TCP port, for the TCP end of a unix mapping (a range would need as many sockets).
@@ -195,12 +236,12 @@ pub(crate) fn parse(
     target: &str,
     services: &Services,
 ) -> Result<Option<UnixSpec>, SpecError> {
-    let l = listen_path(spec, listen)?;
-    let t = target_path(spec, target)?;
+    let l = listen_side(spec, listen)?;
+    let t = target_side(spec, target)?;
     let stand_in = Host::Ip(std::net::Ipv4Addr::LOCALHOST.into());
     let listen = match (l, &t) {
         (None, None) => return Ok(None),
-        (Some(p), _) => UnixListen::Path(p),
+        (Some(l), _) => l,
         (None, Some(_)) => {
             let l = listen.trim();
             let (host, ports, v6) = match socat::listen_form(spec, l, services)? {
@@ -231,7 +272,7 @@ pub(crate) fn parse(
         }
     };
     let target = match t {
-        Some(p) => UnixTarget::Path(p),
+        Some(t) => t,
         None => {
             let target = socat::numbered_target(spec, target, Proto::Tcp, services)?;
             let target = target.as_ref();
@@ -293,7 +334,7 @@ impl UnixSpec {
     pub(crate) fn listen_path(&self) -> Option<&UnixListenPath> {
         match &self.listen {
             UnixListen::Path(p) => Some(p),
-            UnixListen::Tcp(_) => None,
+            _ => None,
         }
     }
 
@@ -301,7 +342,7 @@ impl UnixSpec {
     pub(crate) fn target_path(&self) -> Option<&PathBuf> {
         match &self.target {
             UnixTarget::Path(p) => Some(p),
-            UnixTarget::Tcp(_) => None,
+            _ => None,
         }
     }
 }
@@ -373,6 +414,20 @@ mod tests {
         assert!(matches!(&s.listen, UnixListen::Tcp(m) if m.listen.first == 80));
         let s = one("/l.sock", "TCP:10.0.0.2:www");
         assert!(matches!(&s.target, UnixTarget::Tcp(m) if m.target.first == 80));
+        // Abstract sockets: nettool's @ and socat's words.
+        let s = one("unix:@nt-a", "ABSTRACT-CONNECT:nt-b");
+        assert_eq!(
+            (s.listen, s.target),
+            (
+                UnixListen::Abstract("nt-a".into()),
+                UnixTarget::Abstract("nt-b".into())
+            )
+        );
+        let s = one("ABSTRACT-LISTEN:nt-a,fork", "unix:@/containerd-shim/x.sock");
+        assert_eq!(
+            s.target,
+            UnixTarget::Abstract("/containerd-shim/x.sock".into())
+        );
     }
 
     #[test]
@@ -380,7 +435,8 @@ mod tests {
         let e = |l: &str, t: &str| parse("x", l, t, &services()).unwrap_err().to_string();
         assert!(e("UNIX-LISTEN:/a,backlog=5", "/b").contains("'backlog=5'"));
         assert!(e("UNIX-LISTEN:/a,mode=rw", "/b").contains("mode=rw"));
-        assert!(e("unix:@abs", "/b").contains("abstract"));
+        assert!(e("unix:@", "/b").contains("1 to 106 bytes"));
+        assert!(e("ABSTRACT-LISTEN:a,mode=0600", "/b").contains("no unlink-early or mode="));
         assert!(e("unix:", "/b").contains("needs a socket path"));
         assert!(e("/a", "10.0.0.1").contains("needs a port"));
         assert!(e("/a", "10.0.0.1:80-81").contains("one TCP port"));

@@ -28,6 +28,8 @@ use crate::tap::event::{CloseReason, ConnInfo, Event, PeerCred, Timestamp, UnixE
 pub(crate) enum ListenEnd {
     /// A socket file.
     Path(UnixListenPath),
+    /// An abstract socket, bound in the listen namespace.
+    Abstract(String),
     /// A TCP address (its [`PortMap`]'s target is a stand-in).
     Tcp(PortMap),
 }
@@ -37,6 +39,13 @@ pub(crate) enum ListenEnd {
 pub(crate) enum TargetEnd {
     /// A socket file.
     Path(PathBuf),
+    /// An abstract socket, looked up in `ns` (--target-netns; None: where nettool runs).
+    Abstract {
+        /// Its name (without the leading NUL, or `@` as written).
+        name: String,
+        /// The namespace its connecting sockets are made in.
+        ns: Option<NetNs>,
+    },
     /// A TCP backend: its [`PortMap`]'s targets (a name's addresses followed as for TCP).
     Tcp(PortMap),
 }
@@ -53,8 +62,30 @@ pub(crate) struct UnixMap {
 impl std::fmt::Display for ListenEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ListenEnd::Path(p) => write!(f, "unix:{}", p.path.display()),
             ListenEnd::Tcp(m) => write!(f, "tcp {}", m.listen),
+            _ => write!(f, "unix:{}", self.unix_name().unwrap_or_default().display()),
+        }
+    }
+}
+
+impl ListenEnd {
+    /// A unix listener's name for log lines and the dump: its path, or `@NAME`.
+    fn unix_name(&self) -> Option<PathBuf> {
+        match self {
+            ListenEnd::Path(p) => Some(p.path.clone()),
+            ListenEnd::Abstract(n) => Some(format!("@{n}").into()),
+            ListenEnd::Tcp(_) => None,
+        }
+    }
+}
+
+impl TargetEnd {
+    /// A unix target's name for log lines and the dump: its path, or `@NAME`.
+    fn unix_name(&self) -> Option<PathBuf> {
+        match self {
+            TargetEnd::Path(p) => Some(p.clone()),
+            TargetEnd::Abstract { name, .. } => Some(format!("@{name}").into()),
+            TargetEnd::Tcp(_) => None,
         }
     }
 }
@@ -62,20 +93,26 @@ impl std::fmt::Display for ListenEnd {
 impl std::fmt::Display for TargetEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TargetEnd::Path(p) => write!(f, "unix:{}", p.display()),
             TargetEnd::Tcp(m) => f.write_str(&m.target_text()),
+            _ => write!(f, "unix:{}", self.unix_name().unwrap_or_default().display()),
         }
     }
 }
 
 /// The listening sockets `spec` stands for, its TCP ends resolved by `resolve` (names,
-/// zones; a TCP listen side without a host is two sockets, 0.0.0.0 and [::]).
+/// zones; a TCP listen side without a host is two sockets, 0.0.0.0 and [::]); an abstract
+/// target is looked up in `target_ns`.
 pub(crate) fn maps_of(
     spec: &UnixSpec,
+    target_ns: Option<&NetNs>,
     resolve: &mut dyn FnMut(&MapSpec) -> Result<Vec<Mapping>, SpecError>,
 ) -> Result<Vec<UnixMap>, SpecError> {
     let target = match &spec.target {
         UnixTarget::Path(p) => TargetEnd::Path(p.clone()),
+        UnixTarget::Abstract(n) => TargetEnd::Abstract {
+            name: n.clone(),
+            ns: target_ns.cloned(),
+        },
         UnixTarget::Tcp(m) => {
             let first = resolve(m)?.into_iter().flat_map(|m| m.expand()).next();
             match first {
@@ -87,6 +124,10 @@ pub(crate) fn maps_of(
     Ok(match &spec.listen {
         UnixListen::Path(p) => vec![UnixMap {
             listen: ListenEnd::Path(p.clone()),
+            target,
+        }],
+        UnixListen::Abstract(n) => vec![UnixMap {
+            listen: ListenEnd::Abstract(n.clone()),
             target,
         }],
         UnixListen::Tcp(m) => resolve(m)?
@@ -106,6 +147,16 @@ pub(crate) enum UnixError {
     /// The socket file.
     #[error(transparent)]
     File(#[from] SockFileError),
+    /// An abstract socket's name is taken in that namespace.
+    #[error("cannot listen on abstract unix socket @{name} in namespace {ns}: {error}")]
+    Abstract {
+        /// The name.
+        name: String,
+        /// The namespace label.
+        ns: String,
+        /// Why.
+        error: std::io::Error,
+    },
     /// A TCP listener of a mapping whose target is a unix socket.
     #[error("cannot listen on tcp {addr} in namespace {ns}: {error}")]
     Tcp {
@@ -135,7 +186,7 @@ pub(crate) struct UnixSet {
 
 impl UnixSet {
     /// Bind every mapping's listener: socket files where nettool runs (a path is in the mount
-    /// namespace, not a network one), TCP listeners in `listen_ns`.
+    /// namespace, not a network one), TCP listeners and abstract sockets in `listen_ns`.
     pub(crate) fn bind(maps: &[UnixMap], listen_ns: Option<&NetNs>) -> Result<UnixSet, UnixError> {
         let mut set = UnixSet::default();
         for m in maps {
@@ -144,6 +195,18 @@ impl UnixSet {
                     let (l, f) = sockfile::bind(p)?;
                     set.files.push(f);
                     Listener::Unix(l)
+                }
+                ListenEnd::Abstract(name) => {
+                    let n = name.clone();
+                    let r = match listen_ns {
+                        Some(ns) => ns.run(move || bind_abstract(&n))?,
+                        None => bind_abstract(&n),
+                    };
+                    Listener::Unix(r.map_err(|error| UnixError::Abstract {
+                        name: name.clone(),
+                        ns: listen_ns.map_or("current", |n| n.label()).to_string(),
+                        error,
+                    })?)
                 }
                 ListenEnd::Tcp(pm) => {
                     let addr = pm.listen;
@@ -282,6 +345,37 @@ async fn dial_path(path: &std::path::Path) -> std::io::Result<UnixStream> {
     }
 }
 
+/// A non-blocking listener on the abstract socket `name`, in the calling thread's namespace.
+fn bind_abstract(name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Connect to the abstract socket `name` with a socket made in `ns` (its namespace is where
+/// the name is looked up), on a blocking thread: a namespace switch never runs on a worker.
+async fn dial_abstract(name: &str, ns: Option<&NetNs>) -> std::io::Result<UnixStream> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let ns = ns.cloned();
+    let connect = move || -> std::io::Result<std::os::unix::net::UnixStream> {
+        let s = match &ns {
+            Some(ns) => ns
+                .run(move || std::os::unix::net::UnixStream::connect_addr(&addr))
+                .map_err(std::io::Error::other)??,
+            None => std::os::unix::net::UnixStream::connect_addr(&addr)?,
+        };
+        s.set_nonblocking(true)?;
+        Ok(s)
+    };
+    let s = tokio::task::spawn_blocking(connect)
+        .await
+        .map_err(std::io::Error::other)??;
+    UnixStream::from_std(s)
+}
+
 /// One connection: dial the target, relay, report. `peer`: a TCP client's address.
 async fn handle(client: Stream, peer: Option<SocketAddr>, map: Arc<UnixMap>, ctx: Arc<Ctx>) {
     let id = ctx.next_id();
@@ -293,7 +387,7 @@ async fn handle(client: Stream, peer: Option<SocketAddr>, map: Arc<UnixMap>, ctx
             None,
             None,
         ),
-        (Stream::Unix(s), ListenEnd::Path(p)) => {
+        (Stream::Unix(s), l) => {
             // At accept, while the client is surely there to be named.
             let cred = s.peer_cred().ok().map(|c| PeerCred {
                 pid: c.pid(),
@@ -301,33 +395,31 @@ async fn handle(client: Stream, peer: Option<SocketAddr>, map: Arc<UnixMap>, ctx
                 uid: c.uid(),
                 gid: c.gid(),
             });
-            (
-                stand_in(86, id),
-                path_stand_in(85),
-                Some(p.path.clone()),
-                cred,
-            )
+            (stand_in(86, id), path_stand_in(85), l.unix_name(), cred)
         }
-        // A listener serves only its own kind.
-        _ => return,
+        // A TCP listener serves TCP clients only.
+        (Stream::Tcp(_), _) => return,
     };
     let client_text = match (&unix_listen, &cred) {
         (Some(_), Some(c)) => c.to_string(),
         (Some(_), None) => "unix".to_string(),
         (None, _) => client_addr.to_string(),
     };
+    let unix_target = map.target.unix_name();
+    let unix_dialed = |r: std::io::Result<UnixStream>| {
+        r.map(|s| {
+            (
+                Stream::Unix(s),
+                stand_in(87, id),
+                path_stand_in(88),
+                unix_target.clone(),
+            )
+        })
+        .map_err(|e| (e, path_stand_in(88)))
+    };
     let dialed = match &map.target {
-        TargetEnd::Path(p) => dial_path(p)
-            .await
-            .map(|s| {
-                (
-                    Stream::Unix(s),
-                    stand_in(87, id),
-                    path_stand_in(88),
-                    Some(p.clone()),
-                )
-            })
-            .map_err(|e| (e, path_stand_in(88))),
+        TargetEnd::Path(p) => unix_dialed(dial_path(p).await),
+        TargetEnd::Abstract { name, ns } => unix_dialed(dial_abstract(name, ns.as_ref()).await),
         TargetEnd::Tcp(pm) => dial_in_order(&ctx, id, client_addr, pm)
             .await
             .map(|(s, to)| {
@@ -355,11 +447,11 @@ async fn handle(client: Stream, peer: Option<SocketAddr>, map: Arc<UnixMap>, ctx
             ctx.counters.dial_errors.fetch_add(1, Ordering::Relaxed);
             let hint = ctx.target_hint_async().await;
             let what = match &map.target {
-                TargetEnd::Path(p) => format!("backend unix:{}", p.display()),
                 TargetEnd::Tcp(pm) => {
                     pm.all_failed();
                     pm.failed_text()
                 }
+                t => format!("backend {t}"),
             };
             ctx.log(
                 Level::Warn,
@@ -367,10 +459,7 @@ async fn handle(client: Stream, peer: Option<SocketAddr>, map: Arc<UnixMap>, ctx
             );
             client.reset_on_close();
             if ctx.tap.is_some() {
-                let backend = match &map.target {
-                    TargetEnd::Path(p) => Some(p.clone()),
-                    TargetEnd::Tcp(_) => None,
-                };
+                let backend = unix_target.clone();
                 let conn = Arc::new(ConnInfo {
                     id,
                     transport: Proto::Tcp,
