@@ -9837,10 +9837,17 @@ fn a_missing_unix_backend_resets_the_client_and_one_line_names_the_path() {
     let ns = lab("unixgone");
     let dir = TempDir::new("unixgone");
     let gone = dir.join("gone.sock");
+    let json = dir.join("events.json");
     let p = start(
         Some(&ns),
         &dir,
-        &["127.0.0.1:7301", &format!("unix:{}", gone.display())],
+        &[
+            "--json",
+            "--dump-file",
+            json.to_str().unwrap(),
+            "127.0.0.1:7301",
+            &format!("unix:{}", gone.display()),
+        ],
     );
     expect_reset(&ns, "127.0.0.1:7301");
     let want = format!(
@@ -9851,11 +9858,35 @@ fn a_missing_unix_backend_resets_the_client_and_one_line_names_the_path() {
     let log = p.stop();
     assert_eq!(log.matches(&want).count(), 1, "{log}");
     assert!(log.contains("dial_errors=1"), "{log}");
+    // The JSON close event says why and names the socket file.
+    let events = std::fs::read_to_string(&json).unwrap();
+    let close: serde_json::Value = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "close")
+        .unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(
+        close["conn"]["unix"]["backend"],
+        gone.display().to_string(),
+        "{close}"
+    );
+    assert!(
+        close["reason"]["dial_failed"]
+            .as_str()
+            .is_some_and(|r| r.contains("No such file or directory")),
+        "{close}"
+    );
 }
 
-/// `nettool proxy ARGS` where the test runs: its exit code and stderr.
+/// `nettool proxy ARGS` where the test runs, killed after 20 s (a mistake that is taken
+/// would serve forever): its exit code and stderr.
 fn proxy_fails(args: &[&str]) -> (Option<i32>, String) {
-    let out = common::nettool(&[&["proxy"], args].concat());
+    let out = Command::new("timeout")
+        .args(["20", BIN, "proxy"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
