@@ -254,6 +254,47 @@ fn a_stopped_rootless_container_gets_podman_start_as_its_user() {
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
 }
 
+/// A rootless relay (rootlessport, rootlesskit) accepts on the host, so the host's INPUT chain
+/// judges the client's packet: all clear from `outside` (uplink 192.0.2.1), then an INPUT
+/// DROP of `port` is the one FAIL, and its printed fix, run by sh, lets the port answer again.
+/// `capture`: (name, what) to record the dropped case as.
+fn input_drop_named_and_fixed(
+    host: &TestNs,
+    outside: &TestNs,
+    port: u16,
+    capture: Option<(&str, &str)>,
+) {
+    let from = format!("outside:{}", outside.name);
+    let p = port.to_string();
+    let url = format!("http://192.0.2.1:{port}/");
+    let http = |ns: &TestNs| http_code(ns, &url);
+    wait_for("the rootless container to answer from outside", 20, || {
+        !http(outside).is_empty() && http(outside) != "000"
+    });
+    let r = doctor(host, &["--from", &from, &p, "--probe"]);
+    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+    in_ns(
+        host,
+        &[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", &p, "-j", "DROP",
+        ],
+    );
+    assert_eq!(http(outside), "000");
+    let r = doctor(host, &["--from", &from, &p]);
+    println!("{}", doctor_text(host, &["--from", &from, &p]));
+    if let Some((name, what)) = capture {
+        record_capture(&[], &host.name, name, what, &["--from", &from, &p]);
+    }
+    assert_eq!(r["diagnosis"]["fault"], "firewall_drop", "{r:#}");
+    assert_eq!(fails(&r), 1, "{r:#}");
+    let command = r["diagnosis"]["fix"]["command"].as_str().unwrap();
+    let out = Command::new("sh").args(["-c", command]).output().unwrap();
+    assert!(out.status.success(), "{command}: {out:?}");
+    wait_for("the port to answer from outside again", 10, || {
+        http(outside) != "000"
+    });
+}
+
 #[test]
 fn a_rootless_port_dropped_by_the_hosts_input_chain_is_named_from_outside() {
     if let Some(why) = missing() {
@@ -264,38 +305,15 @@ fn a_rootless_port_dropped_by_the_hosts_input_chain_is_named_from_outside() {
     let outside = TestNs::new("rl-input-o");
     uplink(&host.ns, &outside);
     host.run("in", &["-p", "8092:80"], &["httpd", "-f", "-p", "80"]);
-    let from = format!("outside:{}", outside.name);
-    let http = |ns: &TestNs| http_code(ns, "http://192.0.2.1:8092/");
-    wait_for("the rootless container to answer from outside", 20, || {
-        !http(&outside).is_empty() && http(&outside) != "000"
-    });
-    let r = doctor(&host.ns, &["--from", &from, "8092", "--probe"]);
-    assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
-    // rootlessport accepts on the host: the host's INPUT chain judges the client's packet.
-    in_ns(
+    input_drop_named_and_fixed(
         &host.ns,
-        &[
-            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8092", "-j", "DROP",
-        ],
+        &outside,
+        8092,
+        Some((
+            "rootless-input-drop",
+            "rootless Podman: -p 8092:80, iptables -A INPUT -p tcp --dport 8092 -j DROP in the host namespace, the user's API not served (tests/rootless.rs)",
+        )),
     );
-    assert_eq!(http(&outside), "000");
-    let r = doctor(&host.ns, &["--from", &from, "8092"]);
-    println!("{}", doctor_text(&host.ns, &["--from", &from, "8092"]));
-    record_capture(
-        &[],
-        &host.ns.name,
-        "rootless-input-drop",
-        "rootless Podman: -p 8092:80, iptables -A INPUT -p tcp --dport 8092 -j DROP in the host namespace, the user's API not served (tests/rootless.rs)",
-        &["--from", &from, "8092"],
-    );
-    assert_eq!(r["diagnosis"]["fault"], "firewall_drop", "{r:#}");
-    assert_eq!(fails(&r), 1, "{r:#}");
-    let command = r["diagnosis"]["fix"]["command"].as_str().unwrap();
-    let out = Command::new("sh").args(["-c", command]).output().unwrap();
-    assert!(out.status.success(), "{command}: {out:?}");
-    wait_for("the port to answer from outside again", 10, || {
-        http(&outside) != "000"
-    });
 }
 
 /// rootlesskit (builtin port driver) holds `port` in the host namespace.
@@ -374,6 +392,18 @@ fn a_rootless_docker_port_is_followed_through_rootlesskit_into_dockerds_namespac
         "{s}"
     );
     assert_eq!(r["probe"]["ok"], true, "{r:#}");
+    // `doctor container:NAME[:80]`: the port rootlesskit holds for it, followed the same way.
+    for target in [format!("container:{name}"), format!("container:{name}:80")] {
+        let c = doctor(&host.ns, &[&target]);
+        println!("{target}:\n{}", doctor_text(&host.ns, &[&target]));
+        assert_eq!(c["diagnosis"]["ok"], true, "{target}: {c:#}");
+        assert_eq!(c["packet"]["dport"], 8095, "{c:#}");
+        assert_eq!(
+            c["destination"]["netns"],
+            format!("container:{name}"),
+            "{c:#}"
+        );
+    }
 }
 
 #[test]
@@ -433,4 +463,17 @@ fn a_stopped_rootless_docker_container_gets_docker_start_as_its_user() {
     });
     let r = doctor(&host.ns, &["8097", "--probe"]);
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
+}
+
+#[test]
+fn a_rootless_docker_port_dropped_by_the_hosts_input_chain_is_named_from_outside() {
+    if let Some(why) = docker_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut host = RootlessDockerd::start("rld-input");
+    let outside = TestNs::new("rld-input-o");
+    uplink(&host.ns, &outside);
+    host.run("in", &["-p", "8098:80"], &["httpd", "-f", "-p", "80"]);
+    input_drop_named_and_fixed(&host.ns, &outside, 8098, None);
 }

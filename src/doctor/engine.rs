@@ -531,12 +531,15 @@ pub(crate) fn dnat_missing(
     let (whose, fix) = match c.engine {
         EngineKind::Docker => (
             "Docker's".to_string(),
-            Some(fixer.fix(
+            // A rootless dockerd's container is restarted as its user, with its socket.
+            Some(cli_fix(
+                fixer,
+                c,
                 &format!(
                     "restart {}: Docker writes its port rules again when it starts",
                     c.name
                 ),
-                &["docker", "restart", &c.name],
+                &["restart", &c.name],
             )),
         ),
         EngineKind::Podman => (

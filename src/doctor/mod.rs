@@ -428,6 +428,9 @@ pub(crate) fn replay(snap: &Snapshot) -> Result<Report, DoctorError> {
 /// Every check, as a pure function of the snapshot and the question: the IPv4 path, and the
 /// IPv6 path too when the port is published over IPv6 and the source can use it.
 pub(crate) fn judge(snap: &Snapshot, q: &Question) -> Result<Report, DoctorError> {
+    if let Some(r) = rootless::relayed_container(snap, q) {
+        return r;
+    }
     let fw = rules::Firewall::from_snapshot(snap);
     match family::families(snap, q, &fw).as_slice() {
         [only] => rootless::through_rootlesskit(snap, judge_path(snap, q, &fw, *only, false)?.0),

@@ -305,25 +305,44 @@ fn slirp_address(ns: &NsFacts) -> (IpAddr, Option<String>) {
     }
 }
 
-/// Rootless Docker: when rootlesskit holds the asked port on the host, its child namespace
-/// read as a host of its own with the question a connection from rootlesskit's child makes
-/// there (localhost to the same port). None when no rootlesskit holds the port, or its
-/// namespace cannot be read (the relay hop then ends the path there).
+/// Rootless Docker: when rootlesskit holds the asked port on the host (or, for `doctor
+/// container:NAME`, runs the user's dockerd that runs that container), its child
+/// namespace read as a host of its own with the question a connection from rootlesskit's
+/// child makes there (localhost to the same port, or to that container's published port).
+/// None when no rootlesskit does, or its namespace cannot be read (the relay hop then ends
+/// the path there).
 pub(crate) fn read_relayed(snap: &Snapshot, q: &crate::facts::Question) -> Option<Box<Snapshot>> {
-    let port = q.port?;
-    let r = snap
-        .host()
-        .listeners
-        .iter()
-        .filter(|s| s.proto == q.proto && s.local.port() == port)
-        .flat_map(|s| s.owners.iter())
-        .find_map(|o| {
-            snap.proxies
+    let kits = || {
+        snap.proxies
+            .iter()
+            .filter(|p| p.kind == ProxyKind::Rootlesskit)
+            .filter_map(|p| Some((p.pid, p.rootless.as_ref()?)))
+    };
+    let r = match (q.container, q.port) {
+        // The user's dockerd in this rootlesskit runs that container (its namespace has no
+        // veth into the host).
+        (Some(ctr), _) => kits().find_map(|(_, r)| {
+            let dir = std::path::Path::new(r.runtime_dir.as_deref()?);
+            snap.intent
+                .as_ref()?
+                .containers
                 .iter()
-                .find(|p| p.pid == o.pid && p.kind == ProxyKind::Rootlesskit)?
-                .rootless
-                .clone()
-        })?;
+                .any(|c| {
+                    c.engine == EngineKind::Docker
+                        && c.netns_inode == Some(ctr.inode)
+                        && c.rootless.as_ref().is_some_and(|o| o.runtime_dir == dir)
+                })
+                .then_some(r)
+        }),
+        (None, Some(port)) => snap
+            .host()
+            .listeners
+            .iter()
+            .filter(|s| s.proto == q.proto && s.local.port() == port)
+            .flat_map(|s| s.owners.iter())
+            .find_map(|o| kits().find(|(pid, _)| *pid == o.pid).map(|(_, r)| r)),
+        (None, None) => None,
+    }?;
     let ns = crate::netns::NetNs::from_path(&r.netns_path).ok()?;
     let mut inner = crate::facts::read(&crate::facts::ReadOptions {
         host: ns,
@@ -334,17 +353,42 @@ pub(crate) fn read_relayed(snap: &Snapshot, q: &crate::facts::Question) -> Optio
     .ok()?;
     inner.question = Some(crate::facts::Question {
         proto: q.proto,
-        port: Some(port),
+        port: q.port,
         dst: None,
         src: None,
         iif: None,
         from: crate::facts::From::Localhost,
-        container: None,
-        container_name: None,
+        container: q.container,
+        container_name: q.container_name.clone(),
         host_name: None,
         host_path: Some(r.netns_path.clone()),
     });
     Some(Box::new(inner))
+}
+
+/// `doctor container:NAME[:PORT]` for a rootless Docker container: the host port is the one
+/// dockerd publishes it on in rootlesskit's namespace (no rule on the host names it), and
+/// the host is asked about that port, followed through rootlesskit as any other. None when
+/// the question is not about a container behind a rootlesskit.
+pub(crate) fn relayed_container(
+    snap: &Snapshot,
+    q: &crate::facts::Question,
+) -> Option<Result<super::Report, super::DoctorError>> {
+    q.container?;
+    let inner = snap.relayed_host.as_deref()?;
+    let iq = inner
+        .question
+        .as_ref()
+        .filter(|iq| iq.container.is_some())?;
+    let port = match super::judge(inner, iq) {
+        Ok(r) => r.packet.map(|p| p.dport).filter(|p| *p != 0)?,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut host_q = q.clone();
+    host_q.container = None;
+    host_q.container_name = None;
+    host_q.port = Some(port);
+    Some(super::judge(snap, &host_q))
 }
 
 /// The report of a path rootlesskit relays into its child namespace: the host's hops up to
@@ -369,8 +413,9 @@ pub(crate) fn through_rootlesskit(
     let mut hops: Vec<Hop> = outer
         .hops
         .into_iter()
-        // Its own listener is not the service, and the engine is judged where it runs.
-        .filter(|h| h.id != "service" && h.id != "engine")
+        // Its own listener is not the service, the engine is judged where it runs, and the
+        // route to 127.0.0.1 is the child namespace's to judge.
+        .filter(|h| !matches!(h.id.as_str(), "service" | "engine" | "route"))
         .collect();
     hops.append(&mut r.hops);
     r.hops = hops;
