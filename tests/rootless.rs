@@ -344,6 +344,13 @@ fn a_rootless_docker_port_is_followed_through_rootlesskit_into_dockerds_namespac
     assert!(kit_listens(&host, 8095), "rootlesskit should hold 8095");
     let r = doctor(&host.ns, &["8095", "--probe"]);
     println!("{}", doctor_text(&host.ns, &["8095", "--probe"]));
+    record_capture(
+        &[],
+        &host.ns.name,
+        "rootless-docker-healthy",
+        "rootless Docker 20.10 (dockerd-rootless.sh as nt-rootless, rootlesskit builtin port driver): busybox httpd -p 8095:80 (tests/rootless.rs)",
+        &["8095", "--probe"],
+    );
     assert_eq!(r["diagnosis"]["ok"], true, "{r:#}");
     assert_eq!(fails(&r), 0, "{r:#}");
     let dest = &r["destination"];
@@ -443,6 +450,13 @@ fn a_stopped_rootless_docker_container_gets_docker_start_as_its_user() {
     );
     let r = doctor(&host.ns, &["8097"]);
     println!("{}", doctor_text(&host.ns, &["8097"]));
+    record_capture(
+        &[],
+        &host.ns.name,
+        "rootless-docker-stopped",
+        "rootless Docker: docker stop (as the user) of a container published -p 8097:80 (tests/rootless.rs)",
+        &["8097"],
+    );
     assert_eq!(r["diagnosis"]["fault"], "container_not_running", "{r:#}");
     assert_eq!(fails(&r), 1, "{r:#}");
     // docker as the user, with its socket named: the CLI works from anywhere as printed.

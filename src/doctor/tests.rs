@@ -637,3 +637,57 @@ fn a_rootless_podman_port_is_followed_through_rootlessport_into_the_container() 
     );
     assert!(fix.command.contains(" podman start "), "{}", fix.command);
 }
+
+/// Rootless Docker, recorded by tests/rootless.rs: rootlesskit is followed into its child
+/// namespace, saved as a snapshot of its own, and judged there as a Docker host.
+#[test]
+fn a_rootless_docker_port_is_followed_through_rootlesskit_into_its_child_namespace() {
+    let load = |name: &str| {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("captures/doctor/{name}.json"));
+        facts::load(&p).unwrap()
+    };
+    let snap = load("rootless-docker-healthy");
+    let r = replay(&snap).unwrap();
+    assert!(r.diagnosis.ok, "{}", r.diagnosis.line);
+    assert_eq!(
+        r.hops[0].proxy,
+        Some(crate::facts::proxies::ProxyKind::Rootlesskit)
+    );
+    let dest = r.destination.as_ref().unwrap();
+    assert_eq!(dest.port, 80);
+    let ctr = dest.netns.clone().unwrap();
+    assert!(ctr.starts_with("container:"), "{ctr}");
+    // The service moved to the container's loopback, in the child namespace's snapshot.
+    let mut lo = snap.clone();
+    let inner = lo.relayed_host.as_mut().unwrap();
+    let ns = inner
+        .namespaces
+        .iter_mut()
+        .find(|n| n.label == ctr)
+        .unwrap();
+    for s in ns.listeners.iter_mut().filter(|s| s.local.port() == 80) {
+        s.local = "127.0.0.1:80".parse().unwrap();
+    }
+    lo.probes.clear();
+    let r = replay(&lo).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::ServiceOnLoopback));
+    assert_eq!(r.diagnosis.hop.as_deref(), Some("service"));
+    // Without the child namespace read, the path ends at rootlesskit: nothing judged past it.
+    let mut unread = snap.clone();
+    unread.relayed_host = None;
+    unread.probes.clear();
+    let r = replay(&unread).unwrap();
+    assert_eq!(r.destination.as_ref().unwrap().via, "rootlesskit");
+    // Stopped: the user's dockerd says so; its fix is the user's docker with its socket.
+    let r = replay(&load("rootless-docker-stopped")).unwrap();
+    assert_eq!(r.diagnosis.fault, Some(Fault::ContainerNotRunning));
+    let fix = r.diagnosis.fix.unwrap();
+    assert_eq!(fix.argv[0], "runuser");
+    assert!(
+        fix.command
+            .contains("DOCKER_HOST=unix:///run/user/1002/docker.sock docker start "),
+        "{}",
+        fix.command
+    );
+}

@@ -413,6 +413,10 @@ impl Snapshot {
     /// by a veth, and the ones the question names. Other hosts' namespaces (other labs, other
     /// engines' test hosts) go: a recorded snapshot stays small and says nothing about them.
     pub(crate) fn prune(&mut self) {
+        // Rootless Docker's child namespace is a host of its own: pruned the same way.
+        if let Some(r) = self.relayed_host.as_mut() {
+            r.prune();
+        }
         let host = self.host;
         let mut keep: Vec<NsId> = vec![host];
         if let Some(q) = &self.question {
