@@ -17,7 +17,7 @@ pub(crate) mod sysctl;
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -142,6 +142,13 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 // ioctl(fd, NS_GET_NSTYPE) returns the CLONE_NEW* flag of the namespace type.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
+/// True when `file` (an O_PATH handle will do) is on nsfs: a namespace file.
+fn is_nsfs(file: &File) -> bool {
+    nix::sys::statfs::fstatfs(file.as_fd())
+        .map(|s| s.filesystem_type().0 == NSFS_MAGIC)
+        .unwrap_or(false)
+}
+
 /// True when `file` is a network namespace file (nsfs of type net).
 fn is_net_ns(file: &File) -> bool {
     // SAFETY: plain ioctl on a valid fd with no argument.
@@ -150,19 +157,32 @@ fn is_net_ns(file: &File) -> bool {
         return kind == libc::CLONE_NEWNET;
     }
     // Kernels before 4.11 lack NS_GET_NSTYPE: fall back to the filesystem magic.
-    nix::sys::statfs::fstatfs(file.as_fd())
-        .map(|s| s.filesystem_type().0 == NSFS_MAGIC)
-        .unwrap_or(false)
+    is_nsfs(file)
 }
 
 impl NetNs {
     /// Open a namespace file (`/run/netns/X`, `/proc/PID/ns/net`, a bind mount...).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|error| NetnsError::Open {
+        let open_error = |error| NetnsError::Open {
             path: path.into(),
             error,
-        })?;
+        };
+        // Looked at through an O_PATH handle, which opens nothing: only a namespace file is
+        // then opened for real, through that handle (the same file, whatever the path names
+        // by then). A path can be a user's (a rootless engine's sandbox key, its API's
+        // answer): opening a FIFO there would block doctor, a device would act.
+        let handle = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path)
+            .map_err(open_error)?;
+        if !is_nsfs(&handle) {
+            return Err(NetnsError::NotNetns(path.into()));
+        }
+        let file =
+            File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(open_error)?;
+        drop(handle);
         if !is_net_ns(&file) {
             return Err(NetnsError::NotNetns(path.into()));
         }
@@ -566,5 +586,47 @@ mod pod_tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("podman pod start"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_namespace_file_is_opened_a_fifo_or_a_file_is_refused_without_blocking() {
+        let d = std::env::temp_dir().join(format!("nt-nsfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let fifo = d.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        let file = d.join("file");
+        std::fs::write(&file, "").unwrap();
+        for p in [&fifo, &link, &file] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = p.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(NetNs::from_path(&path).map(|_| ()));
+            });
+            let r = rx.recv_timeout(std::time::Duration::from_secs(5));
+            if r.is_err() {
+                // Opened for reading, the FIFO waits for a writer: give it one so the thread
+                // ends, then fail.
+                let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+            }
+            match r {
+                Ok(Err(NetnsError::NotNetns(_))) => {}
+                other => panic!("{}: {other:?}", p.display()),
+            }
+        }
+        // A namespace file still opens, through a link too.
+        let own = d.join("own");
+        std::os::unix::fs::symlink("/proc/thread-self/ns/net", &own).unwrap();
+        let want = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+        assert_eq!(NetNs::from_path(&own).unwrap().id().inode, want);
+        assert_eq!(NetNs::current().unwrap().id().inode, want);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
