@@ -14,3 +14,17 @@ pub(crate) fn me() -> String {
         (None, _) => "nettool".into(),
     }
 }
+
+/// Quote one argument for a POSIX shell line (only when it needs it): a printed command runs
+/// as printed, whatever a name or path in it holds.
+pub(crate) fn shell_quote(arg: &str) -> String {
+    let safe = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if safe {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}

@@ -11,7 +11,7 @@ use crate::lab::plan::{self, Options, ProxyMode, Step};
 use crate::lab::spec::{self, Backend};
 use crate::lab::state::{self, LabState};
 use crate::output::{paint, print_json, Table};
-use crate::program::me;
+use crate::program::{me, shell_quote};
 
 /// Examples and notes for `nettool setup --help`.
 pub(crate) const SETUP_HELP: &str =
@@ -199,17 +199,6 @@ fn this_command() -> String {
     let mut v = vec![me()];
     v.extend(std::env::args().skip(1).map(|a| shell_quote(&a)));
     v.join(" ")
-}
-
-fn shell_quote(a: &str) -> String {
-    if !a.is_empty()
-        && a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
-    {
-        a.to_string()
-    } else {
-        format!("'{}'", a.replace('\'', "'\\''"))
-    }
 }
 
 /// The command that runs this setup with only the network namespace entered, the mounts

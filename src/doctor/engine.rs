@@ -219,7 +219,10 @@ pub(crate) fn intent_hop(
                 "{who} is {}: nothing serves its port {port}; `{} {}` {what}{}",
                 c.state,
                 c.engine.cli(),
-                args.join(" "),
+                args.iter()
+                    .map(|a| crate::program::shell_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 match &c.rootless {
                     Some(o) => format!(" (run as {})", o.user),
                     None => String::new(),

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::facts::NsFacts;
+use crate::program::shell_quote;
 
 /// A command that fixes a fault, as argv (no shell) and as one line a person can paste.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -20,19 +21,6 @@ pub(crate) struct Fix {
     /// runtime has made its new namespace): the second half of a fix that is not one command.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub then: Option<Box<Fix>>,
-}
-
-/// Quote one argument for a POSIX shell line (only when it needs it).
-pub(crate) fn shell_quote(arg: &str) -> String {
-    let safe = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
-    if safe {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
 }
 
 /// Builds [`Fix`]es for one host namespace.

@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::program::shell_quote;
+
 /// Which engine a container or network belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -281,10 +283,17 @@ impl Container {
     /// What brings a container without a namespace back, in the engine's own words.
     pub fn start_hint(&self) -> Option<String> {
         // A rootless Podman's commands run as its user (root's podman does not know it).
+        // Quoted: a rootless engine's runtime directory and names come from its user.
         let cli = match &self.rootless {
-            Some(o) => o.run_as(&[self.engine.cli()]).join(" "),
+            Some(o) => o
+                .run_as(&[self.engine.cli()])
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
             None => self.engine.cli().to_string(),
         };
+        let name = shell_quote(&self.name);
         match (&self.state, self.engine) {
             (_, EngineKind::Cni) => Some(format!(
                 "libcni's cache holds its result but its namespace {} opens no namespace; the runtime that made the container owns it: `{} doctor container:{}` prints the chain's DEL (its rules and address go) and the ADD into a new namespace",
@@ -310,24 +319,25 @@ impl Container {
                     format!("`{me} teardown {lab}` then `{me} setup --name {lab}`")
                 }),
             (ContainerState::Paused, _) => {
-                Some(format!("unpause it with `{cli} unpause {}`", self.name))
+                Some(format!("unpause it with `{cli} unpause {name}`"))
             }
-            (ContainerState::Dead, _) => Some(format!(
-                "remove it and create it again (`{cli} rm {}`)",
-                self.name
-            )),
+            (ContainerState::Dead, _) => {
+                Some(format!("remove it and create it again (`{cli} rm {name}`)"))
+            }
             // A start would fail on both: the engine is already at work on it.
             (ContainerState::Other(word), _) if word == "removing" => Some(format!(
                 "the engine is removing it; a container made again under the name {} is found by that name",
                 self.name
             )),
             (ContainerState::Restarting, _) => Some(format!(
-                "the engine is restarting it (its restart policy); `{cli} logs {}` tells why it exited",
-                self.name
+                "the engine is restarting it (its restart policy); `{cli} logs {name}` tells why it exited"
             )),
             _ => match (&self.pod, self.infra) {
-                (Some(pod), true) => Some(format!("start its pod with `{cli} pod start {pod}`")),
-                _ => Some(format!("start it with `{cli} start {}`", self.name)),
+                (Some(pod), true) => Some(format!(
+                    "start its pod with `{cli} pod start {}`",
+                    shell_quote(pod)
+                )),
+                _ => Some(format!("start it with `{cli} start {name}`")),
             },
         }
     }
@@ -561,6 +571,24 @@ mod tests {
         assert_eq!(
             api.start_hint().unwrap(),
             "start it with `runuser -u rl -- env XDG_RUNTIME_DIR=/run/user/1001 DOCKER_HOST=unix:///run/user/1001/docker.sock docker start api`"
+        );
+    }
+
+    #[test]
+    fn a_rootless_hint_quotes_what_its_user_chose() {
+        // A rootless engine's runtime directory (rootlessport's environment) and container
+        // names (its user's API) are the user's: pasted by root, they must stay arguments.
+        let mut web = c(EngineKind::Podman, "aaaa", "web;reboot");
+        web.state = ContainerState::from_status("exited", 0);
+        web.rootless = Some(RootlessOwner {
+            uid: 1001,
+            user: "rl".into(),
+            runtime_dir: "/tmp/x;touch /pwned".into(),
+            docker_host: None,
+        });
+        assert_eq!(
+            web.start_hint().unwrap(),
+            "start it with `runuser -u rl -- env 'XDG_RUNTIME_DIR=/tmp/x;touch /pwned' podman start 'web;reboot'`"
         );
     }
 
