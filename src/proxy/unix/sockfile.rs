@@ -4,8 +4,8 @@
 //! safe); a file, a link or a directory is left alone with an error. At exit the file is
 //! removed only while it is still the one this process made (same device and inode).
 
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -122,24 +122,26 @@ fn clear_stale(path: &Path) -> Result<(), SockFileError> {
     }
 }
 
-/// Set `path`'s mode without following a link (a socket only: bind never makes anything else).
-fn chmod_nofollow(path: &Path, mode: u32) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: a valid C string; AT_SYMLINK_NOFOLLOW refuses a link (EOPNOTSUPP).
-    let r = unsafe {
-        libc::fchmodat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            mode as libc::mode_t,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+/// Set the mode of the socket this process bound at `path` (`dev`, `ino`), through an
+/// O_PATH|O_NOFOLLOW handle on it: what was checked is what changes. A file put in its place
+/// since the bind (a link, or a hard link to another file, in a directory a user can write)
+/// is left as it is.
+fn chmod_own_socket(path: &Path, dev: u64, ino: u64, mode: u32) -> std::io::Result<()> {
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)?;
+    let m = handle.metadata()?;
+    if !m.file_type().is_socket() || m.dev() != dev || m.ino() != ino {
+        return Err(std::io::Error::other(
+            "the file there is no longer the socket this proxy made (left as it is)",
+        ));
     }
+    // chmod through the handle's /proc link: the pinned file, whatever the path names now.
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{}", handle.as_raw_fd()),
+        std::fs::Permissions::from_mode(mode),
+    )
 }
 
 /// A non-blocking listener on a new socket file at `l.path` (a stale socket there replaced),
@@ -165,7 +167,8 @@ pub(crate) fn bind(l: &UnixListenPath) -> Result<(UnixListener, SockFile), SockF
         ino: m.ino(),
     };
     if let Some(mode) = l.mode {
-        chmod_nofollow(path, mode).map_err(|e| io(path, "set its mode", e))?;
+        chmod_own_socket(path, file.dev, file.ino, mode)
+            .map_err(|e| io(path, "set its mode", e))?;
     }
     listener
         .set_nonblocking(true)
@@ -236,6 +239,31 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_put_in_its_place_before_the_mode_is_set_keeps_its_mode() {
+        let d = dir("chmod");
+        let p = d.join("s.sock");
+        let (l, f) = bind(&at(&p)).unwrap();
+        drop(l);
+        // Another file where the socket was (a user's hard link to /etc/shadow, say).
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, "not yours").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = chmod_own_socket(&p, f.dev, f.ino, 0o666).unwrap_err();
+        assert!(e.to_string().contains("no longer the socket"), "{e}");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
+        // A link there is not followed either.
+        std::fs::remove_file(&p).unwrap();
+        let target = d.join("target");
+        std::fs::write(&target, "").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        assert!(chmod_own_socket(&p, f.dev, f.ino, 0o666).is_err());
+        assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o7777, 0o600);
+        drop(f);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
