@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{
     podman, Attachment, Container, ContainerState, EngineKind, Intent, Network, PortBinding,
@@ -71,15 +71,14 @@ impl Api {
             source,
         };
         let mut stream = UnixStream::connect(&self.socket).map_err(unreachable)?;
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = stream.set_read_timeout(Some(READ_WAIT));
         // HTTP/1.0: the daemon closes after the body.
         write!(
             stream,
             "GET {path} HTTP/1.0\r\nHost: docker\r\nConnection: close\r\n\r\n"
         )
         .map_err(unreachable)?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(unreachable)?;
+        let raw = read_answer(&mut stream, ANSWER_DEADLINE, ANSWER_MAX).map_err(unreachable)?;
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -109,6 +108,49 @@ impl Api {
             });
         }
         Ok((head, value))
+    }
+}
+
+/// How long one read of an answer waits (a wedged daemon says nothing).
+const READ_WAIT: Duration = Duration::from_secs(10);
+/// How long a whole answer may take, and how large it may be: every user's runtime directory
+/// is asked, so the server may be anyone's, trickling bytes or sending without end to hold
+/// root's doctor (a busy host's container list is a few MB).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
+const ANSWER_MAX: usize = 64 << 20;
+
+/// Read an answer to its end (the daemon closes after it): within `deadline` in all, at most
+/// `max` bytes.
+fn read_answer(
+    stream: &mut UnixStream,
+    deadline: Duration,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    let end = Instant::now() + deadline;
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no whole answer within {deadline:?}"),
+            ));
+        }
+        stream.set_read_timeout(Some(left.min(READ_WAIT)))?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(raw),
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                if raw.len() > max {
+                    return Err(std::io::Error::other(format!(
+                        "an answer of more than {max} bytes"
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -441,6 +483,36 @@ fn docker_network(n: &serde_json::Value) -> Option<Network> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_is_read_within_a_deadline_and_a_size() {
+        // A server that answers and closes.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"HTTP/1.0 200 OK\r\n\r\n{}").unwrap();
+        drop(b);
+        let got = read_answer(&mut a, Duration::from_secs(5), 1 << 20).unwrap();
+        assert_eq!(got, b"HTTP/1.0 200 OK\r\n\r\n{}");
+        // One that trickles a byte every 20 ms and never ends: stopped at the deadline.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let trickle = std::thread::spawn(move || {
+            while b.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let t = Instant::now();
+        let e = read_answer(&mut a, Duration::from_millis(300), 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        drop(a);
+        trickle.join().unwrap();
+        // One that sends without end: stopped past the size.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let flood = std::thread::spawn(move || while b.write_all(&[b'x'; 4096]).is_ok() {});
+        let e = read_answer(&mut a, Duration::from_secs(5), 100_000).unwrap_err();
+        assert!(e.to_string().contains("more than 100000 bytes"), "{e}");
+        drop(a);
+        flood.join().unwrap();
+    }
 
     #[test]
     fn podman_is_told_from_docker_by_its_ping_headers() {
