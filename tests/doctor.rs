@@ -168,15 +168,6 @@ fn fault(r: &Value) -> &str {
     r["diagnosis"]["fault"].as_str().unwrap_or("none")
 }
 
-fn hop<'a>(r: &'a Value, id: &str) -> &'a Value {
-    r["hops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["id"] == id)
-        .unwrap_or_else(|| panic!("no hop {id} in {r:#}"))
-}
-
 /// What the fault tests drive: a lab that doctor can examine and fixes can be applied to.
 trait Subject {
     /// `nettool doctor --netns HOST ARGS... --json`, whatever the exit code.
@@ -3779,16 +3770,6 @@ fn a_socat_bound_to_loopback_is_named_for_a_client_from_outside() {
     println!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
-/// How many hops of a report fail.
-fn fails(r: &Value) -> usize {
-    r["hops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["verdict"] == "fail")
-        .count()
-}
-
 /// Wait until a TCP socket listens on `port` in `ns`.
 fn wait_tcp_listening(ns: &TestNs, port: u16) {
     wait_for("the service to listen", 10, || {
@@ -4033,12 +4014,9 @@ fn a_proxy_with_two_maps_on_one_port_is_named_with_the_map_of_its_listen_address
             "--packet",
             &format!("tcp 192.0.2.2 -> {addr}:9096 in ext0"),
         ]);
-        let recv = hop(&r, "receiver");
-        assert_eq!(recv["verdict"], "ok", "{addr}: {r:#}");
+        assert_eq!(hop(&r, "receiver")["verdict"], "ok", "{addr}: {r:#}");
         assert!(
-            recv["summary"]
-                .as_str()
-                .unwrap()
+            summary(&r, "receiver")
                 .ends_with(&format!("listens on {addr}:9096 and proxies to {target}")),
             "{addr}: {r:#}"
         );

@@ -181,6 +181,18 @@ pub fn import_tree(rootfs: &Path, mut import: Command) {
     );
 }
 
+/// Every container of a daemon removed (`docker ps -aq`, `docker rm -f`) through `try_docker`,
+/// while the daemon runs, so it unmounts what it mounted.
+pub fn remove_containers(try_docker: impl Fn(&[&str]) -> (bool, String)) {
+    let (_, ids) = try_docker(&["ps", "-aq"]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids);
+        let _ = try_docker(&args);
+    }
+}
+
 /// The static busybox binary the test images are made from.
 pub fn busybox() -> &'static Path {
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
@@ -193,14 +205,7 @@ pub fn busybox() -> &'static Path {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        // Remove containers while the daemon runs, so it unmounts what it mounted.
-        let (_, ids) = self.try_docker(&["ps", "-aq"]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            let _ = self.try_docker(&args);
-        }
+        remove_containers(|args| self.try_docker(args));
         // SIGTERM for a clean shutdown, then the guards kill whatever is left.
         for guard in [&self.dockerd, &self.containerd].into_iter().flatten() {
             let _ = Command::new("kill")

@@ -261,6 +261,31 @@ pub fn doctor_json(host: &str, args: &[&str]) -> serde_json::Value {
     report
 }
 
+/// Hop `id` of a doctor report (the first, when several share the id).
+pub fn hop<'a>(r: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == id)
+        .unwrap_or_else(|| panic!("no hop {id} in {r:#}"))
+}
+
+/// The summary line of hop `id` of a doctor report.
+pub fn summary<'a>(r: &'a serde_json::Value, id: &str) -> &'a str {
+    hop(r, id)["summary"].as_str().unwrap()
+}
+
+/// How many hops of a doctor report fail.
+pub fn fails(r: &serde_json::Value) -> usize {
+    r["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["verdict"] == "fail")
+        .count()
+}
+
 /// Run `c`; (success, stdout then stderr), or (false, why it could not start, with `hint`).
 pub fn try_output(c: &mut Command, hint: &str) -> (bool, String) {
     match c.output() {

@@ -60,6 +60,68 @@ fn first_missing(tools: &[(&str, &str)]) -> Option<String> {
     None
 }
 
+/// What tests/rootless.rs asks of either engine's harness ([`RootlessHost`],
+/// [`RootlessDockerd`]), so that each scenario is written once and run for both.
+pub trait Rootless: Sized {
+    /// The engine's CLI.
+    const CLI: &'static str;
+    /// The process that holds a published port in the host namespace.
+    const RELAY: &'static str;
+    /// The image the harness imported for its containers.
+    const IMAGE: &'static str;
+    /// The prefix of the harness's container names.
+    const PREFIX: &'static str;
+
+    /// Why the engine cannot run here (for a test to print and skip); None when it can.
+    fn missing() -> Option<String>;
+
+    /// The engine ready for the user in a fresh host namespace named after `tag`.
+    fn start(tag: &str) -> Self;
+
+    /// The host namespace (the relay listens here).
+    fn ns(&self) -> &TestNs;
+
+    /// argv that runs `args` as the user with what the engine needs (what a fix prints).
+    fn as_user(&self, args: &[&str]) -> Vec<String>;
+
+    /// Container `name` was made: remove it on drop when the engine would not.
+    fn made(&mut self, name: &str);
+
+    /// The command doctor's fix prints for stopped container `name`, to the letter.
+    fn start_fix(&self, name: &str) -> String;
+
+    /// `args` as the user, entered into the host namespace.
+    fn command(&self, args: &[&str]) -> Command {
+        user_command(self.ns(), self.as_user(args))
+    }
+
+    /// Run the engine's CLI as the user in the host namespace; (success, stdout+stderr).
+    fn try_cli(&self, args: &[&str]) -> (bool, String) {
+        let mut argv = vec![Self::CLI];
+        argv.extend(args);
+        super::try_output(&mut self.command(&argv), "")
+    }
+
+    /// Run the engine's CLI as the user; panics on failure; returns stdout (trimmed).
+    fn cli(&self, args: &[&str]) -> String {
+        let mut argv = vec![Self::CLI];
+        argv.extend(args);
+        checked(&mut self.command(&argv), &format!("rootless {}", Self::CLI))
+    }
+
+    /// `CLI run -d --name UNIQUE ARGS IMAGE CMD` as the user; the container's name.
+    fn run(&mut self, tag: &str, args: &[&str], cmd: &[&str]) -> String {
+        let name = unique(&format!("{}-{tag}", Self::PREFIX));
+        self.made(&name);
+        let mut argv = vec!["run", "-d", "--name", &name];
+        argv.extend(args);
+        argv.push(Self::IMAGE);
+        argv.extend(cmd);
+        self.cli(&argv);
+        name
+    }
+}
+
 /// A rootless Podman host: the test's host namespace, the user, what the test made.
 pub struct RootlessHost {
     /// The namespace `podman run` runs in (rootlessport listens here).
@@ -91,33 +153,10 @@ impl RootlessHost {
             _lock: lock,
         };
         host.started_pause = host.pause_pid().is_none();
-        if !host.try_podman(&["image", "exists", IMAGE]).0 {
+        if !host.try_cli(&["image", "exists", IMAGE]).0 {
             host.import_image();
         }
         host
-    }
-
-    /// argv that runs `args` as the user with its runtime directory (what a fix prints).
-    pub fn as_user(&self, args: &[&str]) -> Vec<String> {
-        user_argv(&self.runtime_dir, &[], args)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        user_command(&self.ns, self.as_user(args))
-    }
-
-    /// Run podman as the user in the host namespace; (success, stdout+stderr).
-    pub fn try_podman(&self, args: &[&str]) -> (bool, String) {
-        let mut argv = vec!["podman"];
-        argv.extend(args);
-        super::try_output(&mut self.command(&argv), "")
-    }
-
-    /// Run podman as the user; panics on failure; returns stdout (trimmed).
-    pub fn podman(&self, args: &[&str]) -> String {
-        let mut argv = vec!["podman"];
-        argv.extend(args);
-        checked(&mut self.command(&argv), "rootless podman")
     }
 
     fn import_image(&self) {
@@ -126,18 +165,6 @@ impl RootlessHost {
         // tar runs as root and hands the stream to podman on stdin: the user needs no access.
         super::docker::import_tree(&dir, self.command(&["podman", "import", "-", IMAGE]));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// `podman run -d --name UNIQUE ARGS IMAGE CMD` as the user; the name, removed on drop.
-    pub fn run(&mut self, tag: &str, args: &[&str], cmd: &[&str]) -> String {
-        let name = unique(&format!("rl-{tag}"));
-        self.containers.push(name.clone());
-        let mut argv = vec!["run", "-d", "--name", &name];
-        argv.extend(args);
-        argv.push(IMAGE);
-        argv.extend(cmd);
-        self.podman(&argv);
-        name
     }
 
     /// The user's API service (`podman system service` on $XDG_RUNTIME_DIR/podman/podman.sock,
@@ -180,10 +207,46 @@ impl RootlessHost {
     }
 }
 
+impl Rootless for RootlessHost {
+    const CLI: &'static str = "podman";
+    const RELAY: &'static str = "rootlessport";
+    const IMAGE: &'static str = IMAGE;
+    const PREFIX: &'static str = "rl";
+
+    fn missing() -> Option<String> {
+        missing()
+    }
+
+    fn start(tag: &str) -> Self {
+        RootlessHost::start(tag)
+    }
+
+    fn ns(&self) -> &TestNs {
+        &self.ns
+    }
+
+    fn as_user(&self, args: &[&str]) -> Vec<String> {
+        user_argv(&self.runtime_dir, &[], args)
+    }
+
+    fn made(&mut self, name: &str) {
+        self.containers.push(name.to_string());
+    }
+
+    /// Rootless podman finds its containers only from the namespace rootlessport runs in.
+    fn start_fix(&self, name: &str) -> String {
+        format!(
+            "nsenter --net={} {}",
+            self.ns.path(),
+            self.as_user(&["podman", "start", name]).join(" ")
+        )
+    }
+}
+
 impl Drop for RootlessHost {
     fn drop(&mut self) {
         for c in &self.containers {
-            let _ = self.try_podman(&["rm", "-f", "-t", "0", c]);
+            let _ = self.try_cli(&["rm", "-f", "-t", "0", c]);
         }
         if let Some(s) = self.service.take() {
             // runuser's child is podman: a TERM to runuser ends it too.
@@ -352,8 +415,7 @@ impl RootlessDockerd {
         d.daemon = Some(ChildGuard(c.spawn().unwrap()));
         let mut up = false;
         for _ in 0..300 {
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok()
-                && d.try_docker(&["version"]).0
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() && d.try_cli(&["version"]).0
             {
                 up = true;
                 break;
@@ -370,47 +432,10 @@ impl RootlessDockerd {
         d
     }
 
-    /// argv that runs `args` as the user with its runtime directory and DOCKER_HOST (what a
-    /// fix prints).
-    pub fn as_user(&self, args: &[&str]) -> Vec<String> {
-        let host = format!("DOCKER_HOST=unix://{}", self.socket().display());
-        user_argv(&self.runtime_dir, &[host], args)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        user_command(&self.ns, self.as_user(args))
-    }
-
-    /// Run docker as the user; (success, stdout+stderr).
-    pub fn try_docker(&self, args: &[&str]) -> (bool, String) {
-        let mut argv = vec!["docker"];
-        argv.extend(args);
-        super::try_output(&mut self.command(&argv), "")
-    }
-
-    /// Run docker as the user; panics on failure; returns stdout (trimmed).
-    pub fn docker(&self, args: &[&str]) -> String {
-        let mut argv = vec!["docker"];
-        argv.extend(args);
-        checked(&mut self.command(&argv), "rootless docker")
-    }
-
     fn import_image(&self) {
         let dir = self.dir.join("image");
         image_tree(&dir);
         super::docker::import_tree(&dir, self.command(&["docker", "import", "-", DOCKER_IMAGE]));
-    }
-
-    /// `docker run -d --name UNIQUE ARGS IMAGE CMD` as the user; the name (removed on drop,
-    /// with the daemon).
-    pub fn run(&mut self, tag: &str, args: &[&str], cmd: &[&str]) -> String {
-        let name = unique(&format!("rld-{tag}"));
-        let mut argv = vec!["run", "-d", "--name", &name];
-        argv.extend(args);
-        argv.push(DOCKER_IMAGE);
-        argv.extend(cmd);
-        self.docker(&argv);
-        name
     }
 
     /// The user's API socket.
@@ -433,16 +458,41 @@ impl RootlessDockerd {
     }
 }
 
+impl Rootless for RootlessDockerd {
+    const CLI: &'static str = "docker";
+    const RELAY: &'static str = "rootlesskit";
+    const IMAGE: &'static str = DOCKER_IMAGE;
+    const PREFIX: &'static str = "rld";
+
+    fn missing() -> Option<String> {
+        docker_missing()
+    }
+
+    fn start(tag: &str) -> Self {
+        RootlessDockerd::start(tag)
+    }
+
+    fn ns(&self) -> &TestNs {
+        &self.ns
+    }
+
+    /// With DOCKER_HOST: the user's socket named, the CLI works from any namespace.
+    fn as_user(&self, args: &[&str]) -> Vec<String> {
+        let host = format!("DOCKER_HOST=unix://{}", self.socket().display());
+        user_argv(&self.runtime_dir, &[host], args)
+    }
+
+    /// The daemon's containers all go on drop: nothing to note.
+    fn made(&mut self, _name: &str) {}
+
+    fn start_fix(&self, name: &str) -> String {
+        self.as_user(&["docker", "start", name]).join(" ")
+    }
+}
+
 impl Drop for RootlessDockerd {
     fn drop(&mut self) {
-        // Containers go while the daemon runs, so it unmounts what it mounted.
-        let (_, ids) = self.try_docker(&["ps", "-aq"]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            let _ = self.try_docker(&args);
-        }
+        super::docker::remove_containers(|args| self.try_cli(args));
         // A TERM to rootlesskit stops its child (dockerd, containerd) and slirp4netns.
         if let Some(kit) = self.rootlesskit_pid() {
             let _ = Command::new("kill")
