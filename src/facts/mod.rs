@@ -11,6 +11,7 @@
 pub(crate) mod conntrack;
 pub(crate) mod firewall;
 pub(crate) mod links;
+pub(crate) mod procroot;
 pub(crate) mod proxies;
 pub(crate) mod read;
 mod relevant;

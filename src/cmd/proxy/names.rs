@@ -56,7 +56,7 @@ pub(crate) struct View {
 /// evidence's words; else doctor's own (`own`), with why the process's could not be read.
 fn view_file(root: &std::path::Path, own: &str) -> (String, std::path::PathBuf, String) {
     let theirs = root.join(own.trim_start_matches('/'));
-    match std::fs::read_to_string(&theirs) {
+    match crate::facts::procroot::read_in_root(root, own) {
         Ok(t) => {
             let said = theirs.display().to_string();
             (t, theirs, said)

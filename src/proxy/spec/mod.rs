@@ -15,6 +15,8 @@ mod socat;
 pub(crate) mod unix;
 pub(crate) use names::TargetName;
 pub(crate) use services::Services;
+#[cfg(test)]
+use services::ServicesFile;
 pub(crate) use socat::{listen_form, listen_head, running as running_socat, SocatListen};
 
 /// A mapping the user wrote that cannot be used.

@@ -12,9 +12,28 @@ use super::Proto;
 /// The services file(s) a port name is looked up in, read on first use.
 pub(crate) struct Services {
     /// The files to try, in order: the first one that reads is the table.
-    paths: Vec<PathBuf>,
+    paths: Vec<ServicesFile>,
     /// The table and the file it came from, or why none could be read.
     table: OnceCell<Result<(Table, String), String>>,
+}
+
+/// A services file: `file` on this system, or inside a process's `root` (/proc/PID/root, read
+/// as that process sees it: [`crate::facts::procroot`]).
+pub(crate) struct ServicesFile {
+    /// The process's root, if the file is its.
+    root: Option<PathBuf>,
+    /// The file's absolute path (inside `root` when there is one).
+    file: String,
+}
+
+impl ServicesFile {
+    /// A file of this system.
+    pub(crate) fn here(file: &str) -> ServicesFile {
+        ServicesFile {
+            root: None,
+            file: file.into(),
+        }
+    }
 }
 
 /// (name or alias, protocol) -> port.
@@ -23,20 +42,23 @@ type Table = HashMap<(String, Proto), u16>;
 impl Services {
     /// /etc/services, as a process of this system looks it up.
     pub(crate) fn system() -> Services {
-        Services::at(vec![PathBuf::from("/etc/services")])
+        Services::at(vec![ServicesFile::here("/etc/services")])
     }
 
     /// The /etc/services process `pid` sees (/proc/PID/root/etc/services), else this system's
     /// when that cannot be read (the process gone, or another user's root).
     pub(crate) fn of_pid(pid: u32) -> Services {
         Services::at(vec![
-            PathBuf::from(format!("/proc/{pid}/root/etc/services")),
-            PathBuf::from("/etc/services"),
+            ServicesFile {
+                root: Some(PathBuf::from(format!("/proc/{pid}/root"))),
+                file: "/etc/services".into(),
+            },
+            ServicesFile::here("/etc/services"),
         ])
     }
 
     /// The first of `paths` that reads.
-    pub(super) fn at(paths: Vec<PathBuf>) -> Services {
+    pub(super) fn at(paths: Vec<ServicesFile>) -> Services {
         Services {
             paths,
             table: OnceCell::new(),
@@ -56,9 +78,17 @@ impl Services {
         let table = self.table.get_or_init(|| {
             let mut why = Vec::new();
             for p in &self.paths {
-                match std::fs::read_to_string(p) {
-                    Ok(text) => return Ok((parse(&text), p.display().to_string())),
-                    Err(e) => why.push(format!("{}: {e}", p.display())),
+                let read = match &p.root {
+                    Some(root) => crate::facts::procroot::read_in_root(root, &p.file),
+                    None => std::fs::read_to_string(&p.file),
+                };
+                let name = match &p.root {
+                    Some(root) => root.join(p.file.trim_start_matches('/')),
+                    None => PathBuf::from(&p.file),
+                };
+                match read {
+                    Ok(text) => return Ok((parse(&text), name.display().to_string())),
+                    Err(e) => why.push(format!("{}: {e}", name.display())),
                 }
             }
             Err(why.join("; "))

@@ -526,7 +526,7 @@ fn socat_ports_by_service_name() {
     // nettool's own form takes numbers only (names there are hosts).
     assert!(parse_map("http=10.0.0.2:80", &services()).is_err());
     // The file cannot be read: said with the path and the error.
-    let none = Services::at(vec!["/nonexistent/nt-test-services".into()]);
+    let none = Services::at(vec![ServicesFile::here("/nonexistent/nt-test-services")]);
     let e = listen_form("TCP-LISTEN:http x", "TCP-LISTEN:http", &none)
         .unwrap_err()
         .to_string();
