@@ -3,7 +3,12 @@
 //! nothing listens on is removed to bind again (socat's `unlink-early`, limited to what is
 //! safe); a file, a link or a directory is left alone with an error. At exit the file is
 //! removed only while it is still the one this process made (same device and inode).
+//!
+//! Every step goes through the parent directory opened once (O_PATH): a user who controls a
+//! directory on the path and swaps it for a link since cannot make root look at, remove or
+//! bind a socket of the same name in another directory.
 
+use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -42,18 +47,61 @@ pub(crate) enum SockFileError {
 /// A socket file this process made, removed on drop while it is still the same file.
 #[derive(Debug)]
 pub(crate) struct SockFile {
-    path: PathBuf,
+    dir: PinnedDir,
     dev: u64,
     ino: u64,
 }
 
 impl Drop for SockFile {
     fn drop(&mut self) {
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+        let at = self.dir.entry();
+        if let Ok(m) = std::fs::symlink_metadata(&at) {
             if m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
+                let _ = std::fs::remove_file(&at);
             }
         }
+    }
+}
+
+/// The directory a socket file is in, opened once (O_PATH|O_DIRECTORY), and the file's name
+/// in it: whatever the path's directories become later, its entry names a file in that
+/// same directory.
+#[derive(Debug)]
+struct PinnedDir {
+    dir: std::fs::File,
+    name: OsString,
+}
+
+impl PinnedDir {
+    /// Open the directory `path` is in; `path` must name a file (not end in `..` or `/`).
+    fn open(path: &Path) -> Result<Self, SockFileError> {
+        let name = match path.file_name() {
+            Some(n) if !path.as_os_str().as_encoded_bytes().ends_with(b"/") => n.to_owned(),
+            _ => {
+                return Err(io(
+                    path,
+                    "name the socket file",
+                    std::io::Error::other("the path names no file in a directory"),
+                ))
+            }
+        };
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(parent)
+            .map_err(|e| io(path, "open its directory", e))?;
+        Ok(PinnedDir { dir, name })
+    }
+
+    /// The file's entry through the pinned directory's /proc link: the kernel resolves it to
+    /// that directory (not by its path), and the last component, a name without `/`, is not
+    /// followed by lstat, unlink or bind.
+    fn entry(&self) -> PathBuf {
+        Path::new(&format!("/proc/self/fd/{}", self.dir.as_raw_fd())).join(&self.name)
     }
 }
 
@@ -89,8 +137,10 @@ fn io(path: &Path, doing: &'static str, error: std::io::Error) -> SockFileError 
 
 /// Make way for a new socket at `path`: nothing there, or a stale socket (connect refused),
 /// which is removed. Never follows a symbolic link, never removes anything but a socket.
-fn clear_stale(path: &Path) -> Result<(), SockFileError> {
-    let m = match std::fs::symlink_metadata(path) {
+/// `path` is what errors name; every step goes through `dir`.
+fn clear_stale(path: &Path, dir: &PinnedDir) -> Result<(), SockFileError> {
+    let at = dir.entry();
+    let m = match std::fs::symlink_metadata(&at) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(path, "look at the path", e)),
@@ -101,18 +151,18 @@ fn clear_stale(path: &Path) -> Result<(), SockFileError> {
             what: what_is(m.file_type()),
         });
     }
-    match UnixStream::connect(path) {
+    match UnixStream::connect(&at) {
         Ok(_) => Err(SockFileError::Live(path.to_path_buf())),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
             // Looked at again right before: a link put there since is not a socket.
-            let again = std::fs::symlink_metadata(path).map_err(|e| io(path, "look again", e))?;
+            let again = std::fs::symlink_metadata(&at).map_err(|e| io(path, "look again", e))?;
             if !again.file_type().is_socket() || again.ino() != m.ino() || again.dev() != m.dev() {
                 return Err(SockFileError::NotASocket {
                     path: path.to_path_buf(),
                     what: "a file that changed while it was checked",
                 });
             }
-            std::fs::remove_file(path).map_err(|e| io(path, "remove the stale socket", e))
+            std::fs::remove_file(&at).map_err(|e| io(path, "remove the stale socket", e))
         }
         Err(e) => Err(io(
             path,
@@ -148,10 +198,12 @@ fn chmod_own_socket(path: &Path, dev: u64, ino: u64, mode: u32) -> std::io::Resu
 /// with `l.mode` set, and the guard that removes the file at exit.
 pub(crate) fn bind(l: &UnixListenPath) -> Result<(UnixListener, SockFile), SockFileError> {
     let path = l.path.as_path();
-    clear_stale(path)?;
-    let listener = UnixListener::bind(path).map_err(|e| match e.raw_os_error() {
+    let dir = PinnedDir::open(path)?;
+    clear_stale(path, &dir)?;
+    let at = dir.entry();
+    let listener = UnixListener::bind(&at).map_err(|e| match e.raw_os_error() {
         // Made between the check and the bind.
-        Some(libc::EADDRINUSE) => match std::fs::symlink_metadata(path) {
+        Some(libc::EADDRINUSE) => match std::fs::symlink_metadata(&at) {
             Ok(m) if !m.file_type().is_socket() => SockFileError::NotASocket {
                 path: path.to_path_buf(),
                 what: what_is(m.file_type()),
@@ -160,15 +212,14 @@ pub(crate) fn bind(l: &UnixListenPath) -> Result<(UnixListener, SockFile), SockF
         },
         _ => io(path, "bind", e),
     })?;
-    let m = std::fs::symlink_metadata(path).map_err(|e| io(path, "look at the new socket", e))?;
+    let m = std::fs::symlink_metadata(&at).map_err(|e| io(path, "look at the new socket", e))?;
     let file = SockFile {
-        path: path.to_path_buf(),
+        dir,
         dev: m.dev(),
         ino: m.ino(),
     };
     if let Some(mode) = l.mode {
-        chmod_own_socket(path, file.dev, file.ino, mode)
-            .map_err(|e| io(path, "set its mode", e))?;
+        chmod_own_socket(&at, file.dev, file.ino, mode).map_err(|e| io(path, "set its mode", e))?;
     }
     listener
         .set_nonblocking(true)
@@ -277,6 +328,32 @@ mod tests {
         std::fs::write(&p, "someone else's").unwrap();
         drop(f);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "someone else's");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_since_the_start_leaves_the_other_directory_alone() {
+        let d = dir("dirswap");
+        let (user_dir, other, moved) = (d.join("user"), d.join("other"), d.join("moved"));
+        std::fs::create_dir(&user_dir).unwrap();
+        std::fs::create_dir(&other).unwrap();
+        let p = user_dir.join("s.sock");
+        let (l, f) = bind(&at(&p)).unwrap();
+        drop(l);
+        // The user moves its directory away and puts a link to another one in its place,
+        // whose socket of the same name is (a hard link to) the very file this proxy made.
+        std::fs::rename(&user_dir, &moved).unwrap();
+        std::os::unix::fs::symlink(&other, &user_dir).unwrap();
+        std::fs::hard_link(moved.join("s.sock"), other.join("s.sock")).unwrap();
+        drop(f);
+        assert!(
+            std::fs::symlink_metadata(other.join("s.sock")).is_ok(),
+            "the other directory's socket survives"
+        );
+        assert!(
+            std::fs::symlink_metadata(moved.join("s.sock")).is_err(),
+            "the file removed is the one in the directory the proxy started in"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
