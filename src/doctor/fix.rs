@@ -45,9 +45,10 @@ impl Fixer {
         // The docker CLI only talks to its daemon's socket: it runs anywhere. podman runs
         // netavark in the namespace it is started in: it needs the host namespace, entered
         // with nsenter (`ip netns exec` remounts /sys, which podman's cgroup handling trips on).
-        // A rootless Podman's command runs as its user (`runuser -u U -- env ... podman ...`).
+        // A rootless Podman's command runs as its user (`runuser -u U -- env ... podman ...`,
+        // or `setpriv --reuid=UID ... env ... podman ...` for a user /etc/passwd does not know).
         let podman = first == Some("podman")
-            || (first == Some("runuser") && argv.iter().any(|a| a == "podman"));
+            || (matches!(first, Some("runuser" | "setpriv")) && argv.iter().any(|a| a == "podman"));
         if podman {
             let path = match &self.host_name {
                 Some(n) => format!("{}/{n}", crate::netns::NETNS_RUN_DIR),
@@ -61,7 +62,7 @@ impl Fixer {
         }
         // A rootless Docker's CLI runs as its user, with DOCKER_HOST naming its socket.
         let self_contained = matches!(first, Some("nsenter" | "docker"))
-            || (first == Some("runuser") && argv.iter().any(|a| a == "docker"))
+            || (matches!(first, Some("runuser" | "setpriv")) && argv.iter().any(|a| a == "docker"))
             || (first == Some("ip")
                 && (argv.get(1).map(String::as_str) == Some("-n")
                     || (argv.get(1).map(String::as_str) == Some("netns")
@@ -131,6 +132,7 @@ mod tests {
         let owner = crate::engine::RootlessOwner {
             uid: 1001,
             user: "rl".into(),
+            gid: 1001,
             runtime_dir: "/run/user/1001".into(),
             docker_host: None,
         };

@@ -234,6 +234,9 @@ pub struct RootlessOwner {
     pub uid: u32,
     /// The user's name (the id as text when /etc/passwd does not know it).
     pub user: String,
+    /// The group its API socket belongs to: the group a user /etc/passwd does not know runs as.
+    #[serde(default)]
+    pub gid: u32,
     /// Its XDG_RUNTIME_DIR (the API socket is `podman/podman.sock` or `docker.sock` in it).
     pub runtime_dir: PathBuf,
     /// Rootless Docker: DOCKER_HOST for its CLI (`unix://DIR/docker.sock`).
@@ -244,15 +247,28 @@ pub struct RootlessOwner {
 impl RootlessOwner {
     /// argv that runs `cmd` as this user with its runtime directory, from root: what
     /// rootless Podman needs to find that user's containers (runuser sets HOME and USER).
+    /// runuser needs a name /etc/passwd knows; for a user it does not know (the name is the
+    /// id), setpriv takes the ids themselves.
     pub fn run_as(&self, cmd: &[&str]) -> Vec<String> {
-        let mut v = vec![
-            "runuser".to_string(),
-            "-u".into(),
-            self.user.clone(),
-            "--".into(),
-            "env".into(),
+        let mut v: Vec<String> = if self.user == self.uid.to_string() {
+            vec![
+                "setpriv".to_string(),
+                format!("--reuid={}", self.uid),
+                format!("--regid={}", self.gid),
+                "--clear-groups".into(),
+            ]
+        } else {
+            vec![
+                "runuser".to_string(),
+                "-u".into(),
+                self.user.clone(),
+                "--".into(),
+            ]
+        };
+        v.extend([
+            "env".to_string(),
             format!("XDG_RUNTIME_DIR={}", self.runtime_dir.display()),
-        ];
+        ]);
         v.extend(
             self.docker_host
                 .as_ref()
@@ -552,6 +568,7 @@ mod tests {
         web.rootless = Some(RootlessOwner {
             uid: 1001,
             user: "rl".into(),
+            gid: 1001,
             runtime_dir: "/run/user/1001".into(),
             docker_host: None,
         });
@@ -565,12 +582,31 @@ mod tests {
         api.rootless = Some(RootlessOwner {
             uid: 1001,
             user: "rl".into(),
+            gid: 1001,
             runtime_dir: "/run/user/1001".into(),
             docker_host: Some("unix:///run/user/1001/docker.sock".into()),
         });
         assert_eq!(
             api.start_hint().unwrap(),
             "start it with `runuser -u rl -- env XDG_RUNTIME_DIR=/run/user/1001 DOCKER_HOST=unix:///run/user/1001/docker.sock docker start api`"
+        );
+    }
+
+    #[test]
+    fn a_user_passwd_does_not_know_runs_by_its_ids() {
+        // runuser -u 1001 fails without a passwd entry; setpriv takes the ids.
+        let mut web = c(EngineKind::Podman, "aaaa", "web");
+        web.state = ContainerState::from_status("exited", 0);
+        web.rootless = Some(RootlessOwner {
+            uid: 1001,
+            user: "1001".into(),
+            gid: 1002,
+            runtime_dir: "/run/user/1001".into(),
+            docker_host: None,
+        });
+        assert_eq!(
+            web.start_hint().unwrap(),
+            "start it with `setpriv --reuid=1001 --regid=1002 --clear-groups env XDG_RUNTIME_DIR=/run/user/1001 podman start web`"
         );
     }
 
@@ -583,6 +619,7 @@ mod tests {
         web.rootless = Some(RootlessOwner {
             uid: 1001,
             user: "rl".into(),
+            gid: 1001,
             runtime_dir: "/tmp/x;touch /pwned".into(),
             docker_host: None,
         });

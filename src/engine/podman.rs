@@ -31,11 +31,22 @@ pub(crate) fn user_sockets(socket: &str) -> Vec<PathBuf> {
 /// The user an engine's API socket belongs to, when it is not root's: that user's rootless
 /// engine, whose containers are started as that user with its runtime directory (Podman's
 /// `DIR/podman/podman.sock`, Docker's `DIR/docker.sock`).
+/// `socket` is where this process reaches it; what is printed is the host's own path.
 pub(crate) fn rootless_owner(socket: &Path, engine: EngineKind) -> Option<RootlessOwner> {
-    let uid = std::fs::metadata(socket).ok()?.uid();
-    if uid == 0 {
+    let m = std::fs::metadata(socket).ok()?;
+    if m.uid() == 0 {
         return None;
     }
+    owner_at(
+        m.uid(),
+        m.gid(),
+        &crate::netns::path_on_host(socket),
+        engine,
+    )
+}
+
+/// The owner of the API socket at `socket`, a path on the host itself.
+fn owner_at(uid: u32, gid: u32, socket: &Path, engine: EngineKind) -> Option<RootlessOwner> {
     let runtime_dir = match engine {
         EngineKind::Podman => socket.parent()?.parent()?,
         _ => socket.parent()?,
@@ -44,6 +55,7 @@ pub(crate) fn rootless_owner(socket: &Path, engine: EngineKind) -> Option<Rootle
     Some(RootlessOwner {
         uid,
         user: user_name(uid),
+        gid,
         runtime_dir,
         docker_host: (engine == EngineKind::Docker).then(|| format!("unix://{}", socket.display())),
     })
@@ -279,6 +291,25 @@ fn libpod_network(n: &serde_json::Value) -> Option<Network> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rootless_owner_seen_under_the_host_root_is_printed_with_the_hosts_paths() {
+        // Run as `kubectl debug node`: the socket is reached at /host/run/user/...; the
+        // command printed runs on the node, where the path has no /host.
+        let seen = Path::new("/host/run/user/1001/docker.sock");
+        let own = crate::netns::path_on_host_under(Some(Path::new("/host")), seen);
+        let o = owner_at(1001, 1001, &own, EngineKind::Docker).unwrap();
+        assert_eq!(o.runtime_dir, Path::new("/run/user/1001"));
+        assert_eq!(
+            o.docker_host.as_deref(),
+            Some("unix:///run/user/1001/docker.sock")
+        );
+        let seen = Path::new("/host/run/user/1001/podman/podman.sock");
+        let own = crate::netns::path_on_host_under(Some(Path::new("/host")), seen);
+        let o = owner_at(1001, 1001, &own, EngineKind::Podman).unwrap();
+        assert_eq!(o.runtime_dir, Path::new("/run/user/1001"));
+        assert_eq!(o.docker_host, None);
+    }
 
     #[test]
     fn port_ranges_and_protocol_lists() {

@@ -42,6 +42,28 @@ pub fn host_path(path: &str) -> PathBuf {
     )
 }
 
+/// What a path [`host_path`] gave is on the host itself (the `NETTOOL_HOST_ROOT` prefix
+/// taken off): what a command printed for the node's own shell must name.
+pub(crate) fn path_on_host(path: &Path) -> PathBuf {
+    path_on_host_under(
+        std::env::var_os("NETTOOL_HOST_ROOT")
+            .as_deref()
+            .map(Path::new),
+        path,
+    )
+}
+
+/// [`path_on_host`] with the host root given (None: none set).
+pub(crate) fn path_on_host_under(root: Option<&Path>, path: &Path) -> PathBuf {
+    match root
+        .filter(|r| !r.as_os_str().is_empty() && *r != Path::new("/"))
+        .and_then(|r| path.strip_prefix(r).ok())
+    {
+        Some(rest) => Path::new("/").join(rest),
+        None => path.to_path_buf(),
+    }
+}
+
 fn host_path_under(root: Option<&Path>, path: &str) -> PathBuf {
     match root.filter(|r| !r.as_os_str().is_empty() && *r != Path::new("/")) {
         Some(r) => r.join(path.trim_start_matches('/')),
@@ -527,6 +549,26 @@ fn asked_text(intent: &crate::engine::Intent) -> String {
 #[cfg(test)]
 mod host_root_tests {
     use super::*;
+
+    #[test]
+    fn a_host_path_is_printed_as_the_host_names_it() {
+        let host = Some(Path::new("/host"));
+        let seen = host_path_under(host, "/run/user/1001/docker.sock");
+        assert_eq!(
+            path_on_host_under(host, &seen),
+            Path::new("/run/user/1001/docker.sock")
+        );
+        assert_eq!(path_on_host_under(host, Path::new("/host")), Path::new("/"));
+        // Not under the host root, or none set: as it is.
+        assert_eq!(
+            path_on_host_under(host, Path::new("/hostile/x")),
+            Path::new("/hostile/x")
+        );
+        assert_eq!(
+            path_on_host_under(None, Path::new("/host/run")),
+            Path::new("/host/run")
+        );
+    }
 
     #[test]
     fn host_paths_go_under_the_host_root_when_one_is_set() {
