@@ -17,12 +17,24 @@ pub(crate) const ROOTLESS_SOCKET: &str = "podman/podman.sock";
 /// Every user's rootless API socket that exists: /run/user/UID/`socket` (Podman's
 /// podman/podman.sock, Docker's docker.sock).
 pub(crate) fn user_sockets(socket: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(crate::netns::host_path("/run/user"))
+    user_sockets_in(&crate::netns::host_path("/run/user"), socket)
+}
+
+/// [`user_sockets`] below `run_user`: only a socket itself (not a link a user put there, which
+/// would have root ask any socket it can reach as if it were that user's engine) and owned by
+/// the uid its directory is named after.
+fn user_sockets_in(run_user: &Path, socket: &str) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out: Vec<PathBuf> = std::fs::read_dir(run_user)
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path().join(socket))
-        .filter(|p| p.exists())
+        .filter_map(|e| {
+            let uid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let path = e.path().join(socket);
+            let m = std::fs::symlink_metadata(&path).ok()?;
+            (m.file_type().is_socket() && m.uid() == uid).then_some(path)
+        })
         .collect();
     out.sort();
     out
@@ -291,6 +303,37 @@ fn libpod_network(n: &serde_json::Value) -> Option<Network> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a socket owned by the uid its directory is named after is asked: a link a user put
+    /// in its runtime directory (to root's engine, say) and a socket of another owner are not.
+    #[test]
+    fn a_user_socket_is_a_socket_of_that_user_not_a_link() {
+        let me = nix::unistd::getuid().as_raw();
+        let root = std::env::temp_dir().join(format!("nt-user-sockets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (mine, other, linked) = (
+            root.join(me.to_string()),
+            root.join((me + 4242).to_string()),
+            root.join("ru-linked").join(me.to_string()),
+        );
+        for d in [&mine, &other, &linked] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::create_dir_all(root.join("not-a-uid")).unwrap();
+        let _a = std::os::unix::net::UnixListener::bind(mine.join("docker.sock")).unwrap();
+        // Made by this process, so not owned by uid me + 4242.
+        let _b = std::os::unix::net::UnixListener::bind(other.join("docker.sock")).unwrap();
+        let _c =
+            std::os::unix::net::UnixListener::bind(root.join("not-a-uid/docker.sock")).unwrap();
+        assert_eq!(
+            user_sockets_in(&root, "docker.sock"),
+            vec![mine.join("docker.sock")]
+        );
+        // A link in a user's runtime directory to a socket root can reach is not followed.
+        std::os::unix::fs::symlink(mine.join("docker.sock"), linked.join("docker.sock")).unwrap();
+        assert!(user_sockets_in(&root.join("ru-linked"), "docker.sock").is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn a_rootless_owner_seen_under_the_host_root_is_printed_with_the_hosts_paths() {
