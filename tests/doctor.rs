@@ -168,6 +168,25 @@ fn fault(r: &Value) -> &str {
     r["diagnosis"]["fault"].as_str().unwrap_or("none")
 }
 
+/// A report with one finding as the bound-listener tests check it: its fault, each part of
+/// its line, and one failing hop (one cause, one finding).
+fn assert_one_finding(r: &Value, want: &str, parts: &[String]) {
+    assert_eq!(fault(r), want, "{r:#}");
+    let line = diag_line(r);
+    for part in parts {
+        assert!(line.contains(part.as_str()), "{part}: {r:#}");
+    }
+    assert_eq!(fails(r), 1, "one cause, one finding: {r:#}");
+}
+
+/// Record the run as a capture (NETTOOL_RECORD_CAPTURES=1) and print doctor's text for it,
+/// which docs/doctor.md pastes.
+fn record_and_print(host: &str, name: &str, how: &str, args: &[&str]) {
+    record_capture(&[], host, name, how, args);
+    let text = nettool(&[&["doctor", "--netns", host][..], args].concat());
+    println!("{}", String::from_utf8_lossy(&text.stdout));
+}
+
 /// What the fault tests drive: a lab that doctor can examine and fixes can be applied to.
 trait Subject {
     /// `nettool doctor --netns HOST ARGS... --json`, whatever the exit code.
@@ -3795,30 +3814,21 @@ fn a_socat_bound_to_another_host_address_is_named_and_a_wildcard_restart_clears_
     ]);
     wait_tcp_listening(&lab.host, 9093);
     let r = lab.doctor(&[&args[..], &["--probe"]].concat());
-    assert_eq!(fault(&r), "service_on_other_address", "{r:#}");
     assert_eq!(r["diagnosis"]["ok"], false, "{r:#}");
     assert_eq!(r["probe"]["ok"], false, "{r:#}");
-    let line = diag_line(&r);
-    for part in [
+    assert_one_finding(
+        &r,
+        "service_on_other_address",
+        &[
         format!(
             "socat (pid {}) listens on 198.51.100.1:9093 only (another address of the host) and proxies to 10.89.0.2:80",
             socat.pid()
         ),
         format!("connections to 192.0.2.1:9093 from {outside} find nothing"),
         "make it listen on 0.0.0.0:9093 or on 192.0.2.1:9093 (socat's bind=198.51.100.1: drop it, or bind=192.0.2.1)".into(),
-    ] {
-        assert!(line.contains(&part), "{part}: {r:#}");
-    }
-    assert_eq!(fails(&r), 1, "one cause, one finding: {r:#}");
-    record_capture(
-        &[],
-        &lab.host.name,
-        "lab-socat-on-other-address",
-        "socat TCP-LISTEN:9093,bind=198.51.100.1,fork,reuseaddr TCP:10.89.0.2:80 on the host (198.51.100.1/32 on its lo), the client outside using 192.0.2.1",
-        &args,
+        ],
     );
-    let text = nettool(&[&["doctor", "--netns", &lab.host.name][..], &args].concat());
-    println!("{}", String::from_utf8_lossy(&text.stdout));
+    record_and_print(&lab.host.name, "lab-socat-on-other-address", "socat TCP-LISTEN:9093,bind=198.51.100.1,fork,reuseaddr TCP:10.89.0.2:80 on the host (198.51.100.1/32 on its lo), the client outside using 192.0.2.1", &args);
     // To the address socat listens on, the path is open: socat followed to the container.
     let to_bound = lab.doctor(&[
         "--from",
@@ -3889,29 +3899,21 @@ fn an_ipv6_listener_on_another_host_address_is_named_and_a_wildcard_restart_clea
         .spawn(&[nt, "serve", "echo", "9094", "--bind", "fd00:6::1"]);
     wait_tcp_listening(&lab.host, 9094);
     let r = lab.doctor(&[&args[..], &["--probe"]].concat());
-    assert_eq!(fault(&r), "service_on_other_address", "{r:#}");
     assert_eq!(r["probe"]["ok"], false, "{r:#}");
-    let line = diag_line(&r);
-    for part in [
-        format!(
-            "nettool (pid {}) listens on [fd00:6::1]:9094 only (another address of the host): ",
-            service.pid()
-        ),
-        format!("connections to [2001:db8:1::1]:9094 from {outside} find nothing"),
-        "make it listen on [::]:9094 or on [2001:db8:1::1]:9094 (its listen/bind setting)".into(),
-    ] {
-        assert!(line.contains(&part), "{part}: {r:#}");
-    }
-    assert_eq!(fails(&r), 1, "one cause, one finding: {r:#}");
-    record_capture(
-        &[],
-        &lab.host.name,
-        "lab-ipv6-service-on-other-address",
-        "nettool serve echo 9094 --bind fd00:6::1 on the host (fd00:6::1/128 on its lo), the client outside using 2001:db8:1::1",
-        &args,
+    assert_one_finding(
+        &r,
+        "service_on_other_address",
+        &[
+            format!(
+                "nettool (pid {}) listens on [fd00:6::1]:9094 only (another address of the host): ",
+                service.pid()
+            ),
+            format!("connections to [2001:db8:1::1]:9094 from {outside} find nothing"),
+            "make it listen on [::]:9094 or on [2001:db8:1::1]:9094 (its listen/bind setting)"
+                .into(),
+        ],
     );
-    let text = nettool(&[&["doctor", "--netns", &lab.host.name][..], &args].concat());
-    println!("{}", String::from_utf8_lossy(&text.stdout));
+    record_and_print(&lab.host.name, "lab-ipv6-service-on-other-address", "nettool serve echo 9094 --bind fd00:6::1 on the host (fd00:6::1/128 on its lo), the client outside using 2001:db8:1::1", &args);
     // The fix as printed: the service again on [::].
     drop(service);
     let _service = lab
@@ -3942,15 +3944,7 @@ fn a_container_service_on_another_of_its_addresses_gets_a_relay_that_works() {
     lab.wait_listening(80);
     let outside = lab.outside_source();
     let args = ["--from", outside.as_str(), "8080"];
-    record_capture(
-        &[],
-        &lab.host.name,
-        "lab-service-on-other-container-address",
-        "socat TCP-LISTEN:80,bind=10.89.0.9,fork,reuseaddr EXEC:cat in the container (10.89.0.9/24 a second address of its eth0), the DNAT to 10.89.0.2:80",
-        &args,
-    );
-    let text = nettool(&[&["doctor", "--netns", &lab.host.name][..], &args].concat());
-    println!("{}", String::from_utf8_lossy(&text.stdout));
+    record_and_print(&lab.host.name, "lab-service-on-other-container-address", "socat TCP-LISTEN:80,bind=10.89.0.9,fork,reuseaddr EXEC:cat in the container (10.89.0.9/24 a second address of its eth0), the DNAT to 10.89.0.2:80", &args);
     let broken = break_fix_probe(&mut lab, &args, "service_on_other_address");
     let line = diag_line(&broken);
     for part in [
@@ -4048,30 +4042,21 @@ fn a_host_listener_on_ipv6_only_is_named_for_an_ipv4_client_and_v6only_off_clear
     ]);
     wait_tcp_listening(&lab.host, 9099);
     let r = lab.doctor(&[&args[..], &["--probe"]].concat());
-    assert_eq!(fault(&r), "service_ipv6_only", "{r:#}");
     assert_eq!(r["diagnosis"]["hop"], "receiver", "{r:#}");
     assert_eq!(r["probe"]["ok"], false, "{r:#}");
-    let line = diag_line(&r);
-    for part in [
+    assert_one_finding(
+        &r,
+        "service_ipv6_only",
+        &[
         format!(
             "socat (pid {}) listens on [::]:9099 with IPV6_V6ONLY set, IPv6 only and proxies to 10.89.0.2:80",
             socat.pid()
         ),
         format!("connections over IPv4 to 192.0.2.1:9099 from {outside} find nothing"),
         "make it listen on 0.0.0.0:9099 too, or on [::]:9099 with IPV6_V6ONLY off (socat's ipv6only=1 (ipv6-v6only=1): drop it, or give ipv6-v6only=0)".into(),
-    ] {
-        assert!(line.contains(&part), "{part}: {r:#}");
-    }
-    assert_eq!(fails(&r), 1, "one cause, one finding: {r:#}");
-    record_capture(
-        &[],
-        &lab.host.name,
-        "lab-socat-ipv6-only",
-        "socat TCP6-LISTEN:9099,ipv6only=1,fork,reuseaddr TCP:10.89.0.2:80 on the host, the client outside over IPv4 (192.0.2.1)",
-        &args,
+        ],
     );
-    let text = nettool(&[&["doctor", "--netns", &lab.host.name][..], &args].concat());
-    println!("{}", String::from_utf8_lossy(&text.stdout));
+    record_and_print(&lab.host.name, "lab-socat-ipv6-only", "socat TCP6-LISTEN:9099,ipv6only=1,fork,reuseaddr TCP:10.89.0.2:80 on the host, the client outside over IPv4 (192.0.2.1)", &args);
     // The fix as printed: ipv6-v6only=0, the dual-stack socket takes IPv4. All clear.
     drop(socat);
     let _socat = lab.host.spawn(&[
