@@ -127,15 +127,18 @@ fn read_answer(
     max: usize,
 ) -> std::io::Result<Vec<u8>> {
     let end = Instant::now() + deadline;
+    let late = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no whole answer within {deadline:?}"),
+        )
+    };
     let mut raw = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no whole answer within {deadline:?}"),
-            ));
+            return Err(late());
         }
         stream.set_read_timeout(Some(left.min(READ_WAIT)))?;
         match stream.read(&mut buf) {
@@ -149,6 +152,15 @@ fn read_answer(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The read's own timeout (EAGAIN) cut short by the deadline is the deadline's.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) && Instant::now() >= end =>
+            {
+                return Err(late())
+            }
             Err(e) => return Err(e),
         }
     }
