@@ -31,6 +31,23 @@ pub(crate) struct Fixer {
     pub(crate) host_path: String,
 }
 
+/// The program a rootless engine's fix runs as its user (`runuser -u U -- env K=V ... PROG`,
+/// `setpriv ... env K=V ... PROG`): the word after env's assignments, so a container that is
+/// named `podman` or `docker` is not taken for the engine.
+fn run_as_program(argv: &[String]) -> Option<&str> {
+    if !matches!(
+        argv.first().map(String::as_str),
+        Some("runuser" | "setpriv")
+    ) {
+        return None;
+    }
+    let env = argv.iter().position(|a| a == "env")?;
+    argv[env + 1..]
+        .iter()
+        .find(|a| !a.contains('='))
+        .map(String::as_str)
+}
+
 impl Fixer {
     /// A fix from borrowed argv.
     pub(crate) fn fix(&self, summary: &str, argv: &[&str]) -> Fix {
@@ -47,8 +64,8 @@ impl Fixer {
         // with nsenter (`ip netns exec` remounts /sys, which podman's cgroup handling trips on).
         // A rootless Podman's command runs as its user (`runuser -u U -- env ... podman ...`,
         // or `setpriv --reuid=UID ... env ... podman ...` for a user /etc/passwd does not know).
-        let podman = first == Some("podman")
-            || (matches!(first, Some("runuser" | "setpriv")) && argv.iter().any(|a| a == "podman"));
+        let program = run_as_program(&argv).or(first);
+        let podman = program == Some("podman");
         if podman {
             let path = match &self.host_name {
                 Some(n) => format!("{}/{n}", crate::netns::NETNS_RUN_DIR),
@@ -62,7 +79,7 @@ impl Fixer {
         }
         // A rootless Docker's CLI runs as its user, with DOCKER_HOST naming its socket.
         let self_contained = matches!(first, Some("nsenter" | "docker"))
-            || (matches!(first, Some("runuser" | "setpriv")) && argv.iter().any(|a| a == "docker"))
+            || program == Some("docker")
             || (first == Some("ip")
                 && (argv.get(1).map(String::as_str) == Some("-n")
                     || (argv.get(1).map(String::as_str) == Some("netns")
@@ -155,6 +172,28 @@ mod tests {
         assert_eq!(
             x.command,
             "runuser -u rl -- env XDG_RUNTIME_DIR=/run/user/1001 podman start web"
+        );
+    }
+
+    /// A rootless Docker container named `podman` is started with docker as it is: the engine
+    /// is the program after env's assignments, not any word equal to an engine's name.
+    #[test]
+    fn a_rootless_docker_container_named_podman_is_not_taken_for_podman() {
+        let owner = crate::engine::RootlessOwner {
+            uid: 1001,
+            user: "rl".into(),
+            gid: 1001,
+            runtime_dir: "/run/user/1001".into(),
+            docker_host: Some("unix:///run/user/1001/docker.sock".into()),
+        };
+        let f = Fixer {
+            host_name: Some("lab-host".into()),
+            host_path: String::new(),
+        };
+        let x = f.fix_owned("start", owner.run_as(&["docker", "start", "podman"]), false);
+        assert_eq!(
+            x.command,
+            "runuser -u rl -- env XDG_RUNTIME_DIR=/run/user/1001 DOCKER_HOST=unix:///run/user/1001/docker.sock docker start podman"
         );
     }
 }
