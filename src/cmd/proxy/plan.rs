@@ -412,6 +412,36 @@ pub(super) fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         );
         (Some(t), Some(w))
     };
+    // The runtime and the signal handlers come before the listeners: the plain path serves
+    // from threads of its own as soon as it is bound, and a SIGTERM sent once a connection got
+    // through must find its handler (the default action kills the proxy with no counters and
+    // no removal of transparent mode's rules). A signal before the loop waits is kept.
+    let threads = plan.threads.unwrap_or(DEFAULT_THREADS).max(1);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("nettool-proxy")
+            .enable_all()
+            .build()
+    }
+    .context("start the async runtime")?;
+    let (mut int, mut term, mut hup, mut usr1) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in_runtime = rt.enter();
+        (
+            signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            // SIGHUP (the terminal or ssh session went away) ends it the same clean way: by
+            // default it would kill the process mid-write (a torn JSON line, a pcap cut
+            // mid-record, no counters).
+            signal(SignalKind::hangup()).context("SIGHUP handler")?,
+            signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?,
+        )
+    };
     let proxy = Proxy::bind(ProxyConfig {
         maps: std::mem::take(&mut plan.maps),
         listen_ns: plan.listen_ns.take(),
@@ -473,19 +503,6 @@ pub(super) fn execute(mut plan: Plan) -> anyhow::Result<i32> {
         );
     }
     let counters = proxy.counters();
-    let threads = plan.threads.unwrap_or(DEFAULT_THREADS).max(1);
-    let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("nettool-proxy")
-            .enable_all()
-            .build()
-    }
-    .context("start the async runtime")?;
     let ready_fd = plan.ready_fd;
     flush.settle();
     let run_log = log.clone();
@@ -493,14 +510,6 @@ pub(super) fn execute(mut plan: Plan) -> anyhow::Result<i32> {
     let stop_counters = counters.clone();
     let result: anyhow::Result<Option<crate::proxy::transparent::Transparent>> =
         rt.block_on(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-            let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-            // SIGHUP (the terminal or ssh session went away) ends it the same clean way: by
-            // default it would kill the process mid-write (a torn JSON line, a pcap cut
-            // mid-record, no counters).
-            let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-            let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
             let usr1_log = run_log.clone();
             tokio::spawn(async move {
                 while usr1.recv().await.is_some() {
